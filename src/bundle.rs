@@ -1,0 +1,404 @@
+//! Bundle: the manifest `bundle.toml`, checksum verification and the statistics files.
+//!
+//! The format is specified in `docs/bundle-format.md`. Opening a bundle validates everything except the ONNX graphs'
+//! input/output signatures, which need an execution backend and are checked by [`crate::autoencoder`].
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::grid::{Grid, GridKind, Layout, Vertical, VerticalKind};
+use crate::ncio;
+
+/// Bundle format version this library reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Manifest {
+    format: String,
+    format_version: u32,
+    name: String,
+    #[serde(default)]
+    description: String,
+    grid: GridSection,
+    vertical: VerticalSection,
+    variables: Vec<VariableSection>,
+    latent: LatentSection,
+    #[serde(default)]
+    models: ModelsSection,
+    #[serde(default)]
+    statistics: StatisticsSection,
+    checksums: BTreeMap<String, String>,
+    #[serde(default)]
+    provenance: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GridSection {
+    kind: String,
+    lat: Vec<f64>,
+    lon: Vec<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerticalSection {
+    coordinate: String,
+    levels: Vec<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VariableSection {
+    name: String,
+    units: String,
+    levels: usize,
+    #[serde(default)]
+    long_name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LatentSection {
+    shape: Vec<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ModelsSection {
+    encoder: String,
+    decoder: String,
+    decoder_tl: String,
+    decoder_ad: String,
+}
+
+impl Default for ModelsSection {
+    fn default() -> Self {
+        ModelsSection {
+            encoder: "encoder.onnx".into(),
+            decoder: "decoder.onnx".into(),
+            decoder_tl: "decoder_tl.onnx".into(),
+            decoder_ad: "decoder_ad.onnx".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct StatisticsSection {
+    normalisation: String,
+    latent_variance: String,
+    baseline: Option<String>,
+}
+
+impl Default for StatisticsSection {
+    fn default() -> Self {
+        StatisticsSection {
+            normalisation: "normalisation.nc".into(),
+            latent_variance: "latent_variance.nc".into(),
+            baseline: Some("baseline_b.nc".into()),
+        }
+    }
+}
+
+/// Which of the four ONNX graphs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelRole {
+    /// x -> z
+    Encoder,
+    /// z -> x
+    Decoder,
+    /// (z, dz) -> dx
+    DecoderTl,
+    /// (z, dx) -> dz
+    DecoderAd,
+}
+
+impl ModelRole {
+    /// All roles in manifest order.
+    pub const ALL: [ModelRole; 4] = [ModelRole::Encoder, ModelRole::Decoder, ModelRole::DecoderTl, ModelRole::DecoderAd];
+    /// Manifest key of the role.
+    pub fn key(self) -> &'static str {
+        match self {
+            ModelRole::Encoder => "encoder",
+            ModelRole::Decoder => "decoder",
+            ModelRole::DecoderTl => "decoder_tl",
+            ModelRole::DecoderAd => "decoder_ad",
+        }
+    }
+}
+
+/// Model-space background-error statistics for the 3D-Var baseline.
+#[derive(Debug, Clone)]
+pub struct BaselineStats {
+    /// Grid-point standard deviation, state layout (physical units).
+    pub sd: Vec<f64>,
+    /// Horizontal correlation length per channel, km.
+    pub length_scale: Vec<f64>,
+    /// Vertical correlation matrix (nlev x nlev, row-major) per variable; `None` for surface variables.
+    pub vertical_correlation: Vec<Option<Vec<f64>>>,
+}
+
+/// An opened, validated bundle.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    /// Bundle directory.
+    pub dir: PathBuf,
+    /// Bundle name.
+    pub name: String,
+    /// Free-text description.
+    pub description: String,
+    /// State layout.
+    pub layout: Layout,
+    /// Latent tensor shape (without batch).
+    pub latent_shape: Vec<usize>,
+    /// Normalisation mean per channel.
+    pub mean: Vec<f64>,
+    /// Normalisation standard deviation per channel.
+    pub std: Vec<f64>,
+    /// Latent background-error variance s^2, one per latent element.
+    pub latent_variance: Vec<f64>,
+    /// Baseline statistics, if the bundle has them.
+    pub baseline: Option<BaselineStats>,
+    /// Provenance entries as strings.
+    pub provenance: BTreeMap<String, String>,
+    /// Checksums as declared (file -> hex).
+    pub checksums: BTreeMap<String, String>,
+    model_files: [String; 4],
+    units: Vec<String>,
+    long_names: Vec<Option<String>>,
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn check_relative(file: &str, what: &str) -> Result<()> {
+    let p = Path::new(file);
+    let ok = !file.is_empty()
+        && p.components().all(|c| matches!(c, Component::Normal(_)))
+        && !p.is_absolute();
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::bundle(format!("{what} = '{file}' must be a plain relative path inside the bundle")))
+    }
+}
+
+impl Bundle {
+    /// Opens and validates the bundle in `dir`: manifest, checksums of every file, statistics.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Bundle> {
+        let dir = dir.as_ref().to_path_buf();
+        let manifest_path = dir.join("bundle.toml");
+        if !dir.is_dir() {
+            return Err(Error::bundle(format!("bundle directory '{}' does not exist", dir.display())));
+        }
+        let text = std::fs::read_to_string(&manifest_path)
+            .map_err(|e| Error::bundle(format!("cannot read '{}': {e}", manifest_path.display())))?;
+        let m: Manifest = toml::from_str(&text)
+            .map_err(|e| Error::bundle(format!("invalid manifest '{}': {e}", manifest_path.display())))?;
+        let mp = manifest_path.display();
+        if m.format != "latentda-bundle" {
+            return Err(Error::bundle(format!("{mp}: format = '{}', expected 'latentda-bundle'", m.format)));
+        }
+        if m.format_version != FORMAT_VERSION {
+            return Err(Error::bundle(format!(
+                "{mp}: format_version = {} is not supported (this latentda reads version {FORMAT_VERSION})",
+                m.format_version
+            )));
+        }
+        let kind = match m.grid.kind.as_str() {
+            "regular" => GridKind::Regular,
+            "gaussian" => GridKind::Gaussian,
+            k => return Err(Error::bundle(format!("{mp}: grid.kind = '{k}', expected 'regular' or 'gaussian'"))),
+        };
+        let grid = Grid::new(kind, m.grid.lat.clone(), m.grid.lon.clone()).map_err(|e| e.context(&mp))?;
+        let vkind = match m.vertical.coordinate.as_str() {
+            "sigma" => VerticalKind::Sigma,
+            "pressure" => VerticalKind::Pressure,
+            k => {
+                return Err(Error::bundle(format!(
+                    "{mp}: vertical.coordinate = '{k}', expected 'sigma' or 'pressure'"
+                )))
+            }
+        };
+        let vertical = Vertical::new(vkind, m.vertical.levels.clone()).map_err(|e| e.context(&mp))?;
+        let vars = m.variables.iter().map(|v| (v.name.clone(), v.units.clone(), v.levels)).collect();
+        let layout = Layout::new(grid, vertical, vars).map_err(|e| e.context(&mp))?;
+        if m.latent.shape.is_empty() || m.latent.shape.iter().any(|&d| d == 0) {
+            return Err(Error::bundle(format!("{mp}: latent.shape {:?} must be non-empty and positive", m.latent.shape)));
+        }
+        let models = [
+            m.models.encoder.clone(),
+            m.models.decoder.clone(),
+            m.models.decoder_tl.clone(),
+            m.models.decoder_ad.clone(),
+        ];
+        for (role, f) in ModelRole::ALL.iter().zip(models.iter()) {
+            check_relative(f, &format!("models.{}", role.key()))?;
+        }
+        check_relative(&m.statistics.normalisation, "statistics.normalisation")?;
+        check_relative(&m.statistics.latent_variance, "statistics.latent_variance")?;
+        let baseline_file = match &m.statistics.baseline {
+            Some(f) if dir.join(f).exists() || m.checksums.contains_key(f) => {
+                check_relative(f, "statistics.baseline")?;
+                Some(f.clone())
+            }
+            _ => None,
+        };
+        for (file, hex) in &m.checksums {
+            if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(Error::bundle(format!("{mp}: checksums.\"{file}\" is not a SHA-256 hex digest")));
+            }
+        }
+        let mut bundle = Bundle {
+            dir: dir.clone(),
+            name: m.name.clone(),
+            description: m.description.clone(),
+            latent_shape: m.latent.shape.clone(),
+            mean: vec![],
+            std: vec![],
+            latent_variance: vec![],
+            baseline: None,
+            provenance: m
+                .provenance
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())))
+                .collect(),
+            checksums: m.checksums.clone(),
+            model_files: models.clone(),
+            units: m.variables.iter().map(|v| v.units.clone()).collect(),
+            long_names: m.variables.iter().map(|v| v.long_name.clone()).collect(),
+            layout,
+        };
+        // Every file the bundle uses must be present and match its checksum.
+        for f in models.iter() {
+            bundle.read_verified(f)?;
+        }
+        let norm = bundle.verified_path(&m.statistics.normalisation)?;
+        let lvar = bundle.verified_path(&m.statistics.latent_variance)?;
+        let nchan = bundle.layout.nchan;
+        bundle.mean = ncio::read_var_len(&norm, "mean", nchan)?;
+        bundle.std = ncio::read_var_len(&norm, "std", nchan)?;
+        for (c, (&mu, &sd)) in bundle.mean.iter().zip(&bundle.std).enumerate() {
+            if !mu.is_finite() || !sd.is_finite() || sd <= 0.0 {
+                return Err(Error::bundle(format!(
+                    "{}: channel {c} ({}) has mean {mu}, std {sd}; std must be finite and > 0",
+                    norm.display(),
+                    bundle.layout.channel_name(c)
+                )));
+            }
+        }
+        let nlat = bundle.latent_size();
+        bundle.latent_variance = ncio::read_var_len(&lvar, "variance", nlat)?;
+        if let Some((i, v)) = bundle.latent_variance.iter().enumerate().find(|(_, v)| !(v.is_finite() && **v > 0.0)) {
+            return Err(Error::bundle(format!("{}: variance[{i}] = {v} must be finite and > 0", lvar.display())));
+        }
+        if let Some(f) = baseline_file {
+            let p = bundle.verified_path(&f)?;
+            bundle.baseline = Some(bundle.read_baseline(&p)?);
+        }
+        Ok(bundle)
+    }
+
+    /// Reads a bundle file and checks its SHA-256 against the manifest.
+    pub fn read_verified(&self, file: &str) -> Result<Vec<u8>> {
+        let path = self.dir.join(file);
+        let bytes = std::fs::read(&path)
+            .map_err(|e| Error::bundle(format!("bundle file '{}' cannot be read: {e}", path.display())))?;
+        let expected = self.checksums.get(file).ok_or_else(|| {
+            Error::bundle(format!(
+                "bundle file '{}' has no entry in [checksums] of {}",
+                file,
+                self.dir.join("bundle.toml").display()
+            ))
+        })?;
+        let got = sha256_hex(&bytes);
+        if !got.eq_ignore_ascii_case(expected) {
+            return Err(Error::bundle(format!(
+                "checksum mismatch for '{}': manifest says {expected}, file has {got} (corrupt or modified file)",
+                path.display()
+            )));
+        }
+        Ok(bytes)
+    }
+
+    fn verified_path(&self, file: &str) -> Result<PathBuf> {
+        self.read_verified(file)?;
+        Ok(self.dir.join(file))
+    }
+
+    /// Verified bytes of one ONNX graph.
+    pub fn model_bytes(&self, role: ModelRole) -> Result<Vec<u8>> {
+        self.read_verified(self.model_file(role))
+    }
+
+    /// File name of one ONNX graph.
+    pub fn model_file(&self, role: ModelRole) -> &str {
+        &self.model_files[role as usize]
+    }
+
+    /// Number of latent elements.
+    pub fn latent_size(&self) -> usize {
+        self.latent_shape.iter().product()
+    }
+
+    /// Units of variable `v`.
+    pub fn units(&self, v: usize) -> &str {
+        &self.units[v]
+    }
+
+    /// Long name of variable `v`, if declared.
+    pub fn long_name(&self, v: usize) -> Option<&str> {
+        self.long_names[v].as_deref()
+    }
+
+    fn read_baseline(&self, p: &Path) -> Result<BaselineStats> {
+        let lay = &self.layout;
+        let (nchan, nlat, nlon) = (lay.nchan, lay.grid.nlat(), lay.grid.nlon());
+        let sd = ncio::read_var_len(p, "sd", nchan * nlat * nlon)?;
+        if let Some((i, v)) = sd.iter().enumerate().find(|(_, v)| !(v.is_finite() && **v >= 0.0)) {
+            return Err(Error::bundle(format!(
+                "{}: sd has invalid value {v} at {}",
+                p.display(),
+                lay.describe_index(i)
+            )));
+        }
+        let length_scale = ncio::read_var_len(p, "length_scale", nchan)?;
+        if let Some((c, v)) = length_scale.iter().enumerate().find(|(_, v)| !(v.is_finite() && **v > 0.0)) {
+            return Err(Error::bundle(format!("{}: length_scale[{c}] = {v} must be > 0 km", p.display())));
+        }
+        let upper: Vec<usize> = (0..lay.variables.len()).filter(|&v| !lay.variables[v].is_surface()).collect();
+        let nlev = lay.vertical.levels.len();
+        let vc = if upper.is_empty() {
+            vec![]
+        } else {
+            ncio::read_var_len(p, "vertical_correlation", upper.len() * nlev * nlev)?
+        };
+        let mut vertical_correlation = vec![None; lay.variables.len()];
+        for (u, &v) in upper.iter().enumerate() {
+            let m = vc[u * nlev * nlev..(u + 1) * nlev * nlev].to_vec();
+            for a in 0..nlev {
+                for b in 0..nlev {
+                    let (x, y) = (m[a * nlev + b], m[b * nlev + a]);
+                    let diag_bad = a == b && (x - 1.0).abs() > 1e-6;
+                    if !x.is_finite() || (x - y).abs() > 1e-6 || diag_bad || x.abs() > 1.0 + 1e-6 {
+                        return Err(Error::bundle(format!(
+                            "{}: vertical_correlation of '{}' is not a correlation matrix at ({a}, {b}): {x}",
+                            p.display(),
+                            lay.variables[v].name
+                        )));
+                    }
+                }
+            }
+            vertical_correlation[v] = Some(m);
+        }
+        Ok(BaselineStats { sd, length_scale, vertical_correlation })
+    }
+}

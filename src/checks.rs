@@ -1,0 +1,183 @@
+//! Self-tests a user can run on any bundle (`latentda check`): adjoint dot-product tests, the Taylor test of the
+//! decoder's TL, AE reconstruction error, and adjoint tests of the B square roots.
+
+use crate::analysis::Analyser;
+use crate::error::Result;
+use crate::latent::{denormalise, normalise};
+
+/// Small deterministic generator (SplitMix64 -> Box-Muller) so checks are reproducible without a dependency.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded generator.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+    /// Uniform in (0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+        z ^= z >> 31;
+        ((z >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+    /// Standard normal.
+    pub fn normal(&mut self) -> f64 {
+        let (u1, u2) = (self.uniform(), self.uniform());
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+    /// Vector of standard normals.
+    pub fn normals(&mut self, n: usize) -> Vec<f64> {
+        (0..n).map(|_| self.normal()).collect()
+    }
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Result of an adjoint test: |<A v, u> - <v, A^T u>| / max(|<A v, u>|, |<v, A^T u>|).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DotTest {
+    /// <A v, u>.
+    pub lhs: f64,
+    /// <v, A^T u>.
+    pub rhs: f64,
+    /// Relative difference.
+    pub rel: f64,
+}
+
+impl DotTest {
+    fn new(lhs: f64, rhs: f64) -> DotTest {
+        let m = lhs.abs().max(rhs.abs());
+        DotTest { lhs, rhs, rel: if m > 0.0 { (lhs - rhs).abs() / m } else { 0.0 } }
+    }
+}
+
+/// One row of the Taylor test.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TaylorRow {
+    /// Step size.
+    pub eps: f64,
+    /// |D(z + eps dz) - D(z)| / |eps TL dz| (-> 1).
+    pub ratio: f64,
+    /// |D(z + eps dz) - D(z) - eps TL dz| / |eps TL dz| (-> 0 at first order).
+    pub remainder: f64,
+}
+
+/// The latent point of the checks: E(N(x)) of a given state, or E(0) (the climatological mean state).
+pub fn check_latent_point(a: &mut Analyser, state: Option<&[f64]>) -> Result<Vec<f32>> {
+    let b = &a.bundle;
+    let np = b.layout.grid.npoints();
+    let mut xn = vec![0f32; b.layout.state_len()];
+    if let Some(x) = state {
+        normalise(x, &b.mean, &b.std, np, &mut xn);
+    }
+    let mut z = vec![0f32; b.latent_size()];
+    a.ae.encode(&xn, &mut z)?;
+    Ok(z)
+}
+
+/// Dot-product test of the decoder TL/AD at z with random directions (`trials` draws, worst returned).
+pub fn decoder_dot_test(a: &mut Analyser, z: &[f32], trials: usize, seed: u64) -> Result<DotTest> {
+    let (nz, nx) = (a.ae.latent_len, a.ae.state_len);
+    let mut rng = Rng::new(seed);
+    let mut worst = DotTest::new(0.0, 0.0);
+    for _ in 0..trials {
+        let dz: Vec<f32> = rng.normals(nz).iter().map(|v| *v as f32).collect();
+        let u: Vec<f32> = rng.normals(nx).iter().map(|v| *v as f32).collect();
+        let mut jv = vec![0f32; nx];
+        let mut jtu = vec![0f32; nz];
+        a.ae.tl(z, &dz, &mut jv)?;
+        a.ae.ad(z, &u, &mut jtu)?;
+        let lhs: f64 = jv.iter().zip(&u).map(|(x, y)| *x as f64 * *y as f64).sum();
+        let rhs: f64 = dz.iter().zip(&jtu).map(|(x, y)| *x as f64 * *y as f64).sum();
+        let t = DotTest::new(lhs, rhs);
+        if t.rel >= worst.rel {
+            worst = t;
+        }
+    }
+    Ok(worst)
+}
+
+/// Taylor test of the decoder TL at z along a random direction scaled like the latent background error.
+pub fn decoder_taylor_test(a: &mut Analyser, z: &[f32], eps_list: &[f64], seed: u64) -> Result<Vec<TaylorRow>> {
+    let (nz, nx) = (a.ae.latent_len, a.ae.state_len);
+    let mut rng = Rng::new(seed);
+    let dz: Vec<f64> =
+        rng.normals(nz).iter().zip(&a.bundle.latent_variance).map(|(r, v)| r * v.sqrt()).collect();
+    let dz32: Vec<f32> = dz.iter().map(|v| *v as f32).collect();
+    let mut d0 = vec![0f32; nx];
+    a.ae.decode(z, &mut d0)?;
+    let mut tl = vec![0f32; nx];
+    a.ae.tl(z, &dz32, &mut tl)?;
+    let mut rows = Vec::new();
+    let mut d1 = vec![0f32; nx];
+    for &eps in eps_list {
+        let zp: Vec<f32> = z.iter().zip(&dz).map(|(z, d)| (*z as f64 + eps * d) as f32).collect();
+        a.ae.decode(&zp, &mut d1)?;
+        let (mut num, mut den, mut rem) = (0.0, 0.0, 0.0);
+        for i in 0..nx {
+            let fd = d1[i] as f64 - d0[i] as f64;
+            let lin = eps * tl[i] as f64;
+            num += fd * fd;
+            den += lin * lin;
+            rem += (fd - lin) * (fd - lin);
+        }
+        rows.push(TaylorRow { eps, ratio: (num / den).sqrt(), remainder: (rem / den).sqrt() });
+    }
+    Ok(rows)
+}
+
+/// Per-variable RMSE of N^-1(D(E(N(x)))) - x, physical units.
+pub fn reconstruction_rmse(a: &mut Analyser, x: &[f64]) -> Result<Vec<(String, f64)>> {
+    let z = check_latent_point(a, Some(x))?;
+    let b = &a.bundle;
+    let np = b.layout.grid.npoints();
+    let mut xn = vec![0f32; b.layout.state_len()];
+    a.ae.decode(&z, &mut xn)?;
+    let b = &a.bundle;
+    let mut xr = vec![0.0; xn.len()];
+    denormalise(&xn, &b.mean, &b.std, np, &mut xr);
+    Ok(b.layout
+        .variables
+        .iter()
+        .map(|v| {
+            let r = v.first_channel * np..(v.first_channel + v.nchan()) * np;
+            let n = r.len() as f64;
+            let s: f64 = r.map(|i| (xr[i] - x[i]).powi(2)).sum();
+            (v.name.clone(), (s / n).sqrt())
+        })
+        .collect())
+}
+
+/// Adjoint test of the latent B square root U (control -> physical increment) at z_b = E(N(x_b)).
+pub fn latent_bsqrt_dot_test(a: &mut Analyser, x_b: &[f64], seed: u64) -> Result<DotTest> {
+    let mut op = crate::bop::LatentB::linearise(a, x_b)?;
+    let (n, m) = (op.control_size(), op.state_len());
+    let mut rng = Rng::new(seed);
+    let v = rng.normals(n);
+    let u = rng.normals(m);
+    let mut uv = vec![0.0; m];
+    let mut utu = vec![0.0; n];
+    op.sqrt(a, &v, &mut uv)?;
+    op.sqrt_ad(a, &u, &mut utu)?;
+    Ok(DotTest::new(dot(&uv, &u), dot(&v, &utu)))
+}
+
+/// Adjoint test of the baseline (static) B square root.
+pub fn baseline_bsqrt_dot_test(a: &Analyser, seed: u64) -> Result<Option<DotTest>> {
+    let Some(stats) = &a.bundle.baseline else { return Ok(None) };
+    let mut b = crate::baseline::StaticB::new(&a.bundle.layout, stats)?;
+    let n = a.bundle.layout.state_len();
+    let mut rng = Rng::new(seed);
+    let v = rng.normals(n);
+    let u = rng.normals(n);
+    let mut uv = vec![0.0; n];
+    let mut utu = vec![0.0; n];
+    b.sqrt_apply(&v, &mut uv);
+    b.sqrt_adjoint(&u, &mut utu);
+    Ok(Some(DotTest::new(dot(&uv, &u), dot(&v, &utu))))
+}

@@ -1,0 +1,152 @@
+//! The latent control-variable transform of L3DVar.
+//!
+//! ```text
+//! z(w)  = z_b + s * w                                  (s = sqrt of the latent variance, elementwise)
+//! dx(w) = sd * (D(z(w)) - D(z_b))                      (increment mode, default)
+//! dx(w) = mean + sd * D(z(w)) - x_b                    (full-state mode)
+//! TL:  dx = sd * D'(z_lin) (s * dw)        AD:  dw = s * D'(z_lin)^T (sd * dx)
+//! ```
+//!
+//! `sd` and `mean` are the per-channel normalisation statistics, so dx is in physical units.
+
+use crate::autoencoder::Autoencoder;
+use crate::error::Result;
+use crate::solver::ControlSpace;
+
+/// Latent control transform around a background.
+pub struct LatentControl<'a> {
+    ae: &'a mut Autoencoder,
+    /// Background latent state z_b = E(N(x_b)).
+    pub z_b: Vec<f32>,
+    /// D(z_b), normalised.
+    pub xn_zb: Vec<f32>,
+    s: Vec<f64>,
+    chan_sd: Vec<f64>,
+    chan_mean: Vec<f64>,
+    x_b: &'a [f64],
+    npoints: usize,
+    full_state: bool,
+    z_lin: Vec<f32>,
+    buf_z: Vec<f32>,
+    buf_x: Vec<f32>,
+}
+
+impl<'a> LatentControl<'a> {
+    /// Encodes the background and prepares the transform.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        ae: &'a mut Autoencoder,
+        x_b: &'a [f64],
+        latent_variance: &[f64],
+        mean: &[f64],
+        sd: &[f64],
+        npoints: usize,
+        full_state: bool,
+    ) -> Result<Self> {
+        let nz = ae.latent_len;
+        let nx = ae.state_len;
+        let mut xn = vec![0f32; nx];
+        normalise(x_b, mean, sd, npoints, &mut xn);
+        let mut z_b = vec![0f32; nz];
+        ae.encode(&xn, &mut z_b)?;
+        let mut xn_zb = vec![0f32; nx];
+        ae.decode(&z_b, &mut xn_zb)?;
+        Ok(LatentControl {
+            ae,
+            z_lin: z_b.clone(),
+            z_b,
+            xn_zb,
+            s: latent_variance.iter().map(|v| v.sqrt()).collect(),
+            chan_sd: sd.to_vec(),
+            chan_mean: mean.to_vec(),
+            x_b,
+            npoints,
+            full_state,
+            buf_z: vec![0f32; nz],
+            buf_x: vec![0f32; nx],
+        })
+    }
+
+    /// z(w) = z_b + s * w.
+    pub fn latent(&self, w: &[f64]) -> Vec<f32> {
+        self.z_b.iter().zip(&self.s).zip(w).map(|((zb, s), w)| (*zb as f64 + s * w) as f32).collect()
+    }
+
+    /// Access to the autoencoder (for diagnostics after the solve).
+    pub fn autoencoder(&mut self) -> &mut Autoencoder {
+        self.ae
+    }
+}
+
+/// xn = (x - mean[c]) / sd[c].
+pub fn normalise(x: &[f64], mean: &[f64], sd: &[f64], npoints: usize, xn: &mut [f32]) {
+    for (c, (m, s)) in mean.iter().zip(sd).enumerate() {
+        for p in c * npoints..(c + 1) * npoints {
+            xn[p] = ((x[p] - m) / s) as f32;
+        }
+    }
+}
+
+/// x = mean[c] + sd[c] * xn.
+pub fn denormalise(xn: &[f32], mean: &[f64], sd: &[f64], npoints: usize, x: &mut [f64]) {
+    for (c, (m, s)) in mean.iter().zip(sd).enumerate() {
+        for p in c * npoints..(c + 1) * npoints {
+            x[p] = m + s * xn[p] as f64;
+        }
+    }
+}
+
+impl ControlSpace for LatentControl<'_> {
+    fn size(&self) -> usize {
+        self.z_b.len()
+    }
+
+    fn increment(&mut self, w: &[f64], dx: &mut [f64]) -> Result<()> {
+        let z = self.latent(w);
+        self.ae.decode(&z, &mut self.buf_x)?;
+        let np = self.npoints;
+        for (c, s) in self.chan_sd.iter().enumerate() {
+            for p in c * np..(c + 1) * np {
+                dx[p] = if self.full_state {
+                    self.chan_mean[c] + s * self.buf_x[p] as f64 - self.x_b[p]
+                } else {
+                    s * (self.buf_x[p] as f64 - self.xn_zb[p] as f64)
+                };
+            }
+        }
+        Ok(())
+    }
+
+    fn linearize(&mut self, w: &[f64]) -> Result<()> {
+        self.z_lin = self.latent(w);
+        Ok(())
+    }
+
+    fn tl(&mut self, dw: &[f64], dx: &mut [f64]) -> Result<()> {
+        for i in 0..dw.len() {
+            self.buf_z[i] = (self.s[i] * dw[i]) as f32;
+        }
+        self.ae.tl(&self.z_lin, &self.buf_z, &mut self.buf_x)?;
+        let np = self.npoints;
+        for (c, s) in self.chan_sd.iter().enumerate() {
+            for p in c * np..(c + 1) * np {
+                dx[p] = s * self.buf_x[p] as f64;
+            }
+        }
+        Ok(())
+    }
+
+    fn ad(&mut self, dx: &[f64], dw: &mut [f64]) -> Result<()> {
+        let np = self.npoints;
+        for (c, s) in self.chan_sd.iter().enumerate() {
+            for p in c * np..(c + 1) * np {
+                self.buf_x[p] = (s * dx[p]) as f32;
+            }
+        }
+        self.ae.ad(&self.z_lin, &self.buf_x, &mut self.buf_z)?;
+        for i in 0..dw.len() {
+            dw[i] = self.s[i] * self.buf_z[i] as f64;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,304 @@
+//! The `latentda` command-line tool: `info`, `check`, `analyse`. A thin layer over the library: parse arguments,
+//! validate them into ready objects, run, and report any error once, with its cause, at the top.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use latentda::checks;
+use latentda::ncio;
+use latentda::obs;
+use latentda::{Analyser, Method, Options, OutputMode};
+
+const USAGE: &str = "\
+latentda - latent data assimilation runtime
+
+USAGE:
+  latentda info <bundle> [--backend tract|ort]
+  latentda check <bundle> [--state state.nc] [--backend tract|ort] [--ort-library PATH]
+  latentda analyse --bundle B --background bg.nc --obs obs.csv --output an.nc
+                   [--method l3dvar|3dvar] [--report report.json] [--truth truth.nc]
+                   [--output-mode analysis|increment|full_state] [--backend tract|ort]
+                   [--device cpu|cuda:N] [--ort-library PATH] [--threads N] [--options opts.toml] [-v]
+
+Exit status: 0 success, 1 error, 2 usage error, 3 success but some input rows were malformed (see report).
+";
+
+struct Common {
+    options: Options,
+}
+
+fn value(parser: &mut lexopt::Parser, name: &str) -> Result<String, String> {
+    parser
+        .value()
+        .map_err(|_| format!("option --{name} needs a value"))?
+        .into_string()
+        .map_err(|_| format!("option --{name}: value is not valid UTF-8"))
+}
+
+fn parse_common(common: &mut Common, arg: &lexopt::Arg, parser: &mut lexopt::Parser) -> Result<bool, String> {
+    use lexopt::Arg::*;
+    let o = &mut common.options;
+    match arg {
+        Long("backend") => o.backend = value(parser, "backend")?,
+        Long("device") => o.device = value(parser, "device")?,
+        Long("ort-library") => o.ort_library = Some(value(parser, "ort-library")?),
+        Long("threads") => {
+            o.threads = value(parser, "threads")?.parse().map_err(|_| "--threads needs an integer".to_string())?
+        }
+        Long("options") => {
+            let p = value(parser, "options")?;
+            let text = std::fs::read_to_string(&p).map_err(|e| format!("cannot read options file '{p}': {e}"))?;
+            *o = Options::from_toml(&text).map_err(|e| format!("options file '{p}': {e}"))?;
+        }
+        Short('v') | Long("verbose") => o.verbosity = 1,
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+fn run() -> Result<ExitCode, String> {
+    let mut parser = lexopt::Parser::from_env();
+    let sub = match parser.next().map_err(|e| e.to_string())? {
+        Some(lexopt::Arg::Value(v)) => v.into_string().map_err(|_| "invalid command".to_string())?,
+        Some(lexopt::Arg::Short('h')) | Some(lexopt::Arg::Long("help")) | None => {
+            print!("{USAGE}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(lexopt::Arg::Long("version")) => {
+            println!("latentda {}", env!("CARGO_PKG_VERSION"));
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(a) => return Err(format!("unexpected argument {a:?}\n\n{USAGE}")),
+    };
+    let mut common = Common { options: Options::default() };
+    let mut positional: Vec<String> = Vec::new();
+    let mut kv: std::collections::BTreeMap<&'static str, String> = Default::default();
+    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+        if parse_common(&mut common, &arg, &mut parser)? {
+            continue;
+        }
+        use lexopt::Arg::*;
+        let key: &'static str = match &arg {
+            Long("bundle") => "bundle",
+            Long("background") => "background",
+            Long("obs") => "obs",
+            Long("output") => "output",
+            Long("method") => "method",
+            Long("report") => "report",
+            Long("truth") => "truth",
+            Long("state") => "state",
+            Long("output-mode") => "output-mode",
+            Short('h') | Long("help") => {
+                print!("{USAGE}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Value(v) => {
+                positional.push(v.clone().into_string().map_err(|_| "invalid argument".to_string())?);
+                continue;
+            }
+            other => return Err(format!("unexpected argument {other:?} for '{sub}'\n\n{USAGE}")),
+        };
+        kv.insert(key, value(&mut parser, key)?);
+    }
+    if let Some(m) = kv.get("output-mode") {
+        common.options.output = m.clone();
+    }
+    common.options.validate().map_err(|e| e.to_string())?;
+    match sub.as_str() {
+        "info" => cmd_info(&positional, &common),
+        "check" => cmd_check(&positional, &kv, &common),
+        "analyse" | "analyze" => cmd_analyse(&kv, &common),
+        _ => Err(format!("unknown command '{sub}'\n\n{USAGE}")),
+    }
+}
+
+fn bundle_arg(positional: &[String]) -> Result<PathBuf, String> {
+    match positional {
+        [b] => Ok(PathBuf::from(b)),
+        [] => Err("missing <bundle> argument".into()),
+        _ => Err(format!("expected one <bundle> argument, got {positional:?}")),
+    }
+}
+
+fn cmd_info(positional: &[String], common: &Common) -> Result<ExitCode, String> {
+    let dir = bundle_arg(positional)?;
+    let a = Analyser::open(&dir, common.options.clone()).map_err(|e| e.to_string())?;
+    let b = &a.bundle;
+    let l = &b.layout;
+    println!("bundle      {} ({})", b.name, b.dir.display());
+    if !b.description.is_empty() {
+        println!("description {}", b.description);
+    }
+    println!(
+        "grid        {:?} {} x {} (lat {:.3} .. {:.3}, lon {:.3} .. {:.3}){}",
+        l.grid.kind,
+        l.grid.nlat(),
+        l.grid.nlon(),
+        l.grid.lat[0],
+        l.grid.lat[l.grid.nlat() - 1],
+        l.grid.lon[0],
+        l.grid.lon[l.grid.nlon() - 1],
+        if l.grid.periodic { ", periodic" } else { "" }
+    );
+    println!("vertical    {:?}, {} levels {:?}", l.vertical.kind, l.vertical.levels.len(), l.vertical.levels);
+    println!("variables   {} channels", l.nchan);
+    for (i, v) in l.variables.iter().enumerate() {
+        println!(
+            "  {:<6} {:<10} {}  {}",
+            v.name,
+            b.units(i),
+            if v.is_surface() { "surface".to_string() } else { format!("{} levels", v.nlev) },
+            b.long_name(i).unwrap_or("")
+        );
+    }
+    println!("latent      shape {:?} = {} elements", b.latent_shape, b.latent_size());
+    let lv = &b.latent_variance;
+    let mean_sd = (lv.iter().sum::<f64>() / lv.len() as f64).sqrt();
+    println!("latent B    diagonal, rms sd {mean_sd:.4}");
+    println!("baseline B  {}", if b.baseline.is_some() { "present (3dvar available)" } else { "absent" });
+    println!("models      encoder, decoder, decoder_tl, decoder_ad: signatures OK ({})", a.ae.info.detail);
+    println!("checksums   {} files verified (SHA-256)", b.checksums.len());
+    for (k, v) in &b.provenance {
+        println!("provenance  {k}: {v}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_check(
+    positional: &[String],
+    kv: &std::collections::BTreeMap<&'static str, String>,
+    common: &Common,
+) -> Result<ExitCode, String> {
+    let dir = bundle_arg(positional)?;
+    let mut a = Analyser::open(&dir, common.options.clone()).map_err(|e| e.to_string())?;
+    let state = match kv.get("state") {
+        Some(p) => Some(ncio::read_state(p.as_ref(), &a.bundle.layout).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let e = |e: latentda::Error| e.to_string();
+    let mut ok = true;
+    println!("bundle {} ({}): {} latent, {} state values", a.bundle.name, a.ae.info.detail, a.ae.latent_len, a.ae.state_len);
+    let z = checks::check_latent_point(&mut a, state.as_deref()).map_err(e)?;
+    let where_ = if state.is_some() { "z = E(N(state))" } else { "z = E(0) (mean state)" };
+    let dt = checks::decoder_dot_test(&mut a, &z, 5, 1).map_err(e)?;
+    let pass = dt.rel < 1e-5;
+    ok &= pass;
+    println!(
+        "decoder TL/AD dot test at {where_}: <TL dz, u> = {:.8e}, <dz, AD u> = {:.8e}, rel diff {:.2e} (gate 1e-5) {}",
+        dt.lhs,
+        dt.rhs,
+        dt.rel,
+        if pass { "PASS" } else { "FAIL" }
+    );
+    let eps: Vec<f64> = (0..6).map(|k| 10f64.powi(-k)).collect();
+    let rows = checks::decoder_taylor_test(&mut a, &z, &eps, 2).map_err(e)?;
+    println!("Taylor test of the TL (direction ~ latent background error):");
+    println!("  {:>8} {:>12} {:>12}", "eps", "ratio", "remainder");
+    for r in &rows {
+        println!("  {:>8.0e} {:>12.8} {:>12.4e}", r.eps, r.ratio, r.remainder);
+    }
+    // First-order convergence: the remainder falls ~10x per decade over at least three decades.
+    let decades = rows.windows(2).take_while(|w| w[1].remainder < 0.5 * w[0].remainder && w[1].remainder < 1e-2 || w[1].remainder < 0.2 * w[0].remainder).count();
+    let best = rows.iter().map(|r| (r.ratio - 1.0).abs()).fold(f64::INFINITY, f64::min);
+    let pass = decades >= 3 && best < 1e-3;
+    ok &= pass;
+    println!(
+        "  remainder converges over {decades} decades, best |ratio - 1| = {best:.2e} {}",
+        if pass { "PASS" } else { "FAIL" }
+    );
+    let x_b = match &state {
+        Some(s) => s.clone(),
+        None => a.bundle.layout.variables.iter().flat_map(|v| {
+            let np = a.bundle.layout.grid.npoints();
+            (v.first_channel..v.first_channel + v.nchan()).flat_map(move |c| std::iter::repeat_n(c, np))
+        }).map(|c| a.bundle.mean[c]).collect(),
+    };
+    let lt = checks::latent_bsqrt_dot_test(&mut a, &x_b, 3).map_err(e)?;
+    let pass = lt.rel < 1e-5;
+    ok &= pass;
+    println!("latent B^1/2 (U) adjoint test: rel diff {:.2e} (gate 1e-5) {}", lt.rel, if pass { "PASS" } else { "FAIL" });
+    match checks::baseline_bsqrt_dot_test(&a, 4).map_err(e)? {
+        Some(bt) => {
+            let pass = bt.rel < 1e-10;
+            ok &= pass;
+            println!("baseline B^1/2 adjoint test: rel diff {:.2e} (gate 1e-10, float64) {}", bt.rel, if pass { "PASS" } else { "FAIL" });
+        }
+        None => println!("baseline B^1/2: bundle has no baseline statistics"),
+    }
+    if let Some(s) = &state {
+        let rec = checks::reconstruction_rmse(&mut a, s).map_err(e)?;
+        println!("reconstruction RMSE of N^-1(D(E(N(x)))) - x on the given state:");
+        for (v, r) in rec {
+            let i = a.bundle.layout.var_index(&v).unwrap();
+            println!("  {:<6} {:>12.4e} {}", v, r, a.bundle.units(i));
+        }
+    }
+    println!("{}", if ok { "all checks passed" } else { "SOME CHECKS FAILED" });
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn rmse_by_var(a: &Analyser, x: &[f64], truth: &[f64]) -> Vec<f64> {
+    let l = &a.bundle.layout;
+    let np = l.grid.npoints();
+    l.variables
+        .iter()
+        .map(|v| {
+            let r = v.first_channel * np..(v.first_channel + v.nchan()) * np;
+            let n = r.len() as f64;
+            (r.map(|i| (x[i] - truth[i]).powi(2)).sum::<f64>() / n).sqrt()
+        })
+        .collect()
+}
+
+fn cmd_analyse(kv: &std::collections::BTreeMap<&'static str, String>, common: &Common) -> Result<ExitCode, String> {
+    let need = |k: &str| kv.get(k).cloned().ok_or_else(|| format!("analyse: missing --{k}\n\n{USAGE}"));
+    let (bundle, bg, obs_path, out) = (need("bundle")?, need("background")?, need("obs")?, need("output")?);
+    let method = Method::parse(kv.get("method").map(String::as_str).unwrap_or(&common.options.method)).map_err(|e| e.to_string())?;
+    let mode = OutputMode::parse(&common.options.output).map_err(|e| e.to_string())?;
+    // Validate the bundle before reading any data file.
+    let mut a = Analyser::open(&bundle, common.options.clone()).map_err(|e| e.to_string())?;
+    let layout = a.bundle.layout.clone();
+    let x_b = ncio::read_state(bg.as_ref(), &layout).map_err(|e| e.to_string())?;
+    let truth = match kv.get("truth") {
+        Some(t) => Some(ncio::read_state(t.as_ref(), &layout).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let (observations, problems) = obs::read_csv(obs_path.as_ref(), &layout).map_err(|e| e.to_string())?;
+    for p in &problems {
+        eprintln!("latentda: warning: {obs_path}: {}", p.message);
+    }
+    let mut result = a.analyse_with(&x_b, &observations, method, mode).map_err(|e| e.to_string())?;
+    result.report.input_problems = problems.clone();
+    let title = format!("latentda {} {} of {}", method.name(), mode.name(), bg);
+    let units = |v: usize| a.bundle.units(v).to_string();
+    ncio::write_state(out.as_ref(), &layout, &units, &result.output, &title).map_err(|e| e.to_string())?;
+    if let Some(r) = kv.get("report") {
+        std::fs::write(r, result.report.to_json()).map_err(|e| format!("cannot write report '{r}': {e}"))?;
+    }
+    print!("{}", result.report.summary());
+    if let Some(t) = &truth {
+        let rb = rmse_by_var(&a, &x_b, t);
+        let ra = rmse_by_var(&a, &result.analysis, t);
+        println!("RMSE against truth:");
+        println!("  {:<6} {:>12} {:>12} {:>8}", "var", "background", "analysis", "change");
+        for (i, v) in layout.variables.iter().enumerate() {
+            println!("  {:<6} {:>12.4e} {:>12.4e} {:>+7.1}%", v.name, rb[i], ra[i], 100.0 * (ra[i] / rb[i] - 1.0));
+        }
+    }
+    println!("wrote {out}{}", kv.get("report").map(|r| format!(" and {r}")).unwrap_or_default());
+    Ok(if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) })
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(msg) => {
+            eprintln!("latentda: error: {msg}");
+            if msg.contains("USAGE") || msg.starts_with("unexpected") || msg.starts_with("missing") {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}

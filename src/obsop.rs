@@ -1,0 +1,134 @@
+//! The observation operator H: bilinear in latitude/longitude (periodic longitude, non-uniform latitudes, zero-
+//! gradient polar caps) and linear in ln(level) between model levels.
+//!
+//! H is linear in the state for fixed observation positions, so it is stored once per analysis as a sparse matrix
+//! with a fixed stride of 8 entries per row (4 horizontal x 2 vertical; surface rows pad with zero weights).
+//! `apply` computes y = H x and `adjoint` accumulates dx += H^T dy, its exact transpose.
+
+use crate::grid::Layout;
+use crate::obs::{Observation, QcFlag};
+
+/// Entries per row.
+pub const STRIDE: usize = 8;
+
+/// Sparse H for the observations that passed the geometric checks.
+#[derive(Debug, Clone)]
+pub struct ObsOperator {
+    /// Observation index (into the caller's list) of each row.
+    pub rows: Vec<usize>,
+    idx: Vec<u32>,
+    w: Vec<f64>,
+    state_len: usize,
+}
+
+/// Geometric QC of one observation and its row of H, or the flag explaining why it has none.
+pub fn locate(layout: &Layout, o: &Observation) -> Result<([u32; STRIDE], [f64; STRIDE]), QcFlag> {
+    if o.malformed.is_some() {
+        return Err(QcFlag::Invalid);
+    }
+    let Some(v) = o.var else { return Err(QcFlag::UnknownVariable) };
+    if !o.value.is_finite() || !o.sigma.is_finite() || o.sigma <= 0.0 || !o.lat.is_finite() || !o.lon.is_finite() {
+        return Err(QcFlag::Invalid);
+    }
+    if o.lat.abs() > 90.0 {
+        return Err(QcFlag::Invalid);
+    }
+    let var = &layout.variables[v];
+    let Some(h) = layout.grid.bilinear(o.lat, o.lon) else { return Err(QcFlag::OutsideDomain) };
+    let np = layout.grid.npoints();
+    let mut idx = [0u32; STRIDE];
+    let mut w = [0.0; STRIDE];
+    if var.is_surface() {
+        for (k, (p, wt)) in h.iter().enumerate() {
+            idx[k] = (var.first_channel * np + p) as u32;
+            w[k] = *wt;
+        }
+    } else {
+        let Some(level) = o.level else { return Err(QcFlag::OutsideVertical) };
+        if !level.is_finite() {
+            return Err(QcFlag::Invalid);
+        }
+        let Some(vw) = layout.vertical.interpolate(level) else { return Err(QcFlag::OutsideVertical) };
+        for (a, (k, wk)) in vw.iter().enumerate() {
+            for (b, (p, wt)) in h.iter().enumerate() {
+                idx[a * 4 + b] = ((var.first_channel + k) * np + p) as u32;
+                w[a * 4 + b] = wk * wt;
+            }
+        }
+    }
+    Ok((idx, w))
+}
+
+impl ObsOperator {
+    /// Builds H for `obs`, writing the geometric QC flag of every observation into `flags` (`Used` for those with a
+    /// row).
+    pub fn build(layout: &Layout, obs: &[Observation], flags: &mut [QcFlag]) -> ObsOperator {
+        let mut op = ObsOperator { rows: Vec::new(), idx: Vec::new(), w: Vec::new(), state_len: layout.state_len() };
+        for (i, o) in obs.iter().enumerate() {
+            match locate(layout, o) {
+                Ok((idx, w)) => {
+                    op.rows.push(i);
+                    op.idx.extend_from_slice(&idx);
+                    op.w.extend_from_slice(&w);
+                    flags[i] = QcFlag::Used;
+                }
+                Err(f) => flags[i] = f,
+            }
+        }
+        op
+    }
+
+    /// Number of rows.
+    pub fn nrows(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// State length the operator applies to.
+    pub fn state_len(&self) -> usize {
+        self.state_len
+    }
+
+    /// Keeps only the rows for which `keep(row)` is true.
+    pub fn retain(&mut self, keep: impl Fn(usize) -> bool) {
+        let mut out = 0;
+        for r in 0..self.rows.len() {
+            if keep(r) {
+                self.rows[out] = self.rows[r];
+                self.idx.copy_within(r * STRIDE..(r + 1) * STRIDE, out * STRIDE);
+                self.w.copy_within(r * STRIDE..(r + 1) * STRIDE, out * STRIDE);
+                out += 1;
+            }
+        }
+        self.rows.truncate(out);
+        self.idx.truncate(out * STRIDE);
+        self.w.truncate(out * STRIDE);
+    }
+
+    /// y = H x.
+    pub fn apply(&self, x: &[f64], y: &mut [f64]) {
+        assert_eq!(x.len(), self.state_len, "H: state length");
+        assert_eq!(y.len(), self.rows.len(), "H: observation count");
+        for (r, yr) in y.iter_mut().enumerate() {
+            let idx = &self.idx[r * STRIDE..(r + 1) * STRIDE];
+            let w = &self.w[r * STRIDE..(r + 1) * STRIDE];
+            let mut s = 0.0;
+            for k in 0..STRIDE {
+                s += w[k] * x[idx[k] as usize];
+            }
+            *yr = s;
+        }
+    }
+
+    /// dx += H^T dy.
+    pub fn adjoint(&self, dy: &[f64], dx: &mut [f64]) {
+        assert_eq!(dx.len(), self.state_len, "H^T: state length");
+        assert_eq!(dy.len(), self.rows.len(), "H^T: observation count");
+        for (r, &d) in dy.iter().enumerate() {
+            let idx = &self.idx[r * STRIDE..(r + 1) * STRIDE];
+            let w = &self.w[r * STRIDE..(r + 1) * STRIDE];
+            for k in 0..STRIDE {
+                dx[idx[k] as usize] += w[k] * d;
+            }
+        }
+    }
+}

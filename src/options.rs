@@ -1,0 +1,182 @@
+//! Run-time options: one TOML table shared by the CLI, the C ABI (`lda_open`'s options string), Fortran and C++.
+//!
+//! ```toml
+//! backend = "tract"            # "tract" (pure Rust, default) or "ort" (ONNX Runtime shared library)
+//! ort_library = "/path/libonnxruntime.so.1.24.1"   # or environment variable ORT_DYLIB_PATH
+//! device = "cpu"               # or "cuda:0" (backend "ort" only; fails if CUDA cannot be used)
+//! threads = 1                  # ONNX Runtime intra-op threads (1 = bit-reproducible)
+//! cuda_tf32 = false            # allow TF32 on CUDA
+//! method = "l3dvar"            # default method of lda_analyse: "l3dvar" or "3dvar"
+//! output = "analysis"          # "analysis" (x_b + decoded increment), "increment", "full_state" (N^-1(D(z_a)))
+//! outer_loops = 2              # Gauss-Newton outer loops
+//! max_inner = 40               # CG iterations per outer loop
+//! gradient_reduction = 1e-3    # inner-loop stopping criterion
+//! bg_check = 5.0               # background check k (0 disables)
+//! verbosity = 0                # 0 quiet, 1 iteration lines on stderr
+//! ```
+
+use serde::Deserialize;
+
+use crate::backend::{BackendKind, Device, ExecOptions};
+use crate::error::{Error, Result};
+use crate::solver::SolverParams;
+
+/// Analysis method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// Latent 3D-Var.
+    L3dvar,
+    /// Model-space 3D-Var with the static baseline B.
+    Var3d,
+}
+
+impl Method {
+    /// Parses `l3dvar` or `3dvar`.
+    pub fn parse(s: &str) -> Result<Method> {
+        match s {
+            "l3dvar" => Ok(Method::L3dvar),
+            "3dvar" => Ok(Method::Var3d),
+            _ => Err(Error::arg(format!("method '{s}' is not known (use 'l3dvar' or '3dvar')"))),
+        }
+    }
+    /// Name used in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::L3dvar => "l3dvar",
+            Method::Var3d => "3dvar",
+        }
+    }
+}
+
+/// What the analysis returns (and what the C ABI writes into bound host arrays).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputMode {
+    /// x_b + decoded latent increment (default): the AE reconstruction error never enters.
+    Analysis,
+    /// The increment x_a - x_b only (for incremental analysis update).
+    Increment,
+    /// The full decoded state N^-1(D(z_a)) (full-state formulation, as in the published reference).
+    FullState,
+}
+
+impl OutputMode {
+    /// Parses `analysis`, `increment` or `full_state`.
+    pub fn parse(s: &str) -> Result<OutputMode> {
+        match s {
+            "analysis" => Ok(OutputMode::Analysis),
+            "increment" => Ok(OutputMode::Increment),
+            "full_state" => Ok(OutputMode::FullState),
+            _ => Err(Error::arg(format!("output '{s}' is not known (use 'analysis', 'increment' or 'full_state')"))),
+        }
+    }
+    /// Name used in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            OutputMode::Analysis => "analysis",
+            OutputMode::Increment => "increment",
+            OutputMode::FullState => "full_state",
+        }
+    }
+}
+
+/// All options, with defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Options {
+    /// "tract" or "ort".
+    pub backend: String,
+    /// ONNX Runtime shared library path.
+    pub ort_library: Option<String>,
+    /// "cpu" or "cuda:N".
+    pub device: String,
+    /// Intra-op threads.
+    pub threads: usize,
+    /// TF32 on CUDA.
+    pub cuda_tf32: bool,
+    /// Default method.
+    pub method: String,
+    /// Output mode.
+    pub output: String,
+    /// Outer loops.
+    pub outer_loops: usize,
+    /// Max CG iterations per outer loop.
+    pub max_inner: usize,
+    /// Inner-loop gradient reduction.
+    pub gradient_reduction: f64,
+    /// Background-check threshold k (0 disables).
+    pub bg_check: f64,
+    /// 0 quiet, 1 iteration lines on stderr.
+    pub verbosity: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            backend: "tract".into(),
+            ort_library: None,
+            device: "cpu".into(),
+            threads: 1,
+            cuda_tf32: false,
+            method: "l3dvar".into(),
+            output: "analysis".into(),
+            outer_loops: 2,
+            max_inner: 40,
+            gradient_reduction: 1e-3,
+            bg_check: 5.0,
+            verbosity: 0,
+        }
+    }
+}
+
+impl Options {
+    /// Parses a TOML options string (empty = defaults) and validates it.
+    pub fn from_toml(text: &str) -> Result<Options> {
+        let o: Options = toml::from_str(text).map_err(|e| Error::arg(format!("invalid options: {e}")))?;
+        o.validate()?;
+        Ok(o)
+    }
+
+    /// Checks every value.
+    pub fn validate(&self) -> Result<()> {
+        self.exec()?;
+        Method::parse(&self.method)?;
+        OutputMode::parse(&self.output)?;
+        if self.outer_loops == 0 || self.outer_loops > 20 {
+            return Err(Error::arg(format!("outer_loops = {} must be in 1..=20", self.outer_loops)));
+        }
+        if self.max_inner == 0 {
+            return Err(Error::arg("max_inner must be >= 1"));
+        }
+        if !(self.gradient_reduction > 0.0 && self.gradient_reduction < 1.0) {
+            return Err(Error::arg(format!("gradient_reduction = {} must be in (0, 1)", self.gradient_reduction)));
+        }
+        if !(self.bg_check >= 0.0) {
+            return Err(Error::arg(format!("bg_check = {} must be >= 0", self.bg_check)));
+        }
+        if self.threads == 0 {
+            return Err(Error::arg("threads must be >= 1"));
+        }
+        Ok(())
+    }
+
+    /// Backend options.
+    pub fn exec(&self) -> Result<ExecOptions> {
+        Ok(ExecOptions {
+            backend: BackendKind::parse(&self.backend)?,
+            ort_library: self.ort_library.as_ref().map(Into::into),
+            device: Device::parse(&self.device)?,
+            threads: self.threads,
+            cuda_tf32: self.cuda_tf32,
+        })
+    }
+
+    /// Solver parameters.
+    pub fn solver(&self) -> SolverParams {
+        SolverParams {
+            outer_loops: self.outer_loops,
+            max_inner: self.max_inner,
+            gradient_reduction: self.gradient_reduction,
+            verbose: self.verbosity >= 1,
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! Analysis report: iteration history, observation statistics per variable, QC counts, timings and the backend
+//! actually used. Serialised as JSON (`--report`, `lda_report_json`) and printed as a summary table.
+
+use serde::Serialize;
+
+use crate::solver::SolveInfo;
+
+/// Observation-space statistics of one variable.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct VarStats {
+    /// Variable name.
+    pub name: String,
+    /// Units.
+    pub units: String,
+    /// Observations of this variable in the input.
+    pub n_total: usize,
+    /// Used in the analysis.
+    pub n_used: usize,
+    /// Rejected by QC.
+    pub n_rejected: usize,
+    /// Mean of O-B over used observations.
+    pub omb_mean: f64,
+    /// RMS of O-B over used observations.
+    pub omb_rms: f64,
+    /// Mean of O-A over used observations.
+    pub oma_mean: f64,
+    /// RMS of O-A over used observations.
+    pub oma_rms: f64,
+    /// Jo/n at the background: 1/2 sum((O-B)/sigma)^2 / n.
+    pub jo_over_n_b: f64,
+    /// Jo/n at the analysis: 1/2 sum((O-A)/sigma)^2 / n.
+    pub jo_over_n_a: f64,
+    /// RMS of the analysis increment over the whole field.
+    pub increment_rms: f64,
+}
+
+/// Timings in seconds.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Timings {
+    /// Encoder runs.
+    pub encode_s: f64,
+    /// Decoder runs.
+    pub decode_s: f64,
+    /// TL runs.
+    pub tl_s: f64,
+    /// AD runs.
+    pub ad_s: f64,
+    /// Observation operator H and H^T (including building it).
+    pub h_s: f64,
+    /// Whole analysis.
+    pub total_s: f64,
+    /// latentda's own code: total minus model runs.
+    pub overhead_s: f64,
+    /// Model run counts.
+    pub n_encode: usize,
+    /// Decoder runs.
+    pub n_decode: usize,
+    /// TL runs.
+    pub n_tl: usize,
+    /// AD runs.
+    pub n_ad: usize,
+}
+
+/// Geostrophic balance of the increment in the extratropics.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct BalanceStats {
+    /// Correlation between the wind increment and the geostrophic wind of the increment (|lat| > 20).
+    pub correlation: f64,
+    /// |v - v_g| / |v| over the same points.
+    pub relative_difference: f64,
+    /// RMS of the wind increment used.
+    pub wind_rms: f64,
+    /// RMS of its geostrophic wind.
+    pub geostrophic_rms: f64,
+    /// Number of points.
+    pub npoints: usize,
+    /// How the pressure-gradient force was computed.
+    pub method: String,
+}
+
+/// A full report.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Report {
+    /// latentda version.
+    pub latentda_version: String,
+    /// Bundle name.
+    pub bundle: String,
+    /// Method ("l3dvar" or "3dvar").
+    pub method: String,
+    /// What the returned/written field is ("analysis", "increment", "full_state").
+    pub output: String,
+    /// Formulation of x(w): "increment" (x_b + decoded increment) or "full_state".
+    pub formulation: String,
+    /// Backend actually used.
+    pub backend: String,
+    /// Backend detail (library, version).
+    pub backend_detail: String,
+    /// Device actually used.
+    pub device: String,
+    /// ONNX Runtime threads.
+    pub threads: usize,
+    /// Control-vector size.
+    pub control_size: usize,
+    /// Minimisation summary and history.
+    pub solver: Option<SolveInfo>,
+    /// Total observations given.
+    pub n_obs: usize,
+    /// Used observations.
+    pub n_used: usize,
+    /// Counts per QC flag name.
+    pub qc_counts: std::collections::BTreeMap<String, usize>,
+    /// Malformed input rows (file input only).
+    pub input_problems: Vec<crate::obs::RowProblem>,
+    /// Per-variable statistics, bundle order.
+    pub variables: Vec<VarStats>,
+    /// Balance diagnostic of the increment, if the bundle has u, v and a geopotential.
+    pub balance: Option<BalanceStats>,
+    /// Timings.
+    pub timings: Timings,
+}
+
+impl Report {
+    /// JSON text.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    }
+
+    /// Multi-line human summary.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "method {}  output {}  backend {} ({})  device {}",
+            self.method, self.output, self.backend, self.backend_detail, self.device
+        );
+        if let Some(si) = &self.solver {
+            let _ = writeln!(
+                s,
+                "J {:.4e} -> {:.4e} (Jb {:.4e}, Jo {:.4e});  |grad J| reduced {:.2e}-fold in {} TL/AD pairs",
+                si.j_initial,
+                si.j_final,
+                si.jb_final,
+                si.jo_final,
+                if si.grad_reduction > 0.0 { 1.0 / si.grad_reduction } else { f64::INFINITY },
+                si.inner_total
+            );
+        }
+        let _ = writeln!(s, "observations: {} given, {} used; QC {:?}", self.n_obs, self.n_used, self.qc_counts);
+        let _ = writeln!(
+            s,
+            "{:<6} {:>6} {:>6} {:>11} {:>11} {:>11} {:>11} {:>8} {:>8} {:>11}",
+            "var", "used", "rej", "O-B mean", "O-B rms", "O-A mean", "O-A rms", "Jo/n b", "Jo/n a", "incr rms"
+        );
+        for v in &self.variables {
+            let _ = writeln!(
+                s,
+                "{:<6} {:>6} {:>6} {:>11.4e} {:>11.4e} {:>11.4e} {:>11.4e} {:>8.3} {:>8.3} {:>11.4e}",
+                v.name, v.n_used, v.n_rejected, v.omb_mean, v.omb_rms, v.oma_mean, v.oma_rms, v.jo_over_n_b,
+                v.jo_over_n_a, v.increment_rms
+            );
+        }
+        if let Some(b) = &self.balance {
+            let _ = writeln!(
+                s,
+                "balance (|lat|>20): corr(wind incr, geostrophic wind of incr) = {:.3}, relative difference = {:.3}",
+                b.correlation, b.relative_difference
+            );
+        }
+        let t = &self.timings;
+        let _ = writeln!(
+            s,
+            "time: total {:.3} s = encode {:.3} + decode {:.3} ({}x) + TL {:.3} ({}x) + AD {:.3} ({}x) + H {:.4} + other {:.4}",
+            t.total_s,
+            t.encode_s,
+            t.decode_s,
+            t.n_decode,
+            t.tl_s,
+            t.n_tl,
+            t.ad_s,
+            t.n_ad,
+            t.h_s,
+            t.overhead_s - t.h_s
+        );
+        s
+    }
+}
