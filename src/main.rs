@@ -35,22 +35,43 @@ fn value(parser: &mut lexopt::Parser, name: &str) -> Result<String, String> {
         .map_err(|_| format!("option --{name}: value is not valid UTF-8"))
 }
 
-fn parse_common(common: &mut Common, arg: &lexopt::Arg, parser: &mut lexopt::Parser) -> Result<bool, String> {
-    use lexopt::Arg::*;
+/// An argument detached from the parser, so the parser can be borrowed again for its value.
+enum Arg {
+    Short(char),
+    Long(String),
+    Value(std::ffi::OsString),
+}
+
+impl From<lexopt::Arg<'_>> for Arg {
+    fn from(a: lexopt::Arg<'_>) -> Arg {
+        match a {
+            lexopt::Arg::Short(c) => Arg::Short(c),
+            lexopt::Arg::Long(l) => Arg::Long(l.to_string()),
+            lexopt::Arg::Value(v) => Arg::Value(v),
+        }
+    }
+}
+
+fn parse_common(common: &mut Common, arg: &Arg, parser: &mut lexopt::Parser) -> Result<bool, String> {
     let o = &mut common.options;
-    match arg {
-        Long("backend") => o.backend = value(parser, "backend")?,
-        Long("device") => o.device = value(parser, "device")?,
-        Long("ort-library") => o.ort_library = Some(value(parser, "ort-library")?),
-        Long("threads") => {
+    let name = match arg {
+        Arg::Short('v') => "verbose",
+        Arg::Long(l) => l.as_str(),
+        _ => return Ok(false),
+    };
+    match name {
+        "backend" => o.backend = value(parser, "backend")?,
+        "device" => o.device = value(parser, "device")?,
+        "ort-library" => o.ort_library = Some(value(parser, "ort-library")?),
+        "threads" => {
             o.threads = value(parser, "threads")?.parse().map_err(|_| "--threads needs an integer".to_string())?
         }
-        Long("options") => {
+        "options" => {
             let p = value(parser, "options")?;
             let text = std::fs::read_to_string(&p).map_err(|e| format!("cannot read options file '{p}': {e}"))?;
             *o = Options::from_toml(&text).map_err(|e| format!("options file '{p}': {e}"))?;
         }
-        Short('v') | Long("verbose") => o.verbosity = 1,
+        "verbose" => o.verbosity = 1,
         _ => return Ok(false),
     }
     Ok(true)
@@ -74,29 +95,36 @@ fn run() -> Result<ExitCode, String> {
     let mut positional: Vec<String> = Vec::new();
     let mut kv: std::collections::BTreeMap<&'static str, String> = Default::default();
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+        let arg = Arg::from(arg);
         if parse_common(&mut common, &arg, &mut parser)? {
             continue;
         }
-        use lexopt::Arg::*;
         let key: &'static str = match &arg {
-            Long("bundle") => "bundle",
-            Long("background") => "background",
-            Long("obs") => "obs",
-            Long("output") => "output",
-            Long("method") => "method",
-            Long("report") => "report",
-            Long("truth") => "truth",
-            Long("state") => "state",
-            Long("output-mode") => "output-mode",
-            Short('h') | Long("help") => {
-                print!("{USAGE}");
-                return Ok(ExitCode::SUCCESS);
-            }
-            Value(v) => {
+            Arg::Value(v) => {
                 positional.push(v.clone().into_string().map_err(|_| "invalid argument".to_string())?);
                 continue;
             }
-            other => return Err(format!("unexpected argument {other:?} for '{sub}'\n\n{USAGE}")),
+            Arg::Short('h') => {
+                print!("{USAGE}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Arg::Long(l) => match l.as_str() {
+                "bundle" => "bundle",
+                "background" => "background",
+                "obs" => "obs",
+                "output" => "output",
+                "method" => "method",
+                "report" => "report",
+                "truth" => "truth",
+                "state" => "state",
+                "output-mode" => "output-mode",
+                "help" => {
+                    print!("{USAGE}");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                other => return Err(format!("unexpected argument --{other} for '{sub}'\n\n{USAGE}")),
+            },
+            Arg::Short(c) => return Err(format!("unexpected argument -{c} for '{sub}'\n\n{USAGE}")),
         };
         kv.insert(key, value(&mut parser, key)?);
     }

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite: Rust unit/integration tests (which build and run the C, Fortran and C++ drivers with the
+# real compilers) and the Python toolkit's tests.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$here"
+bash scripts/setup.sh
+cargo test --release
+python3 -m pytest -q python/tests
