@@ -9,11 +9,8 @@ use std::ffi::{c_char, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Mutex;
 
-use crate::analysis::Analyser;
-use crate::bop::LatentB;
 use crate::error::{Error, Result, Status};
-use crate::obs::{Observation, QcFlag};
-use crate::options::{Method, Options};
+use crate::host::{HostContext, HostData};
 
 /// Success.
 pub const LDA_OK: i32 = 0;
@@ -56,32 +53,12 @@ pub const LDA_ORDER_C: i32 = 0;
 /// Array order: Fortran (column-major), shape (nlon, nlat, nlev) or (nlon, nlat) in Fortran terms.
 pub const LDA_ORDER_FORTRAN: i32 = 1;
 
-#[derive(Debug, Clone, Copy)]
-enum Data {
-    F32(*mut f32),
-    F64(*mut f64),
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Bound {
-    data: Data,
-}
-
-struct Inner {
-    analyser: Analyser,
-    fields: Vec<Option<Bound>>,
-    obs: Vec<Observation>,
-    qc: Option<Vec<QcFlag>>,
-    report: Option<CString>,
-    latent_b: Option<LatentB>,
-}
-
 /// Opaque latentda context: one opened bundle, its ONNX sessions, the bound host arrays and the observations.
 ///
 /// A context may be used from one thread at a time; different contexts may be used concurrently from different
 /// threads. `lda_last_error` may be called from any thread.
 pub struct LdaContext {
-    inner: Mutex<Inner>,
+    inner: Mutex<HostContext>,
     last_error: Mutex<CString>,
 }
 
@@ -114,7 +91,7 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// Runs `f` on the context with panics caught and the error recorded.
-fn with_ctx(ctx: *mut LdaContext, f: impl FnOnce(&mut Inner) -> Result<()>) -> i32 {
+fn with_ctx(ctx: *mut LdaContext, f: impl FnOnce(&mut HostContext) -> Result<()>) -> i32 {
     if ctx.is_null() {
         return set_error(None, &Error::new(Status::NullPointer, "context is NULL"));
     }
@@ -162,20 +139,9 @@ pub extern "C" fn lda_open(bundle_dir: *const c_char, options: *const c_char, ou
         unsafe { *out = std::ptr::null_mut() };
         // SAFETY: strings are NUL-terminated per the contract.
         let dir = unsafe { c_str(bundle_dir, "bundle_dir") }?;
-        let opts = if options.is_null() { Options::default() } else { Options::from_toml(unsafe { c_str(options, "options") }?)? };
-        let analyser = Analyser::open(dir, opts)?;
-        let nvar = analyser.bundle.layout.variables.len();
-        let ctx = LdaContext {
-            inner: Mutex::new(Inner {
-                analyser,
-                fields: vec![None; nvar],
-                obs: Vec::new(),
-                qc: None,
-                report: None,
-                latent_b: None,
-            }),
-            last_error: Mutex::new(CString::default()),
-        };
+        let opts = if options.is_null() { None } else { Some(unsafe { c_str(options, "options") }?) };
+        let host = HostContext::open(dir, opts)?;
+        let ctx = LdaContext { inner: Mutex::new(host), last_error: Mutex::new(CString::default()) };
         Ok(Box::into_raw(Box::new(ctx)))
     });
     match r {
@@ -233,57 +199,27 @@ pub extern "C" fn lda_var_index(ctx: *mut LdaContext, name: *const c_char, index
         if index_out.is_null() {
             return Err(null("index_out"));
         }
-        let lay = &inner.analyser.bundle.layout;
-        let i = lay.var_index(name).ok_or_else(|| {
-            let names: Vec<&str> = lay.variables.iter().map(|v| v.name.as_str()).collect();
-            Error::arg(format!("variable '{name}' is not in the bundle (variables: {})", names.join(", ")))
-        })?;
+        let i = inner.var_index(name)?;
         // SAFETY: checked non-null.
         unsafe { *index_out = i as i32 };
         Ok(())
     })
 }
 
-fn bind(ctx: *mut LdaContext, name: *const c_char, data: Data, is_null: bool, ndim: i32, shape: *const i64, order: i32) -> i32 {
+fn bind(ctx: *mut LdaContext, name: *const c_char, data: HostData, ndim: i32, shape: *const i64, order: i32) -> i32 {
     with_ctx(ctx, |inner| {
         // SAFETY: NUL-terminated string per contract.
         let name = unsafe { c_str(name, "name") }?;
-        if is_null {
-            return Err(null("data"));
-        }
         if shape.is_null() {
             return Err(null("shape"));
         }
-        let lay = &inner.analyser.bundle.layout;
-        let v = lay.var_index(name).ok_or_else(|| Error::arg(format!("lda_bind_field: variable '{name}' is not in the bundle")))?;
-        let var = &lay.variables[v];
-        let (nlat, nlon) = (lay.grid.nlat() as i64, lay.grid.nlon() as i64);
-        if order != LDA_ORDER_C && order != LDA_ORDER_FORTRAN {
-            return Err(Error::arg(format!("lda_bind_field '{name}': order = {order} (use 0 for C, 1 for Fortran)")));
+        if !(1..=3).contains(&ndim) {
+            return Err(Error::arg(format!("lda_bind_field '{name}': ndim = {ndim} must be 2 or 3")));
         }
-        let want_ndim = if var.is_surface() { 2 } else { 3 };
-        if ndim != want_ndim {
-            return Err(Error::arg(format!(
-                "lda_bind_field '{name}': ndim = {ndim}, but '{name}' is {} and needs ndim = {want_ndim}",
-                if var.is_surface() { "a surface field" } else { "an upper-air field" }
-            )));
-        }
-        // SAFETY: shape points to ndim values (contract); ndim is 2 or 3 here.
-        let got: Vec<i64> = unsafe { std::slice::from_raw_parts(shape, ndim as usize) }.to_vec();
-        let mut want = if var.is_surface() { vec![nlat, nlon] } else { vec![var.nlev as i64, nlat, nlon] };
-        if order == LDA_ORDER_FORTRAN {
-            want.reverse();
-        }
-        if got != want {
-            return Err(Error::arg(format!(
-                "lda_bind_field '{name}': shape {got:?} does not match the bundle grid; expected {want:?} in {} order",
-                if order == LDA_ORDER_C { "C (lev, lat, lon)" } else { "Fortran (lon, lat, lev)" }
-            )));
-        }
-        // C (lev, lat, lon) and Fortran (lon, lat, lev) describe the same memory layout: longitude fastest.
-        inner.fields[v] = Some(Bound { data });
-        inner.latent_b = None;
-        Ok(())
+        // SAFETY: shape points to ndim values (contract).
+        let shape = unsafe { std::slice::from_raw_parts(shape, ndim as usize) };
+        // SAFETY: the host keeps the array valid while bound (documented contract of lda_bind_field_*).
+        unsafe { inner.bind(name, data, shape, order) }
     })
 }
 
@@ -294,13 +230,13 @@ fn bind(ctx: *mut LdaContext, name: *const c_char, data: Data, is_null: bool, nd
 /// eastwards from the bundle's first longitude.
 #[no_mangle]
 pub extern "C" fn lda_bind_field_f32(ctx: *mut LdaContext, name: *const c_char, data: *mut f32, ndim: i32, shape: *const i64, order: i32) -> i32 {
-    bind(ctx, name, Data::F32(data), data.is_null(), ndim, shape, order)
+    bind(ctx, name, HostData::F32(data), ndim, shape, order)
 }
 
 /// Binds a host double array to a bundle variable; see `lda_bind_field_f32`.
 #[no_mangle]
 pub extern "C" fn lda_bind_field_f64(ctx: *mut LdaContext, name: *const c_char, data: *mut f64, ndim: i32, shape: *const i64, order: i32) -> i32 {
-    bind(ctx, name, Data::F64(data), data.is_null(), ndim, shape, order)
+    bind(ctx, name, HostData::F64(data), ndim, shape, order)
 }
 
 /// Sets the observations for the next analysis (copied; the arrays may be freed after the call). `n` may be 0.
@@ -333,71 +269,8 @@ pub extern "C" fn lda_set_obs(
         // SAFETY: as above.
         let vars: &[i32] = if n == 0 { &[] } else { unsafe { std::slice::from_raw_parts(var, n) } };
         let (la, lo, le, va, si) = (sl(lat), sl(lon), sl(level), sl(value), sl(sigma));
-        let lay = &inner.analyser.bundle.layout;
-        let nvar = lay.variables.len();
-        inner.obs = (0..n)
-            .map(|i| {
-                let v = (vars[i] >= 0 && (vars[i] as usize) < nvar).then_some(vars[i] as usize);
-                Observation {
-                    var: v,
-                    var_name: v.map(|v| lay.variables[v].name.clone()).unwrap_or_else(|| format!("#{}", vars[i])),
-                    lat: la[i],
-                    lon: lo[i],
-                    level: Some(le[i]).filter(|_| v.is_some_and(|v| !lay.variables[v].is_surface())),
-                    value: va[i],
-                    sigma: si[i],
-                    line: None,
-                    malformed: None,
-                }
-            })
-            .collect();
-        inner.qc = None;
-        Ok(())
+        inner.set_obs(vars, la, lo, le, va, si)
     })
-}
-
-fn gather(inner: &Inner) -> Result<Vec<f64>> {
-    let lay = &inner.analyser.bundle.layout;
-    let np = lay.grid.npoints();
-    let mut x = vec![0.0; lay.state_len()];
-    for (v, var) in lay.variables.iter().enumerate() {
-        let b = inner.fields[v].ok_or_else(|| {
-            Error::new(Status::NotReady, format!("field '{}' is not bound (call lda_bind_field for it)", var.name))
-        })?;
-        let off = var.first_channel * np;
-        let n = var.nchan() * np;
-        // SAFETY: bound arrays hold n elements and stay valid while bound (documented contract).
-        match b.data {
-            Data::F32(p) => {
-                let s = unsafe { std::slice::from_raw_parts(p, n) };
-                for i in 0..n {
-                    x[off + i] = s[i] as f64;
-                }
-            }
-            Data::F64(p) => x[off..off + n].copy_from_slice(unsafe { std::slice::from_raw_parts(p, n) }),
-        }
-    }
-    Ok(x)
-}
-
-fn scatter(inner: &Inner, x: &[f64]) {
-    let lay = &inner.analyser.bundle.layout;
-    let np = lay.grid.npoints();
-    for (v, var) in lay.variables.iter().enumerate() {
-        let Some(b) = inner.fields[v] else { continue };
-        let off = var.first_channel * np;
-        let n = var.nchan() * np;
-        // SAFETY: as in gather; the context has exclusive use of the arrays during the call (contract).
-        match b.data {
-            Data::F32(p) => {
-                let s = unsafe { std::slice::from_raw_parts_mut(p, n) };
-                for i in 0..n {
-                    s[i] = x[off + i] as f32;
-                }
-            }
-            Data::F64(p) => unsafe { std::slice::from_raw_parts_mut(p, n) }.copy_from_slice(&x[off..off + n]),
-        }
-    }
 }
 
 /// Runs an analysis: reads every bound field as the background, assimilates the observations set by
@@ -407,23 +280,9 @@ fn scatter(inner: &Inner, x: &[f64]) {
 #[no_mangle]
 pub extern "C" fn lda_analyse(ctx: *mut LdaContext, method: *const c_char) -> i32 {
     with_ctx(ctx, |inner| {
-        let m = if method.is_null() {
-            Method::parse(&inner.analyser.options.method)?
-        } else {
-            // SAFETY: NUL-terminated string per contract.
-            Method::parse(unsafe { c_str(method, "method") }?)?
-        };
-        inner.qc = None;
-        inner.report = None;
-        let x_b = gather(inner)?;
-        let obs = std::mem::take(&mut inner.obs);
-        let r = inner.analyser.analyse(&x_b, &obs, m);
-        inner.obs = obs;
-        let result = r?;
-        scatter(inner, &result.output);
-        inner.qc = Some(result.qc);
-        inner.report = Some(cstring(&result.report.to_json()));
-        Ok(())
+        // SAFETY: NUL-terminated string per contract.
+        let m = if method.is_null() { None } else { Some(unsafe { c_str(method, "method") }?) };
+        inner.analyse(m)
     })
 }
 
@@ -432,7 +291,7 @@ pub extern "C" fn lda_analyse(ctx: *mut LdaContext, method: *const c_char) -> i3
 #[no_mangle]
 pub extern "C" fn lda_obs_qc(ctx: *mut LdaContext, flags_out: *mut i32, n: usize) -> i32 {
     with_ctx(ctx, |inner| {
-        let qc = inner.qc.as_ref().ok_or_else(|| Error::new(Status::NotReady, "no analysis has succeeded since the observations were set"))?;
+        let qc = inner.obs_qc()?;
         if n != qc.len() {
             return Err(Error::arg(format!("lda_obs_qc: n = {n}, but the last analysis had {} observations", qc.len())));
         }
@@ -453,7 +312,7 @@ pub extern "C" fn lda_obs_qc(ctx: *mut LdaContext, flags_out: *mut i32, n: usize
 #[no_mangle]
 pub extern "C" fn lda_report_json(ctx: *mut LdaContext, buf: *mut c_char, len: usize, needed: *mut usize) -> i32 {
     with_ctx(ctx, |inner| {
-        let rep = inner.report.as_ref().ok_or_else(|| Error::new(Status::NotReady, "no analysis has succeeded yet"))?;
+        let rep = cstring(inner.report_json()?);
         let bytes = rep.as_bytes_with_nul();
         if !needed.is_null() {
             // SAFETY: checked non-null.
@@ -476,7 +335,7 @@ pub extern "C" fn lda_control_size(ctx: *mut LdaContext, n_out: *mut usize) -> i
             return Err(null("n_out"));
         }
         // SAFETY: checked non-null.
-        unsafe { *n_out = inner.analyser.bundle.latent_size() };
+        unsafe { *n_out = inner.control_size() };
         Ok(())
     })
 }
@@ -489,27 +348,16 @@ pub extern "C" fn lda_state_size(ctx: *mut LdaContext, n_out: *mut usize) -> i32
             return Err(null("n_out"));
         }
         // SAFETY: checked non-null.
-        unsafe { *n_out = inner.analyser.bundle.layout.state_len() };
+        unsafe { *n_out = inner.state_size() };
         Ok(())
     })
-}
-
-fn latent_b(inner: &mut Inner) -> Result<&mut LatentB> {
-    if inner.latent_b.is_none() {
-        let x_b = gather(inner)?;
-        inner.latent_b = Some(LatentB::linearise(&mut inner.analyser, &x_b)?);
-    }
-    Ok(inner.latent_b.as_mut().unwrap())
 }
 
 /// Linearises the latent B operator at the background currently in the bound arrays (z_b = E(N(x_b))). Called
 /// implicitly by the first `lda_bsqrt`/`lda_bsqrt_ad` after binding; call it again after the background changed.
 #[no_mangle]
 pub extern "C" fn lda_b_linearise(ctx: *mut LdaContext) -> i32 {
-    with_ctx(ctx, |inner| {
-        inner.latent_b = None;
-        latent_b(inner).map(|_| ())
-    })
+    with_ctx(ctx, |inner| inner.b_linearise())
 }
 
 /// x = U v: the model-space increment (physical units) of control vector `v` (length `lda_control_size`).
@@ -519,26 +367,17 @@ pub extern "C" fn lda_b_linearise(ctx: *mut LdaContext) -> i32 {
 #[no_mangle]
 pub extern "C" fn lda_bsqrt(ctx: *mut LdaContext, v: *const f64, nv: usize, x_out: *mut f64, nx: usize) -> i32 {
     with_ctx(ctx, |inner| {
-        if v.is_null() {
+        if v.is_null() && nv > 0 {
             return Err(null("v"));
         }
-        let state_len = inner.analyser.bundle.layout.state_len();
         // SAFETY: v holds nv values (contract).
-        let vs = unsafe { std::slice::from_raw_parts(v, nv) };
-        let mut x = vec![0.0; state_len];
-        let mut lb = latent_b(inner)?.clone();
-        lb.sqrt(&mut inner.analyser, vs, &mut x)?;
-        inner.latent_b = Some(lb);
+        let vs = if nv == 0 { &[][..] } else { unsafe { std::slice::from_raw_parts(v, nv) } };
         if x_out.is_null() {
-            scatter(inner, &x);
+            inner.bsqrt(vs, None)
         } else {
-            if nx != state_len {
-                return Err(Error::arg(format!("lda_bsqrt: nx = {nx}, state size is {state_len}")));
-            }
-            // SAFETY: x_out holds nx values.
-            unsafe { std::slice::from_raw_parts_mut(x_out, nx) }.copy_from_slice(&x);
+            // SAFETY: x_out holds nx values (contract).
+            inner.bsqrt(vs, Some(unsafe { std::slice::from_raw_parts_mut(x_out, nx) }))
         }
-        Ok(())
     })
 }
 
@@ -547,37 +386,17 @@ pub extern "C" fn lda_bsqrt(ctx: *mut LdaContext, v: *const f64, nv: usize, x_ou
 #[no_mangle]
 pub extern "C" fn lda_bsqrt_ad(ctx: *mut LdaContext, x: *const f64, nx: usize, v_out: *mut f64, nv: usize) -> i32 {
     with_ctx(ctx, |inner| {
-        if v_out.is_null() {
+        if v_out.is_null() && nv > 0 {
             return Err(null("v_out"));
         }
-        let state_len = inner.analyser.bundle.layout.state_len();
-        let xs = if x.is_null() {
-            let mut lb = latent_b(inner)?.clone();
-            let g = gather(inner)?;
-            let mut v = vec![0.0; lb.control_size()];
-            lb.sqrt_ad(&mut inner.analyser, &g, &mut v)?;
-            if nv != v.len() {
-                return Err(Error::arg(format!("lda_bsqrt_ad: nv = {nv}, control size is {}", v.len())));
-            }
-            // SAFETY: v_out holds nv values.
-            unsafe { std::slice::from_raw_parts_mut(v_out, nv) }.copy_from_slice(&v);
-            return Ok(());
+        // SAFETY: v_out holds nv values (contract).
+        let vs = if nv == 0 { &mut [][..] } else { unsafe { std::slice::from_raw_parts_mut(v_out, nv) } };
+        if x.is_null() {
+            inner.bsqrt_ad(None, vs)
         } else {
-            if nx != state_len {
-                return Err(Error::arg(format!("lda_bsqrt_ad: nx = {nx}, state size is {state_len}")));
-            }
-            // SAFETY: x holds nx values.
-            unsafe { std::slice::from_raw_parts(x, nx) }.to_vec()
-        };
-        let mut lb = latent_b(inner)?.clone();
-        let mut v = vec![0.0; lb.control_size()];
-        if nv != v.len() {
-            return Err(Error::arg(format!("lda_bsqrt_ad: nv = {nv}, control size is {}", v.len())));
+            // SAFETY: x holds nx values (contract).
+            inner.bsqrt_ad(Some(unsafe { std::slice::from_raw_parts(x, nx) }), vs)
         }
-        lb.sqrt_ad(&mut inner.analyser, &xs, &mut v)?;
-        // SAFETY: v_out holds nv values.
-        unsafe { std::slice::from_raw_parts_mut(v_out, nv) }.copy_from_slice(&v);
-        Ok(())
     })
 }
 

@@ -26,6 +26,7 @@ pub mod bundle;
 pub mod checks;
 pub mod error;
 pub mod grid;
+pub mod host;
 pub mod latent;
 pub mod ncio;
 pub mod obs;

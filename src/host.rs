@@ -1,0 +1,258 @@
+//! A host-facing context shared by the C ABI, Fortran (through the C ABI) and C++ (through cxx): host arrays bound
+//! in place, observations, the last QC flags and report, and the latent B operator.
+//!
+//! Bound arrays are raw pointers into host memory. They are read at [`HostContext::analyse`] and written only after
+//! the whole analysis succeeded, so a failed call leaves them bit-identical.
+
+use crate::analysis::Analyser;
+use crate::bop::LatentB;
+use crate::error::{Error, Result, Status};
+use crate::obs::{Observation, QcFlag};
+use crate::options::{Method, Options};
+
+/// Array order: C (row-major), shape (nlev, nlat, nlon) or (nlat, nlon).
+pub const ORDER_C: i32 = 0;
+/// Array order: Fortran (column-major), shape (nlon, nlat, nlev) or (nlon, nlat) in Fortran terms.
+pub const ORDER_FORTRAN: i32 = 1;
+
+/// A host array (pointer to its first element); its length is fixed by the bound variable's shape.
+#[derive(Debug, Clone, Copy)]
+pub enum HostData {
+    /// Single precision.
+    F32(*mut f32),
+    /// Double precision.
+    F64(*mut f64),
+}
+
+/// Everything a host model keeps between calls.
+pub struct HostContext {
+    /// The analyser (bundle, sessions, options).
+    pub analyser: Analyser,
+    fields: Vec<Option<HostData>>,
+    obs: Vec<Observation>,
+    qc: Option<Vec<QcFlag>>,
+    report: Option<String>,
+    latent_b: Option<LatentB>,
+}
+
+// SAFETY: the raw pointers are only dereferenced inside calls on the context, which the host serialises (documented:
+// one thread at a time per context); the host guarantees the arrays stay valid while bound.
+unsafe impl Send for HostContext {}
+
+fn not_ready(msg: impl Into<String>) -> Error {
+    Error::new(Status::NotReady, msg)
+}
+
+impl HostContext {
+    /// Opens the bundle with options given as TOML text (`None` or empty for defaults).
+    pub fn open(bundle_dir: &str, options_toml: Option<&str>) -> Result<HostContext> {
+        let opts = match options_toml {
+            Some(t) if !t.trim().is_empty() => Options::from_toml(t)?,
+            _ => Options::default(),
+        };
+        let analyser = Analyser::open(bundle_dir, opts)?;
+        let nvar = analyser.bundle.layout.variables.len();
+        Ok(HostContext { analyser, fields: vec![None; nvar], obs: Vec::new(), qc: None, report: None, latent_b: None })
+    }
+
+    /// Identifier of a variable for `set_obs` (0-based position in the bundle).
+    pub fn var_index(&self, name: &str) -> Result<usize> {
+        let lay = &self.analyser.bundle.layout;
+        lay.var_index(name).ok_or_else(|| {
+            let names: Vec<&str> = lay.variables.iter().map(|v| v.name.as_str()).collect();
+            Error::arg(format!("variable '{name}' is not in the bundle (variables: {})", names.join(", ")))
+        })
+    }
+
+    /// Checks `shape`/`order` for variable `name` and binds `data` to it.
+    ///
+    /// # Safety
+    /// `data` must point to an array of the bound shape that stays valid (not freed or moved) while bound, and is
+    /// not accessed by the host during calls on this context.
+    pub unsafe fn bind(&mut self, name: &str, data: HostData, shape: &[i64], order: i32) -> Result<()> {
+        let v = self.var_index(name).map_err(|e| e.context("bind_field"))?;
+        let lay = &self.analyser.bundle.layout;
+        let var = &lay.variables[v];
+        let (nlat, nlon) = (lay.grid.nlat() as i64, lay.grid.nlon() as i64);
+        if order != ORDER_C && order != ORDER_FORTRAN {
+            return Err(Error::arg(format!("bind_field '{name}': order = {order} (use 0 for C, 1 for Fortran)")));
+        }
+        let want_ndim = if var.is_surface() { 2 } else { 3 };
+        if shape.len() != want_ndim {
+            return Err(Error::arg(format!(
+                "bind_field '{name}': ndim = {}, but '{name}' is {} and needs ndim = {want_ndim}",
+                shape.len(),
+                if var.is_surface() { "a surface field" } else { "an upper-air field" }
+            )));
+        }
+        let mut want = if var.is_surface() { vec![nlat, nlon] } else { vec![var.nlev as i64, nlat, nlon] };
+        if order == ORDER_FORTRAN {
+            want.reverse();
+        }
+        if shape != want.as_slice() {
+            return Err(Error::arg(format!(
+                "bind_field '{name}': shape {shape:?} does not match the bundle grid; expected {want:?} in {} order",
+                if order == ORDER_C { "C (lev, lat, lon)" } else { "Fortran (lon, lat, lev)" }
+            )));
+        }
+        let is_null = match data {
+            HostData::F32(p) => p.is_null(),
+            HostData::F64(p) => p.is_null(),
+        };
+        if is_null {
+            return Err(Error::new(Status::NullPointer, format!("bind_field '{name}': data is NULL")));
+        }
+        // C (lev, lat, lon) and Fortran (lon, lat, lev) describe the same memory: longitude fastest.
+        self.fields[v] = Some(data);
+        self.latent_b = None;
+        Ok(())
+    }
+
+    /// Sets the observations (copied). All slices must have the same length; `level` is ignored for surface
+    /// variables; unknown variable ids and invalid values are flagged at the analysis, not rejected here.
+    pub fn set_obs(&mut self, var: &[i32], lat: &[f64], lon: &[f64], level: &[f64], value: &[f64], sigma: &[f64]) -> Result<()> {
+        let n = var.len();
+        let lens = [("lat", lat.len()), ("lon", lon.len()), ("level", level.len()), ("value", value.len()), ("sigma", sigma.len())];
+        if let Some((name, l)) = lens.iter().find(|(_, l)| *l != n) {
+            return Err(Error::arg(format!("set_obs: '{name}' has {l} values but 'var' has {n}; all arrays need equal length")));
+        }
+        let lay = &self.analyser.bundle.layout;
+        let nvar = lay.variables.len();
+        self.obs = (0..n)
+            .map(|i| {
+                let v = (var[i] >= 0 && (var[i] as usize) < nvar).then_some(var[i] as usize);
+                Observation {
+                    var: v,
+                    var_name: v.map(|v| lay.variables[v].name.clone()).unwrap_or_else(|| format!("#{}", var[i])),
+                    lat: lat[i],
+                    lon: lon[i],
+                    level: Some(level[i]).filter(|_| v.is_some_and(|v| !lay.variables[v].is_surface())),
+                    value: value[i],
+                    sigma: sigma[i],
+                    line: None,
+                    malformed: None,
+                }
+            })
+            .collect();
+        self.qc = None;
+        Ok(())
+    }
+
+    /// Number of observations set.
+    pub fn n_obs(&self) -> usize {
+        self.obs.len()
+    }
+
+    /// Reads all bound arrays into a state vector (error naming the first unbound field).
+    pub fn gather(&self) -> Result<Vec<f64>> {
+        let lay = &self.analyser.bundle.layout;
+        let np = lay.grid.npoints();
+        let mut x = vec![0.0; lay.state_len()];
+        for (v, var) in lay.variables.iter().enumerate() {
+            let b = self.fields[v]
+                .ok_or_else(|| not_ready(format!("field '{}' is not bound (bind it before this call)", var.name)))?;
+            let (off, n) = (var.first_channel * np, var.nchan() * np);
+            // SAFETY: bound arrays hold n elements and stay valid while bound (contract of `bind`).
+            match b {
+                HostData::F32(p) => {
+                    let s = unsafe { std::slice::from_raw_parts(p, n) };
+                    x[off..off + n].iter_mut().zip(s).for_each(|(d, s)| *d = *s as f64);
+                }
+                HostData::F64(p) => x[off..off + n].copy_from_slice(unsafe { std::slice::from_raw_parts(p, n) }),
+            }
+        }
+        Ok(x)
+    }
+
+    /// Writes a state vector into all bound arrays.
+    fn scatter(&mut self, x: &[f64]) {
+        let lay = &self.analyser.bundle.layout;
+        let np = lay.grid.npoints();
+        for (v, var) in lay.variables.iter().enumerate() {
+            let Some(b) = self.fields[v] else { continue };
+            let (off, n) = (var.first_channel * np, var.nchan() * np);
+            // SAFETY: as in gather; the host does not touch the arrays during the call (contract of `bind`).
+            match b {
+                HostData::F32(p) => {
+                    let s = unsafe { std::slice::from_raw_parts_mut(p, n) };
+                    s.iter_mut().zip(&x[off..off + n]).for_each(|(d, s)| *d = *s as f32);
+                }
+                HostData::F64(p) => unsafe { std::slice::from_raw_parts_mut(p, n) }.copy_from_slice(&x[off..off + n]),
+            }
+        }
+    }
+
+    /// Runs an analysis on the bound background and writes the result back only on success.
+    pub fn analyse(&mut self, method: Option<&str>) -> Result<()> {
+        let m = Method::parse(method.unwrap_or(&self.analyser.options.method))?;
+        self.qc = None;
+        self.report = None;
+        let x_b = self.gather()?;
+        let result = self.analyser.analyse(&x_b, &self.obs, m)?;
+        self.scatter(&result.output);
+        self.qc = Some(result.qc);
+        self.report = Some(result.report.to_json());
+        Ok(())
+    }
+
+    /// QC flags of the last successful analysis.
+    pub fn obs_qc(&self) -> Result<&[QcFlag]> {
+        self.qc.as_deref().ok_or_else(|| not_ready("no analysis has succeeded since the observations were set"))
+    }
+
+    /// JSON report of the last successful analysis.
+    pub fn report_json(&self) -> Result<&str> {
+        self.report.as_deref().ok_or_else(|| not_ready("no analysis has succeeded yet"))
+    }
+
+    /// Latent control size.
+    pub fn control_size(&self) -> usize {
+        self.analyser.bundle.latent_size()
+    }
+
+    /// Full state length.
+    pub fn state_size(&self) -> usize {
+        self.analyser.bundle.layout.state_len()
+    }
+
+    /// (Re)linearises the latent B operator at the bound background.
+    pub fn b_linearise(&mut self) -> Result<()> {
+        let x_b = self.gather()?;
+        self.latent_b = Some(LatentB::linearise(&mut self.analyser, &x_b)?);
+        Ok(())
+    }
+
+    fn latent_b(&mut self) -> Result<LatentB> {
+        if self.latent_b.is_none() {
+            self.b_linearise()?;
+        }
+        Ok(self.latent_b.clone().expect("linearised above"))
+    }
+
+    /// x = U v into `x_out`, or into the bound arrays when `x_out` is `None`.
+    pub fn bsqrt(&mut self, v: &[f64], x_out: Option<&mut [f64]>) -> Result<()> {
+        let mut lb = self.latent_b()?;
+        let mut x = vec![0.0; self.state_size()];
+        lb.sqrt(&mut self.analyser, v, &mut x)?;
+        match x_out {
+            Some(out) => {
+                if out.len() != x.len() {
+                    return Err(Error::arg(format!("bsqrt: output has {} values, state size is {}", out.len(), x.len())));
+                }
+                out.copy_from_slice(&x);
+            }
+            None => self.scatter(&x),
+        }
+        Ok(())
+    }
+
+    /// v = U^T x from `x` (state layout), or from the bound arrays when `x` is `None`.
+    pub fn bsqrt_ad(&mut self, x: Option<&[f64]>, v_out: &mut [f64]) -> Result<()> {
+        let mut lb = self.latent_b()?;
+        let xs = match x {
+            Some(x) => x.to_vec(),
+            None => self.gather()?,
+        };
+        lb.sqrt_ad(&mut self.analyser, &xs, v_out)
+    }
+}
