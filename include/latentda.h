@@ -3,9 +3,11 @@
  *
  * Call order: lda_open -> lda_bind_field_f32/f64 (every bundle variable) -> lda_set_obs -> lda_analyse
  *             -> lda_obs_qc / lda_report_json -> ... (repeat each cycle) ... -> lda_close
- * Every function returns an int32_t status: LDA_OK (0) or one of LDA_ERR_*; lda_last_error(ctx) gives the message.
- * No function aborts the host or lets a Rust panic unwind into C. Bound host arrays are written only when an
- * analysis succeeded. See docs/coupling.md.
+ * Every function (except lda_last_error, lda_version) returns an LdaStatus (int32_t): LDA_OK (0) or one of the
+ * LDA_ERR_* codes, and lda_last_error(ctx) then gives the message. No function aborts the host or lets a Rust
+ * panic unwind into C; a failing call never writes host arrays. Bound host arrays are written only when an analysis
+ * succeeded, and must stay valid until rebound or lda_close. One thread at a time per context; contexts are
+ * independent. Link: -llatentda (shared) or liblatentda.a plus its native libraries. See docs/coupling.md.
  */
 
 #ifndef LATENTDA_H
@@ -19,105 +21,152 @@
 #include <stdint.h>
 
 /**
- * Success.
- */
-#define LDA_OK 0
-
-/**
- * A required pointer argument was NULL.
- */
-#define LDA_ERR_NULL_POINTER 1
-
-/**
- * An argument was invalid (unknown name, wrong shape, wrong length, bad option).
- */
-#define LDA_ERR_INVALID_ARGUMENT 2
-
-/**
- * The bundle is missing, malformed or fails validation.
- */
-#define LDA_ERR_BUNDLE 3
-
-/**
- * The execution backend or device cannot be used.
- */
-#define LDA_ERR_BACKEND 4
-
-/**
- * File input/output failed.
- */
-#define LDA_ERR_IO 5
-
-/**
- * Input data are invalid (NaN/Inf in a bound field or observation array).
- */
-#define LDA_ERR_INVALID_DATA 6
-
-/**
- * Not ready: a field is not bound, no observations were set, or no analysis has run yet.
- */
-#define LDA_ERR_NOT_READY 7
-
-/**
- * The minimisation failed.
- */
-#define LDA_ERR_SOLVER 8
-
-/**
- * Internal error (a caught panic); close the context.
- */
-#define LDA_ERR_INTERNAL 9
-
-/**
- * An output buffer is too small; the needed size was returned.
- */
-#define LDA_ERR_BUFFER_TOO_SMALL 10
-
-/**
- * QC flag: observation used.
- */
-#define LDA_QC_USED 0
-
-/**
- * QC flag: invalid value, position, level, or error sd <= 0.
- */
-#define LDA_QC_INVALID 1
-
-/**
- * QC flag: outside the horizontal grid.
- */
-#define LDA_QC_OUTSIDE_DOMAIN 2
-
-/**
- * QC flag: outside the vertical range.
- */
-#define LDA_QC_OUTSIDE_VERTICAL 3
-
-/**
- * QC flag: unknown variable index.
- */
-#define LDA_QC_UNKNOWN_VARIABLE 4
-
-/**
- * QC flag: background check failed.
- */
-#define LDA_QC_BACKGROUND_CHECK 5
-
-/**
- * Array order: C (row-major), shape (nlev, nlat, nlon) or (nlat, nlon).
- */
-#define LDA_ORDER_C 0
-
-/**
- * Array order: Fortran (column-major), shape (nlon, nlat, nlev) or (nlon, nlat) in Fortran terms.
- */
-#define LDA_ORDER_FORTRAN 1
-
-/**
- * Opaque latentda context: one opened bundle, its ONNX sessions, the bound host arrays and the observations.
+ * Status returned by every latentda function except `lda_last_error` and `lda_version` (an `int32_t` in C).
  *
- * A context may be used from one thread at a time; different contexts may be used concurrently from different
- * threads. `lda_last_error` may be called from any thread.
+ * `LDA_OK` (0) is success; every other value is a failure, and `lda_last_error` then returns a message that names
+ * the argument, variable, file or index at fault. The numeric values are stable. A failing call never writes the
+ * bound host arrays and leaves bindings and observations as they were (a failing `lda_analyse` does discard the
+ * QC flags and report of the previous analysis).
+ */
+enum LdaStatus
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * Success.
+   */
+  LDA_OK = 0,
+  /**
+   * A required pointer argument (or the context) was NULL; the message names the argument.
+   */
+  LDA_ERR_NULL_POINTER = 1,
+  /**
+   * An argument was invalid: unknown variable name, wrong ndim/shape/order at bind, observation count 0, wrong
+   * buffer length, unknown method, or a bad options string.
+   */
+  LDA_ERR_INVALID_ARGUMENT = 2,
+  /**
+   * The bundle directory is missing, or the bundle is malformed or fails validation (manifest, checksums, ONNX
+   * input/output names and shapes, statistics).
+   */
+  LDA_ERR_BUNDLE = 3,
+  /**
+   * The execution backend or device cannot be used (ONNX Runtime library not found, CUDA unavailable, a model
+   * run failed).
+   */
+  LDA_ERR_BACKEND = 4,
+  /**
+   * Reading or writing a file failed.
+   */
+  LDA_ERR_IO = 5,
+  /**
+   * Input data are invalid: NaN or Inf in a bound field (the message gives variable and indices) or in a
+   * control vector.
+   */
+  LDA_ERR_INVALID_DATA = 6,
+  /**
+   * Not ready: a field is not bound, no observations were set, no analysis has succeeded yet (for
+   * `lda_obs_qc`/`lda_report_json`), or the bundle lacks what the method needs.
+   */
+  LDA_ERR_NOT_READY = 7,
+  /**
+   * The minimisation failed (non-finite cost, gradient or analysis).
+   */
+  LDA_ERR_SOLVER = 8,
+  /**
+   * Internal error (a Rust panic caught at the boundary). Close the context.
+   */
+  LDA_ERR_INTERNAL = 9,
+  /**
+   * An output buffer is too small; the needed size was returned (`lda_report_json`).
+   */
+  LDA_ERR_BUFFER_TOO_SMALL = 10,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum LdaStatus LdaStatus;
+#else
+typedef int32_t LdaStatus;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * Quality-control flag of one observation, as returned by `lda_obs_qc` (an `int32_t` in C).
+ */
+enum LdaQcFlag
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * Used in the analysis.
+   */
+  LDA_QC_USED = 0,
+  /**
+   * Rejected: non-finite value, position or level, or error standard deviation sigma <= 0.
+   */
+  LDA_QC_INVALID = 1,
+  /**
+   * Rejected: outside the horizontal grid (latitude beyond the first or last grid latitude).
+   */
+  LDA_QC_OUTSIDE_DOMAIN = 2,
+  /**
+   * Rejected: outside the vertical range of the model levels (or no level for an upper-air variable).
+   */
+  LDA_QC_OUTSIDE_VERTICAL = 3,
+  /**
+   * Rejected: the variable identifier is not a bundle variable (e.g. -1).
+   */
+  LDA_QC_UNKNOWN_VARIABLE = 4,
+  /**
+   * Rejected: background check |y - H(x_b)| > k sqrt(sigma_o^2 + sigma_b^2) (k: option `bg_check`).
+   */
+  LDA_QC_BACKGROUND_CHECK = 5,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum LdaQcFlag LdaQcFlag;
+#else
+typedef int32_t LdaQcFlag;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * Memory order of a bound host array (the `order` argument of `lda_bind_field_f32`/`_f64`, an `int32_t`).
+ *
+ * Both describe the same memory (longitude fastest, then latitude north to south, then level top to bottom); only
+ * the way the shape is written differs.
+ */
+enum LdaOrder
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * C (row-major): shape (nlev, nlat, nlon) for upper-air fields, (nlat, nlon) for surface fields.
+   */
+  LDA_ORDER_C = 0,
+  /**
+   * Fortran (column-major): shape (nlon, nlat, nlev) or (nlon, nlat), in Fortran terms.
+   */
+  LDA_ORDER_FORTRAN = 1,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum LdaOrder LdaOrder;
+#else
+typedef int32_t LdaOrder;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * Opaque latentda context: one opened bundle, its ONNX sessions, the bound host arrays, the observations and the
+ * results of the last analysis. Created by `lda_open`, released by `lda_close`.
+ *
+ * A context may be used from one thread at a time (calls on one context are serialised internally, but bound
+ * arrays must not be touched by the host during a call); different contexts are independent and may run
+ * concurrently on different threads. `lda_last_error` may be called from any thread.
  */
 typedef struct LdaContext LdaContext;
 
@@ -128,141 +177,194 @@ extern "C" {
 /**
  * Opens a bundle and creates a context.
  *
- * `bundle_dir`: path of the bundle directory (NUL-terminated, UTF-8). `options`: NULL for defaults, or a TOML
- * string (see docs/coupling.md: backend, device, threads, output, outer_loops, max_inner, gradient_reduction,
- * bg_check, verbosity, method). On success `*out` receives a context that must be released with `lda_close`.
- * On failure `*out` is set to NULL and the message is available from `lda_last_error(NULL)` on the same thread.
+ * - `bundle_dir`: path of the bundle directory (NUL-terminated UTF-8); must not be NULL.
+ * - `options`: NULL or "" for the defaults, or TOML text with any of the keys `backend` ("tract" | "ort"),
+ *   `ort_library`, `device` ("cpu" | "cuda:N"), `threads`, `cuda_tf32`, `method` ("l3dvar" | "3dvar"), `output`
+ *   ("analysis" | "increment" | "full_state"), `outer_loops`, `max_inner`, `gradient_reduction`, `bg_check`,
+ *   `verbosity` (one `key = value` per line; see docs/coupling.md). Unknown keys are an error.
+ * - `out`: receives the new context; must not be NULL. It is set to NULL on failure.
+ *
+ * The strings are only read during the call. The context is owned by the caller and must be released with
+ * `lda_close`. On failure the message is available from `lda_last_error(NULL)` on the same thread.
+ * Thread-safe: different threads may open contexts concurrently.
  */
-int32_t lda_open(const char *bundle_dir,
-                 const char *options,
-                 struct LdaContext **out);
+LdaStatus lda_open(const char *bundle_dir,
+                   const char *options,
+                   struct LdaContext **out);
 
 /**
- * Releases a context and everything it owns. NULL is accepted and ignored. Bound host arrays are not touched.
+ * Releases a context and everything it owns (ONNX sessions, observations, report). NULL is accepted and ignored.
+ * Bound host arrays are not touched and remain owned by the host. The pointer must not be used afterwards, and a
+ * context must be closed exactly once.
  */
-int32_t lda_close(struct LdaContext *ctx);
+LdaStatus lda_close(struct LdaContext *ctx);
 
 /**
- * Message of the last failed call on `ctx` (empty if none). With `ctx` NULL: the last `lda_open` failure (or NULL
- * context error) on the calling thread. The pointer stays valid until the next failing call on the same context
- * (or thread, for NULL) and must not be freed.
+ * Message of the last failed call on `ctx` ("" if none has failed). With `ctx` NULL: the message of the last
+ * failure on the calling thread that had no context (a failed `lda_open`, or a call given a NULL context).
+ *
+ * Never returns NULL. The string is owned by latentda: do not free it. It stays valid until the next failing call
+ * on the same context (for NULL: on the same thread) or `lda_close`; copy it to keep it. Thread-safe.
  */
 const char *lda_last_error(const struct LdaContext *ctx);
 
 /**
- * Index of a bundle variable by name (an identifier for `lda_set_obs`; 0-based channel-order position).
+ * Identifier of the bundle variable `name` for `lda_set_obs` (its 0-based position in the bundle's channel
+ * order). `name` and `index_out` must not be NULL. An unknown name returns `LDA_ERR_INVALID_ARGUMENT` with the list
+ * of bundle variables in the message.
  */
-int32_t lda_var_index(struct LdaContext *ctx,
-                      const char *name,
-                      int32_t *index_out);
+LdaStatus lda_var_index(struct LdaContext *ctx,
+                        const char *name,
+                        int32_t *index_out);
 
 /**
- * Binds a host float array to a bundle variable. The array must stay valid (not freed or moved) until it is bound
- * again, or the context is closed; it is read by `lda_analyse` and written only when an analysis succeeds.
- * `ndim` is 3 for upper-air fields and 2 for surface fields; `shape` has `ndim` entries: (nlev, nlat, nlon) for
- * `order` = `LDA_ORDER_C`, (nlon, nlat, nlev) for `LDA_ORDER_FORTRAN`. Latitudes run north to south, longitudes
- * eastwards from the bundle's first longitude.
+ * Binds a host `float` array, in place, to the bundle variable `name`.
+ *
+ * - `data`: the host's array of nlon*nlat*nlev (upper air) or nlon*nlat (surface) values, longitude fastest,
+ *   latitudes north to south, levels top to bottom. Not copied: latentda keeps the pointer.
+ * - `ndim`: 3 for upper-air fields, 2 for surface fields.
+ * - `shape`: `ndim` extents, read during the call only: (nlev, nlat, nlon) for `order` = `LDA_ORDER_C`,
+ *   (nlon, nlat, nlev) for `LDA_ORDER_FORTRAN`. Checked against the bundle grid now.
+ *
+ * Lifetime: the array must stay valid (not freed or moved) until the variable is bound again or the context is
+ * closed, and the host must not access it during calls on this context. `lda_analyse` reads it as the background
+ * and overwrites it with the result only when the whole analysis succeeded. Binding again replaces the previous
+ * binding (and may switch precision). On failure the previous binding, if any, is kept.
  */
-int32_t lda_bind_field_f32(struct LdaContext *ctx,
-                           const char *name,
-                           float *data,
-                           int32_t ndim,
-                           const int64_t *shape,
-                           int32_t order);
+LdaStatus lda_bind_field_f32(struct LdaContext *ctx,
+                             const char *name,
+                             float *data,
+                             int32_t ndim,
+                             const int64_t *shape,
+                             int32_t order);
 
 /**
- * Binds a host double array to a bundle variable; see `lda_bind_field_f32`.
+ * Binds a host `double` array, in place, to the bundle variable `name`; see `lda_bind_field_f32`.
  */
-int32_t lda_bind_field_f64(struct LdaContext *ctx,
-                           const char *name,
-                           double *data,
-                           int32_t ndim,
-                           const int64_t *shape,
-                           int32_t order);
+LdaStatus lda_bind_field_f64(struct LdaContext *ctx,
+                             const char *name,
+                             double *data,
+                             int32_t ndim,
+                             const int64_t *shape,
+                             int32_t order);
 
 /**
- * Sets the observations for the next analysis (copied; the arrays may be freed after the call). `n` may be 0.
- * `var` holds identifiers from `lda_var_index`; `level` is in the bundle's vertical coordinate and ignored for
- * surface variables (pass any value, e.g. NaN); `sigma` is the observation error standard deviation.
- * Invalid observations are not an error here: they are flagged by QC at the analysis.
+ * Sets the observations for the next analyses, replacing any previous set. All arrays hold `n` >= 1 values and
+ * are copied (they may be freed after the call); none may be NULL. `n` = 0 is `LDA_ERR_INVALID_ARGUMENT` (a host
+ * without observations in a cycle skips `lda_analyse`).
+ *
+ * - `var`: identifiers from `lda_var_index` (any other value, e.g. -1, is flagged `LDA_QC_UNKNOWN_VARIABLE`).
+ * - `lat`, `lon`: degrees north / east (longitude periodic).
+ * - `level`: in the bundle's vertical coordinate (e.g. sigma); ignored for surface variables (pass e.g. NaN).
+ * - `value`: observed value in the variable's units; `sigma`: observation error standard deviation (> 0).
+ *
+ * Invalid observations are not an error here: they are flagged by QC at the analysis (`lda_obs_qc`).
  */
-int32_t lda_set_obs(struct LdaContext *ctx,
-                    size_t n,
-                    const int32_t *var,
-                    const double *lat,
-                    const double *lon,
-                    const double *level,
-                    const double *value,
-                    const double *sigma);
+LdaStatus lda_set_obs(struct LdaContext *ctx,
+                      size_t n,
+                      const int32_t *var,
+                      const double *lat,
+                      const double *lon,
+                      const double *level,
+                      const double *value,
+                      const double *sigma);
 
 /**
- * Runs an analysis: reads every bound field as the background, assimilates the observations set by
- * `lda_set_obs`, and on success writes the result (per option `output`: analysis, increment or full_state) back
- * into the bound arrays. On any failure the bound arrays are left bit-identical. `method`: NULL for the option's
- * default, or "l3dvar" / "3dvar". Rejected observations never make the analysis fail; see `lda_obs_qc`.
+ * Runs an analysis: reads every bound field as the background x_b, assimilates the observations set by
+ * `lda_set_obs`, and on success writes the result into the bound arrays (per option `output`: the analysis, the
+ * increment, or the full decoded state). On any failure the bound arrays are left bit-identical.
+ *
+ * `method`: NULL for the option's default, or "l3dvar" / "3dvar". Every bundle variable must be bound
+ * (`LDA_ERR_NOT_READY` names the first unbound one) and observations must have been set (`LDA_ERR_NOT_READY`).
+ * NaN/Inf in a bound field is `LDA_ERR_INVALID_DATA`. Rejected observations never make the analysis fail; read
+ * their flags with `lda_obs_qc` and the diagnostics with `lda_report_json` / `lda_report_number`.
  */
-int32_t lda_analyse(struct LdaContext *ctx,
-                    const char *method);
+LdaStatus lda_analyse(struct LdaContext *ctx,
+                      const char *method);
 
 /**
- * Copies the QC flag of every observation of the last successful analysis into `flags_out` (`n` must equal the
- * number of observations set). Flags: `LDA_QC_*`.
+ * Copies the QC flag (`LdaQcFlag` values) of every observation of the last successful analysis into `flags_out`,
+ * in the order given to `lda_set_obs`. `n` must equal the number of observations set; `flags_out` holds `n`
+ * values and must not be NULL. Before any successful analysis (or after new observations were set):
+ * `LDA_ERR_NOT_READY`.
  */
-int32_t lda_obs_qc(struct LdaContext *ctx,
-                   int32_t *flags_out,
-                   size_t n);
+LdaStatus lda_obs_qc(struct LdaContext *ctx,
+                     int32_t *flags_out,
+                     size_t n);
 
 /**
- * Copies the JSON report of the last successful analysis into `buf` (NUL-terminated). `*needed` receives the size
- * including the NUL; if `buf` is NULL or `len` is too small, nothing is copied and `LDA_ERR_BUFFER_TOO_SMALL` is
- * returned (call again with a larger buffer).
+ * Copies the JSON report of the last successful analysis (solver history, per-variable O-B/O-A statistics, QC
+ * counts, timings, backend) into `buf` as a NUL-terminated string.
+ *
+ * `*needed` (if `needed` is not NULL) receives the size including the NUL. If `buf` is NULL or `len` is too
+ * small, nothing is copied and `LDA_ERR_BUFFER_TOO_SMALL` is returned: call once with `buf` = NULL, `len` = 0 to
+ * get the size, allocate, call again. Before any successful analysis: `LDA_ERR_NOT_READY`.
  */
-int32_t lda_report_json(struct LdaContext *ctx,
-                        char *buf,
-                        size_t len,
-                        size_t *needed);
+LdaStatus lda_report_json(struct LdaContext *ctx,
+                          char *buf,
+                          size_t len,
+                          size_t *needed);
 
 /**
- * Size of the latent B operator's control vector (the latent size).
+ * One number from the report of the last successful analysis, for hosts without a JSON parser (e.g. Fortran).
+ *
+ * `path` is a dot-separated key path into the report of `lda_report_json`; an array element is selected by its
+ * 0-based index or, for per-variable entries, by name. Examples: "n_used", "qc_counts.background_check",
+ * "solver.j_final", "solver.grad_reduction", "variables.t.omb_rms", "variables.t.oma_rms", "variables.ps.n_used",
+ * "timings.total_s". `path` and `value_out` must not be NULL. A missing or non-numeric entry is
+ * `LDA_ERR_INVALID_ARGUMENT`; before any successful analysis `LDA_ERR_NOT_READY`.
  */
-int32_t lda_control_size(struct LdaContext *ctx, size_t *n_out);
+LdaStatus lda_report_number(struct LdaContext *ctx,
+                            const char *path,
+                            double *value_out);
 
 /**
- * Size of a full model state (channels x nlat x nlon), the length of buffers for `lda_bsqrt`/`lda_bsqrt_ad`.
+ * Size n of the latent B operator's control vector (the latent size), into `*n_out` (must not be NULL).
  */
-int32_t lda_state_size(struct LdaContext *ctx,
-                       size_t *n_out);
+LdaStatus lda_control_size(struct LdaContext *ctx,
+                           size_t *n_out);
 
 /**
- * Linearises the latent B operator at the background currently in the bound arrays (z_b = E(N(x_b))). Called
- * implicitly by the first `lda_bsqrt`/`lda_bsqrt_ad` after binding; call it again after the background changed.
+ * Size of a full model state (channels x nlat x nlon) into `*n_out` (must not be NULL): the length of the state
+ * buffers of `lda_bsqrt` / `lda_bsqrt_ad`.
  */
-int32_t lda_b_linearise(struct LdaContext *ctx);
+LdaStatus lda_state_size(struct LdaContext *ctx,
+                         size_t *n_out);
 
 /**
- * x = U v: the model-space increment (physical units) of control vector `v` (length `lda_control_size`).
- * `x_out` receives `nx` = `lda_state_size` values in state layout (channel-major: variables in bundle order, levels
- * top to bottom, then lat north to south, lon fastest); with `x_out` NULL the increment is written into the bound
- * arrays instead (their background is then replaced; the linearisation point is kept).
+ * Linearises the latent B operator at the background currently in the bound arrays (z_b = E(N(x_b))); every
+ * variable must be bound. Done implicitly by the first `lda_bsqrt`/`lda_bsqrt_ad` after a bind; call it again
+ * when the background in the bound arrays changed.
  */
-int32_t lda_bsqrt(struct LdaContext *ctx,
-                  const double *v,
-                  size_t nv,
-                  double *x_out,
-                  size_t nx);
+LdaStatus lda_b_linearise(struct LdaContext *ctx);
 
 /**
- * v = U^T x: the adjoint of `lda_bsqrt`. `x` has `nx` = `lda_state_size` values in state layout, or is NULL to read
- * the bound arrays; `v_out` receives `nv` = `lda_control_size` values.
+ * x = U v: the model-space increment (physical units) of control vector `v` (`nv` = `lda_control_size` values),
+ * with B_implied = U U^T.
+ *
+ * `x_out` receives `nx` = `lda_state_size` doubles in state layout: variables in bundle order, each as its C-order
+ * (lev, lat, lon) block (levels top to bottom, latitudes north to south, longitude fastest). With `x_out` NULL the
+ * increment is written into the bound arrays instead (their content is replaced; the linearisation point is
+ * kept). `v` is only read during the call.
  */
-int32_t lda_bsqrt_ad(struct LdaContext *ctx,
-                     const double *x,
-                     size_t nx,
-                     double *v_out,
-                     size_t nv);
+LdaStatus lda_bsqrt(struct LdaContext *ctx,
+                    const double *v,
+                    size_t nv,
+                    double *x_out,
+                    size_t nx);
 
 /**
- * The latentda version string (static, NUL-terminated).
+ * v = U^T x: the exact adjoint of `lda_bsqrt`. `x` holds `nx` = `lda_state_size` doubles in state layout, or is
+ * NULL to read x from the bound arrays; `v_out` (not NULL) receives `nv` = `lda_control_size` values.
+ */
+LdaStatus lda_bsqrt_ad(struct LdaContext *ctx,
+                       const double *x,
+                       size_t nx,
+                       double *v_out,
+                       size_t nv);
+
+/**
+ * The latentda version string (static, NUL-terminated; do not free).
  */
 const char *lda_version(void);
 

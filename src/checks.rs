@@ -80,17 +80,22 @@ pub fn check_latent_point(a: &mut Analyser, state: Option<&[f64]>) -> Result<Vec
     Ok(z)
 }
 
-/// Dot-product test of the decoder TL/AD at z with random directions (`trials` draws, worst returned).
+/// Dot-product test of the decoder TL/AD at z (`trials` draws, worst returned). The state-space vector is
+/// u = r + (|r| / |J dz|) J dz with r random, so <J dz, u> cannot vanish by chance and the relative difference
+/// measures the adjoint's accuracy rather than a cancellation.
 pub fn decoder_dot_test(a: &mut Analyser, z: &[f32], trials: usize, seed: u64) -> Result<DotTest> {
     let (nz, nx) = (a.ae.latent_len, a.ae.state_len);
     let mut rng = Rng::new(seed);
     let mut worst = DotTest::new(0.0, 0.0);
     for _ in 0..trials {
         let dz: Vec<f32> = rng.normals(nz).iter().map(|v| *v as f32).collect();
-        let u: Vec<f32> = rng.normals(nx).iter().map(|v| *v as f32).collect();
+        let r = rng.normals(nx);
         let mut jv = vec![0f32; nx];
         let mut jtu = vec![0f32; nz];
         a.ae.tl(z, &dz, &mut jv)?;
+        let nr = r.iter().map(|v| v * v).sum::<f64>().sqrt();
+        let nj = jv.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt().max(1e-300);
+        let u: Vec<f32> = r.iter().zip(&jv).map(|(r, j)| (r + nr / nj * *j as f64) as f32).collect();
         a.ae.ad(z, &u, &mut jtu)?;
         let lhs: f64 = jv.iter().zip(&u).map(|(x, y)| *x as f64 * *y as f64).sum();
         let rhs: f64 = dz.iter().zip(&jtu).map(|(x, y)| *x as f64 * *y as f64).sum();
@@ -159,10 +164,13 @@ pub fn latent_bsqrt_dot_test(a: &mut Analyser, x_b: &[f64], seed: u64) -> Result
     let (n, m) = (op.control_size(), op.state_len());
     let mut rng = Rng::new(seed);
     let v = rng.normals(n);
-    let u = rng.normals(m);
     let mut uv = vec![0.0; m];
     let mut utu = vec![0.0; n];
     op.sqrt(a, &v, &mut uv)?;
+    // As in decoder_dot_test: a state vector with a component along U v, so the product cannot cancel.
+    let r = rng.normals(m);
+    let (nr, nu) = (dot(&r, &r).sqrt(), dot(&uv, &uv).sqrt().max(1e-300));
+    let u: Vec<f64> = r.iter().zip(&uv).map(|(r, x)| r + nr / nu * x).collect();
     op.sqrt_ad(a, &u, &mut utu)?;
     Ok(DotTest::new(dot(&uv, &u), dot(&v, &utu)))
 }

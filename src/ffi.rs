@@ -1,8 +1,13 @@
 //! C ABI (`include/latentda.h`, generated from this file by cbindgen in `build.rs`).
 //!
-//! Conventions (rustls-ffi style): an opaque handle, every function returns an `int32_t` status (`LDA_OK` = 0),
-//! every pointer is checked for NULL, every entry point catches panics (`LDA_ERR_INTERNAL`), and nothing here ever
-//! aborts the host. Bound host arrays are read at `lda_analyse` and written only after the whole analysis succeeded.
+//! Conventions (rustls-ffi style): an opaque handle, every function returns an `LdaStatus` (`int32_t`, `LDA_OK` =
+//! 0), every pointer is checked for NULL, every entry point catches panics (`LDA_ERR_INTERNAL`), and nothing here
+//! ever aborts the host. Bound host arrays are read at `lda_analyse` and written only after the whole analysis
+//! succeeded. The `///` comments below are the C header's documentation: they are written for C readers.
+
+// The entry points take raw pointers from C by design; their validity is the documented contract of each function
+// (checked for NULL here), so they are safe `extern "C"` functions rather than `unsafe` ones.
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
 
 use std::cell::RefCell;
 use std::ffi::{c_char, CStr, CString};
@@ -12,51 +17,102 @@ use std::sync::Mutex;
 use crate::error::{Error, Result, Status};
 use crate::host::{HostContext, HostData};
 
-/// Success.
-pub const LDA_OK: i32 = 0;
-/// A required pointer argument was NULL.
-pub const LDA_ERR_NULL_POINTER: i32 = 1;
-/// An argument was invalid (unknown name, wrong shape, wrong length, bad option).
-pub const LDA_ERR_INVALID_ARGUMENT: i32 = 2;
-/// The bundle is missing, malformed or fails validation.
-pub const LDA_ERR_BUNDLE: i32 = 3;
-/// The execution backend or device cannot be used.
-pub const LDA_ERR_BACKEND: i32 = 4;
-/// File input/output failed.
-pub const LDA_ERR_IO: i32 = 5;
-/// Input data are invalid (NaN/Inf in a bound field or observation array).
-pub const LDA_ERR_INVALID_DATA: i32 = 6;
-/// Not ready: a field is not bound, no observations were set, or no analysis has run yet.
-pub const LDA_ERR_NOT_READY: i32 = 7;
-/// The minimisation failed.
-pub const LDA_ERR_SOLVER: i32 = 8;
-/// Internal error (a caught panic); close the context.
-pub const LDA_ERR_INTERNAL: i32 = 9;
-/// An output buffer is too small; the needed size was returned.
-pub const LDA_ERR_BUFFER_TOO_SMALL: i32 = 10;
-
-/// QC flag: observation used.
-pub const LDA_QC_USED: i32 = 0;
-/// QC flag: invalid value, position, level, or error sd <= 0.
-pub const LDA_QC_INVALID: i32 = 1;
-/// QC flag: outside the horizontal grid.
-pub const LDA_QC_OUTSIDE_DOMAIN: i32 = 2;
-/// QC flag: outside the vertical range.
-pub const LDA_QC_OUTSIDE_VERTICAL: i32 = 3;
-/// QC flag: unknown variable index.
-pub const LDA_QC_UNKNOWN_VARIABLE: i32 = 4;
-/// QC flag: background check failed.
-pub const LDA_QC_BACKGROUND_CHECK: i32 = 5;
-
-/// Array order: C (row-major), shape (nlev, nlat, nlon) or (nlat, nlon).
-pub const LDA_ORDER_C: i32 = 0;
-/// Array order: Fortran (column-major), shape (nlon, nlat, nlev) or (nlon, nlat) in Fortran terms.
-pub const LDA_ORDER_FORTRAN: i32 = 1;
-
-/// Opaque latentda context: one opened bundle, its ONNX sessions, the bound host arrays and the observations.
+/// Status returned by every latentda function except `lda_last_error` and `lda_version` (an `int32_t` in C).
 ///
-/// A context may be used from one thread at a time; different contexts may be used concurrently from different
-/// threads. `lda_last_error` may be called from any thread.
+/// `LDA_OK` (0) is success; every other value is a failure, and `lda_last_error` then returns a message that names
+/// the argument, variable, file or index at fault. The numeric values are stable. A failing call never writes the
+/// bound host arrays and leaves bindings and observations as they were (a failing `lda_analyse` does discard the
+/// QC flags and report of the previous analysis).
+#[repr(i32)]
+#[allow(non_camel_case_types)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LdaStatus {
+    /// Success.
+    LDA_OK = 0,
+    /// A required pointer argument (or the context) was NULL; the message names the argument.
+    LDA_ERR_NULL_POINTER = 1,
+    /// An argument was invalid: unknown variable name, wrong ndim/shape/order at bind, observation count 0, wrong
+    /// buffer length, unknown method, or a bad options string.
+    LDA_ERR_INVALID_ARGUMENT = 2,
+    /// The bundle directory is missing, or the bundle is malformed or fails validation (manifest, checksums, ONNX
+    /// input/output names and shapes, statistics).
+    LDA_ERR_BUNDLE = 3,
+    /// The execution backend or device cannot be used (ONNX Runtime library not found, CUDA unavailable, a model
+    /// run failed).
+    LDA_ERR_BACKEND = 4,
+    /// Reading or writing a file failed.
+    LDA_ERR_IO = 5,
+    /// Input data are invalid: NaN or Inf in a bound field (the message gives variable and indices) or in a
+    /// control vector.
+    LDA_ERR_INVALID_DATA = 6,
+    /// Not ready: a field is not bound, no observations were set, no analysis has succeeded yet (for
+    /// `lda_obs_qc`/`lda_report_json`), or the bundle lacks what the method needs.
+    LDA_ERR_NOT_READY = 7,
+    /// The minimisation failed (non-finite cost, gradient or analysis).
+    LDA_ERR_SOLVER = 8,
+    /// Internal error (a Rust panic caught at the boundary). Close the context.
+    LDA_ERR_INTERNAL = 9,
+    /// An output buffer is too small; the needed size was returned (`lda_report_json`).
+    LDA_ERR_BUFFER_TOO_SMALL = 10,
+}
+
+/// Quality-control flag of one observation, as returned by `lda_obs_qc` (an `int32_t` in C).
+#[repr(i32)]
+#[allow(non_camel_case_types)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LdaQcFlag {
+    /// Used in the analysis.
+    LDA_QC_USED = 0,
+    /// Rejected: non-finite value, position or level, or error standard deviation sigma <= 0.
+    LDA_QC_INVALID = 1,
+    /// Rejected: outside the horizontal grid (latitude beyond the first or last grid latitude).
+    LDA_QC_OUTSIDE_DOMAIN = 2,
+    /// Rejected: outside the vertical range of the model levels (or no level for an upper-air variable).
+    LDA_QC_OUTSIDE_VERTICAL = 3,
+    /// Rejected: the variable identifier is not a bundle variable (e.g. -1).
+    LDA_QC_UNKNOWN_VARIABLE = 4,
+    /// Rejected: background check |y - H(x_b)| > k sqrt(sigma_o^2 + sigma_b^2) (k: option `bg_check`).
+    LDA_QC_BACKGROUND_CHECK = 5,
+}
+
+/// Memory order of a bound host array (the `order` argument of `lda_bind_field_f32`/`_f64`, an `int32_t`).
+///
+/// Both describe the same memory (longitude fastest, then latitude north to south, then level top to bottom); only
+/// the way the shape is written differs.
+#[repr(i32)]
+#[allow(non_camel_case_types)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LdaOrder {
+    /// C (row-major): shape (nlev, nlat, nlon) for upper-air fields, (nlat, nlon) for surface fields.
+    LDA_ORDER_C = 0,
+    /// Fortran (column-major): shape (nlon, nlat, nlev) or (nlon, nlat), in Fortran terms.
+    LDA_ORDER_FORTRAN = 1,
+}
+
+impl From<Status> for LdaStatus {
+    fn from(s: Status) -> Self {
+        match s {
+            Status::Ok => LdaStatus::LDA_OK,
+            Status::NullPointer => LdaStatus::LDA_ERR_NULL_POINTER,
+            Status::InvalidArgument => LdaStatus::LDA_ERR_INVALID_ARGUMENT,
+            Status::Bundle => LdaStatus::LDA_ERR_BUNDLE,
+            Status::Backend => LdaStatus::LDA_ERR_BACKEND,
+            Status::Io => LdaStatus::LDA_ERR_IO,
+            Status::InvalidData => LdaStatus::LDA_ERR_INVALID_DATA,
+            Status::NotReady => LdaStatus::LDA_ERR_NOT_READY,
+            Status::Solver => LdaStatus::LDA_ERR_SOLVER,
+            Status::Internal => LdaStatus::LDA_ERR_INTERNAL,
+            Status::BufferTooSmall => LdaStatus::LDA_ERR_BUFFER_TOO_SMALL,
+        }
+    }
+}
+
+/// Opaque latentda context: one opened bundle, its ONNX sessions, the bound host arrays, the observations and the
+/// results of the last analysis. Created by `lda_open`, released by `lda_close`.
+///
+/// A context may be used from one thread at a time (calls on one context are serialised internally, but bound
+/// arrays must not be touched by the host during a call); different contexts are independent and may run
+/// concurrently on different threads. `lda_last_error` may be called from any thread.
 pub struct LdaContext {
     inner: Mutex<HostContext>,
     last_error: Mutex<CString>,
@@ -70,7 +126,7 @@ fn cstring(s: &str) -> CString {
     CString::new(s.replace('\0', " ")).unwrap_or_default()
 }
 
-fn set_error(ctx: Option<&LdaContext>, e: &Error) -> i32 {
+fn set_error(ctx: Option<&LdaContext>, e: &Error) -> LdaStatus {
     match ctx {
         Some(c) => {
             let mut g = c.last_error.lock().unwrap_or_else(|p| p.into_inner());
@@ -78,7 +134,7 @@ fn set_error(ctx: Option<&LdaContext>, e: &Error) -> i32 {
         }
         None => OPEN_ERROR.with(|o| *o.borrow_mut() = cstring(&e.message)),
     }
-    e.code()
+    e.status.into()
 }
 
 fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
@@ -91,9 +147,9 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// Runs `f` on the context with panics caught and the error recorded.
-fn with_ctx(ctx: *mut LdaContext, f: impl FnOnce(&mut HostContext) -> Result<()>) -> i32 {
+fn with_ctx(ctx: *mut LdaContext, f: impl FnOnce(&mut HostContext) -> Result<()>) -> LdaStatus {
     if ctx.is_null() {
-        return set_error(None, &Error::new(Status::NullPointer, "context is NULL"));
+        return set_error(None, &Error::new(Status::NullPointer, "context is NULL (lda_open failed or was not called)"));
     }
     // SAFETY: non-null pointers passed here were returned by lda_open and not yet closed (documented contract).
     let c: &LdaContext = unsafe { &*ctx };
@@ -102,7 +158,7 @@ fn with_ctx(ctx: *mut LdaContext, f: impl FnOnce(&mut HostContext) -> Result<()>
         f(&mut g)
     }));
     match r {
-        Ok(Ok(())) => LDA_OK,
+        Ok(Ok(())) => LdaStatus::LDA_OK,
         Ok(Err(e)) => set_error(Some(c), &e),
         Err(p) => set_error(Some(c), &Error::new(Status::Internal, panic_message(p))),
     }
@@ -125,12 +181,18 @@ unsafe fn c_str<'a>(p: *const c_char, what: &str) -> Result<&'a str> {
 
 /// Opens a bundle and creates a context.
 ///
-/// `bundle_dir`: path of the bundle directory (NUL-terminated, UTF-8). `options`: NULL for defaults, or a TOML
-/// string (see docs/coupling.md: backend, device, threads, output, outer_loops, max_inner, gradient_reduction,
-/// bg_check, verbosity, method). On success `*out` receives a context that must be released with `lda_close`.
-/// On failure `*out` is set to NULL and the message is available from `lda_last_error(NULL)` on the same thread.
+/// - `bundle_dir`: path of the bundle directory (NUL-terminated UTF-8); must not be NULL.
+/// - `options`: NULL or "" for the defaults, or TOML text with any of the keys `backend` ("tract" | "ort"),
+///   `ort_library`, `device` ("cpu" | "cuda:N"), `threads`, `cuda_tf32`, `method` ("l3dvar" | "3dvar"), `output`
+///   ("analysis" | "increment" | "full_state"), `outer_loops`, `max_inner`, `gradient_reduction`, `bg_check`,
+///   `verbosity` (one `key = value` per line; see docs/coupling.md). Unknown keys are an error.
+/// - `out`: receives the new context; must not be NULL. It is set to NULL on failure.
+///
+/// The strings are only read during the call. The context is owned by the caller and must be released with
+/// `lda_close`. On failure the message is available from `lda_last_error(NULL)` on the same thread.
+/// Thread-safe: different threads may open contexts concurrently.
 #[no_mangle]
-pub extern "C" fn lda_open(bundle_dir: *const c_char, options: *const c_char, out: *mut *mut LdaContext) -> i32 {
+pub extern "C" fn lda_open(bundle_dir: *const c_char, options: *const c_char, out: *mut *mut LdaContext) -> LdaStatus {
     let r = catch_unwind(|| -> Result<*mut LdaContext> {
         if out.is_null() {
             return Err(null("out"));
@@ -148,32 +210,36 @@ pub extern "C" fn lda_open(bundle_dir: *const c_char, options: *const c_char, ou
         Ok(Ok(p)) => {
             // SAFETY: out was checked non-null inside the closure before success was possible.
             unsafe { *out = p };
-            LDA_OK
+            LdaStatus::LDA_OK
         }
         Ok(Err(e)) => set_error(None, &e),
         Err(p) => set_error(None, &Error::new(Status::Internal, panic_message(p))),
     }
 }
 
-/// Releases a context and everything it owns. NULL is accepted and ignored. Bound host arrays are not touched.
+/// Releases a context and everything it owns (ONNX sessions, observations, report). NULL is accepted and ignored.
+/// Bound host arrays are not touched and remain owned by the host. The pointer must not be used afterwards, and a
+/// context must be closed exactly once.
 #[no_mangle]
-pub extern "C" fn lda_close(ctx: *mut LdaContext) -> i32 {
+pub extern "C" fn lda_close(ctx: *mut LdaContext) -> LdaStatus {
     if ctx.is_null() {
-        return LDA_OK;
+        return LdaStatus::LDA_OK;
     }
     let r = catch_unwind(|| {
         // SAFETY: ctx was returned by lda_open and is closed once (documented contract).
         drop(unsafe { Box::from_raw(ctx) });
     });
     match r {
-        Ok(()) => LDA_OK,
+        Ok(()) => LdaStatus::LDA_OK,
         Err(p) => set_error(None, &Error::new(Status::Internal, panic_message(p))),
     }
 }
 
-/// Message of the last failed call on `ctx` (empty if none). With `ctx` NULL: the last `lda_open` failure (or NULL
-/// context error) on the calling thread. The pointer stays valid until the next failing call on the same context
-/// (or thread, for NULL) and must not be freed.
+/// Message of the last failed call on `ctx` ("" if none has failed). With `ctx` NULL: the message of the last
+/// failure on the calling thread that had no context (a failed `lda_open`, or a call given a NULL context).
+///
+/// Never returns NULL. The string is owned by latentda: do not free it. It stays valid until the next failing call
+/// on the same context (for NULL: on the same thread) or `lda_close`; copy it to keep it. Thread-safe.
 #[no_mangle]
 pub extern "C" fn lda_last_error(ctx: *const LdaContext) -> *const c_char {
     let r = catch_unwind(|| {
@@ -190,9 +256,11 @@ pub extern "C" fn lda_last_error(ctx: *const LdaContext) -> *const c_char {
     r.unwrap_or(c"internal error while reading the last error".as_ptr())
 }
 
-/// Index of a bundle variable by name (an identifier for `lda_set_obs`; 0-based channel-order position).
+/// Identifier of the bundle variable `name` for `lda_set_obs` (its 0-based position in the bundle's channel
+/// order). `name` and `index_out` must not be NULL. An unknown name returns `LDA_ERR_INVALID_ARGUMENT` with the list
+/// of bundle variables in the message.
 #[no_mangle]
-pub extern "C" fn lda_var_index(ctx: *mut LdaContext, name: *const c_char, index_out: *mut i32) -> i32 {
+pub extern "C" fn lda_var_index(ctx: *mut LdaContext, name: *const c_char, index_out: *mut i32) -> LdaStatus {
     with_ctx(ctx, |inner| {
         // SAFETY: NUL-terminated string per contract.
         let name = unsafe { c_str(name, "name") }?;
@@ -206,15 +274,15 @@ pub extern "C" fn lda_var_index(ctx: *mut LdaContext, name: *const c_char, index
     })
 }
 
-fn bind(ctx: *mut LdaContext, name: *const c_char, data: HostData, ndim: i32, shape: *const i64, order: i32) -> i32 {
+fn bind(ctx: *mut LdaContext, name: *const c_char, data: HostData, ndim: i32, shape: *const i64, order: i32) -> LdaStatus {
     with_ctx(ctx, |inner| {
         // SAFETY: NUL-terminated string per contract.
         let name = unsafe { c_str(name, "name") }?;
         if shape.is_null() {
             return Err(null("shape"));
         }
-        if !(1..=3).contains(&ndim) {
-            return Err(Error::arg(format!("lda_bind_field '{name}': ndim = {ndim} must be 2 or 3")));
+        if !(2..=3).contains(&ndim) {
+            return Err(Error::arg(format!("bind_field '{name}': ndim = {ndim} must be 2 (surface) or 3 (upper air)")));
         }
         // SAFETY: shape points to ndim values (contract).
         let shape = unsafe { std::slice::from_raw_parts(shape, ndim as usize) };
@@ -223,27 +291,55 @@ fn bind(ctx: *mut LdaContext, name: *const c_char, data: HostData, ndim: i32, sh
     })
 }
 
-/// Binds a host float array to a bundle variable. The array must stay valid (not freed or moved) until it is bound
-/// again, or the context is closed; it is read by `lda_analyse` and written only when an analysis succeeds.
-/// `ndim` is 3 for upper-air fields and 2 for surface fields; `shape` has `ndim` entries: (nlev, nlat, nlon) for
-/// `order` = `LDA_ORDER_C`, (nlon, nlat, nlev) for `LDA_ORDER_FORTRAN`. Latitudes run north to south, longitudes
-/// eastwards from the bundle's first longitude.
+/// Binds a host `float` array, in place, to the bundle variable `name`.
+///
+/// - `data`: the host's array of nlon*nlat*nlev (upper air) or nlon*nlat (surface) values, longitude fastest,
+///   latitudes north to south, levels top to bottom. Not copied: latentda keeps the pointer.
+/// - `ndim`: 3 for upper-air fields, 2 for surface fields.
+/// - `shape`: `ndim` extents, read during the call only: (nlev, nlat, nlon) for `order` = `LDA_ORDER_C`,
+///   (nlon, nlat, nlev) for `LDA_ORDER_FORTRAN`. Checked against the bundle grid now.
+///
+/// Lifetime: the array must stay valid (not freed or moved) until the variable is bound again or the context is
+/// closed, and the host must not access it during calls on this context. `lda_analyse` reads it as the background
+/// and overwrites it with the result only when the whole analysis succeeded. Binding again replaces the previous
+/// binding (and may switch precision). On failure the previous binding, if any, is kept.
 #[no_mangle]
-pub extern "C" fn lda_bind_field_f32(ctx: *mut LdaContext, name: *const c_char, data: *mut f32, ndim: i32, shape: *const i64, order: i32) -> i32 {
+pub extern "C" fn lda_bind_field_f32(
+    ctx: *mut LdaContext,
+    name: *const c_char,
+    data: *mut f32,
+    ndim: i32,
+    shape: *const i64,
+    order: i32,
+) -> LdaStatus {
     bind(ctx, name, HostData::F32(data), ndim, shape, order)
 }
 
-/// Binds a host double array to a bundle variable; see `lda_bind_field_f32`.
+/// Binds a host `double` array, in place, to the bundle variable `name`; see `lda_bind_field_f32`.
 #[no_mangle]
-pub extern "C" fn lda_bind_field_f64(ctx: *mut LdaContext, name: *const c_char, data: *mut f64, ndim: i32, shape: *const i64, order: i32) -> i32 {
+pub extern "C" fn lda_bind_field_f64(
+    ctx: *mut LdaContext,
+    name: *const c_char,
+    data: *mut f64,
+    ndim: i32,
+    shape: *const i64,
+    order: i32,
+) -> LdaStatus {
     bind(ctx, name, HostData::F64(data), ndim, shape, order)
 }
 
-/// Sets the observations for the next analysis (copied; the arrays may be freed after the call). `n` may be 0.
-/// `var` holds identifiers from `lda_var_index`; `level` is in the bundle's vertical coordinate and ignored for
-/// surface variables (pass any value, e.g. NaN); `sigma` is the observation error standard deviation.
-/// Invalid observations are not an error here: they are flagged by QC at the analysis.
+/// Sets the observations for the next analyses, replacing any previous set. All arrays hold `n` >= 1 values and
+/// are copied (they may be freed after the call); none may be NULL. `n` = 0 is `LDA_ERR_INVALID_ARGUMENT` (a host
+/// without observations in a cycle skips `lda_analyse`).
+///
+/// - `var`: identifiers from `lda_var_index` (any other value, e.g. -1, is flagged `LDA_QC_UNKNOWN_VARIABLE`).
+/// - `lat`, `lon`: degrees north / east (longitude periodic).
+/// - `level`: in the bundle's vertical coordinate (e.g. sigma); ignored for surface variables (pass e.g. NaN).
+/// - `value`: observed value in the variable's units; `sigma`: observation error standard deviation (> 0).
+///
+/// Invalid observations are not an error here: they are flagged by QC at the analysis (`lda_obs_qc`).
 #[no_mangle]
+#[allow(clippy::too_many_arguments)]
 pub extern "C" fn lda_set_obs(
     ctx: *mut LdaContext,
     n: usize,
@@ -253,50 +349,60 @@ pub extern "C" fn lda_set_obs(
     level: *const f64,
     value: *const f64,
     sigma: *const f64,
-) -> i32 {
+) -> LdaStatus {
     with_ctx(ctx, |inner| {
+        if n == 0 {
+            return Err(Error::arg(
+                "lda_set_obs: n = 0 (zero-length observation arrays); pass at least one observation",
+            ));
+        }
         let names = ["var", "lat", "lon", "level", "value", "sigma"];
         let ptrs = [var as *const u8, lat as _, lon as _, level as _, value as _, sigma as _];
-        if n > 0 {
-            if let Some(i) = ptrs.iter().position(|p| p.is_null()) {
-                return Err(null(names[i]));
-            }
+        if let Some(i) = ptrs.iter().position(|p| p.is_null()) {
+            return Err(null(names[i]));
         }
-        let sl = |p: *const f64| -> &[f64] {
-            // SAFETY: each array holds n values (contract); n == 0 never dereferences.
-            if n == 0 { &[] } else { unsafe { std::slice::from_raw_parts(p, n) } }
-        };
+        // SAFETY: each array holds n values (contract) and was checked non-null.
+        let sl = |p: *const f64| -> &[f64] { unsafe { std::slice::from_raw_parts(p, n) } };
         // SAFETY: as above.
-        let vars: &[i32] = if n == 0 { &[] } else { unsafe { std::slice::from_raw_parts(var, n) } };
+        let vars: &[i32] = unsafe { std::slice::from_raw_parts(var, n) };
         let (la, lo, le, va, si) = (sl(lat), sl(lon), sl(level), sl(value), sl(sigma));
         inner.set_obs(vars, la, lo, le, va, si)
     })
 }
 
-/// Runs an analysis: reads every bound field as the background, assimilates the observations set by
-/// `lda_set_obs`, and on success writes the result (per option `output`: analysis, increment or full_state) back
-/// into the bound arrays. On any failure the bound arrays are left bit-identical. `method`: NULL for the option's
-/// default, or "l3dvar" / "3dvar". Rejected observations never make the analysis fail; see `lda_obs_qc`.
+/// Runs an analysis: reads every bound field as the background x_b, assimilates the observations set by
+/// `lda_set_obs`, and on success writes the result into the bound arrays (per option `output`: the analysis, the
+/// increment, or the full decoded state). On any failure the bound arrays are left bit-identical.
+///
+/// `method`: NULL for the option's default, or "l3dvar" / "3dvar". Every bundle variable must be bound
+/// (`LDA_ERR_NOT_READY` names the first unbound one) and observations must have been set (`LDA_ERR_NOT_READY`).
+/// NaN/Inf in a bound field is `LDA_ERR_INVALID_DATA`. Rejected observations never make the analysis fail; read
+/// their flags with `lda_obs_qc` and the diagnostics with `lda_report_json` / `lda_report_number`.
 #[no_mangle]
-pub extern "C" fn lda_analyse(ctx: *mut LdaContext, method: *const c_char) -> i32 {
+pub extern "C" fn lda_analyse(ctx: *mut LdaContext, method: *const c_char) -> LdaStatus {
     with_ctx(ctx, |inner| {
         // SAFETY: NUL-terminated string per contract.
         let m = if method.is_null() { None } else { Some(unsafe { c_str(method, "method") }?) };
+        if inner.n_obs() == 0 {
+            return Err(Error::new(Status::NotReady, "no observations: call lda_set_obs before lda_analyse"));
+        }
         inner.analyse(m)
     })
 }
 
-/// Copies the QC flag of every observation of the last successful analysis into `flags_out` (`n` must equal the
-/// number of observations set). Flags: `LDA_QC_*`.
+/// Copies the QC flag (`LdaQcFlag` values) of every observation of the last successful analysis into `flags_out`,
+/// in the order given to `lda_set_obs`. `n` must equal the number of observations set; `flags_out` holds `n`
+/// values and must not be NULL. Before any successful analysis (or after new observations were set):
+/// `LDA_ERR_NOT_READY`.
 #[no_mangle]
-pub extern "C" fn lda_obs_qc(ctx: *mut LdaContext, flags_out: *mut i32, n: usize) -> i32 {
+pub extern "C" fn lda_obs_qc(ctx: *mut LdaContext, flags_out: *mut i32, n: usize) -> LdaStatus {
     with_ctx(ctx, |inner| {
+        if flags_out.is_null() {
+            return Err(null("flags_out"));
+        }
         let qc = inner.obs_qc()?;
         if n != qc.len() {
             return Err(Error::arg(format!("lda_obs_qc: n = {n}, but the last analysis had {} observations", qc.len())));
-        }
-        if n > 0 && flags_out.is_null() {
-            return Err(null("flags_out"));
         }
         for (i, f) in qc.iter().enumerate() {
             // SAFETY: flags_out holds n values (contract).
@@ -306,11 +412,14 @@ pub extern "C" fn lda_obs_qc(ctx: *mut LdaContext, flags_out: *mut i32, n: usize
     })
 }
 
-/// Copies the JSON report of the last successful analysis into `buf` (NUL-terminated). `*needed` receives the size
-/// including the NUL; if `buf` is NULL or `len` is too small, nothing is copied and `LDA_ERR_BUFFER_TOO_SMALL` is
-/// returned (call again with a larger buffer).
+/// Copies the JSON report of the last successful analysis (solver history, per-variable O-B/O-A statistics, QC
+/// counts, timings, backend) into `buf` as a NUL-terminated string.
+///
+/// `*needed` (if `needed` is not NULL) receives the size including the NUL. If `buf` is NULL or `len` is too
+/// small, nothing is copied and `LDA_ERR_BUFFER_TOO_SMALL` is returned: call once with `buf` = NULL, `len` = 0 to
+/// get the size, allocate, call again. Before any successful analysis: `LDA_ERR_NOT_READY`.
 #[no_mangle]
-pub extern "C" fn lda_report_json(ctx: *mut LdaContext, buf: *mut c_char, len: usize, needed: *mut usize) -> i32 {
+pub extern "C" fn lda_report_json(ctx: *mut LdaContext, buf: *mut c_char, len: usize, needed: *mut usize) -> LdaStatus {
     with_ctx(ctx, |inner| {
         let rep = cstring(inner.report_json()?);
         let bytes = rep.as_bytes_with_nul();
@@ -327,9 +436,56 @@ pub extern "C" fn lda_report_json(ctx: *mut LdaContext, buf: *mut c_char, len: u
     })
 }
 
-/// Size of the latent B operator's control vector (the latent size).
+/// Looks up `path` in the report JSON value, selecting array elements by index or by their "name" field.
+fn report_lookup(json: &str, path: &str) -> Result<f64> {
+    let root: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| Error::new(Status::Internal, format!("report is not JSON: {e}")))?;
+    let mut cur = &root;
+    for key in path.split('.') {
+        let next = match cur {
+            serde_json::Value::Object(m) => m.get(key),
+            serde_json::Value::Array(a) => match key.parse::<usize>() {
+                Ok(i) => a.get(i),
+                Err(_) => a.iter().find(|e| e.get("name").and_then(|n| n.as_str()) == Some(key)),
+            },
+            _ => None,
+        };
+        cur = next.ok_or_else(|| Error::arg(format!("lda_report_number: report has no entry '{key}' in path '{path}'")))?;
+    }
+    match cur {
+        serde_json::Value::Number(x) => x
+            .as_f64()
+            .ok_or_else(|| Error::arg(format!("lda_report_number: '{path}' is not representable as a double"))),
+        serde_json::Value::Bool(b) => Ok(if *b { 1.0 } else { 0.0 }),
+        other => Err(Error::arg(format!("lda_report_number: '{path}' is not a number (it is {other})"))),
+    }
+}
+
+/// One number from the report of the last successful analysis, for hosts without a JSON parser (e.g. Fortran).
+///
+/// `path` is a dot-separated key path into the report of `lda_report_json`; an array element is selected by its
+/// 0-based index or, for per-variable entries, by name. Examples: "n_used", "qc_counts.background_check",
+/// "solver.j_final", "solver.grad_reduction", "variables.t.omb_rms", "variables.t.oma_rms", "variables.ps.n_used",
+/// "timings.total_s". `path` and `value_out` must not be NULL. A missing or non-numeric entry is
+/// `LDA_ERR_INVALID_ARGUMENT`; before any successful analysis `LDA_ERR_NOT_READY`.
 #[no_mangle]
-pub extern "C" fn lda_control_size(ctx: *mut LdaContext, n_out: *mut usize) -> i32 {
+pub extern "C" fn lda_report_number(ctx: *mut LdaContext, path: *const c_char, value_out: *mut f64) -> LdaStatus {
+    with_ctx(ctx, |inner| {
+        // SAFETY: NUL-terminated string per contract.
+        let path = unsafe { c_str(path, "path") }?;
+        if value_out.is_null() {
+            return Err(null("value_out"));
+        }
+        let v = report_lookup(inner.report_json()?, path)?;
+        // SAFETY: checked non-null.
+        unsafe { *value_out = v };
+        Ok(())
+    })
+}
+
+/// Size n of the latent B operator's control vector (the latent size), into `*n_out` (must not be NULL).
+#[no_mangle]
+pub extern "C" fn lda_control_size(ctx: *mut LdaContext, n_out: *mut usize) -> LdaStatus {
     with_ctx(ctx, |inner| {
         if n_out.is_null() {
             return Err(null("n_out"));
@@ -340,9 +496,10 @@ pub extern "C" fn lda_control_size(ctx: *mut LdaContext, n_out: *mut usize) -> i
     })
 }
 
-/// Size of a full model state (channels x nlat x nlon), the length of buffers for `lda_bsqrt`/`lda_bsqrt_ad`.
+/// Size of a full model state (channels x nlat x nlon) into `*n_out` (must not be NULL): the length of the state
+/// buffers of `lda_bsqrt` / `lda_bsqrt_ad`.
 #[no_mangle]
-pub extern "C" fn lda_state_size(ctx: *mut LdaContext, n_out: *mut usize) -> i32 {
+pub extern "C" fn lda_state_size(ctx: *mut LdaContext, n_out: *mut usize) -> LdaStatus {
     with_ctx(ctx, |inner| {
         if n_out.is_null() {
             return Err(null("n_out"));
@@ -353,25 +510,29 @@ pub extern "C" fn lda_state_size(ctx: *mut LdaContext, n_out: *mut usize) -> i32
     })
 }
 
-/// Linearises the latent B operator at the background currently in the bound arrays (z_b = E(N(x_b))). Called
-/// implicitly by the first `lda_bsqrt`/`lda_bsqrt_ad` after binding; call it again after the background changed.
+/// Linearises the latent B operator at the background currently in the bound arrays (z_b = E(N(x_b))); every
+/// variable must be bound. Done implicitly by the first `lda_bsqrt`/`lda_bsqrt_ad` after a bind; call it again
+/// when the background in the bound arrays changed.
 #[no_mangle]
-pub extern "C" fn lda_b_linearise(ctx: *mut LdaContext) -> i32 {
+pub extern "C" fn lda_b_linearise(ctx: *mut LdaContext) -> LdaStatus {
     with_ctx(ctx, |inner| inner.b_linearise())
 }
 
-/// x = U v: the model-space increment (physical units) of control vector `v` (length `lda_control_size`).
-/// `x_out` receives `nx` = `lda_state_size` values in state layout (channel-major: variables in bundle order, levels
-/// top to bottom, then lat north to south, lon fastest); with `x_out` NULL the increment is written into the bound
-/// arrays instead (their background is then replaced; the linearisation point is kept).
+/// x = U v: the model-space increment (physical units) of control vector `v` (`nv` = `lda_control_size` values),
+/// with B_implied = U U^T.
+///
+/// `x_out` receives `nx` = `lda_state_size` doubles in state layout: variables in bundle order, each as its C-order
+/// (lev, lat, lon) block (levels top to bottom, latitudes north to south, longitude fastest). With `x_out` NULL the
+/// increment is written into the bound arrays instead (their content is replaced; the linearisation point is
+/// kept). `v` is only read during the call.
 #[no_mangle]
-pub extern "C" fn lda_bsqrt(ctx: *mut LdaContext, v: *const f64, nv: usize, x_out: *mut f64, nx: usize) -> i32 {
+pub extern "C" fn lda_bsqrt(ctx: *mut LdaContext, v: *const f64, nv: usize, x_out: *mut f64, nx: usize) -> LdaStatus {
     with_ctx(ctx, |inner| {
-        if v.is_null() && nv > 0 {
+        if v.is_null() {
             return Err(null("v"));
         }
         // SAFETY: v holds nv values (contract).
-        let vs = if nv == 0 { &[][..] } else { unsafe { std::slice::from_raw_parts(v, nv) } };
+        let vs = unsafe { std::slice::from_raw_parts(v, nv) };
         if x_out.is_null() {
             inner.bsqrt(vs, None)
         } else {
@@ -381,16 +542,16 @@ pub extern "C" fn lda_bsqrt(ctx: *mut LdaContext, v: *const f64, nv: usize, x_ou
     })
 }
 
-/// v = U^T x: the adjoint of `lda_bsqrt`. `x` has `nx` = `lda_state_size` values in state layout, or is NULL to read
-/// the bound arrays; `v_out` receives `nv` = `lda_control_size` values.
+/// v = U^T x: the exact adjoint of `lda_bsqrt`. `x` holds `nx` = `lda_state_size` doubles in state layout, or is
+/// NULL to read x from the bound arrays; `v_out` (not NULL) receives `nv` = `lda_control_size` values.
 #[no_mangle]
-pub extern "C" fn lda_bsqrt_ad(ctx: *mut LdaContext, x: *const f64, nx: usize, v_out: *mut f64, nv: usize) -> i32 {
+pub extern "C" fn lda_bsqrt_ad(ctx: *mut LdaContext, x: *const f64, nx: usize, v_out: *mut f64, nv: usize) -> LdaStatus {
     with_ctx(ctx, |inner| {
-        if v_out.is_null() && nv > 0 {
+        if v_out.is_null() {
             return Err(null("v_out"));
         }
         // SAFETY: v_out holds nv values (contract).
-        let vs = if nv == 0 { &mut [][..] } else { unsafe { std::slice::from_raw_parts_mut(v_out, nv) } };
+        let vs = unsafe { std::slice::from_raw_parts_mut(v_out, nv) };
         if x.is_null() {
             inner.bsqrt_ad(None, vs)
         } else {
@@ -400,7 +561,7 @@ pub extern "C" fn lda_bsqrt_ad(ctx: *mut LdaContext, x: *const f64, nx: usize, v
     })
 }
 
-/// The latentda version string (static, NUL-terminated).
+/// The latentda version string (static, NUL-terminated; do not free).
 #[no_mangle]
 pub extern "C" fn lda_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr() as *const c_char

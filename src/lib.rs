@@ -24,6 +24,7 @@ pub mod baseline;
 pub mod bop;
 pub mod bundle;
 pub mod checks;
+pub mod cxx_bridge;
 pub mod error;
 pub mod grid;
 pub mod host;

@@ -197,6 +197,9 @@ pub fn minimise(
             break;
         }
         pdir.copy_from_slice(&r);
+        // Normalised residuals, for full re-orthogonalisation: float32 TL/AD products otherwise lose conjugacy
+        // after a few iterations (the operational CONGRAD/Lanczos practice).
+        let mut basis: Vec<Vec<f64>> = vec![r.iter().map(|v| v / g0).collect()];
         dw.iter_mut().for_each(|v| *v = 0.0);
         gdw.iter_mut().for_each(|v| *v = 0.0);
         let mut rr = dot(&r, &r);
@@ -230,7 +233,17 @@ pub fn minimise(
             for i in 0..m {
                 gdw[i] += alpha * gp[i];
             }
+            for b in &basis {
+                let c = dot(&r, b);
+                for i in 0..n {
+                    r[i] -= c * b[i];
+                }
+            }
             let rr_new = dot(&r, &r);
+            if rr_new > 0.0 {
+                let nr = rr_new.sqrt();
+                basis.push(r.iter().map(|v| v / nr).collect());
+            }
             let jb_q = 0.5 * w.iter().zip(&dw).map(|(a, b)| (a + b) * (a + b)).sum::<f64>();
             let jo_q = 0.5
                 * (0..m).map(|i| ((d[i] - gdw[i]) / p.sigma[i]).powi(2)).sum::<f64>();

@@ -12,6 +12,10 @@ UPPER = ("u", "v", "t", "q", "z")
 JCM_NAMES = {"u": "u_wind", "v": "v_wind", "t": "temperature", "q": "specific_humidity", "z": "geopotential"}
 NLEV, NLAT, NLON = 8, 48, 96
 NCHAN = 5 * NLEV + 1
+LAYOUT = 2  # files written before layout 2 had the levels of each variable in reverse order
+
+# channel permutation that converts a layout-1 array (levels bottom->top) to layout 2 (top->bottom)
+LEGACY_PERM = [v * NLEV + (NLEV - 1 - k) for v in range(5) for k in range(NLEV)] + [5 * NLEV]
 
 
 def jcm_dir() -> str:
@@ -38,7 +42,7 @@ def load_model(time_step: int = 30):
 
 
 def physics_to_latentda(dyn) -> np.ndarray:
-    """jcm PhysicsState with arrays (time, level[surface first], lon, lat[S->N]) ->
+    """jcm PhysicsState with arrays (time, level[top first, as dinosaur stores sigma levels], lon, lat[S->N]) ->
     float32 array (time, 41, 48, 96): u,v,t,q,z on 8 levels top->bottom, then ps [Pa];
     latitudes north->south, longitudes 0..356.25."""
     out = []
@@ -46,7 +50,8 @@ def physics_to_latentda(dyn) -> np.ndarray:
         a = np.asarray(getattr(dyn, JCM_NAMES[v]), dtype=np.float32)
         if a.ndim == 3:
             a = a[None]
-        a = a[:, ::-1, :, ::-1].transpose(0, 1, 3, 2)  # (time, lev top->bottom, lat N->S, lon)
+        # NB: PhysicsState levels are already top first (only jcm's xarray output is surface first)
+        a = a[:, :, :, ::-1].transpose(0, 1, 3, 2)  # (time, lev top->bottom, lat N->S, lon)
         out.append(a)
     ps = np.asarray(dyn.normalized_surface_pressure, dtype=np.float32)
     if ps.ndim == 2:

@@ -36,7 +36,7 @@ def main(argv=None):
         print(f"spin-up {spun:.2f} d  {time.time()-t0:.0f}s", flush=True)
     meta = {"spinup_days": a.spinup_days, "days": a.days, "start_step": None, "dt_seconds": int(m.dt_si.m),
             "jcm": __import__("jcm").__version__ if hasattr(__import__("jcm"), "__version__") else "3.0.0",
-            "seed": "none (deterministic model, isothermal rest start)"}
+            "seed": "none (deterministic model, isothermal rest start)", "layout": jcmrun.LAYOUT}
     buf, times, chunk, day = [], [], 0, 0
     while day < a.days:
         leaves, step = jcmrun.flatten_state(m)

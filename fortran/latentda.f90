@@ -1,0 +1,568 @@
+!> latentda: latent data assimilation for Fortran forecast models, through the C ABI (include/latentda.h).
+!>
+!> Call order (see docs/coupling.md):
+!>
+!>     use latentda
+!>     type(lda_context) :: ctx
+!>     call lda_open(ctx, bundle_dir, ierr [, options])     ! once
+!>     call lda_bind_field(ctx, 'u', u, ierr)               ! every bundle variable, once (arrays stay in place)
+!>     iv = lda_var_index(ctx, 't')                         ! identifiers for lda_set_obs
+!>     call lda_set_obs(ctx, var, lat, lon, level, value, sigma, ierr)   ! each cycle
+!>     call lda_analyse(ctx, ierr [, method])               ! each cycle: the analysis overwrites u, t, ...
+!>     call lda_obs_qc(ctx, flags, ierr)                    ! optional diagnostics
+!>     call lda_close(ctx)                                  ! required: releases the context
+!>
+!> Every routine returns its status in `ierr` (the last required argument; options are optional arguments after
+!> it): LDA_OK (0) on success, otherwise one of the LDA_ERR_* codes below, with a message from lda_last_error.
+!> A failing call changes nothing, and bound arrays are overwritten only by a successful analysis.
+!>
+!> Arrays: fields are real(c_float) or real(c_double), shape (nlon, nlat) for surface variables and
+!> (nlon, nlat, nlev) for upper-air variables, latitudes north to south, levels top to bottom. A bound array is
+!> used in place: it must be contiguous, have the TARGET (or POINTER) attribute, and stay allocated (not moved,
+!> reallocated or deallocated) until it is bound again or the context is closed. Never bind an array section or
+!> expression: the compiler would pass a temporary copy and latentda would keep a dangling pointer.
+!>
+!> Threads: one thread at a time per context; different contexts may be used concurrently.
+module latentda
+  use, intrinsic :: iso_c_binding, only: c_ptr, c_null_ptr, c_null_char, c_char, c_int32_t, c_int64_t, &
+       c_size_t, c_float, c_double, c_loc, c_associated, c_f_pointer
+  implicit none
+  private
+
+  public :: lda_context
+  public :: lda_open, lda_close, lda_bind_field, lda_var_index, lda_set_obs, lda_analyse, lda_obs_qc
+  public :: lda_last_error, lda_report_json, lda_report_number, lda_version
+  public :: lda_control_size, lda_state_size, lda_b_linearise, lda_bsqrt, lda_bsqrt_ad
+
+  ! Status codes (identical to enum LdaStatus in include/latentda.h; a test checks they match).
+  integer, parameter, public :: LDA_OK = 0                    !< success
+  integer, parameter, public :: LDA_ERR_NULL_POINTER = 1      !< a required argument or the context was null
+  integer, parameter, public :: LDA_ERR_INVALID_ARGUMENT = 2  !< bad name, shape, length, method or options
+  integer, parameter, public :: LDA_ERR_BUNDLE = 3            !< bundle missing, malformed or failing validation
+  integer, parameter, public :: LDA_ERR_BACKEND = 4           !< execution backend or device unusable
+  integer, parameter, public :: LDA_ERR_IO = 5                !< file input/output failed
+  integer, parameter, public :: LDA_ERR_INVALID_DATA = 6      !< NaN/Inf in a bound field or control vector
+  integer, parameter, public :: LDA_ERR_NOT_READY = 7         !< field not bound, no observations, no analysis yet
+  integer, parameter, public :: LDA_ERR_SOLVER = 8            !< the minimisation failed
+  integer, parameter, public :: LDA_ERR_INTERNAL = 9          !< internal error (caught panic): close the context
+  integer, parameter, public :: LDA_ERR_BUFFER_TOO_SMALL = 10 !< output buffer too small
+
+  ! Quality-control flags returned by lda_obs_qc (enum LdaQcFlag in the header).
+  integer(c_int32_t), parameter, public :: LDA_QC_USED = 0              !< used in the analysis
+  integer(c_int32_t), parameter, public :: LDA_QC_INVALID = 1           !< non-finite value/position, sigma <= 0
+  integer(c_int32_t), parameter, public :: LDA_QC_OUTSIDE_DOMAIN = 2    !< outside the horizontal grid
+  integer(c_int32_t), parameter, public :: LDA_QC_OUTSIDE_VERTICAL = 3  !< outside the vertical range
+  integer(c_int32_t), parameter, public :: LDA_QC_UNKNOWN_VARIABLE = 4  !< not a bundle variable (e.g. id -1)
+  integer(c_int32_t), parameter, public :: LDA_QC_BACKGROUND_CHECK = 5  !< failed the background check
+
+  integer(c_int32_t), parameter :: ORDER_FORTRAN = 1  ! LDA_ORDER_FORTRAN
+
+  !> Handle of one latentda context (an opened bundle, bound arrays, observations, last results).
+  !> Open with lda_open, release with lda_close (required: there is no automatic finalisation).
+  type :: lda_context
+    private
+    type(c_ptr) :: ptr = c_null_ptr                  ! the C LdaContext*, null when not open
+    character(len=:), allocatable :: local_error     ! message of a failure detected in this module
+  contains
+    procedure :: is_null => lda_context_is_null      !< .true. if the context is not open
+  end type lda_context
+
+  !> Binds a host field in place: real(c_float) or real(c_double), rank 2 (nlon, nlat) or rank 3
+  !> (nlon, nlat, nlev). call lda_bind_field(ctx, name, field, ierr)
+  interface lda_bind_field
+    module procedure lda_bind_field_r4_2, lda_bind_field_r4_3, lda_bind_field_r8_2, lda_bind_field_r8_3
+  end interface lda_bind_field
+
+  ! Raw C interfaces, one per function of include/latentda.h (private).
+  interface
+    integer(c_int32_t) function c_lda_open(bundle_dir, options, out) bind(C, name="lda_open")
+      import :: c_int32_t, c_char, c_ptr
+      character(kind=c_char), intent(in) :: bundle_dir(*)
+      type(c_ptr), value :: options
+      type(c_ptr), intent(out) :: out
+    end function c_lda_open
+
+    integer(c_int32_t) function c_lda_close(ctx) bind(C, name="lda_close")
+      import :: c_int32_t, c_ptr
+      type(c_ptr), value :: ctx
+    end function c_lda_close
+
+    type(c_ptr) function c_lda_last_error(ctx) bind(C, name="lda_last_error")
+      import :: c_ptr
+      type(c_ptr), value :: ctx
+    end function c_lda_last_error
+
+    integer(c_int32_t) function c_lda_var_index(ctx, name, index_out) bind(C, name="lda_var_index")
+      import :: c_int32_t, c_char, c_ptr
+      type(c_ptr), value :: ctx
+      character(kind=c_char), intent(in) :: name(*)
+      integer(c_int32_t), intent(out) :: index_out
+    end function c_lda_var_index
+
+    integer(c_int32_t) function c_lda_bind_field_f32(ctx, name, data, ndim, shape, order) &
+         bind(C, name="lda_bind_field_f32")
+      import :: c_int32_t, c_int64_t, c_char, c_ptr
+      type(c_ptr), value :: ctx
+      character(kind=c_char), intent(in) :: name(*)
+      type(c_ptr), value :: data
+      integer(c_int32_t), value :: ndim
+      integer(c_int64_t), intent(in) :: shape(*)
+      integer(c_int32_t), value :: order
+    end function c_lda_bind_field_f32
+
+    integer(c_int32_t) function c_lda_bind_field_f64(ctx, name, data, ndim, shape, order) &
+         bind(C, name="lda_bind_field_f64")
+      import :: c_int32_t, c_int64_t, c_char, c_ptr
+      type(c_ptr), value :: ctx
+      character(kind=c_char), intent(in) :: name(*)
+      type(c_ptr), value :: data
+      integer(c_int32_t), value :: ndim
+      integer(c_int64_t), intent(in) :: shape(*)
+      integer(c_int32_t), value :: order
+    end function c_lda_bind_field_f64
+
+    integer(c_int32_t) function c_lda_set_obs(ctx, n, var, lat, lon, level, value, sigma) &
+         bind(C, name="lda_set_obs")
+      import :: c_int32_t, c_size_t, c_double, c_ptr
+      type(c_ptr), value :: ctx
+      integer(c_size_t), value :: n
+      integer(c_int32_t), intent(in) :: var(*)
+      real(c_double), intent(in) :: lat(*), lon(*), level(*), value(*), sigma(*)
+    end function c_lda_set_obs
+
+    integer(c_int32_t) function c_lda_analyse(ctx, method) bind(C, name="lda_analyse")
+      import :: c_int32_t, c_ptr
+      type(c_ptr), value :: ctx, method      ! method may be c_null_ptr
+    end function c_lda_analyse
+
+    integer(c_int32_t) function c_lda_obs_qc(ctx, flags_out, n) bind(C, name="lda_obs_qc")
+      import :: c_int32_t, c_size_t, c_ptr
+      type(c_ptr), value :: ctx
+      integer(c_int32_t), intent(out) :: flags_out(*)
+      integer(c_size_t), value :: n
+    end function c_lda_obs_qc
+
+    integer(c_int32_t) function c_lda_report_json(ctx, buf, len, needed) bind(C, name="lda_report_json")
+      import :: c_int32_t, c_size_t, c_ptr
+      type(c_ptr), value :: ctx, buf        ! buf may be c_null_ptr (size query)
+      integer(c_size_t), value :: len
+      integer(c_size_t), intent(out) :: needed
+    end function c_lda_report_json
+
+    integer(c_int32_t) function c_lda_report_number(ctx, path, value_out) bind(C, name="lda_report_number")
+      import :: c_int32_t, c_char, c_double, c_ptr
+      type(c_ptr), value :: ctx
+      character(kind=c_char), intent(in) :: path(*)
+      real(c_double), intent(out) :: value_out
+    end function c_lda_report_number
+
+    integer(c_int32_t) function c_lda_control_size(ctx, n_out) bind(C, name="lda_control_size")
+      import :: c_int32_t, c_size_t, c_ptr
+      type(c_ptr), value :: ctx
+      integer(c_size_t), intent(out) :: n_out
+    end function c_lda_control_size
+
+    integer(c_int32_t) function c_lda_state_size(ctx, n_out) bind(C, name="lda_state_size")
+      import :: c_int32_t, c_size_t, c_ptr
+      type(c_ptr), value :: ctx
+      integer(c_size_t), intent(out) :: n_out
+    end function c_lda_state_size
+
+    integer(c_int32_t) function c_lda_b_linearise(ctx) bind(C, name="lda_b_linearise")
+      import :: c_int32_t, c_ptr
+      type(c_ptr), value :: ctx
+    end function c_lda_b_linearise
+
+    integer(c_int32_t) function c_lda_bsqrt(ctx, v, nv, x_out, nx) bind(C, name="lda_bsqrt")
+      import :: c_int32_t, c_size_t, c_double, c_ptr
+      type(c_ptr), value :: ctx
+      real(c_double), intent(in) :: v(*)
+      integer(c_size_t), value :: nv
+      real(c_double), intent(inout) :: x_out(*)
+      integer(c_size_t), value :: nx
+    end function c_lda_bsqrt
+
+    integer(c_int32_t) function c_lda_bsqrt_ad(ctx, x, nx, v_out, nv) bind(C, name="lda_bsqrt_ad")
+      import :: c_int32_t, c_size_t, c_double, c_ptr
+      type(c_ptr), value :: ctx
+      real(c_double), intent(in) :: x(*)
+      integer(c_size_t), value :: nx
+      real(c_double), intent(inout) :: v_out(*)
+      integer(c_size_t), value :: nv
+    end function c_lda_bsqrt_ad
+
+    type(c_ptr) function c_lda_version() bind(C, name="lda_version")
+      import :: c_ptr
+    end function c_lda_version
+
+    integer(c_size_t) function c_strlen(s) bind(C, name="strlen")
+      import :: c_size_t, c_ptr
+      type(c_ptr), value :: s
+    end function c_strlen
+  end interface
+
+contains
+
+  ! ---------------------------------------------------------------------------------------------------------------
+  ! String helpers
+  ! ---------------------------------------------------------------------------------------------------------------
+
+  !> Fortran string -> NUL-terminated C string (trailing blanks removed).
+  pure function c_string(s) result(cs)
+    character(len=*), intent(in) :: s
+    character(kind=c_char, len=len_trim(s) + 1) :: cs
+    cs = trim(s) // c_null_char
+  end function c_string
+
+  !> Fortran string -> NUL-terminated array of C characters (for arguments passed by c_loc).
+  pure function c_chars(s) result(a)
+    character(len=*), intent(in) :: s
+    character(kind=c_char), allocatable :: a(:)
+    integer :: i, n
+    n = len_trim(s)
+    allocate(a(n + 1))
+    do i = 1, n
+      a(i) = s(i:i)
+    end do
+    a(n + 1) = c_null_char
+  end function c_chars
+
+  !> NUL-terminated C string -> Fortran string ('' for a null pointer).
+  function f_string(p) result(s)
+    type(c_ptr), intent(in) :: p
+    character(len=:), allocatable :: s
+    character(kind=c_char), pointer :: chars(:)
+    integer :: i, n
+    if (.not. c_associated(p)) then
+      s = ''
+      return
+    end if
+    n = int(c_strlen(p))
+    call c_f_pointer(p, chars, [n])
+    allocate(character(len=n) :: s)
+    do i = 1, n
+      s(i:i) = chars(i)
+    end do
+  end function f_string
+
+  subroutine clear_error(ctx)
+    type(lda_context), intent(inout) :: ctx
+    if (allocated(ctx%local_error)) deallocate(ctx%local_error)
+  end subroutine clear_error
+
+  subroutine fail(ctx, code, message, ierr)
+    type(lda_context), intent(inout) :: ctx
+    integer, intent(in) :: code
+    character(len=*), intent(in) :: message
+    integer, intent(out) :: ierr
+    ctx%local_error = message
+    ierr = code
+  end subroutine fail
+
+  logical function lda_context_is_null(self)
+    class(lda_context), intent(in) :: self
+    lda_context_is_null = .not. c_associated(self%ptr)
+  end function lda_context_is_null
+
+  ! ---------------------------------------------------------------------------------------------------------------
+  ! Context
+  ! ---------------------------------------------------------------------------------------------------------------
+
+  !> Opens a bundle. On failure the context stays null and lda_last_error(ctx, msg) explains why.
+  subroutine lda_open(ctx, bundle_dir, ierr, options)
+    type(lda_context), intent(inout) :: ctx         !< context to open (must not be open already)
+    character(len=*), intent(in) :: bundle_dir      !< bundle directory
+    integer, intent(out) :: ierr                    !< LDA_OK, LDA_ERR_BUNDLE, LDA_ERR_BACKEND,
+                                                    !< LDA_ERR_INVALID_ARGUMENT (options, already open), ...
+    character(len=*), intent(in), optional :: options  !< TOML options, one `key = value` per line (join lines
+                                                       !< with new_line('a')), e.g. 'output = "increment"'
+    character(kind=c_char), allocatable, target :: copts(:)
+    type(c_ptr) :: optr
+    call clear_error(ctx)
+    if (c_associated(ctx%ptr)) then
+      call fail(ctx, LDA_ERR_INVALID_ARGUMENT, 'lda_open: the context is already open; call lda_close first', ierr)
+      return
+    end if
+    optr = c_null_ptr
+    if (present(options)) then
+      copts = c_chars(options)
+      optr = c_loc(copts)
+    end if
+    ierr = int(c_lda_open(c_string(bundle_dir), optr, ctx%ptr))
+  end subroutine lda_open
+
+  !> Releases the context (required once per successful lda_open). Bound arrays are not touched. A null context
+  !> is accepted; afterwards the context is null and may be opened again.
+  subroutine lda_close(ctx, ierr)
+    type(lda_context), intent(inout) :: ctx         !< context to close
+    integer, intent(out), optional :: ierr          !< LDA_OK, or LDA_ERR_INTERNAL
+    integer :: st
+    call clear_error(ctx)
+    st = int(c_lda_close(ctx%ptr))
+    ctx%ptr = c_null_ptr
+    if (present(ierr)) ierr = st
+  end subroutine lda_close
+
+  !> Message of the last failed call on ctx ('' if none). Truncated to len(message); 512 characters suffice.
+  subroutine lda_last_error(ctx, message)
+    type(lda_context), intent(in) :: ctx            !< context (may be null: then the last lda_open failure)
+    character(len=*), intent(out) :: message        !< the message
+    if (allocated(ctx%local_error)) then
+      message = ctx%local_error
+    else
+      message = f_string(c_lda_last_error(ctx%ptr))
+    end if
+  end subroutine lda_last_error
+
+  !> latentda version string.
+  function lda_version() result(version)
+    character(len=:), allocatable :: version        !< e.g. '0.1.0'
+    version = f_string(c_lda_version())
+  end function lda_version
+
+  !> Identifier of bundle variable `name` for lda_set_obs (an identifier, not a Fortran array index), or -1.
+  function lda_var_index(ctx, name, ierr) result(id)
+    type(lda_context), intent(inout) :: ctx         !< open context
+    character(len=*), intent(in) :: name            !< variable name, e.g. 't'
+    integer, intent(out), optional :: ierr          !< LDA_OK, LDA_ERR_INVALID_ARGUMENT (unknown name), ...
+    integer(c_int32_t) :: id                        !< identifier (>= 0), or -1 on failure
+    integer(c_int32_t) :: idx
+    integer :: st
+    call clear_error(ctx)
+    st = int(c_lda_var_index(ctx%ptr, c_string(name), idx))
+    id = -1_c_int32_t
+    if (st == LDA_OK) id = idx
+    if (present(ierr)) ierr = st
+  end function lda_var_index
+
+  ! ---------------------------------------------------------------------------------------------------------------
+  ! Binding host fields (generic lda_bind_field)
+  ! ---------------------------------------------------------------------------------------------------------------
+
+  integer function bind_ptr(ctx, name, p, double, shp) result(ierr)
+    type(lda_context), intent(inout) :: ctx
+    character(len=*), intent(in) :: name
+    type(c_ptr), intent(in) :: p
+    logical, intent(in) :: double
+    integer(c_int64_t), intent(in) :: shp(:)
+    integer(c_int32_t) :: ndim
+    call clear_error(ctx)
+    ndim = int(size(shp), c_int32_t)
+    if (double) then
+      ierr = int(c_lda_bind_field_f64(ctx%ptr, c_string(name), p, ndim, shp, ORDER_FORTRAN))
+    else
+      ierr = int(c_lda_bind_field_f32(ctx%ptr, c_string(name), p, ndim, shp, ORDER_FORTRAN))
+    end if
+  end function bind_ptr
+
+  !> Binds a single-precision surface field (nlon, nlat) in place.
+  subroutine lda_bind_field_r4_2(ctx, name, field, ierr)
+    type(lda_context), intent(inout) :: ctx                   !< open context
+    character(len=*), intent(in) :: name                      !< bundle variable name
+    real(c_float), contiguous, target, intent(inout) :: field(:,:)  !< (nlon, nlat); must outlive the binding
+    integer, intent(out) :: ierr                              !< LDA_OK, LDA_ERR_INVALID_ARGUMENT (name, shape)
+    type(c_ptr) :: p
+    p = c_null_ptr
+    if (size(field) > 0) p = c_loc(field)
+    ierr = bind_ptr(ctx, name, p, .false., int(shape(field), c_int64_t))
+  end subroutine lda_bind_field_r4_2
+
+  !> Binds a single-precision upper-air field (nlon, nlat, nlev) in place.
+  subroutine lda_bind_field_r4_3(ctx, name, field, ierr)
+    type(lda_context), intent(inout) :: ctx                   !< open context
+    character(len=*), intent(in) :: name                      !< bundle variable name
+    real(c_float), contiguous, target, intent(inout) :: field(:,:,:)  !< (nlon, nlat, nlev); must outlive binding
+    integer, intent(out) :: ierr                              !< LDA_OK, LDA_ERR_INVALID_ARGUMENT (name, shape)
+    type(c_ptr) :: p
+    p = c_null_ptr
+    if (size(field) > 0) p = c_loc(field)
+    ierr = bind_ptr(ctx, name, p, .false., int(shape(field), c_int64_t))
+  end subroutine lda_bind_field_r4_3
+
+  !> Binds a double-precision surface field (nlon, nlat) in place.
+  subroutine lda_bind_field_r8_2(ctx, name, field, ierr)
+    type(lda_context), intent(inout) :: ctx                   !< open context
+    character(len=*), intent(in) :: name                      !< bundle variable name
+    real(c_double), contiguous, target, intent(inout) :: field(:,:)  !< (nlon, nlat); must outlive the binding
+    integer, intent(out) :: ierr                              !< LDA_OK, LDA_ERR_INVALID_ARGUMENT (name, shape)
+    type(c_ptr) :: p
+    p = c_null_ptr
+    if (size(field) > 0) p = c_loc(field)
+    ierr = bind_ptr(ctx, name, p, .true., int(shape(field), c_int64_t))
+  end subroutine lda_bind_field_r8_2
+
+  !> Binds a double-precision upper-air field (nlon, nlat, nlev) in place.
+  subroutine lda_bind_field_r8_3(ctx, name, field, ierr)
+    type(lda_context), intent(inout) :: ctx                   !< open context
+    character(len=*), intent(in) :: name                      !< bundle variable name
+    real(c_double), contiguous, target, intent(inout) :: field(:,:,:)  !< (nlon, nlat, nlev); must outlive binding
+    integer, intent(out) :: ierr                              !< LDA_OK, LDA_ERR_INVALID_ARGUMENT (name, shape)
+    type(c_ptr) :: p
+    p = c_null_ptr
+    if (size(field) > 0) p = c_loc(field)
+    ierr = bind_ptr(ctx, name, p, .true., int(shape(field), c_int64_t))
+  end subroutine lda_bind_field_r8_3
+
+  ! ---------------------------------------------------------------------------------------------------------------
+  ! Observations and analysis
+  ! ---------------------------------------------------------------------------------------------------------------
+
+  !> Sets (copies) the observations for the next analyses. All arrays must have the same length >= 1.
+  subroutine lda_set_obs(ctx, var, lat, lon, level, value, sigma, ierr)
+    type(lda_context), intent(inout) :: ctx          !< open context
+    integer(c_int32_t), intent(in) :: var(:)         !< variable identifiers from lda_var_index (-1: unknown)
+    real(c_double), intent(in) :: lat(:)             !< latitude, degrees north
+    real(c_double), intent(in) :: lon(:)             !< longitude, degrees east
+    real(c_double), intent(in) :: level(:)           !< vertical coordinate (e.g. sigma); ignored for surface
+    real(c_double), intent(in) :: value(:)           !< observed value, in the variable's units
+    real(c_double), intent(in) :: sigma(:)           !< observation error standard deviation (> 0)
+    integer, intent(out) :: ierr                     !< LDA_OK, LDA_ERR_INVALID_ARGUMENT (lengths differ or 0)
+    character(len=16) :: sz(2)
+    integer :: n
+    call clear_error(ctx)
+    n = size(var)
+    if (size(lat) /= n) call mismatch('lat', size(lat))
+    if (size(lon) /= n) call mismatch('lon', size(lon))
+    if (size(level) /= n) call mismatch('level', size(level))
+    if (size(value) /= n) call mismatch('value', size(value))
+    if (size(sigma) /= n) call mismatch('sigma', size(sigma))
+    if (allocated(ctx%local_error)) return
+    ierr = int(c_lda_set_obs(ctx%ptr, int(n, c_size_t), var, lat, lon, level, value, sigma))
+  contains
+    subroutine mismatch(name, m)
+      character(len=*), intent(in) :: name
+      integer, intent(in) :: m
+      if (allocated(ctx%local_error)) return
+      write(sz(1), '(i0)') m
+      write(sz(2), '(i0)') n
+      call fail(ctx, LDA_ERR_INVALID_ARGUMENT, "lda_set_obs: '" // name // "' has " // trim(sz(1)) // &
+           " values but 'var' has " // trim(sz(2)) // "; all arrays need equal length", ierr)
+    end subroutine mismatch
+  end subroutine lda_set_obs
+
+  !> Runs an analysis on the bound fields; on success the bound arrays hold the result (option `output`).
+  subroutine lda_analyse(ctx, ierr, method)
+    type(lda_context), intent(inout) :: ctx          !< open context with every field bound and observations set
+    integer, intent(out) :: ierr                     !< LDA_OK, LDA_ERR_NOT_READY (field not bound, no obs),
+                                                     !< LDA_ERR_INVALID_DATA (NaN/Inf in a field), LDA_ERR_SOLVER,
+                                                     !< LDA_ERR_INVALID_ARGUMENT (method), LDA_ERR_BACKEND
+    character(len=*), intent(in), optional :: method  !< 'l3dvar' or '3dvar' (default: option `method`)
+    character(kind=c_char), allocatable, target :: cm(:)
+    type(c_ptr) :: mptr
+    call clear_error(ctx)
+    mptr = c_null_ptr
+    if (present(method)) then
+      cm = c_chars(method)
+      mptr = c_loc(cm)
+    end if
+    ierr = int(c_lda_analyse(ctx%ptr, mptr))
+  end subroutine lda_analyse
+
+  !> QC flag (LDA_QC_*) of every observation of the last successful analysis, in lda_set_obs order.
+  subroutine lda_obs_qc(ctx, flags, ierr)
+    type(lda_context), intent(inout) :: ctx          !< open context
+    integer(c_int32_t), intent(inout) :: flags(:)    !< one flag per observation; written only on success
+    integer, intent(out) :: ierr                     !< LDA_OK, LDA_ERR_NOT_READY, LDA_ERR_INVALID_ARGUMENT (size)
+    integer(c_int32_t), allocatable :: tmp(:)
+    call clear_error(ctx)
+    allocate(tmp(max(size(flags), 1)))
+    ierr = int(c_lda_obs_qc(ctx%ptr, tmp, int(size(flags), c_size_t)))
+    if (ierr == LDA_OK) flags = tmp(1:size(flags))
+  end subroutine lda_obs_qc
+
+  !> JSON report of the last successful analysis (solver history, O-B/O-A per variable, QC counts, timings).
+  subroutine lda_report_json(ctx, json, ierr)
+    type(lda_context), intent(inout) :: ctx          !< open context
+    character(len=:), allocatable, intent(out) :: json  !< the report (allocated on success)
+    integer, intent(out) :: ierr                     !< LDA_OK, LDA_ERR_NOT_READY
+    character(kind=c_char), allocatable, target :: buf(:)
+    integer(c_size_t) :: needed, needed2
+    integer :: i
+    call clear_error(ctx)
+    needed = 0
+    ierr = int(c_lda_report_json(ctx%ptr, c_null_ptr, 0_c_size_t, needed))
+    if (ierr /= LDA_ERR_BUFFER_TOO_SMALL) return
+    allocate(buf(needed))
+    ierr = int(c_lda_report_json(ctx%ptr, c_loc(buf), needed, needed2))
+    if (ierr /= LDA_OK) return
+    allocate(character(len=int(needed) - 1) :: json)
+    do i = 1, int(needed) - 1
+      json(i:i) = buf(i)
+    end do
+  end subroutine lda_report_json
+
+  !> One number of the report, by dot path, e.g. 'variables.t.omb_rms', 'solver.j_final', 'qc_counts.used'.
+  subroutine lda_report_number(ctx, path, value, ierr)
+    type(lda_context), intent(inout) :: ctx          !< open context
+    character(len=*), intent(in) :: path             !< dot-separated path into the JSON report
+    real(c_double), intent(inout) :: value           !< the number; written only on success
+    integer, intent(out) :: ierr                     !< LDA_OK, LDA_ERR_INVALID_ARGUMENT (no such number),
+                                                     !< LDA_ERR_NOT_READY (no analysis yet)
+    real(c_double) :: v
+    call clear_error(ctx)
+    ierr = int(c_lda_report_number(ctx%ptr, c_string(path), v))
+    if (ierr == LDA_OK) value = v
+  end subroutine lda_report_number
+
+  ! ---------------------------------------------------------------------------------------------------------------
+  ! Latent B operator (U, U^T with B = U U^T) for a host's own variational system
+  ! ---------------------------------------------------------------------------------------------------------------
+
+  !> Control-vector length n of the latent B operator, or -1 on failure.
+  function lda_control_size(ctx, ierr) result(n)
+    type(lda_context), intent(inout) :: ctx          !< open context
+    integer, intent(out), optional :: ierr           !< LDA_OK, LDA_ERR_NULL_POINTER
+    integer(c_size_t) :: n                           !< latent size
+    integer(c_size_t) :: m
+    integer :: st
+    call clear_error(ctx)
+    st = int(c_lda_control_size(ctx%ptr, m))
+    n = -1_c_size_t
+    if (st == LDA_OK) n = m
+    if (present(ierr)) ierr = st
+  end function lda_control_size
+
+  !> Length of a full model state (all channels x nlat x nlon), or -1 on failure.
+  function lda_state_size(ctx, ierr) result(n)
+    type(lda_context), intent(inout) :: ctx          !< open context
+    integer, intent(out), optional :: ierr           !< LDA_OK, LDA_ERR_NULL_POINTER
+    integer(c_size_t) :: n                           !< state length
+    integer(c_size_t) :: m
+    integer :: st
+    call clear_error(ctx)
+    st = int(c_lda_state_size(ctx%ptr, m))
+    n = -1_c_size_t
+    if (st == LDA_OK) n = m
+    if (present(ierr)) ierr = st
+  end function lda_state_size
+
+  !> (Re)linearises U at the background in the bound arrays (automatic at the first lda_bsqrt after a bind).
+  subroutine lda_b_linearise(ctx, ierr)
+    type(lda_context), intent(inout) :: ctx          !< open context, every field bound
+    integer, intent(out) :: ierr                     !< LDA_OK, LDA_ERR_NOT_READY, LDA_ERR_INVALID_DATA
+    call clear_error(ctx)
+    ierr = int(c_lda_b_linearise(ctx%ptr))
+  end subroutine lda_b_linearise
+
+  !> x = U v: model-space increment of control vector v. x is in state layout: variables in bundle order, each a
+  !> (nlon, nlat[, nlev]) block in Fortran terms.
+  subroutine lda_bsqrt(ctx, v, x, ierr)
+    type(lda_context), intent(inout) :: ctx          !< open context, every field bound
+    real(c_double), intent(in) :: v(:)               !< control vector, lda_control_size values
+    real(c_double), intent(inout) :: x(:)            !< increment, lda_state_size values; written on success
+    integer, intent(out) :: ierr                     !< LDA_OK, LDA_ERR_INVALID_ARGUMENT (sizes), ...
+    call clear_error(ctx)
+    ierr = int(c_lda_bsqrt(ctx%ptr, v, int(size(v), c_size_t), x, int(size(x), c_size_t)))
+  end subroutine lda_bsqrt
+
+  !> v = U^T x: the exact adjoint of lda_bsqrt.
+  subroutine lda_bsqrt_ad(ctx, x, v, ierr)
+    type(lda_context), intent(inout) :: ctx          !< open context, every field bound
+    real(c_double), intent(in) :: x(:)               !< state-layout vector, lda_state_size values
+    real(c_double), intent(inout) :: v(:)            !< control-space result, lda_control_size values
+    integer, intent(out) :: ierr                     !< LDA_OK, LDA_ERR_INVALID_ARGUMENT (sizes), ...
+    call clear_error(ctx)
+    ierr = int(c_lda_bsqrt_ad(ctx%ptr, x, int(size(x), c_size_t), v, int(size(v), c_size_t)))
+  end subroutine lda_bsqrt_ad
+
+end module latentda

@@ -1,0 +1,301 @@
+// latentda C++ API: latent data assimilation for forecast models.
+//
+// Hand-written public header over the cxx bridge (src/cxx_bridge.rs). Include this file only; it pulls in the
+// generated bridge header include/latentda/bridge.h and include/latentda/rust/cxx.h (both copied there by
+// `cargo build --release`; do not edit them). Requires C++17. Build a program with one command (examples/cpp/README.md):
+//
+//   g++ -std=c++17 -O2 -Iinclude prog.cpp target/release/liblatentda.a -lnetcdf -lpthread -ldl -lm -o prog
+//
+// Call order, as in the C ABI (include/latentda.h):
+//   auto ctx = latentda::Context::open(bundle_dir);        // throws latentda::Error
+//   ctx.bind_field("u", u, {nlev, nlat, nlon});              // every bundle variable, float or double
+//   ctx.set_obs(var, lat, lon, level, value, sigma);
+//   ctx.analyse();                                           // writes the analysis into the bound arrays
+//   ctx.obs_qc(); ctx.report_json();
+//
+// Errors: every failure throws latentda::Error (a std::runtime_error) whose code() is the C ABI status
+// (latentda::status::*, equal to LDA_ERR_*) and whose what() is the message lda_last_error would return.
+// Bound host arrays are written only when an analysis succeeded: after any exception they are bit-identical.
+// A Context may be used from one thread at a time; different contexts may be used from different threads.
+
+#ifndef LATENTDA_HPP
+#define LATENTDA_HPP
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "latentda/bridge.h"
+
+namespace latentda {
+
+// Status codes carried by latentda::Error::code(); identical to LDA_ERR_* in latentda.h.
+namespace status {
+constexpr int32_t ok = 0;
+constexpr int32_t null_pointer = 1;      // a required pointer was null
+constexpr int32_t invalid_argument = 2;  // unknown name, wrong shape or length, bad option
+constexpr int32_t bundle = 3;            // bundle missing, malformed or failing validation
+constexpr int32_t backend = 4;           // execution backend or device unusable
+constexpr int32_t io = 5;                // file input/output failed
+constexpr int32_t invalid_data = 6;      // NaN/Inf in a bound field or observation array
+constexpr int32_t not_ready = 7;         // a field not bound, or no analysis has run yet
+constexpr int32_t solver = 8;            // the minimisation failed
+constexpr int32_t internal = 9;          // a caught panic; discard the context
+constexpr int32_t buffer_too_small = 10;
+}  // namespace status
+
+// Per-observation QC flags returned by Context::obs_qc(); identical to LDA_QC_* in latentda.h.
+namespace qc {
+constexpr int32_t used = 0;
+constexpr int32_t invalid = 1;
+constexpr int32_t outside_domain = 2;
+constexpr int32_t outside_vertical = 3;
+constexpr int32_t unknown_variable = 4;
+constexpr int32_t background_check = 5;
+}  // namespace qc
+
+// Memory order of a bound host array.
+enum class Order : int32_t {
+  C = 0,        // row-major, shape {nlev, nlat, nlon} or {nlat, nlon}
+  Fortran = 1,  // column-major, shape {nlon, nlat, nlev} or {nlon, nlat} in Fortran terms
+};
+
+// A latentda failure: code() is the C ABI status, what() the message.
+class Error : public std::runtime_error {
+ public:
+  Error(int32_t code, const std::string& message) : std::runtime_error(message), code_(code) {}
+  int32_t code() const noexcept { return code_; }
+
+ private:
+  int32_t code_;
+};
+
+// A non-owning view of contiguous memory (std::span-like, for C++17). Constructible from (pointer, size), from any
+// contiguous container with data()/size() (std::vector, std::array, std::span, ...) and from a C array.
+template <class T>
+class Span {
+ public:
+  using element_type = T;
+  constexpr Span() noexcept = default;
+  constexpr Span(T* data, std::size_t size) noexcept : data_(data), size_(size) {}
+  template <class C,
+            class = std::enable_if_t<!std::is_same<std::decay_t<C>, Span>::value &&
+                                     std::is_convertible<decltype(std::declval<C&>().data()), T*>::value>>
+  constexpr Span(C& c) noexcept : data_(c.data()), size_(static_cast<std::size_t>(c.size())) {}
+  template <std::size_t N>
+  constexpr Span(T (&a)[N]) noexcept : data_(a), size_(N) {}
+  template <class U, class = std::enable_if_t<std::is_convertible<U (*)[], T (*)[]>::value>>
+  constexpr Span(const Span<U>& o) noexcept : data_(o.data()), size_(o.size()) {}
+
+  constexpr T* data() const noexcept { return data_; }
+  constexpr std::size_t size() const noexcept { return size_; }
+  constexpr bool empty() const noexcept { return size_ == 0; }
+  constexpr T* begin() const noexcept { return data_; }
+  constexpr T* end() const noexcept { return data_ + size_; }
+  constexpr T& operator[](std::size_t i) const noexcept { return data_[i]; }
+
+ private:
+  T* data_ = nullptr;
+  std::size_t size_ = 0;
+};
+
+namespace detail {
+
+// Turns the bridge's rust::Error ("[latentda <code>] <message>") into latentda::Error.
+[[noreturn]] inline void rethrow(const rust::Error& e) {
+  const std::string w = e.what();
+  const std::string prefix = "[latentda ";
+  if (w.compare(0, prefix.size(), prefix) == 0) {
+    const std::size_t close = w.find("] ", prefix.size());
+    if (close != std::string::npos) {
+      const int32_t code = static_cast<int32_t>(std::strtol(w.c_str() + prefix.size(), nullptr, 10));
+      throw ::latentda::Error(code, w.substr(close + 2));
+    }
+  }
+  throw ::latentda::Error(status::internal, w);
+}
+
+template <class F>
+auto call(F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const rust::Error& e) {
+    rethrow(e);
+  }
+}
+
+template <class T>
+rust::Slice<const T> in(Span<const T> s) {
+  return rust::Slice<const T>(s.data(), s.size());
+}
+
+inline rust::Str str(const std::string& s) { return rust::Str(s.data(), s.size()); }
+
+}  // namespace detail
+
+// The latentda version string.
+inline std::string version() { return std::string(detail::version()); }
+
+// An opened bundle with its ONNX sessions, bound host arrays and observations. Move-only; closes on destruction.
+// A moved-from Context may only be destroyed or assigned to (other calls throw status::null_pointer).
+class Context {
+ public:
+  // Opens and validates a bundle directory. `options`: TOML text (docs/coupling.md: backend, device, threads,
+  // output, outer_loops, max_inner, gradient_reduction, bg_check, verbosity, method), empty for defaults.
+  // Throws status::bundle for a missing or invalid bundle, status::invalid_argument for bad options.
+  static Context open(const std::string& bundle_dir, const std::string& options = "") {
+    return detail::call([&] { return Context(detail::open(detail::str(bundle_dir), detail::str(options))); });
+  }
+
+  Context(Context&& o) noexcept : inner_(std::move(o.inner_)) { o.inner_.reset(); }
+  Context& operator=(Context&& o) noexcept {
+    if (this != &o) {
+      inner_ = std::move(o.inner_);
+      o.inner_.reset();
+    }
+    return *this;
+  }
+  Context(const Context&) = delete;
+  Context& operator=(const Context&) = delete;
+  ~Context() = default;
+
+  // 0-based identifier of a bundle variable, for set_obs (status::invalid_argument for an unknown name).
+  int32_t var_index(const std::string& name) const {
+    return detail::call([&] { return get().var_index(detail::str(name)); });
+  }
+
+  // Binds a host array to bundle variable `name`. `shape`: {nlev, nlat, nlon} (upper air) or {nlat, nlon}
+  // (surface) for Order::C, reversed for Order::Fortran; data.size() must equal the product of the shape.
+  // The array is NOT copied: it must outlive the binding (until it is bound again or the Context is destroyed)
+  // and must not be resized (a std::vector reallocating invalidates it). It is read by analyse() and written only
+  // when an analysis succeeds. Throws status::invalid_argument (unknown name, wrong shape or length, bad order)
+  // or status::null_pointer (null data).
+  void bind_field(const std::string& name, Span<float> data, const std::vector<int64_t>& shape, Order order = Order::C) {
+    check_data(name, data.data());
+    detail::call([&] {
+      get().bind_field_f32(detail::str(name), rust::Slice<float>(data.data(), data.size()), shape_slice(shape),
+                           static_cast<int32_t>(order));
+    });
+  }
+  void bind_field(const std::string& name, Span<double> data, const std::vector<int64_t>& shape, Order order = Order::C) {
+    check_data(name, data.data());
+    detail::call([&] {
+      get().bind_field_f64(detail::str(name), rust::Slice<double>(data.data(), data.size()), shape_slice(shape),
+                           static_cast<int32_t>(order));
+    });
+  }
+  // Raw-pointer forms: the array must hold product(shape) values.
+  void bind_field(const std::string& name, float* data, const std::vector<int64_t>& shape, Order order = Order::C) {
+    bind_field(name, Span<float>(data, product(shape)), shape, order);
+  }
+  void bind_field(const std::string& name, double* data, const std::vector<int64_t>& shape, Order order = Order::C) {
+    bind_field(name, Span<double>(data, product(shape)), shape, order);
+  }
+
+  // Sets the observations for the next analysis (copied). All spans have the same length. `var`: identifiers from
+  // var_index (unknown ids are flagged qc::unknown_variable, not rejected here); `level` in the bundle's vertical
+  // coordinate, ignored for surface variables (e.g. NaN); `sigma`: observation error standard deviation.
+  void set_obs(Span<const int32_t> var, Span<const double> lat, Span<const double> lon, Span<const double> level,
+               Span<const double> value, Span<const double> sigma) {
+    detail::call([&] {
+      get().set_obs(detail::in(var), detail::in(lat), detail::in(lon), detail::in(level), detail::in(value),
+                    detail::in(sigma));
+    });
+  }
+
+  // Runs an analysis on the bound background ("l3dvar", "3dvar", or empty for the options' default). On success
+  // the bound arrays receive the result; on any exception they are untouched.
+  void analyse(const std::string& method = "") {
+    detail::call([&] { get().analyse(detail::str(method)); });
+  }
+
+  // QC flag (latentda::qc::*) of every observation of the last successful analysis.
+  std::vector<int32_t> obs_qc() const {
+    return detail::call([&] {
+      rust::Vec<int32_t> v = get().obs_qc();
+      return std::vector<int32_t>(v.begin(), v.end());
+    });
+  }
+
+  // JSON report of the last successful analysis (statistics per variable: omb_rms, oma_rms, ...; QC counts).
+  std::string report_json() const {
+    return detail::call([&] { return std::string(get().report_json()); });
+  }
+
+  // Latent control-vector size n (length of v in bsqrt/bsqrt_ad).
+  std::size_t control_size() const {
+    return detail::call([&] { return get().control_size(); });
+  }
+  // Full state length (channels x nlat x nlon), the length of x in bsqrt/bsqrt_ad.
+  std::size_t state_size() const {
+    return detail::call([&] { return get().state_size(); });
+  }
+
+  // (Re)linearises the latent B operator at the background now in the bound arrays (done implicitly by the first
+  // bsqrt/bsqrt_ad after binding).
+  void b_linearise() {
+    detail::call([&] { get().b_linearise(); });
+  }
+  // x = U v: model-space increment (physical units, state layout: variables in bundle order, levels top to bottom,
+  // lat north to south, lon fastest) of control vector v.
+  void bsqrt(Span<const double> v, Span<double> x_out) {
+    detail::call([&] { get().bsqrt(detail::in(v), rust::Slice<double>(x_out.data(), x_out.size())); });
+  }
+  std::vector<double> bsqrt(Span<const double> v) {
+    std::vector<double> x(state_size());
+    bsqrt(v, Span<double>(x));
+    return x;
+  }
+  // x = U v written into the bound arrays (their background is replaced; the linearisation point is kept).
+  void bsqrt_to_fields(Span<const double> v) {
+    detail::call([&] { get().bsqrt_to_fields(detail::in(v)); });
+  }
+  // v = U^T x, the exact adjoint of bsqrt.
+  void bsqrt_ad(Span<const double> x, Span<double> v_out) {
+    detail::call([&] { get().bsqrt_ad(detail::in(x), rust::Slice<double>(v_out.data(), v_out.size())); });
+  }
+  std::vector<double> bsqrt_ad(Span<const double> x) {
+    std::vector<double> v(control_size());
+    bsqrt_ad(x, Span<double>(v));
+    return v;
+  }
+  // v = U^T x with x read from the bound arrays.
+  void bsqrt_ad_from_fields(Span<double> v_out) {
+    detail::call([&] { get().bsqrt_ad_from_fields(rust::Slice<double>(v_out.data(), v_out.size())); });
+  }
+
+ private:
+  explicit Context(rust::Box<detail::Context>&& b) : inner_(std::move(b)) {}
+
+  detail::Context& get() {
+    if (!inner_) throw Error(status::null_pointer, "context is NULL (moved from)");
+    return **inner_;
+  }
+  const detail::Context& get() const {
+    if (!inner_) throw Error(status::null_pointer, "context is NULL (moved from)");
+    return **inner_;
+  }
+  static void check_data(const std::string& name, const void* p) {
+    if (p == nullptr) throw Error(status::null_pointer, "bind_field '" + name + "': data is NULL");
+  }
+  static rust::Slice<const int64_t> shape_slice(const std::vector<int64_t>& s) {
+    return rust::Slice<const int64_t>(s.data(), s.size());
+  }
+  static std::size_t product(const std::vector<int64_t>& s) {
+    std::size_t n = s.empty() ? 0 : 1;
+    for (int64_t d : s) n *= d > 0 ? static_cast<std::size_t>(d) : 0;
+    return n;
+  }
+
+  std::optional<rust::Box<detail::Context>> inner_;
+};
+
+}  // namespace latentda
+
+#endif  // LATENTDA_HPP

@@ -1,0 +1,232 @@
+"""Statistics, ONNX export, ONNX Runtime checks and bundle writing (docs/bundle-format.md, version 1).
+
+The bundle is written only if the dot-product test (< 1e-5) and the Taylor test (first-order
+convergence over >= 3 decades) pass in ONNX Runtime."""
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import tomllib
+
+import netCDF4
+import numpy as np
+
+from . import __version__
+from . import cases as CS
+from . import data as D
+from . import onnxio
+from . import stats as ST
+
+FILES = ["encoder.onnx", "decoder.onnx", "decoder_tl.onnx", "decoder_ad.onnx",
+         "normalisation.nc", "latent_variance.nc", "baseline_b.nc"]
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for b in iter(lambda: f.read(1 << 20), b""):
+            h.update(b)
+    return h.hexdigest()
+
+
+def code_version(repo="/work/main"):
+    """Commit of the working tree, read from .git (no git command needed)."""
+    try:
+        head = open(os.path.join(repo, ".git", "HEAD")).read().strip()
+        if head.startswith("ref:"):
+            ref = head.split()[1]
+            p = os.path.join(repo, ".git", ref)
+            if os.path.exists(p):
+                return "git " + open(p).read().strip()[:12]
+            for line in open(os.path.join(repo, ".git", "packed-refs")):
+                if line.strip().endswith(ref):
+                    return "git " + line.split()[0][:12]
+        return "git " + head[:12]
+    except Exception:
+        return "unknown"
+
+
+def channel_names(sig):
+    names = []
+    for v, _, nlev, _ in D.VARS:
+        names += [f"{v}@{s:g}" for s in sig] if nlev else [v]
+    return names
+
+
+def write_nc_stats(d, ck, st, lat, lon, sig, latent_shape):
+    with netCDF4.Dataset(os.path.join(d, "normalisation.nc"), "w", format="NETCDF4") as ds:
+        ds.createDimension("channel", 41)
+        ds.description = "per-channel normalisation: xn = (x - mean) / std; channels u,v,t,q,z x 8 sigma levels (top to bottom), ps"
+        m = ds.createVariable("mean", "f8", ("channel",))
+        m[:] = ck["norm_mean"]
+        s = ds.createVariable("std", "f8", ("channel",))
+        s[:] = ck["norm_std"]
+        ds.channels = ",".join(channel_names(sig))
+    with netCDF4.Dataset(os.path.join(d, "latent_variance.nc"), "w", format="NETCDF4") as ds:
+        for n, k in zip(["latent_channel", "latent_y", "latent_x"], latent_shape):
+            ds.createDimension(n, k)
+        v = ds.createVariable("variance", "f8", ("latent_channel", "latent_y", "latent_x"))
+        v[:] = st["latent_variance"].reshape(latent_shape)
+        v.description = ("diagonal latent background-error variance s^2: variance of encoded NMC differences "
+                         f"E(N(x48)) - E(N(x24)) over {st['n_nmc']} pairs, times calibration factor "
+                         f"{st['k_latent']:.4f}")
+        ds.calibration_factor = st["k_latent"]
+    with netCDF4.Dataset(os.path.join(d, "baseline_b.nc"), "w", format="NETCDF4") as ds:
+        ds.createDimension("channel", 41)
+        ds.createDimension("lat", len(lat))
+        ds.createDimension("lon", len(lon))
+        ds.createDimension("upper_var", 5)
+        ds.createDimension("lev", len(sig))
+        v = ds.createVariable("lat", "f8", ("lat",))
+        v[:] = lat
+        v.units = "degrees_north"
+        v = ds.createVariable("lon", "f8", ("lon",))
+        v[:] = lon
+        v.units = "degrees_east"
+        v = ds.createVariable("lev", "f8", ("lev",))
+        v[:] = sig
+        v.units = "1"
+        v = ds.createVariable("sd", "f8", ("channel", "lat", "lon"))
+        v[:] = st["sd"]
+        v.description = (f"background-error standard deviation (physical units), NMC 48h-24h differences "
+                         f"({st['n_nmc']} pairs) times sqrt({st['k_baseline']:.4f})")
+        v = ds.createVariable("length_scale", "f8", ("channel",))
+        v[:] = st["length_scale"]
+        v.units = "km"
+        v.description = "Gaussian correlation exp(-d^2/(2 L^2)) fitted to NMC sample correlations vs great-circle distance"
+        v = ds.createVariable("vertical_correlation", "f8", ("upper_var", "lev", "lev"))
+        v[:] = st["vertical_correlation"]
+        v.description = "vertical correlation of u, v, t, q, z (manifest order), levels top to bottom"
+        ds.upper_vars = "u,v,t,q,z"
+        ds.calibration_factor_variance = st["k_baseline"]
+        ds.channels = ",".join(channel_names(sig))
+
+
+def toml_list(xs, fmt=repr):
+    return "[" + ", ".join(fmt(float(x)) for x in xs) + "]"
+
+
+def write_manifest(d, lat, lon, sig, latent_shape, prov, description):
+    L = ['format = "latentda-bundle"', "format_version = 1", 'name = "speedy-t31"',
+         f'description = "{description}"', "", "[grid]", 'kind = "gaussian"',
+         f"lat = {toml_list(lat)}", f"lon = {toml_list(lon)}", "", "[vertical]", 'coordinate = "sigma"',
+         f"levels = {toml_list(sig)}", ""]
+    for name, units, nlev, long in D.VARS:
+        L += ["[[variables]]", f'name = "{name}"', f'units = "{units}"', f"levels = {nlev}",
+              f'long_name = "{long}"', ""]
+    L += ["[latent]", f"shape = [{', '.join(str(int(k)) for k in latent_shape)}]", "", "[models]",
+          'encoder = "encoder.onnx"', 'decoder = "decoder.onnx"', 'decoder_tl = "decoder_tl.onnx"',
+          'decoder_ad = "decoder_ad.onnx"', "", "[statistics]", 'normalisation = "normalisation.nc"',
+          'latent_variance = "latent_variance.nc"', 'baseline = "baseline_b.nc"', "", "[checksums]"]
+    for f in FILES:
+        L.append(f'"{f}" = "{sha256(os.path.join(d, f))}"')
+    L += ["", "[provenance]"]
+    for k, v in prov.items():
+        L.append(f"{k} = {json.dumps(str(v))}")
+    text = "\n".join(L) + "\n"
+    tomllib.loads(text)  # must parse
+    open(os.path.join(d, "bundle.toml"), "w").write(text)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", default="/work/data", help="data directory (nature run, forecasts, ae)")
+    ap.add_argument("--ckpt", default=None, help="autoencoder checkpoint (default OUT/ae/ae.pt)")
+    ap.add_argument("--bundle", default="/work/main/models/speedy-t31")
+    ap.add_argument("--nmc-valid", default="22:331", help="NMC valid days first:last")
+    ap.add_argument("--val-launches", default="610:728:2")
+    ap.add_argument("--sample-launch", type=int, default=None, help="launch day of the sample case")
+    ap.add_argument("--ncases", type=int, default=5, help="extra validation cases under OUT/cases")
+    ap.add_argument("--debug-ignore-checks", action="store_true", help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    import torch
+    torch.set_num_threads(2)
+    ckpt = a.ckpt or os.path.join(a.out, "ae", "ae.pt")
+    ae, ck = onnxio.load_ae(ckpt)
+    lat, lon, sig = D.grid(a.out)
+    latent_shape = ae.latent_shape
+    from .forecasts import launch_days
+    f, l_ = map(int, a.nmc_valid.split(":"))
+    st = ST.compute(ae, ck, a.out, list(range(f, l_ + 1)), launch_days(a.val_launches))
+    stage = tempfile.mkdtemp(prefix="bundle_", dir=a.out)
+    onnxio.export_all(ckpt, stage)
+    # checks in ONNX Runtime at a realistic linearisation point (encoded validation state)
+    X = D.nature(a.out)
+    xv = np.asarray(X[-1], np.float64)
+    xn = ((xv - ck["norm_mean"][:, None, None]) / ck["norm_std"][:, None, None]).astype(np.float32)[None]
+    S = onnxio.sessions(stage)
+    z0 = S["encoder"].run(None, {"x": xn})[0]
+    with torch.no_grad():
+        zt = ae.encode(torch.from_numpy(xn)).numpy()
+    enc_err = float(np.abs(z0 - zt).max() / np.abs(zt).max())
+    chk = onnxio.check_graphs(stage, ckpt, z0=z0)
+    chk["torch_vs_ort_encoder"] = enc_err
+    print(f"torch vs ORT: encoder {enc_err:.2e} decoder {chk['torch_vs_ort_decoder']:.2e} tl {chk['torch_vs_ort_tl']:.2e}")
+    if not chk["ok"] and a.debug_ignore_checks and os.path.abspath(a.bundle) != "/work/main/models/speedy-t31":
+        print("DEBUG: checks failed, writing a test bundle anyway (never for the shipped bundle)")
+    elif not chk["ok"]:
+        raise SystemExit(f"REFUSING to write the bundle: dot test {chk['dot_max']:.2e} (< 1e-5 needed), "
+                         f"Taylor first-order decades {chk['taylor_decades']} (>= 3 needed)")
+    write_nc_stats(stage, ck, st, lat, lon, sig, latent_shape)
+    # sample case and extra validation cases
+    vl = st["val_launches"]
+    fc = D.forecasts(a.out)
+    stn = CS.stations(lat, lon)
+    Ls = a.sample_launch if a.sample_launch is not None else vl[len(vl) // 2]
+    sample = {}
+    sdir = os.path.join(stage, "sample")
+    truth = np.asarray(X[D.truth_index(Ls + 2)], np.float64)
+    bg = fc[Ls][1].astype(np.float64)
+    nobs = CS.write_case(sdir, truth, bg, lat, lon, sig, stn, seed=1000 + Ls,
+                         title=f"valid day {Ls + 2} after spin-up 00 UTC (launch day {Ls})")
+    sample = {"launch": Ls, "nobs": nobs, "bg_rmse": D.rmse_per_var((bg - truth)[None])}
+    print("sample case", json.dumps(sample), flush=True)
+    others = [L for L in vl if L != Ls][:: max(1, len(vl) // max(a.ncases, 1))][: a.ncases]
+    for L in others:
+        CS.write_case(os.path.join(a.out, "cases", f"case_{L:04d}"), np.asarray(X[D.truth_index(L + 2)], np.float64),
+                      fc[L][1].astype(np.float64), lat, lon, sig, stn, seed=1000 + L, title=f"launch day {L}")
+    # manifest
+    prov = {
+        "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "creator": f"latentda-train {__version__}",
+        "code_version": code_version(),
+        "data": (f"jcm 3.0.0 SPEEDY T31L8 nature run (30 min step, packaged T30 boundary files, isothermal-rest "
+                 f"start, spin-up {json.load(open(os.path.join(a.out, 'nature', 'meta.json')))['spinup_days']} d), "
+                 f"{len(X) // 4} days 6-hourly; train days 0-{ck['train_days'] - 1}, validation days "
+                 f"{ck['train_days']}-{len(X) // 4 - 1}"),
+        "training": (f"conv AE {ae.cfg}, {ck['params']} parameters, {ck['steps']} Adam steps ({ck['epochs']} epochs, "
+                     f"{ck['minutes']} min on 2 CPU cores), loss weighted by 1/(48 h background error)^2 per channel"),
+        "statistics": (f"NMC 48h-24h pairs from perturbed-truth forecasts: {st['n_nmc']} valid days; calibration on "
+                       f"{st['n_val']} validation 48 h forecasts: latent variance x {st['k_latent']:.4f}, baseline "
+                       f"variance x {st['k_baseline']:.4f}"),
+        "checks": (f"ONNX Runtime: dot test max rel. error {chk['dot_max']:.2e}; Taylor first-order over "
+                   f"{chk['taylor_decades']} decades"),
+        "license": "weights and data generated with jcm (Apache-2.0; SPEEDY physics port, research use)",
+    }
+    write_manifest(stage, lat, lon, sig, latent_shape, prov,
+                   "SPEEDY T31L8 (jcm) reference bundle: conv autoencoder with hand-written TL/AD decoder")
+    report = {"gate": st["gate"], "checks": chk, "sample": sample, "k_latent": st["k_latent"],
+              "k_baseline": st["k_baseline"], "length_scale_km": st["length_scale"].tolist(),
+              "latent_shape": list(latent_shape), "n_nmc": st["n_nmc"], "n_val": st["n_val"],
+              "nmc_rmse": st["nmc_rmse"], "ae": {k: (v if not isinstance(v, np.ndarray) else None)
+                                                  for k, v in ck.items() if k not in ("state_dict", "norm_mean",
+                                                                                      "norm_std", "hist", "loss_weights")}}
+    json.dump(report, open(os.path.join(stage, "report.json"), "w"), indent=1, default=float)
+    from .modelcard import write_card
+    write_card(stage, report, prov, ae, ck, sig)
+    # replace the bundle directory
+    if os.path.exists(a.bundle):
+        shutil.rmtree(a.bundle)
+    shutil.copytree(stage, a.bundle)
+    shutil.rmtree(stage)
+    size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(a.bundle) for f in fs)
+    print(f"bundle written to {a.bundle}: {size / 1e6:.2f} MB", flush=True)
+
+
+if __name__ == "__main__":
+    main()

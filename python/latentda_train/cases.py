@@ -1,0 +1,140 @@
+"""Case files for the runtime: CF-style NetCDF states and radiosonde-like observation CSV."""
+from __future__ import annotations
+
+import os
+
+import netCDF4
+import numpy as np
+
+from . import data as D
+
+# observation network and errors (documented in the model card)
+OBS_ERR = {"u": 1.5, "v": 1.5, "t": 0.8, "ps": 100.0}   # q: 10 % of the value
+Q_MIN_SIGMA = 0.34
+
+
+def write_state(path, x, lat, lon, sig, title=""):
+    """x: (41, nlat, nlon) physical units -> CF NetCDF with u,v,t,q,z (lev,lat,lon) and ps (lat,lon)."""
+    with netCDF4.Dataset(path, "w", format="NETCDF4") as ds:
+        ds.Conventions = "CF-1.8"
+        ds.title = title
+        ds.createDimension("lev", len(sig))
+        ds.createDimension("lat", len(lat))
+        ds.createDimension("lon", len(lon))
+        v = ds.createVariable("lev", "f8", ("lev",))
+        v[:] = sig
+        v.units = "1"
+        v.long_name = "sigma (p/ps), full levels, top to bottom"
+        v.standard_name = "atmosphere_sigma_coordinate"
+        v.positive = "down"
+        v = ds.createVariable("lat", "f8", ("lat",))
+        v[:] = lat
+        v.units = "degrees_north"
+        v.standard_name = "latitude"
+        v = ds.createVariable("lon", "f8", ("lon",))
+        v[:] = lon
+        v.units = "degrees_east"
+        v.standard_name = "longitude"
+        for name, units, nlev, long in D.VARS:
+            sl = D.VAR_SLICES[name]
+            dims = ("lev", "lat", "lon") if nlev else ("lat", "lon")
+            var = ds.createVariable(name, "f4", dims)
+            var[:] = x[sl] if nlev else x[sl][0]
+            var.units = units
+            var.long_name = long
+
+
+def read_state(path):
+    with netCDF4.Dataset(path) as ds:
+        return np.concatenate([np.asarray(ds[n][:], np.float64).reshape(-1, ds.dimensions["lat"].size,
+                                                                       ds.dimensions["lon"].size)
+                               for n, *_ in D.VARS])
+
+
+def land_mask(lat, lon):
+    """SPEEDY land-sea mask (packaged T30 boundary file) on (lat N->S, lon)."""
+    from .jcmrun import jcm_dir
+    with netCDF4.Dataset(os.path.join(jcm_dir(), "data/bc/t30/clim/surface.nc")) as ds:
+        lsm = np.asarray(ds["lsm"][:], np.float64)
+        flat = np.asarray(ds["lat"][:], np.float64)
+    if flat[0] < flat[-1]:
+        lsm = lsm[::-1]
+    return lsm
+
+
+def bilinear(field, lat, lon, plat, plon):
+    """Bilinear interpolation of field[..., lat(N->S), lon] at points (periodic in lon)."""
+    nlon = len(lon)
+    dlon = lon[1] - lon[0]
+    fx = (np.mod(plon - lon[0], 360.0)) / dlon
+    j0 = np.floor(fx).astype(int) % nlon
+    j1 = (j0 + 1) % nlon
+    wx = fx - np.floor(fx)
+    la = lat[::-1]  # increasing
+    i = np.clip(np.searchsorted(la, plat) - 1, 0, len(la) - 2)
+    wy = (plat - la[i]) / (la[i + 1] - la[i])
+    i0 = len(lat) - 1 - i        # index in N->S order of la[i]
+    i1 = i0 - 1                  # index of la[i+1]
+    f = field
+    return ((1 - wy) * ((1 - wx) * f[..., i0, j0] + wx * f[..., i0, j1])
+            + wy * ((1 - wx) * f[..., i1, j0] + wx * f[..., i1, j1]))
+
+
+def stations(lat, lon, n=150, seed=42):
+    """Radiosonde-like network: n random positions with |lat| <= 80, over land of the SPEEDY mask
+    (bilinear land fraction > 0.5), plus no two stations closer than ~250 km."""
+    rng = np.random.default_rng(seed)
+    lsm = land_mask(lat, lon)
+    pts = []
+    while len(pts) < n:
+        plat = float(np.degrees(np.arcsin(rng.uniform(np.sin(np.radians(-60)), np.sin(np.radians(80))))))
+        plon = float(rng.uniform(0, 360))
+        if bilinear(lsm, lat, lon, np.array([plat]), np.array([plon]))[0] <= 0.5:
+            continue
+        if any(_gc(plat, plon, a, b) < 250.0 for a, b in pts):
+            continue
+        pts.append((round(plat, 3), round(plon, 3)))
+    return np.array(pts)
+
+
+def _gc(a1, o1, a2, o2):
+    p1, p2 = np.radians(a1), np.radians(a2)
+    c = np.sin(p1) * np.sin(p2) + np.cos(p1) * np.cos(p2) * np.cos(np.radians(o2 - o1))
+    return 6371.0 * np.arccos(np.clip(c, -1, 1))
+
+
+def make_obs(truth, lat, lon, sig, st, seed):
+    """Observations = truth interpolated + Gaussian noise. Returns list of rows."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for plat, plon in st:
+        a, b = np.array([plat]), np.array([plon])
+        for v in ["u", "v", "t", "q"]:
+            prof = bilinear(truth[D.VAR_SLICES[v]], lat, lon, a, b)[:, 0]
+            for k, s in enumerate(sig):
+                if v == "q":
+                    if s < Q_MIN_SIGMA - 1e-6:
+                        continue
+                    err = max(0.1 * prof[k], 1e-6)
+                else:
+                    err = OBS_ERR[v]
+                rows.append((v, plat, plon, f"{s:.6g}", prof[k] + err * rng.standard_normal(), err))
+        ps = bilinear(truth[40], lat, lon, a, b)[0]
+        rows.append(("ps", plat, plon, "", ps + OBS_ERR["ps"] * rng.standard_normal(), OBS_ERR["ps"]))
+    return rows
+
+
+def write_obs(path, rows):
+    with open(path, "w") as f:
+        f.write("var,lat,lon,level,value,sigma\n")
+        for v, a, b, lev, val, err in rows:
+            f.write(f"{v},{a:.3f},{b:.3f},{lev},{val:.7g},{err:.6g}\n")
+
+
+def write_case(d, truth, bg, lat, lon, sig, st, seed, title):
+    os.makedirs(d, exist_ok=True)
+    write_state(os.path.join(d, "truth.nc"), truth, lat, lon, sig, "truth (nature run) " + title)
+    write_state(os.path.join(d, "background.nc"), bg, lat, lon, sig, "48 h forecast from perturbed truth " + title)
+    rows = make_obs(truth, lat, lon, sig, st, seed)
+    write_obs(os.path.join(d, "obs.csv"), rows)
+    return len(rows)

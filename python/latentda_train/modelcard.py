@@ -1,0 +1,72 @@
+"""Model card (README.md) of the bundle."""
+from __future__ import annotations
+
+import os
+
+UNITS = {"u": "m/s", "v": "m/s", "t": "K", "q": "kg/kg", "z": "m2/s2", "ps": "Pa"}
+
+
+def fmt(x):
+    return f"{x:.3g}" if abs(x) >= 1e-3 else f"{x:.2e}"
+
+
+def write_card(d, rep, prov, ae, ck, sig):
+    g = rep["gate"]
+    size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(d) for f in fs)
+    L = ["# speedy-t31: latentda reference bundle", "",
+         "Convolutional autoencoder for latent-space 3D-Var (L3DVar) on the SPEEDY T31L8 grid (jcm), with a",
+         "hand-written tangent-linear and adjoint decoder, NMC latent background-error variances and the",
+         "model-space baseline B statistics from the same NMC samples. Bundle format version 1",
+         "(`docs/bundle-format.md`). Produced by `python/` (`latentda-pipeline`, see `python/README.md`).", "",
+         "## Data", "",
+         f"- {prov['data']}.",
+         "- Layout: channels u, v (m/s), t (K), q (kg/kg), z (geopotential, m2/s2) on 8 sigma levels",
+         f"  {', '.join(f'{s:g}' for s in sig)} (top to bottom), then ps (Pa): 41 channels on the 48 x 96",
+         "  Gaussian grid, latitudes north to south, longitudes 0 to 356.25.",
+         "- Backgrounds and NMC samples: 24 h and 48 h jcm forecasts launched daily at 00 UTC from perturbed",
+         "  truth states. Perturbation = 0.75 K-RMS-scaled difference of two other (random, earlier) nature states,",
+         "  truncated to total wavenumbers 1-10, on vorticity, divergence, temperature, log ps and humidity",
+         "  (multivariate and balanced). Initial RMS about 1.5 m/s wind, 0.75 K, 150-200 Pa; errors grow to the",
+         "  48 h values below.",
+         f"- {prov['statistics']}.", "",
+         "## Model", "",
+         f"- {prov['training']}.",
+         f"- Latent shape {rep['latent_shape']} ({rep['latent_shape'][0] * rep['latent_shape'][1] * rep['latent_shape'][2]} values);"
+         f" input [1, 41, 48, 96] normalised per channel (normalisation.nc).",
+         "- Periodic longitude padding by slice + concat, zero padding in latitude, SiLU, PixelShuffle upsampling;",
+         "  fixed per-grid-point climatology (mean, std of the normalised training data) removed in the encoder",
+         "  and restored in the decoder (constant buffers: the TL/AD stay exact).",
+         "- ONNX: float32, opset 18, fixed batch 1; decoder_tl (z, dz -> dx) and decoder_ad (z, dx -> dz) are the",
+         "  hand-written TL/AD (checked against autograd in float64 by `python/tests`).",
+         f"- Bundle size {size / 1e6:.1f} MB.", "",
+         "## Quality", "",
+         "Reconstruction gate on validation nature states (never used in training), RMSE per variable over all",
+         "levels, against the RMSE of validation 48 h background errors (gate: ratio <= 0.30):", "",
+         "| variable | AE reconstruction RMSE | 48 h background error RMSE | ratio |",
+         "|---|---|---|---|"]
+    for v in ["u", "v", "t", "q", "z", "ps"]:
+        L.append(f"| {v} ({UNITS[v]}) | {fmt(g[v]['recon_rmse'])} | {fmt(g[v]['bg48_rmse'])} | {g[v]['ratio']:.3f} |")
+    c = rep["checks"]
+    L += ["", "TL/AD in ONNX Runtime (float32) at an encoded validation state:", "",
+          f"- dot-product test |<J v,u> - <v,J^T u>| / max: {', '.join(f'{e:.1e}' for e in c['dot'])}",
+          f"- Taylor test, |D(z+e dz) - D(z) - e TL dz| / (e |TL dz|), first order over {c['taylor_decades']} decades:", "",
+          "| eps | relative remainder | ratio |", "|---|---|---|"]
+    for eps, rem, ratio in c["taylor"]:
+        L.append(f"| {eps:.1e} | {rem:.2e} | {ratio:.6f} |")
+    L += ["", f"- PyTorch vs ONNX Runtime: encoder {c['torch_vs_ort_encoder']:.1e}, decoder {c['torch_vs_ort_decoder']:.1e},"
+          f" TL {c['torch_vs_ort_tl']:.1e} (max relative difference)", "",
+          "Calibration (one global factor per method, matching the total variance of true 48 h errors on the",
+          f"validation cases): latent variance x {rep['k_latent']:.3f}, baseline variance x {rep['k_baseline']:.3f}.",
+          f"Baseline horizontal length scales (km) per channel: {', '.join(str(int(round(x))) for x in rep['length_scale_km'])}.", "",
+          "## Sample case (`sample/`)", "",
+          f"- truth.nc: nature state at 00 UTC of day {rep['sample']['launch'] + 2} (validation period);"
+          f" background.nc: 48 h forecast from the perturbed truth of day {rep['sample']['launch']}.",
+          "- Background error RMSE: " + ", ".join(f"{v} {fmt(x)} {UNITS[v]}" for v, x in rep["sample"]["bg_rmse"].items()) + ".",
+          f"- obs.csv: {rep['sample']['nobs']} observations from 150 radiosonde-like stations (random positions over",
+          "  land of the SPEEDY land-sea mask, |lat| <= 80, >= 250 km apart): u, v, t on all 8 levels, q where sigma >= 0.34,",
+          "  ps. Value = truth interpolated bilinearly + Gaussian noise; sd 1.5 m/s wind, 0.8 K, 10 % of the value",
+          "  for q, 100 Pa for ps. `level` is the sigma value (empty for ps).", "",
+          "## Licence and use", "",
+          "Data generated with jcm (Apache-2.0; its SPEEDY physics is a port of research code: fine for generating",
+          "reference data, not a runtime dependency of latentda)."]
+    open(os.path.join(d, "README.md"), "w").write("\n".join(L) + "\n")

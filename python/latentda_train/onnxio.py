@@ -1,0 +1,151 @@
+"""ONNX export of the four bundle graphs (each in a fresh process) and ONNX Runtime checks."""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+GRAPHS = {
+    "encoder": (["x"], ["z"]),
+    "decoder": (["z"], ["x"]),
+    "decoder_tl": (["z", "dz"], ["dx"]),
+    "decoder_ad": (["z", "dx"], ["dz"]),
+}
+
+
+def load_ae(ckpt):
+    import torch
+    from .model import build
+    ck = torch.load(ckpt, map_location="cpu", weights_only=False)
+    ae = build(ck["cfg"])
+    ae.load_state_dict(ck["state_dict"])
+    ae.eval()
+    return ae, ck
+
+
+def export_one(which: str, ckpt: str, out: str, seed: int = 0):
+    """Export one graph (float32, opset 18, fixed batch 1). Call in a fresh process."""
+    import torch
+    from . import model as M
+    ae, _ = load_ae(ckpt)
+    ae = ae.float()
+    g = torch.Generator().manual_seed(seed)
+    C, H, W = ae.cfg["nchan"], ae.cfg["nlat"], ae.cfg["nlon"]
+    ls = ae.latent_shape
+    # distinct tensor objects for every input (a shared object silently drops an input)
+    x = torch.randn(1, C, H, W, generator=g)
+    z = torch.randn(1, *ls, generator=g)
+    dz = torch.randn(1, *ls, generator=g)
+    dx = torch.randn(1, C, H, W, generator=g)
+    mod, args = {
+        "encoder": (M.EncoderGraph(ae), (x,)),
+        "decoder": (M.DecoderGraph(ae), (z,)),
+        "decoder_tl": (M.DecoderTLGraph(ae), (z, dz)),
+        "decoder_ad": (M.DecoderADGraph(ae), (z, dx)),
+    }[which]
+    ins, outs = GRAPHS[which]
+    with torch.no_grad():
+        prog = torch.onnx.export(mod.eval(), args, input_names=ins, output_names=outs,
+                                 dynamo=True, opset_version=18, external_data=False)
+    prog.save(out)
+    import onnx
+    m = onnx.load(out)
+    names = [i.name for i in m.graph.input]
+    if names != ins:
+        raise RuntimeError(f"{which}: exported inputs {names} != {ins}")
+    if [o.name for o in m.graph.output] != outs:
+        raise RuntimeError(f"{which}: exported outputs wrong")
+
+
+def export_all(ckpt: str, outdir: str):
+    os.makedirs(outdir, exist_ok=True)
+    for which in GRAPHS:
+        path = os.path.join(outdir, f"{which}.onnx")
+        subprocess.run([sys.executable, "-m", "latentda_train.onnxio", "--one", which, "--ckpt", ckpt,
+                        "--out", path], check=True)
+
+
+def sessions(d):
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    return {k: ort.InferenceSession(os.path.join(d, f"{k}.onnx"), so, providers=["CPUExecutionProvider"])
+            for k in GRAPHS}
+
+
+def check_graphs(d: str, ckpt: str | None = None, z0=None, seed: int = 1, verbose=True) -> dict:
+    """Dot-product test and Taylor test in ONNX Runtime (float32), plus PyTorch agreement."""
+    S = sessions(d)
+    rng = np.random.default_rng(seed)
+    zshape = S["decoder"].get_inputs()[0].shape
+    xshape = S["decoder"].get_outputs()[0].shape
+    if z0 is None:
+        x0 = rng.standard_normal(S["encoder"].get_inputs()[0].shape).astype(np.float32)
+        z0 = S["encoder"].run(None, {"x": x0})[0]
+    z0 = np.asarray(z0, np.float32).reshape(zshape)
+    dec = lambda z: S["decoder"].run(None, {"z": z.astype(np.float32)})[0].astype(np.float64)
+    tl = lambda z, dz: S["decoder_tl"].run(None, {"z": z, "dz": dz.astype(np.float32)})[0].astype(np.float64)
+    ad = lambda z, dx: S["decoder_ad"].run(None, {"z": z, "dx": dx.astype(np.float32)})[0].astype(np.float64)
+    res = {"dot": []}
+    for k in range(3):
+        v = rng.standard_normal(zshape).astype(np.float32)
+        u = rng.standard_normal(xshape).astype(np.float32)
+        a = float(np.sum(tl(z0, v) * u))
+        b = float(np.sum(v.astype(np.float64) * ad(z0, u)))
+        res["dot"].append(abs(a - b) / max(abs(a), abs(b)))
+    res["dot_max"] = max(res["dot"])
+    dz = (rng.standard_normal(zshape) * np.std(z0)).astype(np.float32)
+    tdz = tl(z0, dz)
+    d0 = dec(z0)
+    eps_list = [10.0 ** (1 - k / 2) for k in range(0, 15)]  # 10 .. 1e-6, half decades
+    tay = []
+    for eps in eps_list:
+        dd = dec(z0 + eps * dz) - d0
+        rem = np.linalg.norm(dd - eps * tdz) / (eps * np.linalg.norm(tdz))
+        ratio = np.linalg.norm(dd) / (eps * np.linalg.norm(tdz))
+        tay.append((eps, float(rem), float(ratio)))
+    res["taylor"] = tay
+    # first-order convergence: the relative remainder shrinks ~10x per decade of eps (slope 1);
+    # count the longest run of consecutive decades with a decrease between 5x and 20x (before
+    # float32 round-off takes over at small eps)
+    rems = [t[1] for t in tay]
+    best = run = 0
+    for i in range(0, len(rems) - 2):
+        f = rems[i] / max(rems[i + 2], 1e-300)
+        ok = 5.0 <= f <= 20.0
+        if ok:
+            # decades are counted on every other half-decade point
+            run = run + 1
+        else:
+            run = 0
+        best = max(best, run)
+    decades = best / 2.0 + 0.5 if best else 0.0  # run of k half-decade-step decade ratios spans (k+1)/2 decades
+    res["taylor_decades"] = decades
+    res["taylor_ratio_best"] = min(abs(t[2] - 1) for t in tay)
+    if ckpt is not None:
+        import torch
+        ae, _ = load_ae(ckpt)
+        with torch.no_grad():
+            zt = torch.from_numpy(z0)
+            res["torch_vs_ort_decoder"] = float(np.abs(ae.decode(zt).numpy() - d0).max() / np.abs(d0).max())
+            res["torch_vs_ort_tl"] = float(np.abs(ae.decode_tl(zt, torch.from_numpy(dz)).numpy() - tdz).max()
+                                           / np.abs(tdz).max())
+    res["ok"] = bool(res["dot_max"] < 1e-5 and decades >= 3)
+    if verbose:
+        print(f"dot test rel. errors {['%.2e' % e for e in res['dot']]}")
+        for eps, rem, ratio in tay:
+            print(f"taylor eps={eps:.1e}  |D(z+e dz)-D(z)-e TL dz|/(e|TL dz|)={rem:.3e}  ratio={ratio:.7f}")
+        print(f"taylor first-order decades: {decades}; ok={res['ok']}")
+    return res
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--one", required=True, choices=list(GRAPHS))
+    ap.add_argument("--ckpt", required=True)
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+    export_one(a.one, a.ckpt, a.out)

@@ -1,0 +1,133 @@
+"""Train the autoencoder on the first part of the nature run (validation on a later, unseen part)."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+
+import numpy as np
+import torch
+
+from . import data as D
+from .model import AutoEncoder
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", default="/work/data")
+    ap.add_argument("--train-days", type=int, default=600, help="days [0, N) train; later days validate")
+    ap.add_argument("--minutes", type=float, default=35.0, help="wall-clock training budget")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--cl", type=int, default=16)
+    ap.add_argument("--c1", type=int, default=32)
+    ap.add_argument("--c2", type=int, default=64)
+    ap.add_argument("--c3", type=int, default=96)
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--name", default="ae")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    rng = np.random.default_rng(a.seed)
+    X = D.nature(a.out)
+    ntr = a.train_days * D.STATES_PER_DAY
+    Xtr = np.asarray(X[:ntr], np.float32)
+    if len(Xtr) < ntr:
+        raise SystemExit(f"nature run has only {len(Xtr)} states, {ntr} needed for training")
+    print(f"train states {len(Xtr)}", flush=True)
+    mean = Xtr.mean(axis=(0, 2, 3), dtype=np.float64)
+    std = Xtr.std(axis=(0, 2, 3), dtype=np.float64)
+    std = np.where(std > 0, std, 1.0)
+    std = np.maximum(std, 1e-12)
+    for v, sl in D.VAR_SLICES.items():
+        print(f"  {v}: min {Xtr[:, sl].min():.4g} max {Xtr[:, sl].max():.4g} channel std {std[sl].round(6)}")
+    nrm = lambda x: ((x - mean[None, :, None, None]) / std[None, :, None, None]).astype(np.float32)
+    Ntr = nrm(Xtr)
+    del Xtr
+    cm = Ntr.mean(axis=0, keepdims=True, dtype=np.float64)
+    cs = Ntr.std(axis=0, keepdims=True, dtype=np.float64)
+    med = np.median(cs, axis=(2, 3), keepdims=True)
+    cs = np.maximum(cs, 0.1 * med)
+    cs = np.maximum(cs, 1e-6)
+    anom_rms = np.sqrt(np.mean(((Ntr - cm) ** 2), axis=(0, 2, 3), dtype=np.float64))
+    # loss weights: 1 / (48 h background error)^2 per channel, from the forecasts available now
+    # loss weights match the gate: per variable, squared error in physical units over the mean squared
+    # 48 h background error of that variable (from the forecasts available now)
+    fc = D.forecasts(a.out)
+    d = [fc[L][1] - X[D.truth_index(L + 2)] for L in sorted(fc) if D.truth_index(L + 2) < len(X)]
+    w = np.zeros(41)
+    for v, sl in D.VAR_SLICES.items():
+        if len(d) >= 5:
+            bgv = float(np.mean(np.stack([e[sl] for e in d]).astype(np.float64) ** 2))
+        else:  # fallback: 10 % of the anomaly variance
+            bgv = float(np.mean((0.1 * anom_rms[sl] * std[sl]) ** 2))
+        w[sl] = std[sl] ** 2 / bgv / (sl.stop - sl.start)
+    print(f"loss weights from {len(d)} 48 h forecast errors: {np.round(w / w.mean(), 3).tolist()}", flush=True)
+    w = w / w.mean()
+    wt = torch.tensor(w, dtype=torch.float32)[None, :, None, None]
+    ae = AutoEncoder(c1=a.c1, c2=a.c2, c3=a.c3, cl=a.cl)
+    ae.clim_mean.copy_(torch.from_numpy(cm.astype(np.float32)))
+    ae.clim_std.copy_(torch.from_numpy(cs.astype(np.float32)))
+    with torch.no_grad():  # start close to the climatology
+        last = ae.decoder.convs[-1].conv
+        last.weight.mul_(0.1)
+        last.bias.zero_()
+    nparam = sum(p.numel() for p in ae.parameters())
+    print(f"params {nparam}, latent {ae.latent_shape}", flush=True)
+    opt = torch.optim.AdamW(ae.parameters(), lr=a.lr, weight_decay=1e-5)
+    Ttr = torch.from_numpy(Ntr)
+    t0 = time.time()
+    budget = a.minutes * 60
+    step, ep, hist = 0, 0, []
+    done = False
+    while not done:
+        perm = rng.permutation(len(Ttr))
+        ep += 1
+        run = 0.0
+        for i in range(0, len(perm) - a.batch + 1, a.batch):
+            frac = (time.time() - t0) / budget
+            if frac >= 1:
+                done = True
+                break
+            lr = a.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * frac))) * min(1.0, (step + 1) / 100)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            xb = Ttr[perm[i:i + a.batch]]
+            loss = (wt * (ae(xb) - xb) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(ae.parameters(), 1.0)
+            opt.step()
+            step += 1
+            run += loss.item()
+            if step % 100 == 0:
+                print(f"epoch {ep} step {step} loss {run/100:.4e} lr {lr:.2e} {time.time()-t0:.0f}s", flush=True)
+                hist.append((step, run / 100))
+                run = 0.0
+    ae.eval()
+    Nva = nrm(np.asarray(D.nature(a.out)[ntr:], np.float32))
+    print(f"validation states {len(Nva)}", flush=True)
+    # validation: reconstruction RMSE per variable in physical units
+    sq = np.zeros(41)
+    with torch.no_grad():
+        for i in range(0, len(Nva), 16):
+            xb = torch.from_numpy(Nva[i:i + 16])
+            r = (ae(xb) - xb).numpy().astype(np.float64) * std[None, :, None, None]
+            sq += (r ** 2).sum(axis=(0, 2, 3))
+    sq /= len(Nva) * 48 * 96
+    rec = {v: float(np.sqrt(sq[sl].mean())) for v, sl in D.VAR_SLICES.items()}
+    print("validation reconstruction RMSE:", json.dumps(rec), flush=True)
+    os.makedirs(os.path.join(a.out, "ae"), exist_ok=True)
+    path = os.path.join(a.out, "ae", f"{a.name}.pt")
+    torch.save({"cfg": ae.cfg, "state_dict": ae.state_dict(), "norm_mean": mean, "norm_std": std,
+                "train_days": a.train_days, "steps": step, "epochs": ep, "minutes": a.minutes,
+                "val_recon_rmse": rec, "loss_weights": w, "args": vars(a), "params": nparam, "hist": hist},
+               path)
+    print("saved", path, flush=True)
+
+
+if __name__ == "__main__":
+    main()

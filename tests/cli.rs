@@ -1,0 +1,165 @@
+//! The `latentda` command line, end to end, and everything that needs the ONNX Runtime backend (one backend per
+//! process, so those runs go through the binary).
+
+mod common;
+
+use common::*;
+
+fn read(path: &std::path::Path, bundle: &std::path::Path) -> Vec<f64> {
+    let b = latentda::bundle::Bundle::open(bundle).unwrap();
+    latentda::ncio::read_state(path, &b.layout).unwrap()
+}
+
+fn analyse_args<'a>(bundle: &'a str, sample: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<String> {
+    let mut v: Vec<String> = ["analyse", "--bundle", bundle, "--background", &format!("{sample}/background.nc"), "--obs", &format!("{sample}/obs.csv"), "--output", out]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+fn run(args: &[String]) -> (i32, String, String) {
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    cli(&a)
+}
+
+#[test]
+fn info_and_check_on_a_fixture_bundle() {
+    let b = fixture("tanh");
+    let (code, out, err) = cli(&["info", b.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    for s in ["Gaussian 8 x 16", "u ", "ps", "latent      shape [4, 2, 4] = 32", "signatures OK", "7 files verified"] {
+        assert!(out.contains(s), "info output lacks '{s}':\n{out}");
+    }
+    let state = b.join("sample/background.nc");
+    let (code, out, err) = cli(&["check", b.to_str().unwrap(), "--state", state.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("all checks passed") && out.contains("reconstruction RMSE"), "{out}");
+}
+
+#[test]
+fn analyse_end_to_end_writes_analysis_and_report() {
+    let dir = scratch("cli_e2e");
+    let b = fixture("tanh");
+    let s = b.join("sample");
+    let out = dir.join("an.nc");
+    let rep = dir.join("report.json");
+    let mut args = analyse_args(b.to_str().unwrap(), s.to_str().unwrap(), out.to_str().unwrap(), &["--report", rep.to_str().unwrap(), "--truth"]);
+    args.push(s.join("truth.nc").to_str().unwrap().to_string());
+    args.push("-v".into());
+    let (code, stdout, stderr) = run(&args);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stderr.lines().any(|l| l.starts_with("iter 1 0 J= ")), "iteration lines on stderr:\n{stderr}");
+    assert!(stdout.contains("RMSE against truth"), "{stdout}");
+    let xa = read(&out, &b);
+    let xb = read(&s.join("background.nc"), &b);
+    let xt = read(&s.join("truth.nc"), &b);
+    let err = |x: &[f64]| x.iter().zip(&xt).map(|(a, b)| (a - b).powi(2)).sum::<f64>();
+    assert!(err(&xa) < 0.5 * err(&xb));
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    assert_eq!(json["n_obs"], 63);
+    assert_eq!(json["qc_counts"]["unknown_variable"], 1);
+    assert_eq!(json["output"], "analysis");
+    assert!(json["timings"]["total_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(json["variables"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn malformed_rows_are_reported_by_line_and_the_analysis_still_runs() {
+    let dir = scratch("cli_rows");
+    let b = fixture("tanh");
+    let s = b.join("sample");
+    let obs = dir.join("obs.csv");
+    let mut text = std::fs::read_to_string(s.join("obs.csv")).unwrap();
+    text.push_str("t,12,oops,0.5,250,1\n");
+    std::fs::write(&obs, &text).unwrap();
+    let out = dir.join("an.nc");
+    let (code, _, err) = cli(&["analyse", "--bundle", b.to_str().unwrap(), "--background", s.join("background.nc").to_str().unwrap(), "--obs", obs.to_str().unwrap(), "--output", out.to_str().unwrap()]);
+    let line = text.lines().count();
+    assert_eq!(code, 3, "exit status 3 signals malformed rows: {err}");
+    assert!(err.contains(&format!("line {line}")) && err.contains("'lon'"), "{err}");
+    assert!(out.exists());
+}
+
+#[test]
+fn failures_write_nothing() {
+    let dir = scratch("cli_nothing");
+    let b = fixture("tanh");
+    let s = b.join("sample");
+    let out = dir.join("an.nc");
+    // Missing bundle, unknown backend, CUDA with tract, background with the wrong grid.
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (analyse_args("/nonexistent/bundle", s.to_str().unwrap(), out.to_str().unwrap(), &[]), "does not exist"),
+        (analyse_args(b.to_str().unwrap(), s.to_str().unwrap(), out.to_str().unwrap(), &["--backend", "gpu"]), "backend 'gpu'"),
+        (analyse_args(b.to_str().unwrap(), s.to_str().unwrap(), out.to_str().unwrap(), &["--device", "cuda:0"]), "cuda:0"),
+        (analyse_args(fixture("linear").to_str().unwrap(), s.to_str().unwrap(), out.to_str().unwrap(), &[]), "lat"),
+    ];
+    for (args, msg) in cases {
+        let (code, _, err) = run(&args);
+        assert_ne!(code, 0);
+        assert!(err.contains(msg), "expected '{msg}' in: {err}");
+        assert!(!out.exists(), "a failed run must not write {}", out.display());
+    }
+}
+
+fn ort() -> String {
+    onnxruntime_library().to_str().unwrap().to_string()
+}
+
+#[test]
+fn onnx_runtime_backend_passes_the_adjoint_and_taylor_checks() {
+    let b = fixture("tanh");
+    let state = b.join("sample/background.nc");
+    let lib = ort();
+    let (code, out, err) = cli(&["check", b.to_str().unwrap(), "--state", state.to_str().unwrap(), "--backend", "ort", "--ort-library", &lib]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("ONNX Runtime 1.") && out.contains("all checks passed"), "{out}");
+}
+
+#[test]
+fn tract_and_onnx_runtime_analyses_agree() {
+    let dir = scratch("cli_backends");
+    let b = fixture("tanh");
+    let s = b.join("sample");
+    let (t, o) = (dir.join("tract.nc"), dir.join("ort.nc"));
+    let lib = ort();
+    let (c1, _, e1) = run(&analyse_args(b.to_str().unwrap(), s.to_str().unwrap(), t.to_str().unwrap(), &["--backend", "tract"]));
+    let (c2, _, e2) = run(&analyse_args(b.to_str().unwrap(), s.to_str().unwrap(), o.to_str().unwrap(), &["--backend", "ort", "--ort-library", &lib]));
+    assert_eq!((c1, c2), (0, 0), "{e1}\n{e2}");
+    let xb = read(&s.join("background.nc"), &b);
+    let (xt, xo) = (read(&t, &b), read(&o, &b));
+    let dt: Vec<f64> = xt.iter().zip(&xb).map(|(a, b)| a - b).collect();
+    let dorr: Vec<f64> = xo.iter().zip(&xb).map(|(a, b)| a - b).collect();
+    let num: f64 = dt.iter().zip(&dorr).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
+    let den: f64 = dt.iter().map(|a| a * a).sum::<f64>().sqrt();
+    eprintln!("tract vs ONNX Runtime: relative difference of the increments {:e}", num / den);
+    assert!(num / den < 1e-5, "backends disagree: {:e}", num / den);
+}
+
+#[test]
+fn cuda_requested_where_unavailable_fails_loudly_with_onnx_runtime() {
+    let dir = scratch("cli_cuda");
+    let b = fixture("tanh");
+    let s = b.join("sample");
+    let out = dir.join("an.nc");
+    let lib = ort();
+    let (code, _, err) = run(&analyse_args(b.to_str().unwrap(), s.to_str().unwrap(), out.to_str().unwrap(), &["--backend", "ort", "--ort-library", &lib, "--device", "cuda:0"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("cuda:0") && err.contains("CUDA execution provider"), "{err}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn two_cli_runs_write_identical_files() {
+    let dir = scratch("cli_det");
+    let b = fixture("tanh");
+    let s = b.join("sample");
+    let (o1, o2) = (dir.join("a.nc"), dir.join("b.nc"));
+    for o in [&o1, &o2] {
+        let (c, _, e) = run(&analyse_args(b.to_str().unwrap(), s.to_str().unwrap(), o.to_str().unwrap(), &[]));
+        assert_eq!(c, 0, "{e}");
+    }
+    let (a, c) = (read(&o1, &b), read(&o2, &b));
+    assert!(a.iter().zip(&c).all(|(x, y)| x.to_bits() == y.to_bits()));
+}

@@ -1,0 +1,444 @@
+//! Coupling tests: the committed C header, the Fortran module and the C / Fortran example drivers, built with the
+//! real gcc and gfortran against `target/release/liblatentda.{a,so}` (produced by `cargo test --release`, the
+//! library's crate types include staticlib and cdylib).
+//!
+//! What they show (issue 4): the drivers analyse their own arrays in place and agree with `latentda analyse` on
+//! the same inputs (1e-6 relative); C-order and Fortran-order bindings give identical results; float and double
+//! entry points agree within float32 tolerance; static and shared linking both work; every error path returns its
+//! documented code and message from C and from Fortran with the host arrays bit-identical; two contexts analyse
+//! concurrently from two threads; the C driver is clean under valgrind memcheck.
+
+use std::ffi::{c_char, CStr, CString};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use latentda::bundle::Bundle;
+use latentda::ffi::{self, LdaContext, LdaStatus};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Directory holding liblatentda.{a,so}: where cargo put the `latentda` binary of this build (target/release).
+fn libdir() -> PathBuf {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_latentda"));
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_else(|| root().join("target/release"));
+    assert!(dir.join("liblatentda.a").is_file(), "{}/liblatentda.a missing: run `cargo test --release`", dir.display());
+    assert!(dir.join("liblatentda.so").is_file(), "{}/liblatentda.so missing", dir.display());
+    dir
+}
+
+fn fixture(name: &str) -> PathBuf {
+    root().join("tests/fixtures").join(name)
+}
+
+/// Native libraries that liblatentda.a needs: what `cargo rustc --release --lib --crate-type staticlib -- --print
+/// native-static-libs` lists (NetCDF and HDF5 for the bundle statistics, zlib, the C++ runtime of the cxx bridge,
+/// and the Rust standard library's system libraries). `nc-config --libs` supplies the NetCDF/HDF5 search paths.
+fn static_libs() -> Vec<String> {
+    let mut v: Vec<String> = Command::new("nc-config")
+        .arg("--libs")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().map(String::from).collect())
+        .unwrap_or_else(|| vec!["-lnetcdf".into()]);
+    for l in ["-lhdf5", "-lz", "-lstdc++", "-lgcc_s", "-lutil", "-lrt", "-lpthread", "-lm", "-ldl", "-lc", "-Wl,-z,noexecstack"] {
+        v.push(l.into());
+    }
+    v
+}
+
+const C_FLAGS: &[&str] = &["-std=c11", "-O2", "-g", "-Wall", "-Wextra", "-Wpedantic", "-Werror"];
+const F_FLAGS: &[&str] = &["-std=f2008", "-O2", "-g", "-Wall", "-Werror"];
+
+fn show(o: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn run_ok(cmd: &mut Command) -> Result<Output, String> {
+    let o = cmd.output().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    if !o.status.success() {
+        return Err(format!("{cmd:?} failed: {}", show(&o)));
+    }
+    Ok(o)
+}
+
+/// Every program the tests run, built once.
+struct Programs {
+    dir: PathBuf,
+    c_static: PathBuf,
+    c_shared: PathBuf,
+    c_errors: PathBuf,
+    f_static: PathBuf,
+    f_shared: PathBuf,
+    f_errors: PathBuf,
+}
+
+fn build() -> Result<Programs, String> {
+    let lib = libdir();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("coupling");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let inc = format!("-I{}", root().join("include").display());
+    let rpath = format!("-Wl,-rpath,{}", lib.display());
+    let shared = |cmd: &mut Command| {
+        cmd.arg(format!("-L{}", lib.display())).args(["-llatentda", "-lnetcdf", "-lm"]).arg(&rpath);
+    };
+    let stat = |cmd: &mut Command| {
+        cmd.arg(lib.join("liblatentda.a")).args(static_libs());
+    };
+    let p = Programs {
+        c_static: dir.join("driver_c_static"),
+        c_shared: dir.join("driver_c_shared"),
+        c_errors: dir.join("errors_c"),
+        f_static: dir.join("driver_f_static"),
+        f_shared: dir.join("driver_f_shared"),
+        f_errors: dir.join("errors_f"),
+        dir,
+    };
+    let driver_c = root().join("examples/c/driver.c");
+    let mut c = Command::new("gcc");
+    c.args(C_FLAGS).arg(&inc).arg(&driver_c).arg("-o").arg(&p.c_static);
+    stat(&mut c);
+    run_ok(&mut c)?;
+    let mut c = Command::new("gcc");
+    c.args(C_FLAGS).arg(&inc).arg(&driver_c).arg("-o").arg(&p.c_shared);
+    shared(&mut c);
+    run_ok(&mut c)?;
+    let mut c = Command::new("gcc");
+    c.args(C_FLAGS).arg(&inc).arg(root().join("tests/coupling/errors.c")).arg("-o").arg(&p.c_errors);
+    shared(&mut c);
+    run_ok(&mut c)?;
+    // Fortran: the module once (object + .mod in the scratch directory), then the programs.
+    let modobj = p.dir.join("latentda_mod.o");
+    let jdir = format!("-J{}", p.dir.display());
+    run_ok(Command::new("gfortran").args(F_FLAGS).arg(&jdir).arg("-c").arg(root().join("fortran/latentda.f90")).arg("-o").arg(&modobj))?;
+    let driver_f = root().join("examples/fortran/driver.f90");
+    let mut c = Command::new("gfortran");
+    c.args(F_FLAGS).arg(&jdir).arg(&modobj).arg(&driver_f).arg("-o").arg(&p.f_static);
+    stat(&mut c);
+    run_ok(&mut c)?;
+    let mut c = Command::new("gfortran");
+    c.args(F_FLAGS).arg(&jdir).arg(&modobj).arg(&driver_f).arg("-o").arg(&p.f_shared);
+    shared(&mut c);
+    run_ok(&mut c)?;
+    let mut c = Command::new("gfortran");
+    c.args(F_FLAGS).arg(&jdir).arg(&modobj).arg(root().join("tests/coupling/errors.f90")).arg("-o").arg(&p.f_errors);
+    stat(&mut c);
+    run_ok(&mut c)?;
+    Ok(p)
+}
+
+fn programs() -> &'static Programs {
+    static P: OnceLock<Result<Programs, String>> = OnceLock::new();
+    match P.get_or_init(build) {
+        Ok(p) => p,
+        Err(e) => panic!("building the C/Fortran programs failed:\n{e}"),
+    }
+}
+
+/// `latentda analyse` on the fixture's sample, cached per bundle: the analysis state (channel-major).
+fn cli_analysis(bundle: &str) -> &'static [f64] {
+    static LIN: OnceLock<Vec<f64>> = OnceLock::new();
+    static TANH: OnceLock<Vec<f64>> = OnceLock::new();
+    let cell = if bundle == "linear" { &LIN } else { &TANH };
+    cell.get_or_init(|| {
+        let b = fixture(bundle);
+        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("coupling_cli_{bundle}.nc"));
+        let o = Command::new(env!("CARGO_BIN_EXE_latentda"))
+            .args(["analyse", "--bundle"])
+            .arg(&b)
+            .arg("--background")
+            .arg(b.join("sample/background.nc"))
+            .arg("--obs")
+            .arg(b.join("sample/obs.csv"))
+            .arg("--output")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "latentda analyse failed: {}", show(&o));
+        let layout = Bundle::open(&b).unwrap().layout;
+        latentda::ncio::read_state(&out, &layout).unwrap()
+    })
+}
+
+/// Runs a driver on the fixture's sample and returns (analysed state read back from its output, stdout).
+fn run_driver(exe: &Path, bundle: &str, tag: &str, extra: &[&str]) -> (Vec<f64>, String) {
+    let b = fixture(bundle);
+    let out = programs().dir.join(format!("{tag}_{bundle}.bin"));
+    let o = Command::new(exe)
+        .arg(&b)
+        .arg(b.join("sample/background.nc"))
+        .arg(b.join("sample/obs.csv"))
+        .arg(&out)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{} failed: {}", exe.display(), show(&o));
+    let bytes = std::fs::read(&out).unwrap();
+    let x = bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect();
+    (x, String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// Largest per-variable relative difference max|a - b| / max|b| (over each variable's whole field).
+fn max_rel_diff(bundle: &str, a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "state lengths differ");
+    let layout = Bundle::open(fixture(bundle)).unwrap().layout;
+    let np = layout.grid.npoints();
+    let mut worst: f64 = 0.0;
+    for var in &layout.variables {
+        let r = var.first_channel * np..(var.first_channel + var.nchan()) * np;
+        let scale = b[r.clone()].iter().fold(0.0f64, |m, v| m.max(v.abs())).max(f64::MIN_POSITIVE);
+        let d = a[r.clone()].iter().zip(&b[r]).fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
+        worst = worst.max(d / scale);
+    }
+    worst
+}
+
+fn background(bundle: &str) -> Vec<f64> {
+    let b = fixture(bundle);
+    latentda::ncio::read_state(&b.join("sample/background.nc"), &Bundle::open(&b).unwrap().layout).unwrap()
+}
+
+#[test]
+fn header_is_up_to_date() {
+    let committed = std::fs::read_to_string(root().join("include/latentda.h")).unwrap();
+    let generated = std::fs::read_to_string(concat!(env!("OUT_DIR"), "/latentda.h")).unwrap();
+    assert!(
+        committed == generated,
+        "include/latentda.h differs from the header build.rs generates from src/ffi.rs: run \
+         `LATENTDA_WRITE_HEADER=1 cargo build --release` and commit include/latentda.h"
+    );
+    for name in ["LdaStatus", "LDA_ERR_NOT_READY", "LdaQcFlag", "LDA_QC_BACKGROUND_CHECK", "LDA_ORDER_FORTRAN"] {
+        assert!(committed.contains(name), "header lacks {name}");
+    }
+}
+
+/// The Fortran module's status and QC constants equal the header's enum values.
+#[test]
+fn fortran_constants_match_header() {
+    let header = std::fs::read_to_string(root().join("include/latentda.h")).unwrap();
+    let module = std::fs::read_to_string(root().join("fortran/latentda.f90")).unwrap();
+    let mut n = 0;
+    for line in header.lines() {
+        let l = line.trim().trim_end_matches(',');
+        let Some((name, value)) = l.split_once(" = ") else { continue };
+        if !(name.starts_with("LDA_ERR_") || name.starts_with("LDA_QC_") || name == "LDA_OK") {
+            continue;
+        }
+        let value: i32 = value.trim().parse().unwrap();
+        let found = module.lines().any(|m| {
+            m.contains(":: ")
+                && m.split(":: ").nth(1).and_then(|d| d.split('!').next()).map(|d| d.trim().to_string())
+                    == Some(format!("{name} = {value}"))
+        });
+        assert!(found, "fortran/latentda.f90 has no parameter {name} = {value}");
+        n += 1;
+    }
+    assert_eq!(n, 17, "expected 11 status codes and 6 QC flags in the header");
+}
+
+/// The module, the driver and the error program compile with -std=f2008 -Wall (checked as errors), and no line
+/// is longer than 132 characters.
+#[test]
+fn fortran_sources_compile_cleanly() {
+    programs();
+    let dir = programs().dir.join("wextra");
+    std::fs::create_dir_all(&dir).unwrap();
+    let o = Command::new("gfortran")
+        .args(["-std=f2008", "-Wall", "-Wextra", "-Werror", "-fsyntax-only"])
+        .arg(format!("-J{}", dir.display()))
+        .arg(root().join("fortran/latentda.f90"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "module not clean under -Wall -Wextra: {}", show(&o));
+    for f in ["fortran/latentda.f90", "examples/fortran/driver.f90", "tests/coupling/errors.f90"] {
+        let text = std::fs::read_to_string(root().join(f)).unwrap();
+        for (i, l) in text.lines().enumerate() {
+            assert!(l.chars().count() <= 132, "{f}:{}: line longer than 132 characters", i + 1);
+        }
+    }
+}
+
+/// The C driver (static and shared, C and Fortran order, double and float) against `latentda analyse`.
+#[test]
+fn c_driver_matches_cli() {
+    let p = programs();
+    for bundle in ["linear", "tanh"] {
+        let cli = cli_analysis(bundle);
+        let bg = background(bundle);
+        let (x, stdout) = run_driver(&p.c_static, bundle, "c_static_f64_c", &[]);
+        let d = max_rel_diff(bundle, &x, cli);
+        println!("{bundle}: C driver (static, f64, C order) vs CLI: max rel diff {d:.2e}\n{stdout}");
+        assert!(d <= 1e-6, "{bundle}: C driver differs from latentda analyse by {d:e}");
+        assert!(max_rel_diff(bundle, &x, &bg) > 1e-4, "{bundle}: the analysis equals the background");
+        assert!(stdout.contains("O-B rms") && stdout.contains("qc used"), "summary missing:\n{stdout}");
+        // Same memory bound with a Fortran-order shape: identical bits.
+        let (xf, _) = run_driver(&p.c_shared, bundle, "c_shared_f64_f", &["--order", "fortran"]);
+        assert!(xf == x, "{bundle}: Fortran-order binding differs from C-order binding");
+        // Shared library, C order: identical bits to the static build.
+        let (xs, _) = run_driver(&p.c_shared, bundle, "c_shared_f64_c", &["--quiet"]);
+        assert!(xs == x, "{bundle}: shared and static builds differ");
+        // Single precision entry point: agrees within float32 tolerance.
+        let (x4, _) = run_driver(&p.c_static, bundle, "c_static_f32_c", &["--precision", "f32", "--quiet"]);
+        let d4 = max_rel_diff(bundle, &x4, &x);
+        println!("{bundle}: f32 vs f64 max rel diff {d4:.2e}");
+        assert!(d4 <= 1e-5, "{bundle}: f32 and f64 entry points differ by {d4:e}");
+    }
+}
+
+/// The Fortran driver (static and shared, double and float) against `latentda analyse` and the C driver.
+#[test]
+fn fortran_driver_matches_cli() {
+    let p = programs();
+    for bundle in ["linear", "tanh"] {
+        let cli = cli_analysis(bundle);
+        let (x, stdout) = run_driver(&p.f_static, bundle, "f_static_f64", &[]);
+        let d = max_rel_diff(bundle, &x, cli);
+        println!("{bundle}: Fortran driver (static, f64) vs CLI: max rel diff {d:.2e}\n{stdout}");
+        assert!(d <= 1e-6, "{bundle}: Fortran driver differs from latentda analyse by {d:e}");
+        assert!(stdout.contains("O-B rms") && stdout.contains("qc used"), "summary missing:\n{stdout}");
+        let (xs, _) = run_driver(&p.f_shared, bundle, "f_shared_f64", &["--quiet"]);
+        assert!(xs == x, "{bundle}: Fortran shared and static builds differ");
+        // Fortran-order binding from Fortran == C-order binding from C, bit for bit.
+        let (xc, _) = run_driver(&p.c_shared, bundle, "c_for_f_compare", &["--quiet"]);
+        assert!(xc == x, "{bundle}: Fortran driver (Fortran order) and C driver (C order) differ");
+        let (x4, _) = run_driver(&p.f_shared, bundle, "f_shared_f32", &["--precision", "f32", "--quiet"]);
+        let d4 = max_rel_diff(bundle, &x4, &x);
+        println!("{bundle}: Fortran f32 vs f64 max rel diff {d4:.2e}");
+        assert!(d4 <= 1e-5, "{bundle}: Fortran f32 and f64 differ by {d4:e}");
+    }
+}
+
+fn run_error_program(exe: &Path) {
+    let o = Command::new(exe).arg(fixture("tanh")).output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    println!("{out}");
+    assert!(o.status.success() && out.contains("PASSED"), "{} reported failures: {}", exe.display(), show(&o));
+    assert!(!out.contains("FAIL "), "{out}");
+}
+
+/// Bad bundle path, wrong shape, NaN, unbound field, zero-length observations, NULL pointers, from C.
+#[test]
+fn error_paths_from_c() {
+    run_error_program(&programs().c_errors);
+}
+
+/// Bad bundle path, wrong shape/rank, NaN, unbound field, mismatched and zero-length observations, from Fortran.
+#[test]
+fn error_paths_from_fortran() {
+    run_error_program(&programs().f_errors);
+}
+
+/// The C driver under valgrind memcheck: no invalid reads or writes, no definite leaks after lda_close. The one
+/// suppression (tests/coupling/valgrind.supp) is a known leak in the `ort` crate, documented there. valgrind is
+/// required (scripts/setup.sh installs it): a missing valgrind fails this test.
+#[test]
+fn c_driver_is_valgrind_clean() {
+    let p = programs();
+    let b = fixture("tanh");
+    let out = p.dir.join("valgrind.bin");
+    let o = Command::new("valgrind")
+        .args(["--error-exitcode=1", "--leak-check=full", "--errors-for-leak-kinds=definite", "--show-leak-kinds=definite"])
+        .arg(format!("--suppressions={}", root().join("tests/coupling/valgrind.supp").display()))
+        .arg(&p.c_static)
+        .arg(&b)
+        .arg(b.join("sample/background.nc"))
+        .arg(b.join("sample/obs.csv"))
+        .arg(&out)
+        .arg("--quiet")
+        .output();
+    let o = match o {
+        Ok(o) => o,
+        Err(e) => panic!("valgrind is required for this test (install it: scripts/setup.sh): {e}"),
+    };
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "valgrind reported errors: {}", show(&o));
+    assert!(stderr.contains("ERROR SUMMARY: 0 errors"), "{stderr}");
+    assert!(stderr.contains("definitely lost: 0 bytes") || stderr.contains("All heap blocks were freed"), "{stderr}");
+    let (x, _) = run_driver(&p.c_static, "tanh", "valgrind_ref", &["--quiet"]);
+    let xv: Vec<f64> = std::fs::read(&out).unwrap().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect();
+    assert!(xv == x, "the analysis under valgrind differs");
+}
+
+// ---- two contexts from two threads, through the C ABI (Rust threads calling the extern "C" functions)
+
+fn check(ctx: *mut LdaContext, st: LdaStatus, what: &str) {
+    if st != LdaStatus::LDA_OK {
+        // SAFETY: lda_last_error never returns NULL and the string lives until the next failing call.
+        let msg = unsafe { CStr::from_ptr(ffi::lda_last_error(ctx)) }.to_string_lossy().into_owned();
+        panic!("{what}: {st:?}: {msg}");
+    }
+}
+
+/// Opens `bundle`, binds host arrays of the sample background, sets the sample observations and analyses `n`
+/// times (restoring the background each time); returns every analysis.
+fn analyse_through_c_abi(bundle: &str, n: usize) -> Vec<Vec<f64>> {
+    let b = fixture(bundle);
+    let lay = Bundle::open(&b).unwrap().layout;
+    let (obs, _) = latentda::obs::read_csv(&b.join("sample/obs.csv"), &lay).unwrap();
+    let bg = background(bundle);
+    let np = lay.grid.npoints();
+    let dir = CString::new(b.to_str().unwrap()).unwrap();
+    let mut ctx: *mut LdaContext = std::ptr::null_mut();
+    check(ctx, ffi::lda_open(dir.as_ptr(), std::ptr::null(), &mut ctx), "lda_open");
+    // Host arrays: one Vec per variable, kept alive (and not moved) until lda_close.
+    let mut fields: Vec<Vec<f64>> = lay
+        .variables
+        .iter()
+        .map(|v| bg[v.first_channel * np..(v.first_channel + v.nchan()) * np].to_vec())
+        .collect();
+    for (v, f) in lay.variables.iter().zip(fields.iter_mut()) {
+        let name = CString::new(v.name.as_str()).unwrap();
+        let (shape, nd): (Vec<i64>, i32) = if v.is_surface() {
+            (vec![lay.grid.nlat() as i64, lay.grid.nlon() as i64], 2)
+        } else {
+            (vec![v.nlev as i64, lay.grid.nlat() as i64, lay.grid.nlon() as i64], 3)
+        };
+        check(ctx, ffi::lda_bind_field_f64(ctx, name.as_ptr(), f.as_mut_ptr(), nd, shape.as_ptr(), 0), "bind");
+    }
+    let var: Vec<i32> = obs.iter().map(|o| o.var.map(|v| v as i32).unwrap_or(-1)).collect();
+    let col = |f: &dyn Fn(&latentda::Observation) -> f64| obs.iter().map(f).collect::<Vec<f64>>();
+    let (lat, lon) = (col(&|o| o.lat), col(&|o| o.lon));
+    let (level, value, sigma) = (col(&|o| o.level.unwrap_or(f64::NAN)), col(&|o| o.value), col(&|o| o.sigma));
+    check(
+        ctx,
+        ffi::lda_set_obs(ctx, obs.len(), var.as_ptr(), lat.as_ptr(), lon.as_ptr(), level.as_ptr(), value.as_ptr(), sigma.as_ptr()),
+        "set_obs",
+    );
+    let mut results = Vec::new();
+    for _ in 0..n {
+        for (v, f) in lay.variables.iter().zip(fields.iter_mut()) {
+            f.copy_from_slice(&bg[v.first_channel * np..(v.first_channel + v.nchan()) * np]);
+        }
+        check(ctx, ffi::lda_analyse(ctx, std::ptr::null::<c_char>()), "analyse");
+        results.push(fields.concat());
+    }
+    check(ctx, ffi::lda_close(ctx), "close");
+    results
+}
+
+#[test]
+fn two_contexts_analyse_concurrently() {
+    let runs = 4;
+    let t1 = std::thread::spawn(move || analyse_through_c_abi("tanh", runs));
+    let t2 = std::thread::spawn(move || analyse_through_c_abi("tanh", runs));
+    let t3 = std::thread::spawn(move || analyse_through_c_abi("linear", runs));
+    let (r1, r2, r3) = (t1.join().unwrap(), t2.join().unwrap(), t3.join().unwrap());
+    let (cli_t, cli_l) = (cli_analysis("tanh"), cli_analysis("linear"));
+    for (name, rs, cli, bundle) in [("thread 1", &r1, cli_t, "tanh"), ("thread 2", &r2, cli_t, "tanh"), ("thread 3", &r3, cli_l, "linear")] {
+        for (i, x) in rs.iter().enumerate() {
+            let d = max_rel_diff(bundle, x, cli);
+            assert!(d <= 1e-6, "{name} run {i}: differs from latentda analyse by {d:e}");
+            assert!(x == &rs[0], "{name} run {i}: not bit-identical to run 0");
+        }
+    }
+    assert!(r1[0] == r2[0], "two concurrent contexts on the same inputs differ");
+}
