@@ -3,7 +3,7 @@
  *
  * Call order: lda_open -> lda_bind_field_f32/f64 (every bundle variable) -> lda_set_obs -> lda_analyse
  *             -> lda_obs_qc / lda_report_json -> ... (repeat each cycle) ... -> lda_close
- * Every function (except lda_last_error, lda_version) returns an LdaStatus (int32_t): LDA_OK (0) or one of the
+ * Every function (except lda_last_error, lda_version) returns an int32_t status (LdaStatus): LDA_OK (0) or one of the
  * LDA_ERR_* codes, and lda_last_error(ctx) then gives the message. No function aborts the host or lets a Rust
  * panic unwind into C; a failing call never writes host arrays. Bound host arrays are written only when an analysis
  * succeeded, and must stay valid until rebound or lda_close. One thread at a time per context; contexts are
@@ -21,7 +21,8 @@
 #include <stdint.h>
 
 /**
- * Status returned by every latentda function except `lda_last_error` and `lda_version` (an `int32_t` in C).
+ * Status codes: every latentda function except `lda_last_error` and `lda_version` returns an `int32_t` holding one
+ * of these values (`LdaStatus` is a typedef of `int32_t`).
  *
  * `LDA_OK` (0) is success; every other value is a failure, and `lda_last_error` then returns a message that names
  * the argument, variable, file or index at fault. The numeric values are stable. A failing call never writes the
@@ -188,16 +189,16 @@ extern "C" {
  * `lda_close`. On failure the message is available from `lda_last_error(NULL)` on the same thread.
  * Thread-safe: different threads may open contexts concurrently.
  */
-LdaStatus lda_open(const char *bundle_dir,
-                   const char *options,
-                   struct LdaContext **out);
+int32_t lda_open(const char *bundle_dir,
+                 const char *options,
+                 struct LdaContext **out);
 
 /**
  * Releases a context and everything it owns (ONNX sessions, observations, report). NULL is accepted and ignored.
  * Bound host arrays are not touched and remain owned by the host. The pointer must not be used afterwards, and a
  * context must be closed exactly once.
  */
-LdaStatus lda_close(struct LdaContext *ctx);
+int32_t lda_close(struct LdaContext *ctx);
 
 /**
  * Message of the last failed call on `ctx` ("" if none has failed). With `ctx` NULL: the message of the last
@@ -213,9 +214,9 @@ const char *lda_last_error(const struct LdaContext *ctx);
  * order). `name` and `index_out` must not be NULL. An unknown name returns `LDA_ERR_INVALID_ARGUMENT` with the list
  * of bundle variables in the message.
  */
-LdaStatus lda_var_index(struct LdaContext *ctx,
-                        const char *name,
-                        int32_t *index_out);
+int32_t lda_var_index(struct LdaContext *ctx,
+                      const char *name,
+                      int32_t *index_out);
 
 /**
  * Binds a host `float` array, in place, to the bundle variable `name`.
@@ -231,22 +232,22 @@ LdaStatus lda_var_index(struct LdaContext *ctx,
  * and overwrites it with the result only when the whole analysis succeeded. Binding again replaces the previous
  * binding (and may switch precision). On failure the previous binding, if any, is kept.
  */
-LdaStatus lda_bind_field_f32(struct LdaContext *ctx,
-                             const char *name,
-                             float *data,
-                             int32_t ndim,
-                             const int64_t *shape,
-                             int32_t order);
+int32_t lda_bind_field_f32(struct LdaContext *ctx,
+                           const char *name,
+                           float *data,
+                           int32_t ndim,
+                           const int64_t *shape,
+                           int32_t order);
 
 /**
  * Binds a host `double` array, in place, to the bundle variable `name`; see `lda_bind_field_f32`.
  */
-LdaStatus lda_bind_field_f64(struct LdaContext *ctx,
-                             const char *name,
-                             double *data,
-                             int32_t ndim,
-                             const int64_t *shape,
-                             int32_t order);
+int32_t lda_bind_field_f64(struct LdaContext *ctx,
+                           const char *name,
+                           double *data,
+                           int32_t ndim,
+                           const int64_t *shape,
+                           int32_t order);
 
 /**
  * Sets the observations for the next analyses, replacing any previous set. All arrays hold `n` >= 1 values and
@@ -260,14 +261,14 @@ LdaStatus lda_bind_field_f64(struct LdaContext *ctx,
  *
  * Invalid observations are not an error here: they are flagged by QC at the analysis (`lda_obs_qc`).
  */
-LdaStatus lda_set_obs(struct LdaContext *ctx,
-                      size_t n,
-                      const int32_t *var,
-                      const double *lat,
-                      const double *lon,
-                      const double *level,
-                      const double *value,
-                      const double *sigma);
+int32_t lda_set_obs(struct LdaContext *ctx,
+                    size_t n,
+                    const int32_t *var,
+                    const double *lat,
+                    const double *lon,
+                    const double *level,
+                    const double *value,
+                    const double *sigma);
 
 /**
  * Runs an analysis: reads every bound field as the background x_b, assimilates the observations set by
@@ -279,8 +280,8 @@ LdaStatus lda_set_obs(struct LdaContext *ctx,
  * NaN/Inf in a bound field is `LDA_ERR_INVALID_DATA`. Rejected observations never make the analysis fail; read
  * their flags with `lda_obs_qc` and the diagnostics with `lda_report_json` / `lda_report_number`.
  */
-LdaStatus lda_analyse(struct LdaContext *ctx,
-                      const char *method);
+int32_t lda_analyse(struct LdaContext *ctx,
+                    const char *method);
 
 /**
  * Copies the QC flag (`LdaQcFlag` values) of every observation of the last successful analysis into `flags_out`,
@@ -288,9 +289,9 @@ LdaStatus lda_analyse(struct LdaContext *ctx,
  * values and must not be NULL. Before any successful analysis (or after new observations were set):
  * `LDA_ERR_NOT_READY`.
  */
-LdaStatus lda_obs_qc(struct LdaContext *ctx,
-                     int32_t *flags_out,
-                     size_t n);
+int32_t lda_obs_qc(struct LdaContext *ctx,
+                   int32_t *flags_out,
+                   size_t n);
 
 /**
  * Copies the JSON report of the last successful analysis (solver history, per-variable O-B/O-A statistics, QC
@@ -300,10 +301,10 @@ LdaStatus lda_obs_qc(struct LdaContext *ctx,
  * small, nothing is copied and `LDA_ERR_BUFFER_TOO_SMALL` is returned: call once with `buf` = NULL, `len` = 0 to
  * get the size, allocate, call again. Before any successful analysis: `LDA_ERR_NOT_READY`.
  */
-LdaStatus lda_report_json(struct LdaContext *ctx,
-                          char *buf,
-                          size_t len,
-                          size_t *needed);
+int32_t lda_report_json(struct LdaContext *ctx,
+                        char *buf,
+                        size_t len,
+                        size_t *needed);
 
 /**
  * One number from the report of the last successful analysis, for hosts without a JSON parser (e.g. Fortran).
@@ -314,29 +315,29 @@ LdaStatus lda_report_json(struct LdaContext *ctx,
  * "timings.total_s". `path` and `value_out` must not be NULL. A missing or non-numeric entry is
  * `LDA_ERR_INVALID_ARGUMENT`; before any successful analysis `LDA_ERR_NOT_READY`.
  */
-LdaStatus lda_report_number(struct LdaContext *ctx,
-                            const char *path,
-                            double *value_out);
+int32_t lda_report_number(struct LdaContext *ctx,
+                          const char *path,
+                          double *value_out);
 
 /**
  * Size n of the latent B operator's control vector (the latent size), into `*n_out` (must not be NULL).
  */
-LdaStatus lda_control_size(struct LdaContext *ctx,
-                           size_t *n_out);
+int32_t lda_control_size(struct LdaContext *ctx,
+                         size_t *n_out);
 
 /**
  * Size of a full model state (channels x nlat x nlon) into `*n_out` (must not be NULL): the length of the state
  * buffers of `lda_bsqrt` / `lda_bsqrt_ad`.
  */
-LdaStatus lda_state_size(struct LdaContext *ctx,
-                         size_t *n_out);
+int32_t lda_state_size(struct LdaContext *ctx,
+                       size_t *n_out);
 
 /**
  * Linearises the latent B operator at the background currently in the bound arrays (z_b = E(N(x_b))); every
  * variable must be bound. Done implicitly by the first `lda_bsqrt`/`lda_bsqrt_ad` after a bind; call it again
  * when the background in the bound arrays changed.
  */
-LdaStatus lda_b_linearise(struct LdaContext *ctx);
+int32_t lda_b_linearise(struct LdaContext *ctx);
 
 /**
  * x = U v: the model-space increment (physical units) of control vector `v` (`nv` = `lda_control_size` values),
@@ -347,21 +348,21 @@ LdaStatus lda_b_linearise(struct LdaContext *ctx);
  * increment is written into the bound arrays instead (their content is replaced; the linearisation point is
  * kept). `v` is only read during the call.
  */
-LdaStatus lda_bsqrt(struct LdaContext *ctx,
-                    const double *v,
-                    size_t nv,
-                    double *x_out,
-                    size_t nx);
+int32_t lda_bsqrt(struct LdaContext *ctx,
+                  const double *v,
+                  size_t nv,
+                  double *x_out,
+                  size_t nx);
 
 /**
  * v = U^T x: the exact adjoint of `lda_bsqrt`. `x` holds `nx` = `lda_state_size` doubles in state layout, or is
  * NULL to read x from the bound arrays; `v_out` (not NULL) receives `nv` = `lda_control_size` values.
  */
-LdaStatus lda_bsqrt_ad(struct LdaContext *ctx,
-                       const double *x,
-                       size_t nx,
-                       double *v_out,
-                       size_t nv);
+int32_t lda_bsqrt_ad(struct LdaContext *ctx,
+                     const double *x,
+                     size_t nx,
+                     double *v_out,
+                     size_t nv);
 
 /**
  * The latentda version string (static, NUL-terminated; do not free).

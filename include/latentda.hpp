@@ -4,7 +4,7 @@
 // generated bridge header include/latentda/bridge.h and include/latentda/rust/cxx.h (both copied there by
 // `cargo build --release`; do not edit them). Requires C++17. Build a program with one command (examples/cpp/README.md):
 //
-//   g++ -std=c++17 -O2 -Iinclude prog.cpp target/release/liblatentda.a -lnetcdf -lpthread -ldl -lm -o prog
+//   g++ -std=c++17 -O2 -Iinclude prog.cpp target/release/liblatentda.a $(nc-config --libs) -lhdf5 -lz -lpthread -ldl -lm -Wl,-z,noexecstack -o prog
 //
 // Call order, as in the C ABI (include/latentda.h):
 //   auto ctx = latentda::Context::open(bundle_dir);        // throws latentda::Error
@@ -31,6 +31,8 @@
 #include <utility>
 #include <vector>
 
+// cxx runtime first (rust::Error, rust::Box, ...), then the generated bridge declarations.
+#include "latentda/rust/cxx.h"
 #include "latentda/bridge.h"
 
 namespace latentda {

@@ -1,7 +1,7 @@
 //! C ABI (`include/latentda.h`, generated from this file by cbindgen in `build.rs`).
 //!
-//! Conventions (rustls-ffi style): an opaque handle, every function returns an `LdaStatus` (`int32_t`, `LDA_OK` =
-//! 0), every pointer is checked for NULL, every entry point catches panics (`LDA_ERR_INTERNAL`), and nothing here
+//! Conventions (rustls-ffi style): an opaque handle, every function returns an `int32_t` status (`LdaStatus`,
+//! `LDA_OK` = 0), every pointer is checked for NULL, every entry point catches panics (`LDA_ERR_INTERNAL`), and nothing here
 //! ever aborts the host. Bound host arrays are read at `lda_analyse` and written only after the whole analysis
 //! succeeded. The `///` comments below are the C header's documentation: they are written for C readers.
 
@@ -17,7 +17,8 @@ use std::sync::Mutex;
 use crate::error::{Error, Result, Status};
 use crate::host::{HostContext, HostData};
 
-/// Status returned by every latentda function except `lda_last_error` and `lda_version` (an `int32_t` in C).
+/// Status codes: every latentda function except `lda_last_error` and `lda_version` returns an `int32_t` holding one
+/// of these values (`LdaStatus` is a typedef of `int32_t`).
 ///
 /// `LDA_OK` (0) is success; every other value is a failure, and `lda_last_error` then returns a message that names
 /// the argument, variable, file or index at fault. The numeric values are stable. A failing call never writes the
@@ -89,6 +90,45 @@ pub enum LdaOrder {
     LDA_ORDER_FORTRAN = 1,
 }
 
+/// `LdaStatus` values as `i32`, for Rust callers of the C ABI (not exported to the header, which has the enum).
+pub const LDA_OK: i32 = LdaStatus::LDA_OK as i32;
+/// See [`LdaStatus::LDA_ERR_NULL_POINTER`].
+pub const LDA_ERR_NULL_POINTER: i32 = LdaStatus::LDA_ERR_NULL_POINTER as i32;
+/// See [`LdaStatus::LDA_ERR_INVALID_ARGUMENT`].
+pub const LDA_ERR_INVALID_ARGUMENT: i32 = LdaStatus::LDA_ERR_INVALID_ARGUMENT as i32;
+/// See [`LdaStatus::LDA_ERR_BUNDLE`].
+pub const LDA_ERR_BUNDLE: i32 = LdaStatus::LDA_ERR_BUNDLE as i32;
+/// See [`LdaStatus::LDA_ERR_BACKEND`].
+pub const LDA_ERR_BACKEND: i32 = LdaStatus::LDA_ERR_BACKEND as i32;
+/// See [`LdaStatus::LDA_ERR_IO`].
+pub const LDA_ERR_IO: i32 = LdaStatus::LDA_ERR_IO as i32;
+/// See [`LdaStatus::LDA_ERR_INVALID_DATA`].
+pub const LDA_ERR_INVALID_DATA: i32 = LdaStatus::LDA_ERR_INVALID_DATA as i32;
+/// See [`LdaStatus::LDA_ERR_NOT_READY`].
+pub const LDA_ERR_NOT_READY: i32 = LdaStatus::LDA_ERR_NOT_READY as i32;
+/// See [`LdaStatus::LDA_ERR_SOLVER`].
+pub const LDA_ERR_SOLVER: i32 = LdaStatus::LDA_ERR_SOLVER as i32;
+/// See [`LdaStatus::LDA_ERR_INTERNAL`].
+pub const LDA_ERR_INTERNAL: i32 = LdaStatus::LDA_ERR_INTERNAL as i32;
+/// See [`LdaStatus::LDA_ERR_BUFFER_TOO_SMALL`].
+pub const LDA_ERR_BUFFER_TOO_SMALL: i32 = LdaStatus::LDA_ERR_BUFFER_TOO_SMALL as i32;
+/// See [`LdaQcFlag::LDA_QC_USED`].
+pub const LDA_QC_USED: i32 = LdaQcFlag::LDA_QC_USED as i32;
+/// See [`LdaQcFlag::LDA_QC_INVALID`].
+pub const LDA_QC_INVALID: i32 = LdaQcFlag::LDA_QC_INVALID as i32;
+/// See [`LdaQcFlag::LDA_QC_OUTSIDE_DOMAIN`].
+pub const LDA_QC_OUTSIDE_DOMAIN: i32 = LdaQcFlag::LDA_QC_OUTSIDE_DOMAIN as i32;
+/// See [`LdaQcFlag::LDA_QC_OUTSIDE_VERTICAL`].
+pub const LDA_QC_OUTSIDE_VERTICAL: i32 = LdaQcFlag::LDA_QC_OUTSIDE_VERTICAL as i32;
+/// See [`LdaQcFlag::LDA_QC_UNKNOWN_VARIABLE`].
+pub const LDA_QC_UNKNOWN_VARIABLE: i32 = LdaQcFlag::LDA_QC_UNKNOWN_VARIABLE as i32;
+/// See [`LdaQcFlag::LDA_QC_BACKGROUND_CHECK`].
+pub const LDA_QC_BACKGROUND_CHECK: i32 = LdaQcFlag::LDA_QC_BACKGROUND_CHECK as i32;
+/// See [`LdaOrder::LDA_ORDER_C`].
+pub const LDA_ORDER_C: i32 = LdaOrder::LDA_ORDER_C as i32;
+/// See [`LdaOrder::LDA_ORDER_FORTRAN`].
+pub const LDA_ORDER_FORTRAN: i32 = LdaOrder::LDA_ORDER_FORTRAN as i32;
+
 impl From<Status> for LdaStatus {
     fn from(s: Status) -> Self {
         match s {
@@ -126,7 +166,7 @@ fn cstring(s: &str) -> CString {
     CString::new(s.replace('\0', " ")).unwrap_or_default()
 }
 
-fn set_error(ctx: Option<&LdaContext>, e: &Error) -> LdaStatus {
+fn set_error(ctx: Option<&LdaContext>, e: &Error) -> i32 {
     match ctx {
         Some(c) => {
             let mut g = c.last_error.lock().unwrap_or_else(|p| p.into_inner());
@@ -134,7 +174,7 @@ fn set_error(ctx: Option<&LdaContext>, e: &Error) -> LdaStatus {
         }
         None => OPEN_ERROR.with(|o| *o.borrow_mut() = cstring(&e.message)),
     }
-    e.status.into()
+    LdaStatus::from(e.status) as i32
 }
 
 fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
@@ -147,7 +187,7 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// Runs `f` on the context with panics caught and the error recorded.
-fn with_ctx(ctx: *mut LdaContext, f: impl FnOnce(&mut HostContext) -> Result<()>) -> LdaStatus {
+fn with_ctx(ctx: *mut LdaContext, f: impl FnOnce(&mut HostContext) -> Result<()>) -> i32 {
     if ctx.is_null() {
         return set_error(None, &Error::new(Status::NullPointer, "context is NULL (lda_open failed or was not called)"));
     }
@@ -158,7 +198,7 @@ fn with_ctx(ctx: *mut LdaContext, f: impl FnOnce(&mut HostContext) -> Result<()>
         f(&mut g)
     }));
     match r {
-        Ok(Ok(())) => LdaStatus::LDA_OK,
+        Ok(Ok(())) => LDA_OK,
         Ok(Err(e)) => set_error(Some(c), &e),
         Err(p) => set_error(Some(c), &Error::new(Status::Internal, panic_message(p))),
     }
@@ -192,7 +232,7 @@ unsafe fn c_str<'a>(p: *const c_char, what: &str) -> Result<&'a str> {
 /// `lda_close`. On failure the message is available from `lda_last_error(NULL)` on the same thread.
 /// Thread-safe: different threads may open contexts concurrently.
 #[no_mangle]
-pub extern "C" fn lda_open(bundle_dir: *const c_char, options: *const c_char, out: *mut *mut LdaContext) -> LdaStatus {
+pub extern "C" fn lda_open(bundle_dir: *const c_char, options: *const c_char, out: *mut *mut LdaContext) -> i32 {
     let r = catch_unwind(|| -> Result<*mut LdaContext> {
         if out.is_null() {
             return Err(null("out"));
@@ -210,7 +250,7 @@ pub extern "C" fn lda_open(bundle_dir: *const c_char, options: *const c_char, ou
         Ok(Ok(p)) => {
             // SAFETY: out was checked non-null inside the closure before success was possible.
             unsafe { *out = p };
-            LdaStatus::LDA_OK
+            LDA_OK
         }
         Ok(Err(e)) => set_error(None, &e),
         Err(p) => set_error(None, &Error::new(Status::Internal, panic_message(p))),
@@ -221,16 +261,16 @@ pub extern "C" fn lda_open(bundle_dir: *const c_char, options: *const c_char, ou
 /// Bound host arrays are not touched and remain owned by the host. The pointer must not be used afterwards, and a
 /// context must be closed exactly once.
 #[no_mangle]
-pub extern "C" fn lda_close(ctx: *mut LdaContext) -> LdaStatus {
+pub extern "C" fn lda_close(ctx: *mut LdaContext) -> i32 {
     if ctx.is_null() {
-        return LdaStatus::LDA_OK;
+        return LDA_OK;
     }
     let r = catch_unwind(|| {
         // SAFETY: ctx was returned by lda_open and is closed once (documented contract).
         drop(unsafe { Box::from_raw(ctx) });
     });
     match r {
-        Ok(()) => LdaStatus::LDA_OK,
+        Ok(()) => LDA_OK,
         Err(p) => set_error(None, &Error::new(Status::Internal, panic_message(p))),
     }
 }
@@ -260,7 +300,7 @@ pub extern "C" fn lda_last_error(ctx: *const LdaContext) -> *const c_char {
 /// order). `name` and `index_out` must not be NULL. An unknown name returns `LDA_ERR_INVALID_ARGUMENT` with the list
 /// of bundle variables in the message.
 #[no_mangle]
-pub extern "C" fn lda_var_index(ctx: *mut LdaContext, name: *const c_char, index_out: *mut i32) -> LdaStatus {
+pub extern "C" fn lda_var_index(ctx: *mut LdaContext, name: *const c_char, index_out: *mut i32) -> i32 {
     with_ctx(ctx, |inner| {
         // SAFETY: NUL-terminated string per contract.
         let name = unsafe { c_str(name, "name") }?;
@@ -274,7 +314,7 @@ pub extern "C" fn lda_var_index(ctx: *mut LdaContext, name: *const c_char, index
     })
 }
 
-fn bind(ctx: *mut LdaContext, name: *const c_char, data: HostData, ndim: i32, shape: *const i64, order: i32) -> LdaStatus {
+fn bind(ctx: *mut LdaContext, name: *const c_char, data: HostData, ndim: i32, shape: *const i64, order: i32) -> i32 {
     with_ctx(ctx, |inner| {
         // SAFETY: NUL-terminated string per contract.
         let name = unsafe { c_str(name, "name") }?;
@@ -311,7 +351,7 @@ pub extern "C" fn lda_bind_field_f32(
     ndim: i32,
     shape: *const i64,
     order: i32,
-) -> LdaStatus {
+) -> i32 {
     bind(ctx, name, HostData::F32(data), ndim, shape, order)
 }
 
@@ -324,7 +364,7 @@ pub extern "C" fn lda_bind_field_f64(
     ndim: i32,
     shape: *const i64,
     order: i32,
-) -> LdaStatus {
+) -> i32 {
     bind(ctx, name, HostData::F64(data), ndim, shape, order)
 }
 
@@ -349,7 +389,7 @@ pub extern "C" fn lda_set_obs(
     level: *const f64,
     value: *const f64,
     sigma: *const f64,
-) -> LdaStatus {
+) -> i32 {
     with_ctx(ctx, |inner| {
         if n == 0 {
             return Err(Error::arg(
@@ -379,7 +419,7 @@ pub extern "C" fn lda_set_obs(
 /// NaN/Inf in a bound field is `LDA_ERR_INVALID_DATA`. Rejected observations never make the analysis fail; read
 /// their flags with `lda_obs_qc` and the diagnostics with `lda_report_json` / `lda_report_number`.
 #[no_mangle]
-pub extern "C" fn lda_analyse(ctx: *mut LdaContext, method: *const c_char) -> LdaStatus {
+pub extern "C" fn lda_analyse(ctx: *mut LdaContext, method: *const c_char) -> i32 {
     with_ctx(ctx, |inner| {
         // SAFETY: NUL-terminated string per contract.
         let m = if method.is_null() { None } else { Some(unsafe { c_str(method, "method") }?) };
@@ -395,7 +435,7 @@ pub extern "C" fn lda_analyse(ctx: *mut LdaContext, method: *const c_char) -> Ld
 /// values and must not be NULL. Before any successful analysis (or after new observations were set):
 /// `LDA_ERR_NOT_READY`.
 #[no_mangle]
-pub extern "C" fn lda_obs_qc(ctx: *mut LdaContext, flags_out: *mut i32, n: usize) -> LdaStatus {
+pub extern "C" fn lda_obs_qc(ctx: *mut LdaContext, flags_out: *mut i32, n: usize) -> i32 {
     with_ctx(ctx, |inner| {
         if flags_out.is_null() {
             return Err(null("flags_out"));
@@ -419,7 +459,7 @@ pub extern "C" fn lda_obs_qc(ctx: *mut LdaContext, flags_out: *mut i32, n: usize
 /// small, nothing is copied and `LDA_ERR_BUFFER_TOO_SMALL` is returned: call once with `buf` = NULL, `len` = 0 to
 /// get the size, allocate, call again. Before any successful analysis: `LDA_ERR_NOT_READY`.
 #[no_mangle]
-pub extern "C" fn lda_report_json(ctx: *mut LdaContext, buf: *mut c_char, len: usize, needed: *mut usize) -> LdaStatus {
+pub extern "C" fn lda_report_json(ctx: *mut LdaContext, buf: *mut c_char, len: usize, needed: *mut usize) -> i32 {
     with_ctx(ctx, |inner| {
         let rep = cstring(inner.report_json()?);
         let bytes = rep.as_bytes_with_nul();
@@ -469,7 +509,7 @@ fn report_lookup(json: &str, path: &str) -> Result<f64> {
 /// "timings.total_s". `path` and `value_out` must not be NULL. A missing or non-numeric entry is
 /// `LDA_ERR_INVALID_ARGUMENT`; before any successful analysis `LDA_ERR_NOT_READY`.
 #[no_mangle]
-pub extern "C" fn lda_report_number(ctx: *mut LdaContext, path: *const c_char, value_out: *mut f64) -> LdaStatus {
+pub extern "C" fn lda_report_number(ctx: *mut LdaContext, path: *const c_char, value_out: *mut f64) -> i32 {
     with_ctx(ctx, |inner| {
         // SAFETY: NUL-terminated string per contract.
         let path = unsafe { c_str(path, "path") }?;
@@ -485,7 +525,7 @@ pub extern "C" fn lda_report_number(ctx: *mut LdaContext, path: *const c_char, v
 
 /// Size n of the latent B operator's control vector (the latent size), into `*n_out` (must not be NULL).
 #[no_mangle]
-pub extern "C" fn lda_control_size(ctx: *mut LdaContext, n_out: *mut usize) -> LdaStatus {
+pub extern "C" fn lda_control_size(ctx: *mut LdaContext, n_out: *mut usize) -> i32 {
     with_ctx(ctx, |inner| {
         if n_out.is_null() {
             return Err(null("n_out"));
@@ -499,7 +539,7 @@ pub extern "C" fn lda_control_size(ctx: *mut LdaContext, n_out: *mut usize) -> L
 /// Size of a full model state (channels x nlat x nlon) into `*n_out` (must not be NULL): the length of the state
 /// buffers of `lda_bsqrt` / `lda_bsqrt_ad`.
 #[no_mangle]
-pub extern "C" fn lda_state_size(ctx: *mut LdaContext, n_out: *mut usize) -> LdaStatus {
+pub extern "C" fn lda_state_size(ctx: *mut LdaContext, n_out: *mut usize) -> i32 {
     with_ctx(ctx, |inner| {
         if n_out.is_null() {
             return Err(null("n_out"));
@@ -514,7 +554,7 @@ pub extern "C" fn lda_state_size(ctx: *mut LdaContext, n_out: *mut usize) -> Lda
 /// variable must be bound. Done implicitly by the first `lda_bsqrt`/`lda_bsqrt_ad` after a bind; call it again
 /// when the background in the bound arrays changed.
 #[no_mangle]
-pub extern "C" fn lda_b_linearise(ctx: *mut LdaContext) -> LdaStatus {
+pub extern "C" fn lda_b_linearise(ctx: *mut LdaContext) -> i32 {
     with_ctx(ctx, |inner| inner.b_linearise())
 }
 
@@ -526,7 +566,7 @@ pub extern "C" fn lda_b_linearise(ctx: *mut LdaContext) -> LdaStatus {
 /// increment is written into the bound arrays instead (their content is replaced; the linearisation point is
 /// kept). `v` is only read during the call.
 #[no_mangle]
-pub extern "C" fn lda_bsqrt(ctx: *mut LdaContext, v: *const f64, nv: usize, x_out: *mut f64, nx: usize) -> LdaStatus {
+pub extern "C" fn lda_bsqrt(ctx: *mut LdaContext, v: *const f64, nv: usize, x_out: *mut f64, nx: usize) -> i32 {
     with_ctx(ctx, |inner| {
         if v.is_null() {
             return Err(null("v"));
@@ -545,7 +585,7 @@ pub extern "C" fn lda_bsqrt(ctx: *mut LdaContext, v: *const f64, nv: usize, x_ou
 /// v = U^T x: the exact adjoint of `lda_bsqrt`. `x` holds `nx` = `lda_state_size` doubles in state layout, or is
 /// NULL to read x from the bound arrays; `v_out` (not NULL) receives `nv` = `lda_control_size` values.
 #[no_mangle]
-pub extern "C" fn lda_bsqrt_ad(ctx: *mut LdaContext, x: *const f64, nx: usize, v_out: *mut f64, nv: usize) -> LdaStatus {
+pub extern "C" fn lda_bsqrt_ad(ctx: *mut LdaContext, x: *const f64, nx: usize, v_out: *mut f64, nv: usize) -> i32 {
     with_ctx(ctx, |inner| {
         if v_out.is_null() {
             return Err(null("v_out"));

@@ -75,7 +75,26 @@ impl ObsOperator {
                 Err(f) => flags[i] = f,
             }
         }
+        op.sort_by_location();
         op
+    }
+
+    /// Orders rows by their first grid index so H and H^T walk the state almost sequentially (cache locality for
+    /// large observation counts). Row order is internal: `rows` maps each row back to its observation.
+    fn sort_by_location(&mut self) {
+        let n = self.rows.len();
+        let mut order: Vec<u32> = (0..n as u32).collect();
+        order.sort_by_key(|&r| (self.idx[r as usize * STRIDE], r));
+        let (mut rows, mut idx, mut w) = (Vec::with_capacity(n), Vec::with_capacity(n * STRIDE), Vec::with_capacity(n * STRIDE));
+        for &r in &order {
+            let r = r as usize;
+            rows.push(self.rows[r]);
+            idx.extend_from_slice(&self.idx[r * STRIDE..(r + 1) * STRIDE]);
+            w.extend_from_slice(&self.w[r * STRIDE..(r + 1) * STRIDE]);
+        }
+        self.rows = rows;
+        self.idx = idx;
+        self.w = w;
     }
 
     /// Number of rows.

@@ -133,6 +133,29 @@ fn check_finite(what: &str, v: f64) -> Result<()> {
     }
 }
 
+/// Linearises at w and writes r = -grad J(w) = -w + G^T R^-1 d (one AD run); returns |r|.
+fn negative_gradient(
+    ctrl: &mut dyn ControlSpace,
+    p: &Problem,
+    w: &[f64],
+    d: &[f64],
+    tmp_obs: &mut [f64],
+    tmp_state: &mut [f64],
+    r: &mut [f64],
+) -> Result<f64> {
+    ctrl.linearize(w)?;
+    for i in 0..d.len() {
+        tmp_obs[i] = d[i] / (p.sigma[i] * p.sigma[i]);
+    }
+    tmp_state.iter_mut().for_each(|v| *v = 0.0);
+    p.h.adjoint(tmp_obs, tmp_state);
+    ctrl.ad(tmp_state, r)?;
+    for i in 0..w.len() {
+        r[i] -= w[i];
+    }
+    Ok(norm(r))
+}
+
 /// Minimises J over w, returning the analysis control vector, the analysis increment dx(w_a) (physical units)
 /// and the diagnostics.
 pub fn minimise(
@@ -171,18 +194,8 @@ pub fn minimise(
     for k in 1..=outer_loops {
         let (jb, jo) = innovations(ctrl, &w, &mut d)?;
         check_finite("J", jb + jo)?;
-        ctrl.linearize(&w)?;
         // b = -w + G^T R^-1 d: the negative gradient of the nonlinear J at w.
-        for i in 0..m {
-            tmp_obs[i] = d[i] / (p.sigma[i] * p.sigma[i]);
-        }
-        tmp_state.iter_mut().for_each(|v| *v = 0.0);
-        p.h.adjoint(&tmp_obs, &mut tmp_state);
-        ctrl.ad(&tmp_state, &mut r)?;
-        for i in 0..n {
-            r[i] -= w[i];
-        }
-        let g0 = norm(&r);
+        let g0 = negative_gradient(ctrl, p, &w, &d, &mut tmp_obs, &mut tmp_state, &mut r)?;
         check_finite("|grad J|", g0)?;
         if k == 1 {
             j_initial = jb + jo;
@@ -269,17 +282,7 @@ pub fn minimise(
     let (jb, jo) = innovations(ctrl, &w, &mut d)?;
     let analysis_dx = dx.clone();
     check_finite("J", jb + jo)?;
-    ctrl.linearize(&w)?;
-    for i in 0..m {
-        tmp_obs[i] = d[i] / (p.sigma[i] * p.sigma[i]);
-    }
-    tmp_state.iter_mut().for_each(|v| *v = 0.0);
-    p.h.adjoint(&tmp_obs, &mut tmp_state);
-    ctrl.ad(&tmp_state, &mut r)?;
-    for i in 0..n {
-        r[i] -= w[i];
-    }
-    let grad_final = norm(&r);
+    let grad_final = negative_gradient(ctrl, p, &w, &d, &mut tmp_obs, &mut tmp_state, &mut r)?;
     let rec = IterRecord { outer: outer_loops + 1, inner: 0, j: jb + jo, jb, jo, grad: grad_final };
     if params.verbose {
         eprintln!("{}", rec.line());

@@ -101,9 +101,11 @@ fn obs_operator_is_exact_for_fields_linear_in_lat_lon_and_log_level() {
     let h = ObsOperator::build(&lay, &obs, &mut flags);
     let mut y = vec![0.0; obs.len()];
     h.apply(&x, &mut y);
-    for (i, &(lat, lon, s)) in pts.iter().enumerate() {
-        assert!((y[i] - f(lat, lon, s)).abs() < 1e-9, "point {i}: H x = {}, exact {}", y[i], f(lat, lon, s));
+    for (r, &i) in h.rows.iter().enumerate() {
+        let (lat, lon, s) = pts[i];
+        assert!((y[r] - f(lat, lon, s)).abs() < 1e-9, "point {i}: H x = {}, exact {}", y[r], f(lat, lon, s));
     }
+    assert_eq!(h.nrows(), pts.len());
 }
 
 #[test]

@@ -6,7 +6,7 @@
 // them with the CLI.
 //
 // Build (from the repository root, after `cargo build --release`; see examples/cpp/README.md):
-//   g++ -std=c++17 -O2 -Iinclude examples/cpp/driver.cpp target/release/liblatentda.a -lnetcdf -lpthread -ldl -lm -o target/cpp-driver
+//   g++ -std=c++17 -O2 -Iinclude examples/cpp/driver.cpp target/release/liblatentda.a $(nc-config --libs) -lhdf5 -lz -lpthread -ldl -lm -Wl,-z,noexecstack -o target/cpp-driver
 //
 // Run:
 //   target/cpp-driver BUNDLE BACKGROUND.nc OBS.csv OUTPUT.txt [--method l3dvar|3dvar] [--float] [--options TOML]

@@ -186,7 +186,7 @@ program lda_fdriver
   if (.not. quiet) then
     write(*, '(a, i0)') 'observations: ', size(var)
     do k = 0, 5
-      if (count(qc == k) > 0) write(*, '(2x, a, a17, 1x, i0)') 'qc ', qc_names(k), count(qc == k)
+      if (count(qc == k) > 0) write(*, '(2x, 2a, 1x, i0)') 'qc ', qc_names(k), count(qc == k)
     end do
     j0 = 0
     j1 = 0

@@ -74,10 +74,11 @@ class ResBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-    def __init__(self, nchan=41, c1=32, c2=64, c3=96, cl=16):
+    def __init__(self, nchan=41, c1=32, c2=64, c3=96, cl=16, res_full=True):
         super().__init__()
+        full = [ResBlock(c1), nn.SiLU()] if res_full else []
         self.net = nn.Sequential(
-            PConv(nchan, c1), nn.SiLU(), ResBlock(c1), nn.SiLU(),
+            PConv(nchan, c1), nn.SiLU(), *full,
             PConv(c1, c2, stride=2), nn.SiLU(), ResBlock(c2), nn.SiLU(),
             PConv(c2, c3, stride=2), nn.SiLU(), ResBlock(c3), nn.SiLU(),
             PConv(c3, cl),
@@ -90,7 +91,7 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """Sequence of ops: ('conv', PConv) | ('act', None) | ('res', ResBlock) | ('shuffle', r)."""
 
-    def __init__(self, nchan=41, c1=32, c2=64, c3=96, cl=16):
+    def __init__(self, nchan=41, c1=32, c2=64, c3=96, cl=16, res_full=True):
         super().__init__()
         self.convs = nn.ModuleList()
         self.plan = []
@@ -111,7 +112,9 @@ class Decoder(nn.Module):
 
         conv(cl, c3); act(); res(c3); act()
         conv(c3, 4 * c2); shuffle(); act(); res(c2); act()
-        conv(c2, 4 * c1); shuffle(); act(); res(c1); act()
+        conv(c2, 4 * c1); shuffle(); act()
+        if res_full:
+            res(c1); act()
         conv(c1, nchan)
 
     # --- forward -------------------------------------------------------------------------------
@@ -178,11 +181,11 @@ class Decoder(nn.Module):
 
 
 class AutoEncoder(nn.Module):
-    def __init__(self, nchan=41, nlat=48, nlon=96, c1=32, c2=64, c3=96, cl=16):
+    def __init__(self, nchan=41, nlat=48, nlon=96, c1=32, c2=64, c3=96, cl=16, res_full=True):
         super().__init__()
-        self.cfg = dict(nchan=nchan, nlat=nlat, nlon=nlon, c1=c1, c2=c2, c3=c3, cl=cl)
-        self.encoder = Encoder(nchan, c1, c2, c3, cl)
-        self.decoder = Decoder(nchan, c1, c2, c3, cl)
+        self.cfg = dict(nchan=nchan, nlat=nlat, nlon=nlon, c1=c1, c2=c2, c3=c3, cl=cl, res_full=res_full)
+        self.encoder = Encoder(nchan, c1, c2, c3, cl, res_full)
+        self.decoder = Decoder(nchan, c1, c2, c3, cl, res_full)
         self.register_buffer("clim_mean", torch.zeros(1, nchan, nlat, nlon))
         self.register_buffer("clim_std", torch.ones(1, nchan, nlat, nlon))
 

@@ -28,6 +28,8 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--name", default="ae")
+    ap.add_argument("--no-res-full", action="store_true", help="no residual block at full resolution (cheaper)")
+    ap.add_argument("--init", default=None, help="continue from this checkpoint (same architecture)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -68,13 +70,20 @@ def main(argv=None):
     print(f"loss weights from {len(d)} 48 h forecast errors: {np.round(w / w.mean(), 3).tolist()}", flush=True)
     w = w / w.mean()
     wt = torch.tensor(w, dtype=torch.float32)[None, :, None, None]
-    ae = AutoEncoder(c1=a.c1, c2=a.c2, c3=a.c3, cl=a.cl)
+    ae = AutoEncoder(c1=a.c1, c2=a.c2, c3=a.c3, cl=a.cl, res_full=not a.no_res_full)
     ae.clim_mean.copy_(torch.from_numpy(cm.astype(np.float32)))
     ae.clim_std.copy_(torch.from_numpy(cs.astype(np.float32)))
     with torch.no_grad():  # start close to the climatology
         last = ae.decoder.convs[-1].conv
         last.weight.mul_(0.1)
         last.bias.zero_()
+    prev = None
+    if a.init:
+        prev = torch.load(a.init, map_location="cpu", weights_only=False)
+        ae = AutoEncoder(**prev["cfg"])
+        ae.load_state_dict(prev["state_dict"])
+        mean, std = prev["norm_mean"], prev["norm_std"]
+        print(f"continuing from {a.init} ({prev['steps']} steps)", flush=True)
     nparam = sum(p.numel() for p in ae.parameters())
     print(f"params {nparam}, latent {ae.latent_shape}", flush=True)
     opt = torch.optim.AdamW(ae.parameters(), lr=a.lr, weight_decay=1e-5)
@@ -123,7 +132,8 @@ def main(argv=None):
     os.makedirs(os.path.join(a.out, "ae"), exist_ok=True)
     path = os.path.join(a.out, "ae", f"{a.name}.pt")
     torch.save({"cfg": ae.cfg, "state_dict": ae.state_dict(), "norm_mean": mean, "norm_std": std,
-                "train_days": a.train_days, "steps": step, "epochs": ep, "minutes": a.minutes,
+                "train_days": a.train_days, "steps": step + (prev["steps"] if prev else 0),
+                "epochs": ep + (prev["epochs"] if prev else 0), "minutes": a.minutes + (prev["minutes"] if prev else 0),
                 "val_recon_rmse": rec, "loss_weights": w, "args": vars(a), "params": nparam, "hist": hist},
                path)
     print("saved", path, flush=True)

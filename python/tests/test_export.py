@@ -9,7 +9,7 @@ from latentda_train.model import AutoEncoder
 
 def test_export_roundtrip(tmp_path):
     torch.manual_seed(0)
-    ae = AutoEncoder(nchan=7, nlat=16, nlon=32, c1=6, c2=8, c3=8, cl=4)
+    ae = AutoEncoder(nchan=7, nlat=16, nlon=32, c1=6, c2=8, c3=8, cl=4, res_full=False)
     with torch.no_grad():
         ae.clim_std.copy_(torch.rand_like(ae.clim_std) + 0.5)
     ck = tmp_path / "tiny.pt"

@@ -1,12 +1,13 @@
 """Hand-written TL/AD of the decoder against autograd (float64)."""
+import pytest
 import torch
 
 from latentda_train.model import AutoEncoder, ppad, ppad_adjoint
 
 
-def small_model(seed=0):
+def small_model(seed=0, res_full=True):
     torch.manual_seed(seed)
-    ae = AutoEncoder(nchan=7, nlat=16, nlon=32, c1=6, c2=8, c3=8, cl=4).double()
+    ae = AutoEncoder(nchan=7, nlat=16, nlon=32, c1=6, c2=8, c3=8, cl=4, res_full=res_full).double()
     with torch.no_grad():
         for p in ae.parameters():
             p.mul_(2.0)  # make the decoder clearly nonlinear
@@ -23,8 +24,9 @@ def test_periodic_pad_adjoint():
     assert abs((ppad(x, 2) * g2).sum() - (x * ppad_adjoint(g2, 2)).sum()) < 1e-12
 
 
-def test_tl_matches_jvp():
-    ae = small_model()
+@pytest.mark.parametrize("res_full", [True, False])
+def test_tl_matches_jvp(res_full):
+    ae = small_model(0, res_full)
     z = torch.randn(2, *ae.latent_shape, dtype=torch.float64)
     dz = torch.randn_like(z)
     _, ref = torch.func.jvp(ae.decode, (z,), (dz,))
@@ -32,8 +34,9 @@ def test_tl_matches_jvp():
     assert ((tl - ref).abs().max() / ref.abs().max()) < 1e-12
 
 
-def test_ad_matches_vjp():
-    ae = small_model(1)
+@pytest.mark.parametrize("res_full", [True, False])
+def test_ad_matches_vjp(res_full):
+    ae = small_model(1, res_full)
     z = torch.randn(2, *ae.latent_shape, dtype=torch.float64)
     dx = torch.randn(2, 7, 16, 32, dtype=torch.float64)
     _, f = torch.func.vjp(ae.decode, z)
