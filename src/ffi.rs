@@ -392,9 +392,8 @@ pub extern "C" fn lda_set_obs(
 ) -> i32 {
     with_ctx(ctx, |inner| {
         if n == 0 {
-            return Err(Error::arg(
-                "lda_set_obs: n = 0 (zero-length observation arrays); pass at least one observation",
-            ));
+            // HostContext rejects empty observation sets; never form slices from possibly NULL pointers.
+            return inner.set_obs(&[], &[], &[], &[], &[], &[]);
         }
         let names = ["var", "lat", "lon", "level", "value", "sigma"];
         let ptrs = [var as *const u8, lat as _, lon as _, level as _, value as _, sigma as _];
@@ -423,9 +422,6 @@ pub extern "C" fn lda_analyse(ctx: *mut LdaContext, method: *const c_char) -> i3
     with_ctx(ctx, |inner| {
         // SAFETY: NUL-terminated string per contract.
         let m = if method.is_null() { None } else { Some(unsafe { c_str(method, "method") }?) };
-        if inner.n_obs() == 0 {
-            return Err(Error::new(Status::NotReady, "no observations: call lda_set_obs before lda_analyse"));
-        }
         inner.analyse(m)
     })
 }

@@ -108,10 +108,13 @@ impl HostContext {
         Ok(())
     }
 
-    /// Sets the observations (copied). All slices must have the same length; `level` is ignored for surface
+    /// Sets the observations (copied). All slices must have the same, non-zero length; `level` is ignored for surface
     /// variables; unknown variable ids and invalid values are flagged at the analysis, not rejected here.
     pub fn set_obs(&mut self, var: &[i32], lat: &[f64], lon: &[f64], level: &[f64], value: &[f64], sigma: &[f64]) -> Result<()> {
         let n = var.len();
+        if n == 0 {
+            return Err(Error::arg("set_obs: n = 0 (zero-length observation arrays); pass at least one observation"));
+        }
         let lens = [("lat", lat.len()), ("lon", lon.len()), ("level", level.len()), ("value", value.len()), ("sigma", sigma.len())];
         if let Some((name, l)) = lens.iter().find(|(_, l)| *l != n) {
             return Err(Error::arg(format!("set_obs: '{name}' has {l} values but 'var' has {n}; all arrays need equal length")));
@@ -185,6 +188,9 @@ impl HostContext {
     /// Runs an analysis on the bound background and writes the result back only on success.
     pub fn analyse(&mut self, method: Option<&str>) -> Result<()> {
         let m = Method::parse(method.unwrap_or(&self.analyser.options.method))?;
+        if self.obs.is_empty() {
+            return Err(not_ready("no observations: call set_obs before analyse"));
+        }
         self.qc = None;
         self.report = None;
         let x_b = self.gather()?;
