@@ -8,6 +8,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use latentda::Status;
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -179,23 +181,23 @@ fn cpp_errors_have_c_abi_codes_and_messages_and_leave_arrays_untouched() {
     // Bad bundle path: LDA_ERR_BUNDLE and the same message as lda_open.
     let bad = "/nonexistent/latentda-bundle";
     let (c, what) = case("bad_bundle");
-    assert_eq!(c, latentda::ffi::LDA_ERR_BUNDLE);
+    assert_eq!(c, Status::Bundle as i32);
     assert_eq!(what, format!("bundle directory '{bad}' does not exist"));
     let cbad = std::ffi::CString::new(bad).unwrap();
     let mut ctx: *mut latentda::ffi::LdaContext = std::ptr::null_mut();
     let st = latentda::ffi::lda_open(cbad.as_ptr(), std::ptr::null(), &mut ctx);
-    assert_eq!((st, c_last_error(std::ptr::null())), (c, what.clone()), "C++ and C ABI agree on a bad bundle");
+    assert_eq!((st as i32, c_last_error(std::ptr::null())), (c, what.clone()), "C++ and C ABI agree on a bad bundle");
 
     // Wrong shape (lat/lon swapped): LDA_ERR_INVALID_ARGUMENT and the C ABI's message.
     let (c, what) = case("wrong_shape");
-    assert_eq!(c, latentda::ffi::LDA_ERR_INVALID_ARGUMENT);
+    assert_eq!(c, Status::InvalidArgument as i32);
     assert_eq!(what, "bind_field 'u': shape [3, 16, 8] does not match the bundle grid; expected [3, 8, 16] in C (lev, lat, lon) order");
     let cdir = std::ffi::CString::new(bundle.to_str().unwrap()).unwrap();
-    assert_eq!(latentda::ffi::lda_open(cdir.as_ptr(), std::ptr::null(), &mut ctx), 0);
+    assert_eq!(latentda::ffi::lda_open(cdir.as_ptr(), std::ptr::null(), &mut ctx) as i32, 0);
     let mut u = vec![0.0f64; 384];
     let shape = [3i64, 16, 8];
     let st = latentda::ffi::lda_bind_field_f64(ctx, c"u".as_ptr(), u.as_mut_ptr(), 3, shape.as_ptr(), 0);
-    assert_eq!((st, c_last_error(ctx)), (c, what), "C++ and C ABI agree on a wrong shape");
+    assert_eq!((st as i32, c_last_error(ctx)), (c, what), "C++ and C ABI agree on a wrong shape");
     latentda::ffi::lda_close(ctx);
 
     let (c, what) = case("wrong_ndim");
@@ -210,15 +212,15 @@ fn cpp_errors_have_c_abi_codes_and_messages_and_leave_arrays_untouched() {
     assert_eq!(case("null_data"), (1, "bind_field 't': data is NULL".to_string()));
     assert_eq!(case("obs_length").0, 2);
     assert_eq!(case("bad_options").0, 2);
-    assert_eq!(case("qc_before_analysis").0, latentda::ffi::LDA_ERR_NOT_READY);
+    assert_eq!(case("qc_before_analysis").0, Status::NotReady as i32);
     assert_eq!(case("moved_from").0, 1);
 
     // Failed analyses leave every bound array bit-identical.
     let (c, what) = case("field_not_bound");
-    assert_eq!(c, latentda::ffi::LDA_ERR_NOT_READY);
+    assert_eq!(c, Status::NotReady as i32);
     assert!(what.contains("field 'ps' is not bound"), "{what}");
     let (c, what) = case("nan_in_field");
-    assert_eq!(c, latentda::ffi::LDA_ERR_INVALID_DATA);
+    assert_eq!(c, Status::InvalidData as i32);
     assert!(what.contains('u'), "the message names the field: {what}");
     assert_eq!(case("bad_method").0, 2);
     for name in ["field_not_bound", "nan_in_field", "bad_method"] {

@@ -210,7 +210,7 @@ def main(argv=None):
     }
     write_manifest(stage, lat, lon, sig, latent_shape, prov,
                    "SPEEDY T31L8 (jcm) reference bundle: conv autoencoder with hand-written TL/AD decoder")
-    report = {"gate": st["gate"], "checks": chk, "sample": sample, "k_latent": st["k_latent"],
+    report = {"init_rms": D.forecast_init_rms(a.out), "gate": st["gate"], "checks": chk, "sample": sample, "k_latent": st["k_latent"],
               "k_baseline": st["k_baseline"], "length_scale_km": st["length_scale"].tolist(),
               "latent_shape": list(latent_shape), "n_nmc": st["n_nmc"], "n_val": st["n_val"],
               "nmc_rmse": st["nmc_rmse"], "ae": {k: (v if not isinstance(v, np.ndarray) else None)

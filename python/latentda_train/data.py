@@ -59,3 +59,12 @@ def rmse_per_var(d, w=None):
     for v, sl in VAR_SLICES.items():
         out[v] = float(np.sqrt(np.mean(np.asarray(d[..., sl, :, :], np.float64) ** 2)))
     return out
+
+
+def forecast_init_rms(out):
+    """RMS of the initial perturbations per variable, over all forecast launches."""
+    acc = []
+    for f in sorted(glob.glob(os.path.join(out, "forecasts", "fc_*.npz"))):
+        acc.append(np.load(f)["init_rms"] ** 2)
+    m = np.mean(acc, axis=0)
+    return {v: float(np.sqrt(m[sl].mean())) for v, sl in VAR_SLICES.items()}

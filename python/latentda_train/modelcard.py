@@ -26,8 +26,10 @@ def write_card(d, rep, prov, ae, ck, sig):
          "- Backgrounds and NMC samples: 24 h and 48 h jcm forecasts launched daily at 00 UTC from perturbed",
          "  truth states. Perturbation = 0.75 K-RMS-scaled difference of two other (random, earlier) nature states,",
          "  truncated to total wavenumbers 1-10, on vorticity, divergence, temperature, log ps and humidity",
-         "  (multivariate and balanced). Initial RMS about 1.5 m/s wind, 0.75 K, 150-200 Pa; errors grow to the",
-         "  48 h values below.",
+         "  (multivariate and balanced). Mean initial perturbation RMS: "
+         + ", ".join(f"{v} {fmt(x)} {UNITS[v]}" for v, x in rep["init_rms"].items()) + ";",
+         "  the errors grow to the 48 h values below (targets were about 2.5 m/s wind, 1 K, 200 Pa: wind came out",
+         "  lower, see the table). A 1.5 K perturbation had given about twice the targets (4.6 m/s, 2.1 K, 450 Pa).",
          f"- {prov['statistics']}.", "",
          "## Model", "",
          f"- {prov['training']}.",
