@@ -5,12 +5,54 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::grid::Layout;
 
+/// Silences HDF5's automatic error printing while alive, restoring the host's previous handler on drop.
+///
+/// NetCDF 4.9 probes optional attributes of NetCDF-4 files (e.g. `_QuantizeBitGroomNumberOfSignificantDigits`) and
+/// HDF5 prints a "HDF5-DIAG" trace for each miss, which is noise, not an error. The symbols are looked up in the
+/// process (libnetcdf brings libhdf5) so latentda does not link HDF5 itself; if they are absent nothing happens.
+struct QuietHdf5 {
+    set: Option<SetAuto>,
+    saved: (*mut std::ffi::c_void, *mut std::ffi::c_void),
+}
+
+type GetAuto = unsafe extern "C" fn(i64, *mut *mut std::ffi::c_void, *mut *mut std::ffi::c_void) -> i32;
+type SetAuto = unsafe extern "C" fn(i64, *mut std::ffi::c_void, *mut std::ffi::c_void) -> i32;
+
+impl QuietHdf5 {
+    fn new() -> QuietHdf5 {
+        let mut q = QuietHdf5 { set: None, saved: (std::ptr::null_mut(), std::ptr::null_mut()) };
+        let this = libloading::os::unix::Library::this();
+        // SAFETY: H5Eget_auto2/H5Eset_auto2 have these C signatures in HDF5 >= 1.8 (hid_t = int64_t since 1.10);
+        // H5E_DEFAULT is 0.
+        unsafe {
+            let get = this.get::<GetAuto>(b"H5Eget_auto2\0");
+            let set = this.get::<SetAuto>(b"H5Eset_auto2\0");
+            if let (Ok(get), Ok(set)) = (get, set) {
+                if get(0, &mut q.saved.0, &mut q.saved.1) >= 0 && set(0, std::ptr::null_mut(), std::ptr::null_mut()) >= 0 {
+                    q.set = Some(*set);
+                }
+            }
+        }
+        q
+    }
+}
+
+impl Drop for QuietHdf5 {
+    fn drop(&mut self) {
+        if let Some(set) = self.set {
+            // SAFETY: restores the handler saved in `new`.
+            unsafe { set(0, self.saved.0, self.saved.1) };
+        }
+    }
+}
+
 fn open(path: &Path) -> Result<netcdf::File> {
     netcdf::open(path).map_err(|e| Error::io(format!("cannot open NetCDF file '{}': {e}", path.display())))
 }
 
 /// Reads variable `name` of `path` as f64 and checks it has exactly `len` values.
 pub fn read_var_len(path: &Path, name: &str, len: usize) -> Result<Vec<f64>> {
+    let _quiet = QuietHdf5::new();
     let f = open(path).map_err(|e| Error::bundle(e.message))?;
     let v = f
         .variable(name)
@@ -34,6 +76,7 @@ pub fn read_var_len(path: &Path, name: &str, len: usize) -> Result<Vec<f64>> {
 /// fields (a leading time dimension of length 1 is accepted). If a `lat` coordinate exists it must match the
 /// bundle grid (north to south). Values are checked for NaN/Inf, naming the variable and index.
 pub fn read_state(path: &Path, layout: &Layout) -> Result<Vec<f64>> {
+    let _quiet = QuietHdf5::new();
     let f = open(path)?;
     let (nlat, nlon) = (layout.grid.nlat(), layout.grid.nlon());
     let pd = path.display();
@@ -93,6 +136,7 @@ pub fn write_state(
     state: &[f64],
     title: &str,
 ) -> Result<()> {
+    let _quiet = QuietHdf5::new();
     let pd = path.display();
     let err = |e: netcdf::Error| Error::io(format!("cannot write NetCDF file '{pd}': {e}"));
     // Write to a temporary name first so a failed write never leaves a half-written analysis behind.
