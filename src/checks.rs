@@ -136,6 +136,23 @@ pub fn decoder_taylor_test(a: &mut Analyser, z: &[f32], eps_list: &[f64], seed: 
     Ok(rows)
 }
 
+/// Longest run of consecutive decades over which the relative Taylor remainder falls by a factor 3 to 30 per
+/// decade (first-order convergence; an exactly linear decoder has no such run and reports 0).
+pub fn first_order_decades(rows: &[TaylorRow]) -> usize {
+    let (mut best, mut run) = (0, 0);
+    for w in rows.windows(2) {
+        let f = w[0].remainder / w[1].remainder;
+        let decade = (w[0].eps / w[1].eps - 10.0).abs() < 1e-6;
+        if decade && (3.0..=30.0).contains(&f) {
+            run += 1;
+            best = best.max(run);
+        } else {
+            run = 0;
+        }
+    }
+    best
+}
+
 /// Per-variable RMSE of N^-1(D(E(N(x)))) - x, physical units.
 pub fn reconstruction_rmse(a: &mut Analyser, x: &[f64]) -> Result<Vec<(String, f64)>> {
     let z = check_latent_point(a, Some(x))?;

@@ -224,6 +224,10 @@ def main(argv=None):
         shutil.rmtree(a.bundle)
     shutil.copytree(stage, a.bundle)
     shutil.rmtree(stage)
+    for r, ds_, fs in os.walk(a.bundle):
+        os.chmod(r, 0o755)
+        for f_ in fs:
+            os.chmod(os.path.join(r, f_), 0o644)
     size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(a.bundle) for f in fs)
     print(f"bundle written to {a.bundle}: {size / 1e6:.2f} MB", flush=True)
 

@@ -74,15 +74,16 @@ class ResBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-    def __init__(self, nchan=41, c1=32, c2=64, c3=96, cl=16, res_full=True):
+    def __init__(self, nchan=41, c1=32, c2=64, c3=96, cl=16, res_full=True, ndown=2):
         super().__init__()
         full = [ResBlock(c1), nn.SiLU()] if res_full else []
-        self.net = nn.Sequential(
-            PConv(nchan, c1), nn.SiLU(), *full,
-            PConv(c1, c2, stride=2), nn.SiLU(), ResBlock(c2), nn.SiLU(),
-            PConv(c2, c3, stride=2), nn.SiLU(), ResBlock(c3), nn.SiLU(),
-            PConv(c3, cl),
-        )
+        layers = [PConv(nchan, c1), nn.SiLU(), *full,
+                  PConv(c1, c2, stride=2), nn.SiLU(), ResBlock(c2), nn.SiLU()]
+        if ndown == 2:
+            layers += [PConv(c2, c3, stride=2), nn.SiLU(), ResBlock(c3), nn.SiLU(), PConv(c3, cl)]
+        else:
+            layers += [PConv(c2, cl)]
+        self.net = nn.Sequential(*layers)
 
     def forward(self, x):
         return self.net(x)
@@ -91,7 +92,7 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """Sequence of ops: ('conv', PConv) | ('act', None) | ('res', ResBlock) | ('shuffle', r)."""
 
-    def __init__(self, nchan=41, c1=32, c2=64, c3=96, cl=16, res_full=True):
+    def __init__(self, nchan=41, c1=32, c2=64, c3=96, cl=16, res_full=True, ndown=2):
         super().__init__()
         self.convs = nn.ModuleList()
         self.plan = []
@@ -110,8 +111,11 @@ class Decoder(nn.Module):
         def shuffle():
             self.plan.append(("shuffle", 2))
 
-        conv(cl, c3); act(); res(c3); act()
-        conv(c3, 4 * c2); shuffle(); act(); res(c2); act()
+        if ndown == 2:
+            conv(cl, c3); act(); res(c3); act()
+            conv(c3, 4 * c2); shuffle(); act(); res(c2); act()
+        else:
+            conv(cl, c2); act(); res(c2); act(); res(c2); act()
         conv(c2, 4 * c1); shuffle(); act()
         if res_full:
             res(c1); act()
@@ -181,17 +185,19 @@ class Decoder(nn.Module):
 
 
 class AutoEncoder(nn.Module):
-    def __init__(self, nchan=41, nlat=48, nlon=96, c1=32, c2=64, c3=96, cl=16, res_full=True):
+    def __init__(self, nchan=41, nlat=48, nlon=96, c1=32, c2=64, c3=96, cl=16, res_full=True, ndown=2):
         super().__init__()
-        self.cfg = dict(nchan=nchan, nlat=nlat, nlon=nlon, c1=c1, c2=c2, c3=c3, cl=cl, res_full=res_full)
-        self.encoder = Encoder(nchan, c1, c2, c3, cl, res_full)
-        self.decoder = Decoder(nchan, c1, c2, c3, cl, res_full)
+        self.cfg = dict(nchan=nchan, nlat=nlat, nlon=nlon, c1=c1, c2=c2, c3=c3, cl=cl, res_full=res_full,
+                        ndown=ndown)
+        self.encoder = Encoder(nchan, c1, c2, c3, cl, res_full, ndown)
+        self.decoder = Decoder(nchan, c1, c2, c3, cl, res_full, ndown)
         self.register_buffer("clim_mean", torch.zeros(1, nchan, nlat, nlon))
         self.register_buffer("clim_std", torch.ones(1, nchan, nlat, nlon))
 
     @property
     def latent_shape(self):
-        return (self.cfg["cl"], self.cfg["nlat"] // 4, self.cfg["nlon"] // 4)
+        f = 2 ** self.cfg.get("ndown", 2)
+        return (self.cfg["cl"], self.cfg["nlat"] // f, self.cfg["nlon"] // f)
 
     def encode(self, xn):
         return self.encoder((xn - self.clim_mean) / self.clim_std)

@@ -48,6 +48,9 @@ def write_card(d, rep, prov, ae, ck, sig):
          "|---|---|---|---|"]
     for v in ["u", "v", "t", "q", "z", "ps"]:
         L.append(f"| {v} ({UNITS[v]}) | {fmt(g[v]['recon_rmse'])} | {fmt(g[v]['bg48_rmse'])} | {g[v]['ratio']:.3f} |")
+    failed = [v for v in g if g[v]["ratio"] > 0.30]
+    L += ["", "Gate: " + ("passed for every variable." if not failed else
+                          "NOT met for " + ", ".join(failed) + " (see the note below).")]
     c = rep["checks"]
     L += ["", "TL/AD in ONNX Runtime (float32) at an encoded validation state:", "",
           f"- dot-product test |<J v,u> - <v,J^T u>| / max: {', '.join(f'{e:.1e}' for e in c['dot'])}",

@@ -29,6 +29,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--name", default="ae")
     ap.add_argument("--no-res-full", action="store_true", help="no residual block at full resolution (cheaper)")
+    ap.add_argument("--ndown", type=int, default=2, choices=[1, 2], help="number of 2x downsamplings to the latent")
     ap.add_argument("--init", default=None, help="continue from this checkpoint (same architecture)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -51,9 +52,10 @@ def main(argv=None):
     del Xtr
     cm = Ntr.mean(axis=0, keepdims=True, dtype=np.float64)
     cs = Ntr.std(axis=0, keepdims=True, dtype=np.float64)
-    med = np.median(cs, axis=(2, 3), keepdims=True)
-    cs = np.maximum(cs, 0.1 * med)
-    cs = np.maximum(cs, 1e-6)
+    # floor the per-point anomaly std: points that never vary (e.g. q at sigma 0.025 where it is ~0) must not
+    # amplify tiny forecast differences into huge encoder inputs
+    cs = np.maximum(cs, 0.1 * cs.mean(axis=(2, 3), keepdims=True))
+    cs = np.maximum(cs, 1e-2)
     anom_rms = np.sqrt(np.mean(((Ntr - cm) ** 2), axis=(0, 2, 3), dtype=np.float64))
     # loss weights: 1 / (48 h background error)^2 per channel, from the forecasts available now
     # loss weights match the gate: per variable, squared error in physical units over the mean squared
@@ -70,7 +72,7 @@ def main(argv=None):
     print(f"loss weights from {len(d)} 48 h forecast errors: {np.round(w / w.mean(), 3).tolist()}", flush=True)
     w = w / w.mean()
     wt = torch.tensor(w, dtype=torch.float32)[None, :, None, None]
-    ae = AutoEncoder(c1=a.c1, c2=a.c2, c3=a.c3, cl=a.cl, res_full=not a.no_res_full)
+    ae = AutoEncoder(c1=a.c1, c2=a.c2, c3=a.c3, cl=a.cl, res_full=not a.no_res_full, ndown=a.ndown)
     ae.clim_mean.copy_(torch.from_numpy(cm.astype(np.float32)))
     ae.clim_std.copy_(torch.from_numpy(cs.astype(np.float32)))
     with torch.no_grad():  # start close to the climatology
