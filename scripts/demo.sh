@@ -16,6 +16,6 @@ echo "== latent 3D-Var (L3DVar) =="
 ./target/release/latentda analyse --bundle "$bundle" --background "$case/background.nc" --obs "$case/obs.csv" \
   --truth "$case/truth.nc" --output "$out/analysis_l3dvar.nc" --report "$out/report_l3dvar.json" "$@"
 echo
-echo "== model-space 3D-Var baseline (static B) =="
-./target/release/latentda analyse --bundle "$bundle" --method 3dvar --background "$case/background.nc" \
+echo "== model-space 3D-Var baseline (static B; more CG iterations so it converges: its control vector is 20x larger) =="
+./target/release/latentda analyse --bundle "$bundle" --method 3dvar --max-inner 150 --background "$case/background.nc" \
   --obs "$case/obs.csv" --truth "$case/truth.nc" --output "$out/analysis_3dvar.nc" --report "$out/report_3dvar.json" "$@"

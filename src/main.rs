@@ -18,7 +18,8 @@ USAGE:
   latentda analyse --bundle B --background bg.nc --obs obs.csv --output an.nc
                    [--method l3dvar|3dvar] [--report report.json] [--truth truth.nc]
                    [--output-mode analysis|increment|full_state] [--backend tract|ort]
-                   [--device cpu|cuda:N] [--ort-library PATH] [--threads N] [--options opts.toml] [-v]
+                   [--device cpu|cuda:N] [--ort-library PATH] [--threads N] [--options opts.toml]
+                   [--outer-loops N] [--max-inner N] [-v]
 
 Exit status: 0 success, 1 error, 2 usage error, 3 success but some input rows were malformed (see report).
 ";
@@ -72,6 +73,13 @@ fn parse_common(common: &mut Common, arg: &Arg, parser: &mut lexopt::Parser) -> 
             *o = Options::from_toml(&text).map_err(|e| format!("options file '{p}': {e}"))?;
         }
         "verbose" => o.verbosity = 1,
+        "max-inner" => {
+            o.max_inner = value(parser, "max-inner")?.parse().map_err(|_| "--max-inner needs an integer".to_string())?
+        }
+        "outer-loops" => {
+            o.outer_loops =
+                value(parser, "outer-loops")?.parse().map_err(|_| "--outer-loops needs an integer".to_string())?
+        }
         _ => return Ok(false),
     }
     Ok(true)
