@@ -17,6 +17,20 @@ use crate::report::{Report, Timings, VarStats};
 use crate::solver::{minimise, ControlSpace, Problem};
 
 /// An opened bundle with its ONNX sessions and options: the object a host keeps for the life of its run.
+///
+/// ```
+/// use latentda::{Analyser, Method, Options};
+///
+/// let mut a = Analyser::open("tests/fixtures/tanh", Options::default())?;
+/// let layout = a.bundle.layout.clone();
+/// let x_b = latentda::ncio::read_state("tests/fixtures/tanh/sample/background.nc".as_ref(), &layout)?;
+/// let (obs, _bad_rows) = latentda::obs::read_csv("tests/fixtures/tanh/sample/obs.csv".as_ref(), &layout)?;
+/// let result = a.analyse(&x_b, &obs, Method::L3dvar)?;
+/// let solver = result.report.solver.as_ref().unwrap();
+/// assert!(solver.j_final < solver.j_initial);
+/// assert_eq!(result.qc.len(), obs.len());
+/// # Ok::<(), latentda::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct Analyser {
     /// The validated bundle.
