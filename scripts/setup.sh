@@ -14,4 +14,6 @@ if [ "$need_apt" = 1 ]; then
 fi
 if [ "${LATENTDA_SKIP_PIP:-0}" != 1 ]; then
   python3 -m pip install -q --disable-pip-version-check -r "$here/python/requirements-test.txt"
+  # The training toolkit itself (its tests import it); no dependencies beyond the test requirements.
+  python3 -m pip install -q --disable-pip-version-check --no-deps -e "$here/python"
 fi

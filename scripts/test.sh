@@ -6,4 +6,5 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
 bash scripts/setup.sh
 cargo test --release
+cargo clippy --release --all-targets -- -D warnings
 python3 -m pytest -q python/tests

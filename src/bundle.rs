@@ -231,7 +231,7 @@ impl Bundle {
         let vertical = Vertical::new(vkind, m.vertical.levels.clone()).map_err(|e| e.context(&mp))?;
         let vars = m.variables.iter().map(|v| (v.name.clone(), v.units.clone(), v.levels)).collect();
         let layout = Layout::new(grid, vertical, vars).map_err(|e| e.context(&mp))?;
-        if m.latent.shape.is_empty() || m.latent.shape.iter().any(|&d| d == 0) {
+        if m.latent.shape.is_empty() || m.latent.shape.contains(&0) {
             return Err(Error::bundle(format!("{mp}: latent.shape {:?} must be non-empty and positive", m.latent.shape)));
         }
         let models = [

@@ -16,6 +16,10 @@
 //! Entry points: [`analysis::Analyser`] (Rust), the C ABI in `include/latentda.h`, the Fortran module
 //! `fortran/latentda.f90`, and the `latentda` command-line tool.
 
+// Numerical kernels index several arrays in lock-step, where an index loop reads clearer than zipped iterators;
+// `!(x > 0.0)`-style tests are deliberate: they also reject NaN.
+#![allow(clippy::needless_range_loop, clippy::neg_cmp_op_on_partial_ord)]
+
 pub mod analysis;
 pub mod autoencoder;
 pub mod backend;
