@@ -5,6 +5,8 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
 bash scripts/setup.sh
+# Build first: the C/Fortran/C++ tests link target/release/liblatentda.{a,so}, which `cargo test` alone does not emit.
+cargo build --release
 cargo test --release
 cargo clippy --release --all-targets -- -D warnings
 python3 -m pytest -q python/tests

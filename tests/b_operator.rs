@@ -8,7 +8,7 @@ use std::process::Command;
 fn fortran_cvt_example_passes_its_adjoint_test() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let lib = Path::new(env!("CARGO_BIN_EXE_latentda")).parent().unwrap().to_path_buf();
-    assert!(lib.join("liblatentda.so").is_file(), "liblatentda.so missing in {}", lib.display());
+    assert!(lib.join("liblatentda.so").is_file(), "liblatentda.so missing in {}: run `cargo build --release` first (scripts/test.sh does)", lib.display());
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("b_operator");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();

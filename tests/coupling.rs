@@ -24,7 +24,7 @@ fn root() -> PathBuf {
 fn libdir() -> PathBuf {
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_latentda"));
     let dir = exe.parent().map(Path::to_path_buf).unwrap_or_else(|| root().join("target/release"));
-    assert!(dir.join("liblatentda.a").is_file(), "{}/liblatentda.a missing: run `cargo test --release`", dir.display());
+    assert!(dir.join("liblatentda.a").is_file(), "{}/liblatentda.a missing: run `cargo build --release` first (scripts/test.sh does)", dir.display());
     assert!(dir.join("liblatentda.so").is_file(), "{}/liblatentda.so missing", dir.display());
     dir
 }
