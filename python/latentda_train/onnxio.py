@@ -91,13 +91,13 @@ def check_graphs(d: str, ckpt: str | None = None, z0=None, seed: int = 1, verbos
     ad = lambda z, dx: S["decoder_ad"].run(None, {"z": z, "dx": dx.astype(np.float32)})[0].astype(np.float64)
     res = {"dot": []}
     # test vectors: u white noise scaled like model-space increments (clim_std of the decoder output is not
-    # known here, so use |TL v2| per channel), and u = J v2 (the range of the TL, as in G^T G)
+    # known here, so use |TL v2| per channel), and u = J v (<Jv,Jv> = <v,J^T J v>, no cancellation)
     for k in range(3):
         v = rng.standard_normal(zshape).astype(np.float32)
         v2 = rng.standard_normal(zshape).astype(np.float32)
         jv2 = tl(z0, v2)
         scale = np.sqrt(np.mean(jv2 ** 2, axis=(0, 2, 3), keepdims=True)) + 1e-30
-        for u in (rng.standard_normal(xshape) * scale, jv2):
+        for u in (rng.standard_normal(xshape) * scale, tl(z0, v)):
             u = u.astype(np.float32)
             a = float(np.sum(tl(z0, v) * u.astype(np.float64)))
             b = float(np.sum(v.astype(np.float64) * ad(z0, u)))
