@@ -109,7 +109,6 @@ fn bench_analysis(backend: &str) {
         let r0 = &rows[0];
         let s = r0.solver.as_ref().unwrap();
         let total = m(&|r| r.timings.total_s);
-        let models = m(&|r| r.timings.encode_s + r.timings.decode_s + r.timings.tl_s + r.timings.ad_s);
         let overhead = m(&|r| r.timings.overhead_s);
         println!(
             "analysis[{backend}] {} on {} ({} obs used, control size {}): open {:.2} s; median of {reps}: total {:.4} s = encode {:.4} + decode {:.4} ({}x) + TL {:.4} ({}x) + AD {:.4} ({}x) + own code {:.4} ({:.1}% of total; H {:.4}); |g| reduced {:.2e}-fold in {} TL/AD pairs",
@@ -132,7 +131,6 @@ fn bench_analysis(backend: &str) {
             1.0 / s.grad_reduction,
             s.inner_total
         );
-        let _ = models;
     }
 }
 

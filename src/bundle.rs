@@ -349,6 +349,12 @@ impl Bundle {
         self.latent_shape.iter().product()
     }
 
+    /// The climatological mean state (each channel at its normalisation mean), state layout.
+    pub fn mean_state(&self) -> Vec<f64> {
+        let np = self.layout.grid.npoints();
+        self.mean.iter().flat_map(|&m| std::iter::repeat_n(m, np)).collect()
+    }
+
     /// Units of variable `v`.
     pub fn units(&self, v: usize) -> &str {
         &self.units[v]

@@ -3,7 +3,7 @@
 
 use crate::analysis::Analyser;
 use crate::error::Result;
-use crate::latent::{denormalise, normalise};
+use crate::latent::{denormalise, encode_state};
 
 /// Small deterministic generator (SplitMix64 -> Box-Muller) so checks are reproducible without a dependency.
 #[derive(Debug, Clone)]
@@ -70,14 +70,15 @@ pub struct TaylorRow {
 /// The latent point of the checks: E(N(x)) of a given state, or E(0) (the climatological mean state).
 pub fn check_latent_point(a: &mut Analyser, state: Option<&[f64]>) -> Result<Vec<f32>> {
     let b = &a.bundle;
-    let np = b.layout.grid.npoints();
-    let mut xn = vec![0f32; b.layout.state_len()];
-    if let Some(x) = state {
-        normalise(x, &b.mean, &b.std, np, &mut xn);
-    }
-    let mut z = vec![0f32; b.latent_size()];
-    a.ae.encode(&xn, &mut z)?;
-    Ok(z)
+    let mean_state;
+    let x = match state {
+        Some(x) => x,
+        None => {
+            mean_state = b.mean_state();
+            &mean_state
+        }
+    };
+    encode_state(&mut a.ae, x, &b.mean, &b.std, b.layout.grid.npoints())
 }
 
 /// Dot-product test of the decoder TL/AD at z (`trials` draws, worst returned). The state-space vector is
@@ -163,16 +164,8 @@ pub fn reconstruction_rmse(a: &mut Analyser, x: &[f64]) -> Result<Vec<(String, f
     let b = &a.bundle;
     let mut xr = vec![0.0; xn.len()];
     denormalise(&xn, &b.mean, &b.std, np, &mut xr);
-    Ok(b.layout
-        .variables
-        .iter()
-        .map(|v| {
-            let r = v.first_channel * np..(v.first_channel + v.nchan()) * np;
-            let n = r.len() as f64;
-            let s: f64 = r.map(|i| (xr[i] - x[i]).powi(2)).sum();
-            (v.name.clone(), (s / n).sqrt())
-        })
-        .collect())
+    let rms = b.layout.rms_diff_by_var(&xr, x);
+    Ok(b.layout.variables.iter().zip(rms).map(|(v, r)| (v.name.clone(), r)).collect())
 }
 
 /// Adjoint test of the latent B square root U (control -> physical increment) at z_b = E(N(x_b)).
@@ -183,12 +176,12 @@ pub fn latent_bsqrt_dot_test(a: &mut Analyser, x_b: &[f64], seed: u64) -> Result
     let v = rng.normals(n);
     let mut uv = vec![0.0; m];
     let mut utu = vec![0.0; n];
-    op.sqrt(a, &v, &mut uv)?;
+    op.sqrt(&mut a.ae, &v, &mut uv)?;
     // As in decoder_dot_test: a state vector with a component along U v, so the product cannot cancel.
     let r = rng.normals(m);
     let (nr, nu) = (dot(&r, &r).sqrt(), dot(&uv, &uv).sqrt().max(1e-300));
     let u: Vec<f64> = r.iter().zip(&uv).map(|(r, x)| r + nr / nu * x).collect();
-    op.sqrt_ad(a, &u, &mut utu)?;
+    op.sqrt_ad(&mut a.ae, &u, &mut utu)?;
     Ok(DotTest::new(dot(&uv, &u), dot(&v, &utu)))
 }
 

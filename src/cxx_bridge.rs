@@ -6,7 +6,7 @@
 //! `latentda::Error` (a `std::runtime_error` with `code()`).
 //!
 //! Error convention: every fallible bridge function returns `Result<_, String>` whose message is
-//! `"[latentda <code>] <message>"`, `<code>` being the C ABI status (`LDA_ERR_*`, [`Status`]) and `<message>` exactly
+//! `"[latentda <code>] <message>"`, `<code>` being the C ABI status (`LDA_ERR_*`, [`crate::error::Status`]) and `<message>` exactly
 //! what `lda_last_error` would return. The header parses the prefix back. Every body runs under [`guard`], which
 //! catches panics (a panic in an `extern "Rust"` function would otherwise abort the C++ host) and reports them as
 //! `LDA_ERR_INTERNAL`.
@@ -17,7 +17,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use crate::error::{Error, Result, Status};
+use crate::error::{Error, Result};
 use crate::host::{HostContext, HostData};
 
 #[cxx::bridge(namespace = "latentda::detail")]
@@ -79,21 +79,12 @@ pub fn encode_error(e: &Error) -> String {
     format!("[latentda {}] {}", e.code(), e.message)
 }
 
-fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
-    let m = p
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into());
-    format!("internal error (panic caught at the C++ boundary): {m}")
-}
-
 /// Runs a bridge body with panics caught; errors and panics become encoded messages.
 fn guard<T>(f: impl FnOnce() -> Result<T>) -> std::result::Result<T, String> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(encode_error(&e)),
-        Err(p) => Err(encode_error(&Error::new(Status::Internal, panic_message(p)))),
+        Err(p) => Err(encode_error(&Error::from_panic(p, "C++"))),
     }
 }
 

@@ -67,6 +67,16 @@ impl Error {
     pub fn data(message: impl Into<String>) -> Self {
         Self::new(Status::InvalidData, message)
     }
+    /// An `Internal` error from a panic payload caught at a language boundary (`boundary`: "C", "C++").
+    pub fn from_panic(payload: Box<dyn std::any::Any + Send>, boundary: &str) -> Self {
+        let m = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        Self::new(Status::Internal, format!("internal error (panic caught at the {boundary} boundary): {m}"))
+    }
+
     /// The numeric C status code.
     pub fn code(&self) -> i32 {
         self.status as i32

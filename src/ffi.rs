@@ -177,15 +177,6 @@ fn set_error(ctx: Option<&LdaContext>, e: &Error) -> i32 {
     LdaStatus::from(e.status) as i32
 }
 
-fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
-    let m = p
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into());
-    format!("internal error (panic caught at the C boundary): {m}")
-}
-
 /// Runs `f` on the context with panics caught and the error recorded.
 fn with_ctx(ctx: *mut LdaContext, f: impl FnOnce(&mut HostContext) -> Result<()>) -> i32 {
     if ctx.is_null() {
@@ -200,7 +191,7 @@ fn with_ctx(ctx: *mut LdaContext, f: impl FnOnce(&mut HostContext) -> Result<()>
     match r {
         Ok(Ok(())) => LDA_OK,
         Ok(Err(e)) => set_error(Some(c), &e),
-        Err(p) => set_error(Some(c), &Error::new(Status::Internal, panic_message(p))),
+        Err(p) => set_error(Some(c), &Error::from_panic(p, "C")),
     }
 }
 
@@ -253,7 +244,7 @@ pub extern "C" fn lda_open(bundle_dir: *const c_char, options: *const c_char, ou
             LDA_OK
         }
         Ok(Err(e)) => set_error(None, &e),
-        Err(p) => set_error(None, &Error::new(Status::Internal, panic_message(p))),
+        Err(p) => set_error(None, &Error::from_panic(p, "C")),
     }
 }
 
@@ -271,7 +262,7 @@ pub extern "C" fn lda_close(ctx: *mut LdaContext) -> i32 {
     });
     match r {
         Ok(()) => LDA_OK,
-        Err(p) => set_error(None, &Error::new(Status::Internal, panic_message(p))),
+        Err(p) => set_error(None, &Error::from_panic(p, "C")),
     }
 }
 

@@ -279,6 +279,24 @@ impl Layout {
     pub fn state_len(&self) -> usize {
         self.nchan * self.grid.npoints()
     }
+    /// Flat state indices of variable `v` (all its levels).
+    pub fn var_range(&self, v: usize) -> std::ops::Range<usize> {
+        let np = self.grid.npoints();
+        let var = &self.variables[v];
+        var.first_channel * np..(var.first_channel + var.nchan()) * np
+    }
+
+    /// RMS of `a - b` over each variable's whole field, in bundle order.
+    pub fn rms_diff_by_var(&self, a: &[f64], b: &[f64]) -> Vec<f64> {
+        (0..self.variables.len())
+            .map(|v| {
+                let r = self.var_range(v);
+                let n = r.len() as f64;
+                (r.map(|i| (a[i] - b[i]).powi(2)).sum::<f64>() / n).sqrt()
+            })
+            .collect()
+    }
+
     /// Index of a variable by name.
     pub fn var_index(&self, name: &str) -> Option<usize> {
         self.variables.iter().position(|v| v.name == name)

@@ -149,12 +149,12 @@ impl HostContext {
     /// Reads all bound arrays into a state vector (error naming the first unbound field).
     pub fn gather(&self) -> Result<Vec<f64>> {
         let lay = &self.analyser.bundle.layout;
-        let np = lay.grid.npoints();
         let mut x = vec![0.0; lay.state_len()];
         for (v, var) in lay.variables.iter().enumerate() {
             let b = self.fields[v]
                 .ok_or_else(|| not_ready(format!("field '{}' is not bound (bind it before this call)", var.name)))?;
-            let (off, n) = (var.first_channel * np, var.nchan() * np);
+            let r = lay.var_range(v);
+            let (off, n) = (r.start, r.len());
             // SAFETY: bound arrays hold n elements and stay valid while bound (contract of `bind`).
             match b {
                 HostData::F32(p) => {
@@ -170,10 +170,10 @@ impl HostContext {
     /// Writes a state vector into all bound arrays.
     fn scatter(&mut self, x: &[f64]) {
         let lay = &self.analyser.bundle.layout;
-        let np = lay.grid.npoints();
-        for (v, var) in lay.variables.iter().enumerate() {
+        for v in 0..lay.variables.len() {
             let Some(b) = self.fields[v] else { continue };
-            let (off, n) = (var.first_channel * np, var.nchan() * np);
+            let r = lay.var_range(v);
+            let (off, n) = (r.start, r.len());
             // SAFETY: as in gather; the host does not touch the arrays during the call (contract of `bind`).
             match b {
                 HostData::F32(p) => {
@@ -228,18 +228,23 @@ impl HostContext {
         Ok(())
     }
 
-    fn latent_b(&mut self) -> Result<LatentB> {
+    fn ensure_latent_b(&mut self) -> Result<()> {
         if self.latent_b.is_none() {
             self.b_linearise()?;
         }
-        Ok(self.latent_b.clone().expect("linearised above"))
+        Ok(())
     }
 
     /// x = U v into `x_out`, or into the bound arrays when `x_out` is `None`.
     pub fn bsqrt(&mut self, v: &[f64], x_out: Option<&mut [f64]>) -> Result<()> {
-        let mut lb = self.latent_b()?;
-        let mut x = vec![0.0; self.state_size()];
-        lb.sqrt(&mut self.analyser, v, &mut x)?;
+        self.ensure_latent_b()?;
+        LatentB::check_len("control vector v", v.len(), self.control_size())?;
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            return Err(Error::data(format!("control vector v[{i}] = {} is not finite", v[i])));
+        }
+        let lb = self.latent_b.as_mut().expect("linearised above");
+        let mut x = vec![0.0; self.analyser.bundle.layout.state_len()];
+        lb.sqrt(&mut self.analyser.ae, v, &mut x)?;
         match x_out {
             Some(out) => {
                 if out.len() != x.len() {
@@ -254,11 +259,20 @@ impl HostContext {
 
     /// v = U^T x from `x` (state layout), or from the bound arrays when `x` is `None`.
     pub fn bsqrt_ad(&mut self, x: Option<&[f64]>, v_out: &mut [f64]) -> Result<()> {
-        let mut lb = self.latent_b()?;
+        self.ensure_latent_b()?;
+        let gathered;
         let xs = match x {
-            Some(x) => x.to_vec(),
-            None => self.gather()?,
+            Some(x) => x,
+            None => {
+                gathered = self.gather()?;
+                &gathered
+            }
         };
-        lb.sqrt_ad(&mut self.analyser, &xs, v_out)
+        LatentB::check_len("state x", xs.len(), self.state_size())?;
+        if let Some(i) = xs.iter().position(|x| !x.is_finite()) {
+            return Err(Error::data(format!("x is not finite at {}", self.analyser.bundle.layout.describe_index(i))));
+        }
+        let lb = self.latent_b.as_mut().expect("linearised above");
+        lb.sqrt_ad(&mut self.analyser.ae, xs, v_out)
     }
 }

@@ -11,23 +11,21 @@
 
 use crate::autoencoder::Autoencoder;
 use crate::error::Result;
+use crate::bop::LatentB;
 use crate::solver::ControlSpace;
 
-/// Latent control transform around a background.
+/// Latent control transform around a background. Its tangent-linear and adjoint are the latent B operator U
+/// ([`LatentB`]) moved to the current linearisation point z(w_k).
 pub struct LatentControl<'a> {
     ae: &'a mut Autoencoder,
     /// Background latent state z_b = E(N(x_b)).
     pub z_b: Vec<f32>,
     /// D(z_b), normalised.
     pub xn_zb: Vec<f32>,
-    s: Vec<f64>,
-    chan_sd: Vec<f64>,
+    u: LatentB,
     chan_mean: Vec<f64>,
     x_b: &'a [f64],
-    npoints: usize,
     full_state: bool,
-    z_lin: Vec<f32>,
-    buf_z: Vec<f32>,
     buf_x: Vec<f32>,
 }
 
@@ -43,39 +41,35 @@ impl<'a> LatentControl<'a> {
         npoints: usize,
         full_state: bool,
     ) -> Result<Self> {
-        let nz = ae.latent_len;
         let nx = ae.state_len;
-        let mut xn = vec![0f32; nx];
-        normalise(x_b, mean, sd, npoints, &mut xn);
-        let mut z_b = vec![0f32; nz];
-        ae.encode(&xn, &mut z_b)?;
+        let z_b = encode_state(ae, x_b, mean, sd, npoints)?;
         let mut xn_zb = vec![0f32; nx];
         ae.decode(&z_b, &mut xn_zb)?;
         Ok(LatentControl {
             ae,
-            z_lin: z_b.clone(),
+            u: LatentB::new(z_b.clone(), latent_variance, sd, npoints),
             z_b,
             xn_zb,
-            s: latent_variance.iter().map(|v| v.sqrt()).collect(),
-            chan_sd: sd.to_vec(),
             chan_mean: mean.to_vec(),
             x_b,
-            npoints,
             full_state,
-            buf_z: vec![0f32; nz],
             buf_x: vec![0f32; nx],
         })
     }
 
     /// z(w) = z_b + s * w.
     pub fn latent(&self, w: &[f64]) -> Vec<f32> {
-        self.z_b.iter().zip(&self.s).zip(w).map(|((zb, s), w)| (*zb as f64 + s * w) as f32).collect()
+        self.z_b.iter().zip(self.u.s()).zip(w).map(|((zb, s), w)| (*zb as f64 + s * w) as f32).collect()
     }
+}
 
-    /// Access to the autoencoder (for diagnostics after the solve).
-    pub fn autoencoder(&mut self) -> &mut Autoencoder {
-        self.ae
-    }
+/// z = E(N(x)) for a state x in physical units.
+pub fn encode_state(ae: &mut Autoencoder, x: &[f64], mean: &[f64], sd: &[f64], npoints: usize) -> Result<Vec<f32>> {
+    let mut xn = vec![0f32; ae.state_len];
+    normalise(x, mean, sd, npoints, &mut xn);
+    let mut z = vec![0f32; ae.latent_len];
+    ae.encode(&xn, &mut z)?;
+    Ok(z)
 }
 
 /// xn = (x - mean[c]) / sd[c].
@@ -104,8 +98,8 @@ impl ControlSpace for LatentControl<'_> {
     fn increment(&mut self, w: &[f64], dx: &mut [f64]) -> Result<()> {
         let z = self.latent(w);
         self.ae.decode(&z, &mut self.buf_x)?;
-        let np = self.npoints;
-        for (c, s) in self.chan_sd.iter().enumerate() {
+        let np = self.buf_x.len() / self.chan_mean.len();
+        for (c, s) in self.u.chan_sd().iter().enumerate() {
             for p in c * np..(c + 1) * np {
                 dx[p] = if self.full_state {
                     self.chan_mean[c] + s * self.buf_x[p] as f64 - self.x_b[p]
@@ -118,35 +112,16 @@ impl ControlSpace for LatentControl<'_> {
     }
 
     fn linearize(&mut self, w: &[f64]) -> Result<()> {
-        self.z_lin = self.latent(w);
+        let z = self.latent(w);
+        self.u.set_point(z);
         Ok(())
     }
 
     fn tl(&mut self, dw: &[f64], dx: &mut [f64]) -> Result<()> {
-        for i in 0..dw.len() {
-            self.buf_z[i] = (self.s[i] * dw[i]) as f32;
-        }
-        self.ae.tl(&self.z_lin, &self.buf_z, &mut self.buf_x)?;
-        let np = self.npoints;
-        for (c, s) in self.chan_sd.iter().enumerate() {
-            for p in c * np..(c + 1) * np {
-                dx[p] = s * self.buf_x[p] as f64;
-            }
-        }
-        Ok(())
+        self.u.sqrt(self.ae, dw, dx)
     }
 
     fn ad(&mut self, dx: &[f64], dw: &mut [f64]) -> Result<()> {
-        let np = self.npoints;
-        for (c, s) in self.chan_sd.iter().enumerate() {
-            for p in c * np..(c + 1) * np {
-                self.buf_x[p] = (s * dx[p]) as f32;
-            }
-        }
-        self.ae.ad(&self.z_lin, &self.buf_x, &mut self.buf_z)?;
-        for i in 0..dw.len() {
-            dw[i] = self.s[i] * self.buf_z[i] as f64;
-        }
-        Ok(())
+        self.u.sqrt_ad(self.ae, dx, dw)
     }
 }

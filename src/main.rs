@@ -245,10 +245,7 @@ fn cmd_check(
     );
     let x_b = match &state {
         Some(s) => s.clone(),
-        None => a.bundle.layout.variables.iter().flat_map(|v| {
-            let np = a.bundle.layout.grid.npoints();
-            (v.first_channel..v.first_channel + v.nchan()).flat_map(move |c| std::iter::repeat_n(c, np))
-        }).map(|c| a.bundle.mean[c]).collect(),
+        None => a.bundle.mean_state(),
     };
     let lt = checks::latent_bsqrt_dot_test(&mut a, &x_b, 3).map_err(e)?;
     let pass = lt.rel < 1e-5;
@@ -272,19 +269,6 @@ fn cmd_check(
     }
     println!("{}", if ok { "all checks passed" } else { "SOME CHECKS FAILED" });
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
-}
-
-fn rmse_by_var(a: &Analyser, x: &[f64], truth: &[f64]) -> Vec<f64> {
-    let l = &a.bundle.layout;
-    let np = l.grid.npoints();
-    l.variables
-        .iter()
-        .map(|v| {
-            let r = v.first_channel * np..(v.first_channel + v.nchan()) * np;
-            let n = r.len() as f64;
-            (r.map(|i| (x[i] - truth[i]).powi(2)).sum::<f64>() / n).sqrt()
-        })
-        .collect()
 }
 
 fn cmd_analyse(kv: &std::collections::BTreeMap<&'static str, String>, common: &Common) -> Result<ExitCode, String> {
@@ -314,8 +298,8 @@ fn cmd_analyse(kv: &std::collections::BTreeMap<&'static str, String>, common: &C
     }
     print!("{}", result.report.summary());
     if let Some(t) = &truth {
-        let rb = rmse_by_var(&a, &x_b, t);
-        let ra = rmse_by_var(&a, &result.analysis, t);
+        let rb = layout.rms_diff_by_var(&x_b, t);
+        let ra = layout.rms_diff_by_var(&result.analysis, t);
         println!("RMSE against truth:");
         println!("  {:<6} {:>12} {:>12} {:>8}", "var", "background", "analysis", "change");
         for (i, v) in layout.variables.iter().enumerate() {

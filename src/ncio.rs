@@ -173,13 +173,11 @@ pub fn write_state(
             v.put_attribute("standard_name", "longitude").map_err(err)?;
             v.put_values(&layout.grid.lon, ..).map_err(err)?;
         }
-        let np = nlat * nlon;
         for (iv, var) in layout.variables.iter().enumerate() {
             let dims: &[&str] = if var.is_surface() { &["lat", "lon"] } else { &["lev", "lat", "lon"] };
             let mut v = f.add_variable::<f64>(&var.name, dims).map_err(err)?;
             v.put_attribute("units", units(iv)).map_err(err)?;
-            let off = var.first_channel * np;
-            v.put_values(&state[off..off + var.nchan() * np], ..).map_err(err)?;
+                v.put_values(&state[layout.var_range(iv)], ..).map_err(err)?;
         }
     }
     std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("cannot move '{}' to '{pd}': {e}", tmp.display())))?;

@@ -191,10 +191,9 @@ fn run_driver(exe: &Path, bundle: &str, tag: &str, extra: &[&str]) -> (Vec<f64>,
 fn max_rel_diff(bundle: &str, a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len(), "state lengths differ");
     let layout = Bundle::open(fixture(bundle)).unwrap().layout;
-    let np = layout.grid.npoints();
     let mut worst: f64 = 0.0;
-    for var in &layout.variables {
-        let r = var.first_channel * np..(var.first_channel + var.nchan()) * np;
+    for v in 0..layout.variables.len() {
+        let r = layout.var_range(v);
         let scale = b[r.clone()].iter().fold(0.0f64, |m, v| m.max(v.abs())).max(f64::MIN_POSITIVE);
         let d = a[r.clone()].iter().zip(&b[r]).fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
         worst = worst.max(d / scale);
@@ -385,16 +384,11 @@ fn analyse_through_c_abi(bundle: &str, n: usize) -> Vec<Vec<f64>> {
     let lay = Bundle::open(&b).unwrap().layout;
     let (obs, _) = latentda::obs::read_csv(&b.join("sample/obs.csv"), &lay).unwrap();
     let bg = background(bundle);
-    let np = lay.grid.npoints();
     let dir = CString::new(b.to_str().unwrap()).unwrap();
     let mut ctx: *mut LdaContext = std::ptr::null_mut();
     check(ctx, ffi::lda_open(dir.as_ptr(), std::ptr::null(), &mut ctx), "lda_open");
     // Host arrays: one Vec per variable, kept alive (and not moved) until lda_close.
-    let mut fields: Vec<Vec<f64>> = lay
-        .variables
-        .iter()
-        .map(|v| bg[v.first_channel * np..(v.first_channel + v.nchan()) * np].to_vec())
-        .collect();
+    let mut fields: Vec<Vec<f64>> = (0..lay.variables.len()).map(|v| bg[lay.var_range(v)].to_vec()).collect();
     for (v, f) in lay.variables.iter().zip(fields.iter_mut()) {
         let name = CString::new(v.name.as_str()).unwrap();
         let (shape, nd): (Vec<i64>, i32) = if v.is_surface() {
@@ -415,8 +409,8 @@ fn analyse_through_c_abi(bundle: &str, n: usize) -> Vec<Vec<f64>> {
     );
     let mut results = Vec::new();
     for _ in 0..n {
-        for (v, f) in lay.variables.iter().zip(fields.iter_mut()) {
-            f.copy_from_slice(&bg[v.first_channel * np..(v.first_channel + v.nchan()) * np]);
+        for (v, f) in fields.iter_mut().enumerate() {
+            f.copy_from_slice(&bg[lay.var_range(v)]);
         }
         check(ctx, ffi::lda_analyse(ctx, std::ptr::null::<c_char>()), "analyse");
         results.push(fields.concat());
