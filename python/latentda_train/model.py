@@ -90,15 +90,18 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Sequence of ops: ('conv', PConv) | ('act', None) | ('res', ResBlock) | ('shuffle', r)."""
+    """Sequence of ops: ('conv', PConv) | ('act', None) | ('res', ResBlock) | ('shuffle', r).
 
-    def __init__(self, nchan=41, c1=32, c2=64, c3=96, cl=16, res_full=True, ndown=2):
+    Built from the (c1, c2, c3, cl, ...) arguments of the conv autoencoder, or from an explicit `spec`, a
+    list of ("conv", cin, cout, k) | ("res", c) | ("act",) | ("shuffle",) entries."""
+
+    def __init__(self, nchan=41, c1=32, c2=64, c3=96, cl=16, res_full=True, ndown=2, spec=None):
         super().__init__()
         self.convs = nn.ModuleList()
         self.plan = []
 
-        def conv(ci, co):
-            self.convs.append(PConv(ci, co))
+        def conv(ci, co, k=3):
+            self.convs.append(PConv(ci, co, k))
             self.plan.append(("conv", len(self.convs) - 1))
 
         def res(c):
@@ -111,6 +114,11 @@ class Decoder(nn.Module):
         def shuffle():
             self.plan.append(("shuffle", 2))
 
+        if spec is not None:
+            ops = {"conv": conv, "res": res, "act": act, "shuffle": shuffle}
+            for kind, *args in spec:
+                ops[kind](*args)
+            return
         if ndown == 2:
             conv(cl, c3); act(); res(c3); act()
             conv(c3, 4 * c2); shuffle(); act(); res(c2); act()
@@ -215,6 +223,97 @@ class AutoEncoder(nn.Module):
         return self.decode(self.encode(xn))
 
 
+class PatchAutoEncoder(nn.Module):
+    """Local-EOF autoencoder with a convolutional nonlinear correction (the reference bundle's design).
+
+    Internal variable: the weighted anomaly e = (xn - clim_mean) * escale, with escale per channel chosen so that
+    |e|^2 is the training loss (squared error over the 48 h background error variance of each variable).
+
+    Encoder: z = W_e * unshuffle_p(e) + zscale * N_e(a), a = (xn - clim_mean) / clim_std.
+    Decoder: e = shuffle_p(W_d * z) + N_d(z / zscale), xn = clim_mean + e / escale.
+
+    W_e and W_d are 1 x 1 convolutions on p x p patches (p = 8: 41 * 64 = 2624 values per patch, K latent
+    channels), i.e. a convolution with kernel = stride = p; initialised with the leading K local EOFs of the
+    training anomalies, so the untrained model is exactly a truncated local-EOF transform. N_e (strided
+    periodic convs) and N_d (periodic convs + PixelShuffle, the `Decoder` op list with hand-written TL/AD)
+    start at zero output and learn the nonlinear correction. zscale (sqrt of the EOF variances) keeps the
+    nonlinear nets' inputs and outputs near unit size. W_e and W_d hold float16-representable values (the
+    training rounds them in the forward pass), so the export can store them as float16 (bundle size).
+    """
+
+    def __init__(self, nchan=41, nlat=48, nlon=96, patch=8, K=512, cn=(16, 32, 32, 64), cd=(96, 32, 32, 16),
+                 kind="patch"):
+        super().__init__()
+        self.cfg = dict(kind="patch", nchan=nchan, nlat=nlat, nlon=nlon, patch=patch, K=K, cn=list(cn), cd=list(cd))
+        npix = nchan * patch * patch
+        self.W_e = nn.Parameter(torch.zeros(K, npix, 1, 1))
+        self.W_d = nn.Parameter(torch.zeros(npix, K, 1, 1))
+        nd = patch.bit_length() - 1
+        assert 2 ** nd == patch, "patch must be a power of 2"
+        layers, ci = [], nchan
+        for j, co in enumerate(cn[:nd + 1]):
+            layers += [PConv(ci, co, stride=1 if j == 0 else 2), nn.SiLU()]
+            ci = co
+        self.enc_net = nn.Sequential(*layers, PConv(ci, K, k=1))
+        spec = [("conv", K, cd[0], 1), ("act",)]
+        ci = cd[0]
+        for co in cd[1:nd + 1]:
+            spec += [("conv", ci, 4 * co, 3), ("shuffle",), ("act",)]
+            ci = co
+        spec += [("conv", ci, nchan, 3)]
+        self.decoder = Decoder(spec=spec)
+        with torch.no_grad():  # nonlinear parts start at zero output
+            self.enc_net[-1].conv.weight.zero_()
+            self.enc_net[-1].conv.bias.zero_()
+            self.decoder.convs[-1].conv.weight.zero_()
+            self.decoder.convs[-1].conv.bias.zero_()
+        self.register_buffer("clim_mean", torch.zeros(1, nchan, nlat, nlon))
+        self.register_buffer("clim_std", torch.ones(1, nchan, nlat, nlon))
+        self.register_buffer("escale", torch.ones(1, nchan, 1, 1))
+        self.register_buffer("zscale", torch.ones(1, K, 1, 1))
+        self.round_half = True
+
+    @property
+    def latent_shape(self):
+        p = self.cfg["patch"]
+        return (self.cfg["K"], self.cfg["nlat"] // p, self.cfg["nlon"] // p)
+
+    def _w(self, w):
+        # float16-representable weights (straight-through rounding while training)
+        return w.half().float().to(w.dtype) if (self.round_half and self.training) else w
+
+    def lin_dec(self, z):
+        return F.pixel_shuffle(F.conv2d(z, self._w(self.W_d)), self.cfg["patch"])
+
+    def lin_dec_ad(self, g):
+        return F.conv_transpose2d(F.pixel_unshuffle(g, self.cfg["patch"]), self._w(self.W_d))
+
+    def encode(self, xn):
+        d = xn - self.clim_mean
+        zl = F.conv2d(F.pixel_unshuffle(d * self.escale, self.cfg["patch"]), self._w(self.W_e))
+        return zl + self.zscale * self.enc_net(d / self.clim_std)
+
+    def decode(self, z):
+        e = self.lin_dec(z) + self.decoder(z / self.zscale)
+        return self.clim_mean + e / self.escale
+
+    def decode_tl(self, z, dz):
+        return (self.lin_dec(dz) + self.decoder.tl(z / self.zscale, dz / self.zscale)) / self.escale
+
+    def decode_ad(self, z, dx):
+        g = dx / self.escale
+        return self.lin_dec_ad(g) + self.decoder.ad(z / self.zscale, g) / self.zscale
+
+    def forward(self, xn):
+        return self.decode(self.encode(xn))
+
+    def round_weights(self):
+        """Round W_e, W_d to float16-representable values (done before saving)."""
+        with torch.no_grad():
+            for w in (self.W_e, self.W_d):
+                w.copy_(w.half().float())
+
+
 # ---- thin wrappers for ONNX export (fixed names) ---------------------------------------------
 class EncoderGraph(nn.Module):
     def __init__(self, ae):
@@ -252,5 +351,7 @@ class DecoderADGraph(nn.Module):
         return self.ae.decode_ad(z, dx)
 
 
-def build(cfg: dict) -> AutoEncoder:
-    return AutoEncoder(**cfg)
+def build(cfg: dict) -> nn.Module:
+    if cfg.get("kind") == "patch":
+        return PatchAutoEncoder(**cfg)
+    return AutoEncoder(**{k: v for k, v in cfg.items() if k != "kind"})

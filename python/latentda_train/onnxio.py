@@ -51,6 +51,7 @@ def export_one(which: str, ckpt: str, out: str, seed: int = 0):
         prog = torch.onnx.export(mod.eval(), args, input_names=ins, output_names=outs,
                                  dynamo=True, opset_version=18, external_data=False)
     prog.save(out)
+    compact_half(out)
     import onnx
     m = onnx.load(out)
     names = [i.name for i in m.graph.input]
@@ -58,6 +59,36 @@ def export_one(which: str, ckpt: str, out: str, seed: int = 0):
         raise RuntimeError(f"{which}: exported inputs {names} != {ins}")
     if [o.name for o in m.graph.output] != outs:
         raise RuntimeError(f"{which}: exported outputs wrong")
+
+
+def compact_half(path: str, min_size: int = 1 << 16) -> int:
+    """Store large float32 weights whose values are exactly representable in float16 as float16
+    initializers followed by a Cast to float32 (same numbers, half the bytes: the local-EOF weights are
+    trained that way). Returns the number of converted tensors."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    m = onnx.load(path)
+    g = m.graph
+    casts = []
+    for init in g.initializer:
+        if init.data_type != TensorProto.FLOAT:
+            continue
+        a = numpy_helper.to_array(init)
+        if a.size < min_size:
+            continue
+        h = a.astype(np.float16)
+        if not np.array_equal(h.astype(np.float32), a):
+            continue
+        name = init.name
+        init.CopyFrom(numpy_helper.from_array(h, name + "_f16"))
+        casts.append(helper.make_node("Cast", [name + "_f16"], [name], to=TensorProto.FLOAT, name=name + "_cast"))
+    if casts:
+        nodes = list(g.node)
+        del g.node[:]
+        g.node.extend(casts + nodes)
+        onnx.checker.check_model(m)
+        onnx.save(m, path)
+    return len(casts)
 
 
 def export_all(ckpt: str, outdir: str):

@@ -22,20 +22,20 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="/work/data")
     ap.add_argument("--bundle", default=os.path.join(os.path.dirname(__file__), "..", "..", "models", "speedy-t31"))
-    ap.add_argument("--train-minutes", default="33",
+    ap.add_argument("--train-minutes", default="45",
                     help="wall-clock minutes of the training stage(s), comma-separated stages continue the previous one")
     a = ap.parse_args(argv)
     os.makedirs(a.out, exist_ok=True)
     if not os.path.exists(os.path.join(a.out, "nature", "chunk_024.npy")):
         run("nature", "--out", a.out, "--spinup-days", "160", "--days", "732")
     run("forecasts", "--out", a.out, "--launches", "20:330,610:728:2", "--t-rms", "0.75")
-    arch = ["--ndown", "1", "--cl", "32", "--c1", "32", "--c2", "64", "--no-res-full"]
+    arch = ["--arch", "patch", "--patch", "8", "--K", "512", "--lr", "1e-3"]
     stages = [float(m) for m in a.train_minutes.split(",")]
     prev = None
     for k, minutes in enumerate(stages):
         name = "ae" if len(stages) == 1 else f"ae_stage{k + 1}"
         if not os.path.exists(os.path.join(a.out, "ae", f"{name}.pt")):
-            extra = ["--init", prev, "--lr", "1e-3"] if prev else []
+            extra = ["--init", prev] if prev else []
             run("train", "--out", a.out, "--train-days", "600", "--minutes", str(minutes), *arch, "--name", name,
                 *extra)
         prev = os.path.join(a.out, "ae", f"{name}.pt")
@@ -43,7 +43,7 @@ def main(argv=None):
         import shutil
         shutil.copyfile(prev, os.path.join(a.out, "ae", "ae.pt"))
     run("bundle", "--out", a.out, "--ckpt", os.path.join(a.out, "ae", "ae.pt"), "--bundle",
-        os.path.abspath(a.bundle), "--nmc-valid", "22:331", "--val-launches", "610:728:2")
+        os.path.abspath(a.bundle), "--nmc-valid", "22:331", "--val-launches", "610:728:2", "--sample-launch", "670")
 
 
 if __name__ == "__main__":

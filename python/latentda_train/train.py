@@ -9,9 +9,10 @@ import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from . import data as D
-from .model import AutoEncoder
+from .model import AutoEncoder, PatchAutoEncoder, build
 
 
 def main(argv=None):
@@ -30,6 +31,11 @@ def main(argv=None):
     ap.add_argument("--name", default="ae")
     ap.add_argument("--no-res-full", action="store_true", help="no residual block at full resolution (cheaper)")
     ap.add_argument("--ndown", type=int, default=2, choices=[1, 2], help="number of 2x downsamplings to the latent")
+    ap.add_argument("--arch", default="patch", choices=["patch", "conv"],
+                    help="patch: local-EOF autoencoder with a nonlinear conv correction (reference); conv: plain conv AE")
+    ap.add_argument("--patch", type=int, default=8, help="patch size of the local EOFs (arch patch)")
+    ap.add_argument("--K", type=int, default=512, help="latent channels = local EOFs per patch (arch patch)")
+    ap.add_argument("--lr-lin", type=float, default=2e-5, help="learning rate of the EOF weights (arch patch)")
     ap.add_argument("--init", default=None, help="continue from this checkpoint (same architecture)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -72,23 +78,36 @@ def main(argv=None):
     print(f"loss weights from {len(d)} 48 h forecast errors: {np.round(w / w.mean(), 3).tolist()}", flush=True)
     w = w / w.mean()
     wt = torch.tensor(w, dtype=torch.float32)[None, :, None, None]
-    ae = AutoEncoder(c1=a.c1, c2=a.c2, c3=a.c3, cl=a.cl, res_full=not a.no_res_full, ndown=a.ndown)
+    if a.arch == "patch":
+        ae = PatchAutoEncoder(patch=a.patch, K=a.K)
+        local_eof_init(ae, Ntr, cm, np.sqrt(w))
+    else:
+        ae = AutoEncoder(c1=a.c1, c2=a.c2, c3=a.c3, cl=a.cl, res_full=not a.no_res_full, ndown=a.ndown)
+        with torch.no_grad():  # start close to the climatology
+            last = ae.decoder.convs[-1].conv
+            last.weight.mul_(0.1)
+            last.bias.zero_()
     ae.clim_mean.copy_(torch.from_numpy(cm.astype(np.float32)))
     ae.clim_std.copy_(torch.from_numpy(cs.astype(np.float32)))
-    with torch.no_grad():  # start close to the climatology
-        last = ae.decoder.convs[-1].conv
-        last.weight.mul_(0.1)
-        last.bias.zero_()
     prev = None
     if a.init:
         prev = torch.load(a.init, map_location="cpu", weights_only=False)
-        ae = AutoEncoder(**prev["cfg"])
+        ae = build(prev["cfg"])
         ae.load_state_dict(prev["state_dict"])
         mean, std = prev["norm_mean"], prev["norm_std"]
         print(f"continuing from {a.init} ({prev['steps']} steps)", flush=True)
     nparam = sum(p.numel() for p in ae.parameters())
     print(f"params {nparam}, latent {ae.latent_shape}", flush=True)
-    opt = torch.optim.AdamW(ae.parameters(), lr=a.lr, weight_decay=1e-5)
+    lin = [p for n, p in ae.named_parameters() if n in ("W_e", "W_d")]
+    rest = [p for n, p in ae.named_parameters() if n not in ("W_e", "W_d")]
+    groups = [dict(params=rest, lr=a.lr, weight_decay=1e-5, base=a.lr)]
+    if lin:
+        groups.append(dict(params=lin, lr=a.lr_lin, weight_decay=0.0, base=a.lr_lin))
+    opt = torch.optim.AdamW(groups)
+    if hasattr(ae, "round_weights"):
+        ae.eval()
+        print("validation reconstruction RMSE before training:", json.dumps(validate(ae, a, ntr, nrm, std)), flush=True)
+        ae.train()
     Ttr = torch.from_numpy(Ntr)
     t0 = time.time()
     budget = a.minutes * 60
@@ -103,9 +122,10 @@ def main(argv=None):
             if frac >= 1:
                 done = True
                 break
-            lr = a.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * frac))) * min(1.0, (step + 1) / 100)
+            f_lr = (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * frac))) * min(1.0, (step + 1) / 100)
+            lr = a.lr * f_lr
             for g in opt.param_groups:
-                g["lr"] = lr
+                g["lr"] = g["base"] * f_lr
             xb = Ttr[perm[i:i + a.batch]]
             loss = (wt * (ae(xb) - xb) ** 2).mean()
             opt.zero_grad()
@@ -119,17 +139,9 @@ def main(argv=None):
                 hist.append((step, run / 100))
                 run = 0.0
     ae.eval()
-    Nva = nrm(np.asarray(D.nature(a.out)[ntr:], np.float32))
-    print(f"validation states {len(Nva)}", flush=True)
-    # validation: reconstruction RMSE per variable in physical units
-    sq = np.zeros(41)
-    with torch.no_grad():
-        for i in range(0, len(Nva), 16):
-            xb = torch.from_numpy(Nva[i:i + 16])
-            r = (ae(xb) - xb).numpy().astype(np.float64) * std[None, :, None, None]
-            sq += (r ** 2).sum(axis=(0, 2, 3))
-    sq /= len(Nva) * 48 * 96
-    rec = {v: float(np.sqrt(sq[sl].mean())) for v, sl in D.VAR_SLICES.items()}
+    if hasattr(ae, "round_weights"):
+        ae.round_weights()
+    rec = validate(ae, a, ntr, nrm, std)
     print("validation reconstruction RMSE:", json.dumps(rec), flush=True)
     os.makedirs(os.path.join(a.out, "ae"), exist_ok=True)
     path = os.path.join(a.out, "ae", f"{a.name}.pt")
@@ -139,6 +151,44 @@ def main(argv=None):
                 "val_recon_rmse": rec, "loss_weights": w, "args": vars(a), "params": nparam, "hist": hist},
                path)
     print("saved", path, flush=True)
+
+
+def validate(ae, a, ntr, nrm, std):
+    """Reconstruction RMSE per variable (physical units) on the validation nature states."""
+    sq, n = np.zeros(41), 0
+    X = D.nature(a.out)
+    with torch.no_grad():
+        for i in range(ntr, len(X), 16):
+            xb = torch.from_numpy(nrm(np.asarray(X[i:i + 16], np.float32)))
+            r = (ae(xb) - xb).numpy().astype(np.float64) * std[None, :, None, None]
+            sq += (r ** 2).sum(axis=(0, 2, 3))
+            n += len(xb)
+    sq /= n * 48 * 96
+    return {v: float(np.sqrt(sq[sl].mean())) for v, sl in D.VAR_SLICES.items()}
+
+
+def local_eof_init(ae, Ntr, cm, escale):
+    """Set W_e, W_d to the leading K local EOFs of the weighted training anomalies e (p x p patches), and
+    zscale to the square root of their variances."""
+    p, K = ae.cfg["patch"], ae.cfg["K"]
+    es = torch.tensor(escale, dtype=torch.float32)[None, :, None, None]
+    cmt = torch.from_numpy(cm.astype(np.float32))
+    C, n = None, 0
+    for i in range(0, len(Ntr), 64):
+        e = (torch.from_numpy(Ntr[i:i + 64]) - cmt) * es
+        P = F.pixel_unshuffle(e, p).permute(0, 2, 3, 1).reshape(-1, e.shape[1] * p * p)
+        C = (P.T @ P).double() if C is None else C + (P.T @ P).double()
+        n += P.shape[0]
+    ev, V = torch.linalg.eigh(C / n)
+    ev, V = ev.flip(0)[:K], V.flip(1)[:, :K]
+    print(f"local EOFs: {K} of {V.shape[0]} explain {float(ev.sum() / torch.trace(C / n)):.5f} of the variance",
+          flush=True)
+    with torch.no_grad():
+        ae.W_e.copy_(V.T.float()[:, :, None, None])
+        ae.W_d.copy_(V.float()[:, :, None, None])
+        ae.zscale.copy_(ev.clamp_min(1e-12).sqrt().float()[None, :, None, None])
+        ae.escale.copy_(es)
+        ae.round_weights()
 
 
 if __name__ == "__main__":

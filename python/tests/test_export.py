@@ -45,3 +45,32 @@ def test_export_roundtrip(tmp_path):
     assert rel(S["decoder_ad"].run(None, {"z": z2, "dx": dx})[0], adt) > 1e-4
     res = onnxio.check_graphs(str(tmp_path), z0=z, verbose=False)
     assert res["dot_max"] < 1e-5
+
+
+def test_export_patch_model_half_weights(tmp_path):
+    """The local-EOF weights are stored as float16 + Cast; ONNX Runtime still matches PyTorch."""
+    from latentda_train.model import PatchAutoEncoder
+    torch.manual_seed(1)
+    ae = PatchAutoEncoder(nchan=5, nlat=16, nlon=64, patch=8, K=256, cn=(4, 6, 6, 8), cd=(8, 6, 6, 4))
+    with torch.no_grad():
+        for p in ae.parameters():
+            p.copy_(torch.randn_like(p) * 0.1)
+        ae.round_weights()
+    ck = tmp_path / "tiny.pt"
+    torch.save({"cfg": ae.cfg, "state_dict": ae.state_dict()}, ck)
+    onnxio.export_all(str(ck), str(tmp_path))
+    m = onnx.load(str(tmp_path / "decoder.onnx"))
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in m.graph.initializer)
+    S = onnxio.sessions(str(tmp_path))
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 5, 16, 64)).astype(np.float32)
+    z = S["encoder"].run(None, {"x": x})[0]
+    ae.eval()
+    with torch.no_grad():
+        zt = ae.encode(torch.from_numpy(x)).numpy()
+        xt = ae.decode(torch.from_numpy(z)).numpy()
+    rel = lambda a, b: np.abs(a - b).max() / np.abs(b).max()
+    assert rel(z, zt) < 1e-5
+    assert rel(S["decoder"].run(None, {"z": z})[0], xt) < 1e-5
+    res = onnxio.check_graphs(str(tmp_path), z0=z, verbose=False)
+    assert res["dot_max"] < 1e-5
