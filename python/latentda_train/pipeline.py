@@ -3,7 +3,7 @@ export, checks -> bundle and sample case.
 
     latentda-pipeline --out /work/data --bundle ../models/speedy-t31
 
-Each stage is skipped when its output exists (delete the folder to redo it). About 1.5-2 h on 2 cores."""
+Each stage is skipped when its output exists (delete the folder to redo it). About 2 h on 2 cores."""
 from __future__ import annotations
 
 import argparse
