@@ -191,6 +191,7 @@ def main(argv=None):
         CS.write_case(os.path.join(a.out, "cases", f"case_{L:04d}"), np.asarray(X[D.truth_index(L + 2)], np.float64),
                       fc[L][1].astype(np.float64), lat, lon, sig, stn, seed=1000 + L, title=f"launch day {L}")
     # manifest
+    patch_ae = ae.cfg.get("kind") == "patch"
     prov = {
         "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "creator": f"latentda-train {__version__}",
@@ -199,7 +200,7 @@ def main(argv=None):
                  f"start, spin-up {json.load(open(os.path.join(a.out, 'nature', 'meta.json')))['spinup_days']} d), "
                  f"{len(X) // 4} days 6-hourly; train days 0-{ck['train_days'] - 1}, validation days "
                  f"{ck['train_days']}-{len(X) // 4 - 1}"),
-        "training": (f"{'local-EOF + conv' if ae.cfg.get('kind') == 'patch' else 'conv'} AE {ae.cfg}, {ck['params']} parameters, {ck['steps']} Adam steps ({ck['epochs']} epochs, "
+        "training": (f"{'local-EOF + conv' if patch_ae else 'conv'} AE {ae.cfg}, {ck['params']} parameters, {ck['steps']} Adam steps ({ck['epochs']} epochs, "
                      f"{ck['minutes']} min on 2 CPU cores), loss weighted by 1/(48 h background error)^2 per channel"),
         "statistics": (f"NMC 48h-24h pairs from perturbed-truth forecasts: {st['n_nmc']} valid days; calibration on "
                        f"{st['n_val']} validation 48 h forecasts: latent variance x {st['k_latent']:.4f}, baseline "
@@ -210,7 +211,7 @@ def main(argv=None):
     }
     write_manifest(stage, lat, lon, sig, latent_shape, prov,
                    "SPEEDY T31L8 (jcm) reference bundle: " + ("local-EOF autoencoder with a nonlinear conv correction"
-                   if ae.cfg.get("kind") == "patch" else "conv autoencoder") + ", hand-written TL/AD decoder")
+                   if patch_ae else "conv autoencoder") + ", hand-written TL/AD decoder")
     report = {"init_rms": D.forecast_init_rms(a.out), "gate": st["gate"], "checks": chk, "sample": sample, "k_latent": st["k_latent"],
               "k_baseline": st["k_baseline"], "length_scale_km": st["length_scale"].tolist(),
               "latent_shape": list(latent_shape), "n_nmc": st["n_nmc"], "n_val": st["n_val"],

@@ -62,8 +62,9 @@ def land_mask(lat, lon):
     return lsm
 
 
-def bilinear(field, lat, lon, plat, plon):
-    """Bilinear interpolation of field[..., lat(N->S), lon] at points (periodic in lon)."""
+def bilinear_weights(lat, lon, plat, plon):
+    """Bilinear interpolation stencil at points (periodic in lon) on lat(N->S), lon: rows i0 (south), i1 (north),
+    columns j0, j1 and weights wx (towards j1), wy (towards i1)."""
     nlon = len(lon)
     dlon = lon[1] - lon[0]
     fx = (np.mod(plon - lon[0], 360.0)) / dlon
@@ -75,6 +76,12 @@ def bilinear(field, lat, lon, plat, plon):
     wy = (plat - la[i]) / (la[i + 1] - la[i])
     i0 = len(lat) - 1 - i        # index in N->S order of la[i]
     i1 = i0 - 1                  # index of la[i+1]
+    return i0, i1, j0, j1, wx, wy
+
+
+def bilinear(field, lat, lon, plat, plon):
+    """Bilinear interpolation of field[..., lat(N->S), lon] at points (periodic in lon)."""
+    i0, i1, j0, j1, wx, wy = bilinear_weights(lat, lon, plat, plon)
     f = field
     return ((1 - wy) * ((1 - wx) * f[..., i0, j0] + wx * f[..., i0, j1])
             + wy * ((1 - wx) * f[..., i1, j0] + wx * f[..., i1, j1]))

@@ -15,8 +15,9 @@ import numpy as np
 
 from . import cases as CS
 from . import data as D
+from .modelcard import UNITS
 
-VARS = ["u", "v", "t", "q", "z", "ps"]
+VARS = list(D.VAR_SLICES)
 
 
 def run_case(latentda, bundle, case, method, tmp, extra):
@@ -72,9 +73,6 @@ def main(argv=None):
         json.dump({"cases": rows, "summary": summary}, open(a.json, "w"), indent=1)
     if a.update_card:
         update_card(a.bundle, rows, summary, a.l3dvar_args)
-
-
-UNITS = {"u": "m/s", "v": "m/s", "t": "K", "q": "kg/kg", "z": "m2/s2", "ps": "Pa"}
 
 
 def _f(x):

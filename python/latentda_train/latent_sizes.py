@@ -19,6 +19,7 @@ import numpy as np
 from . import cases as CS
 from . import data as D
 from . import stats as ST
+from .train import local_eofs
 
 
 def patches(x, p):
@@ -27,25 +28,44 @@ def patches(x, p):
     return x.reshape(n, c, h // p, p, w // p, p).transpose(0, 2, 4, 1, 3, 5).reshape(n, (h // p) * (w // p), c * p * p)
 
 
-def bilinear_rows(lat, lon, sig, path):
-    """Observation operator of an obs CSV as (rows, flat state index, weight), values and errors."""
+def unpatch(P, shape, p):
+    """Inverse of `patches` for one [n, patches, C*p*p] array back to [n, C, H, W]."""
+    n, c, h, w = shape
+    return P.reshape(n, h // p, w // p, c, p, p).transpose(0, 3, 1, 4, 2, 5).reshape(n, c, h, w)
+
+
+def read_case(case, lat, lon, sig):
+    """Truth, background and the obs operator of a case: (xt, xb, rows, flat state index, weight, y, sigma)."""
     vi = {"u": 0, "v": 8, "t": 16, "q": 24}
+    obs = list(csv.DictReader(open(os.path.join(case, "obs.csv"))))
+    ch = np.array([40 if r["var"] == "ps" else vi[r["var"]] + int(np.argmin(abs(sig - float(r["level"]))))
+                   for r in obs])
+    plat = np.array([float(r["lat"]) for r in obs])
+    plon = np.array([float(r["lon"]) for r in obs])
+    i0, i1, j0, j1, wx, wy = CS.bilinear_weights(lat, lon, plat, plon)
     nlat, nlon = len(lat), len(lon)
-    la_inc = lat[::-1]
-    R, Cc, W, y, e = [], [], [], [], []
-    for k, r in enumerate(csv.DictReader(open(path))):
-        ch = 40 if r["var"] == "ps" else vi[r["var"]] + int(np.argmin(abs(sig - float(r["level"]))))
-        fx = np.mod(float(r["lon"]) - lon[0], 360.0) / (lon[1] - lon[0])
-        j0 = int(np.floor(fx)) % nlon
-        j1, wx = (j0 + 1) % nlon, fx - np.floor(fx)
-        i = int(np.clip(np.searchsorted(la_inc, float(r["lat"])) - 1, 0, nlat - 2))
-        wy = (float(r["lat"]) - la_inc[i]) / (la_inc[i + 1] - la_inc[i])
-        i0 = nlat - 1 - i
-        for ii, jj, ww in ((i0, j0, (1 - wy) * (1 - wx)), (i0, j1, (1 - wy) * wx),
-                           (i0 - 1, j0, wy * (1 - wx)), (i0 - 1, j1, wy * wx)):
-            R.append(k), Cc.append((ch * nlat + ii) * nlon + jj), W.append(ww)
-        y.append(float(r["value"])), e.append(float(r["sigma"]))
-    return np.array(R), np.array(Cc), np.array(W), np.array(y), np.array(e)
+    rows = np.tile(np.arange(len(obs)), 4)
+    idx = np.concatenate([(ch * nlat + i) * nlon + j for i, j in ((i0, j0), (i0, j1), (i1, j0), (i1, j1))])
+    wts = np.concatenate([(1 - wy) * (1 - wx), (1 - wy) * wx, wy * (1 - wx), wy * wx])
+    y = np.array([float(r["value"]) for r in obs])
+    e = np.array([float(r["sigma"]) for r in obs])
+    return (CS.read_state(os.path.join(case, "truth.nc")), CS.read_state(os.path.join(case, "background.nc")),
+            rows, idx, wts, y, e)
+
+
+def linear_analysis(xb, rows, idx, wts, y, e, dec, pix, where, pos):
+    """Exact latent analysis with the linear decoder blocks dec[q] (state increment per unit control, patch q)."""
+    K = dec[0].shape[1]
+    d = y - np.bincount(rows, wts * xb.ravel()[idx], minlength=len(y))
+    G = np.zeros((len(y), pix.shape[0] * K))
+    for r_, c, wt in zip(rows, idx, wts):
+        q = where[c]
+        G[r_, q * K:(q + 1) * K] += wt * dec[q][pos[c]]
+    eta = G.T @ np.linalg.solve(G @ G.T + np.diag(e ** 2), d)
+    dx = np.zeros(xb.size)
+    for q in range(pix.shape[0]):
+        dx[pix[q]] += dec[q] @ eta[q * K:(q + 1) * K]
+    return xb + dx.reshape(xb.shape)
 
 
 def main(argv=None):
@@ -75,45 +95,35 @@ def main(argv=None):
     print(f"48 h background error RMSE (validation, {len(vl)} cases): {bg}")
     print("| patch | K | latent size | " + " | ".join(f"{v} ratio" for v in D.VAR_SLICES)
           + (" | " + " | ".join(f"{v} an/bg" for v in D.VAR_SLICES) if a.analyses else "") + " |")
+    cases = [read_case(c, lat, lon, sig) for c in a.cases] if a.analyses else []
+    eofs = {}  # patch size -> EOFs (computed once, truncated per K)
     for item in a.sizes.split(","):
         p, K = map(int, item.split(":"))
-        A = patches((Xtr - cm) * wb, p).reshape(-1, 41 * p * p)
-        _, V = np.linalg.eigh(A.T.astype(np.float64) @ A)
-        V = V[:, ::-1][:, :K].astype(np.float32)
+        if p not in eofs:
+            eofs[p] = local_eofs(((Xtr[i:i + 64] - cm) * wb for i in range(0, len(Xtr), 64)), p)[1].numpy()
+        V = eofs[p][:, :K].astype(np.float32)
         B = patches((Xva - cm) * wb, p)
-        r = (B - (B @ V) @ V.T).reshape(len(Xva), 48 // p, 96 // p, 41, p, p).transpose(0, 3, 1, 4, 2, 5)
-        rec = D.rmse_per_var(r.reshape(len(Xva), 41, 48, 96) / wb)
+        rec = D.rmse_per_var(unpatch(B - (B @ V) @ V.T, Xva.shape, p) / wb)
         cols = [f"{rec[v] / bg[v]:.3f}" for v in D.VAR_SLICES]
         if a.analyses:
             enc = lambda x: patches((x - cm) * wb, p) @ V
             var_nmc = (enc(f48) - enc(f24)).var(axis=0)
             k_lat = float((((enc(b48) - enc(tru)) ** 2).mean(axis=0)).sum() / var_nmc.sum())
             sd = np.sqrt(k_lat * var_nmc)                      # [patches, K]
-            pix = patches(np.arange(41 * 48 * 96).reshape(1, 41, 48, 96), p)[0]
-            wpix = np.repeat(w, 48 * 96)[pix]
+            pix = patches(np.arange(Xva[0].size).reshape(1, *Xva.shape[1:]), p)[0]
+            wpix = np.repeat(w, Xva.shape[2] * Xva.shape[3])[pix]
+            dec = [V / wpix[q][:, None] * sd[q][None, :] for q in range(pix.shape[0])]
+            where, pos = np.empty(Xva[0].size, int), np.empty(Xva[0].size, int)  # patch and row of a point
+            for q in range(pix.shape[0]):
+                where[pix[q]], pos[pix[q]] = q, np.arange(pix.shape[1])
             ratios = []
-            for case in a.cases:
-                xt = CS.read_state(os.path.join(case, "truth.nc"))
-                xb = CS.read_state(os.path.join(case, "background.nc"))
-                R, Cc, Wt, y, e = bilinear_rows(lat, lon, sig, os.path.join(case, "obs.csv"))
-                d = y - np.bincount(R, Wt * xb.ravel()[Cc], minlength=len(y))
-                G = np.zeros((len(y), pix.shape[0] * K))
-                dec = [V / wpix[q][:, None] * sd[q][None, :] for q in range(pix.shape[0])]
-                where, pos = np.empty(41 * 48 * 96, int), np.empty(41 * 48 * 96, int)  # patch and row of a point
-                for q in range(pix.shape[0]):
-                    where[pix[q]], pos[pix[q]] = q, np.arange(pix.shape[1])
-                for r_, c, wt in zip(R, Cc, Wt):
-                    q = where[c]
-                    G[r_, q * K:(q + 1) * K] += wt * dec[q][pos[c]]
-                eta = G.T @ np.linalg.solve(G @ G.T + np.diag(e ** 2), d)
-                dx = np.zeros(41 * 48 * 96)
-                for q in range(pix.shape[0]):
-                    dx[pix[q]] += dec[q] @ eta[q * K:(q + 1) * K]
-                xa = xb + dx.reshape(xb.shape)
+            for xt, xb, *H in cases:
+                xa = linear_analysis(xb, *H, dec, pix, where, pos)
                 ra, rb = D.rmse_per_var((xa - xt)[None]), D.rmse_per_var((xb - xt)[None])
                 ratios.append({v: ra[v] / rb[v] for v in ra})
             cols += [f"{np.mean([q[v] for q in ratios]):.3f}" for v in D.VAR_SLICES]
-        print(f"| {p} | {K} | {K * (48 // p) * (96 // p)} | " + " | ".join(cols) + " |", flush=True)
+        print(f"| {p} | {K} | {K * (Xva.shape[2] // p) * (Xva.shape[3] // p)} | " + " | ".join(cols) + " |",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -241,8 +241,7 @@ class PatchAutoEncoder(nn.Module):
     training rounds them in the forward pass), so the export can store them as float16 (bundle size).
     """
 
-    def __init__(self, nchan=41, nlat=48, nlon=96, patch=8, K=512, cn=(16, 32, 32, 64), cd=(96, 32, 32, 16),
-                 kind="patch"):
+    def __init__(self, nchan=41, nlat=48, nlon=96, patch=8, K=512, cn=(16, 32, 32, 64), cd=(96, 32, 32, 16)):
         super().__init__()
         self.cfg = dict(kind="patch", nchan=nchan, nlat=nlat, nlon=nlon, patch=patch, K=K, cn=list(cn), cd=list(cd))
         npix = nchan * patch * patch
@@ -352,6 +351,6 @@ class DecoderADGraph(nn.Module):
 
 
 def build(cfg: dict) -> nn.Module:
-    if cfg.get("kind") == "patch":
-        return PatchAutoEncoder(**cfg)
-    return AutoEncoder(**{k: v for k, v in cfg.items() if k != "kind"})
+    """The model of a checkpoint's `cfg` (`kind` "patch" or absent for the conv AE)."""
+    cls = PatchAutoEncoder if cfg.get("kind") == "patch" else AutoEncoder
+    return cls(**{k: v for k, v in cfg.items() if k != "kind"})

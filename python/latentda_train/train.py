@@ -78,17 +78,6 @@ def main(argv=None):
     print(f"loss weights from {len(d)} 48 h forecast errors: {np.round(w / w.mean(), 3).tolist()}", flush=True)
     w = w / w.mean()
     wt = torch.tensor(w, dtype=torch.float32)[None, :, None, None]
-    if a.arch == "patch":
-        ae = PatchAutoEncoder(patch=a.patch, K=a.K)
-        local_eof_init(ae, Ntr, cm, np.sqrt(w))
-    else:
-        ae = AutoEncoder(c1=a.c1, c2=a.c2, c3=a.c3, cl=a.cl, res_full=not a.no_res_full, ndown=a.ndown)
-        with torch.no_grad():  # start close to the climatology
-            last = ae.decoder.convs[-1].conv
-            last.weight.mul_(0.1)
-            last.bias.zero_()
-    ae.clim_mean.copy_(torch.from_numpy(cm.astype(np.float32)))
-    ae.clim_std.copy_(torch.from_numpy(cs.astype(np.float32)))
     prev = None
     if a.init:
         prev = torch.load(a.init, map_location="cpu", weights_only=False)
@@ -96,15 +85,28 @@ def main(argv=None):
         ae.load_state_dict(prev["state_dict"])
         mean, std = prev["norm_mean"], prev["norm_std"]
         print(f"continuing from {a.init} ({prev['steps']} steps)", flush=True)
+    else:
+        if a.arch == "patch":
+            ae = PatchAutoEncoder(patch=a.patch, K=a.K)
+            local_eof_init(ae, Ntr, cm, np.sqrt(w))
+        else:
+            ae = AutoEncoder(c1=a.c1, c2=a.c2, c3=a.c3, cl=a.cl, res_full=not a.no_res_full, ndown=a.ndown)
+            with torch.no_grad():  # start close to the climatology
+                last = ae.decoder.convs[-1].conv
+                last.weight.mul_(0.1)
+                last.bias.zero_()
+        ae.clim_mean.copy_(torch.from_numpy(cm.astype(np.float32)))
+        ae.clim_std.copy_(torch.from_numpy(cs.astype(np.float32)))
     nparam = sum(p.numel() for p in ae.parameters())
     print(f"params {nparam}, latent {ae.latent_shape}", flush=True)
-    lin = [p for n, p in ae.named_parameters() if n in ("W_e", "W_d")]
-    rest = [p for n, p in ae.named_parameters() if n not in ("W_e", "W_d")]
+    is_eof = lambda name: name in ("W_e", "W_d")
+    lin = [p for n, p in ae.named_parameters() if is_eof(n)]
+    rest = [p for n, p in ae.named_parameters() if not is_eof(n)]
     groups = [dict(params=rest, lr=a.lr, weight_decay=1e-5, base=a.lr)]
     if lin:
         groups.append(dict(params=lin, lr=a.lr_lin, weight_decay=0.0, base=a.lr_lin))
     opt = torch.optim.AdamW(groups)
-    if hasattr(ae, "round_weights"):
+    if isinstance(ae, PatchAutoEncoder):
         ae.eval()
         print("validation reconstruction RMSE before training:", json.dumps(validate(ae, a, ntr, nrm, std)), flush=True)
         ae.train()
@@ -139,7 +141,7 @@ def main(argv=None):
                 hist.append((step, run / 100))
                 run = 0.0
     ae.eval()
-    if hasattr(ae, "round_weights"):
+    if isinstance(ae, PatchAutoEncoder):
         ae.round_weights()
     rec = validate(ae, a, ntr, nrm, std)
     print("validation reconstruction RMSE:", json.dumps(rec), flush=True)
@@ -167,27 +169,33 @@ def validate(ae, a, ntr, nrm, std):
     return {v: float(np.sqrt(sq[sl].mean())) for v, sl in D.VAR_SLICES.items()}
 
 
-def local_eof_init(ae, Ntr, cm, escale):
-    """Set W_e, W_d to the leading K local EOFs of the weighted training anomalies e (p x p patches), and
-    zscale to the square root of their variances."""
-    p, K = ae.cfg["patch"], ae.cfg["K"]
-    es = torch.tensor(escale, dtype=torch.float32)[None, :, None, None]
-    cmt = torch.from_numpy(cm.astype(np.float32))
+def local_eofs(chunks, p):
+    """EOFs of p x p patch vectors (PixelUnshuffle order, C * p * p values) pooled over all patches of the
+    anomaly chunks [n, C, H, W]: (variances descending, EOFs as columns, total variance)."""
     C, n = None, 0
-    for i in range(0, len(Ntr), 64):
-        e = (torch.from_numpy(Ntr[i:i + 64]) - cmt) * es
+    for e in chunks:
+        e = torch.as_tensor(e, dtype=torch.float32)
         P = F.pixel_unshuffle(e, p).permute(0, 2, 3, 1).reshape(-1, e.shape[1] * p * p)
         C = (P.T @ P).double() if C is None else C + (P.T @ P).double()
         n += P.shape[0]
     ev, V = torch.linalg.eigh(C / n)
-    ev, V = ev.flip(0)[:K], V.flip(1)[:, :K]
-    print(f"local EOFs: {K} of {V.shape[0]} explain {float(ev.sum() / torch.trace(C / n)):.5f} of the variance",
-          flush=True)
+    return ev.flip(0), V.flip(1), float(torch.trace(C / n))
+
+
+def local_eof_init(ae, Ntr, cm, escale):
+    """Set W_e, W_d to the leading K local EOFs of the weighted training anomalies e (p x p patches), and
+    zscale to the square root of their variances."""
+    p, K = ae.cfg["patch"], ae.cfg["K"]
+    es = escale.astype(np.float32)[None, :, None, None]
+    cm32 = cm.astype(np.float32)
+    ev, V, total = local_eofs(((Ntr[i:i + 64] - cm32) * es for i in range(0, len(Ntr), 64)), p)
+    ev, V = ev[:K], V[:, :K]
+    print(f"local EOFs: {K} of {V.shape[0]} explain {float(ev.sum()) / total:.5f} of the variance", flush=True)
     with torch.no_grad():
         ae.W_e.copy_(V.T.float()[:, :, None, None])
         ae.W_d.copy_(V.float()[:, :, None, None])
         ae.zscale.copy_(ev.clamp_min(1e-12).sqrt().float()[None, :, None, None])
-        ae.escale.copy_(es)
+        ae.escale.copy_(torch.from_numpy(es))
         ae.round_weights()
 
 
