@@ -4,6 +4,7 @@
 use crate::analysis::Analyser;
 use crate::error::Result;
 use crate::latent::{denormalise, encode_state};
+use crate::solver::dot;
 
 /// Small deterministic generator (SplitMix64 -> Box-Muller) so checks are reproducible without a dependency.
 #[derive(Debug, Clone)]
@@ -32,10 +33,6 @@ impl Rng {
     pub fn normals(&mut self, n: usize) -> Vec<f64> {
         (0..n).map(|_| self.normal()).collect()
     }
-}
-
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 /// Result of an adjoint test: |<A v, u> - <v, A^T u>| / max(|<A v, u>|, |<v, A^T u>|).

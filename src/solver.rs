@@ -103,7 +103,7 @@ pub struct SolveInfo {
 
 /// Dot product with eight independent partial sums: the compiler keeps a strict left-to-right order for a
 /// single accumulator and cannot vectorise it; the fixed lane order keeps results deterministic.
-fn dot(a: &[f64], b: &[f64]) -> f64 {
+pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
     debug_assert_eq!(a.len(), b.len());
     let mut acc = [0.0f64; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
