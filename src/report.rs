@@ -145,6 +145,13 @@ impl Report {
                 if si.grad_reduction > 0.0 { 1.0 / si.grad_reduction } else { f64::INFINITY },
                 si.inner_total
             );
+            for r in &si.hessian_ritz {
+                let _ = writeln!(
+                    s,
+                    "outer loop {}: Hessian Ritz values in [{:.3}, {:.4e}] after {} CG iterations (condition number >= {:.3e})",
+                    r.outer, r.min, r.max, r.iterations, r.max / r.min
+                );
+            }
         }
         let _ = writeln!(s, "observations: {} given, {} used; QC {:?}", self.n_obs, self.n_used, self.qc_counts);
         let _ = writeln!(

@@ -99,6 +99,77 @@ pub struct SolveInfo {
     pub grad_final: f64,
     /// grad_final / grad_initial.
     pub grad_reduction: f64,
+    /// Per outer loop, the extreme Ritz values of the inner-loop Hessian I + G^T R^-1 G from the CG coefficients
+    /// (the Lanczos tridiagonal matrix). `max` estimates the condition number (the smallest eigenvalue is >= 1)
+    /// and so the CG iterations a given gradient reduction needs.
+    pub hessian_ritz: Vec<RitzRange>,
+}
+
+/// Extreme Ritz values of one inner loop's Hessian.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RitzRange {
+    /// Outer loop index (1-based).
+    pub outer: usize,
+    /// CG iterations the estimate is built from (the size of the tridiagonal matrix).
+    pub iterations: usize,
+    /// Smallest Ritz value (an upper bound of the smallest eigenvalue).
+    pub min: f64,
+    /// Largest Ritz value (a lower bound of the largest eigenvalue).
+    pub max: f64,
+}
+
+/// The Lanczos tridiagonal matrix of k CG iterations (Golub & Van Loan 10.2.6): from the step lengths alpha_j and
+/// the ratios beta_j = |r_j|^2 / |r_(j-1)|^2,
+/// T_11 = 1/alpha_1, T_jj = 1/alpha_j + beta_(j-1)/alpha_(j-1), T_j,j+1 = sqrt(beta_j)/alpha_j.
+/// Returns (diagonal, off-diagonal).
+fn lanczos_tridiagonal(alphas: &[f64], betas: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let k = alphas.len();
+    let diag = (0..k).map(|j| 1.0 / alphas[j] + if j > 0 { betas[j - 1] / alphas[j - 1] } else { 0.0 }).collect();
+    let off = (0..k.saturating_sub(1)).map(|j| betas[j].sqrt() / alphas[j]).collect();
+    (diag, off)
+}
+
+/// Number of eigenvalues of the symmetric tridiagonal (diag, off) below x (Sturm count of the LDL^T pivots).
+fn count_below(diag: &[f64], off: &[f64], x: f64) -> usize {
+    let mut count = 0;
+    let mut d = 1.0;
+    for j in 0..diag.len() {
+        let o2 = if j > 0 { off[j - 1] * off[j - 1] } else { 0.0 };
+        d = diag[j] - x - if j > 0 { o2 / d } else { 0.0 };
+        if d == 0.0 {
+            d = f64::EPSILON * (diag[j].abs() + x.abs()).max(f64::MIN_POSITIVE);
+        }
+        if d < 0.0 {
+            count += 1;
+        }
+    }
+    count
+}
+
+/// Smallest and largest eigenvalue of a symmetric tridiagonal matrix, by bisection inside the Gershgorin bounds
+/// (to 1e-12 relative).
+fn tridiagonal_extremes(diag: &[f64], off: &[f64]) -> (f64, f64) {
+    let k = diag.len();
+    let radius = |j: usize| (if j > 0 { off[j - 1].abs() } else { 0.0 }) + off.get(j).map_or(0.0, |o| o.abs());
+    let lo = (0..k).map(|j| diag[j] - radius(j)).fold(f64::INFINITY, f64::min);
+    let hi = (0..k).map(|j| diag[j] + radius(j)).fold(f64::NEG_INFINITY, f64::max);
+    // the i-th eigenvalue (0-based) is the smallest x with count_below(x) > i
+    let nth = |i: usize| {
+        let (mut a, mut b) = (lo, hi);
+        while b - a > 1e-12 * a.abs().max(b.abs()).max(f64::MIN_POSITIVE) {
+            let m = 0.5 * (a + b);
+            if m <= a || m >= b {
+                break;
+            }
+            if count_below(diag, off, m) > i {
+                b = m;
+            } else {
+                a = m;
+            }
+        }
+        0.5 * (a + b)
+    };
+    (nth(0), nth(k - 1))
 }
 
 /// Dot product with eight independent partial sums: the compiler keeps a strict left-to-right order for a
@@ -240,6 +311,7 @@ pub fn minimise(
     let mut tmp_obs = vec![0.0; m];
     let mut tmp_state = vec![0.0; sl];
     let mut basis = KrylovBasis::new(n, params.max_inner.min(200) + 1);
+    let mut hessian_ritz = Vec::new();
     let mut j_initial = f64::NAN;
     let mut grad_initial = f64::NAN;
     let outer_loops = if ctrl.is_linear() { 1 } else { params.outer_loops.max(1) };
@@ -280,6 +352,7 @@ pub fn minimise(
         dw.iter_mut().for_each(|v| *v = 0.0);
         gdw.iter_mut().for_each(|v| *v = 0.0);
         let mut rr = dot(&r, &r);
+        let (mut alphas, mut betas) = (Vec::new(), Vec::new());
         for j in 1..=params.max_inner {
             // q = (I + G^T R^-1 G) p
             ctrl.tl(&pdir, &mut tmp_state)?;
@@ -303,6 +376,7 @@ pub fn minimise(
                 ));
             }
             let alpha = rr / pq;
+            alphas.push(alpha);
             for i in 0..n {
                 dw[i] += alpha * pdir[i];
                 r[i] -= alpha * q[i];
@@ -327,10 +401,16 @@ pub fn minimise(
                 break;
             }
             let beta = rr_new / rr;
+            betas.push(beta);
             rr = rr_new;
             for i in 0..n {
                 pdir[i] = r[i] + beta * pdir[i];
             }
+        }
+        if !alphas.is_empty() {
+            let (diag, off) = lanczos_tridiagonal(&alphas, &betas);
+            let (min, max) = tridiagonal_extremes(&diag, &off);
+            hessian_ritz.push(RitzRange { outer: k, iterations: alphas.len(), min, max });
         }
         for i in 0..n {
             w[i] += dw[i];
@@ -356,6 +436,7 @@ pub fn minimise(
         grad_initial,
         grad_final,
         grad_reduction: if grad_initial > 0.0 { grad_final / grad_initial } else { 0.0 },
+        hessian_ritz,
     };
     Ok((w, analysis_dx, info))
 }
@@ -372,6 +453,41 @@ mod tests {
                 (s >> 11) as f64 / (1u64 << 53) as f64 - 0.5
             })
             .collect()
+    }
+
+    #[test]
+    fn tridiagonal_extremes_match_the_closed_form_of_the_1d_laplacian() {
+        // tridiag(-1, 2, -1) of size k: eigenvalues 2 - 2 cos(j pi / (k + 1)), j = 1..k
+        let k = 50;
+        let (lo, hi) = tridiagonal_extremes(&vec![2.0; k], &vec![-1.0; k - 1]);
+        let ev = |j: f64| 2.0 - 2.0 * (j * std::f64::consts::PI / (k as f64 + 1.0)).cos();
+        assert!((lo - ev(1.0)).abs() < 1e-11, "{lo} vs {}", ev(1.0));
+        assert!((hi - ev(k as f64)).abs() < 1e-11, "{hi} vs {}", ev(k as f64));
+    }
+
+    #[test]
+    fn ritz_values_of_a_full_cg_run_are_the_eigenvalues() {
+        // CG on A = diag(1..=k) from a vector with all components: after k iterations the Lanczos tridiagonal
+        // matrix is similar to A, so its extreme eigenvalues are 1 and k.
+        let k = 12;
+        let a: Vec<f64> = (1..=k).map(|v| v as f64).collect();
+        let mut r = pseudo_random(k, 7);
+        let mut p = r.clone();
+        let mut rr = dot(&r, &r);
+        let (mut alphas, mut betas) = (vec![], vec![]);
+        for _ in 0..k {
+            let q: Vec<f64> = a.iter().zip(&p).map(|(a, p)| a * p).collect();
+            let alpha = rr / dot(&p, &q);
+            alphas.push(alpha);
+            r.iter_mut().zip(&q).for_each(|(r, q)| *r -= alpha * q);
+            let rr_new = dot(&r, &r);
+            betas.push(rr_new / rr);
+            p = r.iter().zip(&p).map(|(r, p)| r + rr_new / rr * p).collect();
+            rr = rr_new;
+        }
+        let (diag, off) = lanczos_tridiagonal(&alphas, &betas);
+        let (lo, hi) = tridiagonal_extremes(&diag, &off);
+        assert!((lo - 1.0).abs() < 1e-6 && (hi - k as f64).abs() < 1e-6, "Ritz range [{lo}, {hi}], expected [1, {k}]");
     }
 
     #[test]
