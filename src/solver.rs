@@ -175,16 +175,21 @@ fn tridiagonal_extremes(diag: &[f64], off: &[f64]) -> (f64, f64) {
 /// Dot product with eight independent partial sums: the compiler keeps a strict left-to-right order for a
 /// single accumulator and cannot vectorise it; the fixed lane order keeps results deterministic.
 pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
+    dot_lanes(a, b)
+}
+
+/// [`dot`] for a second vector of float64 or float32 elements (widened to float64).
+fn dot_lanes<T: Copy + Into<f64>>(a: &[f64], b: &[T]) -> f64 {
     debug_assert_eq!(a.len(), b.len());
     let mut acc = [0.0f64; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
         for l in 0..8 {
-            acc[l] += x[l] * y[l];
+            acc[l] += x[l] * y[l].into();
         }
     }
-    let tail: f64 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    let tail: f64 = ra.iter().zip(rb).map(|(x, y)| x * (*y).into()).sum();
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
@@ -219,27 +224,12 @@ impl KrylovBasis {
     /// Modified Gram-Schmidt: r -= (r . b) b for every stored b, in order.
     fn orthogonalise(&self, r: &mut [f64]) {
         for b in self.data.chunks_exact(self.n) {
-            let c = dot_f32(r, b);
+            let c = dot_lanes(r, b);
             for (ri, bi) in r.iter_mut().zip(b) {
                 *ri -= c * *bi as f64;
             }
         }
     }
-}
-
-/// [`dot`] of a float64 and a float32 vector (same fixed lane order).
-fn dot_f32(a: &[f64], b: &[f32]) -> f64 {
-    debug_assert_eq!(a.len(), b.len());
-    let mut acc = [0.0f64; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l] as f64;
-        }
-    }
-    let tail: f64 = ra.iter().zip(rb).map(|(x, y)| x * *y as f64).sum();
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
 /// Workspace and problem data for [`minimise`].
@@ -512,7 +502,7 @@ mod tests {
             .map(|b| b.iter().zip(&r).map(|(b, r)| *b as f64 * r).sum::<f64>().abs() / norm(&r))
             .fold(0.0, f64::max);
         assert!(worst < 1e-6, "largest |b.r|/|r| = {worst:e}");
-        let dots = dot_f32(&r, &basis.data[..n]);
+        let dots = dot_lanes(&r, &basis.data[..n]);
         let plain: f64 = r.iter().zip(&basis.data[..n]).map(|(a, b)| a * *b as f64).sum();
         assert!((dots - plain).abs() <= 1e-12 * r0, "lane-ordered dot {dots} vs plain sum {plain}");
     }
