@@ -40,6 +40,13 @@ fn l3dvar_on_the_sample_case_beats_the_background_on_every_variable_and_3dvar_on
     }
     let s = l.report.solver.as_ref().unwrap();
     println!("L3DVar: |grad J| reduced {:.2e}-fold in {} TL/AD pairs", 1.0 / s.grad_reduction, s.inner_total);
+    // the settings converge (the card's claim: the CG stops on its 1000-fold criterion, not on the 150 cap), and
+    // the Ritz values lie in the Hessian's spectrum, which starts at 1
+    assert!(s.inner_total < 150, "L3DVar CG did not converge in 150 iterations");
+    for r in s.hessian_ritz.iter().chain(&v.report.solver.as_ref().unwrap().hessian_ritz) {
+        println!("outer {}: Ritz values [{:.4}, {:.4e}] from {} iterations", r.outer, r.min, r.max, r.iterations);
+        assert!(r.min >= 1.0 - 1e-6 && r.max >= r.min, "Ritz range {r:?} outside [1, inf)");
+    }
     for i in 0..rb.len() {
         assert!(rl[i] < rb[i], "{}: L3DVar RMSE {} is not below the background's {}", names[i], rl[i], rb[i]);
     }
