@@ -24,6 +24,9 @@ def main(argv=None):
     ap.add_argument("--bundle", default=os.path.join(os.path.dirname(__file__), "..", "..", "models", "speedy-t31"))
     ap.add_argument("--train-minutes", default="45",
                     help="wall-clock minutes of the training stage(s), comma-separated stages continue the previous one")
+    ap.add_argument("--train-steps", default=None,
+                    help="train a fixed number of steps instead (comma-separated per stage, like --train-minutes): "
+                         "reproducible bit for bit, unlike a time budget")
     a = ap.parse_args(argv)
     os.makedirs(a.out, exist_ok=True)
     if not os.path.exists(os.path.join(a.out, "nature", "chunk_024.npy")):
@@ -31,11 +34,14 @@ def main(argv=None):
     run("forecasts", "--out", a.out, "--launches", "20:330,610:728:2", "--t-rms", "0.75")
     arch = ["--arch", "patch", "--patch", "8", "--K", "512", "--lr", "1e-3"]
     stages = [float(m) for m in a.train_minutes.split(",")]
+    steps = a.train_steps.split(",") if a.train_steps else []
+    if steps and len(steps) != len(stages):
+        stages = [float(stages[0])] * len(steps)
     prev = None
     for k, minutes in enumerate(stages):
         name = "ae" if len(stages) == 1 else f"ae_stage{k + 1}"
         if not os.path.exists(os.path.join(a.out, "ae", f"{name}.pt")):
-            extra = ["--init", prev] if prev else []
+            extra = (["--init", prev] if prev else []) + (["--steps", steps[k]] if steps else [])
             run("train", "--out", a.out, "--train-days", "600", "--minutes", str(minutes), *arch, "--name", name,
                 *extra)
         prev = os.path.join(a.out, "ae", f"{name}.pt")

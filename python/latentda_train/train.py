@@ -20,6 +20,9 @@ def main(argv=None):
     ap.add_argument("--out", default="/work/data")
     ap.add_argument("--train-days", type=int, default=600, help="days [0, N) train; later days validate")
     ap.add_argument("--minutes", type=float, default=35.0, help="wall-clock training budget")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="train exactly this many steps instead (the learning-rate schedule then runs on steps, "
+                         "not on time, so a run is reproducible bit for bit)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--cl", type=int, default=16)
@@ -120,7 +123,7 @@ def main(argv=None):
         ep += 1
         run = 0.0
         for i in range(0, len(perm) - a.batch + 1, a.batch):
-            frac = (time.time() - t0) / budget
+            frac = step / a.steps if a.steps else (time.time() - t0) / budget
             if frac >= 1:
                 done = True
                 break
@@ -149,7 +152,7 @@ def main(argv=None):
     path = os.path.join(a.out, "ae", f"{a.name}.pt")
     torch.save({"cfg": ae.cfg, "state_dict": ae.state_dict(), "norm_mean": mean, "norm_std": std,
                 "train_days": a.train_days, "steps": step + (prev["steps"] if prev else 0),
-                "epochs": ep + (prev["epochs"] if prev else 0), "minutes": a.minutes + (prev["minutes"] if prev else 0),
+                "epochs": ep + (prev["epochs"] if prev else 0), "minutes": round((time.time() - t0) / 60 + (prev["minutes"] if prev else 0), 1),
                 "val_recon_rmse": rec, "loss_weights": w, "args": vars(a), "params": nparam, "hist": hist},
                path)
     print("saved", path, flush=True)
