@@ -11,10 +11,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use latentda::checks::Rng;
-use latentda::grid::{Grid, GridKind, Layout, Vertical, VerticalKind};
+use latentda::diag::checks::Rng;
+use latentda::bundle::grid::{Grid, GridKind, Layout, Vertical, VerticalKind};
 use latentda::obs::{Observation, QcFlag};
-use latentda::obsop::ObsOperator;
+use latentda::obs::operator::ObsOperator;
 use latentda::{Analyser, Method, Options};
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -94,7 +94,7 @@ fn bench_analysis(backend: &str) {
     };
     let open_s = t.elapsed().as_secs_f64();
     let lay = a.bundle.layout.clone();
-    let xb = latentda::ncio::read_state(&case.join("background.nc"), &lay).unwrap();
+    let xb = latentda::bundle::ncio::read_state(&case.join("background.nc"), &lay).unwrap();
     let (obs, _) = latentda::obs::read_csv(&case.join("obs.csv"), &lay).unwrap();
     for method in [Method::L3dvar, Method::Var3d] {
         if method == Method::Var3d && (a.bundle.baseline.is_none() || backend != "tract") {
@@ -105,7 +105,7 @@ fn bench_analysis(backend: &str) {
             let r = a.analyse(&xb, &obs, method).unwrap();
             rows.push(r.report);
         }
-        let m = |f: &dyn Fn(&latentda::report::Report) -> f64| median(rows.iter().map(f).collect());
+        let m = |f: &dyn Fn(&latentda::var::report::Report) -> f64| median(rows.iter().map(f).collect());
         let r0 = &rows[0];
         let s = r0.solver.as_ref().unwrap();
         let total = m(&|r| r.timings.total_s);

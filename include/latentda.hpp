@@ -1,6 +1,6 @@
 // latentda C++ API: latent data assimilation for forecast models.
 //
-// Hand-written public header over the cxx bridge (src/cxx_bridge.rs). Include this file only; it pulls in the
+// Hand-written public header over the cxx bridge (src/coupling/cxx_bridge.rs). Include this file only; it pulls in the
 // generated bridge header include/latentda/bridge.h and include/latentda/rust/cxx.h (both copied there by
 // `cargo build --release`; do not edit them). Requires C++17. Build a program with one command (examples/cpp/README.md):
 //

@@ -20,28 +20,27 @@
 // `!(x > 0.0)`-style tests are deliberate: they also reject NaN.
 #![allow(clippy::needless_range_loop, clippy::neg_cmp_op_on_partial_ord)]
 
-pub mod analysis;
-pub mod autoencoder;
-pub mod backend;
-pub mod balance;
-pub mod baseline;
-pub mod bop;
-pub mod bundle;
-pub mod checks;
-pub mod cxx_bridge;
+// Layers, bottom to top; a module uses only its own layer and those below it.
 pub mod error;
-pub mod grid;
-pub mod host;
-pub mod latent;
-pub mod ncio;
+pub mod numeric;
+/// Bundle: manifest, grid and layout, statistics, state files.
+pub mod bundle;
+/// Models: ONNX execution backends and the autoencoder.
+pub mod model;
+/// Observations: reading, the observation operator, quality control.
 pub mod obs;
-pub mod obsop;
-pub mod options;
-pub mod report;
-pub mod solver;
+/// Background-error covariances: latent, static, hybrid (one operator trait).
+pub mod bmat;
+/// Diagnostics: balance, adjoint and Taylor tests.
+pub mod diag;
+/// Variational analysis: options, solver, control transforms, the analysis driver and its report.
+pub mod var;
+/// Coupling to hosts: the host-array context, the C ABI and the C++ bridge.
+pub mod coupling;
 
-pub use analysis::{Analyser, Analysis};
+pub use bundle::{grid, ncio};
+pub use coupling::ffi;
 pub use error::{Error, Result, Status};
 pub use obs::{Observation, QcFlag};
-pub use options::{Method, Options, OutputMode};
-pub mod ffi;
+pub use var::analysis::{Analyser, Analysis};
+pub use var::options::{Method, Options, OutputMode};

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use latentda::checks;
-use latentda::ncio;
+use latentda::diag::checks;
+use latentda::bundle::ncio;
 use latentda::obs;
 use latentda::{Analyser, Method, Options, OutputMode};
 
@@ -214,9 +214,9 @@ fn cmd_check(
     let e = |e: latentda::Error| e.to_string();
     let mut ok = true;
     println!("bundle {} ({}): {} latent, {} state values", a.bundle.name, a.ae.info.detail, a.ae.latent_len, a.ae.state_len);
-    let z = checks::check_latent_point(&mut a, state.as_deref()).map_err(e)?;
+    let z = checks::check_latent_point(&a.bundle, &mut a.ae, state.as_deref()).map_err(e)?;
     let where_ = if state.is_some() { "z = E(N(state))" } else { "z = E(0) (mean state)" };
-    let dt = checks::decoder_dot_test(&mut a, &z, 5, 1).map_err(e)?;
+    let dt = checks::decoder_dot_test(&mut a.ae, &z, 5, 1).map_err(e)?;
     let pass = dt.rel < 1e-5;
     ok &= pass;
     println!(
@@ -229,7 +229,7 @@ fn cmd_check(
     // Steps from well beyond the background-error scale down to float32 round-off: first-order convergence must
     // show over at least three consecutive decades somewhere in this range.
     let eps: Vec<f64> = (-2..6).map(|k| 10f64.powi(-k)).collect();
-    let rows = checks::decoder_taylor_test(&mut a, &z, &eps, 2).map_err(e)?;
+    let rows = checks::decoder_taylor_test(&a.bundle, &mut a.ae, &z, &eps, 2).map_err(e)?;
     println!("Taylor test of the TL (direction ~ latent background error):");
     println!("  {:>8} {:>12} {:>12}", "eps", "ratio", "remainder");
     for r in &rows {
@@ -247,11 +247,11 @@ fn cmd_check(
         Some(s) => s.clone(),
         None => a.bundle.mean_state(),
     };
-    let lt = checks::latent_bsqrt_dot_test(&mut a, &x_b, 3).map_err(e)?;
+    let lt = checks::latent_bsqrt_dot_test(&a.bundle, &mut a.ae, &x_b, 3).map_err(e)?;
     let pass = lt.rel < 1e-5;
     ok &= pass;
     println!("latent B^1/2 (U) adjoint test: rel diff {:.2e} (gate 1e-5) {}", lt.rel, if pass { "PASS" } else { "FAIL" });
-    match checks::baseline_bsqrt_dot_test(&a, 4).map_err(e)? {
+    match checks::baseline_bsqrt_dot_test(&a.bundle, 4).map_err(e)? {
         Some(bt) => {
             let pass = bt.rel < 1e-10;
             ok &= pass;
@@ -260,7 +260,7 @@ fn cmd_check(
         None => println!("baseline B^1/2: bundle has no baseline statistics"),
     }
     if let Some(s) = &state {
-        let rec = checks::reconstruction_rmse(&mut a, s).map_err(e)?;
+        let rec = checks::reconstruction_rmse(&a.bundle, &mut a.ae, s).map_err(e)?;
         println!("reconstruction RMSE of N^-1(D(E(N(x)))) - x on the given state:");
         for (v, r) in rec {
             let i = a.bundle.layout.var_index(&v).unwrap();

@@ -7,7 +7,7 @@ use common::*;
 
 fn read(path: &std::path::Path, bundle: &std::path::Path) -> Vec<f64> {
     let b = latentda::bundle::Bundle::open(bundle).unwrap();
-    latentda::ncio::read_state(path, &b.layout).unwrap()
+    latentda::bundle::ncio::read_state(path, &b.layout).unwrap()
 }
 
 fn analyse_args<'a>(bundle: &'a str, sample: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<String> {

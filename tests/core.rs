@@ -6,10 +6,10 @@
 mod common;
 
 use common::*;
-use latentda::checks::{self, Rng};
-use latentda::grid::{Grid, GridKind, Layout, Vertical, VerticalKind};
+use latentda::diag::checks::{self, Rng};
+use latentda::bundle::grid::{Grid, GridKind, Layout, Vertical, VerticalKind};
 use latentda::obs::{parse_csv, Observation, QcFlag};
-use latentda::obsop::ObsOperator;
+use latentda::obs::operator::ObsOperator;
 use latentda::{Analyser, Method, Options, OutputMode, Status};
 
 fn opts(toml: &str) -> Options {
@@ -23,8 +23,8 @@ fn open(name: &str, toml: &str) -> Analyser {
 fn sample(a: &Analyser, name: &str) -> (Vec<f64>, Vec<f64>, Vec<Observation>) {
     let s = fixture(name).join("sample");
     let lay = &a.bundle.layout;
-    let xb = latentda::ncio::read_state(&s.join("background.nc"), lay).unwrap();
-    let xt = latentda::ncio::read_state(&s.join("truth.nc"), lay).unwrap();
+    let xb = latentda::bundle::ncio::read_state(&s.join("background.nc"), lay).unwrap();
+    let xt = latentda::bundle::ncio::read_state(&s.join("truth.nc"), lay).unwrap();
     let (obs, problems) = latentda::obs::read_csv(&s.join("obs.csv"), lay).unwrap();
     assert!(problems.is_empty());
     (xb, xt, obs)
@@ -148,18 +148,18 @@ fn obs_operator_matches_independent_python_interpolation() {
 fn decoder_tl_ad_dot_and_taylor_tests() {
     let mut a = open("tanh", "");
     let (xb, _, _) = sample(&a, "tanh");
-    let z = checks::check_latent_point(&mut a, Some(&xb)).unwrap();
-    let dt = checks::decoder_dot_test(&mut a, &z, 5, 11).unwrap();
+    let z = checks::check_latent_point(&a.bundle, &mut a.ae, Some(&xb)).unwrap();
+    let dt = checks::decoder_dot_test(&mut a.ae, &z, 5, 11).unwrap();
     assert!(dt.rel < 1e-5, "dot test rel {:e}", dt.rel);
     let eps: Vec<f64> = (0..5).map(|k| 10f64.powi(-k)).collect();
-    let rows = checks::decoder_taylor_test(&mut a, &z, &eps, 12).unwrap();
+    let rows = checks::decoder_taylor_test(&a.bundle, &mut a.ae, &z, &eps, 12).unwrap();
     // First order: the remainder falls by ~10x per decade from eps = 1 to 1e-3 (three decades).
     for w in rows.windows(2).take(3) {
         let f = w[0].remainder / w[1].remainder;
         assert!(f > 5.0 && f < 20.0, "remainder {:e} -> {:e}: factor {f}", w[0].remainder, w[1].remainder);
     }
     assert!((rows[3].ratio - 1.0).abs() < 1e-3, "ratio at eps=1e-3: {}", rows[3].ratio);
-    let lt = checks::latent_bsqrt_dot_test(&mut a, &xb, 13).unwrap();
+    let lt = checks::latent_bsqrt_dot_test(&a.bundle, &mut a.ae, &xb, 13).unwrap();
     assert!(lt.rel < 1e-5, "latent B^1/2 adjoint rel {:e}", lt.rel);
 }
 
@@ -175,7 +175,7 @@ fn l3dvar_with_linear_decoder_equals_closed_form_kalman_solution() {
     let mut flags = vec![QcFlag::Used; obs.len()];
     let h = ObsOperator::build(&lay, &obs, &mut flags);
     let (m, n, ns) = (h.nrows(), a.bundle.latent_size(), lay.state_len());
-    let mut op = latentda::bop::LatentB::linearise(&mut a, &xb).unwrap();
+    let mut op = a.latent_b(&xb).unwrap();
     let mut u = vec![vec![0.0; ns]; n];
     for (k, col) in u.iter_mut().enumerate() {
         let mut e = vec![0.0; n];
@@ -301,7 +301,7 @@ fn baseline_3dvar_single_observation_increment_is_a_column_of_b() {
     }];
     let r = a.analyse(&xb, &obs, Method::Var3d).unwrap();
     let dx: Vec<f64> = r.analysis.iter().zip(&xb).map(|(a, b)| a - b).collect();
-    let mut b = latentda::baseline::StaticB::new(&lay, a.bundle.baseline.as_ref().unwrap()).unwrap();
+    let mut b = latentda::bmat::static_b::StaticB::new(&lay, a.bundle.baseline.as_ref().unwrap()).unwrap();
     let mut e = vec![0.0; lay.state_len()];
     e[p] = 1.0;
     let mut ute = vec![0.0; lay.state_len()];
@@ -330,7 +330,7 @@ fn baseline_correlation_is_gaussian_with_the_bundle_length_scale() {
         length_scale: vec![l_km; lay.nchan],
         vertical_correlation: vec![Some(latentda_identity(5)), None],
     };
-    let mut b = latentda::baseline::StaticB::new(&lay, &stats).unwrap();
+    let mut b = latentda::bmat::static_b::StaticB::new(&lay, &stats).unwrap();
     // Correlation between a point at 45N and points east of it along the same latitude circle.
     let nlon = lay.grid.nlon();
     let j = lay.grid.lat.iter().position(|l| (l - 45.0).abs() < 2.0).unwrap();

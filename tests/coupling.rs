@@ -14,7 +14,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use latentda::bundle::Bundle;
-use latentda::ffi::{self, LdaContext};
+use latentda::coupling::ffi::{self, LdaContext};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -165,7 +165,7 @@ fn cli_analysis(bundle: &str) -> &'static [f64] {
             .unwrap();
         assert!(o.status.success(), "latentda analyse failed: {}", show(&o));
         let layout = Bundle::open(&b).unwrap().layout;
-        latentda::ncio::read_state(&out, &layout).unwrap()
+        latentda::bundle::ncio::read_state(&out, &layout).unwrap()
     })
 }
 
@@ -203,7 +203,7 @@ fn max_rel_diff(bundle: &str, a: &[f64], b: &[f64]) -> f64 {
 
 fn background(bundle: &str) -> Vec<f64> {
     let b = fixture(bundle);
-    latentda::ncio::read_state(&b.join("sample/background.nc"), &Bundle::open(&b).unwrap().layout).unwrap()
+    latentda::bundle::ncio::read_state(&b.join("sample/background.nc"), &Bundle::open(&b).unwrap().layout).unwrap()
 }
 
 #[test]
@@ -212,7 +212,7 @@ fn header_is_up_to_date() {
     let generated = std::fs::read_to_string(concat!(env!("OUT_DIR"), "/latentda.h")).unwrap();
     assert!(
         committed == generated,
-        "include/latentda.h differs from the header build.rs generates from src/ffi.rs: run \
+        "include/latentda.h differs from the header build.rs generates from src/coupling/ffi.rs: run \
          `LATENTDA_WRITE_HEADER=1 cargo build --release` and commit include/latentda.h"
     );
     for name in ["LdaStatus", "LDA_ERR_NOT_READY", "LdaQcFlag", "LDA_QC_BACKGROUND_CHECK", "LDA_ORDER_FORTRAN"] {

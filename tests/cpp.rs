@@ -1,4 +1,4 @@
-//! C++ API (include/latentda.hpp over the cxx bridge, src/cxx_bridge.rs): builds examples/cpp/driver.cpp and
+//! C++ API (include/latentda.hpp over the cxx bridge, src/coupling/cxx_bridge.rs): builds examples/cpp/driver.cpp and
 //! examples/cpp/errors.cpp with the real g++ using the one command documented in examples/cpp/README.md, then checks
 //! that the driver's analysis equals the CLI's on the same inputs, that errors carry the C ABI's codes and messages,
 //! and that host arrays are bit-identical after a failed analysis.
@@ -155,9 +155,9 @@ fn cpp_driver_matches_cli() {
 }
 
 /// Message of the last C ABI failure on `ctx` (or of lda_open with a null ctx).
-fn c_last_error(ctx: *const latentda::ffi::LdaContext) -> String {
+fn c_last_error(ctx: *const latentda::coupling::ffi::LdaContext) -> String {
     // SAFETY: lda_last_error returns a valid NUL-terminated string.
-    unsafe { std::ffi::CStr::from_ptr(latentda::ffi::lda_last_error(ctx)) }.to_string_lossy().into_owned()
+    unsafe { std::ffi::CStr::from_ptr(latentda::coupling::ffi::lda_last_error(ctx)) }.to_string_lossy().into_owned()
 }
 
 #[test]
@@ -184,8 +184,8 @@ fn cpp_errors_have_c_abi_codes_and_messages_and_leave_arrays_untouched() {
     assert_eq!(c, Status::Bundle as i32);
     assert_eq!(what, format!("bundle directory '{bad}' does not exist"));
     let cbad = std::ffi::CString::new(bad).unwrap();
-    let mut ctx: *mut latentda::ffi::LdaContext = std::ptr::null_mut();
-    let st = latentda::ffi::lda_open(cbad.as_ptr(), std::ptr::null(), &mut ctx);
+    let mut ctx: *mut latentda::coupling::ffi::LdaContext = std::ptr::null_mut();
+    let st = latentda::coupling::ffi::lda_open(cbad.as_ptr(), std::ptr::null(), &mut ctx);
     assert_eq!((st as i32, c_last_error(std::ptr::null())), (c, what.clone()), "C++ and C ABI agree on a bad bundle");
 
     // Wrong shape (lat/lon swapped): LDA_ERR_INVALID_ARGUMENT and the C ABI's message.
@@ -193,12 +193,12 @@ fn cpp_errors_have_c_abi_codes_and_messages_and_leave_arrays_untouched() {
     assert_eq!(c, Status::InvalidArgument as i32);
     assert_eq!(what, "bind_field 'u': shape [3, 16, 8] does not match the bundle grid; expected [3, 8, 16] in C (lev, lat, lon) order");
     let cdir = std::ffi::CString::new(bundle.to_str().unwrap()).unwrap();
-    assert_eq!(latentda::ffi::lda_open(cdir.as_ptr(), std::ptr::null(), &mut ctx) as i32, 0);
+    assert_eq!(latentda::coupling::ffi::lda_open(cdir.as_ptr(), std::ptr::null(), &mut ctx) as i32, 0);
     let mut u = vec![0.0f64; 384];
     let shape = [3i64, 16, 8];
-    let st = latentda::ffi::lda_bind_field_f64(ctx, c"u".as_ptr(), u.as_mut_ptr(), 3, shape.as_ptr(), 0);
+    let st = latentda::coupling::ffi::lda_bind_field_f64(ctx, c"u".as_ptr(), u.as_mut_ptr(), 3, shape.as_ptr(), 0);
     assert_eq!((st as i32, c_last_error(ctx)), (c, what), "C++ and C ABI agree on a wrong shape");
-    latentda::ffi::lda_close(ctx);
+    latentda::coupling::ffi::lda_close(ctx);
 
     let (c, what) = case("wrong_ndim");
     assert_eq!(c, 2);

@@ -27,8 +27,8 @@ fn l3dvar_on_the_sample_case_beats_the_background_on_every_variable_and_3dvar_on
     let mut a = Analyser::open(bundle(), Options::from_toml("outer_loops = 1\nmax_inner = 150").unwrap()).unwrap();
     let s = bundle().join("sample");
     let lay = a.bundle.layout.clone();
-    let xb = latentda::ncio::read_state(&s.join("background.nc"), &lay).unwrap();
-    let xt = latentda::ncio::read_state(&s.join("truth.nc"), &lay).unwrap();
+    let xb = latentda::bundle::ncio::read_state(&s.join("background.nc"), &lay).unwrap();
+    let xt = latentda::bundle::ncio::read_state(&s.join("truth.nc"), &lay).unwrap();
     let (obs, _) = latentda::obs::read_csv(&s.join("obs.csv"), &lay).unwrap();
     let l = a.analyse(&xb, &obs, Method::L3dvar).unwrap();
     let v = a.analyse(&xb, &obs, Method::Var3d).unwrap();
@@ -60,7 +60,7 @@ fn l3dvar_on_the_sample_case_beats_the_background_on_every_variable_and_3dvar_on
 fn single_temperature_observation_gives_a_balanced_wind_increment_only_with_the_latent_b() {
     let mut a = Analyser::open(bundle(), Options::from_toml("bg_check = 0.0").unwrap()).unwrap();
     let lay = a.bundle.layout.clone();
-    let xb = latentda::ncio::read_state(&bundle().join("sample/background.nc"), &lay).unwrap();
+    let xb = latentda::bundle::ncio::read_state(&bundle().join("sample/background.nc"), &lay).unwrap();
     let it = lay.var_index("t").unwrap();
     let np = lay.grid.npoints();
     let (j, i, k) = (12usize, 20usize, 4usize); // ~45N, 75E, sigma ~0.5

@@ -66,6 +66,23 @@ def land_mask(lat, lon):
     return lsm
 
 
+def orography(lat, lon):
+    """SPEEDY surface geopotential height (m, packaged T30 boundary file) on (lat N->S, lon)."""
+    from .jcmrun import jcm_dir
+    with netCDF4.Dataset(os.path.join(jcm_dir(), "data/bc/t30/clim/surface.nc")) as ds:
+        orog = np.asarray(ds["orog"][:], np.float64)
+        flat = np.asarray(ds["lat"][:], np.float64)
+    if flat[0] < flat[-1]:
+        orog = orog[::-1]
+    return orog
+
+
+def position_fields(lat, lon):
+    """The autoencoder's fixed position inputs on the bundle grid: sin/cos latitude, land-sea mask, orography."""
+    from .model import position_fields as pf
+    return pf(lat, lon, land_mask(lat, lon), orography(lat, lon))
+
+
 def bilinear_weights(lat, lon, plat, plon):
     """Bilinear interpolation stencil at points (periodic in lon) on lat(N->S), lon: rows i0 (south), i1 (north),
     columns j0, j1 and weights wx (towards j1), wy (towards i1)."""

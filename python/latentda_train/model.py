@@ -13,6 +13,7 @@ are exact.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -73,6 +74,77 @@ class ResBlock(nn.Module):
         return x + self.c2(F.silu(self.c1(x)))
 
 
+class PosConv(nn.Module):
+    """k x k periodic convolution over [h, P]: the features h with the fixed position fields P of the same
+    resolution appended as extra input channels. P is a constant, so TL and AD use only the weights acting on h."""
+
+    def __init__(self, cin, cout, npos, level, k=3):
+        super().__init__()
+        self.cin, self.level = cin, level
+        self.conv = PConv(cin + npos, cout, k)
+
+    def forward(self, x, pos):
+        p = pos[self.level]
+        return self.conv(torch.cat([x, p.expand(x.shape[0], -1, -1, -1)], dim=1))
+
+    def _w(self):
+        return self.conv.conv.weight[:, :self.cin]
+
+    def tl(self, dx, pos):
+        c = self.conv
+        return F.conv2d(ppad(dx, c.p), self._w(), None, padding=(c.p, 0))
+
+    def ad(self, g, pos):
+        c = self.conv
+        return ppad_adjoint(F.conv_transpose2d(g, self._w(), None, padding=(c.p, 0)), c.p)
+
+
+class Film(nn.Module):
+    """Position-dependent gain: h * (1 + G(P)), G a 1 x 1 convolution of the fixed position fields. Linear in h
+    with a fixed map, so the gain can change sign with latitude (the Coriolis parameter does) and the TL and AD are
+    the same multiplication."""
+
+    def __init__(self, c, npos, level):
+        super().__init__()
+        self.level = level
+        self.g = nn.Conv2d(npos, c, 1)
+        with torch.no_grad():
+            self.g.weight.zero_()
+            self.g.bias.zero_()
+
+    def gain(self, pos):
+        return 1.0 + self.g(pos[self.level])
+
+    def forward(self, x, pos):
+        return x * self.gain(pos)
+
+    def tl(self, dx, pos):
+        return dx * self.gain(pos)
+
+    def ad(self, g, pos):
+        return g * self.gain(pos)
+
+
+class ZonalMix(nn.Module):
+    """Global reach along longitude: h + W mean_lon(h), W a 1 x 1 convolution, the result broadcast back along
+    longitude. Linear; the adjoint of "mean then broadcast" is itself, so AD = g + mean_lon(W^T g)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.w = nn.Conv2d(c, c, 1, bias=False)
+        with torch.no_grad():
+            self.w.weight.zero_()
+
+    def forward(self, x):
+        return x + self.w(x.mean(dim=-1, keepdim=True))
+
+    def tl(self, dx):
+        return self.forward(dx)
+
+    def ad(self, g):
+        return g + F.conv_transpose2d(g, self.w.weight).mean(dim=-1, keepdim=True)
+
+
 class Encoder(nn.Module):
     def __init__(self, nchan=41, c1=32, c2=64, c3=96, cl=16, res_full=True, ndown=2):
         super().__init__()
@@ -95,10 +167,12 @@ class Decoder(nn.Module):
     Built from the (c1, c2, c3, cl, ...) arguments of the conv autoencoder, or from an explicit `spec`, a
     list of ("conv", cin, cout, k) | ("res", c) | ("act",) | ("shuffle",) entries."""
 
-    def __init__(self, nchan=41, c1=32, c2=64, c3=96, cl=16, res_full=True, ndown=2, spec=None):
+    def __init__(self, nchan=41, c1=32, c2=64, c3=96, cl=16, res_full=True, ndown=2, spec=None, pos=None):
         super().__init__()
         self.convs = nn.ModuleList()
         self.plan = []
+        # fixed position fields per resolution level (0 = full grid, 1 = /2, 2 = /4), for "pconv" and "film"
+        self.pos = pos if pos is not None else []
 
         def conv(ci, co, k=3):
             self.convs.append(PConv(ci, co, k))
@@ -114,8 +188,21 @@ class Decoder(nn.Module):
         def shuffle():
             self.plan.append(("shuffle", 2))
 
+        def pconv(ci, co, k, level):
+            self.convs.append(PosConv(ci, co, self.pos[level].shape[1], level, k))
+            self.plan.append(("pconv", len(self.convs) - 1))
+
+        def film(c, level):
+            self.convs.append(Film(c, self.pos[level].shape[1], level))
+            self.plan.append(("film", len(self.convs) - 1))
+
+        def zmix(c):
+            self.convs.append(ZonalMix(c))
+            self.plan.append(("zmix", len(self.convs) - 1))
+
         if spec is not None:
-            ops = {"conv": conv, "res": res, "act": act, "shuffle": shuffle}
+            ops = {"conv": conv, "res": res, "act": act, "shuffle": shuffle, "pconv": pconv, "film": film,
+                   "zmix": zmix}
             for kind, *args in spec:
                 ops[kind](*args)
             return
@@ -133,10 +220,10 @@ class Decoder(nn.Module):
     def forward(self, z):
         h = z
         for kind, i in self.plan:
-            if kind == "conv":
+            if kind in ("conv", "res", "zmix"):
                 h = self.convs[i](h)
-            elif kind == "res":
-                h = self.convs[i](h)
+            elif kind in ("pconv", "film"):
+                h = self.convs[i](h, self.pos)
             elif kind == "act":
                 h = F.silu(h)
             else:
@@ -147,8 +234,10 @@ class Decoder(nn.Module):
     def tl(self, z, dz):
         h, dh = z, dz
         for kind, i in self.plan:
-            if kind == "conv":
+            if kind in ("conv", "zmix"):
                 h, dh = self.convs[i](h), self.convs[i].tl(dh)
+            elif kind in ("pconv", "film"):
+                h, dh = self.convs[i](h, self.pos), self.convs[i].tl(dh, self.pos)
             elif kind == "res":
                 blk = self.convs[i]
                 a1 = blk.c1(h)
@@ -165,9 +254,12 @@ class Decoder(nn.Module):
         cache = []
         h = z
         for kind, i in self.plan:   # forward sweep, keep what the adjoint needs
-            if kind == "conv":
+            if kind in ("conv", "zmix"):
                 cache.append(None)
                 h = self.convs[i](h)
+            elif kind in ("pconv", "film"):
+                cache.append(None)
+                h = self.convs[i](h, self.pos)
             elif kind == "res":
                 blk = self.convs[i]
                 a1 = blk.c1(h)
@@ -180,8 +272,10 @@ class Decoder(nn.Module):
                 cache.append(None)
                 h = F.pixel_shuffle(h, i)
         for (kind, i), c in zip(reversed(self.plan), reversed(cache)):
-            if kind == "conv":
+            if kind in ("conv", "zmix"):
                 g = self.convs[i].ad(g)
+            elif kind in ("pconv", "film"):
+                g = self.convs[i].ad(g, self.pos)
             elif kind == "res":
                 blk = self.convs[i]
                 g = g + blk.c1.ad(c * blk.c2.ad(g))
@@ -313,6 +407,90 @@ class PatchAutoEncoder(nn.Module):
                 w.copy_(w.half().float())
 
 
+def position_fields(lat, lon, lsm, orog):
+    """Fixed position inputs on the grid (lat north to south): sin(lat), cos(lat), land-sea mask, orography
+    (normalised by its standard deviation). [4, nlat, nlon] float32."""
+    lat = np.asarray(lat, np.float64)
+    la = np.radians(lat)[:, None] * np.ones((1, len(lon)))
+    o = np.asarray(orog, np.float64)
+    return np.stack([np.sin(la), np.cos(la), np.asarray(lsm, np.float64), o / max(o.std(), 1e-9)]).astype(np.float32)
+
+
+class PosAutoEncoder(nn.Module):
+    """Convolutional autoencoder that knows where it is (the reference bundle v2 design).
+
+    Position fields P (sin/cos latitude, land-sea mask, orography) are fixed extra input channels of the encoder
+    and of every decoder convolution (at the feature map's resolution, by 2 x 2 average pooling), and set a
+    position-dependent gain of the decoder's feature maps (`Film`): the decoder can couple wind and mass with a
+    sign that follows the Coriolis parameter. Two stride-2 stages give a [cl, nlat/4, nlon/4] latent grid
+    (cl = 32: 12 x 24 x 32, 20x compression of the 41 x 48 x 96 state); a zonal-mean mixing layer
+    (`ZonalMix`) plus residual blocks at the latent level give a global receptive field there. Periodic in
+    longitude (slice + concat), zero padding in latitude, SiLU. The decoder has hand-written TL/AD (the `Decoder`
+    op list).
+
+    Like `AutoEncoder`, it works on the per-point standardised anomaly (xn - clim_mean) / clim_std."""
+
+    def __init__(self, nchan=41, nlat=48, nlon=96, cl=32, ce=(48, 96, 128), cd=(128, 64, 32), npos=4):
+        super().__init__()
+        self.cfg = dict(kind="pos", nchan=nchan, nlat=nlat, nlon=nlon, cl=cl, ce=list(ce), cd=list(cd), npos=npos)
+        self.register_buffer("pos0", torch.zeros(1, npos, nlat, nlon))
+        self.register_buffer("pos1", torch.zeros(1, npos, nlat // 2, nlon // 2))
+        self.register_buffer("pos2", torch.zeros(1, npos, nlat // 4, nlon // 4))
+        self.register_buffer("clim_mean", torch.zeros(1, nchan, nlat, nlon))
+        self.register_buffer("clim_std", torch.ones(1, nchan, nlat, nlon))
+        e0, e1, e2 = ce
+        self.enc = nn.Sequential(
+            PConv(nchan + npos, e0), nn.SiLU(), ResBlock(e0), nn.SiLU(),
+            PConv(e0, e1, stride=2), nn.SiLU(), ResBlock(e1), nn.SiLU(),
+            PConv(e1, e2, stride=2), nn.SiLU(), ResBlock(e2), nn.SiLU(), ZonalMix(e2), ResBlock(e2), nn.SiLU(),
+            PConv(e2, cl))
+        d2, d1, d0 = cd
+        spec = [("pconv", cl, d2, 3, 2), ("film", d2, 2), ("act",), ("res", d2), ("act",), ("zmix", d2),
+                ("res", d2), ("act",),
+                ("pconv", d2, 4 * d1, 3, 2), ("shuffle",), ("film", d1, 1), ("act",), ("res", d1), ("act",),
+                ("pconv", d1, 4 * d0, 3, 1), ("shuffle",), ("film", d0, 0), ("act",), ("res", d0), ("act",),
+                ("pconv", d0, nchan, 3, 0)]
+        self.decoder = Decoder(spec=spec, pos=[self.pos0, self.pos1, self.pos2])
+        with torch.no_grad():  # start close to the climatology
+            last = self.decoder.convs[-1].conv.conv
+            last.weight.mul_(0.1)
+            last.bias.zero_()
+
+    def _apply(self, fn, *args, **kwargs):
+        # keep the decoder's references to the position buffers valid after .float()/.double()/.to()
+        super()._apply(fn, *args, **kwargs)
+        self.decoder.pos = [self.pos0, self.pos1, self.pos2]
+        return self
+
+    def set_position(self, p0: np.ndarray):
+        """Set the position fields from a [npos, nlat, nlon] array (pooled to the coarser levels)."""
+        with torch.no_grad():
+            t = torch.from_numpy(np.asarray(p0, np.float32))[None]
+            self.pos0.copy_(t)
+            self.pos1.copy_(F.avg_pool2d(t, 2))
+            self.pos2.copy_(F.avg_pool2d(t, 4))
+
+    @property
+    def latent_shape(self):
+        return (self.cfg["cl"], self.cfg["nlat"] // 4, self.cfg["nlon"] // 4)
+
+    def encode(self, xn):
+        a = (xn - self.clim_mean) / self.clim_std
+        return self.enc(torch.cat([a, self.pos0.expand(a.shape[0], -1, -1, -1)], dim=1))
+
+    def decode(self, z):
+        return self.clim_mean + self.clim_std * self.decoder(z)
+
+    def decode_tl(self, z, dz):
+        return self.clim_std * self.decoder.tl(z, dz)
+
+    def decode_ad(self, z, dx):
+        return self.decoder.ad(z, self.clim_std * dx)
+
+    def forward(self, xn):
+        return self.decode(self.encode(xn))
+
+
 # ---- thin wrappers for ONNX export (fixed names) ---------------------------------------------
 class EncoderGraph(nn.Module):
     def __init__(self, ae):
@@ -352,5 +530,5 @@ class DecoderADGraph(nn.Module):
 
 def build(cfg: dict) -> nn.Module:
     """The model of a checkpoint's `cfg` (`kind` "patch" or absent for the conv AE)."""
-    cls = PatchAutoEncoder if cfg.get("kind") == "patch" else AutoEncoder
+    cls = {"patch": PatchAutoEncoder, "pos": PosAutoEncoder}.get(cfg.get("kind"), AutoEncoder)
     return cls(**{k: v for k, v in cfg.items() if k != "kind"})

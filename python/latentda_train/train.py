@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from . import data as D
-from .model import AutoEncoder, PatchAutoEncoder, build
+from .model import AutoEncoder, PatchAutoEncoder, PosAutoEncoder, build
 
 
 def main(argv=None):
@@ -25,7 +25,7 @@ def main(argv=None):
                          "not on time, so a run is reproducible bit for bit)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--cl", type=int, default=16)
+    ap.add_argument("--cl", type=int, default=32, help="latent channels (arch pos and conv)")
     ap.add_argument("--c1", type=int, default=32)
     ap.add_argument("--c2", type=int, default=64)
     ap.add_argument("--c3", type=int, default=96)
@@ -34,8 +34,11 @@ def main(argv=None):
     ap.add_argument("--name", default="ae")
     ap.add_argument("--no-res-full", action="store_true", help="no residual block at full resolution (cheaper)")
     ap.add_argument("--ndown", type=int, default=2, choices=[1, 2], help="number of 2x downsamplings to the latent")
-    ap.add_argument("--arch", default="patch", choices=["patch", "conv"],
-                    help="patch: local-EOF autoencoder with a nonlinear conv correction (reference); conv: plain conv AE")
+    ap.add_argument("--arch", default="pos", choices=["pos", "patch", "conv"],
+                    help="pos: conv AE with position inputs (reference v2); patch: local-EOF autoencoder with a "
+                         "nonlinear conv correction (v1); conv: plain conv AE (first bundle)")
+    ap.add_argument("--ce", default="32,64,96", help="encoder channels per resolution (arch pos)")
+    ap.add_argument("--cd", default="96,64,32", help="decoder channels per resolution, coarse to fine (arch pos)")
     ap.add_argument("--patch", type=int, default=8, help="patch size of the local EOFs (arch patch)")
     ap.add_argument("--K", type=int, default=512, help="latent channels = local EOFs per patch (arch patch)")
     ap.add_argument("--lr-lin", type=float, default=2e-5, help="learning rate of the EOF weights (arch patch)")
@@ -69,8 +72,9 @@ def main(argv=None):
     # loss weights: 1 / (48 h background error)^2 per channel, from the forecasts available now
     # loss weights match the gate: per variable, squared error in physical units over the mean squared
     # 48 h background error of that variable (from the forecasts available now)
+    # training-period forecasts only: nothing from the validation period may shape the model
     fc = D.forecasts(a.out)
-    d = [fc[L][1] - X[D.truth_index(L + 2)] for L in sorted(fc) if D.truth_index(L + 2) < len(X)]
+    d = [fc[L][1] - X[D.truth_index(L + 2)] for L in sorted(fc) if L + 2 < a.train_days]
     w = np.zeros(41)
     for v, sl in D.VAR_SLICES.items():
         if len(d) >= 5:
@@ -92,6 +96,11 @@ def main(argv=None):
         if a.arch == "patch":
             ae = PatchAutoEncoder(patch=a.patch, K=a.K)
             local_eof_init(ae, Ntr, cm, np.sqrt(w))
+        elif a.arch == "pos":
+            from .cases import position_fields
+            lat, lon, _ = D.grid(a.out)
+            ae = PosAutoEncoder(cl=a.cl, ce=[int(c) for c in a.ce.split(",")], cd=[int(c) for c in a.cd.split(",")])
+            ae.set_position(position_fields(lat, lon))
         else:
             ae = AutoEncoder(c1=a.c1, c2=a.c2, c3=a.c3, cl=a.cl, res_full=not a.no_res_full, ndown=a.ndown)
             with torch.no_grad():  # start close to the climatology

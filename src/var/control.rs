@@ -9,10 +9,11 @@
 //!
 //! `sd` and `mean` are the per-channel normalisation statistics, so dx is in physical units.
 
-use crate::autoencoder::Autoencoder;
+use crate::model::autoencoder::{encode_state, Autoencoder};
 use crate::error::Result;
-use crate::bop::LatentB;
-use crate::solver::ControlSpace;
+use crate::bmat::latent::LatentB;
+use crate::bmat::static_b::StaticB;
+use crate::var::solver::ControlSpace;
 
 /// Latent control transform around a background. Its tangent-linear and adjoint are the latent B operator U
 /// ([`LatentB`]) moved to the current linearisation point z(w_k).
@@ -63,33 +64,6 @@ impl<'a> LatentControl<'a> {
     }
 }
 
-/// z = E(N(x)) for a state x in physical units.
-pub fn encode_state(ae: &mut Autoencoder, x: &[f64], mean: &[f64], sd: &[f64], npoints: usize) -> Result<Vec<f32>> {
-    let mut xn = vec![0f32; ae.state_len];
-    normalise(x, mean, sd, npoints, &mut xn);
-    let mut z = vec![0f32; ae.latent_len];
-    ae.encode(&xn, &mut z)?;
-    Ok(z)
-}
-
-/// xn = (x - mean[c]) / sd[c].
-pub fn normalise(x: &[f64], mean: &[f64], sd: &[f64], npoints: usize, xn: &mut [f32]) {
-    for (c, (m, s)) in mean.iter().zip(sd).enumerate() {
-        for p in c * npoints..(c + 1) * npoints {
-            xn[p] = ((x[p] - m) / s) as f32;
-        }
-    }
-}
-
-/// x = mean[c] + sd[c] * xn.
-pub fn denormalise(xn: &[f32], mean: &[f64], sd: &[f64], npoints: usize, x: &mut [f64]) {
-    for (c, (m, s)) in mean.iter().zip(sd).enumerate() {
-        for p in c * npoints..(c + 1) * npoints {
-            x[p] = m + s * xn[p] as f64;
-        }
-    }
-}
-
 impl ControlSpace for LatentControl<'_> {
     fn size(&self) -> usize {
         self.z_b.len()
@@ -123,5 +97,30 @@ impl ControlSpace for LatentControl<'_> {
 
     fn ad(&mut self, dx: &[f64], dw: &mut [f64]) -> Result<()> {
         self.u.sqrt_ad(self.ae, dx, dw)
+    }
+}
+
+/// The static B as a (linear) control transform: dx = U_s v.
+impl ControlSpace for StaticB {
+    fn size(&self) -> usize {
+        StaticB::size(self)
+    }
+    fn increment(&mut self, w: &[f64], dx: &mut [f64]) -> Result<()> {
+        self.sqrt_apply(w, dx);
+        Ok(())
+    }
+    fn linearize(&mut self, _w: &[f64]) -> Result<()> {
+        Ok(())
+    }
+    fn tl(&mut self, dw: &[f64], dx: &mut [f64]) -> Result<()> {
+        self.sqrt_apply(dw, dx);
+        Ok(())
+    }
+    fn ad(&mut self, dx: &[f64], dw: &mut [f64]) -> Result<()> {
+        self.sqrt_adjoint(dx, dw);
+        Ok(())
+    }
+    fn is_linear(&self) -> bool {
+        true
     }
 }

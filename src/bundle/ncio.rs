@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::grid::Layout;
+use crate::bundle::grid::Layout;
 
 /// Silences HDF5's automatic error printing while alive, restoring the host's previous handler on drop.
 ///
@@ -153,8 +153,8 @@ pub fn write_state(
         {
             let mut v = f.add_variable::<f64>("lev", &["lev"]).map_err(err)?;
             let (name, units) = match layout.vertical.kind {
-                crate::grid::VerticalKind::Sigma => ("atmosphere_sigma_coordinate", "1"),
-                crate::grid::VerticalKind::Pressure => ("air_pressure", "Pa"),
+                crate::bundle::grid::VerticalKind::Sigma => ("atmosphere_sigma_coordinate", "1"),
+                crate::bundle::grid::VerticalKind::Pressure => ("air_pressure", "Pa"),
             };
             v.put_attribute("standard_name", name).map_err(err)?;
             v.put_attribute("units", units).map_err(err)?;

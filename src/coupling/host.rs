@@ -4,11 +4,11 @@
 //! Bound arrays are raw pointers into host memory. They are read at [`HostContext::analyse`] and written only after
 //! the whole analysis succeeded, so a failed call leaves them bit-identical.
 
-use crate::analysis::Analyser;
-use crate::bop::LatentB;
+use crate::var::analysis::Analyser;
+use crate::bmat::latent::LatentB;
 use crate::error::{Error, Result, Status};
 use crate::obs::{Observation, QcFlag};
-use crate::options::{Method, Options};
+use crate::var::options::{Method, Options};
 
 /// Array order: C (row-major), shape (nlev, nlat, nlon) or (nlat, nlon).
 pub const ORDER_C: i32 = 0;
@@ -224,7 +224,7 @@ impl HostContext {
     /// (Re)linearises the latent B operator at the bound background.
     pub fn b_linearise(&mut self) -> Result<()> {
         let x_b = self.gather()?;
-        self.latent_b = Some(LatentB::linearise(&mut self.analyser, &x_b)?);
+        self.latent_b = Some(self.analyser.latent_b(&x_b)?);
         Ok(())
     }
 

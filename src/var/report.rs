@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::solver::SolveInfo;
+use crate::var::solver::SolveInfo;
 
 /// Observation-space statistics of one variable.
 #[derive(Debug, Clone, Serialize, Default)]

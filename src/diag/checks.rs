@@ -1,10 +1,11 @@
 //! Self-tests a user can run on any bundle (`latentda check`): adjoint dot-product tests, the Taylor test of the
 //! decoder's TL, AE reconstruction error, and adjoint tests of the B square roots.
 
-use crate::analysis::Analyser;
+use crate::bundle::Bundle;
+use crate::model::autoencoder::Autoencoder;
 use crate::error::Result;
-use crate::latent::{denormalise, encode_state};
-use crate::solver::dot;
+use crate::model::autoencoder::{denormalise, encode_state};
+use crate::numeric::dot;
 
 /// Small deterministic generator (SplitMix64 -> Box-Muller) so checks are reproducible without a dependency.
 #[derive(Debug, Clone)]
@@ -65,8 +66,8 @@ pub struct TaylorRow {
 }
 
 /// The latent point of the checks: E(N(x)) of a given state, or E(0) (the climatological mean state).
-pub fn check_latent_point(a: &mut Analyser, state: Option<&[f64]>) -> Result<Vec<f32>> {
-    let b = &a.bundle;
+pub fn check_latent_point(bundle: &Bundle, ae: &mut Autoencoder, state: Option<&[f64]>) -> Result<Vec<f32>> {
+    let b = bundle;
     let mean_state;
     let x = match state {
         Some(x) => x,
@@ -75,14 +76,14 @@ pub fn check_latent_point(a: &mut Analyser, state: Option<&[f64]>) -> Result<Vec
             &mean_state
         }
     };
-    encode_state(&mut a.ae, x, &b.mean, &b.std, b.layout.grid.npoints())
+    encode_state(ae, x, &b.mean, &b.std, b.layout.grid.npoints())
 }
 
 /// Dot-product test of the decoder TL/AD at z (`trials` draws, worst returned). The state-space vector is
 /// u = r + (|r| / |J dz|) J dz with r random, so <J dz, u> cannot vanish by chance and the relative difference
 /// measures the adjoint's accuracy rather than a cancellation.
-pub fn decoder_dot_test(a: &mut Analyser, z: &[f32], trials: usize, seed: u64) -> Result<DotTest> {
-    let (nz, nx) = (a.ae.latent_len, a.ae.state_len);
+pub fn decoder_dot_test(ae: &mut Autoencoder, z: &[f32], trials: usize, seed: u64) -> Result<DotTest> {
+    let (nz, nx) = (ae.latent_len, ae.state_len);
     let mut rng = Rng::new(seed);
     let mut worst = DotTest::new(0.0, 0.0);
     for _ in 0..trials {
@@ -90,11 +91,11 @@ pub fn decoder_dot_test(a: &mut Analyser, z: &[f32], trials: usize, seed: u64) -
         let r = rng.normals(nx);
         let mut jv = vec![0f32; nx];
         let mut jtu = vec![0f32; nz];
-        a.ae.tl(z, &dz, &mut jv)?;
+        ae.tl(z, &dz, &mut jv)?;
         let nr = r.iter().map(|v| v * v).sum::<f64>().sqrt();
         let nj = jv.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt().max(1e-300);
         let u: Vec<f32> = r.iter().zip(&jv).map(|(r, j)| (r + nr / nj * *j as f64) as f32).collect();
-        a.ae.ad(z, &u, &mut jtu)?;
+        ae.ad(z, &u, &mut jtu)?;
         let lhs: f64 = jv.iter().zip(&u).map(|(x, y)| *x as f64 * *y as f64).sum();
         let rhs: f64 = dz.iter().zip(&jtu).map(|(x, y)| *x as f64 * *y as f64).sum();
         let t = DotTest::new(lhs, rhs);
@@ -106,21 +107,21 @@ pub fn decoder_dot_test(a: &mut Analyser, z: &[f32], trials: usize, seed: u64) -
 }
 
 /// Taylor test of the decoder TL at z along a random direction scaled like the latent background error.
-pub fn decoder_taylor_test(a: &mut Analyser, z: &[f32], eps_list: &[f64], seed: u64) -> Result<Vec<TaylorRow>> {
-    let (nz, nx) = (a.ae.latent_len, a.ae.state_len);
+pub fn decoder_taylor_test(bundle: &Bundle, ae: &mut Autoencoder, z: &[f32], eps_list: &[f64], seed: u64) -> Result<Vec<TaylorRow>> {
+    let (nz, nx) = (ae.latent_len, ae.state_len);
     let mut rng = Rng::new(seed);
     let dz: Vec<f64> =
-        rng.normals(nz).iter().zip(&a.bundle.latent_variance).map(|(r, v)| r * v.sqrt()).collect();
+        rng.normals(nz).iter().zip(&bundle.latent_variance).map(|(r, v)| r * v.sqrt()).collect();
     let dz32: Vec<f32> = dz.iter().map(|v| *v as f32).collect();
     let mut d0 = vec![0f32; nx];
-    a.ae.decode(z, &mut d0)?;
+    ae.decode(z, &mut d0)?;
     let mut tl = vec![0f32; nx];
-    a.ae.tl(z, &dz32, &mut tl)?;
+    ae.tl(z, &dz32, &mut tl)?;
     let mut rows = Vec::new();
     let mut d1 = vec![0f32; nx];
     for &eps in eps_list {
         let zp: Vec<f32> = z.iter().zip(&dz).map(|(z, d)| (*z as f64 + eps * d) as f32).collect();
-        a.ae.decode(&zp, &mut d1)?;
+        ae.decode(&zp, &mut d1)?;
         let (mut num, mut den, mut rem) = (0.0, 0.0, 0.0);
         for i in 0..nx {
             let fd = d1[i] as f64 - d0[i] as f64;
@@ -152,13 +153,12 @@ pub fn first_order_decades(rows: &[TaylorRow]) -> usize {
 }
 
 /// Per-variable RMSE of N^-1(D(E(N(x)))) - x, physical units.
-pub fn reconstruction_rmse(a: &mut Analyser, x: &[f64]) -> Result<Vec<(String, f64)>> {
-    let z = check_latent_point(a, Some(x))?;
-    let b = &a.bundle;
+pub fn reconstruction_rmse(bundle: &Bundle, ae: &mut Autoencoder, x: &[f64]) -> Result<Vec<(String, f64)>> {
+    let b = bundle;
+    let z = check_latent_point(b, ae, Some(x))?;
     let np = b.layout.grid.npoints();
     let mut xn = vec![0f32; b.layout.state_len()];
-    a.ae.decode(&z, &mut xn)?;
-    let b = &a.bundle;
+    ae.decode(&z, &mut xn)?;
     let mut xr = vec![0.0; xn.len()];
     denormalise(&xn, &b.mean, &b.std, np, &mut xr);
     let rms = b.layout.rms_diff_by_var(&xr, x);
@@ -166,27 +166,27 @@ pub fn reconstruction_rmse(a: &mut Analyser, x: &[f64]) -> Result<Vec<(String, f
 }
 
 /// Adjoint test of the latent B square root U (control -> physical increment) at z_b = E(N(x_b)).
-pub fn latent_bsqrt_dot_test(a: &mut Analyser, x_b: &[f64], seed: u64) -> Result<DotTest> {
-    let mut op = crate::bop::LatentB::linearise(a, x_b)?;
+pub fn latent_bsqrt_dot_test(bundle: &Bundle, ae: &mut Autoencoder, x_b: &[f64], seed: u64) -> Result<DotTest> {
+    let mut op = crate::bmat::latent::LatentB::at_background(bundle, ae, x_b)?;
     let (n, m) = (op.control_size(), op.state_len());
     let mut rng = Rng::new(seed);
     let v = rng.normals(n);
     let mut uv = vec![0.0; m];
     let mut utu = vec![0.0; n];
-    op.sqrt(&mut a.ae, &v, &mut uv)?;
+    op.sqrt(ae, &v, &mut uv)?;
     // As in decoder_dot_test: a state vector with a component along U v, so the product cannot cancel.
     let r = rng.normals(m);
     let (nr, nu) = (dot(&r, &r).sqrt(), dot(&uv, &uv).sqrt().max(1e-300));
     let u: Vec<f64> = r.iter().zip(&uv).map(|(r, x)| r + nr / nu * x).collect();
-    op.sqrt_ad(&mut a.ae, &u, &mut utu)?;
+    op.sqrt_ad(ae, &u, &mut utu)?;
     Ok(DotTest::new(dot(&uv, &u), dot(&v, &utu)))
 }
 
 /// Adjoint test of the baseline (static) B square root.
-pub fn baseline_bsqrt_dot_test(a: &Analyser, seed: u64) -> Result<Option<DotTest>> {
-    let Some(stats) = &a.bundle.baseline else { return Ok(None) };
-    let mut b = crate::baseline::StaticB::new(&a.bundle.layout, stats)?;
-    let n = a.bundle.layout.state_len();
+pub fn baseline_bsqrt_dot_test(bundle: &Bundle, seed: u64) -> Result<Option<DotTest>> {
+    let Some(stats) = &bundle.baseline else { return Ok(None) };
+    let mut b = crate::bmat::static_b::StaticB::new(&bundle.layout, stats)?;
+    let n = bundle.layout.state_len();
     let mut rng = Rng::new(seed);
     let v = rng.normals(n);
     let u = rng.normals(n);

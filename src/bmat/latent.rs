@@ -8,16 +8,15 @@
 //!
 //! A host uses U as the control-variable transform (PDAF's cvt, SABER's multiplySqrt) and U^T as its adjoint
 //! (cvt_adj, multiplySqrtAD); the control size is the latent size. The same operator, relinearised at each outer
-//! loop, is the tangent-linear/adjoint pair of L3DVar's control transform ([`crate::latent::LatentControl`]).
+//! loop, is the tangent-linear/adjoint pair of L3DVar's control transform ([`crate::var::control::LatentControl`]).
 
-use crate::analysis::Analyser;
-use crate::autoencoder::Autoencoder;
+use crate::bundle::Bundle;
 use crate::error::{Error, Result};
-use crate::latent::encode_state;
+use crate::model::autoencoder::{encode_state, Autoencoder};
 
 /// U and U^T linearised at a latent point z. Holds the point, s, the channel sd and scratch buffers; the ONNX
 /// sessions are passed to each call. Lengths are checked here; finiteness of host input is checked by the host-facing
-/// callers ([`crate::host::HostContext`]), which can name the variable and index at fault.
+/// callers ([`crate::coupling::host::HostContext`]), which can name the variable and index at fault.
 #[derive(Debug, Clone)]
 pub struct LatentB {
     z: Vec<f32>,
@@ -42,12 +41,12 @@ impl LatentB {
         }
     }
 
-    /// Encodes x_b (physical units, state layout) and prepares U at z_b = E(N(x_b)).
-    pub fn linearise(a: &mut Analyser, x_b: &[f64]) -> Result<LatentB> {
-        a.check_state(x_b, "background")?;
-        let b = &a.bundle;
+    /// Encodes x_b (physical units, state layout, finite values of the right length: the caller checks) and
+    /// prepares U at z_b = E(N(x_b)).
+    pub fn at_background(b: &Bundle, ae: &mut Autoencoder, x_b: &[f64]) -> Result<LatentB> {
+        Self::check_len("background", x_b.len(), b.layout.state_len())?;
         let np = b.layout.grid.npoints();
-        let z_b = encode_state(&mut a.ae, x_b, &b.mean, &b.std, np)?;
+        let z_b = encode_state(ae, x_b, &b.mean, &b.std, np)?;
         Ok(LatentB::new(z_b, &b.latent_variance, &b.std, np))
     }
 

@@ -1,7 +1,10 @@
 //! Bundle: the manifest `bundle.toml`, checksum verification and the statistics files.
 //!
 //! The format is specified in `docs/bundle-format.md`. Opening a bundle validates everything except the ONNX graphs'
-//! input/output signatures, which need an execution backend and are checked by [`crate::autoencoder`].
+//! input/output signatures, which need an execution backend and are checked by [`crate::model::autoencoder`].
+
+pub mod grid;
+pub mod ncio;
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
@@ -10,8 +13,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::grid::{Grid, GridKind, Layout, Vertical, VerticalKind};
-use crate::ncio;
+use grid::{Grid, GridKind, Layout, Vertical, VerticalKind};
 
 /// Bundle format version this library reads.
 pub const FORMAT_VERSION: u32 = 1;

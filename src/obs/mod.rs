@@ -1,9 +1,11 @@
 //! Point observations, their CSV format and per-observation quality-control flags.
 
+pub mod operator;
+
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::grid::Layout;
+use crate::bundle::grid::Layout;
 
 /// Quality-control flag of one observation (readable by the host through `lda_obs_qc`).
 #[repr(i32)]

@@ -1,20 +1,20 @@
 //! The analysis driver: background checks, quality control, minimisation, diagnostics.
 //!
 //! [`Analyser`] owns an opened bundle and its ONNX sessions; [`Analyser::analyse`] takes a background state (the
-//! channel-major layout of [`crate::grid`]) and observations and returns the analysis, the per-observation QC flags
+//! channel-major layout of [`crate::bundle::grid`]) and observations and returns the analysis, the per-observation QC flags
 //! and the report. It never modifies its inputs; callers write results back only on success.
 
 use std::path::Path;
 use std::time::Instant;
 
-use crate::autoencoder::Autoencoder;
+use crate::model::autoencoder::Autoencoder;
 use crate::bundle::Bundle;
 use crate::error::{Error, Result, Status};
 use crate::obs::{Observation, QcFlag};
-use crate::obsop::ObsOperator;
-use crate::options::{Method, Options, OutputMode};
-use crate::report::{Report, Timings, VarStats};
-use crate::solver::{minimise, ControlSpace, Problem};
+use crate::obs::operator::ObsOperator;
+use crate::var::options::{Method, Options, OutputMode};
+use crate::var::report::{Report, Timings, VarStats};
+use crate::var::solver::{minimise, ControlSpace, Problem};
 
 /// An opened bundle with its ONNX sessions and options: the object a host keeps for the life of its run.
 ///
@@ -23,7 +23,7 @@ use crate::solver::{minimise, ControlSpace, Problem};
 ///
 /// let mut a = Analyser::open("tests/fixtures/tanh", Options::default())?;
 /// let layout = a.bundle.layout.clone();
-/// let x_b = latentda::ncio::read_state("tests/fixtures/tanh/sample/background.nc".as_ref(), &layout)?;
+/// let x_b = latentda::bundle::ncio::read_state("tests/fixtures/tanh/sample/background.nc".as_ref(), &layout)?;
 /// let (obs, _bad_rows) = latentda::obs::read_csv("tests/fixtures/tanh/sample/obs.csv".as_ref(), &layout)?;
 /// let result = a.analyse(&x_b, &obs, Method::L3dvar)?;
 /// let solver = result.report.solver.as_ref().unwrap();
@@ -73,6 +73,12 @@ impl Analyser {
             return Err(Error::data(format!("{what}: non-finite value {} in {}", x[i], lay.describe_index(i))));
         }
         Ok(())
+    }
+
+    /// The latent B operator U at z_b = E(N(x_b)), for hosts with their own minimiser.
+    pub fn latent_b(&mut self, x_b: &[f64]) -> Result<crate::bmat::latent::LatentB> {
+        self.check_state(x_b, "background")?;
+        crate::bmat::latent::LatentB::at_background(&self.bundle, &mut self.ae, x_b)
     }
 
     /// Runs one analysis with the options' output mode.
@@ -126,7 +132,7 @@ impl Analyser {
         let (control_size, dx, info) = match method {
             Method::L3dvar => {
                 let b = &self.bundle;
-                let mut ctrl = crate::latent::LatentControl::new(
+                let mut ctrl = crate::var::control::LatentControl::new(
                     &mut self.ae,
                     x_b,
                     &b.latent_variance,
@@ -149,7 +155,7 @@ impl Analyser {
                         format!("method 3dvar needs baseline statistics, but bundle '{}' has none", self.bundle.name),
                     )
                 })?;
-                let mut ctrl = crate::baseline::StaticB::new(&lay, base)?;
+                let mut ctrl = crate::bmat::static_b::StaticB::new(&lay, base)?;
                 let n = ctrl.size();
                 let (_, dx, info) = minimise(&mut ctrl, &problem, &params)?;
                 (n, dx, info)
@@ -227,7 +233,7 @@ impl Analyser {
             s.increment_rms = (dx[range.clone()].iter().map(|d| d * d).sum::<f64>() / range.len() as f64).sqrt();
         }
         report.variables = stats;
-        report.balance = crate::balance::diagnose(&lay, x_b, &analysis);
+        report.balance = crate::diag::balance::diagnose(&lay, x_b, &analysis);
         let output = match mode {
             OutputMode::Analysis | OutputMode::FullState => analysis.clone(),
             OutputMode::Increment => dx,

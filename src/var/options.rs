@@ -17,9 +17,9 @@
 
 use serde::Deserialize;
 
-use crate::backend::{BackendKind, Device, ExecOptions};
+use crate::model::backend::{BackendKind, Device, ExecOptions};
 use crate::error::{Error, Result};
-use crate::solver::SolverParams;
+use crate::var::solver::SolverParams;
 
 /// Analysis method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

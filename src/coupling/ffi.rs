@@ -15,7 +15,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Mutex;
 
 use crate::error::{Error, Result, Status};
-use crate::host::{HostContext, HostData};
+use crate::coupling::host::{HostContext, HostData};
 
 /// Status codes: every latentda function except `lda_last_error` and `lda_version` returns an `int32_t` holding one
 /// of these values (`LdaStatus` is a typedef of `int32_t`).

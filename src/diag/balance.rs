@@ -4,8 +4,8 @@
 //! wind v_g = (1/f) k x PGF is computed from the analysis and from the background, and their difference is compared
 //! with the wind increment over |lat| > 20 deg: a balanced increment has a correlation near 1.
 
-use crate::grid::{Layout, VerticalKind};
-use crate::report::BalanceStats;
+use crate::bundle::grid::{Layout, VerticalKind};
+use crate::var::report::BalanceStats;
 
 const EARTH_RADIUS: f64 = 6.371e6;
 const OMEGA: f64 = 7.292e-5;

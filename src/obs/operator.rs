@@ -5,7 +5,7 @@
 //! with a fixed stride of 8 entries per row (4 horizontal x 2 vertical; surface rows pad with zero weights).
 //! `apply` computes y = H x and `adjoint` accumulates dx += H^T dy, its exact transpose.
 
-use crate::grid::Layout;
+use crate::bundle::grid::Layout;
 use crate::obs::{Observation, QcFlag};
 
 /// Entries per row.

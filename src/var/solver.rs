@@ -12,7 +12,8 @@
 //! reports J, Jb, Jo and |grad J| without extra model runs. After each outer loop the nonlinear J is evaluated.
 
 use crate::error::{Error, Result, Status};
-use crate::obsop::ObsOperator;
+use crate::numeric::{dot, dot_lanes};
+use crate::obs::operator::ObsOperator;
 
 /// A control-variable transform: the map from the control vector w to a state increment, with its TL and AD.
 pub trait ControlSpace {
@@ -170,27 +171,6 @@ fn tridiagonal_extremes(diag: &[f64], off: &[f64]) -> (f64, f64) {
         0.5 * (a + b)
     };
     (nth(0), nth(k - 1))
-}
-
-/// Dot product with eight independent partial sums: the compiler keeps a strict left-to-right order for a
-/// single accumulator and cannot vectorise it; the fixed lane order keeps results deterministic.
-pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
-    dot_lanes(a, b)
-}
-
-/// [`dot`] for a second vector of float64 or float32 elements (widened to float64).
-fn dot_lanes<T: Copy + Into<f64>>(a: &[f64], b: &[T]) -> f64 {
-    debug_assert_eq!(a.len(), b.len());
-    let mut acc = [0.0f64; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l].into();
-        }
-    }
-    let tail: f64 = ra.iter().zip(rb).map(|(x, y)| x * (*y).into()).sum();
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
 fn norm(a: &[f64]) -> f64 {

@@ -15,8 +15,7 @@
 
 use crate::bundle::BaselineStats;
 use crate::error::{Error, Result};
-use crate::grid::Layout;
-use crate::solver::ControlSpace;
+use crate::bundle::grid::Layout;
 
 const EARTH_RADIUS_KM: f64 = 6371.0;
 
@@ -239,6 +238,11 @@ impl StaticB {
         }
     }
 
+    /// Control vector length (the state length: one control variable per grid value).
+    pub fn size(&self) -> usize {
+        self.buf.len()
+    }
+
     /// x = U v.
     pub fn sqrt_apply(&mut self, v: &[f64], x: &mut [f64]) {
         let np = self.nlat * self.nlon;
@@ -277,29 +281,5 @@ impl StaticB {
                 v[c * np + p] = out[p] * self.sqrt_area[p / nlon];
             }
         }
-    }
-}
-
-impl ControlSpace for StaticB {
-    fn size(&self) -> usize {
-        self.buf.len()
-    }
-    fn increment(&mut self, w: &[f64], dx: &mut [f64]) -> Result<()> {
-        self.sqrt_apply(w, dx);
-        Ok(())
-    }
-    fn linearize(&mut self, _w: &[f64]) -> Result<()> {
-        Ok(())
-    }
-    fn tl(&mut self, dw: &[f64], dx: &mut [f64]) -> Result<()> {
-        self.sqrt_apply(dw, dx);
-        Ok(())
-    }
-    fn ad(&mut self, dx: &[f64], dw: &mut [f64]) -> Result<()> {
-        self.sqrt_adjoint(dx, dw);
-        Ok(())
-    }
-    fn is_linear(&self) -> bool {
-        true
     }
 }

@@ -18,7 +18,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::error::{Error, Result};
-use crate::host::{HostContext, HostData};
+use crate::coupling::host::{HostContext, HostData};
 
 #[cxx::bridge(namespace = "latentda::detail")]
 mod ffi {

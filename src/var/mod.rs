@@ -1,0 +1,8 @@
+//! Variational analysis: run-time options, the incremental Gauss-Newton solver, control-variable transforms, the
+//! analysis driver and its report.
+
+pub mod analysis;
+pub mod control;
+pub mod options;
+pub mod report;
+pub mod solver;
