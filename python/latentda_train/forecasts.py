@@ -11,8 +11,10 @@ humidity (the difference of two real states is in balance: wind, mass and humidi
 are consistent), and alpha scales the grid-point temperature RMS of delta to --t-rms; the vorticity and divergence parts are
 multiplied by a further --wind-factor (the wind part of a state difference grows less in 48 h than the mass
 part: with one common factor the 48 h wind errors came out about 30 % below target while t and ps were on it).
-Defaults (--t-rms 0.8, --wind-factor 1.5) were chosen on training-period launches for 48 h errors near the
-targets of 2.5 m/s, 1 K, 200 Pa.
+Defaults (--t-rms 0.7, --wind-factor 1.6) were chosen with `Forecaster.run` on 8 launches (days 250, 290, 330,
+610, 640, 670, 700, 728) for 48 h errors near the targets of 2.5 m/s, 1 K, 200 Pa: they gave u 2.48, v 2.32 m/s,
+t 1.15 K, ps 258 Pa (0.8 / 1.0 gave 2.06, 1.95, 1.00, 210: the 48 h wind-to-temperature error ratio is set by the
+dynamics, about 2.1-2.5, and a larger wind factor raises it only slightly).
 The model then runs 48 h; the 24 h and 48 h forecasts are stored as float32 (41, 48, 96) arrays in
 OUT/forecasts/fc_LLLL.npz (valid at days L+1 and L+2, 00 UTC).
 A NMC pair for valid day v is (48 h forecast launched v-2, 24 h forecast launched v-1)."""
@@ -111,8 +113,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="/work/data")
     ap.add_argument("--launches", default="20:330,610:728:2", help="first:last[:step],... (days after spin-up)")
-    ap.add_argument("--t-rms", type=float, default=0.8)
-    ap.add_argument("--wind-factor", type=float, default=1.5,
+    ap.add_argument("--t-rms", type=float, default=0.7)
+    ap.add_argument("--wind-factor", type=float, default=1.6,
                     help="extra factor on the vorticity and divergence perturbation")
     ap.add_argument("--nmax", type=int, default=10)
     ap.add_argument("--seed", type=int, default=20261126)

@@ -31,7 +31,7 @@ def main(argv=None):
     os.makedirs(a.out, exist_ok=True)
     if not os.path.exists(os.path.join(a.out, "nature", "chunk_024.npy")):
         run("nature", "--out", a.out, "--spinup-days", "160", "--days", "732")
-    run("forecasts", "--out", a.out, "--launches", "20:330,610:728:2", "--t-rms", "0.75")
+    run("forecasts", "--out", a.out, "--launches", "20:330,610:728:2", "--t-rms", "0.7", "--wind-factor", "1.6")
     arch = ["--arch", "patch", "--patch", "8", "--K", "512", "--lr", "1e-3"]
     # one budget per training stage: a step count if given, else wall-clock minutes
     budget = "--steps" if a.train_steps else "--minutes"
