@@ -34,7 +34,7 @@ def sha256(path):
     return h.hexdigest()
 
 
-def code_version(repo="/work/main"):
+def code_version(repo=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")):
     """Commit of the working tree, read from .git (no git command needed)."""
     try:
         head = open(os.path.join(repo, ".git", "HEAD")).read().strip()
@@ -111,7 +111,7 @@ def toml_list(xs, fmt=repr):
     return "[" + ", ".join(fmt(float(x)) for x in xs) + "]"
 
 
-def write_manifest(d, lat, lon, sig, latent_shape, prov, description):
+def write_manifest(d, lat, lon, sig, latent_shape, prov, description, extra=(), baseline_variance_factor=None):
     L = ['format = "latentda-bundle"', "format_version = 1", 'name = "speedy-t31"',
          f'description = "{description}"', "", "[grid]", 'kind = "gaussian"',
          f"lat = {toml_list(lat)}", f"lon = {toml_list(lon)}", "", "[vertical]", 'coordinate = "sigma"',
@@ -122,7 +122,10 @@ def write_manifest(d, lat, lon, sig, latent_shape, prov, description):
     L += ["[latent]", f"shape = [{', '.join(str(int(k)) for k in latent_shape)}]", "", "[models]",
           'encoder = "encoder.onnx"', 'decoder = "decoder.onnx"', 'decoder_tl = "decoder_tl.onnx"',
           'decoder_ad = "decoder_ad.onnx"', "", "[statistics]", 'normalisation = "normalisation.nc"',
-          'latent_variance = "latent_variance.nc"', 'baseline = "baseline_b.nc"', "", "[checksums]"]
+          'latent_variance = "latent_variance.nc"', 'baseline = "baseline_b.nc"']
+    if baseline_variance_factor is not None:
+        L.append(f"baseline_variance_factor = {float(baseline_variance_factor)!r}")
+    L += ["", *extra, "[checksums]"]
     for f in FILES:
         L.append(f'"{f}" = "{sha256(os.path.join(d, f))}"')
     L += ["", "[provenance]"]
@@ -135,13 +138,19 @@ def write_manifest(d, lat, lon, sig, latent_shape, prov, description):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", default="/work/data", help="data directory (nature run, forecasts, ae)")
+    ap.add_argument("--out", default=D.DEFAULT_OUT, help="data directory (nature run, forecasts, ae)")
     ap.add_argument("--ckpt", default=None, help="autoencoder checkpoint (default OUT/ae/ae.pt)")
-    ap.add_argument("--bundle", default="/work/main/models/speedy-t31")
+    ap.add_argument("--bundle", default=os.path.join(os.path.dirname(__file__), "..", "..", "models", "speedy-t31"))
     ap.add_argument("--nmc-valid", default="22:331", help="NMC valid days first:last")
-    ap.add_argument("--val-launches", default="610:728:2")
-    ap.add_argument("--sample-launch", type=int, default=None, help="launch day of the sample case")
-    ap.add_argument("--ncases", type=int, default=5, help="extra validation cases under OUT/cases")
+    ap.add_argument("--calib-launches", default="20:328",
+                    help="training-period launches whose 48 h errors calibrate the B variances (model space)")
+    ap.add_argument("--val-launches", default="610:728:2", help="validation launches (only reported)")
+    ap.add_argument("--sample-launch", type=int, default=700,
+                    help="launch day of the sample case (validation period, never used in calibration)")
+    ap.add_argument("--hybrid", default=None,
+                    help="[hybrid] table of the manifest as 'alpha,beta,var1+var2+...' (tuned on training-period cases)")
+    ap.add_argument("--baseline-variance-factor", type=float, default=None,
+                    help="tuned factor on the baseline variance, written to the manifest (training-period cases)")
     ap.add_argument("--debug-ignore-checks", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     import torch
@@ -152,7 +161,10 @@ def main(argv=None):
     latent_shape = ae.latent_shape
     from .forecasts import launch_days
     f, l_ = map(int, a.nmc_valid.split(":"))
-    st = ST.compute(ae, ck, a.out, list(range(f, l_ + 1)), launch_days(a.val_launches))
+    st = ST.compute(ae, ck, a.out, list(range(f, l_ + 1)), launch_days(a.calib_launches),
+                    launch_days(a.val_launches))
+    if a.sample_launch + 2 < ck["train_days"]:
+        raise SystemExit(f"sample launch {a.sample_launch} lies in the training period")
     stage = tempfile.mkdtemp(prefix="bundle_", dir=a.out)
     onnxio.export_all(ckpt, stage)
     # checks in ONNX Runtime at a realistic linearisation point (encoded validation state)
@@ -167,31 +179,28 @@ def main(argv=None):
     chk = onnxio.check_graphs(stage, ckpt, z0=z0)
     chk["torch_vs_ort_encoder"] = enc_err
     print(f"torch vs ORT: encoder {enc_err:.2e} decoder {chk['torch_vs_ort_decoder']:.2e} tl {chk['torch_vs_ort_tl']:.2e}")
-    if not chk["ok"] and a.debug_ignore_checks and os.path.abspath(a.bundle) != "/work/main/models/speedy-t31":
+    shipped = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "models", "speedy-t31"))
+    if not chk["ok"] and a.debug_ignore_checks and os.path.abspath(a.bundle) != shipped:
         print("DEBUG: checks failed, writing a test bundle anyway (never for the shipped bundle)")
     elif not chk["ok"]:
         raise SystemExit(f"REFUSING to write the bundle: dot test {chk['dot_max']:.2e} (< 1e-5 needed), "
                          f"Taylor first-order decades {chk['taylor_decades']} (>= 3 needed)")
     write_nc_stats(stage, ck, st, lat, lon, sig, latent_shape)
-    # sample case and extra validation cases
-    vl = st["val_launches"]
+    # sample case: a validation-period case (the validation suite, `latentda-suite`, makes the others)
     fc = D.forecasts(a.out)
     stn = CS.stations(lat, lon)
-    Ls = a.sample_launch if a.sample_launch is not None else vl[len(vl) // 2]
-    sample = {}
+    Ls = a.sample_launch
     sdir = os.path.join(stage, "sample")
     truth = np.asarray(X[D.truth_index(Ls + 2)], np.float64)
     bg = fc[Ls][1].astype(np.float64)
     nobs = CS.write_case(sdir, truth, bg, lat, lon, sig, stn, seed=1000 + Ls,
-                         title=f"valid day {Ls + 2} after spin-up 00 UTC (launch day {Ls})")
+                         title=f"valid day {Ls + 2} after spin-up 00 UTC (launch day {Ls})",
+                         networks=(("obs.csv", "sonde"), ("obs_mass.csv", "mass")))
     sample = {"launch": Ls, "nobs": nobs, "bg_rmse": D.rmse_per_var((bg - truth)[None])}
     print("sample case", json.dumps(sample), flush=True)
-    others = [L for L in vl if L != Ls][:: max(1, len(vl) // max(a.ncases, 1))][: a.ncases]
-    for L in others:
-        CS.write_case(os.path.join(a.out, "cases", f"case_{L:04d}"), np.asarray(X[D.truth_index(L + 2)], np.float64),
-                      fc[L][1].astype(np.float64), lat, lon, sig, stn, seed=1000 + L, title=f"launch day {L}")
     # manifest
-    patch_ae = ae.cfg.get("kind") == "patch"
+    kind = ae.cfg.get("kind", "conv")
+    arch_name = {"patch": "local-EOF + conv", "pos": "position-aware conv"}.get(kind, "conv")
     prov = {
         "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "creator": f"latentda-train {__version__}",
@@ -200,20 +209,29 @@ def main(argv=None):
                  f"start, spin-up {json.load(open(os.path.join(a.out, 'nature', 'meta.json')))['spinup_days']} d), "
                  f"{len(X) // 4} days 6-hourly; train days 0-{ck['train_days'] - 1}, validation days "
                  f"{ck['train_days']}-{len(X) // 4 - 1}"),
-        "training": (f"{'local-EOF + conv' if patch_ae else 'conv'} AE {ae.cfg}, {ck['params']} parameters, {ck['steps']} Adam steps ({ck['epochs']} epochs, "
+        "training": (f"{arch_name} AE {ae.cfg}, {ck['params']} parameters, {ck['steps']} Adam steps ({ck['epochs']} epochs, "
                      f"{ck['minutes']} min on 2 CPU cores), loss weighted by 1/(48 h background error)^2 per channel"),
-        "statistics": (f"NMC 48h-24h pairs from perturbed-truth forecasts: {st['n_nmc']} valid days; calibration on "
-                       f"{st['n_val']} validation 48 h forecasts: latent variance x {st['k_latent']:.4f}, baseline "
-                       f"variance x {st['k_baseline']:.4f}"),
+        "statistics": (f"NMC 48h-24h pairs from perturbed-truth forecasts: {st['n_nmc']} valid days; calibration in model "
+                       f"space on {st['n_calib']} training-period 48 h forecasts (launch days {st['calib_launches'][0]}-"
+                       f"{st['calib_launches'][-1]}): latent variance x {st['k_latent']:.4f}, baseline variance x "
+                       f"{st['k_baseline']:.4f}"),
         "checks": (f"ONNX Runtime: dot test max rel. error {chk['dot_max']:.2e}; Taylor first-order over "
                    f"{chk['taylor_decades']} decades"),
         "license": "weights and data generated with jcm (Apache-2.0; SPEEDY physics port, research use)",
     }
+    extra = []
+    if a.hybrid:
+        al, be, vs = a.hybrid.split(",")
+        extra += ["[hybrid]", f"alpha = {float(al)!r}", f"beta = {float(be)!r}",
+                  "variables = [" + ", ".join(f'"{v}"' for v in vs.split("+")) + "]", ""]
     write_manifest(stage, lat, lon, sig, latent_shape, prov,
-                   "SPEEDY T31L8 (jcm) reference bundle: " + ("local-EOF autoencoder with a nonlinear conv correction"
-                   if patch_ae else "conv autoencoder") + ", hand-written TL/AD decoder")
-    report = {"init_rms": D.forecast_init_rms(a.out), "gate": st["gate"], "checks": chk, "sample": sample, "k_latent": st["k_latent"],
-              "k_baseline": st["k_baseline"], "length_scale_km": st["length_scale"].tolist(),
+                   f"SPEEDY T31L8 (jcm) reference bundle: {arch_name} autoencoder, hand-written TL/AD decoder",
+                   extra=extra, baseline_variance_factor=a.baseline_variance_factor)
+    report = {"init_rms": D.forecast_init_rms(a.out), "gate": st["gate"], "checks": chk, "sample": sample,
+              **{k: st[k] for k in ("k_latent", "k_latent_latent_space", "latent_ratio_per_var", "k_baseline",
+                                    "baseline_ratio_per_var", "calib_vars", "n_calib", "calib_rmse",
+                                    "prior_draw_balance", "true_error_balance")},
+              "length_scale_km": st["length_scale"].tolist(),
               "latent_shape": list(latent_shape), "n_nmc": st["n_nmc"], "n_val": st["n_val"],
               "nmc_rmse": st["nmc_rmse"], "ae": {k: (v if not isinstance(v, np.ndarray) else None)
                                                   for k, v in ck.items() if k not in ("state_dict", "norm_mean",

@@ -8,8 +8,13 @@ import numpy as np
 
 from . import data as D
 
-# observation network and errors (documented in the model card)
-OBS_ERR = {"u": 1.5, "v": 1.5, "t": 0.8, "ps": 100.0}   # q: 10 % of the value
+# observation networks and errors (documented in the model card)
+OBS_ERR = {"u": 1.5, "v": 1.5, "t": 0.8, "ps": 100.0}
+# q: a radiosonde's relative-humidity error (about 10 % of saturation) turned into specific humidity, so dry air does
+# not get microscopic errors: sigma_q = Q_RH_ERR * q_sat(T, p)
+Q_RH_ERR = 0.1
+N_STATIONS = 300       # radiosonde-like columns
+N_PS_POINTS = 1500     # surface-pressure points of the mass-only network
 Q_MIN_SIGMA = 0.34
 # Humidity is observed only where a radiosonde sensor resolves it: not in air drier than 0.01 g/kg (SPEEDY also
 # clips q at exactly 0, and "observing" q = 0 with a 10 %-of-value error made the analysis Hessian's condition
@@ -108,7 +113,7 @@ def bilinear(field, lat, lon, plat, plon):
             + wy * ((1 - wx) * f[..., i1, j0] + wx * f[..., i1, j1]))
 
 
-def stations(lat, lon, n=150, seed=42):
+def stations(lat, lon, n=N_STATIONS, seed=42):
     """Radiosonde-like network: n random positions with |lat| <= 80, over land of the SPEEDY mask
     (bilinear land fraction > 0.5), plus no two stations closer than ~250 km."""
     rng = np.random.default_rng(seed)
@@ -131,13 +136,32 @@ def _gc(a1, o1, a2, o2):
     return 6371.0 * np.arccos(np.clip(c, -1, 1))
 
 
-def make_obs(truth, lat, lon, sig, st, seed):
-    """Observations = truth interpolated + Gaussian noise. Returns list of rows."""
+def q_sat(t, p):
+    """Saturation specific humidity (kg/kg) at temperature t (K) and pressure p (Pa), Bolton's vapour pressure."""
+    es = 611.2 * np.exp(17.67 * (t - 273.15) / (t - 29.65))
+    return 0.622 * es / np.maximum(p - 0.378 * es, 1.0)
+
+
+def ps_points(n=N_PS_POINTS, seed=43):
+    """Surface-pressure network of the mass-only case: n points uniform on the sphere within |lat| <= 85."""
+    rng = np.random.default_rng(seed)
+    plat = np.degrees(np.arcsin(rng.uniform(np.sin(np.radians(-85)), np.sin(np.radians(85)), n)))
+    return np.stack([np.round(plat, 3), np.round(rng.uniform(0, 360, n), 3)], axis=1)
+
+
+def make_obs(truth, lat, lon, sig, st, seed, network="sonde", ps_pts=None):
+    """Observations = truth interpolated + Gaussian noise. Returns a list of rows.
+
+    network "sonde": u, v, t on every level, q on levels sigma >= 0.34 where the truth has q >= 1e-5 kg/kg (error
+    Q_RH_ERR * q_sat), and ps at each station. "mass": t profiles at the same stations and ps at `ps_pts`."""
     rng = np.random.default_rng(seed)
     rows = []
+    pvars = ["u", "v", "t", "q"] if network == "sonde" else ["t"]
     for plat, plon in st:
         a, b = np.array([plat]), np.array([plon])
-        for v in ["u", "v", "t", "q"]:
+        ps = bilinear(truth[40], lat, lon, a, b)[0]
+        tprof = bilinear(truth[D.VAR_SLICES["t"]], lat, lon, a, b)[:, 0]
+        for v in pvars:
             prof = bilinear(truth[D.VAR_SLICES[v]], lat, lon, a, b)[:, 0]
             for k, s in enumerate(sig):
                 if v == "q":
@@ -147,13 +171,18 @@ def make_obs(truth, lat, lon, sig, st, seed):
                     noise = rng.standard_normal()
                     if prof[k] < Q_MIN_VALUE:
                         continue
-                    err = 0.1 * prof[k]
+                    err = float(Q_RH_ERR * q_sat(tprof[k], s * ps))
                 else:
                     err = OBS_ERR[v]
                     noise = rng.standard_normal()
                 rows.append((v, plat, plon, f"{s:.6g}", prof[k] + err * noise, err))
-        ps = bilinear(truth[40], lat, lon, a, b)[0]
-        rows.append(("ps", plat, plon, "", ps + OBS_ERR["ps"] * rng.standard_normal(), OBS_ERR["ps"]))
+        if network == "sonde":
+            rows.append(("ps", plat, plon, "", ps + OBS_ERR["ps"] * rng.standard_normal(), OBS_ERR["ps"]))
+    if network == "mass":
+        pts = ps_points() if ps_pts is None else ps_pts
+        psv = bilinear(truth[40], lat, lon, pts[:, 0], pts[:, 1])
+        for (plat, plon), ps in zip(pts, psv):
+            rows.append(("ps", float(plat), float(plon), "", ps + OBS_ERR["ps"] * rng.standard_normal(), OBS_ERR["ps"]))
     return rows
 
 
@@ -164,10 +193,14 @@ def write_obs(path, rows):
             f.write(f"{v},{a:.3f},{b:.3f},{lev},{val:.7g},{err:.6g}\n")
 
 
-def write_case(d, truth, bg, lat, lon, sig, st, seed, title):
+def write_case(d, truth, bg, lat, lon, sig, st, seed, title, networks=(("obs.csv", "sonde"),)):
+    """truth.nc, background.nc and one observation file per (file name, network). Returns the observation counts."""
     os.makedirs(d, exist_ok=True)
     write_state(os.path.join(d, "truth.nc"), truth, lat, lon, sig, "truth (nature run) " + title)
     write_state(os.path.join(d, "background.nc"), bg, lat, lon, sig, "48 h forecast from perturbed truth " + title)
-    rows = make_obs(truth, lat, lon, sig, st, seed)
-    write_obs(os.path.join(d, "obs.csv"), rows)
-    return len(rows)
+    counts = {}
+    for k, (fname, net) in enumerate(networks):
+        rows = make_obs(truth, lat, lon, sig, st, seed + 100000 * k, network=net)
+        write_obs(os.path.join(d, fname), rows)
+        counts[fname] = len(rows)
+    return counts

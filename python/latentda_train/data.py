@@ -13,6 +13,8 @@ VARS = [("u", "m s-1", 8, "eastward wind"), ("v", "m s-1", 8, "northward wind"),
 VAR_SLICES = {"u": slice(0, 8), "v": slice(8, 16), "t": slice(16, 24), "q": slice(24, 32),
               "z": slice(32, 40), "ps": slice(40, 41)}
 STATES_PER_DAY = 4
+# Default data folder of every stage: $LATENTDA_DATA, else ./data relative to the working directory.
+DEFAULT_OUT = os.environ.get("LATENTDA_DATA", "data")
 
 
 def grid(out):

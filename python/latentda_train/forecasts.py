@@ -25,6 +25,7 @@ import json
 import os
 import time
 
+from . import data as D
 from . import jcmrun
 import numpy as np
 
@@ -111,7 +112,7 @@ class Forecaster:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", default="/work/data")
+    ap.add_argument("--out", default=D.DEFAULT_OUT)
     ap.add_argument("--launches", default="20:330,610:728:2", help="first:last[:step],... (days after spin-up)")
     ap.add_argument("--t-rms", type=float, default=0.7)
     ap.add_argument("--wind-factor", type=float, default=1.6,

@@ -70,7 +70,7 @@ def linear_analysis(xb, rows, idx, wts, y, e, dec, pix, where, pos):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="/work/data")
+    ap.add_argument("--out", default=D.DEFAULT_OUT)
     ap.add_argument("--train-days", type=int, default=600)
     ap.add_argument("--sizes", default="8:128,8:256,8:384,8:512,4:128", help="patch:K list")
     ap.add_argument("--analyses", action="store_true", help="also run the closed-form linear analyses")

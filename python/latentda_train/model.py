@@ -440,7 +440,7 @@ class PosAutoEncoder(nn.Module):
         self.register_buffer("clim_std", torch.ones(1, nchan, nlat, nlon))
         e0, e1, e2 = ce
         self.enc = nn.Sequential(
-            PConv(nchan + npos, e0), nn.SiLU(), ResBlock(e0), nn.SiLU(),
+            PConv(nchan + npos, e0), nn.SiLU(),
             PConv(e0, e1, stride=2), nn.SiLU(), ResBlock(e1), nn.SiLU(),
             PConv(e1, e2, stride=2), nn.SiLU(), ResBlock(e2), nn.SiLU(), ZonalMix(e2), ResBlock(e2), nn.SiLU(),
             PConv(e2, cl))

@@ -10,13 +10,14 @@ import json
 import os
 import time
 
+from . import data as D
 from . import jcmrun
 import numpy as np
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", default="/work/data")
+    ap.add_argument("--out", default=D.DEFAULT_OUT)
     ap.add_argument("--spinup-days", type=int, default=160)
     ap.add_argument("--days", type=int, default=732)
     ap.add_argument("--chunk-days", type=int, default=30)

@@ -11,6 +11,8 @@ import os
 import subprocess
 import sys
 
+from . import data as D
+
 
 def run(mod, *args):
     cmd = [sys.executable, "-m", f"latentda_train.{mod}", *args]
@@ -20,7 +22,7 @@ def run(mod, *args):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", default="/work/data")
+    ap.add_argument("--out", default=D.DEFAULT_OUT)
     ap.add_argument("--bundle", default=os.path.join(os.path.dirname(__file__), "..", "..", "models", "speedy-t31"))
     ap.add_argument("--train-minutes", default="45",
                     help="wall-clock minutes of the training stage(s), comma-separated stages continue the previous one")

@@ -1,6 +1,6 @@
 """NMC statistics (latent and model-space baseline) from the same 48 h - 24 h forecast pairs,
-calibration of one global scale factor per method on validation 48 h forecast errors, and the
-reconstruction gate."""
+calibration of one global scale factor per method in model space on training-period 48 h forecast errors, and
+the reconstruction figures."""
 from __future__ import annotations
 
 import json
@@ -90,8 +90,36 @@ def fit_length_scales(dn, lat, lon, rng, nref=120, dmax=4000.0, binw=100.0):
     return np.array(Ls), np.array(binned)
 
 
-def compute(ae, ck, out, nmc_valid, val_launches, seed=7):
-    """Return a dict with latent variance, baseline B, calibration factors and the gate table."""
+def latent_draws(ae, xb, mean, std, s, n_draws, rng):
+    """Draws of the latent B at a background: dx = sd * D'(z_b)(s * xi), xi ~ N(0, I), physical units.
+    xb [41, nlat, nlon] -> [n_draws, 41, nlat, nlon]."""
+    xn = ((np.asarray(xb, np.float64) - mean[:, None, None]) / std[:, None, None]).astype(np.float32)[None]
+    with torch.no_grad():
+        z = ae.encode(torch.from_numpy(xn))
+        xi = torch.from_numpy((rng.standard_normal((n_draws, *z.shape[1:])) * np.sqrt(s)[None]).astype(np.float32))
+        dxn = ae.decode_tl(z.expand(n_draws, -1, -1, -1).contiguous(), xi).numpy().astype(np.float64)
+    return dxn * std[None, :, None, None]
+
+
+def per_var_ratio(v_true, v_model):
+    """Per variable: sum over its channels of the true error variance over the model's variance."""
+    return {v: float(v_true[sl].sum() / max(v_model[sl].sum(), 1e-300)) for v, sl in D.VAR_SLICES.items()}
+
+
+def compute(ae, ck, out, nmc_valid, calib_launches, val_launches, seed=7, n_backgrounds=24, n_draws=4,
+            calib_vars=("u", "v", "t", "q", "ps")):
+    """Statistics of the bundle, calibrated in model space on training-period cases only.
+
+    * Latent variance: shape from the NMC pairs (variance of E(N(x48)) - E(N(x24)) per latent element), times one
+      global factor k_latent chosen in MODEL space: draws sd * D'(z_b)(s * xi) at `n_backgrounds` training-period
+      48 h forecasts give the implied per-variable variance of the latent B; k_latent is the geometric mean over
+      `calib_vars` of (true 48 h error variance) / (implied variance), from the training-period cases
+      `calib_launches` (their 48 h forecasts against the nature run). One factor for all variables keeps the
+      decoder's wind-mass ratio (its balance) intact; the per-variable ratios are reported.
+    * Baseline: grid-point sd, length scales and vertical correlations from the same NMC pairs, variance scaled by
+      k_baseline, the geometric mean over `calib_vars` of (true error variance) / (NMC variance), same cases.
+    * The reconstruction gate is measured on the validation nature states, and the 48 h error of the validation
+      forecasts `val_launches` is only reported (it scales nothing)."""
     rng = np.random.default_rng(seed)
     mean, std = ck["norm_mean"], ck["norm_std"]
     X = D.nature(out)
@@ -99,26 +127,40 @@ def compute(ae, ck, out, nmc_valid, val_launches, seed=7):
     fc = D.forecasts(out)
     f48, f24, days = nmc_pairs(fc, nmc_valid)
     print(f"NMC pairs: {len(days)} valid days {days[0]}..{days[-1]}", flush=True)
-    # --- validation 48 h forecasts vs truth (calibration and gate) ---
-    vl = [L for L in val_launches if L in fc and D.truth_index(L + 2) < len(X)]
-    b48 = np.stack([fc[L][1] for L in vl]).astype(np.float64)
-    tru = np.stack([X[D.truth_index(L + 2)] for L in vl]).astype(np.float64)
-    e48 = b48 - tru
-    print(f"validation cases: {len(vl)} (launch days {vl[0]}..{vl[-1]})", flush=True)
-    # --- latent ---
+    ntr_days = ck["train_days"]
+    cl = [L for L in calib_launches if L in fc and L + 2 < ntr_days]
+    if len(cl) < 10:
+        raise SystemExit(f"only {len(cl)} training-period calibration cases")
+    c48 = np.stack([fc[L][1] for L in cl]).astype(np.float64)
+    ctru = np.stack([X[D.truth_index(L + 2)] for L in cl]).astype(np.float64)
+    ec = c48 - ctru
+    v_true = (ec ** 2).mean(axis=(0, 2, 3))  # per channel
+    print(f"calibration cases (training period): {len(cl)} (launch days {cl[0]}..{cl[-1]})", flush=True)
+    # --- latent: NMC shape, model-space calibration ---
     z48, z24 = encode(ae, f48, mean, std), encode(ae, f24, mean, std)
-    dz = (z48 - z24).astype(np.float64)
-    var_nmc_lat = dz.var(axis=0)
-    zb, zt = encode(ae, b48, mean, std), encode(ae, tru, mean, std)
-    ez = (zb - zt).astype(np.float64)
-    var_true_lat = (ez ** 2).mean(axis=0)
-    k_lat = float(var_true_lat.sum() / var_nmc_lat.sum())
+    var_nmc_lat = np.maximum((z48 - z24).astype(np.float64).var(axis=0), 1e-12)
+    zb, zt = encode(ae, c48, mean, std), encode(ae, ctru, mean, std)
+    k_lat_latent_space = float(((zb - zt).astype(np.float64) ** 2).mean(axis=0).sum() / var_nmc_lat.sum())
+    pick = rng.choice(len(cl), size=min(n_backgrounds, len(cl)), replace=False)
+    v_draw = np.zeros(41)
+    for i in pick:
+        dx = latent_draws(ae, c48[i], mean, std, var_nmc_lat, n_draws, rng)
+        v_draw += (dx ** 2).mean(axis=(0, 2, 3))
+    v_draw /= len(pick)
+    r_lat = per_var_ratio(v_true, v_draw)
+    k_lat = float(np.exp(np.mean([np.log(r_lat[v]) for v in calib_vars])))
+    print("latent B (NMC shape) implied variance vs true 48 h error variance, per variable (true / implied): "
+          + ", ".join(f"{v} {r:.3g}" for v, r in r_lat.items())
+          + f"; model-space factor k = {k_lat:.4g} (a latent-space fit would give {k_lat_latent_space:.4g})",
+          flush=True)
     # --- model space (same NMC samples) ---
     dx = (f48 - f24).astype(np.float64)
     dx -= dx.mean(axis=0, keepdims=True)
     var_nmc_x = (dx ** 2).sum(axis=0) / (len(dx) - 1)
-    sn = std[:, None, None] ** 2
-    k_b = float((np.mean(e48 ** 2, axis=0) / sn).sum() / (var_nmc_x / sn).sum())
+    r_b = per_var_ratio(v_true, var_nmc_x.mean(axis=(1, 2)))
+    k_b = float(np.exp(np.mean([np.log(r_b[v]) for v in calib_vars])))
+    print("baseline (NMC) variance vs true 48 h error variance per variable (true / NMC): "
+          + ", ".join(f"{v} {r:.3g}" for v, r in r_b.items()) + f"; factor k = {k_b:.4g}", flush=True)
     sd_nmc = np.sqrt(np.maximum(var_nmc_x, 0))
     floor = 1e-3 * np.maximum(sd_nmc.mean(axis=(1, 2), keepdims=True), 1e-30)
     sd = np.sqrt(k_b) * np.maximum(sd_nmc, floor)
@@ -134,8 +176,19 @@ def compute(ae, ck, out, nmc_valid, val_launches, seed=7):
         np.fill_diagonal(m, 1.0)
         vc.append(m)
     vc = np.array(vc)
+    # --- prior-draw balance at training-period backgrounds (after calibration; scale-free anyway) ---
+    from . import balance as BL
+    acc = {h: np.zeros(3) for h in ("N", "S")}
+    for i in pick[:8]:
+        for d in latent_draws(ae, c48[i], mean, std, k_lat * var_nmc_lat, 2, rng):
+            for h in acc:
+                acc[h] += BL.sums(c48[i], c48[i] + d, lat, lon, h)
+    prior_balance = {h: BL.correlation(s) for h, s in acc.items()}
+    true_balance = {h: BL.correlation(sum(BL.sums(ctru[i], c48[i], lat, lon, h) for i in pick)) for h in ("N", "S")}
+    print(f"prior-draw balance (training backgrounds): NH {prior_balance['N']:.3f} SH {prior_balance['S']:.3f}; "
+          f"true 48 h error: NH {true_balance['N']:.3f} SH {true_balance['S']:.3f}", flush=True)
     # --- reconstruction gate on validation nature states (never used in training) ---
-    ntr = ck["train_days"] * D.STATES_PER_DAY
+    ntr = ntr_days * D.STATES_PER_DAY
     Xva = np.asarray(X[ntr:])
     sq = np.zeros(41)
     for i in range(0, len(Xva), 64):
@@ -143,15 +196,19 @@ def compute(ae, ck, out, nmc_valid, val_launches, seed=7):
         sq += ((reconstruct(ae, xb, mean, std) - xb) ** 2).sum(axis=(0, 2, 3))
     sq /= len(Xva) * Xva.shape[2] * Xva.shape[3]
     rec = {v: float(np.sqrt(sq[sl].mean())) for v, sl in D.VAR_SLICES.items()}
+    vl = [L for L in val_launches if L in fc and D.truth_index(L + 2) < len(X)]
+    e48 = np.stack([fc[L][1] for L in vl]).astype(np.float64) - np.stack([X[D.truth_index(L + 2)] for L in vl])
     bg = D.rmse_per_var(e48)
     nmc = D.rmse_per_var(dx)
     gate = {v: {"recon_rmse": rec[v], "bg48_rmse": bg[v], "ratio": rec[v] / bg[v]} for v in rec}
-    res = dict(latent_variance=(k_lat * np.maximum(var_nmc_lat, 1e-12)).astype(np.float64),
-               k_latent=k_lat, k_baseline=k_b, sd=sd, length_scale=Ls, vertical_correlation=vc,
+    res = dict(latent_variance=(k_lat * var_nmc_lat).astype(np.float64),
+               k_latent=k_lat, k_latent_latent_space=k_lat_latent_space, latent_ratio_per_var=r_lat,
+               k_baseline=k_b, baseline_ratio_per_var=r_b, calib_vars=list(calib_vars),
+               sd=sd, length_scale=Ls, vertical_correlation=vc,
                corr_binned=binned, gate=gate, nmc_rmse=nmc, n_nmc=len(days), nmc_days=days,
-               n_val=len(vl), val_launches=vl,
-               latent_true_over_nmc=float(var_true_lat.mean() / var_nmc_lat.mean()))
-    print("calibration: latent k = %.3f, baseline k = %.3f" % (k_lat, k_b), flush=True)
+               n_calib=len(cl), calib_launches=cl, calib_rmse=D.rmse_per_var(ec),
+               prior_draw_balance=prior_balance, true_error_balance=true_balance,
+               n_val=len(vl), val_launches=vl)
     print("length scales (km):", np.round(Ls).astype(int).tolist(), flush=True)
     print("gate:", json.dumps(gate, indent=None), flush=True)
     return res

@@ -17,7 +17,7 @@ from .model import AutoEncoder, PatchAutoEncoder, PosAutoEncoder, build
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", default="/work/data")
+    ap.add_argument("--out", default=D.DEFAULT_OUT)
     ap.add_argument("--train-days", type=int, default=600, help="days [0, N) train; later days validate")
     ap.add_argument("--minutes", type=float, default=35.0, help="wall-clock training budget")
     ap.add_argument("--steps", type=int, default=None,
@@ -43,6 +43,7 @@ def main(argv=None):
     ap.add_argument("--K", type=int, default=512, help="latent channels = local EOFs per patch (arch patch)")
     ap.add_argument("--lr-lin", type=float, default=2e-5, help="learning rate of the EOF weights (arch patch)")
     ap.add_argument("--init", default=None, help="continue from this checkpoint (same architecture)")
+    ap.add_argument("--save-every", type=int, default=500, help="also save OUT/ae/NAME_partial.pt every N steps")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -124,6 +125,16 @@ def main(argv=None):
         ae.train()
     Ttr = torch.from_numpy(Ntr)
     t0 = time.time()
+    os.makedirs(os.path.join(a.out, "ae"), exist_ok=True)
+
+    def save(path, rec=None):
+        torch.save({"cfg": ae.cfg, "state_dict": ae.state_dict(), "norm_mean": mean, "norm_std": std,
+                    "train_days": a.train_days, "steps": step + (prev["steps"] if prev else 0),
+                    "epochs": ep + (prev["epochs"] if prev else 0),
+                    "minutes": round((time.time() - t0) / 60 + (prev["minutes"] if prev else 0), 1),
+                    "val_recon_rmse": rec, "loss_weights": w, "args": vars(a), "params": nparam, "hist": hist},
+                   path)
+
     budget = a.minutes * 60
     step, ep, hist = 0, 0, []
     done = False
@@ -152,18 +163,15 @@ def main(argv=None):
                 print(f"epoch {ep} step {step} loss {run/100:.4e} lr {lr:.2e} {time.time()-t0:.0f}s", flush=True)
                 hist.append((step, run / 100))
                 run = 0.0
+            if a.save_every and step % a.save_every == 0:
+                save(os.path.join(a.out, "ae", f"{a.name}_partial.pt"))
     ae.eval()
     if isinstance(ae, PatchAutoEncoder):
         ae.round_weights()
     rec = validate(ae, a, ntr, nrm, std)
     print("validation reconstruction RMSE:", json.dumps(rec), flush=True)
-    os.makedirs(os.path.join(a.out, "ae"), exist_ok=True)
     path = os.path.join(a.out, "ae", f"{a.name}.pt")
-    torch.save({"cfg": ae.cfg, "state_dict": ae.state_dict(), "norm_mean": mean, "norm_std": std,
-                "train_days": a.train_days, "steps": step + (prev["steps"] if prev else 0),
-                "epochs": ep + (prev["epochs"] if prev else 0), "minutes": round((time.time() - t0) / 60 + (prev["minutes"] if prev else 0), 1),
-                "val_recon_rmse": rec, "loss_weights": w, "args": vars(a), "params": nparam, "hist": hist},
-               path)
+    save(path, rec)
     print("saved", path, flush=True)
 
 
