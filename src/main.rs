@@ -251,7 +251,7 @@ fn cmd_check(
     let pass = lt.rel < 1e-5;
     ok &= pass;
     println!("latent B^1/2 (U) adjoint test: rel diff {:.2e} (gate 1e-5) {}", lt.rel, if pass { "PASS" } else { "FAIL" });
-    match checks::baseline_bsqrt_dot_test(&a.bundle, 4).map_err(e)? {
+    match checks::baseline_bsqrt_dot_test(&a.bundle, &mut a.ae, 4).map_err(e)? {
         Some(bt) => {
             let pass = bt.rel < 1e-10;
             ok &= pass;

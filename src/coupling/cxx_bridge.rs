@@ -169,7 +169,7 @@ impl Context {
     }
 
     fn control_size(&self) -> BridgeResult<usize> {
-        guard(|| Ok(self.host.control_size()))
+        guard(|| self.host.control_size())
     }
 
     fn state_size(&self) -> BridgeResult<usize> {
