@@ -51,6 +51,10 @@ pub struct Timings {
     pub total_s: f64,
     /// latentda's own code: total minus model runs.
     pub overhead_s: f64,
+    /// TL runs spent on diag B for the background check (0 when the cached variance of this background was reused).
+    pub variance_s: f64,
+    /// Number of those TL runs.
+    pub n_variance: usize,
     /// Model run counts.
     pub n_encode: usize,
     /// Decoder runs.
@@ -199,7 +203,7 @@ impl Report {
         let t = &self.timings;
         let _ = writeln!(
             s,
-            "time: total {:.3} s = encode {:.3} + decode {:.3} ({}x) + TL {:.3} ({}x) + AD {:.3} ({}x) + H {:.4} + other {:.4}",
+            "time: total {:.3} s = encode {:.3} + decode {:.3} ({}x) + TL {:.3} ({}x) + AD {:.3} ({}x) + diag B {:.3} ({}x TL) + H {:.4} + other {:.4}",
             t.total_s,
             t.encode_s,
             t.decode_s,
@@ -208,6 +212,8 @@ impl Report {
             t.n_tl,
             t.ad_s,
             t.n_ad,
+            t.variance_s,
+            t.n_variance,
             t.h_s,
             t.overhead_s - t.h_s
         );
