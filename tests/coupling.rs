@@ -316,6 +316,36 @@ fn fortran_driver_matches_cli() {
     }
 }
 
+/// The C and Fortran drivers' `--method hybrid` analyses against `latentda analyse --method hybrid` (default weights
+/// and variables: alpha 1, beta 1, all variables), on both fixtures.
+#[test]
+fn c_and_fortran_drivers_run_hybrid_like_cli() {
+    let p = programs();
+    for bundle in ["linear", "tanh"] {
+        let b = fixture(bundle);
+        let out = p.dir.join(format!("cli_hybrid_{bundle}.nc"));
+        let o = Command::new(env!("CARGO_BIN_EXE_latentda"))
+            .args(["analyse", "--method", "hybrid", "--bundle"])
+            .arg(&b)
+            .arg("--background")
+            .arg(b.join("sample/background.nc"))
+            .arg("--obs")
+            .arg(b.join("sample/obs.csv"))
+            .arg("--output")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "latentda analyse --method hybrid failed: {}", show(&o));
+        let cli = latentda::bundle::ncio::read_state(&out, &Bundle::open(&b).unwrap().layout).unwrap();
+        let (xc, _) = run_driver(&p.c_shared, bundle, "c_hybrid", &["--method", "hybrid", "--quiet"]);
+        let (xf, _) = run_driver(&p.f_shared, bundle, "f_hybrid", &["--method", "hybrid", "--quiet"]);
+        let (dc, df) = (max_rel_diff(bundle, &xc, &cli), max_rel_diff(bundle, &xf, &cli));
+        println!("{bundle}: hybrid, C driver vs CLI {dc:.2e}, Fortran driver vs CLI {df:.2e}");
+        assert!(dc <= 1e-6 && df <= 1e-6, "{bundle}: hybrid analyses differ from the CLI's: C {dc:e}, Fortran {df:e}");
+        assert!(max_rel_diff(bundle, &xc, cli_analysis(bundle)) > 1e-6, "{bundle}: hybrid equals l3dvar");
+    }
+}
+
 fn run_error_program(exe: &Path) {
     let o = Command::new(exe).arg(fixture("tanh")).output().unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
