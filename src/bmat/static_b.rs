@@ -17,9 +17,9 @@
 //! difference: each (row, row) block is a symmetric circulant matrix, diagonal in Fourier space along longitude. U_s
 //! applies it exactly with real FFTs (`realfft`) and a product with the nlat x nlat block of each wavenumber:
 //! O(nchan nlat^2 nlon) per application. Memory: nchan nlat^2 (nlon/2+1) doubles (37 MB for T31, 41 channels).
-//! No truncation. The variances diag(U_s U_s^T) are computed exactly at construction: for a variable with equal
-//! length scales on all levels they are S^2; with different length scales per level the cross-level terms of
-//! V^1/2 see correlations (K_l K_l'^T)_pp < 1, so they fall slightly below S^2; z's follow from the balance.
+//! No truncation. The variances diag(U_s U_s^T) are exact: each level has its own control field, so the level
+//! covariance at a point is S V S (K K^T has unit diagonal) and the variances of the controlled channels are S^2;
+//! those of a balanced z are the diagonal of M_h (S V S) M_h^T at each point.
 
 use std::sync::Arc;
 
@@ -240,72 +240,33 @@ impl StaticB {
         self.hydro.as_ref()
     }
 
-    /// Horizontal correlation (K_l K_l'^T)_pp between channels l and l' at a point of row j (Parseval on the kernels).
-    fn cross_correlation(&self, l: usize, l2: usize, j: usize) -> f64 {
-        let (nlat, nlon, nm) = (self.nlat, self.nlon, self.nm);
-        let (ga, gb) = (&self.ghat[l], &self.ghat[l2]);
-        let mut s = 0.0;
-        for jj in 0..nlat {
-            let base = (j * nlat + jj) * nm;
-            let mut t = 0.0;
-            for m in 0..nm {
-                let w = if m == 0 || (nlon % 2 == 0 && m == nlon / 2) { 1.0 } else { 2.0 };
-                t += w * ga[base + m] * gb[base + m];
-            }
-            s += self.sqrt_area[jj].powi(2) * t / nlon as f64;
-        }
-        s * self.norm[l][j] * self.norm[l2][j]
-    }
-
-    /// diag(U_s U_s^T) without P, exactly: per row, the level covariance V^1/2 C V^1/2 of each variable (C: the
-    /// cross-level horizontal correlations at a point), scaled by S; z from the balance.
+    /// diag(U_s U_s^T) without P, exactly: S^2 for the controlled channels (their level covariance at a point is
+    /// S V S, with V = V^1/2 V^1/2), and the diagonal of M_h (S V S) M_h^T for a balanced z.
     fn exact_variance(&self) -> Vec<f64> {
-        let (nlat, nlon) = (self.nlat, self.nlon);
-        let np = nlat * nlon;
+        let np = self.nlat * self.nlon;
         let mut var = vec![0.0; self.nchan * np];
-        // Level correlation matrices per (variable, row), for the hydrostatic sources as well.
-        let mut level_corr: Vec<(usize, usize, Vec<Vec<f64>>)> = Vec::new();
-        for (c0, n, vs) in &self.vsqrt {
-            let (c0, n) = (*c0, *n);
-            let mut rows = Vec::with_capacity(nlat);
-            for j in 0..nlat {
-                let cm: Vec<f64> = (0..n * n).map(|k| self.cross_correlation(c0 + k / n, c0 + k % n, j)).collect();
-                // M = V^1/2 C V^1/2 (V^1/2 symmetric).
-                let mut m = vec![0.0; n * n];
-                for a in 0..n {
-                    for b in 0..n {
-                        m[a * n + b] = (0..n).map(|k| (0..n).map(|l| vs[a * n + k] * cm[k * n + l] * vs[l * n + b]).sum::<f64>()).sum();
-                    }
-                }
-                rows.push(m);
-            }
-            for k in 0..n {
-                for p in 0..np {
-                    let s = self.sd[(c0 + k) * np + p];
-                    var[(c0 + k) * np + p] = s * s * rows[p / nlon][k * n + k];
-                }
-            }
-            level_corr.push((c0, n, rows));
-        }
         for &c in &self.active {
-            if !self.vsqrt.iter().any(|(c0, n, _)| (*c0..c0 + n).contains(&c)) {
-                // A surface (or single-level) channel: unit correlation.
-                for p in 0..np {
-                    var[c * np + p] = self.sd[c * np + p].powi(2);
-                }
+            for p in 0..np {
+                var[c * np + p] = self.sd[c * np + p].powi(2);
             }
         }
         if let Some(h) = &self.hydro {
             let (t0, q0, ps) = h.sources();
             let n = h.z_channels().len();
-            let corr_of = |c0: usize| level_corr.iter().find(|(c, _, _)| *c == c0).map(|(_, _, r)| r);
-            let cov = |c0: usize, p: usize| -> Option<Vec<f64>> {
-                let m = &corr_of(c0)?[p / nlon];
-                Some((0..n * n).map(|k| self.sd[(c0 + k / n) * np + p] * m[k] * self.sd[(c0 + k % n) * np + p]).collect())
+            // V = V^1/2 V^1/2 of a source variable (identity if it has no vertical correlation).
+            let v_of = |c0: usize| -> Vec<f64> {
+                match self.vsqrt.iter().find(|(c, _, _)| *c == c0) {
+                    Some((_, _, vs)) => (0..n * n).map(|k| (0..n).map(|l| vs[(k / n) * n + l] * vs[l * n + k % n]).sum()).collect(),
+                    None => (0..n * n).map(|k| if k / n == k % n { 1.0 } else { 0.0 }).collect(),
+                }
+            };
+            let (vt, vq) = (v_of(t0), q0.map(v_of));
+            let cov = |c0: usize, v: &[f64], p: usize| -> Vec<f64> {
+                (0..n * n).map(|k| self.sd[(c0 + k / n) * np + p] * v[k] * self.sd[(c0 + k % n) * np + p]).collect()
             };
             for p in 0..np {
-                let ct = cov(t0, p).unwrap_or_else(|| (0..n * n).map(|k| if k / n == k % n { self.sd[(t0 + k / n) * np + p].powi(2) } else { 0.0 }).collect());
-                let cq = q0.and_then(|q| cov(q, p));
+                let ct = cov(t0, &vt, p);
+                let cq = q0.zip(vq.as_ref()).map(|(q, v)| cov(q, v, p));
                 let vps = ps.map_or(0.0, |c| var[c * np + p]);
                 for (k, zc) in h.z_channels().enumerate() {
                     var[zc * np + p] = h.z_variance(k, &ct, cq.as_deref(), vps);
