@@ -96,8 +96,8 @@ fn bench_analysis(backend: &str) {
     let lay = a.bundle.layout.clone();
     let xb = latentda::bundle::ncio::read_state(&case.join("background.nc"), &lay).unwrap();
     let (obs, _) = latentda::obs::read_csv(&case.join("obs.csv"), &lay).unwrap();
-    for method in [Method::L3dvar, Method::Var3d] {
-        if method == Method::Var3d && (a.bundle.baseline.is_none() || backend != "tract") {
+    for method in [Method::L3dvar, Method::Var3d, Method::Hybrid] {
+        if method != Method::L3dvar && (a.bundle.baseline.is_none() || backend != "tract") {
             continue;
         }
         let mut rows = Vec::new();

@@ -1,4 +1,4 @@
-//! The latent control-variable transform of L3DVar.
+//! Control-variable transforms: the latent one of L3DVar, the static B of 3D-Var and their hybrid.
 //!
 //! ```text
 //! z(w)  = z_b + s * w                                  (s = sqrt of the latent variance, elementwise)
@@ -8,11 +8,23 @@
 //! ```
 //!
 //! `sd` and `mean` are the per-channel normalisation statistics, so dx is in physical units.
+//!
+//! Hybrid (method `hybrid`), control [w, v]:
+//!
+//! ```text
+//! dx(w, v) = sd * (D(z_b + sqrt(alpha) s w) - D(z_b)) + sqrt(beta) P U_s v
+//! TL:  sqrt(alpha) sd * D'(z_lin)(s * dw) + sqrt(beta) P U_s dv
+//! ```
+//!
+//! alpha scales the latent variance inside the decoder's argument, so the latent part of the analysis stays a
+//! decoded increment; at w = 0 the TL is the hybrid B's square root sqrt(alpha) U_l + sqrt(beta) P U_s.
 
-use crate::model::autoencoder::{encode_state, Autoencoder};
+use crate::model::autoencoder::Autoencoder;
 use crate::error::Result;
+use crate::bmat::hybrid::Hybrid;
 use crate::bmat::latent::LatentB;
 use crate::bmat::static_b::StaticB;
+use crate::bmat::BOperator;
 use crate::var::solver::ControlSpace;
 
 /// Latent control transform around a background. Its tangent-linear and adjoint are the latent B operator U
@@ -31,11 +43,13 @@ pub struct LatentControl<'a> {
 }
 
 impl<'a> LatentControl<'a> {
-    /// Encodes the background and prepares the transform.
+    /// Prepares the transform around the background `x_b` with latent background `z_b` = E(N(x_b)) and latent
+    /// variance s^2 (`latent_variance`, already multiplied by the hybrid's alpha where that applies).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         ae: &'a mut Autoencoder,
         x_b: &'a [f64],
+        z_b: Vec<f32>,
         latent_variance: &[f64],
         mean: &[f64],
         sd: &[f64],
@@ -43,7 +57,6 @@ impl<'a> LatentControl<'a> {
         full_state: bool,
     ) -> Result<Self> {
         let nx = ae.state_len;
-        let z_b = encode_state(ae, x_b, mean, sd, npoints)?;
         let mut xn_zb = vec![0f32; nx];
         ae.decode(&z_b, &mut xn_zb)?;
         Ok(LatentControl {
@@ -122,5 +135,32 @@ impl ControlSpace for StaticB {
     }
     fn is_linear(&self) -> bool {
         true
+    }
+}
+
+/// The hybrid control transform: the parts' transforms summed over [w, v] (weights folded into the parts or given).
+impl<A: ControlSpace, B: ControlSpace> ControlSpace for Hybrid<A, B> {
+    fn size(&self) -> usize {
+        self.a.size() + self.b.size()
+    }
+    fn increment(&mut self, c: &[f64], dx: &mut [f64]) -> Result<()> {
+        let na = self.a.size();
+        self.forward(&mut (), na, c, dx, |a, _, w, x| a.increment(w, x), |b, _, v, x| b.increment(v, x))
+    }
+    fn linearize(&mut self, c: &[f64]) -> Result<()> {
+        let (w, v) = c.split_at(self.a.size());
+        self.a.linearize(w)?;
+        self.b.linearize(v)
+    }
+    fn tl(&mut self, dc: &[f64], dx: &mut [f64]) -> Result<()> {
+        let na = self.a.size();
+        self.forward(&mut (), na, dc, dx, |a, _, w, x| a.tl(w, x), |b, _, v, x| b.tl(v, x))
+    }
+    fn ad(&mut self, dx: &[f64], dc: &mut [f64]) -> Result<()> {
+        let na = self.a.size();
+        self.backward(&mut (), na, dx, dc, |a, _, x, w| a.ad(x, w), |b, _, x, v| b.ad(x, v))
+    }
+    fn is_linear(&self) -> bool {
+        self.a.is_linear() && self.b.is_linear()
     }
 }

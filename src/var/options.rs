@@ -6,12 +6,18 @@
 //! device = "cpu"               # or "cuda:0" (backend "ort" only; fails if CUDA cannot be used)
 //! threads = 1                  # ONNX Runtime intra-op threads (1 = bit-reproducible)
 //! cuda_tf32 = false            # allow TF32 on CUDA
-//! method = "l3dvar"            # default method of lda_analyse: "l3dvar" or "3dvar"
+//! method = "l3dvar"            # default method of lda_analyse: "l3dvar", "3dvar" or "hybrid"
 //! output = "analysis"          # "analysis" (x_b + decoded increment), "increment", "full_state" (N^-1(D(z_a)))
 //! outer_loops = 2              # Gauss-Newton outer loops
 //! max_inner = 40               # CG iterations per outer loop
 //! gradient_reduction = 1e-3    # inner-loop stopping criterion
 //! bg_check = 5.0               # background check k (0 disables)
+//! bg_check_samples = 32        # draws of the randomised latent variance (exact when the latent size is <= this)
+//! hybrid_alpha = 1.0           # hybrid weights and variables: override the bundle's [hybrid] table
+//! hybrid_beta = 1.0
+//! hybrid_variables = ["q", "ps"]
+//! baseline_variance_factor = 1.0   # multiplies the static B's variances (overrides [statistics] of the bundle)
+//! b_operator = "latent"        # B operator served to hosts (lda_bsqrt, ...): "latent", "hybrid" or "static"
 //! verbosity = 0                # 0 quiet, 1 iteration lines on stderr
 //! ```
 
@@ -28,15 +34,18 @@ pub enum Method {
     L3dvar,
     /// Model-space 3D-Var with the static baseline B.
     Var3d,
+    /// Hybrid latent-static B: control [w, v], dx = sd (D(z_b + sqrt(alpha) s w) - D(z_b)) + sqrt(beta) P U_s v.
+    Hybrid,
 }
 
 impl Method {
-    /// Parses `l3dvar` or `3dvar`.
+    /// Parses `l3dvar`, `3dvar` or `hybrid`.
     pub fn parse(s: &str) -> Result<Method> {
         match s {
             "l3dvar" => Ok(Method::L3dvar),
             "3dvar" => Ok(Method::Var3d),
-            _ => Err(Error::arg(format!("method '{s}' is not known (use 'l3dvar' or '3dvar')"))),
+            "hybrid" => Ok(Method::Hybrid),
+            _ => Err(Error::arg(format!("method '{s}' is not known (use 'l3dvar', '3dvar' or 'hybrid')"))),
         }
     }
     /// Name used in reports.
@@ -44,6 +53,46 @@ impl Method {
         match self {
             Method::L3dvar => "l3dvar",
             Method::Var3d => "3dvar",
+            Method::Hybrid => "hybrid",
+        }
+    }
+}
+
+/// Which B a host's B operator (`lda_bsqrt`, `lda_bsqrt_ad`, `lda_bvariance`, `lda_brandomize`) applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BKind {
+    /// The latent B, U = sd D'(z_b) s (control size: the latent size).
+    Latent,
+    /// The hybrid B, U = [sqrt(alpha) U_l, sqrt(beta) P U_s] (control size: latent size + static control size).
+    Hybrid,
+    /// The static (baseline) B U_s with its hydrostatic balance.
+    Static,
+}
+
+impl BKind {
+    /// Parses `latent`, `hybrid` or `static`.
+    pub fn parse(s: &str) -> Result<BKind> {
+        match s {
+            "latent" => Ok(BKind::Latent),
+            "hybrid" => Ok(BKind::Hybrid),
+            "static" => Ok(BKind::Static),
+            _ => Err(Error::arg(format!("b_operator '{s}' is not known (use 'latent', 'hybrid' or 'static')"))),
+        }
+    }
+    /// The B in force for an analysis method.
+    pub fn of_method(m: Method) -> BKind {
+        match m {
+            Method::L3dvar => BKind::Latent,
+            Method::Var3d => BKind::Static,
+            Method::Hybrid => BKind::Hybrid,
+        }
+    }
+    /// Name used in reports and options.
+    pub fn name(self) -> &'static str {
+        match self {
+            BKind::Latent => "latent",
+            BKind::Hybrid => "hybrid",
+            BKind::Static => "static",
         }
     }
 }
@@ -105,6 +154,18 @@ pub struct Options {
     pub gradient_reduction: f64,
     /// Background-check threshold k (0 disables).
     pub bg_check: f64,
+    /// Draws of the randomised latent variance for the background check (exact when the latent size is smaller).
+    pub bg_check_samples: usize,
+    /// Hybrid weight alpha of the latent B (default: the bundle's `[hybrid]`, else 1).
+    pub hybrid_alpha: Option<f64>,
+    /// Hybrid weight beta of the static B (default: the bundle's `[hybrid]`, else 1).
+    pub hybrid_beta: Option<f64>,
+    /// Variables the static part of the hybrid acts on (default: the bundle's `[hybrid]`, else all).
+    pub hybrid_variables: Option<Vec<String>>,
+    /// Factor on the static B's variances (default: the bundle's `[statistics]`, else 1).
+    pub baseline_variance_factor: Option<f64>,
+    /// B operator served to hosts: "latent", "hybrid" or "static".
+    pub b_operator: String,
     /// 0 quiet, 1 iteration lines on stderr.
     pub verbosity: u32,
 }
@@ -123,6 +184,12 @@ impl Default for Options {
             max_inner: 40,
             gradient_reduction: 1e-3,
             bg_check: 5.0,
+            bg_check_samples: crate::bmat::latent::DEFAULT_VARIANCE_SAMPLES,
+            hybrid_alpha: None,
+            hybrid_beta: None,
+            hybrid_variables: None,
+            baseline_variance_factor: None,
+            b_operator: "latent".into(),
             verbosity: 0,
         }
     }
@@ -153,6 +220,25 @@ impl Options {
         if !(self.bg_check >= 0.0) {
             return Err(Error::arg(format!("bg_check = {} must be >= 0", self.bg_check)));
         }
+        if self.bg_check_samples == 0 {
+            return Err(Error::arg("bg_check_samples must be >= 1"));
+        }
+        for (name, v) in [("hybrid_alpha", self.hybrid_alpha), ("hybrid_beta", self.hybrid_beta)] {
+            if let Some(v) = v {
+                if !(v.is_finite() && v >= 0.0) {
+                    return Err(Error::arg(format!("{name} = {v} must be finite and >= 0")));
+                }
+            }
+        }
+        if let Some(f) = self.baseline_variance_factor {
+            if !(f.is_finite() && f > 0.0) {
+                return Err(Error::arg(format!("baseline_variance_factor = {f} must be finite and > 0")));
+            }
+        }
+        if self.hybrid_variables.as_ref().is_some_and(|v| v.is_empty()) {
+            return Err(Error::arg("hybrid_variables is empty (name at least one variable, or omit the key)"));
+        }
+        BKind::parse(&self.b_operator)?;
         if self.threads == 0 {
             return Err(Error::arg("threads must be >= 1"));
         }

@@ -33,6 +33,28 @@ pub trait ControlSpace {
     }
 }
 
+/// A borrowed transform is a transform (so a hybrid can borrow a cached static B).
+impl<T: ControlSpace + ?Sized> ControlSpace for &mut T {
+    fn size(&self) -> usize {
+        (**self).size()
+    }
+    fn increment(&mut self, w: &[f64], dx: &mut [f64]) -> Result<()> {
+        (**self).increment(w, dx)
+    }
+    fn linearize(&mut self, w: &[f64]) -> Result<()> {
+        (**self).linearize(w)
+    }
+    fn tl(&mut self, dw: &[f64], dx: &mut [f64]) -> Result<()> {
+        (**self).tl(dw, dx)
+    }
+    fn ad(&mut self, dx: &[f64], dw: &mut [f64]) -> Result<()> {
+        (**self).ad(dx, dw)
+    }
+    fn is_linear(&self) -> bool {
+        (**self).is_linear()
+    }
+}
+
 /// Solver parameters.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SolverParams {
