@@ -21,7 +21,7 @@ USAGE:
                    [--device cpu|cuda:N] [--ort-library PATH] [--threads N] [--options opts.toml]
                    [--outer-loops N] [--max-inner N] [-v]
                    [--hybrid-alpha A] [--hybrid-beta B] [--hybrid-variables q,ps]
-                   [--baseline-variance-factor F] [--bg-check-samples N]
+                   [--baseline-variance-factor F] [--bg-check-samples N] [--latent-increment nonlinear|linear]
 
 Exit status: 0 success, 1 error, 2 usage error, 3 success but some input rows were malformed (see report).
 ";
@@ -89,6 +89,7 @@ fn parse_common(common: &mut Common, arg: &Arg, parser: &mut lexopt::Parser) -> 
             o.hybrid_variables = Some(value(parser, "hybrid-variables")?.split(',').map(|v| v.trim().to_string()).collect())
         }
         "baseline-variance-factor" => o.baseline_variance_factor = Some(number(parser, "baseline-variance-factor")?),
+        "latent-increment" => o.latent_increment = value(parser, "latent-increment")?,
         "bg-check-samples" => {
             o.bg_check_samples =
                 value(parser, "bg-check-samples")?.parse().map_err(|_| "--bg-check-samples needs an integer".to_string())?

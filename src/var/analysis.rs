@@ -266,7 +266,9 @@ impl Analyser {
         let (w, dx, info) = match method {
             Method::L3dvar => {
                 let z_b = z_b.expect("encoded above");
-                let mut ctrl = LatentControl::new(&mut self.ae, x_b, z_b, &b.latent_variance, &b.mean, &b.std, np, full_state)?;
+                let linear = self.options.latent_increment == "linear";
+                let mut ctrl = LatentControl::new(&mut self.ae, x_b, z_b, &b.latent_variance, &b.mean, &b.std, np, full_state)?
+                    .linear(linear);
                 minimise(&mut ctrl, &problem, &params)?
             }
             Method::Var3d => {
@@ -277,7 +279,8 @@ impl Analyser {
                 let hs = self.hybrid_settings()?;
                 let z_b = z_b.expect("encoded above");
                 let lv: Vec<f64> = b.latent_variance.iter().map(|v| hs.alpha * v).collect();
-                let latent = LatentControl::new(&mut self.ae, x_b, z_b, &lv, &b.mean, &b.std, np, false)?;
+                let linear = self.options.latent_increment == "linear";
+                let latent = LatentControl::new(&mut self.ae, x_b, z_b, &lv, &b.mean, &b.std, np, false)?.linear(linear);
                 let st = &mut self.cache.statics.as_mut().expect("prepared above").1;
                 let mut ctrl = Hybrid::new(latent, st, 1.0, hs.beta.sqrt(), lay.state_len());
                 minimise(&mut ctrl, &problem, &params)?

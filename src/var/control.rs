@@ -18,6 +18,10 @@
 //!
 //! alpha scales the latent variance inside the decoder's argument, so the latent part of the analysis stays a
 //! decoded increment; at w = 0 the TL is the hybrid B's square root sqrt(alpha) U_l + sqrt(beta) P U_s.
+//!
+//! With `latent_increment = "linear"` the latent part is the latent B's square root at the background,
+//! dx = sd * D'(z_b)(s * w): the cost is quadratic and one outer loop solves it exactly (the decoder's curvature is
+//! then ignored; the nonlinear form follows it with further outer loops).
 
 use crate::model::autoencoder::Autoencoder;
 use crate::error::Result;
@@ -39,6 +43,7 @@ pub struct LatentControl<'a> {
     chan_mean: Vec<f64>,
     x_b: &'a [f64],
     full_state: bool,
+    linear: bool,
     buf_x: Vec<f32>,
 }
 
@@ -67,8 +72,15 @@ impl<'a> LatentControl<'a> {
             chan_mean: mean.to_vec(),
             x_b,
             full_state,
+            linear: false,
             buf_x: vec![0f32; nx],
         })
+    }
+
+    /// Uses the linear form dx = sd * D'(z_b)(s * w) (see the module documentation).
+    pub fn linear(mut self, yes: bool) -> Self {
+        self.linear = yes && !self.full_state;
+        self
     }
 
     /// z(w) = z_b + s * w.
@@ -83,6 +95,9 @@ impl ControlSpace for LatentControl<'_> {
     }
 
     fn increment(&mut self, w: &[f64], dx: &mut [f64]) -> Result<()> {
+        if self.linear {
+            return self.u.sqrt(self.ae, w, dx);
+        }
         let z = self.latent(w);
         self.ae.decode(&z, &mut self.buf_x)?;
         let np = self.buf_x.len() / self.chan_mean.len();
@@ -99,8 +114,10 @@ impl ControlSpace for LatentControl<'_> {
     }
 
     fn linearize(&mut self, w: &[f64]) -> Result<()> {
-        let z = self.latent(w);
-        self.u.set_point(z);
+        if !self.linear {
+            let z = self.latent(w);
+            self.u.set_point(z);
+        }
         Ok(())
     }
 
@@ -110,6 +127,10 @@ impl ControlSpace for LatentControl<'_> {
 
     fn ad(&mut self, dx: &[f64], dw: &mut [f64]) -> Result<()> {
         self.u.sqrt_ad(self.ae, dx, dw)
+    }
+
+    fn is_linear(&self) -> bool {
+        self.linear
     }
 }
 

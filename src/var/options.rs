@@ -17,6 +17,7 @@
 //! hybrid_beta = 1.0
 //! hybrid_variables = ["q", "ps"]
 //! baseline_variance_factor = 1.0   # multiplies the static B's variances (overrides [statistics] of the bundle)
+//! latent_increment = "nonlinear"   # latent part: "nonlinear" sd (D(z_b + s w) - D(z_b)) or "linear" sd D'(z_b)(s w)
 //! b_operator = "latent"        # B operator served to hosts (lda_bsqrt, ...): "latent", "hybrid" or "static"
 //! verbosity = 0                # 0 quiet, 1 iteration lines on stderr
 //! ```
@@ -166,6 +167,9 @@ pub struct Options {
     pub baseline_variance_factor: Option<f64>,
     /// B operator served to hosts: "latent", "hybrid" or "static".
     pub b_operator: String,
+    /// Latent part of l3dvar and hybrid: "nonlinear" (decoded increment, default) or "linear" (the latent B's square
+    /// root at z_b: a quadratic cost that one outer loop solves exactly).
+    pub latent_increment: String,
     /// 0 quiet, 1 iteration lines on stderr.
     pub verbosity: u32,
 }
@@ -190,6 +194,7 @@ impl Default for Options {
             hybrid_variables: None,
             baseline_variance_factor: None,
             b_operator: "latent".into(),
+            latent_increment: "nonlinear".into(),
             verbosity: 0,
         }
     }
@@ -239,6 +244,15 @@ impl Options {
             return Err(Error::arg("hybrid_variables is empty (name at least one variable, or omit the key)"));
         }
         BKind::parse(&self.b_operator)?;
+        if !matches!(self.latent_increment.as_str(), "nonlinear" | "linear") {
+            return Err(Error::arg(format!(
+                "latent_increment = '{}' is not known (use 'nonlinear' or 'linear')",
+                self.latent_increment
+            )));
+        }
+        if self.latent_increment == "linear" && self.output == "full_state" {
+            return Err(Error::arg("output 'full_state' needs latent_increment = 'nonlinear' (it decodes z_a itself)"));
+        }
         if self.threads == 0 {
             return Err(Error::arg("threads must be >= 1"));
         }
