@@ -166,7 +166,9 @@ def main(argv=None):
                     for n in names), flush=True)
     summary = report(res, names, a.baseline, prior_acc, true_acc)
     if a.json:
-        json.dump({"bundle": os.path.abspath(a.bundle), "launches": launches, "runs": runs, "cases": res,
+        import sys
+        json.dump({"command": "latentda-suite " + " ".join(sys.argv[1:] if argv is None else argv),
+                   "bundle": os.path.abspath(a.bundle), "launches": launches, "runs": runs, "cases": res,
                    "summary": summary}, open(a.json, "w"), indent=1)
 
 
