@@ -364,7 +364,12 @@ fn c_driver_is_valgrind_clean() {
     assert!(stderr.contains("definitely lost: 0 bytes") || stderr.contains("All heap blocks were freed"), "{stderr}");
     let (x, _) = run_driver(&p.c_static, "tanh", "valgrind_ref", &["--quiet"]);
     let xv: Vec<f64> = std::fs::read(&out).unwrap().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect();
-    assert!(xv == x, "the analysis under valgrind differs");
+    // Not bit for bit: valgrind's CPU model lacks AVX-512 (and more), so tract picks other matrix kernels under it
+    // and rounds differently. Bit-identity holds on one machine and instruction set, not across them; across them
+    // the analyses agree to float32 model rounding, the tolerance the drivers meet against the CLI.
+    let d = max_rel_diff("tanh", &xv, &x);
+    println!("analysis under valgrind vs native: max rel diff {d:.2e}");
+    assert!(d <= 1e-6, "the analysis under valgrind differs from the native one by {d:e} (tolerance 1e-6)");
 }
 
 // ---- two contexts from two threads, through the C ABI (Rust threads calling the extern "C" functions)

@@ -87,7 +87,8 @@ pub struct ExecOptions {
     pub ort_library: Option<PathBuf>,
     /// Device.
     pub device: Device,
-    /// Intra-op threads (ONNX Runtime); 1 gives bit-reproducible runs.
+    /// Intra-op threads (ONNX Runtime); 1 gives bit-reproducible runs on one machine (kernels, and so rounding,
+    /// depend on the CPU's instruction set).
     pub threads: usize,
     /// Allow TF32 on CUDA (faster, ~5e-4 relative error; off by default so adjoint tests hold).
     pub cuda_tf32: bool,
