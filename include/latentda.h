@@ -168,6 +168,9 @@ typedef int32_t LdaOrder;
  * A context may be used from one thread at a time (calls on one context are serialised internally, but bound
  * arrays must not be touched by the host during a call); different contexts are independent and may run
  * concurrently on different threads. `lda_last_error` may be called from any thread.
+ *
+ * After an internal error (a caught panic) the context is failed: every later call on it returns
+ * `LDA_ERR_INTERNAL` without touching the host's arrays, until `lda_close`.
  */
 typedef struct LdaContext LdaContext;
 
@@ -204,8 +207,10 @@ int32_t lda_close(struct LdaContext *ctx);
  * Message of the last failed call on `ctx` ("" if none has failed). With `ctx` NULL: the message of the last
  * failure on the calling thread that had no context (a failed `lda_open`, or a call given a NULL context).
  *
- * Never returns NULL. The string is owned by latentda: do not free it. It stays valid until the next failing call
- * on the same context (for NULL: on the same thread) or `lda_close`; copy it to keep it. Thread-safe.
+ * Never returns NULL. The string is owned by latentda: do not free it. It is a copy made for the calling thread:
+ * it stays valid until the same thread calls `lda_last_error` again, whatever other threads do meanwhile (later
+ * failures on the context, `lda_close`); copy it to keep it longer. Thread-safe: any thread may ask about any
+ * live context.
  */
 const char *lda_last_error(const struct LdaContext *ctx);
 
@@ -347,6 +352,9 @@ int32_t lda_b_linearise(struct LdaContext *ctx);
  * (lev, lat, lon) block (levels top to bottom, latitudes north to south, longitude fastest). With `x_out` NULL the
  * increment is written into the bound arrays instead (their content is replaced; the linearisation point is
  * kept). `v` is only read during the call.
+ *
+ * `v` and `x_out` may overlap each other or the bound arrays: `v` is copied before anything is written, and
+ * `x_out` is written only after the model runs. Lengths are checked before any model runs.
  */
 int32_t lda_bsqrt(struct LdaContext *ctx,
                   const double *v,
@@ -357,6 +365,9 @@ int32_t lda_bsqrt(struct LdaContext *ctx,
 /**
  * v = U^T x: the exact adjoint of `lda_bsqrt`. `x` holds `nx` = `lda_state_size` doubles in state layout, or is
  * NULL to read x from the bound arrays; `v_out` (not NULL) receives `nv` = `lda_control_size` values.
+ *
+ * `x` and `v_out` may overlap each other or the bound arrays: `x` is copied first and `v_out` written last.
+ * Lengths are checked before any model runs.
  */
 int32_t lda_bsqrt_ad(struct LdaContext *ctx,
                      const double *x,

@@ -245,31 +245,34 @@ class Context {
     detail::call([&] { get().b_linearise(); });
   }
   // x = U v: model-space increment (physical units, state layout: variables in bundle order, levels top to bottom,
-  // lat north to south, lon fastest) of control vector v.
+  // lat north to south, lon fastest) of control vector v. v and x_out may overlap each other or bound arrays
+  // (inputs are copied, x_out is written last); x_out.size() must be state_size(), checked before any model runs.
   void bsqrt(Span<const double> v, Span<double> x_out) {
-    detail::call([&] { get().bsqrt(detail::in(v), rust::Slice<double>(x_out.data(), x_out.size())); });
+    check_len("bsqrt: x_out", x_out.size(), state_size());
+    copy_out(bsqrt(v), x_out);
   }
   std::vector<double> bsqrt(Span<const double> v) {
-    std::vector<double> x(state_size());
-    bsqrt(v, Span<double>(x));
-    return x;
+    const std::vector<double> vc(v.begin(), v.end());
+    return detail::call([&] { return to_vector(get().bsqrt(detail::in(Span<const double>(vc)))); });
   }
   // x = U v written into the bound arrays (their background is replaced; the linearisation point is kept).
   void bsqrt_to_fields(Span<const double> v) {
-    detail::call([&] { get().bsqrt_to_fields(detail::in(v)); });
+    const std::vector<double> vc(v.begin(), v.end());
+    detail::call([&] { get().bsqrt_to_fields(detail::in(Span<const double>(vc))); });
   }
-  // v = U^T x, the exact adjoint of bsqrt.
+  // v = U^T x, the exact adjoint of bsqrt (x and v_out may overlap; v_out.size() must be control_size()).
   void bsqrt_ad(Span<const double> x, Span<double> v_out) {
-    detail::call([&] { get().bsqrt_ad(detail::in(x), rust::Slice<double>(v_out.data(), v_out.size())); });
+    check_len("bsqrt_ad: v_out", v_out.size(), control_size());
+    copy_out(bsqrt_ad(x), v_out);
   }
   std::vector<double> bsqrt_ad(Span<const double> x) {
-    std::vector<double> v(control_size());
-    bsqrt_ad(x, Span<double>(v));
-    return v;
+    const std::vector<double> xc(x.begin(), x.end());
+    return detail::call([&] { return to_vector(get().bsqrt_ad(detail::in(Span<const double>(xc)))); });
   }
   // v = U^T x with x read from the bound arrays.
   void bsqrt_ad_from_fields(Span<double> v_out) {
-    detail::call([&] { get().bsqrt_ad_from_fields(rust::Slice<double>(v_out.data(), v_out.size())); });
+    check_len("bsqrt_ad_from_fields: v_out", v_out.size(), control_size());
+    copy_out(detail::call([&] { return to_vector(get().bsqrt_ad_from_fields()); }), v_out);
   }
 
  private:
@@ -285,6 +288,15 @@ class Context {
   }
   static void check_data(const std::string& name, const void* p) {
     if (p == nullptr) throw Error(status::null_pointer, "bind_field '" + name + "': data is NULL");
+  }
+  static void check_len(const char* what, std::size_t got, std::size_t want) {
+    if (got != want)
+      throw Error(status::invalid_argument,
+                  std::string(what) + " has " + std::to_string(got) + " values, expected " + std::to_string(want));
+  }
+  static std::vector<double> to_vector(const rust::Vec<double>& v) { return std::vector<double>(v.begin(), v.end()); }
+  static void copy_out(const std::vector<double>& from, Span<double> to) {
+    for (std::size_t i = 0; i < from.size(); ++i) to[i] = from[i];
   }
   static rust::Slice<const int64_t> shape_slice(const std::vector<int64_t>& s) {
     return rust::Slice<const int64_t>(s.data(), s.size());

@@ -153,13 +153,20 @@ impl From<Status> for LdaStatus {
 /// A context may be used from one thread at a time (calls on one context are serialised internally, but bound
 /// arrays must not be touched by the host during a call); different contexts are independent and may run
 /// concurrently on different threads. `lda_last_error` may be called from any thread.
+///
+/// After an internal error (a caught panic) the context is failed: every later call on it returns
+/// `LDA_ERR_INTERNAL` without touching the host's arrays, until `lda_close`.
 pub struct LdaContext {
+    /// The host context. A panic while it is locked poisons the mutex, which marks the context failed.
     inner: Mutex<HostContext>,
-    last_error: Mutex<CString>,
+    last_error: Mutex<String>,
 }
 
 thread_local! {
-    static OPEN_ERROR: RefCell<CString> = RefCell::new(CString::default());
+    /// The last failure on this thread that had no context (a failed `lda_open`, a NULL context).
+    static OPEN_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
+    /// What `lda_last_error` last returned on this thread: a copy, so no other thread can free it under the reader.
+    static RETURNED_ERROR: RefCell<CString> = RefCell::new(CString::default());
 }
 
 fn cstring(s: &str) -> CString {
@@ -170,29 +177,47 @@ fn set_error(ctx: Option<&LdaContext>, e: &Error) -> i32 {
     match ctx {
         Some(c) => {
             let mut g = c.last_error.lock().unwrap_or_else(|p| p.into_inner());
-            *g = cstring(&e.message);
+            g.clone_from(&e.message);
         }
-        None => OPEN_ERROR.with(|o| *o.borrow_mut() = cstring(&e.message)),
+        None => OPEN_ERROR.with(|o| o.borrow_mut().clone_from(&e.message)),
     }
     LdaStatus::from(e.status) as i32
 }
 
-/// Runs `f` on the context with panics caught and the error recorded.
+/// Runs `f` on the context with panics caught and the error recorded: the one guard every entry point that takes a
+/// context goes through. A panic inside `f` poisons the context's lock, so the context stays failed (every later
+/// call returns `LDA_ERR_INTERNAL`) until `lda_close`: its state may be half-updated.
 fn with_ctx(ctx: *mut LdaContext, f: impl FnOnce(&mut HostContext) -> Result<()>) -> i32 {
     if ctx.is_null() {
         return set_error(None, &Error::new(Status::NullPointer, "context is NULL (lda_open failed or was not called)"));
     }
     // SAFETY: non-null pointers passed here were returned by lda_open and not yet closed (documented contract).
     let c: &LdaContext = unsafe { &*ctx };
-    let r = catch_unwind(AssertUnwindSafe(|| {
-        let mut g = c.inner.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut g)
+    let r = catch_unwind(AssertUnwindSafe(|| match c.inner.lock() {
+        Ok(mut g) => f(&mut g),
+        Err(_) => Err(Error::new(
+            Status::Internal,
+            "the context failed in an earlier call (internal error) and can no longer be used: close it with lda_close",
+        )),
     }));
     match r {
         Ok(Ok(())) => LDA_OK,
         Ok(Err(e)) => set_error(Some(c), &e),
         Err(p) => set_error(Some(c), &Error::from_panic(p, "C")),
     }
+}
+
+/// Copies `n` values from a host array into a new vector (fallibly: a lying `n` is an error, not an abort).
+///
+/// # Safety
+/// `p` must point to `n` readable values.
+unsafe fn copy_in<T: Copy>(p: *const T, n: usize, what: &str) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)
+        .map_err(|_| Error::arg(format!("argument '{what}': cannot allocate memory for {n} values")))?;
+    // SAFETY: p holds n values (contract); no reference into it outlives this call.
+    v.extend_from_slice(unsafe { std::slice::from_raw_parts(p, n) });
+    Ok(v)
 }
 
 fn null(what: &str) -> Error {
@@ -234,7 +259,7 @@ pub extern "C" fn lda_open(bundle_dir: *const c_char, options: *const c_char, ou
         let dir = unsafe { c_str(bundle_dir, "bundle_dir") }?;
         let opts = if options.is_null() { None } else { Some(unsafe { c_str(options, "options") }?) };
         let host = HostContext::open(dir, opts)?;
-        let ctx = LdaContext { inner: Mutex::new(host), last_error: Mutex::new(CString::default()) };
+        let ctx = LdaContext { inner: Mutex::new(host), last_error: Mutex::new(String::new()) };
         Ok(Box::into_raw(Box::new(ctx)))
     });
     match r {
@@ -269,20 +294,27 @@ pub extern "C" fn lda_close(ctx: *mut LdaContext) -> i32 {
 /// Message of the last failed call on `ctx` ("" if none has failed). With `ctx` NULL: the message of the last
 /// failure on the calling thread that had no context (a failed `lda_open`, or a call given a NULL context).
 ///
-/// Never returns NULL. The string is owned by latentda: do not free it. It stays valid until the next failing call
-/// on the same context (for NULL: on the same thread) or `lda_close`; copy it to keep it. Thread-safe.
+/// Never returns NULL. The string is owned by latentda: do not free it. It is a copy made for the calling thread:
+/// it stays valid until the same thread calls `lda_last_error` again, whatever other threads do meanwhile (later
+/// failures on the context, `lda_close`); copy it to keep it longer. Thread-safe: any thread may ask about any
+/// live context.
 #[no_mangle]
 pub extern "C" fn lda_last_error(ctx: *const LdaContext) -> *const c_char {
     let r = catch_unwind(|| {
-        if ctx.is_null() {
-            OPEN_ERROR.with(|o| o.borrow().as_ptr())
+        let msg = if ctx.is_null() {
+            OPEN_ERROR.with(|o| cstring(&o.borrow()))
         } else {
-            // SAFETY: ctx is a live context (contract). The CString buffer lives in the context and is replaced
-            // only by a later failing call.
+            // SAFETY: ctx is a live context (contract). The message is copied under the context's error lock, so
+            // a failing call on another thread cannot free it under this reader.
             let c = unsafe { &*ctx };
             let g = c.last_error.lock().unwrap_or_else(|p| p.into_inner());
-            g.as_ptr()
-        }
+            cstring(&g)
+        };
+        RETURNED_ERROR.with(|r| {
+            let mut r = r.borrow_mut();
+            *r = msg;
+            r.as_ptr()
+        })
     });
     r.unwrap_or(c"internal error while reading the last error".as_ptr())
 }
@@ -391,12 +423,15 @@ pub extern "C" fn lda_set_obs(
         if let Some(i) = ptrs.iter().position(|p| p.is_null()) {
             return Err(null(names[i]));
         }
+        // The whole set must fit in memory before any array is read: a count too large (or a lying one) is an
+        // error, not an allocation failure that aborts the host.
+        let buf = HostContext::obs_buffer(n)?;
         // SAFETY: each array holds n values (contract) and was checked non-null.
         let sl = |p: *const f64| -> &[f64] { unsafe { std::slice::from_raw_parts(p, n) } };
         // SAFETY: as above.
         let vars: &[i32] = unsafe { std::slice::from_raw_parts(var, n) };
         let (la, lo, le, va, si) = (sl(lat), sl(lon), sl(level), sl(value), sl(sigma));
-        inner.set_obs(vars, la, lo, le, va, si)
+        inner.set_obs_in(buf, vars, la, lo, le, va, si)
     })
 }
 
@@ -552,39 +587,56 @@ pub extern "C" fn lda_b_linearise(ctx: *mut LdaContext) -> i32 {
 /// (lev, lat, lon) block (levels top to bottom, latitudes north to south, longitude fastest). With `x_out` NULL the
 /// increment is written into the bound arrays instead (their content is replaced; the linearisation point is
 /// kept). `v` is only read during the call.
+///
+/// `v` and `x_out` may overlap each other or the bound arrays: `v` is copied before anything is written, and
+/// `x_out` is written only after the model runs. Lengths are checked before any model runs.
 #[no_mangle]
 pub extern "C" fn lda_bsqrt(ctx: *mut LdaContext, v: *const f64, nv: usize, x_out: *mut f64, nx: usize) -> i32 {
     with_ctx(ctx, |inner| {
         if v.is_null() {
             return Err(null("v"));
         }
-        // SAFETY: v holds nv values (contract).
-        let vs = unsafe { std::slice::from_raw_parts(v, nv) };
-        if x_out.is_null() {
-            inner.bsqrt(vs, None)
-        } else {
-            // SAFETY: x_out holds nx values (contract).
-            inner.bsqrt(vs, Some(unsafe { std::slice::from_raw_parts_mut(x_out, nx) }))
+        inner.check_control_len("lda_bsqrt: control vector v", nv)?;
+        if !x_out.is_null() {
+            inner.check_state_len("lda_bsqrt: state x_out", nx)?;
         }
+        // SAFETY: v holds nv values (contract); copied so that no reference into host memory is held while the
+        // bound arrays are read or x_out is written.
+        let vs = unsafe { copy_in(v, nv, "v") }?;
+        let x = inner.bsqrt_vec(&vs)?;
+        if x_out.is_null() {
+            inner.scatter(&x);
+        } else {
+            // SAFETY: x_out holds nx = x.len() values (contract, length checked); a raw copy, no reference held.
+            unsafe { std::ptr::copy(x.as_ptr(), x_out, x.len()) };
+        }
+        Ok(())
     })
 }
 
 /// v = U^T x: the exact adjoint of `lda_bsqrt`. `x` holds `nx` = `lda_state_size` doubles in state layout, or is
 /// NULL to read x from the bound arrays; `v_out` (not NULL) receives `nv` = `lda_control_size` values.
+///
+/// `x` and `v_out` may overlap each other or the bound arrays: `x` is copied first and `v_out` written last.
+/// Lengths are checked before any model runs.
 #[no_mangle]
 pub extern "C" fn lda_bsqrt_ad(ctx: *mut LdaContext, x: *const f64, nx: usize, v_out: *mut f64, nv: usize) -> i32 {
     with_ctx(ctx, |inner| {
         if v_out.is_null() {
             return Err(null("v_out"));
         }
-        // SAFETY: v_out holds nv values (contract).
-        let vs = unsafe { std::slice::from_raw_parts_mut(v_out, nv) };
-        if x.is_null() {
-            inner.bsqrt_ad(None, vs)
+        inner.check_control_len("lda_bsqrt_ad: control vector v_out", nv)?;
+        let xs = if x.is_null() {
+            None
         } else {
-            // SAFETY: x holds nx values (contract).
-            inner.bsqrt_ad(Some(unsafe { std::slice::from_raw_parts(x, nx) }), vs)
-        }
+            inner.check_state_len("lda_bsqrt_ad: state x", nx)?;
+            // SAFETY: x holds nx values (contract); copied before anything else happens.
+            Some(unsafe { copy_in(x, nx, "x") }?)
+        };
+        let v = inner.bsqrt_ad_vec(xs.as_deref())?;
+        // SAFETY: v_out holds nv = v.len() values (contract, length checked); a raw copy, no reference held.
+        unsafe { std::ptr::copy(v.as_ptr(), v_out, v.len()) };
+        Ok(())
     })
 }
 

@@ -24,6 +24,24 @@ pub enum HostData {
     F64(*mut f64),
 }
 
+impl HostData {
+    /// Address of the first element and element size in bytes.
+    fn addr(self) -> (usize, usize) {
+        match self {
+            HostData::F32(p) => (p as usize, 4),
+            HostData::F64(p) => (p as usize, 8),
+        }
+    }
+
+    /// Whether `n` elements here and `m` elements at `other` share any byte.
+    pub fn overlaps(self, n: usize, other: HostData, m: usize) -> bool {
+        let ((a, sa), (b, sb)) = (self.addr(), other.addr());
+        let a1 = a.saturating_add(n.saturating_mul(sa));
+        let b1 = b.saturating_add(m.saturating_mul(sb));
+        n > 0 && m > 0 && a < b1 && b < a1
+    }
+}
+
 /// Everything a host model keeps between calls.
 pub struct HostContext {
     /// The analyser (bundle, sessions, options).
@@ -102,15 +120,56 @@ impl HostContext {
         if is_null {
             return Err(Error::new(Status::NullPointer, format!("bind_field '{name}': data is NULL")));
         }
+        // Two variables in one array would read each other's background and overwrite each other's analysis.
+        let n = var.nchan() * lay.grid.npoints();
+        for (w, other) in self.fields.iter().enumerate() {
+            let Some(o) = *other else { continue };
+            let m = lay.variables[w].nchan() * lay.grid.npoints();
+            if w != v && data.overlaps(n, o, m) {
+                return Err(Error::arg(format!(
+                    "bind_field '{name}': the array overlaps the array bound to '{}'; every variable needs its own memory",
+                    lay.variables[w].name
+                )));
+            }
+        }
         // C (lev, lat, lon) and Fortran (lon, lat, lev) describe the same memory: longitude fastest.
         self.fields[v] = Some(data);
         self.latent_b = None;
         Ok(())
     }
 
+    /// An empty observation list with room for `n` observations, or an error if memory for them cannot be had (a
+    /// host count too large for memory must not abort the process).
+    pub fn obs_buffer(n: usize) -> Result<Vec<Observation>> {
+        let mut v = Vec::new();
+        v.try_reserve_exact(n).map_err(|_| {
+            Error::arg(format!(
+                "set_obs: cannot allocate memory for n = {n} observations ({} bytes)",
+                (n as u128) * std::mem::size_of::<Observation>() as u128
+            ))
+        })?;
+        Ok(v)
+    }
+
     /// Sets the observations (copied). All slices must have the same, non-zero length; `level` is ignored for surface
     /// variables; unknown variable ids and invalid values are flagged at the analysis, not rejected here.
     pub fn set_obs(&mut self, var: &[i32], lat: &[f64], lon: &[f64], level: &[f64], value: &[f64], sigma: &[f64]) -> Result<()> {
+        let buf = Self::obs_buffer(var.len())?;
+        self.set_obs_in(buf, var, lat, lon, level, value, sigma)
+    }
+
+    /// [`Self::set_obs`] into a buffer from [`Self::obs_buffer`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn set_obs_in(
+        &mut self,
+        mut buf: Vec<Observation>,
+        var: &[i32],
+        lat: &[f64],
+        lon: &[f64],
+        level: &[f64],
+        value: &[f64],
+        sigma: &[f64],
+    ) -> Result<()> {
         let n = var.len();
         if n == 0 {
             return Err(Error::arg("set_obs: n = 0 (zero-length observation arrays); pass at least one observation"));
@@ -121,12 +180,15 @@ impl HostContext {
         }
         let lay = &self.analyser.bundle.layout;
         let nvar = lay.variables.len();
-        self.obs = (0..n)
-            .map(|i| {
+        buf.clear();
+        buf.try_reserve_exact(n).map_err(|_| Error::arg(format!("set_obs: cannot allocate memory for n = {n} observations")))?;
+        buf.extend((0..n).map(|i| {
                 let v = (var[i] >= 0 && (var[i] as usize) < nvar).then_some(var[i] as usize);
+                // No name: the host identifies variables by index (and one allocation per observation would make
+                // a large set fail outside the fallible reservation above).
                 Observation {
                     var: v,
-                    var_name: v.map(|v| lay.variables[v].name.clone()).unwrap_or_else(|| format!("#{}", var[i])),
+                    var_name: String::new(),
                     lat: lat[i],
                     lon: lon[i],
                     level: Some(level[i]).filter(|_| v.is_some_and(|v| !lay.variables[v].is_surface())),
@@ -135,8 +197,8 @@ impl HostContext {
                     line: None,
                     malformed: None,
                 }
-            })
-            .collect();
+            }));
+        self.obs = buf;
         self.qc = None;
         Ok(())
     }
@@ -168,7 +230,7 @@ impl HostContext {
     }
 
     /// Writes a state vector into all bound arrays.
-    fn scatter(&mut self, x: &[f64]) {
+    pub(crate) fn scatter(&mut self, x: &[f64]) {
         let lay = &self.analyser.bundle.layout;
         for v in 0..lay.variables.len() {
             let Some(b) = self.fields[v] else { continue };
@@ -235,31 +297,53 @@ impl HostContext {
         Ok(())
     }
 
-    /// x = U v into `x_out`, or into the bound arrays when `x_out` is `None`.
-    pub fn bsqrt(&mut self, v: &[f64], x_out: Option<&mut [f64]>) -> Result<()> {
-        self.ensure_latent_b()?;
-        LatentB::check_len("control vector v", v.len(), self.control_size())?;
+    /// Checks that `n` is the control size (`what` names the argument).
+    pub fn check_control_len(&self, what: &str, n: usize) -> Result<()> {
+        let want = self.control_size();
+        if n != want {
+            return Err(Error::arg(format!("{what} has {n} values, but the control size (lda_control_size) is {want}")));
+        }
+        Ok(())
+    }
+
+    /// Checks that `n` is the state size (`what` names the argument).
+    pub fn check_state_len(&self, what: &str, n: usize) -> Result<()> {
+        let want = self.state_size();
+        if n != want {
+            return Err(Error::arg(format!("{what} has {n} values, but the state size (lda_state_size) is {want}")));
+        }
+        Ok(())
+    }
+
+    /// x = U v as a new vector (state layout).
+    pub fn bsqrt_vec(&mut self, v: &[f64]) -> Result<Vec<f64>> {
+        self.check_control_len("control vector v", v.len())?;
         if let Some(i) = v.iter().position(|x| !x.is_finite()) {
             return Err(Error::data(format!("control vector v[{i}] = {} is not finite", v[i])));
         }
+        self.ensure_latent_b()?;
         let lb = self.latent_b.as_mut().expect("linearised above");
         let mut x = vec![0.0; self.analyser.bundle.layout.state_len()];
         lb.sqrt(&mut self.analyser.ae, v, &mut x)?;
+        Ok(x)
+    }
+
+    /// x = U v into `x_out`, or into the bound arrays when `x_out` is `None`. Lengths are checked before any model
+    /// runs; `x_out` is written only on success.
+    pub fn bsqrt(&mut self, v: &[f64], x_out: Option<&mut [f64]>) -> Result<()> {
+        if let Some(out) = &x_out {
+            self.check_state_len("bsqrt: output", out.len())?;
+        }
+        let x = self.bsqrt_vec(v)?;
         match x_out {
-            Some(out) => {
-                if out.len() != x.len() {
-                    return Err(Error::arg(format!("bsqrt: output has {} values, state size is {}", out.len(), x.len())));
-                }
-                out.copy_from_slice(&x);
-            }
+            Some(out) => out.copy_from_slice(&x),
             None => self.scatter(&x),
         }
         Ok(())
     }
 
-    /// v = U^T x from `x` (state layout), or from the bound arrays when `x` is `None`.
-    pub fn bsqrt_ad(&mut self, x: Option<&[f64]>, v_out: &mut [f64]) -> Result<()> {
-        self.ensure_latent_b()?;
+    /// v = U^T x as a new vector, from `x` (state layout) or from the bound arrays when `x` is `None`.
+    pub fn bsqrt_ad_vec(&mut self, x: Option<&[f64]>) -> Result<Vec<f64>> {
         let gathered;
         let xs = match x {
             Some(x) => x,
@@ -268,11 +352,23 @@ impl HostContext {
                 &gathered
             }
         };
-        LatentB::check_len("state x", xs.len(), self.state_size())?;
+        self.check_state_len("state x", xs.len())?;
         if let Some(i) = xs.iter().position(|x| !x.is_finite()) {
             return Err(Error::data(format!("x is not finite at {}", self.analyser.bundle.layout.describe_index(i))));
         }
+        self.ensure_latent_b()?;
+        let mut v = vec![0.0; self.control_size()];
         let lb = self.latent_b.as_mut().expect("linearised above");
-        lb.sqrt_ad(&mut self.analyser.ae, xs, v_out)
+        lb.sqrt_ad(&mut self.analyser.ae, xs, &mut v)?;
+        Ok(v)
+    }
+
+    /// v = U^T x from `x` (state layout), or from the bound arrays when `x` is `None`. Lengths are checked before
+    /// any model runs; `v_out` is written only on success.
+    pub fn bsqrt_ad(&mut self, x: Option<&[f64]>, v_out: &mut [f64]) -> Result<()> {
+        self.check_control_len("bsqrt_ad: output", v_out.len())?;
+        let v = self.bsqrt_ad_vec(x)?;
+        v_out.copy_from_slice(&v);
+        Ok(())
     }
 }
