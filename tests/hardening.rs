@@ -58,3 +58,166 @@ fn corrupt_onnx_graphs_that_used_to_abort_are_bundle_errors() {
     }
     assert_eq!(n, 12, "expected the 12 corpus graphs");
 }
+
+// ---- items 4 and 5: overlapping memory
+
+fn shape(lay: &latentda::bundle::grid::Layout, v: usize) -> Vec<i64> {
+    let var = &lay.variables[v];
+    let (nlat, nlon) = (lay.grid.nlat() as i64, lay.grid.nlon() as i64);
+    if var.is_surface() { vec![nlat, nlon] } else { vec![var.nlev as i64, nlat, nlon] }
+}
+
+fn bind64(ctx: *mut LdaContext, lay: &latentda::bundle::grid::Layout, v: usize, p: *mut f64) -> i32 {
+    let name = CString::new(lay.variables[v].name.as_str()).unwrap();
+    let s = shape(lay, v);
+    ffi::lda_bind_field_f64(ctx, name.as_ptr(), p, s.len() as i32, s.as_ptr(), ffi::LDA_ORDER_C)
+}
+
+/// Item 5: one host array bound to two variables, or a surface field inside an upper-air array, would read each
+/// other's background and overwrite each other's analysis: refused at bind, naming both variables. Adjacent arrays
+/// and rebinding a variable to its own array are fine.
+#[test]
+fn overlapping_bindings_are_refused() {
+    let lay = latentda::bundle::Bundle::open(fixture("tanh")).unwrap().layout;
+    let (iu, it, ips) = (lay.var_index("u").unwrap(), lay.var_index("t").unwrap(), lay.var_index("ps").unwrap());
+    let (nu, nps) = (lay.var_range(iu).len(), lay.var_range(ips).len());
+    let ctx = c_open(&fixture("tanh"), None).unwrap();
+    let mut buf = vec![0.0f64; 3 * nu];
+    let p = buf.as_mut_ptr();
+    assert_eq!(bind64(ctx, &lay, iu, p), ffi::LDA_OK);
+    // SAFETY: offsets stay inside buf.
+    let st = bind64(ctx, &lay, ips, unsafe { p.add(nu - nps / 2) });
+    assert_eq!(st, ffi::LDA_ERR_INVALID_ARGUMENT);
+    let m = last_error(ctx);
+    assert!(m.contains("'ps'") && m.contains("overlaps") && m.contains("'u'"), "{m}");
+    assert_eq!(bind64(ctx, &lay, it, p), ffi::LDA_ERR_INVALID_ARGUMENT, "t bound to u's array");
+    // A float array whose bytes fall inside u's doubles.
+    let name = CString::new("ps").unwrap();
+    let s = shape(&lay, ips);
+    let st = ffi::lda_bind_field_f32(ctx, name.as_ptr(), (p as *mut f32).wrapping_add(3), 2, s.as_ptr(), ffi::LDA_ORDER_C);
+    assert_eq!(st, ffi::LDA_ERR_INVALID_ARGUMENT, "{}", last_error(ctx));
+    // SAFETY: offsets stay inside buf.
+    assert_eq!(bind64(ctx, &lay, it, unsafe { p.add(nu) }), ffi::LDA_OK, "adjacent arrays: {}", last_error(ctx));
+    assert_eq!(bind64(ctx, &lay, ips, unsafe { p.add(2 * nu) }), ffi::LDA_OK, "{}", last_error(ctx));
+    assert_eq!(bind64(ctx, &lay, iu, p), ffi::LDA_OK, "rebinding u to its own array: {}", last_error(ctx));
+    assert_eq!(ffi::lda_close(ctx), ffi::LDA_OK);
+}
+
+/// Opens the tanh fixture with its sample background bound (one host vector per variable).
+fn bound_context() -> (*mut LdaContext, Vec<Vec<f64>>, latentda::bundle::grid::Layout) {
+    let b = fixture("tanh");
+    let lay = latentda::bundle::Bundle::open(&b).unwrap().layout;
+    let bg = latentda::bundle::ncio::read_state(&b.join("sample/background.nc"), &lay).unwrap();
+    let ctx = c_open(&b, None).unwrap();
+    let mut fields: Vec<Vec<f64>> = (0..lay.variables.len()).map(|v| bg[lay.var_range(v)].to_vec()).collect();
+    for (v, f) in fields.iter_mut().enumerate() {
+        assert_eq!(bind64(ctx, &lay, v, f.as_mut_ptr()), ffi::LDA_OK);
+    }
+    (ctx, fields, lay)
+}
+
+/// Item 4: `lda_bsqrt` / `lda_bsqrt_ad` with input and output in the same memory, or the input inside a bound array
+/// that receives the output, give exactly the results of separate buffers; wrong output lengths are refused before
+/// anything runs, and the output is left alone.
+#[test]
+fn bsqrt_with_overlapping_buffers_gives_the_separate_buffer_result() {
+    let (ctx, mut fields, lay) = bound_context();
+    let (mut nv, mut nx) = (0usize, 0usize);
+    assert_eq!(ffi::lda_control_size(ctx, &mut nv), ffi::LDA_OK);
+    assert_eq!(ffi::lda_state_size(ctx, &mut nx), ffi::LDA_OK);
+    assert_eq!(ffi::lda_b_linearise(ctx), ffi::LDA_OK);
+    let v: Vec<f64> = (0..nv).map(|i| (1.0 + i as f64).sin()).collect();
+    let mut x_ref = vec![0.0; nx];
+    assert_eq!(ffi::lda_bsqrt(ctx, v.as_ptr(), nv, x_ref.as_mut_ptr(), nx), ffi::LDA_OK);
+    let mut v_ref = vec![0.0; nv];
+    assert_eq!(ffi::lda_bsqrt_ad(ctx, x_ref.as_ptr(), nx, v_ref.as_mut_ptr(), nv), ffi::LDA_OK);
+    // v and x_out in one buffer
+    let mut buf = vec![0.0; nx.max(nv)];
+    buf[..nv].copy_from_slice(&v);
+    assert_eq!(ffi::lda_bsqrt(ctx, buf.as_ptr(), nv, buf.as_mut_ptr(), nx), ffi::LDA_OK, "{}", last_error(ctx));
+    assert!(buf[..nx] == x_ref[..], "in-place bsqrt differs from the separate-buffer result");
+    // x and v_out in one buffer
+    assert_eq!(ffi::lda_bsqrt_ad(ctx, buf.as_ptr(), nx, buf.as_mut_ptr(), nv), ffi::LDA_OK, "{}", last_error(ctx));
+    assert!(buf[..nv] == v_ref[..], "in-place bsqrt_ad differs from the separate-buffer result");
+    // v inside a bound array that receives the increment (x_out NULL)
+    let iu = lay.var_index("u").unwrap();
+    fields[iu][..nv].copy_from_slice(&v);
+    let vp = fields[iu].as_ptr();
+    assert_eq!(ffi::lda_bsqrt(ctx, vp, nv, std::ptr::null_mut(), 0), ffi::LDA_OK, "{}", last_error(ctx));
+    assert!(fields.concat() == x_ref, "bsqrt into the bound arrays from a v inside them differs");
+    // wrong lengths: refused, output untouched
+    let mut out = vec![7.0; nx + 1];
+    assert_eq!(ffi::lda_bsqrt(ctx, v.as_ptr(), nv, out.as_mut_ptr(), nx + 1), ffi::LDA_ERR_INVALID_ARGUMENT);
+    assert!(last_error(ctx).contains("state x_out"), "{}", last_error(ctx));
+    assert_eq!(ffi::lda_bsqrt_ad(ctx, x_ref.as_ptr(), nx, out.as_mut_ptr(), nv + 1), ffi::LDA_ERR_INVALID_ARGUMENT);
+    assert!(last_error(ctx).contains("control vector v_out"), "{}", last_error(ctx));
+    assert!(out.iter().all(|&o| o == 7.0), "a refused call wrote its output");
+    assert_eq!(ffi::lda_close(ctx), ffi::LDA_OK);
+}
+
+// ---- item 16: what runs is what was asked for
+
+/// ONNX Runtime and tract contexts coexist in one process; asking for a second, different ONNX Runtime library is
+/// an error naming both instead of silently running on the first; the report names the library that runs.
+#[test]
+fn a_second_onnx_runtime_library_is_an_error_not_a_silent_reuse() {
+    let lib = onnxruntime_library();
+    let b = fixture("tanh");
+    let ort = format!("backend = \"ort\"\nort_library = \"{}\"", lib.display());
+    let c1 = c_open(&b, Some(&ort)).unwrap_or_else(|e| panic!("{e:?}"));
+    let c2 = c_open(&b, None).expect("tract alongside ONNX Runtime");
+    let other = "backend = \"ort\"\nort_library = \"/nonexistent/libonnxruntime.so.1.99\"";
+    let (st, msg) = c_open(&b, Some(other)).map(|_| ()).unwrap_err();
+    assert_eq!(st, ffi::LDA_ERR_BACKEND, "{msg}");
+    assert!(msg.contains("/nonexistent/libonnxruntime.so.1.99") && msg.contains(lib.to_str().unwrap()), "{msg}");
+    let a = latentda::Analyser::open(&b, latentda::Options::from_toml(&ort).unwrap()).unwrap();
+    assert!(a.ae.info.detail.contains(lib.to_str().unwrap()), "{}", a.ae.info.detail);
+    assert_eq!(ffi::lda_close(c1), ffi::LDA_OK);
+    assert_eq!(ffi::lda_close(c2), ffi::LDA_OK);
+}
+
+// ---- item 17: the process-wide HDF5 error handler
+
+type GetAuto = unsafe extern "C" fn(i64, *mut *mut std::ffi::c_void, *mut *mut std::ffi::c_void) -> i32;
+
+/// HDF5's automatic error handler (function, client data) as the process has it now.
+fn hdf5_handler() -> (usize, usize) {
+    let this = libloading::os::unix::Library::this();
+    // SAFETY: H5Eget_auto2(hid_t, H5E_auto2_t*, void**) with H5E_DEFAULT = 0; libnetcdf brings libhdf5.
+    unsafe {
+        let get = this.get::<GetAuto>(b"H5Eget_auto2\0").expect("libhdf5 is loaded with libnetcdf");
+        let (mut f, mut d) = (std::ptr::null_mut(), std::ptr::null_mut());
+        assert!(get(0, &mut f, &mut d) >= 0);
+        (f as usize, d as usize)
+    }
+}
+
+/// latentda silences HDF5's error printing while it reads NetCDF files and restores the caller's handler after.
+/// Many threads reading at once must each find their handler in place afterwards. With a thread-safe HDF5 (Debian
+/// builds it so) the handler is per thread and only the restore itself is tested; with a non-thread-safe HDF5 it
+/// is process-wide, and an unlocked save/silence/restore could interleave and leave printing off for everyone.
+#[test]
+fn concurrent_netcdf_reads_restore_the_hosts_hdf5_error_handler() {
+    let b = fixture("tanh");
+    let lay = latentda::bundle::Bundle::open(&b).unwrap().layout;
+    let before = hdf5_handler();
+    assert_ne!(before.0, 0, "HDF5 starts with its default printing handler");
+    let start = std::sync::Arc::new(std::sync::Barrier::new(8));
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let (b, lay, start) = (b.clone(), lay.clone(), start.clone());
+            std::thread::spawn(move || {
+                let mine = hdf5_handler();
+                start.wait();
+                for _ in 0..200 {
+                    latentda::bundle::ncio::read_state(&b.join("sample/background.nc"), &lay).unwrap();
+                }
+                assert_eq!(hdf5_handler(), mine, "a reading thread's HDF5 error handler was not restored");
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(hdf5_handler(), before, "the host's HDF5 error handler was not restored");
+}

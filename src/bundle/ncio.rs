@@ -10,17 +10,26 @@ use crate::bundle::grid::Layout;
 /// NetCDF 4.9 probes optional attributes of NetCDF-4 files (e.g. `_QuantizeBitGroomNumberOfSignificantDigits`) and
 /// HDF5 prints a "HDF5-DIAG" trace for each miss, which is noise, not an error. The symbols are looked up in the
 /// process (libnetcdf brings libhdf5) so latentda does not link HDF5 itself; if they are absent nothing happens.
+///
+/// The handler is process-wide, so save, silence and restore happen under one lock held for the guard's life:
+/// two threads of latentda (two contexts opening at once) cannot interleave and leave the host's handler lost.
+/// A host that changes the handler itself on another thread meanwhile is not covered (HDF5 has no other hook).
 struct QuietHdf5 {
     set: Option<SetAuto>,
     saved: (*mut std::ffi::c_void, *mut std::ffi::c_void),
+    _lock: std::sync::MutexGuard<'static, ()>,
 }
+
+/// Serialises [`QuietHdf5`] guards.
+static HDF5_HANDLER_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 type GetAuto = unsafe extern "C" fn(i64, *mut *mut std::ffi::c_void, *mut *mut std::ffi::c_void) -> i32;
 type SetAuto = unsafe extern "C" fn(i64, *mut std::ffi::c_void, *mut std::ffi::c_void) -> i32;
 
 impl QuietHdf5 {
     fn new() -> QuietHdf5 {
-        let mut q = QuietHdf5 { set: None, saved: (std::ptr::null_mut(), std::ptr::null_mut()) };
+        let lock = HDF5_HANDLER_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        let mut q = QuietHdf5 { set: None, saved: (std::ptr::null_mut(), std::ptr::null_mut()), _lock: lock };
         let this = libloading::os::unix::Library::this();
         // SAFETY: H5Eget_auto2/H5Eset_auto2 have these C signatures in HDF5 >= 1.8 (hid_t = int64_t since 1.10);
         // H5E_DEFAULT is 0.

@@ -645,3 +645,27 @@ pub extern "C" fn lda_bsqrt_ad(ctx: *mut LdaContext, x: *const f64, nx: usize, v
 pub extern "C" fn lda_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr() as *const c_char
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 14, item 6: after a panic is caught at the boundary the context stays failed until `lda_close`.
+    #[test]
+    fn a_caught_panic_fails_the_context_until_close() {
+        let dir = CString::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tanh")).unwrap();
+        let mut ctx: *mut LdaContext = std::ptr::null_mut();
+        assert_eq!(lda_open(dir.as_ptr(), std::ptr::null(), &mut ctx), LDA_OK);
+        let mut id = -1;
+        assert_eq!(lda_var_index(ctx, c"t".as_ptr(), &mut id), LDA_OK);
+        assert_eq!(with_ctx(ctx, |_| panic!("boom")), LDA_ERR_INTERNAL);
+        // SAFETY: lda_last_error never returns NULL.
+        let msg = |ctx| unsafe { CStr::from_ptr(lda_last_error(ctx)) }.to_string_lossy().into_owned();
+        assert!(msg(ctx).contains("(panic caught at the C boundary): boom"), "{}", msg(ctx));
+        assert_eq!(lda_var_index(ctx, c"t".as_ptr(), &mut id), LDA_ERR_INTERNAL);
+        assert!(msg(ctx).contains("can no longer be used"), "{}", msg(ctx));
+        let mut n = 0usize;
+        assert_eq!(lda_control_size(ctx, &mut n), LDA_ERR_INTERNAL);
+        assert_eq!(lda_close(ctx), LDA_OK);
+    }
+}
