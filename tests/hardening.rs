@@ -221,3 +221,124 @@ fn concurrent_netcdf_reads_restore_the_hosts_hdf5_error_handler() {
     }
     assert_eq!(hdf5_handler(), before, "the host's HDF5 error handler was not restored");
 }
+
+// ---- item 8: CF NetCDF backgrounds
+
+/// Writes the tanh sample background, altered, and reads it back with `read_state`; also returns the original.
+fn read_altered(test: &str, classic: bool, alter: impl FnOnce(&mut Vec<NcVar>)) -> (latentda::Result<Vec<f64>>, Vec<f64>, std::path::PathBuf) {
+    let b = fixture("tanh");
+    let lay = latentda::bundle::Bundle::open(&b).unwrap().layout;
+    let orig = latentda::bundle::ncio::read_state(&b.join("sample/background.nc"), &lay).unwrap();
+    let (dims, mut vars) = fixture_state_vars("tanh");
+    alter(&mut vars);
+    let path = scratch(test).join("state.nc");
+    write_nc(&path, classic, &dims, &vars).unwrap();
+    (latentda::bundle::ncio::read_state(&path, &lay), orig, path)
+}
+
+fn var_mut<'a>(vars: &'a mut [NcVar], name: &str) -> &'a mut NcVar {
+    vars.iter_mut().find(|v| v.name == name).unwrap()
+}
+
+fn data_err(r: latentda::Result<Vec<f64>>) -> String {
+    let e = r.expect_err("the state must be refused");
+    assert_eq!(e.status, latentda::Status::InvalidData, "{}", e.message);
+    e.message
+}
+
+/// Masked `_FillValue` points, `missing_value`, values outside `valid_range` and a variable never written (the
+/// NetCDF default fill) are missing data: refused, naming the variable and the position (before: read as -999 or
+/// 9.97e36 and analysed).
+#[test]
+fn missing_values_in_a_background_are_refused_with_variable_and_index() {
+    // (lev 1, lat 2, lon 3) of an 8 x 16 grid
+    let k = (8 + 2) * 16 + 3;
+    let (r, _, _) = read_altered("cf_fill", false, |v| {
+        let t = var_mut(v, "t");
+        t.fill = Some(-999.0);
+        t.data.as_mut().unwrap()[k] = -999.0;
+    });
+    let m = data_err(r);
+    assert!(m.contains("'t'") && m.contains("_FillValue") && m.contains("(lev index 1, lat index 2, lon index 3)"), "{m}");
+    let (r, _, _) = read_altered("cf_missing_value", true, |v| {
+        let ps = var_mut(v, "ps");
+        ps.attrs.push(("missing_value".into(), vec![-1.0]));
+        ps.data.as_mut().unwrap()[19] = -1.0;
+    });
+    let m = data_err(r);
+    assert!(m.contains("'ps'") && m.contains("missing_value") && m.contains("(lat index 1, lon index 3)"), "{m}");
+    let (r, _, _) = read_altered("cf_valid_range", false, |v| {
+        let t = var_mut(v, "t");
+        t.attrs.push(("valid_range".into(), vec![150.0, 350.0]));
+        t.data.as_mut().unwrap()[k] = 400.0;
+    });
+    let m = data_err(r);
+    assert!(m.contains("'t'") && m.contains("valid range") && m.contains("lev index 1"), "{m}");
+    for (classic, kind) in [(false, NcKind::F64), (true, NcKind::F32), (false, NcKind::I16)] {
+        let (r, _, _) = read_altered("cf_never_written", classic, |v| {
+            let u = var_mut(v, "u");
+            u.kind = kind;
+            u.data = None;
+        });
+        let m = data_err(r);
+        assert!(m.contains("'u'") && m.contains("never written"), "{kind:?}: {m}");
+    }
+}
+
+/// Packed int16 data are unpacked with `scale_factor` and `add_offset` (before: read raw, t from -2425 to 3702 K).
+#[test]
+fn packed_int16_backgrounds_are_unpacked() {
+    let mut scale = 0.0;
+    let (r, orig, _) = read_altered("cf_packed", false, |v| {
+        let t = var_mut(v, "t");
+        let x = t.data.clone().unwrap();
+        let (lo, hi) = x.iter().fold((f64::MAX, f64::MIN), |(a, b), &y| (a.min(y), b.max(y)));
+        let (s, o) = ((hi - lo) / 60000.0, 0.5 * (hi + lo));
+        scale = s;
+        t.kind = NcKind::I16;
+        t.data = Some(x.iter().map(|y| ((y - o) / s).round()).collect());
+        t.attrs = vec![("scale_factor".into(), vec![s]), ("add_offset".into(), vec![o])];
+    });
+    let x = r.unwrap();
+    let lay = latentda::bundle::Bundle::open(fixture("tanh")).unwrap().layout;
+    let rt = lay.var_range(lay.var_index("t").unwrap());
+    let err = x[rt.clone()].iter().zip(&orig[rt.clone()]).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    assert!(err <= 0.5 * scale * (1.0 + 1e-9), "unpacked t differs from the original by {err} (half a packing step is {})", 0.5 * scale);
+    assert!(x[rt].iter().all(|&t| (150.0..350.0).contains(&t)), "t not in kelvin after unpacking");
+}
+
+/// A classic-format file cut short is refused (before: the tail read as zeros); the same file whole reads back
+/// bit for bit.
+#[test]
+fn truncated_classic_files_are_refused() {
+    let (r, orig, path) = read_altered("cf_truncated", true, |_| {});
+    assert!(r.unwrap() == orig, "a classic copy of the background reads back differently");
+    let bytes = std::fs::read(&path).unwrap();
+    let lay = latentda::bundle::Bundle::open(fixture("tanh")).unwrap().layout;
+    for cut in [1, 8, bytes.len() / 3] {
+        std::fs::write(&path, &bytes[..bytes.len() - cut]).unwrap();
+        let e = latentda::bundle::ncio::read_state(&path, &lay).unwrap_err();
+        assert!(e.message.contains("truncated"), "cut {cut}: {}", e.message);
+    }
+}
+
+/// The `lev` coordinate is checked against the bundle's levels (before: never read).
+#[test]
+fn level_coordinate_must_match_the_bundle() {
+    let (r, _, _) = read_altered("cf_lev_reversed", false, |v| var_mut(v, "lev").data.as_mut().unwrap().reverse());
+    let m = data_err(r);
+    assert!(m.contains("'lev'") && m.contains("bottom to top"), "{m}");
+    let (r, _, _) = read_altered("cf_lev_units", false, |v| var_mut(v, "lev").data.as_mut().unwrap().iter_mut().for_each(|l| *l *= 1000.0));
+    let m = data_err(r);
+    assert!(m.contains("'lev'") && m.contains("the bundle [0.2"), "{m}");
+}
+
+/// `latentda check --state` refuses such a state too (it passed them before).
+#[test]
+fn check_refuses_a_state_with_missing_values() {
+    let (_, _, path) = read_altered("cf_check", false, |v| var_mut(v, "u").data = None);
+    let b = fixture("tanh");
+    let (code, out, err) = cli(&["check", b.to_str().unwrap(), "--state", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(err.contains("never written"), "{err}");
+}
