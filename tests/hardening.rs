@@ -342,3 +342,33 @@ fn check_refuses_a_state_with_missing_values() {
     assert_eq!(code, 1, "{out}\n{err}");
     assert!(err.contains("never written"), "{err}");
 }
+
+// ---- item 9: no single observation can fail an analysis
+
+/// An observation with a positive but absurdly small error sd (1e-12 x the variable's normalisation sd) used to
+/// make L3DVar fail (float32 TL/AD overflow, from 1e-10 down). QC now flags it invalid (floor 1e-6 x that sd) and
+/// the analysis runs, for both methods and both fixtures; a small but usable sd (1e-5 x) is still used.
+#[test]
+fn an_observation_with_a_tiny_error_sd_is_flagged_not_fatal() {
+    for name in ["tanh", "linear"] {
+        let b = fixture(name);
+        let mut a = latentda::Analyser::open(&b, latentda::Options::from_toml("bg_check = 0.0").unwrap()).unwrap();
+        let lay = a.bundle.layout.clone();
+        let xb = latentda::bundle::ncio::read_state(&b.join("sample/background.nc"), &lay).unwrap();
+        let (mut obs, _) = latentda::obs::read_csv(&b.join("sample/obs.csv"), &lay).unwrap();
+        let it = lay.var_index("t").unwrap();
+        let floor = latentda::obs::sigma_floors(&lay, &a.bundle.std)[it];
+        let mut o = obs.iter().find(|o| o.var == Some(it) && o.level.is_some()).unwrap().clone();
+        o.value += 1.0;
+        for (rel, want) in [(1e-12, latentda::QcFlag::Invalid), (10.0, latentda::QcFlag::Used)] {
+            o.sigma = rel * floor;
+            obs.push(o.clone());
+            for m in [latentda::Method::L3dvar, latentda::Method::Var3d] {
+                let r = a.analyse(&xb, &obs, m).unwrap_or_else(|e| panic!("{name} {m:?} sigma {:e}: {}", o.sigma, e.message));
+                assert_eq!(*r.qc.last().unwrap(), want, "{name} {m:?} sigma {:e}", o.sigma);
+                assert!(r.analysis.iter().all(|x| x.is_finite()));
+            }
+            obs.pop();
+        }
+    }
+}
