@@ -372,3 +372,95 @@ fn an_observation_with_a_tiny_error_sd_is_flagged_not_fatal() {
         }
     }
 }
+
+// ---- item 10: bundle paths
+
+fn open_bundle_err(b: &Path) -> latentda::Error {
+    // On a thread with a deadline: before the fix a FIFO blocked the open for ever.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let b = b.to_path_buf();
+    std::thread::spawn(move || {
+        let _ = tx.send(latentda::bundle::Bundle::open(&b).map(|_| ()));
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+        Ok(Ok(())) => panic!("the bundle must be refused"),
+        Ok(Err(e)) => {
+            assert_eq!(e.status, latentda::Status::Bundle, "{}", e.message);
+            e
+        }
+        Err(_) => panic!("opening the bundle did not return within 60 s"),
+    }
+}
+
+fn set_manifest(b: &Path, from: &str, to: &str) {
+    let m = std::fs::read_to_string(b.join("bundle.toml")).unwrap();
+    assert!(m.contains(from), "manifest lacks {from}");
+    std::fs::write(b.join("bundle.toml"), m.replacen(from, to, 1)).unwrap();
+}
+
+/// A baseline named in the manifest must exist (a typo used to drop it silently, making 3dvar unavailable); the
+/// default one is optional, and without it 3dvar is LDA_ERR_NOT_READY.
+#[test]
+fn a_named_baseline_that_is_missing_is_an_error() {
+    let b = copy_fixture("tanh", "baseline_typo");
+    set_manifest(&b, "baseline = \"baseline_b.nc\"", "baseline = \"baseline_bb.nc\"");
+    let e = open_bundle_err(&b);
+    assert!(e.message.contains("baseline_bb.nc"), "{}", e.message);
+    let b = copy_fixture("tanh", "baseline_outside");
+    set_manifest(&b, "baseline = \"baseline_b.nc\"", "baseline = \"../outside.nc\"");
+    let e = open_bundle_err(&b);
+    assert!(e.message.contains("statistics.baseline") && e.message.contains("inside the bundle"), "{}", e.message);
+    // No baseline key and no default file: the bundle opens without a baseline.
+    let b = copy_fixture("tanh", "baseline_none");
+    set_manifest(&b, "baseline = \"baseline_b.nc\"\n", "");
+    let m = std::fs::read_to_string(b.join("bundle.toml")).unwrap();
+    let m: String = m.lines().filter(|l| !l.starts_with("\"baseline_b.nc\"")).map(|l| format!("{l}\n")).collect();
+    std::fs::write(b.join("bundle.toml"), m).unwrap();
+    std::fs::remove_file(b.join("baseline_b.nc")).unwrap();
+    let mut a = latentda::Analyser::open(&b, latentda::Options::default()).unwrap();
+    assert!(a.bundle.baseline.is_none());
+    let lay = a.bundle.layout.clone();
+    let xb = latentda::bundle::ncio::read_state(&b.join("sample/background.nc"), &lay).unwrap();
+    let (obs, _) = latentda::obs::read_csv(&b.join("sample/obs.csv"), &lay).unwrap();
+    let e = a.analyse(&xb, &obs, latentda::Method::Var3d).unwrap_err();
+    assert_eq!(e.status, latentda::Status::NotReady, "{}", e.message);
+}
+
+/// Only regular files inside the bundle are opened: a symbolic link out of the bundle (even to a file with the
+/// right checksum), a link to /dev/zero and a FIFO are refused at once (before: followed, read until memory ran
+/// out, or blocked for ever).
+#[test]
+fn only_regular_files_inside_the_bundle_are_opened() {
+    let b = copy_fixture("tanh", "link_out");
+    let outside = b.parent().unwrap().join("decoder_copy.onnx");
+    std::fs::rename(b.join("decoder.onnx"), &outside).unwrap();
+    std::os::unix::fs::symlink(&outside, b.join("decoder.onnx")).unwrap();
+    let e = open_bundle_err(&b);
+    assert!(e.message.contains("decoder.onnx") && e.message.contains("outside the bundle"), "{}", e.message);
+
+    let b = copy_fixture("tanh", "link_zero");
+    std::fs::remove_file(b.join("encoder.onnx")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", b.join("encoder.onnx")).unwrap();
+    let e = open_bundle_err(&b);
+    assert!(e.message.contains("encoder.onnx"), "{}", e.message);
+
+    let b = copy_fixture("tanh", "fifo");
+    std::fs::remove_file(b.join("decoder_ad.onnx")).unwrap();
+    let p = CString::new(b.join("decoder_ad.onnx").to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(p.as_ptr(), 0o600) }, 0);
+    let e = open_bundle_err(&b);
+    assert!(e.message.contains("decoder_ad.onnx") && e.message.contains("not a regular file"), "{}", e.message);
+
+    let b = copy_fixture("tanh", "manifest_zero");
+    std::fs::remove_file(b.join("bundle.toml")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", b.join("bundle.toml")).unwrap();
+    let e = open_bundle_err(&b);
+    assert!(e.message.contains("bundle.toml") && e.message.contains("not a regular file"), "{}", e.message);
+
+    // A link that stays inside the bundle is fine.
+    let b = copy_fixture("tanh", "link_in");
+    std::fs::rename(b.join("decoder.onnx"), b.join("sample/decoder.onnx")).unwrap();
+    std::os::unix::fs::symlink(b.join("sample/decoder.onnx"), b.join("decoder.onnx")).unwrap();
+    latentda::bundle::Bundle::open(&b).unwrap();
+}
