@@ -23,6 +23,8 @@
 // Layers, bottom to top; a module uses only its own layer and those below it.
 pub mod error;
 pub mod numeric;
+/// Output files written whole or not at all.
+pub mod outfile;
 /// Bundle: manifest, grid and layout, statistics, state files.
 pub mod bundle;
 /// Models: ONNX execution backends and the autoencoder.

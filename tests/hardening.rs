@@ -464,3 +464,145 @@ fn only_regular_files_inside_the_bundle_are_opened() {
     std::os::unix::fs::symlink(b.join("sample/decoder.onnx"), b.join("decoder.onnx")).unwrap();
     latentda::bundle::Bundle::open(&b).unwrap();
 }
+
+// ---- item 11: output files
+
+fn partial_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("partial"))
+        .collect()
+}
+
+fn analyse_to(out: &Path, extra: &[&str]) -> (i32, String, String) {
+    let b = fixture("tanh");
+    let s = b.join("sample");
+    let (bg, obs) = (s.join("background.nc"), s.join("obs.csv"));
+    let mut args = vec!["analyse", "--bundle", b.to_str().unwrap(), "--background", bg.to_str().unwrap()];
+    args.extend(["--obs", obs.to_str().unwrap(), "--output", out.to_str().unwrap()]);
+    args.extend(extra);
+    cli(&args)
+}
+
+/// Outputs that are not regular files (a FIFO stands in for /dev/null, which the old code replaced with a regular
+/// file when run as root; a directory) are refused before any work and stay what they were; no temporary file is
+/// left anywhere; a report that cannot be written means no analysis is written either.
+#[test]
+fn outputs_that_are_not_regular_files_are_refused_and_nothing_is_left_behind() {
+    let dir = scratch("out_nonregular");
+    let fifo = dir.join("fifo.nc");
+    let p = CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(p.as_ptr(), 0o600) }, 0);
+    let (code, _, err) = analyse_to(&fifo, &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not a regular file"), "{err}");
+    assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo(), "the FIFO was replaced");
+    let sub = dir.join("sub.nc");
+    std::fs::create_dir(&sub).unwrap();
+    let (code, _, err) = analyse_to(&sub, &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(sub.is_dir() && partial_files(&sub).is_empty());
+    // The report cannot be written (its directory does not exist): no analysis either.
+    let out = dir.join("an.nc");
+    let bad = dir.join("no/such/dir/report.json");
+    let (code, _, err) = analyse_to(&out, &["--report", bad.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("report.json") || err.contains("no/such/dir"), "{err}");
+    assert!(!out.exists(), "the analysis was written although the report could not be");
+    assert!(partial_files(&dir).is_empty(), "temporary files left: {:?}", partial_files(&dir));
+    // A good run leaves exactly its two files.
+    let rep = dir.join("report.json");
+    let (code, _, err) = analyse_to(&out, &["--report", rep.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.is_file() && rep.is_file() && partial_files(&dir).is_empty());
+}
+
+use std::os::unix::fs::FileTypeExt;
+
+/// Two runs at once whose outputs share a stem (an.one, an.two: the old temporary name was an.nc.partial for both)
+/// both write their analysis.
+#[test]
+fn concurrent_runs_with_outputs_sharing_a_stem_both_succeed() {
+    let dir = scratch("out_concurrent");
+    let outs: Vec<_> = ["an.one", "an.two", "an.three"].iter().map(|n| dir.join(n)).collect();
+    let threads: Vec<_> = outs.iter().cloned().map(|o| std::thread::spawn(move || analyse_to(&o, &[]))).collect();
+    for t in threads {
+        let (code, _, err) = t.join().unwrap();
+        assert_eq!(code, 0, "{err}");
+    }
+    let lay = latentda::bundle::Bundle::open(fixture("tanh")).unwrap().layout;
+    let first = latentda::bundle::ncio::read_state(&outs[0], &lay).unwrap();
+    for o in &outs[1..] {
+        assert!(latentda::bundle::ncio::read_state(o, &lay).unwrap() == first, "{} differs", o.display());
+    }
+    assert!(partial_files(&dir).is_empty());
+}
+
+// ---- item 13: the command line
+
+/// Usage errors exit with status 2 (they exited 1): an option without its value, a non-integer count, stray
+/// arguments, unknown options and commands.
+#[test]
+fn usage_errors_exit_with_status_2() {
+    let b = fixture("tanh");
+    let b = b.to_str().unwrap();
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["analyse", "--bundle"],
+        vec!["info", b, "--threads", "abc"],
+        vec!["info", b, "extra"],
+        vec!["info"],
+        vec!["info", b, "--bogus", "1"],
+        vec!["analyse", "--bundle", b, "--background", "x.nc", "--obs", "o.csv", "--output", "a.nc", "stray"],
+        vec!["analyse", "--bundle", b, "--background", "x.nc"],
+        vec!["info", b, "--state", "x.nc"],
+        vec!["frobnicate", b],
+        vec!["info", b, "--threads", "0"],
+        vec!["info", b, "--backend", "gpu"],
+    ];
+    for args in cases {
+        let (code, _, err) = cli(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains("USAGE"), "{args:?}: {err}");
+    }
+}
+
+/// Flags win over `--options FILE` wherever the file appears (before: the file silently replaced flags given
+/// before it; a run asked for `--backend tract --threads 2` ran with the file's settings).
+#[test]
+fn flags_win_over_the_options_file() {
+    let dir = scratch("cli_options");
+    let opts = dir.join("opts.toml");
+    std::fs::write(&opts, "backend = \"ort\"\nort_library = \"/nonexistent/libonnxruntime.so\"\nthreads = 1\nmax_inner = 5\n").unwrap();
+    let (out, rep) = (dir.join("an.nc"), dir.join("r.json"));
+    let (code, _, err) = analyse_to(&out, &["--backend", "tract", "--threads", "2", "--options", opts.to_str().unwrap(), "--report", rep.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    assert_eq!(r["backend"], "tract");
+    assert_eq!(r["threads"], 2);
+    // ... and the file's other settings still apply (max_inner = 5 caps each inner loop)
+    assert!(r["solver"]["inner_total"].as_u64().unwrap() <= 10, "{}", r["solver"]);
+}
+
+/// Variable names that NetCDF cannot take (a NUL, more than 256 bytes) used to pass `info` and panic in `analyse`;
+/// the bundle is now refused at open, by every command.
+#[test]
+fn variable_names_netcdf_cannot_take_are_refused_at_open() {
+    for (tag, name) in [("nul", "t\\u0000x".to_string()), ("long", "t".repeat(300)), ("comma", "t,x".to_string())] {
+        let b = copy_fixture("tanh", &format!("varname_{tag}"));
+        set_manifest(&b, "name = \"t\"", &format!("name = \"{name}\""));
+        let e = open_bundle_err(&b);
+        assert!(e.message.contains("variable name"), "{tag}: {}", e.message);
+        let (code, _, err) = cli(&["info", b.to_str().unwrap()]);
+        assert_eq!(code, 1, "{tag}: {err}");
+        let out = b.join("an.nc");
+        let s = b.join("sample");
+        let (code, _, err) = cli(&[
+            "analyse", "--bundle", b.to_str().unwrap(), "--background", s.join("background.nc").to_str().unwrap(),
+            "--obs", s.join("obs.csv").to_str().unwrap(), "--output", out.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 1, "{tag}: {err}");
+        assert!(err.contains("variable name"), "{tag}: {err}");
+    }
+}

@@ -419,7 +419,8 @@ pub fn read_state(path: &Path, layout: &Layout) -> Result<Vec<f64>> {
     Ok(state)
 }
 
-/// Writes a state vector as a CF-style NetCDF file (float64), with coordinates and units.
+/// Writes a state vector as a CF-style NetCDF file (float64), with coordinates and units, whole or not at all
+/// (see [`crate::outfile`]).
 pub fn write_state(
     path: &Path,
     layout: &Layout,
@@ -427,13 +428,24 @@ pub fn write_state(
     state: &[f64],
     title: &str,
 ) -> Result<()> {
+    write_state_pending(path, layout, units, state, title)?.commit()
+}
+
+/// [`write_state`] up to the final rename: the complete file waits in a temporary file until
+/// [`crate::outfile::PendingFile::commit`] (dropping it instead removes it).
+pub fn write_state_pending(
+    path: &Path,
+    layout: &Layout,
+    units: &dyn Fn(usize) -> String,
+    state: &[f64],
+    title: &str,
+) -> Result<crate::outfile::PendingFile> {
     let _quiet = QuietHdf5::new();
     let pd = path.display();
     let err = |e: netcdf::Error| Error::io(format!("cannot write NetCDF file '{pd}': {e}"));
-    // Write to a temporary name first so a failed write never leaves a half-written analysis behind.
-    let tmp = path.with_extension("nc.partial");
+    let pending = crate::outfile::PendingFile::new(path)?;
     {
-        let mut f = netcdf::create(&tmp).map_err(err)?;
+        let mut f = netcdf::create(pending.path()).map_err(err)?;
         let (nlat, nlon, nlev) = (layout.grid.nlat(), layout.grid.nlon(), layout.vertical.levels.len());
         f.add_dimension("lev", nlev).map_err(err)?;
         f.add_dimension("lat", nlat).map_err(err)?;
@@ -468,9 +480,8 @@ pub fn write_state(
             let dims: &[&str] = if var.is_surface() { &["lat", "lon"] } else { &["lev", "lat", "lon"] };
             let mut v = f.add_variable::<f64>(&var.name, dims).map_err(err)?;
             v.put_attribute("units", units(iv)).map_err(err)?;
-                v.put_values(&state[layout.var_range(iv)], ..).map_err(err)?;
+            v.put_values(&state[layout.var_range(iv)], ..).map_err(err)?;
         }
     }
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("cannot move '{}' to '{pd}': {e}", tmp.display())))?;
-    Ok(())
+    Ok(pending)
 }
