@@ -606,3 +606,41 @@ fn variable_names_netcdf_cannot_take_are_refused_at_open() {
         assert!(err.contains("variable name"), "{tag}: {err}");
     }
 }
+
+// ---- item 12: observation CSV encodings
+
+/// A UTF-8 byte-order mark, CRLF and CR-only line ends give the same observations as plain LF text (before: the
+/// whole file was rejected); a row with a byte that is not UTF-8 is one malformed row with its line number.
+#[test]
+fn csv_with_bom_cr_line_ends_or_a_bad_byte_is_read_row_by_row() {
+    let lay = latentda::bundle::Bundle::open(fixture("tanh")).unwrap().layout;
+    let text = std::fs::read_to_string(fixture("tanh").join("sample/obs.csv")).unwrap();
+    let (plain, p0) = latentda::obs::parse_csv(&text, &lay).unwrap();
+    let key = |o: &latentda::Observation| format!("{:?} {} {} {:?} {} {} {:?}", o.var, o.lat, o.lon, o.level, o.value, o.sigma, o.line);
+    let want: Vec<String> = plain.iter().map(key).collect();
+    let variants: Vec<(&str, Vec<u8>)> = vec![
+        ("BOM", [b"\xEF\xBB\xBF".as_slice(), text.as_bytes()].concat()),
+        ("CRLF", text.replace('\n', "\r\n").into_bytes()),
+        ("CR", text.replace('\n', "\r").into_bytes()),
+        ("BOM+CR, no final newline", [b"\xEF\xBB\xBF".as_slice(), text.trim_end().replace('\n', "\r").as_bytes()].concat()),
+    ];
+    for (what, bytes) in variants {
+        let (obs, p) = latentda::obs::parse_csv_bytes(&bytes, &lay).unwrap_or_else(|e| panic!("{what}: {}", e.message));
+        assert_eq!(p.len(), p0.len(), "{what}");
+        assert_eq!(obs.iter().map(key).collect::<Vec<_>>(), want, "{what}");
+    }
+    // Line 5 gets a Latin-1 byte: that row alone is malformed.
+    let mut lines: Vec<Vec<u8>> = text.lines().map(|l| l.as_bytes().to_vec()).collect();
+    lines[4].extend_from_slice(b"\xE9");
+    let bytes = lines.join(&b'\n');
+    let dir = scratch("csv_bad_byte");
+    std::fs::write(dir.join("obs.csv"), &bytes).unwrap();
+    let (obs, problems) = latentda::obs::read_csv(&dir.join("obs.csv"), &lay).unwrap();
+    assert_eq!(obs.len(), plain.len());
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].line, 5);
+    assert!(problems[0].message.contains("line 5") && problems[0].message.contains("UTF-8"), "{}", problems[0].message);
+    // A header that is not UTF-8 is an error naming its line.
+    let e = latentda::obs::parse_csv_bytes(b"var,lat\xFF\n", &lay).unwrap_err();
+    assert!(e.message.contains("line 1"), "{}", e.message);
+}
