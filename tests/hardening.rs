@@ -644,3 +644,40 @@ fn csv_with_bom_cr_line_ends_or_a_bad_byte_is_read_row_by_row() {
     let e = latentda::obs::parse_csv_bytes(b"var,lat\xFF\n", &lay).unwrap_err();
     assert!(e.message.contains("line 1"), "{}", e.message);
 }
+
+// ---- item 21: layering
+
+/// No module reaches up a layer (src/lib.rs lists them bottom to top): every `crate::<module>` in code (comments
+/// and doc links aside) names the module's own layer or one below. The analysis -> latent B -> analysis circle and
+/// the balance diagnostic's use of the report type were such cases.
+#[test]
+fn no_module_reaches_up_a_layer() {
+    let layers: &[&[&str]] = &[&["error", "numeric", "outfile"], &["bundle"], &["model"], &["obs"], &["bmat"], &["diag"], &["var"], &["coupling"]];
+    let layer = |m: &str| layers.iter().position(|l| l.contains(&m));
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut checked = 0;
+    let mut stack = vec![src.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let rel = p.strip_prefix(&src).unwrap().to_string_lossy().into_owned();
+            let own = rel.split(['/', '.']).next().unwrap().to_string();
+            let Some(own_layer) = layer(&own) else { continue }; // lib.rs, main.rs
+            for (i, line) in std::fs::read_to_string(&p).unwrap().lines().enumerate() {
+                let code = line.split("//").next().unwrap();
+                for part in code.split("crate::").skip(1) {
+                    let m: String = part.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                    if let Some(l) = layer(&m) {
+                        assert!(l <= own_layer, "src/{rel}:{}: module '{own}' reaches up to '{m}': {}", i + 1, line.trim());
+                        checked += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked > 50, "only {checked} crate paths found");
+}
