@@ -234,28 +234,84 @@ fn header_is_up_to_date() {
     }
 }
 
-/// The Fortran module's status and QC constants equal the header's enum values.
+/// Status codes, QC flags and array orders are defined once in Rust (`Status`, `QcFlag`, the bind orders; the C
+/// enums of src/coupling/ffi.rs are checked against them at compile time) and copied by hand into the C++ header,
+/// the Fortran module and the documentation. Every copy must list every value, with the same number.
 #[test]
-fn fortran_constants_match_header() {
-    let header = std::fs::read_to_string(root().join("include/latentda.h")).unwrap();
-    let module = std::fs::read_to_string(root().join("fortran/latentda.f90")).unwrap();
-    let mut n = 0;
-    for line in header.lines() {
-        let l = line.trim().trim_end_matches(',');
-        let Some((name, value)) = l.split_once(" = ") else { continue };
-        if !(name.starts_with("LDA_ERR_") || name.starts_with("LDA_QC_") || name == "LDA_OK") {
-            continue;
+fn status_codes_qc_flags_and_orders_agree_in_every_copy() {
+    use latentda::coupling::ffi::{LdaQcFlag, LdaStatus};
+    use latentda::{QcFlag, Status};
+    // (C name, value, C++ name)
+    let statuses: Vec<(String, i32, String)> = Status::ALL
+        .iter()
+        .map(|&s| {
+            let c = format!("{:?}", LdaStatus::from(s));
+            let short = c.trim_start_matches("LDA_ERR_").trim_start_matches("LDA_").to_lowercase();
+            (c, s as i32, short)
+        })
+        .collect();
+    let flags: Vec<(String, i32, String)> = QcFlag::ALL
+        .iter()
+        .map(|&f| {
+            let c = format!("{:?}", LdaQcFlag::from(f));
+            assert_eq!(c.trim_start_matches("LDA_QC_").to_lowercase(), f.name(), "report name of {c}");
+            (c, f as i32, f.name().to_string())
+        })
+        .collect();
+    let orders = [("LDA_ORDER_C", ffi::LDA_ORDER_C, "C"), ("LDA_ORDER_FORTRAN", ffi::LDA_ORDER_FORTRAN, "Fortran")];
+    assert_eq!((statuses.len(), flags.len()), (11, 6));
+    let read = |f: &str| std::fs::read_to_string(root().join(f)).unwrap();
+    let (header, hpp, module, docs, readme) =
+        (read("include/latentda.h"), read("include/latentda.hpp"), read("fortran/latentda.f90"), read("docs/coupling.md"), read("README.md"));
+    // The C header: exactly these enumerators.
+    let in_header: Vec<(String, i32)> = header
+        .lines()
+        .filter_map(|l| l.trim().trim_end_matches(',').split_once(" = "))
+        .filter(|(n, _)| n.starts_with("LDA_"))
+        .map(|(n, v)| (n.to_string(), v.trim().parse().unwrap()))
+        .collect();
+    let mut want: Vec<(String, i32)> = statuses.iter().chain(&flags).map(|(c, v, _)| (c.clone(), *v)).collect();
+    want.extend(orders.iter().map(|(c, v, _)| (c.to_string(), *v)));
+    let (mut a, mut b) = (in_header.clone(), want.clone());
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "include/latentda.h enumerators");
+    // C++: latentda::status::<name>, latentda::qc::<name>, latentda::Order::{C, Fortran}.
+    let ns = |name: &str| -> String {
+        let i = hpp.find(&format!("namespace {name} {{")).unwrap_or_else(|| panic!("latentda.hpp has no namespace {name}"));
+        hpp[i..].split("}  // namespace").next().unwrap().to_string()
+    };
+    for (block, list) in [(ns("status"), &statuses), (ns("qc"), &flags)] {
+        let n = block.matches("constexpr int32_t").count();
+        assert_eq!(n, list.len(), "latentda.hpp: {n} constants, expected {}", list.len());
+        for (c, v, short) in list {
+            assert!(block.contains(&format!("constexpr int32_t {short} = {v};")), "latentda.hpp lacks {short} = {v} ({c})");
         }
-        let value: i32 = value.trim().parse().unwrap();
-        let found = module.lines().any(|m| {
-            m.contains(":: ")
-                && m.split(":: ").nth(1).and_then(|d| d.split('!').next()).map(|d| d.trim().to_string())
-                    == Some(format!("{name} = {value}"))
-        });
-        assert!(found, "fortran/latentda.f90 has no parameter {name} = {value}");
-        n += 1;
     }
-    assert_eq!(n, 17, "expected 11 status codes and 6 QC flags in the header");
+    for (c, v, cpp) in orders {
+        assert!(hpp.contains(&format!("  {cpp} = {v},")), "latentda.hpp: Order::{cpp} = {v} ({c})");
+    }
+    // Fortran: parameters named as in C (the bind order is private: ORDER_FORTRAN).
+    let f90_has = |name: &str, v: i32| {
+        module.lines().any(|m| {
+            m.contains(":: ") && m.split(":: ").nth(1).and_then(|d| d.split('!').next()).map(|d| d.trim().to_string()) == Some(format!("{name} = {v}"))
+        })
+    };
+    for (c, v, _) in statuses.iter().chain(&flags) {
+        assert!(f90_has(c, *v), "fortran/latentda.f90 has no parameter {c} = {v}");
+    }
+    assert!(f90_has("ORDER_FORTRAN", ffi::LDA_ORDER_FORTRAN), "fortran/latentda.f90: ORDER_FORTRAN");
+    // docs/coupling.md tables and the README's QC summary.
+    for (c, v, _) in statuses.iter().chain(&flags) {
+        assert!(docs.contains(&format!("| {v} | `{c}` |")), "docs/coupling.md has no table row '| {v} | `{c}` |'");
+    }
+    let summary: Vec<String> = flags.iter().map(|(_, v, n)| format!("{v} `{n}`")).collect();
+    let flat = readme.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut at = 0;
+    for s in &summary {
+        let i = flat[at..].find(s.as_str()).unwrap_or_else(|| panic!("README.md's QC summary lacks '{s}' (in order)"));
+        at += i + s.len();
+    }
 }
 
 /// The module, the driver and the error program compile with -std=f2008 -Wall (checked as errors), and no line

@@ -129,6 +129,32 @@ pub const LDA_ORDER_C: i32 = LdaOrder::LDA_ORDER_C as i32;
 /// See [`LdaOrder::LDA_ORDER_FORTRAN`].
 pub const LDA_ORDER_FORTRAN: i32 = LdaOrder::LDA_ORDER_FORTRAN as i32;
 
+// The C enums above are literal copies (cbindgen needs literals) of the Rust definitions they expose: the compiler
+// checks every value here, and tests/coupling.rs checks the header, C++, Fortran and documentation copies.
+const _: () = {
+    use crate::coupling::host::{ORDER_C, ORDER_FORTRAN};
+    use crate::obs::QcFlag;
+    assert!(LdaStatus::LDA_OK as i32 == Status::Ok as i32);
+    assert!(LdaStatus::LDA_ERR_NULL_POINTER as i32 == Status::NullPointer as i32);
+    assert!(LdaStatus::LDA_ERR_INVALID_ARGUMENT as i32 == Status::InvalidArgument as i32);
+    assert!(LdaStatus::LDA_ERR_BUNDLE as i32 == Status::Bundle as i32);
+    assert!(LdaStatus::LDA_ERR_BACKEND as i32 == Status::Backend as i32);
+    assert!(LdaStatus::LDA_ERR_IO as i32 == Status::Io as i32);
+    assert!(LdaStatus::LDA_ERR_INVALID_DATA as i32 == Status::InvalidData as i32);
+    assert!(LdaStatus::LDA_ERR_NOT_READY as i32 == Status::NotReady as i32);
+    assert!(LdaStatus::LDA_ERR_SOLVER as i32 == Status::Solver as i32);
+    assert!(LdaStatus::LDA_ERR_INTERNAL as i32 == Status::Internal as i32);
+    assert!(LdaStatus::LDA_ERR_BUFFER_TOO_SMALL as i32 == Status::BufferTooSmall as i32);
+    assert!(Status::ALL.len() == 11 && QcFlag::ALL.len() == 6);
+    assert!(LdaQcFlag::LDA_QC_USED as i32 == QcFlag::Used as i32);
+    assert!(LdaQcFlag::LDA_QC_INVALID as i32 == QcFlag::Invalid as i32);
+    assert!(LdaQcFlag::LDA_QC_OUTSIDE_DOMAIN as i32 == QcFlag::OutsideDomain as i32);
+    assert!(LdaQcFlag::LDA_QC_OUTSIDE_VERTICAL as i32 == QcFlag::OutsideVertical as i32);
+    assert!(LdaQcFlag::LDA_QC_UNKNOWN_VARIABLE as i32 == QcFlag::UnknownVariable as i32);
+    assert!(LdaQcFlag::LDA_QC_BACKGROUND_CHECK as i32 == QcFlag::BackgroundCheck as i32);
+    assert!(LdaOrder::LDA_ORDER_C as i32 == ORDER_C && LdaOrder::LDA_ORDER_FORTRAN as i32 == ORDER_FORTRAN);
+};
+
 impl From<Status> for LdaStatus {
     fn from(s: Status) -> Self {
         match s {
@@ -143,6 +169,20 @@ impl From<Status> for LdaStatus {
             Status::Solver => LdaStatus::LDA_ERR_SOLVER,
             Status::Internal => LdaStatus::LDA_ERR_INTERNAL,
             Status::BufferTooSmall => LdaStatus::LDA_ERR_BUFFER_TOO_SMALL,
+        }
+    }
+}
+
+impl From<crate::obs::QcFlag> for LdaQcFlag {
+    fn from(f: crate::obs::QcFlag) -> Self {
+        use crate::obs::QcFlag as Q;
+        match f {
+            Q::Used => LdaQcFlag::LDA_QC_USED,
+            Q::Invalid => LdaQcFlag::LDA_QC_INVALID,
+            Q::OutsideDomain => LdaQcFlag::LDA_QC_OUTSIDE_DOMAIN,
+            Q::OutsideVertical => LdaQcFlag::LDA_QC_OUTSIDE_VERTICAL,
+            Q::UnknownVariable => LdaQcFlag::LDA_QC_UNKNOWN_VARIABLE,
+            Q::BackgroundCheck => LdaQcFlag::LDA_QC_BACKGROUND_CHECK,
         }
     }
 }
