@@ -63,12 +63,13 @@ enum LdaStatus
   LDA_ERR_IO = 5,
   /**
    * Input data are invalid: NaN or Inf in a bound field (the message gives variable and indices) or in a
-   * control vector.
+   * control vector. Never returned for observations: a bad observation is QC-flagged, not an error.
    */
   LDA_ERR_INVALID_DATA = 6,
   /**
    * Not ready: a field is not bound, no observations were set, no analysis has succeeded yet (for
-   * `lda_obs_qc`/`lda_report_json`), or the bundle lacks what the method needs.
+   * `lda_obs_qc`/`lda_report_json`), or the bundle lacks what the method needs (method "3dvar" without baseline
+   * statistics).
    */
   LDA_ERR_NOT_READY = 7,
   /**
@@ -76,7 +77,8 @@ enum LdaStatus
    */
   LDA_ERR_SOLVER = 8,
   /**
-   * Internal error (a Rust panic caught at the boundary). Close the context.
+   * Internal error (a Rust panic caught at the boundary). The context is failed: every later call on it returns
+   * this code until `lda_close`.
    */
   LDA_ERR_INTERNAL = 9,
   /**
@@ -105,11 +107,14 @@ enum LdaQcFlag
    */
   LDA_QC_USED = 0,
   /**
-   * Rejected: non-finite value, position or level, or error standard deviation sigma <= 0.
+   * Rejected: non-finite value, position or level, latitude beyond +-90, or error standard deviation sigma <= 0
+   * or below 1e-6 times the variable's normalisation sd (too small to use in float32 models).
    */
   LDA_QC_INVALID = 1,
   /**
-   * Rejected: outside the horizontal grid (latitude beyond the first or last grid latitude).
+   * Rejected: outside the horizontal grid: poleward of the first or last grid latitude on a grid without polar
+   * caps (a global grid interpolates there with a zero-gradient cap), or outside the longitudes of a regional
+   * (non-periodic) grid.
    */
   LDA_QC_OUTSIDE_DOMAIN = 2,
   /**
@@ -262,9 +267,11 @@ int32_t lda_bind_field_f64(struct LdaContext *ctx,
  * - `var`: identifiers from `lda_var_index` (any other value, e.g. -1, is flagged `LDA_QC_UNKNOWN_VARIABLE`).
  * - `lat`, `lon`: degrees north / east (longitude periodic).
  * - `level`: in the bundle's vertical coordinate (e.g. sigma); ignored for surface variables (pass e.g. NaN).
- * - `value`: observed value in the variable's units; `sigma`: observation error standard deviation (> 0).
+ * - `value`: observed value in the variable's units; `sigma`: observation error standard deviation (> 0 and
+ *   at least 1e-6 times the variable's normalisation sd).
  *
- * Invalid observations are not an error here: they are flagged by QC at the analysis (`lda_obs_qc`).
+ * Invalid observations are not an error here: they are flagged by QC at the analysis (`lda_obs_qc`). A count `n`
+ * too large for memory is `LDA_ERR_INVALID_ARGUMENT`, detected before the arrays are read.
  */
 int32_t lda_set_obs(struct LdaContext *ctx,
                     size_t n,
@@ -339,8 +346,9 @@ int32_t lda_state_size(struct LdaContext *ctx,
 
 /**
  * Linearises the latent B operator at the background currently in the bound arrays (z_b = E(N(x_b))); every
- * variable must be bound. Done implicitly by the first `lda_bsqrt`/`lda_bsqrt_ad` after a bind; call it again
- * when the background in the bound arrays changed.
+ * variable must be bound. Done implicitly by the first `lda_bsqrt`/`lda_bsqrt_ad` after a bind; nothing else
+ * relinearises it: call it again whenever the background in the bound arrays changed (a new forecast, or the
+ * analysis that `lda_analyse` or `lda_bsqrt` with `x_out` NULL wrote there).
  */
 int32_t lda_b_linearise(struct LdaContext *ctx);
 

@@ -45,10 +45,10 @@ constexpr int32_t invalid_argument = 2;  // unknown name, wrong shape or length,
 constexpr int32_t bundle = 3;            // bundle missing, malformed or failing validation
 constexpr int32_t backend = 4;           // execution backend or device unusable
 constexpr int32_t io = 5;                // file input/output failed
-constexpr int32_t invalid_data = 6;      // NaN/Inf in a bound field or observation array
-constexpr int32_t not_ready = 7;         // a field not bound, or no analysis has run yet
+constexpr int32_t invalid_data = 6;      // NaN/Inf in a bound field or control vector (observations: QC flags)
+constexpr int32_t not_ready = 7;         // field not bound, no observations, no analysis yet, 3dvar without baseline
 constexpr int32_t solver = 8;            // the minimisation failed
-constexpr int32_t internal = 9;          // a caught panic; discard the context
+constexpr int32_t internal = 9;          // a caught panic; the context fails every later call: destroy it
 constexpr int32_t buffer_too_small = 10;
 }  // namespace status
 
@@ -148,8 +148,9 @@ inline std::string version() { return std::string(detail::version()); }
 // A moved-from Context may only be destroyed or assigned to (other calls throw status::null_pointer).
 class Context {
  public:
-  // Opens and validates a bundle directory. `options`: TOML text (docs/coupling.md: backend, device, threads,
-  // output, outer_loops, max_inner, gradient_reduction, bg_check, verbosity, method), empty for defaults.
+  // Opens and validates a bundle directory. `options`: TOML text (docs/coupling.md: backend, ort_library, device,
+  // threads, cuda_tf32, method, output, outer_loops, max_inner, gradient_reduction, bg_check, verbosity), empty for
+  // defaults.
   // Throws status::bundle for a missing or invalid bundle, status::invalid_argument for bad options.
   static Context open(const std::string& bundle_dir, const std::string& options = "") {
     return detail::call([&] { return Context(detail::open(detail::str(bundle_dir), detail::str(options))); });
@@ -239,8 +240,9 @@ class Context {
     return detail::call([&] { return get().state_size(); });
   }
 
-  // (Re)linearises the latent B operator at the background now in the bound arrays (done implicitly by the first
-  // bsqrt/bsqrt_ad after binding).
+  // (Re)linearises the latent B operator at the background now in the bound arrays. Done implicitly only by the
+  // first bsqrt/bsqrt_ad after a bind: call it again whenever the background in the bound arrays changed (a new
+  // forecast, or the analysis that analyse() or bsqrt_to_fields() wrote there).
   void b_linearise() {
     detail::call([&] { get().b_linearise(); });
   }

@@ -1,4 +1,4 @@
-//! The `latentda` command line, end to end, and everything that needs the ONNX Runtime backend (one backend per
+//! The `latentda` command line, end to end, and the ONNX Runtime backend through the binary (one backend per
 //! process, so those runs go through the binary).
 
 mod common;
