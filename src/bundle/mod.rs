@@ -283,6 +283,9 @@ impl Bundle {
         if m.latent.shape.is_empty() || m.latent.shape.contains(&0) {
             return Err(Error::bundle(format!("{mp}: latent.shape {:?} must be non-empty and positive", m.latent.shape)));
         }
+        if m.latent.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).is_none_or(|n| n > i32::MAX as usize) {
+            return Err(Error::bundle(format!("{mp}: latent.shape {:?} has more than 2^31 elements", m.latent.shape)));
+        }
         let models = [
             m.models.encoder.clone(),
             m.models.decoder.clone(),
