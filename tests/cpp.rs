@@ -227,4 +227,10 @@ fn cpp_errors_have_c_abi_codes_and_messages_and_leave_arrays_untouched() {
         assert!(out.contains(&format!("case={name} untouched=1")), "{name}: host arrays modified by a failed analyse\n{out}");
     }
     assert!(out.contains("case=valid_analysis changed=1"), "{out}");
+    // Issue 14: overlapping memory (items 4 and 5).
+    let (c, what) = case("overlapping_binding");
+    assert_eq!(c, Status::InvalidArgument as i32);
+    assert!(what.contains("overlaps the array bound to 'u'"), "{what}");
+    assert!(out.contains("case=bsqrt_in_place same=1"), "{out}");
+    assert_eq!(case("bsqrt_wrong_length").0, Status::InvalidArgument as i32);
 }
