@@ -125,6 +125,8 @@ struct OrtActive {
     path: PathBuf,
     info: BackendInfo,
     env: ort::environment::Environment,
+    /// The loaded library, kept for the life of the process: its API table stays in use.
+    _lib: libloading::Library,
 }
 
 static ORT_ACTIVE: OnceLock<OrtActive> = OnceLock::new();
@@ -156,12 +158,11 @@ fn ort_library_path(opts: &ExecOptions) -> Result<PathBuf> {
     }
 }
 
-fn load_onnxruntime(path: &std::path::Path) -> Result<BackendInfo> {
-    // SAFETY: loading ONNX Runtime runs its initialisers; it is a well-behaved shared library. The handle is leaked
-    // on purpose: the API table stays in use for the life of the process.
+fn load_onnxruntime(path: &std::path::Path) -> Result<(BackendInfo, libloading::Library)> {
+    // SAFETY: loading ONNX Runtime runs its initialisers; it is a well-behaved shared library. The caller keeps the
+    // handle for the life of the process (in a static): the API table stays in use.
     let lib = unsafe { libloading::Library::new(path) }
         .map_err(|e| Error::backend(format!("cannot load ONNX Runtime library '{}': {e}", path.display())))?;
-    let lib: &'static libloading::Library = Box::leak(Box::new(lib));
     type GetApiBase = unsafe extern "C" fn() -> *const ort_sys::OrtApiBase;
     // SAFETY: OrtGetApiBase has this signature in every ONNX Runtime release.
     let get_base: libloading::Symbol<GetApiBase> = unsafe { lib.get(b"OrtGetApiBase\0") }
@@ -186,7 +187,9 @@ fn load_onnxruntime(path: &std::path::Path) -> Result<BackendInfo> {
         )));
     }
     // SAFETY: api points to a valid OrtApi table of the requested version; ort copies it.
-    if !ort::set_api(unsafe { std::ptr::read(api) }) {
+    let installed = ort::set_api(unsafe { std::ptr::read(api) });
+    drop(get_base);
+    if !installed {
         // Someone else in this process (the host itself, through its own copy of `ort`) set the table first:
         // latentda would silently run on that library, not the one asked for.
         return Err(Error::backend(format!(
@@ -194,7 +197,7 @@ fn load_onnxruntime(path: &std::path::Path) -> Result<BackendInfo> {
             path.display()
         )));
     }
-    Ok(BackendInfo { backend: "ort".into(), detail: format!("ONNX Runtime {version} ({})", path.display()) })
+    Ok((BackendInfo { backend: "ort".into(), detail: format!("ONNX Runtime {version} ({})", path.display()) }, lib))
 }
 
 /// Initialises the backend the options ask for (ONNX Runtime: once per process) and returns what runs.
@@ -230,9 +233,16 @@ fn ort_active(opts: &ExecOptions) -> Result<&'static OrtActive> {
         }
         return Ok(a);
     }
-    let info = load_onnxruntime(&path)?;
-    let env = ort::init().with_name("latentda").build().map_err(ort_err("cannot create the ONNX environment"))?;
-    let _ = ORT_ACTIVE.set(OrtActive { path, info, env });
+    let (info, lib) = load_onnxruntime(&path)?;
+    let env = match ort::init().with_name("latentda").build() {
+        Ok(env) => env,
+        Err(e) => {
+            // ort's API table points into the library now: it must never be unloaded.
+            std::mem::forget(lib);
+            return Err(Error::backend(format!("cannot create the ONNX environment: {e}")));
+        }
+    };
+    let _ = ORT_ACTIVE.set(OrtActive { path, info, env, _lib: lib });
     Ok(ORT_ACTIVE.get().expect("set above"))
 }
 
