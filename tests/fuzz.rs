@@ -97,7 +97,7 @@ fn csv_text() -> impl Strategy<Value = Vec<u8>> {
     )
         .prop_map(|((v, mean, spread), lat, lon, lev, z, sigma, junk)| {
             let level = if v == "ps" { String::new() } else { format!("{lev:.3}") };
-            let mut f = vec![v.to_string(), format!("{lat:.3}"), format!("{lon:.3}"), level, format!("{}", mean + spread * z), format!("{sigma}")];
+            let mut f = [v.to_string(), format!("{lat:.3}"), format!("{lon:.3}"), level, format!("{}", mean + spread * z), format!("{sigma}")];
             if let Some((k, j)) = junk {
                 f[k] = j;
             }
@@ -211,8 +211,11 @@ fn manifest_edit() -> impl Strategy<Value = Edit> {
     ]
 }
 
+/// Byte ranges `[start, end)` in a text.
+type Spans = Vec<(usize, usize)>;
+
 /// Byte ranges of the numbers and of the quoted strings of a TOML text.
-fn spans(text: &str) -> (Vec<(usize, usize)>, Vec<(usize, usize)>) {
+fn spans(text: &str) -> (Spans, Spans) {
     let b = text.as_bytes();
     let (mut nums, mut strs) = (vec![], vec![]);
     let mut i = 0;

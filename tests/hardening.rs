@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::ffi::{c_char, CStr, CString};
+use std::ffi::{CStr, CString};
 use std::path::Path;
 
 use common::*;

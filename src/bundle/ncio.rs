@@ -246,7 +246,7 @@ impl CfEncoding {
         // The NetCDF default fill values (netcdf.h NC_FILL_*): what a variable never written reads as. Bytes have
         // no default fill check (NetCDF users guide).
         let default_fill = match ty {
-            T::Float(F::F32) => Some(9.969_209_968_386_869e36_f32 as f64),
+            T::Float(F::F32) => Some(f32::from_bits(0x7cf0_0000) as f64), // NC_FILL_FLOAT
             T::Float(F::F64) => Some(9.969_209_968_386_869e36),
             T::Int(I::I16) => Some(-32767.0),
             T::Int(I::U16) => Some(65535.0),
@@ -297,7 +297,7 @@ impl CfEncoding {
                 return Some(format!("{x:e} = {why}"));
             }
         }
-        if self.missing.iter().any(|&m| m == x) {
+        if self.missing.contains(&x) {
             return Some(format!("{x:e} = missing_value"));
         }
         if x < self.valid.0 || x > self.valid.1 {

@@ -188,7 +188,6 @@ fn load_onnxruntime(path: &std::path::Path) -> Result<(BackendInfo, libloading::
     }
     // SAFETY: api points to a valid OrtApi table of the requested version; ort copies it.
     let installed = ort::set_api(unsafe { std::ptr::read(api) });
-    drop(get_base);
     if !installed {
         // Someone else in this process (the host itself, through its own copy of `ort`) set the table first:
         // latentda would silently run on that library, not the one asked for.
