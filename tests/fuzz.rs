@@ -235,20 +235,36 @@ fn spans(text: &str) -> (Spans, Spans) {
     (nums, strs)
 }
 
+/// A byte-level edit (flip, truncate) on `b`; `false` for the text-level edits.
+fn byte_edit(b: &mut Vec<u8>, e: &Edit) -> bool {
+    match e {
+        Edit::FlipByte(i, x) => {
+            if !b.is_empty() {
+                let k = i.index(b.len());
+                b[k] ^= x | 1;
+            }
+            true
+        }
+        Edit::Truncate(i) => {
+            b.truncate(i.index(b.len() + 1));
+            true
+        }
+        _ => false,
+    }
+}
+
 fn apply(text: &str, edits: &[Edit]) -> Vec<u8> {
     let mut t = text.to_string();
     let mut bytes: Option<Vec<u8>> = None;
     for e in edits {
+        // after a byte edit the text may not be UTF-8: only byte edits from there on
         if let Some(b) = &mut bytes {
-            // after a byte flip the text may not be UTF-8: only byte edits from here on
-            match e {
-                Edit::FlipByte(i, x) if !b.is_empty() => {
-                    let k = i.index(b.len());
-                    b[k] ^= x | 1;
-                }
-                Edit::Truncate(i) => b.truncate(i.index(b.len() + 1)),
-                _ => {}
-            }
+            byte_edit(b, e);
+            continue;
+        }
+        let mut b = t.clone().into_bytes();
+        if byte_edit(&mut b, e) {
+            bytes = Some(b);
             continue;
         }
         let (nums, strs) = spans(&t);
@@ -269,19 +285,6 @@ fn apply(text: &str, edits: &[Edit]) -> Vec<u8> {
             Edit::DuplicateLine(i) if !lines.is_empty() => {
                 let k = i.index(lines.len());
                 lines.iter().enumerate().flat_map(|(j, l)| if j == k { vec![*l, *l] } else { vec![*l] }).map(|l| format!("{l}\n")).collect()
-            }
-            Edit::FlipByte(..) | Edit::Truncate(_) => {
-                let mut b = t.clone().into_bytes();
-                match e {
-                    Edit::FlipByte(i, x) if !b.is_empty() => {
-                        let k = i.index(b.len());
-                        b[k] ^= x | 1;
-                    }
-                    Edit::Truncate(i) => b.truncate(i.index(b.len() + 1)),
-                    _ => {}
-                }
-                bytes = Some(b);
-                continue;
             }
             _ => t,
         };

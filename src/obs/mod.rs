@@ -73,7 +73,8 @@ pub fn sigma_floors(layout: &Layout, std: &[f64]) -> Vec<f64> {
 pub struct Observation {
     /// Index of the bundle variable, or `None` if unknown.
     pub var: Option<usize>,
-    /// Variable name as given (for reports).
+    /// Variable name as given in a CSV row (empty for observations set through the C ABI, which identify
+    /// variables by index).
     pub var_name: String,
     /// Latitude, degrees north.
     pub lat: f64,
@@ -89,6 +90,23 @@ pub struct Observation {
     pub line: Option<usize>,
     /// Why the observation is invalid, if it was malformed on input.
     pub malformed: Option<String>,
+}
+
+impl Observation {
+    /// The observation of CSV line `line` before its fields are parsed: no variable, every number NaN.
+    fn row(line: usize, var_name: String) -> Observation {
+        Observation {
+            var: None,
+            var_name,
+            lat: f64::NAN,
+            lon: f64::NAN,
+            level: None,
+            value: f64::NAN,
+            sigma: f64::NAN,
+            line: Some(line),
+            malformed: None,
+        }
+    }
 }
 
 /// A malformed CSV row: line number and message (the row is kept as an `Invalid` observation).
@@ -162,17 +180,7 @@ pub fn parse_csv_bytes(bytes: &[u8], layout: &Layout) -> Result<(Vec<Observation
             Err(e) => {
                 let msg = format!("line {line}: not valid UTF-8 (byte {} of the line)", e.valid_up_to() + 1);
                 problems.push(RowProblem { line, message: msg.clone() });
-                obs.push(Observation {
-                    var: None,
-                    var_name: String::new(),
-                    lat: f64::NAN,
-                    lon: f64::NAN,
-                    level: None,
-                    value: f64::NAN,
-                    sigma: f64::NAN,
-                    line: Some(line),
-                    malformed: Some(msg),
-                });
+                obs.push(Observation { malformed: Some(msg), ..Observation::row(line, String::new()) });
                 continue;
             }
         };
@@ -180,17 +188,7 @@ pub fn parse_csv_bytes(bytes: &[u8], layout: &Layout) -> Result<(Vec<Observation
             continue;
         }
         let f: Vec<&str> = l.split(',').map(|s| s.trim()).collect();
-        let mut o = Observation {
-            var: None,
-            var_name: f.first().unwrap_or(&"").to_string(),
-            lat: f64::NAN,
-            lon: f64::NAN,
-            level: None,
-            value: f64::NAN,
-            sigma: f64::NAN,
-            line: Some(line),
-            malformed: None,
-        };
+        let mut o = Observation::row(line, f.first().unwrap_or(&"").to_string());
         if f.len() != 6 {
             let msg = format!("line {line}: expected 6 fields, found {}", f.len());
             problems.push(RowProblem { line, message: msg.clone() });

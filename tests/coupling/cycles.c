@@ -10,10 +10,8 @@
 #include <stdlib.h>
 
 #include "latentda.h"
+#include "tanh_fields.h"
 
-#define NLEV 3
-#define NLAT 8
-#define NLON 16
 #define N3 (NLEV * NLAT * NLON)
 #define N2 (NLAT * NLON)
 #define NOBS 3
@@ -30,17 +28,7 @@ static int check(LdaStatus st, const LdaContext *ctx, const char *what, int cycl
     return 0;
 }
 
-static void fill(void) {
-    int k, j, i;
-    for (k = 0; k < NLEV; k++)
-        for (j = 0; j < NLAT; j++)
-            for (i = 0; i < NLON; i++) {
-                u[(k * NLAT + j) * NLON + i] = 5.0 + 3.0 * sin(0.4 * i) * cos(0.3 * j) - k;
-                t[(k * NLAT + j) * NLON + i] = 245.0 + 5.0 * k + 2.0 * cos(0.4 * i + 0.2 * j);
-            }
-    for (j = 0; j < NLAT; j++)
-        for (i = 0; i < NLON; i++) ps[j * NLON + i] = 100000.0 + 300.0 * sin(0.4 * i - 0.5 * j);
-}
+static void fill(void) { fill_tanh_fields(u, t, ps); }
 
 static int cycle(const char *bundle, int c) {
     int32_t var[NOBS] = {0, 1, 2}, flags[NOBS];

@@ -11,10 +11,8 @@
 #include <sys/resource.h>
 
 #include "latentda.h"
+#include "tanh_fields.h"
 
-#define NLEV 3
-#define NLAT 8
-#define NLON 16
 
 static double u[NLEV * NLAT * NLON], t[NLEV * NLAT * NLON], ps[NLAT * NLON];
 static int failures = 0;
