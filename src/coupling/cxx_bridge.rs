@@ -7,9 +7,9 @@
 //!
 //! Error convention: every fallible bridge function returns `Result<_, String>` whose message is
 //! `"[latentda <code>] <message>"`, `<code>` being the C ABI status (`LDA_ERR_*`, [`crate::error::Status`]) and `<message>` exactly
-//! what `lda_last_error` would return. The header parses the prefix back. Every body runs under [`guard`], which
-//! catches panics (a panic in an `extern "Rust"` function would otherwise abort the C++ host) and reports them as
-//! `LDA_ERR_INTERNAL`.
+//! what `lda_last_error` would return. The header parses the prefix back. Every body runs under `guard` (calls on a
+//! context under `guard_ctx`), which catches panics (a panic in an `extern "Rust"` function would otherwise abort the
+//! C++ host) and reports them as `LDA_ERR_INTERNAL`; after one, the context fails every later call, as in the C ABI.
 //!
 //! Build: `build.rs` compiles the generated C++ glue into the Rust library (`cxx_build`), so `liblatentda.a` is all a
 //! C++ program links; it also copies the generated header to `include/latentda/bridge.h` and `rust/cxx.h` to
