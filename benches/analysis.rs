@@ -1,8 +1,8 @@
 //! Benchmarks (`cargo bench --bench analysis`): prints figures, asserts nothing about speed.
 //!
 //! 1. H and H^T for 10^6 observations on the T31 Gaussian grid (one core).
-//! 2. Time breakdown of analyses per backend (tract in this process; ONNX Runtime in a child process, since one
-//!    process holds one backend), on the reference bundle `models/speedy-t31` and its sample case if present,
+//! 2. Time breakdown of analyses per backend (tract in this process; ONNX Runtime in a child process, each backend
+//!    in a clean process), on the reference bundle `models/speedy-t31` and its sample case if present,
 //!    else on the fixture `tests/fixtures/tanh`. Medians over repeated runs.
 //!
 //! Environment: LATENTDA_BENCH_BUNDLE (bundle dir), LATENTDA_BENCH_REPS (default 5), ORT_DYLIB_PATH (ONNX Runtime

@@ -42,16 +42,16 @@ module latentda
   integer, parameter, public :: LDA_ERR_BUNDLE = 3            !< bundle missing, malformed or failing validation
   integer, parameter, public :: LDA_ERR_BACKEND = 4           !< execution backend or device unusable
   integer, parameter, public :: LDA_ERR_IO = 5                !< file input/output failed
-  integer, parameter, public :: LDA_ERR_INVALID_DATA = 6      !< NaN/Inf in a bound field or control vector
-  integer, parameter, public :: LDA_ERR_NOT_READY = 7         !< field not bound, no observations, no analysis yet
+  integer, parameter, public :: LDA_ERR_INVALID_DATA = 6      !< NaN/Inf in a bound field or control vector (not obs)
+  integer, parameter, public :: LDA_ERR_NOT_READY = 7         !< not bound, no obs, no analysis yet, no baseline B
   integer, parameter, public :: LDA_ERR_SOLVER = 8            !< the minimisation failed
-  integer, parameter, public :: LDA_ERR_INTERNAL = 9          !< internal error (caught panic): close the context
+  integer, parameter, public :: LDA_ERR_INTERNAL = 9          !< internal error (caught panic): context failed, close it
   integer, parameter, public :: LDA_ERR_BUFFER_TOO_SMALL = 10 !< output buffer too small
 
   ! Quality-control flags returned by lda_obs_qc (enum LdaQcFlag in the header).
   integer(c_int32_t), parameter, public :: LDA_QC_USED = 0              !< used in the analysis
-  integer(c_int32_t), parameter, public :: LDA_QC_INVALID = 1           !< non-finite value/position, sigma <= 0
-  integer(c_int32_t), parameter, public :: LDA_QC_OUTSIDE_DOMAIN = 2    !< outside the horizontal grid
+  integer(c_int32_t), parameter, public :: LDA_QC_INVALID = 1           !< non-finite value/position, sigma too small
+  integer(c_int32_t), parameter, public :: LDA_QC_OUTSIDE_DOMAIN = 2    !< outside the grid (polar caps count inside)
   integer(c_int32_t), parameter, public :: LDA_QC_OUTSIDE_VERTICAL = 3  !< outside the vertical range
   integer(c_int32_t), parameter, public :: LDA_QC_UNKNOWN_VARIABLE = 4  !< not a bundle variable (e.g. id -1)
   integer(c_int32_t), parameter, public :: LDA_QC_BACKGROUND_CHECK = 5  !< failed the background check
@@ -553,7 +553,9 @@ contains
     if (present(ierr)) ierr = st
   end function lda_state_size
 
-  !> (Re)linearises U at the background in the bound arrays (automatic at the first lda_bsqrt after a bind).
+  !> (Re)linearises U (option b_operator) at the background in the bound arrays (automatic only at the first
+  !> lda_bsqrt, lda_bsqrt_ad, lda_bvariance or lda_brandomize after a bind: call it again whenever the background in
+  !> the bound arrays changed, e.g. after lda_analyse).
   subroutine lda_b_linearise(ctx, ierr)
     type(lda_context), intent(inout) :: ctx          !< open context, every field bound
     integer, intent(out) :: ierr                     !< LDA_OK, LDA_ERR_NOT_READY, LDA_ERR_INVALID_DATA

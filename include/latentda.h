@@ -63,12 +63,13 @@ enum LdaStatus
   LDA_ERR_IO = 5,
   /**
    * Input data are invalid: NaN or Inf in a bound field (the message gives variable and indices) or in a
-   * control vector.
+   * control vector. Never returned for observations: a bad observation is QC-flagged, not an error.
    */
   LDA_ERR_INVALID_DATA = 6,
   /**
    * Not ready: a field is not bound, no observations were set, no analysis has succeeded yet (for
-   * `lda_obs_qc`/`lda_report_json`), or the bundle lacks what the method needs.
+   * `lda_obs_qc`/`lda_report_json`), or the bundle lacks what the method needs (method "3dvar" or "hybrid", or B
+   * operator "static" or "hybrid", without baseline statistics).
    */
   LDA_ERR_NOT_READY = 7,
   /**
@@ -76,7 +77,8 @@ enum LdaStatus
    */
   LDA_ERR_SOLVER = 8,
   /**
-   * Internal error (a Rust panic caught at the boundary). Close the context.
+   * Internal error (a Rust panic caught at the boundary). The context is failed: every later call on it returns
+   * this code until `lda_close`.
    */
   LDA_ERR_INTERNAL = 9,
   /**
@@ -105,11 +107,14 @@ enum LdaQcFlag
    */
   LDA_QC_USED = 0,
   /**
-   * Rejected: non-finite value, position or level, or error standard deviation sigma <= 0.
+   * Rejected: non-finite value, position or level, latitude beyond +-90, or error standard deviation sigma <= 0
+   * or below 1e-6 times the variable's normalisation sd (too small to use in float32 models).
    */
   LDA_QC_INVALID = 1,
   /**
-   * Rejected: outside the horizontal grid (latitude beyond the first or last grid latitude).
+   * Rejected: outside the horizontal grid: poleward of the first or last grid latitude on a grid without polar
+   * caps (a global grid interpolates there with a zero-gradient cap), or outside the longitudes of a regional
+   * (non-periodic) grid.
    */
   LDA_QC_OUTSIDE_DOMAIN = 2,
   /**
@@ -168,6 +173,9 @@ typedef int32_t LdaOrder;
  * A context may be used from one thread at a time (calls on one context are serialised internally, but bound
  * arrays must not be touched by the host during a call); different contexts are independent and may run
  * concurrently on different threads. `lda_last_error` may be called from any thread.
+ *
+ * After an internal error (a caught panic) the context is failed: every later call on it returns
+ * `LDA_ERR_INTERNAL` without touching the host's arrays, until `lda_close`.
  */
 typedef struct LdaContext LdaContext;
 
@@ -206,8 +214,10 @@ int32_t lda_close(struct LdaContext *ctx);
  * Message of the last failed call on `ctx` ("" if none has failed). With `ctx` NULL: the message of the last
  * failure on the calling thread that had no context (a failed `lda_open`, or a call given a NULL context).
  *
- * Never returns NULL. The string is owned by latentda: do not free it. It stays valid until the next failing call
- * on the same context (for NULL: on the same thread) or `lda_close`; copy it to keep it. Thread-safe.
+ * Never returns NULL. The string is owned by latentda: do not free it. It is a copy made for the calling thread:
+ * it stays valid until the same thread calls `lda_last_error` again, whatever other threads do meanwhile (later
+ * failures on the context, `lda_close`); copy it to keep it longer. Thread-safe: any thread may ask about any
+ * live context.
  */
 const char *lda_last_error(const struct LdaContext *ctx);
 
@@ -259,9 +269,11 @@ int32_t lda_bind_field_f64(struct LdaContext *ctx,
  * - `var`: identifiers from `lda_var_index` (any other value, e.g. -1, is flagged `LDA_QC_UNKNOWN_VARIABLE`).
  * - `lat`, `lon`: degrees north / east (longitude periodic).
  * - `level`: in the bundle's vertical coordinate (e.g. sigma); ignored for surface variables (pass e.g. NaN).
- * - `value`: observed value in the variable's units; `sigma`: observation error standard deviation (> 0).
+ * - `value`: observed value in the variable's units; `sigma`: observation error standard deviation (> 0 and
+ *   at least 1e-6 times the variable's normalisation sd).
  *
- * Invalid observations are not an error here: they are flagged by QC at the analysis (`lda_obs_qc`).
+ * Invalid observations are not an error here: they are flagged by QC at the analysis (`lda_obs_qc`). A count `n`
+ * too large for memory is `LDA_ERR_INVALID_ARGUMENT`, detected before the arrays are read.
  */
 int32_t lda_set_obs(struct LdaContext *ctx,
                     size_t n,
@@ -341,9 +353,10 @@ int32_t lda_state_size(struct LdaContext *ctx,
  * Linearises the B operator selected by option `b_operator` ("latent" by default, "hybrid" or "static") at the
  * background currently in the bound arrays (z_b = E(N(x_b)) for the latent and hybrid B); every variable must be
  * bound. Done implicitly by the first `lda_bsqrt`/`lda_bsqrt_ad`/`lda_bvariance`/`lda_brandomize` after a bind;
- * call it again when the background in the bound arrays changed. The hybrid B is
- * U [w, v] = sqrt(alpha) U_l w + sqrt(beta) P U_s v (weights and variables: options `hybrid_*` or the bundle's
- * `[hybrid]` table; docs/b-operator.md).
+ * nothing else relinearises it: call it again whenever the background in the bound arrays changed (a new forecast,
+ * or the analysis that `lda_analyse`, or `lda_bsqrt`/`lda_brandomize`/`lda_bvariance` with a NULL output, wrote
+ * there). The hybrid B is U [w, v] = sqrt(alpha) U_l w + sqrt(beta) P U_s v (weights and variables: options
+ * `hybrid_*` or the bundle's `[hybrid]` table; docs/b-operator.md).
  */
 int32_t lda_b_linearise(struct LdaContext *ctx);
 
@@ -355,6 +368,9 @@ int32_t lda_b_linearise(struct LdaContext *ctx);
  * (lev, lat, lon) block (levels top to bottom, latitudes north to south, longitude fastest). With `x_out` NULL the
  * increment is written into the bound arrays instead (their content is replaced; the linearisation point is
  * kept). `v` is only read during the call.
+ *
+ * `v` and `x_out` may overlap each other or the bound arrays: `v` is copied before anything is written, and
+ * `x_out` is written only after the model runs. Lengths are checked before any model runs.
  */
 int32_t lda_bsqrt(struct LdaContext *ctx,
                   const double *v,
@@ -365,6 +381,9 @@ int32_t lda_bsqrt(struct LdaContext *ctx,
 /**
  * v = U^T x: the exact adjoint of `lda_bsqrt`. `x` holds `nx` = `lda_state_size` doubles in state layout, or is
  * NULL to read x from the bound arrays; `v_out` (not NULL) receives `nv` = `lda_control_size` values.
+ *
+ * `x` and `v_out` may overlap each other or the bound arrays: `x` is copied first and `v_out` written last.
+ * Lengths are checked before any model runs.
  */
 int32_t lda_bsqrt_ad(struct LdaContext *ctx,
                      const double *x,
@@ -381,6 +400,9 @@ int32_t lda_bsqrt_ad(struct LdaContext *ctx,
  * randomised estimate from `bg_check_samples` draws (relative standard error sqrt(2 / samples), e.g. 0.25 for 32).
  * Computed once per linearisation: repeated calls, and an `lda_analyse` of the same background (its background
  * check uses it), reuse it.
+ *
+ * `var_out` may overlap the bound arrays: it is written only after the variance is computed, and its length is
+ * checked before any model runs.
  */
 int32_t lda_bvariance(struct LdaContext *ctx,
                       double *var_out,
@@ -390,6 +412,9 @@ int32_t lda_bvariance(struct LdaContext *ctx,
  * A random draw of the background error, x = U xi with xi ~ N(0, I) generated from `seed` (deterministic: the
  * same seed gives the same draw). `x_out` receives `nx` = `lda_state_size` doubles in state layout, or, when NULL,
  * the draw is written into the bound arrays (as `lda_bsqrt` with NULL).
+ *
+ * `x_out` may overlap the bound arrays: it is written only after the draw is computed, and its length is checked
+ * before any model runs.
  */
 int32_t lda_brandomize(struct LdaContext *ctx,
                        uint64_t seed,

@@ -45,10 +45,10 @@ constexpr int32_t invalid_argument = 2;  // unknown name, wrong shape or length,
 constexpr int32_t bundle = 3;            // bundle missing, malformed or failing validation
 constexpr int32_t backend = 4;           // execution backend or device unusable
 constexpr int32_t io = 5;                // file input/output failed
-constexpr int32_t invalid_data = 6;      // NaN/Inf in a bound field or observation array
-constexpr int32_t not_ready = 7;         // a field not bound, or no analysis has run yet
+constexpr int32_t invalid_data = 6;      // NaN/Inf in a bound field or control vector (observations: QC flags)
+constexpr int32_t not_ready = 7;         // field not bound, no observations, no analysis yet, no baseline for 3dvar/hybrid
 constexpr int32_t solver = 8;            // the minimisation failed
-constexpr int32_t internal = 9;          // a caught panic; discard the context
+constexpr int32_t internal = 9;          // a caught panic; the context fails every later call: destroy it
 constexpr int32_t buffer_too_small = 10;
 }  // namespace status
 
@@ -148,8 +148,9 @@ inline std::string version() { return std::string(detail::version()); }
 // A moved-from Context may only be destroyed or assigned to (other calls throw status::null_pointer).
 class Context {
  public:
-  // Opens and validates a bundle directory. `options`: TOML text (docs/coupling.md: backend, device, threads,
-  // output, outer_loops, max_inner, gradient_reduction, bg_check, verbosity, method), empty for defaults.
+  // Opens and validates a bundle directory. `options`: TOML text (docs/coupling.md: backend, ort_library, device,
+  // threads, cuda_tf32, method, output, outer_loops, max_inner, gradient_reduction, bg_check, verbosity), empty for
+  // defaults.
   // Throws status::bundle for a missing or invalid bundle, status::invalid_argument for bad options.
   static Context open(const std::string& bundle_dir, const std::string& options = "") {
     return detail::call([&] { return Context(detail::open(detail::str(bundle_dir), detail::str(options))); });
@@ -240,56 +241,60 @@ class Context {
     return detail::call([&] { return get().state_size(); });
   }
 
-  // (Re)linearises the B operator at the background now in the bound arrays (done implicitly by the first
-  // bsqrt/bsqrt_ad/bvariance/brandomize after binding).
+  // (Re)linearises the B operator (option b_operator) at the background now in the bound arrays. Done implicitly
+  // only by the first bsqrt/bsqrt_ad/bvariance/brandomize after a bind: call it again whenever the background in
+  // the bound arrays changed (a new forecast, or the analysis that analyse() or bsqrt_to_fields() wrote there).
   void b_linearise() {
     detail::call([&] { get().b_linearise(); });
   }
   // x = U v: model-space increment (physical units, state layout: variables in bundle order, levels top to bottom,
-  // lat north to south, lon fastest) of control vector v.
+  // lat north to south, lon fastest) of control vector v. v and x_out may overlap each other or bound arrays
+  // (inputs are copied, x_out is written last); x_out.size() must be state_size(), checked before any model runs.
   void bsqrt(Span<const double> v, Span<double> x_out) {
-    detail::call([&] { get().bsqrt(detail::in(v), rust::Slice<double>(x_out.data(), x_out.size())); });
+    check_len("bsqrt: x_out", x_out.size(), state_size());
+    copy_out(bsqrt(v), x_out);
   }
   std::vector<double> bsqrt(Span<const double> v) {
-    std::vector<double> x(state_size());
-    bsqrt(v, Span<double>(x));
-    return x;
+    const std::vector<double> vc(v.begin(), v.end());
+    return detail::call([&] { return to_vector(get().bsqrt(detail::in(Span<const double>(vc)))); });
   }
   // x = U v written into the bound arrays (their background is replaced; the linearisation point is kept).
   void bsqrt_to_fields(Span<const double> v) {
-    detail::call([&] { get().bsqrt_to_fields(detail::in(v)); });
+    const std::vector<double> vc(v.begin(), v.end());
+    detail::call([&] { get().bsqrt_to_fields(detail::in(Span<const double>(vc))); });
   }
-  // v = U^T x, the exact adjoint of bsqrt.
+  // v = U^T x, the exact adjoint of bsqrt (x and v_out may overlap; v_out.size() must be control_size()).
   void bsqrt_ad(Span<const double> x, Span<double> v_out) {
-    detail::call([&] { get().bsqrt_ad(detail::in(x), rust::Slice<double>(v_out.data(), v_out.size())); });
+    check_len("bsqrt_ad: v_out", v_out.size(), control_size());
+    copy_out(bsqrt_ad(x), v_out);
   }
   std::vector<double> bsqrt_ad(Span<const double> x) {
-    std::vector<double> v(control_size());
-    bsqrt_ad(x, Span<double>(v));
-    return v;
+    const std::vector<double> xc(x.begin(), x.end());
+    return detail::call([&] { return to_vector(get().bsqrt_ad(detail::in(Span<const double>(xc)))); });
   }
   // v = U^T x with x read from the bound arrays.
   void bsqrt_ad_from_fields(Span<double> v_out) {
-    detail::call([&] { get().bsqrt_ad_from_fields(rust::Slice<double>(v_out.data(), v_out.size())); });
+    check_len("bsqrt_ad_from_fields: v_out", v_out.size(), control_size());
+    copy_out(detail::call([&] { return to_vector(get().bsqrt_ad_from_fields()); }), v_out);
   }
   // diag(U U^T): background-error variance per state element (exact, or randomised for a large latent space:
-  // option bg_check_samples); computed once per linearisation.
+  // option bg_check_samples); computed once per linearisation. var_out may overlap bound arrays (written last);
+  // var_out.size() must be state_size(), checked before any model runs.
   void bvariance(Span<double> var_out) {
-    detail::call([&] { get().bvariance(rust::Slice<double>(var_out.data(), var_out.size())); });
+    check_len("bvariance: var_out", var_out.size(), state_size());
+    copy_out(bvariance(), var_out);
   }
   std::vector<double> bvariance() {
-    std::vector<double> v(state_size());
-    bvariance(Span<double>(v));
-    return v;
+    return detail::call([&] { return to_vector(get().bvariance()); });
   }
-  // A background-error draw U xi, xi ~ N(0, I) from `seed` (deterministic per seed).
+  // A background-error draw U xi, xi ~ N(0, I) from `seed` (deterministic per seed). x_out may overlap bound
+  // arrays (written last); x_out.size() must be state_size(), checked before any model runs.
   void brandomize(uint64_t seed, Span<double> x_out) {
-    detail::call([&] { get().brandomize(seed, rust::Slice<double>(x_out.data(), x_out.size())); });
+    check_len("brandomize: x_out", x_out.size(), state_size());
+    copy_out(brandomize(seed), x_out);
   }
   std::vector<double> brandomize(uint64_t seed) {
-    std::vector<double> x(state_size());
-    brandomize(seed, Span<double>(x));
-    return x;
+    return detail::call([&] { return to_vector(get().brandomize(seed)); });
   }
 
  private:
@@ -305,6 +310,15 @@ class Context {
   }
   static void check_data(const std::string& name, const void* p) {
     if (p == nullptr) throw Error(status::null_pointer, "bind_field '" + name + "': data is NULL");
+  }
+  static void check_len(const char* what, std::size_t got, std::size_t want) {
+    if (got != want)
+      throw Error(status::invalid_argument,
+                  std::string(what) + " has " + std::to_string(got) + " values, expected " + std::to_string(want));
+  }
+  static std::vector<double> to_vector(const rust::Vec<double>& v) { return std::vector<double>(v.begin(), v.end()); }
+  static void copy_out(const std::vector<double>& from, Span<double> to) {
+    for (std::size_t i = 0; i < from.size(); ++i) to[i] = from[i];
   }
   static rust::Slice<const int64_t> shape_slice(const std::vector<int64_t>& s) {
     return rust::Slice<const int64_t>(s.data(), s.size());

@@ -33,6 +33,24 @@ pub enum Status {
     BufferTooSmall = 10,
 }
 
+impl Status {
+    /// Every status, in code order (the C header, the C++ and Fortran constants and docs/coupling.md must list the
+    /// same; tests/coupling.rs checks them all against this list).
+    pub const ALL: [Status; 11] = [
+        Status::Ok,
+        Status::NullPointer,
+        Status::InvalidArgument,
+        Status::Bundle,
+        Status::Backend,
+        Status::Io,
+        Status::InvalidData,
+        Status::NotReady,
+        Status::Solver,
+        Status::Internal,
+        Status::BufferTooSmall,
+    ];
+}
+
 /// latentda's error: a status category and a message.
 #[derive(Debug, Clone)]
 pub struct Error {

@@ -13,7 +13,7 @@
 //! and returns the analysis. The same solver, observation operator and report serve a model-space 3D-Var baseline
 //! with a static B, and the latent B square root is exposed for hosts with their own minimiser.
 //!
-//! Entry points: [`analysis::Analyser`] (Rust), the C ABI in `include/latentda.h`, the Fortran module
+//! Entry points: [`Analyser`] (Rust), the C ABI in `include/latentda.h`, the Fortran module
 //! `fortran/latentda.f90`, and the `latentda` command-line tool.
 
 // Numerical kernels index several arrays in lock-step, where an index loop reads clearer than zipped iterators;
@@ -23,6 +23,8 @@
 // Layers, bottom to top; a module uses only its own layer and those below it.
 pub mod error;
 pub mod numeric;
+/// Output files written whole or not at all.
+pub mod outfile;
 /// Bundle: manifest, grid and layout, statistics, state files.
 pub mod bundle;
 /// Models: ONNX execution backends and the autoencoder.

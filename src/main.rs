@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use latentda::diag::checks;
 use latentda::bundle::ncio;
 use latentda::obs;
+use latentda::outfile;
 use latentda::{Analyser, Method, Options, OutputMode};
 
 const USAGE: &str = "\
@@ -26,21 +27,74 @@ USAGE:
 Exit status: 0 success, 1 error, 2 usage error, 3 success but some input rows were malformed (see report).
 ";
 
+/// Why the command failed: a usage error (exit status 2) or a failure while running (exit status 1).
+enum CliError {
+    Usage(String),
+    Failed(String),
+}
+
+impl From<String> for CliError {
+    fn from(m: String) -> Self {
+        CliError::Failed(m)
+    }
+}
+
+fn usage(m: impl Into<String>) -> CliError {
+    CliError::Usage(m.into())
+}
+
+/// Options from the command line: an options file (applied first, wherever it appears) and the flags that
+/// override it (applied in the order given), so a flag always wins over the file.
 struct Common {
     options: Options,
+    options_file: Option<String>,
+    flags: Vec<(&'static str, String)>,
 }
 
-fn value(parser: &mut lexopt::Parser, name: &str) -> Result<String, String> {
+impl Common {
+    /// The options in force: defaults, then the options file, then the flags.
+    fn resolve(&mut self) -> Result<(), CliError> {
+        let mut o = match &self.options_file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| format!("cannot read options file '{p}': {e}"))?;
+                Options::from_toml(&text).map_err(|e| format!("options file '{p}': {e}"))?
+            }
+            None => Options::default(),
+        };
+        for (flag, v) in &self.flags {
+            let int = |v: &str| v.parse::<usize>().map_err(|_| usage(format!("--{flag} needs a non-negative integer, got '{v}'")));
+            let num = |v: &str| v.parse::<f64>().map_err(|_| usage(format!("--{flag} needs a number, got '{v}'")));
+            match *flag {
+                "backend" => o.backend = v.clone(),
+                "device" => o.device = v.clone(),
+                "ort-library" => o.ort_library = Some(v.clone()),
+                "threads" => o.threads = int(v)?,
+                "max-inner" => o.max_inner = int(v)?,
+                "outer-loops" => o.outer_loops = int(v)?,
+                "output-mode" => o.output = v.clone(),
+                "hybrid-alpha" => o.hybrid_alpha = Some(num(v)?),
+                "hybrid-beta" => o.hybrid_beta = Some(num(v)?),
+                "hybrid-variables" => o.hybrid_variables = Some(v.split(',').map(|v| v.trim().to_string()).collect()),
+                "baseline-variance-factor" => o.baseline_variance_factor = Some(num(v)?),
+                "bg-check-samples" => o.bg_check_samples = int(v)?,
+                "latent-increment" => o.latent_increment = v.clone(),
+                "verbose" => o.verbosity = 1,
+                _ => unreachable!("flag --{flag} is recorded by parse_common"),
+            }
+        }
+        let from_file = self.options_file.is_some() && self.flags.is_empty();
+        o.validate().map_err(|e| if from_file { CliError::Failed(e.to_string()) } else { usage(e.to_string()) })?;
+        self.options = o;
+        Ok(())
+    }
+}
+
+fn value(parser: &mut lexopt::Parser, name: &str) -> Result<String, CliError> {
     parser
         .value()
-        .map_err(|_| format!("option --{name} needs a value"))?
+        .map_err(|_| usage(format!("option --{name} needs a value")))?
         .into_string()
-        .map_err(|_| format!("option --{name}: value is not valid UTF-8"))
-}
-
-fn number(parser: &mut lexopt::Parser, name: &str) -> Result<f64, String> {
-    let v = value(parser, name)?;
-    v.parse().map_err(|_| format!("--{name} needs a number, got '{v}'"))
+        .map_err(|_| usage(format!("option --{name}: value is not valid UTF-8")))
 }
 
 /// An argument detached from the parser, so the parser can be borrowed again for its value.
@@ -60,53 +114,48 @@ impl From<lexopt::Arg<'_>> for Arg {
     }
 }
 
-fn parse_common(common: &mut Common, arg: &Arg, parser: &mut lexopt::Parser) -> Result<bool, String> {
-    let o = &mut common.options;
+fn parse_common(common: &mut Common, arg: &Arg, parser: &mut lexopt::Parser) -> Result<bool, CliError> {
     let name = match arg {
         Arg::Short('v') => "verbose",
         Arg::Long(l) => l.as_str(),
         _ => return Ok(false),
     };
-    match name {
-        "backend" => o.backend = value(parser, "backend")?,
-        "device" => o.device = value(parser, "device")?,
-        "ort-library" => o.ort_library = Some(value(parser, "ort-library")?),
-        "threads" => {
-            o.threads = value(parser, "threads")?.parse().map_err(|_| "--threads needs an integer".to_string())?
+    let flag: &'static str = match name {
+        "backend" => "backend",
+        "device" => "device",
+        "ort-library" => "ort-library",
+        "threads" => "threads",
+        "max-inner" => "max-inner",
+        "outer-loops" => "outer-loops",
+        "output-mode" => "output-mode",
+        "hybrid-alpha" => "hybrid-alpha",
+        "hybrid-beta" => "hybrid-beta",
+        "hybrid-variables" => "hybrid-variables",
+        "baseline-variance-factor" => "baseline-variance-factor",
+        "bg-check-samples" => "bg-check-samples",
+        "latent-increment" => "latent-increment",
+        "verbose" => {
+            common.flags.push(("verbose", String::new()));
+            return Ok(true);
         }
         "options" => {
-            let p = value(parser, "options")?;
-            let text = std::fs::read_to_string(&p).map_err(|e| format!("cannot read options file '{p}': {e}"))?;
-            *o = Options::from_toml(&text).map_err(|e| format!("options file '{p}': {e}"))?;
-        }
-        "verbose" => o.verbosity = 1,
-        "max-inner" => {
-            o.max_inner = value(parser, "max-inner")?.parse().map_err(|_| "--max-inner needs an integer".to_string())?
-        }
-        "hybrid-alpha" => o.hybrid_alpha = Some(number(parser, "hybrid-alpha")?),
-        "hybrid-beta" => o.hybrid_beta = Some(number(parser, "hybrid-beta")?),
-        "hybrid-variables" => {
-            o.hybrid_variables = Some(value(parser, "hybrid-variables")?.split(',').map(|v| v.trim().to_string()).collect())
-        }
-        "baseline-variance-factor" => o.baseline_variance_factor = Some(number(parser, "baseline-variance-factor")?),
-        "latent-increment" => o.latent_increment = value(parser, "latent-increment")?,
-        "bg-check-samples" => {
-            o.bg_check_samples =
-                value(parser, "bg-check-samples")?.parse().map_err(|_| "--bg-check-samples needs an integer".to_string())?
-        }
-        "outer-loops" => {
-            o.outer_loops =
-                value(parser, "outer-loops")?.parse().map_err(|_| "--outer-loops needs an integer".to_string())?
+            if common.options_file.is_some() {
+                return Err(usage("--options given twice"));
+            }
+            common.options_file = Some(value(parser, "options")?);
+            return Ok(true);
         }
         _ => return Ok(false),
-    }
+    };
+    let v = value(parser, flag)?;
+    common.flags.push((flag, v));
     Ok(true)
 }
 
-fn run() -> Result<ExitCode, String> {
+fn run() -> Result<ExitCode, CliError> {
     let mut parser = lexopt::Parser::from_env();
-    let sub = match parser.next().map_err(|e| e.to_string())? {
-        Some(lexopt::Arg::Value(v)) => v.into_string().map_err(|_| "invalid command".to_string())?,
+    let sub = match parser.next().map_err(|e| usage(e.to_string()))? {
+        Some(lexopt::Arg::Value(v)) => v.into_string().map_err(|_| usage("invalid command"))?,
         Some(lexopt::Arg::Short('h')) | Some(lexopt::Arg::Long("help")) | None => {
             print!("{USAGE}");
             return Ok(ExitCode::SUCCESS);
@@ -115,19 +164,22 @@ fn run() -> Result<ExitCode, String> {
             println!("latentda {}", env!("CARGO_PKG_VERSION"));
             return Ok(ExitCode::SUCCESS);
         }
-        Some(a) => return Err(format!("unexpected argument {a:?}\n\n{USAGE}")),
+        Some(a) => return Err(usage(format!("unexpected argument {a:?}"))),
     };
-    let mut common = Common { options: Options::default() };
+    if !["info", "check", "analyse", "analyze"].contains(&sub.as_str()) {
+        return Err(usage(format!("unknown command '{sub}'")));
+    }
+    let mut common = Common { options: Options::default(), options_file: None, flags: Vec::new() };
     let mut positional: Vec<String> = Vec::new();
     let mut kv: std::collections::BTreeMap<&'static str, String> = Default::default();
-    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+    while let Some(arg) = parser.next().map_err(|e| usage(e.to_string()))? {
         let arg = Arg::from(arg);
         if parse_common(&mut common, &arg, &mut parser)? {
             continue;
         }
         let key: &'static str = match &arg {
             Arg::Value(v) => {
-                positional.push(v.clone().into_string().map_err(|_| "invalid argument".to_string())?);
+                positional.push(v.clone().into_string().map_err(|_| usage("an argument is not valid UTF-8"))?);
                 continue;
             }
             Arg::Short('h') => {
@@ -143,38 +195,49 @@ fn run() -> Result<ExitCode, String> {
                 "report" => "report",
                 "truth" => "truth",
                 "state" => "state",
-                "output-mode" => "output-mode",
                 "help" => {
                     print!("{USAGE}");
                     return Ok(ExitCode::SUCCESS);
                 }
-                other => return Err(format!("unexpected argument --{other} for '{sub}'\n\n{USAGE}")),
+                other => return Err(usage(format!("unexpected argument --{other} for '{sub}'"))),
             },
-            Arg::Short(c) => return Err(format!("unexpected argument -{c} for '{sub}'\n\n{USAGE}")),
+            Arg::Short(c) => return Err(usage(format!("unexpected argument -{c} for '{sub}'"))),
         };
-        kv.insert(key, value(&mut parser, key)?);
+        if kv.contains_key(key) {
+            return Err(usage(format!("--{key} given twice")));
+        }
+        let v = value(&mut parser, key)?;
+        kv.insert(key, v);
     }
-    if let Some(m) = kv.get("output-mode") {
-        common.options.output = m.clone();
+    // Every argument must mean something for the command (a stray one is a usage error, not silently ignored).
+    let allowed: &[&str] = match sub.as_str() {
+        "info" => &[],
+        "check" => &["state"],
+        _ => &["bundle", "background", "obs", "output", "method", "report", "truth"],
+    };
+    if let Some(k) = kv.keys().find(|k| !allowed.contains(k)) {
+        return Err(usage(format!("--{k} is not an option of '{sub}'")));
     }
-    common.options.validate().map_err(|e| e.to_string())?;
+    if sub.starts_with("analy") && !positional.is_empty() {
+        return Err(usage(format!("'{sub}' takes no positional arguments, got {positional:?}")));
+    }
+    common.resolve()?;
     match sub.as_str() {
         "info" => cmd_info(&positional, &common),
         "check" => cmd_check(&positional, &kv, &common),
-        "analyse" | "analyze" => cmd_analyse(&kv, &common),
-        _ => Err(format!("unknown command '{sub}'\n\n{USAGE}")),
+        _ => cmd_analyse(&kv, &common),
     }
 }
 
-fn bundle_arg(positional: &[String]) -> Result<PathBuf, String> {
+fn bundle_arg(positional: &[String]) -> Result<PathBuf, CliError> {
     match positional {
         [b] => Ok(PathBuf::from(b)),
-        [] => Err("missing <bundle> argument".into()),
-        _ => Err(format!("expected one <bundle> argument, got {positional:?}")),
+        [] => Err(usage("missing <bundle> argument")),
+        _ => Err(usage(format!("expected one <bundle> argument, got {positional:?}"))),
     }
 }
 
-fn cmd_info(positional: &[String], common: &Common) -> Result<ExitCode, String> {
+fn cmd_info(positional: &[String], common: &Common) -> Result<ExitCode, CliError> {
     let dir = bundle_arg(positional)?;
     let a = Analyser::open(&dir, common.options.clone()).map_err(|e| e.to_string())?;
     let b = &a.bundle;
@@ -229,7 +292,7 @@ fn cmd_check(
     positional: &[String],
     kv: &std::collections::BTreeMap<&'static str, String>,
     common: &Common,
-) -> Result<ExitCode, String> {
+) -> Result<ExitCode, CliError> {
     let dir = bundle_arg(positional)?;
     let mut a = Analyser::open(&dir, common.options.clone()).map_err(|e| e.to_string())?;
     let state = match kv.get("state") {
@@ -296,11 +359,16 @@ fn cmd_check(
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-fn cmd_analyse(kv: &std::collections::BTreeMap<&'static str, String>, common: &Common) -> Result<ExitCode, String> {
-    let need = |k: &str| kv.get(k).cloned().ok_or_else(|| format!("analyse: missing --{k}\n\n{USAGE}"));
+fn cmd_analyse(kv: &std::collections::BTreeMap<&'static str, String>, common: &Common) -> Result<ExitCode, CliError> {
+    let need = |k: &str| kv.get(k).cloned().ok_or_else(|| usage(format!("analyse: missing --{k}")));
     let (bundle, bg, obs_path, out) = (need("bundle")?, need("background")?, need("obs")?, need("output")?);
-    let method = Method::parse(kv.get("method").map(String::as_str).unwrap_or(&common.options.method)).map_err(|e| e.to_string())?;
+    let method = Method::parse(kv.get("method").map(String::as_str).unwrap_or(&common.options.method)).map_err(|e| usage(e.to_string()))?;
     let mode = OutputMode::parse(&common.options.output).map_err(|e| e.to_string())?;
+    // Where the results go is checked before any work: a directory, a device or a FIFO is refused.
+    outfile::check_target(out.as_ref()).map_err(|e| e.to_string())?;
+    if let Some(r) = kv.get("report") {
+        outfile::check_target(r.as_ref()).map_err(|e| e.to_string())?;
+    }
     // Validate the bundle before reading any data file.
     let mut a = Analyser::open(&bundle, common.options.clone()).map_err(|e| e.to_string())?;
     let layout = a.bundle.layout.clone();
@@ -317,10 +385,15 @@ fn cmd_analyse(kv: &std::collections::BTreeMap<&'static str, String>, common: &C
     result.report.input_problems = problems.clone();
     let title = format!("latentda {} {} of {}", method.name(), mode.name(), bg);
     let units = |v: usize| a.bundle.units(v).to_string();
-    ncio::write_state(out.as_ref(), &layout, &units, &result.output, &title).map_err(|e| e.to_string())?;
+    // Both files are written completely to temporary files before either is moved into place (report first): if
+    // the report cannot be written, the analysis is not written either, and no temporary file remains.
+    let analysis = ncio::write_state_pending(out.as_ref(), &layout, &units, &result.output, &title).map_err(|e| e.to_string())?;
     if let Some(r) = kv.get("report") {
-        std::fs::write(r, result.report.to_json()).map_err(|e| format!("cannot write report '{r}': {e}"))?;
+        let rep = outfile::PendingFile::new(r.as_ref()).map_err(|e| format!("cannot write report: {e}"))?;
+        std::fs::write(rep.path(), result.report.to_json()).map_err(|e| format!("cannot write report '{r}': {e}"))?;
+        rep.commit().map_err(|e| format!("cannot write report: {e}"))?;
     }
+    analysis.commit().map_err(|e| e.to_string())?;
     print!("{}", result.report.summary());
     if let Some(t) = &truth {
         let rb = layout.rms_diff_by_var(&x_b, t);
@@ -338,13 +411,13 @@ fn cmd_analyse(kv: &std::collections::BTreeMap<&'static str, String>, common: &C
 fn main() -> ExitCode {
     match run() {
         Ok(code) => code,
-        Err(msg) => {
+        Err(CliError::Usage(msg)) => {
+            eprintln!("latentda: error: {msg}\n\n{USAGE}");
+            ExitCode::from(2)
+        }
+        Err(CliError::Failed(msg)) => {
             eprintln!("latentda: error: {msg}");
-            if msg.contains("USAGE") || msg.starts_with("unexpected") || msg.starts_with("missing") {
-                ExitCode::from(2)
-            } else {
-                ExitCode::from(1)
-            }
+            ExitCode::from(1)
         }
     }
 }

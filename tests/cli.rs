@@ -1,5 +1,5 @@
-//! The `latentda` command line, end to end, and everything that needs the ONNX Runtime backend (one backend per
-//! process, so those runs go through the binary).
+//! The `latentda` command line, end to end, and the ONNX Runtime backend through the binary (each run in a fresh
+//! process with exactly the backend it asks for).
 
 mod common;
 

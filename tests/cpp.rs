@@ -230,6 +230,13 @@ fn cpp_errors_have_c_abi_codes_and_messages_and_leave_arrays_untouched() {
     assert!(out.contains("case=hybrid_analysis qc="), "{out}");
     assert_eq!(case("bvariance_wrong_length").0, Status::InvalidArgument as i32);
     assert!(out.contains("case=bvariance positive=1 n=896 same_draw=1"), "{out}");
+    assert_eq!(case("brandomize_wrong_length").0, Status::InvalidArgument as i32);
+    // Issue 14: overlapping memory (items 4 and 5).
+    let (c, what) = case("overlapping_binding");
+    assert_eq!(c, Status::InvalidArgument as i32);
+    assert!(what.contains("overlaps the array bound to 'u'"), "{what}");
+    assert!(out.contains("case=bsqrt_in_place same=1"), "{out}");
+    assert_eq!(case("bsqrt_wrong_length").0, Status::InvalidArgument as i32);
 }
 
 /// The C++ driver's hybrid analysis equals the CLI's (`--method hybrid`, weights and variables from options).

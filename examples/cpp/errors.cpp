@@ -5,6 +5,7 @@
 // "untouched=<0|1>" for failed analyses (1 = every bound array is bit-identical to its copy taken before the call),
 // and ends with "all checks done". Exit status 0 when every case behaved as documented, 1 otherwise.
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -130,8 +131,28 @@ int main(int argc, char** argv) {
     bool same_draw = ctx.brandomize(3) == ctx.brandomize(3) && ctx.brandomize(3) != ctx.brandomize(4);
     std::printf("case=bvariance positive=%d n=%zu same_draw=%d\n", positive ? 1 : 0, bvar.size(), same_draw ? 1 : 0);
     if (!positive || !same_draw) ++failures;
+    expect_error("brandomize_wrong_length", latentda::status::invalid_argument, [&] { ctx.brandomize(3, short_out); });
 
-    // 15. A moved-from context throws instead of crashing.
+    // 15. One array for two variables is refused (each variable needs its own memory).
+    expect_error("overlapping_binding", latentda::status::invalid_argument,
+                 [&] { ctx.bind_field("t", u, {nlev, nlat, nlon}); });
+
+    // 16. B operator with input and output in one buffer: the same result as separate buffers; a wrong output
+    // length is refused before anything runs.
+    ctx.b_linearise();
+    std::vector<double> v(ctx.control_size());
+    for (std::size_t i = 0; i < v.size(); ++i) v[i] = std::sin(1.0 + double(i));
+    std::vector<double> x = ctx.bsqrt(v);
+    std::vector<double> one(std::max(v.size(), x.size()));
+    std::copy(v.begin(), v.end(), one.begin());
+    ctx.bsqrt(latentda::Span<const double>(one.data(), v.size()), latentda::Span<double>(one.data(), x.size()));
+    bool same = std::equal(x.begin(), x.end(), one.begin());
+    std::printf("case=bsqrt_in_place same=%d\n", same ? 1 : 0);
+    if (!same) ++failures;
+    std::vector<double> wrong(x.size() + 1);
+    expect_error("bsqrt_wrong_length", latentda::status::invalid_argument, [&] { ctx.bsqrt(v, wrong); });
+
+    // 17. A moved-from context throws instead of crashing.
     latentda::Context other = std::move(ctx);
     expect_error("moved_from", latentda::status::null_pointer, [&] { ctx.state_size(); });
     std::printf("case=moved_to state_size=%zu\n", other.state_size());

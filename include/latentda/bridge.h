@@ -992,23 +992,24 @@ struct Context final : public ::rust::Opaque {
   // (Re)linearises the B operator (option `b_operator`) at the bound background.
   void b_linearise();
 
-  // x = U v into `x_out` (state layout).
-  void bsqrt(::rust::Slice<double const> v, ::rust::Slice<double > x_out);
+  // x = U v (state layout). Returned, not written into a host span: a host span could overlap `v` or a bound
+  // array, and Rust must not hold a mutable slice of memory it also reads (the header copies).
+  ::rust::Vec<double> bsqrt(::rust::Slice<double const> v);
 
-  // x = U v written into the bound arrays.
+  // x = U v written into the bound arrays (`v` must not overlap them: the header passes a copy).
   void bsqrt_to_fields(::rust::Slice<double const> v);
 
   // v = U^T x from `x` (state layout).
-  void bsqrt_ad(::rust::Slice<double const> x, ::rust::Slice<double > v_out);
+  ::rust::Vec<double> bsqrt_ad(::rust::Slice<double const> x);
 
   // v = U^T x reading x from the bound arrays.
-  void bsqrt_ad_from_fields(::rust::Slice<double > v_out);
+  ::rust::Vec<double> bsqrt_ad_from_fields();
 
-  // diag(U U^T) into `var_out` (state layout).
-  void bvariance(::rust::Slice<double > var_out);
+  // diag(U U^T) (state layout), returned like `bsqrt`.
+  ::rust::Vec<double> bvariance();
 
-  // A draw U xi, xi ~ N(0, I) from `seed`, into `x_out` (state layout).
-  void brandomize(::std::uint64_t seed, ::rust::Slice<double > x_out);
+  // A draw U xi, xi ~ N(0, I) from `seed` (state layout), returned like `bsqrt`.
+  ::rust::Vec<double> brandomize(::std::uint64_t seed);
 
   ~Context() = delete;
 

@@ -1,7 +1,8 @@
-//! Background-error covariance operators B = U U^T, all behind one trait with JEDI SABER's verbs ([`BOperator`]):
-//! the latent B of the autoencoder ([`latent`]), the static, univariate model-space B of the 3D-Var baseline with its
-//! hydrostatic balance ([`static_b`], [`hydrostatic`]), and their weighted sum over a concatenated control vector
-//! ([`hybrid`]).
+//! Background-error covariance operators B = U U^T, all behind one trait with JEDI SABER's verbs
+//! ([`BOperator`](crate::bmat::BOperator)): the latent B of the autoencoder ([`latent`](crate::bmat::latent)), the
+//! static, univariate model-space B of the 3D-Var baseline with its hydrostatic balance
+//! ([`static_b`](crate::bmat::static_b), [`hydrostatic`](crate::bmat::hydrostatic)), and their weighted sum over a
+//! concatenated control vector ([`hybrid`](crate::bmat::hybrid)).
 
 pub mod hybrid;
 pub mod hydrostatic;

@@ -237,6 +237,29 @@ impl Variable {
     }
 }
 
+/// Longest variable name: NetCDF's NC_MAX_NAME.
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// A variable name must be usable everywhere it goes: as a NetCDF variable name, in an observation CSV field and
+/// in C and Fortran strings. CF's rule (a letter, then letters, digits or underscores; a leading underscore is
+/// allowed too), at most [`MAX_NAME_BYTES`] bytes.
+fn check_name(name: &str) -> Result<()> {
+    let mut chars = name.chars();
+    let ok = name.len() <= MAX_NAME_BYTES
+        && chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        return Ok(());
+    }
+    let shown: String = name.chars().take(40).flat_map(char::escape_default).collect();
+    Err(Error::bundle(format!(
+        "variable name '{shown}'{} ({} bytes) is not valid: use a letter, then letters, digits or underscores, at most \
+         {MAX_NAME_BYTES} bytes",
+        if name.chars().count() > 40 { "..." } else { "" },
+        name.len()
+    )))
+}
+
 /// The full state layout: grid, vertical coordinate and variables in channel order.
 #[derive(Debug, Clone)]
 pub struct Layout {
@@ -256,6 +279,7 @@ impl Layout {
         let mut variables = Vec::with_capacity(vars.len());
         let mut c = 0;
         for (name, units, nlev) in vars {
+            check_name(&name)?;
             if nlev != 0 && nlev != vertical.levels.len() {
                 return Err(Error::bundle(format!(
                     "variable '{name}' has {nlev} levels; must be 0 (surface) or {} (vertical.levels)",

@@ -112,14 +112,22 @@ struct HybridSection {
 
 impl Default for StatisticsSection {
     fn default() -> Self {
+        // `baseline` absent means: use DEFAULT_BASELINE if the bundle has it. Named explicitly, it is required.
         StatisticsSection {
             normalisation: "normalisation.nc".into(),
             latent_variance: "latent_variance.nc".into(),
-            baseline: Some("baseline_b.nc".into()),
+            baseline: None,
             baseline_variance_factor: None,
         }
     }
 }
+
+/// The baseline statistics file a manifest that names none may still have.
+const DEFAULT_BASELINE: &str = "baseline_b.nc";
+/// Largest manifest read (a manifest lists the grid's latitudes and longitudes; 64 MiB is thousands of times that).
+const MAX_MANIFEST_BYTES: u64 = 64 << 20;
+/// Largest bundle file read into memory (the ONNX graphs): protobuf's 2 GiB limit.
+const MAX_READ_BYTES: u64 = 2 << 30;
 
 /// Which of the four ONNX graphs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,6 +210,8 @@ pub struct Bundle {
     model_files: [String; 4],
     units: Vec<String>,
     long_names: Vec<Option<String>>,
+    /// `dir` with symbolic links resolved: every bundle file must resolve to a regular file inside it.
+    root: PathBuf,
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -228,6 +238,43 @@ fn hybrid_defaults(h: Option<&HybridSection>, layout: &Layout) -> Result<HybridD
     Ok(HybridDefaults { alpha, beta, variables })
 }
 
+/// Opens `path` for reading only if it is a regular file: a FIFO would block the open, a device (a link to
+/// /dev/zero) would read forever. Opened non-blocking and checked again on the handle, so a file swapped for a
+/// FIFO between the check and the open cannot block either. Returns the file and its length.
+fn open_regular(path: &Path, max: u64) -> Result<(std::fs::File, u64)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let pd = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| Error::bundle(format!("bundle file '{pd}' cannot be read: {e}")))?;
+    if !meta.is_file() {
+        return Err(Error::bundle(format!("bundle file '{pd}' is not a regular file ({:?})", meta.file_type())));
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| Error::bundle(format!("bundle file '{pd}' cannot be read: {e}")))?;
+    let meta = f.metadata().map_err(|e| Error::bundle(format!("bundle file '{pd}' cannot be read: {e}")))?;
+    if !meta.is_file() {
+        return Err(Error::bundle(format!("bundle file '{pd}' is not a regular file")));
+    }
+    if meta.len() > max {
+        return Err(Error::bundle(format!("bundle file '{pd}' has {} bytes, more than the {max} latentda reads", meta.len())));
+    }
+    Ok((f, meta.len()))
+}
+
+/// Reads a whole regular file of at most `max` bytes.
+fn read_regular(path: &Path, max: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let (f, len) = open_regular(path, max)?;
+    let mut bytes = Vec::new();
+    bytes
+        .try_reserve_exact(len as usize)
+        .map_err(|_| Error::bundle(format!("bundle file '{}': cannot allocate {len} bytes", path.display())))?;
+    f.take(max).read_to_end(&mut bytes).map_err(|e| Error::bundle(format!("bundle file '{}' cannot be read: {e}", path.display())))?;
+    Ok(bytes)
+}
+
 fn check_relative(file: &str, what: &str) -> Result<()> {
     let p = Path::new(file);
     let ok = !file.is_empty()
@@ -248,8 +295,12 @@ impl Bundle {
         if !dir.is_dir() {
             return Err(Error::bundle(format!("bundle directory '{}' does not exist", dir.display())));
         }
-        let text = std::fs::read_to_string(&manifest_path)
-            .map_err(|e| Error::bundle(format!("cannot read '{}': {e}", manifest_path.display())))?;
+        let root = dir
+            .canonicalize()
+            .map_err(|e| Error::bundle(format!("bundle directory '{}' cannot be resolved: {e}", dir.display())))?;
+        let bytes = read_regular(&manifest_path, MAX_MANIFEST_BYTES)?;
+        let text = String::from_utf8(bytes)
+            .map_err(|e| Error::bundle(format!("cannot read '{}': not UTF-8 ({e})", manifest_path.display())))?;
         let m: Manifest = toml::from_str(&text)
             .map_err(|e| Error::bundle(format!("invalid manifest '{}': {e}", manifest_path.display())))?;
         let mp = manifest_path.display();
@@ -283,6 +334,9 @@ impl Bundle {
         if m.latent.shape.is_empty() || m.latent.shape.contains(&0) {
             return Err(Error::bundle(format!("{mp}: latent.shape {:?} must be non-empty and positive", m.latent.shape)));
         }
+        if m.latent.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).is_none_or(|n| n > i32::MAX as usize) {
+            return Err(Error::bundle(format!("{mp}: latent.shape {:?} has more than 2^31 elements", m.latent.shape)));
+        }
         let models = [
             m.models.encoder.clone(),
             m.models.decoder.clone(),
@@ -294,12 +348,16 @@ impl Bundle {
         }
         check_relative(&m.statistics.normalisation, "statistics.normalisation")?;
         check_relative(&m.statistics.latent_variance, "statistics.latent_variance")?;
+        // A baseline named in the manifest must be there; the default one is optional.
         let baseline_file = match &m.statistics.baseline {
-            Some(f) if dir.join(f).exists() || m.checksums.contains_key(f) => {
+            Some(f) => {
                 check_relative(f, "statistics.baseline")?;
                 Some(f.clone())
             }
-            _ => None,
+            None if dir.join(DEFAULT_BASELINE).exists() || m.checksums.contains_key(DEFAULT_BASELINE) => {
+                Some(DEFAULT_BASELINE.to_string())
+            }
+            None => None,
         };
         for (file, hex) in &m.checksums {
             if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
@@ -334,6 +392,7 @@ impl Bundle {
             units: m.variables.iter().map(|v| v.units.clone()).collect(),
             long_names: m.variables.iter().map(|v| v.long_name.clone()).collect(),
             layout,
+            root,
         };
         // Every file the bundle uses must be present and match its checksum.
         for f in models.iter() {
@@ -365,31 +424,62 @@ impl Bundle {
         Ok(bundle)
     }
 
-    /// Reads a bundle file and checks its SHA-256 against the manifest.
-    pub fn read_verified(&self, file: &str) -> Result<Vec<u8>> {
+    /// The path of bundle file `file` (a plain relative path from the manifest), once it is known to have a
+    /// checksum and to resolve, symbolic links followed, to a regular file inside the bundle directory. Every path
+    /// key of the manifest goes through here.
+    fn resolve(&self, file: &str) -> Result<PathBuf> {
+        check_relative(file, "bundle file")?;
         let path = self.dir.join(file);
-        let bytes = std::fs::read(&path)
-            .map_err(|e| Error::bundle(format!("bundle file '{}' cannot be read: {e}", path.display())))?;
-        let expected = self.checksums.get(file).ok_or_else(|| {
-            Error::bundle(format!(
+        let expected = self.checksums.get(file);
+        if expected.is_none() {
+            return Err(Error::bundle(format!(
                 "bundle file '{}' has no entry in [checksums] of {}",
                 file,
                 self.dir.join("bundle.toml").display()
-            ))
-        })?;
-        let got = sha256_hex(&bytes);
+            )));
+        }
+        let real = path
+            .canonicalize()
+            .map_err(|e| Error::bundle(format!("bundle file '{}' cannot be read: {e}", path.display())))?;
+        if !real.starts_with(&self.root) {
+            return Err(Error::bundle(format!(
+                "bundle file '{}' resolves to '{}', outside the bundle directory (files may not leave it)",
+                path.display(),
+                real.display()
+            )));
+        }
+        Ok(path)
+    }
+
+    fn check_digest(&self, file: &str, path: &Path, got: String) -> Result<()> {
+        let expected = &self.checksums[file];
         if !got.eq_ignore_ascii_case(expected) {
             return Err(Error::bundle(format!(
                 "checksum mismatch for '{}': manifest says {expected}, file has {got} (corrupt or modified file)",
                 path.display()
             )));
         }
+        Ok(())
+    }
+
+    /// Reads a bundle file and checks its SHA-256 against the manifest.
+    pub fn read_verified(&self, file: &str) -> Result<Vec<u8>> {
+        let path = self.resolve(file)?;
+        let bytes = read_regular(&path, MAX_READ_BYTES)?;
+        self.check_digest(file, &path, sha256_hex(&bytes))?;
         Ok(bytes)
     }
 
+    /// Checks a bundle file's SHA-256 (streamed, not read whole) and returns its path.
     fn verified_path(&self, file: &str) -> Result<PathBuf> {
-        self.read_verified(file)?;
-        Ok(self.dir.join(file))
+        let path = self.resolve(file)?;
+        let (f, _) = open_regular(&path, u64::MAX)?;
+        let mut h = Sha256::new();
+        std::io::copy(&mut std::io::BufReader::new(f), &mut h)
+            .map_err(|e| Error::bundle(format!("bundle file '{}' cannot be read: {e}", path.display())))?;
+        let got: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        self.check_digest(file, &path, got)?;
+        Ok(path)
     }
 
     /// Verified bytes of one ONNX graph.

@@ -7,17 +7,18 @@
 //!
 //! Error convention: every fallible bridge function returns `Result<_, String>` whose message is
 //! `"[latentda <code>] <message>"`, `<code>` being the C ABI status (`LDA_ERR_*`, [`crate::error::Status`]) and `<message>` exactly
-//! what `lda_last_error` would return. The header parses the prefix back. Every body runs under [`guard`], which
-//! catches panics (a panic in an `extern "Rust"` function would otherwise abort the C++ host) and reports them as
-//! `LDA_ERR_INTERNAL`.
+//! what `lda_last_error` would return. The header parses the prefix back. Every body runs under `guard` (calls on a
+//! context under `guard_ctx`), which catches panics (a panic in an `extern "Rust"` function would otherwise abort the
+//! C++ host) and reports them as `LDA_ERR_INTERNAL`; after one, the context fails every later call, as in the C ABI.
 //!
 //! Build: `build.rs` compiles the generated C++ glue into the Rust library (`cxx_build`), so `liblatentda.a` is all a
 //! C++ program links; it also copies the generated header to `include/latentda/bridge.h` and `rust/cxx.h` to
 //! `include/latentda/rust/cxx.h`. See `examples/cpp/README.md`.
 
+use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Status};
 use crate::coupling::host::{HostContext, HostData};
 
 #[cxx::bridge(namespace = "latentda::detail")]
@@ -58,24 +59,27 @@ mod ffi {
         fn state_size(self: &Context) -> Result<usize>;
         /// (Re)linearises the B operator (option `b_operator`) at the bound background.
         fn b_linearise(self: &mut Context) -> Result<()>;
-        /// x = U v into `x_out` (state layout).
-        fn bsqrt(self: &mut Context, v: &[f64], x_out: &mut [f64]) -> Result<()>;
-        /// x = U v written into the bound arrays.
+        /// x = U v (state layout). Returned, not written into a host span: a host span could overlap `v` or a bound
+        /// array, and Rust must not hold a mutable slice of memory it also reads (the header copies).
+        fn bsqrt(self: &mut Context, v: &[f64]) -> Result<Vec<f64>>;
+        /// x = U v written into the bound arrays (`v` must not overlap them: the header passes a copy).
         fn bsqrt_to_fields(self: &mut Context, v: &[f64]) -> Result<()>;
         /// v = U^T x from `x` (state layout).
-        fn bsqrt_ad(self: &mut Context, x: &[f64], v_out: &mut [f64]) -> Result<()>;
+        fn bsqrt_ad(self: &mut Context, x: &[f64]) -> Result<Vec<f64>>;
         /// v = U^T x reading x from the bound arrays.
-        fn bsqrt_ad_from_fields(self: &mut Context, v_out: &mut [f64]) -> Result<()>;
-        /// diag(U U^T) into `var_out` (state layout).
-        fn bvariance(self: &mut Context, var_out: &mut [f64]) -> Result<()>;
-        /// A draw U xi, xi ~ N(0, I) from `seed`, into `x_out` (state layout).
-        fn brandomize(self: &mut Context, seed: u64, x_out: &mut [f64]) -> Result<()>;
+        fn bsqrt_ad_from_fields(self: &mut Context) -> Result<Vec<f64>>;
+        /// diag(U U^T) (state layout), returned like `bsqrt`.
+        fn bvariance(self: &mut Context) -> Result<Vec<f64>>;
+        /// A draw U xi, xi ~ N(0, I) from `seed` (state layout), returned like `bsqrt`.
+        fn brandomize(self: &mut Context, seed: u64) -> Result<Vec<f64>>;
     }
 }
 
 /// The opaque context behind `latentda::Context` in C++.
 pub struct Context {
     host: HostContext,
+    /// Set when a call panicked: the host context may be half-updated, so every later call fails (as the C ABI).
+    failed: Cell<bool>,
 }
 
 /// Formats an error for the C++ side: `"[latentda <code>] <message>"` (parsed by `include/latentda.hpp`).
@@ -92,12 +96,30 @@ fn guard<T>(f: impl FnOnce() -> Result<T>) -> std::result::Result<T, String> {
     }
 }
 
+/// [`guard`] for a call on a context: refuses to run on a failed context, and marks it failed when `f` panics.
+fn guard_ctx<T>(failed: &Cell<bool>, f: impl FnOnce() -> Result<T>) -> std::result::Result<T, String> {
+    if failed.get() {
+        return Err(encode_error(&Error::new(
+            Status::Internal,
+            "the context failed in an earlier call (internal error) and can no longer be used: destroy it",
+        )));
+    }
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(encode_error(&e)),
+        Err(p) => {
+            failed.set(true);
+            Err(encode_error(&Error::from_panic(p, "C++")))
+        }
+    }
+}
+
 type BridgeResult<T> = std::result::Result<T, String>;
 
 fn open(bundle_dir: &str, options: &str) -> BridgeResult<Box<Context>> {
     guard(|| {
         let opts = if options.trim().is_empty() { None } else { Some(options) };
-        Ok(Box::new(Context { host: HostContext::open(bundle_dir, opts)? }))
+        Ok(Box::new(Context { host: HostContext::open(bundle_dir, opts)?, failed: Cell::new(false) }))
     })
 }
 
@@ -111,7 +133,7 @@ fn method_arg(method: &str) -> Option<&str> {
 
 impl Context {
     fn var_index(&self, name: &str) -> BridgeResult<i32> {
-        guard(|| Ok(self.host.var_index(name)? as i32))
+        guard_ctx(&self.failed, || Ok(self.host.var_index(name)? as i32))
     }
 
     /// Binds `data` (`len` values) after checking the length. Shape, ndim and order are checked against the bundle
@@ -120,8 +142,8 @@ impl Context {
     ///
     /// # Safety
     /// The array must stay valid and not be accessed by the host during calls on this context while bound.
-    unsafe fn bind_checked(&mut self, name: &str, len: usize, data: HostData, shape: &[i64], order: i32) -> Result<()> {
-        let lay = &self.host.analyser.bundle.layout;
+    unsafe fn bind_checked(host: &mut HostContext, name: &str, len: usize, data: HostData, shape: &[i64], order: i32) -> Result<()> {
+        let lay = &host.analyser.bundle.layout;
         let expected = lay.var_index(name).map(|v| lay.variables[v].nchan() * lay.grid.npoints());
         let product = shape.iter().try_fold(1i64, |a, &d| a.checked_mul(d));
         if let Some(want) = expected {
@@ -134,78 +156,78 @@ impl Context {
         }
         // When the lengths disagree here, the shape cannot equal the bundle's, so `bind` rejects it without storing.
         // SAFETY: forwarded contract.
-        unsafe { self.host.bind(name, data, shape, order) }
+        unsafe { host.bind(name, data, shape, order) }
     }
 
     unsafe fn bind_field_f32(&mut self, name: &str, data: &mut [f32], shape: &[i64], order: i32) -> BridgeResult<()> {
-        guard(|| {
+        guard_ctx(&self.failed, || {
             // SAFETY: the C++ caller keeps the array alive while bound (documented in latentda.hpp).
             unsafe {
-                self.bind_checked(name, data.len(), HostData::F32(data.as_mut_ptr()), shape, order)
+                Self::bind_checked(&mut self.host, name, data.len(), HostData::F32(data.as_mut_ptr()), shape, order)
             }
         })
     }
 
     unsafe fn bind_field_f64(&mut self, name: &str, data: &mut [f64], shape: &[i64], order: i32) -> BridgeResult<()> {
-        guard(|| {
+        guard_ctx(&self.failed, || {
             // SAFETY: as in bind_field_f32.
             unsafe {
-                self.bind_checked(name, data.len(), HostData::F64(data.as_mut_ptr()), shape, order)
+                Self::bind_checked(&mut self.host, name, data.len(), HostData::F64(data.as_mut_ptr()), shape, order)
             }
         })
     }
 
     #[allow(clippy::too_many_arguments)]
     fn set_obs(&mut self, var: &[i32], lat: &[f64], lon: &[f64], level: &[f64], value: &[f64], sigma: &[f64]) -> BridgeResult<()> {
-        guard(|| self.host.set_obs(var, lat, lon, level, value, sigma))
+        guard_ctx(&self.failed, || self.host.set_obs(var, lat, lon, level, value, sigma))
     }
 
     fn analyse(&mut self, method: &str) -> BridgeResult<()> {
-        guard(|| self.host.analyse(method_arg(method)))
+        guard_ctx(&self.failed, || self.host.analyse(method_arg(method)))
     }
 
     fn obs_qc(&self) -> BridgeResult<Vec<i32>> {
-        guard(|| Ok(self.host.obs_qc()?.iter().map(|f| *f as i32).collect()))
+        guard_ctx(&self.failed, || Ok(self.host.obs_qc()?.iter().map(|f| *f as i32).collect()))
     }
 
     fn report_json(&self) -> BridgeResult<String> {
-        guard(|| Ok(self.host.report_json()?.to_string()))
+        guard_ctx(&self.failed, || Ok(self.host.report_json()?.to_string()))
     }
 
     fn control_size(&self) -> BridgeResult<usize> {
-        guard(|| self.host.control_size())
+        guard_ctx(&self.failed, || self.host.control_size())
     }
 
     fn state_size(&self) -> BridgeResult<usize> {
-        guard(|| Ok(self.host.state_size()))
+        guard_ctx(&self.failed, || Ok(self.host.state_size()))
     }
 
     fn b_linearise(&mut self) -> BridgeResult<()> {
-        guard(|| self.host.b_linearise())
+        guard_ctx(&self.failed, || self.host.b_linearise())
     }
 
-    fn bsqrt(&mut self, v: &[f64], x_out: &mut [f64]) -> BridgeResult<()> {
-        guard(|| self.host.bsqrt(v, Some(x_out)))
+    fn bsqrt(&mut self, v: &[f64]) -> BridgeResult<Vec<f64>> {
+        guard_ctx(&self.failed, || self.host.bsqrt_vec(v))
     }
 
     fn bsqrt_to_fields(&mut self, v: &[f64]) -> BridgeResult<()> {
-        guard(|| self.host.bsqrt(v, None))
+        guard_ctx(&self.failed, || self.host.bsqrt(v, None))
     }
 
-    fn bsqrt_ad(&mut self, x: &[f64], v_out: &mut [f64]) -> BridgeResult<()> {
-        guard(|| self.host.bsqrt_ad(Some(x), v_out))
+    fn bsqrt_ad(&mut self, x: &[f64]) -> BridgeResult<Vec<f64>> {
+        guard_ctx(&self.failed, || self.host.bsqrt_ad_vec(Some(x)))
     }
 
-    fn bsqrt_ad_from_fields(&mut self, v_out: &mut [f64]) -> BridgeResult<()> {
-        guard(|| self.host.bsqrt_ad(None, v_out))
+    fn bsqrt_ad_from_fields(&mut self) -> BridgeResult<Vec<f64>> {
+        guard_ctx(&self.failed, || self.host.bsqrt_ad_vec(None))
     }
 
-    fn bvariance(&mut self, var_out: &mut [f64]) -> BridgeResult<()> {
-        guard(|| self.host.bvariance(Some(var_out)))
+    fn bvariance(&mut self) -> BridgeResult<Vec<f64>> {
+        guard_ctx(&self.failed, || self.host.bvariance_vec())
     }
 
-    fn brandomize(&mut self, seed: u64, x_out: &mut [f64]) -> BridgeResult<()> {
-        guard(|| self.host.brandomize(seed, Some(x_out)))
+    fn brandomize(&mut self, seed: u64) -> BridgeResult<Vec<f64>> {
+        guard_ctx(&self.failed, || self.host.brandomize_vec(seed))
     }
 }
 
@@ -221,6 +243,17 @@ mod tests {
         let m = r.unwrap_err();
         assert!(m.starts_with("[latentda 9] internal error"), "{m}");
         assert!(m.contains("boom"));
+    }
+
+    #[test]
+    fn a_panic_fails_the_context_for_good() {
+        let failed = Cell::new(false);
+        let r: BridgeResult<()> = guard_ctx(&failed, || panic!("boom"));
+        assert!(r.unwrap_err().starts_with("[latentda 9] internal error"));
+        assert!(failed.get());
+        let r: BridgeResult<i32> = guard_ctx(&failed, || Ok(1));
+        let m = r.unwrap_err();
+        assert!(m.starts_with("[latentda 9] ") && m.contains("can no longer be used"), "{m}");
     }
 
     #[test]

@@ -44,14 +44,16 @@ pub enum LdaStatus {
     /// Reading or writing a file failed.
     LDA_ERR_IO = 5,
     /// Input data are invalid: NaN or Inf in a bound field (the message gives variable and indices) or in a
-    /// control vector.
+    /// control vector. Never returned for observations: a bad observation is QC-flagged, not an error.
     LDA_ERR_INVALID_DATA = 6,
     /// Not ready: a field is not bound, no observations were set, no analysis has succeeded yet (for
-    /// `lda_obs_qc`/`lda_report_json`), or the bundle lacks what the method needs.
+    /// `lda_obs_qc`/`lda_report_json`), or the bundle lacks what the method needs (method "3dvar" or "hybrid", or B
+    /// operator "static" or "hybrid", without baseline statistics).
     LDA_ERR_NOT_READY = 7,
     /// The minimisation failed (non-finite cost, gradient or analysis).
     LDA_ERR_SOLVER = 8,
-    /// Internal error (a Rust panic caught at the boundary). Close the context.
+    /// Internal error (a Rust panic caught at the boundary). The context is failed: every later call on it returns
+    /// this code until `lda_close`.
     LDA_ERR_INTERNAL = 9,
     /// An output buffer is too small; the needed size was returned (`lda_report_json`).
     LDA_ERR_BUFFER_TOO_SMALL = 10,
@@ -64,9 +66,12 @@ pub enum LdaStatus {
 pub enum LdaQcFlag {
     /// Used in the analysis.
     LDA_QC_USED = 0,
-    /// Rejected: non-finite value, position or level, or error standard deviation sigma <= 0.
+    /// Rejected: non-finite value, position or level, latitude beyond +-90, or error standard deviation sigma <= 0
+    /// or below 1e-6 times the variable's normalisation sd (too small to use in float32 models).
     LDA_QC_INVALID = 1,
-    /// Rejected: outside the horizontal grid (latitude beyond the first or last grid latitude).
+    /// Rejected: outside the horizontal grid: poleward of the first or last grid latitude on a grid without polar
+    /// caps (a global grid interpolates there with a zero-gradient cap), or outside the longitudes of a regional
+    /// (non-periodic) grid.
     LDA_QC_OUTSIDE_DOMAIN = 2,
     /// Rejected: outside the vertical range of the model levels (or no level for an upper-air variable).
     LDA_QC_OUTSIDE_VERTICAL = 3,
@@ -129,6 +134,32 @@ pub const LDA_ORDER_C: i32 = LdaOrder::LDA_ORDER_C as i32;
 /// See [`LdaOrder::LDA_ORDER_FORTRAN`].
 pub const LDA_ORDER_FORTRAN: i32 = LdaOrder::LDA_ORDER_FORTRAN as i32;
 
+// The C enums above are literal copies (cbindgen needs literals) of the Rust definitions they expose: the compiler
+// checks every value here, and tests/coupling.rs checks the header, C++, Fortran and documentation copies.
+const _: () = {
+    use crate::coupling::host::{ORDER_C, ORDER_FORTRAN};
+    use crate::obs::QcFlag;
+    assert!(LdaStatus::LDA_OK as i32 == Status::Ok as i32);
+    assert!(LdaStatus::LDA_ERR_NULL_POINTER as i32 == Status::NullPointer as i32);
+    assert!(LdaStatus::LDA_ERR_INVALID_ARGUMENT as i32 == Status::InvalidArgument as i32);
+    assert!(LdaStatus::LDA_ERR_BUNDLE as i32 == Status::Bundle as i32);
+    assert!(LdaStatus::LDA_ERR_BACKEND as i32 == Status::Backend as i32);
+    assert!(LdaStatus::LDA_ERR_IO as i32 == Status::Io as i32);
+    assert!(LdaStatus::LDA_ERR_INVALID_DATA as i32 == Status::InvalidData as i32);
+    assert!(LdaStatus::LDA_ERR_NOT_READY as i32 == Status::NotReady as i32);
+    assert!(LdaStatus::LDA_ERR_SOLVER as i32 == Status::Solver as i32);
+    assert!(LdaStatus::LDA_ERR_INTERNAL as i32 == Status::Internal as i32);
+    assert!(LdaStatus::LDA_ERR_BUFFER_TOO_SMALL as i32 == Status::BufferTooSmall as i32);
+    assert!(Status::ALL.len() == 11 && QcFlag::ALL.len() == 6);
+    assert!(LdaQcFlag::LDA_QC_USED as i32 == QcFlag::Used as i32);
+    assert!(LdaQcFlag::LDA_QC_INVALID as i32 == QcFlag::Invalid as i32);
+    assert!(LdaQcFlag::LDA_QC_OUTSIDE_DOMAIN as i32 == QcFlag::OutsideDomain as i32);
+    assert!(LdaQcFlag::LDA_QC_OUTSIDE_VERTICAL as i32 == QcFlag::OutsideVertical as i32);
+    assert!(LdaQcFlag::LDA_QC_UNKNOWN_VARIABLE as i32 == QcFlag::UnknownVariable as i32);
+    assert!(LdaQcFlag::LDA_QC_BACKGROUND_CHECK as i32 == QcFlag::BackgroundCheck as i32);
+    assert!(LdaOrder::LDA_ORDER_C as i32 == ORDER_C && LdaOrder::LDA_ORDER_FORTRAN as i32 == ORDER_FORTRAN);
+};
+
 impl From<Status> for LdaStatus {
     fn from(s: Status) -> Self {
         match s {
@@ -147,19 +178,40 @@ impl From<Status> for LdaStatus {
     }
 }
 
+impl From<crate::obs::QcFlag> for LdaQcFlag {
+    fn from(f: crate::obs::QcFlag) -> Self {
+        use crate::obs::QcFlag as Q;
+        match f {
+            Q::Used => LdaQcFlag::LDA_QC_USED,
+            Q::Invalid => LdaQcFlag::LDA_QC_INVALID,
+            Q::OutsideDomain => LdaQcFlag::LDA_QC_OUTSIDE_DOMAIN,
+            Q::OutsideVertical => LdaQcFlag::LDA_QC_OUTSIDE_VERTICAL,
+            Q::UnknownVariable => LdaQcFlag::LDA_QC_UNKNOWN_VARIABLE,
+            Q::BackgroundCheck => LdaQcFlag::LDA_QC_BACKGROUND_CHECK,
+        }
+    }
+}
+
 /// Opaque latentda context: one opened bundle, its ONNX sessions, the bound host arrays, the observations and the
 /// results of the last analysis. Created by `lda_open`, released by `lda_close`.
 ///
 /// A context may be used from one thread at a time (calls on one context are serialised internally, but bound
 /// arrays must not be touched by the host during a call); different contexts are independent and may run
 /// concurrently on different threads. `lda_last_error` may be called from any thread.
+///
+/// After an internal error (a caught panic) the context is failed: every later call on it returns
+/// `LDA_ERR_INTERNAL` without touching the host's arrays, until `lda_close`.
 pub struct LdaContext {
+    /// The host context. A panic while it is locked poisons the mutex, which marks the context failed.
     inner: Mutex<HostContext>,
-    last_error: Mutex<CString>,
+    last_error: Mutex<String>,
 }
 
 thread_local! {
-    static OPEN_ERROR: RefCell<CString> = RefCell::new(CString::default());
+    /// The last failure on this thread that had no context (a failed `lda_open`, a NULL context).
+    static OPEN_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
+    /// What `lda_last_error` last returned on this thread: a copy, so no other thread can free it under the reader.
+    static RETURNED_ERROR: RefCell<CString> = RefCell::new(CString::default());
 }
 
 fn cstring(s: &str) -> CString {
@@ -170,29 +222,47 @@ fn set_error(ctx: Option<&LdaContext>, e: &Error) -> i32 {
     match ctx {
         Some(c) => {
             let mut g = c.last_error.lock().unwrap_or_else(|p| p.into_inner());
-            *g = cstring(&e.message);
+            g.clone_from(&e.message);
         }
-        None => OPEN_ERROR.with(|o| *o.borrow_mut() = cstring(&e.message)),
+        None => OPEN_ERROR.with(|o| o.borrow_mut().clone_from(&e.message)),
     }
     LdaStatus::from(e.status) as i32
 }
 
-/// Runs `f` on the context with panics caught and the error recorded.
+/// Runs `f` on the context with panics caught and the error recorded: the one guard every entry point that takes a
+/// context goes through. A panic inside `f` poisons the context's lock, so the context stays failed (every later
+/// call returns `LDA_ERR_INTERNAL`) until `lda_close`: its state may be half-updated.
 fn with_ctx(ctx: *mut LdaContext, f: impl FnOnce(&mut HostContext) -> Result<()>) -> i32 {
     if ctx.is_null() {
         return set_error(None, &Error::new(Status::NullPointer, "context is NULL (lda_open failed or was not called)"));
     }
     // SAFETY: non-null pointers passed here were returned by lda_open and not yet closed (documented contract).
     let c: &LdaContext = unsafe { &*ctx };
-    let r = catch_unwind(AssertUnwindSafe(|| {
-        let mut g = c.inner.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut g)
+    let r = catch_unwind(AssertUnwindSafe(|| match c.inner.lock() {
+        Ok(mut g) => f(&mut g),
+        Err(_) => Err(Error::new(
+            Status::Internal,
+            "the context failed in an earlier call (internal error) and can no longer be used: close it with lda_close",
+        )),
     }));
     match r {
         Ok(Ok(())) => LDA_OK,
         Ok(Err(e)) => set_error(Some(c), &e),
         Err(p) => set_error(Some(c), &Error::from_panic(p, "C")),
     }
+}
+
+/// Copies `n` values from a host array into a new vector (fallibly: a lying `n` is an error, not an abort).
+///
+/// # Safety
+/// `p` must point to `n` readable values.
+unsafe fn copy_in<T: Copy>(p: *const T, n: usize, what: &str) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)
+        .map_err(|_| Error::arg(format!("argument '{what}': cannot allocate memory for {n} values")))?;
+    // SAFETY: p holds n values (contract); no reference into it outlives this call.
+    v.extend_from_slice(unsafe { std::slice::from_raw_parts(p, n) });
+    Ok(v)
 }
 
 fn null(what: &str) -> Error {
@@ -236,7 +306,7 @@ pub extern "C" fn lda_open(bundle_dir: *const c_char, options: *const c_char, ou
         let dir = unsafe { c_str(bundle_dir, "bundle_dir") }?;
         let opts = if options.is_null() { None } else { Some(unsafe { c_str(options, "options") }?) };
         let host = HostContext::open(dir, opts)?;
-        let ctx = LdaContext { inner: Mutex::new(host), last_error: Mutex::new(CString::default()) };
+        let ctx = LdaContext { inner: Mutex::new(host), last_error: Mutex::new(String::new()) };
         Ok(Box::into_raw(Box::new(ctx)))
     });
     match r {
@@ -271,20 +341,27 @@ pub extern "C" fn lda_close(ctx: *mut LdaContext) -> i32 {
 /// Message of the last failed call on `ctx` ("" if none has failed). With `ctx` NULL: the message of the last
 /// failure on the calling thread that had no context (a failed `lda_open`, or a call given a NULL context).
 ///
-/// Never returns NULL. The string is owned by latentda: do not free it. It stays valid until the next failing call
-/// on the same context (for NULL: on the same thread) or `lda_close`; copy it to keep it. Thread-safe.
+/// Never returns NULL. The string is owned by latentda: do not free it. It is a copy made for the calling thread:
+/// it stays valid until the same thread calls `lda_last_error` again, whatever other threads do meanwhile (later
+/// failures on the context, `lda_close`); copy it to keep it longer. Thread-safe: any thread may ask about any
+/// live context.
 #[no_mangle]
 pub extern "C" fn lda_last_error(ctx: *const LdaContext) -> *const c_char {
     let r = catch_unwind(|| {
-        if ctx.is_null() {
-            OPEN_ERROR.with(|o| o.borrow().as_ptr())
+        let msg = if ctx.is_null() {
+            OPEN_ERROR.with(|o| cstring(&o.borrow()))
         } else {
-            // SAFETY: ctx is a live context (contract). The CString buffer lives in the context and is replaced
-            // only by a later failing call.
+            // SAFETY: ctx is a live context (contract). The message is copied under the context's error lock, so
+            // a failing call on another thread cannot free it under this reader.
             let c = unsafe { &*ctx };
             let g = c.last_error.lock().unwrap_or_else(|p| p.into_inner());
-            g.as_ptr()
-        }
+            cstring(&g)
+        };
+        RETURNED_ERROR.with(|r| {
+            let mut r = r.borrow_mut();
+            *r = msg;
+            r.as_ptr()
+        })
     });
     r.unwrap_or(c"internal error while reading the last error".as_ptr())
 }
@@ -368,9 +445,11 @@ pub extern "C" fn lda_bind_field_f64(
 /// - `var`: identifiers from `lda_var_index` (any other value, e.g. -1, is flagged `LDA_QC_UNKNOWN_VARIABLE`).
 /// - `lat`, `lon`: degrees north / east (longitude periodic).
 /// - `level`: in the bundle's vertical coordinate (e.g. sigma); ignored for surface variables (pass e.g. NaN).
-/// - `value`: observed value in the variable's units; `sigma`: observation error standard deviation (> 0).
+/// - `value`: observed value in the variable's units; `sigma`: observation error standard deviation (> 0 and
+///   at least 1e-6 times the variable's normalisation sd).
 ///
-/// Invalid observations are not an error here: they are flagged by QC at the analysis (`lda_obs_qc`).
+/// Invalid observations are not an error here: they are flagged by QC at the analysis (`lda_obs_qc`). A count `n`
+/// too large for memory is `LDA_ERR_INVALID_ARGUMENT`, detected before the arrays are read.
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
 pub extern "C" fn lda_set_obs(
@@ -393,12 +472,15 @@ pub extern "C" fn lda_set_obs(
         if let Some(i) = ptrs.iter().position(|p| p.is_null()) {
             return Err(null(names[i]));
         }
+        // The whole set must fit in memory before any array is read: a count too large (or a lying one) is an
+        // error, not an allocation failure that aborts the host.
+        let buf = HostContext::obs_buffer(n)?;
         // SAFETY: each array holds n values (contract) and was checked non-null.
         let sl = |p: *const f64| -> &[f64] { unsafe { std::slice::from_raw_parts(p, n) } };
         // SAFETY: as above.
         let vars: &[i32] = unsafe { std::slice::from_raw_parts(var, n) };
         let (la, lo, le, va, si) = (sl(lat), sl(lon), sl(level), sl(value), sl(sigma));
-        inner.set_obs(vars, la, lo, le, va, si)
+        inner.set_obs_in(buf, vars, la, lo, le, va, si)
     })
 }
 
@@ -546,12 +628,25 @@ pub extern "C" fn lda_state_size(ctx: *mut LdaContext, n_out: *mut usize) -> i32
 /// Linearises the B operator selected by option `b_operator` ("latent" by default, "hybrid" or "static") at the
 /// background currently in the bound arrays (z_b = E(N(x_b)) for the latent and hybrid B); every variable must be
 /// bound. Done implicitly by the first `lda_bsqrt`/`lda_bsqrt_ad`/`lda_bvariance`/`lda_brandomize` after a bind;
-/// call it again when the background in the bound arrays changed. The hybrid B is
-/// U [w, v] = sqrt(alpha) U_l w + sqrt(beta) P U_s v (weights and variables: options `hybrid_*` or the bundle's
-/// `[hybrid]` table; docs/b-operator.md).
+/// nothing else relinearises it: call it again whenever the background in the bound arrays changed (a new forecast,
+/// or the analysis that `lda_analyse`, or `lda_bsqrt`/`lda_brandomize`/`lda_bvariance` with a NULL output, wrote
+/// there). The hybrid B is U [w, v] = sqrt(alpha) U_l w + sqrt(beta) P U_s v (weights and variables: options
+/// `hybrid_*` or the bundle's `[hybrid]` table; docs/b-operator.md).
 #[no_mangle]
 pub extern "C" fn lda_b_linearise(ctx: *mut LdaContext) -> i32 {
     with_ctx(ctx, |inner| inner.b_linearise())
+}
+
+/// Writes a computed state vector `x` to `out`, or into the bound arrays when `out` is NULL. The caller checked that
+/// `out` holds `x.len()` = `lda_state_size` values before any model ran; a raw copy, so no Rust reference into host
+/// memory (which may overlap the bound arrays or an input) is ever held.
+fn write_state(inner: &mut HostContext, x: &[f64], out: *mut f64) {
+    if out.is_null() {
+        inner.scatter(x);
+    } else {
+        // SAFETY: out holds x.len() values (contract, length checked by the caller).
+        unsafe { std::ptr::copy(x.as_ptr(), out, x.len()) };
+    }
 }
 
 /// x = U v: the model-space increment (physical units) of control vector `v` (`nv` = `lda_control_size` values),
@@ -561,39 +656,51 @@ pub extern "C" fn lda_b_linearise(ctx: *mut LdaContext) -> i32 {
 /// (lev, lat, lon) block (levels top to bottom, latitudes north to south, longitude fastest). With `x_out` NULL the
 /// increment is written into the bound arrays instead (their content is replaced; the linearisation point is
 /// kept). `v` is only read during the call.
+///
+/// `v` and `x_out` may overlap each other or the bound arrays: `v` is copied before anything is written, and
+/// `x_out` is written only after the model runs. Lengths are checked before any model runs.
 #[no_mangle]
 pub extern "C" fn lda_bsqrt(ctx: *mut LdaContext, v: *const f64, nv: usize, x_out: *mut f64, nx: usize) -> i32 {
     with_ctx(ctx, |inner| {
         if v.is_null() {
             return Err(null("v"));
         }
-        // SAFETY: v holds nv values (contract).
-        let vs = unsafe { std::slice::from_raw_parts(v, nv) };
-        if x_out.is_null() {
-            inner.bsqrt(vs, None)
-        } else {
-            // SAFETY: x_out holds nx values (contract).
-            inner.bsqrt(vs, Some(unsafe { std::slice::from_raw_parts_mut(x_out, nx) }))
+        inner.check_control_len("lda_bsqrt: control vector v", nv)?;
+        if !x_out.is_null() {
+            inner.check_state_len("lda_bsqrt: state x_out", nx)?;
         }
+        // SAFETY: v holds nv values (contract); copied so that no reference into host memory is held while the
+        // bound arrays are read or x_out is written.
+        let vs = unsafe { copy_in(v, nv, "v") }?;
+        let x = inner.bsqrt_vec(&vs)?;
+        write_state(inner, &x, x_out);
+        Ok(())
     })
 }
 
 /// v = U^T x: the exact adjoint of `lda_bsqrt`. `x` holds `nx` = `lda_state_size` doubles in state layout, or is
 /// NULL to read x from the bound arrays; `v_out` (not NULL) receives `nv` = `lda_control_size` values.
+///
+/// `x` and `v_out` may overlap each other or the bound arrays: `x` is copied first and `v_out` written last.
+/// Lengths are checked before any model runs.
 #[no_mangle]
 pub extern "C" fn lda_bsqrt_ad(ctx: *mut LdaContext, x: *const f64, nx: usize, v_out: *mut f64, nv: usize) -> i32 {
     with_ctx(ctx, |inner| {
         if v_out.is_null() {
             return Err(null("v_out"));
         }
-        // SAFETY: v_out holds nv values (contract).
-        let vs = unsafe { std::slice::from_raw_parts_mut(v_out, nv) };
-        if x.is_null() {
-            inner.bsqrt_ad(None, vs)
+        inner.check_control_len("lda_bsqrt_ad: control vector v_out", nv)?;
+        let xs = if x.is_null() {
+            None
         } else {
-            // SAFETY: x holds nx values (contract).
-            inner.bsqrt_ad(Some(unsafe { std::slice::from_raw_parts(x, nx) }), vs)
-        }
+            inner.check_state_len("lda_bsqrt_ad: state x", nx)?;
+            // SAFETY: x holds nx values (contract); copied before anything else happens.
+            Some(unsafe { copy_in(x, nx, "x") }?)
+        };
+        let v = inner.bsqrt_ad_vec(xs.as_deref())?;
+        // SAFETY: v_out holds nv = v.len() values (contract, length checked); a raw copy, no reference held.
+        unsafe { std::ptr::copy(v.as_ptr(), v_out, v.len()) };
+        Ok(())
     })
 }
 
@@ -605,30 +712,36 @@ pub extern "C" fn lda_bsqrt_ad(ctx: *mut LdaContext, x: *const f64, nx: usize, v
 /// randomised estimate from `bg_check_samples` draws (relative standard error sqrt(2 / samples), e.g. 0.25 for 32).
 /// Computed once per linearisation: repeated calls, and an `lda_analyse` of the same background (its background
 /// check uses it), reuse it.
+///
+/// `var_out` may overlap the bound arrays: it is written only after the variance is computed, and its length is
+/// checked before any model runs.
 #[no_mangle]
 pub extern "C" fn lda_bvariance(ctx: *mut LdaContext, var_out: *mut f64, nx: usize) -> i32 {
     with_ctx(ctx, |inner| {
-        if var_out.is_null() {
-            inner.bvariance(None)
-        } else {
-            // SAFETY: var_out holds nx values (contract).
-            inner.bvariance(Some(unsafe { std::slice::from_raw_parts_mut(var_out, nx) }))
+        if !var_out.is_null() {
+            inner.check_state_len("lda_bvariance: state var_out", nx)?;
         }
+        let var = inner.bvariance_vec()?;
+        write_state(inner, &var, var_out);
+        Ok(())
     })
 }
 
 /// A random draw of the background error, x = U xi with xi ~ N(0, I) generated from `seed` (deterministic: the
 /// same seed gives the same draw). `x_out` receives `nx` = `lda_state_size` doubles in state layout, or, when NULL,
 /// the draw is written into the bound arrays (as `lda_bsqrt` with NULL).
+///
+/// `x_out` may overlap the bound arrays: it is written only after the draw is computed, and its length is checked
+/// before any model runs.
 #[no_mangle]
 pub extern "C" fn lda_brandomize(ctx: *mut LdaContext, seed: u64, x_out: *mut f64, nx: usize) -> i32 {
     with_ctx(ctx, |inner| {
-        if x_out.is_null() {
-            inner.brandomize(seed, None)
-        } else {
-            // SAFETY: x_out holds nx values (contract).
-            inner.brandomize(seed, Some(unsafe { std::slice::from_raw_parts_mut(x_out, nx) }))
+        if !x_out.is_null() {
+            inner.check_state_len("lda_brandomize: state x_out", nx)?;
         }
+        let x = inner.brandomize_vec(seed)?;
+        write_state(inner, &x, x_out);
+        Ok(())
     })
 }
 
@@ -636,4 +749,28 @@ pub extern "C" fn lda_brandomize(ctx: *mut LdaContext, seed: u64, x_out: *mut f6
 #[no_mangle]
 pub extern "C" fn lda_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr() as *const c_char
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 14, item 6: after a panic is caught at the boundary the context stays failed until `lda_close`.
+    #[test]
+    fn a_caught_panic_fails_the_context_until_close() {
+        let dir = CString::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tanh")).unwrap();
+        let mut ctx: *mut LdaContext = std::ptr::null_mut();
+        assert_eq!(lda_open(dir.as_ptr(), std::ptr::null(), &mut ctx), LDA_OK);
+        let mut id = -1;
+        assert_eq!(lda_var_index(ctx, c"t".as_ptr(), &mut id), LDA_OK);
+        assert_eq!(with_ctx(ctx, |_| panic!("boom")), LDA_ERR_INTERNAL);
+        // SAFETY: lda_last_error never returns NULL.
+        let msg = |ctx| unsafe { CStr::from_ptr(lda_last_error(ctx)) }.to_string_lossy().into_owned();
+        assert!(msg(ctx).contains("(panic caught at the C boundary): boom"), "{}", msg(ctx));
+        assert_eq!(lda_var_index(ctx, c"t".as_ptr(), &mut id), LDA_ERR_INTERNAL);
+        assert!(msg(ctx).contains("can no longer be used"), "{}", msg(ctx));
+        let mut n = 0usize;
+        assert_eq!(lda_control_size(ctx, &mut n), LDA_ERR_INTERNAL);
+        assert_eq!(lda_close(ctx), LDA_OK);
+    }
 }

@@ -5,7 +5,6 @@
 //! Bound arrays are raw pointers into host memory. They are read at [`HostContext::analyse`] and written only after
 //! the whole analysis succeeded, so a failed call leaves them bit-identical.
 
-use crate::bmat::check_len;
 use crate::error::{Error, Result, Status};
 use crate::obs::{Observation, QcFlag};
 use crate::var::analysis::Analyser;
@@ -23,6 +22,24 @@ pub enum HostData {
     F32(*mut f32),
     /// Double precision.
     F64(*mut f64),
+}
+
+impl HostData {
+    /// Address of the first element and element size in bytes.
+    fn addr(self) -> (usize, usize) {
+        match self {
+            HostData::F32(p) => (p as usize, 4),
+            HostData::F64(p) => (p as usize, 8),
+        }
+    }
+
+    /// Whether `n` elements here and `m` elements at `other` share any byte.
+    pub fn overlaps(self, n: usize, other: HostData, m: usize) -> bool {
+        let ((a, sa), (b, sb)) = (self.addr(), other.addr());
+        let a1 = a.saturating_add(n.saturating_mul(sa));
+        let b1 = b.saturating_add(m.saturating_mul(sb));
+        n > 0 && m > 0 && a < b1 && b < a1
+    }
 }
 
 /// Everything a host model keeps between calls.
@@ -104,15 +121,56 @@ impl HostContext {
         if is_null {
             return Err(Error::new(Status::NullPointer, format!("bind_field '{name}': data is NULL")));
         }
+        // Two variables in one array would read each other's background and overwrite each other's analysis.
+        let n = var.nchan() * lay.grid.npoints();
+        for (w, other) in self.fields.iter().enumerate() {
+            let Some(o) = *other else { continue };
+            let m = lay.variables[w].nchan() * lay.grid.npoints();
+            if w != v && data.overlaps(n, o, m) {
+                return Err(Error::arg(format!(
+                    "bind_field '{name}': the array overlaps the array bound to '{}'; every variable needs its own memory",
+                    lay.variables[w].name
+                )));
+            }
+        }
         // C (lev, lat, lon) and Fortran (lon, lat, lev) describe the same memory: longitude fastest.
         self.fields[v] = Some(data);
         self.b_point = None;
         Ok(())
     }
 
+    /// An empty observation list with room for `n` observations, or an error if memory for them cannot be had (a
+    /// host count too large for memory must not abort the process).
+    pub fn obs_buffer(n: usize) -> Result<Vec<Observation>> {
+        let mut v = Vec::new();
+        v.try_reserve_exact(n).map_err(|_| {
+            Error::arg(format!(
+                "set_obs: cannot allocate memory for n = {n} observations ({} bytes)",
+                (n as u128) * std::mem::size_of::<Observation>() as u128
+            ))
+        })?;
+        Ok(v)
+    }
+
     /// Sets the observations (copied). All slices must have the same, non-zero length; `level` is ignored for surface
     /// variables; unknown variable ids and invalid values are flagged at the analysis, not rejected here.
     pub fn set_obs(&mut self, var: &[i32], lat: &[f64], lon: &[f64], level: &[f64], value: &[f64], sigma: &[f64]) -> Result<()> {
+        let buf = Self::obs_buffer(var.len())?;
+        self.set_obs_in(buf, var, lat, lon, level, value, sigma)
+    }
+
+    /// [`Self::set_obs`] into a buffer from [`Self::obs_buffer`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn set_obs_in(
+        &mut self,
+        mut buf: Vec<Observation>,
+        var: &[i32],
+        lat: &[f64],
+        lon: &[f64],
+        level: &[f64],
+        value: &[f64],
+        sigma: &[f64],
+    ) -> Result<()> {
         let n = var.len();
         if n == 0 {
             return Err(Error::arg("set_obs: n = 0 (zero-length observation arrays); pass at least one observation"));
@@ -123,12 +181,15 @@ impl HostContext {
         }
         let lay = &self.analyser.bundle.layout;
         let nvar = lay.variables.len();
-        self.obs = (0..n)
-            .map(|i| {
+        buf.clear();
+        buf.try_reserve_exact(n).map_err(|_| Error::arg(format!("set_obs: cannot allocate memory for n = {n} observations")))?;
+        buf.extend((0..n).map(|i| {
                 let v = (var[i] >= 0 && (var[i] as usize) < nvar).then_some(var[i] as usize);
+                // No name: the host identifies variables by index (and one allocation per observation would make
+                // a large set fail outside the fallible reservation above).
                 Observation {
                     var: v,
-                    var_name: v.map(|v| lay.variables[v].name.clone()).unwrap_or_else(|| format!("#{}", var[i])),
+                    var_name: String::new(),
                     lat: lat[i],
                     lon: lon[i],
                     level: Some(level[i]).filter(|_| v.is_some_and(|v| !lay.variables[v].is_surface())),
@@ -137,8 +198,8 @@ impl HostContext {
                     line: None,
                     malformed: None,
                 }
-            })
-            .collect();
+            }));
+        self.obs = buf;
         self.qc = None;
         Ok(())
     }
@@ -170,7 +231,7 @@ impl HostContext {
     }
 
     /// Writes a state vector into all bound arrays.
-    fn scatter(&mut self, x: &[f64]) {
+    pub(crate) fn scatter(&mut self, x: &[f64]) {
         let lay = &self.analyser.bundle.layout;
         for v in 0..lay.variables.len() {
             let Some(b) = self.fields[v] else { continue };
@@ -256,13 +317,30 @@ impl HostContext {
         Ok(self.b_point.as_ref().expect("linearised above").0)
     }
 
-    /// Writes a state vector into `out` (checking its length) or, when `out` is `None`, into the bound arrays.
+    /// Checks that `n` is the control size of the host's B operator (`what` names the argument).
+    pub fn check_control_len(&self, what: &str, n: usize) -> Result<()> {
+        let want = self.control_size()?;
+        if n != want {
+            return Err(Error::arg(format!("{what} has {n} values, but the control size (lda_control_size) is {want}")));
+        }
+        Ok(())
+    }
+
+    /// Checks that `n` is the state size (`what` names the argument).
+    pub fn check_state_len(&self, what: &str, n: usize) -> Result<()> {
+        let want = self.state_size();
+        if n != want {
+            return Err(Error::arg(format!("{what} has {n} values, but the state size (lda_state_size) is {want}")));
+        }
+        Ok(())
+    }
+
+    /// Writes a state vector into `out` (length checked by the caller before any model ran) or, when `out` is
+    /// `None`, into the bound arrays.
     fn deliver(&mut self, what: &str, x: &[f64], out: Option<&mut [f64]>) -> Result<()> {
         match out {
             Some(out) => {
-                if out.len() != x.len() {
-                    return Err(Error::arg(format!("{what}: output has {} values, state size is {}", out.len(), x.len())));
-                }
+                self.check_state_len(&format!("{what}: output"), out.len())?;
                 out.copy_from_slice(x);
             }
             None => self.scatter(x),
@@ -270,21 +348,30 @@ impl HostContext {
         Ok(())
     }
 
-    /// x = U v into `x_out`, or into the bound arrays when `x_out` is `None`.
-    pub fn bsqrt(&mut self, v: &[f64], x_out: Option<&mut [f64]>) -> Result<()> {
-        let kind = self.ensure_b()?;
-        check_len("control vector v", v.len(), self.control_size()?)?;
+    /// x = U v as a new vector (state layout).
+    pub fn bsqrt_vec(&mut self, v: &[f64]) -> Result<Vec<f64>> {
+        self.check_control_len("control vector v", v.len())?;
         if let Some(i) = v.iter().position(|x| !x.is_finite()) {
             return Err(Error::data(format!("control vector v[{i}] = {} is not finite", v[i])));
         }
+        let kind = self.ensure_b()?;
         let mut x = vec![0.0; self.state_size()];
         self.analyser.with_b(kind, |b, ae| b.sqrt(ae, v, &mut x))?;
+        Ok(x)
+    }
+
+    /// x = U v into `x_out`, or into the bound arrays when `x_out` is `None`. Lengths are checked before any model
+    /// runs; `x_out` is written only on success.
+    pub fn bsqrt(&mut self, v: &[f64], x_out: Option<&mut [f64]>) -> Result<()> {
+        if let Some(out) = &x_out {
+            self.check_state_len("bsqrt: output", out.len())?;
+        }
+        let x = self.bsqrt_vec(v)?;
         self.deliver("bsqrt", &x, x_out)
     }
 
-    /// v = U^T x from `x` (state layout), or from the bound arrays when `x` is `None`.
-    pub fn bsqrt_ad(&mut self, x: Option<&[f64]>, v_out: &mut [f64]) -> Result<()> {
-        let kind = self.ensure_b()?;
+    /// v = U^T x as a new vector, from `x` (state layout) or from the bound arrays when `x` is `None`.
+    pub fn bsqrt_ad_vec(&mut self, x: Option<&[f64]>) -> Result<Vec<f64>> {
         let gathered;
         let xs = match x {
             Some(x) => x,
@@ -293,31 +380,57 @@ impl HostContext {
                 &gathered
             }
         };
-        check_len("state x", xs.len(), self.state_size())?;
+        self.check_state_len("state x", xs.len())?;
         if let Some(i) = xs.iter().position(|x| !x.is_finite()) {
             return Err(Error::data(format!("x is not finite at {}", self.analyser.bundle.layout.describe_index(i))));
         }
-        check_len("control vector v", v_out.len(), self.control_size()?)?;
-        let mut v = vec![0.0; v_out.len()];
+        let kind = self.ensure_b()?;
+        let mut v = vec![0.0; self.control_size()?];
         self.analyser.with_b(kind, |b, ae| b.sqrt_ad(ae, xs, &mut v))?;
+        Ok(v)
+    }
+
+    /// v = U^T x from `x` (state layout), or from the bound arrays when `x` is `None`. Lengths are checked before
+    /// any model runs; `v_out` is written only on success.
+    pub fn bsqrt_ad(&mut self, x: Option<&[f64]>, v_out: &mut [f64]) -> Result<()> {
+        self.check_control_len("bsqrt_ad: output", v_out.len())?;
+        let v = self.bsqrt_ad_vec(x)?;
         v_out.copy_from_slice(&v);
         Ok(())
     }
 
-    /// diag(U U^T) (the background-error variance per state element) into `out`, or into the bound arrays when `out`
-    /// is `None`. Computed once per linearisation (and shared with the background check of an analysis of the same
-    /// background).
-    pub fn bvariance(&mut self, out: Option<&mut [f64]>) -> Result<()> {
+    /// diag(U U^T) (the background-error variance per state element) as a new vector. Computed once per
+    /// linearisation (and shared with the background check of an analysis of the same background).
+    pub fn bvariance_vec(&mut self) -> Result<Vec<f64>> {
         let kind = self.ensure_b()?;
-        let var = self.analyser.with_b(kind, |b, ae| Ok(b.variance(ae)?.to_vec()))?;
+        self.analyser.with_b(kind, |b, ae| Ok(b.variance(ae)?.to_vec()))
+    }
+
+    /// diag(U U^T) into `out`, or into the bound arrays when `out` is `None`. The length is checked before any model
+    /// runs; `out` is written only on success.
+    pub fn bvariance(&mut self, out: Option<&mut [f64]>) -> Result<()> {
+        if let Some(out) = &out {
+            self.check_state_len("bvariance: output", out.len())?;
+        }
+        let var = self.bvariance_vec()?;
         self.deliver("bvariance", &var, out)
     }
 
-    /// A draw x = U xi, xi ~ N(0, I) from `seed`, into `out` or the bound arrays.
-    pub fn brandomize(&mut self, seed: u64, out: Option<&mut [f64]>) -> Result<()> {
+    /// A draw x = U xi, xi ~ N(0, I) from `seed`, as a new vector (state layout).
+    pub fn brandomize_vec(&mut self, seed: u64) -> Result<Vec<f64>> {
         let kind = self.ensure_b()?;
         let mut x = vec![0.0; self.state_size()];
         self.analyser.with_b(kind, |b, ae| b.randomize(ae, seed, &mut x))?;
+        Ok(x)
+    }
+
+    /// A draw x = U xi, xi ~ N(0, I) from `seed`, into `out` or the bound arrays. The length is checked before any
+    /// model runs; `out` is written only on success.
+    pub fn brandomize(&mut self, seed: u64, out: Option<&mut [f64]>) -> Result<()> {
+        if let Some(out) = &out {
+            self.check_state_len("brandomize: output", out.len())?;
+        }
+        let x = self.brandomize_vec(seed)?;
         self.deliver("brandomize", &x, out)
     }
 }

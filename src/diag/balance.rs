@@ -5,7 +5,6 @@
 //! with the wind increment over |lat| > 20 deg: a balanced increment has a correlation near 1.
 
 use crate::bundle::grid::{Layout, VerticalKind};
-use crate::var::report::BalanceStats;
 
 const EARTH_RADIUS: f64 = 6.371e6;
 const OMEGA: f64 = 7.292e-5;
@@ -54,6 +53,23 @@ fn geostrophic(layout: &Layout, x: &[f64], iz: usize, it: usize, ips: Option<usi
         }
     }
     (ug, vg)
+}
+
+/// Geostrophic balance of the increment in the extratropics.
+#[derive(Debug, Clone, serde::Serialize, Default)]
+pub struct BalanceStats {
+    /// Correlation between the wind increment and the geostrophic wind of the increment (|lat| > 20).
+    pub correlation: f64,
+    /// |v - v_g| / |v| over the same points.
+    pub relative_difference: f64,
+    /// RMS of the wind increment used.
+    pub wind_rms: f64,
+    /// RMS of its geostrophic wind.
+    pub geostrophic_rms: f64,
+    /// Number of points.
+    pub npoints: usize,
+    /// How the pressure-gradient force was computed.
+    pub method: String,
 }
 
 /// Balance of the increment `x_a - x_b`, or `None` if the bundle lacks u, v, t and z (geopotential).

@@ -129,7 +129,7 @@ pub fn encode_state(ae: &mut Autoencoder, x: &[f64], mean: &[f64], sd: &[f64], n
     Ok(z)
 }
 
-/// xn = (x - mean[c]) / sd[c].
+/// xn = (x - mean\[c\]) / sd\[c\].
 pub fn normalise(x: &[f64], mean: &[f64], sd: &[f64], npoints: usize, xn: &mut [f32]) {
     for (c, (m, s)) in mean.iter().zip(sd).enumerate() {
         for p in c * npoints..(c + 1) * npoints {
@@ -138,7 +138,7 @@ pub fn normalise(x: &[f64], mean: &[f64], sd: &[f64], npoints: usize, xn: &mut [
     }
 }
 
-/// x = mean[c] + sd[c] * xn.
+/// x = mean\[c\] + sd\[c\] * xn.
 pub fn denormalise(xn: &[f32], mean: &[f64], sd: &[f64], npoints: usize, x: &mut [f64]) {
     for (c, (m, s)) in mean.iter().zip(sd).enumerate() {
         for p in c * npoints..(c + 1) * npoints {

@@ -1,17 +1,28 @@
 //! ONNX execution backends behind one small interface.
 //!
-//! * `tract` (default): `ort` with the pure-Rust `ort-tract` backend; no native library needed.
+//! * `tract` (default): the pure-Rust tract engine, called directly; no native library needed.
 //! * `ort`: ONNX Runtime loaded at run time from a shared library (option `ort_library` or `ORT_DYLIB_PATH`),
 //!   optionally with the CUDA execution provider (`device = "cuda:N"`), which must register or the open fails.
 //!
-//! `ort` holds its API table in a process-wide slot, so one process uses one backend: asking for the other one
-//! later is an error that says so.
+//! tract is called directly rather than through `ort`'s alternative-backend API (`ort-tract`) for two reasons: a
+//! model file that makes tract panic (a corrupt graph whose checksum matches) must become an error, and a panic
+//! inside `ort`'s `extern "C"` API functions cannot unwind, so it aborted the host; and `ort` 2.0.0-rc.14 leaks one
+//! type-info allocation per output of every run it wraps (`Value::from_session_output_ptr`). Here every tract call
+//! runs under `catch_unwind`, and the ONNX Runtime path runs with a preallocated output (ONNX Runtime writes into
+//! it, so `ort` never wraps a fresh output value and the leaking path is not taken).
+//!
+//! `ort` holds ONNX Runtime's API table in a process-wide slot, so one process uses one ONNX Runtime library: asking
+//! for a second, different library later is an error that names both. tract has no such state and works alongside.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use ort::session::Session;
-use ort::value::TensorRef;
+use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session};
+use ort::value::{Tensor, TensorRef};
+use tract_onnx::prelude::{Framework, InferenceModelExt, TValue, TypedFact, TypedOp};
+use tract_onnx::tract_core::model::IntoRunnable;
+use tract_onnx::tract_core::plan::SimplePlan;
 
 use crate::error::{Error, Result};
 
@@ -87,7 +98,8 @@ pub struct ExecOptions {
     pub ort_library: Option<PathBuf>,
     /// Device.
     pub device: Device,
-    /// Intra-op threads (ONNX Runtime); 1 gives bit-reproducible runs.
+    /// Intra-op threads (ONNX Runtime); 1 gives bit-reproducible runs on one machine (kernels, and so rounding,
+    /// depend on the CPU's instruction set).
     pub threads: usize,
     /// Allow TF32 on CUDA (faster, ~5e-4 relative error; off by default so adjoint tests hold).
     pub cuda_tf32: bool,
@@ -108,37 +120,49 @@ pub struct BackendInfo {
     pub detail: String,
 }
 
-struct Active {
-    kind: BackendKind,
+/// The ONNX Runtime library this process loaded (at most one: its API table is process-wide).
+struct OrtActive {
+    path: PathBuf,
     info: BackendInfo,
     env: ort::environment::Environment,
+    /// The loaded library, kept for the life of the process: its API table stays in use.
+    _lib: libloading::Library,
 }
 
-static ACTIVE: OnceLock<Active> = OnceLock::new();
+static ORT_ACTIVE: OnceLock<OrtActive> = OnceLock::new();
 static INIT_LOCK: Mutex<()> = Mutex::new(());
 
 fn ort_err(what: &str) -> impl Fn(ort::Error) -> Error + '_ {
     move |e| Error::backend(format!("{what}: {e}"))
 }
 
-fn load_onnxruntime(opts: &ExecOptions) -> Result<BackendInfo> {
-    let path = match &opts.ort_library {
-        Some(p) => p.clone(),
+/// The message of a caught panic payload.
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// The ONNX Runtime library requested by the options (option `ort_library`, else `ORT_DYLIB_PATH`).
+fn ort_library_path(opts: &ExecOptions) -> Result<PathBuf> {
+    match &opts.ort_library {
+        Some(p) => Ok(p.clone()),
         None => match std::env::var_os("ORT_DYLIB_PATH") {
-            Some(p) if !p.is_empty() => PathBuf::from(p),
-            _ => {
-                return Err(Error::backend(
-                    "backend 'ort' needs the ONNX Runtime shared library: set option ort_library or ORT_DYLIB_PATH \
-                     (e.g. .../site-packages/onnxruntime/capi/libonnxruntime.so.1.xx)",
-                ))
-            }
+            Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
+            _ => Err(Error::backend(
+                "backend 'ort' needs the ONNX Runtime shared library: set option ort_library or ORT_DYLIB_PATH \
+                 (e.g. .../site-packages/onnxruntime/capi/libonnxruntime.so.1.xx)",
+            )),
         },
-    };
-    // SAFETY: loading ONNX Runtime runs its initialisers; it is a well-behaved shared library. The handle is leaked
-    // on purpose: the API table stays in use for the life of the process.
-    let lib = unsafe { libloading::Library::new(&path) }
+    }
+}
+
+fn load_onnxruntime(path: &std::path::Path) -> Result<(BackendInfo, libloading::Library)> {
+    // SAFETY: loading ONNX Runtime runs its initialisers; it is a well-behaved shared library. The caller keeps the
+    // handle for the life of the process (in a static): the API table stays in use.
+    let lib = unsafe { libloading::Library::new(path) }
         .map_err(|e| Error::backend(format!("cannot load ONNX Runtime library '{}': {e}", path.display())))?;
-    let lib: &'static libloading::Library = Box::leak(Box::new(lib));
     type GetApiBase = unsafe extern "C" fn() -> *const ort_sys::OrtApiBase;
     // SAFETY: OrtGetApiBase has this signature in every ONNX Runtime release.
     let get_base: libloading::Symbol<GetApiBase> = unsafe { lib.get(b"OrtGetApiBase\0") }
@@ -163,33 +187,62 @@ fn load_onnxruntime(opts: &ExecOptions) -> Result<BackendInfo> {
         )));
     }
     // SAFETY: api points to a valid OrtApi table of the requested version; ort copies it.
-    ort::set_api(unsafe { std::ptr::read(api) });
-    Ok(BackendInfo { backend: "ort".into(), detail: format!("ONNX Runtime {version} ({})", path.display()) })
+    let installed = ort::set_api(unsafe { std::ptr::read(api) });
+    if !installed {
+        // Someone else in this process (the host itself, through its own copy of `ort`) set the table first:
+        // latentda would silently run on that library, not the one asked for.
+        return Err(Error::backend(format!(
+            "cannot use ONNX Runtime at '{}': another ONNX Runtime API table is already installed in this process",
+            path.display()
+        )));
+    }
+    Ok((BackendInfo { backend: "ort".into(), detail: format!("ONNX Runtime {version} ({})", path.display()) }, lib))
 }
 
-/// Initialises the process-wide backend (once) and returns what is active.
+/// Initialises the backend the options ask for (ONNX Runtime: once per process) and returns what runs.
+///
+/// tract needs no initialisation. ONNX Runtime is loaded by the first open that asks for it; a later open that asks
+/// for a different library fails, naming both, rather than silently running on the first one.
 pub fn ensure_backend(opts: &ExecOptions) -> Result<BackendInfo> {
+    match opts.backend {
+        BackendKind::Tract => Ok(BackendInfo {
+            backend: "tract".into(),
+            detail: format!("tract {TRACT_VERSION} (pure Rust)"),
+        }),
+        BackendKind::OnnxRuntime => Ok(ort_active(opts)?.info.clone()),
+    }
+}
+
+/// The tract version latentda is built with (pinned in Cargo.toml).
+const TRACT_VERSION: &str = "0.23.9";
+
+fn ort_active(opts: &ExecOptions) -> Result<&'static OrtActive> {
+    let path = ort_library_path(opts)?;
     let _guard = INIT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(a) = ACTIVE.get() {
-        if a.kind != opts.backend {
+    if let Some(a) = ORT_ACTIVE.get() {
+        let same = a.path == path
+            || matches!((a.path.canonicalize(), path.canonicalize()), (Ok(x), Ok(y)) if x == y);
+        if !same {
             return Err(Error::backend(format!(
-                "backend '{}' requested but '{}' is already active in this process (one backend per process)",
-                opts.backend.name(),
-                a.kind.name()
+                "ONNX Runtime library '{}' requested, but '{}' is already loaded in this process (one ONNX Runtime \
+                 library per process)",
+                path.display(),
+                a.path.display()
             )));
         }
-        return Ok(a.info.clone());
+        return Ok(a);
     }
-    let info = match opts.backend {
-        BackendKind::Tract => {
-            ort::set_api(ort_tract::api());
-            BackendInfo { backend: "tract".into(), detail: "tract 0.23 via ort-tract 0.5 (pure Rust)".into() }
+    let (info, lib) = load_onnxruntime(&path)?;
+    let env = match ort::init().with_name("latentda").build() {
+        Ok(env) => env,
+        Err(e) => {
+            // ort's API table points into the library now: it must never be unloaded.
+            std::mem::forget(lib);
+            return Err(Error::backend(format!("cannot create the ONNX environment: {e}")));
         }
-        BackendKind::OnnxRuntime => load_onnxruntime(opts)?,
     };
-    let env = ort::init().with_name("latentda").build().map_err(ort_err("cannot create the ONNX environment"))?;
-    let _ = ACTIVE.set(Active { kind: opts.backend.clone(), info: info.clone(), env });
-    Ok(info)
+    let _ = ORT_ACTIVE.set(OrtActive { path, info, env, _lib: lib });
+    Ok(ORT_ACTIVE.get().expect("set above"))
 }
 
 /// Expected signature of one tensor: name and dims (`None` = batch dimension, may be symbolic).
@@ -201,10 +254,30 @@ pub struct TensorSpec {
     pub dims: Vec<i64>,
 }
 
+impl TensorSpec {
+    /// The shape of a batch-1 tensor.
+    fn batch1(&self) -> Vec<i64> {
+        std::iter::once(1).chain(self.dims[1..].iter().copied()).collect()
+    }
+    fn len1(&self) -> usize {
+        self.dims[1..].iter().map(|&d| d as usize).product()
+    }
+}
+
+type TractPlan = Arc<SimplePlan<TypedFact, Box<dyn TypedOp>>>;
+
+/// The engine behind one model.
+enum Engine {
+    /// A tract plan with its inputs in spec order, and the index of the wanted output.
+    Tract { plan: TractPlan, output: usize },
+    /// An ONNX Runtime session and run options that select the wanted output into a preallocated tensor.
+    Ort { session: Session, run: RunOptions<HasSelectedOutputs> },
+}
+
 /// One ONNX graph in a session, created once and reused.
 pub struct OnnxModel {
     file: String,
-    session: Session,
+    engine: Engine,
     inputs: Vec<TensorSpec>,
     output: TensorSpec,
 }
@@ -215,104 +288,205 @@ impl std::fmt::Debug for OnnxModel {
     }
 }
 
+/// Checks one declared tensor (element type, dims; negative dims are symbolic) against its spec.
+fn check_signature(file: &str, kind: &str, spec: &TensorSpec, float32: bool, dims: &[i64], what: &str) -> Result<()> {
+    if !float32 {
+        return Err(Error::bundle(format!("{file}: {kind} '{}' has type {what}, expected float32", spec.name)));
+    }
+    let ok = dims.len() == spec.dims.len()
+        && (dims[0] == 1 || dims[0] < 0)
+        && dims[1..].iter().zip(&spec.dims[1..]).all(|(a, b)| a == b);
+    if !ok {
+        return Err(Error::bundle(format!(
+            "{file}: {kind} '{}' has shape {dims:?}, but the manifest implies [1 or batch, {}]",
+            spec.name,
+            spec.dims[1..].iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    Ok(())
+}
+
 fn check_outlet(file: &str, kind: &str, outlet: &ort::value::Outlet, spec: &TensorSpec) -> Result<()> {
     use ort::value::{TensorElementType, ValueType};
     match outlet.dtype() {
         ValueType::Tensor { ty, shape, .. } => {
-            if *ty != TensorElementType::Float32 {
-                return Err(Error::bundle(format!("{file}: {kind} '{}' has type {ty:?}, expected float32", spec.name)));
-            }
             let dims: Vec<i64> = shape.iter().copied().collect();
-            let ok = dims.len() == spec.dims.len()
-                && (dims[0] == 1 || dims[0] < 0)
-                && dims[1..].iter().zip(&spec.dims[1..]).all(|(a, b)| a == b);
-            if !ok {
-                return Err(Error::bundle(format!(
-                    "{file}: {kind} '{}' has shape {dims:?}, but the manifest implies [1 or batch, {}]",
-                    spec.name,
-                    spec.dims[1..].iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
-                )));
-            }
-            Ok(())
+            check_signature(file, kind, spec, *ty == TensorElementType::Float32, &dims, &format!("{ty:?}"))
         }
         other => Err(Error::bundle(format!("{file}: {kind} '{}' is not a tensor ({other:?})", spec.name))),
     }
 }
 
-impl OnnxModel {
-    /// Creates a session from verified bytes and checks input/output names, types and shapes.
-    pub fn new(file: &str, bytes: &[u8], opts: &ExecOptions, inputs: Vec<TensorSpec>, output: TensorSpec) -> Result<Self> {
-        let active = ACTIVE.get().ok_or_else(|| Error::backend("no backend initialised"))?;
-        let mut b = Session::builder(&active.env).map_err(ort_err(file))?;
-        if opts.backend == BackendKind::OnnxRuntime {
-            b = b.with_intra_threads(opts.threads.max(1)).map_err(|e| Error::backend(format!("{file}: {e}")))?;
-            b = b.with_deterministic_compute(true).map_err(|e| Error::backend(format!("{file}: {e}")))?;
+/// Checks that the graph's inputs are exactly the expected names.
+fn check_input_names(file: &str, names: &[String], inputs: &[TensorSpec]) -> Result<()> {
+    let want: Vec<&str> = inputs.iter().map(|s| s.name).collect();
+    let mut a: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut b = want.clone();
+    a.sort();
+    b.sort();
+    if a != b {
+        return Err(Error::bundle(format!("{file}: inputs are {names:?}, expected {want:?}")));
+    }
+    Ok(())
+}
+
+/// Parses, types and plans a graph with tract. Errors and panics (a corrupt graph can make tract panic) both come
+/// back as errors.
+fn tract_load(file: &str, bytes: &[u8], inputs: &[TensorSpec], output: &TensorSpec) -> Result<Engine> {
+    let bad = |m: String| Error::bundle(format!("{file}: cannot load ONNX graph: {m}"));
+    let r = catch_unwind(AssertUnwindSafe(|| -> Result<Engine> {
+        let onnx = tract_onnx::onnx();
+        let proto = onnx.proto_model_for_read(&mut &bytes[..]).map_err(|e| bad(format!("{e:#}")))?;
+        let graph = proto.graph.as_ref().ok_or_else(|| bad("the model has no graph".into()))?;
+        let names: Vec<String> = graph.input.iter().map(|v| v.name.clone()).collect();
+        let outs: Vec<String> = graph.output.iter().map(|v| v.name.clone()).collect();
+        let parsed = onnx.parse(&proto, None).map_err(|e| bad(format!("{e:#}")))?;
+        if !parsed.unresolved_inputs.is_empty() {
+            return Err(bad(format!("unresolved inputs {:?}", parsed.unresolved_inputs)));
         }
-        match opts.device {
-            Device::Cpu => {}
-            Device::Cuda(n) => {
-                if opts.backend != BackendKind::OnnxRuntime {
-                    return Err(Error::backend(format!(
-                        "device cuda:{n} needs backend 'ort' (ONNX Runtime with the CUDA provider); backend '{}' is CPU only",
-                        opts.backend.name()
-                    )));
-                }
-                let ep = ort::ep::CUDA::default().with_device_id(n).with_tf32(opts.cuda_tf32).build().error_on_failure();
-                b = b.with_execution_providers([ep]).map_err(|e| {
-                    Error::backend(format!("device cuda:{n} requested but the CUDA execution provider cannot be used: {e}"))
-                })?;
-            }
+        let typed = parsed.model.into_typed().map_err(|e| bad(format!("{e:#}")))?;
+        // tract's typed graph lists inputs and outputs in the order of the ONNX graph's declarations.
+        if typed.inputs.len() != names.len() || typed.outputs.len() != outs.len() {
+            return Err(bad(format!("{} inputs and {} outputs declared, tract sees {} and {}", names.len(), outs.len(), typed.inputs.len(), typed.outputs.len())));
         }
-        let session = b
-            .commit_from_memory(bytes)
-            .map_err(|e| Error::bundle(format!("{file}: cannot load ONNX graph: {e}")))?;
-        let names: Vec<String> = session.inputs().iter().map(|o| o.name().to_string()).collect();
-        let want: Vec<&str> = inputs.iter().map(|s| s.name).collect();
-        let mut sorted_names = names.clone();
-        sorted_names.sort();
-        let mut sorted_want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
-        sorted_want.sort();
-        if sorted_names != sorted_want {
-            return Err(Error::bundle(format!("{file}: inputs are {names:?}, expected {want:?}")));
+        check_input_names(file, &names, inputs)?;
+        let dims_of = |f: &TypedFact| -> Vec<i64> {
+            f.shape.iter().map(|d| d.to_i64().unwrap_or(-1)).collect()
+        };
+        for spec in inputs {
+            let i = names.iter().position(|n| n == spec.name).expect("names checked");
+            let f = typed.input_fact(i).map_err(|e| bad(format!("{e:#}")))?;
+            check_signature(file, "input", spec, f.datum_type == tract_onnx::prelude::DatumType::F32, &dims_of(f), &format!("{:?}", f.datum_type))?;
         }
-        for spec in &inputs {
-            let o = session.inputs().iter().find(|o| o.name() == spec.name).unwrap();
-            check_outlet(file, "input", o, spec)?;
-        }
-        let outs: Vec<String> = session.outputs().iter().map(|o| o.name().to_string()).collect();
-        let o = session.outputs().iter().find(|o| o.name() == output.name).ok_or_else(|| {
+        let o = outs.iter().position(|n| n == output.name).ok_or_else(|| {
             Error::bundle(format!("{file}: outputs are {outs:?}, expected one named '{}'", output.name))
         })?;
-        check_outlet(file, "output", o, &output)?;
-        Ok(OnnxModel { file: file.to_string(), session, inputs, output })
+        let f = typed.output_fact(o).map_err(|e| bad(format!("{e:#}")))?;
+        check_signature(file, "output", output, f.datum_type == tract_onnx::prelude::DatumType::F32, &dims_of(f), &format!("{:?}", f.datum_type))?;
+        let plan = typed
+            .with_input_names(inputs.iter().map(|s| s.name))
+            .and_then(|g| g.into_runnable())
+            .map_err(|e| bad(format!("{e:#}")))?;
+        Ok(Engine::Tract { plan, output: o })
+    }));
+    match r {
+        Ok(r) => r,
+        Err(p) => Err(bad(format!("tract failed on this graph (internal panic: {})", panic_message(&*p)))),
+    }
+}
+
+fn ort_load(file: &str, bytes: &[u8], opts: &ExecOptions, inputs: &[TensorSpec], output: &TensorSpec) -> Result<Engine> {
+    let active = ort_active(opts)?;
+    let mut b = Session::builder(&active.env).map_err(ort_err(file))?;
+    b = b.with_intra_threads(opts.threads.max(1)).map_err(|e| Error::backend(format!("{file}: {e}")))?;
+    b = b.with_deterministic_compute(true).map_err(|e| Error::backend(format!("{file}: {e}")))?;
+    if let Device::Cuda(n) = opts.device {
+        let ep = ort::ep::CUDA::default().with_device_id(n).with_tf32(opts.cuda_tf32).build().error_on_failure();
+        b = b.with_execution_providers([ep]).map_err(|e| {
+            Error::backend(format!("device cuda:{n} requested but the CUDA execution provider cannot be used: {e}"))
+        })?;
+    }
+    let session = b
+        .commit_from_memory(bytes)
+        .map_err(|e| Error::bundle(format!("{file}: cannot load ONNX graph: {e}")))?;
+    let names: Vec<String> = session.inputs().iter().map(|o| o.name().to_string()).collect();
+    check_input_names(file, &names, inputs)?;
+    for spec in inputs {
+        let o = session.inputs().iter().find(|o| o.name() == spec.name).expect("names checked");
+        check_outlet(file, "input", o, spec)?;
+    }
+    let outs: Vec<String> = session.outputs().iter().map(|o| o.name().to_string()).collect();
+    let o = session.outputs().iter().find(|o| o.name() == output.name).ok_or_else(|| {
+        Error::bundle(format!("{file}: outputs are {outs:?}, expected one named '{}'", output.name))
+    })?;
+    check_outlet(file, "output", o, output)?;
+    // Only the wanted output, written into a tensor allocated once here.
+    let out = Tensor::<f32>::from_array((output.batch1(), vec![0f32; output.len1()])).map_err(ort_err(file))?;
+    let sel = OutputSelector::no_default().with(output.name).preallocate(output.name, out);
+    let run = RunOptions::new().map_err(ort_err(file))?.with_outputs(sel);
+    Ok(Engine::Ort { session, run })
+}
+
+impl OnnxModel {
+    /// Creates a session from verified bytes and checks input/output names, types and shapes; then runs the graph
+    /// once on zeros, so a graph that cannot run fails at open rather than in the first analysis.
+    pub fn new(file: &str, bytes: &[u8], opts: &ExecOptions, inputs: Vec<TensorSpec>, output: TensorSpec) -> Result<Self> {
+        if let Device::Cuda(n) = opts.device {
+            if opts.backend != BackendKind::OnnxRuntime {
+                return Err(Error::backend(format!(
+                    "device cuda:{n} needs backend 'ort' (ONNX Runtime with the CUDA provider); backend '{}' is CPU only",
+                    opts.backend.name()
+                )));
+            }
+        }
+        let engine = match opts.backend {
+            BackendKind::Tract => tract_load(file, bytes, &inputs, &output)?,
+            BackendKind::OnnxRuntime => ort_load(file, bytes, opts, &inputs, &output)?,
+        };
+        let mut m = OnnxModel { file: file.to_string(), engine, inputs, output };
+        let zeros: Vec<Vec<f32>> = m.inputs.iter().map(|s| vec![0f32; s.len1()]).collect();
+        let refs: Vec<&[f32]> = zeros.iter().map(Vec::as_slice).collect();
+        let mut out = vec![0f32; m.output.len1()];
+        m.run(&refs, &mut out).map_err(|e| Error::bundle(format!("{file}: the graph does not run on zero inputs: {}", e.message)))?;
+        Ok(m)
     }
 
     /// Runs the graph with batch 1. `inputs` are given in the order of the specs; `out` receives the output.
     pub fn run(&mut self, inputs: &[&[f32]], out: &mut [f32]) -> Result<()> {
         let file = &self.file;
-        let mut values = Vec::with_capacity(inputs.len());
         for (spec, data) in self.inputs.iter().zip(inputs) {
-            let shape: Vec<i64> = std::iter::once(1).chain(spec.dims[1..].iter().copied()).collect();
-            let n: i64 = shape.iter().product();
-            if data.len() as i64 != n {
-                return Err(Error::arg(format!("{file}: input '{}' needs {n} values, got {}", spec.name, data.len())));
+            if data.len() != spec.len1() {
+                return Err(Error::arg(format!("{file}: input '{}' needs {} values, got {}", spec.name, spec.len1(), data.len())));
             }
-            let t = TensorRef::from_array_view((shape, *data)).map_err(ort_err(file))?;
-            values.push((std::borrow::Cow::Borrowed(spec.name), ort::session::SessionInputValue::from(t)));
         }
-        let outputs = self.session.run(values).map_err(|e| Error::backend(format!("{file}: run failed: {e}")))?;
-        let (_, data) = outputs[self.output.name]
-            .try_extract_tensor::<f32>()
-            .map_err(|e| Error::backend(format!("{file}: output '{}': {e}", self.output.name)))?;
-        if data.len() != out.len() {
-            return Err(Error::backend(format!(
-                "{file}: output '{}' has {} values, expected {}",
-                self.output.name,
-                data.len(),
-                out.len()
-            )));
+        let want = out.len();
+        let check_len = |n: usize| -> Result<()> {
+            if n != want {
+                return Err(Error::backend(format!("{file}: output '{}' has {n} values, expected {want}", self.output.name)));
+            }
+            Ok(())
+        };
+        match &mut self.engine {
+            Engine::Tract { plan, output } => {
+                let r = catch_unwind(AssertUnwindSafe(|| -> std::result::Result<(), String> {
+                    let mut values = tract_onnx::prelude::TVec::new();
+                    for (spec, data) in self.inputs.iter().zip(inputs) {
+                        let shape: Vec<usize> = spec.batch1().iter().map(|&d| d as usize).collect();
+                        let t = tract_onnx::prelude::Tensor::from_shape(&shape, data).map_err(|e| format!("input '{}': {e:#}", spec.name))?;
+                        values.push(TValue::from(t));
+                    }
+                    let outs = plan.run(values).map_err(|e| format!("run failed: {e:#}"))?;
+                    let o = outs.get(*output).ok_or("the run returned too few outputs")?;
+                    let view = o.try_as_plain_ram().map_err(|e| format!("output '{}': {e:#}", self.output.name))?;
+                    let data = view.as_slice::<f32>().map_err(|e| format!("output '{}': {e:#}", self.output.name))?;
+                    check_len(data.len()).map_err(|e| e.message)?;
+                    out.copy_from_slice(data);
+                    Ok(())
+                }));
+                match r {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(m)) => Err(Error::backend(format!("{file}: {m}"))),
+                    Err(p) => Err(Error::backend(format!("{file}: tract failed (internal panic: {})", panic_message(&*p)))),
+                }
+            }
+            Engine::Ort { session, run } => {
+                let mut values = Vec::with_capacity(inputs.len());
+                for (spec, data) in self.inputs.iter().zip(inputs) {
+                    let t = TensorRef::from_array_view((spec.batch1(), *data)).map_err(ort_err(file))?;
+                    values.push((std::borrow::Cow::Borrowed(spec.name), ort::session::SessionInputValue::from(t)));
+                }
+                let outputs =
+                    session.run_with_options(values, run).map_err(|e| Error::backend(format!("{file}: run failed: {e}")))?;
+                let v = outputs
+                    .get(self.output.name)
+                    .ok_or_else(|| Error::backend(format!("{file}: output '{}' missing", self.output.name)))?;
+                let (_, data) = v
+                    .try_extract_tensor::<f32>()
+                    .map_err(|e| Error::backend(format!("{file}: output '{}': {e}", self.output.name)))?;
+                check_len(data.len())?;
+                out.copy_from_slice(data);
+                Ok(())
+            }
         }
-        out.copy_from_slice(data);
-        Ok(())
     }
 }

@@ -1,9 +1,10 @@
-//! Point observations and their CSV format; the observation operator ([`operator`]) and quality control ([`qc`]).
+//! Point observations and their CSV format; the observation operator ([`operator`](crate::obs::operator)) and
+//! quality control ([`qc`](crate::obs::qc)).
 
 pub mod operator;
 pub mod qc;
 
-pub use qc::QcFlag;
+pub use qc::{sigma_floors, QcFlag, MIN_SIGMA_REL};
 
 use std::path::Path;
 
@@ -15,7 +16,8 @@ use crate::bundle::grid::Layout;
 pub struct Observation {
     /// Index of the bundle variable, or `None` if unknown.
     pub var: Option<usize>,
-    /// Variable name as given (for reports).
+    /// Variable name as given in a CSV row (empty for observations set through the C ABI, which identify
+    /// variables by index).
     pub var_name: String,
     /// Latitude, degrees north.
     pub lat: f64,
@@ -33,6 +35,23 @@ pub struct Observation {
     pub malformed: Option<String>,
 }
 
+impl Observation {
+    /// The observation of CSV line `line` before its fields are parsed: no variable, every number NaN.
+    fn row(line: usize, var_name: String) -> Observation {
+        Observation {
+            var: None,
+            var_name,
+            lat: f64::NAN,
+            lon: f64::NAN,
+            level: None,
+            value: f64::NAN,
+            sigma: f64::NAN,
+            line: Some(line),
+            malformed: None,
+        }
+    }
+}
+
 /// A malformed CSV row: line number and message (the row is kept as an `Invalid` observation).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RowProblem {
@@ -45,18 +64,47 @@ pub struct RowProblem {
 /// Parses an observation CSV (`var,lat,lon,level,value,sigma`). Every data row becomes one observation, in file
 /// order; malformed rows become `Invalid` observations and are listed with their line numbers.
 pub fn read_csv(path: &Path, layout: &Layout) -> Result<(Vec<Observation>, Vec<RowProblem>)> {
-    let text = std::fs::read_to_string(path)
+    let bytes = std::fs::read(path)
         .map_err(|e| Error::io(format!("cannot read observation file '{}': {e}", path.display())))?;
-    parse_csv(&text, layout).map_err(|e| e.context(path.display()))
+    parse_csv_bytes(&bytes, layout).map_err(|e| e.context(path.display()))
 }
 
 /// Parses CSV text; see [`read_csv`].
 pub fn parse_csv(text: &str, layout: &Layout) -> Result<(Vec<Observation>, Vec<RowProblem>)> {
-    let mut lines = text.lines().enumerate();
+    parse_csv_bytes(text.as_bytes(), layout)
+}
+
+/// Splits CSV bytes into numbered lines: a UTF-8 byte-order mark is skipped; LF, CRLF and a lone CR (old Mac
+/// files) all end a line; each line is decoded on its own, so one undecodable row is one malformed row.
+fn csv_lines(bytes: &[u8]) -> impl Iterator<Item = (usize, std::result::Result<&str, std::str::Utf8Error>)> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let mut rest = bytes;
+    let mut n = 0;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let end = rest.iter().position(|&b| b == b'\n' || b == b'\r').unwrap_or(rest.len());
+        let line = &rest[..end];
+        let skip = match rest.get(end..end + 2) {
+            Some(b"\r\n") => 2,
+            _ if end < rest.len() => 1,
+            _ => 0,
+        };
+        rest = &rest[end + skip..];
+        n += 1;
+        Some((n, std::str::from_utf8(line)))
+    })
+}
+
+/// Parses CSV bytes; see [`read_csv`].
+pub fn parse_csv_bytes(bytes: &[u8], layout: &Layout) -> Result<(Vec<Observation>, Vec<RowProblem>)> {
+    let mut lines = csv_lines(bytes);
     let header = loop {
         match lines.next() {
-            Some((_, l)) if l.trim().is_empty() || l.trim_start().starts_with('#') => continue,
-            Some((n, l)) => break (n + 1, l),
+            Some((n, Err(_))) => return Err(Error::data(format!("line {n}: the header is not valid UTF-8"))),
+            Some((_, Ok(l))) if l.trim().is_empty() || l.trim_start().starts_with('#') => continue,
+            Some((n, Ok(l))) => break (n, l),
             None => return Err(Error::data("empty observation file (expected header var,lat,lon,level,value,sigma)")),
         }
     };
@@ -69,23 +117,21 @@ pub fn parse_csv(text: &str, layout: &Layout) -> Result<(Vec<Observation>, Vec<R
     }
     let mut obs = Vec::new();
     let mut problems = Vec::new();
-    for (n, l) in lines {
-        let line = n + 1;
+    for (line, l) in lines {
+        let l = match l {
+            Ok(l) => l,
+            Err(e) => {
+                let msg = format!("line {line}: not valid UTF-8 (byte {} of the line)", e.valid_up_to() + 1);
+                problems.push(RowProblem { line, message: msg.clone() });
+                obs.push(Observation { malformed: Some(msg), ..Observation::row(line, String::new()) });
+                continue;
+            }
+        };
         if l.trim().is_empty() || l.trim_start().starts_with('#') {
             continue;
         }
         let f: Vec<&str> = l.split(',').map(|s| s.trim()).collect();
-        let mut o = Observation {
-            var: None,
-            var_name: f.first().unwrap_or(&"").to_string(),
-            lat: f64::NAN,
-            lon: f64::NAN,
-            level: None,
-            value: f64::NAN,
-            sigma: f64::NAN,
-            line: Some(line),
-            malformed: None,
-        };
+        let mut o = Observation::row(line, f.first().unwrap_or(&"").to_string());
         if f.len() != 6 {
             let msg = format!("line {line}: expected 6 fields, found {}", f.len());
             problems.push(RowProblem { line, message: msg.clone() });

@@ -6,6 +6,7 @@
 //! `apply` computes y = H x and `adjoint` accumulates dx += H^T dy, its exact transpose.
 
 use crate::bundle::grid::Layout;
+use crate::error::{Error, Result};
 use crate::obs::{Observation, QcFlag};
 
 /// Entries per row.
@@ -16,13 +17,14 @@ pub const STRIDE: usize = 8;
 pub struct ObsOperator {
     /// Observation index (into the caller's list) of each row.
     pub rows: Vec<usize>,
-    idx: Vec<u32>,
+    // State indices as usize: a grid of more than 2^32 state values must not wrap around.
+    idx: Vec<usize>,
     w: Vec<f64>,
     state_len: usize,
 }
 
 /// Geometric QC of one observation and its row of H, or the flag explaining why it has none.
-pub fn locate(layout: &Layout, o: &Observation) -> Result<([u32; STRIDE], [f64; STRIDE]), QcFlag> {
+pub fn locate(layout: &Layout, o: &Observation) -> std::result::Result<([usize; STRIDE], [f64; STRIDE]), QcFlag> {
     if o.malformed.is_some() {
         return Err(QcFlag::Invalid);
     }
@@ -36,11 +38,11 @@ pub fn locate(layout: &Layout, o: &Observation) -> Result<([u32; STRIDE], [f64; 
     let var = &layout.variables[v];
     let Some(h) = layout.grid.bilinear(o.lat, o.lon) else { return Err(QcFlag::OutsideDomain) };
     let np = layout.grid.npoints();
-    let mut idx = [0u32; STRIDE];
+    let mut idx = [0usize; STRIDE];
     let mut w = [0.0; STRIDE];
     if var.is_surface() {
         for (k, (p, wt)) in h.iter().enumerate() {
-            idx[k] = (var.first_channel * np + p) as u32;
+            idx[k] = var.first_channel * np + p;
             w[k] = *wt;
         }
     } else {
@@ -51,7 +53,7 @@ pub fn locate(layout: &Layout, o: &Observation) -> Result<([u32; STRIDE], [f64; 
         let Some(vw) = layout.vertical.interpolate(level) else { return Err(QcFlag::OutsideVertical) };
         for (a, (k, wk)) in vw.iter().enumerate() {
             for (b, (p, wt)) in h.iter().enumerate() {
-                idx[a * 4 + b] = ((var.first_channel + k) * np + p) as u32;
+                idx[a * 4 + b] = (var.first_channel + k) * np + p;
                 w[a * 4 + b] = wk * wt;
             }
         }
@@ -59,13 +61,40 @@ pub fn locate(layout: &Layout, o: &Observation) -> Result<([u32; STRIDE], [f64; 
     Ok((idx, w))
 }
 
+/// A vector with room for `n` elements, or an error naming `what` (observation-sized buffers must not abort the
+/// host when memory runs out).
+fn try_with_capacity<T>(n: usize, what: &str) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| Error::arg(format!("cannot allocate memory for {what} ({n} elements)")))?;
+    Ok(v)
+}
+
 impl ObsOperator {
     /// Builds H for `obs`, writing the geometric QC flag of every observation into `flags` (`Used` for those with a
-    /// row).
+    /// row). No error-sd floor; see [`ObsOperator::try_build`].
+    ///
+    /// # Panics
+    /// If memory for the operator cannot be allocated (hosts go through [`ObsOperator::try_build`]).
     pub fn build(layout: &Layout, obs: &[Observation], flags: &mut [QcFlag]) -> ObsOperator {
-        let mut op = ObsOperator { rows: Vec::new(), idx: Vec::new(), w: Vec::new(), state_len: layout.state_len() };
+        Self::try_build(layout, obs, flags, &[]).expect("memory for the observation operator")
+    }
+
+    /// Builds H for `obs`, writing the QC flag of every observation into `flags` (`Used` for those with a row). An
+    /// observation whose error sd is below `sigma_floor[v]` for its variable `v` is flagged `Invalid` (see
+    /// [`crate::obs::sigma_floors`]); an empty `sigma_floor` means no floor. Memory is reserved fallibly: too many
+    /// observations is an error, not an abort.
+    pub fn try_build(layout: &Layout, obs: &[Observation], flags: &mut [QcFlag], sigma_floor: &[f64]) -> Result<ObsOperator> {
+        let mut op = ObsOperator {
+            rows: try_with_capacity(obs.len(), "the observation operator")?,
+            idx: try_with_capacity(obs.len().saturating_mul(STRIDE), "the observation operator")?,
+            w: try_with_capacity(obs.len().saturating_mul(STRIDE), "the observation operator")?,
+            state_len: layout.state_len(),
+        };
         for (i, o) in obs.iter().enumerate() {
             match locate(layout, o) {
+                Ok(_) if o.var.and_then(|v| sigma_floor.get(v)).is_some_and(|&f| o.sigma < f) => {
+                    flags[i] = QcFlag::Invalid;
+                }
                 Ok((idx, w)) => {
                     op.rows.push(i);
                     op.idx.extend_from_slice(&idx);
@@ -75,19 +104,21 @@ impl ObsOperator {
                 Err(f) => flags[i] = f,
             }
         }
-        op.sort_by_location();
-        op
+        op.sort_by_location()?;
+        Ok(op)
     }
 
     /// Orders rows by their first grid index so H and H^T walk the state almost sequentially (cache locality for
     /// large observation counts). Row order is internal: `rows` maps each row back to its observation.
-    fn sort_by_location(&mut self) {
+    fn sort_by_location(&mut self) -> Result<()> {
         let n = self.rows.len();
-        let mut order: Vec<u32> = (0..n as u32).collect();
-        order.sort_by_key(|&r| (self.idx[r as usize * STRIDE], r));
-        let (mut rows, mut idx, mut w) = (Vec::with_capacity(n), Vec::with_capacity(n * STRIDE), Vec::with_capacity(n * STRIDE));
+        let mut order: Vec<usize> = try_with_capacity(n, "the observation operator")?;
+        order.extend(0..n);
+        order.sort_by_key(|&r| (self.idx[r * STRIDE], r));
+        let mut rows = try_with_capacity(n, "the observation operator")?;
+        let mut idx = try_with_capacity(n * STRIDE, "the observation operator")?;
+        let mut w = try_with_capacity(n * STRIDE, "the observation operator")?;
         for &r in &order {
-            let r = r as usize;
             rows.push(self.rows[r]);
             idx.extend_from_slice(&self.idx[r * STRIDE..(r + 1) * STRIDE]);
             w.extend_from_slice(&self.w[r * STRIDE..(r + 1) * STRIDE]);
@@ -95,6 +126,7 @@ impl ObsOperator {
         self.rows = rows;
         self.idx = idx;
         self.w = w;
+        Ok(())
     }
 
     /// Number of rows.
@@ -132,7 +164,7 @@ impl ObsOperator {
             let w = &self.w[r * STRIDE..(r + 1) * STRIDE];
             let mut s = 0.0;
             for k in 0..STRIDE {
-                s += w[k] * x[idx[k] as usize];
+                s += w[k] * x[idx[k]];
             }
             *yr = s;
         }
@@ -146,7 +178,7 @@ impl ObsOperator {
             let idx = &self.idx[r * STRIDE..(r + 1) * STRIDE];
             let w = &self.w[r * STRIDE..(r + 1) * STRIDE];
             for k in 0..STRIDE {
-                dx[idx[k] as usize] += w[k] * d;
+                dx[idx[k]] += w[k] * d;
             }
         }
     }

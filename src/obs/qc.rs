@@ -11,6 +11,7 @@
 //! with sigma_b the background-error standard deviation of the analysis' own B interpolated to the observation
 //! (the latent B for L3DVar, the static B for 3D-Var, alpha diag B_l + beta diag P B_s P^T for the hybrid).
 
+use crate::bundle::grid::Layout;
 use crate::obs::operator::ObsOperator;
 use crate::obs::Observation;
 
@@ -20,7 +21,8 @@ use crate::obs::Observation;
 pub enum QcFlag {
     /// Used in the analysis.
     Used = 0,
-    /// Invalid: non-finite or malformed value/position/level, or error sd <= 0.
+    /// Invalid: non-finite or malformed value/position/level, error sd <= 0, or error sd below the floor
+    /// [`MIN_SIGMA_REL`] x the variable's normalisation sd.
     Invalid = 1,
     /// Outside the horizontal grid.
     OutsideDomain = 2,
@@ -53,6 +55,25 @@ impl QcFlag {
             QcFlag::BackgroundCheck => "background_check",
         }
     }
+}
+
+/// Smallest usable observation error sd, relative to the variable's normalisation sd (the smallest over its
+/// levels). Below it the weight 1/sigma^2 is so large that the float32 decoder's tangent-linear and adjoint runs
+/// overflow (L3DVar failed at 1e-10 on the fixtures): such an observation is flagged `Invalid` instead of failing
+/// the whole analysis. Real observation errors are many orders of magnitude above it.
+pub const MIN_SIGMA_REL: f64 = 1e-6;
+
+/// Per bundle variable, the error-sd floor [`MIN_SIGMA_REL`] times the smallest normalisation sd `std` (one per
+/// channel) over the variable's channels.
+pub fn sigma_floors(layout: &Layout, std: &[f64]) -> Vec<f64> {
+    layout
+        .variables
+        .iter()
+        .map(|v| {
+            let c = v.first_channel..v.first_channel + v.nchan();
+            MIN_SIGMA_REL * std[c].iter().copied().fold(f64::INFINITY, f64::min)
+        })
+        .collect()
 }
 
 /// Background check: flags [`QcFlag::BackgroundCheck`] on every row of `h` with

@@ -230,7 +230,8 @@ impl Analyser {
         let lay = self.bundle.layout.clone();
         let mut qc = vec![QcFlag::Used; obs.len()];
         let t_h = Instant::now();
-        let mut h = ObsOperator::build(&lay, obs, &mut qc);
+        let floors = crate::obs::sigma_floors(&lay, &self.bundle.std);
+        let mut h = ObsOperator::try_build(&lay, obs, &mut qc, &floors)?;
         let mut hxb = vec![0.0; h.nrows()];
         h.apply(x_b, &mut hxb);
         let mut h_s = t_h.elapsed().as_secs_f64();

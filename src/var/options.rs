@@ -4,7 +4,7 @@
 //! backend = "tract"            # "tract" (pure Rust, default) or "ort" (ONNX Runtime shared library)
 //! ort_library = "/path/libonnxruntime.so.1.24.1"   # or environment variable ORT_DYLIB_PATH
 //! device = "cpu"               # or "cuda:0" (backend "ort" only; fails if CUDA cannot be used)
-//! threads = 1                  # ONNX Runtime intra-op threads (1 = bit-reproducible)
+//! threads = 1                  # ONNX Runtime intra-op threads (1 = bit-reproducible on one machine)
 //! cuda_tf32 = false            # allow TF32 on CUDA
 //! method = "l3dvar"            # default method of lda_analyse: "l3dvar", "3dvar" or "hybrid"
 //! output = "analysis"          # "analysis" (x_b + decoded increment), "increment", "full_state" (N^-1(D(z_a)))

@@ -65,22 +65,8 @@ pub struct Timings {
     pub n_ad: usize,
 }
 
-/// Geostrophic balance of the increment in the extratropics.
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct BalanceStats {
-    /// Correlation between the wind increment and the geostrophic wind of the increment (|lat| > 20).
-    pub correlation: f64,
-    /// |v - v_g| / |v| over the same points.
-    pub relative_difference: f64,
-    /// RMS of the wind increment used.
-    pub wind_rms: f64,
-    /// RMS of its geostrophic wind.
-    pub geostrophic_rms: f64,
-    /// Number of points.
-    pub npoints: usize,
-    /// How the pressure-gradient force was computed.
-    pub method: String,
-}
+// The balance diagnostic's result lives with the diagnostic (a lower layer); the report carries it.
+pub use crate::diag::balance::BalanceStats;
 
 /// How the background check was made.
 #[derive(Debug, Clone, Serialize, Default)]

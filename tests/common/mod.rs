@@ -75,3 +75,93 @@ pub fn max_rel_diff(a: &[f64], b: &[f64]) -> f64 {
     let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-300);
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max) / scale
 }
+
+/// Storage type of a generated NetCDF variable.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum NcKind {
+    F64,
+    F32,
+    I16,
+}
+
+/// A variable of a generated NetCDF file: `data` in the stored type's units (packed values for I16), `None` for a
+/// variable defined but never written; `fill` is its `_FillValue`; `attrs` are numeric (float64) attributes.
+#[derive(Debug, Clone)]
+pub struct NcVar {
+    pub name: String,
+    pub dims: Vec<String>,
+    pub kind: NcKind,
+    pub data: Option<Vec<f64>>,
+    pub fill: Option<f64>,
+    pub attrs: Vec<(String, Vec<f64>)>,
+}
+
+impl NcVar {
+    pub fn f64(name: &str, dims: &[&str], data: Vec<f64>) -> NcVar {
+        NcVar { name: name.into(), dims: dims.iter().map(|d| d.to_string()).collect(), kind: NcKind::F64, data: Some(data), fill: None, attrs: vec![] }
+    }
+}
+
+/// Writes a NetCDF file (classic 64-bit-offset format or NetCDF-4) with the given dimensions and variables; all
+/// definitions first, then the data (classic files need that order).
+pub fn write_nc(path: &Path, classic: bool, dims: &[(String, usize)], vars: &[NcVar]) -> Result<(), netcdf::Error> {
+    let opts = if classic { netcdf::Options::_64BIT_OFFSET } else { netcdf::Options::NETCDF4 };
+    let mut f = netcdf::create_with(path, opts)?;
+    for (n, l) in dims {
+        f.add_dimension(n, *l)?;
+    }
+    for v in vars {
+        let d: Vec<&str> = v.dims.iter().map(String::as_str).collect();
+        let mut var = match v.kind {
+            NcKind::F64 => f.add_variable::<f64>(&v.name, &d)?,
+            NcKind::F32 => f.add_variable::<f32>(&v.name, &d)?,
+            NcKind::I16 => f.add_variable::<i16>(&v.name, &d)?,
+        };
+        if let Some(x) = v.fill {
+            match v.kind {
+                NcKind::F64 => var.set_fill_value(x)?,
+                NcKind::F32 => var.set_fill_value(x as f32)?,
+                NcKind::I16 => var.set_fill_value(x as i16)?,
+            }
+        }
+        for (k, a) in &v.attrs {
+            if a.len() == 1 {
+                var.put_attribute(k, a[0])?;
+            } else {
+                var.put_attribute(k, a.clone())?;
+            }
+        }
+    }
+    if classic {
+        f.enddef()?;
+    }
+    for v in vars {
+        let Some(data) = &v.data else { continue };
+        let mut var = f.variable_mut(&v.name).expect("defined above");
+        match v.kind {
+            NcKind::F64 => var.put_values(data, ..)?,
+            NcKind::F32 => var.put_values(&data.iter().map(|&x| x as f32).collect::<Vec<_>>(), ..)?,
+            NcKind::I16 => var.put_values(&data.iter().map(|&x| x as i16).collect::<Vec<_>>(), ..)?,
+        }
+    }
+    Ok(())
+}
+
+/// The dimensions and variables of a fixture's sample background (coordinates lev, lat, lon and every bundle
+/// variable as float64), ready to be altered and written with [`write_nc`].
+pub fn fixture_state_vars(name: &str) -> (Vec<(String, usize)>, Vec<NcVar>) {
+    let b = fixture(name);
+    let lay = latentda::bundle::Bundle::open(&b).unwrap().layout;
+    let x = latentda::bundle::ncio::read_state(&b.join("sample/background.nc"), &lay).unwrap();
+    let dims = vec![("lev".to_string(), lay.vertical.levels.len()), ("lat".into(), lay.grid.nlat()), ("lon".into(), lay.grid.nlon())];
+    let mut vars = vec![
+        NcVar::f64("lev", &["lev"], lay.vertical.levels.clone()),
+        NcVar::f64("lat", &["lat"], lay.grid.lat.clone()),
+        NcVar::f64("lon", &["lon"], lay.grid.lon.clone()),
+    ];
+    for (v, var) in lay.variables.iter().enumerate() {
+        let dims: &[&str] = if var.is_surface() { &["lat", "lon"] } else { &["lev", "lat", "lon"] };
+        vars.push(NcVar::f64(&var.name, dims, x[lay.var_range(v)].to_vec()));
+    }
+    (dims, vars)
+}

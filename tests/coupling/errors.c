@@ -12,10 +12,8 @@
 #include <string.h>
 
 #include "latentda.h"
+#include "tanh_fields.h"
 
-#define NLEV 3
-#define NLAT 8
-#define NLON 16
 #define N3 (NLEV * NLAT * NLON)
 #define N2 (NLAT * NLON)
 #define NOBS 3
@@ -64,17 +62,7 @@ static void expect_unchanged(const char *name) {
     }
 }
 
-static void fill(void) {
-    int k, j, i;
-    for (k = 0; k < NLEV; k++)
-        for (j = 0; j < NLAT; j++)
-            for (i = 0; i < NLON; i++) {
-                u[(k * NLAT + j) * NLON + i] = 5.0 + 3.0 * sin(0.4 * i) * cos(0.3 * j) - k;
-                t[(k * NLAT + j) * NLON + i] = 245.0 + 5.0 * k + 2.0 * cos(0.4 * i + 0.2 * j);
-            }
-    for (j = 0; j < NLAT; j++)
-        for (i = 0; i < NLON; i++) ps[j * NLON + i] = 100000.0 + 300.0 * sin(0.4 * i - 0.5 * j);
-}
+static void fill(void) { fill_tanh_fields(u, t, ps); }
 
 static LdaContext *open_ok(const char *bundle) {
     LdaContext *ctx = NULL;
@@ -281,8 +269,10 @@ int main(int argc, char **argv) {
             failures++;
         }
         snapshot();
-        expect("variance wrong nx", lda_bvariance(h, var, nx - 1), LDA_ERR_INVALID_ARGUMENT, h, "output has");
+        expect("variance wrong nx", lda_bvariance(h, var, nx - 1), LDA_ERR_INVALID_ARGUMENT, h, "state var_out");
         expect_unchanged("variance wrong nx");
+        expect("randomize wrong nx", lda_brandomize(h, 7, x1, nx + 1), LDA_ERR_INVALID_ARGUMENT, h, "state x_out");
+        expect_unchanged("randomize wrong nx");
         expect("variance", lda_bvariance(h, var, nx), LDA_OK, h, "");
         expect("randomize", lda_brandomize(h, 7, x1, nx), LDA_OK, h, "");
         expect("randomize again", lda_brandomize(h, 7, x2, nx), LDA_OK, h, "");
