@@ -149,7 +149,8 @@ def main(argv=None):
               "|---|---|---|---|---|---|---|"]
         for r in rows:
             L.append(f"| {r['experiment']} | {r['method']} | {r['max_wind']:.3f} | {r['vorticity']:+.2e} | {r['level']:g} | "
-                     f"{'+' if r['expected_sign'] > 0 else '-'} ({'ok' if r['consistent'] else 'no'}) | {r['balance']:.2f} |")
+                     f"{'+' if r['expected_sign'] > 0 else '-'} ({'ok' if r['consistent'] else ('none' if r['max_wind'] <= 1e-6 else 'WRONG')})"
+                     f" | {r['balance']:.2f} |")
         L.append("")
     for f in a.text:
         L += [open(f).read().rstrip(), ""]

@@ -104,8 +104,9 @@ def main(argv=None):
                 row = dict(experiment=name, method=m, max_wind=float(speed.max()), vorticity=zmean,
                            level=float(sig[k_lev]), expected_sign=int(expected), consistent=bool(ok), balance=bal)
                 out.append(row)
+                verdict = "ok" if ok else ("no wind response" if speed.max() <= 1e-6 else "WRONG SIGN")
                 print(f"| {name} | {m} | {speed.max():.3f} | {zmean:+.2e} at sigma {sig[k_lev]:g} | "
-XX
+                      f"{'+' if expected > 0 else '-'} ({verdict}) | {bal:.2f} |", flush=True)
     if a.json:
         json.dump(out, open(a.json, "w"), indent=1)
 
