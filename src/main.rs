@@ -19,7 +19,8 @@ USAGE:
                    [--method l3dvar|3dvar] [--report report.json] [--truth truth.nc]
                    [--output-mode analysis|increment|full_state] [--backend tract|ort]
                    [--device cpu|cuda:N] [--ort-library PATH] [--threads N] [--options opts.toml]
-                   [--outer-loops N] [--max-inner N] [-v]
+                   [--solver gauss_newton|adam] [--max-pairs N] [--outer-loops N] [--max-inner N]
+                   [--adam-steps N] [--adam-lr X] [-v]
 
 Exit status: 0 success, 1 error, 2 usage error, 3 success but some input rows were malformed (see report).
 ";
@@ -76,6 +77,14 @@ fn parse_common(common: &mut Common, arg: &Arg, parser: &mut lexopt::Parser) -> 
         "max-inner" => {
             o.max_inner = value(parser, "max-inner")?.parse().map_err(|_| "--max-inner needs an integer".to_string())?
         }
+        "max-pairs" => {
+            o.max_pairs = Some(value(parser, "max-pairs")?.parse().map_err(|_| "--max-pairs needs an integer".to_string())?)
+        }
+        "solver" => o.solver = value(parser, "solver")?,
+        "adam-steps" => {
+            o.adam_steps = value(parser, "adam-steps")?.parse().map_err(|_| "--adam-steps needs an integer".to_string())?
+        }
+        "adam-lr" => o.adam_lr = value(parser, "adam-lr")?.parse().map_err(|_| "--adam-lr needs a number".to_string())?,
         "outer-loops" => {
             o.outer_loops =
                 value(parser, "outer-loops")?.parse().map_err(|_| "--outer-loops needs an integer".to_string())?
