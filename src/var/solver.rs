@@ -322,7 +322,9 @@ struct InnerResult {
     dw: Vec<f64>,
     iterations: usize,
     ritz: Option<RitzRange>,
-    factor: Option<SpectralFactor>,
+    /// The loop's Lanczos tridiagonal matrix (diagonal, off-diagonal, Tbar[k+1, k]), for the preconditioner of the
+    /// next loop. The factor itself is built only when a next inner loop runs (the basis is still in place then).
+    lanczos: Option<(Vec<f64>, Vec<f64>, f64)>,
 }
 
 /// The inner loop of outer loop `k` at w: preconditioned CG (full re-orthogonalisation) on M^T A M v = M^T r,
@@ -448,13 +450,11 @@ fn inner_loop(
         let (min, max) = tridiagonal_extremes(&diag, &off);
         RitzRange { outer: k, iterations: kdim, min, max, preconditioner_pairs: pre.pairs() }
     });
-    let factor = if want_factor && kdim > 0 {
+    let lanczos = (want_factor && kdim > 0).then(|| {
         let sub = betas[kdim - 1].sqrt() / alphas[kdim - 1];
-        SpectralFactor::from_lanczos(basis, &diag, &off, sub, n, RitzSelection::default())
-    } else {
-        None
-    };
-    Ok(InnerResult { dw, iterations: kdim, ritz, factor })
+        (diag, off, sub)
+    });
+    Ok(InnerResult { dw, iterations: kdim, ritz, lanczos })
 }
 
 /// Minimises J over w, returning the analysis control vector, the analysis increment dx(w_a) (physical units)
@@ -483,6 +483,7 @@ fn gauss_newton(ctrl: &mut dyn ControlSpace, p: &Problem, params: &SolverParams)
     let mut inner_total = 0;
     let linear = ctrl.is_linear();
     let outer_loops = if linear { 1 } else { params.outer_loops.max(1) };
+    let mut pending: Option<(Vec<f64>, Vec<f64>, f64)> = None;
     let mut k = 0;
     loop {
         k += 1;
@@ -520,6 +521,12 @@ fn gauss_newton(ctrl: &mut dyn ControlSpace, p: &Problem, params: &SolverParams)
             };
             return Ok((w, ev.dx.clone(), info));
         }
+        // the preconditioner from the previous inner loop, whose Krylov basis is still in place
+        if let Some((diag, off, sub)) = pending.take() {
+            if let Some(f) = SpectralFactor::from_lanczos(&basis, &diag, &off, sub, n, RitzSelection::default()) {
+                pre.push(f);
+            }
+        }
         let want_factor = params.precondition && !linear && k < outer_loops;
         let res = inner_loop(
             ctrl,
@@ -540,9 +547,7 @@ fn gauss_newton(ctrl: &mut dyn ControlSpace, p: &Problem, params: &SolverParams)
             w[i] += res.dw[i];
         }
         hessian_ritz.extend(res.ritz);
-        if let Some(f) = res.factor {
-            pre.push(f);
-        }
+        pending = res.lanczos;
     }
 }
 
