@@ -642,10 +642,10 @@ def write_obs(path, cfg, chans, truth, std, rng, n):
             c, level = len(upper) * nlev + (vi - len(upper)), ""
         else:
             vi, lev = int(rng.integers(len(upper))), int(rng.integers(nlev))
-            c, level = vi * nlev + lev, repr(cfg["levels"][lev])
-        sig = 0.3 * std[c]
-        val = truth[c, j, i] + sig * rng.standard_normal()
-        lines.append(f"{chans[vi][0]},{cfg['lat'][j]!r},{cfg['lon'][i]!r},{level},{val!r},{sig!r}")
+            c, level = vi * nlev + lev, repr(float(cfg["levels"][lev]))
+        sig = float(0.3 * std[c])
+        val = float(truth[c, j, i] + sig * rng.standard_normal())
+        lines.append(f"{chans[vi][0]},{float(cfg['lat'][j])!r},{float(cfg['lon'][i])!r},{level},{val!r},{sig!r}")
     Path(path).write_text("\n".join(lines) + "\n")
 
 

@@ -62,6 +62,7 @@ pub fn minimise(ctrl: &mut dyn ControlSpace, p: &Problem, params: &SolverParams)
                 grad_final: g,
                 grad_reduction: if grad_initial > 0.0 { g / grad_initial } else { 0.0 },
                 hessian_ritz: Vec::new(),
+                step_lengths: Vec::new(),
             };
             return Ok((w, ev.dx.clone(), info));
         }

@@ -193,6 +193,8 @@ pub struct SolveInfo {
     /// condition number (the smallest eigenvalue of the unpreconditioned Hessian is >= 1) and so the CG iterations
     /// a given gradient reduction needs.
     pub hessian_ritz: Vec<RitzRange>,
+    /// Per outer loop, the fraction of the Gauss-Newton step taken (1 unless a line search shortened it).
+    pub step_lengths: Vec<f64>,
 }
 
 /// Extreme Ritz values of one inner loop's Hessian.
@@ -484,11 +486,18 @@ fn gauss_newton(ctrl: &mut dyn ControlSpace, p: &Problem, params: &SolverParams)
     let linear = ctrl.is_linear();
     let outer_loops = if linear { 1 } else { params.outer_loops.max(1) };
     let mut pending: Option<(Vec<f64>, Vec<f64>, f64)> = None;
+    let mut step_lengths = Vec::new();
+    // (Jb, Jo) at w when the step-length choice already evaluated it (the evaluator's buffers hold that point)
+    let mut cost_at_w: Option<(f64, f64)> = None;
+    let mut w_trial = vec![0.0; n];
     let mut k = 0;
     loop {
         k += 1;
         // exact nonlinear cost and gradient at w: the start of outer loop k, or the analysis
-        let (jb, jo) = ev.cost(ctrl, &w)?;
+        let (jb, jo) = match cost_at_w.take() {
+            Some(c) => c,
+            None => ev.cost(ctrl, &w)?,
+        };
         let g = ev.negative_gradient(ctrl, &w, &mut r)?;
         if k == 1 {
             j_initial = jb + jo;
@@ -518,6 +527,7 @@ fn gauss_newton(ctrl: &mut dyn ControlSpace, p: &Problem, params: &SolverParams)
                 grad_final: g,
                 grad_reduction: if grad_initial > 0.0 { g / grad_initial } else { 0.0 },
                 hessian_ritz,
+                step_lengths,
             };
             return Ok((w, ev.dx.clone(), info));
         }
@@ -543,11 +553,44 @@ fn gauss_newton(ctrl: &mut dyn ControlSpace, p: &Problem, params: &SolverParams)
             &mut basis,
         )?;
         inner_total += res.iterations;
-        for i in 0..n {
-            w[i] += res.dw[i];
-        }
         hessian_ritz.extend(res.ritz);
         pending = res.lanczos;
+        // Step length. The Gauss-Newton step is exact for a quadratic J; where the map is strongly nonlinear it can
+        // overshoot (J zig-zags between outer loops). The cost at w + dw is needed anyway (it starts the next loop);
+        // with J(w), the slope g.dw and J(w + dw), the parabola through them gives the best step alpha. Only when
+        // alpha is clearly below 1 is J evaluated once more (one nonlinear map), at w + alpha dw, and kept if lower.
+        let alpha = {
+            let (j0, slope) = (jb + jo, -dot(&r, &res.dw));
+            for i in 0..n {
+                w_trial[i] = w[i] + res.dw[i];
+            }
+            let (jb1, jo1) = ev.cost(ctrl, &w_trial)?;
+            let curvature = jb1 + jo1 - j0 - slope;
+            let best = if slope < 0.0 && curvature > 0.0 { (-slope / (2.0 * curvature)).max(0.1) } else { 1.0 };
+            let mut alpha = 1.0;
+            cost_at_w = Some((jb1, jo1));
+            if !linear && best < 0.9 {
+                let saved = (ev.dx.clone(), ev.d.clone());
+                for i in 0..n {
+                    w_trial[i] = w[i] + best * res.dw[i];
+                }
+                let (jb2, jo2) = ev.cost(ctrl, &w_trial)?;
+                if jb2 + jo2 < jb1 + jo1 {
+                    alpha = best;
+                    cost_at_w = Some((jb2, jo2));
+                } else {
+                    (ev.dx, ev.d) = saved;
+                }
+            }
+            alpha
+        };
+        if params.verbose && alpha != 1.0 {
+            eprintln!("outer loop {k}: step length {alpha:.4}");
+        }
+        step_lengths.push(alpha);
+        for i in 0..n {
+            w[i] += alpha * res.dw[i];
+        }
     }
 }
 
