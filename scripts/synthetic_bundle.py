@@ -24,7 +24,7 @@ Encoder: patchify then one linear map to c_lat (a cheap stand-in; it runs once p
 
 Also written: normalisation.nc (plausible per-channel mean/std in physical units), latent_variance.nc, and a
 sample case (truth = N^-1(D(z_t)), background = N^-1(D(z_t + dz)), obs.csv drawn from the truth). Needs numpy,
-onnx, netCDF4 and (for the checks) onnxruntime; no torch. Deterministic for a given seed and library versions.
+onnx, netCDF4 or scipy, and (for the checks) onnxruntime; no torch. Deterministic for a given seed and library versions.
 """
 
 import argparse
@@ -37,11 +37,24 @@ from pathlib import Path
 import numpy as np
 
 try:
-    import netCDF4
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 except ImportError as e:  # pragma: no cover
-    sys.exit(f"synthetic_bundle.py needs numpy, onnx and netCDF4: {e}")
+    sys.exit(f"synthetic_bundle.py needs numpy and onnx: {e}")
+
+
+def nc_create(path):
+    """A new NetCDF file (64-bit offset format): netCDF4 where installed, else scipy's pure-Python writer (the GPU
+    machines have scipy but not always netCDF4)."""
+    try:
+        import netCDF4
+        return netCDF4.Dataset(path, "w", format="NETCDF3_64BIT_OFFSET")
+    except ImportError:
+        try:
+            from scipy.io import netcdf_file
+        except ImportError:
+            sys.exit("synthetic_bundle.py needs netCDF4 or scipy to write NetCDF files")
+        return netcdf_file(str(path), "w", version=2)
 
 OPSET = 17
 IR_VERSION = 8
@@ -457,12 +470,12 @@ def nc_coords(d, cfg, with_lev):
 
 
 def write_state(path, cfg, chans, x):
-    d = netCDF4.Dataset(path, "w", format="NETCDF4")
+    d = nc_create(path)
     nc_coords(d, cfg, True)
     c = 0
     for name, units, nlev, long_name in chans:
         dims = ("lev", "lat", "lon") if nlev else ("lat", "lon")
-        v = d.createVariable(name, "f4", dims, zlib=False)
+        v = d.createVariable(name, "f4", dims)
         v.units = units
         v.long_name = long_name
         v[:] = x[c:c + nlev] if nlev else x[c]
@@ -586,13 +599,13 @@ def main():
           f"({time.time() - t0:.1f} s)")
     chans, mean, std = layout(cfg)
     C = cfg["channels"]
-    d = netCDF4.Dataset(out / "normalisation.nc", "w", format="NETCDF3_64BIT_OFFSET")
+    d = nc_create(out / "normalisation.nc")
     d.createDimension("channel", C)
     for name, val in [("mean", mean), ("std", std)]:
         d.createVariable(name, "f8", ("channel",))[:] = val
     d.close()
     s_lat = 0.3  # latent background-error sd (the encoder is not calibrated; any positive value works)
-    d = netCDF4.Dataset(out / "latent_variance.nc", "w", format="NETCDF3_64BIT_OFFSET")
+    d = nc_create(out / "latent_variance.nc")
     d.createDimension("token", cfg["tokens"])
     d.createDimension("latent_channel", cfg["latent_channels"])
     d.createVariable("variance", "f8", ("token", "latent_channel"))[:] = s_lat ** 2
