@@ -45,46 +45,8 @@ pub struct StaticB {
 
 /// Symmetric square root of a small symmetric PSD matrix by cyclic Jacobi (negative eigenvalues clipped to 0).
 pub fn sym_sqrt(a: &[f64], n: usize) -> Vec<f64> {
-    let mut m = a.to_vec();
-    let mut v = vec![0.0; n * n];
-    for i in 0..n {
-        v[i * n + i] = 1.0;
-    }
-    for _sweep in 0..100 {
-        let off: f64 = (0..n).flat_map(|i| (0..n).map(move |j| (i, j))).filter(|(i, j)| i != j).map(|(i, j)| m[i * n + j].powi(2)).sum();
-        if off < 1e-30 {
-            break;
-        }
-        for p in 0..n {
-            for q in p + 1..n {
-                let apq = m[p * n + q];
-                if apq.abs() < 1e-300 {
-                    continue;
-                }
-                let theta = (m[q * n + q] - m[p * n + p]) / (2.0 * apq);
-                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
-                let t = if theta == 0.0 { 1.0 } else { t };
-                let c = 1.0 / (t * t + 1.0).sqrt();
-                let s = t * c;
-                for k in 0..n {
-                    let (mkp, mkq) = (m[k * n + p], m[k * n + q]);
-                    m[k * n + p] = c * mkp - s * mkq;
-                    m[k * n + q] = s * mkp + c * mkq;
-                }
-                for k in 0..n {
-                    let (mpk, mqk) = (m[p * n + k], m[q * n + k]);
-                    m[p * n + k] = c * mpk - s * mqk;
-                    m[q * n + k] = s * mpk + c * mqk;
-                }
-                for k in 0..n {
-                    let (vkp, vkq) = (v[k * n + p], v[k * n + q]);
-                    v[k * n + p] = c * vkp - s * vkq;
-                    v[k * n + q] = s * vkp + c * vkq;
-                }
-            }
-        }
-    }
-    let lam: Vec<f64> = (0..n).map(|i| m[i * n + i].max(0.0).sqrt()).collect();
+    let (vals, v) = crate::numeric::symmetric_eigen(a, n, 1e-30);
+    let lam: Vec<f64> = vals.iter().map(|l| l.max(0.0).sqrt()).collect();
     let mut r = vec![0.0; n * n];
     for i in 0..n {
         for j in 0..n {

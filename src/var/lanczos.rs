@@ -11,7 +11,7 @@
 //! precondition the next outer loop ([`crate::var::lmp`]) and the minimum-residual iterate (MINRES, Paige &
 //! Saunders 1975), x = V_k y with y = argmin |beta_1 e_1 - Tbar_k y|, whose residual is never larger than CG's.
 
-use crate::numeric::dot_lanes;
+use crate::numeric::{dot_lanes, symmetric_eigen};
 
 /// The Lanczos tridiagonal matrix of k CG iterations from the step lengths alpha_j and the ratios
 /// beta_j = |r_j|^2 / |r_(j-1)|^2. Returns (diagonal, off-diagonal).
@@ -65,9 +65,8 @@ pub(crate) fn tridiagonal_extremes(diag: &[f64], off: &[f64]) -> (f64, f64) {
     (nth(0), nth(k - 1))
 }
 
-/// Eigen-decomposition of a small symmetric tridiagonal matrix by cyclic Jacobi rotations (deterministic, accurate
-/// to rounding for the sizes of an inner loop). Returns the eigenvalues and the eigenvectors as columns of a
-/// row-major k x k matrix (`vecs[i * k + m]` = component i of eigenvector m).
+/// Eigen-decomposition of a small symmetric tridiagonal matrix (cyclic Jacobi, to rounding). Returns the eigenvalues
+/// and the eigenvectors as columns of a row-major k x k matrix (`vecs[i * k + m]` = component i of eigenvector m).
 pub(crate) fn tridiagonal_eigen(diag: &[f64], off: &[f64]) -> (Vec<f64>, Vec<f64>) {
     let k = diag.len();
     let mut a = vec![0.0; k * k];
@@ -78,47 +77,8 @@ pub(crate) fn tridiagonal_eigen(diag: &[f64], off: &[f64]) -> (Vec<f64>, Vec<f64
             a[(j + 1) * k + j] = off[j];
         }
     }
-    let mut v = vec![0.0; k * k];
-    for j in 0..k {
-        v[j * k + j] = 1.0;
-    }
-    let scale: f64 = a.iter().map(|x| x * x).sum::<f64>().sqrt();
-    for _sweep in 0..100 {
-        let offn: f64 = (0..k).flat_map(|p| (0..k).filter(move |&q| q != p).map(move |q| (p, q))).map(|(p, q)| a[p * k + q].powi(2)).sum();
-        if offn.sqrt() <= 1e-15 * scale {
-            break;
-        }
-        for p in 0..k {
-            for q in p + 1..k {
-                let apq = a[p * k + q];
-                if apq == 0.0 {
-                    continue;
-                }
-                let (app, aqq) = (a[p * k + p], a[q * k + q]);
-                let theta = (aqq - app) / (2.0 * apq);
-                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
-                let t = if theta == 0.0 { 1.0 } else { t };
-                let c = 1.0 / (t * t + 1.0).sqrt();
-                let s = t * c;
-                for r in 0..k {
-                    let (arp, arq) = (a[r * k + p], a[r * k + q]);
-                    a[r * k + p] = c * arp - s * arq;
-                    a[r * k + q] = s * arp + c * arq;
-                }
-                for r in 0..k {
-                    let (apr, aqr) = (a[p * k + r], a[q * k + r]);
-                    a[p * k + r] = c * apr - s * aqr;
-                    a[q * k + r] = s * apr + c * aqr;
-                }
-                for r in 0..k {
-                    let (vrp, vrq) = (v[r * k + p], v[r * k + q]);
-                    v[r * k + p] = c * vrp - s * vrq;
-                    v[r * k + q] = s * vrp + c * vrq;
-                }
-            }
-        }
-    }
-    ((0..k).map(|j| a[j * k + j]).collect(), v)
+    let scale2: f64 = a.iter().map(|x| x * x).sum();
+    symmetric_eigen(&a, k, 1e-30 * scale2)
 }
 
 /// The normalised CG residuals of one inner loop, stored contiguously in float32 for the full
@@ -322,14 +282,9 @@ mod tests {
     use super::*;
     use crate::numeric::dot;
 
-    pub(crate) fn pseudo_random(n: usize, seed: u64) -> Vec<f64> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                (s >> 11) as f64 / (1u64 << 53) as f64 - 0.5
-            })
-            .collect()
+    fn pseudo_random(n: usize, seed: u64) -> Vec<f64> {
+        let mut rng = crate::diag::checks::Rng::new(seed);
+        (0..n).map(|_| rng.uniform() - 0.5).collect()
     }
 
     fn norm(a: &[f64]) -> f64 {

@@ -162,13 +162,8 @@ mod tests {
     use super::*;
 
     fn pseudo_random(n: usize, seed: u64) -> Vec<f64> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                (s >> 11) as f64 / (1u64 << 53) as f64 - 0.5
-            })
-            .collect()
+        let mut rng = crate::diag::checks::Rng::new(seed);
+        (0..n).map(|_| rng.uniform() - 0.5).collect()
     }
 
     #[test]
