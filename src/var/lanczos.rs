@@ -277,22 +277,14 @@ pub(crate) fn tridiagonal_quadratic(diag: &[f64], off: &[f64], y: &[f64]) -> f64
     (0..k).map(|j| diag[j] * y[j] * y[j] + if j + 1 < k { 2.0 * off[j] * y[j] * y[j + 1] } else { 0.0 }).sum()
 }
 
+/// What the tests of this module and of the preconditioner share.
 #[cfg(test)]
-mod tests {
+pub(crate) mod test_support {
     use super::*;
     use crate::numeric::dot;
 
-    fn pseudo_random(n: usize, seed: u64) -> Vec<f64> {
-        let mut rng = crate::diag::checks::Rng::new(seed);
-        (0..n).map(|_| rng.uniform() - 0.5).collect()
-    }
-
-    fn norm(a: &[f64]) -> f64 {
-        dot(a, a).sqrt()
-    }
-
     /// CG with full re-orthogonalisation on diag(a) x = b; returns (alphas, betas, basis, CG residual norms).
-    fn cg(a: &[f64], b: &[f64], iters: usize) -> (Vec<f64>, Vec<f64>, KrylovBasis, Vec<f64>) {
+    pub(crate) fn cg(a: &[f64], b: &[f64], iters: usize) -> (Vec<f64>, Vec<f64>, KrylovBasis, Vec<f64>) {
         let n = a.len();
         let mut r = b.to_vec();
         let mut p = r.clone();
@@ -314,6 +306,23 @@ mod tests {
             rr = rr_new;
         }
         (alphas, betas, basis, norms)
+    }
+
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::cg;
+    use super::*;
+    use crate::numeric::dot;
+
+    fn pseudo_random(n: usize, seed: u64) -> Vec<f64> {
+        let mut rng = crate::diag::checks::Rng::new(seed);
+        (0..n).map(|_| rng.uniform() - 0.5).collect()
+    }
+
+    fn norm(a: &[f64]) -> f64 {
+        dot(a, a).sqrt()
     }
 
     #[test]

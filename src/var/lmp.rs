@@ -175,24 +175,7 @@ mod tests {
             a[7 + 31 * i] = *v;
         }
         let b = pseudo_random(n, 5);
-        let mut r = b.clone();
-        let mut p = r.clone();
-        let mut rr = dot(&r, &r);
-        let mut basis = KrylovBasis::new(n, 30);
-        basis.push(&r, rr.sqrt());
-        let (mut alphas, mut betas) = (vec![], vec![]);
-        for _ in 0..25 {
-            let q: Vec<f64> = a.iter().zip(&p).map(|(a, p)| a * p).collect();
-            let alpha = rr / dot(&p, &q);
-            alphas.push(alpha);
-            r.iter_mut().zip(&q).for_each(|(r, q)| *r -= alpha * q);
-            basis.orthogonalise(&mut r);
-            let rr_new = dot(&r, &r);
-            basis.push(&r, rr_new.sqrt());
-            betas.push(rr_new / rr);
-            p = r.iter().zip(&p).map(|(r, p)| r + rr_new / rr * p).collect();
-            rr = rr_new;
-        }
+        let (alphas, betas, basis, _) = crate::var::lanczos::test_support::cg(&a, &b, 25);
         let k = alphas.len();
         let (diag, off) = crate::var::lanczos::lanczos_tridiagonal(&alphas, &betas[..k - 1]);
         let sub = betas[k - 1].sqrt() / alphas[k - 1];
