@@ -3,13 +3,13 @@
 //! Sections (all by default):
 //! * `obsop`    H build, H and H^T for 10^2 .. 10^6 observations on the T31 Gaussian grid (one core).
 //! * `backend`  one analysis per backend (tract; ONNX Runtime when ORT_DYLIB_PATH or the `onnxruntime` Python wheel
-//!              is found) on the bundle's sample case with the default options: per-phase breakdown, latentda's own
-//!              share (everything outside ONNX runs), peak memory.
+//!   is found) on the bundle's sample case with the default options: per-phase breakdown, latentda's own
+//!   share (everything outside ONNX runs), peak memory.
 //! * `threads`  ONNX Runtime intra-op threads 1, 2, ... up to the core count (the solver itself is sequential).
 //! * `nobs`     analysis cost against the observation count (10^2 .. 10^6 synthetic observations drawn from the
-//!              sample's truth), at a fixed budget of 10 TL/AD pairs so that every row does the same model work.
+//!   sample's truth), at a fixed budget of 10 TL/AD pairs so that every row does the same model work.
 //! * `grid`     analysis cost against the grid size: synthetic ViT bundles at 32 x 64, 64 x 128 and 128 x 256 made by
-//!              `scripts/synthetic_bundle.py` (generated into target/bench-bundles on first use), 10 pairs.
+//!   `scripts/synthetic_bundle.py` (generated into target/bench-bundles on first use), 10 pairs.
 //!
 //! Every analysis runs in a child process of this binary, so that its peak memory (VmHWM) is its own and each
 //! process holds one backend. Medians over LATENTDA_BENCH_REPS (default 3) analyses; the first analysis of a
