@@ -3,8 +3,8 @@
 //! Sections (all by default):
 //! * `obsop`    H build, H and H^T for 10^2 .. 10^6 observations on the T31 Gaussian grid (one core).
 //! * `backend`  one analysis per backend (tract; ONNX Runtime when ORT_DYLIB_PATH or the `onnxruntime` Python wheel
-//!   is found) on the bundle's sample case with the default options: per-phase breakdown, latentda's own
-//!   share (everything outside ONNX runs), peak memory.
+//!   is found) and method (l3dvar, 3dvar, hybrid) on the bundle's sample case with the default options:
+//!   per-phase breakdown, latentda's own share (everything outside ONNX runs), peak memory.
 //! * `threads`  ONNX Runtime intra-op threads 1, 2, ... up to the core count (the solver itself is sequential).
 //! * `nobs`     analysis cost against the observation count (10^2 .. 10^6 synthetic observations drawn from the
 //!   sample's truth), at a fixed budget of 10 TL/AD pairs so that every row does the same model work.
@@ -99,6 +99,8 @@ struct Task {
     label: String,
     bundle: PathBuf,
     backend: String,
+    /// "l3dvar", "3dvar" or "hybrid" (empty: l3dvar).
+    method: String,
     threads: usize,
     /// Synthetic observations drawn from the sample truth (None: the sample's obs.csv).
     nobs: Option<usize>,
@@ -109,10 +111,11 @@ struct Task {
 impl Task {
     fn encode(&self) -> String {
         format!(
-            "label={};bundle={};backend={};threads={};nobs={};pairs={}",
+            "label={};bundle={};backend={};method={};threads={};nobs={};pairs={}",
             self.label,
             self.bundle.display(),
             self.backend,
+            self.method,
             self.threads,
             self.nobs.map_or("-".into(), |n| n.to_string()),
             self.pairs.map_or("-".into(), |n| n.to_string())
@@ -127,6 +130,7 @@ impl Task {
                 "label" => t.label = v.into(),
                 "bundle" => t.bundle = v.into(),
                 "backend" => t.backend = v.into(),
+                "method" => t.method = v.into(),
                 "threads" => t.threads = v.parse().unwrap(),
                 "nobs" => t.nobs = v.parse().ok(),
                 "pairs" => t.pairs = v.parse().ok(),
@@ -181,8 +185,13 @@ fn run_task(t: &Task) {
             obs
         }
     };
-    let _ = a.analyse(&xb, &obs, Method::L3dvar).unwrap(); // warm-up, not timed
-    let rows: Vec<_> = (0..reps).map(|_| a.analyse(&xb, &obs, Method::L3dvar).unwrap().report).collect();
+    let method = Method::parse(if t.method.is_empty() { "l3dvar" } else { &t.method }).unwrap();
+    if method != Method::L3dvar && a.bundle.baseline.is_none() {
+        println!("  {:<28} skipped: the bundle has no baseline B", t.label);
+        return;
+    }
+    let _ = a.analyse(&xb, &obs, method).unwrap(); // warm-up, not timed
+    let rows: Vec<_> = (0..reps).map(|_| a.analyse(&xb, &obs, method).unwrap().report).collect();
     let m = |f: &dyn Fn(&latentda::var::report::Report) -> f64| median(rows.iter().map(f).collect());
     let r0 = &rows[0];
     let s = r0.solver.as_ref().unwrap();
@@ -260,11 +269,13 @@ fn main() {
     }
     let task = |label: &str, b: &Path, backend: &str| Task { label: label.into(), bundle: b.to_path_buf(), backend: backend.into(), threads: 1, ..Task::default() };
     if want("backend") {
-        println!("\n== backend: one L3DVar analysis of the sample case with the default options (threads 1)");
+        println!("\n== backend: one analysis of the sample case per method with the default options (threads 1)");
         println!("{ROW_HEADER}");
-        spawn(&task("tract", &bundle, "tract"), None);
-        if let Some(l) = ort.as_deref() {
-            spawn(&task("ort", &bundle, "ort"), Some(l));
+        for method in ["l3dvar", "3dvar", "hybrid"] {
+            spawn(&Task { method: method.into(), ..task(&format!("tract {method}"), &bundle, "tract") }, None);
+            if let Some(l) = ort.as_deref() {
+                spawn(&Task { method: method.into(), ..task(&format!("ort {method}"), &bundle, "ort") }, Some(l));
+            }
         }
     }
     if want("threads") {

@@ -33,6 +33,7 @@ module latentda
   public :: lda_open, lda_close, lda_bind_field, lda_var_index, lda_set_obs, lda_analyse, lda_obs_qc
   public :: lda_last_error, lda_report_json, lda_report_number, lda_version
   public :: lda_control_size, lda_state_size, lda_b_linearise, lda_bsqrt, lda_bsqrt_ad
+  public :: lda_bvariance, lda_brandomize
 
   ! Status codes (identical to enum LdaStatus in include/latentda.h; a test checks they match).
   integer, parameter, public :: LDA_OK = 0                    !< success
@@ -190,6 +191,21 @@ module latentda
       real(c_double), intent(inout) :: v_out(*)
       integer(c_size_t), value :: nv
     end function c_lda_bsqrt_ad
+
+    integer(c_int32_t) function c_lda_bvariance(ctx, var_out, nx) bind(C, name="lda_bvariance")
+      import :: c_int32_t, c_size_t, c_double, c_ptr
+      type(c_ptr), value :: ctx
+      real(c_double), intent(inout) :: var_out(*)
+      integer(c_size_t), value :: nx
+    end function c_lda_bvariance
+
+    integer(c_int32_t) function c_lda_brandomize(ctx, seed, x_out, nx) bind(C, name="lda_brandomize")
+      import :: c_int32_t, c_int64_t, c_size_t, c_double, c_ptr
+      type(c_ptr), value :: ctx
+      integer(c_int64_t), value :: seed
+      real(c_double), intent(inout) :: x_out(*)
+      integer(c_size_t), value :: nx
+    end function c_lda_brandomize
 
     type(c_ptr) function c_lda_version() bind(C, name="lda_version")
       import :: c_ptr
@@ -505,14 +521,15 @@ contains
   end subroutine lda_report_number
 
   ! ---------------------------------------------------------------------------------------------------------------
-  ! Latent B operator (U, U^T with B = U U^T) for a host's own variational system
+  ! B operator (U, U^T with B = U U^T) for a host's own variational system: the latent B by default, the hybrid or
+  ! static B with option b_operator = "hybrid" | "static" at lda_open (docs/b-operator.md)
   ! ---------------------------------------------------------------------------------------------------------------
 
-  !> Control-vector length n of the latent B operator, or -1 on failure.
+  !> Control-vector length n of the B operator, or -1 on failure.
   function lda_control_size(ctx, ierr) result(n)
     type(lda_context), intent(inout) :: ctx          !< open context
     integer, intent(out), optional :: ierr           !< LDA_OK, LDA_ERR_NULL_POINTER
-    integer(c_size_t) :: n                           !< latent size
+    integer(c_size_t) :: n                           !< control size (the latent size for the latent B)
     integer(c_size_t) :: m
     integer :: st
     call clear_error(ctx)
@@ -564,5 +581,25 @@ contains
     call clear_error(ctx)
     ierr = int(c_lda_bsqrt_ad(ctx%ptr, x, int(size(x), c_size_t), v, int(size(v), c_size_t)))
   end subroutine lda_bsqrt_ad
+
+  !> var = diag(U U^T): the background-error variance of every state element (state layout, as x of lda_bsqrt).
+  !> Exact, or a randomised estimate for a large latent space (option bg_check_samples); cached per linearisation.
+  subroutine lda_bvariance(ctx, var, ierr)
+    type(lda_context), intent(inout) :: ctx          !< open context, every field bound
+    real(c_double), intent(inout) :: var(:)          !< lda_state_size values; written on success
+    integer, intent(out) :: ierr                     !< LDA_OK, LDA_ERR_INVALID_ARGUMENT (size), LDA_ERR_NOT_READY, ...
+    call clear_error(ctx)
+    ierr = int(c_lda_bvariance(ctx%ptr, var, int(size(var), c_size_t)))
+  end subroutine lda_bvariance
+
+  !> x = U xi with xi ~ N(0, I) drawn from seed: a random background-error sample (the same seed, the same draw).
+  subroutine lda_brandomize(ctx, seed, x, ierr)
+    type(lda_context), intent(inout) :: ctx          !< open context, every field bound
+    integer(c_int64_t), intent(in) :: seed           !< seed of the draw
+    real(c_double), intent(inout) :: x(:)            !< lda_state_size values; written on success
+    integer, intent(out) :: ierr                     !< LDA_OK, LDA_ERR_INVALID_ARGUMENT (size), LDA_ERR_NOT_READY, ...
+    call clear_error(ctx)
+    ierr = int(c_lda_brandomize(ctx%ptr, seed, x, int(size(x), c_size_t)))
+  end subroutine lda_brandomize
 
 end module latentda

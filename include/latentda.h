@@ -180,9 +180,11 @@ extern "C" {
  *
  * - `bundle_dir`: path of the bundle directory (NUL-terminated UTF-8); must not be NULL.
  * - `options`: NULL or "" for the defaults, or TOML text with any of the keys `backend` ("tract" | "ort"),
- *   `ort_library`, `device` ("cpu" | "cuda:N"), `threads`, `cuda_tf32`, `method` ("l3dvar" | "3dvar"), `output`
- *   ("analysis" | "increment" | "full_state"), `outer_loops`, `max_inner`, `gradient_reduction`, `bg_check`,
- *   `verbosity` (one `key = value` per line; see docs/coupling.md). Unknown keys are an error.
+ *   `ort_library`, `device` ("cpu" | "cuda:N"), `threads`, `cuda_tf32`, `method` ("l3dvar" | "3dvar" |
+ *   "hybrid"), `output` ("analysis" | "increment" | "full_state"), `outer_loops`, `max_inner`,
+ *   `gradient_reduction`, `bg_check`, `bg_check_samples`, `hybrid_alpha`, `hybrid_beta`, `hybrid_variables`,
+ *   `baseline_variance_factor`, `b_operator` ("latent" | "hybrid" | "static"), `verbosity` (one `key = value` per
+ *   line; see docs/coupling.md). Unknown keys are an error.
  * - `out`: receives the new context; must not be NULL. It is set to NULL on failure.
  *
  * The strings are only read during the call. The context is owned by the caller and must be released with
@@ -275,7 +277,7 @@ int32_t lda_set_obs(struct LdaContext *ctx,
  * `lda_set_obs`, and on success writes the result into the bound arrays (per option `output`: the analysis, the
  * increment, or the full decoded state). On any failure the bound arrays are left bit-identical.
  *
- * `method`: NULL for the option's default, or "l3dvar" / "3dvar". Every bundle variable must be bound
+ * `method`: NULL for the option's default, or "l3dvar" / "3dvar" / "hybrid". Every bundle variable must be bound
  * (`LDA_ERR_NOT_READY` names the first unbound one) and observations must have been set (`LDA_ERR_NOT_READY`).
  * NaN/Inf in a bound field is `LDA_ERR_INVALID_DATA`. Rejected observations never make the analysis fail; read
  * their flags with `lda_obs_qc` and the diagnostics with `lda_report_json` / `lda_report_number`.
@@ -320,7 +322,10 @@ int32_t lda_report_number(struct LdaContext *ctx,
                           double *value_out);
 
 /**
- * Size n of the latent B operator's control vector (the latent size), into `*n_out` (must not be NULL).
+ * Size n of the B operator's control vector into `*n_out` (must not be NULL): the latent size for the latent B
+ * (option `b_operator = "latent"`, the default), the latent size plus the static control size for "hybrid", the
+ * static control size for "static" (one value per grid point of each static control channel; z has none when it
+ * is balanced hydrostatically).
  */
 int32_t lda_control_size(struct LdaContext *ctx,
                          size_t *n_out);
@@ -333,15 +338,18 @@ int32_t lda_state_size(struct LdaContext *ctx,
                        size_t *n_out);
 
 /**
- * Linearises the latent B operator at the background currently in the bound arrays (z_b = E(N(x_b))); every
- * variable must be bound. Done implicitly by the first `lda_bsqrt`/`lda_bsqrt_ad` after a bind; call it again
- * when the background in the bound arrays changed.
+ * Linearises the B operator selected by option `b_operator` ("latent" by default, "hybrid" or "static") at the
+ * background currently in the bound arrays (z_b = E(N(x_b)) for the latent and hybrid B); every variable must be
+ * bound. Done implicitly by the first `lda_bsqrt`/`lda_bsqrt_ad`/`lda_bvariance`/`lda_brandomize` after a bind;
+ * call it again when the background in the bound arrays changed. The hybrid B is
+ * U [w, v] = sqrt(alpha) U_l w + sqrt(beta) P U_s v (weights and variables: options `hybrid_*` or the bundle's
+ * `[hybrid]` table; docs/b-operator.md).
  */
 int32_t lda_b_linearise(struct LdaContext *ctx);
 
 /**
  * x = U v: the model-space increment (physical units) of control vector `v` (`nv` = `lda_control_size` values),
- * with B_implied = U U^T.
+ * with B_implied = U U^T (U of the operator selected by option `b_operator`).
  *
  * `x_out` receives `nx` = `lda_state_size` doubles in state layout: variables in bundle order, each as its C-order
  * (lev, lat, lon) block (levels top to bottom, latitudes north to south, longitude fastest). With `x_out` NULL the
@@ -363,6 +371,30 @@ int32_t lda_bsqrt_ad(struct LdaContext *ctx,
                      size_t nx,
                      double *v_out,
                      size_t nv);
+
+/**
+ * diag(U U^T), the background-error variance of the B operator (option `b_operator`) per state element, in
+ * physical units squared: `var_out` receives `nx` = `lda_state_size` doubles in state layout, or, when NULL, the
+ * variance is written into the bound arrays (their content is replaced; the linearisation point is kept).
+ *
+ * Exact for the static B and for a latent B with at most `bg_check_samples` latent elements; otherwise a
+ * randomised estimate from `bg_check_samples` draws (relative standard error sqrt(2 / samples), e.g. 0.25 for 32).
+ * Computed once per linearisation: repeated calls, and an `lda_analyse` of the same background (its background
+ * check uses it), reuse it.
+ */
+int32_t lda_bvariance(struct LdaContext *ctx,
+                      double *var_out,
+                      size_t nx);
+
+/**
+ * A random draw of the background error, x = U xi with xi ~ N(0, I) generated from `seed` (deterministic: the
+ * same seed gives the same draw). `x_out` receives `nx` = `lda_state_size` doubles in state layout, or, when NULL,
+ * the draw is written into the bound arrays (as `lda_bsqrt` with NULL).
+ */
+int32_t lda_brandomize(struct LdaContext *ctx,
+                       uint64_t seed,
+                       double *x_out,
+                       size_t nx);
 
 /**
  * The latentda version string (static, NUL-terminated; do not free).

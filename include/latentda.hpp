@@ -211,7 +211,7 @@ class Context {
     });
   }
 
-  // Runs an analysis on the bound background ("l3dvar", "3dvar", or empty for the options' default). On success
+  // Runs an analysis on the bound background ("l3dvar", "3dvar", "hybrid", or empty for the options' default). On success
   // the bound arrays receive the result; on any exception they are untouched.
   void analyse(const std::string& method = "") {
     detail::call([&] { get().analyse(detail::str(method)); });
@@ -230,7 +230,8 @@ class Context {
     return detail::call([&] { return std::string(get().report_json()); });
   }
 
-  // Latent control-vector size n (length of v in bsqrt/bsqrt_ad).
+  // B operator: the latent B by default; the hybrid or static B with option b_operator = "hybrid" | "static" at open
+  // (docs/b-operator.md). Control-vector size n (length of v in bsqrt/bsqrt_ad).
   std::size_t control_size() const {
     return detail::call([&] { return get().control_size(); });
   }
@@ -239,8 +240,8 @@ class Context {
     return detail::call([&] { return get().state_size(); });
   }
 
-  // (Re)linearises the latent B operator at the background now in the bound arrays (done implicitly by the first
-  // bsqrt/bsqrt_ad after binding).
+  // (Re)linearises the B operator at the background now in the bound arrays (done implicitly by the first
+  // bsqrt/bsqrt_ad/bvariance/brandomize after binding).
   void b_linearise() {
     detail::call([&] { get().b_linearise(); });
   }
@@ -270,6 +271,25 @@ class Context {
   // v = U^T x with x read from the bound arrays.
   void bsqrt_ad_from_fields(Span<double> v_out) {
     detail::call([&] { get().bsqrt_ad_from_fields(rust::Slice<double>(v_out.data(), v_out.size())); });
+  }
+  // diag(U U^T): background-error variance per state element (exact, or randomised for a large latent space:
+  // option bg_check_samples); computed once per linearisation.
+  void bvariance(Span<double> var_out) {
+    detail::call([&] { get().bvariance(rust::Slice<double>(var_out.data(), var_out.size())); });
+  }
+  std::vector<double> bvariance() {
+    std::vector<double> v(state_size());
+    bvariance(Span<double>(v));
+    return v;
+  }
+  // A background-error draw U xi, xi ~ N(0, I) from `seed` (deterministic per seed).
+  void brandomize(uint64_t seed, Span<double> x_out) {
+    detail::call([&] { get().brandomize(seed, rust::Slice<double>(x_out.data(), x_out.size())); });
+  }
+  std::vector<double> brandomize(uint64_t seed) {
+    std::vector<double> x(state_size());
+    brandomize(seed, Span<double>(x));
+    return x;
   }
 
  private:

@@ -16,11 +16,13 @@ USAGE:
   latentda info <bundle> [--backend tract|ort]
   latentda check <bundle> [--state state.nc] [--backend tract|ort] [--ort-library PATH]
   latentda analyse --bundle B --background bg.nc --obs obs.csv --output an.nc
-                   [--method l3dvar|3dvar] [--report report.json] [--truth truth.nc]
+                   [--method l3dvar|3dvar|hybrid] [--report report.json] [--truth truth.nc]
                    [--output-mode analysis|increment|full_state] [--backend tract|ort]
                    [--device cpu|cuda:N] [--ort-library PATH] [--threads N] [--options opts.toml]
                    [--solver gauss_newton|adam] [--max-pairs N] [--outer-loops N] [--max-inner N]
                    [--adam-steps N] [--adam-lr X] [-v]
+                   [--hybrid-alpha A] [--hybrid-beta B] [--hybrid-variables q,ps]
+                   [--baseline-variance-factor F] [--bg-check-samples N] [--latent-increment nonlinear|linear]
 
 Exit status: 0 success, 1 error, 2 usage error, 3 success but some input rows were malformed (see report).
 ";
@@ -35,6 +37,11 @@ fn value(parser: &mut lexopt::Parser, name: &str) -> Result<String, String> {
         .map_err(|_| format!("option --{name} needs a value"))?
         .into_string()
         .map_err(|_| format!("option --{name}: value is not valid UTF-8"))
+}
+
+fn number(parser: &mut lexopt::Parser, name: &str) -> Result<f64, String> {
+    let v = value(parser, name)?;
+    v.parse().map_err(|_| format!("--{name} needs a number, got '{v}'"))
 }
 
 /// An argument detached from the parser, so the parser can be borrowed again for its value.
@@ -85,6 +92,17 @@ fn parse_common(common: &mut Common, arg: &Arg, parser: &mut lexopt::Parser) -> 
             o.adam_steps = value(parser, "adam-steps")?.parse().map_err(|_| "--adam-steps needs an integer".to_string())?
         }
         "adam-lr" => o.adam_lr = value(parser, "adam-lr")?.parse().map_err(|_| "--adam-lr needs a number".to_string())?,
+        "hybrid-alpha" => o.hybrid_alpha = Some(number(parser, "hybrid-alpha")?),
+        "hybrid-beta" => o.hybrid_beta = Some(number(parser, "hybrid-beta")?),
+        "hybrid-variables" => {
+            o.hybrid_variables = Some(value(parser, "hybrid-variables")?.split(',').map(|v| v.trim().to_string()).collect())
+        }
+        "baseline-variance-factor" => o.baseline_variance_factor = Some(number(parser, "baseline-variance-factor")?),
+        "latent-increment" => o.latent_increment = value(parser, "latent-increment")?,
+        "bg-check-samples" => {
+            o.bg_check_samples =
+                value(parser, "bg-check-samples")?.parse().map_err(|_| "--bg-check-samples needs an integer".to_string())?
+        }
         "outer-loops" => {
             o.outer_loops =
                 value(parser, "outer-loops")?.parse().map_err(|_| "--outer-loops needs an integer".to_string())?
@@ -200,7 +218,14 @@ fn cmd_info(positional: &[String], common: &Common) -> Result<ExitCode, String> 
     let lv = &b.latent_variance;
     let mean_sd = (lv.iter().sum::<f64>() / lv.len() as f64).sqrt();
     println!("latent B    diagonal, rms sd {mean_sd:.4}");
-    println!("baseline B  {}", if b.baseline.is_some() { "present (3dvar available)" } else { "absent" });
+    println!("baseline B  {}", if b.baseline.is_some() { "present (3dvar and hybrid available)" } else { "absent" });
+    println!(
+        "hybrid      alpha {} beta {} static part on {}; baseline variance factor {}",
+        b.hybrid.alpha,
+        b.hybrid.beta,
+        b.hybrid.variables.as_ref().map_or("all variables".to_string(), |v| v.join(", ")),
+        b.baseline_variance_factor
+    );
     println!("models      encoder, decoder, decoder_tl, decoder_ad: signatures OK ({})", a.ae.info.detail);
     println!("checksums   {} files verified (SHA-256)", b.checksums.len());
     for (k, v) in &b.provenance {
@@ -260,7 +285,7 @@ fn cmd_check(
     let pass = lt.rel < 1e-5;
     ok &= pass;
     println!("latent B^1/2 (U) adjoint test: rel diff {:.2e} (gate 1e-5) {}", lt.rel, if pass { "PASS" } else { "FAIL" });
-    match checks::baseline_bsqrt_dot_test(&a.bundle, 4).map_err(e)? {
+    match checks::baseline_bsqrt_dot_test(&a.bundle, &mut a.ae, 4).map_err(e)? {
         Some(bt) => {
             let pass = bt.rel < 1e-10;
             ok &= pass;

@@ -21,49 +21,50 @@ pub fn dot_lanes<T: Copy + Into<f64>>(a: &[f64], b: &[T]) -> f64 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
+/// Small deterministic generator (SplitMix64 -> Box-Muller) so checks are reproducible without a dependency.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
 
-/// Eigen-decomposition of a small symmetric matrix `a` (n x n, row-major) by cyclic Jacobi rotations, until the
-/// squared off-diagonal norm is <= `off_tol2`. Deterministic. Returns the eigenvalues (unordered) and the
-/// eigenvectors as the columns of a row-major n x n matrix (`vecs[i * n + m]` = component i of eigenvector m).
-pub fn symmetric_eigen(a: &[f64], n: usize, off_tol2: f64) -> (Vec<f64>, Vec<f64>) {
-    let mut m = a.to_vec();
-    let mut v = vec![0.0; n * n];
-    for i in 0..n {
-        v[i * n + i] = 1.0;
+impl Rng {
+    /// Seeded generator.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
     }
-    for _sweep in 0..100 {
-        let off: f64 = (0..n).flat_map(|i| (0..n).map(move |j| (i, j))).filter(|(i, j)| i != j).map(|(i, j)| m[i * n + j].powi(2)).sum();
-        if off < off_tol2 {
-            break;
-        }
-        for p in 0..n {
-            for q in p + 1..n {
-                let apq = m[p * n + q];
-                if apq.abs() < 1e-300 {
-                    continue;
-                }
-                let theta = (m[q * n + q] - m[p * n + p]) / (2.0 * apq);
-                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
-                let t = if theta == 0.0 { 1.0 } else { t };
-                let c = 1.0 / (t * t + 1.0).sqrt();
-                let s = t * c;
-                for k in 0..n {
-                    let (mkp, mkq) = (m[k * n + p], m[k * n + q]);
-                    m[k * n + p] = c * mkp - s * mkq;
-                    m[k * n + q] = s * mkp + c * mkq;
-                }
-                for k in 0..n {
-                    let (mpk, mqk) = (m[p * n + k], m[q * n + k]);
-                    m[p * n + k] = c * mpk - s * mqk;
-                    m[q * n + k] = s * mpk + c * mqk;
-                }
-                for k in 0..n {
-                    let (vkp, vkq) = (v[k * n + p], v[k * n + q]);
-                    v[k * n + p] = c * vkp - s * vkq;
-                    v[k * n + q] = s * vkp + c * vkq;
-                }
-            }
-        }
+    /// Uniform in (0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+        z ^= z >> 31;
+        ((z >> 11) as f64 + 0.5) / (1u64 << 53) as f64
     }
-    ((0..n).map(|i| m[i * n + i]).collect(), v)
+    /// Standard normal.
+    pub fn normal(&mut self) -> f64 {
+        let (u1, u2) = (self.uniform(), self.uniform());
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+    /// Vector of standard normals.
+    pub fn normals(&mut self, n: usize) -> Vec<f64> {
+        (0..n).map(|_| self.normal()).collect()
+    }
+}
+
+/// Result of an adjoint test: |<A v, u> - <v, A^T u>| / max(|<A v, u>|, |<v, A^T u>|).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DotTest {
+    /// <A v, u>.
+    pub lhs: f64,
+    /// <v, A^T u>.
+    pub rhs: f64,
+    /// Relative difference.
+    pub rel: f64,
+}
+
+impl DotTest {
+    /// Relative difference of two inner products that should agree.
+    pub fn new(lhs: f64, rhs: f64) -> DotTest {
+        let m = lhs.abs().max(rhs.abs());
+        DotTest { lhs, rhs, rel: if m > 0.0 { (lhs - rhs).abs() / m } else { 0.0 } }
+    }
 }

@@ -26,9 +26,13 @@ fn fortran_cvt_example_passes_its_adjoint_test() {
         .output()
         .expect("gfortran must be installed (scripts/setup.sh)");
     assert!(o.status.success(), "gfortran failed:\n{}", String::from_utf8_lossy(&o.stderr));
-    let o = Command::new(&exe).arg(root.join("tests/fixtures/tanh")).output().unwrap();
-    let out = String::from_utf8_lossy(&o.stdout);
-    println!("{out}");
-    assert!(o.status.success() && out.contains("adjoint test passed"), "{out}\n{}", String::from_utf8_lossy(&o.stderr));
-    assert!(out.contains("control size 32, state size 896"), "{out}");
+    // The latent B (default), the hybrid B (32 latent + 7 x 128 static control values) and the static B.
+    for (options, size) in [("", 32), ("b_operator = \"hybrid\"", 32 + 896), ("b_operator = \"static\"", 896)] {
+        let o = Command::new(&exe).arg(root.join("tests/fixtures/tanh")).arg(options).output().unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        println!("{options}:\n{out}");
+        assert!(o.status.success() && out.contains("adjoint test passed"), "{out}\n{}", String::from_utf8_lossy(&o.stderr));
+        assert!(out.contains("variance test passed"), "{out}");
+        assert!(out.contains(&format!("control size {size}, state size 896")), "{out}");
+    }
 }

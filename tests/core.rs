@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use latentda::bmat::BOperator;
 use latentda::diag::checks::{self, Rng};
 use latentda::bundle::grid::{Grid, GridKind, Layout, Vertical, VerticalKind};
 use latentda::obs::{parse_csv, Observation, QcFlag};

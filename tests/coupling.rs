@@ -149,24 +149,27 @@ fn cli_analysis(bundle: &str) -> &'static [f64] {
     static LIN: OnceLock<Vec<f64>> = OnceLock::new();
     static TANH: OnceLock<Vec<f64>> = OnceLock::new();
     let cell = if bundle == "linear" { &LIN } else { &TANH };
-    cell.get_or_init(|| {
-        let b = fixture(bundle);
-        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("coupling_cli_{bundle}.nc"));
-        let o = Command::new(env!("CARGO_BIN_EXE_latentda"))
-            .args(["analyse", "--bundle"])
-            .arg(&b)
-            .arg("--background")
-            .arg(b.join("sample/background.nc"))
-            .arg("--obs")
-            .arg(b.join("sample/obs.csv"))
-            .arg("--output")
-            .arg(&out)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "latentda analyse failed: {}", show(&o));
-        let layout = Bundle::open(&b).unwrap().layout;
-        latentda::bundle::ncio::read_state(&out, &layout).unwrap()
-    })
+    cell.get_or_init(|| run_cli(bundle, "l3dvar"))
+}
+
+/// `latentda analyse --method METHOD` on the fixture's sample: the analysis state (channel-major).
+fn run_cli(bundle: &str, method: &str) -> Vec<f64> {
+    let b = fixture(bundle);
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("coupling_cli_{bundle}_{method}.nc"));
+    let o = Command::new(env!("CARGO_BIN_EXE_latentda"))
+        .args(["analyse", "--method", method, "--bundle"])
+        .arg(&b)
+        .arg("--background")
+        .arg(b.join("sample/background.nc"))
+        .arg("--obs")
+        .arg(b.join("sample/obs.csv"))
+        .arg("--output")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "latentda analyse --method {method} failed: {}", show(&o));
+    let layout = Bundle::open(&b).unwrap().layout;
+    latentda::bundle::ncio::read_state(&out, &layout).unwrap()
 }
 
 /// Runs a driver on the fixture's sample and returns (analysed state read back from its output, stdout).
@@ -313,6 +316,22 @@ fn fortran_driver_matches_cli() {
         let d4 = max_rel_diff(bundle, &x4, &x);
         println!("{bundle}: Fortran f32 vs f64 max rel diff {d4:.2e}");
         assert!(d4 <= 1e-5, "{bundle}: Fortran f32 and f64 differ by {d4:e}");
+    }
+}
+
+/// The C and Fortran drivers' `--method hybrid` analyses against `latentda analyse --method hybrid` (default weights
+/// and variables: alpha 1, beta 1, all variables), on both fixtures.
+#[test]
+fn c_and_fortran_drivers_run_hybrid_like_cli() {
+    let p = programs();
+    for bundle in ["linear", "tanh"] {
+        let cli = run_cli(bundle, "hybrid");
+        let (xc, _) = run_driver(&p.c_shared, bundle, "c_hybrid", &["--method", "hybrid", "--quiet"]);
+        let (xf, _) = run_driver(&p.f_shared, bundle, "f_hybrid", &["--method", "hybrid", "--quiet"]);
+        let (dc, df) = (max_rel_diff(bundle, &xc, &cli), max_rel_diff(bundle, &xf, &cli));
+        println!("{bundle}: hybrid, C driver vs CLI {dc:.2e}, Fortran driver vs CLI {df:.2e}");
+        assert!(dc <= 1e-6 && df <= 1e-6, "{bundle}: hybrid analyses differ from the CLI's: C {dc:e}, Fortran {df:e}");
+        assert!(max_rel_diff(bundle, &xc, cli_analysis(bundle)) > 1e-6, "{bundle}: hybrid equals l3dvar");
     }
 }
 

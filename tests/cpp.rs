@@ -227,4 +227,39 @@ fn cpp_errors_have_c_abi_codes_and_messages_and_leave_arrays_untouched() {
         assert!(out.contains(&format!("case={name} untouched=1")), "{name}: host arrays modified by a failed analyse\n{out}");
     }
     assert!(out.contains("case=valid_analysis changed=1"), "{out}");
+    assert!(out.contains("case=hybrid_analysis qc="), "{out}");
+    assert_eq!(case("bvariance_wrong_length").0, Status::InvalidArgument as i32);
+    assert!(out.contains("case=bvariance positive=1 n=896 same_draw=1"), "{out}");
+}
+
+/// The C++ driver's hybrid analysis equals the CLI's (`--method hybrid`, weights and variables from options).
+#[test]
+fn cpp_driver_hybrid_matches_cli() {
+    let bundle = common::fixture("tanh");
+    let sample = bundle.join("sample");
+    let dir = common::scratch("cpp_driver_hybrid_matches_cli");
+    let (bg, obs) = (sample.join("background.nc"), sample.join("obs.csv"));
+    let opts = dir.join("opts.toml");
+    let text = "hybrid_alpha = 0.5\nhybrid_beta = 2.0\nhybrid_variables = [\"t\", \"ps\"]\n";
+    std::fs::write(&opts, text).unwrap();
+    let an_cli = dir.join("an_cli.nc");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let (code, _, err) = common::cli(&[
+        "analyse", "--bundle", &s(&bundle), "--background", &s(&bg), "--obs", &s(&obs), "--output", &s(&an_cli),
+        "--options", &s(&opts), "--method", "hybrid",
+    ]);
+    assert_eq!(code, 0, "CLI hybrid failed: {err}");
+    let driver = build("driver");
+    let an_cpp = dir.join("an_cpp.txt");
+    let (code, out, err) =
+        run(&driver, &[&s(&bundle), &s(&bg), &s(&obs), &s(&an_cpp), "--method", "hybrid", "--options", text]);
+    assert_eq!(code, 0, "C++ driver (hybrid) failed:\n{out}\n{err}");
+    let (fields, _) = parse_driver_output(&an_cpp);
+    for (name, cpp) in &fields {
+        let cli = read_nc(&an_cli, name);
+        let rel = common::max_rel_diff(cpp, &cli);
+        println!("hybrid {name}: max |C++ - CLI| / max|CLI| = {rel:.3e}");
+        assert!(rel <= 1e-6, "{name}: C++ hybrid analysis differs from the CLI's by {rel:e}");
+        assert!(common::max_rel_diff(cpp, &read_nc(&bg, name)) > 1e-6, "{name}: unchanged by the hybrid analysis");
+    }
 }

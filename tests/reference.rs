@@ -61,7 +61,10 @@ fn l3dvar_on_the_sample_case_beats_the_background_on_every_variable_and_3dvar_on
     let wins: Vec<&str> = (0..rb.len()).filter(|&i| rl[i] < rv[i]).map(|i| names[i]).collect();
     println!("L3DVar beats 3D-Var on {wins:?}");
     assert!(wins.len() * 2 > rb.len(), "L3DVar beats 3D-Var only on {wins:?}");
-    assert!(wins.contains(&"z"), "L3DVar does not beat 3D-Var on the unobserved geopotential");
+    // The baseline is fair (issue 12): its geopotential follows hydrostatically from t and q, so the unobserved z
+    // improves under 3D-Var too (on this case more than under L3DVar: 192 vs 205 m2 s-2, background 296).
+    let iz = lay.var_index("z").unwrap();
+    assert!(rv[iz] < 0.8 * rb[iz], "3D-Var with hydrostatic z: z RMSE {} vs background {}", rv[iz], rb[iz]);
 }
 
 #[test]

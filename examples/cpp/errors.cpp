@@ -119,7 +119,19 @@ int main(int argc, char** argv) {
     std::printf("case=valid_analysis changed=%d qc=%zu\n", changed ? 1 : 0, ctx.obs_qc().size());
     if (!changed) ++failures;
 
-    // 14. A moved-from context throws instead of crashing.
+    // 14. The hybrid method, and the B operator's variance and draws (wrong output length: invalid_argument).
+    ctx.analyse("hybrid");
+    std::printf("case=hybrid_analysis qc=%zu\n", ctx.obs_qc().size());
+    std::vector<double> short_out(10);
+    expect_error("bvariance_wrong_length", latentda::status::invalid_argument, [&] { ctx.bvariance(short_out); });
+    std::vector<double> bvar = ctx.bvariance();
+    bool positive = true;
+    for (double x : bvar) positive = positive && x > 0.0;
+    bool same_draw = ctx.brandomize(3) == ctx.brandomize(3) && ctx.brandomize(3) != ctx.brandomize(4);
+    std::printf("case=bvariance positive=%d n=%zu same_draw=%d\n", positive ? 1 : 0, bvar.size(), same_draw ? 1 : 0);
+    if (!positive || !same_draw) ++failures;
+
+    // 15. A moved-from context throws instead of crashing.
     latentda::Context other = std::move(ctx);
     expect_error("moved_from", latentda::status::null_pointer, [&] { ctx.state_size(); });
     std::printf("case=moved_to state_size=%zu\n", other.state_size());

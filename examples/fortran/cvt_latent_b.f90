@@ -6,6 +6,7 @@
 !>     -Ltarget/release -llatentda -lnetcdf -lm -Wl,-rpath,$PWD/target/release
 !> Run on a bundle with variables u, t (nlev levels) and ps, e.g. the test fixture:
 !>   target/cvt_latent_b tests/fixtures/tanh
+!> An optional second argument is the options text, e.g. 'b_operator = "hybrid"' for the hybrid latent-static B.
 module latent_b_callbacks
   use iso_c_binding, only: c_double
   use latentda
@@ -59,22 +60,26 @@ contains
 
 end module latent_b_callbacks
 
-!> Opens a bundle, linearises the latent B at a smooth background and runs the adjoint test of the cvt/cvt_adj pair
-!> a host minimiser would rely on: <U v, x> = <v, U^T x>.
+!> Opens a bundle, linearises the B operator at a smooth background and runs the adjoint test of the cvt/cvt_adj pair
+!> a host minimiser would rely on: <U v, x> = <v, U^T x>; then checks diag B (lda_bvariance) against the mean square
+!> of random draws U xi (lda_brandomize).
 program cvt_latent_b
-  use iso_c_binding, only: c_double
+  use iso_c_binding, only: c_double, c_int64_t
   use latentda
   use latent_b_callbacks
   implicit none
   integer, parameter :: nlon = 16, nlat = 8, nlev = 3
   real(c_double), allocatable, target :: u(:,:,:), t(:,:,:), ps(:,:)
-  real(c_double), allocatable :: v(:), uv(:), x(:), utx(:)
-  character(len=4096) :: bundle_dir
+  integer, parameter :: ndraw = 400
+  real(c_double), allocatable :: v(:), uv(:), x(:), utx(:), var(:), draw(:), draw2(:), msq(:)
+  character(len=4096) :: bundle_dir, options
   integer :: ierr, n, m, i, j
-  real(c_double) :: lhs, rhs, rel
+  integer(c_int64_t) :: seed
+  real(c_double) :: lhs, rhs, rel, ratio
 
   call get_command_argument(1, bundle_dir)
-  call lda_open(lda, trim(bundle_dir), ierr)
+  call get_command_argument(2, options)
+  call lda_open(lda, trim(bundle_dir), ierr, options=trim(options))
   if (ierr /= LDA_OK) then
     block
       character(len=1024) :: msg
@@ -107,10 +112,30 @@ program cvt_latent_b
   rel = abs(lhs - rhs) / max(abs(lhs), abs(rhs))
   write (*, '(a,i0,a,i0)') 'control size ', n, ', state size ', m
   write (*, '(a,es16.8,a,es16.8,a,es9.2)') '<U v, x> = ', lhs, '  <v, U^T x> = ', rhs, '  rel diff ', rel
-  call lda_close(lda)
   if (rel > 1.0e-5_c_double) then
     write (*, '(a)') 'ADJOINT TEST FAILED'
     error stop 3
   end if
   write (*, '(a)') 'adjoint test passed'
+  ! diag B against the mean square of draws U xi: the sums agree to sampling error (sqrt(2/ndraw) = 7 % per element).
+  allocate (var(m), draw(m), draw2(m), msq(m))
+  call lda_bvariance(lda, var, ierr)
+  if (ierr /= LDA_OK) error stop 4
+  msq = 0.0_c_double
+  do i = 1, ndraw
+    seed = int(i, c_int64_t)
+    call lda_brandomize(lda, seed, draw, ierr)
+    if (ierr /= LDA_OK) error stop 5
+    msq = msq + draw**2 / ndraw
+  end do
+  call lda_brandomize(lda, 1_c_int64_t, draw2, ierr)
+  call lda_brandomize(lda, 1_c_int64_t, draw, ierr)
+  ratio = sum(msq) / sum(var)
+  write (*, '(a,es12.4,a,f8.4)') 'sum of diag B ', sum(var), ', mean square of draws / diag B ', ratio
+  call lda_close(lda)
+  if (minval(var) < 0.0_c_double .or. abs(ratio - 1.0_c_double) > 0.1_c_double .or. any(draw /= draw2)) then
+    write (*, '(a)') 'VARIANCE TEST FAILED'
+    error stop 6
+  end if
+  write (*, '(a)') 'variance test passed'
 end program cvt_latent_b

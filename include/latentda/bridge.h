@@ -983,13 +983,13 @@ struct Context final : public ::rust::Opaque {
   // JSON report of the last successful analysis.
   ::rust::String report_json() const;
 
-  // Latent control-vector size.
+  // Control-vector size of the B operator (option `b_operator`).
   ::std::size_t control_size() const;
 
   // Full state length.
   ::std::size_t state_size() const;
 
-  // (Re)linearises the latent B operator at the bound background.
+  // (Re)linearises the B operator (option `b_operator`) at the bound background.
   void b_linearise();
 
   // x = U v into `x_out` (state layout).
@@ -1003,6 +1003,12 @@ struct Context final : public ::rust::Opaque {
 
   // v = U^T x reading x from the bound arrays.
   void bsqrt_ad_from_fields(::rust::Slice<double > v_out);
+
+  // diag(U U^T) into `var_out` (state layout).
+  void bvariance(::rust::Slice<double > var_out);
+
+  // A draw U xi, xi ~ N(0, I) from `seed`, into `x_out` (state layout).
+  void brandomize(::std::uint64_t seed, ::rust::Slice<double > x_out);
 
   ~Context() = delete;
 

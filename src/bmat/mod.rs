@@ -1,5 +1,89 @@
-//! Background-error covariance operators B = U U^T: the latent B of the autoencoder ([`latent`]) and the static,
-//! univariate model-space B of the 3D-Var baseline ([`static_b`]).
+//! Background-error covariance operators B = U U^T, all behind one trait with JEDI SABER's verbs ([`BOperator`]):
+//! the latent B of the autoencoder ([`latent`]), the static, univariate model-space B of the 3D-Var baseline with its
+//! hydrostatic balance ([`static_b`], [`hydrostatic`]), and their weighted sum over a concatenated control vector
+//! ([`hybrid`]).
 
+pub mod hybrid;
+pub mod hydrostatic;
 pub mod latent;
 pub mod static_b;
+
+use crate::error::{Error, Result};
+use crate::model::autoencoder::Autoencoder;
+use crate::numeric::{dot, DotTest, Rng};
+
+/// Checks a vector length, naming the vector.
+pub(crate) fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
+    if got != want {
+        return Err(Error::arg(format!("{what} has length {got}, expected {want}")));
+    }
+    Ok(())
+}
+
+/// A background-error covariance B = U U^T given by its square root U: control vector v (length
+/// [`control_size`](BOperator::control_size)) -> model-space increment x = U v (physical units, the state layout of
+/// [`crate::bundle::grid`]). J_b = 1/2 |v|^2.
+///
+/// The verbs are SABER's: `multiplySqrt` ([`sqrt`](BOperator::sqrt)), `multiplySqrtAD`
+/// ([`sqrt_ad`](BOperator::sqrt_ad)), `variance` (diag B), `randomize` (a draw U xi) and a built-in adjoint test.
+/// The autoencoder's ONNX sessions are passed to each call (`ae`): the latent B runs the decoder's TL/AD graphs
+/// with them, the static B ignores them. An operator is linearised at construction (or by its own methods); the
+/// variance is computed once per linearisation and cached.
+pub trait BOperator {
+    /// Control vector length n.
+    fn control_size(&self) -> usize;
+    /// Model state length.
+    fn state_len(&self) -> usize;
+    /// x = U v.
+    fn sqrt(&mut self, ae: &mut Autoencoder, v: &[f64], x: &mut [f64]) -> Result<()>;
+    /// v = U^T x (the exact adjoint of `sqrt`).
+    fn sqrt_ad(&mut self, ae: &mut Autoencoder, x: &[f64], v: &mut [f64]) -> Result<()>;
+    /// diag(U U^T), one value per state element (cached per linearisation).
+    fn variance(&mut self, ae: &mut Autoencoder) -> Result<&[f64]>;
+    /// How [`variance`](BOperator::variance) is obtained (exact, or randomised with its sample count and error).
+    fn variance_method(&self) -> String;
+
+    /// x = U xi with xi ~ N(0, I) drawn from `seed`: a sample of the background error (deterministic per seed).
+    fn randomize(&mut self, ae: &mut Autoencoder, seed: u64, x: &mut [f64]) -> Result<()> {
+        let xi = Rng::new(seed).normals(self.control_size());
+        self.sqrt(ae, &xi, x)
+    }
+
+    /// Adjoint test |<U v, x> - <v, U^T x>| / max(|<U v, x>|, |<v, U^T x>|) with random v and x = r + c U v (a
+    /// component along U v, so the products cannot cancel by chance).
+    fn sqrt_test(&mut self, ae: &mut Autoencoder, seed: u64) -> Result<DotTest> {
+        let (n, m) = (self.control_size(), self.state_len());
+        let mut rng = Rng::new(seed);
+        let v = rng.normals(n);
+        let mut uv = vec![0.0; m];
+        self.sqrt(ae, &v, &mut uv)?;
+        let r = rng.normals(m);
+        let (nr, nu) = (dot(&r, &r).sqrt(), dot(&uv, &uv).sqrt().max(1e-300));
+        let x: Vec<f64> = r.iter().zip(&uv).map(|(r, u)| r + nr / nu * u).collect();
+        let mut utx = vec![0.0; n];
+        self.sqrt_ad(ae, &x, &mut utx)?;
+        Ok(DotTest::new(dot(&uv, &x), dot(&v, &utx)))
+    }
+}
+
+/// A borrowed operator is an operator (so a hybrid can borrow cached parts).
+impl<T: BOperator + ?Sized> BOperator for &mut T {
+    fn control_size(&self) -> usize {
+        (**self).control_size()
+    }
+    fn state_len(&self) -> usize {
+        (**self).state_len()
+    }
+    fn sqrt(&mut self, ae: &mut Autoencoder, v: &[f64], x: &mut [f64]) -> Result<()> {
+        (**self).sqrt(ae, v, x)
+    }
+    fn sqrt_ad(&mut self, ae: &mut Autoencoder, x: &[f64], v: &mut [f64]) -> Result<()> {
+        (**self).sqrt_ad(ae, x, v)
+    }
+    fn variance(&mut self, ae: &mut Autoencoder) -> Result<&[f64]> {
+        (**self).variance(ae)
+    }
+    fn variance_method(&self) -> String {
+        (**self).variance_method()
+    }
+}

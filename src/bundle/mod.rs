@@ -34,6 +34,8 @@ struct Manifest {
     models: ModelsSection,
     #[serde(default)]
     statistics: StatisticsSection,
+    #[serde(default)]
+    hybrid: Option<HybridSection>,
     checksums: BTreeMap<String, String>,
     #[serde(default)]
     provenance: BTreeMap<String, toml::Value>,
@@ -96,6 +98,16 @@ struct StatisticsSection {
     normalisation: String,
     latent_variance: String,
     baseline: Option<String>,
+    baseline_variance_factor: Option<f64>,
+}
+
+/// `[hybrid]`: weights and variables of the hybrid latent-static B (all optional).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HybridSection {
+    alpha: Option<f64>,
+    beta: Option<f64>,
+    variables: Option<Vec<String>>,
 }
 
 impl Default for StatisticsSection {
@@ -104,6 +116,7 @@ impl Default for StatisticsSection {
             normalisation: "normalisation.nc".into(),
             latent_variance: "latent_variance.nc".into(),
             baseline: Some("baseline_b.nc".into()),
+            baseline_variance_factor: None,
         }
     }
 }
@@ -146,6 +159,17 @@ pub struct BaselineStats {
     pub vertical_correlation: Vec<Option<Vec<f64>>>,
 }
 
+/// The bundle's defaults for the hybrid B (`[hybrid]`; alpha 1, beta 1, all variables when absent).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HybridDefaults {
+    /// Weight of the latent B.
+    pub alpha: f64,
+    /// Weight of the static B.
+    pub beta: f64,
+    /// Variables the static part acts on; `None` = all.
+    pub variables: Option<Vec<String>>,
+}
+
 /// An opened, validated bundle.
 #[derive(Debug, Clone)]
 pub struct Bundle {
@@ -167,6 +191,10 @@ pub struct Bundle {
     pub latent_variance: Vec<f64>,
     /// Baseline statistics, if the bundle has them.
     pub baseline: Option<BaselineStats>,
+    /// Factor on the baseline variances (`[statistics] baseline_variance_factor`, default 1).
+    pub baseline_variance_factor: f64,
+    /// Hybrid B defaults (`[hybrid]`).
+    pub hybrid: HybridDefaults,
     /// Provenance entries as strings.
     pub provenance: BTreeMap<String, String>,
     /// Checksums as declared (file -> hex).
@@ -179,6 +207,25 @@ pub struct Bundle {
 fn sha256_hex(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
     digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn hybrid_defaults(h: Option<&HybridSection>, layout: &Layout) -> Result<HybridDefaults> {
+    let (alpha, beta) = (h.and_then(|h| h.alpha).unwrap_or(1.0), h.and_then(|h| h.beta).unwrap_or(1.0));
+    for (k, v) in [("alpha", alpha), ("beta", beta)] {
+        if !(v.is_finite() && v >= 0.0) {
+            return Err(Error::bundle(format!("hybrid.{k} = {v} must be finite and >= 0")));
+        }
+    }
+    let variables = h.and_then(|h| h.variables.clone());
+    if let Some(vs) = &variables {
+        if vs.is_empty() {
+            return Err(Error::bundle("hybrid.variables is empty (omit it for all variables)"));
+        }
+        if let Some(v) = vs.iter().find(|v| layout.var_index(v).is_none()) {
+            return Err(Error::bundle(format!("hybrid.variables names '{v}', which is not a bundle variable")));
+        }
+    }
+    Ok(HybridDefaults { alpha, beta, variables })
 }
 
 fn check_relative(file: &str, what: &str) -> Result<()> {
@@ -259,6 +306,13 @@ impl Bundle {
                 return Err(Error::bundle(format!("{mp}: checksums.\"{file}\" is not a SHA-256 hex digest")));
             }
         }
+        let hybrid = hybrid_defaults(m.hybrid.as_ref(), &layout).map_err(|e| e.context(&mp))?;
+        let baseline_variance_factor = m.statistics.baseline_variance_factor.unwrap_or(1.0);
+        if !(baseline_variance_factor.is_finite() && baseline_variance_factor > 0.0) {
+            return Err(Error::bundle(format!(
+                "{mp}: statistics.baseline_variance_factor = {baseline_variance_factor} must be finite and > 0"
+            )));
+        }
         let mut bundle = Bundle {
             dir: dir.clone(),
             name: m.name.clone(),
@@ -268,6 +322,8 @@ impl Bundle {
             std: vec![],
             latent_variance: vec![],
             baseline: None,
+            baseline_variance_factor,
+            hybrid,
             provenance: m
                 .provenance
                 .iter()

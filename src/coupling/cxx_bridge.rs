@@ -52,11 +52,11 @@ mod ffi {
         fn obs_qc(self: &Context) -> Result<Vec<i32>>;
         /// JSON report of the last successful analysis.
         fn report_json(self: &Context) -> Result<String>;
-        /// Latent control-vector size.
+        /// Control-vector size of the B operator (option `b_operator`).
         fn control_size(self: &Context) -> Result<usize>;
         /// Full state length.
         fn state_size(self: &Context) -> Result<usize>;
-        /// (Re)linearises the latent B operator at the bound background.
+        /// (Re)linearises the B operator (option `b_operator`) at the bound background.
         fn b_linearise(self: &mut Context) -> Result<()>;
         /// x = U v into `x_out` (state layout).
         fn bsqrt(self: &mut Context, v: &[f64], x_out: &mut [f64]) -> Result<()>;
@@ -66,6 +66,10 @@ mod ffi {
         fn bsqrt_ad(self: &mut Context, x: &[f64], v_out: &mut [f64]) -> Result<()>;
         /// v = U^T x reading x from the bound arrays.
         fn bsqrt_ad_from_fields(self: &mut Context, v_out: &mut [f64]) -> Result<()>;
+        /// diag(U U^T) into `var_out` (state layout).
+        fn bvariance(self: &mut Context, var_out: &mut [f64]) -> Result<()>;
+        /// A draw U xi, xi ~ N(0, I) from `seed`, into `x_out` (state layout).
+        fn brandomize(self: &mut Context, seed: u64, x_out: &mut [f64]) -> Result<()>;
     }
 }
 
@@ -169,7 +173,7 @@ impl Context {
     }
 
     fn control_size(&self) -> BridgeResult<usize> {
-        guard(|| Ok(self.host.control_size()))
+        guard(|| self.host.control_size())
     }
 
     fn state_size(&self) -> BridgeResult<usize> {
@@ -194,6 +198,14 @@ impl Context {
 
     fn bsqrt_ad_from_fields(&mut self, v_out: &mut [f64]) -> BridgeResult<()> {
         guard(|| self.host.bsqrt_ad(None, v_out))
+    }
+
+    fn bvariance(&mut self, var_out: &mut [f64]) -> BridgeResult<()> {
+        guard(|| self.host.bvariance(Some(var_out)))
+    }
+
+    fn brandomize(&mut self, seed: u64, x_out: &mut [f64]) -> BridgeResult<()> {
+        guard(|| self.host.brandomize(seed, Some(x_out)))
     }
 }
 

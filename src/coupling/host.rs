@@ -1,14 +1,15 @@
 //! A host-facing context shared by the C ABI, Fortran (through the C ABI) and C++ (through cxx): host arrays bound
-//! in place, observations, the last QC flags and report, and the latent B operator.
+//! in place, observations, the last QC flags and report, and the B operator (latent, hybrid or static: option
+//! `b_operator`) linearised at the bound background.
 //!
 //! Bound arrays are raw pointers into host memory. They are read at [`HostContext::analyse`] and written only after
 //! the whole analysis succeeded, so a failed call leaves them bit-identical.
 
-use crate::var::analysis::Analyser;
-use crate::bmat::latent::LatentB;
+use crate::bmat::check_len;
 use crate::error::{Error, Result, Status};
 use crate::obs::{Observation, QcFlag};
-use crate::var::options::{Method, Options};
+use crate::var::analysis::Analyser;
+use crate::var::options::{BKind, Method, Options};
 
 /// Array order: C (row-major), shape (nlev, nlat, nlon) or (nlat, nlon).
 pub const ORDER_C: i32 = 0;
@@ -32,7 +33,8 @@ pub struct HostContext {
     obs: Vec<Observation>,
     qc: Option<Vec<QcFlag>>,
     report: Option<String>,
-    latent_b: Option<LatentB>,
+    /// The host B operator's kind and latent linearisation point (none for the static B), once linearised.
+    b_point: Option<(BKind, Option<Vec<f32>>)>,
 }
 
 // SAFETY: the raw pointers are only dereferenced inside calls on the context, which the host serialises (documented:
@@ -52,7 +54,7 @@ impl HostContext {
         };
         let analyser = Analyser::open(bundle_dir, opts)?;
         let nvar = analyser.bundle.layout.variables.len();
-        Ok(HostContext { analyser, fields: vec![None; nvar], obs: Vec::new(), qc: None, report: None, latent_b: None })
+        Ok(HostContext { analyser, fields: vec![None; nvar], obs: Vec::new(), qc: None, report: None, b_point: None })
     }
 
     /// Identifier of a variable for `set_obs` (0-based position in the bundle).
@@ -104,7 +106,7 @@ impl HostContext {
         }
         // C (lev, lat, lon) and Fortran (lon, lat, lev) describe the same memory: longitude fastest.
         self.fields[v] = Some(data);
-        self.latent_b = None;
+        self.b_point = None;
         Ok(())
     }
 
@@ -211,9 +213,14 @@ impl HostContext {
         self.report.as_deref().ok_or_else(|| not_ready("no analysis has succeeded yet"))
     }
 
-    /// Latent control size.
-    pub fn control_size(&self) -> usize {
-        self.analyser.bundle.latent_size()
+    /// The kind of B operator served to the host (option `b_operator`).
+    pub fn b_kind(&self) -> Result<BKind> {
+        BKind::parse(&self.analyser.options.b_operator)
+    }
+
+    /// Control size of the host's B operator (the latent size for the latent B).
+    pub fn control_size(&self) -> Result<usize> {
+        self.analyser.control_size(self.b_kind()?)
     }
 
     /// Full state length.
@@ -221,45 +228,63 @@ impl HostContext {
         self.analyser.bundle.layout.state_len()
     }
 
-    /// (Re)linearises the latent B operator at the bound background.
+    /// (Re)linearises the host's B operator at the bound background.
     pub fn b_linearise(&mut self) -> Result<()> {
+        let kind = self.b_kind()?;
         let x_b = self.gather()?;
-        self.latent_b = Some(self.analyser.latent_b(&x_b)?);
+        let z = match kind {
+            BKind::Static => {
+                self.analyser.check_state(&x_b, "background")?;
+                None
+            }
+            _ => Some(self.analyser.encode_background(&x_b)?),
+        };
+        self.analyser.prepare_b(kind, z.as_deref())?;
+        self.b_point = Some((kind, z));
         Ok(())
     }
 
-    fn ensure_latent_b(&mut self) -> Result<()> {
-        if self.latent_b.is_none() {
-            self.b_linearise()?;
+    /// Linearises at the first use after a bind; afterwards makes sure the analyser's cached operators are at this
+    /// context's point again (an analysis of another background may have moved them).
+    fn ensure_b(&mut self) -> Result<BKind> {
+        match &self.b_point {
+            None => self.b_linearise()?,
+            Some((kind, z)) => {
+                self.analyser.prepare_b(*kind, z.as_deref())?;
+            }
+        }
+        Ok(self.b_point.as_ref().expect("linearised above").0)
+    }
+
+    /// Writes a state vector into `out` (checking its length) or, when `out` is `None`, into the bound arrays.
+    fn deliver(&mut self, what: &str, x: &[f64], out: Option<&mut [f64]>) -> Result<()> {
+        match out {
+            Some(out) => {
+                if out.len() != x.len() {
+                    return Err(Error::arg(format!("{what}: output has {} values, state size is {}", out.len(), x.len())));
+                }
+                out.copy_from_slice(x);
+            }
+            None => self.scatter(x),
         }
         Ok(())
     }
 
     /// x = U v into `x_out`, or into the bound arrays when `x_out` is `None`.
     pub fn bsqrt(&mut self, v: &[f64], x_out: Option<&mut [f64]>) -> Result<()> {
-        self.ensure_latent_b()?;
-        LatentB::check_len("control vector v", v.len(), self.control_size())?;
+        let kind = self.ensure_b()?;
+        check_len("control vector v", v.len(), self.control_size()?)?;
         if let Some(i) = v.iter().position(|x| !x.is_finite()) {
             return Err(Error::data(format!("control vector v[{i}] = {} is not finite", v[i])));
         }
-        let lb = self.latent_b.as_mut().expect("linearised above");
-        let mut x = vec![0.0; self.analyser.bundle.layout.state_len()];
-        lb.sqrt(&mut self.analyser.ae, v, &mut x)?;
-        match x_out {
-            Some(out) => {
-                if out.len() != x.len() {
-                    return Err(Error::arg(format!("bsqrt: output has {} values, state size is {}", out.len(), x.len())));
-                }
-                out.copy_from_slice(&x);
-            }
-            None => self.scatter(&x),
-        }
-        Ok(())
+        let mut x = vec![0.0; self.state_size()];
+        self.analyser.with_b(kind, |b, ae| b.sqrt(ae, v, &mut x))?;
+        self.deliver("bsqrt", &x, x_out)
     }
 
     /// v = U^T x from `x` (state layout), or from the bound arrays when `x` is `None`.
     pub fn bsqrt_ad(&mut self, x: Option<&[f64]>, v_out: &mut [f64]) -> Result<()> {
-        self.ensure_latent_b()?;
+        let kind = self.ensure_b()?;
         let gathered;
         let xs = match x {
             Some(x) => x,
@@ -268,11 +293,31 @@ impl HostContext {
                 &gathered
             }
         };
-        LatentB::check_len("state x", xs.len(), self.state_size())?;
+        check_len("state x", xs.len(), self.state_size())?;
         if let Some(i) = xs.iter().position(|x| !x.is_finite()) {
             return Err(Error::data(format!("x is not finite at {}", self.analyser.bundle.layout.describe_index(i))));
         }
-        let lb = self.latent_b.as_mut().expect("linearised above");
-        lb.sqrt_ad(&mut self.analyser.ae, xs, v_out)
+        check_len("control vector v", v_out.len(), self.control_size()?)?;
+        let mut v = vec![0.0; v_out.len()];
+        self.analyser.with_b(kind, |b, ae| b.sqrt_ad(ae, xs, &mut v))?;
+        v_out.copy_from_slice(&v);
+        Ok(())
+    }
+
+    /// diag(U U^T) (the background-error variance per state element) into `out`, or into the bound arrays when `out`
+    /// is `None`. Computed once per linearisation (and shared with the background check of an analysis of the same
+    /// background).
+    pub fn bvariance(&mut self, out: Option<&mut [f64]>) -> Result<()> {
+        let kind = self.ensure_b()?;
+        let var = self.analyser.with_b(kind, |b, ae| Ok(b.variance(ae)?.to_vec()))?;
+        self.deliver("bvariance", &var, out)
+    }
+
+    /// A draw x = U xi, xi ~ N(0, I) from `seed`, into `out` or the bound arrays.
+    pub fn brandomize(&mut self, seed: u64, out: Option<&mut [f64]>) -> Result<()> {
+        let kind = self.ensure_b()?;
+        let mut x = vec![0.0; self.state_size()];
+        self.analyser.with_b(kind, |b, ae| b.randomize(ae, seed, &mut x))?;
+        self.deliver("brandomize", &x, out)
     }
 }

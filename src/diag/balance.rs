@@ -9,7 +9,7 @@ use crate::var::report::BalanceStats;
 
 const EARTH_RADIUS: f64 = 6.371e6;
 const OMEGA: f64 = 7.292e-5;
-const R_DRY: f64 = 287.04;
+use crate::bmat::hydrostatic::R_DRY;
 
 /// Geostrophic wind (u_g, v_g) on every level of `x` (interior rows only; others are NaN).
 fn geostrophic(layout: &Layout, x: &[f64], iz: usize, it: usize, ips: Option<usize>) -> (Vec<f64>, Vec<f64>) {

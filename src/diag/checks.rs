@@ -5,54 +5,8 @@ use crate::bundle::Bundle;
 use crate::model::autoencoder::Autoencoder;
 use crate::error::Result;
 use crate::model::autoencoder::{denormalise, encode_state};
-use crate::numeric::dot;
-
-/// Small deterministic generator (SplitMix64 -> Box-Muller) so checks are reproducible without a dependency.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// Seeded generator.
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-    /// Uniform in (0, 1).
-    pub fn uniform(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
-        z ^= z >> 31;
-        ((z >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-    /// Standard normal.
-    pub fn normal(&mut self) -> f64 {
-        let (u1, u2) = (self.uniform(), self.uniform());
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-    }
-    /// Vector of standard normals.
-    pub fn normals(&mut self, n: usize) -> Vec<f64> {
-        (0..n).map(|_| self.normal()).collect()
-    }
-}
-
-/// Result of an adjoint test: |<A v, u> - <v, A^T u>| / max(|<A v, u>|, |<v, A^T u>|).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct DotTest {
-    /// <A v, u>.
-    pub lhs: f64,
-    /// <v, A^T u>.
-    pub rhs: f64,
-    /// Relative difference.
-    pub rel: f64,
-}
-
-impl DotTest {
-    fn new(lhs: f64, rhs: f64) -> DotTest {
-        let m = lhs.abs().max(rhs.abs());
-        DotTest { lhs, rhs, rel: if m > 0.0 { (lhs - rhs).abs() / m } else { 0.0 } }
-    }
-}
+use crate::bmat::BOperator;
+pub use crate::numeric::{DotTest, Rng};
 
 /// One row of the Taylor test.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -167,32 +121,13 @@ pub fn reconstruction_rmse(bundle: &Bundle, ae: &mut Autoencoder, x: &[f64]) -> 
 
 /// Adjoint test of the latent B square root U (control -> physical increment) at z_b = E(N(x_b)).
 pub fn latent_bsqrt_dot_test(bundle: &Bundle, ae: &mut Autoencoder, x_b: &[f64], seed: u64) -> Result<DotTest> {
-    let mut op = crate::bmat::latent::LatentB::at_background(bundle, ae, x_b)?;
-    let (n, m) = (op.control_size(), op.state_len());
-    let mut rng = Rng::new(seed);
-    let v = rng.normals(n);
-    let mut uv = vec![0.0; m];
-    let mut utu = vec![0.0; n];
-    op.sqrt(ae, &v, &mut uv)?;
-    // As in decoder_dot_test: a state vector with a component along U v, so the product cannot cancel.
-    let r = rng.normals(m);
-    let (nr, nu) = (dot(&r, &r).sqrt(), dot(&uv, &uv).sqrt().max(1e-300));
-    let u: Vec<f64> = r.iter().zip(&uv).map(|(r, x)| r + nr / nu * x).collect();
-    op.sqrt_ad(ae, &u, &mut utu)?;
-    Ok(DotTest::new(dot(&uv, &u), dot(&v, &utu)))
+    crate::bmat::latent::LatentB::at_background(bundle, ae, x_b)?.sqrt_test(ae, seed)
 }
 
-/// Adjoint test of the baseline (static) B square root.
-pub fn baseline_bsqrt_dot_test(bundle: &Bundle, seed: u64) -> Result<Option<DotTest>> {
-    let Some(stats) = &bundle.baseline else { return Ok(None) };
-    let mut b = crate::bmat::static_b::StaticB::new(&bundle.layout, stats)?;
-    let n = bundle.layout.state_len();
-    let mut rng = Rng::new(seed);
-    let v = rng.normals(n);
-    let u = rng.normals(n);
-    let mut uv = vec![0.0; n];
-    let mut utu = vec![0.0; n];
-    b.sqrt_apply(&v, &mut uv);
-    b.sqrt_adjoint(&u, &mut utu);
-    Ok(Some(DotTest::new(dot(&uv, &u), dot(&v, &utu))))
+/// Adjoint test of the baseline (static) B square root, with its hydrostatic balance; `None` without baseline.
+pub fn baseline_bsqrt_dot_test(bundle: &Bundle, ae: &mut Autoencoder, seed: u64) -> Result<Option<DotTest>> {
+    if bundle.baseline.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(crate::bmat::static_b::StaticB::for_bundle(bundle, bundle.baseline_variance_factor)?.sqrt_test(ae, seed)?))
 }

@@ -1,52 +1,14 @@
-//! Point observations, their CSV format and per-observation quality-control flags.
+//! Point observations and their CSV format; the observation operator ([`operator`]) and quality control ([`qc`]).
 
 pub mod operator;
+pub mod qc;
+
+pub use qc::QcFlag;
 
 use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::bundle::grid::Layout;
-
-/// Quality-control flag of one observation (readable by the host through `lda_obs_qc`).
-#[repr(i32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub enum QcFlag {
-    /// Used in the analysis.
-    Used = 0,
-    /// Invalid: non-finite or malformed value/position/level, or error sd <= 0.
-    Invalid = 1,
-    /// Outside the horizontal grid.
-    OutsideDomain = 2,
-    /// Outside the vertical range (or missing level for an upper-air variable).
-    OutsideVertical = 3,
-    /// Variable not in the bundle.
-    UnknownVariable = 4,
-    /// Failed the background check |y - H(x_b)| > k sqrt(sigma_o^2 + sigma_b^2).
-    BackgroundCheck = 5,
-}
-
-impl QcFlag {
-    /// All flags in code order.
-    pub const ALL: [QcFlag; 6] = [
-        QcFlag::Used,
-        QcFlag::Invalid,
-        QcFlag::OutsideDomain,
-        QcFlag::OutsideVertical,
-        QcFlag::UnknownVariable,
-        QcFlag::BackgroundCheck,
-    ];
-    /// Short name used in reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            QcFlag::Used => "used",
-            QcFlag::Invalid => "invalid",
-            QcFlag::OutsideDomain => "outside_domain",
-            QcFlag::OutsideVertical => "outside_vertical",
-            QcFlag::UnknownVariable => "unknown_variable",
-            QcFlag::BackgroundCheck => "background_check",
-        }
-    }
-}
 
 /// One point observation.
 #[derive(Debug, Clone)]

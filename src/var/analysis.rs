@@ -1,19 +1,28 @@
-//! The analysis driver: background checks, quality control, minimisation, diagnostics.
+//! The analysis driver: quality control, minimisation, diagnostics.
 //!
 //! [`Analyser`] owns an opened bundle and its ONNX sessions; [`Analyser::analyse`] takes a background state (the
 //! channel-major layout of [`crate::bundle::grid`]) and observations and returns the analysis, the per-observation QC flags
 //! and the report. It never modifies its inputs; callers write results back only on success.
+//!
+//! The B operators are kept between calls: the latent B at the last background (with its variance, used by the
+//! background check and by a host's `lda_bvariance`, so a host pays it once per background), and the static B
+//! (built once per variance factor). [`Analyser::with_b`] lends any of the three B operators to a caller.
 
 use std::path::Path;
 use std::time::Instant;
 
-use crate::model::autoencoder::Autoencoder;
+use crate::bmat::hybrid::Hybrid;
+use crate::bmat::latent::LatentB;
+use crate::bmat::static_b::StaticB;
+use crate::bmat::BOperator;
 use crate::bundle::Bundle;
 use crate::error::{Error, Result, Status};
-use crate::obs::{Observation, QcFlag};
+use crate::model::autoencoder::{encode_state, Autoencoder};
 use crate::obs::operator::ObsOperator;
-use crate::var::options::{Method, Options, OutputMode};
-use crate::var::report::{Report, Timings, VarStats};
+use crate::obs::{qc, Observation, QcFlag};
+use crate::var::control::LatentControl;
+use crate::var::options::{BKind, Method, Options, OutputMode};
+use crate::var::report::{BackgroundCheckInfo, Report, Timings, VarStats};
 use crate::var::solver::{minimise, ControlSpace, Problem};
 
 /// An opened bundle with its ONNX sessions and options: the object a host keeps for the life of its run.
@@ -39,6 +48,34 @@ pub struct Analyser {
     pub ae: Autoencoder,
     /// Options in force.
     pub options: Options,
+    cache: BCache,
+}
+
+/// B operators kept between calls (see the module documentation).
+#[derive(Default)]
+struct BCache {
+    latent: Option<LatentB>,
+    statics: Option<(f64, StaticB)>,
+}
+
+impl std::fmt::Debug for BCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BCache")
+            .field("latent", &self.latent.as_ref().map(|_| "linearised"))
+            .field("static_variance_factor", &self.statics.as_ref().map(|s| s.0))
+            .finish()
+    }
+}
+
+/// The hybrid B's weights and the variables of its static part, resolved from the options and the bundle.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HybridSettings {
+    /// Weight of the latent B.
+    pub alpha: f64,
+    /// Weight of the static B.
+    pub beta: f64,
+    /// Per bundle variable: whether the static part acts on it (P).
+    pub keep: Vec<bool>,
 }
 
 /// The result of one analysis.
@@ -60,7 +97,7 @@ impl Analyser {
         options.validate()?;
         let bundle = Bundle::open(bundle_dir)?;
         let ae = Autoencoder::load(&bundle, &options.exec()?)?;
-        Ok(Analyser { bundle, ae, options })
+        Ok(Analyser { bundle, ae, options, cache: BCache::default() })
     }
 
     /// Checks a background state: length and finiteness (the error names variable and index).
@@ -75,10 +112,108 @@ impl Analyser {
         Ok(())
     }
 
-    /// The latent B operator U at z_b = E(N(x_b)), for hosts with their own minimiser.
-    pub fn latent_b(&mut self, x_b: &[f64]) -> Result<crate::bmat::latent::LatentB> {
+    /// The latent B operator U at z_b = E(N(x_b)), for hosts with their own minimiser (a new, uncached operator).
+    pub fn latent_b(&mut self, x_b: &[f64]) -> Result<LatentB> {
         self.check_state(x_b, "background")?;
-        crate::bmat::latent::LatentB::at_background(&self.bundle, &mut self.ae, x_b)
+        LatentB::at_background(&self.bundle, &mut self.ae, x_b)
+    }
+
+    /// z_b = E(N(x_b)) (one encoder run).
+    pub fn encode_background(&mut self, x_b: &[f64]) -> Result<Vec<f32>> {
+        self.check_state(x_b, "background")?;
+        let b = &self.bundle;
+        encode_state(&mut self.ae, x_b, &b.mean, &b.std, b.layout.grid.npoints())
+    }
+
+    /// The hybrid weights and variables in force (options over the bundle's `[hybrid]` table).
+    pub fn hybrid_settings(&self) -> Result<HybridSettings> {
+        let (o, h) = (&self.options, &self.bundle.hybrid);
+        let (alpha, beta) = (o.hybrid_alpha.unwrap_or(h.alpha), o.hybrid_beta.unwrap_or(h.beta));
+        if alpha == 0.0 && beta == 0.0 {
+            return Err(Error::arg("hybrid_alpha and hybrid_beta are both 0: the hybrid B would be zero"));
+        }
+        let lay = &self.bundle.layout;
+        let keep = match o.hybrid_variables.as_ref().or(h.variables.as_ref()) {
+            None => vec![true; lay.variables.len()],
+            Some(names) => {
+                let mut keep = vec![false; lay.variables.len()];
+                for n in names {
+                    let v = lay.var_index(n).ok_or_else(|| {
+                        Error::arg(format!("hybrid_variables names '{n}', which is not a variable of bundle '{}'", self.bundle.name))
+                    })?;
+                    keep[v] = true;
+                }
+                keep
+            }
+        };
+        Ok(HybridSettings { alpha, beta, keep })
+    }
+
+    /// Linearises the B operator of kind `kind` at the latent point `z` (for the latent and hybrid B; ignored for the
+    /// static B), reusing the cached operator (and its variance) when it is already there, and builds the static B
+    /// when needed. Returns the control size.
+    pub fn prepare_b(&mut self, kind: BKind, z: Option<&[f32]>) -> Result<usize> {
+        let mut n = 0;
+        if kind != BKind::Static {
+            let z = z.ok_or_else(|| Error::arg("the latent and hybrid B operators need a linearisation point"))?;
+            let same = self.cache.latent.as_ref().is_some_and(|l| {
+                l.point().len() == z.len() && l.point().iter().zip(z).all(|(a, b)| a.to_bits() == b.to_bits())
+            });
+            if !same {
+                let b = &self.bundle;
+                self.cache.latent = Some(LatentB::new(z.to_vec(), &b.latent_variance, &b.std, b.layout.grid.npoints()));
+            }
+            let l = self.cache.latent.as_mut().expect("set above");
+            l.set_variance_samples(self.options.bg_check_samples);
+            n += l.control_size();
+        }
+        if kind != BKind::Latent {
+            let factor = self.options.baseline_variance_factor.unwrap_or(self.bundle.baseline_variance_factor);
+            if self.cache.statics.as_ref().is_none_or(|(f, _)| *f != factor) {
+                if self.bundle.baseline.is_none() {
+                    return Err(Error::new(
+                        Status::NotReady,
+                        format!("the {} B needs baseline statistics, but bundle '{}' has none", kind.name(), self.bundle.name),
+                    ));
+                }
+                self.cache.statics = Some((factor, StaticB::for_bundle(&self.bundle, factor)?));
+            }
+            let keep = if kind == BKind::Hybrid { self.hybrid_settings()?.keep } else { vec![true; self.bundle.layout.variables.len()] };
+            let st = &mut self.cache.statics.as_mut().expect("set above").1;
+            st.set_selection(&self.bundle.layout, &keep);
+            n += st.size();
+        }
+        Ok(n)
+    }
+
+    /// Control size of the B operator of kind `kind`, without building it.
+    pub fn control_size(&self, kind: BKind) -> Result<usize> {
+        let b = &self.bundle;
+        let latent = if kind == BKind::Static { 0 } else { b.latent_size() };
+        if kind == BKind::Latent {
+            return Ok(latent);
+        }
+        let hydro = crate::bmat::hydrostatic::Hydrostatic::for_bundle(b)?;
+        let keep = if kind == BKind::Hybrid { self.hybrid_settings()?.keep } else { vec![true; b.layout.variables.len()] };
+        Ok(latent + StaticB::active_channels(&b.layout, hydro.as_ref(), &keep).len() * b.layout.grid.npoints())
+    }
+
+    /// Lends the B operator of kind `kind`, prepared by [`Analyser::prepare_b`], and the ONNX sessions to `f`.
+    pub fn with_b<R>(&mut self, kind: BKind, f: impl FnOnce(&mut dyn BOperator, &mut Autoencoder) -> Result<R>) -> Result<R> {
+        let not_ready = || Error::new(Status::NotReady, format!("the {} B operator is not linearised", kind.name()));
+        let settings = if kind == BKind::Hybrid { Some(self.hybrid_settings()?) } else { None };
+        let n = self.bundle.layout.state_len();
+        let BCache { latent, statics } = &mut self.cache;
+        match kind {
+            BKind::Latent => f(latent.as_mut().ok_or_else(not_ready)?, &mut self.ae),
+            BKind::Static => f(&mut statics.as_mut().ok_or_else(not_ready)?.1, &mut self.ae),
+            BKind::Hybrid => {
+                let h = settings.expect("resolved above");
+                let (l, s) = (latent.as_mut().ok_or_else(not_ready)?, &mut statics.as_mut().ok_or_else(not_ready)?.1);
+                let mut hy = Hybrid::new(l, s, h.alpha.sqrt(), h.beta.sqrt(), n);
+                f(&mut hy, &mut self.ae)
+            }
+        }
     }
 
     /// Runs one analysis with the options' output mode.
@@ -98,69 +233,75 @@ impl Analyser {
         let mut h = ObsOperator::build(&lay, obs, &mut qc);
         let mut hxb = vec![0.0; h.nrows()];
         h.apply(x_b, &mut hxb);
-        // Background check with sigma_b interpolated from the baseline sd when the bundle has one.
-        let k = self.options.bg_check;
-        if k > 0.0 {
-            let sigb = match &self.bundle.baseline {
-                Some(b) => {
-                    let mut s = vec![0.0; h.nrows()];
-                    h.apply(&b.sd, &mut s);
-                    s
-                }
-                None => vec![0.0; h.nrows()],
-            };
-            let mut keep = vec![true; h.nrows()];
-            for r in 0..h.nrows() {
-                let o = &obs[h.rows[r]];
-                let d = o.value - hxb[r];
-                if d.abs() > k * (o.sigma * o.sigma + sigb[r] * sigb[r]).sqrt() {
-                    keep[r] = false;
-                    qc[h.rows[r]] = QcFlag::BackgroundCheck;
-                }
-            }
-            let hxb_all = hxb.clone();
-            h.retain(|r| keep[r]);
-            hxb = hxb_all.into_iter().zip(&keep).filter(|(_, k)| **k).map(|(v, _)| v).collect();
-        }
         let mut h_s = t_h.elapsed().as_secs_f64();
+        let full_state = mode == OutputMode::FullState;
+        if full_state && method != Method::L3dvar {
+            return Err(Error::arg(format!("output 'full_state' exists only for method l3dvar, not {}", method.name())));
+        }
+        // The B in force, linearised at the background: its variance gives the background check's sigma_b.
+        let kind = BKind::of_method(method);
+        let z_b = if kind == BKind::Static { None } else { Some(self.encode_background(x_b)?) };
+        let control_size = self.prepare_b(kind, z_b.as_deref())?;
+        let k = self.options.bg_check;
+        let mut bg_info = BackgroundCheckInfo { k, ..Default::default() };
+        let (mut variance_s, mut n_variance) = (0.0, 0);
+        if k > 0.0 {
+            // TL runs spent on diag B (none when cached) are reported apart from the solver's.
+            let before = self.ae.timings.clone();
+            let (sd, how) = self.with_b(kind, |b, ae| Ok((b.variance(ae)?.iter().map(|v| v.max(0.0).sqrt()).collect::<Vec<f64>>(), b.variance_method())))?;
+            variance_s = self.ae.timings.tl_s - before.tl_s;
+            n_variance = self.ae.timings.n_tl - before.n_tl;
+            self.ae.timings = before;
+            let t_q = Instant::now();
+            bg_info.rejected = qc::background_check(&mut h, &mut hxb, obs, &sd, k, &mut qc);
+            h_s += t_q.elapsed().as_secs_f64();
+            bg_info.sigma_b = how;
+        }
         let y: Vec<f64> = h.rows.iter().map(|&i| obs[i].value).collect();
         let sigma: Vec<f64> = h.rows.iter().map(|&i| obs[i].sigma).collect();
         let problem = Problem { h: &h, y: &y, sigma: &sigma, hxb: &hxb };
         let params = self.options.solver();
         let np = lay.grid.npoints();
-        let full_state = mode == OutputMode::FullState;
-        let (control_size, dx, info) = match method {
+        let b = &self.bundle;
+        let (w, dx, info) = match method {
             Method::L3dvar => {
-                let b = &self.bundle;
-                let mut ctrl = crate::var::control::LatentControl::new(
-                    &mut self.ae,
-                    x_b,
-                    &b.latent_variance,
-                    &b.mean,
-                    &b.std,
-                    np,
-                    full_state,
-                )?;
-                let n = ctrl.size();
-                let (_, dx, info) = minimise(&mut ctrl, &problem, &params)?;
-                (n, dx, info)
+                let z_b = z_b.expect("encoded above");
+                let linear = self.options.latent_increment == "linear";
+                let mut ctrl = LatentControl::new(&mut self.ae, x_b, z_b, &b.latent_variance, &b.mean, &b.std, np, full_state)?
+                    .linear(linear);
+                minimise(&mut ctrl, &problem, &params)?
             }
             Method::Var3d => {
-                if full_state {
-                    return Err(Error::arg("output 'full_state' exists only for method l3dvar"));
-                }
-                let base = self.bundle.baseline.as_ref().ok_or_else(|| {
-                    Error::new(
-                        Status::NotReady,
-                        format!("method 3dvar needs baseline statistics, but bundle '{}' has none", self.bundle.name),
-                    )
-                })?;
-                let mut ctrl = crate::bmat::static_b::StaticB::new(&lay, base)?;
-                let n = ctrl.size();
-                let (_, dx, info) = minimise(&mut ctrl, &problem, &params)?;
-                (n, dx, info)
+                let ctrl = &mut self.cache.statics.as_mut().expect("prepared above").1;
+                minimise(ctrl, &problem, &params)?
+            }
+            Method::Hybrid => {
+                let hs = self.hybrid_settings()?;
+                let z_b = z_b.expect("encoded above");
+                let lv: Vec<f64> = b.latent_variance.iter().map(|v| hs.alpha * v).collect();
+                let linear = self.options.latent_increment == "linear";
+                let latent = LatentControl::new(&mut self.ae, x_b, z_b, &lv, &b.mean, &b.std, np, false)?.linear(linear);
+                let st = &mut self.cache.statics.as_mut().expect("prepared above").1;
+                let mut ctrl = Hybrid::new(latent, st, 1.0, hs.beta.sqrt(), lay.state_len());
+                minimise(&mut ctrl, &problem, &params)?
             }
         };
+        // J_b per control part: [w] for l3dvar, [v] for 3dvar, [w, v] for the hybrid.
+        let jb = |c: &[f64]| 0.5 * c.iter().map(|x| x * x).sum::<f64>();
+        let mut jb_parts = std::collections::BTreeMap::new();
+        match method {
+            Method::L3dvar => {
+                jb_parts.insert("latent".to_string(), jb(&w));
+            }
+            Method::Var3d => {
+                jb_parts.insert("static".to_string(), jb(&w));
+            }
+            Method::Hybrid => {
+                let nl = self.bundle.latent_size();
+                jb_parts.insert("latent".to_string(), jb(&w[..nl]));
+                jb_parts.insert("static".to_string(), jb(&w[nl..]));
+            }
+        }
         let analysis: Vec<f64> = x_b.iter().zip(&dx).map(|(b, d)| b + d).collect();
         if let Some(i) = analysis.iter().position(|v| !v.is_finite()) {
             return Err(Error::new(Status::Solver, format!("analysis is not finite at {}", lay.describe_index(i))));
@@ -181,6 +322,8 @@ impl Analyser {
             device: self.options.exec()?.device.name(),
             threads: self.options.threads,
             control_size,
+            jb_parts,
+            background_check: bg_info,
             n_obs: obs.len(),
             n_used: h.nrows(),
             ..Default::default()
@@ -249,7 +392,9 @@ impl Analyser {
             ad_s: mt.ad_s,
             h_s,
             total_s,
-            overhead_s: (total_s - mt.total_s()).max(0.0),
+            overhead_s: (total_s - mt.total_s() - variance_s).max(0.0),
+            variance_s,
+            n_variance,
             n_encode: mt.n_encode,
             n_decode: mt.n_decode,
             n_tl: mt.n_tl,

@@ -1,4 +1,4 @@
-//! The latent control-variable transform of L3DVar.
+//! Control-variable transforms: the latent one of L3DVar, the static B of 3D-Var and their hybrid.
 //!
 //! ```text
 //! z(w)  = z_b + s * w                                  (s = sqrt of the latent variance, elementwise)
@@ -8,11 +8,27 @@
 //! ```
 //!
 //! `sd` and `mean` are the per-channel normalisation statistics, so dx is in physical units.
+//!
+//! Hybrid (method `hybrid`), control [w, v]:
+//!
+//! ```text
+//! dx(w, v) = sd * (D(z_b + sqrt(alpha) s w) - D(z_b)) + sqrt(beta) P U_s v
+//! TL:  sqrt(alpha) sd * D'(z_lin)(s * dw) + sqrt(beta) P U_s dv
+//! ```
+//!
+//! alpha scales the latent variance inside the decoder's argument, so the latent part of the analysis stays a
+//! decoded increment; at w = 0 the TL is the hybrid B's square root sqrt(alpha) U_l + sqrt(beta) P U_s.
+//!
+//! With `latent_increment = "linear"` the latent part is the latent B's square root at the background,
+//! dx = sd * D'(z_b)(s * w): the cost is quadratic and one outer loop solves it exactly (the decoder's curvature is
+//! then ignored; the nonlinear form follows it with further outer loops).
 
-use crate::model::autoencoder::{encode_state, Autoencoder};
+use crate::model::autoencoder::Autoencoder;
 use crate::error::Result;
+use crate::bmat::hybrid::Hybrid;
 use crate::bmat::latent::LatentB;
 use crate::bmat::static_b::StaticB;
+use crate::bmat::BOperator;
 use crate::var::solver::ControlSpace;
 
 /// Latent control transform around a background. Its tangent-linear and adjoint are the latent B operator U
@@ -27,15 +43,18 @@ pub struct LatentControl<'a> {
     chan_mean: Vec<f64>,
     x_b: &'a [f64],
     full_state: bool,
+    linear: bool,
     buf_x: Vec<f32>,
 }
 
 impl<'a> LatentControl<'a> {
-    /// Encodes the background and prepares the transform.
+    /// Prepares the transform around the background `x_b` with latent background `z_b` = E(N(x_b)) and latent
+    /// variance s^2 (`latent_variance`, already multiplied by the hybrid's alpha where that applies).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         ae: &'a mut Autoencoder,
         x_b: &'a [f64],
+        z_b: Vec<f32>,
         latent_variance: &[f64],
         mean: &[f64],
         sd: &[f64],
@@ -43,7 +62,6 @@ impl<'a> LatentControl<'a> {
         full_state: bool,
     ) -> Result<Self> {
         let nx = ae.state_len;
-        let z_b = encode_state(ae, x_b, mean, sd, npoints)?;
         let mut xn_zb = vec![0f32; nx];
         ae.decode(&z_b, &mut xn_zb)?;
         Ok(LatentControl {
@@ -54,8 +72,15 @@ impl<'a> LatentControl<'a> {
             chan_mean: mean.to_vec(),
             x_b,
             full_state,
+            linear: false,
             buf_x: vec![0f32; nx],
         })
+    }
+
+    /// Uses the linear form dx = sd * D'(z_b)(s * w) (see the module documentation).
+    pub fn linear(mut self, yes: bool) -> Self {
+        self.linear = yes && !self.full_state;
+        self
     }
 
     /// z(w) = z_b + s * w.
@@ -70,6 +95,9 @@ impl ControlSpace for LatentControl<'_> {
     }
 
     fn increment(&mut self, w: &[f64], dx: &mut [f64]) -> Result<()> {
+        if self.linear {
+            return self.u.sqrt(self.ae, w, dx);
+        }
         let z = self.latent(w);
         self.ae.decode(&z, &mut self.buf_x)?;
         let np = self.buf_x.len() / self.chan_mean.len();
@@ -86,8 +114,10 @@ impl ControlSpace for LatentControl<'_> {
     }
 
     fn linearize(&mut self, w: &[f64]) -> Result<()> {
-        let z = self.latent(w);
-        self.u.set_point(z);
+        if !self.linear {
+            let z = self.latent(w);
+            self.u.set_point(z);
+        }
         Ok(())
     }
 
@@ -97,6 +127,10 @@ impl ControlSpace for LatentControl<'_> {
 
     fn ad(&mut self, dx: &[f64], dw: &mut [f64]) -> Result<()> {
         self.u.sqrt_ad(self.ae, dx, dw)
+    }
+
+    fn is_linear(&self) -> bool {
+        self.linear
     }
 }
 
@@ -122,5 +156,32 @@ impl ControlSpace for StaticB {
     }
     fn is_linear(&self) -> bool {
         true
+    }
+}
+
+/// The hybrid control transform: the parts' transforms summed over [w, v] (weights folded into the parts or given).
+impl<A: ControlSpace, B: ControlSpace> ControlSpace for Hybrid<A, B> {
+    fn size(&self) -> usize {
+        self.a.size() + self.b.size()
+    }
+    fn increment(&mut self, c: &[f64], dx: &mut [f64]) -> Result<()> {
+        let na = self.a.size();
+        self.forward(&mut (), na, c, dx, |a, _, w, x| a.increment(w, x), |b, _, v, x| b.increment(v, x))
+    }
+    fn linearize(&mut self, c: &[f64]) -> Result<()> {
+        let (w, v) = c.split_at(self.a.size());
+        self.a.linearize(w)?;
+        self.b.linearize(v)
+    }
+    fn tl(&mut self, dc: &[f64], dx: &mut [f64]) -> Result<()> {
+        let na = self.a.size();
+        self.forward(&mut (), na, dc, dx, |a, _, w, x| a.tl(w, x), |b, _, v, x| b.tl(v, x))
+    }
+    fn ad(&mut self, dx: &[f64], dc: &mut [f64]) -> Result<()> {
+        let na = self.a.size();
+        self.backward(&mut (), na, dx, dc, |a, _, x, w| a.ad(x, w), |b, _, x, v| b.ad(x, v))
+    }
+    fn is_linear(&self) -> bool {
+        self.a.is_linear() && self.b.is_linear()
     }
 }

@@ -11,7 +11,7 @@
 //! precondition the next outer loop ([`crate::var::lmp`]) and the minimum-residual iterate (MINRES, Paige &
 //! Saunders 1975), x = V_k y with y = argmin |beta_1 e_1 - Tbar_k y|, whose residual is never larger than CG's.
 
-use crate::numeric::{dot_lanes, symmetric_eigen};
+use crate::numeric::dot_lanes;
 
 /// The Lanczos tridiagonal matrix of k CG iterations from the step lengths alpha_j and the ratios
 /// beta_j = |r_j|^2 / |r_(j-1)|^2. Returns (diagonal, off-diagonal).
@@ -65,20 +65,21 @@ pub(crate) fn tridiagonal_extremes(diag: &[f64], off: &[f64]) -> (f64, f64) {
     (nth(0), nth(k - 1))
 }
 
-/// Eigen-decomposition of a small symmetric tridiagonal matrix (cyclic Jacobi, to rounding). Returns the eigenvalues
-/// and the eigenvectors as columns of a row-major k x k matrix (`vecs[i * k + m]` = component i of eigenvector m).
-pub(crate) fn tridiagonal_eigen(diag: &[f64], off: &[f64]) -> (Vec<f64>, Vec<f64>) {
+/// Eigen-decomposition of a small symmetric tridiagonal matrix (faer's self-adjoint eigen-decomposition). Returns the
+/// eigenvalues and the eigenvectors as columns of a row-major k x k matrix (`vecs[i * k + m]` = component i of
+/// eigenvector m), or None if the decomposition fails.
+pub(crate) fn tridiagonal_eigen(diag: &[f64], off: &[f64]) -> Option<(Vec<f64>, Vec<f64>)> {
     let k = diag.len();
-    let mut a = vec![0.0; k * k];
-    for j in 0..k {
-        a[j * k + j] = diag[j];
-        if j + 1 < k {
-            a[j * k + j + 1] = off[j];
-            a[(j + 1) * k + j] = off[j];
-        }
-    }
-    let scale2: f64 = a.iter().map(|x| x * x).sum();
-    symmetric_eigen(&a, k, 1e-30 * scale2)
+    let t = faer::Mat::<f64>::from_fn(k, k, |i, j| match i.abs_diff(j) {
+        0 => diag[i],
+        1 => off[i.min(j)],
+        _ => 0.0,
+    });
+    let evd = t.self_adjoint_eigen(faer::Side::Lower).ok()?;
+    let (u, s) = (evd.U(), evd.S().column_vector());
+    let vals = (0..k).map(|m| s[m]).collect();
+    let vecs = (0..k * k).map(|x| u[(x / k, x % k)]).collect();
+    Some((vals, vecs))
 }
 
 /// The normalised CG residuals of one inner loop, stored contiguously in float32 for the full
@@ -317,7 +318,7 @@ mod tests {
     use crate::numeric::dot;
 
     fn pseudo_random(n: usize, seed: u64) -> Vec<f64> {
-        let mut rng = crate::diag::checks::Rng::new(seed);
+        let mut rng = crate::numeric::Rng::new(seed);
         (0..n).map(|_| rng.uniform() - 0.5).collect()
     }
 
@@ -334,7 +335,7 @@ mod tests {
         assert!((lo - ev(1.0)).abs() < 1e-11, "{lo} vs {}", ev(1.0));
         assert!((hi - ev(k as f64)).abs() < 1e-11, "{hi} vs {}", ev(k as f64));
         // the Jacobi eigen-decomposition gives every eigenvalue, with orthonormal eigenvectors
-        let (vals, vecs) = tridiagonal_eigen(&vec![2.0; k], &vec![-1.0; k - 1]);
+        let (vals, vecs) = tridiagonal_eigen(&vec![2.0; k], &vec![-1.0; k - 1]).unwrap();
         let mut sorted = vals.clone();
         sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
         for (j, v) in sorted.iter().enumerate() {

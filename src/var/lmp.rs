@@ -64,7 +64,7 @@ impl SpectralFactor {
         if k == 0 || basis.len() < k {
             return None;
         }
-        let (vals, vecs) = tridiagonal_eigen(diag, off);
+        let (vals, vecs) = tridiagonal_eigen(diag, off)?;
         let mut pairs: Vec<(f64, usize)> = (0..k)
             .filter(|&m| {
                 let res = (sub * vecs[(k - 1) * k + m]).abs();
@@ -162,7 +162,7 @@ mod tests {
     use super::*;
 
     fn pseudo_random(n: usize, seed: u64) -> Vec<f64> {
-        let mut rng = crate::diag::checks::Rng::new(seed);
+        let mut rng = crate::numeric::Rng::new(seed);
         (0..n).map(|_| rng.uniform() - 0.5).collect()
     }
 

@@ -6,7 +6,7 @@
 //! device = "cpu"               # or "cuda:0" (backend "ort" only; fails if CUDA cannot be used)
 //! threads = 1                  # ONNX Runtime intra-op threads (1 = bit-reproducible)
 //! cuda_tf32 = false            # allow TF32 on CUDA
-//! method = "l3dvar"            # default method of lda_analyse: "l3dvar" or "3dvar"
+//! method = "l3dvar"            # default method of lda_analyse: "l3dvar", "3dvar" or "hybrid"
 //! output = "analysis"          # "analysis" (x_b + decoded increment), "increment", "full_state" (N^-1(D(z_a)))
 //! solver = "gauss_newton"      # or "adam" (the published reference algorithm, for comparison)
 //! gradient_reduction = 1e-3    # target: |grad J| reduced by this factor from its value at the background
@@ -17,6 +17,13 @@
 //! adam_steps = 100             # solver "adam": steps (one decoder and one adjoint run each)
 //! adam_lr = 0.1                # solver "adam": initial learning rate, halved on plateaus
 //! bg_check = 5.0               # background check k (0 disables)
+//! bg_check_samples = 32        # draws of the randomised latent variance (exact when the latent size is <= this)
+//! hybrid_alpha = 1.0           # hybrid weights and variables: override the bundle's [hybrid] table
+//! hybrid_beta = 1.0
+//! hybrid_variables = ["q", "ps"]
+//! baseline_variance_factor = 1.0   # multiplies the static B's variances (overrides [statistics] of the bundle)
+//! latent_increment = "nonlinear"   # latent part: "nonlinear" sd (D(z_b + s w) - D(z_b)) or "linear" sd D'(z_b)(s w)
+//! b_operator = "latent"        # B operator served to hosts (lda_bsqrt, ...): "latent", "hybrid" or "static"
 //! verbosity = 0                # 0 quiet, 1 iteration lines on stderr
 //! ```
 
@@ -33,15 +40,18 @@ pub enum Method {
     L3dvar,
     /// Model-space 3D-Var with the static baseline B.
     Var3d,
+    /// Hybrid latent-static B: control [w, v], dx = sd (D(z_b + sqrt(alpha) s w) - D(z_b)) + sqrt(beta) P U_s v.
+    Hybrid,
 }
 
 impl Method {
-    /// Parses `l3dvar` or `3dvar`.
+    /// Parses `l3dvar`, `3dvar` or `hybrid`.
     pub fn parse(s: &str) -> Result<Method> {
         match s {
             "l3dvar" => Ok(Method::L3dvar),
             "3dvar" => Ok(Method::Var3d),
-            _ => Err(Error::arg(format!("method '{s}' is not known (use 'l3dvar' or '3dvar')"))),
+            "hybrid" => Ok(Method::Hybrid),
+            _ => Err(Error::arg(format!("method '{s}' is not known (use 'l3dvar', '3dvar' or 'hybrid')"))),
         }
     }
     /// Name used in reports.
@@ -49,6 +59,46 @@ impl Method {
         match self {
             Method::L3dvar => "l3dvar",
             Method::Var3d => "3dvar",
+            Method::Hybrid => "hybrid",
+        }
+    }
+}
+
+/// Which B a host's B operator (`lda_bsqrt`, `lda_bsqrt_ad`, `lda_bvariance`, `lda_brandomize`) applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BKind {
+    /// The latent B, U = sd D'(z_b) s (control size: the latent size).
+    Latent,
+    /// The hybrid B, U = [sqrt(alpha) U_l, sqrt(beta) P U_s] (control size: latent size + static control size).
+    Hybrid,
+    /// The static (baseline) B U_s with its hydrostatic balance.
+    Static,
+}
+
+impl BKind {
+    /// Parses `latent`, `hybrid` or `static`.
+    pub fn parse(s: &str) -> Result<BKind> {
+        match s {
+            "latent" => Ok(BKind::Latent),
+            "hybrid" => Ok(BKind::Hybrid),
+            "static" => Ok(BKind::Static),
+            _ => Err(Error::arg(format!("b_operator '{s}' is not known (use 'latent', 'hybrid' or 'static')"))),
+        }
+    }
+    /// The B in force for an analysis method.
+    pub fn of_method(m: Method) -> BKind {
+        match m {
+            Method::L3dvar => BKind::Latent,
+            Method::Var3d => BKind::Static,
+            Method::Hybrid => BKind::Hybrid,
+        }
+    }
+    /// Name used in reports and options.
+    pub fn name(self) -> &'static str {
+        match self {
+            BKind::Latent => "latent",
+            BKind::Hybrid => "hybrid",
+            BKind::Static => "static",
         }
     }
 }
@@ -120,6 +170,21 @@ pub struct Options {
     pub adam_lr: f64,
     /// Background-check threshold k (0 disables).
     pub bg_check: f64,
+    /// Draws of the randomised latent variance for the background check (exact when the latent size is smaller).
+    pub bg_check_samples: usize,
+    /// Hybrid weight alpha of the latent B (default: the bundle's `[hybrid]`, else 1).
+    pub hybrid_alpha: Option<f64>,
+    /// Hybrid weight beta of the static B (default: the bundle's `[hybrid]`, else 1).
+    pub hybrid_beta: Option<f64>,
+    /// Variables the static part of the hybrid acts on (default: the bundle's `[hybrid]`, else all).
+    pub hybrid_variables: Option<Vec<String>>,
+    /// Factor on the static B's variances (default: the bundle's `[statistics]`, else 1).
+    pub baseline_variance_factor: Option<f64>,
+    /// B operator served to hosts: "latent", "hybrid" or "static".
+    pub b_operator: String,
+    /// Latent part of l3dvar and hybrid: "nonlinear" (decoded increment, default) or "linear" (the latent B's square
+    /// root at z_b: a quadratic cost that one outer loop solves exactly).
+    pub latent_increment: String,
     /// 0 quiet, 1 iteration lines on stderr.
     pub verbosity: u32,
 }
@@ -143,6 +208,13 @@ impl Default for Options {
             adam_steps: 100,
             adam_lr: 0.1,
             bg_check: 5.0,
+            bg_check_samples: crate::bmat::latent::DEFAULT_VARIANCE_SAMPLES,
+            hybrid_alpha: None,
+            hybrid_beta: None,
+            hybrid_variables: None,
+            baseline_variance_factor: None,
+            b_operator: "latent".into(),
+            latent_increment: "nonlinear".into(),
             verbosity: 0,
         }
     }
@@ -185,6 +257,34 @@ impl Options {
         }
         if !(self.bg_check >= 0.0) {
             return Err(Error::arg(format!("bg_check = {} must be >= 0", self.bg_check)));
+        }
+        if self.bg_check_samples == 0 {
+            return Err(Error::arg("bg_check_samples must be >= 1"));
+        }
+        for (name, v) in [("hybrid_alpha", self.hybrid_alpha), ("hybrid_beta", self.hybrid_beta)] {
+            if let Some(v) = v {
+                if !(v.is_finite() && v >= 0.0) {
+                    return Err(Error::arg(format!("{name} = {v} must be finite and >= 0")));
+                }
+            }
+        }
+        if let Some(f) = self.baseline_variance_factor {
+            if !(f.is_finite() && f > 0.0) {
+                return Err(Error::arg(format!("baseline_variance_factor = {f} must be finite and > 0")));
+            }
+        }
+        if self.hybrid_variables.as_ref().is_some_and(|v| v.is_empty()) {
+            return Err(Error::arg("hybrid_variables is empty (name at least one variable, or omit the key)"));
+        }
+        BKind::parse(&self.b_operator)?;
+        if !matches!(self.latent_increment.as_str(), "nonlinear" | "linear") {
+            return Err(Error::arg(format!(
+                "latent_increment = '{}' is not known (use 'nonlinear' or 'linear')",
+                self.latent_increment
+            )));
+        }
+        if self.latent_increment == "linear" && self.output == "full_state" {
+            return Err(Error::arg("output 'full_state' needs latent_increment = 'nonlinear' (it decodes z_a itself)"));
         }
         if self.threads == 0 {
             return Err(Error::arg("threads must be >= 1"));

@@ -51,6 +51,10 @@ pub struct Timings {
     pub total_s: f64,
     /// latentda's own code: total minus model runs.
     pub overhead_s: f64,
+    /// TL runs spent on diag B for the background check (0 when the cached variance of this background was reused).
+    pub variance_s: f64,
+    /// Number of those TL runs.
+    pub n_variance: usize,
     /// Model run counts.
     pub n_encode: usize,
     /// Decoder runs.
@@ -78,6 +82,17 @@ pub struct BalanceStats {
     pub method: String,
 }
 
+/// How the background check was made.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct BackgroundCheckInfo {
+    /// Threshold k (0: no check).
+    pub k: f64,
+    /// Where sigma_b came from: diag of the B in force, exact or randomised (with the sample count and error).
+    pub sigma_b: String,
+    /// Observations rejected by it.
+    pub rejected: usize,
+}
+
 /// A full report.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Report {
@@ -85,7 +100,7 @@ pub struct Report {
     pub latentda_version: String,
     /// Bundle name.
     pub bundle: String,
-    /// Method ("l3dvar" or "3dvar").
+    /// Method ("l3dvar", "3dvar" or "hybrid").
     pub method: String,
     /// What the returned/written field is ("analysis", "increment", "full_state").
     pub output: String,
@@ -101,6 +116,10 @@ pub struct Report {
     pub threads: usize,
     /// Control-vector size.
     pub control_size: usize,
+    /// J_b of each control part at the analysis: "latent" (1/2 |w|^2) and/or "static" (1/2 |v|^2).
+    pub jb_parts: std::collections::BTreeMap<String, f64>,
+    /// The background check and the sigma_b it used.
+    pub background_check: BackgroundCheckInfo,
     /// Minimisation summary and history.
     pub solver: Option<SolveInfo>,
     /// Total observations given.
@@ -165,7 +184,14 @@ impl Report {
                 );
             }
         }
+        if self.jb_parts.len() > 1 {
+            let parts: Vec<String> = self.jb_parts.iter().map(|(k, v)| format!("Jb {k} {v:.4e}")).collect();
+            let _ = writeln!(s, "background term by part: {}", parts.join(", "));
+        }
         let _ = writeln!(s, "observations: {} given, {} used; QC {:?}", self.n_obs, self.n_used, self.qc_counts);
+        if self.background_check.k > 0.0 {
+            let _ = writeln!(s, "background check k = {}: sigma_b from {}", self.background_check.k, self.background_check.sigma_b);
+        }
         let _ = writeln!(
             s,
             "{:<6} {:>6} {:>6} {:>11} {:>11} {:>11} {:>11} {:>8} {:>8} {:>11}",
@@ -189,7 +215,7 @@ impl Report {
         let t = &self.timings;
         let _ = writeln!(
             s,
-            "time: total {:.3} s = encode {:.3} + decode {:.3} ({}x) + TL {:.3} ({}x) + AD {:.3} ({}x) + H {:.4} + other {:.4}",
+            "time: total {:.3} s = encode {:.3} + decode {:.3} ({}x) + TL {:.3} ({}x) + AD {:.3} ({}x) + diag B {:.3} ({}x TL) + H {:.4} + other {:.4}",
             t.total_s,
             t.encode_s,
             t.decode_s,
@@ -198,6 +224,8 @@ impl Report {
             t.n_tl,
             t.ad_s,
             t.n_ad,
+            t.variance_s,
+            t.n_variance,
             t.h_s,
             t.overhead_s - t.h_s
         );

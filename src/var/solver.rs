@@ -46,6 +46,28 @@ pub trait ControlSpace {
     }
 }
 
+/// A borrowed transform is a transform (so a hybrid can borrow a cached static B).
+impl<T: ControlSpace + ?Sized> ControlSpace for &mut T {
+    fn size(&self) -> usize {
+        (**self).size()
+    }
+    fn increment(&mut self, w: &[f64], dx: &mut [f64]) -> Result<()> {
+        (**self).increment(w, dx)
+    }
+    fn linearize(&mut self, w: &[f64]) -> Result<()> {
+        (**self).linearize(w)
+    }
+    fn tl(&mut self, dw: &[f64], dx: &mut [f64]) -> Result<()> {
+        (**self).tl(dw, dx)
+    }
+    fn ad(&mut self, dx: &[f64], dw: &mut [f64]) -> Result<()> {
+        (**self).ad(dx, dw)
+    }
+    fn is_linear(&self) -> bool {
+        (**self).is_linear()
+    }
+}
+
 /// Which minimisation algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -598,7 +620,7 @@ fn gauss_newton(ctrl: &mut dyn ControlSpace, p: &Problem, params: &SolverParams)
 mod tests {
     use super::*;
     use crate::bundle::grid::{Grid, GridKind, Layout, Vertical, VerticalKind};
-    use crate::diag::checks::Rng;
+    use crate::numeric::Rng;
     use crate::obs::{Observation, QcFlag};
 
     /// dx = c * w elementwise, declared nonlinear so that the solver runs several outer loops on a Hessian with

@@ -261,6 +261,47 @@ int main(int argc, char **argv) {
     }
 
     expect("close", lda_close(ctx), LDA_OK, NULL, "");
+
+    /* --- the hybrid B operator and analysis: sizes, variance, draws, method "hybrid" */
+    expect("variance NULL ctx", lda_bvariance(NULL, NULL, 0), LDA_ERR_NULL_POINTER, NULL, "context is NULL");
+    {
+        static double var[2 * N3 + N2], x1[2 * N3 + N2], x2[2 * N3 + N2];
+        const size_t nx = 2 * N3 + N2;
+        size_t nc = 0;
+        LdaContext *h = NULL;
+        fill();
+        expect("open hybrid", lda_open(bundle, "b_operator = \"hybrid\"\nhybrid_variables = [\"t\", \"ps\"]", &h),
+               LDA_OK, NULL, "");
+        expect("hybrid bind u", lda_bind_field_f64(h, "u", u, 3, SHAPE3, LDA_ORDER_C), LDA_OK, h, "");
+        expect("hybrid bind t", lda_bind_field_f64(h, "t", t, 3, SHAPE3, LDA_ORDER_C), LDA_OK, h, "");
+        expect("hybrid bind ps", lda_bind_field_f64(h, "ps", ps, 2, SHAPE2, LDA_ORDER_C), LDA_OK, h, "");
+        expect("hybrid control_size", lda_control_size(h, &nc), LDA_OK, h, "");
+        if (nc != 32 + N3 + N2) { /* latent 32 + static control of t (3 levels) and ps */
+            printf("FAIL hybrid control size %zu, expected %d\n", nc, 32 + N3 + N2);
+            failures++;
+        }
+        snapshot();
+        expect("variance wrong nx", lda_bvariance(h, var, nx - 1), LDA_ERR_INVALID_ARGUMENT, h, "output has");
+        expect_unchanged("variance wrong nx");
+        expect("variance", lda_bvariance(h, var, nx), LDA_OK, h, "");
+        expect("randomize", lda_brandomize(h, 7, x1, nx), LDA_OK, h, "");
+        expect("randomize again", lda_brandomize(h, 7, x2, nx), LDA_OK, h, "");
+        if (memcmp(x1, x2, sizeof x1) != 0) {
+            printf("FAIL randomize: the same seed gave different draws\n");
+            failures++;
+        }
+        for (size_t i = 0; i < nx; i++) {
+            if (!(var[i] > 0.0)) { /* the latent part reaches every variable */
+                printf("FAIL variance[%zu] = %g\n", i, var[i]);
+                failures++;
+                break;
+            }
+        }
+        expect("hybrid set_obs", lda_set_obs(h, NOBS, ovar, olat, olon, olev, oval, osig), LDA_OK, h, "");
+        expect("analyse hybrid", lda_analyse(h, "hybrid"), LDA_OK, h, "");
+        expect("report method", lda_report_number(h, "jb_parts.static", &value), LDA_OK, h, "");
+        expect("close hybrid", lda_close(h), LDA_OK, NULL, "");
+    }
     printf("%s: %d failure(s)\n", failures ? "FAILED" : "PASSED", failures);
     return failures ? 1 : 0;
 }
