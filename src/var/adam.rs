@@ -53,6 +53,7 @@ pub fn minimise(ctrl: &mut dyn ControlSpace, p: &Problem, params: &SolverParams)
                 inner_total: 0,
                 outer_total: t,
                 passes: ev.passes,
+                linearity_checks: 0,
                 converged: reached,
                 j_initial,
                 j_final: j,

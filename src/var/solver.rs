@@ -13,12 +13,14 @@
 //! gradient.
 //!
 //! Convergence by default: one target, |grad J(w)| <= `gradient_reduction` * |grad J(0)|, and one budget of TL/AD
-//! pairs shared by all outer loops. An inner loop stops as soon as its quadratic model meets the target (a little
-//! inside it, so that the nonlinear gradient usually does too), and returns the CG iterate or the minimum-residual
-//! iterate of the same Krylov space, whichever has the smaller gradient (module `lanczos`). Later outer loops
-//! are preconditioned with the converged Ritz pairs of the earlier ones (module `lmp`), so they do not
-//! rediscover the large eigenvalues of the Hessian. The minimum is unchanged: the preconditioner is a change of
-//! variable dw = M v with M non-singular.
+//! pairs shared by all outer loops. An inner loop stops as soon as its quadratic model meets the target, with the
+//! lowest-J iterate of its Krylov space that does (between the CG and the minimum-residual iterate, module
+//! `lanczos`); for a nonlinear map the exact gradient there is then checked (it is the analysis's final evaluation when
+//! it passes), and where the linearisation error leaves it above the target the same inner loop goes on to a lower
+//! model target rather than restarting. Later outer loops are preconditioned with the converged Ritz pairs of the
+//! earlier ones (module `lmp`), so they do not rediscover the large eigenvalues of the Hessian. The minimum is
+//! unchanged: the preconditioner is a change of variable dw = M v with M non-singular. A parabolic line search
+//! shortens an outer step that overshoots.
 //!
 //! `solver = "adam"` selects the published reference algorithm instead ([`crate::var::adam`]).
 
@@ -123,10 +125,8 @@ pub struct SolverParams {
 /// analyses stay well below.
 pub const DEFAULT_MAX_PAIRS: usize = 80;
 
-/// The inner loops aim at this fraction of the overall gradient target, so that the nonlinear gradient at the
-/// end of the loop (which the quadratic model predicts only to second order) usually meets the target too and no
-/// further outer loop is needed.
-const INNER_TARGET_FACTOR: f64 = 0.7;
+/// Most exact-gradient checks at the end of one inner loop (each one decoder and one adjoint run).
+const MAX_CHECKS: usize = 3;
 
 impl Default for SolverParams {
     fn default() -> Self {
@@ -194,6 +194,9 @@ pub struct SolveInfo {
     pub outer_total: usize,
     /// Applications of the control transform (see [`IterRecord::passes`]).
     pub passes: usize,
+    /// Exact-gradient checks at the ends of inner loops (one nonlinear map and one AD each, in `passes`; the last one
+    /// doubles as the evaluation of the analysis).
+    pub linearity_checks: usize,
     /// Whether the target |grad J| <= gradient_reduction * |grad J(0)| was met.
     pub converged: bool,
     /// Nonlinear J at the start (w = 0).
@@ -341,18 +344,46 @@ impl<'p, 'a> Evaluator<'p, 'a> {
     }
 }
 
+/// The exact cost and negative gradient at a point (the [`Evaluator`]'s buffers hold that point).
+struct Evaluation {
+    jb: f64,
+    jo: f64,
+    g: f64,
+    r: Vec<f64>,
+}
+
 /// What one inner loop produced.
 struct InnerResult {
     dw: Vec<f64>,
     iterations: usize,
     ritz: Option<RitzRange>,
+    /// The exact evaluation at w + dw when the loop ended on a check.
+    fresh: Option<Evaluation>,
+    /// Checks run (two passes each).
+    checks: usize,
     /// The loop's Lanczos tridiagonal matrix (diagonal, off-diagonal, Tbar[k+1, k]), for the preconditioner of the
     /// next loop. The factor itself is built only when a next inner loop runs (the basis is still in place then).
     lanczos: Option<(Vec<f64>, Vec<f64>, f64)>,
 }
 
+/// Coordinates in the Lanczos basis of the lowest-J iterate between CG and minimum residual that meets `target`,
+/// and its model gradient.
+fn krylov_step(alphas: &[f64], betas: &[f64], beta1: f64, mr: &MinResidual, target: f64) -> (Vec<f64>, f64) {
+    let kdim = alphas.len();
+    let (diag, off) = lanczos_tridiagonal(alphas, betas);
+    let sub = betas[kdim - 1].sqrt() / alphas[kdim - 1];
+    iterate_meeting_target(&diag, &off, sub, beta1, mr, target)
+}
+
 /// The inner loop of outer loop `k` at w: preconditioned CG (full re-orthogonalisation) on M^T A M v = M^T r,
-/// dw = M v, until the quadratic model's gradient is <= `target` or `cap` iterations.
+/// dw = M v, until the quadratic model's gradient is <= `target` (the overall target) or `cap` iterations.
+///
+/// With `check` (a nonlinear control transform), meeting the target in the model is checked against the cost itself:
+/// the exact gradient at w + dw (one decoder and one adjoint run; it is the analysis's final evaluation when it
+/// passes). If the linearisation error leaves the exact gradient above the target, the loop goes on in the same Krylov
+/// space with the model target lowered in proportion, instead of starting a new outer loop that would have to
+/// rebuild it; if the exact gradient is far above the target (the model is poor over this step), the loop ends and
+/// the next outer loop relinearises there.
 #[allow(clippy::too_many_arguments)]
 fn inner_loop(
     ctrl: &mut dyn ControlSpace,
@@ -361,18 +392,26 @@ fn inner_loop(
     k: usize,
     w: &[f64],
     r0: &[f64],
-    target: f64,
+    overall_target: f64,
     cap: usize,
     want_factor: bool,
+    check: bool,
     verbose: bool,
     iters: &mut Vec<IterRecord>,
     basis: &mut KrylovBasis,
 ) -> Result<InnerResult> {
     let n = w.len();
-    let m = ev.d.len();
     let sigma = ev.p.sigma;
     let plain = pre.is_identity();
-    let j_start = 0.5 * dot(w, w) + jo_of(&ev.d, sigma);
+    // the innovations at w (the model's); a check overwrites the evaluator's buffers
+    let d_k = ev.d.clone();
+    let m = d_k.len();
+    let j_start = 0.5 * dot(w, w) + jo_of(&d_k, sigma);
+    // a little inside the target, for the rounding of float32 TL/AD products (the model gradient of a linear map is
+    // its exact gradient only to that accuracy)
+    let mut target = 0.95 * overall_target;
+    let (mut checks, mut fresh) = (0, None);
+    let (mut w_trial, mut candidate) = (vec![0.0; n], vec![0.0; n]);
     // v-space residual rho = M^T r, and the w-space residual r of the CG iterate (the model gradient; the same
     // vector when M = I)
     let mut rho = r0.to_vec();
@@ -434,18 +473,42 @@ fn inner_loop(
         let g_cg = if plain { rr_new.sqrt() } else { norm(&r_w) };
         let g_mr = plain.then(|| mr.residual());
         let jb_q = 0.5 * w.iter().zip(&dw).map(|(a, b)| (a + b) * (a + b)).sum::<f64>();
-        let jo_q = 0.5 * (0..m).map(|i| ((ev.d[i] - gdw[i]) / sigma[i]).powi(2)).sum::<f64>();
+        let jo_q = 0.5 * (0..m).map(|i| ((d_k[i] - gdw[i]) / sigma[i]).powi(2)).sum::<f64>();
         let rec = IterRecord { outer: k, inner: j, j: jb_q + jo_q, jb: jb_q, jo: jo_q, grad: g_cg, grad_mr: g_mr, passes: ev.passes };
         if verbose {
             eprintln!("{}", rec.line());
         }
         iters.push(rec);
-        if g_cg <= target {
-            break;
-        }
-        if g_mr.is_some_and(|g| g <= target) {
-            use_mr = true;
-            break;
+        let via_mr = g_cg > target && g_mr.is_some_and(|g| g <= target);
+        if g_cg <= target || via_mr {
+            if !check {
+                use_mr = via_mr;
+                break;
+            }
+            // the step the loop would return now, and the exact gradient there
+            if via_mr {
+                let (y, _) = krylov_step(&alphas, &betas, beta1, &mr, target);
+                basis.combine(&y, &mut candidate);
+            } else {
+                candidate.copy_from_slice(&dw);
+            }
+            for i in 0..n {
+                w_trial[i] = w[i] + candidate[i];
+            }
+            let (jb, jo) = ev.cost(ctrl, &w_trial)?;
+            let mut r_nl = vec![0.0; n];
+            let g_nl = ev.negative_gradient(ctrl, &w_trial, &mut r_nl)?;
+            ctrl.linearize(w)?;
+            checks += 1;
+            if verbose {
+                eprintln!("inner loop {k}: check at iteration {j}: exact |g|= {g_nl:.10e} (model {:.10e}, target {overall_target:.10e})", g_mr.filter(|_| via_mr).unwrap_or(g_cg));
+            }
+            if g_nl <= overall_target || g_nl > 3.0 * overall_target || checks == MAX_CHECKS || j == cap {
+                use_mr = via_mr;
+                fresh = Some(Evaluation { jb, jo, g: g_nl, r: r_nl });
+                break;
+            }
+            target *= 0.9 * overall_target / g_nl;
         }
         if rr_new == 0.0 {
             break;
@@ -461,8 +524,7 @@ fn inner_loop(
     if use_mr {
         // the CG iterate misses the target but the minimum-residual iterate meets it: take the iterate with the
         // lowest J between the two that meets it
-        let sub = betas[kdim - 1].sqrt() / alphas[kdim - 1];
-        let (y, g) = iterate_meeting_target(&diag, &off, sub, beta1, &mr, target);
+        let (y, g) = krylov_step(&alphas, &betas, beta1, &mr, target);
         basis.combine(&y, &mut dw);
         // the quadratic model there: J(w) - beta_1 y_1 + 1/2 y^T T y (V^T r = beta_1 e_1)
         let j_y = j_start - beta1 * y[0] + 0.5 * tridiagonal_quadratic(&diag, &off, &y);
@@ -478,7 +540,7 @@ fn inner_loop(
         let sub = betas[kdim - 1].sqrt() / alphas[kdim - 1];
         (diag, off, sub)
     });
-    Ok(InnerResult { dw, iterations: kdim, ritz, lanczos })
+    Ok(InnerResult { dw, iterations: kdim, ritz, fresh, checks, lanczos })
 }
 
 /// Minimises J over w, returning the analysis control vector, the analysis increment dx(w_a) (physical units)
@@ -507,20 +569,30 @@ fn gauss_newton(ctrl: &mut dyn ControlSpace, p: &Problem, params: &SolverParams)
     let mut inner_total = 0;
     let linear = ctrl.is_linear();
     let outer_loops = if linear { 1 } else { params.outer_loops.max(1) };
-    let mut pending: Option<(Vec<f64>, Vec<f64>, f64)> = None;
+    let mut pending: Option<(Vec<f64>, Vec<f64>, f64, bool)> = None;
     let mut step_lengths = Vec::new();
-    // (Jb, Jo) at w when the step-length choice already evaluated it (the evaluator's buffers hold that point)
-    let mut cost_at_w: Option<(f64, f64)> = None;
+    // what is already known at w (the evaluator's buffers hold that point): the cost, or cost and gradient
+    let (mut cost_at_w, mut known): (Option<(f64, f64)>, Option<Evaluation>) = (None, None);
     let mut w_trial = vec![0.0; n];
+    let mut checks = 0;
     let mut k = 0;
     loop {
         k += 1;
         // exact nonlinear cost and gradient at w: the start of outer loop k, or the analysis
-        let (jb, jo) = match cost_at_w.take() {
-            Some(c) => c,
-            None => ev.cost(ctrl, &w)?,
+        let (jb, jo, g) = match (known.take(), cost_at_w.take()) {
+            (Some(e), _) => {
+                ctrl.linearize(&w)?;
+                r.copy_from_slice(&e.r);
+                (e.jb, e.jo, e.g)
+            }
+            (None, c) => {
+                let (jb, jo) = match c {
+                    Some(c) => c,
+                    None => ev.cost(ctrl, &w)?,
+                };
+                (jb, jo, ev.negative_gradient(ctrl, &w, &mut r)?)
+            }
         };
-        let g = ev.negative_gradient(ctrl, &w, &mut r)?;
         if k == 1 {
             j_initial = jb + jo;
             grad_initial = g;
@@ -540,6 +612,7 @@ fn gauss_newton(ctrl: &mut dyn ControlSpace, p: &Problem, params: &SolverParams)
                 inner_total,
                 outer_total: k - 1,
                 passes: ev.passes,
+                linearity_checks: checks,
                 converged,
                 j_initial,
                 j_final: jb + jo,
@@ -553,9 +626,13 @@ fn gauss_newton(ctrl: &mut dyn ControlSpace, p: &Problem, params: &SolverParams)
             };
             return Ok((w, ev.dx.clone(), info));
         }
-        // the preconditioner from the previous inner loop, whose Krylov basis is still in place
-        if let Some((diag, off, sub)) = pending.take() {
+        // the preconditioner from the previous inner loop, whose Krylov basis is still in place; the Ritz vectors of
+        // an unpreconditioned loop live in w itself, so its factor starts a new product
+        if let Some((diag, off, sub, plain)) = pending.take() {
             if let Some(f) = SpectralFactor::from_lanczos(&basis, &diag, &off, sub, n, RitzSelection::default()) {
+                if plain {
+                    pre = Preconditioner::default();
+                }
                 pre.push(f);
             }
         }
@@ -567,16 +644,18 @@ fn gauss_newton(ctrl: &mut dyn ControlSpace, p: &Problem, params: &SolverParams)
             k,
             &w,
             &r,
-            INNER_TARGET_FACTOR * target,
+            target,
             cap,
             want_factor,
+            !linear,
             params.verbose,
             &mut iters,
             &mut basis,
         )?;
         inner_total += res.iterations;
+        checks += res.checks;
         hessian_ritz.extend(res.ritz);
-        pending = res.lanczos;
+        pending = res.lanczos.map(|(d, o, sub)| (d, o, sub, pre.is_identity()));
         // Step length. The Gauss-Newton step is exact for a quadratic J; where the map is strongly nonlinear it can
         // overshoot (J zig-zags between outer loops). The cost at w + dw is needed anyway (it starts the next loop);
         // with J(w), the slope g.dw and J(w + dw), the parabola through them gives the best step alpha. Only when
@@ -586,12 +665,15 @@ fn gauss_newton(ctrl: &mut dyn ControlSpace, p: &Problem, params: &SolverParams)
             for i in 0..n {
                 w_trial[i] = w[i] + res.dw[i];
             }
-            let (jb1, jo1) = ev.cost(ctrl, &w_trial)?;
+            let (jb1, jo1) = match &res.fresh {
+                Some(e) => (e.jb, e.jo),
+                None => ev.cost(ctrl, &w_trial)?,
+            };
             let curvature = jb1 + jo1 - j0 - slope;
             let best = if slope < 0.0 && curvature > 0.0 { (-slope / (2.0 * curvature)).max(0.1) } else { 1.0 };
             let mut alpha = 1.0;
-            cost_at_w = Some((jb1, jo1));
-            if !linear && best < 0.9 {
+            let converged_there = res.fresh.as_ref().is_some_and(|e| e.g <= target);
+            if !linear && best < 0.9 && !converged_there {
                 let saved = (ev.dx.clone(), ev.d.clone());
                 for i in 0..n {
                     w_trial[i] = w[i] + best * res.dw[i];
@@ -602,6 +684,12 @@ fn gauss_newton(ctrl: &mut dyn ControlSpace, p: &Problem, params: &SolverParams)
                     cost_at_w = Some((jb2, jo2));
                 } else {
                     (ev.dx, ev.d) = saved;
+                }
+            }
+            if alpha == 1.0 {
+                match res.fresh {
+                    Some(e) => known = Some(e),
+                    None => cost_at_w = Some((jb1, jo1)),
                 }
             }
             alpha
@@ -753,7 +841,9 @@ mod tests {
         assert!(info.converged && info.grad_reduction <= 1e-2);
         assert!(info.inner_total < 30, "{} iterations", info.inner_total);
         assert_eq!(info.outer_total, 1, "converged in one outer loop");
-        // pass count: 2 per outer evaluation and 2 per CG iteration
+        // pass count: 2 per outer evaluation and 2 per CG iteration; the one check at the end of the inner loop
+        // (a linear problem: the model is exact and the check passes) doubled as the evaluation of the analysis
+        assert_eq!(info.linearity_checks, 1);
         assert_eq!(info.passes, 2 * (info.outer_total + 1) + 2 * info.inner_total);
     }
 
