@@ -43,8 +43,8 @@ fn run(a: &mut Analyser, toml: &str, xb: &[f64], truth: Option<&[f64]>, obs: &[l
     (
         Run {
             j: s.j_final,
-            // the background check's randomised latent variance (TL runs, cached per background) is not the solver's
-            passes: t.n_decode + t.n_tl - t.n_variance + t.n_ad,
+            // (the background check's randomised latent variance is reported apart, in n_variance)
+            passes: t.n_decode + t.n_tl + t.n_ad,
             pairs: s.inner_total,
             reduction: 1.0 / s.grad_reduction,
             rmse_ratio: ratio,
