@@ -12,7 +12,9 @@
 #   include/latentda/fortran/latentda.mod          the Fortran module file (compiler-specific)
 #   lib/pkgconfig/latentda.pc, latentda-fortran.pc
 #   lib/cmake/latentda/latentdaConfig.cmake, latentdaConfigVersion.cmake
-#   share/latentda/{fortran,examples}, share/doc/latentda
+#   share/latentda/fortran/latentda.f90            the module source (for other compilers)
+#   share/latentda/examples/                       C, Fortran, C++ examples, CMakeLists.txt, Makefile, a small bundle
+#   share/doc/latentda/                            the documentation
 #
 # Environment: FC (Fortran compiler, default gfortran), FFLAGS (default -O2 -fPIC), CXX (links the shared library,
 # default c++), CARGO (default cargo). Needs cargo, a C++ compiler driver, nm and c++filt (binutils), ar.
@@ -171,6 +173,9 @@ install -m 644 examples/CMakeLists.txt examples/Makefile "$prefix/share/latentda
 install -m 644 examples/c/driver.c "$prefix/share/latentda/examples/c/"
 install -m 644 examples/fortran/driver.f90 examples/fortran/cvt_latent_b.f90 "$prefix/share/latentda/examples/fortran/"
 install -m 644 examples/cpp/driver.cpp examples/cpp/errors.cpp "$prefix/share/latentda/examples/cpp/"
+# A small bundle with a sample case (the tests' tanh fixture: u, t on 3 levels and ps, 8x16 grid) to run them on.
+rm -rf "$prefix/share/latentda/examples/tanh"
+cp -R tests/fixtures/tanh "$prefix/share/latentda/examples/tanh"
 install -m 644 README.md docs/*.md "$prefix/share/doc/latentda/"
 install -m 644 examples/cpp/README.md "$prefix/share/doc/latentda/cpp-examples.md"
 

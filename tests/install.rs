@@ -359,7 +359,10 @@ fn install_then_build_examples_with_cmake_and_pkg_config() {
     }
 
     // 6. Run everything on the tanh fixture against the installed CLI's analysis.
-    let bundle = common::fixture("tanh");
+    // The small bundle installed with the examples (the tanh test fixture), so nothing at run time comes from the
+    // source tree either.
+    let bundle = prefix.join("share/latentda/examples/tanh");
+    assert!(bundle.join("bundle.toml").is_file(), "the example bundle is not installed");
     let (bg, obs) = (bundle.join("sample/background.nc"), bundle.join("sample/obs.csv"));
     let an_cli = work.join("an_cli.nc");
     run(Command::new(prefix.join("bin/latentda"))
@@ -459,19 +462,43 @@ fn install_then_build_examples_with_cmake_and_pkg_config() {
         println!("{src}: {}", out.trim());
     }
 
-    // 8. CMake version compatibility (a project with no languages configures in a moment).
+    // 8. The CMake package's rules, probed with a project that enables no language (configures in a moment): version
+    //    compatibility, components, latentda_USE_STATIC_LIBS, the warning for another Fortran compiler.
     let (major, minor, _) = version_parts();
     let probe = work.join("probe");
     std::fs::create_dir_all(&probe).unwrap();
     std::fs::write(
         probe.join("CMakeLists.txt"),
-        "cmake_minimum_required(VERSION 3.13)\nproject(probe LANGUAGES NONE)\nif(COMPS)\n  find_package(latentda ${REQ} CONFIG \
-         COMPONENTS ${COMPS})\nelse()\n  find_package(latentda ${REQ} CONFIG)\nendif()\nmessage(STATUS \"probe found=${latentda_FOUND} version=${latentda_VERSION}\")\n",
+        r#"cmake_minimum_required(VERSION 3.13)
+project(probe LANGUAGES NONE)
+if(FAKE_FC_ID)  # pretend the project's Fortran compiler is another one
+  set(CMAKE_Fortran_COMPILER_LOADED TRUE)
+  set(CMAKE_Fortran_COMPILER_ID ${FAKE_FC_ID})
+  set(CMAKE_Fortran_COMPILER_VERSION 99.0)
+endif()
+if(COMPS)
+  find_package(latentda ${REQ} CONFIG COMPONENTS ${COMPS})
+else()
+  find_package(latentda ${REQ} CONFIG)
+endif()
+if(TARGET latentda::latentda)
+  get_target_property(links latentda::latentda INTERFACE_LINK_LIBRARIES)
+endif()
+message(STATUS "probe found=${latentda_FOUND} version=${latentda_VERSION} links=${links}")
+"#,
     )
     .unwrap();
+    let cmake_probe = |defs: &[String]| -> String {
+        let b = probe.join("build");
+        let _ = std::fs::remove_dir_all(&b);
+        run(Command::new("cmake").arg("-S").arg(&probe).arg("-B").arg(&b).arg(format!("-DCMAKE_PREFIX_PATH={}", prefix.display())).args(defs))
+    };
+    let probe_line = |log: &str| log.lines().find(|l| l.contains("probe found=")).unwrap_or_default().to_string();
     let next_minor = format!("{major}.{}", minor + 1);
     let next_major = format!("{}.0", major + 1);
     let same = if major == 0 { format!("0.{minor}") } else { major.to_string() };
+    // With 0.y releases another minor version is another ABI (the soname's rule too).
+    let previous_minor = if major == 0 && minor > 0 { format!("0.{}", minor - 1) } else { next_major.clone() };
     for (req, comps, found) in [
         (same.as_str(), "", true),
         (VERSION, "", true),
@@ -479,34 +506,21 @@ fn install_then_build_examples_with_cmake_and_pkg_config() {
         (VERSION, "Python", false),
         (next_minor.as_str(), "", false),
         (next_major.as_str(), "", false),
+        (previous_minor.as_str(), "", false),
     ] {
-        let b = probe.join("build");
-        let _ = std::fs::remove_dir_all(&b);
-        let log = run(Command::new("cmake")
-            .arg("-S")
-            .arg(&probe)
-            .arg("-B")
-            .arg(&b)
-            .arg(format!("-DCMAKE_PREFIX_PATH={}", prefix.display()))
-            .arg(format!("-DREQ={req}"))
-            .arg(format!("-DCOMPS={comps}")));
-        let line = log.lines().find(|l| l.contains("probe found=")).unwrap_or_default().to_string();
-        let want = if found { format!("probe found=1 version={VERSION}") } else { "probe found=0".to_string() };
-        assert!(line.contains(&want), "find_package(latentda {req} COMPONENTS {comps}): {line}\n{log}");
+        let log = cmake_probe(&[format!("-DREQ={req}"), format!("-DCOMPS={comps}")]);
+        let want = if found { format!("probe found=1 version={VERSION} ") } else { "probe found=0".to_string() };
+        assert!(probe_line(&log).contains(&want), "find_package(latentda {req} COMPONENTS {comps}):\n{log}");
     }
-    // With 0.y releases a different minor version is a different ABI (also the soname's rule).
-    if major == 0 && minor > 0 {
-        let b = probe.join("build");
-        let _ = std::fs::remove_dir_all(&b);
-        let log = run(Command::new("cmake")
-            .arg("-S")
-            .arg(&probe)
-            .arg("-B")
-            .arg(&b)
-            .arg(format!("-DCMAKE_PREFIX_PATH={}", prefix.display()))
-            .arg(format!("-DREQ=0.{}", minor - 1)));
-        assert!(log.contains("probe found=0"), "find_package(latentda 0.{}) must not accept {VERSION}:\n{log}", minor - 1);
-    }
+    assert!(probe_line(&cmake_probe(&[])).ends_with("links=latentda::latentda_shared"));
+    let log = cmake_probe(&["-Dlatentda_USE_STATIC_LIBS=ON".into()]);
+    assert!(probe_line(&log).ends_with("links=latentda::latentda_static"), "latentda_USE_STATIC_LIBS:\n{log}");
+    let log = cmake_probe(&["-DFAKE_FC_ID=Intel".into()]);
+    let words = log.split_whitespace().collect::<Vec<_>>().join(" ");
+    let fc_id = pkg_config(&pc, &["--variable=fortran_compiler_id", "latentda-fortran"]);
+    assert!(words.contains(&format!("was built by {fc_id} ")) && words.contains("this project uses Intel 99.0"), "no warning for another Fortran compiler:\n{log}");
+    let log = cmake_probe(&[]);
+    assert!(!log.contains("was built by"), "warning without a Fortran compiler:\n{log}");
 
     println!("total: {:.1} s", t0.elapsed().as_secs_f64());
     std::fs::remove_dir_all(&base).unwrap();
