@@ -219,7 +219,7 @@ fn rustc_native_static_libs() -> String {
         .unwrap();
     assert!(o.status.success(), "{}", show(&o));
     let err = String::from_utf8_lossy(&o.stderr);
-    err.lines().filter_map(|l| l.split_once("native-static-libs: ")).map(|(_, v)| v.trim().to_string()).last().expect("no native-static-libs note")
+    err.lines().filter_map(|l| l.split_once("native-static-libs: ")).map(|(_, v)| v.trim().to_string()).next_back().expect("no native-static-libs note")
 }
 
 #[test]
