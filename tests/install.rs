@@ -15,9 +15,10 @@ mod common;
 
 use std::ffi::{CStr, CString};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Instant;
 
+use common::show;
 use latentda::bundle::Bundle;
 use latentda::coupling::ffi::{self, LdaContext};
 use latentda::Status;
@@ -41,15 +42,6 @@ fn soversion() -> String {
     } else {
         major.to_string()
     }
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// Runs a command, panics with its output when it fails; returns stdout + stderr.
