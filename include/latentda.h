@@ -20,6 +20,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Version of latentda this header belongs to (from Cargo.toml); lda_version() gives the library's at run time. */
+#define LATENTDA_VERSION_MAJOR 0
+#define LATENTDA_VERSION_MINOR 1
+#define LATENTDA_VERSION_PATCH 0
+#define LATENTDA_VERSION_STRING "0.1.0"
+
 /**
  * Status codes: every latentda function except `lda_last_error` and `lda_version` returns an `int32_t` holding one
  * of these values (`LdaStatus` is a typedef of `int32_t`).

@@ -6,6 +6,9 @@
 //
 //   g++ -std=c++17 -O2 -Iinclude prog.cpp target/release/liblatentda.a $(nc-config --libs) -lhdf5 -lz -lpthread -ldl -lm -Wl,-z,noexecstack -o prog
 //
+// Against an installed latentda (scripts/install.sh), whose shared library exports the C++ glue as well:
+//   g++ -std=c++17 -O2 prog.cpp $(pkg-config --cflags --libs latentda) -o prog     (CMake: latentda::cxx)
+//
 // Call order, as in the C ABI (include/latentda.h):
 //   auto ctx = latentda::Context::open(bundle_dir);        // throws latentda::Error
 //   ctx.bind_field("u", u, {nlev, nlat, nlon});              // every bundle variable, float or double
@@ -30,6 +33,9 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
+
+// The C ABI's header: LATENTDA_VERSION_* macros (compile-time version; latentda::version() is the library's).
+#include "latentda.h"
 
 // cxx runtime first (rust::Error, rust::Box, ...), then the generated bridge declarations.
 #include "latentda/rust/cxx.h"

@@ -10,11 +10,14 @@
 //! open/analyse/B-operator/close cycles do not grow under valgrind (no suppressions); `lda_last_error` is safe to
 //! read from another thread; observation counts beyond memory are errors, not aborts.
 
+mod common;
+
 use std::ffi::{c_char, CStr, CString};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+use common::show;
 use latentda::bundle::Bundle;
 use latentda::coupling::ffi::{self, LdaContext};
 
@@ -54,15 +57,6 @@ fn static_libs() -> Vec<String> {
 
 const C_FLAGS: &[&str] = &["-std=c11", "-O2", "-g", "-Wall", "-Wextra", "-Wpedantic", "-Werror"];
 const F_FLAGS: &[&str] = &["-std=f2008", "-O2", "-g", "-Wall", "-Werror"];
-
-fn show(o: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn run_ok(cmd: &mut Command) -> Result<Output, String> {
     let o = cmd.output().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
