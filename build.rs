@@ -13,7 +13,8 @@ fn main() {
     println!("cargo:rerun-if-env-changed=LATENTDA_WRITE_HEADER");
     let crate_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
-    let config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml")).expect("cbindgen.toml");
+    let mut config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml")).expect("cbindgen.toml");
+    config.after_includes = Some(version_macros());
     let header = out_dir.join("latentda.h");
     match cbindgen::Builder::new()
         .with_config(config)
@@ -31,6 +32,20 @@ fn main() {
     }
     cxx_bridge(&crate_dir, &out_dir);
     println!("cargo:include={}", crate_dir.join("include").display());
+}
+
+/// `LATENTDA_VERSION_*` macros for the C header, from Cargo.toml's version so header and library cannot drift.
+fn version_macros() -> String {
+    let v = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("cargo sets {k}"));
+    format!(
+        "\n/* Version of latentda this header belongs to (from Cargo.toml); lda_version() gives the library's at run time. */\n\
+         #define LATENTDA_VERSION_MAJOR {}\n#define LATENTDA_VERSION_MINOR {}\n#define LATENTDA_VERSION_PATCH {}\n\
+         #define LATENTDA_VERSION_STRING \"{}\"",
+        v("CARGO_PKG_VERSION_MAJOR"),
+        v("CARGO_PKG_VERSION_MINOR"),
+        v("CARGO_PKG_VERSION_PATCH"),
+        v("CARGO_PKG_VERSION")
+    )
 }
 
 /// C++ API: the bridge's generated glue is compiled into this crate (bundled into the staticlib), and its headers are

@@ -1,166 +1,314 @@
-//! Benchmarks (`cargo bench --bench analysis`): prints figures, asserts nothing about speed.
+//! Benchmark suite (`cargo bench --bench analysis [-- SECTION ...]`): prints figures, asserts nothing about speed.
 //!
-//! 1. H and H^T for 10^6 observations on the T31 Gaussian grid (one core).
-//! 2. Time breakdown of analyses per backend (tract in this process; ONNX Runtime in a child process, each backend
-//!    in a clean process), on the reference bundle `models/speedy-t31` and its sample case if present,
-//!    else on the fixture `tests/fixtures/tanh`. Medians over repeated runs.
+//! Sections (all by default):
+//! * `obsop`    H build, H and H^T for 10^2 .. 10^6 observations on the T31 Gaussian grid (one core).
+//! * `backend`  one analysis per backend (tract; ONNX Runtime when ORT_DYLIB_PATH or the `onnxruntime` Python wheel
+//!   is found) and method (l3dvar, 3dvar, hybrid) on the bundle's sample case with the default options:
+//!   per-phase breakdown, latentda's own share (everything outside ONNX runs), peak memory.
+//! * `threads`  ONNX Runtime intra-op threads 1, 2, ... up to the core count (the solver itself is sequential).
+//! * `nobs`     analysis cost against the observation count (10^2 .. 10^6 synthetic observations drawn from the
+//!   sample's truth), at a fixed budget of 10 TL/AD pairs so that every row does the same model work.
+//! * `grid`     analysis cost against the grid size: synthetic ViT bundles at 32 x 64, 64 x 128 and 128 x 256 made by
+//!   `scripts/synthetic_bundle.py` (generated into target/bench-bundles on first use), 10 pairs.
 //!
-//! Environment: LATENTDA_BENCH_BUNDLE (bundle dir), LATENTDA_BENCH_REPS (default 5), ORT_DYLIB_PATH (ONNX Runtime
-//! library; found through the Python wheel if unset).
+//! Every analysis runs in a child process of this binary, so that its peak memory (VmHWM) is its own and each
+//! process holds one backend. Medians over LATENTDA_BENCH_REPS (default 3) analyses; the first analysis of a
+//! process is not timed (lazy initialisation). Environment: LATENTDA_BENCH_BUNDLE (bundle dir, default
+//! models/speedy-t31), LATENTDA_BENCH_REPS, ORT_DYLIB_PATH. This machine is noisy: read the medians, and compare
+//! rows of one run only.
+
+#[path = "common/mod.rs"]
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use latentda::diag::checks::Rng;
+use common::*;
 use latentda::bundle::grid::{Grid, GridKind, Layout, Vertical, VerticalKind};
-use latentda::obs::{Observation, QcFlag};
+use latentda::diag::checks::Rng;
 use latentda::obs::operator::ObsOperator;
+use latentda::obs::{Observation, QcFlag};
 use latentda::{Analyser, Method, Options};
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-fn bench_obsop() {
+fn t31_layout() -> Layout {
     let lat: Vec<f64> = (0..48).map(|j| 88.125 - 3.75 * j as f64).collect();
     let lon: Vec<f64> = (0..96).map(|i| 3.75 * i as f64).collect();
     let grid = Grid::new(GridKind::Gaussian, lat, lon).unwrap();
-    let vert = Vertical::new(VerticalKind::Sigma, vec![0.0375, 0.1, 0.2, 0.34, 0.51, 0.685, 0.835, 0.95]).unwrap();
-    let vars = ["u", "v", "t", "q", "z"].iter().map(|n| (n.to_string(), "1".to_string(), 8)).chain(std::iter::once(("ps".to_string(), "Pa".to_string(), 0))).collect();
-    let lay = Layout::new(grid, vert, vars).unwrap();
-    let n = 1_000_000;
-    let mut rng = Rng::new(1);
-    let obs: Vec<Observation> = (0..n)
-        .map(|i| Observation {
-            var: Some(i % 6),
-            var_name: String::new(),
-            lat: -90.0 + 180.0 * rng.uniform(),
-            lon: 360.0 * rng.uniform(),
-            level: Some(0.0375 + (0.95 - 0.0375) * rng.uniform()),
-            value: 0.0,
-            sigma: 1.0,
-            line: None,
-            malformed: None,
-        })
+    let vert = Vertical::new(VerticalKind::Sigma, vec![0.025, 0.095, 0.2, 0.34, 0.51, 0.685, 0.835, 0.95]).unwrap();
+    let vars = ["u", "v", "t", "q", "z"]
+        .iter()
+        .map(|n| (n.to_string(), "1".to_string(), 8))
+        .chain(std::iter::once(("ps".to_string(), "Pa".to_string(), 0)))
         .collect();
-    let mut flags = vec![QcFlag::Used; n];
-    let t = Instant::now();
-    let h = ObsOperator::build(&lay, &obs, &mut flags);
-    let build = t.elapsed().as_secs_f64();
+    Layout::new(grid, vert, vars).unwrap()
+}
+
+/// n observations at random positions, variables and levels (values 0, sigma 1).
+fn random_obs(lay: &Layout, n: usize, rng: &mut Rng) -> Vec<Observation> {
+    let (lv, nv) = (&lay.vertical.levels, lay.variables.len());
+    let (top, bottom) = (lv[0], lv[lv.len() - 1]);
+    let (lat0, lat1) = (lay.grid.lat[0], lay.grid.lat[lay.grid.nlat() - 1]);
+    (0..n)
+        .map(|i| {
+            let v = i % nv;
+            Observation {
+                var: Some(v),
+                var_name: lay.variables[v].name.clone(),
+                lat: lat1 + (lat0 - lat1) * rng.uniform(),
+                lon: 360.0 * rng.uniform(),
+                level: (!lay.variables[v].is_surface()).then(|| top * (bottom / top).powf(rng.uniform())),
+                value: 0.0,
+                sigma: 1.0,
+                line: None,
+                malformed: None,
+            }
+        })
+        .collect()
+}
+
+fn bench_obsop() {
+    println!("== obsop: observation operator on the T31 grid (48 x 96, 41 channels), one core, median of 7");
+    println!("  {:>9} {:>10} {:>10} {:>10}", "obs", "build s", "H s", "H^T s");
+    let lay = t31_layout();
+    let mut rng = Rng::new(1);
     let x = rng.normals(lay.state_len());
-    let mut y = vec![0.0; h.nrows()];
-    let mut xt = vec![0.0; lay.state_len()];
-    let (mut ta, mut tt) = (vec![], vec![]);
-    for _ in 0..7 {
+    for n in [100usize, 1_000, 10_000, 100_000, 1_000_000] {
+        let obs = random_obs(&lay, n, &mut rng);
+        let mut flags = vec![QcFlag::Used; n];
         let t = Instant::now();
-        h.apply(&x, &mut y);
-        ta.push(t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        h.adjoint(&y, &mut xt);
-        tt.push(t.elapsed().as_secs_f64());
+        let h = ObsOperator::build(&lay, &obs, &mut flags);
+        let build = t.elapsed().as_secs_f64();
+        let mut y = vec![0.0; h.nrows()];
+        let mut xt = vec![0.0; lay.state_len()];
+        let (mut ta, mut tt) = (vec![], vec![]);
+        for _ in 0..7 {
+            let t = Instant::now();
+            h.apply(&x, &mut y);
+            ta.push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            h.adjoint(&y, &mut xt);
+            tt.push(t.elapsed().as_secs_f64());
+        }
+        println!("  {:>9} {:>10.3e} {:>10.3e} {:>10.3e}", h.nrows(), build, median(ta), median(tt));
     }
-    println!("obsop: {} observations on T31 (48x96x41): build {:.4} s, H median {:.4} s, H^T median {:.4} s (one core)", h.nrows(), build, median(ta), median(tt));
 }
 
-fn bundle_and_case() -> (PathBuf, PathBuf) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    if let Ok(b) = std::env::var("LATENTDA_BENCH_BUNDLE") {
-        let b = PathBuf::from(b);
-        return (b.clone(), b.join("sample"));
-    }
-    let r = root.join("models/speedy-t31");
-    if r.join("bundle.toml").exists() && r.join("sample/obs.csv").exists() {
-        return (r.clone(), r.join("sample"));
-    }
-    let f = root.join("tests/fixtures/tanh");
-    (f.clone(), f.join("sample"))
+/// One measurement, run in a child process: `key=value` pairs separated by `;`.
+#[derive(Debug, Clone, Default)]
+struct Task {
+    label: String,
+    bundle: PathBuf,
+    backend: String,
+    /// "l3dvar", "3dvar" or "hybrid" (empty: l3dvar).
+    method: String,
+    threads: usize,
+    /// Synthetic observations drawn from the sample truth (None: the sample's obs.csv).
+    nobs: Option<usize>,
+    /// TL/AD-pair budget with an unreachable target (None: the default options).
+    pairs: Option<usize>,
 }
 
-fn bench_analysis(backend: &str) {
-    let (bundle, case) = bundle_and_case();
-    let reps: usize = std::env::var("LATENTDA_BENCH_REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
-    let mut o = Options { backend: backend.into(), ..Options::default() };
-    if backend == "ort" {
+impl Task {
+    fn encode(&self) -> String {
+        format!(
+            "label={};bundle={};backend={};method={};threads={};nobs={};pairs={}",
+            self.label,
+            self.bundle.display(),
+            self.backend,
+            self.method,
+            self.threads,
+            self.nobs.map_or("-".into(), |n| n.to_string()),
+            self.pairs.map_or("-".into(), |n| n.to_string())
+        )
+    }
+
+    fn decode(s: &str) -> Task {
+        let mut t = Task::default();
+        for kv in s.split(';') {
+            let (k, v) = kv.split_once('=').unwrap();
+            match k {
+                "label" => t.label = v.into(),
+                "bundle" => t.bundle = v.into(),
+                "backend" => t.backend = v.into(),
+                "method" => t.method = v.into(),
+                "threads" => t.threads = v.parse().unwrap(),
+                "nobs" => t.nobs = v.parse().ok(),
+                "pairs" => t.pairs = v.parse().ok(),
+                _ => panic!("unknown task key {k}"),
+            }
+        }
+        t
+    }
+}
+
+const ROW_HEADER: &str = "  label                        obs used  pairs   total s  encode  decode      TL      AD  own s  own %  s/pair   peak MiB";
+
+/// Runs the analyses of one task in this process and prints its row.
+fn run_task(t: &Task) {
+    let reps: usize = std::env::var("LATENTDA_BENCH_REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let mut toml = format!("backend = \"{}\"\nthreads = {}\n", t.backend, t.threads);
+    if let Some(p) = t.pairs {
+        toml += &format!("max_pairs = {p}\ngradient_reduction = 1e-12\n");
+    }
+    let mut o = Options::from_toml(&toml).unwrap();
+    if t.backend == "ort" {
         o.ort_library = std::env::var("ORT_DYLIB_PATH").ok();
     }
-    let t = Instant::now();
-    let mut a = match Analyser::open(&bundle, o) {
+    let mut a = match Analyser::open(&t.bundle, o) {
         Ok(a) => a,
         Err(e) => {
-            println!("analysis[{backend}]: cannot open {}: {e}", bundle.display());
+            println!("  {:<28} cannot open {}: {e}", t.label, t.bundle.display());
             return;
         }
     };
-    let open_s = t.elapsed().as_secs_f64();
     let lay = a.bundle.layout.clone();
-    let xb = latentda::bundle::ncio::read_state(&case.join("background.nc"), &lay).unwrap();
-    let (obs, _) = latentda::obs::read_csv(&case.join("obs.csv"), &lay).unwrap();
-    for method in [Method::L3dvar, Method::Var3d, Method::Hybrid] {
-        if method != Method::L3dvar && (a.bundle.baseline.is_none() || backend != "tract") {
-            continue;
+    let case = t.bundle.join("sample");
+    let xb = latentda::ncio::read_state(&case.join("background.nc"), &lay).unwrap();
+    let obs = match t.nobs {
+        None => latentda::obs::read_csv(&case.join("obs.csv"), &lay).unwrap().0,
+        Some(n) => {
+            // values: H(truth) + N(0, sigma^2), sigma = 0.3 channel sd of the normalisation
+            let xt = latentda::ncio::read_state(&case.join("truth.nc"), &lay).unwrap();
+            let mut rng = Rng::new(7);
+            let mut obs = random_obs(&lay, n, &mut rng);
+            let mut flags = vec![QcFlag::Used; n];
+            let h = ObsOperator::build(&lay, &obs, &mut flags);
+            let mut y = vec![0.0; h.nrows()];
+            h.apply(&xt, &mut y);
+            for (r, &i) in h.rows.iter().enumerate() {
+                let o = &mut obs[i];
+                let v = &lay.variables[o.var.unwrap()];
+                let c = v.first_channel + if v.is_surface() { 0 } else { v.nlev / 2 };
+                o.sigma = 0.3 * a.bundle.std[c];
+                o.value = y[r] + o.sigma * rng.normal();
+            }
+            obs
         }
-        let mut rows = Vec::new();
-        for _ in 0..reps {
-            let r = a.analyse(&xb, &obs, method).unwrap();
-            rows.push(r.report);
-        }
-        let m = |f: &dyn Fn(&latentda::var::report::Report) -> f64| median(rows.iter().map(f).collect());
-        let r0 = &rows[0];
-        let s = r0.solver.as_ref().unwrap();
-        let total = m(&|r| r.timings.total_s);
-        let overhead = m(&|r| r.timings.overhead_s);
-        println!(
-            "analysis[{backend}] {} on {} ({} obs used, control size {}): open {:.2} s; median of {reps}: total {:.4} s = encode {:.4} + decode {:.4} ({}x) + TL {:.4} ({}x) + AD {:.4} ({}x) + own code {:.4} ({:.1}% of total; H {:.4}); |g| reduced {:.2e}-fold in {} TL/AD pairs",
-            method.name(),
-            a.bundle.name,
-            r0.n_used,
-            r0.control_size,
-            open_s,
-            total,
-            m(&|r| r.timings.encode_s),
-            m(&|r| r.timings.decode_s),
-            r0.timings.n_decode,
-            m(&|r| r.timings.tl_s),
-            r0.timings.n_tl,
-            m(&|r| r.timings.ad_s),
-            r0.timings.n_ad,
-            overhead,
-            100.0 * overhead / total,
-            m(&|r| r.timings.h_s),
-            1.0 / s.grad_reduction,
-            s.inner_total
-        );
+    };
+    let method = Method::parse(if t.method.is_empty() { "l3dvar" } else { &t.method }).unwrap();
+    if method != Method::L3dvar && a.bundle.baseline.is_none() {
+        println!("  {:<28} skipped: the bundle has no baseline B", t.label);
+        return;
+    }
+    let _ = a.analyse(&xb, &obs, method).unwrap(); // warm-up, not timed
+    let rows: Vec<_> = (0..reps).map(|_| a.analyse(&xb, &obs, method).unwrap().report).collect();
+    let m = |f: &dyn Fn(&latentda::var::report::Report) -> f64| median(rows.iter().map(f).collect());
+    let r0 = &rows[0];
+    let s = r0.solver.as_ref().unwrap();
+    let total = m(&|r| r.timings.total_s);
+    let own = m(&|r| r.timings.overhead_s);
+    let per_pair = m(&|r| (r.timings.tl_s + r.timings.ad_s) / r.timings.n_tl.max(1) as f64);
+    println!(
+        "  {:<28} {:>8} {:>6} {:>9.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>6.3} {:>5.1}% {:>7.4} {:>10.0}",
+        t.label,
+        r0.n_used,
+        s.inner_total,
+        total,
+        m(&|r| r.timings.encode_s),
+        m(&|r| r.timings.decode_s),
+        m(&|r| r.timings.tl_s),
+        m(&|r| r.timings.ad_s),
+        own,
+        100.0 * own / total,
+        per_pair,
+        peak_rss_mib().unwrap_or(f64::NAN)
+    );
+}
+
+fn spawn(t: &Task, ort: Option<&str>) {
+    let mut c = std::process::Command::new(std::env::current_exe().unwrap());
+    c.env("LATENTDA_BENCH_TASK", t.encode());
+    if let Some(l) = ort {
+        c.env("ORT_DYLIB_PATH", l);
+    }
+    let st = c.status().unwrap();
+    if !st.success() {
+        println!("  {:<28} FAILED ({st})", t.label);
     }
 }
 
-fn find_ort() -> Option<String> {
-    if let Ok(p) = std::env::var("ORT_DYLIB_PATH") {
-        return Some(p);
+fn cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// A synthetic bundle of scripts/synthetic_bundle.py, generated on first use.
+fn synthetic(nlat: usize, nlon: usize) -> Option<PathBuf> {
+    let dir = root().join(format!("target/bench-bundles/vit-{nlat}x{nlon}"));
+    if !dir.join("bundle.toml").exists() {
+        let st = std::process::Command::new("python3")
+            .arg(root().join("scripts/synthetic_bundle.py"))
+            .arg(&dir)
+            .args(["--nlat", &nlat.to_string(), "--nlon", &nlon.to_string(), "--dim", "64", "--depth", "2", "--heads", "4"])
+            .args(["--latent-channels", "16", "--obs", "5000"])
+            .status()
+            .ok()?;
+        if !st.success() {
+            return None;
+        }
     }
-    let out = std::process::Command::new("python3")
-        .args(["-c", "import onnxruntime, os, glob; print(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), 'capi', 'libonnxruntime.so.1*'))[0])"])
-        .output()
-        .ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    Some(dir)
 }
 
 fn main() {
-    if let Ok(b) = std::env::var("LATENTDA_BENCH_CHILD_BACKEND") {
-        bench_analysis(&b);
+    if let Ok(t) = std::env::var("LATENTDA_BENCH_TASK") {
+        run_task(&Task::decode(&t));
         return;
     }
-    bench_obsop();
-    bench_analysis("tract");
-    match find_ort() {
-        Some(lib) => {
-            let st = std::process::Command::new(std::env::current_exe().unwrap())
-                .env("LATENTDA_BENCH_CHILD_BACKEND", "ort")
-                .env("ORT_DYLIB_PATH", lib)
-                .status()
-                .unwrap();
-            assert!(st.success());
+    let sections = bench_args();
+    let want = |s: &str| sections.is_empty() || sections.iter().any(|x| x == s);
+    let bundle = default_bundle();
+    let ort = find_ort();
+    let desc = |b: &Path| {
+        let text = std::fs::read_to_string(b.join("bundle.toml")).unwrap_or_default();
+        text.lines().find(|l| l.starts_with("description")).map(|l| l.to_string()).unwrap_or_default()
+    };
+    println!("machine: {} cores; bundle {} ({})", cores(), bundle.display(), desc(&bundle));
+    println!("ONNX Runtime: {}", ort.as_deref().unwrap_or("not found (set ORT_DYLIB_PATH)"));
+    if want("obsop") {
+        bench_obsop();
+    }
+    let task = |label: &str, b: &Path, backend: &str| Task { label: label.into(), bundle: b.to_path_buf(), backend: backend.into(), threads: 1, ..Task::default() };
+    if want("backend") {
+        println!("\n== backend: one analysis of the sample case per method with the default options (threads 1)");
+        println!("{ROW_HEADER}");
+        for method in ["l3dvar", "3dvar", "hybrid"] {
+            spawn(&Task { method: method.into(), ..task(&format!("tract {method}"), &bundle, "tract") }, None);
+            if let Some(l) = ort.as_deref() {
+                spawn(&Task { method: method.into(), ..task(&format!("ort {method}"), &bundle, "ort") }, Some(l));
+            }
         }
-        None => println!("analysis[ort]: ONNX Runtime library not found (set ORT_DYLIB_PATH)"),
+    }
+    if want("threads") {
+        if let Some(l) = ort.as_deref() {
+            println!("\n== threads: ONNX Runtime intra-op threads (the solver and H are sequential; 1 = bit-reproducible)");
+            println!("{ROW_HEADER}");
+            let mut n = 1;
+            while n <= cores() {
+                spawn(&Task { threads: n, ..task(&format!("ort threads={n}"), &bundle, "ort") }, Some(l));
+                n *= 2;
+            }
+        }
+    }
+    if want("nobs") {
+        println!("\n== nobs: analysis cost against the observation count (synthetic obs from the sample truth, 10 TL/AD pairs, tract)");
+        println!("{ROW_HEADER}");
+        for n in [100usize, 1_000, 10_000, 100_000, 1_000_000] {
+            spawn(&Task { nobs: Some(n), pairs: Some(10), ..task(&format!("obs={n}"), &bundle, "tract") }, None);
+        }
+    }
+    if want("grid") {
+        println!("\n== grid: synthetic ViT bundles (width 64, depth 2, 69 channels, 5000 obs), 10 TL/AD pairs");
+        println!("{ROW_HEADER}");
+        for (nlat, nlon) in [(32, 64), (64, 128), (128, 256)] {
+            match synthetic(nlat, nlon) {
+                Some(b) => {
+                    spawn(&Task { pairs: Some(10), ..task(&format!("tract {nlat}x{nlon}"), &b, "tract") }, None);
+                    if let Some(l) = ort.as_deref() {
+                        spawn(&Task { pairs: Some(10), ..task(&format!("ort {nlat}x{nlon}"), &b, "ort") }, Some(l));
+                    }
+                }
+                None => println!("  {nlat}x{nlon}: scripts/synthetic_bundle.py failed (needs numpy, onnx, netCDF4, onnxruntime)"),
+            }
+        }
     }
 }

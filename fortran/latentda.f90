@@ -48,6 +48,13 @@ module latentda
   integer, parameter, public :: LDA_ERR_INTERNAL = 9          !< internal error (caught panic): context failed, close it
   integer, parameter, public :: LDA_ERR_BUFFER_TOO_SMALL = 10 !< output buffer too small
 
+  ! Version of this module: Cargo.toml's version, as LATENTDA_VERSION_* in latentda.h (tests/install.rs checks both).
+  ! lda_version() returns the linked library's version at run time.
+  integer, parameter, public :: LATENTDA_VERSION_MAJOR = 0
+  integer, parameter, public :: LATENTDA_VERSION_MINOR = 1
+  integer, parameter, public :: LATENTDA_VERSION_PATCH = 0
+  character(len=*), parameter, public :: LATENTDA_VERSION_STRING = '0.1.0'
+
   ! Quality-control flags returned by lda_obs_qc (enum LdaQcFlag in the header).
   integer(c_int32_t), parameter, public :: LDA_QC_USED = 0              !< used in the analysis
   integer(c_int32_t), parameter, public :: LDA_QC_INVALID = 1           !< non-finite value/position, sigma too small

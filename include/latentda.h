@@ -20,6 +20,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Version of latentda this header belongs to (from Cargo.toml); lda_version() gives the library's at run time. */
+#define LATENTDA_VERSION_MAJOR 0
+#define LATENTDA_VERSION_MINOR 1
+#define LATENTDA_VERSION_PATCH 0
+#define LATENTDA_VERSION_STRING "0.1.0"
+
 /**
  * Status codes: every latentda function except `lda_last_error` and `lda_version` returns an `int32_t` holding one
  * of these values (`LdaStatus` is a typedef of `int32_t`).
@@ -189,10 +195,11 @@ extern "C" {
  * - `bundle_dir`: path of the bundle directory (NUL-terminated UTF-8); must not be NULL.
  * - `options`: NULL or "" for the defaults, or TOML text with any of the keys `backend` ("tract" | "ort"),
  *   `ort_library`, `device` ("cpu" | "cuda:N"), `threads`, `cuda_tf32`, `method` ("l3dvar" | "3dvar" |
- *   "hybrid"), `output` ("analysis" | "increment" | "full_state"), `outer_loops`, `max_inner`,
- *   `gradient_reduction`, `bg_check`, `bg_check_samples`, `hybrid_alpha`, `hybrid_beta`, `hybrid_variables`,
- *   `baseline_variance_factor`, `b_operator` ("latent" | "hybrid" | "static"), `verbosity` (one `key = value` per
- *   line; see docs/coupling.md). Unknown keys are an error.
+ *   "hybrid"), `output` ("analysis" | "increment" | "full_state"), `solver` ("gauss_newton" | "adam"),
+ *   `gradient_reduction`, `max_pairs`, `outer_loops`, `max_inner`, `preconditioner` ("ritz" | "none"),
+ *   `adam_steps`, `adam_lr`, `bg_check`, `bg_check_samples`, `hybrid_alpha`, `hybrid_beta`, `hybrid_variables`,
+ *   `baseline_variance_factor`, `latent_increment` ("nonlinear" | "linear"), `b_operator` ("latent" | "hybrid" |
+ *   "static"), `verbosity` (one `key = value` per line; see docs/coupling.md). Unknown keys are an error.
  * - `out`: receives the new context; must not be NULL. It is set to NULL on failure.
  *
  * The strings are only read during the call. The context is owned by the caller and must be released with

@@ -6,6 +6,9 @@
 //
 //   g++ -std=c++17 -O2 -Iinclude prog.cpp target/release/liblatentda.a $(nc-config --libs) -lhdf5 -lz -lpthread -ldl -lm -Wl,-z,noexecstack -o prog
 //
+// Against an installed latentda (scripts/install.sh), whose shared library exports the C++ glue as well:
+//   g++ -std=c++17 -O2 prog.cpp $(pkg-config --cflags --libs latentda) -o prog     (CMake: latentda::cxx)
+//
 // Call order, as in the C ABI (include/latentda.h):
 //   auto ctx = latentda::Context::open(bundle_dir);        // throws latentda::Error
 //   ctx.bind_field("u", u, {nlev, nlat, nlon});              // every bundle variable, float or double
@@ -30,6 +33,9 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
+
+// The C ABI's header: LATENTDA_VERSION_* macros (compile-time version; latentda::version() is the library's).
+#include "latentda.h"
 
 // cxx runtime first (rust::Error, rust::Box, ...), then the generated bridge declarations.
 #include "latentda/rust/cxx.h"
@@ -149,8 +155,9 @@ inline std::string version() { return std::string(detail::version()); }
 class Context {
  public:
   // Opens and validates a bundle directory. `options`: TOML text (docs/coupling.md: backend, ort_library, device,
-  // threads, cuda_tf32, method, output, outer_loops, max_inner, gradient_reduction, bg_check, verbosity), empty for
-  // defaults.
+  // threads, cuda_tf32, method, output, solver, gradient_reduction, max_pairs, outer_loops, max_inner,
+  // preconditioner, adam_steps, adam_lr, bg_check, bg_check_samples, hybrid_alpha, hybrid_beta, hybrid_variables,
+  // baseline_variance_factor, latent_increment, b_operator, verbosity), empty for defaults.
   // Throws status::bundle for a missing or invalid bundle, status::invalid_argument for bad options.
   static Context open(const std::string& bundle_dir, const std::string& options = "") {
     return detail::call([&] { return Context(detail::open(detail::str(bundle_dir), detail::str(options))); });

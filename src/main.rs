@@ -20,7 +20,8 @@ USAGE:
                    [--method l3dvar|3dvar|hybrid] [--report report.json] [--truth truth.nc]
                    [--output-mode analysis|increment|full_state] [--backend tract|ort]
                    [--device cpu|cuda:N] [--ort-library PATH] [--threads N] [--options opts.toml]
-                   [--outer-loops N] [--max-inner N] [-v]
+                   [--solver gauss_newton|adam] [--max-pairs N] [--outer-loops N] [--max-inner N]
+                   [--adam-steps N] [--adam-lr X] [-v]
                    [--hybrid-alpha A] [--hybrid-beta B] [--hybrid-variables q,ps]
                    [--baseline-variance-factor F] [--bg-check-samples N] [--latent-increment nonlinear|linear]
 
@@ -69,8 +70,12 @@ impl Common {
                 "device" => o.device = v.clone(),
                 "ort-library" => o.ort_library = Some(v.clone()),
                 "threads" => o.threads = int(v)?,
+                "solver" => o.solver = v.clone(),
+                "max-pairs" => o.max_pairs = Some(int(v)?),
                 "max-inner" => o.max_inner = int(v)?,
                 "outer-loops" => o.outer_loops = int(v)?,
+                "adam-steps" => o.adam_steps = int(v)?,
+                "adam-lr" => o.adam_lr = num(v)?,
                 "output-mode" => o.output = v.clone(),
                 "hybrid-alpha" => o.hybrid_alpha = Some(num(v)?),
                 "hybrid-beta" => o.hybrid_beta = Some(num(v)?),
@@ -125,8 +130,12 @@ fn parse_common(common: &mut Common, arg: &Arg, parser: &mut lexopt::Parser) -> 
         "device" => "device",
         "ort-library" => "ort-library",
         "threads" => "threads",
+        "solver" => "solver",
+        "max-pairs" => "max-pairs",
         "max-inner" => "max-inner",
         "outer-loops" => "outer-loops",
+        "adam-steps" => "adam-steps",
+        "adam-lr" => "adam-lr",
         "output-mode" => "output-mode",
         "hybrid-alpha" => "hybrid-alpha",
         "hybrid-beta" => "hybrid-beta",

@@ -10,11 +10,14 @@
 //! open/analyse/B-operator/close cycles do not grow under valgrind (no suppressions); `lda_last_error` is safe to
 //! read from another thread; observation counts beyond memory are errors, not aborts.
 
+mod common;
+
 use std::ffi::{c_char, CStr, CString};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+use common::show;
 use latentda::bundle::Bundle;
 use latentda::coupling::ffi::{self, LdaContext};
 
@@ -54,15 +57,6 @@ fn static_libs() -> Vec<String> {
 
 const C_FLAGS: &[&str] = &["-std=c11", "-O2", "-g", "-Wall", "-Wextra", "-Wpedantic", "-Werror"];
 const F_FLAGS: &[&str] = &["-std=f2008", "-O2", "-g", "-Wall", "-Werror"];
-
-fn show(o: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn run_ok(cmd: &mut Command) -> Result<Output, String> {
     let o = cmd.output().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
@@ -314,6 +308,50 @@ fn status_codes_qc_flags_and_orders_agree_in_every_copy() {
     for s in &summary {
         let i = flat[at..].find(s.as_str()).unwrap_or_else(|| panic!("README.md's QC summary lacks '{s}' (in order)"));
         at += i + s.len();
+    }
+}
+
+/// Every run-time option is listed wherever options are listed. The TOML block in `src/var/options.rs`'s docs parses
+/// as `Options` (so each key exists and its example value is valid), its keys are exactly the fields of `Options`,
+/// and each key appears in the docs/coupling.md table, in `lda_open`'s comment in the C header and in
+/// `Context::open`'s comment in latentda.hpp.
+#[test]
+fn every_option_is_listed_in_every_copy() {
+    let read = |f: &str| std::fs::read_to_string(root().join(f)).unwrap();
+    let (src, header, hpp, docs) = (read("src/var/options.rs"), read("include/latentda.h"), read("include/latentda.hpp"), read("docs/coupling.md"));
+    let block: String = src
+        .lines()
+        .filter_map(|l| l.strip_prefix("//! "))
+        .skip_while(|l| *l != "```toml")
+        .skip(1)
+        .take_while(|l| *l != "```")
+        .map(|l| format!("{l}\n"))
+        .collect();
+    latentda::Options::from_toml(&block).unwrap_or_else(|e| panic!("the documented options do not parse: {e}\n{block}"));
+    let mut keys: Vec<&str> = block.lines().filter_map(|l| l.split_once(" = ")).map(|(k, _)| k.trim()).collect();
+    let struct_body = src.split("pub struct Options {").nth(1).unwrap().split("\n}").next().unwrap();
+    let mut fields: Vec<&str> =
+        struct_body.lines().filter_map(|l| l.trim().strip_prefix("pub ")).filter_map(|l| l.split_once(':')).map(|(f, _)| f).collect();
+    keys.sort();
+    fields.sort();
+    assert_eq!(keys, fields, "documented option keys vs the fields of Options");
+    // The identifiers of a text, so that `bg_check` is not found inside `bg_check_samples`.
+    let words = |t: &str| -> std::collections::BTreeSet<String> {
+        t.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| !w.is_empty()).map(String::from).collect()
+    };
+    let before = |text: &str, start: &str, end: &str| -> String {
+        let j = text.find(end).unwrap_or_else(|| panic!("no '{end}'"));
+        let i = text[..j].rfind(start).unwrap_or_else(|| panic!("no '{start}' before '{end}'"));
+        text[i..j].to_string()
+    };
+    let c_doc = words(&before(&header, "/**", "int32_t lda_open("));
+    let cpp_doc = words(&before(&hpp, "// Opens and validates a bundle directory.", "static Context open("));
+    let table: String = docs.lines().filter(|l| l.starts_with("| `")).filter_map(|l| l.split('|').nth(1)).collect::<Vec<_>>().join(" ");
+    let table = words(&table);
+    for k in &keys {
+        assert!(table.contains(*k), "docs/coupling.md's options table has no row for `{k}`");
+        assert!(c_doc.contains(*k), "lda_open's comment (src/coupling/ffi.rs, include/latentda.h) does not list `{k}`");
+        assert!(cpp_doc.contains(*k), "Context::open's comment in include/latentda.hpp does not list `{k}`");
     }
 }
 

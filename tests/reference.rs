@@ -23,15 +23,16 @@ fn reference_bundle_passes_its_self_checks() {
 
 #[test]
 fn l3dvar_on_the_sample_case_beats_the_background_on_every_variable_and_3dvar_on_most() {
-    // the solver settings the model card recommends for this bundle (both methods converged)
-    let mut a = Analyser::open(bundle(), Options::from_toml("outer_loops = 1\nmax_inner = 150").unwrap()).unwrap();
+    // the default options (converged by default); 3dvar with a larger budget, its control vector is 20x larger
+    let mut a = Analyser::open(bundle(), Options::default()).unwrap();
+    let mut a3 = Analyser::open(bundle(), Options::from_toml("max_inner = 150").unwrap()).unwrap();
     let s = bundle().join("sample");
     let lay = a.bundle.layout.clone();
     let xb = latentda::bundle::ncio::read_state(&s.join("background.nc"), &lay).unwrap();
     let xt = latentda::bundle::ncio::read_state(&s.join("truth.nc"), &lay).unwrap();
     let (obs, _) = latentda::obs::read_csv(&s.join("obs.csv"), &lay).unwrap();
     let l = a.analyse(&xb, &obs, Method::L3dvar).unwrap();
-    let v = a.analyse(&xb, &obs, Method::Var3d).unwrap();
+    let v = a3.analyse(&xb, &obs, Method::Var3d).unwrap();
     let (rb, rl, rv) = (lay.rms_diff_by_var(&xb, &xt), lay.rms_diff_by_var(&l.analysis, &xt), lay.rms_diff_by_var(&v.analysis, &xt));
     let names: Vec<&str> = lay.variables.iter().map(|v| v.name.as_str()).collect();
     println!("{:<4} {:>12} {:>12} {:>12}", "var", "background", "3dvar", "l3dvar");
@@ -40,12 +41,19 @@ fn l3dvar_on_the_sample_case_beats_the_background_on_every_variable_and_3dvar_on
     }
     let s = l.report.solver.as_ref().unwrap();
     println!("L3DVar: |grad J| reduced {:.2e}-fold in {} TL/AD pairs", 1.0 / s.grad_reduction, s.inner_total);
-    // the settings converge (the card's claim: the CG stops on its 1000-fold criterion, not on the 150 cap), and
-    // the Ritz values lie in the Hessian's spectrum, which starts at 1
-    assert!(s.inner_total < 150, "L3DVar CG did not converge in 150 iterations");
-    for r in s.hessian_ritz.iter().chain(&v.report.solver.as_ref().unwrap().hessian_ritz) {
+    // the defaults converge (the 1000-fold target of the nonlinear gradient, within the default pair budget; the
+    // 40-pair gate is reported, not asserted), and the Ritz values of unpreconditioned inner loops lie in the
+    // Hessian's spectrum, which starts at 1
+    assert!(s.converged && s.grad_reduction <= 1e-3, "L3DVar did not converge with the default options: {:e}", s.grad_reduction);
+    let sv = v.report.solver.as_ref().unwrap();
+    println!("3DVar: |grad J| reduced {:.2e}-fold in {} TL/AD pairs", 1.0 / sv.grad_reduction, sv.inner_total);
+    assert!(sv.converged, "3DVar did not converge in 150 iterations");
+    for r in s.hessian_ritz.iter().chain(&sv.hessian_ritz) {
         println!("outer {}: Ritz values [{:.4}, {:.4e}] from {} iterations", r.outer, r.min, r.max, r.iterations);
-        assert!(r.min >= 1.0 - 1e-6 && r.max >= r.min, "Ritz range {r:?} outside [1, inf)");
+        assert!(r.max >= r.min && r.min > 0.0);
+        if r.preconditioner_pairs == 0 {
+            assert!(r.min >= 1.0 - 1e-6, "Ritz range {r:?} outside [1, inf)");
+        }
     }
     for i in 0..rb.len() {
         assert!(rl[i] < rb[i], "{}: L3DVar RMSE {} is not below the background's {}", names[i], rl[i], rb[i]);

@@ -12,6 +12,7 @@
  * Build from the repository root after `cargo build --release` (one line each):
  *   shared: mkdir -p target/c && gcc -std=c11 -O2 -Iinclude examples/c/driver.c -o target/c/lda_driver -Ltarget/release -llatentda -lnetcdf -lm -Wl,-rpath,$PWD/target/release
  *   static: mkdir -p target/c && gcc -std=c11 -O2 -Iinclude examples/c/driver.c -o target/c/lda_driver target/release/liblatentda.a $(nc-config --libs) -lhdf5 -lz -lstdc++ -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc -Wl,-z,noexecstack
+ * Against an installed latentda (scripts/install.sh): ../CMakeLists.txt (CMake) or ../Makefile (pkg-config).
  * Run:
  *   target/c/lda_driver tests/fixtures/tanh tests/fixtures/tanh/sample/background.nc tests/fixtures/tanh/sample/obs.csv an.bin
  *   options: --precision f32|f64 (default f64)  --order c|fortran (default c)  --method l3dvar|3dvar

@@ -8,6 +8,8 @@
 // Build (from the repository root, after `cargo build --release`; see examples/cpp/README.md):
 //   g++ -std=c++17 -O2 -Iinclude examples/cpp/driver.cpp target/release/liblatentda.a $(nc-config --libs) -lhdf5 -lz -lpthread -ldl -lm -Wl,-z,noexecstack -o target/cpp-driver
 //
+// Against an installed latentda (scripts/install.sh): ../CMakeLists.txt (CMake) or ../Makefile (pkg-config).
+//
 // Run:
 //   target/cpp-driver BUNDLE BACKGROUND.nc OBS.csv OUTPUT.txt [--method l3dvar|3dvar] [--float] [--options TOML]
 //

@@ -14,6 +14,7 @@
 !>   static: mkdir -p target/f && gfortran -std=f2008 -O2 -Jtarget/f fortran/latentda.f90 examples/fortran/driver.f90 \
 !>             -o target/f/lda_fdriver target/release/liblatentda.a $(nc-config --libs) -lhdf5 -lz -lstdc++ -lgcc_s \
 !>             -lutil -lrt -lpthread -lm -ldl -Wl,-z,noexecstack
+!> Against an installed latentda (scripts/install.sh): ../CMakeLists.txt (CMake) or ../Makefile (pkg-config).
 !> Run:
 !>   target/f/lda_fdriver tests/fixtures/tanh tests/fixtures/tanh/sample/background.nc tests/fixtures/tanh/sample/obs.csv an.bin
 !>   options: --precision f32|f64 (default f64)  --method l3dvar|3dvar  --options 'TOML text'  --quiet

@@ -21,7 +21,10 @@ pub const FORMAT_VERSION: u32 = 1;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Manifest {
+    // Both checked on the untyped table before this struct is parsed (Bundle::open); kept so the fields are known.
+    #[allow(dead_code)]
     format: String,
+    #[allow(dead_code)]
     format_version: u32,
     name: String,
     #[serde(default)]
@@ -301,18 +304,30 @@ impl Bundle {
         let bytes = read_regular(&manifest_path, MAX_MANIFEST_BYTES)?;
         let text = String::from_utf8(bytes)
             .map_err(|e| Error::bundle(format!("cannot read '{}': not UTF-8 ({e})", manifest_path.display())))?;
-        let m: Manifest = toml::from_str(&text)
-            .map_err(|e| Error::bundle(format!("invalid manifest '{}': {e}", manifest_path.display())))?;
+        let invalid = |e: toml::de::Error| Error::bundle(format!("invalid manifest '{}': {e}", manifest_path.display()));
         let mp = manifest_path.display();
-        if m.format != "latentda-bundle" {
-            return Err(Error::bundle(format!("{mp}: format = '{}', expected 'latentda-bundle'", m.format)));
+        // Format and version first, from the untyped table: a bundle of another format version need not parse as
+        // this version's manifest, and "unknown field" would hide the real problem.
+        let table: toml::Table = toml::from_str(&text).map_err(invalid)?;
+        match table.get("format").and_then(|v| v.as_str()) {
+            Some("latentda-bundle") => {}
+            Some(other) => return Err(Error::bundle(format!("{mp}: format = '{other}', expected 'latentda-bundle'"))),
+            None => return Err(Error::bundle(format!("{mp}: no format = 'latentda-bundle' (not a latentda bundle)"))),
         }
-        if m.format_version != FORMAT_VERSION {
-            return Err(Error::bundle(format!(
-                "{mp}: format_version = {} is not supported (this latentda reads version {FORMAT_VERSION})",
-                m.format_version
-            )));
+        match table.get("format_version").and_then(|v| v.as_integer()) {
+            Some(v) if v == i64::from(FORMAT_VERSION) => {}
+            Some(v) => {
+                return Err(Error::bundle(format!(
+                    "{mp}: format_version = {v} is not supported (this latentda reads version {FORMAT_VERSION})"
+                )))
+            }
+            None => {
+                return Err(Error::bundle(format!(
+                    "{mp}: no integer format_version (this latentda reads bundle format version {FORMAT_VERSION})"
+                )))
+            }
         }
+        let m: Manifest = toml::from_str(&text).map_err(invalid)?;
         let kind = match m.grid.kind.as_str() {
             "regular" => GridKind::Regular,
             "gaussian" => GridKind::Gaussian,

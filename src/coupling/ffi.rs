@@ -285,10 +285,11 @@ unsafe fn c_str<'a>(p: *const c_char, what: &str) -> Result<&'a str> {
 /// - `bundle_dir`: path of the bundle directory (NUL-terminated UTF-8); must not be NULL.
 /// - `options`: NULL or "" for the defaults, or TOML text with any of the keys `backend` ("tract" | "ort"),
 ///   `ort_library`, `device` ("cpu" | "cuda:N"), `threads`, `cuda_tf32`, `method` ("l3dvar" | "3dvar" |
-///   "hybrid"), `output` ("analysis" | "increment" | "full_state"), `outer_loops`, `max_inner`,
-///   `gradient_reduction`, `bg_check`, `bg_check_samples`, `hybrid_alpha`, `hybrid_beta`, `hybrid_variables`,
-///   `baseline_variance_factor`, `b_operator` ("latent" | "hybrid" | "static"), `verbosity` (one `key = value` per
-///   line; see docs/coupling.md). Unknown keys are an error.
+///   "hybrid"), `output` ("analysis" | "increment" | "full_state"), `solver` ("gauss_newton" | "adam"),
+///   `gradient_reduction`, `max_pairs`, `outer_loops`, `max_inner`, `preconditioner` ("ritz" | "none"),
+///   `adam_steps`, `adam_lr`, `bg_check`, `bg_check_samples`, `hybrid_alpha`, `hybrid_beta`, `hybrid_variables`,
+///   `baseline_variance_factor`, `latent_increment` ("nonlinear" | "linear"), `b_operator` ("latent" | "hybrid" |
+///   "static"), `verbosity` (one `key = value` per line; see docs/coupling.md). Unknown keys are an error.
 /// - `out`: receives the new context; must not be NULL. It is set to NULL on failure.
 ///
 /// The strings are only read during the call. The context is owned by the caller and must be released with

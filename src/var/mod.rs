@@ -1,8 +1,11 @@
 //! Variational analysis: run-time options, the incremental Gauss-Newton solver, control-variable transforms, the
 //! analysis driver and its report.
 
+pub mod adam;
 pub mod analysis;
 pub mod control;
+mod lanczos;
+mod lmp;
 pub mod options;
 pub mod report;
 pub mod solver;

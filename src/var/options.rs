@@ -8,9 +8,14 @@
 //! cuda_tf32 = false            # allow TF32 on CUDA
 //! method = "l3dvar"            # default method of lda_analyse: "l3dvar", "3dvar" or "hybrid"
 //! output = "analysis"          # "analysis" (x_b + decoded increment), "increment", "full_state" (N^-1(D(z_a)))
-//! outer_loops = 2              # Gauss-Newton outer loops
-//! max_inner = 40               # CG iterations per outer loop
-//! gradient_reduction = 1e-3    # inner-loop stopping criterion
+//! solver = "gauss_newton"      # or "adam" (the published reference algorithm, for comparison)
+//! gradient_reduction = 1e-3    # target: |grad J| reduced by this factor from its value at the background
+//! max_pairs = 80               # TL/AD pairs (CG iterations) in all outer loops together (default: max(80, max_inner))
+//! outer_loops = 3              # most Gauss-Newton outer loops (each: one decoder and one adjoint run)
+//! max_inner = 80               # most CG iterations in one outer loop
+//! preconditioner = "ritz"      # outer loops 2, 3, ... preconditioned with earlier Ritz pairs, or "none"
+//! adam_steps = 100             # solver "adam": steps (one decoder and one adjoint run each)
+//! adam_lr = 0.1                # solver "adam": initial learning rate, halved on plateaus
 //! bg_check = 5.0               # background check k (0 disables)
 //! bg_check_samples = 32        # draws of the randomised latent variance (exact when the latent size is <= this)
 //! hybrid_alpha = 1.0           # hybrid weights and variables: override the bundle's [hybrid] table
@@ -26,7 +31,7 @@ use serde::Deserialize;
 
 use crate::model::backend::{BackendKind, Device, ExecOptions};
 use crate::error::{Error, Result};
-use crate::var::solver::SolverParams;
+use crate::var::solver::{SolverKind, SolverParams, DEFAULT_MAX_PAIRS};
 
 /// Analysis method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,12 +152,22 @@ pub struct Options {
     pub method: String,
     /// Output mode.
     pub output: String,
-    /// Outer loops.
+    /// Minimisation algorithm: "gauss_newton" or "adam".
+    pub solver: String,
+    /// Most outer loops.
     pub outer_loops: usize,
-    /// Max CG iterations per outer loop.
+    /// Most CG iterations per outer loop.
     pub max_inner: usize,
-    /// Inner-loop gradient reduction.
+    /// Most TL/AD pairs in all outer loops together (None: the larger of 80 and `max_inner`).
+    pub max_pairs: Option<usize>,
+    /// Target reduction of |grad J| relative to its value at the background.
     pub gradient_reduction: f64,
+    /// "ritz" (limited-memory spectral preconditioner across outer loops) or "none".
+    pub preconditioner: String,
+    /// Adam steps.
+    pub adam_steps: usize,
+    /// Adam initial learning rate.
+    pub adam_lr: f64,
     /// Background-check threshold k (0 disables).
     pub bg_check: f64,
     /// Draws of the randomised latent variance for the background check (exact when the latent size is smaller).
@@ -184,9 +199,14 @@ impl Default for Options {
             cuda_tf32: false,
             method: "l3dvar".into(),
             output: "analysis".into(),
-            outer_loops: 2,
-            max_inner: 40,
+            solver: "gauss_newton".into(),
+            outer_loops: 3,
+            max_inner: DEFAULT_MAX_PAIRS,
+            max_pairs: None,
             gradient_reduction: 1e-3,
+            preconditioner: "ritz".into(),
+            adam_steps: 100,
+            adam_lr: 0.1,
             bg_check: 5.0,
             bg_check_samples: crate::bmat::latent::DEFAULT_VARIANCE_SAMPLES,
             hybrid_alpha: None,
@@ -218,6 +238,19 @@ impl Options {
         }
         if self.max_inner == 0 {
             return Err(Error::arg("max_inner must be >= 1"));
+        }
+        if self.max_pairs == Some(0) {
+            return Err(Error::arg("max_pairs must be >= 1"));
+        }
+        SolverKind::parse(&self.solver)?;
+        if !matches!(self.preconditioner.as_str(), "ritz" | "none") {
+            return Err(Error::arg(format!("preconditioner '{}' is not known (use 'ritz' or 'none')", self.preconditioner)));
+        }
+        if self.adam_steps == 0 || self.adam_steps > 100_000 {
+            return Err(Error::arg(format!("adam_steps = {} must be in 1..=100000", self.adam_steps)));
+        }
+        if !(self.adam_lr > 0.0 && self.adam_lr.is_finite()) {
+            return Err(Error::arg(format!("adam_lr = {} must be > 0", self.adam_lr)));
         }
         if !(self.gradient_reduction > 0.0 && self.gradient_reduction < 1.0) {
             return Err(Error::arg(format!("gradient_reduction = {} must be in (0, 1)", self.gradient_reduction)));
@@ -273,9 +306,14 @@ impl Options {
     /// Solver parameters.
     pub fn solver(&self) -> SolverParams {
         SolverParams {
+            kind: SolverKind::parse(&self.solver).unwrap_or(SolverKind::GaussNewton),
             outer_loops: self.outer_loops,
             max_inner: self.max_inner,
+            max_pairs: self.max_pairs.unwrap_or(DEFAULT_MAX_PAIRS.max(self.max_inner)),
             gradient_reduction: self.gradient_reduction,
+            precondition: self.preconditioner == "ritz",
+            adam_steps: self.adam_steps,
+            adam_lr: self.adam_lr,
             verbose: self.verbosity >= 1,
         }
     }

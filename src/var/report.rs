@@ -140,21 +140,33 @@ impl Report {
             self.method, self.output, self.backend, self.backend_detail, self.device
         );
         if let Some(si) = &self.solver {
+            let fold = if si.grad_reduction > 0.0 { 1.0 / si.grad_reduction } else { f64::INFINITY };
+            let how = match si.solver {
+                crate::var::solver::SolverKind::GaussNewton => {
+                    format!("in {} TL/AD pairs, {} outer loop(s)", si.inner_total, si.outer_total)
+                }
+                crate::var::solver::SolverKind::Adam => format!("in {} Adam steps", si.outer_total),
+            };
             let _ = writeln!(
                 s,
-                "J {:.4e} -> {:.4e} (Jb {:.4e}, Jo {:.4e});  |grad J| reduced {:.2e}-fold in {} TL/AD pairs",
+                "J {:.4e} -> {:.4e} (Jb {:.4e}, Jo {:.4e});  |grad J| reduced {fold:.2e}-fold {how} ({} control-transform runs){}",
                 si.j_initial,
                 si.j_final,
                 si.jb_final,
                 si.jo_final,
-                if si.grad_reduction > 0.0 { 1.0 / si.grad_reduction } else { f64::INFINITY },
-                si.inner_total
+                si.passes,
+                if si.converged { "" } else { "; NOT converged to the gradient target" }
             );
             for r in &si.hessian_ritz {
                 let _ = writeln!(
                     s,
-                    "outer loop {}: Hessian Ritz values in [{:.3}, {:.4e}] after {} CG iterations (condition number >= {:.3e})",
-                    r.outer, r.min, r.max, r.iterations, r.max / r.min
+                    "outer loop {}: {}Hessian Ritz values in [{:.3}, {:.4e}] after {} CG iterations (condition number >= {:.3e})",
+                    r.outer,
+                    if r.preconditioner_pairs > 0 { format!("preconditioned ({} Ritz pairs) ", r.preconditioner_pairs) } else { String::new() },
+                    r.min,
+                    r.max,
+                    r.iterations,
+                    r.max / r.min
                 );
             }
         }
