@@ -198,7 +198,7 @@ extern "C" {
  *   "hybrid"), `output` ("analysis" | "increment" | "full_state"), `solver` ("gauss_newton" | "adam"),
  *   `gradient_reduction`, `max_pairs`, `outer_loops`, `max_inner`, `preconditioner` ("ritz" | "none"),
  *   `adam_steps`, `adam_lr`, `bg_check`, `bg_check_samples`, `hybrid_alpha`, `hybrid_beta`, `hybrid_variables`,
- *   `baseline_variance_factor`, `latent_increment` ("nonlinear" | "linear"), `b_operator` ("latent" | "hybrid" |
+ *   `baseline_variance_factor`, `latent_increment` ("linear" | "nonlinear"), `b_operator` ("latent" | "hybrid" |
  *   "static"), `verbosity` (one `key = value` per line; see docs/coupling.md). Unknown keys are an error.
  * - `out`: receives the new context; must not be NULL. It is set to NULL on failure.
  *

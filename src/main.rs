@@ -82,7 +82,7 @@ impl Common {
                 "hybrid-variables" => o.hybrid_variables = Some(v.split(',').map(|v| v.trim().to_string()).collect()),
                 "baseline-variance-factor" => o.baseline_variance_factor = Some(num(v)?),
                 "bg-check-samples" => o.bg_check_samples = int(v)?,
-                "latent-increment" => o.latent_increment = v.clone(),
+                "latent-increment" => o.latent_increment = Some(v.clone()),
                 "verbose" => o.verbosity = 1,
                 _ => unreachable!("flag --{flag} is recorded by parse_common"),
             }

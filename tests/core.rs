@@ -252,7 +252,14 @@ fn analysis_lowers_error_against_truth_and_reports_diagnostics() {
     for v in &rep.variables {
         assert!(v.oma_rms < v.omb_rms, "{}: O-A rms {} >= O-B rms {}", v.name, v.oma_rms, v.omb_rms);
     }
-    assert!(rep.timings.n_tl > 0 && rep.timings.n_ad > rep.timings.n_tl);
+    // The default linear form costs one TL/AD pair per inner iteration and nothing else; the nonlinear form adds an
+    // adjoint (the gradient at each outer loop's start) to the pairs.
+    assert_eq!(rep.latent_increment, "linear");
+    assert!(rep.timings.n_tl > 0 && rep.timings.n_ad == rep.timings.n_tl, "{:?}", rep.timings);
+    let mut nl = open("tanh", "latent_increment = \"nonlinear\"");
+    let rn = nl.analyse(&xb, &obs, Method::L3dvar).unwrap();
+    assert_eq!(rn.report.latent_increment, "nonlinear");
+    assert!(rn.report.timings.n_tl > 0 && rn.report.timings.n_ad > rn.report.timings.n_tl, "{:?}", rn.report.timings);
     let json: serde_json::Value = serde_json::from_str(&rep.to_json()).unwrap();
     assert_eq!(json["method"], "l3dvar");
     assert_eq!(json["backend"], "tract");

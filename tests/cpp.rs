@@ -27,9 +27,24 @@ fn documented_command(example: &str) -> String {
     line.replace("driver", example)
 }
 
+/// Builds an example once per test process and returns the executable. Tests run in parallel and two of them use the
+/// driver: building it twice would rewrite the executable while the other test runs it ("Text file busy").
+fn build(example: &str) -> PathBuf {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let mut built = BUILT.get_or_init(|| Mutex::new(HashMap::new())).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(exe) = built.get(example) {
+        return exe.clone();
+    }
+    let exe = build_uncached(example);
+    built.insert(example.to_string(), exe.clone());
+    exe
+}
+
 /// Builds an example with the documented command (run from the repository root, as the README says); returns the
 /// executable. The library it links (target/release/liblatentda.a) is the one `cargo test --release` just built.
-fn build(example: &str) -> PathBuf {
+fn build_uncached(example: &str) -> PathBuf {
     let lib = Path::new(env!("CARGO_BIN_EXE_latentda")).parent().unwrap().join("liblatentda.a");
     assert!(lib.exists(), "{} is missing (run `cargo build --release`)", lib.display());
     assert_eq!(

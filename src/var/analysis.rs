@@ -267,7 +267,7 @@ impl Analyser {
         let (w, dx, info) = match method {
             Method::L3dvar => {
                 let z_b = z_b.expect("encoded above");
-                let linear = self.options.latent_increment == "linear";
+                let linear = self.options.latent_form() == "linear";
                 let mut ctrl = LatentControl::new(&mut self.ae, x_b, z_b, &b.latent_variance, &b.mean, &b.std, np, full_state)?
                     .linear(linear);
                 minimise(&mut ctrl, &problem, &params)?
@@ -280,7 +280,7 @@ impl Analyser {
                 let hs = self.hybrid_settings()?;
                 let z_b = z_b.expect("encoded above");
                 let lv: Vec<f64> = b.latent_variance.iter().map(|v| hs.alpha * v).collect();
-                let linear = self.options.latent_increment == "linear";
+                let linear = self.options.latent_form() == "linear";
                 let latent = LatentControl::new(&mut self.ae, x_b, z_b, &lv, &b.mean, &b.std, np, false)?.linear(linear);
                 let st = &mut self.cache.statics.as_mut().expect("prepared above").1;
                 let mut ctrl = Hybrid::new(latent, st, 1.0, hs.beta.sqrt(), lay.state_len());
@@ -318,6 +318,10 @@ impl Analyser {
             method: method.name().into(),
             output: mode.name().into(),
             formulation: if full_state { "full_state".into() } else { "increment".into() },
+            latent_increment: match method {
+                Method::L3dvar | Method::Hybrid => self.options.latent_form().into(),
+                _ => String::new(),
+            },
             backend: self.ae.info.backend.clone(),
             backend_detail: self.ae.info.detail.clone(),
             device: self.options.exec()?.device.name(),

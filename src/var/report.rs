@@ -92,6 +92,9 @@ pub struct Report {
     pub output: String,
     /// Formulation of x(w): "increment" (x_b + decoded increment) or "full_state".
     pub formulation: String,
+    /// Latent increment form of l3dvar/hybrid: "linear" or "nonlinear" (empty for other methods).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub latent_increment: String,
     /// Backend actually used.
     pub backend: String,
     /// Backend detail (library, version).
@@ -136,8 +139,13 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "method {}  output {}  backend {} ({})  device {}",
-            self.method, self.output, self.backend, self.backend_detail, self.device
+            "method {}{}  output {}  backend {} ({})  device {}",
+            self.method,
+            if self.latent_increment.is_empty() { String::new() } else { format!(" ({} latent increment)", self.latent_increment) },
+            self.output,
+            self.backend,
+            self.backend_detail,
+            self.device
         );
         if let Some(si) = &self.solver {
             let fold = if si.grad_reduction > 0.0 { 1.0 / si.grad_reduction } else { f64::INFINITY };
