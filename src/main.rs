@@ -23,7 +23,8 @@ USAGE:
                    [--solver gauss_newton|adam] [--max-pairs N] [--outer-loops N] [--max-inner N]
                    [--adam-steps N] [--adam-lr X] [-v]
                    [--hybrid-alpha A] [--hybrid-beta B] [--hybrid-variables q,ps]
-                   [--baseline-variance-factor F] [--bg-check-samples N] [--latent-increment nonlinear|linear]
+                   [--baseline-variance-factor F] [--latent-variance-factor F] [--bg-check-samples N]
+                   [--latent-increment nonlinear|linear]
 
 Exit status: 0 success, 1 error, 2 usage error, 3 success but some input rows were malformed (see report).
 ";
@@ -81,6 +82,7 @@ impl Common {
                 "hybrid-beta" => o.hybrid_beta = Some(num(v)?),
                 "hybrid-variables" => o.hybrid_variables = Some(v.split(',').map(|v| v.trim().to_string()).collect()),
                 "baseline-variance-factor" => o.baseline_variance_factor = Some(num(v)?),
+                "latent-variance-factor" => o.latent_variance_factor = Some(num(v)?),
                 "bg-check-samples" => o.bg_check_samples = int(v)?,
                 "latent-increment" => o.latent_increment = Some(v.clone()),
                 "verbose" => o.verbosity = 1,
@@ -141,6 +143,7 @@ fn parse_common(common: &mut Common, arg: &Arg, parser: &mut lexopt::Parser) -> 
         "hybrid-beta" => "hybrid-beta",
         "hybrid-variables" => "hybrid-variables",
         "baseline-variance-factor" => "baseline-variance-factor",
+        "latent-variance-factor" => "latent-variance-factor",
         "bg-check-samples" => "bg-check-samples",
         "latent-increment" => "latent-increment",
         "verbose" => {

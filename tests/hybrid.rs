@@ -445,3 +445,41 @@ fn baseline_variance_factor_scales_the_static_b() {
     }
 }
 
+
+/// `latent_variance_factor` multiplies the latent B's variances (a host cycling with shorter forecasts than the
+/// bundle was calibrated on scales it down), in the latent B served to hosts, in the hybrid's latent part and in
+/// the analyses; changing the option relinearises nothing but the variances.
+#[test]
+fn latent_variance_factor_scales_the_latent_b() {
+    let mut a = open("tanh", "hybrid_alpha = 2.0\nhybrid_beta = 0.5");
+    let (xb, _) = sample(&a, &fixture("tanh"));
+    let z = a.encode_background(&xb).unwrap();
+    let variances = |a: &mut latentda::Analyser, kind: BKind| {
+        a.prepare_b(kind, Some(&z)).unwrap();
+        a.with_b(kind, |b, ae| Ok(b.variance(ae)?.to_vec())).unwrap()
+    };
+    let (l1, h1) = (variances(&mut a, BKind::Latent), variances(&mut a, BKind::Hybrid));
+    a.prepare_b(BKind::Static, None).unwrap();
+    let s1 = a.with_b(BKind::Static, |b, ae| Ok(b.variance(ae)?.to_vec())).unwrap();
+    let obs = latentda::obs::read_csv(&fixture("tanh").join("sample/obs.csv"), &a.bundle.layout).unwrap().0;
+    // (increment norm, sum over variables of (O-A rms / O-B rms)^2)
+    let inc = |a: &mut latentda::Analyser| {
+        let r = a.analyse(&xb, &obs, Method::L3dvar).unwrap();
+        let fit: f64 = r.report.variables.iter().map(|v| (v.oma_rms / v.omb_rms).powi(2)).sum();
+        (r.analysis.iter().zip(&xb).map(|(x, b)| (x - b).powi(2)).sum::<f64>().sqrt(), fit)
+    };
+    let d1 = inc(&mut a);
+    a.options.latent_variance_factor = Some(0.25);
+    let (l4, h4) = (variances(&mut a, BKind::Latent), variances(&mut a, BKind::Hybrid));
+    for i in 0..l1.len() {
+        assert!((0.25 * l1[i] - l4[i]).abs() <= 1e-12 * l1[i], "latent variance at {i}: {} x 0.25 != {}", l1[i], l4[i]);
+        // hybrid = alpha f diag(latent) + beta diag(static)
+        let want = 2.0 * 0.25 * l1[i] + 0.5 * s1[i];
+        assert!((h4[i] - want).abs() <= 1e-9 * want, "hybrid variance at {i}: {} vs {want} (before: {})", h4[i], h1[i]);
+    }
+    let d4 = inc(&mut a);
+    eprintln!("L3DVar (increment norm, O-A fit): factor 1 {d1:?}, factor 0.25 {d4:?}");
+    // a smaller latent B pulls less toward the observations: a smaller increment that fits them less closely
+    assert!(d4.0 < d1.0 && d4.1 > d1.1, "factor 0.25 {d4:?} vs factor 1 {d1:?}");
+    assert!(latentda::Options::from_toml("latent_variance_factor = 0.0").unwrap_err().to_string().contains("latent_variance_factor"));
+}

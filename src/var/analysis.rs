@@ -54,14 +54,15 @@ pub struct Analyser {
 /// B operators kept between calls (see the module documentation).
 #[derive(Default)]
 struct BCache {
-    latent: Option<LatentB>,
+    /// The latent B and the latent variance factor it was built with.
+    latent: Option<(f64, LatentB)>,
     statics: Option<(f64, StaticB)>,
 }
 
 impl std::fmt::Debug for BCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BCache")
-            .field("latent", &self.latent.as_ref().map(|_| "linearised"))
+            .field("latent_variance_factor", &self.latent.as_ref().map(|l| l.0))
             .field("static_variance_factor", &self.statics.as_ref().map(|s| s.0))
             .finish()
     }
@@ -149,6 +150,13 @@ impl Analyser {
         Ok(HybridSettings { alpha, beta, keep })
     }
 
+    /// The latent variances s^2 in force: the bundle's times the option `latent_variance_factor` times `weight` (the
+    /// hybrid's alpha, or 1).
+    fn latent_variance(&self, weight: f64) -> Vec<f64> {
+        let f = weight * self.options.latent_variance_factor.unwrap_or(1.0);
+        self.bundle.latent_variance.iter().map(|v| f * v).collect()
+    }
+
     /// Linearises the B operator of kind `kind` at the latent point `z` (for the latent and hybrid B; ignored for the
     /// static B), reusing the cached operator (and its variance) when it is already there, and builds the static B
     /// when needed. Returns the control size.
@@ -156,14 +164,16 @@ impl Analyser {
         let mut n = 0;
         if kind != BKind::Static {
             let z = z.ok_or_else(|| Error::arg("the latent and hybrid B operators need a linearisation point"))?;
-            let same = self.cache.latent.as_ref().is_some_and(|l| {
-                l.point().len() == z.len() && l.point().iter().zip(z).all(|(a, b)| a.to_bits() == b.to_bits())
+            let factor = self.options.latent_variance_factor.unwrap_or(1.0);
+            let same = self.cache.latent.as_ref().is_some_and(|(f, l)| {
+                *f == factor && l.point().len() == z.len() && l.point().iter().zip(z).all(|(a, b)| a.to_bits() == b.to_bits())
             });
             if !same {
                 let b = &self.bundle;
-                self.cache.latent = Some(LatentB::new(z.to_vec(), &b.latent_variance, &b.std, b.layout.grid.npoints()));
+                let lv = self.latent_variance(1.0);
+                self.cache.latent = Some((factor, LatentB::new(z.to_vec(), &lv, &b.std, b.layout.grid.npoints())));
             }
-            let l = self.cache.latent.as_mut().expect("set above");
+            let l = &mut self.cache.latent.as_mut().expect("set above").1;
             l.set_variance_samples(self.options.bg_check_samples);
             n += l.control_size();
         }
@@ -205,11 +215,11 @@ impl Analyser {
         let n = self.bundle.layout.state_len();
         let BCache { latent, statics } = &mut self.cache;
         match kind {
-            BKind::Latent => f(latent.as_mut().ok_or_else(not_ready)?, &mut self.ae),
+            BKind::Latent => f(&mut latent.as_mut().ok_or_else(not_ready)?.1, &mut self.ae),
             BKind::Static => f(&mut statics.as_mut().ok_or_else(not_ready)?.1, &mut self.ae),
             BKind::Hybrid => {
                 let h = settings.expect("resolved above");
-                let (l, s) = (latent.as_mut().ok_or_else(not_ready)?, &mut statics.as_mut().ok_or_else(not_ready)?.1);
+                let (l, s) = (&mut latent.as_mut().ok_or_else(not_ready)?.1, &mut statics.as_mut().ok_or_else(not_ready)?.1);
                 let mut hy = Hybrid::new(l, s, h.alpha.sqrt(), h.beta.sqrt(), n);
                 f(&mut hy, &mut self.ae)
             }
@@ -268,7 +278,8 @@ impl Analyser {
             Method::L3dvar => {
                 let z_b = z_b.expect("encoded above");
                 let linear = self.options.latent_form() == "linear";
-                let mut ctrl = LatentControl::new(&mut self.ae, x_b, z_b, &b.latent_variance, &b.mean, &b.std, np, full_state)?
+                let lv = self.latent_variance(1.0);
+                let mut ctrl = LatentControl::new(&mut self.ae, x_b, z_b, &lv, &b.mean, &b.std, np, full_state)?
                     .linear(linear);
                 minimise(&mut ctrl, &problem, &params)?
             }
@@ -279,7 +290,7 @@ impl Analyser {
             Method::Hybrid => {
                 let hs = self.hybrid_settings()?;
                 let z_b = z_b.expect("encoded above");
-                let lv: Vec<f64> = b.latent_variance.iter().map(|v| hs.alpha * v).collect();
+                let lv = self.latent_variance(hs.alpha);
                 let linear = self.options.latent_form() == "linear";
                 let latent = LatentControl::new(&mut self.ae, x_b, z_b, &lv, &b.mean, &b.std, np, false)?.linear(linear);
                 let st = &mut self.cache.statics.as_mut().expect("prepared above").1;

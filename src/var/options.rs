@@ -22,6 +22,7 @@
 //! hybrid_beta = 1.0
 //! hybrid_variables = ["q", "ps"]
 //! baseline_variance_factor = 1.0   # multiplies the static B's variances (overrides [statistics] of the bundle)
+//! latent_variance_factor = 1.0     # multiplies the latent B's variances (e.g. < 1 when cycling with 6 h forecasts)
 //! latent_increment = "linear"      # latent part: "linear" sd D'(z_b)(s w) (default, except with output "full_state")
 //!                                  # or "nonlinear" sd (D(z_b + s w) - D(z_b)) (outer loops relinearise the decoder)
 //! b_operator = "latent"        # B operator served to hosts (lda_bsqrt, ...): "latent", "hybrid" or "static"
@@ -181,6 +182,9 @@ pub struct Options {
     pub hybrid_variables: Option<Vec<String>>,
     /// Factor on the static B's variances (default: the bundle's `[statistics]`, else 1).
     pub baseline_variance_factor: Option<f64>,
+    /// Factor on the latent B's variances s^2 (default 1: the bundle's calibration, which is for its own
+    /// background errors; a host cycling with shorter forecasts than the bundle was calibrated on scales it down).
+    pub latent_variance_factor: Option<f64>,
     /// B operator served to hosts: "latent", "hybrid" or "static".
     pub b_operator: String,
     /// Latent part of l3dvar and hybrid: "linear" (the latent B's square root at z_b: a quadratic cost that one outer
@@ -217,6 +221,7 @@ impl Default for Options {
             hybrid_beta: None,
             hybrid_variables: None,
             baseline_variance_factor: None,
+            latent_variance_factor: None,
             b_operator: "latent".into(),
             latent_increment: None,
             verbosity: 0,
@@ -272,9 +277,11 @@ impl Options {
                 }
             }
         }
-        if let Some(f) = self.baseline_variance_factor {
-            if !(f.is_finite() && f > 0.0) {
-                return Err(Error::arg(format!("baseline_variance_factor = {f} must be finite and > 0")));
+        for (name, factor) in [("baseline_variance_factor", self.baseline_variance_factor), ("latent_variance_factor", self.latent_variance_factor)] {
+            if let Some(f) = factor {
+                if !(f.is_finite() && f > 0.0) {
+                    return Err(Error::arg(format!("{name} = {f} must be finite and > 0")));
+                }
             }
         }
         if self.hybrid_variables.as_ref().is_some_and(|v| v.is_empty()) {
