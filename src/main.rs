@@ -22,6 +22,9 @@ USAGE:
                    [--outer-loops N] [--max-inner N] [-v]
                    [--hybrid-alpha A] [--hybrid-beta B] [--hybrid-variables q,ps]
                    [--baseline-variance-factor F] [--bg-check-samples N]
+  latentda demo <bundle> [--case CASE] [--obs obs.csv] [--output OUTDIR] [analysis options as for analyse]
+                   (3D-Var, L3DVar and hybrid on CASE/background.nc, scored against CASE/truth.nc; CASE
+                   defaults to <bundle>/sample, OUTDIR to ./latentda-demo; prints one table, writes figures)
 
 Exit status: 0 success, 1 error, 2 usage error, 3 success but some input rows were malformed (see report).
 ";
@@ -143,6 +146,7 @@ fn run() -> Result<ExitCode, String> {
                 "truth" => "truth",
                 "state" => "state",
                 "output-mode" => "output-mode",
+                "case" => "case",
                 "help" => {
                     print!("{USAGE}");
                     return Ok(ExitCode::SUCCESS);
@@ -161,6 +165,7 @@ fn run() -> Result<ExitCode, String> {
         "info" => cmd_info(&positional, &common),
         "check" => cmd_check(&positional, &kv, &common),
         "analyse" | "analyze" => cmd_analyse(&kv, &common),
+        "demo" => cmd_demo(&positional, &kv, &common),
         _ => Err(format!("unknown command '{sub}'\n\n{USAGE}")),
     }
 }
@@ -332,6 +337,27 @@ fn cmd_analyse(kv: &std::collections::BTreeMap<&'static str, String>, common: &C
     }
     println!("wrote {out}{}", kv.get("report").map(|r| format!(" and {r}")).unwrap_or_default());
     Ok(if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) })
+}
+
+fn cmd_demo(
+    positional: &[String],
+    kv: &std::collections::BTreeMap<&'static str, String>,
+    common: &Common,
+) -> Result<ExitCode, String> {
+    let mut cfg = latentda::demo::DemoConfig::new(bundle_arg(positional)?, kv.get("output").map_or("latentda-demo", |s| s.as_str()));
+    cfg.options = common.options.clone();
+    if let Some(c) = kv.get("case") {
+        cfg.case = c.into();
+    }
+    cfg.obs = kv.get("obs").map(Into::into);
+    let demo = latentda::demo::run(&cfg).map_err(|e| e.to_string())?;
+    print!("{}", demo.table());
+    for p in &demo.input_problems {
+        eprintln!("latentda: warning: {}: {}", demo.obs_path.display(), p.message);
+    }
+    println!("figures: {}", demo.figures.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+    println!("output folder: {}", demo.out.canonicalize().unwrap_or(demo.out.clone()).display());
+    Ok(if demo.input_problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) })
 }
 
 fn main() -> ExitCode {
