@@ -61,6 +61,11 @@ fn max_speed(w: Option<(&[f64], &[f64])>) -> f64 {
     w.map_or(0.0, |(u, v)| u.iter().zip(v).map(|(a, b)| a.hypot(*b)).fold(0.0, f64::max))
 }
 
+/// A panel's title, full state difference and the QC flags of its method (none for the background error).
+type Shown<'a> = (String, Vec<f64>, Option<&'a [QcFlag]>);
+/// Wind components of one level.
+type Wind<'a> = (&'a [f64], &'a [f64]);
+
 /// Which level a map shows.
 #[derive(Debug, Clone, Copy)]
 enum Level {
@@ -107,12 +112,11 @@ fn level_figure(d: &Demo, level: Level) -> Result<Option<PathBuf>> {
     };
     let wind_vars = upper(lay, "u").zip(upper(lay, "v"));
     // Fields: the background error first, then each method's increment.
-    let mut states: Vec<(String, Vec<f64>, Option<&[QcFlag]>)> =
-        vec![("truth - background (background error)".into(), diff(&d.truth, &d.x_b), None)];
+    let mut states: Vec<Shown> = vec![("truth - background (background error)".into(), diff(&d.truth, &d.x_b), None)];
     for r in &d.runs {
         states.push((format!("{} increment", method_label(r.method)), diff(&r.analysis.analysis, &d.x_b), Some(&r.analysis.qc)));
     }
-    let fields: Vec<(&[f64], Option<(&[f64], &[f64])>)> = states
+    let fields: Vec<(&[f64], Option<Wind>)> = states
         .iter()
         .map(|(_, x, _)| {
             let w = wind_vars.map(|(iu, iv)| (horizontal(lay, x, iu, wind_k), horizontal(lay, x, iv, wind_k)));
