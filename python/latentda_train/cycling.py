@@ -431,6 +431,9 @@ def run(a, model: Model | None = None, log=print) -> str:
                            an_model=area_rmse(as_output(gridpoint(model.m, dyn_a)) - truth, lat),
                            n_obs=int(len(qc)), n_rejected=int(np.sum(qc != 0)),
                            balance=(rep.get("balance") or {}).get("correlation"),
+                           # per observed variable: used count, O-B and O-A rms (for tuning B to 6 h errors)
+                           obs_stats={st_["name"]: [st_["n_used"], st_["omb_rms"], st_["oma_rms"]]
+                                      for st_ in rep["variables"] if st_["n_used"] > 0},
                            iterations=si.get("inner_total"), grad_reduction=si.get("grad_reduction"),
                            t_analysis=time.time() - ta, t_latentda=rep["timings"]["total_s"])
             else:
@@ -475,6 +478,14 @@ def summary(out: str, log=print) -> list:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     written = []
+
+    def save(fig, name):
+        fig.tight_layout()
+        p = os.path.join(out, name)
+        fig.savefig(p, dpi=90)
+        plt.close(fig)
+        return p
+
     for network in sorted(d for d in os.listdir(out) if os.path.isdir(os.path.join(out, d))):
         runs = {m: read_metrics(os.path.join(out, network, m)) for m in METHODS}
         runs = {m: r for m, r in runs.items() if r}
@@ -498,11 +509,7 @@ def summary(out: str, log=print) -> list:
             ax.set_xlabel("days since the perturbed start")
         axs[0, 0].legend(fontsize=7, ncol=2)
         fig.suptitle(f"latentda cycling with jcm SPEEDY T31L8, {network} network: area-weighted RMSE (vertical line: end of spin-up)")
-        fig.tight_layout()
-        p = os.path.join(out, f"rmse_{network}.png")
-        fig.savefig(p, dpi=90)
-        plt.close(fig)
-        written.append(p)
+        written.append(save(fig, f"rmse_{network}.png"))
         fig, ax = plt.subplots(figsize=(10, 4))
         for m, r in runs.items():
             if m == "none":
@@ -517,11 +524,7 @@ def summary(out: str, log=print) -> list:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         ax.set_title(f"geostrophic balance of the analysis increments, {network} network")
-        fig.tight_layout()
-        p = os.path.join(out, f"balance_{network}.png")
-        fig.savefig(p, dpi=90)
-        plt.close(fig)
-        written.append(p)
+        written.append(save(fig, f"balance_{network}.png"))
         p = os.path.join(out, f"summary_{network}.md")
         with open(p, "w") as f:
             f.write(summary_table(network, runs))
