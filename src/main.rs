@@ -1,4 +1,4 @@
-//! The `latentda` command-line tool: `info`, `check`, `analyse`. A thin layer over the library: parse arguments,
+//! The `latentda` command-line tool: `info`, `check`, `analyse`, `demo`. A thin layer over the library: parse arguments,
 //! validate them into ready objects, run, and report any error once, with its cause, at the top.
 
 use std::path::PathBuf;
@@ -24,6 +24,9 @@ USAGE:
                    [--adam-steps N] [--adam-lr X] [-v]
                    [--hybrid-alpha A] [--hybrid-beta B] [--hybrid-variables q,ps]
                    [--baseline-variance-factor F] [--bg-check-samples N] [--latent-increment nonlinear|linear]
+  latentda demo <bundle> [--case CASE] [--obs obs.csv] [--output OUTDIR] [options as for analyse but --output-mode]
+                   (3D-Var, L3DVar and hybrid on CASE/background.nc, scored against CASE/truth.nc; CASE
+                   defaults to <bundle>/sample, OUTDIR to ./latentda-demo; prints one table, writes figures)
 
 Exit status: 0 success, 1 error, 2 usage error, 3 success but some input rows were malformed (see report).
 ";
@@ -175,7 +178,7 @@ fn run() -> Result<ExitCode, CliError> {
         }
         Some(a) => return Err(usage(format!("unexpected argument {a:?}"))),
     };
-    if !["info", "check", "analyse", "analyze"].contains(&sub.as_str()) {
+    if !["info", "check", "analyse", "analyze", "demo"].contains(&sub.as_str()) {
         return Err(usage(format!("unknown command '{sub}'")));
     }
     let mut common = Common { options: Options::default(), options_file: None, flags: Vec::new() };
@@ -204,6 +207,7 @@ fn run() -> Result<ExitCode, CliError> {
                 "report" => "report",
                 "truth" => "truth",
                 "state" => "state",
+                "case" => "case",
                 "help" => {
                     print!("{USAGE}");
                     return Ok(ExitCode::SUCCESS);
@@ -222,10 +226,15 @@ fn run() -> Result<ExitCode, CliError> {
     let allowed: &[&str] = match sub.as_str() {
         "info" => &[],
         "check" => &["state"],
+        "demo" => &["case", "obs", "output"],
         _ => &["bundle", "background", "obs", "output", "method", "report", "truth"],
     };
     if let Some(k) = kv.keys().find(|k| !allowed.contains(k)) {
         return Err(usage(format!("--{k} is not an option of '{sub}'")));
+    }
+    // The demo runs every method and scores analyses: a method or an output mode would be silently ignored.
+    if sub == "demo" && common.flags.iter().any(|(f, _)| *f == "output-mode") {
+        return Err(usage("--output-mode is not an option of 'demo' (it writes and scores analyses)"));
     }
     if sub.starts_with("analy") && !positional.is_empty() {
         return Err(usage(format!("'{sub}' takes no positional arguments, got {positional:?}")));
@@ -234,6 +243,7 @@ fn run() -> Result<ExitCode, CliError> {
     match sub.as_str() {
         "info" => cmd_info(&positional, &common),
         "check" => cmd_check(&positional, &kv, &common),
+        "demo" => cmd_demo(&positional, &kv, &common),
         _ => cmd_analyse(&kv, &common),
     }
 }
@@ -415,6 +425,27 @@ fn cmd_analyse(kv: &std::collections::BTreeMap<&'static str, String>, common: &C
     }
     println!("wrote {out}{}", kv.get("report").map(|r| format!(" and {r}")).unwrap_or_default());
     Ok(if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) })
+}
+
+fn cmd_demo(
+    positional: &[String],
+    kv: &std::collections::BTreeMap<&'static str, String>,
+    common: &Common,
+) -> Result<ExitCode, CliError> {
+    let mut cfg = latentda::demo::DemoConfig::new(bundle_arg(positional)?, kv.get("output").map_or("latentda-demo", |s| s.as_str()));
+    cfg.options = common.options.clone();
+    if let Some(c) = kv.get("case") {
+        cfg.case = c.into();
+    }
+    cfg.obs = kv.get("obs").map(Into::into);
+    let demo = latentda::demo::run(&cfg).map_err(|e| e.to_string())?;
+    print!("{}", demo.table());
+    for p in &demo.input_problems {
+        eprintln!("latentda: warning: {}: {}", demo.obs_path.display(), p.message);
+    }
+    println!("figures: {}", demo.figures.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+    println!("output folder: {}", demo.out.canonicalize().unwrap_or(demo.out.clone()).display());
+    Ok(if demo.input_problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) })
 }
 
 fn main() -> ExitCode {
