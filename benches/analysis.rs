@@ -41,6 +41,7 @@ fn bench_obsop() {
             value: 0.0,
             sigma: 1.0,
             line: None,
+            time: 0.0,
             malformed: None,
         })
         .collect();

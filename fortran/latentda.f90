@@ -55,6 +55,7 @@ module latentda
   integer(c_int32_t), parameter, public :: LDA_QC_OUTSIDE_VERTICAL = 3  !< outside the vertical range
   integer(c_int32_t), parameter, public :: LDA_QC_UNKNOWN_VARIABLE = 4  !< not a bundle variable (e.g. id -1)
   integer(c_int32_t), parameter, public :: LDA_QC_BACKGROUND_CHECK = 5  !< failed the background check
+  integer(c_int32_t), parameter, public :: LDA_QC_OUTSIDE_WINDOW = 6    !< l4dvar: time outside the window
 
   integer(c_int32_t), parameter :: ORDER_FORTRAN = 1  ! LDA_ORDER_FORTRAN
 

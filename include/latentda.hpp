@@ -60,6 +60,7 @@ constexpr int32_t outside_domain = 2;
 constexpr int32_t outside_vertical = 3;
 constexpr int32_t unknown_variable = 4;
 constexpr int32_t background_check = 5;
+constexpr int32_t outside_window = 6;    // method l4dvar: observation time outside the window
 }  // namespace qc
 
 // Memory order of a bound host array.

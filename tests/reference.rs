@@ -77,6 +77,7 @@ fn single_temperature_observation_gives_a_balanced_wind_increment_only_with_the_
         value: xb[p] + 2.0,
         sigma: 0.5,
         line: None,
+        time: 0.0,
         malformed: None,
     }];
     let l = a.analyse(&xb, &obs, Method::L3dvar).unwrap();

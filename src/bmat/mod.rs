@@ -21,6 +21,36 @@ pub(crate) fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
     Ok(())
 }
 
+/// diag(U U^T) of a square root U: R^n -> R^m given by `sqrt` (v, x = U v): exact from the n columns U e_k when
+/// n <= `samples`, else the randomised estimate 1/N sum_i (U xi_i)^2 over N = `samples` draws xi_i ~ N(0, I) from
+/// seeds 1..=N (relative standard error of each variance sqrt(2/N)). Returns the variance and whether it is exact.
+pub fn diag_of_sqrt(
+    n: usize,
+    m: usize,
+    samples: usize,
+    mut sqrt: impl FnMut(&[f64], &mut [f64]) -> Result<()>,
+) -> Result<(Vec<f64>, bool)> {
+    let mut acc = vec![0.0; m];
+    let mut x = vec![0.0; m];
+    let exact = n <= samples;
+    let draws = if exact { n } else { samples };
+    let mut e = vec![0.0; n];
+    for i in 0..draws {
+        if exact {
+            e.iter_mut().for_each(|v| *v = 0.0);
+            e[i] = 1.0;
+        } else {
+            e = Rng::new(i as u64 + 1).normals(n);
+        }
+        sqrt(&e, &mut x)?;
+        acc.iter_mut().zip(&x).for_each(|(a, x)| *a += x * x);
+    }
+    if !exact {
+        acc.iter_mut().for_each(|a| *a /= draws as f64);
+    }
+    Ok((acc, exact))
+}
+
 /// A background-error covariance B = U U^T given by its square root U: control vector v (length
 /// [`control_size`](BOperator::control_size)) -> model-space increment x = U v (physical units, the state layout of
 /// [`crate::bundle::grid`]). J_b = 1/2 |v|^2.

@@ -79,6 +79,9 @@ pub enum LdaQcFlag {
     LDA_QC_UNKNOWN_VARIABLE = 4,
     /// Rejected: background check |y - H(x_b)| > k sqrt(sigma_o^2 + sigma_b^2) (k: option `bg_check`).
     LDA_QC_BACKGROUND_CHECK = 5,
+    /// Rejected by method "l4dvar": the observation time (`lda_set_obs_times`) is outside the assimilation window
+    /// [0, `window_hours`]. Other methods ignore observation times.
+    LDA_QC_OUTSIDE_WINDOW = 6,
 }
 
 /// Memory order of a bound host array (the `order` argument of `lda_bind_field_f32`/`_f64`, an `int32_t`).
@@ -129,6 +132,8 @@ pub const LDA_QC_OUTSIDE_VERTICAL: i32 = LdaQcFlag::LDA_QC_OUTSIDE_VERTICAL as i
 pub const LDA_QC_UNKNOWN_VARIABLE: i32 = LdaQcFlag::LDA_QC_UNKNOWN_VARIABLE as i32;
 /// See [`LdaQcFlag::LDA_QC_BACKGROUND_CHECK`].
 pub const LDA_QC_BACKGROUND_CHECK: i32 = LdaQcFlag::LDA_QC_BACKGROUND_CHECK as i32;
+/// See [`LdaQcFlag::LDA_QC_OUTSIDE_WINDOW`].
+pub const LDA_QC_OUTSIDE_WINDOW: i32 = LdaQcFlag::LDA_QC_OUTSIDE_WINDOW as i32;
 /// See [`LdaOrder::LDA_ORDER_C`].
 pub const LDA_ORDER_C: i32 = LdaOrder::LDA_ORDER_C as i32;
 /// See [`LdaOrder::LDA_ORDER_FORTRAN`].
@@ -150,13 +155,14 @@ const _: () = {
     assert!(LdaStatus::LDA_ERR_SOLVER as i32 == Status::Solver as i32);
     assert!(LdaStatus::LDA_ERR_INTERNAL as i32 == Status::Internal as i32);
     assert!(LdaStatus::LDA_ERR_BUFFER_TOO_SMALL as i32 == Status::BufferTooSmall as i32);
-    assert!(Status::ALL.len() == 11 && QcFlag::ALL.len() == 6);
+    assert!(Status::ALL.len() == 11 && QcFlag::ALL.len() == 7);
     assert!(LdaQcFlag::LDA_QC_USED as i32 == QcFlag::Used as i32);
     assert!(LdaQcFlag::LDA_QC_INVALID as i32 == QcFlag::Invalid as i32);
     assert!(LdaQcFlag::LDA_QC_OUTSIDE_DOMAIN as i32 == QcFlag::OutsideDomain as i32);
     assert!(LdaQcFlag::LDA_QC_OUTSIDE_VERTICAL as i32 == QcFlag::OutsideVertical as i32);
     assert!(LdaQcFlag::LDA_QC_UNKNOWN_VARIABLE as i32 == QcFlag::UnknownVariable as i32);
     assert!(LdaQcFlag::LDA_QC_BACKGROUND_CHECK as i32 == QcFlag::BackgroundCheck as i32);
+    assert!(LdaQcFlag::LDA_QC_OUTSIDE_WINDOW as i32 == QcFlag::OutsideWindow as i32);
     assert!(LdaOrder::LDA_ORDER_C as i32 == ORDER_C && LdaOrder::LDA_ORDER_FORTRAN as i32 == ORDER_FORTRAN);
 };
 
@@ -188,6 +194,7 @@ impl From<crate::obs::QcFlag> for LdaQcFlag {
             Q::OutsideVertical => LdaQcFlag::LDA_QC_OUTSIDE_VERTICAL,
             Q::UnknownVariable => LdaQcFlag::LDA_QC_UNKNOWN_VARIABLE,
             Q::BackgroundCheck => LdaQcFlag::LDA_QC_BACKGROUND_CHECK,
+            Q::OutsideWindow => LdaQcFlag::LDA_QC_OUTSIDE_WINDOW,
         }
     }
 }

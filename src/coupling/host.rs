@@ -195,6 +195,7 @@ impl HostContext {
                     level: Some(level[i]).filter(|_| v.is_some_and(|v| !lay.variables[v].is_surface())),
                     value: value[i],
                     sigma: sigma[i],
+                    time: 0.0,
                     line: None,
                     malformed: None,
                 }

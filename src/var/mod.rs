@@ -3,6 +3,7 @@
 
 pub mod analysis;
 pub mod control;
+pub mod fourd;
 pub mod options;
 pub mod report;
 pub mod solver;

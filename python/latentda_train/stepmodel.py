@@ -1,0 +1,479 @@
+"""Latent step model for latent 4D-Var: F(z_t) = z_{t+dt}, trained on the nature run encoded with a bundle's
+encoder, with a hand-written tangent-linear and adjoint, exported as the bundle's `[forecast]` graphs.
+
+    F(z)      = z + ds * G((z - zm) / zs, P)            (residual form; zm, zs, ds: per latent channel)
+    F'(z) dz  = dz + ds * G'(zn) (dz / zs)
+    F'(z)^T g = g + G'(zn)^T (ds * g) / zs
+
+G is a periodic convolutional net on the latent grid (the `Decoder` op list of `model.py`, so it has the same
+hand-written TL/AD: periodic convolutions, SiLU, residual blocks, a zonal-mean mixing layer, position channels
+and a position-dependent gain). P are the autoencoder's position fields (sin/cos latitude, land-sea mask,
+orography) pooled to the latent grid: fixed buffers, so the TL and AD stay exact.
+
+Stages (each a sub-command of `latentda-stepmodel`; data and checkpoints under --work, /work/data/l4dvar by
+default):
+
+    encode   z = E(N(x)) of every nature state with the bundle's encoder (ONNX Runtime)  -> latent.npy
+    train    Adam on one- and two-step latent errors (training days only)                 -> step.pt
+    export   step.onnx, step_tl.onnx, step_ad.onnx (each in a fresh process) + ONNX Runtime dot/Taylor tests
+    skill    decoded forecast RMSE against the nature run at 6-48 h, and persistence (validation days)
+    bundle   copy a bundle and add the [forecast] table, the three graphs and their checksums
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import data as D
+from .model import Decoder
+
+GRAPHS = {
+    "step": (["z"], ["z_next"]),
+    "step_tl": (["z", "dz"], ["dz_next"]),
+    "step_ad": (["z", "dz_next"], ["dz"]),
+}
+DT_HOURS = 6.0
+DEFAULT_WORK = "/work/data/l4dvar"
+DEFAULT_BUNDLE = "/work/data/bundles/cl40_s1"
+
+
+class LatentStep(nn.Module):
+    """F(z) = z + ds * G((z - zm) / zs, P); see the module documentation."""
+
+    def __init__(self, cl=40, nlat=12, nlon=24, c=64, nres=3, npos=4):
+        super().__init__()
+        self.cfg = dict(cl=cl, nlat=nlat, nlon=nlon, c=c, nres=nres, npos=npos)
+        self.register_buffer("pos", torch.zeros(1, npos, nlat, nlon))
+        self.register_buffer("zm", torch.zeros(1, cl, 1, 1))
+        self.register_buffer("zs", torch.ones(1, cl, 1, 1))
+        self.register_buffer("ds", torch.ones(1, cl, 1, 1))
+        spec = [("pconv", cl, c, 3, 0), ("film", c, 0), ("act",)]
+        for k in range(nres):
+            spec += [("res", c), ("act",)]
+            if k == 0:
+                spec += [("zmix", c)]
+        spec += [("pconv", c, cl, 3, 0)]
+        self.net = Decoder(spec=spec, pos=[self.pos])
+        with torch.no_grad():  # start at persistence
+            last = self.net.convs[-1].conv.conv
+            last.weight.mul_(0.1)
+            last.bias.zero_()
+
+    def _apply(self, fn, *args, **kwargs):
+        # keep the net's reference to the position buffer valid after .float()/.double()/.to()
+        super()._apply(fn, *args, **kwargs)
+        self.net.pos = [self.pos]
+        return self
+
+    def forward(self, z):
+        return z + self.ds * self.net((z - self.zm) / self.zs)
+
+    def tl(self, z, dz):
+        return dz + self.ds * self.net.tl((z - self.zm) / self.zs, dz / self.zs)
+
+    def ad(self, z, g):
+        return g + self.net.ad((z - self.zm) / self.zs, self.ds * g) / self.zs
+
+
+class StepGraph(nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, z):
+        return self.m(z)
+
+
+class StepTLGraph(nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, z, dz):
+        return self.m.tl(z, dz)
+
+
+class StepADGraph(nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, z, dz_next):
+        return self.m.ad(z, dz_next)
+
+
+# ---- data -------------------------------------------------------------------------------------------------
+def bundle_norm(bundle):
+    import netCDF4
+    with netCDF4.Dataset(os.path.join(bundle, "normalisation.nc")) as ds:
+        return np.asarray(ds["mean"][:], np.float64), np.asarray(ds["std"][:], np.float64)
+
+
+def ort_session(path, threads=1):
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def cmd_encode(a):
+    """Encode every nature state with the bundle's encoder: latent.npy (n, *latent_shape) float32."""
+    os.makedirs(a.work, exist_ok=True)
+    X = D.nature(a.data)
+    mean, std = bundle_norm(a.bundle)
+    enc = ort_session(os.path.join(a.bundle, "encoder.onnx"), a.threads)
+    out = None
+    t0 = time.time()
+    for i in range(len(X)):
+        xn = ((np.asarray(X[i], np.float64) - mean[:, None, None]) / std[:, None, None]).astype(np.float32)
+        z = enc.run(None, {"x": xn[None]})[0][0]
+        if out is None:
+            out = np.lib.format.open_memmap(os.path.join(a.work, "latent.npy.tmp"), "w+", np.float32, (len(X), *z.shape))
+        out[i] = z
+        if i % 200 == 0:
+            print(f"encoded {i}/{len(X)} {time.time() - t0:.0f}s", flush=True)
+    out.flush()
+    del out
+    os.replace(os.path.join(a.work, "latent.npy.tmp"), os.path.join(a.work, "latent.npy"))
+    json.dump({"bundle": os.path.abspath(a.bundle), "states": len(X), "dt_hours": DT_HOURS},
+              open(os.path.join(a.work, "latent.json"), "w"))
+    print(f"wrote {a.work}/latent.npy ({len(X)} states) in {time.time() - t0:.0f}s", flush=True)
+
+
+def latent_positions(data):
+    """The autoencoder's position fields pooled 4x to the latent grid (as the decoder's coarsest level)."""
+    from .cases import position_fields
+    lat, lon, _ = D.grid(data)
+    p0 = torch.from_numpy(position_fields(lat, lon))[None]
+    return F.avg_pool2d(p0, 4)
+
+
+# ---- training ---------------------------------------------------------------------------------------------
+def cmd_train(a):
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    rng = np.random.default_rng(a.seed)
+    Z = np.load(os.path.join(a.work, "latent.npy"), mmap_mode="r")
+    ntr = a.train_days * D.STATES_PER_DAY
+    Ztr = torch.from_numpy(np.asarray(Z[:ntr], np.float32))
+    cl, nlat, nlon = Ztr.shape[1:]
+    zm = Ztr.mean(dim=(0, 2, 3), keepdim=True)
+    zs = Ztr.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    ds = (Ztr[1:] - Ztr[:-1]).std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    m = LatentStep(cl, nlat, nlon, c=a.channels, nres=a.nres)
+    with torch.no_grad():
+        m.zm.copy_(zm)
+        m.zs.copy_(zs)
+        m.ds.copy_(ds)
+        m.pos.copy_(latent_positions(a.data))
+    nparam = sum(p.numel() for p in m.parameters())
+    print(f"train pairs {ntr - a.rollout}, latent {tuple(Ztr.shape[1:])}, params {nparam}", flush=True)
+    opt = torch.optim.AdamW(m.parameters(), lr=a.lr, weight_decay=1e-5)
+    t0 = time.time()
+    hist, run, step = [], 0.0, 0
+    idx = np.arange(ntr - a.rollout)
+    while step < a.steps:
+        for i in range(0, len(idx) - a.batch + 1, a.batch):
+            if step >= a.steps:
+                break
+            if i == 0:
+                rng.shuffle(idx)
+            frac = step / a.steps
+            lr = a.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac))) * min(1.0, (step + 1) / 100)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            b = idx[i:i + a.batch]
+            z = Ztr[b]
+            loss = 0.0
+            for k in range(1, a.rollout + 1):  # one- and multi-step errors, in units of the 6 h tendency sd
+                z = m(z)
+                loss = loss + (((z - Ztr[b + k]) / ds) ** 2).mean() / a.rollout
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+            opt.step()
+            step += 1
+            run += loss.item()
+            if step % 100 == 0:
+                print(f"step {step} loss {run / 100:.4e} lr {lr:.2e} {time.time() - t0:.0f}s", flush=True)
+                hist.append((step, run / 100))
+                run = 0.0
+            if step % 500 == 0 or step == a.steps:
+                save(m, a, hist, step, time.time() - t0, os.path.join(a.work, "step_partial.pt"))
+    m.eval()
+    val = latent_validation(m, Z, ntr, ds)
+    print("validation (latent, in units of the 6 h tendency sd): " + json.dumps(val), flush=True)
+    save(m, a, hist, step, time.time() - t0, os.path.join(a.work, "step.pt"), val)
+
+
+def save(m, a, hist, step, secs, path, val=None):
+    torch.save({"cfg": m.cfg, "state_dict": m.state_dict(), "steps": step, "minutes": round(secs / 60, 1),
+                "args": {k: v for k, v in vars(a).items() if k != "func"}, "hist": hist, "validation": val,
+                "train_days": a.train_days, "dt_hours": DT_HOURS}, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def latent_validation(m, Z, ntr, ds):
+    """RMS one-step latent error of F and of persistence on the validation states (tendency-sd units)."""
+    Zv = torch.from_numpy(np.asarray(Z[ntr:], np.float32))
+    with torch.no_grad():
+        pred = torch.cat([m(Zv[i:i + 64]) for i in range(0, len(Zv), 64)])[:-1]
+        e_f = (pred - Zv[1:]) / ds
+        e_p = (Zv[:-1] - Zv[1:]) / ds
+    return {"step_rms": float(e_f.pow(2).mean().sqrt()), "persistence_rms": float(e_p.pow(2).mean().sqrt())}
+
+
+def load(ckpt, dtype=torch.float32):
+    ck = torch.load(ckpt, map_location="cpu", weights_only=False)
+    m = LatentStep(**ck["cfg"])
+    m.load_state_dict(ck["state_dict"])
+    m.eval()
+    return m.to(dtype), ck
+
+
+# ---- export -----------------------------------------------------------------------------------------------
+def export_one(which, ckpt, out, seed=0):
+    """Export one graph (float32, opset 18, fixed batch 1). Call in a fresh process."""
+    import onnx
+    m, _ = load(ckpt)
+    g = torch.Generator().manual_seed(seed)
+    shape = (1, m.cfg["cl"], m.cfg["nlat"], m.cfg["nlon"])
+    # distinct tensor objects for every input (a shared object silently drops an input)
+    z = torch.randn(*shape, generator=g)
+    dz = torch.randn(*shape, generator=g)
+    mod, args = {"step": (StepGraph(m), (z,)), "step_tl": (StepTLGraph(m), (z, dz)),
+                 "step_ad": (StepADGraph(m), (z, dz))}[which]
+    ins, outs = GRAPHS[which]
+    with torch.no_grad():
+        prog = torch.onnx.export(mod.eval(), args, input_names=ins, output_names=outs, dynamo=True,
+                                 opset_version=18, external_data=False)
+    prog.save(out)
+    mo = onnx.load(out)
+    if [i.name for i in mo.graph.input] != ins or [o.name for o in mo.graph.output] != outs:
+        raise RuntimeError(f"{which}: exported names {[i.name for i in mo.graph.input]} -> "
+                           f"{[o.name for o in mo.graph.output]}, expected {ins} -> {outs}")
+
+
+def export_all(ckpt, outdir):
+    os.makedirs(outdir, exist_ok=True)
+    for which in GRAPHS:
+        subprocess.run([sys.executable, "-m", "latentda_train.stepmodel", "export-one", which, "--ckpt", ckpt,
+                        "--out", os.path.join(outdir, f"{which}.onnx")], check=True)
+
+
+def check_graphs(d, z0, seed=1, ckpt=None):
+    """ONNX Runtime (float32): dot-product test of step_tl/step_ad, Taylor test of step_tl against step, and
+    agreement with PyTorch."""
+    S = {k: ort_session(os.path.join(d, f"{k}.onnx")) for k in GRAPHS}
+    rng = np.random.default_rng(seed)
+    z0 = np.asarray(z0, np.float32).reshape(1, *np.shape(z0)[-3:])
+    f = lambda z: S["step"].run(None, {"z": z.astype(np.float32)})[0].astype(np.float64)
+    tl = lambda z, dz: S["step_tl"].run(None, {"z": z, "dz": dz.astype(np.float32)})[0].astype(np.float64)
+    ad = lambda z, g: S["step_ad"].run(None, {"z": z, "dz_next": g.astype(np.float32)})[0].astype(np.float64)
+    res = {"dot": []}
+    for _ in range(3):
+        v = rng.standard_normal(z0.shape).astype(np.float32)
+        for u in (rng.standard_normal(z0.shape), tl(z0, rng.standard_normal(z0.shape).astype(np.float32))):
+            u = u.astype(np.float32)
+            x, y = float(np.sum(tl(z0, v) * u)), float(np.sum(v.astype(np.float64) * ad(z0, u)))
+            res["dot"].append(abs(x - y) / max(abs(x), abs(y)))
+    res["dot_max"] = max(res["dot"])
+    dz = (rng.standard_normal(z0.shape) * np.std(z0, axis=(0, 2, 3), keepdims=True)).astype(np.float32)
+    tdz, f0 = tl(z0, dz), f(z0)
+    tay = []
+    for k in range(0, 15):
+        eps = 10.0 ** (1 - k / 2)
+        dd = f(z0 + eps * dz) - f0
+        tay.append((eps, float(np.linalg.norm(dd - eps * tdz) / (eps * np.linalg.norm(tdz))),
+                    float(np.linalg.norm(dd) / (eps * np.linalg.norm(tdz)))))
+    res["taylor"] = tay
+    rems = [t[1] for t in tay]
+    best = run = 0
+    for i in range(0, len(rems) - 2, 2):  # consecutive decades with the remainder falling 3-30x (as latentda check)
+        run = run + 1 if 3.0 <= rems[i] / max(rems[i + 2], 1e-300) <= 30.0 else 0
+        best = max(best, run)
+    res["taylor_decades"] = best
+    if ckpt is not None:
+        m, _ = load(ckpt)
+        with torch.no_grad():
+            zt = torch.from_numpy(z0)
+            res["torch_vs_ort_step"] = float(np.abs(m(zt).numpy() - f0).max() / np.abs(f0).max())
+            res["torch_vs_ort_tl"] = float(np.abs(m.tl(zt, torch.from_numpy(dz)).numpy() - tdz).max()
+                                           / np.abs(tdz).max())
+    res["ok"] = bool(res["dot_max"] < 1e-5 and best >= 3)
+    return res
+
+
+def cmd_export(a):
+    out = a.out or os.path.join(a.work, "graphs")
+    export_all(a.ckpt or os.path.join(a.work, "step.pt"), out)
+    Z = np.load(os.path.join(a.work, "latent.npy"), mmap_mode="r")
+    res = check_graphs(out, np.asarray(Z[a.train_days * D.STATES_PER_DAY + 3]), ckpt=a.ckpt or os.path.join(a.work, "step.pt"))
+    print(f"dot test rel. errors {['%.2e' % e for e in res['dot']]}")
+    for eps, rem, ratio in res["taylor"]:
+        print(f"taylor eps={eps:.1e}  |F(z+e dz)-F(z)-e TL dz|/(e|TL dz|)={rem:.3e}  ratio={ratio:.7f}")
+    print(f"first-order decades {res['taylor_decades']}; torch vs ORT step {res.get('torch_vs_ort_step')}, "
+          f"TL {res.get('torch_vs_ort_tl')}; ok={res['ok']}")
+    json.dump(res, open(os.path.join(out, "checks.json"), "w"), indent=1)
+    if not res["ok"]:
+        raise SystemExit("ONNX checks failed")
+
+
+# ---- skill ------------------------------------------------------------------------------------------------
+def cmd_skill(a):
+    """Decoded forecast RMSE per variable against the nature run, 6-48 h, from validation-period states, next to
+    persistence and to the autoencoder's own reconstruction (lead 0)."""
+    X = D.nature(a.data)
+    Z = np.load(os.path.join(a.work, "latent.npy"), mmap_mode="r")
+    mean, std = bundle_norm(a.bundle)
+    dec = ort_session(os.path.join(a.bundle, "decoder.onnx"), a.threads)
+    step = ort_session(os.path.join(a.graphs or os.path.join(a.work, "graphs"), "step.onnx"), a.threads)
+    leads = list(range(0, a.max_lead + 1))
+    ntr = a.train_days * D.STATES_PER_DAY
+    starts = list(range(ntr + 4, len(X) - a.max_lead, a.every))
+    sq_f = {k: np.zeros(41) for k in leads}
+    sq_p = {k: np.zeros(41) for k in leads}
+    for s in starts:
+        z = np.asarray(Z[s], np.float32)[None]
+        x0 = np.asarray(X[s], np.float64)
+        for k in leads:
+            if k > 0:
+                z = step.run(None, {"z": z})[0]
+            xf = mean[:, None, None] + std[:, None, None] * dec.run(None, {"z": z})[0][0].astype(np.float64)
+            xt = np.asarray(X[s + k], np.float64)
+            sq_f[k] += np.mean((xf - xt) ** 2, axis=(1, 2))
+            sq_p[k] += np.mean((x0 - xt) ** 2, axis=(1, 2))
+    rows = []
+    for k in leads:
+        rf = {v: float(np.sqrt(sq_f[k][sl].mean() / len(starts))) for v, sl in D.VAR_SLICES.items()}
+        rp = {v: float(np.sqrt(sq_p[k][sl].mean() / len(starts))) for v, sl in D.VAR_SLICES.items()}
+        rows.append({"lead_h": k * DT_HOURS, "step_model": rf, "persistence": rp})
+    res = {"starts": len(starts), "first_start": starts[0], "every_states": a.every, "rows": rows}
+    json.dump(res, open(os.path.join(a.work, "skill.json"), "w"), indent=1)
+    print(f"decoded forecast RMSE against the nature run, {len(starts)} validation starts "
+          f"(states {starts[0]}..{starts[-1]} every {a.every}); lead 0 = autoencoder reconstruction")
+    print(f"{'lead':>5} " + " ".join(f"{v + ' F':>9} {v + ' pers':>9}" for v in D.VAR_SLICES))
+    for r in rows:
+        print(f"{r['lead_h']:>4.0f}h " + " ".join(f"{r['step_model'][v]:>9.4g} {r['persistence'][v]:>9.4g}"
+                                                  for v in D.VAR_SLICES))
+
+
+# ---- bundle -----------------------------------------------------------------------------------------------
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def add_forecast(bundle_dir, graphs_dir, dt_hours=DT_HOURS, space="latent", note=""):
+    """Adds the [forecast] table, the three graphs and their SHA-256 checksums to the bundle in `bundle_dir`
+    (in place). A bundle that already has a [forecast] table is refused."""
+    import tomllib
+    path = os.path.join(bundle_dir, "bundle.toml")
+    text = open(path).read()
+    if "forecast" in tomllib.loads(text):
+        raise SystemExit(f"{path} already has a [forecast] table")
+    for k in GRAPHS:
+        shutil.copyfile(os.path.join(graphs_dir, f"{k}.onnx"), os.path.join(bundle_dir, f"{k}.onnx"))
+    table = ["[forecast]", f'space = "{space}"', f"time_step_hours = {float(dt_hours)!r}",
+             'step = "step.onnx"', 'step_tl = "step_tl.onnx"', 'step_ad = "step_ad.onnx"']
+    if note:
+        table.append(f"description = {json.dumps(note)}")
+    sums = [f'"{k}.onnx" = "{sha256(os.path.join(bundle_dir, k + ".onnx"))}"' for k in GRAPHS]
+    lines = text.rstrip("\n").split("\n")
+    out, in_sums, done = [], False, False
+    for ln in lines:
+        if ln.strip().startswith("[") and in_sums and not done:
+            while out and not out[-1].strip():
+                out.pop()
+            out += sums + [""]
+            done = True
+        if ln.strip() == "[checksums]":
+            out += table + [""]
+            in_sums = True
+        out.append(ln)
+    if not in_sums:
+        raise SystemExit(f"{path} has no [checksums] table")
+    if not done:
+        out += sums
+    new = "\n".join(out) + "\n"
+    tomllib.loads(new)
+    open(path + ".tmp", "w").write(new)
+    os.replace(path + ".tmp", path)
+
+
+def cmd_bundle(a):
+    if os.path.abspath(a.dest) != os.path.abspath(a.bundle):
+        if os.path.exists(a.dest):
+            raise SystemExit(f"{a.dest} exists")
+        shutil.copytree(a.bundle, a.dest)
+    ck = torch.load(a.ckpt or os.path.join(a.work, "step.pt"), map_location="cpu", weights_only=False)
+    note = (f"latent step model F(z) = z + ds G((z - zm)/zs, P), {sum(v.numel() for k, v in ck['state_dict'].items() if k.startswith('net.'))}"
+            f" parameters, {ck['steps']} Adam steps on days 0-{ck['train_days'] - 1} of the nature run encoded with"
+            f" this bundle's encoder (latentda_train.stepmodel)")
+    add_forecast(a.dest, a.graphs or os.path.join(a.work, "graphs"), ck.get("dt_hours", DT_HOURS), "latent", note)
+    print(f"added [forecast] to {a.dest}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    def common(p):
+        p.add_argument("--work", default=DEFAULT_WORK, help="step-model data and checkpoints")
+        p.add_argument("--data", default=os.environ.get("LATENTDA_DATA", "/work/data"), help="nature run folder")
+        p.add_argument("--bundle", default=DEFAULT_BUNDLE)
+        p.add_argument("--threads", type=int, default=1)
+        p.add_argument("--train-days", type=int, default=600)
+        return p
+
+    common(sub.add_parser("encode")).set_defaults(func=cmd_encode)
+    p = common(sub.add_parser("train"))
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--channels", type=int, default=64)
+    p.add_argument("--nres", type=int, default=3)
+    p.add_argument("--rollout", type=int, default=2)
+    p.add_argument("--seed", type=int, default=1234)
+    p.set_defaults(func=cmd_train)
+    p = common(sub.add_parser("export"))
+    p.add_argument("--ckpt")
+    p.add_argument("--out")
+    p.set_defaults(func=cmd_export)
+    p = sub.add_parser("export-one")
+    p.add_argument("which", choices=list(GRAPHS))
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=lambda a: export_one(a.which, a.ckpt, a.out))
+    p = common(sub.add_parser("skill"))
+    p.add_argument("--graphs")
+    p.add_argument("--max-lead", type=int, default=8, help="in 6 h steps")
+    p.add_argument("--every", type=int, default=6, help="start every N states")
+    p.set_defaults(func=cmd_skill)
+    p = common(sub.add_parser("bundle"))
+    p.add_argument("--dest", required=True, help="copy of --bundle that gets the [forecast] table")
+    p.add_argument("--ckpt")
+    p.add_argument("--graphs")
+    p.set_defaults(func=cmd_bundle)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(getattr(a, "threads", 1))
+    a.func(a)
+
+
+if __name__ == "__main__":
+    main()
