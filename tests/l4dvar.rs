@@ -64,7 +64,7 @@ impl Advection {
 }
 
 impl StepModel for Advection {
-    fn len(&self) -> usize {
+    fn state_len(&self) -> usize {
         self.n
     }
     fn time_step_hours(&self) -> f64 {
@@ -124,6 +124,9 @@ fn chained_tl_ad_pass_the_adjoint_and_taylor_tests() {
     }
 }
 
+/// Column k of U (given) carried to slot j: (analyser, j, k, U e_k) -> M_j U e_k.
+type Propagate<'a> = dyn FnMut(&mut Analyser, usize, usize, &[f64]) -> Vec<f64> + 'a;
+
 /// Independent closed form: G stacks H_k M_k U per slot (U = sd D' diag(s) from decoder TL columns, M_k the k-fold
 /// step TL, H_k built per slot), d = y - H_k x_b,k; dx_0 = U G^T (G G^T + R)^-1 d (the 4D-Var / Kalman smoother
 /// solution at the start of the window).
@@ -131,7 +134,7 @@ fn closed_form(
     a: &mut Analyser,
     xb: &[f64],
     obs: &[Observation],
-    propagate: &mut dyn FnMut(&mut Analyser, usize, usize, &[f64]) -> Vec<f64>,
+    propagate: &mut Propagate,
     background_at: &mut dyn FnMut(&mut Analyser, usize) -> Vec<f64>,
 ) -> Vec<f64> {
     let lay = a.bundle.layout.clone();

@@ -18,6 +18,9 @@ default):
     export   step.onnx, step_tl.onnx, step_ad.onnx (each in a fresh process) + ONNX Runtime dot/Taylor tests
     skill    decoded forecast RMSE against the nature run at 6-48 h, and persistence (validation days)
     bundle   copy a bundle and add the [forecast] table, the three graphs and their checksums
+    validate 4D cases (validation period): L4DVar against L3DVar with the same observations at the analysis time
+             (3D-FGAT: innovations against the background at each observation's time) and L3DVar with only the
+             analysis-time observations; analysis time and memory against the window length
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -429,6 +433,163 @@ def cmd_bundle(a):
     print(f"added [forecast] to {a.dest}")
 
 
+# ---- validation ---------------------------------------------------------------------------------------------
+def _h(x, rows, sig):
+    """H x for observation rows (var, lat, lon, level string, ...) at model levels (the sonde network's)."""
+    from . import cases as CS
+    out = []
+    lat, lon = _GRID
+    for v, a, b, lev, *_ in rows:
+        f = x[D.VAR_SLICES[v]]
+        f = f[0] if v == "ps" else f[int(np.argmin(np.abs(sig - float(lev))))]
+        out.append(CS.bilinear(f, lat, lon, np.array([a]), np.array([b]))[0])
+    return np.array(out)
+
+
+_GRID = None
+
+
+def make_4d_case(d, L, X, fcst, st, lat, lon, sig, nets):
+    """Truth and background at 0, 6, 12 h after the analysis time (day L + 2, 00 UTC): the nature run and the
+    perturbed-truth jcm forecast launched on day L continued from 48 h to 60 h; observations of each network at each
+    slot, as a 4D file (time column), a 3D-FGAT file (value shifted by H(x_b,0) - H(x_b,k): innovations against the
+    background at the observation's time, all at the analysis time) and the analysis-time observations alone."""
+    from . import cases as CS
+    from . import jcmrun
+    os.makedirs(d, exist_ok=True)
+    r = fcst.run(L, 0.7, 1.6)
+    p = fcst.m.resume(forcing=fcst.forcing, save_interval=0.25, total_time=0.5)
+    xc = jcmrun.physics_to_latentda(p.dynamics)
+    bg = [r["fc48"].astype(np.float64), xc[0].astype(np.float64), xc[1].astype(np.float64)]
+    i0 = D.truth_index(L + 2)
+    truth = [np.asarray(X[i0 + k], np.float64) for k in range(3)]
+    stored = D.forecasts(fcst.out, [L]).get(L)
+    fc48_diff = float(np.abs(stored[1] - r["fc48"]).max()) if stored else None
+    for k, h in enumerate((0, 6, 12)):
+        CS.write_state(os.path.join(d, f"truth_{h}.nc"), truth[k], lat, lon, sig, f"nature, launch {L} + {48 + h} h")
+        CS.write_state(os.path.join(d, f"background_{h}.nc"), bg[k], lat, lon, sig, f"jcm forecast {L} + {48 + h} h")
+    for n, net in enumerate(nets):
+        rows = [CS.make_obs(truth[k], lat, lon, sig, st, 1000 + L + 7 * k + 100000 * n, network=net) for k in range(3)]
+        with open(os.path.join(d, f"obs4d_{net}.csv"), "w") as f:
+            f.write("var,lat,lon,level,value,sigma,time\n")
+            for k, rk in enumerate(rows):
+                for v, a, b, lev, val, err in rk:
+                    f.write(f"{v},{a:.3f},{b:.3f},{lev},{val:.7g},{err:.6g},{6 * k}\n")
+        fgat = []
+        for k, rk in enumerate(rows):
+            shift = _h(bg[0], rk, sig) - _h(bg[k], rk, sig)
+            fgat += [(v, a, b, lev, val + s, err) for (v, a, b, lev, val, err), s in zip(rk, shift)]
+        CS.write_obs(os.path.join(d, f"obsfgat_{net}.csv"), fgat)
+        CS.write_obs(os.path.join(d, f"obs0_{net}.csv"), rows[0])
+    json.dump({"launch": L, "fc48_max_abs_diff_to_stored": fc48_diff}, open(os.path.join(d, "case.json"), "w"))
+
+
+def cmd_validate(a):
+    global _GRID
+    import glob
+    from . import cases as CS
+    from . import suite as SU
+    from .forecasts import Forecaster, launch_days
+    X = D.nature(a.data)
+    lat, lon, sig = D.grid(a.data)
+    _GRID = (lat, lon)
+    st = CS.stations(lat, lon)
+    nets = a.networks.split(",")
+    folder = os.path.join(a.work, "cases")
+    fcst = None
+    dirs = []
+    for L in launch_days(a.launches):
+        d = os.path.join(folder, f"case_{L:04d}")
+        dirs.append((L, d))
+        if not os.path.exists(os.path.join(d, "case.json")):
+            if fcst is None:
+                fcst = Forecaster(a.data)
+            t0 = time.time()
+            make_4d_case(d, L, X, fcst, st, lat, lon, sig, nets)
+            print(f"case {L}: made in {time.time() - t0:.0f}s", flush=True)
+    import onnxruntime
+    ortlib = glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so.1*"))[0]
+    common = ["--backend", "ort", "--ort-library", ortlib, "--threads", "1"]
+    bgat = lambda d: ["--background-at", f"6={d}/background_6.nc", "--background-at", f"12={d}/background_12.nc"]
+    runs = {
+        "l4dvar": lambda d, net: ("l4dvar", f"obs4d_{net}.csv", bgat(d)),
+        "l4dvar_stepbg": lambda d, net: ("l4dvar", f"obs4d_{net}.csv", []),
+        "l3dvar_fgat": lambda d, net: ("l3dvar", f"obsfgat_{net}.csv", []),
+        "l3dvar_t0": lambda d, net: ("l3dvar", f"obs0_{net}.csv", []),
+    }
+    names = [n for n in runs if n in a.runs.split(",")]
+    res = {}
+    for L, d in dirs:
+        import shutil
+        case = os.path.join(d, "case")
+        os.makedirs(case, exist_ok=True)
+        shutil.copyfile(os.path.join(d, "background_0.nc"), os.path.join(case, "background.nc"))
+        truth = CS.read_state(os.path.join(d, "truth_0.nc"))
+        xb = CS.read_state(os.path.join(case, "background.nc"))
+        rb = SU.area_rmse(xb - truth, lat)
+        for net in nets:
+            for name in names:
+                method, obs, extra = runs[name](d, net)
+                shutil.copyfile(os.path.join(d, obs), os.path.join(case, obs))
+                with tempfile.TemporaryDirectory() as tmp:
+                    an, rep, secs = SU.run_cli(a.latentda, a.bundle, case, obs, method, common + extra, tmp)
+                ra = SU.area_rmse(an - truth, lat)
+                res.setdefault(net, {}).setdefault(name, []).append(
+                    {"launch": L, "ratio": {v: ra[v] / rb[v] for v in ra}, "seconds": secs,
+                     "tl_ad_pairs": rep["solver"]["inner_total"], "n_used": rep["n_used"],
+                     "trajectory_bytes": (rep.get("window") or {}).get("trajectory_bytes", 0)})
+                print(f"case {L} {net:5s} {name:14s} " + " ".join(f"{v} {ra[v] / rb[v]:.3f}" for v in ra)
+                      + f"  {secs:.1f}s {rep['n_used']} obs", flush=True)
+        json.dump(res, open(os.path.join(a.work, "validation.json"), "w"), indent=1)
+    for net in nets:
+        print(f"\nnetwork {net}: mean over {len(dirs)} cases of analysis RMSE / background RMSE at the analysis time")
+        print(f"{'run':16s} " + " ".join(f"{v:>7s}" for v in D.VAR_SLICES) + "   time/s  TL/AD pairs")
+        for name in names:
+            rs = res[net][name]
+            m = {v: np.mean([r["ratio"][v] for r in rs]) for v in D.VAR_SLICES}
+            print(f"{name:16s} " + " ".join(f"{m[v]:7.3f}" for v in D.VAR_SLICES)
+                  + f"  {np.mean([r['seconds'] for r in rs]):7.1f}  {np.mean([r['tl_ad_pairs'] for r in rs]):7.1f}")
+        if "l4dvar" in names:
+            for other in names:
+                if other.startswith("l3dvar"):
+                    wins = {v: sum(r4["ratio"][v] < r3["ratio"][v] for r4, r3 in zip(res[net]["l4dvar"], res[net][other]))
+                            for v in D.VAR_SLICES}
+                    better = sum(np.mean([r["ratio"][v] for r in res[net]["l4dvar"]])
+                                 < np.mean([r["ratio"][v] for r in res[net][other]]) for v in D.VAR_SLICES)
+                    print(f"l4dvar better than {other} on {better}/6 variables (mean); cases won per variable {wins}")
+
+
+def cmd_window(a):
+    """Analysis time and peak memory (maximum resident set size of the CLI) against the window length."""
+    import glob
+    import onnxruntime
+    ortlib = glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so.1*"))[0]
+    rows = []
+    for L in [int(x) for x in a.launches.split(",")]:
+        d = os.path.join(a.work, "cases", f"case_{L:04d}")
+        for w in (0, 6, 12):
+            with tempfile.TemporaryDirectory() as tmp:
+                rep = os.path.join(tmp, "r.json")
+                method = ["--method", "l3dvar", "--obs", f"{d}/obs0_sonde.csv"] if w == 0 else \
+                    ["--method", "l4dvar", "--window-hours", str(w), "--obs", f"{d}/obs4d_sonde.csv",
+                     "--background-at", f"6={d}/background_6.nc"] + \
+                    (["--background-at", f"12={d}/background_12.nc"] if w == 12 else [])
+                cmd = ["/usr/bin/time", "-f", "MAXRSS %M", a.latentda, "analyse", "--bundle", a.bundle, "--background",
+                       f"{d}/background_0.nc", "--output", f"{tmp}/an.nc", "--report", rep, "--backend", "ort",
+                       "--ort-library", ortlib, "--threads", "1", *method]
+                p = subprocess.run(cmd, capture_output=True, text=True)
+                if p.returncode not in (0, 3):
+                    raise SystemExit(p.stderr[-2000:])
+                r = json.load(open(rep))
+                rss = int([l for l in p.stderr.splitlines() if l.startswith("MAXRSS")][-1].split()[1])
+                t = r["timings"]
+                rows.append({"launch": L, "window_h": w, "total_s": t["total_s"], "pairs": r["solver"]["inner_total"],
+                             "n_used": r["n_used"], "max_rss_mb": rss / 1024,
+                             "trajectory_mb": (r.get("window") or {}).get("trajectory_bytes", 0) / 2 ** 20})
+                print(rows[-1], flush=True)
+    json.dump(rows, open(os.path.join(a.work, "window.json"), "w"), indent=1)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -465,6 +626,18 @@ def main(argv=None):
     p.add_argument("--max-lead", type=int, default=8, help="in 6 h steps")
     p.add_argument("--every", type=int, default=6, help="start every N states")
     p.set_defaults(func=cmd_skill)
+    p = common(sub.add_parser("validate"))
+    p.add_argument("--launches", default="610:720:10", help="launch days first:last[:step] (validation period)")
+    p.add_argument("--networks", default="sonde")
+    p.add_argument("--runs", default="l4dvar,l3dvar_fgat,l3dvar_t0")
+    p.add_argument("--latentda", default=os.path.join(os.path.dirname(__file__), "..", "..", "target", "release",
+                                                      "latentda"))
+    p.set_defaults(func=cmd_validate)
+    p = common(sub.add_parser("window"))
+    p.add_argument("--launches", default="610,620")
+    p.add_argument("--latentda", default=os.path.join(os.path.dirname(__file__), "..", "..", "target", "release",
+                                                      "latentda"))
+    p.set_defaults(func=cmd_window)
     p = common(sub.add_parser("bundle"))
     p.add_argument("--dest", required=True, help="copy of --bundle that gets the [forecast] table")
     p.add_argument("--ckpt")

@@ -63,7 +63,7 @@ impl HostStep {
 }
 
 impl StepModel for HostStep {
-    fn len(&self) -> usize {
+    fn state_len(&self) -> usize {
         self.n
     }
     fn time_step_hours(&self) -> f64 {

@@ -19,7 +19,7 @@ use crate::model::backend::{ExecOptions, OnnxModel, TensorSpec};
 /// [`len`](StepModel::len). Every call writes its whole output.
 pub trait StepModel {
     /// Length of the state the model steps.
-    fn len(&self) -> usize;
+    fn state_len(&self) -> usize;
     /// Time step, hours.
     fn time_step_hours(&self) -> f64;
     /// Short description for reports ("bundle latent step model", "host callbacks").
@@ -104,7 +104,7 @@ impl OnnxStep {
 }
 
 impl StepModel for OnnxStep {
-    fn len(&self) -> usize {
+    fn state_len(&self) -> usize {
         self.a.len()
     }
     fn time_step_hours(&self) -> f64 {
@@ -138,7 +138,7 @@ pub struct Normalised<'a> {
 impl<'a> Normalised<'a> {
     /// Wraps `inner` (length channels x `npoints`) with the per-channel normalisation `mean`, `sd`.
     pub fn new(inner: &'a mut dyn StepModel, mean: &'a [f64], sd: &'a [f64], npoints: usize) -> Self {
-        let n = inner.len();
+        let n = inner.state_len();
         Normalised { inner, mean, sd, npoints, xn: vec![0.0; n], d: vec![0.0; n] }
     }
 
@@ -170,8 +170,8 @@ impl<'a> Normalised<'a> {
 }
 
 impl StepModel for Normalised<'_> {
-    fn len(&self) -> usize {
-        self.inner.len()
+    fn state_len(&self) -> usize {
+        self.inner.state_len()
     }
     fn time_step_hours(&self) -> f64 {
         self.inner.time_step_hours()

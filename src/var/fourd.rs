@@ -162,8 +162,8 @@ impl<'a> Clocked<'a> {
 }
 
 impl StepModel for Clocked<'_> {
-    fn len(&self) -> usize {
-        self.inner.len()
+    fn state_len(&self) -> usize {
+        self.inner.state_len()
     }
     fn time_step_hours(&self) -> f64 {
         self.inner.time_step_hours()
@@ -268,8 +268,8 @@ impl<'a> LatentTrajectory<'a> {
         linear: bool,
     ) -> Result<Self> {
         let (nz, nx) = (z_b.len(), ae.state_len);
-        if f.len() != nz {
-            return Err(Error::arg(format!("latent step model of length {}, the latent size is {nz}", f.len())));
+        if f.state_len() != nz {
+            return Err(Error::arg(format!("latent step model of length {}, the latent size is {nz}", f.state_len())));
         }
         let mut t = LatentTrajectory {
             ae,
@@ -325,7 +325,7 @@ impl<'a> LatentTrajectory<'a> {
     }
 
     fn slot(&self, j: usize) -> Option<usize> {
-        (j % self.win.steps_per_slot == 0).then_some(j / self.win.steps_per_slot)
+        j.is_multiple_of(self.win.steps_per_slot).then_some(j / self.win.steps_per_slot)
     }
 }
 
@@ -460,8 +460,8 @@ impl<'a, C: ControlSpace> ModelTrajectory<'a, C> {
     /// The transform around the background `x_b`; `reference` reuses the background trajectory of an earlier
     /// transform; `linear`: M linearised at the background trajectory (with a linear `inner`: a quadratic cost).
     pub fn new(inner: C, m: &'a mut dyn StepModel, win: Window, x_b: &[f64], reference: Option<Reference>, linear: bool) -> Result<Self> {
-        if m.len() != x_b.len() {
-            return Err(Error::arg(format!("model-space step model of length {}, the state has {}", m.len(), x_b.len())));
+        if m.state_len() != x_b.len() {
+            return Err(Error::arg(format!("model-space step model of length {}, the state has {}", m.state_len(), x_b.len())));
         }
         let n = x_b.len();
         let mut t = ModelTrajectory {
@@ -549,7 +549,7 @@ impl<C: ControlSpace> ControlSpace for ModelTrajectory<'_, C> {
         for j in 0..self.win.nsteps() {
             self.m.tl(&self.x_lin[j], &self.d, &mut self.d2)?;
             std::mem::swap(&mut self.d, &mut self.d2);
-            if (j + 1) % sps == 0 {
+            if (j + 1).is_multiple_of(sps) {
                 let k = (j + 1) / sps;
                 dx[k * n..(k + 1) * n].copy_from_slice(&self.d);
             }
@@ -563,7 +563,7 @@ impl<C: ControlSpace> ControlSpace for ModelTrajectory<'_, C> {
         for j in (0..self.win.nsteps()).rev() {
             self.m.ad(&self.x_lin[j], &self.d, &mut self.d2)?;
             std::mem::swap(&mut self.d, &mut self.d2);
-            if j % sps == 0 {
+            if j.is_multiple_of(sps) {
                 let k = j / sps;
                 self.d.iter_mut().zip(&dx[k * n..(k + 1) * n]).for_each(|(a, b)| *a += b);
             }
@@ -623,7 +623,7 @@ fn transform<'b>(
 
 /// Adjoint test of one step model at `x`: |<M' dx, u> - <dx, M'^T u>| / max with random dx and u = r + c M' dx.
 pub fn step_dot_test(m: &mut dyn StepModel, x: &[f64], seed: u64) -> Result<DotTest> {
-    let n = m.len();
+    let n = m.state_len();
     let mut rng = Rng::new(seed);
     let dx = rng.normals(n);
     let mut mdx = vec![0.0; n];
