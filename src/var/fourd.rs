@@ -786,7 +786,8 @@ impl Analyser {
                 diag_of_sqrt(n, nx * win.nslots, samples, |v, x| t.tl(v, x))?
             };
             variance_s = t_v.elapsed().as_secs_f64();
-            n_variance = if exact { self.bundle.latent_size() } else { samples };
+            // decoder TL runs, as for the other methods (each draw also runs the step model's TL)
+            n_variance = if exact { self.bundle.latent_size() } else { samples } * win.nslots;
             (self.ae.timings, m.clock) = (before, clock);
             let sd: Vec<f64> = var.iter().map(|v| v.max(0.0).sqrt()).collect();
             let t_q = Instant::now();
