@@ -25,7 +25,6 @@ default):
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -383,14 +382,6 @@ def cmd_skill(a):
 
 
 # ---- bundle -----------------------------------------------------------------------------------------------
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def add_forecast(bundle_dir, graphs_dir, dt_hours=DT_HOURS, space="latent", note=""):
     """Adds the [forecast] table, the three graphs and their SHA-256 checksums to the bundle in `bundle_dir`
     (in place). A bundle that already has a [forecast] table is refused."""
@@ -405,6 +396,7 @@ def add_forecast(bundle_dir, graphs_dir, dt_hours=DT_HOURS, space="latent", note
              'step = "step.onnx"', 'step_tl = "step_tl.onnx"', 'step_ad = "step_ad.onnx"']
     if note:
         table.append(f"description = {json.dumps(note)}")
+    from .bundle import sha256
     sums = [f'"{k}.onnx" = "{sha256(os.path.join(bundle_dir, k + ".onnx"))}"' for k in GRAPHS]
     lines = text.rstrip("\n").split("\n")
     out, in_sums, done = [], False, False

@@ -11,7 +11,7 @@ pub mod static_b;
 
 use crate::error::{Error, Result};
 use crate::model::autoencoder::Autoencoder;
-use crate::numeric::{dot, DotTest, Rng};
+use crate::numeric::{adjoint_test, DotTest, Rng};
 
 /// Checks a vector length, naming the vector.
 pub(crate) fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
@@ -84,16 +84,9 @@ pub trait BOperator {
     /// component along U v, so the products cannot cancel by chance).
     fn sqrt_test(&mut self, ae: &mut Autoencoder, seed: u64) -> Result<DotTest> {
         let (n, m) = (self.control_size(), self.state_len());
-        let mut rng = Rng::new(seed);
-        let v = rng.normals(n);
-        let mut uv = vec![0.0; m];
-        self.sqrt(ae, &v, &mut uv)?;
-        let r = rng.normals(m);
-        let (nr, nu) = (dot(&r, &r).sqrt(), dot(&uv, &uv).sqrt().max(1e-300));
-        let x: Vec<f64> = r.iter().zip(&uv).map(|(r, u)| r + nr / nu * u).collect();
-        let mut utx = vec![0.0; n];
-        self.sqrt_ad(ae, &x, &mut utx)?;
-        Ok(DotTest::new(dot(&uv, &x), dot(&v, &utx)))
+        let sqrt = |(b, ae): &mut (&mut Self, &mut Autoencoder), v: &[f64], x: &mut [f64]| b.sqrt(ae, v, x);
+        let sqrt_ad = |(b, ae): &mut (&mut Self, &mut Autoencoder), x: &[f64], v: &mut [f64]| b.sqrt_ad(ae, x, v);
+        adjoint_test(&mut (self, ae), n, m, seed, sqrt, sqrt_ad)
     }
 }
 

@@ -30,7 +30,7 @@ use crate::bmat::latent::LatentB;
 use crate::bmat::static_b::StaticB;
 use crate::bmat::BOperator;
 use crate::diag::checks::TaylorRow;
-use crate::numeric::{dot, DotTest, Rng};
+use crate::numeric::{adjoint_test, DotTest, Rng};
 use crate::var::solver::ControlSpace;
 
 /// Latent control transform around a background. Its tangent-linear and adjoint are the latent B operator U
@@ -192,16 +192,8 @@ impl<A: ControlSpace, B: ControlSpace> ControlSpace for Hybrid<A, B> {
 /// max(...) with random dw and u = r + (|r| / |T dw|) T dw (so the products cannot cancel by chance); `state_len` is
 /// the length of T's output.
 pub fn dot_test(ctrl: &mut dyn ControlSpace, state_len: usize, seed: u64) -> Result<DotTest> {
-    let mut rng = Rng::new(seed);
-    let dw = rng.normals(ctrl.size());
-    let mut tdw = vec![0.0; state_len];
-    ctrl.tl(&dw, &mut tdw)?;
-    let r = rng.normals(state_len);
-    let (nr, nt) = (dot(&r, &r).sqrt(), dot(&tdw, &tdw).sqrt().max(1e-300));
-    let u: Vec<f64> = r.iter().zip(&tdw).map(|(r, t)| r + nr / nt * t).collect();
-    let mut tu = vec![0.0; ctrl.size()];
-    ctrl.ad(&u, &mut tu)?;
-    Ok(DotTest::new(dot(&tdw, &u), dot(&dw, &tu)))
+    let n = ctrl.size();
+    adjoint_test(ctrl, n, state_len, seed, |c, v, x| c.tl(v, x), |c, x, v| c.ad(x, v))
 }
 
 /// Taylor test of a control transform's TL at w = 0 along a random direction dw: for each eps, the ratio

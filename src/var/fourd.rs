@@ -31,7 +31,7 @@ use std::time::Instant;
 
 use crate::bmat::diag_of_sqrt;
 use crate::diag::checks::TaylorRow;
-use crate::numeric::{dot, DotTest, Rng};
+use crate::numeric::{adjoint_test, DotTest};
 use crate::bundle::{Bundle, ForecastSpace};
 use crate::error::{Error, Result, Status};
 use crate::model::autoencoder::Autoencoder;
@@ -220,6 +220,23 @@ pub trait Trajectory: ControlSpace {
     fn trajectory_bytes(&self) -> usize;
 }
 
+/// x_j = M^j(x_0), j = 0..=nsteps; a step that returns a non-finite value is an error (a model blowing up).
+fn integrate(m: &mut dyn StepModel, x0: Vec<f64>, nsteps: usize) -> Result<Vec<Vec<f64>>> {
+    let mut traj = vec![x0];
+    for j in 0..nsteps {
+        let mut next = vec![0.0; traj[j].len()];
+        m.step(&traj[j], &mut next)?;
+        if let Some(i) = next.iter().position(|v| !v.is_finite()) {
+            return Err(Error::new(
+                Status::Backend,
+                format!("{}: step {} returned a non-finite value at index {i}", m.describe(), j + 1),
+            ));
+        }
+        traj.push(next);
+    }
+    Ok(traj)
+}
+
 fn vec_bytes<T>(v: &[Vec<T>]) -> usize {
     v.iter().map(|x| x.len() * std::mem::size_of::<T>()).sum()
 }
@@ -315,13 +332,7 @@ impl<'a> LatentTrajectory<'a> {
 
     /// z_j = F^j(z_0), j = 0..=nsteps.
     fn run(&mut self, z0: Vec<f64>) -> Result<Vec<Vec<f64>>> {
-        let mut traj = vec![z0];
-        for j in 0..self.win.nsteps() {
-            let mut next = vec![0.0; traj[j].len()];
-            self.f.step(&traj[j], &mut next)?;
-            traj.push(next);
-        }
-        Ok(traj)
+        integrate(self.f, z0, self.win.nsteps())
     }
 
     fn slot(&self, j: usize) -> Option<usize> {
@@ -486,19 +497,7 @@ impl<'a, C: ControlSpace> ModelTrajectory<'a, C> {
 
     /// x_j = M^j(x_0), j = 0..=nsteps.
     fn run(&mut self, x0: Vec<f64>) -> Result<Vec<Vec<f64>>> {
-        let mut traj = vec![x0];
-        for j in 0..self.win.nsteps() {
-            let mut next = vec![0.0; traj[j].len()];
-            self.m.step(&traj[j], &mut next)?;
-            if let Some(i) = next.iter().position(|v| !v.is_finite()) {
-                return Err(Error::new(
-                    Status::Backend,
-                    format!("{}: step {} returned a non-finite value at index {i}", self.m.describe(), j + 1),
-                ));
-            }
-            traj.push(next);
-        }
-        Ok(traj)
+        integrate(self.m, x0, self.win.nsteps())
     }
 
     /// The trajectory from x_b + inner(w).
@@ -624,16 +623,7 @@ fn transform<'b>(
 /// Adjoint test of one step model at `x`: |<M' dx, u> - <dx, M'^T u>| / max with random dx and u = r + c M' dx.
 pub fn step_dot_test(m: &mut dyn StepModel, x: &[f64], seed: u64) -> Result<DotTest> {
     let n = m.state_len();
-    let mut rng = Rng::new(seed);
-    let dx = rng.normals(n);
-    let mut mdx = vec![0.0; n];
-    m.tl(x, &dx, &mut mdx)?;
-    let r = rng.normals(n);
-    let (nr, nm) = (dot(&r, &r).sqrt(), dot(&mdx, &mdx).sqrt().max(1e-300));
-    let u: Vec<f64> = r.iter().zip(&mdx).map(|(r, t)| r + nr / nm * t).collect();
-    let mut mtu = vec![0.0; n];
-    m.ad(x, &u, &mut mtu)?;
-    Ok(DotTest::new(dot(&mdx, &u), dot(&dx, &mtu)))
+    adjoint_test(m, n, n, seed, |m, d, y| m.tl(x, d, y), |m, g, y| m.ad(x, g, y))
 }
 
 /// The self-tests of a step model (`latentda check`, `lda_l4dvar_check`).
