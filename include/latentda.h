@@ -227,8 +227,8 @@ extern "C" {
  *   "hybrid" | "l4dvar"), `output` ("analysis" | "increment" | "full_state"), `outer_loops`, `max_inner`,
  *   `gradient_reduction`, `bg_check`, `bg_check_samples`, `hybrid_alpha`, `hybrid_beta`, `hybrid_variables`,
  *   `baseline_variance_factor`, `b_operator` ("latent" | "hybrid" | "static"), `latent_increment`,
- *   `window_hours`, `slot_hours`, `verbosity` (one `key = value` per line; see docs/coupling.md). Unknown keys are
- *   an error.
+ *   `window_hours`, `slot_hours`, `error_growth_per_hour`, `verbosity` (one `key = value` per line; see
+ *   docs/coupling.md). Unknown keys are an error.
  * - `out`: receives the new context; must not be NULL. It is set to NULL on failure.
  *
  * The strings are only read during the call. The context is owned by the caller and must be released with

@@ -24,7 +24,7 @@ USAGE:
                    [--outer-loops N] [--max-inner N] [-v]
                    [--hybrid-alpha A] [--hybrid-beta B] [--hybrid-variables q,ps]
                    [--baseline-variance-factor F] [--bg-check-samples N] [--latent-increment nonlinear|linear]
-                   [--window-hours H] [--slot-hours H] [--background-at HOURS=bg.nc ...]
+                   [--window-hours H] [--slot-hours H] [--error-growth-per-hour G] [--background-at HOURS=bg.nc ...]
 
 l4dvar: observation times from the CSV's optional 'time' column (hours from the analysis time of --background);
 --background-at gives the background at a later slot time (repeatable), else the step model makes it.
@@ -85,6 +85,7 @@ impl Common {
                 "latent-increment" => o.latent_increment = v.clone(),
                 "window-hours" => o.window_hours = Some(num(v)?),
                 "slot-hours" => o.slot_hours = Some(num(v)?),
+                "error-growth-per-hour" => o.error_growth_per_hour = num(v)?,
                 "verbose" => o.verbosity = 1,
                 _ => unreachable!("flag --{flag} is recorded by parse_common"),
             }
@@ -143,6 +144,7 @@ fn parse_common(common: &mut Common, arg: &Arg, parser: &mut lexopt::Parser) -> 
         "latent-increment" => "latent-increment",
         "window-hours" => "window-hours",
         "slot-hours" => "slot-hours",
+        "error-growth-per-hour" => "error-growth-per-hour",
         "verbose" => {
             common.flags.push(("verbose", String::new()));
             return Ok(true);

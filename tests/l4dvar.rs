@@ -312,6 +312,28 @@ fn l4dvar_beats_l3dvar_on_the_4d_sample_and_reports_slots() {
     assert!(a.analyse_with(&xb, &obs, Method::L4dvar, OutputMode::FullState).unwrap_err().message.contains("full_state"));
 }
 
+/// Option error_growth_per_hour inflates the error variance of later slots: sigma^2 (1 + g t). The slots' J_o (with
+/// the inflated sigma) still add up to the solver's J_o, slot 0 keeps its weight, and later observations pull less.
+#[test]
+fn error_growth_inflates_later_slots() {
+    let mut a = open("tanh", "bg_check = 0.0");
+    let (xb, _, obs) = sample4d(&a, "tanh");
+    let r0 = a.analyse(&xb, &obs, Method::L4dvar).unwrap();
+    let mut b = open("tanh", "bg_check = 0.0\nerror_growth_per_hour = 0.5");
+    let r1 = b.analyse(&xb, &obs, Method::L4dvar).unwrap();
+    let (w0, w1) = (r0.report.window.as_ref().unwrap(), r1.report.window.as_ref().unwrap());
+    let s1 = r1.report.solver.as_ref().unwrap();
+    let jo: f64 = w1.slots.iter().map(|s| s.jo_a).sum();
+    assert!((jo - s1.jo_final).abs() <= 1e-9 * s1.jo_final, "per-slot Jo {jo} vs solver Jo {}", s1.jo_final);
+    assert_eq!(w0.slots[0].jo_b, w1.slots[0].jo_b, "slot 0 (t = 0) is not inflated");
+    for k in 1..3 {
+        let f = 1.0 + 0.5 * 6.0 * k as f64;
+        assert!((w0.slots[k].jo_b / w1.slots[k].jo_b - f).abs() < 1e-9 * f, "slot {k}: Jo_b ratio != {f}");
+    }
+    assert!(w1.slots[0].jo_a < w0.slots[0].jo_a, "the analysis fits slot 0 closer when later slots weigh less");
+    assert!(Options::from_toml("error_growth_per_hour = -1.0").unwrap_err().message.contains("error_growth_per_hour"));
+}
+
 #[test]
 fn l4dvar_is_bit_identical_across_runs_and_contexts() {
     let mut a = open("tanh", "");

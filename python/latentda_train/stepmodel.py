@@ -511,16 +511,16 @@ def cmd_validate(a):
     ortlib = glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so.1*"))[0]
     common = ["--backend", "ort", "--ort-library", ortlib, "--threads", "1"]
     bgat = lambda d: ["--background-at", f"6={d}/background_6.nc", "--background-at", f"12={d}/background_12.nc"]
+    growth = ["--error-growth-per-hour", str(a.error_growth)]
     runs = {
-        "l4dvar": lambda d, net: ("l4dvar", f"obs4d_{net}.csv", bgat(d)),
-        "l4dvar_stepbg": lambda d, net: ("l4dvar", f"obs4d_{net}.csv", []),
+        "l4dvar": lambda d, net: ("l4dvar", f"obs4d_{net}.csv", bgat(d) + growth),
+        "l4dvar_stepbg": lambda d, net: ("l4dvar", f"obs4d_{net}.csv", growth),
         "l3dvar_fgat": lambda d, net: ("l3dvar", f"obsfgat_{net}.csv", []),
         "l3dvar_t0": lambda d, net: ("l3dvar", f"obs0_{net}.csv", []),
     }
     names = [n for n in runs if n in a.runs.split(",")]
     res = {}
     for L, d in dirs:
-        import shutil
         case = os.path.join(d, "case")
         os.makedirs(case, exist_ok=True)
         shutil.copyfile(os.path.join(d, "background_0.nc"), os.path.join(case, "background.nc"))
@@ -540,7 +540,7 @@ def cmd_validate(a):
                      "trajectory_bytes": (rep.get("window") or {}).get("trajectory_bytes", 0)})
                 print(f"case {L} {net:5s} {name:14s} " + " ".join(f"{v} {ra[v] / rb[v]:.3f}" for v in ra)
                       + f"  {secs:.1f}s {rep['n_used']} obs", flush=True)
-        json.dump(res, open(os.path.join(a.work, "validation.json"), "w"), indent=1)
+        json.dump(res, open(os.path.join(a.work, f"validation_{a.tag}.json"), "w"), indent=1)
     for net in nets:
         print(f"\nnetwork {net}: mean over {len(dirs)} cases of analysis RMSE / background RMSE at the analysis time")
         print(f"{'run':16s} " + " ".join(f"{v:>7s}" for v in D.VAR_SLICES) + "   time/s  TL/AD pairs")
@@ -630,6 +630,8 @@ def main(argv=None):
     p.add_argument("--launches", default="610:720:10", help="launch days first:last[:step] (validation period)")
     p.add_argument("--networks", default="sonde")
     p.add_argument("--runs", default="l4dvar,l3dvar_fgat,l3dvar_t0")
+    p.add_argument("--error-growth", type=float, default=0.0, help="l4dvar option error_growth_per_hour")
+    p.add_argument("--tag", default="validation", help="results go to WORK/validation_TAG.json")
     p.add_argument("--latentda", default=os.path.join(os.path.dirname(__file__), "..", "..", "target", "release",
                                                       "latentda"))
     p.set_defaults(func=cmd_validate)

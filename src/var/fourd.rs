@@ -11,6 +11,10 @@
 //! J(w) = 1/2 |w|^2 + 1/2 sum_k sum_i ((y_ik - H_ik(x_b,k) - H_ik(dx_k(w))) / sigma_ik)^2
 //! ```
 //!
+//! sigma_ik is the observation error sd, optionally inflated to sigma sqrt(1 + g t_k) at slot time t_k (option
+//! `error_growth_per_hour` = g): the step model's TL carries increments to later slots with an error of its own,
+//! which this accounts for in the simplest way (strong constraint otherwise).
+//!
 //! k = 0..K are the time slots of the window [0, window_hours] (slot k at k * slot_hours), n the step-model steps
 //! per slot; each observation belongs to the slot nearest its time. x_b,k is the background at slot k: given by
 //! the host, or made by the step model from the analysis-time background (x_b + sd (D(F^(k n)(z_b)) - D(z_b)) for a
@@ -25,7 +29,8 @@
 //! Memory: the linearisation trajectory is stored per outer loop at every model step (no checkpointing): K n + 1
 //! latent vectors for a latent model, K n states for a model-space one, plus the background trajectory (K + 1
 //! states) and, in the solver, a few vectors of the time-extended state. At T31 (188,928 state values) with a 12 h
-//! window of 6 h slots and a latent step model that is about 20 MB; [`WindowInfo::trajectory_bytes`] reports it.
+//! window of 6 h slots and a latent step model [`WindowInfo::trajectory_bytes`] reported 12.8 MB (the whole process
+//! peaked at about 210 MB, most of it ONNX Runtime's).
 
 use std::time::Instant;
 
@@ -789,7 +794,13 @@ impl Analyser {
             );
         }
         let y: Vec<f64> = h.rows.iter().map(|&i| obs[i].value).collect();
-        let sigma: Vec<f64> = h.rows.iter().map(|&i| obs[i].sigma).collect();
+        // error variance sigma^2 (1 + g t_k) at slot time t_k (option error_growth_per_hour)
+        let g = self.options.error_growth_per_hour;
+        let slot_sigma = |i: usize| {
+            let t = win.slot_time(slots[i].expect("a row of H has a slot"));
+            obs[i].sigma * (1.0 + g * t).sqrt()
+        };
+        let sigma: Vec<f64> = h.rows.iter().map(|&i| slot_sigma(i)).collect();
         let problem = Problem { h: &h, y: &y, sigma: &sigma, hxb: &hxb };
         let params = self.options.solver();
         let (w, dx, info) = {
@@ -819,7 +830,7 @@ impl Analyser {
         for r in 0..h.nrows() {
             let o = &obs[h.rows[r]];
             let s = &mut slot_stats[slots[h.rows[r]].expect("a row of H has a slot")];
-            let (b, a) = ((o.value - hxb[r]) / o.sigma, (o.value - hxa[r]) / o.sigma);
+            let (b, a) = ((o.value - hxb[r]) / sigma[r], (o.value - hxa[r]) / sigma[r]);
             s.n_used += 1;
             s.jo_b += 0.5 * b * b;
             s.jo_a += 0.5 * a * a;

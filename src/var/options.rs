@@ -21,6 +21,7 @@
 //! b_operator = "latent"        # B operator served to hosts (lda_bsqrt, ...): "latent", "hybrid" or "static"
 //! window_hours = 12.0          # l4dvar: window [0, window_hours] (default: the slots up to the latest observation)
 //! slot_hours = 6.0             # l4dvar: observation slot width (default: the step model's time step)
+//! error_growth_per_hour = 0.0  # l4dvar: observation error variance x (1 + g t) at slot time t (step-model error)
 //! verbosity = 0                # 0 quiet, 1 iteration lines on stderr
 //! ```
 
@@ -183,6 +184,9 @@ pub struct Options {
     pub window_hours: Option<f64>,
     /// l4dvar: width of the observation time slots, a multiple of the step model's time step (default: the step).
     pub slot_hours: Option<f64>,
+    /// l4dvar: the observation error variance of slot time t (hours) is sigma^2 (1 + g t): a simple account of the
+    /// error of the step model's TL in carrying increments to later slots (0: none).
+    pub error_growth_per_hour: f64,
     /// 0 quiet, 1 iteration lines on stderr.
     pub verbosity: u32,
 }
@@ -210,6 +214,7 @@ impl Default for Options {
             latent_increment: "nonlinear".into(),
             window_hours: None,
             slot_hours: None,
+            error_growth_per_hour: 0.0,
             verbosity: 0,
         }
     }
@@ -274,6 +279,9 @@ impl Options {
                     return Err(Error::arg(format!("{name} = {v} must be finite and > 0 (window_hours may be 0)")));
                 }
             }
+        }
+        if !(self.error_growth_per_hour.is_finite() && self.error_growth_per_hour >= 0.0) {
+            return Err(Error::arg(format!("error_growth_per_hour = {} must be finite and >= 0", self.error_growth_per_hour)));
         }
         if self.threads == 0 {
             return Err(Error::arg("threads must be >= 1"));

@@ -95,7 +95,7 @@ pub struct SlotStats {
     pub omb_rms_normalised: f64,
     /// RMS of (O-A)/sigma.
     pub oma_rms_normalised: f64,
-    /// J_o of the slot at the background: 1/2 sum ((O-B)/sigma)^2.
+    /// J_o of the slot at the background: 1/2 sum ((O-B)/sigma)^2 (sigma inflated by `error_growth_per_hour`).
     pub jo_b: f64,
     /// J_o of the slot at the analysis.
     pub jo_a: f64,
