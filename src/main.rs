@@ -85,7 +85,7 @@ impl Common {
                 "latent-increment" => o.latent_increment = v.clone(),
                 "window-hours" => o.window_hours = Some(num(v)?),
                 "slot-hours" => o.slot_hours = Some(num(v)?),
-                "error-growth-per-hour" => o.error_growth_per_hour = num(v)?,
+                "error-growth-per-hour" => o.error_growth_per_hour = Some(num(v)?),
                 "verbose" => o.verbosity = 1,
                 _ => unreachable!("flag --{flag} is recorded by parse_common"),
             }

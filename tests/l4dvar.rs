@@ -332,6 +332,24 @@ fn error_growth_inflates_later_slots() {
     }
     assert!(w1.slots[0].jo_a < w0.slots[0].jo_a, "the analysis fits slot 0 closer when later slots weigh less");
     assert!(Options::from_toml("error_growth_per_hour = -1.0").unwrap_err().message.contains("error_growth_per_hour"));
+    // the bundle's [forecast] table may carry the value for its own step model; an option overrides it, and a host's
+    // step model does not inherit it
+    let dir = copy_fixture("tanh", "l4dvar_growth");
+    let m = std::fs::read_to_string(dir.join("bundle.toml")).unwrap();
+    std::fs::write(dir.join("bundle.toml"), m.replace("[forecast]\n", "[forecast]\nerror_growth_per_hour = 0.5\n")).unwrap();
+    let opts = Options::from_toml("bg_check = 0.0").unwrap();
+    let mut c = Analyser::open(&dir, opts.clone()).unwrap();
+    let r2 = c.analyse(&xb, &obs, Method::L4dvar).unwrap();
+    assert_eq!(r2.report.window.as_ref().unwrap().error_growth_per_hour, 0.5);
+    assert_eq!(r2.analysis, r1.analysis);
+    let mut adv = advection(&c);
+    let r3 = c.analyse_4d(&xb, &obs, OutputMode::Analysis, FourD { backgrounds: vec![], model: Some(&mut adv) }).unwrap();
+    assert_eq!(r3.report.window.as_ref().unwrap().error_growth_per_hour, 0.0);
+    let mut d = Analyser::open(&dir, Options { error_growth_per_hour: Some(0.0), ..opts }).unwrap();
+    assert_eq!(d.analyse(&xb, &obs, Method::L4dvar).unwrap().analysis, r0.analysis);
+    std::fs::write(dir.join("bundle.toml"), m.replace("[forecast]\n", "[forecast]\nerror_growth_per_hour = -1\n")).unwrap();
+    let e = Analyser::open(&dir, Options::default()).unwrap_err();
+    assert!(e.status == Status::Bundle && e.message.contains("forecast.error_growth_per_hour"), "{}", e.message);
 }
 
 #[test]

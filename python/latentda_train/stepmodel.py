@@ -382,7 +382,7 @@ def cmd_skill(a):
 
 
 # ---- bundle -----------------------------------------------------------------------------------------------
-def add_forecast(bundle_dir, graphs_dir, dt_hours=DT_HOURS, space="latent", note=""):
+def add_forecast(bundle_dir, graphs_dir, dt_hours=DT_HOURS, space="latent", note="", error_growth=None):
     """Adds the [forecast] table, the three graphs and their SHA-256 checksums to the bundle in `bundle_dir`
     (in place). A bundle that already has a [forecast] table is refused."""
     import tomllib
@@ -396,6 +396,8 @@ def add_forecast(bundle_dir, graphs_dir, dt_hours=DT_HOURS, space="latent", note
              'step = "step.onnx"', 'step_tl = "step_tl.onnx"', 'step_ad = "step_ad.onnx"']
     if note:
         table.append(f"description = {json.dumps(note)}")
+    if error_growth is not None:
+        table.append(f"error_growth_per_hour = {float(error_growth)!r}")
     from .bundle import sha256
     sums = [f'"{k}.onnx" = "{sha256(os.path.join(bundle_dir, k + ".onnx"))}"' for k in GRAPHS]
     lines = text.rstrip("\n").split("\n")
@@ -429,7 +431,11 @@ def cmd_bundle(a):
     note = (f"latent step model F(z) = z + ds G((z - zm)/zs, P), {sum(v.numel() for k, v in ck['state_dict'].items() if k.startswith('net.'))}"
             f" parameters, {ck['steps']} Adam steps on days 0-{ck['train_days'] - 1} of the nature run encoded with"
             f" this bundle's encoder (latentda_train.stepmodel)")
-    add_forecast(a.dest, a.graphs or os.path.join(a.work, "graphs"), ck.get("dt_hours", DT_HOURS), "latent", note)
+    if a.error_growth is not None:
+        note += (f"; error_growth_per_hour {a.error_growth} chosen on training-period 4D cases"
+                 f" (latentda-stepmodel validate --launches 240:330:18)")
+    add_forecast(a.dest, a.graphs or os.path.join(a.work, "graphs"), ck.get("dt_hours", DT_HOURS), "latent", note,
+                 a.error_growth)
     print(f"added [forecast] to {a.dest}")
 
 
@@ -642,6 +648,7 @@ def main(argv=None):
     p.set_defaults(func=cmd_window)
     p = common(sub.add_parser("bundle"))
     p.add_argument("--dest", required=True, help="copy of --bundle that gets the [forecast] table")
+    p.add_argument("--error-growth", type=float, default=None, help="[forecast] error_growth_per_hour")
     p.add_argument("--ckpt")
     p.add_argument("--graphs")
     p.set_defaults(func=cmd_bundle)

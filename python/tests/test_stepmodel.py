@@ -80,10 +80,10 @@ def test_add_forecast_table(tmp_path):
                                    + '"\n\n[provenance]\ncreated = "x"\n')
     for k in S.GRAPHS:
         (g / f"{k}.onnx").write_bytes(k.encode() * 3)
-    S.add_forecast(str(b), str(g), 6.0, "latent", 'trained "here"')
+    S.add_forecast(str(b), str(g), 6.0, "latent", 'trained "here"', 0.2)
     m = tomllib.loads((b / "bundle.toml").read_text())
     assert m["forecast"] == {"space": "latent", "time_step_hours": 6.0, "step": "step.onnx", "step_tl": "step_tl.onnx",
-                             "step_ad": "step_ad.onnx", "description": 'trained "here"'}
+                             "step_ad": "step_ad.onnx", "description": 'trained "here"', "error_growth_per_hour": 0.2}
     for k in S.GRAPHS:
         assert m["checksums"][f"{k}.onnx"] == hashlib.sha256(k.encode() * 3).hexdigest()
     assert m["checksums"]["encoder.onnx"] == "0" * 64 and m["provenance"]["created"] == "x"

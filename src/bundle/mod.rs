@@ -126,6 +126,8 @@ struct ForecastSection {
     step_ad: String,
     #[serde(default)]
     description: String,
+    #[serde(default)]
+    error_growth_per_hour: Option<f64>,
 }
 
 fn default_step() -> String {
@@ -223,6 +225,8 @@ pub struct ForecastInfo {
     pub time_step_hours: f64,
     /// Free text (what was trained on what).
     pub description: String,
+    /// Default of option `error_growth_per_hour` for this step model (0 when the table has none).
+    pub error_growth_per_hour: f64,
     files: [String; 3],
 }
 
@@ -246,10 +250,15 @@ fn forecast_info(f: &ForecastSection) -> Result<ForecastInfo> {
     for (k, v) in [("step", &f.step), ("step_tl", &f.step_tl), ("step_ad", &f.step_ad)] {
         check_relative(v, &format!("forecast.{k}"))?;
     }
+    let g = f.error_growth_per_hour.unwrap_or(0.0);
+    if !(g.is_finite() && g >= 0.0) {
+        return Err(Error::bundle(format!("forecast.error_growth_per_hour = {g} must be finite and >= 0")));
+    }
     Ok(ForecastInfo {
         space,
         time_step_hours: dt,
         description: f.description.clone(),
+        error_growth_per_hour: g,
         files: [f.step.clone(), f.step_tl.clone(), f.step_ad.clone()],
     })
 }

@@ -708,6 +708,7 @@ impl Analyser {
         let z_b = self.encode_background(x_b)?;
         // The step model: the host's (physical units), else the bundle's (latent, or normalised model space).
         let mut normalised;
+        let host = model.is_some();
         let (m, latent_space): (&mut dyn StepModel, bool) = match (model, self.forecast.as_mut()) {
             (Some(m), _) => (m, false),
             (None, Some(f)) if f.space() == ForecastSpace::Latent => (f as &mut dyn StepModel, true),
@@ -726,6 +727,8 @@ impl Analyser {
             }
         };
         let step_model = format!("{}{}", m.describe(), if latent_space { "" } else { ", physical units" });
+        // the bundle's error growth belongs to its own step model, not to a host's
+        let bundle_growth = if host { 0.0 } else { self.bundle.forecast.as_ref().map_or(0.0, |f| f.error_growth_per_hour) };
         let mut m = Clocked::new(m);
         let o = &self.options;
         let win = Window::new(m.time_step_hours(), o.slot_hours, o.window_hours, obs.iter().map(|o| o.time))?;
@@ -795,7 +798,7 @@ impl Analyser {
         }
         let y: Vec<f64> = h.rows.iter().map(|&i| obs[i].value).collect();
         // error variance sigma^2 (1 + g t_k) at slot time t_k (option error_growth_per_hour)
-        let g = self.options.error_growth_per_hour;
+        let g = self.options.error_growth_per_hour.unwrap_or(bundle_growth);
         let slot_sigma = |i: usize| {
             let t = win.slot_time(slots[i].expect("a row of H has a slot"));
             obs[i].sigma * (1.0 + g * t).sqrt()
@@ -846,6 +849,7 @@ impl Analyser {
             slot_hours: win.slot_hours,
             nslots: win.nslots,
             step_hours: win.step_hours,
+            error_growth_per_hour: g,
             step_model,
             background_trajectory: given.iter().map(|g| if g.is_some() { "host" } else { "step model" }.to_string()).collect(),
             trajectory_bytes: bytes + 8 * nx * win.nslots * 2,

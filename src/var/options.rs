@@ -21,7 +21,8 @@
 //! b_operator = "latent"        # B operator served to hosts (lda_bsqrt, ...): "latent", "hybrid" or "static"
 //! window_hours = 12.0          # l4dvar: window [0, window_hours] (default: the slots up to the latest observation)
 //! slot_hours = 6.0             # l4dvar: observation slot width (default: the step model's time step)
-//! error_growth_per_hour = 0.0  # l4dvar: observation error variance x (1 + g t) at slot time t (step-model error)
+//! error_growth_per_hour = 0.2  # l4dvar: observation error variance x (1 + g t) at slot time t (step-model error;
+//!                              #   default: the bundle's [forecast] value, else 0)
 //! verbosity = 0                # 0 quiet, 1 iteration lines on stderr
 //! ```
 
@@ -185,8 +186,9 @@ pub struct Options {
     /// l4dvar: width of the observation time slots, a multiple of the step model's time step (default: the step).
     pub slot_hours: Option<f64>,
     /// l4dvar: the observation error variance of slot time t (hours) is sigma^2 (1 + g t): a simple account of the
-    /// error of the step model's TL in carrying increments to later slots (0: none).
-    pub error_growth_per_hour: f64,
+    /// error of the step model's TL in carrying increments to later slots (default: the bundle's `[forecast]`
+    /// value for its own step model, else 0).
+    pub error_growth_per_hour: Option<f64>,
     /// 0 quiet, 1 iteration lines on stderr.
     pub verbosity: u32,
 }
@@ -214,7 +216,7 @@ impl Default for Options {
             latent_increment: "nonlinear".into(),
             window_hours: None,
             slot_hours: None,
-            error_growth_per_hour: 0.0,
+            error_growth_per_hour: None,
             verbosity: 0,
         }
     }
@@ -280,8 +282,10 @@ impl Options {
                 }
             }
         }
-        if !(self.error_growth_per_hour.is_finite() && self.error_growth_per_hour >= 0.0) {
-            return Err(Error::arg(format!("error_growth_per_hour = {} must be finite and >= 0", self.error_growth_per_hour)));
+        if let Some(g) = self.error_growth_per_hour {
+            if !(g.is_finite() && g >= 0.0) {
+                return Err(Error::arg(format!("error_growth_per_hour = {g} must be finite and >= 0")));
+            }
         }
         if self.threads == 0 {
             return Err(Error::arg("threads must be >= 1"));

@@ -112,6 +112,8 @@ pub struct WindowInfo {
     pub nslots: usize,
     /// Step-model time step, hours.
     pub step_hours: f64,
+    /// g of the observation error variance sigma^2 (1 + g t) at slot time t (option or bundle `[forecast]`).
+    pub error_growth_per_hour: f64,
     /// The step model used.
     pub step_model: String,
     /// Per slot, where its background came from: "host" (given for the slot) or "step model" (the trajectory
