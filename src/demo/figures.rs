@@ -32,6 +32,7 @@ pub fn method_label(m: Method) -> &'static str {
         Method::Var3d => "3D-Var (static B)",
         Method::L3dvar => "L3DVar (latent B)",
         Method::Hybrid => "hybrid (latent + static B)",
+        Method::L4dvar => "L4DVar (latent B, step model)",
     }
 }
 

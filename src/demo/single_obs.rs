@@ -104,7 +104,7 @@ pub fn run(a: &mut Analyser, x_b: &[f64], method: Method, lon: f64) -> Result<Op
             value: 0.0,
             sigma: SIGMA,
             line: None,
-            malformed: None,
+            time: 0.0,            malformed: None,
         })
         .collect();
     let mut flags = vec![QcFlag::Used; obs.len()];
