@@ -60,6 +60,7 @@ fn random_obs(lay: &Layout, n: usize, rng: &mut Rng) -> Vec<Observation> {
                 value: 0.0,
                 sigma: 1.0,
                 line: None,
+                time: 0.0,
                 malformed: None,
             }
         })

@@ -8,6 +8,7 @@
 !>     call lda_bind_field(ctx, 'u', u, ierr)               ! every bundle variable, once (arrays stay in place)
 !>     iv = lda_var_index(ctx, 't')                         ! identifiers for lda_set_obs
 !>     call lda_set_obs(ctx, var, lat, lon, level, value, sigma, ierr)   ! each cycle
+!>     call lda_set_obs_times(ctx, time_hours, ierr)         ! optional, for method 'l4dvar'
 !>     call lda_analyse(ctx, ierr [, method])               ! each cycle: the analysis overwrites u, t, ...
 !>     call lda_obs_qc(ctx, flags, ierr)                    ! optional diagnostics
 !>     call lda_close(ctx)                                  ! required: releases the context
@@ -25,7 +26,7 @@
 !> Threads: one thread at a time per context; different contexts may be used concurrently.
 module latentda
   use, intrinsic :: iso_c_binding, only: c_ptr, c_null_ptr, c_null_char, c_char, c_int32_t, c_int64_t, &
-       c_size_t, c_float, c_double, c_loc, c_associated, c_f_pointer
+       c_size_t, c_float, c_double, c_loc, c_associated, c_f_pointer, c_funptr, c_funloc, c_null_funptr
   implicit none
   private
 
@@ -34,6 +35,8 @@ module latentda
   public :: lda_last_error, lda_report_json, lda_report_number, lda_version
   public :: lda_control_size, lda_state_size, lda_b_linearise, lda_bsqrt, lda_bsqrt_ad
   public :: lda_bvariance, lda_brandomize
+  public :: lda_set_obs_times, lda_set_step_model, lda_clear_step_model, lda_l4dvar_check
+  public :: lda_step_fn, lda_step_tl_fn, lda_step_ad_fn
 
   ! Status codes (identical to enum LdaStatus in include/latentda.h; a test checks they match).
   integer, parameter, public :: LDA_OK = 0                    !< success
@@ -62,6 +65,7 @@ module latentda
   integer(c_int32_t), parameter, public :: LDA_QC_OUTSIDE_VERTICAL = 3  !< outside the vertical range
   integer(c_int32_t), parameter, public :: LDA_QC_UNKNOWN_VARIABLE = 4  !< not a bundle variable (e.g. id -1)
   integer(c_int32_t), parameter, public :: LDA_QC_BACKGROUND_CHECK = 5  !< failed the background check
+  integer(c_int32_t), parameter, public :: LDA_QC_OUTSIDE_WINDOW = 6    !< l4dvar: time outside the window
 
   integer(c_int32_t), parameter :: ORDER_FORTRAN = 1  ! LDA_ORDER_FORTRAN
 
@@ -80,6 +84,40 @@ module latentda
   interface lda_bind_field
     module procedure lda_bind_field_r4_2, lda_bind_field_r4_3, lda_bind_field_r8_2, lda_bind_field_r8_3
   end interface lda_bind_field
+
+  !> A host step model for method 'l4dvar' (typedefs LdaStepFn, LdaStepTlFn, LdaStepAdFn of the header): one time
+  !> step on physical states in state layout (variables in bundle order, each an (nlon, nlat[, nlev]) block in
+  !> Fortran terms), n = lda_state_size. Write every output value and return 0 (any other value fails the
+  !> analysis with LDA_ERR_BACKEND). user is the pointer given to lda_set_step_model. Implement them as bind(C)
+  !> procedures; they must not call latentda on the same context.
+  abstract interface
+    !> x_next = M(x)
+    integer(c_int32_t) function lda_step_fn(user, n, x, x_next) bind(C)
+      import :: c_ptr, c_size_t, c_double, c_int32_t
+      type(c_ptr), value :: user                     !< the host's context pointer
+      integer(c_size_t), value :: n                  !< state size
+      real(c_double), intent(in) :: x(n)             !< state at t
+      real(c_double), intent(out) :: x_next(n)       !< state at t + time step
+    end function lda_step_fn
+    !> dx_next = M'(x) dx
+    integer(c_int32_t) function lda_step_tl_fn(user, n, x, dx, dx_next) bind(C)
+      import :: c_ptr, c_size_t, c_double, c_int32_t
+      type(c_ptr), value :: user                     !< the host's context pointer
+      integer(c_size_t), value :: n                  !< state size
+      real(c_double), intent(in) :: x(n)             !< linearisation state at t
+      real(c_double), intent(in) :: dx(n)            !< perturbation at t
+      real(c_double), intent(out) :: dx_next(n)      !< perturbation at t + time step
+    end function lda_step_tl_fn
+    !> dx = M'(x)^T dx_next (the exact transpose of the TL)
+    integer(c_int32_t) function lda_step_ad_fn(user, n, x, dx_next, dx) bind(C)
+      import :: c_ptr, c_size_t, c_double, c_int32_t
+      type(c_ptr), value :: user                     !< the host's context pointer
+      integer(c_size_t), value :: n                  !< state size
+      real(c_double), intent(in) :: x(n)             !< linearisation state at t
+      real(c_double), intent(in) :: dx_next(n)       !< adjoint variable at t + time step
+      real(c_double), intent(out) :: dx(n)           !< adjoint variable at t (overwritten, not accumulated)
+    end function lda_step_ad_fn
+  end interface
 
   ! Raw C interfaces, one per function of include/latentda.h (private).
   interface
@@ -213,6 +251,31 @@ module latentda
       real(c_double), intent(inout) :: x_out(*)
       integer(c_size_t), value :: nx
     end function c_lda_brandomize
+
+    integer(c_int32_t) function c_lda_set_obs_times(ctx, n, time_hours) bind(C, name="lda_set_obs_times")
+      import :: c_int32_t, c_size_t, c_double, c_ptr
+      type(c_ptr), value :: ctx
+      integer(c_size_t), value :: n
+      real(c_double), intent(in) :: time_hours(*)
+    end function c_lda_set_obs_times
+
+    integer(c_int32_t) function c_lda_set_step_model(ctx, step, tl, ad, user, time_step_hours) &
+         bind(C, name="lda_set_step_model")
+      import :: c_int32_t, c_double, c_ptr, c_funptr
+      type(c_ptr), value :: ctx
+      type(c_funptr), value :: step, tl, ad
+      type(c_ptr), value :: user
+      real(c_double), value :: time_step_hours
+    end function c_lda_set_step_model
+
+    integer(c_int32_t) function c_lda_l4dvar_check(ctx, nslots, seed, step_dot, chained_dot) &
+         bind(C, name="lda_l4dvar_check")
+      import :: c_int32_t, c_int64_t, c_double, c_ptr
+      type(c_ptr), value :: ctx
+      integer(c_int32_t), value :: nslots
+      integer(c_int64_t), value :: seed
+      real(c_double), intent(out) :: step_dot, chained_dot
+    end function c_lda_l4dvar_check
 
     type(c_ptr) function c_lda_version() bind(C, name="lda_version")
       import :: c_ptr
@@ -463,13 +526,65 @@ contains
     end subroutine mismatch
   end subroutine lda_set_obs
 
+  !> Sets the observation times (hours from the analysis time, the start of the 4D-Var window) of the observations
+  !> set last, in their order. lda_set_obs resets them to 0. Only method 'l4dvar' uses them.
+  subroutine lda_set_obs_times(ctx, time_hours, ierr)
+    type(lda_context), intent(inout) :: ctx          !< open context with observations set
+    real(c_double), intent(in) :: time_hours(:)      !< one time per observation, hours
+    integer, intent(out) :: ierr                     !< LDA_OK, LDA_ERR_INVALID_ARGUMENT (count differs)
+    call clear_error(ctx)
+    ierr = int(c_lda_set_obs_times(ctx%ptr, int(size(time_hours), c_size_t), time_hours))
+  end subroutine lda_set_obs_times
+
+  !> Installs the host's forecast model (bind(C) procedures with the interfaces lda_step_fn, lda_step_tl_fn,
+  !> lda_step_ad_fn) as the step model of method 'l4dvar', replacing the bundle's. The procedures must stay valid
+  !> while installed (module procedures are); user (default: null) is passed to every call.
+  subroutine lda_set_step_model(ctx, step, tl, ad, time_step_hours, ierr, user)
+    type(lda_context), intent(inout) :: ctx          !< open context
+    procedure(lda_step_fn) :: step                   !< x_next = M(x)
+    procedure(lda_step_tl_fn) :: tl                  !< dx_next = M'(x) dx
+    procedure(lda_step_ad_fn) :: ad                  !< dx = M'(x)^T dx_next
+    real(c_double), intent(in) :: time_step_hours    !< time step of one call, hours (> 0)
+    integer, intent(out) :: ierr                     !< LDA_OK, LDA_ERR_INVALID_ARGUMENT (time step)
+    type(c_ptr), intent(in), optional :: user        !< the host's context pointer for the callbacks
+    type(c_ptr) :: u
+    call clear_error(ctx)
+    u = c_null_ptr
+    if (present(user)) u = user
+    ierr = int(c_lda_set_step_model(ctx%ptr, c_funloc(step), c_funloc(tl), c_funloc(ad), u, time_step_hours))
+  end subroutine lda_set_step_model
+
+  !> Removes the host's step model (method 'l4dvar' then uses the bundle's, if any).
+  subroutine lda_clear_step_model(ctx, ierr)
+    type(lda_context), intent(inout) :: ctx          !< open context
+    integer, intent(out) :: ierr                     !< LDA_OK
+    call clear_error(ctx)
+    ierr = int(c_lda_set_step_model(ctx%ptr, c_null_funptr, c_null_funptr, c_null_funptr, c_null_ptr, 1.0_c_double))
+  end subroutine lda_clear_step_model
+
+  !> Adjoint tests of the step model (the host's, else the bundle's) at the bound background: one step, and the
+  !> chained 4D-Var transform (latent B, decoder, nslots - 1 steps). Relative errors; float32 graphs give ~1e-7.
+  subroutine lda_l4dvar_check(ctx, nslots, step_dot, chained_dot, ierr, seed)
+    type(lda_context), intent(inout) :: ctx          !< open context, every field bound
+    integer, intent(in) :: nslots                    !< slots of the chained test (>= 1)
+    real(c_double), intent(out) :: step_dot          !< |<M'dx,u> - <dx,M'^T u>| / max, one step
+    real(c_double), intent(out) :: chained_dot       !< the same for the chained transform
+    integer, intent(out) :: ierr                     !< LDA_OK, LDA_ERR_NOT_READY (no step model, field unbound), ...
+    integer(c_int64_t), intent(in), optional :: seed  !< seed of the random vectors (default 1)
+    integer(c_int64_t) :: s
+    call clear_error(ctx)
+    s = 1_c_int64_t
+    if (present(seed)) s = seed
+    ierr = int(c_lda_l4dvar_check(ctx%ptr, int(nslots, c_int32_t), s, step_dot, chained_dot))
+  end subroutine lda_l4dvar_check
+
   !> Runs an analysis on the bound fields; on success the bound arrays hold the result (option `output`).
   subroutine lda_analyse(ctx, ierr, method)
     type(lda_context), intent(inout) :: ctx          !< open context with every field bound and observations set
     integer, intent(out) :: ierr                     !< LDA_OK, LDA_ERR_NOT_READY (field not bound, no obs),
                                                      !< LDA_ERR_INVALID_DATA (NaN/Inf in a field), LDA_ERR_SOLVER,
                                                      !< LDA_ERR_INVALID_ARGUMENT (method), LDA_ERR_BACKEND
-    character(len=*), intent(in), optional :: method  !< 'l3dvar' or '3dvar' (default: option `method`)
+    character(len=*), intent(in), optional :: method  !< 'l3dvar', '3dvar', 'hybrid' or 'l4dvar' (default: option)
     character(kind=c_char), allocatable, target :: cm(:)
     type(c_ptr) :: mptr
     call clear_error(ctx)

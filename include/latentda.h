@@ -135,6 +135,11 @@ enum LdaQcFlag
    * Rejected: background check |y - H(x_b)| > k sqrt(sigma_o^2 + sigma_b^2) (k: option `bg_check`).
    */
   LDA_QC_BACKGROUND_CHECK = 5,
+  /**
+   * Rejected by method "l4dvar": the observation time (`lda_set_obs_times`) is outside the assimilation window
+   * [0, `window_hours`]. Other methods ignore observation times.
+   */
+  LDA_QC_OUTSIDE_WINDOW = 6,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -185,6 +190,36 @@ typedef int32_t LdaOrder;
  */
 typedef struct LdaContext LdaContext;
 
+/**
+ * One time step of a host's forecast model, for method "l4dvar": `x_next` = M(`x`).
+ *
+ * `user` is the pointer given to `lda_set_step_model`; `n` is `lda_state_size`; `x` holds the state (physical
+ * units, state layout: variables in bundle order, each a C-order (lev, lat, lon) block); the callback writes all `n`
+ * values of `x_next` and returns 0, or any other value to make the analysis fail (`LDA_ERR_BACKEND`). The buffers
+ * belong to latentda and are valid for the call only. The callback must not call latentda functions on the same
+ * context.
+ */
+typedef int32_t (*LdaStepFn)(void *user, size_t n, const double *x, double *x_next);
+
+/**
+ * The tangent-linear of `LdaStepFn` at `x`: `dx_next` = M'(`x`) `dx` (all `n` values written; status as there).
+ */
+typedef int32_t (*LdaStepTlFn)(void *user,
+                               size_t n,
+                               const double *x,
+                               const double *dx,
+                               double *dx_next);
+
+/**
+ * The adjoint of `LdaStepTlFn` at `x`: `dx` = M'(`x`)^T `dx_next` (all `n` values written, not accumulated; status
+ * as there). It must be the exact transpose of the TL in the Euclidean inner product of the state vector.
+ */
+typedef int32_t (*LdaStepAdFn)(void *user,
+                               size_t n,
+                               const double *x,
+                               const double *dx_next,
+                               double *dx);
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -195,12 +230,12 @@ extern "C" {
  * - `bundle_dir`: path of the bundle directory (NUL-terminated UTF-8); must not be NULL.
  * - `options`: NULL or "" for the defaults, or TOML text with any of the keys `backend` ("tract" | "ort"),
  *   `ort_library`, `device` ("cpu" | "cuda:N"), `threads`, `cuda_tf32`, `method` ("l3dvar" | "3dvar" |
- *   "hybrid"), `output` ("analysis" | "increment" | "full_state"), `solver` ("gauss_newton" | "adam"),
+ *   "hybrid" | "l4dvar"), `output` ("analysis" | "increment" | "full_state"), `solver` ("gauss_newton" | "adam"),
  *   `gradient_reduction`, `max_pairs`, `outer_loops`, `max_inner`, `preconditioner` ("ritz" | "none"),
  *   `adam_steps`, `adam_lr`, `bg_check`, `bg_check_samples`, `hybrid_alpha`, `hybrid_beta`, `hybrid_variables`,
  *   `baseline_variance_factor`, `latent_variance_factor`, `latent_increment` ("linear" | "nonlinear"),
- *   `b_operator` ("latent" | "hybrid" | "static"), `verbosity` (one `key = value` per line; see docs/coupling.md).
- *   Unknown keys are an error.
+ *   `b_operator` ("latent" | "hybrid" | "static"), `window_hours`, `slot_hours`, `error_growth_per_hour`,
+ *   `verbosity` (one `key = value` per line; see docs/coupling.md). Unknown keys are an error.
  * - `out`: receives the new context; must not be NULL. It is set to NULL on failure.
  *
  * The strings are only read during the call. The context is owned by the caller and must be released with
@@ -293,11 +328,62 @@ int32_t lda_set_obs(struct LdaContext *ctx,
                     const double *sigma);
 
 /**
+ * Sets the observation times, in hours from the analysis time (the time of the bound background, the start of the
+ * 4D-Var window), of the `n` observations set by the last `lda_set_obs`, in the same order. `n` must equal that
+ * count; `time_hours` holds `n` values, is copied, and must not be NULL.
+ *
+ * `lda_set_obs` resets every time to 0, so call this after it. Only method "l4dvar" uses times (each observation
+ * goes to the nearest time slot of the window; outside [0, `window_hours`] it is flagged
+ * `LDA_QC_OUTSIDE_WINDOW`, a non-finite time `LDA_QC_INVALID`); the other methods treat every observation as valid
+ * at the analysis time.
+ */
+int32_t lda_set_obs_times(struct LdaContext *ctx,
+                          size_t n,
+                          const double *time_hours);
+
+/**
+ * Installs the host's own forecast model as the step model of method "l4dvar" (it replaces the bundle's
+ * `[forecast]` model, if any): the nonlinear step `step`, its tangent-linear `tl` and its adjoint `ad`, each
+ * advancing one time step of `time_step_hours` hours on physical states in state layout (see `LdaStepFn`). So a
+ * centre with its own TL/AD model runs latent 4D-Var with latentda's latent B:
+ *
+ *     x_0(w) = x_b + sd * (D(z_b + s w) - D(z_b)),  x_(j+1) = M(x_j),  J(w) = 1/2 |w|^2 + 1/2 sum_k |R^-1/2 (y_k - H_k x_k)|^2
+ *
+ * `user` is passed to every call (may be NULL). All three callbacks NULL removes the host model; only some NULL is
+ * `LDA_ERR_NULL_POINTER`. The callbacks run inside `lda_analyse` (method "l4dvar") and `lda_l4dvar_check`; each
+ * returns 0 on success, and any other status fails the call cleanly with `LDA_ERR_BACKEND` (bound arrays left
+ * untouched), as does an output value left non-finite. The background at later slot times is the model's
+ * trajectory from the bound background.
+ */
+int32_t lda_set_step_model(struct LdaContext *ctx,
+                           LdaStepFn step,
+                           LdaStepTlFn tl,
+                           LdaStepAdFn ad,
+                           void *user,
+                           double time_step_hours);
+
+/**
+ * Adjoint tests of latent 4D-Var's step model at the bound background: the host's (`lda_set_step_model`), else the
+ * bundle's. `*step_dot_out` receives the relative dot-product error |<M' dx, u> - <dx, M'^T u>| / max of one
+ * step, `*chained_dot_out` that of the whole chained transform w -> [dx_0, ..., dx_K] (latent B, decoder and
+ * `nslots` - 1 model steps) at w = 0; both must not be NULL. latentda's float32 graphs reach about 1e-7; values
+ * above 1e-5 indicate an adjoint that does not match its TL. Every field must be bound. Without any step model:
+ * `LDA_ERR_NOT_READY`.
+ */
+int32_t lda_l4dvar_check(struct LdaContext *ctx,
+                         int32_t nslots,
+                         uint64_t seed,
+                         double *step_dot_out,
+                         double *chained_dot_out);
+
+/**
  * Runs an analysis: reads every bound field as the background x_b, assimilates the observations set by
  * `lda_set_obs`, and on success writes the result into the bound arrays (per option `output`: the analysis, the
  * increment, or the full decoded state). On any failure the bound arrays are left bit-identical.
  *
- * `method`: NULL for the option's default, or "l3dvar" / "3dvar" / "hybrid". Every bundle variable must be bound
+ * `method`: NULL for the option's default, or "l3dvar" / "3dvar" / "hybrid" / "l4dvar" (latent 4D-Var: needs a
+ * step model, the bundle's `[forecast]` or the host's from `lda_set_step_model`, and uses the observation times of
+ * `lda_set_obs_times`; `LDA_ERR_NOT_READY` without a step model). Every bundle variable must be bound
  * (`LDA_ERR_NOT_READY` names the first unbound one) and observations must have been set (`LDA_ERR_NOT_READY`).
  * NaN/Inf in a bound field is `LDA_ERR_INVALID_DATA`. Rejected observations never make the analysis fail; read
  * their flags with `lda_obs_qc` and the diagnostics with `lda_report_json` / `lda_report_number`.

@@ -66,6 +66,7 @@ constexpr int32_t outside_domain = 2;
 constexpr int32_t outside_vertical = 3;
 constexpr int32_t unknown_variable = 4;
 constexpr int32_t background_check = 5;
+constexpr int32_t outside_window = 6;    // method l4dvar: observation time outside the window
 }  // namespace qc
 
 // Memory order of a bound host array.
@@ -219,8 +220,16 @@ class Context {
     });
   }
 
-  // Runs an analysis on the bound background ("l3dvar", "3dvar", "hybrid", or empty for the options' default). On success
-  // the bound arrays receive the result; on any exception they are untouched.
+  // Sets the times (hours from the analysis time, the start of the 4D-Var window) of the observations set last, one
+  // per observation in their order; set_obs resets them to 0. Only method "l4dvar" uses them, with the bundle's step
+  // model (a host's own step model is installed through the C ABI, lda_set_step_model on an LdaContext; this class
+  // does not offer it yet).
+  void set_obs_times(Span<const double> time_hours) {
+    detail::call([&] { get().set_obs_times(detail::in(time_hours)); });
+  }
+
+  // Runs an analysis on the bound background ("l3dvar", "3dvar", "hybrid", "l4dvar", or empty for the options'
+  // default). On success the bound arrays receive the result; on any exception they are untouched.
   void analyse(const std::string& method = "") {
     detail::call([&] { get().analyse(detail::str(method)); });
   }

@@ -1,4 +1,4 @@
-//! The `latentda` command-line tool: `info`, `check`, `analyse`. A thin layer over the library: parse arguments,
+//! The `latentda` command-line tool: `info`, `check`, `analyse`, `demo`. A thin layer over the library: parse arguments,
 //! validate them into ready objects, run, and report any error once, with its cause, at the top.
 
 use std::path::PathBuf;
@@ -8,6 +8,7 @@ use latentda::diag::checks;
 use latentda::bundle::ncio;
 use latentda::obs;
 use latentda::outfile;
+use latentda::var::fourd::FourD;
 use latentda::{Analyser, Method, Options, OutputMode};
 
 const USAGE: &str = "\
@@ -17,7 +18,7 @@ USAGE:
   latentda info <bundle> [--backend tract|ort]
   latentda check <bundle> [--state state.nc] [--backend tract|ort] [--ort-library PATH]
   latentda analyse --bundle B --background bg.nc --obs obs.csv --output an.nc
-                   [--method l3dvar|3dvar|hybrid] [--report report.json] [--truth truth.nc]
+                   [--method l3dvar|3dvar|hybrid|l4dvar] [--report report.json] [--truth truth.nc]
                    [--output-mode analysis|increment|full_state] [--backend tract|ort]
                    [--device cpu|cuda:N] [--ort-library PATH] [--threads N] [--options opts.toml]
                    [--solver gauss_newton|adam] [--max-pairs N] [--outer-loops N] [--max-inner N]
@@ -25,6 +26,13 @@ USAGE:
                    [--hybrid-alpha A] [--hybrid-beta B] [--hybrid-variables q,ps]
                    [--baseline-variance-factor F] [--latent-variance-factor F] [--bg-check-samples N]
                    [--latent-increment nonlinear|linear]
+                   [--window-hours H] [--slot-hours H] [--error-growth-per-hour G] [--background-at HOURS=bg.nc ...]
+  latentda demo <bundle> [--case CASE] [--obs obs.csv] [--output OUTDIR] [options as for analyse but --output-mode]
+                   (3D-Var, L3DVar and hybrid on CASE/background.nc, scored against CASE/truth.nc; CASE
+                   defaults to <bundle>/sample, OUTDIR to ./latentda-demo; prints one table, writes figures)
+
+l4dvar: observation times from the CSV's optional 'time' column (hours from the analysis time of --background);
+--background-at gives the background at a later slot time (repeatable), else the step model makes it.
 
 Exit status: 0 success, 1 error, 2 usage error, 3 success but some input rows were malformed (see report).
 ";
@@ -85,6 +93,9 @@ impl Common {
                 "latent-variance-factor" => o.latent_variance_factor = Some(num(v)?),
                 "bg-check-samples" => o.bg_check_samples = int(v)?,
                 "latent-increment" => o.latent_increment = Some(v.clone()),
+                "window-hours" => o.window_hours = Some(num(v)?),
+                "slot-hours" => o.slot_hours = Some(num(v)?),
+                "error-growth-per-hour" => o.error_growth_per_hour = Some(num(v)?),
                 "verbose" => o.verbosity = 1,
                 _ => unreachable!("flag --{flag} is recorded by parse_common"),
             }
@@ -146,6 +157,9 @@ fn parse_common(common: &mut Common, arg: &Arg, parser: &mut lexopt::Parser) -> 
         "latent-variance-factor" => "latent-variance-factor",
         "bg-check-samples" => "bg-check-samples",
         "latent-increment" => "latent-increment",
+        "window-hours" => "window-hours",
+        "slot-hours" => "slot-hours",
+        "error-growth-per-hour" => "error-growth-per-hour",
         "verbose" => {
             common.flags.push(("verbose", String::new()));
             return Ok(true);
@@ -178,15 +192,26 @@ fn run() -> Result<ExitCode, CliError> {
         }
         Some(a) => return Err(usage(format!("unexpected argument {a:?}"))),
     };
-    if !["info", "check", "analyse", "analyze"].contains(&sub.as_str()) {
+    if !["info", "check", "analyse", "analyze", "demo"].contains(&sub.as_str()) {
         return Err(usage(format!("unknown command '{sub}'")));
     }
     let mut common = Common { options: Options::default(), options_file: None, flags: Vec::new() };
     let mut positional: Vec<String> = Vec::new();
     let mut kv: std::collections::BTreeMap<&'static str, String> = Default::default();
+    let mut backgrounds_at: Vec<(f64, String)> = Vec::new();
     while let Some(arg) = parser.next().map_err(|e| usage(e.to_string()))? {
         let arg = Arg::from(arg);
         if parse_common(&mut common, &arg, &mut parser)? {
+            continue;
+        }
+        if matches!(&arg, Arg::Long(l) if l == "background-at") {
+            if !sub.starts_with("analy") {
+                return Err(usage(format!("--background-at is not an option of '{sub}'")));
+            }
+            let v = value(&mut parser, "background-at")?;
+            let (h, f) = v.split_once('=').ok_or_else(|| usage(format!("--background-at needs HOURS=FILE, got '{v}'")))?;
+            let h: f64 = h.trim().parse().map_err(|_| usage(format!("--background-at: '{h}' is not a number of hours")))?;
+            backgrounds_at.push((h, f.to_string()));
             continue;
         }
         let key: &'static str = match &arg {
@@ -207,6 +232,7 @@ fn run() -> Result<ExitCode, CliError> {
                 "report" => "report",
                 "truth" => "truth",
                 "state" => "state",
+                "case" => "case",
                 "help" => {
                     print!("{USAGE}");
                     return Ok(ExitCode::SUCCESS);
@@ -225,10 +251,15 @@ fn run() -> Result<ExitCode, CliError> {
     let allowed: &[&str] = match sub.as_str() {
         "info" => &[],
         "check" => &["state"],
+        "demo" => &["case", "obs", "output"],
         _ => &["bundle", "background", "obs", "output", "method", "report", "truth"],
     };
     if let Some(k) = kv.keys().find(|k| !allowed.contains(k)) {
         return Err(usage(format!("--{k} is not an option of '{sub}'")));
+    }
+    // The demo runs every method and scores analyses: a method or an output mode would be silently ignored.
+    if sub == "demo" && common.flags.iter().any(|(f, _)| *f == "output-mode") {
+        return Err(usage("--output-mode is not an option of 'demo' (it writes and scores analyses)"));
     }
     if sub.starts_with("analy") && !positional.is_empty() {
         return Err(usage(format!("'{sub}' takes no positional arguments, got {positional:?}")));
@@ -237,7 +268,8 @@ fn run() -> Result<ExitCode, CliError> {
     match sub.as_str() {
         "info" => cmd_info(&positional, &common),
         "check" => cmd_check(&positional, &kv, &common),
-        _ => cmd_analyse(&kv, &common),
+        "demo" => cmd_demo(&positional, &kv, &common),
+        _ => cmd_analyse(&kv, &backgrounds_at, &common),
     }
 }
 
@@ -293,6 +325,15 @@ fn cmd_info(positional: &[String], common: &Common) -> Result<ExitCode, CliError
         b.baseline_variance_factor
     );
     println!("models      encoder, decoder, decoder_tl, decoder_ad: signatures OK ({})", a.ae.info.detail);
+    match &b.forecast {
+        Some(f) => println!(
+            "forecast    {} space, time step {} h: step, step_tl, step_ad signatures OK (method l4dvar){}",
+            f.space.name(),
+            f.time_step_hours,
+            if f.description.is_empty() { String::new() } else { format!("; {}", f.description) }
+        ),
+        None => println!("forecast    none (method l4dvar needs a host step model)"),
+    }
     println!("checksums   {} files verified (SHA-256)", b.checksums.len());
     for (k, v) in &b.provenance {
         println!("provenance  {k}: {v}");
@@ -351,6 +392,31 @@ fn cmd_check(
     let pass = lt.rel < 1e-5;
     ok &= pass;
     println!("latent B^1/2 (U) adjoint test: rel diff {:.2e} (gate 1e-5) {}", lt.rel, if pass { "PASS" } else { "FAIL" });
+    if let Some(fc) = a.forecast_checks(&x_b, None, 3, &eps, 5).map_err(e)? {
+        let pass = fc.step_dot.rel < 1e-5 && fc.chained_dot.rel < 1e-5;
+        ok &= pass;
+        println!(
+            "{}: step TL/AD dot test rel diff {:.2e}, chained 4D TL/AD ({} slots, decoder after step model) {:.2e} (gate 1e-5) {}",
+            fc.step_model,
+            fc.step_dot.rel,
+            fc.nslots,
+            fc.chained_dot.rel,
+            if pass { "PASS" } else { "FAIL" }
+        );
+        println!("Taylor test of the chained 4D TL (direction ~ latent background error):");
+        println!("  {:>8} {:>12} {:>12}", "eps", "ratio", "remainder");
+        for r in &fc.taylor {
+            println!("  {:>8.0e} {:>12.8} {:>12.4e}", r.eps, r.ratio, r.remainder);
+        }
+        let decades = checks::first_order_decades(&fc.taylor);
+        let best = fc.taylor.iter().map(|r| (r.ratio - 1.0).abs()).fold(f64::INFINITY, f64::min);
+        let pass = decades >= 3 && best < 1e-3;
+        ok &= pass;
+        println!(
+            "  remainder falls ~10x per decade over {decades} consecutive decades, best |ratio - 1| = {best:.2e} {}",
+            if pass { "PASS" } else { "FAIL" }
+        );
+    }
     match checks::baseline_bsqrt_dot_test(&a.bundle, &mut a.ae, 4).map_err(e)? {
         Some(bt) => {
             let pass = bt.rel < 1e-10;
@@ -371,7 +437,11 @@ fn cmd_check(
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-fn cmd_analyse(kv: &std::collections::BTreeMap<&'static str, String>, common: &Common) -> Result<ExitCode, CliError> {
+fn cmd_analyse(
+    kv: &std::collections::BTreeMap<&'static str, String>,
+    backgrounds_at: &[(f64, String)],
+    common: &Common,
+) -> Result<ExitCode, CliError> {
     let need = |k: &str| kv.get(k).cloned().ok_or_else(|| usage(format!("analyse: missing --{k}")));
     let (bundle, bg, obs_path, out) = (need("bundle")?, need("background")?, need("obs")?, need("output")?);
     let method = Method::parse(kv.get("method").map(String::as_str).unwrap_or(&common.options.method)).map_err(|e| usage(e.to_string()))?;
@@ -393,7 +463,21 @@ fn cmd_analyse(kv: &std::collections::BTreeMap<&'static str, String>, common: &C
     for p in &problems {
         eprintln!("latentda: warning: {obs_path}: {}", p.message);
     }
-    let mut result = a.analyse_with(&x_b, &observations, method, mode).map_err(|e| e.to_string())?;
+    if !backgrounds_at.is_empty() && method != Method::L4dvar {
+        return Err(usage("--background-at is for method l4dvar"));
+    }
+    let mut result = if method == Method::L4dvar {
+        let states = backgrounds_at
+            .iter()
+            .map(|(h, f)| ncio::read_state(f.as_ref(), &layout).map(|x| (*h, x)))
+            .collect::<latentda::Result<Vec<_>>>()
+            .map_err(|e| e.to_string())?;
+        let fourd = FourD { backgrounds: states.iter().map(|(h, x)| (*h, x.as_slice())).collect(), model: None };
+        a.analyse_4d(&x_b, &observations, mode, fourd)
+    } else {
+        a.analyse_with(&x_b, &observations, method, mode)
+    }
+    .map_err(|e| e.to_string())?;
     result.report.input_problems = problems.clone();
     let title = format!("latentda {} {} of {}", method.name(), mode.name(), bg);
     let units = |v: usize| a.bundle.units(v).to_string();
@@ -418,6 +502,27 @@ fn cmd_analyse(kv: &std::collections::BTreeMap<&'static str, String>, common: &C
     }
     println!("wrote {out}{}", kv.get("report").map(|r| format!(" and {r}")).unwrap_or_default());
     Ok(if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) })
+}
+
+fn cmd_demo(
+    positional: &[String],
+    kv: &std::collections::BTreeMap<&'static str, String>,
+    common: &Common,
+) -> Result<ExitCode, CliError> {
+    let mut cfg = latentda::demo::DemoConfig::new(bundle_arg(positional)?, kv.get("output").map_or("latentda-demo", |s| s.as_str()));
+    cfg.options = common.options.clone();
+    if let Some(c) = kv.get("case") {
+        cfg.case = c.into();
+    }
+    cfg.obs = kv.get("obs").map(Into::into);
+    let demo = latentda::demo::run(&cfg).map_err(|e| e.to_string())?;
+    print!("{}", demo.table());
+    for p in &demo.input_problems {
+        eprintln!("latentda: warning: {}: {}", demo.obs_path.display(), p.message);
+    }
+    println!("figures: {}", demo.figures.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+    println!("output folder: {}", demo.out.canonicalize().unwrap_or(demo.out.clone()).display());
+    Ok(if demo.input_problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) })
 }
 
 fn main() -> ExitCode {

@@ -68,3 +68,26 @@ impl DotTest {
         DotTest { lhs, rhs, rel: if m > 0.0 { (lhs - rhs).abs() / m } else { 0.0 } }
     }
 }
+
+/// Adjoint test of a linear map A: R^n -> R^m given by `tl` (v -> A v) and `ad` (u -> A^T u), both run on `ctx`:
+/// |<A v, u> - <v, A^T u>| / max(...) with v random and u = r + (|r| / |A v|) A v, r random (a component along A v,
+/// so the products cannot cancel by chance). Deterministic per seed.
+pub fn adjoint_test<C: ?Sized>(
+    ctx: &mut C,
+    n: usize,
+    m: usize,
+    seed: u64,
+    mut tl: impl FnMut(&mut C, &[f64], &mut [f64]) -> crate::error::Result<()>,
+    mut ad: impl FnMut(&mut C, &[f64], &mut [f64]) -> crate::error::Result<()>,
+) -> crate::error::Result<DotTest> {
+    let mut rng = Rng::new(seed);
+    let v = rng.normals(n);
+    let mut av = vec![0.0; m];
+    tl(ctx, &v, &mut av)?;
+    let r = rng.normals(m);
+    let (nr, na) = (dot(&r, &r).sqrt(), dot(&av, &av).sqrt().max(1e-300));
+    let u: Vec<f64> = r.iter().zip(&av).map(|(r, a)| r + nr / na * a).collect();
+    let mut atu = vec![0.0; n];
+    ad(ctx, &u, &mut atu)?;
+    Ok(DotTest::new(dot(&av, &u), dot(&v, &atu)))
+}

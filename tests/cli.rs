@@ -29,7 +29,8 @@ fn info_and_check_on_a_fixture_bundle() {
     let b = fixture("tanh");
     let (code, out, err) = cli(&["info", b.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
-    for s in ["Gaussian 8 x 16", "u ", "ps", "latent      shape [4, 2, 4] = 32", "signatures OK", "7 files verified"] {
+    let fc = "forecast    latent space, time step 6 h: step, step_tl, step_ad signatures OK";
+    for s in ["Gaussian 8 x 16", "u ", "ps", "latent      shape [4, 2, 4] = 32", "signatures OK", "10 files verified", fc] {
         assert!(out.contains(s), "info output lacks '{s}':\n{out}");
     }
     let state = b.join("sample/background.nc");

@@ -53,6 +53,7 @@ fn obs_operator_adjoint_is_exact_transpose() {
             value: 0.0,
             sigma: 1.0,
             line: None,
+            time: 0.0,
             malformed: None,
         })
         .collect();
@@ -97,6 +98,7 @@ fn obs_operator_is_exact_for_fields_linear_in_lat_lon_and_log_level() {
             value: 0.0,
             sigma: 1.0,
             line: None,
+            time: 0.0,
             malformed: None,
         })
         .collect();
@@ -305,6 +307,7 @@ fn baseline_3dvar_single_observation_increment_is_a_column_of_b() {
         value: xb[p] + innov,
         sigma: sigma_o,
         line: None,
+        time: 0.0,
         malformed: None,
     }];
     let r = a.analyse(&xb, &obs, Method::Var3d).unwrap();
@@ -392,6 +395,7 @@ fn latent_b_spreads_a_temperature_observation_to_the_wind() {
         value: xb[p] + 1.0,
         sigma: 0.5,
         line: None,
+        time: 0.0,
         malformed: None,
     }];
     let l = a.analyse(&xb, &obs, Method::L3dvar).unwrap();

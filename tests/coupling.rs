@@ -78,6 +78,7 @@ struct Programs {
     f_static: PathBuf,
     f_shared: PathBuf,
     f_errors: PathBuf,
+    f_l4dvar: PathBuf,
 }
 
 fn build() -> Result<Programs, String> {
@@ -103,6 +104,7 @@ fn build() -> Result<Programs, String> {
         f_static: dir.join("driver_f_static"),
         f_shared: dir.join("driver_f_shared"),
         f_errors: dir.join("errors_f"),
+        f_l4dvar: dir.join("l4dvar_f"),
         dir,
     };
     let driver_c = root().join("examples/c/driver.c");
@@ -139,6 +141,10 @@ fn build() -> Result<Programs, String> {
     run_ok(&mut c)?;
     let mut c = Command::new("gfortran");
     c.args(F_FLAGS).arg(&jdir).arg(&modobj).arg(root().join("tests/coupling/errors.f90")).arg("-o").arg(&p.f_errors);
+    stat(&mut c);
+    run_ok(&mut c)?;
+    let mut c = Command::new("gfortran");
+    c.args(F_FLAGS).arg(&jdir).arg(&modobj).arg(root().join("examples/fortran/l4dvar_callbacks.f90")).arg("-o").arg(&p.f_l4dvar);
     stat(&mut c);
     run_ok(&mut c)?;
     Ok(p)
@@ -256,7 +262,7 @@ fn status_codes_qc_flags_and_orders_agree_in_every_copy() {
         })
         .collect();
     let orders = [("LDA_ORDER_C", ffi::LDA_ORDER_C, "C"), ("LDA_ORDER_FORTRAN", ffi::LDA_ORDER_FORTRAN, "Fortran")];
-    assert_eq!((statuses.len(), flags.len()), (11, 6));
+    assert_eq!((statuses.len(), flags.len()), (11, 7));
     let read = |f: &str| std::fs::read_to_string(root().join(f)).unwrap();
     let (header, hpp, module, docs, readme) =
         (read("include/latentda.h"), read("include/latentda.hpp"), read("fortran/latentda.f90"), read("docs/coupling.md"), read("README.md"));
@@ -369,7 +375,7 @@ fn fortran_sources_compile_cleanly() {
         .output()
         .unwrap();
     assert!(o.status.success(), "module not clean under -Wall -Wextra: {}", show(&o));
-    for f in ["fortran/latentda.f90", "examples/fortran/driver.f90", "tests/coupling/errors.f90"] {
+    for f in ["fortran/latentda.f90", "examples/fortran/driver.f90", "tests/coupling/errors.f90", "examples/fortran/l4dvar_callbacks.f90"] {
         let text = std::fs::read_to_string(root().join(f)).unwrap();
         for (i, l) in text.lines().enumerate() {
             assert!(l.chars().count() <= 132, "{f}:{}: line longer than 132 characters", i + 1);
@@ -625,3 +631,33 @@ fn observation_counts_beyond_memory_are_errors() {
     println!("{out}");
     assert!(o.status.success() && out.contains("PASSED"), "{}", show(&o));
 }
+
+/// Issue 17: a Fortran host gives latentda its own forecast model, TL and AD as bind(C) callbacks
+/// (examples/fortran/l4dvar_callbacks.f90): the adjoint tests of its step (float64) and of the chained 4D transform
+/// pass, latent 4D-Var with its model brings the analysis towards the truth of a twin experiment, and a failing
+/// callback makes lda_analyse fail with LDA_ERR_BACKEND and the fields unchanged.
+#[test]
+fn fortran_step_model_callbacks() {
+    let p = programs();
+    let b = fixture("tanh");
+    let lay = Bundle::open(&b).unwrap().layout;
+    let read = |f: &str| latentda::ncio::read_state(&b.join("sample").join(f), &lay).unwrap();
+    let mut bytes = Vec::new();
+    for n in [lay.grid.nlon(), lay.grid.nlat(), lay.vertical.levels.len()] {
+        bytes.extend((n as i32).to_ne_bytes());
+    }
+    for v in [&lay.grid.lat, &lay.grid.lon, &lay.vertical.levels, &read("background.nc"), &read("truth.nc")] {
+        v.iter().for_each(|x| bytes.extend(x.to_ne_bytes()));
+    }
+    let input = p.dir.join("l4dvar_input.bin");
+    std::fs::write(&input, bytes).unwrap();
+    let o = Command::new(&p.f_l4dvar).arg(&b).arg(&input).output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    eprintln!("{out}");
+    assert!(o.status.success(), "{}", show(&o));
+    for line in ["PASS adjoint tests", "PASS analysis closer to the truth", "PASS failure reported, fields unchanged"] {
+        assert!(out.contains(line), "missing '{line}':\n{out}");
+    }
+    assert!(out.contains("callback 'step' returned status 1"), "{out}");
+}
+

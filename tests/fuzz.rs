@@ -307,6 +307,7 @@ fn open_and_use(dir: &Path) -> Result<bool, TestCaseError> {
         value: xb[lay.var_range(v).start] + 1.0,
         sigma: 1.0,
         line: None,
+        time: 0.0,
         malformed: None,
     };
     let lev = lay.vertical.levels[lay.vertical.levels.len() / 2];

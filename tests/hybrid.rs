@@ -356,6 +356,7 @@ fn check_flags(a: &mut Analyser, xb: &[f64], method: Method, factors: &[f64]) ->
             value: 0.0,
             sigma: 0.3,
             line: None,
+            time: 0.0,
             malformed: None,
         };
         let mut fl = vec![QcFlag::Used];

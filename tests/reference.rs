@@ -149,6 +149,7 @@ fn single_temperature_observations_give_opposite_circulations_in_the_two_hemisph
             value: xb[p] + 1.0,
             sigma: 0.5,
             line: None,
+            time: 0.0,
             malformed: None,
         }];
         for m in [Method::L3dvar, Method::Var3d] {

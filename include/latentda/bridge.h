@@ -974,6 +974,9 @@ struct Context final : public ::rust::Opaque {
   // Sets (copies) the observations.
   void set_obs(::rust::Slice<::std::int32_t const> var, ::rust::Slice<double const> lat, ::rust::Slice<double const> lon, ::rust::Slice<double const> level, ::rust::Slice<double const> value, ::rust::Slice<double const> sigma);
 
+  // Sets the observation times (hours from the analysis time) of the observations set last (method l4dvar).
+  void set_obs_times(::rust::Slice<double const> time_hours);
+
   // Runs an analysis (`method` empty for the option's default); bound arrays are written only on success.
   void analyse(::rust::Str method);
 

@@ -143,24 +143,8 @@ impl BOperator for LatentB {
 
     fn variance(&mut self, ae: &mut Autoencoder) -> Result<&[f64]> {
         if self.variance.is_none() {
-            let (n, m) = (self.control_size(), self.state_len());
-            let mut acc = vec![0.0; m];
-            let mut x = vec![0.0; m];
-            let exact = self.variance_is_exact();
-            let draws = if exact { n } else { self.variance_samples };
-            for i in 0..draws {
-                if exact {
-                    let mut e = vec![0.0; n];
-                    e[i] = 1.0;
-                    self.sqrt(ae, &e, &mut x)?;
-                } else {
-                    self.randomize(ae, i as u64 + 1, &mut x)?;
-                }
-                acc.iter_mut().zip(&x).for_each(|(a, x)| *a += x * x);
-            }
-            if !exact {
-                acc.iter_mut().for_each(|a| *a /= draws as f64);
-            }
+            let (n, m, samples) = (self.control_size(), self.state_len(), self.variance_samples);
+            let (acc, _) = crate::bmat::diag_of_sqrt(n, m, samples, |v, x| self.sqrt(ae, v, x))?;
             self.variance = Some(acc);
         }
         Ok(self.variance.as_deref().expect("computed above"))

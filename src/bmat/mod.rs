@@ -11,7 +11,7 @@ pub mod static_b;
 
 use crate::error::{Error, Result};
 use crate::model::autoencoder::Autoencoder;
-use crate::numeric::{dot, DotTest, Rng};
+use crate::numeric::{adjoint_test, DotTest, Rng};
 
 /// Checks a vector length, naming the vector.
 pub(crate) fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
@@ -19,6 +19,36 @@ pub(crate) fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
         return Err(Error::arg(format!("{what} has length {got}, expected {want}")));
     }
     Ok(())
+}
+
+/// diag(U U^T) of a square root U: R^n -> R^m given by `sqrt` (v, x = U v): exact from the n columns U e_k when
+/// n <= `samples`, else the randomised estimate 1/N sum_i (U xi_i)^2 over N = `samples` draws xi_i ~ N(0, I) from
+/// seeds 1..=N (relative standard error of each variance sqrt(2/N)). Returns the variance and whether it is exact.
+pub fn diag_of_sqrt(
+    n: usize,
+    m: usize,
+    samples: usize,
+    mut sqrt: impl FnMut(&[f64], &mut [f64]) -> Result<()>,
+) -> Result<(Vec<f64>, bool)> {
+    let mut acc = vec![0.0; m];
+    let mut x = vec![0.0; m];
+    let exact = n <= samples;
+    let draws = if exact { n } else { samples };
+    let mut e = vec![0.0; n];
+    for i in 0..draws {
+        if exact {
+            e.iter_mut().for_each(|v| *v = 0.0);
+            e[i] = 1.0;
+        } else {
+            e = Rng::new(i as u64 + 1).normals(n);
+        }
+        sqrt(&e, &mut x)?;
+        acc.iter_mut().zip(&x).for_each(|(a, x)| *a += x * x);
+    }
+    if !exact {
+        acc.iter_mut().for_each(|a| *a /= draws as f64);
+    }
+    Ok((acc, exact))
 }
 
 /// A background-error covariance B = U U^T given by its square root U: control vector v (length
@@ -54,16 +84,9 @@ pub trait BOperator {
     /// component along U v, so the products cannot cancel by chance).
     fn sqrt_test(&mut self, ae: &mut Autoencoder, seed: u64) -> Result<DotTest> {
         let (n, m) = (self.control_size(), self.state_len());
-        let mut rng = Rng::new(seed);
-        let v = rng.normals(n);
-        let mut uv = vec![0.0; m];
-        self.sqrt(ae, &v, &mut uv)?;
-        let r = rng.normals(m);
-        let (nr, nu) = (dot(&r, &r).sqrt(), dot(&uv, &uv).sqrt().max(1e-300));
-        let x: Vec<f64> = r.iter().zip(&uv).map(|(r, u)| r + nr / nu * u).collect();
-        let mut utx = vec![0.0; n];
-        self.sqrt_ad(ae, &x, &mut utx)?;
-        Ok(DotTest::new(dot(&uv, &x), dot(&v, &utx)))
+        let sqrt = |(b, ae): &mut (&mut Self, &mut Autoencoder), v: &[f64], x: &mut [f64]| b.sqrt(ae, v, x);
+        let sqrt_ad = |(b, ae): &mut (&mut Self, &mut Autoencoder), x: &[f64], v: &mut [f64]| b.sqrt_ad(ae, x, v);
+        adjoint_test(&mut (self, ae), n, m, seed, sqrt, sqrt_ad)
     }
 }
 

@@ -39,6 +39,8 @@ struct Manifest {
     statistics: StatisticsSection,
     #[serde(default)]
     hybrid: Option<HybridSection>,
+    #[serde(default)]
+    forecast: Option<ForecastSection>,
     checksums: BTreeMap<String, String>,
     #[serde(default)]
     provenance: BTreeMap<String, toml::Value>,
@@ -113,6 +115,34 @@ struct HybridSection {
     variables: Option<Vec<String>>,
 }
 
+/// `[forecast]`: the step model of latent 4D-Var (optional).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ForecastSection {
+    space: String,
+    time_step_hours: f64,
+    #[serde(default = "default_step")]
+    step: String,
+    #[serde(default = "default_step_tl")]
+    step_tl: String,
+    #[serde(default = "default_step_ad")]
+    step_ad: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    error_growth_per_hour: Option<f64>,
+}
+
+fn default_step() -> String {
+    "step.onnx".into()
+}
+fn default_step_tl() -> String {
+    "step_tl.onnx".into()
+}
+fn default_step_ad() -> String {
+    "step_ad.onnx".into()
+}
+
 impl Default for StatisticsSection {
     fn default() -> Self {
         // `baseline` absent means: use DEFAULT_BASELINE if the bundle has it. Named explicitly, it is required.
@@ -157,6 +187,83 @@ impl ModelRole {
             ModelRole::DecoderAd => "decoder_ad",
         }
     }
+}
+
+/// The space a bundle's step model works in (`[forecast] space`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForecastSpace {
+    /// z_t -> z_{t+dt} on the latent tensor (graphs `z -> z_next`, `(z, dz) -> dz_next`, `(z, dz_next) -> dz`).
+    Latent,
+    /// Normalised model state xn_t -> xn_{t+dt} (graphs `x -> x_next`, `(x, dx) -> dx_next`, `(x, dx_next) -> dx`).
+    Model,
+}
+
+impl ForecastSpace {
+    /// Name used in the manifest and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            ForecastSpace::Latent => "latent",
+            ForecastSpace::Model => "model",
+        }
+    }
+}
+
+/// Which of the three step-model graphs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepRole {
+    /// The step model itself.
+    Step,
+    /// Its tangent-linear.
+    StepTl,
+    /// Its adjoint.
+    StepAd,
+}
+
+/// The bundle's step model (`[forecast]`), for latent 4D-Var.
+#[derive(Debug, Clone)]
+pub struct ForecastInfo {
+    /// Latent or (normalised) model space.
+    pub space: ForecastSpace,
+    /// Time step of one application, hours.
+    pub time_step_hours: f64,
+    /// Free text (what was trained on what).
+    pub description: String,
+    /// Default of option `error_growth_per_hour` for this step model (0 when the table has none).
+    pub error_growth_per_hour: f64,
+    files: [String; 3],
+}
+
+impl ForecastInfo {
+    /// File name of one of the three graphs.
+    pub fn file(&self, role: StepRole) -> &str {
+        &self.files[role as usize]
+    }
+}
+
+fn forecast_info(f: &ForecastSection) -> Result<ForecastInfo> {
+    let space = match f.space.as_str() {
+        "latent" => ForecastSpace::Latent,
+        "model" => ForecastSpace::Model,
+        s => return Err(Error::bundle(format!("forecast.space = '{s}', expected 'latent' or 'model'"))),
+    };
+    let dt = f.time_step_hours;
+    if !(dt.is_finite() && dt > 0.0) {
+        return Err(Error::bundle(format!("forecast.time_step_hours = {dt} must be finite and > 0")));
+    }
+    for (k, v) in [("step", &f.step), ("step_tl", &f.step_tl), ("step_ad", &f.step_ad)] {
+        check_relative(v, &format!("forecast.{k}"))?;
+    }
+    let g = f.error_growth_per_hour.unwrap_or(0.0);
+    if !(g.is_finite() && g >= 0.0) {
+        return Err(Error::bundle(format!("forecast.error_growth_per_hour = {g} must be finite and >= 0")));
+    }
+    Ok(ForecastInfo {
+        space,
+        time_step_hours: dt,
+        description: f.description.clone(),
+        error_growth_per_hour: g,
+        files: [f.step.clone(), f.step_tl.clone(), f.step_ad.clone()],
+    })
 }
 
 /// Model-space background-error statistics for the 3D-Var baseline.
@@ -206,6 +313,8 @@ pub struct Bundle {
     pub baseline_variance_factor: f64,
     /// Hybrid B defaults (`[hybrid]`).
     pub hybrid: HybridDefaults,
+    /// The step model of latent 4D-Var (`[forecast]`), if the bundle has one.
+    pub forecast: Option<ForecastInfo>,
     /// Provenance entries as strings.
     pub provenance: BTreeMap<String, String>,
     /// Checksums as declared (file -> hex).
@@ -380,6 +489,7 @@ impl Bundle {
             }
         }
         let hybrid = hybrid_defaults(m.hybrid.as_ref(), &layout).map_err(|e| e.context(&mp))?;
+        let forecast = m.forecast.as_ref().map(forecast_info).transpose().map_err(|e| e.context(&mp))?;
         let baseline_variance_factor = m.statistics.baseline_variance_factor.unwrap_or(1.0);
         if !(baseline_variance_factor.is_finite() && baseline_variance_factor > 0.0) {
             return Err(Error::bundle(format!(
@@ -397,6 +507,7 @@ impl Bundle {
             baseline: None,
             baseline_variance_factor,
             hybrid,
+            forecast,
             provenance: m
                 .provenance
                 .iter()
@@ -411,6 +522,9 @@ impl Bundle {
         };
         // Every file the bundle uses must be present and match its checksum.
         for f in models.iter() {
+            bundle.read_verified(f)?;
+        }
+        for f in bundle.forecast.iter().flat_map(|f| f.files.iter()) {
             bundle.read_verified(f)?;
         }
         let norm = bundle.verified_path(&m.statistics.normalisation)?;
@@ -500,6 +614,11 @@ impl Bundle {
     /// Verified bytes of one ONNX graph.
     pub fn model_bytes(&self, role: ModelRole) -> Result<Vec<u8>> {
         self.read_verified(self.model_file(role))
+    }
+
+    /// Verified bytes of one step-model graph (`None` without a `[forecast]` table).
+    pub fn step_bytes(&self, role: StepRole) -> Option<Result<Vec<u8>>> {
+        self.forecast.as_ref().map(|f| self.read_verified(f.file(role)))
     }
 
     /// File name of one ONNX graph.

@@ -47,6 +47,8 @@ mod ffi {
             value: &[f64],
             sigma: &[f64],
         ) -> Result<()>;
+        /// Sets the observation times (hours from the analysis time) of the observations set last (method l4dvar).
+        fn set_obs_times(self: &mut Context, time_hours: &[f64]) -> Result<()>;
         /// Runs an analysis (`method` empty for the option's default); bound arrays are written only on success.
         fn analyse(self: &mut Context, method: &str) -> Result<()>;
         /// QC flags of the last successful analysis.
@@ -180,6 +182,10 @@ impl Context {
     #[allow(clippy::too_many_arguments)]
     fn set_obs(&mut self, var: &[i32], lat: &[f64], lon: &[f64], level: &[f64], value: &[f64], sigma: &[f64]) -> BridgeResult<()> {
         guard_ctx(&self.failed, || self.host.set_obs(var, lat, lon, level, value, sigma))
+    }
+
+    fn set_obs_times(&mut self, time_hours: &[f64]) -> BridgeResult<()> {
+        guard_ctx(&self.failed, || self.host.set_obs_times(time_hours))
     }
 
     fn analyse(&mut self, method: &str) -> BridgeResult<()> {

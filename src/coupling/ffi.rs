@@ -10,11 +10,12 @@
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 
 use std::cell::RefCell;
-use std::ffi::{c_char, CStr, CString};
+use std::ffi::{c_char, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Mutex;
 
 use crate::error::{Error, Result, Status};
+use crate::coupling::callbacks::HostStep;
 use crate::coupling::host::{HostContext, HostData};
 
 /// Status codes: every latentda function except `lda_last_error` and `lda_version` returns an `int32_t` holding one
@@ -79,6 +80,9 @@ pub enum LdaQcFlag {
     LDA_QC_UNKNOWN_VARIABLE = 4,
     /// Rejected: background check |y - H(x_b)| > k sqrt(sigma_o^2 + sigma_b^2) (k: option `bg_check`).
     LDA_QC_BACKGROUND_CHECK = 5,
+    /// Rejected by method "l4dvar": the observation time (`lda_set_obs_times`) is outside the assimilation window
+    /// [0, `window_hours`]. Other methods ignore observation times.
+    LDA_QC_OUTSIDE_WINDOW = 6,
 }
 
 /// Memory order of a bound host array (the `order` argument of `lda_bind_field_f32`/`_f64`, an `int32_t`).
@@ -129,6 +133,8 @@ pub const LDA_QC_OUTSIDE_VERTICAL: i32 = LdaQcFlag::LDA_QC_OUTSIDE_VERTICAL as i
 pub const LDA_QC_UNKNOWN_VARIABLE: i32 = LdaQcFlag::LDA_QC_UNKNOWN_VARIABLE as i32;
 /// See [`LdaQcFlag::LDA_QC_BACKGROUND_CHECK`].
 pub const LDA_QC_BACKGROUND_CHECK: i32 = LdaQcFlag::LDA_QC_BACKGROUND_CHECK as i32;
+/// See [`LdaQcFlag::LDA_QC_OUTSIDE_WINDOW`].
+pub const LDA_QC_OUTSIDE_WINDOW: i32 = LdaQcFlag::LDA_QC_OUTSIDE_WINDOW as i32;
 /// See [`LdaOrder::LDA_ORDER_C`].
 pub const LDA_ORDER_C: i32 = LdaOrder::LDA_ORDER_C as i32;
 /// See [`LdaOrder::LDA_ORDER_FORTRAN`].
@@ -150,13 +156,14 @@ const _: () = {
     assert!(LdaStatus::LDA_ERR_SOLVER as i32 == Status::Solver as i32);
     assert!(LdaStatus::LDA_ERR_INTERNAL as i32 == Status::Internal as i32);
     assert!(LdaStatus::LDA_ERR_BUFFER_TOO_SMALL as i32 == Status::BufferTooSmall as i32);
-    assert!(Status::ALL.len() == 11 && QcFlag::ALL.len() == 6);
+    assert!(Status::ALL.len() == 11 && QcFlag::ALL.len() == 7);
     assert!(LdaQcFlag::LDA_QC_USED as i32 == QcFlag::Used as i32);
     assert!(LdaQcFlag::LDA_QC_INVALID as i32 == QcFlag::Invalid as i32);
     assert!(LdaQcFlag::LDA_QC_OUTSIDE_DOMAIN as i32 == QcFlag::OutsideDomain as i32);
     assert!(LdaQcFlag::LDA_QC_OUTSIDE_VERTICAL as i32 == QcFlag::OutsideVertical as i32);
     assert!(LdaQcFlag::LDA_QC_UNKNOWN_VARIABLE as i32 == QcFlag::UnknownVariable as i32);
     assert!(LdaQcFlag::LDA_QC_BACKGROUND_CHECK as i32 == QcFlag::BackgroundCheck as i32);
+    assert!(LdaQcFlag::LDA_QC_OUTSIDE_WINDOW as i32 == QcFlag::OutsideWindow as i32);
     assert!(LdaOrder::LDA_ORDER_C as i32 == ORDER_C && LdaOrder::LDA_ORDER_FORTRAN as i32 == ORDER_FORTRAN);
 };
 
@@ -188,6 +195,7 @@ impl From<crate::obs::QcFlag> for LdaQcFlag {
             Q::OutsideVertical => LdaQcFlag::LDA_QC_OUTSIDE_VERTICAL,
             Q::UnknownVariable => LdaQcFlag::LDA_QC_UNKNOWN_VARIABLE,
             Q::BackgroundCheck => LdaQcFlag::LDA_QC_BACKGROUND_CHECK,
+            Q::OutsideWindow => LdaQcFlag::LDA_QC_OUTSIDE_WINDOW,
         }
     }
 }
@@ -285,12 +293,12 @@ unsafe fn c_str<'a>(p: *const c_char, what: &str) -> Result<&'a str> {
 /// - `bundle_dir`: path of the bundle directory (NUL-terminated UTF-8); must not be NULL.
 /// - `options`: NULL or "" for the defaults, or TOML text with any of the keys `backend` ("tract" | "ort"),
 ///   `ort_library`, `device` ("cpu" | "cuda:N"), `threads`, `cuda_tf32`, `method` ("l3dvar" | "3dvar" |
-///   "hybrid"), `output` ("analysis" | "increment" | "full_state"), `solver` ("gauss_newton" | "adam"),
+///   "hybrid" | "l4dvar"), `output` ("analysis" | "increment" | "full_state"), `solver` ("gauss_newton" | "adam"),
 ///   `gradient_reduction`, `max_pairs`, `outer_loops`, `max_inner`, `preconditioner` ("ritz" | "none"),
 ///   `adam_steps`, `adam_lr`, `bg_check`, `bg_check_samples`, `hybrid_alpha`, `hybrid_beta`, `hybrid_variables`,
 ///   `baseline_variance_factor`, `latent_variance_factor`, `latent_increment` ("linear" | "nonlinear"),
-///   `b_operator` ("latent" | "hybrid" | "static"), `verbosity` (one `key = value` per line; see docs/coupling.md).
-///   Unknown keys are an error.
+///   `b_operator` ("latent" | "hybrid" | "static"), `window_hours`, `slot_hours`, `error_growth_per_hour`,
+///   `verbosity` (one `key = value` per line; see docs/coupling.md). Unknown keys are an error.
 /// - `out`: receives the new context; must not be NULL. It is set to NULL on failure.
 ///
 /// The strings are only read during the call. The context is owned by the caller and must be released with
@@ -486,11 +494,120 @@ pub extern "C" fn lda_set_obs(
     })
 }
 
+/// Sets the observation times, in hours from the analysis time (the time of the bound background, the start of the
+/// 4D-Var window), of the `n` observations set by the last `lda_set_obs`, in the same order. `n` must equal that
+/// count; `time_hours` holds `n` values, is copied, and must not be NULL.
+///
+/// `lda_set_obs` resets every time to 0, so call this after it. Only method "l4dvar" uses times (each observation
+/// goes to the nearest time slot of the window; outside [0, `window_hours`] it is flagged
+/// `LDA_QC_OUTSIDE_WINDOW`, a non-finite time `LDA_QC_INVALID`); the other methods treat every observation as valid
+/// at the analysis time.
+#[no_mangle]
+pub extern "C" fn lda_set_obs_times(ctx: *mut LdaContext, n: usize, time_hours: *const f64) -> i32 {
+    with_ctx(ctx, |inner| {
+        if n != inner.n_obs() {
+            return Err(Error::arg(format!("lda_set_obs_times: n = {n}, but {} observations are set", inner.n_obs())));
+        }
+        if time_hours.is_null() {
+            return Err(null("time_hours"));
+        }
+        // SAFETY: time_hours holds n values (contract); copied before use.
+        let t = unsafe { copy_in(time_hours, n, "time_hours") }?;
+        inner.set_obs_times(&t)
+    })
+}
+
+/// One time step of a host's forecast model, for method "l4dvar": `x_next` = M(`x`).
+///
+/// `user` is the pointer given to `lda_set_step_model`; `n` is `lda_state_size`; `x` holds the state (physical
+/// units, state layout: variables in bundle order, each a C-order (lev, lat, lon) block); the callback writes all `n`
+/// values of `x_next` and returns 0, or any other value to make the analysis fail (`LDA_ERR_BACKEND`). The buffers
+/// belong to latentda and are valid for the call only. The callback must not call latentda functions on the same
+/// context.
+pub type LdaStepFn = Option<unsafe extern "C" fn(user: *mut c_void, n: usize, x: *const f64, x_next: *mut f64) -> i32>;
+
+/// The tangent-linear of `LdaStepFn` at `x`: `dx_next` = M'(`x`) `dx` (all `n` values written; status as there).
+pub type LdaStepTlFn =
+    Option<unsafe extern "C" fn(user: *mut c_void, n: usize, x: *const f64, dx: *const f64, dx_next: *mut f64) -> i32>;
+
+/// The adjoint of `LdaStepTlFn` at `x`: `dx` = M'(`x`)^T `dx_next` (all `n` values written, not accumulated; status
+/// as there). It must be the exact transpose of the TL in the Euclidean inner product of the state vector.
+pub type LdaStepAdFn =
+    Option<unsafe extern "C" fn(user: *mut c_void, n: usize, x: *const f64, dx_next: *const f64, dx: *mut f64) -> i32>;
+
+/// Installs the host's own forecast model as the step model of method "l4dvar" (it replaces the bundle's
+/// `[forecast]` model, if any): the nonlinear step `step`, its tangent-linear `tl` and its adjoint `ad`, each
+/// advancing one time step of `time_step_hours` hours on physical states in state layout (see `LdaStepFn`). So a
+/// centre with its own TL/AD model runs latent 4D-Var with latentda's latent B:
+///
+///     x_0(w) = x_b + sd * (D(z_b + s w) - D(z_b)),  x_(j+1) = M(x_j),  J(w) = 1/2 |w|^2 + 1/2 sum_k |R^-1/2 (y_k - H_k x_k)|^2
+///
+/// `user` is passed to every call (may be NULL). All three callbacks NULL removes the host model; only some NULL is
+/// `LDA_ERR_NULL_POINTER`. The callbacks run inside `lda_analyse` (method "l4dvar") and `lda_l4dvar_check`; each
+/// returns 0 on success, and any other status fails the call cleanly with `LDA_ERR_BACKEND` (bound arrays left
+/// untouched), as does an output value left non-finite. The background at later slot times is the model's
+/// trajectory from the bound background.
+#[no_mangle]
+pub extern "C" fn lda_set_step_model(
+    ctx: *mut LdaContext,
+    step: LdaStepFn,
+    tl: LdaStepTlFn,
+    ad: LdaStepAdFn,
+    user: *mut c_void,
+    time_step_hours: f64,
+) -> i32 {
+    with_ctx(ctx, |inner| {
+        if step.is_none() && tl.is_none() && ad.is_none() {
+            inner.set_step_model(None);
+            return Ok(());
+        }
+        let m = HostStep::new(step, tl, ad, user, inner.state_size(), time_step_hours)?;
+        inner.set_step_model(Some(m));
+        Ok(())
+    })
+}
+
+/// Adjoint tests of latent 4D-Var's step model at the bound background: the host's (`lda_set_step_model`), else the
+/// bundle's. `*step_dot_out` receives the relative dot-product error |<M' dx, u> - <dx, M'^T u>| / max of one
+/// step, `*chained_dot_out` that of the whole chained transform w -> [dx_0, ..., dx_K] (latent B, decoder and
+/// `nslots` - 1 model steps) at w = 0; both must not be NULL. latentda's float32 graphs reach about 1e-7; values
+/// above 1e-5 indicate an adjoint that does not match its TL. Every field must be bound. Without any step model:
+/// `LDA_ERR_NOT_READY`.
+#[no_mangle]
+pub extern "C" fn lda_l4dvar_check(
+    ctx: *mut LdaContext,
+    nslots: i32,
+    seed: u64,
+    step_dot_out: *mut f64,
+    chained_dot_out: *mut f64,
+) -> i32 {
+    with_ctx(ctx, |inner| {
+        if step_dot_out.is_null() {
+            return Err(null("step_dot_out"));
+        }
+        if chained_dot_out.is_null() {
+            return Err(null("chained_dot_out"));
+        }
+        if !(1..=1000).contains(&nslots) {
+            return Err(Error::arg(format!("lda_l4dvar_check: nslots = {nslots} must be in 1..=1000")));
+        }
+        let c = inner.l4dvar_check(nslots as usize, seed)?;
+        // SAFETY: both checked non-null; written last.
+        unsafe {
+            *step_dot_out = c.step_dot.rel;
+            *chained_dot_out = c.chained_dot.rel;
+        }
+        Ok(())
+    })
+}
+
 /// Runs an analysis: reads every bound field as the background x_b, assimilates the observations set by
 /// `lda_set_obs`, and on success writes the result into the bound arrays (per option `output`: the analysis, the
 /// increment, or the full decoded state). On any failure the bound arrays are left bit-identical.
 ///
-/// `method`: NULL for the option's default, or "l3dvar" / "3dvar" / "hybrid". Every bundle variable must be bound
+/// `method`: NULL for the option's default, or "l3dvar" / "3dvar" / "hybrid" / "l4dvar" (latent 4D-Var: needs a
+/// step model, the bundle's `[forecast]` or the host's from `lda_set_step_model`, and uses the observation times of
+/// `lda_set_obs_times`; `LDA_ERR_NOT_READY` without a step model). Every bundle variable must be bound
 /// (`LDA_ERR_NOT_READY` names the first unbound one) and observations must have been set (`LDA_ERR_NOT_READY`).
 /// NaN/Inf in a bound field is `LDA_ERR_INVALID_DATA`. Rejected observations never make the analysis fail; read
 /// their flags with `lda_obs_qc` and the diagnostics with `lda_report_json` / `lda_report_number`.

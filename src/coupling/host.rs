@@ -5,10 +5,13 @@
 //! Bound arrays are raw pointers into host memory. They are read at [`HostContext::analyse`] and written only after
 //! the whole analysis succeeded, so a failed call leaves them bit-identical.
 
+use crate::coupling::callbacks::HostStep;
 use crate::error::{Error, Result, Status};
+use crate::model::forecast::StepModel;
 use crate::obs::{Observation, QcFlag};
 use crate::var::analysis::Analyser;
-use crate::var::options::{BKind, Method, Options};
+use crate::var::fourd::{FourD, ForecastChecks};
+use crate::var::options::{BKind, Method, Options, OutputMode};
 
 /// Array order: C (row-major), shape (nlev, nlat, nlon) or (nlat, nlon).
 pub const ORDER_C: i32 = 0;
@@ -52,6 +55,8 @@ pub struct HostContext {
     report: Option<String>,
     /// The host B operator's kind and latent linearisation point (none for the static B), once linearised.
     b_point: Option<(BKind, Option<Vec<f32>>)>,
+    /// The host's own step model for method l4dvar (`lda_set_step_model`).
+    step_model: Option<HostStep>,
 }
 
 // SAFETY: the raw pointers are only dereferenced inside calls on the context, which the host serialises (documented:
@@ -71,7 +76,15 @@ impl HostContext {
         };
         let analyser = Analyser::open(bundle_dir, opts)?;
         let nvar = analyser.bundle.layout.variables.len();
-        Ok(HostContext { analyser, fields: vec![None; nvar], obs: Vec::new(), qc: None, report: None, b_point: None })
+        Ok(HostContext {
+            analyser,
+            fields: vec![None; nvar],
+            obs: Vec::new(),
+            qc: None,
+            report: None,
+            b_point: None,
+            step_model: None,
+        })
     }
 
     /// Identifier of a variable for `set_obs` (0-based position in the bundle).
@@ -195,6 +208,7 @@ impl HostContext {
                     level: Some(level[i]).filter(|_| v.is_some_and(|v| !lay.variables[v].is_surface())),
                     value: value[i],
                     sigma: sigma[i],
+                    time: 0.0,
                     line: None,
                     malformed: None,
                 }
@@ -207,6 +221,37 @@ impl HostContext {
     /// Number of observations set.
     pub fn n_obs(&self) -> usize {
         self.obs.len()
+    }
+
+    /// Sets the times (hours from the analysis time) of the observations set last, in their order; `set_obs`
+    /// resets every time to 0. Non-finite times are flagged `Invalid` by method l4dvar (other methods ignore times).
+    pub fn set_obs_times(&mut self, times: &[f64]) -> Result<()> {
+        if times.len() != self.obs.len() {
+            return Err(Error::arg(format!(
+                "set_obs_times: {} times for {} observations (call set_obs first; one time per observation)",
+                times.len(),
+                self.obs.len()
+            )));
+        }
+        self.obs.iter_mut().zip(times).for_each(|(o, t)| o.time = *t);
+        self.qc = None;
+        Ok(())
+    }
+
+    /// Installs (or, with `None`, removes) the host's step model for method l4dvar.
+    pub fn set_step_model(&mut self, m: Option<HostStep>) {
+        self.step_model = m;
+    }
+
+    /// Adjoint and Taylor tests of the step model (the host's, else the bundle's) and of the chained 4D-Var
+    /// transform over `nslots` slots one step apart, at the bound background.
+    pub fn l4dvar_check(&mut self, nslots: usize, seed: u64) -> Result<ForecastChecks> {
+        let x_b = self.gather()?;
+        let eps: Vec<f64> = (-2..6).map(|k| 10f64.powi(-k)).collect();
+        let model = self.step_model.as_mut().map(|m| m as &mut dyn StepModel);
+        self.analyser.forecast_checks(&x_b, model, nslots, &eps, seed)?.ok_or_else(|| {
+            not_ready("no step model: the bundle has no [forecast] table and the host set none (lda_set_step_model)")
+        })
     }
 
     /// Reads all bound arrays into a state vector (error naming the first unbound field).
@@ -257,7 +302,13 @@ impl HostContext {
         self.qc = None;
         self.report = None;
         let x_b = self.gather()?;
-        let result = self.analyser.analyse(&x_b, &self.obs, m)?;
+        let result = if m == Method::L4dvar {
+            let mode = OutputMode::parse(&self.analyser.options.output)?;
+            let model = self.step_model.as_mut().map(|s| s as &mut dyn StepModel);
+            self.analyser.analyse_4d(&x_b, &self.obs, mode, FourD { backgrounds: Vec::new(), model })?
+        } else {
+            self.analyser.analyse(&x_b, &self.obs, m)?
+        };
         self.scatter(&result.output);
         self.qc = Some(result.qc);
         self.report = Some(result.report.to_json());

@@ -2,6 +2,7 @@
 //! C ABI ([`ffi`](crate::coupling::ffi), header `include/latentda.h`) and the C++ bridge
 //! ([`cxx_bridge`](crate::coupling::cxx_bridge), `include/latentda.hpp`).
 
+pub mod callbacks;
 pub mod cxx_bridge;
 pub mod ffi;
 pub mod host;

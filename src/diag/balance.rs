@@ -72,8 +72,15 @@ pub struct BalanceStats {
     pub method: String,
 }
 
-/// Balance of the increment `x_a - x_b`, or `None` if the bundle lacks u, v, t and z (geopotential).
+/// Balance of the increment `x_a - x_b` over |lat| > 20, or `None` if the bundle lacks u, v, t and z (geopotential).
 pub fn diagnose(layout: &Layout, x_b: &[f64], x_a: &[f64]) -> Option<BalanceStats> {
+    diagnose_where(layout, x_b, x_a, |lat, _| lat.abs() > 20.0)
+}
+
+/// Balance of the increment `x_a - x_b` over the grid points (all levels) where `keep(lat, lon)` holds (near the
+/// equator f vanishes and v_g is meaningless: keep those points out). `None` as for [`diagnose`], or when no point
+/// is kept.
+pub fn diagnose_where(layout: &Layout, x_b: &[f64], x_a: &[f64], keep: impl Fn(f64, f64) -> bool) -> Option<BalanceStats> {
     let (iu, iv, it, iz) = (layout.var_index("u")?, layout.var_index("v")?, layout.var_index("t")?, layout.var_index("z")?);
     let ips = if layout.vertical.kind == VerticalKind::Sigma { Some(layout.var_index("ps")?) } else { None };
     let vars = &layout.variables;
@@ -88,9 +95,9 @@ pub fn diagnose(layout: &Layout, x_b: &[f64], x_a: &[f64]) -> Option<BalanceStat
     let (mut suv, mut sgg, mut sug, mut sdd, mut n) = (0.0, 0.0, 0.0, 0.0, 0usize);
     for k in 0..vars[iz].nlev {
         for p in 0..np {
-            let lat = layout.grid.lat[p / nlon];
+            let (lat, lon) = (layout.grid.lat[p / nlon], layout.grid.lon[p % nlon]);
             let (a, b) = (uga[k * np + p], ugb[k * np + p]);
-            if lat.abs() <= 20.0 || !a.is_finite() || !b.is_finite() {
+            if !keep(lat, lon) || !a.is_finite() || !b.is_finite() {
                 continue;
             }
             let du = x_a[u0 + k * np + p] - x_b[u0 + k * np + p];

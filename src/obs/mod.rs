@@ -29,6 +29,9 @@ pub struct Observation {
     pub value: f64,
     /// Observation error standard deviation.
     pub sigma: f64,
+    /// Observation time, hours from the analysis time (the start of the 4D-Var window); 0 when not given. Only
+    /// method `l4dvar` uses it; the other methods treat every observation as valid at the analysis time.
+    pub time: f64,
     /// CSV line number, when read from a file.
     pub line: Option<usize>,
     /// Why the observation is invalid, if it was malformed on input.
@@ -46,6 +49,7 @@ impl Observation {
             level: None,
             value: f64::NAN,
             sigma: f64::NAN,
+            time: 0.0,
             line: Some(line),
             malformed: None,
         }
@@ -61,8 +65,10 @@ pub struct RowProblem {
     pub message: String,
 }
 
-/// Parses an observation CSV (`var,lat,lon,level,value,sigma`). Every data row becomes one observation, in file
-/// order; malformed rows become `Invalid` observations and are listed with their line numbers.
+/// Parses an observation CSV (`var,lat,lon,level,value,sigma`, optionally followed by a `time` column: hours from
+/// the analysis time; without it every time is 0). Every data row becomes one observation, in file order;
+/// malformed rows (an empty or non-numeric time included) become `Invalid` observations and are listed with their
+/// line numbers.
 pub fn read_csv(path: &Path, layout: &Layout) -> Result<(Vec<Observation>, Vec<RowProblem>)> {
     let bytes = std::fs::read(path)
         .map_err(|e| Error::io(format!("cannot read observation file '{}': {e}", path.display())))?;
@@ -109,12 +115,15 @@ pub fn parse_csv_bytes(bytes: &[u8], layout: &Layout) -> Result<(Vec<Observation
         }
     };
     let cols: Vec<String> = header.1.split(',').map(|s| s.trim().to_ascii_lowercase()).collect();
-    if cols != ["var", "lat", "lon", "level", "value", "sigma"] {
+    const COLS: [&str; 6] = ["var", "lat", "lon", "level", "value", "sigma"];
+    let timed = cols.len() == 7 && cols[6] == "time";
+    if cols[..cols.len().min(6)] != COLS[..] || !(cols.len() == 6 || timed) {
         return Err(Error::data(format!(
-            "line {}: header is '{}', expected 'var,lat,lon,level,value,sigma'",
+            "line {}: header is '{}', expected 'var,lat,lon,level,value,sigma' (optionally followed by ',time')",
             header.0, header.1
         )));
     }
+    let nfields = cols.len();
     let mut obs = Vec::new();
     let mut problems = Vec::new();
     for (line, l) in lines {
@@ -132,8 +141,8 @@ pub fn parse_csv_bytes(bytes: &[u8], layout: &Layout) -> Result<(Vec<Observation
         }
         let f: Vec<&str> = l.split(',').map(|s| s.trim()).collect();
         let mut o = Observation::row(line, f.first().unwrap_or(&"").to_string());
-        if f.len() != 6 {
-            let msg = format!("line {line}: expected 6 fields, found {}", f.len());
+        if f.len() != nfields {
+            let msg = format!("line {line}: expected {nfields} fields, found {}", f.len());
             problems.push(RowProblem { line, message: msg.clone() });
             o.malformed = Some(msg);
             obs.push(o);
@@ -149,6 +158,9 @@ pub fn parse_csv_bytes(bytes: &[u8], layout: &Layout) -> Result<(Vec<Observation
             o.level = if f[3].is_empty() { None } else { Some(num(3, "level")?) };
             o.value = num(4, "value")?;
             o.sigma = num(5, "sigma")?;
+            if timed {
+                o.time = num(6, "time")?;
+            }
             Ok(())
         })();
         if let Err(msg) = parsed {

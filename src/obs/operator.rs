@@ -4,6 +4,9 @@
 //! H is linear in the state for fixed observation positions, so it is stored once per analysis as a sparse matrix
 //! with a fixed stride of 8 entries per row (4 horizontal x 2 vertical; surface rows pad with zero weights).
 //! `apply` computes y = H x and `adjoint` accumulates dx += H^T dy, its exact transpose.
+//!
+//! For 4D-Var ([`ObsOperator::try_build_in_window`]) the state is the trajectory [x_0, x_1, ..., x_K] of the time
+//! slots, concatenated: an observation of slot k reads x_k, so H stays one sparse matrix with an exact transpose.
 
 use crate::bundle::grid::Layout;
 use crate::error::{Error, Result};
@@ -84,24 +87,43 @@ impl ObsOperator {
     /// [`crate::obs::sigma_floors`]); an empty `sigma_floor` means no floor. Memory is reserved fallibly: too many
     /// observations is an error, not an abort.
     pub fn try_build(layout: &Layout, obs: &[Observation], flags: &mut [QcFlag], sigma_floor: &[f64]) -> Result<ObsOperator> {
+        Self::try_build_in_window(layout, obs, &[], 1, flags, sigma_floor)
+    }
+
+    /// [`ObsOperator::try_build`] on the concatenated trajectory of `nslots` time slots: observation i reads the
+    /// state of slot `slots[i]`, or is flagged with the slot's error (outside the window, invalid time) when it
+    /// passed the geometric checks. An empty `slots` puts every observation in slot 0.
+    pub fn try_build_in_window(
+        layout: &Layout,
+        obs: &[Observation],
+        slots: &[std::result::Result<usize, QcFlag>],
+        nslots: usize,
+        flags: &mut [QcFlag],
+        sigma_floor: &[f64],
+    ) -> Result<ObsOperator> {
+        let n = layout.state_len();
         let mut op = ObsOperator {
             rows: try_with_capacity(obs.len(), "the observation operator")?,
             idx: try_with_capacity(obs.len().saturating_mul(STRIDE), "the observation operator")?,
             w: try_with_capacity(obs.len().saturating_mul(STRIDE), "the observation operator")?,
-            state_len: layout.state_len(),
+            state_len: n.checked_mul(nslots).ok_or_else(|| Error::arg(format!("{nslots} time slots overflow the state length")))?,
         };
         for (i, o) in obs.iter().enumerate() {
-            match locate(layout, o) {
-                Ok(_) if o.var.and_then(|v| sigma_floor.get(v)).is_some_and(|&f| o.sigma < f) => {
+            match (locate(layout, o), slots.get(i).copied().unwrap_or(Ok(0))) {
+                (Ok(_), _) if o.var.and_then(|v| sigma_floor.get(v)).is_some_and(|&f| o.sigma < f) => {
                     flags[i] = QcFlag::Invalid;
                 }
-                Ok((idx, w)) => {
+                (Ok(_), Err(f)) => flags[i] = f,
+                (Ok(_), Ok(k)) if k >= nslots => {
+                    return Err(Error::arg(format!("observation {i}: time slot {k} of {nslots}")));
+                }
+                (Ok((idx, w)), Ok(k)) => {
                     op.rows.push(i);
-                    op.idx.extend_from_slice(&idx);
+                    op.idx.extend(idx.iter().map(|j| j + k * n));
                     op.w.extend_from_slice(&w);
                     flags[i] = QcFlag::Used;
                 }
-                Err(f) => flags[i] = f,
+                (Err(f), _) => flags[i] = f,
             }
         }
         op.sort_by_location()?;

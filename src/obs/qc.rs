@@ -32,17 +32,20 @@ pub enum QcFlag {
     UnknownVariable = 4,
     /// Failed the background check |y - H(x_b)| > k sqrt(sigma_o^2 + sigma_b^2).
     BackgroundCheck = 5,
+    /// Observation time outside the assimilation window of method `l4dvar` (other methods ignore times).
+    OutsideWindow = 6,
 }
 
 impl QcFlag {
     /// All flags in code order.
-    pub const ALL: [QcFlag; 6] = [
+    pub const ALL: [QcFlag; 7] = [
         QcFlag::Used,
         QcFlag::Invalid,
         QcFlag::OutsideDomain,
         QcFlag::OutsideVertical,
         QcFlag::UnknownVariable,
         QcFlag::BackgroundCheck,
+        QcFlag::OutsideWindow,
     ];
     /// Short name used in reports.
     pub fn name(self) -> &'static str {
@@ -53,6 +56,7 @@ impl QcFlag {
             QcFlag::OutsideVertical => "outside_vertical",
             QcFlag::UnknownVariable => "unknown_variable",
             QcFlag::BackgroundCheck => "background_check",
+            QcFlag::OutsideWindow => "outside_window",
         }
     }
 }

@@ -18,6 +18,7 @@ use crate::bmat::BOperator;
 use crate::bundle::Bundle;
 use crate::error::{Error, Result, Status};
 use crate::model::autoencoder::{encode_state, Autoencoder};
+use crate::model::forecast::OnnxStep;
 use crate::obs::operator::ObsOperator;
 use crate::obs::{qc, Observation, QcFlag};
 use crate::var::control::LatentControl;
@@ -48,6 +49,8 @@ pub struct Analyser {
     pub ae: Autoencoder,
     /// Options in force.
     pub options: Options,
+    /// The bundle's step model (`[forecast]`), for method l4dvar.
+    pub forecast: Option<OnnxStep>,
     cache: BCache,
 }
 
@@ -93,12 +96,14 @@ pub struct Analysis {
 }
 
 impl Analyser {
-    /// Opens and validates the bundle, initialises the backend and loads the four ONNX graphs.
+    /// Opens and validates the bundle, initialises the backend and loads the four ONNX graphs (and the three
+    /// step-model graphs of a `[forecast]` table).
     pub fn open(bundle_dir: impl AsRef<Path>, options: Options) -> Result<Analyser> {
         options.validate()?;
         let bundle = Bundle::open(bundle_dir)?;
         let ae = Autoencoder::load(&bundle, &options.exec()?)?;
-        Ok(Analyser { bundle, ae, options, cache: BCache::default() })
+        let forecast = OnnxStep::load(&bundle, &options.exec()?)?;
+        Ok(Analyser { bundle, ae, options, forecast, cache: BCache::default() })
     }
 
     /// Checks a background state: length and finiteness (the error names variable and index).
@@ -152,7 +157,7 @@ impl Analyser {
 
     /// The latent variances s^2 in force: the bundle's times the option `latent_variance_factor` times `weight` (the
     /// hybrid's alpha, or 1).
-    fn latent_variance(&self, weight: f64) -> Vec<f64> {
+    pub(crate) fn latent_variance(&self, weight: f64) -> Vec<f64> {
         let f = weight * self.options.latent_variance_factor.unwrap_or(1.0);
         self.bundle.latent_variance.iter().map(|v| f * v).collect()
     }
@@ -234,6 +239,9 @@ impl Analyser {
 
     /// Runs one analysis with an explicit output mode.
     pub fn analyse_with(&mut self, x_b: &[f64], obs: &[Observation], method: Method, mode: OutputMode) -> Result<Analysis> {
+        if method == Method::L4dvar {
+            return self.analyse_4d(x_b, obs, mode, crate::var::fourd::FourD::default());
+        }
         let t_start = Instant::now();
         self.check_state(x_b, "background")?;
         self.ae.timings = Default::default();
@@ -297,12 +305,13 @@ impl Analyser {
                 let mut ctrl = Hybrid::new(latent, st, 1.0, hs.beta.sqrt(), lay.state_len());
                 minimise(&mut ctrl, &problem, &params)?
             }
+            Method::L4dvar => unreachable!("method l4dvar is routed to analyse_4d at the top"),
         };
         // J_b per control part: [w] for l3dvar, [v] for 3dvar, [w, v] for the hybrid.
         let jb = |c: &[f64]| 0.5 * c.iter().map(|x| x * x).sum::<f64>();
         let mut jb_parts = std::collections::BTreeMap::new();
         match method {
-            Method::L3dvar => {
+            Method::L3dvar | Method::L4dvar => {
                 jb_parts.insert("latent".to_string(), jb(&w));
             }
             Method::Var3d => {
@@ -323,14 +332,39 @@ impl Analyser {
         let mut hxa = vec![0.0; h.nrows()];
         h.apply(&analysis, &mut hxa);
         h_s += t_h2.elapsed().as_secs_f64();
+        let mut report = self.report_base(method, mode, control_size, obs, &qc, h.nrows())?;
+        report.formulation = if full_state { "full_state".into() } else { "increment".into() };
+        report.jb_parts = jb_parts;
+        report.background_check = bg_info;
+        report.variables = self.variable_stats(obs, &qc, &h, &hxb, &hxa, &dx);
+        report.balance = crate::diag::balance::diagnose(&lay, x_b, &analysis);
+        let output = match mode {
+            OutputMode::Analysis | OutputMode::FullState => analysis.clone(),
+            OutputMode::Increment => dx,
+        };
+        report.timings = self.timings(t_start, h_s, variance_s, n_variance, None);
+        report.solver = Some(info);
+        Ok(Analysis { output, analysis, qc, report })
+    }
+
+    /// The report's common part: versions, method, output mode, backend, control size and QC counts.
+    pub(crate) fn report_base(
+        &self,
+        method: Method,
+        mode: OutputMode,
+        control_size: usize,
+        obs: &[Observation],
+        qc: &[QcFlag],
+        n_used: usize,
+    ) -> Result<Report> {
         let mut report = Report {
             latentda_version: env!("CARGO_PKG_VERSION").into(),
             bundle: self.bundle.name.clone(),
             method: method.name().into(),
             output: mode.name().into(),
-            formulation: if full_state { "full_state".into() } else { "increment".into() },
+            formulation: "increment".into(),
             latent_increment: match method {
-                Method::L3dvar | Method::Hybrid => self.options.latent_form().into(),
+                Method::L3dvar | Method::Hybrid | Method::L4dvar => self.options.latent_form().into(),
                 _ => String::new(),
             },
             backend: self.ae.info.backend.clone(),
@@ -338,22 +372,35 @@ impl Analyser {
             device: self.options.exec()?.device.name(),
             threads: self.options.threads,
             control_size,
-            jb_parts,
-            background_check: bg_info,
             n_obs: obs.len(),
-            n_used: h.nrows(),
+            n_used,
             ..Default::default()
         };
         for f in QcFlag::ALL {
             report.qc_counts.insert(f.name().into(), qc.iter().filter(|q| **q == f).count());
         }
+        Ok(report)
+    }
+
+    /// Per-variable observation statistics (counts, O-B and O-A, J_o/n) over the rows of `h` (H x_b and H x_a per
+    /// row), and the RMS of the increment `dx` (state layout) per variable.
+    pub(crate) fn variable_stats(
+        &self,
+        obs: &[Observation],
+        qc: &[QcFlag],
+        h: &ObsOperator,
+        hxb: &[f64],
+        hxa: &[f64],
+        dx: &[f64],
+    ) -> Vec<VarStats> {
+        let lay = &self.bundle.layout;
         let mut stats: Vec<VarStats> = lay
             .variables
             .iter()
             .enumerate()
             .map(|(v, var)| VarStats { name: var.name.clone(), units: self.bundle.units(v).into(), ..Default::default() })
             .collect();
-        for (o, q) in obs.iter().zip(&qc) {
+        for (o, q) in obs.iter().zip(qc) {
             if let Some(v) = o.var {
                 stats[v].n_total += 1;
                 if *q != QcFlag::Used {
@@ -391,32 +438,43 @@ impl Analyser {
             let range = lay.var_range(v);
             s.increment_rms = (dx[range.clone()].iter().map(|d| d * d).sum::<f64>() / range.len() as f64).sqrt();
         }
-        report.variables = stats;
-        report.balance = crate::diag::balance::diagnose(&lay, x_b, &analysis);
-        let output = match mode {
-            OutputMode::Analysis | OutputMode::FullState => analysis.clone(),
-            OutputMode::Increment => dx,
-        };
+        stats
+    }
+
+    /// The report's timings since `t_start`: model runs (and step-model runs, method l4dvar), H, diag B, and the rest.
+    pub(crate) fn timings(
+        &self,
+        t_start: Instant,
+        h_s: f64,
+        variance_s: f64,
+        n_variance: usize,
+        step: Option<&crate::var::fourd::StepClock>,
+    ) -> Timings {
         let mt = &self.ae.timings;
         let total_s = t_start.elapsed().as_secs_f64();
+        let st = step.cloned().unwrap_or_default();
         // H and H^T inside the solver are not timed per call; they are part of `overhead_s` (the benchmark measures
         // them separately).
-        report.timings = Timings {
+        Timings {
             encode_s: mt.encode_s,
             decode_s: mt.decode_s,
             tl_s: mt.tl_s,
             ad_s: mt.ad_s,
             h_s,
             total_s,
-            overhead_s: (total_s - mt.total_s() - variance_s).max(0.0),
+            overhead_s: (total_s - mt.total_s() - variance_s - st.total_s()).max(0.0),
             variance_s,
             n_variance,
             n_encode: mt.n_encode,
             n_decode: mt.n_decode,
             n_tl: mt.n_tl,
             n_ad: mt.n_ad,
-        };
-        report.solver = Some(info);
-        Ok(Analysis { output, analysis, qc, report })
+            step_s: st.step_s,
+            step_tl_s: st.tl_s,
+            step_ad_s: st.ad_s,
+            n_step: st.n_step,
+            n_step_tl: st.n_tl,
+            n_step_ad: st.n_ad,
+        }
     }
 }

@@ -29,6 +29,8 @@ use crate::bmat::hybrid::Hybrid;
 use crate::bmat::latent::LatentB;
 use crate::bmat::static_b::StaticB;
 use crate::bmat::BOperator;
+use crate::diag::checks::TaylorRow;
+use crate::numeric::{adjoint_test, DotTest, Rng};
 use crate::var::solver::ControlSpace;
 
 /// Latent control transform around a background. Its tangent-linear and adjoint are the latent B operator U
@@ -184,4 +186,37 @@ impl<A: ControlSpace, B: ControlSpace> ControlSpace for Hybrid<A, B> {
     fn is_linear(&self) -> bool {
         self.a.is_linear() && self.b.is_linear()
     }
+}
+
+/// Adjoint test of a control transform's TL/AD at its current linearisation point: |<T dw, u> - <dw, T^T u>| /
+/// max(...) with random dw and u = r + (|r| / |T dw|) T dw (so the products cannot cancel by chance); `state_len` is
+/// the length of T's output.
+pub fn dot_test(ctrl: &mut dyn ControlSpace, state_len: usize, seed: u64) -> Result<DotTest> {
+    let n = ctrl.size();
+    adjoint_test(ctrl, n, state_len, seed, |c, v, x| c.tl(v, x), |c, x, v| c.ad(x, v))
+}
+
+/// Taylor test of a control transform's TL at w = 0 along a random direction dw: for each eps, the ratio
+/// |dx(eps dw)| / |eps T dw| (-> 1) and the remainder |dx(eps dw) - eps T dw| / |eps T dw| (-> 0 at first order).
+pub fn taylor_test(ctrl: &mut dyn ControlSpace, state_len: usize, eps_list: &[f64], seed: u64) -> Result<Vec<TaylorRow>> {
+    let n = ctrl.size();
+    let dw = Rng::new(seed).normals(n);
+    ctrl.linearize(&vec![0.0; n])?;
+    let mut tdw = vec![0.0; state_len];
+    ctrl.tl(&dw, &mut tdw)?;
+    let mut dx = vec![0.0; state_len];
+    let mut rows = Vec::new();
+    for &eps in eps_list {
+        let w: Vec<f64> = dw.iter().map(|v| eps * v).collect();
+        ctrl.increment(&w, &mut dx)?;
+        let (mut num, mut den, mut rem) = (0.0, 0.0, 0.0);
+        for (d, t) in dx.iter().zip(&tdw) {
+            let lin = eps * t;
+            num += d * d;
+            den += lin * lin;
+            rem += (d - lin) * (d - lin);
+        }
+        rows.push(TaylorRow { eps, ratio: (num / den).sqrt(), remainder: (rem / den).sqrt() });
+    }
+    Ok(rows)
 }

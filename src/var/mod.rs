@@ -6,6 +6,7 @@ pub mod analysis;
 pub mod control;
 mod lanczos;
 mod lmp;
+pub mod fourd;
 pub mod options;
 pub mod report;
 pub mod solver;

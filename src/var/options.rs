@@ -6,7 +6,7 @@
 //! device = "cpu"               # or "cuda:0" (backend "ort" only; fails if CUDA cannot be used)
 //! threads = 1                  # ONNX Runtime intra-op threads (1 = bit-reproducible on one machine)
 //! cuda_tf32 = false            # allow TF32 on CUDA
-//! method = "l3dvar"            # default method of lda_analyse: "l3dvar", "3dvar" or "hybrid"
+//! method = "l3dvar"            # default method of lda_analyse: "l3dvar", "3dvar", "hybrid" or "l4dvar"
 //! output = "analysis"          # "analysis" (x_b + decoded increment), "increment", "full_state" (N^-1(D(z_a)))
 //! solver = "gauss_newton"      # or "adam" (the published reference algorithm, for comparison)
 //! gradient_reduction = 1e-3    # target: |grad J| reduced by this factor from its value at the background
@@ -26,6 +26,10 @@
 //! latent_increment = "linear"      # latent part: "linear" sd D'(z_b)(s w) (default, except with output "full_state")
 //!                                  # or "nonlinear" sd (D(z_b + s w) - D(z_b)) (outer loops relinearise the decoder)
 //! b_operator = "latent"        # B operator served to hosts (lda_bsqrt, ...): "latent", "hybrid" or "static"
+//! window_hours = 12.0          # l4dvar: window [0, window_hours] (default: the slots up to the latest observation)
+//! slot_hours = 6.0             # l4dvar: observation slot width (default: the step model's time step)
+//! error_growth_per_hour = 0.2  # l4dvar: observation error variance x (1 + g t) at slot time t (step-model error;
+//!                              #   default: the bundle's [forecast] value, else 0)
 //! verbosity = 0                # 0 quiet, 1 iteration lines on stderr
 //! ```
 
@@ -44,16 +48,20 @@ pub enum Method {
     Var3d,
     /// Hybrid latent-static B: control [w, v], dx = sd (D(z_b + sqrt(alpha) s w) - D(z_b)) + sqrt(beta) P U_s v.
     Hybrid,
+    /// Latent 4D-Var: the latent control of L3DVar, observations at their own times through a step model
+    /// (strong constraint, `crate::var::fourd`).
+    L4dvar,
 }
 
 impl Method {
-    /// Parses `l3dvar`, `3dvar` or `hybrid`.
+    /// Parses `l3dvar`, `3dvar`, `hybrid` or `l4dvar`.
     pub fn parse(s: &str) -> Result<Method> {
         match s {
             "l3dvar" => Ok(Method::L3dvar),
             "3dvar" => Ok(Method::Var3d),
             "hybrid" => Ok(Method::Hybrid),
-            _ => Err(Error::arg(format!("method '{s}' is not known (use 'l3dvar', '3dvar' or 'hybrid')"))),
+            "l4dvar" => Ok(Method::L4dvar),
+            _ => Err(Error::arg(format!("method '{s}' is not known (use 'l3dvar', '3dvar', 'hybrid' or 'l4dvar')"))),
         }
     }
     /// Name used in reports.
@@ -62,6 +70,7 @@ impl Method {
             Method::L3dvar => "l3dvar",
             Method::Var3d => "3dvar",
             Method::Hybrid => "hybrid",
+            Method::L4dvar => "l4dvar",
         }
     }
 }
@@ -93,6 +102,7 @@ impl BKind {
             Method::L3dvar => BKind::Latent,
             Method::Var3d => BKind::Static,
             Method::Hybrid => BKind::Hybrid,
+            Method::L4dvar => BKind::Latent,
         }
     }
     /// Name used in reports and options.
@@ -193,6 +203,15 @@ pub struct Options {
     /// reference bundle's 12 validation cases both give the same analyses to 0.006 of the background RMSE, and the
     /// linear form converges 1000-fold in 28-37 TL/AD pairs where the nonlinear one needs 46 to over 80 (model card).
     pub latent_increment: Option<String>,
+    /// l4dvar: length of the assimilation window [0, window_hours], a multiple of `slot_hours` (default: the
+    /// smallest one that holds every observation time).
+    pub window_hours: Option<f64>,
+    /// l4dvar: width of the observation time slots, a multiple of the step model's time step (default: the step).
+    pub slot_hours: Option<f64>,
+    /// l4dvar: the observation error variance of slot time t (hours) is sigma^2 (1 + g t): a simple account of the
+    /// error of the step model's TL in carrying increments to later slots (default: the bundle's `[forecast]`
+    /// value for its own step model, else 0).
+    pub error_growth_per_hour: Option<f64>,
     /// 0 quiet, 1 iteration lines on stderr.
     pub verbosity: u32,
 }
@@ -224,6 +243,9 @@ impl Default for Options {
             latent_variance_factor: None,
             b_operator: "latent".into(),
             latent_increment: None,
+            window_hours: None,
+            slot_hours: None,
+            error_growth_per_hour: None,
             verbosity: 0,
         }
     }
@@ -295,6 +317,18 @@ impl Options {
         }
         if self.latent_increment.as_deref() == Some("linear") && self.output == "full_state" {
             return Err(Error::arg("output 'full_state' needs latent_increment = 'nonlinear' (it decodes z_a itself)"));
+        }
+        for (name, v) in [("window_hours", self.window_hours), ("slot_hours", self.slot_hours)] {
+            if let Some(v) = v {
+                if !(v.is_finite() && (v > 0.0 || (v == 0.0 && name == "window_hours"))) {
+                    return Err(Error::arg(format!("{name} = {v} must be finite and > 0 (window_hours may be 0)")));
+                }
+            }
+        }
+        if let Some(g) = self.error_growth_per_hour {
+            if !(g.is_finite() && g >= 0.0) {
+                return Err(Error::arg(format!("error_growth_per_hour = {g} must be finite and >= 0")));
+            }
         }
         if self.threads == 0 {
             return Err(Error::arg("threads must be >= 1"));

@@ -63,10 +63,68 @@ pub struct Timings {
     pub n_tl: usize,
     /// AD runs.
     pub n_ad: usize,
+    /// Step-model runs (method l4dvar): nonlinear, TL and AD seconds and counts.
+    pub step_s: f64,
+    /// See `step_s`.
+    pub step_tl_s: f64,
+    /// See `step_s`.
+    pub step_ad_s: f64,
+    /// See `step_s`.
+    pub n_step: usize,
+    /// See `step_s`.
+    pub n_step_tl: usize,
+    /// See `step_s`.
+    pub n_step_ad: usize,
 }
 
 // The balance diagnostic's result lives with the diagnostic (a lower layer); the report carries it.
 pub use crate::diag::balance::BalanceStats;
+
+/// Observation statistics of one time slot of the 4D-Var window.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct SlotStats {
+    /// Slot index (0 = analysis time).
+    pub slot: usize,
+    /// Slot time, hours from the analysis time.
+    pub time_hours: f64,
+    /// Observations assigned to the slot (inside the window, any QC flag).
+    pub n_total: usize,
+    /// Used in the analysis.
+    pub n_used: usize,
+    /// RMS of (O-B)/sigma over the used observations (dimensionless: variables of different units together).
+    pub omb_rms_normalised: f64,
+    /// RMS of (O-A)/sigma.
+    pub oma_rms_normalised: f64,
+    /// J_o of the slot at the background: 1/2 sum ((O-B)/sigma)^2 (sigma inflated by `error_growth_per_hour`).
+    pub jo_b: f64,
+    /// J_o of the slot at the analysis.
+    pub jo_a: f64,
+}
+
+/// The 4D-Var window and how its trajectory was made (method l4dvar).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct WindowInfo {
+    /// Window length, hours ([0, window_hours]).
+    pub window_hours: f64,
+    /// Slot width, hours.
+    pub slot_hours: f64,
+    /// Number of slots (window_hours / slot_hours + 1).
+    pub nslots: usize,
+    /// Step-model time step, hours.
+    pub step_hours: f64,
+    /// g of the observation error variance sigma^2 (1 + g t) at slot time t (option or bundle `[forecast]`).
+    pub error_growth_per_hour: f64,
+    /// The step model used.
+    pub step_model: String,
+    /// Per slot, where its background came from: "host" (given for the slot) or "step model" (the trajectory
+    /// from the analysis-time background: x_b + sd (D(F^k(z_b)) - D(z_b)) for a latent step model, M^k(x_b) for a
+    /// model-space one).
+    pub background_trajectory: Vec<String>,
+    /// Bytes held for the trajectories (linearisation and background trajectories, reference fields).
+    pub trajectory_bytes: usize,
+    /// Per-slot statistics.
+    pub slots: Vec<SlotStats>,
+}
 
 /// How the background check was made.
 #[derive(Debug, Clone, Serialize, Default)]
@@ -123,6 +181,9 @@ pub struct Report {
     pub variables: Vec<VarStats>,
     /// Balance diagnostic of the increment, if the bundle has u, v and a geopotential.
     pub balance: Option<BalanceStats>,
+    /// The 4D-Var window (method l4dvar only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<WindowInfo>,
     /// Timings.
     pub timings: Timings,
 }
@@ -199,6 +260,29 @@ impl Report {
                 v.jo_over_n_a, v.increment_rms
             );
         }
+        if let Some(w) = &self.window {
+            let _ = writeln!(
+                s,
+                "window {} h: {} slots of {} h, {} ({:.1} MB of trajectories)",
+                w.window_hours,
+                w.nslots,
+                w.slot_hours,
+                w.step_model,
+                w.trajectory_bytes as f64 / 1048576.0
+            );
+            let _ = writeln!(
+                s,
+                "{:<5} {:>6} {:>6} {:>6} {:>12} {:>12} {:>11} {:>11}",
+                "slot", "hours", "obs", "used", "(O-B)/s rms", "(O-A)/s rms", "Jo b", "Jo a"
+            );
+            for t in &w.slots {
+                let _ = writeln!(
+                    s,
+                    "{:<5} {:>6} {:>6} {:>6} {:>12.4} {:>12.4} {:>11.4e} {:>11.4e}",
+                    t.slot, t.time_hours, t.n_total, t.n_used, t.omb_rms_normalised, t.oma_rms_normalised, t.jo_b, t.jo_a
+                );
+            }
+        }
         if let Some(b) = &self.balance {
             let _ = writeln!(
                 s,
@@ -209,7 +293,7 @@ impl Report {
         let t = &self.timings;
         let _ = writeln!(
             s,
-            "time: total {:.3} s = encode {:.3} + decode {:.3} ({}x) + TL {:.3} ({}x) + AD {:.3} ({}x) + diag B {:.3} ({}x TL) + H {:.4} + other {:.4}",
+            "time: total {:.3} s = encode {:.3} + decode {:.3} ({}x) + TL {:.3} ({}x) + AD {:.3} ({}x) + diag B {:.3} ({}x TL) + H {:.4} + other {:.4}{}",
             t.total_s,
             t.encode_s,
             t.decode_s,
@@ -221,7 +305,15 @@ impl Report {
             t.variance_s,
             t.n_variance,
             t.h_s,
-            t.overhead_s - t.h_s
+            t.overhead_s - t.h_s,
+            if t.n_step + t.n_step_tl + t.n_step_ad > 0 {
+                format!(
+                    " + step model {:.3} ({}x) + step TL {:.3} ({}x) + step AD {:.3} ({}x)",
+                    t.step_s, t.n_step, t.step_tl_s, t.n_step_tl, t.step_ad_s, t.n_step_ad
+                )
+            } else {
+                String::new()
+            }
         );
         s
     }

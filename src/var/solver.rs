@@ -754,7 +754,7 @@ mod tests {
                 value: 0.0,
                 sigma: 1.0,
                 line: None,
-                malformed: None,
+                time: 0.0,                malformed: None,
             })
             .collect();
         let mut flags = vec![QcFlag::Used; obs.len()];

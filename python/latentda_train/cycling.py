@@ -1,0 +1,651 @@
+"""Cycling experiment: jcm (SPEEDY T31L8) runs the forecast in memory and latentda analyses it every 6 h through the
+C ABI, exactly as a Fortran model driver would call it.
+
+Each cycle:
+  1. jcm forecasts 6 h from the previous analysis (`model.resume`, in memory);
+  2. the forecast (the background) is copied into the host's own float64 arrays, which were bound ONCE to latentda
+     with `lda_bind_field_f64` (C order (lev, lat north->south, lon), the bundle's layout);
+  3. observations are drawn from the nature run (the truth) at that time with the radiosonde-like network of
+     `cases.make_obs` (network "sonde", or "mass": temperature profiles and surface pressure), with a fresh noise
+     seed per cycle (the same for every method), and handed over with `lda_set_obs`;
+  4. `lda_analyse(method)` writes the analysis into the same arrays;
+  5. the analysis increment goes back into jcm's spectral state (u, v -> vorticity and divergence, t -> temperature
+     variation, ps -> log surface pressure, q -> humidity tracer; geopotential is diagnostic in jcm and is not put
+     back), and the model continues. The increment form dyn_b + P(x_a) - P(x_b), with P jcm's own gridpoint-to-
+     spectral conversion, leaves the background's spectral state untouched where the analysis changed nothing
+     (P is not an exact inverse of the spectral-to-gridpoint conversion for the wind: see `roundtrip_errors`).
+
+Every day at 00 UTC after the spin-up, a 48 h forecast is also run from the analysis (and the model state put back
+afterwards) and scored against the truth. Method "none" runs the same model with no assimilation (a free run from
+the same perturbed start) as the reference.
+
+The run starts at 00 UTC of day START - SPINUP from the truth perturbed as in `forecasts.Forecaster.run`
+(large-scale, multivariate difference of two earlier nature states), cycles through SPINUP + DAYS days, and scores
+the last DAYS. Results, per network and method, in OUT/<network>/<method>/: metrics.jsonl (one line per cycle and
+per 48 h forecast), state.npz (the model state after the last finished cycle: a rerun resumes from it),
+settings.json. `summary` turns all of them into RMSE time-series and balance figures (PNG) and a table
+(summary_<network>.md).
+
+Commands (from the repository root, after `cargo build --release`; one method per process, they can run in
+parallel):
+  latentda-cycle run --method l3dvar --network sonde --out cycling
+  latentda-cycle run --method none --out cycling            # and 3dvar, hybrid; --network mass
+  latentda-cycle summary --out cycling
+  latentda-cycle smoke                                      # 2 cycles, round trip and resume checks
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import time
+
+import numpy as np
+
+from . import cases as CS
+from . import data as D
+from . import jcmrun
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_LIB = os.path.join(REPO, "target", "release", "liblatentda.so")
+DEFAULT_BUNDLE = os.path.join(REPO, "models", "speedy-t31")
+METHODS = ("none", "3dvar", "l3dvar", "hybrid")
+NAMES = [v[0] for v in D.VARS]
+OBS_SEED = 700000          # noise seed of cycle c: OBS_SEED + c (the same for every method)
+FORECAST_CYCLES = 8        # 48 h
+
+
+# --------------------------------------------------------------------------------------------------- C ABI (ctypes)
+
+class LatentdaError(RuntimeError):
+    """A latentda call returned a non-zero status; the message is lda_last_error's."""
+
+
+class Latentda:
+    """A latentda context opened through the C ABI of liblatentda.so (the calls of examples/c/driver.c)."""
+
+    def __init__(self, lib_path: str, bundle: str, options: str = ""):
+        if not os.path.exists(lib_path):
+            raise FileNotFoundError(f"{lib_path} not found: run `cargo build --release` first")
+        L = self.lib = ctypes.CDLL(lib_path)
+        c_p, i32, i64p, dp = ctypes.c_void_p, ctypes.c_int32, ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_double)
+        L.lda_open.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(c_p)]
+        L.lda_close.argtypes = [c_p]
+        L.lda_last_error.argtypes = [c_p]
+        L.lda_last_error.restype = ctypes.c_char_p
+        L.lda_var_index.argtypes = [c_p, ctypes.c_char_p, ctypes.POINTER(i32)]
+        L.lda_bind_field_f64.argtypes = [c_p, ctypes.c_char_p, dp, i32, i64p, i32]
+        L.lda_set_obs.argtypes = [c_p, ctypes.c_size_t, ctypes.POINTER(i32), dp, dp, dp, dp, dp]
+        L.lda_analyse.argtypes = [c_p, ctypes.c_char_p]
+        L.lda_obs_qc.argtypes = [c_p, ctypes.POINTER(i32), ctypes.c_size_t]
+        L.lda_report_json.argtypes = [c_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)]
+        L.lda_version.restype = ctypes.c_char_p
+        for f in ("lda_open", "lda_close", "lda_var_index", "lda_bind_field_f64", "lda_set_obs", "lda_analyse",
+                  "lda_obs_qc", "lda_report_json"):
+            getattr(L, f).restype = i32
+        self.ctx = c_p()
+        st = L.lda_open(bundle.encode(), options.encode() if options else None, ctypes.byref(self.ctx))
+        if st != 0:
+            raise LatentdaError(f"lda_open({bundle}): status {st}: {L.lda_last_error(None).decode()}")
+        self.bound = {}  # name -> array, kept alive while bound
+
+    def _check(self, st: int, what: str):
+        if st != 0:
+            raise LatentdaError(f"{what}: status {st}: {self.lib.lda_last_error(self.ctx).decode()}")
+
+    def version(self) -> str:
+        return self.lib.lda_version().decode()
+
+    def var_index(self, name: str) -> int:
+        i = ctypes.c_int32()
+        self._check(self.lib.lda_var_index(self.ctx, name.encode(), ctypes.byref(i)), f"lda_var_index({name})")
+        return i.value
+
+    def bind(self, name: str, arr: np.ndarray):
+        """Binds a C-contiguous float64 host array in place (latentda keeps the pointer: the array must live on)."""
+        if arr.dtype != np.float64 or not arr.flags["C_CONTIGUOUS"]:
+            raise ValueError(f"{name}: host arrays must be C-contiguous float64")
+        shape = (ctypes.c_int64 * arr.ndim)(*arr.shape)
+        ptr = arr.ctypes.data_as(ctypes.POINTER(ctypes.c_double))
+        self._check(self.lib.lda_bind_field_f64(self.ctx, name.encode(), ptr, arr.ndim, shape, 0),
+                    f"lda_bind_field_f64({name})")
+        self.bound[name] = arr
+
+    def set_obs(self, var, lat, lon, level, value, sigma):
+        a = [np.ascontiguousarray(x, dtype=np.float64) for x in (lat, lon, level, value, sigma)]
+        v = np.ascontiguousarray(var, dtype=np.int32)
+        dp = ctypes.POINTER(ctypes.c_double)
+        self._check(self.lib.lda_set_obs(self.ctx, len(v), v.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)),
+                                         *[x.ctypes.data_as(dp) for x in a]), "lda_set_obs")
+
+    def analyse(self, method: str):
+        self._check(self.lib.lda_analyse(self.ctx, method.encode()), f"lda_analyse({method})")
+
+    def obs_qc(self, n: int) -> np.ndarray:
+        f = np.zeros(n, np.int32)
+        self._check(self.lib.lda_obs_qc(self.ctx, f.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)), n), "lda_obs_qc")
+        return f
+
+    def report(self) -> dict:
+        need = ctypes.c_size_t()
+        self.lib.lda_report_json(self.ctx, None, 0, ctypes.byref(need))
+        buf = ctypes.create_string_buffer(need.value)
+        self._check(self.lib.lda_report_json(self.ctx, buf, need.value, ctypes.byref(need)), "lda_report_json")
+        return json.loads(buf.value.decode())
+
+    def close(self):
+        if self.ctx:
+            self.lib.lda_close(self.ctx)
+            self.ctx = ctypes.c_void_p()
+
+
+class HostFields:
+    """The model side's own arrays, one per bundle variable, bound to latentda once."""
+
+    def __init__(self, lda: Latentda, nlat: int, nlon: int):
+        self.fields = {}
+        for name, _, nlev, _ in D.VARS:
+            a = np.zeros((nlev, nlat, nlon) if nlev else (nlat, nlon), np.float64)
+            lda.bind(name, a)
+            self.fields[name] = a
+
+    def load(self, x: np.ndarray):
+        """Copies a (41, nlat, nlon) state into the bound arrays (in place: the pointers stay valid)."""
+        for name, _, nlev, _ in D.VARS:
+            self.fields[name][...] = x[D.VAR_SLICES[name]] if nlev else x[D.VAR_SLICES[name]][0]
+
+    def state(self) -> np.ndarray:
+        return np.concatenate([self.fields[n].reshape(-1, *self.fields[n].shape[-2:]) for n in NAMES])
+
+
+# --------------------------------------------------------------------------------------------- jcm state <-> latentda
+
+def to_physics(x: np.ndarray):
+    """Inverse of `jcmrun.physics_to_latentda` for one state: (41, lat N->S, lon) -> jcm PhysicsState with arrays
+    (level top first, lon, lat S->N) and ps / p0. Geopotential is carried along but jcm does not use it here."""
+    import jax.numpy as jnp
+    from jcm.physics_interface import PhysicsState
+
+    def f(name):
+        return jnp.asarray(np.ascontiguousarray(x[D.VAR_SLICES[name]].transpose(0, 2, 1)[:, :, ::-1]), jnp.float32)
+
+    ps = jnp.asarray(np.ascontiguousarray(x[40].T[:, ::-1] / jcmrun.P0), jnp.float32)
+    return PhysicsState(f("u"), f("v"), f("t"), f("q"), f("z"), ps, {})
+
+
+def to_spectral(model, x: np.ndarray):
+    """jcm's own gridpoint -> spectral conversion of a latentda-layout state (a dinosaur State)."""
+    from jcm.dycore.dinosaur.state_bridge import physics_state_to_dynamics_state
+    dc = model.dycore
+    return physics_state_to_dynamics_state(to_physics(x), dc._primitive, tracer_specs=dc.tracer_specs,
+                                           nodal_tracers=dc._nodal_tracers)
+
+
+def add_increment(model, dyn_b, x_b: np.ndarray, x_a: np.ndarray):
+    """dyn_b + P(x_a) - P(x_b): the analysis increment in jcm's spectral state. Fields latentda does not analyse
+    (other tracers) keep the background's values. Humidity is not floored at 0 here: jcm's own gridpoint q is
+    negative in places (spectral truncation), and a floor would inject moisture wherever the background is
+    negative, increment or not; the model's physics treats negative q as it does in its own forecasts."""
+    sa, sb = to_spectral(model, x_a), to_spectral(model, x_b)
+
+    def inc(b, a, c):
+        return b + (a - c).astype(b.dtype)
+
+    tr = dict(dyn_b.tracers)
+    tr["specific_humidity"] = inc(tr["specific_humidity"], sa.tracers["specific_humidity"], sb.tracers["specific_humidity"])
+    return dyn_b.replace(
+        vorticity=inc(dyn_b.vorticity, sa.vorticity, sb.vorticity),
+        divergence=inc(dyn_b.divergence, sa.divergence, sb.divergence),
+        temperature_variation=inc(dyn_b.temperature_variation, sa.temperature_variation, sb.temperature_variation),
+        log_surface_pressure=inc(dyn_b.log_surface_pressure, sa.log_surface_pressure, sb.log_surface_pressure),
+        tracers=tr,
+    )
+
+
+def gridpoint(model, dyn) -> np.ndarray:
+    """The gridpoint state of a spectral state (latentda layout, float64), q as the model holds it (negative where
+    the spectral truncation rings)."""
+    return jcmrun.physics_to_latentda(model.dycore.to_physics_state(dyn))[0].astype(np.float64)
+
+
+def as_output(x: np.ndarray) -> np.ndarray:
+    """A gridpoint state as jcm's output (and so the nature run) shows it: q floored at 0."""
+    x = x.copy()
+    q = x[D.VAR_SLICES["q"]]
+    np.maximum(q, 0.0, out=q)
+    return x
+
+
+def roundtrip_errors(model, dyn, dx: np.ndarray) -> dict:
+    """Relative RMS error per variable of putting the gridpoint increment `dx` into the spectral state `dyn` and
+    reading it back: |G(dyn + P(x+dx) - P(x)) - x - dx| / |dx| with x = G(dyn) (G: spectral -> gridpoint).
+    Geopotential is left out (diagnostic in jcm)."""
+    x = gridpoint(model, dyn)
+    back = gridpoint(model, add_increment(model, dyn, x, x + dx)) - x
+    return {v: float(np.sqrt(np.mean((back[sl] - dx[sl]) ** 2)) / max(np.sqrt(np.mean(dx[sl] ** 2)), 1e-300))
+            for v, sl in D.VAR_SLICES.items() if v != "z"}
+
+
+# ----------------------------------------------------------------------------------------------------- the model
+
+class Model:
+    """jcm SPEEDY T31L8 with the nature run's saved states (one per process: the compiled step is reused)."""
+
+    def __init__(self, data: str):
+        import jax
+        self.data = data
+        self.m, self.forcing, _ = jcmrun.load_model()
+        self.tmpl = self.m.bootstrap_state()
+        self.treedef = jax.tree_util.tree_structure(self.tmpl)
+        self.total_wavenumber = np.asarray(self.m.coords.horizontal.modal_mesh[1])
+
+    def truth_state(self, day: int):
+        """(dyn, phys, step) of the nature run at 00 UTC of `day`."""
+        import jax
+        import jax.numpy as jnp
+        from .forecasts import load_ckpt
+        leaves, step = load_ckpt(self.data, day)
+        dyn, phys = jax.tree_util.tree_unflatten(self.treedef, [jnp.asarray(l) for l in leaves])
+        return dyn, phys, step
+
+    def perturbed_start(self, day: int, t_rms=0.7, wind_factor=1.6, nmax=10, seed=20261126, lookback=120):
+        """The truth of `day` plus the perturbation recipe of `forecasts.Forecaster.run` (same defaults, same random
+        choice of the two nature days for launch day `day`): alpha * P_{1<=n<=nmax}(S(a) - S(b))."""
+        import jax.numpy as jnp
+        rng = np.random.default_rng(seed + day)
+        lo = max(0, day - lookback)
+        da, db = 0, 0
+        while abs(da - db) < 5:
+            da, db = rng.integers(lo, max(day - 2, lo + 10), size=2)
+        dyn, phys, step = self.truth_state(day)
+        dA, _, _ = self.truth_state(int(da))
+        dB, _, _ = self.truth_state(int(db))
+        mask = ((self.total_wavenumber >= 1) & (self.total_wavenumber <= nmax)).astype(np.float32)
+        g = self.m.coords.horizontal
+        dT = (np.asarray(dA.temperature_variation) - np.asarray(dB.temperature_variation)) * mask
+        alpha = t_rms / float(np.sqrt(np.mean(np.asarray(g.to_nodal(jnp.asarray(dT))) ** 2)))
+
+        def pert(x, y, z, f=1.0):
+            return jnp.asarray(np.asarray(x) + f * alpha * (np.asarray(y) - np.asarray(z)) * mask)
+
+        new = dyn.replace(
+            vorticity=pert(dyn.vorticity, dA.vorticity, dB.vorticity, wind_factor),
+            divergence=pert(dyn.divergence, dA.divergence, dB.divergence, wind_factor),
+            temperature_variation=pert(dyn.temperature_variation, dA.temperature_variation, dB.temperature_variation),
+            log_surface_pressure=pert(dyn.log_surface_pressure, dA.log_surface_pressure, dB.log_surface_pressure),
+            tracers={k: pert(v, dA.tracers[k], dB.tracers[k]) for k, v in dyn.tracers.items()},
+        )
+        return new, phys, step, {"a": int(da), "b": int(db), "alpha": alpha}
+
+    def set(self, dyn, phys, step: int):
+        import jax
+        jcmrun.restore_from_leaves(self.m, self.tmpl, jax.tree_util.tree_leaves((dyn, phys)), step)
+
+    def current(self):
+        rs = self.m.run_state
+        return rs.dynamics, rs.physics, int(rs.step)
+
+    def step6h(self) -> np.ndarray:
+        """Runs 6 h; returns the gridpoint state at the end (latentda layout, float64)."""
+        p = self.m.resume(forcing=self.forcing, save_interval=0.25, total_time=0.25)
+        return jcmrun.physics_to_latentda(p.dynamics)[-1].astype(np.float64)
+
+    def save(self, path: str, extra: dict):
+        import jax
+        dyn, phys, step = self.current()
+        leaves = [np.asarray(jax.device_get(l)) for l in jax.tree_util.tree_leaves((dyn, phys))]
+        tmp = path + ".partial.npz"
+        np.savez(tmp, *leaves, step=step, extra=json.dumps(extra))
+        os.replace(tmp, path)
+
+    def load(self, path: str) -> dict:
+        z = np.load(path)
+        n = len([f for f in z.files if f.startswith("arr_")])
+        jcmrun.restore_from_leaves(self.m, self.tmpl, [z[f"arr_{i}"] for i in range(n)], int(z["step"]))
+        return json.loads(str(z["extra"]))
+
+
+# ------------------------------------------------------------------------------------------------------ scoring
+
+class Nature:
+    """The nature run's 6-hourly states by index (`data.truth_index`), one memory-mapped chunk file at a time
+    (`data.nature` would read all 2 GB)."""
+
+    def __init__(self, data: str):
+        import glob
+        self.files = sorted(glob.glob(os.path.join(data, "nature", "chunk_*.npy")))
+        if not self.files:
+            raise SystemExit(f"no nature run under {data}/nature (set --data or LATENTDA_DATA)")
+        self.layout = json.load(open(os.path.join(data, "nature", "meta.json"))).get("layout", 1)
+        self.chunks = [np.load(f, mmap_mode="r") for f in self.files]
+        self.starts = np.cumsum([0] + [c.shape[0] for c in self.chunks])
+        self.shape = (int(self.starts[-1]),) + self.chunks[0].shape[1:]
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if not 0 <= i < self.shape[0]:
+            raise IndexError(f"nature state {i} outside 0..{self.shape[0] - 1}")
+        k = int(np.searchsorted(self.starts, i, side="right") - 1)
+        return D._layout_fix(np.asarray(self.chunks[k][i - self.starts[k]]), self.layout)
+
+
+def area_rmse(d: np.ndarray, lat: np.ndarray) -> dict:
+    """Area-weighted (cos latitude) RMSE per variable of a difference (41, nlat, nlon), as the runtime's demo."""
+    w = np.cos(np.radians(lat))[None, :, None]
+    return {v: float(np.sqrt(np.sum(w * d[sl] ** 2) / (np.sum(w) * d.shape[-1] * (sl.stop - sl.start))))
+            for v, sl in D.VAR_SLICES.items()}
+
+
+def observations(lda: Latentda, truth, lat, lon, sig, st, seed, network):
+    """Observation arrays for lda_set_obs from `cases.make_obs` rows."""
+    rows = CS.make_obs(truth, lat, lon, sig, st, seed, network=network)
+    ids = {n: lda.var_index(n) for n in NAMES}
+    var = np.array([ids[r[0]] for r in rows], np.int32)
+    la = np.array([r[1] for r in rows])
+    lo = np.array([r[2] for r in rows])
+    lev = np.array([float(r[3]) if r[3] != "" else np.nan for r in rows])
+    val = np.array([r[4] for r in rows])
+    sd = np.array([r[5] for r in rows])
+    return var, la, lo, lev, val, sd
+
+
+# ------------------------------------------------------------------------------------------------------ the run
+
+def settings_of(a) -> dict:
+    return {"method": a.method, "network": a.network, "start_day": a.start_day, "spinup_days": a.spinup_days,
+            "days": a.days, "bundle": os.path.abspath(a.bundle), "options": a.options, "obs_seed": OBS_SEED}
+
+
+def run(a, model: Model | None = None, log=print) -> str:
+    """Runs (or resumes) one method's experiment; returns its folder."""
+    from . import balance as BAL
+    if a.method not in METHODS:
+        raise SystemExit(f"--method must be one of {METHODS}")
+    if a.network not in ("sonde", "mass"):
+        raise SystemExit("--network must be 'sonde' or 'mass'")
+    folder = os.path.join(a.out, a.network, a.method)
+    os.makedirs(folder, exist_ok=True)
+    settings = settings_of(a)
+    sp = os.path.join(folder, "settings.json")
+    ckpt = os.path.join(folder, "state.npz")
+    metrics = os.path.join(folder, "metrics.jsonl")
+    if os.path.exists(ckpt) and os.path.exists(sp):
+        old = json.load(open(sp))
+        if {k: v for k, v in old.items() if k != "days"} != {k: v for k, v in settings.items() if k != "days"}:
+            raise SystemExit(f"{folder} holds a run with other settings ({old}); use another --out or delete it")
+    json.dump(settings, open(sp, "w"), indent=1)
+    lat, lon, sig = D.grid(a.data)
+    X = Nature(a.data)
+    st = CS.stations(lat, lon)
+    t0_day = a.start_day - a.spinup_days
+    n_cycles = int(round(4 * (a.spinup_days + a.days)))
+    if 4 * a.start_day - 1 + 4 * a.days + FORECAST_CYCLES >= X.shape[0]:
+        raise SystemExit(f"the nature run ends before day {a.start_day + a.days} + 48 h")
+    t_load = time.time()
+    model = model or Model(a.data)
+    if os.path.exists(ckpt):
+        extra = model.load(ckpt)
+        cycle = extra["cycle"]
+        kept = [l for l in open(metrics)] if os.path.exists(metrics) else []
+        kept = [l for l in kept if json.loads(l)["cycle"] <= cycle]
+        open(metrics, "w").writelines(kept)
+        log(f"{a.method}/{a.network}: resumed after cycle {cycle} of {n_cycles}")
+    else:
+        dyn, phys, step, info = model.perturbed_start(t0_day)
+        model.set(dyn, phys, step)
+        cycle = 0
+        open(metrics, "w").close()
+        log(f"{a.method}/{a.network}: perturbed start at day {t0_day} 00 UTC (days {info['a']}, {info['b']}, "
+            f"alpha {info['alpha']:.3f}); {n_cycles} cycles")
+    lda = host = None
+    if a.method != "none":
+        lda = Latentda(a.lib, a.bundle, a.options)
+        host = HostFields(lda, len(lat), len(lon))
+    log(f"model and latentda ready in {time.time() - t_load:.1f} s")
+    with open(metrics, "a") as mf:
+        while cycle < n_cycles:
+            tc = time.time()
+            c = cycle + 1
+            x_b = model.step6h()
+            t_fc = time.time() - tc
+            truth = np.asarray(X[4 * t0_day - 1 + c], np.float64)
+            rec = {"cycle": c, "day": t0_day + c // 4, "hour": 6 * (c % 4), "scored": c > 4 * a.spinup_days,
+                   "bg": area_rmse(x_b - truth, lat), "bg_balance_true": BAL.balance(x_b, truth, lat, lon)}
+            if lda is not None:
+                ta = time.time()
+                obs = observations(lda, truth, lat, lon, sig, st, OBS_SEED + c, a.network)
+                host.load(x_b)
+                lda.set_obs(*obs)
+                lda.analyse(a.method)
+                x_a = host.state()
+                rep = lda.report()
+                qc = lda.obs_qc(len(obs[0]))
+                dyn_b, phys, step = model.current()
+                dyn_a = add_increment(model.m, dyn_b, x_b, x_a)
+                model.set(dyn_a, phys, step)
+                si = rep.get("solver") or {}
+                # an: latentda's analysis; an_model: what the model holds after the increment went into its
+                # spectral state (T31 truncation of the increment; geopotential recomputed by jcm), shown as jcm's
+                # output shows states (q >= 0), like the truth.
+                rec.update(an=area_rmse(x_a - truth, lat),
+                           an_model=area_rmse(as_output(gridpoint(model.m, dyn_a)) - truth, lat),
+                           n_obs=int(len(qc)), n_rejected=int(np.sum(qc != 0)),
+                           balance=(rep.get("balance") or {}).get("correlation"),
+                           # per observed variable: used count, O-B and O-A rms (for tuning B to 6 h errors)
+                           obs_stats={st_["name"]: [st_["n_used"], st_["omb_rms"], st_["oma_rms"]]
+                                      for st_ in rep["variables"] if st_["n_used"] > 0},
+                           iterations=si.get("inner_total"), grad_reduction=si.get("grad_reduction"),
+                           t_analysis=time.time() - ta, t_latentda=rep["timings"]["total_s"])
+            else:
+                rec["an"] = rec["bg"]
+            rec["t_forecast6h"] = t_fc
+            if c % 4 == 0 and rec["scored"]:
+                # 48 h forecast from this analysis, then back to the analysis.
+                tf = time.time()
+                dyn, phys, step = model.current()
+                for _ in range(FORECAST_CYCLES):
+                    x_f = model.step6h()
+                rec["fc48"] = area_rmse(x_f - np.asarray(X[4 * t0_day - 1 + c + FORECAST_CYCLES], np.float64), lat)
+                model.set(dyn, phys, step)
+                rec["t_fc48"] = time.time() - tf
+            rec["t_cycle"] = time.time() - tc
+            if not all(np.isfinite(v) for v in rec["an"].values()):
+                raise RuntimeError(f"cycle {c}: non-finite analysis RMSE {rec['an']}")
+            mf.write(json.dumps(rec) + "\n")
+            mf.flush()
+            model.save(ckpt, {"cycle": c})
+            cycle = c
+            if c % 4 == 0 or c == n_cycles or c <= 2:
+                log(f"{a.method}/{a.network} cycle {c}/{n_cycles} day {rec['day']} {rec['hour']:02d}Z: "
+                    + " ".join(f"{v} {rec['bg'][v]:.3g}->{rec['an'][v]:.3g}" for v in ("u", "t", "ps"))
+                    + (f" bal {rec['balance']:.2f}" if rec.get("balance") is not None else "")
+                    + f" {rec['t_cycle']:.2f} s")
+    if lda is not None:
+        lda.close()
+    return folder
+
+
+# --------------------------------------------------------------------------------------------------- summary
+
+def read_metrics(folder: str):
+    p = os.path.join(folder, "metrics.jsonl")
+    return [json.loads(l) for l in open(p)] if os.path.exists(p) else []
+
+
+def summary(out: str, log=print) -> list:
+    """Figures and table per network from every method folder under OUT; returns the files written."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    written = []
+
+    def save(fig, name):
+        fig.tight_layout()
+        p = os.path.join(out, name)
+        fig.savefig(p, dpi=90)
+        plt.close(fig)
+        return p
+
+    for network in sorted(d for d in os.listdir(out) if os.path.isdir(os.path.join(out, d))):
+        runs = {m: read_metrics(os.path.join(out, network, m)) for m in METHODS}
+        runs = {m: r for m, r in runs.items() if r}
+        if not runs:
+            continue
+        colours = {"none": "0.5", "3dvar": "tab:blue", "l3dvar": "tab:red", "hybrid": "tab:green"}
+        fig, axs = plt.subplots(3, 2, figsize=(13, 10), sharex=True)
+        for ax, v in zip(axs.flat, NAMES):
+            for m, r in runs.items():
+                t = [x["cycle"] / 4.0 for x in r]
+                ax.plot(t, [x["an"][v] for x in r], color=colours[m], lw=1.3, label=f"{m} analysis" if m != "none" else "no assimilation")
+                if m != "none":
+                    ax.plot(t, [x["bg"][v] for x in r], color=colours[m], lw=0.6, ls=":", label=f"{m} 6 h background")
+            spin = next((x["cycle"] for x in next(iter(runs.values())) if x["scored"]), 1)
+            if spin > 1:
+                ax.axvline((spin - 1) / 4.0, color="k", lw=0.5)
+            ax.set_title(f"{v} ({D.VARS[NAMES.index(v)][1]})")
+            ax.set_ylabel("RMSE vs truth")
+            ax.grid(alpha=0.3)
+        for ax in axs[-1]:
+            ax.set_xlabel("days since the perturbed start")
+        axs[0, 0].legend(fontsize=7, ncol=2)
+        fig.suptitle(f"latentda cycling with jcm SPEEDY T31L8, {network} network: area-weighted RMSE (vertical line: end of spin-up)")
+        written.append(save(fig, f"rmse_{network}.png"))
+        fig, ax = plt.subplots(figsize=(10, 4))
+        for m, r in runs.items():
+            if m == "none":
+                continue
+            ax.plot([x["cycle"] / 4.0 for x in r], [x.get("balance") for x in r], color=colours[m], label=f"{m} increment")
+        r0 = next(iter(runs.values()))
+        ax.plot([x["cycle"] / 4.0 for x in r0], [x["bg_balance_true"] for x in r0], color="k", lw=0.8, ls="--",
+                label="true background error (first run listed)")
+        ax.set_ylabel("corr(wind, geostrophic wind), |lat| > 20")
+        ax.set_xlabel("days since the perturbed start")
+        ax.set_ylim(-0.2, 1.0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.set_title(f"geostrophic balance of the analysis increments, {network} network")
+        written.append(save(fig, f"balance_{network}.png"))
+        p = os.path.join(out, f"summary_{network}.md")
+        with open(p, "w") as f:
+            f.write(summary_table(network, runs))
+        written.append(p)
+    for p in written:
+        log(f"wrote {p}")
+    return written
+
+
+def summary_table(network: str, runs: dict) -> str:
+    """Markdown: per method the cycle counts and timings; per variable and method the time-mean RMSE of the analyses,
+    of the 6 h backgrounds and of the 48 h forecasts (scored cycles only), the drift, and the mean balance."""
+    lines = [f"# Cycling with jcm SPEEDY T31L8, {network} network", ""]
+    scored = {m: [x for x in r if x["scored"]] for m, r in runs.items()}
+    for m, r in runs.items():
+        later = [x["t_cycle"] for x in r[1:] if "fc48" not in x]
+        ta = [x["t_analysis"] for x in r if "t_analysis" in x]
+        lines.append(f"- {m}: {len(r)} cycles, {len(scored[m])} scored ({len(scored[m]) / 4:g} days); seconds per cycle: "
+                     f"first {r[0]['t_cycle']:.1f} (compilation), then median {np.median(later) if later else float('nan'):.2f}"
+                     + (f" (analysis {np.median(ta):.2f})" if ta else "")
+                     + (f", 48 h forecast {np.median([x['t_fc48'] for x in r if 't_fc48' in x]):.2f}"
+                        if any("t_fc48" in x for x in r) else ""))
+    head = "| variable | " + " | ".join(runs) + " |"
+    rule = "|---|" + "---|" * len(runs)
+
+    def table(title, value, mark=True):
+        out = ["", title, "", head, rule]
+        for v in NAMES:
+            vals = [value(scored[m], v) for m in runs]
+            ok = [x for x, m in zip(vals, runs) if np.isfinite(x) and m != "none"]
+            best = min(ok) if ok and mark else None
+            out.append(f"| {v} ({D.VARS[NAMES.index(v)][1]}) | " + " | ".join(
+                "-" if not np.isfinite(x) else (f"**{x:.4g}**" if x == best else f"{x:.4g}") for x in vals) + " |")
+        return out
+
+    mean = lambda key: (lambda s, v: float(np.mean([x[key][v] for x in s if key in x])) if any(key in x for x in s) else float("nan"))
+
+    def drift(s, v):
+        an = [x["an"][v] for x in s]
+        h = len(an) // 2
+        return float(np.mean(an[h:]) / np.mean(an[:h])) if h > 0 else float("nan")
+
+    lines += table("Time-mean analysis RMSE (area-weighted; 'none': the free run; bold: best assimilating method)", mean("an"))
+    lines += table("Time-mean 6 h background RMSE", mean("bg"))
+    lines += table("Time-mean RMSE of the 48 h forecasts from the 00 UTC analyses", mean("fc48"))
+    lines += table("Analysis as the model holds it (increment in jcm's spectral state, q >= 0 as in its output)", mean("an_model"))
+    lines += table("Drift: mean analysis RMSE of the second half of the scored period / the first half (1: none)", drift,
+                   mark=False)
+    lines += ["", "Geostrophic balance (|lat| > 20), mean over the scored cycles:", ""]
+    for m in runs:
+        b = [x["balance"] for x in scored[m] if x.get("balance") is not None]
+        lines.append(f"- {m}: increments {np.mean(b):.3f}" if b else f"- {m}: no increments")
+    s0 = next(iter(scored.values()))
+    if s0:
+        lines.append(f"- true 6 h background error of the first run listed: {np.mean([x['bg_balance_true'] for x in s0]):.3f}")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------------ smoke
+
+def smoke(a, log=print):
+    """Two cycles of one method with a resume in between, the increment round trip, and plain assertions."""
+    import tempfile
+    out = a.out or tempfile.mkdtemp(prefix="latentda_cycle_smoke_")
+    t0 = time.time()
+    model = Model(a.data)
+    log(f"model loaded in {time.time() - t0:.1f} s")
+    # Round trip of a large-scale, balanced increment (difference of two nature states, truncated as the
+    # perturbation) through the spectral state: what jcm keeps of an analysis increment.
+    dyn, phys, step = model.truth_state(a.start_day)
+    pert, _, _, _ = model.perturbed_start(a.start_day)
+    dx = gridpoint(model.m, pert) - gridpoint(model.m, dyn)
+    err = roundtrip_errors(model.m, dyn, dx)
+    log("increment round trip, relative RMS error: " + " ".join(f"{k} {v:.2e}" for k, v in err.items()))
+    assert all(v < 1e-3 for v in err.values()), f"round trip error too large: {err}"
+    args = argparse.Namespace(**{**vars(a), "out": out, "spinup_days": 0, "days": 1})
+    # One cycle, then a new call that must resume after it and run the second.
+    t1 = time.time()
+    run(_with_cycles(args, 1), model, log)
+    run(_with_cycles(args, 2), model, log)
+    dt = time.time() - t1
+    rows = read_metrics(os.path.join(out, a.network, a.method))
+    assert [r["cycle"] for r in rows] == [1, 2], [r["cycle"] for r in rows]
+    for r in rows:
+        for v in ("u", "v", "t") if a.network == "sonde" else ("t",):
+            assert r["an"][v] < r["bg"][v], f"cycle {r['cycle']}: {v} analysis RMSE {r['an'][v]} >= background {r['bg'][v]}"
+    log(f"smoke passed: 2 cycles of {a.method} ({a.network}) in {dt:.1f} s including the first-call compilation; "
+        f"per cycle: " + ", ".join(f"{r['t_cycle']:.2f} s" for r in rows) + f"; files in {out}")
+    return rows, err
+
+
+def _with_cycles(a, n):
+    """Arguments whose run ends after cycle n (the smoke test's resume check): n / 4 days without spin-up."""
+    b = argparse.Namespace(**vars(a))
+    b.days = n / 4.0
+    return b
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="latentda-cycle", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("command", choices=["run", "summary", "smoke"])
+    ap.add_argument("--method", default="l3dvar", help="none, 3dvar, l3dvar or hybrid (one per process)")
+    ap.add_argument("--network", default="sonde", help="sonde (u, v, t, q, ps at 300 stations) or mass (t profiles + ps)")
+    ap.add_argument("--out", default=None, help="results folder (run/summary: default ./cycling; smoke: a temporary folder)")
+    ap.add_argument("--data", default=D.DEFAULT_OUT, help="data folder with nature/ (default $LATENTDA_DATA or ./data)")
+    ap.add_argument("--bundle", default=DEFAULT_BUNDLE)
+    ap.add_argument("--lib", default=DEFAULT_LIB, help="liblatentda.so")
+    ap.add_argument("--options", default="", help="latentda options (TOML text, as lda_open takes)")
+    ap.add_argument("--start-day", type=int, default=610, help="first scored day (validation period: >= 600)")
+    ap.add_argument("--spinup-days", type=int, default=3)
+    ap.add_argument("--days", type=float, default=30, help="scored days")
+    a = ap.parse_args(argv)
+    if a.command == "smoke":
+        smoke(a)
+        return
+    a.out = a.out or "cycling"
+    if a.command == "summary":
+        summary(a.out)
+        return
+    run(a)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+//! `latentda demo`: the three-method comparison, its table and figures (on a fixture bundle, through the binary),
+//! and the single-observation experiment's geostrophic response on the reference bundle.
+
+mod common;
+
+use common::*;
+use latentda::demo::single_obs;
+use latentda::diag::verify::weighted_rmse_by_var;
+use latentda::{Analyser, Method, Options};
+
+/// Decodes a PNG figure: its size, and how many of the coloured (not white) steps of the filled fields cover more
+/// than 50 pixels of the map panels (the colour bar, in the right-hand 130 pixels, holds all of them and is left
+/// out).
+fn png_steps(path: &std::path::Path) -> ((u32, u32), usize) {
+    use latentda::plot::colour::{DEFAULT_LEVELS, WHITE_BIN};
+    let img = image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).to_rgb8();
+    let scale = latentda::plot::ColourScale { vmax: 1.0, levels: DEFAULT_LEVELS, label: String::new() };
+    let maps_width = img.width() - 130;
+    let steps = (0..DEFAULT_LEVELS)
+        .filter(|&k| scale.bin_colour(k) != WHITE_BIN)
+        .filter(|&k| {
+            let c = scale.bin_colour(k);
+            img.enumerate_pixels().filter(|(x, _, p)| *x < maps_width && p.0 == [c.0, c.1, c.2]).count() > 50
+        })
+        .count();
+    (img.dimensions(), steps)
+}
+
+#[test]
+fn demo_prints_one_table_and_writes_analyses_reports_and_figures() {
+    let b = fixture("tanh");
+    let out = scratch("demo_fixture");
+    let (code, stdout, stderr) = cli(&["demo", b.to_str().unwrap(), "--output", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    // One table, printed and saved.
+    let table = std::fs::read_to_string(out.join("table.txt")).unwrap();
+    assert!(stdout.starts_with(&table), "the printed table is table.txt:\n{stdout}");
+    for s in ["background", "3dvar", "l3dvar", "hybrid", "RMSE against truth", "used / rejected", "O-B rms -> O-A rms", "geostrophic balance", "single t observations", "|grad J| reduction", "analysis total", "backend tract", "device cpu"] {
+        assert!(table.contains(s), "table lacks '{s}':\n{table}");
+    }
+    assert!(stdout.contains("output folder:") && stdout.contains("figures:"), "{stdout}");
+    // The RMSE column of each method is the area-weighted RMSE of the analysis it wrote.
+    let a = Analyser::open(&b, Options::default()).unwrap();
+    let lay = a.bundle.layout.clone();
+    let read = |p: &std::path::Path| latentda::bundle::ncio::read_state(p, &lay).unwrap();
+    let (xb, xt) = (read(&b.join("sample/background.nc")), read(&b.join("sample/truth.nc")));
+    let rb = weighted_rmse_by_var(&lay, &xb, &xt);
+    for m in ["3dvar", "l3dvar", "hybrid"] {
+        let xa = read(&out.join(format!("analysis_{m}.nc")));
+        let ra = weighted_rmse_by_var(&lay, &xa, &xt);
+        let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join(format!("report_{m}.json"))).unwrap()).unwrap();
+        assert_eq!(report["method"], m);
+        for (v, var) in lay.variables.iter().enumerate() {
+            let line = table.lines().find(|l| l.starts_with(&format!("  {} (", var.name))).unwrap();
+            let cell = format!("{} {:+6.1}%", latentda::demo::table::sig(ra[v], 4), 100.0 * (ra[v] / rb[v] - 1.0));
+            assert!(line.contains(&cell), "{m} {}: expected '{cell}' in\n{line}", var.name);
+        }
+        // The fixture case is easy: every method improves every variable.
+        assert!(ra.iter().zip(&rb).all(|(a, b)| a < b), "{m}: {ra:?} vs background {rb:?}");
+    }
+    // Figures: the mid level (sigma 0.5 in the fixture), the surface, the single-observation responses.
+    // Fields are drawn: the background error spans most of the 8 coloured steps, the local single-observation
+    // responses (positive: 4 red steps) some. The fixture has no geopotential: no single_obs_z.png.
+    for (f, w, h, min_steps) in [
+        ("level_0.5.png", 2 * 780 + 130, 2 * 450 + 70, 6),
+        ("surface.png", 2 * 780 + 130, 2 * 450 + 70, 6),
+        ("single_obs.png", 3 * 560 + 130, 760 + 70, 2),
+    ] {
+        let (size, steps) = png_steps(&out.join(f));
+        assert_eq!(size, (w, h), "{f}");
+        assert!(steps >= min_steps, "{f}: only {steps} of the 8 coloured steps cover more than 50 pixels");
+    }
+    assert!(!out.join("single_obs_z.png").exists());
+}
+
+#[test]
+fn demo_errors_name_the_missing_file() {
+    let b = copy_fixture("tanh", "demo_missing_truth");
+    std::fs::remove_file(b.join("sample/truth.nc")).unwrap();
+    let out = scratch("demo_missing_truth_out");
+    let (code, stdout, stderr) = cli(&["demo", b.to_str().unwrap(), "--output", out.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    assert!(stderr.contains("truth") && stderr.contains("truth.nc"), "{stderr}");
+}
+
+#[test]
+fn single_warm_observations_give_anticyclonic_wind_in_both_hemispheres_with_the_latent_b_only() {
+    let bundle = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/speedy-t31");
+    let mut a = Analyser::open(&bundle, Options::default()).unwrap();
+    let xb = latentda::bundle::ncio::read_state(&bundle.join("sample/background.nc"), &a.bundle.layout.clone()).unwrap();
+    let latent = single_obs::run(&mut a, &xb, Method::L3dvar, latentda::demo::SINGLE_OBS_LON).unwrap().unwrap();
+    let baseline = single_obs::run(&mut a, &xb, Method::Var3d, latentda::demo::SINGLE_OBS_LON).unwrap().unwrap();
+    for (l, s) in latent.responses.iter().zip(&baseline.responses) {
+        println!(
+            "lat {:+.0}: L3DVar t {:+.3} K, max wind {:.3} m/s, vorticity {:.3e} s-1 ({}), balance {:?}; 3D-Var t {:+.3} K, {}",
+            l.lat,
+            l.at_obs,
+            l.wind_max,
+            l.vorticity,
+            l.circulation(),
+            l.balance.as_ref().map(|b| b.correlation),
+            s.at_obs,
+            s.circulation()
+        );
+        // Both pull toward the observation, by less than the innovation.
+        for r in [l, s] {
+            assert!(r.at_obs > 0.05 && r.at_obs < single_obs::INNOVATION, "t increment at the observation {}", r.at_obs);
+        }
+        assert_eq!(l.circulation(), "anticyclonic", "latent B at lat {}: vorticity {}", l.lat, l.vorticity);
+        assert_eq!(s.circulation(), "no wind", "the univariate static B moved the wind at lat {}", s.lat);
+    }
+    // The sign of the vorticity flips between the hemispheres (f changes sign; the response stays anticyclonic).
+    let (n, s) = (&latent.responses[0], &latent.responses[1]);
+    assert!(n.lat > 0.0 && s.lat < 0.0 && n.vorticity < 0.0 && s.vorticity > 0.0);
+}
