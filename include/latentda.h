@@ -347,7 +347,11 @@ int32_t lda_set_obs_times(struct LdaContext *ctx,
  * advancing one time step of `time_step_hours` hours on physical states in state layout (see `LdaStepFn`). So a
  * centre with its own TL/AD model runs latent 4D-Var with latentda's latent B:
  *
- *     x_0(w) = x_b + sd * (D(z_b + s w) - D(z_b)),  x_(j+1) = M(x_j),  J(w) = 1/2 |w|^2 + 1/2 sum_k |R^-1/2 (y_k - H_k x_k)|^2
+ * ```text
+ * x_0(w) = x_b + sd * D'(z_b)(s w)   (latent_increment = "linear", the default)
+ * x_0(w) = x_b + sd * (D(z_b + s w) - D(z_b))   (latent_increment = "nonlinear")
+ * x_(j+1) = M(x_j),  J(w) = 1/2 |w|^2 + 1/2 sum_k |R^-1/2 (y_k - H_k x_k)|^2
+ * ```
  *
  * `user` is passed to every call (may be NULL). All three callbacks NULL removes the host model; only some NULL is
  * `LDA_ERR_NULL_POINTER`. The callbacks run inside `lda_analyse` (method "l4dvar") and `lda_l4dvar_check`; each

@@ -53,6 +53,36 @@ def launch_days(spec: str):
     return days
 
 
+def perturbation_days(launch, seed, lookback):
+    """The two earlier nature-run days (a, b), at least 5 days apart, whose difference perturbs launch day `launch`."""
+    rng = np.random.default_rng(seed + launch)
+    lo = max(0, launch - lookback)
+    da, db = 0, 0
+    while abs(da - db) < 5:
+        da, db = rng.integers(lo, max(launch - 2, lo + 10), size=2)
+    return int(da), int(db)
+
+
+def perturb(g, mask, dyn, dA, dB, t_rms, wind_factor):
+    """dyn + alpha * P(dA - dB) on every prognostic field (the wind's vorticity and divergence times wind_factor), P
+    the spectral `mask`, alpha such that the temperature perturbation has RMS t_rms. Returns (state, alpha)."""
+    import jax.numpy as jnp
+    dT = (np.asarray(dA.temperature_variation) - np.asarray(dB.temperature_variation)) * mask
+    alpha = t_rms / float(np.sqrt(np.mean(np.asarray(g.to_nodal(jnp.asarray(dT))) ** 2)))
+
+    def pert(x, y, z, f=1.0):
+        return jnp.asarray(np.asarray(x) + f * alpha * (np.asarray(y) - np.asarray(z)) * mask)
+
+    new = dyn.replace(
+        vorticity=pert(dyn.vorticity, dA.vorticity, dB.vorticity, wind_factor),
+        divergence=pert(dyn.divergence, dA.divergence, dB.divergence, wind_factor),
+        temperature_variation=pert(dyn.temperature_variation, dA.temperature_variation, dB.temperature_variation),
+        log_surface_pressure=pert(dyn.log_surface_pressure, dA.log_surface_pressure, dB.log_surface_pressure),
+        tracers={k: pert(v, dA.tracers[k], dB.tracers[k]) for k, v in dyn.tracers.items()},
+    )
+    return new, alpha
+
+
 class Forecaster:
     """Perturbed-truth 48 h forecasts from the nature run's saved model states under OUT/nature/ckpt."""
 
@@ -76,30 +106,12 @@ class Forecaster:
         """48 h forecast launched on day L: dict with fc24, fc48, the initial perturbation's rms and its recipe."""
         import jax
         import jax.numpy as jnp
-        rng = np.random.default_rng(self.seed + L)
-        lo = max(0, L - self.lookback)
-        da, db = 0, 0
-        while abs(da - db) < 5:
-            da, db = rng.integers(lo, max(L - 2, lo + 10), size=2)
+        da, db = perturbation_days(L, self.seed, self.lookback)
         wait_for(os.path.join(self.out, "nature", "ckpt", f"day_{max(L, da, db) + 1:04d}.npz"))
         (dyn, phys), step = self._state(L)
-        (dA, _), _ = self._state(int(da))
-        (dB, _), _ = self._state(int(db))
-        mask, g = self.mask, self.g
-        dT = (np.asarray(dA.temperature_variation) - np.asarray(dB.temperature_variation)) * mask
-        trms = float(np.sqrt(np.mean(np.asarray(g.to_nodal(jnp.asarray(dT))) ** 2)))
-        alpha = t_rms / trms
-
-        def pert(x, y, z, f=1.0):
-            return jnp.asarray(np.asarray(x) + f * alpha * (np.asarray(y) - np.asarray(z)) * mask)
-
-        new = dyn.replace(
-            vorticity=pert(dyn.vorticity, dA.vorticity, dB.vorticity, wind_factor),
-            divergence=pert(dyn.divergence, dA.divergence, dB.divergence, wind_factor),
-            temperature_variation=pert(dyn.temperature_variation, dA.temperature_variation, dB.temperature_variation),
-            log_surface_pressure=pert(dyn.log_surface_pressure, dA.log_surface_pressure, dB.log_surface_pressure),
-            tracers={k: pert(v, dA.tracers[k], dB.tracers[k]) for k, v in dyn.tracers.items()},
-        )
+        (dA, _), _ = self._state(da)
+        (dB, _), _ = self._state(db)
+        new, alpha = perturb(self.g, self.mask, dyn, dA, dB, t_rms, wind_factor)
         x0 = jcmrun.physics_to_latentda(self.m.dycore.to_physics_state(new))[0]
         xt = jcmrun.physics_to_latentda(self.m.dycore.to_physics_state(dyn))[0]
         jcmrun.restore_from_leaves(self.m, self.tmpl, jax.tree_util.tree_leaves((new, phys)), step)

@@ -200,8 +200,9 @@ pub struct Options {
     /// Latent part of l3dvar and hybrid: "linear" (the latent B's square root at z_b: a quadratic cost that one outer
     /// loop solves exactly) or "nonlinear" (the decoded increment sd (D(z_b + s w) - D(z_b)), relinearised by the
     /// outer loops). Unset: "linear", except with output "full_state", which decodes z_a itself ("nonlinear"). On the
-    /// reference bundle's 12 validation cases both give the same analyses to 0.006 of the background RMSE, and the
-    /// linear form converges 1000-fold in 28-37 TL/AD pairs where the nonlinear one needs 46 to over 80 (model card).
+    /// reference bundle's 12 validation cases x 2 networks the two forms' mean RMSE ratios agree to 0.003 (single
+    /// cases to 0.016 of the background RMSE), and the linear form converges 1000-fold in 27-40 TL/AD pairs where the
+    /// nonlinear one needs 43 to over 80 (model card).
     pub latent_increment: Option<String>,
     /// l4dvar: length of the assimilation window [0, window_hours], a multiple of `slot_hours` (default: the
     /// smallest one that holds every observation time).
