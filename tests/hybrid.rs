@@ -453,7 +453,7 @@ fn baseline_variance_factor_scales_the_static_b() {
 #[test]
 fn latent_variance_factor_scales_the_latent_b() {
     let mut a = open("tanh", "hybrid_alpha = 2.0\nhybrid_beta = 0.5");
-    let (xb, _) = sample(&a, &fixture("tanh"));
+    let (xb, obs) = sample(&a, &fixture("tanh"));
     let z = a.encode_background(&xb).unwrap();
     let variances = |a: &mut latentda::Analyser, kind: BKind| {
         a.prepare_b(kind, Some(&z)).unwrap();
@@ -462,7 +462,6 @@ fn latent_variance_factor_scales_the_latent_b() {
     let (l1, h1) = (variances(&mut a, BKind::Latent), variances(&mut a, BKind::Hybrid));
     a.prepare_b(BKind::Static, None).unwrap();
     let s1 = a.with_b(BKind::Static, |b, ae| Ok(b.variance(ae)?.to_vec())).unwrap();
-    let obs = latentda::obs::read_csv(&fixture("tanh").join("sample/obs.csv"), &a.bundle.layout).unwrap().0;
     // (increment norm, sum over variables of (O-A rms / O-B rms)^2)
     let inc = |a: &mut latentda::Analyser| {
         let r = a.analyse(&xb, &obs, Method::L3dvar).unwrap();
