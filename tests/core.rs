@@ -166,6 +166,49 @@ fn decoder_tl_ad_dot_and_taylor_tests() {
     assert!(lt.rel < 1e-5, "latent B^1/2 adjoint rel {:e}", lt.rel);
 }
 
+/// The float32 Taylor gate (central difference, `checks::taylor_verdict`) on a real ONNX decoder: the graph's own TL
+/// passes; the same TL wrong by 1 % overall, or with one latent channel's contribution dropped, fails.
+#[test]
+fn the_float32_taylor_gate_passes_the_decoder_tl_and_fails_a_wrong_one() {
+    let mut a = open("tanh", "");
+    let (xb, _, _) = sample(&a, "tanh");
+    let z = checks::check_latent_point(&a.bundle, &mut a.ae, Some(&xb)).unwrap();
+    let eps: Vec<f64> = (-2..6).map(|k| 10f64.powi(-k)).collect();
+    let rows = checks::decoder_taylor_test(&a.bundle, &mut a.ae, &z, &eps, 12).unwrap();
+    let v = checks::taylor_verdict(&rows);
+    assert!(v.pass, "{v:?} {rows:?}");
+    let (nz, nx) = (a.ae.latent_len, a.ae.state_len);
+    let mut rng = Rng::new(5);
+    let dz: Vec<f64> = rng.normals(nz).iter().zip(&a.bundle.latent_variance).map(|(r, v)| r * v.sqrt()).collect();
+    let tl_of = |a: &mut Analyser, dz: &[f64]| {
+        let dz32: Vec<f32> = dz.iter().map(|v| *v as f32).collect();
+        let mut out = vec![0f32; nx];
+        a.ae.tl(&z, &dz32, &mut out).unwrap();
+        out.iter().map(|v| *v as f64).collect::<Vec<f64>>()
+    };
+    let tl = tl_of(&mut a, &dz);
+    // one latent element's share of TL dz left out (the largest one, so the error is well above round-off)
+    let k = (0..nz).max_by(|&i, &j| dz[i].abs().total_cmp(&dz[j].abs())).unwrap();
+    let mut dz_k = vec![0.0; nz];
+    dz_k[k] = dz[k];
+    let share = tl_of(&mut a, &dz_k);
+    let wrong: [(&str, Vec<f64>); 2] = [
+        ("TL x 1.01", tl.iter().map(|t| 1.01 * t).collect()),
+        ("TL without one latent element", tl.iter().zip(&share).map(|(t, s)| t - s).collect()),
+    ];
+    for (what, tlw) in wrong {
+        let mut d = vec![0f32; nx];
+        let rows = checks::taylor_rows(&eps, &tlw, |e| {
+            let zp: Vec<f32> = z.iter().zip(&dz).map(|(z, d)| (*z as f64 + e * d) as f32).collect();
+            a.ae.decode(&zp, &mut d)?;
+            Ok(d.iter().map(|v| *v as f64).collect())
+        })
+        .unwrap();
+        let v = checks::taylor_verdict(&rows);
+        assert!(!v.pass, "{what} passed the gate: {v:?} {rows:?}");
+    }
+}
+
 #[test]
 fn l3dvar_with_linear_decoder_equals_closed_form_kalman_solution() {
     use faer::linalg::solvers::Solve;

@@ -60,26 +60,30 @@ def read_state(path):
                                for n, *_ in D.VARS])
 
 
+# SPEEDY's T30 surface fields (land-sea mask, orography), copied from jcm 3.0.0's packaged boundary file
+# data/bc/t30/clim/surface.nc, latitudes north to south: the position inputs of the autoencoder and the step model
+# need them, and a torch-only environment (no jcm) must still be able to train and export.
+SURFACE_FILE = os.path.join(os.path.dirname(__file__), "speedy_t31_surface.npz")
+
+
+def _surface(name, lat, lon):
+    with np.load(SURFACE_FILE) as f:
+        field, flat, flon = f[name], f["lat"], f["lon"]
+    if len(flat) != len(lat) or len(flon) != len(lon) or np.abs(flat - np.asarray(lat)).max() > 0.01 \
+            or np.abs(flon - np.asarray(lon)).max() > 1e-6:
+        raise ValueError(f"{SURFACE_FILE}: the SPEEDY surface fields are on the T30/T31 48 x 96 grid, not on "
+                         f"a {len(lat)} x {len(lon)} grid")
+    return np.asarray(field, np.float64)
+
+
 def land_mask(lat, lon):
-    """SPEEDY land-sea mask (packaged T30 boundary file) on (lat N->S, lon)."""
-    from .jcmrun import jcm_dir
-    with netCDF4.Dataset(os.path.join(jcm_dir(), "data/bc/t30/clim/surface.nc")) as ds:
-        lsm = np.asarray(ds["lsm"][:], np.float64)
-        flat = np.asarray(ds["lat"][:], np.float64)
-    if flat[0] < flat[-1]:
-        lsm = lsm[::-1]
-    return lsm
+    """SPEEDY land-sea mask on (lat N->S, lon) (SURFACE_FILE)."""
+    return _surface("lsm", lat, lon)
 
 
 def orography(lat, lon):
-    """SPEEDY surface geopotential height (m, packaged T30 boundary file) on (lat N->S, lon)."""
-    from .jcmrun import jcm_dir
-    with netCDF4.Dataset(os.path.join(jcm_dir(), "data/bc/t30/clim/surface.nc")) as ds:
-        orog = np.asarray(ds["orog"][:], np.float64)
-        flat = np.asarray(ds["lat"][:], np.float64)
-    if flat[0] < flat[-1]:
-        orog = orog[::-1]
-    return orog
+    """SPEEDY surface geopotential height (m) on (lat N->S, lon) (SURFACE_FILE)."""
+    return _surface("orog", lat, lon)
 
 
 def position_fields(lat, lon):

@@ -5,6 +5,10 @@
 //! (area-weighted RMSE per variable), compares the balance of each increment with that of the true background
 //! error, repeats a single-observation experiment per method ([`single_obs`]), and writes the analyses, their JSON
 //! reports, one comparison table ([`table`]) and map figures ([`figures`]) into an output folder.
+//!
+//! When the bundle has a step model (`[forecast]`) and the case a 4D observation file (`obs4d.csv`: observations
+//! with a `time` column over a window starting at the analysis time), it adds latent 4D-Var with all of them next
+//! to the 3D methods, which use the analysis-time observations (`obs.csv`) alone.
 
 pub mod figures;
 pub mod single_obs;
@@ -42,6 +46,8 @@ pub struct DemoConfig {
     pub out: PathBuf,
     /// Options shared by every analysis.
     pub options: Options,
+    /// Observations over a window for latent 4D-Var (default: `obs4d.csv` in the case folder, when it exists).
+    pub obs4d: Option<PathBuf>,
     /// Draw the PNG figures.
     pub figures: bool,
 }
@@ -50,12 +56,25 @@ impl DemoConfig {
     /// The bundle's `sample` case, default options, figures on.
     pub fn new(bundle: impl Into<PathBuf>, out: impl Into<PathBuf>) -> DemoConfig {
         let bundle = bundle.into();
-        DemoConfig { case: bundle.join("sample"), bundle, obs: None, out: out.into(), options: Options::default(), figures: true }
+        DemoConfig {
+            case: bundle.join("sample"),
+            bundle,
+            obs: None,
+            out: out.into(),
+            options: Options::default(),
+            obs4d: None,
+            figures: true,
+        }
     }
 
     /// The observation file in use.
     pub fn obs_path(&self) -> PathBuf {
         self.obs.clone().unwrap_or_else(|| self.case.join("obs.csv"))
+    }
+
+    /// The 4D observation file in use.
+    pub fn obs4d_path(&self) -> PathBuf {
+        self.obs4d.clone().unwrap_or_else(|| self.case.join("obs4d.csv"))
     }
 }
 
@@ -93,6 +112,8 @@ pub struct Demo {
     pub truth: Vec<f64>,
     /// Observations as read.
     pub obs: Vec<Observation>,
+    /// The 4D observation file, its rows and its latest time in hours, when latent 4D-Var ran.
+    pub obs4d: Option<(PathBuf, usize, f64)>,
     /// Malformed observation rows.
     pub input_problems: Vec<RowProblem>,
     /// Area-weighted RMSE of the background against the truth, per variable.
@@ -156,6 +177,7 @@ pub fn run(cfg: &DemoConfig) -> Result<Demo> {
         x_b,
         truth,
         obs,
+        obs4d: None,
         input_problems,
         runs: Vec::new(),
         skipped: Vec::new(),
@@ -176,21 +198,23 @@ pub fn run(cfg: &DemoConfig) -> Result<Demo> {
         }
         let mut analysis = a.analyse_with(&demo.x_b, &demo.obs, method, OutputMode::Analysis)?;
         analysis.report.input_problems = demo.input_problems.clone();
-        let nc = cfg.out.join(format!("analysis_{}.nc", method.name()));
-        let title = format!("latentda demo: {} analysis of {}", method.name(), cfg.case.join("background.nc").display());
-        let units = |v: usize| demo.units[v].clone();
-        ncio::write_state(&nc, &demo.layout, &units, &analysis.analysis, &title)?;
-        let json = cfg.out.join(format!("report_{}.json", method.name()));
-        std::fs::write(&json, analysis.report.to_json())
-            .map_err(|e| Error::io(format!("cannot write report '{}': {e}", json.display())))?;
-        demo.files.extend([nc, json]);
-        demo.backend = format!("{} ({})", analysis.report.backend, analysis.report.backend_detail);
-        demo.device = analysis.report.device.clone();
-        let rmse = verify::weighted_rmse_by_var(&demo.layout, &analysis.analysis, &demo.truth);
-        demo.runs.push(MethodRun { method, analysis, rmse });
+        save_run(cfg, &mut demo, method, analysis)?;
+    }
+    let obs4d_path = cfg.obs4d_path();
+    if a.bundle.forecast.is_none() {
+        demo.skipped.push((Method::L4dvar, format!("bundle '{}' has no step model ([forecast])", demo.bundle)));
+    } else if !obs4d_path.is_file() {
+        demo.skipped.push((Method::L4dvar, format!("no 4D observation file '{}'", obs4d_path.display())));
+    } else {
+        let (obs4d, problems) = obs::read_csv(&obs4d_path, &demo.layout)?;
+        let latest = obs4d.iter().map(|o| o.time).filter(|t| t.is_finite()).fold(0.0, f64::max);
+        let mut analysis = a.analyse_with(&demo.x_b, &obs4d, Method::L4dvar, OutputMode::Analysis)?;
+        analysis.report.input_problems = problems;
+        save_run(cfg, &mut demo, Method::L4dvar, analysis)?;
+        demo.obs4d = Some((obs4d_path, obs4d.len(), latest));
     }
     let t_single = Instant::now();
-    for r in &demo.runs {
+    for r in demo.runs.iter().filter(|r| r.method != Method::L4dvar) {
         if let Some(e) = single_obs::run(&mut a, &demo.x_b, r.method, SINGLE_OBS_LON)? {
             demo.single.push(e);
         }
@@ -207,4 +231,21 @@ pub fn run(cfg: &DemoConfig) -> Result<Demo> {
         .map_err(|e| Error::io(format!("cannot write '{}': {e}", table_path.display())))?;
     demo.files.push(table_path);
     Ok(demo)
+}
+
+/// Writes one method's analysis and report into the output folder and scores it against the truth.
+fn save_run(cfg: &DemoConfig, demo: &mut Demo, method: Method, analysis: Analysis) -> Result<()> {
+    let nc = cfg.out.join(format!("analysis_{}.nc", method.name()));
+    let title = format!("latentda demo: {} analysis of {}", method.name(), cfg.case.join("background.nc").display());
+    let units = |v: usize| demo.units[v].clone();
+    ncio::write_state(&nc, &demo.layout, &units, &analysis.analysis, &title)?;
+    let json = cfg.out.join(format!("report_{}.json", method.name()));
+    std::fs::write(&json, analysis.report.to_json())
+        .map_err(|e| Error::io(format!("cannot write report '{}': {e}", json.display())))?;
+    demo.files.extend([nc, json]);
+    demo.backend = format!("{} ({})", analysis.report.backend, analysis.report.backend_detail);
+    demo.device = analysis.report.device.clone();
+    let rmse = verify::weighted_rmse_by_var(&demo.layout, &analysis.analysis, &demo.truth);
+    demo.runs.push(MethodRun { method, analysis, rmse });
+    Ok(())
 }

@@ -60,6 +60,13 @@ impl Demo {
             "options: {} outer loop(s) x at most {} CG iterations, stop at a {:.0e} gradient reduction; background check k = {}",
             o.outer_loops, o.max_inner, o.gradient_reduction, o.bg_check
         );
+        if let Some((path, n, latest)) = &self.obs4d {
+            let _ = writeln!(
+                s,
+                "l4dvar: the {n} observations of {} over a {latest} h window; the 3D methods: the analysis-time ones",
+                path.display()
+            );
+        }
         for (m, why) in &self.skipped {
             let _ = writeln!(s, "not run: {} ({why})", method_label(*m));
         }
@@ -83,7 +90,7 @@ impl Demo {
 
         section(&mut s, "observations: given | used / rejected by QC");
         for (v, var) in lay.variables.iter().enumerate() {
-            let given = self.runs.first().map_or(0, |r| r.analysis.report.variables[v].n_total);
+            let given = self.runs.iter().find(|r| r.method != Method::L4dvar).map_or(0, |r| r.analysis.report.variables[v].n_total);
             let mut cells = vec![given.to_string()];
             for r in &self.runs {
                 let st = &r.analysis.report.variables[v];

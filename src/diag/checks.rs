@@ -8,15 +8,98 @@ use crate::model::autoencoder::{denormalise, encode_state};
 use crate::bmat::BOperator;
 pub use crate::numeric::{DotTest, Rng};
 
-/// One row of the Taylor test.
+/// One row of the Taylor test of a TL against its nonlinear map f at z along dz.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TaylorRow {
     /// Step size.
     pub eps: f64,
-    /// |D(z + eps dz) - D(z)| / |eps TL dz| (-> 1).
+    /// |f(z + eps dz) - f(z)| / |eps TL dz| (-> 1).
     pub ratio: f64,
-    /// |D(z + eps dz) - D(z) - eps TL dz| / |eps TL dz| (-> 0 at first order).
+    /// One-sided remainder |f(z + eps dz) - f(z) - eps TL dz| / |eps TL dz|: falls 10x per decade (first order).
     pub remainder: f64,
+    /// Central remainder |(f(z + eps dz) - f(z - eps dz)) / 2 - eps TL dz| / |eps TL dz|: falls 100x per decade
+    /// (second order) until float32 round-off, which grows as 1/eps, takes over. This is what the gate judges.
+    pub central: f64,
+}
+
+/// Taylor rows for a map evaluated by `f(e)` = f(z + e dz) (called with e = 0, +eps and -eps), against `tl` =
+/// TL dz. One-sided and central remainders, relative to |eps TL dz|.
+pub fn taylor_rows(eps_list: &[f64], tl: &[f64], mut f: impl FnMut(f64) -> Result<Vec<f64>>) -> Result<Vec<TaylorRow>> {
+    let f0 = f(0.0)?;
+    let mut rows = Vec::with_capacity(eps_list.len());
+    for &eps in eps_list {
+        let (fp, fm) = (f(eps)?, f(-eps)?);
+        let (mut num, mut den, mut rem, mut cen) = (0.0, 0.0, 0.0, 0.0);
+        for i in 0..tl.len() {
+            let (fd, cd, lin) = (fp[i] - f0[i], 0.5 * (fp[i] - fm[i]), eps * tl[i]);
+            num += fd * fd;
+            den += lin * lin;
+            rem += (fd - lin) * (fd - lin);
+            cen += (cd - lin) * (cd - lin);
+        }
+        let den = den.max(f64::MIN_POSITIVE);
+        rows.push(TaylorRow { eps, ratio: (num / den).sqrt(), remainder: (rem / den).sqrt(), central: (cen / den).sqrt() });
+    }
+    Ok(rows)
+}
+
+/// The Taylor gate of `latentda check`, fitted to float32 graphs.
+///
+/// The one-sided remainder of a first-order Taylor test falls only 10x per decade and meets the float32 round-off
+/// floor (which grows as 1/eps) after about two clean decades, so "three decades of 10x" fails correct but nearly
+/// linear float32 graphs. The central remainder |(f(z + eps dz) - f(z - eps dz)) / 2 - eps TL dz| / |eps TL dz| of a
+/// correct TL is a eps^2 + b / eps: second-order truncation plus round-off, a V in log-log with its minimum at
+/// 1.89 a^(1/3) b^(2/3). A TL wrong by a relative amount delta adds a floor delta at every step. The gate, over the
+/// steps eps <= `TAYLOR_WINDOW_MAX` (in units of the direction, a draw of the latent background error):
+/// - pass when the smallest central remainder is below `TAYLOR_TOL` (1e-4), whatever the V looks like;
+/// - else pass when both arms of the V are seen (two consecutive steps with log-log slope 1.5 to 2.5, and two with
+///   slope -1.3 to -0.7), a and b are fitted there, and the smallest remainder is at most `TAYLOR_FLOOR_FACTOR` (3)
+///   times the V's minimum: no floor beyond truncation and round-off;
+/// - else fail.
+///
+/// So a TL error is caught once it exceeds the larger of 1e-4 and three times the graph's own float32 noise floor.
+pub const TAYLOR_WINDOW_MAX: f64 = 1.0;
+/// Absolute tolerance of the Taylor gate (see [`TAYLOR_WINDOW_MAX`]).
+pub const TAYLOR_TOL: f64 = 1e-4;
+/// How far above the minimum of the fitted truncation + round-off V the smallest remainder may lie.
+pub const TAYLOR_FLOOR_FACTOR: f64 = 3.0;
+
+/// What the Taylor gate found.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct TaylorVerdict {
+    /// Smallest central remainder over the steps eps <= [`TAYLOR_WINDOW_MAX`].
+    pub best_central: f64,
+    /// Step at which it was reached.
+    pub at_eps: f64,
+    /// Minimum of the fitted V a eps^2 + b / eps (NaN when an arm of the V is not seen).
+    pub v_minimum: f64,
+    /// `best_central < TAYLOR_TOL`, or `best_central <= TAYLOR_FLOOR_FACTOR * v_minimum`.
+    pub pass: bool,
+}
+
+/// Applies the Taylor gate (see [`TAYLOR_WINDOW_MAX`]) to rows from [`taylor_rows`] (steps in decreasing order).
+pub fn taylor_verdict(rows: &[TaylorRow]) -> TaylorVerdict {
+    let inside = rows.iter().filter(|r| r.eps <= TAYLOR_WINDOW_MAX * (1.0 + 1e-9) && r.central.is_finite());
+    let (best_central, at_eps) =
+        inside.fold((f64::INFINITY, f64::NAN), |b, r| if r.central < b.0 { (r.central, r.eps) } else { b });
+    let (mut a, mut b) = (f64::NAN, f64::NAN);
+    for w in rows.windows(2) {
+        let (big, small) = (&w[0], &w[1]);
+        if !(big.central > 0.0 && small.central > 0.0 && big.eps > small.eps) {
+            continue;
+        }
+        let slope = (big.central / small.central).ln() / (big.eps / small.eps).ln();
+        // the truncation arm at its smallest step, the round-off arm at its largest: the estimates nearest the V
+        if (1.5..=2.5).contains(&slope) {
+            a = small.central / small.eps.powi(2);
+        }
+        if (-1.3..=-0.7).contains(&slope) && b.is_nan() {
+            b = big.central * big.eps;
+        }
+    }
+    let v_minimum = 1.89 * a.cbrt() * b.powf(2.0 / 3.0);
+    let pass = best_central < TAYLOR_TOL || (v_minimum.is_finite() && best_central <= TAYLOR_FLOOR_FACTOR * v_minimum);
+    TaylorVerdict { best_central, at_eps, v_minimum, pass }
 }
 
 /// The latent point of the checks: E(N(x)) of a given state, or E(0) (the climatological mean state).
@@ -67,26 +150,15 @@ pub fn decoder_taylor_test(bundle: &Bundle, ae: &mut Autoencoder, z: &[f32], eps
     let dz: Vec<f64> =
         rng.normals(nz).iter().zip(&bundle.latent_variance).map(|(r, v)| r * v.sqrt()).collect();
     let dz32: Vec<f32> = dz.iter().map(|v| *v as f32).collect();
-    let mut d0 = vec![0f32; nx];
-    ae.decode(z, &mut d0)?;
     let mut tl = vec![0f32; nx];
     ae.tl(z, &dz32, &mut tl)?;
-    let mut rows = Vec::new();
-    let mut d1 = vec![0f32; nx];
-    for &eps in eps_list {
-        let zp: Vec<f32> = z.iter().zip(&dz).map(|(z, d)| (*z as f64 + eps * d) as f32).collect();
-        ae.decode(&zp, &mut d1)?;
-        let (mut num, mut den, mut rem) = (0.0, 0.0, 0.0);
-        for i in 0..nx {
-            let fd = d1[i] as f64 - d0[i] as f64;
-            let lin = eps * tl[i] as f64;
-            num += fd * fd;
-            den += lin * lin;
-            rem += (fd - lin) * (fd - lin);
-        }
-        rows.push(TaylorRow { eps, ratio: (num / den).sqrt(), remainder: (rem / den).sqrt() });
-    }
-    Ok(rows)
+    let tl: Vec<f64> = tl.iter().map(|v| *v as f64).collect();
+    let mut d = vec![0f32; nx];
+    taylor_rows(eps_list, &tl, |e| {
+        let zp: Vec<f32> = z.iter().zip(&dz).map(|(z, d)| (*z as f64 + e * d) as f32).collect();
+        ae.decode(&zp, &mut d)?;
+        Ok(d.iter().map(|v| *v as f64).collect())
+    })
 }
 
 /// Longest run of consecutive decades over which the relative Taylor remainder falls by a factor 3 to 30 per
@@ -130,4 +202,43 @@ pub fn baseline_bsqrt_dot_test(bundle: &Bundle, ae: &mut Autoencoder, seed: u64)
         return Ok(None);
     }
     Ok(Some(crate::bmat::static_b::StaticB::for_bundle(bundle, bundle.baseline_variance_factor)?.sqrt_test(ae, seed)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// f(z) = tanh(z) + 0.3 z^2 evaluated in float32 (as an ONNX graph would be), its exact TL scaled by `scale`.
+    fn rows_for(scale: f64, amplitude: f64) -> Vec<TaylorRow> {
+        let n = 2000;
+        let mut rng = Rng::new(7);
+        let z: Vec<f64> = rng.normals(n);
+        let dz: Vec<f64> = rng.normals(n).iter().map(|v| amplitude * v).collect();
+        let f = |x: f64| -> f64 {
+            let x = x as f32;
+            (x.tanh() + 0.3f32 * x * x) as f64
+        };
+        let tl: Vec<f64> = z.iter().zip(&dz).map(|(z, d)| scale * (1.0 - z.tanh().powi(2) + 0.6 * z) * d).collect();
+        let eps: Vec<f64> = (-2..8).map(|k| 10f64.powi(-k)).collect();
+        taylor_rows(&eps, &tl, |e| Ok(z.iter().zip(&dz).map(|(z, d)| f(z + e * d)).collect())).unwrap()
+    }
+
+    #[test]
+    fn a_correct_float32_tl_passes_the_central_gate() {
+        for amplitude in [0.03, 0.3, 3.0] {
+            let rows = rows_for(1.0, amplitude);
+            let v = taylor_verdict(&rows);
+            assert!(v.pass, "amplitude {amplitude}: {v:?} {rows:?}");
+        }
+    }
+
+    #[test]
+    fn a_tl_wrong_by_a_thousandth_fails_the_gate() {
+        for scale in [1.001, 0.999, 1.0005] {
+            for amplitude in [0.03, 0.3, 3.0] {
+                let v = taylor_verdict(&rows_for(scale, amplitude));
+                assert!(!v.pass && v.best_central > 3e-4, "scale {scale} amplitude {amplitude}: {v:?}");
+            }
+        }
+    }
 }

@@ -196,8 +196,8 @@ pub fn dot_test(ctrl: &mut dyn ControlSpace, state_len: usize, seed: u64) -> Res
     adjoint_test(ctrl, n, state_len, seed, |c, v, x| c.tl(v, x), |c, x, v| c.ad(x, v))
 }
 
-/// Taylor test of a control transform's TL at w = 0 along a random direction dw: for each eps, the ratio
-/// |dx(eps dw)| / |eps T dw| (-> 1) and the remainder |dx(eps dw) - eps T dw| / |eps T dw| (-> 0 at first order).
+/// Taylor test of a control transform's TL at w = 0 along a random direction dw: the rows of
+/// [`taylor_rows`](crate::diag::checks::taylor_rows) for the map eps -> dx(eps dw) (one-sided and central).
 pub fn taylor_test(ctrl: &mut dyn ControlSpace, state_len: usize, eps_list: &[f64], seed: u64) -> Result<Vec<TaylorRow>> {
     let n = ctrl.size();
     let dw = Rng::new(seed).normals(n);
@@ -205,18 +205,12 @@ pub fn taylor_test(ctrl: &mut dyn ControlSpace, state_len: usize, eps_list: &[f6
     let mut tdw = vec![0.0; state_len];
     ctrl.tl(&dw, &mut tdw)?;
     let mut dx = vec![0.0; state_len];
-    let mut rows = Vec::new();
-    for &eps in eps_list {
-        let w: Vec<f64> = dw.iter().map(|v| eps * v).collect();
-        ctrl.increment(&w, &mut dx)?;
-        let (mut num, mut den, mut rem) = (0.0, 0.0, 0.0);
-        for (d, t) in dx.iter().zip(&tdw) {
-            let lin = eps * t;
-            num += d * d;
-            den += lin * lin;
-            rem += (d - lin) * (d - lin);
+    crate::diag::checks::taylor_rows(eps_list, &tdw, |e| {
+        if e == 0.0 {
+            return Ok(vec![0.0; state_len]);
         }
-        rows.push(TaylorRow { eps, ratio: (num / den).sqrt(), remainder: (rem / den).sqrt() });
-    }
-    Ok(rows)
+        let w: Vec<f64> = dw.iter().map(|v| e * v).collect();
+        ctrl.increment(&w, &mut dx)?;
+        Ok(dx.clone())
+    })
 }
