@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The main job: on the shipped reference bundle and its sample case, the model-space 3D-Var baseline, latent 3D-Var
-# (L3DVar) and the hybrid, all with the default options; one comparison table and PNG figures (`latentda demo`).
+# (L3DVar) and the hybrid, all with the default options; one comparison table and PNG figures (`latentda demo`). Then
+# the 4D sample: the same three with the analysis-time observations against latent 4D-Var (L4DVar, the bundle's step
+# model) with the observations of a 12 h window.
 # Extra arguments go to `latentda demo` (e.g. --backend ort --ort-library PATH, --case DIR, --obs FILE).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -12,3 +14,5 @@ out="${LATENTDA_DEMO_OUT:-target/demo}"
 ./target/release/latentda info "$bundle"
 echo
 ./target/release/latentda demo "$bundle" --case "$bundle/sample" --output "$out" "$@"
+echo
+./target/release/latentda demo "$bundle" --case "$bundle/sample4d" --output "$out/window" "$@"

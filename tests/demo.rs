@@ -74,6 +74,39 @@ fn demo_prints_one_table_and_writes_analyses_reports_and_figures() {
 }
 
 #[test]
+fn demo_adds_latent_4dvar_with_a_window_of_observations_when_the_bundle_has_a_step_model() {
+    let b = fixture("tanh");
+    let obs4d = b.join("sample/obs_4d.csv");
+    let out = scratch("demo_fixture_4d");
+    let (code, stdout, stderr) =
+        cli(&["demo", b.to_str().unwrap(), "--obs4d", obs4d.to_str().unwrap(), "--output", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let table = std::fs::read_to_string(out.join("table.txt")).unwrap();
+    let head = table.lines().find(|l| l.trim_start().starts_with("background")).unwrap();
+    assert!(head.contains("l3dvar") && head.trim_end().ends_with("l4dvar"), "{head}");
+    assert!(table.contains("l4dvar: the ") && table.contains("obs_4d.csv"), "{table}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report_l4dvar.json")).unwrap()).unwrap();
+    assert_eq!(report["method"], "l4dvar");
+    assert!(report["window"]["nslots"].as_u64().unwrap() >= 2, "{}", report["window"]);
+    // its RMSE cells are the RMSE of the analysis it wrote
+    let a = Analyser::open(&b, Options::default()).unwrap();
+    let lay = a.bundle.layout.clone();
+    let read = |p: &std::path::Path| latentda::bundle::ncio::read_state(p, &lay).unwrap();
+    let (xb, xt, xa) = (read(&b.join("sample/background.nc")), read(&b.join("sample/truth.nc")), read(&out.join("analysis_l4dvar.nc")));
+    let (rb, ra) = (weighted_rmse_by_var(&lay, &xb, &xt), weighted_rmse_by_var(&lay, &xa, &xt));
+    for (v, var) in lay.variables.iter().enumerate() {
+        let line = table.lines().find(|l| l.starts_with(&format!("  {} (", var.name))).unwrap();
+        let cell = format!("{} {:+6.1}%", latentda::demo::table::sig(ra[v], 4), 100.0 * (ra[v] / rb[v] - 1.0));
+        assert!(line.trim_end().ends_with(&cell) || line.trim_end().ends_with(&format!("{cell}*")), "l4dvar {}: '{cell}' in\n{line}", var.name);
+    }
+    // without a 4D observation file the demo says why it has no L4DVar column
+    let out3 = scratch("demo_fixture_3d_only");
+    let (code, stdout, _) = cli(&["demo", b.to_str().unwrap(), "--output", out3.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("not run: L4DVar") && stdout.contains("no 4D observation file"), "{stdout}");
+}
+
+#[test]
 fn demo_errors_name_the_missing_file() {
     let b = copy_fixture("tanh", "demo_missing_truth");
     std::fs::remove_file(b.join("sample/truth.nc")).unwrap();

@@ -23,7 +23,7 @@ the repository's models/speedy-t31). The defaults reproduce the reference bundle
     export   step.onnx, step_tl.onnx, step_ad.onnx (each in a fresh process) + ONNX Runtime dot/Taylor tests
     skill    decoded forecast RMSE against the nature run at 6-48 h, and persistence (validation days)
     bundle   copy a bundle and add the [forecast] table, the three graphs and their checksums
-    sample4d the bundle sample's observations over a 12 h window (sample/obs4d.csv) for `latentda demo`
+    sample4d the bundle's 4D sample case (BUNDLE/sample4d: background, truth, observations over 12 h)
     validate 4D cases (validation period): L4DVar against L3DVar with the same observations at the analysis time
              (3D-FGAT: innovations against the background at each observation's time) and L3DVar with only the
              analysis-time observations; analysis time and memory against the window length
@@ -589,39 +589,41 @@ def cmd_validate(a):
 
 
 def cmd_sample4d(a):
-    """The bundle sample's 4D observations (`sample/obs4d.csv`): the sample's sonde network observed at 0, 6 and 12 h
-    after its analysis time (time column, hours), from the nature run. The rows at 0 h are the sample's `obs.csv`
-    (same stations, same seed): L3DVar with `obs.csv` against L4DVar with `obs4d.csv` is the demo's comparison. The
-    truth at the window start is the sample's `truth.nc`; the truths at 6 and 12 h go along for scoring."""
+    """The bundle's 4D sample case (`sample4d/`), for `latentda demo --case BUNDLE/sample4d` and `latentda analyse
+    --method l4dvar`: a validation-period case from the nature run in --out. `background.nc`: the 48 h forecast of
+    the perturbed-truth recipe launched on day --launch (forecasts.py, as the suite's cases); `truth.nc`: the nature
+    state at the window start (the analysis time); `obs4d.csv`: the sonde network observed at 0, 6 and 12 h (time
+    column, hours); `obs.csv`: its 0 h rows alone (the same rows, for L3DVar with the analysis-time observations)."""
     from . import cases as CS
+    from .forecasts import Forecaster
     X = D.nature(a.data)
     lat, lon, sig = D.grid(a.data)
     st = CS.stations(lat, lon)
-    d = os.path.join(a.bundle, "sample")
-    i0 = D.truth_index(a.launch + 2)
-    truth0 = CS.read_state(os.path.join(d, "truth.nc"))
-    diff = float(np.abs(truth0 - np.asarray(X[i0], np.float64)).max() / np.abs(truth0).max())
-    if diff > 1e-6:
-        raise SystemExit(f"{d}/truth.nc is not state {i0} (launch {a.launch} + 48 h) of the nature run in {a.data}: "
-                         f"max relative difference {diff:.2e}")
+    d = os.path.join(a.bundle, "sample4d")
+    os.makedirs(d, exist_ok=True)
+    L = a.launch
+    if L + 2 < a.train_days:
+        raise SystemExit(f"launch {L} lies in the training period (days < {a.train_days})")
+    i0 = D.truth_index(L + 2)
+    bg = Forecaster(a.data).run(L, 0.7, 1.6)["fc48"].astype(np.float64)
+    truth = np.asarray(X[i0], np.float64)
+    CS.write_state(os.path.join(d, "truth.nc"), truth, lat, lon, sig,
+                   f"truth (nature run) at the window start: valid day {L + 2} 00 UTC")
+    CS.write_state(os.path.join(d, "background.nc"), bg, lat, lon, sig,
+                   f"48 h forecast from perturbed truth, launch day {L}, valid day {L + 2} 00 UTC")
     rows = []
     for k, h in enumerate((0, 6, 12)):
-        truth = np.asarray(X[i0 + k], np.float64)
-        rk = CS.make_obs(truth, lat, lon, sig, st, 1000 + a.launch + 7 * k, network="sonde")
+        rk = CS.make_obs(np.asarray(X[i0 + k], np.float64), lat, lon, sig, st, 1000 + L + 7 * k, network="sonde")
         rows += [(*r, h) for r in rk]
-        if h:
-            CS.write_state(os.path.join(d, f"truth_{h}.nc"), truth, lat, lon, sig,
-                           f"truth (nature run) {h} h after the sample's analysis time (launch day {a.launch} + {48 + h} h)")
+        if h == 0:
+            CS.write_obs(os.path.join(d, "obs.csv"), rk)
     with open(os.path.join(d, "obs4d.csv"), "w") as f:
         f.write("var,lat,lon,level,value,sigma,time\n")
         for v, la, lo, lev, val, err, h in rows:
             f.write(f"{v},{la:.3f},{lo:.3f},{lev},{val:.7g},{err:.6g},{h}\n")
-    t0 = open(os.path.join(d, "obs4d.csv")).read().splitlines()[1:]
-    t0 = [ln.rsplit(",", 1)[0] for ln in t0 if ln.endswith(",0")]
-    same = t0 == open(os.path.join(d, "obs.csv")).read().splitlines()[1:]
-    print(f"wrote {d}/obs4d.csv: {len(rows)} observations at 0, 6, 12 h; the 0 h rows equal obs.csv: {same}")
-    if not same:
-        raise SystemExit("the 0 h rows differ from obs.csv: the sample was made from another nature run or seed")
+    rb = D.rmse_per_var((bg - truth)[None])
+    print(f"wrote {d}: background (launch {L} + 48 h), truth, obs4d.csv ({len(rows)} observations at 0, 6, 12 h), "
+          f"obs.csv (the 0 h rows); background RMSE {json.dumps(rb)}")
 
 
 def cmd_window(a):
@@ -703,7 +705,7 @@ def main(argv=None):
                                                       "latentda"))
     p.set_defaults(func=cmd_validate)
     p = common(sub.add_parser("sample4d"))
-    p.add_argument("--launch", type=int, default=700, help="the sample's launch day (bundle.py --sample-launch)")
+    p.add_argument("--launch", type=int, default=700, help="launch day (validation period)")
     p.set_defaults(func=cmd_sample4d)
     p = common(sub.add_parser("window"))
     p.add_argument("--launches", default="610,620")

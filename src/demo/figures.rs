@@ -63,7 +63,8 @@ fn max_speed(w: Option<(&[f64], &[f64])>) -> f64 {
 }
 
 /// A panel's title, full state difference and the QC flags of its method (none for the background error).
-type Shown<'a> = (String, Vec<f64>, Option<&'a [QcFlag]>);
+/// A panel's title, field, and the QC flags of the observations it was analysed with (and those observations).
+type Shown<'a> = (String, Vec<f64>, Option<(&'a [QcFlag], &'a [crate::obs::Observation])>);
 /// Wind components of one level.
 type Wind<'a> = (&'a [f64], &'a [f64]);
 
@@ -115,7 +116,8 @@ fn level_figure(d: &Demo, level: Level) -> Result<Option<PathBuf>> {
     // Fields: the background error first, then each method's increment.
     let mut states: Vec<Shown> = vec![("truth - background (background error)".into(), diff(&d.truth, &d.x_b), None)];
     for r in &d.runs {
-        states.push((format!("{} increment", method_label(r.method)), diff(&r.analysis.analysis, &d.x_b), Some(&r.analysis.qc)));
+        let obs: &[crate::obs::Observation] = if r.method == Method::L4dvar { &d.obs4d_rows } else { &d.obs };
+        states.push((format!("{} increment", method_label(r.method)), diff(&r.analysis.analysis, &d.x_b), Some((&r.analysis.qc, obs))));
     }
     let fields: Vec<(&[f64], Option<Wind>)> = states
         .iter()
@@ -138,9 +140,10 @@ fn level_figure(d: &Demo, level: Level) -> Result<Option<PathBuf>> {
     for ((title, _, qc), (field, wind)) in states.iter().zip(&fields) {
         let mut seen = HashSet::new();
         let mut markers = Vec::new();
-        for (i, o) in d.obs.iter().enumerate().filter(|(_, o)| on_map(o)) {
+        let obs = qc.map_or(&d.obs[..], |(_, o)| o);
+        for (i, o) in obs.iter().enumerate().filter(|(_, o)| on_map(o)) {
             let kind = match qc {
-                Some(q) if q[i] != QcFlag::Used => MarkerKind::Rejected,
+                Some((q, _)) if q[i] != QcFlag::Used => MarkerKind::Rejected,
                 _ => MarkerKind::Used,
             };
             // One dot per station (u, v, t, q share a position); every rejection is drawn.

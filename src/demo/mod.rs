@@ -114,6 +114,8 @@ pub struct Demo {
     pub obs: Vec<Observation>,
     /// The 4D observation file, its rows and its latest time in hours, when latent 4D-Var ran.
     pub obs4d: Option<(PathBuf, usize, f64)>,
+    /// The observations latent 4D-Var used (empty when it did not run).
+    pub obs4d_rows: Vec<Observation>,
     /// Malformed observation rows.
     pub input_problems: Vec<RowProblem>,
     /// Area-weighted RMSE of the background against the truth, per variable.
@@ -178,6 +180,7 @@ pub fn run(cfg: &DemoConfig) -> Result<Demo> {
         truth,
         obs,
         obs4d: None,
+        obs4d_rows: Vec::new(),
         input_problems,
         runs: Vec::new(),
         skipped: Vec::new(),
@@ -212,6 +215,7 @@ pub fn run(cfg: &DemoConfig) -> Result<Demo> {
         analysis.report.input_problems = problems;
         save_run(cfg, &mut demo, Method::L4dvar, analysis)?;
         demo.obs4d = Some((obs4d_path, obs4d.len(), latest));
+        demo.obs4d_rows = obs4d;
     }
     let t_single = Instant::now();
     for r in demo.runs.iter().filter(|r| r.method != Method::L4dvar) {
