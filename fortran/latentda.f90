@@ -35,18 +35,21 @@ module latentda
   public :: lda_last_error, lda_report_json, lda_report_number, lda_version
   public :: lda_control_size, lda_state_size, lda_b_linearise, lda_bsqrt, lda_bsqrt_ad
   public :: lda_bvariance, lda_brandomize
+  public :: lda_control_dim, lda_state_dim, lda_bsqrt_noise
+  public :: lda_grid_info, lda_grid_coords, lda_var_count, lda_var_name, lda_var_layout
+  public :: lda_obs_h, lda_obs_h_ad
   public :: lda_set_obs_times, lda_set_step_model, lda_clear_step_model, lda_l4dvar_check
   public :: lda_step_fn, lda_step_tl_fn, lda_step_ad_fn
 
   ! Status codes (identical to enum LdaStatus in include/latentda.h; a test checks they match).
   integer, parameter, public :: LDA_OK = 0                    !< success
   integer, parameter, public :: LDA_ERR_NULL_POINTER = 1      !< a required argument or the context was null
-  integer, parameter, public :: LDA_ERR_INVALID_ARGUMENT = 2  !< bad name, shape, length, method or options
+  integer, parameter, public :: LDA_ERR_INVALID_ARGUMENT = 2  !< bad name, shape, length, method, options or context
   integer, parameter, public :: LDA_ERR_BUNDLE = 3            !< bundle missing, malformed or failing validation
   integer, parameter, public :: LDA_ERR_BACKEND = 4           !< execution backend or device unusable
   integer, parameter, public :: LDA_ERR_IO = 5                !< file input/output failed
   integer, parameter, public :: LDA_ERR_INVALID_DATA = 6      !< NaN/Inf in a bound field or control vector (not obs)
-  integer, parameter, public :: LDA_ERR_NOT_READY = 7         !< not bound, no obs, no analysis yet, no baseline B
+  integer, parameter, public :: LDA_ERR_NOT_READY = 7         !< not bound, no obs, no analysis, no baseline B, busy
   integer, parameter, public :: LDA_ERR_SOLVER = 8            !< the minimisation failed
   integer, parameter, public :: LDA_ERR_INTERNAL = 9          !< internal error (caught panic): context failed, close it
   integer, parameter, public :: LDA_ERR_BUFFER_TOO_SMALL = 10 !< output buffer too small
@@ -69,6 +72,12 @@ module latentda
 
   integer(c_int32_t), parameter :: ORDER_FORTRAN = 1  ! LDA_ORDER_FORTRAN
 
+  ! Grid kind and vertical coordinate returned by lda_grid_info (enums LdaGridKind, LdaVertical in the header).
+  integer, parameter, public :: LDA_GRID_REGULAR = 0        !< equally spaced latitudes
+  integer, parameter, public :: LDA_GRID_GAUSSIAN = 1       !< Gaussian latitudes
+  integer, parameter, public :: LDA_VERTICAL_SIGMA = 0      !< sigma = p / ps
+  integer, parameter, public :: LDA_VERTICAL_PRESSURE = 1   !< pressure, Pa
+
   !> Handle of one latentda context (an opened bundle, bound arrays, observations, last results).
   !> Open with lda_open, release with lda_close (required: there is no automatic finalisation).
   type :: lda_context
@@ -89,7 +98,8 @@ module latentda
   !> step on physical states in state layout (variables in bundle order, each an (nlon, nlat[, nlev]) block in
   !> Fortran terms), n = lda_state_size. Write every output value and return 0 (any other value fails the
   !> analysis with LDA_ERR_BACKEND). user is the pointer given to lda_set_step_model. Implement them as bind(C)
-  !> procedures; they must not call latentda on the same context.
+  !> procedures. They may not use their own context: a call on it from inside them returns LDA_ERR_NOT_READY
+  !> at once (lda_last_error works there); other contexts may be used.
   abstract interface
     !> x_next = M(x)
     integer(c_int32_t) function lda_step_fn(user, n, x, x_next) bind(C)
@@ -277,6 +287,67 @@ module latentda
       real(c_double), intent(out) :: step_dot, chained_dot
     end function c_lda_l4dvar_check
 
+    integer(c_int32_t) function c_lda_grid_info(ctx, kind, nlat, nlon, vertical, nlev) bind(C, name="lda_grid_info")
+      import :: c_int32_t, c_size_t, c_ptr
+      type(c_ptr), value :: ctx
+      integer(c_int32_t), intent(out) :: kind, vertical
+      integer(c_size_t), intent(out) :: nlat, nlon, nlev
+    end function c_lda_grid_info
+
+    integer(c_int32_t) function c_lda_grid_coords(ctx, lat, nlat, lon, nlon, lev, nlev) bind(C, name="lda_grid_coords")
+      import :: c_int32_t, c_size_t, c_double, c_ptr
+      type(c_ptr), value :: ctx
+      real(c_double), intent(inout) :: lat(*), lon(*), lev(*)
+      integer(c_size_t), value :: nlat, nlon, nlev
+    end function c_lda_grid_coords
+
+    integer(c_int32_t) function c_lda_var_count(ctx, n) bind(C, name="lda_var_count")
+      import :: c_int32_t, c_ptr
+      type(c_ptr), value :: ctx
+      integer(c_int32_t), intent(out) :: n
+    end function c_lda_var_count
+
+    integer(c_int32_t) function c_lda_var_name(ctx, index, buf, len, needed) bind(C, name="lda_var_name")
+      import :: c_int32_t, c_size_t, c_char, c_ptr
+      type(c_ptr), value :: ctx
+      integer(c_int32_t), value :: index
+      character(kind=c_char), intent(inout) :: buf(*)
+      integer(c_size_t), value :: len
+      integer(c_size_t), intent(out) :: needed
+    end function c_lda_var_name
+
+    integer(c_int32_t) function c_lda_var_layout(ctx, index, nlev, offset, length) bind(C, name="lda_var_layout")
+      import :: c_int32_t, c_size_t, c_ptr
+      type(c_ptr), value :: ctx
+      integer(c_int32_t), value :: index
+      integer(c_int32_t), intent(out) :: nlev
+      integer(c_size_t), intent(out) :: offset, length
+    end function c_lda_var_layout
+
+    integer(c_int32_t) function c_lda_obs_h(ctx, x, nx, hx_out, qc_out, n) bind(C, name="lda_obs_h")
+      import :: c_int32_t, c_size_t, c_double, c_ptr
+      type(c_ptr), value :: ctx, x, qc_out          ! x, qc_out may be c_null_ptr
+      integer(c_size_t), value :: nx, n
+      real(c_double), intent(inout) :: hx_out(*)
+    end function c_lda_obs_h
+
+    integer(c_int32_t) function c_lda_obs_h_ad(ctx, y, n, x_out, nx) bind(C, name="lda_obs_h_ad")
+      import :: c_int32_t, c_size_t, c_double, c_ptr
+      type(c_ptr), value :: ctx
+      real(c_double), intent(in) :: y(*)
+      integer(c_size_t), value :: n, nx
+      real(c_double), intent(inout) :: x_out(*)
+    end function c_lda_obs_h_ad
+
+    integer(c_int32_t) function c_lda_bsqrt_noise(ctx, seed, trials, u_nonlin, ut_nonlin, adjoint) &
+         bind(C, name="lda_bsqrt_noise")
+      import :: c_int32_t, c_int64_t, c_double, c_ptr
+      type(c_ptr), value :: ctx
+      integer(c_int64_t), value :: seed
+      integer(c_int32_t), value :: trials
+      real(c_double), intent(out) :: u_nonlin, ut_nonlin, adjoint
+    end function c_lda_bsqrt_noise
+
     type(c_ptr) function c_lda_version() bind(C, name="lda_version")
       import :: c_ptr
     end function c_lda_version
@@ -378,14 +449,18 @@ contains
   end subroutine lda_open
 
   !> Releases the context (required once per successful lda_open). Bound arrays are not touched. A null context
-  !> is accepted; afterwards the context is null and may be opened again.
+  !> is accepted; afterwards the context is null and may be opened again. Called from inside one of the context's
+  !> own step-model callbacks it is refused (LDA_ERR_NOT_READY) and the context stays open.
   subroutine lda_close(ctx, ierr)
     type(lda_context), intent(inout) :: ctx         !< context to close
-    integer, intent(out), optional :: ierr          !< LDA_OK, or LDA_ERR_INTERNAL
+    integer, intent(out), optional :: ierr          !< LDA_OK, LDA_ERR_NOT_READY (from a callback: still open),
+                                                    !< LDA_ERR_INVALID_ARGUMENT (a copy of the handle was closed
+                                                    !< already), or LDA_ERR_INTERNAL
     integer :: st
     call clear_error(ctx)
     st = int(c_lda_close(ctx%ptr))
-    ctx%ptr = c_null_ptr
+    ! Still open only when refused as a re-entrant call; otherwise the handle is no context any more.
+    if (st /= LDA_ERR_NOT_READY) ctx%ptr = c_null_ptr
     if (present(ierr)) ierr = st
   end subroutine lda_close
 
@@ -674,6 +749,230 @@ contains
     if (st == LDA_OK) n = m
     if (present(ierr)) ierr = st
   end function lda_state_size
+
+  !> lda_control_size as a default integer (PDAF's dim_cvec), or -1 on failure. A size beyond huge(0) is
+  !> LDA_ERR_INVALID_ARGUMENT (then use lda_control_size, integer(c_size_t)). Example:
+  !>     integer :: dim_cvec
+  !>     dim_cvec = lda_control_dim(ctx, ierr)
+  function lda_control_dim(ctx, ierr) result(n)
+    type(lda_context), intent(inout) :: ctx          !< open context
+    integer, intent(out), optional :: ierr           !< LDA_OK, LDA_ERR_INVALID_ARGUMENT (too large), ...
+    integer :: n                                     !< control size as a default integer
+    integer(c_size_t) :: m
+    integer :: st
+    m = lda_control_size(ctx, st)
+    call to_default(ctx, m, 'lda_control_dim', n, st)
+    if (present(ierr)) ierr = st
+  end function lda_control_dim
+
+  !> lda_state_size as a default integer (PDAF's dim_p / dim_state), or -1 on failure; see lda_control_dim.
+  function lda_state_dim(ctx, ierr) result(n)
+    type(lda_context), intent(inout) :: ctx          !< open context
+    integer, intent(out), optional :: ierr           !< LDA_OK, LDA_ERR_INVALID_ARGUMENT (too large), ...
+    integer :: n                                     !< state length as a default integer
+    integer(c_size_t) :: m
+    integer :: st
+    m = lda_state_size(ctx, st)
+    call to_default(ctx, m, 'lda_state_dim', n, st)
+    if (present(ierr)) ierr = st
+  end function lda_state_dim
+
+  !> A size_t as a default integer, or -1 with LDA_ERR_INVALID_ARGUMENT when it does not fit (st: in/out status).
+  subroutine to_default(ctx, m, what, n, st)
+    type(lda_context), intent(inout) :: ctx
+    integer(c_size_t), intent(in) :: m
+    character(len=*), intent(in) :: what
+    integer, intent(out) :: n
+    integer, intent(inout) :: st
+    n = -1
+    if (st /= LDA_OK) return
+    if (m > int(huge(n), c_size_t)) then
+      call fail(ctx, LDA_ERR_INVALID_ARGUMENT, what // ': the size does not fit a default integer; use the ' // &
+           'integer(c_size_t) function without _dim', st)
+      return
+    end if
+    n = int(m)
+  end subroutine to_default
+
+  !> The measured float32 noise floor of U and U^T at the linearisation point (docs/b-operator.md): relative
+  !> nonlinearity of U and of U^T, and the adjoint mismatch, the worst over `trials` random trials. Stop a host
+  !> solver on |grad J| / |grad J0| above about 10 times the largest, not on an absolute change of J.
+  subroutine lda_bsqrt_noise(ctx, u_nonlin, ut_nonlin, adjoint, ierr, seed, trials)
+    type(lda_context), intent(inout) :: ctx          !< open context, every field bound
+    real(c_double), intent(out) :: u_nonlin          !< |U(a v1 + b v2) - a U v1 - b U v2| / (|a||U v1| + |b||U v2|)
+    real(c_double), intent(out) :: ut_nonlin         !< the same for U^T
+    real(c_double), intent(out) :: adjoint           !< |<U v, y> - <v, U^T y>| / max(|<U v, y>|, |<v, U^T y>|)
+    integer, intent(out) :: ierr                     !< LDA_OK, LDA_ERR_NOT_READY (field unbound), ...
+    integer(c_int64_t), intent(in), optional :: seed  !< seed of the random vectors (default 1)
+    integer, intent(in), optional :: trials          !< random trials, 1..100 (default 3)
+    integer(c_int64_t) :: sd
+    integer(c_int32_t) :: nt
+    call clear_error(ctx)
+    sd = 1_c_int64_t
+    if (present(seed)) sd = seed
+    nt = 3_c_int32_t
+    if (present(trials)) nt = int(trials, c_int32_t)
+    ierr = int(c_lda_bsqrt_noise(ctx%ptr, sd, nt, u_nonlin, ut_nonlin, adjoint))
+  end subroutine lda_bsqrt_noise
+
+  ! ---------------------------------------------------------------------------------------------------------------
+  ! Layout queries: the grid and the state layout (of lda_bsqrt's x, lda_obs_h's x, ...)
+  ! ---------------------------------------------------------------------------------------------------------------
+
+  !> The bundle's grid: kind (LDA_GRID_*), sizes, vertical coordinate (LDA_VERTICAL_*: the unit of the levels and of
+  !> lda_set_obs's level). Fields are (nlon, nlat, nlev) arrays, (nlon, nlat) for surface variables.
+  subroutine lda_grid_info(ctx, kind, nlat, nlon, vertical, nlev, ierr)
+    type(lda_context), intent(inout) :: ctx          !< open context
+    integer, intent(out) :: kind                     !< LDA_GRID_REGULAR or LDA_GRID_GAUSSIAN
+    integer, intent(out) :: nlat                     !< number of latitudes
+    integer, intent(out) :: nlon                     !< number of longitudes
+    integer, intent(out) :: vertical                 !< LDA_VERTICAL_SIGMA or LDA_VERTICAL_PRESSURE
+    integer, intent(out) :: nlev                     !< number of model levels
+    integer, intent(out) :: ierr                     !< LDA_OK, LDA_ERR_INVALID_ARGUMENT (context)
+    integer(c_int32_t) :: k, v
+    integer(c_size_t) :: na, no, nl
+    call clear_error(ctx)
+    kind = -1
+    vertical = -1
+    nlat = -1
+    nlon = -1
+    nlev = -1
+    ierr = int(c_lda_grid_info(ctx%ptr, k, na, no, v, nl))
+    if (ierr /= LDA_OK) return
+    kind = int(k)
+    vertical = int(v)
+    nlat = int(na)
+    nlon = int(no)
+    nlev = int(nl)
+  end subroutine lda_grid_info
+
+  !> The grid coordinates: latitudes (degrees north, north to south), longitudes (degrees east, increasing) and
+  !> model levels (top to bottom). Sizes must be those of lda_grid_info; written only on success.
+  subroutine lda_grid_coords(ctx, lat, lon, lev, ierr)
+    type(lda_context), intent(inout) :: ctx          !< open context
+    real(c_double), intent(inout) :: lat(:)          !< nlat latitudes
+    real(c_double), intent(inout) :: lon(:)          !< nlon longitudes
+    real(c_double), intent(inout) :: lev(:)          !< nlev levels
+    integer, intent(out) :: ierr                     !< LDA_OK, LDA_ERR_INVALID_ARGUMENT (a size differs)
+    call clear_error(ctx)
+    ierr = int(c_lda_grid_coords(ctx%ptr, lat, int(size(lat), c_size_t), lon, int(size(lon), c_size_t), lev, &
+         int(size(lev), c_size_t)))
+  end subroutine lda_grid_coords
+
+  !> Number of bundle variables; their identifiers are 0 .. nvar-1 in state order.
+  subroutine lda_var_count(ctx, nvar, ierr)
+    type(lda_context), intent(inout) :: ctx          !< open context
+    integer, intent(out) :: nvar                     !< number of variables (-1 on failure)
+    integer, intent(out) :: ierr                     !< LDA_OK, LDA_ERR_INVALID_ARGUMENT (context)
+    integer(c_int32_t) :: n
+    call clear_error(ctx)
+    nvar = -1
+    ierr = int(c_lda_var_count(ctx%ptr, n))
+    if (ierr == LDA_OK) nvar = int(n)
+  end subroutine lda_var_count
+
+  !> Name of variable `id` (0-based identifier, as from lda_var_index).
+  subroutine lda_var_name(ctx, id, name, ierr)
+    type(lda_context), intent(inout) :: ctx          !< open context
+    integer, intent(in) :: id                        !< identifier, 0 .. nvar-1
+    character(len=*), intent(inout) :: name          !< the name, blank-padded; written only on success
+    integer, intent(out) :: ierr                     !< LDA_OK, LDA_ERR_INVALID_ARGUMENT (id out of range),
+                                                     !< LDA_ERR_BUFFER_TOO_SMALL (name shorter than the name)
+    character(kind=c_char) :: buf(257)
+    integer(c_size_t) :: needed
+    integer :: i, n
+    character(len=16) :: sz
+    call clear_error(ctx)
+    ierr = int(c_lda_var_name(ctx%ptr, int(id, c_int32_t), buf, int(size(buf), c_size_t), needed))
+    if (ierr /= LDA_OK) return
+    n = int(needed) - 1
+    if (n > len(name)) then
+      write(sz, '(i0)') n
+      call fail(ctx, LDA_ERR_BUFFER_TOO_SMALL, 'lda_var_name: the name has ' // trim(sz) // ' characters, more than len(name)', &
+           ierr)
+      return
+    end if
+    name = ''
+    do i = 1, n
+      name(i:i) = buf(i)
+    end do
+  end subroutine lda_var_name
+
+  !> Where variable `id` lives in a state vector x (lda_bsqrt, lda_obs_h, ...): x(offset+1 : offset+length), an
+  !> (nlon, nlat, nlev) array ((nlon, nlat) when nlev = 0: a surface variable) in the same order as a bound field.
+  subroutine lda_var_layout(ctx, id, nlev, offset, length, ierr)
+    type(lda_context), intent(inout) :: ctx          !< open context
+    integer, intent(in) :: id                        !< identifier, 0 .. nvar-1
+    integer, intent(out) :: nlev                     !< levels, 0 for a surface variable
+    integer, intent(out) :: offset                   !< elements before the variable's block (0-based offset)
+    integer, intent(out) :: length                   !< elements of the block: max(nlev, 1) * nlat * nlon
+    integer, intent(out) :: ierr                     !< LDA_OK, LDA_ERR_INVALID_ARGUMENT (id out of range, too large)
+    integer(c_int32_t) :: nl
+    integer(c_size_t) :: off, len
+    call clear_error(ctx)
+    nlev = -1
+    offset = -1
+    length = -1
+    ierr = int(c_lda_var_layout(ctx%ptr, int(id, c_int32_t), nl, off, len))
+    if (ierr /= LDA_OK) return
+    if (off + len > int(huge(offset), c_size_t)) then
+      call fail(ctx, LDA_ERR_INVALID_ARGUMENT, 'lda_var_layout: the state is too large for default integers', ierr)
+      return
+    end if
+    nlev = int(nl)
+    offset = int(off)
+    length = int(len)
+  end subroutine lda_var_layout
+
+  ! ---------------------------------------------------------------------------------------------------------------
+  ! H as a service: latentda's observation operator for the observations set by lda_set_obs
+  ! ---------------------------------------------------------------------------------------------------------------
+
+  !> hx = H x for every observation set (lda_set_obs order), NaN where the geometric checks reject it; bit-identical
+  !> to an analysis's H x_b on the same background. x: a state vector (state layout), or absent for the bound fields.
+  subroutine lda_obs_h(ctx, hx, ierr, x, qc)
+    type(lda_context), intent(inout) :: ctx          !< open context with observations set
+    real(c_double), intent(inout) :: hx(:)           !< one value per observation; written on success
+    integer, intent(out) :: ierr                     !< LDA_OK, LDA_ERR_NOT_READY (no obs, field unbound),
+                                                     !< LDA_ERR_INVALID_ARGUMENT (sizes), LDA_ERR_INVALID_DATA (NaN in x)
+    real(c_double), intent(in), optional, target, contiguous :: x(:)  !< state, lda_state_size values
+    integer(c_int32_t), intent(inout), optional, target, contiguous :: qc(:)  !< geometric QC flag per observation
+    type(c_ptr) :: xp, qp
+    integer(c_size_t) :: nx
+    character(len=16) :: sz
+    call clear_error(ctx)
+    xp = c_null_ptr
+    qp = c_null_ptr
+    nx = 0
+    if (present(x)) then
+      nx = int(size(x), c_size_t)
+      if (size(x) > 0) xp = c_loc(x)
+    end if
+    if (present(qc)) then
+      if (size(qc) /= size(hx)) then
+        write(sz, '(i0)') size(qc)
+        call fail(ctx, LDA_ERR_INVALID_ARGUMENT, 'lda_obs_h: qc has ' // trim(sz) // ' values, hx has a different count', ierr)
+        return
+      end if
+      if (size(qc) > 0) qp = c_loc(qc)
+    end if
+    if (present(x) .and. size(x) == 0) then
+      call fail(ctx, LDA_ERR_INVALID_ARGUMENT, 'lda_obs_h: x is empty (omit x to read the bound fields)', ierr)
+      return
+    end if
+    ierr = int(c_lda_obs_h(ctx%ptr, xp, nx, hx, qp, int(size(hx), c_size_t)))
+  end subroutine lda_obs_h
+
+  !> x = H^T y, the exact adjoint of lda_obs_h (values of rejected observations in y are ignored).
+  subroutine lda_obs_h_ad(ctx, y, x, ierr)
+    type(lda_context), intent(inout) :: ctx          !< open context with observations set
+    real(c_double), intent(in) :: y(:)               !< one value per observation
+    real(c_double), intent(inout) :: x(:)            !< lda_state_size values, overwritten on success
+    integer, intent(out) :: ierr                     !< LDA_OK, LDA_ERR_INVALID_ARGUMENT (sizes), LDA_ERR_NOT_READY,
+                                                     !< LDA_ERR_INVALID_DATA (non-finite y of a located observation)
+    call clear_error(ctx)
+    ierr = int(c_lda_obs_h_ad(ctx%ptr, y, int(size(y), c_size_t), x, int(size(x), c_size_t)))
+  end subroutine lda_obs_h_ad
 
   !> (Re)linearises U (option b_operator) at the background in the bound arrays (automatic only at the first
   !> lda_bsqrt, lda_bsqrt_ad, lda_bvariance or lda_brandomize after a bind: call it again whenever the background in

@@ -4,10 +4,12 @@
  * Call order: lda_open -> lda_bind_field_f32/f64 (every bundle variable) -> lda_set_obs -> lda_analyse
  *             -> lda_obs_qc / lda_report_json -> ... (repeat each cycle) ... -> lda_close
  * Every function (except lda_last_error, lda_version) returns an int32_t status (LdaStatus): LDA_OK (0) or one of the
- * LDA_ERR_* codes, and lda_last_error(ctx) then gives the message. No function aborts the host or lets a Rust
- * panic unwind into C; a failing call never writes host arrays. Bound host arrays are written only when an analysis
- * succeeded, and must stay valid until rebound or lda_close. One thread at a time per context; contexts are
- * independent. Link: -llatentda (shared) or liblatentda.a plus its native libraries. See docs/coupling.md.
+ * LDA_ERR_* codes, and lda_last_error(ctx) then gives the message. No function aborts the host, lets a Rust
+ * panic unwind into C or prints a caught one; a failing call never writes host arrays. Bound host arrays are written
+ * only when an analysis succeeded, and must stay valid until rebound or lda_close. One thread at a time per context
+ * (a call from another thread waits; a call from inside the context's own callback is refused, LDA_ERR_NOT_READY);
+ * contexts are independent. A closed context pointer is refused (LDA_ERR_INVALID_ARGUMENT), also by lda_close.
+ * Link: -llatentda (shared) or liblatentda.a plus its native libraries. See docs/coupling.md.
  */
 
 #ifndef LATENTDA_H
@@ -50,7 +52,8 @@ enum LdaStatus
   LDA_ERR_NULL_POINTER = 1,
   /**
    * An argument was invalid: unknown variable name, wrong ndim/shape/order at bind, observation count 0, wrong
-   * buffer length, unknown method, or a bad options string.
+   * buffer length, unknown method, a bad options string, or a context pointer that is not an open context
+   * (closed already, e.g. a second `lda_close`, or never returned by `lda_open`).
    */
   LDA_ERR_INVALID_ARGUMENT = 2,
   /**
@@ -74,8 +77,9 @@ enum LdaStatus
   LDA_ERR_INVALID_DATA = 6,
   /**
    * Not ready: a field is not bound, no observations were set, no analysis has succeeded yet (for
-   * `lda_obs_qc`/`lda_report_json`), or the bundle lacks what the method needs (method "3dvar" or "hybrid", or B
-   * operator "static" or "hybrid", without baseline statistics).
+   * `lda_obs_qc`/`lda_report_json`), the bundle lacks what the method needs (method "3dvar" or "hybrid", or B
+   * operator "static" or "hybrid", without baseline statistics), or the context is busy: a call on it from
+   * inside one of its own callbacks (re-entry) is refused at once.
    */
   LDA_ERR_NOT_READY = 7,
   /**
@@ -178,12 +182,72 @@ typedef int32_t LdaOrder;
 #endif // __cplusplus
 
 /**
+ * Horizontal grid kind of the bundle (`kind_out` of `lda_grid_info`, an `int32_t`).
+ */
+enum LdaGridKind
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * Equally spaced latitudes.
+   */
+  LDA_GRID_REGULAR = 0,
+  /**
+   * Gaussian (non-uniform) latitudes.
+   */
+  LDA_GRID_GAUSSIAN = 1,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum LdaGridKind LdaGridKind;
+#else
+typedef int32_t LdaGridKind;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * Vertical coordinate of the bundle (`vertical_out` of `lda_grid_info`, an `int32_t`): the unit of the `level`
+ * argument of `lda_set_obs` and of the levels of `lda_grid_coords`.
+ */
+enum LdaVertical
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * Sigma = p / ps (dimensionless, in (0, 1]).
+   */
+  LDA_VERTICAL_SIGMA = 0,
+  /**
+   * Pressure in Pa.
+   */
+  LDA_VERTICAL_PRESSURE = 1,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum LdaVertical LdaVertical;
+#else
+typedef int32_t LdaVertical;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * Opaque latentda context: one opened bundle, its ONNX sessions, the bound host arrays, the observations and the
  * results of the last analysis. Created by `lda_open`, released by `lda_close`.
  *
  * A context may be used from one thread at a time (calls on one context are serialised internally, but bound
  * arrays must not be touched by the host during a call); different contexts are independent and may run
  * concurrently on different threads. `lda_last_error` may be called from any thread.
+ *
+ * The pointer is a handle, not an address to read: latentda looks it up in its table of open contexts. A pointer
+ * that is not an open context (closed already, or never returned by `lda_open`) is refused by every function
+ * with `LDA_ERR_INVALID_ARGUMENT`, so a second `lda_close` is an error, not a crash. Handles are never reused, so
+ * a stale pointer cannot reach a context opened later.
+ *
+ * A call on a context from inside one of its own callbacks (the step model of `lda_set_step_model`) is refused at
+ * once with `LDA_ERR_NOT_READY` (the context is busy with the call that runs the callback); `lda_last_error` works
+ * there. A call from another thread meanwhile waits for the running call, as any concurrent call does.
  *
  * After an internal error (a caught panic) the context is failed: every later call on it returns
  * `LDA_ERR_INTERNAL` without touching the host's arrays, until `lda_close`.
@@ -196,8 +260,9 @@ typedef struct LdaContext LdaContext;
  * `user` is the pointer given to `lda_set_step_model`; `n` is `lda_state_size`; `x` holds the state (physical
  * units, state layout: variables in bundle order, each a C-order (lev, lat, lon) block); the callback writes all `n`
  * values of `x_next` and returns 0, or any other value to make the analysis fail (`LDA_ERR_BACKEND`). The buffers
- * belong to latentda and are valid for the call only. The callback must not call latentda functions on the same
- * context.
+ * belong to latentda and are valid for the call only. A callback may not use its own context: every call on it
+ * from inside the callback returns `LDA_ERR_NOT_READY` at once (`lda_last_error` works); other contexts may be
+ * used.
  */
 typedef int32_t (*LdaStepFn)(void *user, size_t n, const double *x, double *x_next);
 
@@ -228,39 +293,47 @@ extern "C" {
  * Opens a bundle and creates a context.
  *
  * - `bundle_dir`: path of the bundle directory (NUL-terminated UTF-8); must not be NULL.
- * - `options`: NULL or "" for the defaults, or TOML text with any of the keys `backend` ("tract" | "ort"),
+ * - `options`: NULL or "" for the defaults, or TOML text with any of the keys `backend` ("tract" | "ort" | "auto"),
  *   `ort_library`, `device` ("cpu" | "cuda:N"), `threads`, `cuda_tf32`, `method` ("l3dvar" | "3dvar" |
  *   "hybrid" | "l4dvar"), `output` ("analysis" | "increment" | "full_state"), `solver` ("gauss_newton" | "adam"),
  *   `gradient_reduction`, `max_pairs`, `outer_loops`, `max_inner`, `preconditioner` ("ritz" | "none"),
  *   `adam_steps`, `adam_lr`, `bg_check`, `bg_check_samples`, `hybrid_alpha`, `hybrid_beta`, `hybrid_variables`,
  *   `baseline_variance_factor`, `latent_variance_factor`, `latent_increment` ("linear" | "nonlinear"),
  *   `b_operator` ("latent" | "hybrid" | "static"), `window_hours`, `slot_hours`, `error_growth_per_hour`,
- *   `verbosity` (one `key = value` per line; see docs/coupling.md). Unknown keys are an error.
+ *   `verbosity`, `self_test` (one `key = value` per line; see docs/coupling.md). Unknown keys are an error.
  * - `out`: receives the new context; must not be NULL. It is set to NULL on failure.
  *
  * The strings are only read during the call. The context is owned by the caller and must be released with
  * `lda_close`. On failure the message is available from `lda_last_error(NULL)` on the same thread.
- * Thread-safe: different threads may open contexts concurrently.
+ * Thread-safe: different threads may open contexts concurrently. The context pointer is a handle (see
+ * `LdaContext`): never the value of an earlier context, even one closed since.
  */
 int32_t lda_open(const char *bundle_dir,
                  const char *options,
                  struct LdaContext **out);
 
 /**
- * Releases a context and everything it owns (ONNX sessions, observations, report). NULL is accepted and ignored.
- * Bound host arrays are not touched and remain owned by the host. The pointer must not be used afterwards, and a
- * context must be closed exactly once.
+ * Releases a context and everything it owns (ONNX sessions, observations, report). NULL is accepted and ignored
+ * (`LDA_OK`). Bound host arrays are not touched and remain owned by the host. The pointer must not be used
+ * afterwards.
+ *
+ * Closing twice is detected: a pointer that is not an open context (closed already, or never returned by
+ * `lda_open`) returns `LDA_ERR_INVALID_ARGUMENT` and changes nothing (message from `lda_last_error(NULL)` on the
+ * same thread), also when a context opened since then is open (handles are never reused). Called from inside one
+ * of the context's own callbacks, it returns `LDA_ERR_NOT_READY` and the context stays open. Called while another
+ * thread is in a call on the context, the context is released when that call returns.
  */
 int32_t lda_close(struct LdaContext *ctx);
 
 /**
  * Message of the last failed call on `ctx` ("" if none has failed). With `ctx` NULL: the message of the last
- * failure on the calling thread that had no context (a failed `lda_open`, or a call given a NULL context).
+ * failure on the calling thread that had no context (a failed `lda_open`, a call given a NULL context or one that
+ * is not open, such as a second `lda_close`). With a pointer that is not an open context: a message saying so.
  *
  * Never returns NULL. The string is owned by latentda: do not free it. It is a copy made for the calling thread:
  * it stays valid until the same thread calls `lda_last_error` again, whatever other threads do meanwhile (later
  * failures on the context, `lda_close`); copy it to keep it longer. Thread-safe: any thread may ask about any
- * live context.
+ * live context, also from inside one of the context's callbacks.
  */
 const char *lda_last_error(const struct LdaContext *ctx);
 
@@ -518,6 +591,131 @@ int32_t lda_brandomize(struct LdaContext *ctx,
                        uint64_t seed,
                        double *x_out,
                        size_t nx);
+
+/**
+ * The bundle's grid: `*kind_out` (`LdaGridKind`), `*nlat_out` latitudes, `*nlon_out` longitudes, `*vertical_out`
+ * (`LdaVertical`: the coordinate of the levels and of `lda_set_obs`'s `level`) and `*nlev_out` model levels.
+ * Any output may be NULL (not wanted). Needs no bound field.
+ *
+ * Host arrays of one upper-air variable are (nlev, nlat, nlon) in C order, (nlon, nlat, nlev) in Fortran terms;
+ * surface variables drop nlev (`lda_var_layout` says which is which).
+ */
+int32_t lda_grid_info(struct LdaContext *ctx,
+                      int32_t *kind_out,
+                      size_t *nlat_out,
+                      size_t *nlon_out,
+                      int32_t *vertical_out,
+                      size_t *nlev_out);
+
+/**
+ * The grid coordinates: `lat_out` receives the `nlat` latitudes (degrees north, north to south: the order of the
+ * latitude index of every field), `lon_out` the `nlon` longitudes (degrees east, increasing), `lev_out` the
+ * `nlev` model levels (top to bottom, in the vertical coordinate of `lda_grid_info`). Each pointer may be NULL
+ * (not wanted, its length ignored); for the others the length must equal the size from `lda_grid_info`
+ * (`LDA_ERR_INVALID_ARGUMENT` otherwise, checked before anything is written).
+ */
+int32_t lda_grid_coords(struct LdaContext *ctx,
+                        double *lat_out,
+                        size_t nlat,
+                        double *lon_out,
+                        size_t nlon,
+                        double *lev_out,
+                        size_t nlev);
+
+/**
+ * Number of bundle variables into `*n_out` (must not be NULL). Their identifiers (for `lda_set_obs`,
+ * `lda_var_name`, `lda_var_layout`) are 0 .. n-1, in state order.
+ */
+int32_t lda_var_count(struct LdaContext *ctx,
+                      int32_t *n_out);
+
+/**
+ * Name of variable `index` (0-based identifier) as a NUL-terminated string in `buf` (at most 256 bytes plus the
+ * NUL, the NetCDF name limit). `*needed` (if `needed` is not NULL) receives the size including the NUL; with `buf`
+ * NULL or `len` too small nothing is copied and `LDA_ERR_BUFFER_TOO_SMALL` is returned. An identifier out of
+ * range is `LDA_ERR_INVALID_ARGUMENT`.
+ */
+int32_t lda_var_name(struct LdaContext *ctx,
+                     int32_t index,
+                     char *buf,
+                     size_t len,
+                     size_t *needed);
+
+/**
+ * Where variable `index` (0-based identifier) lives in the state vector of `lda_bsqrt`, `lda_bsqrt_ad`,
+ * `lda_bvariance`, `lda_brandomize`, `lda_obs_h` and `lda_obs_h_ad`: `*nlev_out` levels (0 for a surface
+ * variable), elements `*offset_out` .. `*offset_out + *length_out - 1` (0-based), `length` = max(nlev, 1) * nlat *
+ * nlon. Any output may be NULL (not wanted).
+ *
+ * Within its block a variable is stored longitude fastest, then latitude (north to south), then level (top to
+ * bottom): a C array [nlev][nlat][nlon] or, in Fortran, an array (nlon, nlat, nlev) starting at x(offset + 1).
+ * Both are the same memory, so a host's fields bound in either order map onto the state vector element for
+ * element, and the whole state is the variables' blocks one after the other in identifier order.
+ */
+int32_t lda_var_layout(struct LdaContext *ctx,
+                       int32_t index,
+                       int32_t *nlev_out,
+                       size_t *offset_out,
+                       size_t *length_out);
+
+/**
+ * H x: the model equivalent of every observation set by `lda_set_obs`, computed with latentda's own observation
+ * operator (bilinear in latitude/longitude with periodic longitude and polar caps, linear in ln(level)), the one an
+ * analysis uses: on the same background its values are bit-identical to the analysis's H x_b (the O-B of the
+ * report is value - H x_b).
+ *
+ * - `x`: `nx` = `lda_state_size` doubles in state layout (`lda_var_layout`), or NULL to read the bound arrays.
+ * - `hx_out` (not NULL): `n` = number of observations set; receives H_i x, in `lda_set_obs` order, and NaN for an
+ *   observation rejected by the geometric checks.
+ * - `qc_out` (may be NULL): `n` values; receives the geometric QC flag of each observation: `LDA_QC_USED`,
+ *   `LDA_QC_INVALID` (non-finite value or position, sigma <= 0 or below the floor), `LDA_QC_OUTSIDE_DOMAIN`,
+ *   `LDA_QC_OUTSIDE_VERTICAL` or `LDA_QC_UNKNOWN_VARIABLE`. The background check of an analysis (`LDA_QC_BACKGROUND_CHECK`)
+ *   is not made here; observation times are ignored.
+ *
+ * H is built once per observation set (at the first call after `lda_set_obs`) and is linear: its tangent-linear is
+ * itself and its adjoint is `lda_obs_h_ad`. NaN/Inf in x is `LDA_ERR_INVALID_DATA`; without observations
+ * `LDA_ERR_NOT_READY`. Outputs are written only on success, after x was read (they may overlap x).
+ */
+int32_t lda_obs_h(struct LdaContext *ctx,
+                  const double *x,
+                  size_t nx,
+                  double *hx_out,
+                  int32_t *qc_out,
+                  size_t n);
+
+/**
+ * x = H^T y: the exact adjoint of `lda_obs_h` (the same sparse weights, transposed). `y` (not NULL) holds `n` =
+ * number of observations set, in `lda_set_obs` order; values of observations rejected by the geometric checks are
+ * ignored (they may be NaN), the others must be finite (`LDA_ERR_INVALID_DATA`). `x_out` (not NULL) receives `nx`
+ * = `lda_state_size` doubles in state layout, overwritten (not accumulated); written only on success, after y was
+ * read. For a host cost J_o = 1/2 sum ((y_i - H_i x) / sigma_i)^2 the gradient is -H^T r with r_i = (y_i - H_i x)
+ * / sigma_i^2.
+ */
+int32_t lda_obs_h_ad(struct LdaContext *ctx,
+                     const double *y,
+                     size_t n,
+                     double *x_out,
+                     size_t nx);
+
+/**
+ * The measured float32 noise floor of the B operator (option `b_operator`) at its linearisation point (linearised
+ * as by `lda_bsqrt` if not yet), the worst over `trials` (1..=100) random trials from `seed` (deterministic):
+ *
+ * - `*u_nonlin_out`: |U(a v1 + b v2) - a U v1 - b U v2| / (|a| |U v1| + |b| |U v2|), v ~ N(0, I);
+ * - `*ut_nonlin_out`: the same for U^T, on state vectors y = xi / sd (sd: normalisation sd of each channel);
+ * - `*adjoint_out`: |<U v, y> - <v, U^T y>| / max(|<U v, y>|, |<v, U^T y>|), y with a component along U v.
+ *
+ * Outputs must not be NULL. The latent B runs float32 graphs and gives about 1e-7 to 1e-6; the static B is
+ * float64 (about 1e-16). A host minimiser cannot reduce its gradient below about this relative level: stop on a
+ * gradient criterion above it, never on an absolute change of J (docs/b-operator.md). Each trial costs 4 TL and
+ * 4 AD runs. Every field must be bound.
+ */
+int32_t lda_bsqrt_noise(struct LdaContext *ctx,
+                        uint64_t seed,
+                        int32_t trials,
+                        double *u_nonlin_out,
+                        double *ut_nonlin_out,
+                        double *adjoint_out);
 
 /**
  * The latentda version string (static, NUL-terminated; do not free).

@@ -20,6 +20,10 @@
 // (latentda::status::*, equal to LDA_ERR_*) and whose what() is the message lda_last_error would return.
 // Bound host arrays are written only when an analysis succeeded: after any exception they are bit-identical.
 // A Context may be used from one thread at a time; different contexts may be used from different threads.
+// A panic inside latentda (e.g. the tract engine on a corrupt graph) becomes an Error and prints nothing on
+// stderr; the program's own panics and other libraries' are reported as before (docs/coupling.md, Threading).
+// Ownership is RAII (one owner, closed once on destruction) and the C++ API takes no callbacks, so the C ABI's
+// double-close and re-entry checks have no C++ counterpart.
 
 #ifndef LATENTDA_HPP
 #define LATENTDA_HPP
@@ -73,6 +77,50 @@ constexpr int32_t outside_window = 6;    // method l4dvar: observation time outs
 enum class Order : int32_t {
   C = 0,        // row-major, shape {nlev, nlat, nlon} or {nlat, nlon}
   Fortran = 1,  // column-major, shape {nlon, nlat, nlev} or {nlon, nlat} in Fortran terms
+};
+
+// Horizontal grid kind (LdaGridKind in latentda.h).
+enum class GridKind : int32_t {
+  Regular = 0,   // equally spaced latitudes
+  Gaussian = 1,  // Gaussian latitudes
+};
+
+// Vertical coordinate (LdaVertical in latentda.h): the unit of the levels and of set_obs's `level`.
+enum class Vertical : int32_t {
+  Sigma = 0,     // sigma = p / ps
+  Pressure = 1,  // pressure, Pa
+};
+
+// The bundle's grid (Context::grid()). Fields are {nlev, nlat, nlon} in C order ({nlat, nlon} for surface fields).
+struct Grid {
+  GridKind kind = GridKind::Regular;
+  Vertical vertical = Vertical::Sigma;
+  std::vector<double> lat;     // degrees north, north to south
+  std::vector<double> lon;     // degrees east, increasing
+  std::vector<double> levels;  // model levels, top to bottom
+};
+
+// One bundle variable and its block of the state vector (Context::variables()): elements offset .. offset+length-1
+// of x in bsqrt/bsqrt_ad/obs_h/obs_h_ad, a C array [max(nlev,1)][nlat][nlon] (Fortran: (nlon, nlat, nlev)).
+struct Variable {
+  std::string name;
+  std::string units;
+  int32_t nlev = 0;  // 0 for a surface variable
+  std::size_t offset = 0;
+  std::size_t length = 0;
+};
+
+// H x for every observation set, in set_obs order (Context::obs_h()).
+struct ObsValues {
+  std::vector<double> hx;   // H_i x; NaN where the geometric checks reject the observation
+  std::vector<int32_t> qc;  // geometric QC flag (latentda::qc::used, invalid, outside_domain, ...)
+};
+
+// The measured float32 noise floor of U and U^T (Context::bsqrt_noise()), relative values.
+struct NoiseFloor {
+  double u_nonlinearity = 0;    // |U(a v1 + b v2) - a U v1 - b U v2| / (|a||U v1| + |b||U v2|)
+  double ut_nonlinearity = 0;   // the same for U^T
+  double adjoint_mismatch = 0;  // |<U v, y> - <v, U^T y>| / max(|<U v, y>|, |<v, U^T y>|)
 };
 
 // A latentda failure: code() is the C ABI status, what() the message.
@@ -159,7 +207,7 @@ class Context {
   // threads, cuda_tf32, method, output, solver, gradient_reduction, max_pairs, outer_loops, max_inner,
   // preconditioner, adam_steps, adam_lr, bg_check, bg_check_samples, hybrid_alpha, hybrid_beta, hybrid_variables,
   // baseline_variance_factor, latent_variance_factor, latent_increment, b_operator, window_hours, slot_hours,
-  // error_growth_per_hour, verbosity), empty for defaults.
+  // error_growth_per_hour, verbosity, self_test), empty for defaults.
   // Throws status::bundle for a missing or invalid bundle, status::invalid_argument for bad options.
   static Context open(const std::string& bundle_dir, const std::string& options = "") {
     return detail::call([&] { return Context(detail::open(detail::str(bundle_dir), detail::str(options))); });
@@ -313,6 +361,56 @@ class Context {
   std::vector<double> brandomize(uint64_t seed) {
     return detail::call([&] { return to_vector(get().brandomize(seed)); });
   }
+  // The measured float32 noise floor of U and U^T at the linearisation point, worst over `trials` (1..100) random
+  // trials: a host solver cannot reduce its gradient below about this relative level (docs/b-operator.md).
+  NoiseFloor bsqrt_noise(uint64_t seed = 1, int32_t trials = 3) {
+    return detail::call([&] {
+      const detail::NoiseFloor n = get().bsqrt_noise(seed, trials);
+      return NoiseFloor{n.u_nonlinearity, n.ut_nonlinearity, n.adjoint_mismatch};
+    });
+  }
+
+  // Layout queries. The grid: kind, vertical coordinate, latitudes, longitudes, levels.
+  Grid grid() const {
+    return detail::call([&] {
+      const detail::GridInfo g = get().grid_info();
+      Grid out;
+      out.kind = static_cast<GridKind>(g.kind);
+      out.vertical = static_cast<Vertical>(g.vertical);
+      out.lat = to_vector(get().grid_coords(0));
+      out.lon = to_vector(get().grid_coords(1));
+      out.levels = to_vector(get().grid_coords(2));
+      return out;
+    });
+  }
+  // The bundle variables in state order; element i has the identifier i (var_index, set_obs).
+  std::vector<Variable> variables() const {
+    return detail::call([&] {
+      std::vector<Variable> out;
+      const int32_t n = get().var_count();
+      for (int32_t i = 0; i < n; ++i) {
+        const detail::VarInfo v = get().var_info(i);
+        out.push_back(Variable{std::string(v.name), std::string(v.units), v.nlev, v.offset, v.length});
+      }
+      return out;
+    });
+  }
+
+  // H as a service: latentda's own observation operator on the observations set by set_obs, the one an analysis
+  // uses (on the same background, hx equals the analysis's H x_b bit for bit). From a state vector x (state_size()
+  // values, state layout), or, without x, from the bound arrays.
+  ObsValues obs_h(Span<const double> x) {
+    const std::vector<double> xc(x.begin(), x.end());
+    return detail::call([&] { return to_obs(get().obs_h(detail::in(Span<const double>(xc)))); });
+  }
+  ObsValues obs_h() {
+    return detail::call([&] { return to_obs(get().obs_h_fields()); });
+  }
+  // x = H^T y (state layout), the exact adjoint of obs_h; y has one value per observation (rejected ones ignored).
+  std::vector<double> obs_h_ad(Span<const double> y) {
+    const std::vector<double> yc(y.begin(), y.end());
+    return detail::call([&] { return to_vector(get().obs_h_ad(detail::in(Span<const double>(yc)))); });
+  }
 
  private:
   explicit Context(rust::Box<detail::Context>&& b) : inner_(std::move(b)) {}
@@ -334,6 +432,9 @@ class Context {
                   std::string(what) + " has " + std::to_string(got) + " values, expected " + std::to_string(want));
   }
   static std::vector<double> to_vector(const rust::Vec<double>& v) { return std::vector<double>(v.begin(), v.end()); }
+  static ObsValues to_obs(const detail::ObsValues& o) {
+    return ObsValues{std::vector<double>(o.hx.begin(), o.hx.end()), std::vector<int32_t>(o.qc.begin(), o.qc.end())};
+  }
   static void copy_out(const std::vector<double>& from, Span<double> to) {
     for (std::size_t i = 0; i < from.size(); ++i) to[i] = from[i];
   }

@@ -30,7 +30,7 @@ fn info_and_check_on_a_fixture_bundle() {
     let (code, out, err) = cli(&["info", b.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     let fc = "forecast    latent space, time step 6 h: step, step_tl, step_ad signatures OK";
-    for s in ["Gaussian 8 x 16", "u ", "ps", "latent      shape [4, 2, 4] = 32", "signatures OK", "10 files verified", fc] {
+    for s in ["Gaussian 8 x 16", "u ", "ps", "latent      shape [4, 2, 4] = 32", "signatures OK", "11 files verified", fc, "self-test   passed: 7 graphs"] {
         assert!(out.contains(s), "info output lacks '{s}':\n{out}");
     }
     let state = b.join("sample/background.nc");

@@ -8,7 +8,9 @@
 //! documented code and message from C and from Fortran with the host arrays bit-identical; two contexts analyse
 //! concurrently from two threads; the C driver is clean under valgrind memcheck. Hardening (issue 14): repeated
 //! open/analyse/B-operator/close cycles do not grow under valgrind (no suppressions); `lda_last_error` is safe to
-//! read from another thread; observation counts beyond memory are errors, not aborts.
+//! read from another thread; observation counts beyond memory are errors, not aborts. Issue 25: a call from inside a
+//! context's own callback is refused instead of deadlocking, a second `lda_close` is an error instead of an abort,
+//! and a caught panic leaves the host's stderr empty (tests/coupling/reentry.c, run under a time limit).
 
 mod common;
 
@@ -75,10 +77,14 @@ struct Programs {
     c_cycles: PathBuf,
     c_threads: PathBuf,
     c_limits: PathBuf,
+    c_reentry: PathBuf,
     f_static: PathBuf,
     f_shared: PathBuf,
     f_errors: PathBuf,
     f_l4dvar: PathBuf,
+    c_obs: PathBuf,
+    f_obs: PathBuf,
+    f_host: PathBuf,
 }
 
 fn build() -> Result<Programs, String> {
@@ -101,10 +107,14 @@ fn build() -> Result<Programs, String> {
         c_cycles: dir.join("cycles_c"),
         c_threads: dir.join("threads_c"),
         c_limits: dir.join("limits_c"),
+        c_reentry: dir.join("reentry_c"),
         f_static: dir.join("driver_f_static"),
         f_shared: dir.join("driver_f_shared"),
         f_errors: dir.join("errors_f"),
         f_l4dvar: dir.join("l4dvar_f"),
+        c_obs: dir.join("obs_service_c"),
+        f_obs: dir.join("obs_service_f"),
+        f_host: dir.join("host_minimiser_f"),
         dir,
     };
     let driver_c = root().join("examples/c/driver.c");
@@ -120,7 +130,11 @@ fn build() -> Result<Programs, String> {
     c.args(C_FLAGS).arg(&inc).arg(root().join("tests/coupling/errors.c")).arg("-o").arg(&p.c_errors);
     shared(&mut c);
     run_ok(&mut c)?;
-    for (src, exe) in [("cycles.c", &p.c_cycles), ("threads.c", &p.c_threads), ("limits.c", &p.c_limits)] {
+    let mut c = Command::new("gcc");
+    c.args(C_FLAGS).arg(&inc).arg(root().join("tests/coupling/obs_service.c")).arg("-o").arg(&p.c_obs);
+    shared(&mut c);
+    run_ok(&mut c)?;
+    for (src, exe) in [("cycles.c", &p.c_cycles), ("threads.c", &p.c_threads), ("limits.c", &p.c_limits), ("reentry.c", &p.c_reentry)] {
         let mut c = Command::new("gcc");
         c.args(C_FLAGS).arg(&inc).arg(root().join("tests/coupling").join(src)).arg("-o").arg(exe);
         stat(&mut c);
@@ -146,6 +160,14 @@ fn build() -> Result<Programs, String> {
     let mut c = Command::new("gfortran");
     c.args(F_FLAGS).arg(&jdir).arg(&modobj).arg(root().join("examples/fortran/l4dvar_callbacks.f90")).arg("-o").arg(&p.f_l4dvar);
     stat(&mut c);
+    run_ok(&mut c)?;
+    let mut c = Command::new("gfortran");
+    c.args(F_FLAGS).arg(&jdir).arg(&modobj).arg(root().join("tests/coupling/obs_service.f90")).arg("-o").arg(&p.f_obs);
+    stat(&mut c);
+    run_ok(&mut c)?;
+    let mut c = Command::new("gfortran");
+    c.args(F_FLAGS).arg(&jdir).arg(&modobj).arg(root().join("examples/fortran/host_minimiser.f90")).arg("-o").arg(&p.f_host);
+    shared(&mut c);
     run_ok(&mut c)?;
     Ok(p)
 }
@@ -275,6 +297,15 @@ fn status_codes_qc_flags_and_orders_agree_in_every_copy() {
         .collect();
     let mut want: Vec<(String, i32)> = statuses.iter().chain(&flags).map(|(c, v, _)| (c.clone(), *v)).collect();
     want.extend(orders.iter().map(|(c, v, _)| (c.to_string(), *v)));
+    // Grid kind and vertical coordinate (issue 26): (C name, value, C++ enumerator).
+    use latentda::coupling::ffi::{LdaGridKind, LdaVertical};
+    let kinds = [
+        (format!("{:?}", LdaGridKind::LDA_GRID_REGULAR), LdaGridKind::LDA_GRID_REGULAR as i32, "Regular"),
+        (format!("{:?}", LdaGridKind::LDA_GRID_GAUSSIAN), LdaGridKind::LDA_GRID_GAUSSIAN as i32, "Gaussian"),
+        (format!("{:?}", LdaVertical::LDA_VERTICAL_SIGMA), LdaVertical::LDA_VERTICAL_SIGMA as i32, "Sigma"),
+        (format!("{:?}", LdaVertical::LDA_VERTICAL_PRESSURE), LdaVertical::LDA_VERTICAL_PRESSURE as i32, "Pressure"),
+    ];
+    want.extend(kinds.iter().map(|(c, v, _)| (c.clone(), *v)));
     let (mut a, mut b) = (in_header.clone(), want.clone());
     a.sort();
     b.sort();
@@ -304,6 +335,10 @@ fn status_codes_qc_flags_and_orders_agree_in_every_copy() {
         assert!(f90_has(c, *v), "fortran/latentda.f90 has no parameter {c} = {v}");
     }
     assert!(f90_has("ORDER_FORTRAN", ffi::LDA_ORDER_FORTRAN), "fortran/latentda.f90: ORDER_FORTRAN");
+    for (c, v, cpp) in &kinds {
+        assert!(f90_has(c, *v), "fortran/latentda.f90 has no parameter {c} = {v}");
+        assert!(hpp.contains(&format!("  {cpp} = {v},")), "latentda.hpp: {cpp} = {v} ({c})");
+    }
     // docs/coupling.md tables and the README's QC summary.
     for (c, v, _) in statuses.iter().chain(&flags) {
         assert!(docs.contains(&format!("| {v} | `{c}` |")), "docs/coupling.md has no table row '| {v} | `{c}` |'");
@@ -375,7 +410,14 @@ fn fortran_sources_compile_cleanly() {
         .output()
         .unwrap();
     assert!(o.status.success(), "module not clean under -Wall -Wextra: {}", show(&o));
-    for f in ["fortran/latentda.f90", "examples/fortran/driver.f90", "tests/coupling/errors.f90", "examples/fortran/l4dvar_callbacks.f90"] {
+    for f in [
+        "fortran/latentda.f90",
+        "examples/fortran/driver.f90",
+        "tests/coupling/errors.f90",
+        "examples/fortran/l4dvar_callbacks.f90",
+        "examples/fortran/host_minimiser.f90",
+        "tests/coupling/obs_service.f90",
+    ] {
         let text = std::fs::read_to_string(root().join(f)).unwrap();
         for (i, l) in text.lines().enumerate() {
             assert!(l.chars().count() <= 132, "{f}:{}: line longer than 132 characters", i + 1);
@@ -450,7 +492,9 @@ fn c_and_fortran_drivers_run_hybrid_like_cli() {
 }
 
 fn run_error_program(exe: &Path) {
-    let o = Command::new(exe).arg(fixture("tanh")).output().unwrap();
+    // A time limit: errors.f90 re-enters its context from a callback, which hung before issue 25.
+    let tag = exe.file_name().unwrap().to_string_lossy().into_owned();
+    let o = output_within(Command::new(exe).arg(fixture("tanh")), std::time::Duration::from_secs(300), &tag);
     let out = String::from_utf8_lossy(&o.stdout);
     println!("{out}");
     assert!(o.status.success() && out.contains("PASSED"), "{} reported failures: {}", exe.display(), show(&o));
@@ -463,7 +507,9 @@ fn error_paths_from_c() {
     run_error_program(&programs().c_errors);
 }
 
-/// Bad bundle path, wrong shape/rank, NaN, unbound field, mismatched and zero-length observations, from Fortran.
+/// Bad bundle path, wrong shape/rank, NaN, unbound field, mismatched and zero-length observations, from Fortran;
+/// and (issue 25) a step-model callback that calls lda_analyse and lda_close on its own context through a copy of
+/// the handle gets LDA_ERR_NOT_READY with the context left open, and closing a copy of a closed handle is refused.
 #[test]
 fn error_paths_from_fortran() {
     run_error_program(&programs().f_errors);
@@ -661,3 +707,355 @@ fn fortran_step_model_callbacks() {
     assert!(out.contains("callback 'step' returned status 1"), "{out}");
 }
 
+// ---- issue 25, items 4 and 6: re-entry, double close, quiet panics (tests/coupling/reentry.c)
+
+/// Runs `cmd` for at most `limit`: a program still running then (a deadlock) is killed, and the test fails.
+fn output_within(cmd: &mut Command, limit: std::time::Duration, tag: &str) -> Output {
+    let dir = &programs().dir;
+    let (out, err) = (dir.join(format!("{tag}.stdout")), dir.join(format!("{tag}.stderr")));
+    let mut child = cmd
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{cmd:?} still running after {limit:?} (deadlock?)\n--- stdout\n{}\n--- stderr\n{}",
+                std::fs::read_to_string(&out).unwrap_or_default(),
+                std::fs::read_to_string(&err).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    Output { status, stdout: std::fs::read(&out).unwrap(), stderr: std::fs::read(&err).unwrap() }
+}
+
+/// Runs tests/coupling/reentry.c in `mode` (60 s at most) and checks that every case passed.
+fn run_reentry(mode: &str, extra: &[&Path]) -> Output {
+    let mut cmd = Command::new(&programs().c_reentry);
+    cmd.arg(fixture("tanh")).arg(mode).args(extra);
+    let o = output_within(&mut cmd, std::time::Duration::from_secs(60), &format!("reentry_{mode}"));
+    let out = String::from_utf8_lossy(&o.stdout);
+    println!("{out}");
+    assert!(o.status.success() && out.contains("PASSED") && !out.contains("FAIL "), "reentry {mode}: {}", show(&o));
+    o
+}
+
+/// Issue 25, item 4: a step-model callback that calls lda_analyse (or lda_var_index, lda_close, lda_state_size) on
+/// its own context gets LDA_ERR_NOT_READY at once, and the outer call completes (before: the context's mutex was
+/// locked a second time and the program hung). A call from another thread meanwhile still waits for the running
+/// call and then succeeds: one thread at a time per context, as documented.
+#[test]
+fn a_call_from_inside_a_callback_is_refused_not_a_deadlock() {
+    run_reentry("reentry", &[]);
+}
+
+/// Issue 25, item 4: a second lda_close of the same pointer is LDA_ERR_INVALID_ARGUMENT instead of aborting the
+/// process (before: free(): invalid pointer, SIGABRT), also after a new context was opened; every other call on the
+/// closed pointer is refused too. Under valgrind: no invalid read or write, nothing lost.
+#[test]
+fn closing_twice_is_an_error_not_an_abort() {
+    run_reentry("close", &[]);
+    let p = programs();
+    let b = fixture("tanh");
+    let o = valgrind(&[p.c_reentry.as_os_str(), b.as_os_str(), "close".as_ref()]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("PASSED"), "{}", show(&o));
+    assert!(stderr.contains("ERROR SUMMARY: 0 errors"), "{stderr}");
+}
+
+/// Issue 25, item 6: a graph that makes tract panic while the bundle opens (tests/corpus/onnx/decoder_tl.seed2.onnx,
+/// checksum refreshed) is LDA_ERR_BUNDLE with tract's panic message in lda_last_error, and the C host's stderr stays
+/// empty (before: "thread '<unnamed>' panicked at ..." and the panic text were printed there).
+#[test]
+fn caught_panics_print_nothing_and_reach_lda_last_error() {
+    let b = common::copy_fixture("tanh", "quiet_panic");
+    std::fs::copy(root().join("tests/corpus/onnx/decoder_tl.seed2.onnx"), b.join("decoder_tl.onnx")).unwrap();
+    common::refresh_checksum(&b, "decoder_tl.onnx");
+    let o = run_reentry("panic", &[&b]);
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("decoder_tl.onnx") && out.contains("out of range"), "the panic message is not in lda_last_error:\n{out}");
+    assert!(!err.contains("panicked at") && !err.contains("out of range"), "panic text reached the host's stderr:\n{err}");
+    assert!(err.trim().is_empty(), "the host's stderr is not empty:\n{err}");
+}
+
+// ---- issue 26: layout queries, H as a service, the noise floor of U, a host's own minimiser
+
+/// The fixture's background as raw float64 in state layout (what the issue-26 programs read), written once per
+/// bundle into the programs' directory.
+fn background_bin(bundle: &str) -> PathBuf {
+    let path = programs().dir.join(format!("background_{bundle}.bin"));
+    let bytes: Vec<u8> = background(bundle).iter().flat_map(|x| x.to_le_bytes()).collect();
+    let tmp = programs().dir.join(format!("background_{bundle}.{:?}.tmp", std::thread::current().id()));
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    path
+}
+
+fn run_pass_program(exe: &Path, args: &[&std::ffi::OsStr]) -> String {
+    let o = Command::new(exe).args(args).output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    println!("{out}");
+    assert!(o.status.success() && out.contains("PASSED") && !out.contains("FAIL"), "{}", show(&o));
+    out
+}
+
+/// Issue 26 from C (tests/coupling/obs_service.c): the layout queries describe the bundle and its state layout, the
+/// background binds through them, lda_obs_h gives the geometric QC flags and, for one used observation per
+/// variable (polar cap, longitude wrap, exact grid point and level), the analysis's own H x_b bit for bit (the
+/// report's O-B mean is value - H x_b exactly); lda_obs_h_ad is its transpose; failing calls write nothing.
+#[test]
+fn layout_and_h_service_from_c() {
+    let out = run_pass_program(&programs().c_obs, &[fixture("tanh").as_os_str(), background_bin("tanh").as_os_str()]);
+    assert_eq!(out.matches("PASS H x_b of the service equals the analysis's bit for bit").count(), 3, "{out}");
+}
+
+/// Issue 26 from Fortran (tests/coupling/obs_service.f90): the same checks through the module's default-integer
+/// wrappers (lda_grid_info, lda_var_layout, lda_state_dim, lda_control_dim) and pointer views of one state vector.
+#[test]
+fn layout_and_h_service_from_fortran() {
+    let out = run_pass_program(&programs().f_obs, &[fixture("tanh").as_os_str(), background_bin("tanh").as_os_str()]);
+    assert_eq!(out.matches("PASS H x_b of the service equals the analysis's bit for bit").count(), 3, "{out}");
+}
+
+/// A number printed by a program after `key` (e.g. "J final = 1.96E+01").
+fn number_after(text: &str, key: &str) -> f64 {
+    let rest = text.split(key).nth(1).unwrap_or_else(|| panic!("no '{key}' in:\n{text}"));
+    rest.split_whitespace().next().unwrap().parse().unwrap_or_else(|e| panic!("'{key}': {e}\n{text}"))
+}
+
+/// Issue 26, item 5: examples/fortran/host_minimiser.f90, a host's own CG on the control variable with
+/// lda_bsqrt/lda_bsqrt_ad and the H service, reaches the J of `latentda analyse` on the same case to 1e-6
+/// relative (both stop on a 1e-5 gradient reduction; no background check, so both use the same observations), from
+/// the same J at the background, and its analysis agrees with the CLI's.
+#[test]
+fn fortran_host_minimiser_matches_cli() {
+    let p = programs();
+    let options = "gradient_reduction = 1e-5\nbg_check = 0\n";
+    let opt_file = p.dir.join("host_minimiser_options.toml");
+    std::fs::write(&opt_file, options).unwrap();
+    for bundle in ["tanh", "linear"] {
+        let b = fixture(bundle);
+        let (cli_out, report) = (p.dir.join(format!("host_cli_{bundle}.nc")), p.dir.join(format!("host_cli_{bundle}.json")));
+        let o = Command::new(env!("CARGO_BIN_EXE_latentda"))
+            .args(["analyse", "--method", "l3dvar", "--bundle"])
+            .arg(&b)
+            .arg("--background")
+            .arg(b.join("sample/background.nc"))
+            .arg("--obs")
+            .arg(b.join("sample/obs.csv"))
+            .arg("--output")
+            .arg(&cli_out)
+            .arg("--report")
+            .arg(&report)
+            .arg("--options")
+            .arg(&opt_file)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", show(&o));
+        let rep: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        let (cli_j0, cli_j) = (rep["solver"]["j_initial"].as_f64().unwrap(), rep["solver"]["j_final"].as_f64().unwrap());
+        let out_bin = p.dir.join(format!("host_minimiser_{bundle}.bin"));
+        let bg = background_bin(bundle);
+        let o = Command::new(&p.f_host)
+            .arg(&b)
+            .arg(&bg)
+            .arg(b.join("sample/obs.csv"))
+            .arg(&out_bin)
+            .args(["--options", options, "--tol", "1e-5"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(o.status.success(), "{}", show(&o));
+        let (j0, j) = (number_after(&text, "J initial = "), number_after(&text, "J final = "));
+        let g = number_after(&text, "recomputed |grad J|/|grad J0| = ");
+        let rel = (j - cli_j).abs() / cli_j;
+        println!("{bundle}: host CG J {j0:.12e} -> {j:.12e} (|g| reduced to {g:.2e}); CLI J {cli_j0:.12e} -> {cli_j:.12e}; rel diff {rel:.2e}");
+        assert!(text.contains("variable 2 ps: levels 0, x(769:896)"), "layout lines:\n{text}");
+        assert!((j0 - cli_j0).abs() <= 1e-12 * cli_j0, "{bundle}: J at the background {j0} vs CLI {cli_j0}");
+        assert!(j < 0.5 * j0, "{bundle}: the host CG did not lower J ({j0} -> {j})");
+        assert!(g <= 1e-4, "{bundle}: recomputed gradient reduction {g:e}");
+        assert!(rel <= 1e-6, "{bundle}: host minimiser J {j} vs latentda analyse {cli_j}: rel diff {rel:e}");
+        // The analyses: per variable, the difference relative to the increment (CG tolerance 1e-5, float32 U).
+        let layout = Bundle::open(&b).unwrap().layout;
+        let cli = latentda::bundle::ncio::read_state(&cli_out, &layout).unwrap();
+        let host: Vec<f64> = std::fs::read(&out_bin).unwrap().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect();
+        let bgv = background(bundle);
+        for v in 0..layout.variables.len() {
+            let r = layout.var_range(v);
+            let inc = r.clone().map(|i| (cli[i] - bgv[i]).abs()).fold(0.0, f64::max);
+            let d = r.map(|i| (cli[i] - host[i]).abs()).fold(0.0, f64::max);
+            println!("{bundle} {}: max |host - CLI| / max |increment| = {:.2e}", layout.variables[v].name, d / inc);
+            assert!(inc > 0.0 && d <= 2e-4 * inc, "{bundle} {}: analyses differ by {:.2e} of the increment", layout.variables[v].name, d / inc);
+        }
+    }
+}
+
+/// Issue 26 through the C ABI in this process: layout queries against the bundle; lda_obs_h's geometric flags are
+/// the analysis's flags with background-check rejections counted as used; failing calls (NULL output, wrong count,
+/// NaN state, no observations) write nothing; the noise floor is deterministic per seed.
+#[test]
+fn layout_h_service_and_noise_floor_through_the_c_abi() {
+    let b = fixture("tanh");
+    let lay = Bundle::open(&b).unwrap().layout;
+    let dir = CString::new(b.to_str().unwrap()).unwrap();
+    let mut ctx: *mut LdaContext = std::ptr::null_mut();
+    check(ctx, ffi::lda_open(dir.as_ptr(), std::ptr::null(), &mut ctx), "lda_open");
+    let (mut kind, mut vert, mut nlat, mut nlon, mut nlev) = (-1, -1, 0usize, 0usize, 0usize);
+    check(ctx, ffi::lda_grid_info(ctx, &mut kind, &mut nlat, &mut nlon, &mut vert, &mut nlev), "lda_grid_info");
+    assert_eq!((kind, vert, nlat, nlon, nlev), (1, 0, lay.grid.nlat(), lay.grid.nlon(), lay.vertical.levels.len()));
+    let (mut la, mut lo, mut le) = (vec![0.0; nlat], vec![0.0; nlon], vec![0.0; nlev]);
+    check(ctx, ffi::lda_grid_coords(ctx, la.as_mut_ptr(), nlat, lo.as_mut_ptr(), nlon, le.as_mut_ptr(), nlev), "coords");
+    assert_eq!((&la, &lo, &le), (&lay.grid.lat, &lay.grid.lon, &lay.vertical.levels));
+    let mut nvar = 0;
+    check(ctx, ffi::lda_var_count(ctx, &mut nvar), "lda_var_count");
+    assert_eq!(nvar as usize, lay.variables.len());
+    for (i, v) in lay.variables.iter().enumerate() {
+        let (mut vl, mut off, mut len, mut needed) = (-1, 0usize, 0usize, 0usize);
+        check(ctx, ffi::lda_var_layout(ctx, i as i32, &mut vl, &mut off, &mut len), "lda_var_layout");
+        assert_eq!((vl as usize, off..off + len), (v.nlev, lay.var_range(i)));
+        let mut buf = [0 as c_char; 64];
+        check(ctx, ffi::lda_var_name(ctx, i as i32, buf.as_mut_ptr(), buf.len(), &mut needed), "lda_var_name");
+        // SAFETY: NUL-terminated on success.
+        assert_eq!(unsafe { CStr::from_ptr(buf.as_ptr()) }.to_str().unwrap(), v.name);
+        assert_eq!(needed, v.name.len() + 1);
+    }
+    let (mut vl, mut off) = (-5, 99usize);
+    assert_eq!(ffi::lda_var_layout(ctx, -1, &mut vl, &mut off, std::ptr::null_mut()), ffi::LDA_ERR_INVALID_ARGUMENT);
+    assert_eq!((vl, off), (-5, 99), "a failing lda_var_layout wrote its outputs");
+
+    // H before any observation: not ready.
+    let bg = background("tanh");
+    let nx = bg.len();
+    let mut hx = vec![-7.0; 1];
+    assert_eq!(ffi::lda_obs_h(ctx, bg.as_ptr(), nx, hx.as_mut_ptr(), std::ptr::null_mut(), 1), ffi::LDA_ERR_INVALID_ARGUMENT);
+    // Bind the background and set the sample observations.
+    let mut fields: Vec<Vec<f64>> = (0..lay.variables.len()).map(|v| bg[lay.var_range(v)].to_vec()).collect();
+    for (v, f) in lay.variables.iter().zip(fields.iter_mut()) {
+        let name = CString::new(v.name.as_str()).unwrap();
+        let shape: Vec<i64> = if v.is_surface() { vec![nlat as i64, nlon as i64] } else { vec![v.nlev as i64, nlat as i64, nlon as i64] };
+        check(ctx, ffi::lda_bind_field_f64(ctx, name.as_ptr(), f.as_mut_ptr(), shape.len() as i32, shape.as_ptr(), 0), "bind");
+    }
+    let (obs, _) = latentda::obs::read_csv(&b.join("sample/obs.csv"), &lay).unwrap();
+    let n = obs.len();
+    let var: Vec<i32> = obs.iter().map(|o| o.var.map(|v| v as i32).unwrap_or(-1)).collect();
+    let col = |f: &dyn Fn(&latentda::Observation) -> f64| obs.iter().map(f).collect::<Vec<f64>>();
+    let (lat, lon) = (col(&|o| o.lat), col(&|o| o.lon));
+    let (level, value, sigma) = (col(&|o| o.level.unwrap_or(f64::NAN)), col(&|o| o.value), col(&|o| o.sigma));
+    check(ctx, ffi::lda_set_obs(ctx, n, var.as_ptr(), lat.as_ptr(), lon.as_ptr(), level.as_ptr(), value.as_ptr(), sigma.as_ptr()), "set_obs");
+    let (mut hx, mut qc) = (vec![0.0; n], vec![-1i32; n]);
+    check(ctx, ffi::lda_obs_h(ctx, std::ptr::null(), 0, hx.as_mut_ptr(), qc.as_mut_ptr(), n), "lda_obs_h");
+    let (mut hx2, mut keep) = (vec![-7.0; n], vec![-7i32; n]);
+    check(ctx, ffi::lda_obs_h(ctx, bg.as_ptr(), nx, hx2.as_mut_ptr(), std::ptr::null_mut(), n), "lda_obs_h (x)");
+    assert!(hx.iter().zip(&hx2).all(|(a, b)| a.to_bits() == b.to_bits()), "bound fields and the same x given differ");
+    assert!(qc.iter().any(|q| *q != ffi::LDA_QC_USED), "the sample has geometric rejections");
+    for (i, q) in qc.iter().enumerate() {
+        assert_eq!(hx[i].is_nan(), *q != ffi::LDA_QC_USED, "observation {i}: NaN exactly where rejected");
+    }
+    // Failing calls write nothing.
+    assert_eq!(ffi::lda_obs_h(ctx, bg.as_ptr(), nx, std::ptr::null_mut(), keep.as_mut_ptr(), n), ffi::LDA_ERR_NULL_POINTER);
+    assert_eq!(ffi::lda_obs_h(ctx, bg.as_ptr(), nx - 1, hx2.as_mut_ptr(), keep.as_mut_ptr(), n), ffi::LDA_ERR_INVALID_ARGUMENT);
+    let mut bad = bg.clone();
+    bad[5] = f64::NAN;
+    hx2.iter_mut().for_each(|h| *h = -7.0);
+    assert_eq!(ffi::lda_obs_h(ctx, bad.as_ptr(), nx, hx2.as_mut_ptr(), keep.as_mut_ptr(), n), ffi::LDA_ERR_INVALID_DATA);
+    assert!(hx2.iter().all(|h| *h == -7.0) && keep.iter().all(|k| *k == -7), "a failing lda_obs_h wrote its outputs");
+    // Adjoint over the whole sample: <H x, y> = <x, H^T y> for a random x and y.
+    let mut rng = latentda::numeric::Rng::new(5);
+    let x = rng.normals(nx);
+    let y: Vec<f64> = rng.normals(n).iter().zip(&qc).map(|(v, q)| if *q == 0 { *v } else { f64::NAN }).collect();
+    let (mut hxr, mut hty) = (vec![0.0; n], vec![0.0; nx]);
+    check(ctx, ffi::lda_obs_h(ctx, x.as_ptr(), nx, hxr.as_mut_ptr(), std::ptr::null_mut(), n), "H x");
+    check(ctx, ffi::lda_obs_h_ad(ctx, y.as_ptr(), n, hty.as_mut_ptr(), nx), "H^T y");
+    let lhs: f64 = hxr.iter().zip(&y).filter(|(h, _)| !h.is_nan()).map(|(h, y)| h * y).sum();
+    let rhs: f64 = x.iter().zip(&hty).map(|(a, b)| a * b).sum();
+    assert!((lhs - rhs).abs() <= 1e-12 * lhs.abs().max(rhs.abs()), "<Hx,y> = {lhs:e}, <x,H^T y> = {rhs:e}");
+    // The analysis flags the same observations, plus its background check.
+    check(ctx, ffi::lda_analyse(ctx, std::ptr::null()), "analyse");
+    let mut qa = vec![0i32; n];
+    check(ctx, ffi::lda_obs_qc(ctx, qa.as_mut_ptr(), n), "obs_qc");
+    for i in 0..n {
+        let want = if qa[i] == ffi::LDA_QC_BACKGROUND_CHECK { ffi::LDA_QC_USED } else { qa[i] };
+        assert_eq!(qc[i], want, "observation {i}: geometric flag {} vs analysis flag {}", qc[i], qa[i]);
+    }
+    // The noise floor: float32 level, deterministic per seed; the static B (float64) far below.
+    let nf = |ctx: *mut LdaContext, seed: u64| {
+        let (mut a, mut b2, mut c) = (0.0, 0.0, 0.0);
+        check(ctx, ffi::lda_bsqrt_noise(ctx, seed, 2, &mut a, &mut b2, &mut c), "lda_bsqrt_noise");
+        [a, b2, c]
+    };
+    let (n1, n2) = (nf(ctx, 3), nf(ctx, 3));
+    println!("tanh latent U noise floor: {n1:?}");
+    assert_eq!(n1, n2, "the noise floor is not deterministic per seed");
+    assert!(n1[0] > 1e-9 && n1[0] < 1e-5 && n1[1] > 1e-9 && n1[1] < 1e-5 && n1[2] < 1e-5, "{n1:?}");
+    let mut dummy = 0.0;
+    assert_eq!(ffi::lda_bsqrt_noise(ctx, 1, 0, &mut dummy, &mut dummy, &mut dummy), ffi::LDA_ERR_INVALID_ARGUMENT);
+    check(ctx, ffi::lda_close(ctx), "close");
+    let opts = CString::new("b_operator = \"static\"").unwrap();
+    check(ctx, ffi::lda_open(dir.as_ptr(), opts.as_ptr(), &mut ctx), "lda_open static");
+    for (v, f) in lay.variables.iter().zip(fields.iter_mut()) {
+        let name = CString::new(v.name.as_str()).unwrap();
+        let shape: Vec<i64> = if v.is_surface() { vec![nlat as i64, nlon as i64] } else { vec![v.nlev as i64, nlat as i64, nlon as i64] };
+        check(ctx, ffi::lda_bind_field_f64(ctx, name.as_ptr(), f.as_mut_ptr(), shape.len() as i32, shape.as_ptr(), 0), "bind");
+    }
+    let ns = nf(ctx, 3);
+    println!("tanh static U noise floor: {ns:?}");
+    assert!(ns.iter().all(|v| *v < 1e-12), "static B (float64): {ns:?}");
+    check(ctx, ffi::lda_close(ctx), "close");
+}
+
+/// Issue 26, item 6: an analysis that stops short of its gradient target says why, in the summary and in the
+/// report: here the budget of TL/AD pairs (max_pairs = 2) is exhausted.
+#[test]
+fn a_non_converged_analysis_says_why() {
+    let p = programs();
+    let b = fixture("tanh");
+    let opt_file = p.dir.join("budget_options.toml");
+    std::fs::write(&opt_file, "max_pairs = 2\ngradient_reduction = 1e-6\n").unwrap();
+    let report = p.dir.join("budget_report.json");
+    let o = Command::new(env!("CARGO_BIN_EXE_latentda"))
+        .args(["analyse", "--method", "l3dvar", "--bundle"])
+        .arg(&b)
+        .arg("--background")
+        .arg(b.join("sample/background.nc"))
+        .arg("--obs")
+        .arg(b.join("sample/obs.csv"))
+        .arg("--output")
+        .arg(p.dir.join("budget.nc"))
+        .arg("--report")
+        .arg(&report)
+        .arg("--options")
+        .arg(&opt_file)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(all.contains("NOT converged to the gradient target: budget exhausted: all max_pairs = 2 TL/AD pairs"), "{all}");
+    let rep: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(rep["solver"]["converged"], false);
+    assert!(rep["solver"]["stop_reason"].as_str().unwrap().starts_with("budget exhausted"), "{}", rep["solver"]);
+    // and a converged one says so
+    let out = Command::new(env!("CARGO_BIN_EXE_latentda"))
+        .args(["analyse", "--bundle"])
+        .arg(&b)
+        .arg("--background")
+        .arg(b.join("sample/background.nc"))
+        .arg("--obs")
+        .arg(b.join("sample/obs.csv"))
+        .arg("--output")
+        .arg(p.dir.join("converged.nc"))
+        .arg("--report")
+        .arg(p.dir.join("converged.json"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let rep: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p.dir.join("converged.json")).unwrap()).unwrap();
+    assert_eq!(rep["solver"]["stop_reason"], "converged", "{}", rep["solver"]);
+}

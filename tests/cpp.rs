@@ -1,7 +1,8 @@
 //! C++ API (include/latentda.hpp over the cxx bridge, src/coupling/cxx_bridge.rs): builds examples/cpp/driver.cpp and
 //! examples/cpp/errors.cpp with the real g++ using the one command documented in examples/cpp/README.md, then checks
 //! that the driver's analysis equals the CLI's on the same inputs, that errors carry the C ABI's codes and messages,
-//! and that host arrays are bit-identical after a failed analysis.
+//! and that host arrays are bit-identical after a failed analysis; and (issue 25) that a panic caught inside
+//! latentda reaches a C++ host as an exception, not as text on its stderr (tests/coupling/quiet_panic.cpp).
 
 mod common;
 
@@ -283,5 +284,65 @@ fn cpp_driver_hybrid_matches_cli() {
         println!("hybrid {name}: max |C++ - CLI| / max|CLI| = {rel:.3e}");
         assert!(rel <= 1e-6, "{name}: C++ hybrid analysis differs from the CLI's by {rel:e}");
         assert!(common::max_rel_diff(cpp, &read_nc(&bg, name)) > 1e-6, "{name}: unchanged by the hybrid analysis");
+    }
+}
+
+/// Issue 25, item 6: a C++ host opening a bundle whose graph makes tract panic (tests/corpus/onnx/
+/// decoder_tl.seed2.onnx, checksum refreshed) gets latentda::Error with status::bundle and the panic's text, and its
+/// stderr stays empty (before: "thread '<unnamed>' panicked at ..." was printed there). Built with the documented
+/// command, for tests/coupling/quiet_panic.cpp.
+#[test]
+fn cpp_host_sees_a_caught_panic_as_an_error_and_nothing_on_stderr() {
+    let b = common::copy_fixture("tanh", "quiet_panic_cpp");
+    std::fs::copy(root().join("tests/corpus/onnx/decoder_tl.seed2.onnx"), b.join("decoder_tl.onnx")).unwrap();
+    common::refresh_checksum(&b, "decoder_tl.onnx");
+    let cmd = documented_command("driver")
+        .replace("examples/cpp/driver.cpp", "tests/coupling/quiet_panic.cpp")
+        .replace("target/cpp-driver", "target/cpp-quiet-panic");
+    let out = Command::new("sh").arg("-c").arg(&cmd).current_dir(root()).output().expect("sh");
+    assert!(out.status.success(), "{cmd}\n{}", String::from_utf8_lossy(&out.stderr));
+    let (code, out, err) = run(&root().join("target/cpp-quiet-panic"), &[b.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let what = out.trim().strip_prefix(&format!("code={} what=", Status::Bundle as i32)).unwrap_or_else(|| panic!("{out}"));
+    assert!(what.contains("decoder_tl.onnx") && what.contains("internal panic") && what.contains("out of range"), "{what}");
+    assert!(err.trim().is_empty(), "the C++ host's stderr is not empty:\n{err}");
+}
+
+/// Issue 26 from C++ (tests/coupling/obs_service.cpp, built with the documented command): Context::grid and
+/// Context::variables describe the bundle and the state layout, the background binds through them, obs_h gives the
+/// geometric QC flags and, for one used observation per variable, the analysis's own H x_b bit for bit (the
+/// report's O-B mean of each variable equals value - H x_b to the last bit), obs_h_ad is its transpose, and
+/// bsqrt_noise reports a float32 noise floor.
+#[test]
+fn cpp_layout_and_h_service() {
+    let cmd = documented_command("driver")
+        .replace("examples/cpp/driver.cpp", "tests/coupling/obs_service.cpp")
+        .replace("target/cpp-driver", "target/cpp-obs-service");
+    let out = Command::new("sh").arg("-c").arg(&cmd).current_dir(root()).output().expect("sh");
+    assert!(out.status.success(), "{cmd}\n{}", String::from_utf8_lossy(&out.stderr));
+    let dir = common::scratch("cpp_layout_and_h_service");
+    let bundle = common::fixture("tanh");
+    let layout = latentda::bundle::Bundle::open(&bundle).unwrap().layout;
+    let bg = latentda::bundle::ncio::read_state(&bundle.join("sample/background.nc"), &layout).unwrap();
+    let bg_bin = dir.join("background.bin");
+    std::fs::write(&bg_bin, bg.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+    let report = dir.join("report.json");
+    let (code, out, err) =
+        run(&root().join("target/cpp-obs-service"), &[bundle.to_str().unwrap(), bg_bin.to_str().unwrap(), report.to_str().unwrap()]);
+    println!("{out}");
+    assert!(code == 0 && out.contains("PASSED") && !out.contains("FAIL"), "{out}\n{err}");
+    let omb: Vec<f64> = out
+        .lines()
+        .find_map(|l| l.strip_prefix("O-B (service): "))
+        .unwrap_or_else(|| panic!("no O-B line:\n{out}"))
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    let rep: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    for (i, name) in ["u", "t", "ps"].iter().enumerate() {
+        let v = rep["variables"].as_array().unwrap().iter().find(|v| v["name"] == *name).unwrap();
+        assert_eq!(v["n_used"], 1, "{name}: one used observation");
+        let r = v["omb_mean"].as_f64().unwrap();
+        assert_eq!(r.to_bits(), omb[i].to_bits(), "{name}: report O-B {r:e} vs value - H x_b of the service {:e}", omb[i]);
     }
 }

@@ -1,5 +1,6 @@
 //! Hardening (issue 14): hostile files, arguments and call sequences give errors, never an abort, a panic that
-//! escapes, memory corruption or a silently wrong analysis. Each test names the issue item it guards.
+//! escapes, memory corruption or a silently wrong analysis. Each test names the issue item it guards; the last ones
+//! guard issue 25 (quiet panics, pointers that are not open contexts).
 
 mod common;
 
@@ -803,4 +804,100 @@ fn no_module_reaches_up_a_layer() {
         }
     }
     assert!(checked > 50, "only {checked} crate paths found");
+}
+
+// ---- issue 25, item 6: latentda's caught panics stay off the host's stderr; the host's own panics do not
+
+/// The payload of a panic as text.
+fn payload_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default()
+}
+
+/// The child half of `a_rust_hosts_panic_hook_sees_its_own_panics_but_not_latentdas`, which runs this test binary
+/// again with LATENTDA_QUIET_PANIC_CHILD set to a bundle; without it, this test does nothing.
+#[test]
+fn quiet_panic_child() {
+    let Ok(bundle) = std::env::var("LATENTDA_QUIET_PANIC_CHILD") else { return };
+    // The host's hook, set before latentda's first call (as a Rust host with its own panic reporting would).
+    std::panic::set_hook(Box::new(|info| eprintln!("HOST HOOK: {}", payload_text(info.payload()))));
+    let (st, msg) = c_open(Path::new(&bundle), None).expect_err("the corrupt bundle must not open");
+    println!("lda_open: status {st}: {msg}");
+    let r = std::panic::catch_unwind(|| panic!("the host's own panic"));
+    assert!(r.is_err());
+    let (st, msg) = c_open(Path::new(&bundle), None).expect_err("the corrupt bundle must not open");
+    println!("lda_open again: status {st}: {msg}");
+}
+
+/// A Rust host with its own panic hook opens a bundle whose graph makes tract panic (twice), and panics itself in
+/// between: lda_open returns LDA_ERR_BUNDLE with tract's panic message, the host's hook is called for the host's
+/// panic only, and nothing else reaches stderr (before: tract's panic went to the hook and was printed).
+#[test]
+fn a_rust_hosts_panic_hook_sees_its_own_panics_but_not_latentdas() {
+    let b = copy_fixture("tanh", "quiet_panic_rust_host");
+    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/onnx/decoder_tl.seed2.onnx"), b.join("decoder_tl.onnx")).unwrap();
+    refresh_checksum(&b, "decoder_tl.onnx");
+    let o = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["quiet_panic_child", "--exact", "--nocapture", "--test-threads=1"])
+        .env("LATENTDA_QUIET_PANIC_CHILD", &b)
+        .env_remove("LATENTDA_PANIC_TRACE")
+        .output()
+        .unwrap();
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{}", show(&o));
+    for line in ["lda_open: status 3: ", "lda_open again: status 3: "] {
+        // (libtest prints "test quiet_panic_child ... " in front of the first line)
+        let l = out.lines().find(|l| l.contains(line)).unwrap_or_else(|| panic!("no '{line}' in:\n{out}"));
+        assert!(l.contains("decoder_tl.onnx") && l.contains("internal panic") && l.contains("out of range"), "{l}");
+    }
+    let hook_lines: Vec<&str> = err.lines().filter(|l| l.starts_with("HOST HOOK: ")).collect();
+    assert_eq!(hook_lines, ["HOST HOOK: the host's own panic"], "the host's hook saw other panics:\n{err}");
+    assert!(!err.contains("panicked at") && !err.contains("out of range"), "panic text reached stderr:\n{err}");
+}
+
+// ---- issue 25, item 4: pointers that are not open contexts
+
+/// Every function that takes a context refuses a pointer that is not an open context (here the address of a host
+/// buffer, and a context closed before) with LDA_ERR_INVALID_ARGUMENT and a message saying so, and writes no output
+/// (before: each read the pointer as a context; a second lda_close aborted the process).
+#[test]
+fn every_function_refuses_a_pointer_that_is_not_an_open_context() {
+    let b = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tanh");
+    let closed = c_open(&b, None).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(ffi::lda_close(closed), ffi::LDA_OK);
+    let mut junk = [0u64; 64];
+    let bogus = junk.as_mut_ptr() as *mut LdaContext;
+    for ctx in [closed, bogus] {
+        let (mut i, mut n, mut x, mut y) = (-7i32, 7usize, -7.0f64, -7.0f64);
+        let (mut xs, mut qc) = ([-7.0f64; 4], [-7i32; 4]);
+        let shape = [3i64, 8, 16];
+        let calls: Vec<(&str, i32)> = vec![
+            ("lda_var_index", ffi::lda_var_index(ctx, c"t".as_ptr(), &mut i)),
+            ("lda_bind_field_f64", ffi::lda_bind_field_f64(ctx, c"t".as_ptr(), xs.as_mut_ptr(), 3, shape.as_ptr(), 0)),
+            ("lda_bind_field_f32", ffi::lda_bind_field_f32(ctx, c"t".as_ptr(), std::ptr::null_mut(), 3, shape.as_ptr(), 0)),
+            ("lda_set_obs", ffi::lda_set_obs(ctx, 1, qc.as_ptr(), xs.as_ptr(), xs.as_ptr(), xs.as_ptr(), xs.as_ptr(), xs.as_ptr())),
+            ("lda_set_obs_times", ffi::lda_set_obs_times(ctx, 1, xs.as_ptr())),
+            ("lda_set_step_model", ffi::lda_set_step_model(ctx, None, None, None, std::ptr::null_mut(), 6.0)),
+            ("lda_l4dvar_check", ffi::lda_l4dvar_check(ctx, 2, 1, &mut x, &mut y)),
+            ("lda_analyse", ffi::lda_analyse(ctx, std::ptr::null())),
+            ("lda_obs_qc", ffi::lda_obs_qc(ctx, qc.as_mut_ptr(), 4)),
+            ("lda_report_json", ffi::lda_report_json(ctx, std::ptr::null_mut(), 0, &mut n)),
+            ("lda_report_number", ffi::lda_report_number(ctx, c"n_used".as_ptr(), &mut x)),
+            ("lda_control_size", ffi::lda_control_size(ctx, &mut n)),
+            ("lda_state_size", ffi::lda_state_size(ctx, &mut n)),
+            ("lda_b_linearise", ffi::lda_b_linearise(ctx)),
+            ("lda_bsqrt", ffi::lda_bsqrt(ctx, xs.as_ptr(), 4, xs.as_mut_ptr(), 4)),
+            ("lda_bsqrt_ad", ffi::lda_bsqrt_ad(ctx, xs.as_ptr(), 4, xs.as_mut_ptr(), 4)),
+            ("lda_bvariance", ffi::lda_bvariance(ctx, xs.as_mut_ptr(), 4)),
+            ("lda_brandomize", ffi::lda_brandomize(ctx, 1, xs.as_mut_ptr(), 4)),
+            ("lda_close", ffi::lda_close(ctx)),
+        ];
+        for (name, st) in calls {
+            assert_eq!(st, ffi::LDA_ERR_INVALID_ARGUMENT, "{name} on {ctx:p}: {}", last_error(std::ptr::null()));
+            // The call's message goes to the thread's context-less slot, and asking about the pointer says it too.
+            assert!(last_error(std::ptr::null()).contains("not a live context"), "{name}: {}", last_error(std::ptr::null()));
+        }
+        assert!(last_error(ctx).contains("not a live context"), "{}", last_error(ctx));
+        assert_eq!((i, n, x, y, xs, qc), (-7, 7, -7.0, -7.0, [-7.0; 4], [-7; 4]), "an output was written");
+    }
+    assert_eq!(junk, [0u64; 64], "the buffer passed as a context was written");
 }

@@ -951,14 +951,90 @@ std::size_t align_of() {
 } // namespace cxxbridge1
 } // namespace rust
 
+#if __cplusplus >= 201402L
+#define CXX_DEFAULT_VALUE(value) = value
+#else
+#define CXX_DEFAULT_VALUE(value)
+#endif
+
 namespace latentda {
   namespace detail {
+    struct GridInfo;
+    struct VarInfo;
+    struct ObsValues;
+    struct NoiseFloor;
     struct Context;
   }
 }
 
 namespace latentda {
 namespace detail {
+#ifndef CXXBRIDGE1_STRUCT_latentda$detail$GridInfo
+#define CXXBRIDGE1_STRUCT_latentda$detail$GridInfo
+// The bundle's grid (see `lda_grid_info`).
+struct GridInfo final {
+  // `LdaGridKind`: 0 regular, 1 Gaussian.
+  ::std::int32_t kind CXX_DEFAULT_VALUE(0);
+  // Number of latitudes.
+  ::std::size_t nlat CXX_DEFAULT_VALUE(0);
+  // Number of longitudes.
+  ::std::size_t nlon CXX_DEFAULT_VALUE(0);
+  // `LdaVertical`: 0 sigma, 1 pressure (Pa).
+  ::std::int32_t vertical CXX_DEFAULT_VALUE(0);
+  // Number of model levels.
+  ::std::size_t nlev CXX_DEFAULT_VALUE(0);
+
+  using IsRelocatable = ::std::true_type;
+};
+#endif // CXXBRIDGE1_STRUCT_latentda$detail$GridInfo
+
+#ifndef CXXBRIDGE1_STRUCT_latentda$detail$VarInfo
+#define CXXBRIDGE1_STRUCT_latentda$detail$VarInfo
+// One variable's place in the state vector (see `lda_var_layout`).
+struct VarInfo final {
+  // Variable name.
+  ::rust::String name;
+  // Units.
+  ::rust::String units;
+  // Levels (0 for a surface variable).
+  ::std::int32_t nlev CXX_DEFAULT_VALUE(0);
+  // Offset of its first element in the state vector (0-based).
+  ::std::size_t offset CXX_DEFAULT_VALUE(0);
+  // Number of elements.
+  ::std::size_t length CXX_DEFAULT_VALUE(0);
+
+  using IsRelocatable = ::std::true_type;
+};
+#endif // CXXBRIDGE1_STRUCT_latentda$detail$VarInfo
+
+#ifndef CXXBRIDGE1_STRUCT_latentda$detail$ObsValues
+#define CXXBRIDGE1_STRUCT_latentda$detail$ObsValues
+// H x with the geometric QC flag of each observation (see `lda_obs_h`).
+struct ObsValues final {
+  // H_i x per observation (NaN where rejected).
+  ::rust::Vec<double> hx;
+  // Geometric QC flag per observation.
+  ::rust::Vec<::std::int32_t> qc;
+
+  using IsRelocatable = ::std::true_type;
+};
+#endif // CXXBRIDGE1_STRUCT_latentda$detail$ObsValues
+
+#ifndef CXXBRIDGE1_STRUCT_latentda$detail$NoiseFloor
+#define CXXBRIDGE1_STRUCT_latentda$detail$NoiseFloor
+// The float32 noise floor of U and U^T (see `lda_bsqrt_noise`).
+struct NoiseFloor final {
+  // Relative nonlinearity of U.
+  double u_nonlinearity CXX_DEFAULT_VALUE(0);
+  // Relative nonlinearity of U^T.
+  double ut_nonlinearity CXX_DEFAULT_VALUE(0);
+  // Normalised adjoint mismatch.
+  double adjoint_mismatch CXX_DEFAULT_VALUE(0);
+
+  using IsRelocatable = ::std::true_type;
+};
+#endif // CXXBRIDGE1_STRUCT_latentda$detail$NoiseFloor
+
 #ifndef CXXBRIDGE1_STRUCT_latentda$detail$Context
 #define CXXBRIDGE1_STRUCT_latentda$detail$Context
 struct Context final : public ::rust::Opaque {
@@ -1013,6 +1089,30 @@ struct Context final : public ::rust::Opaque {
 
   // A draw U xi, xi ~ N(0, I) from `seed` (state layout), returned like `bsqrt`.
   ::rust::Vec<double> brandomize(::std::uint64_t seed);
+
+  // The grid's kind and sizes.
+  ::latentda::detail::GridInfo grid_info() const;
+
+  // Latitudes (north to south), longitudes or levels (top to bottom): `which` 0, 1 or 2.
+  ::rust::Vec<double> grid_coords(::std::int32_t which) const;
+
+  // Number of bundle variables.
+  ::std::int32_t var_count() const;
+
+  // Layout of variable `index` (0-based identifier).
+  ::latentda::detail::VarInfo var_info(::std::int32_t index) const;
+
+  // H x of the observations set, from `x` (state layout).
+  ::latentda::detail::ObsValues obs_h(::rust::Slice<double const> x);
+
+  // H x of the observations set, from the bound arrays.
+  ::latentda::detail::ObsValues obs_h_fields();
+
+  // H^T y (state layout) for one value per observation set.
+  ::rust::Vec<double> obs_h_ad(::rust::Slice<double const> y);
+
+  // The measured noise floor of U and U^T over `trials` random trials.
+  ::latentda::detail::NoiseFloor bsqrt_noise(::std::uint64_t seed, ::std::int32_t trials);
 
   ~Context() = delete;
 

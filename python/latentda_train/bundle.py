@@ -1,7 +1,9 @@
 """Statistics, ONNX export, ONNX Runtime checks and bundle writing (docs/bundle-format.md, version 1).
 
 The bundle is written only if the dot-product test (< 1e-5) and the Taylor test (first-order
-convergence over >= 3 decades) pass in ONNX Runtime."""
+convergence over >= 3 decades) pass in ONNX Runtime. Its known-answer probes (probes.nc, [probes]) are
+written by the runtime's own `latentda probes` (write_probes), so the exporter and the runtime share one
+implementation of the format."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 import tomllib
 
@@ -32,6 +35,29 @@ def sha256(path):
         for b in iter(lambda: f.read(1 << 20), b""):
             h.update(b)
     return h.hexdigest()
+
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+
+
+def latentda_binary():
+    """The `latentda` command: $LATENTDA_BIN, else `latentda` on PATH, else this repository's release build."""
+    for c in (os.environ.get("LATENTDA_BIN"), shutil.which("latentda"),
+              os.path.join(REPO, "target", "release", "latentda")):
+        if c and os.path.isfile(c) and os.access(c, os.X_OK):
+            return c
+    raise SystemExit("writing the bundle's probes needs the latentda command: build it (cargo build --release) or "
+                     "set LATENTDA_BIN")
+
+
+def write_probes(bundle_dir, backend_args=()):
+    """Writes the known-answer probes of every graph of the bundle in `bundle_dir` (probes.nc, the [probes] table
+    and its checksum in bundle.toml) with `latentda probes`, which then reopens the bundle and runs the self-test.
+    Every other file must already match its checksum. Returns the command's output."""
+    r = subprocess.run([latentda_binary(), "probes", str(bundle_dir), *backend_args], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"latentda probes {bundle_dir} failed ({r.returncode}):\n{r.stdout}{r.stderr}")
+    return r.stdout
 
 
 def code_version(repo=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")):
@@ -238,6 +264,7 @@ def main(argv=None):
     write_manifest(stage, lat, lon, sig, latent_shape, prov,
                    f"SPEEDY T31L8 (jcm) reference bundle: {arch_name} autoencoder, hand-written TL/AD decoder",
                    extra=extra, baseline_variance_factor=a.baseline_variance_factor)
+    print(write_probes(stage), end="", flush=True)
     report = {"init_rms": D.forecast_init_rms(a.out), "gate": st["gate"], "checks": chk, "sample": sample,
               **{k: st[k] for k in ("k_latent", "k_latent_latent_space", "latent_ratio_per_var", "k_baseline",
                                     "baseline_ratio_per_var", "calib_vars", "n_calib", "calib_rmse",

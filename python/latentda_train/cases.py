@@ -134,6 +134,15 @@ def stations(lat, lon, n=N_STATIONS, seed=42):
     return np.array(pts)
 
 
+def uniform_columns(n, seed, max_lat=80.0):
+    """n observation columns (lat, lon) uniform on the sphere (uniform in sin(lat)) within |lat| <= max_lat: the
+    robustness matrix's "uniform" (300) and "sparse" (100) networks, a new draw (seed) in every case."""
+    rng = np.random.default_rng(seed)
+    s = np.sin(np.radians(max_lat))
+    plat = np.degrees(np.arcsin(rng.uniform(-s, s, n)))
+    return np.stack([np.round(plat, 3), np.round(rng.uniform(0, 360, n), 3)], axis=1)
+
+
 def _gc(a1, o1, a2, o2):
     p1, p2 = np.radians(a1), np.radians(a2)
     c = np.sin(p1) * np.sin(p2) + np.cos(p1) * np.cos(p2) * np.cos(np.radians(o2 - o1))

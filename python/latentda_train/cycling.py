@@ -16,7 +16,47 @@ Each cycle:
      (P is not an exact inverse of the spectral-to-gridpoint conversion for the wind: see `roundtrip_errors`).
 
 Every day at 00 UTC after the spin-up, a 48 h forecast is also run from the analysis (and the model state put back
-afterwards) and scored against the truth. Method "none" runs the same model with no assimilation (a free run from
+afterwards) and scored against the truth.
+
+Networks: "sonde" (the fixed radiosonde-like land stations of `cases.stations`: the land network), "uniform" (the
+same observed variables at UNIFORM_COLUMNS columns drawn uniformly on the sphere, |lat| <= 80, new positions every
+cycle), "mass" (temperature profiles at the land stations and surface pressure at 1500 points).
+
+Adaptive B (`--adaptive`): the B in force is s times the starting B (the options given, by default CYCLING_OPTIONS,
+and the bundle's hybrid weights), and s is re-estimated after every cycle from the Desroziers statistics of the
+reports of the last N cycles (`--adaptive-window`, default ADAPT_WINDOW = 4 cycles, one day; a moving window, not
+exponential):
+
+    s_new = sum_k sum_i (H x_a - H x_b)_i d_b,i / sigma_o,i^2  /  sum_k (1 / s_k) sum_i sigma_b,i^2 / sigma_o,i^2
+
+over the cycles k of the window (all used observations, global; sigma_b^2 = the H B H^T in force at the
+observation, s_k the scale that cycle ran with): the innovation estimate of H B H^T over the H B H^T of the
+starting B, i.e. the fixed-point step of Desroziers et al. (2005) (docs/b-operator.md, "Tuning B from innovations"),
+bounded to [ADAPT_BOUNDS] (`--adaptive-bounds`). In a scalar model (true H B H^T s_t, R r, in force s) one step
+maps s to s (s_t + r) / (s + r): it converges, monotonically but slowly where r >> s_t (the rate is r / (s_t + r):
+0.87 per cycle for the issue's u, s_t 0.3 and r 2.25 (m/s)^2, so about 60 cycles from a B 7x too large). The
+alternative rule `--adaptive-rule innovation` uses E[d_b^2] - R instead of E[(H x_a - H x_b) d_b] as the estimate:
+the fixed point in one step, provided R is right (it is, by construction, in this driver's observation recipe), but
+noisier.
+
+Hybrid weights fitted separately (`--adaptive-split`, folder <method>-adaptive-split): the reports of hybrid analyses
+split the H B H^T in force into its latent part alpha (H sd_latent)^2 and its static part beta (H sd_static)^2; over
+the disjoint cells (bundle variable x band nh / tropics / sh) of the window, the non-negative least-squares fit
+E_c ~ alpha L_c + beta S_c (E: the Desroziers estimate, L and S: the parts in force per unit weight) gives alpha and
+beta on their own (`hybrid_split`, the twin of `latentda tune --hybrid-split`), each bounded to ADAPT_BOUNDS x its
+starting value. It needs cells whose latent / static proportions differ; otherwise the weights stay. Until the window
+is full both weights are scaled together as above: in a check run (hybrid, uniform network, 6 cycles from a perturbed
+start) a split fitted to the first cycle alone, whose errors are far larger than the cycle's later ones, gave alpha
+2.2 and beta 0.015 and made the next analyses worse.
+
+Why a window of 4 cycles: with a few thousand observations per cycle the per-cycle ratio is already precise (3D-Var,
+uniform network, cycles 2-8 of a check run: E[(Hxa-Hxb) db]/HBH^T 0.40-0.47), whereas the first cycles after the
+perturbed start have much larger errors (ratio 2.0 at cycle 1) and a window of 8 kept that cycle in force for two
+days. The window sum is, per cycle, the mean of the one-step estimates s_k x ratio_k (each cycle's H B H^T per unit
+scale is about the same), so one large early estimate dominates it until it leaves the window. s scales baseline_variance_factor for 3dvar,
+latent_variance_factor for l3dvar, and both hybrid_alpha and hybrid_beta for the hybrid (its mix is kept). Adaptive
+runs go to OUT/<network>/<method>-adaptive/; every cycle's line in metrics.jsonl holds the scale and the option
+values it ran with, the Desroziers ratios of its report and the next scale ("adaptive"); the state survives a resume. Method "none" runs the same model with no assimilation (a free run from
 the same perturbed start) as the reference.
 
 The run starts at 00 UTC of day START - SPINUP from the truth perturbed as in `forecasts.Forecaster.run`
@@ -29,7 +69,8 @@ settings.json. `summary` turns all of them into RMSE time-series and balance fig
 Commands (from the repository root, after `cargo build --release`; one method per process, they can run in
 parallel):
   latentda-cycle run --method l3dvar --network sonde --out cycling
-  latentda-cycle run --method none --out cycling            # and 3dvar, hybrid; --network mass
+  latentda-cycle run --method none --out cycling            # and 3dvar, hybrid; --network mass or uniform
+  latentda-cycle run --method hybrid --adaptive --out cycling   # B sized online from its innovations (below)
   latentda-cycle summary --out cycling
   latentda-cycle smoke                                      # 2 cycles, round trip and resume checks
 """
@@ -51,6 +92,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 DEFAULT_LIB = os.path.join(REPO, "target", "release", "liblatentda.so")
 DEFAULT_BUNDLE = os.path.join(REPO, "models", "speedy-t31")
 METHODS = ("none", "3dvar", "l3dvar", "hybrid")
+RUN_NAMES = METHODS + tuple(f"{m}-adaptive" for m in METHODS[1:]) + ("hybrid-adaptive-split",)  # OUT/<network>/
 NAMES = [v[0] for v in D.VARS]
 OBS_SEED = 700000          # noise seed of cycle c: OBS_SEED + c (the same for every method)
 FORECAST_CYCLES = 8        # 48 h
@@ -58,6 +100,10 @@ FORECAST_CYCLES = 8        # 48 h
 # about 0.35 of that error variance (u 1.3 vs 2.1 m/s, t 0.52 vs 0.92 K, ps 118 vs 190 Pa after one cycle), and
 # with the unscaled B the second cycle's analysis is no better than its background (smoke run).
 CYCLING_OPTIONS = "latent_variance_factor = 0.35\nbaseline_variance_factor = 0.35"
+UNIFORM_COLUMNS = 300      # columns of the "uniform" network (new positions every cycle)
+NETWORKS = ("sonde", "mass", "uniform")
+ADAPT_WINDOW = 4           # cycles of Desroziers sums behind each adaptive update (1 day; see the module doc)
+ADAPT_BOUNDS = (0.05, 4.0)  # bounds of the adaptive scale s (relative to the starting B)
 
 
 # --------------------------------------------------------------------------------------------------- C ABI (ctypes)
@@ -323,8 +369,20 @@ def area_rmse(d: np.ndarray, lat: np.ndarray) -> dict:
             for v, sl in D.VAR_SLICES.items()}
 
 
+def uniform_columns(seed: int, n: int = UNIFORM_COLUMNS, max_lat: float = 80.0) -> np.ndarray:
+    """n column positions (lat, lon) uniform on the sphere within |lat| <= max_lat (the "uniform" network; a new
+    draw per cycle, from the cycle's own seed)."""
+    rng = np.random.default_rng(seed + 5000000)
+    s = np.sin(np.radians(max_lat))
+    plat = np.degrees(np.arcsin(rng.uniform(-s, s, n)))
+    return np.stack([np.round(plat, 3), np.round(rng.uniform(0, 360, n), 3)], axis=1)
+
+
 def observations(lda: Latentda, truth, lat, lon, sig, st, seed, network):
-    """Observation arrays for lda_set_obs from `cases.make_obs` rows."""
+    """Observation arrays for lda_set_obs from `cases.make_obs` rows (network "uniform": the sonde variables at
+    `uniform_columns(seed)` instead of the stations `st`)."""
+    if network == "uniform":
+        st, network = uniform_columns(seed), "sonde"
     rows = CS.make_obs(truth, lat, lon, sig, st, seed, network=network)
     ids = {n: lda.var_index(n) for n in NAMES}
     var = np.array([ids[r[0]] for r in rows], np.int32)
@@ -336,11 +394,226 @@ def observations(lda: Latentda, truth, lat, lon, sig, st, seed, network):
     return var, la, lo, lev, val, sd
 
 
+# ------------------------------------------------------------------------------------------------ adaptive B
+
+def parse_options(text: str) -> dict:
+    """latentda options TOML text -> dict."""
+    import tomllib
+    return tomllib.loads(text or "")
+
+
+def options_text(opts: dict) -> str:
+    """dict -> latentda options TOML text (numbers, strings, booleans, lists of strings)."""
+    def val(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(float(v)) if isinstance(v, float) else str(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(val(x) for x in v) + "]"
+        raise ValueError(f"option value {v!r} cannot be written")
+    return "".join(f"{k} = {val(v)}\n" for k, v in opts.items())
+
+
+def desroziers_terms(report: dict, group: str = "all", band: str = "global"):
+    """(sum (H x_a - H x_b) d_b / sigma_o^2, sum sigma_b^2 / sigma_o^2, sum d_a d_b / sigma_o^2, n, sum d_b^2 /
+    sigma_o^2) of a latentda report's desroziers cell, or None when the report has no such cell, no used observation
+    or no sigma_b."""
+    d = report.get("desroziers") or {}
+    for c in d.get("cells", []):
+        if c["group"] == group and c["band"] == band:
+            m = c["normalised"]
+            if m["n"] == 0 or m.get("sum_hbh") is None:
+                return None
+            return m["sum_dhx_db"], m["sum_hbh"], m["sum_da_db"], m["n"], m["sum_db_db"]
+    return None
+
+
+def adaptive_scale(window: list, bounds=ADAPT_BOUNDS, default: float = 1.0) -> float:
+    """The adaptive update: window = [(est, in_force, s_k), ...] of the last N cycles (est = sum (Hx_a - Hx_b) d_b /
+    sigma_o^2, in_force = sum sigma_b^2 / sigma_o^2 of a report made with scale s_k); returns
+    clip(sum est / sum (in_force / s_k), bounds). With no usable entry (or a non-positive denominator) it returns
+    `default` clipped; a non-positive estimate gives the lower bound."""
+    num = sum(e for e, _, _ in window)
+    den = sum(i / s for _, i, s in window if s > 0)
+    lo, hi = bounds
+    if not window or not den > 0:
+        return float(min(max(default, lo), hi))
+    return float(min(max(num / den, lo), hi))
+
+
+class AdaptiveB:
+    """Online B sizing of one run (see the module documentation): the scale s, the window of Desroziers sums, and
+    the options each cycle runs with. `state()`/`AdaptiveB(..., state=...)` carry it across a resume."""
+
+    SCALED = {"3dvar": ("baseline_variance_factor",), "l3dvar": ("latent_variance_factor",),
+              "l4dvar": ("latent_variance_factor",), "hybrid": ("hybrid_alpha", "hybrid_beta")}
+
+    RULES = ("desroziers", "innovation")
+
+    def __init__(self, method: str, options: str, window: int = ADAPT_WINDOW, bounds=ADAPT_BOUNDS,
+                 state: dict | None = None, rule: str = "desroziers", split: bool = False):
+        if method not in self.SCALED:
+            raise ValueError(f"method {method} has no B to adapt")
+        if rule not in self.RULES:
+            raise ValueError(f"adaptive rule {rule!r} is not one of {self.RULES}")
+        if split and method != "hybrid":
+            raise ValueError("--adaptive-split is for method hybrid")
+        self.method, self.window, self.bounds, self.rule = method, int(window), tuple(bounds), rule
+        self.split = bool(split)
+        self.start = parse_options(options)
+        st = state or {}
+        self.scale = float(st.get("scale", 1.0))
+        self.history = [tuple(h) for h in st.get("history", [])]
+        # split mode: per-weight multipliers of the starting alpha and beta, and per cycle the cells' sums
+        self.weights = [float(x) for x in st.get("weights", [1.0, 1.0])]
+        self.cell_history = [dict((k, tuple(v)) for k, v in h.items()) for h in st.get("cell_history", [])]
+        # the starting values of the scaled options; missing ones (the bundle's defaults) come from the first report
+        self.base = dict(st.get("base", {}))
+        for k in self.SCALED[method]:
+            if k in self.start:
+                self.base.setdefault(k, float(self.start[k]))
+
+    def ready(self) -> bool:
+        """Whether every scaled option has a starting value (else the next cycle runs with the start options)."""
+        return all(k in self.base for k in self.SCALED[self.method])
+
+    def options(self) -> dict:
+        """The options of the next cycle: the start options with the scaled ones multiplied by s."""
+        o = dict(self.start)
+        if self.ready() and self.split:
+            o.update({k: self.base[k] * w for k, w in zip(self.SCALED["hybrid"], self.weights)})
+        elif self.ready():
+            o.update({k: self.base[k] * self.scale for k in self.SCALED[self.method]})
+        return o
+
+    def update(self, report: dict) -> dict:
+        """Adds the cycle's report (run with options() at the current scale); returns the log entry of the cycle."""
+        used = {k: v for k, v in self.options().items() if k in self.SCALED[self.method]}
+        bif = (report.get("desroziers") or {}).get("b_in_force") or {}
+        if not self.ready():
+            # the first report says what the bundle's defaults are (s = 1 so far)
+            for k in self.SCALED[self.method]:
+                if k not in self.base and bif.get(k) is not None:
+                    self.base[k] = float(bif[k]) / self.scale
+            used = {k: bif.get(k) for k in self.SCALED[self.method]}
+        t = desroziers_terms(report)
+        entry = {"scale": self.scale, "options": used}
+        if t is not None:
+            est, inf, dadb, n, dbdb = t
+            if self.rule == "innovation":
+                # H B H^T = E[d_b^2] - R (R taken as right): the scalar model's fixed point in one step
+                est = dbdb - n
+            self.history.append((est, inf, self.scale))
+            self.history = self.history[-self.window:]
+            entry.update(hbh_ratio=est / inf if inf > 0 else None, r_ratio=dadb / n, n=n)
+        if self.split:
+            self._update_split(report, bif, entry)
+        else:
+            self.scale = adaptive_scale(self.history, self.bounds, self.scale)
+        entry["scale_next"] = self.scale
+        return entry
+
+    def _update_split(self, report: dict, bif: dict, entry: dict):
+        """Split mode: alpha and beta fitted separately (hybrid_split) over the window's cells, each bounded."""
+        entry["weights"] = list(self.weights)
+        a, b = bif.get("hybrid_alpha"), bif.get("hybrid_beta")
+        cells = split_cells(report, self.rule, a, b) if a and b else {}
+        if cells:
+            self.cell_history.append(cells)
+            self.cell_history = self.cell_history[-self.window:]
+        fit = hybrid_split(self.cell_history)
+        lo, hi = self.bounds
+        if len(self.cell_history) < self.window:
+            # two weights from less than a full window are too noisy (and the first cycles after a perturbed start
+            # are not representative): until the window is full, both weights are scaled together
+            s = adaptive_scale(self.history, self.bounds, self.scale)
+            self.weights = [s, s]
+        elif fit is not None and self.ready():
+            alpha, beta, cos = fit
+            self.weights = [min(max(alpha / self.base["hybrid_alpha"], lo), hi),
+                            min(max(beta / self.base["hybrid_beta"], lo), hi)]
+            entry["split"] = {"alpha": alpha, "beta": beta, "cosine": cos}
+        # the plotted scale: the geometric mean of the two multipliers
+        self.scale = float(np.sqrt(self.weights[0] * self.weights[1]))
+        entry["weights_next"] = list(self.weights)
+
+    def state(self) -> dict:
+        return {"scale": self.scale, "history": [list(h) for h in self.history], "base": self.base,
+                "weights": self.weights, "cell_history": [{k: list(v) for k, v in h.items()} for h in self.cell_history]}
+
+
+SPLIT_MAX_COSINE = 0.995   # as src/diag/desroziers.rs
+
+
+def split_cells(report: dict, rule: str, alpha: float, beta: float) -> dict:
+    """Per disjoint cell "var/band" (bundle variable x nh / tropics / sh) of a hybrid report: (estimate of H B H^T,
+    latent H B H^T in force per unit alpha, static per unit beta), normalised sums (as `latentda tune`)."""
+    out = {}
+    for c in (report.get("desroziers") or {}).get("cells", []):
+        m = c["normalised"]
+        if c["band"] == "global" or c["group"] in ("all", "wind", "mass") or m["n"] == 0:
+            continue
+        if m.get("sum_hbh_latent") is None or m.get("sum_hbh_static") is None:
+            continue
+        est = m["sum_db_db"] - m["n"] if rule == "innovation" else m["sum_dhx_db"]
+        out[f"{c['group']}/{c['band']}"] = (est, m["sum_hbh_latent"] / alpha, m["sum_hbh_static"] / beta)
+    return out
+
+
+def hybrid_split(history: list):
+    """Non-negative least squares E_c ~ alpha L_c + beta S_c over the cells summed over the window (the Python twin
+    of desroziers::hybrid_split); (alpha, beta, cosine) or None when L and S are nearly parallel or empty."""
+    acc = {}
+    for h in history:
+        for k, v in h.items():
+            acc[k] = np.add(acc.get(k, 0.0), v)
+    if len(acc) < 2:
+        return None
+    e, l, s = np.array(list(acc.values()), float).T
+    ll, ss, ls, le, se = l @ l, s @ s, l @ s, l @ e, s @ e
+    if not (ll > 0 and ss > 0):
+        return None
+    cos = ls / np.sqrt(ll * ss)
+    if cos > SPLIT_MAX_COSINE:
+        return None
+    det = ll * ss - ls * ls
+    alpha, beta = (le * ss - se * ls) / det, (se * ll - le * ls) / det
+    if alpha < 0:
+        alpha, beta = 0.0, max(se / ss, 0.0)
+    elif beta < 0:
+        alpha, beta = max(le / ll, 0.0), 0.0
+    return (float(alpha), float(beta), float(cos)) if alpha + beta > 0 else None
+
+
+def desroziers_brief(report: dict) -> dict:
+    """Per band, the Desroziers ratios of all used observations (R, H B H^T) of a report, for the metrics."""
+    out = {}
+    for c in (report.get("desroziers") or {}).get("cells", []):
+        if c["group"] == "all" and c["n"] > 0:
+            out[c["band"]] = {"n": c["n"], "r_ratio": c["r_ratio"], "hbh_ratio": c["hbh_ratio"],
+                              "innovation_ratio": c.get("innovation_ratio")}
+    return out
+
+
 # ------------------------------------------------------------------------------------------------------ the run
 
 def settings_of(a) -> dict:
-    return {"method": a.method, "network": a.network, "start_day": a.start_day, "spinup_days": a.spinup_days,
-            "days": a.days, "bundle": os.path.abspath(a.bundle), "options": a.options, "obs_seed": OBS_SEED}
+    s = {"method": a.method, "network": a.network, "start_day": a.start_day, "spinup_days": a.spinup_days,
+         "days": a.days, "bundle": os.path.abspath(a.bundle), "options": a.options, "obs_seed": OBS_SEED}
+    if getattr(a, "adaptive", False):
+        s["adaptive"] = {"window": a.adaptive_window, "bounds": list(a.adaptive_bounds), "rule": a.adaptive_rule,
+                         "group": "all", "band": "global", "split": bool(getattr(a, "adaptive_split", False))}
+    return s
+
+
+def run_name(a) -> str:
+    """The run's folder name under OUT/<network>/: the method, with "-adaptive" for an adaptive B."""
+    if not getattr(a, "adaptive", False):
+        return a.method
+    return a.method + ("-adaptive-split" if getattr(a, "adaptive_split", False) else "-adaptive")
 
 
 def run(a, model: Model | None = None, log=print) -> str:
@@ -348,9 +621,12 @@ def run(a, model: Model | None = None, log=print) -> str:
     from . import balance as BAL
     if a.method not in METHODS:
         raise SystemExit(f"--method must be one of {METHODS}")
-    if a.network not in ("sonde", "mass"):
-        raise SystemExit("--network must be 'sonde' or 'mass'")
-    folder = os.path.join(a.out, a.network, a.method)
+    if a.network not in NETWORKS:
+        raise SystemExit(f"--network must be one of {NETWORKS}")
+    adaptive = getattr(a, "adaptive", False)
+    if adaptive and a.method == "none":
+        raise SystemExit("--adaptive needs an assimilating method")
+    folder = os.path.join(a.out, a.network, run_name(a))
     os.makedirs(folder, exist_ok=True)
     settings = settings_of(a)
     sp = os.path.join(folder, "settings.json")
@@ -370,9 +646,11 @@ def run(a, model: Model | None = None, log=print) -> str:
         raise SystemExit(f"the nature run ends before day {a.start_day + a.days} + 48 h")
     t_load = time.time()
     model = model or Model(a.data)
+    adapt_state = None
     if os.path.exists(ckpt):
         extra = model.load(ckpt)
         cycle = extra["cycle"]
+        adapt_state = extra.get("adaptive")
         kept = [l for l in open(metrics)] if os.path.exists(metrics) else []
         kept = [l for l in kept if json.loads(l)["cycle"] <= cycle]
         open(metrics, "w").writelines(kept)
@@ -384,9 +662,13 @@ def run(a, model: Model | None = None, log=print) -> str:
         open(metrics, "w").close()
         log(f"{a.method}/{a.network}: perturbed start at day {t0_day} 00 UTC (days {info['a']}, {info['b']}, "
             f"alpha {info['alpha']:.3f}); {n_cycles} cycles")
-    lda = host = None
+    lda = host = adapt = None
+    if adaptive:
+        adapt = AdaptiveB(a.method, a.options, a.adaptive_window, a.adaptive_bounds, adapt_state, a.adaptive_rule,
+                          getattr(a, "adaptive_split", False))
+    lda_options = options_text(adapt.options()) if adapt else a.options
     if a.method != "none":
-        lda = Latentda(a.lib, a.bundle, a.options)
+        lda = Latentda(a.lib, a.bundle, lda_options)
         host = HostFields(lda, len(lat), len(lon))
     log(f"model and latentda ready in {time.time() - t_load:.1f} s")
     with open(metrics, "a") as mf:
@@ -400,6 +682,12 @@ def run(a, model: Model | None = None, log=print) -> str:
                    "bg": area_rmse(x_b - truth, lat), "bg_balance_true": BAL.balance(x_b, truth, lat, lon)}
             if lda is not None:
                 ta = time.time()
+                if adapt is not None and options_text(adapt.options()) != lda_options:
+                    # the C ABI takes options at lda_open: a new context with the new B size, arrays bound again
+                    lda.close()
+                    lda_options = options_text(adapt.options())
+                    lda = Latentda(a.lib, a.bundle, lda_options)
+                    host = HostFields(lda, len(lat), len(lon))
                 obs = observations(lda, truth, lat, lon, sig, st, OBS_SEED + c, a.network)
                 host.load(x_b)
                 lda.set_obs(*obs)
@@ -422,7 +710,10 @@ def run(a, model: Model | None = None, log=print) -> str:
                            obs_stats={st_["name"]: [st_["n_used"], st_["omb_rms"], st_["oma_rms"]]
                                       for st_ in rep["variables"] if st_["n_used"] > 0},
                            iterations=si.get("inner_total"), grad_reduction=si.get("grad_reduction"),
-                           t_analysis=time.time() - ta, t_latentda=rep["timings"]["total_s"])
+                           t_analysis=time.time() - ta, t_latentda=rep["timings"]["total_s"],
+                           desroziers=desroziers_brief(rep))
+                if adapt is not None:
+                    rec["adaptive"] = adapt.update(rep)
             else:
                 rec["an"] = rec["bg"]
             rec["t_forecast6h"] = t_fc
@@ -440,12 +731,13 @@ def run(a, model: Model | None = None, log=print) -> str:
                 raise RuntimeError(f"cycle {c}: non-finite analysis RMSE {rec['an']}")
             mf.write(json.dumps(rec) + "\n")
             mf.flush()
-            model.save(ckpt, {"cycle": c})
+            model.save(ckpt, {"cycle": c, "adaptive": adapt.state() if adapt else None})
             cycle = c
             if c % 4 == 0 or c == n_cycles or c <= 2:
                 log(f"{a.method}/{a.network} cycle {c}/{n_cycles} day {rec['day']} {rec['hour']:02d}Z: "
                     + " ".join(f"{v} {rec['bg'][v]:.3g}->{rec['an'][v]:.3g}" for v in ("u", "t", "ps"))
                     + (f" bal {rec['balance']:.2f}" if rec.get("balance") is not None else "")
+                    + (f" B scale {rec['adaptive']['scale']:.3f}->{rec['adaptive']['scale_next']:.3f}" if adapt else "")
                     + f" {rec['t_cycle']:.2f} s")
     if lda is not None:
         lda.close()
@@ -474,11 +766,13 @@ def summary(out: str, log=print) -> list:
         return p
 
     for network in sorted(d for d in os.listdir(out) if os.path.isdir(os.path.join(out, d))):
-        runs = {m: read_metrics(os.path.join(out, network, m)) for m in METHODS}
+        runs = {m: read_metrics(os.path.join(out, network, m)) for m in RUN_NAMES}
         runs = {m: r for m, r in runs.items() if r}
         if not runs:
             continue
-        colours = {"none": "0.5", "3dvar": "tab:blue", "l3dvar": "tab:red", "hybrid": "tab:green"}
+        colours = {"none": "0.5", "3dvar": "tab:blue", "l3dvar": "tab:red", "hybrid": "tab:green",
+                   "3dvar-adaptive": "tab:cyan", "l3dvar-adaptive": "tab:pink", "hybrid-adaptive": "tab:olive",
+                   "hybrid-adaptive-split": "tab:purple"}
         fig, axs = plt.subplots(3, 2, figsize=(13, 10), sharex=True)
         for ax, v in zip(axs.flat, NAMES):
             for m, r in runs.items():
@@ -512,6 +806,24 @@ def summary(out: str, log=print) -> list:
         ax.legend(fontsize=8)
         ax.set_title(f"geostrophic balance of the analysis increments, {network} network")
         written.append(save(fig, f"balance_{network}.png"))
+        adaptive = {m: r for m, r in runs.items() if any("adaptive" in x for x in r)}
+        if adaptive:
+            # the adaptive B's trajectory: its scale and the Desroziers H B H^T ratio of each cycle
+            fig, axs = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
+            for m, r in adaptive.items():
+                t = [x["cycle"] / 4.0 for x in r if "adaptive" in x]
+                axs[0].plot(t, [x["adaptive"]["scale"] for x in r if "adaptive" in x], color=colours[m], label=m)
+                axs[1].plot(t, [x["adaptive"].get("hbh_ratio") for x in r if "adaptive" in x], color=colours[m], lw=0.8)
+            axs[0].set_ylabel("B scale s (x starting B)")
+            axs[0].set_yscale("log")
+            axs[1].set_ylabel("E[(Hxa-Hxb) db] / HBH^T")
+            axs[1].axhline(1.0, color="k", lw=0.5)
+            axs[1].set_xlabel("days since the perturbed start")
+            for ax in axs:
+                ax.grid(alpha=0.3)
+            axs[0].legend(fontsize=8)
+            axs[0].set_title(f"adaptive B (Desroziers), {network} network")
+            written.append(save(fig, f"bscale_{network}.png"))
         p = os.path.join(out, f"summary_{network}.md")
         with open(p, "w") as f:
             f.write(summary_table(network, runs))
@@ -519,6 +831,20 @@ def summary(out: str, log=print) -> list:
     for p in written:
         log(f"wrote {p}")
     return written
+
+
+def level_off(scored: list, v: str) -> float:
+    """Mean analysis RMSE of `v` over the last 10 scored days / over scored days 5-15 (NaN if the run is shorter)."""
+    if not scored:
+        return float("nan")
+    c0 = scored[0]["cycle"]
+    day = lambda x: (x["cycle"] - c0) / 4.0
+    n_days = day(scored[-1]) + 0.25
+    mid = [x["an"][v] for x in scored if 5.0 <= day(x) < 15.0]
+    late = [x["an"][v] for x in scored if day(x) >= n_days - 10.0]
+    if n_days < 20.0 or not mid or not late:
+        return float("nan")
+    return float(np.mean(late) / np.mean(mid))
 
 
 def summary_table(network: str, runs: dict) -> str:
@@ -560,6 +886,11 @@ def summary_table(network: str, runs: dict) -> str:
     lines += table("Analysis as the model holds it (increment in jcm's spectral state, q >= 0 as in its output)", mean("an_model"))
     lines += table("Drift: mean analysis RMSE of the second half of the scored period / the first half (1: none)", drift,
                    mark=False)
+    lines += table("Analysis worse than its own 6 h background (global RMSE): % of the scored cycles (gate <= 5 %)",
+                   lambda s, v: 100.0 * float(np.mean([x["an"][v] > x["bg"][v] for x in s])) if s else float("nan"),
+                   mark=False)
+    lines += table("Levelling off: mean analysis RMSE of the last 10 scored days / that of scored days 5-15 "
+                   "(gate <= 1.1)", level_off, mark=False)
     lines += ["", "Geostrophic balance (|lat| > 20), mean over the scored cycles:", ""]
     for m in runs:
         b = [x["balance"] for x in scored[m] if x.get("balance") is not None]
@@ -567,6 +898,23 @@ def summary_table(network: str, runs: dict) -> str:
     s0 = next(iter(scored.values()))
     if s0:
         lines.append(f"- true 6 h background error of the first run listed: {np.mean([x['bg_balance_true'] for x in s0]):.3f}")
+    ad = {m: [x["adaptive"] for x in r if "adaptive" in x] for m, r in runs.items()}
+    ad = {m: a for m, a in ad.items() if a}
+    if ad:
+        lines += ["", "Adaptive B: scale s of the starting B (Desroziers, window of past cycles), and the options it gave:", ""]
+        for m, a in ad.items():
+            q = [a[min(len(a) - 1, int(f * (len(a) - 1)))] for f in (0.0, 0.25, 0.5, 0.75, 1.0)]
+            lines.append(f"- {m}: s at 0/25/50/75/100 % of the run " + ", ".join(f"{e['scale']:.3g}" for e in q)
+                         + f"; last options {a[-1]['options']}")
+    # innovation ratios (all observations, global) of every run: about 1 when B and R are right
+    dz = {m: [x["desroziers"]["global"] for x in scored[m] if (x.get("desroziers") or {}).get("global")] for m in runs}
+    dz = {m: d for m, d in dz.items() if d}
+    if dz:
+        lines += ["", "Desroziers ratios over the scored cycles (mean; all observations, global):", ""]
+        for m, d in dz.items():
+            hb = [x["hbh_ratio"] for x in d if x.get("hbh_ratio") is not None]
+            lines.append(f"- {m}: E[da db]/R {np.mean([x['r_ratio'] for x in d]):.3f}, "
+                         f"E[(Hxa-Hxb) db]/HBH^T {np.mean(hb) if hb else float('nan'):.3f}")
     return "\n".join(lines) + "\n"
 
 
@@ -593,10 +941,10 @@ def smoke(a, log=print):
     run(_with_cycles(args, 1), model, log)
     run(_with_cycles(args, 2), model, log)
     dt = time.time() - t1
-    rows = read_metrics(os.path.join(out, a.network, a.method))
+    rows = read_metrics(os.path.join(out, a.network, run_name(a)))
     assert [r["cycle"] for r in rows] == [1, 2], [r["cycle"] for r in rows]
     for r in rows:
-        for v in ("u", "v", "t") if a.network == "sonde" else ("t",):
+        for v in ("u", "v", "t") if a.network in ("sonde", "uniform") else ("t",):
             assert r["an"][v] < r["bg"][v], f"cycle {r['cycle']}: {v} analysis RMSE {r['an'][v]} >= background {r['bg'][v]}"
     log(f"smoke passed: 2 cycles of {a.method} ({a.network}) in {dt:.1f} s including the first-call compilation; "
         f"per cycle: " + ", ".join(f"{r['t_cycle']:.2f} s" for r in rows) + f"; files in {out}")
@@ -614,7 +962,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="latentda-cycle", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", choices=["run", "summary", "smoke"])
     ap.add_argument("--method", default="l3dvar", help="none, 3dvar, l3dvar or hybrid (one per process)")
-    ap.add_argument("--network", default="sonde", help="sonde (u, v, t, q, ps at 300 stations) or mass (t profiles + ps)")
+    ap.add_argument("--network", default="sonde", help="sonde (u, v, t, q, ps at 300 land stations), uniform (the same "
+                    "at 300 new uniform random columns every cycle) or mass (t profiles + ps)")
     ap.add_argument("--out", default=None, help="results folder (run/summary: default ./cycling; smoke: a temporary folder)")
     ap.add_argument("--data", default=D.DEFAULT_OUT, help="data folder with nature/ (default $LATENTDA_DATA or ./data)")
     ap.add_argument("--bundle", default=DEFAULT_BUNDLE)
@@ -624,6 +973,17 @@ def main(argv=None):
     ap.add_argument("--start-day", type=int, default=610, help="first scored day (validation period: >= 600)")
     ap.add_argument("--spinup-days", type=int, default=3)
     ap.add_argument("--days", type=float, default=30, help="scored days")
+    ap.add_argument("--adaptive", action="store_true",
+                    help="size B online from the Desroziers statistics of the last --adaptive-window cycles")
+    ap.add_argument("--adaptive-window", type=int, default=ADAPT_WINDOW, help="cycles in the adaptive window")
+    ap.add_argument("--adaptive-bounds", type=float, nargs=2, default=ADAPT_BOUNDS, metavar=("LO", "HI"),
+                    help="bounds of the adaptive scale of the starting B")
+    ap.add_argument("--adaptive-split", action="store_true",
+                    help="hybrid: fit alpha and beta separately (latent and static parts of H B H^T over the cells "
+                         "variable x band) instead of scaling both together")
+    ap.add_argument("--adaptive-rule", default="desroziers", choices=AdaptiveB.RULES,
+                    help="desroziers: E[(Hxa-Hxb) db] (the fixed-point step; slow where R >> HBH^T); innovation: "
+                         "E[db^2] - R (one step if R is right)")
     a = ap.parse_args(argv)
     if a.command == "smoke":
         smoke(a)

@@ -83,6 +83,52 @@ def perturb(g, mask, dyn, dA, dB, t_rms, wind_factor):
     return new, alpha
 
 
+# ----------------------------------------------------------------------------- recipe (b): smooth random perturbation
+# Independent of the nature-difference recipe above (and of everything the bundle was calibrated on): Gaussian random
+# spherical-harmonic coefficients at total wavenumbers RANDOM_NMIN..RANDOM_NMAX on temperature and vorticity only
+# (no divergence, no ps, no humidity: not in balance; the 48 h forecast balances it as the model can), smooth in the
+# vertical, scaled to RANDOM_T_RMS (K) and RANDOM_WIND_RMS (m/s, per wind component), area-weighted over the globe
+# and all levels. Seed RANDOM_SEED + launch day.
+RANDOM_T_RMS = 1.5
+RANDOM_WIND_RMS = 3.0
+RANDOM_NMIN, RANDOM_NMAX = 1, 10
+RANDOM_VCORR_LEVELS = 1.5   # Gaussian vertical correlation length, in model levels
+RANDOM_SEED = 20261206
+RANDOM_HOURS = (6, 24, 48)  # lead times kept
+
+
+def random_modal(rng, nlev, mesh_m, mesh_l, nmin=RANDOM_NMIN, nmax=RANDOM_NMAX, vcorr=RANDOM_VCORR_LEVELS,
+                 slope=0.0):
+    """Random real spherical-harmonic coefficients [nlev, *mesh.shape] (pure numpy): N(0, 1) times l(l+1)^(slope/2)
+    where nmin <= l <= nmax and |m| <= l, 0 elsewhere; correlated between levels k, k' by
+    exp(-(k - k')^2 / (2 vcorr^2)) (the same horizontal pattern statistics on every level). slope 0: every
+    coefficient has the same variance (a temperature-like field); slope 1 for a vorticity whose wind has the same
+    variance per coefficient as that temperature."""
+    mesh_m, mesh_l = np.asarray(mesh_m), np.asarray(mesh_l)
+    mask = (mesh_l >= nmin) & (mesh_l <= nmax) & (np.abs(mesh_m) <= mesh_l)
+    k = np.arange(nlev)
+    c = np.exp(-((k[:, None] - k[None, :]) ** 2) / (2.0 * vcorr ** 2)) if vcorr > 0 else np.eye(nlev)
+    chol = np.linalg.cholesky(c + 1e-10 * np.eye(nlev))
+    white = rng.standard_normal((nlev,) + mesh_l.shape)
+    amp = np.where(mask, (np.maximum(mesh_l, 1) * (np.maximum(mesh_l, 1) + 1.0)) ** (slope / 2.0), 0.0)
+    return np.einsum("kj,j...->k...", chol, white) * amp[None]
+
+
+def area_rms(a, lat):
+    """cos(latitude)-weighted RMS of a[..., nlat, nlon] over all leading axes (lat the second to last axis)."""
+    a = np.asarray(a, np.float64)
+    w = np.broadcast_to(np.cos(np.radians(np.asarray(lat)))[:, None], a.shape[-2:])
+    return float(np.sqrt(np.sum(w * a ** 2) / (np.sum(w) * (a.size // w.size))))
+
+
+def random_scales(dt_grid, du_grid, dv_grid, lat, t_rms=RANDOM_T_RMS, wind_rms=RANDOM_WIND_RMS):
+    """Factors (for the temperature and the vorticity coefficients) that give grid-point perturbations of area-weighted
+    RMS t_rms and per-component wind RMS wind_rms, from the grid-point fields of the unscaled coefficients."""
+    ft = t_rms / area_rms(dt_grid, lat)
+    fw = wind_rms / np.sqrt(0.5 * (area_rms(du_grid, lat) ** 2 + area_rms(dv_grid, lat) ** 2))
+    return float(ft), float(fw)
+
+
 class Forecaster:
     """Perturbed-truth 48 h forecasts from the nature run's saved model states under OUT/nature/ckpt."""
 
@@ -120,6 +166,41 @@ class Forecaster:
         d0 = x0 - xt
         return dict(fc24=x[0], fc48=x[1], layout=jcmrun.LAYOUT, launch=L, a=int(da), b=int(db), alpha=alpha,
                     wind_factor=wind_factor, init_rms=np.sqrt(np.mean(d0 ** 2, axis=(1, 2))))
+
+    def run_random(self, L, t_rms=RANDOM_T_RMS, wind_rms=RANDOM_WIND_RMS, seed=RANDOM_SEED, hours=RANDOM_HOURS):
+        """Recipe (b): forecast launched on day L from the truth plus a smooth random temperature and vorticity
+        perturbation (`random_modal`, scaled by `random_scales`), run to max(hours); returns dict with fc{h} for every
+        lead time h (hours, a multiple of 6), the initial perturbation's rms per channel and the recipe."""
+        import jax
+        import jax.numpy as jnp
+        wait_for(os.path.join(self.out, "nature", "ckpt", f"day_{L + 1:04d}.npz"))
+        (dyn, phys), step = self._state(L)
+        rng = np.random.default_rng(seed + L)
+        mm, ml = (np.asarray(a) for a in self.g.modal_mesh)
+        shape = np.asarray(dyn.temperature_variation).shape
+        ct = random_modal(rng, shape[0], mm, ml)
+        cz = random_modal(rng, shape[0], mm, ml, slope=1.0)
+        xt = jcmrun.physics_to_latentda(self.m.dycore.to_physics_state(dyn))[0].astype(np.float64)
+
+        def perturbed(ft, fz):
+            t0, z0 = np.asarray(dyn.temperature_variation), np.asarray(dyn.vorticity)
+            return dyn.replace(temperature_variation=jnp.asarray((t0 + ft * ct).astype(t0.dtype)),
+                               vorticity=jnp.asarray((z0 + fz * cz).astype(z0.dtype)))
+
+        lat = D.grid(self.out)[0]  # degrees, north to south (the latentda layout)
+        x1 = jcmrun.physics_to_latentda(self.m.dycore.to_physics_state(perturbed(1.0, 1.0)))[0].astype(np.float64) - xt
+        ft, fz = random_scales(x1[16:24], x1[0:8], x1[8:16], lat, t_rms, wind_rms)
+        new = perturbed(ft, fz)
+        d0 = jcmrun.physics_to_latentda(self.m.dycore.to_physics_state(new))[0].astype(np.float64) - xt
+        jcmrun.restore_from_leaves(self.m, self.tmpl, jax.tree_util.tree_leaves((new, phys)), step)
+        p = self.m.resume(forcing=self.forcing, save_interval=0.25, total_time=max(hours) / 24.0)
+        x = jcmrun.physics_to_latentda(p.dynamics)
+        r = {f"fc{h}": x[h // 6 - 1] for h in hours}
+        r.update(layout=jcmrun.LAYOUT, launch=L, seed=seed + L, t_factor=ft, vort_factor=fz,
+                 init_rms=np.sqrt(np.mean(d0 ** 2, axis=(1, 2))),
+                 init_t_rms=area_rms(d0[16:24], lat),
+                 init_wind_rms=float(np.sqrt(0.5 * (area_rms(d0[0:8], lat) ** 2 + area_rms(d0[8:16], lat) ** 2))))
+        return r
 
 
 def main(argv=None):

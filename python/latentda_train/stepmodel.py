@@ -455,11 +455,18 @@ def cmd_bundle(a):
             f" parameters, {ck['steps']} Adam steps on days 0-{ck['train_days'] - 1} of the nature run encoded with"
             f" this bundle's encoder (latentda_train.stepmodel)")
     if a.error_growth is not None:
-        note += (f"; error_growth_per_hour {a.error_growth} chosen on training-period 4D cases"
-                 f" (latentda-stepmodel validate --launches 240:330:18)")
+        note += (f"; error_growth_per_hour {a.error_growth}: observation error variance x (1 + g t) for the step"
+                 f" model's own error, chosen on training-period 4D cases (latentda-stepmodel validate --launches"
+                 f" 240:330:18)")
     add_forecast(a.dest, a.graphs or os.path.join(a.work, "graphs"), ck.get("dt_hours", DT_HOURS), "latent", note,
                  a.error_growth)
     print(f"added [forecast] to {a.dest}")
+    import tomllib
+    with open(os.path.join(a.dest, "bundle.toml"), "rb") as f:
+        if "probes" in tomllib.load(f):
+            # the known-answer probes now cover the step graphs too (latentda probes rewrites probes.nc)
+            from .bundle import write_probes
+            print(write_probes(a.dest).strip().splitlines()[-1])
 
 
 # ---- validation ---------------------------------------------------------------------------------------------

@@ -65,6 +65,22 @@ def area_rmse(d, lat):
             for v, sl in D.VAR_SLICES.items()}
 
 
+# latitude bands of the robustness matrix (BRIEF section 2): name -> test on latitude (degrees)
+BANDS = {"global": lambda la: np.ones_like(la, bool), "nh": lambda la: la > 20.0, "tropics": lambda la: np.abs(la) <= 20.0,
+         "sh": lambda la: la < -20.0, "extratropics": lambda la: np.abs(la) > 20.0}
+
+
+def band_rmse(d, lat, bands=BANDS):
+    """Area-weighted (cos latitude) RMSE per band and variable of a difference [41, nlat, nlon]:
+    {band: {var: rmse}} over the rows of each band (`area_rmse` for 'global')."""
+    lat = np.asarray(lat, np.float64)
+    out = {}
+    for b, sel in bands.items():
+        m = sel(lat)
+        out[b] = area_rmse(d[:, m], lat[m])
+    return out
+
+
 def parse_runs(specs):
     """'name=method[:arg1:arg2...]' -> [(name, method, [args])] (arguments split on ':', '=' inside kept)."""
     runs = []

@@ -74,3 +74,37 @@ def test_export_patch_model_half_weights(tmp_path):
     assert rel(S["decoder"].run(None, {"z": z})[0], xt) < 1e-5
     res = onnxio.check_graphs(str(tmp_path), z0=z, verbose=False)
     assert res["dot_max"] < 1e-5
+
+
+def test_write_probes_through_the_runtime(tmp_path):
+    """bundle.write_probes on a copy of the tanh fixture without probes: probes.nc appears with its [probes] table
+    and a checksum that matches, and the runtime's self-test passes on it (latentda probes reopens the bundle)."""
+    import hashlib
+    import os
+    import shutil
+    import tomllib
+
+    import pytest
+
+    from latentda_train import bundle as B
+    try:
+        B.latentda_binary()
+    except SystemExit:
+        pytest.skip("latentda binary not built")
+    src = os.path.join(B.REPO, "tests", "fixtures", "tanh")
+    d = tmp_path / "tanh"
+    shutil.copytree(src, d)
+    text = (d / "bundle.toml").read_text()
+    lines, skip = [], False
+    for ln in text.splitlines():
+        if ln.startswith("["):
+            skip = ln == "[probes]"
+        if not skip and not ln.startswith('"probes.nc"'):
+            lines.append(ln)
+    (d / "bundle.toml").write_text("\n".join(lines) + "\n")
+    (d / "probes.nc").unlink()
+    out = B.write_probes(d)
+    assert "self-test   passed: 7 graphs" in out, out
+    m = tomllib.loads((d / "bundle.toml").read_text())
+    assert m["probes"]["file"] == "probes.nc" and m["probes"]["tolerance"] == 1e-3
+    assert m["checksums"]["probes.nc"] == hashlib.sha256((d / "probes.nc").read_bytes()).hexdigest()

@@ -5,6 +5,7 @@
 
 pub mod grid;
 pub mod ncio;
+pub mod probe;
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
@@ -41,6 +42,12 @@ struct Manifest {
     hybrid: Option<HybridSection>,
     #[serde(default)]
     forecast: Option<ForecastSection>,
+    /// `[probes]`: the known-answer probes of the graphs (optional; `probe`).
+    #[serde(default)]
+    probes: Option<ProbesSection>,
+    /// `[bounds]`: variable name -> [min, max] (optional; checked by the divergence guards).
+    #[serde(default)]
+    bounds: BTreeMap<String, Vec<f64>>,
     checksums: BTreeMap<String, String>,
     #[serde(default)]
     provenance: BTreeMap<String, toml::Value>,
@@ -131,6 +138,25 @@ struct ForecastSection {
     description: String,
     #[serde(default)]
     error_growth_per_hour: Option<f64>,
+    #[serde(default)]
+    window_hours: Option<f64>,
+}
+
+/// `[probes]`: file and tolerance of the known-answer self-test.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProbesSection {
+    #[serde(default = "default_probes_file")]
+    file: String,
+    #[serde(default = "default_probes_tolerance")]
+    tolerance: f64,
+}
+
+fn default_probes_file() -> String {
+    probe::DEFAULT_FILE.into()
+}
+fn default_probes_tolerance() -> f64 {
+    probe::DEFAULT_TOLERANCE
 }
 
 fn default_step() -> String {
@@ -153,6 +179,45 @@ impl Default for StatisticsSection {
             baseline_variance_factor: None,
         }
     }
+}
+
+/// Smallest normalisation std relative to |mean|: below 1e-6 (about 8 float32 steps of the mean per standard
+/// deviation) a host's float32 field cannot resolve one normalised unit, and the encoder sees rounding noise.
+pub const MIN_STD_OVER_MEAN: f64 = 1e-6;
+/// Largest baseline (static B) standard deviation relative to the channel's normalisation std (its climatological
+/// spread): a background error a thousand times the climate's variability is not one.
+pub const MAX_BASELINE_SD_RATIO: f64 = 1e3;
+
+/// Why a channel's normalisation is absurd, if it is. The graphs run in float32: |mean| must be a float32 number, std
+/// a normal float32 number (neither subnormal, whose reciprocal overflows, nor beyond float32's range), and at least
+/// [`MIN_STD_OVER_MEAN`] times |mean|.
+fn check_normalisation(mu: f64, sd: f64) -> std::result::Result<(), String> {
+    let f32max = f32::MAX as f64;
+    let f32min = f32::MIN_POSITIVE as f64;
+    if !mu.is_finite() || !sd.is_finite() || sd <= 0.0 {
+        return Err(format!("mean {mu:e}, std {sd:e}: both must be finite and std > 0"));
+    }
+    if mu.abs() > f32max {
+        return Err(format!("mean {mu:e} is beyond the float32 range (|mean| <= {f32max:e}) of the graphs and host fields"));
+    }
+    if !(f32min..=f32max).contains(&sd) {
+        return Err(format!(
+            "std {sd:e} is not a normal float32 number ({f32min:e} to {f32max:e}): normalised values (x - mean) / std \
+             would overflow or lose all precision"
+        ));
+    }
+    if sd < MIN_STD_OVER_MEAN * mu.abs() {
+        return Err(format!(
+            "std {sd:e} is below {MIN_STD_OVER_MEAN:e} times |mean| = {:e}: float32 fields cannot resolve one normalised unit",
+            mu.abs()
+        ));
+    }
+    Ok(())
+}
+
+/// A latent variance must be finite, > 0 and a normal float32 number (its square root scales float32 latents).
+fn valid_latent_variance(v: f64) -> bool {
+    v.is_finite() && (f32::MIN_POSITIVE as f64..=f32::MAX as f64).contains(&v)
 }
 
 /// The baseline statistics file a manifest that names none may still have.
@@ -230,6 +295,8 @@ pub struct ForecastInfo {
     pub description: String,
     /// Default of option `error_growth_per_hour` for this step model (0 when the table has none).
     pub error_growth_per_hour: f64,
+    /// Default of option `window_hours` (method l4dvar, with this or a host's step model), if the table has one.
+    pub window_hours: Option<f64>,
     files: [String; 3],
 }
 
@@ -257,11 +324,18 @@ fn forecast_info(f: &ForecastSection) -> Result<ForecastInfo> {
     if !(g.is_finite() && g >= 0.0) {
         return Err(Error::bundle(format!("forecast.error_growth_per_hour = {g} must be finite and >= 0")));
     }
+    if let Some(w) = f.window_hours {
+        // the slot width (a multiple of the step) is an option: multiples are checked when the window is made
+        if !(w.is_finite() && w >= 0.0) {
+            return Err(Error::bundle(format!("forecast.window_hours = {w} must be finite and >= 0")));
+        }
+    }
     Ok(ForecastInfo {
         space,
         time_step_hours: dt,
         description: f.description.clone(),
         error_growth_per_hour: g,
+        window_hours: f.window_hours,
         files: [f.step.clone(), f.step_tl.clone(), f.step_ad.clone()],
     })
 }
@@ -315,10 +389,19 @@ pub struct Bundle {
     pub hybrid: HybridDefaults,
     /// The step model of latent 4D-Var (`[forecast]`), if the bundle has one.
     pub forecast: Option<ForecastInfo>,
+    /// Physical bounds [min, max] per variable (`[bounds]`), checked by [`crate::var::guards`].
+    pub bounds: Vec<Option<[f64; 2]>>,
     /// Provenance entries as strings.
     pub provenance: BTreeMap<String, String>,
     /// Checksums as declared (file -> hex).
     pub checksums: BTreeMap<String, String>,
+    /// The known-answer probes of the graphs (`[probes]`), if the bundle has them; run by
+    /// `crate::model::selftest::self_test`.
+    pub probes: Option<probe::Probes>,
+    /// `[probes]` file and tolerance as declared in the manifest.
+    pub(crate) probes_declared: Option<(String, f64)>,
+    /// File names of the statistics (normalisation, latent variance, baseline if any).
+    statistics_files: Vec<String>,
     model_files: [String; 4],
     units: Vec<String>,
     long_names: Vec<Option<String>>,
@@ -329,6 +412,21 @@ pub struct Bundle {
 fn sha256_hex(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
     digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `[bounds]`: per layout variable, [min, max] with min < max (either may be infinite: a one-sided bound).
+fn physical_bounds(b: &BTreeMap<String, Vec<f64>>, layout: &Layout) -> Result<Vec<Option<[f64; 2]>>> {
+    let mut out = vec![None; layout.variables.len()];
+    for (name, r) in b {
+        let v = layout
+            .var_index(name)
+            .ok_or_else(|| Error::bundle(format!("bounds.{name}: '{name}' is not a bundle variable")))?;
+        match r.as_slice() {
+            &[lo, hi] if lo < hi => out[v] = Some([lo, hi]),
+            _ => return Err(Error::bundle(format!("bounds.{name} = {r:?} must be [min, max] with min < max"))),
+        }
+    }
+    Ok(out)
 }
 
 fn hybrid_defaults(h: Option<&HybridSection>, layout: &Layout) -> Result<HybridDefaults> {
@@ -400,9 +498,20 @@ fn check_relative(file: &str, what: &str) -> Result<()> {
 }
 
 impl Bundle {
-    /// Opens and validates the bundle in `dir`: manifest, checksums of every file, statistics.
+    /// Opens and validates the bundle in `dir`: manifest, checksums of every file, statistics, and the probes'
+    /// sizes (running them needs the graphs loaded: `crate::model::selftest::self_test`).
     pub fn open(dir: impl AsRef<Path>) -> Result<Bundle> {
-        let dir = dir.as_ref().to_path_buf();
+        Self::open_inner(dir.as_ref(), true)
+    }
+
+    /// [`Bundle::open`] without reading the probes file (`[probes]` is still parsed): for the writer of the probes,
+    /// which replaces them.
+    pub(crate) fn open_without_probes(dir: &Path) -> Result<Bundle> {
+        Self::open_inner(dir, false)
+    }
+
+    fn open_inner(dir: &Path, with_probes: bool) -> Result<Bundle> {
+        let dir = dir.to_path_buf();
         let manifest_path = dir.join("bundle.toml");
         if !dir.is_dir() {
             return Err(Error::bundle(format!("bundle directory '{}' does not exist", dir.display())));
@@ -490,6 +599,21 @@ impl Bundle {
         }
         let hybrid = hybrid_defaults(m.hybrid.as_ref(), &layout).map_err(|e| e.context(&mp))?;
         let forecast = m.forecast.as_ref().map(forecast_info).transpose().map_err(|e| e.context(&mp))?;
+        let bounds = physical_bounds(&m.bounds, &layout).map_err(|e| e.context(&mp))?;
+        let probes_declared = match &m.probes {
+            Some(p) => {
+                check_relative(&p.file, "probes.file")?;
+                let t = p.tolerance;
+                if !(t.is_finite() && t > 0.0 && t <= probe::MAX_TOLERANCE) {
+                    return Err(Error::bundle(format!(
+                        "{mp}: probes.tolerance = {t} must be > 0 and <= {} (relative difference of a graph's output)",
+                        probe::MAX_TOLERANCE
+                    )));
+                }
+                Some((p.file.clone(), t))
+            }
+            None => None,
+        };
         let baseline_variance_factor = m.statistics.baseline_variance_factor.unwrap_or(1.0);
         if !(baseline_variance_factor.is_finite() && baseline_variance_factor > 0.0) {
             return Err(Error::bundle(format!(
@@ -508,12 +632,20 @@ impl Bundle {
             baseline_variance_factor,
             hybrid,
             forecast,
+            bounds,
             provenance: m
                 .provenance
                 .iter()
                 .map(|(k, v)| (k.clone(), v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())))
                 .collect(),
             checksums: m.checksums.clone(),
+            probes: None,
+            probes_declared,
+            statistics_files: [&m.statistics.normalisation, &m.statistics.latent_variance]
+                .into_iter()
+                .chain(baseline_file.as_ref())
+                .cloned()
+                .collect(),
             model_files: models.clone(),
             units: m.variables.iter().map(|v| v.units.clone()).collect(),
             long_names: m.variables.iter().map(|v| v.long_name.clone()).collect(),
@@ -532,23 +664,27 @@ impl Bundle {
         let nchan = bundle.layout.nchan;
         bundle.mean = ncio::read_var_len(&norm, "mean", nchan)?;
         bundle.std = ncio::read_var_len(&norm, "std", nchan)?;
-        for (c, (&mu, &sd)) in bundle.mean.iter().zip(&bundle.std).enumerate() {
-            if !mu.is_finite() || !sd.is_finite() || sd <= 0.0 {
-                return Err(Error::bundle(format!(
-                    "{}: channel {c} ({}) has mean {mu}, std {sd}; std must be finite and > 0",
-                    norm.display(),
-                    bundle.layout.channel_name(c)
-                )));
-            }
+        for c in 0..nchan {
+            check_normalisation(bundle.mean[c], bundle.std[c])
+                .map_err(|why| Error::bundle(format!("{}: channel {c} ({}): {why}", norm.display(), bundle.layout.channel_name(c))))?;
         }
         let nlat = bundle.latent_size();
         bundle.latent_variance = ncio::read_var_len(&lvar, "variance", nlat)?;
-        if let Some((i, v)) = bundle.latent_variance.iter().enumerate().find(|(_, v)| !(v.is_finite() && **v > 0.0)) {
-            return Err(Error::bundle(format!("{}: variance[{i}] = {v} must be finite and > 0", lvar.display())));
+        if let Some((i, v)) = bundle.latent_variance.iter().enumerate().find(|(_, v)| !valid_latent_variance(**v)) {
+            return Err(Error::bundle(format!(
+                "{}: variance[{i}] = {v:e} must be finite and > 0, a normal float32 number (between {:e} and {:e})",
+                lvar.display(),
+                f32::MIN_POSITIVE,
+                f32::MAX
+            )));
         }
         if let Some(f) = baseline_file {
             let p = bundle.verified_path(&f)?;
             bundle.baseline = Some(bundle.read_baseline(&p)?);
+        }
+        if let (true, Some((file, tol))) = (with_probes, bundle.probes_declared.clone()) {
+            let p = bundle.verified_path(&file)?;
+            bundle.probes = Some(probe::read(&bundle, &p, &file, tol)?);
         }
         Ok(bundle)
     }
@@ -611,6 +747,16 @@ impl Bundle {
         Ok(path)
     }
 
+    /// File names of every graph and statistics file the manifest names (not the probes).
+    pub(crate) fn data_files(&self) -> Vec<String> {
+        self.model_files
+            .iter()
+            .chain(self.forecast.iter().flat_map(|f| f.files.iter()))
+            .chain(self.statistics_files.iter())
+            .cloned()
+            .collect()
+    }
+
     /// Verified bytes of one ONNX graph.
     pub fn model_bytes(&self, role: ModelRole) -> Result<Vec<u8>> {
         self.read_verified(self.model_file(role))
@@ -658,6 +804,16 @@ impl Bundle {
                 lay.describe_index(i)
             )));
         }
+        let np = lay.grid.npoints();
+        if let Some((i, v)) = sd.iter().enumerate().find(|(i, v)| **v > MAX_BASELINE_SD_RATIO * self.std[i / np]) {
+            return Err(Error::bundle(format!(
+                "{}: sd = {v:e} at {} is more than {MAX_BASELINE_SD_RATIO:e} times the channel's normalisation std \
+                 {:e}: not a background-error standard deviation",
+                p.display(),
+                lay.describe_index(i),
+                self.std[i / np]
+            )));
+        }
         let length_scale = ncio::read_var_len(p, "length_scale", nchan)?;
         if let Some((c, v)) = length_scale.iter().enumerate().find(|(_, v)| !(v.is_finite() && **v > 0.0)) {
             return Err(Error::bundle(format!("{}: length_scale[{c}] = {v} must be > 0 km", p.display())));
@@ -688,5 +844,42 @@ impl Bundle {
             vertical_correlation[v] = Some(m);
         }
         Ok(BaselineStats { sd, length_scale, vertical_correlation })
+    }
+}
+
+#[cfg(test)]
+mod statistics_tests {
+    use super::*;
+
+    #[test]
+    fn absurd_normalisation_is_refused() {
+        for (mu, sd) in [(6.0, 9.0), (1e5, 1e3), (5e-8, 4e-7), (0.0, 1e-30), (-3.0e38, 1e33)] {
+            assert!(check_normalisation(mu, sd).is_ok(), "{mu} {sd}");
+        }
+        for (mu, sd, needle) in [
+            (1e308, 5e-324, "float32 range"),
+            (1e308, 1.0, "float32 range"),
+            (0.0, 5e-324, "normal float32"),
+            (0.0, 1e-39, "normal float32"),
+            (1.0, 1e39, "normal float32"),
+            (1e5, 0.05, "below 1e-6 times |mean|"),
+            (1.0, 0.0, "std > 0"),
+            (1.0, -2.0, "std > 0"),
+            (f64::NAN, 1.0, "finite"),
+            (1.0, f64::INFINITY, "finite"),
+        ] {
+            let e = check_normalisation(mu, sd).unwrap_err();
+            assert!(e.contains(needle), "{mu} {sd}: {e}");
+        }
+    }
+
+    #[test]
+    fn latent_variance_must_be_a_normal_float32() {
+        for v in [1e-30, 0.03, 3.2, 1e30] {
+            assert!(valid_latent_variance(v), "{v}");
+        }
+        for v in [0.0, -1.0, 1e-39, 1e39, f64::NAN, f64::INFINITY] {
+            assert!(!valid_latent_variance(v), "{v}");
+        }
     }
 }

@@ -341,6 +341,17 @@ pub fn read_var_len(path: &Path, name: &str, len: usize) -> Result<Vec<f64>> {
     Ok(data)
 }
 
+/// Reads variable `name` of `path` as f64 (CF packing and missing values honoured), whatever its length.
+pub fn read_var(path: &Path, name: &str) -> Result<Vec<f64>> {
+    let _quiet = QuietHdf5::new();
+    let f = open(path).map_err(|e| Error::bundle(e.message))?;
+    let v = f
+        .variable(name)
+        .ok_or_else(|| Error::bundle(format!("'{}' has no variable '{name}'", path.display())))?;
+    let what = || format!("'{}': variable '{name}'", path.display());
+    read_cf(&v, &what, &|i| format!("index {i}")).map_err(|e| Error::bundle(e.message))
+}
+
 /// Checks a coordinate variable of the file, if present, against the bundle's values.
 fn check_coordinate(f: &netcdf::File, pd: &str, name: &str, want: &[f64], close: &dyn Fn(f64, f64) -> bool, hint: &str) -> Result<()> {
     let Some(v) = f.variable(name) else { return Ok(()) };
@@ -481,6 +492,62 @@ pub fn write_state_pending(
             let mut v = f.add_variable::<f64>(&var.name, dims).map_err(err)?;
             v.put_attribute("units", units(iv)).map_err(err)?;
             v.put_values(&state[layout.var_range(iv)], ..).map_err(err)?;
+        }
+    }
+    Ok(pending)
+}
+
+/// Names of the variables of a NetCDF file.
+pub fn var_names(path: &Path) -> Result<Vec<String>> {
+    let _quiet = QuietHdf5::new();
+    let f = open(path).map_err(|e| Error::bundle(e.message))?;
+    Ok(f.variables().map(|v| v.name()).collect())
+}
+
+/// A one-dimensional float32 variable to write with [`write_f32_vars`].
+#[derive(Debug, Clone)]
+pub struct F32Var {
+    /// Variable name.
+    pub name: String,
+    /// Its dimension (declared in the `dims` argument).
+    pub dim: String,
+    /// Text attributes.
+    pub attrs: Vec<(String, String)>,
+    /// Values.
+    pub data: Vec<f32>,
+}
+
+/// Writes one-dimensional float32 variables and text global attributes as a classic (64-bit offset) NetCDF file,
+/// up to the final rename (see [`crate::outfile::PendingFile`]). The classic format carries no time stamps, so the
+/// same content gives the same bytes.
+pub fn write_f32_vars_pending(
+    path: &Path,
+    dims: &[(String, usize)],
+    vars: &[F32Var],
+    global: &[(String, String)],
+) -> Result<crate::outfile::PendingFile> {
+    let _quiet = QuietHdf5::new();
+    let pd = path.display();
+    let err = |e: netcdf::Error| Error::io(format!("cannot write NetCDF file '{pd}': {e}"));
+    let pending = crate::outfile::PendingFile::new(path)?;
+    {
+        let mut f = netcdf::create_with(pending.path(), netcdf::Options::_64BIT_OFFSET).map_err(err)?;
+        for (n, l) in dims {
+            f.add_dimension(n, *l).map_err(err)?;
+        }
+        for (k, v) in global {
+            f.add_attribute(k, v.as_str()).map_err(err)?;
+        }
+        for v in vars {
+            let mut var = f.add_variable::<f32>(&v.name, &[v.dim.as_str()]).map_err(err)?;
+            for (k, a) in &v.attrs {
+                var.put_attribute(k, a.as_str()).map_err(err)?;
+            }
+        }
+        f.enddef().map_err(err)?;
+        for v in vars {
+            let mut var = f.variable_mut(&v.name).expect("defined above");
+            var.put_values(&v.data, ..).map_err(err)?;
         }
     }
     Ok(pending)

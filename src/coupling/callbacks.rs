@@ -1,6 +1,6 @@
 //! A host's own forecast model as latentda's step model: the three C callbacks of `lda_set_step_model` (one time
 //! step, its tangent-linear and its adjoint, on physical states in state layout) behind
-//! [`StepModel`](crate::model::forecast::StepModel).
+//! [`StepModel`].
 //!
 //! Every call hands the callback latentda's own buffers (n values each), fills the output with NaN first, and checks
 //! the status and the output: a non-zero status or a value left non-finite is an error naming the callback, so the

@@ -9,20 +9,70 @@
 //! `"[latentda <code>] <message>"`, `<code>` being the C ABI status (`LDA_ERR_*`, [`crate::error::Status`]) and `<message>` exactly
 //! what `lda_last_error` would return. The header parses the prefix back. Every body runs under `guard` (calls on a
 //! context under `guard_ctx`), which catches panics (a panic in an `extern "Rust"` function would otherwise abort the
-//! C++ host) and reports them as `LDA_ERR_INTERNAL`; after one, the context fails every later call, as in the C ABI.
+//! C++ host) without printing them and reports them as `LDA_ERR_INTERNAL`; after one, the context fails every later
+//! call, as in the C ABI. The C++ class owns its context by value (RAII, move-only) and registers no callbacks, so
+//! the C ABI's double-close and re-entry checks have no C++ counterpart to need.
 //!
 //! Build: `build.rs` compiles the generated C++ glue into the Rust library (`cxx_build`), so `liblatentda.a` is all a
 //! C++ program links; it also copies the generated header to `include/latentda/bridge.h` and `rust/cxx.h` to
 //! `include/latentda/rust/cxx.h`. See `examples/cpp/README.md`.
 
 use std::cell::Cell;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::error::{Error, Result, Status};
 use crate::coupling::host::{HostContext, HostData};
+use crate::model::backend::catch_quietly;
 
 #[cxx::bridge(namespace = "latentda::detail")]
 mod ffi {
+    // Shared structs: plain data returned by value (the public header copies them into std types).
+
+    /// The bundle's grid (see `lda_grid_info`).
+    struct GridInfo {
+        /// `LdaGridKind`: 0 regular, 1 Gaussian.
+        kind: i32,
+        /// Number of latitudes.
+        nlat: usize,
+        /// Number of longitudes.
+        nlon: usize,
+        /// `LdaVertical`: 0 sigma, 1 pressure (Pa).
+        vertical: i32,
+        /// Number of model levels.
+        nlev: usize,
+    }
+
+    /// One variable's place in the state vector (see `lda_var_layout`).
+    struct VarInfo {
+        /// Variable name.
+        name: String,
+        /// Units.
+        units: String,
+        /// Levels (0 for a surface variable).
+        nlev: i32,
+        /// Offset of its first element in the state vector (0-based).
+        offset: usize,
+        /// Number of elements.
+        length: usize,
+    }
+
+    /// H x with the geometric QC flag of each observation (see `lda_obs_h`).
+    struct ObsValues {
+        /// H_i x per observation (NaN where rejected).
+        hx: Vec<f64>,
+        /// Geometric QC flag per observation.
+        qc: Vec<i32>,
+    }
+
+    /// The float32 noise floor of U and U^T (see `lda_bsqrt_noise`).
+    struct NoiseFloor {
+        /// Relative nonlinearity of U.
+        u_nonlinearity: f64,
+        /// Relative nonlinearity of U^T.
+        ut_nonlinearity: f64,
+        /// Normalised adjoint mismatch.
+        adjoint_mismatch: f64,
+    }
+
     // Opaque Rust context; C++ owns it as rust::Box<Context> (RAII) inside the public latentda::Context.
     extern "Rust" {
         type Context;
@@ -74,6 +124,22 @@ mod ffi {
         fn bvariance(self: &mut Context) -> Result<Vec<f64>>;
         /// A draw U xi, xi ~ N(0, I) from `seed` (state layout), returned like `bsqrt`.
         fn brandomize(self: &mut Context, seed: u64) -> Result<Vec<f64>>;
+        /// The grid's kind and sizes.
+        fn grid_info(self: &Context) -> Result<GridInfo>;
+        /// Latitudes (north to south), longitudes or levels (top to bottom): `which` 0, 1 or 2.
+        fn grid_coords(self: &Context, which: i32) -> Result<Vec<f64>>;
+        /// Number of bundle variables.
+        fn var_count(self: &Context) -> Result<i32>;
+        /// Layout of variable `index` (0-based identifier).
+        fn var_info(self: &Context, index: i32) -> Result<VarInfo>;
+        /// H x of the observations set, from `x` (state layout).
+        fn obs_h(self: &mut Context, x: &[f64]) -> Result<ObsValues>;
+        /// H x of the observations set, from the bound arrays.
+        fn obs_h_fields(self: &mut Context) -> Result<ObsValues>;
+        /// H^T y (state layout) for one value per observation set.
+        fn obs_h_ad(self: &mut Context, y: &[f64]) -> Result<Vec<f64>>;
+        /// The measured noise floor of U and U^T over `trials` random trials.
+        fn bsqrt_noise(self: &mut Context, seed: u64, trials: i32) -> Result<NoiseFloor>;
     }
 }
 
@@ -89,12 +155,13 @@ pub fn encode_error(e: &Error) -> String {
     format!("[latentda {}] {}", e.code(), e.message)
 }
 
-/// Runs a bridge body with panics caught; errors and panics become encoded messages.
+/// Runs a bridge body with panics caught quietly (nothing on the host's stderr); errors and panics become encoded
+/// messages.
 fn guard<T>(f: impl FnOnce() -> Result<T>) -> std::result::Result<T, String> {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    match catch_quietly(f) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(encode_error(&e)),
-        Err(p) => Err(encode_error(&Error::from_panic(p, "C++"))),
+        Err(p) => Err(encode_error(&p.into_error("C++"))),
     }
 }
 
@@ -106,12 +173,12 @@ fn guard_ctx<T>(failed: &Cell<bool>, f: impl FnOnce() -> Result<T>) -> std::resu
             "the context failed in an earlier call (internal error) and can no longer be used: destroy it",
         )));
     }
-    match catch_unwind(AssertUnwindSafe(f)) {
+    match catch_quietly(f) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(encode_error(&e)),
         Err(p) => {
             failed.set(true);
-            Err(encode_error(&Error::from_panic(p, "C++")))
+            Err(encode_error(&p.into_error("C++")))
         }
     }
 }
@@ -234,6 +301,71 @@ impl Context {
 
     fn brandomize(&mut self, seed: u64) -> BridgeResult<Vec<f64>> {
         guard_ctx(&self.failed, || self.host.brandomize_vec(seed))
+    }
+
+    fn grid_info(&self) -> BridgeResult<ffi::GridInfo> {
+        guard_ctx(&self.failed, || {
+            let lay = self.host.layout();
+            Ok(ffi::GridInfo {
+                kind: crate::coupling::ffi::LdaGridKind::from(lay.grid.kind) as i32,
+                nlat: lay.grid.nlat(),
+                nlon: lay.grid.nlon(),
+                vertical: crate::coupling::ffi::LdaVertical::from(lay.vertical.kind) as i32,
+                nlev: lay.vertical.levels.len(),
+            })
+        })
+    }
+
+    fn grid_coords(&self, which: i32) -> BridgeResult<Vec<f64>> {
+        guard_ctx(&self.failed, || {
+            let lay = self.host.layout();
+            match which {
+                0 => Ok(lay.grid.lat.clone()),
+                1 => Ok(lay.grid.lon.clone()),
+                2 => Ok(lay.vertical.levels.clone()),
+                _ => Err(Error::arg(format!("grid_coords: which = {which} (0 latitudes, 1 longitudes, 2 levels)"))),
+            }
+        })
+    }
+
+    fn var_count(&self) -> BridgeResult<i32> {
+        guard_ctx(&self.failed, || Ok(self.host.layout().variables.len() as i32))
+    }
+
+    fn var_info(&self, index: i32) -> BridgeResult<ffi::VarInfo> {
+        guard_ctx(&self.failed, || {
+            let i = usize::try_from(index)
+                .map_err(|_| Error::arg(format!("variable identifier {index} is negative (identifiers are 0-based)")))?;
+            let v = self.host.var_layout(i)?;
+            Ok(ffi::VarInfo { name: v.name, units: v.units, nlev: v.nlev as i32, offset: v.offset, length: v.length })
+        })
+    }
+
+    fn obs_h(&mut self, x: &[f64]) -> BridgeResult<ffi::ObsValues> {
+        guard_ctx(&self.failed, || {
+            self.host.check_state_len("obs_h: state x", x.len())?;
+            let (hx, qc) = self.host.obs_h(Some(x))?;
+            Ok(ffi::ObsValues { hx, qc: qc.iter().map(|f| *f as i32).collect() })
+        })
+    }
+
+    fn obs_h_fields(&mut self) -> BridgeResult<ffi::ObsValues> {
+        guard_ctx(&self.failed, || {
+            let (hx, qc) = self.host.obs_h(None)?;
+            Ok(ffi::ObsValues { hx, qc: qc.iter().map(|f| *f as i32).collect() })
+        })
+    }
+
+    fn obs_h_ad(&mut self, y: &[f64]) -> BridgeResult<Vec<f64>> {
+        guard_ctx(&self.failed, || self.host.obs_h_ad(y))
+    }
+
+    fn bsqrt_noise(&mut self, seed: u64, trials: i32) -> BridgeResult<ffi::NoiseFloor> {
+        guard_ctx(&self.failed, || {
+            let t = usize::try_from(trials).map_err(|_| Error::arg(format!("bsqrt_noise: trials = {trials} must be in 1..=100")))?;
+            let nf = self.host.bsqrt_noise(seed, t)?;
+            Ok(ffi::NoiseFloor { u_nonlinearity: nf.u_nonlinearity, ut_nonlinearity: nf.ut_nonlinearity, adjoint_mismatch: nf.adjoint_mismatch })
+        })
     }
 }
 

@@ -10,13 +10,15 @@
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::ffi::{c_char, c_void, CStr, CString};
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result, Status};
 use crate::coupling::callbacks::HostStep;
 use crate::coupling::host::{HostContext, HostData};
+use crate::model::backend::catch_quietly;
 
 /// Status codes: every latentda function except `lda_last_error` and `lda_version` returns an `int32_t` holding one
 /// of these values (`LdaStatus` is a typedef of `int32_t`).
@@ -34,7 +36,8 @@ pub enum LdaStatus {
     /// A required pointer argument (or the context) was NULL; the message names the argument.
     LDA_ERR_NULL_POINTER = 1,
     /// An argument was invalid: unknown variable name, wrong ndim/shape/order at bind, observation count 0, wrong
-    /// buffer length, unknown method, or a bad options string.
+    /// buffer length, unknown method, a bad options string, or a context pointer that is not an open context
+    /// (closed already, e.g. a second `lda_close`, or never returned by `lda_open`).
     LDA_ERR_INVALID_ARGUMENT = 2,
     /// The bundle directory is missing, or the bundle is malformed or fails validation (manifest, checksums, ONNX
     /// input/output names and shapes, statistics).
@@ -48,8 +51,9 @@ pub enum LdaStatus {
     /// control vector. Never returned for observations: a bad observation is QC-flagged, not an error.
     LDA_ERR_INVALID_DATA = 6,
     /// Not ready: a field is not bound, no observations were set, no analysis has succeeded yet (for
-    /// `lda_obs_qc`/`lda_report_json`), or the bundle lacks what the method needs (method "3dvar" or "hybrid", or B
-    /// operator "static" or "hybrid", without baseline statistics).
+    /// `lda_obs_qc`/`lda_report_json`), the bundle lacks what the method needs (method "3dvar" or "hybrid", or B
+    /// operator "static" or "hybrid", without baseline statistics), or the context is busy: a call on it from
+    /// inside one of its own callbacks (re-entry) is refused at once.
     LDA_ERR_NOT_READY = 7,
     /// The minimisation failed (non-finite cost, gradient or analysis).
     LDA_ERR_SOLVER = 8,
@@ -97,6 +101,47 @@ pub enum LdaOrder {
     LDA_ORDER_C = 0,
     /// Fortran (column-major): shape (nlon, nlat, nlev) or (nlon, nlat), in Fortran terms.
     LDA_ORDER_FORTRAN = 1,
+}
+
+/// Horizontal grid kind of the bundle (`kind_out` of `lda_grid_info`, an `int32_t`).
+#[repr(i32)]
+#[allow(non_camel_case_types)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LdaGridKind {
+    /// Equally spaced latitudes.
+    LDA_GRID_REGULAR = 0,
+    /// Gaussian (non-uniform) latitudes.
+    LDA_GRID_GAUSSIAN = 1,
+}
+
+/// Vertical coordinate of the bundle (`vertical_out` of `lda_grid_info`, an `int32_t`): the unit of the `level`
+/// argument of `lda_set_obs` and of the levels of `lda_grid_coords`.
+#[repr(i32)]
+#[allow(non_camel_case_types)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LdaVertical {
+    /// Sigma = p / ps (dimensionless, in (0, 1]).
+    LDA_VERTICAL_SIGMA = 0,
+    /// Pressure in Pa.
+    LDA_VERTICAL_PRESSURE = 1,
+}
+
+impl From<crate::bundle::grid::GridKind> for LdaGridKind {
+    fn from(k: crate::bundle::grid::GridKind) -> Self {
+        match k {
+            crate::bundle::grid::GridKind::Regular => LdaGridKind::LDA_GRID_REGULAR,
+            crate::bundle::grid::GridKind::Gaussian => LdaGridKind::LDA_GRID_GAUSSIAN,
+        }
+    }
+}
+
+impl From<crate::bundle::grid::VerticalKind> for LdaVertical {
+    fn from(k: crate::bundle::grid::VerticalKind) -> Self {
+        match k {
+            crate::bundle::grid::VerticalKind::Sigma => LdaVertical::LDA_VERTICAL_SIGMA,
+            crate::bundle::grid::VerticalKind::Pressure => LdaVertical::LDA_VERTICAL_PRESSURE,
+        }
+    }
 }
 
 /// `LdaStatus` values as `i32`, for Rust callers of the C ABI (not exported to the header, which has the enum).
@@ -207,12 +252,77 @@ impl From<crate::obs::QcFlag> for LdaQcFlag {
 /// arrays must not be touched by the host during a call); different contexts are independent and may run
 /// concurrently on different threads. `lda_last_error` may be called from any thread.
 ///
+/// The pointer is a handle, not an address to read: latentda looks it up in its table of open contexts. A pointer
+/// that is not an open context (closed already, or never returned by `lda_open`) is refused by every function
+/// with `LDA_ERR_INVALID_ARGUMENT`, so a second `lda_close` is an error, not a crash. Handles are never reused, so
+/// a stale pointer cannot reach a context opened later.
+///
+/// A call on a context from inside one of its own callbacks (the step model of `lda_set_step_model`) is refused at
+/// once with `LDA_ERR_NOT_READY` (the context is busy with the call that runs the callback); `lda_last_error` works
+/// there. A call from another thread meanwhile waits for the running call, as any concurrent call does.
+///
 /// After an internal error (a caught panic) the context is failed: every later call on it returns
 /// `LDA_ERR_INTERNAL` without touching the host's arrays, until `lda_close`.
 pub struct LdaContext {
     /// The host context. A panic while it is locked poisons the mutex, which marks the context failed.
     inner: Mutex<HostContext>,
     last_error: Mutex<String>,
+    /// The thread running a call on this context ([`thread_mark`]), 0 when none: a call that finds its own thread
+    /// here comes from one of the context's callbacks and would lock `inner` a second time (a deadlock).
+    busy_on: AtomicUsize,
+}
+
+/// Open contexts by handle (the pointer value given to C). Each holds one reference; a call in progress holds
+/// another, so `lda_close` on one thread while a call runs on another frees the context only when that call ends.
+static LIVE: Mutex<BTreeMap<usize, Arc<LdaContext>>> = Mutex::new(BTreeMap::new());
+
+/// The next handle number. Handles are `number * 16`: never 0, aligned like a pointer, and never reused.
+static NEXT_HANDLE: AtomicUsize = AtomicUsize::new(1);
+
+thread_local! {
+    /// Its address identifies the calling thread for [`LdaContext::busy_on`] (distinct for live threads, never 0).
+    static THREAD_MARK: u8 = const { 0 };
+}
+
+fn thread_mark() -> usize {
+    THREAD_MARK.with(|m| m as *const u8 as usize)
+}
+
+fn live_contexts() -> std::sync::MutexGuard<'static, BTreeMap<usize, Arc<LdaContext>>> {
+    // Never poisoned in practice (no code that can panic runs under it); a poisoned map is still consistent.
+    LIVE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn not_live(ctx: *const LdaContext) -> Error {
+    Error::arg(format!(
+        "context {ctx:p} is not a live context: it was closed already (lda_close), or was never returned by lda_open"
+    ))
+}
+
+/// The open context behind `ctx` (a new reference that keeps it alive during the call).
+fn live(ctx: *const LdaContext) -> Result<Arc<LdaContext>> {
+    if ctx.is_null() {
+        return Err(Error::new(Status::NullPointer, "context is NULL (lda_open failed or was not called)"));
+    }
+    live_contexts().get(&(ctx as usize)).cloned().ok_or_else(|| not_live(ctx))
+}
+
+fn reentry_error() -> Error {
+    Error::new(
+        Status::NotReady,
+        "re-entrant call refused: this thread is inside a call on this context already (a call made from one of \
+         the context's own callbacks, such as the step model of lda_set_step_model); return from the callback first",
+    )
+}
+
+/// Clears [`LdaContext::busy_on`] when the call ends, also when it panics (declared after the lock guard, so it
+/// runs before the lock is released).
+struct Busy<'a>(&'a AtomicUsize);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.store(0, Ordering::Release);
+    }
 }
 
 thread_local! {
@@ -237,27 +347,42 @@ fn set_error(ctx: Option<&LdaContext>, e: &Error) -> i32 {
     LdaStatus::from(e.status) as i32
 }
 
-/// Runs `f` on the context with panics caught and the error recorded: the one guard every entry point that takes a
-/// context goes through. A panic inside `f` poisons the context's lock, so the context stays failed (every later
+/// Runs `f` on the context with panics caught (quietly: nothing on the host's stderr) and the error recorded: the
+/// one guard every entry point that takes a context goes through.
+///
+/// A NULL or closed `ctx` is refused before anything else; so is a call from inside one of the context's own
+/// callbacks (its thread already holds the lock: locking again would deadlock). Calls from other threads wait for
+/// the lock, as before. A panic inside `f` poisons the context's lock, so the context stays failed (every later
 /// call returns `LDA_ERR_INTERNAL`) until `lda_close`: its state may be half-updated.
 fn with_ctx(ctx: *mut LdaContext, f: impl FnOnce(&mut HostContext) -> Result<()>) -> i32 {
-    if ctx.is_null() {
-        return set_error(None, &Error::new(Status::NullPointer, "context is NULL (lda_open failed or was not called)"));
+    let c = match catch_quietly(|| live(ctx)) {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return set_error(None, &e),
+        Err(p) => return set_error(None, &p.into_error("C")),
+    };
+    let me = thread_mark();
+    if c.busy_on.load(Ordering::Acquire) == me {
+        return set_error(Some(&c), &reentry_error());
     }
-    // SAFETY: non-null pointers passed here were returned by lda_open and not yet closed (documented contract).
-    let c: &LdaContext = unsafe { &*ctx };
-    let r = catch_unwind(AssertUnwindSafe(|| match c.inner.lock() {
-        Ok(mut g) => f(&mut g),
+    let r = catch_quietly(|| match c.inner.lock() {
+        Ok(mut g) => {
+            c.busy_on.store(me, Ordering::Release);
+            let _busy = Busy(&c.busy_on);
+            f(&mut g)
+        }
         Err(_) => Err(Error::new(
             Status::Internal,
             "the context failed in an earlier call (internal error) and can no longer be used: close it with lda_close",
         )),
-    }));
-    match r {
+    });
+    let st = match r {
         Ok(Ok(())) => LDA_OK,
-        Ok(Err(e)) => set_error(Some(c), &e),
-        Err(p) => set_error(Some(c), &Error::from_panic(p, "C")),
-    }
+        Ok(Err(e)) => set_error(Some(&c), &e),
+        Err(p) => set_error(Some(&c), &p.into_error("C")),
+    };
+    // The last reference, if lda_close ran on another thread meanwhile: the context is released here, guarded too.
+    let _ = catch_quietly(move || drop(c));
+    st
 }
 
 /// Copies `n` values from a host array into a new vector (fallibly: a lying `n` is an error, not an abort).
@@ -291,22 +416,23 @@ unsafe fn c_str<'a>(p: *const c_char, what: &str) -> Result<&'a str> {
 /// Opens a bundle and creates a context.
 ///
 /// - `bundle_dir`: path of the bundle directory (NUL-terminated UTF-8); must not be NULL.
-/// - `options`: NULL or "" for the defaults, or TOML text with any of the keys `backend` ("tract" | "ort"),
+/// - `options`: NULL or "" for the defaults, or TOML text with any of the keys `backend` ("tract" | "ort" | "auto"),
 ///   `ort_library`, `device` ("cpu" | "cuda:N"), `threads`, `cuda_tf32`, `method` ("l3dvar" | "3dvar" |
 ///   "hybrid" | "l4dvar"), `output` ("analysis" | "increment" | "full_state"), `solver` ("gauss_newton" | "adam"),
 ///   `gradient_reduction`, `max_pairs`, `outer_loops`, `max_inner`, `preconditioner` ("ritz" | "none"),
 ///   `adam_steps`, `adam_lr`, `bg_check`, `bg_check_samples`, `hybrid_alpha`, `hybrid_beta`, `hybrid_variables`,
 ///   `baseline_variance_factor`, `latent_variance_factor`, `latent_increment` ("linear" | "nonlinear"),
 ///   `b_operator` ("latent" | "hybrid" | "static"), `window_hours`, `slot_hours`, `error_growth_per_hour`,
-///   `verbosity` (one `key = value` per line; see docs/coupling.md). Unknown keys are an error.
+///   `verbosity`, `self_test` (one `key = value` per line; see docs/coupling.md). Unknown keys are an error.
 /// - `out`: receives the new context; must not be NULL. It is set to NULL on failure.
 ///
 /// The strings are only read during the call. The context is owned by the caller and must be released with
 /// `lda_close`. On failure the message is available from `lda_last_error(NULL)` on the same thread.
-/// Thread-safe: different threads may open contexts concurrently.
+/// Thread-safe: different threads may open contexts concurrently. The context pointer is a handle (see
+/// `LdaContext`): never the value of an earlier context, even one closed since.
 #[no_mangle]
 pub extern "C" fn lda_open(bundle_dir: *const c_char, options: *const c_char, out: *mut *mut LdaContext) -> i32 {
-    let r = catch_unwind(|| -> Result<*mut LdaContext> {
+    let r = catch_quietly(|| -> Result<*mut LdaContext> {
         if out.is_null() {
             return Err(null("out"));
         }
@@ -316,8 +442,15 @@ pub extern "C" fn lda_open(bundle_dir: *const c_char, options: *const c_char, ou
         let dir = unsafe { c_str(bundle_dir, "bundle_dir") }?;
         let opts = if options.is_null() { None } else { Some(unsafe { c_str(options, "options") }?) };
         let host = HostContext::open(dir, opts)?;
-        let ctx = LdaContext { inner: Mutex::new(host), last_error: Mutex::new(String::new()) };
-        Ok(Box::into_raw(Box::new(ctx)))
+        let ctx =
+            LdaContext { inner: Mutex::new(host), last_error: Mutex::new(String::new()), busy_on: AtomicUsize::new(0) };
+        let handle = NEXT_HANDLE
+            .fetch_add(1, Ordering::Relaxed)
+            .checked_mul(16)
+            .ok_or_else(|| Error::new(Status::Internal, "lda_open: no context handles left in this process"))?;
+        live_contexts().insert(handle, Arc::new(ctx));
+        // A handle, not an address: only looked up in LIVE, never dereferenced.
+        Ok(handle as *mut LdaContext)
     });
     match r {
         Ok(Ok(p)) => {
@@ -326,46 +459,68 @@ pub extern "C" fn lda_open(bundle_dir: *const c_char, options: *const c_char, ou
             LDA_OK
         }
         Ok(Err(e)) => set_error(None, &e),
-        Err(p) => set_error(None, &Error::from_panic(p, "C")),
+        Err(p) => set_error(None, &p.into_error("C")),
     }
 }
 
-/// Releases a context and everything it owns (ONNX sessions, observations, report). NULL is accepted and ignored.
-/// Bound host arrays are not touched and remain owned by the host. The pointer must not be used afterwards, and a
-/// context must be closed exactly once.
+/// Releases a context and everything it owns (ONNX sessions, observations, report). NULL is accepted and ignored
+/// (`LDA_OK`). Bound host arrays are not touched and remain owned by the host. The pointer must not be used
+/// afterwards.
+///
+/// Closing twice is detected: a pointer that is not an open context (closed already, or never returned by
+/// `lda_open`) returns `LDA_ERR_INVALID_ARGUMENT` and changes nothing (message from `lda_last_error(NULL)` on the
+/// same thread), also when a context opened since then is open (handles are never reused). Called from inside one
+/// of the context's own callbacks, it returns `LDA_ERR_NOT_READY` and the context stays open. Called while another
+/// thread is in a call on the context, the context is released when that call returns.
 #[no_mangle]
 pub extern "C" fn lda_close(ctx: *mut LdaContext) -> i32 {
     if ctx.is_null() {
         return LDA_OK;
     }
-    let r = catch_unwind(|| {
-        // SAFETY: ctx was returned by lda_open and is closed once (documented contract).
-        drop(unsafe { Box::from_raw(ctx) });
+    let r = catch_quietly(|| -> std::result::Result<(), (Option<Arc<LdaContext>>, Error)> {
+        let mut map = live_contexts();
+        let c = map.get(&(ctx as usize)).ok_or_else(|| (None, not_live(ctx).context("lda_close")))?;
+        if c.busy_on.load(Ordering::Acquire) == thread_mark() {
+            return Err((Some(c.clone()), reentry_error().context("lda_close")));
+        }
+        let c = map.remove(&(ctx as usize));
+        if map.is_empty() {
+            *map = BTreeMap::new(); // give the map's memory back with the last context
+        }
+        drop(map); // releasing the context (its ONNX sessions) must not hold up every other context's calls
+        drop(c);
+        Ok(())
     });
     match r {
-        Ok(()) => LDA_OK,
-        Err(p) => set_error(None, &Error::from_panic(p, "C")),
+        Ok(Ok(())) => LDA_OK,
+        Ok(Err((c, e))) => set_error(c.as_deref(), &e),
+        Err(p) => set_error(None, &p.into_error("C")),
     }
 }
 
 /// Message of the last failed call on `ctx` ("" if none has failed). With `ctx` NULL: the message of the last
-/// failure on the calling thread that had no context (a failed `lda_open`, or a call given a NULL context).
+/// failure on the calling thread that had no context (a failed `lda_open`, a call given a NULL context or one that
+/// is not open, such as a second `lda_close`). With a pointer that is not an open context: a message saying so.
 ///
 /// Never returns NULL. The string is owned by latentda: do not free it. It is a copy made for the calling thread:
 /// it stays valid until the same thread calls `lda_last_error` again, whatever other threads do meanwhile (later
 /// failures on the context, `lda_close`); copy it to keep it longer. Thread-safe: any thread may ask about any
-/// live context.
+/// live context, also from inside one of the context's callbacks.
 #[no_mangle]
 pub extern "C" fn lda_last_error(ctx: *const LdaContext) -> *const c_char {
-    let r = catch_unwind(|| {
+    let r = catch_quietly(|| {
         let msg = if ctx.is_null() {
             OPEN_ERROR.with(|o| cstring(&o.borrow()))
         } else {
-            // SAFETY: ctx is a live context (contract). The message is copied under the context's error lock, so
-            // a failing call on another thread cannot free it under this reader.
-            let c = unsafe { &*ctx };
-            let g = c.last_error.lock().unwrap_or_else(|p| p.into_inner());
-            cstring(&g)
+            match live(ctx) {
+                // The message is copied under the context's error lock, so a failing call on another thread cannot
+                // free it under this reader.
+                Ok(c) => {
+                    let g = c.last_error.lock().unwrap_or_else(|p| p.into_inner());
+                    cstring(&g)
+                }
+                Err(e) => cstring(&e.message),
+            }
         };
         RETURNED_ERROR.with(|r| {
             let mut r = r.borrow_mut();
@@ -522,8 +677,9 @@ pub extern "C" fn lda_set_obs_times(ctx: *mut LdaContext, n: usize, time_hours: 
 /// `user` is the pointer given to `lda_set_step_model`; `n` is `lda_state_size`; `x` holds the state (physical
 /// units, state layout: variables in bundle order, each a C-order (lev, lat, lon) block); the callback writes all `n`
 /// values of `x_next` and returns 0, or any other value to make the analysis fail (`LDA_ERR_BACKEND`). The buffers
-/// belong to latentda and are valid for the call only. The callback must not call latentda functions on the same
-/// context.
+/// belong to latentda and are valid for the call only. A callback may not use its own context: every call on it
+/// from inside the callback returns `LDA_ERR_NOT_READY` at once (`lda_last_error` works); other contexts may be
+/// used.
 pub type LdaStepFn = Option<unsafe extern "C" fn(user: *mut c_void, n: usize, x: *const f64, x_next: *mut f64) -> i32>;
 
 /// The tangent-linear of `LdaStepFn` at `x`: `dx_next` = M'(`x`) `dx` (all `n` values written; status as there).
@@ -864,6 +1020,265 @@ pub extern "C" fn lda_brandomize(ctx: *mut LdaContext, seed: u64, x_out: *mut f6
         }
         let x = inner.brandomize_vec(seed)?;
         write_state(inner, &x, x_out);
+        Ok(())
+    })
+}
+
+// ---- Layout queries: the bundle's grid and the state layout (of lda_bsqrt's x and every state-layout buffer)
+
+/// Writes `v` through `p` if `p` is not NULL.
+///
+/// # Safety
+/// `p` must be NULL or valid for one write of `T`.
+unsafe fn put<T>(p: *mut T, v: T) {
+    if !p.is_null() {
+        // SAFETY: non-null and writable per the caller's contract.
+        unsafe { *p = v };
+    }
+}
+
+/// The bundle's grid: `*kind_out` (`LdaGridKind`), `*nlat_out` latitudes, `*nlon_out` longitudes, `*vertical_out`
+/// (`LdaVertical`: the coordinate of the levels and of `lda_set_obs`'s `level`) and `*nlev_out` model levels.
+/// Any output may be NULL (not wanted). Needs no bound field.
+///
+/// Host arrays of one upper-air variable are (nlev, nlat, nlon) in C order, (nlon, nlat, nlev) in Fortran terms;
+/// surface variables drop nlev (`lda_var_layout` says which is which).
+#[no_mangle]
+pub extern "C" fn lda_grid_info(
+    ctx: *mut LdaContext,
+    kind_out: *mut i32,
+    nlat_out: *mut usize,
+    nlon_out: *mut usize,
+    vertical_out: *mut i32,
+    nlev_out: *mut usize,
+) -> i32 {
+    with_ctx(ctx, |inner| {
+        let lay = inner.layout();
+        // SAFETY: each pointer is NULL or writable (contract).
+        unsafe {
+            put(kind_out, LdaGridKind::from(lay.grid.kind) as i32);
+            put(nlat_out, lay.grid.nlat());
+            put(nlon_out, lay.grid.nlon());
+            put(vertical_out, LdaVertical::from(lay.vertical.kind) as i32);
+            put(nlev_out, lay.vertical.levels.len());
+        }
+        Ok(())
+    })
+}
+
+/// The grid coordinates: `lat_out` receives the `nlat` latitudes (degrees north, north to south: the order of the
+/// latitude index of every field), `lon_out` the `nlon` longitudes (degrees east, increasing), `lev_out` the
+/// `nlev` model levels (top to bottom, in the vertical coordinate of `lda_grid_info`). Each pointer may be NULL
+/// (not wanted, its length ignored); for the others the length must equal the size from `lda_grid_info`
+/// (`LDA_ERR_INVALID_ARGUMENT` otherwise, checked before anything is written).
+#[no_mangle]
+pub extern "C" fn lda_grid_coords(
+    ctx: *mut LdaContext,
+    lat_out: *mut f64,
+    nlat: usize,
+    lon_out: *mut f64,
+    nlon: usize,
+    lev_out: *mut f64,
+    nlev: usize,
+) -> i32 {
+    with_ctx(ctx, |inner| {
+        let lay = inner.layout();
+        let parts = [("lat_out", lat_out, nlat, &lay.grid.lat), ("lon_out", lon_out, nlon, &lay.grid.lon), ("lev_out", lev_out, nlev, &lay.vertical.levels)];
+        for (what, p, n, v) in &parts {
+            if !p.is_null() && *n != v.len() {
+                return Err(Error::arg(format!("lda_grid_coords: '{what}' has length {n}, the grid has {}", v.len())));
+            }
+        }
+        for (_, p, _, v) in &parts {
+            if !p.is_null() {
+                // SAFETY: p holds v.len() values (contract, length checked above).
+                unsafe { std::ptr::copy(v.as_ptr(), *p, v.len()) };
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Number of bundle variables into `*n_out` (must not be NULL). Their identifiers (for `lda_set_obs`,
+/// `lda_var_name`, `lda_var_layout`) are 0 .. n-1, in state order.
+#[no_mangle]
+pub extern "C" fn lda_var_count(ctx: *mut LdaContext, n_out: *mut i32) -> i32 {
+    with_ctx(ctx, |inner| {
+        if n_out.is_null() {
+            return Err(null("n_out"));
+        }
+        let n = inner.layout().variables.len() as i32;
+        // SAFETY: checked non-null.
+        unsafe { *n_out = n };
+        Ok(())
+    })
+}
+
+fn var_id(index: i32) -> Result<usize> {
+    usize::try_from(index).map_err(|_| Error::arg(format!("variable identifier {index} is negative (identifiers are 0-based)")))
+}
+
+/// Name of variable `index` (0-based identifier) as a NUL-terminated string in `buf` (at most 256 bytes plus the
+/// NUL, the NetCDF name limit). `*needed` (if `needed` is not NULL) receives the size including the NUL; with `buf`
+/// NULL or `len` too small nothing is copied and `LDA_ERR_BUFFER_TOO_SMALL` is returned. An identifier out of
+/// range is `LDA_ERR_INVALID_ARGUMENT`.
+#[no_mangle]
+pub extern "C" fn lda_var_name(ctx: *mut LdaContext, index: i32, buf: *mut c_char, len: usize, needed: *mut usize) -> i32 {
+    with_ctx(ctx, |inner| {
+        let name = cstring(&inner.var_layout(var_id(index)?)?.name);
+        let bytes = name.as_bytes_with_nul();
+        // SAFETY: NULL or writable (contract).
+        unsafe { put(needed, bytes.len()) };
+        if buf.is_null() || len < bytes.len() {
+            return Err(Error::new(Status::BufferTooSmall, format!("variable name needs {} bytes, buffer has {len}", bytes.len())));
+        }
+        // SAFETY: buf holds len >= bytes.len() bytes.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr() as *const c_char, buf, bytes.len()) };
+        Ok(())
+    })
+}
+
+/// Where variable `index` (0-based identifier) lives in the state vector of `lda_bsqrt`, `lda_bsqrt_ad`,
+/// `lda_bvariance`, `lda_brandomize`, `lda_obs_h` and `lda_obs_h_ad`: `*nlev_out` levels (0 for a surface
+/// variable), elements `*offset_out` .. `*offset_out + *length_out - 1` (0-based), `length` = max(nlev, 1) * nlat *
+/// nlon. Any output may be NULL (not wanted).
+///
+/// Within its block a variable is stored longitude fastest, then latitude (north to south), then level (top to
+/// bottom): a C array [nlev][nlat][nlon] or, in Fortran, an array (nlon, nlat, nlev) starting at x(offset + 1).
+/// Both are the same memory, so a host's fields bound in either order map onto the state vector element for
+/// element, and the whole state is the variables' blocks one after the other in identifier order.
+#[no_mangle]
+pub extern "C" fn lda_var_layout(
+    ctx: *mut LdaContext,
+    index: i32,
+    nlev_out: *mut i32,
+    offset_out: *mut usize,
+    length_out: *mut usize,
+) -> i32 {
+    with_ctx(ctx, |inner| {
+        let v = inner.var_layout(var_id(index)?)?;
+        // SAFETY: each pointer is NULL or writable (contract).
+        unsafe {
+            put(nlev_out, v.nlev as i32);
+            put(offset_out, v.offset);
+            put(length_out, v.length);
+        }
+        Ok(())
+    })
+}
+
+// ---- H as a service: latentda's own observation operator for a host's minimiser
+
+/// H x: the model equivalent of every observation set by `lda_set_obs`, computed with latentda's own observation
+/// operator (bilinear in latitude/longitude with periodic longitude and polar caps, linear in ln(level)), the one an
+/// analysis uses: on the same background its values are bit-identical to the analysis's H x_b (the O-B of the
+/// report is value - H x_b).
+///
+/// - `x`: `nx` = `lda_state_size` doubles in state layout (`lda_var_layout`), or NULL to read the bound arrays.
+/// - `hx_out` (not NULL): `n` = number of observations set; receives H_i x, in `lda_set_obs` order, and NaN for an
+///   observation rejected by the geometric checks.
+/// - `qc_out` (may be NULL): `n` values; receives the geometric QC flag of each observation: `LDA_QC_USED`,
+///   `LDA_QC_INVALID` (non-finite value or position, sigma <= 0 or below the floor), `LDA_QC_OUTSIDE_DOMAIN`,
+///   `LDA_QC_OUTSIDE_VERTICAL` or `LDA_QC_UNKNOWN_VARIABLE`. The background check of an analysis (`LDA_QC_BACKGROUND_CHECK`)
+///   is not made here; observation times are ignored.
+///
+/// H is built once per observation set (at the first call after `lda_set_obs`) and is linear: its tangent-linear is
+/// itself and its adjoint is `lda_obs_h_ad`. NaN/Inf in x is `LDA_ERR_INVALID_DATA`; without observations
+/// `LDA_ERR_NOT_READY`. Outputs are written only on success, after x was read (they may overlap x).
+#[no_mangle]
+pub extern "C" fn lda_obs_h(ctx: *mut LdaContext, x: *const f64, nx: usize, hx_out: *mut f64, qc_out: *mut i32, n: usize) -> i32 {
+    with_ctx(ctx, |inner| {
+        if hx_out.is_null() {
+            return Err(null("hx_out"));
+        }
+        if n != inner.n_obs() {
+            return Err(Error::arg(format!("lda_obs_h: n = {n}, but {} observations are set", inner.n_obs())));
+        }
+        let xs = if x.is_null() {
+            None
+        } else {
+            inner.check_state_len("lda_obs_h: state x", nx)?;
+            // SAFETY: x holds nx values (contract); copied before anything is written.
+            Some(unsafe { copy_in(x, nx, "x") }?)
+        };
+        let (hx, qc) = inner.obs_h(xs.as_deref())?;
+        // SAFETY: hx_out (and qc_out when not NULL) hold n values (contract, n checked above).
+        unsafe {
+            std::ptr::copy(hx.as_ptr(), hx_out, n);
+            if !qc_out.is_null() {
+                for (i, f) in qc.iter().enumerate() {
+                    *qc_out.add(i) = *f as i32;
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// x = H^T y: the exact adjoint of `lda_obs_h` (the same sparse weights, transposed). `y` (not NULL) holds `n` =
+/// number of observations set, in `lda_set_obs` order; values of observations rejected by the geometric checks are
+/// ignored (they may be NaN), the others must be finite (`LDA_ERR_INVALID_DATA`). `x_out` (not NULL) receives `nx`
+/// = `lda_state_size` doubles in state layout, overwritten (not accumulated); written only on success, after y was
+/// read. For a host cost J_o = 1/2 sum ((y_i - H_i x) / sigma_i)^2 the gradient is -H^T r with r_i = (y_i - H_i x)
+/// / sigma_i^2.
+#[no_mangle]
+pub extern "C" fn lda_obs_h_ad(ctx: *mut LdaContext, y: *const f64, n: usize, x_out: *mut f64, nx: usize) -> i32 {
+    with_ctx(ctx, |inner| {
+        if y.is_null() {
+            return Err(null("y"));
+        }
+        if x_out.is_null() {
+            return Err(null("x_out"));
+        }
+        if n != inner.n_obs() {
+            return Err(Error::arg(format!("lda_obs_h_ad: n = {n}, but {} observations are set", inner.n_obs())));
+        }
+        inner.check_state_len("lda_obs_h_ad: state x_out", nx)?;
+        // SAFETY: y holds n values (contract); copied first.
+        let ys = unsafe { copy_in(y, n, "y") }?;
+        let x = inner.obs_h_ad(&ys)?;
+        // SAFETY: x_out holds nx = x.len() values (contract, length checked).
+        unsafe { std::ptr::copy(x.as_ptr(), x_out, x.len()) };
+        Ok(())
+    })
+}
+
+// ---- Float32 noise floor of U
+
+/// The measured float32 noise floor of the B operator (option `b_operator`) at its linearisation point (linearised
+/// as by `lda_bsqrt` if not yet), the worst over `trials` (1..=100) random trials from `seed` (deterministic):
+///
+/// - `*u_nonlin_out`: |U(a v1 + b v2) - a U v1 - b U v2| / (|a| |U v1| + |b| |U v2|), v ~ N(0, I);
+/// - `*ut_nonlin_out`: the same for U^T, on state vectors y = xi / sd (sd: normalisation sd of each channel);
+/// - `*adjoint_out`: |<U v, y> - <v, U^T y>| / max(|<U v, y>|, |<v, U^T y>|), y with a component along U v.
+///
+/// Outputs must not be NULL. The latent B runs float32 graphs and gives about 1e-7 to 1e-6; the static B is
+/// float64 (about 1e-16). A host minimiser cannot reduce its gradient below about this relative level: stop on a
+/// gradient criterion above it, never on an absolute change of J (docs/b-operator.md). Each trial costs 4 TL and
+/// 4 AD runs. Every field must be bound.
+#[no_mangle]
+pub extern "C" fn lda_bsqrt_noise(
+    ctx: *mut LdaContext,
+    seed: u64,
+    trials: i32,
+    u_nonlin_out: *mut f64,
+    ut_nonlin_out: *mut f64,
+    adjoint_out: *mut f64,
+) -> i32 {
+    with_ctx(ctx, |inner| {
+        for (what, p) in [("u_nonlin_out", u_nonlin_out), ("ut_nonlin_out", ut_nonlin_out), ("adjoint_out", adjoint_out)] {
+            if p.is_null() {
+                return Err(null(what));
+            }
+        }
+        let t = usize::try_from(trials).map_err(|_| Error::arg(format!("lda_bsqrt_noise: trials = {trials} must be in 1..=100")))?;
+        let nf = inner.bsqrt_noise(seed, t)?;
+        // SAFETY: all checked non-null.
+        unsafe {
+            *u_nonlin_out = nf.u_nonlinearity;
+            *ut_nonlin_out = nf.ut_nonlinearity;
+            *adjoint_out = nf.adjoint_mismatch;
+        }
         Ok(())
     })
 }

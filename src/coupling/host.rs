@@ -8,6 +8,7 @@
 use crate::coupling::callbacks::HostStep;
 use crate::error::{Error, Result, Status};
 use crate::model::forecast::StepModel;
+use crate::obs::operator::ObsOperator;
 use crate::obs::{Observation, QcFlag};
 use crate::var::analysis::Analyser;
 use crate::var::fourd::{FourD, ForecastChecks};
@@ -57,6 +58,23 @@ pub struct HostContext {
     b_point: Option<(BKind, Option<Vec<f32>>)>,
     /// The host's own step model for method l4dvar (`lda_set_step_model`).
     step_model: Option<HostStep>,
+    /// H of the observations set and their geometric QC flags, built at the first H service call after `set_obs`.
+    obs_op: Option<(ObsOperator, Vec<QcFlag>)>,
+}
+
+/// One variable's place in the state vector (the layout of `lda_bsqrt`'s x and of every state-layout buffer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VarLayout {
+    /// Variable name.
+    pub name: String,
+    /// Units.
+    pub units: String,
+    /// Number of levels; 0 for a surface variable (which has one channel).
+    pub nlev: usize,
+    /// Offset of its first element in the state vector (0-based): the variable is x[offset .. offset + length].
+    pub offset: usize,
+    /// Number of elements: max(nlev, 1) * nlat * nlon.
+    pub length: usize,
 }
 
 // SAFETY: the raw pointers are only dereferenced inside calls on the context, which the host serialises (documented:
@@ -84,6 +102,7 @@ impl HostContext {
             report: None,
             b_point: None,
             step_model: None,
+            obs_op: None,
         })
     }
 
@@ -215,12 +234,106 @@ impl HostContext {
             }));
         self.obs = buf;
         self.qc = None;
+        self.obs_op = None;
         Ok(())
     }
 
     /// Number of observations set.
     pub fn n_obs(&self) -> usize {
         self.obs.len()
+    }
+
+    /// The bundle's layout (grid, vertical coordinate, variables in state order).
+    pub fn layout(&self) -> &crate::bundle::grid::Layout {
+        &self.analyser.bundle.layout
+    }
+
+    /// Place of variable `v` (0-based identifier, as for `set_obs`) in the state vector.
+    pub fn var_layout(&self, v: usize) -> Result<VarLayout> {
+        let lay = self.layout();
+        let var = lay.variables.get(v).ok_or_else(|| {
+            Error::arg(format!("variable identifier {v} is out of range: the bundle has {} variables (0-based)", lay.variables.len()))
+        })?;
+        let r = lay.var_range(v);
+        Ok(VarLayout { name: var.name.clone(), units: var.units.clone(), nlev: var.nlev, offset: r.start, length: r.len() })
+    }
+
+    /// H of the observations set and their geometric QC flags (used, invalid, outside the domain or the vertical
+    /// range, unknown variable): exactly the operator and flags an analysis of these observations builds before its
+    /// background check (same weights, same error-sd floor). Built once per observation set.
+    fn obs_operator(&mut self) -> Result<&(ObsOperator, Vec<QcFlag>)> {
+        if self.obs.is_empty() {
+            return Err(not_ready("no observations: call set_obs before using the observation operator"));
+        }
+        if self.obs_op.is_none() {
+            let b = &self.analyser.bundle;
+            let mut qc = vec![QcFlag::Used; self.obs.len()];
+            let floors = crate::obs::sigma_floors(&b.layout, &b.std);
+            let h = ObsOperator::try_build(&b.layout, &self.obs, &mut qc, &floors)?;
+            self.obs_op = Some((h, qc));
+        }
+        Ok(self.obs_op.as_ref().expect("built above"))
+    }
+
+    /// Geometric QC flags of the observations set (see [`Self::obs_h`]).
+    pub fn obs_geometric_qc(&mut self) -> Result<Vec<QcFlag>> {
+        Ok(self.obs_operator()?.1.clone())
+    }
+
+    /// H x for every observation set, in their order, from `x` (state layout) or, when `None`, from the bound
+    /// arrays, with the geometric QC flag of each; observations without a row of H (flag other than `Used`) get NaN.
+    /// The values are bit-identical to the H x_b of an analysis of the same observations on the same background.
+    pub fn obs_h(&mut self, x: Option<&[f64]>) -> Result<(Vec<f64>, Vec<QcFlag>)> {
+        let gathered;
+        let xs = match x {
+            Some(x) => x,
+            None => {
+                gathered = self.gather()?;
+                &gathered
+            }
+        };
+        self.analyser.check_state(xs, "obs_h: state x")?;
+        let (h, qc) = self.obs_operator()?;
+        let mut rows = vec![0.0; h.nrows()];
+        h.apply(xs, &mut rows);
+        let mut hx = vec![f64::NAN; qc.len()];
+        for (r, &i) in h.rows.iter().enumerate() {
+            hx[i] = rows[r];
+        }
+        Ok((hx, qc.clone()))
+    }
+
+    /// x = H^T y (state layout) for `y`, one value per observation set, in their order; values of observations
+    /// without a row of H are ignored (they may be NaN). The exact transpose of [`Self::obs_h`].
+    pub fn obs_h_ad(&mut self, y: &[f64]) -> Result<Vec<f64>> {
+        let n = self.obs.len();
+        let state_len = self.state_size();
+        if y.len() != n && n > 0 {
+            return Err(Error::arg(format!("obs_h_ad: y has {} values but {n} observations are set", y.len())));
+        }
+        let (h, _) = self.obs_operator()?;
+        let rows: Vec<f64> = h.rows.iter().map(|&i| y[i]).collect();
+        if let Some(r) = rows.iter().position(|v| !v.is_finite()) {
+            return Err(Error::data(format!(
+                "obs_h_ad: y[{}] = {} is not finite (observation {} passed the geometric checks)",
+                h.rows[r], rows[r], h.rows[r]
+            )));
+        }
+        let mut x = vec![0.0; state_len];
+        h.adjoint(&rows, &mut x);
+        Ok(x)
+    }
+
+    /// The measured float32 noise floor of the host's B operator (option `b_operator`) at its linearisation point:
+    /// nonlinearity of U and U^T and the adjoint mismatch ([`crate::coupling::noise`]), worst over `trials` trials.
+    pub fn bsqrt_noise(&mut self, seed: u64, trials: usize) -> Result<crate::coupling::noise::NoiseFloor> {
+        if !(1..=100).contains(&trials) {
+            return Err(Error::arg(format!("bsqrt_noise: trials = {trials} must be in 1..=100")));
+        }
+        let kind = self.ensure_b()?;
+        let b = &self.analyser.bundle;
+        let scale = crate::coupling::noise::dual_scale(&b.std, b.layout.grid.npoints());
+        self.analyser.with_b(kind, |op, ae| crate::coupling::noise::noise_floor(op, ae, &scale, seed, trials))
     }
 
     /// Sets the times (hours from the analysis time) of the observations set last, in their order; `set_obs`
@@ -235,6 +348,7 @@ impl HostContext {
         }
         self.obs.iter_mut().zip(times).for_each(|(o, t)| o.time = *t);
         self.qc = None;
+        self.obs_op = None;
         Ok(())
     }
 

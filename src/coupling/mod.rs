@@ -6,3 +6,4 @@ pub mod callbacks;
 pub mod cxx_bridge;
 pub mod ffi;
 pub mod host;
+pub mod noise;

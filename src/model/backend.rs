@@ -3,13 +3,17 @@
 //! * `tract` (default): the pure-Rust tract engine, called directly; no native library needed.
 //! * `ort`: ONNX Runtime loaded at run time from a shared library (option `ort_library` or `ORT_DYLIB_PATH`),
 //!   optionally with the CUDA execution provider (`device = "cuda:N"`), which must register or the open fails.
+//! * `auto` ([`resolve_auto`]): ONNX Runtime when a library is found and loads (option `ort_library`,
+//!   `ORT_DYLIB_PATH`, else the `onnxruntime` Python wheel in the usual Python prefixes), tract otherwise; the report's
+//!   backend detail says which ran and why.
 //!
 //! tract is called directly rather than through `ort`'s alternative-backend API (`ort-tract`) for two reasons: a
 //! model file that makes tract panic (a corrupt graph whose checksum matches) must become an error, and a panic
 //! inside `ort`'s `extern "C"` API functions cannot unwind, so it aborted the host; and `ort` 2.0.0-rc.14 leaks one
 //! type-info allocation per output of every run it wraps (`Value::from_session_output_ptr`). Here every tract call
-//! runs under `catch_unwind`, and the ONNX Runtime path runs with a preallocated output (ONNX Runtime writes into
-//! it, so `ort` never wraps a fresh output value and the leaking path is not taken).
+//! runs under [`catch_quietly`] (`catch_unwind` without the panic text on the host's stderr), and the ONNX Runtime
+//! path runs with a preallocated output (ONNX Runtime writes into it, so `ort` never wraps a fresh output value and
+//! the leaking path is not taken).
 //!
 //! `ort` holds ONNX Runtime's API table in a process-wide slot, so one process uses one ONNX Runtime library: asking
 //! for a second, different library later is an error that names both. tract has no such state and works alongside.
@@ -41,7 +45,7 @@ impl BackendKind {
         match s {
             "tract" => Ok(BackendKind::Tract),
             "ort" | "onnxruntime" => Ok(BackendKind::OnnxRuntime),
-            _ => Err(Error::arg(format!("backend '{s}' is not known (use 'tract' or 'ort')"))),
+            _ => Err(Error::arg(format!("backend '{s}' is not known (use 'tract', 'ort' or 'auto')"))),
         }
     }
     /// Name used in reports.
@@ -103,11 +107,78 @@ pub struct ExecOptions {
     pub threads: usize,
     /// Allow TF32 on CUDA (faster, ~5e-4 relative error; off by default so adjoint tests hold).
     pub cuda_tf32: bool,
+    /// How backend `auto` chose (`None` for an explicit backend); reported with the backend.
+    pub choice: Option<String>,
 }
 
 impl Default for ExecOptions {
     fn default() -> Self {
-        ExecOptions { backend: BackendKind::Tract, ort_library: None, device: Device::Cpu, threads: 1, cuda_tf32: false }
+        ExecOptions { backend: BackendKind::Tract, ort_library: None, device: Device::Cpu, threads: 1, cuda_tf32: false, choice: None }
+    }
+}
+
+/// The `onnxruntime` Python wheel's shared library, searched in the Python prefixes a user is likely to have
+/// (`VIRTUAL_ENV`, `CONDA_PREFIX`, pyenv versions, `~/.local`, `/usr/local`, `/usr`): the first
+/// `lib/python3*/{site,dist}-packages/onnxruntime/capi/libonnxruntime.so.1*` in that order (names sorted within a
+/// prefix, so the choice is deterministic).
+pub fn find_onnxruntime_wheel() -> Option<PathBuf> {
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let mut prefixes: Vec<PathBuf> = [env("VIRTUAL_ENV"), env("CONDA_PREFIX")].into_iter().flatten().collect();
+    let home = env("HOME");
+    for pyenv in [env("PYENV_ROOT"), home.as_ref().map(|h| h.join(".pyenv"))].into_iter().flatten() {
+        prefixes.extend(sorted_dir(&pyenv.join("versions")));
+    }
+    prefixes.extend(home.map(|h| h.join(".local")));
+    prefixes.extend([PathBuf::from("/usr/local"), PathBuf::from("/usr")]);
+    for prefix in prefixes {
+        for py in sorted_dir(&prefix.join("lib")).into_iter().filter(|p| file_name_starts(p, "python3")) {
+            for packages in ["site-packages", "dist-packages"] {
+                let capi = py.join(packages).join("onnxruntime").join("capi");
+                if let Some(lib) = sorted_dir(&capi).into_iter().find(|p| file_name_starts(p, "libonnxruntime.so.1")) {
+                    return Some(lib);
+                }
+            }
+        }
+    }
+    None
+}
+
+fn sorted_dir(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn file_name_starts(p: &std::path::Path, prefix: &str) -> bool {
+    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix))
+}
+
+/// Backend `auto`: ONNX Runtime from the option `ort_library`, else `ORT_DYLIB_PATH`, else the Python wheel
+/// ([`find_onnxruntime_wheel`]), when that library loads; otherwise tract (an error for a CUDA device, which needs
+/// ONNX Runtime). Returns the concrete backend, the library and the reason, which reports show.
+pub fn resolve_auto(ort_library: Option<PathBuf>, device: Device) -> Result<(BackendKind, Option<PathBuf>, String)> {
+    let found = match ort_library {
+        Some(p) => Some((p, "option ort_library")),
+        None => match std::env::var_os("ORT_DYLIB_PATH").filter(|v| !v.is_empty()) {
+            Some(p) => Some((PathBuf::from(p), "ORT_DYLIB_PATH")),
+            None => find_onnxruntime_wheel().map(|p| (p, "the onnxruntime Python wheel")),
+        },
+    };
+    let tract = |why: String| -> Result<(BackendKind, Option<PathBuf>, String)> {
+        if let Device::Cuda(n) = device {
+            return Err(Error::backend(format!("backend 'auto' with device cuda:{n} needs ONNX Runtime: {why}")));
+        }
+        Ok((BackendKind::Tract, None, format!("auto: tract, {why}")))
+    };
+    match found {
+        None => tract("no ONNX Runtime library found (option ort_library, ORT_DYLIB_PATH, onnxruntime Python wheel)".into()),
+        Some((path, source)) => {
+            let probe = ExecOptions { backend: BackendKind::OnnxRuntime, ort_library: Some(path.clone()), ..Default::default() };
+            match ensure_backend(&probe) {
+                Ok(_) => Ok((BackendKind::OnnxRuntime, Some(path), format!("auto: ONNX Runtime from {source}"))),
+                Err(e) => tract(format!("ONNX Runtime from {source} cannot be used ({})", e.message)),
+            }
+        }
     }
 }
 
@@ -142,6 +213,91 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
         .map(|s| s.to_string())
         .or_else(|| p.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".into())
+}
+
+// ---- Quiet panics (issue 25, item 6)
+//
+// A panic that latentda catches (tract on a corrupt graph, a bug caught at the C or C++ boundary) is an error
+// returned to the host, with the panic message in it. Rust's default panic hook would still print "thread ...
+// panicked at ..." to the host's stderr first. The hook is process-wide, so it cannot be swapped per call (two
+// threads in latentda at once would restore each other's hook); instead one hook is installed once, and it is
+// silent only for panics raised on a thread inside a `catch_quietly` section: every other panic (the host's own,
+// another library's) goes to the hook that was in place before, unchanged.
+
+thread_local! {
+    /// How many `catch_quietly` sections this thread is inside.
+    static QUIET_DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    /// Where the last panic inside a quiet section on this thread was raised ("file:line:column").
+    static QUIET_LOCATION: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+static QUIET_HOOK: std::sync::Once = std::sync::Once::new();
+
+/// Installs the delegating hook (once per process). With `LATENTDA_PANIC_TRACE=1` in the environment at that moment,
+/// latentda's caught panics are printed too (by the previous hook, with a backtrace under `RUST_BACKTRACE`).
+fn install_quiet_hook() {
+    // set_hook panics on a panicking thread (a host calling latentda from a destructor during unwinding): the hook
+    // is then installed by a later call.
+    if std::thread::panicking() {
+        return;
+    }
+    QUIET_HOOK.call_once(|| {
+        let trace = std::env::var("LATENTDA_PANIC_TRACE").is_ok_and(|v| v == "1");
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let quiet = QUIET_DEPTH.try_with(|d| d.get() > 0).unwrap_or(false);
+            if quiet {
+                let at = info.location().map(|l| l.to_string());
+                let _ = QUIET_LOCATION.try_with(|l| l.try_borrow_mut().map(|mut l| *l = at));
+            }
+            if !quiet || trace {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// A panic caught by [`catch_quietly`].
+pub struct CaughtPanic {
+    /// The panic payload, as `catch_unwind` returns it.
+    pub payload: Box<dyn std::any::Any + Send>,
+    /// Where the panic was raised ("file:line:column"), when the hook saw it.
+    pub location: Option<String>,
+}
+
+impl CaughtPanic {
+    /// The panic message followed by where it was raised: "msg (at file:line:column)".
+    pub fn message(&self) -> String {
+        let m = panic_message(&*self.payload);
+        match &self.location {
+            Some(at) => format!("{m} (at {at})"),
+            None => m,
+        }
+    }
+
+    /// An `Internal` error for a panic caught at a language boundary (`boundary`: "C", "C++"), with the location.
+    pub fn into_error(self, boundary: &str) -> Error {
+        let at = self.location;
+        let mut e = Error::from_panic(self.payload, boundary);
+        if let Some(at) = at {
+            e.message.push_str(&format!(" (at {at})"));
+        }
+        e
+    }
+}
+
+/// `catch_unwind` without the panic message on stderr: runs `f`, and returns its value or the caught panic (message
+/// and location) for the caller to turn into an error. The tract calls here and the C ABI and C++ bridge guards go
+/// through this, so every latentda call from a host runs inside such a section and the host's stderr never shows a
+/// panic latentda caught (also one caught by a plain `catch_unwind` deeper down, e.g. around NetCDF reads); panics
+/// outside these sections still reach the previously installed hook. `f` is treated as unwind-safe: every caller
+/// discards or poisons the state a panic may have left half-updated.
+pub fn catch_quietly<R>(f: impl FnOnce() -> R) -> std::result::Result<R, CaughtPanic> {
+    install_quiet_hook();
+    QUIET_DEPTH.with(|d| d.set(d.get() + 1));
+    let r = catch_unwind(AssertUnwindSafe(f));
+    QUIET_DEPTH.with(|d| d.set(d.get() - 1));
+    r.map_err(|payload| CaughtPanic { payload, location: QUIET_LOCATION.with(|l| l.borrow_mut().take()) })
 }
 
 /// The ONNX Runtime library requested by the options (option `ort_library`, else `ORT_DYLIB_PATH`).
@@ -204,13 +360,14 @@ fn load_onnxruntime(path: &std::path::Path) -> Result<(BackendInfo, libloading::
 /// tract needs no initialisation. ONNX Runtime is loaded by the first open that asks for it; a later open that asks
 /// for a different library fails, naming both, rather than silently running on the first one.
 pub fn ensure_backend(opts: &ExecOptions) -> Result<BackendInfo> {
-    match opts.backend {
-        BackendKind::Tract => Ok(BackendInfo {
-            backend: "tract".into(),
-            detail: format!("tract {TRACT_VERSION} (pure Rust)"),
-        }),
-        BackendKind::OnnxRuntime => Ok(ort_active(opts)?.info.clone()),
+    let mut info = match opts.backend {
+        BackendKind::Tract => BackendInfo { backend: "tract".into(), detail: format!("tract {TRACT_VERSION} (pure Rust)") },
+        BackendKind::OnnxRuntime => ort_active(opts)?.info.clone(),
+    };
+    if let Some(c) = &opts.choice {
+        info.detail = format!("{} [{c}]", info.detail);
     }
+    Ok(info)
 }
 
 /// The tract version latentda is built with (pinned in Cargo.toml).
@@ -334,7 +491,7 @@ fn check_input_names(file: &str, names: &[String], inputs: &[TensorSpec]) -> Res
 /// back as errors.
 fn tract_load(file: &str, bytes: &[u8], inputs: &[TensorSpec], output: &TensorSpec) -> Result<Engine> {
     let bad = |m: String| Error::bundle(format!("{file}: cannot load ONNX graph: {m}"));
-    let r = catch_unwind(AssertUnwindSafe(|| -> Result<Engine> {
+    let r = catch_quietly(|| -> Result<Engine> {
         let onnx = tract_onnx::onnx();
         let proto = onnx.proto_model_for_read(&mut &bytes[..]).map_err(|e| bad(format!("{e:#}")))?;
         let graph = proto.graph.as_ref().ok_or_else(|| bad("the model has no graph".into()))?;
@@ -368,10 +525,10 @@ fn tract_load(file: &str, bytes: &[u8], inputs: &[TensorSpec], output: &TensorSp
             .and_then(|g| g.into_runnable())
             .map_err(|e| bad(format!("{e:#}")))?;
         Ok(Engine::Tract { plan, output: o })
-    }));
+    });
     match r {
         Ok(r) => r,
-        Err(p) => Err(bad(format!("tract failed on this graph (internal panic: {})", panic_message(&*p)))),
+        Err(p) => Err(bad(format!("tract failed on this graph (internal panic: {})", p.message()))),
     }
 }
 
@@ -448,7 +605,7 @@ impl OnnxModel {
         };
         match &mut self.engine {
             Engine::Tract { plan, output } => {
-                let r = catch_unwind(AssertUnwindSafe(|| -> std::result::Result<(), String> {
+                let r = catch_quietly(|| -> std::result::Result<(), String> {
                     let mut values = tract_onnx::prelude::TVec::new();
                     for (spec, data) in self.inputs.iter().zip(inputs) {
                         let shape: Vec<usize> = spec.batch1().iter().map(|&d| d as usize).collect();
@@ -462,11 +619,11 @@ impl OnnxModel {
                     check_len(data.len()).map_err(|e| e.message)?;
                     out.copy_from_slice(data);
                     Ok(())
-                }));
+                });
                 match r {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(m)) => Err(Error::backend(format!("{file}: {m}"))),
-                    Err(p) => Err(Error::backend(format!("{file}: tract failed (internal panic: {})", panic_message(&*p)))),
+                    Err(p) => Err(Error::backend(format!("{file}: tract failed (internal panic: {})", p.message()))),
                 }
             }
             Engine::Ort { session, run } => {
@@ -488,5 +645,25 @@ impl OnnxModel {
                 Ok(())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 25, item 6: a caught panic comes back with its message and where it was raised, nested sections
+    /// unwind their depth, and a value passes straight through.
+    #[test]
+    fn catch_quietly_returns_the_message_and_location() {
+        let Ok(Err(p)) = catch_quietly(|| catch_quietly(|| -> u8 { panic!("boom {}", 42) })) else {
+            panic!("the inner section must catch the panic")
+        };
+        let m = p.message();
+        assert!(m.starts_with("boom 42 (at src/model/backend.rs:"), "{m}");
+        assert_eq!(QUIET_DEPTH.with(|d| d.get()), 0);
+        assert_eq!(catch_quietly(|| 7).ok(), Some(7));
+        let e = catch_quietly(|| -> u8 { panic!("bang") }).err().unwrap().into_error("C");
+        assert!(e.message.contains("(panic caught at the C boundary): bang (at src/model/backend.rs:"), "{}", e.message);
     }
 }

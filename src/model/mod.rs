@@ -1,6 +1,8 @@
 //! Models: the ONNX execution backends (pure-Rust tract, ONNX Runtime on CPU or CUDA), the autoencoder's four
-//! graphs (encoder, decoder, decoder TL, decoder AD) and the step models of latent 4D-Var.
+//! graphs (encoder, decoder, decoder TL, decoder AD), the step models of latent 4D-Var, and the known-answer
+//! self-test that runs them on the bundle's probes.
 
 pub mod autoencoder;
 pub mod backend;
 pub mod forecast;
+pub mod selftest;

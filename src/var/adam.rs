@@ -55,6 +55,11 @@ pub fn minimise(ctrl: &mut dyn ControlSpace, p: &Problem, params: &SolverParams)
                 passes: ev.passes,
                 linearity_checks: 0,
                 converged: reached,
+                stop_reason: if reached {
+                    "converged".to_string()
+                } else {
+                    format!("Adam runs a fixed number of steps (adam_steps = {}) and did not reach the gradient target", params.adam_steps)
+                },
                 j_initial,
                 j_final: j,
                 jb_final: jb,

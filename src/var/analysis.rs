@@ -22,6 +22,7 @@ use crate::model::forecast::OnnxStep;
 use crate::obs::operator::ObsOperator;
 use crate::obs::{qc, Observation, QcFlag};
 use crate::var::control::LatentControl;
+use crate::var::guards;
 use crate::var::options::{BKind, Method, Options, OutputMode};
 use crate::var::report::{BackgroundCheckInfo, Report, Timings, VarStats};
 use crate::var::solver::{minimise, ControlSpace, Problem};
@@ -51,6 +52,8 @@ pub struct Analyser {
     pub options: Options,
     /// The bundle's step model (`[forecast]`), for method l4dvar.
     pub forecast: Option<OnnxStep>,
+    /// The known-answer self-test run at open (`crate::model::selftest`; option `self_test`).
+    pub self_test: crate::model::selftest::SelfTest,
     cache: BCache,
 }
 
@@ -97,13 +100,17 @@ pub struct Analysis {
 
 impl Analyser {
     /// Opens and validates the bundle, initialises the backend and loads the four ONNX graphs (and the three
-    /// step-model graphs of a `[forecast]` table).
+    /// step-model graphs of a `[forecast]` table), then runs each graph once on the bundle's probe and compares the
+    /// output with the recorded one (the known-answer self-test; option `self_test = false` skips it).
     pub fn open(bundle_dir: impl AsRef<Path>, options: Options) -> Result<Analyser> {
         options.validate()?;
         let bundle = Bundle::open(bundle_dir)?;
-        let ae = Autoencoder::load(&bundle, &options.exec()?)?;
-        let forecast = OnnxStep::load(&bundle, &options.exec()?)?;
-        Ok(Analyser { bundle, ae, options, forecast, cache: BCache::default() })
+        let exec = options.exec()?;
+        let mut ae = Autoencoder::load(&bundle, &exec)?;
+        let mut forecast = OnnxStep::load(&bundle, &exec)?;
+        let self_test = crate::model::selftest::self_test(&bundle, &mut ae, forecast.as_mut(), options.self_test, &exec)?;
+        ae.timings = Default::default();
+        Ok(Analyser { bundle, ae, options, forecast, self_test, cache: BCache::default() })
     }
 
     /// Checks a background state: length and finiteness (the error names variable and index).
@@ -263,7 +270,7 @@ impl Analyser {
         let control_size = self.prepare_b(kind, z_b.as_deref())?;
         let k = self.options.bg_check;
         let mut bg_info = BackgroundCheckInfo { k, ..Default::default() };
-        let (mut variance_s, mut n_variance) = (0.0, 0);
+        let (mut variance_s, mut n_variance, mut sd_b) = (0.0, 0, None);
         if k > 0.0 {
             // TL runs spent on diag B (none when cached) are reported apart from the solver's.
             let before = self.ae.timings.clone();
@@ -273,6 +280,7 @@ impl Analyser {
             self.ae.timings = before;
             let t_q = Instant::now();
             bg_info.rejected = qc::background_check(&mut h, &mut hxb, obs, &sd, k, &mut qc);
+            sd_b = Some(sd); // for the Desroziers diagnostics
             h_s += t_q.elapsed().as_secs_f64();
             bg_info.sigma_b = how;
         }
@@ -282,6 +290,8 @@ impl Analyser {
         let params = self.options.solver();
         let np = lay.grid.npoints();
         let b = &self.bundle;
+        // full-state mode: dx(0) = N^-1(D(z_b)) - x_b (the reconstruction error), which the guards leave out
+        let mut dx0: Option<Vec<f64>> = None;
         let (w, dx, info) = match method {
             Method::L3dvar => {
                 let z_b = z_b.expect("encoded above");
@@ -289,6 +299,9 @@ impl Analyser {
                 let lv = self.latent_variance(1.0);
                 let mut ctrl = LatentControl::new(&mut self.ae, x_b, z_b, &lv, &b.mean, &b.std, np, full_state)?
                     .linear(linear);
+                if full_state {
+                    dx0 = Some((0..x_b.len()).map(|i| b.mean[i / np] + b.std[i / np] * ctrl.xn_zb[i] as f64 - x_b[i]).collect());
+                }
                 minimise(&mut ctrl, &problem, &params)?
             }
             Method::Var3d => {
@@ -324,9 +337,35 @@ impl Analyser {
             }
         }
         let analysis: Vec<f64> = x_b.iter().zip(&dx).map(|(b, d)| b + d).collect();
-        if let Some(i) = analysis.iter().position(|v| !v.is_finite()) {
-            return Err(Error::new(Status::Solver, format!("analysis is not finite at {}", lay.describe_index(i))));
-        }
+        // Divergence guards, before anything is returned: the B's variance from the background check, else a few
+        // draws of its square root (guards::VARIANCE_DRAWS TL runs for a latent part, reported as diag B time).
+        let b_variance: Vec<f64> = match &sd_b {
+            Some(sd) => sd.iter().map(|s| s * s).collect(),
+            None => {
+                let (before, t_v) = (self.ae.timings.clone(), Instant::now());
+                let var = self.with_b(kind, |b, ae| {
+                    let (n, m) = (b.control_size(), b.state_len());
+                    Ok(crate::bmat::diag_of_sqrt(n, m, guards::VARIANCE_DRAWS, |v, x| b.sqrt(ae, v, x))?.0)
+                })?;
+                variance_s += t_v.elapsed().as_secs_f64();
+                n_variance += self.ae.timings.n_tl - before.n_tl;
+                self.ae.timings = before;
+                var
+            }
+        };
+        let solver_dx: Option<Vec<f64>> = dx0.map(|d0| dx.iter().zip(&d0).map(|(d, d0)| d - d0).collect());
+        guards::check(
+            &lay,
+            &guards::Guarded {
+                info: &info,
+                x_b,
+                analysis: &analysis,
+                increment: solver_dx.as_deref().unwrap_or(&dx),
+                b_variance: &b_variance,
+                bounds: &self.bundle.bounds,
+                slot_hours: None,
+            },
+        )?;
         // Observation-space diagnostics (H x_a for used rows; O-B for all located observations).
         let t_h2 = Instant::now();
         let mut hxa = vec![0.0; h.nrows()];
@@ -337,6 +376,7 @@ impl Analyser {
         report.jb_parts = jb_parts;
         report.background_check = bg_info;
         report.variables = self.variable_stats(obs, &qc, &h, &hxb, &hxa, &dx);
+        report.desroziers = Some(self.desroziers(method, obs, &h, &hxb, &hxa, &sigma, sd_b.as_deref()));
         report.balance = crate::diag::balance::diagnose(&lay, x_b, &analysis);
         let output = match mode {
             OutputMode::Analysis | OutputMode::FullState => analysis.clone(),
@@ -358,6 +398,7 @@ impl Analyser {
         n_used: usize,
     ) -> Result<Report> {
         let mut report = Report {
+            self_test: self.self_test.clone(),
             latentda_version: env!("CARGO_PKG_VERSION").into(),
             bundle: self.bundle.name.clone(),
             method: method.name().into(),

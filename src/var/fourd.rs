@@ -45,12 +45,18 @@ use crate::obs::operator::ObsOperator;
 use crate::obs::{qc, Observation, QcFlag};
 use crate::var::analysis::{Analyser, Analysis};
 use crate::var::control::LatentControl;
+use crate::var::guards;
 use crate::var::options::{Method, OutputMode};
 use crate::var::report::{BackgroundCheckInfo, SlotStats, WindowInfo};
 use crate::var::solver::{minimise, ControlSpace, Problem};
 
 /// Most step-model steps a window may take.
 pub const MAX_STEPS: usize = 10_000;
+
+/// Window length when neither option `window_hours` nor the bundle's `[forecast] window_hours` gives one (rounded
+/// up to a multiple of the slot width): ECMWF's operational 4D-Var window, and the one every 4D case of this
+/// project uses (sample cases, demo, step-model validation).
+pub const DEFAULT_WINDOW_HOURS: f64 = 12.0;
 
 /// The assimilation window: slots at 0, slot_hours, ..., window_hours, each `steps_per_slot` model steps apart.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,9 +75,10 @@ pub struct Window {
 
 impl Window {
     /// The window for a step model of time step `step_hours`: slot width `slot_hours` (default: the step; a
-    /// multiple of it), window length `window_hours` (default: the smallest multiple of the slot width that holds
-    /// the latest of `times`; a multiple of the slot width).
-    pub fn new(step_hours: f64, slot_hours: Option<f64>, window_hours: Option<f64>, times: impl IntoIterator<Item = f64>) -> Result<Window> {
+    /// multiple of it), window length `window_hours` (a multiple of the slot width; default:
+    /// [`DEFAULT_WINDOW_HOURS`] rounded up to one). Never made from observation times: an observation outside the
+    /// window is flagged (`slot_of`), it cannot stretch the window.
+    pub fn new(step_hours: f64, slot_hours: Option<f64>, window_hours: Option<f64>) -> Result<Window> {
         if !(step_hours.is_finite() && step_hours > 0.0) {
             return Err(Error::arg(format!("the step model's time step {step_hours} h must be finite and > 0")));
         }
@@ -89,10 +96,7 @@ impl Window {
                 }
                 w
             }
-            None => {
-                let tmax = times.into_iter().filter(|t| t.is_finite()).fold(0.0f64, f64::max);
-                (tmax / slot - 1e-9).ceil().max(0.0) * slot
-            }
+            None => (DEFAULT_WINDOW_HOURS / slot - 1e-9).ceil().max(0.0) * slot,
         };
         let nslots = (window / slot).round() as usize + 1;
         if (nslots - 1).saturating_mul(sps as usize) > MAX_STEPS {
@@ -681,7 +685,7 @@ impl Analyser {
         let at: Vec<f64> = if latent_space { z_b.iter().map(|&v| v as f64).collect() } else { x_b.to_vec() };
         let step_dot = step_dot_test(m, &at, seed)?;
         let dt = m.time_step_hours();
-        let win = Window::new(dt, None, Some(dt * (nslots - 1) as f64), [])?;
+        let win = Window::new(dt, None, Some(dt * (nslots - 1) as f64))?;
         let nx = self.bundle.layout.state_len() * win.nslots;
         let mut t = transform(&mut self.ae, m, latent_space, &win, &self.bundle, &lv, x_b, &z_b, None, false)?;
         t.linearize(&vec![0.0; t.size()])?;
@@ -735,7 +739,9 @@ impl Analyser {
         let bundle_growth = if host { 0.0 } else { self.bundle.forecast.as_ref().map_or(0.0, |f| f.error_growth_per_hour) };
         let mut m = Clocked::new(m);
         let o = &self.options;
-        let win = Window::new(m.time_step_hours(), o.slot_hours, o.window_hours, obs.iter().map(|o| o.time))?;
+        // the window: option, else the bundle's [forecast] value, else the default; never the observations' times
+        let bundle_window = self.bundle.forecast.as_ref().and_then(|f| f.window_hours);
+        let win = Window::new(m.time_step_hours(), o.slot_hours, o.window_hours.or(bundle_window))?;
         let linear = o.latent_form() == "linear";
         // Backgrounds given at slot times replace the step model's there.
         let mut given: Vec<Option<&[f64]>> = vec![None; win.nslots];
@@ -776,7 +782,9 @@ impl Analyser {
         // Background check with sigma_b of each slot: the latent B propagated by the chained TL.
         let k = self.options.bg_check;
         let mut bg_info = BackgroundCheckInfo { k, ..Default::default() };
-        let (mut variance_s, mut n_variance) = (0.0, 0);
+        let (mut variance_s, mut n_variance, mut sd_b) = (0.0, 0, None);
+        // the B's variance at every slot, for the divergence guards
+        let b_variance: Vec<f64>;
         if k > 0.0 {
             let (before, clock) = (self.ae.timings.clone(), m.clock.clone());
             let t_v = Instant::now();
@@ -792,13 +800,28 @@ impl Analyser {
             n_variance = if exact { self.bundle.latent_size() } else { samples } * win.nslots;
             (self.ae.timings, m.clock) = (before, clock);
             let sd: Vec<f64> = var.iter().map(|v| v.max(0.0).sqrt()).collect();
+            b_variance = var;
             let t_q = Instant::now();
             bg_info.rejected = qc::background_check(&mut h, &mut hxb, obs, &sd, k, &mut qc);
+            sd_b = Some(sd); // for the Desroziers diagnostics
             h_s += t_q.elapsed().as_secs_f64();
             bg_info.sigma_b = format!(
                 "latent B propagated to each slot by the chained TL: {}",
                 if exact { format!("exact ({} columns)", self.bundle.latent_size()) } else { format!("randomised, {samples} draws") }
             );
+        } else {
+            // the divergence guards' B variance, without a background check: a few draws through the chained TL
+            let (before, clock, t_v) = (self.ae.timings.clone(), m.clock.clone(), Instant::now());
+            let (var, exact) = {
+                let mut t = transform(&mut self.ae, &mut m, latent_space, &win, &self.bundle, &lv, x_b, &z_b, Some(reference.clone()), linear)?;
+                t.linearize(&vec![0.0; t.size()])?;
+                let n = t.size();
+                diag_of_sqrt(n, nx * win.nslots, guards::VARIANCE_DRAWS, |v, x| t.tl(v, x))?
+            };
+            variance_s += t_v.elapsed().as_secs_f64();
+            n_variance += if exact { self.bundle.latent_size() } else { guards::VARIANCE_DRAWS } * win.nslots;
+            (self.ae.timings, m.clock) = (before, clock);
+            b_variance = var;
         }
         let y: Vec<f64> = h.rows.iter().map(|&i| obs[i].value).collect();
         // error variance sigma^2 (1 + g t_k) at slot time t_k (option error_growth_per_hour)
@@ -815,9 +838,19 @@ impl Analyser {
             minimise(&mut *t, &problem, &params)?
         };
         let analysis: Vec<f64> = x_b.iter().zip(&dx).map(|(b, d)| b + d).collect();
-        if let Some(i) = analysis.iter().position(|v| !v.is_finite()) {
-            return Err(Error::new(Status::Solver, format!("analysis is not finite at {}", lay.describe_index(i))));
-        }
+        // Divergence guards on every slot's increment and on the analysis, before anything is returned.
+        guards::check(
+            &lay,
+            &guards::Guarded {
+                info: &info,
+                x_b,
+                analysis: &analysis,
+                increment: &dx,
+                b_variance: &b_variance,
+                bounds: &self.bundle.bounds,
+                slot_hours: Some(win.slot_hours),
+            },
+        )?;
         let t_h2 = Instant::now();
         let x_an: Vec<f64> = x_bg.iter().zip(&dx).map(|(b, d)| b + d).collect();
         let mut hxa = vec![0.0; h.nrows()];
@@ -828,6 +861,7 @@ impl Analyser {
         report.jb_parts.insert("latent".into(), 0.5 * w.iter().map(|v| v * v).sum::<f64>());
         report.background_check = bg_info;
         report.variables = self.variable_stats(obs, &qc, &h, &hxb, &hxa, &dx[..nx]);
+        report.desroziers = Some(self.desroziers(Method::L4dvar, obs, &h, &hxb, &hxa, &sigma, sd_b.as_deref()));
         report.balance = crate::diag::balance::diagnose(&lay, x_b, &analysis);
         let mut slot_stats: Vec<SlotStats> =
             (0..win.nslots).map(|k| SlotStats { slot: k, time_hours: win.slot_time(k), ..Default::default() }).collect();
@@ -875,7 +909,7 @@ mod tests {
 
     #[test]
     fn window_slots_and_defaults() {
-        let w = Window::new(6.0, None, None, [0.0, 5.0, 7.0]).unwrap();
+        let w = Window::new(6.0, None, Some(12.0)).unwrap();
         assert_eq!((w.window_hours, w.nslots, w.steps_per_slot), (12.0, 3, 1));
         assert_eq!(w.slot_of(2.9), Ok(0));
         assert_eq!(w.slot_of(3.1), Ok(1));
@@ -883,12 +917,22 @@ mod tests {
         assert_eq!(w.slot_of(12.5), Err(QcFlag::OutsideWindow));
         assert_eq!(w.slot_of(-0.5), Err(QcFlag::OutsideWindow));
         assert_eq!(w.slot_of(f64::NAN), Err(QcFlag::Invalid));
-        let w = Window::new(1.0, Some(3.0), Some(12.0), []).unwrap();
+        // far-future and far-past times are flagged, never an error (issue 25)
+        for t in [1e6, 1e300, f64::MAX, -1e300] {
+            assert_eq!(w.slot_of(t), Err(QcFlag::OutsideWindow), "{t}");
+        }
+        let w = Window::new(1.0, Some(3.0), Some(12.0)).unwrap();
         assert_eq!((w.nslots, w.steps_per_slot, w.nsteps()), (5, 3, 12));
-        assert_eq!(Window::new(6.0, None, None, [6.0]).unwrap().nslots, 2);
-        assert_eq!(Window::new(6.0, None, None, []).unwrap().nslots, 1);
-        assert!(Window::new(6.0, Some(3.0), None, []).unwrap_err().message.contains("not a multiple of the step"));
-        assert!(Window::new(6.0, None, Some(9.0), []).unwrap_err().message.contains("not a multiple of slot_hours"));
-        assert!(Window::new(1e-3, None, Some(1e3), []).unwrap_err().message.contains("more than"));
+        // the default window: 12 h, rounded up to a multiple of the slot width
+        let w = Window::new(6.0, None, None).unwrap();
+        assert_eq!((w.window_hours, w.nslots), (DEFAULT_WINDOW_HOURS, 3));
+        assert_eq!(Window::new(1.0, None, None).unwrap().nslots, 13);
+        assert_eq!(Window::new(12.0, None, None).unwrap().window_hours, 12.0);
+        assert_eq!(Window::new(5.0, None, None).unwrap().window_hours, 15.0);
+        assert_eq!(Window::new(24.0, None, None).unwrap().window_hours, 24.0);
+        assert_eq!(Window::new(6.0, None, Some(0.0)).unwrap().nslots, 1);
+        assert!(Window::new(6.0, Some(3.0), None).unwrap_err().message.contains("not a multiple of the step"));
+        assert!(Window::new(6.0, None, Some(9.0)).unwrap_err().message.contains("not a multiple of slot_hours"));
+        assert!(Window::new(1e-3, None, Some(1e3)).unwrap_err().message.contains("more than"));
     }
 }

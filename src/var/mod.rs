@@ -7,6 +7,7 @@ pub mod control;
 mod lanczos;
 mod lmp;
 pub mod fourd;
+pub mod guards;
 pub mod options;
 pub mod report;
 pub mod solver;

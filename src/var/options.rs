@@ -1,7 +1,8 @@
 //! Run-time options: one TOML table shared by the CLI, the C ABI (`lda_open`'s options string), Fortran and C++.
 //!
 //! ```toml
-//! backend = "tract"            # "tract" (pure Rust, default) or "ort" (ONNX Runtime shared library)
+//! backend = "tract"            # "tract" (pure Rust, default), "ort" (ONNX Runtime shared library) or "auto" (ort when
+//!                              # a library is found and loads, else tract; the report says which and why)
 //! ort_library = "/path/libonnxruntime.so.1.24.1"   # or environment variable ORT_DYLIB_PATH
 //! device = "cpu"               # or "cuda:0" (backend "ort" only; fails if CUDA cannot be used)
 //! threads = 1                  # ONNX Runtime intra-op threads (1 = bit-reproducible on one machine)
@@ -26,11 +27,12 @@
 //! latent_increment = "linear"      # latent part: "linear" sd D'(z_b)(s w) (default, except with output "full_state")
 //!                                  # or "nonlinear" sd (D(z_b + s w) - D(z_b)) (outer loops relinearise the decoder)
 //! b_operator = "latent"        # B operator served to hosts (lda_bsqrt, ...): "latent", "hybrid" or "static"
-//! window_hours = 12.0          # l4dvar: window [0, window_hours] (default: the slots up to the latest observation)
+//! window_hours = 12.0          # l4dvar: window [0, window_hours] (default: the bundle's [forecast] value, else 12)
 //! slot_hours = 6.0             # l4dvar: observation slot width (default: the step model's time step)
 //! error_growth_per_hour = 0.2  # l4dvar: observation error variance x (1 + g t) at slot time t (step-model error;
 //!                              #   default: the bundle's [forecast] value, else 0)
 //! verbosity = 0                # 0 quiet, 1 iteration lines on stderr
+//! self_test = true             # run every graph on the bundle's probes at open (known-answer test; false skips it)
 //! ```
 
 use serde::Deserialize;
@@ -150,7 +152,7 @@ impl OutputMode {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Options {
-    /// "tract" or "ort".
+    /// "tract", "ort" or "auto".
     pub backend: String,
     /// ONNX Runtime shared library path.
     pub ort_library: Option<String>,
@@ -205,7 +207,8 @@ pub struct Options {
     /// nonlinear one needs 43 to over 80 (model card).
     pub latent_increment: Option<String>,
     /// l4dvar: length of the assimilation window [0, window_hours], a multiple of `slot_hours` (default: the
-    /// smallest one that holds every observation time).
+    /// bundle's `[forecast] window_hours`, else 12 h rounded up to a multiple of `slot_hours`; never the observation
+    /// times, so an observation outside the window is flagged instead of stretching it).
     pub window_hours: Option<f64>,
     /// l4dvar: width of the observation time slots, a multiple of the step model's time step (default: the step).
     pub slot_hours: Option<f64>,
@@ -215,6 +218,9 @@ pub struct Options {
     pub error_growth_per_hour: Option<f64>,
     /// 0 quiet, 1 iteration lines on stderr.
     pub verbosity: u32,
+    /// Run the known-answer self-test at open (each graph once on the bundle's probes, `crate::model::selftest`); off
+    /// for hosts that verified the bundle otherwise.
+    pub self_test: bool,
 }
 
 impl Default for Options {
@@ -248,6 +254,7 @@ impl Default for Options {
             slot_hours: None,
             error_growth_per_hour: None,
             verbosity: 0,
+            self_test: true,
         }
     }
 }
@@ -348,13 +355,15 @@ impl Options {
 
     /// Backend options.
     pub fn exec(&self) -> Result<ExecOptions> {
-        Ok(ExecOptions {
-            backend: BackendKind::parse(&self.backend)?,
-            ort_library: self.ort_library.as_ref().map(Into::into),
-            device: Device::parse(&self.device)?,
-            threads: self.threads,
-            cuda_tf32: self.cuda_tf32,
-        })
+        let device = Device::parse(&self.device)?;
+        let library = self.ort_library.as_ref().map(Into::into);
+        let (backend, ort_library, choice) = if self.backend == "auto" {
+            let (b, l, why) = crate::model::backend::resolve_auto(library, device)?;
+            (b, l, Some(why))
+        } else {
+            (BackendKind::parse(&self.backend)?, library, None)
+        };
+        Ok(ExecOptions { backend, ort_library, device, threads: self.threads, cuda_tf32: self.cuda_tf32, choice })
     }
 
     /// Solver parameters.

@@ -184,6 +184,11 @@ pub struct Report {
     /// The 4D-Var window (method l4dvar only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub window: Option<WindowInfo>,
+    /// Desroziers diagnostics per variable group and latitude band: the innovation estimates of R and H B H^T
+    /// against those in force, with their sums (accumulated over reports by `latentda tune`).
+    pub desroziers: Option<crate::diag::desroziers::Desroziers>,
+    /// The known-answer self-test run when the bundle was opened (status, cost, differences per graph).
+    pub self_test: crate::model::selftest::SelfTest,
     /// Timings.
     pub timings: Timings,
 }
@@ -224,7 +229,7 @@ impl Report {
                 si.jb_final,
                 si.jo_final,
                 si.passes,
-                if si.converged { "" } else { "; NOT converged to the gradient target" }
+                if si.converged { String::new() } else { format!("; NOT converged to the gradient target: {}", si.stop_reason) }
             );
             for r in &si.hessian_ritz {
                 let _ = writeln!(
@@ -288,6 +293,16 @@ impl Report {
                 s,
                 "balance (|lat|>20): corr(wind incr, geostrophic wind of incr) = {:.3}, relative difference = {:.3}",
                 b.correlation, b.relative_difference
+            );
+        }
+        if let Some(c) = self.desroziers.as_ref().and_then(|d| d.cell("all", "global")).filter(|c| c.n > 0) {
+            let f = |x: Option<f64>| x.map_or("null".to_string(), |x| format!("{x:.3}"));
+            let _ = writeln!(
+                s,
+                "Desroziers (all observations, weighted by 1/sigma_o^2): E[da db]/R = {}, E[(Hxa-Hxb) db]/HBH^T = {}, E[db^2]/(R+HBH^T) = {}",
+                f(c.r_ratio),
+                f(c.hbh_ratio),
+                f(c.innovation_ratio)
             );
         }
         let t = &self.timings;

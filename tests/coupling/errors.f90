@@ -3,10 +3,64 @@
 !> Every failing call must return its documented status in ierr, leave a message containing the expected text
 !> (lda_last_error), and leave the host arrays bit-identical. Usage: errors_f BUNDLE (a fixture bundle: u, t on 3
 !> levels, ps; 8 x 16 grid). Prints "ok <case>" or "FAIL <case>: ..." per check; stops with code 1 on any failure.
+
+!> Step-model callbacks (identity model) whose first step call re-enters its own context through a copy of the
+!> handle (issue 25, item 4): lda_analyse and lda_close there must return LDA_ERR_NOT_READY and leave it open.
+module errors_f_reentry
+  use, intrinsic :: iso_c_binding, only: c_ptr, c_size_t, c_double, c_int32_t, c_associated
+  use latentda
+  implicit none
+  type(lda_context), save :: cb_ctx                 ! a copy of the program's handle
+  integer, save :: cb_calls = 0, cb_analyse = -1, cb_close = -1
+  logical, save :: cb_still_open = .false.
+  character(len=512), save :: cb_msg = ''
+contains
+  integer(c_int32_t) function cb_step(user, n, x, x_next) bind(C)
+    type(c_ptr), value :: user
+    integer(c_size_t), value :: n
+    real(c_double), intent(in) :: x(n)
+    real(c_double), intent(out) :: x_next(n)
+    integer :: ierr
+    x_next = x
+    cb_calls = cb_calls + 1
+    if (cb_calls == 1) then
+      call lda_analyse(cb_ctx, ierr)
+      cb_analyse = ierr
+      call lda_last_error(cb_ctx, cb_msg)
+      call lda_close(cb_ctx, ierr)
+      cb_close = ierr
+      cb_still_open = .not. cb_ctx%is_null()
+    end if
+    cb_step = 0
+    if (c_associated(user)) cb_step = 1
+  end function cb_step
+
+  integer(c_int32_t) function cb_tl(user, n, x, dx, dx_next) bind(C)
+    type(c_ptr), value :: user
+    integer(c_size_t), value :: n
+    real(c_double), intent(in) :: x(n), dx(n)
+    real(c_double), intent(out) :: dx_next(n)
+    dx_next = dx
+    cb_tl = 0
+    if (c_associated(user) .or. any(x /= x)) cb_tl = 1
+  end function cb_tl
+
+  integer(c_int32_t) function cb_ad(user, n, x, dx_next, dx) bind(C)
+    type(c_ptr), value :: user
+    integer(c_size_t), value :: n
+    real(c_double), intent(in) :: x(n), dx_next(n)
+    real(c_double), intent(out) :: dx(n)
+    dx = dx_next
+    cb_ad = 0
+    if (c_associated(user) .or. any(x /= x)) cb_ad = 1
+  end function cb_ad
+end module errors_f_reentry
+
 program errors_f
   use, intrinsic :: iso_c_binding, only: c_int32_t, c_int64_t, c_float, c_double, c_size_t
   use, intrinsic :: ieee_arithmetic, only: ieee_value, ieee_quiet_nan
   use latentda
+  use errors_f_reentry
   implicit none
 
   integer, parameter :: nlon = 16, nlat = 8, nlev = 3, nobs = 3
@@ -187,9 +241,39 @@ program errors_f
     call expect('bsqrt wrong size', ctx, LDA_ERR_INVALID_ARGUMENT, 'control vector v')
   end block
 
+  ! --- re-entry from a step-model callback (issue 25, item 4): refused at once, the outer call completes
+  block
+    real(c_double) :: step_dot, chained_dot
+    cb_ctx = ctx
+    call lda_set_step_model(ctx, cb_step, cb_tl, cb_ad, 6.0d0, ierr)
+    call expect('set_step_model', ctx, LDA_OK, '')
+    call lda_l4dvar_check(ctx, 2, step_dot, chained_dot, ierr)
+    call expect('l4dvar_check whose callback re-enters', ctx, LDA_OK, '')
+    if (cb_calls < 1) call failed('re-entry: the step callback never ran')
+    ierr = cb_analyse
+    if (ierr /= LDA_ERR_NOT_READY .or. index(cb_msg, 're-entrant call') == 0) then
+      write(*, '(a, i0, 2a)') 'FAIL analyse from inside a callback: ierr ', ierr, ' message ', trim(cb_msg)
+      failures = failures + 1
+    else
+      write(*, '(2a)') 'ok analyse from inside a callback: ', trim(cb_msg)
+    end if
+    if (cb_close /= LDA_ERR_NOT_READY .or. .not. cb_still_open) then
+      write(*, '(a, i0)') 'FAIL close from inside a callback must be refused and keep the handle: ierr ', cb_close
+      failures = failures + 1
+    else
+      write(*, '(a)') 'ok close from inside a callback: refused, handle kept'
+    end if
+    call lda_clear_step_model(ctx, ierr)
+    call expect('clear_step_model', ctx, LDA_OK, '')
+  end block
+
   call lda_close(ctx)
   if (.not. ctx%is_null()) call failed('close: context not null')
   call lda_close(ctx)   ! closing twice is harmless in Fortran
+  ! A copy of the handle, closed through the original: refused (not an abort), and the copy is nulled.
+  call lda_close(cb_ctx, ierr)
+  call expect('close a copy of a closed handle', cb_ctx, LDA_ERR_INVALID_ARGUMENT, 'not a live context')
+  if (.not. cb_ctx%is_null()) call failed('close of a closed copy: handle not nulled')
   write(*, '(a, i0, a)') 'version ', len(lda_version()), ' chars'
   if (failures > 0) then
     write(*, '(a, i0, a)') 'FAILED: ', failures, ' failure(s)'

@@ -1,0 +1,114 @@
+"""Recipe (c) of the robustness matrix: backgrounds that are 6 h forecasts of cycled analyses.
+
+A short 3D-Var cycle, in memory, with the cycling driver's own pieces (`cycling.Model`, its C ABI wrapper
+`cycling.Latentda`, `cycling.HostFields`, `cycling.observations`, `cycling.add_increment`; cycling.py itself is not
+changed and its outputs are not needed): jcm starts at 00 UTC of day START - SPINUP from the truth perturbed as in
+`forecasts.Forecaster.run`, forecasts 6 h, latentda analyses the forecast with `--method` (default 3dvar, the B of
+`cycling.CYCLING_OPTIONS`, both B x 0.35 for 6 h errors) and the cycle's observations (`--network`, default
+"uniform": 300 new uniform random columns each cycle, noise seed `cycling.OBS_SEED + c`), the increment goes back
+into jcm's spectral state, and so on. After the spin-up, the 6 h background and the truth of every EVERY-th cycle
+are saved as OUT/cycle_CCCC.npz (bg, truth: float32 (41, 48, 96); cycle, day, hour, the background's RMSE):
+the matrix draws its own, independent observations for them.
+
+    python -m latentda_train.cycled_cases --data DATA --out DATA/matrix/cycled
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import time
+
+import numpy as np
+
+from . import cases as CS
+from . import data as D
+
+START_DAY = 611        # first day that may hold a saved case (validation period: >= 600)
+SPINUP_DAYS = 3
+EVERY = 5              # cycles between saved cases (30 h: the saved times walk through 00/06/12/18 UTC)
+N_CASES = 8
+METHOD = "3dvar"
+NETWORK = "uniform"
+
+
+def saved_cycles(spinup_days=SPINUP_DAYS, every=EVERY, n=N_CASES):
+    """Cycle numbers (1 = the first 6 h forecast) whose backgrounds are saved: after the spin-up, every `every`."""
+    return [4 * spinup_days + 1 + every * k for k in range(n)]
+
+
+def run(data, out, start_day=START_DAY, spinup_days=SPINUP_DAYS, every=EVERY, n=N_CASES, method=METHOD,
+        network=NETWORK, bundle=None, lib=None, extra_options="", log=None):
+    """Runs the cycle (unless every case file exists) and returns the saved case files in cycle order."""
+    from . import cycling as CY
+    log = log or (lambda m: print(m, flush=True))
+    want = saved_cycles(spinup_days, every, n)
+    files = [os.path.join(out, f"cycle_{c:04d}.npz") for c in want]
+    if all(os.path.exists(f) for f in files):
+        return files
+    os.makedirs(out, exist_ok=True)
+    settings = {"start_day": start_day, "spinup_days": spinup_days, "every": every, "n": n, "method": method,
+                "network": network, "options": CY.CYCLING_OPTIONS, "obs_seed": CY.OBS_SEED,
+                "bundle": os.path.abspath(bundle or CY.DEFAULT_BUNDLE)}
+    sp = os.path.join(out, "settings.json")
+    if os.path.exists(sp) and json.load(open(sp)) != settings:
+        for f in glob.glob(os.path.join(out, "cycle_*.npz")):
+            os.remove(f)
+    json.dump(settings, open(sp, "w"), indent=1)
+    t0 = time.time()
+    lat, lon, sig = D.grid(data)
+    X = CY.Nature(data)
+    st = CS.stations(lat, lon)
+    t0_day = start_day - spinup_days
+    model = CY.Model(data)
+    dyn, phys, step, info = model.perturbed_start(t0_day)
+    model.set(dyn, phys, step)
+    options = CY.CYCLING_OPTIONS + ("\n" + extra_options if extra_options else "")
+    lda = CY.Latentda(lib or CY.DEFAULT_LIB, bundle or CY.DEFAULT_BUNDLE, options)
+    host = CY.HostFields(lda, len(lat), len(lon))
+    log(f"cycled cases: {method}/{network} from day {t0_day} 00 UTC (perturbation days {info['a']}, {info['b']}), "
+        f"saving cycles {want}; ready in {time.time() - t0:.1f} s")
+    for c in range(1, max(want) + 1):
+        x_b = model.step6h()
+        truth = np.asarray(X[4 * t0_day - 1 + c], np.float64)
+        rb = CY.area_rmse(x_b - truth, lat)
+        if c in want:
+            f = files[want.index(c)]
+            np.savez(f + ".partial.npz", bg=x_b.astype(np.float32), truth=truth.astype(np.float32), cycle=c,
+                     day=t0_day + c // 4, hour=6 * (c % 4), bg_rmse=json.dumps(rb), start_day=t0_day)
+            os.replace(f + ".partial.npz", f)
+        obs = CY.observations(lda, truth, lat, lon, sig, st, CY.OBS_SEED + c, network)
+        host.load(x_b)
+        lda.set_obs(*obs)
+        lda.analyse(method)
+        x_a = host.state()
+        dyn_b, phys, step = model.current()
+        model.set(CY.add_increment(model.m, dyn_b, x_b, x_a), phys, step)
+        ra = CY.area_rmse(x_a - truth, lat)
+        log(f"cycle {c:3d} day {t0_day + c // 4} {6 * (c % 4):02d}Z " + " ".join(
+            f"{v} {rb[v]:.3g}->{ra[v]:.3g}" for v in ("u", "v", "t", "ps")) + (" saved" if c in want else "")
+            + f" {time.time() - t0:.0f}s")
+    lda.close()
+    return files
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=D.DEFAULT_OUT)
+    ap.add_argument("--out", default=None, help="default DATA/matrix/cycled")
+    ap.add_argument("--start-day", type=int, default=START_DAY)
+    ap.add_argument("--spinup-days", type=int, default=SPINUP_DAYS)
+    ap.add_argument("--every", type=int, default=EVERY)
+    ap.add_argument("--cases", type=int, default=N_CASES)
+    ap.add_argument("--method", default=METHOD)
+    ap.add_argument("--network", default=NETWORK)
+    ap.add_argument("--bundle", default=None, help="default: the reference bundle models/speedy-t31")
+    ap.add_argument("--options", default="", help="extra latentda options (TOML lines), e.g. the ONNX Runtime backend")
+    a = ap.parse_args(argv)
+    run(a.data, a.out or os.path.join(a.data, "matrix", "cycled"), a.start_day, a.spinup_days, a.every, a.cases,
+        a.method, a.network, bundle=a.bundle, extra_options=a.options)
+
+
+if __name__ == "__main__":
+    main()

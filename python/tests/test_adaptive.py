@@ -1,0 +1,171 @@
+"""The cycling driver's online B sizing (cycling.AdaptiveB, adaptive_scale): no jcm, no latentda library needed.
+
+Reports are synthetic dicts in the shape of latentda's report JSON `desroziers` section."""
+import numpy as np
+import pytest
+
+from latentda_train import cycling as C
+
+
+def report(est, hbh_in_force, dadb=None, n=100, b_in_force=None):
+    """A report whose (all, global) cell has normalised sums est = sum dHx db / s^2, sum_hbh = sum sb^2 / s^2."""
+    cell = {"group": "all", "band": "global", "n": n,
+            "normalised": {"n": n, "sum_r": float(n), "sum_da_db": float(n if dadb is None else dadb),
+                           "sum_dhx_db": est, "sum_db_db": est + n, "sum_db": 0.0, "sum_hbh": hbh_in_force},
+            "r_ratio": 1.0, "hbh_ratio": None if hbh_in_force is None else est / hbh_in_force}
+    return {"desroziers": {"method": "x", "b_in_force": b_in_force or {}, "cells": [cell]}}
+
+
+def test_adaptive_scale_formula_and_bounds():
+    # one cycle at s = 1: the estimate over the in-force value
+    assert C.adaptive_scale([(30.0, 100.0, 1.0)]) == pytest.approx(0.3)
+    # cycles made at different scales are normalised by their own scale: in-force per unit = 100 in both
+    assert C.adaptive_scale([(30.0, 100.0, 1.0), (30.0, 50.0, 0.5)]) == pytest.approx(60.0 / 200.0)
+    # bounds
+    assert C.adaptive_scale([(1000.0, 1.0, 1.0)]) == 4.0
+    assert C.adaptive_scale([(-5.0, 100.0, 1.0)]) == 0.05
+    assert C.adaptive_scale([(1.0, 100.0, 1.0)], bounds=(0.2, 3.0)) == 0.2
+    # nothing usable: the default, bounded
+    assert C.adaptive_scale([], default=0.7) == 0.7
+    assert C.adaptive_scale([], default=10.0) == 4.0
+
+
+def test_terms_read_from_the_report_json():
+    assert C.desroziers_terms(report(3.0, 10.0, dadb=90.0)) == (3.0, 10.0, 90.0, 100, 103.0)
+    # no sigma_b (no background check): nothing to learn from
+    assert C.desroziers_terms(report(3.0, None)) is None
+    assert C.desroziers_terms({"method": "3dvar"}) is None
+
+
+def test_3dvar_converges_to_the_fixed_point_of_a_scalar_model():
+    """Scalar model of the Desroziers step: true H B H^T = s_true, R = r, B in force = s * b0 with b0 = 1: the
+    expected estimate is E[(Hxa-Hxb) db] = s b0 / (s b0 + r) * (s_true + r). The adaptive scale must converge to
+    s_true (inside the bounds), from above and from below, and the window must smooth it (no overshoot)."""
+    for s_true, r in ((0.15, 1.0), (2.5, 0.5)):
+        ad = C.AdaptiveB("3dvar", "baseline_variance_factor = 0.35\nlatent_variance_factor = 0.35", window=8)
+        traj = []
+        for _ in range(400):
+            o = ad.options()
+            s = o["baseline_variance_factor"] / 0.35
+            assert s == pytest.approx(ad.scale)
+            assert o["latent_variance_factor"] == 0.35   # not scaled for 3dvar
+            n = 1000
+            est = n * s / (s + r) * (s_true + r)
+            entry = ad.update(report(est, n * s))
+            traj.append(entry["scale_next"])
+            assert entry["scale"] == pytest.approx(s)
+        assert traj[-1] == pytest.approx(s_true, rel=1e-3), (s_true, traj[-5:])
+        # a 30-day run (120 cycles) gets within 5 %
+        assert traj[119] == pytest.approx(s_true, rel=0.05), (s_true, traj[119])
+        # monotone approach, no overshoot beyond the truth
+        d = np.sign(s_true - 1.0)
+        assert all(d * (b - a) >= -1e-12 for a, b in zip(traj, traj[1:]))
+        assert all(d * (x - s_true) <= 1e-9 for x in traj)
+
+
+def test_hybrid_scales_both_weights_from_the_first_report_and_survives_a_resume():
+    ad = C.AdaptiveB("hybrid", C.CYCLING_OPTIONS, window=4)
+    # the bundle's weights are not in the options: the first cycle runs with the start options
+    assert not ad.ready()
+    assert "hybrid_alpha" not in ad.options()
+    bif = {"hybrid_alpha": 0.7, "hybrid_beta": 0.3, "latent_variance_factor": 0.35, "baseline_variance_factor": 0.35}
+    e = ad.update(report(50.0, 100.0, b_in_force=bif))
+    assert e["options"] == {"hybrid_alpha": 0.7, "hybrid_beta": 0.3}
+    assert e["hbh_ratio"] == pytest.approx(0.5)
+    assert ad.scale == pytest.approx(0.5)
+    o = ad.options()
+    assert o["hybrid_alpha"] == pytest.approx(0.35) and o["hybrid_beta"] == pytest.approx(0.15)
+    assert o["latent_variance_factor"] == 0.35 and o["baseline_variance_factor"] == 0.35
+    # the options text is valid latentda TOML (parsed back identically)
+    assert C.parse_options(C.options_text(o)) == o
+    # resume: the state round-trips through JSON (the checkpoint's extra)
+    import json
+    st = json.loads(json.dumps(ad.state()))
+    ad2 = C.AdaptiveB("hybrid", C.CYCLING_OPTIONS, window=4, state=st)
+    assert ad2.options() == o
+    # the window keeps the last 4 cycles only
+    for _ in range(6):
+        ad2.update(report(10.0, 100.0 * ad2.scale))
+    assert len(ad2.history) == 4
+    assert ad2.scale == pytest.approx(0.1)
+
+
+def test_innovation_rule_reaches_the_scalar_fixed_point_in_one_step():
+    """E[d_b^2] - R = s_true whatever the B in force: one update lands on the truth (R right)."""
+    s_true, r, n = 0.15, 1.0, 1000
+    ad = C.AdaptiveB("l3dvar", C.CYCLING_OPTIONS, rule="innovation")
+    for k in range(3):
+        s = ad.scale
+        est = n * s / (s + r) * (s_true + r)             # E[(Hxa-Hxb) db]
+        dbdb = n * (s_true + r)                          # sum d_b^2 / sigma_o^2 with sigma_o^2 = r = 1
+        rep = report(est, n * s, n=n)
+        rep["desroziers"]["cells"][0]["normalised"]["sum_db_db"] = dbdb
+        ad.update(rep)
+        assert ad.scale == pytest.approx(s_true), (k, ad.scale)
+        assert ad.options()["latent_variance_factor"] == pytest.approx(0.35 * s_true)
+    with pytest.raises(ValueError):
+        C.AdaptiveB("l3dvar", C.CYCLING_OPTIONS, rule="nope")
+
+
+def test_level_off_ratio_of_the_summary():
+    """Last 10 scored days over scored days 5-15 (the issue's gate), from metrics rows."""
+    rows = [{"cycle": c, "an": {"u": 1.0 if c < 60 else 1.2}} for c in range(13, 133)]   # 30 days from cycle 13
+    # days 5-15 = cycles 33..72: 27 at 1.0, 13 at 1.2; last 10 days all 1.2
+    assert C.level_off(rows, "u") == pytest.approx(1.2 / ((27 * 1.0 + 13 * 1.2) / 40))
+    assert np.isnan(C.level_off(rows[:40], "u"))     # 10 days: too short
+
+
+def split_report(alpha, beta, cells):
+    """A hybrid report with disjoint cells {(var, band): (est, latent in force, static in force)} (normalised sums)."""
+    out = []
+    for (g, band), (e, l, s) in cells.items():
+        out.append({"group": g, "band": band, "n": 50,
+                    "normalised": {"n": 50, "sum_r": 50.0, "sum_da_db": 50.0, "sum_dhx_db": e, "sum_db_db": e + 50,
+                                   "sum_db": 0.0, "sum_hbh": l + s, "sum_hbh_latent": l, "sum_hbh_static": s}})
+    tot = [sum(v[i] for v in cells.values()) for i in range(3)]
+    out.append({"group": "all", "band": "global", "n": 50 * len(cells),
+                "normalised": {"n": 50 * len(cells), "sum_r": 50.0 * len(cells), "sum_da_db": 50.0 * len(cells),
+                               "sum_dhx_db": tot[0], "sum_db_db": tot[0] + 50 * len(cells), "sum_db": 0.0,
+                               "sum_hbh": tot[1] + tot[2], "sum_hbh_latent": tot[1], "sum_hbh_static": tot[2]}})
+    return {"desroziers": {"method": "hybrid", "cells": out,
+                           "b_in_force": {"hybrid_alpha": alpha, "hybrid_beta": beta,
+                                          "latent_variance_factor": 0.35, "baseline_variance_factor": 0.35}}}
+
+
+def test_split_mode_fits_alpha_and_beta_separately():
+    """Per unit weight the cells' latent and static H B H^T differ in proportion; the truth is alpha 0.2, beta 0.6
+    (absolute). Whatever weights the cycle ran with, the estimate is E = 0.2 L + 0.6 S per unit: one update lands on
+    the truth for each weight, relative to the starting (0.7, 0.3)."""
+    unit = {("u", "nh"): (3.0, 1.0), ("u", "tropics"): (1.0, 1.0), ("t", "sh"): (2.0, 0.5), ("ps", "nh"): (0.5, 2.0)}
+    ad = C.AdaptiveB("hybrid", C.CYCLING_OPTIONS, window=1, split=True)
+    for k in range(3):
+        a, b = (0.7, 0.3) if k == 0 else (ad.options()["hybrid_alpha"], ad.options()["hybrid_beta"])
+        cells = {c: (0.2 * l + 0.6 * s, a * l, b * s) for c, (l, s) in unit.items()}
+        e = ad.update(split_report(a, b, cells))
+        assert e["split"]["alpha"] == pytest.approx(0.2) and e["split"]["beta"] == pytest.approx(0.6)
+        o = ad.options()
+        assert o["hybrid_alpha"] == pytest.approx(0.2) and o["hybrid_beta"] == pytest.approx(0.6)
+        assert ad.weights == pytest.approx([0.2 / 0.7, 0.6 / 0.3])
+    # state round trip
+    import json
+    ad2 = C.AdaptiveB("hybrid", C.CYCLING_OPTIONS, window=1, split=True, state=json.loads(json.dumps(ad.state())))
+    assert ad2.options() == ad.options()
+    # window 3: the first two updates scale both weights together (joint rule), the third fits them apart
+    ad5 = C.AdaptiveB("hybrid", C.CYCLING_OPTIONS, window=3, split=True)
+    for k in range(3):
+        o = ad5.options()
+        a, b = o.get("hybrid_alpha", 0.7), o.get("hybrid_beta", 0.3)
+        ad5.update(split_report(a, b, {c: (0.2 * l + 0.6 * s, a * l, b * s) for c, (l, s) in unit.items()}))
+        if k < 2:
+            assert ad5.weights[0] == ad5.weights[1]
+    assert ad5.options()["hybrid_alpha"] == pytest.approx(0.2) and ad5.options()["hybrid_beta"] == pytest.approx(0.6)
+    # bounds apply to each weight: a truth of beta 3.0 is 10x the start 0.3, bounded to 4x
+    ad3 = C.AdaptiveB("hybrid", C.CYCLING_OPTIONS, window=1, split=True)
+    ad3.update(split_report(0.7, 0.3, {c: (0.2 * l + 3.0 * s, 0.7 * l, 0.3 * s) for c, (l, s) in unit.items()}))
+    assert ad3.options()["hybrid_beta"] == pytest.approx(4.0 * 0.3)
+    # parallel parts: no split, the weights stay
+    ad4 = C.AdaptiveB("hybrid", C.CYCLING_OPTIONS, window=1, split=True)
+    e = ad4.update(split_report(0.7, 0.3, {c: (l, 0.7 * l, 0.3 * l) for c, (l, s) in unit.items()}))
+    assert "split" not in e and ad4.weights == [1.0, 1.0]
+    with pytest.raises(ValueError):
+        C.AdaptiveB("3dvar", C.CYCLING_OPTIONS, split=True)

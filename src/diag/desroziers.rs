@@ -1,0 +1,844 @@
+//! Desroziers diagnostics: tuning B and R from innovations, without truth (Desroziers et al. 2005).
+//!
+//! With d_b = y - H x_b (innovation), d_a = y - H x_a (analysis residual) and H x_a - H x_b = d_b - d_a, an analysis
+//! whose B and R are right satisfies, per observation subset,
+//!
+//! ```text
+//! E[d_a d_b]              = R                (observation-error variance)
+//! E[(H x_a - H x_b) d_b]  = H B H^T          (background-error variance at the observations)
+//! E[d_b d_b]              = H B H^T + R      (holds for any gain: it is the sum of the two lines above)
+//! ```
+//!
+//! Every analysis report carries, per variable group (each bundle variable, and `wind` = u + v, `mass` = t + z +
+//! ps, `all`) and latitude band (`nh` lat > 20, `tropics` |lat| <= 20, `sh` lat < -20, `global`), over the observations
+//! the analysis used: the sums of sigma_o^2 (the R in force), d_a d_b, (H x_a - H x_b) d_b, d_b d_b, d_b and
+//! sigma_b^2 (the H B H^T in force, where sigma_b = H sqrt(diag B) is the background check's background-error sd
+//! interpolated to the observation; null when no background check ran). Sums, not only means, so that reports can
+//! be accumulated exactly ([`tune`], the `latentda tune` verb). The sums come twice: in physical units (null for
+//! groups that mix units) and normalised, each term divided by the observation's sigma_o^2; the ratios
+//! estimate / in force are taken from the normalised sums (each observation weighted as the analysis weighs it).
+//!
+//! Tuning (a fixed-point iteration, docs/b-operator.md): the B in force is g times a fixed shape (g: the variance
+//! factor of the method's B, or the hybrid's alpha + beta). Over a set of reports k,
+//!
+//! ```text
+//! g_new = sum_k sum_i (H x_a - H x_b)_i d_b,i / sigma_o,i^2  /  sum_k (1 / g_k) sum_i sigma_b,i^2 / sigma_o,i^2
+//! ```
+//!
+//! which is g x (estimated / in-force H B H^T) when every report had the same g. Apply it, rerun, repeat until the
+//! ratio is about 1. The hybrid's reports also split sigma_b^2 into its latent and static parts, so that alpha and
+//! beta can be fitted on their own ([`hybrid_split`]).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::obs::operator::ObsOperator;
+use crate::obs::Observation;
+use crate::var::analysis::Analyser;
+use crate::var::options::{BKind, Method};
+
+/// Latitude bands of the diagnostics: name and whether a latitude belongs to it.
+pub const BANDS: [&str; 4] = ["global", "nh", "tropics", "sh"];
+
+/// Edge of the extratropical bands, degrees (nh: lat > 20, sh: lat < -20, tropics: the rest).
+pub const BAND_EDGE: f64 = 20.0;
+
+/// Multi-variable groups: name and member variable names (a group is reported when a bundle has a member).
+pub const GROUPS: [(&str, &[&str]); 2] = [("wind", &["u", "v"]), ("mass", &["t", "z", "ps"])];
+
+/// Whether latitude `lat` (degrees) lies in band `band` (one of [`BANDS`]).
+pub fn in_band(band: &str, lat: f64) -> bool {
+    match band {
+        "global" => true,
+        "nh" => lat > BAND_EDGE,
+        "sh" => lat < -BAND_EDGE,
+        "tropics" => lat.abs() <= BAND_EDGE,
+        _ => false,
+    }
+}
+
+/// Sums over the observations of one cell (group x band). Accumulate reports by adding them field by field.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct DesroziersSums {
+    /// Number of used observations.
+    pub n: usize,
+    /// Sum of sigma_o^2 (the R in force; n in the normalised sums).
+    pub sum_r: f64,
+    /// Sum of d_a d_b.
+    pub sum_da_db: f64,
+    /// Sum of (H x_a - H x_b) d_b.
+    pub sum_dhx_db: f64,
+    /// Sum of d_b d_b.
+    pub sum_db_db: f64,
+    /// Sum of d_b (a bias makes the variance estimates above too large by its square).
+    pub sum_db: f64,
+    /// Sum of sigma_b^2, the H B H^T in force (null when the background-error sd was not computed).
+    pub sum_hbh: Option<f64>,
+    /// Hybrid only: the latent part of `sum_hbh`, alpha (H sd_latent)^2 (null otherwise).
+    #[serde(default)]
+    pub sum_hbh_latent: Option<f64>,
+    /// Hybrid only: the static part of `sum_hbh`, beta (H sd_static)^2 (null otherwise).
+    #[serde(default)]
+    pub sum_hbh_static: Option<f64>,
+}
+
+/// Adds `x` to an optional sum that stays known only while every term is (`first`: the sum is still empty).
+fn add_known(first: bool, acc: Option<f64>, x: Option<f64>) -> Option<f64> {
+    match (first, acc, x) {
+        (true, _, x) => x,
+        (false, Some(a), Some(x)) => Some(a + x),
+        _ => None,
+    }
+}
+
+impl DesroziersSums {
+    fn add_obs(&mut self, w: f64, r: f64, da: f64, db: f64, sb2: Option<f64>, parts: Option<(f64, f64)>) {
+        self.sum_hbh_latent = add_known(self.n == 0, self.sum_hbh_latent, parts.map(|p| w * p.0));
+        self.sum_hbh_static = add_known(self.n == 0, self.sum_hbh_static, parts.map(|p| w * p.1));
+        self.n += 1;
+        self.sum_r += w * r;
+        self.sum_da_db += w * da * db;
+        self.sum_dhx_db += w * (db - da) * db;
+        self.sum_db_db += w * db * db;
+        self.sum_db += w.sqrt() * db;
+        self.sum_hbh = match (self.n == 1, self.sum_hbh, sb2) {
+            (true, _, Some(s)) => Some(w * s),
+            (false, Some(acc), Some(s)) => Some(acc + w * s),
+            _ => None,
+        };
+    }
+
+    /// Adds another cell's sums (the H B H^T sum stays known only when both are known).
+    pub fn add(&mut self, o: &DesroziersSums) {
+        if o.n == 0 {
+            return;
+        }
+        self.sum_hbh_latent = add_known(self.n == 0, self.sum_hbh_latent, o.sum_hbh_latent);
+        self.sum_hbh_static = add_known(self.n == 0, self.sum_hbh_static, o.sum_hbh_static);
+        self.sum_hbh = match (self.n == 0, self.sum_hbh, o.sum_hbh) {
+            (true, _, h) => h,
+            (false, Some(a), Some(b)) => Some(a + b),
+            _ => None,
+        };
+        self.n += o.n;
+        self.sum_r += o.sum_r;
+        self.sum_da_db += o.sum_da_db;
+        self.sum_dhx_db += o.sum_dhx_db;
+        self.sum_db_db += o.sum_db_db;
+        self.sum_db += o.sum_db;
+    }
+
+    fn mean(&self, s: f64) -> Option<f64> {
+        (self.n > 0).then(|| s / self.n as f64)
+    }
+}
+
+/// One cell (variable group x latitude band): sums, means and ratios.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct DesroziersCell {
+    /// Variable group: a bundle variable, `wind`, `mass` or `all`.
+    pub group: String,
+    /// Latitude band: `global`, `nh` (lat > 20), `tropics` (|lat| <= 20) or `sh` (lat < -20).
+    pub band: String,
+    /// Units of the physical sums (empty when the group mixes units).
+    pub units: String,
+    /// Used observations in the cell.
+    pub n: usize,
+    /// Sums in physical units (null for groups that mix units).
+    pub sums: Option<DesroziersSums>,
+    /// Sums with each term divided by the observation's sigma_o^2 (dimensionless).
+    pub normalised: DesroziersSums,
+    /// Mean sigma_o^2: the R in force (physical units; null for mixed groups or n = 0).
+    pub r_in_force: Option<f64>,
+    /// `E[d_a d_b]`: the innovation estimate of R.
+    pub r_estimate: Option<f64>,
+    /// Mean sigma_b^2: the H B H^T in force (null when not computed).
+    pub hbh_in_force: Option<f64>,
+    /// `E[(H x_a - H x_b) d_b]`: the innovation estimate of H B H^T.
+    pub hbh_estimate: Option<f64>,
+    /// `E[d_b d_b]` (= the two estimates' sum).
+    pub db_db: Option<f64>,
+    /// Mean innovation `E[d_b]`.
+    pub db_mean: Option<f64>,
+    /// R estimate / R in force, from the normalised sums: sum(d_a d_b / sigma_o^2) / n.
+    pub r_ratio: Option<f64>,
+    /// H B H^T estimate / H B H^T in force, from the normalised sums: sum((H x_a - H x_b) d_b / sigma_o^2) /
+    /// sum(sigma_b^2 / sigma_o^2).
+    pub hbh_ratio: Option<f64>,
+    /// `E[d_b^2]` / (R + H B H^T in force), normalised sums (about 1 when both are right).
+    pub innovation_ratio: Option<f64>,
+}
+
+impl DesroziersCell {
+    /// Recomputes the means and ratios from the sums (after accumulation).
+    pub fn finish(&mut self) {
+        self.n = self.normalised.n;
+        let (m, s) = (&self.normalised, self.sums.as_ref());
+        self.r_in_force = s.and_then(|s| s.mean(s.sum_r));
+        self.r_estimate = s.and_then(|s| s.mean(s.sum_da_db));
+        self.hbh_in_force = s.and_then(|s| s.sum_hbh.and_then(|h| s.mean(h)));
+        self.hbh_estimate = s.and_then(|s| s.mean(s.sum_dhx_db));
+        self.db_db = s.and_then(|s| s.mean(s.sum_db_db));
+        self.db_mean = s.and_then(|s| s.mean(s.sum_db));
+        self.r_ratio = m.mean(m.sum_da_db);
+        self.hbh_ratio = m.sum_hbh.filter(|h| *h > 0.0 && m.n > 0).map(|h| m.sum_dhx_db / h);
+        self.innovation_ratio = m.sum_hbh.filter(|_| m.n > 0).map(|h| m.sum_db_db / (m.sum_r + h));
+    }
+}
+
+/// The B whose size the diagnostics judge: the factors and weights in force for the analysis.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct BInForce {
+    /// Factor on the latent B's variances (l3dvar, l4dvar, hybrid).
+    pub latent_variance_factor: Option<f64>,
+    /// Factor on the static B's variances (3dvar, hybrid).
+    pub baseline_variance_factor: Option<f64>,
+    /// Hybrid weight of the latent B.
+    pub hybrid_alpha: Option<f64>,
+    /// Hybrid weight of the static B.
+    pub hybrid_beta: Option<f64>,
+}
+
+impl BInForce {
+    /// The scale g of the method's B (the B in force is g times a fixed shape): the latent variance factor for
+    /// l3dvar and l4dvar, the baseline variance factor for 3dvar, alpha + beta for the hybrid (whose shape is fixed
+    /// while alpha / beta is).
+    pub fn scale(&self, method: &str) -> Option<f64> {
+        match method {
+            "l3dvar" | "l4dvar" => self.latent_variance_factor,
+            "3dvar" => self.baseline_variance_factor,
+            "hybrid" => Some(self.hybrid_alpha? + self.hybrid_beta?),
+            _ => None,
+        }
+    }
+}
+
+/// The report's `desroziers` section.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Desroziers {
+    /// Analysis method.
+    pub method: String,
+    /// The B in force.
+    pub b_in_force: BInForce,
+    /// Where sigma_b (the H B H^T in force) came from, or why it is null.
+    pub sigma_b: String,
+    /// Cells, groups in the order: bundle variables, `wind`, `mass`, `all`; bands as [`BANDS`].
+    pub cells: Vec<DesroziersCell>,
+}
+
+impl Desroziers {
+    /// The cell of `group` and `band`.
+    pub fn cell(&self, group: &str, band: &str) -> Option<&DesroziersCell> {
+        self.cells.iter().find(|c| c.group == group && c.band == band)
+    }
+}
+
+/// One used observation: bundle variable index, latitude, value y, H x_b, H x_a, sigma_o (as used: inflated in
+/// l4dvar's later slots) and sigma_b (if known).
+#[derive(Debug, Clone, Copy)]
+pub struct Innovation {
+    /// Bundle variable index.
+    pub var: usize,
+    /// Latitude, degrees.
+    pub lat: f64,
+    /// Observed value.
+    pub y: f64,
+    /// H x_b.
+    pub hxb: f64,
+    /// H x_a.
+    pub hxa: f64,
+    /// Observation-error sd in force.
+    pub sigma: f64,
+    /// Background-error sd in force at the observation (H sqrt(diag B)), if known.
+    pub sigma_b: Option<f64>,
+    /// Hybrid: the latent and static parts of sigma_b^2 in force, alpha (H sd_latent)^2 and beta (H sd_static)^2.
+    pub sigma_b_parts: Option<(f64, f64)>,
+}
+
+/// The cells of the diagnostics for observations `rows` of a bundle with variables `variables` (name, units).
+pub fn cells(variables: &[(String, String)], rows: &[Innovation]) -> Vec<DesroziersCell> {
+    // groups: name, units ("" if mixed), member variable indices
+    let mut groups: Vec<(String, String, Vec<usize>)> =
+        variables.iter().enumerate().map(|(v, (n, u))| (n.clone(), u.clone(), vec![v])).collect();
+    for (g, names) in GROUPS {
+        let members: Vec<usize> = names.iter().filter_map(|n| variables.iter().position(|(m, _)| m == n)).collect();
+        if !members.is_empty() {
+            groups.push((g.to_string(), common_units(variables, &members), members));
+        }
+    }
+    groups.push(("all".into(), common_units(variables, &(0..variables.len()).collect::<Vec<_>>()), (0..variables.len()).collect()));
+    // one pass over the observations: each adds to the groups of its variable, in "global" and in its own band
+    let of_var: Vec<Vec<usize>> =
+        (0..variables.len()).map(|v| (0..groups.len()).filter(|&g| groups[g].2.contains(&v)).collect()).collect();
+    let mut acc = vec![[(); 4].map(|_| (DesroziersSums::default(), DesroziersSums::default())); groups.len()];
+    for r in rows {
+        let (db, da, r2) = (r.y - r.hxb, r.y - r.hxa, r.sigma * r.sigma);
+        let sb2 = r.sigma_b.map(|s| s * s);
+        // "global", and the observation's own band (none for a non-finite latitude, which H never locates)
+        let own = (1..BANDS.len()).find(|&b| in_band(BANDS[b], r.lat));
+        for &g in of_var.get(r.var).map(|v| v.as_slice()).unwrap_or(&[]) {
+            for b in std::iter::once(0).chain(own) {
+                let (phys, norm) = &mut acc[g][b];
+                phys.add_obs(1.0, r2, da, db, sb2, r.sigma_b_parts);
+                norm.add_obs(1.0 / r2, r2, da, db, sb2, r.sigma_b_parts);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for ((g, units, members), cells) in groups.iter().zip(acc) {
+        for (band, (phys, norm)) in BANDS.iter().zip(cells) {
+            let mut c = DesroziersCell {
+                group: g.clone(),
+                band: band.to_string(),
+                units: units.clone(),
+                sums: (!units.is_empty() || members.len() == 1).then_some(phys),
+                normalised: norm,
+                ..Default::default()
+            };
+            c.finish();
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn common_units(variables: &[(String, String)], members: &[usize]) -> String {
+    let u = &variables[members[0]].1;
+    if members.iter().all(|&m| &variables[m].1 == u) { u.clone() } else { String::new() }
+}
+
+/// The used observations of an analysis as [`Innovation`]s: rows of `h` (observations `obs`), H x_b and H x_a per
+/// row, the sigma_o in force per row, and the background-error sd `sd` (the layout `h` applies to) if computed.
+pub fn innovations(obs: &[Observation], h: &ObsOperator, hxb: &[f64], hxa: &[f64], sigma: &[f64], sd: Option<&[f64]>) -> Vec<Innovation> {
+    let sigb = sd.map(|sd| {
+        let mut s = vec![0.0; h.nrows()];
+        h.apply(sd, &mut s);
+        s
+    });
+    (0..h.nrows())
+        .map(|r| {
+            let o = &obs[h.rows[r]];
+            Innovation {
+                var: o.var.unwrap_or(0),
+                lat: o.lat,
+                y: o.value,
+                hxb: hxb[r],
+                hxa: hxa[r],
+                sigma: sigma[r],
+                sigma_b: sigb.as_ref().map(|s| s[r]),
+                sigma_b_parts: None,
+            }
+        })
+        .collect()
+}
+
+impl Analyser {
+    /// The report's `desroziers` section of an analysis by `method`: see the module documentation. `sd` is the
+    /// background check's background-error sd (state or trajectory layout, as `h`), `None` when it did not run.
+    /// For the hybrid it also splits sigma_b^2 into its latent and static parts, from the variances of the two
+    /// cached B operators (the background check computed both: no model run here).
+    #[allow(clippy::too_many_arguments)]
+    pub fn desroziers(
+        &mut self,
+        method: Method,
+        obs: &[Observation],
+        h: &ObsOperator,
+        hxb: &[f64],
+        hxa: &[f64],
+        sigma: &[f64],
+        sd: Option<&[f64]>,
+    ) -> Desroziers {
+        let lay = &self.bundle.layout;
+        let vars: Vec<(String, String)> =
+            lay.variables.iter().enumerate().map(|(v, var)| (var.name.clone(), self.bundle.units(v).to_string())).collect();
+        let o = &self.options;
+        let lvf = o.latent_variance_factor.unwrap_or(1.0);
+        let bvf = o.baseline_variance_factor.unwrap_or(self.bundle.baseline_variance_factor);
+        let b_in_force = match method {
+            Method::L3dvar | Method::L4dvar => BInForce { latent_variance_factor: Some(lvf), ..Default::default() },
+            Method::Var3d => BInForce { baseline_variance_factor: Some(bvf), ..Default::default() },
+            Method::Hybrid => {
+                let hs = self.hybrid_settings().ok();
+                BInForce {
+                    latent_variance_factor: Some(lvf),
+                    baseline_variance_factor: Some(bvf),
+                    hybrid_alpha: hs.as_ref().map(|h| h.alpha),
+                    hybrid_beta: hs.as_ref().map(|h| h.beta),
+                }
+            }
+        };
+        let sigma_b = if sd.is_some() {
+            "H sqrt(diag B) of the B in force, as in the background check (sigma_b^2 approximates diag(H B H^T))".to_string()
+        } else {
+            "null: no background check ran (bg_check = 0), so diag B was not computed".to_string()
+        };
+        let mut rows = innovations(obs, h, hxb, hxa, sigma, sd);
+        if method == Method::Hybrid && sd.is_some() {
+            if let (Some(a), Some(b)) = (b_in_force.hybrid_alpha, b_in_force.hybrid_beta) {
+                let part = |me: &mut Analyser, kind: BKind, w: f64| -> Option<Vec<f64>> {
+                    let sd: Vec<f64> = me.with_b(kind, |op, ae| Ok(op.variance(ae)?.iter().map(|v| v.max(0.0).sqrt()).collect())).ok()?;
+                    let mut at = vec![0.0; h.nrows()];
+                    h.apply(&sd, &mut at);
+                    Some(at.iter().map(|x| w * x * x).collect())
+                };
+                if let (Some(l), Some(s)) = (part(self, BKind::Latent, a), part(self, BKind::Static, b)) {
+                    rows.iter_mut().enumerate().for_each(|(r, row)| row.sigma_b_parts = Some((l[r], s[r])));
+                }
+            }
+        }
+        Desroziers { method: method.name().into(), b_in_force, sigma_b, cells: cells(&vars, &rows) }
+    }
+}
+
+/// The result of accumulating the `desroziers` sections of a set of reports of one method ([`tune`]).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Tuning {
+    /// Method of the reports.
+    pub method: String,
+    /// Reports accumulated.
+    pub n_reports: usize,
+    /// Accumulated cells (sums added, means and ratios recomputed).
+    pub cells: Vec<DesroziersCell>,
+    /// Group and band the suggestion is made from.
+    pub group: String,
+    /// See `group`.
+    pub band: String,
+    /// R estimate / R in force over that cell (no option scales R: scale the observation errors sigma_o by its
+    /// square root).
+    pub r_ratio: Option<f64>,
+    /// H B H^T estimate / H B H^T in force over that cell (reports with sigma_b only).
+    pub hbh_ratio: Option<f64>,
+    /// The new scale g_new of the method's B (module documentation), if it can be estimated.
+    pub scale_new: Option<f64>,
+    /// Suggested options (name, value), in the order to write them.
+    pub options: Vec<(String, f64)>,
+    /// Hybrid only: alpha and beta fitted separately ([`hybrid_split`]), if the reports carry the latent and static
+    /// parts of sigma_b^2 and the cells tell them apart; written instead of the joint scaling by
+    /// [`Tuning::use_split`] (`latentda tune --hybrid-split`).
+    pub hybrid_split: Option<HybridSplit>,
+    /// Warnings (missing sigma_b, varying hybrid mix, too few observations, ...).
+    pub notes: Vec<String>,
+}
+
+/// Separately fitted hybrid weights (see [`hybrid_split`]).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct HybridSplit {
+    /// New alpha.
+    pub alpha: f64,
+    /// New beta.
+    pub beta: f64,
+    /// Cosine between the cells' latent and static H B H^T vectors (near 1: the two parts cannot be told apart).
+    pub cosine: f64,
+    /// Cells used (bundle variable x band nh / tropics / sh, with observations).
+    pub cells: usize,
+}
+
+/// Largest cosine between the latent and static in-force vectors for which [`hybrid_split`] gives an answer.
+pub const SPLIT_MAX_COSINE: f64 = 0.995;
+
+/// Hybrid weights from innovations, each part sized on its own: over the disjoint cells c (bundle variable x band
+/// nh, tropics, sh) of hybrid reports k, with E_c = sum_k sum (H x_a - H x_b) d_b / sigma_o^2 (the H B H^T estimate),
+/// L_c = sum_k sum alpha_k (H sd_l)^2 / sigma_o^2 / alpha_k and S_c likewise for the static part (the two parts in
+/// force per unit weight), the non-negative least-squares fit E_c ~ alpha L_c + beta S_c. The fit needs cells whose
+/// latent / static proportions differ (different variables, or the tropics against the extratropics); it returns
+/// `None` when the cosine between the vectors L and S exceeds [`SPLIT_MAX_COSINE`] or no report has the parts. It
+/// is a fixed-point step like the joint scaling.
+pub fn hybrid_split(sections: &[Desroziers]) -> Option<HybridSplit> {
+    let composite = |g: &str| g == "all" || GROUPS.iter().any(|(n, _)| *n == g);
+    let mut acc: BTreeMap<(String, String), [f64; 3]> = BTreeMap::new();
+    for s in sections.iter().filter(|s| s.method == "hybrid") {
+        let (Some(a), Some(b)) = (s.b_in_force.hybrid_alpha, s.b_in_force.hybrid_beta) else { continue };
+        if !(a > 0.0 && b > 0.0) {
+            continue;
+        }
+        for c in s.cells.iter().filter(|c| c.band != "global" && !composite(&c.group) && c.normalised.n > 0) {
+            let m = &c.normalised;
+            let (Some(l), Some(st)) = (m.sum_hbh_latent, m.sum_hbh_static) else { continue };
+            let e = acc.entry((c.group.clone(), c.band.clone())).or_default();
+            e[0] += m.sum_dhx_db;
+            e[1] += l / a;
+            e[2] += st / b;
+        }
+    }
+    if acc.len() < 2 {
+        return None;
+    }
+    let (mut ll, mut ss, mut ls, mut le, mut se) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    for [e, l, s] in acc.values() {
+        ll += l * l;
+        ss += s * s;
+        ls += l * s;
+        le += l * e;
+        se += s * e;
+    }
+    if !(ll > 0.0 && ss > 0.0) {
+        return None;
+    }
+    let cosine = ls / (ll * ss).sqrt();
+    if cosine > SPLIT_MAX_COSINE {
+        return None;
+    }
+    let det = ll * ss - ls * ls;
+    let (mut alpha, mut beta) = ((le * ss - se * ls) / det, (se * ll - le * ls) / det);
+    if alpha < 0.0 {
+        (alpha, beta) = (0.0, (se / ss).max(0.0));
+    } else if beta < 0.0 {
+        (alpha, beta) = ((le / ll).max(0.0), 0.0);
+    }
+    (alpha + beta > 0.0).then_some(HybridSplit { alpha, beta, cosine, cells: acc.len() })
+}
+
+/// Accumulates the `desroziers` sections of reports of method `method` and derives the new B size from the cell
+/// (`group`, `band`) (the module documentation gives the formula). Sections of other methods are an error.
+pub fn tune(sections: &[Desroziers], method: &str, group: &str, band: &str) -> Result<Tuning> {
+    if sections.is_empty() {
+        return Err(Error::arg("no report with a desroziers section to tune from"));
+    }
+    if let Some(s) = sections.iter().find(|s| s.method != method) {
+        return Err(Error::arg(format!("reports of method '{}' mixed with '{method}': tune one method at a time", s.method)));
+    }
+    if !BANDS.contains(&band) {
+        return Err(Error::arg(format!("band '{band}' is not known (use {})", BANDS.join(", "))));
+    }
+    let mut acc: BTreeMap<(String, String), DesroziersCell> = BTreeMap::new();
+    let mut order = Vec::new();
+    let mut notes = Vec::new();
+    // g_new = sum est / sum (in / g), over reports with sigma_b
+    let (mut num, mut den, mut n_without) = (0.0, 0.0, 0usize);
+    for s in sections {
+        for c in &s.cells {
+            let key = (c.group.clone(), c.band.clone());
+            let e = acc.entry(key.clone()).or_insert_with(|| {
+                order.push(key.clone());
+                DesroziersCell {
+                    group: c.group.clone(),
+                    band: c.band.clone(),
+                    units: c.units.clone(),
+                    sums: c.sums.as_ref().map(|_| DesroziersSums::default()),
+                    ..Default::default()
+                }
+            });
+            if let (Some(a), Some(b)) = (e.sums.as_mut(), c.sums.as_ref()) {
+                a.add(b);
+            }
+            e.normalised.add(&c.normalised);
+        }
+        let Some(c) = s.cell(group, band) else {
+            return Err(Error::arg(format!("a report has no desroziers cell for group '{group}', band '{band}'")));
+        };
+        if c.normalised.n == 0 {
+            continue;
+        }
+        match (c.normalised.sum_hbh, s.b_in_force.scale(method)) {
+            (Some(h), Some(g)) if g > 0.0 => {
+                num += c.normalised.sum_dhx_db;
+                den += h / g;
+            }
+            _ => n_without += 1,
+        }
+    }
+    if n_without > 0 {
+        notes.push(format!("{n_without} report(s) without sigma_b or without the B in force: left out of the B estimate"));
+    }
+    let mut cells: Vec<DesroziersCell> = order.iter().map(|k| acc.remove(k).expect("inserted above")).collect();
+    cells.iter_mut().for_each(DesroziersCell::finish);
+    let cell = cells.iter().find(|c| c.group == group && c.band == band).ok_or_else(|| {
+        Error::arg(format!("no desroziers cell for group '{group}', band '{band}'"))
+    })?;
+    if cell.n < 100 {
+        notes.push(format!("only {} observations in group '{group}', band '{band}': the estimates are noisy", cell.n));
+    }
+    let scale_new = (den > 0.0).then(|| num / den);
+    let mut options = Vec::new();
+    let last = &sections.last().expect("not empty").b_in_force;
+    match scale_new {
+        Some(g) if g > 0.0 && g.is_finite() => match method {
+            "l3dvar" | "l4dvar" => options.push(("latent_variance_factor".to_string(), g)),
+            "3dvar" => options.push(("baseline_variance_factor".to_string(), g)),
+            "hybrid" => {
+                let (a, b) = (last.hybrid_alpha.unwrap_or(0.0), last.hybrid_beta.unwrap_or(0.0));
+                let mix = if a + b > 0.0 { a / (a + b) } else { 0.5 };
+                let mixes: Vec<f64> = sections
+                    .iter()
+                    .filter_map(|s| Some(s.b_in_force.hybrid_alpha? / s.b_in_force.scale("hybrid")?))
+                    .collect();
+                if mixes.iter().any(|m| (m - mix).abs() > 1e-9) {
+                    notes.push("the hybrid mix alpha / (alpha + beta) varies over the reports: the last one's is kept".into());
+                }
+                let (lf, bf) = (last.latent_variance_factor, last.baseline_variance_factor);
+                let varying = |f: fn(&BInForce) -> Option<f64>, v: Option<f64>| sections.iter().any(|s| f(&s.b_in_force) != v);
+                if varying(|b| b.latent_variance_factor, lf) || varying(|b| b.baseline_variance_factor, bf) {
+                    notes.push("the variance factors under the hybrid vary over the reports: the last one's are kept".into());
+                }
+                options.push(("hybrid_alpha".to_string(), g * mix));
+                options.push(("hybrid_beta".to_string(), g * (1.0 - mix)));
+                if let Some(f) = lf {
+                    options.push(("latent_variance_factor".to_string(), f));
+                }
+                if let Some(f) = bf {
+                    options.push(("baseline_variance_factor".to_string(), f));
+                }
+            }
+            _ => notes.push(format!("method '{method}' has no B to tune")),
+        },
+        Some(g) => notes.push(format!(
+            "the H B H^T estimate is not positive (new scale {g:.4e}): too few or too biased observations to tune B"
+        )),
+        None => notes.push("no report with sigma_b (run with bg_check > 0): B cannot be tuned".into()),
+    }
+    let hybrid_split = if method == "hybrid" { hybrid_split(sections) } else { None };
+    if method == "hybrid" && hybrid_split.is_none() {
+        notes.push("alpha and beta cannot be fitted separately (no latent/static parts of sigma_b, or cells that do not tell them apart)".into());
+    }
+    Ok(Tuning {
+        hybrid_split,
+        method: method.into(),
+        n_reports: sections.len(),
+        r_ratio: cell.r_ratio,
+        hbh_ratio: cell.hbh_ratio,
+        group: group.into(),
+        band: band.into(),
+        scale_new,
+        options,
+        notes,
+        cells,
+    })
+}
+
+impl Tuning {
+    /// Writes the separately fitted hybrid weights ([`hybrid_split`]) instead of the joint scaling.
+    pub fn use_split(&mut self) -> Result<()> {
+        let sp = self.hybrid_split.ok_or_else(|| {
+            Error::arg("no separate hybrid weights: the reports are not hybrid reports with the latent and static parts of sigma_b, or their cells cannot tell the parts apart")
+        })?;
+        for (k, v) in self.options.iter_mut() {
+            match k.as_str() {
+                "hybrid_alpha" => *v = sp.alpha,
+                "hybrid_beta" => *v = sp.beta,
+                _ => {}
+            }
+        }
+        self.notes.push(format!("hybrid weights fitted separately over {} cells (cosine {:.3})", sp.cells, sp.cosine));
+        Ok(())
+    }
+
+    /// An options file (TOML, for `--options` or `lda_open`) with the suggested values and, as comments, where
+    /// they come from and the R ratio.
+    pub fn options_toml(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(s, "# latentda tune: {} report(s) of method {}, cell {} / {}", self.n_reports, self.method, self.group, self.band);
+        let f = |x: Option<f64>| x.map_or("null".to_string(), |x| format!("{x:.4}"));
+        let _ = writeln!(s, "# H B H^T estimate / in force = {}; R estimate / in force = {}", f(self.hbh_ratio), f(self.r_ratio));
+        if let Some(r) = self.r_ratio {
+            let _ = writeln!(s, "# (no option scales R: to follow the R estimate, multiply the observation errors sigma_o by {:.4})", r.max(0.0).sqrt());
+        }
+        if let Some(sp) = &self.hybrid_split {
+            let _ = writeln!(
+                s,
+                "# alpha and beta fitted separately (latentda tune --hybrid-split): hybrid_alpha = {:.6}, hybrid_beta = {:.6} ({} cells, cosine {:.3})",
+                sp.alpha, sp.beta, sp.cells, sp.cosine
+            );
+        }
+        let _ = writeln!(s, "# a fixed-point step: apply, rerun, repeat until the ratios are about 1");
+        for n in &self.notes {
+            let _ = writeln!(s, "# note: {n}");
+        }
+        for (k, v) in &self.options {
+            let _ = writeln!(s, "{k} = {v:.6}");
+        }
+        s
+    }
+
+    /// A table of the accumulated cells (n, R and H B H^T in force and estimated, ratios).
+    pub fn table(&self) -> String {
+        use std::fmt::Write;
+        let f = |x: Option<f64>| x.map_or(format!("{:>10}", "-"), |x| format!("{x:>10.3e}"));
+        let g = |x: Option<f64>| x.map_or(format!("{:>7}", "-"), |x| format!("{x:>7.3}"));
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{:<6} {:<8} {:>7} {:>10} {:>10} {:>10} {:>10} {:>7} {:>7} {:>7}",
+            "group", "band", "n", "R", "E[da db]", "HBH^T", "E[dHx db]", "R rat", "B rat", "chi2"
+        );
+        for c in self.cells.iter().filter(|c| c.n > 0) {
+            let _ = writeln!(
+                s,
+                "{:<6} {:<8} {:>7} {} {} {} {} {} {} {}",
+                c.group,
+                c.band,
+                c.n,
+                f(c.r_in_force),
+                f(c.r_estimate),
+                f(c.hbh_in_force),
+                f(c.hbh_estimate),
+                g(c.r_ratio),
+                g(c.hbh_ratio),
+                g(c.innovation_ratio)
+            );
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars() -> Vec<(String, String)> {
+        [("u", "m/s"), ("v", "m/s"), ("t", "K"), ("ps", "Pa")].iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    fn row(var: usize, lat: f64, y: f64, hxb: f64, hxa: f64, sigma: f64, sb: f64) -> Innovation {
+        Innovation { var, lat, y, hxb, hxa, sigma, sigma_b: Some(sb), sigma_b_parts: None }
+    }
+
+    #[test]
+    fn sums_bands_groups_and_identity() {
+        let rows = [
+            row(0, 45.0, 1.0, 0.0, 0.5, 1.0, 2.0),
+            row(1, -45.0, -2.0, 0.0, -1.0, 2.0, 1.0),
+            row(2, 0.0, 3.0, 1.0, 2.0, 0.5, 1.0),
+            row(3, 20.0, 100.0, 0.0, 40.0, 100.0, 50.0),
+        ];
+        let c = cells(&vars(), &rows);
+        // 4 variables + wind + mass + all, 4 bands each
+        assert_eq!(c.len(), 7 * 4);
+        let get = |g: &str, b: &str| c.iter().find(|x| x.group == g && x.band == b).unwrap();
+        assert_eq!(get("u", "nh").n, 1);
+        assert_eq!(get("u", "sh").n, 0);
+        assert_eq!(get("v", "sh").n, 1);
+        // lat = 20 is tropics (|lat| <= 20)
+        assert_eq!(get("ps", "tropics").n, 1);
+        assert_eq!(get("wind", "global").n, 2);
+        assert_eq!(get("mass", "global").n, 2);
+        assert_eq!(get("all", "global").n, 4);
+        // units: wind shares m/s, mass and all mix units (no physical sums)
+        assert_eq!(get("wind", "global").units, "m/s");
+        assert!(get("mass", "global").sums.is_none() && get("all", "global").sums.is_none());
+        // u nh: d_b = 1, d_a = 0.5, dHx = 0.5, sigma 1, sigma_b 2
+        let u = get("u", "nh");
+        assert_eq!(u.r_estimate, Some(0.5));
+        assert_eq!(u.hbh_estimate, Some(0.5));
+        assert_eq!(u.hbh_in_force, Some(4.0));
+        assert_eq!(u.hbh_ratio, Some(0.125));
+        assert_eq!(u.r_ratio, Some(0.5));
+        // wind global, physical: sum d_a d_b = 0.5 + 2, sum dHx d_b = 0.5 + 2; normalised by sigma^2 (1, 4)
+        let w = get("wind", "global");
+        let s = w.sums.as_ref().unwrap();
+        assert_eq!((s.sum_da_db, s.sum_dhx_db, s.sum_r), (2.5, 2.5, 5.0));
+        assert_eq!(w.normalised.sum_da_db, 0.5 + 2.0 / 4.0);
+        assert_eq!(w.normalised.sum_hbh, Some(4.0 + 1.0 / 4.0));
+        // identity d_b d_b = d_a d_b + dHx d_b, for every cell
+        for x in &c {
+            let m = &x.normalised;
+            assert!((m.sum_db_db - m.sum_da_db - m.sum_dhx_db).abs() <= 1e-12 * m.sum_db_db.abs().max(1.0), "{x:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_sigma_b_is_null_and_accumulation_is_exact() {
+        let mut rows = vec![row(0, 45.0, 1.0, 0.0, 0.5, 1.0, 2.0), row(0, 50.0, -1.0, 0.0, -0.2, 1.0, 2.0)];
+        let a = cells(&vars(), &rows);
+        rows.iter_mut().for_each(|r| r.sigma_b = None);
+        let b = cells(&vars(), &rows);
+        let ub = b.iter().find(|x| x.group == "u" && x.band == "nh").unwrap();
+        assert_eq!(ub.hbh_in_force, None);
+        assert_eq!(ub.hbh_ratio, None);
+        assert!(ub.hbh_estimate.is_some());
+        // a cell of one report added to the same cell of another: exactly the cell of all observations
+        let one = cells(&vars(), &rows[..1]);
+        let two = cells(&vars(), &rows[1..]);
+        for ((x, y), z) in one.iter().zip(&two).zip(&b) {
+            let mut s = x.normalised.clone();
+            s.add(&y.normalised);
+            assert_eq!(s.n, z.normalised.n);
+            assert!((s.sum_dhx_db - z.normalised.sum_dhx_db).abs() < 1e-15);
+            assert!((s.sum_da_db - z.normalised.sum_da_db).abs() < 1e-15);
+        }
+        // with and without sigma_b added: H B H^T unknown
+        let (x, y) = (&a[0].normalised, &b[0].normalised);
+        let mut s = x.clone();
+        s.add(y);
+        assert_eq!(s.sum_hbh, None);
+    }
+
+    #[test]
+    fn hybrid_split_recovers_known_weights() {
+        // cells whose latent / static proportions differ; estimates made by alpha 0.5, beta 2 at alpha = beta = 1
+        let mut cells = Vec::new();
+        for (i, (g, band)) in [("u", "nh"), ("u", "tropics"), ("t", "sh"), ("ps", "nh")].iter().enumerate() {
+            let (l, s) = (1.0 + i as f64, 3.0 - 0.5 * i as f64);
+            let norm = DesroziersSums {
+                n: 10,
+                sum_dhx_db: 0.5 * l + 2.0 * s,
+                sum_hbh: Some(l + s),
+                sum_hbh_latent: Some(l),
+                sum_hbh_static: Some(s),
+                ..Default::default()
+            };
+            cells.push(DesroziersCell { group: g.to_string(), band: band.to_string(), normalised: norm, ..Default::default() });
+        }
+        let d = Desroziers {
+            method: "hybrid".into(),
+            b_in_force: BInForce { hybrid_alpha: Some(1.0), hybrid_beta: Some(1.0), ..Default::default() },
+            sigma_b: String::new(),
+            cells,
+        };
+        let sp = hybrid_split(&[d.clone()]).unwrap();
+        assert!((sp.alpha - 0.5).abs() < 1e-12 && (sp.beta - 2.0).abs() < 1e-12, "{sp:?}");
+        // a report made at alpha = 2, beta = 4 with the same estimates: per unit weight the parts halve / quarter
+        let mut d2 = d.clone();
+        d2.b_in_force.hybrid_alpha = Some(2.0);
+        d2.b_in_force.hybrid_beta = Some(4.0);
+        for c in &mut d2.cells {
+            c.normalised.sum_hbh_latent = c.normalised.sum_hbh_latent.map(|l| 2.0 * l);
+            c.normalised.sum_hbh_static = c.normalised.sum_hbh_static.map(|s| 4.0 * s);
+        }
+        let sp2 = hybrid_split(&[d2]).unwrap();
+        assert!((sp2.alpha - 0.5).abs() < 1e-12 && (sp2.beta - 2.0).abs() < 1e-12, "{sp2:?}");
+        // parallel parts cannot be told apart
+        let mut d3 = d.clone();
+        for c in &mut d3.cells {
+            c.normalised.sum_hbh_static = c.normalised.sum_hbh_latent;
+        }
+        assert!(hybrid_split(&[d3]).is_none());
+        // a negative fit is clipped to 0 and the other weight refitted alone
+        let mut d4 = d;
+        for c in &mut d4.cells {
+            let (l, s) = (c.normalised.sum_hbh_latent.unwrap(), c.normalised.sum_hbh_static.unwrap());
+            c.normalised.sum_dhx_db = -0.5 * l + 2.0 * s;
+        }
+        let sp4 = hybrid_split(&[d4]).unwrap();
+        assert_eq!(sp4.alpha, 0.0);
+        assert!(sp4.beta > 0.0);
+    }
+
+    #[test]
+    fn tune_normalises_by_the_scale_in_force() {
+        // Two reports with the same observations: H B H^T in force 4 at factor 2 and 2 at factor 1; estimate 1 each.
+        let make = |g: f64, hbh: f64| {
+            let rows = vec![Innovation { var: 0, lat: 45.0, y: 1.0, hxb: 0.0, hxa: 1.0 - 0.5, sigma: 1.0, sigma_b: Some(hbh.sqrt()), sigma_b_parts: None }];
+            Desroziers {
+                method: "3dvar".into(),
+                b_in_force: BInForce { baseline_variance_factor: Some(g), ..Default::default() },
+                sigma_b: String::new(),
+                cells: cells(&vars(), &rows),
+            }
+        };
+        // each: dHx d_b = 0.5; in force per unit factor = 2 -> g_new = (0.5 + 0.5) / (2 + 2) = 0.25
+        let t = tune(&[make(2.0, 4.0), make(1.0, 2.0)], "3dvar", "all", "global").unwrap();
+        assert!((t.scale_new.unwrap() - 0.25).abs() < 1e-12);
+        assert_eq!(t.options, vec![("baseline_variance_factor".to_string(), t.scale_new.unwrap())]);
+        assert!(t.options_toml().contains("baseline_variance_factor = 0.25"));
+        // the same factor in both: g_new = g x ratio
+        let t = tune(&[make(2.0, 4.0), make(2.0, 4.0)], "3dvar", "u", "nh").unwrap();
+        assert!((t.scale_new.unwrap() - 2.0 * t.hbh_ratio.unwrap()).abs() < 1e-12);
+        // mixed methods are refused
+        let mut other = make(1.0, 1.0);
+        other.method = "l3dvar".into();
+        assert!(tune(&[make(1.0, 1.0), other], "3dvar", "all", "global").is_err());
+    }
+}
