@@ -13,6 +13,11 @@
 !>     call lda_obs_qc(ctx, flags, ierr)                    ! optional diagnostics
 !>     call lda_close(ctx)                                  ! required: releases the context
 !>
+!> A host with its own minimiser (docs/b-operator.md) also uses the layout queries (lda_grid_info, lda_grid_coords,
+!> lda_var_count, lda_var_name, lda_var_layout), the B operator (lda_bsqrt, lda_bsqrt_ad, sizes as default integers
+!> from lda_control_dim, lda_state_dim), latentda's observation operator (lda_obs_h, lda_obs_h_ad) and the float32
+!> noise floor of U (lda_bsqrt_noise); examples/fortran/host_minimiser.f90 shows them together.
+!>
 !> Every routine returns its status in `ierr` (the last required argument; options are optional arguments after
 !> it): LDA_OK (0) on success, otherwise one of the LDA_ERR_* codes below, with a message from lda_last_error.
 !> A failing call changes nothing, and bound arrays are overwritten only by a successful analysis.

@@ -515,7 +515,8 @@ int32_t lda_control_size(struct LdaContext *ctx,
 
 /**
  * Size of a full model state (channels x nlat x nlon) into `*n_out` (must not be NULL): the length of the state
- * buffers of `lda_bsqrt` / `lda_bsqrt_ad`.
+ * buffers of `lda_bsqrt` / `lda_bsqrt_ad` / `lda_obs_h` (where each variable sits in them: `lda_var_layout`). The
+ * Fortran module also offers it as a default integer (`lda_state_dim`; `lda_control_dim` for the control size).
  */
 int32_t lda_state_size(struct LdaContext *ctx,
                        size_t *n_out);
@@ -536,7 +537,8 @@ int32_t lda_b_linearise(struct LdaContext *ctx);
  * with B_implied = U U^T (U of the operator selected by option `b_operator`).
  *
  * `x_out` receives `nx` = `lda_state_size` doubles in state layout: variables in bundle order, each as its C-order
- * (lev, lat, lon) block (levels top to bottom, latitudes north to south, longitude fastest). With `x_out` NULL the
+ * (lev, lat, lon) block (levels top to bottom, latitudes north to south, longitude fastest; offsets from
+ * `lda_var_layout`, the same memory as a Fortran (lon, lat, lev) array). With `x_out` NULL the
  * increment is written into the bound arrays instead (their content is replaced; the linearisation point is
  * kept). `v` is only read during the call.
  *

@@ -568,7 +568,7 @@ fn cmd_demo(
 /// `latentda tune REPORT.json...`: accumulates the reports' `desroziers` sections (per method), prints the ratios per
 /// variable group and latitude band and the B size they suggest, and writes it as an options file (`--output`).
 fn cmd_tune(mut parser: lexopt::Parser) -> Result<ExitCode, CliError> {
-    use latentda::diag::desroziers::{tune, Desroziers};
+    use latentda::var::desroziers::{tune, Desroziers};
     let (mut files, mut output, mut method, mut group, mut band) = (Vec::new(), None, None, "all".to_string(), "global".to_string());
     let mut split = false;
     while let Some(arg) = parser.next().map_err(|e| usage(e.to_string()))? {

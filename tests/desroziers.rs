@@ -1,4 +1,4 @@
-//! Desroziers diagnostics (src/diag/desroziers.rs) and the `latentda tune` verb: the report's sums against an
+//! Desroziers diagnostics (src/var/desroziers.rs) and the `latentda tune` verb: the report's sums against an
 //! independent recomputation, the Desroziers estimates against the B and R that generated the innovations (linear
 //! fixture, where L3DVar is the exact Kalman analysis), one fixed-point step towards the right B size, and the verb
 //! on report files.
@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use latentda::bmat::BOperator;
-use latentda::diag::desroziers::{tune, Desroziers};
+use latentda::var::desroziers::{tune, Desroziers};
 use latentda::numeric::Rng;
 use latentda::obs::operator::ObsOperator;
 use latentda::obs::{Observation, QcFlag};

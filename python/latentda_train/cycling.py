@@ -545,7 +545,7 @@ class AdaptiveB:
                 "weights": self.weights, "cell_history": [{k: list(v) for k, v in h.items()} for h in self.cell_history]}
 
 
-SPLIT_MAX_COSINE = 0.995   # as src/diag/desroziers.rs
+SPLIT_MAX_COSINE = 0.995   # as src/var/desroziers.rs
 
 
 def split_cells(report: dict, rule: str, alpha: float, beta: float) -> dict:
@@ -813,6 +813,12 @@ def summary(out: str, log=print) -> list:
             for m, r in adaptive.items():
                 t = [x["cycle"] / 4.0 for x in r if "adaptive" in x]
                 axs[0].plot(t, [x["adaptive"]["scale"] for x in r if "adaptive" in x], color=colours[m], label=m)
+                if any("weights" in x.get("adaptive", {}) for x in r):
+                    # split mode: the multipliers of alpha (dashed) and beta (dotted); the solid line is their
+                    # geometric mean
+                    for i, ls in ((0, "--"), (1, ":")):
+                        axs[0].plot(t, [x["adaptive"]["weights"][i] for x in r if "adaptive" in x], color=colours[m],
+                                    ls=ls, lw=0.9, label=f"{m} {'alpha' if i == 0 else 'beta'}")
                 axs[1].plot(t, [x["adaptive"].get("hbh_ratio") for x in r if "adaptive" in x], color=colours[m], lw=0.8)
             axs[0].set_ylabel("B scale s (x starting B)")
             axs[0].set_yscale("log")

@@ -26,10 +26,10 @@ Networks (new observation noise per case; observations of cases valid at the sam
 - sparse: the sonde variables at 100 uniform random columns, new positions in every case.
 For a48 the sonde and mass observations are those of `latentda-suite` (same seeds).
 
-Methods (the CLI's shipped defaults unless --run says otherwise): 3dvar (the tuned baseline), l3dvar, hybrid. The
-bundle runs as a site copy whose [bounds] t is widened to 100-350 K (SITE_T_BOUNDS; --t-bounds shipped: as it is):
-the shipped 120 K rejects analyses of the validation period's polar night; the analyses the shipped bounds would have
-rejected are counted per cell. An analysis the runtime rejects leaves the background (scored as ratio 1, gate G0).
+Methods (the CLI's shipped defaults unless --run says otherwise): 3dvar (the tuned baseline), l3dvar, hybrid. Where the
+bundle's [bounds] t is narrower than 100-350 K, it runs as a site copy with t widened to that (SITE_T_BOUNDS;
+--t-bounds): a lower bound of 120 K rejects analyses of the validation period's polar night; the analyses the
+bundle's own bounds would have rejected are counted per cell. An analysis the runtime rejects leaves the background (scored as ratio 1, gate G0).
 
 Per cell (recipe x network): per method, variable and band (global, NH > 20N, tropics, SH < 20S, extratropics) the
 mean over cases of (area-weighted analysis RMSE) / (background RMSE); the balance of the increments (wind vs
@@ -103,9 +103,10 @@ def ort_library():
 # The reference bundle's [bounds] t = [120, 350] K rejects analyses in the validation period's polar-night
 # stratosphere (top-level backgrounds near 121-125 K; the nature run's own top-level t reaches 116.7 K in the
 # training period, nature.log): a site may set bounds in bundle.toml without touching the graphs
-# (docs/bundle-format.md). The matrix judges the B, so by default it runs on a site copy of the bundle whose t bounds
-# are SITE_T_BOUNDS (every other file copied; the runtime refuses links that leave the bundle directory), and counts per cell the analyses that the
-# shipped bounds would have rejected (`shipped_guard`).
+# (docs/bundle-format.md). The matrix judges the B, so where the bundle's t bounds are narrower than SITE_T_BOUNDS it
+# runs on a site copy of the bundle with them widened (every other file copied: the runtime refuses links that leave
+# the bundle directory), and counts per cell the analyses that the bundle's own bounds would have rejected
+# (`shipped_guard`; --guard-t-bounds for other bounds).
 SITE_T_BOUNDS = (100.0, 350.0)
 
 
@@ -455,9 +456,12 @@ def main(argv=None):
     ap.add_argument("--ort", action="store_true", help="run the CLI (and the cycle) with ONNX Runtime from the "
                     "onnxruntime wheel (several times faster than the pure-Rust default; results agree to ~1e-6)")
     ap.add_argument("--backend-args", default="", help="further CLI arguments added to every analysis")
-    ap.add_argument("--t-bounds", default=f"{SITE_T_BOUNDS[0]:g},{SITE_T_BOUNDS[1]:g}",
-                    help="t bounds (K) of the site copy of the bundle the matrix runs on ('shipped': the bundle as it "
-                         "is; see SITE_T_BOUNDS)")
+    ap.add_argument("--t-bounds", default="auto",
+                    help="LO,HI: t bounds (K) of a site copy of the bundle the matrix runs on; 'shipped': the bundle "
+                         "as it is; 'auto' (default): a site copy only where the bundle's t bounds are narrower than "
+                         "SITE_T_BOUNDS")
+    ap.add_argument("--guard-t-bounds", default=None,
+                    help="t bounds (K) of the shipped-bounds count (default: the bundle's own [bounds] t)")
     ap.add_argument("--jobs", type=int, default=2, help="CLI analyses at a time (each runs on one thread)")
     ap.add_argument("--draws", type=int, default=2, help="prior draws per case (prior-draw balance)")
     ap.add_argument("--no-cache", action="store_true")
@@ -488,10 +492,20 @@ def main(argv=None):
     mdir = os.path.join(a.out, "matrix")
     os.makedirs(mdir, exist_ok=True)
     shipped_bounds = bundle_bounds(a.bundle)
-    if a.t_bounds == "shipped":
+    if a.guard_t_bounds:
+        shipped_bounds["t"] = tuple(float(x) for x in a.guard_t_bounds.split(","))
+    tb = None
+    if a.t_bounds == "auto":
+        # widen only where the bundle's own bounds are narrower than SITE_T_BOUNDS (a bundle whose bounds already
+        # cover the nature run's range runs as it is)
+        lo, hi = shipped_bounds.get("t", SITE_T_BOUNDS)
+        if lo > SITE_T_BOUNDS[0] or hi < SITE_T_BOUNDS[1]:
+            tb = (min(lo, SITE_T_BOUNDS[0]), max(hi, SITE_T_BOUNDS[1]))
+    elif a.t_bounds != "shipped":
+        tb = tuple(float(x) for x in a.t_bounds.split(","))
+    if tb is None:
         bundle = os.path.abspath(a.bundle)
     else:
-        tb = tuple(float(x) for x in a.t_bounds.split(","))
         bundle = site_bundle(a.bundle, os.path.join(mdir, "bundle_site"), tb)
         log(f"running on {bundle}: the bundle with [bounds] t = {list(tb)} (shipped: {list(shipped_bounds.get('t', []))})")
     stamp = SU.bundle_stamp(bundle)

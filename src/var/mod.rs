@@ -4,6 +4,7 @@
 pub mod adam;
 pub mod analysis;
 pub mod control;
+pub mod desroziers;
 mod lanczos;
 mod lmp;
 pub mod fourd;

@@ -186,7 +186,7 @@ pub struct Report {
     pub window: Option<WindowInfo>,
     /// Desroziers diagnostics per variable group and latitude band: the innovation estimates of R and H B H^T
     /// against those in force, with their sums (accumulated over reports by `latentda tune`).
-    pub desroziers: Option<crate::diag::desroziers::Desroziers>,
+    pub desroziers: Option<crate::var::desroziers::Desroziers>,
     /// The known-answer self-test run when the bundle was opened (status, cost, differences per graph).
     pub self_test: crate::model::selftest::SelfTest,
     /// Timings.
