@@ -11,8 +11,13 @@ LATENTDA_SKIP_PIP=1 bash scripts/setup.sh
 cargo build --release --quiet
 bundle=models/speedy-t31
 out="${LATENTDA_DEMO_OUT:-target/demo}"
-./target/release/latentda info "$bundle"
+# Backend "auto": ONNX Runtime when its library is found (ORT_DYLIB_PATH, or the onnxruntime Python wheel that
+# scripts/test.sh installs), else the built-in tract; the table's "backend" line says which ran. An explicit
+# --backend among the arguments wins.
+backend=(--backend auto)
+for a in "$@"; do [ "$a" = "--backend" ] && backend=(); done
+./target/release/latentda info "$bundle" "${backend[@]}"
 echo
-./target/release/latentda demo "$bundle" --case "$bundle/sample" --output "$out" "$@"
+./target/release/latentda demo "$bundle" --case "$bundle/sample" --output "$out" "${backend[@]}" "$@"
 echo
-./target/release/latentda demo "$bundle" --case "$bundle/sample4d" --output "$out/window" "$@"
+./target/release/latentda demo "$bundle" --case "$bundle/sample4d" --output "$out/window" "${backend[@]}" "$@"

@@ -860,7 +860,8 @@ fn flip_oracle(a: &latentda::Analyser, x_b: &[f64], r: &latentda::Analysis) -> R
         }
     }
     let s = r.report.solver.as_ref().ok_or("the report has no solver section")?;
-    if !(s.j_final < s.j_initial) {
+    // NaN fails too
+    if s.j_final.partial_cmp(&s.j_initial) != Some(std::cmp::Ordering::Less) {
         return Err(format!("J did not decrease: {:.6e} -> {:.6e}", s.j_initial, s.j_final));
     }
     Ok(())

@@ -70,10 +70,12 @@ fn bridge_functions(header: &str) -> Vec<String> {
     let (class, free) = body.split_once("#endif // CXXBRIDGE1_STRUCT_latentda$detail$Context").expect("bridge.h: no Context");
     let public = class.split("private:").next().unwrap();
     // A declaration is one line `<type> name(<args>)[ const][ noexcept];`; the name is the word before the '('.
+    // Fields of shared structs (`::std::size_t nlat CXX_DEFAULT_VALUE(0);`) are not functions.
     let names = |text: &str, scope: &str| -> Vec<String> {
         text.lines()
             .map(str::trim)
             .filter(|l| !l.starts_with("//") && !l.starts_with('~') && l.ends_with(';') && l.contains('('))
+            .filter(|l| !l.contains("CXX_DEFAULT_VALUE("))
             .filter_map(|l| l.split('(').next().unwrap().rsplit([' ', '>', ':', '*', '&']).next())
             .filter(|n| !n.is_empty())
             .map(|n| format!("{scope}{n}("))

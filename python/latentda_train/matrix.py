@@ -375,7 +375,8 @@ def markdown(res, recipes, nets, names, prior, meta):
          f"Bundle `{meta['bundle']}`, run as `{meta['bundle_run']}` (manifest sha256 {meta['bundle_stamp']}; "
          f"t bounds {meta['t_bounds_run']}, shipped {list(meta['shipped_bounds'].get('t', []))}: the last column "
          f"counts the analyses the shipped bounds guard would have rejected); CLI backend {meta['backend']}; "
-         f"{meta['n_analyses']} analyses, {meta['wall_minutes']:.1f} min wall.", "",
+         f"{meta['n_analyses']} analyses, {meta['wall_minutes']:.1f} min wall (this call; cached analyses are "
+         f"reused).", ""] + ([meta["note"], ""] if meta.get("note") else []) + [
          "Numbers: mean over the cell's cases of (area-weighted analysis RMSE) / (background RMSE): below 1 the "
          "analysis is better than its background. Bands: NH > 20N, tropics 20S-20N, SH < 20S. Balance: correlation "
          "of the wind increment with the geostrophic wind of the increment, |lat| > 20 (true: the background "
@@ -462,6 +463,7 @@ def main(argv=None):
                          "SITE_T_BOUNDS")
     ap.add_argument("--guard-t-bounds", default=None,
                     help="t bounds (K) of the shipped-bounds count (default: the bundle's own [bounds] t)")
+    ap.add_argument("--note", default="", help="a sentence for the head of the markdown and the JSON (provenance)")
     ap.add_argument("--jobs", type=int, default=2, help="CLI analyses at a time (each runs on one thread)")
     ap.add_argument("--draws", type=int, default=2, help="prior draws per case (prior-draw balance)")
     ap.add_argument("--no-cache", action="store_true")
@@ -607,7 +609,7 @@ def main(argv=None):
                 res[r][n]["n_cases"] for r in recipes for n in nets) * len(names), "n_run_now": n_analyses,
             "wall_minutes": (time.time() - t_start) / 60.0, "worst_cell": worst,
             "worst_ratio": {"value": wr[0], "where": wr[1]}, "recipes": {r: RECIPES[r] for r in recipes},
-            "networks": {n: NETWORKS[n] for n in nets}}
+            "networks": {n: NETWORKS[n] for n in nets}, "note": a.note}
     md = markdown(res, recipes, nets, names, prior_bal, meta)
     print("\n" + md)
     jp = a.json or os.path.join(mdir, "matrix.json")

@@ -241,26 +241,25 @@ pub fn generate(bundle: &Bundle, ae: &mut Autoencoder, mut step: Option<&mut Onn
     let mut probes = vec![GraphProbe { graph: "encoder".into(), inputs: vec![("x".into(), xn.clone())], output: ("z".into(), ze) }];
     let dz = rng.normals(nz, &sd);
     let dx = rng.normals(nx, &one);
-    let ae_specs: [(&str, Vec<(&str, Vec<f32>)>, &str, usize); 3] = [
-        ("decoder", vec![("z", z.clone())], "x", nx),
-        ("decoder_tl", vec![("z", z.clone()), ("dz", dz)], "dx", nx),
-        ("decoder_ad", vec![("z", z.clone()), ("dx", dx)], "dz", nz),
+    // (graph, named inputs, output name, output length)
+    let todo_entry = |g: &str, inputs: Vec<(&str, Vec<f32>)>, o: &str, n: usize| -> ProbeTodo {
+        (g.to_string(), inputs.into_iter().map(|(a, b)| (a.to_string(), b)).collect(), o.to_string(), n)
+    };
+    let mut todo: Vec<ProbeTodo> = vec![
+        todo_entry("decoder", vec![("z", z.clone())], "x", nx),
+        todo_entry("decoder_tl", vec![("z", z.clone()), ("dz", dz)], "dx", nx),
+        todo_entry("decoder_ad", vec![("z", z.clone()), ("dx", dx)], "dz", nz),
     ];
-    let mut todo: Vec<(String, Vec<(String, Vec<f32>)>, String, usize)> = ae_specs
-        .into_iter()
-        .map(|(g, i, o, n)| (g.to_string(), i.into_iter().map(|(a, b)| (a.to_string(), b)).collect(), o.to_string(), n))
-        .collect();
     if let Some(f) = &bundle.forecast {
-        let (x0, n, d_scale): (Vec<f32>, usize, Box<dyn Fn(usize) -> f64>) = match f.space {
-            ForecastSpace::Latent => (z.clone(), nz, Box::new(move |i| s[i])),
-            ForecastSpace::Model => (xn.clone(), nx, Box::new(|_| 0.5)),
-        };
+        let latent = f.space == ForecastSpace::Latent;
+        let (x0, n) = if latent { (z.clone(), nz) } else { (xn.clone(), nx) };
+        let d_scale = move |i: usize| if latent { s[i] } else { 0.5 };
         let (sn, dn, dnn, snn) = match f.space {
             ForecastSpace::Latent => ("z", "dz", "dz_next", "z_next"),
             ForecastSpace::Model => ("x", "dx", "dx_next", "x_next"),
         };
-        let d = rng.normals(n, &*d_scale);
-        let dnext = rng.normals(n, &*d_scale);
+        let d = rng.normals(n, &d_scale);
+        let dnext = rng.normals(n, &d_scale);
         todo.push(("step".into(), vec![(sn.into(), x0.clone())], snn.into(), n));
         todo.push(("step_tl".into(), vec![(sn.into(), x0.clone()), (dn.into(), d)], dnn.into(), n));
         todo.push(("step_ad".into(), vec![(sn.into(), x0), (dnn.into(), dnext)], dn.into(), n));
@@ -274,6 +273,9 @@ pub fn generate(bundle: &Bundle, ae: &mut Autoencoder, mut step: Option<&mut Onn
     }
     Ok(probes)
 }
+
+/// One probe to compute: graph, named inputs, output name, output length.
+type ProbeTodo = (String, Vec<(String, Vec<f32>)>, String, usize);
 
 /// What [`write()`] did.
 #[derive(Debug, Clone)]
@@ -292,8 +294,7 @@ pub struct Written {
     pub self_test: SelfTest,
 }
 
-/// The manifest text with its `[probes]` table set to (`file`, `tolerance`) and the checksum of `file` set to
-
+/// SHA-256 of a file, lower-case hex.
 fn sha256_file(path: &Path) -> Result<String> {
     use sha2::{Digest, Sha256};
     let bytes = std::fs::read(path).map_err(|e| Error::io(format!("cannot read '{}': {e}", path.display())))?;

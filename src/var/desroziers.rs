@@ -787,7 +787,7 @@ mod tests {
             sigma_b: String::new(),
             cells,
         };
-        let sp = hybrid_split(&[d.clone()]).unwrap();
+        let sp = hybrid_split(std::slice::from_ref(&d)).unwrap();
         assert!((sp.alpha - 0.5).abs() < 1e-12 && (sp.beta - 2.0).abs() < 1e-12, "{sp:?}");
         // a report made at alpha = 2, beta = 4 with the same estimates: per unit weight the parts halve / quarter
         let mut d2 = d.clone();
