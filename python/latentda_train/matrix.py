@@ -375,8 +375,8 @@ def markdown(res, recipes, nets, names, prior, meta):
          f"Bundle `{meta['bundle']}`, run as `{meta['bundle_run']}` (manifest sha256 {meta['bundle_stamp']}; "
          f"t bounds {meta['t_bounds_run']}, shipped {list(meta['shipped_bounds'].get('t', []))}: the last column "
          f"counts the analyses the shipped bounds guard would have rejected); CLI backend {meta['backend']}; "
-         f"{meta['n_analyses']} analyses, {meta['wall_minutes']:.1f} min wall (this call; cached analyses are "
-         f"reused).", ""] + ([meta["note"], ""] if meta.get("note") else []) + [
+         f"{meta['n_analyses']} analyses in the matrix, {meta['n_run_now']} run by this call "
+         f"({meta['wall_minutes']:.1f} min wall; the others from the cache).", ""] + ([meta["note"], ""] if meta.get("note") else []) + [
          "Numbers: mean over the cell's cases of (area-weighted analysis RMSE) / (background RMSE): below 1 the "
          "analysis is better than its background. Bands: NH > 20N, tropics 20S-20N, SH < 20S. Balance: correlation "
          "of the wind increment with the geostrophic wind of the increment, |lat| > 20 (true: the background "
@@ -601,7 +601,9 @@ def main(argv=None):
         worst = {"cell": c, "hybrid_over_3dvar": sc[c], "all": sc}
     wr = max(((res[r][n]["ratios"]["global"][m][v], f"{r}/{n} {m} {v}") for r in recipes for n in nets
               for m in names if m in LATENT for v in VARS), default=(float("nan"), "-"))
-    meta = {"command": "latentda-matrix " + " ".join(sys.argv[1:] if argv is None else argv),
+    av = list(sys.argv[1:] if argv is None else argv)
+    av = [x for i, x in enumerate(av) if x != "--note" and not (i > 0 and av[i - 1] == "--note")]
+    meta = {"command": "latentda-matrix " + " ".join(av) + (' --note "..."' if a.note else ""),
             "bundle": os.path.abspath(a.bundle), "bundle_name": os.path.basename(os.path.abspath(a.bundle)),
             "bundle_run": bundle, "shipped_bounds": shipped_bounds, "t_bounds_run": a.t_bounds,
             "bundle_stamp": stamp, "backend": "ort" if a.ort else (a.backend_args or "tract"),
