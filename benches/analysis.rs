@@ -8,6 +8,9 @@
 //! * `threads`  ONNX Runtime intra-op threads 1, 2, ... up to the core count (the solver itself is sequential).
 //! * `nobs`     analysis cost against the observation count (10^2 .. 10^6 synthetic observations drawn from the
 //!   sample's truth), at a fixed budget of 10 TL/AD pairs so that every row does the same model work.
+//! * `window`   latent 4D-Var on the bundle's 4D sample (`sample4d/`): L3DVar with the 0 h observations, L4DVar over
+//!   6 h and 12 h windows (tract, and ONNX Runtime when found): per-phase breakdown (decoder TL/AD, step model
+//!   TL/AD, the background check's propagated variance, H, latentda's own code) and the trajectory held.
 //! * `grid`     analysis cost against the grid size: synthetic ViT bundles at 32 x 64, 64 x 128 and 128 x 256 made by
 //!   `scripts/synthetic_bundle.py` (generated into target/bench-bundles on first use), 10 pairs.
 //!
@@ -107,19 +110,25 @@ struct Task {
     nobs: Option<usize>,
     /// TL/AD-pair budget with an unreachable target (None: the default options).
     pairs: Option<usize>,
+    /// 4D window in hours (method l4dvar; case `sample4d`, observations `obs4d.csv`); None: the 3D case.
+    window: Option<f64>,
+    /// The 4D sample's 0 h observations (`sample4d/obs.csv`) instead of the sample's.
+    case4d: bool,
 }
 
 impl Task {
     fn encode(&self) -> String {
         format!(
-            "label={};bundle={};backend={};method={};threads={};nobs={};pairs={}",
+            "label={};bundle={};backend={};method={};threads={};nobs={};pairs={};window={};case4d={}",
             self.label,
             self.bundle.display(),
             self.backend,
             self.method,
             self.threads,
             self.nobs.map_or("-".into(), |n| n.to_string()),
-            self.pairs.map_or("-".into(), |n| n.to_string())
+            self.pairs.map_or("-".into(), |n| n.to_string()),
+            self.window.map_or("-".into(), |n| n.to_string()),
+            self.case4d
         )
     }
 
@@ -135,6 +144,8 @@ impl Task {
                 "threads" => t.threads = v.parse().unwrap(),
                 "nobs" => t.nobs = v.parse().ok(),
                 "pairs" => t.pairs = v.parse().ok(),
+                "window" => t.window = v.parse().ok(),
+                "case4d" => t.case4d = v == "true",
                 _ => panic!("unknown task key {k}"),
             }
         }
@@ -151,6 +162,9 @@ fn run_task(t: &Task) {
     if let Some(p) = t.pairs {
         toml += &format!("max_pairs = {p}\ngradient_reduction = 1e-12\n");
     }
+    if let Some(w) = t.window {
+        toml += &format!("window_hours = {w}\n");
+    }
     let mut o = Options::from_toml(&toml).unwrap();
     if t.backend == "ort" {
         o.ort_library = std::env::var("ORT_DYLIB_PATH").ok();
@@ -163,10 +177,11 @@ fn run_task(t: &Task) {
         }
     };
     let lay = a.bundle.layout.clone();
-    let case = t.bundle.join("sample");
+    let four_d = t.window.is_some() || t.case4d;
+    let case = t.bundle.join(if four_d { "sample4d" } else { "sample" });
     let xb = latentda::ncio::read_state(&case.join("background.nc"), &lay).unwrap();
     let obs = match t.nobs {
-        None => latentda::obs::read_csv(&case.join("obs.csv"), &lay).unwrap().0,
+        None => latentda::obs::read_csv(&case.join(if t.window.is_some() { "obs4d.csv" } else { "obs.csv" }), &lay).unwrap().0,
         Some(n) => {
             // values: H(truth) + N(0, sigma^2), sigma = 0.3 channel sd of the normalisation
             let xt = latentda::ncio::read_state(&case.join("truth.nc"), &lay).unwrap();
@@ -194,6 +209,35 @@ fn run_task(t: &Task) {
     let _ = a.analyse(&xb, &obs, method).unwrap(); // warm-up, not timed
     let rows: Vec<_> = (0..reps).map(|_| a.analyse(&xb, &obs, method).unwrap().report).collect();
     let m = |f: &dyn Fn(&latentda::var::report::Report) -> f64| median(rows.iter().map(f).collect());
+    if four_d {
+        let r0 = &rows[0];
+        let (s, tm) = (r0.solver.as_ref().unwrap(), &r0.timings);
+        let own = m(&|r| r.timings.overhead_s);
+        let total = m(&|r| r.timings.total_s);
+        println!(
+            "  {:<22} {:>6} {:>5} {:>8.2} {:>6.2} ({:>3}) {:>6.2} ({:>3}) {:>6.2} ({:>3}) {:>6.2} ({:>3}) {:>6.2} ({:>3}) {:>6.3} {:>6.3} {:>5.1}% {:>7.1} {:>8.0}",
+            t.label,
+            r0.n_used,
+            s.inner_total,
+            total,
+            m(&|r| r.timings.tl_s),
+            tm.n_tl,
+            m(&|r| r.timings.ad_s),
+            tm.n_ad,
+            m(&|r| r.timings.step_tl_s),
+            tm.n_step_tl,
+            m(&|r| r.timings.step_ad_s),
+            tm.n_step_ad,
+            m(&|r| r.timings.variance_s),
+            tm.n_variance,
+            m(&|r| r.timings.h_s),
+            own,
+            100.0 * own / total,
+            r0.window.as_ref().map_or(0.0, |w| w.trajectory_bytes as f64 / 1048576.0),
+            peak_rss_mib().unwrap_or(f64::NAN)
+        );
+        return;
+    }
     let r0 = &rows[0];
     let s = r0.solver.as_ref().unwrap();
     let total = m(&|r| r.timings.total_s);
@@ -295,6 +339,23 @@ fn main() {
         println!("{ROW_HEADER}");
         for n in [100usize, 1_000, 10_000, 100_000, 1_000_000] {
             spawn(&Task { nobs: Some(n), pairs: Some(10), ..task(&format!("obs={n}"), &bundle, "tract") }, None);
+        }
+    }
+    if want("window") {
+        println!("\n== window: the 4D sample (sample4d/), L3DVar with the 0 h observations, L4DVar over 6 h and 12 h (threads 1)");
+        println!("  seconds (model runs): decoder TL, AD; step model TL, AD; diag B of the background check (TL runs)");
+        println!(
+            "  {:<22} {:>6} {:>5} {:>8} {:>12} {:>12} {:>12} {:>12} {:>12} {:>6} {:>6} {:>6} {:>7} {:>8}",
+            "label", "used", "pairs", "total s", "dec TL", "dec AD", "step TL", "step AD", "diag B", "H s", "own s", "own", "traj MB", "peak MiB"
+        );
+        let backends: Vec<(&str, Option<&str>)> =
+            std::iter::once(("tract", None)).chain(ort.as_deref().map(|l| ("ort", Some(l)))).collect();
+        for (backend, lib) in backends {
+            spawn(&Task { case4d: true, ..task(&format!("{backend} l3dvar 0 h obs"), &bundle, backend) }, lib);
+            for w in [6.0, 12.0] {
+                let label = format!("{backend} l4dvar {w} h");
+                spawn(&Task { method: "l4dvar".into(), window: Some(w), ..task(&label, &bundle, backend) }, lib);
+            }
         }
     }
     if want("grid") {
