@@ -206,7 +206,7 @@ class Context {
   // Opens and validates a bundle directory. `options`: TOML text (docs/coupling.md: backend, ort_library, device,
   // threads, cuda_tf32, method, output, solver, gradient_reduction, max_pairs, outer_loops, max_inner,
   // preconditioner, adam_steps, adam_lr, bg_check, bg_check_samples, hybrid_alpha, hybrid_beta, hybrid_variables,
-  // baseline_variance_factor, latent_variance_factor, latent_increment, b_operator, window_hours, slot_hours,
+  // hybrid_alpha_tropics, hybrid_beta_tropics, hybrid_band_lat, baseline_variance_factor, latent_variance_factor, latent_increment, b_operator, window_hours, slot_hours,
   // error_growth_per_hour, verbosity, self_test), empty for defaults.
   // Throws status::bundle for a missing or invalid bundle, status::invalid_argument for bad options.
   static Context open(const std::string& bundle_dir, const std::string& options = "") {

@@ -70,7 +70,7 @@ out_dir="$(grep '"reason":"build-script-executed"' "$work/build.json" | grep -o 
 # 2. The native libraries a static link needs, as rustc reports them for the staticlib (never hard-coded), and the
 #    search paths the -sys crates' build scripts found them in (those outside cargo's target directory).
 echo "install.sh: native libraries (cargo rustc --crate-type staticlib -- --print native-static-libs)" >&2
-"$cargo" rustc --release --lib --crate-type staticlib -- --print native-static-libs 2> "$work/rustc.err" \
+"$cargo" rustc --release -p latentda --lib --crate-type staticlib -- --print native-static-libs 2> "$work/rustc.err" \
   || { cat "$work/rustc.err" >&2; fail "cargo rustc failed"; }
 native_libs="$(sed -n 's/.*note: native-static-libs: //p' "$work/rustc.err" | tail -n 1)"
 [ -n "$native_libs" ] || { cat "$work/rustc.err" >&2; fail "rustc printed no native-static-libs line"; }

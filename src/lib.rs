@@ -39,10 +39,6 @@ pub mod diag;
 pub mod var;
 /// Coupling to hosts: the host-array context, the C ABI and the C++ bridge.
 pub mod coupling;
-/// Map figures (PNG) of fields, increments and observations.
-pub mod plot;
-/// The demonstration behind `latentda demo`: the three methods on one case, one table, figures.
-pub mod demo;
 
 pub use bundle::{grid, ncio};
 pub use coupling::ffi;

@@ -27,6 +27,7 @@ USAGE:
                    [--solver gauss_newton|adam] [--max-pairs N] [--outer-loops N] [--max-inner N]
                    [--adam-steps N] [--adam-lr X] [-v]
                    [--hybrid-alpha A] [--hybrid-beta B] [--hybrid-variables q,ps]
+                   [--hybrid-alpha-tropics A] [--hybrid-beta-tropics B] [--hybrid-band-lat LAT0,LAT1]
                    [--baseline-variance-factor F] [--latent-variance-factor F] [--bg-check-samples N]
                    [--latent-increment nonlinear|linear]
                    [--window-hours H] [--slot-hours H] [--error-growth-per-hour G] [--background-at HOURS=bg.nc ...]
@@ -98,6 +99,13 @@ impl Common {
                 "hybrid-alpha" => o.hybrid_alpha = Some(num(v)?),
                 "hybrid-beta" => o.hybrid_beta = Some(num(v)?),
                 "hybrid-variables" => o.hybrid_variables = Some(v.split(',').map(|v| v.trim().to_string()).collect()),
+                "hybrid-alpha-tropics" => o.hybrid_alpha_tropics = Some(num(v)?),
+                "hybrid-beta-tropics" => o.hybrid_beta_tropics = Some(num(v)?),
+                "hybrid-band-lat" => {
+                    let p: Vec<&str> = v.split(',').collect();
+                    let [a, b] = p[..] else { return Err(usage(format!("--{flag} needs two latitudes LAT0,LAT1, got '{v}'"))) };
+                    o.hybrid_band_lat = Some([num(a.trim())?, num(b.trim())?]);
+                }
                 "baseline-variance-factor" => o.baseline_variance_factor = Some(num(v)?),
                 "latent-variance-factor" => o.latent_variance_factor = Some(num(v)?),
                 "bg-check-samples" => o.bg_check_samples = int(v)?,
@@ -162,6 +170,9 @@ fn parse_common(common: &mut Common, arg: &Arg, parser: &mut lexopt::Parser) -> 
         "hybrid-alpha" => "hybrid-alpha",
         "hybrid-beta" => "hybrid-beta",
         "hybrid-variables" => "hybrid-variables",
+        "hybrid-alpha-tropics" => "hybrid-alpha-tropics",
+        "hybrid-beta-tropics" => "hybrid-beta-tropics",
+        "hybrid-band-lat" => "hybrid-band-lat",
         "baseline-variance-factor" => "baseline-variance-factor",
         "latent-variance-factor" => "latent-variance-factor",
         "bg-check-samples" => "bg-check-samples",
@@ -349,6 +360,17 @@ fn cmd_info(positional: &[String], common: &Common) -> Result<ExitCode, CliError
         b.hybrid.variables.as_ref().map_or("all variables".to_string(), |v| v.join(", ")),
         b.baseline_variance_factor
     );
+    let h = &b.hybrid;
+    if h.alpha_tropics.is_some() || h.beta_tropics.is_some() || h.band_lat.is_some() {
+        let band = h.band_lat.unwrap_or(latentda::var::options::DEFAULT_HYBRID_BAND_LAT);
+        println!(
+            "            tropics: alpha {} beta {} (ramp from |lat| {} to {} degrees)",
+            h.alpha_tropics.unwrap_or(h.alpha),
+            h.beta_tropics.unwrap_or(h.beta),
+            band[0],
+            band[1]
+        );
+    }
     println!("models      encoder, decoder, decoder_tl, decoder_ad: signatures OK ({})", a.ae.info.detail);
     match &b.forecast {
         Some(f) => println!(
@@ -548,14 +570,14 @@ fn cmd_demo(
     kv: &std::collections::BTreeMap<&'static str, String>,
     common: &Common,
 ) -> Result<ExitCode, CliError> {
-    let mut cfg = latentda::demo::DemoConfig::new(bundle_arg(positional)?, kv.get("output").map_or("latentda-demo", |s| s.as_str()));
+    let mut cfg = latentda_cli::demo::DemoConfig::new(bundle_arg(positional)?, kv.get("output").map_or("latentda-demo", |s| s.as_str()));
     cfg.options = common.options.clone();
     if let Some(c) = kv.get("case") {
         cfg.case = c.into();
     }
     cfg.obs = kv.get("obs").map(Into::into);
     cfg.obs4d = kv.get("obs4d").map(Into::into);
-    let demo = latentda::demo::run(&cfg).map_err(|e| e.to_string())?;
+    let demo = latentda_cli::demo::run(&cfg).map_err(|e| e.to_string())?;
     print!("{}", demo.table());
     for p in &demo.input_problems {
         eprintln!("latentda: warning: {}: {}", demo.obs_path.display(), p.message);

@@ -7,7 +7,8 @@ use std::process::Command;
 #[test]
 fn fortran_cvt_example_passes_its_adjoint_test() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let lib = Path::new(env!("CARGO_BIN_EXE_latentda")).parent().unwrap().to_path_buf();
+    // target/release/deps/<test> -> target/release: where cargo put the libraries (and the `latentda` binary).
+    let lib = std::env::current_exe().unwrap().parent().and_then(Path::parent).unwrap().to_path_buf();
     assert!(lib.join("liblatentda.so").is_file(), "liblatentda.so missing in {}: run `cargo build --release` first (scripts/test.sh does)", lib.display());
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("b_operator");
     let _ = std::fs::remove_dir_all(&dir);

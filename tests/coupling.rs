@@ -29,7 +29,7 @@ fn root() -> PathBuf {
 
 /// Directory holding liblatentda.{a,so}: where cargo put the `latentda` binary of this build (target/release).
 fn libdir() -> PathBuf {
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_latentda"));
+    let exe = common::latentda_exe();
     let dir = exe.parent().map(Path::to_path_buf).unwrap_or_else(|| root().join("target/release"));
     assert!(dir.join("liblatentda.a").is_file(), "{}/liblatentda.a missing: run `cargo build --release` first (scripts/test.sh does)", dir.display());
     assert!(dir.join("liblatentda.so").is_file(), "{}/liblatentda.so missing", dir.display());
@@ -40,7 +40,7 @@ fn fixture(name: &str) -> PathBuf {
     root().join("tests/fixtures").join(name)
 }
 
-/// Native libraries that liblatentda.a needs: what `cargo rustc --release --lib --crate-type staticlib -- --print
+/// Native libraries that liblatentda.a needs: what `cargo rustc --release -p latentda --lib --crate-type staticlib -- --print
 /// native-static-libs` lists (NetCDF and HDF5 for the bundle statistics, zlib, the C++ runtime of the cxx bridge,
 /// and the Rust standard library's system libraries). `nc-config --libs` supplies the NetCDF/HDF5 search paths.
 fn static_libs() -> Vec<String> {
@@ -192,7 +192,7 @@ fn cli_analysis(bundle: &str) -> &'static [f64] {
 fn run_cli(bundle: &str, method: &str) -> Vec<f64> {
     let b = fixture(bundle);
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("coupling_cli_{bundle}_{method}.nc"));
-    let o = Command::new(env!("CARGO_BIN_EXE_latentda"))
+    let o = Command::new(common::latentda_exe())
         .args(["analyse", "--method", method, "--bundle"])
         .arg(&b)
         .arg("--background")
@@ -844,7 +844,7 @@ fn fortran_host_minimiser_matches_cli() {
     for bundle in ["tanh", "linear"] {
         let b = fixture(bundle);
         let (cli_out, report) = (p.dir.join(format!("host_cli_{bundle}.nc")), p.dir.join(format!("host_cli_{bundle}.json")));
-        let o = Command::new(env!("CARGO_BIN_EXE_latentda"))
+        let o = Command::new(common::latentda_exe())
             .args(["analyse", "--method", "l3dvar", "--bundle"])
             .arg(&b)
             .arg("--background")
@@ -1020,7 +1020,7 @@ fn a_non_converged_analysis_says_why() {
     let opt_file = p.dir.join("budget_options.toml");
     std::fs::write(&opt_file, "max_pairs = 2\ngradient_reduction = 1e-6\n").unwrap();
     let report = p.dir.join("budget_report.json");
-    let o = Command::new(env!("CARGO_BIN_EXE_latentda"))
+    let o = Command::new(common::latentda_exe())
         .args(["analyse", "--method", "l3dvar", "--bundle"])
         .arg(&b)
         .arg("--background")
@@ -1042,7 +1042,7 @@ fn a_non_converged_analysis_says_why() {
     assert_eq!(rep["solver"]["converged"], false);
     assert!(rep["solver"]["stop_reason"].as_str().unwrap().starts_with("budget exhausted"), "{}", rep["solver"]);
     // and a converged one says so
-    let out = Command::new(env!("CARGO_BIN_EXE_latentda"))
+    let out = Command::new(common::latentda_exe())
         .args(["analyse", "--bundle"])
         .arg(&b)
         .arg("--background")

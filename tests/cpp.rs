@@ -46,7 +46,8 @@ fn build(example: &str) -> PathBuf {
 /// Builds an example with the documented command (run from the repository root, as the README says); returns the
 /// executable. The library it links (target/release/liblatentda.a) is the one `cargo test --release` just built.
 fn build_uncached(example: &str) -> PathBuf {
-    let lib = Path::new(env!("CARGO_BIN_EXE_latentda")).parent().unwrap().join("liblatentda.a");
+    // target/release/deps/<test> -> target/release: where cargo put the libraries (and the `latentda` binary).
+    let lib = std::env::current_exe().unwrap().parent().and_then(Path::parent).unwrap().join("liblatentda.a");
     assert!(lib.exists(), "{} is missing (run `cargo build --release`)", lib.display());
     assert_eq!(
         lib.canonicalize().unwrap(),

@@ -230,7 +230,7 @@ fn pkg_config(pc_path: &Path, args: &[&str]) -> String {
 fn rustc_native_static_libs() -> String {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let o = Command::new(cargo)
-        .args(["rustc", "--release", "--lib", "--crate-type", "staticlib", "--", "--print", "native-static-libs"])
+        .args(["rustc", "--release", "-p", "latentda", "--lib", "--crate-type", "staticlib", "--", "--print", "native-static-libs"])
         .current_dir(root())
         .output()
         .unwrap();

@@ -470,7 +470,8 @@ struct HostModel {
 }
 
 unsafe fn host<'a>(user: *mut c_void) -> &'a mut HostModel {
-    &mut *(user as *mut HostModel)
+    // SAFETY: `user` is the test's HostModel, alive for the whole analysis.
+    unsafe { &mut *(user as *mut HostModel) }
 }
 
 fn advect(m: &HostModel, n: usize, x: *const f64, y: *mut f64, transpose: bool) {
@@ -485,7 +486,8 @@ fn advect(m: &HostModel, n: usize, x: *const f64, y: *mut f64, transpose: bool) 
 }
 
 unsafe extern "C" fn cb_step(user: *mut c_void, n: usize, x: *const f64, x_next: *mut f64) -> i32 {
-    let m = host(user);
+    // SAFETY: latentda passes back the `user` pointer the test registered.
+    let m = unsafe { host(user) };
     m.calls += 1;
     if !m.skip_output {
         advect(m, n, x, x_next, false);
@@ -494,14 +496,16 @@ unsafe extern "C" fn cb_step(user: *mut c_void, n: usize, x: *const f64, x_next:
 }
 
 unsafe extern "C" fn cb_tl(user: *mut c_void, n: usize, _x: *const f64, dx: *const f64, dx_next: *mut f64) -> i32 {
-    let m = host(user);
+    // SAFETY: latentda passes back the `user` pointer the test registered.
+    let m = unsafe { host(user) };
     m.calls += 1;
     advect(m, n, dx, dx_next, false);
     m.status
 }
 
 unsafe extern "C" fn cb_ad(user: *mut c_void, n: usize, _x: *const f64, dx_next: *const f64, dx: *mut f64) -> i32 {
-    let m = host(user);
+    // SAFETY: latentda passes back the `user` pointer the test registered.
+    let m = unsafe { host(user) };
     m.calls += 1;
     advect(m, n, dx_next, dx, true);
     m.status

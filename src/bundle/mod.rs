@@ -120,6 +120,9 @@ struct HybridSection {
     alpha: Option<f64>,
     beta: Option<f64>,
     variables: Option<Vec<String>>,
+    alpha_tropics: Option<f64>,
+    beta_tropics: Option<f64>,
+    band_lat: Option<[f64; 2]>,
 }
 
 /// `[forecast]`: the step model of latent 4D-Var (optional).
@@ -360,6 +363,12 @@ pub struct HybridDefaults {
     pub beta: f64,
     /// Variables the static part acts on; `None` = all.
     pub variables: Option<Vec<String>>,
+    /// Weight of the latent B in the tropics (`alpha` is then the extratropical one); `None`: `alpha`.
+    pub alpha_tropics: Option<f64>,
+    /// Weight of the static B in the tropics; `None`: `beta`.
+    pub beta_tropics: Option<f64>,
+    /// Latitudes of the ramp between tropical and extratropical weights; `None`: the options' default.
+    pub band_lat: Option<[f64; 2]>,
 }
 
 /// An opened, validated bundle.
@@ -429,12 +438,26 @@ fn physical_bounds(b: &BTreeMap<String, Vec<f64>>, layout: &Layout) -> Result<Ve
     Ok(out)
 }
 
+/// Checks a band-latitude pair [lat0, lat1]: finite, 0 <= lat0 < lat1 <= 90. Returns the reason otherwise.
+pub fn check_band_lat(b: [f64; 2]) -> std::result::Result<(), String> {
+    let [lat0, lat1] = b;
+    if !(lat0.is_finite() && lat1.is_finite() && (0.0..=90.0).contains(&lat0) && (0.0..=90.0).contains(&lat1) && lat0 < lat1) {
+        return Err(format!("[{lat0}, {lat1}] must satisfy 0 <= lat0 < lat1 <= 90 (degrees)"));
+    }
+    Ok(())
+}
+
 fn hybrid_defaults(h: Option<&HybridSection>, layout: &Layout) -> Result<HybridDefaults> {
     let (alpha, beta) = (h.and_then(|h| h.alpha).unwrap_or(1.0), h.and_then(|h| h.beta).unwrap_or(1.0));
-    for (k, v) in [("alpha", alpha), ("beta", beta)] {
+    let (alpha_tropics, beta_tropics) = (h.and_then(|h| h.alpha_tropics), h.and_then(|h| h.beta_tropics));
+    for (k, v) in [("alpha", alpha), ("beta", beta), ("alpha_tropics", alpha_tropics.unwrap_or(0.0)), ("beta_tropics", beta_tropics.unwrap_or(0.0))] {
         if !(v.is_finite() && v >= 0.0) {
             return Err(Error::bundle(format!("hybrid.{k} = {v} must be finite and >= 0")));
         }
+    }
+    let band_lat = h.and_then(|h| h.band_lat);
+    if let Some(b) = band_lat {
+        check_band_lat(b).map_err(|m| Error::bundle(format!("hybrid.band_lat: {m}")))?;
     }
     let variables = h.and_then(|h| h.variables.clone());
     if let Some(vs) = &variables {
@@ -445,7 +468,7 @@ fn hybrid_defaults(h: Option<&HybridSection>, layout: &Layout) -> Result<HybridD
             return Err(Error::bundle(format!("hybrid.variables names '{v}', which is not a bundle variable")));
         }
     }
-    Ok(HybridDefaults { alpha, beta, variables })
+    Ok(HybridDefaults { alpha, beta, variables, alpha_tropics, beta_tropics, band_lat })
 }
 
 /// Opens `path` for reading only if it is a regular file: a FIFO would block the open, a device (a link to

@@ -410,7 +410,8 @@ unsafe fn c_str<'a>(p: *const c_char, what: &str) -> Result<&'a str> {
     if p.is_null() {
         return Err(null(what));
     }
-    CStr::from_ptr(p).to_str().map_err(|_| Error::arg(format!("argument '{what}' is not valid UTF-8")))
+    // SAFETY: non-null, NUL-terminated per the caller's contract.
+    unsafe { CStr::from_ptr(p) }.to_str().map_err(|_| Error::arg(format!("argument '{what}' is not valid UTF-8")))
 }
 
 /// Opens a bundle and creates a context.
@@ -421,9 +422,10 @@ unsafe fn c_str<'a>(p: *const c_char, what: &str) -> Result<&'a str> {
 ///   "hybrid" | "l4dvar"), `output` ("analysis" | "increment" | "full_state"), `solver` ("gauss_newton" | "adam"),
 ///   `gradient_reduction`, `max_pairs`, `outer_loops`, `max_inner`, `preconditioner` ("ritz" | "none"),
 ///   `adam_steps`, `adam_lr`, `bg_check`, `bg_check_samples`, `hybrid_alpha`, `hybrid_beta`, `hybrid_variables`,
-///   `baseline_variance_factor`, `latent_variance_factor`, `latent_increment` ("linear" | "nonlinear"),
-///   `b_operator` ("latent" | "hybrid" | "static"), `window_hours`, `slot_hours`, `error_growth_per_hour`,
-///   `verbosity`, `self_test` (one `key = value` per line; see docs/coupling.md). Unknown keys are an error.
+///   `hybrid_alpha_tropics`, `hybrid_beta_tropics`, `hybrid_band_lat` (`[lat0, lat1]`), `baseline_variance_factor`,
+///   `latent_variance_factor`, `latent_increment` ("linear" | "nonlinear"), `b_operator` ("latent" | "hybrid" |
+///   "static"), `window_hours`, `slot_hours`, `error_growth_per_hour`, `verbosity`, `self_test` (one `key = value`
+///   per line; see docs/coupling.md). Unknown keys are an error.
 /// - `out`: receives the new context; must not be NULL. It is set to NULL on failure.
 ///
 /// The strings are only read during the call. The context is owned by the caller and must be released with

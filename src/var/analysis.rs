@@ -83,6 +83,50 @@ pub struct HybridSettings {
     pub beta: f64,
     /// Per bundle variable: whether the static part acts on it (P).
     pub keep: Vec<bool>,
+    /// Weight of the latent B in the tropics (|lat| <= `band_lat[0]`); `alpha` is the extratropical value.
+    pub alpha_tropics: f64,
+    /// Weight of the static B in the tropics; `beta` is the extratropical value.
+    pub beta_tropics: f64,
+    /// Latitudes (degrees) where the cosine ramp from the tropical to the extratropical weights starts and ends.
+    pub band_lat: [f64; 2],
+}
+
+impl HybridSettings {
+    /// Whether the weights vary with latitude (a tropical weight differs from the extratropical one). When they do
+    /// not, the hybrid is the scalar-weight operator, bit for bit.
+    pub fn banded(&self) -> bool {
+        self.alpha_tropics != self.alpha || self.beta_tropics != self.beta
+    }
+
+    /// The grid-point weight fields sqrt(alpha(phi)), sqrt(beta(phi)) over the state of `lay`
+    /// ([`crate::bmat::hybrid::band_weight_fields`]); `None` when the weights do not vary.
+    pub fn weight_fields(&self, lay: &crate::bundle::grid::Layout) -> Option<(Vec<f64>, Vec<f64>)> {
+        if !self.banded() {
+            return None;
+        }
+        let nchan = lay.state_len() / lay.grid.npoints();
+        Some(crate::bmat::hybrid::band_weight_fields(
+            &lay.grid.lat,
+            lay.grid.nlon(),
+            nchan,
+            self.alpha,
+            self.alpha_tropics,
+            self.beta,
+            self.beta_tropics,
+            self.band_lat,
+        ))
+    }
+
+    /// The latent weight folded into the latent variances for the minimisation: alpha without band weights (today's
+    /// scalar hybrid), else max(alpha, alpha_tropics), the rest applied as the grid-point factor
+    /// sqrt(alpha(phi) / alpha_ref) on the decoded increment.
+    pub fn alpha_ref(&self) -> f64 {
+        if self.banded() {
+            self.alpha.max(self.alpha_tropics)
+        } else {
+            self.alpha
+        }
+    }
 }
 
 /// The result of one analysis.
@@ -145,6 +189,13 @@ impl Analyser {
         if alpha == 0.0 && beta == 0.0 {
             return Err(Error::arg("hybrid_alpha and hybrid_beta are both 0: the hybrid B would be zero"));
         }
+        // Tropical weights: the options', else the bundle's, else the extratropical ones (no band weights).
+        let alpha_tropics = o.hybrid_alpha_tropics.or(h.alpha_tropics).unwrap_or(alpha);
+        let beta_tropics = o.hybrid_beta_tropics.or(h.beta_tropics).unwrap_or(beta);
+        let band_lat = o.hybrid_band_lat.or(h.band_lat).unwrap_or(crate::var::options::DEFAULT_HYBRID_BAND_LAT);
+        if alpha_tropics == 0.0 && beta_tropics == 0.0 {
+            return Err(Error::arg("hybrid_alpha_tropics and hybrid_beta_tropics are both 0: the hybrid B would be zero in the tropics"));
+        }
         let lay = &self.bundle.layout;
         let keep = match o.hybrid_variables.as_ref().or(h.variables.as_ref()) {
             None => vec![true; lay.variables.len()],
@@ -159,7 +210,7 @@ impl Analyser {
                 keep
             }
         };
-        Ok(HybridSettings { alpha, beta, keep })
+        Ok(HybridSettings { alpha, beta, keep, alpha_tropics, beta_tropics, band_lat })
     }
 
     /// The latent variances s^2 in force: the bundle's times the option `latent_variance_factor` times `weight` (the
@@ -232,7 +283,12 @@ impl Analyser {
             BKind::Hybrid => {
                 let h = settings.expect("resolved above");
                 let (l, s) = (&mut latent.as_mut().ok_or_else(not_ready)?.1, &mut statics.as_mut().ok_or_else(not_ready)?.1);
-                let mut hy = Hybrid::new(l, s, h.alpha.sqrt(), h.beta.sqrt(), n);
+                // The same operator as the analysis' (which folds alpha_ref into the latent variances): scalar
+                // weights, or the band-weight fields sqrt(alpha(phi)), sqrt(beta(phi)).
+                let mut hy = match h.weight_fields(&self.bundle.layout) {
+                    None => Hybrid::new(l, s, h.alpha.sqrt(), h.beta.sqrt(), n),
+                    Some((fa, fb)) => Hybrid::new(l, s, 1.0, 1.0, n).with_fields(fa, fb),
+                };
                 f(&mut hy, &mut self.ae)
             }
         }
@@ -311,11 +367,25 @@ impl Analyser {
             Method::Hybrid => {
                 let hs = self.hybrid_settings()?;
                 let z_b = z_b.expect("encoded above");
-                let lv = self.latent_variance(hs.alpha);
+                // alpha_ref is folded into the latent variances (alpha itself without band weights: today's scalar
+                // hybrid, bit for bit); band weights multiply the latent increment by sqrt(alpha(phi) / alpha_ref)
+                // and the static one by sqrt(beta(phi)). In the linear form this is exactly the operator of
+                // `with_b` (sqrt(alpha(phi)) sd D'(z_b)(s w) + sqrt(beta(phi)) P U_s v); in the nonlinear form its
+                // linearisation at w = 0 is.
+                let alpha_ref = hs.alpha_ref();
+                let fields = hs.weight_fields(&lay);
+                let lv = self.latent_variance(alpha_ref);
                 let linear = self.options.latent_form() == "linear";
                 let latent = LatentControl::new(&mut self.ae, x_b, z_b, &lv, &b.mean, &b.std, np, false)?.linear(linear);
                 let st = &mut self.cache.statics.as_mut().expect("prepared above").1;
-                let mut ctrl = Hybrid::new(latent, st, 1.0, hs.beta.sqrt(), lay.state_len());
+                let mut ctrl = match fields {
+                    None => Hybrid::new(latent, st, 1.0, hs.beta.sqrt(), lay.state_len()),
+                    Some((fa, fb)) => {
+                        let r = if alpha_ref > 0.0 { 1.0 / alpha_ref.sqrt() } else { 1.0 };
+                        let fa = fa.iter().map(|a| a * r).collect();
+                        Hybrid::new(latent, st, 1.0, 1.0, lay.state_len()).with_fields(fa, fb)
+                    }
+                };
                 minimise(&mut ctrl, &problem, &params)?
             }
             Method::L4dvar => unreachable!("method l4dvar is routed to analyse_4d at the top"),

@@ -76,10 +76,12 @@ pub struct DesroziersSums {
     pub sum_db: f64,
     /// Sum of sigma_b^2, the H B H^T in force (null when the background-error sd was not computed).
     pub sum_hbh: Option<f64>,
-    /// Hybrid only: the latent part of `sum_hbh`, alpha (H sd_latent)^2 (null otherwise).
+    /// Hybrid only: the latent part of `sum_hbh`, alpha (H sd_latent)^2, or (H (sqrt(alpha(phi)) sd_latent))^2 with
+    /// latitude-band weights (null otherwise).
     #[serde(default)]
     pub sum_hbh_latent: Option<f64>,
-    /// Hybrid only: the static part of `sum_hbh`, beta (H sd_static)^2 (null otherwise).
+    /// Hybrid only: the static part of `sum_hbh`, beta (H sd_static)^2, or (H (sqrt(beta(phi)) sd_static))^2 with
+    /// latitude-band weights (null otherwise).
     #[serde(default)]
     pub sum_hbh_static: Option<f64>,
 }
@@ -377,13 +379,26 @@ impl Analyser {
         let mut rows = innovations(obs, h, hxb, hxa, sigma, sd);
         if method == Method::Hybrid && sd.is_some() {
             if let (Some(a), Some(b)) = (b_in_force.hybrid_alpha, b_in_force.hybrid_beta) {
-                let part = |me: &mut Analyser, kind: BKind, w: f64| -> Option<Vec<f64>> {
-                    let sd: Vec<f64> = me.with_b(kind, |op, ae| Ok(op.variance(ae)?.iter().map(|v| v.max(0.0).sqrt()).collect())).ok()?;
+                // Latitude-band weights: sd of each part times sqrt(alpha(phi)) or sqrt(beta(phi)) before H.
+                let fields = self.hybrid_settings().ok().and_then(|hs| hs.weight_fields(&self.bundle.layout));
+                let (fa, fb) = match &fields {
+                    Some((fa, fb)) => (Some(fa.as_slice()), Some(fb.as_slice())),
+                    None => (None, None),
+                };
+                let part = |me: &mut Analyser, kind: BKind, w: f64, field: Option<&[f64]>| -> Option<Vec<f64>> {
+                    let mut sd: Vec<f64> = me.with_b(kind, |op, ae| Ok(op.variance(ae)?.iter().map(|v| v.max(0.0).sqrt()).collect())).ok()?;
+                    let w = match field {
+                        Some(f) => {
+                            sd.iter_mut().zip(f).for_each(|(s, f)| *s *= f);
+                            1.0
+                        }
+                        None => w,
+                    };
                     let mut at = vec![0.0; h.nrows()];
                     h.apply(&sd, &mut at);
                     Some(at.iter().map(|x| w * x * x).collect())
                 };
-                if let (Some(l), Some(s)) = (part(self, BKind::Latent, a), part(self, BKind::Static, b)) {
+                if let (Some(l), Some(s)) = (part(self, BKind::Latent, a, fa), part(self, BKind::Static, b, fb)) {
                     rows.iter_mut().enumerate().for_each(|(r, row)| row.sigma_b_parts = Some((l[r], s[r])));
                 }
             }

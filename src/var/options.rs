@@ -22,6 +22,9 @@
 //! hybrid_alpha = 1.0           # hybrid weights and variables: override the bundle's [hybrid] table
 //! hybrid_beta = 1.0
 //! hybrid_variables = ["q", "ps"]
+//! hybrid_alpha_tropics = 0.5   # hybrid weights in the tropics (hybrid_alpha/_beta are then the extratropical ones;
+//! hybrid_beta_tropics = 1.0    #   default: the bundle's [hybrid] alpha_tropics/beta_tropics, else no band weights)
+//! hybrid_band_lat = [10.0, 30.0]   # cosine ramp from the tropical weights at |lat| <= 10 to the extratropical at >= 30
 //! baseline_variance_factor = 1.0   # multiplies the static B's variances (overrides [statistics] of the bundle)
 //! latent_variance_factor = 1.0     # multiplies the latent B's variances (e.g. < 1 when cycling with 6 h forecasts)
 //! latent_increment = "linear"      # latent part: "linear" sd D'(z_b)(s w) (default, except with output "full_state")
@@ -40,6 +43,12 @@ use serde::Deserialize;
 use crate::model::backend::{BackendKind, Device, ExecOptions};
 use crate::error::{Error, Result};
 use crate::var::solver::{SolverKind, SolverParams, DEFAULT_MAX_PAIRS};
+
+/// Default latitudes (degrees) of the ramp between the hybrid's tropical and extratropical weights: tropical
+/// weights at |lat| <= 10, extratropical ones at |lat| >= 30 (the robustness matrix's tropics band is 20S-20N, the
+/// ramp's midpoint).
+pub const DEFAULT_HYBRID_BAND_LAT: [f64; 2] = [10.0, 30.0];
+
 
 /// Analysis method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,6 +201,15 @@ pub struct Options {
     pub hybrid_beta: Option<f64>,
     /// Variables the static part of the hybrid acts on (default: the bundle's `[hybrid]`, else all).
     pub hybrid_variables: Option<Vec<String>>,
+    /// Hybrid weight alpha in the tropics (|lat| <= `hybrid_band_lat[0]`); `hybrid_alpha` is then the extratropical
+    /// weight (|lat| >= `hybrid_band_lat[1]`), with a cosine ramp between (default: the bundle's `[hybrid]
+    /// alpha_tropics`, else `hybrid_alpha`: no band weights).
+    pub hybrid_alpha_tropics: Option<f64>,
+    /// Hybrid weight beta in the tropics (default: the bundle's `[hybrid] beta_tropics`, else `hybrid_beta`).
+    pub hybrid_beta_tropics: Option<f64>,
+    /// Latitudes [lat0, lat1] (degrees, 0 <= lat0 < lat1 <= 90) of the ramp between tropical and extratropical
+    /// hybrid weights (default: the bundle's `[hybrid] band_lat`, else [`DEFAULT_HYBRID_BAND_LAT`]).
+    pub hybrid_band_lat: Option<[f64; 2]>,
     /// Factor on the static B's variances (default: the bundle's `[statistics]`, else 1).
     pub baseline_variance_factor: Option<f64>,
     /// Factor on the latent B's variances s^2 (default 1: the bundle's calibration, which is for its own
@@ -246,6 +264,9 @@ impl Default for Options {
             hybrid_alpha: None,
             hybrid_beta: None,
             hybrid_variables: None,
+            hybrid_alpha_tropics: None,
+            hybrid_beta_tropics: None,
+            hybrid_band_lat: None,
             baseline_variance_factor: None,
             latent_variance_factor: None,
             b_operator: "latent".into(),
@@ -300,7 +321,15 @@ impl Options {
         if self.bg_check_samples == 0 {
             return Err(Error::arg("bg_check_samples must be >= 1"));
         }
-        for (name, v) in [("hybrid_alpha", self.hybrid_alpha), ("hybrid_beta", self.hybrid_beta)] {
+        if let Some(b) = self.hybrid_band_lat {
+            crate::bundle::check_band_lat(b).map_err(|m| Error::arg(format!("hybrid_band_lat: {m}")))?;
+        }
+        for (name, v) in [
+            ("hybrid_alpha", self.hybrid_alpha),
+            ("hybrid_beta", self.hybrid_beta),
+            ("hybrid_alpha_tropics", self.hybrid_alpha_tropics),
+            ("hybrid_beta_tropics", self.hybrid_beta_tropics),
+        ] {
             if let Some(v) = v {
                 if !(v.is_finite() && v >= 0.0) {
                     return Err(Error::arg(format!("{name} = {v} must be finite and >= 0")));

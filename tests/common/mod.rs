@@ -59,9 +59,23 @@ pub fn onnxruntime_library() -> PathBuf {
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
+/// The `latentda` binary. It is built by the workspace member cli/ (crate latentda-cli): its own tests get it from
+/// Cargo; this package's tests find it next to themselves, in target/<profile>/ (`cargo build --release` and
+/// `cargo test --release` at the root build it; scripts/test.sh builds first).
+pub fn latentda_exe() -> PathBuf {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_latentda") {
+        return PathBuf::from(p);
+    }
+    let me = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test>-<hash> -> target/<profile>/latentda
+    let exe = me.parent().and_then(Path::parent).unwrap().join("latentda");
+    assert!(exe.is_file(), "{} missing: run `cargo build --release` first (scripts/test.sh does)", exe.display());
+    exe
+}
+
 /// Runs the latentda CLI; returns (exit code, stdout, stderr).
 pub fn cli(args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_latentda")).args(args).output().unwrap();
+    let out = std::process::Command::new(latentda_exe()).args(args).output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

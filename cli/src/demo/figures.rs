@@ -18,23 +18,13 @@ use std::path::PathBuf;
 
 use super::single_obs::{self, Experiment};
 use super::Demo;
-use crate::bundle::grid::Layout;
-use crate::error::Result;
-use crate::obs::QcFlag;
-use super::table::sig;
+use latentda::bundle::grid::Layout;
+use latentda::error::Result;
+use latentda::obs::QcFlag;
+use super::table::{method_label, sig};
 use crate::plot::colour::{nice_ceil, DEFAULT_LEVELS};
 use crate::plot::{ColourScale, MapFigure, Marker, MarkerKind, Panel, VectorScale};
-use crate::var::options::Method;
-
-/// A method's name as printed.
-pub fn method_label(m: Method) -> &'static str {
-    match m {
-        Method::Var3d => "3D-Var (static B)",
-        Method::L3dvar => "L3DVar (latent B)",
-        Method::Hybrid => "hybrid (latent + static B)",
-        Method::L4dvar => "L4DVar (latent B, step model)",
-    }
-}
+use latentda::var::options::Method;
 
 /// One horizontal field (variable `v`, level `k`; surface fields have k = 0) of a state.
 fn horizontal<'a>(layout: &Layout, x: &'a [f64], v: usize, k: usize) -> &'a [f64] {
@@ -64,7 +54,7 @@ fn max_speed(w: Option<(&[f64], &[f64])>) -> f64 {
 
 /// A panel's title, full state difference and the QC flags of its method (none for the background error).
 /// A panel's title, field, and the QC flags of the observations it was analysed with (and those observations).
-type Shown<'a> = (String, Vec<f64>, Option<(&'a [QcFlag], &'a [crate::obs::Observation])>);
+type Shown<'a> = (String, Vec<f64>, Option<(&'a [QcFlag], &'a [latentda::obs::Observation])>);
 /// Wind components of one level.
 type Wind<'a> = (&'a [f64], &'a [f64]);
 
@@ -116,7 +106,7 @@ fn level_figure(d: &Demo, level: Level) -> Result<Option<PathBuf>> {
     // Fields: the background error first, then each method's increment.
     let mut states: Vec<Shown> = vec![("truth - background (background error)".into(), diff(&d.truth, &d.x_b), None)];
     for r in &d.runs {
-        let obs: &[crate::obs::Observation] = if r.method == Method::L4dvar { &d.obs4d_rows } else { &d.obs };
+        let obs: &[latentda::obs::Observation] = if r.method == Method::L4dvar { &d.obs4d_rows } else { &d.obs };
         states.push((format!("{} increment", method_label(r.method)), diff(&r.analysis.analysis, &d.x_b), Some((&r.analysis.qc, obs))));
     }
     let fields: Vec<(&[f64], Option<Wind>)> = states
@@ -127,7 +117,7 @@ fn level_figure(d: &Demo, level: Level) -> Result<Option<PathBuf>> {
         })
         .collect();
     // Observations shown on this map: those nearest this level (or the surface fields').
-    let on_map = |o: &crate::obs::Observation| match (level, o.var, o.level) {
+    let on_map = |o: &latentda::obs::Observation| match (level, o.var, o.level) {
         (Level::Mid, Some(v), Some(l)) => !lay.variables[v].is_surface() && l > 0.0 && nearest_level(lay, l) == k,
         (Level::Surface, Some(v), _) => lay.variables[v].is_surface(),
         _ => false,
@@ -187,8 +177,8 @@ fn diff(a: &[f64], b: &[f64]) -> Vec<f64> {
 
 fn vertical_name(lay: &Layout) -> &'static str {
     match lay.vertical.kind {
-        crate::bundle::grid::VerticalKind::Sigma => "sigma",
-        crate::bundle::grid::VerticalKind::Pressure => "p (Pa)",
+        latentda::bundle::grid::VerticalKind::Sigma => "sigma",
+        latentda::bundle::grid::VerticalKind::Pressure => "p (Pa)",
     }
 }
 

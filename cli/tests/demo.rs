@@ -1,10 +1,61 @@
 //! `latentda demo`: the three-method comparison, its table and figures (on a fixture bundle, through the binary),
 //! and the single-observation experiment's geostrophic response on the reference bundle.
 
-mod common;
+/// The helpers of the workspace's tests/common that these tests use, on the workspace root (this crate is cli/).
+mod common {
+    use std::path::{Path, PathBuf};
+
+    /// The workspace root (models/, tests/fixtures/, target/).
+    pub fn root() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    }
+
+    /// Path of a committed test fixture bundle.
+    pub fn fixture(name: &str) -> PathBuf {
+        root().join("tests/fixtures").join(name)
+    }
+
+    /// A fresh, empty scratch directory under target/ (removed at the start of each run of the same test).
+    pub fn scratch(test: &str) -> PathBuf {
+        let d = root().join("target/test-scratch").join(test);
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// Copies a fixture bundle (with its sample/) into a scratch directory and returns the copy's path.
+    pub fn copy_fixture(name: &str, test: &str) -> PathBuf {
+        let dst = scratch(test).join(name);
+        copy_dir(&fixture(name), &dst);
+        dst
+    }
+
+    fn copy_dir(src: &Path, dst: &Path) {
+        std::fs::create_dir_all(dst).unwrap();
+        for e in std::fs::read_dir(src).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            if p.is_dir() {
+                copy_dir(&p, &dst.join(e.file_name()));
+            } else {
+                std::fs::copy(&p, dst.join(e.file_name())).unwrap();
+            }
+        }
+    }
+
+    /// Runs the latentda CLI (this crate's binary); returns (exit code, stdout, stderr).
+    pub fn cli(args: &[&str]) -> (i32, String, String) {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_latentda")).args(args).output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
 
 use common::*;
-use latentda::demo::single_obs;
+use latentda_cli::demo::single_obs;
 use latentda::diag::verify::weighted_rmse_by_var;
 use latentda::{Analyser, Method, Options};
 
@@ -12,9 +63,9 @@ use latentda::{Analyser, Method, Options};
 /// than 50 pixels of the map panels (the colour bar, in the right-hand 130 pixels, holds all of them and is left
 /// out).
 fn png_steps(path: &std::path::Path) -> ((u32, u32), usize) {
-    use latentda::plot::colour::{DEFAULT_LEVELS, WHITE_BIN};
+    use latentda_cli::plot::colour::{DEFAULT_LEVELS, WHITE_BIN};
     let img = image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).to_rgb8();
-    let scale = latentda::plot::ColourScale { vmax: 1.0, levels: DEFAULT_LEVELS, label: String::new() };
+    let scale = latentda_cli::plot::ColourScale { vmax: 1.0, levels: DEFAULT_LEVELS, label: String::new() };
     let maps_width = img.width() - 130;
     let steps = (0..DEFAULT_LEVELS)
         .filter(|&k| scale.bin_colour(k) != WHITE_BIN)
@@ -52,7 +103,7 @@ fn demo_prints_one_table_and_writes_analyses_reports_and_figures() {
         assert_eq!(report["method"], m);
         for (v, var) in lay.variables.iter().enumerate() {
             let line = table.lines().find(|l| l.starts_with(&format!("  {} (", var.name))).unwrap();
-            let cell = format!("{} {:+6.1}%", latentda::demo::table::sig(ra[v], 4), 100.0 * (ra[v] / rb[v] - 1.0));
+            let cell = format!("{} {:+6.1}%", latentda_cli::demo::table::sig(ra[v], 4), 100.0 * (ra[v] / rb[v] - 1.0));
             assert!(line.contains(&cell), "{m} {}: expected '{cell}' in\n{line}", var.name);
         }
         // The fixture case is easy: every method improves every variable.
@@ -96,7 +147,7 @@ fn demo_adds_latent_4dvar_with_a_window_of_observations_when_the_bundle_has_a_st
     let (rb, ra) = (weighted_rmse_by_var(&lay, &xb, &xt), weighted_rmse_by_var(&lay, &xa, &xt));
     for (v, var) in lay.variables.iter().enumerate() {
         let line = table.lines().find(|l| l.starts_with(&format!("  {} (", var.name))).unwrap();
-        let cell = format!("{} {:+6.1}%", latentda::demo::table::sig(ra[v], 4), 100.0 * (ra[v] / rb[v] - 1.0));
+        let cell = format!("{} {:+6.1}%", latentda_cli::demo::table::sig(ra[v], 4), 100.0 * (ra[v] / rb[v] - 1.0));
         assert!(line.trim_end().ends_with(&cell) || line.trim_end().ends_with(&format!("{cell}*")), "l4dvar {}: '{cell}' in\n{line}", var.name);
     }
     // without a 4D observation file the demo says why it has no L4DVar column
@@ -118,11 +169,11 @@ fn demo_errors_name_the_missing_file() {
 
 #[test]
 fn single_warm_observations_give_anticyclonic_wind_in_both_hemispheres_with_the_latent_b_only() {
-    let bundle = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/speedy-t31");
+    let bundle = root().join("models/speedy-t31");
     let mut a = Analyser::open(&bundle, Options::default()).unwrap();
     let xb = latentda::bundle::ncio::read_state(&bundle.join("sample/background.nc"), &a.bundle.layout.clone()).unwrap();
-    let latent = single_obs::run(&mut a, &xb, Method::L3dvar, latentda::demo::SINGLE_OBS_LON).unwrap().unwrap();
-    let baseline = single_obs::run(&mut a, &xb, Method::Var3d, latentda::demo::SINGLE_OBS_LON).unwrap().unwrap();
+    let latent = single_obs::run(&mut a, &xb, Method::L3dvar, latentda_cli::demo::SINGLE_OBS_LON).unwrap().unwrap();
+    let baseline = single_obs::run(&mut a, &xb, Method::Var3d, latentda_cli::demo::SINGLE_OBS_LON).unwrap().unwrap();
     for (l, s) in latent.responses.iter().zip(&baseline.responses) {
         println!(
             "lat {:+.0}: L3DVar t {:+.3} K, max wind {:.3} m/s, vorticity {:.3e} s-1 ({}), balance {:?}; 3D-Var t {:+.3} K, {}",

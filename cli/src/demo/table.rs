@@ -3,13 +3,22 @@
 
 use std::fmt::Write;
 
-use super::figures::method_label;
-use crate::var::options::Method;
+use latentda::var::options::Method;
 use super::Demo;
 
 /// Width of the row-label column and of each value column.
 const LABEL: usize = 34;
 const COL: usize = 22;
+
+/// A method's name as printed.
+pub fn method_label(m: Method) -> &'static str {
+    match m {
+        Method::Var3d => "3D-Var (static B)",
+        Method::L3dvar => "L3DVar (latent B)",
+        Method::Hybrid => "hybrid (latent + static B)",
+        Method::L4dvar => "L4DVar (latent B, step model)",
+    }
+}
 
 /// `x` with `sig` significant digits, fixed notation for moderate magnitudes.
 pub fn sig(x: f64, sig: usize) -> String {
@@ -112,7 +121,7 @@ impl Demo {
         }
 
         section(&mut s, "geostrophic balance, |lat| > 20 (corr of wind with geostrophic wind; background column: truth - background)");
-        let bal = |b: &Option<crate::var::report::BalanceStats>| b.as_ref().map_or("-".to_string(), |b| format!("{:.3}", b.correlation));
+        let bal = |b: &Option<latentda::var::report::BalanceStats>| b.as_ref().map_or("-".to_string(), |b| format!("{:.3}", b.correlation));
         let mut cells = vec![bal(&self.truth_balance)];
         cells.extend(self.runs.iter().map(|r| bal(&r.analysis.report.balance)));
         row(&mut s, "  of the increment", &cells);
@@ -158,7 +167,7 @@ impl Demo {
         }
 
         section(&mut s, "minimisation");
-        let solver = |f: &dyn Fn(&crate::var::solver::SolveInfo) -> String| -> Vec<String> {
+        let solver = |f: &dyn Fn(&latentda::var::solver::SolveInfo) -> String| -> Vec<String> {
             let mut c = vec![String::new()];
             c.extend(self.runs.iter().map(|r| r.analysis.report.solver.as_ref().map_or("-".into(), f)));
             c
@@ -175,7 +184,7 @@ impl Demo {
         row(&mut s, "  control vector size", &ctrl);
 
         section(&mut s, "time, seconds (model runs: count)");
-        let t = |f: &dyn Fn(&crate::var::report::Timings) -> String| -> Vec<String> {
+        let t = |f: &dyn Fn(&latentda::var::report::Timings) -> String| -> Vec<String> {
             let mut c = vec![String::new()];
             c.extend(self.runs.iter().map(|r| f(&r.analysis.report.timings)));
             c

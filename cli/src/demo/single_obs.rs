@@ -7,15 +7,15 @@
 //! south: the sign flips with f); a univariate B changes temperature (and, with the hydrostatic link,
 //! geopotential) but leaves the wind alone.
 
-use crate::bundle::grid::{Layout, VerticalKind};
-use crate::diag::balance;
-use crate::diag::verify;
-use crate::error::Result;
-use crate::obs::operator::ObsOperator;
-use crate::obs::{Observation, QcFlag};
-use crate::var::analysis::Analyser;
-use crate::var::options::Method;
-use crate::var::report::BalanceStats;
+use latentda::bundle::grid::{Layout, VerticalKind};
+use latentda::diag::balance;
+use latentda::diag::verify;
+use latentda::error::Result;
+use latentda::obs::operator::ObsOperator;
+use latentda::obs::{Observation, QcFlag};
+use latentda::var::analysis::Analyser;
+use latentda::var::options::Method;
+use latentda::var::report::BalanceStats;
 
 /// Innovation y - H(x_b) of each observation (K).
 pub const INNOVATION: f64 = 1.0;
@@ -114,7 +114,7 @@ pub fn run(a: &mut Analyser, x_b: &[f64], method: Method, lon: f64) -> Result<Op
     for (r, &i) in h.rows.iter().enumerate() {
         obs[i].value = hxb[r] + INNOVATION;
     }
-    let result = a.analyse_with(x_b, &obs, method, crate::var::options::OutputMode::Analysis)?;
+    let result = a.analyse_with(x_b, &obs, method, latentda::var::options::OutputMode::Analysis)?;
     let increment: Vec<f64> = result.analysis.iter().zip(x_b).map(|(xa, xb)| xa - xb).collect();
     let mut hdx = vec![0.0; h.nrows()];
     h.apply(&increment, &mut hdx);
@@ -150,7 +150,7 @@ pub fn run(a: &mut Analyser, x_b: &[f64], method: Method, lon: f64) -> Result<Op
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bundle::grid::{Grid, GridKind, Vertical};
+    use latentda::bundle::grid::{Grid, GridKind, Vertical};
 
     #[test]
     fn mid_level_is_nearest_half_sigma_or_500_hpa() {

@@ -17,14 +17,14 @@ pub mod table;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::bundle::grid::Layout;
-use crate::bundle::ncio;
-use crate::diag::{balance, verify};
-use crate::error::{Error, Result};
-use crate::obs::{self, Observation, RowProblem};
-use crate::var::analysis::{Analyser, Analysis};
-use crate::var::options::{Method, Options, OutputMode};
-use crate::var::report::BalanceStats;
+use latentda::bundle::grid::Layout;
+use latentda::bundle::ncio;
+use latentda::diag::{balance, verify};
+use latentda::error::{Error, Result};
+use latentda::obs::{self, Observation, RowProblem};
+use latentda::var::analysis::{Analyser, Analysis};
+use latentda::var::options::{Method, Options, OutputMode};
+use latentda::var::report::BalanceStats;
 
 /// Methods in the order the demo runs and prints them: the baseline first.
 pub const METHODS: [Method; 3] = [Method::Var3d, Method::L3dvar, Method::Hybrid];

@@ -13,8 +13,8 @@ use std::sync::OnceLock;
 use plotters::coord::combinators::IntoLinspace;
 use plotters::prelude::*;
 
-use crate::bundle::grid::Grid;
-use crate::error::{Error, Result, Status};
+use latentda::bundle::grid::Grid;
+use latentda::error::{Error, Result, Status};
 pub use colour::ColourScale;
 
 const FONT: &str = "sans-serif";
