@@ -11,6 +11,7 @@
 //! * `window`   latent 4D-Var on the bundle's 4D sample (`sample4d/`): L3DVar with the 0 h observations, L4DVar over
 //!   6 h and 12 h windows (tract, and ONNX Runtime when found): per-phase breakdown (decoder TL/AD, step model
 //!   TL/AD, the background check's propagated variance, H, latentda's own code) and the trajectory held.
+//!   LATENTDA_BENCH_BACKENDS (e.g. `ort`) restricts the backends.
 //! * `grid`     analysis cost against the grid size: synthetic ViT bundles at 32 x 64, 64 x 128 and 128 x 256 made by
 //!   `scripts/synthetic_bundle.py` (generated into target/bench-bundles on first use), 10 pairs.
 //!
@@ -348,8 +349,12 @@ fn main() {
             "  {:<22} {:>6} {:>5} {:>8} {:>12} {:>12} {:>12} {:>12} {:>12} {:>6} {:>6} {:>6} {:>7} {:>8}",
             "label", "used", "pairs", "total s", "dec TL", "dec AD", "step TL", "step AD", "diag B", "H s", "own s", "own", "traj MB", "peak MiB"
         );
-        let backends: Vec<(&str, Option<&str>)> =
-            std::iter::once(("tract", None)).chain(ort.as_deref().map(|l| ("ort", Some(l)))).collect();
+        // LATENTDA_BENCH_BACKENDS=ort skips tract (a 12 h window takes minutes with it on 2 cores)
+        let only = std::env::var("LATENTDA_BENCH_BACKENDS").unwrap_or_default();
+        let backends: Vec<(&str, Option<&str>)> = std::iter::once(("tract", None))
+            .chain(ort.as_deref().map(|l| ("ort", Some(l))))
+            .filter(|(b, _)| only.is_empty() || only.split(',').any(|o| o == *b))
+            .collect();
         for (backend, lib) in backends {
             spawn(&Task { case4d: true, ..task(&format!("{backend} l3dvar 0 h obs"), &bundle, backend) }, lib);
             for w in [6.0, 12.0] {
