@@ -798,28 +798,17 @@ const FLIP_GRAPHS: [(&str, latentda::Method); 7] = [
     ("step_ad.onnx", latentda::Method::L4dvar),
 ];
 
-/// SplitMix64: the flip positions and masks.
-struct Mix(u64);
-
-impl Mix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
+/// A uniform index below `n` from the crate's SplitMix64 generator (the flip positions and masks).
+fn below(rng: &mut latentda::diag::checks::Rng, n: usize) -> usize {
+    (rng.next_u64() % n as u64) as usize
 }
 
 /// `bytes` with `count` random bytes XORed with random non-zero masks (positions may repeat); returns the edits.
-fn flip(bytes: &[u8], rng: &mut Mix, count: usize) -> (Vec<u8>, Vec<(usize, u8)>) {
+fn flip(bytes: &[u8], rng: &mut latentda::diag::checks::Rng, count: usize) -> (Vec<u8>, Vec<(usize, u8)>) {
     let mut b = bytes.to_vec();
     let mut edits = Vec::new();
     for _ in 0..count {
-        let (i, m) = (rng.below(b.len()), 1 + rng.below(255) as u8);
+        let (i, m) = (below(rng, b.len()), 1 + below(rng, 255) as u8);
         b[i] ^= m;
         edits.push((i, m));
     }
@@ -907,8 +896,8 @@ fn flip_fuzz(test: &str, per_graph: usize, options: &latentda::Options) -> FlipC
     for (g, (file, method)) in FLIP_GRAPHS.iter().enumerate() {
         let clean = std::fs::read(dir.join(file)).unwrap();
         for k in 0..per_graph * scale.max(1) {
-            let mut rng = Mix(seed ^ ((g as u64) << 32) ^ k as u64);
-            let count = [1, 2, 4, 8, 16, 40][rng.below(6)];
+            let mut rng = latentda::diag::checks::Rng::new(seed ^ ((g as u64) << 32) ^ k as u64);
+            let count = [1, 2, 4, 8, 16, 40][below(&mut rng, 6)];
             let (bytes, edits) = flip(&clean, &mut rng, count);
             std::fs::write(dir.join(file), &bytes).unwrap();
             refresh_checksum(&dir, file);

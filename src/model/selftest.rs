@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::model::autoencoder::Autoencoder;
 use crate::model::backend::{Device, ExecOptions};
 use crate::model::forecast::{OnnxStep, StepModel};
+use crate::numeric::Rng;
 
 /// Amplitude of the encoder probe's smooth normalised fields (per channel, about 0.7 standard deviations).
 const SMOOTH_AMPLITUDE: f64 = 0.5;
@@ -168,28 +169,10 @@ pub fn self_test(bundle: &Bundle, ae: &mut Autoencoder, mut step: Option<&mut On
     Ok(SelfTest { status: "passed".into(), seconds: t.elapsed().as_secs_f64(), tolerance: tol, graphs, warnings })
 }
 
-/// SplitMix64 with Box-Muller normals: a small, platform-independent generator for the probe inputs.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Uniform in (0, 1).
-    fn uniform(&mut self) -> f64 {
-        ((self.next() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        let (u, v) = (self.uniform(), self.uniform());
-        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-    }
-    fn normals(&mut self, n: usize, scale: &dyn Fn(usize) -> f64) -> Vec<f32> {
-        (0..n).map(|i| (scale(i) * self.normal()) as f32).collect()
-    }
+/// `n` normals from `rng` (the crate's SplitMix64 + Box-Muller generator: platform independent), element i scaled
+/// by `scale(i)`, as the float32 the graphs take.
+fn scaled_normals(rng: &mut Rng, n: usize, scale: &dyn Fn(usize) -> f64) -> Vec<f32> {
+    (0..n).map(|i| (scale(i) * rng.normal()) as f32).collect()
 }
 
 /// Smooth normalised fields: per channel a random large-scale pattern (a sin(lat) term and zonal wavenumbers 1-3
@@ -221,7 +204,7 @@ fn smooth_state(bundle: &Bundle, rng: &mut Rng) -> Vec<f32> {
 /// (latent sd times N(0, 1)), with TL directions drawn the same way and AD inputs N(0, 1) per grid point; the step
 /// model (latent space) at the same latent point, (model space) at the encoder's probe state.
 pub fn generate(bundle: &Bundle, ae: &mut Autoencoder, mut step: Option<&mut OnnxStep>) -> Result<Vec<GraphProbe>> {
-    let mut rng = Rng(SEED);
+    let mut rng = Rng::new(SEED);
     let nx = bundle.layout.state_len();
     let nz = bundle.latent_size();
     let s: Vec<f64> = bundle.latent_variance.iter().map(|v| v.sqrt()).collect();
@@ -237,10 +220,10 @@ pub fn generate(bundle: &Bundle, ae: &mut Autoencoder, mut step: Option<&mut Onn
         }
     };
     check("encoder", &ze)?;
-    let z: Vec<f32> = ze.iter().zip(rng.normals(nz, &sd)).map(|(a, b)| a + b).collect();
+    let z: Vec<f32> = ze.iter().zip(scaled_normals(&mut rng, nz, &sd)).map(|(a, b)| a + b).collect();
     let mut probes = vec![GraphProbe { graph: "encoder".into(), inputs: vec![("x".into(), xn.clone())], output: ("z".into(), ze) }];
-    let dz = rng.normals(nz, &sd);
-    let dx = rng.normals(nx, &one);
+    let dz = scaled_normals(&mut rng, nz, &sd);
+    let dx = scaled_normals(&mut rng, nx, &one);
     // (graph, named inputs, output name, output length)
     let todo_entry = |g: &str, inputs: Vec<(&str, Vec<f32>)>, o: &str, n: usize| -> ProbeTodo {
         (g.to_string(), inputs.into_iter().map(|(a, b)| (a.to_string(), b)).collect(), o.to_string(), n)
@@ -258,8 +241,8 @@ pub fn generate(bundle: &Bundle, ae: &mut Autoencoder, mut step: Option<&mut Onn
             ForecastSpace::Latent => ("z", "dz", "dz_next", "z_next"),
             ForecastSpace::Model => ("x", "dx", "dx_next", "x_next"),
         };
-        let d = rng.normals(n, &d_scale);
-        let dnext = rng.normals(n, &d_scale);
+        let d = scaled_normals(&mut rng, n, &d_scale);
+        let dnext = scaled_normals(&mut rng, n, &d_scale);
         todo.push(("step".into(), vec![(sn.into(), x0.clone())], snn.into(), n));
         todo.push(("step_tl".into(), vec![(sn.into(), x0.clone()), (dn.into(), d)], dnn.into(), n));
         todo.push(("step_ad".into(), vec![(sn.into(), x0), (dnn.into(), dnext)], dn.into(), n));
@@ -388,7 +371,7 @@ mod tests {
 
     #[test]
     fn probe_generator_is_deterministic() {
-        let (mut a, mut b) = (Rng(SEED), Rng(SEED));
+        let (mut a, mut b) = (Rng::new(SEED), Rng::new(SEED));
         let x: Vec<f64> = (0..1000).map(|_| a.normal()).collect();
         assert!(x.iter().zip((0..1000).map(|_| b.normal())).all(|(p, q)| p.to_bits() == q.to_bits()));
         let mean = x.iter().sum::<f64>() / 1000.0;
