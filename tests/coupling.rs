@@ -117,58 +117,36 @@ fn build() -> Result<Programs, String> {
         f_host: dir.join("host_minimiser_f"),
         dir,
     };
+    // One compile-and-link per program: C with gcc, Fortran with gfortran against the module built once below.
+    let build = |compiler: &str, flags: &[&str], extra: &[&std::ffi::OsStr], src: &Path, exe: &Path, link: &dyn Fn(&mut Command)| {
+        let mut c = Command::new(compiler);
+        c.args(flags).args(extra).arg(src).arg("-o").arg(exe);
+        link(&mut c);
+        run_ok(&mut c)
+    };
+    let c_prog = |src: &Path, exe: &Path, link: &dyn Fn(&mut Command)| build("gcc", C_FLAGS, &[inc.as_ref()], src, exe, link);
     let driver_c = root().join("examples/c/driver.c");
-    let mut c = Command::new("gcc");
-    c.args(C_FLAGS).arg(&inc).arg(&driver_c).arg("-o").arg(&p.c_static);
-    stat(&mut c);
-    run_ok(&mut c)?;
-    let mut c = Command::new("gcc");
-    c.args(C_FLAGS).arg(&inc).arg(&driver_c).arg("-o").arg(&p.c_shared);
-    shared(&mut c);
-    run_ok(&mut c)?;
-    let mut c = Command::new("gcc");
-    c.args(C_FLAGS).arg(&inc).arg(root().join("tests/coupling/errors.c")).arg("-o").arg(&p.c_errors);
-    shared(&mut c);
-    run_ok(&mut c)?;
-    let mut c = Command::new("gcc");
-    c.args(C_FLAGS).arg(&inc).arg(root().join("tests/coupling/obs_service.c")).arg("-o").arg(&p.c_obs);
-    shared(&mut c);
-    run_ok(&mut c)?;
+    c_prog(&driver_c, &p.c_static, &stat)?;
+    c_prog(&driver_c, &p.c_shared, &shared)?;
+    c_prog(&root().join("tests/coupling/errors.c"), &p.c_errors, &shared)?;
+    c_prog(&root().join("tests/coupling/obs_service.c"), &p.c_obs, &shared)?;
     for (src, exe) in [("cycles.c", &p.c_cycles), ("threads.c", &p.c_threads), ("limits.c", &p.c_limits), ("reentry.c", &p.c_reentry)] {
-        let mut c = Command::new("gcc");
-        c.args(C_FLAGS).arg(&inc).arg(root().join("tests/coupling").join(src)).arg("-o").arg(exe);
-        stat(&mut c);
-        run_ok(&mut c)?;
+        c_prog(&root().join("tests/coupling").join(src), exe, &stat)?;
     }
     // Fortran: the module once (object + .mod in the scratch directory), then the programs.
     let modobj = p.dir.join("latentda_mod.o");
     let jdir = format!("-J{}", p.dir.display());
     run_ok(Command::new("gfortran").args(F_FLAGS).arg(&jdir).arg("-c").arg(root().join("fortran/latentda.f90")).arg("-o").arg(&modobj))?;
+    let f_prog = |src: &Path, exe: &Path, link: &dyn Fn(&mut Command)| {
+        build("gfortran", F_FLAGS, &[jdir.as_ref(), modobj.as_ref()], src, exe, link)
+    };
     let driver_f = root().join("examples/fortran/driver.f90");
-    let mut c = Command::new("gfortran");
-    c.args(F_FLAGS).arg(&jdir).arg(&modobj).arg(&driver_f).arg("-o").arg(&p.f_static);
-    stat(&mut c);
-    run_ok(&mut c)?;
-    let mut c = Command::new("gfortran");
-    c.args(F_FLAGS).arg(&jdir).arg(&modobj).arg(&driver_f).arg("-o").arg(&p.f_shared);
-    shared(&mut c);
-    run_ok(&mut c)?;
-    let mut c = Command::new("gfortran");
-    c.args(F_FLAGS).arg(&jdir).arg(&modobj).arg(root().join("tests/coupling/errors.f90")).arg("-o").arg(&p.f_errors);
-    stat(&mut c);
-    run_ok(&mut c)?;
-    let mut c = Command::new("gfortran");
-    c.args(F_FLAGS).arg(&jdir).arg(&modobj).arg(root().join("examples/fortran/l4dvar_callbacks.f90")).arg("-o").arg(&p.f_l4dvar);
-    stat(&mut c);
-    run_ok(&mut c)?;
-    let mut c = Command::new("gfortran");
-    c.args(F_FLAGS).arg(&jdir).arg(&modobj).arg(root().join("tests/coupling/obs_service.f90")).arg("-o").arg(&p.f_obs);
-    stat(&mut c);
-    run_ok(&mut c)?;
-    let mut c = Command::new("gfortran");
-    c.args(F_FLAGS).arg(&jdir).arg(&modobj).arg(root().join("examples/fortran/host_minimiser.f90")).arg("-o").arg(&p.f_host);
-    shared(&mut c);
-    run_ok(&mut c)?;
+    f_prog(&driver_f, &p.f_static, &stat)?;
+    f_prog(&driver_f, &p.f_shared, &shared)?;
+    f_prog(&root().join("tests/coupling/errors.f90"), &p.f_errors, &stat)?;
+    f_prog(&root().join("examples/fortran/l4dvar_callbacks.f90"), &p.f_l4dvar, &stat)?;
+    f_prog(&root().join("tests/coupling/obs_service.f90"), &p.f_obs, &stat)?;
+    f_prog(&root().join("examples/fortran/host_minimiser.f90"), &p.f_host, &shared)?;
     Ok(p)
 }
 
