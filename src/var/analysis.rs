@@ -480,7 +480,7 @@ impl Analyser {
             },
             backend: self.ae.info.backend.clone(),
             backend_detail: self.ae.info.detail.clone(),
-            device: self.options.exec()?.device.name(),
+            device: self.options.device()?.name(),
             threads: self.options.threads,
             control_size,
             n_obs: obs.len(),

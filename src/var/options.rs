@@ -290,7 +290,11 @@ impl Options {
 
     /// Checks every value.
     pub fn validate(&self) -> Result<()> {
-        self.exec()?;
+        // names only: resolving backend "auto" loads ONNX Runtime, which is the open's work, not validation's
+        if self.backend != "auto" {
+            BackendKind::parse(&self.backend)?;
+        }
+        self.device()?;
         Method::parse(&self.method)?;
         OutputMode::parse(&self.output)?;
         if self.outer_loops == 0 || self.outer_loops > 20 {
@@ -382,9 +386,14 @@ impl Options {
         }
     }
 
-    /// Backend options.
+    /// The execution device, parsed (no backend resolution).
+    pub fn device(&self) -> Result<Device> {
+        Device::parse(&self.device)
+    }
+
+    /// Backend options (backend "auto" resolved: this may load ONNX Runtime; call it once, at open).
     pub fn exec(&self) -> Result<ExecOptions> {
-        let device = Device::parse(&self.device)?;
+        let device = self.device()?;
         let library = self.ort_library.as_ref().map(Into::into);
         let (backend, ort_library, choice) = if self.backend == "auto" {
             let (b, l, why) = crate::model::backend::resolve_auto(library, device)?;

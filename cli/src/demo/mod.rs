@@ -188,7 +188,7 @@ pub fn run(cfg: &DemoConfig) -> Result<Demo> {
         figures: Vec::new(),
         files: Vec::new(),
         backend: format!("{} ({})", a.ae.info.backend, a.ae.info.detail),
-        device: cfg.options.exec()?.device.name(),
+        device: cfg.options.device()?.name(),
         open_s,
         single_s: 0.0,
         figures_s: 0.0,
