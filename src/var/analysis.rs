@@ -20,12 +20,10 @@ use crate::error::{Error, Result, Status};
 use crate::model::autoencoder::{encode_state, Autoencoder};
 use crate::model::forecast::OnnxStep;
 use crate::obs::operator::ObsOperator;
-use crate::obs::{qc, Observation, QcFlag};
-use crate::var::control::LatentControl;
-use crate::var::guards;
+use crate::obs::{Observation, QcFlag};
 use crate::var::options::{BKind, Method, Options, OutputMode};
-use crate::var::report::{BackgroundCheckInfo, Report, Timings, VarStats};
-use crate::var::solver::{minimise, ControlSpace, Problem};
+use crate::var::report::{Report, Timings, VarStats};
+use crate::var::solver::ControlSpace;
 
 /// An opened bundle with its ONNX sessions and options: the object a host keeps for the life of its run.
 ///
@@ -294,167 +292,18 @@ impl Analyser {
         }
     }
 
-    /// Runs one analysis with the options' output mode.
-    pub fn analyse(&mut self, x_b: &[f64], obs: &[Observation], method: Method) -> Result<Analysis> {
-        let mode = OutputMode::parse(&self.options.output)?;
-        self.analyse_with(x_b, obs, method, mode)
+    /// The static B prepared by [`Analyser::prepare_b`].
+    pub(crate) fn static_b(&mut self) -> Result<&mut StaticB> {
+        let not_ready = || Error::new(Status::NotReady, "the static B operator is not prepared");
+        Ok(&mut self.cache.statics.as_mut().ok_or_else(not_ready)?.1)
     }
 
-    /// Runs one analysis with an explicit output mode.
-    pub fn analyse_with(&mut self, x_b: &[f64], obs: &[Observation], method: Method, mode: OutputMode) -> Result<Analysis> {
-        if method == Method::L4dvar {
-            return self.analyse_4d(x_b, obs, mode, crate::var::fourd::FourD::default());
-        }
-        let t_start = Instant::now();
-        self.check_state(x_b, "background")?;
-        self.ae.timings = Default::default();
-        let lay = self.bundle.layout.clone();
-        let mut qc = vec![QcFlag::Used; obs.len()];
-        let t_h = Instant::now();
-        let floors = crate::obs::sigma_floors(&lay, &self.bundle.std);
-        let mut h = ObsOperator::try_build(&lay, obs, &mut qc, &floors)?;
-        let mut hxb = vec![0.0; h.nrows()];
-        h.apply(x_b, &mut hxb);
-        let mut h_s = t_h.elapsed().as_secs_f64();
-        let full_state = mode == OutputMode::FullState;
-        if full_state && method != Method::L3dvar {
-            return Err(Error::arg(format!("output 'full_state' exists only for method l3dvar, not {}", method.name())));
-        }
-        // The B in force, linearised at the background: its variance gives the background check's sigma_b.
-        let kind = BKind::of_method(method);
-        let z_b = if kind == BKind::Static { None } else { Some(self.encode_background(x_b)?) };
-        let control_size = self.prepare_b(kind, z_b.as_deref())?;
-        let k = self.options.bg_check;
-        let mut bg_info = BackgroundCheckInfo { k, ..Default::default() };
-        let (mut variance_s, mut n_variance, mut sd_b) = (0.0, 0, None);
-        if k > 0.0 {
-            // TL runs spent on diag B (none when cached) are reported apart from the solver's.
-            let before = self.ae.timings.clone();
-            let (sd, how) = self.with_b(kind, |b, ae| Ok((b.variance(ae)?.iter().map(|v| v.max(0.0).sqrt()).collect::<Vec<f64>>(), b.variance_method())))?;
-            variance_s = self.ae.timings.tl_s - before.tl_s;
-            n_variance = self.ae.timings.n_tl - before.n_tl;
-            self.ae.timings = before;
-            let t_q = Instant::now();
-            bg_info.rejected = qc::background_check(&mut h, &mut hxb, obs, &sd, k, &mut qc);
-            sd_b = Some(sd); // for the Desroziers diagnostics
-            h_s += t_q.elapsed().as_secs_f64();
-            bg_info.sigma_b = how;
-        }
-        let y: Vec<f64> = h.rows.iter().map(|&i| obs[i].value).collect();
-        let sigma: Vec<f64> = h.rows.iter().map(|&i| obs[i].sigma).collect();
-        let problem = Problem { h: &h, y: &y, sigma: &sigma, hxb: &hxb };
-        let params = self.options.solver();
-        let np = lay.grid.npoints();
-        let b = &self.bundle;
-        // full-state mode: dx(0) = N^-1(D(z_b)) - x_b (the reconstruction error), which the guards leave out
-        let mut dx0: Option<Vec<f64>> = None;
-        let (w, dx, info) = match method {
-            Method::L3dvar => {
-                let z_b = z_b.expect("encoded above");
-                let linear = self.options.latent_form() == "linear";
-                let lv = self.latent_variance(1.0);
-                let mut ctrl = LatentControl::new(&mut self.ae, x_b, z_b, &lv, &b.mean, &b.std, np, full_state)?
-                    .linear(linear);
-                if full_state {
-                    dx0 = Some((0..x_b.len()).map(|i| b.mean[i / np] + b.std[i / np] * ctrl.xn_zb[i] as f64 - x_b[i]).collect());
-                }
-                minimise(&mut ctrl, &problem, &params)?
-            }
-            Method::Var3d => {
-                let ctrl = &mut self.cache.statics.as_mut().expect("prepared above").1;
-                minimise(ctrl, &problem, &params)?
-            }
-            Method::Hybrid => {
-                let hs = self.hybrid_settings()?;
-                let z_b = z_b.expect("encoded above");
-                // alpha_ref is folded into the latent variances (alpha itself without band weights: today's scalar
-                // hybrid, bit for bit); band weights multiply the latent increment by sqrt(alpha(phi) / alpha_ref)
-                // and the static one by sqrt(beta(phi)). In the linear form this is exactly the operator of
-                // `with_b` (sqrt(alpha(phi)) sd D'(z_b)(s w) + sqrt(beta(phi)) P U_s v); in the nonlinear form its
-                // linearisation at w = 0 is.
-                let alpha_ref = hs.alpha_ref();
-                let fields = hs.weight_fields(&lay);
-                let lv = self.latent_variance(alpha_ref);
-                let linear = self.options.latent_form() == "linear";
-                let latent = LatentControl::new(&mut self.ae, x_b, z_b, &lv, &b.mean, &b.std, np, false)?.linear(linear);
-                let st = &mut self.cache.statics.as_mut().expect("prepared above").1;
-                let mut ctrl = match fields {
-                    None => Hybrid::new(latent, st, 1.0, hs.beta.sqrt(), lay.state_len()),
-                    Some((fa, fb)) => {
-                        let r = if alpha_ref > 0.0 { 1.0 / alpha_ref.sqrt() } else { 1.0 };
-                        let fa = fa.iter().map(|a| a * r).collect();
-                        Hybrid::new(latent, st, 1.0, 1.0, lay.state_len()).with_fields(fa, fb)
-                    }
-                };
-                minimise(&mut ctrl, &problem, &params)?
-            }
-            Method::L4dvar => unreachable!("method l4dvar is routed to analyse_4d at the top"),
-        };
-        // J_b per control part: [w] for l3dvar, [v] for 3dvar, [w, v] for the hybrid.
-        let jb = |c: &[f64]| 0.5 * c.iter().map(|x| x * x).sum::<f64>();
-        let mut jb_parts = std::collections::BTreeMap::new();
-        match method {
-            Method::L3dvar | Method::L4dvar => {
-                jb_parts.insert("latent".to_string(), jb(&w));
-            }
-            Method::Var3d => {
-                jb_parts.insert("static".to_string(), jb(&w));
-            }
-            Method::Hybrid => {
-                let nl = self.bundle.latent_size();
-                jb_parts.insert("latent".to_string(), jb(&w[..nl]));
-                jb_parts.insert("static".to_string(), jb(&w[nl..]));
-            }
-        }
-        let analysis: Vec<f64> = x_b.iter().zip(&dx).map(|(b, d)| b + d).collect();
-        // Divergence guards, before anything is returned: the B's variance from the background check, else a few
-        // draws of its square root (guards::VARIANCE_DRAWS TL runs for a latent part, reported as diag B time).
-        let b_variance: Vec<f64> = match &sd_b {
-            Some(sd) => sd.iter().map(|s| s * s).collect(),
-            None => {
-                let (before, t_v) = (self.ae.timings.clone(), Instant::now());
-                let var = self.with_b(kind, |b, ae| {
-                    let (n, m) = (b.control_size(), b.state_len());
-                    Ok(crate::bmat::diag_of_sqrt(n, m, guards::VARIANCE_DRAWS, |v, x| b.sqrt(ae, v, x))?.0)
-                })?;
-                variance_s += t_v.elapsed().as_secs_f64();
-                n_variance += self.ae.timings.n_tl - before.n_tl;
-                self.ae.timings = before;
-                var
-            }
-        };
-        let solver_dx: Option<Vec<f64>> = dx0.map(|d0| dx.iter().zip(&d0).map(|(d, d0)| d - d0).collect());
-        guards::check(
-            &lay,
-            &guards::Guarded {
-                info: &info,
-                x_b,
-                analysis: &analysis,
-                increment: solver_dx.as_deref().unwrap_or(&dx),
-                b_variance: &b_variance,
-                bounds: &self.bundle.bounds,
-                slot_hours: None,
-            },
-        )?;
-        // Observation-space diagnostics (H x_a for used rows; O-B for all located observations).
-        let t_h2 = Instant::now();
-        let mut hxa = vec![0.0; h.nrows()];
-        h.apply(&analysis, &mut hxa);
-        h_s += t_h2.elapsed().as_secs_f64();
-        let mut report = self.report_base(method, mode, control_size, obs, &qc, h.nrows())?;
-        report.formulation = if full_state { "full_state".into() } else { "increment".into() };
-        report.jb_parts = jb_parts;
-        report.background_check = bg_info;
-        report.variables = self.variable_stats(obs, &qc, &h, &hxb, &hxa, &dx);
-        report.desroziers = Some(self.desroziers(method, obs, &h, &hxb, &hxa, &sigma, sd_b.as_deref()));
-        report.balance = crate::diag::balance::diagnose(&lay, x_b, &analysis);
-        let output = match mode {
-            OutputMode::Analysis | OutputMode::FullState => analysis.clone(),
-            OutputMode::Increment => dx,
-        };
-        report.timings = self.timings(t_start, h_s, variance_s, n_variance, None);
-        report.solver = Some(info);
-        Ok(Analysis { output, analysis, qc, report })
+    /// The ONNX sessions, the bundle and the prepared static B at once (the hybrid's control space borrows all
+    /// three).
+    pub(crate) fn parts_for_hybrid(&mut self) -> Result<(&mut Autoencoder, &Bundle, &mut StaticB)> {
+        let not_ready = || Error::new(Status::NotReady, "the static B operator is not prepared");
+        let st = &mut self.cache.statics.as_mut().ok_or_else(not_ready)?.1;
+        Ok((&mut self.ae, &self.bundle, st))
     }
 
     /// The report's common part: versions, method, output mode, backend, control size and QC counts.
@@ -559,7 +408,7 @@ impl Analyser {
         h_s: f64,
         variance_s: f64,
         n_variance: usize,
-        step: Option<&crate::var::fourd::StepClock>,
+        step: Option<&crate::var::report::StepClock>,
     ) -> Timings {
         let mt = &self.ae.timings;
         let total_s = t_start.elapsed().as_secs_f64();

@@ -36,8 +36,6 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::obs::operator::ObsOperator;
 use crate::obs::Observation;
-use crate::var::analysis::Analyser;
-use crate::var::options::{BKind, Method};
 
 /// Latitude bands of the diagnostics: name and whether a latitude belongs to it.
 pub const BANDS: [&str; 4] = ["global", "nh", "tropics", "sh"];
@@ -334,77 +332,6 @@ pub fn innovations(obs: &[Observation], h: &ObsOperator, hxb: &[f64], hxa: &[f64
             }
         })
         .collect()
-}
-
-impl Analyser {
-    /// The report's `desroziers` section of an analysis by `method`: see the module documentation. `sd` is the
-    /// background check's background-error sd (state or trajectory layout, as `h`), `None` when it did not run.
-    /// For the hybrid it also splits sigma_b^2 into its latent and static parts, from the variances of the two
-    /// cached B operators (the background check computed both: no model run here).
-    #[allow(clippy::too_many_arguments)]
-    pub fn desroziers(
-        &mut self,
-        method: Method,
-        obs: &[Observation],
-        h: &ObsOperator,
-        hxb: &[f64],
-        hxa: &[f64],
-        sigma: &[f64],
-        sd: Option<&[f64]>,
-    ) -> Desroziers {
-        let lay = &self.bundle.layout;
-        let vars: Vec<(String, String)> =
-            lay.variables.iter().enumerate().map(|(v, var)| (var.name.clone(), self.bundle.units(v).to_string())).collect();
-        let o = &self.options;
-        let lvf = o.latent_variance_factor.unwrap_or(1.0);
-        let bvf = o.baseline_variance_factor.unwrap_or(self.bundle.baseline_variance_factor);
-        let b_in_force = match method {
-            Method::L3dvar | Method::L4dvar => BInForce { latent_variance_factor: Some(lvf), ..Default::default() },
-            Method::Var3d => BInForce { baseline_variance_factor: Some(bvf), ..Default::default() },
-            Method::Hybrid => {
-                let hs = self.hybrid_settings().ok();
-                BInForce {
-                    latent_variance_factor: Some(lvf),
-                    baseline_variance_factor: Some(bvf),
-                    hybrid_alpha: hs.as_ref().map(|h| h.alpha),
-                    hybrid_beta: hs.as_ref().map(|h| h.beta),
-                }
-            }
-        };
-        let sigma_b = if sd.is_some() {
-            "H sqrt(diag B) of the B in force, as in the background check (sigma_b^2 approximates diag(H B H^T))".to_string()
-        } else {
-            "null: no background check ran (bg_check = 0), so diag B was not computed".to_string()
-        };
-        let mut rows = innovations(obs, h, hxb, hxa, sigma, sd);
-        if method == Method::Hybrid && sd.is_some() {
-            if let (Some(a), Some(b)) = (b_in_force.hybrid_alpha, b_in_force.hybrid_beta) {
-                // Latitude-band weights: sd of each part times sqrt(alpha(phi)) or sqrt(beta(phi)) before H.
-                let fields = self.hybrid_settings().ok().and_then(|hs| hs.weight_fields(&self.bundle.layout));
-                let (fa, fb) = match &fields {
-                    Some((fa, fb)) => (Some(fa.as_slice()), Some(fb.as_slice())),
-                    None => (None, None),
-                };
-                let part = |me: &mut Analyser, kind: BKind, w: f64, field: Option<&[f64]>| -> Option<Vec<f64>> {
-                    let mut sd: Vec<f64> = me.with_b(kind, |op, ae| Ok(op.variance(ae)?.iter().map(|v| v.max(0.0).sqrt()).collect())).ok()?;
-                    let w = match field {
-                        Some(f) => {
-                            sd.iter_mut().zip(f).for_each(|(s, f)| *s *= f);
-                            1.0
-                        }
-                        None => w,
-                    };
-                    let mut at = vec![0.0; h.nrows()];
-                    h.apply(&sd, &mut at);
-                    Some(at.iter().map(|x| w * x * x).collect())
-                };
-                if let (Some(l), Some(s)) = (part(self, BKind::Latent, a, fa), part(self, BKind::Static, b, fb)) {
-                    rows.iter_mut().enumerate().for_each(|(r, row)| row.sigma_b_parts = Some((l[r], s[r])));
-                }
-            }
-        }
-        Desroziers { method: method.name().into(), b_in_force, sigma_b, cells: cells(&vars, &rows) }
-    }
 }
 
 /// The result of accumulating the `desroziers` sections of a set of reports of one method ([`tune`]).

@@ -32,23 +32,24 @@
 //! window of 6 h slots and a latent step model [`WindowInfo::trajectory_bytes`] reported 12.8 MB (the whole process
 //! peaked at about 210 MB, most of it ONNX Runtime's).
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use crate::bmat::diag_of_sqrt;
-use crate::diag::checks::TaylorRow;
-use crate::numeric::{adjoint_test, DotTest};
 use crate::bundle::{Bundle, ForecastSpace};
+use crate::diag::checks::TaylorRow;
 use crate::error::{Error, Result, Status};
 use crate::model::autoencoder::Autoencoder;
 use crate::model::forecast::{Normalised, StepModel};
-use crate::obs::operator::ObsOperator;
-use crate::obs::{qc, Observation, QcFlag};
-use crate::var::analysis::{Analyser, Analysis};
+use crate::numeric::{adjoint_test, DotTest};
+use crate::obs::{Observation, QcFlag};
+use crate::var::analysis::Analyser;
 use crate::var::control::LatentControl;
+use crate::var::formulation::{jb, Formulation, Minimised, Rows, Variance, VarianceFor};
 use crate::var::guards;
 use crate::var::options::{Method, OutputMode};
-use crate::var::report::{BackgroundCheckInfo, SlotStats, WindowInfo};
-use crate::var::solver::{minimise, ControlSpace, Problem};
+use crate::var::report::{Report, SlotStats, WindowInfo};
+use crate::var::solver::{minimise, ControlSpace, Problem, SolverParams};
 
 /// Most step-model steps a window may take.
 pub const MAX_STEPS: usize = 10_000;
@@ -132,29 +133,7 @@ impl Window {
     }
 }
 
-/// Wall time and counts of step-model runs.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct StepClock {
-    /// Seconds in the nonlinear step model.
-    pub step_s: f64,
-    /// Seconds in its TL.
-    pub tl_s: f64,
-    /// Seconds in its AD.
-    pub ad_s: f64,
-    /// Nonlinear runs.
-    pub n_step: usize,
-    /// TL runs.
-    pub n_tl: usize,
-    /// AD runs.
-    pub n_ad: usize,
-}
-
-impl StepClock {
-    /// Total seconds.
-    pub fn total_s(&self) -> f64 {
-        self.step_s + self.tl_s + self.ad_s
-    }
-}
+pub use crate::var::report::StepClock;
 
 /// A step model whose runs are timed.
 pub struct Clocked<'a> {
@@ -695,57 +674,126 @@ impl Analyser {
     }
 }
 
-impl Analyser {
-    /// Latent 4D-Var (method `l4dvar`): observations at their own times (`Observation::time`, hours from the
-    /// analysis time `x_b` is valid at) through the bundle's step model or a host's (`fourd.model`). See the module
-    /// documentation. Output modes `analysis` and `increment` (at the analysis time).
-    pub fn analyse_4d(&mut self, x_b: &[f64], obs: &[Observation], mode: OutputMode, fourd: FourD) -> Result<Analysis> {
-        let t_start = Instant::now();
-        self.check_state(x_b, "background")?;
+/// The step model of a 4D analysis: the host's (physical units), else the bundle's (latent, or normalised model
+/// space), timed into `clock`, lent to `f` with the ONNX sessions and the bundle.
+fn with_step_model<R>(
+    host: &mut Option<&mut dyn StepModel>,
+    an: &mut Analyser,
+    clock: Option<&mut StepClock>,
+    f: impl FnOnce(&mut Autoencoder, &mut dyn StepModel, bool, &Bundle) -> Result<R>,
+) -> Result<R> {
+    let Analyser { ae, forecast, bundle, .. } = an;
+    let np = bundle.layout.grid.npoints();
+    let mut normalised;
+    let (m, latent_space): (&mut dyn StepModel, bool) = match (host.as_deref_mut(), forecast.as_mut()) {
+        (Some(m), _) => (m, false),
+        (None, Some(f)) if f.space() == ForecastSpace::Latent => (f as &mut dyn StepModel, true),
+        (None, Some(f)) => {
+            normalised = Normalised::new(f, &bundle.mean, &bundle.std, np);
+            (&mut normalised as &mut dyn StepModel, false)
+        }
+        (None, None) => {
+            return Err(Error::new(
+                Status::NotReady,
+                format!("method l4dvar needs a step model: bundle '{}' has no [forecast] table and the host set none", bundle.name),
+            ))
+        }
+    };
+    let mut m = Clocked::new(m);
+    let r = f(ae, &mut m, latent_space, bundle);
+    if let Some(c) = clock {
+        c.add(&m.clock);
+    }
+    r
+}
+
+/// Latent 4D-Var (method `l4dvar`) as a [`Formulation`]: observations at their own times (`Observation::time`,
+/// hours from the analysis time `x_b` is valid at) through the bundle's step model or a host's. See the module
+/// documentation. Output modes `analysis` and `increment` (at the analysis time).
+pub struct FourDFormulation<'a> {
+    backgrounds: Vec<(f64, &'a [f64])>,
+    host: Option<&'a mut dyn StepModel>,
+    clock: StepClock,
+    latent_space: bool,
+    step_model: String,
+    growth: f64,
+    win: Option<Window>,
+    linear: bool,
+    z_b: Vec<f32>,
+    lv: Vec<f64>,
+    reference: Option<Reference>,
+    given: Vec<bool>,
+    bytes: usize,
+    nx: usize,
+}
+
+impl<'a> FourDFormulation<'a> {
+    /// The formulation with the host's backgrounds and step model of `fourd`, output mode `mode`.
+    pub fn new(mode: OutputMode, fourd: FourD<'a>) -> Result<FourDFormulation<'a>> {
         if mode == OutputMode::FullState {
             return Err(Error::arg("output 'full_state' exists only for method l3dvar, not l4dvar"));
         }
-        self.ae.timings = Default::default();
-        let lay = self.bundle.layout.clone();
-        let nx = lay.state_len();
         let FourD { backgrounds, model } = fourd;
-        for (t, x) in &backgrounds {
-            self.check_state(x, &format!("background at {t} h"))?;
+        Ok(FourDFormulation {
+            backgrounds,
+            host: model,
+            clock: StepClock::default(),
+            latent_space: false,
+            step_model: String::new(),
+            growth: 0.0,
+            win: None,
+            linear: false,
+            z_b: Vec::new(),
+            lv: Vec::new(),
+            reference: None,
+            given: Vec::new(),
+            bytes: 0,
+            nx: 0,
+        })
+    }
+
+    fn win(&self) -> &Window {
+        self.win.as_ref().expect("set by background()")
+    }
+}
+
+impl Formulation for FourDFormulation<'_> {
+    fn method(&self) -> Method {
+        Method::L4dvar
+    }
+
+    /// The window, and the step model's background trajectory, made once; backgrounds given at slot times replace
+    /// the step model's there.
+    fn background(&mut self, an: &mut Analyser, x_b: &[f64]) -> Result<Vec<f64>> {
+        for (t, x) in &self.backgrounds {
+            an.check_state(x, &format!("background at {t} h"))?;
         }
-        let z_b = self.encode_background(x_b)?;
-        let lv = self.latent_variance(1.0);
-        // The step model: the host's (physical units), else the bundle's (latent, or normalised model space).
-        let mut normalised;
-        let host = model.is_some();
-        let (m, latent_space): (&mut dyn StepModel, bool) = match (model, self.forecast.as_mut()) {
-            (Some(m), _) => (m, false),
-            (None, Some(f)) if f.space() == ForecastSpace::Latent => (f as &mut dyn StepModel, true),
-            (None, Some(f)) => {
-                normalised = Normalised::new(f, &self.bundle.mean, &self.bundle.std, lay.grid.npoints());
-                (&mut normalised as &mut dyn StepModel, false)
-            }
-            (None, None) => {
-                return Err(Error::new(
-                    Status::NotReady,
-                    format!(
-                        "method l4dvar needs a step model: bundle '{}' has no [forecast] table and the host set none",
-                        self.bundle.name
-                    ),
-                ))
-            }
-        };
-        let step_model = format!("{}{}", m.describe(), if latent_space { "" } else { ", physical units" });
+        self.z_b = an.encode_background(x_b)?;
+        self.lv = an.latent_variance(1.0);
+        let o = &an.options;
+        let (slot_hours, window_hours, linear) = (o.slot_hours, o.window_hours, o.latent_form() == "linear");
+        let error_growth = o.error_growth_per_hour;
         // the bundle's error growth belongs to its own step model, not to a host's
-        let bundle_growth = if host { 0.0 } else { self.bundle.forecast.as_ref().map_or(0.0, |f| f.error_growth_per_hour) };
-        let mut m = Clocked::new(m);
-        let o = &self.options;
+        let host = self.host.is_some();
+        let bundle_growth = if host { 0.0 } else { an.bundle.forecast.as_ref().map_or(0.0, |f| f.error_growth_per_hour) };
+        self.growth = error_growth.unwrap_or(bundle_growth);
         // the window: option, else the bundle's [forecast] value, else the default; never the observations' times
-        let bundle_window = self.bundle.forecast.as_ref().and_then(|f| f.window_hours);
-        let win = Window::new(m.time_step_hours(), o.slot_hours, o.window_hours.or(bundle_window))?;
-        let linear = o.latent_form() == "linear";
-        // Backgrounds given at slot times replace the step model's there.
+        let bundle_window = an.bundle.forecast.as_ref().and_then(|f| f.window_hours);
+        let (z_b, lv) = (std::mem::take(&mut self.z_b), std::mem::take(&mut self.lv));
+        let (win, reference, x_bg, bytes, step_model, latent_space) =
+            with_step_model(&mut self.host, an, Some(&mut self.clock), |ae, m, latent_space, bundle| {
+                let step_model = format!("{}{}", m.describe(), if latent_space { "" } else { ", physical units" });
+                let win = Window::new(m.time_step_hours(), slot_hours, window_hours.or(bundle_window))?;
+                let t = transform(ae, m, latent_space, &win, bundle, &lv, x_b, &z_b, None, linear)?;
+                Ok((win.clone(), t.reference(), t.background_trajectory(), t.trajectory_bytes(), step_model, latent_space))
+            })?;
+        (self.z_b, self.lv) = (z_b, lv);
+        (self.linear, self.reference, self.bytes, self.step_model, self.latent_space) =
+            (linear, Some(reference), bytes, step_model, latent_space);
+        let nx = an.bundle.layout.state_len();
+        self.nx = nx;
         let mut given: Vec<Option<&[f64]>> = vec![None; win.nslots];
-        for (t, x) in &backgrounds {
+        for (t, x) in &self.backgrounds {
             let k = match win.slot_of(*t) {
                 Ok(k) if (win.slot_time(k) - t).abs() <= 1e-6 * win.slot_hours => k,
                 _ => {
@@ -760,118 +808,86 @@ impl Analyser {
             }
             given[k] = Some(x);
         }
-        // The step model's background trajectory, made once.
-        let (reference, mut x_bg, bytes) = {
-            let t = transform(&mut self.ae, &mut m, latent_space, &win, &self.bundle, &lv, x_b, &z_b, None, linear)?;
-            (t.reference(), t.background_trajectory(), t.trajectory_bytes())
-        };
+        let mut x_bg = x_bg;
         for (k, g) in given.iter().enumerate() {
             if let Some(g) = g {
                 x_bg[k * nx..(k + 1) * nx].copy_from_slice(g);
             }
         }
-        // Observations: slot, geometric QC, H on the trajectory.
-        let mut qc = vec![QcFlag::Used; obs.len()];
-        let slots: Vec<std::result::Result<usize, QcFlag>> = obs.iter().map(|o| win.slot_of(o.time)).collect();
-        let t_h = Instant::now();
-        let floors = crate::obs::sigma_floors(&lay, &self.bundle.std);
-        let mut h = ObsOperator::try_build_in_window(&lay, obs, &slots, win.nslots, &mut qc, &floors)?;
-        let mut hxb = vec![0.0; h.nrows()];
-        h.apply(&x_bg, &mut hxb);
-        let mut h_s = t_h.elapsed().as_secs_f64();
-        // Background check with sigma_b of each slot: the latent B propagated by the chained TL.
-        let k = self.options.bg_check;
-        let mut bg_info = BackgroundCheckInfo { k, ..Default::default() };
-        let (mut variance_s, mut n_variance, mut sd_b) = (0.0, 0, None);
-        // the B's variance at every slot, for the divergence guards
-        let b_variance: Vec<f64>;
-        if k > 0.0 {
-            let (before, clock) = (self.ae.timings.clone(), m.clock.clone());
-            let t_v = Instant::now();
-            let samples = self.options.bg_check_samples;
-            let (var, exact) = {
-                let mut t = transform(&mut self.ae, &mut m, latent_space, &win, &self.bundle, &lv, x_b, &z_b, Some(reference.clone()), linear)?;
-                t.linearize(&vec![0.0; t.size()])?;
-                let n = t.size();
-                diag_of_sqrt(n, nx * win.nslots, samples, |v, x| t.tl(v, x))?
-            };
-            variance_s = t_v.elapsed().as_secs_f64();
-            // decoder TL runs, as for the other methods (each draw also runs the step model's TL)
-            n_variance = if exact { self.bundle.latent_size() } else { samples } * win.nslots;
-            (self.ae.timings, m.clock) = (before, clock);
-            let sd: Vec<f64> = var.iter().map(|v| v.max(0.0).sqrt()).collect();
-            b_variance = var;
-            let t_q = Instant::now();
-            bg_info.rejected = qc::background_check(&mut h, &mut hxb, obs, &sd, k, &mut qc);
-            sd_b = Some(sd); // for the Desroziers diagnostics
-            h_s += t_q.elapsed().as_secs_f64();
-            bg_info.sigma_b = format!(
-                "latent B propagated to each slot by the chained TL: {}",
-                if exact { format!("exact ({} columns)", self.bundle.latent_size()) } else { format!("randomised, {samples} draws") }
-            );
-        } else {
-            // the divergence guards' B variance, without a background check: a few draws through the chained TL
-            let (before, clock, t_v) = (self.ae.timings.clone(), m.clock.clone(), Instant::now());
-            let (var, exact) = {
-                let mut t = transform(&mut self.ae, &mut m, latent_space, &win, &self.bundle, &lv, x_b, &z_b, Some(reference.clone()), linear)?;
-                t.linearize(&vec![0.0; t.size()])?;
-                let n = t.size();
-                diag_of_sqrt(n, nx * win.nslots, guards::VARIANCE_DRAWS, |v, x| t.tl(v, x))?
-            };
-            variance_s += t_v.elapsed().as_secs_f64();
-            n_variance += if exact { self.bundle.latent_size() } else { guards::VARIANCE_DRAWS } * win.nslots;
-            (self.ae.timings, m.clock) = (before, clock);
-            b_variance = var;
-        }
-        let y: Vec<f64> = h.rows.iter().map(|&i| obs[i].value).collect();
-        // error variance sigma^2 (1 + g t_k) at slot time t_k (option error_growth_per_hour)
-        let g = self.options.error_growth_per_hour.unwrap_or(bundle_growth);
-        let slot_sigma = |i: usize| {
-            let t = win.slot_time(slots[i].expect("a row of H has a slot"));
-            obs[i].sigma * (1.0 + g * t).sqrt()
+        self.given = given.iter().map(|g| g.is_some()).collect();
+        self.win = Some(win);
+        Ok(x_bg)
+    }
+
+    fn slots(&self, obs: &[Observation]) -> (Vec<std::result::Result<usize, QcFlag>>, usize) {
+        let win = self.win();
+        (obs.iter().map(|o| win.slot_of(o.time)).collect(), win.nslots)
+    }
+
+    /// Error variance sigma^2 (1 + g t_k) at slot time t_k (option error_growth_per_hour).
+    fn sigma(&self, obs: &Observation, slot: usize) -> f64 {
+        obs.sigma * (1.0 + self.growth * self.win().slot_time(slot)).sqrt()
+    }
+
+    /// The latent B propagated to each slot by the chained TL (the step model's runs here are not timed into the
+    /// analysis' step-model clock: they are diag B time).
+    fn variance(&mut self, an: &mut Analyser, x_b: &[f64], what: VarianceFor) -> Result<Variance> {
+        let before = an.ae.timings.clone();
+        let t_v = Instant::now();
+        let samples = match what {
+            VarianceFor::BackgroundCheck => an.options.bg_check_samples,
+            VarianceFor::Guards => guards::VARIANCE_DRAWS,
         };
-        let sigma: Vec<f64> = h.rows.iter().map(|&i| slot_sigma(i)).collect();
-        let problem = Problem { h: &h, y: &y, sigma: &sigma, hxb: &hxb };
-        let params = self.options.solver();
-        let (w, dx, info) = {
-            let mut t = transform(&mut self.ae, &mut m, latent_space, &win, &self.bundle, &lv, x_b, &z_b, Some(reference), linear)?;
-            minimise(&mut *t, &problem, &params)?
-        };
-        let analysis: Vec<f64> = x_b.iter().zip(&dx).map(|(b, d)| b + d).collect();
-        // Divergence guards on every slot's increment and on the analysis, before anything is returned.
-        guards::check(
-            &lay,
-            &guards::Guarded {
-                info: &info,
-                x_b,
-                analysis: &analysis,
-                increment: &dx,
-                b_variance: &b_variance,
-                bounds: &self.bundle.bounds,
-                slot_hours: Some(win.slot_hours),
-            },
-        )?;
-        let t_h2 = Instant::now();
-        let x_an: Vec<f64> = x_bg.iter().zip(&dx).map(|(b, d)| b + d).collect();
-        let mut hxa = vec![0.0; h.nrows()];
-        h.apply(&x_an, &mut hxa);
-        h_s += t_h2.elapsed().as_secs_f64();
-        let clock = m.clock.clone();
-        let mut report = self.report_base(Method::L4dvar, mode, w.len(), obs, &qc, h.nrows())?;
-        report.jb_parts.insert("latent".into(), 0.5 * w.iter().map(|v| v * v).sum::<f64>());
-        report.background_check = bg_info;
-        report.variables = self.variable_stats(obs, &qc, &h, &hxb, &hxa, &dx[..nx]);
-        report.desroziers = Some(self.desroziers(Method::L4dvar, obs, &h, &hxb, &hxa, &sigma, sd_b.as_deref()));
-        report.balance = crate::diag::balance::diagnose(&lay, x_b, &analysis);
+        let (win, reference, linear) = (self.win().clone(), self.reference.clone(), self.linear);
+        let (z_b, lv) = (&self.z_b, &self.lv);
+        let nx = an.bundle.layout.state_len();
+        let (var, exact) = with_step_model(&mut self.host, an, None, |ae, m, latent_space, bundle| {
+            let mut t = transform(ae, m, latent_space, &win, bundle, lv, x_b, z_b, reference, linear)?;
+            t.linearize(&vec![0.0; t.size()])?;
+            let n = t.size();
+            diag_of_sqrt(n, nx * win.nslots, samples, |v, x| t.tl(v, x))
+        })?;
+        an.ae.timings = before;
+        let latent_size = an.bundle.latent_size();
+        // decoder TL runs, as for the other methods (each draw also runs the step model's TL)
+        let n_tl = if exact { latent_size } else { samples } * win.nslots;
+        let how = format!(
+            "latent B propagated to each slot by the chained TL: {}",
+            if exact { format!("exact ({latent_size} columns)") } else { format!("randomised, {samples} draws") }
+        );
+        Ok(Variance { var, how, seconds: t_v.elapsed().as_secs_f64(), n_tl })
+    }
+
+    fn minimise(&mut self, an: &mut Analyser, x_b: &[f64], problem: &Problem, params: &SolverParams) -> Result<Minimised> {
+        let (win, reference, linear) = (self.win().clone(), self.reference.clone(), self.linear);
+        let (z_b, lv) = (&self.z_b, &self.lv);
+        let (w, dx, info) = with_step_model(&mut self.host, an, Some(&mut self.clock), |ae, m, latent_space, bundle| {
+            let mut t = transform(ae, m, latent_space, &win, bundle, lv, x_b, z_b, reference, linear)?;
+            minimise(&mut *t, problem, params)
+        })?;
+        Ok(Minimised { w, dx, info, reconstruction: None })
+    }
+
+    fn jb_parts(&self, _an: &Analyser, w: &[f64]) -> BTreeMap<String, f64> {
+        BTreeMap::from([("latent".to_string(), jb(w))])
+    }
+
+    fn slot_hours(&self) -> Option<f64> {
+        Some(self.win().slot_hours)
+    }
+
+    /// The window section: per-slot statistics, the step model, the trajectory's memory.
+    fn finish(&mut self, report: &mut Report, r: &Rows) {
+        let win = self.win().clone();
         let mut slot_stats: Vec<SlotStats> =
             (0..win.nslots).map(|k| SlotStats { slot: k, time_hours: win.slot_time(k), ..Default::default() }).collect();
-        for s in slots.iter().flatten() {
+        for s in r.slots.iter().flatten() {
             slot_stats[*s].n_total += 1;
         }
-        for r in 0..h.nrows() {
-            let o = &obs[h.rows[r]];
-            let s = &mut slot_stats[slots[h.rows[r]].expect("a row of H has a slot")];
-            let (b, a) = ((o.value - hxb[r]) / sigma[r], (o.value - hxa[r]) / sigma[r]);
+        for (row, &i) in r.rows.iter().enumerate() {
+            let o = &r.obs[i];
+            let s = &mut slot_stats[r.slots[i].expect("a row of H has a slot")];
+            let (b, a) = ((o.value - r.hxb[row]) / r.sigma[row], (o.value - r.hxa[row]) / r.sigma[row]);
             s.n_used += 1;
             s.jo_b += 0.5 * b * b;
             s.jo_a += 0.5 * a * a;
@@ -887,19 +903,16 @@ impl Analyser {
             slot_hours: win.slot_hours,
             nslots: win.nslots,
             step_hours: win.step_hours,
-            error_growth_per_hour: g,
-            step_model,
-            background_trajectory: given.iter().map(|g| if g.is_some() { "host" } else { "step model" }.to_string()).collect(),
-            trajectory_bytes: bytes + 8 * nx * win.nslots * 2,
+            error_growth_per_hour: self.growth,
+            step_model: self.step_model.clone(),
+            background_trajectory: self.given.iter().map(|g| if *g { "host" } else { "step model" }.to_string()).collect(),
+            trajectory_bytes: self.bytes + 8 * self.nx * win.nslots * 2,
             slots: slot_stats,
         });
-        let output = match mode {
-            OutputMode::Increment => dx[..nx].to_vec(),
-            _ => analysis.clone(),
-        };
-        report.timings = self.timings(t_start, h_s, variance_s, n_variance, Some(&clock));
-        report.solver = Some(info);
-        Ok(Analysis { output, analysis, qc, report })
+    }
+
+    fn step_clock(&self) -> Option<StepClock> {
+        Some(self.clock.clone())
     }
 }
 

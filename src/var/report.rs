@@ -333,3 +333,37 @@ impl Report {
         s
     }
 }
+
+/// Wall time and counts of step-model runs.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct StepClock {
+    /// Seconds in the nonlinear step model.
+    pub step_s: f64,
+    /// Seconds in its TL.
+    pub tl_s: f64,
+    /// Seconds in its AD.
+    pub ad_s: f64,
+    /// Nonlinear runs.
+    pub n_step: usize,
+    /// TL runs.
+    pub n_tl: usize,
+    /// AD runs.
+    pub n_ad: usize,
+}
+
+impl StepClock {
+    /// Total seconds.
+    pub fn total_s(&self) -> f64 {
+        self.step_s + self.tl_s + self.ad_s
+    }
+
+    /// Adds the runs of `o`.
+    pub fn add(&mut self, o: &StepClock) {
+        self.step_s += o.step_s;
+        self.tl_s += o.tl_s;
+        self.ad_s += o.ad_s;
+        self.n_step += o.n_step;
+        self.n_tl += o.n_tl;
+        self.n_ad += o.n_ad;
+    }
+}

@@ -1,0 +1,190 @@
+//! The one analysis pipeline, over a window of slots ([`crate::var::formulation`]): QC and H on the background
+//! trajectory, the background check with the B in force, minimisation, the divergence guards, and the report with
+//! its observation-space and Desroziers diagnostics. 3D methods are the one-slot window
+//! ([`crate::var::threed::ThreeD`]), latent 4D-Var the many-slot one ([`crate::var::fourd::FourDFormulation`]).
+
+use std::time::Instant;
+
+use crate::error::Result;
+use crate::obs::operator::ObsOperator;
+use crate::obs::{qc, Observation, QcFlag};
+use crate::var::analysis::{Analyser, Analysis};
+use crate::var::formulation::{Formulation, Rows, VarianceFor};
+use crate::var::fourd::{FourD, FourDFormulation};
+use crate::var::guards;
+use crate::var::desroziers::{cells, innovations, BInForce, Desroziers};
+use crate::var::options::{BKind, Method, OutputMode};
+use crate::var::report::BackgroundCheckInfo;
+use crate::var::solver::Problem;
+use crate::var::threed::ThreeD;
+
+impl Analyser {
+    /// Runs one analysis with the options' output mode.
+    pub fn analyse(&mut self, x_b: &[f64], obs: &[Observation], method: Method) -> Result<Analysis> {
+        let mode = OutputMode::parse(&self.options.output)?;
+        self.analyse_with(x_b, obs, method, mode)
+    }
+
+    /// Runs one analysis with an explicit output mode.
+    pub fn analyse_with(&mut self, x_b: &[f64], obs: &[Observation], method: Method, mode: OutputMode) -> Result<Analysis> {
+        if method == Method::L4dvar {
+            return self.analyse_4d(x_b, obs, mode, FourD::default());
+        }
+        self.run(x_b, obs, mode, &mut ThreeD::new(method, mode)?)
+    }
+
+    /// Latent 4D-Var (method `l4dvar`): observations at their own times (`Observation::time`, hours from the
+    /// analysis time `x_b` is valid at) through the bundle's step model or a host's (`fourd.model`). See
+    /// [`crate::var::fourd`]. Output modes `analysis` and `increment` (at the analysis time).
+    pub fn analyse_4d(&mut self, x_b: &[f64], obs: &[Observation], mode: OutputMode, fourd: FourD) -> Result<Analysis> {
+        self.run(x_b, obs, mode, &mut FourDFormulation::new(mode, fourd)?)
+    }
+
+    /// The pipeline (module documentation). Nothing is returned, and no input is changed, unless every step and
+    /// every guard passed.
+    fn run(&mut self, x_b: &[f64], obs: &[Observation], mode: OutputMode, f: &mut dyn Formulation) -> Result<Analysis> {
+        let t_start = Instant::now();
+        self.check_state(x_b, "background")?;
+        self.ae.timings = Default::default();
+        let method = f.method();
+        let lay = self.bundle.layout.clone();
+        let nx = lay.state_len();
+        let x_bg = f.background(self, x_b)?;
+        // Observations: slot, geometric QC, H on the background trajectory.
+        let mut qc = vec![QcFlag::Used; obs.len()];
+        let (slots, nslots) = f.slots(obs);
+        let t_h = Instant::now();
+        let floors = crate::obs::sigma_floors(&lay, &self.bundle.std);
+        let mut h = ObsOperator::try_build_in_window(&lay, obs, &slots, nslots, &mut qc, &floors)?;
+        let mut hxb = vec![0.0; h.nrows()];
+        h.apply(&x_bg, &mut hxb);
+        let mut h_s = t_h.elapsed().as_secs_f64();
+        // Background check with sigma_b of the B in force at every slot.
+        let k = self.options.bg_check;
+        let mut bg_info = BackgroundCheckInfo { k, ..Default::default() };
+        let mut sd_b = None;
+        let variance = f.variance(self, x_b, if k > 0.0 { VarianceFor::BackgroundCheck } else { VarianceFor::Guards })?;
+        let (variance_s, n_variance) = (variance.seconds, variance.n_tl);
+        if k > 0.0 {
+            let sd: Vec<f64> = variance.var.iter().map(|v| v.max(0.0).sqrt()).collect();
+            let t_q = Instant::now();
+            bg_info.rejected = qc::background_check(&mut h, &mut hxb, obs, &sd, k, &mut qc);
+            h_s += t_q.elapsed().as_secs_f64();
+            bg_info.sigma_b = variance.how;
+            sd_b = Some(sd); // for the Desroziers diagnostics
+        }
+        let slot = |i: usize| if slots.is_empty() { 0 } else { slots[i].expect("a row of H has a slot") };
+        let y: Vec<f64> = h.rows.iter().map(|&i| obs[i].value).collect();
+        let sigma: Vec<f64> = h.rows.iter().map(|&i| f.sigma(&obs[i], slot(i))).collect();
+        let problem = Problem { h: &h, y: &y, sigma: &sigma, hxb: &hxb };
+        let params = self.options.solver();
+        let m = f.minimise(self, x_b, &problem, &params)?;
+        let analysis: Vec<f64> = x_b.iter().zip(&m.dx).map(|(b, d)| b + d).collect();
+        // Divergence guards, before anything is returned. Full-state output: the solver's part of the increment.
+        let solver_dx: Option<Vec<f64>> =
+            m.reconstruction.as_ref().map(|d0| m.dx.iter().zip(d0).map(|(d, d0)| d - d0).collect());
+        guards::check(
+            &lay,
+            &guards::Guarded {
+                info: &m.info,
+                x_b,
+                analysis: &analysis,
+                increment: solver_dx.as_deref().unwrap_or(&m.dx),
+                b_variance: &variance.var,
+                bounds: &self.bundle.bounds,
+                slot_hours: f.slot_hours(),
+            },
+        )?;
+        // Observation-space diagnostics (H x_a for used rows; O-B for all located observations).
+        let t_h2 = Instant::now();
+        let x_an: Vec<f64> = x_bg.iter().zip(&m.dx).map(|(b, d)| b + d).collect();
+        let mut hxa = vec![0.0; h.nrows()];
+        h.apply(&x_an, &mut hxa);
+        h_s += t_h2.elapsed().as_secs_f64();
+        let mut report = self.report_base(method, mode, m.w.len(), obs, &qc, h.nrows())?;
+        report.jb_parts = f.jb_parts(self, &m.w);
+        report.background_check = bg_info;
+        report.variables = self.variable_stats(obs, &qc, &h, &hxb, &hxa, &m.dx[..nx]);
+        report.desroziers = Some(self.desroziers(method, obs, &h, &hxb, &hxa, &sigma, sd_b.as_deref()));
+        report.balance = crate::diag::balance::diagnose(&lay, x_b, &analysis);
+        f.finish(&mut report, &Rows { obs, rows: &h.rows, slots: &slots, hxb: &hxb, hxa: &hxa, sigma: &sigma });
+        let output = match mode {
+            OutputMode::Increment => m.dx[..nx].to_vec(),
+            OutputMode::Analysis | OutputMode::FullState => analysis.clone(),
+        };
+        report.timings = self.timings(t_start, h_s, variance_s, n_variance, f.step_clock().as_ref());
+        report.solver = Some(m.info);
+        Ok(Analysis { output, analysis, qc, report })
+    }
+}
+
+impl Analyser {
+    /// The report's `desroziers` section of an analysis by `method`: see the module documentation. `sd` is the
+    /// background check's background-error sd (state or trajectory layout, as `h`), `None` when it did not run.
+    /// For the hybrid it also splits sigma_b^2 into its latent and static parts, from the variances of the two
+    /// cached B operators (the background check computed both: no model run here).
+    #[allow(clippy::too_many_arguments)]
+    pub fn desroziers(
+        &mut self,
+        method: Method,
+        obs: &[Observation],
+        h: &ObsOperator,
+        hxb: &[f64],
+        hxa: &[f64],
+        sigma: &[f64],
+        sd: Option<&[f64]>,
+    ) -> Desroziers {
+        let lay = &self.bundle.layout;
+        let vars: Vec<(String, String)> =
+            lay.variables.iter().enumerate().map(|(v, var)| (var.name.clone(), self.bundle.units(v).to_string())).collect();
+        let o = &self.options;
+        let lvf = o.latent_variance_factor.unwrap_or(1.0);
+        let bvf = o.baseline_variance_factor.unwrap_or(self.bundle.baseline_variance_factor);
+        let b_in_force = match method {
+            Method::L3dvar | Method::L4dvar => BInForce { latent_variance_factor: Some(lvf), ..Default::default() },
+            Method::Var3d => BInForce { baseline_variance_factor: Some(bvf), ..Default::default() },
+            Method::Hybrid => {
+                let hs = self.hybrid_settings().ok();
+                BInForce {
+                    latent_variance_factor: Some(lvf),
+                    baseline_variance_factor: Some(bvf),
+                    hybrid_alpha: hs.as_ref().map(|h| h.alpha),
+                    hybrid_beta: hs.as_ref().map(|h| h.beta),
+                }
+            }
+        };
+        let sigma_b = if sd.is_some() {
+            "H sqrt(diag B) of the B in force, as in the background check (sigma_b^2 approximates diag(H B H^T))".to_string()
+        } else {
+            "null: no background check ran (bg_check = 0), so diag B was not computed".to_string()
+        };
+        let mut rows = innovations(obs, h, hxb, hxa, sigma, sd);
+        if method == Method::Hybrid && sd.is_some() {
+            if let (Some(a), Some(b)) = (b_in_force.hybrid_alpha, b_in_force.hybrid_beta) {
+                // Latitude-band weights: sd of each part times sqrt(alpha(phi)) or sqrt(beta(phi)) before H.
+                let fields = self.hybrid_settings().ok().and_then(|hs| hs.weight_fields(&self.bundle.layout));
+                let (fa, fb) = match &fields {
+                    Some((fa, fb)) => (Some(fa.as_slice()), Some(fb.as_slice())),
+                    None => (None, None),
+                };
+                let part = |me: &mut Analyser, kind: BKind, w: f64, field: Option<&[f64]>| -> Option<Vec<f64>> {
+                    let mut sd: Vec<f64> = me.with_b(kind, |op, ae| Ok(op.variance(ae)?.iter().map(|v| v.max(0.0).sqrt()).collect())).ok()?;
+                    let w = match field {
+                        Some(f) => {
+                            sd.iter_mut().zip(f).for_each(|(s, f)| *s *= f);
+                            1.0
+                        }
+                        None => w,
+                    };
+                    let mut at = vec![0.0; h.nrows()];
+                    h.apply(&sd, &mut at);
+                    Some(at.iter().map(|x| w * x * x).collect())
+                };
+                if let (Some(l), Some(s)) = (part(self, BKind::Latent, a, fa), part(self, BKind::Static, b, fb)) {
+                    rows.iter_mut().enumerate().for_each(|(r, row)| row.sigma_b_parts = Some((l[r], s[r])));
+                }
+            }
+        }
+        Desroziers { method: method.name().into(), b_in_force, sigma_b, cells: cells(&vars, &rows) }
+    }
+}

@@ -1,0 +1,165 @@
+//! The 3D formulations (methods l3dvar, 3dvar and hybrid): one time slot, the B in force linearised at the
+//! background, every observation valid at the analysis time.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use crate::bmat::hybrid::Hybrid;
+use crate::error::{Error, Result};
+use crate::obs::{Observation, QcFlag};
+use crate::var::analysis::Analyser;
+use crate::var::control::LatentControl;
+use crate::var::formulation::{jb, Formulation, Minimised, Rows, Variance, VarianceFor};
+use crate::var::guards;
+use crate::var::options::{BKind, Method, OutputMode};
+use crate::var::report::{Report, StepClock};
+use crate::var::solver::{minimise, Problem, SolverParams};
+
+/// A 3D analysis by `method` (not l4dvar).
+pub struct ThreeD {
+    method: Method,
+    full_state: bool,
+    z_b: Option<Vec<f32>>,
+}
+
+impl ThreeD {
+    /// The formulation of `method` with output mode `mode` (full-state output exists only for l3dvar).
+    pub fn new(method: Method, mode: OutputMode) -> Result<ThreeD> {
+        if method == Method::L4dvar {
+            return Err(Error::arg("method l4dvar is a 4D formulation"));
+        }
+        let full_state = mode == OutputMode::FullState;
+        if full_state && method != Method::L3dvar {
+            return Err(Error::arg(format!("output 'full_state' exists only for method l3dvar, not {}", method.name())));
+        }
+        Ok(ThreeD { method, full_state, z_b: None })
+    }
+
+    fn kind(&self) -> BKind {
+        BKind::of_method(self.method)
+    }
+}
+
+impl Formulation for ThreeD {
+    fn method(&self) -> Method {
+        self.method
+    }
+
+    /// Encodes the background (latent and hybrid B) and linearises the B in force there.
+    fn background(&mut self, an: &mut Analyser, x_b: &[f64]) -> Result<Vec<f64>> {
+        let kind = self.kind();
+        self.z_b = if kind == BKind::Static { None } else { Some(an.encode_background(x_b)?) };
+        an.prepare_b(kind, self.z_b.as_deref())?;
+        Ok(x_b.to_vec())
+    }
+
+    fn slots(&self, _obs: &[Observation]) -> (Vec<std::result::Result<usize, QcFlag>>, usize) {
+        (Vec::new(), 1)
+    }
+
+    fn sigma(&self, obs: &Observation, _slot: usize) -> f64 {
+        obs.sigma
+    }
+
+    fn variance(&mut self, an: &mut Analyser, _x_b: &[f64], what: VarianceFor) -> Result<Variance> {
+        let kind = self.kind();
+        let before = an.ae.timings.clone();
+        let out = match what {
+            // The cached variance of the B in force: its TL runs (none when cached) are reported apart from the
+            // solver's, as decoder TL time.
+            VarianceFor::BackgroundCheck => {
+                let (var, how) = an.with_b(kind, |b, ae| Ok((b.variance(ae)?.to_vec(), b.variance_method())))?;
+                Variance { var, how, seconds: an.ae.timings.tl_s - before.tl_s, n_tl: an.ae.timings.n_tl - before.n_tl }
+            }
+            VarianceFor::Guards => {
+                let t_v = Instant::now();
+                let var = an.with_b(kind, |b, ae| {
+                    let (n, m) = (b.control_size(), b.state_len());
+                    Ok(crate::bmat::diag_of_sqrt(n, m, guards::VARIANCE_DRAWS, |v, x| b.sqrt(ae, v, x))?.0)
+                })?;
+                let n_tl = an.ae.timings.n_tl - before.n_tl;
+                Variance { var, how: String::new(), seconds: t_v.elapsed().as_secs_f64(), n_tl }
+            }
+        };
+        an.ae.timings = before;
+        Ok(out)
+    }
+
+    fn minimise(&mut self, an: &mut Analyser, x_b: &[f64], problem: &Problem, params: &SolverParams) -> Result<Minimised> {
+        let lay = an.bundle.layout.clone();
+        let np = lay.grid.npoints();
+        let linear = an.options.latent_form() == "linear";
+        let mut reconstruction = None;
+        let (w, dx, info) = match self.method {
+            Method::L3dvar => {
+                let z_b = self.z_b.clone().expect("encoded in background()");
+                let lv = an.latent_variance(1.0);
+                let b = &an.bundle;
+                let mut ctrl =
+                    LatentControl::new(&mut an.ae, x_b, z_b, &lv, &b.mean, &b.std, np, self.full_state)?.linear(linear);
+                if self.full_state {
+                    reconstruction =
+                        Some((0..x_b.len()).map(|i| b.mean[i / np] + b.std[i / np] * ctrl.xn_zb[i] as f64 - x_b[i]).collect());
+                }
+                minimise(&mut ctrl, problem, params)?
+            }
+            Method::Var3d => minimise(an.static_b()?, problem, params)?,
+            Method::Hybrid => {
+                let hs = an.hybrid_settings()?;
+                let z_b = self.z_b.clone().expect("encoded in background()");
+                // alpha_ref is folded into the latent variances (alpha itself without band weights: today's scalar
+                // hybrid, bit for bit); band weights multiply the latent increment by sqrt(alpha(phi) / alpha_ref)
+                // and the static one by sqrt(beta(phi)). In the linear form this is exactly the operator of
+                // `with_b` (sqrt(alpha(phi)) sd D'(z_b)(s w) + sqrt(beta(phi)) P U_s v); in the nonlinear form its
+                // linearisation at w = 0 is.
+                let alpha_ref = hs.alpha_ref();
+                let fields = hs.weight_fields(&lay);
+                let lv = an.latent_variance(alpha_ref);
+                let (ae, b, st) = an.parts_for_hybrid()?;
+                let latent = LatentControl::new(ae, x_b, z_b, &lv, &b.mean, &b.std, np, false)?.linear(linear);
+                let mut ctrl = match fields {
+                    None => Hybrid::new(latent, st, 1.0, hs.beta.sqrt(), lay.state_len()),
+                    Some((fa, fb)) => {
+                        let r = if alpha_ref > 0.0 { 1.0 / alpha_ref.sqrt() } else { 1.0 };
+                        let fa = fa.iter().map(|a| a * r).collect();
+                        Hybrid::new(latent, st, 1.0, 1.0, lay.state_len()).with_fields(fa, fb)
+                    }
+                };
+                minimise(&mut ctrl, problem, params)?
+            }
+            Method::L4dvar => unreachable!("ThreeD::new refuses l4dvar"),
+        };
+        Ok(Minimised { w, dx, info, reconstruction })
+    }
+
+    /// [w] for l3dvar, [v] for 3dvar, [w, v] for the hybrid.
+    fn jb_parts(&self, an: &Analyser, w: &[f64]) -> BTreeMap<String, f64> {
+        let mut parts = BTreeMap::new();
+        match self.method {
+            Method::Var3d => {
+                parts.insert("static".to_string(), jb(w));
+            }
+            Method::Hybrid => {
+                let nl = an.bundle.latent_size();
+                parts.insert("latent".to_string(), jb(&w[..nl]));
+                parts.insert("static".to_string(), jb(&w[nl..]));
+            }
+            _ => {
+                parts.insert("latent".to_string(), jb(w));
+            }
+        }
+        parts
+    }
+
+    fn slot_hours(&self) -> Option<f64> {
+        None
+    }
+
+    fn finish(&mut self, report: &mut Report, _rows: &Rows) {
+        report.formulation = if self.full_state { "full_state".into() } else { "increment".into() };
+    }
+
+    fn step_clock(&self) -> Option<StepClock> {
+        None
+    }
+}
