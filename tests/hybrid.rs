@@ -253,9 +253,16 @@ fn b_operators_pass_their_adjoint_tests() {
     let vh = a.with_b(BKind::Hybrid, |b, ae| Ok(b.variance(ae)?.to_vec())).unwrap();
     let iu = a.bundle.layout.var_index("u").unwrap();
     let ur = a.bundle.layout.var_range(iu);
+    // alpha is folded into the latent variances (issue 23, item 3: the minimisation's operator), so the latent part
+    // is exactly the latent B built with variances x 2 (latent_variance_factor = 2), and 2 diag(latent) up to the
+    // float32 decoder TL's round-off
+    let mut a2 = open("tanh", "latent_variance_factor = 2.0");
+    a2.prepare_b(BKind::Latent, Some(&z)).unwrap();
+    let vl2 = a2.with_b(BKind::Latent, |b, ae| Ok(b.variance(ae)?.to_vec())).unwrap();
     for i in 0..vh.len() {
-        let want = 2.0 * vl[i] + if ur.contains(&i) { 0.0 } else { 0.5 * vs[i] };
+        let want = vl2[i] + if ur.contains(&i) { 0.0 } else { 0.5 * vs[i] };
         assert!((vh[i] - want).abs() <= 1e-12 * want, "hybrid variance at {i}: {} vs {want}", vh[i]);
+        assert!((vl2[i] - 2.0 * vl[i]).abs() <= 1e-6 * vl2[i], "latent variance x 2 at {i}: {} vs {}", vl2[i], 2.0 * vl[i]);
     }
 }
 
@@ -471,11 +478,16 @@ fn latent_variance_factor_scales_the_latent_b() {
     let d1 = inc(&mut a);
     a.options.latent_variance_factor = Some(0.25);
     let (l4, h4) = (variances(&mut a, BKind::Latent), variances(&mut a, BKind::Hybrid));
+    // hybrid = alpha f diag(latent) + beta diag(static), alpha f folded into the latent variances: exactly the latent
+    // B with factor alpha f = 0.5, and alpha f diag(latent) up to the float32 decoder TL's round-off
+    let mut a5 = open("tanh", "latent_variance_factor = 0.5");
+    a5.prepare_b(BKind::Latent, Some(&z)).unwrap();
+    let l5 = a5.with_b(BKind::Latent, |b, ae| Ok(b.variance(ae)?.to_vec())).unwrap();
     for i in 0..l1.len() {
         assert!((0.25 * l1[i] - l4[i]).abs() <= 1e-12 * l1[i], "latent variance at {i}: {} x 0.25 != {}", l1[i], l4[i]);
-        // hybrid = alpha f diag(latent) + beta diag(static)
-        let want = 2.0 * 0.25 * l1[i] + 0.5 * s1[i];
+        let want = l5[i] + 0.5 * s1[i];
         assert!((h4[i] - want).abs() <= 1e-9 * want, "hybrid variance at {i}: {} vs {want} (before: {})", h4[i], h1[i]);
+        assert!((l5[i] - 2.0 * 0.25 * l1[i]).abs() <= 1e-6 * l5[i], "latent variance x 0.5 at {i}: {} vs {}", l5[i], 0.5 * l1[i]);
     }
     let d4 = inc(&mut a);
     eprintln!("L3DVar (increment norm, O-A fit): factor 1 {d1:?}, factor 0.25 {d4:?}");

@@ -299,12 +299,21 @@ fn background_check_variance_is_the_diagonal_of_u_ut() {
         a.prepare_b(BKind::Latent, Some(&z)).unwrap();
         a.with_b(BKind::Latent, |b, ae| Ok(b.variance(ae)?.to_vec())).unwrap()
     };
+    // alpha_ref = max(alpha, alpha_tropics) = 2 is folded into the latent variances (issue 23, item 3: the
+    // minimisation's operator): the latent part is alpha(phi) / 2 times the latent B with factor 2, exactly, and
+    // alpha(phi) diag(latent) up to the float32 decoder TL's round-off
+    let vl2 = {
+        let mut a2 = open("tanh", "latent_variance_factor = 2.0");
+        a2.prepare_b(BKind::Latent, Some(&z)).unwrap();
+        a2.with_b(BKind::Latent, |b, ae| Ok(b.variance(ae)?.to_vec())).unwrap()
+    };
     a.prepare_b(BKind::Static, None).unwrap();
     let vs = a.with_b(BKind::Static, |b, ae| Ok(b.variance(ae)?.to_vec())).unwrap();
     let (al, be) = band_weights(&a);
     let mut max_rel: f64 = 0.0;
     for i in 0..v.len() {
-        let want = al[i] * vl[i] + be[i] * vs[i];
+        assert!((vl2[i] - 2.0 * vl[i]).abs() <= 1e-6 * vl2[i], "latent variance x 2 at {i}: {} vs {}", vl2[i], 2.0 * vl[i]);
+        let want = al[i] / 2.0 * vl2[i] + be[i] * vs[i];
         assert!((v[i] - brute[i]).abs() <= 1e-9 * brute[i], "at {i}: variance {} vs diag(U U^T) {}", v[i], brute[i]);
         assert!((v[i] - want).abs() <= 1e-12 * want, "at {i}: variance {} vs formula {want}", v[i]);
         max_rel = max_rel.max((v[i] - brute[i]).abs() / brute[i]);

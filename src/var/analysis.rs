@@ -58,15 +58,17 @@ pub struct Analyser {
 /// B operators kept between calls (see the module documentation).
 #[derive(Default)]
 struct BCache {
-    /// The latent B and the latent variance factor it was built with.
-    latent: Option<(f64, LatentB)>,
+    /// Latent B operators at the last background, each with the multiplier of the bundle's latent variances it
+    /// was built with (`latent_variance_factor`, times alpha_ref for the hybrid's latent part): at most one per
+    /// multiplier, all at the same linearisation point.
+    latent: Vec<(f64, LatentB)>,
     statics: Option<(f64, StaticB)>,
 }
 
 impl std::fmt::Debug for BCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BCache")
-            .field("latent_variance_factor", &self.latent.as_ref().map(|l| l.0))
+            .field("latent_variance_multipliers", &self.latent.iter().map(|l| l.0).collect::<Vec<_>>())
             .field("static_variance_factor", &self.statics.as_ref().map(|s| s.0))
             .finish()
     }
@@ -127,6 +129,41 @@ impl HybridSettings {
     }
 }
 
+/// How the hybrid B = alpha(phi) B_l + beta(phi) P B_s P^T is applied, in the analysis' minimisation, its
+/// background check and the host's B operator alike: alpha_ref ([`HybridSettings::alpha_ref`]) folded into the
+/// latent variances, then scalar weights (1, sqrt(beta)), or the band-weight fields sqrt(alpha(phi) / alpha_ref),
+/// sqrt(beta(phi)) on the two increments.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HybridWeights {
+    /// Weight of the static increment without band weights, sqrt(beta).
+    pub static_weight: f64,
+    /// Band-weight fields (latent, static) over the state, when the weights vary with latitude.
+    pub fields: Option<(Vec<f64>, Vec<f64>)>,
+}
+
+impl HybridWeights {
+    /// The hybrid operator over the latent part `a` (built with the variances times alpha_ref) and the static part
+    /// `b`.
+    pub fn operator<A, B>(self, a: A, b: B, state_len: usize) -> Hybrid<A, B> {
+        match self.fields {
+            None => Hybrid::new(a, b, 1.0, self.static_weight, state_len),
+            Some((fa, fb)) => Hybrid::new(a, b, 1.0, 1.0, state_len).with_fields(fa, fb),
+        }
+    }
+}
+
+impl HybridSettings {
+    /// The weights as applied (see [`HybridWeights`]).
+    pub fn weights(&self, lay: &crate::bundle::grid::Layout) -> HybridWeights {
+        let alpha_ref = self.alpha_ref();
+        let fields = self.weight_fields(lay).map(|(fa, fb)| {
+            let r = if alpha_ref > 0.0 { 1.0 / alpha_ref.sqrt() } else { 1.0 };
+            (fa.iter().map(|a| a * r).collect(), fb)
+        });
+        HybridWeights { static_weight: self.beta.sqrt(), fields }
+    }
+}
+
 /// The result of one analysis.
 #[derive(Debug, Clone)]
 pub struct Analysis {
@@ -167,10 +204,13 @@ impl Analyser {
         Ok(())
     }
 
-    /// The latent B operator U at z_b = E(N(x_b)), for hosts with their own minimiser (a new, uncached operator).
+    /// The latent B operator U at z_b = E(N(x_b)) with the latent variances in force (the bundle's times
+    /// `latent_variance_factor`), for hosts with their own minimiser (a new, uncached operator): the same operator as
+    /// [`Analyser::with_b`]'s latent B.
     pub fn latent_b(&mut self, x_b: &[f64]) -> Result<LatentB> {
-        self.check_state(x_b, "background")?;
-        LatentB::at_background(&self.bundle, &mut self.ae, x_b)
+        let z = self.encode_background(x_b)?;
+        let b = &self.bundle;
+        Ok(LatentB::new(z, &self.latent_variance(1.0), &b.std, b.layout.grid.npoints()))
     }
 
     /// z_b = E(N(x_b)) (one encoder run).
@@ -218,6 +258,12 @@ impl Analyser {
         self.bundle.latent_variance.iter().map(|v| f * v).collect()
     }
 
+    /// The weight folded into the latent variances of the B of kind `kind`: the hybrid's alpha_ref
+    /// ([`HybridSettings::alpha_ref`]), else 1.
+    pub(crate) fn latent_weight(&self, kind: BKind) -> Result<f64> {
+        Ok(if kind == BKind::Hybrid { self.hybrid_settings()?.alpha_ref() } else { 1.0 })
+    }
+
     /// Linearises the B operator of kind `kind` at the latent point `z` (for the latent and hybrid B; ignored for the
     /// static B), reusing the cached operator (and its variance) when it is already there, and builds the static B
     /// when needed. Returns the control size.
@@ -225,16 +271,17 @@ impl Analyser {
         let mut n = 0;
         if kind != BKind::Static {
             let z = z.ok_or_else(|| Error::arg("the latent and hybrid B operators need a linearisation point"))?;
-            let factor = self.options.latent_variance_factor.unwrap_or(1.0);
-            let same = self.cache.latent.as_ref().is_some_and(|(f, l)| {
-                *f == factor && l.point().len() == z.len() && l.point().iter().zip(z).all(|(a, b)| a.to_bits() == b.to_bits())
-            });
-            if !same {
+            let weight = self.latent_weight(kind)?;
+            let mult = weight * self.options.latent_variance_factor.unwrap_or(1.0);
+            let same_point =
+                |l: &LatentB| l.point().len() == z.len() && l.point().iter().zip(z).all(|(a, b)| a.to_bits() == b.to_bits());
+            self.cache.latent.retain(|(_, l)| same_point(l));
+            if !self.cache.latent.iter().any(|(m, _)| *m == mult) {
                 let b = &self.bundle;
-                let lv = self.latent_variance(1.0);
-                self.cache.latent = Some((factor, LatentB::new(z.to_vec(), &lv, &b.std, b.layout.grid.npoints())));
+                let lv = self.latent_variance(weight);
+                self.cache.latent.push((mult, LatentB::new(z.to_vec(), &lv, &b.std, b.layout.grid.npoints())));
             }
-            let l = &mut self.cache.latent.as_mut().expect("set above").1;
+            let l = &mut self.cache.latent.iter_mut().find(|(m, _)| *m == mult).expect("set above").1;
             l.set_variance_samples(self.options.bg_check_samples);
             n += l.control_size();
         }
@@ -272,24 +319,42 @@ impl Analyser {
     /// Lends the B operator of kind `kind`, prepared by [`Analyser::prepare_b`], and the ONNX sessions to `f`.
     pub fn with_b<R>(&mut self, kind: BKind, f: impl FnOnce(&mut dyn BOperator, &mut Autoencoder) -> Result<R>) -> Result<R> {
         let not_ready = || Error::new(Status::NotReady, format!("the {} B operator is not linearised", kind.name()));
-        let settings = if kind == BKind::Hybrid { Some(self.hybrid_settings()?) } else { None };
+        let weights = if kind == BKind::Hybrid { Some(self.hybrid_settings()?.weights(&self.bundle.layout)) } else { None };
+        // the cached latent B must carry this kind's variances (the hybrid folds alpha_ref into them)
+        let mult = if kind == BKind::Static { 0.0 } else { self.latent_weight(kind)? * self.options.latent_variance_factor.unwrap_or(1.0) };
         let n = self.bundle.layout.state_len();
         let BCache { latent, statics } = &mut self.cache;
+        let latent = latent.iter_mut().find(|(m, _)| *m == mult).map(|(_, l)| l);
         match kind {
-            BKind::Latent => f(&mut latent.as_mut().ok_or_else(not_ready)?.1, &mut self.ae),
+            BKind::Latent => f(latent.ok_or_else(not_ready)?, &mut self.ae),
             BKind::Static => f(&mut statics.as_mut().ok_or_else(not_ready)?.1, &mut self.ae),
             BKind::Hybrid => {
-                let h = settings.expect("resolved above");
-                let (l, s) = (&mut latent.as_mut().ok_or_else(not_ready)?.1, &mut statics.as_mut().ok_or_else(not_ready)?.1);
-                // The same operator as the analysis' (which folds alpha_ref into the latent variances): scalar
-                // weights, or the band-weight fields sqrt(alpha(phi)), sqrt(beta(phi)).
-                let mut hy = match h.weight_fields(&self.bundle.layout) {
-                    None => Hybrid::new(l, s, h.alpha.sqrt(), h.beta.sqrt(), n),
-                    Some((fa, fb)) => Hybrid::new(l, s, 1.0, 1.0, n).with_fields(fa, fb),
-                };
+                let (l, s) = (latent.ok_or_else(not_ready)?, &mut statics.as_mut().ok_or_else(not_ready)?.1);
+                let mut hy = weights.expect("resolved above").operator(l, s, n);
                 f(&mut hy, &mut self.ae)
             }
         }
+    }
+
+    /// The sd of the hybrid B's two parts as in force, latent then static (weights and band fields applied), from
+    /// the operators prepared by [`Analyser::prepare_b`] (their cached variances).
+    pub(crate) fn hybrid_part_sd(&mut self) -> Result<(Vec<f64>, Vec<f64>)> {
+        let w = self.hybrid_settings()?.weights(&self.bundle.layout);
+        let mult = self.latent_weight(BKind::Hybrid)? * self.options.latent_variance_factor.unwrap_or(1.0);
+        let not_ready = || Error::new(Status::NotReady, "the hybrid B operator is not linearised");
+        let BCache { latent, statics } = &mut self.cache;
+        let l = latent.iter_mut().find(|(m, _)| *m == mult).map(|(_, l)| l).ok_or_else(not_ready)?;
+        let sd = |v: &[f64]| v.iter().map(|v| v.max(0.0).sqrt()).collect::<Vec<f64>>();
+        let mut sl = sd(l.variance(&mut self.ae)?);
+        let mut ss = sd(statics.as_ref().ok_or_else(not_ready)?.1.variance());
+        match &w.fields {
+            Some((fa, fb)) => {
+                sl.iter_mut().zip(fa).for_each(|(s, f)| *s *= f);
+                ss.iter_mut().zip(fb).for_each(|(s, f)| *s *= f);
+            }
+            None => ss.iter_mut().for_each(|s| *s *= w.static_weight),
+        }
+        Ok((sl, ss))
     }
 
     /// The static B prepared by [`Analyser::prepare_b`].

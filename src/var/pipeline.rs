@@ -13,7 +13,7 @@ use crate::var::formulation::{Formulation, Rows, VarianceFor};
 use crate::var::fourd::{FourD, FourDFormulation};
 use crate::var::guards;
 use crate::var::desroziers::{cells, innovations, BInForce, Desroziers};
-use crate::var::options::{BKind, Method, OutputMode};
+use crate::var::options::{Method, OutputMode};
 use crate::var::report::BackgroundCheckInfo;
 use crate::var::solver::Problem;
 use crate::var::threed::ThreeD;
@@ -160,29 +160,16 @@ impl Analyser {
         };
         let mut rows = innovations(obs, h, hxb, hxa, sigma, sd);
         if method == Method::Hybrid && sd.is_some() {
-            if let (Some(a), Some(b)) = (b_in_force.hybrid_alpha, b_in_force.hybrid_beta) {
-                // Latitude-band weights: sd of each part times sqrt(alpha(phi)) or sqrt(beta(phi)) before H.
-                let fields = self.hybrid_settings().ok().and_then(|hs| hs.weight_fields(&self.bundle.layout));
-                let (fa, fb) = match &fields {
-                    Some((fa, fb)) => (Some(fa.as_slice()), Some(fb.as_slice())),
-                    None => (None, None),
-                };
-                let part = |me: &mut Analyser, kind: BKind, w: f64, field: Option<&[f64]>| -> Option<Vec<f64>> {
-                    let mut sd: Vec<f64> = me.with_b(kind, |op, ae| Ok(op.variance(ae)?.iter().map(|v| v.max(0.0).sqrt()).collect())).ok()?;
-                    let w = match field {
-                        Some(f) => {
-                            sd.iter_mut().zip(f).for_each(|(s, f)| *s *= f);
-                            1.0
-                        }
-                        None => w,
-                    };
+            // The two parts' sd as in force (weights and band fields applied), from the cached operators (the
+            // background check computed both variances: no model run here).
+            if let Ok((l, st)) = self.hybrid_part_sd() {
+                let at = |sd: &[f64]| {
                     let mut at = vec![0.0; h.nrows()];
-                    h.apply(&sd, &mut at);
-                    Some(at.iter().map(|x| w * x * x).collect())
+                    h.apply(sd, &mut at);
+                    at.iter().map(|x| x * x).collect::<Vec<f64>>()
                 };
-                if let (Some(l), Some(s)) = (part(self, BKind::Latent, a, fa), part(self, BKind::Static, b, fb)) {
-                    rows.iter_mut().enumerate().for_each(|(r, row)| row.sigma_b_parts = Some((l[r], s[r])));
-                }
+                let (l, st) = (at(&l), at(&st));
+                rows.iter_mut().enumerate().for_each(|(r, row)| row.sigma_b_parts = Some((l[r], st[r])));
             }
         }
         Desroziers { method: method.name().into(), b_in_force, sigma_b, cells: cells(&vars, &rows) }

@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use crate::bmat::hybrid::Hybrid;
 use crate::error::{Error, Result};
 use crate::obs::{Observation, QcFlag};
 use crate::var::analysis::Analyser;
@@ -68,7 +67,12 @@ impl Formulation for ThreeD {
             // The cached variance of the B in force: its TL runs (none when cached) are reported apart from the
             // solver's, as decoder TL time.
             VarianceFor::BackgroundCheck => {
-                let (var, how) = an.with_b(kind, |b, ae| Ok((b.variance(ae)?.to_vec(), b.variance_method())))?;
+                let (var, mut how) = an.with_b(kind, |b, ae| Ok((b.variance(ae)?.to_vec(), b.variance_method())))?;
+                if kind == BKind::Hybrid {
+                    // the operator's latent weight is 1: alpha_ref is folded into the latent variances
+                    let alpha_ref = an.hybrid_settings()?.alpha_ref();
+                    how = how.replacen("hybrid: 1.0000 x", &format!("hybrid: {alpha_ref:.4} (folded into the latent variances) x"), 1);
+                }
                 Variance { var, how, seconds: an.ae.timings.tl_s - before.tl_s, n_tl: an.ae.timings.n_tl - before.n_tl }
             }
             VarianceFor::Guards => {
@@ -107,24 +111,15 @@ impl Formulation for ThreeD {
             Method::Hybrid => {
                 let hs = an.hybrid_settings()?;
                 let z_b = self.z_b.clone().expect("encoded in background()");
-                // alpha_ref is folded into the latent variances (alpha itself without band weights: today's scalar
-                // hybrid, bit for bit); band weights multiply the latent increment by sqrt(alpha(phi) / alpha_ref)
-                // and the static one by sqrt(beta(phi)). In the linear form this is exactly the operator of
-                // `with_b` (sqrt(alpha(phi)) sd D'(z_b)(s w) + sqrt(beta(phi)) P U_s v); in the nonlinear form its
-                // linearisation at w = 0 is.
-                let alpha_ref = hs.alpha_ref();
-                let fields = hs.weight_fields(&lay);
-                let lv = an.latent_variance(alpha_ref);
+                // One operator with the background check's and the host's (`Analyser::with_b`, `HybridWeights`):
+                // alpha_ref folded into the latent variances (alpha itself without band weights), band weights as
+                // sqrt(alpha(phi) / alpha_ref) and sqrt(beta(phi)) on the two increments. In the linear form this is
+                // exactly that operator; in the nonlinear form its linearisation at w = 0 is.
+                let lv = an.latent_variance(hs.alpha_ref());
+                let weights = hs.weights(&lay);
                 let (ae, b, st) = an.parts_for_hybrid()?;
                 let latent = LatentControl::new(ae, x_b, z_b, &lv, &b.mean, &b.std, np, false)?.linear(linear);
-                let mut ctrl = match fields {
-                    None => Hybrid::new(latent, st, 1.0, hs.beta.sqrt(), lay.state_len()),
-                    Some((fa, fb)) => {
-                        let r = if alpha_ref > 0.0 { 1.0 / alpha_ref.sqrt() } else { 1.0 };
-                        let fa = fa.iter().map(|a| a * r).collect();
-                        Hybrid::new(latent, st, 1.0, 1.0, lay.state_len()).with_fields(fa, fb)
-                    }
-                };
+                let mut ctrl = weights.operator(latent, st, lay.state_len());
                 minimise(&mut ctrl, problem, params)?
             }
             Method::L4dvar => unreachable!("ThreeD::new refuses l4dvar"),
