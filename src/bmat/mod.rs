@@ -4,9 +4,11 @@
 //! ([`static_b`](crate::bmat::static_b), [`hydrostatic`](crate::bmat::hydrostatic)), and their weighted sum over a
 //! concatenated control vector ([`hybrid`](crate::bmat::hybrid)).
 
+pub mod ensemble;
 pub mod hybrid;
 pub mod hydrostatic;
 pub mod latent;
+pub mod localisation;
 pub mod static_b;
 
 use crate::error::{Error, Result};
