@@ -19,6 +19,9 @@ USAGE:
   latentda probes <bundle> [--backend tract|ort|auto] [--ort-library PATH]
                    (writes the known-answer probes of every graph, probes.nc, and its [probes] table and
                    checksum in bundle.toml; every other file must match its checksum already)
+  latentda sigma-b <bundle> --state a.nc[,b.nc,...] [--draws N] [--output FILE] [--backend tract|ort|auto]
+                   (the latent B's calibrated variance for the background check: mean diag(U U^T) over the states,
+                   N draws each (default 64), written to <bundle>/latent_b_variance.nc; prints the manifest lines)
   latentda check <bundle> [--state state.nc] [--backend tract|ort|auto] [--ort-library PATH]
   latentda analyse --bundle B --background bg.nc --obs obs.csv --output an.nc
                    [--method l3dvar|3dvar|hybrid|l4dvar] [--report report.json] [--truth truth.nc]
@@ -29,7 +32,9 @@ USAGE:
                    [--hybrid-alpha A] [--hybrid-beta B] [--hybrid-variables q,ps]
                    [--hybrid-alpha-tropics A] [--hybrid-beta-tropics B] [--hybrid-band-lat LAT0,LAT1]
                    [--baseline-variance-factor F] [--latent-variance-factor F] [--bg-check-samples N]
-                   [--latent-increment nonlinear|linear]
+                   [--bg-check-sigma-b calibrated|flow] [--latent-increment nonlinear|linear]
+                   [--ensemble 'dir/member_*.nc' | m1.nc,m2.nc,...] [--ensemble-gamma G]
+                   [--ensemble-localisation-km L] [--ensemble-localisation-model-km L]
                    [--window-hours H] [--slot-hours H] [--error-growth-per-hour G] [--background-at HOURS=bg.nc ...]
   latentda demo <bundle> [--case CASE] [--obs obs.csv] [--obs4d obs4d.csv] [--output OUTDIR] [options as for analyse but --output-mode]
                    (3D-Var, L3DVar and hybrid on CASE/background.nc, scored against CASE/truth.nc, and L4DVar
@@ -40,6 +45,10 @@ USAGE:
                    (Desroziers: accumulates the reports' innovation statistics, prints E[da db] / R and
                    E[(Hxa-Hxb) db] / HBH^T per variable group and latitude band, writes the B size they suggest;
                    --hybrid-split: hybrid alpha and beta fitted separately instead of scaled together)
+
+--ensemble: K >= 2 member states valid at the analysis time (NetCDF files read like --background; a glob in the
+file name, or a comma-separated list): method hybrid gets a third, latent ensemble part (gamma, localised on the
+latent grid), method 3dvar becomes hybrid 3DEnVar (static + gamma x the model-space ensemble B).
 
 l4dvar: observation times from the CSV's optional 'time' column (hours from the analysis time of --background);
 --background-at gives the background at a later slot time (repeatable), else the step model makes it.
@@ -109,10 +118,14 @@ impl Common {
                 "baseline-variance-factor" => o.baseline_variance_factor = Some(num(v)?),
                 "latent-variance-factor" => o.latent_variance_factor = Some(num(v)?),
                 "bg-check-samples" => o.bg_check_samples = int(v)?,
+                "bg-check-sigma-b" => o.bg_check_sigma_b = v.clone(),
                 "latent-increment" => o.latent_increment = Some(v.clone()),
                 "window-hours" => o.window_hours = Some(num(v)?),
                 "slot-hours" => o.slot_hours = Some(num(v)?),
                 "error-growth-per-hour" => o.error_growth_per_hour = Some(num(v)?),
+                "ensemble-gamma" => o.ensemble_gamma = num(v)?,
+                "ensemble-localisation-km" => o.ensemble_localisation_km = num(v)?,
+                "ensemble-localisation-model-km" => o.ensemble_localisation_model_km = Some(num(v)?),
                 "verbose" => o.verbosity = 1,
                 _ => unreachable!("flag --{flag} is recorded by parse_common"),
             }
@@ -176,10 +189,14 @@ fn parse_common(common: &mut Common, arg: &Arg, parser: &mut lexopt::Parser) -> 
         "baseline-variance-factor" => "baseline-variance-factor",
         "latent-variance-factor" => "latent-variance-factor",
         "bg-check-samples" => "bg-check-samples",
+        "bg-check-sigma-b" => "bg-check-sigma-b",
         "latent-increment" => "latent-increment",
         "window-hours" => "window-hours",
         "slot-hours" => "slot-hours",
         "error-growth-per-hour" => "error-growth-per-hour",
+        "ensemble-gamma" => "ensemble-gamma",
+        "ensemble-localisation-km" => "ensemble-localisation-km",
+        "ensemble-localisation-model-km" => "ensemble-localisation-model-km",
         "verbose" => {
             common.flags.push(("verbose", String::new()));
             return Ok(true);
@@ -215,7 +232,7 @@ fn run() -> Result<ExitCode, CliError> {
     if sub == "tune" {
         return cmd_tune(parser);
     }
-    if !["info", "check", "analyse", "analyze", "demo", "probes"].contains(&sub.as_str()) {
+    if !["info", "check", "analyse", "analyze", "demo", "probes", "sigma-b"].contains(&sub.as_str()) {
         return Err(usage(format!("unknown command '{sub}'")));
     }
     let mut common = Common { options: Options::default(), options_file: None, flags: Vec::new() };
@@ -257,6 +274,8 @@ fn run() -> Result<ExitCode, CliError> {
                 "state" => "state",
                 "case" => "case",
                 "obs4d" => "obs4d",
+                "ensemble" => "ensemble",
+                "draws" => "draws",
                 "help" => {
                     print!("{USAGE}");
                     return Ok(ExitCode::SUCCESS);
@@ -275,8 +294,9 @@ fn run() -> Result<ExitCode, CliError> {
     let allowed: &[&str] = match sub.as_str() {
         "info" | "probes" => &[],
         "check" => &["state"],
+        "sigma-b" => &["state", "draws", "output"],
         "demo" => &["case", "obs", "obs4d", "output"],
-        _ => &["bundle", "background", "obs", "output", "method", "report", "truth"],
+        _ => &["bundle", "background", "obs", "output", "method", "report", "truth", "ensemble"],
     };
     if let Some(k) = kv.keys().find(|k| !allowed.contains(k)) {
         return Err(usage(format!("--{k} is not an option of '{sub}'")));
@@ -292,6 +312,7 @@ fn run() -> Result<ExitCode, CliError> {
     match sub.as_str() {
         "info" => cmd_info(&positional, &common),
         "probes" => cmd_probes(&positional, &common),
+        "sigma-b" => cmd_sigma_b(&positional, &kv, &common),
         "check" => cmd_check(&positional, &kv, &common),
         "demo" => cmd_demo(&positional, &kv, &common),
         _ => cmd_analyse(&kv, &backgrounds_at, &common),
@@ -306,6 +327,45 @@ fn cmd_probes(positional: &[String], common: &Common) -> Result<ExitCode, CliErr
     println!("probes      {} ({} bytes): {} ({})", w.path.display(), w.bytes, w.graphs.join(", "), w.backend);
     println!("manifest    [probes] tolerance {:e}; checksum of {} updated", w.tolerance, w.path.file_name().unwrap_or_default().to_string_lossy());
     println!("self-test   {}", w.self_test.summary());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `latentda sigma-b <bundle> --state a.nc,b.nc,... [--draws N] [--output FILE]`: the latent B's calibrated
+/// variance (`Analyser::climatological_latent_variance`), written as a state file for `[statistics]
+/// latent_b_variance`.
+fn cmd_sigma_b(
+    positional: &[String],
+    kv: &std::collections::BTreeMap<&'static str, String>,
+    common: &Common,
+) -> Result<ExitCode, CliError> {
+    let dir = bundle_arg(positional)?;
+    let mut a = Analyser::open(&dir, common.options.clone()).map_err(|e| e.to_string())?;
+    let files: Vec<&str> = kv.get("state").ok_or_else(|| usage("sigma-b needs --state FILE[,FILE...]"))?.split(',').collect();
+    let draws: usize = match kv.get("draws") {
+        Some(d) => d.parse().map_err(|_| usage(format!("--draws: '{d}' is not a count")))?,
+        None => 64,
+    };
+    let states = files
+        .iter()
+        .map(|f| ncio::read_state(f.as_ref(), &a.bundle.layout))
+        .collect::<latentda::Result<Vec<_>>>()
+        .map_err(|e| e.to_string())?;
+    let t = std::time::Instant::now();
+    let var = a.climatological_latent_variance(&states, draws).map_err(|e| e.to_string())?;
+    let out = kv.get("output").map(PathBuf::from).unwrap_or_else(|| dir.join("latent_b_variance.nc"));
+    let title = format!("latent B variance diag(U U^T), factor 1, mean over {} states x {draws} draws", states.len());
+    let units = |v: usize| format!("({})2", a.bundle.units(v));
+    ncio::write_state(&out, &a.bundle.layout, &units, &var, &title).map_err(|e| e.to_string())?;
+    let lay = &a.bundle.layout;
+    for (v, var_) in lay.variables.iter().enumerate() {
+        let r = lay.var_range(v);
+        let rms = (var[r.clone()].iter().sum::<f64>() / r.len() as f64).sqrt();
+        println!("{:<4} RMS sd {rms:.4e} {}", var_.name, a.bundle.units(v));
+    }
+    let digest = latentda::bundle::sha256_hex(&std::fs::read(&out).map_err(|e| format!("{}: {e}", out.display()))?);
+    let name = out.file_name().unwrap_or_default().to_string_lossy();
+    println!("wrote {} ({} states x {draws} draws, {:.1} s)", out.display(), states.len(), t.elapsed().as_secs_f64());
+    println!("add to bundle.toml:  [statistics] latent_b_variance = \"{name}\"   and   [checksums] \"{name}\" = \"{digest}\"");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -527,6 +587,17 @@ fn cmd_analyse(
     if !backgrounds_at.is_empty() && method != Method::L4dvar {
         return Err(usage("--background-at is for method l4dvar"));
     }
+    if let Some(spec) = kv.get("ensemble") {
+        if !matches!(method, Method::Hybrid | Method::Var3d) {
+            return Err(usage(format!("--ensemble is for methods hybrid and 3dvar, not {}", method.name())));
+        }
+        let files = ensemble_files(spec)?;
+        let members = files
+            .iter()
+            .map(|f| ncio::read_state(f, &layout).map_err(|e| format!("ensemble member '{}': {e}", f.display())))
+            .collect::<Result<Vec<_>, String>>()?;
+        a.set_ensemble(members).map_err(|e| format!("--ensemble '{spec}' ({} files): {e}", files.len()))?;
+    }
     let mut result = if method == Method::L4dvar {
         let states = backgrounds_at
             .iter()
@@ -563,6 +634,52 @@ fn cmd_analyse(
     }
     println!("wrote {out}{}", kv.get("report").map(|r| format!(" and {r}")).unwrap_or_default());
     Ok(if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) })
+}
+
+/// The member files of `--ensemble`: a comma-separated list of paths, each a file or a pattern with `*` or `?` in its
+/// file name (not in its directories), expanded in sorted order. A pattern that matches nothing is an error.
+fn ensemble_files(spec: &str) -> Result<Vec<PathBuf>, CliError> {
+    fn matches(p: &[char], s: &[char]) -> bool {
+        match (p.first(), s.first()) {
+            (None, None) => true,
+            (Some('*'), _) => matches(&p[1..], s) || (!s.is_empty() && matches(p, &s[1..])),
+            (Some('?'), Some(_)) => matches(&p[1..], &s[1..]),
+            (Some(a), Some(b)) if a == b => matches(&p[1..], &s[1..]),
+            _ => false,
+        }
+    }
+    let mut files = Vec::new();
+    for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let path = PathBuf::from(item);
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if !name.contains(['*', '?']) {
+            files.push(path);
+            continue;
+        }
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if dir.to_string_lossy().contains(['*', '?']) {
+            return Err(usage(format!("--ensemble '{item}': a pattern may use * and ? in the file name only")));
+        }
+        let pat: Vec<char> = name.chars().collect();
+        let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(|e| format!("--ensemble '{item}': cannot read directory '{}': {e}", dir.display()))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_file() && matches(&pat, &e.file_name().to_string_lossy().chars().collect::<Vec<_>>()))
+            .map(|e| dir.join(e.file_name()))
+            .collect();
+        if found.is_empty() {
+            return Err(CliError::Failed(format!("--ensemble '{item}' matches no file")));
+        }
+        found.sort();
+        files.append(&mut found);
+    }
+    if files.is_empty() {
+        return Err(usage("--ensemble needs member files (a glob or a comma-separated list)"));
+    }
+    Ok(files)
 }
 
 fn cmd_demo(

@@ -111,6 +111,7 @@ struct StatisticsSection {
     latent_variance: String,
     baseline: Option<String>,
     baseline_variance_factor: Option<f64>,
+    latent_b_variance: Option<String>,
 }
 
 /// `[hybrid]`: weights and variables of the hybrid latent-static B (all optional).
@@ -180,6 +181,7 @@ impl Default for StatisticsSection {
             latent_variance: "latent_variance.nc".into(),
             baseline: None,
             baseline_variance_factor: None,
+            latent_b_variance: None,
         }
     }
 }
@@ -392,6 +394,10 @@ pub struct Bundle {
     pub latent_variance: Vec<f64>,
     /// Baseline statistics, if the bundle has them.
     pub baseline: Option<BaselineStats>,
+    /// The latent B's calibrated variance diag(U U^T) in model space (`[statistics] latent_b_variance`, a state file
+    /// in physical units squared, for `latent_variance_factor = 1`), if the bundle has it: the background check's
+    /// default sigma_b (`bg_check_sigma_b = "calibrated"`; written by `latentda sigma-b`).
+    pub latent_b_variance: Option<Vec<f64>>,
     /// Factor on the baseline variances (`[statistics] baseline_variance_factor`, default 1).
     pub baseline_variance_factor: f64,
     /// Hybrid B defaults (`[hybrid]`).
@@ -418,7 +424,8 @@ pub struct Bundle {
     root: PathBuf,
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+/// SHA-256 of `bytes` as lowercase hex (the manifest's checksum format).
+pub fn sha256_hex(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -604,6 +611,9 @@ impl Bundle {
         }
         check_relative(&m.statistics.normalisation, "statistics.normalisation")?;
         check_relative(&m.statistics.latent_variance, "statistics.latent_variance")?;
+        if let Some(f) = &m.statistics.latent_b_variance {
+            check_relative(f, "statistics.latent_b_variance")?;
+        }
         // A baseline named in the manifest must be there; the default one is optional.
         let baseline_file = match &m.statistics.baseline {
             Some(f) => {
@@ -652,6 +662,7 @@ impl Bundle {
             std: vec![],
             latent_variance: vec![],
             baseline: None,
+            latent_b_variance: None,
             baseline_variance_factor,
             hybrid,
             forecast,
@@ -667,6 +678,7 @@ impl Bundle {
             statistics_files: [&m.statistics.normalisation, &m.statistics.latent_variance]
                 .into_iter()
                 .chain(baseline_file.as_ref())
+                .chain(m.statistics.latent_b_variance.as_ref())
                 .cloned()
                 .collect(),
             model_files: models.clone(),
@@ -690,6 +702,19 @@ impl Bundle {
         for c in 0..nchan {
             check_normalisation(bundle.mean[c], bundle.std[c])
                 .map_err(|why| Error::bundle(format!("{}: channel {c} ({}): {why}", norm.display(), bundle.layout.channel_name(c))))?;
+        }
+        if let Some(f) = &m.statistics.latent_b_variance {
+            let path = bundle.verified_path(f)?;
+            let v = ncio::read_state(&path, &bundle.layout)?;
+            if let Some(i) = v.iter().position(|v| !(v.is_finite() && *v >= 0.0)) {
+                return Err(Error::bundle(format!(
+                    "{}: latent B variance {} at {} must be finite and >= 0",
+                    path.display(),
+                    v[i],
+                    bundle.layout.describe_index(i)
+                )));
+            }
+            bundle.latent_b_variance = Some(v);
         }
         let nlat = bundle.latent_size();
         bundle.latent_variance = ncio::read_var_len(&lvar, "variance", nlat)?;

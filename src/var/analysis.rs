@@ -53,6 +53,8 @@ pub struct Analyser {
     /// The known-answer self-test run at open (`crate::model::selftest`; option `self_test`).
     pub self_test: crate::model::selftest::SelfTest,
     cache: BCache,
+    /// Ensemble members and the ensemble B parts built from them ([`Analyser::set_ensemble`]).
+    pub(crate) ensemble: Option<crate::var::ensemble::Ensemble>,
 }
 
 /// B operators kept between calls (see the module documentation).
@@ -189,7 +191,7 @@ impl Analyser {
         let mut forecast = OnnxStep::load(&bundle, &exec)?;
         let self_test = crate::model::selftest::self_test(&bundle, &mut ae, forecast.as_mut(), options.self_test, &exec)?;
         ae.timings = Default::default();
-        Ok(Analyser { bundle, ae, options, forecast, self_test, cache: BCache::default() })
+        Ok(Analyser { bundle, ae, options, forecast, self_test, cache: BCache::default(), ensemble: None })
     }
 
     /// Checks a background state: length and finiteness (the error names variable and index).
@@ -345,7 +347,11 @@ impl Analyser {
         let BCache { latent, statics } = &mut self.cache;
         let l = latent.iter_mut().find(|(m, _)| *m == mult).map(|(_, l)| l).ok_or_else(not_ready)?;
         let sd = |v: &[f64]| v.iter().map(|v| v.max(0.0).sqrt()).collect::<Vec<f64>>();
-        let mut sl = sd(l.variance(&mut self.ae)?);
+        let calibrated = if self.options.bg_check_sigma_b == "calibrated" { self.bundle.latent_b_variance.as_ref() } else { None };
+        let mut sl = match calibrated {
+            Some(v) => v.iter().map(|v| (mult * v).max(0.0).sqrt()).collect(),
+            None => sd(l.variance(&mut self.ae)?),
+        };
         let mut ss = sd(statics.as_ref().ok_or_else(not_ready)?.1.variance());
         match &w.fields {
             Some((fa, fb)) => {
@@ -355,6 +361,32 @@ impl Analyser {
             None => ss.iter_mut().for_each(|s| *s *= w.static_weight),
         }
         Ok((sl, ss))
+    }
+
+    /// The background check's calibrated diag B of kind `kind` (option `bg_check_sigma_b = "calibrated"`): the
+    /// bundle's precomputed latent B variance (`[statistics] latent_b_variance`) times the latent variance factor
+    /// (and, for the hybrid, its weights and band fields) plus the static B's exact variance, with how it was
+    /// obtained. `None` for the static B (its variance is exact and cached anyway), for option "flow", and when the
+    /// bundle has no calibrated variance. Needs [`Analyser::prepare_b`] for the hybrid.
+    pub fn calibrated_variance(&mut self, kind: BKind) -> Result<Option<(Vec<f64>, String)>> {
+        if kind == BKind::Static || self.options.bg_check_sigma_b != "calibrated" {
+            return Ok(None);
+        }
+        let Some(v) = self.bundle.latent_b_variance.as_ref() else { return Ok(None) };
+        let f = self.options.latent_variance_factor.unwrap_or(1.0);
+        if kind == BKind::Latent {
+            let how = format!("latent B: calibrated (the bundle's latent_b_variance x latent_variance_factor {f})");
+            return Ok(Some((v.iter().map(|v| f * v).collect(), how)));
+        }
+        let (sl, ss) = self.hybrid_part_sd()?;
+        let hs = self.hybrid_settings()?;
+        let how = format!(
+            "hybrid: {:.4} x (latent B: calibrated, the bundle's latent_b_variance x latent_variance_factor {f}) + {:.4} x (static B: exact){}",
+            hs.alpha,
+            hs.beta,
+            if hs.banded() { ", latitude-band weights" } else { "" }
+        );
+        Ok(Some((sl.iter().zip(&ss).map(|(l, s)| l * l + s * s).collect(), how)))
     }
 
     /// The static B prepared by [`Analyser::prepare_b`].

@@ -85,6 +85,12 @@ impl<'a> LatentControl<'a> {
         self
     }
 
+    /// The ONNX sessions the transform borrows (for a further part of the control space that runs the decoder's TL,
+    /// such as the latent ensemble B of [`crate::var::ensemble`]).
+    pub(crate) fn ae(&mut self) -> &mut Autoencoder {
+        self.ae
+    }
+
     /// z(w) = z_b + s * w.
     pub fn latent(&self, w: &[f64]) -> Vec<f32> {
         self.z_b.iter().zip(self.u.s()).zip(w).map(|((zb, s), w)| (*zb as f64 + s * w) as f32).collect()

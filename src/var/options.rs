@@ -19,6 +19,9 @@
 //! adam_lr = 0.1                # solver "adam": initial learning rate, halved on plateaus
 //! bg_check = 5.0               # background check k (0 disables)
 //! bg_check_samples = 32        # draws of the randomised latent variance (exact when the latent size is <= this)
+//! bg_check_sigma_b = "calibrated"  # 3D methods' background-check sigma_b: the bundle's precomputed latent B variance
+//!                              #   ([statistics] latent_b_variance; "flow" when it has none) or "flow" (randomised
+//!                              #   variance of the B at this background, bg_check_samples decoder TL runs)
 //! hybrid_alpha = 1.0           # hybrid weights and variables: override the bundle's [hybrid] table
 //! hybrid_beta = 1.0
 //! hybrid_variables = ["q", "ps"]
@@ -36,6 +39,10 @@
 //!                              #   default: the bundle's [forecast] value, else 0)
 //! verbosity = 0                # 0 quiet, 1 iteration lines on stderr
 //! self_test = true             # run every graph on the bundle's probes at open (known-answer test; false skips it)
+//! ensemble_gamma = 0.5         # with ensemble members set (Analyser::set_ensemble, --ensemble): weight gamma of the
+//!                              #   ensemble part (hybrid: + gamma latent ensemble B; 3dvar: + gamma model-space one)
+//! ensemble_localisation_km = 2500.0        # Gaspari-Cohn half-width c (km, zero beyond 2c) on the latent grid
+//! ensemble_localisation_model_km = 2500.0  # the same on the model grid (3DEnVar; default: ensemble_localisation_km)
 //! ```
 
 use serde::Deserialize;
@@ -195,6 +202,10 @@ pub struct Options {
     pub bg_check: f64,
     /// Draws of the randomised latent variance for the background check (exact when the latent size is smaller).
     pub bg_check_samples: usize,
+    /// sigma_b of the background check (3D methods): "calibrated" (default: the bundle's precomputed latent B
+    /// variance `[statistics] latent_b_variance` times the factors and weights in force, no model run; falls back to
+    /// "flow" when the bundle has none) or "flow" (the randomised variance of the B linearised at this background).
+    pub bg_check_sigma_b: String,
     /// Hybrid weight alpha of the latent B (default: the bundle's `[hybrid]`, else 1).
     pub hybrid_alpha: Option<f64>,
     /// Hybrid weight beta of the static B (default: the bundle's `[hybrid]`, else 1).
@@ -239,6 +250,17 @@ pub struct Options {
     /// Run the known-answer self-test at open (each graph once on the bundle's probes, `crate::model::selftest`); off
     /// for hosts that verified the bundle otherwise.
     pub self_test: bool,
+    /// Weight gamma (>= 0) of the ensemble part of the B when ensemble members are set
+    /// ([`crate::Analyser::set_ensemble`]): method hybrid adds gamma times the latent ensemble B (localised on the
+    /// latent grid), method 3dvar becomes hybrid 3DEnVar, static B plus gamma times the model-space ensemble B.
+    /// Without members it has no effect. Default 0.5.
+    pub ensemble_gamma: f64,
+    /// Gaspari-Cohn half-width c (km, > 0; the localisation is zero beyond 2c) of the latent ensemble B on the latent
+    /// grid (docs/ensemble-b.md). Default 2500 km (about 1.5 latent cells of the reference bundle).
+    pub ensemble_localisation_km: f64,
+    /// Gaspari-Cohn half-width (km, > 0) of the model-space ensemble B on the model grid (method 3dvar with
+    /// members). Default: `ensemble_localisation_km`.
+    pub ensemble_localisation_model_km: Option<f64>,
 }
 
 impl Default for Options {
@@ -261,6 +283,7 @@ impl Default for Options {
             adam_lr: 0.1,
             bg_check: 5.0,
             bg_check_samples: crate::bmat::latent::DEFAULT_VARIANCE_SAMPLES,
+            bg_check_sigma_b: "calibrated".into(),
             hybrid_alpha: None,
             hybrid_beta: None,
             hybrid_variables: None,
@@ -276,6 +299,9 @@ impl Default for Options {
             error_growth_per_hour: None,
             verbosity: 0,
             self_test: true,
+            ensemble_gamma: 0.5,
+            ensemble_localisation_km: 2500.0,
+            ensemble_localisation_model_km: None,
         }
     }
 }
@@ -324,6 +350,12 @@ impl Options {
         }
         if self.bg_check_samples == 0 {
             return Err(Error::arg("bg_check_samples must be >= 1"));
+        }
+        if !matches!(self.bg_check_sigma_b.as_str(), "calibrated" | "flow") {
+            return Err(Error::arg(format!(
+                "bg_check_sigma_b '{}' is not known (use 'calibrated' or 'flow')",
+                self.bg_check_sigma_b
+            )));
         }
         if let Some(b) = self.hybrid_band_lat {
             crate::bundle::check_band_lat(b).map_err(|m| Error::arg(format!("hybrid_band_lat: {m}")))?;
@@ -374,6 +406,19 @@ impl Options {
         if self.threads == 0 {
             return Err(Error::arg("threads must be >= 1"));
         }
+        if !(self.ensemble_gamma.is_finite() && self.ensemble_gamma >= 0.0) {
+            return Err(Error::arg(format!("ensemble_gamma = {} must be finite and >= 0", self.ensemble_gamma)));
+        }
+        for (name, v) in [
+            ("ensemble_localisation_km", Some(self.ensemble_localisation_km)),
+            ("ensemble_localisation_model_km", self.ensemble_localisation_model_km),
+        ] {
+            if let Some(v) = v {
+                if !(v.is_finite() && v > 0.0) {
+                    return Err(Error::arg(format!("{name} = {v} must be finite and > 0 (a half-width in km)")));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -384,6 +429,12 @@ impl Options {
             None if self.output == "full_state" => "nonlinear",
             None => "linear",
         }
+    }
+
+    /// The model-space ensemble localisation half-width in force (km): `ensemble_localisation_model_km`, else
+    /// `ensemble_localisation_km`.
+    pub fn ensemble_localisation_model(&self) -> f64 {
+        self.ensemble_localisation_model_km.unwrap_or(self.ensemble_localisation_km)
     }
 
     /// The execution device, parsed (no backend resolution).

@@ -137,6 +137,43 @@ pub struct BackgroundCheckInfo {
     pub rejected: usize,
 }
 
+/// Ensemble spread against the innovations for one variable, over the used observations (spread/skill).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct EnsembleSpreadSkill {
+    /// Variable name.
+    pub name: String,
+    /// Units.
+    pub units: String,
+    /// Used observations of the variable.
+    pub n_used: usize,
+    /// Ensemble spread in observation space: sqrt(mean over the used observations of s_i^2), s_i the sample standard
+    /// deviation (divisor K - 1) of the members' H_i x_k, i.e. the ensemble's own spread, before localisation and
+    /// without gamma.
+    pub spread: f64,
+    /// The background error the innovations d = y - H x_b imply: sqrt(max(mean d^2 - mean sigma_o^2, 0)).
+    pub innovation_skill: f64,
+    /// spread / innovation_skill (null when the skill is 0): about 1 for a well-dispersed ensemble, < 1 under-dispersed.
+    pub ratio: Option<f64>,
+}
+
+/// The ensemble part of the B in force (see [`crate::var::ensemble`]).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct EnsembleInfo {
+    /// Number of members K.
+    pub members: usize,
+    /// Weight gamma of the ensemble part (option `ensemble_gamma`).
+    pub gamma: f64,
+    /// Which ensemble part: "latent" (latent ensemble B, method hybrid) or "model" (model-space ensemble B, method
+    /// 3dvar, i.e. hybrid 3DEnVar).
+    pub part: String,
+    /// The localisation in force (function, half-width, points, form, eigenvalues).
+    pub localisation: String,
+    /// Length of the ensemble part's control vector (K x localisation points).
+    pub control_size: usize,
+    /// Spread against the innovations per variable (bundle order).
+    pub spread_skill: Vec<EnsembleSpreadSkill>,
+}
+
 /// A full report.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Report {
@@ -184,6 +221,10 @@ pub struct Report {
     /// The 4D-Var window (method l4dvar only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub window: Option<WindowInfo>,
+    /// The ensemble part of the B (methods hybrid and 3dvar with ensemble members set): members, weight,
+    /// localisation and spread against the innovations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ensemble: Option<EnsembleInfo>,
     /// Desroziers diagnostics per variable group and latitude band: the innovation estimates of R and H B H^T
     /// against those in force, with their sums (accumulated over reports by `latentda tune`).
     pub desroziers: Option<crate::var::desroziers::Desroziers>,
@@ -251,6 +292,23 @@ impl Report {
         let _ = writeln!(s, "observations: {} given, {} used; QC {:?}", self.n_obs, self.n_used, self.qc_counts);
         if self.background_check.k > 0.0 {
             let _ = writeln!(s, "background check k = {}: sigma_b from {}", self.background_check.k, self.background_check.sigma_b);
+        }
+        if let Some(e) = &self.ensemble {
+            let ss: Vec<String> = e
+                .spread_skill
+                .iter()
+                .filter(|v| v.n_used > 0)
+                .map(|v| format!("{} {:.3e}/{:.3e}", v.name, v.spread, v.innovation_skill))
+                .collect();
+            let _ = writeln!(
+                s,
+                "ensemble part ({}): K = {}, gamma = {}, {}; spread/innovation skill: {}",
+                e.part,
+                e.members,
+                e.gamma,
+                e.localisation,
+                if ss.is_empty() { "no used observations".to_string() } else { ss.join(", ") }
+            );
         }
         let _ = writeln!(
             s,

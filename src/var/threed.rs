@@ -7,7 +7,9 @@ use std::time::Instant;
 use crate::error::{Error, Result};
 use crate::obs::{Observation, QcFlag};
 use crate::var::analysis::Analyser;
+use crate::bmat::hybrid::Hybrid;
 use crate::var::control::LatentControl;
+use crate::var::ensemble::LatentEnvar;
 use crate::var::formulation::{jb, Formulation, Minimised, Rows, Variance, VarianceFor};
 use crate::var::guards;
 use crate::var::options::{BKind, Method, OutputMode};
@@ -19,6 +21,8 @@ pub struct ThreeD {
     method: Method,
     full_state: bool,
     z_b: Option<Vec<f32>>,
+    /// The report's ensemble section (members set), made in `minimise`, finished with the rows in `finish`.
+    ensemble: Option<crate::var::ensemble::EnsembleRows>,
 }
 
 impl ThreeD {
@@ -31,7 +35,7 @@ impl ThreeD {
         if full_state && method != Method::L3dvar {
             return Err(Error::arg(format!("output 'full_state' exists only for method l3dvar, not {}", method.name())));
         }
-        Ok(ThreeD { method, full_state, z_b: None })
+        Ok(ThreeD { method, full_state, z_b: None, ensemble: None })
     }
 
     fn kind(&self) -> BKind {
@@ -49,6 +53,8 @@ impl Formulation for ThreeD {
         let kind = self.kind();
         self.z_b = if kind == BKind::Static { None } else { Some(an.encode_background(x_b)?) };
         an.prepare_b(kind, self.z_b.as_deref())?;
+        // with ensemble members: the latent (hybrid) or model-space (3dvar) ensemble part (crate::var::ensemble)
+        an.prepare_ensemble(kind, self.z_b.as_deref())?;
         Ok(x_b.to_vec())
     }
 
@@ -66,18 +72,25 @@ impl Formulation for ThreeD {
         let out = match what {
             // The cached variance of the B in force: its TL runs (none when cached) are reported apart from the
             // solver's, as decoder TL time.
+            VarianceFor::BackgroundCheck if an.calibrated_variance(kind)?.is_some() => {
+                let (var, how) = an.calibrated_variance(kind)?.expect("checked");
+                Variance { var, how, seconds: 0.0, n_tl: 0 }
+            }
             VarianceFor::BackgroundCheck => {
-                let (var, mut how) = an.with_b(kind, |b, ae| Ok((b.variance(ae)?.to_vec(), b.variance_method())))?;
+                let (var, mut how) = an.with_b_in_force(kind, |b, ae| Ok((b.variance(ae)?.to_vec(), b.variance_method())))?;
                 if kind == BKind::Hybrid {
                     // the operator's latent weight is 1: alpha_ref is folded into the latent variances
                     let alpha_ref = an.hybrid_settings()?.alpha_ref();
                     how = how.replacen("hybrid: 1.0000 x", &format!("hybrid: {alpha_ref:.4} (folded into the latent variances) x"), 1);
                 }
+                if kind != BKind::Static && an.options.bg_check_sigma_b == "calibrated" {
+                    how.push_str(" [bg_check_sigma_b = calibrated, but the bundle has no latent_b_variance: flow-dependent estimate]");
+                }
                 Variance { var, how, seconds: an.ae.timings.tl_s - before.tl_s, n_tl: an.ae.timings.n_tl - before.n_tl }
             }
             VarianceFor::Guards => {
                 let t_v = Instant::now();
-                let var = an.with_b(kind, |b, ae| {
+                let var = an.with_b_in_force(kind, |b, ae| {
                     let (n, m) = (b.control_size(), b.state_len());
                     Ok(crate::bmat::diag_of_sqrt(n, m, guards::VARIANCE_DRAWS, |v, x| b.sqrt(ae, v, x))?.0)
                 })?;
@@ -94,6 +107,7 @@ impl Formulation for ThreeD {
         let np = lay.grid.npoints();
         let linear = an.options.latent_form() == "linear";
         let mut reconstruction = None;
+        self.ensemble = an.ensemble_rows(self.kind(), problem.h);
         let (w, dx, info) = match self.method {
             Method::L3dvar => {
                 let z_b = self.z_b.clone().expect("encoded in background()");
@@ -107,7 +121,16 @@ impl Formulation for ThreeD {
                 }
                 minimise(&mut ctrl, problem, params)?
             }
-            Method::Var3d => minimise(an.static_b()?, problem, params)?,
+            Method::Var3d => match an.take_model_ensemble()? {
+                None => minimise(an.static_b()?, problem, params)?,
+                // hybrid 3DEnVar: control [v, a], dx = U_s v + U_e a (U_e carries sqrt(gamma))
+                Some(mut e) => {
+                    let n = lay.state_len();
+                    let r = an.static_b().and_then(|st| minimise(&mut Hybrid::new(st, &mut e, 1.0, 1.0, n), problem, params));
+                    an.put_model_ensemble(e);
+                    r?
+                }
+            },
             Method::Hybrid => {
                 let hs = an.hybrid_settings()?;
                 let z_b = self.z_b.clone().expect("encoded in background()");
@@ -117,19 +140,35 @@ impl Formulation for ThreeD {
                 // exactly that operator; in the nonlinear form its linearisation at w = 0 is.
                 let lv = an.latent_variance(hs.alpha_ref());
                 let weights = hs.weights(&lay);
-                let (ae, b, st) = an.parts_for_hybrid()?;
-                let latent = LatentControl::new(ae, x_b, z_b, &lv, &b.mean, &b.std, np, false)?.linear(linear);
-                let mut ctrl = weights.operator(latent, st, lay.state_len());
-                minimise(&mut ctrl, problem, params)?
+                // with members: latent hybrid EnVar, control [w, v, a] (crate::var::ensemble)
+                let mut ens = an.take_latent_ensemble()?;
+                let r = (|| {
+                    let (ae, b, st) = an.parts_for_hybrid()?;
+                    let latent = LatentControl::new(ae, x_b, z_b, &lv, &b.mean, &b.std, np, false)?.linear(linear);
+                    let mut ctrl = weights.operator(latent, st, lay.state_len());
+                    match ens.as_mut() {
+                        None => minimise(&mut ctrl, problem, params),
+                        Some(e) => minimise(&mut LatentEnvar::new(ctrl, e, lay.state_len()), problem, params),
+                    }
+                })();
+                if let Some(e) = ens {
+                    an.put_latent_ensemble(e);
+                }
+                r?
             }
             Method::L4dvar => unreachable!("ThreeD::new refuses l4dvar"),
         };
         Ok(Minimised { w, dx, info, reconstruction })
     }
 
-    /// [w] for l3dvar, [v] for 3dvar, [w, v] for the hybrid.
+    /// [w] for l3dvar, [v] for 3dvar, [w, v] for the hybrid; with ensemble members [v, a] and [w, v, a].
     fn jb_parts(&self, an: &Analyser, w: &[f64]) -> BTreeMap<String, f64> {
         let mut parts = BTreeMap::new();
+        let ne = an.ensemble_control_size(self.kind()).min(w.len());
+        let (w, a) = w.split_at(w.len() - ne);
+        if ne > 0 {
+            parts.insert("ensemble".to_string(), jb(a));
+        }
         match self.method {
             Method::Var3d => {
                 parts.insert("static".to_string(), jb(w));
@@ -150,8 +189,11 @@ impl Formulation for ThreeD {
         None
     }
 
-    fn finish(&mut self, report: &mut Report, _rows: &Rows) {
+    fn finish(&mut self, report: &mut Report, rows: &Rows) {
         report.formulation = if self.full_state { "full_state".into() } else { "increment".into() };
+        if let Some(e) = self.ensemble.take() {
+            e.finish(report, rows);
+        }
     }
 
     fn step_clock(&self) -> Option<StepClock> {
