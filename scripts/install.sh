@@ -2,7 +2,7 @@
 # Installs latentda into a prefix, the way NWP libraries are installed, for C, Fortran and C++ models built with CMake
 # (find_package(latentda CONFIG)) or make (pkg-config). docs/coupling.md, "Installing", describes the tree.
 #
-#   scripts/install.sh --prefix DIR [--fc FORTRAN_COMPILER]
+#   scripts/install.sh --prefix DIR [--fc FORTRAN_COMPILER] [--mpi]
 #
 #   bin/latentda                                   the CLI
 #   lib/liblatentda.so.X.Y.Z (+ soname links)      one shared library for C, Fortran and C++ (C ABI + C++ glue)
@@ -16,6 +16,14 @@
 #   share/latentda/examples/                       C, Fortran, C++ examples, CMakeLists.txt, Makefile, a small bundle
 #   share/doc/latentda/                            the documentation
 #
+# With --mpi (or LATENTDA_MPI=1) it also builds the MPI coupling shim with the host's MPI C compiler wrapper (MPICC,
+# default mpicc), for domain-decomposed hosts (docs/mpi.md); without it nothing needs MPI:
+#   lib/liblatentda_mpi.so.X.Y.Z (+ links), liblatentda_mpi.a   the shim (links liblatentda and the host's libmpi)
+#   lib/liblatentda_mpi_fortran.a, include/latentda/fortran/latentda_mpi.mod   module latentda_mpi (no `use mpi`)
+#   include/latentda_mpi.h, latentda_mpi.hpp      C and C++ headers
+#   lib/pkgconfig/latentda-mpi.pc                 CMake: target latentda::mpi, latentda::mpi_fortran (component MPI)
+#   share/latentda/examples/mpi/                  driver.c, driver.f90
+#
 # Environment: FC (Fortran compiler, default gfortran), FFLAGS (default -O2 -fPIC), CXX (links the shared library,
 # default c++), CARGO (default cargo). Needs cargo, a C++ compiler driver, nm and c++filt (binutils), ar.
 set -euo pipefail
@@ -23,14 +31,16 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 prefix=""
 fc="${FC:-gfortran}"
-usage() { echo "usage: scripts/install.sh --prefix DIR [--fc FORTRAN_COMPILER]" >&2; exit 2; }
+with_mpi="${LATENTDA_MPI:-0}"
+usage() { echo "usage: scripts/install.sh --prefix DIR [--fc FORTRAN_COMPILER] [--mpi]" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --prefix) [ $# -ge 2 ] || usage; prefix="$2"; shift 2 ;;
     --prefix=*) prefix="${1#--prefix=}"; shift ;;
     --fc) [ $# -ge 2 ] || usage; fc="$2"; shift 2 ;;
     --fc=*) fc="${1#--fc=}"; shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    --mpi) with_mpi=1; shift ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown argument '$1'" >&2; usage ;;
   esac
 done
@@ -40,6 +50,10 @@ for tool in "${CARGO:-cargo}" "${CXX:-c++}" nm c++filt ar; do
   command -v "$tool" >/dev/null || fail "'$tool' not found (needed to install)"
 done
 command -v "$fc" >/dev/null || fail "Fortran compiler '$fc' not found (set --fc or FC)"
+mpicc="${MPICC:-mpicc}"
+if [ "$with_mpi" = 1 ]; then
+  command -v "$mpicc" >/dev/null || fail "--mpi: MPI C compiler wrapper '$mpicc' not found (set MPICC; scripts/setup.sh installs Open MPI)"
+fi
 cargo="${CARGO:-cargo}"
 cxx="${CXX:-c++}"
 mkdir -p "$prefix"
@@ -146,6 +160,37 @@ rm -f "$moddir"/*.mod
 rm -f "$libdir/liblatentda_fortran.a"
 ar rcs "$libdir/liblatentda_fortran.a" "$work/latentda_mod.o"
 
+# 5b. MPI coupling (--mpi): the C shim compiled by the host's own mpicc (so it uses exactly the host's MPI), linked
+#     against the installed liblatentda (found next to it at run time: $ORIGIN), and its Fortran module.
+mpicc_path=""
+mpicc_line=""
+if [ "$with_mpi" = 1 ]; then
+  echo "install.sh: MPI coupling with $mpicc" >&2
+  mpicc_path="$(command -v "$mpicc")"
+  mpicc_line="$mpicc_path ($("$mpicc" --version 2>/dev/null | head -n 1 || true))"
+  install -m 644 include/latentda_mpi.h include/latentda_mpi.hpp "$incdir/"
+  "$mpicc" -std=c99 -O2 -fPIC -I"$incdir" -c src/coupling/mpi/latentda_mpi.c -o "$work/latentda_mpi.o"
+  "$mpicc" -shared -o "$libdir/liblatentda_mpi.so.$version" -Wl,-soname,"liblatentda_mpi.so.$soversion" \
+    "$work/latentda_mpi.o" -L"$libdir" -llatentda -Wl,-rpath,'$ORIGIN' -Wl,-z,relro,-z,now
+  ln -sfn "liblatentda_mpi.so.$version" "$libdir/liblatentda_mpi.so.$soversion"
+  ln -sfn "liblatentda_mpi.so.$soversion" "$libdir/liblatentda_mpi.so"
+  rm -f "$libdir/liblatentda_mpi.a" "$libdir/liblatentda_mpi_fortran.a"
+  ar rcs "$libdir/liblatentda_mpi.a" "$work/latentda_mpi.o"
+  install -m 644 fortran/latentda_mpi.f90 "$prefix/share/latentda/fortran/latentda_mpi.f90"
+  # shellcheck disable=SC2086 # FFLAGS is a list of words
+  (cd "$moddir" && "$fc" ${FFLAGS:--O2 -fPIC} -c "$prefix/share/latentda/fortran/latentda_mpi.f90" -o "$work/latentda_mpi_mod.o")
+  [ -f "$moddir/latentda_mpi.mod" ] || fail "$fc wrote no latentda_mpi.mod into $moddir"
+  ar rcs "$libdir/liblatentda_mpi_fortran.a" "$work/latentda_mpi_mod.o"
+  mkdir -p "$prefix/share/latentda/examples/mpi"
+  install -m 644 examples/mpi/driver.c examples/mpi/driver.f90 "$prefix/share/latentda/examples/mpi/"
+else
+  # A reinstall without --mpi leaves no stale MPI parts (the CMake package offers latentda::mpi when they exist).
+  rm -f "$libdir"/liblatentda_mpi.so* "$libdir/liblatentda_mpi.a" "$libdir/liblatentda_mpi_fortran.a" \
+    "$moddir/latentda_mpi.mod" "$incdir/latentda_mpi.h" "$incdir/latentda_mpi.hpp" \
+    "$prefix/share/latentda/fortran/latentda_mpi.f90"
+  rm -rf "$prefix/share/latentda/examples/mpi"
+fi
+
 # 6. pkg-config and CMake package files from the templates in packaging/ (@NAME@ placeholders).
 fill() {
   local line
@@ -160,6 +205,8 @@ fill() {
     line="${line//@FC_ID@/$fc_id}"
     line="${line//@FC_VERSION@/$fc_version}"
     line="${line//@FC_VERSION_LINE@/$fc_version_line}"
+    line="${line//@MPICC_PATH@/$mpicc_path}"
+    line="${line//@MPICC_LINE@/$mpicc_line}"
     printf '%s\n' "$line"
   done < "$1" > "$2"
 }
@@ -167,6 +214,11 @@ fill packaging/latentda.pc.in "$libdir/pkgconfig/latentda.pc"
 fill packaging/latentda-fortran.pc.in "$libdir/pkgconfig/latentda-fortran.pc"
 fill packaging/latentdaConfig.cmake.in "$libdir/cmake/latentda/latentdaConfig.cmake"
 fill packaging/latentdaConfigVersion.cmake.in "$libdir/cmake/latentda/latentdaConfigVersion.cmake"
+if [ "$with_mpi" = 1 ]; then
+  fill packaging/latentda-mpi.pc.in "$libdir/pkgconfig/latentda-mpi.pc"
+else
+  rm -f "$libdir/pkgconfig/latentda-mpi.pc"
+fi
 
 # 7. Examples (with a CMake project and a Makefile that build them against this prefix) and documentation.
 install -m 644 examples/CMakeLists.txt examples/Makefile "$prefix/share/latentda/examples/"
@@ -182,3 +234,6 @@ install -m 644 examples/cpp/README.md "$prefix/share/doc/latentda/cpp-examples.m
 echo "install.sh: installed latentda $version into $prefix" >&2
 echo "  C, C++:  pkg-config --cflags --libs latentda           CMake: latentda::latentda, latentda::cxx" >&2
 echo "  Fortran: pkg-config --cflags --libs latentda-fortran   CMake: latentda::fortran ($fc_id $fc_version)" >&2
+if [ "$with_mpi" = 1 ]; then
+  echo "  MPI:     pkg-config --cflags --libs latentda-mpi       CMake: latentda::mpi, latentda::mpi_fortran ($mpicc_path)" >&2
+fi

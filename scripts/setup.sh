@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Installs what latentda's build, demo and tests need on a fresh Debian machine (idempotent).
 # System: NetCDF C library (+HDF5 headers), gfortran, g++, valgrind, cmake and pkg-config (tests/install.rs builds the
-# examples against an installed latentda with both). Python: the packages the tests use.
+# examples against an installed latentda with both), Open MPI (libopenmpi-dev, openmpi-bin: the MPI coupling shim,
+# its examples and tests/mpi.rs; the Rust library itself needs no MPI). Python: the packages the tests use.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 need_apt=0
-for p in libnetcdf-dev gfortran g++ valgrind cmake pkg-config; do
+for p in libnetcdf-dev gfortran g++ valgrind cmake pkg-config libopenmpi-dev openmpi-bin; do
   dpkg -s "$p" >/dev/null 2>&1 || need_apt=1
 done
 if [ "$need_apt" = 1 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq libnetcdf-dev gfortran g++ valgrind cmake pkg-config >/dev/null
+  apt-get install -y -qq libnetcdf-dev gfortran g++ valgrind cmake pkg-config libopenmpi-dev openmpi-bin >/dev/null
 fi
 if [ "${LATENTDA_SKIP_PIP:-0}" != 1 ]; then
   python3 -m pip install -q --disable-pip-version-check -r "$here/python/requirements-test.txt"
