@@ -26,7 +26,10 @@ struct Run {
 }
 
 fn run(a: &mut Analyser, toml: &str, xb: &[f64], truth: Option<&[f64]>, obs: &[latentda::Observation]) -> (Run, latentda::var::solver::SolveInfo) {
-    a.options = Options::from_toml(toml).unwrap();
+    let mut o = Options::from_toml(toml).unwrap();
+    let cur = a.options();
+    (o.backend, o.device, o.threads, o.ort_library) = (cur.backend.clone(), cur.device.clone(), cur.threads, cur.ort_library.clone());
+    a.set_options(o).unwrap();
     let r = a.analyse(xb, obs, Method::L3dvar).unwrap();
     let s = r.report.solver.clone().unwrap();
     let t = &r.report.timings;

@@ -61,7 +61,7 @@ fn draw_case(a: &mut Analyser, xb: &[f64], obs: &[Observation], true_factor: f64
     let mut dx = vec![0.0; lay.state_len()];
     op.sqrt(&mut a.ae, &xi, &mut dx).unwrap();
     // latent_b applies the latent_variance_factor in force f (issue 23, item 3): scale the draw to the true factor
-    let f = a.options.latent_variance_factor.unwrap_or(1.0);
+    let f = a.options().latent_variance_factor.unwrap_or(1.0);
     let xt: Vec<f64> = xb.iter().zip(&dx).map(|(b, d)| b + (true_factor / f).sqrt() * d).collect();
     let mut flags = vec![QcFlag::Used; obs.len()];
     let h = ObsOperator::build(&lay, obs, &mut flags);

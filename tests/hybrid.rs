@@ -445,7 +445,9 @@ fn baseline_variance_factor_scales_the_static_b() {
     let mut a = open("tanh", "");
     a.prepare_b(BKind::Static, None).unwrap();
     let v1 = a.with_b(BKind::Static, |b, ae| Ok(b.variance(ae)?.to_vec())).unwrap();
-    a.options.baseline_variance_factor = Some(3.0);
+    let mut o = a.options().clone();
+    o.baseline_variance_factor = Some(3.0);
+    a.set_options(o).unwrap();
     a.prepare_b(BKind::Static, None).unwrap();
     let v3 = a.with_b(BKind::Static, |b, ae| Ok(b.variance(ae)?.to_vec())).unwrap();
     for (x, y) in v1.iter().zip(&v3) {
@@ -476,7 +478,9 @@ fn latent_variance_factor_scales_the_latent_b() {
         (r.analysis.iter().zip(&xb).map(|(x, b)| (x - b).powi(2)).sum::<f64>().sqrt(), fit)
     };
     let d1 = inc(&mut a);
-    a.options.latent_variance_factor = Some(0.25);
+    let mut o = a.options().clone();
+    o.latent_variance_factor = Some(0.25);
+    a.set_options(o).unwrap();
     let (l4, h4) = (variances(&mut a, BKind::Latent), variances(&mut a, BKind::Hybrid));
     // hybrid = alpha f diag(latent) + beta diag(static), alpha f folded into the latent variances: exactly the latent
     // B with factor alpha f = 0.5, and alpha f diag(latent) up to the float32 decoder TL's round-off

@@ -6,7 +6,6 @@
 mod common;
 
 use common::*;
-use latentda::bmat::BOperator;
 use latentda::obs::Observation;
 use latentda::var::options::BKind;
 use latentda::{Analyser, Method, Options};

@@ -46,8 +46,8 @@ pub struct Analyser {
     pub bundle: Bundle,
     /// ONNX sessions.
     pub ae: Autoencoder,
-    /// Options in force.
-    pub options: Options,
+    /// Options in force, validated ([`Analyser::options`], [`Analyser::set_options`]).
+    pub(crate) options: Options,
     /// The bundle's step model (`[forecast]`), for method l4dvar.
     pub forecast: Option<OnnxStep>,
     /// The known-answer self-test run at open (`crate::model::selftest`; option `self_test`).
@@ -192,6 +192,24 @@ impl Analyser {
         let self_test = crate::model::selftest::self_test(&bundle, &mut ae, forecast.as_mut(), options.self_test, &exec)?;
         ae.timings = Default::default();
         Ok(Analyser { bundle, ae, options, forecast, self_test, cache: BCache::default(), ensemble: None })
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// Replaces the options in force after validating them (an invalid set leaves the old one in force). The
+    /// backend and its sessions stay those of `open`: changing `backend`, `device`, `threads` or `ort_library` needs
+    /// a new [`Analyser::open`]. Cached B operators are rebuilt when their factors or weights change.
+    pub fn set_options(&mut self, options: Options) -> Result<()> {
+        options.validate()?;
+        let o = &self.options;
+        if (&options.backend, &options.device, options.threads, &options.ort_library) != (&o.backend, &o.device, o.threads, &o.ort_library) {
+            return Err(Error::arg("backend, device, threads and ort_library are fixed at open: open a new Analyser to change them"));
+        }
+        self.options = options;
+        Ok(())
     }
 
     /// Checks a background state: length and finiteness (the error names variable and index).

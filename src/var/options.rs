@@ -456,9 +456,10 @@ impl Options {
     }
 
     /// Solver parameters.
-    pub fn solver(&self) -> SolverParams {
-        SolverParams {
-            kind: SolverKind::parse(&self.solver).unwrap_or(SolverKind::GaussNewton),
+    /// The solver parameters (an unknown solver name is an error, never a silent fallback).
+    pub fn solver(&self) -> Result<SolverParams> {
+        Ok(SolverParams {
+            kind: SolverKind::parse(&self.solver)?,
             outer_loops: self.outer_loops,
             max_inner: self.max_inner,
             max_pairs: self.max_pairs.unwrap_or(DEFAULT_MAX_PAIRS.max(self.max_inner)),
@@ -467,6 +468,6 @@ impl Options {
             adam_steps: self.adam_steps,
             adam_lr: self.adam_lr,
             verbose: self.verbosity >= 1,
-        }
+        })
     }
 }
