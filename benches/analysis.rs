@@ -12,6 +12,10 @@
 //!   6 h and 12 h windows (tract, and ONNX Runtime when found): per-phase breakdown (decoder TL/AD, step model
 //!   TL/AD, the background check's propagated variance, H, latentda's own code) and the trajectory held.
 //!   LATENTDA_BENCH_BACKENDS (e.g. `ort`) restricts the backends.
+//! * `bgcheck`  the background check's sigma_b: `calibrated` (the bundle's precomputed latent B variance, no decoder
+//!   run) against `flow` (randomised at each background, option bg_check_samples TL runs), L3DVar and hybrid with
+//!   ONNX Runtime (one thread) on LATENTDA_BENCH_CASE (a folder with background.nc and LATENTDA_BENCH_OBS, default
+//!   obs.csv; default case: the bundle's sample); per-phase row with the diag B seconds.
 //! * `grid`     analysis cost against the grid size: synthetic ViT bundles at 32 x 64, 64 x 128 and 128 x 256 made by
 //!   `scripts/synthetic_bundle.py` (generated into target/bench-bundles on first use), 10 pairs.
 //!
@@ -115,12 +119,16 @@ struct Task {
     window: Option<f64>,
     /// The 4D sample's 0 h observations (`sample4d/obs.csv`) instead of the sample's.
     case4d: bool,
+    /// Option bg_check_sigma_b ("" : the default).
+    sigma_b: String,
+    /// Case folder and observation file (LATENTDA_BENCH_CASE / _OBS); "" : the bundle's sample.
+    case: String,
 }
 
 impl Task {
     fn encode(&self) -> String {
         format!(
-            "label={};bundle={};backend={};method={};threads={};nobs={};pairs={};window={};case4d={}",
+            "label={};bundle={};backend={};method={};threads={};nobs={};pairs={};window={};case4d={};sigma_b={};case={}",
             self.label,
             self.bundle.display(),
             self.backend,
@@ -129,7 +137,9 @@ impl Task {
             self.nobs.map_or("-".into(), |n| n.to_string()),
             self.pairs.map_or("-".into(), |n| n.to_string()),
             self.window.map_or("-".into(), |n| n.to_string()),
-            self.case4d
+            self.case4d,
+            self.sigma_b,
+            self.case
         )
     }
 
@@ -147,6 +157,8 @@ impl Task {
                 "pairs" => t.pairs = v.parse().ok(),
                 "window" => t.window = v.parse().ok(),
                 "case4d" => t.case4d = v == "true",
+                "sigma_b" => t.sigma_b = v.into(),
+                "case" => t.case = v.into(),
                 _ => panic!("unknown task key {k}"),
             }
         }
@@ -154,7 +166,7 @@ impl Task {
     }
 }
 
-const ROW_HEADER: &str = "  label                        obs used  pairs   total s  encode  decode      TL      AD  own s  own %  s/pair   peak MiB";
+const ROW_HEADER: &str = "  label                        obs used  pairs   total s  encode  decode      TL      AD  diag B  own s  own %  s/pair   peak MiB";
 
 /// Runs the analyses of one task in this process and prints its row.
 fn run_task(t: &Task) {
@@ -165,6 +177,9 @@ fn run_task(t: &Task) {
     }
     if let Some(w) = t.window {
         toml += &format!("window_hours = {w}\n");
+    }
+    if !t.sigma_b.is_empty() {
+        toml += &format!("bg_check_sigma_b = \"{}\"\n", t.sigma_b);
     }
     let mut o = Options::from_toml(&toml).unwrap();
     if t.backend == "ort" {
@@ -179,9 +194,13 @@ fn run_task(t: &Task) {
     };
     let lay = a.bundle.layout.clone();
     let four_d = t.window.is_some() || t.case4d;
-    let case = t.bundle.join(if four_d { "sample4d" } else { "sample" });
+    let (case, obs_file) = match t.case.split_once('|') {
+        Some((dir, file)) => (PathBuf::from(dir), file.to_string()),
+        None => (t.bundle.join(if four_d { "sample4d" } else { "sample" }), String::new()),
+    };
     let xb = latentda::ncio::read_state(&case.join("background.nc"), &lay).unwrap();
     let obs = match t.nobs {
+        None if !obs_file.is_empty() => latentda::obs::read_csv(&case.join(&obs_file), &lay).unwrap().0,
         None => latentda::obs::read_csv(&case.join(if t.window.is_some() { "obs4d.csv" } else { "obs.csv" }), &lay).unwrap().0,
         Some(n) => {
             // values: H(truth) + N(0, sigma^2), sigma = 0.3 channel sd of the normalisation
@@ -208,7 +227,11 @@ fn run_task(t: &Task) {
         return;
     }
     let _ = a.analyse(&xb, &obs, method).unwrap(); // warm-up, not timed
-    let rows: Vec<_> = (0..reps).map(|_| a.analyse(&xb, &obs, method).unwrap().report).collect();
+    // bgcheck: every analysis a new background (x_b (1 + 1e-6 k)), as in cycling, so no cached diag B is reused
+    let xb_of = |k: usize| -> Vec<f64> {
+        if t.sigma_b.is_empty() { xb.clone() } else { xb.iter().map(|v| v * (1.0 + 1e-6 * (k + 1) as f64)).collect() }
+    };
+    let rows: Vec<_> = (0..reps).map(|k| a.analyse(&xb_of(k), &obs, method).unwrap().report).collect();
     let m = |f: &dyn Fn(&latentda::var::report::Report) -> f64| median(rows.iter().map(f).collect());
     if four_d {
         let r0 = &rows[0];
@@ -245,7 +268,7 @@ fn run_task(t: &Task) {
     let own = m(&|r| r.timings.overhead_s);
     let per_pair = m(&|r| (r.timings.tl_s + r.timings.ad_s) / r.timings.n_tl.max(1) as f64);
     println!(
-        "  {:<28} {:>8} {:>6} {:>9.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>6.3} {:>5.1}% {:>7.4} {:>10.0}",
+        "  {:<28} {:>8} {:>6} {:>9.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>6.3} {:>5.1}% {:>7.4} {:>10.0}",
         t.label,
         r0.n_used,
         s.inner_total,
@@ -254,6 +277,7 @@ fn run_task(t: &Task) {
         m(&|r| r.timings.decode_s),
         m(&|r| r.timings.tl_s),
         m(&|r| r.timings.ad_s),
+        m(&|r| r.timings.variance_s),
         own,
         100.0 * own / total,
         per_pair,
@@ -360,6 +384,21 @@ fn main() {
             for w in [6.0, 12.0] {
                 let label = format!("{backend} l4dvar {w} h");
                 spawn(&Task { method: "l4dvar".into(), window: Some(w), ..task(&label, &bundle, backend) }, lib);
+            }
+        }
+    }
+    if want("bgcheck") {
+        if let Some(l) = ort.as_deref() {
+            let dir = std::env::var("LATENTDA_BENCH_CASE").unwrap_or_else(|_| bundle.join("sample").display().to_string());
+            let file = std::env::var("LATENTDA_BENCH_OBS").unwrap_or_else(|_| "obs.csv".into());
+            println!("\n== bgcheck: sigma_b of the background check, calibrated against flow, on {dir}/{file} (ONNX Runtime, threads 1)");
+            println!("  (the flow rows' TL column includes none of the diag B runs: see 'diag B' in the report, timings.variance_s)");
+            println!("{ROW_HEADER}");
+            for method in ["l3dvar", "hybrid"] {
+                for sb in ["calibrated", "flow"] {
+                    let label = format!("ort {method} {sb}");
+                    spawn(&Task { method: method.into(), sigma_b: sb.into(), case: format!("{dir}|{file}"), ..task(&label, &bundle, "ort") }, Some(l));
+                }
             }
         }
     }
