@@ -391,3 +391,280 @@ fn cli_ensemble_end_to_end() {
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("K = 1") && stderr.contains("K >= 2"), "{stderr}");
 }
+
+/// The C ABI: `lda_set_ensemble` gives the same hybrid analysis as `Analyser::set_ensemble`; k = 1, a wrong n, a
+/// NULL array, a bad order and a non-finite value are errors that keep the members; k = 0 removes them.
+#[test]
+fn c_abi_set_ensemble() {
+    use latentda::coupling::ffi::{self, LdaContext};
+    use std::ffi::CString;
+    let dir = CString::new(fixture("tanh").to_str().unwrap()).unwrap();
+    let mut ctx: *mut LdaContext = std::ptr::null_mut();
+    assert_eq!(ffi::lda_open(dir.as_ptr(), std::ptr::null(), &mut ctx), ffi::LDA_OK);
+    let mut a = open("tanh", "");
+    let (xb, obs) = sample(&a, "tanh");
+    let lay = a.bundle.layout.clone();
+    let mut fields: Vec<Vec<f64>> = lay.variables.iter().enumerate().map(|(v, _)| xb[lay.var_range(v)].to_vec()).collect();
+    for (v, var) in lay.variables.iter().enumerate() {
+        let name = CString::new(var.name.as_str()).unwrap();
+        let shape: Vec<i64> = if var.is_surface() { vec![8, 16] } else { vec![var.nlev as i64, 8, 16] };
+        let rc = ffi::lda_bind_field_f64(ctx, name.as_ptr(), fields[v].as_mut_ptr(), shape.len() as i32, shape.as_ptr(), ffi::LDA_ORDER_C);
+        assert_eq!(rc, ffi::LDA_OK);
+    }
+    let col = |f: fn(&Observation) -> f64| obs.iter().map(f).collect::<Vec<f64>>();
+    let var: Vec<i32> = obs.iter().map(|o| o.var.map_or(-1, |v| v as i32)).collect();
+    let (la, lo, le, va, si) = (col(|o| o.lat), col(|o| o.lon), col(|o| o.level.unwrap_or(f64::NAN)), col(|o| o.value), col(|o| o.sigma));
+    assert_eq!(ffi::lda_set_obs(ctx, obs.len(), var.as_ptr(), la.as_ptr(), lo.as_ptr(), le.as_ptr(), va.as_ptr(), si.as_ptr()), ffi::LDA_OK);
+    let mem = members(&a, &xb, 4, 31);
+    let flat: Vec<f64> = mem.iter().flatten().copied().collect();
+    let n = xb.len();
+    // SAFETY: lda_last_error never returns NULL.
+    let msg = |ctx| unsafe { std::ffi::CStr::from_ptr(ffi::lda_last_error(ctx)) }.to_string_lossy().into_owned();
+    assert_eq!(ffi::lda_set_ensemble(ctx, 1, n, flat.as_ptr(), ffi::LDA_ORDER_C), ffi::LDA_ERR_INVALID_ARGUMENT);
+    assert!(msg(ctx).contains("K = 1") && msg(ctx).contains("K >= 2"), "{}", msg(ctx));
+    assert_eq!(ffi::lda_set_ensemble(ctx, 4, n - 1, flat.as_ptr(), ffi::LDA_ORDER_C), ffi::LDA_ERR_INVALID_ARGUMENT);
+    assert!(msg(ctx).contains("state size is 896"), "{}", msg(ctx));
+    assert_eq!(ffi::lda_set_ensemble(ctx, 4, n, std::ptr::null(), ffi::LDA_ORDER_C), ffi::LDA_ERR_NULL_POINTER);
+    assert_eq!(ffi::lda_set_ensemble(ctx, 4, n, flat.as_ptr(), 7), ffi::LDA_ERR_INVALID_ARGUMENT);
+    let mut bad = flat.clone();
+    bad[2 * n + 5] = f64::INFINITY;
+    assert_eq!(ffi::lda_set_ensemble(ctx, 4, n, bad.as_ptr(), ffi::LDA_ORDER_FORTRAN), ffi::LDA_ERR_INVALID_DATA);
+    assert!(msg(ctx).contains("member 2 (0-based)"), "{}", msg(ctx));
+    assert_eq!(ffi::lda_set_ensemble(ctx, 4, n, flat.as_ptr(), ffi::LDA_ORDER_FORTRAN), ffi::LDA_OK);
+    let method = CString::new("hybrid").unwrap();
+    assert_eq!(ffi::lda_analyse(ctx, method.as_ptr()), ffi::LDA_OK, "{}", msg(ctx));
+    let mut k = f64::NAN;
+    let path = CString::new("ensemble.members").unwrap();
+    assert_eq!(ffi::lda_report_number(ctx, path.as_ptr(), &mut k), ffi::LDA_OK, "{}", msg(ctx));
+    assert_eq!(k, 4.0);
+    let (mut spread, mut jbe) = (f64::NAN, f64::NAN);
+    let p2 = CString::new("ensemble.spread_skill.t.spread").unwrap();
+    assert_eq!(ffi::lda_report_number(ctx, p2.as_ptr(), &mut spread), ffi::LDA_OK, "{}", msg(ctx));
+    let p3 = CString::new("jb_parts.ensemble").unwrap();
+    assert_eq!(ffi::lda_report_number(ctx, p3.as_ptr(), &mut jbe), ffi::LDA_OK, "{}", msg(ctx));
+    a.set_ensemble(mem).unwrap();
+    let direct = a.analyse(&xb, &obs, Method::Hybrid).unwrap();
+    let e = direct.report.ensemble.as_ref().unwrap();
+    assert_eq!(spread, e.spread_skill[1].spread);
+    assert_eq!(jbe, direct.report.jb_parts["ensemble"]);
+    let analysed: Vec<f64> = fields.iter().flatten().copied().collect();
+    assert!(analysed == direct.analysis, "C ABI and Rust API give the same hybrid EnVar analysis");
+    // k = 0 removes the members: the plain hybrid again (from the background)
+    for (v, f) in fields.iter_mut().enumerate() {
+        f.copy_from_slice(&xb[lay.var_range(v)]);
+    }
+    assert_eq!(ffi::lda_set_ensemble(ctx, 0, 0, std::ptr::null(), ffi::LDA_ORDER_C), ffi::LDA_OK);
+    assert_eq!(ffi::lda_analyse(ctx, method.as_ptr()), ffi::LDA_OK, "{}", msg(ctx));
+    a.clear_ensemble();
+    let plain = a.analyse(&xb, &obs, Method::Hybrid).unwrap();
+    let analysed: Vec<f64> = fields.iter().flatten().copied().collect();
+    assert!(analysed == plain.analysis);
+    assert_eq!(ffi::lda_report_number(ctx, path.as_ptr(), &mut k), ffi::LDA_ERR_INVALID_ARGUMENT, "no ensemble section");
+    assert_eq!(ffi::lda_close(ctx), ffi::LDA_OK);
+}
+
+/// The host's B operator (`b_operator = "hybrid"` / `"static"`, `lda_bsqrt` family) includes the ensemble part when
+/// members are set: the control grows by K x the localisation points, U and U^T stay adjoint, and diag B is the
+/// analysis' (`Analyser::with_b_in_force`) one; without members it is the operator it was.
+#[test]
+fn host_b_operator_includes_the_ensemble_part() {
+    use latentda::coupling::ffi::{self, LdaContext};
+    use std::ffi::CString;
+    for (kind, extra_per_member) in [("hybrid", 8usize), ("static", 128)] {
+        let dir = CString::new(fixture("tanh").to_str().unwrap()).unwrap();
+        let opts = CString::new(format!("b_operator = \"{kind}\"\nensemble_localisation_km = 8000.0")).unwrap();
+        let mut ctx: *mut LdaContext = std::ptr::null_mut();
+        assert_eq!(ffi::lda_open(dir.as_ptr(), opts.as_ptr(), &mut ctx), ffi::LDA_OK);
+        let mut a = open("tanh", "ensemble_localisation_km = 8000.0");
+        let (xb, _) = sample(&a, "tanh");
+        let lay = a.bundle.layout.clone();
+        let mut fields: Vec<Vec<f64>> = lay.variables.iter().enumerate().map(|(v, _)| xb[lay.var_range(v)].to_vec()).collect();
+        for (v, var) in lay.variables.iter().enumerate() {
+            let name = CString::new(var.name.as_str()).unwrap();
+            let shape: Vec<i64> = if var.is_surface() { vec![8, 16] } else { vec![var.nlev as i64, 8, 16] };
+            let rc = ffi::lda_bind_field_f64(ctx, name.as_ptr(), fields[v].as_mut_ptr(), shape.len() as i32, shape.as_ptr(), ffi::LDA_ORDER_C);
+            assert_eq!(rc, ffi::LDA_OK);
+        }
+        let (mut n0, mut n1) = (0usize, 0usize);
+        assert_eq!(ffi::lda_control_size(ctx, &mut n0), ffi::LDA_OK);
+        let ns = xb.len();
+        let mut var0 = vec![0.0; ns];
+        assert_eq!(ffi::lda_bvariance(ctx, var0.as_mut_ptr(), ns), ffi::LDA_OK);
+        let mem = members(&a, &xb, 4, 51);
+        let flat: Vec<f64> = mem.iter().flatten().copied().collect();
+        assert_eq!(ffi::lda_set_ensemble(ctx, 4, ns, flat.as_ptr(), ffi::LDA_ORDER_C), ffi::LDA_OK);
+        assert_eq!(ffi::lda_control_size(ctx, &mut n1), ffi::LDA_OK);
+        assert_eq!(n1, n0 + 4 * extra_per_member, "{kind}");
+        // adjoint test through the C ABI
+        let v = Rng::new(3).normals(n1);
+        let y = Rng::new(4).normals(ns);
+        let (mut uv, mut uty) = (vec![0.0; ns], vec![0.0; n1]);
+        assert_eq!(ffi::lda_bsqrt(ctx, v.as_ptr(), n1, uv.as_mut_ptr(), ns), ffi::LDA_OK);
+        assert_eq!(ffi::lda_bsqrt_ad(ctx, y.as_ptr(), ns, uty.as_mut_ptr(), n1), ffi::LDA_OK);
+        let (l, r): (f64, f64) = (uv.iter().zip(&y).map(|(a, b)| a * b).sum(), v.iter().zip(&uty).map(|(a, b)| a * b).sum());
+        let rel_ad = (l - r).abs() / l.abs().max(r.abs());
+        // diag B against the analysis' operator
+        let mut var1 = vec![0.0; ns];
+        assert_eq!(ffi::lda_bvariance(ctx, var1.as_mut_ptr(), ns), ffi::LDA_OK);
+        let bk = BKind::parse(kind).unwrap();
+        a.set_ensemble(mem).unwrap();
+        let z = a.encode_background(&xb).unwrap();
+        a.prepare_b(bk, Some(&z)).unwrap();
+        a.prepare_ensemble(bk, Some(&z)).unwrap();
+        let want = a.with_b_in_force(bk, |b, ae| Ok(b.variance(ae)?.to_vec())).unwrap();
+        let r = max_rel_diff(&var1, &want);
+        eprintln!("host B '{kind}' with K = 4: control {n0} -> {n1}, adjoint rel {rel_ad:.2e}, diag B vs with_b_in_force {r:.2e}");
+        // float32 decoder TL and AD for the latent parts (observed 7.4e-6 for the hybrid, 1.9e-15 for the static B)
+        assert!(rel_ad < 1e-4, "{rel_ad:e}");
+        assert!(r < 1e-12, "{r:e}");
+        assert!(var1.iter().zip(&var0).all(|(a, b)| a >= b) && var1 != var0);
+        // k = 0: the operator without the ensemble part again
+        assert_eq!(ffi::lda_set_ensemble(ctx, 0, 0, std::ptr::null(), ffi::LDA_ORDER_C), ffi::LDA_OK);
+        assert_eq!(ffi::lda_control_size(ctx, &mut n1), ffi::LDA_OK);
+        assert_eq!(n1, n0);
+        let mut var2 = vec![0.0; ns];
+        assert_eq!(ffi::lda_bvariance(ctx, var2.as_mut_ptr(), ns), ffi::LDA_OK);
+        assert!(var2 == var0, "{kind}: variance after clearing the members");
+        drop(fields);
+        assert_eq!(ffi::lda_close(ctx), ffi::LDA_OK);
+    }
+}
+
+/// Latent hybrid EnVar with localisation on the latent grid (tanh fixture, latent [4, 2, 4], linear latent form: the
+/// control transform is the three-part B's square root at the background, through the float32 decoder TL): the
+/// analysis equals the Kalman solution built from the host operator's columns.
+#[test]
+fn localised_latent_hybrid_envar_on_the_tanh_fixture_is_the_kalman_solution() {
+    let opt = format!("{EXACT}ensemble_gamma = 0.9\nensemble_localisation_km = 6000.0\n");
+    let mut a = open("tanh", &opt);
+    let (xb, obs) = sample(&a, "tanh");
+    a.set_ensemble(members(&a, &xb, 5, 61)).unwrap();
+    let res = a.analyse(&xb, &obs, Method::Hybrid).unwrap();
+    let dx: Vec<f64> = res.analysis.iter().zip(&xb).map(|(x, b)| x - b).collect();
+    let h = used_h(&a, &obs);
+    let z = a.encode_background(&xb).unwrap();
+    let n2 = a.prepare_b(BKind::Hybrid, Some(&z)).unwrap();
+    let ne = a.prepare_ensemble(BKind::Hybrid, Some(&z)).unwrap();
+    assert_eq!(ne, 5 * 8);
+    let ns = xb.len();
+    let cols = a.with_b_in_force(BKind::Hybrid, |b, ae| Ok(columns(n2 + ne, ns, |e, c| b.sqrt(ae, e, c).unwrap()))).unwrap();
+    let r = rel(&dx, &kalman(&cols, &h, &obs, &xb));
+    let r_two = rel(&dx, &kalman(&cols[..n2], &h, &obs, &xb));
+    let e = res.report.ensemble.as_ref().unwrap();
+    eprintln!(
+        "localised latent hybrid EnVar (tanh, K = 5, {} obs): vs Kalman {r:.2e} (vs two-part {r_two:.2e}); {}; solver {} pairs",
+        h.nrows(),
+        e.localisation,
+        res.report.solver.as_ref().unwrap().inner_total
+    );
+    assert!(e.localisation.contains("latent grid") && e.localisation.contains("8 points"), "{}", e.localisation);
+    // float32 TL and AD of the tanh decoder (their mismatch limits the solver): observed 9.5e-6
+    assert!(r < 5e-5, "{r:e}");
+    assert!(r_two > 1e-3, "{r_two:e}");
+}
+
+/// The Fortran module's `lda_set_ensemble` and C++ `Context::set_ensemble` (programs in tests/coupling/), compiled
+/// with gfortran -std=f2008 -Wall -Werror and g++ -std=c++17 -Wall -Werror against target/release/liblatentda.a.
+#[test]
+fn fortran_and_cpp_bindings_set_ensemble() {
+    use std::process::Command;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = scratch("ensemble_bindings");
+    let lib = latentda_exe().parent().unwrap().join("liblatentda.a");
+    assert!(lib.is_file(), "{} missing: run `cargo build --release` first", lib.display());
+    let nc = Command::new("nc-config").arg("--libs").output().unwrap();
+    let mut link: Vec<String> = String::from_utf8_lossy(&nc.stdout).split_whitespace().map(String::from).collect();
+    link.extend(["-lhdf5", "-lz", "-lpthread", "-ldl", "-lm", "-lstdc++", "-Wl,-z,noexecstack"].map(String::from));
+    let bundle = fixture("tanh");
+    let run = |cmd: &mut Command| {
+        let o = cmd.output().unwrap();
+        assert!(o.status.success(), "{}", show(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let modobj = dir.join("latentda.o");
+    run(Command::new("gfortran")
+        .args(["-std=f2008", "-Wall", "-Werror", "-c"])
+        .arg(format!("-J{}", dir.display()))
+        .arg(root.join("fortran/latentda.f90"))
+        .arg("-o")
+        .arg(&modobj));
+    let fexe = dir.join("ensemble_f");
+    run(Command::new("gfortran")
+        .args(["-std=f2008", "-Wall", "-Werror"])
+        .arg(format!("-I{}", dir.display()))
+        .arg(root.join("tests/coupling/ensemble_bindings.f90"))
+        .arg(&modobj)
+        .arg(&lib)
+        .args(&link)
+        .arg("-o")
+        .arg(&fexe));
+    let out = run(Command::new(&fexe).arg(&bundle));
+    eprint!("Fortran: {out}");
+    assert!(out.contains("ensemble bindings OK"), "{out}");
+    let cexe = dir.join("ensemble_cpp");
+    run(Command::new("g++")
+        .args(["-std=c++17", "-O1", "-Wall", "-Werror"])
+        .arg(format!("-I{}", root.join("include").display()))
+        .arg(root.join("tests/coupling/ensemble_bindings.cpp"))
+        .arg(&lib)
+        .args(&link)
+        .arg("-o")
+        .arg(&cexe));
+    let out = run(Command::new(&cexe).arg(&bundle));
+    eprint!("C++: {out}");
+    assert!(out.contains("ensemble bindings OK"), "{out}");
+}
+
+/// The nonlinear latent increment form with members: the ensemble part is added to the decoded latent increment;
+/// the analysis converges and stays close to the linear form's (the decoder's curvature is small at these
+/// increments).
+#[test]
+fn nonlinear_latent_form_with_members() {
+    let run = |form: &str| {
+        let mut a = open("tanh", &format!("latent_increment = \"{form}\"\nensemble_localisation_km = 6000.0"));
+        let (xb, obs) = sample(&a, "tanh");
+        a.set_ensemble(members(&a, &xb, 5, 8)).unwrap();
+        (a.analyse(&xb, &obs, Method::Hybrid).unwrap(), xb)
+    };
+    let ((nl, xb), (li, _)) = (run("nonlinear"), run("linear"));
+    let s = nl.report.solver.as_ref().unwrap();
+    let dn: Vec<f64> = nl.analysis.iter().zip(xb.iter()).map(|(a, b)| a - b).collect();
+    let dl: Vec<f64> = li.analysis.iter().zip(xb.iter()).map(|(a, b)| a - b).collect();
+    let r = rel(&dn, &dl);
+    eprintln!(
+        "hybrid EnVar, nonlinear latent form: converged {}, {} outer loops, {} pairs, jb_parts {:?}; vs linear form {r:.2e}",
+        s.converged, s.outer_total, s.inner_total, nl.report.jb_parts
+    );
+    assert!(s.converged && nl.report.jb_parts["ensemble"] > 0.0);
+    assert!(r < 0.1, "{r:e}");
+}
+
+/// The fused latent hybrid EnVar (linear latent form, scalar weights): the latent and latent ensemble increments go
+/// through one decoder TL and one AD per control-transform application, so the members cost no extra decoder runs
+/// per TL/AD pair; with latitude-band weights the parts run apart (two of each).
+#[test]
+fn fused_latent_envar_runs_one_decoder_tl_per_application() {
+    let per_pair = |toml: &str, k: usize| {
+        let mut a = open("tanh", toml);
+        let (xb, obs) = sample(&a, "tanh");
+        if k > 0 {
+            a.set_ensemble(members(&a, &xb, k, 8)).unwrap();
+        }
+        let r = a.analyse(&xb, &obs, Method::Hybrid).unwrap();
+        let (t, s) = (&r.report.timings, r.report.solver.as_ref().unwrap());
+        (t.n_tl, t.n_ad, s.passes)
+    };
+    let plain = per_pair("", 0);
+    let fused = per_pair("", 5);
+    let banded_opts = "hybrid_alpha_tropics = 0.5\nhybrid_beta_tropics = 1.5";
+    let banded_plain = per_pair(banded_opts, 0);
+    let banded = per_pair(banded_opts, 5);
+    eprintln!(
+        "(TL, AD, control-transform runs): hybrid {plain:?}, with K = 5 (fused) {fused:?}; banded {banded_plain:?}, \
+         with K = 5 (apart) {banded:?}"
+    );
+    let ratio = |(tl, ad, p): (usize, usize, usize)| ((tl as f64) / p as f64, (ad as f64) / p as f64);
+    assert_eq!(ratio(fused), ratio(plain), "fused: as many decoder runs per application as without members");
+    let (rb, rp) = (ratio(banded), ratio(banded_plain));
+    assert!(rb.0 > 1.5 * rp.0 && rb.1 > 1.5 * rp.1, "with band weights the parts run apart: {rb:?} vs {rp:?}");
+}

@@ -87,6 +87,20 @@ fn calibrated_sigma_b_replaces_the_randomised_variance_and_flow_keeps_it() {
         assert_eq!(rf.qc, rp.qc, "{method:?}");
         assert!(!rf.report.background_check.sigma_b.contains("calibrated"));
     }
+    // with ensemble members the flow-dependent ensemble part is added to the calibrated latent and static parts
+    let mem: Vec<Vec<f64>> = (0..4)
+        .map(|k| {
+            let d = latentda::diag::checks::Rng::new(40 + k).normals(xb.len());
+            let np = a.bundle.layout.grid.npoints();
+            xb.iter().zip(&d).enumerate().map(|(i, (x, e))| x + 0.2 * a.bundle.std[i / np] * e).collect()
+        })
+        .collect();
+    a.set_ensemble(mem).unwrap();
+    let r = a.analyse(&xb, &obs, Method::Hybrid).unwrap().report;
+    let how = &r.background_check.sigma_b;
+    assert!(how.contains("calibrated") && how.contains("ensemble"), "{how}");
+    assert!(r.timings.n_variance > 0, "the latent ensemble part's diagonal needs decoder TL runs");
+    a.clear_ensemble();
     // without the file, "calibrated" (the default) says it fell back
     let r = plain.analyse(&xb, &obs, Method::L3dvar).unwrap().report;
     assert!(r.background_check.sigma_b.contains("no latent_b_variance"), "{}", r.background_check.sigma_b);

@@ -91,6 +91,12 @@ impl<'a> LatentControl<'a> {
         self.ae
     }
 
+    /// The ONNX sessions and the latent B at the linearisation point (s, sd, z) together, for a further latent part
+    /// that shares the decoder's TL and AD runs (the fused latent hybrid EnVar of [`crate::var::ensemble`]).
+    pub(crate) fn ae_and_latent_b(&mut self) -> (&mut Autoencoder, &LatentB) {
+        (self.ae, &self.u)
+    }
+
     /// z(w) = z_b + s * w.
     pub fn latent(&self, w: &[f64]) -> Vec<f32> {
         self.z_b.iter().zip(self.u.s()).zip(w).map(|((zb, s), w)| (*zb as f64 + s * w) as f32).collect()

@@ -18,8 +18,9 @@
 //!
 //! The ensemble part enters the minimisation as a linear term (its square root at the background) in both latent
 //! increment forms: with `latent_increment = "linear"` the control transform is exactly the B in force; with
-//! "nonlinear" the latent part is the decoded increment and the ensemble part is added to it (docs/ensemble-b.md
-//! describes a fused form that feeds both latent increments through one decoder run; not used here).
+//! "nonlinear" the latent part is the decoded increment and the ensemble part is added to it. In the linear form
+//! with scalar weights both latent increments go through one decoder TL and AD per application (the fused form of
+//! docs/ensemble-b.md, `LatentEnvar`), so the members add no decoder runs to the minimisation.
 //!
 //! A latent without a horizontal grid (a flat latent vector, such as the linear test fixture's `[24]`) has nothing
 //! to localise across: its latent ensemble B is the raw ensemble covariance (one latent "point"), and the report
@@ -241,6 +242,21 @@ impl Analyser {
                 }
                 Ok(e.model.as_ref().expect("set above").control_size())
             }
+        }
+    }
+
+    /// Control size of the ensemble part of the B of kind `kind` from the shapes alone, without building it: K times
+    /// the localisation points (the latent grid's, 1 for a latent without one, or the model grid's); 0 without
+    /// members or for the latent B.
+    pub fn ensemble_controls(&self, kind: BKind) -> usize {
+        let k = self.ensemble_size();
+        match self.ensemble_part(kind) {
+            None => 0,
+            Some(EnsemblePart::Latent) => match self.bundle.latent_shape[..] {
+                [_, h, w] => k * h * w,
+                _ => k,
+            },
+            Some(EnsemblePart::Model) => k * self.bundle.layout.grid.npoints(),
         }
     }
 
@@ -472,16 +488,81 @@ impl ControlSpace for ModelEnsembleB {
 
 /// The hybrid's control transform (latent and static parts) plus the latent ensemble part, which runs the decoder's
 /// TL and AD through the latent part's ONNX sessions: control [w, v, a], dx = hybrid(w, v) + U_e a.
+///
+/// Fused form (linear latent increment, scalar latent weight 1, the same linearisation point): both latent
+/// increments go through one decoder TL (and one AD) per application, as docs/ensemble-b.md describes:
+/// dx = sd D'(z_b)(s w + dz_e(a)) + wb U_s v, [w, a] = [s g, dz_e^T(g)] with g = D'(z_b)^T (sd x). Otherwise (band
+/// weights, nonlinear latent form) the parts are applied one after the other.
 pub(crate) struct LatentEnvar<'a, 's, 'e> {
     base: Hybrid<LatentControl<'a>, &'s mut StaticB>,
     ens: &'e mut LatentEnsembleB,
     buf: Vec<f64>,
+    fused: Option<Fused>,
+}
+
+/// Scratch of the fused form: latent increment (float64, float32) and decoded increment (float32).
+struct Fused {
+    dz: Vec<f64>,
+    bz: Vec<f32>,
+    bx: Vec<f32>,
 }
 
 impl<'a, 's, 'e> LatentEnvar<'a, 's, 'e> {
     /// The hybrid transform `base` and the ensemble part `ens` over states of length `state_len`.
-    pub(crate) fn new(base: Hybrid<LatentControl<'a>, &'s mut StaticB>, ens: &'e mut LatentEnsembleB, state_len: usize) -> Self {
-        LatentEnvar { base, ens, buf: vec![0.0; state_len] }
+    pub(crate) fn new(mut base: Hybrid<LatentControl<'a>, &'s mut StaticB>, ens: &'e mut LatentEnsembleB, state_len: usize) -> Self {
+        let fusable = base.fields.is_none() && base.wa == 1.0 && base.a.is_linear() && {
+            let (_, lb) = base.a.ae_and_latent_b();
+            let same = |a: &[f32], b: &[f32]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+            same(lb.point(), ens.point()) && lb.chan_sd() == ens.chan_sd()
+        };
+        let nz = ens.point().len();
+        let fused = fusable.then(|| Fused { dz: vec![0.0; nz], bz: vec![0f32; nz], bx: vec![0f32; state_len] });
+        LatentEnvar { base, ens, buf: vec![0.0; state_len], fused }
+    }
+
+    /// Fused forward: dx = sd D'(z_b)(s w + dz_e(a)) + wb U_s v.
+    fn fused_forward(&mut self, c: &[f64], dx: &mut [f64]) -> Result<()> {
+        let f = self.fused.as_mut().expect("called when fused");
+        let (nw, nv) = (self.base.a.size(), self.base.b.size());
+        let (w, rest) = c.split_at(nw);
+        let (v, a) = rest.split_at(nv);
+        self.ens.latent_increment(a, &mut f.dz)?;
+        let (ae, lb) = self.base.a.ae_and_latent_b();
+        for (((b, s), w), d) in f.bz.iter_mut().zip(lb.s()).zip(w).zip(&f.dz) {
+            *b = (s * w + d) as f32;
+        }
+        ae.tl(lb.point(), &f.bz, &mut f.bx)?;
+        let np = dx.len() / lb.chan_sd().len();
+        for ((xc, bc), sd) in dx.chunks_exact_mut(np).zip(f.bx.chunks_exact(np)).zip(lb.chan_sd()) {
+            xc.iter_mut().zip(bc).for_each(|(x, b)| *x = sd * *b as f64);
+        }
+        self.base.b.tl(v, &mut self.buf)?;
+        let wb = self.base.wb;
+        dx.iter_mut().zip(&self.buf).for_each(|(x, b)| *x += wb * b);
+        Ok(())
+    }
+
+    /// Fused adjoint: g = D'(z_b)^T (sd x), [w, v, a] = [s g, wb U_s^T x, dz_e^T(g)].
+    fn fused_backward(&mut self, dx: &[f64], c: &mut [f64]) -> Result<()> {
+        let f = self.fused.as_mut().expect("called when fused");
+        let (nw, nv) = (self.base.a.size(), self.base.b.size());
+        let (w, rest) = c.split_at_mut(nw);
+        let (v, a) = rest.split_at_mut(nv);
+        let (ae, lb) = self.base.a.ae_and_latent_b();
+        let np = dx.len() / lb.chan_sd().len();
+        for ((bc, xc), sd) in f.bx.chunks_exact_mut(np).zip(dx.chunks_exact(np)).zip(lb.chan_sd()) {
+            bc.iter_mut().zip(xc).for_each(|(b, x)| *b = (sd * x) as f32);
+        }
+        ae.ad(lb.point(), &f.bx, &mut f.bz)?;
+        for (((w, g), s), d) in w.iter_mut().zip(&f.bz).zip(lb.s()).zip(f.dz.iter_mut()) {
+            *d = *g as f64;
+            *w = s * *d;
+        }
+        self.ens.latent_increment_ad(&f.dz, a)?;
+        self.base.b.ad(dx, v)?;
+        let wb = self.base.wb;
+        v.iter_mut().for_each(|x| *x *= wb);
+        Ok(())
     }
 
     fn add_ensemble(&mut self, a: &[f64], dx: &mut [f64]) -> Result<()> {
@@ -496,6 +577,9 @@ impl ControlSpace for LatentEnvar<'_, '_, '_> {
         self.base.size() + self.ens.control_size()
     }
     fn increment(&mut self, c: &[f64], dx: &mut [f64]) -> Result<()> {
+        if self.fused.is_some() {
+            return self.fused_forward(c, dx);
+        }
         let n = self.base.size();
         self.base.increment(&c[..n], dx)?;
         self.add_ensemble(&c[n..], dx)
@@ -505,11 +589,17 @@ impl ControlSpace for LatentEnvar<'_, '_, '_> {
         self.base.linearize(&c[..n])
     }
     fn tl(&mut self, dc: &[f64], dx: &mut [f64]) -> Result<()> {
+        if self.fused.is_some() {
+            return self.fused_forward(dc, dx);
+        }
         let n = self.base.size();
         self.base.tl(&dc[..n], dx)?;
         self.add_ensemble(&dc[n..], dx)
     }
     fn ad(&mut self, dx: &[f64], dc: &mut [f64]) -> Result<()> {
+        if self.fused.is_some() {
+            return self.fused_backward(dx, dc);
+        }
         let n = self.base.size();
         let (c, a) = dc.split_at_mut(n);
         self.base.ad(dx, c)?;

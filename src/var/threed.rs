@@ -73,8 +73,15 @@ impl Formulation for ThreeD {
             // The cached variance of the B in force: its TL runs (none when cached) are reported apart from the
             // solver's, as decoder TL time.
             VarianceFor::BackgroundCheck if an.calibrated_variance(kind)?.is_some() => {
-                let (var, how) = an.calibrated_variance(kind)?.expect("checked");
-                Variance { var, how, seconds: 0.0, n_tl: 0 }
+                let (mut var, mut how) = an.calibrated_variance(kind)?.expect("checked");
+                // an ensemble part is flow-dependent by nature: its own diagonal (decoder TL runs for a latent one)
+                let t_v = Instant::now();
+                if let Some((ev, ehow)) = an.ensemble_variance(kind)? {
+                    var.iter_mut().zip(&ev).for_each(|(v, e)| *v += e);
+                    how = format!("{how} + ({ehow})");
+                }
+                let n_tl = an.ae.timings.n_tl - before.n_tl;
+                Variance { var, how, seconds: if n_tl > 0 { t_v.elapsed().as_secs_f64() } else { 0.0 }, n_tl }
             }
             VarianceFor::BackgroundCheck => {
                 let (var, mut how) = an.with_b_in_force(kind, |b, ae| Ok((b.variance(ae)?.to_vec(), b.variance_method())))?;
@@ -161,7 +168,7 @@ impl Formulation for ThreeD {
         Ok(Minimised { w, dx, info, reconstruction })
     }
 
-    /// [w] for l3dvar, [v] for 3dvar, [w, v] for the hybrid; with ensemble members [v, a] and [w, v, a].
+    /// `[w]` for l3dvar, `[v]` for 3dvar, `[w, v]` for the hybrid; with ensemble members `[v, a]` and `[w, v, a]`.
     fn jb_parts(&self, an: &Analyser, w: &[f64]) -> BTreeMap<String, f64> {
         let mut parts = BTreeMap::new();
         let ne = an.ensemble_control_size(self.kind()).min(w.len());
