@@ -44,6 +44,7 @@ module latentda
   public :: lda_grid_info, lda_grid_coords, lda_var_count, lda_var_name, lda_var_layout
   public :: lda_obs_h, lda_obs_h_ad
   public :: lda_set_obs_times, lda_set_step_model, lda_clear_step_model, lda_l4dvar_check
+  public :: lda_set_ensemble
   public :: lda_step_fn, lda_step_tl_fn, lda_step_ad_fn
 
   ! Status codes (identical to enum LdaStatus in include/latentda.h; a test checks they match).
@@ -273,6 +274,14 @@ module latentda
       integer(c_size_t), value :: n
       real(c_double), intent(in) :: time_hours(*)
     end function c_lda_set_obs_times
+
+    integer(c_int32_t) function c_lda_set_ensemble(ctx, k, n, members, order) bind(C, name="lda_set_ensemble")
+      import :: c_int32_t, c_size_t, c_double, c_ptr
+      type(c_ptr), value :: ctx
+      integer(c_size_t), value :: k, n
+      real(c_double), intent(in) :: members(*)
+      integer(c_int32_t), value :: order
+    end function c_lda_set_ensemble
 
     integer(c_int32_t) function c_lda_set_step_model(ctx, step, tl, ad, user, time_step_hours) &
          bind(C, name="lda_set_step_model")
@@ -615,6 +624,19 @@ contains
     call clear_error(ctx)
     ierr = int(c_lda_set_obs_times(ctx%ptr, int(size(time_hours), c_size_t), time_hours))
   end subroutine lda_set_obs_times
+
+  !> Sets the ensemble members of the B in force (lda_set_ensemble in latentda.h), copied: members(n, k), one column
+  !> per member in the state layout (n = lda_state_dim: the variables in order, each as its bound field), physical
+  !> units, k >= 2; size(members, 2) = 0 removes them. Method 'hybrid' then adds the latent ensemble B and method
+  !> '3dvar' becomes hybrid 3DEnVar (options ensemble_gamma, ensemble_localisation_km, ensemble_localisation_model_km).
+  subroutine lda_set_ensemble(ctx, members, ierr)
+    type(lda_context), intent(inout) :: ctx          !< open context
+    real(c_double), intent(in) :: members(:, :)      !< (state size, k)
+    integer, intent(out) :: ierr                     !< LDA_OK, LDA_ERR_INVALID_ARGUMENT (k = 1, n), LDA_ERR_INVALID_DATA
+    call clear_error(ctx)
+    ierr = int(c_lda_set_ensemble(ctx%ptr, int(size(members, 2), c_size_t), int(size(members, 1), c_size_t), &
+         members, ORDER_FORTRAN))
+  end subroutine lda_set_ensemble
 
   !> Installs the host's forecast model (bind(C) procedures with the interfaces lda_step_fn, lda_step_tl_fn,
   !> lda_step_ad_fn) as the step model of method 'l4dvar', replacing the bundle's. The procedures must stay valid

@@ -158,6 +158,7 @@ typedef int32_t LdaQcFlag;
  *
  * Both describe the same memory (longitude fastest, then latitude north to south, then level top to bottom); only
  * the way the shape is written differs.
+ *
  */
 enum LdaOrder
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
@@ -297,11 +298,13 @@ extern "C" {
  *   `ort_library`, `device` ("cpu" | "cuda:N"), `threads`, `cuda_tf32`, `method` ("l3dvar" | "3dvar" |
  *   "hybrid" | "l4dvar"), `output` ("analysis" | "increment" | "full_state"), `solver` ("gauss_newton" | "adam"),
  *   `gradient_reduction`, `max_pairs`, `outer_loops`, `max_inner`, `preconditioner` ("ritz" | "none"),
- *   `adam_steps`, `adam_lr`, `bg_check`, `bg_check_samples`, `hybrid_alpha`, `hybrid_beta`, `hybrid_variables`,
+ *   `adam_steps`, `adam_lr`, `bg_check`, `bg_check_samples`, `bg_check_sigma_b` ("calibrated" | "flow"),
+ *   `hybrid_alpha`, `hybrid_beta`, `hybrid_variables`,
  *   `hybrid_alpha_tropics`, `hybrid_beta_tropics`, `hybrid_band_lat` (`[lat0, lat1]`), `baseline_variance_factor`,
  *   `latent_variance_factor`, `latent_increment` ("linear" | "nonlinear"), `b_operator` ("latent" | "hybrid" |
- *   "static"), `window_hours`, `slot_hours`, `error_growth_per_hour`, `verbosity`, `self_test` (one `key = value`
- *   per line; see docs/coupling.md). Unknown keys are an error.
+ *   "static"), `window_hours`, `slot_hours`, `error_growth_per_hour`, `verbosity`, `self_test`, `ensemble_gamma`,
+ *   `ensemble_localisation_km`, `ensemble_localisation_model_km` (one `key = value` per line; see
+ *   docs/coupling.md). Unknown keys are an error.
  * - `out`: receives the new context; must not be NULL. It is set to NULL on failure.
  *
  * The strings are only read during the call. The context is owned by the caller and must be released with
@@ -724,6 +727,35 @@ int32_t lda_bsqrt_noise(struct LdaContext *ctx,
  * The latentda version string (static, NUL-terminated; do not free).
  */
 const char *lda_version(void);
+
+/**
+ * Sets the ensemble members of the B in force: `k` model states valid at the analysis time (ensemble forecasts,
+ * or a time-lagged set of earlier cycles' forecasts valid now), copied.
+ *
+ * - `k`: number of members, at least 2; 0 removes the members (`members` may then be NULL); 1 is
+ *   `LDA_ERR_INVALID_ARGUMENT` (one member has no spread).
+ * - `n`: values per member: the state size (`lda_state_size`); any other value is `LDA_ERR_INVALID_ARGUMENT`.
+ * - `members`: `k * n` values, member after member, each in the state layout of `lda_bsqrt`'s x (the bundle's
+ *   variables in order, each longitude fastest, latitudes north to south, levels top to bottom), physical units.
+ *   Read during the call only; must not be NULL when `k` > 0.
+ * - `order`: `LDA_ORDER_C` (the array is `members[k][n]`) or `LDA_ORDER_FORTRAN` (the array is `members(n, k)`):
+ *   the same memory, so this only says how the host declared it; any other value is `LDA_ERR_INVALID_ARGUMENT`.
+ *
+ * With members set, method "hybrid" has a third part, `ensemble_gamma` times the latent ensemble B (the members
+ * encoded and localised on the latent grid, half-width `ensemble_localisation_km`), and method "3dvar" becomes
+ * hybrid 3DEnVar, the static B plus `ensemble_gamma` times the model-space ensemble B of the same members
+ * (`ensemble_localisation_model_km`). The report gains an `ensemble` section and `jb_parts.ensemble`. Methods
+ * "l3dvar" and "l4dvar" ignore the members. The host's B operator (`lda_bsqrt`, `lda_bsqrt_ad`, `lda_bvariance`,
+ * `lda_brandomize`, `lda_bsqrt_noise`) of `b_operator` "hybrid" or "static" then includes the same ensemble part:
+ * its control vector (`lda_control_size`) gains k x (latent grid points) or k x (model grid points) values at the
+ * end. A non-finite value is `LDA_ERR_INVALID_DATA` naming the member and the variable; on any error the members
+ * set before are kept.
+ */
+int32_t lda_set_ensemble(struct LdaContext *ctx,
+                         size_t k,
+                         size_t n,
+                         const double *members,
+                         int32_t order);
 
 #ifdef __cplusplus
 }  // extern "C"

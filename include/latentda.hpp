@@ -22,8 +22,9 @@
 // A Context may be used from one thread at a time; different contexts may be used from different threads.
 // A panic inside latentda (e.g. the tract engine on a corrupt graph) becomes an Error and prints nothing on
 // stderr; the program's own panics and other libraries' are reported as before (docs/coupling.md, Threading).
-// Ownership is RAII (one owner, closed once on destruction) and the C++ API takes no callbacks, so the C ABI's
-// double-close and re-entry checks have no C++ counterpart.
+// Ownership is RAII (one owner, closed once on destruction), so the C ABI's double-close check has no C++
+// counterpart. The one callback, the step model of set_step_model, may not call its own Context: such a call throws
+// status::not_ready (the C ABI's re-entry refusal); other Contexts may be used there.
 
 #ifndef LATENTDA_HPP
 #define LATENTDA_HPP
@@ -31,6 +32,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <exception>
+#include <functional>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -123,6 +127,13 @@ struct NoiseFloor {
   double adjoint_mismatch = 0;  // |<U v, y> - <v, U^T y>| / max(|<U v, y>|, |<v, U^T y>|)
 };
 
+// The adjoint tests of latent 4D-Var's step model (Context::l4dvar_check): relative dot-product errors
+// |<M' dx, u> - <dx, M'^T u>| / max of one step, and of the chained transform w -> [dx_0, ..., dx_K].
+struct L4dvarCheck {
+  double step_dot = 0;
+  double chained_dot = 0;
+};
+
 // A latentda failure: code() is the C ABI status, what() the message.
 class Error : public std::runtime_error {
  public:
@@ -162,7 +173,76 @@ class Span {
   std::size_t size_ = 0;
 };
 
+// A host's own forecast model for method "l4dvar" (Context::set_step_model), on states of n = state_size() values in
+// physical units and state layout (Variable::offset): one time step x_next = M(x), its tangent-linear
+// dx_next = M'(x) dx and its adjoint dx = M'(x)^T dx_next (the exact transpose of the TL; written, not accumulated).
+// Each writes all n values of its output span; the spans belong to latentda and are valid for the call only. To
+// fail, throw: the call that ran the model (analyse, l4dvar_check) fails, the bound arrays stay untouched, and that
+// call rethrows the exception once latentda has returned.
+using StepFn = std::function<void(Span<const double> x, Span<double> x_next)>;
+using StepTlFn = std::function<void(Span<const double> x, Span<const double> dx, Span<double> dx_next)>;
+using StepAdFn = std::function<void(Span<const double> x, Span<const double> dx_next, Span<double> dx)>;
+
 namespace detail {
+
+// The step model a Context installed: std::functions, or the C ABI's raw callbacks with their user pointer. The
+// trampolines below are what latentda calls; `depth` > 0 while one runs (the owning Context then refuses calls).
+struct StepFns {
+  StepFn step;
+  StepTlFn tl;
+  StepAdFn ad;
+  LdaStepFn raw_step = nullptr;
+  LdaStepTlFn raw_tl = nullptr;
+  LdaStepAdFn raw_ad = nullptr;
+  void* raw_user = nullptr;
+  int depth = 0;
+  std::exception_ptr error;  // the first exception a std::function threw during the current call
+};
+
+template <class F>
+int32_t run_step_callback(void* user, F&& body) noexcept {
+  StepFns& f = *static_cast<StepFns*>(user);
+  ++f.depth;
+  int32_t status = 0;
+  try {
+    status = body(f);
+  } catch (...) {
+    if (!f.error) f.error = std::current_exception();
+    status = -1;
+  }
+  --f.depth;
+  return status;
+}
+
+inline int32_t step_trampoline(void* user, std::size_t n, const double* x, double* x_next) {
+  return run_step_callback(user, [&](StepFns& f) -> int32_t {
+    if (f.raw_step) return f.raw_step(f.raw_user, n, x, x_next);
+    f.step(Span<const double>(x, n), Span<double>(x_next, n));
+    return 0;
+  });
+}
+
+inline int32_t step_tl_trampoline(void* user, std::size_t n, const double* x, const double* dx, double* dx_next) {
+  return run_step_callback(user, [&](StepFns& f) -> int32_t {
+    if (f.raw_tl) return f.raw_tl(f.raw_user, n, x, dx, dx_next);
+    f.tl(Span<const double>(x, n), Span<const double>(dx, n), Span<double>(dx_next, n));
+    return 0;
+  });
+}
+
+inline int32_t step_ad_trampoline(void* user, std::size_t n, const double* x, const double* dx_next, double* dx) {
+  return run_step_callback(user, [&](StepFns& f) -> int32_t {
+    if (f.raw_ad) return f.raw_ad(f.raw_user, n, x, dx_next, dx);
+    f.ad(Span<const double>(x, n), Span<const double>(dx_next, n), Span<double>(dx, n));
+    return 0;
+  });
+}
+
+// A C callback's address as the bridge's integer (cxx passes no C function pointers from C++ to Rust); 0 for none.
+template <class Fn>
+std::size_t address(Fn f) {
+  return f ? reinterpret_cast<std::size_t>(f) : 0;
+}
 
 // Turns the bridge's rust::Error ("[latentda <code>] <message>") into latentda::Error.
 [[noreturn]] inline void rethrow(const rust::Error& e) {
@@ -205,19 +285,21 @@ class Context {
  public:
   // Opens and validates a bundle directory. `options`: TOML text (docs/coupling.md: backend, ort_library, device,
   // threads, cuda_tf32, method, output, solver, gradient_reduction, max_pairs, outer_loops, max_inner,
-  // preconditioner, adam_steps, adam_lr, bg_check, bg_check_samples, hybrid_alpha, hybrid_beta, hybrid_variables,
+  // preconditioner, adam_steps, adam_lr, bg_check, bg_check_samples, bg_check_sigma_b, hybrid_alpha, hybrid_beta, hybrid_variables,
   // hybrid_alpha_tropics, hybrid_beta_tropics, hybrid_band_lat, baseline_variance_factor, latent_variance_factor, latent_increment, b_operator, window_hours, slot_hours,
-  // error_growth_per_hour, verbosity, self_test), empty for defaults.
+  // error_growth_per_hour, verbosity, self_test, ensemble_gamma, ensemble_localisation_km,
+  // ensemble_localisation_model_km), empty for defaults.
   // Throws status::bundle for a missing or invalid bundle, status::invalid_argument for bad options.
   static Context open(const std::string& bundle_dir, const std::string& options = "") {
     return detail::call([&] { return Context(detail::open(detail::str(bundle_dir), detail::str(options))); });
   }
 
-  Context(Context&& o) noexcept : inner_(std::move(o.inner_)) { o.inner_.reset(); }
+  Context(Context&& o) noexcept : step_(std::move(o.step_)), inner_(std::move(o.inner_)) { o.inner_.reset(); }
   Context& operator=(Context&& o) noexcept {
     if (this != &o) {
-      inner_ = std::move(o.inner_);
+      inner_ = std::move(o.inner_);  // the old Rust context (which calls step_) goes before its step model
       o.inner_.reset();
+      step_ = std::move(o.step_);
     }
     return *this;
   }
@@ -270,17 +352,68 @@ class Context {
   }
 
   // Sets the times (hours from the analysis time, the start of the 4D-Var window) of the observations set last, one
-  // per observation in their order; set_obs resets them to 0. Only method "l4dvar" uses them, with the bundle's step
-  // model (a host's own step model is installed through the C ABI, lda_set_step_model on an LdaContext; this class
-  // does not offer it yet).
+  // per observation in their order; set_obs resets them to 0. Only method "l4dvar" uses them, with the step model:
+  // the host's (set_step_model), else the bundle's.
   void set_obs_times(Span<const double> time_hours) {
     detail::call([&] { get().set_obs_times(detail::in(time_hours)); });
+  }
+
+  // Sets the ensemble members of the B in force (lda_set_ensemble), copied: k states valid at the analysis time,
+  // member after member, each in the state layout (state_size() values), physical units; members.size() must be
+  // k * state_size(). k >= 2 (k = 1 throws status::invalid_argument); k = 0 removes them. Method "hybrid" then adds
+  // the latent ensemble B and method "3dvar" becomes hybrid 3DEnVar (options ensemble_gamma,
+  // ensemble_localisation_km, ensemble_localisation_model_km). On any exception the members set before are kept.
+  void set_ensemble(std::size_t k, Span<const double> members) {
+    detail::call([&] { get().set_ensemble(k, detail::in(members)); });
+  }
+
+  // Installs the host's own forecast model as the step model of method "l4dvar" (lda_set_step_model): step, its
+  // tangent-linear tl and its adjoint ad (see StepFn), each advancing one time step of time_step_hours hours. It
+  // replaces the bundle's [forecast] model and a model set before; the functions are copied and kept until replaced
+  // or the Context is destroyed. They run inside analyse("l4dvar") and l4dvar_check. All three empty removes the host
+  // model (as clear_step_model); only some empty throws status::null_pointer; time_step_hours <= 0 or not finite
+  // throws status::invalid_argument (the model in force is kept on any exception). An output value left non-finite
+  // fails the call with status::backend.
+  void set_step_model(StepFn step, StepTlFn tl, StepAdFn ad, double time_step_hours) {
+    auto f = std::make_unique<detail::StepFns>();
+    f->step = std::move(step);
+    f->tl = std::move(tl);
+    f->ad = std::move(ad);
+    const bool has_step = static_cast<bool>(f->step), has_tl = static_cast<bool>(f->tl);
+    const bool has_ad = static_cast<bool>(f->ad);
+    install(std::move(f), has_step, has_tl, has_ad, time_step_hours);
+  }
+  // The same with the C ABI's callbacks (latentda.h: LdaStepFn, LdaStepTlFn, LdaStepAdFn; `user` is passed back to
+  // each, may be null): each returns 0, or another status to fail the call with status::backend.
+  void set_step_model(LdaStepFn step, LdaStepTlFn tl, LdaStepAdFn ad, void* user, double time_step_hours) {
+    auto f = std::make_unique<detail::StepFns>();
+    f->raw_step = step;
+    f->raw_tl = tl;
+    f->raw_ad = ad;
+    f->raw_user = user;
+    install(std::move(f), step != nullptr, tl != nullptr, ad != nullptr, time_step_hours);
+  }
+  // Removes the host's step model: method "l4dvar" uses the bundle's again (status::not_ready if it has none).
+  void clear_step_model() {
+    detail::call([&] { get().set_step_model(0, 0, 0, 0, 0.0); });
+    step_.reset();
+  }
+
+  // Adjoint tests of latent 4D-Var's step model at the bound background (lda_l4dvar_check): the host's
+  // (set_step_model), else the bundle's, over nslots (1..1000) slots one step apart, random directions from seed.
+  // latentda's float32 graphs reach about 1e-7; above 1e-5 the adjoint does not match its TL. Every field must be
+  // bound; without any step model: status::not_ready.
+  L4dvarCheck l4dvar_check(int32_t nslots = 2, uint64_t seed = 1) {
+    return with_step_model([&] {
+      const detail::L4dvarCheck c = get().l4dvar_check(nslots, seed);
+      return L4dvarCheck{c.step_dot, c.chained_dot};
+    });
   }
 
   // Runs an analysis on the bound background ("l3dvar", "3dvar", "hybrid", "l4dvar", or empty for the options'
   // default). On success the bound arrays receive the result; on any exception they are untouched.
   void analyse(const std::string& method = "") {
-    detail::call([&] { get().analyse(detail::str(method)); });
+    with_step_model([&] { get().analyse(detail::str(method)); });
   }
 
   // QC flag (latentda::qc::*) of every observation of the last successful analysis.
@@ -294,6 +427,14 @@ class Context {
   // JSON report of the last successful analysis (statistics per variable: omb_rms, oma_rms, ...; QC counts).
   std::string report_json() const {
     return detail::call([&] { return std::string(get().report_json()); });
+  }
+
+  // One number of that report (lda_report_number), for hosts without a JSON parser: `path` is a dot-separated key
+  // path, an array element selected by 0-based index or, for per-variable entries, by name. Examples: "n_used",
+  // "qc_counts.background_check", "solver.j_final", "variables.t.omb_rms", "timings.total_s". A missing or
+  // non-numeric entry throws status::invalid_argument; before any successful analysis status::not_ready.
+  double report_number(const std::string& path) const {
+    return detail::call([&] { return get().report_number(detail::str(path)); });
   }
 
   // B operator: the latent B by default; the hybrid or static B with option b_operator = "hybrid" | "static" at open
@@ -416,12 +557,50 @@ class Context {
   explicit Context(rust::Box<detail::Context>&& b) : inner_(std::move(b)) {}
 
   detail::Context& get() {
-    if (!inner_) throw Error(status::null_pointer, "context is NULL (moved from)");
+    check_usable();
     return **inner_;
   }
   const detail::Context& get() const {
-    if (!inner_) throw Error(status::null_pointer, "context is NULL (moved from)");
+    check_usable();
     return **inner_;
+  }
+  void check_usable() const {
+    if (!inner_) throw Error(status::null_pointer, "context is NULL (moved from)");
+    if (step_ && step_->depth > 0)
+      throw Error(status::not_ready,
+                  "re-entrant call refused: this thread is inside a call on this context already (a call made from "
+                  "one of the context's own callbacks, such as the step model of set_step_model); return from the "
+                  "callback first");
+  }
+  // Hands the trampolines to latentda for the callbacks present; keeps `f` alive (the old model's functions are
+  // released only after latentda dropped them).
+  void install(std::unique_ptr<detail::StepFns> f, bool step, bool tl, bool ad, double time_step_hours) {
+    void* user = f.get();
+    detail::call([&] {
+      get().set_step_model(step ? detail::address<LdaStepFn>(&detail::step_trampoline) : 0,
+                           tl ? detail::address<LdaStepTlFn>(&detail::step_tl_trampoline) : 0,
+                           ad ? detail::address<LdaStepAdFn>(&detail::step_ad_trampoline) : 0,
+                           reinterpret_cast<std::size_t>(user), time_step_hours);
+    });
+    if (step || tl || ad)
+      step_ = std::move(f);
+    else
+      step_.reset();
+  }
+  // Runs f, a call that may run the step model; a C++ exception a step function threw is rethrown after it.
+  template <class F>
+  auto with_step_model(F&& f) -> decltype(f()) {
+    if (step_) step_->error = nullptr;
+    try {
+      return detail::call(f);
+    } catch (const Error&) {
+      if (step_ && step_->error) {
+        std::exception_ptr e = step_->error;
+        step_->error = nullptr;
+        std::rethrow_exception(e);
+      }
+      throw;
+    }
   }
   static void check_data(const std::string& name, const void* p) {
     if (p == nullptr) throw Error(status::null_pointer, "bind_field '" + name + "': data is NULL");
@@ -447,6 +626,8 @@ class Context {
     return n;
   }
 
+  // Declared before inner_, so destroyed after it: the Rust context holds pointers into the step model.
+  std::unique_ptr<detail::StepFns> step_;
   std::optional<rust::Box<detail::Context>> inner_;
 };
 

@@ -237,18 +237,18 @@ fn header_is_up_to_date() {
     }
 }
 
-/// Status codes, QC flags and array orders are defined once in Rust (`Status`, `QcFlag`, the bind orders; the C
-/// enums of src/coupling/ffi.rs are checked against them at compile time) and copied by hand into the C++ header,
-/// the Fortran module and the documentation. Every copy must list every value, with the same number.
+/// Status codes, QC flags and array orders are defined once in Rust (`Status` and `Order`, exported to the C header
+/// by cbindgen; `QcFlag`, whose C enum in src/coupling/ffi.rs is checked against it at compile time) and copied by
+/// hand into the C++ header, the Fortran module and the documentation. Every copy must list every value, with the same number.
 #[test]
 fn status_codes_qc_flags_and_orders_agree_in_every_copy() {
-    use latentda::coupling::ffi::{LdaQcFlag, LdaStatus};
+    use latentda::coupling::ffi::LdaQcFlag;
     use latentda::{QcFlag, Status};
     // (C name, value, C++ name)
     let statuses: Vec<(String, i32, String)> = Status::ALL
         .iter()
         .map(|&s| {
-            let c = format!("{:?}", LdaStatus::from(s));
+            let c = s.c_name().to_string();
             let short = c.trim_start_matches("LDA_ERR_").trim_start_matches("LDA_").to_lowercase();
             (c, s as i32, short)
         })

@@ -347,3 +347,27 @@ fn cpp_layout_and_h_service() {
         assert_eq!(r.to_bits(), omb[i].to_bits(), "{name}: report O-B {r:e} vs value - H x_b of the service {:e}", omb[i]);
     }
 }
+
+/// Issue 23, item 6: the C++ class's step model (tests/coupling/step_model.cpp, built with the documented command).
+/// From std::function lambdas and from the C ABI's callbacks it gives the C ABI's l4dvar analysis bit for bit;
+/// l4dvar_check and report_number equal lda_l4dvar_check and lda_report_number; a step function's exception comes
+/// out of analyse with the arrays untouched; a call on the Context from inside its step model is refused
+/// (status::not_ready); clear_step_model brings back the bundle's model; a moved Context keeps its model.
+#[test]
+fn cpp_step_model_l4dvar_check_and_report_number() {
+    let cmd = documented_command("driver")
+        .replace("examples/cpp/driver.cpp", "tests/coupling/step_model.cpp")
+        .replace("target/cpp-driver", "target/cpp-step-model");
+    let out = Command::new("sh").arg("-c").arg(&cmd).current_dir(root()).output().expect("sh");
+    assert!(out.status.success(), "{cmd}\n{}", String::from_utf8_lossy(&out.stderr));
+    let dir = common::scratch("cpp_step_model");
+    let bundle = common::fixture("tanh");
+    let layout = latentda::bundle::Bundle::open(&bundle).unwrap().layout;
+    let bg = latentda::bundle::ncio::read_state(&bundle.join("sample/background.nc"), &layout).unwrap();
+    let bg_bin = dir.join("background.bin");
+    std::fs::write(&bg_bin, bg.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+    let (code, out, err) = run(&root().join("target/cpp-step-model"), &[bundle.to_str().unwrap(), bg_bin.to_str().unwrap()]);
+    println!("{out}");
+    assert!(code == 0 && out.contains("PASSED") && !out.contains("FAIL"), "{out}\n{err}");
+    assert!(err.trim().is_empty(), "stderr: {err}");
+}

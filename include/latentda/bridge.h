@@ -963,6 +963,7 @@ namespace latentda {
     struct VarInfo;
     struct ObsValues;
     struct NoiseFloor;
+    struct L4dvarCheck;
     struct Context;
   }
 }
@@ -1035,6 +1036,19 @@ struct NoiseFloor final {
 };
 #endif // CXXBRIDGE1_STRUCT_latentda$detail$NoiseFloor
 
+#ifndef CXXBRIDGE1_STRUCT_latentda$detail$L4dvarCheck
+#define CXXBRIDGE1_STRUCT_latentda$detail$L4dvarCheck
+// Adjoint tests of latent 4D-Var's step model (see `lda_l4dvar_check`).
+struct L4dvarCheck final {
+  // Relative dot-product error of one step of the step model.
+  double step_dot CXX_DEFAULT_VALUE(0);
+  // Relative dot-product error of the chained transform w -> [dx_0, ..., dx_K].
+  double chained_dot CXX_DEFAULT_VALUE(0);
+
+  using IsRelocatable = ::std::true_type;
+};
+#endif // CXXBRIDGE1_STRUCT_latentda$detail$L4dvarCheck
+
 #ifndef CXXBRIDGE1_STRUCT_latentda$detail$Context
 #define CXXBRIDGE1_STRUCT_latentda$detail$Context
 struct Context final : public ::rust::Opaque {
@@ -1053,6 +1067,18 @@ struct Context final : public ::rust::Opaque {
   // Sets the observation times (hours from the analysis time) of the observations set last (method l4dvar).
   void set_obs_times(::rust::Slice<double const> time_hours);
 
+  // Sets `k` ensemble members, member after member in the state layout (see `lda_set_ensemble`); k = 0
+  // removes them.
+  void set_ensemble(::std::size_t k, ::rust::Slice<double const> members);
+
+  // Installs the host's step model for method l4dvar (see `lda_set_step_model`): the addresses of three C
+  // callbacks (`LdaStepFn`, `LdaStepTlFn`, `LdaStepAdFn`; all three 0 removes the host model) and the
+  // `user` pointer passed back to them, as integers (cxx passes no C function pointers from C++ to Rust).
+  void set_step_model(::std::size_t step, ::std::size_t tl, ::std::size_t ad, ::std::size_t user, double time_step_hours);
+
+  // Adjoint tests of the step model and the chained 4D transform over `nslots` slots (see `lda_l4dvar_check`).
+  ::latentda::detail::L4dvarCheck l4dvar_check(::std::int32_t nslots, ::std::uint64_t seed);
+
   // Runs an analysis (`method` empty for the option's default); bound arrays are written only on success.
   void analyse(::rust::Str method);
 
@@ -1061,6 +1087,9 @@ struct Context final : public ::rust::Opaque {
 
   // JSON report of the last successful analysis.
   ::rust::String report_json() const;
+
+  // One number of that report by its dot-separated path (see `lda_report_number`).
+  double report_number(::rust::Str path) const;
 
   // Control-vector size of the B operator (option `b_operator`).
   ::std::size_t control_size() const;

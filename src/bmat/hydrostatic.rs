@@ -160,23 +160,62 @@ impl Hydrostatic {
         (&self.ct, &self.cq, self.cps)
     }
 
+    /// The z block of `x` (mutable) and the channels before and after it (`x` split around z).
+    fn split_z<'x>(&self, x: &'x mut [f64]) -> (&'x mut [f64], &'x mut [f64], &'x mut [f64]) {
+        let np = self.np;
+        let (before, rest) = x.split_at_mut(self.z0 * np);
+        let (z, after) = rest.split_at_mut(self.nlev * np);
+        (before, z, after)
+    }
+
+    /// Channel `c` (not a z channel) of a state split by [`Hydrostatic::split_z`].
+    fn channel<'x>(&self, before: &'x [f64], after: &'x [f64], c: usize) -> &'x [f64] {
+        let np = self.np;
+        if c < self.z0 {
+            &before[c * np..(c + 1) * np]
+        } else {
+            let c = c - self.z0 - self.nlev;
+            &after[c * np..(c + 1) * np]
+        }
+    }
+
+    /// Mutable channel `c` (not a z channel) of a state split by [`Hydrostatic::split_z`].
+    fn channel_mut<'x>(&self, before: &'x mut [f64], after: &'x mut [f64], c: usize) -> &'x mut [f64] {
+        let np = self.np;
+        if c < self.z0 {
+            &mut before[c * np..(c + 1) * np]
+        } else {
+            let c = c - self.z0 - self.nlev;
+            &mut after[c * np..(c + 1) * np]
+        }
+    }
+
     /// Overwrites the z channels of the state increment `x` with the balanced increment of its t, q, ps channels.
+    ///
+    /// Level by level over all points (contiguous): dz_k = cps dps + sum_j (ct_kj dT_j + cq_kj dq_j), accumulated in
+    /// this order at every point.
     pub fn apply(&self, x: &mut [f64]) {
-        let (n, np) = (self.nlev, self.np);
-        let mut col = vec![0.0; n];
-        for p in 0..np {
-            for k in 0..n {
-                let mut s = self.ps.map_or(0.0, |c| self.cps * x[c * np + p]);
-                for j in 0..n {
-                    s += self.ct[k * n + j] * x[(self.t0 + j) * np + p];
-                    if let Some(q) = self.q0 {
-                        s += self.cq[k * n + j] * x[(q + j) * np + p];
-                    }
-                }
-                col[k] = s;
+        let n = self.nlev;
+        let (before, z, after) = self.split_z(x);
+        let (before, after) = (&*before, &*after);
+        for k in 0..n {
+            let zk = &mut z[k * self.np..(k + 1) * self.np];
+            match self.ps {
+                Some(c) => zk.iter_mut().zip(self.channel(before, after, c)).for_each(|(z, p)| *z = self.cps * p),
+                None => zk.iter_mut().for_each(|z| *z = 0.0),
             }
-            for k in 0..n {
-                x[(self.z0 + k) * np + p] = col[k];
+            for j in 0..n {
+                let (a, t) = (self.ct[k * n + j], self.channel(before, after, self.t0 + j));
+                match self.q0 {
+                    Some(q0) => {
+                        let (b, q) = (self.cq[k * n + j], self.channel(before, after, q0 + j));
+                        zk.iter_mut().zip(t).zip(q).for_each(|((z, t), q)| {
+                            *z += a * t;
+                            *z += b * q;
+                        });
+                    }
+                    None => zk.iter_mut().zip(t).for_each(|(z, t)| *z += a * t),
+                }
             }
         }
     }
@@ -184,24 +223,24 @@ impl Hydrostatic {
     /// The adjoint of [`Hydrostatic::apply`] (as a map of the whole state): adds the transposed coefficients times
     /// the z channels of `x` into its t, q, ps channels, then zeroes the z channels.
     pub fn adjoint(&self, x: &mut [f64]) {
-        let (n, np) = (self.nlev, self.np);
-        for p in 0..np {
-            for k in 0..n {
-                let zk = x[(self.z0 + k) * np + p];
-                if let Some(c) = self.ps {
-                    x[c * np + p] += self.cps * zk;
-                }
-                for j in 0..n {
-                    x[(self.t0 + j) * np + p] += self.ct[k * n + j] * zk;
-                    if let Some(q) = self.q0 {
-                        x[(q + j) * np + p] += self.cq[k * n + j] * zk;
-                    }
-                }
+        let n = self.nlev;
+        let (before, z, after) = self.split_z(x);
+        for k in 0..n {
+            let zk = &z[k * self.np..(k + 1) * self.np];
+            if let Some(c) = self.ps {
+                let cps = self.cps;
+                self.channel_mut(before, after, c).iter_mut().zip(zk).for_each(|(p, z)| *p += cps * z);
             }
-            for k in 0..n {
-                x[(self.z0 + k) * np + p] = 0.0;
+            for j in 0..n {
+                let a = self.ct[k * n + j];
+                self.channel_mut(before, after, self.t0 + j).iter_mut().zip(zk).for_each(|(t, z)| *t += a * z);
+                if let Some(q0) = self.q0 {
+                    let b = self.cq[k * n + j];
+                    self.channel_mut(before, after, q0 + j).iter_mut().zip(zk).for_each(|(q, z)| *q += b * z);
+                }
             }
         }
+        z.iter_mut().for_each(|z| *z = 0.0);
     }
 
     /// Variance of dz at one point from the covariance of its sources there: `cov_t`, `cov_q` (nlev x nlev, row-major)
@@ -224,5 +263,76 @@ impl Hydrostatic {
     /// Channel of ps when the operator uses it, first channel of q when it uses q.
     pub fn sources(&self) -> (usize, Option<usize>, Option<usize>) {
         (self.t0, self.q0, self.ps)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::grid::{Grid, GridKind, Vertical};
+    use crate::numeric::Rng;
+
+    /// The point-by-point form of `apply` and `adjoint` (the loops before they ran over whole channels).
+    fn reference(h: &Hydrostatic, x: &mut [f64], adjoint: bool) {
+        let (n, np) = (h.nlev, h.np);
+        for p in 0..np {
+            if adjoint {
+                for k in 0..n {
+                    let zk = x[(h.z0 + k) * np + p];
+                    if let Some(c) = h.ps {
+                        x[c * np + p] += h.cps * zk;
+                    }
+                    for j in 0..n {
+                        x[(h.t0 + j) * np + p] += h.ct[k * n + j] * zk;
+                        if let Some(q) = h.q0 {
+                            x[(q + j) * np + p] += h.cq[k * n + j] * zk;
+                        }
+                    }
+                }
+                (0..n).for_each(|k| x[(h.z0 + k) * np + p] = 0.0);
+            } else {
+                let col: Vec<f64> = (0..n)
+                    .map(|k| {
+                        let mut s = h.ps.map_or(0.0, |c| h.cps * x[c * np + p]);
+                        for j in 0..n {
+                            s += h.ct[k * n + j] * x[(h.t0 + j) * np + p];
+                            if let Some(q) = h.q0 {
+                                s += h.cq[k * n + j] * x[(q + j) * np + p];
+                            }
+                        }
+                        s
+                    })
+                    .collect();
+                (0..n).for_each(|k| x[(h.z0 + k) * np + p] = col[k]);
+            }
+        }
+    }
+
+    /// The channel-wise loops give the point-by-point results bit for bit (same operations in the same order at
+    /// every point), with q and ps (pressure levels) and without (sigma, t and z only).
+    #[test]
+    fn channel_loops_equal_the_point_loops_bit_for_bit() {
+        let grid = Grid::new(GridKind::Regular, vec![60.0, 20.0, -20.0, -60.0], (0..8).map(|i| 45.0 * i as f64).collect()).unwrap();
+        let pressure = Vertical::new(VerticalKind::Pressure, vec![30000.0, 60000.0, 90000.0]).unwrap();
+        let sigma = Vertical::new(VerticalKind::Sigma, vec![0.3, 0.6, 0.9]).unwrap();
+        let v = |n: &str, u: &str, l: usize| (n.to_string(), u.to_string(), l);
+        let cases = [
+            (pressure, vec![v("u", "m/s", 3), v("t", "K", 3), v("q", "kg/kg", 3), v("z", "m2 s-2", 3), v("ps", "Pa", 0)]),
+            (sigma, vec![v("t", "K", 3), v("z", "m2 s-2", 3), v("ps", "Pa", 0)]),
+        ];
+        for (vert, vars) in cases {
+            let units: Vec<String> = vars.iter().map(|(_, u, _)| u.clone()).collect();
+            let lay = Layout::new(grid.clone(), vert, vars).unwrap();
+            let mean: Vec<f64> = (0..lay.nchan).map(|c| if c + 1 == lay.nchan { 1.0e5 } else { 250.0 + c as f64 }).collect();
+            let h = Hydrostatic::for_layout(&lay, &units, &mean).unwrap().expect("t and z");
+            let mut rng = Rng::new(4);
+            for adjoint in [false, true] {
+                let x = rng.normals(lay.state_len());
+                let (mut a, mut b) = (x.clone(), x);
+                if adjoint { h.adjoint(&mut a) } else { h.apply(&mut a) }
+                reference(&h, &mut b, adjoint);
+                assert!(a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits()), "adjoint = {adjoint}");
+            }
+        }
     }
 }

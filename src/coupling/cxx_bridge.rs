@@ -10,8 +10,12 @@
 //! what `lda_last_error` would return. The header parses the prefix back. Every body runs under `guard` (calls on a
 //! context under `guard_ctx`), which catches panics (a panic in an `extern "Rust"` function would otherwise abort the
 //! C++ host) without printing them and reports them as `LDA_ERR_INTERNAL`; after one, the context fails every later
-//! call, as in the C ABI. The C++ class owns its context by value (RAII, move-only) and registers no callbacks, so
-//! the C ABI's double-close and re-entry checks have no C++ counterpart to need.
+//! call, as in the C ABI. The C++ class owns its context by value (RAII, move-only), so the C ABI's double-close
+//! check has no C++ counterpart. Its one kind of callback, the step model of `set_step_model` (C function pointers,
+//! or `std::function`s behind the header's trampolines), runs while Rust holds `&mut Context`: the header refuses
+//! every call on the same `latentda::Context` from inside it (`status::not_ready`, the C ABI's re-entry message)
+//! before it could reach Rust, and carries a C++ exception thrown by it across the Rust frames as a status, to
+//! rethrow it once the call has returned.
 //!
 //! Build: `build.rs` compiles the generated C++ glue into the Rust library (`cxx_build`), so `liblatentda.a` is all a
 //! C++ program links; it also copies the generated header to `include/latentda/bridge.h` and `rust/cxx.h` to
@@ -20,6 +24,8 @@
 use std::cell::Cell;
 
 use crate::error::{Error, Result, Status};
+use crate::coupling::callbacks::HostStep;
+use crate::coupling::ffi::{report_lookup, LdaStepAdFn, LdaStepFn, LdaStepTlFn};
 use crate::coupling::host::{HostContext, HostData};
 use crate::model::backend::catch_quietly;
 
@@ -73,6 +79,14 @@ mod ffi {
         adjoint_mismatch: f64,
     }
 
+    /// Adjoint tests of latent 4D-Var's step model (see `lda_l4dvar_check`).
+    struct L4dvarCheck {
+        /// Relative dot-product error of one step of the step model.
+        step_dot: f64,
+        /// Relative dot-product error of the chained transform w -> [dx_0, ..., dx_K].
+        chained_dot: f64,
+    }
+
     // Opaque Rust context; C++ owns it as rust::Box<Context> (RAII) inside the public latentda::Context.
     extern "Rust" {
         type Context;
@@ -99,12 +113,23 @@ mod ffi {
         ) -> Result<()>;
         /// Sets the observation times (hours from the analysis time) of the observations set last (method l4dvar).
         fn set_obs_times(self: &mut Context, time_hours: &[f64]) -> Result<()>;
+        /// Sets `k` ensemble members, member after member in the state layout (see `lda_set_ensemble`); k = 0
+        /// removes them.
+        fn set_ensemble(self: &mut Context, k: usize, members: &[f64]) -> Result<()>;
+        /// Installs the host's step model for method l4dvar (see `lda_set_step_model`): the addresses of three C
+        /// callbacks (`LdaStepFn`, `LdaStepTlFn`, `LdaStepAdFn`; all three 0 removes the host model) and the
+        /// `user` pointer passed back to them, as integers (cxx passes no C function pointers from C++ to Rust).
+        unsafe fn set_step_model(self: &mut Context, step: usize, tl: usize, ad: usize, user: usize, time_step_hours: f64) -> Result<()>;
+        /// Adjoint tests of the step model and the chained 4D transform over `nslots` slots (see `lda_l4dvar_check`).
+        fn l4dvar_check(self: &mut Context, nslots: i32, seed: u64) -> Result<L4dvarCheck>;
         /// Runs an analysis (`method` empty for the option's default); bound arrays are written only on success.
         fn analyse(self: &mut Context, method: &str) -> Result<()>;
         /// QC flags of the last successful analysis.
         fn obs_qc(self: &Context) -> Result<Vec<i32>>;
         /// JSON report of the last successful analysis.
         fn report_json(self: &Context) -> Result<String>;
+        /// One number of that report by its dot-separated path (see `lda_report_number`).
+        fn report_number(self: &Context, path: &str) -> Result<f64>;
         /// Control-vector size of the B operator (option `b_operator`).
         fn control_size(self: &Context) -> Result<usize>;
         /// Full state length.
@@ -253,6 +278,63 @@ impl Context {
 
     fn set_obs_times(&mut self, time_hours: &[f64]) -> BridgeResult<()> {
         guard_ctx(&self.failed, || self.host.set_obs_times(time_hours))
+    }
+
+    fn set_ensemble(&mut self, k: usize, members: &[f64]) -> BridgeResult<()> {
+        guard_ctx(&self.failed, || {
+            let an = &mut self.host.analyser;
+            if k == 0 {
+                an.clear_ensemble();
+                return Ok(());
+            }
+            let n = an.bundle.layout.state_len();
+            if k.checked_mul(n) != Some(members.len()) {
+                return Err(Error::arg(format!(
+                    "set_ensemble: {} values for k = {k} members of the state size {n}",
+                    members.len()
+                )));
+            }
+            an.set_ensemble(members.chunks_exact(n).map(<[f64]>::to_vec).collect())
+        })
+    }
+
+    /// # Safety
+    /// `step`, `tl` and `ad` are each 0 or the address of a function of the C type `LdaStepFn`, `LdaStepTlFn` and
+    /// `LdaStepAdFn` respectively, callable with `user` for as long as the model is installed (the header's
+    /// trampolines and the `StepFns` they read live in the C++ `Context`, which outlives this one).
+    unsafe fn set_step_model(&mut self, step: usize, tl: usize, ad: usize, user: usize, time_step_hours: f64) -> BridgeResult<()> {
+        guard_ctx(&self.failed, || {
+            // SAFETY: `Option<unsafe extern "C" fn>` has the size of usize, 0 is `None` (the niche of a non-null
+            // function pointer), and any other value is a function of the right type (the contract above).
+            let (step, tl, ad) = unsafe {
+                (
+                    std::mem::transmute::<usize, LdaStepFn>(step),
+                    std::mem::transmute::<usize, LdaStepTlFn>(tl),
+                    std::mem::transmute::<usize, LdaStepAdFn>(ad),
+                )
+            };
+            if step.is_none() && tl.is_none() && ad.is_none() {
+                self.host.set_step_model(None);
+                return Ok(());
+            }
+            let m = HostStep::new(step, tl, ad, user as *mut std::ffi::c_void, self.host.state_size(), time_step_hours)?;
+            self.host.set_step_model(Some(m));
+            Ok(())
+        })
+    }
+
+    fn l4dvar_check(&mut self, nslots: i32, seed: u64) -> BridgeResult<ffi::L4dvarCheck> {
+        guard_ctx(&self.failed, || {
+            if !(1..=1000).contains(&nslots) {
+                return Err(Error::arg(format!("l4dvar_check: nslots = {nslots} must be in 1..=1000")));
+            }
+            let c = self.host.l4dvar_check(nslots as usize, seed)?;
+            Ok(ffi::L4dvarCheck { step_dot: c.step_dot.rel, chained_dot: c.chained_dot.rel })
+        })
+    }
+
+    fn report_number(&self, path: &str) -> BridgeResult<f64> {
+        guard_ctx(&self.failed, || report_lookup(self.host.report_json()?, path))
     }
 
     fn analyse(&mut self, method: &str) -> BridgeResult<()> {

@@ -17,52 +17,8 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result, Status};
 use crate::coupling::callbacks::HostStep;
-use crate::coupling::host::{HostContext, HostData};
+use crate::coupling::host::{HostContext, HostData, Order};
 use crate::model::backend::catch_quietly;
-
-/// Status codes: every latentda function except `lda_last_error` and `lda_version` returns an `int32_t` holding one
-/// of these values (`LdaStatus` is a typedef of `int32_t`).
-///
-/// `LDA_OK` (0) is success; every other value is a failure, and `lda_last_error` then returns a message that names
-/// the argument, variable, file or index at fault. The numeric values are stable. A failing call never writes the
-/// bound host arrays and leaves bindings and observations as they were (a failing `lda_analyse` does discard the
-/// QC flags and report of the previous analysis).
-#[repr(i32)]
-#[allow(non_camel_case_types)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LdaStatus {
-    /// Success.
-    LDA_OK = 0,
-    /// A required pointer argument (or the context) was NULL; the message names the argument.
-    LDA_ERR_NULL_POINTER = 1,
-    /// An argument was invalid: unknown variable name, wrong ndim/shape/order at bind, observation count 0, wrong
-    /// buffer length, unknown method, a bad options string, or a context pointer that is not an open context
-    /// (closed already, e.g. a second `lda_close`, or never returned by `lda_open`).
-    LDA_ERR_INVALID_ARGUMENT = 2,
-    /// The bundle directory is missing, or the bundle is malformed or fails validation (manifest, checksums, ONNX
-    /// input/output names and shapes, statistics).
-    LDA_ERR_BUNDLE = 3,
-    /// The execution backend or device cannot be used (ONNX Runtime library not found, CUDA unavailable, a model
-    /// run failed).
-    LDA_ERR_BACKEND = 4,
-    /// Reading or writing a file failed.
-    LDA_ERR_IO = 5,
-    /// Input data are invalid: NaN or Inf in a bound field (the message gives variable and indices) or in a
-    /// control vector. Never returned for observations: a bad observation is QC-flagged, not an error.
-    LDA_ERR_INVALID_DATA = 6,
-    /// Not ready: a field is not bound, no observations were set, no analysis has succeeded yet (for
-    /// `lda_obs_qc`/`lda_report_json`), the bundle lacks what the method needs (method "3dvar" or "hybrid", or B
-    /// operator "static" or "hybrid", without baseline statistics), or the context is busy: a call on it from
-    /// inside one of its own callbacks (re-entry) is refused at once.
-    LDA_ERR_NOT_READY = 7,
-    /// The minimisation failed (non-finite cost, gradient or analysis).
-    LDA_ERR_SOLVER = 8,
-    /// Internal error (a Rust panic caught at the boundary). The context is failed: every later call on it returns
-    /// this code until `lda_close`.
-    LDA_ERR_INTERNAL = 9,
-    /// An output buffer is too small; the needed size was returned (`lda_report_json`).
-    LDA_ERR_BUFFER_TOO_SMALL = 10,
-}
 
 /// Quality-control flag of one observation, as returned by `lda_obs_qc` (an `int32_t` in C).
 #[repr(i32)]
@@ -87,20 +43,6 @@ pub enum LdaQcFlag {
     /// Rejected by method "l4dvar": the observation time (`lda_set_obs_times`) is outside the assimilation window
     /// [0, `window_hours`]. Other methods ignore observation times.
     LDA_QC_OUTSIDE_WINDOW = 6,
-}
-
-/// Memory order of a bound host array (the `order` argument of `lda_bind_field_f32`/`_f64`, an `int32_t`).
-///
-/// Both describe the same memory (longitude fastest, then latitude north to south, then level top to bottom); only
-/// the way the shape is written differs.
-#[repr(i32)]
-#[allow(non_camel_case_types)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LdaOrder {
-    /// C (row-major): shape (nlev, nlat, nlon) for upper-air fields, (nlat, nlon) for surface fields.
-    LDA_ORDER_C = 0,
-    /// Fortran (column-major): shape (nlon, nlat, nlev) or (nlon, nlat), in Fortran terms.
-    LDA_ORDER_FORTRAN = 1,
 }
 
 /// Horizontal grid kind of the bundle (`kind_out` of `lda_grid_info`, an `int32_t`).
@@ -144,28 +86,31 @@ impl From<crate::bundle::grid::VerticalKind> for LdaVertical {
     }
 }
 
-/// `LdaStatus` values as `i32`, for Rust callers of the C ABI (not exported to the header, which has the enum).
-pub const LDA_OK: i32 = LdaStatus::LDA_OK as i32;
-/// See [`LdaStatus::LDA_ERR_NULL_POINTER`].
-pub const LDA_ERR_NULL_POINTER: i32 = LdaStatus::LDA_ERR_NULL_POINTER as i32;
-/// See [`LdaStatus::LDA_ERR_INVALID_ARGUMENT`].
-pub const LDA_ERR_INVALID_ARGUMENT: i32 = LdaStatus::LDA_ERR_INVALID_ARGUMENT as i32;
-/// See [`LdaStatus::LDA_ERR_BUNDLE`].
-pub const LDA_ERR_BUNDLE: i32 = LdaStatus::LDA_ERR_BUNDLE as i32;
-/// See [`LdaStatus::LDA_ERR_BACKEND`].
-pub const LDA_ERR_BACKEND: i32 = LdaStatus::LDA_ERR_BACKEND as i32;
-/// See [`LdaStatus::LDA_ERR_IO`].
-pub const LDA_ERR_IO: i32 = LdaStatus::LDA_ERR_IO as i32;
-/// See [`LdaStatus::LDA_ERR_INVALID_DATA`].
-pub const LDA_ERR_INVALID_DATA: i32 = LdaStatus::LDA_ERR_INVALID_DATA as i32;
-/// See [`LdaStatus::LDA_ERR_NOT_READY`].
-pub const LDA_ERR_NOT_READY: i32 = LdaStatus::LDA_ERR_NOT_READY as i32;
-/// See [`LdaStatus::LDA_ERR_SOLVER`].
-pub const LDA_ERR_SOLVER: i32 = LdaStatus::LDA_ERR_SOLVER as i32;
-/// See [`LdaStatus::LDA_ERR_INTERNAL`].
-pub const LDA_ERR_INTERNAL: i32 = LdaStatus::LDA_ERR_INTERNAL as i32;
-/// See [`LdaStatus::LDA_ERR_BUFFER_TOO_SMALL`].
-pub const LDA_ERR_BUFFER_TOO_SMALL: i32 = LdaStatus::LDA_ERR_BUFFER_TOO_SMALL as i32;
+// The C ABI's numbers as `i32`, for Rust callers of the C ABI (tests, a Rust host): views of the one enum of each
+// kind, not copies (`Status` in src/error.rs, `Order` in src/coupling/host.rs, exported to the header by cbindgen as
+// `LdaStatus` and `LdaOrder`). cbindgen.toml excludes them from the header, which has the enums.
+/// `LDA_OK` ([`Status::Ok`]).
+pub const LDA_OK: i32 = Status::Ok as i32;
+/// `LDA_ERR_NULL_POINTER` ([`Status::NullPointer`]).
+pub const LDA_ERR_NULL_POINTER: i32 = Status::NullPointer as i32;
+/// `LDA_ERR_INVALID_ARGUMENT` ([`Status::InvalidArgument`]).
+pub const LDA_ERR_INVALID_ARGUMENT: i32 = Status::InvalidArgument as i32;
+/// `LDA_ERR_BUNDLE` ([`Status::Bundle`]).
+pub const LDA_ERR_BUNDLE: i32 = Status::Bundle as i32;
+/// `LDA_ERR_BACKEND` ([`Status::Backend`]).
+pub const LDA_ERR_BACKEND: i32 = Status::Backend as i32;
+/// `LDA_ERR_IO` ([`Status::Io`]).
+pub const LDA_ERR_IO: i32 = Status::Io as i32;
+/// `LDA_ERR_INVALID_DATA` ([`Status::InvalidData`]).
+pub const LDA_ERR_INVALID_DATA: i32 = Status::InvalidData as i32;
+/// `LDA_ERR_NOT_READY` ([`Status::NotReady`]).
+pub const LDA_ERR_NOT_READY: i32 = Status::NotReady as i32;
+/// `LDA_ERR_SOLVER` ([`Status::Solver`]).
+pub const LDA_ERR_SOLVER: i32 = Status::Solver as i32;
+/// `LDA_ERR_INTERNAL` ([`Status::Internal`]).
+pub const LDA_ERR_INTERNAL: i32 = Status::Internal as i32;
+/// `LDA_ERR_BUFFER_TOO_SMALL` ([`Status::BufferTooSmall`]).
+pub const LDA_ERR_BUFFER_TOO_SMALL: i32 = Status::BufferTooSmall as i32;
 /// See [`LdaQcFlag::LDA_QC_USED`].
 pub const LDA_QC_USED: i32 = LdaQcFlag::LDA_QC_USED as i32;
 /// See [`LdaQcFlag::LDA_QC_INVALID`].
@@ -180,27 +125,15 @@ pub const LDA_QC_UNKNOWN_VARIABLE: i32 = LdaQcFlag::LDA_QC_UNKNOWN_VARIABLE as i
 pub const LDA_QC_BACKGROUND_CHECK: i32 = LdaQcFlag::LDA_QC_BACKGROUND_CHECK as i32;
 /// See [`LdaQcFlag::LDA_QC_OUTSIDE_WINDOW`].
 pub const LDA_QC_OUTSIDE_WINDOW: i32 = LdaQcFlag::LDA_QC_OUTSIDE_WINDOW as i32;
-/// See [`LdaOrder::LDA_ORDER_C`].
-pub const LDA_ORDER_C: i32 = LdaOrder::LDA_ORDER_C as i32;
-/// See [`LdaOrder::LDA_ORDER_FORTRAN`].
-pub const LDA_ORDER_FORTRAN: i32 = LdaOrder::LDA_ORDER_FORTRAN as i32;
+/// `LDA_ORDER_C` ([`Order::C`]).
+pub const LDA_ORDER_C: i32 = Order::C as i32;
+/// `LDA_ORDER_FORTRAN` ([`Order::Fortran`]).
+pub const LDA_ORDER_FORTRAN: i32 = Order::Fortran as i32;
 
-// The C enums above are literal copies (cbindgen needs literals) of the Rust definitions they expose: the compiler
-// checks every value here, and tests/coupling.rs checks the header, C++, Fortran and documentation copies.
+// The QC flag enum above is a literal copy (cbindgen needs literals) of `crate::obs::QcFlag`: the compiler checks
+// every value here, and tests/coupling.rs checks the header, C++, Fortran and documentation copies.
 const _: () = {
-    use crate::coupling::host::{ORDER_C, ORDER_FORTRAN};
     use crate::obs::QcFlag;
-    assert!(LdaStatus::LDA_OK as i32 == Status::Ok as i32);
-    assert!(LdaStatus::LDA_ERR_NULL_POINTER as i32 == Status::NullPointer as i32);
-    assert!(LdaStatus::LDA_ERR_INVALID_ARGUMENT as i32 == Status::InvalidArgument as i32);
-    assert!(LdaStatus::LDA_ERR_BUNDLE as i32 == Status::Bundle as i32);
-    assert!(LdaStatus::LDA_ERR_BACKEND as i32 == Status::Backend as i32);
-    assert!(LdaStatus::LDA_ERR_IO as i32 == Status::Io as i32);
-    assert!(LdaStatus::LDA_ERR_INVALID_DATA as i32 == Status::InvalidData as i32);
-    assert!(LdaStatus::LDA_ERR_NOT_READY as i32 == Status::NotReady as i32);
-    assert!(LdaStatus::LDA_ERR_SOLVER as i32 == Status::Solver as i32);
-    assert!(LdaStatus::LDA_ERR_INTERNAL as i32 == Status::Internal as i32);
-    assert!(LdaStatus::LDA_ERR_BUFFER_TOO_SMALL as i32 == Status::BufferTooSmall as i32);
     assert!(Status::ALL.len() == 11 && QcFlag::ALL.len() == 7);
     assert!(LdaQcFlag::LDA_QC_USED as i32 == QcFlag::Used as i32);
     assert!(LdaQcFlag::LDA_QC_INVALID as i32 == QcFlag::Invalid as i32);
@@ -209,26 +142,7 @@ const _: () = {
     assert!(LdaQcFlag::LDA_QC_UNKNOWN_VARIABLE as i32 == QcFlag::UnknownVariable as i32);
     assert!(LdaQcFlag::LDA_QC_BACKGROUND_CHECK as i32 == QcFlag::BackgroundCheck as i32);
     assert!(LdaQcFlag::LDA_QC_OUTSIDE_WINDOW as i32 == QcFlag::OutsideWindow as i32);
-    assert!(LdaOrder::LDA_ORDER_C as i32 == ORDER_C && LdaOrder::LDA_ORDER_FORTRAN as i32 == ORDER_FORTRAN);
 };
-
-impl From<Status> for LdaStatus {
-    fn from(s: Status) -> Self {
-        match s {
-            Status::Ok => LdaStatus::LDA_OK,
-            Status::NullPointer => LdaStatus::LDA_ERR_NULL_POINTER,
-            Status::InvalidArgument => LdaStatus::LDA_ERR_INVALID_ARGUMENT,
-            Status::Bundle => LdaStatus::LDA_ERR_BUNDLE,
-            Status::Backend => LdaStatus::LDA_ERR_BACKEND,
-            Status::Io => LdaStatus::LDA_ERR_IO,
-            Status::InvalidData => LdaStatus::LDA_ERR_INVALID_DATA,
-            Status::NotReady => LdaStatus::LDA_ERR_NOT_READY,
-            Status::Solver => LdaStatus::LDA_ERR_SOLVER,
-            Status::Internal => LdaStatus::LDA_ERR_INTERNAL,
-            Status::BufferTooSmall => LdaStatus::LDA_ERR_BUFFER_TOO_SMALL,
-        }
-    }
-}
 
 impl From<crate::obs::QcFlag> for LdaQcFlag {
     fn from(f: crate::obs::QcFlag) -> Self {
@@ -344,7 +258,7 @@ fn set_error(ctx: Option<&LdaContext>, e: &Error) -> i32 {
         }
         None => OPEN_ERROR.with(|o| o.borrow_mut().clone_from(&e.message)),
     }
-    LdaStatus::from(e.status) as i32
+    e.status as i32
 }
 
 /// Runs `f` on the context with panics caught (quietly: nothing on the host's stderr) and the error recorded: the
@@ -421,11 +335,13 @@ unsafe fn c_str<'a>(p: *const c_char, what: &str) -> Result<&'a str> {
 ///   `ort_library`, `device` ("cpu" | "cuda:N"), `threads`, `cuda_tf32`, `method` ("l3dvar" | "3dvar" |
 ///   "hybrid" | "l4dvar"), `output` ("analysis" | "increment" | "full_state"), `solver` ("gauss_newton" | "adam"),
 ///   `gradient_reduction`, `max_pairs`, `outer_loops`, `max_inner`, `preconditioner` ("ritz" | "none"),
-///   `adam_steps`, `adam_lr`, `bg_check`, `bg_check_samples`, `hybrid_alpha`, `hybrid_beta`, `hybrid_variables`,
+///   `adam_steps`, `adam_lr`, `bg_check`, `bg_check_samples`, `bg_check_sigma_b` ("calibrated" | "flow"),
+///   `hybrid_alpha`, `hybrid_beta`, `hybrid_variables`,
 ///   `hybrid_alpha_tropics`, `hybrid_beta_tropics`, `hybrid_band_lat` (`[lat0, lat1]`), `baseline_variance_factor`,
 ///   `latent_variance_factor`, `latent_increment` ("linear" | "nonlinear"), `b_operator` ("latent" | "hybrid" |
-///   "static"), `window_hours`, `slot_hours`, `error_growth_per_hour`, `verbosity`, `self_test` (one `key = value`
-///   per line; see docs/coupling.md). Unknown keys are an error.
+///   "static"), `window_hours`, `slot_hours`, `error_growth_per_hour`, `verbosity`, `self_test`, `ensemble_gamma`,
+///   `ensemble_localisation_km`, `ensemble_localisation_model_km` (one `key = value` per line; see
+///   docs/coupling.md). Unknown keys are an error.
 /// - `out`: receives the new context; must not be NULL. It is set to NULL on failure.
 ///
 /// The strings are only read during the call. The context is owned by the caller and must be released with
@@ -829,7 +745,7 @@ pub extern "C" fn lda_report_json(ctx: *mut LdaContext, buf: *mut c_char, len: u
 }
 
 /// Looks up `path` in the report JSON value, selecting array elements by index or by their "name" field.
-fn report_lookup(json: &str, path: &str) -> Result<f64> {
+pub(crate) fn report_lookup(json: &str, path: &str) -> Result<f64> {
     let root: serde_json::Value =
         serde_json::from_str(json).map_err(|e| Error::new(Status::Internal, format!("report is not JSON: {e}")))?;
     let mut cur = &root;
@@ -1292,6 +1208,11 @@ pub extern "C" fn lda_bsqrt_noise(
 pub extern "C" fn lda_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr() as *const c_char
 }
+
+// Ensemble members (issue 24): `lda_set_ensemble` (cbindgen follows this declaration into the file).
+#[path = "ffi_ensemble.rs"]
+mod ensemble;
+pub use ensemble::lda_set_ensemble;
 
 #[cfg(test)]
 mod tests {

@@ -14,10 +14,28 @@ use crate::var::analysis::Analyser;
 use crate::var::fourd::{FourD, ForecastChecks};
 use crate::var::options::{BKind, Method, Options, OutputMode};
 
-/// Array order: C (row-major), shape (nlev, nlat, nlon) or (nlat, nlon).
-pub const ORDER_C: i32 = 0;
-/// Array order: Fortran (column-major), shape (nlon, nlat, nlev) or (nlon, nlat) in Fortran terms.
-pub const ORDER_FORTRAN: i32 = 1;
+/// Memory order of a bound host array (the `order` argument of `lda_bind_field_f32`/`_f64`, an `int32_t`).
+///
+/// Both describe the same memory (longitude fastest, then latitude north to south, then level top to bottom); only
+/// the way the shape is written differs.
+///
+/// cbindgen:prefix-with-name
+/// cbindgen:rename-all=ScreamingSnakeCase
+#[repr(i32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// C (row-major): shape (nlev, nlat, nlon) for upper-air fields, (nlat, nlon) for surface fields.
+    C = 0,
+    /// Fortran (column-major): shape (nlon, nlat, nlev) or (nlon, nlat), in Fortran terms.
+    Fortran = 1,
+}
+
+impl Order {
+    /// The order with numeric value `order` (as passed through the C ABI), or `None` for any other number.
+    pub fn from_code(order: i32) -> Option<Order> {
+        [Order::C, Order::Fortran].into_iter().find(|o| *o as i32 == order)
+    }
+}
 
 /// A host array (pointer to its first element); its length is fixed by the bound variable's shape.
 #[derive(Debug, Clone, Copy)]
@@ -125,9 +143,9 @@ impl HostContext {
         let lay = &self.analyser.bundle.layout;
         let var = &lay.variables[v];
         let (nlat, nlon) = (lay.grid.nlat() as i64, lay.grid.nlon() as i64);
-        if order != ORDER_C && order != ORDER_FORTRAN {
+        let Some(order) = Order::from_code(order) else {
             return Err(Error::arg(format!("bind_field '{name}': order = {order} (use 0 for C, 1 for Fortran)")));
-        }
+        };
         let want_ndim = if var.is_surface() { 2 } else { 3 };
         if shape.len() != want_ndim {
             return Err(Error::arg(format!(
@@ -137,13 +155,13 @@ impl HostContext {
             )));
         }
         let mut want = if var.is_surface() { vec![nlat, nlon] } else { vec![var.nlev as i64, nlat, nlon] };
-        if order == ORDER_FORTRAN {
+        if order == Order::Fortran {
             want.reverse();
         }
         if shape != want.as_slice() {
             return Err(Error::arg(format!(
                 "bind_field '{name}': shape {shape:?} does not match the bundle grid; expected {want:?} in {} order",
-                if order == ORDER_C { "C (lev, lat, lon)" } else { "Fortran (lon, lat, lev)" }
+                if order == Order::C { "C (lev, lat, lon)" } else { "Fortran (lon, lat, lev)" }
             )));
         }
         let is_null = match data {
@@ -333,7 +351,7 @@ impl HostContext {
         let kind = self.ensure_b()?;
         let b = &self.analyser.bundle;
         let scale = crate::coupling::noise::dual_scale(&b.std, b.layout.grid.npoints());
-        self.analyser.with_b(kind, |op, ae| crate::coupling::noise::noise_floor(op, ae, &scale, seed, trials))
+        self.analyser.with_b_in_force(kind, |op, ae| crate::coupling::noise::noise_floor(op, ae, &scale, seed, trials))
     }
 
     /// Sets the times (hours from the analysis time) of the observations set last, in their order; `set_obs`
@@ -444,9 +462,11 @@ impl HostContext {
         BKind::parse(&self.analyser.options.b_operator)
     }
 
-    /// Control size of the host's B operator (the latent size for the latent B).
+    /// Control size of the host's B operator (the latent size for the latent B), with the ensemble part's when
+    /// members are set (`Analyser::set_ensemble`).
     pub fn control_size(&self) -> Result<usize> {
-        self.analyser.control_size(self.b_kind()?)
+        let kind = self.b_kind()?;
+        Ok(self.analyser.control_size(kind)? + self.analyser.ensemble_controls(kind))
     }
 
     /// Full state length.
@@ -466,6 +486,7 @@ impl HostContext {
             _ => Some(self.analyser.encode_background(&x_b)?),
         };
         self.analyser.prepare_b(kind, z.as_deref())?;
+        self.analyser.prepare_ensemble(kind, z.as_deref())?;
         self.b_point = Some((kind, z));
         Ok(())
     }
@@ -477,6 +498,7 @@ impl HostContext {
             None => self.b_linearise()?,
             Some((kind, z)) => {
                 self.analyser.prepare_b(*kind, z.as_deref())?;
+                self.analyser.prepare_ensemble(*kind, z.as_deref())?;
             }
         }
         Ok(self.b_point.as_ref().expect("linearised above").0)
@@ -521,7 +543,7 @@ impl HostContext {
         }
         let kind = self.ensure_b()?;
         let mut x = vec![0.0; self.state_size()];
-        self.analyser.with_b(kind, |b, ae| b.sqrt(ae, v, &mut x))?;
+        self.analyser.with_b_in_force(kind, |b, ae| b.sqrt(ae, v, &mut x))?;
         Ok(x)
     }
 
@@ -551,7 +573,7 @@ impl HostContext {
         }
         let kind = self.ensure_b()?;
         let mut v = vec![0.0; self.control_size()?];
-        self.analyser.with_b(kind, |b, ae| b.sqrt_ad(ae, xs, &mut v))?;
+        self.analyser.with_b_in_force(kind, |b, ae| b.sqrt_ad(ae, xs, &mut v))?;
         Ok(v)
     }
 
@@ -568,7 +590,7 @@ impl HostContext {
     /// linearisation (and shared with the background check of an analysis of the same background).
     pub fn bvariance_vec(&mut self) -> Result<Vec<f64>> {
         let kind = self.ensure_b()?;
-        self.analyser.with_b(kind, |b, ae| Ok(b.variance(ae)?.to_vec()))
+        self.analyser.with_b_in_force(kind, |b, ae| Ok(b.variance(ae)?.to_vec()))
     }
 
     /// diag(U U^T) into `out`, or into the bound arrays when `out` is `None`. The length is checked before any model
@@ -585,7 +607,7 @@ impl HostContext {
     pub fn brandomize_vec(&mut self, seed: u64) -> Result<Vec<f64>> {
         let kind = self.ensure_b()?;
         let mut x = vec![0.0; self.state_size()];
-        self.analyser.with_b(kind, |b, ae| b.randomize(ae, seed, &mut x))?;
+        self.analyser.with_b_in_force(kind, |b, ae| b.randomize(ae, seed, &mut x))?;
         Ok(x)
     }
 

@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use crate::model::backend::{ensure_backend, BackendInfo, ExecOptions, OnnxModel, TensorSpec};
+use crate::model::scale::ChannelScale;
 use crate::bundle::{Bundle, ModelRole};
 use crate::error::Result;
 
@@ -120,29 +121,16 @@ impl Autoencoder {
     }
 }
 
-/// z = E(N(x)) for a state x in physical units.
+/// z = E(N(x)) for a state x in physical units (`mean`, `sd` per channel, `npoints` points each).
 pub fn encode_state(ae: &mut Autoencoder, x: &[f64], mean: &[f64], sd: &[f64], npoints: usize) -> Result<Vec<f32>> {
     let mut xn = vec![0f32; ae.state_len];
-    normalise(x, mean, sd, npoints, &mut xn);
+    ChannelScale::new(mean, sd, npoints).normalise_to_f32(x, &mut xn);
     let mut z = vec![0f32; ae.latent_len];
     ae.encode(&xn, &mut z)?;
     Ok(z)
 }
 
-/// xn = (x - mean\[c\]) / sd\[c\].
-pub fn normalise(x: &[f64], mean: &[f64], sd: &[f64], npoints: usize, xn: &mut [f32]) {
-    for (c, (m, s)) in mean.iter().zip(sd).enumerate() {
-        for p in c * npoints..(c + 1) * npoints {
-            xn[p] = ((x[p] - m) / s) as f32;
-        }
-    }
-}
-
-/// x = mean\[c\] + sd\[c\] * xn.
+/// x = mean\[c\] + sd\[c\] * xn ([`ChannelScale::denormalise_from_f32`]).
 pub fn denormalise(xn: &[f32], mean: &[f64], sd: &[f64], npoints: usize, x: &mut [f64]) {
-    for (c, (m, s)) in mean.iter().zip(sd).enumerate() {
-        for p in c * npoints..(c + 1) * npoints {
-            x[p] = m + s * xn[p] as f64;
-        }
-    }
+    ChannelScale::new(mean, sd, npoints).denormalise_from_f32(xn, x);
 }

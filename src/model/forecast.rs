@@ -14,9 +14,10 @@
 use crate::bundle::{Bundle, ForecastSpace, StepRole};
 use crate::error::{Error, Result};
 use crate::model::backend::{ExecOptions, OnnxModel, TensorSpec};
+use crate::model::scale::ChannelScale;
 
 /// One time step of a forecast model with its tangent-linear and adjoint, on vectors of length
-/// [`len`](StepModel::len). Every call writes its whole output.
+/// [`state_len`](StepModel::state_len). Every call writes its whole output.
 pub trait StepModel {
     /// Length of the state the model steps.
     fn state_len(&self) -> usize;
@@ -128,9 +129,7 @@ impl StepModel for OnnxStep {
 /// M(x) = mean + sd * M_n((x - mean) / sd), M'(x) dx = sd * M_n'(xn) (dx / sd), M'(x)^T g = M_n'(xn)^T (sd * g) / sd.
 pub struct Normalised<'a> {
     inner: &'a mut dyn StepModel,
-    mean: &'a [f64],
-    sd: &'a [f64],
-    npoints: usize,
+    scale: ChannelScale,
     xn: Vec<f64>,
     d: Vec<f64>,
 }
@@ -139,33 +138,13 @@ impl<'a> Normalised<'a> {
     /// Wraps `inner` (length channels x `npoints`) with the per-channel normalisation `mean`, `sd`.
     pub fn new(inner: &'a mut dyn StepModel, mean: &'a [f64], sd: &'a [f64], npoints: usize) -> Self {
         let n = inner.state_len();
-        Normalised { inner, mean, sd, npoints, xn: vec![0.0; n], d: vec![0.0; n] }
-    }
-
-    /// v[p] = f(v[p], mean, sd) of the channel of p, in place.
-    fn map(&self, v: &mut [f64], f: impl Fn(f64, f64, f64) -> f64) {
-        let np = self.npoints;
-        for (c, (m, s)) in self.mean.iter().zip(self.sd).enumerate() {
-            for p in c * np..(c + 1) * np {
-                v[p] = f(v[p], *m, *s);
-            }
-        }
+        Normalised { inner, scale: ChannelScale::new(mean, sd, npoints), xn: vec![0.0; n], d: vec![0.0; n] }
     }
 
     /// self.xn = N(x).
     fn normalise(&mut self, x: &[f64]) {
-        let mut xn = std::mem::take(&mut self.xn);
-        xn.copy_from_slice(x);
-        self.map(&mut xn, |v, m, s| (v - m) / s);
-        self.xn = xn;
-    }
-
-    /// self.d = f(d) per channel.
-    fn load_d(&mut self, d: &[f64], f: impl Fn(f64, f64, f64) -> f64) {
-        let mut b = std::mem::take(&mut self.d);
-        b.copy_from_slice(d);
-        self.map(&mut b, f);
-        self.d = b;
+        self.xn.copy_from_slice(x);
+        self.scale.normalise_in_place(&mut self.xn);
     }
 }
 
@@ -182,21 +161,23 @@ impl StepModel for Normalised<'_> {
     fn step(&mut self, x: &[f64], x_next: &mut [f64]) -> Result<()> {
         self.normalise(x);
         self.inner.step(&self.xn, x_next)?;
-        self.map(x_next, |v, m, s| m + s * v);
+        self.scale.denormalise_in_place(x_next);
         Ok(())
     }
     fn tl(&mut self, x: &[f64], dx: &[f64], dx_next: &mut [f64]) -> Result<()> {
         self.normalise(x);
-        self.load_d(dx, |v, _, s| v / s);
+        self.d.copy_from_slice(dx);
+        self.scale.unscale_in_place(&mut self.d);
         self.inner.tl(&self.xn, &self.d, dx_next)?;
-        self.map(dx_next, |v, _, s| s * v);
+        self.scale.scale_in_place(dx_next);
         Ok(())
     }
     fn ad(&mut self, x: &[f64], dx_next: &[f64], dx: &mut [f64]) -> Result<()> {
         self.normalise(x);
-        self.load_d(dx_next, |v, _, s| s * v);
+        self.d.copy_from_slice(dx_next);
+        self.scale.scale_in_place(&mut self.d);
         self.inner.ad(&self.xn, &self.d, dx)?;
-        self.map(dx, |v, _, s| v / s);
+        self.scale.unscale_in_place(dx);
         Ok(())
     }
 }

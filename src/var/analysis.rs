@@ -54,7 +54,7 @@ pub struct Analyser {
     pub self_test: crate::model::selftest::SelfTest,
     cache: BCache,
     /// Ensemble members and the ensemble B parts built from them ([`Analyser::set_ensemble`]).
-    pub(crate) ensemble: Option<crate::var::ensemble::Ensemble>,
+    pub(crate) ensemble: Option<crate::var::members::Ensemble>,
 }
 
 /// B operators kept between calls (see the module documentation).

@@ -42,43 +42,7 @@ use crate::var::options::BKind;
 use crate::var::report::{EnsembleInfo, EnsembleSpreadSkill, Report};
 use crate::var::solver::ControlSpace;
 
-/// The members set on an [`Analyser`] and the ensemble B parts built from them (kept between analyses: the members'
-/// latents are encoded once, the latent part is rebuilt when the background moves, the model-space part when gamma
-/// or its localisation changes).
-pub struct Ensemble {
-    members: Vec<Vec<f64>>,
-    latents: Option<Vec<Vec<f32>>>,
-    latent: Option<LatentEnsembleB>,
-    model: Option<ModelEnsembleB>,
-}
-
-impl std::fmt::Debug for Ensemble {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ensemble")
-            .field("members", &self.members.len())
-            .field("encoded", &self.latents.is_some())
-            .field("latent_part", &self.latent.is_some())
-            .field("model_part", &self.model.is_some())
-            .finish()
-    }
-}
-
-impl Ensemble {
-    /// Number of members K.
-    pub fn len(&self) -> usize {
-        self.members.len()
-    }
-
-    /// Whether there are no members (never true for a set ensemble: K >= 2).
-    pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
-    }
-
-    /// Member `k` (state layout, physical units).
-    pub fn member(&self, k: usize) -> &[f64] {
-        &self.members[k]
-    }
-}
+pub use crate::var::members::Ensemble;
 
 /// Which ensemble part a B kind gets with members set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

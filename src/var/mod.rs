@@ -8,6 +8,7 @@ pub mod desroziers;
 pub mod ensemble;
 mod lanczos;
 mod lmp;
+pub mod members;
 pub mod formulation;
 pub mod fourd;
 pub mod guards;
