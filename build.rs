@@ -49,7 +49,8 @@ fn main() {
 fn status_for_cbindgen(error_rs: &std::path::Path) -> String {
     let text = std::fs::read_to_string(error_rs).unwrap_or_else(|e| panic!("{}: {e}", error_rs.display()));
     let lines: Vec<&str> = text.lines().collect();
-    let start = lines.iter().position(|l| *l == "pub enum Status {").expect("src/error.rs declares `pub enum Status {`");
+    let start =
+        lines.iter().position(|l| *l == "pub enum Status {").expect("src/error.rs declares `pub enum Status {`");
     // The doc comment and attributes right above the enum.
     let mut first = start;
     while first > 0 && (lines[first - 1].starts_with("///") || lines[first - 1].starts_with("#[")) {
@@ -104,7 +105,10 @@ fn cxx_bridge(crate_dir: &std::path::Path, out_dir: &std::path::Path) {
     cxx_build::bridge("src/coupling/cxx_bridge.rs").std("c++17").compile("latentda-cxx");
     let gen = out_dir.join("cxxbridge/include");
     let dst = crate_dir.join("include/latentda");
-    for (from, to) in [(gen.join("latentda/src/coupling/cxx_bridge.rs.h"), dst.join("bridge.h")), (gen.join("rust/cxx.h"), dst.join("rust/cxx.h"))] {
+    for (from, to) in [
+        (gen.join("latentda/src/coupling/cxx_bridge.rs.h"), dst.join("bridge.h")),
+        (gen.join("rust/cxx.h"), dst.join("rust/cxx.h")),
+    ] {
         let text = std::fs::read(&from).unwrap_or_else(|e| panic!("cxx_build did not produce {}: {e}", from.display()));
         if std::fs::read(&to).ok().as_deref() != Some(text.as_slice()) {
             std::fs::create_dir_all(to.parent().unwrap()).unwrap();

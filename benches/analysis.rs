@@ -201,7 +201,11 @@ fn run_task(t: &Task) {
     let xb = latentda::ncio::read_state(&case.join("background.nc"), &lay).unwrap();
     let obs = match t.nobs {
         None if !obs_file.is_empty() => latentda::obs::read_csv(&case.join(&obs_file), &lay).unwrap().0,
-        None => latentda::obs::read_csv(&case.join(if t.window.is_some() { "obs4d.csv" } else { "obs.csv" }), &lay).unwrap().0,
+        None => {
+            latentda::obs::read_csv(&case.join(if t.window.is_some() { "obs4d.csv" } else { "obs.csv" }), &lay)
+                .unwrap()
+                .0
+        }
         Some(n) => {
             // values: H(truth) + N(0, sigma^2), sigma = 0.3 channel sd of the normalisation
             let xt = latentda::ncio::read_state(&case.join("truth.nc"), &lay).unwrap();
@@ -227,9 +231,13 @@ fn run_task(t: &Task) {
         return;
     }
     let _ = a.analyse(&xb, &obs, method).unwrap(); // warm-up, not timed
-    // bgcheck: every analysis a new background (x_b (1 + 1e-6 k)), as in cycling, so no cached diag B is reused
+                                                   // bgcheck: every analysis a new background (x_b (1 + 1e-6 k)), as in cycling, so no cached diag B is reused
     let xb_of = |k: usize| -> Vec<f64> {
-        if t.sigma_b.is_empty() { xb.clone() } else { xb.iter().map(|v| v * (1.0 + 1e-6 * (k + 1) as f64)).collect() }
+        if t.sigma_b.is_empty() {
+            xb.clone()
+        } else {
+            xb.iter().map(|v| v * (1.0 + 1e-6 * (k + 1) as f64)).collect()
+        }
     };
     let rows: Vec<_> = (0..reps).map(|k| a.analyse(&xb_of(k), &obs, method).unwrap().report).collect();
     let m = |f: &dyn Fn(&latentda::var::report::Report) -> f64| median(rows.iter().map(f).collect());
@@ -308,7 +316,18 @@ fn synthetic(nlat: usize, nlon: usize) -> Option<PathBuf> {
         let st = std::process::Command::new("python3")
             .arg(root().join("scripts/synthetic_bundle.py"))
             .arg(&dir)
-            .args(["--nlat", &nlat.to_string(), "--nlon", &nlon.to_string(), "--dim", "64", "--depth", "2", "--heads", "4"])
+            .args([
+                "--nlat",
+                &nlat.to_string(),
+                "--nlon",
+                &nlon.to_string(),
+                "--dim",
+                "64",
+                "--depth",
+                "2",
+                "--heads",
+                "4",
+            ])
             .args(["--latent-channels", "16", "--obs", "5000"])
             .status()
             .ok()?;
@@ -337,7 +356,13 @@ fn main() {
     if want("obsop") {
         bench_obsop();
     }
-    let task = |label: &str, b: &Path, backend: &str| Task { label: label.into(), bundle: b.to_path_buf(), backend: backend.into(), threads: 1, ..Task::default() };
+    let task = |label: &str, b: &Path, backend: &str| Task {
+        label: label.into(),
+        bundle: b.to_path_buf(),
+        backend: backend.into(),
+        threads: 1,
+        ..Task::default()
+    };
     if want("backend") {
         println!("\n== backend: one analysis of the sample case per method with the default options (threads 1)");
         println!("{ROW_HEADER}");
@@ -350,7 +375,9 @@ fn main() {
     }
     if want("threads") {
         if let Some(l) = ort.as_deref() {
-            println!("\n== threads: ONNX Runtime intra-op threads (the solver and H are sequential; 1 = bit-reproducible)");
+            println!(
+                "\n== threads: ONNX Runtime intra-op threads (the solver and H are sequential; 1 = bit-reproducible)"
+            );
             println!("{ROW_HEADER}");
             let mut n = 1;
             while n <= cores() {
@@ -371,7 +398,20 @@ fn main() {
         println!("  seconds (model runs): decoder TL, AD; step model TL, AD; diag B of the background check (TL runs)");
         println!(
             "  {:<22} {:>6} {:>5} {:>8} {:>12} {:>12} {:>12} {:>12} {:>12} {:>6} {:>6} {:>6} {:>7} {:>8}",
-            "label", "used", "pairs", "total s", "dec TL", "dec AD", "step TL", "step AD", "diag B", "H s", "own s", "own", "traj MB", "peak MiB"
+            "label",
+            "used",
+            "pairs",
+            "total s",
+            "dec TL",
+            "dec AD",
+            "step TL",
+            "step AD",
+            "diag B",
+            "H s",
+            "own s",
+            "own",
+            "traj MB",
+            "peak MiB"
         );
         // LATENTDA_BENCH_BACKENDS=ort skips tract (a 12 h window takes minutes with it on 2 cores)
         let only = std::env::var("LATENTDA_BENCH_BACKENDS").unwrap_or_default();
@@ -389,7 +429,8 @@ fn main() {
     }
     if want("bgcheck") {
         if let Some(l) = ort.as_deref() {
-            let dir = std::env::var("LATENTDA_BENCH_CASE").unwrap_or_else(|_| bundle.join("sample").display().to_string());
+            let dir =
+                std::env::var("LATENTDA_BENCH_CASE").unwrap_or_else(|_| bundle.join("sample").display().to_string());
             let file = std::env::var("LATENTDA_BENCH_OBS").unwrap_or_else(|_| "obs.csv".into());
             println!("\n== bgcheck: sigma_b of the background check, calibrated against flow, on {dir}/{file} (ONNX Runtime, threads 1)");
             println!("  (the flow rows' TL column includes none of the diag B runs: see 'diag B' in the report, timings.variance_s)");
@@ -397,7 +438,15 @@ fn main() {
             for method in ["l3dvar", "hybrid"] {
                 for sb in ["calibrated", "flow"] {
                     let label = format!("ort {method} {sb}");
-                    spawn(&Task { method: method.into(), sigma_b: sb.into(), case: format!("{dir}|{file}"), ..task(&label, &bundle, "ort") }, Some(l));
+                    spawn(
+                        &Task {
+                            method: method.into(),
+                            sigma_b: sb.into(),
+                            case: format!("{dir}|{file}"),
+                            ..task(&label, &bundle, "ort")
+                        },
+                        Some(l),
+                    );
                 }
             }
         }
@@ -413,7 +462,9 @@ fn main() {
                         spawn(&Task { pairs: Some(10), ..task(&format!("ort {nlat}x{nlon}"), &b, "ort") }, Some(l));
                     }
                 }
-                None => println!("  {nlat}x{nlon}: scripts/synthetic_bundle.py failed (needs numpy, onnx, netCDF4, onnxruntime)"),
+                None => println!(
+                    "  {nlat}x{nlon}: scripts/synthetic_bundle.py failed (needs numpy, onnx, netCDF4, onnxruntime)"
+                ),
             }
         }
     }

@@ -25,10 +25,17 @@ struct Run {
     seconds: f64,
 }
 
-fn run(a: &mut Analyser, toml: &str, xb: &[f64], truth: Option<&[f64]>, obs: &[latentda::Observation]) -> (Run, latentda::var::solver::SolveInfo) {
+fn run(
+    a: &mut Analyser,
+    toml: &str,
+    xb: &[f64],
+    truth: Option<&[f64]>,
+    obs: &[latentda::Observation],
+) -> (Run, latentda::var::solver::SolveInfo) {
     let mut o = Options::from_toml(toml).unwrap();
     let cur = a.options();
-    (o.backend, o.device, o.threads, o.ort_library) = (cur.backend.clone(), cur.device.clone(), cur.threads, cur.ort_library.clone());
+    (o.backend, o.device, o.threads, o.ort_library) =
+        (cur.backend.clone(), cur.device.clone(), cur.threads, cur.ort_library.clone());
     a.set_options(o).unwrap();
     let r = a.analyse(xb, obs, Method::L3dvar).unwrap();
     let s = r.report.solver.clone().unwrap();
@@ -85,7 +92,8 @@ fn main() {
         println!("  {:>6} {:>7} {:>14} {:>10} {:>12} {:>8}", "pairs", "passes", "J", "reduction", "RMSE/bg", "seconds");
         let mut gn = Vec::new();
         for budget in [1usize, 2, 4, 6, 8, 10, 12, 15, 20, 25, 30, 35, 40, 50] {
-            let (r, _) = run(&mut a, &format!("max_pairs = {budget}\ngradient_reduction = 1e-12"), &xb, xt.as_deref(), &obs);
+            let (r, _) =
+                run(&mut a, &format!("max_pairs = {budget}\ngradient_reduction = 1e-12"), &xb, xt.as_deref(), &obs);
             gn.push(r);
         }
         let (def, _) = run(&mut a, "", &xb, xt.as_deref(), &obs);
@@ -119,17 +127,49 @@ fn main() {
             println!("  {:<6} {:>11} {:>11} {:>11} {:>11}", "var", "background", "GN default", "Adam 50", "Adam 100");
             for (i, v) in lay.variables.iter().enumerate() {
                 let g = |r: &Run| r.rmse.as_ref().map_or(f64::NAN, |x| x[i]);
-                println!("  {:<6} {:>11.4e} {:>11.4e} {:>11.4e} {:>11.4e}", v.name, rb[i], g(&def), g(&adam50), g(&adam));
+                println!(
+                    "  {:<6} {:>11.4e} {:>11.4e} {:>11.4e} {:>11.4e}",
+                    v.name,
+                    rb[i],
+                    g(&def),
+                    g(&adam50),
+                    g(&adam)
+                );
             }
             let f = |r: &Run| r.rmse_ratio.map_or(f64::NAN, |v| v);
-            println!("  mean RMSE / background RMSE: GN default {:.4}, Adam 50 {:.4}, Adam 100 {:.4}", f(&def), f(&adam50), f(&adam));
+            println!(
+                "  mean RMSE / background RMSE: GN default {:.4}, Adam 50 {:.4}, Adam 100 {:.4}",
+                f(&def),
+                f(&adam50),
+                f(&adam)
+            );
         }
-        summary.push((c.name.clone(), adam.j, adam.passes, adam50.j, adam50.passes, first.map(|r| r.passes), def.j, def.passes, def.pairs, def.reduction));
+        summary.push((
+            c.name.clone(),
+            adam.j,
+            adam.passes,
+            adam50.j,
+            adam50.passes,
+            first.map(|r| r.passes),
+            def.j,
+            def.passes,
+            def.pairs,
+            def.reduction,
+        ));
     }
     println!("\n== summary: J and decoder passes");
     println!(
         "  {:<28} {:>13} {:>7} {:>13} {:>7} {:>13} {:>7} {:>6} {:>10} {:>22}",
-        "case", "J Adam 50", "passes", "J Adam 100", "passes", "J GN default", "passes", "pairs", "reduction", "GN passes to J(Adam100)"
+        "case",
+        "J Adam 50",
+        "passes",
+        "J Adam 100",
+        "passes",
+        "J GN default",
+        "passes",
+        "pairs",
+        "reduction",
+        "GN passes to J(Adam100)"
     );
     for (n, ja, pa, ja50, pa50, first, jd, pd, pairs, red) in summary {
         println!(

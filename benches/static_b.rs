@@ -46,7 +46,8 @@ fn main() {
         let mut check = 0.0;
         for _ in 0..reps {
             let t = Instant::now();
-            let mut b = if hydro { StaticB::for_bundle(&bundle, 1.0).unwrap() } else { StaticB::new(lay, stats).unwrap() };
+            let mut b =
+                if hydro { StaticB::for_bundle(&bundle, 1.0).unwrap() } else { StaticB::new(lay, stats).unwrap() };
             tb.push(t.elapsed().as_secs_f64());
             let v = rng.normals(b.size());
             let mut x = vec![0.0; lay.state_len()];

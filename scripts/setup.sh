@@ -14,6 +14,13 @@ if [ "$need_apt" = 1 ]; then
   apt-get update -qq
   apt-get install -y -qq libnetcdf-dev gfortran g++ valgrind cmake pkg-config libopenmpi-dev openmpi-bin >/dev/null
 fi
+# The test command checks formatting and lints: rustfmt and clippy come with rustup's default profile; add them
+# where a minimal toolchain lacks them.
+if command -v rustup >/dev/null 2>&1; then
+  for c in rustfmt clippy; do
+    rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c" >/dev/null 2>&1 || true
+  done
+fi
 if [ "${LATENTDA_SKIP_PIP:-0}" != 1 ]; then
   python3 -m pip install -q --disable-pip-version-check -r "$here/python/requirements-test.txt"
   # The training toolkit itself (its tests import it); no dependencies beyond the test requirements.

@@ -5,6 +5,8 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
 bash scripts/setup.sh
+# Formatting (rustfmt.toml: 120 columns) before anything is built.
+cargo fmt --all --check
 # Build first: the C/Fortran/C++ tests link target/release/liblatentda.{a,so}, which `cargo test` alone does not emit.
 cargo build --release
 cargo test --release

@@ -21,24 +21,24 @@
 #![allow(clippy::needless_range_loop, clippy::neg_cmp_op_on_partial_ord)]
 
 // Layers, bottom to top; a module uses only its own layer and those below it.
-pub mod error;
-pub mod numeric;
-/// Output files written whole or not at all.
-pub mod outfile;
-/// Bundle: manifest, grid and layout, statistics, state files.
-pub mod bundle;
-/// Models: ONNX execution backends and the autoencoder.
-pub mod model;
-/// Observations: reading, the observation operator, quality control.
-pub mod obs;
 /// Background-error covariances: latent, static, hybrid (one operator trait).
 pub mod bmat;
-/// Diagnostics: balance, adjoint and Taylor tests.
-pub mod diag;
-/// Variational analysis: options, solver, control transforms, the analysis driver and its report.
-pub mod var;
+/// Bundle: manifest, grid and layout, statistics, state files.
+pub mod bundle;
 /// Coupling to hosts: the host-array context, the C ABI and the C++ bridge.
 pub mod coupling;
+/// Diagnostics: balance, adjoint and Taylor tests.
+pub mod diag;
+pub mod error;
+/// Models: ONNX execution backends and the autoencoder.
+pub mod model;
+pub mod numeric;
+/// Observations: reading, the observation operator, quality control.
+pub mod obs;
+/// Output files written whole or not at all.
+pub mod outfile;
+/// Variational analysis: options, solver, control transforms, the analysis driver and its report.
+pub mod var;
 
 pub use bundle::{grid, ncio};
 pub use coupling::ffi;

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use latentda::diag::checks;
 use latentda::bundle::ncio;
+use latentda::diag::checks;
 use latentda::obs;
 use latentda::outfile;
 use latentda::var::fourd::FourD;
@@ -91,7 +91,9 @@ impl Common {
             None => Options::default(),
         };
         for (flag, v) in &self.flags {
-            let int = |v: &str| v.parse::<usize>().map_err(|_| usage(format!("--{flag} needs a non-negative integer, got '{v}'")));
+            let int = |v: &str| {
+                v.parse::<usize>().map_err(|_| usage(format!("--{flag} needs a non-negative integer, got '{v}'")))
+            };
             let num = |v: &str| v.parse::<f64>().map_err(|_| usage(format!("--{flag} needs a number, got '{v}'")));
             match *flag {
                 "backend" => o.backend = v.clone(),
@@ -112,7 +114,9 @@ impl Common {
                 "hybrid-beta-tropics" => o.hybrid_beta_tropics = Some(num(v)?),
                 "hybrid-band-lat" => {
                     let p: Vec<&str> = v.split(',').collect();
-                    let [a, b] = p[..] else { return Err(usage(format!("--{flag} needs two latitudes LAT0,LAT1, got '{v}'"))) };
+                    let [a, b] = p[..] else {
+                        return Err(usage(format!("--{flag} needs two latitudes LAT0,LAT1, got '{v}'")));
+                    };
                     o.hybrid_band_lat = Some([num(a.trim())?, num(b.trim())?]);
                 }
                 "baseline-variance-factor" => o.baseline_variance_factor = Some(num(v)?),
@@ -249,8 +253,10 @@ fn run() -> Result<ExitCode, CliError> {
                 return Err(usage(format!("--background-at is not an option of '{sub}'")));
             }
             let v = value(&mut parser, "background-at")?;
-            let (h, f) = v.split_once('=').ok_or_else(|| usage(format!("--background-at needs HOURS=FILE, got '{v}'")))?;
-            let h: f64 = h.trim().parse().map_err(|_| usage(format!("--background-at: '{h}' is not a number of hours")))?;
+            let (h, f) =
+                v.split_once('=').ok_or_else(|| usage(format!("--background-at needs HOURS=FILE, got '{v}'")))?;
+            let h: f64 =
+                h.trim().parse().map_err(|_| usage(format!("--background-at: '{h}' is not a number of hours")))?;
             backgrounds_at.push((h, f.to_string()));
             continue;
         }
@@ -325,7 +331,11 @@ fn cmd_probes(positional: &[String], common: &Common) -> Result<ExitCode, CliErr
     let exec = common.options.exec().map_err(|e| e.to_string())?;
     let w = latentda::model::selftest::write(&dir, &exec).map_err(|e| e.to_string())?;
     println!("probes      {} ({} bytes): {} ({})", w.path.display(), w.bytes, w.graphs.join(", "), w.backend);
-    println!("manifest    [probes] tolerance {:e}; checksum of {} updated", w.tolerance, w.path.file_name().unwrap_or_default().to_string_lossy());
+    println!(
+        "manifest    [probes] tolerance {:e}; checksum of {} updated",
+        w.tolerance,
+        w.path.file_name().unwrap_or_default().to_string_lossy()
+    );
     println!("self-test   {}", w.self_test.summary());
     Ok(ExitCode::SUCCESS)
 }
@@ -340,7 +350,8 @@ fn cmd_sigma_b(
 ) -> Result<ExitCode, CliError> {
     let dir = bundle_arg(positional)?;
     let mut a = Analyser::open(&dir, common.options.clone()).map_err(|e| e.to_string())?;
-    let files: Vec<&str> = kv.get("state").ok_or_else(|| usage("sigma-b needs --state FILE[,FILE...]"))?.split(',').collect();
+    let files: Vec<&str> =
+        kv.get("state").ok_or_else(|| usage("sigma-b needs --state FILE[,FILE...]"))?.split(',').collect();
     let draws: usize = match kv.get("draws") {
         Some(d) => d.parse().map_err(|_| usage(format!("--draws: '{d}' is not a count")))?,
         None => 64,
@@ -462,7 +473,10 @@ fn cmd_check(
     };
     let e = |e: latentda::Error| e.to_string();
     let mut ok = true;
-    println!("bundle {} ({}): {} latent, {} state values", a.bundle.name, a.ae.info.detail, a.ae.latent_len, a.ae.state_len);
+    println!(
+        "bundle {} ({}): {} latent, {} state values",
+        a.bundle.name, a.ae.info.detail, a.ae.latent_len, a.ae.state_len
+    );
     let z = checks::check_latent_point(&a.bundle, &mut a.ae, state.as_deref()).map_err(e)?;
     let where_ = if state.is_some() { "z = E(N(state))" } else { "z = E(0) (mean state)" };
     let dt = checks::decoder_dot_test(&mut a.ae, &z, 5, 1).map_err(e)?;
@@ -488,7 +502,11 @@ fn cmd_check(
     let lt = checks::latent_bsqrt_dot_test(&a.bundle, &mut a.ae, &x_b, 3).map_err(e)?;
     let pass = lt.rel < 1e-5;
     ok &= pass;
-    println!("latent B^1/2 (U) adjoint test: rel diff {:.2e} (gate 1e-5) {}", lt.rel, if pass { "PASS" } else { "FAIL" });
+    println!(
+        "latent B^1/2 (U) adjoint test: rel diff {:.2e} (gate 1e-5) {}",
+        lt.rel,
+        if pass { "PASS" } else { "FAIL" }
+    );
     // The float32 noise floor of U and U^T (no gate): how far a host minimiser can reduce its gradient
     // (docs/b-operator.md, "Float32 noise and solver tolerances"); the same numbers as lda_bsqrt_noise.
     let scale = latentda::coupling::noise::dual_scale(&a.bundle.std, a.bundle.layout.grid.npoints());
@@ -521,7 +539,11 @@ fn cmd_check(
         Some(bt) => {
             let pass = bt.rel < 1e-10;
             ok &= pass;
-            println!("baseline B^1/2 adjoint test: rel diff {:.2e} (gate 1e-10, float64) {}", bt.rel, if pass { "PASS" } else { "FAIL" });
+            println!(
+                "baseline B^1/2 adjoint test: rel diff {:.2e} (gate 1e-10, float64) {}",
+                bt.rel,
+                if pass { "PASS" } else { "FAIL" }
+            );
         }
         None => println!("baseline B^1/2: bundle has no baseline statistics"),
     }
@@ -565,7 +587,8 @@ fn cmd_analyse(
 ) -> Result<ExitCode, CliError> {
     let need = |k: &str| kv.get(k).cloned().ok_or_else(|| usage(format!("analyse: missing --{k}")));
     let (bundle, bg, obs_path, out) = (need("bundle")?, need("background")?, need("obs")?, need("output")?);
-    let method = Method::parse(kv.get("method").map(String::as_str).unwrap_or(&common.options.method)).map_err(|e| usage(e.to_string()))?;
+    let method = Method::parse(kv.get("method").map(String::as_str).unwrap_or(&common.options.method))
+        .map_err(|e| usage(e.to_string()))?;
     let mode = OutputMode::parse(&common.options.output).map_err(|e| e.to_string())?;
     // Where the results go is checked before any work: a directory, a device or a FIFO is refused.
     outfile::check_target(out.as_ref()).map_err(|e| e.to_string())?;
@@ -615,7 +638,8 @@ fn cmd_analyse(
     let units = |v: usize| a.bundle.units(v).to_string();
     // Both files are written completely to temporary files before either is moved into place (report first): if
     // the report cannot be written, the analysis is not written either, and no temporary file remains.
-    let analysis = ncio::write_state_pending(out.as_ref(), &layout, &units, &result.output, &title).map_err(|e| e.to_string())?;
+    let analysis =
+        ncio::write_state_pending(out.as_ref(), &layout, &units, &result.output, &title).map_err(|e| e.to_string())?;
     if let Some(r) = kv.get("report") {
         let rep = outfile::PendingFile::new(r.as_ref()).map_err(|e| format!("cannot write report: {e}"))?;
         std::fs::write(rep.path(), result.report.to_json()).map_err(|e| format!("cannot write report '{r}': {e}"))?;
@@ -667,7 +691,9 @@ fn ensemble_files(spec: &str) -> Result<Vec<PathBuf>, CliError> {
         let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
             .map_err(|e| format!("--ensemble '{item}': cannot read directory '{}': {e}", dir.display()))?
             .filter_map(|e| e.ok())
-            .filter(|e| e.path().is_file() && matches(&pat, &e.file_name().to_string_lossy().chars().collect::<Vec<_>>()))
+            .filter(|e| {
+                e.path().is_file() && matches(&pat, &e.file_name().to_string_lossy().chars().collect::<Vec<_>>())
+            })
             .map(|e| dir.join(e.file_name()))
             .collect();
         if found.is_empty() {
@@ -687,7 +713,10 @@ fn cmd_demo(
     kv: &std::collections::BTreeMap<&'static str, String>,
     common: &Common,
 ) -> Result<ExitCode, CliError> {
-    let mut cfg = latentda_cli::demo::DemoConfig::new(bundle_arg(positional)?, kv.get("output").map_or("latentda-demo", |s| s.as_str()));
+    let mut cfg = latentda_cli::demo::DemoConfig::new(
+        bundle_arg(positional)?,
+        kv.get("output").map_or("latentda-demo", |s| s.as_str()),
+    );
     cfg.options = common.options.clone();
     if let Some(c) = kv.get("case") {
         cfg.case = c.into();
@@ -708,7 +737,8 @@ fn cmd_demo(
 /// variable group and latitude band and the B size they suggest, and writes it as an options file (`--output`).
 fn cmd_tune(mut parser: lexopt::Parser) -> Result<ExitCode, CliError> {
     use latentda::var::desroziers::{tune, Desroziers};
-    let (mut files, mut output, mut method, mut group, mut band) = (Vec::new(), None, None, "all".to_string(), "global".to_string());
+    let (mut files, mut output, mut method, mut group, mut band) =
+        (Vec::new(), None, None, "all".to_string(), "global".to_string());
     let mut split = false;
     while let Some(arg) = parser.next().map_err(|e| usage(e.to_string()))? {
         match Arg::from(arg) {
@@ -751,7 +781,10 @@ fn cmd_tune(mut parser: lexopt::Parser) -> Result<ExitCode, CliError> {
         }
         methods = vec![m.clone()];
     } else if output.is_some() && methods.len() > 1 {
-        return Err(usage(format!("the reports mix methods ({}): choose one with --method to write --output", methods.join(", "))));
+        return Err(usage(format!(
+            "the reports mix methods ({}): choose one with --method to write --output",
+            methods.join(", ")
+        )));
     }
     let mut written = None;
     for m in &methods {
@@ -767,7 +800,12 @@ fn cmd_tune(mut parser: lexopt::Parser) -> Result<ExitCode, CliError> {
     }
     if let (Some(p), Some(t)) = (&output, &written) {
         if t.options.is_empty() {
-            return Err(format!("no B size could be derived for method {}: {} (nothing written to {p})", t.method, t.notes.join("; ")).into());
+            return Err(format!(
+                "no B size could be derived for method {}: {} (nothing written to {p})",
+                t.method,
+                t.notes.join("; ")
+            )
+            .into());
         }
         std::fs::write(p, t.options_toml()).map_err(|e| format!("cannot write '{p}': {e}"))?;
         println!("wrote {p} (use it with --options; rerun, tune again, until the ratios are about 1)");

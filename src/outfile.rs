@@ -22,7 +22,10 @@ pub fn check_target(target: &Path) -> Result<PathBuf> {
     };
     match std::fs::metadata(&target) {
         Ok(m) if !m.is_file() => {
-            return Err(Error::io(format!("output '{td}' exists and is not a regular file ({:?}); refusing to replace it", m.file_type())))
+            return Err(Error::io(format!(
+                "output '{td}' exists and is not a regular file ({:?}); refusing to replace it",
+                m.file_type()
+            )))
         }
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -68,7 +71,11 @@ impl PendingFile {
                 Ok(_) => return Ok(PendingFile { tmp, target: real, committed: false }),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(e) => {
-                    return Err(Error::io(format!("cannot create a temporary file in '{}' for '{}': {e}", dir.display(), target.display())))
+                    return Err(Error::io(format!(
+                        "cannot create a temporary file in '{}' for '{}': {e}",
+                        dir.display(),
+                        target.display()
+                    )))
                 }
             }
         }
@@ -88,8 +95,9 @@ impl PendingFile {
     /// Renames the complete temporary file over the target.
     pub fn commit(mut self) -> Result<()> {
         check_target(&self.target)?;
-        std::fs::rename(&self.tmp, &self.target)
-            .map_err(|e| Error::io(format!("cannot move '{}' to '{}': {e}", self.tmp.display(), self.target.display())))?;
+        std::fs::rename(&self.tmp, &self.target).map_err(|e| {
+            Error::io(format!("cannot move '{}' to '{}': {e}", self.tmp.display(), self.target.display()))
+        })?;
         self.committed = true;
         Ok(())
     }

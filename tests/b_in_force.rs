@@ -14,7 +14,8 @@ use latentda::obs::{Observation, QcFlag};
 use latentda::var::options::BKind;
 use latentda::{Analyser, Method, Options};
 
-const FORCE: &str = "latent_variance_factor = 0.6\nbaseline_variance_factor = 1.7\nhybrid_alpha = 2.0\nhybrid_beta = 0.5\n\
+const FORCE: &str =
+    "latent_variance_factor = 0.6\nbaseline_variance_factor = 1.7\nhybrid_alpha = 2.0\nhybrid_beta = 0.5\n\
                      hybrid_alpha_tropics = 0.5\nhybrid_beta_tropics = 1.5\nhybrid_band_lat = [5.0, 45.0]";
 
 fn open(name: &str, toml: &str) -> Analyser {

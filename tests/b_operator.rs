@@ -9,7 +9,11 @@ fn fortran_cvt_example_passes_its_adjoint_test() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     // target/release/deps/<test> -> target/release: where cargo put the libraries (and the `latentda` binary).
     let lib = std::env::current_exe().unwrap().parent().and_then(Path::parent).unwrap().to_path_buf();
-    assert!(lib.join("liblatentda.so").is_file(), "liblatentda.so missing in {}: run `cargo build --release` first (scripts/test.sh does)", lib.display());
+    assert!(
+        lib.join("liblatentda.so").is_file(),
+        "liblatentda.so missing in {}: run `cargo build --release` first (scripts/test.sh does)",
+        lib.display()
+    );
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("b_operator");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -32,7 +36,11 @@ fn fortran_cvt_example_passes_its_adjoint_test() {
         let o = Command::new(&exe).arg(root.join("tests/fixtures/tanh")).arg(options).output().unwrap();
         let out = String::from_utf8_lossy(&o.stdout);
         println!("{options}:\n{out}");
-        assert!(o.status.success() && out.contains("adjoint test passed"), "{out}\n{}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success() && out.contains("adjoint test passed"),
+            "{out}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         assert!(out.contains("variance test passed"), "{out}");
         assert!(out.contains(&format!("control size {size}, state size 896")), "{out}");
     }

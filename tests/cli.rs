@@ -11,10 +11,20 @@ fn read(path: &std::path::Path, bundle: &std::path::Path) -> Vec<f64> {
 }
 
 fn analyse_args<'a>(bundle: &'a str, sample: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<String> {
-    let mut v: Vec<String> = ["analyse", "--bundle", bundle, "--background", &format!("{sample}/background.nc"), "--obs", &format!("{sample}/obs.csv"), "--output", out]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut v: Vec<String> = [
+        "analyse",
+        "--bundle",
+        bundle,
+        "--background",
+        &format!("{sample}/background.nc"),
+        "--obs",
+        &format!("{sample}/obs.csv"),
+        "--output",
+        out,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     v.extend(extra.iter().map(|s| s.to_string()));
     v
 }
@@ -30,7 +40,16 @@ fn info_and_check_on_a_fixture_bundle() {
     let (code, out, err) = cli(&["info", b.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     let fc = "forecast    latent space, time step 6 h: step, step_tl, step_ad signatures OK";
-    for s in ["Gaussian 8 x 16", "u ", "ps", "latent      shape [4, 2, 4] = 32", "signatures OK", "11 files verified", fc, "self-test   passed: 7 graphs"] {
+    for s in [
+        "Gaussian 8 x 16",
+        "u ",
+        "ps",
+        "latent      shape [4, 2, 4] = 32",
+        "signatures OK",
+        "11 files verified",
+        fc,
+        "self-test   passed: 7 graphs",
+    ] {
         assert!(out.contains(s), "info output lacks '{s}':\n{out}");
     }
     let state = b.join("sample/background.nc");
@@ -46,7 +65,12 @@ fn analyse_end_to_end_writes_analysis_and_report() {
     let s = b.join("sample");
     let out = dir.join("an.nc");
     let rep = dir.join("report.json");
-    let mut args = analyse_args(b.to_str().unwrap(), s.to_str().unwrap(), out.to_str().unwrap(), &["--report", rep.to_str().unwrap(), "--truth"]);
+    let mut args = analyse_args(
+        b.to_str().unwrap(),
+        s.to_str().unwrap(),
+        out.to_str().unwrap(),
+        &["--report", rep.to_str().unwrap(), "--truth"],
+    );
     args.push(s.join("truth.nc").to_str().unwrap().to_string());
     args.push("-v".into());
     let (code, stdout, stderr) = run(&args);
@@ -76,7 +100,17 @@ fn malformed_rows_are_reported_by_line_and_the_analysis_still_runs() {
     text.push_str("t,12,oops,0.5,250,1\n");
     std::fs::write(&obs, &text).unwrap();
     let out = dir.join("an.nc");
-    let (code, _, err) = cli(&["analyse", "--bundle", b.to_str().unwrap(), "--background", s.join("background.nc").to_str().unwrap(), "--obs", obs.to_str().unwrap(), "--output", out.to_str().unwrap()]);
+    let (code, _, err) = cli(&[
+        "analyse",
+        "--bundle",
+        b.to_str().unwrap(),
+        "--background",
+        s.join("background.nc").to_str().unwrap(),
+        "--obs",
+        obs.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
     let line = text.lines().count();
     assert_eq!(code, 3, "exit status 3 signals malformed rows: {err}");
     assert!(err.contains(&format!("line {line}")) && err.contains("'lon'"), "{err}");
@@ -92,8 +126,14 @@ fn failures_write_nothing() {
     // Missing bundle, unknown backend, CUDA with tract, background with the wrong grid.
     let cases: Vec<(Vec<String>, &str)> = vec![
         (analyse_args("/nonexistent/bundle", s.to_str().unwrap(), out.to_str().unwrap(), &[]), "does not exist"),
-        (analyse_args(b.to_str().unwrap(), s.to_str().unwrap(), out.to_str().unwrap(), &["--backend", "gpu"]), "backend 'gpu'"),
-        (analyse_args(b.to_str().unwrap(), s.to_str().unwrap(), out.to_str().unwrap(), &["--device", "cuda:0"]), "cuda:0"),
+        (
+            analyse_args(b.to_str().unwrap(), s.to_str().unwrap(), out.to_str().unwrap(), &["--backend", "gpu"]),
+            "backend 'gpu'",
+        ),
+        (
+            analyse_args(b.to_str().unwrap(), s.to_str().unwrap(), out.to_str().unwrap(), &["--device", "cuda:0"]),
+            "cuda:0",
+        ),
         (analyse_args(fixture("linear").to_str().unwrap(), s.to_str().unwrap(), out.to_str().unwrap(), &[]), "lat"),
     ];
     for (args, msg) in cases {
@@ -113,7 +153,16 @@ fn onnx_runtime_backend_passes_the_adjoint_and_taylor_checks() {
     let b = fixture("tanh");
     let state = b.join("sample/background.nc");
     let lib = ort();
-    let (code, out, err) = cli(&["check", b.to_str().unwrap(), "--state", state.to_str().unwrap(), "--backend", "ort", "--ort-library", &lib]);
+    let (code, out, err) = cli(&[
+        "check",
+        b.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+        "--backend",
+        "ort",
+        "--ort-library",
+        &lib,
+    ]);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("ONNX Runtime 1.") && out.contains("all checks passed"), "{out}");
 }
@@ -125,8 +174,14 @@ fn tract_and_onnx_runtime_analyses_agree() {
     let s = b.join("sample");
     let (t, o) = (dir.join("tract.nc"), dir.join("ort.nc"));
     let lib = ort();
-    let (c1, _, e1) = run(&analyse_args(b.to_str().unwrap(), s.to_str().unwrap(), t.to_str().unwrap(), &["--backend", "tract"]));
-    let (c2, _, e2) = run(&analyse_args(b.to_str().unwrap(), s.to_str().unwrap(), o.to_str().unwrap(), &["--backend", "ort", "--ort-library", &lib]));
+    let (c1, _, e1) =
+        run(&analyse_args(b.to_str().unwrap(), s.to_str().unwrap(), t.to_str().unwrap(), &["--backend", "tract"]));
+    let (c2, _, e2) = run(&analyse_args(
+        b.to_str().unwrap(),
+        s.to_str().unwrap(),
+        o.to_str().unwrap(),
+        &["--backend", "ort", "--ort-library", &lib],
+    ));
     assert_eq!((c1, c2), (0, 0), "{e1}\n{e2}");
     let xb = read(&s.join("background.nc"), &b);
     let (xt, xo) = (read(&t, &b), read(&o, &b));
@@ -145,7 +200,12 @@ fn cuda_requested_where_unavailable_fails_loudly_with_onnx_runtime() {
     let s = b.join("sample");
     let out = dir.join("an.nc");
     let lib = ort();
-    let (code, _, err) = run(&analyse_args(b.to_str().unwrap(), s.to_str().unwrap(), out.to_str().unwrap(), &["--backend", "ort", "--ort-library", &lib, "--device", "cuda:0"]));
+    let (code, _, err) = run(&analyse_args(
+        b.to_str().unwrap(),
+        s.to_str().unwrap(),
+        out.to_str().unwrap(),
+        &["--backend", "ort", "--ort-library", &lib, "--device", "cuda:0"],
+    ));
     assert_eq!(code, 1);
     assert!(err.contains("cuda:0") && err.contains("CUDA execution provider"), "{err}");
     assert!(!out.exists());

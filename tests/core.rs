@@ -7,10 +7,10 @@ mod common;
 
 use common::*;
 use latentda::bmat::BOperator;
-use latentda::diag::checks::{self, Rng};
 use latentda::bundle::grid::{Grid, GridKind, Layout, Vertical, VerticalKind};
-use latentda::obs::{parse_csv, Observation, QcFlag};
+use latentda::diag::checks::{self, Rng};
 use latentda::obs::operator::ObsOperator;
+use latentda::obs::{parse_csv, Observation, QcFlag};
 use latentda::{Analyser, Method, Options, OutputMode, Status};
 
 fn opts(toml: &str) -> Options {
@@ -47,7 +47,7 @@ fn obs_operator_adjoint_is_exact_transpose() {
         .map(|i| Observation {
             var: Some(i % 2),
             var_name: String::new(),
-            lat: -90.0 + 180.0 * rng.uniform(), // includes the polar caps
+            lat: -90.0 + 180.0 * rng.uniform(),   // includes the polar caps
             lon: -360.0 + 1080.0 * rng.uniform(), // any longitude, wraps
             level: Some(0.1 + 0.8 * rng.uniform()),
             value: 0.0,
@@ -59,7 +59,12 @@ fn obs_operator_adjoint_is_exact_transpose() {
         .collect();
     let mut flags = vec![QcFlag::Used; obs.len()];
     let h = ObsOperator::build(&lay, &obs, &mut flags);
-    assert_eq!(h.nrows(), obs.len(), "every observation is inside a global grid: {:?}", flags.iter().find(|f| **f != QcFlag::Used));
+    assert_eq!(
+        h.nrows(),
+        obs.len(),
+        "every observation is inside a global grid: {:?}",
+        flags.iter().find(|f| **f != QcFlag::Used)
+    );
     let x = rng.normals(lay.state_len());
     let y = rng.normals(h.nrows());
     let mut hx = vec![0.0; h.nrows()];
@@ -139,7 +144,11 @@ fn obs_operator_matches_independent_python_interpolation() {
             if expected_qc == 0 {
                 let r = h.rows.iter().position(|&o| o == i).unwrap();
                 let want: f64 = f[5].parse().unwrap();
-                assert!((y[r] - want).abs() <= 1e-6 * want.abs().max(1.0), "{name} line {lineno}: H(truth) = {}, python {want}", y[r]);
+                assert!(
+                    (y[r] - want).abs() <= 1e-6 * want.abs().max(1.0),
+                    "{name} line {lineno}: H(truth) = {}, python {want}",
+                    y[r]
+                );
                 checked += 1;
             }
         }
@@ -257,7 +266,11 @@ fn l3dvar_with_linear_decoder_equals_closed_form_kalman_solution() {
     let num: f64 = dx.iter().zip(&dx_kalman).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
     let den: f64 = dx_kalman.iter().map(|b| b * b).sum::<f64>().sqrt();
     eprintln!("L3DVar vs Kalman: relative difference {:e}", num / den);
-    assert!(num / den < 1e-6, "L3DVar increment differs from the Kalman solution by {:e} (relative, 2-norm)", num / den);
+    assert!(
+        num / den < 1e-6,
+        "L3DVar increment differs from the Kalman solution by {:e} (relative, 2-norm)",
+        num / den
+    );
 }
 
 #[test]
@@ -271,7 +284,9 @@ fn analyses_are_bit_identical_across_runs_and_contexts() {
     let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<u64>>();
     assert_eq!(bits(&r1.analysis), bits(&r2.analysis));
     assert_eq!(bits(&r1.analysis), bits(&r3.analysis));
-    let j = |r: &latentda::Analysis| r.report.solver.as_ref().unwrap().iterations.iter().map(|i| i.line()).collect::<Vec<_>>();
+    let j = |r: &latentda::Analysis| {
+        r.report.solver.as_ref().unwrap().iterations.iter().map(|i| i.line()).collect::<Vec<_>>()
+    };
     assert_eq!(j(&r1), j(&r3), "cost-function lines must be identical");
 }
 
@@ -284,7 +299,13 @@ fn analysis_lowers_error_against_truth_and_reports_diagnostics() {
     for (iv, v) in lay.variables.iter().enumerate() {
         let rg = lay.var_range(iv);
         let e = |x: &[f64]| rg.clone().map(|i| (x[i] - xt[i]).powi(2)).sum::<f64>().sqrt();
-        assert!(e(&r.analysis) < 0.8 * e(&xb), "{}: analysis error {} vs background {}", v.name, e(&r.analysis), e(&xb));
+        assert!(
+            e(&r.analysis) < 0.8 * e(&xb),
+            "{}: analysis error {} vs background {}",
+            v.name,
+            e(&r.analysis),
+            e(&xb)
+        );
     }
     let rep = &r.report;
     let s = rep.solver.as_ref().unwrap();
@@ -405,7 +426,10 @@ fn baseline_correlation_is_gaussian_with_the_bundle_length_scale() {
         let fitted = dist / (-2.0 * corr.ln()).sqrt();
         eprintln!("d = {dist:7.1} km  corr = {corr:.4}  implied L = {fitted:.1} km");
         if corr > 0.05 {
-            assert!((fitted / l_km - 1.0).abs() < 0.05, "implied length scale {fitted} km at {dist} km, bundle says {l_km}");
+            assert!(
+                (fitted / l_km - 1.0).abs() < 0.05,
+                "implied length scale {fitted} km at {dist} km, bundle says {l_km}"
+            );
         }
         if efold.is_none() && corr < (-1.0f64).exp() {
             efold = Some(dist);
@@ -414,7 +438,11 @@ fn baseline_correlation_is_gaussian_with_the_bundle_length_scale() {
     let efold = efold.unwrap();
     // e-folding distance sqrt(2) L, within the grid spacing at this latitude.
     let dx = 6371.0 * 3.75f64.to_radians() * lat.cos();
-    assert!((efold - 2f64.sqrt() * l_km).abs() < dx, "e-folding distance {efold} km vs sqrt(2) L = {}", 2f64.sqrt() * l_km);
+    assert!(
+        (efold - 2f64.sqrt() * l_km).abs() < dx,
+        "e-folding distance {efold} km vs sqrt(2) L = {}",
+        2f64.sqrt() * l_km
+    );
 }
 
 fn latentda_identity(n: usize) -> Vec<f64> {
@@ -511,14 +539,21 @@ fn onnx_shapes_contradicting_the_manifest_are_rejected() {
     let m: String = m.lines().filter(|l| !l.contains("baseline_b.nc")).map(|l| format!("{l}\n")).collect();
     std::fs::write(b.join("bundle.toml"), m).unwrap();
     std::fs::remove_file(b.join("baseline_b.nc")).unwrap();
-    let (mean, sd) = ([6.0, 5.0, 4.0, 245.0, 250.0, 256.0, 1e5, 1e5, 1e5], [9.0, 8.0, 7.0, 14.0, 15.0, 16.0, 1e3, 1e3, 1e3]);
+    let (mean, sd) =
+        ([6.0, 5.0, 4.0, 245.0, 250.0, 256.0, 1e5, 1e5, 1e5], [9.0, 8.0, 7.0, 14.0, 15.0, 16.0, 1e3, 1e3, 1e3]);
     std::fs::remove_file(b.join("normalisation.nc")).unwrap();
     let vars = vec![NcVar::f64("mean", &["channel"], mean.to_vec()), NcVar::f64("std", &["channel"], sd.to_vec())];
     write_nc(&b.join("normalisation.nc"), false, &[("channel".into(), 9)], &vars).unwrap();
     refresh_checksum(&b, "normalisation.nc");
     let e = open_err(&b, "");
     assert_eq!(e.status, Status::Bundle);
-    assert!(e.message.contains("encoder.onnx") && e.message.contains("input 'x'") && e.message.contains("[1 or batch, 9, 8, 16]"), "{}", e.message);
+    assert!(
+        e.message.contains("encoder.onnx")
+            && e.message.contains("input 'x'")
+            && e.message.contains("[1 or batch, 9, 8, 16]"),
+        "{}",
+        e.message
+    );
 }
 
 #[test]
@@ -532,7 +567,14 @@ fn nan_in_background_names_variable_and_index() {
     xb[idx] = f64::NAN;
     let e = a.analyse(&xb, &obs, Method::L3dvar).unwrap_err();
     assert_eq!(e.status, Status::InvalidData);
-    assert!(e.message.contains("'t'") && e.message.contains("lev index 2") && e.message.contains("lat index 4") && e.message.contains("lon index 7"), "{}", e.message);
+    assert!(
+        e.message.contains("'t'")
+            && e.message.contains("lev index 2")
+            && e.message.contains("lat index 4")
+            && e.message.contains("lon index 7"),
+        "{}",
+        e.message
+    );
 }
 
 #[test]
@@ -580,7 +622,12 @@ fn cuda_without_onnx_runtime_is_an_error_not_a_fallback() {
 
 #[test]
 fn invalid_options_are_rejected_with_the_key() {
-    for (t, key) in [("outer_loops = 0", "outer_loops"), ("backend = \"gpu\"", "gpu"), ("bogus = 1", "bogus"), ("output = \"x\"", "output")] {
+    for (t, key) in [
+        ("outer_loops = 0", "outer_loops"),
+        ("backend = \"gpu\"", "gpu"),
+        ("bogus = 1", "bogus"),
+        ("output = \"x\"", "output"),
+    ] {
         let e = Options::from_toml(t).unwrap_err();
         assert!(e.message.contains(key), "{t}: {}", e.message);
     }

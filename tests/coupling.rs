@@ -31,7 +31,11 @@ fn root() -> PathBuf {
 fn libdir() -> PathBuf {
     let exe = common::latentda_exe();
     let dir = exe.parent().map(Path::to_path_buf).unwrap_or_else(|| root().join("target/release"));
-    assert!(dir.join("liblatentda.a").is_file(), "{}/liblatentda.a missing: run `cargo build --release` first (scripts/test.sh does)", dir.display());
+    assert!(
+        dir.join("liblatentda.a").is_file(),
+        "{}/liblatentda.a missing: run `cargo build --release` first (scripts/test.sh does)",
+        dir.display()
+    );
     assert!(dir.join("liblatentda.so").is_file(), "{}/liblatentda.so missing", dir.display());
     dir
 }
@@ -51,7 +55,19 @@ fn static_libs() -> Vec<String> {
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().map(String::from).collect())
         .unwrap_or_else(|| vec!["-lnetcdf".into()]);
-    for l in ["-lhdf5", "-lz", "-lstdc++", "-lgcc_s", "-lutil", "-lrt", "-lpthread", "-lm", "-ldl", "-lc", "-Wl,-z,noexecstack"] {
+    for l in [
+        "-lhdf5",
+        "-lz",
+        "-lstdc++",
+        "-lgcc_s",
+        "-lutil",
+        "-lrt",
+        "-lpthread",
+        "-lm",
+        "-ldl",
+        "-lc",
+        "-Wl,-z,noexecstack",
+    ] {
         v.push(l.into());
     }
     v
@@ -118,25 +134,41 @@ fn build() -> Result<Programs, String> {
         dir,
     };
     // One compile-and-link per program: C with gcc, Fortran with gfortran against the module built once below.
-    let build = |compiler: &str, flags: &[&str], extra: &[&std::ffi::OsStr], src: &Path, exe: &Path, link: &dyn Fn(&mut Command)| {
+    let build = |compiler: &str,
+                 flags: &[&str],
+                 extra: &[&std::ffi::OsStr],
+                 src: &Path,
+                 exe: &Path,
+                 link: &dyn Fn(&mut Command)| {
         let mut c = Command::new(compiler);
         c.args(flags).args(extra).arg(src).arg("-o").arg(exe);
         link(&mut c);
         run_ok(&mut c)
     };
-    let c_prog = |src: &Path, exe: &Path, link: &dyn Fn(&mut Command)| build("gcc", C_FLAGS, &[inc.as_ref()], src, exe, link);
+    let c_prog =
+        |src: &Path, exe: &Path, link: &dyn Fn(&mut Command)| build("gcc", C_FLAGS, &[inc.as_ref()], src, exe, link);
     let driver_c = root().join("examples/c/driver.c");
     c_prog(&driver_c, &p.c_static, &stat)?;
     c_prog(&driver_c, &p.c_shared, &shared)?;
     c_prog(&root().join("tests/coupling/errors.c"), &p.c_errors, &shared)?;
     c_prog(&root().join("tests/coupling/obs_service.c"), &p.c_obs, &shared)?;
-    for (src, exe) in [("cycles.c", &p.c_cycles), ("threads.c", &p.c_threads), ("limits.c", &p.c_limits), ("reentry.c", &p.c_reentry)] {
+    for (src, exe) in
+        [("cycles.c", &p.c_cycles), ("threads.c", &p.c_threads), ("limits.c", &p.c_limits), ("reentry.c", &p.c_reentry)]
+    {
         c_prog(&root().join("tests/coupling").join(src), exe, &stat)?;
     }
     // Fortran: the module once (object + .mod in the scratch directory), then the programs.
     let modobj = p.dir.join("latentda_mod.o");
     let jdir = format!("-J{}", p.dir.display());
-    run_ok(Command::new("gfortran").args(F_FLAGS).arg(&jdir).arg("-c").arg(root().join("fortran/latentda.f90")).arg("-o").arg(&modobj))?;
+    run_ok(
+        Command::new("gfortran")
+            .args(F_FLAGS)
+            .arg(&jdir)
+            .arg("-c")
+            .arg(root().join("fortran/latentda.f90"))
+            .arg("-o")
+            .arg(&modobj),
+    )?;
     let f_prog = |src: &Path, exe: &Path, link: &dyn Fn(&mut Command)| {
         build("gfortran", F_FLAGS, &[jdir.as_ref(), modobj.as_ref()], src, exe, link)
     };
@@ -264,8 +296,13 @@ fn status_codes_qc_flags_and_orders_agree_in_every_copy() {
     let orders = [("LDA_ORDER_C", ffi::LDA_ORDER_C, "C"), ("LDA_ORDER_FORTRAN", ffi::LDA_ORDER_FORTRAN, "Fortran")];
     assert_eq!((statuses.len(), flags.len()), (11, 7));
     let read = |f: &str| std::fs::read_to_string(root().join(f)).unwrap();
-    let (header, hpp, module, docs, readme) =
-        (read("include/latentda.h"), read("include/latentda.hpp"), read("fortran/latentda.f90"), read("docs/coupling.md"), read("README.md"));
+    let (header, hpp, module, docs, readme) = (
+        read("include/latentda.h"),
+        read("include/latentda.hpp"),
+        read("fortran/latentda.f90"),
+        read("docs/coupling.md"),
+        read("README.md"),
+    );
     // The C header: exactly these enumerators.
     let in_header: Vec<(String, i32)> = header
         .lines()
@@ -290,14 +327,18 @@ fn status_codes_qc_flags_and_orders_agree_in_every_copy() {
     assert_eq!(a, b, "include/latentda.h enumerators");
     // C++: latentda::status::<name>, latentda::qc::<name>, latentda::Order::{C, Fortran}.
     let ns = |name: &str| -> String {
-        let i = hpp.find(&format!("namespace {name} {{")).unwrap_or_else(|| panic!("latentda.hpp has no namespace {name}"));
+        let i =
+            hpp.find(&format!("namespace {name} {{")).unwrap_or_else(|| panic!("latentda.hpp has no namespace {name}"));
         hpp[i..].split("}  // namespace").next().unwrap().to_string()
     };
     for (block, list) in [(ns("status"), &statuses), (ns("qc"), &flags)] {
         let n = block.matches("constexpr int32_t").count();
         assert_eq!(n, list.len(), "latentda.hpp: {n} constants, expected {}", list.len());
         for (c, v, short) in list {
-            assert!(block.contains(&format!("constexpr int32_t {short} = {v};")), "latentda.hpp lacks {short} = {v} ({c})");
+            assert!(
+                block.contains(&format!("constexpr int32_t {short} = {v};")),
+                "latentda.hpp lacks {short} = {v} ({c})"
+            );
         }
     }
     for (c, v, cpp) in orders {
@@ -306,7 +347,9 @@ fn status_codes_qc_flags_and_orders_agree_in_every_copy() {
     // Fortran: parameters named as in C (the bind order is private: ORDER_FORTRAN).
     let f90_has = |name: &str, v: i32| {
         module.lines().any(|m| {
-            m.contains(":: ") && m.split(":: ").nth(1).and_then(|d| d.split('!').next()).map(|d| d.trim().to_string()) == Some(format!("{name} = {v}"))
+            m.contains(":: ")
+                && m.split(":: ").nth(1).and_then(|d| d.split('!').next()).map(|d| d.trim().to_string())
+                    == Some(format!("{name} = {v}"))
         })
     };
     for (c, v, _) in statuses.iter().chain(&flags) {
@@ -337,7 +380,12 @@ fn status_codes_qc_flags_and_orders_agree_in_every_copy() {
 #[test]
 fn every_option_is_listed_in_every_copy() {
     let read = |f: &str| std::fs::read_to_string(root().join(f)).unwrap();
-    let (src, header, hpp, docs) = (read("src/var/options.rs"), read("include/latentda.h"), read("include/latentda.hpp"), read("docs/coupling.md"));
+    let (src, header, hpp, docs) = (
+        read("src/var/options.rs"),
+        read("include/latentda.h"),
+        read("include/latentda.hpp"),
+        read("docs/coupling.md"),
+    );
     let block: String = src
         .lines()
         .filter_map(|l| l.strip_prefix("//! "))
@@ -346,17 +394,25 @@ fn every_option_is_listed_in_every_copy() {
         .take_while(|l| *l != "```")
         .map(|l| format!("{l}\n"))
         .collect();
-    latentda::Options::from_toml(&block).unwrap_or_else(|e| panic!("the documented options do not parse: {e}\n{block}"));
+    latentda::Options::from_toml(&block)
+        .unwrap_or_else(|e| panic!("the documented options do not parse: {e}\n{block}"));
     let mut keys: Vec<&str> = block.lines().filter_map(|l| l.split_once(" = ")).map(|(k, _)| k.trim()).collect();
     let struct_body = src.split("pub struct Options {").nth(1).unwrap().split("\n}").next().unwrap();
-    let mut fields: Vec<&str> =
-        struct_body.lines().filter_map(|l| l.trim().strip_prefix("pub ")).filter_map(|l| l.split_once(':')).map(|(f, _)| f).collect();
+    let mut fields: Vec<&str> = struct_body
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("pub "))
+        .filter_map(|l| l.split_once(':'))
+        .map(|(f, _)| f)
+        .collect();
     keys.sort();
     fields.sort();
     assert_eq!(keys, fields, "documented option keys vs the fields of Options");
     // The identifiers of a text, so that `bg_check` is not found inside `bg_check_samples`.
     let words = |t: &str| -> std::collections::BTreeSet<String> {
-        t.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| !w.is_empty()).map(String::from).collect()
+        t.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| !w.is_empty())
+            .map(String::from)
+            .collect()
     };
     let before = |text: &str, start: &str, end: &str| -> String {
         let j = text.find(end).unwrap_or_else(|| panic!("no '{end}'"));
@@ -365,7 +421,8 @@ fn every_option_is_listed_in_every_copy() {
     };
     let c_doc = words(&before(&header, "/**", "int32_t lda_open("));
     let cpp_doc = words(&before(&hpp, "// Opens and validates a bundle directory.", "static Context open("));
-    let table: String = docs.lines().filter(|l| l.starts_with("| `")).filter_map(|l| l.split('|').nth(1)).collect::<Vec<_>>().join(" ");
+    let table: String =
+        docs.lines().filter(|l| l.starts_with("| `")).filter_map(|l| l.split('|').nth(1)).collect::<Vec<_>>().join(" ");
     let table = words(&table);
     for k in &keys {
         assert!(table.contains(*k), "docs/coupling.md's options table has no row for `{k}`");
@@ -508,7 +565,8 @@ fn valgrind(args: &[&std::ffi::OsStr]) -> Output {
 
 /// Bytes "in use at exit" from a valgrind report.
 fn in_use_at_exit(stderr: &str) -> u64 {
-    let l = stderr.lines().find(|l| l.contains("in use at exit:")).unwrap_or_else(|| panic!("no heap summary:\n{stderr}"));
+    let l =
+        stderr.lines().find(|l| l.contains("in use at exit:")).unwrap_or_else(|| panic!("no heap summary:\n{stderr}"));
     l.split("in use at exit:").nth(1).unwrap().split_whitespace().next().unwrap().replace(',', "").parse().unwrap()
 }
 
@@ -521,15 +579,26 @@ fn c_driver_is_valgrind_clean() {
     let b = fixture("tanh");
     let out = p.dir.join("valgrind.bin");
     let (bg, obs) = (b.join("sample/background.nc"), b.join("sample/obs.csv"));
-    let o = valgrind(&[p.c_static.as_os_str(), b.as_os_str(), bg.as_os_str(), obs.as_os_str(), out.as_os_str(), "--quiet".as_ref()]);
+    let o = valgrind(&[
+        p.c_static.as_os_str(),
+        b.as_os_str(),
+        bg.as_os_str(),
+        obs.as_os_str(),
+        out.as_os_str(),
+        "--quiet".as_ref(),
+    ]);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "valgrind reported errors: {}", show(&o));
     assert!(stderr.contains("ERROR SUMMARY: 0 errors"), "{stderr}");
     for kind in ["definitely", "indirectly", "possibly"] {
-        assert!(stderr.contains(&format!("{kind} lost: 0 bytes")) || stderr.contains("All heap blocks were freed"), "{stderr}");
+        assert!(
+            stderr.contains(&format!("{kind} lost: 0 bytes")) || stderr.contains("All heap blocks were freed"),
+            "{stderr}"
+        );
     }
     let (x, _) = run_driver(&p.c_static, "tanh", "valgrind_ref", &["--quiet"]);
-    let xv: Vec<f64> = std::fs::read(&out).unwrap().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect();
+    let xv: Vec<f64> =
+        std::fs::read(&out).unwrap().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect();
     // Not bit for bit: valgrind's CPU model lacks AVX-512 (and more), so tract picks other matrix kernels under it
     // and rounds differently. Bit-identity holds on one machine and instruction set, not across them; across them
     // the analyses agree to float32 model rounding, the tolerance the drivers meet against the CLI.
@@ -575,7 +644,16 @@ fn analyse_through_c_abi(bundle: &str, n: usize) -> Vec<Vec<f64>> {
     let (level, value, sigma) = (col(&|o| o.level.unwrap_or(f64::NAN)), col(&|o| o.value), col(&|o| o.sigma));
     check(
         ctx,
-        ffi::lda_set_obs(ctx, obs.len(), var.as_ptr(), lat.as_ptr(), lon.as_ptr(), level.as_ptr(), value.as_ptr(), sigma.as_ptr()),
+        ffi::lda_set_obs(
+            ctx,
+            obs.len(),
+            var.as_ptr(),
+            lat.as_ptr(),
+            lon.as_ptr(),
+            level.as_ptr(),
+            value.as_ptr(),
+            sigma.as_ptr(),
+        ),
         "set_obs",
     );
     let mut results = Vec::new();
@@ -598,7 +676,9 @@ fn two_contexts_analyse_concurrently() {
     let t3 = std::thread::spawn(move || analyse_through_c_abi("linear", runs));
     let (r1, r2, r3) = (t1.join().unwrap(), t2.join().unwrap(), t3.join().unwrap());
     let (cli_t, cli_l) = (cli_analysis("tanh"), cli_analysis("linear"));
-    for (name, rs, cli, bundle) in [("thread 1", &r1, cli_t, "tanh"), ("thread 2", &r2, cli_t, "tanh"), ("thread 3", &r3, cli_l, "linear")] {
+    for (name, rs, cli, bundle) in
+        [("thread 1", &r1, cli_t, "tanh"), ("thread 2", &r2, cli_t, "tanh"), ("thread 3", &r3, cli_l, "linear")]
+    {
         for (i, x) in rs.iter().enumerate() {
             let d = max_rel_diff(bundle, x, cli);
             assert!(d <= 1e-6, "{name} run {i}: differs from latentda analyse by {d:e}");
@@ -759,8 +839,14 @@ fn caught_panics_print_nothing_and_reach_lda_last_error() {
     common::refresh_checksum(&b, "decoder_tl.onnx");
     let o = run_reentry("panic", &[&b]);
     let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    assert!(out.contains("decoder_tl.onnx") && out.contains("out of range"), "the panic message is not in lda_last_error:\n{out}");
-    assert!(!err.contains("panicked at") && !err.contains("out of range"), "panic text reached the host's stderr:\n{err}");
+    assert!(
+        out.contains("decoder_tl.onnx") && out.contains("out of range"),
+        "the panic message is not in lda_last_error:\n{out}"
+    );
+    assert!(
+        !err.contains("panicked at") && !err.contains("out of range"),
+        "panic text reached the host's stderr:\n{err}"
+    );
     assert!(err.trim().is_empty(), "the host's stderr is not empty:\n{err}");
 }
 
@@ -821,7 +907,8 @@ fn fortran_host_minimiser_matches_cli() {
     std::fs::write(&opt_file, options).unwrap();
     for bundle in ["tanh", "linear"] {
         let b = fixture(bundle);
-        let (cli_out, report) = (p.dir.join(format!("host_cli_{bundle}.nc")), p.dir.join(format!("host_cli_{bundle}.json")));
+        let (cli_out, report) =
+            (p.dir.join(format!("host_cli_{bundle}.nc")), p.dir.join(format!("host_cli_{bundle}.json")));
         let o = Command::new(common::latentda_exe())
             .args(["analyse", "--method", "l3dvar", "--bundle"])
             .arg(&b)
@@ -839,7 +926,8 @@ fn fortran_host_minimiser_matches_cli() {
             .unwrap();
         assert!(o.status.success(), "{}", show(&o));
         let rep: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-        let (cli_j0, cli_j) = (rep["solver"]["j_initial"].as_f64().unwrap(), rep["solver"]["j_final"].as_f64().unwrap());
+        let (cli_j0, cli_j) =
+            (rep["solver"]["j_initial"].as_f64().unwrap(), rep["solver"]["j_final"].as_f64().unwrap());
         let out_bin = p.dir.join(format!("host_minimiser_{bundle}.bin"));
         let bg = background_bin(bundle);
         let o = Command::new(&p.f_host)
@@ -864,14 +952,23 @@ fn fortran_host_minimiser_matches_cli() {
         // The analyses: per variable, the difference relative to the increment (CG tolerance 1e-5, float32 U).
         let layout = Bundle::open(&b).unwrap().layout;
         let cli = latentda::bundle::ncio::read_state(&cli_out, &layout).unwrap();
-        let host: Vec<f64> = std::fs::read(&out_bin).unwrap().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect();
+        let host: Vec<f64> = std::fs::read(&out_bin)
+            .unwrap()
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
         let bgv = background(bundle);
         for v in 0..layout.variables.len() {
             let r = layout.var_range(v);
             let inc = r.clone().map(|i| (cli[i] - bgv[i]).abs()).fold(0.0, f64::max);
             let d = r.map(|i| (cli[i] - host[i]).abs()).fold(0.0, f64::max);
             println!("{bundle} {}: max |host - CLI| / max |increment| = {:.2e}", layout.variables[v].name, d / inc);
-            assert!(inc > 0.0 && d <= 2e-4 * inc, "{bundle} {}: analyses differ by {:.2e} of the increment", layout.variables[v].name, d / inc);
+            assert!(
+                inc > 0.0 && d <= 2e-4 * inc,
+                "{bundle} {}: analyses differ by {:.2e} of the increment",
+                layout.variables[v].name,
+                d / inc
+            );
         }
     }
 }
@@ -890,7 +987,11 @@ fn layout_h_service_and_noise_floor_through_the_c_abi() {
     check(ctx, ffi::lda_grid_info(ctx, &mut kind, &mut nlat, &mut nlon, &mut vert, &mut nlev), "lda_grid_info");
     assert_eq!((kind, vert, nlat, nlon, nlev), (1, 0, lay.grid.nlat(), lay.grid.nlon(), lay.vertical.levels.len()));
     let (mut la, mut lo, mut le) = (vec![0.0; nlat], vec![0.0; nlon], vec![0.0; nlev]);
-    check(ctx, ffi::lda_grid_coords(ctx, la.as_mut_ptr(), nlat, lo.as_mut_ptr(), nlon, le.as_mut_ptr(), nlev), "coords");
+    check(
+        ctx,
+        ffi::lda_grid_coords(ctx, la.as_mut_ptr(), nlat, lo.as_mut_ptr(), nlon, le.as_mut_ptr(), nlev),
+        "coords",
+    );
     assert_eq!((&la, &lo, &le), (&lay.grid.lat, &lay.grid.lon, &lay.vertical.levels));
     let mut nvar = 0;
     check(ctx, ffi::lda_var_count(ctx, &mut nvar), "lda_var_count");
@@ -913,13 +1014,21 @@ fn layout_h_service_and_noise_floor_through_the_c_abi() {
     let bg = background("tanh");
     let nx = bg.len();
     let mut hx = vec![-7.0; 1];
-    assert_eq!(ffi::lda_obs_h(ctx, bg.as_ptr(), nx, hx.as_mut_ptr(), std::ptr::null_mut(), 1), ffi::LDA_ERR_INVALID_ARGUMENT);
+    assert_eq!(
+        ffi::lda_obs_h(ctx, bg.as_ptr(), nx, hx.as_mut_ptr(), std::ptr::null_mut(), 1),
+        ffi::LDA_ERR_INVALID_ARGUMENT
+    );
     // Bind the background and set the sample observations.
     let mut fields: Vec<Vec<f64>> = (0..lay.variables.len()).map(|v| bg[lay.var_range(v)].to_vec()).collect();
     for (v, f) in lay.variables.iter().zip(fields.iter_mut()) {
         let name = CString::new(v.name.as_str()).unwrap();
-        let shape: Vec<i64> = if v.is_surface() { vec![nlat as i64, nlon as i64] } else { vec![v.nlev as i64, nlat as i64, nlon as i64] };
-        check(ctx, ffi::lda_bind_field_f64(ctx, name.as_ptr(), f.as_mut_ptr(), shape.len() as i32, shape.as_ptr(), 0), "bind");
+        let shape: Vec<i64> =
+            if v.is_surface() { vec![nlat as i64, nlon as i64] } else { vec![v.nlev as i64, nlat as i64, nlon as i64] };
+        check(
+            ctx,
+            ffi::lda_bind_field_f64(ctx, name.as_ptr(), f.as_mut_ptr(), shape.len() as i32, shape.as_ptr(), 0),
+            "bind",
+        );
     }
     let (obs, _) = latentda::obs::read_csv(&b.join("sample/obs.csv"), &lay).unwrap();
     let n = obs.len();
@@ -927,7 +1036,20 @@ fn layout_h_service_and_noise_floor_through_the_c_abi() {
     let col = |f: &dyn Fn(&latentda::Observation) -> f64| obs.iter().map(f).collect::<Vec<f64>>();
     let (lat, lon) = (col(&|o| o.lat), col(&|o| o.lon));
     let (level, value, sigma) = (col(&|o| o.level.unwrap_or(f64::NAN)), col(&|o| o.value), col(&|o| o.sigma));
-    check(ctx, ffi::lda_set_obs(ctx, n, var.as_ptr(), lat.as_ptr(), lon.as_ptr(), level.as_ptr(), value.as_ptr(), sigma.as_ptr()), "set_obs");
+    check(
+        ctx,
+        ffi::lda_set_obs(
+            ctx,
+            n,
+            var.as_ptr(),
+            lat.as_ptr(),
+            lon.as_ptr(),
+            level.as_ptr(),
+            value.as_ptr(),
+            sigma.as_ptr(),
+        ),
+        "set_obs",
+    );
     let (mut hx, mut qc) = (vec![0.0; n], vec![-1i32; n]);
     check(ctx, ffi::lda_obs_h(ctx, std::ptr::null(), 0, hx.as_mut_ptr(), qc.as_mut_ptr(), n), "lda_obs_h");
     let (mut hx2, mut keep) = (vec![-7.0; n], vec![-7i32; n]);
@@ -938,12 +1060,21 @@ fn layout_h_service_and_noise_floor_through_the_c_abi() {
         assert_eq!(hx[i].is_nan(), *q != ffi::LDA_QC_USED, "observation {i}: NaN exactly where rejected");
     }
     // Failing calls write nothing.
-    assert_eq!(ffi::lda_obs_h(ctx, bg.as_ptr(), nx, std::ptr::null_mut(), keep.as_mut_ptr(), n), ffi::LDA_ERR_NULL_POINTER);
-    assert_eq!(ffi::lda_obs_h(ctx, bg.as_ptr(), nx - 1, hx2.as_mut_ptr(), keep.as_mut_ptr(), n), ffi::LDA_ERR_INVALID_ARGUMENT);
+    assert_eq!(
+        ffi::lda_obs_h(ctx, bg.as_ptr(), nx, std::ptr::null_mut(), keep.as_mut_ptr(), n),
+        ffi::LDA_ERR_NULL_POINTER
+    );
+    assert_eq!(
+        ffi::lda_obs_h(ctx, bg.as_ptr(), nx - 1, hx2.as_mut_ptr(), keep.as_mut_ptr(), n),
+        ffi::LDA_ERR_INVALID_ARGUMENT
+    );
     let mut bad = bg.clone();
     bad[5] = f64::NAN;
     hx2.iter_mut().for_each(|h| *h = -7.0);
-    assert_eq!(ffi::lda_obs_h(ctx, bad.as_ptr(), nx, hx2.as_mut_ptr(), keep.as_mut_ptr(), n), ffi::LDA_ERR_INVALID_DATA);
+    assert_eq!(
+        ffi::lda_obs_h(ctx, bad.as_ptr(), nx, hx2.as_mut_ptr(), keep.as_mut_ptr(), n),
+        ffi::LDA_ERR_INVALID_DATA
+    );
     assert!(hx2.iter().all(|h| *h == -7.0) && keep.iter().all(|k| *k == -7), "a failing lda_obs_h wrote its outputs");
     // Adjoint over the whole sample: <H x, y> = <x, H^T y> for a random x and y.
     let mut rng = latentda::numeric::Rng::new(5);
@@ -980,8 +1111,13 @@ fn layout_h_service_and_noise_floor_through_the_c_abi() {
     check(ctx, ffi::lda_open(dir.as_ptr(), opts.as_ptr(), &mut ctx), "lda_open static");
     for (v, f) in lay.variables.iter().zip(fields.iter_mut()) {
         let name = CString::new(v.name.as_str()).unwrap();
-        let shape: Vec<i64> = if v.is_surface() { vec![nlat as i64, nlon as i64] } else { vec![v.nlev as i64, nlat as i64, nlon as i64] };
-        check(ctx, ffi::lda_bind_field_f64(ctx, name.as_ptr(), f.as_mut_ptr(), shape.len() as i32, shape.as_ptr(), 0), "bind");
+        let shape: Vec<i64> =
+            if v.is_surface() { vec![nlat as i64, nlon as i64] } else { vec![v.nlev as i64, nlat as i64, nlon as i64] };
+        check(
+            ctx,
+            ffi::lda_bind_field_f64(ctx, name.as_ptr(), f.as_mut_ptr(), shape.len() as i32, shape.as_ptr(), 0),
+            "bind",
+        );
     }
     let ns = nf(ctx, 3);
     println!("tanh static U noise floor: {ns:?}");
@@ -1015,7 +1151,10 @@ fn a_non_converged_analysis_says_why() {
         .unwrap();
     assert!(o.status.success(), "{}", show(&o));
     let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    assert!(all.contains("NOT converged to the gradient target: budget exhausted: all max_pairs = 2 TL/AD pairs"), "{all}");
+    assert!(
+        all.contains("NOT converged to the gradient target: budget exhausted: all max_pairs = 2 TL/AD pairs"),
+        "{all}"
+    );
     let rep: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(rep["solver"]["converged"], false);
     assert!(rep["solver"]["stop_reason"].as_str().unwrap().starts_with("budget exhausted"), "{}", rep["solver"]);
@@ -1034,6 +1173,7 @@ fn a_non_converged_analysis_says_why() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", show(&out));
-    let rep: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p.dir.join("converged.json")).unwrap()).unwrap();
+    let rep: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p.dir.join("converged.json")).unwrap()).unwrap();
     assert_eq!(rep["solver"]["stop_reason"], "converged", "{}", rep["solver"]);
 }

@@ -127,8 +127,10 @@ fn cpp_driver_matches_cli() {
 
     let driver = build("driver");
     let an_cpp = dir.join("an_cpp.txt");
-    let (code, out, err) =
-        run(&driver, &[bundle.to_str().unwrap(), bg.to_str().unwrap(), obs.to_str().unwrap(), an_cpp.to_str().unwrap()]);
+    let (code, out, err) = run(
+        &driver,
+        &[bundle.to_str().unwrap(), bg.to_str().unwrap(), obs.to_str().unwrap(), an_cpp.to_str().unwrap()],
+    );
     assert_eq!(code, 0, "C++ driver failed:\n{out}\n{err}");
     assert!(out.contains("O-B rms") && out.contains("O-A rms"), "driver prints O-B/O-A statistics:\n{out}");
     println!("{out}");
@@ -155,7 +157,11 @@ fn cpp_driver_matches_cli() {
     let used = qc.iter().filter(|&&f| f == 0).count();
     assert_eq!(used as u64, rep["n_used"].as_u64().unwrap());
     assert_eq!(used, 60);
-    assert_eq!(&qc[60..], &[4, 1, 3], "QC flags of the last three rows: unknown variable, invalid sigma, outside vertical");
+    assert_eq!(
+        &qc[60..],
+        &[4, 1, 3],
+        "QC flags of the last three rows: unknown variable, invalid sigma, outside vertical"
+    );
 
     // Float host arrays: same analysis to float precision.
     let an_f32 = dir.join("an_cpp_f32.txt");
@@ -241,7 +247,10 @@ fn cpp_errors_have_c_abi_codes_and_messages_and_leave_arrays_untouched() {
     assert!(what.contains('u'), "the message names the field: {what}");
     assert_eq!(case("bad_method").0, 2);
     for name in ["field_not_bound", "nan_in_field", "bad_method"] {
-        assert!(out.contains(&format!("case={name} untouched=1")), "{name}: host arrays modified by a failed analyse\n{out}");
+        assert!(
+            out.contains(&format!("case={name} untouched=1")),
+            "{name}: host arrays modified by a failed analyse\n{out}"
+        );
     }
     assert!(out.contains("case=valid_analysis changed=1"), "{out}");
     assert!(out.contains("case=hybrid_analysis qc="), "{out}");
@@ -269,8 +278,19 @@ fn cpp_driver_hybrid_matches_cli() {
     let an_cli = dir.join("an_cli.nc");
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let (code, _, err) = common::cli(&[
-        "analyse", "--bundle", &s(&bundle), "--background", &s(&bg), "--obs", &s(&obs), "--output", &s(&an_cli),
-        "--options", &s(&opts), "--method", "hybrid",
+        "analyse",
+        "--bundle",
+        &s(&bundle),
+        "--background",
+        &s(&bg),
+        "--obs",
+        &s(&obs),
+        "--output",
+        &s(&an_cli),
+        "--options",
+        &s(&opts),
+        "--method",
+        "hybrid",
     ]);
     assert_eq!(code, 0, "CLI hybrid failed: {err}");
     let driver = build("driver");
@@ -304,8 +324,12 @@ fn cpp_host_sees_a_caught_panic_as_an_error_and_nothing_on_stderr() {
     assert!(out.status.success(), "{cmd}\n{}", String::from_utf8_lossy(&out.stderr));
     let (code, out, err) = run(&root().join("target/cpp-quiet-panic"), &[b.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}\n{err}");
-    let what = out.trim().strip_prefix(&format!("code={} what=", Status::Bundle as i32)).unwrap_or_else(|| panic!("{out}"));
-    assert!(what.contains("decoder_tl.onnx") && what.contains("internal panic") && what.contains("out of range"), "{what}");
+    let what =
+        out.trim().strip_prefix(&format!("code={} what=", Status::Bundle as i32)).unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        what.contains("decoder_tl.onnx") && what.contains("internal panic") && what.contains("out of range"),
+        "{what}"
+    );
     assert!(err.trim().is_empty(), "the C++ host's stderr is not empty:\n{err}");
 }
 
@@ -328,8 +352,10 @@ fn cpp_layout_and_h_service() {
     let bg_bin = dir.join("background.bin");
     std::fs::write(&bg_bin, bg.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
     let report = dir.join("report.json");
-    let (code, out, err) =
-        run(&root().join("target/cpp-obs-service"), &[bundle.to_str().unwrap(), bg_bin.to_str().unwrap(), report.to_str().unwrap()]);
+    let (code, out, err) = run(
+        &root().join("target/cpp-obs-service"),
+        &[bundle.to_str().unwrap(), bg_bin.to_str().unwrap(), report.to_str().unwrap()],
+    );
     println!("{out}");
     assert!(code == 0 && out.contains("PASSED") && !out.contains("FAIL"), "{out}\n{err}");
     let omb: Vec<f64> = out
@@ -344,7 +370,12 @@ fn cpp_layout_and_h_service() {
         let v = rep["variables"].as_array().unwrap().iter().find(|v| v["name"] == *name).unwrap();
         assert_eq!(v["n_used"], 1, "{name}: one used observation");
         let r = v["omb_mean"].as_f64().unwrap();
-        assert_eq!(r.to_bits(), omb[i].to_bits(), "{name}: report O-B {r:e} vs value - H x_b of the service {:e}", omb[i]);
+        assert_eq!(
+            r.to_bits(),
+            omb[i].to_bits(),
+            "{name}: report O-B {r:e} vs value - H x_b of the service {:e}",
+            omb[i]
+        );
     }
 }
 
@@ -366,7 +397,8 @@ fn cpp_step_model_l4dvar_check_and_report_number() {
     let bg = latentda::bundle::ncio::read_state(&bundle.join("sample/background.nc"), &layout).unwrap();
     let bg_bin = dir.join("background.bin");
     std::fs::write(&bg_bin, bg.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
-    let (code, out, err) = run(&root().join("target/cpp-step-model"), &[bundle.to_str().unwrap(), bg_bin.to_str().unwrap()]);
+    let (code, out, err) =
+        run(&root().join("target/cpp-step-model"), &[bundle.to_str().unwrap(), bg_bin.to_str().unwrap()]);
     println!("{out}");
     assert!(code == 0 && out.contains("PASSED") && !out.contains("FAIL"), "{out}\n{err}");
     assert!(err.trim().is_empty(), "stderr: {err}");

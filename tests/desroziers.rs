@@ -7,10 +7,10 @@ mod common;
 
 use common::*;
 use latentda::bmat::BOperator;
-use latentda::var::desroziers::{tune, Desroziers};
 use latentda::numeric::Rng;
 use latentda::obs::operator::ObsOperator;
 use latentda::obs::{Observation, QcFlag};
+use latentda::var::desroziers::{tune, Desroziers};
 use latentda::{Analyser, Method, Options};
 
 /// Observations exactly at grid points and model levels of the linear fixture (so H sqrt(diag B) is exactly
@@ -31,7 +31,8 @@ fn grid_point_obs(a: &Analyser, sigma_scale: f64) -> Vec<Observation> {
                     "t" => 0.5,
                     _ => 50.0,
                 };
-                let levels: Vec<Option<f64>> = if var.nlev == 0 { vec![None] } else { lev.iter().map(|l| Some(*l)).collect() };
+                let levels: Vec<Option<f64>> =
+                    if var.nlev == 0 { vec![None] } else { lev.iter().map(|l| Some(*l)).collect() };
                 for l in levels {
                     obs.push(Observation {
                         var: Some(v),
@@ -176,7 +177,10 @@ fn estimates_equal_the_generating_b_and_r_for_the_optimal_analysis() {
     let t = tune(&sections, "l3dvar", "all", "global").unwrap();
     eprintln!("{}", t.table());
     let c = t.cells.iter().find(|c| c.group == "all" && c.band == "global").unwrap();
-    eprintln!("r_ratio {:?} hbh_ratio {:?} chi2 {:?} g_new {:?}", c.r_ratio, c.hbh_ratio, c.innovation_ratio, t.scale_new);
+    eprintln!(
+        "r_ratio {:?} hbh_ratio {:?} chi2 {:?} g_new {:?}",
+        c.r_ratio, c.hbh_ratio, c.innovation_ratio, t.scale_new
+    );
     // 150 cases x 24 latent directions: sampling error of the B ratio ~ sqrt(2 / 3600) ~ 0.024
     assert!((c.r_ratio.unwrap() - 1.0).abs() < 0.05, "E[da db]/R = {:?}", c.r_ratio);
     assert!((c.hbh_ratio.unwrap() - 1.0).abs() < 0.08, "E[dHx db]/HBH^T = {:?}", c.hbh_ratio);
@@ -259,7 +263,8 @@ fn tune_verb_accumulates_reports_and_writes_options() {
     let r2 = run("3dvar", &["--baseline-variance-factor", "2.0"], "b");
     let r3 = run("l3dvar", &[], "c");
     let opts = dir.join("tuned.toml");
-    let (code, out, err) = cli(&["tune", r1.to_str().unwrap(), r2.to_str().unwrap(), "--output", opts.to_str().unwrap()]);
+    let (code, out, err) =
+        cli(&["tune", r1.to_str().unwrap(), r2.to_str().unwrap(), "--output", opts.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("group") && out.contains("global") && out.contains("B rat"), "{out}");
     // the file is an options file, and its factor is the library's accumulation of the two reports
@@ -280,7 +285,8 @@ fn tune_verb_accumulates_reports_and_writes_options() {
     assert_eq!(acc.n, c(&d1).n + c(&d2).n);
     assert!((acc.sum_dhx_db - c(&d1).sum_dhx_db - c(&d2).sum_dhx_db).abs() < 1e-9 * acc.sum_dhx_db.abs());
     // g_new = sum est / sum (in / g)
-    let want = (c(&d1).sum_dhx_db + c(&d2).sum_dhx_db) / (c(&d1).sum_hbh.unwrap() / 1.0 + c(&d2).sum_hbh.unwrap() / 2.0);
+    let want =
+        (c(&d1).sum_dhx_db + c(&d2).sum_dhx_db) / (c(&d1).sum_hbh.unwrap() / 1.0 + c(&d2).sum_hbh.unwrap() / 2.0);
     assert!((g - want).abs() <= 1e-6 * want, "{g} vs {want}");
     // mixed methods: printing is fine, writing needs --method
     let (code, out, _) = cli(&["tune", r1.to_str().unwrap(), r3.to_str().unwrap()]);
@@ -289,7 +295,15 @@ fn tune_verb_accumulates_reports_and_writes_options() {
     let (code, _, err) = cli(&["tune", r1.to_str().unwrap(), r3.to_str().unwrap(), "--output", opts.to_str().unwrap()]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--method"), "{err}");
-    let (code, out, err) = cli(&["tune", r1.to_str().unwrap(), r3.to_str().unwrap(), "--method", "l3dvar", "--output", opts.to_str().unwrap()]);
+    let (code, out, err) = cli(&[
+        "tune",
+        r1.to_str().unwrap(),
+        r3.to_str().unwrap(),
+        "--method",
+        "l3dvar",
+        "--output",
+        opts.to_str().unwrap(),
+    ]);
     assert_eq!(code, 0, "{out}\n{err}");
     let o = Options::from_toml(&std::fs::read_to_string(&opts).unwrap()).unwrap();
     assert!(o.latent_variance_factor.is_some() && o.baseline_variance_factor.is_none());
@@ -363,7 +377,11 @@ fn hybrid_parts_add_up_and_the_split_moves_each_weight_towards_the_truth() {
     }
     let g = tune(&s0, "hybrid", "all", "global").unwrap();
     let all = &g.cells.iter().find(|c| c.group == "all" && c.band == "global").unwrap().normalised;
-    eprintln!("in force, all observations: latent {:.4e}, static {:.4e}", all.sum_hbh_latent.unwrap(), all.sum_hbh_static.unwrap());
+    eprintln!(
+        "in force, all observations: latent {:.4e}, static {:.4e}",
+        all.sum_hbh_latent.unwrap(),
+        all.sum_hbh_static.unwrap()
+    );
     let t = g;
     let sp = t.hybrid_split.expect("the linear fixture's cells tell the latent and static parts apart");
     eprintln!("step 1: joint scale {:?}, split {sp:?}", t.scale_new);

@@ -76,7 +76,10 @@ fn latent_ensemble_b_passes_its_adjoint_test_through_the_tanh_decoder() {
         brute[p] = col.iter().map(|c| c * c).sum();
     }
     let rel = max_rel_diff(&var, &brute);
-    eprintln!("latent ensemble variance, exact by columns vs brute force via AD: max rel diff {rel:.2e}; {}", eb.variance_method());
+    eprintln!(
+        "latent ensemble variance, exact by columns vs brute force via AD: max rel diff {rel:.2e}; {}",
+        eb.variance_method()
+    );
     assert!(rel < 1e-5, "variance differs from brute force by {rel:e}");
     // The randomised estimate (default 32 draws < 48 controls) is within a few sqrt(2/32) of it on average.
     eb.set_variance_samples(32);
@@ -161,10 +164,14 @@ fn latent_ensemble_b_with_linear_decoder_gives_the_kalman_analysis() {
     let lay = a.bundle.layout.clone();
     let (ns, np) = (lay.state_len(), lay.grid.npoints());
     // The flat 24-element latent read as 3 channels on 8 points (a made-up geometry: the algebra is what is tested).
-    let (plat, plon) = (vec![60.0, 60.0, 60.0, 60.0, -20.0, -20.0, -20.0, -20.0], vec![0.0, 40.0, 80.0, 200.0, 0.0, 40.0, 80.0, 200.0]);
+    let (plat, plon) = (
+        vec![60.0, 60.0, 60.0, 60.0, -20.0, -20.0, -20.0, -20.0],
+        vec![0.0, 40.0, 80.0, 200.0, 0.0, 40.0, 80.0, 200.0],
+    );
     let loc = Localisation::dense(&plat, &plon, 3000.0).unwrap();
     let (k, gamma) = (5, 0.7);
-    let zs: Vec<Vec<f32>> = (0..k).map(|i| Rng::new(90 + i as u64).normals(24).iter().map(|v| *v as f32).collect()).collect();
+    let zs: Vec<Vec<f32>> =
+        (0..k).map(|i| Rng::new(90 + i as u64).normals(24).iter().map(|v| *v as f32).collect()).collect();
     let z_b = a.encode_background(&xb).unwrap();
     let mut eb = LatentEnsembleB::new(&zs, z_b.clone(), &a.bundle.std, np, gamma, loc.clone()).unwrap();
     let nc = eb.control_size();
@@ -192,11 +199,13 @@ fn latent_ensemble_b_with_linear_decoder_gives_the_kalman_analysis() {
     }
     let zf: Vec<Vec<f64>> = zs.iter().map(|z| z.iter().map(|v| *v as f64).collect()).collect();
     let mean: Vec<f64> = (0..24).map(|i| zf.iter().map(|z| z[i]).sum::<f64>() / k as f64).collect();
-    let dz: Vec<Vec<f64>> = zf.iter().map(|z| z.iter().zip(&mean).map(|(v, m)| (v - m) / ((k - 1) as f64).sqrt()).collect()).collect();
+    let dz: Vec<Vec<f64>> =
+        zf.iter().map(|z| z.iter().zip(&mean).map(|(v, m)| (v - m) / ((k - 1) as f64).sqrt()).collect()).collect();
     let bz = |i: usize, j: usize| gamma * dz.iter().map(|d| d[i] * d[j]).sum::<f64>() * loc.correlation(i % 8, j % 8);
     let bzm: Vec<f64> = (0..24 * 24).map(|q| bz(q / 24, q % 24)).collect();
     // B_ex = (sd W) Bz (sd W)^T, formed as (sd W Bz) then times (sd W)^T.
-    let wbz: Vec<Vec<f64>> = (0..24).map(|j| (0..ns).map(|p| (0..24).map(|i| w[i][p] * bzm[i * 24 + j]).sum()).collect()).collect();
+    let wbz: Vec<Vec<f64>> =
+        (0..24).map(|j| (0..ns).map(|p| (0..24).map(|i| w[i][p] * bzm[i * 24 + j]).sum()).collect()).collect();
     let bex = |p: usize, q: usize| (0..24).map(|j| wbz[j][p] * w[j][q]).sum::<f64>();
     let (mut worst, mut big): (f64, f64) = (0.0, 0.0);
     for p in 0..ns {
@@ -207,7 +216,10 @@ fn latent_ensemble_b_with_linear_decoder_gives_the_kalman_analysis() {
             big = big.max(e.abs());
         }
     }
-    eprintln!("latent ensemble B, linear decoder: max |U U^T - sd W (gamma P_z o L) W^T sd| / max|B| = {:.2e}", worst / big);
+    eprintln!(
+        "latent ensemble B, linear decoder: max |U U^T - sd W (gamma P_z o L) W^T sd| / max|B| = {:.2e}",
+        worst / big
+    );
     assert!(worst < 1e-5 * big, "U U^T differs from the explicit localised latent covariance by {:e}", worst / big);
     // Observations of the fixture sample, innovations against x_b.
     let mut flags = vec![QcFlag::Used; obs.len()];
@@ -242,7 +254,8 @@ fn latent_ensemble_b_with_linear_decoder_gives_the_kalman_analysis() {
             y
         })
         .collect();
-    let bht: Vec<Vec<f64>> = (0..m).map(|o| (0..ns).map(|p| (0..24).map(|j| wbz[j][p] * hw[j][o]).sum()).collect()).collect();
+    let bht: Vec<Vec<f64>> =
+        (0..m).map(|o| (0..ns).map(|p| (0..24).map(|j| wbz[j][p] * hw[j][o]).sum()).collect()).collect();
     let s = faer::Mat::<f64>::from_fn(m, m, |o1, o2| {
         let mut y = vec![0.0; m];
         h.apply(&bht[o2], &mut y);
@@ -253,7 +266,10 @@ fn latent_ensemble_b_with_linear_decoder_gives_the_kalman_analysis() {
     let dx_kal: Vec<f64> = (0..ns).map(|p| (0..m).map(|o| bht[o][p] * y[(o, 0)]).sum()).collect();
     let num = dx_var.iter().zip(&dx_kal).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
     let den = dx_kal.iter().map(|b| b * b).sum::<f64>().sqrt();
-    eprintln!("latent ensemble B, linear decoder, {m} observations: variational vs Kalman increment, relative 2-norm {:.2e}", num / den);
+    eprintln!(
+        "latent ensemble B, linear decoder, {m} observations: variational vs Kalman increment, relative 2-norm {:.2e}",
+        num / den
+    );
     assert!(num / den < 1e-5, "variational and Kalman increments differ by {:e}", num / den);
 }
 

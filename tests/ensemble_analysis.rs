@@ -20,7 +20,8 @@ use latentda::var::options::BKind;
 use latentda::{Analyser, Method, Options};
 
 /// Exact solve: one outer loop (the linear latent form is quadratic), converged far below the default target.
-const EXACT: &str = "outer_loops = 1\nmax_inner = 400\ngradient_reduction = 1e-13\nbg_check = 0.0\nlatent_increment = \"linear\"\n";
+const EXACT: &str =
+    "outer_loops = 1\nmax_inner = 400\ngradient_reduction = 1e-13\nbg_check = 0.0\nlatent_increment = \"linear\"\n";
 
 fn open(name: &str, toml: &str) -> Analyser {
     Analyser::open(fixture(name), Options::from_toml(toml).unwrap()).unwrap()
@@ -48,7 +49,11 @@ fn members(a: &Analyser, xb: &[f64], k: usize, seed: u64) -> Vec<Vec<f64>> {
                     let (ch, p) = (i / np, i % np);
                     let (lat, lon) = (g.lat[p / nlon].to_radians(), g.lon[p % nlon].to_radians());
                     let a5 = &c[5 * ch..5 * ch + 5];
-                    let f = a5[0] + a5[1] * lon.cos() + a5[2] * lon.sin() + a5[3] * (2.0 * lat).sin() + a5[4] * lat.cos() * (2.0 * lon).sin();
+                    let f = a5[0]
+                        + a5[1] * lon.cos()
+                        + a5[2] * lon.sin()
+                        + a5[3] * (2.0 * lat).sin()
+                        + a5[4] * lat.cos() * (2.0 * lon).sin();
                     xb[i] + 0.3 * a.bundle.std[ch] * f
                 })
                 .collect()
@@ -76,7 +81,9 @@ fn kalman(cols: &[Vec<f64>], h: &ObsOperator, obs: &[Observation], xb: &[f64]) -
     h.apply(xb, &mut hxb);
     let sig: Vec<f64> = h.rows.iter().map(|&i| obs[i].sigma).collect();
     let d: Vec<f64> = h.rows.iter().zip(&hxb).map(|(&i, hb)| obs[i].value - hb).collect();
-    let s = faer::Mat::<f64>::from_fn(m, m, |i, j| g.iter().map(|gk| gk[i] * gk[j]).sum::<f64>() + if i == j { sig[i] * sig[i] } else { 0.0 });
+    let s = faer::Mat::<f64>::from_fn(m, m, |i, j| {
+        g.iter().map(|gk| gk[i] * gk[j]).sum::<f64>() + if i == j { sig[i] * sig[i] } else { 0.0 }
+    });
     let mut y = faer::Mat::<f64>::from_fn(m, 1, |i, _| d[i]);
     s.llt(faer::Side::Lower).unwrap().solve_in_place(&mut y);
     let mut dx = vec![0.0; ns];
@@ -144,7 +151,11 @@ fn without_members_nothing_changes() {
                 with.report.jb_parts,
                 with.report.background_check.sigma_b
             );
-            assert!(with.report.background_check.sigma_b.contains("ensemble B (K = 5"), "{}", with.report.background_check.sigma_b);
+            assert!(
+                with.report.background_check.sigma_b.contains("ensemble B (K = 5"),
+                "{}",
+                with.report.background_check.sigma_b
+            );
         }
     }
 }
@@ -169,11 +180,12 @@ fn latent_hybrid_envar_is_the_kalman_solution_of_the_three_part_b() {
     let ne = a.prepare_ensemble(BKind::Hybrid, Some(&z)).unwrap();
     assert_eq!(ne, 5, "a flat latent is one latent point: K controls");
     assert_eq!(res.report.control_size, n2 + ne);
-    let cols = a.with_b_in_force(BKind::Hybrid, |b, ae| {
-        assert_eq!(b.control_size(), n2 + ne);
-        Ok(columns(n2 + ne, ns, |e, c| b.sqrt(ae, e, c).unwrap()))
-    })
-    .unwrap();
+    let cols = a
+        .with_b_in_force(BKind::Hybrid, |b, ae| {
+            assert_eq!(b.control_size(), n2 + ne);
+            Ok(columns(n2 + ne, ns, |e, c| b.sqrt(ae, e, c).unwrap()))
+        })
+        .unwrap();
     let r_host = rel(&dx, &kalman(&cols, &h, &obs, &xb));
     // From the parts.
     let mut parts = a.with_b(BKind::Hybrid, |b, ae| Ok(columns(n2, ns, |e, c| b.sqrt(ae, e, c).unwrap()))).unwrap();
@@ -203,7 +215,9 @@ fn latent_hybrid_envar_is_the_kalman_solution_of_the_three_part_b() {
 /// ensemble B (localised on the model grid), from the host operator and from the parts.
 #[test]
 fn hybrid_3denvar_is_the_kalman_solution_of_static_plus_model_ensemble_b() {
-    let opt = format!("{EXACT}ensemble_gamma = 1.3\nensemble_localisation_km = 9000.0\nensemble_localisation_model_km = 4000.0\n");
+    let opt = format!(
+        "{EXACT}ensemble_gamma = 1.3\nensemble_localisation_km = 9000.0\nensemble_localisation_model_km = 4000.0\n"
+    );
     let mut a = open("linear", &opt);
     let (xb, obs) = sample(&a, "linear");
     let mem = members(&a, &xb, 6, 21);
@@ -215,9 +229,12 @@ fn hybrid_3denvar_is_the_kalman_solution_of_static_plus_model_ensemble_b() {
     let ns_ctrl = a.prepare_b(BKind::Static, None).unwrap();
     let ne = a.prepare_ensemble(BKind::Static, None).unwrap();
     assert_eq!(ne, 6 * a.bundle.layout.grid.npoints());
-    let cols = a.with_b_in_force(BKind::Static, |b, ae| Ok(columns(ns_ctrl + ne, ns, |e, c| b.sqrt(ae, e, c).unwrap()))).unwrap();
+    let cols = a
+        .with_b_in_force(BKind::Static, |b, ae| Ok(columns(ns_ctrl + ne, ns, |e, c| b.sqrt(ae, e, c).unwrap())))
+        .unwrap();
     let r_host = rel(&dx, &kalman(&cols, &h, &obs, &xb));
-    let mut parts = a.with_b(BKind::Static, |b, ae| Ok(columns(ns_ctrl, ns, |e, c| b.sqrt(ae, e, c).unwrap()))).unwrap();
+    let mut parts =
+        a.with_b(BKind::Static, |b, ae| Ok(columns(ns_ctrl, ns, |e, c| b.sqrt(ae, e, c).unwrap()))).unwrap();
     let mut mb = ModelEnsembleB::for_layout(&a.bundle.layout, &mem, 1.3, 4000.0).unwrap();
     parts.extend(columns(ne, ns, |e, c| mb.apply_sqrt(e, c).unwrap()));
     let r_parts = rel(&dx, &kalman(&parts, &h, &obs, &xb));
@@ -226,13 +243,15 @@ fn hybrid_3denvar_is_the_kalman_solution_of_static_plus_model_ensemble_b() {
     eprintln!(
         "hybrid 3DEnVar (K = 6, {} controls) vs Kalman: host operator {r_host:.2e}, from the parts {r_parts:.2e}; vs \
          static-only Kalman {r_static:.2e}; jb_parts {:?}; localisation {}",
-        res.report.control_size,
-        res.report.jb_parts,
-        e.localisation
+        res.report.control_size, res.report.jb_parts, e.localisation
     );
     assert!(r_host < 1e-5 && r_parts < 1e-5, "{r_host:e} {r_parts:e}");
     assert!(r_static > 1e-3, "the ensemble part changed nothing: {r_static:e}");
-    assert!(e.localisation.contains("half-width 4000 km") && e.localisation.contains("model grid"), "{}", e.localisation);
+    assert!(
+        e.localisation.contains("half-width 4000 km") && e.localisation.contains("model grid"),
+        "{}",
+        e.localisation
+    );
     assert_eq!((e.part.as_str(), e.members, e.gamma), ("model", 6, 1.3));
     // Spread/skill against an independent computation: sd over members of H x_k, innovations minus sigma_o^2.
     let lay = &a.bundle.layout;
@@ -264,7 +283,10 @@ fn hybrid_3denvar_is_the_kalman_solution_of_static_plus_model_ensemble_b() {
             / n;
         let d2: f64 = rows.iter().map(|&r| (obs[h.rows[r]].value - hxb[r]).powi(2)).sum::<f64>() / n;
         let o2: f64 = rows.iter().map(|&r| obs[h.rows[r]].sigma.powi(2)).sum::<f64>() / n;
-        eprintln!("  {}: spread {:.4e}, innovation skill {:.4e}, ratio {:?}", ss.name, ss.spread, ss.innovation_skill, ss.ratio);
+        eprintln!(
+            "  {}: spread {:.4e}, innovation skill {:.4e}, ratio {:?}",
+            ss.name, ss.spread, ss.innovation_skill, ss.ratio
+        );
         assert!((ss.spread - s2.sqrt()).abs() <= 1e-12 * s2.sqrt().max(1e-300));
         assert!((ss.innovation_skill - (d2 - o2).max(0.0).sqrt()).abs() <= 1e-12 * d2.sqrt());
     }
@@ -358,9 +380,25 @@ fn cli_ensemble_end_to_end() {
     let run = |method: &str, spec: &str, name: &str| {
         let (out, rep) = (dir.join(format!("{name}.nc")), dir.join(format!("{name}.json")));
         let args = [
-            "analyse", "--bundle", bs, "--background", bg.to_str().unwrap(), "--obs", ob.to_str().unwrap(), "--output",
-            out.to_str().unwrap(), "--report", rep.to_str().unwrap(), "--method", method, "--ensemble", spec,
-            "--ensemble-gamma", "0.6", "--ensemble-localisation-km", "8000",
+            "analyse",
+            "--bundle",
+            bs,
+            "--background",
+            bg.to_str().unwrap(),
+            "--obs",
+            ob.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--report",
+            rep.to_str().unwrap(),
+            "--method",
+            method,
+            "--ensemble",
+            spec,
+            "--ensemble-gamma",
+            "0.6",
+            "--ensemble-localisation-km",
+            "8000",
         ];
         let (code, stdout, stderr) = cli(&args);
         (code, stdout, stderr, rep)
@@ -404,17 +442,29 @@ fn c_abi_set_ensemble() {
     let mut a = open("tanh", "");
     let (xb, obs) = sample(&a, "tanh");
     let lay = a.bundle.layout.clone();
-    let mut fields: Vec<Vec<f64>> = lay.variables.iter().enumerate().map(|(v, _)| xb[lay.var_range(v)].to_vec()).collect();
+    let mut fields: Vec<Vec<f64>> =
+        lay.variables.iter().enumerate().map(|(v, _)| xb[lay.var_range(v)].to_vec()).collect();
     for (v, var) in lay.variables.iter().enumerate() {
         let name = CString::new(var.name.as_str()).unwrap();
         let shape: Vec<i64> = if var.is_surface() { vec![8, 16] } else { vec![var.nlev as i64, 8, 16] };
-        let rc = ffi::lda_bind_field_f64(ctx, name.as_ptr(), fields[v].as_mut_ptr(), shape.len() as i32, shape.as_ptr(), ffi::LDA_ORDER_C);
+        let rc = ffi::lda_bind_field_f64(
+            ctx,
+            name.as_ptr(),
+            fields[v].as_mut_ptr(),
+            shape.len() as i32,
+            shape.as_ptr(),
+            ffi::LDA_ORDER_C,
+        );
         assert_eq!(rc, ffi::LDA_OK);
     }
     let col = |f: fn(&Observation) -> f64| obs.iter().map(f).collect::<Vec<f64>>();
     let var: Vec<i32> = obs.iter().map(|o| o.var.map_or(-1, |v| v as i32)).collect();
-    let (la, lo, le, va, si) = (col(|o| o.lat), col(|o| o.lon), col(|o| o.level.unwrap_or(f64::NAN)), col(|o| o.value), col(|o| o.sigma));
-    assert_eq!(ffi::lda_set_obs(ctx, obs.len(), var.as_ptr(), la.as_ptr(), lo.as_ptr(), le.as_ptr(), va.as_ptr(), si.as_ptr()), ffi::LDA_OK);
+    let (la, lo, le, va, si) =
+        (col(|o| o.lat), col(|o| o.lon), col(|o| o.level.unwrap_or(f64::NAN)), col(|o| o.value), col(|o| o.sigma));
+    assert_eq!(
+        ffi::lda_set_obs(ctx, obs.len(), var.as_ptr(), la.as_ptr(), lo.as_ptr(), le.as_ptr(), va.as_ptr(), si.as_ptr()),
+        ffi::LDA_OK
+    );
     let mem = members(&a, &xb, 4, 31);
     let flat: Vec<f64> = mem.iter().flatten().copied().collect();
     let n = xb.len();
@@ -459,7 +509,11 @@ fn c_abi_set_ensemble() {
     let plain = a.analyse(&xb, &obs, Method::Hybrid).unwrap();
     let analysed: Vec<f64> = fields.iter().flatten().copied().collect();
     assert!(analysed == plain.analysis);
-    assert_eq!(ffi::lda_report_number(ctx, path.as_ptr(), &mut k), ffi::LDA_ERR_INVALID_ARGUMENT, "no ensemble section");
+    assert_eq!(
+        ffi::lda_report_number(ctx, path.as_ptr(), &mut k),
+        ffi::LDA_ERR_INVALID_ARGUMENT,
+        "no ensemble section"
+    );
     assert_eq!(ffi::lda_close(ctx), ffi::LDA_OK);
 }
 
@@ -478,11 +532,19 @@ fn host_b_operator_includes_the_ensemble_part() {
         let mut a = open("tanh", "ensemble_localisation_km = 8000.0");
         let (xb, _) = sample(&a, "tanh");
         let lay = a.bundle.layout.clone();
-        let mut fields: Vec<Vec<f64>> = lay.variables.iter().enumerate().map(|(v, _)| xb[lay.var_range(v)].to_vec()).collect();
+        let mut fields: Vec<Vec<f64>> =
+            lay.variables.iter().enumerate().map(|(v, _)| xb[lay.var_range(v)].to_vec()).collect();
         for (v, var) in lay.variables.iter().enumerate() {
             let name = CString::new(var.name.as_str()).unwrap();
             let shape: Vec<i64> = if var.is_surface() { vec![8, 16] } else { vec![var.nlev as i64, 8, 16] };
-            let rc = ffi::lda_bind_field_f64(ctx, name.as_ptr(), fields[v].as_mut_ptr(), shape.len() as i32, shape.as_ptr(), ffi::LDA_ORDER_C);
+            let rc = ffi::lda_bind_field_f64(
+                ctx,
+                name.as_ptr(),
+                fields[v].as_mut_ptr(),
+                shape.len() as i32,
+                shape.as_ptr(),
+                ffi::LDA_ORDER_C,
+            );
             assert_eq!(rc, ffi::LDA_OK);
         }
         let (mut n0, mut n1) = (0usize, 0usize);
@@ -501,7 +563,8 @@ fn host_b_operator_includes_the_ensemble_part() {
         let (mut uv, mut uty) = (vec![0.0; ns], vec![0.0; n1]);
         assert_eq!(ffi::lda_bsqrt(ctx, v.as_ptr(), n1, uv.as_mut_ptr(), ns), ffi::LDA_OK);
         assert_eq!(ffi::lda_bsqrt_ad(ctx, y.as_ptr(), ns, uty.as_mut_ptr(), n1), ffi::LDA_OK);
-        let (l, r): (f64, f64) = (uv.iter().zip(&y).map(|(a, b)| a * b).sum(), v.iter().zip(&uty).map(|(a, b)| a * b).sum());
+        let (l, r): (f64, f64) =
+            (uv.iter().zip(&y).map(|(a, b)| a * b).sum(), v.iter().zip(&uty).map(|(a, b)| a * b).sum());
         let rel_ad = (l - r).abs() / l.abs().max(r.abs());
         // diag B against the analysis' operator
         let mut var1 = vec![0.0; ns];
@@ -547,7 +610,8 @@ fn localised_latent_hybrid_envar_on_the_tanh_fixture_is_the_kalman_solution() {
     let ne = a.prepare_ensemble(BKind::Hybrid, Some(&z)).unwrap();
     assert_eq!(ne, 5 * 8);
     let ns = xb.len();
-    let cols = a.with_b_in_force(BKind::Hybrid, |b, ae| Ok(columns(n2 + ne, ns, |e, c| b.sqrt(ae, e, c).unwrap()))).unwrap();
+    let cols =
+        a.with_b_in_force(BKind::Hybrid, |b, ae| Ok(columns(n2 + ne, ns, |e, c| b.sqrt(ae, e, c).unwrap()))).unwrap();
     let r = rel(&dx, &kalman(&cols, &h, &obs, &xb));
     let r_two = rel(&dx, &kalman(&cols[..n2], &h, &obs, &xb));
     let e = res.report.ensemble.as_ref().unwrap();

@@ -70,8 +70,36 @@ fn csv_field() -> impl Strategy<Value = String> {
         (-100.0..400.0f64).prop_map(|x| format!("{x}")),
         (0.0..1.0f64).prop_map(|x| format!("{x:.3}")),
         prop::sample::select(vec![
-            "", " ", "nan", "NaN", "inf", "-inf", "1e309", "-1e309", "1e-320", "0", "-0", "0x10", "1_0", "--1", "+5", ".",
-            "t", "u", "ps", "q", "zz", "T", "\"t\"", "#", "90", "-90", "90.0000001", "360", "-720", "1e300",
+            "",
+            " ",
+            "nan",
+            "NaN",
+            "inf",
+            "-inf",
+            "1e309",
+            "-1e309",
+            "1e-320",
+            "0",
+            "-0",
+            "0x10",
+            "1_0",
+            "--1",
+            "+5",
+            ".",
+            "t",
+            "u",
+            "ps",
+            "q",
+            "zz",
+            "T",
+            "\"t\"",
+            "#",
+            "90",
+            "-90",
+            "90.0000001",
+            "360",
+            "-720",
+            "1e300",
         ])
         .prop_map(String::from),
         "[ -~]{0,8}",
@@ -97,7 +125,14 @@ fn csv_text() -> impl Strategy<Value = Vec<u8>> {
     )
         .prop_map(|((v, mean, spread), lat, lon, lev, z, sigma, junk)| {
             let level = if v == "ps" { String::new() } else { format!("{lev:.3}") };
-            let mut f = [v.to_string(), format!("{lat:.3}"), format!("{lon:.3}"), level, format!("{}", mean + spread * z), format!("{sigma}")];
+            let mut f = [
+                v.to_string(),
+                format!("{lat:.3}"),
+                format!("{lon:.3}"),
+                level,
+                format!("{}", mean + spread * z),
+                format!("{sigma}"),
+            ];
             if let Some((k, j)) = junk {
                 f[k] = j;
             }
@@ -112,7 +147,12 @@ fn csv_text() -> impl Strategy<Value = Vec<u8>> {
         1 => Just(String::new()),
     ];
     let eol = prop::sample::select(vec!["\n", "\r\n", "\r"]);
-    (any::<bool>(), header, prop::collection::vec((row, eol), 0..24), prop::option::of((any::<prop::sample::Index>(), any::<u8>())))
+    (
+        any::<bool>(),
+        header,
+        prop::collection::vec((row, eol), 0..24),
+        prop::option::of((any::<prop::sample::Index>(), any::<u8>())),
+    )
         .prop_map(|(bom, h, rows, junk)| {
             let mut b: Vec<u8> = if bom { b"\xEF\xBB\xBF".to_vec() } else { vec![] };
             b.extend_from_slice(h.as_bytes());
@@ -130,7 +170,10 @@ fn csv_text() -> impl Strategy<Value = Vec<u8>> {
 }
 
 /// Checks a parse result: line numbers inside the text, one problem per malformed observation.
-fn check_parse(bytes: &[u8], r: &latentda::Result<(Vec<latentda::Observation>, Vec<latentda::obs::RowProblem>)>) -> Result<(), TestCaseError> {
+fn check_parse(
+    bytes: &[u8],
+    r: &latentda::Result<(Vec<latentda::Observation>, Vec<latentda::obs::RowProblem>)>,
+) -> Result<(), TestCaseError> {
     let nlines = bytes.iter().filter(|&&b| b == b'\n' || b == b'\r').count() + 1;
     if let Ok((obs, problems)) = r {
         prop_assert_eq!(obs.iter().filter(|o| o.malformed.is_some()).count(), problems.len());
@@ -182,7 +225,10 @@ fn fuzz_observation_csv() {
         Ok(())
     });
     let (n, g) = (analyses.load(Ordering::Relaxed), guarded.load(Ordering::Relaxed));
-    println!("  ({n} analyses, {} observations used in all, {g} refused by the increment guard)", used.load(Ordering::Relaxed));
+    println!(
+        "  ({n} analyses, {} observations used in all, {g} refused by the increment guard)",
+        used.load(Ordering::Relaxed)
+    );
     assert!(g * 50 <= n, "{g} of {n} analyses refused by the increment guard");
 }
 
@@ -202,13 +248,47 @@ enum Edit {
 
 fn manifest_edit() -> impl Strategy<Value = Edit> {
     let tokens = prop::sample::select(vec![
-        "-1", "0", "1", "2", "3", "4", "1e400", "nan", "inf", "-inf", "\"x\"", "[]", "[0]", "3.5", "99999999999",
-        "18446744073709551616", "0.0000001", "-90.5", "true", "{}",
+        "-1",
+        "0",
+        "1",
+        "2",
+        "3",
+        "4",
+        "1e400",
+        "nan",
+        "inf",
+        "-inf",
+        "\"x\"",
+        "[]",
+        "[0]",
+        "3.5",
+        "99999999999",
+        "18446744073709551616",
+        "0.0000001",
+        "-90.5",
+        "true",
+        "{}",
     ]);
     let texts = prop_oneof![
         prop::sample::select(vec![
-            "", "../x", "/dev/zero", "a\\u0000b", "encoder.onnx", "decoder.onnx", "baseline_b.nc", "sample/obs.csv", "regular",
-            "pressure", "sigma", "u", "t", "ps", "latentda-bundle", ".", "..", "x/../y",
+            "",
+            "../x",
+            "/dev/zero",
+            "a\\u0000b",
+            "encoder.onnx",
+            "decoder.onnx",
+            "baseline_b.nc",
+            "sample/obs.csv",
+            "regular",
+            "pressure",
+            "sigma",
+            "u",
+            "t",
+            "ps",
+            "latentda-bundle",
+            ".",
+            "..",
+            "x/../y",
         ])
         .prop_map(String::from),
         "[a-z_./]{0,12}",
@@ -238,7 +318,10 @@ fn spans(text: &str) -> (Spans, Spans) {
             strs.push((i + 1, j));
             i = j + 1;
         } else if b[i].is_ascii_digit() || (b[i] == b'-' && b.get(i + 1).is_some_and(u8::is_ascii_digit)) {
-            let j = i + b[i..].iter().position(|&c| !(c.is_ascii_alphanumeric() || c == b'.' || c == b'-' || c == b'+')).unwrap_or(b.len() - i);
+            let j = i + b[i..]
+                .iter()
+                .position(|&c| !(c.is_ascii_alphanumeric() || c == b'.' || c == b'-' || c == b'+'))
+                .unwrap_or(b.len() - i);
             nums.push((i, j));
             i = j;
         } else {
@@ -297,7 +380,12 @@ fn apply(text: &str, edits: &[Edit]) -> Vec<u8> {
             }
             Edit::DuplicateLine(i) if !lines.is_empty() => {
                 let k = i.index(lines.len());
-                lines.iter().enumerate().flat_map(|(j, l)| if j == k { vec![*l, *l] } else { vec![*l] }).map(|l| format!("{l}\n")).collect()
+                lines
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(j, l)| if j == k { vec![*l, *l] } else { vec![*l] })
+                    .map(|l| format!("{l}\n"))
+                    .collect()
             }
             _ => t,
         };
@@ -324,7 +412,8 @@ fn open_and_use(dir: &Path) -> Result<bool, TestCaseError> {
         malformed: None,
     };
     let lev = lay.vertical.levels[lay.vertical.levels.len() / 2];
-    let obs: Vec<_> = (0..lay.variables.len()).map(|v| mk(v, 10.0, (!lay.variables[v].is_surface()).then_some(lev))).collect();
+    let obs: Vec<_> =
+        (0..lay.variables.len()).map(|v| mk(v, 10.0, (!lay.variables[v].is_surface()).then_some(lev))).collect();
     let _ = a.analyse(&xb, &obs, latentda::Method::L3dvar);
     Ok(true)
 }
@@ -365,10 +454,11 @@ fn var_tweak() -> impl Strategy<Value = VarTweak> {
 
 fn any_var_tweak() -> impl Strategy<Value = VarTweak> {
     let attr = prop_oneof![
-        (prop::sample::select(vec!["scale_factor", "add_offset", "missing_value", "valid_min", "valid_max"]), prop_oneof![
-            Just(0.0), Just(1.0), Just(-1.0), Just(f64::NAN), Just(1e300), -500.0..500.0f64
-        ])
-        .prop_map(|(k, v)| (k, vec![v])),
+        (
+            prop::sample::select(vec!["scale_factor", "add_offset", "missing_value", "valid_min", "valid_max"]),
+            prop_oneof![Just(0.0), Just(1.0), Just(-1.0), Just(f64::NAN), Just(1e300), -500.0..500.0f64]
+        )
+            .prop_map(|(k, v)| (k, vec![v])),
         (-400.0..400.0f64, -400.0..400.0f64).prop_map(|(a, b)| ("valid_range", vec![a.min(b), a.max(b)])),
         Just(("valid_range", vec![1.0])),
         Just(("missing_value", vec![])),
@@ -379,9 +469,28 @@ fn any_var_tweak() -> impl Strategy<Value = VarTweak> {
         prop::collection::vec(attr, 0..3),
         prop::bool::weighted(0.05),
         prop::bool::weighted(0.05),
-        prop::option::weighted(0.2, (any::<prop::sample::Index>(), prop_oneof![Just(f64::NAN), Just(f64::INFINITY), Just(-999.0), Just(9.969209968386869e36), any::<f64>()])),
+        prop::option::weighted(
+            0.2,
+            (
+                any::<prop::sample::Index>(),
+                prop_oneof![
+                    Just(f64::NAN),
+                    Just(f64::INFINITY),
+                    Just(-999.0),
+                    Just(9.969209968386869e36),
+                    any::<f64>()
+                ],
+            ),
+        ),
     )
-        .prop_map(|(kind, fill, attrs, drop, never_written, poke)| VarTweak { kind, fill, attrs, drop, never_written, poke })
+        .prop_map(|(kind, fill, attrs, drop, never_written, poke)| VarTweak {
+            kind,
+            fill,
+            attrs,
+            drop,
+            never_written,
+            poke,
+        })
 }
 
 #[derive(Debug, Clone)]
@@ -475,7 +584,11 @@ fn fuzz_netcdf_state_reading() {
         }
         Ok(())
     });
-    println!("  ({} of the generated files read, {} of them unchanged and read back exactly)", read_ok.load(Ordering::Relaxed), pristine_ok.load(Ordering::Relaxed));
+    println!(
+        "  ({} of the generated files read, {} of them unchanged and read back exactly)",
+        read_ok.load(Ordering::Relaxed),
+        pristine_ok.load(Ordering::Relaxed)
+    );
 }
 
 // ---- C ABI argument validation
@@ -483,28 +596,75 @@ fn fuzz_netcdf_state_reading() {
 #[derive(Debug, Clone)]
 enum Call {
     /// A bind with the right shape for the variable (so that analyses can run).
-    BindGood { var: usize, buf: usize, offset: usize, f32: bool, fortran: bool },
-    Bind { var: Option<&'static str>, buf: usize, offset: usize, f32: bool, ndim: i32, shape: [i64; 4], order: i32 },
-    SetObs { n: usize, null: Option<usize>, var: Vec<i32>, vals: Vec<f64> },
+    BindGood {
+        var: usize,
+        buf: usize,
+        offset: usize,
+        f32: bool,
+        fortran: bool,
+    },
+    Bind {
+        var: Option<&'static str>,
+        buf: usize,
+        offset: usize,
+        f32: bool,
+        ndim: i32,
+        shape: [i64; 4],
+        order: i32,
+    },
+    SetObs {
+        n: usize,
+        null: Option<usize>,
+        var: Vec<i32>,
+        vals: Vec<f64>,
+    },
     Analyse(Option<&'static str>),
-    ObsQc { n: usize, null: bool },
-    Report { len: usize, null: bool },
+    ObsQc {
+        n: usize,
+        null: bool,
+    },
+    Report {
+        len: usize,
+        null: bool,
+    },
     Number(Option<&'static str>),
     VarIndex(Option<&'static str>),
     /// `lda_bsqrt` or `lda_bsqrt_ad`, lengths one off or right; outputs NULL (the bound arrays), separate, in the input's
     /// buffer, or in a host buffer that bound arrays live in.
-    Bsqrt { dv: i8, dx: i8, out: u8, ad: bool },
+    Bsqrt {
+        dv: i8,
+        dx: i8,
+        out: u8,
+        ad: bool,
+    },
     /// `lda_bvariance` (`rand` false) or `lda_brandomize`: output NULL (the bound arrays), separate, or in a host
     /// buffer that bound arrays live in; its length one off or right.
-    BStat { rand: bool, seed: u64, dx: i8, out: u8, buf: usize },
+    BStat {
+        rand: bool,
+        seed: u64,
+        dx: i8,
+        out: u8,
+        buf: usize,
+    },
     Linearise,
-    Sizes { null: bool },
+    Sizes {
+        null: bool,
+    },
 }
 
 fn call() -> impl Strategy<Value = Call> {
     let names = prop::option::weighted(0.9, prop::sample::select(vec!["u", "t", "ps", "q", "", "U", "t "]));
     let dim = prop::sample::select(vec![0i64, 1, 2, 3, 8, 16, -1, 4, i64::MAX, 128]);
-    let num = prop_oneof![Just(f64::NAN), Just(f64::INFINITY), Just(-1.0), Just(0.0), Just(1e-300), -200.0..400.0f64, 0.1..1.0f64, 9e4..1.1e5f64];
+    let num = prop_oneof![
+        Just(f64::NAN),
+        Just(f64::INFINITY),
+        Just(-1.0),
+        Just(0.0),
+        Just(1e-300),
+        -200.0..400.0f64,
+        0.1..1.0f64,
+        9e4..1.1e5f64
+    ];
     prop_oneof![
         6 => (0..3usize, 0..4usize, prop_oneof![Just(0usize), 0..200usize], any::<bool>(), any::<bool>())
             .prop_map(|(var, buf, offset, f32, fortran)| Call::BindGood { var, buf, offset, f32, fortran }),
@@ -558,19 +718,31 @@ fn fuzz_c_abi_arguments() {
     let kinds = AtomicUsize::new(0);
     // Successful B operator calls per kind: the hybrid and static paths must really run, not only fail.
     let b_ok: [AtomicUsize; 3] = Default::default();
-    let seqs = (0..3usize, prop::option::weighted(0.7, setup), prop::collection::vec(call(), 1..14)).prop_map(|(op, setup, mut calls)| {
-        if let Some(s) = setup {
-            let binds = s.into_iter().enumerate().map(|(var, (buf, f32, fortran))| Call::BindGood { var, buf: (buf + var) % 4, offset: 0, f32, fortran });
-            calls.splice(0..0, binds.chain([Call::SetObs { n: 3, null: None, var: vec![0, 1, 2, 0, 1, 2], vals: setup_obs() }]));
-        }
-        (op, calls)
-    });
+    let seqs = (0..3usize, prop::option::weighted(0.7, setup), prop::collection::vec(call(), 1..14)).prop_map(
+        |(op, setup, mut calls)| {
+            if let Some(s) = setup {
+                let binds = s.into_iter().enumerate().map(|(var, (buf, f32, fortran))| Call::BindGood {
+                    var,
+                    buf: (buf + var) % 4,
+                    offset: 0,
+                    f32,
+                    fortran,
+                });
+                calls.splice(
+                    0..0,
+                    binds.chain([Call::SetObs { n: 3, null: None, var: vec![0, 1, 2, 0, 1, 2], vals: setup_obs() }]),
+                );
+            }
+            (op, calls)
+        },
+    );
     fuzz("C ABI sequences", 300, seqs, |(op, seq)| {
         let mut ctx: *mut LdaContext = std::ptr::null_mut();
         prop_assert_eq!(ffi::lda_open(b.as_ptr(), ptr(&b_ops[op]), &mut ctx), ffi::LDA_OK);
         kinds.fetch_or(1 << op, Ordering::Relaxed);
         // Four host buffers, each large enough for any variable at any offset used; doubles, viewed as floats too.
-        let mut bufs: Vec<Vec<f64>> = (0..4).map(|k| (0..big).map(|i| 100.0 + (i * (k + 1)) as f64 % 7.0).collect()).collect();
+        let mut bufs: Vec<Vec<f64>> =
+            (0..4).map(|k| (0..big).map(|i| 100.0 + (i * (k + 1)) as f64 % 7.0).collect()).collect();
         let (mut nv, mut nx) = (0usize, 0usize);
         prop_assert_eq!(ffi::lda_control_size(ctx, &mut nv), ffi::LDA_OK);
         prop_assert_eq!(ffi::lda_state_size(ctx, &mut nx), ffi::LDA_OK);
@@ -609,7 +781,13 @@ fn fuzz_c_abi_arguments() {
                     }
                 }
                 Call::SetObs { n, null, var, vals } => {
-                    let col = |k: usize| -> *const f64 { if *null == Some(k + 1) { std::ptr::null() } else { vals[5 * k..].as_ptr() } };
+                    let col = |k: usize| -> *const f64 {
+                        if *null == Some(k + 1) {
+                            std::ptr::null()
+                        } else {
+                            vals[5 * k..].as_ptr()
+                        }
+                    };
                     let v = if *null == Some(0) { std::ptr::null() } else { var.as_ptr() };
                     ffi::lda_set_obs(ctx, *n, v, col(0), col(1), col(2), col(3), col(4))
                 }
@@ -624,7 +802,12 @@ fn fuzz_c_abi_arguments() {
                 Call::Report { len, null } => {
                     let mut buf = vec![0 as c_char; *len];
                     let mut need = 0usize;
-                    let st = ffi::lda_report_json(ctx, if *null { std::ptr::null_mut() } else { buf.as_mut_ptr() }, *len, &mut need);
+                    let st = ffi::lda_report_json(
+                        ctx,
+                        if *null { std::ptr::null_mut() } else { buf.as_mut_ptr() },
+                        *len,
+                        &mut need,
+                    );
                     if st == ffi::LDA_OK {
                         // SAFETY: on success the buffer holds a NUL-terminated string of `need` bytes.
                         let s = unsafe { CStr::from_ptr(buf.as_ptr()) };
@@ -774,7 +957,9 @@ fn corpus_replays_without_panics() {
         let clean = std::fs::read(sdir.join(&target)).unwrap();
         std::fs::copy(&p, sdir.join(&target)).unwrap();
         refresh_checksum(&sdir, &target);
-        let e = latentda::Analyser::open(&sdir, latentda::Options::default()).err().unwrap_or_else(|| panic!("{name} opened"));
+        let e = latentda::Analyser::open(&sdir, latentda::Options::default())
+            .err()
+            .unwrap_or_else(|| panic!("{name} opened"));
         assert_eq!(e.status, latentda::Status::Bundle, "{name}: {}", e.message);
         let named = e.message.contains("channel ") || e.message.contains("variance[7]");
         assert!(e.message.contains(&target) && named, "{name}: {}", e.message);
@@ -844,7 +1029,11 @@ fn flip_oracle(a: &latentda::Analyser, x_b: &[f64], r: &latentda::Analysis) -> R
     for (v, b) in a.bundle.bounds.iter().enumerate() {
         if let Some([lo, hi]) = b {
             if let Some(i) = lay.var_range(v).find(|&i| !(r.analysis[i] >= *lo && r.analysis[i] <= *hi)) {
-                return Err(format!("analysis {} at {} outside the bundle's bounds [{lo}, {hi}]", r.analysis[i], lay.describe_index(i)));
+                return Err(format!(
+                    "analysis {} at {} outside the bundle's bounds [{lo}, {hi}]",
+                    r.analysis[i],
+                    lay.describe_index(i)
+                ));
             }
         }
     }
@@ -951,7 +1140,12 @@ fn fuzz_flipped_graphs_error_or_sound_analysis() {
     let c = flip_fuzz("fuzz_flips", 15, &latentda::Options { self_test, ..Default::default() });
     assert_eq!(c.runs, c.open_errors + c.analyse_errors + c.accepted);
     assert!(c.self_test_errors > 0 || !self_test, "the self-test refused none of {} flipped graphs", c.runs);
-    assert!(c.violations.is_empty(), "{} accepted analyses violate the oracle:\n{}", c.violations.len(), c.violations.join("\n"));
+    assert!(
+        c.violations.is_empty(),
+        "{} accepted analyses violate the oracle:\n{}",
+        c.violations.len(),
+        c.violations.join("\n")
+    );
     if std::env::var("LATENTDA_FUZZ_ORT").is_ok_and(|v| v == "1") {
         let o = latentda::Options {
             backend: "ort".into(),
@@ -960,7 +1154,12 @@ fn fuzz_flipped_graphs_error_or_sound_analysis() {
             ..Default::default()
         };
         let c = flip_fuzz("fuzz_flips_ort", 15, &o);
-        assert!(c.violations.is_empty(), "ort: {} accepted analyses violate the oracle:\n{}", c.violations.len(), c.violations.join("\n"));
+        assert!(
+            c.violations.is_empty(),
+            "ort: {} accepted analyses violate the oracle:\n{}",
+            c.violations.len(),
+            c.violations.join("\n")
+        );
     }
 }
 
@@ -981,10 +1180,15 @@ fn flipped_graphs_in_the_corpus_are_refused_by_the_self_test() {
         refresh_checksum(&dir, &target);
         let off = latentda::Options { self_test: false, ..Default::default() };
         assert!(latentda::Analyser::open(&dir, off).is_ok(), "{name}: does not open even without the self-test");
-        let e = latentda::Analyser::open(&dir, latentda::Options::default()).err().unwrap_or_else(|| panic!("{name} opened"));
+        let e = latentda::Analyser::open(&dir, latentda::Options::default())
+            .err()
+            .unwrap_or_else(|| panic!("{name} opened"));
         assert_eq!(e.status, latentda::Status::Bundle, "{name}: {}", e.message);
         let m = &e.message;
-        assert!(m.contains("known-answer self-test") && m.contains(&format!("graph '{graph}'")) && m.contains(&target), "{name}: {m}");
+        assert!(
+            m.contains("known-answer self-test") && m.contains(&format!("graph '{graph}'")) && m.contains(&target),
+            "{name}: {m}"
+        );
         assert!(m.contains("relative L2 difference of") || m.contains("non-finite"), "{name}: {m}");
         n += 1;
     }
@@ -999,12 +1203,23 @@ fn committed_bundles_have_probes_and_pass_the_self_test() {
     for (dir, graphs) in [(fixture("tanh"), 7), (fixture("linear"), 7), (reference, 4)] {
         let a = latentda::Analyser::open(&dir, latentda::Options::default()).unwrap();
         let p = a.bundle.probes.as_ref().unwrap_or_else(|| panic!("{} has no probes", dir.display()));
-        assert!(p.graphs.len() >= graphs && p.missing.is_empty(), "{}: {:?} {:?}", dir.display(), p.graphs.len(), p.missing);
+        assert!(
+            p.graphs.len() >= graphs && p.missing.is_empty(),
+            "{}: {:?} {:?}",
+            dir.display(),
+            p.graphs.len(),
+            p.missing
+        );
         assert_eq!(a.self_test.status, "passed", "{}", dir.display());
         assert_eq!(a.self_test.graphs.len(), p.graphs.len());
         let (g, worst) = a.self_test.worst().unwrap();
         assert!(worst <= latentda::bundle::probe::DEFAULT_TOLERANCE, "{}: {g} {worst}", dir.display());
-        println!("{}: {} graphs probed in {:.3} s, largest difference {worst:.1e} ({g})", dir.display(), p.graphs.len(), a.self_test.seconds);
+        println!(
+            "{}: {} graphs probed in {:.3} s, largest difference {worst:.1e} ({g})",
+            dir.display(),
+            p.graphs.len(),
+            a.self_test.seconds
+        );
     }
     let (code, out, err) = cli(&["info", fixture("tanh").to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
@@ -1045,13 +1260,18 @@ fn probes_writer_and_bundles_without_probes() {
     let b = latentda::bundle::Bundle::open(&dir).unwrap();
     let p = b.probes.as_ref().unwrap();
     assert_eq!(p.tolerance, latentda::bundle::probe::DEFAULT_TOLERANCE);
-    assert_eq!(p.graphs.iter().map(|g| g.graph.as_str()).collect::<Vec<_>>(), ["encoder", "decoder", "decoder_tl", "decoder_ad", "step", "step_tl", "step_ad"]);
+    assert_eq!(
+        p.graphs.iter().map(|g| g.graph.as_str()).collect::<Vec<_>>(),
+        ["encoder", "decoder", "decoder_tl", "decoder_ad", "step", "step_tl", "step_ad"]
+    );
     // The same probes as the committed ones (the inputs are seeded; on another CPU tract's kernels may round the
     // last bits differently, so within 1e-5), and writing twice on one machine changes nothing.
     let committed = latentda::bundle::Bundle::open(fixture("tanh")).unwrap().probes.unwrap();
     for (g, c) in p.graphs.iter().zip(&committed.graphs) {
         assert_eq!(g.graph, c.graph);
-        for ((n, v), (m, w)) in g.inputs.iter().chain(std::iter::once(&g.output)).zip(c.inputs.iter().chain(std::iter::once(&c.output))) {
+        for ((n, v), (m, w)) in
+            g.inputs.iter().chain(std::iter::once(&g.output)).zip(c.inputs.iter().chain(std::iter::once(&c.output)))
+        {
             assert_eq!(n, m);
             let d = latentda::bundle::probe::rel_diff(v, w);
             assert!(d <= 1e-5, "{} {n}: {d:e} from the committed probes", g.graph);
@@ -1060,7 +1280,11 @@ fn probes_writer_and_bundles_without_probes() {
     let manifest = std::fs::read_to_string(dir.join("bundle.toml")).unwrap();
     let (code, _, err) = cli(&["probes", dir.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(std::fs::read_to_string(dir.join("bundle.toml")).unwrap(), manifest, "a second write changed the manifest");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("bundle.toml")).unwrap(),
+        manifest,
+        "a second write changed the manifest"
+    );
     // A probes file whose expected output was altered (checksum rewritten) fails the self-test, naming the graph.
     let probes = dir.join("probes.nc");
     let n = b.layout.state_len();
@@ -1092,7 +1316,11 @@ fn probes_writer_and_bundles_without_probes() {
     assert_eq!(a.self_test.status, "passed");
     assert_eq!(a.self_test.graphs.len(), 4);
     assert_eq!(a.bundle.probes.as_ref().unwrap().missing, ["step", "step_tl", "step_ad"]);
-    assert!(a.self_test.warnings.len() == 3 && a.self_test.warnings[0].contains("graph 'step' has no probe"), "{:?}", a.self_test.warnings);
+    assert!(
+        a.self_test.warnings.len() == 3 && a.self_test.warnings[0].contains("graph 'step' has no probe"),
+        "{:?}",
+        a.self_test.warnings
+    );
     assert!(a.self_test.summary().contains("WARNING"), "{}", a.self_test.summary());
     // Probes of another length (written for another manifest) are named as such, after the graphs' own checks.
     let v = vars.iter_mut().find(|v| v.name == "decoder_x").unwrap();
@@ -1122,7 +1350,9 @@ fn absurd_statistics_are_refused_naming_the_channel() {
         refresh_checksum(&dir, "normalisation.nc");
     };
     let expect = |what: &str, needles: &[&str]| {
-        let e = latentda::Analyser::open(&dir, latentda::Options::default()).err().unwrap_or_else(|| panic!("{what}: opened"));
+        let e = latentda::Analyser::open(&dir, latentda::Options::default())
+            .err()
+            .unwrap_or_else(|| panic!("{what}: opened"));
         assert_eq!(e.status, latentda::Status::Bundle, "{what}: {}", e.message);
         for n in needles {
             assert!(e.message.contains(n), "{what}: '{n}' not in: {}", e.message);
@@ -1162,7 +1392,13 @@ fn absurd_statistics_are_refused_naming_the_channel() {
     ] {
         let mut l = lv.clone();
         l[7] = v;
-        write_nc(&dir.join("latent_variance.nc"), true, &[("latent".to_string(), l.len())], &[NcVar::f64("variance", &["latent"], l)]).unwrap();
+        write_nc(
+            &dir.join("latent_variance.nc"),
+            true,
+            &[("latent".to_string(), l.len())],
+            &[NcVar::f64("variance", &["latent"], l)],
+        )
+        .unwrap();
         refresh_checksum(&dir, "latent_variance.nc");
         expect(&format!("latent variance {what}"), &["latent_variance.nc", needle]);
     }

@@ -65,7 +65,11 @@ fn corrupt_onnx_graphs_that_used_to_abort_are_bundle_errors() {
 fn shape(lay: &latentda::bundle::grid::Layout, v: usize) -> Vec<i64> {
     let var = &lay.variables[v];
     let (nlat, nlon) = (lay.grid.nlat() as i64, lay.grid.nlon() as i64);
-    if var.is_surface() { vec![nlat, nlon] } else { vec![var.nlev as i64, nlat, nlon] }
+    if var.is_surface() {
+        vec![nlat, nlon]
+    } else {
+        vec![var.nlev as i64, nlat, nlon]
+    }
 }
 
 fn bind64(ctx: *mut LdaContext, lay: &latentda::bundle::grid::Layout, v: usize, p: *mut f64) -> i32 {
@@ -95,7 +99,8 @@ fn overlapping_bindings_are_refused() {
     // A float array whose bytes fall inside u's doubles.
     let name = CString::new("ps").unwrap();
     let s = shape(&lay, ips);
-    let st = ffi::lda_bind_field_f32(ctx, name.as_ptr(), (p as *mut f32).wrapping_add(3), 2, s.as_ptr(), ffi::LDA_ORDER_C);
+    let st =
+        ffi::lda_bind_field_f32(ctx, name.as_ptr(), (p as *mut f32).wrapping_add(3), 2, s.as_ptr(), ffi::LDA_ORDER_C);
     assert_eq!(st, ffi::LDA_ERR_INVALID_ARGUMENT, "{}", last_error(ctx));
     // SAFETY: offsets stay inside buf.
     assert_eq!(bind64(ctx, &lay, it, unsafe { p.add(nu) }), ffi::LDA_OK, "adjacent arrays: {}", last_error(ctx));
@@ -295,7 +300,11 @@ fn concurrent_netcdf_reads_restore_the_hosts_hdf5_error_handler() {
 // ---- item 8: CF NetCDF backgrounds
 
 /// Writes the tanh sample background, altered, and reads it back with `read_state`; also returns the original.
-fn read_altered(test: &str, classic: bool, alter: impl FnOnce(&mut Vec<NcVar>)) -> (latentda::Result<Vec<f64>>, Vec<f64>, std::path::PathBuf) {
+fn read_altered(
+    test: &str,
+    classic: bool,
+    alter: impl FnOnce(&mut Vec<NcVar>),
+) -> (latentda::Result<Vec<f64>>, Vec<f64>, std::path::PathBuf) {
     let b = fixture("tanh");
     let lay = latentda::bundle::Bundle::open(&b).unwrap().layout;
     let orig = latentda::bundle::ncio::read_state(&b.join("sample/background.nc"), &lay).unwrap();
@@ -329,7 +338,10 @@ fn missing_values_in_a_background_are_refused_with_variable_and_index() {
         t.data.as_mut().unwrap()[k] = -999.0;
     });
     let m = data_err(r);
-    assert!(m.contains("'t'") && m.contains("_FillValue") && m.contains("(lev index 1, lat index 2, lon index 3)"), "{m}");
+    assert!(
+        m.contains("'t'") && m.contains("_FillValue") && m.contains("(lev index 1, lat index 2, lon index 3)"),
+        "{m}"
+    );
     let (r, _, _) = read_altered("cf_missing_value", true, |v| {
         let ps = var_mut(v, "ps");
         ps.attrs.push(("missing_value".into(), vec![-1.0]));
@@ -373,7 +385,11 @@ fn packed_int16_backgrounds_are_unpacked() {
     let lay = latentda::bundle::Bundle::open(fixture("tanh")).unwrap().layout;
     let rt = lay.var_range(lay.var_index("t").unwrap());
     let err = x[rt.clone()].iter().zip(&orig[rt.clone()]).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-    assert!(err <= 0.5 * scale * (1.0 + 1e-9), "unpacked t differs from the original by {err} (half a packing step is {})", 0.5 * scale);
+    assert!(
+        err <= 0.5 * scale * (1.0 + 1e-9),
+        "unpacked t differs from the original by {err} (half a packing step is {})",
+        0.5 * scale
+    );
     assert!(x[rt].iter().all(|&t| (150.0..350.0).contains(&t)), "t not in kelvin after unpacking");
 }
 
@@ -398,7 +414,9 @@ fn level_coordinate_must_match_the_bundle() {
     let (r, _, _) = read_altered("cf_lev_reversed", false, |v| var_mut(v, "lev").data.as_mut().unwrap().reverse());
     let m = data_err(r);
     assert!(m.contains("'lev'") && m.contains("bottom to top"), "{m}");
-    let (r, _, _) = read_altered("cf_lev_units", false, |v| var_mut(v, "lev").data.as_mut().unwrap().iter_mut().for_each(|l| *l *= 1000.0));
+    let (r, _, _) = read_altered("cf_lev_units", false, |v| {
+        var_mut(v, "lev").data.as_mut().unwrap().iter_mut().for_each(|l| *l *= 1000.0)
+    });
     let m = data_err(r);
     assert!(m.contains("'lev'") && m.contains("the bundle [0.2"), "{m}");
 }
@@ -435,7 +453,9 @@ fn an_observation_with_a_tiny_error_sd_is_flagged_not_fatal() {
             o.sigma = rel * floor;
             obs.push(o.clone());
             for m in [latentda::Method::L3dvar, latentda::Method::Var3d, latentda::Method::Hybrid] {
-                let r = a.analyse(&xb, &obs, m).unwrap_or_else(|e| panic!("{name} {m:?} sigma {:e}: {}", o.sigma, e.message));
+                let r = a
+                    .analyse(&xb, &obs, m)
+                    .unwrap_or_else(|e| panic!("{name} {m:?} sigma {:e}: {}", o.sigma, e.message));
                 assert_eq!(*r.qc.last().unwrap(), want, "{name} {m:?} sigma {:e}", o.sigma);
                 assert!(r.analysis.iter().all(|x| x.is_finite()));
             }
@@ -661,9 +681,25 @@ fn usage_errors_exit_with_status_2() {
 fn flags_win_over_the_options_file() {
     let dir = scratch("cli_options");
     let opts = dir.join("opts.toml");
-    std::fs::write(&opts, "backend = \"ort\"\nort_library = \"/nonexistent/libonnxruntime.so\"\nthreads = 1\nmax_inner = 5\n").unwrap();
+    std::fs::write(
+        &opts,
+        "backend = \"ort\"\nort_library = \"/nonexistent/libonnxruntime.so\"\nthreads = 1\nmax_inner = 5\n",
+    )
+    .unwrap();
     let (out, rep) = (dir.join("an.nc"), dir.join("r.json"));
-    let (code, _, err) = analyse_to(&out, &["--backend", "tract", "--threads", "2", "--options", opts.to_str().unwrap(), "--report", rep.to_str().unwrap()]);
+    let (code, _, err) = analyse_to(
+        &out,
+        &[
+            "--backend",
+            "tract",
+            "--threads",
+            "2",
+            "--options",
+            opts.to_str().unwrap(),
+            "--report",
+            rep.to_str().unwrap(),
+        ],
+    );
     assert_eq!(code, 0, "{err}");
     let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
     assert_eq!(r["backend"], "tract");
@@ -683,7 +719,10 @@ fn hybrid_flags_win_over_the_options_file() {
         std::fs::write(&p, text).unwrap();
         p.to_str().unwrap().to_string()
     };
-    let base = file("base.toml", "hybrid_alpha = 0.5\nhybrid_beta = 2.0\nhybrid_variables = [\"t\", \"ps\"]\nbaseline_variance_factor = 1.0\n");
+    let base = file(
+        "base.toml",
+        "hybrid_alpha = 0.5\nhybrid_beta = 2.0\nhybrid_variables = [\"t\", \"ps\"]\nbaseline_variance_factor = 1.0\n",
+    );
     let want = file(
         "want.toml",
         "hybrid_alpha = 0.25\nhybrid_beta = 2.0\nhybrid_variables = [\"t\"]\nbaseline_variance_factor = 3.0\nbg_check_samples = 8\n",
@@ -698,7 +737,14 @@ fn hybrid_flags_win_over_the_options_file() {
         latentda::bundle::ncio::read_state(&out, &lay).unwrap().iter().map(|x| x.to_bits()).collect()
     };
     let flags = [
-        "--hybrid-alpha", "0.25", "--hybrid-variables", "t", "--baseline-variance-factor", "3", "--bg-check-samples", "8",
+        "--hybrid-alpha",
+        "0.25",
+        "--hybrid-variables",
+        "t",
+        "--baseline-variance-factor",
+        "3",
+        "--bg-check-samples",
+        "8",
     ];
     let mut with_flags = flags.to_vec();
     with_flags.extend(["--options", &base]);
@@ -723,8 +769,15 @@ fn variable_names_netcdf_cannot_take_are_refused_at_open() {
         let out = b.join("an.nc");
         let s = b.join("sample");
         let (code, _, err) = cli(&[
-            "analyse", "--bundle", b.to_str().unwrap(), "--background", s.join("background.nc").to_str().unwrap(),
-            "--obs", s.join("obs.csv").to_str().unwrap(), "--output", out.to_str().unwrap(),
+            "analyse",
+            "--bundle",
+            b.to_str().unwrap(),
+            "--background",
+            s.join("background.nc").to_str().unwrap(),
+            "--obs",
+            s.join("obs.csv").to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
         ]);
         assert_eq!(code, 1, "{tag}: {err}");
         assert!(err.contains("variable name"), "{tag}: {err}");
@@ -740,13 +793,18 @@ fn csv_with_bom_cr_line_ends_or_a_bad_byte_is_read_row_by_row() {
     let lay = latentda::bundle::Bundle::open(fixture("tanh")).unwrap().layout;
     let text = std::fs::read_to_string(fixture("tanh").join("sample/obs.csv")).unwrap();
     let (plain, p0) = latentda::obs::parse_csv(&text, &lay).unwrap();
-    let key = |o: &latentda::Observation| format!("{:?} {} {} {:?} {} {} {:?}", o.var, o.lat, o.lon, o.level, o.value, o.sigma, o.line);
+    let key = |o: &latentda::Observation| {
+        format!("{:?} {} {} {:?} {} {} {:?}", o.var, o.lat, o.lon, o.level, o.value, o.sigma, o.line)
+    };
     let want: Vec<String> = plain.iter().map(key).collect();
     let variants: Vec<(&str, Vec<u8>)> = vec![
         ("BOM", [b"\xEF\xBB\xBF".as_slice(), text.as_bytes()].concat()),
         ("CRLF", text.replace('\n', "\r\n").into_bytes()),
         ("CR", text.replace('\n', "\r").into_bytes()),
-        ("BOM+CR, no final newline", [b"\xEF\xBB\xBF".as_slice(), text.trim_end().replace('\n', "\r").as_bytes()].concat()),
+        (
+            "BOM+CR, no final newline",
+            [b"\xEF\xBB\xBF".as_slice(), text.trim_end().replace('\n', "\r").as_bytes()].concat(),
+        ),
     ];
     for (what, bytes) in variants {
         let (obs, p) = latentda::obs::parse_csv_bytes(&bytes, &lay).unwrap_or_else(|e| panic!("{what}: {}", e.message));
@@ -776,7 +834,16 @@ fn csv_with_bom_cr_line_ends_or_a_bad_byte_is_read_row_by_row() {
 /// the balance diagnostic's use of the report type were such cases.
 #[test]
 fn no_module_reaches_up_a_layer() {
-    let layers: &[&[&str]] = &[&["error", "numeric", "outfile"], &["bundle"], &["model"], &["obs"], &["bmat"], &["diag"], &["var"], &["coupling"]];
+    let layers: &[&[&str]] = &[
+        &["error", "numeric", "outfile"],
+        &["bundle"],
+        &["model"],
+        &["obs"],
+        &["bmat"],
+        &["diag"],
+        &["var"],
+        &["coupling"],
+    ];
     let layer = |m: &str| layers.iter().position(|l| l.contains(&m));
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut checked = 0;
@@ -796,7 +863,12 @@ fn no_module_reaches_up_a_layer() {
                 for part in code.split("crate::").skip(1) {
                     let m: String = part.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
                     if let Some(l) = layer(&m) {
-                        assert!(l <= own_layer, "src/{rel}:{}: module '{own}' reaches up to '{m}': {}", i + 1, line.trim());
+                        assert!(
+                            l <= own_layer,
+                            "src/{rel}:{}: module '{own}' reaches up to '{m}': {}",
+                            i + 1,
+                            line.trim()
+                        );
                         checked += 1;
                     }
                 }
@@ -811,8 +883,13 @@ fn no_module_reaches_up_a_layer() {
         let graph = module_graph(&crate_src);
         assert!(graph.len() > 5, "only {} modules found in {}", graph.len(), crate_src.display());
         let cycles = module_cycles(&graph);
-        let new: Vec<_> = cycles.iter().filter(|c| !known.iter().any(|k| c.iter().all(|m| k.contains(&m.as_str())))).collect();
-        assert!(new.is_empty(), "{}: modules that import each other (directly or round a circle): {new:?}", crate_src.display());
+        let new: Vec<_> =
+            cycles.iter().filter(|c| !known.iter().any(|k| c.iter().all(|m| k.contains(&m.as_str())))).collect();
+        assert!(
+            new.is_empty(),
+            "{}: modules that import each other (directly or round a circle): {new:?}",
+            crate_src.display()
+        );
         for k in known {
             assert!(
                 cycles.iter().any(|c| c.iter().any(|m| k.contains(&m.as_str()))),
@@ -867,7 +944,12 @@ fn module_graph(src: &Path) -> std::collections::BTreeMap<String, std::collectio
     let related = |a: &str, b: &str| a == b || a.starts_with(&format!("{b}::")) || b.starts_with(&format!("{a}::"));
     let mut graph: BTreeMap<String, BTreeSet<String>> = known.iter().map(|m| (m.clone(), BTreeSet::new())).collect();
     for (module, path) in &files {
-        let code: String = std::fs::read_to_string(path).unwrap().lines().map(|l| l.split("//").next().unwrap()).collect::<Vec<_>>().join("\n");
+        let code: String = std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| l.split("//").next().unwrap())
+            .collect::<Vec<_>>()
+            .join("\n");
         let own: Vec<&str> = module.split("::").collect();
         // Paths after each `crate::` (from the crate root) and each `super::` run (from the parent module).
         let mut targets = Vec::new();
@@ -878,7 +960,8 @@ fn module_graph(src: &Path) -> std::collections::BTreeMap<String, std::collectio
             use_paths(&code[at + "crate::".len()..], Vec::new(), &mut targets);
         }
         for (at, _) in code.match_indices("super::") {
-            if code[..at].ends_with("super::") || code[..at].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+            if code[..at].ends_with("super::") || code[..at].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+            {
                 continue; // counted from the first `super::` of a run
             }
             let mut rest = &code[at..];
@@ -1020,7 +1103,11 @@ fn quiet_panic_child() {
 #[test]
 fn a_rust_hosts_panic_hook_sees_its_own_panics_but_not_latentdas() {
     let b = copy_fixture("tanh", "quiet_panic_rust_host");
-    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/onnx/decoder_tl.seed2.onnx"), b.join("decoder_tl.onnx")).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/onnx/decoder_tl.seed2.onnx"),
+        b.join("decoder_tl.onnx"),
+    )
+    .unwrap();
     refresh_checksum(&b, "decoder_tl.onnx");
     let o = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["quiet_panic_child", "--exact", "--nocapture", "--test-threads=1"])
@@ -1059,8 +1146,14 @@ fn every_function_refuses_a_pointer_that_is_not_an_open_context() {
         let calls: Vec<(&str, i32)> = vec![
             ("lda_var_index", ffi::lda_var_index(ctx, c"t".as_ptr(), &mut i)),
             ("lda_bind_field_f64", ffi::lda_bind_field_f64(ctx, c"t".as_ptr(), xs.as_mut_ptr(), 3, shape.as_ptr(), 0)),
-            ("lda_bind_field_f32", ffi::lda_bind_field_f32(ctx, c"t".as_ptr(), std::ptr::null_mut(), 3, shape.as_ptr(), 0)),
-            ("lda_set_obs", ffi::lda_set_obs(ctx, 1, qc.as_ptr(), xs.as_ptr(), xs.as_ptr(), xs.as_ptr(), xs.as_ptr(), xs.as_ptr())),
+            (
+                "lda_bind_field_f32",
+                ffi::lda_bind_field_f32(ctx, c"t".as_ptr(), std::ptr::null_mut(), 3, shape.as_ptr(), 0),
+            ),
+            (
+                "lda_set_obs",
+                ffi::lda_set_obs(ctx, 1, qc.as_ptr(), xs.as_ptr(), xs.as_ptr(), xs.as_ptr(), xs.as_ptr(), xs.as_ptr()),
+            ),
             ("lda_set_obs_times", ffi::lda_set_obs_times(ctx, 1, xs.as_ptr())),
             ("lda_set_step_model", ffi::lda_set_step_model(ctx, None, None, None, std::ptr::null_mut(), 6.0)),
             ("lda_l4dvar_check", ffi::lda_l4dvar_check(ctx, 2, 1, &mut x, &mut y)),
@@ -1080,7 +1173,11 @@ fn every_function_refuses_a_pointer_that_is_not_an_open_context() {
         for (name, st) in calls {
             assert_eq!(st, ffi::LDA_ERR_INVALID_ARGUMENT, "{name} on {ctx:p}: {}", last_error(std::ptr::null()));
             // The call's message goes to the thread's context-less slot, and asking about the pointer says it too.
-            assert!(last_error(std::ptr::null()).contains("not a live context"), "{name}: {}", last_error(std::ptr::null()));
+            assert!(
+                last_error(std::ptr::null()).contains("not a live context"),
+                "{name}: {}",
+                last_error(std::ptr::null())
+            );
         }
         assert!(last_error(ctx).contains("not a live context"), "{}", last_error(ctx));
         assert_eq!((i, n, x, y, xs, qc), (-7, 7, -7.0, -7.0, [-7.0; 4], [-7; 4]), "an output was written");

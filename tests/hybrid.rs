@@ -61,7 +61,9 @@ fn balanced_layout(kind: VerticalKind, with_q: bool) -> (Layout, Vec<String>, Ve
     let stats = BaselineStats {
         sd: (0..lay.state_len()).map(|i| 1.0 + 0.1 * ((i / np) as f64) + 0.05 * ((i % 7) as f64)).collect(),
         length_scale: (0..lay.nchan).map(|c| 900.0 + 150.0 * (c % 4) as f64).collect(),
-        vertical_correlation: (0..nvar).map(|v| if lay.variables[v].is_surface() { None } else { Some(corr(1.5 + v as f64)) }).collect(),
+        vertical_correlation: (0..nvar)
+            .map(|v| if lay.variables[v].is_surface() { None } else { Some(corr(1.5 + v as f64)) })
+            .collect(),
     };
     (lay, units, mean, stats)
 }
@@ -262,7 +264,12 @@ fn b_operators_pass_their_adjoint_tests() {
     for i in 0..vh.len() {
         let want = vl2[i] + if ur.contains(&i) { 0.0 } else { 0.5 * vs[i] };
         assert!((vh[i] - want).abs() <= 1e-12 * want, "hybrid variance at {i}: {} vs {want}", vh[i]);
-        assert!((vl2[i] - 2.0 * vl[i]).abs() <= 1e-6 * vl2[i], "latent variance x 2 at {i}: {} vs {}", vl2[i], 2.0 * vl[i]);
+        assert!(
+            (vl2[i] - 2.0 * vl[i]).abs() <= 1e-6 * vl2[i],
+            "latent variance x 2 at {i}: {} vs {}",
+            vl2[i],
+            2.0 * vl[i]
+        );
     }
 }
 
@@ -296,7 +303,11 @@ fn hybrid_with_linear_decoder_equals_closed_form_kalman_solution() {
         e[k] = 1.0;
         let mut c = vec![0.0; ns];
         sb.sqrt_apply(&e, &mut c);
-        c.iter_mut().zip(&keep).for_each(|(v, k)| if !k { *v = 0.0 });
+        c.iter_mut().zip(&keep).for_each(|(v, k)| {
+            if !k {
+                *v = 0.0
+            }
+        });
         cols.push((beta, c));
     }
     let g: Vec<Vec<f64>> = cols
@@ -313,7 +324,8 @@ fn hybrid_with_linear_decoder_equals_closed_form_kalman_solution() {
     let d: Vec<f64> = h.rows.iter().zip(&hxb).map(|(&i, hb)| obs[i].value - hb).collect();
     // (H B H^T + R) y = d, dx = B H^T y with B = sum_k w_k c_k c_k^T.
     let amat = faer::Mat::<f64>::from_fn(m, m, |i, j| {
-        cols.iter().zip(&g).map(|((w, _), gk)| w * gk[i] * gk[j]).sum::<f64>() + if i == j { sig[i] * sig[i] } else { 0.0 }
+        cols.iter().zip(&g).map(|((w, _), gk)| w * gk[i] * gk[j]).sum::<f64>()
+            + if i == j { sig[i] * sig[i] } else { 0.0 }
     });
     let llt = amat.llt(faer::Side::Lower).unwrap();
     let mut rhs = faer::Mat::<f64>::from_fn(m, 1, |i, _| d[i]);
@@ -336,7 +348,11 @@ fn hybrid_with_linear_decoder_equals_closed_form_kalman_solution() {
         res.report.jb_parts["latent"],
         res.report.jb_parts["static"]
     );
-    assert!(num / den < 1e-6, "hybrid increment differs from the Kalman solution by {:e} (relative, 2-norm)", num / den);
+    assert!(
+        num / den < 1e-6,
+        "hybrid increment differs from the Kalman solution by {:e} (relative, 2-norm)",
+        num / den
+    );
     let jb = res.report.jb_parts["latent"] + res.report.jb_parts["static"];
     assert!((jb - s.jb_final).abs() <= 1e-9 * jb, "Jb parts {jb} vs Jb {}", s.jb_final);
     assert_eq!(res.report.method, "hybrid");
@@ -404,7 +420,9 @@ fn background_check_uses_the_b_in_force_with_and_without_a_baseline() {
     // With the baseline: each method checks with its own B (latent, static exact, hybrid sum).
     let mut a = open("tanh", "");
     let (xb, _) = sample(&a, &fixture("tanh"));
-    for (method, prefix) in [(Method::L3dvar, "latent B"), (Method::Var3d, "static B: exact"), (Method::Hybrid, "hybrid")] {
+    for (method, prefix) in
+        [(Method::L3dvar, "latent B"), (Method::Var3d, "static B: exact"), (Method::Hybrid, "hybrid")]
+    {
         let (flags, how) = check_flags(&mut a, &xb, method, &[0.9, 1.1, -0.95, -1.2]);
         eprintln!("{method:?}: {flags:?} ({how})");
         assert_eq!(flags, [QcFlag::Used, QcFlag::BackgroundCheck, QcFlag::Used, QcFlag::BackgroundCheck], "{method:?}");
@@ -423,7 +441,8 @@ fn hybrid_settings_come_from_the_manifest_and_options_override_them() {
     let hs = a.hybrid_settings().unwrap();
     assert_eq!((hs.alpha, hs.beta, hs.keep.clone()), (3.0, 0.25, vec![false, false, true]));
     assert_eq!(a.bundle.baseline_variance_factor, 0.5);
-    let a = Analyser::open(&dir, Options::from_toml("hybrid_beta = 1.5\nhybrid_variables = [\"u\", \"t\"]").unwrap()).unwrap();
+    let a = Analyser::open(&dir, Options::from_toml("hybrid_beta = 1.5\nhybrid_variables = [\"u\", \"t\"]").unwrap())
+        .unwrap();
     let hs = a.hybrid_settings().unwrap();
     assert_eq!((hs.alpha, hs.beta, hs.keep), (3.0, 1.5, vec![true, true, false]));
     // Defaults without a [hybrid] table: alpha 1, beta 1, all variables.
@@ -454,7 +473,6 @@ fn baseline_variance_factor_scales_the_static_b() {
         assert!((3.0 * x - y).abs() <= 1e-12 * y.abs(), "{x} x 3 != {y}");
     }
 }
-
 
 /// `latent_variance_factor` multiplies the latent B's variances (a host cycling with shorter forecasts than the
 /// bundle was calibrated on scales it down), in the latent B served to hosts, in the hybrid's latent part and in
@@ -491,11 +509,19 @@ fn latent_variance_factor_scales_the_latent_b() {
         assert!((0.25 * l1[i] - l4[i]).abs() <= 1e-12 * l1[i], "latent variance at {i}: {} x 0.25 != {}", l1[i], l4[i]);
         let want = l5[i] + 0.5 * s1[i];
         assert!((h4[i] - want).abs() <= 1e-9 * want, "hybrid variance at {i}: {} vs {want} (before: {})", h4[i], h1[i]);
-        assert!((l5[i] - 2.0 * 0.25 * l1[i]).abs() <= 1e-6 * l5[i], "latent variance x 0.5 at {i}: {} vs {}", l5[i], 0.5 * l1[i]);
+        assert!(
+            (l5[i] - 2.0 * 0.25 * l1[i]).abs() <= 1e-6 * l5[i],
+            "latent variance x 0.5 at {i}: {} vs {}",
+            l5[i],
+            0.5 * l1[i]
+        );
     }
     let d4 = inc(&mut a);
     eprintln!("L3DVar (increment norm, O-A fit): factor 1 {d1:?}, factor 0.25 {d4:?}");
     // a smaller latent B pulls less toward the observations: a smaller increment that fits them less closely
     assert!(d4.0 < d1.0 && d4.1 > d1.1, "factor 0.25 {d4:?} vs factor 1 {d1:?}");
-    assert!(latentda::Options::from_toml("latent_variance_factor = 0.0").unwrap_err().to_string().contains("latent_variance_factor"));
+    assert!(latentda::Options::from_toml("latent_variance_factor = 0.0")
+        .unwrap_err()
+        .to_string()
+        .contains("latent_variance_factor"));
 }

@@ -15,8 +15,8 @@ use latentda::bmat::BOperator;
 use latentda::obs::operator::ObsOperator;
 use latentda::obs::{Observation, QcFlag};
 use latentda::var::control::{dot_test, LatentControl};
-use latentda::var::solver::ControlSpace;
 use latentda::var::options::BKind;
+use latentda::var::solver::ControlSpace;
 use latentda::{Analyser, Method, Options};
 
 const BANDS: &str = "hybrid_alpha = 2.0\nhybrid_beta = 0.5\nhybrid_alpha_tropics = 0.5\nhybrid_beta_tropics = 1.5\n\
@@ -55,7 +55,13 @@ fn band_weights(a: &Analyser) -> (Vec<f64>, Vec<f64>) {
     let n = lay.state_len();
     let al = (0..n).map(|i| weight(lay.grid.lat[(i % np) / nlon], 0.5, 2.0, 5.0, 45.0)).collect();
     let be = (0..n)
-        .map(|i| if lay.channel_owner(i / np).0 == iu { 0.0 } else { weight(lay.grid.lat[(i % np) / nlon], 1.5, 0.5, 5.0, 45.0) })
+        .map(|i| {
+            if lay.channel_owner(i / np).0 == iu {
+                0.0
+            } else {
+                weight(lay.grid.lat[(i % np) / nlon], 1.5, 0.5, 5.0, 45.0)
+            }
+        })
         .collect();
     (al, be)
 }
@@ -118,7 +124,9 @@ fn bundle_hybrid_table_carries_band_weights_and_options_override_them() {
     let a = Analyser::open(&dir, Options::default()).unwrap();
     let hs = a.hybrid_settings().unwrap();
     assert_eq!((hs.alpha, hs.beta, hs.alpha_tropics, hs.beta_tropics, hs.band_lat), (0.7, 0.3, 0.4, 1.0, [15.0, 35.0]));
-    let a = Analyser::open(&dir, Options::from_toml("hybrid_beta_tropics = 0.6\nhybrid_band_lat = [0.0, 20.0]").unwrap()).unwrap();
+    let a =
+        Analyser::open(&dir, Options::from_toml("hybrid_beta_tropics = 0.6\nhybrid_band_lat = [0.0, 20.0]").unwrap())
+            .unwrap();
     let hs = a.hybrid_settings().unwrap();
     assert_eq!((hs.alpha_tropics, hs.beta_tropics, hs.band_lat), (0.4, 0.6, [0.0, 20.0]));
     std::fs::write(dir.join("bundle.toml"), m.replace("band_lat = [15.0, 35.0]", "band_lat = [35.0, 15.0]")).unwrap();
@@ -229,7 +237,11 @@ fn band_weighted_hybrid_with_linear_decoder_equals_closed_form_kalman_solution()
     let den: f64 = dx_kalman.iter().map(|b| b * b).sum::<f64>().sqrt();
     eprintln!("band-weighted hybrid vs Kalman: relative difference {:.2e}", num / den);
     assert!(den > 0.0);
-    assert!(num / den < 1e-6, "hybrid increment differs from the Kalman solution by {:e} (relative, 2-norm)", num / den);
+    assert!(
+        num / den < 1e-6,
+        "hybrid increment differs from the Kalman solution by {:e} (relative, 2-norm)",
+        num / den
+    );
     // The bands matter here: the scalar hybrid (extratropical weights everywhere) gives another analysis.
     let scalar = "outer_loops = 1\nmax_inner = 400\ngradient_reduction = 1e-13\nbg_check = 0.0\n\
                   hybrid_alpha = 2.0\nhybrid_beta = 0.5\nhybrid_variables = [\"t\", \"ps\"]";
@@ -243,14 +255,20 @@ fn band_weighted_hybrid_with_linear_decoder_equals_closed_form_kalman_solution()
 #[test]
 fn equal_band_weights_are_bit_identical_to_the_scalar_hybrid() {
     for (fx, form) in [("tanh", "nonlinear"), ("tanh", "linear"), ("linear", "linear")] {
-        let base = format!("latent_increment = \"{form}\"\nhybrid_alpha = 0.7\nhybrid_beta = 0.3\nhybrid_variables = [\"t\", \"ps\"]");
-        let banded = format!("{base}\nhybrid_alpha_tropics = 0.7\nhybrid_beta_tropics = 0.3\nhybrid_band_lat = [5.0, 45.0]");
+        let base = format!(
+            "latent_increment = \"{form}\"\nhybrid_alpha = 0.7\nhybrid_beta = 0.3\nhybrid_variables = [\"t\", \"ps\"]"
+        );
+        let banded =
+            format!("{base}\nhybrid_alpha_tropics = 0.7\nhybrid_beta_tropics = 0.3\nhybrid_band_lat = [5.0, 45.0]");
         let mut a = open(fx, &base);
         let mut b = open(fx, &banded);
         let (xb, obs) = sample(&a, fx);
         let ra = a.analyse(&xb, &obs, Method::Hybrid).unwrap();
         let rb = b.analyse(&xb, &obs, Method::Hybrid).unwrap();
-        assert!(ra.analysis.iter().zip(&rb.analysis).all(|(x, y)| x.to_bits() == y.to_bits()), "{fx} {form}: analyses differ");
+        assert!(
+            ra.analysis.iter().zip(&rb.analysis).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{fx} {form}: analyses differ"
+        );
         assert_eq!(ra.qc, rb.qc);
         let (sa, sb) = (ra.report.solver.unwrap(), rb.report.solver.unwrap());
         assert_eq!(sa.j_final.to_bits(), sb.j_final.to_bits());
@@ -312,7 +330,12 @@ fn background_check_variance_is_the_diagonal_of_u_ut() {
     let (al, be) = band_weights(&a);
     let mut max_rel: f64 = 0.0;
     for i in 0..v.len() {
-        assert!((vl2[i] - 2.0 * vl[i]).abs() <= 1e-6 * vl2[i], "latent variance x 2 at {i}: {} vs {}", vl2[i], 2.0 * vl[i]);
+        assert!(
+            (vl2[i] - 2.0 * vl[i]).abs() <= 1e-6 * vl2[i],
+            "latent variance x 2 at {i}: {} vs {}",
+            vl2[i],
+            2.0 * vl[i]
+        );
         let want = al[i] / 2.0 * vl2[i] + be[i] * vs[i];
         assert!((v[i] - brute[i]).abs() <= 1e-9 * brute[i], "at {i}: variance {} vs diag(U U^T) {}", v[i], brute[i]);
         assert!((v[i] - want).abs() <= 1e-12 * want, "at {i}: variance {} vs formula {want}", v[i]);

@@ -67,7 +67,8 @@ fn define(header: &str, name: &str) -> String {
 fn bridge_functions(header: &str) -> Vec<String> {
     let body = header.split("namespace latentda {\nnamespace detail {").nth(1).expect("bridge.h: no latentda::detail");
     let body = body.split("} // namespace detail").next().unwrap();
-    let (class, free) = body.split_once("#endif // CXXBRIDGE1_STRUCT_latentda$detail$Context").expect("bridge.h: no Context");
+    let (class, free) =
+        body.split_once("#endif // CXXBRIDGE1_STRUCT_latentda$detail$Context").expect("bridge.h: no Context");
     let public = class.split("private:").next().unwrap();
     // A declaration is one line `<type> name(<args>)[ const][ noexcept];`; the name is the word before the '('.
     // Fields of shared structs (`::std::size_t nlat CXX_DEFAULT_VALUE(0);`) are not functions.
@@ -91,7 +92,9 @@ fn fortran_parameter(source: &str, name: &str) -> String {
     source
         .lines()
         .filter_map(|l| l.split_once("::"))
-        .find_map(|(_, decl)| decl.trim().strip_prefix(&format!("{name} = ")).map(|v| v.split('!').next().unwrap().trim().to_string()))
+        .find_map(|(_, decl)| {
+            decl.trim().strip_prefix(&format!("{name} = ")).map(|v| v.split('!').next().unwrap().trim().to_string())
+        })
         .unwrap_or_else(|| panic!("no parameter {name} in the Fortran module"))
 }
 
@@ -127,7 +130,10 @@ fn bundle_format_version_is_checked_at_open() {
     let manifest = bundle.join("bundle.toml");
     let text = std::fs::read_to_string(&manifest).unwrap();
     let supported = latentda::bundle::FORMAT_VERSION;
-    assert!(text.contains(&format!("\nformat_version = {supported}\n")), "fixture manifest declares format_version = {supported}");
+    assert!(
+        text.contains(&format!("\nformat_version = {supported}\n")),
+        "fixture manifest declares format_version = {supported}"
+    );
     let cdir = CString::new(bundle.to_str().unwrap()).unwrap();
 
     // The supported version opens.
@@ -145,8 +151,10 @@ fn bundle_format_version_is_checked_at_open() {
     let line = format!("\nformat_version = {supported}\n");
     let newer = supported + 1;
     let msg = open_err(text.replace(&line, &format!("\nformat_version = {newer}\n")));
-    let expected =
-        format!("{}: format_version = {newer} is not supported (this latentda reads version {supported})", manifest.display());
+    let expected = format!(
+        "{}: format_version = {newer} is not supported (this latentda reads version {supported})",
+        manifest.display()
+    );
     assert_eq!(msg, expected);
     let (code, _, err) = common::cli(&["info", bundle.to_str().unwrap()]);
     assert_ne!(code, 0, "latentda info must fail on format_version = {newer}");
@@ -158,7 +166,13 @@ fn bundle_format_version_is_checked_at_open() {
     assert_eq!(msg, expected, "a newer bundle with an unknown key");
 
     let msg = open_err(text.replace(&line, "\n"));
-    assert_eq!(msg, format!("{}: no integer format_version (this latentda reads bundle format version {supported})", manifest.display()));
+    assert_eq!(
+        msg,
+        format!(
+            "{}: no integer format_version (this latentda reads bundle format version {supported})",
+            manifest.display()
+        )
+    );
     println!("no format_version: {msg}");
     let msg = open_err(text.replace(&line, "\nformat_version = \"1\"\n"));
     assert!(msg.contains("no integer format_version"), "format_version as a string: {msg}");
@@ -214,7 +228,9 @@ fn read_cpp(path: &Path) -> Vec<f64> {
 fn max_rel_diff(bundle: &Path, a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len(), "state lengths differ");
     let layout = Bundle::open(bundle).unwrap().layout;
-    (0..layout.variables.len()).map(|v| common::max_rel_diff(&a[layout.var_range(v)], &b[layout.var_range(v)])).fold(0.0, f64::max)
+    (0..layout.variables.len())
+        .map(|v| common::max_rel_diff(&a[layout.var_range(v)], &b[layout.var_range(v)]))
+        .fold(0.0, f64::max)
 }
 
 /// The compile and link commands of a verbose build log that mention `needle`.
@@ -230,13 +246,28 @@ fn pkg_config(pc_path: &Path, args: &[&str]) -> String {
 fn rustc_native_static_libs() -> String {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let o = Command::new(cargo)
-        .args(["rustc", "--release", "-p", "latentda", "--lib", "--crate-type", "staticlib", "--", "--print", "native-static-libs"])
+        .args([
+            "rustc",
+            "--release",
+            "-p",
+            "latentda",
+            "--lib",
+            "--crate-type",
+            "staticlib",
+            "--",
+            "--print",
+            "native-static-libs",
+        ])
         .current_dir(root())
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", show(&o));
     let err = String::from_utf8_lossy(&o.stderr);
-    err.lines().filter_map(|l| l.split_once("native-static-libs: ")).map(|(_, v)| v.trim().to_string()).next_back().expect("no native-static-libs note")
+    err.lines()
+        .filter_map(|l| l.split_once("native-static-libs: "))
+        .map(|(_, v)| v.trim().to_string())
+        .next_back()
+        .expect("no native-static-libs note")
 }
 
 #[test]
@@ -306,7 +337,12 @@ fn install_then_build_examples_with_cmake_and_pkg_config() {
     // The C++ glue: every function the bridge header declares (latentda/bridge.h, generated by cxx from
     // src/coupling/cxx_bridge.rs), and the exception type latentda.hpp catches.
     let glue = bridge_functions(&std::fs::read_to_string(root().join("include/latentda/bridge.h")).unwrap());
-    for f in ["latentda::detail::open(", "latentda::detail::version(", "latentda::detail::Context::analyse(", "latentda::detail::Context::brandomize("] {
+    for f in [
+        "latentda::detail::open(",
+        "latentda::detail::version(",
+        "latentda::detail::Context::analyse(",
+        "latentda::detail::Context::brandomize(",
+    ] {
         assert!(glue.iter().any(|g| g == f), "bridge.h parsed without {f}: {glue:?}");
     }
     for cpp in glue.iter().map(String::as_str).chain(["typeinfo for rust::cxxbridge1::Error"]) {
@@ -316,13 +352,24 @@ fn install_then_build_examples_with_cmake_and_pkg_config() {
         .iter()
         .filter(|n| {
             !(n.starts_with("lda_")
-                || ["latentda::detail::", "rust::cxxbridge1::", "typeinfo for rust::", "typeinfo name for rust::", "vtable for rust::"]
-                    .iter()
-                    .any(|p| n.starts_with(p)))
+                || [
+                    "latentda::detail::",
+                    "rust::cxxbridge1::",
+                    "typeinfo for rust::",
+                    "typeinfo name for rust::",
+                    "vtable for rust::",
+                ]
+                .iter()
+                .any(|p| n.starts_with(p)))
         })
         .collect();
     assert!(foreign.is_empty(), "{so} exports symbols outside its API: {:?}", &foreign[..foreign.len().min(10)]);
-    println!("{so}: soname {soname}, {} exported symbols ({} C functions, {} C++ bridge functions)", names.len(), c_functions.len(), glue.len());
+    println!(
+        "{so}: soname {soname}, {} exported symbols ({} C functions, {} C++ bridge functions)",
+        names.len(),
+        c_functions.len(),
+        glue.len()
+    );
 
     // 3. Package files: versions, and the native libraries rustc reports for the archive.
     let pc = lib.join("pkgconfig");
@@ -330,14 +377,23 @@ fn install_then_build_examples_with_cmake_and_pkg_config() {
     assert_eq!(pkg_config(&pc, &["--modversion", "latentda-fortran"]), VERSION);
     let native = rustc_native_static_libs();
     let private = pkg_config(&pc, &["--static", "--libs", "latentda"]);
-    assert!(private.contains(&native), "pkg-config --static --libs latentda lacks rustc's native libraries '{native}': {private}");
+    assert!(
+        private.contains(&native),
+        "pkg-config --static --libs latentda lacks rustc's native libraries '{native}': {private}"
+    );
     let static_libs = pkg_config(&pc, &["--variable=static_libs", "latentda"]);
-    assert!(static_libs.starts_with(&format!("{}/liblatentda.a ", lib.display())) && static_libs.contains(&native), "{static_libs}");
+    assert!(
+        static_libs.starts_with(&format!("{}/liblatentda.a ", lib.display())) && static_libs.contains(&native),
+        "{static_libs}"
+    );
     let config = std::fs::read_to_string(lib.join("cmake/latentda/latentdaConfig.cmake")).unwrap();
     assert!(config.contains(&format!("\"{native}\"")), "latentdaConfig.cmake lacks rustc's native libraries");
     println!("native libraries (rustc): {native}");
     println!("pkg-config --cflags --libs latentda: {}", pkg_config(&pc, &["--cflags", "--libs", "latentda"]));
-    println!("pkg-config --cflags --libs latentda-fortran: {}", pkg_config(&pc, &["--cflags", "--libs", "latentda-fortran"]));
+    println!(
+        "pkg-config --cflags --libs latentda-fortran: {}",
+        pkg_config(&pc, &["--cflags", "--libs", "latentda-fortran"])
+    );
 
     // 4. CMake: the installed example project, find_package(latentda CONFIG REQUIRED).
     let t = Instant::now();
@@ -371,7 +427,10 @@ fn install_then_build_examples_with_cmake_and_pkg_config() {
     for (name, log) in [("CMake", &cmake_log), ("make", &make_log)] {
         assert!(!log.contains(&src_root), "the {name} build refers to the source tree {src_root}:\n{log}");
         let fortran: Vec<&str> = commands_with(log, "driver.f90");
-        assert!(fortran.iter().any(|c| c.contains(" -c ") || c.contains("driver.f90 -o")), "no Fortran compile in the {name} log");
+        assert!(
+            fortran.iter().any(|c| c.contains(" -c ") || c.contains("driver.f90 -o")),
+            "no Fortran compile in the {name} log"
+        );
         for c in fortran.iter().filter(|c| c.contains("driver.f90") && !c.contains(".o -o")) {
             assert!(c.contains(&moddir), "{name}: Fortran compile without the installed module directory: {c}");
         }
@@ -418,13 +477,21 @@ fn install_then_build_examples_with_cmake_and_pkg_config() {
         let rpath = run(Command::new("readelf").arg("-d").arg(&exe));
         assert!(!rpath.contains(&src_root), "{} has a run path into the source tree:\n{rpath}", exe.display());
         let needs_so = rpath.contains(&format!("Shared library: [{soname}]"));
-        assert_eq!(needs_so, !prog.ends_with("_static"), "{}: shared-library dependency on {soname} = {needs_so}", exe.display());
+        assert_eq!(
+            needs_so,
+            !prog.ends_with("_static"),
+            "{}: shared-library dependency on {soname} = {needs_so}",
+            exe.display()
+        );
         let out = work.join(format!("{}_{prog}.bin", dir.file_name().unwrap().to_str().unwrap()));
         let stdout = run(Command::new(&exe).arg(&bundle).arg(&bg).arg(&obs).arg(&out));
         let x = read_raw(&out);
         let rel = max_rel_diff(&bundle, &x, &cli);
         let tag = format!("{}/{prog}", dir.file_name().unwrap().to_str().unwrap());
-        println!("{tag}: max |x - CLI| / max|CLI| = {rel:.2e}; {}", stdout.lines().find(|l| l.starts_with("QC")).unwrap_or(""));
+        println!(
+            "{tag}: max |x - CLI| / max|CLI| = {rel:.2e}; {}",
+            stdout.lines().find(|l| l.starts_with("QC")).unwrap_or("")
+        );
         assert!(rel <= 1e-6, "{tag}: analysis differs from the installed CLI's by {rel:e}");
         raw.push((tag, x));
     }
@@ -469,19 +536,26 @@ fn install_then_build_examples_with_cmake_and_pkg_config() {
     )
     .unwrap();
     let flags = |module: &str| -> Vec<String> {
-        let mut v: Vec<String> = pkg_config(&pc, &["--cflags", "--libs", module]).split_whitespace().map(String::from).collect();
+        let mut v: Vec<String> =
+            pkg_config(&pc, &["--cflags", "--libs", module]).split_whitespace().map(String::from).collect();
         v.push(format!("-Wl,-rpath,{}", lib.display()));
         v
     };
     let fc = pkg_config(&pc, &["--variable=fortran_compiler", "latentda-fortran"]);
-    for (compiler, extra, src, module) in
-        [("cc", vec![], "version.c", "latentda"), ("c++", vec!["-std=c++17"], "version.cpp", "latentda"), (fc.as_str(), vec![], "version.f90", "latentda-fortran")]
-    {
+    for (compiler, extra, src, module) in [
+        ("cc", vec![], "version.c", "latentda"),
+        ("c++", vec!["-std=c++17"], "version.cpp", "latentda"),
+        (fc.as_str(), vec![], "version.f90", "latentda-fortran"),
+    ] {
         let exe = vdir.join(src.replace('.', "_"));
         run(Command::new(compiler).args(&extra).arg(src).arg("-o").arg(&exe).args(flags(module)).current_dir(&vdir));
         let out = run(&mut Command::new(&exe));
         let (major, minor, patch) = version_parts();
-        assert_eq!(out.trim(), format!("{major}.{minor}.{patch} {VERSION} {VERSION}"), "{src}: compile-time and run-time versions");
+        assert_eq!(
+            out.trim(),
+            format!("{major}.{minor}.{patch} {VERSION} {VERSION}"),
+            "{src}: compile-time and run-time versions"
+        );
         println!("{src}: {}", out.trim());
     }
 
@@ -514,7 +588,13 @@ message(STATUS "probe found=${latentda_FOUND} version=${latentda_VERSION} links=
     let cmake_probe = |defs: &[String]| -> String {
         let b = probe.join("build");
         let _ = std::fs::remove_dir_all(&b);
-        run(Command::new("cmake").arg("-S").arg(&probe).arg("-B").arg(&b).arg(format!("-DCMAKE_PREFIX_PATH={}", prefix.display())).args(defs))
+        run(Command::new("cmake")
+            .arg("-S")
+            .arg(&probe)
+            .arg("-B")
+            .arg(&b)
+            .arg(format!("-DCMAKE_PREFIX_PATH={}", prefix.display()))
+            .args(defs))
     };
     let probe_line = |log: &str| log.lines().find(|l| l.contains("probe found=")).unwrap_or_default().to_string();
     let next_minor = format!("{major}.{}", minor + 1);
@@ -541,7 +621,10 @@ message(STATUS "probe found=${latentda_FOUND} version=${latentda_VERSION} links=
     let log = cmake_probe(&["-DFAKE_FC_ID=Intel".into()]);
     let words = log.split_whitespace().collect::<Vec<_>>().join(" ");
     let fc_id = pkg_config(&pc, &["--variable=fortran_compiler_id", "latentda-fortran"]);
-    assert!(words.contains(&format!("was built by {fc_id} ")) && words.contains("this project uses Intel 99.0"), "no warning for another Fortran compiler:\n{log}");
+    assert!(
+        words.contains(&format!("was built by {fc_id} ")) && words.contains("this project uses Intel 99.0"),
+        "no warning for another Fortran compiler:\n{log}"
+    );
     let log = cmake_probe(&[]);
     assert!(!log.contains("was built by"), "warning without a Fortran compiler:\n{log}");
 

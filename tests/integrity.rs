@@ -45,7 +45,10 @@ fn flip_initializer(bundle: &Path, file: &str, name: &str, seed: u64, nflip: usi
     let path = bundle.join(file);
     let mut d = std::fs::read(&path).unwrap();
     let key = [name.as_bytes(), &[0x4a]].concat();
-    let at = d.windows(key.len()).position(|w| w == key.as_slice()).unwrap_or_else(|| panic!("no initializer {name} in {file}"));
+    let at = d
+        .windows(key.len())
+        .position(|w| w == key.as_slice())
+        .unwrap_or_else(|| panic!("no initializer {name} in {file}"));
     let (mut j, mut len, mut shift) = (at + key.len(), 0usize, 0);
     loop {
         let b = d[j];
@@ -89,8 +92,17 @@ fn a_corrupted_tl_graph_fails_latentda_analyse_with_a_named_guard() {
         let s = fixture("tanh").join("sample");
         let a = |p: &Path| p.to_str().unwrap().to_string();
         let args = [
-            "analyse".to_string(), "--bundle".into(), a(bundle), "--background".into(), a(&s.join("background.nc")),
-            "--obs".into(), a(&s.join("obs.csv")), "--output".into(), a(out), "--options".into(), a(&opts),
+            "analyse".to_string(),
+            "--bundle".into(),
+            a(bundle),
+            "--background".into(),
+            a(&s.join("background.nc")),
+            "--obs".into(),
+            a(&s.join("obs.csv")),
+            "--output".into(),
+            a(out),
+            "--options".into(),
+            a(&opts),
         ];
         cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
     };
@@ -120,13 +132,22 @@ fn c_context(bundle: &Path, options: &str, obs: &[Observation]) -> (*mut LdaCont
     for (v, var) in lay.variables.iter().enumerate() {
         let name = CString::new(var.name.as_str()).unwrap();
         let shape: Vec<i64> = if var.is_surface() { vec![nlat, nlon] } else { vec![var.nlev as i64, nlat, nlon] };
-        let rc = ffi::lda_bind_field_f64(ctx, name.as_ptr(), fields[v].as_mut_ptr(), shape.len() as i32, shape.as_ptr(), ffi::LDA_ORDER_C);
+        let rc = ffi::lda_bind_field_f64(
+            ctx,
+            name.as_ptr(),
+            fields[v].as_mut_ptr(),
+            shape.len() as i32,
+            shape.as_ptr(),
+            ffi::LDA_ORDER_C,
+        );
         assert_eq!(rc, ffi::LDA_OK, "{}", last_error(ctx));
     }
     let col = |f: fn(&Observation) -> f64| obs.iter().map(f).collect::<Vec<f64>>();
     let var: Vec<i32> = obs.iter().map(|o| o.var.map_or(-1, |v| v as i32)).collect();
-    let (la, lo, le, va, si) = (col(|o| o.lat), col(|o| o.lon), col(|o| o.level.unwrap_or(f64::NAN)), col(|o| o.value), col(|o| o.sigma));
-    let rc = ffi::lda_set_obs(ctx, obs.len(), var.as_ptr(), la.as_ptr(), lo.as_ptr(), le.as_ptr(), va.as_ptr(), si.as_ptr());
+    let (la, lo, le, va, si) =
+        (col(|o| o.lat), col(|o| o.lon), col(|o| o.level.unwrap_or(f64::NAN)), col(|o| o.value), col(|o| o.sigma));
+    let rc =
+        ffi::lda_set_obs(ctx, obs.len(), var.as_ptr(), la.as_ptr(), lo.as_ptr(), le.as_ptr(), va.as_ptr(), si.as_ptr());
     assert_eq!(rc, ffi::LDA_OK, "{}", last_error(ctx));
     let times = col(|o| o.time);
     assert_eq!(ffi::lda_set_obs_times(ctx, obs.len(), times.as_ptr()), ffi::LDA_OK, "{}", last_error(ctx));
@@ -164,7 +185,11 @@ fn a_corrupted_tl_graph_fails_lda_analyse_and_leaves_host_arrays_untouched() {
     let msg = c_analyse_fails(ctx, &fields, "l3dvar", &["divergence guard 'cost'", "latentda check"]);
     eprintln!("{msg}");
     let mut flags = vec![0i32; obs.len()];
-    assert_eq!(ffi::lda_obs_qc(ctx, flags.as_mut_ptr(), obs.len()), ffi::LDA_ERR_NOT_READY, "no QC flags after a rejected analysis");
+    assert_eq!(
+        ffi::lda_obs_qc(ctx, flags.as_mut_ptr(), obs.len()),
+        ffi::LDA_ERR_NOT_READY,
+        "no QC flags after a rejected analysis"
+    );
     assert_eq!(ffi::lda_close(ctx), ffi::LDA_OK);
     let (ctx, fields) = c_context(&fixture("tanh"), NO_SELF_TEST, &obs);
     let before = bits(&fields);
@@ -176,7 +201,15 @@ fn a_corrupted_tl_graph_fails_lda_analyse_and_leaves_host_arrays_untouched() {
 
 /// One observation of variable `name` exactly at the grid point of state index `i` (its level, latitude,
 /// longitude), `innovation` above the background there.
-fn obs_at(lay: &latentda::grid::Layout, xb: &[f64], name: &str, i: usize, innovation: f64, sigma: f64, time: f64) -> Observation {
+fn obs_at(
+    lay: &latentda::grid::Layout,
+    xb: &[f64],
+    name: &str,
+    i: usize,
+    innovation: f64,
+    sigma: f64,
+    time: f64,
+) -> Observation {
     let v = lay.var_index(name).unwrap();
     let np = lay.grid.npoints();
     let (c, p) = (i / np, i % np);
@@ -211,7 +244,13 @@ fn an_increment_far_beyond_the_b_in_force_is_rejected() {
     let e = a.analyse(&xb, &obs, Method::Var3d).unwrap_err();
     eprintln!("{}", e.message);
     assert_eq!(e.status, Status::Solver);
-    assert!(e.message.contains("divergence guard 'increment'") && e.message.contains("'t'") && e.message.contains("times the RMS"), "{}", e.message);
+    assert!(
+        e.message.contains("divergence guard 'increment'")
+            && e.message.contains("'t'")
+            && e.message.contains("times the RMS"),
+        "{}",
+        e.message
+    );
     // a sane innovation passes the same guard
     let ok = vec![obs_at(&lay, &xb, "t", i, 2.0, 1.0, 0.0)];
     let r = a.analyse(&xb, &ok, Method::Var3d).unwrap();
@@ -225,7 +264,8 @@ fn an_increment_far_beyond_the_b_in_force_is_rejected() {
 fn with_bounds(test: &str, lines: &str) -> PathBuf {
     let b = copy_fixture("tanh", test);
     let m = std::fs::read_to_string(b.join("bundle.toml")).unwrap();
-    std::fs::write(b.join("bundle.toml"), m.replace("[checksums]\n", &format!("[bounds]\n{lines}\n\n[checksums]\n"))).unwrap();
+    std::fs::write(b.join("bundle.toml"), m.replace("[checksums]\n", &format!("[bounds]\n{lines}\n\n[checksums]\n")))
+        .unwrap();
     b
 }
 
@@ -273,20 +313,29 @@ fn bounds_are_validated_and_the_reference_bundle_has_them() {
     ] {
         let b = with_bounds("integrity_bounds_bad", lines);
         let e = latentda::bundle::Bundle::open(&b).unwrap_err();
-        assert!(e.status == Status::Bundle && e.message.contains(want) && e.message.contains("bounds."), "{lines}: {}", e.message);
+        assert!(
+            e.status == Status::Bundle && e.message.contains(want) && e.message.contains("bounds."),
+            "{lines}: {}",
+            e.message
+        );
     }
     let b = with_bounds("integrity_bounds_inf", "t = [-inf, 400.0]\nps = [0.0, inf]");
     let bb = latentda::bundle::Bundle::open(&b).unwrap();
     assert_eq!(bb.bounds, vec![None, Some([f64::NEG_INFINITY, 400.0]), Some([0.0, f64::INFINITY])]);
     let r = latentda::bundle::Bundle::open(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/speedy-t31")).unwrap();
-    let named: Vec<&str> = r.layout.variables.iter().zip(&r.bounds).filter(|(_, b)| b.is_some()).map(|(v, _)| v.name.as_str()).collect();
+    let named: Vec<&str> =
+        r.layout.variables.iter().zip(&r.bounds).filter(|(_, b)| b.is_some()).map(|(v, _)| v.name.as_str()).collect();
     assert_eq!(named, ["t", "q", "ps"]);
     // the reference sample (background and truth) lies inside them
     for f in ["background.nc", "truth.nc"] {
         let x = latentda::ncio::read_state(&r.dir.join("sample").join(f), &r.layout).unwrap();
         for (v, bounds) in r.bounds.iter().enumerate() {
             let Some([lo, hi]) = bounds else { continue };
-            assert!(x[r.layout.var_range(v)].iter().all(|x| lo < x && x < hi), "{f}: {} outside [{lo}, {hi}]", r.layout.variables[v].name);
+            assert!(
+                x[r.layout.var_range(v)].iter().all(|x| lo < x && x < hi),
+                "{f}: {} outside [{lo}, {hi}]",
+                r.layout.variables[v].name
+            );
         }
     }
 }
@@ -311,7 +360,11 @@ fn a_far_future_observation_time_is_flagged_and_the_analysis_runs() {
     assert_eq!(r.qc[..obs.len()], plain.qc[..]);
     assert_eq!(r.report.qc_counts["outside_window"], 4);
     assert_eq!(r.report.window.as_ref().unwrap().window_hours, 12.0, "the bundle's [forecast] window_hours");
-    assert_eq!(bits(std::slice::from_ref(&r.analysis)), bits(std::slice::from_ref(&plain.analysis)), "flagged observations change nothing");
+    assert_eq!(
+        bits(std::slice::from_ref(&r.analysis)),
+        bits(std::slice::from_ref(&plain.analysis)),
+        "flagged observations change nothing"
+    );
     // the CLI: exit 0, the flag counted in the report
     let dir = scratch("integrity_cli_time");
     let csv = std::fs::read_to_string(b.join("sample/obs_4d.csv")).unwrap();
@@ -321,9 +374,19 @@ fn a_far_future_observation_time_is_flagged_and_the_analysis_runs() {
     let (out, rep) = (dir.join("an.nc"), dir.join("rep.json"));
     let p = |p: &Path| p.to_str().unwrap().to_string();
     let args = [
-        "analyse".to_string(), "--method".into(), "l4dvar".into(), "--bundle".into(), p(&b),
-        "--background".into(), p(&b.join("sample/background.nc")), "--obs".into(), p(&dir.join("obs.csv")),
-        "--output".into(), p(&out), "--report".into(), p(&rep),
+        "analyse".to_string(),
+        "--method".into(),
+        "l4dvar".into(),
+        "--bundle".into(),
+        p(&b),
+        "--background".into(),
+        p(&b.join("sample/background.nc")),
+        "--obs".into(),
+        p(&dir.join("obs.csv")),
+        "--output".into(),
+        p(&out),
+        "--report".into(),
+        p(&rep),
     ];
     let (code, stdout, stderr) = cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(code, 0, "{stdout}\n{stderr}");
@@ -364,7 +427,11 @@ fn the_window_comes_from_options_or_the_bundle_never_from_the_observations() {
     assert_eq!((w.window_hours, w.nslots, r.report.qc_counts["outside_window"]), (12.0, 3, 0), "the default window");
     // the option wins over the default and the bundle; observations after it are flagged, not a longer window
     let r = open(&b, "window_hours = 6.0").analyse(&xb, &obs, Method::L4dvar).unwrap();
-    assert_eq!((r.report.window.as_ref().unwrap().nslots, r.report.qc_counts["outside_window"]), (2, n12), "the option");
+    assert_eq!(
+        (r.report.window.as_ref().unwrap().nslots, r.report.qc_counts["outside_window"]),
+        (2, n12),
+        "the option"
+    );
     assert!(obs.iter().zip(&r.qc).all(|(o, q)| (o.time == 12.0) == (*q == QcFlag::OutsideWindow)));
     let r = open(&b, "window_hours = 0.0").analyse(&xb, &obs, Method::L4dvar).unwrap();
     assert_eq!(r.report.qc_counts["outside_window"], obs.iter().filter(|o| o.time > 0.0).count());

@@ -97,7 +97,10 @@ fn chained_tl_ad_pass_the_adjoint_and_taylor_tests() {
         let mut a = open(name, "");
         let (xb, _, _) = sample4d(&a, name);
         let fc = a.forecast_checks(&xb, None, 3, &eps_list(), 11).unwrap().expect("the fixture has a step model");
-        eprintln!("{name}: step dot {:.2e}, chained dot {:.2e} ({} slots)", fc.step_dot.rel, fc.chained_dot.rel, fc.nslots);
+        eprintln!(
+            "{name}: step dot {:.2e}, chained dot {:.2e} ({} slots)",
+            fc.step_dot.rel, fc.chained_dot.rel, fc.nslots
+        );
         assert_eq!(fc.nslots, 3);
         assert!(fc.step_dot.rel < 1e-5, "{name}: step model dot test {:e}", fc.step_dot.rel);
         assert!(fc.chained_dot.rel < 1e-5, "{name}: chained dot test {:e}", fc.chained_dot.rel);
@@ -220,7 +223,8 @@ fn l4dvar_with_linear_decoder_and_latent_step_model_equals_the_closed_form() {
         let mut e = vec![0.0; nz];
         e[k] = s[k];
         let dz = step_tl(a, slot, &e);
-        let (dz32, z32): (Vec<f32>, Vec<f32>) = (dz.iter().map(|&v| v as f32).collect(), z_b.iter().map(|&v| v as f32).collect());
+        let (dz32, z32): (Vec<f32>, Vec<f32>) =
+            (dz.iter().map(|&v| v as f32).collect(), z_b.iter().map(|&v| v as f32).collect());
         let mut dxn = vec![0f32; a.ae.state_len];
         a.ae.tl(&z32, &dz32, &mut dxn).unwrap();
         (0..dxn.len()).map(|p| sd[p / np] * dxn[p] as f64).collect()
@@ -256,7 +260,8 @@ fn l4dvar_with_linear_decoder_and_host_model_equals_the_closed_form() {
     let mut a = open("linear", opt);
     let (xb, _, obs) = sample4d(&a, "linear");
     let mut adv = advection(&a);
-    let res = a.analyse_4d(&xb, &obs, OutputMode::Analysis, FourD { backgrounds: vec![], model: Some(&mut adv) }).unwrap();
+    let res =
+        a.analyse_4d(&xb, &obs, OutputMode::Analysis, FourD { backgrounds: vec![], model: Some(&mut adv) }).unwrap();
     let w = res.report.window.as_ref().unwrap();
     assert_eq!(w.step_model, "test advection, physical units");
     assert_eq!(w.background_trajectory, ["step model"; 3]);
@@ -289,7 +294,8 @@ fn l4dvar_beats_l3dvar_on_the_4d_sample_and_reports_slots() {
     let r4 = a.analyse(&xb, &obs, Method::L4dvar).unwrap();
     let r3 = a.analyse(&xb, &obs, Method::L3dvar).unwrap();
     let lay = &a.bundle.layout;
-    let (eb, e4, e3) = (lay.rms_diff_by_var(&xb, &xt), lay.rms_diff_by_var(&r4.analysis, &xt), lay.rms_diff_by_var(&r3.analysis, &xt));
+    let (eb, e4, e3) =
+        (lay.rms_diff_by_var(&xb, &xt), lay.rms_diff_by_var(&r4.analysis, &xt), lay.rms_diff_by_var(&r3.analysis, &xt));
     eprintln!("rmse background {eb:?}\n     l4dvar {e4:?}\n     l3dvar {e3:?}");
     for v in 0..3 {
         assert!(e4[v] < eb[v], "l4dvar made variable {v} worse: {} vs background {}", e4[v], eb[v]);
@@ -311,8 +317,17 @@ fn l4dvar_beats_l3dvar_on_the_4d_sample_and_reports_slots() {
     assert!(!r3.report.to_json().contains("\"window\""), "3D reports carry no window");
     // increment output mode: the increment at the analysis time
     let ri = a.analyse_with(&xb, &obs, Method::L4dvar, OutputMode::Increment).unwrap();
-    assert!(ri.output.iter().zip(&ri.analysis).zip(&xb).all(|((d, an), b)| (d - (an - b)).abs() <= 1e-9 * an.abs().max(1.0)));
-    assert!(a.analyse_with(&xb, &obs, Method::L4dvar, OutputMode::FullState).unwrap_err().message.contains("full_state"));
+    assert!(ri
+        .output
+        .iter()
+        .zip(&ri.analysis)
+        .zip(&xb)
+        .all(|((d, an), b)| (d - (an - b)).abs() <= 1e-9 * an.abs().max(1.0)));
+    assert!(a
+        .analyse_with(&xb, &obs, Method::L4dvar, OutputMode::FullState)
+        .unwrap_err()
+        .message
+        .contains("full_state"));
 }
 
 /// Option error_growth_per_hour inflates the error variance of later slots: sigma^2 (1 + g t). The slots' J_o (with
@@ -339,18 +354,21 @@ fn error_growth_inflates_later_slots() {
     // step model does not inherit it
     let dir = copy_fixture("tanh", "l4dvar_growth");
     let m = std::fs::read_to_string(dir.join("bundle.toml")).unwrap();
-    std::fs::write(dir.join("bundle.toml"), m.replace("[forecast]\n", "[forecast]\nerror_growth_per_hour = 0.5\n")).unwrap();
+    std::fs::write(dir.join("bundle.toml"), m.replace("[forecast]\n", "[forecast]\nerror_growth_per_hour = 0.5\n"))
+        .unwrap();
     let opts = Options::from_toml("bg_check = 0.0").unwrap();
     let mut c = Analyser::open(&dir, opts.clone()).unwrap();
     let r2 = c.analyse(&xb, &obs, Method::L4dvar).unwrap();
     assert_eq!(r2.report.window.as_ref().unwrap().error_growth_per_hour, 0.5);
     assert_eq!(r2.analysis, r1.analysis);
     let mut adv = advection(&c);
-    let r3 = c.analyse_4d(&xb, &obs, OutputMode::Analysis, FourD { backgrounds: vec![], model: Some(&mut adv) }).unwrap();
+    let r3 =
+        c.analyse_4d(&xb, &obs, OutputMode::Analysis, FourD { backgrounds: vec![], model: Some(&mut adv) }).unwrap();
     assert_eq!(r3.report.window.as_ref().unwrap().error_growth_per_hour, 0.0);
     let mut d = Analyser::open(&dir, Options { error_growth_per_hour: Some(0.0), ..opts }).unwrap();
     assert_eq!(d.analyse(&xb, &obs, Method::L4dvar).unwrap().analysis, r0.analysis);
-    std::fs::write(dir.join("bundle.toml"), m.replace("[forecast]\n", "[forecast]\nerror_growth_per_hour = -1\n")).unwrap();
+    std::fs::write(dir.join("bundle.toml"), m.replace("[forecast]\n", "[forecast]\nerror_growth_per_hour = -1\n"))
+        .unwrap();
     let e = Analyser::open(&dir, Options::default()).unwrap_err();
     assert!(e.status == Status::Bundle && e.message.contains("forecast.error_growth_per_hour"), "{}", e.message);
 }
@@ -363,7 +381,9 @@ fn l4dvar_is_bit_identical_across_runs_and_contexts() {
     let r2 = open("tanh", "").analyse(&xb, &obs, Method::L4dvar).unwrap();
     let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<u64>>();
     assert_eq!(bits(&r1.analysis), bits(&r2.analysis));
-    let lines = |r: &latentda::Analysis| r.report.solver.as_ref().unwrap().iterations.iter().map(|i| i.line()).collect::<Vec<_>>();
+    let lines = |r: &latentda::Analysis| {
+        r.report.solver.as_ref().unwrap().iterations.iter().map(|i| i.line()).collect::<Vec<_>>()
+    };
     assert_eq!(lines(&r1), lines(&r2));
 }
 
@@ -402,7 +422,11 @@ fn observation_times_windows_and_qc() {
     let mut c = open("tanh", "slot_hours = 12.0\nwindow_hours = 12.0");
     let rc = c.analyse(&xb, &obs, Method::L4dvar).unwrap();
     let w = rc.report.window.unwrap();
-    assert_eq!((w.nslots, w.slots[0].n_total, w.slots[1].n_total), (2, 19, 38), "6 h observations go to the nearer slot 12 h");
+    assert_eq!(
+        (w.nslots, w.slots[0].n_total, w.slots[1].n_total),
+        (2, 19, 38),
+        "6 h observations go to the nearer slot 12 h"
+    );
     // without a step model
     let mut d = Analyser::open(fixture("tanh"), Options::default()).unwrap();
     d.forecast = None;
@@ -422,12 +446,15 @@ fn backgrounds_given_per_slot_replace_the_step_model_trajectory() {
     assert_eq!(wp.slots[0].jo_b, wg.slots[0].jo_b);
     assert_ne!(wp.slots[1].jo_b, wg.slots[1].jo_b);
     for (t, msg) in [(5.0, "not a slot time"), (18.0, "not a slot time")] {
-        let e = a.analyse_4d(&xb, &obs, OutputMode::Analysis, FourD { backgrounds: vec![(t, xt.as_slice())], model: None });
+        let e =
+            a.analyse_4d(&xb, &obs, OutputMode::Analysis, FourD { backgrounds: vec![(t, xt.as_slice())], model: None });
         assert!(e.unwrap_err().message.contains(msg));
     }
     let mut bad = xt.clone();
     bad[5] = f64::NAN;
-    let e = a.analyse_4d(&xb, &obs, OutputMode::Analysis, FourD { backgrounds: vec![(6.0, bad.as_slice())], model: None }).unwrap_err();
+    let e = a
+        .analyse_4d(&xb, &obs, OutputMode::Analysis, FourD { backgrounds: vec![(6.0, bad.as_slice())], model: None })
+        .unwrap_err();
     assert!(e.status == Status::InvalidData && e.message.contains("background at 6 h"), "{}", e.message);
     // the CLI: --background-at HOURS=FILE
     let dir = scratch("l4dvar_cli");
@@ -435,9 +462,19 @@ fn backgrounds_given_per_slot_replace_the_step_model_trajectory() {
     let (out, rep) = (dir.join("an.nc"), dir.join("rep.json"));
     let arg = |p: &std::path::Path| p.to_str().unwrap().to_string();
     let base = [
-        "analyse".to_string(), "--method".into(), "l4dvar".into(), "--bundle".into(), arg(&fixture("tanh")),
-        "--background".into(), arg(&s.join("background.nc")), "--obs".into(), arg(&s.join("obs_4d.csv")),
-        "--output".into(), arg(&out), "--report".into(), arg(&rep),
+        "analyse".to_string(),
+        "--method".into(),
+        "l4dvar".into(),
+        "--bundle".into(),
+        arg(&fixture("tanh")),
+        "--background".into(),
+        arg(&s.join("background.nc")),
+        "--obs".into(),
+        arg(&s.join("obs_4d.csv")),
+        "--output".into(),
+        arg(&out),
+        "--report".into(),
+        arg(&rep),
     ];
     let mut args: Vec<String> = base.to_vec();
     args.extend(["--background-at".into(), format!("6={}", arg(&s.join("truth.nc")))]);
@@ -519,18 +556,30 @@ fn host_step_model_through_the_c_abi() {
     let a = open("tanh", "");
     let (xb, _, obs) = sample4d(&a, "tanh");
     let lay = a.bundle.layout.clone();
-    let mut fields: Vec<Vec<f64>> = lay.variables.iter().enumerate().map(|(v, _)| xb[lay.var_range(v)].to_vec()).collect();
+    let mut fields: Vec<Vec<f64>> =
+        lay.variables.iter().enumerate().map(|(v, _)| xb[lay.var_range(v)].to_vec()).collect();
     for (v, var) in lay.variables.iter().enumerate() {
         let name = CString::new(var.name.as_str()).unwrap();
         let shape: Vec<i64> = if var.is_surface() { vec![8, 16] } else { vec![var.nlev as i64, 8, 16] };
-        let rc = ffi::lda_bind_field_f64(ctx, name.as_ptr(), fields[v].as_mut_ptr(), shape.len() as i32, shape.as_ptr(), ffi::LDA_ORDER_C);
+        let rc = ffi::lda_bind_field_f64(
+            ctx,
+            name.as_ptr(),
+            fields[v].as_mut_ptr(),
+            shape.len() as i32,
+            shape.as_ptr(),
+            ffi::LDA_ORDER_C,
+        );
         assert_eq!(rc, ffi::LDA_OK);
     }
     let col = |f: fn(&Observation) -> f64| obs.iter().map(f).collect::<Vec<f64>>();
     let var: Vec<i32> = obs.iter().map(|o| o.var.unwrap() as i32).collect();
-    let (la, lo, le, va, si) = (col(|o| o.lat), col(|o| o.lon), col(|o| o.level.unwrap_or(f64::NAN)), col(|o| o.value), col(|o| o.sigma));
+    let (la, lo, le, va, si) =
+        (col(|o| o.lat), col(|o| o.lon), col(|o| o.level.unwrap_or(f64::NAN)), col(|o| o.value), col(|o| o.sigma));
     let n = obs.len();
-    assert_eq!(ffi::lda_set_obs(ctx, n, var.as_ptr(), la.as_ptr(), lo.as_ptr(), le.as_ptr(), va.as_ptr(), si.as_ptr()), ffi::LDA_OK);
+    assert_eq!(
+        ffi::lda_set_obs(ctx, n, var.as_ptr(), la.as_ptr(), lo.as_ptr(), le.as_ptr(), va.as_ptr(), si.as_ptr()),
+        ffi::LDA_OK
+    );
     let times = col(|o| o.time);
     assert_eq!(ffi::lda_set_obs_times(ctx, n - 1, times.as_ptr()), ffi::LDA_ERR_INVALID_ARGUMENT);
     assert_eq!(ffi::lda_set_obs_times(ctx, n, std::ptr::null()), ffi::LDA_ERR_NULL_POINTER);
@@ -542,7 +591,10 @@ fn host_step_model_through_the_c_abi() {
     let calls_now = move || unsafe { (*m).calls };
     // some callbacks NULL, a bad time step
     assert_eq!(ffi::lda_set_step_model(ctx, Some(cb_step), None, Some(cb_ad), user, 6.0), ffi::LDA_ERR_NULL_POINTER);
-    assert_eq!(ffi::lda_set_step_model(ctx, Some(cb_step), Some(cb_tl), Some(cb_ad), user, 0.0), ffi::LDA_ERR_INVALID_ARGUMENT);
+    assert_eq!(
+        ffi::lda_set_step_model(ctx, Some(cb_step), Some(cb_tl), Some(cb_ad), user, 0.0),
+        ffi::LDA_ERR_INVALID_ARGUMENT
+    );
     assert_eq!(ffi::lda_set_step_model(ctx, Some(cb_step), Some(cb_tl), Some(cb_ad), user, 6.0), ffi::LDA_OK);
     let (mut sd, mut cd) = (f64::NAN, f64::NAN);
     assert_eq!(ffi::lda_l4dvar_check(ctx, 3, 7, &mut sd, &mut cd), ffi::LDA_OK);
@@ -555,11 +607,17 @@ fn host_step_model_through_the_c_abi() {
     assert!(calls_now() > calls, "the host's callbacks ran");
     let mut rep = Analyser::open(fixture("tanh"), Options::default()).unwrap();
     let mut adv = advection(&rep);
-    let direct = rep.analyse_4d(&xb, &obs, OutputMode::Analysis, FourD { backgrounds: vec![], model: Some(&mut adv) }).unwrap();
+    let direct =
+        rep.analyse_4d(&xb, &obs, OutputMode::Analysis, FourD { backgrounds: vec![], model: Some(&mut adv) }).unwrap();
     let analysed: Vec<f64> = fields.iter().flatten().copied().collect();
     assert_eq!(analysed, direct.analysis, "C ABI and Rust API give the same analysis");
     let s = direct.report.solver.as_ref().unwrap();
-    assert!(s.j_final < 0.5 * s.j_initial, "J {} -> {} with the host's (wrong, but smooth) model", s.j_initial, s.j_final);
+    assert!(
+        s.j_final < 0.5 * s.j_initial,
+        "J {} -> {} with the host's (wrong, but smooth) model",
+        s.j_initial,
+        s.j_final
+    );
     let path = CString::new("window.slots.2.n_used").unwrap();
     let mut v = 0.0;
     assert_eq!(ffi::lda_report_number(ctx, path.as_ptr(), &mut v), ffi::LDA_OK);

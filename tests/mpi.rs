@@ -64,7 +64,11 @@ fn built() -> &'static Built {
     static B: OnceLock<Result<Built, String>> = OnceLock::new();
     let r = B.get_or_init(|| {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("mpi");
-        let o = Command::new("bash").arg(root().join("scripts/mpi_build.sh")).arg(&dir).output().map_err(|e| e.to_string())?;
+        let o = Command::new("bash")
+            .arg(root().join("scripts/mpi_build.sh"))
+            .arg(&dir)
+            .output()
+            .map_err(|e| e.to_string())?;
         if !o.status.success() {
             return Err(format!("scripts/mpi_build.sh failed: {}", common::show(&o)));
         }
@@ -105,11 +109,18 @@ fn mpirun(n: usize, exe: &Path, args: &[String], limit: Duration) -> Run {
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new("nice");
     cmd.arg("mpirun");
-    if Command::new("mpirun").arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).contains("Open MPI")).unwrap_or(false) {
+    if Command::new("mpirun")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("Open MPI"))
+        .unwrap_or(false)
+    {
         cmd.arg("--oversubscribe");
     }
     cmd.arg("-n").arg(n.to_string()).arg(exe).args(args);
-    cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1").env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1").env("OMPI_MCA_mpi_yield_when_idle", "1");
+    cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_mpi_yield_when_idle", "1");
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
     let mut child = cmd.spawn().expect("spawn mpirun");
     let mut out = child.stdout.take().unwrap();
@@ -275,18 +286,34 @@ fn decompositions_are_bit_identical_to_the_cli() {
     // Option output = "increment": the patches receive x_a - x_b, and H(x_a) is still H of the analysis.
     let out = b.dir.join("decomp_increment.bin");
     let mut args = case_args(&bundle, &out);
-    args.extend(["--grid", "2x1", "--uneven", "--quiet", "--options", "output = \"increment\""].iter().map(|s| s.to_string()));
+    args.extend(
+        ["--grid", "2x1", "--uneven", "--quiet", "--options", "output = \"increment\""].iter().map(|s| s.to_string()),
+    );
     let run = mpirun(2, &b.driver_c, &args, LIMIT);
     assert_eq!(run.code, Some(0), "increment:\n{}\n{}", run.stdout, run.stderr);
-    let background = latentda::bundle::ncio::read_state(&bundle.join("sample/background.nc"), &Bundle::open(&bundle).unwrap().layout).unwrap();
+    let background = latentda::bundle::ncio::read_state(
+        &bundle.join("sample/background.nc"),
+        &Bundle::open(&bundle).unwrap().layout,
+    )
+    .unwrap();
     let inc = read_f64(&out);
-    let worst = inc.iter().zip(&background).zip(&cli).map(|((d, xb), xa)| (xb + d - xa).abs() / xa.abs().max(1.0)).fold(0.0, f64::max);
+    let worst = inc
+        .iter()
+        .zip(&background)
+        .zip(&cli)
+        .map(|((d, xb), xa)| (xb + d - xa).abs() / xa.abs().max(1.0))
+        .fold(0.0, f64::max);
     assert!(worst < 1e-12, "x_b + increment differs from the analysis by {worst:e}");
     let (obs_inc, obs_ref) = (read_f64(&out.with_extension("bin.obs")), ref_obs.clone().unwrap());
     for (i, (a, r)) in obs_inc.chunks(3).zip(obs_ref.chunks(3)).enumerate() {
         assert_eq!(a[0], r[0], "increment: QC flag of observation {i}");
         assert_eq!(a[1].to_bits(), r[1].to_bits(), "increment: H(x_b) of observation {i}");
-        assert!(a[2].is_nan() && r[2].is_nan() || (a[2] - r[2]).abs() <= 1e-9 * r[2].abs().max(1.0), "increment: H(x_a) of observation {i}: {} vs {}", a[2], r[2]);
+        assert!(
+            a[2].is_nan() && r[2].is_nan() || (a[2] - r[2]).abs() <= 1e-9 * r[2].abs().max(1.0),
+            "increment: H(x_a) of observation {i}: {} vs {}",
+            a[2],
+            r[2]
+        );
     }
 
     // float32 patches: rounded on write-back, so compared with the 1-rank float32 run.
@@ -332,7 +359,10 @@ fn faults_give_every_rank_the_same_error_and_leave_arrays_untouched() {
         ("badmethod", 0, &[], 2, "method 'nosuch' is not known"),
         ("", 0, &["--root", "5"], 2, "root 5 is not a rank of the communicator (size 3)"),
     ];
-    println!("{:<10} {:>10} {:<12} {:>7} {:>9} {:>7}  message (identical on every rank)", "fault", "fault rank", "options", "status", "untouched", "no hang");
+    println!(
+        "{:<10} {:>10} {:<12} {:>7} {:>9} {:>7}  message (identical on every rank)",
+        "fault", "fault rank", "options", "status", "untouched", "no hang"
+    );
     let run_case = |fault: &str, fault_rank: usize, extra: &[&str], bundle_dir: &Path| -> Vec<RankResult> {
         let out = b.dir.join("fault.bin");
         let mut args = case_args(bundle_dir, &out);
@@ -351,7 +381,16 @@ fn faults_give_every_rank_the_same_error_and_leave_arrays_untouched() {
     for (fault, fr, extra, status, part) in cases {
         let res = run_case(fault, *fr, extra, &bundle);
         check_agreement(fault, &res, *status, part);
-        println!("{:<10} {:>10} {:<12} {:>7} {:>9} {:>7}  {}", if fault.is_empty() { "bad root" } else { fault }, fr, extra.join(" "), res[0].status, "all", "yes", res[0].msg);
+        println!(
+            "{:<10} {:>10} {:<12} {:>7} {:>9} {:>7}  {}",
+            if fault.is_empty() { "bad root" } else { fault },
+            fr,
+            extra.join(" "),
+            res[0].status,
+            "all",
+            "yes",
+            res[0].msg
+        );
     }
     // A bundle that does not exist: the root's lda_open fails, every rank gets its message.
     let res = run_case("", 0, &[], &bundle.join("no-such-bundle"));
@@ -361,7 +400,11 @@ fn faults_give_every_rank_the_same_error_and_leave_arrays_untouched() {
 
 fn check_agreement(fault: &str, res: &[RankResult], status: i32, part: &str) {
     for r in res {
-        assert_eq!(r.status, status, "fault {fault}: rank {} got status {} ({}), expected {status}", r.rank, r.status, r.msg);
+        assert_eq!(
+            r.status, status,
+            "fault {fault}: rank {} got status {} ({}), expected {status}",
+            r.rank, r.status, r.msg
+        );
         assert_eq!(r.msg, res[0].msg, "fault {fault}: ranks 0 and {} got different messages", r.rank);
         assert!(r.untouched, "fault {fault}: rank {}'s arrays changed after a failed analysis", r.rank);
         assert!(r.halo_ok, "fault {fault}: rank {}'s halo was written", r.rank);
@@ -382,14 +425,22 @@ fn a_hang_is_caught_by_the_time_limit() {
     let exe = b.driver_c.clone();
     let t0 = Instant::now();
     let r = std::panic::catch_unwind(move || mpirun(3, &exe, &args, Duration::from_secs(10)));
-    let msg = r.err().and_then(|e| e.downcast_ref::<String>().cloned()).expect("the run should have been stopped as a hang");
+    let msg =
+        r.err().and_then(|e| e.downcast_ref::<String>().cloned()).expect("the run should have been stopped as a hang");
     assert!(msg.starts_with("HANG"), "{msg}");
     // No rank of that run is left (they would spin forever).
     std::thread::sleep(Duration::from_secs(1));
     let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
-    let left: Vec<String> = String::from_utf8_lossy(&ps.stdout).lines().filter(|l| l.contains("hang.bin") && !l.contains("ps -eo")).map(String::from).collect();
+    let left: Vec<String> = String::from_utf8_lossy(&ps.stdout)
+        .lines()
+        .filter(|l| l.contains("hang.bin") && !l.contains("ps -eo"))
+        .map(String::from)
+        .collect();
     assert!(left.is_empty(), "processes left after the kill: {left:?}");
-    println!("a rank that skips the collective call: stopped as a hang after {:.1} s, no process left", t0.elapsed().as_secs_f64());
+    println!(
+        "a rank that skips the collective call: stopped as a hang after {:.1} s, no process left",
+        t0.elapsed().as_secs_f64()
+    );
 }
 
 #[test]

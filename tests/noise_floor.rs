@@ -13,7 +13,10 @@ use latentda::coupling::ffi::{self, LdaContext};
 
 /// The three numbers of the `latent U float32 noise floor` line of `latentda check`.
 fn check_line(out: &str) -> [f64; 3] {
-    let line = out.lines().find(|l| l.starts_with("latent U float32 noise floor")).unwrap_or_else(|| panic!("no noise line:\n{out}"));
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("latent U float32 noise floor"))
+        .unwrap_or_else(|| panic!("no noise line:\n{out}"));
     let after = |key: &str| -> f64 {
         let rest = line.split(key).nth(1).unwrap_or_else(|| panic!("no '{key}' in {line}"));
         rest.trim_start().split([',', ';', ' ']).next().unwrap().parse().unwrap()

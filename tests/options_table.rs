@@ -26,7 +26,9 @@ fn option_fields() -> Vec<String> {
     let src = read("src/var/options.rs");
     let body = src.split("pub struct Options {").nth(1).expect("struct Options").split("\n}").next().unwrap();
     body.lines()
-        .filter_map(|l| l.trim().strip_prefix("pub ").and_then(|r| r.split_once(':')).map(|(n, _)| n.trim().to_string()))
+        .filter_map(|l| {
+            l.trim().strip_prefix("pub ").and_then(|r| r.split_once(':')).map(|(n, _)| n.trim().to_string())
+        })
         .collect()
 }
 
@@ -34,7 +36,8 @@ fn option_fields() -> Vec<String> {
 fn every_option_is_documented_everywhere_and_reachable_from_the_cli() {
     let fields = option_fields();
     assert!(fields.len() > 30, "only {} fields found: {fields:?}", fields.len());
-    let table: String = read("src/var/options.rs").lines().filter(|l| l.starts_with("//!")).collect::<Vec<_>>().join("\n");
+    let table: String =
+        read("src/var/options.rs").lines().filter(|l| l.starts_with("//!")).collect::<Vec<_>>().join("\n");
     let header = read("include/latentda.h");
     let hpp = read("include/latentda.hpp");
     let coupling = read("docs/coupling.md");
@@ -51,7 +54,9 @@ fn every_option_is_documented_everywhere_and_reachable_from_the_cli() {
         if !table.contains(&format!("//! {f} =")) {
             missing.push(format!("{f}: not in the table of src/var/options.rs (`//! {f} = ...`)"));
         }
-        for (name, text) in [("include/latentda.h", &header), ("include/latentda.hpp", &hpp), ("docs/coupling.md", &coupling)] {
+        for (name, text) in
+            [("include/latentda.h", &header), ("include/latentda.hpp", &hpp), ("docs/coupling.md", &coupling)]
+        {
             if !word(text) {
                 missing.push(format!("{f}: not in {name}"));
             }

@@ -43,7 +43,8 @@ fn hybrid_beats_the_background_everywhere_and_3dvar_on_most_with_balanced_increm
     let (xb, xt, obs) = sample(&a, "obs.csv");
     let h = a.analyse(&xb, &obs, Method::Hybrid).unwrap();
     let v = a.analyse(&xb, &obs, Method::Var3d).unwrap();
-    let (rb, rh, rv) = (lay.rms_diff_by_var(&xb, &xt), lay.rms_diff_by_var(&h.analysis, &xt), lay.rms_diff_by_var(&v.analysis, &xt));
+    let (rb, rh, rv) =
+        (lay.rms_diff_by_var(&xb, &xt), lay.rms_diff_by_var(&h.analysis, &xt), lay.rms_diff_by_var(&v.analysis, &xt));
     let names: Vec<&str> = lay.variables.iter().map(|v| v.name.as_str()).collect();
     println!("{:<4} {:>12} {:>12} {:>12}", "var", "background", "3dvar", "hybrid");
     for i in 0..rb.len() {
@@ -52,7 +53,11 @@ fn hybrid_beats_the_background_everywhere_and_3dvar_on_most_with_balanced_increm
     }
     let s = h.report.solver.as_ref().unwrap();
     println!("hybrid: |grad J| reduced {:.2e}-fold in {} TL/AD pairs", 1.0 / s.grad_reduction, s.inner_total);
-    assert!(s.converged && s.grad_reduction <= 1e-3, "hybrid did not converge with the default options: {:e}", s.grad_reduction);
+    assert!(
+        s.converged && s.grad_reduction <= 1e-3,
+        "hybrid did not converge with the default options: {:e}",
+        s.grad_reduction
+    );
     // On this case the hybrid wins u, v, t and z (suite: at least 5 of 6 on 11 of 12 cases, all 6 on average)
     let wins: Vec<&str> = (0..rb.len()).filter(|&i| rh[i] < rv[i]).map(|i| names[i]).collect();
     println!("hybrid beats 3D-Var on {wins:?}");
@@ -78,11 +83,22 @@ fn mass_observations_alone_move_the_wind_through_the_latent_b_only() {
         let ra = lay.rms_diff_by_var(&r.analysis, &xt);
         for name in ["u", "v"] {
             let i = lay.var_index(name).unwrap();
-            println!("{:<7} {name}: RMSE {:.4} -> {:.4} ({:+.1} %)", m.name(), rb[i], ra[i], 100.0 * (ra[i] / rb[i] - 1.0));
+            println!(
+                "{:<7} {name}: RMSE {:.4} -> {:.4} ({:+.1} %)",
+                m.name(),
+                rb[i],
+                ra[i],
+                100.0 * (ra[i] / rb[i] - 1.0)
+            );
             if m == Method::Var3d {
                 assert_eq!(ra[i], rb[i], "the univariate baseline changed the wind");
             } else {
-                assert!(ra[i] <= 0.9 * rb[i], "{}: {name} RMSE down only {:.1} %", m.name(), 100.0 * (1.0 - ra[i] / rb[i]));
+                assert!(
+                    ra[i] <= 0.9 * rb[i],
+                    "{}: {name} RMSE down only {:.1} %",
+                    m.name(),
+                    100.0 * (1.0 - ra[i] / rb[i])
+                );
             }
         }
     }
@@ -116,7 +132,8 @@ fn circulation(lay: &latentda::grid::Layout, du: &[f64], dv: &[f64], j: usize, i
         let th = k as f64 * 10f64.to_radians();
         let (lat, lon) = (lat0 + r_deg * th.sin(), lon0 + r_deg * th.cos() / lat0.to_radians().cos());
         // nearest grid point on the ring
-        let jj = (0..nlat).min_by(|&x, &y| (g.lat[x] - lat).abs().partial_cmp(&(g.lat[y] - lat).abs()).unwrap()).unwrap();
+        let jj =
+            (0..nlat).min_by(|&x, &y| (g.lat[x] - lat).abs().partial_cmp(&(g.lat[y] - lat).abs()).unwrap()).unwrap();
         let ii = ((lon.rem_euclid(360.0) / (360.0 / nlon as f64)).round() as usize) % nlon;
         let p = jj * nlon + ii;
         // tangential direction of a counterclockwise ring: (-sin th, cos th) in (east, north)
@@ -159,13 +176,21 @@ fn single_temperature_observations_give_opposite_circulations_in_the_two_hemisph
             let dv: Vec<f64> = (0..np).map(|q| r.analysis[off(iv) + q] - xb[off(iv) + q]).collect();
             let c = circulation(&lay, &du, &dv, j, i);
             let maxw = du.iter().zip(&dv).map(|(a, b)| (a * a + b * b).sqrt()).fold(0.0f64, f64::max);
-            println!("{} at {:.1} lat: circulation aloft {c:+.3e}, largest wind increment {maxw:.3} m/s", m.name(), lay.grid.lat[j]);
+            println!(
+                "{} at {:.1} lat: circulation aloft {c:+.3e}, largest wind increment {maxw:.3} m/s",
+                m.name(),
+                lay.grid.lat[j]
+            );
             if m == Method::Var3d {
                 assert_eq!(maxw, 0.0, "the univariate baseline changed the wind");
             } else {
                 assert!(maxw > 0.2, "latent wind increment too small: {maxw} m/s");
                 // anticyclonic: clockwise (negative) in the north, counterclockwise (positive) in the south
-                assert!(c * lay.grid.lat[j].signum() < 0.0, "circulation {c} at {} is not anticyclonic", lay.grid.lat[j]);
+                assert!(
+                    c * lay.grid.lat[j].signum() < 0.0,
+                    "circulation {c} at {} is not anticyclonic",
+                    lay.grid.lat[j]
+                );
                 signs.push(c.signum());
             }
         }

@@ -22,7 +22,14 @@ fn sample(a: &Analyser, dir: &std::path::Path) -> (Vec<f64>, Vec<Observation>) {
 fn calibrated_bundle(test: &str) -> std::path::PathBuf {
     let dir = copy_fixture("tanh", test);
     let bg = dir.join("sample/background.nc");
-    let (code, out, err) = cli(&["sigma-b", dir.to_str().unwrap(), "--state", &format!("{},{}", bg.display(), bg.display()), "--draws", "400"]);
+    let (code, out, err) = cli(&[
+        "sigma-b",
+        dir.to_str().unwrap(),
+        "--state",
+        &format!("{},{}", bg.display(), bg.display()),
+        "--draws",
+        "400",
+    ]);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("wrote") && out.contains("latent_b_variance"), "{out}");
     let manifest = std::fs::read_to_string(dir.join("bundle.toml")).unwrap();

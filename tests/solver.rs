@@ -31,7 +31,10 @@ fn default_options_converge_within_40_pairs_to_the_tightly_converged_minimum() {
     // `linear_latent_increment_converges_in_one_outer_loop_within_the_default_budget`); here the nonlinear form
     // exercises the outer loops on the strongly nonlinear tanh decoder, with the default solver options.
     let nl = "latent_increment = \"nonlinear\"";
-    println!("{:<8} {:<7} {:>6} {:>12} {:>14} {:>12}", "bundle", "method", "pairs", "reduction", "J - J_tight", "0.5 |g|^2");
+    println!(
+        "{:<8} {:<7} {:>6} {:>12} {:>14} {:>12}",
+        "bundle", "method", "pairs", "reduction", "J - J_tight", "0.5 |g|^2"
+    );
     for (name, method) in [("tanh", Method::L3dvar), ("linear", Method::L3dvar), ("tanh", Method::Var3d)] {
         let (d, xa, xb) = solve(name, nl, method);
         let (t, xa_t, _) = solve(name, &format!("{nl}\n{tight}"), method);
@@ -44,7 +47,12 @@ fn default_options_converge_within_40_pairs_to_the_tightly_converged_minimum() {
             excess,
             0.5 * d.grad_final * d.grad_final
         );
-        assert!(d.converged && d.grad_reduction <= 1e-3, "{name} {}: not converged ({:e})", method.name(), d.grad_reduction);
+        assert!(
+            d.converged && d.grad_reduction <= 1e-3,
+            "{name} {}: not converged ({:e})",
+            method.name(),
+            d.grad_reduction
+        );
         // the 40-pair gate where the map is (nearly) linear; the tanh fixture is strongly nonlinear on purpose (its
         // Taylor ratio is 0.8 at the prior scale) and needs three outer loops
         let gate = if name == "tanh" && method == Method::L3dvar { 60 } else { 40 };
@@ -93,7 +101,13 @@ fn adam_option_runs_the_reference_algorithm_and_gauss_newton_needs_fewer_passes(
 
 #[test]
 fn solver_options_are_validated_and_the_cli_takes_them() {
-    for (t, key) in [("solver = \"lbfgs\"", "lbfgs"), ("adam_steps = 0", "adam_steps"), ("adam_lr = -1.0", "adam_lr"), ("max_pairs = 0", "max_pairs"), ("preconditioner = \"x\"", "preconditioner")] {
+    for (t, key) in [
+        ("solver = \"lbfgs\"", "lbfgs"),
+        ("adam_steps = 0", "adam_steps"),
+        ("adam_lr = -1.0", "adam_lr"),
+        ("max_pairs = 0", "max_pairs"),
+        ("preconditioner = \"x\"", "preconditioner"),
+    ] {
         let e = Options::from_toml(t).unwrap_err().to_string();
         assert!(e.contains(key), "{t}: {e}");
     }
@@ -149,18 +163,30 @@ fn linear_latent_increment_converges_in_one_outer_loop_within_the_default_budget
         );
         assert!(d.converged && d.grad_reduction <= 1e-3, "{}: not converged ({:e})", method.name(), d.grad_reduction);
         assert!(d.inner_total <= budget, "{}: {} pairs", method.name(), d.inner_total);
-        assert_eq!((d.outer_total, d.linearity_checks), (1, 0), "{}: one outer loop, no linearity check", method.name());
+        assert_eq!(
+            (d.outer_total, d.linearity_checks),
+            (1, 0),
+            "{}: one outer loop, no linearity check",
+            method.name()
+        );
         assert_eq!(d.step_lengths, [1.0], "{}: the Gauss-Newton step of a quadratic is taken whole", method.name());
         assert!(t.grad_reduction < 1e-5 && t.outer_total == 1, "{}: tight run {:e}", method.name(), t.grad_reduction);
         // quadratic cost with Hessian >= I: 0 <= J - J_min <= |grad J|^2 / 2
         let tight_slack = 0.5 * t.grad_final * t.grad_final + 1e-9 * t.j_final;
         let excess = d.j_final - t.j_final;
-        assert!(excess >= -tight_slack && excess <= 0.5 * d.grad_final * d.grad_final * 1.01 + tight_slack, "J excess {excess:e}");
+        assert!(
+            excess >= -tight_slack && excess <= 0.5 * d.grad_final * d.grad_final * 1.01 + tight_slack,
+            "J excess {excess:e}"
+        );
         // (that bound is the guarantee: the control vectors differ by at most sqrt(2 (J - J_min)); the model-space
         // increments' difference is printed, it depends on the conditioning)
         let num: f64 = xa.iter().zip(&xa_t).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
         let den: f64 = xa_t.iter().zip(&xb).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
-        println!("    0.5 |g|^2 {:.3e}, increment difference {:.2e} (relative)", 0.5 * d.grad_final * d.grad_final, num / den);
+        println!(
+            "    0.5 |g|^2 {:.3e}, increment difference {:.2e} (relative)",
+            0.5 * d.grad_final * d.grad_final,
+            num / den
+        );
         let (_, xa_nl, _) = solve("tanh", "latent_increment = \"nonlinear\"", method);
         let (_, xa_default, _) = solve("tanh", "", method);
         assert!(xa_default == xa, "{}: the default latent increment is not the linear form", method.name());

@@ -43,9 +43,16 @@ fn small_scale_paper_bundle_opens_passes_its_checks_and_analyses() {
     println!("{stdout}{stderr}");
     assert_eq!(code, 0);
     // J falls, and every variable's RMSE against the truth falls
-    let j: Vec<f64> = stdout.lines().find(|l| l.starts_with("J ")).unwrap().split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    let j: Vec<f64> = stdout
+        .lines()
+        .find(|l| l.starts_with("J "))
+        .unwrap()
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
     assert!(j[1] < 0.8 * j[0], "J {} -> {}", j[0], j[1]);
-    let rmse_rows: Vec<&str> = stdout.lines().skip_while(|l| !l.starts_with("RMSE against truth")).skip(2).take(9).collect();
+    let rmse_rows: Vec<&str> =
+        stdout.lines().skip_while(|l| !l.starts_with("RMSE against truth")).skip(2).take(9).collect();
     assert_eq!(rmse_rows.len(), 9);
     for row in rmse_rows {
         // columns: variable, background RMSE, analysis RMSE, change in %; every number is checked, not a '-' sign

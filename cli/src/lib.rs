@@ -8,7 +8,7 @@
 // `!(x > 0.0)`-style tests are deliberate: they also reject NaN.
 #![allow(clippy::needless_range_loop, clippy::neg_cmp_op_on_partial_ord)]
 
-/// Map figures (PNG) of fields, increments and observations.
-pub mod plot;
 /// The demonstration behind `latentda demo`: the three methods on one case, one table, figures.
 pub mod demo;
+/// Map figures (PNG) of fields, increments and observations.
+pub mod plot;

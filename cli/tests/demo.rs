@@ -55,9 +55,9 @@ mod common {
 }
 
 use common::*;
-use latentda_cli::demo::single_obs;
 use latentda::diag::verify::weighted_rmse_by_var;
 use latentda::{Analyser, Method, Options};
+use latentda_cli::demo::single_obs;
 
 /// Decodes a PNG figure: its size, and how many of the coloured (not white) steps of the filled fields cover more
 /// than 50 pixels of the map panels (the colour bar, in the right-hand 130 pixels, holds all of them and is left
@@ -86,7 +86,21 @@ fn demo_prints_one_table_and_writes_analyses_reports_and_figures() {
     // One table, printed and saved.
     let table = std::fs::read_to_string(out.join("table.txt")).unwrap();
     assert!(stdout.starts_with(&table), "the printed table is table.txt:\n{stdout}");
-    for s in ["background", "3dvar", "l3dvar", "hybrid", "RMSE against truth", "used / rejected", "O-B rms -> O-A rms", "geostrophic balance", "single t observations", "|grad J| reduction", "analysis total", "backend tract", "device cpu"] {
+    for s in [
+        "background",
+        "3dvar",
+        "l3dvar",
+        "hybrid",
+        "RMSE against truth",
+        "used / rejected",
+        "O-B rms -> O-A rms",
+        "geostrophic balance",
+        "single t observations",
+        "|grad J| reduction",
+        "analysis total",
+        "backend tract",
+        "device cpu",
+    ] {
         assert!(table.contains(s), "table lacks '{s}':\n{table}");
     }
     assert!(stdout.contains("output folder:") && stdout.contains("figures:"), "{stdout}");
@@ -99,7 +113,8 @@ fn demo_prints_one_table_and_writes_analyses_reports_and_figures() {
     for m in ["3dvar", "l3dvar", "hybrid"] {
         let xa = read(&out.join(format!("analysis_{m}.nc")));
         let ra = weighted_rmse_by_var(&lay, &xa, &xt);
-        let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join(format!("report_{m}.json"))).unwrap()).unwrap();
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join(format!("report_{m}.json"))).unwrap()).unwrap();
         assert_eq!(report["method"], m);
         for (v, var) in lay.variables.iter().enumerate() {
             let line = table.lines().find(|l| l.starts_with(&format!("  {} (", var.name))).unwrap();
@@ -136,19 +151,28 @@ fn demo_adds_latent_4dvar_with_a_window_of_observations_when_the_bundle_has_a_st
     let head = table.lines().find(|l| l.trim_start().starts_with("background")).unwrap();
     assert!(head.contains("l3dvar") && head.trim_end().ends_with("l4dvar"), "{head}");
     assert!(table.contains("l4dvar: the ") && table.contains("obs_4d.csv"), "{table}");
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report_l4dvar.json")).unwrap()).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report_l4dvar.json")).unwrap()).unwrap();
     assert_eq!(report["method"], "l4dvar");
     assert!(report["window"]["nslots"].as_u64().unwrap() >= 2, "{}", report["window"]);
     // its RMSE cells are the RMSE of the analysis it wrote
     let a = Analyser::open(&b, Options::default()).unwrap();
     let lay = a.bundle.layout.clone();
     let read = |p: &std::path::Path| latentda::bundle::ncio::read_state(p, &lay).unwrap();
-    let (xb, xt, xa) = (read(&b.join("sample/background.nc")), read(&b.join("sample/truth.nc")), read(&out.join("analysis_l4dvar.nc")));
+    let (xb, xt, xa) = (
+        read(&b.join("sample/background.nc")),
+        read(&b.join("sample/truth.nc")),
+        read(&out.join("analysis_l4dvar.nc")),
+    );
     let (rb, ra) = (weighted_rmse_by_var(&lay, &xb, &xt), weighted_rmse_by_var(&lay, &xa, &xt));
     for (v, var) in lay.variables.iter().enumerate() {
         let line = table.lines().find(|l| l.starts_with(&format!("  {} (", var.name))).unwrap();
         let cell = format!("{} {:+6.1}%", latentda_cli::demo::table::sig(ra[v], 4), 100.0 * (ra[v] / rb[v] - 1.0));
-        assert!(line.trim_end().ends_with(&cell) || line.trim_end().ends_with(&format!("{cell}*")), "l4dvar {}: '{cell}' in\n{line}", var.name);
+        assert!(
+            line.trim_end().ends_with(&cell) || line.trim_end().ends_with(&format!("{cell}*")),
+            "l4dvar {}: '{cell}' in\n{line}",
+            var.name
+        );
     }
     // without a 4D observation file the demo says why it has no L4DVar column
     let out3 = scratch("demo_fixture_3d_only");
@@ -171,7 +195,8 @@ fn demo_errors_name_the_missing_file() {
 fn single_warm_observations_give_anticyclonic_wind_in_both_hemispheres_with_the_latent_b_only() {
     let bundle = root().join("models/speedy-t31");
     let mut a = Analyser::open(&bundle, Options::default()).unwrap();
-    let xb = latentda::bundle::ncio::read_state(&bundle.join("sample/background.nc"), &a.bundle.layout.clone()).unwrap();
+    let xb =
+        latentda::bundle::ncio::read_state(&bundle.join("sample/background.nc"), &a.bundle.layout.clone()).unwrap();
     let latent = single_obs::run(&mut a, &xb, Method::L3dvar, latentda_cli::demo::SINGLE_OBS_LON).unwrap().unwrap();
     let baseline = single_obs::run(&mut a, &xb, Method::Var3d, latentda_cli::demo::SINGLE_OBS_LON).unwrap().unwrap();
     for (l, s) in latent.responses.iter().zip(&baseline.responses) {
@@ -188,7 +213,11 @@ fn single_warm_observations_give_anticyclonic_wind_in_both_hemispheres_with_the_
         );
         // Both pull toward the observation, by less than the innovation.
         for r in [l, s] {
-            assert!(r.at_obs > 0.05 && r.at_obs < single_obs::INNOVATION, "t increment at the observation {}", r.at_obs);
+            assert!(
+                r.at_obs > 0.05 && r.at_obs < single_obs::INNOVATION,
+                "t increment at the observation {}",
+                r.at_obs
+            );
         }
         assert_eq!(l.circulation(), "anticyclonic", "latent B at lat {}: vorticity {}", l.lat, l.vorticity);
         assert_eq!(s.circulation(), "no wind", "the univariate static B moved the wind at lat {}", s.lat);

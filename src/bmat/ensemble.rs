@@ -288,12 +288,17 @@ impl LatentEnsembleB {
         let np = b.layout.grid.npoints();
         let mut zs = Vec::with_capacity(members.len());
         for (k, m) in members.iter().enumerate() {
-            zs.push(encode_state(ae, m.as_ref(), &b.mean, &b.std, np).map_err(|e| e.context(format!("encoding member {k}")))?);
+            zs.push(
+                encode_state(ae, m.as_ref(), &b.mean, &b.std, np)
+                    .map_err(|e| e.context(format!("encoding member {k}")))?,
+            );
         }
         let z_b = encode_state(ae, x_b, &b.mean, &b.std, np).map_err(|e| e.context("encoding the background"))?;
         for (k, z) in zs.iter().enumerate() {
             if let Some((i, v)) = z.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-                return Err(Error::data(format!("member {k} (0-based) encodes to a non-finite latent value {v} at index {i}")));
+                return Err(Error::data(format!(
+                    "member {k} (0-based) encodes to a non-finite latent value {v} at index {i}"
+                )));
             }
         }
         Self::new(&zs, z_b, &b.std, np, gamma, loc)
@@ -453,7 +458,12 @@ pub struct ModelEnsembleB {
 impl ModelEnsembleB {
     /// From member states `members` (each of length nchan x `loc.npoints()`, channel-major state layout, float32 or
     /// float64), the weight `gamma` (>= 0) and the horizontal localisation `loc` on the model grid.
-    pub fn new<M: AsRef<[T]>, T: Copy + Into<f64>>(members: &[M], nchan: usize, gamma: f64, loc: Localisation) -> Result<ModelEnsembleB> {
+    pub fn new<M: AsRef<[T]>, T: Copy + Into<f64>>(
+        members: &[M],
+        nchan: usize,
+        gamma: f64,
+        loc: Localisation,
+    ) -> Result<ModelEnsembleB> {
         check_gamma(gamma)?;
         if nchan == 0 {
             return Err(Error::arg("model-space ensemble B: the state has no channels"));
@@ -589,7 +599,13 @@ mod tests {
             let m = members(k, 64, 1);
             let e = ModelEnsembleB::new(&m, 2, 1.0, loc.clone()).unwrap_err();
             eprintln!("K = {k}: {}", e.message);
-            assert!(e.message.contains("members") && e.message.contains(&format!("K = {k}")) && e.message.contains("K >= 2"), "{}", e.message);
+            assert!(
+                e.message.contains("members")
+                    && e.message.contains(&format!("K = {k}"))
+                    && e.message.contains("K >= 2"),
+                "{}",
+                e.message
+            );
             assert_eq!(e.status, crate::error::Status::InvalidArgument);
             let z: Vec<Vec<f32>> = (0..k).map(|_| vec![0f32; 64]).collect();
             let e = LatentEnsembleB::new(&z, vec![0f32; 64], &[1.0], 10, 1.0, loc.clone()).unwrap_err();
@@ -609,7 +625,10 @@ mod tests {
         assert!(ModelEnsembleB::new(&m, 3, 1.0, loc.clone()).is_err(), "64 is not 3 x 32");
         // A latent point whose length is no multiple of the latent grid.
         let z: Vec<Vec<f32>> = (0..3).map(|_| vec![0f32; 65]).collect();
-        assert!(LatentEnsembleB::new(&z, vec![0f32; 65], &[1.0], 10, 1.0, loc).unwrap_err().message.contains("multiple"));
+        assert!(LatentEnsembleB::new(&z, vec![0f32; 65], &[1.0], 10, 1.0, loc)
+            .unwrap_err()
+            .message
+            .contains("multiple"));
     }
 
     #[test]
@@ -628,7 +647,10 @@ mod tests {
             b.apply_sqrt(&v, &mut uv).unwrap();
             b.apply_sqrt_ad(&x, &mut utx).unwrap();
             let r = rel(dot(&uv, &x), dot(&v, &utx));
-            eprintln!("model ensemble B {nlat}x{nlon}, {nchan} channels, K = {k} ({}): adjoint rel {r:.2e}", if b.localisation().is_zonal() { "zonal" } else { "dense" });
+            eprintln!(
+                "model ensemble B {nlat}x{nlon}, {nchan} channels, K = {k} ({}): adjoint rel {r:.2e}",
+                if b.localisation().is_zonal() { "zonal" } else { "dense" }
+            );
             assert!(r < 1e-12, "adjoint rel {r:e}");
         }
     }
@@ -672,7 +694,10 @@ mod tests {
         }
         // Explicit P_e o L (independent: own mean, own perturbations, GC of the point distance).
         let mean: Vec<f64> = (0..ns).map(|i| mem.iter().map(|m| m[i]).sum::<f64>() / k as f64).collect();
-        let d: Vec<Vec<f64>> = mem.iter().map(|m| m.iter().zip(&mean).map(|(v, mu)| (v - mu) / ((k - 1) as f64).sqrt()).collect()).collect();
+        let d: Vec<Vec<f64>> = mem
+            .iter()
+            .map(|m| m.iter().zip(&mean).map(|(v, mu)| (v - mu) / ((k - 1) as f64).sqrt()).collect())
+            .collect();
         let bex = |i: usize, j: usize| -> f64 {
             let pe: f64 = d.iter().map(|dk| dk[i] * dk[j]).sum();
             gamma * pe * loc.correlation(i % np, j % np)
@@ -709,22 +734,26 @@ mod tests {
         let amat = faer::Mat::<f64>::from_fn(nc, nc, |i, j| {
             (0..m).map(|o| g[i][o] * g[j][o] / (sig[o] * sig[o])).sum::<f64>() + if i == j { 1.0 } else { 0.0 }
         });
-        let mut rhs = faer::Mat::<f64>::from_fn(nc, 1, |i, _| (0..m).map(|o| g[i][o] * dvec[o] / (sig[o] * sig[o])).sum());
+        let mut rhs =
+            faer::Mat::<f64>::from_fn(nc, 1, |i, _| (0..m).map(|o| g[i][o] * dvec[o] / (sig[o] * sig[o])).sum());
         amat.llt(faer::Side::Lower).unwrap().solve_in_place(&mut rhs);
         let a: Vec<f64> = (0..nc).map(|i| rhs[(i, 0)]).collect();
         let mut dx_var = vec![0.0; ns];
         b.apply_sqrt(&a, &mut dx_var).unwrap();
         // Kalman with the explicit B: dx = B H^T (H B H^T + R)^-1 d.
-        let bht: Vec<Vec<f64>> = (0..m)
-            .map(|o| (0..ns).map(|i| hrows[o].iter().map(|(j, w)| w * bex(i, *j)).sum()).collect())
-            .collect(); // bht[o] = B H^T e_o
-        let s = faer::Mat::<f64>::from_fn(m, m, |o1, o2| h(&bht[o2])[o1] + if o1 == o2 { sig[o1] * sig[o1] } else { 0.0 });
+        let bht: Vec<Vec<f64>> =
+            (0..m).map(|o| (0..ns).map(|i| hrows[o].iter().map(|(j, w)| w * bex(i, *j)).sum()).collect()).collect(); // bht[o] = B H^T e_o
+        let s =
+            faer::Mat::<f64>::from_fn(m, m, |o1, o2| h(&bht[o2])[o1] + if o1 == o2 { sig[o1] * sig[o1] } else { 0.0 });
         let mut y = faer::Mat::<f64>::from_fn(m, 1, |o, _| dvec[o]);
         s.llt(faer::Side::Lower).unwrap().solve_in_place(&mut y);
         let dx_kal: Vec<f64> = (0..ns).map(|i| (0..m).map(|o| bht[o][i] * y[(o, 0)]).sum()).collect();
         let num = dx_var.iter().zip(&dx_kal).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
         let den = dx_kal.iter().map(|b| b * b).sum::<f64>().sqrt();
-        eprintln!("model ensemble B: variational vs Kalman analysis increment, relative 2-norm difference {:.2e}", num / den);
+        eprintln!(
+            "model ensemble B: variational vs Kalman analysis increment, relative 2-norm difference {:.2e}",
+            num / den
+        );
         assert!(num / den < 1e-10, "variational and Kalman increments differ by {:e}", num / den);
     }
 
@@ -754,7 +783,8 @@ mod tests {
         let (lat, lon) = grid_points(48, 96);
         let (llat, llon) = grid_points(12, 24);
         for k in [5, 10, 20] {
-            let mem: Vec<Vec<f32>> = (0..k).map(|i| Rng::new(i as u64).normals(41 * 4608).iter().map(|v| *v as f32).collect()).collect();
+            let mem: Vec<Vec<f32>> =
+                (0..k).map(|i| Rng::new(i as u64).normals(41 * 4608).iter().map(|v| *v as f32).collect()).collect();
             let t = std::time::Instant::now();
             let loc = Localisation::on_grid(&lat, &lon, 2500.0).unwrap();
             let mut b = ModelEnsembleB::new(&mem, 41, 1.0, loc).unwrap();
@@ -766,7 +796,8 @@ mod tests {
             b.apply_sqrt(&v, &mut x).unwrap();
             b.apply_sqrt_ad(&x, &mut w).unwrap();
             let model = t.elapsed().as_secs_f64();
-            let zs: Vec<Vec<f32>> = (0..k).map(|i| Rng::new(50 + i as u64).normals(40 * 288).iter().map(|v| *v as f32).collect()).collect();
+            let zs: Vec<Vec<f32>> =
+                (0..k).map(|i| Rng::new(50 + i as u64).normals(40 * 288).iter().map(|v| *v as f32).collect()).collect();
             let t = std::time::Instant::now();
             let loc = Localisation::on_grid(&llat, &llon, 2500.0).unwrap();
             let mut lb = LatentEnsembleB::new(&zs, vec![0f32; 40 * 288], &[1.0; 41], 4608, 1.0, loc).unwrap();

@@ -201,7 +201,8 @@ impl<A: BOperator, B: BOperator> BOperator for Hybrid<A, B> {
         if let Some((ga, gb)) = &self.fields {
             let range = |g: &[f64], w: f64| {
                 let sq = |x: f64| (w * x).powi(2);
-                let (lo, hi) = g.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &x| (l.min(sq(x)), h.max(sq(x))));
+                let (lo, hi) =
+                    g.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &x| (l.min(sq(x)), h.max(sq(x))));
                 format!("{lo:.4}..{hi:.4}")
             };
             return format!(

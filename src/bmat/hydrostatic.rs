@@ -90,9 +90,17 @@ impl Hydrostatic {
             return Ok(None);
         }
         unit_factor(&units[it], "t", &[("K", 1.0)])?;
-        let zf = unit_factor(&units[iz], "z", &[("m2 s-2", 1.0), ("m2/s2", 1.0), ("m**2 s**-2", 1.0), ("m", 1.0 / G0), ("gpm", 1.0 / G0)])?;
+        let zf = unit_factor(
+            &units[iz],
+            "z",
+            &[("m2 s-2", 1.0), ("m2/s2", 1.0), ("m**2 s**-2", 1.0), ("m", 1.0 / G0), ("gpm", 1.0 / G0)],
+        )?;
         let qf = match iq {
-            Some(q) => unit_factor(&units[q], "q", &[("kg kg-1", 1.0), ("kg/kg", 1.0), ("1", 1.0), ("g kg-1", 1e-3), ("g/kg", 1e-3)])?,
+            Some(q) => unit_factor(
+                &units[q],
+                "q",
+                &[("kg kg-1", 1.0), ("kg/kg", 1.0), ("1", 1.0), ("g kg-1", 1e-3), ("g/kg", 1e-3)],
+            )?,
             None => 0.0,
         };
         let ps_f = match ips {
@@ -312,24 +320,34 @@ mod tests {
     /// every point), with q and ps (pressure levels) and without (sigma, t and z only).
     #[test]
     fn channel_loops_equal_the_point_loops_bit_for_bit() {
-        let grid = Grid::new(GridKind::Regular, vec![60.0, 20.0, -20.0, -60.0], (0..8).map(|i| 45.0 * i as f64).collect()).unwrap();
+        let grid =
+            Grid::new(GridKind::Regular, vec![60.0, 20.0, -20.0, -60.0], (0..8).map(|i| 45.0 * i as f64).collect())
+                .unwrap();
         let pressure = Vertical::new(VerticalKind::Pressure, vec![30000.0, 60000.0, 90000.0]).unwrap();
         let sigma = Vertical::new(VerticalKind::Sigma, vec![0.3, 0.6, 0.9]).unwrap();
         let v = |n: &str, u: &str, l: usize| (n.to_string(), u.to_string(), l);
         let cases = [
-            (pressure, vec![v("u", "m/s", 3), v("t", "K", 3), v("q", "kg/kg", 3), v("z", "m2 s-2", 3), v("ps", "Pa", 0)]),
+            (
+                pressure,
+                vec![v("u", "m/s", 3), v("t", "K", 3), v("q", "kg/kg", 3), v("z", "m2 s-2", 3), v("ps", "Pa", 0)],
+            ),
             (sigma, vec![v("t", "K", 3), v("z", "m2 s-2", 3), v("ps", "Pa", 0)]),
         ];
         for (vert, vars) in cases {
             let units: Vec<String> = vars.iter().map(|(_, u, _)| u.clone()).collect();
             let lay = Layout::new(grid.clone(), vert, vars).unwrap();
-            let mean: Vec<f64> = (0..lay.nchan).map(|c| if c + 1 == lay.nchan { 1.0e5 } else { 250.0 + c as f64 }).collect();
+            let mean: Vec<f64> =
+                (0..lay.nchan).map(|c| if c + 1 == lay.nchan { 1.0e5 } else { 250.0 + c as f64 }).collect();
             let h = Hydrostatic::for_layout(&lay, &units, &mean).unwrap().expect("t and z");
             let mut rng = Rng::new(4);
             for adjoint in [false, true] {
                 let x = rng.normals(lay.state_len());
                 let (mut a, mut b) = (x.clone(), x);
-                if adjoint { h.adjoint(&mut a) } else { h.apply(&mut a) }
+                if adjoint {
+                    h.adjoint(&mut a)
+                } else {
+                    h.apply(&mut a)
+                }
                 reference(&h, &mut b, adjoint);
                 assert!(a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits()), "adjoint = {adjoint}");
             }

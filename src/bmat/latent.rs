@@ -155,7 +155,10 @@ impl BOperator for LatentB {
             format!("latent B: exact ({} columns)", self.control_size())
         } else {
             let n = self.variance_samples;
-            format!("latent B: randomised, {n} draws (relative standard error of the variance sqrt(2/{n}) = {:.3})", (2.0 / n as f64).sqrt())
+            format!(
+                "latent B: randomised, {n} draws (relative standard error of the variance sqrt(2/{n}) = {:.3})",
+                (2.0 / n as f64).sqrt()
+            )
         }
     }
 }

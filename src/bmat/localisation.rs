@@ -188,9 +188,9 @@ fn check_coords(lat: &[f64], lon: &[f64]) -> Result<()> {
 /// smallest and largest eigenvalue and the number clipped.
 fn sym_sqrt_clipped(a: &[f64], n: usize, what: &str) -> Result<(Vec<f64>, f64, f64, usize)> {
     let m = faer::Mat::<f64>::from_fn(n, n, |i, j| a[i * n + j]);
-    let evd = m
-        .self_adjoint_eigen(faer::Side::Lower)
-        .map_err(|e| Error::new(crate::error::Status::Internal, format!("eigen-decomposition of the {what} failed: {e:?}")))?;
+    let evd = m.self_adjoint_eigen(faer::Side::Lower).map_err(|e| {
+        Error::new(crate::error::Status::Internal, format!("eigen-decomposition of the {what} failed: {e:?}"))
+    })?;
     let (u, s) = (evd.U(), evd.S().column_vector());
     let lam: Vec<f64> = (0..n).map(|k| s[k]).collect();
     let (lo, hi) = lam.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &v| (l.min(v), h.max(v)));
@@ -270,7 +270,8 @@ impl Localisation {
         let fwd = planner.plan_fft_forward(nlon);
         let inv = planner.plan_fft_inverse(nlon);
         let scratch_len = fwd.get_scratch_len().max(inv.get_scratch_len());
-        let (mut row, mut sp, mut scratch) = (vec![0.0; nlon], vec![Complex::default(); nm], vec![Complex::default(); scratch_len]);
+        let (mut row, mut sp, mut scratch) =
+            (vec![0.0; nlon], vec![Complex::default(); nm], vec![Complex::default(); scratch_len]);
         // lhat[m][j][j2] = sum_i GC(d(lat_j, lat_j2, i dlon)) e^{-2 pi i m i / nlon} (real: the kernel is even in i).
         let mut lhat = vec![0.0; nm * nlat * nlat];
         for j in 0..nlat {
@@ -299,18 +300,8 @@ impl Localisation {
             let mult = if m == 0 || (nlon.is_multiple_of(2) && m == nm - 1) { 1 } else { 2 };
             n_clipped += mult * nc;
         }
-        let mut z = Zonal {
-            nlat,
-            nlon,
-            nm,
-            s,
-            fwd,
-            inv,
-            row,
-            spec: vec![Complex::default(); nm * nlat],
-            out: sp,
-            scratch,
-        };
+        let mut z =
+            Zonal { nlat, nlon, nm, s, fwd, inv, row, spec: vec![Complex::default(); nm * nlat], out: sp, scratch };
         // diag(L^1/2 L^1/2^T) is constant along a row: |L^1/2 e_p|^2 for one point p per row.
         let np = nlat * nlon;
         let (mut e, mut col, mut diag) = (vec![0.0; np], vec![0.0; np], vec![0.0; np]);
@@ -329,7 +320,16 @@ impl Localisation {
                 lon.push(lon0 + i as f64 * dlon);
             }
         }
-        Ok(Localisation { half_width_km, lat, lon, form: SqrtForm::Zonal(Box::new(z)), diag, min_eig, max_eig, n_clipped })
+        Ok(Localisation {
+            half_width_km,
+            lat,
+            lon,
+            form: SqrtForm::Zonal(Box::new(z)),
+            diag,
+            min_eig,
+            max_eig,
+            n_clipped,
+        })
     }
 
     /// The localisation of a latitude-longitude grid (rows `lat_rows`, columns `lon_cols`, points row-major): dense
@@ -379,7 +379,12 @@ impl Localisation {
     /// out = L^1/2 a (both of length [`npoints`](Localisation::npoints); panics otherwise: the callers check).
     pub fn sqrt_apply(&mut self, a: &[f64], out: &mut [f64]) {
         let n = self.npoints();
-        assert!(a.len() == n && out.len() == n, "localisation square root: lengths {} and {} for {n} points", a.len(), out.len());
+        assert!(
+            a.len() == n && out.len() == n,
+            "localisation square root: lengths {} and {} for {n} points",
+            a.len(),
+            out.len()
+        );
         match &mut self.form {
             SqrtForm::Dense(s) => {
                 for (o, row) in out.iter_mut().zip(s.chunks_exact(n)) {
@@ -394,7 +399,12 @@ impl Localisation {
     /// up to round-off).
     pub fn sqrt_adjoint(&mut self, x: &[f64], out: &mut [f64]) {
         let n = self.npoints();
-        assert!(x.len() == n && out.len() == n, "localisation square root (adjoint): lengths {} and {} for {n} points", x.len(), out.len());
+        assert!(
+            x.len() == n && out.len() == n,
+            "localisation square root (adjoint): lengths {} and {} for {n} points",
+            x.len(),
+            out.len()
+        );
         match &mut self.form {
             SqrtForm::Dense(s) => {
                 out.iter_mut().for_each(|o| *o = 0.0);
@@ -471,7 +481,11 @@ mod tests {
         assert_eq!(gc_correlation(0.0, c), 1.0);
         assert!((gc_correlation(0.5 * c, c) - 0.684_895_833_333_333_3).abs() < 1e-15);
         assert!((gc_correlation(c, c) - 5.0 / 24.0).abs() < 1e-15);
-        assert!((gc_correlation(1.5 * c, c) - 0.016_493_055_555_555_58).abs() < 1e-12, "{}", gc_correlation(1.5 * c, c));
+        assert!(
+            (gc_correlation(1.5 * c, c) - 0.016_493_055_555_555_58).abs() < 1e-12,
+            "{}",
+            gc_correlation(1.5 * c, c)
+        );
         assert!(gc_correlation(2.0 * c, c).abs() < 1e-15);
         assert_eq!(gc_correlation(2.0 * c + 1e-9, c), 0.0);
         assert_eq!(gc_correlation(3.0 * c, c), 0.0);
@@ -541,7 +555,10 @@ mod tests {
                 }
                 assert_eq!(d.point(p), z.point(p));
             }
-            eprintln!("8x16, c = {c}: zonal L vs GC and dense L: {worst_l:.2e}; zonal vs dense L^1/2: {worst_s:.2e}; {}", z.describe());
+            eprintln!(
+                "8x16, c = {c}: zonal L vs GC and dense L: {worst_l:.2e}; zonal vs dense L^1/2: {worst_s:.2e}; {}",
+                z.describe()
+            );
             assert!(worst_l < 1e-12 && worst_s < 1e-10, "zonal vs dense: L {worst_l:e}, L^1/2 {worst_s:e}");
             assert!(z.diag().iter().all(|v| (v - 1.0).abs() < 1e-12));
         }
@@ -577,7 +594,11 @@ mod tests {
             loc.sqrt_apply(&a, &mut out);
         }
         let apply = t.elapsed().as_secs_f64() / 20.0;
-        eprintln!("48x96 zonal: build {build:.3} s, one L^1/2 {:.2} ms, max |L - GC| over 6 columns {worst:.2e}; {}", apply * 1e3, loc.describe());
+        eprintln!(
+            "48x96 zonal: build {build:.3} s, one L^1/2 {:.2} ms, max |L - GC| over 6 columns {worst:.2e}; {}",
+            apply * 1e3,
+            loc.describe()
+        );
         assert!(worst < 1e-12, "zonal L differs from GC by {worst:e}");
         assert!(loc.diag().iter().all(|v| (v - 1.0).abs() < 1e-12));
     }

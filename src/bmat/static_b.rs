@@ -170,13 +170,24 @@ impl StaticB {
     }
 
     /// U_s with an optional hydrostatic balance operator and a variance factor (> 0).
-    pub fn with_balance(layout: &Layout, stats: &BaselineStats, hydro: Option<Hydrostatic>, variance_factor: f64) -> Result<StaticB> {
+    pub fn with_balance(
+        layout: &Layout,
+        stats: &BaselineStats,
+        hydro: Option<Hydrostatic>,
+        variance_factor: f64,
+    ) -> Result<StaticB> {
         Self::build(layout, stats, hydro, variance_factor, true)
     }
 
     /// [`StaticB::with_balance`], with the hemispheric kernel where the grid allows it and `hemispheric` is true
     /// (false: the full blocks on any grid, for the tests that compare the two forms).
-    fn build(layout: &Layout, stats: &BaselineStats, hydro: Option<Hydrostatic>, variance_factor: f64, hemispheric: bool) -> Result<StaticB> {
+    fn build(
+        layout: &Layout,
+        stats: &BaselineStats,
+        hydro: Option<Hydrostatic>,
+        variance_factor: f64,
+        hemispheric: bool,
+    ) -> Result<StaticB> {
         let g = &layout.grid;
         let (nlat, nlon, nchan) = (g.nlat(), g.nlon(), layout.nchan);
         let dlon = 360.0 / nlon as f64;
@@ -196,7 +207,15 @@ impl StaticB {
         let scratch_len = fwd.get_scratch_len().max(inv.get_scratch_len());
         // Relative cell areas: cos(lat) times the latitude band width.
         let edges: Vec<f64> = (0..=nlat)
-            .map(|j| if j == 0 { 90.0 } else if j == nlat { -90.0 } else { 0.5 * (g.lat[j - 1] + g.lat[j]) })
+            .map(|j| {
+                if j == 0 {
+                    90.0
+                } else if j == nlat {
+                    -90.0
+                } else {
+                    0.5 * (g.lat[j - 1] + g.lat[j])
+                }
+            })
             .collect();
         let sqrt_area: Vec<f64> =
             (0..nlat).map(|j| (edges[j].to_radians().sin() - edges[j + 1].to_radians().sin()).abs().sqrt()).collect();
@@ -215,7 +234,8 @@ impl StaticB {
         let mirrored = hemispheric && nlat % 2 == 0 && (0..h).all(|j| (g.lat[j] + g.lat[nlat - 1 - j]).abs() < 1e-9);
         let (mut full, mut even, mut odd) = (Vec::new(), Vec::new(), Vec::new());
         let mut norm = Vec::with_capacity(nchan);
-        let (mut gk, mut sp, mut scratch) = (vec![0.0; nlon], vec![Complex::default(); nm], vec![Complex::default(); scratch_len]);
+        let (mut gk, mut sp, mut scratch) =
+            (vec![0.0; nlon], vec![Complex::default(); nm], vec![Complex::default(); scratch_len]);
         let inv_n = 1.0 / nlon as f64;
         let mut gh = vec![0.0; tri(nlat, 0) * nm];
         let mut sumsq = vec![0.0; nlat * nlat];
@@ -230,17 +250,20 @@ impl StaticB {
                     let ss = gk.iter().map(|v| v * v).sum::<f64>();
                     sumsq[j * nlat + j2] = ss;
                     sumsq[j2 * nlat + j] = ss;
-                    fwd.process_with_scratch(&mut gk, &mut sp, &mut scratch).map_err(|e| Error::new(crate::error::Status::Internal, format!("FFT: {e}")))?;
+                    fwd.process_with_scratch(&mut gk, &mut sp, &mut scratch)
+                        .map_err(|e| Error::new(crate::error::Status::Internal, format!("FFT: {e}")))?;
                     for m in 0..nm {
                         gh[tri(j, j2) * nm + m] = sp[m].re;
                     }
                 }
             }
-            let rowsum: Vec<f64> =
-                (0..nlat).map(|j| (0..nlat).map(|j2| sqrt_area[j2].powi(2) * sumsq[j * nlat + j2]).sum::<f64>()).collect();
+            let rowsum: Vec<f64> = (0..nlat)
+                .map(|j| (0..nlat).map(|j2| sqrt_area[j2].powi(2) * sumsq[j * nlat + j2]).sum::<f64>())
+                .collect();
             norm.push(rowsum.iter().map(|s| 1.0 / s.sqrt()).collect());
             // Block (j, j2) in either order.
-            let block = |j: usize, j2: usize, m: usize| if j2 <= j { gh[tri(j, j2) * nm + m] } else { gh[tri(j2, j) * nm + m] };
+            let block =
+                |j: usize, j2: usize, m: usize| if j2 <= j { gh[tri(j, j2) * nm + m] } else { gh[tri(j2, j) * nm + m] };
             if mirrored {
                 let (mut e, mut o) = (vec![0.0; tri(h, 0) * nm], vec![0.0; tri(h, 0) * nm]);
                 for a in 0..h {
@@ -255,7 +278,9 @@ impl StaticB {
                 even.push(e);
                 odd.push(o);
             } else {
-                full.push((0..nlat * nlat * nm).map(|i| block(i / (nlat * nm), (i / nm) % nlat, i % nm) * inv_n).collect());
+                full.push(
+                    (0..nlat * nlat * nm).map(|i| block(i / (nlat * nm), (i / nm) % nlat, i % nm) * inv_n).collect(),
+                );
             }
         }
         let kernel = if mirrored { Kernel::Hemispheric { h, even, odd } } else { Kernel::Full(full) };
@@ -327,7 +352,8 @@ impl StaticB {
         self.keep = self.chan_var.iter().map(|&v| keep_var[v]).collect();
         self.active = Self::active_channels(layout, self.hydro.as_ref(), keep_var);
         let np = self.nlat * self.nlon;
-        self.variance = self.variance_full.iter().enumerate().map(|(i, v)| if self.keep[i / np] { *v } else { 0.0 }).collect();
+        self.variance =
+            self.variance_full.iter().enumerate().map(|(i, v)| if self.keep[i / np] { *v } else { 0.0 }).collect();
     }
 
     /// The hydrostatic balance operator in use, if any.
@@ -351,7 +377,9 @@ impl StaticB {
             // V = V^1/2 V^1/2 of a source variable (identity if it has no vertical correlation).
             let v_of = |c0: usize| -> Vec<f64> {
                 match self.vsqrt.iter().find(|(c, _, _)| *c == c0) {
-                    Some((_, _, vs)) => (0..n * n).map(|k| (0..n).map(|l| vs[(k / n) * n + l] * vs[l * n + k % n]).sum()).collect(),
+                    Some((_, _, vs)) => {
+                        (0..n * n).map(|k| (0..n).map(|l| vs[(k / n) * n + l] * vs[l * n + k % n]).sum()).collect()
+                    }
                     None => (0..n * n).map(|k| if k / n == k % n { 1.0 } else { 0.0 }).collect(),
                 }
             };
@@ -387,7 +415,11 @@ impl StaticB {
                     let o = &mut self.out_spec[j * nm..(j + 1) * nm];
                     o.iter_mut().for_each(|z| *z = Complex::default());
                     for j2 in 0..nlat {
-                        axpy_spec(o, &gh[(j * nlat + j2) * nm..(j * nlat + j2 + 1) * nm], &self.spec[j2 * nm..(j2 + 1) * nm]);
+                        axpy_spec(
+                            o,
+                            &gh[(j * nlat + j2) * nm..(j * nlat + j2 + 1) * nm],
+                            &self.spec[j2 * nm..(j2 + 1) * nm],
+                        );
                     }
                 }
             }
@@ -437,7 +469,9 @@ impl StaticB {
             if nlon % 2 == 0 {
                 o[nm - 1].im = 0.0;
             }
-            self.inv.process_with_scratch(o, &mut self.chan_out[j * nlon..(j + 1) * nlon], &mut self.fft_scratch).expect("FFT lengths");
+            self.inv
+                .process_with_scratch(o, &mut self.chan_out[j * nlon..(j + 1) * nlon], &mut self.fft_scratch)
+                .expect("FFT lengths");
         }
     }
 

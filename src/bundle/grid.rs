@@ -334,7 +334,11 @@ impl Layout {
     pub fn channel_name(&self, c: usize) -> String {
         let (v, k) = self.channel_owner(c);
         let var = &self.variables[v];
-        if var.is_surface() { var.name.clone() } else { format!("{}@{}", var.name, k) }
+        if var.is_surface() {
+            var.name.clone()
+        } else {
+            format!("{}@{}", var.name, k)
+        }
     }
     /// Describes the location of flat state index `idx` (variable, level, lat, lon indices).
     pub fn describe_index(&self, idx: usize) -> String {

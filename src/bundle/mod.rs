@@ -203,7 +203,9 @@ fn check_normalisation(mu: f64, sd: f64) -> std::result::Result<(), String> {
         return Err(format!("mean {mu:e}, std {sd:e}: both must be finite and std > 0"));
     }
     if mu.abs() > f32max {
-        return Err(format!("mean {mu:e} is beyond the float32 range (|mean| <= {f32max:e}) of the graphs and host fields"));
+        return Err(format!(
+            "mean {mu:e} is beyond the float32 range (|mean| <= {f32max:e}) of the graphs and host fields"
+        ));
     }
     if !(f32min..=f32max).contains(&sd) {
         return Err(format!(
@@ -247,7 +249,8 @@ pub enum ModelRole {
 
 impl ModelRole {
     /// All roles in manifest order.
-    pub const ALL: [ModelRole; 4] = [ModelRole::Encoder, ModelRole::Decoder, ModelRole::DecoderTl, ModelRole::DecoderAd];
+    pub const ALL: [ModelRole; 4] =
+        [ModelRole::Encoder, ModelRole::Decoder, ModelRole::DecoderTl, ModelRole::DecoderAd];
     /// Manifest key of the role.
     pub fn key(self) -> &'static str {
         match self {
@@ -448,7 +451,12 @@ fn physical_bounds(b: &BTreeMap<String, Vec<f64>>, layout: &Layout) -> Result<Ve
 /// Checks a band-latitude pair [lat0, lat1]: finite, 0 <= lat0 < lat1 <= 90. Returns the reason otherwise.
 pub fn check_band_lat(b: [f64; 2]) -> std::result::Result<(), String> {
     let [lat0, lat1] = b;
-    if !(lat0.is_finite() && lat1.is_finite() && (0.0..=90.0).contains(&lat0) && (0.0..=90.0).contains(&lat1) && lat0 < lat1) {
+    if !(lat0.is_finite()
+        && lat1.is_finite()
+        && (0.0..=90.0).contains(&lat0)
+        && (0.0..=90.0).contains(&lat1)
+        && lat0 < lat1)
+    {
         return Err(format!("[{lat0}, {lat1}] must satisfy 0 <= lat0 < lat1 <= 90 (degrees)"));
     }
     Ok(())
@@ -457,7 +465,12 @@ pub fn check_band_lat(b: [f64; 2]) -> std::result::Result<(), String> {
 fn hybrid_defaults(h: Option<&HybridSection>, layout: &Layout) -> Result<HybridDefaults> {
     let (alpha, beta) = (h.and_then(|h| h.alpha).unwrap_or(1.0), h.and_then(|h| h.beta).unwrap_or(1.0));
     let (alpha_tropics, beta_tropics) = (h.and_then(|h| h.alpha_tropics), h.and_then(|h| h.beta_tropics));
-    for (k, v) in [("alpha", alpha), ("beta", beta), ("alpha_tropics", alpha_tropics.unwrap_or(0.0)), ("beta_tropics", beta_tropics.unwrap_or(0.0))] {
+    for (k, v) in [
+        ("alpha", alpha),
+        ("beta", beta),
+        ("alpha_tropics", alpha_tropics.unwrap_or(0.0)),
+        ("beta_tropics", beta_tropics.unwrap_or(0.0)),
+    ] {
         if !(v.is_finite() && v >= 0.0) {
             return Err(Error::bundle(format!("hybrid.{k} = {v} must be finite and >= 0")));
         }
@@ -498,7 +511,10 @@ fn open_regular(path: &Path, max: u64) -> Result<(std::fs::File, u64)> {
         return Err(Error::bundle(format!("bundle file '{pd}' is not a regular file")));
     }
     if meta.len() > max {
-        return Err(Error::bundle(format!("bundle file '{pd}' has {} bytes, more than the {max} latentda reads", meta.len())));
+        return Err(Error::bundle(format!(
+            "bundle file '{pd}' has {} bytes, more than the {max} latentda reads",
+            meta.len()
+        )));
     }
     Ok((f, meta.len()))
 }
@@ -511,15 +527,15 @@ fn read_regular(path: &Path, max: u64) -> Result<Vec<u8>> {
     bytes
         .try_reserve_exact(len as usize)
         .map_err(|_| Error::bundle(format!("bundle file '{}': cannot allocate {len} bytes", path.display())))?;
-    f.take(max).read_to_end(&mut bytes).map_err(|e| Error::bundle(format!("bundle file '{}' cannot be read: {e}", path.display())))?;
+    f.take(max)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::bundle(format!("bundle file '{}' cannot be read: {e}", path.display())))?;
     Ok(bytes)
 }
 
 fn check_relative(file: &str, what: &str) -> Result<()> {
     let p = Path::new(file);
-    let ok = !file.is_empty()
-        && p.components().all(|c| matches!(c, Component::Normal(_)))
-        && !p.is_absolute();
+    let ok = !file.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_))) && !p.is_absolute();
     if ok {
         Ok(())
     } else {
@@ -552,7 +568,8 @@ impl Bundle {
         let bytes = read_regular(&manifest_path, MAX_MANIFEST_BYTES)?;
         let text = String::from_utf8(bytes)
             .map_err(|e| Error::bundle(format!("cannot read '{}': not UTF-8 ({e})", manifest_path.display())))?;
-        let invalid = |e: toml::de::Error| Error::bundle(format!("invalid manifest '{}': {e}", manifest_path.display()));
+        let invalid =
+            |e: toml::de::Error| Error::bundle(format!("invalid manifest '{}': {e}", manifest_path.display()));
         let mp = manifest_path.display();
         // Format and version first, from the untyped table: a bundle of another format version need not parse as
         // this version's manifest, and "unknown field" would hide the real problem.
@@ -586,16 +603,17 @@ impl Bundle {
             "sigma" => VerticalKind::Sigma,
             "pressure" => VerticalKind::Pressure,
             k => {
-                return Err(Error::bundle(format!(
-                    "{mp}: vertical.coordinate = '{k}', expected 'sigma' or 'pressure'"
-                )))
+                return Err(Error::bundle(format!("{mp}: vertical.coordinate = '{k}', expected 'sigma' or 'pressure'")))
             }
         };
         let vertical = Vertical::new(vkind, m.vertical.levels.clone()).map_err(|e| e.context(&mp))?;
         let vars = m.variables.iter().map(|v| (v.name.clone(), v.units.clone(), v.levels)).collect();
         let layout = Layout::new(grid, vertical, vars).map_err(|e| e.context(&mp))?;
         if m.latent.shape.is_empty() || m.latent.shape.contains(&0) {
-            return Err(Error::bundle(format!("{mp}: latent.shape {:?} must be non-empty and positive", m.latent.shape)));
+            return Err(Error::bundle(format!(
+                "{mp}: latent.shape {:?} must be non-empty and positive",
+                m.latent.shape
+            )));
         }
         if m.latent.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).is_none_or(|n| n > i32::MAX as usize) {
             return Err(Error::bundle(format!("{mp}: latent.shape {:?} has more than 2^31 elements", m.latent.shape)));
@@ -700,8 +718,9 @@ impl Bundle {
         bundle.mean = ncio::read_var_len(&norm, "mean", nchan)?;
         bundle.std = ncio::read_var_len(&norm, "std", nchan)?;
         for c in 0..nchan {
-            check_normalisation(bundle.mean[c], bundle.std[c])
-                .map_err(|why| Error::bundle(format!("{}: channel {c} ({}): {why}", norm.display(), bundle.layout.channel_name(c))))?;
+            check_normalisation(bundle.mean[c], bundle.std[c]).map_err(|why| {
+                Error::bundle(format!("{}: channel {c} ({}): {why}", norm.display(), bundle.layout.channel_name(c)))
+            })?;
         }
         if let Some(f) = &m.statistics.latent_b_variance {
             let path = bundle.verified_path(f)?;

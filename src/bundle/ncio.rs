@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use crate::error::{Error, Result};
 use crate::bundle::grid::Layout;
+use crate::error::{Error, Result};
 
 /// Silences HDF5's automatic error printing while alive, restoring the host's previous handler on drop.
 ///
@@ -37,7 +37,9 @@ impl QuietHdf5 {
             let get = this.get::<GetAuto>(b"H5Eget_auto2\0");
             let set = this.get::<SetAuto>(b"H5Eset_auto2\0");
             if let (Ok(get), Ok(set)) = (get, set) {
-                if get(0, &mut q.saved.0, &mut q.saved.1) >= 0 && set(0, std::ptr::null_mut(), std::ptr::null_mut()) >= 0 {
+                if get(0, &mut q.saved.0, &mut q.saved.1) >= 0
+                    && set(0, std::ptr::null_mut(), std::ptr::null_mut()) >= 0
+                {
                     q.set = Some(*set);
                 }
             }
@@ -97,7 +99,11 @@ mod classic {
         }
         /// A count (4 bytes, 8 in CDF-5).
         fn count(&mut self) -> Option<u64> {
-            if self.cdf5 { self.u64() } else { self.u32() }
+            if self.cdf5 {
+                self.u64()
+            } else {
+                self.u32()
+            }
         }
         fn skip(&mut self, n: u64) -> Option<()> {
             let n = n.checked_add(3)? & !3; // padded to 4 bytes
@@ -261,7 +267,9 @@ impl CfEncoding {
             match attr_f64s(v, name, what)? {
                 None => Ok(None),
                 Some(x) if x.len() == 1 && x[0].is_finite() => Ok(Some(x[0])),
-                Some(x) => Err(Error::data(format!("{}: attribute '{name}' = {x:?} must be one finite number", what()))),
+                Some(x) => {
+                    Err(Error::data(format!("{}: attribute '{name}' = {x:?} must be one finite number", what())))
+                }
             }
         };
         let fill = match attr_f64s(v, "_FillValue", what)? {
@@ -311,7 +319,8 @@ impl CfEncoding {
 /// naming its position (`at(i)` describes flat index `i` of the variable).
 fn read_cf(v: &netcdf::Variable, what: &dyn Fn() -> String, at: &dyn Fn(usize) -> String) -> Result<Vec<f64>> {
     let enc = CfEncoding::of(v, what)?;
-    let mut data: Vec<f64> = v.get_values::<f64, _>(..).map_err(|e| Error::io(format!("{}: cannot read: {e}", what())))?;
+    let mut data: Vec<f64> =
+        v.get_values::<f64, _>(..).map_err(|e| Error::io(format!("{}: cannot read: {e}", what())))?;
     for (i, x) in data.iter_mut().enumerate() {
         if let Some(why) = enc.missing_reason(*x) {
             return Err(Error::data(format!("{}: missing value ({why}) at {}", what(), at(i))));
@@ -326,9 +335,7 @@ fn read_cf(v: &netcdf::Variable, what: &dyn Fn() -> String, at: &dyn Fn(usize) -
 pub fn read_var_len(path: &Path, name: &str, len: usize) -> Result<Vec<f64>> {
     let _quiet = QuietHdf5::new();
     let f = open(path).map_err(|e| Error::bundle(e.message))?;
-    let v = f
-        .variable(name)
-        .ok_or_else(|| Error::bundle(format!("'{}' has no variable '{name}'", path.display())))?;
+    let v = f.variable(name).ok_or_else(|| Error::bundle(format!("'{}' has no variable '{name}'", path.display())))?;
     let what = || format!("'{}': variable '{name}'", path.display());
     let data = read_cf(&v, &what, &|i| format!("index {i}")).map_err(|e| Error::bundle(e.message))?;
     if data.len() != len {
@@ -345,15 +352,20 @@ pub fn read_var_len(path: &Path, name: &str, len: usize) -> Result<Vec<f64>> {
 pub fn read_var(path: &Path, name: &str) -> Result<Vec<f64>> {
     let _quiet = QuietHdf5::new();
     let f = open(path).map_err(|e| Error::bundle(e.message))?;
-    let v = f
-        .variable(name)
-        .ok_or_else(|| Error::bundle(format!("'{}' has no variable '{name}'", path.display())))?;
+    let v = f.variable(name).ok_or_else(|| Error::bundle(format!("'{}' has no variable '{name}'", path.display())))?;
     let what = || format!("'{}': variable '{name}'", path.display());
     read_cf(&v, &what, &|i| format!("index {i}")).map_err(|e| Error::bundle(e.message))
 }
 
 /// Checks a coordinate variable of the file, if present, against the bundle's values.
-fn check_coordinate(f: &netcdf::File, pd: &str, name: &str, want: &[f64], close: &dyn Fn(f64, f64) -> bool, hint: &str) -> Result<()> {
+fn check_coordinate(
+    f: &netcdf::File,
+    pd: &str,
+    name: &str,
+    want: &[f64],
+    close: &dyn Fn(f64, f64) -> bool,
+    hint: &str,
+) -> Result<()> {
     let Some(v) = f.variable(name) else { return Ok(()) };
     let what = || format!("'{pd}': coordinate '{name}'");
     let got = read_cf(&v, &what, &|i| format!("index {i}"))?;
@@ -389,11 +401,25 @@ pub fn read_state(path: &Path, layout: &Layout) -> Result<Vec<f64>> {
     let (nlat, nlon) = (layout.grid.nlat(), layout.grid.nlon());
     let pd = path.display().to_string();
     let deg = |a: f64, b: f64| (a - b).abs() < 1e-3;
-    check_coordinate(&f, &pd, "lat", &layout.grid.lat, &deg, " (the file's latitudes run south to north; the bundle needs north to south)")?;
+    check_coordinate(
+        &f,
+        &pd,
+        "lat",
+        &layout.grid.lat,
+        &deg,
+        " (the file's latitudes run south to north; the bundle needs north to south)",
+    )?;
     check_coordinate(&f, &pd, "lon", &layout.grid.lon, &deg, " (the file's longitudes are reversed)")?;
     if layout.variables.iter().any(|v| !v.is_surface()) {
         let rel = |a: f64, b: f64| (a - b).abs() <= 1e-5 * b.abs().max(1e-30);
-        check_coordinate(&f, &pd, "lev", &layout.vertical.levels, &rel, " (the file's levels run bottom to top; the bundle needs top to bottom)")?;
+        check_coordinate(
+            &f,
+            &pd,
+            "lev",
+            &layout.vertical.levels,
+            &rel,
+            " (the file's levels run bottom to top; the bundle needs top to bottom)",
+        )?;
     }
     let mut state = vec![0.0; layout.state_len()];
     let np = nlat * nlon;

@@ -37,7 +37,6 @@ pub const MAX_TOLERANCE: f64 = 0.1;
 /// Seed of the probe inputs.
 pub const SEED: u64 = 20_261_206;
 
-
 /// One graph's probe: its inputs and its expected output.
 #[derive(Debug, Clone)]
 pub struct GraphProbe {
@@ -138,7 +137,9 @@ pub(crate) fn read(bundle: &Bundle, path: &Path, file: &str, tolerance: f64) -> 
             let name = var_name(s.graph, t);
             let v = ncio::read_var(path, &name)?;
             if let Some((i, x)) = v.iter().enumerate().find(|(_, x)| !(x.is_finite() && x.abs() <= f32::MAX as f64)) {
-                return Err(Error::bundle(format!("{pd}: variable '{name}' has {x} at index {i}; probes must be finite float32")));
+                return Err(Error::bundle(format!(
+                    "{pd}: variable '{name}' has {x} at index {i}; probes must be finite float32"
+                )));
             }
             vals.push(((*t).to_string(), v.iter().map(|&x| x as f32).collect::<Vec<f32>>()));
         }

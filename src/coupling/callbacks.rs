@@ -25,10 +25,21 @@ pub struct HostStep {
 
 impl HostStep {
     /// The host model of time step `time_step_hours` on states of `n` values; every callback must be given.
-    pub fn new(step: LdaStepFn, tl: LdaStepTlFn, ad: LdaStepAdFn, user: *mut c_void, n: usize, time_step_hours: f64) -> Result<HostStep> {
-        let missing = |what: &str| Error::new(Status::NullPointer, format!("lda_set_step_model: '{what}' is NULL (give all three callbacks, or all three NULL to remove the host model)"));
+    pub fn new(
+        step: LdaStepFn,
+        tl: LdaStepTlFn,
+        ad: LdaStepAdFn,
+        user: *mut c_void,
+        n: usize,
+        time_step_hours: f64,
+    ) -> Result<HostStep> {
+        let missing = |what: &str| {
+            Error::new(Status::NullPointer, format!("lda_set_step_model: '{what}' is NULL (give all three callbacks, or all three NULL to remove the host model)"))
+        };
         if !(time_step_hours.is_finite() && time_step_hours > 0.0) {
-            return Err(Error::arg(format!("lda_set_step_model: time_step_hours = {time_step_hours} must be finite and > 0")));
+            return Err(Error::arg(format!(
+                "lda_set_step_model: time_step_hours = {time_step_hours} must be finite and > 0"
+            )));
         }
         Ok(HostStep {
             step: step.ok_or_else(|| missing("step"))?,

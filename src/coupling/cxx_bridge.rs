@@ -23,10 +23,10 @@
 
 use std::cell::Cell;
 
-use crate::error::{Error, Result, Status};
 use crate::coupling::callbacks::HostStep;
 use crate::coupling::ffi::{report_lookup, LdaStepAdFn, LdaStepFn, LdaStepTlFn};
 use crate::coupling::host::{HostContext, HostData};
+use crate::error::{Error, Result, Status};
 use crate::model::backend::catch_quietly;
 
 #[cxx::bridge(namespace = "latentda::detail")]
@@ -98,9 +98,21 @@ mod ffi {
         /// 0-based variable identifier for `set_obs`.
         fn var_index(self: &Context, name: &str) -> Result<i32>;
         /// Binds a float host array; the array must outlive the binding (stored as pointer, shape and order).
-        unsafe fn bind_field_f32(self: &mut Context, name: &str, data: &mut [f32], shape: &[i64], order: i32) -> Result<()>;
+        unsafe fn bind_field_f32(
+            self: &mut Context,
+            name: &str,
+            data: &mut [f32],
+            shape: &[i64],
+            order: i32,
+        ) -> Result<()>;
         /// Binds a double host array; see `bind_field_f32`.
-        unsafe fn bind_field_f64(self: &mut Context, name: &str, data: &mut [f64], shape: &[i64], order: i32) -> Result<()>;
+        unsafe fn bind_field_f64(
+            self: &mut Context,
+            name: &str,
+            data: &mut [f64],
+            shape: &[i64],
+            order: i32,
+        ) -> Result<()>;
         /// Sets (copies) the observations.
         fn set_obs(
             self: &mut Context,
@@ -119,7 +131,14 @@ mod ffi {
         /// Installs the host's step model for method l4dvar (see `lda_set_step_model`): the addresses of three C
         /// callbacks (`LdaStepFn`, `LdaStepTlFn`, `LdaStepAdFn`; all three 0 removes the host model) and the
         /// `user` pointer passed back to them, as integers (cxx passes no C function pointers from C++ to Rust).
-        unsafe fn set_step_model(self: &mut Context, step: usize, tl: usize, ad: usize, user: usize, time_step_hours: f64) -> Result<()>;
+        unsafe fn set_step_model(
+            self: &mut Context,
+            step: usize,
+            tl: usize,
+            ad: usize,
+            user: usize,
+            time_step_hours: f64,
+        ) -> Result<()>;
         /// Adjoint tests of the step model and the chained 4D transform over `nslots` slots (see `lda_l4dvar_check`).
         fn l4dvar_check(self: &mut Context, nslots: i32, seed: u64) -> Result<L4dvarCheck>;
         /// Runs an analysis (`method` empty for the option's default); bound arrays are written only on success.
@@ -236,7 +255,14 @@ impl Context {
     ///
     /// # Safety
     /// The array must stay valid and not be accessed by the host during calls on this context while bound.
-    unsafe fn bind_checked(host: &mut HostContext, name: &str, len: usize, data: HostData, shape: &[i64], order: i32) -> Result<()> {
+    unsafe fn bind_checked(
+        host: &mut HostContext,
+        name: &str,
+        len: usize,
+        data: HostData,
+        shape: &[i64],
+        order: i32,
+    ) -> Result<()> {
         let lay = &host.analyser.bundle.layout;
         let expected = lay.var_index(name).map(|v| lay.variables[v].nchan() * lay.grid.npoints());
         let product = shape.iter().try_fold(1i64, |a, &d| a.checked_mul(d));
@@ -272,7 +298,15 @@ impl Context {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn set_obs(&mut self, var: &[i32], lat: &[f64], lon: &[f64], level: &[f64], value: &[f64], sigma: &[f64]) -> BridgeResult<()> {
+    fn set_obs(
+        &mut self,
+        var: &[i32],
+        lat: &[f64],
+        lon: &[f64],
+        level: &[f64],
+        value: &[f64],
+        sigma: &[f64],
+    ) -> BridgeResult<()> {
         guard_ctx(&self.failed, || self.host.set_obs(var, lat, lon, level, value, sigma))
     }
 
@@ -302,7 +336,14 @@ impl Context {
     /// `step`, `tl` and `ad` are each 0 or the address of a function of the C type `LdaStepFn`, `LdaStepTlFn` and
     /// `LdaStepAdFn` respectively, callable with `user` for as long as the model is installed (the header's
     /// trampolines and the `StepFns` they read live in the C++ `Context`, which outlives this one).
-    unsafe fn set_step_model(&mut self, step: usize, tl: usize, ad: usize, user: usize, time_step_hours: f64) -> BridgeResult<()> {
+    unsafe fn set_step_model(
+        &mut self,
+        step: usize,
+        tl: usize,
+        ad: usize,
+        user: usize,
+        time_step_hours: f64,
+    ) -> BridgeResult<()> {
         guard_ctx(&self.failed, || {
             // SAFETY: `Option<unsafe extern "C" fn>` has the size of usize, 0 is `None` (the niche of a non-null
             // function pointer), and any other value is a function of the right type (the contract above).
@@ -317,7 +358,8 @@ impl Context {
                 self.host.set_step_model(None);
                 return Ok(());
             }
-            let m = HostStep::new(step, tl, ad, user as *mut std::ffi::c_void, self.host.state_size(), time_step_hours)?;
+            let m =
+                HostStep::new(step, tl, ad, user as *mut std::ffi::c_void, self.host.state_size(), time_step_hours)?;
             self.host.set_step_model(Some(m));
             Ok(())
         })
@@ -416,8 +458,9 @@ impl Context {
 
     fn var_info(&self, index: i32) -> BridgeResult<ffi::VarInfo> {
         guard_ctx(&self.failed, || {
-            let i = usize::try_from(index)
-                .map_err(|_| Error::arg(format!("variable identifier {index} is negative (identifiers are 0-based)")))?;
+            let i = usize::try_from(index).map_err(|_| {
+                Error::arg(format!("variable identifier {index} is negative (identifiers are 0-based)"))
+            })?;
             let v = self.host.var_layout(i)?;
             Ok(ffi::VarInfo { name: v.name, units: v.units, nlev: v.nlev as i32, offset: v.offset, length: v.length })
         })
@@ -444,9 +487,14 @@ impl Context {
 
     fn bsqrt_noise(&mut self, seed: u64, trials: i32) -> BridgeResult<ffi::NoiseFloor> {
         guard_ctx(&self.failed, || {
-            let t = usize::try_from(trials).map_err(|_| Error::arg(format!("bsqrt_noise: trials = {trials} must be in 1..=100")))?;
+            let t = usize::try_from(trials)
+                .map_err(|_| Error::arg(format!("bsqrt_noise: trials = {trials} must be in 1..=100")))?;
             let nf = self.host.bsqrt_noise(seed, t)?;
-            Ok(ffi::NoiseFloor { u_nonlinearity: nf.u_nonlinearity, ut_nonlinearity: nf.ut_nonlinearity, adjoint_mismatch: nf.adjoint_mismatch })
+            Ok(ffi::NoiseFloor {
+                u_nonlinearity: nf.u_nonlinearity,
+                ut_nonlinearity: nf.ut_nonlinearity,
+                adjoint_mismatch: nf.adjoint_mismatch,
+            })
         })
     }
 }

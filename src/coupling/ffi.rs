@@ -15,9 +15,9 @@ use std::ffi::{c_char, c_void, CStr, CString};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::error::{Error, Result, Status};
 use crate::coupling::callbacks::HostStep;
 use crate::coupling::host::{HostContext, HostData, Order};
+use crate::error::{Error, Result, Status};
 use crate::model::backend::catch_quietly;
 
 /// Quality-control flag of one observation, as returned by `lda_obs_qc` (an `int32_t` in C).
@@ -710,7 +710,10 @@ pub extern "C" fn lda_obs_qc(ctx: *mut LdaContext, flags_out: *mut i32, n: usize
         }
         let qc = inner.obs_qc()?;
         if n != qc.len() {
-            return Err(Error::arg(format!("lda_obs_qc: n = {n}, but the last analysis had {} observations", qc.len())));
+            return Err(Error::arg(format!(
+                "lda_obs_qc: n = {n}, but the last analysis had {} observations",
+                qc.len()
+            )));
         }
         for (i, f) in qc.iter().enumerate() {
             // SAFETY: flags_out holds n values (contract).
@@ -736,7 +739,10 @@ pub extern "C" fn lda_report_json(ctx: *mut LdaContext, buf: *mut c_char, len: u
             unsafe { *needed = bytes.len() };
         }
         if buf.is_null() || len < bytes.len() {
-            return Err(Error::new(Status::BufferTooSmall, format!("report needs {} bytes, buffer has {len}", bytes.len())));
+            return Err(Error::new(
+                Status::BufferTooSmall,
+                format!("report needs {} bytes, buffer has {len}", bytes.len()),
+            ));
         }
         // SAFETY: buf holds len >= bytes.len() bytes.
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr() as *const c_char, buf, bytes.len()) };
@@ -758,7 +764,8 @@ pub(crate) fn report_lookup(json: &str, path: &str) -> Result<f64> {
             },
             _ => None,
         };
-        cur = next.ok_or_else(|| Error::arg(format!("lda_report_number: report has no entry '{key}' in path '{path}'")))?;
+        cur =
+            next.ok_or_else(|| Error::arg(format!("lda_report_number: report has no entry '{key}' in path '{path}'")))?;
     }
     match cur {
         serde_json::Value::Number(x) => x
@@ -1003,7 +1010,11 @@ pub extern "C" fn lda_grid_coords(
 ) -> i32 {
     with_ctx(ctx, |inner| {
         let lay = inner.layout();
-        let parts = [("lat_out", lat_out, nlat, &lay.grid.lat), ("lon_out", lon_out, nlon, &lay.grid.lon), ("lev_out", lev_out, nlev, &lay.vertical.levels)];
+        let parts = [
+            ("lat_out", lat_out, nlat, &lay.grid.lat),
+            ("lon_out", lon_out, nlon, &lay.grid.lon),
+            ("lev_out", lev_out, nlev, &lay.vertical.levels),
+        ];
         for (what, p, n, v) in &parts {
             if !p.is_null() && *n != v.len() {
                 return Err(Error::arg(format!("lda_grid_coords: '{what}' has length {n}, the grid has {}", v.len())));
@@ -1035,7 +1046,8 @@ pub extern "C" fn lda_var_count(ctx: *mut LdaContext, n_out: *mut i32) -> i32 {
 }
 
 fn var_id(index: i32) -> Result<usize> {
-    usize::try_from(index).map_err(|_| Error::arg(format!("variable identifier {index} is negative (identifiers are 0-based)")))
+    usize::try_from(index)
+        .map_err(|_| Error::arg(format!("variable identifier {index} is negative (identifiers are 0-based)")))
 }
 
 /// Name of variable `index` (0-based identifier) as a NUL-terminated string in `buf` (at most 256 bytes plus the
@@ -1043,14 +1055,23 @@ fn var_id(index: i32) -> Result<usize> {
 /// NULL or `len` too small nothing is copied and `LDA_ERR_BUFFER_TOO_SMALL` is returned. An identifier out of
 /// range is `LDA_ERR_INVALID_ARGUMENT`.
 #[no_mangle]
-pub extern "C" fn lda_var_name(ctx: *mut LdaContext, index: i32, buf: *mut c_char, len: usize, needed: *mut usize) -> i32 {
+pub extern "C" fn lda_var_name(
+    ctx: *mut LdaContext,
+    index: i32,
+    buf: *mut c_char,
+    len: usize,
+    needed: *mut usize,
+) -> i32 {
     with_ctx(ctx, |inner| {
         let name = cstring(&inner.var_layout(var_id(index)?)?.name);
         let bytes = name.as_bytes_with_nul();
         // SAFETY: NULL or writable (contract).
         unsafe { put(needed, bytes.len()) };
         if buf.is_null() || len < bytes.len() {
-            return Err(Error::new(Status::BufferTooSmall, format!("variable name needs {} bytes, buffer has {len}", bytes.len())));
+            return Err(Error::new(
+                Status::BufferTooSmall,
+                format!("variable name needs {} bytes, buffer has {len}", bytes.len()),
+            ));
         }
         // SAFETY: buf holds len >= bytes.len() bytes.
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr() as *const c_char, buf, bytes.len()) };
@@ -1106,7 +1127,14 @@ pub extern "C" fn lda_var_layout(
 /// itself and its adjoint is `lda_obs_h_ad`. NaN/Inf in x is `LDA_ERR_INVALID_DATA`; without observations
 /// `LDA_ERR_NOT_READY`. Outputs are written only on success, after x was read (they may overlap x).
 #[no_mangle]
-pub extern "C" fn lda_obs_h(ctx: *mut LdaContext, x: *const f64, nx: usize, hx_out: *mut f64, qc_out: *mut i32, n: usize) -> i32 {
+pub extern "C" fn lda_obs_h(
+    ctx: *mut LdaContext,
+    x: *const f64,
+    nx: usize,
+    hx_out: *mut f64,
+    qc_out: *mut i32,
+    n: usize,
+) -> i32 {
     with_ctx(ctx, |inner| {
         if hx_out.is_null() {
             return Err(null("hx_out"));
@@ -1186,12 +1214,15 @@ pub extern "C" fn lda_bsqrt_noise(
     adjoint_out: *mut f64,
 ) -> i32 {
     with_ctx(ctx, |inner| {
-        for (what, p) in [("u_nonlin_out", u_nonlin_out), ("ut_nonlin_out", ut_nonlin_out), ("adjoint_out", adjoint_out)] {
+        for (what, p) in
+            [("u_nonlin_out", u_nonlin_out), ("ut_nonlin_out", ut_nonlin_out), ("adjoint_out", adjoint_out)]
+        {
             if p.is_null() {
                 return Err(null(what));
             }
         }
-        let t = usize::try_from(trials).map_err(|_| Error::arg(format!("lda_bsqrt_noise: trials = {trials} must be in 1..=100")))?;
+        let t = usize::try_from(trials)
+            .map_err(|_| Error::arg(format!("lda_bsqrt_noise: trials = {trials} must be in 1..=100")))?;
         let nf = inner.bsqrt_noise(seed, t)?;
         // SAFETY: all checked non-null.
         unsafe {

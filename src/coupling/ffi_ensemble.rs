@@ -32,7 +32,9 @@ use super::{copy_in, null, with_ctx, LdaContext};
 pub extern "C" fn lda_set_ensemble(ctx: *mut LdaContext, k: usize, n: usize, members: *const f64, order: i32) -> i32 {
     with_ctx(ctx, |inner| {
         if Order::from_code(order).is_none() {
-            return Err(Error::arg(format!("lda_set_ensemble: order = {order} is neither LDA_ORDER_C nor LDA_ORDER_FORTRAN")));
+            return Err(Error::arg(format!(
+                "lda_set_ensemble: order = {order} is neither LDA_ORDER_C nor LDA_ORDER_FORTRAN"
+            )));
         }
         if k == 0 {
             inner.analyser.clear_ensemble();
@@ -49,9 +51,9 @@ pub extern "C" fn lda_set_ensemble(ctx: *mut LdaContext, k: usize, n: usize, mem
         if members.is_null() {
             return Err(null("members"));
         }
-        let total = k
-            .checked_mul(n)
-            .ok_or_else(|| Error::arg(format!("lda_set_ensemble: k = {k} members of n = {n} values overflow the address space")))?;
+        let total = k.checked_mul(n).ok_or_else(|| {
+            Error::arg(format!("lda_set_ensemble: k = {k} members of n = {n} values overflow the address space"))
+        })?;
         // SAFETY: `members` holds k * n values (contract) and was checked non-null.
         let all = unsafe { copy_in(members, total, "members") }?;
         inner.analyser.set_ensemble(all.chunks_exact(n).map(<[f64]>::to_vec).collect())

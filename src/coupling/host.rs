@@ -11,7 +11,7 @@ use crate::model::forecast::StepModel;
 use crate::obs::operator::ObsOperator;
 use crate::obs::{Observation, QcFlag};
 use crate::var::analysis::Analyser;
-use crate::var::fourd::{FourD, ForecastChecks};
+use crate::var::fourd::{ForecastChecks, FourD};
 use crate::var::options::{BKind, Method, Options, OutputMode};
 
 /// Memory order of a bound host array (the `order` argument of `lda_bind_field_f32`/`_f64`, an `int32_t`).
@@ -204,7 +204,15 @@ impl HostContext {
 
     /// Sets the observations (copied). All slices must have the same, non-zero length; `level` is ignored for surface
     /// variables; unknown variable ids and invalid values are flagged at the analysis, not rejected here.
-    pub fn set_obs(&mut self, var: &[i32], lat: &[f64], lon: &[f64], level: &[f64], value: &[f64], sigma: &[f64]) -> Result<()> {
+    pub fn set_obs(
+        &mut self,
+        var: &[i32],
+        lat: &[f64],
+        lon: &[f64],
+        level: &[f64],
+        value: &[f64],
+        sigma: &[f64],
+    ) -> Result<()> {
         let buf = Self::obs_buffer(var.len())?;
         self.set_obs_in(buf, var, lat, lon, level, value, sigma)
     }
@@ -225,31 +233,40 @@ impl HostContext {
         if n == 0 {
             return Err(Error::arg("set_obs: n = 0 (zero-length observation arrays); pass at least one observation"));
         }
-        let lens = [("lat", lat.len()), ("lon", lon.len()), ("level", level.len()), ("value", value.len()), ("sigma", sigma.len())];
+        let lens = [
+            ("lat", lat.len()),
+            ("lon", lon.len()),
+            ("level", level.len()),
+            ("value", value.len()),
+            ("sigma", sigma.len()),
+        ];
         if let Some((name, l)) = lens.iter().find(|(_, l)| *l != n) {
-            return Err(Error::arg(format!("set_obs: '{name}' has {l} values but 'var' has {n}; all arrays need equal length")));
+            return Err(Error::arg(format!(
+                "set_obs: '{name}' has {l} values but 'var' has {n}; all arrays need equal length"
+            )));
         }
         let lay = &self.analyser.bundle.layout;
         let nvar = lay.variables.len();
         buf.clear();
-        buf.try_reserve_exact(n).map_err(|_| Error::arg(format!("set_obs: cannot allocate memory for n = {n} observations")))?;
+        buf.try_reserve_exact(n)
+            .map_err(|_| Error::arg(format!("set_obs: cannot allocate memory for n = {n} observations")))?;
         buf.extend((0..n).map(|i| {
-                let v = (var[i] >= 0 && (var[i] as usize) < nvar).then_some(var[i] as usize);
-                // No name: the host identifies variables by index (and one allocation per observation would make
-                // a large set fail outside the fallible reservation above).
-                Observation {
-                    var: v,
-                    var_name: String::new(),
-                    lat: lat[i],
-                    lon: lon[i],
-                    level: Some(level[i]).filter(|_| v.is_some_and(|v| !lay.variables[v].is_surface())),
-                    value: value[i],
-                    sigma: sigma[i],
-                    time: 0.0,
-                    line: None,
-                    malformed: None,
-                }
-            }));
+            let v = (var[i] >= 0 && (var[i] as usize) < nvar).then_some(var[i] as usize);
+            // No name: the host identifies variables by index (and one allocation per observation would make
+            // a large set fail outside the fallible reservation above).
+            Observation {
+                var: v,
+                var_name: String::new(),
+                lat: lat[i],
+                lon: lon[i],
+                level: Some(level[i]).filter(|_| v.is_some_and(|v| !lay.variables[v].is_surface())),
+                value: value[i],
+                sigma: sigma[i],
+                time: 0.0,
+                line: None,
+                malformed: None,
+            }
+        }));
         self.obs = buf;
         self.qc = None;
         self.obs_op = None;
@@ -270,10 +287,19 @@ impl HostContext {
     pub fn var_layout(&self, v: usize) -> Result<VarLayout> {
         let lay = self.layout();
         let var = lay.variables.get(v).ok_or_else(|| {
-            Error::arg(format!("variable identifier {v} is out of range: the bundle has {} variables (0-based)", lay.variables.len()))
+            Error::arg(format!(
+                "variable identifier {v} is out of range: the bundle has {} variables (0-based)",
+                lay.variables.len()
+            ))
         })?;
         let r = lay.var_range(v);
-        Ok(VarLayout { name: var.name.clone(), units: var.units.clone(), nlev: var.nlev, offset: r.start, length: r.len() })
+        Ok(VarLayout {
+            name: var.name.clone(),
+            units: var.units.clone(),
+            nlev: var.nlev,
+            offset: r.start,
+            length: r.len(),
+        })
     }
 
     /// H of the observations set and their geometric QC flags (used, invalid, outside the domain or the vertical
@@ -508,7 +534,9 @@ impl HostContext {
     pub fn check_control_len(&self, what: &str, n: usize) -> Result<()> {
         let want = self.control_size()?;
         if n != want {
-            return Err(Error::arg(format!("{what} has {n} values, but the control size (lda_control_size) is {want}")));
+            return Err(Error::arg(format!(
+                "{what} has {n} values, but the control size (lda_control_size) is {want}"
+            )));
         }
         Ok(())
     }

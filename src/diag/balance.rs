@@ -80,8 +80,14 @@ pub fn diagnose(layout: &Layout, x_b: &[f64], x_a: &[f64]) -> Option<BalanceStat
 /// Balance of the increment `x_a - x_b` over the grid points (all levels) where `keep(lat, lon)` holds (near the
 /// equator f vanishes and v_g is meaningless: keep those points out). `None` as for [`diagnose`], or when no point
 /// is kept.
-pub fn diagnose_where(layout: &Layout, x_b: &[f64], x_a: &[f64], keep: impl Fn(f64, f64) -> bool) -> Option<BalanceStats> {
-    let (iu, iv, it, iz) = (layout.var_index("u")?, layout.var_index("v")?, layout.var_index("t")?, layout.var_index("z")?);
+pub fn diagnose_where(
+    layout: &Layout,
+    x_b: &[f64],
+    x_a: &[f64],
+    keep: impl Fn(f64, f64) -> bool,
+) -> Option<BalanceStats> {
+    let (iu, iv, it, iz) =
+        (layout.var_index("u")?, layout.var_index("v")?, layout.var_index("t")?, layout.var_index("z")?);
     let ips = if layout.vertical.kind == VerticalKind::Sigma { Some(layout.var_index("ps")?) } else { None };
     let vars = &layout.variables;
     if [iu, iv, it, iz].iter().any(|&v| vars[v].is_surface()) || layout.grid.nlat() < 3 {

@@ -1,11 +1,11 @@
 //! Self-tests a user can run on any bundle (`latentda check`): adjoint dot-product tests, the Taylor test of the
 //! decoder's TL, AE reconstruction error, and adjoint tests of the B square roots.
 
-use crate::bundle::Bundle;
-use crate::model::autoencoder::Autoencoder;
-use crate::error::Result;
-use crate::model::autoencoder::{denormalise, encode_state};
 use crate::bmat::BOperator;
+use crate::bundle::Bundle;
+use crate::error::Result;
+use crate::model::autoencoder::Autoencoder;
+use crate::model::autoencoder::{denormalise, encode_state};
 pub use crate::numeric::{DotTest, Rng};
 
 /// One row of the Taylor test of a TL against its nonlinear map f at z along dz.
@@ -38,7 +38,12 @@ pub fn taylor_rows(eps_list: &[f64], tl: &[f64], mut f: impl FnMut(f64) -> Resul
             cen += (cd - lin) * (cd - lin);
         }
         let den = den.max(f64::MIN_POSITIVE);
-        rows.push(TaylorRow { eps, ratio: (num / den).sqrt(), remainder: (rem / den).sqrt(), central: (cen / den).sqrt() });
+        rows.push(TaylorRow {
+            eps,
+            ratio: (num / den).sqrt(),
+            remainder: (rem / den).sqrt(),
+            central: (cen / den).sqrt(),
+        });
     }
     Ok(rows)
 }
@@ -144,11 +149,16 @@ pub fn decoder_dot_test(ae: &mut Autoencoder, z: &[f32], trials: usize, seed: u6
 }
 
 /// Taylor test of the decoder TL at z along a random direction scaled like the latent background error.
-pub fn decoder_taylor_test(bundle: &Bundle, ae: &mut Autoencoder, z: &[f32], eps_list: &[f64], seed: u64) -> Result<Vec<TaylorRow>> {
+pub fn decoder_taylor_test(
+    bundle: &Bundle,
+    ae: &mut Autoencoder,
+    z: &[f32],
+    eps_list: &[f64],
+    seed: u64,
+) -> Result<Vec<TaylorRow>> {
     let (nz, nx) = (ae.latent_len, ae.state_len);
     let mut rng = Rng::new(seed);
-    let dz: Vec<f64> =
-        rng.normals(nz).iter().zip(&bundle.latent_variance).map(|(r, v)| r * v.sqrt()).collect();
+    let dz: Vec<f64> = rng.normals(nz).iter().zip(&bundle.latent_variance).map(|(r, v)| r * v.sqrt()).collect();
     let dz32: Vec<f32> = dz.iter().map(|v| *v as f32).collect();
     let mut tl = vec![0f32; nx];
     ae.tl(z, &dz32, &mut tl)?;

@@ -130,7 +130,11 @@ mod tests {
         let rel = 1.0 - (2.0 * h).sin() / (2.0 * h);
         for j in 1..35 {
             let exact = 2.0 * uu * g.lat[j].to_radians().sin() / EARTH_RADIUS_M;
-            assert!((z[j * 72 + 5] - exact * (1.0 - rel)).abs() <= 1e-9 * exact.abs().max(1e-12), "row {j}: {} vs {exact}", z[j * 72 + 5]);
+            assert!(
+                (z[j * 72 + 5] - exact * (1.0 - rel)).abs() <= 1e-9 * exact.abs().max(1e-12),
+                "row {j}: {} vs {exact}",
+                z[j * 72 + 5]
+            );
         }
         assert!(z[5].is_nan() && z[35 * 72].is_nan());
     }

@@ -4,10 +4,10 @@
 
 use std::time::Instant;
 
-use crate::model::backend::{ensure_backend, BackendInfo, ExecOptions, OnnxModel, TensorSpec};
-use crate::model::scale::ChannelScale;
 use crate::bundle::{Bundle, ModelRole};
 use crate::error::Result;
+use crate::model::backend::{ensure_backend, BackendInfo, ExecOptions, OnnxModel, TensorSpec};
+use crate::model::scale::ChannelScale;
 
 /// Wall time and call counts of model runs, reset per analysis.
 #[derive(Debug, Clone, Default, serde::Serialize)]

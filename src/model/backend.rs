@@ -113,7 +113,14 @@ pub struct ExecOptions {
 
 impl Default for ExecOptions {
     fn default() -> Self {
-        ExecOptions { backend: BackendKind::Tract, ort_library: None, device: Device::Cpu, threads: 1, cuda_tf32: false, choice: None }
+        ExecOptions {
+            backend: BackendKind::Tract,
+            ort_library: None,
+            device: Device::Cpu,
+            threads: 1,
+            cuda_tf32: false,
+            choice: None,
+        }
     }
 }
 
@@ -144,7 +151,8 @@ pub fn find_onnxruntime_wheel() -> Option<PathBuf> {
 }
 
 fn sorted_dir(dir: &std::path::Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    let mut v: Vec<PathBuf> =
+        std::fs::read_dir(dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
     v.sort();
     v
 }
@@ -171,9 +179,15 @@ pub fn resolve_auto(ort_library: Option<PathBuf>, device: Device) -> Result<(Bac
         Ok((BackendKind::Tract, None, format!("auto: tract, {why}")))
     };
     match found {
-        None => tract("no ONNX Runtime library found (option ort_library, ORT_DYLIB_PATH, onnxruntime Python wheel)".into()),
+        None => {
+            tract("no ONNX Runtime library found (option ort_library, ORT_DYLIB_PATH, onnxruntime Python wheel)".into())
+        }
         Some((path, source)) => {
-            let probe = ExecOptions { backend: BackendKind::OnnxRuntime, ort_library: Some(path.clone()), ..Default::default() };
+            let probe = ExecOptions {
+                backend: BackendKind::OnnxRuntime,
+                ort_library: Some(path.clone()),
+                ..Default::default()
+            };
             match ensure_backend(&probe) {
                 Ok(_) => Ok((BackendKind::OnnxRuntime, Some(path), format!("auto: ONNX Runtime from {source}"))),
                 Err(e) => tract(format!("ONNX Runtime from {source} cannot be used ({})", e.message)),
@@ -361,7 +375,9 @@ fn load_onnxruntime(path: &std::path::Path) -> Result<(BackendInfo, libloading::
 /// for a different library fails, naming both, rather than silently running on the first one.
 pub fn ensure_backend(opts: &ExecOptions) -> Result<BackendInfo> {
     let mut info = match opts.backend {
-        BackendKind::Tract => BackendInfo { backend: "tract".into(), detail: format!("tract {TRACT_VERSION} (pure Rust)") },
+        BackendKind::Tract => {
+            BackendInfo { backend: "tract".into(), detail: format!("tract {TRACT_VERSION} (pure Rust)") }
+        }
         BackendKind::OnnxRuntime => ort_active(opts)?.info.clone(),
     };
     if let Some(c) = &opts.choice {
@@ -377,8 +393,7 @@ fn ort_active(opts: &ExecOptions) -> Result<&'static OrtActive> {
     let path = ort_library_path(opts)?;
     let _guard = INIT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(a) = ORT_ACTIVE.get() {
-        let same = a.path == path
-            || matches!((a.path.canonicalize(), path.canonicalize()), (Ok(x), Ok(y)) if x == y);
+        let same = a.path == path || matches!((a.path.canonicalize(), path.canonicalize()), (Ok(x), Ok(y)) if x == y);
         if !same {
             return Err(Error::backend(format!(
                 "ONNX Runtime library '{}' requested, but '{}' is already loaded in this process (one ONNX Runtime \
@@ -504,22 +519,40 @@ fn tract_load(file: &str, bytes: &[u8], inputs: &[TensorSpec], output: &TensorSp
         let typed = parsed.model.into_typed().map_err(|e| bad(format!("{e:#}")))?;
         // tract's typed graph lists inputs and outputs in the order of the ONNX graph's declarations.
         if typed.inputs.len() != names.len() || typed.outputs.len() != outs.len() {
-            return Err(bad(format!("{} inputs and {} outputs declared, tract sees {} and {}", names.len(), outs.len(), typed.inputs.len(), typed.outputs.len())));
+            return Err(bad(format!(
+                "{} inputs and {} outputs declared, tract sees {} and {}",
+                names.len(),
+                outs.len(),
+                typed.inputs.len(),
+                typed.outputs.len()
+            )));
         }
         check_input_names(file, &names, inputs)?;
-        let dims_of = |f: &TypedFact| -> Vec<i64> {
-            f.shape.iter().map(|d| d.to_i64().unwrap_or(-1)).collect()
-        };
+        let dims_of = |f: &TypedFact| -> Vec<i64> { f.shape.iter().map(|d| d.to_i64().unwrap_or(-1)).collect() };
         for spec in inputs {
             let i = names.iter().position(|n| n == spec.name).expect("names checked");
             let f = typed.input_fact(i).map_err(|e| bad(format!("{e:#}")))?;
-            check_signature(file, "input", spec, f.datum_type == tract_onnx::prelude::DatumType::F32, &dims_of(f), &format!("{:?}", f.datum_type))?;
+            check_signature(
+                file,
+                "input",
+                spec,
+                f.datum_type == tract_onnx::prelude::DatumType::F32,
+                &dims_of(f),
+                &format!("{:?}", f.datum_type),
+            )?;
         }
         let o = outs.iter().position(|n| n == output.name).ok_or_else(|| {
             Error::bundle(format!("{file}: outputs are {outs:?}, expected one named '{}'", output.name))
         })?;
         let f = typed.output_fact(o).map_err(|e| bad(format!("{e:#}")))?;
-        check_signature(file, "output", output, f.datum_type == tract_onnx::prelude::DatumType::F32, &dims_of(f), &format!("{:?}", f.datum_type))?;
+        check_signature(
+            file,
+            "output",
+            output,
+            f.datum_type == tract_onnx::prelude::DatumType::F32,
+            &dims_of(f),
+            &format!("{:?}", f.datum_type),
+        )?;
         let plan = typed
             .with_input_names(inputs.iter().map(|s| s.name))
             .and_then(|g| g.into_runnable())
@@ -532,7 +565,13 @@ fn tract_load(file: &str, bytes: &[u8], inputs: &[TensorSpec], output: &TensorSp
     }
 }
 
-fn ort_load(file: &str, bytes: &[u8], opts: &ExecOptions, inputs: &[TensorSpec], output: &TensorSpec) -> Result<Engine> {
+fn ort_load(
+    file: &str,
+    bytes: &[u8],
+    opts: &ExecOptions,
+    inputs: &[TensorSpec],
+    output: &TensorSpec,
+) -> Result<Engine> {
     let active = ort_active(opts)?;
     let mut b = Session::builder(&active.env).map_err(ort_err(file))?;
     b = b.with_intra_threads(opts.threads.max(1)).map_err(|e| Error::backend(format!("{file}: {e}")))?;
@@ -543,9 +582,8 @@ fn ort_load(file: &str, bytes: &[u8], opts: &ExecOptions, inputs: &[TensorSpec],
             Error::backend(format!("device cuda:{n} requested but the CUDA execution provider cannot be used: {e}"))
         })?;
     }
-    let session = b
-        .commit_from_memory(bytes)
-        .map_err(|e| Error::bundle(format!("{file}: cannot load ONNX graph: {e}")))?;
+    let session =
+        b.commit_from_memory(bytes).map_err(|e| Error::bundle(format!("{file}: cannot load ONNX graph: {e}")))?;
     let names: Vec<String> = session.inputs().iter().map(|o| o.name().to_string()).collect();
     check_input_names(file, &names, inputs)?;
     for spec in inputs {
@@ -553,9 +591,10 @@ fn ort_load(file: &str, bytes: &[u8], opts: &ExecOptions, inputs: &[TensorSpec],
         check_outlet(file, "input", o, spec)?;
     }
     let outs: Vec<String> = session.outputs().iter().map(|o| o.name().to_string()).collect();
-    let o = session.outputs().iter().find(|o| o.name() == output.name).ok_or_else(|| {
-        Error::bundle(format!("{file}: outputs are {outs:?}, expected one named '{}'", output.name))
-    })?;
+    let o =
+        session.outputs().iter().find(|o| o.name() == output.name).ok_or_else(|| {
+            Error::bundle(format!("{file}: outputs are {outs:?}, expected one named '{}'", output.name))
+        })?;
     check_outlet(file, "output", o, output)?;
     // Only the wanted output, written into a tensor allocated once here.
     let out = Tensor::<f32>::from_array((output.batch1(), vec![0f32; output.len1()])).map_err(ort_err(file))?;
@@ -567,7 +606,13 @@ fn ort_load(file: &str, bytes: &[u8], opts: &ExecOptions, inputs: &[TensorSpec],
 impl OnnxModel {
     /// Creates a session from verified bytes and checks input/output names, types and shapes; then runs the graph
     /// once on zeros, so a graph that cannot run fails at open rather than in the first analysis.
-    pub fn new(file: &str, bytes: &[u8], opts: &ExecOptions, inputs: Vec<TensorSpec>, output: TensorSpec) -> Result<Self> {
+    pub fn new(
+        file: &str,
+        bytes: &[u8],
+        opts: &ExecOptions,
+        inputs: Vec<TensorSpec>,
+        output: TensorSpec,
+    ) -> Result<Self> {
         if let Device::Cuda(n) = opts.device {
             if opts.backend != BackendKind::OnnxRuntime {
                 return Err(Error::backend(format!(
@@ -584,7 +629,8 @@ impl OnnxModel {
         let zeros: Vec<Vec<f32>> = m.inputs.iter().map(|s| vec![0f32; s.len1()]).collect();
         let refs: Vec<&[f32]> = zeros.iter().map(Vec::as_slice).collect();
         let mut out = vec![0f32; m.output.len1()];
-        m.run(&refs, &mut out).map_err(|e| Error::bundle(format!("{file}: the graph does not run on zero inputs: {}", e.message)))?;
+        m.run(&refs, &mut out)
+            .map_err(|e| Error::bundle(format!("{file}: the graph does not run on zero inputs: {}", e.message)))?;
         Ok(m)
     }
 
@@ -593,13 +639,21 @@ impl OnnxModel {
         let file = &self.file;
         for (spec, data) in self.inputs.iter().zip(inputs) {
             if data.len() != spec.len1() {
-                return Err(Error::arg(format!("{file}: input '{}' needs {} values, got {}", spec.name, spec.len1(), data.len())));
+                return Err(Error::arg(format!(
+                    "{file}: input '{}' needs {} values, got {}",
+                    spec.name,
+                    spec.len1(),
+                    data.len()
+                )));
             }
         }
         let want = out.len();
         let check_len = |n: usize| -> Result<()> {
             if n != want {
-                return Err(Error::backend(format!("{file}: output '{}' has {n} values, expected {want}", self.output.name)));
+                return Err(Error::backend(format!(
+                    "{file}: output '{}' has {n} values, expected {want}",
+                    self.output.name
+                )));
             }
             Ok(())
         };
@@ -609,7 +663,8 @@ impl OnnxModel {
                     let mut values = tract_onnx::prelude::TVec::new();
                     for (spec, data) in self.inputs.iter().zip(inputs) {
                         let shape: Vec<usize> = spec.batch1().iter().map(|&d| d as usize).collect();
-                        let t = tract_onnx::prelude::Tensor::from_shape(&shape, data).map_err(|e| format!("input '{}': {e:#}", spec.name))?;
+                        let t = tract_onnx::prelude::Tensor::from_shape(&shape, data)
+                            .map_err(|e| format!("input '{}': {e:#}", spec.name))?;
                         values.push(TValue::from(t));
                     }
                     let outs = plan.run(values).map_err(|e| format!("run failed: {e:#}"))?;
@@ -632,8 +687,9 @@ impl OnnxModel {
                     let t = TensorRef::from_array_view((spec.batch1(), *data)).map_err(ort_err(file))?;
                     values.push((std::borrow::Cow::Borrowed(spec.name), ort::session::SessionInputValue::from(t)));
                 }
-                let outputs =
-                    session.run_with_options(values, run).map_err(|e| Error::backend(format!("{file}: run failed: {e}")))?;
+                let outputs = session
+                    .run_with_options(values, run)
+                    .map_err(|e| Error::backend(format!("{file}: run failed: {e}")))?;
                 let v = outputs
                     .get(self.output.name)
                     .ok_or_else(|| Error::backend(format!("{file}: output '{}' missing", self.output.name)))?;
@@ -664,6 +720,10 @@ mod tests {
         assert_eq!(QUIET_DEPTH.with(|d| d.get()), 0);
         assert_eq!(catch_quietly(|| 7).ok(), Some(7));
         let e = catch_quietly(|| -> u8 { panic!("bang") }).err().unwrap().into_error("C");
-        assert!(e.message.contains("(panic caught at the C boundary): bang (at src/model/backend.rs:"), "{}", e.message);
+        assert!(
+            e.message.contains("(panic caught at the C boundary): bang (at src/model/backend.rs:"),
+            "{}",
+            e.message
+        );
     }
 }

@@ -7,7 +7,10 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::bundle::probe::{dim_name, graph_file, rel_diff, specs, update_manifest, var_name, GraphProbe, DEFAULT_FILE, DEFAULT_TOLERANCE, SEED, TF32_TOLERANCE};
+use crate::bundle::probe::{
+    dim_name, graph_file, rel_diff, specs, update_manifest, var_name, GraphProbe, DEFAULT_FILE, DEFAULT_TOLERANCE,
+    SEED, TF32_TOLERANCE,
+};
 use crate::bundle::{ncio, Bundle, ForecastSpace};
 use crate::error::{Error, Result};
 use crate::model::autoencoder::Autoencoder;
@@ -49,7 +52,11 @@ impl SelfTest {
         match self.status.as_str() {
             "passed" => {
                 let worst = self.worst().map_or(String::new(), |(g, d)| format!(", largest difference {d:.1e} ({g})"));
-                let warn = if self.warnings.is_empty() { String::new() } else { format!("; WARNING: {}", self.warnings.join("; ")) };
+                let warn = if self.warnings.is_empty() {
+                    String::new()
+                } else {
+                    format!("; WARNING: {}", self.warnings.join("; "))
+                };
                 format!(
                     "passed: {} graphs on their probes in {:.1} ms (tolerance {:.0e} relative{worst}){warn}",
                     self.graphs.len(),
@@ -63,16 +70,22 @@ impl SelfTest {
     }
 }
 
-
 /// Runs graph `graph` of the autoencoder or step model on `inputs`, writing its output to `out`.
-fn run_graph(graph: &str, inputs: &[&[f32]], ae: &mut Autoencoder, step: Option<&mut OnnxStep>, out: &mut [f32]) -> Result<()> {
+fn run_graph(
+    graph: &str,
+    inputs: &[&[f32]],
+    ae: &mut Autoencoder,
+    step: Option<&mut OnnxStep>,
+    out: &mut [f32],
+) -> Result<()> {
     match graph {
         "encoder" => ae.encode(inputs[0], out),
         "decoder" => ae.decode(inputs[0], out),
         "decoder_tl" => ae.tl(inputs[0], inputs[1], out),
         "decoder_ad" => ae.ad(inputs[0], inputs[1], out),
         "step" | "step_tl" | "step_ad" => {
-            let st = step.ok_or_else(|| Error::bundle(format!("graph '{graph}' probed, but the step model is not loaded")))?;
+            let st =
+                step.ok_or_else(|| Error::bundle(format!("graph '{graph}' probed, but the step model is not loaded")))?;
             let f = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
             let mut o = vec![0.0f64; out.len()];
             match graph {
@@ -101,7 +114,13 @@ pub fn tolerance_for(declared: f64, exec: &ExecOptions) -> f64 {
 /// one. A difference above the tolerance (or a non-finite output) is a bundle error naming the graph, its file and
 /// the difference. `enabled = false` (option `self_test`) skips it; a bundle without probes passes with a warning
 /// (bundles written before the probes existed keep opening).
-pub fn self_test(bundle: &Bundle, ae: &mut Autoencoder, mut step: Option<&mut OnnxStep>, enabled: bool, exec: &ExecOptions) -> Result<SelfTest> {
+pub fn self_test(
+    bundle: &Bundle,
+    ae: &mut Autoencoder,
+    mut step: Option<&mut OnnxStep>,
+    enabled: bool,
+    exec: &ExecOptions,
+) -> Result<SelfTest> {
     if !enabled {
         return Ok(SelfTest { status: "off".into(), ..Default::default() });
     }
@@ -141,7 +160,10 @@ pub fn self_test(bundle: &Bundle, ae: &mut Autoencoder, mut step: Option<&mut On
         let mut out = vec![0f32; g.output.1.len()];
         let file = graph_file(bundle, &g.graph);
         run_graph(&g.graph, &inputs, ae, step.as_deref_mut(), &mut out).map_err(|e| {
-            Error::bundle(format!("known-answer self-test: graph '{}' ({file}) fails on its probe: {}", g.graph, e.message))
+            Error::bundle(format!(
+                "known-answer self-test: graph '{}' ({file}) fails on its probe: {}",
+                g.graph, e.message
+            ))
         })?;
         let d = rel_diff(&out, &g.output.1);
         if !(d <= tol) {
@@ -164,7 +186,13 @@ pub fn self_test(bundle: &Bundle, ae: &mut Autoencoder, mut step: Option<&mut On
     let warnings = p
         .missing
         .iter()
-        .map(|g| format!("graph '{g}' has no probe in {} (rewrite them with `latentda probes {}`)", p.file, bundle.dir.display()))
+        .map(|g| {
+            format!(
+                "graph '{g}' has no probe in {} (rewrite them with `latentda probes {}`)",
+                p.file,
+                bundle.dir.display()
+            )
+        })
         .collect();
     Ok(SelfTest { status: "passed".into(), seconds: t.elapsed().as_secs_f64(), tolerance: tol, graphs, warnings })
 }
@@ -183,7 +211,8 @@ fn smooth_state(bundle: &Bundle, rng: &mut Rng) -> Vec<f32> {
     let mut x = Vec::with_capacity(bundle.layout.state_len());
     for _ in 0..bundle.layout.nchan {
         let a0 = rng.normal();
-        let waves: Vec<(f64, f64)> = (0..3).map(|_| (rng.normal(), 2.0 * std::f64::consts::PI * rng.uniform())).collect();
+        let waves: Vec<(f64, f64)> =
+            (0..3).map(|_| (rng.normal(), 2.0 * std::f64::consts::PI * rng.uniform())).collect();
         for i in 0..nlat {
             let phi = g.lat[i].to_radians();
             for j in 0..nlon {
@@ -215,13 +244,16 @@ pub fn generate(bundle: &Bundle, ae: &mut Autoencoder, mut step: Option<&mut Onn
     ae.encode(&xn, &mut ze)?;
     let check = |g: &str, v: &[f32]| -> Result<()> {
         match v.iter().position(|x| !x.is_finite()) {
-            Some(i) => Err(Error::bundle(format!("graph '{g}' gives a non-finite output at index {i} on its probe: cannot write probes"))),
+            Some(i) => Err(Error::bundle(format!(
+                "graph '{g}' gives a non-finite output at index {i} on its probe: cannot write probes"
+            ))),
             None => Ok(()),
         }
     };
     check("encoder", &ze)?;
     let z: Vec<f32> = ze.iter().zip(scaled_normals(&mut rng, nz, &sd)).map(|(a, b)| a + b).collect();
-    let mut probes = vec![GraphProbe { graph: "encoder".into(), inputs: vec![("x".into(), xn.clone())], output: ("z".into(), ze) }];
+    let mut probes =
+        vec![GraphProbe { graph: "encoder".into(), inputs: vec![("x".into(), xn.clone())], output: ("z".into(), ze) }];
     let dz = scaled_normals(&mut rng, nz, &sd);
     let dx = scaled_normals(&mut rng, nx, &one);
     // (graph, named inputs, output name, output length)
@@ -294,9 +326,12 @@ pub fn write(dir: &Path, exec: &ExecOptions) -> Result<Written> {
     let mut ae = Autoencoder::load(&bundle, exec)?;
     let mut step = OnnxStep::load(&bundle, exec)?;
     let probes = generate(&bundle, &mut ae, step.as_mut())?;
-    let (file, tolerance) = bundle.probes_declared.clone().unwrap_or_else(|| (DEFAULT_FILE.to_string(), DEFAULT_TOLERANCE));
+    let (file, tolerance) =
+        bundle.probes_declared.clone().unwrap_or_else(|| (DEFAULT_FILE.to_string(), DEFAULT_TOLERANCE));
     if bundle.data_files().contains(&file) || file == "bundle.toml" {
-        return Err(Error::bundle(format!("probes.file = '{file}' names another file of the bundle: refusing to overwrite it")));
+        return Err(Error::bundle(format!(
+            "probes.file = '{file}' names another file of the bundle: refusing to overwrite it"
+        )));
     }
     let path = dir.join(&file);
     let mut dims: Vec<(String, usize)> = vec![("state".into(), bundle.layout.state_len())];
@@ -334,10 +369,12 @@ pub fn write(dir: &Path, exec: &ExecOptions) -> Result<Written> {
     let pending = ncio::write_f32_vars_pending(&path, &dims, &vars, &global)?;
     let digest = sha256_file(pending.path())?;
     let manifest = dir.join("bundle.toml");
-    let text = std::fs::read_to_string(&manifest).map_err(|e| Error::io(format!("cannot read '{}': {e}", manifest.display())))?;
+    let text = std::fs::read_to_string(&manifest)
+        .map_err(|e| Error::io(format!("cannot read '{}': {e}", manifest.display())))?;
     let new_text = update_manifest(&text, &file, tolerance, &digest);
-    let parsed: toml::Table = toml::from_str(&new_text)
-        .map_err(|e| Error::bundle(format!("cannot update '{}' (the edited manifest does not parse: {e})", manifest.display())))?;
+    let parsed: toml::Table = toml::from_str(&new_text).map_err(|e| {
+        Error::bundle(format!("cannot update '{}' (the edited manifest does not parse: {e})", manifest.display()))
+    })?;
     let declared_file = parsed.get("probes").and_then(|p| p.get("file")).and_then(|f| f.as_str());
     let declared_sum = parsed.get("checksums").and_then(|c| c.get(&file)).and_then(|d| d.as_str());
     if declared_file != Some(file.as_str()) || declared_sum != Some(digest.as_str()) {
@@ -352,7 +389,14 @@ pub fn write(dir: &Path, exec: &ExecOptions) -> Result<Written> {
     let reopened = Bundle::open(dir)?;
     let st = self_test(&reopened, &mut ae, step.as_mut(), true, exec)?;
     let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-    Ok(Written { path, graphs: probes.iter().map(|p| p.graph.clone()).collect(), tolerance, bytes, backend: ae.info.detail.clone(), self_test: st })
+    Ok(Written {
+        path,
+        graphs: probes.iter().map(|p| p.graph.clone()).collect(),
+        tolerance,
+        bytes,
+        backend: ae.info.detail.clone(),
+        self_test: st,
+    })
 }
 
 #[cfg(test)]

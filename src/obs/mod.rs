@@ -8,8 +8,8 @@ pub use qc::{sigma_floors, QcFlag, MIN_SIGMA_REL};
 
 use std::path::Path;
 
-use crate::error::{Error, Result};
 use crate::bundle::grid::Layout;
+use crate::error::{Error, Result};
 
 /// One point observation.
 #[derive(Debug, Clone)]

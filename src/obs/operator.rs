@@ -86,7 +86,12 @@ impl ObsOperator {
     /// observation whose error sd is below `sigma_floor[v]` for its variable `v` is flagged `Invalid` (see
     /// [`crate::obs::sigma_floors`]); an empty `sigma_floor` means no floor. Memory is reserved fallibly: too many
     /// observations is an error, not an abort.
-    pub fn try_build(layout: &Layout, obs: &[Observation], flags: &mut [QcFlag], sigma_floor: &[f64]) -> Result<ObsOperator> {
+    pub fn try_build(
+        layout: &Layout,
+        obs: &[Observation],
+        flags: &mut [QcFlag],
+        sigma_floor: &[f64],
+    ) -> Result<ObsOperator> {
         Self::try_build_in_window(layout, obs, &[], 1, flags, sigma_floor)
     }
 
@@ -106,7 +111,9 @@ impl ObsOperator {
             rows: try_with_capacity(obs.len(), "the observation operator")?,
             idx: try_with_capacity(obs.len().saturating_mul(STRIDE), "the observation operator")?,
             w: try_with_capacity(obs.len().saturating_mul(STRIDE), "the observation operator")?,
-            state_len: n.checked_mul(nslots).ok_or_else(|| Error::arg(format!("{nslots} time slots overflow the state length")))?,
+            state_len: n
+                .checked_mul(nslots)
+                .ok_or_else(|| Error::arg(format!("{nslots} time slots overflow the state length")))?,
         };
         for (i, o) in obs.iter().enumerate() {
             match (locate(layout, o), slots.get(i).copied().unwrap_or(Ok(0))) {

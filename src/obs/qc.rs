@@ -83,7 +83,14 @@ pub fn sigma_floors(layout: &Layout, std: &[f64]) -> Vec<f64> {
 /// Background check: flags [`QcFlag::BackgroundCheck`] on every row of `h` with
 /// |y - H x_b| > k sqrt(sigma_o^2 + sigma_b^2), sigma_b = H `sd` (the background-error standard deviation, state
 /// layout), and removes those rows from `h` and `hxb`. Returns the number rejected. `k` <= 0 disables the check.
-pub fn background_check(h: &mut ObsOperator, hxb: &mut Vec<f64>, obs: &[Observation], sd: &[f64], k: f64, qc: &mut [QcFlag]) -> usize {
+pub fn background_check(
+    h: &mut ObsOperator,
+    hxb: &mut Vec<f64>,
+    obs: &[Observation],
+    sd: &[f64],
+    k: f64,
+    qc: &mut [QcFlag],
+) -> usize {
     if !(k > 0.0) {
         return 0;
     }

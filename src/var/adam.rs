@@ -19,7 +19,11 @@ use crate::var::solver::{ControlSpace, Evaluator, IterRecord, Problem, SolveInfo
 pub const PATIENCE: usize = 5;
 
 /// Runs `params.adam_steps` Adam steps from w = 0; returns (w, dx(w), info) like the Gauss-Newton solver.
-pub fn minimise(ctrl: &mut dyn ControlSpace, p: &Problem, params: &SolverParams) -> Result<(Vec<f64>, Vec<f64>, SolveInfo)> {
+pub fn minimise(
+    ctrl: &mut dyn ControlSpace,
+    p: &Problem,
+    params: &SolverParams,
+) -> Result<(Vec<f64>, Vec<f64>, SolveInfo)> {
     let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8);
     let n = ctrl.size();
     let mut ev = Evaluator::new(p);
@@ -58,7 +62,10 @@ pub fn minimise(ctrl: &mut dyn ControlSpace, p: &Problem, params: &SolverParams)
                 stop_reason: if reached {
                     "converged".to_string()
                 } else {
-                    format!("Adam runs a fixed number of steps (adam_steps = {}) and did not reach the gradient target", params.adam_steps)
+                    format!(
+                        "Adam runs a fixed number of steps (adam_steps = {}) and did not reach the gradient target",
+                        params.adam_steps
+                    )
                 },
                 j_initial,
                 j_final: j,

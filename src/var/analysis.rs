@@ -189,7 +189,8 @@ impl Analyser {
         let exec = options.exec()?;
         let mut ae = Autoencoder::load(&bundle, &exec)?;
         let mut forecast = OnnxStep::load(&bundle, &exec)?;
-        let self_test = crate::model::selftest::self_test(&bundle, &mut ae, forecast.as_mut(), options.self_test, &exec)?;
+        let self_test =
+            crate::model::selftest::self_test(&bundle, &mut ae, forecast.as_mut(), options.self_test, &exec)?;
         ae.timings = Default::default();
         Ok(Analyser { bundle, ae, options, forecast, self_test, cache: BCache::default(), ensemble: None })
     }
@@ -205,8 +206,12 @@ impl Analyser {
     pub fn set_options(&mut self, options: Options) -> Result<()> {
         options.validate()?;
         let o = &self.options;
-        if (&options.backend, &options.device, options.threads, &options.ort_library) != (&o.backend, &o.device, o.threads, &o.ort_library) {
-            return Err(Error::arg("backend, device, threads and ort_library are fixed at open: open a new Analyser to change them"));
+        if (&options.backend, &options.device, options.threads, &options.ort_library)
+            != (&o.backend, &o.device, o.threads, &o.ort_library)
+        {
+            return Err(Error::arg(
+                "backend, device, threads and ort_library are fixed at open: open a new Analyser to change them",
+            ));
         }
         self.options = options;
         Ok(())
@@ -252,7 +257,9 @@ impl Analyser {
         let beta_tropics = o.hybrid_beta_tropics.or(h.beta_tropics).unwrap_or(beta);
         let band_lat = o.hybrid_band_lat.or(h.band_lat).unwrap_or(crate::var::options::DEFAULT_HYBRID_BAND_LAT);
         if alpha_tropics == 0.0 && beta_tropics == 0.0 {
-            return Err(Error::arg("hybrid_alpha_tropics and hybrid_beta_tropics are both 0: the hybrid B would be zero in the tropics"));
+            return Err(Error::arg(
+                "hybrid_alpha_tropics and hybrid_beta_tropics are both 0: the hybrid B would be zero in the tropics",
+            ));
         }
         let lay = &self.bundle.layout;
         let keep = match o.hybrid_variables.as_ref().or(h.variables.as_ref()) {
@@ -261,7 +268,10 @@ impl Analyser {
                 let mut keep = vec![false; lay.variables.len()];
                 for n in names {
                     let v = lay.var_index(n).ok_or_else(|| {
-                        Error::arg(format!("hybrid_variables names '{n}', which is not a variable of bundle '{}'", self.bundle.name))
+                        Error::arg(format!(
+                            "hybrid_variables names '{n}', which is not a variable of bundle '{}'",
+                            self.bundle.name
+                        ))
                     })?;
                     keep[v] = true;
                 }
@@ -293,8 +303,9 @@ impl Analyser {
             let z = z.ok_or_else(|| Error::arg("the latent and hybrid B operators need a linearisation point"))?;
             let weight = self.latent_weight(kind)?;
             let mult = weight * self.options.latent_variance_factor.unwrap_or(1.0);
-            let same_point =
-                |l: &LatentB| l.point().len() == z.len() && l.point().iter().zip(z).all(|(a, b)| a.to_bits() == b.to_bits());
+            let same_point = |l: &LatentB| {
+                l.point().len() == z.len() && l.point().iter().zip(z).all(|(a, b)| a.to_bits() == b.to_bits())
+            };
             self.cache.latent.retain(|(_, l)| same_point(l));
             if !self.cache.latent.iter().any(|(m, _)| *m == mult) {
                 let b = &self.bundle;
@@ -311,12 +322,20 @@ impl Analyser {
                 if self.bundle.baseline.is_none() {
                     return Err(Error::new(
                         Status::NotReady,
-                        format!("the {} B needs baseline statistics, but bundle '{}' has none", kind.name(), self.bundle.name),
+                        format!(
+                            "the {} B needs baseline statistics, but bundle '{}' has none",
+                            kind.name(),
+                            self.bundle.name
+                        ),
                     ));
                 }
                 self.cache.statics = Some((factor, StaticB::for_bundle(&self.bundle, factor)?));
             }
-            let keep = if kind == BKind::Hybrid { self.hybrid_settings()?.keep } else { vec![true; self.bundle.layout.variables.len()] };
+            let keep = if kind == BKind::Hybrid {
+                self.hybrid_settings()?.keep
+            } else {
+                vec![true; self.bundle.layout.variables.len()]
+            };
             let st = &mut self.cache.statics.as_mut().expect("set above").1;
             st.set_selection(&self.bundle.layout, &keep);
             n += st.size();
@@ -332,16 +351,26 @@ impl Analyser {
             return Ok(latent);
         }
         let hydro = crate::bmat::hydrostatic::Hydrostatic::for_bundle(b)?;
-        let keep = if kind == BKind::Hybrid { self.hybrid_settings()?.keep } else { vec![true; b.layout.variables.len()] };
+        let keep =
+            if kind == BKind::Hybrid { self.hybrid_settings()?.keep } else { vec![true; b.layout.variables.len()] };
         Ok(latent + StaticB::active_channels(&b.layout, hydro.as_ref(), &keep).len() * b.layout.grid.npoints())
     }
 
     /// Lends the B operator of kind `kind`, prepared by [`Analyser::prepare_b`], and the ONNX sessions to `f`.
-    pub fn with_b<R>(&mut self, kind: BKind, f: impl FnOnce(&mut dyn BOperator, &mut Autoencoder) -> Result<R>) -> Result<R> {
+    pub fn with_b<R>(
+        &mut self,
+        kind: BKind,
+        f: impl FnOnce(&mut dyn BOperator, &mut Autoencoder) -> Result<R>,
+    ) -> Result<R> {
         let not_ready = || Error::new(Status::NotReady, format!("the {} B operator is not linearised", kind.name()));
-        let weights = if kind == BKind::Hybrid { Some(self.hybrid_settings()?.weights(&self.bundle.layout)) } else { None };
+        let weights =
+            if kind == BKind::Hybrid { Some(self.hybrid_settings()?.weights(&self.bundle.layout)) } else { None };
         // the cached latent B must carry this kind's variances (the hybrid folds alpha_ref into them)
-        let mult = if kind == BKind::Static { 0.0 } else { self.latent_weight(kind)? * self.options.latent_variance_factor.unwrap_or(1.0) };
+        let mult = if kind == BKind::Static {
+            0.0
+        } else {
+            self.latent_weight(kind)? * self.options.latent_variance_factor.unwrap_or(1.0)
+        };
         let n = self.bundle.layout.state_len();
         let BCache { latent, statics } = &mut self.cache;
         let latent = latent.iter_mut().find(|(m, _)| *m == mult).map(|(_, l)| l);
@@ -365,7 +394,8 @@ impl Analyser {
         let BCache { latent, statics } = &mut self.cache;
         let l = latent.iter_mut().find(|(m, _)| *m == mult).map(|(_, l)| l).ok_or_else(not_ready)?;
         let sd = |v: &[f64]| v.iter().map(|v| v.max(0.0).sqrt()).collect::<Vec<f64>>();
-        let calibrated = if self.options.bg_check_sigma_b == "calibrated" { self.bundle.latent_b_variance.as_ref() } else { None };
+        let calibrated =
+            if self.options.bg_check_sigma_b == "calibrated" { self.bundle.latent_b_variance.as_ref() } else { None };
         let mut sl = match calibrated {
             Some(v) => v.iter().map(|v| (mult * v).max(0.0).sqrt()).collect(),
             None => sd(l.variance(&mut self.ae)?),
@@ -473,7 +503,11 @@ impl Analyser {
             .variables
             .iter()
             .enumerate()
-            .map(|(v, var)| VarStats { name: var.name.clone(), units: self.bundle.units(v).into(), ..Default::default() })
+            .map(|(v, var)| VarStats {
+                name: var.name.clone(),
+                units: self.bundle.units(v).into(),
+                ..Default::default()
+            })
             .collect();
         for (o, q) in obs.iter().zip(qc) {
             if let Some(v) = o.var {

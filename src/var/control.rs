@@ -23,13 +23,13 @@
 //! dx = sd * D'(z_b)(s * w): the cost is quadratic and one outer loop solves it exactly (the decoder's curvature is
 //! then ignored; the nonlinear form follows it with further outer loops).
 
-use crate::model::autoencoder::Autoencoder;
-use crate::error::Result;
 use crate::bmat::hybrid::Hybrid;
 use crate::bmat::latent::LatentB;
 use crate::bmat::static_b::StaticB;
 use crate::bmat::BOperator;
 use crate::diag::checks::TaylorRow;
+use crate::error::Result;
+use crate::model::autoencoder::Autoencoder;
 use crate::numeric::{adjoint_test, DotTest, Rng};
 use crate::var::solver::ControlSpace;
 
@@ -210,7 +210,12 @@ pub fn dot_test(ctrl: &mut dyn ControlSpace, state_len: usize, seed: u64) -> Res
 
 /// Taylor test of a control transform's TL at w = 0 along a random direction dw: the rows of
 /// [`taylor_rows`](crate::diag::checks::taylor_rows) for the map eps -> dx(eps dw) (one-sided and central).
-pub fn taylor_test(ctrl: &mut dyn ControlSpace, state_len: usize, eps_list: &[f64], seed: u64) -> Result<Vec<TaylorRow>> {
+pub fn taylor_test(
+    ctrl: &mut dyn ControlSpace,
+    state_len: usize,
+    eps_list: &[f64],
+    seed: u64,
+) -> Result<Vec<TaylorRow>> {
     let n = ctrl.size();
     let dw = Rng::new(seed).normals(n);
     ctrl.linearize(&vec![0.0; n])?;

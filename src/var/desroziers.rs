@@ -268,7 +268,11 @@ pub fn cells(variables: &[(String, String)], rows: &[Innovation]) -> Vec<Desrozi
             groups.push((g.to_string(), common_units(variables, &members), members));
         }
     }
-    groups.push(("all".into(), common_units(variables, &(0..variables.len()).collect::<Vec<_>>()), (0..variables.len()).collect()));
+    groups.push((
+        "all".into(),
+        common_units(variables, &(0..variables.len()).collect::<Vec<_>>()),
+        (0..variables.len()).collect(),
+    ));
     // one pass over the observations: each adds to the groups of its variable, in "global" and in its own band
     let of_var: Vec<Vec<usize>> =
         (0..variables.len()).map(|v| (0..groups.len()).filter(|&g| groups[g].2.contains(&v)).collect()).collect();
@@ -306,12 +310,23 @@ pub fn cells(variables: &[(String, String)], rows: &[Innovation]) -> Vec<Desrozi
 
 fn common_units(variables: &[(String, String)], members: &[usize]) -> String {
     let u = &variables[members[0]].1;
-    if members.iter().all(|&m| &variables[m].1 == u) { u.clone() } else { String::new() }
+    if members.iter().all(|&m| &variables[m].1 == u) {
+        u.clone()
+    } else {
+        String::new()
+    }
 }
 
 /// The used observations of an analysis as [`Innovation`]s: rows of `h` (observations `obs`), H x_b and H x_a per
 /// row, the sigma_o in force per row, and the background-error sd `sd` (the layout `h` applies to) if computed.
-pub fn innovations(obs: &[Observation], h: &ObsOperator, hxb: &[f64], hxa: &[f64], sigma: &[f64], sd: Option<&[f64]>) -> Vec<Innovation> {
+pub fn innovations(
+    obs: &[Observation],
+    h: &ObsOperator,
+    hxb: &[f64],
+    hxa: &[f64],
+    sigma: &[f64],
+    sd: Option<&[f64]>,
+) -> Vec<Innovation> {
     let sigb = sd.map(|sd| {
         let mut s = vec![0.0; h.nrows()];
         h.apply(sd, &mut s);
@@ -439,7 +454,10 @@ pub fn tune(sections: &[Desroziers], method: &str, group: &str, band: &str) -> R
         return Err(Error::arg("no report with a desroziers section to tune from"));
     }
     if let Some(s) = sections.iter().find(|s| s.method != method) {
-        return Err(Error::arg(format!("reports of method '{}' mixed with '{method}': tune one method at a time", s.method)));
+        return Err(Error::arg(format!(
+            "reports of method '{}' mixed with '{method}': tune one method at a time",
+            s.method
+        )));
     }
     if !BANDS.contains(&band) {
         return Err(Error::arg(format!("band '{band}' is not known (use {})", BANDS.join(", "))));
@@ -482,13 +500,16 @@ pub fn tune(sections: &[Desroziers], method: &str, group: &str, band: &str) -> R
         }
     }
     if n_without > 0 {
-        notes.push(format!("{n_without} report(s) without sigma_b or without the B in force: left out of the B estimate"));
+        notes.push(format!(
+            "{n_without} report(s) without sigma_b or without the B in force: left out of the B estimate"
+        ));
     }
     let mut cells: Vec<DesroziersCell> = order.iter().map(|k| acc.remove(k).expect("inserted above")).collect();
     cells.iter_mut().for_each(DesroziersCell::finish);
-    let cell = cells.iter().find(|c| c.group == group && c.band == band).ok_or_else(|| {
-        Error::arg(format!("no desroziers cell for group '{group}', band '{band}'"))
-    })?;
+    let cell = cells
+        .iter()
+        .find(|c| c.group == group && c.band == band)
+        .ok_or_else(|| Error::arg(format!("no desroziers cell for group '{group}', band '{band}'")))?;
     if cell.n < 100 {
         notes.push(format!("only {} observations in group '{group}', band '{band}': the estimates are noisy", cell.n));
     }
@@ -507,12 +528,17 @@ pub fn tune(sections: &[Desroziers], method: &str, group: &str, band: &str) -> R
                     .filter_map(|s| Some(s.b_in_force.hybrid_alpha? / s.b_in_force.scale("hybrid")?))
                     .collect();
                 if mixes.iter().any(|m| (m - mix).abs() > 1e-9) {
-                    notes.push("the hybrid mix alpha / (alpha + beta) varies over the reports: the last one's is kept".into());
+                    notes.push(
+                        "the hybrid mix alpha / (alpha + beta) varies over the reports: the last one's is kept".into(),
+                    );
                 }
                 let (lf, bf) = (last.latent_variance_factor, last.baseline_variance_factor);
-                let varying = |f: fn(&BInForce) -> Option<f64>, v: Option<f64>| sections.iter().any(|s| f(&s.b_in_force) != v);
+                let varying =
+                    |f: fn(&BInForce) -> Option<f64>, v: Option<f64>| sections.iter().any(|s| f(&s.b_in_force) != v);
                 if varying(|b| b.latent_variance_factor, lf) || varying(|b| b.baseline_variance_factor, bf) {
-                    notes.push("the variance factors under the hybrid vary over the reports: the last one's are kept".into());
+                    notes.push(
+                        "the variance factors under the hybrid vary over the reports: the last one's are kept".into(),
+                    );
                 }
                 options.push(("hybrid_alpha".to_string(), g * mix));
                 options.push(("hybrid_beta".to_string(), g * (1.0 - mix)));
@@ -571,11 +597,24 @@ impl Tuning {
     pub fn options_toml(&self) -> String {
         use std::fmt::Write;
         let mut s = String::new();
-        let _ = writeln!(s, "# latentda tune: {} report(s) of method {}, cell {} / {}", self.n_reports, self.method, self.group, self.band);
+        let _ = writeln!(
+            s,
+            "# latentda tune: {} report(s) of method {}, cell {} / {}",
+            self.n_reports, self.method, self.group, self.band
+        );
         let f = |x: Option<f64>| x.map_or("null".to_string(), |x| format!("{x:.4}"));
-        let _ = writeln!(s, "# H B H^T estimate / in force = {}; R estimate / in force = {}", f(self.hbh_ratio), f(self.r_ratio));
+        let _ = writeln!(
+            s,
+            "# H B H^T estimate / in force = {}; R estimate / in force = {}",
+            f(self.hbh_ratio),
+            f(self.r_ratio)
+        );
         if let Some(r) = self.r_ratio {
-            let _ = writeln!(s, "# (no option scales R: to follow the R estimate, multiply the observation errors sigma_o by {:.4})", r.max(0.0).sqrt());
+            let _ = writeln!(
+                s,
+                "# (no option scales R: to follow the R estimate, multiply the observation errors sigma_o by {:.4})",
+                r.max(0.0).sqrt()
+            );
         }
         if let Some(sp) = &self.hybrid_split {
             let _ = writeln!(
@@ -630,7 +669,10 @@ mod tests {
     use super::*;
 
     fn vars() -> Vec<(String, String)> {
-        [("u", "m/s"), ("v", "m/s"), ("t", "K"), ("ps", "Pa")].iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        [("u", "m/s"), ("v", "m/s"), ("t", "K"), ("ps", "Pa")]
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     fn row(var: usize, lat: f64, y: f64, hxb: f64, hxa: f64, sigma: f64, sb: f64) -> Innovation {
@@ -721,7 +763,12 @@ mod tests {
                 sum_hbh_static: Some(s),
                 ..Default::default()
             };
-            cells.push(DesroziersCell { group: g.to_string(), band: band.to_string(), normalised: norm, ..Default::default() });
+            cells.push(DesroziersCell {
+                group: g.to_string(),
+                band: band.to_string(),
+                normalised: norm,
+                ..Default::default()
+            });
         }
         let d = Desroziers {
             method: "hybrid".into(),
@@ -762,7 +809,16 @@ mod tests {
     fn tune_normalises_by_the_scale_in_force() {
         // Two reports with the same observations: H B H^T in force 4 at factor 2 and 2 at factor 1; estimate 1 each.
         let make = |g: f64, hbh: f64| {
-            let rows = vec![Innovation { var: 0, lat: 45.0, y: 1.0, hxb: 0.0, hxa: 1.0 - 0.5, sigma: 1.0, sigma_b: Some(hbh.sqrt()), sigma_b_parts: None }];
+            let rows = vec![Innovation {
+                var: 0,
+                lat: 45.0,
+                y: 1.0,
+                hxb: 0.0,
+                hxa: 1.0 - 0.5,
+                sigma: 1.0,
+                sigma_b: Some(hbh.sqrt()),
+                sigma_b_parts: None,
+            }];
             Desroziers {
                 method: "3dvar".into(),
                 b_in_force: BInForce { baseline_variance_factor: Some(g), ..Default::default() },

@@ -379,7 +379,8 @@ impl EnsembleRows {
             .zip(&acc)
             .map(|(v, a)| {
                 let n = a[0];
-                let (spread, skill) = if n > 0.0 { ((a[1] / n).sqrt(), ((a[2] - a[3]) / n).max(0.0).sqrt()) } else { (0.0, 0.0) };
+                let (spread, skill) =
+                    if n > 0.0 { ((a[1] / n).sqrt(), ((a[2] - a[3]) / n).max(0.0).sqrt()) } else { (0.0, 0.0) };
                 EnsembleSpreadSkill {
                     name: v.name.clone(),
                     units: v.units.clone(),
@@ -473,10 +474,15 @@ struct Fused {
 
 impl<'a, 's, 'e> LatentEnvar<'a, 's, 'e> {
     /// The hybrid transform `base` and the ensemble part `ens` over states of length `state_len`.
-    pub(crate) fn new(mut base: Hybrid<LatentControl<'a>, &'s mut StaticB>, ens: &'e mut LatentEnsembleB, state_len: usize) -> Self {
+    pub(crate) fn new(
+        mut base: Hybrid<LatentControl<'a>, &'s mut StaticB>,
+        ens: &'e mut LatentEnsembleB,
+        state_len: usize,
+    ) -> Self {
         let fusable = base.fields.is_none() && base.wa == 1.0 && base.a.is_linear() && {
             let (_, lb) = base.a.ae_and_latent_b();
-            let same = |a: &[f32], b: &[f32]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+            let same =
+                |a: &[f32], b: &[f32]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
             same(lb.point(), ens.point()) && lb.chan_sd() == ens.chan_sd()
         };
         let nz = ens.point().len();

@@ -62,7 +62,13 @@ pub trait Formulation {
     /// diag B of the B in force over the window.
     fn variance(&mut self, an: &mut Analyser, x_b: &[f64], what: VarianceFor) -> Result<Variance>;
     /// Minimises the cost function.
-    fn minimise(&mut self, an: &mut Analyser, x_b: &[f64], problem: &Problem, params: &SolverParams) -> Result<Minimised>;
+    fn minimise(
+        &mut self,
+        an: &mut Analyser,
+        x_b: &[f64],
+        problem: &Problem,
+        params: &SolverParams,
+    ) -> Result<Minimised>;
     /// J_b per control part.
     fn jb_parts(&self, an: &Analyser, w: &[f64]) -> BTreeMap<String, f64>;
     /// Slot width for the guards' messages (`None`: one slot).

@@ -459,9 +459,20 @@ pub struct ModelTrajectory<'a, C> {
 impl<'a, C: ControlSpace> ModelTrajectory<'a, C> {
     /// The transform around the background `x_b`; `reference` reuses the background trajectory of an earlier
     /// transform; `linear`: M linearised at the background trajectory (with a linear `inner`: a quadratic cost).
-    pub fn new(inner: C, m: &'a mut dyn StepModel, win: Window, x_b: &[f64], reference: Option<Reference>, linear: bool) -> Result<Self> {
+    pub fn new(
+        inner: C,
+        m: &'a mut dyn StepModel,
+        win: Window,
+        x_b: &[f64],
+        reference: Option<Reference>,
+        linear: bool,
+    ) -> Result<Self> {
         if m.state_len() != x_b.len() {
-            return Err(Error::arg(format!("model-space step model of length {}, the state has {}", m.state_len(), x_b.len())));
+            return Err(Error::arg(format!(
+                "model-space step model of length {}, the state has {}",
+                m.state_len(),
+                x_b.len()
+            )));
         }
         let n = x_b.len();
         let mut t = ModelTrajectory {
@@ -602,7 +613,17 @@ fn transform<'b>(
     linear: bool,
 ) -> Result<Box<dyn Trajectory + 'b>> {
     if latent_space {
-        return Ok(Box::new(LatentTrajectory::new(ae, m, win.clone(), bundle, latent_variance, x_b, z_b.to_vec(), reference, linear)?));
+        return Ok(Box::new(LatentTrajectory::new(
+            ae,
+            m,
+            win.clone(),
+            bundle,
+            latent_variance,
+            x_b,
+            z_b.to_vec(),
+            reference,
+            linear,
+        )?));
     }
     let np = bundle.layout.grid.npoints();
     let inner = LatentControl::new(ae, x_b, z_b.to_vec(), latent_variance, &bundle.mean, &bundle.std, np, false)?
@@ -695,7 +716,10 @@ fn with_step_model<R>(
         (None, None) => {
             return Err(Error::new(
                 Status::NotReady,
-                format!("method l4dvar needs a step model: bundle '{}' has no [forecast] table and the host set none", bundle.name),
+                format!(
+                    "method l4dvar needs a step model: bundle '{}' has no [forecast] table and the host set none",
+                    bundle.name
+                ),
             ))
         }
     };
@@ -775,7 +799,8 @@ impl Formulation for FourDFormulation<'_> {
         let error_growth = o.error_growth_per_hour;
         // the bundle's error growth belongs to its own step model, not to a host's
         let host = self.host.is_some();
-        let bundle_growth = if host { 0.0 } else { an.bundle.forecast.as_ref().map_or(0.0, |f| f.error_growth_per_hour) };
+        let bundle_growth =
+            if host { 0.0 } else { an.bundle.forecast.as_ref().map_or(0.0, |f| f.error_growth_per_hour) };
         self.growth = error_growth.unwrap_or(bundle_growth);
         // the window: option, else the bundle's [forecast] value, else the default; never the observations' times
         let bundle_window = an.bundle.forecast.as_ref().and_then(|f| f.window_hours);
@@ -785,7 +810,14 @@ impl Formulation for FourDFormulation<'_> {
                 let step_model = format!("{}{}", m.describe(), if latent_space { "" } else { ", physical units" });
                 let win = Window::new(m.time_step_hours(), slot_hours, window_hours.or(bundle_window))?;
                 let t = transform(ae, m, latent_space, &win, bundle, &lv, x_b, &z_b, None, linear)?;
-                Ok((win.clone(), t.reference(), t.background_trajectory(), t.trajectory_bytes(), step_model, latent_space))
+                Ok((
+                    win.clone(),
+                    t.reference(),
+                    t.background_trajectory(),
+                    t.trajectory_bytes(),
+                    step_model,
+                    latent_space,
+                ))
             })?;
         (self.z_b, self.lv) = (z_b, lv);
         (self.linear, self.reference, self.bytes, self.step_model, self.latent_space) =
@@ -858,13 +890,20 @@ impl Formulation for FourDFormulation<'_> {
         Ok(Variance { var, how, seconds: t_v.elapsed().as_secs_f64(), n_tl })
     }
 
-    fn minimise(&mut self, an: &mut Analyser, x_b: &[f64], problem: &Problem, params: &SolverParams) -> Result<Minimised> {
+    fn minimise(
+        &mut self,
+        an: &mut Analyser,
+        x_b: &[f64],
+        problem: &Problem,
+        params: &SolverParams,
+    ) -> Result<Minimised> {
         let (win, reference, linear) = (self.win().clone(), self.reference.clone(), self.linear);
         let (z_b, lv) = (&self.z_b, &self.lv);
-        let (w, dx, info) = with_step_model(&mut self.host, an, Some(&mut self.clock), |ae, m, latent_space, bundle| {
-            let mut t = transform(ae, m, latent_space, &win, bundle, lv, x_b, z_b, reference, linear)?;
-            minimise(&mut *t, problem, params)
-        })?;
+        let (w, dx, info) =
+            with_step_model(&mut self.host, an, Some(&mut self.clock), |ae, m, latent_space, bundle| {
+                let mut t = transform(ae, m, latent_space, &win, bundle, lv, x_b, z_b, reference, linear)?;
+                minimise(&mut *t, problem, params)
+            })?;
         Ok(Minimised { w, dx, info, reconstruction: None })
     }
 
@@ -879,8 +918,9 @@ impl Formulation for FourDFormulation<'_> {
     /// The window section: per-slot statistics, the step model, the trajectory's memory.
     fn finish(&mut self, report: &mut Report, r: &Rows) {
         let win = self.win().clone();
-        let mut slot_stats: Vec<SlotStats> =
-            (0..win.nslots).map(|k| SlotStats { slot: k, time_hours: win.slot_time(k), ..Default::default() }).collect();
+        let mut slot_stats: Vec<SlotStats> = (0..win.nslots)
+            .map(|k| SlotStats { slot: k, time_hours: win.slot_time(k), ..Default::default() })
+            .collect();
         for s in r.slots.iter().flatten() {
             slot_stats[*s].n_total += 1;
         }
@@ -905,7 +945,11 @@ impl Formulation for FourDFormulation<'_> {
             step_hours: win.step_hours,
             error_growth_per_hour: self.growth,
             step_model: self.step_model.clone(),
-            background_trajectory: self.given.iter().map(|g| if *g { "host" } else { "step model" }.to_string()).collect(),
+            background_trajectory: self
+                .given
+                .iter()
+                .map(|g| if *g { "host" } else { "step model" }.to_string())
+                .collect(),
             trajectory_bytes: self.bytes + 8 * self.nx * win.nslots * 2,
             slots: slot_stats,
         });

@@ -55,7 +55,10 @@ pub struct Guarded<'a> {
 }
 
 fn guard_error(name: &str, what: String) -> Error {
-    Error::new(Status::Solver, format!("divergence guard '{name}': {what}; the analysis was rejected (nothing written back)"))
+    Error::new(
+        Status::Solver,
+        format!("divergence guard '{name}': {what}; the analysis was rejected (nothing written back)"),
+    )
 }
 
 /// RMS over each variable's values of a per-value variance field of `nslots` states: sqrt(mean variance), slot-major.
@@ -209,7 +212,15 @@ mod tests {
         let dx = vec![0.5; n];
         let an: Vec<f64> = x_b.iter().zip(&dx).map(|(b, d)| b + d).collect();
         let ok = info(100.0, 10.0);
-        let g = Guarded { info: &ok, x_b: &x_b, analysis: &an, increment: &dx, b_variance: &var, bounds: &bounds, slot_hours: None };
+        let g = Guarded {
+            info: &ok,
+            x_b: &x_b,
+            analysis: &an,
+            increment: &dx,
+            b_variance: &var,
+            bounds: &bounds,
+            slot_hours: None,
+        };
         check(&lay, &g).unwrap();
         // cost: just inside the tolerance passes, beyond it fails; NaN fails
         let edge = info(100.0, 100.0 + 0.9e-4);
@@ -226,7 +237,11 @@ mod tests {
         dx2[n + 3] = f64::INFINITY;
         let var2 = [var.clone(), var.clone()].concat();
         let e = check(&lay, &Guarded { increment: &dx2, b_variance: &var2, slot_hours: Some(6.0), ..g }).unwrap_err();
-        assert!(e.message.contains("'finite'") && e.message.contains("slot 1 (6 h)") && e.message.contains("inf"), "{}", e.message);
+        assert!(
+            e.message.contains("'finite'") && e.message.contains("slot 1 (6 h)") && e.message.contains("inf"),
+            "{}",
+            e.message
+        );
         let mut an2 = an.clone();
         an2[17] = f64::NAN;
         assert!(check(&lay, &Guarded { analysis: &an2, ..g }).unwrap_err().message.contains("analysis is not finite"));
@@ -238,7 +253,13 @@ mod tests {
             let r = check(&lay, &Guarded { increment: &dx3, analysis: &an3, ..g });
             assert_eq!(r.is_err(), fires, "{d} sd: {r:?}");
             if let Err(e) = r {
-                assert!(e.message.contains("'increment'") && e.message.contains("'t'") && e.message.contains("1.100e1 times"), "{}", e.message);
+                assert!(
+                    e.message.contains("'increment'")
+                        && e.message.contains("'t'")
+                        && e.message.contains("1.100e1 times"),
+                    "{}",
+                    e.message
+                );
             }
         }
         // bounds: leaving them fails (worst point named); a background already outside may stay, not go further
@@ -246,7 +267,13 @@ mod tests {
         an4[5] = 351.0;
         an4[6] = 360.0;
         let e = check(&lay, &Guarded { analysis: &an4, ..g }).unwrap_err();
-        assert!(e.message.contains("'bounds'") && e.message.contains("2 analysed value(s) of 't'") && e.message.contains("1.0000e1 K outside"), "{}", e.message);
+        assert!(
+            e.message.contains("'bounds'")
+                && e.message.contains("2 analysed value(s) of 't'")
+                && e.message.contains("1.0000e1 K outside"),
+            "{}",
+            e.message
+        );
         let mut xb5 = x_b.clone();
         xb5[6] = 370.0;
         an4[5] = 300.0;

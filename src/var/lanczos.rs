@@ -246,7 +246,14 @@ fn tbar_residual(diag: &[f64], off: &[f64], sub: f64, beta1: f64, y: &[f64]) -> 
 /// gradient is <= `target`. J is convex along the segment with its minimum at the CG end, and |gradient|^2 a convex
 /// quadratic with its minimum at the MR end, so this is the point nearest to CG where |gradient| = `target` (the MR
 /// iterate itself if it does not meet the target). Returns (y, |gradient| there).
-pub(crate) fn iterate_meeting_target(diag: &[f64], off: &[f64], sub: f64, beta1: f64, mr: &MinResidual, target: f64) -> (Vec<f64>, f64) {
+pub(crate) fn iterate_meeting_target(
+    diag: &[f64],
+    off: &[f64],
+    sub: f64,
+    beta1: f64,
+    mr: &MinResidual,
+    target: f64,
+) -> (Vec<f64>, f64) {
     let k = diag.len();
     let mut rhs = vec![0.0; k];
     rhs[0] = beta1;
@@ -308,7 +315,6 @@ pub(crate) mod test_support {
         }
         (alphas, betas, basis, norms)
     }
-
 }
 
 #[cfg(test)]
@@ -383,7 +389,13 @@ mod tests {
             let up = if j > 0 { off[j - 1] } else { 0.0 };
             let sub = betas[j].sqrt() / alphas[j];
             mr.push(up, diag[j], sub);
-            assert!(mr.residual() <= cg_norms[j] * (1.0 + 1e-9), "iteration {}: MR {} > CG {}", j + 1, mr.residual(), cg_norms[j]);
+            assert!(
+                mr.residual() <= cg_norms[j] * (1.0 + 1e-9),
+                "iteration {}: MR {} > CG {}",
+                j + 1,
+                mr.residual(),
+                cg_norms[j]
+            );
             if mr.residual() < 0.7 * cg_norms[j] {
                 wins += 1;
             }
@@ -406,7 +418,11 @@ mod tests {
         let mut xs = vec![0.0; n];
         basis.combine(&ys, &mut xs);
         let res: Vec<f64> = (0..n).map(|i| b[i] - a[i] * xs[i]).collect();
-        assert!((norm(&res) - target).abs() < 1e-6 * norm(&b) && (gs - target).abs() < 1e-9 * norm(&b), "|r| = {} vs target {target}", norm(&res));
+        assert!(
+            (norm(&res) - target).abs() < 1e-6 * norm(&b) && (gs - target).abs() < 1e-9 * norm(&b),
+            "|r| = {} vs target {target}",
+            norm(&res)
+        );
         let jq = |x: &[f64]| (0..n).map(|i| 0.5 * a[i] * x[i] * x[i] - b[i] * x[i]).sum::<f64>();
         let y_mr = mr.solution();
         let mut x_mr = vec![0.0; n];
@@ -415,7 +431,13 @@ mod tests {
         let mut x_cg = vec![0.0; n];
         basis.combine(&ycg, &mut x_cg);
         assert!((gcg - cg_norms[iters - 1]).abs() < 1e-6 * norm(&b), "a target CG meets gives the CG iterate");
-        assert!(jq(&x_cg) <= jq(&xs) && jq(&xs) <= jq(&x_mr), "J: CG {} <= segment {} <= MR {}", jq(&x_cg), jq(&xs), jq(&x_mr));
+        assert!(
+            jq(&x_cg) <= jq(&xs) && jq(&xs) <= jq(&x_mr),
+            "J: CG {} <= segment {} <= MR {}",
+            jq(&x_cg),
+            jq(&xs),
+            jq(&x_mr)
+        );
         // the quadratic form from T equals x^T A x
         let y = mr.solution();
         let mut x = vec![0.0; n];

@@ -40,4 +40,3 @@ impl Ensemble {
         &self.members[k]
     }
 }
-

@@ -47,15 +47,14 @@
 
 use serde::Deserialize;
 
-use crate::model::backend::{BackendKind, Device, ExecOptions};
 use crate::error::{Error, Result};
+use crate::model::backend::{BackendKind, Device, ExecOptions};
 use crate::var::solver::{SolverKind, SolverParams, DEFAULT_MAX_PAIRS};
 
 /// Default latitudes (degrees) of the ramp between the hybrid's tropical and extratropical weights: tropical
 /// weights at |lat| <= 10, extratropical ones at |lat| >= 30 (the robustness matrix's tropics band is 20S-20N, the
 /// ramp's midpoint).
 pub const DEFAULT_HYBRID_BAND_LAT: [f64; 2] = [10.0, 30.0];
-
 
 /// Analysis method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -334,7 +333,10 @@ impl Options {
         }
         SolverKind::parse(&self.solver)?;
         if !matches!(self.preconditioner.as_str(), "ritz" | "none") {
-            return Err(Error::arg(format!("preconditioner '{}' is not known (use 'ritz' or 'none')", self.preconditioner)));
+            return Err(Error::arg(format!(
+                "preconditioner '{}' is not known (use 'ritz' or 'none')",
+                self.preconditioner
+            )));
         }
         if self.adam_steps == 0 || self.adam_steps > 100_000 {
             return Err(Error::arg(format!("adam_steps = {} must be in 1..=100000", self.adam_steps)));
@@ -372,7 +374,10 @@ impl Options {
                 }
             }
         }
-        for (name, factor) in [("baseline_variance_factor", self.baseline_variance_factor), ("latent_variance_factor", self.latent_variance_factor)] {
+        for (name, factor) in [
+            ("baseline_variance_factor", self.baseline_variance_factor),
+            ("latent_variance_factor", self.latent_variance_factor),
+        ] {
             if let Some(f) = factor {
                 if !(f.is_finite() && f > 0.0) {
                     return Err(Error::arg(format!("{name} = {f} must be finite and > 0")));
@@ -385,7 +390,9 @@ impl Options {
         BKind::parse(&self.b_operator)?;
         if let Some(li) = &self.latent_increment {
             if !matches!(li.as_str(), "nonlinear" | "linear") {
-                return Err(Error::arg(format!("latent_increment = '{li}' is not known (use 'linear' or 'nonlinear')")));
+                return Err(Error::arg(format!(
+                    "latent_increment = '{li}' is not known (use 'linear' or 'nonlinear')"
+                )));
             }
         }
         if self.latent_increment.as_deref() == Some("linear") && self.output == "full_state" {

@@ -9,10 +9,10 @@ use crate::error::Result;
 use crate::obs::operator::ObsOperator;
 use crate::obs::{qc, Observation, QcFlag};
 use crate::var::analysis::{Analyser, Analysis};
+use crate::var::desroziers::{cells, innovations, BInForce, Desroziers};
 use crate::var::formulation::{Formulation, Rows, VarianceFor};
 use crate::var::fourd::{FourD, FourDFormulation};
 use crate::var::guards;
-use crate::var::desroziers::{cells, innovations, BInForce, Desroziers};
 use crate::var::options::{Method, OutputMode};
 use crate::var::report::BackgroundCheckInfo;
 use crate::var::solver::Problem;
@@ -26,7 +26,13 @@ impl Analyser {
     }
 
     /// Runs one analysis with an explicit output mode.
-    pub fn analyse_with(&mut self, x_b: &[f64], obs: &[Observation], method: Method, mode: OutputMode) -> Result<Analysis> {
+    pub fn analyse_with(
+        &mut self,
+        x_b: &[f64],
+        obs: &[Observation],
+        method: Method,
+        mode: OutputMode,
+    ) -> Result<Analysis> {
         if method == Method::L4dvar {
             return self.analyse_4d(x_b, obs, mode, FourD::default());
         }
@@ -63,7 +69,8 @@ impl Analyser {
         let k = self.options.bg_check;
         let mut bg_info = BackgroundCheckInfo { k, ..Default::default() };
         let mut sd_b = None;
-        let variance = f.variance(self, x_b, if k > 0.0 { VarianceFor::BackgroundCheck } else { VarianceFor::Guards })?;
+        let variance =
+            f.variance(self, x_b, if k > 0.0 { VarianceFor::BackgroundCheck } else { VarianceFor::Guards })?;
         let (variance_s, n_variance) = (variance.seconds, variance.n_tl);
         if k > 0.0 {
             let sd: Vec<f64> = variance.var.iter().map(|v| v.max(0.0).sqrt()).collect();
@@ -135,8 +142,12 @@ impl Analyser {
         sd: Option<&[f64]>,
     ) -> Desroziers {
         let lay = &self.bundle.layout;
-        let vars: Vec<(String, String)> =
-            lay.variables.iter().enumerate().map(|(v, var)| (var.name.clone(), self.bundle.units(v).to_string())).collect();
+        let vars: Vec<(String, String)> = lay
+            .variables
+            .iter()
+            .enumerate()
+            .map(|(v, var)| (var.name.clone(), self.bundle.units(v).to_string()))
+            .collect();
         let o = &self.options;
         let lvf = o.latent_variance_factor.unwrap_or(1.0);
         let bvf = o.baseline_variance_factor.unwrap_or(self.bundle.baseline_variance_factor);
@@ -154,7 +165,8 @@ impl Analyser {
             }
         };
         let sigma_b = if sd.is_some() {
-            "H sqrt(diag B) of the B in force, as in the background check (sigma_b^2 approximates diag(H B H^T))".to_string()
+            "H sqrt(diag B) of the B in force, as in the background check (sigma_b^2 approximates diag(H B H^T))"
+                .to_string()
         } else {
             "null: no background check ran (bg_check = 0), so diag B was not computed".to_string()
         };

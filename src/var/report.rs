@@ -248,7 +248,11 @@ impl Report {
             s,
             "method {}{}  output {}  backend {} ({})  device {}",
             self.method,
-            if self.latent_increment.is_empty() { String::new() } else { format!(" ({} latent increment)", self.latent_increment) },
+            if self.latent_increment.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} latent increment)", self.latent_increment)
+            },
             self.output,
             self.backend,
             self.backend_detail,
@@ -291,7 +295,11 @@ impl Report {
         }
         let _ = writeln!(s, "observations: {} given, {} used; QC {:?}", self.n_obs, self.n_used, self.qc_counts);
         if self.background_check.k > 0.0 {
-            let _ = writeln!(s, "background check k = {}: sigma_b from {}", self.background_check.k, self.background_check.sigma_b);
+            let _ = writeln!(
+                s,
+                "background check k = {}: sigma_b from {}",
+                self.background_check.k, self.background_check.sigma_b
+            );
         }
         if let Some(e) = &self.ensemble {
             let ss: Vec<String> = e
@@ -319,8 +327,16 @@ impl Report {
             let _ = writeln!(
                 s,
                 "{:<6} {:>6} {:>6} {:>11.4e} {:>11.4e} {:>11.4e} {:>11.4e} {:>8.3} {:>8.3} {:>11.4e}",
-                v.name, v.n_used, v.n_rejected, v.omb_mean, v.omb_rms, v.oma_mean, v.oma_rms, v.jo_over_n_b,
-                v.jo_over_n_a, v.increment_rms
+                v.name,
+                v.n_used,
+                v.n_rejected,
+                v.omb_mean,
+                v.omb_rms,
+                v.oma_mean,
+                v.oma_rms,
+                v.jo_over_n_b,
+                v.jo_over_n_a,
+                v.increment_rms
             );
         }
         if let Some(w) = &self.window {
@@ -342,7 +358,14 @@ impl Report {
                 let _ = writeln!(
                     s,
                     "{:<5} {:>6} {:>6} {:>6} {:>12.4} {:>12.4} {:>11.4e} {:>11.4e}",
-                    t.slot, t.time_hours, t.n_total, t.n_used, t.omb_rms_normalised, t.oma_rms_normalised, t.jo_b, t.jo_a
+                    t.slot,
+                    t.time_hours,
+                    t.n_total,
+                    t.n_used,
+                    t.omb_rms_normalised,
+                    t.oma_rms_normalised,
+                    t.jo_b,
+                    t.jo_a
                 );
             }
         }

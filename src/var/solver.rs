@@ -27,7 +27,9 @@
 use crate::error::{Error, Result, Status};
 use crate::numeric::dot;
 use crate::obs::operator::ObsOperator;
-use crate::var::lanczos::{iterate_meeting_target, lanczos_tridiagonal, tridiagonal_extremes, tridiagonal_quadratic, KrylovBasis, MinResidual};
+use crate::var::lanczos::{
+    iterate_meeting_target, lanczos_tridiagonal, tridiagonal_extremes, tridiagonal_quadratic, KrylovBasis, MinResidual,
+};
 use crate::var::lmp::{Preconditioner, RitzSelection, SpectralFactor};
 
 /// A control-variable transform: the map from the control vector w to a state increment, with its TL and AD.
@@ -449,7 +451,9 @@ fn inner_loop(
         if pq <= 0.0 {
             return Err(Error::new(
                 Status::Solver,
-                format!("minimisation failed: non-positive curvature {pq:e} at outer {k}, inner {j} (TL/AD inconsistent?)"),
+                format!(
+                    "minimisation failed: non-positive curvature {pq:e} at outer {k}, inner {j} (TL/AD inconsistent?)"
+                ),
             ));
         }
         let alpha = rr / pq;
@@ -478,7 +482,16 @@ fn inner_loop(
         let g_mr = plain.then(|| mr.residual());
         let jb_q = 0.5 * w.iter().zip(&dw).map(|(a, b)| (a + b) * (a + b)).sum::<f64>();
         let jo_q = 0.5 * (0..m).map(|i| ((d_k[i] - gdw[i]) / sigma[i]).powi(2)).sum::<f64>();
-        let rec = IterRecord { outer: k, inner: j, j: jb_q + jo_q, jb: jb_q, jo: jo_q, grad: g_cg, grad_mr: g_mr, passes: ev.passes };
+        let rec = IterRecord {
+            outer: k,
+            inner: j,
+            j: jb_q + jo_q,
+            jb: jb_q,
+            jo: jo_q,
+            grad: g_cg,
+            grad_mr: g_mr,
+            passes: ev.passes,
+        };
         if verbose {
             eprintln!("{}", rec.line());
         }
@@ -610,7 +623,11 @@ pub fn minimise(
     }
 }
 
-fn gauss_newton(ctrl: &mut dyn ControlSpace, p: &Problem, params: &SolverParams) -> Result<(Vec<f64>, Vec<f64>, SolveInfo)> {
+fn gauss_newton(
+    ctrl: &mut dyn ControlSpace,
+    p: &Problem,
+    params: &SolverParams,
+) -> Result<(Vec<f64>, Vec<f64>, SolveInfo)> {
     let n = ctrl.size();
     let mut ev = Evaluator::new(p);
     let mut w = vec![0.0; n];
@@ -801,7 +818,12 @@ mod tests {
         let lat: Vec<f64> = (0..10).map(|j| 45.0 - 10.0 * j as f64).collect();
         let lon: Vec<f64> = (0..20).map(|i| 18.0 * i as f64).collect();
         let grid = Grid::new(GridKind::Regular, lat.clone(), lon.clone()).unwrap();
-        let lay = Layout::new(grid, Vertical::new(VerticalKind::Sigma, vec![0.5]).unwrap(), vec![("ps".into(), "Pa".into(), 0)]).unwrap();
+        let lay = Layout::new(
+            grid,
+            Vertical::new(VerticalKind::Sigma, vec![0.5]).unwrap(),
+            vec![("ps".into(), "Pa".into(), 0)],
+        )
+        .unwrap();
         let obs: Vec<Observation> = lat
             .iter()
             .flat_map(|la| lon.iter().map(move |lo| (*la, *lo)))
@@ -814,7 +836,8 @@ mod tests {
                 value: 0.0,
                 sigma: 1.0,
                 line: None,
-                time: 0.0,                malformed: None,
+                time: 0.0,
+                malformed: None,
             })
             .collect();
         let mut flags = vec![QcFlag::Used; obs.len()];
@@ -939,7 +962,13 @@ mod tests {
         let (h, y) = identity_obs(&mut rng);
         // a continuous spectrum in [1, 900]: 45 iterations are far from enough for 1e-12
         let c: Vec<f64> = (0..y.len()).map(|_| 30.0 * rng.uniform()).collect();
-        let base = SolverParams { outer_loops: 5, max_inner: 30, max_pairs: 45, gradient_reduction: 1e-12, ..SolverParams::default() };
+        let base = SolverParams {
+            outer_loops: 5,
+            max_inner: 30,
+            max_pairs: 45,
+            gradient_reduction: 1e-12,
+            ..SolverParams::default()
+        };
         let (_, info) = solve(&c, &h, &y, &base);
         assert_eq!(info.inner_total, 45, "the budget caps the pairs over all loops: {}", info.inner_total);
         assert!(!info.converged);
@@ -947,7 +976,10 @@ mod tests {
         assert_eq!(info.iterations.iter().filter(|r| r.inner == 0).count(), 3, "loops of 30 + 15, then the analysis");
         // a reachable target: stops as soon as it is met, below the caps
         let (_, info) = solve(&c, &h, &y, &SolverParams { gradient_reduction: 1e-2, ..base.clone() });
-        println!("target 1e-2: {} pairs, {} outer loops, reduction {:.3e}", info.inner_total, info.outer_total, info.grad_reduction);
+        println!(
+            "target 1e-2: {} pairs, {} outer loops, reduction {:.3e}",
+            info.inner_total, info.outer_total, info.grad_reduction
+        );
         assert!(info.converged && info.grad_reduction <= 1e-2);
         assert!(info.inner_total < 30, "{} iterations", info.inner_total);
         assert_eq!(info.outer_total, 1, "converged in one outer loop");
@@ -963,7 +995,8 @@ mod tests {
         let (h, y) = identity_obs(&mut rng);
         let c = outlier_spectrum(y.len(), &mut rng);
         for kind in [SolverKind::GaussNewton, SolverKind::Adam] {
-            let params = SolverParams { kind, outer_loops: 3, max_inner: 15, adam_steps: 20, ..SolverParams::default() };
+            let params =
+                SolverParams { kind, outer_loops: 3, max_inner: 15, adam_steps: 20, ..SolverParams::default() };
             let (w1, i1) = solve(&c, &h, &y, &params);
             let (w2, i2) = solve(&c, &h, &y, &params);
             assert!(w1.iter().zip(&w2).all(|(a, b)| a.to_bits() == b.to_bits()), "{kind:?}");
@@ -977,12 +1010,19 @@ mod tests {
         let (h, y) = identity_obs(&mut rng);
         // a well-conditioned problem (eigenvalues in [1, 5]), where 100 Adam steps get close to the minimum
         let c: Vec<f64> = (0..y.len()).map(|_| 2.0 * rng.uniform()).collect();
-        let j_of = |w: &[f64]| 0.5 * w.iter().map(|v| v * v).sum::<f64>() + 0.5 * w.iter().zip(&c).zip(&y).map(|((w, c), y)| (y - c * w).powi(2)).sum::<f64>();
+        let j_of = |w: &[f64]| {
+            0.5 * w.iter().map(|v| v * v).sum::<f64>()
+                + 0.5 * w.iter().zip(&c).zip(&y).map(|((w, c), y)| (y - c * w).powi(2)).sum::<f64>()
+        };
         let w_star: Vec<f64> = c.iter().zip(&y).map(|(c, y)| c * y / (1.0 + c * c)).collect();
         let params = SolverParams { kind: SolverKind::Adam, adam_steps: 100, ..SolverParams::default() };
         let (w, info) = solve(&c, &h, &y, &params);
         let (j0, j_min) = (j_of(&vec![0.0; y.len()]), j_of(&w_star));
-        println!("Adam: J {j0:.4} -> {:.6} (minimum {j_min:.6}), |g| reduced {:.2e}-fold", info.j_final, 1.0 / info.grad_reduction);
+        println!(
+            "Adam: J {j0:.4} -> {:.6} (minimum {j_min:.6}), |g| reduced {:.2e}-fold",
+            info.j_final,
+            1.0 / info.grad_reduction
+        );
         assert!((info.j_final - j_of(&w)).abs() < 1e-9 * j0, "reported J is J at the returned w");
         assert!(info.j_final - j_min < 1e-3 * (j0 - j_min), "Adam J {} vs minimum {j_min} (start {j0})", info.j_final);
         assert_eq!(info.passes, 2 * (params.adam_steps + 1));

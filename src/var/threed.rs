@@ -4,10 +4,10 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use crate::bmat::hybrid::Hybrid;
 use crate::error::{Error, Result};
 use crate::obs::{Observation, QcFlag};
 use crate::var::analysis::Analyser;
-use crate::bmat::hybrid::Hybrid;
 use crate::var::control::LatentControl;
 use crate::var::ensemble::LatentEnvar;
 use crate::var::formulation::{jb, Formulation, Minimised, Rows, Variance, VarianceFor};
@@ -33,7 +33,10 @@ impl ThreeD {
         }
         let full_state = mode == OutputMode::FullState;
         if full_state && method != Method::L3dvar {
-            return Err(Error::arg(format!("output 'full_state' exists only for method l3dvar, not {}", method.name())));
+            return Err(Error::arg(format!(
+                "output 'full_state' exists only for method l3dvar, not {}",
+                method.name()
+            )));
         }
         Ok(ThreeD { method, full_state, z_b: None, ensemble: None })
     }
@@ -84,11 +87,16 @@ impl Formulation for ThreeD {
                 Variance { var, how, seconds: if n_tl > 0 { t_v.elapsed().as_secs_f64() } else { 0.0 }, n_tl }
             }
             VarianceFor::BackgroundCheck => {
-                let (var, mut how) = an.with_b_in_force(kind, |b, ae| Ok((b.variance(ae)?.to_vec(), b.variance_method())))?;
+                let (var, mut how) =
+                    an.with_b_in_force(kind, |b, ae| Ok((b.variance(ae)?.to_vec(), b.variance_method())))?;
                 if kind == BKind::Hybrid {
                     // the operator's latent weight is 1: alpha_ref is folded into the latent variances
                     let alpha_ref = an.hybrid_settings()?.alpha_ref();
-                    how = how.replacen("hybrid: 1.0000 x", &format!("hybrid: {alpha_ref:.4} (folded into the latent variances) x"), 1);
+                    how = how.replacen(
+                        "hybrid: 1.0000 x",
+                        &format!("hybrid: {alpha_ref:.4} (folded into the latent variances) x"),
+                        1,
+                    );
                 }
                 if kind != BKind::Static && an.options.bg_check_sigma_b == "calibrated" {
                     how.push_str(" [bg_check_sigma_b = calibrated, but the bundle has no latent_b_variance: flow-dependent estimate]");
@@ -109,7 +117,13 @@ impl Formulation for ThreeD {
         Ok(out)
     }
 
-    fn minimise(&mut self, an: &mut Analyser, x_b: &[f64], problem: &Problem, params: &SolverParams) -> Result<Minimised> {
+    fn minimise(
+        &mut self,
+        an: &mut Analyser,
+        x_b: &[f64],
+        problem: &Problem,
+        params: &SolverParams,
+    ) -> Result<Minimised> {
         let lay = an.bundle.layout.clone();
         let np = lay.grid.npoints();
         let linear = an.options.latent_form() == "linear";
@@ -123,8 +137,11 @@ impl Formulation for ThreeD {
                 let mut ctrl =
                     LatentControl::new(&mut an.ae, x_b, z_b, &lv, &b.mean, &b.std, np, self.full_state)?.linear(linear);
                 if self.full_state {
-                    reconstruction =
-                        Some((0..x_b.len()).map(|i| b.mean[i / np] + b.std[i / np] * ctrl.xn_zb[i] as f64 - x_b[i]).collect());
+                    reconstruction = Some(
+                        (0..x_b.len())
+                            .map(|i| b.mean[i / np] + b.std[i / np] * ctrl.xn_zb[i] as f64 - x_b[i])
+                            .collect(),
+                    );
                 }
                 minimise(&mut ctrl, problem, params)?
             }
@@ -133,7 +150,9 @@ impl Formulation for ThreeD {
                 // hybrid 3DEnVar: control [v, a], dx = U_s v + U_e a (U_e carries sqrt(gamma))
                 Some(mut e) => {
                     let n = lay.state_len();
-                    let r = an.static_b().and_then(|st| minimise(&mut Hybrid::new(st, &mut e, 1.0, 1.0, n), problem, params));
+                    let r = an
+                        .static_b()
+                        .and_then(|st| minimise(&mut Hybrid::new(st, &mut e, 1.0, 1.0, n), problem, params));
                     an.put_model_ensemble(e);
                     r?
                 }

@@ -55,7 +55,11 @@ pub fn onnxruntime_library() -> PathBuf {
         .args(["-c", "import onnxruntime, os, glob; print(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), 'capi', 'libonnxruntime.so.1*'))[0])"])
         .output()
         .expect("python3 must be available");
-    assert!(out.status.success(), "the onnxruntime Python wheel is needed for the ort backend tests (scripts/setup.sh installs it): {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "the onnxruntime Python wheel is needed for the ort backend tests (scripts/setup.sh installs it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
@@ -122,7 +126,14 @@ pub struct NcVar {
 
 impl NcVar {
     pub fn f64(name: &str, dims: &[&str], data: Vec<f64>) -> NcVar {
-        NcVar { name: name.into(), dims: dims.iter().map(|d| d.to_string()).collect(), kind: NcKind::F64, data: Some(data), fill: None, attrs: vec![] }
+        NcVar {
+            name: name.into(),
+            dims: dims.iter().map(|d| d.to_string()).collect(),
+            kind: NcKind::F64,
+            data: Some(data),
+            fill: None,
+            attrs: vec![],
+        }
     }
 }
 
@@ -177,7 +188,11 @@ pub fn fixture_state_vars(name: &str) -> (Vec<(String, usize)>, Vec<NcVar>) {
     let b = fixture(name);
     let lay = latentda::bundle::Bundle::open(&b).unwrap().layout;
     let x = latentda::bundle::ncio::read_state(&b.join("sample/background.nc"), &lay).unwrap();
-    let dims = vec![("lev".to_string(), lay.vertical.levels.len()), ("lat".into(), lay.grid.nlat()), ("lon".into(), lay.grid.nlon())];
+    let dims = vec![
+        ("lev".to_string(), lay.vertical.levels.len()),
+        ("lat".into(), lay.grid.nlat()),
+        ("lon".into(), lay.grid.nlon()),
+    ];
     let mut vars = vec![
         NcVar::f64("lev", &["lev"], lay.vertical.levels.clone()),
         NcVar::f64("lat", &["lat"], lay.grid.lat.clone()),

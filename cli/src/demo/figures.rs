@@ -17,13 +17,13 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 
 use super::single_obs::{self, Experiment};
+use super::table::{method_label, sig};
 use super::Demo;
+use crate::plot::colour::{nice_ceil, DEFAULT_LEVELS};
+use crate::plot::{ColourScale, MapFigure, Marker, MarkerKind, Panel, VectorScale};
 use latentda::bundle::grid::Layout;
 use latentda::error::Result;
 use latentda::obs::QcFlag;
-use super::table::{method_label, sig};
-use crate::plot::colour::{nice_ceil, DEFAULT_LEVELS};
-use crate::plot::{ColourScale, MapFigure, Marker, MarkerKind, Panel, VectorScale};
 use latentda::var::options::Method;
 
 /// One horizontal field (variable `v`, level `k`; surface fields have k = 0) of a state.
@@ -41,7 +41,9 @@ fn upper(layout: &Layout, name: &str) -> Option<usize> {
 /// Nearest model level of a vertical coordinate value (in ln).
 fn nearest_level(layout: &Layout, level: f64) -> usize {
     let lev = &layout.vertical.levels;
-    (0..lev.len()).min_by(|&a, &b| (lev[a].ln() - level.ln()).abs().total_cmp(&(lev[b].ln() - level.ln()).abs())).unwrap_or(0)
+    (0..lev.len())
+        .min_by(|&a, &b| (lev[a].ln() - level.ln()).abs().total_cmp(&(lev[b].ln() - level.ln()).abs()))
+        .unwrap_or(0)
 }
 
 fn rms(x: &[f64]) -> f64 {
@@ -89,7 +91,9 @@ fn level_figure(d: &Demo, level: Level) -> Result<Option<PathBuf>> {
     let (field_var, k, wind_k, file) = match level {
         Level::Mid => {
             let k = single_obs::mid_level(lay);
-            let Some(v) = upper(lay, "z").or_else(|| upper(lay, "t")).or_else(|| lay.variables.iter().position(|v| !v.is_surface()))
+            let Some(v) = upper(lay, "z")
+                .or_else(|| upper(lay, "t"))
+                .or_else(|| lay.variables.iter().position(|v| !v.is_surface()))
             else {
                 return Ok(None);
             };
@@ -107,7 +111,11 @@ fn level_figure(d: &Demo, level: Level) -> Result<Option<PathBuf>> {
     let mut states: Vec<Shown> = vec![("truth - background (background error)".into(), diff(&d.truth, &d.x_b), None)];
     for r in &d.runs {
         let obs: &[latentda::obs::Observation] = if r.method == Method::L4dvar { &d.obs4d_rows } else { &d.obs };
-        states.push((format!("{} increment", method_label(r.method)), diff(&r.analysis.analysis, &d.x_b), Some((&r.analysis.qc, obs))));
+        states.push((
+            format!("{} increment", method_label(r.method)),
+            diff(&r.analysis.analysis, &d.x_b),
+            Some((&r.analysis.qc, obs)),
+        ));
     }
     let fields: Vec<(&[f64], Option<Wind>)> = states
         .iter()
@@ -142,12 +150,23 @@ fn level_figure(d: &Demo, level: Level) -> Result<Option<PathBuf>> {
             }
         }
         n_shown = n_shown.max(markers.len());
-        let wind_txt = if wind.is_some() { format!(", max |wind| {} {wind_units}", sig(max_speed(*wind), 3)) } else { String::new() };
-        panels.push(Panel { title: format!("{title}: rms {} {units}{wind_txt}", sig(rms(field), 3)), field, wind: *wind, markers });
+        let wind_txt = if wind.is_some() {
+            format!(", max |wind| {} {wind_units}", sig(max_speed(*wind), 3))
+        } else {
+            String::new()
+        };
+        panels.push(Panel {
+            title: format!("{title}: rms {} {units}{wind_txt}", sig(rms(field), 3)),
+            field,
+            wind: *wind,
+            markers,
+        });
     }
     let where_ = match level {
         Level::Mid => format!("{} {}", vertical_name(lay), lay.vertical.levels[k]),
-        Level::Surface => format!("the surface, wind on the lowest level ({} {})", vertical_name(lay), lay.vertical.levels[wind_k]),
+        Level::Surface => {
+            format!("the surface, wind on the lowest level ({} {})", vertical_name(lay), lay.vertical.levels[wind_k])
+        }
     };
     let winds: Vec<(&[f64], &[f64])> = fields[..1].iter().filter_map(|(_, w)| *w).collect();
     let fig = MapFigure {
@@ -209,7 +228,8 @@ fn single_obs_figure(d: &Demo, var: &str, file: &str) -> Result<Option<PathBuf>>
         .map(|e| Panel {
             title: response_title(e),
             field: horizontal(lay, &e.increment, iv, k),
-            wind: wind_vars.map(|(iu, iv)| (horizontal(lay, &e.increment, iu, k), horizontal(lay, &e.increment, iv, k))),
+            wind: wind_vars
+                .map(|(iu, iv)| (horizontal(lay, &e.increment, iu, k), horizontal(lay, &e.increment, iv, k))),
             markers: e.responses.iter().map(|r| Marker { lat: r.lat, lon: r.lon, kind: MarkerKind::Single }).collect(),
         })
         .collect();

@@ -35,7 +35,9 @@ pub fn mid_level(layout: &Layout) -> usize {
         VerticalKind::Pressure => 5.0e4,
     };
     let lev = &layout.vertical.levels;
-    (0..lev.len()).min_by(|&a, &b| (lev[a].ln() - target.ln()).abs().total_cmp(&(lev[b].ln() - target.ln()).abs())).unwrap_or(0)
+    (0..lev.len())
+        .min_by(|&a, &b| (lev[a].ln() - target.ln()).abs().total_cmp(&(lev[b].ln() - target.ln()).abs()))
+        .unwrap_or(0)
 }
 
 /// The response of one method around one observation.
@@ -104,7 +106,8 @@ pub fn run(a: &mut Analyser, x_b: &[f64], method: Method, lon: f64) -> Result<Op
             value: 0.0,
             sigma: SIGMA,
             line: None,
-            time: 0.0,            malformed: None,
+            time: 0.0,
+            malformed: None,
         })
         .collect();
     let mut flags = vec![QcFlag::Used; obs.len()];
@@ -122,7 +125,8 @@ pub fn run(a: &mut Analyser, x_b: &[f64], method: Method, lon: f64) -> Result<Op
     let np = g.npoints();
     let wind = match (layout.var_index("u"), layout.var_index("v")) {
         (Some(iu), Some(iv)) if !layout.variables[iu].is_surface() && !layout.variables[iv].is_surface() => {
-            let (u0, v0) = ((layout.variables[iu].first_channel + level) * np, (layout.variables[iv].first_channel + level) * np);
+            let (u0, v0) =
+                ((layout.variables[iu].first_channel + level) * np, (layout.variables[iv].first_channel + level) * np);
             Some((&increment[u0..u0 + np], &increment[v0..v0 + np]))
         }
         _ => None,
@@ -142,7 +146,15 @@ pub fn run(a: &mut Analyser, x_b: &[f64], method: Method, lon: f64) -> Result<Op
         let bal = balance::diagnose_where(&layout, x_b, x_a, |la, lo| {
             la.abs() > 20.0 && verify::distance_km(o.lat, o.lon, la, lo) <= BALANCE_RADIUS_KM
         });
-        responses.push(Response { lat: o.lat, lon: o.lon, qc: result.qc[i], at_obs, wind_max, vorticity, balance: bal });
+        responses.push(Response {
+            lat: o.lat,
+            lon: o.lon,
+            qc: result.qc[i],
+            at_obs,
+            wind_max,
+            vorticity,
+            balance: bal,
+        });
     }
     Ok(Some(Experiment { method, level, increment, responses }))
 }

@@ -3,8 +3,8 @@
 
 use std::fmt::Write;
 
-use latentda::var::options::Method;
 use super::Demo;
+use latentda::var::options::Method;
 
 /// Width of the row-label column and of each value column.
 const LABEL: usize = 34;
@@ -61,7 +61,11 @@ impl Demo {
             self.case.display(),
             self.obs_path.display(),
             self.obs.len(),
-            if self.input_problems.is_empty() { String::new() } else { format!(", {} malformed", self.input_problems.len()) }
+            if self.input_problems.is_empty() {
+                String::new()
+            } else {
+                format!(", {} malformed", self.input_problems.len())
+            }
         );
         let _ = writeln!(s, "backend {}, device {}, {} thread(s)", self.backend, self.device, o.threads);
         let _ = writeln!(
@@ -99,7 +103,11 @@ impl Demo {
 
         section(&mut s, "observations: given | used / rejected by QC");
         for (v, var) in lay.variables.iter().enumerate() {
-            let given = self.runs.iter().find(|r| r.method != Method::L4dvar).map_or(0, |r| r.analysis.report.variables[v].n_total);
+            let given = self
+                .runs
+                .iter()
+                .find(|r| r.method != Method::L4dvar)
+                .map_or(0, |r| r.analysis.report.variables[v].n_total);
             let mut cells = vec![given.to_string()];
             for r in &self.runs {
                 let st = &r.analysis.report.variables[v];
@@ -121,7 +129,9 @@ impl Demo {
         }
 
         section(&mut s, "geostrophic balance, |lat| > 20 (corr of wind with geostrophic wind; background column: truth - background)");
-        let bal = |b: &Option<latentda::var::report::BalanceStats>| b.as_ref().map_or("-".to_string(), |b| format!("{:.3}", b.correlation));
+        let bal = |b: &Option<latentda::var::report::BalanceStats>| {
+            b.as_ref().map_or("-".to_string(), |b| format!("{:.3}", b.correlation))
+        };
         let mut cells = vec![bal(&self.truth_balance)];
         cells.extend(self.runs.iter().map(|r| bal(&r.analysis.report.balance)));
         row(&mut s, "  of the increment", &cells);
@@ -176,7 +186,13 @@ impl Demo {
         row(
             &mut s,
             "  |grad J| reduction",
-            &solver(&|i| if i.grad_reduction > 0.0 { format!("{:.2e}-fold", 1.0 / i.grad_reduction) } else { "exact".into() }),
+            &solver(&|i| {
+                if i.grad_reduction > 0.0 {
+                    format!("{:.2e}-fold", 1.0 / i.grad_reduction)
+                } else {
+                    "exact".into()
+                }
+            }),
         );
         row(&mut s, "  CG iterations (TL/AD pairs)", &solver(&|i| i.inner_total.to_string()));
         let mut ctrl = vec![String::new()];

@@ -13,9 +13,9 @@ use std::sync::OnceLock;
 use plotters::coord::combinators::IntoLinspace;
 use plotters::prelude::*;
 
+pub use colour::ColourScale;
 use latentda::bundle::grid::Grid;
 use latentda::error::{Error, Result, Status};
-pub use colour::ColourScale;
 
 const FONT: &str = "sans-serif";
 /// Length of the key arrow (the reference speed) in vector strides.
@@ -24,7 +24,9 @@ const KEY_STRIDES: f64 = 2.2;
 /// Registers the embedded font with plotters (once per process).
 fn register_font() -> Result<()> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
-    if *REGISTERED.get_or_init(|| plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular()).is_ok()) {
+    if *REGISTERED
+        .get_or_init(|| plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular()).is_ok())
+    {
         Ok(())
     } else {
         Err(Error::new(Status::Internal, "the embedded DejaVu Sans font could not be loaded for figures"))
@@ -88,7 +90,11 @@ impl VectorScale {
             .collect();
         s.sort_by(|a, b| a.total_cmp(b));
         let p = s.get(((s.len() as f64 * 0.95) as usize).min(s.len().saturating_sub(1))).copied().unwrap_or(0.0);
-        VectorScale { reference: colour::nice_ceil(if p > 0.0 { p } else { 1.0 }), units: units.into(), stride: stride.max(1) }
+        VectorScale {
+            reference: colour::nice_ceil(if p > 0.0 { p } else { 1.0 }),
+            units: units.into(),
+            stride: stride.max(1),
+        }
     }
 }
 
@@ -155,7 +161,12 @@ fn interpolate(grid: &Grid, field: &[f64], lat: f64, lon: f64) -> f64 {
 }
 
 /// Draws an arrow from `a` to `b` (pixels) with a head of two strokes.
-fn arrow<DB: DrawingBackend>(area: &DrawingArea<DB, plotters::coord::Shift>, a: (i32, i32), b: (f64, f64), style: ShapeStyle) -> std::result::Result<(), String> {
+fn arrow<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    a: (i32, i32),
+    b: (f64, f64),
+    style: ShapeStyle,
+) -> std::result::Result<(), String> {
     let (dx, dy) = (b.0 - a.0 as f64, b.1 - a.1 as f64);
     let len = dx.hypot(dy);
     if len < 1.5 {
@@ -183,7 +194,11 @@ impl MapFigure<'_> {
         for (k, p) in self.panels.iter().enumerate() {
             let bad = p.field.len() != np || p.wind.is_some_and(|(u, v)| u.len() != np || v.len() != np);
             if bad {
-                return Err(Error::arg(format!("figure '{}': panel {k} ('{}') is not one field of the grid", path.display(), p.title)));
+                return Err(Error::arg(format!(
+                    "figure '{}': panel {k} ('{}') is not one field of the grid",
+                    path.display(),
+                    p.title
+                )));
             }
         }
         let cols = self.cols.max(1);
@@ -206,7 +221,11 @@ impl MapFigure<'_> {
         Ok(())
     }
 
-    fn draw_panel<DB: DrawingBackend>(&self, p: &Panel, area: &DrawingArea<DB, plotters::coord::Shift>) -> std::result::Result<(), String> {
+    fn draw_panel<DB: DrawingBackend>(
+        &self,
+        p: &Panel,
+        area: &DrawingArea<DB, plotters::coord::Shift>,
+    ) -> std::result::Result<(), String> {
         let e = |x: &dyn std::fmt::Display| x.to_string();
         let ((lon0, lon1), (lat0, lat1)) = (self.lon, self.lat);
         // Axis labels every `tick_step` degrees from the window's edge.
@@ -287,7 +306,9 @@ impl MapFigure<'_> {
             }
             match m.kind {
                 MarkerKind::Used => chart.draw_series(std::iter::once(Circle::new(at, 2, BLACK.filled()))),
-                MarkerKind::Rejected => chart.draw_series(std::iter::once(Cross::new(at, 4, RGBColor(200, 0, 200).stroke_width(2)))),
+                MarkerKind::Rejected => {
+                    chart.draw_series(std::iter::once(Cross::new(at, 4, RGBColor(200, 0, 200).stroke_width(2))))
+                }
                 MarkerKind::Single => chart.draw_series(std::iter::once(Circle::new(at, 7, BLACK.stroke_width(2)))),
             }
             .map_err(|x| e(&x))?;
@@ -296,7 +317,10 @@ impl MapFigure<'_> {
     }
 
     /// The shared colour bar and the vector key, in the right-hand column.
-    fn draw_key<DB: DrawingBackend>(&self, side: &DrawingArea<DB, plotters::coord::Shift>) -> std::result::Result<(), String> {
+    fn draw_key<DB: DrawingBackend>(
+        &self,
+        side: &DrawingArea<DB, plotters::coord::Shift>,
+    ) -> std::result::Result<(), String> {
         let e = |x: &dyn std::fmt::Display| x.to_string();
         let s = &self.colours;
         let (w, h) = side.dim_in_pixel();
@@ -325,21 +349,24 @@ impl MapFigure<'_> {
             .label_style((FONT, 13))
             .draw()
             .map_err(|x| e(&x))?;
-        bar_area
-            .draw(&Text::new(s.label.clone(), (6, 6), (FONT, 14).into_font().color(&BLACK)))
-            .map_err(|x| e(&x))?;
+        bar_area.draw(&Text::new(s.label.clone(), (6, 6), (FONT, 14).into_font().color(&BLACK))).map_err(|x| e(&x))?;
         if self.panels.iter().any(|p| p.wind.is_some()) {
             let g = self.grid;
             let px_per_deg = (self.panel_px.0 as f64 - 76.0) / (self.lon.1 - self.lon.0);
             let len = KEY_STRIDES * self.vectors.stride as f64 * px_per_deg * dlon(g);
             let y = 40;
-            rest.draw(&Text::new("vector key".to_string(), (8, y - 30), (FONT, 14).into_font().color(&BLACK))).map_err(|x| e(&x))?;
+            rest.draw(&Text::new("vector key".to_string(), (8, y - 30), (FONT, 14).into_font().color(&BLACK)))
+                .map_err(|x| e(&x))?;
             arrow(&rest, (10, y), (10.0 + len, y as f64), ShapeStyle::from(&BLACK).stroke_width(1))?;
             let label = format!("{} {}", format_tick(self.vectors.reference), self.vectors.units);
             rest.draw(&Text::new(label, (8, y + 10), (FONT, 14).into_font().color(&BLACK))).map_err(|x| e(&x))?;
         }
         let _ = w;
-        let legend = [("obs used", MarkerKind::Used), ("obs rejected (QC)", MarkerKind::Rejected), ("single obs", MarkerKind::Single)];
+        let legend = [
+            ("obs used", MarkerKind::Used),
+            ("obs rejected (QC)", MarkerKind::Rejected),
+            ("single obs", MarkerKind::Single),
+        ];
         let mut y = 100;
         for (text, kind) in legend {
             if !self.panels.iter().any(|p| p.markers.iter().any(|m| m.kind == kind)) {
@@ -351,7 +378,8 @@ impl MapFigure<'_> {
                 MarkerKind::Single => rest.draw(&Circle::new((14, y), 7, BLACK.stroke_width(2))),
             }
             .map_err(|x| e(&x))?;
-            rest.draw(&Text::new(text.to_string(), (26, y - 8), (FONT, 13).into_font().color(&BLACK))).map_err(|x| e(&x))?;
+            rest.draw(&Text::new(text.to_string(), (26, y - 8), (FONT, 13).into_font().color(&BLACK)))
+                .map_err(|x| e(&x))?;
             y += 24;
         }
         Ok(())
