@@ -95,18 +95,20 @@ impl Common {
                 v.parse::<usize>().map_err(|_| usage(format!("--{flag} needs a non-negative integer, got '{v}'")))
             };
             let num = |v: &str| v.parse::<f64>().map_err(|_| usage(format!("--{flag} needs a number, got '{v}'")));
+            // option enums parse with their own message, as TOML and the C ABI do
+            let bad = |e: latentda::Error| usage(e.to_string());
             match *flag {
                 "backend" => o.backend = v.clone(),
                 "device" => o.device = v.clone(),
                 "ort-library" => o.ort_library = Some(v.clone()),
                 "threads" => o.threads = int(v)?,
-                "solver" => o.solver = v.clone(),
+                "solver" => o.solver = latentda::var::solver::SolverKind::parse(v).map_err(bad)?,
                 "max-pairs" => o.max_pairs = Some(int(v)?),
                 "max-inner" => o.max_inner = int(v)?,
                 "outer-loops" => o.outer_loops = int(v)?,
                 "adam-steps" => o.adam_steps = int(v)?,
                 "adam-lr" => o.adam_lr = num(v)?,
-                "output-mode" => o.output = v.clone(),
+                "output-mode" => o.output = OutputMode::parse(v).map_err(bad)?,
                 "hybrid-alpha" => o.hybrid_alpha = Some(num(v)?),
                 "hybrid-beta" => o.hybrid_beta = Some(num(v)?),
                 "hybrid-variables" => o.hybrid_variables = Some(v.split(',').map(|v| v.trim().to_string()).collect()),
@@ -122,8 +124,10 @@ impl Common {
                 "baseline-variance-factor" => o.baseline_variance_factor = Some(num(v)?),
                 "latent-variance-factor" => o.latent_variance_factor = Some(num(v)?),
                 "bg-check-samples" => o.bg_check_samples = int(v)?,
-                "bg-check-sigma-b" => o.bg_check_sigma_b = v.clone(),
-                "latent-increment" => o.latent_increment = Some(v.clone()),
+                "bg-check-sigma-b" => o.bg_check_sigma_b = latentda::var::options::SigmaB::parse(v).map_err(bad)?,
+                "latent-increment" => {
+                    o.latent_increment = Some(latentda::var::options::LatentForm::parse(v).map_err(bad)?)
+                }
                 "window-hours" => o.window_hours = Some(num(v)?),
                 "slot-hours" => o.slot_hours = Some(num(v)?),
                 "error-growth-per-hour" => o.error_growth_per_hour = Some(num(v)?),
@@ -587,9 +591,11 @@ fn cmd_analyse(
 ) -> Result<ExitCode, CliError> {
     let need = |k: &str| kv.get(k).cloned().ok_or_else(|| usage(format!("analyse: missing --{k}")));
     let (bundle, bg, obs_path, out) = (need("bundle")?, need("background")?, need("obs")?, need("output")?);
-    let method = Method::parse(kv.get("method").map(String::as_str).unwrap_or(&common.options.method))
-        .map_err(|e| usage(e.to_string()))?;
-    let mode = OutputMode::parse(&common.options.output).map_err(|e| e.to_string())?;
+    let method = match kv.get("method") {
+        Some(m) => Method::parse(m).map_err(|e| usage(e.to_string()))?,
+        None => common.options.method,
+    };
+    let mode = common.options.output;
     // Where the results go is checked before any work: a directory, a device or a FIFO is refused.
     outfile::check_target(out.as_ref()).map_err(|e| e.to_string())?;
     if let Some(r) = kv.get("report") {

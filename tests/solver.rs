@@ -150,7 +150,7 @@ fn solver_options_are_validated_and_the_cli_takes_them() {
 fn linear_latent_increment_converges_in_one_outer_loop_within_the_default_budget() {
     let lin = "latent_increment = \"linear\"";
     let tight = format!("{lin}\ngradient_reduction = 1e-10\nmax_pairs = 400\nmax_inner = 400");
-    let budget = Options::default().solver().unwrap().max_pairs;
+    let budget = Options::default().solver().max_pairs;
     for method in [Method::L3dvar, Method::Hybrid] {
         let (d, xa, xb) = solve("tanh", lin, method);
         let (t, xa_t, _) = solve("tanh", &tight, method);

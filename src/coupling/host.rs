@@ -12,7 +12,7 @@ use crate::obs::operator::ObsOperator;
 use crate::obs::{Observation, QcFlag};
 use crate::var::analysis::Analyser;
 use crate::var::fourd::{ForecastChecks, FourD};
-use crate::var::options::{BKind, Method, Options, OutputMode};
+use crate::var::options::{BKind, Method, Options};
 
 /// Memory order of a bound host array (the `order` argument of `lda_bind_field_f32`/`_f64`, an `int32_t`).
 ///
@@ -453,7 +453,10 @@ impl HostContext {
 
     /// Runs an analysis on the bound background and writes the result back only on success.
     pub fn analyse(&mut self, method: Option<&str>) -> Result<()> {
-        let m = Method::parse(method.unwrap_or(&self.analyser.options.method))?;
+        let m = match method {
+            Some(m) => Method::parse(m)?,
+            None => self.analyser.options.method,
+        };
         if self.obs.is_empty() {
             return Err(not_ready("no observations: call set_obs before analyse"));
         }
@@ -461,7 +464,7 @@ impl HostContext {
         self.report = None;
         let x_b = self.gather()?;
         let result = if m == Method::L4dvar {
-            let mode = OutputMode::parse(&self.analyser.options.output)?;
+            let mode = self.analyser.options.output;
             let model = self.step_model.as_mut().map(|s| s as &mut dyn StepModel);
             self.analyser.analyse_4d(&x_b, &self.obs, mode, FourD { backgrounds: Vec::new(), model })?
         } else {
@@ -485,7 +488,7 @@ impl HostContext {
 
     /// The kind of B operator served to the host (option `b_operator`).
     pub fn b_kind(&self) -> Result<BKind> {
-        BKind::parse(&self.analyser.options.b_operator)
+        Ok(self.analyser.options.b_operator)
     }
 
     /// Control size of the host's B operator (the latent size for the latent B), with the ensemble part's when

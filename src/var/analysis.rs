@@ -21,7 +21,7 @@ use crate::model::autoencoder::{encode_state, Autoencoder};
 use crate::model::forecast::OnnxStep;
 use crate::obs::operator::ObsOperator;
 use crate::obs::{Observation, QcFlag};
-use crate::var::options::{BKind, Method, Options, OutputMode};
+use crate::var::options::{BKind, Method, Options, OutputMode, SigmaB};
 use crate::var::report::{Report, Timings, VarStats};
 use crate::var::solver::ControlSpace;
 
@@ -394,8 +394,11 @@ impl Analyser {
         let BCache { latent, statics } = &mut self.cache;
         let l = latent.iter_mut().find(|(m, _)| *m == mult).map(|(_, l)| l).ok_or_else(not_ready)?;
         let sd = |v: &[f64]| v.iter().map(|v| v.max(0.0).sqrt()).collect::<Vec<f64>>();
-        let calibrated =
-            if self.options.bg_check_sigma_b == "calibrated" { self.bundle.latent_b_variance.as_ref() } else { None };
+        let calibrated = if self.options.bg_check_sigma_b == SigmaB::Calibrated {
+            self.bundle.latent_b_variance.as_ref()
+        } else {
+            None
+        };
         let mut sl = match calibrated {
             Some(v) => v.iter().map(|v| (mult * v).max(0.0).sqrt()).collect(),
             None => sd(l.variance(&mut self.ae)?),
@@ -417,7 +420,7 @@ impl Analyser {
     /// obtained. `None` for the static B (its variance is exact and cached anyway), for option "flow", and when the
     /// bundle has no calibrated variance. Needs [`Analyser::prepare_b`] for the hybrid.
     pub fn calibrated_variance(&mut self, kind: BKind) -> Result<Option<(Vec<f64>, String)>> {
-        if kind == BKind::Static || self.options.bg_check_sigma_b != "calibrated" {
+        if kind == BKind::Static || self.options.bg_check_sigma_b != SigmaB::Calibrated {
             return Ok(None);
         }
         let Some(v) = self.bundle.latent_b_variance.as_ref() else { return Ok(None) };
@@ -469,7 +472,7 @@ impl Analyser {
             output: mode.name().into(),
             formulation: "increment".into(),
             latent_increment: match method {
-                Method::L3dvar | Method::Hybrid | Method::L4dvar => self.options.latent_form().into(),
+                Method::L3dvar | Method::Hybrid | Method::L4dvar => self.options.latent_form().name().into(),
                 _ => String::new(),
             },
             backend: self.ae.info.backend.clone(),

@@ -47,7 +47,7 @@ use crate::var::analysis::Analyser;
 use crate::var::control::LatentControl;
 use crate::var::formulation::{jb, Formulation, Minimised, Rows, Variance, VarianceFor};
 use crate::var::guards;
-use crate::var::options::{Method, OutputMode};
+use crate::var::options::{LatentForm, Method, OutputMode};
 use crate::var::report::{Report, SlotStats, WindowInfo};
 use crate::var::solver::{minimise, ControlSpace, Problem, SolverParams};
 
@@ -795,7 +795,7 @@ impl Formulation for FourDFormulation<'_> {
         self.z_b = an.encode_background(x_b)?;
         self.lv = an.latent_variance(1.0);
         let o = &an.options;
-        let (slot_hours, window_hours, linear) = (o.slot_hours, o.window_hours, o.latent_form() == "linear");
+        let (slot_hours, window_hours, linear) = (o.slot_hours, o.window_hours, o.latent_form() == LatentForm::Linear);
         let error_growth = o.error_growth_per_hour;
         // the bundle's error growth belongs to its own step model, not to a host's
         let host = self.host.is_some();

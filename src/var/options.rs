@@ -163,6 +163,102 @@ impl OutputMode {
     }
 }
 
+/// The minimiser's preconditioner across outer loops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preconditioner {
+    /// Limited-memory spectral preconditioner from earlier outer loops' Ritz pairs (default).
+    Ritz,
+    /// None.
+    None,
+}
+
+impl Preconditioner {
+    /// Parses `ritz` or `none`.
+    pub fn parse(s: &str) -> Result<Preconditioner> {
+        match s {
+            "ritz" => Ok(Preconditioner::Ritz),
+            "none" => Ok(Preconditioner::None),
+            _ => Err(Error::arg(format!("preconditioner '{s}' is not known (use 'ritz' or 'none')"))),
+        }
+    }
+    /// Name used in options.
+    pub fn name(self) -> &'static str {
+        match self {
+            Preconditioner::Ritz => "ritz",
+            Preconditioner::None => "none",
+        }
+    }
+}
+
+/// The latent part's increment form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LatentForm {
+    /// sd D'(z_b)(s w): linear in w (default).
+    Linear,
+    /// sd (D(z_b + s w) - D(z_b)): outer loops relinearise the decoder.
+    Nonlinear,
+}
+
+impl LatentForm {
+    /// Parses `linear` or `nonlinear`.
+    pub fn parse(s: &str) -> Result<LatentForm> {
+        match s {
+            "linear" => Ok(LatentForm::Linear),
+            "nonlinear" => Ok(LatentForm::Nonlinear),
+            _ => Err(Error::arg(format!("latent_increment = '{s}' is not known (use 'linear' or 'nonlinear')"))),
+        }
+    }
+    /// Name used in options and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            LatentForm::Linear => "linear",
+            LatentForm::Nonlinear => "nonlinear",
+        }
+    }
+}
+
+/// Where the 3D methods' background check takes sigma_b from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SigmaB {
+    /// The bundle's calibrated latent B variance (`[statistics] latent_b_variance`) times the factors and weights in
+    /// force (default; the flow estimate when the bundle has none).
+    Calibrated,
+    /// The randomised variance of the B linearised at this background.
+    Flow,
+}
+
+impl SigmaB {
+    /// Parses `calibrated` or `flow`.
+    pub fn parse(s: &str) -> Result<SigmaB> {
+        match s {
+            "calibrated" => Ok(SigmaB::Calibrated),
+            "flow" => Ok(SigmaB::Flow),
+            _ => Err(Error::arg(format!("bg_check_sigma_b '{s}' is not known (use 'calibrated' or 'flow')"))),
+        }
+    }
+    /// Name used in options.
+    pub fn name(self) -> &'static str {
+        match self {
+            SigmaB::Calibrated => "calibrated",
+            SigmaB::Flow => "flow",
+        }
+    }
+}
+
+/// Option enums deserialise from their option string through their own `parse`, so a bad value gets the same
+/// message from a TOML file, the C ABI's options string and the CLI.
+macro_rules! option_enum_from_string {
+    ($($t:ty),*) => {$(
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                <$t>::parse(&s).map_err(|e| serde::de::Error::custom(e.message))
+            }
+        }
+    )*};
+}
+option_enum_from_string!(Method, OutputMode, BKind, SolverKind, Preconditioner, LatentForm, SigmaB);
+
 /// All options, with defaults.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -177,12 +273,12 @@ pub struct Options {
     pub threads: usize,
     /// TF32 on CUDA.
     pub cuda_tf32: bool,
-    /// Default method.
-    pub method: String,
-    /// Output mode.
-    pub output: String,
+    /// Default method ("l3dvar", "3dvar", "hybrid", "l4dvar").
+    pub method: Method,
+    /// Output mode ("analysis", "increment", "full_state").
+    pub output: OutputMode,
     /// Minimisation algorithm: "gauss_newton" or "adam".
-    pub solver: String,
+    pub solver: SolverKind,
     /// Most outer loops.
     pub outer_loops: usize,
     /// Most CG iterations per outer loop.
@@ -192,7 +288,7 @@ pub struct Options {
     /// Target reduction of |grad J| relative to its value at the background.
     pub gradient_reduction: f64,
     /// "ritz" (limited-memory spectral preconditioner across outer loops) or "none".
-    pub preconditioner: String,
+    pub preconditioner: Preconditioner,
     /// Adam steps.
     pub adam_steps: usize,
     /// Adam initial learning rate.
@@ -204,7 +300,7 @@ pub struct Options {
     /// sigma_b of the background check (3D methods): "calibrated" (default: the bundle's precomputed latent B
     /// variance `[statistics] latent_b_variance` times the factors and weights in force, no model run; falls back to
     /// "flow" when the bundle has none) or "flow" (the randomised variance of the B linearised at this background).
-    pub bg_check_sigma_b: String,
+    pub bg_check_sigma_b: SigmaB,
     /// Hybrid weight alpha of the latent B (default: the bundle's `[hybrid]`, else 1).
     pub hybrid_alpha: Option<f64>,
     /// Hybrid weight beta of the static B (default: the bundle's `[hybrid]`, else 1).
@@ -226,14 +322,14 @@ pub struct Options {
     /// background errors; a host cycling with shorter forecasts than the bundle was calibrated on scales it down).
     pub latent_variance_factor: Option<f64>,
     /// B operator served to hosts: "latent", "hybrid" or "static".
-    pub b_operator: String,
+    pub b_operator: BKind,
     /// Latent part of l3dvar and hybrid: "linear" (the latent B's square root at z_b: a quadratic cost that one outer
     /// loop solves exactly) or "nonlinear" (the decoded increment sd (D(z_b + s w) - D(z_b)), relinearised by the
     /// outer loops). Unset: "linear", except with output "full_state", which decodes z_a itself ("nonlinear"). On the
     /// reference bundle's 12 validation cases x 2 networks the two forms' mean RMSE ratios agree to 0.003 (single
     /// cases to 0.016 of the background RMSE), and the linear form converges 1000-fold in 27-40 TL/AD pairs where the
     /// nonlinear one needs 43 to over 80 (model card).
-    pub latent_increment: Option<String>,
+    pub latent_increment: Option<LatentForm>,
     /// l4dvar: length of the assimilation window [0, window_hours], a multiple of `slot_hours` (default: the
     /// bundle's `[forecast] window_hours`, else 12 h rounded up to a multiple of `slot_hours`; never the observation
     /// times, so an observation outside the window is flagged instead of stretching it).
@@ -270,19 +366,19 @@ impl Default for Options {
             device: "cpu".into(),
             threads: 1,
             cuda_tf32: false,
-            method: "l3dvar".into(),
-            output: "analysis".into(),
-            solver: "gauss_newton".into(),
+            method: Method::L3dvar,
+            output: OutputMode::Analysis,
+            solver: SolverKind::GaussNewton,
             outer_loops: 3,
             max_inner: DEFAULT_MAX_PAIRS,
             max_pairs: None,
             gradient_reduction: 1e-3,
-            preconditioner: "ritz".into(),
+            preconditioner: Preconditioner::Ritz,
             adam_steps: 100,
             adam_lr: 0.1,
             bg_check: 5.0,
             bg_check_samples: crate::bmat::latent::DEFAULT_VARIANCE_SAMPLES,
-            bg_check_sigma_b: "calibrated".into(),
+            bg_check_sigma_b: SigmaB::Calibrated,
             hybrid_alpha: None,
             hybrid_beta: None,
             hybrid_variables: None,
@@ -291,7 +387,7 @@ impl Default for Options {
             hybrid_band_lat: None,
             baseline_variance_factor: None,
             latent_variance_factor: None,
-            b_operator: "latent".into(),
+            b_operator: BKind::Latent,
             latent_increment: None,
             window_hours: None,
             slot_hours: None,
@@ -320,8 +416,6 @@ impl Options {
             BackendKind::parse(&self.backend)?;
         }
         self.device()?;
-        Method::parse(&self.method)?;
-        OutputMode::parse(&self.output)?;
         if self.outer_loops == 0 || self.outer_loops > 20 {
             return Err(Error::arg(format!("outer_loops = {} must be in 1..=20", self.outer_loops)));
         }
@@ -330,13 +424,6 @@ impl Options {
         }
         if self.max_pairs == Some(0) {
             return Err(Error::arg("max_pairs must be >= 1"));
-        }
-        SolverKind::parse(&self.solver)?;
-        if !matches!(self.preconditioner.as_str(), "ritz" | "none") {
-            return Err(Error::arg(format!(
-                "preconditioner '{}' is not known (use 'ritz' or 'none')",
-                self.preconditioner
-            )));
         }
         if self.adam_steps == 0 || self.adam_steps > 100_000 {
             return Err(Error::arg(format!("adam_steps = {} must be in 1..=100000", self.adam_steps)));
@@ -352,12 +439,6 @@ impl Options {
         }
         if self.bg_check_samples == 0 {
             return Err(Error::arg("bg_check_samples must be >= 1"));
-        }
-        if !matches!(self.bg_check_sigma_b.as_str(), "calibrated" | "flow") {
-            return Err(Error::arg(format!(
-                "bg_check_sigma_b '{}' is not known (use 'calibrated' or 'flow')",
-                self.bg_check_sigma_b
-            )));
         }
         if let Some(b) = self.hybrid_band_lat {
             crate::bundle::check_band_lat(b).map_err(|m| Error::arg(format!("hybrid_band_lat: {m}")))?;
@@ -387,15 +468,7 @@ impl Options {
         if self.hybrid_variables.as_ref().is_some_and(|v| v.is_empty()) {
             return Err(Error::arg("hybrid_variables is empty (name at least one variable, or omit the key)"));
         }
-        BKind::parse(&self.b_operator)?;
-        if let Some(li) = &self.latent_increment {
-            if !matches!(li.as_str(), "nonlinear" | "linear") {
-                return Err(Error::arg(format!(
-                    "latent_increment = '{li}' is not known (use 'linear' or 'nonlinear')"
-                )));
-            }
-        }
-        if self.latent_increment.as_deref() == Some("linear") && self.output == "full_state" {
+        if self.latent_increment == Some(LatentForm::Linear) && self.output == OutputMode::FullState {
             return Err(Error::arg("output 'full_state' needs latent_increment = 'nonlinear' (it decodes z_a itself)"));
         }
         for (name, v) in [("window_hours", self.window_hours), ("slot_hours", self.slot_hours)] {
@@ -430,11 +503,11 @@ impl Options {
     }
 
     /// The latent increment form in force: the option if given, else "linear" ("nonlinear" for output "full_state").
-    pub fn latent_form(&self) -> &str {
-        match self.latent_increment.as_deref() {
+    pub fn latent_form(&self) -> LatentForm {
+        match self.latent_increment {
             Some(f) => f,
-            None if self.output == "full_state" => "nonlinear",
-            None => "linear",
+            None if self.output == OutputMode::FullState => LatentForm::Nonlinear,
+            None => LatentForm::Linear,
         }
     }
 
@@ -462,19 +535,18 @@ impl Options {
         Ok(ExecOptions { backend, ort_library, device, threads: self.threads, cuda_tf32: self.cuda_tf32, choice })
     }
 
-    /// Solver parameters.
-    /// The solver parameters (an unknown solver name is an error, never a silent fallback).
-    pub fn solver(&self) -> Result<SolverParams> {
-        Ok(SolverParams {
-            kind: SolverKind::parse(&self.solver)?,
+    /// The solver parameters.
+    pub fn solver(&self) -> SolverParams {
+        SolverParams {
+            kind: self.solver,
             outer_loops: self.outer_loops,
             max_inner: self.max_inner,
             max_pairs: self.max_pairs.unwrap_or(DEFAULT_MAX_PAIRS.max(self.max_inner)),
             gradient_reduction: self.gradient_reduction,
-            precondition: self.preconditioner == "ritz",
+            precondition: self.preconditioner == Preconditioner::Ritz,
             adam_steps: self.adam_steps,
             adam_lr: self.adam_lr,
             verbose: self.verbosity >= 1,
-        })
+        }
     }
 }

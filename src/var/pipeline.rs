@@ -21,7 +21,7 @@ use crate::var::threed::ThreeD;
 impl Analyser {
     /// Runs one analysis with the options' output mode.
     pub fn analyse(&mut self, x_b: &[f64], obs: &[Observation], method: Method) -> Result<Analysis> {
-        let mode = OutputMode::parse(&self.options.output)?;
+        let mode = self.options.output;
         self.analyse_with(x_b, obs, method, mode)
     }
 
@@ -84,7 +84,7 @@ impl Analyser {
         let y: Vec<f64> = h.rows.iter().map(|&i| obs[i].value).collect();
         let sigma: Vec<f64> = h.rows.iter().map(|&i| f.sigma(&obs[i], slot(i))).collect();
         let problem = Problem { h: &h, y: &y, sigma: &sigma, hxb: &hxb };
-        let params = self.options.solver()?;
+        let params = self.options.solver();
         let m = f.minimise(self, x_b, &problem, &params)?;
         let analysis: Vec<f64> = x_b.iter().zip(&m.dx).map(|(b, d)| b + d).collect();
         // Divergence guards, before anything is returned. Full-state output: the solver's part of the increment.

@@ -12,7 +12,7 @@ use crate::var::control::LatentControl;
 use crate::var::ensemble::LatentEnvar;
 use crate::var::formulation::{jb, Formulation, Minimised, Rows, Variance, VarianceFor};
 use crate::var::guards;
-use crate::var::options::{BKind, Method, OutputMode};
+use crate::var::options::{BKind, LatentForm, Method, OutputMode, SigmaB};
 use crate::var::report::{Report, StepClock};
 use crate::var::solver::{minimise, Problem, SolverParams};
 
@@ -98,7 +98,7 @@ impl Formulation for ThreeD {
                         1,
                     );
                 }
-                if kind != BKind::Static && an.options.bg_check_sigma_b == "calibrated" {
+                if kind != BKind::Static && an.options.bg_check_sigma_b == SigmaB::Calibrated {
                     how.push_str(" [bg_check_sigma_b = calibrated, but the bundle has no latent_b_variance: flow-dependent estimate]");
                 }
                 Variance { var, how, seconds: an.ae.timings.tl_s - before.tl_s, n_tl: an.ae.timings.n_tl - before.n_tl }
@@ -126,7 +126,7 @@ impl Formulation for ThreeD {
     ) -> Result<Minimised> {
         let lay = an.bundle.layout.clone();
         let np = lay.grid.npoints();
-        let linear = an.options.latent_form() == "linear";
+        let linear = an.options.latent_form() == LatentForm::Linear;
         let mut reconstruction = None;
         self.ensemble = an.ensemble_rows(self.kind(), problem.h);
         let (w, dx, info) = match self.method {
