@@ -204,3 +204,37 @@ pub fn fixture_state_vars(name: &str) -> (Vec<(String, usize)>, Vec<NcVar>) {
     }
     (dims, vars)
 }
+
+/// The Kalman increment B H^T (H B H^T + R)^-1 d with B = sum_j c_j c_j^T over the columns `cols`.
+pub fn kalman(
+    cols: &[Vec<f64>],
+    h: &latentda::obs::operator::ObsOperator,
+    obs: &[latentda::Observation],
+    xb: &[f64],
+) -> Vec<f64> {
+    use faer::linalg::solvers::Solve;
+    let (m, ns) = (h.nrows(), xb.len());
+    let g: Vec<Vec<f64>> = cols
+        .iter()
+        .map(|c| {
+            let mut y = vec![0.0; m];
+            h.apply(c, &mut y);
+            y
+        })
+        .collect();
+    let mut hxb = vec![0.0; m];
+    h.apply(xb, &mut hxb);
+    let sig: Vec<f64> = h.rows.iter().map(|&i| obs[i].sigma).collect();
+    let d: Vec<f64> = h.rows.iter().zip(&hxb).map(|(&i, hb)| obs[i].value - hb).collect();
+    let s = faer::Mat::<f64>::from_fn(m, m, |i, j| {
+        g.iter().map(|gk| gk[i] * gk[j]).sum::<f64>() + if i == j { sig[i] * sig[i] } else { 0.0 }
+    });
+    let mut y = faer::Mat::<f64>::from_fn(m, 1, |i, _| d[i]);
+    s.llt(faer::Side::Lower).unwrap().solve_in_place(&mut y);
+    let mut dx = vec![0.0; ns];
+    for (c, gk) in cols.iter().zip(&g) {
+        let coef = (0..m).map(|i| gk[i] * y[(i, 0)]).sum::<f64>();
+        dx.iter_mut().zip(c).for_each(|(d, c)| *d += coef * c);
+    }
+    dx
+}
