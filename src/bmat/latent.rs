@@ -20,6 +20,7 @@ use crate::bmat::{check_len, BOperator};
 use crate::bundle::Bundle;
 use crate::error::Result;
 use crate::model::autoencoder::{encode_state, Autoencoder};
+use crate::model::scale::ChannelScale;
 
 /// Default number of draws for the randomised variance estimate (and the largest control size computed exactly).
 pub const DEFAULT_VARIANCE_SAMPLES: usize = 32;
@@ -31,8 +32,7 @@ pub const DEFAULT_VARIANCE_SAMPLES: usize = 32;
 pub struct LatentB {
     z: Vec<f32>,
     s: Vec<f64>,
-    chan_sd: Vec<f64>,
-    npoints: usize,
+    scale: ChannelScale,
     bz: Vec<f32>,
     bx: Vec<f32>,
     variance_samples: usize,
@@ -46,8 +46,7 @@ impl LatentB {
         LatentB {
             z,
             s: latent_variance.iter().map(|v| v.sqrt()).collect(),
-            chan_sd: chan_sd.to_vec(),
-            npoints,
+            scale: ChannelScale::for_increments(chan_sd, npoints),
             bz: vec![0f32; nz],
             bx: vec![0f32; chan_sd.len() * npoints],
             variance_samples: DEFAULT_VARIANCE_SAMPLES,
@@ -91,7 +90,7 @@ impl LatentB {
 
     /// Per-channel normalisation sd.
     pub fn chan_sd(&self) -> &[f64] {
-        &self.chan_sd
+        self.scale.sd()
     }
 
     /// sqrt of the latent variance, s.
@@ -116,24 +115,14 @@ impl BOperator for LatentB {
             self.bz[i] = (self.s[i] * v[i]) as f32;
         }
         ae.tl(&self.z, &self.bz, &mut self.bx)?;
-        let np = self.npoints;
-        for (c, sd) in self.chan_sd.iter().enumerate() {
-            for p in c * np..(c + 1) * np {
-                x[p] = sd * self.bx[p] as f64;
-            }
-        }
+        self.scale.scale_from_f32(&self.bx, x);
         Ok(())
     }
 
     fn sqrt_ad(&mut self, ae: &mut Autoencoder, x: &[f64], v: &mut [f64]) -> Result<()> {
         check_len("control vector v", v.len(), self.control_size())?;
         check_len("state x", x.len(), self.state_len())?;
-        let np = self.npoints;
-        for (c, sd) in self.chan_sd.iter().enumerate() {
-            for p in c * np..(c + 1) * np {
-                self.bx[p] = (sd * x[p]) as f32;
-            }
-        }
+        self.scale.scale_to_f32(x, &mut self.bx);
         ae.ad(&self.z, &self.bx, &mut self.bz)?;
         for i in 0..v.len() {
             v[i] = self.s[i] * self.bz[i] as f64;

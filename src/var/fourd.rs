@@ -41,6 +41,7 @@ use crate::diag::checks::TaylorRow;
 use crate::error::{Error, Result, Status};
 use crate::model::autoencoder::Autoencoder;
 use crate::model::forecast::{Normalised, StepModel};
+use crate::model::scale::ChannelScale;
 use crate::numeric::{adjoint_test, DotTest};
 use crate::obs::{Observation, QcFlag};
 use crate::var::analysis::Analyser;
@@ -239,8 +240,7 @@ pub struct LatentTrajectory<'a> {
     f: &'a mut dyn StepModel,
     win: Window,
     s: Vec<f64>,
-    chan_sd: Vec<f64>,
-    npoints: usize,
+    scale: ChannelScale,
     z_b: Vec<f32>,
     x_b: Vec<f64>,
     z_ref: Vec<Vec<f64>>,
@@ -281,8 +281,7 @@ impl<'a> LatentTrajectory<'a> {
             ae,
             f,
             s: latent_variance.iter().map(|v| v.sqrt()).collect(),
-            chan_sd: bundle.std.clone(),
-            npoints: bundle.layout.grid.npoints(),
+            scale: ChannelScale::for_increments(&bundle.std, bundle.layout.grid.npoints()),
             x_b: x_b.to_vec(),
             z_ref: Vec::new(),
             xn_ref: Vec::new(),
@@ -339,13 +338,13 @@ impl ControlSpace for LatentTrajectory<'_> {
             return self.tl(w, dx);
         }
         let traj = self.run(self.z0(w))?;
-        let (nx, np) = (self.bx.len(), self.npoints);
+        let nx = self.bx.len();
         for k in 0..self.win.nslots {
             let z: Vec<f32> = traj[k * self.win.steps_per_slot].iter().map(|&v| v as f32).collect();
             self.ae.decode(&z, &mut self.bx)?;
             let out = &mut dx[k * nx..(k + 1) * nx];
-            for (c, sd) in self.chan_sd.iter().enumerate() {
-                for p in c * np..(c + 1) * np {
+            for (r, _, sd) in self.scale.channels() {
+                for p in r {
                     out[p] = sd * (self.bx[p] as f64 - self.xn_ref[k][p] as f64);
                 }
             }
@@ -366,19 +365,14 @@ impl ControlSpace for LatentTrajectory<'_> {
     }
 
     fn tl(&mut self, dw: &[f64], dx: &mut [f64]) -> Result<()> {
-        let (nx, np) = (self.bx.len(), self.npoints);
+        let nx = self.bx.len();
         self.dz.iter_mut().zip(&self.s).zip(dw).for_each(|((d, s), w)| *d = s * w);
         for j in 0..=self.win.nsteps() {
             if let Some(k) = self.slot(j) {
                 self.bz.iter_mut().zip(&self.dz).for_each(|(b, d)| *b = *d as f32);
                 self.bz2.iter_mut().zip(&self.z_lin[j]).for_each(|(b, z)| *b = *z as f32);
                 self.ae.tl(&self.bz2, &self.bz, &mut self.bx)?;
-                let out = &mut dx[k * nx..(k + 1) * nx];
-                for (c, sd) in self.chan_sd.iter().enumerate() {
-                    for p in c * np..(c + 1) * np {
-                        out[p] = sd * self.bx[p] as f64;
-                    }
-                }
+                self.scale.scale_from_f32(&self.bx, &mut dx[k * nx..(k + 1) * nx]);
             }
             if j < self.win.nsteps() {
                 self.f.tl(&self.z_lin[j], &self.dz, &mut self.dz2)?;
@@ -389,7 +383,7 @@ impl ControlSpace for LatentTrajectory<'_> {
     }
 
     fn ad(&mut self, dx: &[f64], dw: &mut [f64]) -> Result<()> {
-        let (nx, np) = (self.bx.len(), self.npoints);
+        let nx = self.bx.len();
         self.dz.iter_mut().for_each(|v| *v = 0.0);
         for j in (0..=self.win.nsteps()).rev() {
             if j < self.win.nsteps() {
@@ -397,12 +391,7 @@ impl ControlSpace for LatentTrajectory<'_> {
                 std::mem::swap(&mut self.dz, &mut self.dz2);
             }
             if let Some(k) = self.slot(j) {
-                let g = &dx[k * nx..(k + 1) * nx];
-                for (c, sd) in self.chan_sd.iter().enumerate() {
-                    for p in c * np..(c + 1) * np {
-                        self.bx[p] = (sd * g[p]) as f32;
-                    }
-                }
+                self.scale.scale_to_f32(&dx[k * nx..(k + 1) * nx], &mut self.bx);
                 self.bz2.iter_mut().zip(&self.z_lin[j]).for_each(|(b, z)| *b = *z as f32);
                 self.ae.ad(&self.bz2, &self.bx, &mut self.bz)?;
                 self.dz.iter_mut().zip(&self.bz).for_each(|(d, b)| *d += *b as f64);
@@ -419,11 +408,11 @@ impl ControlSpace for LatentTrajectory<'_> {
 
 impl Trajectory for LatentTrajectory<'_> {
     fn background_trajectory(&self) -> Vec<f64> {
-        let (nx, np) = (self.bx.len(), self.npoints);
+        let nx = self.bx.len();
         let mut out = vec![0.0; nx * self.win.nslots];
         for k in 0..self.win.nslots {
-            for (c, sd) in self.chan_sd.iter().enumerate() {
-                for p in c * np..(c + 1) * np {
+            for (r, _, sd) in self.scale.channels() {
+                for p in r {
                     out[k * nx + p] = self.x_b[p] + sd * (self.xn_ref[k][p] as f64 - self.xn_ref[0][p] as f64);
                 }
             }
