@@ -209,13 +209,16 @@ impl Demo {
         row(&mut s, "  decode", &t(&|t| format!("{:.3} ({})", t.decode_s, t.n_decode)));
         row(&mut s, "  TL", &t(&|t| format!("{:.3} ({})", t.tl_s, t.n_tl)));
         row(&mut s, "  AD", &t(&|t| format!("{:.3} ({})", t.ad_s, t.n_ad)));
-        // diag B of the latent B is computed once per background and then reused (hence 0 TL runs for the hybrid
-        // after L3DVar); the static B's exact variance is part of "other".
+        // diag B: the bundle's calibrated latent B variance (no model run, option bg_check_sigma_b), or the flow
+        // estimate, computed once per background and then reused (hence 0 TL runs for the hybrid after L3DVar); the
+        // static B's exact variance is part of "other".
         let mut diag = vec![String::new()];
         diag.extend(self.runs.iter().map(|r| {
             let t = &r.analysis.report.timings;
+            let calibrated = r.analysis.report.background_check.sigma_b.contains("calibrated");
             match (r.method, t.n_variance) {
                 (Method::Var3d, _) => "(exact, in other)".to_string(),
+                (_, 0) if calibrated => "0 (calibrated)".to_string(),
                 (_, 0) => "0 (reused)".to_string(),
                 (_, n) => format!("{:.3} ({n} TL)", t.variance_s),
             }
