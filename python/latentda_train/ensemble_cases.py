@@ -32,19 +32,22 @@ from . import data as D
 from . import suite as SU
 from .forecasts import RANDOM_SEED
 
+A_SEED, A_T_RMS, A_WIND_FACTOR = 20261126, 0.7, 1.6   # recipe a of the matrix (latentda-forecasts defaults)
 METHODS = {"3dvar": ("3dvar", False), "3denvar": ("3dvar", True), "hybrid": ("hybrid", False),
            "hybrid-envar": ("hybrid", True)}
 NETS = ("uniform", "sonde")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def make_members(out, launches, k, log=print):
-    """K recipe-(b) 48 h forecasts per launch (seeds RANDOM_SEED + 1000 j + L, j = 1..K), written when missing."""
+def make_members(out, launches, k, log=print, recipe="b48"):
+    """K 48 h forecasts per launch of the case's own recipe, written when missing: recipe b48, seeds RANDOM_SEED +
+    1000 j + L (j = 1..K); recipe a48 (nature-difference perturbations, `Forecaster.run` with the suite's t_rms 0.7
+    and wind factor 1.6), other day pairs drawn with seeds 20261126 + 1000 j."""
     from . import forecasts as F
     lat, lon, sig = D.grid(out)
     fcst = None
     for L in launches:
-        d = os.path.join(out, "matrix", "b48", f"case_{L:04d}", "members")
+        d = os.path.join(out, "matrix", recipe, f"case_{L:04d}", "members")
         os.makedirs(d, exist_ok=True)
         for j in range(1, k + 1):
             fn = os.path.join(d, f"member_{j:02d}.nc")
@@ -52,9 +55,15 @@ def make_members(out, launches, k, log=print):
                 continue
             fcst = fcst or F.Forecaster(out)
             t0 = time.time()
-            r = fcst.run_random(L, seed=RANDOM_SEED + 1000 * j, hours=(48,))
+            if recipe == "b48":
+                r = fcst.run_random(L, seed=RANDOM_SEED + 1000 * j, hours=(48,))
+                what = f"recipe b, seed {r['seed']}"
+            else:
+                fcst.seed = A_SEED + 1000 * j
+                r = fcst.run(L, A_T_RMS, A_WIND_FACTOR)
+                what = f"recipe a, days {r['a']} - {r['b']}"
             CS.write_state(fn + ".partial", np.asarray(r["fc48"], np.float64), lat, lon, sig,
-                           f"member {j} of launch {L}: recipe b, seed {r['seed']}")
+                           f"member {j} of launch {L}: {what}")
             os.replace(fn + ".partial", fn)
             log(f"launch {L} member {j}: {time.time() - t0:.1f} s")
 
@@ -79,17 +88,18 @@ def main(argv=None):
     ap.add_argument("--out", default=os.environ.get("LATENTDA_DATA", "data"), help="data folder (as latentda-matrix)")
     ap.add_argument("--launches", default="610,625,640,655,670,685")
     ap.add_argument("--members", type=int, default=10)
+    ap.add_argument("--recipe", default="b48", choices=("b48", "a48"), help="matrix recipe of the cases")
     ap.add_argument("--bundle", default=os.path.join(REPO, "models", "speedy-t31"))
     ap.add_argument("--latentda", default=os.path.join(REPO, "target", "release", "latentda"))
     ap.add_argument("--extra", default="", help="more CLI arguments for every analysis, e.g. '--ensemble-gamma 1.0'")
     a = ap.parse_args(argv)
     launches = [int(x) for x in a.launches.split(",")]
-    make_members(a.out, launches, a.members)
+    make_members(a.out, launches, a.members, recipe=a.recipe)
     lat, lon, _ = D.grid(a.out)
     names = [v[0] for v in D.VARS]
     rows = []
     for L in launches:
-        case = os.path.join(a.out, "matrix", "b48", f"case_{L:04d}")
+        case = os.path.join(a.out, "matrix", a.recipe, f"case_{L:04d}")
         xt, xb = CS.read_state(os.path.join(case, "truth.nc")), CS.read_state(os.path.join(case, "background.nc"))
         rb = SU.band_rmse(xb - xt, lat)
         tmp = os.path.join(case, "envar")
@@ -107,11 +117,11 @@ def main(argv=None):
                 r = rows[-1]["ratio"]["global"]
                 print(f"{L} {net:8s} {method:13s} " + " ".join(f"{v} {r[v]:.3f}" for v in names)
                       + f"  bal {bal['N']:.2f}/{bal['S']:.2f}  {rows[-1]['seconds']:.1f} s", flush=True)
-    out = os.path.join(a.out, "matrix", "envar.json")
+    out = os.path.join(a.out, "matrix", f"envar_{a.recipe}.json")
     json.dump(rows, open(out, "w"), indent=1)
     print("\nmean analysis RMSE / background RMSE over the cases (global; bold = best)")
     for net in NETS:
-        print(f"\n{net} network, {len(launches)} b48 cases, K = {a.members}")
+        print(f"\n{net} network, {len(launches)} {a.recipe} cases, K = {a.members}")
         print("| method | " + " | ".join(names) + " | balance N/S |")
         print("|---|" + "---|" * (len(names) + 1))
         means = {m: {v: np.mean([r["ratio"]["global"][v] for r in rows if r["net"] == net and r["method"] == m])
