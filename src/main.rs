@@ -131,7 +131,7 @@ impl Common {
                 "window-hours" => o.window_hours = Some(num(v)?),
                 "slot-hours" => o.slot_hours = Some(num(v)?),
                 "error-growth-per-hour" => o.error_growth_per_hour = Some(num(v)?),
-                "ensemble-gamma" => o.ensemble_gamma = num(v)?,
+                "ensemble-gamma" => o.ensemble_gamma = Some(num(v)?),
                 "ensemble-localisation-km" => o.ensemble_localisation_km = num(v)?,
                 "ensemble-localisation-model-km" => o.ensemble_localisation_model_km = Some(num(v)?),
                 "verbose" => o.verbosity = 1,

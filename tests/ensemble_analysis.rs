@@ -703,3 +703,28 @@ fn fused_latent_envar_runs_one_decoder_tl_per_application() {
     let (rb, rp) = (ratio(banded), ratio(banded_plain));
     assert!(rb.0 > 1.5 * rp.0 && rb.1 > 1.5 * rp.1, "with band weights the parts run apart: {rb:?} vs {rp:?}");
 }
+
+/// gamma in force: option `ensemble_gamma`, else the bundle's `[hybrid] gamma`, else 0.5; a bad bundle value is a
+/// bundle error naming the key.
+#[test]
+fn ensemble_gamma_comes_from_the_option_then_the_bundle_then_the_default() {
+    let dir = copy_fixture("tanh", "ensemble_gamma_bundle");
+    let manifest = std::fs::read_to_string(dir.join("bundle.toml")).unwrap();
+    assert!(!manifest.contains("[hybrid]") && manifest.contains("[checksums]\n"), "a [hybrid] table can be added");
+    let with = |g: &str| manifest.replacen("[checksums]\n", &format!("[hybrid]\ngamma = {g}\n\n[checksums]\n"), 1);
+    std::fs::write(dir.join("bundle.toml"), with("0.8")).unwrap();
+    let gamma_of = |toml: &str, d: &std::path::Path| {
+        let mut a = Analyser::open(d, Options::from_toml(toml).unwrap()).unwrap();
+        let (xb, obs) = sample(&a, "tanh");
+        a.set_ensemble(members(&a, &xb, 4, 9)).unwrap();
+        let r = a.analyse(&xb, &obs, Method::Hybrid).unwrap().report;
+        (a.ensemble_gamma(), r.ensemble.expect("an ensemble section").gamma)
+    };
+    assert_eq!(gamma_of("", &dir), (0.8, 0.8));
+    assert_eq!(gamma_of("ensemble_gamma = 0.3", &dir), (0.3, 0.3));
+    assert_eq!(gamma_of("", &fixture("tanh")), (0.5, 0.5));
+    let bad = copy_fixture("tanh", "ensemble_gamma_bad");
+    std::fs::write(bad.join("bundle.toml"), with("-1.0")).unwrap();
+    let e = Analyser::open(&bad, Options::default()).unwrap_err().to_string();
+    assert!(e.contains("hybrid.gamma"), "{e}");
+}

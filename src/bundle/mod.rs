@@ -124,6 +124,7 @@ struct HybridSection {
     alpha_tropics: Option<f64>,
     beta_tropics: Option<f64>,
     band_lat: Option<[f64; 2]>,
+    gamma: Option<f64>,
 }
 
 /// `[forecast]`: the step model of latent 4D-Var (optional).
@@ -374,6 +375,8 @@ pub struct HybridDefaults {
     pub beta_tropics: Option<f64>,
     /// Latitudes of the ramp between tropical and extratropical weights; `None`: the options' default.
     pub band_lat: Option<[f64; 2]>,
+    /// Weight gamma of an ensemble part when the host sets members (`None`: the options' default).
+    pub gamma: Option<f64>,
 }
 
 /// An opened, validated bundle.
@@ -470,6 +473,7 @@ fn hybrid_defaults(h: Option<&HybridSection>, layout: &Layout) -> Result<HybridD
         ("beta", beta),
         ("alpha_tropics", alpha_tropics.unwrap_or(0.0)),
         ("beta_tropics", beta_tropics.unwrap_or(0.0)),
+        ("gamma", h.and_then(|h| h.gamma).unwrap_or(0.0)),
     ] {
         if !(v.is_finite() && v >= 0.0) {
             return Err(Error::bundle(format!("hybrid.{k} = {v} must be finite and >= 0")));
@@ -488,7 +492,8 @@ fn hybrid_defaults(h: Option<&HybridSection>, layout: &Layout) -> Result<HybridD
             return Err(Error::bundle(format!("hybrid.variables names '{v}', which is not a bundle variable")));
         }
     }
-    Ok(HybridDefaults { alpha, beta, variables, alpha_tropics, beta_tropics, band_lat })
+    let gamma = h.and_then(|h| h.gamma);
+    Ok(HybridDefaults { alpha, beta, variables, alpha_tropics, beta_tropics, band_lat, gamma })
 }
 
 /// Opens `path` for reading only if it is a regular file: a FIFO would block the open, a device (a link to

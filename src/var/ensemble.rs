@@ -153,12 +153,18 @@ impl Analyser {
         EnsemblePart::of_kind(kind)
     }
 
+    /// The weight gamma of an ensemble part in force: option `ensemble_gamma`, else the bundle's `[hybrid] gamma`,
+    /// else [`crate::var::options::DEFAULT_ENSEMBLE_GAMMA`].
+    pub fn ensemble_gamma(&self) -> f64 {
+        self.options.ensemble_gamma.or(self.bundle.hybrid.gamma).unwrap_or(crate::var::options::DEFAULT_ENSEMBLE_GAMMA)
+    }
+
     /// Builds (or reuses) the ensemble part of the B of kind `kind` at the latent point `z` = E(N(x_b)) (needed for
     /// the latent part), with the options' gamma and localisation. Returns its control size (0: no ensemble part).
     /// Call after [`Analyser::prepare_b`]; the analysis does both.
     pub fn prepare_ensemble(&mut self, kind: BKind, z: Option<&[f32]>) -> Result<usize> {
         let Some(part) = self.ensemble_part(kind) else { return Ok(0) };
-        let gamma = self.options.ensemble_gamma;
+        let gamma = self.ensemble_gamma();
         let Analyser { bundle, ae, options, ensemble, .. } = self;
         let e = ensemble.as_mut().expect("ensemble_part checked the members");
         match part {
@@ -338,7 +344,7 @@ impl Analyser {
             .collect();
         let info = EnsembleInfo {
             members: k,
-            gamma: self.options.ensemble_gamma,
+            gamma: self.ensemble_gamma(),
             part: part.name().into(),
             localisation,
             control_size,

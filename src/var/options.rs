@@ -40,7 +40,8 @@
 //! verbosity = 0                # 0 quiet, 1 iteration lines on stderr
 //! self_test = true             # run every graph on the bundle's probes at open (known-answer test; false skips it)
 //! ensemble_gamma = 0.5         # with ensemble members set (Analyser::set_ensemble, --ensemble): weight gamma of the
-//!                              #   ensemble part (hybrid: + gamma latent ensemble B; 3dvar: + gamma model-space one)
+//!                              #   ensemble part (hybrid: + gamma latent ensemble B; 3dvar: + gamma model-space one;
+//!                              #   default: the bundle's [hybrid] gamma, else 0.5)
 //! ensemble_localisation_km = 2500.0        # Gaspari-Cohn half-width c (km, zero beyond 2c) on the latent grid
 //! ensemble_localisation_model_km = 2500.0  # the same on the model grid (3DEnVar; default: ensemble_localisation_km)
 //! ```
@@ -50,6 +51,9 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::model::backend::{BackendKind, Device, ExecOptions};
 use crate::var::solver::{SolverKind, SolverParams, DEFAULT_MAX_PAIRS};
+
+/// Default weight gamma of an ensemble part (option `ensemble_gamma`, else the bundle's `[hybrid] gamma`, else this).
+pub const DEFAULT_ENSEMBLE_GAMMA: f64 = 0.5;
 
 /// Default latitudes (degrees) of the ramp between the hybrid's tropical and extratropical weights: tropical
 /// weights at |lat| <= 10, extratropical ones at |lat| >= 30 (the robustness matrix's tropics band is 20S-20N, the
@@ -348,8 +352,8 @@ pub struct Options {
     /// Weight gamma (>= 0) of the ensemble part of the B when ensemble members are set
     /// ([`crate::Analyser::set_ensemble`]): method hybrid adds gamma times the latent ensemble B (localised on the
     /// latent grid), method 3dvar becomes hybrid 3DEnVar, static B plus gamma times the model-space ensemble B.
-    /// Without members it has no effect. Default 0.5.
-    pub ensemble_gamma: f64,
+    /// Without members it has no effect. Default: the bundle's `[hybrid] gamma`, else 0.5.
+    pub ensemble_gamma: Option<f64>,
     /// Gaspari-Cohn half-width c (km, > 0; the localisation is zero beyond 2c) of the latent ensemble B on the latent
     /// grid (docs/ensemble-b.md). Default 2500 km (about 1.5 latent cells of the reference bundle).
     pub ensemble_localisation_km: f64,
@@ -394,7 +398,7 @@ impl Default for Options {
             error_growth_per_hour: None,
             verbosity: 0,
             self_test: true,
-            ensemble_gamma: 0.5,
+            ensemble_gamma: None,
             ensemble_localisation_km: 2500.0,
             ensemble_localisation_model_km: None,
         }
@@ -486,8 +490,10 @@ impl Options {
         if self.threads == 0 {
             return Err(Error::arg("threads must be >= 1"));
         }
-        if !(self.ensemble_gamma.is_finite() && self.ensemble_gamma >= 0.0) {
-            return Err(Error::arg(format!("ensemble_gamma = {} must be finite and >= 0", self.ensemble_gamma)));
+        if let Some(g) = self.ensemble_gamma {
+            if !(g.is_finite() && g >= 0.0) {
+                return Err(Error::arg(format!("ensemble_gamma = {g} must be finite and >= 0")));
+            }
         }
         for (name, v) in [
             ("ensemble_localisation_km", Some(self.ensemble_localisation_km)),
