@@ -72,11 +72,10 @@ impl Formulation for ThreeD {
     fn variance(&mut self, an: &mut Analyser, _x_b: &[f64], what: VarianceFor) -> Result<Variance> {
         let kind = self.kind();
         let before = an.ae.timings.clone();
-        let out = match what {
-            // The cached variance of the B in force: its TL runs (none when cached) are reported apart from the
-            // solver's, as decoder TL time.
-            VarianceFor::BackgroundCheck if an.calibrated_variance(kind)?.is_some() => {
-                let (mut var, mut how) = an.calibrated_variance(kind)?.expect("checked");
+        // the calibrated variance (no model run) when it is in force: computed once here
+        let calibrated = if what == VarianceFor::BackgroundCheck { an.calibrated_variance(kind)? } else { None };
+        let out = match (what, calibrated) {
+            (VarianceFor::BackgroundCheck, Some((mut var, mut how))) => {
                 // an ensemble part is flow-dependent by nature: its own diagonal (decoder TL runs for a latent one)
                 let t_v = Instant::now();
                 if let Some((ev, ehow)) = an.ensemble_variance(kind)? {
@@ -86,7 +85,9 @@ impl Formulation for ThreeD {
                 let n_tl = an.ae.timings.n_tl - before.n_tl;
                 Variance { var, how, seconds: if n_tl > 0 { t_v.elapsed().as_secs_f64() } else { 0.0 }, n_tl }
             }
-            VarianceFor::BackgroundCheck => {
+            // The cached variance of the B in force: its TL runs (none when cached) are reported apart from the
+            // solver's, as decoder TL time.
+            (VarianceFor::BackgroundCheck, None) => {
                 let (var, mut how) =
                     an.with_b_in_force(kind, |b, ae| Ok((b.variance(ae)?.to_vec(), b.variance_method())))?;
                 if kind == BKind::Hybrid {
@@ -103,7 +104,7 @@ impl Formulation for ThreeD {
                 }
                 Variance { var, how, seconds: an.ae.timings.tl_s - before.tl_s, n_tl: an.ae.timings.n_tl - before.n_tl }
             }
-            VarianceFor::Guards => {
+            (VarianceFor::Guards, _) => {
                 let t_v = Instant::now();
                 let var = an.with_b_in_force(kind, |b, ae| {
                     let (n, m) = (b.control_size(), b.state_len());
