@@ -413,21 +413,7 @@ fn c_abi_set_ensemble() {
     let mut a = open("tanh", "");
     let (xb, obs) = sample(&a, "tanh");
     let lay = a.bundle.layout.clone();
-    let mut fields: Vec<Vec<f64>> =
-        lay.variables.iter().enumerate().map(|(v, _)| xb[lay.var_range(v)].to_vec()).collect();
-    for (v, var) in lay.variables.iter().enumerate() {
-        let name = CString::new(var.name.as_str()).unwrap();
-        let shape: Vec<i64> = if var.is_surface() { vec![8, 16] } else { vec![var.nlev as i64, 8, 16] };
-        let rc = ffi::lda_bind_field_f64(
-            ctx,
-            name.as_ptr(),
-            fields[v].as_mut_ptr(),
-            shape.len() as i32,
-            shape.as_ptr(),
-            ffi::LDA_ORDER_C,
-        );
-        assert_eq!(rc, ffi::LDA_OK);
-    }
+    let mut fields = bind_state_c(ctx, &lay, &xb);
     let col = |f: fn(&Observation) -> f64| obs.iter().map(f).collect::<Vec<f64>>();
     let var: Vec<i32> = obs.iter().map(|o| o.var.map_or(-1, |v| v as i32)).collect();
     let (la, lo, le, va, si) =
@@ -503,21 +489,7 @@ fn host_b_operator_includes_the_ensemble_part() {
         let mut a = open("tanh", "ensemble_localisation_km = 8000.0");
         let (xb, _) = sample(&a, "tanh");
         let lay = a.bundle.layout.clone();
-        let mut fields: Vec<Vec<f64>> =
-            lay.variables.iter().enumerate().map(|(v, _)| xb[lay.var_range(v)].to_vec()).collect();
-        for (v, var) in lay.variables.iter().enumerate() {
-            let name = CString::new(var.name.as_str()).unwrap();
-            let shape: Vec<i64> = if var.is_surface() { vec![8, 16] } else { vec![var.nlev as i64, 8, 16] };
-            let rc = ffi::lda_bind_field_f64(
-                ctx,
-                name.as_ptr(),
-                fields[v].as_mut_ptr(),
-                shape.len() as i32,
-                shape.as_ptr(),
-                ffi::LDA_ORDER_C,
-            );
-            assert_eq!(rc, ffi::LDA_OK);
-        }
+        let fields = bind_state_c(ctx, &lay, &xb);
         let (mut n0, mut n1) = (0usize, 0usize);
         assert_eq!(ffi::lda_control_size(ctx, &mut n0), ffi::LDA_OK);
         let ns = xb.len();

@@ -238,3 +238,30 @@ pub fn kalman(
     }
     dx
 }
+
+/// Binds the state `x` (layout `lay`, physical units) to the C ABI context `ctx` as one float64 array per variable
+/// in C order ((lev,) lat, lon), asserting LDA_OK; returns the arrays, which must outlive the binding (moving the
+/// returned Vec does not move them).
+pub fn bind_state_c(
+    ctx: *mut latentda::coupling::ffi::LdaContext,
+    lay: &latentda::bundle::grid::Layout,
+    x: &[f64],
+) -> Vec<Vec<f64>> {
+    use latentda::coupling::ffi;
+    let (nlat, nlon) = (lay.grid.nlat() as i64, lay.grid.nlon() as i64);
+    let mut fields: Vec<Vec<f64>> = (0..lay.variables.len()).map(|v| x[lay.var_range(v)].to_vec()).collect();
+    for (var, f) in lay.variables.iter().zip(fields.iter_mut()) {
+        let name = std::ffi::CString::new(var.name.as_str()).unwrap();
+        let shape: Vec<i64> = if var.is_surface() { vec![nlat, nlon] } else { vec![var.nlev as i64, nlat, nlon] };
+        let rc = ffi::lda_bind_field_f64(
+            ctx,
+            name.as_ptr(),
+            f.as_mut_ptr(),
+            shape.len() as i32,
+            shape.as_ptr(),
+            ffi::LDA_ORDER_C,
+        );
+        assert_eq!(rc, ffi::LDA_OK, "binding {}", var.name);
+    }
+    fields
+}
