@@ -700,3 +700,93 @@ fn ensemble_gamma_comes_from_the_option_then_the_bundle_then_the_default() {
     let e = Analyser::open(&bad, Options::default()).unwrap_err().to_string();
     assert!(e.contains("hybrid.gamma"), "{e}");
 }
+
+/// Observations at every third grid point (no interpolation, so that the parts of sigma_b^2 add up exactly), every
+/// variable and level, sigma_o 0.5 sd of the variable's first channel, values H x_b + sigma_o N(0, 1).
+fn grid_obs(a: &Analyser, xb: &[f64]) -> Vec<Observation> {
+    let lay = &a.bundle.layout;
+    let g = &lay.grid;
+    let mut obs = Vec::new();
+    let mut chan = 0;
+    for (v, var) in lay.variables.iter().enumerate() {
+        let levels: Vec<Option<f64>> =
+            if var.nlev == 0 { vec![None] } else { lay.vertical.levels.iter().map(|l| Some(*l)).collect() };
+        let sigma = 0.5 * a.bundle.std[chan];
+        chan += var.nlev.max(1);
+        for (j, &lat) in g.lat.iter().enumerate() {
+            for (i, &lon) in g.lon.iter().enumerate() {
+                if (i + j) % 3 != 0 {
+                    continue;
+                }
+                for &level in &levels {
+                    obs.push(Observation {
+                        var: Some(v),
+                        var_name: var.name.clone(),
+                        lat,
+                        lon,
+                        level,
+                        value: 0.0,
+                        sigma,
+                        time: 0.0,
+                        line: None,
+                        malformed: None,
+                    });
+                }
+            }
+        }
+    }
+    let h = used_h(a, &obs);
+    let mut hx = vec![0.0; h.nrows()];
+    h.apply(xb, &mut hx);
+    let mut rng = Rng::new(17);
+    for (r, &i) in h.rows.iter().enumerate() {
+        obs[i].value = hx[r] + obs[i].sigma * rng.normal();
+    }
+    obs
+}
+
+/// (g) The Desroziers section with members: the ensemble weight is in `b_in_force`, and at grid-point observations
+/// the parts of sigma_b^2 (latent + static + ensemble for latent hybrid EnVar, static + ensemble for hybrid 3DEnVar)
+/// add up to the H B H^T in force in every cell; without members there is no ensemble part. The ensemble part alone
+/// (alpha = beta = 0) runs with members, and is refused without them.
+#[test]
+fn desroziers_parts_include_the_ensemble_and_the_ensemble_alone_runs() {
+    let toml = "ensemble_localisation_km = 8000.0\nbg_check_samples = 64\nbg_check = 10.0\n";
+    let mut a = open("tanh", toml);
+    let (xb, _) = sample(&a, "tanh");
+    let obs = grid_obs(&a, &xb);
+    a.set_ensemble(members(&a, &xb, 4, 7)).unwrap();
+    for method in [Method::Hybrid, Method::Var3d] {
+        let d = a.analyse(&xb, &obs, method).unwrap().report.desroziers.unwrap();
+        assert_eq!(d.b_in_force.ensemble_gamma, Some(0.5), "{}", method.name());
+        let mut checked = 0;
+        for c in d.cells.iter().filter(|c| c.n > 0) {
+            let m = &c.normalised;
+            let (h, e, s) = (m.sum_hbh.unwrap(), m.sum_hbh_ensemble.unwrap(), m.sum_hbh_static.unwrap());
+            let l = m.sum_hbh_latent;
+            assert_eq!(l.is_some(), method == Method::Hybrid, "{} {} {}", method.name(), c.group, c.band);
+            let sum = l.unwrap_or(0.0) + s + e;
+            assert!((sum - h).abs() <= 1e-9 * h, "{} {} {}: {sum} != {h}", method.name(), c.group, c.band);
+            assert!(e > 0.0 && s > 0.0);
+            checked += 1;
+        }
+        assert!(checked >= 4, "{checked} cells");
+        eprintln!("{}: parts add up in {checked} cells", method.name());
+    }
+    a.clear_ensemble();
+    let d = a.analyse(&xb, &obs, Method::Hybrid).unwrap().report.desroziers.unwrap();
+    assert_eq!(d.b_in_force.ensemble_gamma, None);
+    assert!(d.cells.iter().all(|c| c.normalised.sum_hbh_ensemble.is_none()));
+    // the ensemble part alone: refused without members, a nonzero increment with only Jb ensemble nonzero with them
+    let mut alone = open("tanh", &format!("{toml}hybrid_alpha = 0.0\nhybrid_beta = 0.0\n"));
+    let err = alone.analyse(&xb, &obs, Method::Hybrid).unwrap_err().to_string();
+    assert!(err.contains("hybrid_alpha and hybrid_beta are both 0") && err.contains("ensemble"), "{err}");
+    alone.set_ensemble(members(&alone, &xb, 4, 7)).unwrap();
+    let r = alone.analyse(&xb, &obs, Method::Hybrid).unwrap();
+    eprintln!("ensemble alone: jb_parts {:?}", r.report.jb_parts);
+    assert!(rel(&r.analysis, &xb) > 0.0);
+    assert!(r.report.jb_parts["ensemble"] > 0.0, "{:?}", r.report.jb_parts);
+    for (k, v) in r.report.jb_parts.iter().filter(|(k, _)| k.as_str() != "ensemble") {
+        assert!(*v == 0.0, "Jb {k} = {v} with a zero weight");
+    }
+}

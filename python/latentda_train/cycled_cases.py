@@ -10,6 +10,12 @@ into jcm's spectral state, and so on. After the spin-up, the 6 h background and 
 are saved as OUT/cycle_CCCC.npz (bg, truth: float32 (41, 48, 96); cycle, day, hour, the background's RMSE):
 the matrix draws its own, independent observations for them.
 
+With `--members K` the cycle also runs the time-lagged ensemble of the cycling driver (`cycling.advance_lagged`:
+the background and the earlier analyses' forecasts valid at the same time, leads 6 .. 6 K h) and saves it per saved
+cycle as OUT/members<K>_CCCC.npz (members: float32 (K, 41, 48, 96), member 0 is the background), for the latent
+EnVar comparison on the cycled-error cells (`ensemble_cases --recipe c6`). When the case files exist already, the
+rerun is checked to reproduce their backgrounds (the largest difference is logged) and they are kept.
+
     python -m latentda_train.cycled_cases --data DATA --out DATA/matrix/cycled
 """
 from __future__ import annotations
@@ -39,13 +45,15 @@ def saved_cycles(spinup_days=SPINUP_DAYS, every=EVERY, n=N_CASES):
 
 
 def run(data, out, start_day=START_DAY, spinup_days=SPINUP_DAYS, every=EVERY, n=N_CASES, method=METHOD,
-        network=NETWORK, bundle=None, lib=None, extra_options="", log=None):
-    """Runs the cycle (unless every case file exists) and returns the saved case files in cycle order."""
+        network=NETWORK, bundle=None, lib=None, extra_options="", log=None, members=0):
+    """Runs the cycle (unless every case file, and with `members` every members file, exists) and returns the saved
+    case files in cycle order."""
     from . import cycling as CY
     log = log or (lambda m: print(m, flush=True))
     want = saved_cycles(spinup_days, every, n)
     files = [os.path.join(out, f"cycle_{c:04d}.npz") for c in want]
-    if all(os.path.exists(f) for f in files):
+    mfiles = [members_file(out, members, c) for c in want] if members else []
+    if all(os.path.exists(f) for f in files + mfiles):
         return files
     os.makedirs(out, exist_ok=True)
     settings = {"start_day": start_day, "spinup_days": spinup_days, "every": every, "n": n, "method": method,
@@ -69,11 +77,27 @@ def run(data, out, start_day=START_DAY, spinup_days=SPINUP_DAYS, every=EVERY, n=
     host = CY.HostFields(lda, len(lat), len(lon))
     log(f"cycled cases: {method}/{network} from day {t0_day} 00 UTC (perturbation days {info['a']}, {info['b']}), "
         f"saving cycles {want}; ready in {time.time() - t0:.1f} s")
+    lag = []
     for c in range(1, max(want) + 1):
         x_b = model.step6h()
+        ens = None
+        if members:
+            ens, lag = CY.advance_lagged(model, x_b, lag, members)
         truth = np.asarray(X[4 * t0_day - 1 + c], np.float64)
         rb = CY.area_rmse(x_b - truth, lat)
-        if c in want:
+        if c in want and members:
+            if ens is None:
+                raise SystemExit(f"cycle {c}: fewer than {members} lagged forecasts so far (more spin-up needed)")
+            mf = mfiles[want.index(c)]
+            np.savez(mf + ".partial.npz", members=ens.astype(np.float32), cycle=c,
+                     member_rmse=json.dumps([CY.area_rmse(m - truth, lat) for m in ens]))
+            os.replace(mf + ".partial.npz", mf)
+        if c in want and os.path.exists(files[want.index(c)]):
+            # kept: the rerun (for the members) must reproduce the saved background
+            old = np.load(files[want.index(c)])["bg"].astype(np.float64)
+            log(f"cycle {c}: saved background kept; largest |rerun - saved| per variable "
+                + " ".join(f"{v} {np.max(np.abs(x_b[sl] - old[sl])):.2e}" for v, sl in D.VAR_SLICES.items()))
+        elif c in want:
             f = files[want.index(c)]
             np.savez(f + ".partial.npz", bg=x_b.astype(np.float32), truth=truth.astype(np.float32), cycle=c,
                      day=t0_day + c // 4, hour=6 * (c % 4), bg_rmse=json.dumps(rb), start_day=t0_day)
@@ -93,6 +117,11 @@ def run(data, out, start_day=START_DAY, spinup_days=SPINUP_DAYS, every=EVERY, n=
     return files
 
 
+def members_file(out, k, c):
+    """The lagged members of saved cycle c (run with --members k)."""
+    return os.path.join(out, f"members{k}_{c:04d}.npz")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=D.DEFAULT_OUT)
@@ -105,9 +134,11 @@ def main(argv=None):
     ap.add_argument("--network", default=NETWORK)
     ap.add_argument("--bundle", default=None, help="default: the reference bundle models/speedy-t31")
     ap.add_argument("--options", default="", help="extra latentda options (TOML lines), e.g. the ONNX Runtime backend")
+    ap.add_argument("--lib", default=None, help="liblatentda.so (default: target/release)")
+    ap.add_argument("--members", type=int, default=0, help="K of a time-lagged ensemble saved with the cases (0: none)")
     a = ap.parse_args(argv)
     run(a.data, a.out or os.path.join(a.data, "matrix", "cycled"), a.start_day, a.spinup_days, a.every, a.cases,
-        a.method, a.network, bundle=a.bundle, extra_options=a.options)
+        a.method, a.network, bundle=a.bundle, lib=a.lib, extra_options=a.options, members=a.members)
 
 
 if __name__ == "__main__":

@@ -93,6 +93,7 @@ DEFAULT_LIB = os.path.join(REPO, "target", "release", "liblatentda.so")
 DEFAULT_BUNDLE = os.path.join(REPO, "models", "speedy-t31")
 METHODS = ("none", "3dvar", "l3dvar", "hybrid")
 RUN_NAMES = METHODS + tuple(f"{m}-adaptive" for m in METHODS[1:]) + ("hybrid-adaptive-split",)  # OUT/<network>/
+RUN_NAMES += tuple(f"{m}-lagged{k}{ad}" for m in ("3dvar", "hybrid") for k in (5, 8, 10, 20) for ad in ("", "-adaptive"))
 NAMES = [v[0] for v in D.VARS]
 OBS_SEED = 700000          # noise seed of cycle c: OBS_SEED + c (the same for every method)
 FORECAST_CYCLES = 8        # 48 h
@@ -104,6 +105,8 @@ UNIFORM_COLUMNS = 300      # columns of the "uniform" network (new positions eve
 NETWORKS = ("sonde", "mass", "uniform")
 ADAPT_WINDOW = 4           # cycles of Desroziers sums behind each adaptive update (1 day; see the module doc)
 ADAPT_BOUNDS = (0.05, 4.0)  # bounds of the adaptive scale s (relative to the starting B)
+LAGGED_MEMBERS = 8         # K of --ensemble lagged: leads 6 .. 48 h
+ENSEMBLE_GAMMA = 0.5       # gamma of --ensemble (the options' default)
 
 
 # --------------------------------------------------------------------------------------------------- C ABI (ctypes)
@@ -130,9 +133,10 @@ class Latentda:
         L.lda_analyse.argtypes = [c_p, ctypes.c_char_p]
         L.lda_obs_qc.argtypes = [c_p, ctypes.POINTER(i32), ctypes.c_size_t]
         L.lda_report_json.argtypes = [c_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)]
+        L.lda_set_ensemble.argtypes = [c_p, ctypes.c_size_t, ctypes.c_size_t, dp, i32]
         L.lda_version.restype = ctypes.c_char_p
         for f in ("lda_open", "lda_close", "lda_var_index", "lda_bind_field_f64", "lda_set_obs", "lda_analyse",
-                  "lda_obs_qc", "lda_report_json"):
+                  "lda_obs_qc", "lda_report_json", "lda_set_ensemble"):
             getattr(L, f).restype = i32
         self.ctx = c_p()
         st = L.lda_open(bundle.encode(), options.encode() if options else None, ctypes.byref(self.ctx))
@@ -168,6 +172,14 @@ class Latentda:
         dp = ctypes.POINTER(ctypes.c_double)
         self._check(self.lib.lda_set_obs(self.ctx, len(v), v.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)),
                                          *[x.ctypes.data_as(dp) for x in a]), "lda_set_obs")
+
+    def set_ensemble(self, members: np.ndarray):
+        """Members (K, 41, nlat, nlon) in the state layout (the bundle's variables in order, C order): lda_set_ensemble
+        copies them; with them 3dvar is hybrid 3DEnVar and hybrid has its latent ensemble part."""
+        m = np.ascontiguousarray(members, dtype=np.float64).reshape(len(members), -1)
+        self._check(self.lib.lda_set_ensemble(self.ctx, m.shape[0], m.shape[1],
+                                              m.ctypes.data_as(ctypes.POINTER(ctypes.c_double)), 0),
+                    "lda_set_ensemble")
 
     def analyse(self, method: str):
         self._check(self.lib.lda_analyse(self.ctx, method.encode()), f"lda_analyse({method})")
@@ -331,6 +343,30 @@ class Model:
         tmp = path + ".partial.npz"
         np.savez(tmp, *leaves, step=step, extra=json.dumps(extra))
         os.replace(tmp, path)
+
+    def save_states(self, path: str, states: list):
+        """Several (dyn, phys, step) states (the lagged ensemble's running forecasts) in one file."""
+        import jax
+        arrays = {}
+        for i, (dyn, phys, step) in enumerate(states):
+            for j, l in enumerate(jax.tree_util.tree_leaves((dyn, phys))):
+                arrays[f"s{i}_{j}"] = np.asarray(jax.device_get(l))
+            arrays[f"s{i}_step"] = np.asarray(step)
+        tmp = path + ".partial.npz"
+        np.savez(tmp, n=len(states), **arrays)
+        os.replace(tmp, path)
+
+    def load_states(self, path: str) -> list:
+        import jax
+        import jax.numpy as jnp
+        z = np.load(path)
+        out = []
+        for i in range(int(z["n"])):
+            nl = len([f for f in z.files if f.startswith(f"s{i}_") and f != f"s{i}_step"])
+            leaves = [jnp.asarray(z[f"s{i}_{j}"]) for j in range(nl)]
+            dyn, phys = jax.tree_util.tree_unflatten(self.treedef, leaves)
+            out.append((dyn, phys, int(z[f"s{i}_step"])))
+        return out
 
     def load(self, path: str) -> dict:
         z = np.load(path)
@@ -603,6 +639,8 @@ def desroziers_brief(report: dict) -> dict:
 def settings_of(a) -> dict:
     s = {"method": a.method, "network": a.network, "start_day": a.start_day, "spinup_days": a.spinup_days,
          "days": a.days, "bundle": os.path.abspath(a.bundle), "options": a.options, "obs_seed": OBS_SEED}
+    if getattr(a, "ensemble", "none") != "none":
+        s["ensemble"] = {"kind": a.ensemble, "members": a.members, "gamma": a.ensemble_gamma}
     if getattr(a, "adaptive", False):
         s["adaptive"] = {"window": a.adaptive_window, "bounds": list(a.adaptive_bounds), "rule": a.adaptive_rule,
                          "group": "all", "band": "global", "split": bool(getattr(a, "adaptive_split", False))}
@@ -610,10 +648,36 @@ def settings_of(a) -> dict:
 
 
 def run_name(a) -> str:
-    """The run's folder name under OUT/<network>/: the method, with "-adaptive" for an adaptive B."""
+    """The run's folder name under OUT/<network>/: the method, "-lagged<K>" with a lagged ensemble, "-adaptive" for
+    an adaptive B."""
+    name = a.method
+    if getattr(a, "ensemble", "none") != "none":
+        name += f"-{a.ensemble}{a.members}"
     if not getattr(a, "adaptive", False):
-        return a.method
-    return a.method + ("-adaptive-split" if getattr(a, "adaptive_split", False) else "-adaptive")
+        return name
+    return name + ("-adaptive-split" if getattr(a, "adaptive_split", False) else "-adaptive")
+
+
+def run_options(a) -> str:
+    """The options text of the run: --options, plus the ensemble weight when the run has members."""
+    if getattr(a, "ensemble", "none") == "none":
+        return a.options
+    return a.options + f"\nensemble_gamma = {a.ensemble_gamma}"
+
+
+def advance_lagged(model, x_b: np.ndarray, lag: list, k: int):
+    """The time-lagged ensemble of this cycle: the background x_b (the 6 h forecast of the last analysis, the model's
+    current state) and the earlier analyses' running forecasts `lag` (valid 6 h ago, newest first) each run on 6 h:
+    leads 6, 12, ..., 6 k hours, all valid now. Returns (members, lag of the next cycle); the model is left at the
+    background. members is None until k are available (the first k - 1 cycles run without an ensemble)."""
+    bg = model.current()
+    xs, new_lag = [x_b], [bg]
+    for dyn, phys, step in lag[:k - 1]:
+        model.set(dyn, phys, step)
+        xs.append(model.step6h())
+        new_lag.append(model.current())
+    model.set(*bg)
+    return (np.stack(xs) if len(xs) >= k else None), new_lag[:k - 1]
 
 
 def run(a, model: Model | None = None, log=print) -> str:
@@ -626,12 +690,19 @@ def run(a, model: Model | None = None, log=print) -> str:
     adaptive = getattr(a, "adaptive", False)
     if adaptive and a.method == "none":
         raise SystemExit("--adaptive needs an assimilating method")
+    ens_k = a.members if getattr(a, "ensemble", "none") == "lagged" else 0
+    if ens_k and a.method not in ("3dvar", "hybrid"):
+        raise SystemExit("--ensemble is for methods 3dvar (then hybrid 3DEnVar) and hybrid (latent hybrid EnVar)")
+    if ens_k and ens_k < 2:
+        raise SystemExit("--members must be at least 2")
     folder = os.path.join(a.out, a.network, run_name(a))
     os.makedirs(folder, exist_ok=True)
     settings = settings_of(a)
     sp = os.path.join(folder, "settings.json")
     ckpt = os.path.join(folder, "state.npz")
     metrics = os.path.join(folder, "metrics.jsonl")
+    lag_file = os.path.join(folder, "lagged.npz")
+    lag = []
     if os.path.exists(ckpt) and os.path.exists(sp):
         old = json.load(open(sp))
         if {k: v for k, v in old.items() if k != "days"} != {k: v for k, v in settings.items() if k != "days"}:
@@ -651,6 +722,8 @@ def run(a, model: Model | None = None, log=print) -> str:
         extra = model.load(ckpt)
         cycle = extra["cycle"]
         adapt_state = extra.get("adaptive")
+        if ens_k:
+            lag = model.load_states(lag_file)
         kept = [l for l in open(metrics)] if os.path.exists(metrics) else []
         kept = [l for l in kept if json.loads(l)["cycle"] <= cycle]
         open(metrics, "w").writelines(kept)
@@ -664,9 +737,9 @@ def run(a, model: Model | None = None, log=print) -> str:
             f"alpha {info['alpha']:.3f}); {n_cycles} cycles")
     lda = host = adapt = None
     if adaptive:
-        adapt = AdaptiveB(a.method, a.options, a.adaptive_window, a.adaptive_bounds, adapt_state, a.adaptive_rule,
+        adapt = AdaptiveB(a.method, run_options(a), a.adaptive_window, a.adaptive_bounds, adapt_state, a.adaptive_rule,
                           getattr(a, "adaptive_split", False))
-    lda_options = options_text(adapt.options()) if adapt else a.options
+    lda_options = options_text(adapt.options()) if adapt else run_options(a)
     if a.method != "none":
         lda = Latentda(a.lib, a.bundle, lda_options)
         host = HostFields(lda, len(lat), len(lon))
@@ -677,6 +750,11 @@ def run(a, model: Model | None = None, log=print) -> str:
             c = cycle + 1
             x_b = model.step6h()
             t_fc = time.time() - tc
+            members = None
+            if ens_k:
+                tm = time.time()
+                members, lag = advance_lagged(model, x_b, lag, ens_k)
+                t_members = time.time() - tm
             truth = np.asarray(X[4 * t0_day - 1 + c], np.float64)
             rec = {"cycle": c, "day": t0_day + c // 4, "hour": 6 * (c % 4), "scored": c > 4 * a.spinup_days,
                    "bg": area_rmse(x_b - truth, lat), "bg_balance_true": BAL.balance(x_b, truth, lat, lon)}
@@ -691,6 +769,8 @@ def run(a, model: Model | None = None, log=print) -> str:
                 obs = observations(lda, truth, lat, lon, sig, st, OBS_SEED + c, a.network)
                 host.load(x_b)
                 lda.set_obs(*obs)
+                if members is not None:
+                    lda.set_ensemble(members)
                 lda.analyse(a.method)
                 x_a = host.state()
                 rep = lda.report()
@@ -712,6 +792,15 @@ def run(a, model: Model | None = None, log=print) -> str:
                            iterations=si.get("inner_total"), grad_reduction=si.get("grad_reduction"),
                            t_analysis=time.time() - ta, t_latentda=rep["timings"]["total_s"],
                            desroziers=desroziers_brief(rep))
+                if members is not None:
+                    ens = rep.get("ensemble") or {}
+                    rec.update(t_members=t_members, ensemble={
+                        "k": ens.get("members"), "gamma": ens.get("gamma"),
+                        # per observed variable: ensemble spread at the observations / the innovations' own skill
+                        "spread_skill": {v["name"]: [v["spread"], v["innovation_skill"]]
+                                         for v in ens.get("spread_skill", []) if v.get("n_used", 0) > 0},
+                        "member_rmse": {v: float(np.mean([area_rmse(m - truth, lat)[v] for m in members]))
+                                        for v in NAMES}})
                 if adapt is not None:
                     rec["adaptive"] = adapt.update(rep)
             else:
@@ -731,6 +820,8 @@ def run(a, model: Model | None = None, log=print) -> str:
                 raise RuntimeError(f"cycle {c}: non-finite analysis RMSE {rec['an']}")
             mf.write(json.dumps(rec) + "\n")
             mf.flush()
+            if ens_k:
+                model.save_states(lag_file, lag)
             model.save(ckpt, {"cycle": c, "adaptive": adapt.state() if adapt else None})
             cycle = c
             if c % 4 == 0 or c == n_cycles or c <= 2:
@@ -773,6 +864,8 @@ def summary(out: str, log=print) -> list:
         colours = {"none": "0.5", "3dvar": "tab:blue", "l3dvar": "tab:red", "hybrid": "tab:green",
                    "3dvar-adaptive": "tab:cyan", "l3dvar-adaptive": "tab:pink", "hybrid-adaptive": "tab:olive",
                    "hybrid-adaptive-split": "tab:purple"}
+        for i, m in enumerate(x for x in runs if x not in colours):
+            colours[m] = ("tab:brown", "tab:orange", "k", "tab:gray", "m", "y")[i % 6]
         fig, axs = plt.subplots(3, 2, figsize=(13, 10), sharex=True)
         for ax, v in zip(axs.flat, NAMES):
             for m, r in runs.items():
@@ -987,6 +1080,13 @@ def main(argv=None):
     ap.add_argument("--adaptive-split", action="store_true",
                     help="hybrid: fit alpha and beta separately (latent and static parts of H B H^T over the cells "
                          "variable x band) instead of scaling both together")
+    ap.add_argument("--ensemble", default="none", choices=("none", "lagged"),
+                    help="lagged: a time-lagged ensemble (the forecasts of the last --members analyses valid now, "
+                         "leads 6 .. 6 K h) as the ensemble part: 3dvar becomes hybrid 3DEnVar, hybrid gains its "
+                         "latent ensemble part (issue 24)")
+    ap.add_argument("--members", type=int, default=LAGGED_MEMBERS, help="K of the lagged ensemble")
+    ap.add_argument("--ensemble-gamma", type=float, default=ENSEMBLE_GAMMA,
+                    help="weight gamma of the ensemble part (not scaled by --adaptive: see the module doc)")
     ap.add_argument("--adaptive-rule", default="desroziers", choices=AdaptiveB.RULES,
                     help="desroziers: E[(Hxa-Hxb) db] (the fixed-point step; slow where R >> HBH^T); innovation: "
                          "E[db^2] - R (one step if R is right)")

@@ -249,14 +249,18 @@ impl Analyser {
     pub fn hybrid_settings(&self) -> Result<HybridSettings> {
         let (o, h) = (&self.options, &self.bundle.hybrid);
         let (alpha, beta) = (o.hybrid_alpha.unwrap_or(h.alpha), o.hybrid_beta.unwrap_or(h.beta));
-        if alpha == 0.0 && beta == 0.0 {
-            return Err(Error::arg("hybrid_alpha and hybrid_beta are both 0: the hybrid B would be zero"));
+        // alpha = beta = 0 leaves the ensemble part alone (latent EnVar): allowed with members only
+        let ensemble = self.ensemble_size() > 0;
+        if alpha == 0.0 && beta == 0.0 && !ensemble {
+            return Err(Error::arg(
+                "hybrid_alpha and hybrid_beta are both 0 and no ensemble members are set: the hybrid B would be zero",
+            ));
         }
         // Tropical weights: the options', else the bundle's, else the extratropical ones (no band weights).
         let alpha_tropics = o.hybrid_alpha_tropics.or(h.alpha_tropics).unwrap_or(alpha);
         let beta_tropics = o.hybrid_beta_tropics.or(h.beta_tropics).unwrap_or(beta);
         let band_lat = o.hybrid_band_lat.or(h.band_lat).unwrap_or(crate::var::options::DEFAULT_HYBRID_BAND_LAT);
-        if alpha_tropics == 0.0 && beta_tropics == 0.0 {
+        if alpha_tropics == 0.0 && beta_tropics == 0.0 && !ensemble {
             return Err(Error::arg(
                 "hybrid_alpha_tropics and hybrid_beta_tropics are both 0: the hybrid B would be zero in the tropics",
             ));

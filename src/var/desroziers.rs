@@ -26,8 +26,11 @@
 //! ```
 //!
 //! which is g x (estimated / in-force H B H^T) when every report had the same g. Apply it, rerun, repeat until the
-//! ratio is about 1. The hybrid's reports also split sigma_b^2 into its latent and static parts, so that alpha and
-//! beta can be fitted on their own ([`hybrid_split`]).
+//! ratio is about 1. The hybrid's reports also split sigma_b^2 into its latent and static parts, and, with ensemble
+//! members, its ensemble part (hybrid 3DEnVar's reports: static and ensemble), so that alpha, beta and gamma can be
+//! fitted on their own ([`hybrid_split`]). With an ensemble part the joint scale g still scales alpha and beta only
+//! (3dvar: the baseline factor), gamma stays: the fixed point of the step is then the one where the static parts
+//! make up what the ensemble part leaves of the estimate.
 
 use std::collections::BTreeMap;
 
@@ -79,9 +82,25 @@ pub struct DesroziersSums {
     #[serde(default)]
     pub sum_hbh_latent: Option<f64>,
     /// Hybrid only: the static part of `sum_hbh`, beta (H sd_static)^2, or (H (sqrt(beta(phi)) sd_static))^2 with
-    /// latitude-band weights (null otherwise).
+    /// latitude-band weights (null otherwise). Hybrid 3DEnVar: the static B's (H sd_static)^2.
     #[serde(default)]
     pub sum_hbh_static: Option<f64>,
+    /// With ensemble members (hybrid, or 3dvar as hybrid 3DEnVar): the ensemble part of `sum_hbh`, (H sd_ens)^2
+    /// with gamma applied; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sum_hbh_ensemble: Option<f64>,
+}
+
+/// The parts of sigma_b^2 in force at one observation: latent (hybrid), static (hybrid, hybrid 3DEnVar) and
+/// ensemble (with members), each (H sd_part)^2 with its weight applied; `None` for a part the B does not have.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct HbhParts {
+    /// Latent part, alpha (H sd_latent)^2.
+    pub latent: Option<f64>,
+    /// Static part, beta (H sd_static)^2 (hybrid) or (H sd_static)^2 (hybrid 3DEnVar).
+    pub statics: Option<f64>,
+    /// Ensemble part, (H sd_ens)^2 with gamma.
+    pub ensemble: Option<f64>,
 }
 
 /// Adds `x` to an optional sum that stays known only while every term is (`first`: the sum is still empty).
@@ -94,9 +113,11 @@ fn add_known(first: bool, acc: Option<f64>, x: Option<f64>) -> Option<f64> {
 }
 
 impl DesroziersSums {
-    fn add_obs(&mut self, w: f64, r: f64, da: f64, db: f64, sb2: Option<f64>, parts: Option<(f64, f64)>) {
-        self.sum_hbh_latent = add_known(self.n == 0, self.sum_hbh_latent, parts.map(|p| w * p.0));
-        self.sum_hbh_static = add_known(self.n == 0, self.sum_hbh_static, parts.map(|p| w * p.1));
+    fn add_obs(&mut self, w: f64, r: f64, da: f64, db: f64, sb2: Option<f64>, parts: Option<HbhParts>) {
+        let part = |f: fn(&HbhParts) -> Option<f64>| parts.as_ref().and_then(f).map(|p| w * p);
+        self.sum_hbh_latent = add_known(self.n == 0, self.sum_hbh_latent, part(|p| p.latent));
+        self.sum_hbh_static = add_known(self.n == 0, self.sum_hbh_static, part(|p| p.statics));
+        self.sum_hbh_ensemble = add_known(self.n == 0, self.sum_hbh_ensemble, part(|p| p.ensemble));
         self.n += 1;
         self.sum_r += w * r;
         self.sum_da_db += w * da * db;
@@ -117,6 +138,7 @@ impl DesroziersSums {
         }
         self.sum_hbh_latent = add_known(self.n == 0, self.sum_hbh_latent, o.sum_hbh_latent);
         self.sum_hbh_static = add_known(self.n == 0, self.sum_hbh_static, o.sum_hbh_static);
+        self.sum_hbh_ensemble = add_known(self.n == 0, self.sum_hbh_ensemble, o.sum_hbh_ensemble);
         self.sum_hbh = match (self.n == 0, self.sum_hbh, o.sum_hbh) {
             (true, _, h) => h,
             (false, Some(a), Some(b)) => Some(a + b),
@@ -199,6 +221,9 @@ pub struct BInForce {
     pub hybrid_alpha: Option<f64>,
     /// Hybrid weight of the static B.
     pub hybrid_beta: Option<f64>,
+    /// Weight gamma of the ensemble part (with members: hybrid, or 3dvar as hybrid 3DEnVar); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ensemble_gamma: Option<f64>,
 }
 
 impl BInForce {
@@ -253,8 +278,8 @@ pub struct Innovation {
     pub sigma: f64,
     /// Background-error sd in force at the observation (H sqrt(diag B)), if known.
     pub sigma_b: Option<f64>,
-    /// Hybrid: the latent and static parts of sigma_b^2 in force, alpha (H sd_latent)^2 and beta (H sd_static)^2.
-    pub sigma_b_parts: Option<(f64, f64)>,
+    /// The parts of sigma_b^2 in force (hybrid: latent and static; with members also the ensemble part).
+    pub sigma_b_parts: Option<HbhParts>,
 }
 
 /// The cells of the diagnostics for observations `rows` of a bundle with variables `variables` (name, units).
@@ -386,30 +411,37 @@ pub struct HybridSplit {
     pub alpha: f64,
     /// New beta.
     pub beta: f64,
-    /// Cosine between the cells' latent and static H B H^T vectors (near 1: the two parts cannot be told apart).
+    /// New gamma (`ensemble_gamma`), when the reports had an ensemble part.
+    pub gamma: Option<f64>,
+    /// Largest cosine between two parts' in-force vectors over the cells (near 1: those parts cannot be told apart).
     pub cosine: f64,
     /// Cells used (bundle variable x band nh / tropics / sh, with observations).
     pub cells: usize,
 }
 
-/// Largest cosine between the latent and static in-force vectors for which [`hybrid_split`] gives an answer.
+/// Largest cosine between the latent and static in-force vectors for which [`hybrid_split`] gives an answer; with
+/// three parts, the determinant of their normalised Gram matrix must exceed 1 - SPLIT_MAX_COSINE^2 (the same test
+/// for two parts).
 pub const SPLIT_MAX_COSINE: f64 = 0.995;
 
 /// Hybrid weights from innovations, each part sized on its own: over the disjoint cells c (bundle variable x band
 /// nh, tropics, sh) of hybrid reports k, with E_c = sum_k sum (H x_a - H x_b) d_b / sigma_o^2 (the H B H^T estimate),
 /// L_c = sum_k sum alpha_k (H sd_l)^2 / sigma_o^2 / alpha_k and S_c likewise for the static part (the two parts in
-/// force per unit weight), the non-negative least-squares fit E_c ~ alpha L_c + beta S_c. The fit needs cells whose
-/// latent / static proportions differ (different variables, or the tropics against the extratropics); it returns
-/// `None` when the cosine between the vectors L and S exceeds [`SPLIT_MAX_COSINE`] or no report has the parts. It
-/// is a fixed-point step like the joint scaling.
+/// force per unit weight), and with ensemble members G_c for the ensemble part per unit gamma, the non-negative
+/// least-squares fit E_c ~ alpha L_c + beta S_c (+ gamma G_c) (exact: every subset of the parts is solved and the
+/// feasible one with the smallest residual kept). The fit needs cells whose proportions differ (different variables,
+/// or the tropics against the extratropics); it returns `None` when the parts are nearly parallel (see
+/// [`SPLIT_MAX_COSINE`]) or no report has the parts. It is a fixed-point step like the joint scaling.
 pub fn hybrid_split(sections: &[Desroziers]) -> Option<HybridSplit> {
     let composite = |g: &str| g == "all" || GROUPS.iter().any(|(n, _)| *n == g);
-    let mut acc: BTreeMap<(String, String), [f64; 3]> = BTreeMap::new();
+    let mut acc: BTreeMap<(String, String), [f64; 4]> = BTreeMap::new();
+    let mut with_ensemble = false;
     for s in sections.iter().filter(|s| s.method == "hybrid") {
         let (Some(a), Some(b)) = (s.b_in_force.hybrid_alpha, s.b_in_force.hybrid_beta) else { continue };
         if !(a > 0.0 && b > 0.0) {
             continue;
         }
+        let gamma = s.b_in_force.ensemble_gamma.filter(|g| *g > 0.0);
         for c in s.cells.iter().filter(|c| c.band != "global" && !composite(&c.group) && c.normalised.n > 0) {
             let m = &c.normalised;
             let (Some(l), Some(st)) = (m.sum_hbh_latent, m.sum_hbh_static) else { continue };
@@ -417,34 +449,89 @@ pub fn hybrid_split(sections: &[Desroziers]) -> Option<HybridSplit> {
             e[0] += m.sum_dhx_db;
             e[1] += l / a;
             e[2] += st / b;
+            if let (Some(g), Some(en)) = (gamma, m.sum_hbh_ensemble) {
+                e[3] += en / g;
+                with_ensemble = true;
+            }
         }
     }
     if acc.len() < 2 {
         return None;
     }
-    let (mut ll, mut ss, mut ls, mut le, mut se) = (0.0, 0.0, 0.0, 0.0, 0.0);
-    for [e, l, s] in acc.values() {
-        ll += l * l;
-        ss += s * s;
-        ls += l * s;
-        le += l * e;
-        se += s * e;
+    let p = if with_ensemble { 3 } else { 2 };
+    // normal equations of E ~ sum_j w_j P_j over the cells
+    let (mut gram, mut rhs, mut ee) = ([[0.0; 3]; 3], [0.0; 3], 0.0);
+    for v in acc.values() {
+        ee += v[0] * v[0];
+        for i in 0..p {
+            rhs[i] += v[i + 1] * v[0];
+            for j in 0..p {
+                gram[i][j] += v[i + 1] * v[j + 1];
+            }
+        }
     }
-    if !(ll > 0.0 && ss > 0.0) {
+    if (0..p).any(|i| gram[i][i] <= 0.0) {
         return None;
     }
-    let cosine = ls / (ll * ss).sqrt();
-    if cosine > SPLIT_MAX_COSINE {
+    let corr = |i: usize, j: usize| gram[i][j] / (gram[i][i] * gram[j][j]).sqrt();
+    let cosine = (0..p).flat_map(|i| (i + 1..p).map(move |j| (i, j))).map(|(i, j)| corr(i, j)).fold(f64::MIN, f64::max);
+    let det = if p == 2 {
+        1.0 - corr(0, 1).powi(2)
+    } else {
+        let (a, b, c) = (corr(0, 1), corr(0, 2), corr(1, 2));
+        1.0 + 2.0 * a * b * c - a * a - b * b - c * c
+    };
+    if det < 1.0 - SPLIT_MAX_COSINE * SPLIT_MAX_COSINE {
         return None;
     }
-    let det = ll * ss - ls * ls;
-    let (mut alpha, mut beta) = ((le * ss - se * ls) / det, (se * ll - le * ls) / det);
-    if alpha < 0.0 {
-        (alpha, beta) = (0.0, (se / ss).max(0.0));
-    } else if beta < 0.0 {
-        (alpha, beta) = ((le / ll).max(0.0), 0.0);
+    let mut best: Option<(f64, [f64; 3])> = None;
+    for mask in 1u32..(1 << p) {
+        let idx: Vec<usize> = (0..p).filter(|i| mask & (1 << i) != 0).collect();
+        let Some(w) = solve_small(&gram, &rhs, &idx) else { continue };
+        if w.iter().any(|x| *x < 0.0) {
+            continue;
+        }
+        let mut full = [0.0; 3];
+        idx.iter().zip(&w).for_each(|(&i, &x)| full[i] = x);
+        let fit: f64 = (0..p).map(|i| full[i] * rhs[i]).sum::<f64>();
+        let quad: f64 =
+            (0..p).flat_map(|i| (0..p).map(move |j| (i, j))).map(|(i, j)| full[i] * gram[i][j] * full[j]).sum();
+        let residual = ee - 2.0 * fit + quad;
+        if best.as_ref().is_none_or(|(r, _)| residual < *r) {
+            best = Some((residual, full));
+        }
     }
-    (alpha + beta > 0.0).then_some(HybridSplit { alpha, beta, cosine, cells: acc.len() })
+    let (_, w) = best?;
+    (w.iter().sum::<f64>() > 0.0).then_some(HybridSplit {
+        alpha: w[0],
+        beta: w[1],
+        gamma: with_ensemble.then_some(w[2]),
+        cosine,
+        cells: acc.len(),
+    })
+}
+
+/// Solves the normal equations restricted to the parts `idx` (Gaussian elimination, partial pivoting); `None` when
+/// singular.
+fn solve_small(gram: &[[f64; 3]; 3], rhs: &[f64; 3], idx: &[usize]) -> Option<Vec<f64>> {
+    let n = idx.len();
+    let mut a: Vec<Vec<f64>> = idx.iter().map(|&i| idx.iter().map(|&j| gram[i][j]).chain([rhs[i]]).collect()).collect();
+    for c in 0..n {
+        let piv = (c..n).max_by(|&x, &y| a[x][c].abs().total_cmp(&a[y][c].abs()))?;
+        if a[piv][c].abs() <= 1e-300 {
+            return None;
+        }
+        a.swap(c, piv);
+        for r in 0..n {
+            if r != c {
+                let f = a[r][c] / a[c][c];
+                for k in c..=n {
+                    a[r][k] -= f * a[c][k];
+                }
+            }
+        }
+    }
+    Some((0..n).map(|i| a[i][n] / a[i][i]).collect())
 }
 
 /// Accumulates the `desroziers` sections of reports of method `method` and derives the new B size from the cell
@@ -588,6 +675,9 @@ impl Tuning {
                 _ => {}
             }
         }
+        if let Some(g) = sp.gamma {
+            self.options.push(("ensemble_gamma".to_string(), g));
+        }
         self.notes.push(format!("hybrid weights fitted separately over {} cells (cosine {:.3})", sp.cells, sp.cosine));
         Ok(())
     }
@@ -619,8 +709,12 @@ impl Tuning {
         if let Some(sp) = &self.hybrid_split {
             let _ = writeln!(
                 s,
-                "# alpha and beta fitted separately (latentda tune --hybrid-split): hybrid_alpha = {:.6}, hybrid_beta = {:.6} ({} cells, cosine {:.3})",
-                sp.alpha, sp.beta, sp.cells, sp.cosine
+                "# alpha and beta fitted separately (latentda tune --hybrid-split): hybrid_alpha = {:.6}, hybrid_beta = {:.6}{} ({} cells, cosine {:.3})",
+                sp.alpha,
+                sp.beta,
+                sp.gamma.map_or(String::new(), |g| format!(", ensemble_gamma = {g:.6}")),
+                sp.cells,
+                sp.cosine
             );
         }
         let _ = writeln!(s, "# a fixed-point step: apply, rerun, repeat until the ratios are about 1");
@@ -803,6 +897,61 @@ mod tests {
         let sp4 = hybrid_split(&[d4]).unwrap();
         assert_eq!(sp4.alpha, 0.0);
         assert!(sp4.beta > 0.0);
+    }
+
+    #[test]
+    fn hybrid_split_with_an_ensemble_part_recovers_three_weights() {
+        // estimates made by alpha 0.5, beta 2, gamma 0.25; reported at alpha = beta = 1, gamma 0.5
+        let make = |coef: (f64, f64, f64), parallel: bool| {
+            let mut cells = Vec::new();
+            for (i, (g, band)) in
+                [("u", "nh"), ("u", "tropics"), ("t", "sh"), ("ps", "nh"), ("v", "sh")].iter().enumerate()
+            {
+                let (l, s) = (1.0 + i as f64, 3.0 - 0.5 * i as f64);
+                let e = if parallel { l + s } else { 0.5 + (i as f64 - 2.0).powi(2) };
+                let norm = DesroziersSums {
+                    n: 10,
+                    sum_dhx_db: coef.0 * l + coef.1 * s + coef.2 * e,
+                    sum_hbh: Some(l + s + 0.5 * e),
+                    sum_hbh_latent: Some(l),
+                    sum_hbh_static: Some(s),
+                    sum_hbh_ensemble: Some(0.5 * e),
+                    ..Default::default()
+                };
+                cells.push(DesroziersCell {
+                    group: g.to_string(),
+                    band: band.to_string(),
+                    normalised: norm,
+                    ..Default::default()
+                });
+            }
+            Desroziers {
+                method: "hybrid".into(),
+                b_in_force: BInForce {
+                    hybrid_alpha: Some(1.0),
+                    hybrid_beta: Some(1.0),
+                    ensemble_gamma: Some(0.5),
+                    ..Default::default()
+                },
+                sigma_b: String::new(),
+                cells,
+            }
+        };
+        let sp = hybrid_split(&[make((0.5, 2.0, 0.25), false)]).unwrap();
+        let g = sp.gamma.unwrap();
+        assert!((sp.alpha - 0.5).abs() < 1e-12 && (sp.beta - 2.0).abs() < 1e-12 && (g - 0.25).abs() < 1e-12, "{sp:?}");
+        // a negative ensemble weight is clipped to 0 and the other two refitted, non-negative
+        let sp = hybrid_split(&[make((0.5, 2.0, -0.3), false)]).unwrap();
+        assert_eq!(sp.gamma, Some(0.0));
+        assert!(sp.alpha >= 0.0 && sp.beta >= 0.0 && sp.alpha + sp.beta > 0.0, "{sp:?}");
+        // an ensemble part that is a combination of the other two cannot be told apart
+        assert!(hybrid_split(&[make((0.5, 2.0, 0.25), true)]).is_none());
+        // tune --hybrid-split writes the three weights
+        let mut t = tune(&[make((0.5, 2.0, 0.25), false)], "hybrid", "u", "nh").unwrap();
+        t.use_split().unwrap();
+        let get = |k: &str| t.options.iter().find(|(n, _)| n == k).map(|(_, v)| *v);
+        assert!((get("ensemble_gamma").unwrap() - 0.25).abs() < 1e-12, "{:?}", t.options);
+        assert!((get("hybrid_alpha").unwrap() - 0.5).abs() < 1e-12);
     }
 
     #[test]

@@ -9,11 +9,11 @@ use crate::error::Result;
 use crate::obs::operator::ObsOperator;
 use crate::obs::{qc, Observation, QcFlag};
 use crate::var::analysis::{Analyser, Analysis};
-use crate::var::desroziers::{cells, innovations, BInForce, Desroziers};
+use crate::var::desroziers::{cells, innovations, BInForce, Desroziers, HbhParts};
 use crate::var::formulation::{Formulation, Rows, VarianceFor};
 use crate::var::fourd::{FourD, FourDFormulation};
 use crate::var::guards;
-use crate::var::options::{Method, OutputMode};
+use crate::var::options::{BKind, Method, OutputMode};
 use crate::var::report::BackgroundCheckInfo;
 use crate::var::solver::Problem;
 use crate::var::threed::ThreeD;
@@ -151,7 +151,7 @@ impl Analyser {
         let o = &self.options;
         let lvf = o.latent_variance_factor.unwrap_or(1.0);
         let bvf = o.baseline_variance_factor.unwrap_or(self.bundle.baseline_variance_factor);
-        let b_in_force = match method {
+        let mut b_in_force = match method {
             Method::L3dvar | Method::L4dvar => BInForce { latent_variance_factor: Some(lvf), ..Default::default() },
             Method::Var3d => BInForce { baseline_variance_factor: Some(bvf), ..Default::default() },
             Method::Hybrid => {
@@ -161,6 +161,7 @@ impl Analyser {
                     baseline_variance_factor: Some(bvf),
                     hybrid_alpha: hs.as_ref().map(|h| h.alpha),
                     hybrid_beta: hs.as_ref().map(|h| h.beta),
+                    ensemble_gamma: None,
                 }
             }
         };
@@ -171,17 +172,42 @@ impl Analyser {
             "null: no background check ran (bg_check = 0), so diag B was not computed".to_string()
         };
         let mut rows = innovations(obs, h, hxb, hxa, sigma, sd);
-        if method == Method::Hybrid && sd.is_some() {
-            // The two parts' sd as in force (weights and band fields applied), from the cached operators (the
-            // background check computed both variances: no model run here).
-            if let Ok((l, st)) = self.hybrid_part_sd() {
-                let at = |sd: &[f64]| {
-                    let mut at = vec![0.0; h.nrows()];
-                    h.apply(sd, &mut at);
-                    at.iter().map(|x| x * x).collect::<Vec<f64>>()
-                };
-                let (l, st) = (at(&l), at(&st));
-                rows.iter_mut().enumerate().for_each(|(r, row)| row.sigma_b_parts = Some((l[r], st[r])));
+        let kind = match method {
+            Method::Hybrid => Some(BKind::Hybrid),
+            Method::Var3d => Some(BKind::Static),
+            _ => None,
+        };
+        let ensemble = kind.and_then(|k| self.ensemble_part(k)).is_some();
+        if ensemble {
+            b_in_force.ensemble_gamma = Some(self.ensemble_gamma());
+        }
+        if let (Some(kind), Some(_)) = (kind, sd) {
+            // The parts' sd as in force (weights and band fields applied), from the cached operators (the
+            // background check computed every variance: no model run here). 3dvar has parts only as hybrid 3DEnVar.
+            let at = |sd: &[f64]| {
+                let mut at = vec![0.0; h.nrows()];
+                h.apply(sd, &mut at);
+                at.iter().map(|x| x * x).collect::<Vec<f64>>()
+            };
+            let sqrt = |v: &[f64]| v.iter().map(|v| v.max(0.0).sqrt()).collect::<Vec<f64>>();
+            let (latent, statics) = match kind {
+                BKind::Hybrid => match self.hybrid_part_sd() {
+                    Ok((l, st)) => (Some(at(&l)), Some(at(&st))),
+                    Err(_) => (None, None),
+                },
+                _ if ensemble => (None, self.static_b().ok().map(|b| at(&sqrt(b.variance())))),
+                _ => (None, None),
+            };
+            let ens =
+                if ensemble { self.ensemble_variance(kind).ok().flatten().map(|(v, _)| at(&sqrt(&v))) } else { None };
+            if latent.is_some() || statics.is_some() {
+                rows.iter_mut().enumerate().for_each(|(r, row)| {
+                    row.sigma_b_parts = Some(HbhParts {
+                        latent: latent.as_ref().map(|v| v[r]),
+                        statics: statics.as_ref().map(|v| v[r]),
+                        ensemble: ens.as_ref().map(|v| v[r]),
+                    })
+                });
             }
         }
         Desroziers { method: method.name().into(), b_in_force, sigma_b, cells: cells(&vars, &rows) }
