@@ -303,7 +303,8 @@ extern "C" {
  *   `hybrid_alpha_tropics`, `hybrid_beta_tropics`, `hybrid_band_lat` (`[lat0, lat1]`), `baseline_variance_factor`,
  *   `latent_variance_factor`, `latent_increment` ("linear" | "nonlinear"), `b_operator` ("latent" | "hybrid" |
  *   "static"), `window_hours`, `slot_hours`, `error_growth_per_hour`, `verbosity`, `self_test`, `ensemble_gamma`,
- *   `ensemble_localisation_km`, `ensemble_localisation_model_km` (one `key = value` per line; see
+ *   `ensemble_localisation_km`, `ensemble_localisation_model_km`, `ensemble_space` ("latent" | "model")
+ *   (one `key = value` per line; see
  *   docs/coupling.md). Unknown keys are an error.
  * - `out`: receives the new context; must not be NULL. It is set to NULL on failure.
  *

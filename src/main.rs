@@ -34,7 +34,7 @@ USAGE:
                    [--baseline-variance-factor F] [--latent-variance-factor F] [--bg-check-samples N]
                    [--bg-check-sigma-b calibrated|flow] [--latent-increment nonlinear|linear]
                    [--ensemble 'dir/member_*.nc' | m1.nc,m2.nc,...] [--ensemble-gamma G]
-                   [--ensemble-localisation-km L] [--ensemble-localisation-model-km L]
+                   [--ensemble-localisation-km L] [--ensemble-localisation-model-km L] [--ensemble-space latent|model]
                    [--window-hours H] [--slot-hours H] [--error-growth-per-hour G] [--background-at HOURS=bg.nc ...]
   latentda demo <bundle> [--case CASE] [--obs obs.csv] [--obs4d obs4d.csv] [--output OUTDIR] [options as for analyse but --output-mode]
                    (3D-Var, L3DVar and hybrid on CASE/background.nc, scored against CASE/truth.nc, and L4DVar
@@ -134,6 +134,7 @@ impl Common {
                 "ensemble-gamma" => o.ensemble_gamma = Some(num(v)?),
                 "ensemble-localisation-km" => o.ensemble_localisation_km = num(v)?,
                 "ensemble-localisation-model-km" => o.ensemble_localisation_model_km = Some(num(v)?),
+                "ensemble-space" => o.ensemble_space = latentda::var::options::EnsembleSpace::parse(v).map_err(bad)?,
                 "verbose" => o.verbosity = 1,
                 _ => unreachable!("flag --{flag} is recorded by parse_common"),
             }
@@ -205,6 +206,7 @@ fn parse_common(common: &mut Common, arg: &Arg, parser: &mut lexopt::Parser) -> 
         "ensemble-gamma" => "ensemble-gamma",
         "ensemble-localisation-km" => "ensemble-localisation-km",
         "ensemble-localisation-model-km" => "ensemble-localisation-model-km",
+        "ensemble-space" => "ensemble-space",
         "verbose" => {
             common.flags.push(("verbose", String::new()));
             return Ok(true);

@@ -790,3 +790,54 @@ fn desroziers_parts_include_the_ensemble_and_the_ensemble_alone_runs() {
         assert!(*v == 0.0, "Jb {k} = {v} with a zero weight");
     }
 }
+
+/// (h) Method hybrid with `ensemble_space = "model"`: latent + static + the model-space ensemble B of 3DEnVar. With a
+/// linear decoder the analysis is the Kalman solution of that three-part B, from the host operator and from the
+/// parts (the two-part hybrid of `with_b` and a model-space ensemble B built by its own constructor); the report
+/// names the model-space part and its localisation.
+#[test]
+fn hybrid_with_a_model_space_ensemble_is_the_kalman_solution() {
+    let opt = format!(
+        "{EXACT}hybrid_alpha = 0.7\nhybrid_beta = 0.4\nensemble_gamma = 0.8\nensemble_space = \"model\"\n\
+         ensemble_localisation_model_km = 4000.0\n"
+    );
+    let mut a = open("linear", &opt);
+    let (xb, obs) = sample(&a, "linear");
+    let mem = members(&a, &xb, 5, 13);
+    a.set_ensemble(mem.clone()).unwrap();
+    let res = a.analyse(&xb, &obs, Method::Hybrid).unwrap();
+    let dx: Vec<f64> = res.analysis.iter().zip(&xb).map(|(x, b)| x - b).collect();
+    let h = used_h(&a, &obs);
+    let ns = xb.len();
+    let z = a.encode_background(&xb).unwrap();
+    let n2 = a.prepare_b(BKind::Hybrid, Some(&z)).unwrap();
+    let ne = a.prepare_ensemble(BKind::Hybrid, Some(&z)).unwrap();
+    assert_eq!(ne, 5 * a.bundle.layout.grid.npoints(), "model-grid localisation: K x grid points");
+    assert_eq!(res.report.control_size, n2 + ne);
+    let cols =
+        a.with_b_in_force(BKind::Hybrid, |b, ae| Ok(columns(n2 + ne, ns, |e, c| b.sqrt(ae, e, c).unwrap()))).unwrap();
+    let r_host = rel(&dx, &kalman(&cols, &h, &obs, &xb));
+    let mut parts = a.with_b(BKind::Hybrid, |b, ae| Ok(columns(n2, ns, |e, c| b.sqrt(ae, e, c).unwrap()))).unwrap();
+    let mut mb = ModelEnsembleB::for_layout(&a.bundle.layout, &mem, 0.8, 4000.0).unwrap();
+    parts.extend(columns(ne, ns, |e, c| mb.apply_sqrt(e, c).unwrap()));
+    let r_parts = rel(&dx, &kalman(&parts, &h, &obs, &xb));
+    let r_two = rel(&dx, &kalman(&parts[..n2], &h, &obs, &xb));
+    let e = res.report.ensemble.as_ref().unwrap();
+    eprintln!(
+        "hybrid + model-space ensemble (K = 5) vs Kalman: host operator {r_host:.2e}, from the parts {r_parts:.2e}; \
+         vs the two-part hybrid {r_two:.2e}; jb_parts {:?}; {}",
+        res.report.jb_parts, e.localisation
+    );
+    assert!(r_host < 1e-5 && r_parts < 1e-5, "{r_host:e} {r_parts:e}");
+    assert!(r_two > 1e-3, "the ensemble part changed nothing: {r_two:e}");
+    assert_eq!((e.part.as_str(), e.members, e.gamma), ("model", 5, 0.8));
+    assert!(e.localisation.contains("half-width 4000 km"), "{}", e.localisation);
+    let jb = &res.report.jb_parts;
+    assert!(jb.contains_key("latent") && jb.contains_key("static") && jb["ensemble"] > 0.0, "{jb:?}");
+    // the latent-space default on the same analyser gives another analysis
+    a.set_options(Options { ensemble_space: latentda::var::options::EnsembleSpace::Latent, ..a.options().clone() })
+        .unwrap();
+    let latent = a.analyse(&xb, &obs, Method::Hybrid).unwrap();
+    assert_eq!(latent.report.ensemble.as_ref().unwrap().part, "latent");
+    assert!(rel(&latent.analysis, &res.analysis) > 1e-6);
+}

@@ -38,7 +38,7 @@ use crate::obs::operator::ObsOperator;
 use crate::var::analysis::Analyser;
 use crate::var::control::LatentControl;
 use crate::var::formulation::Rows;
-use crate::var::options::BKind;
+use crate::var::options::{BKind, EnsembleSpace};
 use crate::var::report::{EnsembleInfo, EnsembleSpreadSkill, Report};
 use crate::var::solver::ControlSpace;
 
@@ -54,9 +54,11 @@ pub enum EnsemblePart {
 }
 
 impl EnsemblePart {
-    /// The part for a B kind: hybrid -> latent, static -> model, latent -> none.
-    pub fn of_kind(kind: BKind) -> Option<EnsemblePart> {
+    /// The part for a B kind: hybrid -> latent (or model with option `ensemble_space = "model"`), static -> model,
+    /// latent -> none.
+    pub fn of_kind(kind: BKind, space: EnsembleSpace) -> Option<EnsemblePart> {
         match kind {
+            BKind::Hybrid if space == EnsembleSpace::Model => Some(EnsemblePart::Model),
             BKind::Hybrid => Some(EnsemblePart::Latent),
             BKind::Static => Some(EnsemblePart::Model),
             BKind::Latent => None,
@@ -150,7 +152,7 @@ impl Analyser {
         if self.ensemble_size() == 0 {
             return None;
         }
-        EnsemblePart::of_kind(kind)
+        EnsemblePart::of_kind(kind, self.options.ensemble_space)
     }
 
     /// The weight gamma of an ensemble part in force: option `ensemble_gamma`, else the bundle's `[hybrid] gamma`,
@@ -233,7 +235,7 @@ impl Analyser {
     /// Control size of the prepared ensemble part of the B of kind `kind` (0: none, or not prepared).
     pub fn ensemble_control_size(&self, kind: BKind) -> usize {
         let Some(e) = self.ensemble.as_ref() else { return 0 };
-        match EnsemblePart::of_kind(kind) {
+        match EnsemblePart::of_kind(kind, self.options.ensemble_space) {
             Some(EnsemblePart::Latent) => e.latent.as_ref().map_or(0, |l| l.control_size()),
             Some(EnsemblePart::Model) => e.model.as_ref().map_or(0, |m| m.control_size()),
             None => 0,

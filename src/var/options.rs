@@ -44,6 +44,9 @@
 //!                              #   default: the bundle's [hybrid] gamma, else 0.5)
 //! ensemble_localisation_km = 2500.0        # Gaspari-Cohn half-width c (km, zero beyond 2c) on the latent grid
 //! ensemble_localisation_model_km = 2500.0  # the same on the model grid (3DEnVar; default: ensemble_localisation_km)
+//! ensemble_space = "latent"    # method hybrid with members: the ensemble part's space, "latent" (the latent ensemble
+//!                              #   B, localised on the latent grid) or "model" (3DEnVar's model-space ensemble B:
+//!                              #   latent + static + model-space ensemble, the latent B added to a hybrid 3DEnVar)
 //! ```
 
 use serde::Deserialize;
@@ -249,6 +252,33 @@ impl SigmaB {
     }
 }
 
+/// The space of the hybrid's ensemble part (option `ensemble_space`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnsembleSpace {
+    /// The latent ensemble B: members encoded, localised on the latent grid, through the decoder TL (default).
+    Latent,
+    /// The model-space ensemble B of hybrid 3DEnVar (localised on the model grid, `ensemble_localisation_model_km`).
+    Model,
+}
+
+impl EnsembleSpace {
+    /// Parses `latent` or `model`.
+    pub fn parse(s: &str) -> Result<EnsembleSpace> {
+        match s {
+            "latent" => Ok(EnsembleSpace::Latent),
+            "model" => Ok(EnsembleSpace::Model),
+            _ => Err(Error::arg(format!("ensemble_space '{s}' is not known (use 'latent' or 'model')"))),
+        }
+    }
+    /// Name used in options.
+    pub fn name(self) -> &'static str {
+        match self {
+            EnsembleSpace::Latent => "latent",
+            EnsembleSpace::Model => "model",
+        }
+    }
+}
+
 /// Option enums deserialise from their option string through their own `parse`, so a bad value gets the same
 /// message from a TOML file, the C ABI's options string and the CLI.
 macro_rules! option_enum_from_string {
@@ -261,7 +291,7 @@ macro_rules! option_enum_from_string {
         }
     )*};
 }
-option_enum_from_string!(Method, OutputMode, BKind, SolverKind, Preconditioner, LatentForm, SigmaB);
+option_enum_from_string!(Method, OutputMode, BKind, SolverKind, Preconditioner, LatentForm, SigmaB, EnsembleSpace);
 
 /// All options, with defaults.
 #[derive(Debug, Clone, Deserialize)]
@@ -360,6 +390,10 @@ pub struct Options {
     /// Gaspari-Cohn half-width (km, > 0) of the model-space ensemble B on the model grid (method 3dvar with
     /// members). Default: `ensemble_localisation_km`.
     pub ensemble_localisation_model_km: Option<f64>,
+    /// Method hybrid with members: the ensemble part is the latent ensemble B (`Latent`, default) or the model-space
+    /// ensemble B of hybrid 3DEnVar (`Model`: latent + static + model-space ensemble). Method 3dvar always uses the
+    /// model-space one.
+    pub ensemble_space: EnsembleSpace,
 }
 
 impl Default for Options {
@@ -401,6 +435,7 @@ impl Default for Options {
             ensemble_gamma: None,
             ensemble_localisation_km: 2500.0,
             ensemble_localisation_model_km: None,
+            ensemble_space: EnsembleSpace::Latent,
         }
     }
 }

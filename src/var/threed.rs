@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::obs::{Observation, QcFlag};
 use crate::var::analysis::Analyser;
 use crate::var::control::LatentControl;
-use crate::var::ensemble::LatentEnvar;
+use crate::var::ensemble::{EnsemblePart, LatentEnvar};
 use crate::var::formulation::{jb, Formulation, Minimised, Rows, Variance, VarianceFor};
 use crate::var::guards;
 use crate::var::options::{BKind, LatentForm, Method, OutputMode, SigmaB};
@@ -167,19 +167,28 @@ impl Formulation for ThreeD {
                 // exactly that operator; in the nonlinear form its linearisation at w = 0 is.
                 let lv = an.latent_variance(hs.alpha_ref());
                 let weights = hs.weights(&lay);
-                // with members: latent hybrid EnVar, control [w, v, a] (crate::var::ensemble)
-                let mut ens = an.take_latent_ensemble()?;
+                // with members: latent hybrid EnVar, control [w, v, a] (crate::var::ensemble); with ensemble_space
+                // "model", the model-space ensemble part of 3DEnVar instead (dx = hybrid(w, v) + U_e a)
+                let part = an.ensemble_part(BKind::Hybrid);
+                let mut ens = if part == Some(EnsemblePart::Latent) { an.take_latent_ensemble()? } else { None };
+                let mut model_ens = if part == Some(EnsemblePart::Model) { an.take_model_ensemble()? } else { None };
                 let r = (|| {
                     let (ae, b, st) = an.parts_for_hybrid()?;
                     let latent = LatentControl::new(ae, x_b, z_b, &lv, &b.mean, &b.std, np, false)?.linear(linear);
                     let mut ctrl = weights.operator(latent, st, lay.state_len());
-                    match ens.as_mut() {
-                        None => minimise(&mut ctrl, problem, params),
-                        Some(e) => minimise(&mut LatentEnvar::new(ctrl, e, lay.state_len()), problem, params),
+                    match (ens.as_mut(), model_ens.as_mut()) {
+                        (Some(e), _) => minimise(&mut LatentEnvar::new(ctrl, e, lay.state_len()), problem, params),
+                        (None, Some(e)) => {
+                            minimise(&mut Hybrid::new(&mut ctrl, e, 1.0, 1.0, lay.state_len()), problem, params)
+                        }
+                        (None, None) => minimise(&mut ctrl, problem, params),
                     }
                 })();
                 if let Some(e) = ens {
                     an.put_latent_ensemble(e);
+                }
+                if let Some(e) = model_ens {
+                    an.put_model_ensemble(e);
                 }
                 r?
             }
