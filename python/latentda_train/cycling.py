@@ -59,6 +59,18 @@ runs go to OUT/<network>/<method>-adaptive/; every cycle's line in metrics.jsonl
 values it ran with, the Desroziers ratios of its report and the next scale ("adaptive"); the state survives a resume. Method "none" runs the same model with no assimilation (a free run from
 the same perturbed start) as the reference.
 
+Time-lagged ensemble (`--ensemble lagged --members K`, folder <method>-laggedK[m][-adaptive]; issue 24): every cycle
+the forecasts of the last K analyses valid now (leads 6, 12, ..., 6 K h; the 6 h one is the background itself) are
+handed to latentda with `lda_set_ensemble` before the analysis (`advance_lagged`: the earlier analyses' forecasts
+run on 6 h each cycle, K - 1 extra 6 h forecasts per cycle, kept across a resume in lagged.npz). Method 3dvar then
+runs as hybrid 3DEnVar (static B + gamma x the model-space ensemble B), method hybrid as latent hybrid EnVar (latent
++ static + gamma x the latent ensemble B), or with `--ensemble-space model` as latent + static + the model-space
+ensemble B (folder suffix "m"). The first K - 1 cycles run without members. gamma (`--ensemble-gamma`, default
+ENSEMBLE_GAMMA) is fixed: `--adaptive` scales the static parts only (the ensemble carries its own amplitude), and
+since the Desroziers H B H^T in force includes the ensemble part, the fixed point of the scale is the one where the
+static parts make up what the ensemble leaves. Per cycle metrics.jsonl gains "ensemble": K, gamma, the spread
+against the innovations per observed variable and the members' mean RMSE against the truth.
+
 The run starts at 00 UTC of day START - SPINUP from the truth perturbed as in `forecasts.Forecaster.run`
 (large-scale, multivariate difference of two earlier nature states), cycles through SPINUP + DAYS days, and scores
 the last DAYS. Results, per network and method, in OUT/<network>/<method>/: metrics.jsonl (one line per cycle and
@@ -93,7 +105,8 @@ DEFAULT_LIB = os.path.join(REPO, "target", "release", "liblatentda.so")
 DEFAULT_BUNDLE = os.path.join(REPO, "models", "speedy-t31")
 METHODS = ("none", "3dvar", "l3dvar", "hybrid")
 RUN_NAMES = METHODS + tuple(f"{m}-adaptive" for m in METHODS[1:]) + ("hybrid-adaptive-split",)  # OUT/<network>/
-RUN_NAMES += tuple(f"{m}-lagged{k}{ad}" for m in ("3dvar", "hybrid") for k in (5, 8, 10, 20) for ad in ("", "-adaptive"))
+RUN_NAMES += tuple(f"{m}-lagged{k}{sp}{ad}" for m in ("3dvar", "hybrid") for k in (5, 8, 10, 20) for sp in ("", "m")
+                   for ad in ("", "-adaptive") if not (m == "3dvar" and sp))
 NAMES = [v[0] for v in D.VARS]
 OBS_SEED = 700000          # noise seed of cycle c: OBS_SEED + c (the same for every method)
 FORECAST_CYCLES = 8        # 48 h
@@ -640,7 +653,8 @@ def settings_of(a) -> dict:
     s = {"method": a.method, "network": a.network, "start_day": a.start_day, "spinup_days": a.spinup_days,
          "days": a.days, "bundle": os.path.abspath(a.bundle), "options": a.options, "obs_seed": OBS_SEED}
     if getattr(a, "ensemble", "none") != "none":
-        s["ensemble"] = {"kind": a.ensemble, "members": a.members, "gamma": a.ensemble_gamma}
+        s["ensemble"] = {"kind": a.ensemble, "members": a.members, "gamma": a.ensemble_gamma,
+                         "space": getattr(a, "ensemble_space", "latent")}
     if getattr(a, "adaptive", False):
         s["adaptive"] = {"window": a.adaptive_window, "bounds": list(a.adaptive_bounds), "rule": a.adaptive_rule,
                          "group": "all", "band": "global", "split": bool(getattr(a, "adaptive_split", False))}
@@ -652,7 +666,7 @@ def run_name(a) -> str:
     an adaptive B."""
     name = a.method
     if getattr(a, "ensemble", "none") != "none":
-        name += f"-{a.ensemble}{a.members}"
+        name += f"-{a.ensemble}{a.members}" + ("m" if getattr(a, "ensemble_space", "latent") == "model" else "")
     if not getattr(a, "adaptive", False):
         return name
     return name + ("-adaptive-split" if getattr(a, "adaptive_split", False) else "-adaptive")
@@ -662,7 +676,8 @@ def run_options(a) -> str:
     """The options text of the run: --options, plus the ensemble weight when the run has members."""
     if getattr(a, "ensemble", "none") == "none":
         return a.options
-    return a.options + f"\nensemble_gamma = {a.ensemble_gamma}"
+    space = getattr(a, "ensemble_space", "latent")
+    return a.options + f"\nensemble_gamma = {a.ensemble_gamma}" + (f'\nensemble_space = "{space}"' if space != "latent" else "")
 
 
 def advance_lagged(model, x_b: np.ndarray, lag: list, k: int):
@@ -1085,6 +1100,9 @@ def main(argv=None):
                          "leads 6 .. 6 K h) as the ensemble part: 3dvar becomes hybrid 3DEnVar, hybrid gains its "
                          "latent ensemble part (issue 24)")
     ap.add_argument("--members", type=int, default=LAGGED_MEMBERS, help="K of the lagged ensemble")
+    ap.add_argument("--ensemble-space", default="latent", choices=("latent", "model"),
+                    help="method hybrid: the ensemble part in latent space (latent hybrid EnVar) or the model-space one "
+                         "of 3DEnVar (latent + static + model-space ensemble; run folder suffix 'm')")
     ap.add_argument("--ensemble-gamma", type=float, default=ENSEMBLE_GAMMA,
                     help="weight gamma of the ensemble part (not scaled by --adaptive: see the module doc)")
     ap.add_argument("--adaptive-rule", default="desroziers", choices=AdaptiveB.RULES,

@@ -11,6 +11,7 @@ Then, per case and network, four analyses by the CLI on the same background and 
   3denvar        static B + gamma x model-space ensemble B (members localised on the grid: 3dvar with --ensemble)
   hybrid         latent + static (the shipped weights)
   hybrid-envar   latent + static + gamma x latent ensemble B (localised on the latent grid: hybrid with --ensemble)
+  hybrid-menvar  latent + static + gamma x the model-space ensemble B of 3denvar (--ensemble-space model)
 scored against the truth (analysis RMSE / background RMSE per variable, global and per band) with the increment's
 geostrophic balance. Options: the bundle's and the CLI's defaults (gamma 0.5, localisation 2500 km); K and the
 localisation are NOT tuned here.
@@ -47,7 +48,10 @@ from .forecasts import RANDOM_SEED
 
 A_SEED, A_T_RMS, A_WIND_FACTOR = 20261126, 0.7, 1.6   # recipe a of the matrix (latentda-forecasts defaults)
 METHODS = {"3dvar": ("3dvar", False), "3denvar": ("3dvar", True), "hybrid": ("hybrid", False),
-           "hybrid-envar": ("hybrid", True)}
+           "hybrid-envar": ("hybrid", True), "hybrid-menvar": ("hybrid", True)}
+# hybrid-menvar: latent + static + the model-space ensemble B of 3denvar (--ensemble-space model): the latent B
+# added to a hybrid 3DEnVar
+METHOD_ARGS = {"hybrid-menvar": ["--ensemble-space", "model"]}
 TRAINING_LAUNCHES = "250,330,410,490"   # recipe b48t: training period (< 600), four seasons apart
 RECIPE_DIRS = {"b48": "b48", "a48": "a48", "b48t": "b48_training", "c6": "c6"}
 NETS = ("uniform", "sonde")
@@ -131,7 +135,9 @@ def run(latentda, bundle, case, net, method, ensemble, k, tmp, extra):
            os.path.join(case, f"obs_{net}.csv"), "--method", m, "--output", an, "--report", rep, "--backend", "auto"]
     if with_members:
         files = sorted(glob.glob(os.path.join(case, "members", "member_*.nc")))[:k]
-        cmd += ["--ensemble", ",".join(files)]
+        if len(files) < k:
+            raise RuntimeError(f"{case}: {len(files)} member files, {k} wanted")
+        cmd += ["--ensemble", ",".join(files)] + METHOD_ARGS.get(method, [])
     cmd += extra
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
