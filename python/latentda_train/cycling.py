@@ -105,8 +105,8 @@ DEFAULT_LIB = os.path.join(REPO, "target", "release", "liblatentda.so")
 DEFAULT_BUNDLE = os.path.join(REPO, "models", "speedy-t31")
 METHODS = ("none", "3dvar", "l3dvar", "hybrid")
 RUN_NAMES = METHODS + tuple(f"{m}-adaptive" for m in METHODS[1:]) + ("hybrid-adaptive-split",)  # OUT/<network>/
-RUN_NAMES += tuple(f"{m}-lagged{k}{sp}{ad}" for m in ("3dvar", "hybrid") for k in (5, 8, 10, 20) for sp in ("", "m")
-                   for ad in ("", "-adaptive") if not (m == "3dvar" and sp))
+RUN_NAMES += tuple(f"{m}-{kind}{k}{sp}{ad}" for m in ("3dvar", "hybrid") for kind in ("lagged", "eda")
+                   for k in (5, 8, 10, 20) for sp in ("", "m") for ad in ("", "-adaptive") if not (m == "3dvar" and sp))
 NAMES = [v[0] for v in D.VARS]
 OBS_SEED = 700000          # noise seed of cycle c: OBS_SEED + c (the same for every method)
 FORECAST_CYCLES = 8        # 48 h
@@ -119,6 +119,8 @@ NETWORKS = ("sonde", "mass", "uniform")
 ADAPT_WINDOW = 4           # cycles of Desroziers sums behind each adaptive update (1 day; see the module doc)
 ADAPT_BOUNDS = (0.05, 4.0)  # bounds of the adaptive scale s (relative to the starting B)
 LAGGED_MEMBERS = 8         # K of --ensemble lagged: leads 6 .. 48 h
+EDA_SEED = 20261206        # member k of --ensemble eda starts from perturbed_start(seed EDA_SEED + k)
+EDA_OBS_SEED = 900000      # noise seed of member k's observation perturbations in cycle c: EDA_OBS_SEED + 1000 c + k
 ENSEMBLE_GAMMA = 0.5       # gamma of --ensemble (the options' default)
 
 
@@ -706,9 +708,10 @@ def run(a, model: Model | None = None, log=print) -> str:
     if adaptive and a.method == "none":
         raise SystemExit("--adaptive needs an assimilating method")
     ens_k = a.members if getattr(a, "ensemble", "none") == "lagged" else 0
-    if ens_k and a.method not in ("3dvar", "hybrid"):
+    eda_k = a.members if getattr(a, "ensemble", "none") == "eda" else 0
+    if (ens_k or eda_k) and a.method not in ("3dvar", "hybrid"):
         raise SystemExit("--ensemble is for methods 3dvar (then hybrid 3DEnVar) and hybrid (latent hybrid EnVar)")
-    if ens_k and ens_k < 2:
+    if (ens_k or eda_k) and max(ens_k, eda_k) < 2:
         raise SystemExit("--members must be at least 2")
     folder = os.path.join(a.out, a.network, run_name(a))
     os.makedirs(folder, exist_ok=True)
@@ -718,6 +721,8 @@ def run(a, model: Model | None = None, log=print) -> str:
     metrics = os.path.join(folder, "metrics.jsonl")
     lag_file = os.path.join(folder, "lagged.npz")
     lag = []
+    eda_file = os.path.join(folder, "eda.npz")
+    eda = []   # the perturbed-observation members' analyses (dyn, phys, step), valid at the last analysis time
     if os.path.exists(ckpt) and os.path.exists(sp):
         old = json.load(open(sp))
         if {k: v for k, v in old.items() if k != "days"} != {k: v for k, v in settings.items() if k != "days"}:
@@ -739,6 +744,8 @@ def run(a, model: Model | None = None, log=print) -> str:
         adapt_state = extra.get("adaptive")
         if ens_k:
             lag = model.load_states(lag_file)
+        if eda_k:
+            eda = model.load_states(eda_file)
         kept = [l for l in open(metrics)] if os.path.exists(metrics) else []
         kept = [l for l in kept if json.loads(l)["cycle"] <= cycle]
         open(metrics, "w").writelines(kept)
@@ -748,9 +755,13 @@ def run(a, model: Model | None = None, log=print) -> str:
         model.set(dyn, phys, step)
         cycle = 0
         open(metrics, "w").close()
+        # EDA members: their own perturbed starts (other day pairs of the same recipe)
+        eda = [model.perturbed_start(t0_day, seed=EDA_SEED + k)[:3] for k in range(eda_k)]
         log(f"{a.method}/{a.network}: perturbed start at day {t0_day} 00 UTC (days {info['a']}, {info['b']}, "
             f"alpha {info['alpha']:.3f}); {n_cycles} cycles")
     lda = host = adapt = None
+    eda_lda = eda_host = None
+    eda_options = None
     if adaptive:
         adapt = AdaptiveB(a.method, run_options(a), a.adaptive_window, a.adaptive_bounds, adapt_state, a.adaptive_rule,
                           getattr(a, "adaptive_split", False))
@@ -769,6 +780,10 @@ def run(a, model: Model | None = None, log=print) -> str:
             if ens_k:
                 tm = time.time()
                 members, lag = advance_lagged(model, x_b, lag, ens_k)
+                t_members = time.time() - tm
+            if eda_k:
+                tm = time.time()
+                members, eda_fc = advance_eda(model, eda)
                 t_members = time.time() - tm
             truth = np.asarray(X[4 * t0_day - 1 + c], np.float64)
             rec = {"cycle": c, "day": t0_day + c // 4, "hour": 6 * (c % 4), "scored": c > 4 * a.spinup_days,
@@ -816,6 +831,18 @@ def run(a, model: Model | None = None, log=print) -> str:
                                          for v in ens.get("spread_skill", []) if v.get("n_used", 0) > 0},
                         "member_rmse": {v: float(np.mean([area_rmse(m - truth, lat)[v] for m in members]))
                                         for v in NAMES}})
+                if eda_k:
+                    # the members' own analyses: 3D-Var with the control's B scale, perturbed observations
+                    tm = time.time()
+                    bvf = 0.35 * (adapt.scale if adapt is not None else 1.0)
+                    want = f"baseline_variance_factor = {bvf!r}\nlatent_variance_factor = 0.35"
+                    if want != eda_options:
+                        if eda_lda is not None:
+                            eda_lda.close()
+                        eda_lda, eda_options = Latentda(a.lib, a.bundle, want), want
+                        eda_host = HostFields(eda_lda, len(lat), len(lon))
+                    eda, n_failed = analyse_eda(model, eda_lda, eda_host, members, eda_fc, obs, c)
+                    rec.update(t_eda_analyses=time.time() - tm, eda_failed=n_failed, eda_bvf=bvf)
                 if adapt is not None:
                     rec["adaptive"] = adapt.update(rep)
             else:
@@ -837,6 +864,8 @@ def run(a, model: Model | None = None, log=print) -> str:
             mf.flush()
             if ens_k:
                 model.save_states(lag_file, lag)
+            if eda_k:
+                model.save_states(eda_file, eda)
             model.save(ckpt, {"cycle": c, "adaptive": adapt.state() if adapt else None})
             cycle = c
             if c % 4 == 0 or c == n_cycles or c <= 2:
@@ -847,7 +876,41 @@ def run(a, model: Model | None = None, log=print) -> str:
                     + f" {rec['t_cycle']:.2f} s")
     if lda is not None:
         lda.close()
+    if eda_lda is not None:
+        eda_lda.close()
     return folder
+
+
+def advance_eda(model, eda: list):
+    """The perturbed-observation ensemble's backgrounds: each member's last analysis run on 6 h. Returns (members
+    (K, 41, nlat, nlon), their spectral states); the model is left where it was."""
+    here = model.current()
+    xs, fc = [], []
+    for dyn, phys, step in eda:
+        model.set(dyn, phys, step)
+        xs.append(model.step6h())
+        fc.append(model.current())
+    model.set(*here)
+    return np.stack(xs), fc
+
+
+def analyse_eda(model, lda, host, members, fc, obs, c):
+    """Each member's analysis of its own background with the cycle's observations perturbed by their own errors
+    (sigma_o N(0, 1), seed EDA_OBS_SEED + 1000 c + k): method 3dvar. A failed member analysis keeps its background
+    (counted). Returns (the members' analysed spectral states, failures)."""
+    var, la, lo, lev, val, sd = obs
+    out, failed = [], 0
+    for k, (x_b, (dyn_b, phys, step)) in enumerate(zip(members, fc)):
+        rng = np.random.default_rng(EDA_OBS_SEED + 1000 * c + k)
+        host.load(x_b)
+        lda.set_obs(var, la, lo, lev, val + sd * rng.normal(size=len(val)), sd)
+        try:
+            lda.analyse("3dvar")
+            out.append((add_increment(model.m, dyn_b, x_b, host.state()), phys, step))
+        except LatentdaError:
+            failed += 1
+            out.append((dyn_b, phys, step))
+    return out, failed
 
 
 # --------------------------------------------------------------------------------------------------- summary
@@ -1095,10 +1158,11 @@ def main(argv=None):
     ap.add_argument("--adaptive-split", action="store_true",
                     help="hybrid: fit alpha and beta separately (latent and static parts of H B H^T over the cells "
                          "variable x band) instead of scaling both together")
-    ap.add_argument("--ensemble", default="none", choices=("none", "lagged"),
+    ap.add_argument("--ensemble", default="none", choices=("none", "lagged", "eda"),
                     help="lagged: a time-lagged ensemble (the forecasts of the last --members analyses valid now, "
                          "leads 6 .. 6 K h) as the ensemble part: 3dvar becomes hybrid 3DEnVar, hybrid gains its "
-                         "latent ensemble part (issue 24)")
+                         "latent ensemble part (issue 24); eda: a perturbed-observation ensemble of K members, each "
+                         "cycled with its own 3D-Var analysis (the control's B scale) of perturbed observations")
     ap.add_argument("--members", type=int, default=LAGGED_MEMBERS, help="K of the lagged ensemble")
     ap.add_argument("--ensemble-space", default="latent", choices=("latent", "model"),
                     help="method hybrid: the ensemble part in latent space (latent hybrid EnVar) or the model-space one "
