@@ -71,6 +71,14 @@ since the Desroziers H B H^T in force includes the ensemble part, the fixed poin
 static parts make up what the ensemble leaves. Per cycle metrics.jsonl gains "ensemble": K, gamma, the spread
 against the innovations per observed variable and the members' mean RMSE against the truth.
 
+Perturbed-observation ensemble (`--ensemble eda --members K`, folder <method>-edaK[-adaptive]): K members start from
+their own perturbed states (the start recipe with seeds EDA_SEED + k) and are cycled alongside the control: every
+cycle each member's 6 h forecast is its background, it is handed (all K) to the control analysis as the members, and
+each member is then analysed by 3D-Var (static B, baseline factor 0.35 x the control's adaptive scale) with the
+cycle's observations perturbed by their own errors (sigma_o N(0, 1), seed EDA_OBS_SEED + 1000 c + k), its increment
+put into its spectral state like the control's (`advance_eda`, `analyse_eda`; eda.npz keeps them across a resume).
+No recentring on the control. Cost per cycle: K more 6 h forecasts and K 3D-Var analyses.
+
 The run starts at 00 UTC of day START - SPINUP from the truth perturbed as in `forecasts.Forecaster.run`
 (large-scale, multivariate difference of two earlier nature states), cycles through SPINUP + DAYS days, and scores
 the last DAYS. Results, per network and method, in OUT/<network>/<method>/: metrics.jsonl (one line per cycle and
