@@ -83,6 +83,34 @@ fn used_h(a: &Analyser, obs: &[Observation]) -> ObsOperator {
     ObsOperator::build(&a.bundle.layout, obs, &mut flags)
 }
 
+/// A hybrid analysis with K members on a fixture, and the B in force prepared at its background: the
+/// hybrid part's control size n2 and the ensemble part's ne.
+struct HybridCase {
+    a: Analyser,
+    xb: Vec<f64>,
+    obs: Vec<Observation>,
+    mem: Vec<Vec<f64>>,
+    res: latentda::Analysis,
+    dx: Vec<f64>,
+    h: ObsOperator,
+    n2: usize,
+    ne: usize,
+}
+
+fn hybrid_case(fixture: &str, opt: &str, k: usize, seed: u64) -> HybridCase {
+    let mut a = open(fixture, opt);
+    let (xb, obs) = sample(&a, fixture);
+    let mem = members(&a, &xb, k, seed);
+    a.set_ensemble(mem.clone()).unwrap();
+    let res = a.analyse(&xb, &obs, Method::Hybrid).unwrap();
+    let dx: Vec<f64> = res.analysis.iter().zip(&xb).map(|(x, b)| x - b).collect();
+    let h = used_h(&a, &obs);
+    let z = a.encode_background(&xb).unwrap();
+    let n2 = a.prepare_b(BKind::Hybrid, Some(&z)).unwrap();
+    let ne = a.prepare_ensemble(BKind::Hybrid, Some(&z)).unwrap();
+    HybridCase { a, xb, obs, mem, res, dx, h, n2, ne }
+}
+
 /// (a) Without members every method gives what it gave before: an analyser whose members were set, used and
 /// cleared returns bit-identical analyses and the same report sections as one that never had members.
 #[test]
@@ -137,18 +165,9 @@ fn without_members_nothing_changes() {
 #[test]
 fn latent_hybrid_envar_is_the_kalman_solution_of_the_three_part_b() {
     let opt = format!("{EXACT}hybrid_alpha = 0.7\nhybrid_beta = 0.4\nensemble_gamma = 0.8\n");
-    let mut a = open("linear", &opt);
-    let (xb, obs) = sample(&a, "linear");
-    let mem = members(&a, &xb, 5, 11);
-    a.set_ensemble(mem.clone()).unwrap();
-    let res = a.analyse(&xb, &obs, Method::Hybrid).unwrap();
-    let dx: Vec<f64> = res.analysis.iter().zip(&xb).map(|(x, b)| x - b).collect();
-    let h = used_h(&a, &obs);
+    let HybridCase { mut a, xb, obs, mem, res, dx, h, n2, ne } = hybrid_case("linear", &opt, 5, 11);
     let ns = xb.len();
     // From the host operator.
-    let z = a.encode_background(&xb).unwrap();
-    let n2 = a.prepare_b(BKind::Hybrid, Some(&z)).unwrap();
-    let ne = a.prepare_ensemble(BKind::Hybrid, Some(&z)).unwrap();
     assert_eq!(ne, 5, "a flat latent is one latent point: K controls");
     assert_eq!(res.report.control_size, n2 + ne);
     let cols = a
@@ -542,15 +561,7 @@ fn host_b_operator_includes_the_ensemble_part() {
 #[test]
 fn localised_latent_hybrid_envar_on_the_tanh_fixture_is_the_kalman_solution() {
     let opt = format!("{EXACT}ensemble_gamma = 0.9\nensemble_localisation_km = 6000.0\n");
-    let mut a = open("tanh", &opt);
-    let (xb, obs) = sample(&a, "tanh");
-    a.set_ensemble(members(&a, &xb, 5, 61)).unwrap();
-    let res = a.analyse(&xb, &obs, Method::Hybrid).unwrap();
-    let dx: Vec<f64> = res.analysis.iter().zip(&xb).map(|(x, b)| x - b).collect();
-    let h = used_h(&a, &obs);
-    let z = a.encode_background(&xb).unwrap();
-    let n2 = a.prepare_b(BKind::Hybrid, Some(&z)).unwrap();
-    let ne = a.prepare_ensemble(BKind::Hybrid, Some(&z)).unwrap();
+    let HybridCase { mut a, xb, obs, res, dx, h, n2, ne, .. } = hybrid_case("tanh", &opt, 5, 61);
     assert_eq!(ne, 5 * 8);
     let ns = xb.len();
     let cols =
@@ -801,17 +812,8 @@ fn hybrid_with_a_model_space_ensemble_is_the_kalman_solution() {
         "{EXACT}hybrid_alpha = 0.7\nhybrid_beta = 0.4\nensemble_gamma = 0.8\nensemble_space = \"model\"\n\
          ensemble_localisation_model_km = 4000.0\n"
     );
-    let mut a = open("linear", &opt);
-    let (xb, obs) = sample(&a, "linear");
-    let mem = members(&a, &xb, 5, 13);
-    a.set_ensemble(mem.clone()).unwrap();
-    let res = a.analyse(&xb, &obs, Method::Hybrid).unwrap();
-    let dx: Vec<f64> = res.analysis.iter().zip(&xb).map(|(x, b)| x - b).collect();
-    let h = used_h(&a, &obs);
+    let HybridCase { mut a, xb, obs, mem, res, dx, h, n2, ne } = hybrid_case("linear", &opt, 5, 13);
     let ns = xb.len();
-    let z = a.encode_background(&xb).unwrap();
-    let n2 = a.prepare_b(BKind::Hybrid, Some(&z)).unwrap();
-    let ne = a.prepare_ensemble(BKind::Hybrid, Some(&z)).unwrap();
     assert_eq!(ne, 5 * a.bundle.layout.grid.npoints(), "model-grid localisation: K x grid points");
     assert_eq!(res.report.control_size, n2 + ne);
     let cols =
