@@ -145,6 +145,51 @@ def run(latentda, bundle, case, net, method, ensemble, k, tmp, extra):
     return CS.read_state(an), json.load(open(rep))
 
 
+def retention(out, recipe, launches, k, bundle, log=print):
+    """How much of the members' error structure the latent ensemble B can represent: per case, the correlation
+    between the members' normalised perturbations dx_k = (x_k - mean) / sd and their latent images
+    D'(z_b)(z_k - mean z), z_k = E(N(x_k)), z_b = E(N(x_b)) (the bundle's encoder and decoder TL graphs run by ONNX
+    Runtime), per variable (area-weighted) and per band; and the ratio of their norms. Returns the per-case rows."""
+    import netCDF4
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    enc = ort.InferenceSession(os.path.join(bundle, "encoder.onnx"), so)
+    tl = ort.InferenceSession(os.path.join(bundle, "decoder_tl.onnx"), so)
+    with netCDF4.Dataset(os.path.join(bundle, "normalisation.nc")) as n:
+        mean = np.asarray(n["mean"][:], np.float32)[:, None, None]
+        sd = np.asarray(n["std"][:], np.float32)[:, None, None]
+    lat, _, _ = D.grid(out)
+    w = np.sqrt(np.cos(np.radians(lat)))[None, None, :, None]
+    encode = lambda x: enc.run(None, {"x": ((x - mean) / sd)[None].astype(np.float32)})[0]
+    bands = {"nh": lat > 20, "tropics": np.abs(lat) <= 20, "sh": lat < -20}
+    rows = []
+    for L in launches:
+        case = case_dir(out, recipe, L)
+        files = sorted(glob.glob(os.path.join(case, "members", "member_*.nc")))[:k]
+        m = np.stack([CS.read_state(f) for f in files]).astype(np.float32)
+        zb = encode(CS.read_state(os.path.join(case, "background.nc")).astype(np.float32))
+        zs = np.concatenate([encode(x) for x in m])
+        dz = zs - zs.mean(0, keepdims=True)
+        dx = (m - m.mean(0, keepdims=True)) / sd
+        px = np.concatenate([tl.run(None, {"z": zb, "dz": dz[j:j + 1]})[0] for j in range(len(m))])
+        corr = lambda a, b: float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+        r = {"case": L, "k": len(m)}
+        for v, sl in D.VAR_SLICES.items():
+            a, b = dx[:, sl] * w, px[:, sl] * w
+            r[v] = corr(a, b)
+            r[v + "_norm"] = float(np.sqrt((b * b).sum() / (a * a).sum()))
+        for band, sel in bands.items():
+            r[band] = corr(dx[:, :, sel], px[:, :, sel])
+        rows.append(r)
+    names = list(D.VAR_SLICES) + list(bands)
+    log(f"{recipe}, {len(rows)} cases, K = {rows[0]['k']}: corr(D'(z_b) dz_k, dx_k), mean over the cases")
+    log("  " + " ".join(f"{v} {np.mean([r[v] for r in rows]):.2f}" for v in names))
+    log("  |D'(z_b) dz| / |dx|: " + " ".join(f"{v} {np.mean([r[v + '_norm'] for r in rows]):.2f}"
+                                            for v in D.VAR_SLICES))
+    return rows
+
+
 def score_case(a, recipe, label, nets, jobs, log=print):
     """Runs `jobs` [(method, K, extra CLI args)] on case `label` for every network; rows of scores."""
     lat, lon, _ = D.grid(a.out)
@@ -228,6 +273,8 @@ def main(argv=None):
     ap.add_argument("--bundle", default=os.path.join(REPO, "models", "speedy-t31"))
     ap.add_argument("--latentda", default=os.path.join(REPO, "target", "release", "latentda"))
     ap.add_argument("--extra", default="", help="more CLI arguments for every analysis, e.g. '--ensemble-gamma 1.0'")
+    ap.add_argument("--retention", action="store_true",
+                    help="instead of analyses: how much of the members' structure the latent ensemble B represents")
     ap.add_argument("--sweep", default=None, metavar="K1,K2:L1,L2",
                     help="run the EnVar methods for every K and localisation half-width L (km) instead")
     a = ap.parse_args(argv)
@@ -243,6 +290,10 @@ def main(argv=None):
     if a.recipe == "b48t":
         make_training_cases(a.out, launches)
     extra = a.extra.split()
+    if a.retention:
+        make_members(a.out, launches, a.members, recipe=a.recipe)
+        retention(a.out, a.recipe, launches, a.members, os.path.join(REPO, "models", "speedy-t31"))
+        return
     if a.sweep:
         ks, ls = ([int(x) for x in p.split(",")] for p in a.sweep.split(":"))
         make_members(a.out, launches, max(ks), recipe=a.recipe)
