@@ -45,7 +45,8 @@ the disjoint cells (bundle variable x band nh / tropics / sh) of the window, the
 E_c ~ alpha L_c + beta S_c (E: the Desroziers estimate, L and S: the parts in force per unit weight) gives alpha and
 beta on their own (`hybrid_split`, the twin of `latentda tune --hybrid-split`), each bounded to ADAPT_BOUNDS x its
 starting value. It needs cells whose latent / static proportions differ; otherwise the weights stay. Until the window
-is full both weights are scaled together as above: in a check run (hybrid, uniform network, 6 cycles from a perturbed
+is full both weights are scaled together as above (with an ensemble part in the reports, gamma is fitted as a
+third weight of the same non-negative fit once the window is full, from the run's starting `ensemble_gamma`): in a check run (hybrid, uniform network, 6 cycles from a perturbed
 start) a split fitted to the first cycle alone, whose errors are far larger than the cycle's later ones, gave alpha
 2.2 and beta 0.015 and made the next analyses worse.
 
@@ -544,6 +545,8 @@ class AdaptiveB:
         o = dict(self.start)
         if self.ready() and self.split:
             o.update({k: self.base[k] * w for k, w in zip(self.SCALED["hybrid"], self.weights)})
+            if len(self.weights) == 3:
+                o["ensemble_gamma"] = float(self.start["ensemble_gamma"]) * self.weights[2]
         elif self.ready():
             o.update({k: self.base[k] * self.scale for k in self.SCALED[self.method]})
         return o
@@ -578,8 +581,8 @@ class AdaptiveB:
     def _update_split(self, report: dict, bif: dict, entry: dict):
         """Split mode: alpha and beta fitted separately (hybrid_split) over the window's cells, each bounded."""
         entry["weights"] = list(self.weights)
-        a, b = bif.get("hybrid_alpha"), bif.get("hybrid_beta")
-        cells = split_cells(report, self.rule, a, b) if a and b else {}
+        a, b, g = bif.get("hybrid_alpha"), bif.get("hybrid_beta"), bif.get("ensemble_gamma")
+        cells = split_cells(report, self.rule, a, b, g) if a and b else {}
         if cells:
             self.cell_history.append(cells)
             self.cell_history = self.cell_history[-self.window:]
@@ -591,10 +594,15 @@ class AdaptiveB:
             s = adaptive_scale(self.history, self.bounds, self.scale)
             self.weights = [s, s]
         elif fit is not None and self.ready():
-            alpha, beta, cos = fit
+            alpha, beta, cos = fit[0], fit[1], fit[-1]
             self.weights = [min(max(alpha / self.base["hybrid_alpha"], lo), hi),
                             min(max(beta / self.base["hybrid_beta"], lo), hi)]
             entry["split"] = {"alpha": alpha, "beta": beta, "cosine": cos}
+            if len(fit) == 4 and "ensemble_gamma" in self.start:
+                # the ensemble weight fitted with them (from the run's starting gamma, bounded the same way)
+                g0 = float(self.start["ensemble_gamma"])
+                self.weights.append(min(max(fit[2] / g0, lo), hi))
+                entry["split"]["gamma"] = fit[2]
         # the plotted scale: the geometric mean of the two multipliers
         self.scale = float(np.sqrt(self.weights[0] * self.weights[1]))
         entry["weights_next"] = list(self.weights)
@@ -607,9 +615,10 @@ class AdaptiveB:
 SPLIT_MAX_COSINE = 0.995   # as src/var/desroziers.rs
 
 
-def split_cells(report: dict, rule: str, alpha: float, beta: float) -> dict:
+def split_cells(report: dict, rule: str, alpha: float, beta: float, gamma: float | None = None) -> dict:
     """Per disjoint cell "var/band" (bundle variable x nh / tropics / sh) of a hybrid report: (estimate of H B H^T,
-    latent H B H^T in force per unit alpha, static per unit beta), normalised sums (as `latentda tune`)."""
+    latent H B H^T in force per unit alpha, static per unit beta[, ensemble per unit gamma when the report has an
+    ensemble part and gamma > 0]), normalised sums (as `latentda tune`)."""
     out = {}
     for c in (report.get("desroziers") or {}).get("cells", []):
         m = c["normalised"]
@@ -618,33 +627,55 @@ def split_cells(report: dict, rule: str, alpha: float, beta: float) -> dict:
         if m.get("sum_hbh_latent") is None or m.get("sum_hbh_static") is None:
             continue
         est = m["sum_db_db"] - m["n"] if rule == "innovation" else m["sum_dhx_db"]
-        out[f"{c['group']}/{c['band']}"] = (est, m["sum_hbh_latent"] / alpha, m["sum_hbh_static"] / beta)
+        cell = (est, m["sum_hbh_latent"] / alpha, m["sum_hbh_static"] / beta)
+        if gamma and m.get("sum_hbh_ensemble") is not None:
+            cell += (m["sum_hbh_ensemble"] / gamma,)
+        out[f"{c['group']}/{c['band']}"] = cell
     return out
 
 
 def hybrid_split(history: list):
-    """Non-negative least squares E_c ~ alpha L_c + beta S_c over the cells summed over the window (the Python twin
-    of desroziers::hybrid_split); (alpha, beta, cosine) or None when L and S are nearly parallel or empty."""
+    """Non-negative least squares E_c ~ alpha L_c + beta S_c [+ gamma G_c] over the cells summed over the window (the
+    Python twin of desroziers::hybrid_split: every subset of the parts solved, the feasible one with the smallest
+    residual kept; refused when the parts' normalised Gram determinant is below 1 - SPLIT_MAX_COSINE^2). Returns
+    (alpha, beta, cosine) or (alpha, beta, gamma, cosine) when the cells carry an ensemble part; None when the parts
+    cannot be told apart or there are fewer than two cells. Cells without the ensemble part count it as 0."""
     acc = {}
     for h in history:
         for k, v in h.items():
+            v = tuple(v) + (0.0,) * (4 - len(v))
             acc[k] = np.add(acc.get(k, 0.0), v)
     if len(acc) < 2:
         return None
-    e, l, s = np.array(list(acc.values()), float).T
-    ll, ss, ls, le, se = l @ l, s @ s, l @ s, l @ e, s @ e
-    if not (ll > 0 and ss > 0):
+    a = np.array(list(acc.values()), float)
+    e, parts = a[:, 0], a[:, 1:]
+    if not np.any(parts[:, 2] != 0.0):
+        parts = parts[:, :2]
+    p = parts.shape[1]
+    gram, rhs = parts.T @ parts, parts.T @ e
+    if np.any(np.diag(gram) <= 0):
         return None
-    cos = ls / np.sqrt(ll * ss)
-    if cos > SPLIT_MAX_COSINE:
+    norm = gram / np.sqrt(np.outer(np.diag(gram), np.diag(gram)))
+    cos = float(max(norm[i, j] for i in range(p) for j in range(i + 1, p)))
+    if np.linalg.det(norm) < 1.0 - SPLIT_MAX_COSINE ** 2:
         return None
-    det = ll * ss - ls * ls
-    alpha, beta = (le * ss - se * ls) / det, (se * ll - le * ls) / det
-    if alpha < 0:
-        alpha, beta = 0.0, max(se / ss, 0.0)
-    elif beta < 0:
-        alpha, beta = max(le / ll, 0.0), 0.0
-    return (float(alpha), float(beta), float(cos)) if alpha + beta > 0 else None
+    best = None
+    for mask in range(1, 1 << p):
+        idx = [i for i in range(p) if mask >> i & 1]
+        try:
+            w = np.linalg.solve(gram[np.ix_(idx, idx)], rhs[idx])
+        except np.linalg.LinAlgError:
+            continue
+        if np.any(w < 0):
+            continue
+        full = np.zeros(p)
+        full[idx] = w
+        res = e @ e - 2 * full @ rhs + full @ gram @ full
+        if best is None or res < best[0]:
+            best = (res, full)
+    if best is None or best[1].sum() <= 0:
+        return None
+    return tuple(float(x) for x in best[1]) + (cos,)
 
 
 def desroziers_brief(report: dict) -> dict:

@@ -169,3 +169,33 @@ def test_split_mode_fits_alpha_and_beta_separately():
     assert "split" not in e and ad4.weights == [1.0, 1.0]
     with pytest.raises(ValueError):
         C.AdaptiveB("3dvar", C.CYCLING_OPTIONS, split=True)
+
+
+def test_split_mode_fits_the_ensemble_weight_too():
+    """With an ensemble part in the reports (sum_hbh_ensemble, b_in_force.ensemble_gamma), the split fits alpha, beta
+    and gamma: truth alpha 0.2, beta 0.6, gamma 0.3, starting from (0.7, 0.3, 0.5); the same NNLS as the Rust side."""
+    unit = {("u", "nh"): (3.0, 1.0, 0.5), ("u", "tropics"): (1.0, 1.0, 2.0), ("t", "sh"): (2.0, 0.5, 1.0),
+            ("ps", "nh"): (0.5, 2.0, 0.2), ("v", "sh"): (1.5, 1.5, 3.0)}
+    opts = C.CYCLING_OPTIONS + "\nensemble_gamma = 0.5"
+    ad = C.AdaptiveB("hybrid", opts, window=1, split=True)
+    for k in range(2):
+        o = ad.options()
+        a, b, g = o.get("hybrid_alpha", 0.7), o.get("hybrid_beta", 0.3), o["ensemble_gamma"]
+        rep = split_report(a, b, {c: (0.2 * l + 0.6 * s + 0.3 * e, a * l, b * s) for c, (l, s, e) in unit.items()})
+        rep["desroziers"]["b_in_force"]["ensemble_gamma"] = g
+        for c in rep["desroziers"]["cells"]:
+            key = (c["group"], c["band"])
+            if key in unit:
+                c["normalised"]["sum_hbh_ensemble"] = g * unit[key][2]
+        e = ad.update(rep)
+        assert e["split"]["alpha"] == pytest.approx(0.2) and e["split"]["beta"] == pytest.approx(0.6)
+        assert e["split"]["gamma"] == pytest.approx(0.3)
+        o = ad.options()
+        assert (o["hybrid_alpha"], o["hybrid_beta"], o["ensemble_gamma"]) == pytest.approx((0.2, 0.6, 0.3))
+    # the twin of the Rust fit: a negative ensemble weight is clipped to 0, the other two refitted
+    hist = [{f"{g}/{b}": (0.2 * l + 0.6 * s - 0.3 * e, l, s, e) for (g, b), (l, s, e) in unit.items()}]
+    fit = C.hybrid_split(hist)
+    assert len(fit) == 4 and fit[2] == 0.0 and fit[0] >= 0 and fit[1] >= 0
+    # an ensemble part that is a combination of the other two cannot be told apart
+    hist = [{f"{g}/{b}": (l + s, l, s, l + s) for (g, b), (l, s, e) in unit.items()}]
+    assert C.hybrid_split(hist) is None
