@@ -78,7 +78,10 @@ cycle each member's 6 h forecast is its background, it is handed (all K) to the 
 each member is then analysed by 3D-Var (static B, baseline factor 0.35 x the control's adaptive scale) with the
 cycle's observations perturbed by their own errors (sigma_o N(0, 1), seed EDA_OBS_SEED + 1000 c + k), its increment
 put into its spectral state like the control's (`advance_eda`, `analyse_eda`; eda.npz keeps them across a resume).
-No recentring on the control. Cost per cycle: K more 6 h forecasts and K 3D-Var analyses.
+Without `--eda-recentre` the members are not recentred on the control (they may drift away from it); with it
+(folder suffix "r") every member's analysis is recentred on the control analysis in jcm's spectral state (`recentre`:
+dyn_k + dyn_control - mean dyn, each member keeping its own physics carry). Cost per cycle: K more 6 h forecasts and
+K 3D-Var analyses.
 
 The run starts at 00 UTC of day START - SPINUP from the truth perturbed as in `forecasts.Forecaster.run`
 (large-scale, multivariate difference of two earlier nature states), cycles through SPINUP + DAYS days, and scores
@@ -114,8 +117,9 @@ DEFAULT_LIB = os.path.join(REPO, "target", "release", "liblatentda.so")
 DEFAULT_BUNDLE = os.path.join(REPO, "models", "speedy-t31")
 METHODS = ("none", "3dvar", "l3dvar", "hybrid")
 RUN_NAMES = METHODS + tuple(f"{m}-adaptive" for m in METHODS[1:]) + ("hybrid-adaptive-split",)  # OUT/<network>/
-RUN_NAMES += tuple(f"{m}-{kind}{k}{sp}{ad}" for m in ("3dvar", "hybrid") for kind in ("lagged", "eda")
-                   for k in (5, 8, 10, 20) for sp in ("", "m") for ad in ("", "-adaptive") if not (m == "3dvar" and sp))
+RUN_NAMES += tuple(f"{m}-{kind}{k}{r}{sp}{ad}" for m in ("3dvar", "hybrid") for kind in ("lagged", "eda")
+                   for k in (5, 8, 10, 20) for r in ("", "r") for sp in ("", "m") for ad in ("", "-adaptive")
+                   if not (m == "3dvar" and sp) and not (kind == "lagged" and r))
 NAMES = [v[0] for v in D.VARS]
 OBS_SEED = 700000          # noise seed of cycle c: OBS_SEED + c (the same for every method)
 FORECAST_CYCLES = 8        # 48 h
@@ -696,6 +700,8 @@ def settings_of(a) -> dict:
     if getattr(a, "ensemble", "none") != "none":
         s["ensemble"] = {"kind": a.ensemble, "members": a.members, "gamma": a.ensemble_gamma,
                          "space": getattr(a, "ensemble_space", "latent")}
+        if getattr(a, "eda_recentre", False):
+            s["ensemble"]["recentre"] = True
     if getattr(a, "adaptive", False):
         s["adaptive"] = {"window": a.adaptive_window, "bounds": list(a.adaptive_bounds), "rule": a.adaptive_rule,
                          "group": "all", "band": "global", "split": bool(getattr(a, "adaptive_split", False))}
@@ -707,7 +713,8 @@ def run_name(a) -> str:
     an adaptive B."""
     name = a.method
     if getattr(a, "ensemble", "none") != "none":
-        name += f"-{a.ensemble}{a.members}" + ("m" if getattr(a, "ensemble_space", "latent") == "model" else "")
+        name += f"-{a.ensemble}{a.members}" + ("r" if getattr(a, "eda_recentre", False) else "") \
+            + ("m" if getattr(a, "ensemble_space", "latent") == "model" else "")
     if not getattr(a, "adaptive", False):
         return name
     return name + ("-adaptive-split" if getattr(a, "adaptive_split", False) else "-adaptive")
@@ -881,6 +888,8 @@ def run(a, model: Model | None = None, log=print) -> str:
                         eda_lda, eda_options = Latentda(a.lib, a.bundle, want), want
                         eda_host = HostFields(eda_lda, len(lat), len(lon))
                     eda, n_failed = analyse_eda(model, eda_lda, eda_host, members, eda_fc, obs, c)
+                    if getattr(a, "eda_recentre", False):
+                        eda = recentre(eda, dyn_a)
                     rec.update(t_eda_analyses=time.time() - tm, eda_failed=n_failed, eda_bvf=bvf)
                 if adapt is not None:
                     rec["adaptive"] = adapt.update(rep)
@@ -931,6 +940,17 @@ def advance_eda(model, eda: list):
         fc.append(model.current())
     model.set(*here)
     return np.stack(xs), fc
+
+
+def recentre(eda: list, dyn_control):
+    """The members' analyses recentred on the control analysis, in jcm's spectral state: dyn_k + dyn_control -
+    mean_j dyn_j (each member keeps its own physics carry). The ensemble keeps its analysis perturbations and
+    cannot drift away from the control."""
+    import jax
+    dyns = [d for d, _, _ in eda]
+    mean = jax.tree_util.tree_map(lambda *x: sum(x) / len(x), *dyns)
+    return [(jax.tree_util.tree_map(lambda dk, dc, dm: dk + (dc - dm).astype(dk.dtype), d, dyn_control, mean), p, s)
+            for d, p, s in eda]
 
 
 def analyse_eda(model, lda, host, members, fc, obs, c):
@@ -1203,6 +1223,8 @@ def main(argv=None):
                          "latent ensemble part (issue 24); eda: a perturbed-observation ensemble of K members, each "
                          "cycled with its own 3D-Var analysis (the control's B scale) of perturbed observations")
     ap.add_argument("--members", type=int, default=LAGGED_MEMBERS, help="K of the lagged ensemble")
+    ap.add_argument("--eda-recentre", action="store_true",
+                    help="eda: recentre the members' analyses on the control analysis every cycle (folder suffix r)")
     ap.add_argument("--ensemble-space", default="latent", choices=("latent", "model"),
                     help="method hybrid: the ensemble part in latent space (latent hybrid EnVar) or the model-space one "
                          "of 3DEnVar (latent + static + model-space ensemble; run folder suffix 'm')")
