@@ -69,7 +69,8 @@ runs as hybrid 3DEnVar (static B + gamma x the model-space ensemble B), method h
 ensemble B (folder suffix "m"). The first K - 1 cycles run without members. gamma (`--ensemble-gamma`, default
 ENSEMBLE_GAMMA) is fixed: `--adaptive` scales the static parts only (the ensemble carries its own amplitude), and
 since the Desroziers H B H^T in force includes the ensemble part, the fixed point of the scale is the one where the
-static parts make up what the ensemble leaves. Per cycle metrics.jsonl gains "ensemble": K, gamma, the spread
+static parts make up what the ensemble leaves. Every cycle's metrics also hold the RMSE per latitude band (an_bands,
+bg_bands, fc48_bands: nh > 20N, tropics, sh < 20S). Per cycle metrics.jsonl gains "ensemble": K, gamma, the spread
 against the innovations per observed variable and the members' mean RMSE against the truth.
 
 Perturbed-observation ensemble (`--ensemble eda --members K`, folder <method>-edaK[-adaptive]): K members start from
@@ -431,6 +432,15 @@ def area_rmse(d: np.ndarray, lat: np.ndarray) -> dict:
     w = np.cos(np.radians(lat))[None, :, None]
     return {v: float(np.sqrt(np.sum(w * d[sl] ** 2) / (np.sum(w) * d.shape[-1] * (sl.stop - sl.start))))
             for v, sl in D.VAR_SLICES.items()}
+
+
+BANDS = {"nh": lambda lat: lat > 20.0, "tropics": lambda lat: np.abs(lat) <= 20.0, "sh": lambda lat: lat < -20.0}
+
+
+def band_rmse(d: np.ndarray, lat: np.ndarray) -> dict:
+    """`area_rmse` per latitude band (nh: lat > 20, tropics: |lat| <= 20, sh: lat < -20, as the runtime's
+    Desroziers bands and the robustness matrix): {band: {variable: RMSE}}."""
+    return {b: area_rmse(d[:, sel(lat)], lat[sel(lat)]) for b, sel in BANDS.items()}
 
 
 def uniform_columns(seed: int, n: int = UNIFORM_COLUMNS, max_lat: float = 80.0) -> np.ndarray:
@@ -833,7 +843,8 @@ def run(a, model: Model | None = None, log=print) -> str:
                 t_members = time.time() - tm
             truth = np.asarray(X[4 * t0_day - 1 + c], np.float64)
             rec = {"cycle": c, "day": t0_day + c // 4, "hour": 6 * (c % 4), "scored": c > 4 * a.spinup_days,
-                   "bg": area_rmse(x_b - truth, lat), "bg_balance_true": BAL.balance(x_b, truth, lat, lon)}
+                   "bg": area_rmse(x_b - truth, lat), "bg_bands": band_rmse(x_b - truth, lat),
+                   "bg_balance_true": BAL.balance(x_b, truth, lat, lon)}
             if lda is not None:
                 ta = time.time()
                 if adapt is not None and options_text(adapt.options()) != lda_options:
@@ -858,7 +869,7 @@ def run(a, model: Model | None = None, log=print) -> str:
                 # an: latentda's analysis; an_model: what the model holds after the increment went into its
                 # spectral state (T31 truncation of the increment; geopotential recomputed by jcm), shown as jcm's
                 # output shows states (q >= 0), like the truth.
-                rec.update(an=area_rmse(x_a - truth, lat),
+                rec.update(an=area_rmse(x_a - truth, lat), an_bands=band_rmse(x_a - truth, lat),
                            an_model=area_rmse(as_output(gridpoint(model.m, dyn_a)) - truth, lat),
                            n_obs=int(len(qc)), n_rejected=int(np.sum(qc != 0)),
                            balance=(rep.get("balance") or {}).get("correlation"),
@@ -894,7 +905,7 @@ def run(a, model: Model | None = None, log=print) -> str:
                 if adapt is not None:
                     rec["adaptive"] = adapt.update(rep)
             else:
-                rec["an"] = rec["bg"]
+                rec["an"], rec["an_bands"] = rec["bg"], rec["bg_bands"]
             rec["t_forecast6h"] = t_fc
             if c % 4 == 0 and rec["scored"]:
                 # 48 h forecast from this analysis, then back to the analysis.
@@ -902,7 +913,9 @@ def run(a, model: Model | None = None, log=print) -> str:
                 dyn, phys, step = model.current()
                 for _ in range(FORECAST_CYCLES):
                     x_f = model.step6h()
-                rec["fc48"] = area_rmse(x_f - np.asarray(X[4 * t0_day - 1 + c + FORECAST_CYCLES], np.float64), lat)
+                truth48 = np.asarray(X[4 * t0_day - 1 + c + FORECAST_CYCLES], np.float64)
+                rec["fc48"] = area_rmse(x_f - truth48, lat)
+                rec["fc48_bands"] = band_rmse(x_f - truth48, lat)
                 model.set(dyn, phys, step)
                 rec["t_fc48"] = time.time() - tf
             rec["t_cycle"] = time.time() - tc

@@ -199,3 +199,22 @@ def test_split_mode_fits_the_ensemble_weight_too():
     # an ensemble part that is a combination of the other two cannot be told apart
     hist = [{f"{g}/{b}": (l + s, l, s, l + s) for (g, b), (l, s, e) in unit.items()}]
     assert C.hybrid_split(hist) is None
+
+
+def test_band_rmse_splits_the_area_weighted_rmse_by_band():
+    """The cycling metrics' per-band RMSE: a difference that is 1 in the tropics and 0 elsewhere has RMSE 1 in the
+    tropics, 0 in nh and sh, and the bands' area-weighted mean squares add up to the global one."""
+    lat = np.linspace(87.0, -87.0, 48)
+    d = np.zeros((41, 48, 96))
+    d[:, np.abs(lat) <= 20.0, :] = 1.0
+    b = C.band_rmse(d, lat)
+    assert set(b) == {"nh", "tropics", "sh"}
+    for v in ("u", "q", "ps"):
+        assert b["tropics"][v] == pytest.approx(1.0) and b["nh"][v] == 0.0 and b["sh"][v] == 0.0
+    rng = np.random.default_rng(1)
+    d = rng.normal(size=(41, 48, 96))
+    g, b = C.area_rmse(d, lat), C.band_rmse(d, lat)
+    w = np.cos(np.radians(lat))
+    wb = {k: w[sel(lat)].sum() / w.sum() for k, sel in C.BANDS.items()}
+    for v in ("u", "t", "ps"):
+        assert g[v] ** 2 == pytest.approx(sum(wb[k] * b[k][v] ** 2 for k in b))
