@@ -744,13 +744,22 @@ def advance_lagged(model, x_b: np.ndarray, lag: list, k: int):
     leads 6, 12, ..., 6 k hours, all valid now. Returns (members, lag of the next cycle); the model is left at the
     background. members is None until k are available (the first k - 1 cycles run without an ensemble)."""
     bg = model.current()
-    xs, new_lag = [x_b], [bg]
-    for dyn, phys, step in lag[:k - 1]:
+    xs, after = forecast_states(model, lag[:k - 1])
+    xs, new_lag = [x_b] + xs, [bg] + after
+    return (np.stack(xs) if len(xs) >= k else None), new_lag[:k - 1]
+
+
+def forecast_states(model, states: list):
+    """Each (dyn, phys, step) of `states` run on 6 h: (their gridpoint states, their spectral states after); the
+    model is left where it was."""
+    here = model.current()
+    xs, after = [], []
+    for dyn, phys, step in states:
         model.set(dyn, phys, step)
         xs.append(model.step6h())
-        new_lag.append(model.current())
-    model.set(*bg)
-    return (np.stack(xs) if len(xs) >= k else None), new_lag[:k - 1]
+        after.append(model.current())
+    model.set(*here)
+    return xs, after
 
 
 def run(a, model: Model | None = None, log=print) -> str:
@@ -945,13 +954,7 @@ def run(a, model: Model | None = None, log=print) -> str:
 def advance_eda(model, eda: list):
     """The perturbed-observation ensemble's backgrounds: each member's last analysis run on 6 h. Returns (members
     (K, 41, nlat, nlon), their spectral states); the model is left where it was."""
-    here = model.current()
-    xs, fc = [], []
-    for dyn, phys, step in eda:
-        model.set(dyn, phys, step)
-        xs.append(model.step6h())
-        fc.append(model.current())
-    model.set(*here)
+    xs, fc = forecast_states(model, eda)
     return np.stack(xs), fc
 
 

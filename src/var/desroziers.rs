@@ -843,33 +843,44 @@ mod tests {
         assert_eq!(s.sum_hbh, None);
     }
 
+    /// One test cell: group, band, H B H^T estimate, and the latent, static and (optional) ensemble parts in force.
+    type SplitCell<'a> = (&'a str, &'a str, f64, f64, f64, Option<f64>);
+
+    /// A hybrid section with one normalised cell per [`SplitCell`].
+    fn split_section(cells: &[SplitCell], b_in_force: BInForce) -> Desroziers {
+        let cells = cells
+            .iter()
+            .map(|&(group, band, est, l, s, e)| DesroziersCell {
+                group: group.to_string(),
+                band: band.to_string(),
+                normalised: DesroziersSums {
+                    n: 10,
+                    sum_dhx_db: est,
+                    sum_hbh: Some(l + s + e.unwrap_or(0.0)),
+                    sum_hbh_latent: Some(l),
+                    sum_hbh_static: Some(s),
+                    sum_hbh_ensemble: e,
+                    ..Default::default()
+                },
+                ..Default::default()
+            })
+            .collect();
+        Desroziers { method: "hybrid".into(), b_in_force, sigma_b: String::new(), cells }
+    }
+
     #[test]
     fn hybrid_split_recovers_known_weights() {
         // cells whose latent / static proportions differ; estimates made by alpha 0.5, beta 2 at alpha = beta = 1
-        let mut cells = Vec::new();
-        for (i, (g, band)) in [("u", "nh"), ("u", "tropics"), ("t", "sh"), ("ps", "nh")].iter().enumerate() {
-            let (l, s) = (1.0 + i as f64, 3.0 - 0.5 * i as f64);
-            let norm = DesroziersSums {
-                n: 10,
-                sum_dhx_db: 0.5 * l + 2.0 * s,
-                sum_hbh: Some(l + s),
-                sum_hbh_latent: Some(l),
-                sum_hbh_static: Some(s),
-                ..Default::default()
-            };
-            cells.push(DesroziersCell {
-                group: g.to_string(),
-                band: band.to_string(),
-                normalised: norm,
-                ..Default::default()
-            });
-        }
-        let d = Desroziers {
-            method: "hybrid".into(),
-            b_in_force: BInForce { hybrid_alpha: Some(1.0), hybrid_beta: Some(1.0), ..Default::default() },
-            sigma_b: String::new(),
-            cells,
-        };
+        let cells: Vec<_> = [("u", "nh"), ("u", "tropics"), ("t", "sh"), ("ps", "nh")]
+            .iter()
+            .enumerate()
+            .map(|(i, &(g, band))| {
+                let (l, s) = (1.0 + i as f64, 3.0 - 0.5 * i as f64);
+                (g, band, 0.5 * l + 2.0 * s, l, s, None)
+            })
+            .collect();
+        let d =
+            split_section(&cells, BInForce { hybrid_alpha: Some(1.0), hybrid_beta: Some(1.0), ..Default::default() });
         let sp = hybrid_split(std::slice::from_ref(&d)).unwrap();
         assert!((sp.alpha - 0.5).abs() < 1e-12 && (sp.beta - 2.0).abs() < 1e-12, "{sp:?}");
         // a report made at alpha = 2, beta = 4 with the same estimates: per unit weight the parts halve / quarter
@@ -903,39 +914,22 @@ mod tests {
     fn hybrid_split_with_an_ensemble_part_recovers_three_weights() {
         // estimates made by alpha 0.5, beta 2, gamma 0.25; reported at alpha = beta = 1, gamma 0.5
         let make = |coef: (f64, f64, f64), parallel: bool| {
-            let mut cells = Vec::new();
-            for (i, (g, band)) in
-                [("u", "nh"), ("u", "tropics"), ("t", "sh"), ("ps", "nh"), ("v", "sh")].iter().enumerate()
-            {
-                let (l, s) = (1.0 + i as f64, 3.0 - 0.5 * i as f64);
-                let e = if parallel { l + s } else { 0.5 + (i as f64 - 2.0).powi(2) };
-                let norm = DesroziersSums {
-                    n: 10,
-                    sum_dhx_db: coef.0 * l + coef.1 * s + coef.2 * e,
-                    sum_hbh: Some(l + s + 0.5 * e),
-                    sum_hbh_latent: Some(l),
-                    sum_hbh_static: Some(s),
-                    sum_hbh_ensemble: Some(0.5 * e),
-                    ..Default::default()
-                };
-                cells.push(DesroziersCell {
-                    group: g.to_string(),
-                    band: band.to_string(),
-                    normalised: norm,
-                    ..Default::default()
-                });
-            }
-            Desroziers {
-                method: "hybrid".into(),
-                b_in_force: BInForce {
-                    hybrid_alpha: Some(1.0),
-                    hybrid_beta: Some(1.0),
-                    ensemble_gamma: Some(0.5),
-                    ..Default::default()
-                },
-                sigma_b: String::new(),
-                cells,
-            }
+            let cells: Vec<_> = [("u", "nh"), ("u", "tropics"), ("t", "sh"), ("ps", "nh"), ("v", "sh")]
+                .iter()
+                .enumerate()
+                .map(|(i, &(g, band))| {
+                    let (l, s) = (1.0 + i as f64, 3.0 - 0.5 * i as f64);
+                    let e = if parallel { l + s } else { 0.5 + (i as f64 - 2.0).powi(2) };
+                    (g, band, coef.0 * l + coef.1 * s + coef.2 * e, l, s, Some(0.5 * e))
+                })
+                .collect();
+            let bif = BInForce {
+                hybrid_alpha: Some(1.0),
+                hybrid_beta: Some(1.0),
+                ensemble_gamma: Some(0.5),
+                ..Default::default()
+            };
+            split_section(&cells, bif)
         };
         let sp = hybrid_split(&[make((0.5, 2.0, 0.25), false)]).unwrap();
         let g = sp.gamma.unwrap();

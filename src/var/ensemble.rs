@@ -235,7 +235,7 @@ impl Analyser {
     /// Control size of the prepared ensemble part of the B of kind `kind` (0: none, or not prepared).
     pub fn ensemble_control_size(&self, kind: BKind) -> usize {
         let Some(e) = self.ensemble.as_ref() else { return 0 };
-        match EnsemblePart::of_kind(kind, self.options.ensemble_space) {
+        match self.ensemble_part(kind) {
             Some(EnsemblePart::Latent) => e.latent.as_ref().map_or(0, |l| l.control_size()),
             Some(EnsemblePart::Model) => e.model.as_ref().map_or(0, |m| m.control_size()),
             None => 0,
