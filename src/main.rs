@@ -31,6 +31,7 @@ USAGE:
                    [--adam-steps N] [--adam-lr X] [-v]
                    [--hybrid-alpha A] [--hybrid-beta B] [--hybrid-variables q,ps]
                    [--hybrid-alpha-tropics A] [--hybrid-beta-tropics B] [--hybrid-band-lat LAT0,LAT1]
+                   [--hybrid-variable-weights 'q=A,B[,A_TROPICS,B_TROPICS];wind=...']
                    [--baseline-variance-factor F] [--latent-variance-factor F] [--bg-check-samples N]
                    [--bg-check-sigma-b calibrated|flow] [--latent-increment nonlinear|linear]
                    [--ensemble 'dir/member_*.nc' | m1.nc,m2.nc,...] [--ensemble-gamma G]
@@ -42,9 +43,11 @@ USAGE:
                    OUTDIR to ./latentda-demo; prints one table, writes figures)
 
   latentda tune REPORT.json... [--output opts.toml] [--method M] [--group all] [--band global] [--hybrid-split]
+                   [--per-variable]
                    (Desroziers: accumulates the reports' innovation statistics, prints E[da db] / R and
                    E[(Hxa-Hxb) db] / HBH^T per variable group and latitude band, writes the B size they suggest;
-                   --hybrid-split: hybrid alpha and beta fitted separately instead of scaled together)
+                   --hybrid-split: hybrid alpha and beta fitted separately instead of scaled together;
+                   --per-variable: hybrid weights per variable and band (extratropics, tropics) as well)
 
 --ensemble: K >= 2 member states valid at the analysis time (NetCDF files read like --background; a glob in the
 file name, or a comma-separated list): method hybrid gets a third, latent ensemble part (gamma, localised on the
@@ -114,6 +117,32 @@ impl Common {
                 "hybrid-variables" => o.hybrid_variables = Some(v.split(',').map(|v| v.trim().to_string()).collect()),
                 "hybrid-alpha-tropics" => o.hybrid_alpha_tropics = Some(num(v)?),
                 "hybrid-beta-tropics" => o.hybrid_beta_tropics = Some(num(v)?),
+                "hybrid-variable-weights" => {
+                    let mut table = std::collections::BTreeMap::new();
+                    for entry in v.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+                        let Some((name, ws)) = entry.split_once('=') else {
+                            return Err(usage(format!("--{flag}: entry '{entry}' is not NAME=ALPHA,BETA[,A_TR,B_TR]")));
+                        };
+                        let w: Vec<f64> = ws.split(',').map(|x| num(x.trim())).collect::<Result<_, _>>()?;
+                        let (a, b, at, bt) = match w[..] {
+                            [a, b] => (a, b, None, None),
+                            [a, b, at, bt] => (a, b, Some(at), Some(bt)),
+                            _ => {
+                                return Err(usage(format!(
+                                    "--{flag}: '{name}' needs 2 or 4 weights (alpha,beta[,alpha_tropics,beta_tropics]), got '{ws}'"
+                                )))
+                            }
+                        };
+                        let w = latentda::bundle::VariableWeights {
+                            alpha: Some(a),
+                            beta: Some(b),
+                            alpha_tropics: at,
+                            beta_tropics: bt,
+                        };
+                        table.insert(name.trim().to_string(), w);
+                    }
+                    o.hybrid_variable_weights = Some(table);
+                }
                 "hybrid-band-lat" => {
                     let p: Vec<&str> = v.split(',').collect();
                     let [a, b] = p[..] else {
@@ -195,6 +224,7 @@ fn parse_common(common: &mut Common, arg: &Arg, parser: &mut lexopt::Parser) -> 
         "hybrid-alpha-tropics" => "hybrid-alpha-tropics",
         "hybrid-beta-tropics" => "hybrid-beta-tropics",
         "hybrid-band-lat" => "hybrid-band-lat",
+        "hybrid-variable-weights" => "hybrid-variable-weights",
         "baseline-variance-factor" => "baseline-variance-factor",
         "latent-variance-factor" => "latent-variance-factor",
         "bg-check-samples" => "bg-check-samples",
@@ -747,7 +777,7 @@ fn cmd_tune(mut parser: lexopt::Parser) -> Result<ExitCode, CliError> {
     use latentda::var::desroziers::{tune, Desroziers};
     let (mut files, mut output, mut method, mut group, mut band) =
         (Vec::new(), None, None, "all".to_string(), "global".to_string());
-    let mut split = false;
+    let (mut split, mut per_variable) = (false, false);
     while let Some(arg) = parser.next().map_err(|e| usage(e.to_string()))? {
         match Arg::from(arg) {
             Arg::Value(v) => files.push(v.into_string().map_err(|_| usage("an argument is not valid UTF-8"))?),
@@ -756,6 +786,7 @@ fn cmd_tune(mut parser: lexopt::Parser) -> Result<ExitCode, CliError> {
             Arg::Long(l) if l == "group" => group = value(&mut parser, "group")?,
             Arg::Long(l) if l == "band" => band = value(&mut parser, "band")?,
             Arg::Long(l) if l == "hybrid-split" => split = true,
+            Arg::Long(l) if l == "per-variable" => per_variable = true,
             Arg::Short('h') => {
                 print!("{USAGE}");
                 return Ok(ExitCode::SUCCESS);
@@ -800,6 +831,15 @@ fn cmd_tune(mut parser: lexopt::Parser) -> Result<ExitCode, CliError> {
         let mut t = tune(&of, m, &group, &band).map_err(|e| e.to_string())?;
         if split && m == "hybrid" {
             t.use_split().map_err(|e| e.to_string())?;
+        }
+        if per_variable {
+            if m != "hybrid" {
+                return Err(format!(
+                    "--per-variable tunes hybrid weights, and these reports are of method '{m}' (method hybrid with hybrid_alpha = 0 is a static B with per-variable weights)"
+                )
+                .into());
+            }
+            t.use_variable_weights().map_err(|e| e.to_string())?;
         }
         println!("method {m}: {} report(s); Desroziers ratios (estimate / in force; R rat = E[da db]/R, B rat = E[(Hxa-Hxb) db]/HBH^T, chi2 = E[db^2]/(R+HBH^T); ratios weighted by 1/sigma_o^2)", t.n_reports);
         print!("{}", t.table());

@@ -31,8 +31,13 @@ fn fortran_cvt_example_passes_its_adjoint_test() {
         .output()
         .expect("gfortran must be installed (scripts/setup.sh)");
     assert!(o.status.success(), "gfortran failed:\n{}", String::from_utf8_lossy(&o.stderr));
-    // The latent B (default), the hybrid B (32 latent + 7 x 128 static control values) and the static B.
-    for (options, size) in [("", 32), ("b_operator = \"hybrid\"", 32 + 896), ("b_operator = \"static\"", 896)] {
+    // The latent B (default), the hybrid B (32 latent + 7 x 128 static control values), the hybrid with weights
+    // per variable and latitude band (issue 20), and the static B.
+    let per_variable = "b_operator = \"hybrid\"\nhybrid_alpha_tropics = 0.4\n\
+                        hybrid_variable_weights = { t = { alpha = 0.3, beta_tropics = 0.2 }, wind = { alpha_tropics = 2.0 } }";
+    for (options, size) in
+        [("", 32), ("b_operator = \"hybrid\"", 32 + 896), (per_variable, 32 + 896), ("b_operator = \"static\"", 896)]
+    {
         let o = Command::new(&exe).arg(root.join("tests/fixtures/tanh")).arg(options).output().unwrap();
         let out = String::from_utf8_lossy(&o.stdout);
         println!("{options}:\n{out}");

@@ -315,6 +315,44 @@ fn tune_verb_accumulates_reports_and_writes_options() {
     assert!(err.contains("bad.json") && err.contains("desroziers"), "{err}");
     let (code, _, _) = cli(&["tune"]);
     assert_eq!(code, 2);
+    // per-variable weights on the command line, into the report, and back out of `tune --per-variable`
+    let r4 = run("hybrid", &["--hybrid-variable-weights", "t=0.2,0.1;wind=0.5,0.4,0.3,0.2"], "d");
+    let d4 = read(&r4);
+    let w = d4.b_in_force.hybrid_weights.clone().expect("per-variable weights are recorded in force");
+    assert_eq!((w["t"], w["u"]), ([0.2, 0.1, 0.2, 0.1], [0.5, 0.4, 0.3, 0.2]));
+    let (code, out, err) = cli(&["tune", r4.to_str().unwrap(), "--per-variable", "--output", opts.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let o = Options::from_toml(&std::fs::read_to_string(&opts).unwrap()).unwrap();
+    let table = o.hybrid_variable_weights.expect("--per-variable writes hybrid_variable_weights");
+    let mut t = tune(&[d4], "hybrid", "all", "global").unwrap();
+    t.use_variable_weights().unwrap();
+    let want = t.variable_weights.unwrap();
+    for (v, x) in &want {
+        let got = table[v];
+        let got = [got.alpha.unwrap(), got.beta.unwrap(), got.alpha_tropics.unwrap(), got.beta_tropics.unwrap()];
+        assert!(got.iter().zip(x).all(|(a, b)| (a - b).abs() <= 1e-6 * b.abs().max(1e-9)), "{v}: {got:?} vs {x:?}");
+    }
+    for (bad, want) in [("t=0.2", "2 or 4 weights"), ("t0.2,0.1", "NAME=ALPHA"), ("t=x,0.1", "needs a number, got 'x'")]
+    {
+        let (code, _, err) = cli(&[
+            "analyse",
+            "--bundle",
+            b.to_str().unwrap(),
+            "--background",
+            "x.nc",
+            "--obs",
+            "x.csv",
+            "--output",
+            "x.nc",
+            "--hybrid-variable-weights",
+            bad,
+        ]);
+        assert_eq!(code, 2, "{bad}: {err}");
+        assert!(err.contains(want), "{bad}: {err}");
+    }
+    let (code, _, err) = cli(&["tune", r1.to_str().unwrap(), "--per-variable"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--per-variable") && err.contains("3dvar"), "{err}");
 }
 
 /// Hybrid analyses with weights (alpha, beta) in force of innovations drawn from alpha_t B_latent + beta_t B_static
@@ -414,5 +452,86 @@ impl RoundPair for (Option<f64>, Option<f64>) {
     fn map_none_rounding(self) -> Self {
         let r = |x: Option<f64>| x.map(|x| (x * 1e6).round() / 1e6);
         (r(self.0), r(self.1))
+    }
+}
+
+/// Hybrid analyses with the options `in_force` of innovations drawn from the hybrid B of the options `truth` (its
+/// host B operator: the weight fields per variable and band applied) and R; returns the reports' desroziers sections.
+fn drawn_from_hybrid(in_force: &str, truth: &str, ncases: usize, seed: u64) -> Vec<Desroziers> {
+    use latentda::var::options::BKind;
+    let base = "outer_loops = 1\nmax_inner = 400\ngradient_reduction = 1e-10\nbg_check = 1e6\n";
+    let mut a = Analyser::open(fixture("linear"), Options::from_toml(&format!("{base}{in_force}")).unwrap()).unwrap();
+    let mut t = Analyser::open(fixture("linear"), Options::from_toml(&format!("{base}{truth}")).unwrap()).unwrap();
+    let xb = background(&a);
+    let obs0 = grid_point_obs(&a, 1.0);
+    let lay = a.bundle.layout.clone();
+    let mut rng = Rng::new(seed);
+    let mut flags = vec![QcFlag::Used; obs0.len()];
+    let h = ObsOperator::build(&lay, &obs0, &mut flags);
+    let z = t.encode_background(&xb).unwrap();
+    t.prepare_b(BKind::Hybrid, Some(&z)).unwrap();
+    (0..ncases)
+        .map(|_| {
+            let mut dx = vec![0.0; lay.state_len()];
+            t.with_b(BKind::Hybrid, |op, ae| {
+                let v = rng.normals(op.control_size());
+                op.sqrt(ae, &v, &mut dx)
+            })
+            .unwrap();
+            let mut hxt = vec![0.0; h.nrows()];
+            let xt: Vec<f64> = xb.iter().zip(&dx).map(|(b, d)| b + d).collect();
+            h.apply(&xt, &mut hxt);
+            let mut obs = obs0.clone();
+            for (r, &i) in h.rows.iter().enumerate() {
+                obs[i].value = hxt[r] + obs0[i].sigma * rng.normal();
+            }
+            a.analyse(&xb, &obs, Method::Hybrid).unwrap().report.desroziers.unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn per_variable_tuning_finds_the_variable_whose_b_is_wrong() {
+    // Innovations from the hybrid B (alpha 0.7, beta 0.3) whose t part is 4x smaller at every latitude (weights
+    // 0.175, 0.075), analysed with the plain hybrid: per-variable tuning must shrink t's weights and keep u's and
+    // ps's; iterated, t's scale comes to about 1/4 of the others'. The joint scaling only shrinks everything a bit.
+    let truth =
+        "hybrid_alpha = 0.7\nhybrid_beta = 0.3\nhybrid_variable_weights = { t = { alpha = 0.175, beta = 0.075 } }";
+    let mut opts = "hybrid_alpha = 0.7\nhybrid_beta = 0.3\n".to_string();
+    let scale = |w: &[f64; 4]| (w[0] + w[1], w[2] + w[3]);
+    let mut history = Vec::new();
+    for step in 1..=3 {
+        let s = drawn_from_hybrid(&opts, truth, 60, 70 + step);
+        let mut t = tune(&s, "hybrid", "all", "global").unwrap();
+        t.use_variable_weights().unwrap();
+        let w = t.variable_weights.clone().unwrap();
+        let (tx, tt) = scale(&w["t"]);
+        let (ux, ut) = scale(&w["u"]);
+        let (px, _) = scale(&w["ps"]);
+        eprintln!(
+            "step {step}: scale (alpha + beta) u {ux:.3} / {ut:.3}, t {tx:.3} / {tt:.3}, ps {px:.3}; joint {:?}",
+            t.scale_new
+        );
+        // the mix alpha : beta = 0.7 : 0.3 is kept in every variable and band (up to the options file's 6 decimals)
+        for (v, w) in &w {
+            assert!(
+                (w[0] / (w[0] + w[1]) - 0.7).abs() < 1e-4 && (w[2] / (w[2] + w[3]) - 0.7).abs() < 1e-4,
+                "{v}: {w:?}"
+            );
+        }
+        history.push((tx, tt, ux, ut, px));
+        // the options file carries the table, and it opens
+        let o = Options::from_toml(&t.options_toml()).unwrap();
+        assert_eq!(o.hybrid_variable_weights.as_ref().map(|m| m.len()), Some(3));
+        opts = t.options_toml();
+    }
+    let (tx1, _, ux1, _, px1) = history[0];
+    assert!(tx1 < 0.75 * ux1.min(px1), "step 1: t must shrink against u and ps: {history:?}");
+    let (tx, tt, ux, ut, px) = history[2];
+    for (name, r) in [("t extratropics", tx / ux), ("t tropics", tt / ut), ("t / ps", tx / px)] {
+        assert!((r / 0.25 - 1.0).abs() < 0.3, "step 3: {name} ratio {r:.3} not about 1/4: {history:?}");
+    }
+    for (name, r) in [("u", ux), ("ps", px)] {
+        assert!((r - 1.0).abs() < 0.3, "step 3: {name} scale {r:.3} not about 1: {history:?}");
     }
 }

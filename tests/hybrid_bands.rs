@@ -2,7 +2,8 @@
 //! alpha_tropics) t(phi), likewise beta, with t the cosine ramp from 0 at |phi| <= lat0 to 1 at |phi| >= lat1.
 //! Adjoint tests of the band-weighted U / U^T (host B operator and the analysis' control transform), the analysis
 //! against the closed-form Kalman solution built from U's columns, bit-identity with the scalar hybrid when the
-//! tropical weights equal the extratropical ones, and the background check's variance against diag(U U^T).
+//! tropical weights equal the extratropical ones, and the background check's variance against diag(U U^T). The
+//! same tests run with weights per variable and group (`hybrid_variable_weights`, [`VARIABLES`]).
 
 #![allow(clippy::needless_range_loop)]
 
@@ -21,6 +22,32 @@ use latentda::{Analyser, Method, Options};
 
 const BANDS: &str = "hybrid_alpha = 2.0\nhybrid_beta = 0.5\nhybrid_alpha_tropics = 0.5\nhybrid_beta_tropics = 1.5\n\
                      hybrid_band_lat = [5.0, 45.0]\nhybrid_variables = [\"t\", \"ps\"]";
+
+/// Per-variable weights over BANDS: t its own latent weight at every latitude and its own tropical beta, ps through
+/// the `mass` group (t's own entry wins over the group's), u its own tropical alpha (u has no static part).
+const VARIABLES: &str = "hybrid_variable_weights = { t = { alpha = 0.3, beta_tropics = 0.2 }, \
+                         mass = { alpha = 1.2, alpha_tropics = 0.9, beta = 2.5 }, u = { alpha_tropics = 3.0 } }";
+
+/// The weights [alpha, beta, alpha_tropics, beta_tropics] of variable `name` under BANDS, with VARIABLES or not, as
+/// this test resolves them (written out, not the library's resolution).
+fn own_weights(name: &str, per_variable: bool) -> [f64; 4] {
+    match (per_variable, name) {
+        (false, _) => [2.0, 0.5, 0.5, 1.5],
+        (true, "t") => [0.3, 0.5, 0.3, 0.2],
+        (true, "ps") => [1.2, 2.5, 0.9, 2.5],
+        (true, "u") => [2.0, 0.5, 3.0, 1.5],
+        _ => unreachable!("{name}"),
+    }
+}
+
+/// The options of one configuration: BANDS, with VARIABLES when `per_variable`.
+fn config(per_variable: bool) -> String {
+    if per_variable {
+        format!("{BANDS}\n{VARIABLES}")
+    } else {
+        BANDS.to_string()
+    }
+}
 
 fn open(name: &str, toml: &str) -> Analyser {
     Analyser::open(fixture(name), Options::from_toml(toml).unwrap()).unwrap()
@@ -47,19 +74,30 @@ fn weight(phi: f64, tropics: f64, extra: f64, lat0: f64, lat1: f64) -> f64 {
     tropics + (extra - tropics) * t
 }
 
-/// Per state element: (alpha(phi), beta(phi) P) of the BANDS options (P: t and ps only, not u).
-fn band_weights(a: &Analyser) -> (Vec<f64>, Vec<f64>) {
+/// Per state element: (alpha(v, phi), beta(v, phi) P) of the BANDS options, with VARIABLES when `per_variable` (P:
+/// t and ps only, not u).
+fn band_weights(a: &Analyser, per_variable: bool) -> (Vec<f64>, Vec<f64>) {
     let lay = &a.bundle.layout;
     let (np, nlon) = (lay.grid.npoints(), lay.grid.nlon());
     let iu = lay.var_index("u").unwrap();
     let n = lay.state_len();
-    let al = (0..n).map(|i| weight(lay.grid.lat[(i % np) / nlon], 0.5, 2.0, 5.0, 45.0)).collect();
+    let at = |i: usize| {
+        let v = lay.channel_owner(i / np).0;
+        (v, own_weights(&lay.variables[v].name, per_variable), lay.grid.lat[(i % np) / nlon])
+    };
+    let al = (0..n)
+        .map(|i| {
+            let (_, w, phi) = at(i);
+            weight(phi, w[2], w[0], 5.0, 45.0)
+        })
+        .collect();
     let be = (0..n)
         .map(|i| {
-            if lay.channel_owner(i / np).0 == iu {
+            let (v, w, phi) = at(i);
+            if v == iu {
                 0.0
             } else {
-                weight(lay.grid.lat[(i % np) / nlon], 1.5, 0.5, 5.0, 45.0)
+                weight(phi, w[3], w[1], 5.0, 45.0)
             }
         })
         .collect();
@@ -83,7 +121,7 @@ fn ramp_and_settings_resolve_the_band_weights() {
     assert_eq!((hs.alpha, hs.alpha_tropics, hs.beta, hs.beta_tropics, hs.band_lat), (2.0, 0.5, 0.5, 1.5, [5.0, 45.0]));
     assert_eq!(hs.alpha_ref(), 2.0);
     let (fa, fb) = hs.weight_fields(&a.bundle.layout).unwrap();
-    let (al, _) = band_weights(&a);
+    let (al, _) = band_weights(&a, false);
     for i in 0..fa.len() {
         assert!((fa[i] * fa[i] - al[i]).abs() < 1e-14, "alpha field at {i}");
     }
@@ -137,17 +175,97 @@ fn bundle_hybrid_table_carries_band_weights_and_options_override_them() {
     assert!(e.message.contains("hybrid.alpha_tropics"), "{}", e.message);
 }
 
+#[test]
+fn variable_weights_resolve_by_variable_and_group() {
+    let a = open("tanh", &config(true));
+    let hs = a.hybrid_settings().unwrap();
+    assert!(hs.banded() && hs.per_variable_weights());
+    let lay = a.bundle.layout.clone();
+    for (v, var) in lay.variables.iter().enumerate() {
+        assert_eq!(hs.per_variable[v], own_weights(&var.name, true), "{}", var.name);
+    }
+    assert_eq!(hs.alpha_ref(), 3.0);
+    let (fa, fb) = hs.weight_fields(&lay).unwrap();
+    let (al, be) = band_weights(&a, true);
+    let iu = lay.var_index("u").unwrap();
+    let np = lay.grid.npoints();
+    for i in 0..fa.len() {
+        assert!((fa[i] * fa[i] - al[i]).abs() < 1e-14, "alpha field at {i}");
+        // the field carries beta on u too; P (hybrid_variables) removes the static part there
+        if lay.channel_owner(i / np).0 != iu {
+            assert!((fb[i] * fb[i] - be[i]).abs() < 1e-14, "beta field at {i}");
+        }
+    }
+    // Band weights alone: every variable has the global four.
+    let hs = open("tanh", BANDS).hybrid_settings().unwrap();
+    assert!(hs.banded() && !hs.per_variable_weights());
+    // Errors name the key, the entry and the weight.
+    for (bad, want) in [
+        ("hybrid_variable_weights = { q = { alpha = -0.5 } }", "hybrid_variable_weights.q.alpha"),
+        ("hybrid_variable_weights = { t = { beta_tropics = nan } }", "hybrid_variable_weights.t.beta_tropics"),
+        ("hybrid_variable_weights = { t = { gamma = 1.0 } }", "gamma"),
+    ] {
+        let e = Options::from_toml(bad).unwrap_err();
+        assert!(e.message.contains(want), "{bad}: {}", e.message);
+    }
+    let e = open("tanh", "hybrid_variable_weights = { q = { alpha = 0.5 } }").hybrid_settings().unwrap_err();
+    assert!(e.message.contains("'q'") && e.message.contains("hybrid_variable_weights"), "{}", e.message);
+    let e =
+        open("tanh", "hybrid_variable_weights = { ps = { alpha = 0.0, beta = 0.0 } }").hybrid_settings().unwrap_err();
+    assert!(e.message.contains("'ps'") && e.message.contains("both 0"), "{}", e.message);
+    let e = open("tanh", "hybrid_variable_weights = { wind = { alpha_tropics = 0.0, beta_tropics = 0.0 } }")
+        .hybrid_settings()
+        .unwrap_err();
+    assert!(e.message.contains("'u'") && e.message.contains("tropics"), "{}", e.message);
+}
+
+#[test]
+fn bundle_variable_weights_table_and_options_replace_it() {
+    let dir = copy_fixture("tanh", "hybrid_variable_weights_manifest");
+    let m = std::fs::read_to_string(dir.join("bundle.toml")).unwrap();
+    let m = m.replace(
+        "[checksums]",
+        "[hybrid]\nalpha = 0.7\nbeta = 0.3\n\n[hybrid.variable_weights.t]\nalpha = 0.2\nbeta_tropics = 0.9\n\n\
+         [hybrid.variable_weights.wind]\nalpha = 1.1\n\n[checksums]",
+    );
+    std::fs::write(dir.join("bundle.toml"), &m).unwrap();
+    let a = Analyser::open(&dir, Options::default()).unwrap();
+    let hs = a.hybrid_settings().unwrap();
+    let lay = &a.bundle.layout;
+    let w = |n: &str| hs.per_variable[lay.var_index(n).unwrap()];
+    assert_eq!((w("t"), w("u"), w("ps")), ([0.2, 0.3, 0.2, 0.9], [1.1, 0.3, 1.1, 0.3], [0.7, 0.3, 0.7, 0.3]));
+    // The options' table replaces the bundle's: t and u fall back to the global weights.
+    let a =
+        Analyser::open(&dir, Options::from_toml("hybrid_variable_weights = { ps = { beta = 0.6 } }").unwrap()).unwrap();
+    let hs = a.hybrid_settings().unwrap();
+    let lay = &a.bundle.layout;
+    let w = |n: &str| hs.per_variable[lay.var_index(n).unwrap()];
+    assert_eq!((w("t"), w("u"), w("ps")), ([0.7, 0.3, 0.7, 0.3], [0.7, 0.3, 0.7, 0.3], [0.7, 0.6, 0.7, 0.6]));
+    std::fs::write(dir.join("bundle.toml"), m.replace("alpha = 0.2", "alpha = -0.2")).unwrap();
+    let e = Analyser::open(&dir, Options::default()).unwrap_err();
+    assert!(e.message.contains("hybrid.variable_weights.t.alpha"), "{}", e.message);
+    std::fs::write(dir.join("bundle.toml"), m.replace("variable_weights.t]", "variable_weights.q]")).unwrap();
+    let e = Analyser::open(&dir, Options::default()).unwrap().hybrid_settings().unwrap_err();
+    assert!(e.message.contains("hybrid.variable_weights") && e.message.contains("'q'"), "{}", e.message);
+}
+
 /// (1) The band-weighted U and U^T are adjoint: the host B operator (lda_bsqrt with b_operator = hybrid) and the
 /// analysis' control transform (nonlinear and linear latent part), float32 decoder.
 #[test]
 fn band_weighted_hybrid_passes_adjoint_tests() {
-    let mut a = open("tanh", BANDS);
+    for per_variable in [false, true] {
+        band_weighted_adjoint_tests(per_variable);
+    }
+}
+
+fn band_weighted_adjoint_tests(per_variable: bool) {
+    let mut a = open("tanh", &config(per_variable));
     let (xb, _) = sample(&a, "tanh");
     let z = a.encode_background(&xb).unwrap();
     a.prepare_b(BKind::Hybrid, Some(&z)).unwrap();
     for seed in [17, 18] {
         let t = a.with_b(BKind::Hybrid, |b, ae| b.sqrt_test(ae, seed)).unwrap();
-        eprintln!("band-weighted hybrid B operator: adjoint test rel {:.2e}", t.rel);
+        eprintln!("band-weighted hybrid B operator (per variable {per_variable}): adjoint test rel {:.2e}", t.rel);
         assert!(t.rel < 1e-5, "adjoint test rel {:e}", t.rel);
     }
     // The analysis' transform: alpha_ref folded into s, sqrt(alpha(phi) / alpha_ref) and sqrt(beta(phi)) as fields.
@@ -168,7 +286,10 @@ fn band_weighted_hybrid_passes_adjoint_tests() {
         w.iter_mut().for_each(|x| *x *= 0.3);
         ctrl.linearize(&w).unwrap();
         let t = dot_test(&mut ctrl, n, 5).unwrap();
-        eprintln!("band-weighted hybrid control transform (linear {linear}): adjoint test rel {:.2e}", t.rel);
+        eprintln!(
+            "band-weighted hybrid control transform (linear {linear}, per variable {per_variable}): adjoint test rel {:.2e}",
+            t.rel
+        );
         assert!(t.rel < 1e-5, "linear {linear}: adjoint test rel {:e}", t.rel);
     }
 }
@@ -178,7 +299,20 @@ fn band_weighted_hybrid_passes_adjoint_tests() {
 /// own sqrt(alpha(phi)), sqrt(beta(phi)) P.
 #[test]
 fn band_weighted_hybrid_with_linear_decoder_equals_closed_form_kalman_solution() {
-    let opt = format!("outer_loops = 1\nmax_inner = 400\ngradient_reduction = 1e-13\nbg_check = 0.0\n{BANDS}");
+    let band = kalman_check(false);
+    let per_variable = kalman_check(true);
+    // The per-variable weights matter: another analysis than the band weights alone.
+    let diff: f64 = band.iter().zip(&per_variable).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
+    let norm: f64 = band.iter().map(|a| a * a).sum::<f64>().sqrt();
+    assert!(diff > 1e-3 * norm, "per-variable weights changed nothing: {diff:e}");
+}
+
+/// The Kalman check of one configuration; returns the analysis increment.
+fn kalman_check(per_variable: bool) -> Vec<f64> {
+    let opt = format!(
+        "outer_loops = 1\nmax_inner = 400\ngradient_reduction = 1e-13\nbg_check = 0.0\n{}",
+        config(per_variable)
+    );
     let mut a = open("linear", &opt);
     let (xb, obs) = sample(&a, "linear");
     let res = a.analyse(&xb, &obs, Method::Hybrid).unwrap();
@@ -186,7 +320,7 @@ fn band_weighted_hybrid_with_linear_decoder_equals_closed_form_kalman_solution()
     let mut flags = vec![QcFlag::Used; obs.len()];
     let h = ObsOperator::build(&lay, &obs, &mut flags);
     let ns = lay.state_len();
-    let (al, be) = band_weights(&a);
+    let (al, be) = band_weights(&a, per_variable);
     let mut lb = a.latent_b(&xb).unwrap();
     let mut sb = StaticB::new(&lay, a.bundle.baseline.as_ref().unwrap()).unwrap();
     let mut cols: Vec<Vec<f64>> = Vec::new();
@@ -210,7 +344,7 @@ fn band_weighted_hybrid_with_linear_decoder_equals_closed_form_kalman_solution()
     let dx: Vec<f64> = res.analysis.iter().zip(&xb).map(|(a, b)| a - b).collect();
     let num: f64 = dx.iter().zip(&dx_kalman).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
     let den: f64 = dx_kalman.iter().map(|b| b * b).sum::<f64>().sqrt();
-    eprintln!("band-weighted hybrid vs Kalman: relative difference {:.2e}", num / den);
+    eprintln!("band-weighted hybrid (per variable {per_variable}) vs Kalman: relative difference {:.2e}", num / den);
     assert!(den > 0.0);
     assert!(
         num / den < 1e-6,
@@ -224,6 +358,7 @@ fn band_weighted_hybrid_with_linear_decoder_equals_closed_form_kalman_solution()
     let rs = s.analyse(&xb, &obs, Method::Hybrid).unwrap();
     let diff: f64 = rs.analysis.iter().zip(&res.analysis).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
     assert!(diff > 1e-3 * den, "band weights changed nothing: {diff:e}");
+    dx
 }
 
 /// (3) Tropical weights equal to the extratropical ones: bit for bit the scalar hybrid (analysis, J, flags).
@@ -235,8 +370,13 @@ fn equal_band_weights_are_bit_identical_to_the_scalar_hybrid() {
         );
         let banded =
             format!("{base}\nhybrid_alpha_tropics = 0.7\nhybrid_beta_tropics = 0.3\nhybrid_band_lat = [5.0, 45.0]");
+        // per-variable weights equal to the global ones: the scalar hybrid too
+        let per_variable = format!(
+            "{base}\nhybrid_variable_weights = {{ u = {{ alpha = 0.7, beta = 0.3 }}, mass = {{ alpha_tropics = 0.7 }} }}"
+        );
+        assert!(!open(fx, &per_variable).hybrid_settings().unwrap().banded());
         let mut a = open(fx, &base);
-        let mut b = open(fx, &banded);
+        let mut b = open(fx, if form == "linear" { &per_variable } else { &banded });
         let (xb, obs) = sample(&a, fx);
         let ra = a.analyse(&xb, &obs, Method::Hybrid).unwrap();
         let rb = b.analyse(&xb, &obs, Method::Hybrid).unwrap();
@@ -274,12 +414,18 @@ fn equal_band_weights_are_bit_identical_to_the_scalar_hybrid() {
 /// extratropics.
 #[test]
 fn background_check_variance_is_the_diagonal_of_u_ut() {
-    let mut a = open("tanh", BANDS);
+    for per_variable in [false, true] {
+        variance_check(per_variable);
+    }
+}
+
+fn variance_check(per_variable: bool) {
+    let mut a = open("tanh", &config(per_variable));
     let (xb, _) = sample(&a, "tanh");
     let z = a.encode_background(&xb).unwrap();
     a.prepare_b(BKind::Hybrid, Some(&z)).unwrap();
     let (v, how) = a.with_b(BKind::Hybrid, |b, ae| Ok((b.variance(ae)?.to_vec(), b.variance_method()))).unwrap();
-    assert!(how.starts_with("hybrid with latitude-band weights") && how.contains("exact"), "{how}");
+    assert!(how.starts_with("hybrid with varying weights") && how.contains("exact"), "{how}");
     let brute = a
         .with_b(BKind::Hybrid, |b, ae| {
             let (n, m) = (b.control_size(), b.state_len());
@@ -292,26 +438,29 @@ fn background_check_variance_is_the_diagonal_of_u_ut() {
         a.prepare_b(BKind::Latent, Some(&z)).unwrap();
         a.with_b(BKind::Latent, |b, ae| Ok(b.variance(ae)?.to_vec())).unwrap()
     };
-    // alpha_ref = max(alpha, alpha_tropics) = 2 is folded into the latent variances (issue 23, item 3: the
-    // minimisation's operator): the latent part is alpha(phi) / 2 times the latent B with factor 2, exactly, and
-    // alpha(phi) diag(latent) up to the float32 decoder TL's round-off
+    // alpha_ref = the largest alpha of any variable and band (2 with BANDS, 3 with VARIABLES) is folded into the
+    // latent variances (issue 23, item 3: the minimisation's operator): the latent part is alpha(v, phi) / alpha_ref
+    // times the latent B with factor alpha_ref, exactly, and alpha(v, phi) diag(latent) up to the float32 decoder
+    // TL's round-off
+    let aref = if per_variable { 3.0 } else { 2.0 };
+    assert_eq!(a.hybrid_settings().unwrap().alpha_ref(), aref);
     let vl2 = {
-        let mut a2 = open("tanh", "latent_variance_factor = 2.0");
+        let mut a2 = open("tanh", &format!("latent_variance_factor = {aref:?}"));
         a2.prepare_b(BKind::Latent, Some(&z)).unwrap();
         a2.with_b(BKind::Latent, |b, ae| Ok(b.variance(ae)?.to_vec())).unwrap()
     };
     a.prepare_b(BKind::Static, None).unwrap();
     let vs = a.with_b(BKind::Static, |b, ae| Ok(b.variance(ae)?.to_vec())).unwrap();
-    let (al, be) = band_weights(&a);
+    let (al, be) = band_weights(&a, per_variable);
     let mut max_rel: f64 = 0.0;
     for i in 0..v.len() {
         assert!(
-            (vl2[i] - 2.0 * vl[i]).abs() <= 1e-6 * vl2[i],
-            "latent variance x 2 at {i}: {} vs {}",
+            (vl2[i] - aref * vl[i]).abs() <= 1e-6 * vl2[i],
+            "latent variance x {aref} at {i}: {} vs {}",
             vl2[i],
-            2.0 * vl[i]
+            aref * vl[i]
         );
-        let want = al[i] / 2.0 * vl2[i] + be[i] * vs[i];
+        let want = al[i] / aref * vl2[i] + be[i] * vs[i];
         assert!((v[i] - brute[i]).abs() <= 1e-9 * brute[i], "at {i}: variance {} vs diag(U U^T) {}", v[i], brute[i]);
         assert!((v[i] - want).abs() <= 1e-12 * want, "at {i}: variance {} vs formula {want}", v[i]);
         max_rel = max_rel.max((v[i] - brute[i]).abs() / brute[i]);
@@ -351,5 +500,5 @@ fn background_check_variance_is_the_diagonal_of_u_ut() {
     let r = a.analyse(&xb, &obs, Method::Hybrid).unwrap();
     use QcFlag::{BackgroundCheck as Bg, Used};
     assert_eq!(r.qc, [Used, Bg, Used, Bg, Used, Bg]);
-    assert!(r.report.background_check.sigma_b.starts_with("hybrid with latitude-band weights"));
+    assert!(r.report.background_check.sigma_b.starts_with("hybrid with varying weights"));
 }

@@ -50,6 +50,15 @@ third weight of the same non-negative fit once the window is full, from the run'
 start) a split fitted to the first cycle alone, whose errors are far larger than the cycle's later ones, gave alpha
 2.2 and beta 0.015 and made the next analyses worse.
 
+Per-variable weights (`--adaptive-per-variable`, folder <method>-adaptive-pv): each bundle variable v and class c
+(extratropics: the nh and sh cells; tropics) gets its own multiplier s_vc by the same window formula over its own
+cells (`variable_scales`, the twin of `latentda tune --per-variable`), bounded like s; a variable with fewer than
+MIN_CELL_OBS observations over the window (z, unobserved) takes its group's (wind, mass), else the all-variable one.
+The options carry them as `hybrid_variable_weights` (alpha_v = s_vx alpha, alpha_tropics_v = s_vt alpha, likewise
+beta: the mix is kept); until the window is full every variable follows the global s. Method 3dvar runs as the hybrid
+with alpha 0 and beta 1 (the same static B, baseline_variance_factor unchanged), so that 3D-Var gets the same
+per-variable sizing.
+
 Why a window of 4 cycles: with a few thousand observations per cycle the per-cycle ratio is already precise (3D-Var,
 uniform network, cycles 2-8 of a check run: E[(Hxa-Hxb) db]/HBH^T 0.40-0.47), whereas the first cycles after the
 perturbed start have much larger errors (ratio 2.0 at cycle 1) and a window of 8 kept that cycle in force for two
@@ -118,6 +127,7 @@ DEFAULT_LIB = os.path.join(REPO, "target", "release", "liblatentda.so")
 DEFAULT_BUNDLE = os.path.join(REPO, "models", "speedy-t31")
 METHODS = ("none", "3dvar", "l3dvar", "hybrid")
 RUN_NAMES = METHODS + tuple(f"{m}-adaptive" for m in METHODS[1:]) + ("hybrid-adaptive-split",)  # OUT/<network>/
+RUN_NAMES += ("3dvar-adaptive-pv", "hybrid-adaptive-pv")
 RUN_NAMES += tuple(f"{m}-{kind}{k}{r}{sp}{ad}" for m in ("3dvar", "hybrid") for kind in ("lagged", "eda")
                    for k in (5, 8, 10, 20) for r in ("", "r") for sp in ("", "m") for ad in ("", "-adaptive")
                    if not (m == "3dvar" and sp) and not (kind == "lagged" and r))
@@ -132,6 +142,8 @@ UNIFORM_COLUMNS = 300      # columns of the "uniform" network (new positions eve
 NETWORKS = ("sonde", "mass", "uniform")
 ADAPT_WINDOW = 4           # cycles of Desroziers sums behind each adaptive update (1 day; see the module doc)
 ADAPT_BOUNDS = (0.05, 4.0)  # bounds of the adaptive scale s (relative to the starting B)
+MIN_CELL_OBS = 50          # as src/var/desroziers.rs: fewest observations over the window to size a cell on its own
+GROUPS = {"wind": ("u", "v"), "mass": ("t", "z", "ps")}   # as src/var/desroziers.rs
 LAGGED_MEMBERS = 8         # K of --ensemble lagged: leads 6 .. 48 h
 EDA_SEED = 20261206        # member k of --ensemble eda starts from perturbed_start(seed EDA_SEED + k)
 EDA_OBS_SEED = 900000      # noise seed of member k's observation perturbations in cycle c: EDA_OBS_SEED + 1000 c + k
@@ -477,7 +489,7 @@ def parse_options(text: str) -> dict:
 
 
 def options_text(opts: dict) -> str:
-    """dict -> latentda options TOML text (numbers, strings, booleans, lists of strings)."""
+    """dict -> latentda options TOML text (numbers, strings, booleans, lists, tables as inline tables)."""
     def val(v):
         if isinstance(v, bool):
             return "true" if v else "false"
@@ -487,6 +499,8 @@ def options_text(opts: dict) -> str:
             return json.dumps(v)
         if isinstance(v, (list, tuple)):
             return "[" + ", ".join(val(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {val(x)}" for k, x in v.items()) + " }"
         raise ValueError(f"option value {v!r} cannot be written")
     return "".join(f"{k} = {val(v)}\n" for k, v in opts.items())
 
@@ -528,15 +542,18 @@ class AdaptiveB:
     RULES = ("desroziers", "innovation")
 
     def __init__(self, method: str, options: str, window: int = ADAPT_WINDOW, bounds=ADAPT_BOUNDS,
-                 state: dict | None = None, rule: str = "desroziers", split: bool = False):
+                 state: dict | None = None, rule: str = "desroziers", split: bool = False, per_variable: bool = False):
         if method not in self.SCALED:
             raise ValueError(f"method {method} has no B to adapt")
         if rule not in self.RULES:
             raise ValueError(f"adaptive rule {rule!r} is not one of {self.RULES}")
         if split and method != "hybrid":
             raise ValueError("--adaptive-split is for method hybrid")
+        if per_variable and (method != "hybrid" or split):
+            raise ValueError("per-variable adaptive weights are hybrid weights (3D-Var runs as the hybrid with "
+                             "alpha 0), and not with --adaptive-split")
         self.method, self.window, self.bounds, self.rule = method, int(window), tuple(bounds), rule
-        self.split = bool(split)
+        self.split, self.per_variable = bool(split), bool(per_variable)
         self.start = parse_options(options)
         st = state or {}
         self.scale = float(st.get("scale", 1.0))
@@ -544,6 +561,11 @@ class AdaptiveB:
         # split mode: per-weight multipliers of the starting alpha and beta, and per cycle the cells' sums
         self.weights = [float(x) for x in st.get("weights", [1.0, 1.0])]
         self.cell_history = [dict((k, tuple(v)) for k, v in h.items()) for h in st.get("cell_history", [])]
+        # per-variable mode: the multiplier of each "variable/class" (class x: extratropics, t: tropics) and per
+        # cycle the cells' (estimate, H B H^T in force per unit multiplier, n)
+        self.var_scales = {k: float(v) for k, v in st.get("var_scales", {}).items()}
+        self.var_history = [dict((k, tuple(v)) for k, v in h.items()) for h in st.get("var_history", [])]
+        self.variables = list(st.get("variables", []))
         # the starting values of the scaled options; missing ones (the bundle's defaults) come from the first report
         self.base = dict(st.get("base", {}))
         for k in self.SCALED[method]:
@@ -563,6 +585,12 @@ class AdaptiveB:
                 o["ensemble_gamma"] = float(self.start["ensemble_gamma"]) * self.weights[2]
         elif self.ready():
             o.update({k: self.base[k] * self.scale for k in self.SCALED[self.method]})
+            if self.per_variable and self.var_scales:
+                a, b = self.base["hybrid_alpha"], self.base["hybrid_beta"]
+                o["hybrid_variable_weights"] = {
+                    v: {"alpha": a * self.var_scales[f"{v}/x"], "beta": b * self.var_scales[f"{v}/x"],
+                        "alpha_tropics": a * self.var_scales[f"{v}/t"], "beta_tropics": b * self.var_scales[f"{v}/t"]}
+                    for v in self.variables}
         return o
 
     def update(self, report: dict) -> dict:
@@ -588,9 +616,28 @@ class AdaptiveB:
         if self.split:
             self._update_split(report, bif, entry)
         else:
+            if self.per_variable:
+                self._update_per_variable(report, entry)
             self.scale = adaptive_scale(self.history, self.bounds, self.scale)
         entry["scale_next"] = self.scale
         return entry
+
+    def _update_per_variable(self, report: dict, entry: dict):
+        """Per-variable mode: each variable and class sized on its own over the window (variable_scales)."""
+        entry["var_scales"] = dict(self.var_scales)
+        if not self.variables:
+            self.variables = [c["group"] for c in (report.get("desroziers") or {}).get("cells", [])
+                              if c["band"] == "global" and c["group"] not in ("all", *GROUPS)]
+        cells = variable_cells(report, self.rule)
+        if cells:
+            self.var_history.append({k: (e, i / self.var_scales.get(k, self.scale), n) for k, (e, i, n) in cells.items()})
+            self.var_history = self.var_history[-self.window:]
+        if len(self.var_history) < self.window:
+            # as the split mode: until the window is full every variable follows the global scale
+            self.var_scales = {}
+        elif self.ready():
+            self.var_scales = variable_scales(self.var_history, self.variables, self.bounds)
+        entry["var_scales_next"] = dict(self.var_scales)
 
     def _update_split(self, report: dict, bif: dict, entry: dict):
         """Split mode: alpha and beta fitted separately (hybrid_split) over the window's cells, each bounded."""
@@ -623,7 +670,9 @@ class AdaptiveB:
 
     def state(self) -> dict:
         return {"scale": self.scale, "history": [list(h) for h in self.history], "base": self.base,
-                "weights": self.weights, "cell_history": [{k: list(v) for k, v in h.items()} for h in self.cell_history]}
+                "weights": self.weights, "cell_history": [{k: list(v) for k, v in h.items()} for h in self.cell_history],
+                "var_scales": self.var_scales, "variables": self.variables,
+                "var_history": [{k: list(v) for k, v in h.items()} for h in self.var_history]}
 
 
 SPLIT_MAX_COSINE = 0.995   # as src/var/desroziers.rs
@@ -645,6 +694,47 @@ def split_cells(report: dict, rule: str, alpha: float, beta: float, gamma: float
         if gamma and m.get("sum_hbh_ensemble") is not None:
             cell += (m["sum_hbh_ensemble"] / gamma,)
         out[f"{c['group']}/{c['band']}"] = cell
+    return out
+
+
+def variable_cells(report: dict, rule: str) -> dict:
+    """Per "variable/class" (class x: the nh and sh cells, t: the tropics) of a report: (estimate of H B H^T, H B H^T
+    in force, n), normalised sums (as `latentda tune --per-variable`)."""
+    out = {}
+    for c in (report.get("desroziers") or {}).get("cells", []):
+        m = c["normalised"]
+        if c["band"] == "global" or c["group"] in ("all", *GROUPS) or m["n"] == 0 or m.get("sum_hbh") is None:
+            continue
+        est = m["sum_db_db"] - m["n"] if rule == "innovation" else m["sum_dhx_db"]
+        k = f"{c['group']}/{'t' if c['band'] == 'tropics' else 'x'}"
+        e, i, n = out.get(k, (0.0, 0.0, 0))
+        out[k] = (e + est, i + m["sum_hbh"], n + m["n"])
+    return out
+
+
+def variable_scales(history: list, variables: list, bounds=ADAPT_BOUNDS) -> dict:
+    """The multiplier of each "variable/class" over the window `history` (per cycle {key: (estimate, H B H^T in
+    force per unit multiplier, n)}): sum estimate / sum in-force, bounded; a variable with fewer than MIN_CELL_OBS
+    observations in a class takes its group's (wind, mass) multiplier, else the one over all variables (the twin of
+    desroziers::variable_weights)."""
+    acc = {}
+    for h in history:
+        for k, v in h.items():
+            acc[k] = np.add(acc.get(k, 0.0), v)
+    lo, hi = bounds
+
+    def ratio(members, cls):
+        e = sum(acc[f"{m}/{cls}"][0] for m in members if f"{m}/{cls}" in acc)
+        i = sum(acc[f"{m}/{cls}"][1] for m in members if f"{m}/{cls}" in acc)
+        n = sum(acc[f"{m}/{cls}"][2] for m in members if f"{m}/{cls}" in acc)
+        return e / i if n >= MIN_CELL_OBS and i > 0 and e > 0 else None
+
+    out = {}
+    for v in variables:
+        group = next((m for m in GROUPS.values() if v in m), ())
+        for cls in ("x", "t"):
+            r = ratio([v], cls) or (ratio(group, cls) if group else None) or ratio(variables, cls) or 1.0
+            out[f"{v}/{cls}"] = float(min(max(r, lo), hi))
     return out
 
 
@@ -715,6 +805,8 @@ def settings_of(a) -> dict:
     if getattr(a, "adaptive", False):
         s["adaptive"] = {"window": a.adaptive_window, "bounds": list(a.adaptive_bounds), "rule": a.adaptive_rule,
                          "group": "all", "band": "global", "split": bool(getattr(a, "adaptive_split", False))}
+        if getattr(a, "adaptive_per_variable", False):
+            s["adaptive"]["per_variable"] = True
     return s
 
 
@@ -727,11 +819,22 @@ def run_name(a) -> str:
             + ("m" if getattr(a, "ensemble_space", "latent") == "model" else "")
     if not getattr(a, "adaptive", False):
         return name
+    if getattr(a, "adaptive_per_variable", False):
+        return name + "-adaptive-pv"
     return name + ("-adaptive-split" if getattr(a, "adaptive_split", False) else "-adaptive")
 
 
+def analysis_method(a) -> str:
+    """The method latentda runs: the run's, except 3D-Var with per-variable adaptive weights, which runs as the hybrid
+    with alpha 0 (the same static B, its variance weighted per variable and band)."""
+    return "hybrid" if a.method == "3dvar" and getattr(a, "adaptive_per_variable", False) else a.method
+
+
 def run_options(a) -> str:
-    """The options text of the run: --options, plus the ensemble weight when the run has members."""
+    """The options text of the run: --options, plus the ensemble weight when the run has members (and hybrid alpha 0,
+    beta 1 for 3D-Var run as the hybrid, see analysis_method)."""
+    if analysis_method(a) != a.method:
+        return a.options + "\nhybrid_alpha = 0.0\nhybrid_beta = 1.0"
     if getattr(a, "ensemble", "none") == "none":
         return a.options
     space = getattr(a, "ensemble_space", "latent")
@@ -774,6 +877,10 @@ def run(a, model: Model | None = None, log=print) -> str:
         raise SystemExit("--adaptive needs an assimilating method")
     ens_k = a.members if getattr(a, "ensemble", "none") == "lagged" else 0
     eda_k = a.members if getattr(a, "ensemble", "none") == "eda" else 0
+    if getattr(a, "adaptive_per_variable", False) and (not adaptive or a.method not in ("3dvar", "hybrid")
+                                                       or ens_k or eda_k or getattr(a, "adaptive_split", False)):
+        raise SystemExit("--adaptive-per-variable needs --adaptive, method 3dvar or hybrid, no ensemble and no "
+                         "--adaptive-split")
     if (ens_k or eda_k) and a.method not in ("3dvar", "hybrid"):
         raise SystemExit("--ensemble is for methods 3dvar (then hybrid 3DEnVar) and hybrid (latent hybrid EnVar)")
     if (ens_k or eda_k) and max(ens_k, eda_k) < 2:
@@ -828,8 +935,8 @@ def run(a, model: Model | None = None, log=print) -> str:
     eda_lda = eda_host = None
     eda_options = None
     if adaptive:
-        adapt = AdaptiveB(a.method, run_options(a), a.adaptive_window, a.adaptive_bounds, adapt_state, a.adaptive_rule,
-                          getattr(a, "adaptive_split", False))
+        adapt = AdaptiveB(analysis_method(a), run_options(a), a.adaptive_window, a.adaptive_bounds, adapt_state,
+                          a.adaptive_rule, getattr(a, "adaptive_split", False), getattr(a, "adaptive_per_variable", False))
     lda_options = options_text(adapt.options()) if adapt else run_options(a)
     if a.method != "none":
         lda = Latentda(a.lib, a.bundle, lda_options)
@@ -867,7 +974,7 @@ def run(a, model: Model | None = None, log=print) -> str:
                 lda.set_obs(*obs)
                 if members is not None:
                     lda.set_ensemble(members)
-                lda.analyse(a.method)
+                lda.analyse(analysis_method(a))
                 x_a = host.state()
                 rep = lda.report()
                 qc = lda.obs_qc(len(obs[0]))
@@ -1233,6 +1340,9 @@ def main(argv=None):
     ap.add_argument("--adaptive-split", action="store_true",
                     help="hybrid: fit alpha and beta separately (latent and static parts of H B H^T over the cells "
                          "variable x band) instead of scaling both together")
+    ap.add_argument("--adaptive-per-variable", action="store_true",
+                    help="size each variable and band (extratropics, tropics) on its own (hybrid_variable_weights; "
+                         "3dvar then runs as the hybrid with alpha 0); folder <method>-adaptive-pv")
     ap.add_argument("--ensemble", default="none", choices=("none", "lagged", "eda"),
                     help="lagged: a time-lagged ensemble (the forecasts of the last --members analyses valid now, "
                          "leads 6 .. 6 K h) as the ensemble part: 3dvar becomes hybrid 3DEnVar, hybrid gains its "

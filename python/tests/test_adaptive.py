@@ -218,3 +218,69 @@ def test_band_rmse_splits_the_area_weighted_rmse_by_band():
     wb = {k: w[sel(lat)].sum() / w.sum() for k, sel in C.BANDS.items()}
     for v in ("u", "t", "ps"):
         assert g[v] ** 2 == pytest.approx(sum(wb[k] * b[k][v] ** 2 for k in b))
+
+
+def variable_report(alpha, beta, cells, variables=("u", "v", "t", "q", "z", "ps")):
+    """A hybrid report with per-band cells {(var, band): (est, hbh in force, n)} (normalised sums), the variables'
+    global cells and an (all, global) cell."""
+    out = [{"group": v, "band": "global", "n": 0, "normalised": {"n": 0}} for v in variables]
+    for (g, band), (e, h, n) in cells.items():
+        out.append({"group": g, "band": band, "n": n,
+                    "normalised": {"n": n, "sum_r": float(n), "sum_da_db": float(n), "sum_dhx_db": e,
+                                   "sum_db_db": e + n, "sum_db": 0.0, "sum_hbh": h}})
+    e, h, n = (sum(c[i] for c in cells.values()) for i in range(3))
+    out.append({"group": "all", "band": "global", "n": n,
+                "normalised": {"n": n, "sum_r": float(n), "sum_da_db": float(n), "sum_dhx_db": e, "sum_db_db": e + n,
+                               "sum_db": 0.0, "sum_hbh": h}})
+    return {"desroziers": {"method": "hybrid", "cells": out,
+                           "b_in_force": {"hybrid_alpha": alpha, "hybrid_beta": beta}}}
+
+
+def test_per_variable_mode_sizes_each_variable_and_band():
+    """True H B H^T per unit of the starting B: u 0.2 (extratropics) / 0.5 (tropics), t 0.1 / 0.1, q 0.04 with too few
+    observations (its group has none: all variables decide), v and z unobserved (v: the wind group = u; z: mass = t, ps);
+    ps 2.0 in the tropics, bounded to 4. Whatever the multipliers a cycle ran with, the estimate is truth x unit H B H^T:
+    once the window is full the multipliers land on the truth."""
+    unit = {("u", "nh"): 10.0, ("u", "sh"): 6.0, ("u", "tropics"): 8.0, ("t", "nh"): 5.0, ("t", "tropics"): 4.0,
+            ("q", "sh"): 1.0, ("ps", "tropics"): 3.0, ("ps", "nh"): 2.0}
+    truth = {"u/x": 0.2, "u/t": 0.5, "t/x": 0.1, "t/t": 0.1, "q/x": 0.04, "ps/t": 9.0, "ps/x": 0.3}
+    n_of = {"q": 10}
+    ad = C.AdaptiveB("hybrid", C.CYCLING_OPTIONS, window=2, per_variable=True)
+    for k in range(4):
+        o = ad.options()
+        a, b = o.get("hybrid_alpha", 0.7), o.get("hybrid_beta", 0.3)
+        scales = {key: ad.var_scales.get(key, ad.scale) for key in truth}
+        cells = {}
+        for (v, band), h in unit.items():
+            key = f"{v}/{'t' if band == 'tropics' else 'x'}"
+            cells[(v, band)] = (truth[key] * h, scales[key] * h, n_of.get(v, 100))
+        e = ad.update(variable_report(a, b, cells))
+        if k == 0:
+            # window not full: every variable follows the global scale
+            assert e["var_scales_next"] == {} and "hybrid_variable_weights" not in ad.options()
+    s = ad.var_scales
+    assert s["u/x"] == pytest.approx(0.2) and s["u/t"] == pytest.approx(0.5)
+    assert s["t/x"] == pytest.approx(0.1) and s["t/t"] == pytest.approx(0.1)
+    # groups: v as u (wind); z as t and ps together (mass)
+    assert s["v/x"] == pytest.approx(0.2) and s["v/t"] == pytest.approx(0.5)
+    assert s["z/x"] == pytest.approx((0.1 * 5 + 0.3 * 2) / 7) and s["z/t"] == pytest.approx((0.1 * 4 + 9.0 * 3) / 7)
+    assert s["ps/t"] == 4.0 and s["ps/x"] == pytest.approx(0.3)                # bound
+    # q: 20 observations over the window (< MIN_CELL_OBS), no group: all variables' extratropical ratio
+    num = sum(truth[f"{v}/x"] * h for (v, band), h in unit.items() if band != "tropics")
+    den = sum(h for (v, band), h in unit.items() if band != "tropics")
+    assert s["q/x"] == pytest.approx(num / den)
+    # the options carry them as hybrid_variable_weights (the 0.7 : 0.3 mix kept), and the text is valid TOML
+    import tomllib
+    o = tomllib.loads(C.options_text(ad.options()))
+    w = o["hybrid_variable_weights"]
+    assert w["u"]["alpha"] == pytest.approx(0.7 * 0.2) and w["u"]["beta_tropics"] == pytest.approx(0.3 * 0.5)
+    assert set(w) == {"u", "v", "t", "q", "z", "ps"}
+    # state round trip
+    import json
+    ad2 = C.AdaptiveB("hybrid", C.CYCLING_OPTIONS, window=2, per_variable=True,
+                      state=json.loads(json.dumps(ad.state())))
+    assert ad2.options() == ad.options()
+    with pytest.raises(ValueError):
+        C.AdaptiveB("3dvar", C.CYCLING_OPTIONS, per_variable=True)
+    with pytest.raises(ValueError):
+        C.AdaptiveB("hybrid", C.CYCLING_OPTIONS, per_variable=True, split=True)

@@ -125,6 +125,7 @@ struct HybridSection {
     beta_tropics: Option<f64>,
     band_lat: Option<[f64; 2]>,
     gamma: Option<f64>,
+    variable_weights: Option<BTreeMap<String, VariableWeights>>,
 }
 
 /// `[forecast]`: the step model of latent 4D-Var (optional).
@@ -377,6 +378,53 @@ pub struct HybridDefaults {
     pub band_lat: Option<[f64; 2]>,
     /// Weight gamma of an ensemble part when the host sets members (`None`: the options' default).
     pub gamma: Option<f64>,
+    /// Hybrid weights per variable or variable group (`[hybrid.variable_weights]`); `None`: the same for all.
+    pub variable_weights: Option<BTreeMap<String, VariableWeights>>,
+}
+
+/// The hybrid weights of one variable or variable group (`[hybrid.variable_weights.NAME]` in the bundle,
+/// `hybrid_variable_weights.NAME` in the options). Each is optional: a missing `alpha` is the global (extratropical)
+/// alpha; a missing `alpha_tropics` is this entry's `alpha` when it gives one, else the global tropical alpha (so
+/// `q = { alpha = 0.2 }` means 0.2 at every latitude); likewise beta.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VariableWeights {
+    /// Weight of the latent B (extratropics, |lat| >= band_lat[1]).
+    pub alpha: Option<f64>,
+    /// Weight of the static B (extratropics).
+    pub beta: Option<f64>,
+    /// Weight of the latent B in the tropics (|lat| <= band_lat[0]).
+    pub alpha_tropics: Option<f64>,
+    /// Weight of the static B in the tropics.
+    pub beta_tropics: Option<f64>,
+}
+
+impl VariableWeights {
+    /// Checks that every weight given is finite and >= 0; the message names the entry `what` and the weight.
+    pub fn check(&self, what: &str) -> std::result::Result<(), String> {
+        for (k, v) in [
+            ("alpha", self.alpha),
+            ("beta", self.beta),
+            ("alpha_tropics", self.alpha_tropics),
+            ("beta_tropics", self.beta_tropics),
+        ] {
+            if let Some(v) = v {
+                if !(v.is_finite() && v >= 0.0) {
+                    return Err(format!("{what}.{k} = {v} must be finite and >= 0"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The weights in force, [alpha, beta, alpha_tropics, beta_tropics], over the global ones `global` (same order).
+    pub fn resolve(&self, global: [f64; 4]) -> [f64; 4] {
+        let alpha = self.alpha.unwrap_or(global[0]);
+        let beta = self.beta.unwrap_or(global[1]);
+        let alpha_tropics = self.alpha_tropics.or(self.alpha).unwrap_or(global[2]);
+        let beta_tropics = self.beta_tropics.or(self.beta).unwrap_or(global[3]);
+        [alpha, beta, alpha_tropics, beta_tropics]
+    }
 }
 
 /// An opened, validated bundle.
@@ -493,7 +541,12 @@ fn hybrid_defaults(h: Option<&HybridSection>, layout: &Layout) -> Result<HybridD
         }
     }
     let gamma = h.and_then(|h| h.gamma);
-    Ok(HybridDefaults { alpha, beta, variables, alpha_tropics, beta_tropics, band_lat, gamma })
+    // names are checked against the layout (variables and groups) when the settings are resolved
+    let variable_weights = h.and_then(|h| h.variable_weights.clone());
+    for (name, w) in variable_weights.iter().flatten() {
+        w.check(&format!("hybrid.variable_weights.{name}")).map_err(Error::bundle)?;
+    }
+    Ok(HybridDefaults { alpha, beta, variables, alpha_tropics, beta_tropics, band_lat, gamma, variable_weights })
 }
 
 /// Opens `path` for reading only if it is a regular file: a FIFO would block the open, a device (a link to

@@ -91,40 +91,51 @@ pub struct HybridSettings {
     pub beta_tropics: f64,
     /// Latitudes (degrees) where the cosine ramp from the tropical to the extratropical weights starts and ends.
     pub band_lat: [f64; 2],
+    /// Per bundle variable: its weights [alpha, beta, alpha_tropics, beta_tropics] (the global ones unless
+    /// `hybrid_variable_weights` or the bundle's `[hybrid.variable_weights]` name the variable or its group).
+    pub per_variable: Vec<[f64; 4]>,
 }
 
 impl HybridSettings {
-    /// Whether the weights vary with latitude (a tropical weight differs from the extratropical one). When they do
-    /// not, the hybrid is the scalar-weight operator, bit for bit.
-    pub fn banded(&self) -> bool {
-        self.alpha_tropics != self.alpha || self.beta_tropics != self.beta
+    /// The global weights [alpha, beta, alpha_tropics, beta_tropics].
+    pub fn global(&self) -> [f64; 4] {
+        [self.alpha, self.beta, self.alpha_tropics, self.beta_tropics]
     }
 
-    /// The grid-point weight fields sqrt(alpha(phi)), sqrt(beta(phi)) over the state of `lay`
-    /// ([`crate::bmat::hybrid::band_weight_fields`]); `None` when the weights do not vary.
+    /// Whether the weights vary over the state (with latitude, or from one variable to another). When they do
+    /// not, the hybrid is the scalar-weight operator, bit for bit.
+    pub fn banded(&self) -> bool {
+        let scalar = [self.alpha, self.beta, self.alpha, self.beta];
+        self.per_variable.iter().any(|w| *w != scalar)
+    }
+
+    /// Whether some variable's weights differ from the global ones.
+    pub fn per_variable_weights(&self) -> bool {
+        let g = self.global();
+        self.per_variable.iter().any(|w| *w != g)
+    }
+
+    /// The grid-point weight fields sqrt(alpha(v, phi)), sqrt(beta(v, phi)) over the state of `lay`
+    /// ([`crate::bmat::hybrid::variable_band_weight_fields`]); `None` when the weights do not vary.
     pub fn weight_fields(&self, lay: &crate::bundle::grid::Layout) -> Option<(Vec<f64>, Vec<f64>)> {
         if !self.banded() {
             return None;
         }
-        let nchan = lay.state_len() / lay.grid.npoints();
-        Some(crate::bmat::hybrid::band_weight_fields(
+        let per_channel: Vec<[f64; 4]> = (0..lay.nchan).map(|c| self.per_variable[lay.channel_owner(c).0]).collect();
+        Some(crate::bmat::hybrid::variable_band_weight_fields(
             &lay.grid.lat,
             lay.grid.nlon(),
-            nchan,
-            self.alpha,
-            self.alpha_tropics,
-            self.beta,
-            self.beta_tropics,
+            &per_channel,
             self.band_lat,
         ))
     }
 
-    /// The latent weight folded into the latent variances for the minimisation: alpha without band weights (today's
-    /// scalar hybrid), else max(alpha, alpha_tropics), the rest applied as the grid-point factor
-    /// sqrt(alpha(phi) / alpha_ref) on the decoded increment.
+    /// The latent weight folded into the latent variances for the minimisation: alpha without varying weights
+    /// (today's scalar hybrid), else the largest alpha of any variable and band, the rest applied as the grid-point
+    /// factor sqrt(alpha(v, phi) / alpha_ref) on the decoded increment.
     pub fn alpha_ref(&self) -> f64 {
         if self.banded() {
-            self.alpha.max(self.alpha_tropics)
+            self.per_variable.iter().map(|w| w[0].max(w[2])).fold(0.0, f64::max)
         } else {
             self.alpha
         }
@@ -260,11 +271,6 @@ impl Analyser {
         let alpha_tropics = o.hybrid_alpha_tropics.or(h.alpha_tropics).unwrap_or(alpha);
         let beta_tropics = o.hybrid_beta_tropics.or(h.beta_tropics).unwrap_or(beta);
         let band_lat = o.hybrid_band_lat.or(h.band_lat).unwrap_or(crate::var::options::DEFAULT_HYBRID_BAND_LAT);
-        if alpha_tropics == 0.0 && beta_tropics == 0.0 && !ensemble {
-            return Err(Error::arg(
-                "hybrid_alpha_tropics and hybrid_beta_tropics are both 0: the hybrid B would be zero in the tropics",
-            ));
-        }
         let lay = &self.bundle.layout;
         let keep = match o.hybrid_variables.as_ref().or(h.variables.as_ref()) {
             None => vec![true; lay.variables.len()],
@@ -282,7 +288,49 @@ impl Analyser {
                 keep
             }
         };
-        Ok(HybridSettings { alpha, beta, keep, alpha_tropics, beta_tropics, band_lat })
+        let global = [alpha, beta, alpha_tropics, beta_tropics];
+        let mut per_variable = vec![global; lay.variables.len()];
+        let table = o.hybrid_variable_weights.as_ref().or(h.variable_weights.as_ref());
+        let source =
+            if o.hybrid_variable_weights.is_some() { "hybrid_variable_weights" } else { "hybrid.variable_weights" };
+        if let Some(table) = table {
+            // groups first, so that a variable's own entry wins over its group's
+            let mut named = Vec::new();
+            for (name, w) in table {
+                let members: Vec<usize> = match crate::var::desroziers::GROUPS.iter().find(|(g, _)| g == name) {
+                    Some((_, vs)) => vs.iter().filter_map(|v| lay.var_index(v)).collect(),
+                    None => vec![lay.var_index(name).ok_or_else(|| {
+                        Error::arg(format!(
+                            "{source} names '{name}', which is neither a variable of bundle '{}' nor a group (wind, mass)",
+                            self.bundle.name
+                        ))
+                    })?],
+                };
+                named.push((lay.var_index(name).is_some(), members, *w));
+            }
+            named.sort_by_key(|(own, _, _)| *own);
+            for (_, members, w) in named {
+                for v in members {
+                    per_variable[v] = w.resolve(global);
+                }
+            }
+        }
+        if !ensemble {
+            for (v, w) in per_variable.iter().enumerate() {
+                let name = &lay.variables[v].name;
+                if w[0] == 0.0 && w[1] == 0.0 {
+                    return Err(Error::arg(format!(
+                        "the hybrid weights of '{name}' are both 0 in the extratropics: the hybrid B would be zero there"
+                    )));
+                }
+                if w[2] == 0.0 && w[3] == 0.0 {
+                    return Err(Error::arg(format!(
+                        "the hybrid weights of '{name}' are both 0 in the tropics (hybrid_alpha_tropics and hybrid_beta_tropics, or its own): the hybrid B would be zero there"
+                    )));
+                }
+            }
+        }
+        Ok(HybridSettings { alpha, beta, keep, alpha_tropics, beta_tropics, band_lat, per_variable })
     }
 
     /// The latent variances s^2 in force: the bundle's times the option `latent_variance_factor` times `weight` (the
@@ -439,7 +487,13 @@ impl Analyser {
             "hybrid: {:.4} x (latent B: calibrated, the bundle's latent_b_variance x latent_variance_factor {f}) + {:.4} x (static B: exact){}",
             hs.alpha,
             hs.beta,
-            if hs.banded() { ", latitude-band weights" } else { "" }
+            if hs.per_variable_weights() {
+                ", per-variable weights"
+            } else if hs.banded() {
+                ", latitude-band weights"
+            } else {
+                ""
+            }
         );
         Ok(Some((sl.iter().zip(&ss).map(|(l, s)| l * l + s * s).collect(), how)))
     }

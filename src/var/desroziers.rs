@@ -224,6 +224,10 @@ pub struct BInForce {
     /// Weight gamma of the ensemble part (with members: hybrid, or 3dvar as hybrid 3DEnVar); absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ensemble_gamma: Option<f64>,
+    /// Hybrid only, when the weights vary (latitude bands or per variable): per bundle variable its weights
+    /// [alpha, beta, alpha_tropics, beta_tropics] in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hybrid_weights: Option<BTreeMap<String, [f64; 4]>>,
 }
 
 impl BInForce {
@@ -400,8 +404,100 @@ pub struct Tuning {
     /// parts of sigma_b^2 and the cells tell them apart; written instead of the joint scaling by
     /// [`Tuning::use_split`] (`latentda tune --hybrid-split`).
     pub hybrid_split: Option<HybridSplit>,
+    /// Hybrid only: weights per bundle variable [alpha, beta, alpha_tropics, beta_tropics], each variable and band
+    /// scaled on its own ([`variable_weights`]); written as `hybrid_variable_weights` by
+    /// [`Tuning::use_variable_weights`] (`latentda tune --per-variable`).
+    pub variable_weights: Option<BTreeMap<String, [f64; 4]>>,
+    /// Whether [`Tuning::options_toml`] writes `variable_weights`.
+    pub write_variable_weights: bool,
     /// Warnings (missing sigma_b, varying hybrid mix, too few observations, ...).
     pub notes: Vec<String>,
+}
+
+/// Fewest observations (all reports together) in a variable's extratropical or tropical cells for
+/// [`variable_weights`] to size that variable and band on its own; with fewer, the variable's group (wind, mass),
+/// else all variables, sizes it.
+pub const MIN_CELL_OBS: usize = 50;
+
+/// Hybrid weights per bundle variable and band from innovations: for variable v and band class c (extratropics =
+/// the nh and sh cells, tropics), the scale S_vc = sum_k E_vck / sum_k (H_vck / s_vck), with E the
+/// E[(H x_a - H x_b) d_b] sums, H the H B H^T in force and s_vck = alpha + beta of v in class c in report k (the
+/// report's `hybrid_weights`, else its global alpha and beta), is the joint Desroziers step of [`tune`] made per
+/// cell; the new weights keep the last report's mix: alpha_vc = S_vc alpha_vc / s_vc, likewise beta. A variable
+/// with fewer than [`MIN_CELL_OBS`] observations in a class (an unobserved z, say) takes its group's scale, else
+/// the scale over all variables. Returns the weights and notes on the fallbacks.
+pub fn variable_weights(sections: &[Desroziers]) -> (Option<BTreeMap<String, [f64; 4]>>, Vec<String>) {
+    let composite = |g: &str| g == "all" || GROUPS.iter().any(|(n, _)| *n == g);
+    let mut notes = Vec::new();
+    let Some(last) = sections.iter().rev().find(|s| s.method == "hybrid") else {
+        return (None, vec!["no hybrid report: no per-variable weights".into()]);
+    };
+    let vars: Vec<String> =
+        last.cells.iter().filter(|c| !composite(&c.group) && c.band == "global").map(|c| c.group.clone()).collect();
+    let weights_of = |s: &Desroziers, v: &str| -> Option<[f64; 4]> {
+        let b = &s.b_in_force;
+        match b.hybrid_weights.as_ref().and_then(|w| w.get(v)) {
+            Some(w) => Some(*w),
+            None => Some([b.hybrid_alpha?, b.hybrid_beta?, b.hybrid_alpha?, b.hybrid_beta?]),
+        }
+    };
+    // per variable and class (0 extratropics, 1 tropics): [num, den, n]
+    let mut acc: BTreeMap<(String, usize), [f64; 3]> = BTreeMap::new();
+    for s in sections.iter().filter(|s| s.method == "hybrid") {
+        for c in s.cells.iter().filter(|c| !composite(&c.group) && c.band != "global" && c.normalised.n > 0) {
+            let (Some(w), Some(h)) = (weights_of(s, &c.group), c.normalised.sum_hbh) else { continue };
+            let class = usize::from(c.band == "tropics");
+            let scale = w[2 * class] + w[2 * class + 1];
+            if !(scale > 0.0) {
+                continue;
+            }
+            let e = acc.entry((c.group.clone(), class)).or_default();
+            e[0] += c.normalised.sum_dhx_db;
+            e[1] += h / scale;
+            e[2] += c.normalised.n as f64;
+        }
+    }
+    let ratio = |members: &[&str], class: usize, min_n: f64| -> Option<f64> {
+        let (mut num, mut den, mut n) = (0.0, 0.0, 0.0);
+        for m in members {
+            if let Some(e) = acc.get(&(m.to_string(), class)) {
+                num += e[0];
+                den += e[1];
+                n += e[2];
+            }
+        }
+        let r = num / den;
+        (n >= min_n && den > 0.0 && r > 0.0 && r.is_finite()).then_some(r)
+    };
+    let all: Vec<&str> = vars.iter().map(|v| v.as_str()).collect();
+    let mut out = BTreeMap::new();
+    for v in &vars {
+        let Some(w) = weights_of(last, v) else { continue };
+        let group = GROUPS.iter().find(|(_, m)| m.contains(&v.as_str()));
+        let mut new = [0.0; 4];
+        for (class, band) in [(0, "extratropics"), (1, "tropics")] {
+            let min_n = MIN_CELL_OBS as f64;
+            let scale = match ratio(&[v.as_str()], class, min_n) {
+                Some(r) => r,
+                None => {
+                    let by_group = group.and_then(|(g, m)| Some((*g, ratio(m, class, min_n)?)));
+                    let Some((from, r)) = by_group.or_else(|| Some(("all", ratio(&all, class, min_n)?))) else {
+                        notes.push(format!("'{v}' ({band}): too few observations anywhere, weights kept"));
+                        new[2 * class] = w[2 * class];
+                        new[2 * class + 1] = w[2 * class + 1];
+                        continue;
+                    };
+                    notes.push(format!("'{v}' ({band}): fewer than {MIN_CELL_OBS} observations, scaled as '{from}'"));
+                    r
+                }
+            };
+            let s = w[2 * class] + w[2 * class + 1];
+            new[2 * class] = scale * w[2 * class] / s;
+            new[2 * class + 1] = scale * w[2 * class + 1] / s;
+        }
+        out.insert(v.clone(), new);
+    }
+    ((!out.is_empty()).then_some(out), notes)
 }
 
 /// Separately fitted hybrid weights (see [`hybrid_split`]).
@@ -445,6 +541,15 @@ pub fn hybrid_split(sections: &[Desroziers]) -> Option<HybridSplit> {
         for c in s.cells.iter().filter(|c| c.band != "global" && !composite(&c.group) && c.normalised.n > 0) {
             let m = &c.normalised;
             let (Some(l), Some(st)) = (m.sum_hbh_latent, m.sum_hbh_static) else { continue };
+            // the cell's own weights when they vary (bands, variables): the parts in force per unit weight
+            let (a, b) = match s.b_in_force.hybrid_weights.as_ref().and_then(|w| w.get(&c.group)) {
+                Some(w) if c.band == "tropics" => (w[2], w[3]),
+                Some(w) => (w[0], w[1]),
+                None => (a, b),
+            };
+            if !(a > 0.0 && b > 0.0) {
+                continue;
+            }
             let e = acc.entry((c.group.clone(), c.band.clone())).or_default();
             e[0] += m.sum_dhx_db;
             e[1] += l / a;
@@ -644,11 +749,20 @@ pub fn tune(sections: &[Desroziers], method: &str, group: &str, band: &str) -> R
         None => notes.push("no report with sigma_b (run with bg_check > 0): B cannot be tuned".into()),
     }
     let hybrid_split = if method == "hybrid" { hybrid_split(sections) } else { None };
+    let variable_weights = if method == "hybrid" && scale_new.is_some() {
+        let (w, n) = variable_weights(sections);
+        notes.extend(n.into_iter().map(|n| format!("per-variable weights: {n}")));
+        w
+    } else {
+        None
+    };
     if method == "hybrid" && hybrid_split.is_none() {
         notes.push("alpha and beta cannot be fitted separately (no latent/static parts of sigma_b, or cells that do not tell them apart)".into());
     }
     Ok(Tuning {
         hybrid_split,
+        variable_weights,
+        write_variable_weights: false,
         method: method.into(),
         n_reports: sections.len(),
         r_ratio: cell.r_ratio,
@@ -679,6 +793,18 @@ impl Tuning {
             self.options.push(("ensemble_gamma".to_string(), g));
         }
         self.notes.push(format!("hybrid weights fitted separately over {} cells (cosine {:.3})", sp.cells, sp.cosine));
+        Ok(())
+    }
+
+    /// Writes the per-variable, per-band weights ([`variable_weights`]) as `hybrid_variable_weights`, beside the
+    /// joint scaling of the global weights.
+    pub fn use_variable_weights(&mut self) -> Result<()> {
+        if self.variable_weights.is_none() {
+            return Err(Error::arg(
+                "no per-variable weights: they need hybrid reports with sigma_b (bg_check > 0) and observations",
+            ));
+        }
+        self.write_variable_weights = true;
         Ok(())
     }
 
@@ -723,6 +849,18 @@ impl Tuning {
         }
         for (k, v) in &self.options {
             let _ = writeln!(s, "{k} = {v:.6}");
+        }
+        if let (true, Some(w)) = (self.write_variable_weights, &self.variable_weights) {
+            let entries: Vec<String> = w
+                .iter()
+                .map(|(v, w)| {
+                    format!(
+                        "{v} = {{ alpha = {:.6}, beta = {:.6}, alpha_tropics = {:.6}, beta_tropics = {:.6} }}",
+                        w[0], w[1], w[2], w[3]
+                    )
+                })
+                .collect();
+            let _ = writeln!(s, "hybrid_variable_weights = {{ {} }}", entries.join(", "));
         }
         s
     }
@@ -946,6 +1084,95 @@ mod tests {
         let get = |k: &str| t.options.iter().find(|(n, _)| n == k).map(|(_, v)| *v);
         assert!((get("ensemble_gamma").unwrap() - 0.25).abs() < 1e-12, "{:?}", t.options);
         assert!((get("hybrid_alpha").unwrap() - 0.5).abs() < 1e-12);
+    }
+
+    /// A hybrid section from (group, band, n, E, H) cells (normalised sums only) and the B in force.
+    fn weights_section(cells: &[(&str, &str, usize, f64, f64)], b_in_force: BInForce) -> Desroziers {
+        let cells = cells
+            .iter()
+            .map(|&(group, band, n, e, h)| DesroziersCell {
+                group: group.into(),
+                band: band.into(),
+                normalised: DesroziersSums { n, sum_dhx_db: e, sum_hbh: Some(h), ..Default::default() },
+                ..Default::default()
+            })
+            .collect();
+        Desroziers { method: "hybrid".into(), b_in_force, sigma_b: String::new(), cells }
+    }
+
+    #[test]
+    fn variable_weights_scale_each_variable_and_band_on_its_own() {
+        let g = [0.6, 0.2, 0.6, 0.2];
+        let bif = BInForce {
+            hybrid_alpha: Some(0.6),
+            hybrid_beta: Some(0.2),
+            hybrid_weights: Some(
+                [("u", [1.0, 1.0, 0.5, 0.5]), ("t", g), ("z", g), ("q", g)]
+                    .into_iter()
+                    .map(|(v, w)| (v.to_string(), w))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        let cells = [
+            ("u", "global", 220, 0.0, 0.0),
+            ("t", "global", 200, 0.0, 0.0),
+            ("z", "global", 0, 0.0, 0.0),
+            ("q", "global", 10, 0.0, 0.0),
+            // u: extratropics (nh + sh) E 4 over H / (alpha + beta) = 8 / 2 + 4 / 2 = 6; tropics 4 over 2 / 1
+            ("u", "nh", 60, 3.0, 8.0),
+            ("u", "sh", 60, 1.0, 4.0),
+            ("u", "tropics", 100, 4.0, 2.0),
+            // t: 0.2 over 0.8 / 0.8; tropics 0.8 over 0.8 / 0.8
+            ("t", "nh", 100, 0.2, 0.8),
+            ("t", "tropics", 100, 0.8, 0.8),
+            // q: 10 observations (< MIN_CELL_OBS) in the extratropics, none in the tropics
+            ("q", "sh", 10, 1.0, 0.8),
+            ("wind", "nh", 60, 3.0, 8.0),
+            ("all", "global", 430, 0.0, 0.0),
+        ];
+        let s = weights_section(&cells, bif.clone());
+        let (w, notes) = variable_weights(std::slice::from_ref(&s));
+        let w = w.unwrap();
+        let close = |a: [f64; 4], b: [f64; 4]| a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-12);
+        // u: S = 4 / 6 extratropical, 2 tropical; the mix (1:1, 1:1) kept
+        assert!(close(w["u"], [1.0 / 3.0, 1.0 / 3.0, 1.0, 1.0]), "{:?}", w["u"]);
+        // t: S = 0.2, 0.8 with the mix 3:1
+        assert!(close(w["t"], [0.15, 0.05, 0.6, 0.2]), "{:?}", w["t"]);
+        // z (unobserved): its group, mass, i.e. t's scales
+        assert!(close(w["z"], [0.15, 0.05, 0.6, 0.2]), "{:?}", w["z"]);
+        // q: too few in the extratropics and none in the tropics: all variables, (3 + 1 + 0.2 + 1) / (4 + 2 + 1 +
+        // 1) = 0.65 and (4 + 0.8) / (2 + 1) = 1.6
+        assert!(close(w["q"], [0.4875, 0.1625, 1.2, 0.4]), "{:?}", w["q"]);
+        assert!(notes.iter().any(|n| n.contains("'z'") && n.contains("'mass'")), "{notes:?}");
+        assert!(notes.iter().any(|n| n.contains("'q'") && n.contains("'all'")), "{notes:?}");
+        // Two reports of the same statistics: the same weights (sums grow together).
+        let (w2, _) = variable_weights(&[s.clone(), s.clone()]);
+        assert!(w2.unwrap().iter().all(|(v, x)| close(*x, w[v])));
+        // A fixed point: with the new weights in force (H B H^T in force scaled with them, the estimates E unchanged)
+        // the same weights come back.
+        let mut applied = s.clone();
+        applied.b_in_force.hybrid_weights = Some(w.clone());
+        for c in applied.cells.iter_mut() {
+            if let Some(nw) = w.get(&c.group) {
+                let class = usize::from(c.band == "tropics");
+                let old = bif.hybrid_weights.as_ref().unwrap()[&c.group];
+                let f = (nw[2 * class] + nw[2 * class + 1]) / (old[2 * class] + old[2 * class + 1]);
+                c.normalised.sum_hbh = c.normalised.sum_hbh.map(|h| h * f);
+            }
+        }
+        let (w3, _) = variable_weights(&[applied]);
+        let w3 = w3.unwrap();
+        for v in ["u", "t"] {
+            assert!(close(w3[v], w[v]), "{v}: {:?} vs {:?}", w3[v], w[v]);
+        }
+        // Without per-variable weights in force: the global alpha and beta at every latitude.
+        let mut plain = s.clone();
+        plain.b_in_force.hybrid_weights = None;
+        let (w4, _) = variable_weights(&[plain]);
+        // u: S = 4 / (8 / 0.8 + 4 / 0.8) = 4 / 15 and 4 / (2 / 0.8) = 1.6, mix 3:1
+        let u = w4.unwrap()["u"];
+        assert!(close(u, [0.2, 0.2 / 3.0, 1.2, 0.4]), "{u:?}");
     }
 
     #[test]

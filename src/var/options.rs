@@ -28,6 +28,8 @@
 //! hybrid_alpha_tropics = 0.5   # hybrid weights in the tropics (hybrid_alpha/_beta are then the extratropical ones;
 //! hybrid_beta_tropics = 1.0    #   default: the bundle's [hybrid] alpha_tropics/beta_tropics, else no band weights)
 //! hybrid_band_lat = [10.0, 30.0]   # cosine ramp from the tropical weights at |lat| <= 10 to the extratropical at >= 30
+//! hybrid_variable_weights = { q = { alpha = 0.1, beta = 0.4 }, wind = { alpha_tropics = 0.2 } }
+//!                              # weights per variable or group (wind, mass); missing ones: the global weights
 //! baseline_variance_factor = 1.0   # multiplies the static B's variances (overrides [statistics] of the bundle)
 //! latent_variance_factor = 1.0     # multiplies the latent B's variances (e.g. < 1 when cycling with 6 h forecasts)
 //! latent_increment = "linear"      # latent part: "linear" sd D'(z_b)(s w) (default, except with output "full_state")
@@ -350,6 +352,11 @@ pub struct Options {
     /// Latitudes [lat0, lat1] (degrees, 0 <= lat0 < lat1 <= 90) of the ramp between tropical and extratropical
     /// hybrid weights (default: the bundle's `[hybrid] band_lat`, else [`DEFAULT_HYBRID_BAND_LAT`]).
     pub hybrid_band_lat: Option<[f64; 2]>,
+    /// Hybrid weights per variable or group (`wind` = u, v; `mass` = t, z, ps; a variable's own entry wins over its
+    /// group's), as an inline table: `hybrid_variable_weights = { q = { alpha = 0.2, beta = 0.5 }, wind = {
+    /// alpha_tropics = 0.1 } }` ([`crate::bundle::VariableWeights`]: missing weights fall back to the global ones).
+    /// Replaces the bundle's `[hybrid.variable_weights]` table when given (default: the bundle's, else none).
+    pub hybrid_variable_weights: Option<std::collections::BTreeMap<String, crate::bundle::VariableWeights>>,
     /// Factor on the static B's variances (default: the bundle's `[statistics]`, else 1).
     pub baseline_variance_factor: Option<f64>,
     /// Factor on the latent B's variances s^2 (default 1: the bundle's calibration, which is for its own
@@ -423,6 +430,7 @@ impl Default for Options {
             hybrid_alpha_tropics: None,
             hybrid_beta_tropics: None,
             hybrid_band_lat: None,
+            hybrid_variable_weights: None,
             baseline_variance_factor: None,
             latent_variance_factor: None,
             b_operator: BKind::Latent,
@@ -493,6 +501,9 @@ impl Options {
                     return Err(Error::arg(format!("{name} = {v} must be finite and >= 0")));
                 }
             }
+        }
+        for (name, w) in self.hybrid_variable_weights.iter().flatten() {
+            w.check(&format!("hybrid_variable_weights.{name}")).map_err(Error::arg)?;
         }
         for (name, factor) in [
             ("baseline_variance_factor", self.baseline_variance_factor),

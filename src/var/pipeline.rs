@@ -162,6 +162,9 @@ impl Analyser {
                     hybrid_alpha: hs.as_ref().map(|h| h.alpha),
                     hybrid_beta: hs.as_ref().map(|h| h.beta),
                     ensemble_gamma: None,
+                    hybrid_weights: hs.as_ref().filter(|h| h.banded()).map(|h| {
+                        lay.variables.iter().zip(&h.per_variable).map(|(v, w)| (v.name.clone(), *w)).collect()
+                    }),
                 }
             }
         };
