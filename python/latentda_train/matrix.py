@@ -41,6 +41,12 @@ draw balance of the latent B per recipe and hemisphere; and the gates:
 - G3 (mass cells) the best latentda method lowers the extratropical wind RMSE by >= 10 % (u and v ratio <= 0.9 over
   |lat| > 20).
 - G0 every analysis succeeds.
+Sized from innovations (`--tuned-steps N`, issue 20 item 2): per cell, the hybrid and 3D-Var (run as the hybrid with
+alpha 0, beta 1: the same static B) each get N fixed-point steps of `latentda tune --per-variable` over the cell's own
+reports (the 8 cases' Desroziers sums; no truth): step 0 runs the shipped defaults, step k runs the options tuned
+from step k-1. The last step's analyses are the rows `hybrid-pv` and `3dvar-pv`, compared with each other in the
+overview (TG1: hybrid-pv beats 3dvar-pv on >= 5 of 6; TG2: neither worse than the background), next to the
+untuned gates. Options files and reports are kept under OUT/matrix/tuned/.
 The worst cell is the one where the hybrid does worst against 3dvar (largest geometric mean over the six variables
 of hybrid ratio / 3dvar ratio); the largest latentda ratio against the background is named as well.
 """
@@ -48,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import hashlib
 import json
 import os
 import subprocess
@@ -87,6 +94,9 @@ DEFAULT_RECIPES = "a48,b48,c6,c6s,c6l,b24,b6"   # a24 on request (--recipes): th
 # network -> (obs file, columns, kind); seed offsets keep the networks' noise independent
 NETWORKS = {"sonde": ("obs_sonde.csv", None, "sonde", 0), "mass": ("obs_mass.csv", None, "mass", 100000),
             "uniform": ("obs_uniform.csv", 300, "sonde", 200000), "sparse": ("obs_sparse.csv", 100, "sonde", 300000)}
+# innovation-tuned families (--tuned-steps): row name -> CLI method and arguments of step 0 (3D-Var as the hybrid with
+# alpha 0: the same static B, so that `latentda tune --per-variable` can size it per variable and band)
+TUNED = {"hybrid-pv": ("hybrid", []), "3dvar-pv": ("hybrid", ["--hybrid-alpha", "0", "--hybrid-beta", "1"])}
 SONDE_COLUMNS = {"sonde": CS.N_STATIONS, "uniform": 300, "sparse": 100, "mass": 0}
 
 
@@ -367,9 +377,23 @@ def cell_gates(net, s, names, base="3dvar"):
     return gates
 
 
+def tuned_gates(s):
+    """The innovation-tuned comparison of one cell: TG1 hybrid-pv beats 3dvar-pv on >= 5 of 6 (informative: both
+    sized the same way), TG2 neither tuned method worse than the background on any variable."""
+    g = s["ratios"]["global"]
+    w = int(sum(g["hybrid-pv"][v] < g["3dvar-pv"][v] for v in VARS))
+    worst = max((g[m][v], m, v) for m in TUNED for v in VARS)
+    return {"TG1 hybrid-pv beats 3dvar-pv on >= 5/6": {"pass": w >= 5, "value": f"{w}/6",
+                                                       "margins": {v: g["hybrid-pv"][v] - g["3dvar-pv"][v] for v in VARS}},
+            "TG2 tuned methods not worse than background": {"pass": worst[0] < 1.0,
+                                                            "value": f"max {worst[0]:.3f} ({worst[1]} {worst[2]})"}}
+
+
 # ------------------------------------------------------------------------------------------------------ report
 
 def markdown(res, recipes, nets, names, prior, meta):
+    tuned = meta.get("tuned_steps", 0) > 0
+    base = [m for m in names if m not in TUNED]
     L = [f"# Robustness matrix ({meta['bundle_name']}, validation period)", "",
          f"Command: `{meta['command']}`", "",
          f"Bundle `{meta['bundle']}`, run as `{meta['bundle_run']}` (manifest sha256 {meta['bundle_stamp']}; "
@@ -382,9 +406,9 @@ def markdown(res, recipes, nets, names, prior, meta):
          "of the wind increment with the geostrophic wind of the increment, |lat| > 20 (true: the background "
          "error's own).", "", "## Overview", "",
          "| recipe | network | cases | bg RMSE u / t / ps | hybrid wins vs 3dvar | worst latentda ratio | "
-         "mass: extratrop. wind (best latentda) | balance 3dvar / l3dvar / hybrid (true) | gates | "
-         "shipped bounds reject |",
-         "|---|---|---|---|---|---|---|---|---|---|"]
+         "mass: extratrop. wind (best latentda) | balance " + " / ".join(base) + " (true) | gates | "
+         "shipped bounds reject |" + (" sized from innovations: hybrid-pv wins vs 3dvar-pv, worst ratio |" if tuned else ""),
+         "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if tuned else "")]
     worst = meta.get("worst_cell")
     for r in recipes:
         for n in nets:
@@ -394,17 +418,24 @@ def markdown(res, recipes, nets, names, prior, meta):
             w = s.get("wins_vs_3dvar", {}).get("hybrid")
             g2 = g["G2 no latentda method worse than background"]["value"]
             g3 = g.get("G3 mass: extratropical wind down >= 10 %", {}).get("value", "-")
-            bal = " / ".join(f"{s['balance'][m]:.2f}" for m in names) + f" ({s['true_error_balance']:.2f})"
+            bal = " / ".join(f"{s['balance'][m]:.2f}" for m in base) + f" ({s['true_error_balance']:.2f})"
             gs = ", ".join(f"{k.split()[0]} {'pass' if v['pass'] else 'FAIL'}{'' if v['required'] else ' (info)'}"
                            for k, v in g.items())
             mark = " **(worst)**" if worst and worst["cell"] == f"{r}/{n}" else ""
             L.append(f"| {r}{mark} | {n} | {s['n_cases']} | {bg['u']:.2f} / {bg['t']:.2f} / {bg['ps']:.0f} | "
                      f"{w if w is not None else '-'}/6 | {g2} | {g3} | {bal} | {gs} | "
-                     + " / ".join(f"{len(s['shipped_bounds_would_reject'][m]) + len(s['rejected'][m])}" for m in names)
-                     + " |")
+                     + " / ".join(f"{len(s['shipped_bounds_would_reject'][m]) + len(s['rejected'][m])}" for m in base)
+                     + " |" + (f" {s['tuned_gates']['TG1 hybrid-pv beats 3dvar-pv on >= 5/6']['value']}, "
+                               f"{s['tuned_gates']['TG2 tuned methods not worse than background']['value']} |"
+                               if tuned else ""))
     L += ["", "Gates: G1 hybrid beats 3dvar on >= 5 of 6 variables (required where the network has >= 100 sonde "
           "columns; '(info)' for mass-only); G2 no latentda method worse than the background on any variable; G3 "
           "mass-only: the best latentda method lowers the extratropical u and v RMSE by >= 10 %.", ""]
+    if tuned:
+        L += [f"Sized from innovations ({meta['tuned_steps']} steps of `latentda tune --per-variable` over each cell's "
+              "own reports, no truth): hybrid-pv is the hybrid, 3dvar-pv the static B alone (the hybrid with alpha 0), "
+              "each with weights per variable and band; the column counts the variables where hybrid-pv beats "
+              "3dvar-pv, and gives the larger of the two methods' worst ratio against the background.", ""]
     if worst:
         L += [f"**Worst cell: {worst['cell']}** (hybrid / 3dvar ratio, geometric mean over the six variables, "
               f"{worst['hybrid_over_3dvar']:.3f}); largest latentda ratio against the background anywhere: "
@@ -466,6 +497,9 @@ def main(argv=None):
     ap.add_argument("--note", default="", help="a sentence for the head of the markdown and the JSON (provenance)")
     ap.add_argument("--jobs", type=int, default=2, help="CLI analyses at a time (each runs on one thread)")
     ap.add_argument("--draws", type=int, default=2, help="prior draws per case (prior-draw balance)")
+    ap.add_argument("--tuned-steps", type=int, default=0,
+                    help="also size the hybrid and 3D-Var per variable and band from each cell's innovations with this "
+                         "many `latentda tune --per-variable` steps (rows hybrid-pv, 3dvar-pv; 0: not)")
     ap.add_argument("--no-cache", action="store_true")
     ap.add_argument("--json", default=None, help="default OUT/matrix/matrix.json")
     ap.add_argument("--markdown", default=None, help="default OUT/matrix/matrix.md")
@@ -484,6 +518,7 @@ def main(argv=None):
             raise SystemExit(f"unknown network {n} (known: {', '.join(NETWORKS)})")
     runs = SU.parse_runs(a.run or ["3dvar=3dvar", "l3dvar=l3dvar", "hybrid=hybrid"])
     names = [r[0] for r in runs]
+    all_names = names + (list(TUNED) if a.tuned_steps else [])
     extra = a.backend_args.split()
     backend_options = ""
     if a.ort:
@@ -520,7 +555,7 @@ def main(argv=None):
 
     def analyse(task):
         """One CLI analysis (in a worker thread); returns (key, cache entry)."""
-        key, r, cname, d, n, name, method, args = task
+        key, r, cname, d, n, name, method, args, report_to = task
         with NC_LOCK:
             xt = CS.read_state(os.path.join(d, "truth.nc"))
             xb = CS.read_state(os.path.join(d, "background.nc"))
@@ -535,6 +570,10 @@ def main(argv=None):
                 return key, {"rmse": SU.band_rmse(xb - xt, LAT), "balance_hemi": {"N": None, "S": None},
                              "balance": None, "pairs": 0, "grad_reduction": None, "seconds": time.time() - t_a,
                              "failed": str(e)[:2000]}
+        if report_to:
+            # the Desroziers section, for `latentda tune` (the whole report is not needed)
+            os.makedirs(os.path.dirname(report_to), exist_ok=True)
+            json.dump({"desroziers": rep.get("desroziers")}, open(report_to, "w"))
         s = rep["solver"]
         sc = score(xt, xb, xa, shipped_bounds)
         return key, {"rmse": sc["rmse"], "balance_hemi": sc["balance_hemi"], "shipped_guard": sc["shipped_guard"],
@@ -549,17 +588,44 @@ def main(argv=None):
         cases = make_cases(a.out, r, launches, nets, log, backend_options, bundle)
         log(f"recipe {r}: {len(cases)} cases ready ({time.time() - t_r:.0f}s)")
         rargs = lambda args: list(args) + RECIPE_ARGS.get(r, [])
-        tasks = [(key_of(r, cname, n, method, rargs(args)), r, cname, d, n, name, method, rargs(args))
+        tasks = [(key_of(r, cname, n, method, rargs(args)), r, cname, d, n, name, method, rargs(args), None)
                  for cname, d in cases for n in nets for name, method, args in runs]
-        tasks = [t for t in tasks if t[0] not in cache]
-        with ThreadPoolExecutor(max_workers=max(1, a.jobs)) as ex:
-            for key, entry in ex.map(analyse, tasks):
-                cache[key] = entry
-                tmpc = cache_path + f".{os.getpid()}"
-                json.dump(cache, open(tmpc, "w"))
-                os.replace(tmpc, cache_path)
-                n_analyses += 1
-        log(f"recipe {r}: {len(tasks)} analyses run ({time.time() - t_r:.0f}s)")
+
+        def run_tasks(tasks):
+            nonlocal n_analyses
+            tasks = [t for t in tasks if t[0] not in cache or (t[8] and not os.path.exists(t[8]))]
+            with ThreadPoolExecutor(max_workers=max(1, a.jobs)) as ex:
+                for key, entry in ex.map(analyse, tasks):
+                    cache[key] = entry
+                    tmpc = cache_path + f".{os.getpid()}"
+                    json.dump(cache, open(tmpc, "w"))
+                    os.replace(tmpc, cache_path)
+                    n_analyses += 1
+            return len(tasks)
+
+        n_run = run_tasks(tasks)
+        tuned_keys = {}
+        for n in nets:
+            for fam, (method, args0) in (TUNED.items() if a.tuned_steps else ()):
+                folder = os.path.join(mdir, "tuned", stamp, r, n, fam)
+                args, tag = rargs(args0), []
+                for k in range(a.tuned_steps + 1):
+                    if k > 0:
+                        # one fixed-point step from the previous step's reports (no truth)
+                        opts = os.path.join(folder, f"step{k}.toml")
+                        reps = sorted(glob.glob(os.path.join(folder, f"step{k - 1}", "*.json")))
+                        p = subprocess.run([a.latentda, "tune", *reps, "--method", "hybrid", "--per-variable",
+                                            "--output", opts], capture_output=True, text=True)
+                        if p.returncode != 0:
+                            raise SystemExit(f"latentda tune failed for {r}/{n} {fam} step {k}:\n{p.stderr[-2000:]}")
+                        text = open(opts).read()
+                        args = rargs(args0) + ["--options", opts]
+                        tag = ["options-sha256=" + hashlib.sha256(text.encode()).hexdigest()[:16]]
+                    keys = {cname: key_of(r, cname, n, method, rargs(args0) + tag) + f"|{fam}|step{k}" for cname, _ in cases}
+                    n_run += run_tasks([(keys[cname], r, cname, d, n, fam, method, args,
+                                         os.path.join(folder, f"step{k}", f"{cname}.json")) for cname, d in cases])
+                tuned_keys[(n, fam)] = keys
+        log(f"recipe {r}: {n_run} analyses run ({time.time() - t_r:.0f}s)")
         rng = np.random.default_rng(12345)
         pacc = {h: np.zeros(3) for h in "NS"}
         rows = {n: {} for n in nets}
@@ -576,17 +642,22 @@ def main(argv=None):
                 row = {"background": rb, "true_error_balance": tb, "true_error_balance_hemi": tbh}
                 for name, method, args in runs:
                     row[name] = cache[key_of(r, cname, n, method, rargs(args))]
+                for (n2, fam), keys in tuned_keys.items():
+                    if n2 == n:
+                        row[fam] = cache[keys[cname]]
                 rows[n][cname] = row
                 g = lambda m, v: row[m]["rmse"]["global"][v] / rb["global"][v]
                 log(f"{r} {cname} {n:7s} " + "  ".join(
                     f"{m}: " + " ".join(f"{g(m, v):.3f}" for v in VARS)
                     + (f" bal {row[m]['balance']:.2f}" if row[m]["balance"] is not None else " REJECTED")
-                    for m in names) + f"  true bal {tb:.2f}")
+                    for m in all_names) + f"  true bal {tb:.2f}")
         prior_bal[r] = {h: BL.correlation(s) for h, s in pacc.items()}
         res[r] = {}
         for n in nets:
-            s = cell_summary(rows[n], names)
+            s = cell_summary(rows[n], all_names)
             s["gates"] = cell_gates(n, s, names)
+            if a.tuned_steps:
+                s["tuned_gates"] = tuned_gates(s)
             res[r][n] = s
         cases_all[r] = rows
         log(f"recipe {r} done in {time.time() - t_r:.0f}s; prior-draw balance NH {prior_bal[r]['N']:.2f} "
@@ -611,8 +682,8 @@ def main(argv=None):
                 res[r][n]["n_cases"] for r in recipes for n in nets) * len(names), "n_run_now": n_analyses,
             "wall_minutes": (time.time() - t_start) / 60.0, "worst_cell": worst,
             "worst_ratio": {"value": wr[0], "where": wr[1]}, "recipes": {r: RECIPES[r] for r in recipes},
-            "networks": {n: NETWORKS[n] for n in nets}, "note": a.note}
-    md = markdown(res, recipes, nets, names, prior_bal, meta)
+            "networks": {n: NETWORKS[n] for n in nets}, "note": a.note, "tuned_steps": a.tuned_steps}
+    md = markdown(res, recipes, nets, all_names, prior_bal, meta)
     print("\n" + md)
     jp = a.json or os.path.join(mdir, "matrix.json")
     mp = a.markdown or os.path.join(mdir, "matrix.md")
