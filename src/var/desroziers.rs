@@ -749,6 +749,13 @@ pub fn tune(sections: &[Desroziers], method: &str, group: &str, band: &str) -> R
         None => notes.push("no report with sigma_b (run with bg_check > 0): B cannot be tuned".into()),
     }
     let hybrid_split = if method == "hybrid" { hybrid_split(sections) } else { None };
+    if sections.iter().any(|s| s.b_in_force.hybrid_weights.is_some()) {
+        notes.push(
+            "the reports ran with weights that vary by band or variable: the joint scaling writes global weights only; \
+             --per-variable sizes each variable and band"
+                .into(),
+        );
+    }
     let variable_weights = if method == "hybrid" && scale_new.is_some() {
         let (w, n) = variable_weights(sections);
         notes.extend(n.into_iter().map(|n| format!("per-variable weights: {n}")));
