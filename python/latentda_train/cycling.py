@@ -57,7 +57,9 @@ MIN_CELL_OBS observations over the window (z, unobserved) takes its group's (win
 The options carry them as `hybrid_variable_weights` (alpha_v = s_vx alpha, alpha_tropics_v = s_vt alpha, likewise
 beta: the mix is kept); until the window is full every variable follows the global s. Method 3dvar runs as the hybrid
 with alpha 0 and beta 1 (the same static B, baseline_variance_factor unchanged), so that 3D-Var gets the same
-per-variable sizing.
+per-variable sizing. `--static-variables q` (hybrid, per-variable mode; folder suffix -sq) analyses the named
+variables with the static B alone: their latent weight goes to the static part (alpha_v = 0, beta_v = (alpha + beta)
+s_v), so that no observation moves them through the latent B's cross-covariances.
 
 Why a window of 4 cycles: with a few thousand observations per cycle the per-cycle ratio is already precise (3D-Var,
 uniform network, cycles 2-8 of a check run: E[(Hxa-Hxb) db]/HBH^T 0.40-0.47), whereas the first cycles after the
@@ -127,7 +129,7 @@ DEFAULT_LIB = os.path.join(REPO, "target", "release", "liblatentda.so")
 DEFAULT_BUNDLE = os.path.join(REPO, "models", "speedy-t31")
 METHODS = ("none", "3dvar", "l3dvar", "hybrid")
 RUN_NAMES = METHODS + tuple(f"{m}-adaptive" for m in METHODS[1:]) + ("hybrid-adaptive-split",)  # OUT/<network>/
-RUN_NAMES += ("3dvar-adaptive-pv", "hybrid-adaptive-pv")
+RUN_NAMES += ("3dvar-adaptive-pv", "hybrid-adaptive-pv", "hybrid-adaptive-pv-sq")
 RUN_NAMES += tuple(f"{m}-{kind}{k}{r}{sp}{ad}" for m in ("3dvar", "hybrid") for kind in ("lagged", "eda")
                    for k in (5, 8, 10, 20) for r in ("", "r") for sp in ("", "m") for ad in ("", "-adaptive")
                    if not (m == "3dvar" and sp) and not (kind == "lagged" and r))
@@ -542,7 +544,8 @@ class AdaptiveB:
     RULES = ("desroziers", "innovation")
 
     def __init__(self, method: str, options: str, window: int = ADAPT_WINDOW, bounds=ADAPT_BOUNDS,
-                 state: dict | None = None, rule: str = "desroziers", split: bool = False, per_variable: bool = False):
+                 state: dict | None = None, rule: str = "desroziers", split: bool = False, per_variable: bool = False,
+                 static_variables=()):
         if method not in self.SCALED:
             raise ValueError(f"method {method} has no B to adapt")
         if rule not in self.RULES:
@@ -554,6 +557,9 @@ class AdaptiveB:
                              "alpha 0), and not with --adaptive-split")
         self.method, self.window, self.bounds, self.rule = method, int(window), tuple(bounds), rule
         self.split, self.per_variable = bool(split), bool(per_variable)
+        if static_variables and not per_variable:
+            raise ValueError("static variables (--static-variables) need the per-variable mode")
+        self.static_variables = tuple(static_variables)
         self.start = parse_options(options)
         st = state or {}
         self.scale = float(st.get("scale", 1.0))
@@ -585,12 +591,16 @@ class AdaptiveB:
                 o["ensemble_gamma"] = float(self.start["ensemble_gamma"]) * self.weights[2]
         elif self.ready():
             o.update({k: self.base[k] * self.scale for k in self.SCALED[self.method]})
-            if self.per_variable and self.var_scales:
+            if self.per_variable and (self.var_scales or self.static_variables):
                 a, b = self.base["hybrid_alpha"], self.base["hybrid_beta"]
-                o["hybrid_variable_weights"] = {
-                    v: {"alpha": a * self.var_scales[f"{v}/x"], "beta": b * self.var_scales[f"{v}/x"],
-                        "alpha_tropics": a * self.var_scales[f"{v}/t"], "beta_tropics": b * self.var_scales[f"{v}/t"]}
-                    for v in self.variables}
+                sc = lambda v, c: self.var_scales.get(f"{v}/{c}", self.scale)
+                w = {}
+                for v in self.variables or self.static_variables:
+                    # a static variable: its latent weight moved to the static part (the same total variance)
+                    al, be = (0.0, a + b) if v in self.static_variables else (a, b)
+                    w[v] = {"alpha": al * sc(v, "x"), "beta": be * sc(v, "x"),
+                            "alpha_tropics": al * sc(v, "t"), "beta_tropics": be * sc(v, "t")}
+                o["hybrid_variable_weights"] = w
         return o
 
     def update(self, report: dict) -> dict:
@@ -807,6 +817,8 @@ def settings_of(a) -> dict:
                          "group": "all", "band": "global", "split": bool(getattr(a, "adaptive_split", False))}
         if getattr(a, "adaptive_per_variable", False):
             s["adaptive"]["per_variable"] = True
+            if getattr(a, "static_variables", None):
+                s["adaptive"]["static_variables"] = a.static_variables
     return s
 
 
@@ -820,7 +832,8 @@ def run_name(a) -> str:
     if not getattr(a, "adaptive", False):
         return name
     if getattr(a, "adaptive_per_variable", False):
-        return name + "-adaptive-pv"
+        sv = getattr(a, "static_variables", None)
+        return name + "-adaptive-pv" + (f"-s{'+'.join(sv.split(','))}" if sv else "")
     return name + ("-adaptive-split" if getattr(a, "adaptive_split", False) else "-adaptive")
 
 
@@ -936,7 +949,8 @@ def run(a, model: Model | None = None, log=print) -> str:
     eda_options = None
     if adaptive:
         adapt = AdaptiveB(analysis_method(a), run_options(a), a.adaptive_window, a.adaptive_bounds, adapt_state,
-                          a.adaptive_rule, getattr(a, "adaptive_split", False), getattr(a, "adaptive_per_variable", False))
+                          a.adaptive_rule, getattr(a, "adaptive_split", False), getattr(a, "adaptive_per_variable", False),
+                          tuple((getattr(a, "static_variables", None) or "").split(",")) if getattr(a, "static_variables", None) else ())
     lda_options = options_text(adapt.options()) if adapt else run_options(a)
     if a.method != "none":
         lda = Latentda(a.lib, a.bundle, lda_options)
@@ -1343,6 +1357,9 @@ def main(argv=None):
     ap.add_argument("--adaptive-per-variable", action="store_true",
                     help="size each variable and band (extratropics, tropics) on its own (hybrid_variable_weights; "
                          "3dvar then runs as the hybrid with alpha 0); folder <method>-adaptive-pv")
+    ap.add_argument("--static-variables", default=None,
+                    help="hybrid with --adaptive-per-variable: comma-separated variables analysed by the static B "
+                         "alone (their latent weight moved to the static part; folder suffix -s<vars>), e.g. q")
     ap.add_argument("--ensemble", default="none", choices=("none", "lagged", "eda"),
                     help="lagged: a time-lagged ensemble (the forecasts of the last --members analyses valid now, "
                          "leads 6 .. 6 K h) as the ensemble part: 3dvar becomes hybrid 3DEnVar, hybrid gains its "

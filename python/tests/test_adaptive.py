@@ -280,6 +280,19 @@ def test_per_variable_mode_sizes_each_variable_and_band():
     ad2 = C.AdaptiveB("hybrid", C.CYCLING_OPTIONS, window=2, per_variable=True,
                       state=json.loads(json.dumps(ad.state())))
     assert ad2.options() == ad.options()
+    # a static variable: its latent weight moved into the static part, the same scale
+    ad3 = C.AdaptiveB("hybrid", C.CYCLING_OPTIONS, window=2, per_variable=True, static_variables=("q",),
+                      state=json.loads(json.dumps(ad.state())))
+    w3 = ad3.options()["hybrid_variable_weights"]
+    assert w3["q"]["alpha"] == 0.0 and w3["q"]["beta"] == pytest.approx(1.0 * s["q/x"])
+    assert w3["q"]["alpha_tropics"] == 0.0 and w3["u"] == w["u"]
+    # before the window is full (no per-variable scales yet) the static variable is already static
+    ad4 = C.AdaptiveB("hybrid", C.CYCLING_OPTIONS + "\nhybrid_alpha = 0.7\nhybrid_beta = 0.3", per_variable=True,
+                      static_variables=("q",))
+    assert ad4.options()["hybrid_variable_weights"] == {"q": {"alpha": 0.0, "beta": 1.0, "alpha_tropics": 0.0,
+                                                               "beta_tropics": 1.0}}
+    with pytest.raises(ValueError):
+        C.AdaptiveB("hybrid", C.CYCLING_OPTIONS, static_variables=("q",))
     with pytest.raises(ValueError):
         C.AdaptiveB("3dvar", C.CYCLING_OPTIONS, per_variable=True)
     with pytest.raises(ValueError):
