@@ -1197,6 +1197,26 @@ def summary(out: str, log=print) -> list:
             axs[0].legend(fontsize=8)
             axs[0].set_title(f"adaptive B (Desroziers), {network} network")
             written.append(save(fig, f"bscale_{network}.png"))
+        pv = {m: r for m, r in runs.items() if any(x.get("adaptive", {}).get("var_scales_next") for x in r)}
+        if pv:
+            # per-variable mode: each variable's multiplier, extratropics (solid) and tropics (dashed), per run
+            fig, axs = plt.subplots(len(pv), 1, figsize=(10, 3.2 * len(pv)), sharex=True, squeeze=False)
+            for ax, (m, r) in zip(axs[:, 0], pv.items()):
+                rows = [x for x in r if x.get("adaptive", {}).get("var_scales_next")]
+                t = [x["cycle"] / 4.0 for x in rows]
+                keys = sorted({k for x in rows for k in x["adaptive"]["var_scales_next"]})
+                names = sorted({k.split("/")[0] for k in keys}, key=lambda v: NAMES.index(v) if v in NAMES else 99)
+                for i, v in enumerate(names):
+                    for cls, ls in (("x", "-"), ("t", "--")):
+                        ax.plot(t, [x["adaptive"]["var_scales_next"].get(f"{v}/{cls}") for x in rows], ls=ls, lw=1.0,
+                                color=f"C{i}", label=f"{v} {'extratropics' if cls == 'x' else 'tropics'}")
+                ax.set_yscale("log")
+                ax.set_ylabel("multiplier (x starting B)")
+                ax.set_title(f"{m}: per-variable B multipliers, {network} network", fontsize=10)
+                ax.grid(alpha=0.3)
+                ax.legend(fontsize=7, ncol=4)
+            axs[-1, 0].set_xlabel("days since the perturbed start")
+            written.append(save(fig, f"varscales_{network}.png"))
         p = os.path.join(out, f"summary_{network}.md")
         with open(p, "w") as f:
             f.write(summary_table(network, runs))
