@@ -45,8 +45,9 @@ Sized from innovations (`--tuned-steps N`, issue 20 item 2): per cell, the hybri
 alpha 0, beta 1: the same static B) each get N fixed-point steps of `latentda tune --per-variable` over the cell's own
 reports (the 8 cases' Desroziers sums; no truth): step 0 runs the shipped defaults, step k runs the options tuned
 from step k-1. The last step's analyses are the rows `hybrid-pv` and `3dvar-pv`, compared with each other in the
-overview (TG1: hybrid-pv beats 3dvar-pv on >= 5 of 6; TG2: neither worse than the background), next to the
-untuned gates. Options files and reports are kept under OUT/matrix/tuned/.
+overview (TG1: hybrid-pv beats 3dvar-pv on >= 5 of 6; TG2: no tuned method worse than the background), next to the
+untuned gates. `--tuned-families hybrid-pv,3dvar-pv,hybrid-pv-sq` adds the hybrid with q left to the static B
+(`--hybrid-variable-weights q=0,1` at step 0, the mix kept by the steps). Options files and reports are kept under OUT/matrix/tuned/.
 The worst cell is the one where the hybrid does worst against 3dvar (largest geometric mean over the six variables
 of hybrid ratio / 3dvar ratio); the largest latentda ratio against the background is named as well.
 """
@@ -96,7 +97,12 @@ NETWORKS = {"sonde": ("obs_sonde.csv", None, "sonde", 0), "mass": ("obs_mass.csv
             "uniform": ("obs_uniform.csv", 300, "sonde", 200000), "sparse": ("obs_sparse.csv", 100, "sonde", 300000)}
 # innovation-tuned families (--tuned-steps): row name -> CLI method and arguments of step 0 (3D-Var as the hybrid with
 # alpha 0: the same static B, so that `latentda tune --per-variable` can size it per variable and band)
-TUNED = {"hybrid-pv": ("hybrid", []), "3dvar-pv": ("hybrid", ["--hybrid-alpha", "0", "--hybrid-beta", "1"])}
+# and whether the later steps repeat those arguments before their options file (harmless for global weights, which
+# every variable's tuned weights override; hybrid-pv-sq: the hybrid with q left to the static B, its latent weight
+# moved to the static part, whose table flag would replace the tuned table: the steps keep that mix per variable)
+TUNED = {"hybrid-pv": ("hybrid", [], True), "3dvar-pv": ("hybrid", ["--hybrid-alpha", "0", "--hybrid-beta", "1"], True),
+         "hybrid-pv-sq": ("hybrid", ["--hybrid-variable-weights", "q=0,1"], False)}
+DEFAULT_TUNED = "hybrid-pv,3dvar-pv"
 SONDE_COLUMNS = {"sonde": CS.N_STATIONS, "uniform": 300, "sparse": 100, "mass": 0}
 
 
@@ -382,7 +388,7 @@ def tuned_gates(s):
     sized the same way), TG2 neither tuned method worse than the background on any variable."""
     g = s["ratios"]["global"]
     w = int(sum(g["hybrid-pv"][v] < g["3dvar-pv"][v] for v in VARS))
-    worst = max((g[m][v], m, v) for m in TUNED for v in VARS)
+    worst = max((g[m][v], m, v) for m in TUNED if m in g for v in VARS)
     return {"TG1 hybrid-pv beats 3dvar-pv on >= 5/6": {"pass": w >= 5, "value": f"{w}/6",
                                                        "margins": {v: g["hybrid-pv"][v] - g["3dvar-pv"][v] for v in VARS}},
             "TG2 tuned methods not worse than background": {"pass": worst[0] < 1.0,
@@ -500,6 +506,8 @@ def main(argv=None):
     ap.add_argument("--tuned-steps", type=int, default=0,
                     help="also size the hybrid and 3D-Var per variable and band from each cell's innovations with this "
                          "many `latentda tune --per-variable` steps (rows hybrid-pv, 3dvar-pv; 0: not)")
+    ap.add_argument("--tuned-families", default=DEFAULT_TUNED,
+                    help=f"the innovation-tuned rows, of {', '.join(TUNED)} (hybrid-pv-sq: q by the static B alone)")
     ap.add_argument("--no-cache", action="store_true")
     ap.add_argument("--json", default=None, help="default OUT/matrix/matrix.json")
     ap.add_argument("--markdown", default=None, help="default OUT/matrix/matrix.md")
@@ -518,7 +526,13 @@ def main(argv=None):
             raise SystemExit(f"unknown network {n} (known: {', '.join(NETWORKS)})")
     runs = SU.parse_runs(a.run or ["3dvar=3dvar", "l3dvar=l3dvar", "hybrid=hybrid"])
     names = [r[0] for r in runs]
-    all_names = names + (list(TUNED) if a.tuned_steps else [])
+    tuned_names = [f for f in a.tuned_families.split(",") if f]
+    for f in tuned_names:
+        if f not in TUNED:
+            raise SystemExit(f"unknown tuned family {f} (known: {', '.join(TUNED)})")
+    if a.tuned_steps and not {"hybrid-pv", "3dvar-pv"} <= set(tuned_names):
+        raise SystemExit("--tuned-families must include hybrid-pv and 3dvar-pv (the compared pair)")
+    all_names = names + (tuned_names if a.tuned_steps else [])
     extra = a.backend_args.split()
     backend_options = ""
     if a.ort:
@@ -606,7 +620,8 @@ def main(argv=None):
         n_run = run_tasks(tasks)
         tuned_keys = {}
         for n in nets:
-            for fam, (method, args0) in (TUNED.items() if a.tuned_steps else ()):
+            for fam in (tuned_names if a.tuned_steps else ()):
+                method, args0, repeat = TUNED[fam]
                 folder = os.path.join(mdir, "tuned", stamp, r, n, fam)
                 args, tag = rargs(args0), []
                 for k in range(a.tuned_steps + 1):
@@ -619,9 +634,10 @@ def main(argv=None):
                         if p.returncode != 0:
                             raise SystemExit(f"latentda tune failed for {r}/{n} {fam} step {k}:\n{p.stderr[-2000:]}")
                         text = open(opts).read()
-                        args = rargs(args0) + ["--options", opts]
+                        args = rargs(args0 if repeat else []) + ["--options", opts]
                         tag = ["options-sha256=" + hashlib.sha256(text.encode()).hexdigest()[:16]]
-                    keys = {cname: key_of(r, cname, n, method, rargs(args0) + tag) + f"|{fam}|step{k}" for cname, _ in cases}
+                    keys = {cname: key_of(r, cname, n, method, rargs(args0) + tag) + f"|{fam}|step{k}"
+                            for cname, _ in cases}
                     n_run += run_tasks([(keys[cname], r, cname, d, n, fam, method, args,
                                          os.path.join(folder, f"step{k}", f"{cname}.json")) for cname, d in cases])
                 tuned_keys[(n, fam)] = keys
