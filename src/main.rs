@@ -478,6 +478,13 @@ fn cmd_info(positional: &[String], common: &Common) -> Result<ExitCode, CliError
             band[1]
         );
     }
+    if h.variable_weights.is_some() {
+        // the resolved weights per variable (groups and fallbacks applied), as the analysis uses them
+        let hs = a.hybrid_settings().map_err(|e| e.to_string())?;
+        for (var, w) in b.layout.variables.iter().zip(&hs.per_variable).filter(|(_, w)| **w != hs.global()) {
+            println!("            {}: alpha {} beta {}, tropics alpha {} beta {}", var.name, w[0], w[1], w[2], w[3]);
+        }
+    }
     println!("models      encoder, decoder, decoder_tl, decoder_ad: signatures OK ({})", a.ae.info.detail);
     match &b.forecast {
         Some(f) => println!(

@@ -234,6 +234,11 @@ fn bundle_variable_weights_table_and_options_replace_it() {
     let lay = &a.bundle.layout;
     let w = |n: &str| hs.per_variable[lay.var_index(n).unwrap()];
     assert_eq!((w("t"), w("u"), w("ps")), ([0.2, 0.3, 0.2, 0.9], [1.1, 0.3, 1.1, 0.3], [0.7, 0.3, 0.7, 0.3]));
+    // `latentda info` lists the resolved weights of the variables that differ from the global ones
+    let (code, out, err) = cli(&["info", dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("t: alpha 0.2 beta 0.3, tropics alpha 0.2 beta 0.9"), "{out}");
+    assert!(out.contains("u: alpha 1.1 beta 0.3, tropics alpha 1.1 beta 0.3") && !out.contains("ps: alpha"), "{out}");
     // The options' table replaces the bundle's: t and u fall back to the global weights.
     let a =
         Analyser::open(&dir, Options::from_toml("hybrid_variable_weights = { ps = { beta = 0.6 } }").unwrap()).unwrap();
