@@ -146,6 +146,7 @@ ADAPT_WINDOW = 4           # cycles of Desroziers sums behind each adaptive upda
 ADAPT_BOUNDS = (0.05, 4.0)  # bounds of the adaptive scale s (relative to the starting B)
 MIN_CELL_OBS = 50          # as src/var/desroziers.rs: fewest observations over the window to size a cell on its own
 GROUPS = {"wind": ("u", "v"), "mass": ("t", "z", "ps")}   # as src/var/desroziers.rs
+COMPOSITE = ("all", *GROUPS)   # report cells that are not one bundle variable
 LAGGED_MEMBERS = 8         # K of --ensemble lagged: leads 6 .. 48 h
 EDA_SEED = 20261206        # member k of --ensemble eda starts from perturbed_start(seed EDA_SEED + k)
 EDA_OBS_SEED = 900000      # noise seed of member k's observation perturbations in cycle c: EDA_OBS_SEED + 1000 c + k
@@ -637,7 +638,7 @@ class AdaptiveB:
         entry["var_scales"] = dict(self.var_scales)
         if not self.variables:
             self.variables = [c["group"] for c in (report.get("desroziers") or {}).get("cells", [])
-                              if c["band"] == "global" and c["group"] not in ("all", *GROUPS)]
+                              if c["band"] == "global" and c["group"] not in COMPOSITE]
         cells = variable_cells(report, self.rule)
         if cells:
             self.var_history.append({k: (e, i / self.var_scales.get(k, self.scale), n) for k, (e, i, n) in cells.items()})
@@ -695,7 +696,7 @@ def split_cells(report: dict, rule: str, alpha: float, beta: float, gamma: float
     out = {}
     for c in (report.get("desroziers") or {}).get("cells", []):
         m = c["normalised"]
-        if c["band"] == "global" or c["group"] in ("all", "wind", "mass") or m["n"] == 0:
+        if c["band"] == "global" or c["group"] in COMPOSITE or m["n"] == 0:
             continue
         if m.get("sum_hbh_latent") is None or m.get("sum_hbh_static") is None:
             continue
@@ -713,7 +714,7 @@ def variable_cells(report: dict, rule: str) -> dict:
     out = {}
     for c in (report.get("desroziers") or {}).get("cells", []):
         m = c["normalised"]
-        if c["band"] == "global" or c["group"] in ("all", *GROUPS) or m["n"] == 0 or m.get("sum_hbh") is None:
+        if c["band"] == "global" or c["group"] in COMPOSITE or m["n"] == 0 or m.get("sum_hbh") is None:
             continue
         est = m["sum_db_db"] - m["n"] if rule == "innovation" else m["sum_dhx_db"]
         k = f"{c['group']}/{'t' if c['band'] == 'tropics' else 'x'}"
@@ -734,9 +735,7 @@ def variable_scales(history: list, variables: list, bounds=ADAPT_BOUNDS) -> dict
     lo, hi = bounds
 
     def ratio(members, cls):
-        e = sum(acc[f"{m}/{cls}"][0] for m in members if f"{m}/{cls}" in acc)
-        i = sum(acc[f"{m}/{cls}"][1] for m in members if f"{m}/{cls}" in acc)
-        n = sum(acc[f"{m}/{cls}"][2] for m in members if f"{m}/{cls}" in acc)
+        e, i, n = np.sum([acc[f"{m}/{cls}"] for m in members if f"{m}/{cls}" in acc] or [(0.0, 0.0, 0.0)], axis=0)
         return e / i if n >= MIN_CELL_OBS and i > 0 and e > 0 else None
 
     out = {}
@@ -832,9 +831,15 @@ def run_name(a) -> str:
     if not getattr(a, "adaptive", False):
         return name
     if getattr(a, "adaptive_per_variable", False):
-        sv = getattr(a, "static_variables", None)
-        return name + "-adaptive-pv" + (f"-s{'+'.join(sv.split(','))}" if sv else "")
+        sv = static_variables(a)
+        return name + "-adaptive-pv" + (f"-s{'+'.join(sv)}" if sv else "")
     return name + ("-adaptive-split" if getattr(a, "adaptive_split", False) else "-adaptive")
+
+
+def static_variables(a) -> tuple:
+    """The variables of --static-variables (empty when not given)."""
+    sv = getattr(a, "static_variables", None)
+    return tuple(sv.split(",")) if sv else ()
 
 
 def analysis_method(a) -> str:
@@ -950,7 +955,7 @@ def run(a, model: Model | None = None, log=print) -> str:
     if adaptive:
         adapt = AdaptiveB(analysis_method(a), run_options(a), a.adaptive_window, a.adaptive_bounds, adapt_state,
                           a.adaptive_rule, getattr(a, "adaptive_split", False), getattr(a, "adaptive_per_variable", False),
-                          tuple((getattr(a, "static_variables", None) or "").split(",")) if getattr(a, "static_variables", None) else ())
+                          static_variables(a))
     lda_options = options_text(adapt.options()) if adapt else run_options(a)
     if a.method != "none":
         lda = Latentda(a.lib, a.bundle, lda_options)

@@ -385,7 +385,8 @@ def cell_gates(net, s, names, base="3dvar"):
 
 def tuned_gates(s):
     """The innovation-tuned comparison of one cell: TG1 hybrid-pv beats 3dvar-pv on >= 5 of 6 (informative: both
-    sized the same way), TG2 neither tuned method worse than the background on any variable."""
+    sized the same way), TG2 no tuned method (each row of TUNED the call ran) worse than the background on any
+    variable."""
     g = s["ratios"]["global"]
     w = int(sum(g["hybrid-pv"][v] < g["3dvar-pv"][v] for v in VARS))
     worst = max((g[m][v], m, v) for m in TUNED if m in g for v in VARS)

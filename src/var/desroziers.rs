@@ -49,6 +49,11 @@ pub const BAND_EDGE: f64 = 20.0;
 /// Multi-variable groups: name and member variable names (a group is reported when a bundle has a member).
 pub const GROUPS: [(&str, &[&str]); 2] = [("wind", &["u", "v"]), ("mass", &["t", "z", "ps"])];
 
+/// Whether a cell's group is composite (a [`GROUPS`] entry or `all`) rather than one bundle variable.
+fn is_composite(group: &str) -> bool {
+    group == "all" || GROUPS.iter().any(|(n, _)| *n == group)
+}
+
 /// Whether latitude `lat` (degrees) lies in band `band` (one of [`BANDS`]).
 pub fn in_band(band: &str, lat: f64) -> bool {
     match band {
@@ -231,6 +236,15 @@ pub struct BInForce {
 }
 
 impl BInForce {
+    /// Hybrid: the weights [alpha, beta, alpha_tropics, beta_tropics] in force for variable `var`: its entry of
+    /// `hybrid_weights` when the weights vary, else the global alpha and beta at every latitude.
+    pub fn hybrid_weights_of(&self, var: &str) -> Option<[f64; 4]> {
+        match self.hybrid_weights.as_ref().and_then(|w| w.get(var)) {
+            Some(w) => Some(*w),
+            None => Some([self.hybrid_alpha?, self.hybrid_beta?, self.hybrid_alpha?, self.hybrid_beta?]),
+        }
+    }
+
     /// The scale g of the method's B (the B in force is g times a fixed shape): the latent variance factor for
     /// l3dvar and l4dvar, the baseline variance factor for 3dvar, alpha + beta for the hybrid (whose shape is fixed
     /// while alpha / beta is).
@@ -427,25 +441,17 @@ pub const MIN_CELL_OBS: usize = 50;
 /// with fewer than [`MIN_CELL_OBS`] observations in a class (an unobserved z, say) takes its group's scale, else
 /// the scale over all variables. Returns the weights and notes on the fallbacks.
 pub fn variable_weights(sections: &[Desroziers]) -> (Option<BTreeMap<String, [f64; 4]>>, Vec<String>) {
-    let composite = |g: &str| g == "all" || GROUPS.iter().any(|(n, _)| *n == g);
     let mut notes = Vec::new();
     let Some(last) = sections.iter().rev().find(|s| s.method == "hybrid") else {
         return (None, vec!["no hybrid report: no per-variable weights".into()]);
     };
     let vars: Vec<String> =
-        last.cells.iter().filter(|c| !composite(&c.group) && c.band == "global").map(|c| c.group.clone()).collect();
-    let weights_of = |s: &Desroziers, v: &str| -> Option<[f64; 4]> {
-        let b = &s.b_in_force;
-        match b.hybrid_weights.as_ref().and_then(|w| w.get(v)) {
-            Some(w) => Some(*w),
-            None => Some([b.hybrid_alpha?, b.hybrid_beta?, b.hybrid_alpha?, b.hybrid_beta?]),
-        }
-    };
+        last.cells.iter().filter(|c| !is_composite(&c.group) && c.band == "global").map(|c| c.group.clone()).collect();
     // per variable and class (0 extratropics, 1 tropics): [num, den, n]
     let mut acc: BTreeMap<(String, usize), [f64; 3]> = BTreeMap::new();
     for s in sections.iter().filter(|s| s.method == "hybrid") {
-        for c in s.cells.iter().filter(|c| !composite(&c.group) && c.band != "global" && c.normalised.n > 0) {
-            let (Some(w), Some(h)) = (weights_of(s, &c.group), c.normalised.sum_hbh) else { continue };
+        for c in s.cells.iter().filter(|c| !is_composite(&c.group) && c.band != "global" && c.normalised.n > 0) {
+            let (Some(w), Some(h)) = (s.b_in_force.hybrid_weights_of(&c.group), c.normalised.sum_hbh) else { continue };
             let class = usize::from(c.band == "tropics");
             let scale = w[2 * class] + w[2 * class + 1];
             if !(scale > 0.0) {
@@ -457,7 +463,7 @@ pub fn variable_weights(sections: &[Desroziers]) -> (Option<BTreeMap<String, [f6
             e[2] += c.normalised.n as f64;
         }
     }
-    let ratio = |members: &[&str], class: usize, min_n: f64| -> Option<f64> {
+    let ratio = |members: &[&str], class: usize| -> Option<f64> {
         let (mut num, mut den, mut n) = (0.0, 0.0, 0.0);
         for m in members {
             if let Some(e) = acc.get(&(m.to_string(), class)) {
@@ -467,21 +473,20 @@ pub fn variable_weights(sections: &[Desroziers]) -> (Option<BTreeMap<String, [f6
             }
         }
         let r = num / den;
-        (n >= min_n && den > 0.0 && r > 0.0 && r.is_finite()).then_some(r)
+        (n >= MIN_CELL_OBS as f64 && den > 0.0 && r > 0.0 && r.is_finite()).then_some(r)
     };
     let all: Vec<&str> = vars.iter().map(|v| v.as_str()).collect();
     let mut out = BTreeMap::new();
     for v in &vars {
-        let Some(w) = weights_of(last, v) else { continue };
+        let Some(w) = last.b_in_force.hybrid_weights_of(v) else { continue };
         let group = GROUPS.iter().find(|(_, m)| m.contains(&v.as_str()));
         let mut new = [0.0; 4];
         for (class, band) in [(0, "extratropics"), (1, "tropics")] {
-            let min_n = MIN_CELL_OBS as f64;
-            let scale = match ratio(&[v.as_str()], class, min_n) {
+            let scale = match ratio(&[v.as_str()], class) {
                 Some(r) => r,
                 None => {
-                    let by_group = group.and_then(|(g, m)| Some((*g, ratio(m, class, min_n)?)));
-                    let Some((from, r)) = by_group.or_else(|| Some(("all", ratio(&all, class, min_n)?))) else {
+                    let by_group = group.and_then(|(g, m)| Some((*g, ratio(m, class)?)));
+                    let Some((from, r)) = by_group.or_else(|| Some(("all", ratio(&all, class)?))) else {
                         notes.push(format!("'{v}' ({band}): too few observations anywhere, weights kept"));
                         new[2 * class] = w[2 * class];
                         new[2 * class + 1] = w[2 * class + 1];
@@ -529,7 +534,6 @@ pub const SPLIT_MAX_COSINE: f64 = 0.995;
 /// or the tropics against the extratropics); it returns `None` when the parts are nearly parallel (see
 /// [`SPLIT_MAX_COSINE`]) or no report has the parts. It is a fixed-point step like the joint scaling.
 pub fn hybrid_split(sections: &[Desroziers]) -> Option<HybridSplit> {
-    let composite = |g: &str| g == "all" || GROUPS.iter().any(|(n, _)| *n == g);
     let mut acc: BTreeMap<(String, String), [f64; 4]> = BTreeMap::new();
     let mut with_ensemble = false;
     for s in sections.iter().filter(|s| s.method == "hybrid") {
@@ -538,15 +542,12 @@ pub fn hybrid_split(sections: &[Desroziers]) -> Option<HybridSplit> {
             continue;
         }
         let gamma = s.b_in_force.ensemble_gamma.filter(|g| *g > 0.0);
-        for c in s.cells.iter().filter(|c| c.band != "global" && !composite(&c.group) && c.normalised.n > 0) {
+        for c in s.cells.iter().filter(|c| c.band != "global" && !is_composite(&c.group) && c.normalised.n > 0) {
             let m = &c.normalised;
             let (Some(l), Some(st)) = (m.sum_hbh_latent, m.sum_hbh_static) else { continue };
-            // the cell's own weights when they vary (bands, variables): the parts in force per unit weight
-            let (a, b) = match s.b_in_force.hybrid_weights.as_ref().and_then(|w| w.get(&c.group)) {
-                Some(w) if c.band == "tropics" => (w[2], w[3]),
-                Some(w) => (w[0], w[1]),
-                None => (a, b),
-            };
+            // the cell's own weights (bands, variables): the parts in force per unit weight
+            let Some(w) = s.b_in_force.hybrid_weights_of(&c.group) else { continue };
+            let (a, b) = if c.band == "tropics" { (w[2], w[3]) } else { (w[0], w[1]) };
             if !(a > 0.0 && b > 0.0) {
                 continue;
             }
