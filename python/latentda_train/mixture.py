@@ -171,24 +171,101 @@ def set_manifest(bundle, statistics_note, comment=None):
     os.replace(path + ".tmp", path)
 
 
+def channel_response(bundle, backgrounds, var, n_draws, rng):
+    """G[k, c]: the model-space variance per model channel k (41, physical units, grid mean) of draws of the latent
+    B restricted to latent channel c, dx = sd * D'(z_b)(s^1/2 xi), averaged over `backgrounds`; by linearity the
+    latent B with channel multipliers a_c has per-channel variance G @ a (decoder_tl.onnx through ONNX Runtime)."""
+    import onnxruntime as ort
+    enc = Encoder(bundle)
+    tl = ort.InferenceSession(os.path.join(bundle, "decoder_tl.onnx"), providers=["CPUExecutionProvider"])
+    nc = var.shape[0]
+    G = np.zeros((41, nc))
+    for xb in backgrounds:
+        xn = ((xb - enc.mean[:, None, None]) / enc.std[:, None, None]).astype(np.float32)[None]
+        z = enc.sess.run(None, {"x": xn})[0]
+        for c in range(nc):
+            for _ in range(n_draws):
+                dz = np.zeros_like(z)
+                dz[0, c] = rng.standard_normal(var.shape[1:]) * np.sqrt(var[c])
+                dx = tl.run(None, {"z": z, "dz": dz.astype(np.float32)})[0][0].astype(np.float64)
+                G[:, c] += ((dx * enc.std[:, None, None]) ** 2).mean(axis=(1, 2))
+    return G / (len(backgrounds) * n_draws)
+
+
+def fit_channel_multipliers(G, v_true, calib_vars=CALIB_VARS, ridge=0.1, iters=100):
+    """Multipliers a_c = exp(b_c) > 0 of the latent channels so that the implied variance G @ a matches the true error
+    variance per model channel in log space (each calibration variable weighs 1 in all, spread over its levels),
+    with a ridge on the spread of b (not on its mean: the overall amplitude is free). Gauss-Newton."""
+    w = np.zeros(41)
+    for v in calib_vars:
+        sl = D.VAR_SLICES[v]
+        w[sl] = 1.0 / (sl.stop - sl.start)
+    nc = G.shape[1]
+    P = np.eye(nc) - 1.0 / nc
+    b = np.full(nc, np.log(np.sum(w * v_true) / np.sum(w * G.sum(axis=1))))
+    for _ in range(iters):
+        a = np.exp(b)
+        ga = G @ a
+        r = np.log(ga) - np.log(v_true)
+        J = G * a[None, :] / ga[:, None]
+        H = J.T @ (w[:, None] * J) + ridge * P
+        g = J.T @ (w * r) + ridge * P @ b
+        step = np.linalg.solve(H + 1e-9 * np.eye(nc), -g)
+        b = b + np.clip(step, -1.0, 1.0)
+    return np.exp(b), float(np.sum(w * (np.log(G @ np.exp(b)) - np.log(v_true)) ** 2) / np.sum(w))
+
+
+def channel_fit_report(a, a48, X):
+    """--channel-fit: how far per-latent-channel variances can bring the latent B to the a48 error variances."""
+    import netCDF4
+    vt, bgs = 0.0, []
+    for it in a48:
+        xb, xt = load_pair(it, X)
+        vt = vt + ((xb - xt) ** 2).mean(axis=(1, 2))
+    vt = vt / len(a48)
+    for i in np.linspace(0, len(a48) - 1, min(a.calib_states, len(a48))).round().astype(int):
+        bgs.append(load_pair(a48[i], X)[0])
+    with netCDF4.Dataset(os.path.join(a.bundle, "latent_variance.nc")) as ds:
+        var = np.asarray(ds["variance"][:], np.float64)
+    G = channel_response(a.bundle, bgs, var, max(1, a.draws // 8), np.random.default_rng(3))
+    mult, obj = fit_channel_multipliers(G, vt, ridge=a.ridge)
+    for name, m in (("as shipped", np.ones(G.shape[1])), (f"fitted (ridge {a.ridge})", mult)):
+        ga = G @ m
+        print(f"{name}: true / implied per variable "
+              + ", ".join(f"{v} {vt[sl].sum() / ga[sl].sum():.3g}" for v, sl in D.VAR_SLICES.items()), flush=True)
+        for v in ("u", "t", "q"):
+            sl = D.VAR_SLICES[v]
+            print(f"   {v} per level (top to bottom): " + " ".join(f"{x:.3g}" for x in vt[sl] / ga[sl]), flush=True)
+    print(f"multipliers: min {mult.min():.3g}, median {np.median(mult):.3g}, max {mult.max():.3g}; weighted mean "
+          f"square log misfit {obj:.3g}", flush=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=D.DEFAULT_OUT)
     ap.add_argument("--bundle", default=os.path.join(REPO, "models", "speedy-t31"), help="bundle to start from")
-    ap.add_argument("--dest", required=True, help="new bundle folder (must not exist)")
+    ap.add_argument("--dest", help="new bundle folder (must not exist)")
     ap.add_argument("--launches", default=DEFAULT_LAUNCHES, help="training-period launch days of recipes a and b")
     ap.add_argument("--cycled", default="", help="comma-separated folders of training-period cycled cases (c6)")
     ap.add_argument("--calib-states", type=int, default=8, help="a48 backgrounds for the model-space factor")
     ap.add_argument("--draws", type=int, default=32, help="draws per state of latentda sigma-b")
+    ap.add_argument("--channel-fit", action="store_true",
+                    help="diagnostic, writes nothing: fit one multiplier per latent channel of the --bundle's variance "
+                         "to the a48 error variance per model channel and print how close the fit comes, per level")
+    ap.add_argument("--ridge", type=float, default=0.1, help="--channel-fit: ridge on the log multipliers' spread")
     a = ap.parse_args(argv)
     from . import forecasts as F
     from .cycling import Nature
-    if os.path.exists(a.dest):
+    if a.dest and os.path.exists(a.dest):
         raise SystemExit(f"{a.dest} exists")
+    if not a.dest and not a.channel_fit:
+        raise SystemExit("--dest is required (unless --channel-fit)")
     launches = F.launch_days(a.launches)
     cycled = [c for c in a.cycled.split(",") if c]
     samples = recipe_samples(a.data, launches, cycled)
     X = Nature(a.data)
+    if a.channel_fit:
+        return channel_fit_report(a, samples["a48"], X)
     enc = Encoder(a.bundle)
     ms, vx = latent_error_moments(samples, enc, X)
     shape = mixture_shape(ms)
