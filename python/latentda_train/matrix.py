@@ -99,9 +99,12 @@ NETWORKS = {"sonde": ("obs_sonde.csv", None, "sonde", 0), "mass": ("obs_mass.csv
 # alpha 0: the same static B, so that `latentda tune --per-variable` can size it per variable and band)
 # and whether the later steps repeat those arguments before their options file (harmless for global weights, which
 # every variable's tuned weights override; hybrid-pv-sq: the hybrid with q left to the static B, its latent weight
-# moved to the static part, whose table flag would replace the tuned table: the steps keep that mix per variable)
+# moved to the static part, whose table flag would replace the tuned table: the steps keep that mix per variable;
+# l3dvar-pv: the latent B alone, the hybrid with beta 0, which gives method l3dvar's analyses at equal weights, sized
+# per variable: the latent channels cannot size the variables separately, per-variable weights on its output can)
 TUNED = {"hybrid-pv": ("hybrid", [], True), "3dvar-pv": ("hybrid", ["--hybrid-alpha", "0", "--hybrid-beta", "1"], True),
-         "hybrid-pv-sq": ("hybrid", ["--hybrid-variable-weights", "q=0,1"], False)}
+         "hybrid-pv-sq": ("hybrid", ["--hybrid-variable-weights", "q=0,1"], False),
+         "l3dvar-pv": ("hybrid", ["--hybrid-alpha", "1", "--hybrid-beta", "0"], True)}
 DEFAULT_TUNED = "hybrid-pv,3dvar-pv"
 SONDE_COLUMNS = {"sonde": CS.N_STATIONS, "uniform": 300, "sparse": 100, "mass": 0}
 
@@ -508,7 +511,8 @@ def main(argv=None):
                     help="also size the hybrid and 3D-Var per variable and band from each cell's innovations with this "
                          "many `latentda tune --per-variable` steps (rows hybrid-pv, 3dvar-pv; 0: not)")
     ap.add_argument("--tuned-families", default=DEFAULT_TUNED,
-                    help=f"the innovation-tuned rows, of {', '.join(TUNED)} (hybrid-pv-sq: q by the static B alone)")
+                    help=f"the innovation-tuned rows, of {', '.join(TUNED)} (hybrid-pv-sq: q by the static B alone; "
+                         "l3dvar-pv: the latent B alone)")
     ap.add_argument("--no-cache", action="store_true")
     ap.add_argument("--json", default=None, help="default OUT/matrix/matrix.json")
     ap.add_argument("--markdown", default=None, help="default OUT/matrix/matrix.md")
