@@ -507,3 +507,33 @@ fn variance_check(per_variable: bool) {
     assert_eq!(r.qc, [Used, Bg, Used, Bg, Used, Bg]);
     assert!(r.report.background_check.sigma_b.starts_with("hybrid with varying weights"));
 }
+
+/// The hybrid with alpha 1 and beta 0 is L3DVar (the static part has zero weight everywhere): the matrix's and the
+/// cycling driver's way to size the latent B alone per variable (`l3dvar-pv`) rests on it. The same analysis bit for
+/// bit (the static part's zero-weight columns add exact zeros) and the same QC; with a static weight for t, the
+/// analysis changes (the comparison can fail).
+#[test]
+fn hybrid_with_zero_static_weight_is_l3dvar() {
+    for (fx, form) in [("tanh", "nonlinear"), ("tanh", "linear"), ("linear", "linear")] {
+        let base = format!("latent_increment = \"{form}\"");
+        let mut a = open(fx, &base);
+        let mut b = open(fx, &format!("{base}\nhybrid_alpha = 1.0\nhybrid_beta = 0.0"));
+        let (xb, obs) = sample(&a, fx);
+        let ra = a.analyse(&xb, &obs, Method::L3dvar).unwrap();
+        let rb = b.analyse(&xb, &obs, Method::Hybrid).unwrap();
+        let inc: f64 = ra.analysis.iter().zip(&xb).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt();
+        let diff: f64 = ra.analysis.iter().zip(&rb.analysis).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt();
+        assert!(inc > 0.0);
+        assert!(
+            ra.analysis.iter().zip(&rb.analysis).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{fx} {form}: |xa(hybrid 1, 0) - xa(l3dvar)| = {diff:e}, |increment| {inc:e}"
+        );
+        assert_eq!(ra.qc, rb.qc, "{fx} {form}");
+    }
+    let mut a = open("tanh", "hybrid_alpha = 1.0\nhybrid_beta = 0.0");
+    let mut b = open("tanh", "hybrid_alpha = 1.0\nhybrid_beta = 0.0\nhybrid_variable_weights = { t = { beta = 0.5 } }");
+    let (xb, obs) = sample(&a, "tanh");
+    let ra = a.analyse(&xb, &obs, Method::Hybrid).unwrap();
+    let rb = b.analyse(&xb, &obs, Method::Hybrid).unwrap();
+    assert!(ra.analysis.iter().zip(&rb.analysis).any(|(x, y)| (x - y).abs() > 1e-9));
+}
