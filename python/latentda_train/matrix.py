@@ -100,8 +100,9 @@ NETWORKS = {"sonde": ("obs_sonde.csv", None, "sonde", 0), "mass": ("obs_mass.csv
 # and whether the later steps repeat those arguments before their options file (harmless for global weights, which
 # every variable's tuned weights override; hybrid-pv-sq: the hybrid with q left to the static B, its latent weight
 # moved to the static part, whose table flag would replace the tuned table: the steps keep that mix per variable;
-# l3dvar-pv: the latent B alone, the hybrid with beta 0 (method l3dvar's analyses bit for bit, tests/hybrid_bands.rs), sized
-# per variable: the latent channels cannot size the variables separately, per-variable weights on its output can)
+# l3dvar-pv: the latent B alone, the hybrid with beta 0 (method l3dvar's analyses bit for bit, tests/hybrid_bands.rs),
+# sized per variable: the latent channels cannot size the variables separately, per-variable weights on its output
+# can)
 TUNED = {"hybrid-pv": ("hybrid", [], True), "3dvar-pv": ("hybrid", ["--hybrid-alpha", "0", "--hybrid-beta", "1"], True),
          "hybrid-pv-sq": ("hybrid", ["--hybrid-variable-weights", "q=0,1"], False),
          "l3dvar-pv": ("hybrid", ["--hybrid-alpha", "1", "--hybrid-beta", "0"], True)}
