@@ -311,7 +311,7 @@ def main(argv=None):
             f"error recipes {json.dumps(n)} (latentda_train.mixture), amplitude in model space on "
             f"{len(pick)} a48 backgrounds (x {k:.4g}); baseline as in {os.path.basename(os.path.normpath(a.bundle))}")
     comment = ("# The latent B's calibrated variance diag(U U^T) (factor 1), the background check's default sigma_b: mean "
-               f"over {len(pick)} training-period 48 h\n# backgrounds x {a.draws} draws each (`latentda sigma-b`), "
+               f"over\n# {len(pick)} training-period 48 h backgrounds x {a.draws} draws each (`latentda sigma-b`), "
                "after the mixture's variance was set.\n")
     set_manifest(a.dest, note, comment)
     r = subprocess.run([latentda_binary(), "check", a.dest], capture_output=True, text=True)
