@@ -84,6 +84,24 @@ def channel_names(sig):
     return names
 
 
+def write_latent_variance(path, var, k, description):
+    """latent_variance.nc: the variance s^2 per latent element (channel, latent row, latent column), its description
+    and the calibration factor k it includes."""
+    with netCDF4.Dataset(path, "w", format="NETCDF4") as ds:
+        for n, size in zip(["latent_channel", "latent_y", "latent_x"], var.shape):
+            ds.createDimension(n, size)
+        v = ds.createVariable("variance", "f8", ("latent_channel", "latent_y", "latent_x"))
+        v[:] = var
+        v.description = description
+        ds.calibration_factor = float(k)
+
+
+def read_latent_variance(bundle):
+    """The latent variance s^2 (channel, latent row, latent column) of a bundle folder, float64."""
+    with netCDF4.Dataset(os.path.join(bundle, "latent_variance.nc")) as ds:
+        return np.asarray(ds["variance"][:], np.float64)
+
+
 def write_nc_stats(d, ck, st, lat, lon, sig, latent_shape):
     with netCDF4.Dataset(os.path.join(d, "normalisation.nc"), "w", format="NETCDF4") as ds:
         ds.createDimension("channel", 41)
@@ -93,15 +111,10 @@ def write_nc_stats(d, ck, st, lat, lon, sig, latent_shape):
         s = ds.createVariable("std", "f8", ("channel",))
         s[:] = ck["norm_std"]
         ds.channels = ",".join(channel_names(sig))
-    with netCDF4.Dataset(os.path.join(d, "latent_variance.nc"), "w", format="NETCDF4") as ds:
-        for n, k in zip(["latent_channel", "latent_y", "latent_x"], latent_shape):
-            ds.createDimension(n, k)
-        v = ds.createVariable("variance", "f8", ("latent_channel", "latent_y", "latent_x"))
-        v[:] = st["latent_variance"].reshape(latent_shape)
-        v.description = ("diagonal latent background-error variance s^2: variance of encoded NMC differences "
-                         f"E(N(x48)) - E(N(x24)) over {st['n_nmc']} pairs, times calibration factor "
-                         f"{st['k_latent']:.4f}")
-        ds.calibration_factor = st["k_latent"]
+    write_latent_variance(os.path.join(d, "latent_variance.nc"), st["latent_variance"].reshape(latent_shape),
+                          st["k_latent"], "diagonal latent background-error variance s^2: variance of encoded NMC "
+                          f"differences E(N(x48)) - E(N(x24)) over {st['n_nmc']} pairs, times calibration factor "
+                          f"{st['k_latent']:.4f}")
     with netCDF4.Dataset(os.path.join(d, "baseline_b.nc"), "w", format="NETCDF4") as ds:
         ds.createDimension("channel", 41)
         ds.createDimension("lat", len(lat))

@@ -46,8 +46,9 @@ alpha 0, beta 1: the same static B) each get N fixed-point steps of `latentda tu
 reports (the 8 cases' Desroziers sums; no truth): step 0 runs the shipped defaults, step k runs the options tuned
 from step k-1. The last step's analyses are the rows `hybrid-pv` and `3dvar-pv`, compared with each other in the
 overview (TG1: hybrid-pv beats 3dvar-pv on >= 5 of 6; TG2: no tuned method worse than the background), next to the
-untuned gates. `--tuned-families hybrid-pv,3dvar-pv,hybrid-pv-sq` adds the hybrid with q left to the static B
-(`--hybrid-variable-weights q=0,1` at step 0, the mix kept by the steps). Options files and reports are kept under OUT/matrix/tuned/.
+untuned gates. `--tuned-families` adds `hybrid-pv-sq`, the hybrid with q left to the static B
+(`--hybrid-variable-weights q=0,1` at step 0, the mix kept by the steps), and `l3dvar-pv`, the latent B alone (the
+hybrid with beta 0). Options files and reports are kept under OUT/matrix/tuned/.
 The worst cell is the one where the hybrid does worst against 3dvar (largest geometric mean over the six variables
 of hybrid ratio / 3dvar ratio); the largest latentda ratio against the background is named as well.
 """

@@ -38,7 +38,7 @@ import numpy as np
 
 from . import cases as CS
 from . import data as D
-from .bundle import REPO, latentda_binary, sha256
+from .bundle import REPO, latentda_binary, read_latent_variance, sha256, write_latent_variance
 
 TRAIN_DAYS = 600
 CALIB_VARS = ("u", "v", "t", "q", "ps")
@@ -60,7 +60,7 @@ def recipe_samples(data, launches, cycled):
         if os.path.exists(fn):
             for h in (6, 24, 48):
                 res[f"b{h}"].append((L, h, lambda fn=fn, h=h: np.load(fn)[f"fc{h}"]))
-    for k, folder in enumerate(cycled):
+    for folder in cycled:
         files = sorted(glob.glob(os.path.join(folder, "cycle_*.npz")))
         late = [f for f in files if int(np.load(f)["day"]) >= TRAIN_DAYS]
         if late:
@@ -117,20 +117,14 @@ def mixture_shape(ms):
     return sum(m / m.sum() for m in ms.values()) / len(ms)
 
 
-def write_variance(path, var, k, description):
-    import netCDF4
-    with netCDF4.Dataset(path, "w", format="NETCDF4") as ds:
-        for n, s in zip(["latent_channel", "latent_y", "latent_x"], var.shape):
-            ds.createDimension(n, s)
-        v = ds.createVariable("variance", "f8", ("latent_channel", "latent_y", "latent_x"))
-        v[:] = var
-        v.description = description
-        ds.calibration_factor = float(k)
+def spread(items, n):
+    """n items (at most all) evenly spaced over `items`, first and last included."""
+    return [items[i] for i in np.linspace(0, len(items) - 1, min(n, len(items))).round().astype(int)]
 
 
 def implied_variance(bundle, states, draws):
     """Per channel, the grid mean of the latent B's diag(U U^T) (factor 1) over `states`, from `latentda sigma-b`
-    (which also writes bundle/latent_b_variance.nc). Returns (variance per channel, the command's manifest lines)."""
+    (which also writes bundle/latent_b_variance.nc)."""
     import netCDF4
     r = subprocess.run([latentda_binary(), "sigma-b", bundle, "--state", ",".join(states), "--draws", str(draws)],
                        capture_output=True, text=True)
@@ -141,7 +135,7 @@ def implied_variance(bundle, states, draws):
         for name in ("u", "v", "t", "q", "z"):
             v += list(np.asarray(ds[name][:], np.float64).mean(axis=(1, 2)))
         v.append(float(np.asarray(ds["ps"][:], np.float64).mean()))
-    return np.array(v), r.stdout
+    return np.array(v)
 
 
 def scale_netcdf(path, k):
@@ -181,8 +175,7 @@ def channel_response(bundle, backgrounds, var, n_draws, rng):
     nc = var.shape[0]
     G = np.zeros((41, nc))
     for xb in backgrounds:
-        xn = ((xb - enc.mean[:, None, None]) / enc.std[:, None, None]).astype(np.float32)[None]
-        z = enc.sess.run(None, {"x": xn})[0]
+        z = enc(xb).astype(np.float32)[None]
         for c in range(nc):
             for _ in range(n_draws):
                 dz = np.zeros_like(z)
@@ -217,17 +210,13 @@ def fit_channel_multipliers(G, v_true, calib_vars=CALIB_VARS, ridge=0.1, iters=1
 
 def channel_fit_report(a, a48, X):
     """--channel-fit: how far per-latent-channel variances can bring the latent B to the a48 error variances."""
-    import netCDF4
-    vt, bgs = 0.0, []
+    vt = 0.0
     for it in a48:
         xb, xt = load_pair(it, X)
         vt = vt + ((xb - xt) ** 2).mean(axis=(1, 2))
     vt = vt / len(a48)
-    for i in np.linspace(0, len(a48) - 1, min(a.calib_states, len(a48))).round().astype(int):
-        bgs.append(load_pair(a48[i], X)[0])
-    with netCDF4.Dataset(os.path.join(a.bundle, "latent_variance.nc")) as ds:
-        var = np.asarray(ds["variance"][:], np.float64)
-    G = channel_response(a.bundle, bgs, var, max(1, a.draws // 8), np.random.default_rng(3))
+    bgs = [load_pair(it, X)[0] for it in spread(a48, a.calib_states)]
+    G = channel_response(a.bundle, bgs, read_latent_variance(a.bundle), max(1, a.draws // 8), np.random.default_rng(3))
     mult, obj = fit_channel_multipliers(G, vt, ridge=a.ridge)
     for name, m in (("as shipped", np.ones(G.shape[1])), (f"fitted (ridge {a.ridge})", mult)):
         ga = G @ m
@@ -269,9 +258,7 @@ def main(argv=None):
     enc = Encoder(a.bundle)
     ms, vx = latent_error_moments(samples, enc, X)
     shape = mixture_shape(ms)
-    import netCDF4
-    with netCDF4.Dataset(os.path.join(a.bundle, "latent_variance.nc")) as ds:
-        shipped = np.asarray(ds["variance"][:], np.float64)
+    shipped = read_latent_variance(a.bundle)
     # the shipped shape against the recipes': latent-space ratio true / shipped, per recipe (amplitude-free: both
     # normalised), and the spread of the element-wise ratio (position and channel dependence the NMC shape misses)
     sn = shipped / shipped.sum()
@@ -284,18 +271,18 @@ def main(argv=None):
           f"{np.quantile(q, 0.5):.3g} {np.quantile(q, 0.9):.3g}", flush=True)
     shutil.copytree(a.bundle, a.dest)
     var0 = shape * shipped.sum()   # the shipped total to start from; k then sets the amplitude
-    write_variance(os.path.join(a.dest, "latent_variance.nc"), var0, 1.0, "uncalibrated")
+    write_latent_variance(os.path.join(a.dest, "latent_variance.nc"), var0, 1.0, "uncalibrated")
     set_manifest(a.dest, "uncalibrated")
     lat, lon, sig = D.grid(a.data)
     a48 = samples["a48"]
-    pick = [a48[i] for i in np.linspace(0, len(a48) - 1, min(a.calib_states, len(a48))).round().astype(int)]
+    pick = spread(a48, a.calib_states)
     with tempfile.TemporaryDirectory() as tmp:
         states = []
         for i, it in enumerate(pick):
             xb, _ = load_pair(it, X)
             states.append(os.path.join(tmp, f"bg{i}.nc"))
             CS.write_state(states[-1], xb, lat, lon, sig, f"training-period 48 h background, launch {it[0]}")
-        v_impl, manifest = implied_variance(a.dest, states, a.draws)
+        v_impl = implied_variance(a.dest, states, a.draws)
     v_true = vx["a48"]
     ratio = {v: float(v_true[sl].sum() / v_impl[sl].sum()) for v, sl in D.VAR_SLICES.items()}
     k = float(np.exp(np.mean([np.log(ratio[v]) for v in CALIB_VARS])))
@@ -305,7 +292,7 @@ def main(argv=None):
     desc = (f"diagonal latent background-error variance s^2: equal-weight mixture of the normalised mean square "
             f"encoded true errors E(N(xb)) - E(N(xt)) of training-period cases {json.dumps(n)}, times the "
             f"model-space factor (a48 errors, geometric mean over {', '.join(CALIB_VARS)})")
-    write_variance(os.path.join(a.dest, "latent_variance.nc"), var0 * k, k, desc)
+    write_latent_variance(os.path.join(a.dest, "latent_variance.nc"), var0 * k, k, desc)
     scale_netcdf(os.path.join(a.dest, "latent_b_variance.nc"), k)
     note = (f"latent variance: shape from the encoded true errors of an equal-weight mixture of training-period "
             f"error recipes {json.dumps(n)} (latentda_train.mixture), amplitude in model space on "

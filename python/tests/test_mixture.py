@@ -58,7 +58,7 @@ def test_new_variance_files_keep_the_bundle_valid(tmp_path):
         v = np.asarray(ds["variance"][:], np.float64)
     with netCDF4.Dataset(d / "latent_b_variance.nc") as ds:
         u0 = np.asarray(ds["u"][:], np.float64)
-    M.write_variance(str(d / "latent_variance.nc"), 2.0 * v, 2.0, "test: shipped x 2")
+    B.write_latent_variance(str(d / "latent_variance.nc"), 2.0 * v, 2.0, "test: shipped x 2")
     M.scale_netcdf(str(d / "latent_b_variance.nc"), 2.0)
     with netCDF4.Dataset(d / "latent_b_variance.nc") as ds:
         np.testing.assert_allclose(np.asarray(ds["u"][:], np.float64), 2.0 * u0, rtol=1e-6)
