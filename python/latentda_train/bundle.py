@@ -175,6 +175,16 @@ def write_manifest(d, lat, lon, sig, latent_shape, prov, description, extra=(), 
     open(os.path.join(d, "bundle.toml"), "w").write(text)
 
 
+def pair_loss_note(args):
+    """Provenance words for the error-pair loss of `latentda_train.train --pair-launches` ('' when off)."""
+    if not args.get("pair_launches"):
+        return ""
+    cyc = [os.path.basename(os.path.normpath(c)) for c in args.get("pair_cycled", "").split(",") if c]
+    return (f"; plus {args['pair_weight']} x the error-pair loss |D(E(xb)) - D(E(xt)) - (xb - xt)|^2 / |xb - xt|^2 "
+            f"({args['pair_batch']} pairs per step, recipes a24 a48 b6 b24 b48 from training launches "
+            f"{args['pair_launches']}" + (f", cycled 6 h backgrounds {' '.join(cyc)}" if cyc else "") + ")")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default=D.DEFAULT_OUT, help="data directory (nature run, forecasts, ae)")
@@ -260,7 +270,8 @@ def main(argv=None):
                  f"{len(X) // 4} days 6-hourly; train days 0-{ck['train_days'] - 1}, validation days "
                  f"{ck['train_days']}-{len(X) // 4 - 1}"),
         "training": (f"{arch_name} AE {ae.cfg}, {ck['params']} parameters, {ck['steps']} Adam steps ({ck['epochs']} epochs, "
-                     f"{ck['minutes']} min on 2 CPU cores), loss weighted by 1/(48 h background error)^2 per channel"),
+                     f"{ck['minutes']} min on 2 CPU cores), loss weighted by 1/(48 h background error)^2 per channel"
+                     + pair_loss_note(ck.get("args", {}))),
         "statistics": (f"NMC 48h-24h pairs from perturbed-truth forecasts: {st['n_nmc']} valid days; calibration in model "
                        f"space on {st['n_calib']} training-period 48 h forecasts (launch days {st['calib_launches'][0]}-"
                        f"{st['calib_launches'][-1]}): latent variance x {st['k_latent']:.4f}, baseline variance x "

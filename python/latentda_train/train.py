@@ -44,6 +44,14 @@ def main(argv=None):
     ap.add_argument("--lr-lin", type=float, default=2e-5, help="learning rate of the EOF weights (arch patch)")
     ap.add_argument("--init", default=None, help="continue from this checkpoint (same architecture)")
     ap.add_argument("--save-every", type=int, default=500, help="also save OUT/ae/NAME_partial.pt every N steps")
+    ap.add_argument("--pair-launches", default=None,
+                    help="first:last[:step] training-period launches whose (background, truth) pairs of recipes a "
+                         "and b add the error-pair loss (issue 20 item 4); off by default")
+    ap.add_argument("--pair-cycled", default="",
+                    help="comma-separated folders of training-period cycled cases (c6) for the error-pair loss")
+    ap.add_argument("--pair-batch", type=int, default=2, help="error pairs per step (their 2 states join the "
+                                                                "reconstruction batch)")
+    ap.add_argument("--pair-weight", type=float, default=1.0, help="weight of the error-pair loss")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -124,6 +132,7 @@ def main(argv=None):
         print("validation reconstruction RMSE before training:", json.dumps(validate(ae, a, ntr, nrm, std)), flush=True)
         ae.train()
     Ttr = torch.from_numpy(Ntr)
+    pairs = error_pairs(a, X, nrm) if a.pair_launches else None
     t0 = time.time()
     os.makedirs(os.path.join(a.out, "ae"), exist_ok=True)
 
@@ -141,7 +150,7 @@ def main(argv=None):
     while not done:
         perm = rng.permutation(len(Ttr))
         ep += 1
-        run = 0.0
+        run, prun = 0.0, 0.0
         for i in range(0, len(perm) - a.batch + 1, a.batch):
             frac = step / a.steps if a.steps else (time.time() - t0) / budget
             if frac >= 1:
@@ -152,7 +161,19 @@ def main(argv=None):
             for g in opt.param_groups:
                 g["lr"] = g["base"] * f_lr
             xb = Ttr[perm[i:i + a.batch]]
-            loss = (wt * (ae(xb) - xb) ** 2).mean()
+            if pairs is None:
+                loss = (wt * (ae(xb) - xb) ** 2).mean()
+            else:
+                # reconstruction over nature states and both members of each pair; the pair loss asks the decoded
+                # difference D(E(xb)) - D(E(xt)) to reproduce the error xb - xt, relative to that error's size
+                pb, pt = pairs.draw(a.pair_batch, rng)
+                xs = torch.cat([xb, pb, pt])
+                ys = ae(xs)
+                loss = (wt * (ys - xs) ** 2).mean()
+                nb, npair = len(xb), len(pb)
+                pl = error_pair_loss(ys[nb:nb + npair], ys[nb + npair:], pb, pt, wt)
+                loss = loss + a.pair_weight * pl
+                prun += pl.item()
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(ae.parameters(), 1.0)
@@ -160,9 +181,10 @@ def main(argv=None):
             step += 1
             run += loss.item()
             if step % 100 == 0:
-                print(f"epoch {ep} step {step} loss {run/100:.4e} lr {lr:.2e} {time.time()-t0:.0f}s", flush=True)
+                extra = f" pair {prun/100:.4f}" if pairs is not None else ""
+                print(f"epoch {ep} step {step} loss {run/100:.4e}{extra} lr {lr:.2e} {time.time()-t0:.0f}s", flush=True)
                 hist.append((step, run / 100))
-                run = 0.0
+                run, prun = 0.0, 0.0
             if a.save_every and step % a.save_every == 0:
                 save(os.path.join(a.out, "ae", f"{a.name}_partial.pt"))
     ae.eval()
@@ -173,6 +195,46 @@ def main(argv=None):
     path = os.path.join(a.out, "ae", f"{a.name}.pt")
     save(path, rec)
     print("saved", path, flush=True)
+
+
+def error_pair_loss(yb, yt, xb, xt, wt):
+    """Mean over pairs of |(yb - yt) - (xb - xt)|^2 / |xb - xt|^2 in the weighted norm wt: 0 when the decoded
+    difference reproduces the error, 1 when the autoencoder maps both states to the same field."""
+    e = xb - xt
+    r = (yb - yt) - e
+    return ((wt * r ** 2).sum(dim=(1, 2, 3)) / (wt * e ** 2).sum(dim=(1, 2, 3))).mean()
+
+
+class ErrorPairs:
+    """Normalised (background, truth) pairs of several error recipes, drawn with equal weight per recipe."""
+
+    def __init__(self, recipes):
+        self.names = sorted(recipes)
+        self.recipes = recipes
+
+    def draw(self, n, rng):
+        """n pairs: a recipe uniformly, then one of its pairs uniformly."""
+        bs, ts = [], []
+        for _ in range(n):
+            b, t = self.recipes[self.names[rng.integers(len(self.names))]]
+            k = rng.integers(len(b))
+            bs.append(b[k])
+            ts.append(t[k])
+        return torch.from_numpy(np.stack(bs)), torch.from_numpy(np.stack(ts))
+
+
+def error_pairs(a, X, nrm):
+    """The error-pair pool of --pair-launches / --pair-cycled (training period only, as the mixture reads it)."""
+    from .forecasts import launch_days
+    from .mixture import load_pair, recipe_samples
+    cycled = [c for c in a.pair_cycled.split(",") if c]
+    samples = recipe_samples(a.out, launch_days(a.pair_launches), cycled)
+    recipes = {}
+    for r, items in samples.items():
+        bt = [load_pair(it, X) for it in items]  # recipe_samples refuses validation-period cases
+        recipes[r] = (nrm(np.stack([b for b, _ in bt])), nrm(np.stack([t for _, t in bt])))
+        print(f"error pairs {r}: {len(bt)}", flush=True)
+    return ErrorPairs(recipes)
 
 
 def validate(ae, a, ntr, nrm, std):
