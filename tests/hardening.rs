@@ -1109,12 +1109,12 @@ fn a_rust_hosts_panic_hook_sees_its_own_panics_but_not_latentdas() {
     )
     .unwrap();
     refresh_checksum(&b, "decoder_tl.onnx");
-    let o = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["quiet_panic_child", "--exact", "--nocapture", "--test-threads=1"])
-        .env("LATENTDA_QUIET_PANIC_CHILD", &b)
-        .env_remove("LATENTDA_PANIC_TRACE")
-        .output()
-        .unwrap();
+    let o = run_output(
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["quiet_panic_child", "--exact", "--nocapture", "--test-threads=1"])
+            .env("LATENTDA_QUIET_PANIC_CHILD", &b)
+            .env_remove("LATENTDA_PANIC_TRACE"),
+    );
     let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     assert!(o.status.success(), "{}", show(&o));
     for line in ["lda_open: status 3: ", "lda_open again: status 3: "] {

@@ -2,6 +2,29 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+/// HDF5 opens files without close-on-exec and locks them (flock). A child process started while a test thread holds
+/// a NetCDF-4 file open inherits that descriptor, and with it the lock, for the child's whole life: another thread's
+/// open of the file then fails with "NetCDF: HDF error" (seen about once in 30 runs of tests/hardening.rs). Test
+/// code that writes NetCDF files and test code that starts processes take this lock, so that no child is started
+/// while this process has a file open for writing.
+static SPAWN_LOCK: Mutex<()> = Mutex::new(());
+
+/// The guard of [`SPAWN_LOCK`] (a panicking holder does not poison it for the other tests).
+pub fn spawn_guard() -> MutexGuard<'static, ()> {
+    SPAWN_LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs a command to completion like `Command::output`, starting it under [`spawn_guard`] and waiting outside it.
+pub fn run_output(cmd: &mut std::process::Command) -> std::process::Output {
+    use std::process::Stdio;
+    let child = {
+        let _g = spawn_guard();
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+    };
+    child.wait_with_output().unwrap()
+}
 
 /// Path of a committed test fixture bundle.
 pub fn fixture(name: &str) -> PathBuf {
@@ -51,10 +74,7 @@ pub fn refresh_checksum(bundle: &Path, file: &str) {
 
 /// The ONNX Runtime shared library of the Python `onnxruntime` wheel (installed by scripts/setup.sh).
 pub fn onnxruntime_library() -> PathBuf {
-    let out = std::process::Command::new("python3")
-        .args(["-c", "import onnxruntime, os, glob; print(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), 'capi', 'libonnxruntime.so.1*'))[0])"])
-        .output()
-        .expect("python3 must be available");
+    let out = run_output(std::process::Command::new("python3").args(["-c", "import onnxruntime, os, glob; print(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), 'capi', 'libonnxruntime.so.1*'))[0])"]));
     assert!(
         out.status.success(),
         "the onnxruntime Python wheel is needed for the ort backend tests (scripts/setup.sh installs it): {}",
@@ -79,7 +99,7 @@ pub fn latentda_exe() -> PathBuf {
 
 /// Runs the latentda CLI; returns (exit code, stdout, stderr).
 pub fn cli(args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(latentda_exe()).args(args).output().unwrap();
+    let out = run_output(std::process::Command::new(latentda_exe()).args(args));
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -140,6 +160,7 @@ impl NcVar {
 /// Writes a NetCDF file (classic 64-bit-offset format or NetCDF-4) with the given dimensions and variables; all
 /// definitions first, then the data (classic files need that order).
 pub fn write_nc(path: &Path, classic: bool, dims: &[(String, usize)], vars: &[NcVar]) -> Result<(), netcdf::Error> {
+    let _no_child_meanwhile = spawn_guard(); // declared before the file: released after it is closed
     let opts = if classic { netcdf::Options::_64BIT_OFFSET } else { netcdf::Options::NETCDF4 };
     let mut f = netcdf::create_with(path, opts)?;
     for (n, l) in dims {
