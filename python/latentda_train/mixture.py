@@ -86,11 +86,9 @@ class Encoder:
     """The bundle's encoder.onnx through ONNX Runtime, with the bundle's normalisation."""
 
     def __init__(self, bundle):
-        import netCDF4
-        import onnxruntime as ort
-        self.sess = ort.InferenceSession(os.path.join(bundle, "encoder.onnx"), providers=["CPUExecutionProvider"])
-        with netCDF4.Dataset(os.path.join(bundle, "normalisation.nc")) as ds:
-            self.mean, self.std = np.asarray(ds["mean"][:]), np.asarray(ds["std"][:])
+        from .stepmodel import bundle_norm, ort_session
+        self.sess = ort_session(os.path.join(bundle, "encoder.onnx"), threads=0)  # 0: ONNX Runtime's default
+        self.mean, self.std = bundle_norm(bundle)
 
     def __call__(self, x):
         xn = ((x - self.mean[:, None, None]) / self.std[:, None, None]).astype(np.float32)[None]

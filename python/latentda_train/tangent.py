@@ -27,15 +27,11 @@ class Decoder:
     """encoder, TL and adjoint decoder of a bundle through ONNX Runtime (one thread), in normalised units."""
 
     def __init__(self, bundle, threads=1):
-        import netCDF4
-        import onnxruntime as ort
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        s = lambda n: ort.InferenceSession(os.path.join(bundle, f"{n}.onnx"), so, providers=["CPUExecutionProvider"])
+        from .stepmodel import bundle_norm, ort_session
+        s = lambda n: ort_session(os.path.join(bundle, f"{n}.onnx"), threads)
         self.enc, self.tl, self.ad = s("encoder"), s("decoder_tl"), s("decoder_ad")
-        with netCDF4.Dataset(os.path.join(bundle, "normalisation.nc")) as ds:
-            self.mean = np.asarray(ds["mean"][:], np.float64)[:, None, None]
-            self.std = np.asarray(ds["std"][:], np.float64)[:, None, None]
+        mean, std = bundle_norm(bundle)
+        self.mean, self.std = mean[:, None, None], std[:, None, None]
 
     def norm(self, x):
         return (x - self.mean) / self.std
