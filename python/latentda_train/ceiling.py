@@ -91,13 +91,11 @@ def band_masks(lat):
 class Accumulator:
     """Weighted normal equations per (band, wind channel): F^T W F and F^T W y, summed over cases."""
 
-    def __init__(self, lat, nfeat):
-        self.lat = lat
+    def __init__(self, lat):
         self.bands = band_masks(lat)
         self.w = np.cos(np.radians(lat))
         self.A = {}
         self.b = {}
-        self.nfeat = nfeat
 
     def add(self, F, err):
         for name, rows in self.bands:
@@ -154,7 +152,7 @@ def score_cases(pairs, coef_train, lat, lon, with_in_sample=True, analyses=None)
     the training fit to the analysis's estimate xb - xa of the mass error instead of the true one; the best scale is
     the one factor per component (fitted on these cases) that undoes the regression's dilution."""
     sc = Score(lat)
-    acc = Accumulator(lat, None)
+    acc = Accumulator(lat)
     Fs, pa = [], []
     for i, (xb, xt) in enumerate(pairs):
         F = features(xb, xt, lat, lon)
@@ -195,7 +193,7 @@ def score_cases(pairs, coef_train, lat, lon, with_in_sample=True, analyses=None)
 
 def fit(pairs, lat, lon):
     """The operator's coefficients {(band, wind channel): vector} from (xb, xt) pairs."""
-    acc = Accumulator(lat, None)
+    acc = Accumulator(lat)
     for xb, xt in pairs:
         acc.add(features(xb, xt, lat, lon), (xb - xt)[:16])
     return acc.solve()
