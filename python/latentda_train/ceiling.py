@@ -48,7 +48,9 @@ from . import cases as CS
 from . import data as D
 from .bundle import REPO, latentda_binary
 from .mixture import DEFAULT_LAUNCHES, load_pair, recipe_samples
-from .suite import run_cli
+from .suite import BANDS as MATRIX_BANDS, run_cli
+
+EXTRATROPICS = MATRIX_BANDS["extratropics"]  # |lat| > 20, the matrix's band
 
 SMOOTHING_PASSES = (0, 1, 3, 8)
 BANDS = ((20.0, 40.0), (40.0, 60.0), (60.0, 90.0))
@@ -131,7 +133,7 @@ class Score:
     """Sums of cos(lat)-weighted squares over |lat| > 20 (rows with features) of the wind error and of residuals."""
 
     def __init__(self, lat):
-        self.m = np.abs(lat) > 20.0
+        self.m = EXTRATROPICS(lat)
         self.w = np.cos(np.radians(lat))
         self.s = {}
 
@@ -176,17 +178,14 @@ def score_cases(pairs, coef_train, lat, lon, with_in_sample=True, analyses=None)
         for F, err in Fs:
             sc.add("fit in sample", err - predict(coef, F, lat), F)
     if analyses is not None:
-        w = np.cos(np.radians(lat))[None, :, None] * (np.abs(lat) > 20.0)[None, :, None]
-        for v, sl in (("u", slice(0, 8)), ("v", slice(8, 16))):
+        w = (np.cos(np.radians(lat)) * EXTRATROPICS(lat))[None, :, None]
+        scale = np.ones((16, 1, 1))
+        for sl in (slice(0, 8), slice(8, 16)):  # one factor for u, one for v
             num = sum(float(np.nansum(w * e[sl] * p[sl])) for e, p, _ in pa)
             den = sum(float(np.nansum(w * p[sl] ** 2)) for e, p, _ in pa)
-            c = num / den if den > 0 else 0.0
-            for e, p, F in pa:
-                r = e.copy()
-                r[sl] = e[sl] - c * p[sl]
-                sc.add(f"best scale {v}", r, F)
-        for v in ("u", "v"):
-            sc.s[("from the analysis, best scale", v)] = sc.s[(f"best scale {v}", v)]
+            scale[sl] = num / den if den > 0 else 0.0
+        for e, p, F in pa:
+            sc.add("from the analysis, best scale", e - scale * p, F)
         names += ["from the analysis", "from the analysis, best scale"]
     return {n: {v: sc.ratio(n, v) for v in ("u", "v")} for n in names}
 

@@ -42,22 +42,24 @@ def initializers(path):
     from onnx import numpy_helper
     named, other = {}, {}
     for i in onnx.load(path).graph.initializer:
-        a = numpy_helper.to_array(i).astype(np.float32) if numpy_helper.to_array(i).dtype.kind == "f" else None
-        if i.name.startswith("ae.") and a is not None:
-            named[i.name[3:].removesuffix("_f16")] = a
-        elif a is not None:
-            other[i.name] = a
+        a = numpy_helper.to_array(i)
+        if a.dtype.kind != "f":
+            continue
+        if i.name.startswith("ae."):
+            named[i.name[3:].removesuffix("_f16")] = a.astype(np.float32)
+        else:
+            other[i.name] = a.astype(np.float32)
     return named, other
 
 
 def recover(bundle):
     """(model, checkpoint dict) rebuilt from the bundle's graphs; raises SystemExit naming what could not be found."""
+    import netCDF4
     import torch
     from .model import Film, build
     from .stepmodel import bundle_norm
     cfg, meta = bundle_cfg(bundle)
     ae = build(cfg)
-    import netCDF4
     with netCDF4.Dataset(os.path.join(bundle, "sample", "background.nc")) as ds:
         lat, lon = np.asarray(ds["lat"][:], np.float64), np.asarray(ds["lon"][:], np.float64)
     ae.set_position(CS.position_fields(lat, lon))
@@ -90,8 +92,7 @@ def recover(bundle):
     if missing:
         raise SystemExit(f"{bundle}: no weights in the graphs for {', '.join(missing[:6])}"
                          + (f" and {len(missing) - 6} more" if len(missing) > 6 else ""))
-    ae.load_state_dict(sd)
-    ae.decoder.pos = [ae.pos0, ae.pos1, ae.pos2]
+    ae.load_state_dict(sd)  # copies in place: the decoder's references to the position buffers stay valid
     ae.eval()
     mean, std = bundle_norm(bundle)
     ck = {"cfg": cfg, "state_dict": ae.state_dict(), "norm_mean": np.asarray(mean, np.float32),
