@@ -185,6 +185,15 @@ def pair_loss_note(args):
             f"{args['pair_launches']}" + (f", cycled 6 h backgrounds {' '.join(cyc)}" if cyc else "") + ")")
 
 
+def balance_term_note(args):
+    """Provenance words for the prior-draw balance term of `latentda_train.train --balance-weight` ('' when off)."""
+    if not args.get("balance_weight"):
+        return ""
+    return (f"; plus {args['balance_weight']} x the prior-draw balance hinge max(0, {args['balance_target']} - "
+            f"balance) per hemisphere ({args['balance_draws']} draws per step, latent spread from NMC valid days "
+            f"{args['balance_nmc']})")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default=D.DEFAULT_OUT, help="data directory (nature run, forecasts, ae)")
@@ -271,7 +280,7 @@ def main(argv=None):
                  f"{ck['train_days']}-{len(X) // 4 - 1}"),
         "training": (f"{arch_name} AE {ae.cfg}, {ck['params']} parameters, {ck['steps']} Adam steps ({ck['epochs']} epochs, "
                      f"{ck['minutes']} min on 2 CPU cores), loss weighted by 1/(48 h background error)^2 per channel"
-                     + pair_loss_note(ck.get("args", {}))),
+                     + pair_loss_note(ck.get("args", {})) + balance_term_note(ck.get("args", {}))),
         "statistics": (f"NMC 48h-24h pairs from perturbed-truth forecasts: {st['n_nmc']} valid days; calibration in model "
                        f"space on {st['n_calib']} training-period 48 h forecasts (launch days {st['calib_launches'][0]}-"
                        f"{st['calib_launches'][-1]}): latent variance x {st['k_latent']:.4f}, baseline variance x "

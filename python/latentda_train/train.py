@@ -52,6 +52,15 @@ def main(argv=None):
     ap.add_argument("--pair-batch", type=int, default=2, help="error pairs per step (their 2 states join the "
                                                                 "reconstruction batch)")
     ap.add_argument("--pair-weight", type=float, default=1.0, help="weight of the error-pair loss")
+    ap.add_argument("--balance-weight", type=float, default=0.0,
+                    help="weight of the prior-draw balance hinge (latentda_train.draw_balance); 0: off")
+    ap.add_argument("--balance-target", type=float, default=0.72,
+                    help="prior-draw balance per hemisphere below which the hinge pulls (the shipped AE has 0.72)")
+    ap.add_argument("--balance-draws", type=int, default=2, help="latent B draws per step for the balance term")
+    ap.add_argument("--balance-nmc", default="22:331:3",
+                    help="NMC valid days first:last[:step] whose encoded 48 h - 24 h differences give the latent "
+                         "standard deviation of the draws (training period; refreshed every --balance-refresh steps)")
+    ap.add_argument("--balance-refresh", type=int, default=250)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -133,6 +142,8 @@ def main(argv=None):
         ae.train()
     Ttr = torch.from_numpy(Ntr)
     pairs = error_pairs(a, X, nrm) if a.pair_launches else None
+    drawbal = draw_balance_term(a, ae, nrm, mean, std) if a.balance_weight > 0 else None
+    gen = torch.Generator().manual_seed(a.seed + 1)
     t0 = time.time()
     os.makedirs(os.path.join(a.out, "ae"), exist_ok=True)
 
@@ -150,7 +161,7 @@ def main(argv=None):
     while not done:
         perm = rng.permutation(len(Ttr))
         ep += 1
-        run, prun = 0.0, 0.0
+        run, prun, brun = 0.0, 0.0, np.zeros(2)
         for i in range(0, len(perm) - a.batch + 1, a.batch):
             frac = step / a.steps if a.steps else (time.time() - t0) / budget
             if frac >= 1:
@@ -174,6 +185,10 @@ def main(argv=None):
                 pl = error_pair_loss(ys[nb:nb + npair], ys[nb + npair:], pb, pt, wt)
                 loss = loss + a.pair_weight * pl
                 prun += pl.item()
+            if drawbal is not None:
+                term, bal = drawbal.loss(ae, xb[:2], a.balance_target, a.balance_draws, gen)
+                loss = loss + a.balance_weight * term
+                brun += np.array([bal["N"], bal["S"]])
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(ae.parameters(), 1.0)
@@ -182,9 +197,13 @@ def main(argv=None):
             run += loss.item()
             if step % 100 == 0:
                 extra = f" pair {prun/100:.4f}" if pairs is not None else ""
+                if drawbal is not None:
+                    extra += f" draw balance NH {brun[0]/100:.3f} SH {brun[1]/100:.3f}"
                 print(f"epoch {ep} step {step} loss {run/100:.4e}{extra} lr {lr:.2e} {time.time()-t0:.0f}s", flush=True)
                 hist.append((step, run / 100))
-                run, prun = 0.0, 0.0
+                run, prun, brun = 0.0, 0.0, np.zeros(2)
+            if drawbal is not None and step % a.balance_refresh == 0:
+                drawbal.refresh(ae)
             if a.save_every and step % a.save_every == 0:
                 save(os.path.join(a.out, "ae", f"{a.name}_partial.pt"))
     ae.eval()
@@ -195,6 +214,21 @@ def main(argv=None):
     path = os.path.join(a.out, "ae", f"{a.name}.pt")
     save(path, rec)
     print("saved", path, flush=True)
+
+
+def draw_balance_term(a, ae, nrm, mean, std):
+    """The prior-draw balance term of --balance-weight, its latent spread from training-period NMC pairs."""
+    from .draw_balance import DrawBalance
+    from .forecasts import launch_days
+    from .stats import nmc_pairs
+    valid = [v for v in launch_days(a.balance_nmc) if v < a.train_days]
+    f48, f24, days = nmc_pairs(D.forecasts(a.out, set(v - k for v in valid for k in (1, 2))), valid)
+    lat, lon, _ = D.grid(a.out)
+    term = DrawBalance(lat, lon, mean, std, torch.from_numpy(nrm(f48)), torch.from_numpy(nrm(f24)))
+    term.refresh(ae)
+    print(f"draw balance term: {len(days)} NMC pairs (valid days {days[0]}..{days[-1]}), target "
+          f"{a.balance_target}, weight {a.balance_weight}", flush=True)
+    return term
 
 
 def error_pair_loss(yb, yt, xb, xt, wt):

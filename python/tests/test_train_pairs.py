@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from latentda_train.bundle import pair_loss_note
+from latentda_train.bundle import balance_term_note, pair_loss_note
 from latentda_train.train import ErrorPairs, error_pair_loss
 
 
@@ -47,3 +47,10 @@ def test_provenance_names_the_pair_loss_only_when_it_was_used():
     note = pair_loss_note({"pair_launches": "25:585:16", "pair_cycled": "/d/cycled_uniform", "pair_weight": 1.0,
                            "pair_batch": 2})
     assert "25:585:16" in note and "cycled_uniform" in note and "error-pair loss" in note
+
+
+def test_provenance_names_the_balance_term_only_when_it_was_used():
+    assert balance_term_note({}) == "" and balance_term_note({"balance_weight": 0.0}) == ""
+    note = balance_term_note({"balance_weight": 1.0, "balance_target": 0.75, "balance_draws": 2,
+                              "balance_nmc": "22:331:3"})
+    assert "balance hinge" in note and "0.75" in note and "22:331:3" in note
