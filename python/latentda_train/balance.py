@@ -14,6 +14,15 @@ OMEGA = 7.292e-5
 R_DRY = 287.04
 
 
+def grid_factors(lat, lon):
+    """Coriolis parameter f and the centred-difference spans dy, dx (m) on the interior rows, each [nlat - 2, 1]."""
+    lat = np.asarray(lat, np.float64)
+    la = np.radians(lat[1:-1])[:, None]
+    dy = np.radians(lat[:-2] - lat[2:])[:, None] * EARTH_RADIUS
+    dx = np.radians(lon[1] - lon[0]) * 2 * EARTH_RADIUS * np.cos(la)
+    return 2 * OMEGA * np.sin(la), dy, dx
+
+
 def geostrophic(x, lat, lon):
     """(u_g, v_g) [8, nlat, nlon] of a state x [41, nlat, nlon] (NaN on the first and last row)."""
     z, t = x[D.VAR_SLICES["z"]], x[D.VAR_SLICES["t"]]
@@ -21,11 +30,7 @@ def geostrophic(x, lat, lon):
     nlat = len(lat)
     ug = np.full(z.shape, np.nan)
     vg = np.full(z.shape, np.nan)
-    la = np.radians(lat[1:-1])[:, None]
-    f = 2 * OMEGA * np.sin(la)
-    dy = np.radians(lat[:-2] - lat[2:])[:, None] * EARTH_RADIUS
-    dl = np.radians(lon[1] - lon[0]) * 2
-    dx = dl * EARTH_RADIUS * np.cos(la)
+    f, dy, dx = grid_factors(lat, lon)
     ex = lambda a: np.roll(a, -1, axis=-1) - np.roll(a, 1, axis=-1)
     gx = ex(z)[:, 1:-1] / dx + R_DRY * t[:, 1:-1] * ex(lnps)[None, 1:-1] / dx
     gy = (z[:, :-2] - z[:, 2:]) / dy + R_DRY * t[:, 1:-1] * (lnps[None, :-2] - lnps[None, 2:]) / dy

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from . import data as D
-from .balance import EARTH_RADIUS, OMEGA, R_DRY
+from .balance import R_DRY, grid_factors
 
 
 class DrawBalance:
@@ -28,10 +28,7 @@ class DrawBalance:
         lat = np.asarray(lat, np.float64)
         self.std = torch.tensor(np.asarray(std, np.float64))[None, :, None, None]
         self.mean = torch.tensor(np.asarray(mean, np.float64))[None, :, None, None]
-        la = np.radians(lat[1:-1])[:, None]
-        self.f = torch.tensor(2 * OMEGA * np.sin(la))
-        self.dy = torch.tensor(np.radians(lat[:-2] - lat[2:])[:, None] * EARTH_RADIUS)
-        self.dx = torch.tensor(np.radians(lon[1] - lon[0]) * 2 * EARTH_RADIUS * np.cos(la))
+        self.f, self.dy, self.dx = (torch.tensor(a) for a in grid_factors(lat, lon))
         inner = lat[1:-1]
         self.masks = {"N": torch.tensor((np.abs(inner) > 20) & (inner > 0))[:, None],
                       "S": torch.tensor((np.abs(inner) > 20) & (inner < 0))[:, None]}

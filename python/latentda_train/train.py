@@ -55,7 +55,8 @@ def main(argv=None):
     ap.add_argument("--balance-weight", type=float, default=0.0,
                     help="weight of the prior-draw balance hinge (latentda_train.draw_balance); 0: off")
     ap.add_argument("--balance-target", type=float, default=0.72,
-                    help="prior-draw balance per hemisphere below which the hinge pulls (the shipped AE has 0.72)")
+                    help="prior-draw balance per hemisphere below which the hinge pulls (v2 has 0.72; v3 was trained "
+                         "with 0.75)")
     ap.add_argument("--balance-draws", type=int, default=2, help="latent B draws per step for the balance term")
     ap.add_argument("--balance-nmc", default="22:331:3",
                     help="NMC valid days first:last[:step] whose encoded 48 h - 24 h differences give the latent "
