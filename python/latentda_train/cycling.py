@@ -99,8 +99,9 @@ The run starts at 00 UTC of day START - SPINUP from the truth perturbed as in `f
 (large-scale, multivariate difference of two earlier nature states), cycles through SPINUP + DAYS days, and scores
 the last DAYS. Results, per network and method, in OUT/<network>/<method>/: metrics.jsonl (one line per cycle and
 per 48 h forecast), state.npz (the model state after the last finished cycle: a rerun resumes from it),
-settings.json. `summary` turns all of them into RMSE time-series and balance figures (PNG) and a table
-(summary_<network>.md).
+settings.json. `summary` turns all of them (every folder with a metrics.jsonl) into RMSE time-series and balance
+figures (PNG) and a table (summary_<network>.md): time means from `--from-day` days after the perturbed start, and with
+`--reference RUN` every run's means over that run's.
 
 Commands (from the repository root, after `cargo build --release`; one method per process, they can run in
 parallel):
@@ -1121,8 +1122,19 @@ def read_metrics(folder: str):
     return [json.loads(l) for l in open(p)] if os.path.exists(p) else []
 
 
-def summary(out: str, log=print) -> list:
-    """Figures and table per network from every method folder under OUT; returns the files written."""
+def run_folders(network_dir: str) -> list:
+    """The run folders of one network: the known run names first (RUN_NAMES' order, which the figures' colours
+    follow), then any other folder holding a metrics.jsonl (a run moved aside, e.g. to keep two windows apart)."""
+    known = [m for m in RUN_NAMES if os.path.isdir(os.path.join(network_dir, m))]
+    other = sorted(d for d in os.listdir(network_dir) if d not in RUN_NAMES
+                   and os.path.exists(os.path.join(network_dir, d, "metrics.jsonl")))
+    return known + other
+
+
+def summary(out: str, log=print, from_day: float = 0.0, reference: str | None = None) -> list:
+    """Figures and table per network from every run folder under OUT; returns the files written. `from_day`: the
+    table's time means start that many days after the perturbed start (the figures show every cycle); `reference`:
+    a run the table also gives every other run's ratios to."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -1136,7 +1148,7 @@ def summary(out: str, log=print) -> list:
         return p
 
     for network in sorted(d for d in os.listdir(out) if os.path.isdir(os.path.join(out, d))):
-        runs = {m: read_metrics(os.path.join(out, network, m)) for m in RUN_NAMES}
+        runs = {m: read_metrics(os.path.join(out, network, m)) for m in run_folders(os.path.join(out, network))}
         runs = {m: r for m, r in runs.items() if r}
         if not runs:
             continue
@@ -1224,7 +1236,7 @@ def summary(out: str, log=print) -> list:
             written.append(save(fig, f"varscales_{network}.png"))
         p = os.path.join(out, f"summary_{network}.md")
         with open(p, "w") as f:
-            f.write(summary_table(network, runs))
+            f.write(summary_table(network, runs, from_day, reference))
         written.append(p)
     for p in written:
         log(f"wrote {p}")
@@ -1245,11 +1257,18 @@ def level_off(scored: list, v: str) -> float:
     return float(np.mean(late) / np.mean(mid))
 
 
-def summary_table(network: str, runs: dict) -> str:
+def summary_table(network: str, runs: dict, from_day: float = 0.0, reference: str | None = None) -> str:
     """Markdown: per method the cycle counts and timings; per variable and method the time-mean RMSE of the analyses,
-    of the 6 h backgrounds and of the 48 h forecasts (scored cycles only), the drift, and the mean balance."""
+    of the 6 h backgrounds and of the 48 h forecasts (scored cycles at least `from_day` days after the perturbed
+    start: cycle c is c / 4 days after it), the share of cycles worse than their background, the drift and level-off
+    (over all scored cycles: their definitions fix the days), the mean balance; with `reference`, every run's
+    time-mean analysis and 48 h forecast RMSE over the reference run's, and how many variables it wins."""
     lines = [f"# Cycling with jcm SPEEDY T31L8, {network} network", ""]
-    scored = {m: [x for x in r if x["scored"]] for m, r in runs.items()}
+    if from_day > 0:
+        lines += [f"Time means, shares and balances over the scored cycles from {from_day:g} days after the perturbed "
+                  "start on (drift and level-off: all scored cycles).", ""]
+    every = {m: [x for x in r if x["scored"]] for m, r in runs.items()}
+    scored = {m: [x for x in s if x["cycle"] / 4.0 >= from_day] for m, s in every.items()}
     for m, r in runs.items():
         later = [x["t_cycle"] for x in r[1:] if "fc48" not in x]
         ta = [x["t_analysis"] for x in r if "t_analysis" in x]
@@ -1261,10 +1280,11 @@ def summary_table(network: str, runs: dict) -> str:
     head = "| variable | " + " | ".join(runs) + " |"
     rule = "|---|" + "---|" * len(runs)
 
-    def table(title, value, mark=True):
+    def table(title, value, mark=True, rows=None):
+        rows = scored if rows is None else rows
         out = ["", title, "", head, rule]
         for v in NAMES:
-            vals = [value(scored[m], v) for m in runs]
+            vals = [value(rows[m], v) for m in runs]
             ok = [x for x, m in zip(vals, runs) if np.isfinite(x) and m != "none"]
             best = min(ok) if ok and mark else None
             out.append(f"| {v} ({D.VARS[NAMES.index(v)][1]}) | " + " | ".join(
@@ -1283,12 +1303,19 @@ def summary_table(network: str, runs: dict) -> str:
     lines += table("Time-mean RMSE of the 48 h forecasts from the 00 UTC analyses", mean("fc48"))
     lines += table("Analysis as the model holds it (increment in jcm's spectral state, q >= 0 as in its output)", mean("an_model"))
     lines += table("Drift: mean analysis RMSE of the second half of the scored period / the first half (1: none)", drift,
-                   mark=False)
+                   mark=False, rows=every)
     lines += table("Analysis worse than its own 6 h background (global RMSE): % of the scored cycles (gate <= 5 %)",
                    lambda s, v: 100.0 * float(np.mean([x["an"][v] > x["bg"][v] for x in s])) if s else float("nan"),
                    mark=False)
     lines += table("Levelling off: mean analysis RMSE of the last 10 scored days / that of scored days 5-15 "
-                   "(gate <= 1.1)", level_off, mark=False)
+                   "(gate <= 1.1)", level_off, mark=False, rows=every)
+    if reference in runs:
+        for key, what in (("an", "analysis"), ("fc48", "48 h forecast")):
+            ref = {v: mean(key)(scored[reference], v) for v in NAMES}
+            ratio = lambda s, v, key=key, ref=ref: mean(key)(s, v) / ref[v] if ref[v] else float("nan")
+            lines += table(f"Time-mean {what} RMSE over {reference}'s (below 1: better)", ratio, mark=False)
+            wins = [sum(1 for v in NAMES if ratio(scored[m], v) < 1) for m in runs]
+            lines.append("| wins (of 6) | " + " | ".join("-" if m == reference else str(w) for m, w in zip(runs, wins)) + " |")
     lines += ["", "Geostrophic balance (|lat| > 20), mean over the scored cycles:", ""]
     for m in runs:
         b = [x["balance"] for x in scored[m] if x.get("balance") is not None]
@@ -1398,6 +1425,10 @@ def main(argv=None):
                          "of 3DEnVar (latent + static + model-space ensemble; run folder suffix 'm')")
     ap.add_argument("--ensemble-gamma", type=float, default=ENSEMBLE_GAMMA,
                     help="weight gamma of the ensemble part (not scaled by --adaptive: see the module doc)")
+    ap.add_argument("--from-day", type=float, default=0.0,
+                    help="summary: time means from this many days after the perturbed start (the README's tables: 10)")
+    ap.add_argument("--reference", default=None,
+                    help="summary: a run folder (e.g. 3dvar-adaptive) that every run's time means are divided by")
     ap.add_argument("--adaptive-rule", default="desroziers", choices=AdaptiveB.RULES,
                     help="desroziers: E[(Hxa-Hxb) db] (the fixed-point step; slow where R >> HBH^T); innovation: "
                          "E[db^2] - R (one step if R is right)")
@@ -1407,7 +1438,7 @@ def main(argv=None):
         return
     a.out = a.out or "cycling"
     if a.command == "summary":
-        summary(a.out)
+        summary(a.out, from_day=a.from_day, reference=a.reference)
         return
     run(a)
 

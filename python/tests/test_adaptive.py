@@ -297,3 +297,35 @@ def test_per_variable_mode_sizes_each_variable_and_band():
         C.AdaptiveB("3dvar", C.CYCLING_OPTIONS, per_variable=True)
     with pytest.raises(ValueError):
         C.AdaptiveB("hybrid", C.CYCLING_OPTIONS, per_variable=True, split=True)
+
+
+def test_summary_table_time_window_and_reference_ratios():
+    """`summary --from-day D --reference R`: time means over cycles >= D days after the perturbed start, the share of
+    cycles worse than their background over the same cycles, and each run's means over R's, with its wins."""
+    def run(an_early, an_late, fc):
+        rows = []
+        for c in range(1, 133):
+            an = an_early if c / 4.0 < 10 else an_late
+            r = {"cycle": c, "scored": c > 12, "t_cycle": 1.0, "bg_balance_true": 0.5, "balance": 0.7,
+                 "an": {v: an for v in C.NAMES}, "bg": {v: an * (0.9 if c % 4 == 0 else 1.1) for v in C.NAMES}}
+            if c % 4 == 0:
+                r["fc48"] = {v: fc for v in C.NAMES}
+            rows.append(r)
+        return rows
+    runs = {"3dvar-adaptive": run(2.0, 1.0, 4.0), "hybrid-adaptive-x": run(1.0, 0.8, 3.0)}
+    md = C.summary_table("uniform", runs, from_day=10.0, reference="3dvar-adaptive")
+    lines = md.splitlines()
+    an = lines[lines.index(next(l for l in lines if l.startswith("Time-mean analysis RMSE"))) + 4]
+    assert an.startswith("| u ") and "| 1 |" in an and "**0.8**" in an       # only days >= 10: 1.0 and 0.8
+    worse = next(i for i, l in enumerate(lines) if l.startswith("Analysis worse than its own"))
+    # cycles 40..132 (93) count; the 24 multiples of 4 among them have bg = 0.9 x an
+    assert lines[worse + 4].split("|")[2].strip() == f"{100 * 24 / 93:.4g}"
+    ratio = next(i for i, l in enumerate(lines) if l.startswith("Time-mean analysis RMSE over 3dvar-adaptive's"))
+    assert lines[ratio + 4].split("|")[2:4] == [" 1 ", " 0.8 "]
+    fc = next(i for i, l in enumerate(lines) if l.startswith("Time-mean 48 h forecast RMSE over"))
+    assert lines[fc + 4].split("|")[3].strip() == "0.75"
+    assert lines[fc + 4 + len(C.NAMES)] == "| wins (of 6) | - | 6 |"
+    # without the window the early cycles count: the reference's mean rises above 1
+    md0 = C.summary_table("uniform", runs, reference="3dvar-adaptive").splitlines()
+    an0 = md0[md0.index(next(l for l in md0 if l.startswith("Time-mean analysis RMSE"))) + 4]
+    assert float(an0.split("|")[2]) > 1.0
