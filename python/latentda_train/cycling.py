@@ -1272,7 +1272,7 @@ def summary_table(network: str, runs: dict, from_day: float = 0.0, reference: st
     for m, r in runs.items():
         later = [x["t_cycle"] for x in r[1:] if "fc48" not in x]
         ta = [x["t_analysis"] for x in r if "t_analysis" in x]
-        lines.append(f"- {m}: {len(r)} cycles, {len(scored[m])} scored ({len(scored[m]) / 4:g} days); seconds per cycle: "
+        lines.append(f"- {m}: {len(r)} cycles, {len(every[m])} scored ({len(every[m]) / 4:g} days); seconds per cycle: "
                      f"first {r[0]['t_cycle']:.1f} (compilation), then median {np.median(later) if later else float('nan'):.2f}"
                      + (f" (analysis {np.median(ta):.2f})" if ta else "")
                      + (f", 48 h forecast {np.median([x['t_fc48'] for x in r if 't_fc48' in x]):.2f}"

@@ -315,6 +315,7 @@ def test_summary_table_time_window_and_reference_ratios():
     runs = {"3dvar-adaptive": run(2.0, 1.0, 4.0), "hybrid-adaptive-x": run(1.0, 0.8, 3.0)}
     md = C.summary_table("uniform", runs, from_day=10.0, reference="3dvar-adaptive")
     lines = md.splitlines()
+    assert "- 3dvar-adaptive: 132 cycles, 120 scored (30 days)" in md   # the run's scored cycles, not the window's
     an = lines[lines.index(next(l for l in lines if l.startswith("Time-mean analysis RMSE"))) + 4]
     assert an.startswith("| u ") and "| 1 |" in an and "**0.8**" in an       # only days >= 10: 1.0 and 0.8
     worse = next(i for i, l in enumerate(lines) if l.startswith("Analysis worse than its own"))
