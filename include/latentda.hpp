@@ -288,7 +288,8 @@ class Context {
   // preconditioner, adam_steps, adam_lr, bg_check, bg_check_samples, bg_check_sigma_b, hybrid_alpha, hybrid_beta, hybrid_variables,
   // hybrid_alpha_tropics, hybrid_beta_tropics, hybrid_band_lat, hybrid_variable_weights, baseline_variance_factor, latent_variance_factor, latent_increment, b_operator, window_hours, slot_hours,
   // error_growth_per_hour, verbosity, self_test, ensemble_gamma, ensemble_localisation_km,
-  // ensemble_localisation_model_km, ensemble_space), empty for defaults.
+  // ensemble_localisation_model_km, ensemble_space, adaptive_state, adaptive_window, adaptive_bounds, adaptive_rule,
+  // adaptive_per_variable), empty for defaults.
   // Throws status::bundle for a missing or invalid bundle, status::invalid_argument for bad options.
   static Context open(const std::string& bundle_dir, const std::string& options = "") {
     return detail::call([&] { return Context(detail::open(detail::str(bundle_dir), detail::str(options))); });

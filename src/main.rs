@@ -36,6 +36,8 @@ USAGE:
                    [--bg-check-sigma-b calibrated|flow] [--latent-increment nonlinear|linear]
                    [--ensemble 'dir/member_*.nc' | m1.nc,m2.nc,...] [--ensemble-gamma G]
                    [--ensemble-localisation-km L] [--ensemble-localisation-model-km L] [--ensemble-space latent|model]
+                   [--adaptive-state FILE] [--adaptive-window N] [--adaptive-bounds LO,HI]
+                   [--adaptive-rule innovation|desroziers] [--adaptive-per-variable]
                    [--window-hours H] [--slot-hours H] [--error-growth-per-hour G] [--background-at HOURS=bg.nc ...]
   latentda demo <bundle> [--case CASE] [--obs obs.csv] [--obs4d obs4d.csv] [--output OUTDIR] [options as for analyse but --output-mode]
                    (3D-Var, L3DVar and hybrid on CASE/background.nc, scored against CASE/truth.nc, and L4DVar
@@ -164,6 +166,17 @@ impl Common {
                 "ensemble-localisation-km" => o.ensemble_localisation_km = num(v)?,
                 "ensemble-localisation-model-km" => o.ensemble_localisation_model_km = Some(num(v)?),
                 "ensemble-space" => o.ensemble_space = latentda::var::options::EnsembleSpace::parse(v).map_err(bad)?,
+                "adaptive-state" => o.adaptive_state = Some(v.clone()),
+                "adaptive-window" => o.adaptive_window = int(v)?,
+                "adaptive-bounds" => {
+                    let p: Vec<&str> = v.split(',').collect();
+                    let [a, b] = p[..] else {
+                        return Err(usage(format!("--{flag} needs two multipliers LO,HI, got '{v}'")));
+                    };
+                    o.adaptive_bounds = [num(a.trim())?, num(b.trim())?];
+                }
+                "adaptive-rule" => o.adaptive_rule = v.clone(),
+                "adaptive-per-variable" => o.adaptive_per_variable = true,
                 "verbose" => o.verbosity = 1,
                 _ => unreachable!("flag --{flag} is recorded by parse_common"),
             }
@@ -237,6 +250,14 @@ fn parse_common(common: &mut Common, arg: &Arg, parser: &mut lexopt::Parser) -> 
         "ensemble-localisation-km" => "ensemble-localisation-km",
         "ensemble-localisation-model-km" => "ensemble-localisation-model-km",
         "ensemble-space" => "ensemble-space",
+        "adaptive-state" => "adaptive-state",
+        "adaptive-window" => "adaptive-window",
+        "adaptive-bounds" => "adaptive-bounds",
+        "adaptive-rule" => "adaptive-rule",
+        "adaptive-per-variable" => {
+            common.flags.push(("adaptive-per-variable", String::new()));
+            return Ok(true);
+        }
         "verbose" => {
             common.flags.push(("verbose", String::new()));
             return Ok(true);

@@ -13,46 +13,6 @@ use latentda::obs::{Observation, QcFlag};
 use latentda::var::desroziers::{tune, Desroziers};
 use latentda::{Analyser, Method, Options};
 
-/// Observations exactly at grid points and model levels of the linear fixture (so H sqrt(diag B) is exactly
-/// sqrt(diag H B H^T)): every third grid point, u and t on all levels, ps; sigma u 1, t 0.5, ps 50, times
-/// `sigma_scale`.
-fn grid_point_obs(a: &Analyser, sigma_scale: f64) -> Vec<Observation> {
-    let lay = &a.bundle.layout;
-    let (lat, lon, lev) = (&lay.grid.lat, &lay.grid.lon, &lay.vertical.levels);
-    let mut obs = Vec::new();
-    for (j, &la) in lat.iter().enumerate() {
-        for (i, &lo) in lon.iter().enumerate() {
-            if (i + j) % 3 != 0 {
-                continue;
-            }
-            for (v, var) in lay.variables.iter().enumerate() {
-                let sigma = match var.name.as_str() {
-                    "u" => 1.0,
-                    "t" => 0.5,
-                    _ => 50.0,
-                };
-                let levels: Vec<Option<f64>> =
-                    if var.nlev == 0 { vec![None] } else { lev.iter().map(|l| Some(*l)).collect() };
-                for l in levels {
-                    obs.push(Observation {
-                        var: Some(v),
-                        var_name: var.name.clone(),
-                        lat: la,
-                        lon: lo,
-                        level: l,
-                        value: 0.0,
-                        sigma: sigma * sigma_scale,
-                        time: 0.0,
-                        line: None,
-                        malformed: None,
-                    });
-                }
-            }
-        }
-    }
-    obs
-}
-
 /// Draws a truth x_t = x_b + U xi (xi ~ N(0, I): an error drawn from the latent B in force at `true_factor`) and
 /// observations y = H x_t + sigma eps; returns the observations with their values set.
 fn draw_case(a: &mut Analyser, xb: &[f64], obs: &[Observation], true_factor: f64, rng: &mut Rng) -> Vec<Observation> {
@@ -76,10 +36,6 @@ fn draw_case(a: &mut Analyser, xb: &[f64], obs: &[Observation], true_factor: f64
     out
 }
 
-fn background(a: &Analyser) -> Vec<f64> {
-    latentda::bundle::ncio::read_state(&fixture("linear").join("sample/background.nc"), &a.bundle.layout).unwrap()
-}
-
 /// Options of an exact linear L3DVar (one outer loop solved to round-off); the background check runs (so the B's
 /// variance is computed, exactly: the latent size 24 is below the 32 samples) but rejects nothing (k = 1e6).
 fn exact_options(factor: f64) -> Options {
@@ -92,8 +48,8 @@ fn exact_options(factor: f64) -> Options {
 #[test]
 fn report_sums_match_an_independent_recomputation() {
     let mut a = Analyser::open(fixture("linear"), exact_options(1.0)).unwrap();
-    let xb = background(&a);
-    let obs0 = grid_point_obs(&a, 1.0);
+    let xb = linear_background(&a);
+    let obs0 = linear_grid_obs(&a, 1.0);
     let obs = draw_case(&mut a, &xb, &obs0, 1.0, &mut Rng::new(5));
     let res = a.analyse(&xb, &obs, Method::L3dvar).unwrap();
     let d = res.report.desroziers.as_ref().expect("every analysis report has a desroziers section");
@@ -152,12 +108,12 @@ fn report_sums_match_an_independent_recomputation() {
 }
 
 /// Runs `ncases` exact analyses whose innovations are drawn from the latent B at `true_factor` and R, with the
-/// B in force at `factor`, observation errors `sigma_scale` x those of `grid_point_obs`; returns the reports'
+/// B in force at `factor`, observation errors `sigma_scale` x those of `linear_grid_obs`; returns the reports'
 /// desroziers sections.
 fn cases(factor: f64, true_factor: f64, sigma_scale: f64, ncases: usize, seed: u64) -> Vec<Desroziers> {
     let mut a = Analyser::open(fixture("linear"), exact_options(factor)).unwrap();
-    let xb = background(&a);
-    let obs0 = grid_point_obs(&a, sigma_scale);
+    let xb = linear_background(&a);
+    let obs0 = linear_grid_obs(&a, sigma_scale);
     let mut rng = Rng::new(seed);
     (0..ncases)
         .map(|_| {
@@ -364,8 +320,8 @@ fn hybrid_cases(w: (f64, f64), w_true: (f64, f64), sigma_scale: f64, ncases: usi
         w.0, w.1
     );
     let mut a = Analyser::open(fixture("linear"), Options::from_toml(&opts).unwrap()).unwrap();
-    let xb = background(&a);
-    let obs0 = grid_point_obs(&a, sigma_scale);
+    let xb = linear_background(&a);
+    let obs0 = linear_grid_obs(&a, sigma_scale);
     let lay = a.bundle.layout.clone();
     let mut rng = Rng::new(seed);
     let mut flags = vec![QcFlag::Used; obs0.len()];
@@ -462,8 +418,8 @@ fn drawn_from_hybrid(in_force: &str, truth: &str, ncases: usize, seed: u64) -> V
     let base = "outer_loops = 1\nmax_inner = 400\ngradient_reduction = 1e-10\nbg_check = 1e6\n";
     let mut a = Analyser::open(fixture("linear"), Options::from_toml(&format!("{base}{in_force}")).unwrap()).unwrap();
     let mut t = Analyser::open(fixture("linear"), Options::from_toml(&format!("{base}{truth}")).unwrap()).unwrap();
-    let xb = background(&a);
-    let obs0 = grid_point_obs(&a, 1.0);
+    let xb = linear_background(&a);
+    let obs0 = linear_grid_obs(&a, 1.0);
     let lay = a.bundle.layout.clone();
     let mut rng = Rng::new(seed);
     let mut flags = vec![QcFlag::Used; obs0.len()];

@@ -819,6 +819,8 @@ def settings_of(a) -> dict:
             s["adaptive"]["per_variable"] = True
             if getattr(a, "static_variables", None):
                 s["adaptive"]["static_variables"] = a.static_variables
+        if getattr(a, "adaptive_in_library", False):
+            s["adaptive"]["in_library"] = True
     return s
 
 
@@ -831,10 +833,11 @@ def run_name(a) -> str:
             + ("m" if getattr(a, "ensemble_space", "latent") == "model" else "")
     if not getattr(a, "adaptive", False):
         return name
+    lib = "-lib" if getattr(a, "adaptive_in_library", False) else ""
     if getattr(a, "adaptive_per_variable", False):
         sv = static_variables(a)
-        return name + "-adaptive-pv" + (f"-s{'+'.join(sv)}" if sv else "")
-    return name + ("-adaptive-split" if getattr(a, "adaptive_split", False) else "-adaptive")
+        return name + "-adaptive-pv" + (f"-s{'+'.join(sv)}" if sv else "") + lib
+    return name + ("-adaptive-split" if getattr(a, "adaptive_split", False) else "-adaptive") + lib
 
 
 def static_variables(a) -> tuple:
@@ -858,6 +861,35 @@ def run_options(a) -> str:
         return a.options
     space = getattr(a, "ensemble_space", "latent")
     return a.options + f"\nensemble_gamma = {a.ensemble_gamma}" + (f'\nensemble_space = "{space}"' if space != "latent" else "")
+
+
+def library_adaptive_options(a, folder: str) -> str:
+    """--adaptive-in-library: the options that make latentda size the B itself (option adaptive_state, the twin of
+    AdaptiveB in src/var/adaptive.rs), with the state file in the run's folder. Static variables get alpha 0 and
+    beta alpha + beta of the starting weights (the options', else the bundle's [hybrid]), as AdaptiveB gives them."""
+    if getattr(a, "adaptive_split", False):
+        raise SystemExit("--adaptive-in-library sizes one scale or per variable, not --adaptive-split")
+    o = parse_options(run_options(a))
+    o.update(adaptive_state=os.path.join(folder, "adaptive_b.json"), adaptive_window=int(a.adaptive_window),
+             adaptive_bounds=[float(x) for x in a.adaptive_bounds], adaptive_rule=a.adaptive_rule,
+             adaptive_per_variable=bool(getattr(a, "adaptive_per_variable", False)))
+    sv = static_variables(a)
+    if sv:
+        import tomllib
+        h = tomllib.load(open(os.path.join(a.bundle, "bundle.toml"), "rb")).get("hybrid", {})
+        al, be = float(o.get("hybrid_alpha", h.get("alpha", 1.0))), float(o.get("hybrid_beta", h.get("beta", 1.0)))
+        o["hybrid_variable_weights"] = {v: {"alpha": 0.0, "beta": al + be} for v in sv}
+    return options_text(o)
+
+
+def library_adaptive_entry(rep: dict) -> dict:
+    """The metrics' "adaptive" entry of a cycle sized by the library, in AdaptiveB's terms (scale, per-variable
+    multipliers as "var/x" and "var/t")."""
+    ad = rep.get("adaptive") or {}
+    flat = lambda m: {f"{v}/{c}": x for v, xs in (m or {}).items() for c, x in zip(("x", "t"), xs)}
+    return {"scale": ad.get("multiplier"), "scale_next": ad.get("multiplier_next"), "hbh_ratio": ad.get("hbh_ratio"),
+            "var_scales": flat(ad.get("variable_multipliers")), "var_scales_next": flat(ad.get("variable_multipliers_next")),
+            "in_library": True}
 
 
 def advance_lagged(model, x_b: np.ndarray, lag: list, k: int):
@@ -953,11 +985,17 @@ def run(a, model: Model | None = None, log=print) -> str:
     lda = host = adapt = None
     eda_lda = eda_host = None
     eda_options = None
-    if adaptive:
+    in_library = adaptive and getattr(a, "adaptive_in_library", False)
+    if in_library and (ens_k or eda_k):
+        raise SystemExit("--adaptive-in-library is for runs without an ensemble")
+    if adaptive and not in_library:
         adapt = AdaptiveB(analysis_method(a), run_options(a), a.adaptive_window, a.adaptive_bounds, adapt_state,
                           a.adaptive_rule, getattr(a, "adaptive_split", False), getattr(a, "adaptive_per_variable", False),
                           static_variables(a))
-    lda_options = options_text(adapt.options()) if adapt else run_options(a)
+    if in_library and cycle == 0 and os.path.exists(os.path.join(folder, "adaptive_b.json")):
+        os.remove(os.path.join(folder, "adaptive_b.json"))   # a new run starts at the options' B
+    lda_options = (library_adaptive_options(a, folder) if in_library
+                   else options_text(adapt.options()) if adapt else run_options(a))
     if a.method != "none":
         lda = Latentda(a.lib, a.bundle, lda_options)
         host = HostFields(lda, len(lat), len(lon))
@@ -1040,6 +1078,8 @@ def run(a, model: Model | None = None, log=print) -> str:
                     rec.update(t_eda_analyses=time.time() - tm, eda_failed=n_failed, eda_bvf=bvf)
                 if adapt is not None:
                     rec["adaptive"] = adapt.update(rep)
+                elif in_library:
+                    rec["adaptive"] = library_adaptive_entry(rep)
             else:
                 rec["an"], rec["an_bands"] = rec["bg"], rec["bg_bands"]
             rec["t_forecast6h"] = t_fc
@@ -1069,7 +1109,8 @@ def run(a, model: Model | None = None, log=print) -> str:
                 log(f"{a.method}/{a.network} cycle {c}/{n_cycles} day {rec['day']} {rec['hour']:02d}Z: "
                     + " ".join(f"{v} {rec['bg'][v]:.3g}->{rec['an'][v]:.3g}" for v in ("u", "t", "ps"))
                     + (f" bal {rec['balance']:.2f}" if rec.get("balance") is not None else "")
-                    + (f" B scale {rec['adaptive']['scale']:.3f}->{rec['adaptive']['scale_next']:.3f}" if adapt else "")
+                    + (f" B scale {rec['adaptive']['scale']:.3f}->{rec['adaptive']['scale_next']:.3f}"
+                       if rec.get("adaptive") else "")
                     + f" {rec['t_cycle']:.2f} s")
     if lda is not None:
         lda.close()
@@ -1429,6 +1470,10 @@ def main(argv=None):
                     help="summary: time means from this many days after the perturbed start (the README's tables: 10)")
     ap.add_argument("--reference", default=None,
                     help="summary: a run folder (e.g. 3dvar-adaptive) that every run's time means are divided by")
+    ap.add_argument("--adaptive-in-library", action="store_true",
+                    help="with --adaptive: latentda sizes the B itself (option adaptive_state, src/var/adaptive.rs; the "
+                         "state file adaptive_b.json in the run's folder) instead of this driver's AdaptiveB; folder "
+                         "suffix -lib")
     ap.add_argument("--adaptive-rule", default="desroziers", choices=AdaptiveB.RULES,
                     help="desroziers: E[(Hxa-Hxb) db] (the fixed-point step; slow where R >> HBH^T); innovation: "
                          "E[db^2] - R (one step if R is right)")

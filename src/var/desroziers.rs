@@ -433,17 +433,61 @@ pub struct Tuning {
 /// else all variables, sizes it.
 pub const MIN_CELL_OBS: usize = 50;
 
-/// Hybrid weights per bundle variable and band from innovations: for variable v and band class c (extratropics =
-/// the nh and sh cells, tropics), the scale S_vc = sum_k E_vck / sum_k (H_vck / s_vck), with E the
-/// E[(H x_a - H x_b) d_b] sums, H the H B H^T in force and s_vck = alpha + beta of v in class c in report k (the
-/// report's `hybrid_weights`, else its global alpha and beta), is the joint Desroziers step of [`tune`] made per
-/// cell; the new weights keep the last report's mix: alpha_vc = S_vc alpha_vc / s_vc, likewise beta. A variable
-/// with fewer than [`MIN_CELL_OBS`] observations in a class (an unobserved z, say) takes its group's scale, else
-/// the scale over all variables. Returns the weights and notes on the fallbacks.
-pub fn variable_weights(sections: &[Desroziers]) -> (Option<BTreeMap<String, [f64; 4]>>, Vec<String>) {
+/// How a cell's H B H^T is estimated from its normalised sums.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Estimate {
+    /// E[(H x_a - H x_b) d_b] (Desroziers et al. 2005): unbiased at the fixed point, slow where R dominates.
+    Desroziers,
+    /// E[d_b^2] - R: holds for any gain when R is right, so one step reaches the scalar fixed point (noisier).
+    Innovation,
+}
+
+impl Estimate {
+    /// Parses `desroziers` or `innovation`.
+    pub fn parse(s: &str) -> Result<Estimate> {
+        match s {
+            "desroziers" => Ok(Estimate::Desroziers),
+            "innovation" => Ok(Estimate::Innovation),
+            _ => Err(Error::arg(format!("estimate rule '{s}' is not known (use 'desroziers' or 'innovation')"))),
+        }
+    }
+
+    /// Name used in options and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Estimate::Desroziers => "desroziers",
+            Estimate::Innovation => "innovation",
+        }
+    }
+
+    /// The H B H^T estimate of normalised sums `m` (sum over the observations, each divided by sigma_o^2).
+    pub fn of(self, m: &DesroziersSums) -> f64 {
+        match self {
+            Estimate::Desroziers => m.sum_dhx_db,
+            Estimate::Innovation => m.sum_db_db - m.n as f64,
+        }
+    }
+}
+
+/// Band classes of the per-variable sizing: extratropics (the nh and sh cells together) and tropics.
+pub const CLASSES: [&str; 2] = ["extratropics", "tropics"];
+
+/// A bundle variable and its [extratropics, tropics] B scales (`None`: too few observations to size it).
+pub type VariableScales = (String, [Option<f64>; 2]);
+
+/// The B scale of each bundle variable and band class over hybrid reports, from innovations: for variable v and
+/// class c (see [`CLASSES`]), S_vc = sum_k E_vck / sum_k (H_vck / s_vck), with E the estimate `est` of H B H^T,
+/// H the H B H^T in force and s_vck = alpha + beta of v in class c in report k (the report's `hybrid_weights`, else
+/// its global alpha and beta): the joint Desroziers step of [`tune`] made per cell, in absolute terms (the alpha +
+/// beta the cell's innovations ask for). A variable with fewer than [`MIN_CELL_OBS`] observations in a class (an
+/// unobserved z, say) takes its group's scale (wind, mass), else the scale over all variables, else `None`. Returns
+/// per variable (the last hybrid report's, bundle order) its [extratropics, tropics] scales, and notes on the
+/// fallbacks.
+pub fn variable_scales(sections: &[Desroziers], est: Estimate) -> (Vec<VariableScales>, Vec<String>) {
     let mut notes = Vec::new();
     let Some(last) = sections.iter().rev().find(|s| s.method == "hybrid") else {
-        return (None, vec!["no hybrid report: no per-variable weights".into()]);
+        return (Vec::new(), vec!["no hybrid report: no per-variable scales".into()]);
     };
     let vars: Vec<String> =
         last.cells.iter().filter(|c| !is_composite(&c.group) && c.band == "global").map(|c| c.group.clone()).collect();
@@ -458,7 +502,7 @@ pub fn variable_weights(sections: &[Desroziers]) -> (Option<BTreeMap<String, [f6
                 continue;
             }
             let e = acc.entry((c.group.clone(), class)).or_default();
-            e[0] += c.normalised.sum_dhx_db;
+            e[0] += est.of(&c.normalised);
             e[1] += h / scale;
             e[2] += c.normalised.n as f64;
         }
@@ -476,31 +520,55 @@ pub fn variable_weights(sections: &[Desroziers]) -> (Option<BTreeMap<String, [f6
         (n >= MIN_CELL_OBS as f64 && den > 0.0 && r > 0.0 && r.is_finite()).then_some(r)
     };
     let all: Vec<&str> = vars.iter().map(|v| v.as_str()).collect();
-    let mut out = BTreeMap::new();
+    let mut out = Vec::new();
     for v in &vars {
-        let Some(w) = last.b_in_force.hybrid_weights_of(v) else { continue };
         let group = GROUPS.iter().find(|(_, m)| m.contains(&v.as_str()));
-        let mut new = [0.0; 4];
-        for (class, band) in [(0, "extratropics"), (1, "tropics")] {
-            let scale = match ratio(&[v.as_str()], class) {
-                Some(r) => r,
+        let mut scales = [None; 2];
+        for (class, band) in CLASSES.iter().enumerate() {
+            scales[class] = match ratio(&[v.as_str()], class) {
+                Some(r) => Some(r),
                 None => {
                     let by_group = group.and_then(|(g, m)| Some((*g, ratio(m, class)?)));
-                    let Some((from, r)) = by_group.or_else(|| Some(("all", ratio(&all, class)?))) else {
-                        notes.push(format!("'{v}' ({band}): too few observations anywhere, weights kept"));
-                        new[2 * class] = w[2 * class];
-                        new[2 * class + 1] = w[2 * class + 1];
-                        continue;
-                    };
-                    notes.push(format!("'{v}' ({band}): fewer than {MIN_CELL_OBS} observations, scaled as '{from}'"));
-                    r
+                    match by_group.or_else(|| Some(("all", ratio(&all, class)?))) {
+                        Some((from, r)) => {
+                            notes.push(format!(
+                                "'{v}' ({band}): fewer than {MIN_CELL_OBS} observations, scaled as '{from}'"
+                            ));
+                            Some(r)
+                        }
+                        None => {
+                            notes.push(format!("'{v}' ({band}): too few observations anywhere, weights kept"));
+                            None
+                        }
+                    }
                 }
             };
-            let s = w[2 * class] + w[2 * class + 1];
-            new[2 * class] = scale * w[2 * class] / s;
-            new[2 * class + 1] = scale * w[2 * class + 1] / s;
         }
-        out.insert(v.clone(), new);
+        out.push((v.clone(), scales));
+    }
+    (out, notes)
+}
+
+/// Hybrid weights per bundle variable and band from innovations: the scales S_vc of [`variable_scales`] (Desroziers
+/// estimate), and new weights that keep the last report's mix: alpha_vc = S_vc alpha_vc / s_vc, likewise beta (a
+/// variable and class without a scale keeps its weights). Returns the weights and notes on the fallbacks.
+pub fn variable_weights(sections: &[Desroziers]) -> (Option<BTreeMap<String, [f64; 4]>>, Vec<String>) {
+    let (scales, notes) = variable_scales(sections, Estimate::Desroziers);
+    let Some(last) = sections.iter().rev().find(|s| s.method == "hybrid") else {
+        return (None, notes);
+    };
+    let mut out = BTreeMap::new();
+    for (v, sc) in scales {
+        let Some(w) = last.b_in_force.hybrid_weights_of(&v) else { continue };
+        let mut new = w;
+        for (class, scale) in sc.iter().enumerate() {
+            if let Some(scale) = scale {
+                let s = w[2 * class] + w[2 * class + 1];
+                new[2 * class] = scale * w[2 * class] / s;
+                new[2 * class + 1] = scale * w[2 * class + 1] / s;
+            }
+        }
+        out.insert(v, new);
     }
     ((!out.is_empty()).then_some(out), notes)
 }

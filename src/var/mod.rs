@@ -2,6 +2,7 @@
 //! analysis driver and its report.
 
 pub mod adam;
+pub mod adaptive;
 pub mod analysis;
 pub mod control;
 pub mod desroziers;

@@ -49,6 +49,12 @@
 //! ensemble_space = "latent"    # method hybrid with members: the ensemble part's space, "latent" (the latent ensemble
 //!                              #   B, localised on the latent grid) or "model" (3DEnVar's model-space ensemble B:
 //!                              #   latent + static + model-space ensemble, the latent B added to a hybrid 3DEnVar)
+//! adaptive_state = "cycle/adaptive_b.json"  # online B sizing while cycling (crate::var::adaptive): read before each
+//!                              #   analysis (missing: multipliers 1), rewritten after each successful one; unset: off
+//! adaptive_window = 8          # cycles of Desroziers sums behind each update
+//! adaptive_bounds = [0.05, 4.0]    # bounds of every multiplier, relative to the B of these options
+//! adaptive_rule = "innovation" # H B H^T estimate: "innovation" (E[d_b^2] - R) or "desroziers" (E[(Hx_a - Hx_b) d_b])
+//! adaptive_per_variable = false    # hybrid: one multiplier per variable and band class (extratropics, tropics)
 //! ```
 
 use serde::Deserialize;
@@ -401,6 +407,19 @@ pub struct Options {
     /// ensemble B of hybrid 3DEnVar (`Model`: latent + static + model-space ensemble). Method 3dvar always uses the
     /// model-space one.
     pub ensemble_space: EnsembleSpace,
+    /// Online B sizing while cycling ([`crate::var::adaptive`]): the JSON state file read before each analysis (a
+    /// missing file starts at the B of these options) and rewritten after each successful one, before the host's
+    /// arrays are written. Unset (default): the B of these options, unchanged.
+    pub adaptive_state: Option<String>,
+    /// Cycles of Desroziers sums behind each update of the sizing (>= 1; default
+    /// [`crate::var::adaptive::DEFAULT_WINDOW`]).
+    pub adaptive_window: usize,
+    /// Bounds [lo, hi] (0 < lo <= 1 <= hi) of every multiplier of the sizing, relative to the B of these options.
+    pub adaptive_bounds: [f64; 2],
+    /// H B H^T estimate of the sizing: "innovation" (E[d_b^2] - R, default) or "desroziers" (E[(H x_a - H x_b) d_b]).
+    pub adaptive_rule: String,
+    /// Hybrid: one multiplier per bundle variable and band class (extratropics, tropics) instead of one scalar.
+    pub adaptive_per_variable: bool,
 }
 
 impl Default for Options {
@@ -444,6 +463,11 @@ impl Default for Options {
             ensemble_localisation_km: 2500.0,
             ensemble_localisation_model_km: None,
             ensemble_space: EnsembleSpace::Latent,
+            adaptive_state: None,
+            adaptive_window: crate::var::adaptive::DEFAULT_WINDOW,
+            adaptive_bounds: crate::var::adaptive::DEFAULT_BOUNDS,
+            adaptive_rule: "innovation".into(),
+            adaptive_per_variable: false,
         }
     }
 }
@@ -513,6 +537,29 @@ impl Options {
                 if !(f.is_finite() && f > 0.0) {
                     return Err(Error::arg(format!("{name} = {f} must be finite and > 0")));
                 }
+            }
+        }
+        crate::var::desroziers::Estimate::parse(&self.adaptive_rule).map_err(|_| {
+            Error::arg(format!(
+                "adaptive_rule = '{}' is not known (use 'innovation' or 'desroziers')",
+                self.adaptive_rule
+            ))
+        })?;
+        if self.adaptive_window == 0 {
+            return Err(Error::arg("adaptive_window must be >= 1 (cycles)"));
+        }
+        let [lo, hi] = self.adaptive_bounds;
+        if !(lo > 0.0 && lo <= 1.0 && hi >= 1.0 && hi.is_finite()) {
+            return Err(Error::arg(format!("adaptive_bounds = [{lo}, {hi}] must satisfy 0 < lo <= 1 <= hi < inf")));
+        }
+        if let Some(p) = &self.adaptive_state {
+            if p.is_empty() {
+                return Err(Error::arg("adaptive_state is empty (name the state file, or omit the key)"));
+            }
+            if self.bg_check == 0.0 {
+                return Err(Error::arg(
+                    "adaptive_state needs bg_check > 0: the sizing divides by the H B H^T in force, which the background check computes",
+                ));
             }
         }
         if self.hybrid_variables.as_ref().is_some_and(|v| v.is_empty()) {

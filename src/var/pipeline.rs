@@ -46,9 +46,21 @@ impl Analyser {
         self.run(x_b, obs, mode, &mut FourDFormulation::new(mode, fourd)?)
     }
 
+    /// The pipeline with the B sized by option `adaptive_state` when it is set ([`crate::var::adaptive`]).
+    fn run(&mut self, x_b: &[f64], obs: &[Observation], mode: OutputMode, f: &mut dyn Formulation) -> Result<Analysis> {
+        let method = f.method();
+        self.with_adaptive_b(method, |a| a.run_once(x_b, obs, mode, f))
+    }
+
     /// The pipeline (module documentation). Nothing is returned, and no input is changed, unless every step and
     /// every guard passed.
-    fn run(&mut self, x_b: &[f64], obs: &[Observation], mode: OutputMode, f: &mut dyn Formulation) -> Result<Analysis> {
+    fn run_once(
+        &mut self,
+        x_b: &[f64],
+        obs: &[Observation],
+        mode: OutputMode,
+        f: &mut dyn Formulation,
+    ) -> Result<Analysis> {
         let t_start = Instant::now();
         self.check_state(x_b, "background")?;
         self.ae.timings = Default::default();

@@ -228,6 +228,9 @@ pub struct Report {
     /// Desroziers diagnostics per variable group and latitude band: the innovation estimates of R and H B H^T
     /// against those in force, with their sums (accumulated over reports by `latentda tune`).
     pub desroziers: Option<crate::var::desroziers::Desroziers>,
+    /// Online B sizing (option `adaptive_state`): the multipliers this analysis ran with and those of the next.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<crate::var::adaptive::AdaptiveInfo>,
     /// The known-answer self-test run when the bundle was opened (status, cost, differences per graph).
     pub self_test: crate::model::selftest::SelfTest,
     /// Timings.

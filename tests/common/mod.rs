@@ -286,3 +286,48 @@ pub fn bind_state_c(
     }
     fields
 }
+
+/// Observations exactly at grid points and model levels of the linear fixture (so H sqrt(diag B) is exactly
+/// sqrt(diag H B H^T)): every third grid point, u and t on all levels, ps; sigma u 1, t 0.5, ps 50, times
+/// `sigma_scale`.
+pub fn linear_grid_obs(a: &latentda::Analyser, sigma_scale: f64) -> Vec<latentda::obs::Observation> {
+    let lay = &a.bundle.layout;
+    let (lat, lon, lev) = (&lay.grid.lat, &lay.grid.lon, &lay.vertical.levels);
+    let mut obs = Vec::new();
+    for (j, &la) in lat.iter().enumerate() {
+        for (i, &lo) in lon.iter().enumerate() {
+            if (i + j) % 3 != 0 {
+                continue;
+            }
+            for (v, var) in lay.variables.iter().enumerate() {
+                let sigma = match var.name.as_str() {
+                    "u" => 1.0,
+                    "t" => 0.5,
+                    _ => 50.0,
+                };
+                let levels: Vec<Option<f64>> =
+                    if var.nlev == 0 { vec![None] } else { lev.iter().map(|l| Some(*l)).collect() };
+                for l in levels {
+                    obs.push(latentda::obs::Observation {
+                        var: Some(v),
+                        var_name: var.name.clone(),
+                        lat: la,
+                        lon: lo,
+                        level: l,
+                        value: 0.0,
+                        sigma: sigma * sigma_scale,
+                        time: 0.0,
+                        line: None,
+                        malformed: None,
+                    });
+                }
+            }
+        }
+    }
+    obs
+}
+
+/// The linear fixture's sample background.
+pub fn linear_background(a: &latentda::Analyser) -> Vec<f64> {
+    latentda::bundle::ncio::read_state(&fixture("linear").join("sample/background.nc"), &a.bundle.layout).unwrap()
+}

@@ -1,0 +1,358 @@
+//! Online B sizing from innovations, for a host that cycles (option `adaptive_state`).
+//!
+//! A B fitted to one kind of background error is mis-sized in a 6 h cycle, and differently at day 1 and at day 10
+//! (docs/b-operator.md, "Online, while cycling"). With `adaptive_state = "FILE"` each analysis
+//!
+//! 1. reads FILE (missing: a new state, every multiplier 1, i.e. the B of the options and the bundle);
+//! 2. runs with the B of the options multiplied by the state's multipliers: `baseline_variance_factor` (3dvar),
+//!    `latent_variance_factor` (l3dvar, l4dvar) or the hybrid weights (hybrid: alpha and beta, their tropical values
+//!    and every `hybrid_variable_weights` entry, so each variable's mix alpha : beta stays that of the options);
+//! 3. after a successful analysis, adds the report's Desroziers section to the window of the last
+//!    `adaptive_window` cycles, derives the next multipliers and rewrites FILE atomically (a temporary file renamed
+//!    over it), before the host's arrays are written: a failed analysis changes neither the file nor the arrays.
+//!
+//! The state is a small JSON file the host keeps between its cycles, as it keeps VarBC's bias coefficients: the
+//! same sizing whether the host keeps one context open for the whole run or opens one per cycle. The step is the
+//! fixed point of `latentda tune` over the window: g_next = sum_k E_k / sum_k (H_k / g_k), with E_k the cycle's
+//! H B H^T estimate (`adaptive_rule`: "innovation", sum d_b^2 / sigma_o^2 - n, which reaches the scalar fixed point in
+//! one step when R is right; or "desroziers", sum (H x_a - H x_b) d_b / sigma_o^2), H_k the H B H^T in force and
+//! g_k the B's scale in force (factor, or alpha + beta), all over the used observations; the multiplier
+//! g_next / g_start is bounded to `adaptive_bounds`. With `adaptive_per_variable = true` (hybrid) each bundle
+//! variable and band class (extratropics, tropics) gets its own multiplier from its own cells
+//! ([`crate::var::desroziers::variable_scales`]) once the window is full; until then every variable follows the
+//! scalar one. This is the library twin of `latentda-cycle run --adaptive` (python/latentda_train/cycling.py,
+//! `AdaptiveB`), which the cycling experiments of the README used.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::bundle::VariableWeights;
+use crate::error::{Error, Result};
+use crate::var::analysis::{Analyser, Analysis};
+use crate::var::desroziers::{variable_scales, Desroziers, Estimate, CLASSES};
+use crate::var::options::{Method, Options};
+
+/// Version of the state file's format.
+pub const STATE_FORMAT: u32 = 1;
+
+/// Default cycles in the window (`adaptive_window`): two days of 6 h cycles, which beat one day in the dense-network
+/// cycling runs (README, "Cycling experiment").
+pub const DEFAULT_WINDOW: usize = 8;
+
+/// Default bounds of every multiplier (`adaptive_bounds`), relative to the B of the options.
+pub const DEFAULT_BOUNDS: [f64; 2] = [0.05, 4.0];
+
+/// The state a host keeps between cycles (the JSON file of option `adaptive_state`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AdaptiveState {
+    /// Format version ([`STATE_FORMAT`]).
+    pub format: u32,
+    /// Bundle the state belongs to.
+    pub bundle: String,
+    /// Analysis method the state sizes (one state file per method).
+    pub method: String,
+    /// Analyses added so far.
+    pub cycles: usize,
+    /// The scalar multiplier of the options' B for the next analysis.
+    pub multiplier: f64,
+    /// Per-variable mode, once the window is full: per bundle variable its [extratropics, tropics] multipliers
+    /// (empty: every variable follows `multiplier`).
+    #[serde(default)]
+    pub variable_multipliers: BTreeMap<String, [f64; 2]>,
+    /// The Desroziers sections of the last cycles (oldest first), at most the window's length.
+    pub window: Vec<Desroziers>,
+}
+
+/// What the report says about the sizing of its analysis (report key `adaptive`).
+#[derive(Debug, Clone, Serialize, Default, PartialEq)]
+pub struct AdaptiveInfo {
+    /// State file.
+    pub state: String,
+    /// H B H^T estimate: "innovation" or "desroziers".
+    pub rule: String,
+    /// Per variable and band class, or one scalar.
+    pub per_variable: bool,
+    /// Window length (cycles) and cycles in it after this analysis.
+    pub window: usize,
+    /// Cycles in the window after this analysis.
+    pub window_filled: usize,
+    /// Analyses added so far, this one included.
+    pub cycles: usize,
+    /// Bounds of the multipliers.
+    pub bounds: [f64; 2],
+    /// The scalar multiplier this analysis ran with.
+    pub multiplier: f64,
+    /// The scalar multiplier of the next analysis.
+    pub multiplier_next: f64,
+    /// Per variable, the [extratropics, tropics] multipliers this analysis ran with (empty: all at `multiplier`).
+    pub variable_multipliers: BTreeMap<String, [f64; 2]>,
+    /// Per variable, those of the next analysis.
+    pub variable_multipliers_next: BTreeMap<String, [f64; 2]>,
+    /// This analysis alone: H B H^T estimate over H B H^T in force, all used observations.
+    pub hbh_ratio: Option<f64>,
+    /// Fallbacks and bounds that applied.
+    pub notes: Vec<String>,
+}
+
+/// The sizing settings of the options.
+struct Settings {
+    path: PathBuf,
+    window: usize,
+    bounds: [f64; 2],
+    rule: Estimate,
+    per_variable: bool,
+}
+
+impl Settings {
+    fn of(o: &Options) -> Option<Settings> {
+        Some(Settings {
+            path: PathBuf::from(o.adaptive_state.as_ref()?),
+            window: o.adaptive_window,
+            bounds: o.adaptive_bounds,
+            rule: Estimate::parse(&o.adaptive_rule).ok()?,
+            per_variable: o.adaptive_per_variable,
+        })
+    }
+
+    fn clip(&self, m: f64) -> f64 {
+        m.clamp(self.bounds[0], self.bounds[1])
+    }
+}
+
+/// The B of the options before any multiplier: its scale g_start (factor, or global alpha + beta) and, for the
+/// hybrid, every variable's weights [alpha, beta, alpha_tropics, beta_tropics] and the global ones.
+struct Start {
+    scale: f64,
+    hybrid: Option<(crate::var::analysis::HybridSettings, Vec<String>)>,
+}
+
+impl AdaptiveState {
+    /// A new state: every multiplier 1, an empty window.
+    pub fn new(bundle: &str, method: Method) -> AdaptiveState {
+        AdaptiveState {
+            format: STATE_FORMAT,
+            bundle: bundle.to_string(),
+            method: method.name().to_string(),
+            cycles: 0,
+            multiplier: 1.0,
+            variable_multipliers: BTreeMap::new(),
+            window: Vec::new(),
+        }
+    }
+
+    /// Reads the state of `path` (a new one when the file does not exist) and checks that it belongs to this
+    /// bundle and method; errors name the file.
+    pub fn load(path: &Path, bundle: &str, method: Method) -> Result<AdaptiveState> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(AdaptiveState::new(bundle, method)),
+            Err(e) => return Err(Error::io(format!("adaptive_state '{}': cannot read: {e}", path.display()))),
+        };
+        let s: AdaptiveState = serde_json::from_str(&text).map_err(|e| {
+            Error::arg(format!("adaptive_state '{}': not a latentda adaptive state file: {e}", path.display()))
+        })?;
+        let bad = |what: String| Error::arg(format!("adaptive_state '{}': {what}", path.display()));
+        if s.format != STATE_FORMAT {
+            return Err(bad(format!("format {} is not {STATE_FORMAT}", s.format)));
+        }
+        if s.bundle != bundle {
+            return Err(bad(format!("written for bundle '{}', not '{bundle}'", s.bundle)));
+        }
+        if s.method != method.name() {
+            return Err(bad(format!(
+                "written by method '{}', this analysis is '{}': keep one state file per method",
+                s.method,
+                method.name()
+            )));
+        }
+        let finite = |m: f64| m.is_finite() && m > 0.0;
+        if !finite(s.multiplier) || s.variable_multipliers.values().flatten().any(|m| !finite(*m)) {
+            return Err(bad("a multiplier is not finite and > 0".into()));
+        }
+        if s.window.iter().any(|d| d.method != s.method) {
+            return Err(bad(format!("its window holds a report of another method than '{}'", s.method)));
+        }
+        Ok(s)
+    }
+
+    /// Writes the state to `path` atomically (a temporary file in the same folder, renamed over it).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let io = |what: &str, e: std::io::Error| Error::io(format!("adaptive_state '{}': {what}: {e}", path.display()));
+        let text = serde_json::to_string_pretty(self).map_err(|e| Error::io(format!("adaptive state: {e}")))?;
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".{}.tmp", std::process::id()));
+        let tmp = PathBuf::from(tmp);
+        std::fs::write(&tmp, text).map_err(|e| io("cannot write its temporary file", e))?;
+        std::fs::rename(&tmp, path).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            io("cannot replace it", e)
+        })
+    }
+
+    /// The multipliers of variable `v`: its own, else [multiplier; 2].
+    fn of_variable(&self, v: &str) -> [f64; 2] {
+        self.variable_multipliers.get(v).copied().unwrap_or([self.multiplier; 2])
+    }
+
+    /// The options of the next analysis: `o` with its B multiplied (module documentation).
+    fn sized(&self, o: &Options, method: Method, start: &Start) -> Options {
+        let mut o = o.clone();
+        let m = self.multiplier;
+        match method {
+            Method::Var3d => o.baseline_variance_factor = Some(start.scale * m),
+            Method::L3dvar | Method::L4dvar => o.latent_variance_factor = Some(start.scale * m),
+            Method::Hybrid => {
+                let (hs, names) = start.hybrid.as_ref().expect("hybrid start");
+                o.hybrid_alpha = Some(hs.alpha * m);
+                o.hybrid_beta = Some(hs.beta * m);
+                if hs.banded() || !self.variable_multipliers.is_empty() {
+                    // weights that vary: tropical values and every variable's entry scaled too
+                    o.hybrid_alpha_tropics = Some(hs.alpha_tropics * m);
+                    o.hybrid_beta_tropics = Some(hs.beta_tropics * m);
+                    let table = names
+                        .iter()
+                        .zip(&hs.per_variable)
+                        .map(|(v, w)| {
+                            let [mx, mt] = self.of_variable(v);
+                            let w = VariableWeights {
+                                alpha: Some(w[0] * mx),
+                                beta: Some(w[1] * mx),
+                                alpha_tropics: Some(w[2] * mt),
+                                beta_tropics: Some(w[3] * mt),
+                            };
+                            (v.clone(), w)
+                        })
+                        .collect();
+                    o.hybrid_variable_weights = Some(table);
+                }
+            }
+        }
+        o
+    }
+
+    /// Adds an analysis's Desroziers section and derives the next multipliers; returns this cycle's estimate over
+    /// in-force ratio and notes.
+    fn update(&mut self, d: Desroziers, method: Method, start: &Start, s: &Settings) -> (Option<f64>, Vec<String>) {
+        let mut notes = Vec::new();
+        let all = d.cell("all", "global").map(|c| c.normalised.clone());
+        let ratio = all.as_ref().and_then(|m| m.sum_hbh.filter(|h| *h > 0.0).map(|h| s.rule.of(m) / h));
+        self.window.push(d);
+        let excess = self.window.len().saturating_sub(s.window);
+        self.window.drain(..excess);
+        self.cycles += 1;
+        // scalar: g_next = sum E / sum (H / g_k) over the window's cycles with sigma_b
+        let (mut num, mut den) = (0.0, 0.0);
+        for w in &self.window {
+            let (Some(c), Some(g)) = (w.cell("all", "global"), w.b_in_force.scale(method.name())) else { continue };
+            if let (Some(h), true) = (c.normalised.sum_hbh, g > 0.0 && c.normalised.n > 0) {
+                num += s.rule.of(&c.normalised);
+                den += h / g;
+            }
+        }
+        if den > 0.0 {
+            let m = num / den / start.scale;
+            let clipped = s.clip(m);
+            if clipped != m {
+                notes.push(format!("multiplier {m:.4e} bounded to {clipped:.4e}"));
+            }
+            self.multiplier = clipped;
+        } else {
+            notes.push("no cycle in the window has sigma_b and used observations: multiplier kept".into());
+        }
+        // per variable and band class, once the window is full
+        self.variable_multipliers.clear();
+        if s.per_variable && self.window.len() >= s.window {
+            let (hs, names) = start.hybrid.as_ref().expect("per-variable sizing is for the hybrid");
+            let (scales, fallbacks) = variable_scales(&self.window, s.rule);
+            notes.extend(fallbacks);
+            for (v, sc) in scales {
+                let Some(k) = names.iter().position(|n| *n == v) else { continue };
+                let w = hs.per_variable[k];
+                let mut out = [self.multiplier; 2];
+                for (class, scale) in sc.iter().enumerate() {
+                    let base = w[2 * class] + w[2 * class + 1];
+                    if let (Some(scale), true) = (scale, base > 0.0) {
+                        out[class] = s.clip(scale / base);
+                    } else {
+                        notes.push(format!("'{v}' ({}): follows the scalar multiplier", CLASSES[class]));
+                    }
+                }
+                self.variable_multipliers.insert(v, out);
+            }
+        }
+        (ratio, notes)
+    }
+}
+
+impl Analyser {
+    /// Runs `analyse` with the B sized by the state of option `adaptive_state`, then updates and rewrites the state
+    /// (module documentation); without that option it runs `analyse` as is. The options in force are those of the
+    /// host again afterwards, whatever happened.
+    pub(crate) fn with_adaptive_b(
+        &mut self,
+        method: Method,
+        analyse: impl FnOnce(&mut Analyser) -> Result<Analysis>,
+    ) -> Result<Analysis> {
+        let Some(s) = Settings::of(&self.options) else { return analyse(self) };
+        if s.per_variable && method != Method::Hybrid {
+            return Err(Error::arg(format!(
+                "adaptive_per_variable = true sizes hybrid weights: method '{}' has one B scale (set it to false)",
+                method.name()
+            )));
+        }
+        let mut state = AdaptiveState::load(&s.path, &self.bundle.name, method)?;
+        let start = self.start_of(method)?;
+        let host = self.options.clone();
+        let in_force = (state.multiplier, state.variable_multipliers.clone());
+        let res = self.set_options(state.sized(&host, method, &start)).and_then(|_| analyse(self));
+        self.options = host;
+        let mut an = res?;
+        let d =
+            an.report.desroziers.clone().ok_or_else(|| Error::arg("the analysis report has no desroziers section"))?;
+        let (hbh_ratio, notes) = state.update(d, method, &start, &s);
+        state.save(&s.path)?;
+        an.report.adaptive = Some(AdaptiveInfo {
+            state: s.path.display().to_string(),
+            rule: s.rule.name().into(),
+            per_variable: s.per_variable,
+            window: s.window,
+            window_filled: state.window.len(),
+            cycles: state.cycles,
+            bounds: s.bounds,
+            multiplier: in_force.0,
+            multiplier_next: state.multiplier,
+            variable_multipliers: in_force.1,
+            variable_multipliers_next: state.variable_multipliers.clone(),
+            hbh_ratio,
+            notes,
+        });
+        Ok(an)
+    }
+
+    /// The B of the host's options, before any multiplier.
+    fn start_of(&self, method: Method) -> Result<Start> {
+        let o = &self.options;
+        let start = match method {
+            Method::Var3d => Start {
+                scale: o.baseline_variance_factor.unwrap_or(self.bundle.baseline_variance_factor),
+                hybrid: None,
+            },
+            Method::L3dvar | Method::L4dvar => Start { scale: o.latent_variance_factor.unwrap_or(1.0), hybrid: None },
+            Method::Hybrid => {
+                let hs = self.hybrid_settings()?;
+                let names = self.bundle.layout.variables.iter().map(|v| v.name.clone()).collect();
+                Start { scale: hs.alpha + hs.beta, hybrid: Some((hs, names)) }
+            }
+        };
+        if !(start.scale > 0.0 && start.scale.is_finite()) {
+            return Err(Error::arg(format!(
+                "adaptive_state: the B of method '{}' has scale {} in the options; it must be > 0 to be sized",
+                method.name(),
+                start.scale
+            )));
+        }
+        Ok(start)
+    }
+}
