@@ -526,6 +526,55 @@ fn c_and_fortran_drivers_run_hybrid_like_cli() {
     }
 }
 
+/// A host that cycles with `adaptive_state` (one process per cycle, the state file kept between them): the Fortran
+/// driver's third analysis equals `latentda analyse --adaptive-state`'s third, both differ from the first (the B was
+/// resized), and the state file counts the cycles.
+#[test]
+fn fortran_host_and_cli_cycle_with_an_adaptive_state_file() {
+    let p = programs();
+    let bundle = "linear";
+    let (sf, sc) = (p.dir.join("adaptive_fortran.json"), p.dir.join("adaptive_cli.json"));
+    for f in [&sf, &sc] {
+        let _ = std::fs::remove_file(f);
+    }
+    let opt = format!("adaptive_state = \"{}\"", sf.display());
+    let fortran: Vec<Vec<f64>> = (0..3)
+        .map(|k| run_driver(&p.f_shared, bundle, &format!("f_adaptive_{k}"), &["--options", &opt, "--quiet"]).0)
+        .collect();
+    let b = fixture(bundle);
+    let cli: Vec<Vec<f64>> = (0..3)
+        .map(|k| {
+            let out = p.dir.join(format!("cli_adaptive_{k}.nc"));
+            let o = Command::new(common::latentda_exe())
+                .args(["analyse", "--method", "l3dvar", "--bundle"])
+                .arg(&b)
+                .arg("--background")
+                .arg(b.join("sample/background.nc"))
+                .arg("--obs")
+                .arg(b.join("sample/obs.csv"))
+                .arg("--output")
+                .arg(&out)
+                .arg("--adaptive-state")
+                .arg(&sc)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "latentda analyse --adaptive-state failed: {}", show(&o));
+            latentda::bundle::ncio::read_state(&out, &Bundle::open(&b).unwrap().layout).unwrap()
+        })
+        .collect();
+    let d = max_rel_diff(bundle, &fortran[2], &cli[2]);
+    let moved = max_rel_diff(bundle, &fortran[2], &fortran[0]);
+    println!("adaptive cycling: Fortran vs CLI (cycle 3) {d:.2e}; cycle 3 vs cycle 1 {moved:.2e}");
+    assert!(d <= 1e-6, "Fortran and CLI cycles differ by {d:e}");
+    assert!(moved > 1e-4, "the third analysis should run with a resized B: {moved:e}");
+    assert!(max_rel_diff(bundle, &fortran[0], cli_analysis(bundle)) <= 1e-6, "the first cycle is the options' B");
+    for f in [&sf, &sc] {
+        let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
+        assert_eq!((s["cycles"].as_u64(), s["method"].as_str()), (Some(3), Some("l3dvar")), "{}", f.display());
+        assert!(s["multiplier"].as_f64().unwrap() != 1.0);
+    }
+}
+
 fn run_error_program(exe: &Path) {
     // A time limit: errors.f90 re-enters its context from a callback, which hung before issue 25.
     let tag = exe.file_name().unwrap().to_string_lossy().into_owned();
