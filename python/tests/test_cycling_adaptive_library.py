@@ -70,6 +70,8 @@ def test_adaptive_in_library_options_and_folder(tmp_path):
     al = o.get("hybrid_alpha", 0.7)
     be = o.get("hybrid_beta", 0.3)
     assert o["hybrid_variable_weights"] == {"q": {"alpha": 0.0, "beta": pytest.approx(al + be)}}
+    a.adaptive_per_variable = False
+    assert C.run_name(a) == "hybrid-adaptive-sq-lib"   # scalar sizing with q static: the library only
     a.adaptive_split = True
     with pytest.raises(SystemExit):
         C.library_adaptive_options(a, str(tmp_path))
