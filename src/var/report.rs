@@ -389,6 +389,28 @@ impl Report {
                 f(c.innovation_ratio)
             );
         }
+        if let Some(a) = &self.adaptive {
+            let vars = |m: &std::collections::BTreeMap<String, [f64; 2]>| {
+                m.iter().map(|(v, [x, t])| format!(" {v} {x:.3}/{t:.3}")).collect::<String>()
+            };
+            let _ = writeln!(
+                s,
+                "adaptive B ({}, {} rule, window {}/{}, cycle {}): multiplier {:.4} -> {:.4}{}{}",
+                a.state,
+                a.rule,
+                a.window_filled,
+                a.window,
+                a.cycles,
+                a.multiplier,
+                a.multiplier_next,
+                if a.variable_multipliers_next.is_empty() {
+                    String::new()
+                } else {
+                    format!("; next per variable (extratropics/tropics):{}", vars(&a.variable_multipliers_next))
+                },
+                if a.notes.is_empty() { String::new() } else { format!(" [{}]", a.notes.join("; ")) }
+            );
+        }
         let t = &self.timings;
         let _ = writeln!(
             s,
