@@ -372,6 +372,10 @@ fn run() -> Result<ExitCode, CliError> {
         return Err(usage(format!("'{sub}' takes no positional arguments, got {positional:?}")));
     }
     common.resolve()?;
+    // The demo runs several methods on one case: one adaptive state file cannot size them all.
+    if sub == "demo" && common.options.adaptive_state.is_some() {
+        return Err(usage("adaptive_state is not for 'demo' (it runs several methods): use 'analyse', once per cycle"));
+    }
     match sub.as_str() {
         "info" => cmd_info(&positional, &common),
         "probes" => cmd_probes(&positional, &common),
@@ -663,6 +667,8 @@ fn cmd_analyse(
     }
     // Validate the bundle before reading any data file.
     let mut a = Analyser::open(&bundle, common.options.clone()).map_err(|e| e.to_string())?;
+    // adaptive_state: the state is written with the outputs below, not before them
+    a.defer_adaptive_commit(true);
     let layout = a.bundle.layout.clone();
     let x_b = ncio::read_state(bg.as_ref(), &layout).map_err(|e| e.to_string())?;
     let truth = match kv.get("truth") {
@@ -704,11 +710,21 @@ fn cmd_analyse(
     let units = |v: usize| a.bundle.units(v).to_string();
     // Both files are written completely to temporary files before either is moved into place (report first): if
     // the report cannot be written, the analysis is not written either, and no temporary file remains.
+    // The adaptive_state file (if any) is rewritten after both are written and before they are moved into place: a
+    // cycle whose outputs could not be written does not advance the state.
     let analysis =
         ncio::write_state_pending(out.as_ref(), &layout, &units, &result.output, &title).map_err(|e| e.to_string())?;
-    if let Some(r) = kv.get("report") {
-        let rep = outfile::PendingFile::new(r.as_ref()).map_err(|e| format!("cannot write report: {e}"))?;
-        std::fs::write(rep.path(), result.report.to_json()).map_err(|e| format!("cannot write report '{r}': {e}"))?;
+    let report_file = match kv.get("report") {
+        Some(r) => {
+            let rep = outfile::PendingFile::new(r.as_ref()).map_err(|e| format!("cannot write report: {e}"))?;
+            std::fs::write(rep.path(), result.report.to_json())
+                .map_err(|e| format!("cannot write report '{r}': {e}"))?;
+            Some(rep)
+        }
+        None => None,
+    };
+    a.commit_adaptive_state().map_err(|e| e.to_string())?;
+    if let Some(rep) = report_file {
         rep.commit().map_err(|e| format!("cannot write report: {e}"))?;
     }
     analysis.commit().map_err(|e| e.to_string())?;

@@ -69,12 +69,13 @@ fn state_options(dir: &Path, extra: &str) -> String {
     format!("adaptive_state = \"{}\"\n{extra}", dir.join("adaptive_b.json").display())
 }
 
-/// The scalar update in closed form: clip(sum_k (sum d_b^2/sigma^2 - n) / sum_k (H B H^T_k / g_k) / g_start).
-fn scalar_update(window: &[Desroziers], method: &str, g_start: f64, bounds: [f64; 2]) -> f64 {
+/// The scalar update in closed form: clip(sum_k E_k / sum_k (H B H^T_k / g_k) / g_start), E_k = sum d_b^2 /
+/// sigma^2 - n (innovation rule) or sum (H x_a - H x_b) d_b / sigma^2 (Desroziers rule).
+fn scalar_update(window: &[Desroziers], method: &str, g_start: f64, bounds: [f64; 2], desroziers: bool) -> f64 {
     let (mut num, mut den) = (0.0, 0.0);
     for d in window {
         let m = &d.cell("all", "global").unwrap().normalised;
-        num += m.sum_db_db - m.n as f64;
+        num += if desroziers { m.sum_dhx_db } else { m.sum_db_db - m.n as f64 };
         den += m.sum_hbh.unwrap() / d.b_in_force.scale(method).unwrap();
     }
     (num / den / g_start).clamp(bounds[0], bounds[1])
@@ -102,7 +103,7 @@ fn scalar_sizing_follows_the_closed_form_and_finds_the_b_that_drew_the_innovatio
         if window.len() > 6 {
             window.remove(0);
         }
-        let want = scalar_update(&window, "l3dvar", 2.0, [0.05, 4.0]);
+        let want = scalar_update(&window, "l3dvar", 2.0, [0.05, 4.0], false);
         assert!((info.multiplier_next - want).abs() <= 1e-12 * want, "cycle {k}: {} vs {want}", info.multiplier_next);
         assert_eq!((info.window_filled, info.cycles), (window.len(), k + 1));
         // the file holds what the report says
@@ -134,6 +135,48 @@ fn bounds_hold_and_the_desroziers_rule_is_the_other_estimate() {
     assert!(infos.iter().all(|i| i.multiplier_next >= 0.2 && i.rule == "desroziers"));
     assert_eq!(infos[3].multiplier_next, 0.2, "{infos:?}");
     assert!(infos[3].notes.iter().any(|n| n.contains("bounded")), "{:?}", infos[3].notes);
+    // unbounded, the Desroziers rule's closed form (E[(H x_a - H x_b) d_b]: not the innovation rule's)
+    let dir = scratch("adaptive_desroziers");
+    let mut a = open(&state_options(
+        &dir,
+        "adaptive_bounds = [1e-6, 1e6]\nadaptive_rule = \"desroziers\"\nadaptive_window = 3",
+    ));
+    let mut window = Vec::new();
+    for k in 0..5 {
+        let obs = d.case();
+        let res = a.analyse(&d.xb.clone(), &obs, Method::L3dvar).unwrap();
+        window.push(res.report.desroziers.clone().unwrap());
+        if window.len() > 3 {
+            window.remove(0);
+        }
+        let (got, d_rule) =
+            (res.report.adaptive.unwrap().multiplier_next, scalar_update(&window, "l3dvar", 1.0, [1e-6, 1e6], true));
+        let i_rule = scalar_update(&window, "l3dvar", 1.0, [1e-6, 1e6], false);
+        assert!((got - d_rule).abs() <= 1e-12 * d_rule, "cycle {k}: {got} vs {d_rule}");
+        assert!((got - i_rule).abs() > 1e-6 * i_rule, "cycle {k}: the two rules should differ");
+    }
+}
+
+#[test]
+fn a_cycle_without_observations_counts_but_leaves_the_window_and_a_deferred_commit_waits() {
+    let dir = scratch("adaptive_no_obs");
+    let path = dir.join("adaptive_b.json");
+    let mut a = open(&state_options(&dir, "latent_variance_factor = 2.0"));
+    let mut d = Drawer::new("latent_variance_factor = 0.5", BKind::Latent, 61);
+    let xb = d.xb.clone();
+    let first = a.analyse(&xb, &d.case(), Method::L3dvar).unwrap().report.adaptive.unwrap();
+    let none = a.analyse(&xb, &[], Method::L3dvar).unwrap().report.adaptive.unwrap();
+    assert_eq!((none.cycles, none.window_filled), (2, 1), "{none:?}");
+    assert_eq!(none.multiplier_next, first.multiplier_next);
+    assert!(none.notes.iter().any(|n| n.contains("window is unchanged")), "{:?}", none.notes);
+    // deferred: the file waits for the commit
+    let before = std::fs::read(&path).unwrap();
+    a.defer_adaptive_commit(true);
+    let third = a.analyse(&xb, &d.case(), Method::L3dvar).unwrap().report.adaptive.unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), before, "nothing written before the commit");
+    a.commit_adaptive_state().unwrap();
+    let s: AdaptiveState = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!((s.cycles, s.multiplier), (3, third.multiplier_next));
 }
 
 #[test]
@@ -220,6 +263,13 @@ fn failures_change_neither_the_state_nor_the_options_and_wrong_files_are_named()
     let mut pv = open(&state_options(&dir, "adaptive_per_variable = true"));
     let e = pv.analyse(&xb, &obs, Method::L3dvar).unwrap_err().to_string();
     assert!(e.contains("adaptive_per_variable"), "{e}");
+    // the ensemble part of a hybrid EnVar is not sized: refused with members set
+    let mut en = open(&state_options(&dir, ""));
+    let members = (0..2).map(|k| xb.iter().map(|x| x * (1.0 + 1e-3 * (k as f64 + 1.0))).collect()).collect();
+    en.set_ensemble(members).unwrap();
+    let e = en.analyse(&xb, &obs, Method::Hybrid).unwrap_err().to_string();
+    assert!(e.contains("ensemble part") && e.contains("adaptive_b.json"), "{e}");
+    assert_eq!(std::fs::read(&path).unwrap(), before);
     // a damaged file is named, not overwritten
     std::fs::write(&path, "{ not json").unwrap();
     let e = a.analyse(&xb, &obs, Method::L3dvar).unwrap_err().to_string();

@@ -450,3 +450,33 @@ fn the_window_comes_from_options_or_the_bundle_never_from_the_observations() {
         assert!(e.status == Status::Bundle && e.message.contains("forecast.window_hours"), "{bad}: {}", e.message);
     }
 }
+
+/// Online B sizing whose state file cannot be written (its folder does not exist): the analysis runs, then
+/// lda_analyse fails with LDA_ERR_IO naming the file, the host arrays are bit-identical, and no file or temporary
+/// file is left; with a writable state path the same calls succeed and write the state.
+#[test]
+fn an_adaptive_state_that_cannot_be_written_fails_lda_analyse_and_leaves_host_arrays_untouched() {
+    let b = fixture("tanh");
+    let lay = latentda::bundle::Bundle::open(&b).unwrap().layout;
+    let (_, obs) = sample(&b, &lay, "obs.csv");
+    let dir = scratch("integrity_adaptive");
+    let missing = dir.join("no_such_folder").join("adaptive.json");
+    let (ctx, fields) = c_context(&b, &format!("{NO_SELF_TEST}adaptive_state = \"{}\"\n", missing.display()), &obs);
+    let before = bits(&fields);
+    let m = CString::new("l3dvar").unwrap();
+    let st = ffi::lda_analyse(ctx, m.as_ptr());
+    let msg = last_error(ctx);
+    assert_eq!(st, ffi::LDA_ERR_IO, "{msg}");
+    assert!(msg.contains("adaptive.json") && msg.contains("temporary file"), "{msg}");
+    assert_eq!(before, bits(&fields), "host arrays changed by an analysis whose state could not be written");
+    assert!(!dir.join("no_such_folder").exists());
+    assert_eq!(ffi::lda_close(ctx), ffi::LDA_OK);
+    let good = dir.join("adaptive.json");
+    let (ctx, fields) = c_context(&b, &format!("{NO_SELF_TEST}adaptive_state = \"{}\"\n", good.display()), &obs);
+    assert_eq!(ffi::lda_analyse(ctx, m.as_ptr()), ffi::LDA_OK, "{}", last_error(ctx));
+    assert_ne!(before, bits(&fields), "the analysis is written back");
+    assert!(good.exists());
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left.len(), 1, "only the state file is left: {left:?}");
+    assert_eq!(ffi::lda_close(ctx), ffi::LDA_OK);
+}

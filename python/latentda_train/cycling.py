@@ -126,6 +126,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+from pathlib import Path
 import os
 import time
 
@@ -887,10 +888,15 @@ def library_adaptive_options(a, folder: str) -> str:
              adaptive_per_variable=bool(getattr(a, "adaptive_per_variable", False)))
     sv = static_variables(a)
     if sv:
+        if analysis_method(a) != "hybrid":
+            raise SystemExit("--static-variables is for method hybrid")
         import tomllib
-        h = tomllib.load(open(os.path.join(a.bundle, "bundle.toml"), "rb")).get("hybrid", {})
+        with open(os.path.join(a.bundle, "bundle.toml"), "rb") as f:
+            h = tomllib.load(f).get("hybrid", {})
         al, be = float(o.get("hybrid_alpha", h.get("alpha", 1.0))), float(o.get("hybrid_beta", h.get("beta", 1.0)))
-        o["hybrid_variable_weights"] = {v: {"alpha": 0.0, "beta": al + be} for v in sv}
+        table = dict(o.get("hybrid_variable_weights", {}))   # entries of --options kept, static variables added
+        table.update({v: {"alpha": 0.0, "beta": al + be} for v in sv})
+        o["hybrid_variable_weights"] = table
     return options_text(o)
 
 
@@ -972,11 +978,12 @@ def run(a, model: Model | None = None, log=print) -> str:
         raise SystemExit(f"the nature run ends before day {a.start_day + a.days} + 48 h")
     t_load = time.time()
     model = model or Model(a.data)
-    adapt_state = None
+    adapt_state = adapt_lib = None
     if os.path.exists(ckpt):
         extra = model.load(ckpt)
         cycle = extra["cycle"]
         adapt_state = extra.get("adaptive")
+        adapt_lib = extra.get("adaptive_lib")
         if ens_k:
             lag = model.load_states(lag_file)
         if eda_k:
@@ -1004,8 +1011,12 @@ def run(a, model: Model | None = None, log=print) -> str:
         adapt = AdaptiveB(analysis_method(a), run_options(a), a.adaptive_window, a.adaptive_bounds, adapt_state,
                           a.adaptive_rule, getattr(a, "adaptive_split", False), getattr(a, "adaptive_per_variable", False),
                           static_variables(a))
-    if in_library and cycle == 0 and os.path.exists(os.path.join(folder, "adaptive_b.json")):
-        os.remove(os.path.join(folder, "adaptive_b.json"))   # a new run starts at the options' B
+    lib_state = os.path.join(folder, "adaptive_b.json")
+    if in_library and cycle == 0 and os.path.exists(lib_state):
+        os.remove(lib_state)   # a new run starts at the options' B
+    elif in_library and adapt_lib is not None:
+        with open(lib_state, "w") as f:   # the state of the checkpoint's cycle (a later analysis may have advanced it)
+            f.write(adapt_lib)
     lda_options = (library_adaptive_options(a, folder) if in_library
                    else options_text(adapt.options()) if adapt else run_options(a))
     if a.method != "none":
@@ -1115,7 +1126,9 @@ def run(a, model: Model | None = None, log=print) -> str:
                 model.save_states(lag_file, lag)
             if eda_k:
                 model.save_states(eda_file, eda)
-            model.save(ckpt, {"cycle": c, "adaptive": adapt.state() if adapt else None})
+            model.save(ckpt, {"cycle": c, "adaptive": adapt.state() if adapt else None,
+                              # --adaptive-in-library: the library's state as of this cycle, for a resume
+                              "adaptive_lib": Path(lib_state).read_text() if in_library else None})
             cycle = c
             if c % 4 == 0 or c == n_cycles or c <= 2:
                 log(f"{a.method}/{a.network} cycle {c}/{n_cycles} day {rec['day']} {rec['hour']:02d}Z: "

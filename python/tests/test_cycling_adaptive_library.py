@@ -66,7 +66,7 @@ def test_adaptive_in_library_options_and_folder(tmp_path):
     o = C.parse_options(C.library_adaptive_options(a, str(tmp_path)))
     assert o["adaptive_state"] == str(tmp_path / "adaptive_b.json")
     assert (o["adaptive_window"], o["adaptive_rule"], o["adaptive_per_variable"]) == (8, "innovation", True)
-    # q static with the starting weights' alpha + beta (the cycling options' 0.35 x the bundle's 0.7 + 0.3)
+    # q static with the starting weights' alpha + beta (the bundle's 0.7 + 0.3: the cycling options set none)
     al = o.get("hybrid_alpha", 0.7)
     be = o.get("hybrid_beta", 0.3)
     assert o["hybrid_variable_weights"] == {"q": {"alpha": 0.0, "beta": pytest.approx(al + be)}}

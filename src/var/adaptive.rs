@@ -10,6 +10,13 @@
 //! 3. after a successful analysis, adds the report's Desroziers section to the window of the last
 //!    `adaptive_window` cycles, derives the next multipliers and rewrites FILE atomically (a temporary file renamed
 //!    over it), before the host's arrays are written: a failed analysis changes neither the file nor the arrays.
+//!    A caller with outputs of its own to write (the CLI) defers the rewrite ([`Analyser::defer_adaptive_commit`])
+//!    and commits it once they are written ([`Analyser::commit_adaptive_state`]).
+//!
+//! One state file belongs to one analysing context: two contexts writing the same file would each drop the other's
+//! cycles. A cycle without used observations or without the H B H^T in force is counted but leaves the window as it
+//! was (as the driver's AdaptiveB does). The ensemble part of a hybrid EnVar is not sized: with members set the
+//! option is refused. The host B operator (`lda_bsqrt`, ...) serves the B of the options, without the multipliers.
 //!
 //! The state is a small JSON file the host keeps between its cycles, as it keeps VarBC's bias coefficients: the
 //! same sizing whether the host keeps one context open for the whole run or opens one per cycle. The step is the
@@ -24,7 +31,9 @@
 //! `AdaptiveB`), which the cycling experiments of the README used.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -74,7 +83,7 @@ pub struct AdaptiveInfo {
     pub rule: String,
     /// Per variable and band class, or one scalar.
     pub per_variable: bool,
-    /// Window length (cycles) and cycles in it after this analysis.
+    /// Window length (cycles).
     pub window: usize,
     /// Cycles in the window after this analysis.
     pub window_filled: usize,
@@ -94,6 +103,13 @@ pub struct AdaptiveInfo {
     pub hbh_ratio: Option<f64>,
     /// Fallbacks and bounds that applied.
     pub notes: Vec<String>,
+}
+
+/// An updated state whose write the caller deferred ([`Analyser::defer_adaptive_commit`]).
+#[derive(Debug, Default)]
+pub struct Pending {
+    deferred: bool,
+    state: Option<(PathBuf, AdaptiveState)>,
 }
 
 /// The sizing settings of the options.
@@ -167,8 +183,8 @@ impl AdaptiveState {
                 method.name()
             )));
         }
-        let finite = |m: f64| m.is_finite() && m > 0.0;
-        if !finite(s.multiplier) || s.variable_multipliers.values().flatten().any(|m| !finite(*m)) {
+        let positive = |m: f64| m.is_finite() && m > 0.0;
+        if !positive(s.multiplier) || s.variable_multipliers.values().flatten().any(|m| !positive(*m)) {
             return Err(bad("a multiplier is not finite and > 0".into()));
         }
         if s.window.iter().any(|d| d.method != s.method) {
@@ -179,16 +195,24 @@ impl AdaptiveState {
 
     /// Writes the state to `path` atomically (a temporary file in the same folder, renamed over it).
     pub fn save(&self, path: &Path) -> Result<()> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
         let io = |what: &str, e: std::io::Error| Error::io(format!("adaptive_state '{}': {what}: {e}", path.display()));
         let text = serde_json::to_string_pretty(self).map_err(|e| Error::io(format!("adaptive state: {e}")))?;
+        // a name no other writer of this process or another one uses, created new, synced before the rename
         let mut tmp = path.as_os_str().to_owned();
-        tmp.push(format!(".{}.tmp", std::process::id()));
+        tmp.push(format!(".{}.{}.tmp", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
         let tmp = PathBuf::from(tmp);
-        std::fs::write(&tmp, text).map_err(|e| io("cannot write its temporary file", e))?;
-        std::fs::rename(&tmp, path).map_err(|e| {
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|_| f.sync_all()))
+            .map_err(|e| io("cannot write its temporary file", e))
+            .and_then(|_| std::fs::rename(&tmp, path).map_err(|e| io("cannot replace it", e)));
+        if written.is_err() {
             let _ = std::fs::remove_file(&tmp);
-            io("cannot replace it", e)
-        })
+        }
+        written
     }
 
     /// The multipliers of variable `v`: its own, else [multiplier; 2].
@@ -207,26 +231,25 @@ impl AdaptiveState {
                 let (hs, names) = start.hybrid.as_ref().expect("hybrid start");
                 o.hybrid_alpha = Some(hs.alpha * m);
                 o.hybrid_beta = Some(hs.beta * m);
-                if hs.banded() || !self.variable_multipliers.is_empty() {
-                    // weights that vary: tropical values and every variable's entry scaled too
-                    o.hybrid_alpha_tropics = Some(hs.alpha_tropics * m);
-                    o.hybrid_beta_tropics = Some(hs.beta_tropics * m);
-                    let table = names
-                        .iter()
-                        .zip(&hs.per_variable)
-                        .map(|(v, w)| {
-                            let [mx, mt] = self.of_variable(v);
-                            let w = VariableWeights {
-                                alpha: Some(w[0] * mx),
-                                beta: Some(w[1] * mx),
-                                alpha_tropics: Some(w[2] * mt),
-                                beta_tropics: Some(w[3] * mt),
-                            };
-                            (v.clone(), w)
-                        })
-                        .collect();
-                    o.hybrid_variable_weights = Some(table);
-                }
+                // tropical values and every variable's entry scaled too (explicit ones take precedence over the
+                // global weights); when nothing varies the operator is still the scalar-weight one, bit for bit
+                o.hybrid_alpha_tropics = Some(hs.alpha_tropics * m);
+                o.hybrid_beta_tropics = Some(hs.beta_tropics * m);
+                let table = names
+                    .iter()
+                    .zip(&hs.per_variable)
+                    .map(|(v, w)| {
+                        let [mx, mt] = self.of_variable(v);
+                        let w = VariableWeights {
+                            alpha: Some(w[0] * mx),
+                            beta: Some(w[1] * mx),
+                            alpha_tropics: Some(w[2] * mt),
+                            beta_tropics: Some(w[3] * mt),
+                        };
+                        (v.clone(), w)
+                    })
+                    .collect();
+                o.hybrid_variable_weights = Some(table);
             }
         }
         o
@@ -238,20 +261,24 @@ impl AdaptiveState {
         let mut notes = Vec::new();
         let all = d.cell("all", "global").map(|c| c.normalised.clone());
         let ratio = all.as_ref().and_then(|m| m.sum_hbh.filter(|h| *h > 0.0).map(|h| s.rule.of(m) / h));
-        self.window.push(d);
+        self.cycles += 1;
+        if all.as_ref().is_some_and(|m| m.n > 0 && m.sum_hbh.is_some()) {
+            self.window.push(d);
+        } else {
+            notes.push("no used observation with sigma_b in this cycle: the window is unchanged".into());
+        }
         let excess = self.window.len().saturating_sub(s.window);
         self.window.drain(..excess);
-        self.cycles += 1;
         // scalar: g_next = sum E / sum (H / g_k) over the window's cycles with sigma_b
         let (mut num, mut den) = (0.0, 0.0);
         for w in &self.window {
             let (Some(c), Some(g)) = (w.cell("all", "global"), w.b_in_force.scale(method.name())) else { continue };
-            if let (Some(h), true) = (c.normalised.sum_hbh, g > 0.0 && c.normalised.n > 0) {
+            if let Some(h) = c.normalised.sum_hbh.filter(|_| g > 0.0 && c.normalised.n > 0) {
                 num += s.rule.of(&c.normalised);
                 den += h / g;
             }
         }
-        if den > 0.0 {
+        if den > 0.0 && (num / den).is_finite() {
             let m = num / den / start.scale;
             let clipped = s.clip(m);
             if clipped != m {
@@ -259,6 +286,7 @@ impl AdaptiveState {
             }
             self.multiplier = clipped;
         } else {
+            self.multiplier = s.clip(self.multiplier);
             notes.push("no cycle in the window has sigma_b and used observations: multiplier kept".into());
         }
         // per variable and band class, once the window is full
@@ -266,7 +294,8 @@ impl AdaptiveState {
         if s.per_variable && self.window.len() >= s.window {
             let (hs, names) = start.hybrid.as_ref().expect("per-variable sizing is for the hybrid");
             let (scales, fallbacks) = variable_scales(&self.window, s.rule);
-            notes.extend(fallbacks);
+            // a variable no fallback could size follows the scalar multiplier (noted below)
+            notes.extend(fallbacks.into_iter().filter(|n| !n.ends_with("weights kept")));
             for (v, sc) in scales {
                 let Some(k) = names.iter().position(|n| *n == v) else { continue };
                 let w = hs.per_variable[k];
@@ -302,17 +331,35 @@ impl Analyser {
                 method.name()
             )));
         }
+        if self.ensemble_size() > 0 && matches!(method, Method::Hybrid | Method::Var3d) {
+            return Err(Error::arg(format!(
+                "adaptive_state '{}': method '{}' with ensemble members has an ensemble part, which the sizing \
+                 does not scale: remove the members or the option",
+                s.path.display(),
+                method.name()
+            )));
+        }
         let mut state = AdaptiveState::load(&s.path, &self.bundle.name, method)?;
+        // multipliers of a file written under other bounds: within this run's bounds
+        state.multiplier = s.clip(state.multiplier);
+        state.variable_multipliers.values_mut().flatten().for_each(|m| *m = s.clip(*m));
         let start = self.start_of(method)?;
         let host = self.options.clone();
         let in_force = (state.multiplier, state.variable_multipliers.clone());
-        let res = self.set_options(state.sized(&host, method, &start)).and_then(|_| analyse(self));
+        let sized = self
+            .set_options(state.sized(&host, method, &start))
+            .map_err(|e| Error::arg(format!("adaptive_state '{}': the sized options: {e}", s.path.display())));
+        let res = sized.and_then(|_| analyse(self));
         self.options = host;
         let mut an = res?;
         let d =
             an.report.desroziers.clone().ok_or_else(|| Error::arg("the analysis report has no desroziers section"))?;
         let (hbh_ratio, notes) = state.update(d, method, &start, &s);
-        state.save(&s.path)?;
+        if self.adaptive.deferred {
+            self.adaptive.state = Some((s.path.clone(), state.clone()));
+        } else {
+            state.save(&s.path)?;
+        }
         an.report.adaptive = Some(AdaptiveInfo {
             state: s.path.display().to_string(),
             rule: s.rule.name().into(),
@@ -329,6 +376,23 @@ impl Analyser {
             notes,
         });
         Ok(an)
+    }
+
+    /// Defers the rewrite of the `adaptive_state` file after each analysis until [`Analyser::commit_adaptive_state`]
+    /// (for a caller that writes outputs of its own first: the state must not run ahead of them). Off by default.
+    pub fn defer_adaptive_commit(&mut self, on: bool) {
+        self.adaptive.deferred = on;
+        if !on {
+            self.adaptive.state = None;
+        }
+    }
+
+    /// Writes the state of the last successful analysis, when its commit was deferred (nothing to do otherwise).
+    pub fn commit_adaptive_state(&mut self) -> Result<()> {
+        match self.adaptive.state.take() {
+            Some((path, state)) => state.save(&path),
+            None => Ok(()),
+        }
     }
 
     /// The B of the host's options, before any multiplier.

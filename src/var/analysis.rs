@@ -55,6 +55,9 @@ pub struct Analyser {
     cache: BCache,
     /// Ensemble members and the ensemble B parts built from them ([`Analyser::set_ensemble`]).
     pub(crate) ensemble: Option<crate::var::members::Ensemble>,
+    /// Online B sizing (option `adaptive_state`): the updated state not yet written, when its commit is deferred
+    /// ([`Analyser::defer_adaptive_commit`]).
+    pub(crate) adaptive: crate::var::adaptive::Pending,
 }
 
 /// B operators kept between calls (see the module documentation).
@@ -203,7 +206,16 @@ impl Analyser {
         let self_test =
             crate::model::selftest::self_test(&bundle, &mut ae, forecast.as_mut(), options.self_test, &exec)?;
         ae.timings = Default::default();
-        Ok(Analyser { bundle, ae, options, forecast, self_test, cache: BCache::default(), ensemble: None })
+        Ok(Analyser {
+            bundle,
+            ae,
+            options,
+            forecast,
+            self_test,
+            cache: BCache::default(),
+            ensemble: None,
+            adaptive: Default::default(),
+        })
     }
 
     /// The options in force.

@@ -67,6 +67,7 @@ pub fn in_band(band: &str, lat: f64) -> bool {
 
 /// Sums over the observations of one cell (group x band). Accumulate reports by adding them field by field.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct DesroziersSums {
     /// Number of used observations.
     pub n: usize,
@@ -164,6 +165,7 @@ impl DesroziersSums {
 
 /// One cell (variable group x latitude band): sums, means and ratios.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct DesroziersCell {
     /// Variable group: a bundle variable, `wind`, `mass` or `all`.
     pub group: String,
@@ -217,6 +219,7 @@ impl DesroziersCell {
 
 /// The B whose size the diagnostics judge: the factors and weights in force for the analysis.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct BInForce {
     /// Factor on the latent B's variances (l3dvar, l4dvar, hybrid).
     pub latent_variance_factor: Option<f64>,
@@ -260,6 +263,7 @@ impl BInForce {
 
 /// The report's `desroziers` section.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Desroziers {
     /// Analysis method.
     pub method: String,
