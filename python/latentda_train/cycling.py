@@ -69,7 +69,8 @@ hybrid per variable with q static, window 8, explicit hybrid_alpha and hybrid_be
 analysis and 48 h forecast RMSE agree to 6e-16. Without explicit weights AdaptiveB runs its first cycle with the
 start options (it learns the bundle's weights from the first report), so its first cycle leaves q latent and the
 runs part; the library resolves the bundle's weights before the first cycle. With the library, --static-variables
-also works with the scalar sizing (folder suffix -sq before -lib).
+also works with the scalar sizing (folder suffix -sq before -lib). The checkpoint keeps the state file's content of
+its cycle, so a resume rewrites it (a 12-cycle run and an 8-cycle run resumed to 12 agree bit for bit).
 
 Why a window of 4 cycles: with a few thousand observations per cycle the per-cycle ratio is already precise (3D-Var,
 uniform network, cycles 2-8 of a check run: E[(Hxa-Hxb) db]/HBH^T 0.40-0.47), whereas the first cycles after the
