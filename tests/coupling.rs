@@ -200,8 +200,13 @@ fn cli_analysis(bundle: &str) -> &'static [f64] {
 
 /// `latentda analyse --method METHOD` on the fixture's sample: the analysis state (channel-major).
 fn run_cli(bundle: &str, method: &str) -> Vec<f64> {
-    let b = fixture(bundle);
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("coupling_cli_{bundle}_{method}.nc"));
+    cli_analyse(bundle, method, &out, &[])
+}
+
+/// `latentda analyse --method METHOD ... EXTRA` on the fixture's sample, written to `out`: the analysis state.
+fn cli_analyse(bundle: &str, method: &str, out: &Path, extra: &[&std::ffi::OsStr]) -> Vec<f64> {
+    let b = fixture(bundle);
     let o = Command::new(common::latentda_exe())
         .args(["analyse", "--method", method, "--bundle"])
         .arg(&b)
@@ -210,12 +215,13 @@ fn run_cli(bundle: &str, method: &str) -> Vec<f64> {
         .arg("--obs")
         .arg(b.join("sample/obs.csv"))
         .arg("--output")
-        .arg(&out)
+        .arg(out)
+        .args(extra)
         .output()
         .unwrap();
-    assert!(o.status.success(), "latentda analyse --method {method} failed: {}", show(&o));
+    assert!(o.status.success(), "latentda analyse --method {method} {extra:?} failed: {}", show(&o));
     let layout = Bundle::open(&b).unwrap().layout;
-    latentda::bundle::ncio::read_state(&out, &layout).unwrap()
+    latentda::bundle::ncio::read_state(out, &layout).unwrap()
 }
 
 /// Runs a driver on the fixture's sample and returns (analysed state read back from its output, stdout).
@@ -541,25 +547,10 @@ fn fortran_host_and_cli_cycle_with_an_adaptive_state_file() {
     let fortran: Vec<Vec<f64>> = (0..3)
         .map(|k| run_driver(&p.f_shared, bundle, &format!("f_adaptive_{k}"), &["--options", &opt, "--quiet"]).0)
         .collect();
-    let b = fixture(bundle);
     let cli: Vec<Vec<f64>> = (0..3)
         .map(|k| {
             let out = p.dir.join(format!("cli_adaptive_{k}.nc"));
-            let o = Command::new(common::latentda_exe())
-                .args(["analyse", "--method", "l3dvar", "--bundle"])
-                .arg(&b)
-                .arg("--background")
-                .arg(b.join("sample/background.nc"))
-                .arg("--obs")
-                .arg(b.join("sample/obs.csv"))
-                .arg("--output")
-                .arg(&out)
-                .arg("--adaptive-state")
-                .arg(&sc)
-                .output()
-                .unwrap();
-            assert!(o.status.success(), "latentda analyse --adaptive-state failed: {}", show(&o));
-            latentda::bundle::ncio::read_state(&out, &Bundle::open(&b).unwrap().layout).unwrap()
+            cli_analyse(bundle, "l3dvar", &out, &["--adaptive-state".as_ref(), sc.as_os_str()])
         })
         .collect();
     let d = max_rel_diff(bundle, &fortran[2], &cli[2]);

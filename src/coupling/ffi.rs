@@ -341,7 +341,10 @@ unsafe fn c_str<'a>(p: *const c_char, what: &str) -> Result<&'a str> {
 ///   `hybrid_variable_weights` (inline table per variable or group: `{ q = { alpha = 0.1, beta = 0.4 } }`), `baseline_variance_factor`,
 ///   `latent_variance_factor`, `latent_increment` ("linear" | "nonlinear"), `b_operator` ("latent" | "hybrid" |
 ///   "static"), `window_hours`, `slot_hours`, `error_growth_per_hour`, `verbosity`, `self_test`, `ensemble_gamma`,
-///   `ensemble_localisation_km`, `ensemble_localisation_model_km`, `ensemble_space` ("latent" | "model")
+///   `ensemble_localisation_km`, `ensemble_localisation_model_km`, `ensemble_space` ("latent" | "model"),
+///   `adaptive_state` (a JSON file: online B sizing while cycling, read before and rewritten after each successful
+///   analysis), `adaptive_window`, `adaptive_bounds` (`[lo, hi]`), `adaptive_rule` ("innovation" | "desroziers"),
+///   `adaptive_per_variable`
 ///   (one `key = value` per line; see
 ///   docs/coupling.md). Unknown keys are an error.
 /// - `out`: receives the new context; must not be NULL. It is set to NULL on failure.
