@@ -46,12 +46,8 @@ use crate::var::options::{Method, Options};
 /// Version of the state file's format.
 pub const STATE_FORMAT: u32 = 1;
 
-/// Default cycles in the window (`adaptive_window`): two days of 6 h cycles, which beat one day in the dense-network
-/// cycling runs (README, "Cycling experiment").
-pub const DEFAULT_WINDOW: usize = 8;
-
-/// Default bounds of every multiplier (`adaptive_bounds`), relative to the B of the options.
-pub const DEFAULT_BOUNDS: [f64; 2] = [0.05, 4.0];
+pub use crate::var::options::{DEFAULT_ADAPTIVE_BOUNDS as DEFAULT_BOUNDS, DEFAULT_ADAPTIVE_WINDOW as DEFAULT_WINDOW};
+pub use crate::var::report::AdaptiveInfo;
 
 /// The state a host keeps between cycles (the JSON file of option `adaptive_state`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -72,44 +68,6 @@ pub struct AdaptiveState {
     pub variable_multipliers: BTreeMap<String, [f64; 2]>,
     /// The Desroziers sections of the last cycles (oldest first), at most the window's length.
     pub window: Vec<Desroziers>,
-}
-
-/// What the report says about the sizing of its analysis (report key `adaptive`).
-#[derive(Debug, Clone, Serialize, Default, PartialEq)]
-pub struct AdaptiveInfo {
-    /// State file.
-    pub state: String,
-    /// H B H^T estimate: "innovation" or "desroziers".
-    pub rule: String,
-    /// Per variable and band class, or one scalar.
-    pub per_variable: bool,
-    /// Window length (cycles).
-    pub window: usize,
-    /// Cycles in the window after this analysis.
-    pub window_filled: usize,
-    /// Analyses added so far, this one included.
-    pub cycles: usize,
-    /// Bounds of the multipliers.
-    pub bounds: [f64; 2],
-    /// The scalar multiplier this analysis ran with.
-    pub multiplier: f64,
-    /// The scalar multiplier of the next analysis.
-    pub multiplier_next: f64,
-    /// Per variable, the [extratropics, tropics] multipliers this analysis ran with (empty: all at `multiplier`).
-    pub variable_multipliers: BTreeMap<String, [f64; 2]>,
-    /// Per variable, those of the next analysis.
-    pub variable_multipliers_next: BTreeMap<String, [f64; 2]>,
-    /// This analysis alone: H B H^T estimate over H B H^T in force, all used observations.
-    pub hbh_ratio: Option<f64>,
-    /// Fallbacks and bounds that applied.
-    pub notes: Vec<String>,
-}
-
-/// An updated state whose write the caller deferred ([`Analyser::defer_adaptive_commit`]).
-#[derive(Debug, Default)]
-pub struct Pending {
-    deferred: bool,
-    state: Option<(PathBuf, AdaptiveState)>,
 }
 
 /// The sizing settings of the options.
@@ -195,26 +153,38 @@ impl AdaptiveState {
 
     /// Writes the state to `path` atomically (a temporary file in the same folder, renamed over it).
     pub fn save(&self, path: &Path) -> Result<()> {
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        let io = |what: &str, e: std::io::Error| Error::io(format!("adaptive_state '{}': {what}: {e}", path.display()));
-        let text = serde_json::to_string_pretty(self).map_err(|e| Error::io(format!("adaptive state: {e}")))?;
-        // a name no other writer of this process or another one uses, created new, synced before the rename
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(format!(".{}.{}.tmp", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
-        let tmp = PathBuf::from(tmp);
-        let written = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|_| f.sync_all()))
-            .map_err(|e| io("cannot write its temporary file", e))
-            .and_then(|_| std::fs::rename(&tmp, path).map_err(|e| io("cannot replace it", e)));
-        if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        written
+        write_atomic(path, &self.to_text()?)
     }
 
+    /// The file's JSON text.
+    fn to_text(&self) -> Result<String> {
+        serde_json::to_string_pretty(self).map_err(|e| Error::io(format!("adaptive state: {e}")))
+    }
+}
+
+/// Writes `text` to `path` atomically: a temporary file no other writer of this process or another one uses, created
+/// new, synced, then renamed over `path`; removed on any error.
+fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let io = |what: &str, e: std::io::Error| Error::io(format!("adaptive_state '{}': {what}: {e}", path.display()));
+    // a name no other writer of this process or another one uses, created new, synced before the rename
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.{}.tmp", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
+    let tmp = PathBuf::from(tmp);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|_| f.sync_all()))
+        .map_err(|e| io("cannot write its temporary file", e))
+        .and_then(|_| std::fs::rename(&tmp, path).map_err(|e| io("cannot replace it", e)));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+impl AdaptiveState {
     /// The multipliers of variable `v`: its own, else [multiplier; 2].
     fn of_variable(&self, v: &str) -> [f64; 2] {
         self.variable_multipliers.get(v).copied().unwrap_or([self.multiplier; 2])
@@ -355,8 +325,8 @@ impl Analyser {
         let d =
             an.report.desroziers.clone().ok_or_else(|| Error::arg("the analysis report has no desroziers section"))?;
         let (hbh_ratio, notes) = state.update(d, method, &start, &s);
-        if self.adaptive.deferred {
-            self.adaptive.state = Some((s.path.clone(), state.clone()));
+        if self.adaptive_deferred {
+            self.adaptive_pending = Some((s.path.clone(), state.to_text()?));
         } else {
             state.save(&s.path)?;
         }
@@ -381,16 +351,16 @@ impl Analyser {
     /// Defers the rewrite of the `adaptive_state` file after each analysis until [`Analyser::commit_adaptive_state`]
     /// (for a caller that writes outputs of its own first: the state must not run ahead of them). Off by default.
     pub fn defer_adaptive_commit(&mut self, on: bool) {
-        self.adaptive.deferred = on;
+        self.adaptive_deferred = on;
         if !on {
-            self.adaptive.state = None;
+            self.adaptive_pending = None;
         }
     }
 
     /// Writes the state of the last successful analysis, when its commit was deferred (nothing to do otherwise).
     pub fn commit_adaptive_state(&mut self) -> Result<()> {
-        match self.adaptive.state.take() {
-            Some((path, state)) => state.save(&path),
+        match self.adaptive_pending.take() {
+            Some((path, text)) => write_atomic(&path, &text),
             None => Ok(()),
         }
     }

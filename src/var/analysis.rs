@@ -55,9 +55,10 @@ pub struct Analyser {
     cache: BCache,
     /// Ensemble members and the ensemble B parts built from them ([`Analyser::set_ensemble`]).
     pub(crate) ensemble: Option<crate::var::members::Ensemble>,
-    /// Online B sizing (option `adaptive_state`): the updated state not yet written, when its commit is deferred
-    /// ([`Analyser::defer_adaptive_commit`]).
-    pub(crate) adaptive: crate::var::adaptive::Pending,
+    /// Online B sizing (option `adaptive_state`): whether the state file's rewrite waits for
+    /// [`Analyser::commit_adaptive_state`] ([`Analyser::defer_adaptive_commit`]), and the file and text waiting.
+    pub(crate) adaptive_deferred: bool,
+    pub(crate) adaptive_pending: Option<(std::path::PathBuf, String)>,
 }
 
 /// B operators kept between calls (see the module documentation).
@@ -214,7 +215,8 @@ impl Analyser {
             self_test,
             cache: BCache::default(),
             ensemble: None,
-            adaptive: Default::default(),
+            adaptive_deferred: false,
+            adaptive_pending: None,
         })
     }
 

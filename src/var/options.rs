@@ -66,6 +66,13 @@ use crate::var::solver::{SolverKind, SolverParams, DEFAULT_MAX_PAIRS};
 /// Default weight gamma of an ensemble part (option `ensemble_gamma`, else the bundle's `[hybrid] gamma`, else this).
 pub const DEFAULT_ENSEMBLE_GAMMA: f64 = 0.5;
 
+/// Default cycles in the window of the online B sizing (`adaptive_window`): two days of 6 h cycles, which beat one
+/// day in the dense-network cycling runs (README, "Cycling experiment").
+pub const DEFAULT_ADAPTIVE_WINDOW: usize = 8;
+
+/// Default bounds of every multiplier of the online B sizing (`adaptive_bounds`), relative to the options' B.
+pub const DEFAULT_ADAPTIVE_BOUNDS: [f64; 2] = [0.05, 4.0];
+
 /// Default latitudes (degrees) of the ramp between the hybrid's tropical and extratropical weights: tropical
 /// weights at |lat| <= 10, extratropical ones at |lat| >= 30 (the robustness matrix's tropics band is 20S-20N, the
 /// ramp's midpoint).
@@ -411,8 +418,7 @@ pub struct Options {
     /// missing file starts at the B of these options) and rewritten after each successful one, before the host's
     /// arrays are written. Unset (default): the B of these options, unchanged.
     pub adaptive_state: Option<String>,
-    /// Cycles of Desroziers sums behind each update of the sizing (>= 1; default
-    /// [`crate::var::adaptive::DEFAULT_WINDOW`]).
+    /// Cycles of Desroziers sums behind each update of the sizing (>= 1; default [`DEFAULT_ADAPTIVE_WINDOW`]).
     pub adaptive_window: usize,
     /// Bounds [lo, hi] (0 < lo <= 1 <= hi) of every multiplier of the sizing, relative to the B of these options.
     pub adaptive_bounds: [f64; 2],
@@ -464,8 +470,8 @@ impl Default for Options {
             ensemble_localisation_model_km: None,
             ensemble_space: EnsembleSpace::Latent,
             adaptive_state: None,
-            adaptive_window: crate::var::adaptive::DEFAULT_WINDOW,
-            adaptive_bounds: crate::var::adaptive::DEFAULT_BOUNDS,
+            adaptive_window: DEFAULT_ADAPTIVE_WINDOW,
+            adaptive_bounds: DEFAULT_ADAPTIVE_BOUNDS,
             adaptive_rule: "innovation".into(),
             adaptive_per_variable: false,
         }

@@ -230,7 +230,7 @@ pub struct Report {
     pub desroziers: Option<crate::var::desroziers::Desroziers>,
     /// Online B sizing (option `adaptive_state`): the multipliers this analysis ran with and those of the next.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub adaptive: Option<crate::var::adaptive::AdaptiveInfo>,
+    pub adaptive: Option<AdaptiveInfo>,
     /// The known-answer self-test run when the bundle was opened (status, cost, differences per graph).
     pub self_test: crate::model::selftest::SelfTest,
     /// Timings.
@@ -472,4 +472,35 @@ impl StepClock {
         self.n_tl += o.n_tl;
         self.n_ad += o.n_ad;
     }
+}
+
+/// What the report says about the sizing of its analysis (report key `adaptive`).
+#[derive(Debug, Clone, Serialize, Default, PartialEq)]
+pub struct AdaptiveInfo {
+    /// State file.
+    pub state: String,
+    /// H B H^T estimate: "innovation" or "desroziers".
+    pub rule: String,
+    /// Per variable and band class, or one scalar.
+    pub per_variable: bool,
+    /// Window length (cycles).
+    pub window: usize,
+    /// Cycles in the window after this analysis.
+    pub window_filled: usize,
+    /// Analyses added so far, this one included.
+    pub cycles: usize,
+    /// Bounds of the multipliers.
+    pub bounds: [f64; 2],
+    /// The scalar multiplier this analysis ran with.
+    pub multiplier: f64,
+    /// The scalar multiplier of the next analysis.
+    pub multiplier_next: f64,
+    /// Per variable, the [extratropics, tropics] multipliers this analysis ran with (empty: all at `multiplier`).
+    pub variable_multipliers: std::collections::BTreeMap<String, [f64; 2]>,
+    /// Per variable, those of the next analysis.
+    pub variable_multipliers_next: std::collections::BTreeMap<String, [f64; 2]>,
+    /// This analysis alone: H B H^T estimate over H B H^T in force, all used observations.
+    pub hbh_ratio: Option<f64>,
+    /// Fallbacks and bounds that applied.
+    pub notes: Vec<String>,
 }
