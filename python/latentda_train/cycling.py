@@ -906,7 +906,10 @@ def library_adaptive_entry(rep: dict) -> dict:
     multipliers as "var/x" and "var/t")."""
     ad = rep.get("adaptive") or {}
     flat = lambda m: {f"{v}/{c}": x for v, xs in (m or {}).items() for c, x in zip(("x", "t"), xs)}
+    bif = (rep.get("desroziers") or {}).get("b_in_force") or {}
+    keys = ("baseline_variance_factor", "latent_variance_factor", "hybrid_alpha", "hybrid_beta")
     return {"scale": ad.get("multiplier"), "scale_next": ad.get("multiplier_next"), "hbh_ratio": ad.get("hbh_ratio"),
+            "options": {k: bif[k] for k in keys if bif.get(k) is not None},
             "var_scales": flat(ad.get("variable_multipliers")), "var_scales_next": flat(ad.get("variable_multipliers_next")),
             "in_library": True}
 
@@ -1397,7 +1400,7 @@ def summary_table(network: str, runs: dict, from_day: float = 0.0, reference: st
         for m, a in ad.items():
             q = [a[min(len(a) - 1, int(f * (len(a) - 1)))] for f in (0.0, 0.25, 0.5, 0.75, 1.0)]
             lines.append(f"- {m}: s at 0/25/50/75/100 % of the run " + ", ".join(f"{e['scale']:.3g}" for e in q)
-                         + f"; last options {a[-1]['options']}")
+                         + f"; last options {a[-1].get('options')}")
     # innovation ratios (all observations, global) of every run: about 1 when B and R are right
     dz = {m: [x["desroziers"]["global"] for x in scored[m] if (x.get("desroziers") or {}).get("global")] for m in runs}
     dz = {m: d for m, d in dz.items() if d}

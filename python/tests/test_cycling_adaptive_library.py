@@ -46,7 +46,9 @@ def test_library_sizing_is_the_driver_sizing(lib, tmp_path):
             assert bif["hybrid_weights"]["q"][0] == 0.0
             twin.update(rep)
             assert ad["multiplier_next"] == pytest.approx(twin.scale, rel=1e-12), k
-            flat = C.library_adaptive_entry(rep)["var_scales_next"]
+            entry = C.library_adaptive_entry(rep)
+            assert entry["options"]["hybrid_alpha"] == bif["hybrid_alpha"]   # what the summary lists
+            flat = entry["var_scales_next"]
             assert flat.keys() == twin.var_scales.keys(), k
             for key, m in twin.var_scales.items():
                 assert flat[key] == pytest.approx(m, rel=1e-12), (k, key)
