@@ -45,11 +45,12 @@ USAGE:
                    OUTDIR to ./latentda-demo; prints one table, writes figures)
 
   latentda tune REPORT.json... [--output opts.toml] [--method M] [--group all] [--band global] [--hybrid-split]
-                   [--per-variable]
+                   [--per-variable] [--rule desroziers|innovation]
                    (Desroziers: accumulates the reports' innovation statistics, prints E[da db] / R and
                    E[(Hxa-Hxb) db] / HBH^T per variable group and latitude band, writes the B size they suggest;
                    --hybrid-split: hybrid alpha and beta fitted separately instead of scaled together;
-                   --per-variable: hybrid weights per variable and band (extratropics, tropics) as well)
+                   --per-variable: hybrid weights per variable and band (extratropics, tropics) as well;
+                   --rule innovation: H B H^T estimated as E[db^2] - R, as the online sizing's default rule)
 
 --ensemble: K >= 2 member states valid at the analysis time (NetCDF files read like --background; a glob in the
 file name, or a comma-separated list): method hybrid gets a third, latent ensemble part (gamma, localised on the
@@ -818,10 +819,10 @@ fn cmd_demo(
 /// `latentda tune REPORT.json...`: accumulates the reports' `desroziers` sections (per method), prints the ratios per
 /// variable group and latitude band and the B size they suggest, and writes it as an options file (`--output`).
 fn cmd_tune(mut parser: lexopt::Parser) -> Result<ExitCode, CliError> {
-    use latentda::var::desroziers::{tune, Desroziers};
+    use latentda::var::desroziers::{tune_with, Desroziers, Estimate};
     let (mut files, mut output, mut method, mut group, mut band) =
         (Vec::new(), None, None, "all".to_string(), "global".to_string());
-    let (mut split, mut per_variable) = (false, false);
+    let (mut split, mut per_variable, mut rule) = (false, false, Estimate::Desroziers);
     while let Some(arg) = parser.next().map_err(|e| usage(e.to_string()))? {
         match Arg::from(arg) {
             Arg::Value(v) => files.push(v.into_string().map_err(|_| usage("an argument is not valid UTF-8"))?),
@@ -831,6 +832,9 @@ fn cmd_tune(mut parser: lexopt::Parser) -> Result<ExitCode, CliError> {
             Arg::Long(l) if l == "band" => band = value(&mut parser, "band")?,
             Arg::Long(l) if l == "hybrid-split" => split = true,
             Arg::Long(l) if l == "per-variable" => per_variable = true,
+            Arg::Long(l) if l == "rule" => {
+                rule = Estimate::parse(&value(&mut parser, "rule")?).map_err(|e| usage(e.to_string()))?
+            }
             Arg::Short('h') => {
                 print!("{USAGE}");
                 return Ok(ExitCode::SUCCESS);
@@ -872,7 +876,7 @@ fn cmd_tune(mut parser: lexopt::Parser) -> Result<ExitCode, CliError> {
     let mut written = None;
     for m in &methods {
         let of: Vec<Desroziers> = sections.iter().filter(|s| &s.method == m).cloned().collect();
-        let mut t = tune(&of, m, &group, &band).map_err(|e| e.to_string())?;
+        let mut t = tune_with(&of, m, &group, &band, rule).map_err(|e| e.to_string())?;
         if split && m == "hybrid" {
             t.use_split().map_err(|e| e.to_string())?;
         }

@@ -286,3 +286,61 @@ fn failures_change_neither_the_state_nor_the_options_and_wrong_files_are_named()
         assert!(e.contains(what), "{bad}: {e}");
     }
 }
+
+#[test]
+fn the_tune_verb_with_the_innovation_rule_is_the_offline_twin_of_the_online_sizing() {
+    // three cycles of `latentda analyse --adaptive-state` (the CLI writes the state after its outputs), then
+    // `latentda tune --rule innovation` over their reports: the same B size as the state's next multiplier
+    let dir = scratch("adaptive_tune_twin");
+    let (b, s) = (fixture("linear"), fixture("linear").join("sample"));
+    let state = dir.join("state.json");
+    let path = |p: &Path| p.to_str().unwrap().to_owned();
+    let mut reports = Vec::new();
+    for k in 0..3 {
+        let (rep, an) = (dir.join(format!("r{k}.json")), dir.join(format!("a{k}.nc")));
+        let args = [
+            "analyse".to_string(),
+            "--method".into(),
+            "l3dvar".into(),
+            "--bundle".into(),
+            path(&b),
+            "--background".into(),
+            path(&s.join("background.nc")),
+            "--obs".into(),
+            path(&s.join("obs.csv")),
+            "--output".into(),
+            path(&an),
+            "--report".into(),
+            path(&rep),
+            "--adaptive-state".into(),
+            path(&state),
+            "--adaptive-bounds".into(),
+            "0.0001,4".into(),
+        ];
+        let (code, out, err) = cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(code, 0, "{out}\n{err}");
+        assert!(out.contains("adaptive B ("), "the summary has the adaptive line:\n{out}");
+        reports.push(path(&rep));
+    }
+    let s: AdaptiveState = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    assert_eq!(s.cycles, 3);
+    let opts = dir.join("tuned.toml");
+    let mut args = vec!["tune", "--rule", "innovation", "--output", opts.to_str().unwrap()];
+    args.extend(reports.iter().map(String::as_str));
+    let (code, out, err) = cli(&args);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let o = Options::from_toml(&std::fs::read_to_string(&opts).unwrap()).unwrap();
+    let g = o.latent_variance_factor.expect("tune writes the latent factor");
+    // the options file writes 6 decimals
+    assert!((g - s.multiplier).abs() <= 5e-7, "tune {g} vs online {}", s.multiplier);
+    // the Desroziers rule gives another size
+    args[2] = "desroziers";
+    let (code, _, _) = cli(&args);
+    assert_eq!(code, 0);
+    let gd = Options::from_toml(&std::fs::read_to_string(&opts).unwrap()).unwrap().latent_variance_factor.unwrap();
+    assert!((gd / g - 1.0).abs() > 1e-3, "the two rules agree: {gd} vs {g}");
+    // a bad rule is a usage error naming it
+    let (code, _, err) = cli(&["tune", "--rule", "chi2", reports[0].as_str()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("chi2"), "{err}");
+}

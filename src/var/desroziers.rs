@@ -557,7 +557,15 @@ pub fn variable_scales(sections: &[Desroziers], est: Estimate) -> (Vec<VariableS
 /// estimate), and new weights that keep the last report's mix: alpha_vc = S_vc alpha_vc / s_vc, likewise beta (a
 /// variable and class without a scale keeps its weights). Returns the weights and notes on the fallbacks.
 pub fn variable_weights(sections: &[Desroziers]) -> (Option<BTreeMap<String, [f64; 4]>>, Vec<String>) {
-    let (scales, notes) = variable_scales(sections, Estimate::Desroziers);
+    variable_weights_with(sections, Estimate::Desroziers)
+}
+
+/// [`variable_weights`] with the H B H^T estimate `est`.
+pub fn variable_weights_with(
+    sections: &[Desroziers],
+    est: Estimate,
+) -> (Option<BTreeMap<String, [f64; 4]>>, Vec<String>) {
+    let (scales, notes) = variable_scales(sections, est);
     let Some(last) = sections.iter().rev().find(|s| s.method == "hybrid") else {
         return (None, notes);
     };
@@ -606,6 +614,11 @@ pub const SPLIT_MAX_COSINE: f64 = 0.995;
 /// or the tropics against the extratropics); it returns `None` when the parts are nearly parallel (see
 /// [`SPLIT_MAX_COSINE`]) or no report has the parts. It is a fixed-point step like the joint scaling.
 pub fn hybrid_split(sections: &[Desroziers]) -> Option<HybridSplit> {
+    hybrid_split_with(sections, Estimate::Desroziers)
+}
+
+/// [`hybrid_split`] with the H B H^T estimate `est` of every cell.
+pub fn hybrid_split_with(sections: &[Desroziers], est: Estimate) -> Option<HybridSplit> {
     let mut acc: BTreeMap<(String, String), [f64; 4]> = BTreeMap::new();
     let mut with_ensemble = false;
     for s in sections.iter().filter(|s| s.method == "hybrid") {
@@ -624,7 +637,7 @@ pub fn hybrid_split(sections: &[Desroziers]) -> Option<HybridSplit> {
                 continue;
             }
             let e = acc.entry((c.group.clone(), c.band.clone())).or_default();
-            e[0] += m.sum_dhx_db;
+            e[0] += est.of(m);
             e[1] += l / a;
             e[2] += st / b;
             if let (Some(g), Some(en)) = (gamma, m.sum_hbh_ensemble) {
@@ -715,6 +728,12 @@ fn solve_small(gram: &[[f64; 3]; 3], rhs: &[f64; 3], idx: &[usize]) -> Option<Ve
 /// Accumulates the `desroziers` sections of reports of method `method` and derives the new B size from the cell
 /// (`group`, `band`) (the module documentation gives the formula). Sections of other methods are an error.
 pub fn tune(sections: &[Desroziers], method: &str, group: &str, band: &str) -> Result<Tuning> {
+    tune_with(sections, method, group, band, Estimate::Desroziers)
+}
+
+/// [`tune`] with the H B H^T estimate `est` (the Desroziers estimate, or E[d_b^2] - R as the online sizing's default
+/// rule, [`Estimate`]) in the joint scale, the per-variable weights and the hybrid split.
+pub fn tune_with(sections: &[Desroziers], method: &str, group: &str, band: &str, est: Estimate) -> Result<Tuning> {
     if sections.is_empty() {
         return Err(Error::arg("no report with a desroziers section to tune from"));
     }
@@ -758,7 +777,7 @@ pub fn tune(sections: &[Desroziers], method: &str, group: &str, band: &str) -> R
         }
         match (c.normalised.sum_hbh, s.b_in_force.scale(method)) {
             (Some(h), Some(g)) if g > 0.0 => {
-                num += c.normalised.sum_dhx_db;
+                num += est.of(&c.normalised);
                 den += h / g;
             }
             _ => n_without += 1,
@@ -821,7 +840,7 @@ pub fn tune(sections: &[Desroziers], method: &str, group: &str, band: &str) -> R
         )),
         None => notes.push("no report with sigma_b (run with bg_check > 0): B cannot be tuned".into()),
     }
-    let hybrid_split = if method == "hybrid" { hybrid_split(sections) } else { None };
+    let hybrid_split = if method == "hybrid" { hybrid_split_with(sections, est) } else { None };
     if sections.iter().any(|s| s.b_in_force.hybrid_weights.is_some()) {
         notes.push(
             "the reports ran with weights that vary by band or variable: the joint scaling writes global weights only; \
@@ -830,7 +849,7 @@ pub fn tune(sections: &[Desroziers], method: &str, group: &str, band: &str) -> R
         );
     }
     let variable_weights = if method == "hybrid" && scale_new.is_some() {
-        let (w, n) = variable_weights(sections);
+        let (w, n) = variable_weights_with(sections, est);
         notes.extend(n.into_iter().map(|n| format!("per-variable weights: {n}")));
         w
     } else {
