@@ -176,7 +176,7 @@ impl Common {
                     };
                     o.adaptive_bounds = [num(a.trim())?, num(b.trim())?];
                 }
-                "adaptive-rule" => o.adaptive_rule = v.clone(),
+                "adaptive-rule" => o.adaptive_rule = latentda::var::desroziers::Estimate::parse(v).map_err(bad)?,
                 "adaptive-per-variable" => o.adaptive_per_variable = true,
                 "verbose" => o.verbosity = 1,
                 _ => unreachable!("flag --{flag} is recorded by parse_common"),

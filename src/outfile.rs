@@ -111,9 +111,15 @@ impl Drop for PendingFile {
     }
 }
 
-/// Writes `bytes` to `target` whole or not at all.
+/// Writes `bytes` to `target` whole or not at all, synced to disk before the rename (a crash leaves the old file or
+/// the new one, never an empty one).
 pub fn write_whole(target: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
     let p = PendingFile::new(target)?;
-    std::fs::write(p.path(), bytes).map_err(|e| Error::io(format!("cannot write '{}': {e}", target.display())))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(p.path())
+        .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()))
+        .map_err(|e| Error::io(format!("cannot write '{}': {e}", target.display())))?;
     p.commit()
 }

@@ -8,8 +8,9 @@
 //!    `latent_variance_factor` (l3dvar, l4dvar) or the hybrid weights (hybrid: alpha and beta, their tropical values
 //!    and every `hybrid_variable_weights` entry, so each variable's mix alpha : beta stays that of the options);
 //! 3. after a successful analysis, adds the report's Desroziers section to the window of the last
-//!    `adaptive_window` cycles, derives the next multipliers and rewrites FILE atomically (a temporary file renamed
-//!    over it), before the host's arrays are written: a failed analysis changes neither the file nor the arrays.
+//!    `adaptive_window` cycles, derives the next multipliers and rewrites FILE atomically (a synced temporary file
+//!    renamed over it), before the host's arrays are written: a failed analysis changes neither the file nor the
+//!    arrays.
 //!    A caller with outputs of its own to write (the CLI) defers the rewrite ([`Analyser::defer_adaptive_commit`])
 //!    and commits it once they are written ([`Analyser::commit_adaptive_state`]).
 //!
@@ -31,16 +32,14 @@
 //! `AdaptiveB`), which the cycling experiments of the README used.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
 use crate::bundle::VariableWeights;
 use crate::error::{Error, Result};
 use crate::var::analysis::{Analyser, Analysis};
-use crate::var::desroziers::{variable_scales, Desroziers, Estimate, CLASSES};
+use crate::var::desroziers::{joint_scale, variable_scales, Desroziers, Estimate, CLASSES};
 use crate::var::options::{Method, Options};
 
 /// Version of the state file's format.
@@ -85,7 +84,7 @@ impl Settings {
             path: PathBuf::from(o.adaptive_state.as_ref()?),
             window: o.adaptive_window,
             bounds: o.adaptive_bounds,
-            rule: Estimate::parse(&o.adaptive_rule).ok()?,
+            rule: o.adaptive_rule,
             per_variable: o.adaptive_per_variable,
         })
     }
@@ -162,26 +161,10 @@ impl AdaptiveState {
     }
 }
 
-/// Writes `text` to `path` atomically: a temporary file no other writer of this process or another one uses, created
-/// new, synced, then renamed over `path`; removed on any error.
+/// Writes the state text to `path` whole or not at all ([`crate::outfile::write_whole`]); errors name the option.
 fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let io = |what: &str, e: std::io::Error| Error::io(format!("adaptive_state '{}': {what}: {e}", path.display()));
-    // a name no other writer of this process or another one uses, created new, synced before the rename
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".{}.{}.tmp", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
-    let tmp = PathBuf::from(tmp);
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|_| f.sync_all()))
-        .map_err(|e| io("cannot write its temporary file", e))
-        .and_then(|_| std::fs::rename(&tmp, path).map_err(|e| io("cannot replace it", e)));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
+    crate::outfile::write_whole(path, text.as_bytes())
+        .map_err(|e| Error::io(format!("adaptive_state '{}': cannot write it: {}", path.display(), e.message)))
 }
 
 impl AdaptiveState {
@@ -239,17 +222,9 @@ impl AdaptiveState {
         }
         let excess = self.window.len().saturating_sub(s.window);
         self.window.drain(..excess);
-        // scalar: g_next = sum E / sum (H / g_k) over the window's cycles with sigma_b
-        let (mut num, mut den) = (0.0, 0.0);
-        for w in &self.window {
-            let (Some(c), Some(g)) = (w.cell("all", "global"), w.b_in_force.scale(method.name())) else { continue };
-            if let Some(h) = c.normalised.sum_hbh.filter(|_| g > 0.0 && c.normalised.n > 0) {
-                num += s.rule.of(&c.normalised);
-                den += h / g;
-            }
-        }
-        if den > 0.0 && (num / den).is_finite() {
-            let m = num / den / start.scale;
+        // scalar: the joint step of `latentda tune` over the window's cycles
+        if let Some(g) = joint_scale(&self.window, method.name(), "all", "global", s.rule).0.filter(|g| g.is_finite()) {
+            let m = g / start.scale;
             let clipped = s.clip(m);
             if clipped != m {
                 notes.push(format!("multiplier {m:.4e} bounded to {clipped:.4e}"));

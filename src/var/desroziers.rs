@@ -438,8 +438,7 @@ pub struct Tuning {
 pub const MIN_CELL_OBS: usize = 50;
 
 /// How a cell's H B H^T is estimated from its normalised sums.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Estimate {
     /// E[(H x_a - H x_b) d_b] (Desroziers et al. 2005): unbiased at the fixed point, slow where R dominates.
     Desroziers,
@@ -725,6 +724,32 @@ fn solve_small(gram: &[[f64; 3]; 3], rhs: &[f64; 3], idx: &[usize]) -> Option<Ve
     Some((0..n).map(|i| a[i][n] / a[i][i]).collect())
 }
 
+/// The joint Desroziers step over `sections` from their cell (`group`, `band`): g_new = sum_k E_k / sum_k (H_k / g_k)
+/// (module documentation; E_k the estimate `est`, H_k the H B H^T in force, g_k the scale of `method`'s B in force)
+/// over the reports whose cell has used observations, sigma_b and a scale > 0. Returns g_new (`None` without such a
+/// report) and how many reports with used observations lacked sigma_b or the scale. [`tune`] and the online sizing
+/// (`crate::var::adaptive`) both take this step.
+pub fn joint_scale(
+    sections: &[Desroziers],
+    method: &str,
+    group: &str,
+    band: &str,
+    est: Estimate,
+) -> (Option<f64>, usize) {
+    let (mut num, mut den, mut n_without) = (0.0, 0.0, 0usize);
+    for s in sections {
+        let Some(c) = s.cell(group, band).filter(|c| c.normalised.n > 0) else { continue };
+        match (c.normalised.sum_hbh, s.b_in_force.scale(method)) {
+            (Some(h), Some(g)) if g > 0.0 => {
+                num += est.of(&c.normalised);
+                den += h / g;
+            }
+            _ => n_without += 1,
+        }
+    }
+    ((den > 0.0).then(|| num / den), n_without)
+}
+
 /// Accumulates the `desroziers` sections of reports of method `method` and derives the new B size from the cell
 /// (`group`, `band`) (the module documentation gives the formula). Sections of other methods are an error.
 pub fn tune(sections: &[Desroziers], method: &str, group: &str, band: &str) -> Result<Tuning> {
@@ -750,7 +775,6 @@ pub fn tune_with(sections: &[Desroziers], method: &str, group: &str, band: &str,
     let mut order = Vec::new();
     let mut notes = Vec::new();
     // g_new = sum est / sum (in / g), over reports with sigma_b
-    let (mut num, mut den, mut n_without) = (0.0, 0.0, 0usize);
     for s in sections {
         for c in &s.cells {
             let key = (c.group.clone(), c.band.clone());
@@ -769,20 +793,11 @@ pub fn tune_with(sections: &[Desroziers], method: &str, group: &str, band: &str,
             }
             e.normalised.add(&c.normalised);
         }
-        let Some(c) = s.cell(group, band) else {
+        if s.cell(group, band).is_none() {
             return Err(Error::arg(format!("a report has no desroziers cell for group '{group}', band '{band}'")));
-        };
-        if c.normalised.n == 0 {
-            continue;
-        }
-        match (c.normalised.sum_hbh, s.b_in_force.scale(method)) {
-            (Some(h), Some(g)) if g > 0.0 => {
-                num += est.of(&c.normalised);
-                den += h / g;
-            }
-            _ => n_without += 1,
         }
     }
+    let (scale_new, n_without) = joint_scale(sections, method, group, band, est);
     if n_without > 0 {
         notes.push(format!(
             "{n_without} report(s) without sigma_b or without the B in force: left out of the B estimate"
@@ -797,7 +812,6 @@ pub fn tune_with(sections: &[Desroziers], method: &str, group: &str, band: &str,
     if cell.n < 100 {
         notes.push(format!("only {} observations in group '{group}', band '{band}': the estimates are noisy", cell.n));
     }
-    let scale_new = (den > 0.0).then(|| num / den);
     let mut options = Vec::new();
     let last = &sections.last().expect("not empty").b_in_force;
     match scale_new {

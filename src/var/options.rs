@@ -61,6 +61,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::model::backend::{BackendKind, Device, ExecOptions};
+use crate::var::desroziers::Estimate;
 use crate::var::solver::{SolverKind, SolverParams, DEFAULT_MAX_PAIRS};
 
 /// Default weight gamma of an ensemble part (option `ensemble_gamma`, else the bundle's `[hybrid] gamma`, else this).
@@ -306,7 +307,17 @@ macro_rules! option_enum_from_string {
         }
     )*};
 }
-option_enum_from_string!(Method, OutputMode, BKind, SolverKind, Preconditioner, LatentForm, SigmaB, EnsembleSpace);
+option_enum_from_string!(
+    Method,
+    OutputMode,
+    BKind,
+    SolverKind,
+    Preconditioner,
+    LatentForm,
+    SigmaB,
+    EnsembleSpace,
+    Estimate
+);
 
 /// All options, with defaults.
 #[derive(Debug, Clone, Deserialize)]
@@ -423,7 +434,7 @@ pub struct Options {
     /// Bounds [lo, hi] (0 < lo <= 1 <= hi) of every multiplier of the sizing, relative to the B of these options.
     pub adaptive_bounds: [f64; 2],
     /// H B H^T estimate of the sizing: "innovation" (E[d_b^2] - R, default) or "desroziers" (E[(H x_a - H x_b) d_b]).
-    pub adaptive_rule: String,
+    pub adaptive_rule: Estimate,
     /// Hybrid: one multiplier per bundle variable and band class (extratropics, tropics) instead of one scalar.
     pub adaptive_per_variable: bool,
 }
@@ -472,7 +483,7 @@ impl Default for Options {
             adaptive_state: None,
             adaptive_window: DEFAULT_ADAPTIVE_WINDOW,
             adaptive_bounds: DEFAULT_ADAPTIVE_BOUNDS,
-            adaptive_rule: "innovation".into(),
+            adaptive_rule: Estimate::Innovation,
             adaptive_per_variable: false,
         }
     }
@@ -545,12 +556,6 @@ impl Options {
                 }
             }
         }
-        crate::var::desroziers::Estimate::parse(&self.adaptive_rule).map_err(|_| {
-            Error::arg(format!(
-                "adaptive_rule = '{}' is not known (use 'innovation' or 'desroziers')",
-                self.adaptive_rule
-            ))
-        })?;
         if self.adaptive_window == 0 {
             return Err(Error::arg("adaptive_window must be >= 1 (cycles)"));
         }
