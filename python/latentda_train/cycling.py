@@ -155,6 +155,7 @@ FORECAST_CYCLES = 8        # 48 h
 CYCLING_OPTIONS = "latent_variance_factor = 0.35\nbaseline_variance_factor = 0.35"
 UNIFORM_COLUMNS = 300      # columns of the "uniform" network (new positions every cycle)
 NETWORKS = ("sonde", "mass", "uniform")
+LIB_STATE = "adaptive_b.json"   # --adaptive-in-library: the library's state file in the run's folder
 ADAPT_WINDOW = 4           # cycles of Desroziers sums behind each adaptive update (1 day; see the module doc)
 ADAPT_BOUNDS = (0.05, 4.0)  # bounds of the adaptive scale s (relative to the starting B)
 MIN_CELL_OBS = 50          # as src/var/desroziers.rs: fewest observations over the window to size a cell on its own
@@ -846,12 +847,11 @@ def run_name(a) -> str:
     if not getattr(a, "adaptive", False):
         return name
     lib = "-lib" if getattr(a, "adaptive_in_library", False) else ""
+    sv = static_variables(a)   # with the scalar sizing: library sizing only (AdaptiveB refuses it)
+    sq = f"-s{'+'.join(sv)}" if sv else ""
     if getattr(a, "adaptive_per_variable", False):
-        sv = static_variables(a)
-        return name + "-adaptive-pv" + (f"-s{'+'.join(sv)}" if sv else "") + lib
-    sv = static_variables(a)   # scalar sizing with static variables: library sizing only (AdaptiveB refuses it)
-    return (name + ("-adaptive-split" if getattr(a, "adaptive_split", False) else "-adaptive")
-            + (f"-s{'+'.join(sv)}" if sv else "") + lib)
+        return name + "-adaptive-pv" + sq + lib
+    return name + ("-adaptive-split" if getattr(a, "adaptive_split", False) else "-adaptive") + sq + lib
 
 
 def static_variables(a) -> tuple:
@@ -884,7 +884,7 @@ def library_adaptive_options(a, folder: str) -> str:
     if getattr(a, "adaptive_split", False):
         raise SystemExit("--adaptive-in-library sizes one scale or per variable, not --adaptive-split")
     o = parse_options(run_options(a))
-    o.update(adaptive_state=os.path.join(folder, "adaptive_b.json"), adaptive_window=int(a.adaptive_window),
+    o.update(adaptive_state=os.path.join(folder, LIB_STATE), adaptive_window=int(a.adaptive_window),
              adaptive_bounds=[float(x) for x in a.adaptive_bounds], adaptive_rule=a.adaptive_rule,
              adaptive_per_variable=bool(getattr(a, "adaptive_per_variable", False)))
     sv = static_variables(a)
@@ -1015,7 +1015,7 @@ def run(a, model: Model | None = None, log=print) -> str:
         adapt = AdaptiveB(analysis_method(a), run_options(a), a.adaptive_window, a.adaptive_bounds, adapt_state,
                           a.adaptive_rule, getattr(a, "adaptive_split", False), getattr(a, "adaptive_per_variable", False),
                           static_variables(a))
-    lib_state = os.path.join(folder, "adaptive_b.json")
+    lib_state = os.path.join(folder, LIB_STATE)
     if in_library and cycle == 0 and os.path.exists(lib_state):
         os.remove(lib_state)   # a new run starts at the options' B
     elif in_library and adapt_lib is not None:
