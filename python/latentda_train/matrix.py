@@ -17,6 +17,8 @@ Error recipes (the background's error; the truth is the nature state valid at th
 - c6l: the same with a 3D-Var cycle that assimilates the fixed land network (data-sparse oceans); cases in
   DATA/matrix/cycled_sonde/.
 - c6s: the c6 cases analysed with both B x 0.35 (the cycling driver's setting for 6 h backgrounds) by every method.
+- c6h (on request, --recipes): the c6 times and observations, but the backgrounds come from a cycle run with the
+  bundle's own hybrid (both B x 0.35); cases in DATA/matrix/cycled_hybrid_<bundle stamp>/.
 (b24 and b6 are the lead-time recipes (d); a24, the suite recipe's 24 h forecasts, runs on request.)
 
 Networks (new observation noise per case; observations of cases valid at the same time are the same across recipes):
@@ -89,7 +91,14 @@ RECIPES["c6s"] = ("cycled-3dvar", 6, 7000)
 # c6l: 6 h backgrounds of a 3D-Var cycle with the fixed land network (the cycle is data-sparse over the oceans:
 # larger, different errors than c6's dense uniform cycle)
 RECIPES["c6l"] = ("cycled-3dvar-land", 6, 9000)
-CYCLE_NETWORK = {"cycled-3dvar": ("uniform", "cycled"), "cycled-3dvar-land": ("sonde", "cycled_sonde")}
+# c6h: 6 h backgrounds of a cycle run with the bundle's own hybrid (uniform network, both B x 0.35), valid at the c6
+# cases' times, with the c6 cases' observations (same seeds): only the cycle that made the backgrounds differs. c6's
+# 3D-Var cycle leaves errors shaped by the static B (true-error balance 0.30); c6h asks whether the hybrid wins on
+# the errors its own cycle leaves. Its cycle depends on the bundle, so its cases live in a folder per bundle.
+RECIPES["c6h"] = ("cycled-hybrid", 6, 7000)
+# cycle kind -> (network, case folder, method of the cycle)
+CYCLE_NETWORK = {"cycled-3dvar": ("uniform", "cycled", "3dvar"), "cycled-3dvar-land": ("sonde", "cycled_sonde", "3dvar"),
+                 "cycled-hybrid": ("uniform", "cycled_hybrid", "hybrid")}
 RECIPE_FOLDER = {"c6s": "c6"}
 RECIPE_ARGS = {"c6s": ["--baseline-variance-factor", "0.35", "--latent-variance-factor", "0.35"]}
 DEFAULT_RECIPES = "a48,b48,c6,c6s,c6l,b24,b6"   # a24 on request (--recipes): the lead-time recipes (d) are b24 and b6
@@ -227,9 +236,13 @@ def make_cases(out, recipe, launches, nets, log=print, backend_options="", bundl
     items = []   # (name, folder, seed, loader)
     if kind in CYCLE_NETWORK:
         from . import cycled_cases as CC
-        cnet, cdir = CYCLE_NETWORK[kind]
-        files = CC.run(out, os.path.join(out, "matrix", cdir), network=cnet, extra_options=backend_options, log=log,
-                       bundle=bundle)
+        cnet, cdir, cmethod = CYCLE_NETWORK[kind]
+        if cmethod != "3dvar":
+            # the cycle's backgrounds depend on the bundle's latent B: one case folder per bundle
+            tag = SU.bundle_stamp(bundle or os.path.join(SU.REPO, "models", "speedy-t31"))
+            cdir, folder = f"{cdir}_{tag}", f"{folder}_{tag}"
+        files = CC.run(out, os.path.join(out, "matrix", cdir), network=cnet, method=cmethod,
+                       extra_options=backend_options, log=log, bundle=bundle)
         for f in files:
             c = int(os.path.basename(f)[6:10])
             items.append((f"case_c{c:04d}", seed0 + c, lambda f=f: (np.load(f)["truth"], np.load(f)["bg"])))
@@ -256,7 +269,7 @@ def make_cases(out, recipe, launches, nets, log=print, backend_options="", bundl
         need = ["truth.nc", "background.nc"] + [NETWORKS[n][0] for n in nets]
         if all(os.path.exists(os.path.join(d, f)) for f in need):
             continue
-        if X is None:
+        if X is None and kind not in CYCLE_NETWORK:   # cycled cases carry their own truth
             from .cycling import Nature
             X = Nature(out)   # one memory-mapped chunk at a time (data.nature would read all 2 GB)
         os.makedirs(d, exist_ok=True)

@@ -1,5 +1,8 @@
 """Pure-numpy parts of the robustness matrix (no jcm, no data): the smooth random perturbation's spectrum, vertical
 correlation and scaling, band RMSE, the uniform networks, the gates."""
+import json
+import os
+
 import numpy as np
 import pytest
 
@@ -173,3 +176,52 @@ def test_site_bundle_widens_only_the_t_bounds(tmp_path):
     assert M.bundle_bounds(str(src))["t"] == (120.0, 350.0)
     enc = tmp_path / "site" / "encoder.onnx"
     assert enc.read_bytes() == b"abc" and not enc.is_symlink()
+
+
+def test_hybrid_cycle_recipe_keeps_c6_times_and_observations_in_a_folder_per_bundle(tmp_path, monkeypatch):
+    """c6h: the cycle runs the hybrid, its cases live in a folder per bundle, and a case valid at a c6 case's time gets
+    the c6 case's observations (same seed), so only the background differs between the two recipes."""
+    from latentda_train import cycled_cases as CC
+    out = tmp_path / "data"
+    (out / "nature").mkdir(parents=True)
+    x, _ = np.polynomial.legendre.leggauss(48)
+    lat = np.degrees(np.arcsin(x))[::-1]
+    sigma = [0.025, 0.095, 0.2, 0.34, 0.51, 0.685, 0.835, 0.95]
+    (out / "nature" / "grid.json").write_text(json.dumps({"lat": lat.tolist(), "lon": (3.75 * np.arange(96)).tolist(),
+                                                          "sigma": sigma}))
+    rng = np.random.default_rng(1)
+    truth = {c: (rng.standard_normal((41, 48, 96)) + 280.0).astype(np.float32) for c in (13, 18)}
+    calls = []
+
+    def fake_cycle(data, folder, network, method, **kw):
+        # stands in for the jcm cycle (needs the nature run): the truth of a cycle is the same for every method
+        calls.append((folder, network, method))
+        os.makedirs(folder, exist_ok=True)
+        files = []
+        for c, xt in truth.items():
+            f = os.path.join(folder, f"cycle_{c:04d}.npz")
+            np.savez(f, truth=xt, bg=xt + (0.1 if method == "3dvar" else 0.2))
+            files.append(f)
+        return files
+
+    monkeypatch.setattr(CC, "run", fake_cycle)
+    bundles = []
+    for k in range(2):
+        b = tmp_path / f"bundle{k}"
+        b.mkdir()
+        (b / "bundle.toml").write_text(f'format_version = 1\nname = "b{k}"\n')
+        bundles.append(str(b))
+    c6 = M.make_cases(str(out), "c6", [], ["uniform"], log=lambda m: None, bundle=bundles[0])
+    h0 = M.make_cases(str(out), "c6h", [], ["uniform"], log=lambda m: None, bundle=bundles[0])
+    h1 = M.make_cases(str(out), "c6h", [], ["uniform"], log=lambda m: None, bundle=bundles[1])
+    assert [c[1:] for c in calls] == [("uniform", "3dvar"), ("uniform", "hybrid"), ("uniform", "hybrid")]
+    stamps = [SU.bundle_stamp(b) for b in bundles]
+    assert calls[0][0].endswith(os.path.join("matrix", "cycled"))
+    assert calls[1][0].endswith(f"cycled_hybrid_{stamps[0]}") and calls[2][0].endswith(f"cycled_hybrid_{stamps[1]}")
+    assert [n for n, _ in c6] == [n for n, _ in h0] == ["case_c0013", "case_c0018"]
+    for (_, d6), (_, dh) in zip(c6, h0):
+        assert os.path.basename(os.path.dirname(dh)) == f"c6h_{stamps[0]}"
+        assert open(os.path.join(d6, "obs_uniform.csv")).read() == open(os.path.join(dh, "obs_uniform.csv")).read()
+        b6, bh = CS.read_state(os.path.join(d6, "background.nc")), CS.read_state(os.path.join(dh, "background.nc"))
+        assert np.abs(b6 - bh).max() > 0.05
+    assert h1[0][1] != h0[0][1]
