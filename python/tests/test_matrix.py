@@ -225,3 +225,38 @@ def test_hybrid_cycle_recipe_keeps_c6_times_and_observations_in_a_folder_per_bun
         b6, bh = CS.read_state(os.path.join(d6, "background.nc")), CS.read_state(os.path.join(dh, "background.nc"))
         assert np.abs(b6 - bh).max() > 0.05
     assert h1[0][1] != h0[0][1]
+
+
+def test_matrix_compare_counts_wins_gates_and_changes_over_the_common_cells(tmp_path, capsys):
+    from latentda_train import matrix_compare as MC
+
+    def cell(h, d, l, net):
+        g = {"3dvar": dict.fromkeys(M.VARS, d), "hybrid": dict(h), "l3dvar": dict.fromkeys(M.VARS, l)}
+        s = {"ratios": {"global": g}}
+        s["gates"] = M.cell_gates(net, {"ratios": {"global": g, "extratropics": g, "nh": g, "sh": g},
+                                        "wins_vs_3dvar": {"hybrid": sum(g["hybrid"][v] < d for v in M.VARS)},
+                                        "rejected": {"3dvar": [], "hybrid": [], "l3dvar": []}},
+                                  ["3dvar", "l3dvar", "hybrid"])
+        return s
+
+    good = dict.fromkeys(M.VARS, 0.8)
+    bad = dict(good, q=1.05, u=0.95, v=0.95)            # 3 of 6 against 3dvar 0.9; q worse than the background
+    base = {"cells": {"c6": {"uniform": cell(bad, 0.9, 0.95, "uniform"), "mass": cell(good, 0.9, 0.95, "mass")}},
+            "prior_draw_balance": {"c6": {"N": 0.7, "S": 0.75}}}
+    cand = {"cells": {"c6": {"uniform": cell(good, 0.9, 0.95, "uniform")},
+                      "c6h": {"uniform": cell(good, 0.9, 0.95, "uniform")}},
+            "prior_draw_balance": {"c6": {"N": 0.8, "S": 0.82}}}
+    pa, pb = tmp_path / "a.json", tmp_path / "b.json"
+    pa.write_text(json.dumps(base))
+    pb.write_text(json.dumps(cand))
+    keep = [("c6", "uniform")]
+    sa, sb = MC.summary(base, keep), MC.summary(cand, keep)
+    assert sa["cells hybrid >= 5/6 against 3dvar"] == 0 and sb["cells hybrid >= 5/6 against 3dvar"] == 1
+    assert sa["G1 failed"] == "1 of 1" and sb["G1 failed"] == "0 of 1"
+    assert sa["G2 failed"] == "1 of 1" and sa["cells hybrid worse than background"] == 1
+    assert sb["G2 failed"] == "0 of 1" and sb["cells hybrid worse than background"] == 0
+    assert sa["largest latentda ratio (hybrid, l3dvar)"].startswith("1.050 (c6/uniform hybrid q)")
+    assert MC.against(base, cand, keep)["cells hybrid better than the first"].startswith("1 of 1")
+    MC.main([str(pa), str(pb)])
+    printed = capsys.readouterr().out
+    assert "| cells | 1 | 1 |" in printed and "0.70-0.70 / 0.75-0.75" in printed
