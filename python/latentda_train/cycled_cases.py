@@ -37,6 +37,7 @@ EVERY = 5              # cycles between saved cases (30 h: the saved times walk 
 N_CASES = 8
 METHOD = "3dvar"
 NETWORK = "uniform"
+ADAPTIVE_WINDOW = 8    # cycles behind each online sizing step (the library's default; README "Sized by latentda")
 
 
 def saved_cycles(spinup_days=SPINUP_DAYS, every=EVERY, n=N_CASES):
@@ -45,9 +46,11 @@ def saved_cycles(spinup_days=SPINUP_DAYS, every=EVERY, n=N_CASES):
 
 
 def run(data, out, start_day=START_DAY, spinup_days=SPINUP_DAYS, every=EVERY, n=N_CASES, method=METHOD,
-        network=NETWORK, bundle=None, lib=None, extra_options="", log=None, members=0):
+        network=NETWORK, bundle=None, lib=None, extra_options="", log=None, members=0, adaptive=False):
     """Runs the cycle (unless every case file, and with `members` every members file, exists) and returns the saved
-    case files in cycle order."""
+    case files in cycle order. With `adaptive` the library sizes the B online from the innovations, as a host would
+    (options `adaptive_state` in OUT, `adaptive_rule = "innovation"`, `adaptive_window` ADAPTIVE_WINDOW; scalar):
+    the backgrounds of a cycle whose B is sized right, not 0.35 x the bundle's 48 h B throughout."""
     from . import cycling as CY
     log = log or (lambda m: print(m, flush=True))
     want = saved_cycles(spinup_days, every, n)
@@ -59,6 +62,13 @@ def run(data, out, start_day=START_DAY, spinup_days=SPINUP_DAYS, every=EVERY, n=
     settings = {"start_day": start_day, "spinup_days": spinup_days, "every": every, "n": n, "method": method,
                 "network": network, "options": CY.CYCLING_OPTIONS, "obs_seed": CY.OBS_SEED,
                 "bundle": os.path.abspath(bundle or CY.DEFAULT_BUNDLE)}
+    options = CY.CYCLING_OPTIONS + ("\n" + extra_options if extra_options else "")
+    if adaptive:
+        settings["adaptive"] = {"rule": "innovation", "window": ADAPTIVE_WINDOW}
+        state = os.path.join(out, CY.LIB_STATE)
+        if os.path.exists(state):
+            os.remove(state)   # every run starts from the starting B, so a rerun reproduces its backgrounds
+        options += f'\nadaptive_state = "{state}"\nadaptive_rule = "innovation"\nadaptive_window = {ADAPTIVE_WINDOW}'
     sp = os.path.join(out, "settings.json")
     if os.path.exists(sp) and json.load(open(sp)) != settings:
         for f in glob.glob(os.path.join(out, "cycle_*.npz")):
@@ -72,7 +82,6 @@ def run(data, out, start_day=START_DAY, spinup_days=SPINUP_DAYS, every=EVERY, n=
     model = CY.Model(data)
     dyn, phys, step, info = model.perturbed_start(t0_day)
     model.set(dyn, phys, step)
-    options = CY.CYCLING_OPTIONS + ("\n" + extra_options if extra_options else "")
     lda = CY.Latentda(lib or CY.DEFAULT_LIB, bundle or CY.DEFAULT_BUNDLE, options)
     host = CY.HostFields(lda, len(lat), len(lon))
     log(f"cycled cases: {method}/{network} from day {t0_day} 00 UTC (perturbation days {info['a']}, {info['b']}), "
@@ -136,9 +145,12 @@ def main(argv=None):
     ap.add_argument("--options", default="", help="extra latentda options (TOML lines), e.g. the ONNX Runtime backend")
     ap.add_argument("--lib", default=None, help="liblatentda.so (default: target/release)")
     ap.add_argument("--members", type=int, default=0, help="K of a time-lagged ensemble saved with the cases (0: none)")
+    ap.add_argument("--adaptive", action="store_true", help="the library sizes the B online from the innovations "
+                    "(scalar, innovation rule, window ADAPTIVE_WINDOW)")
     a = ap.parse_args(argv)
     run(a.data, a.out or os.path.join(a.data, "matrix", "cycled"), a.start_day, a.spinup_days, a.every, a.cases,
-        a.method, a.network, bundle=a.bundle, lib=a.lib, extra_options=a.options, members=a.members)
+        a.method, a.network, bundle=a.bundle, lib=a.lib, extra_options=a.options, members=a.members,
+        adaptive=a.adaptive)
 
 
 if __name__ == "__main__":

@@ -178,9 +178,9 @@ def test_site_bundle_widens_only_the_t_bounds(tmp_path):
     assert enc.read_bytes() == b"abc" and not enc.is_symlink()
 
 
-def test_hybrid_cycle_recipe_keeps_c6_times_and_observations_in_a_folder_per_bundle(tmp_path, monkeypatch):
-    """c6h: the cycle runs the hybrid, its cases live in a folder per bundle, and a case valid at a c6 case's time gets
-    the c6 case's observations (same seed), so only the background differs between the two recipes."""
+def test_other_cycle_recipes_keep_c6_times_and_observations(tmp_path, monkeypatch):
+    """c6h: the cycle runs the hybrid and its cases live in a folder per bundle; c6a: a 3D-Var cycle sized online. A
+    case valid at a c6 case's time gets the c6 case's observations (same seed), so only the background differs."""
     from latentda_train import cycled_cases as CC
     out = tmp_path / "data"
     (out / "nature").mkdir(parents=True)
@@ -193,9 +193,9 @@ def test_hybrid_cycle_recipe_keeps_c6_times_and_observations_in_a_folder_per_bun
     truth = {c: (rng.standard_normal((41, 48, 96)) + 280.0).astype(np.float32) for c in (13, 18)}
     calls = []
 
-    def fake_cycle(data, folder, network, method, **kw):
+    def fake_cycle(data, folder, network, method, adaptive=False, **kw):
         # stands in for the jcm cycle (needs the nature run): the truth of a cycle is the same for every method
-        calls.append((folder, network, method))
+        calls.append((folder, network, method, adaptive))
         os.makedirs(folder, exist_ok=True)
         files = []
         for c, xt in truth.items():
@@ -214,7 +214,11 @@ def test_hybrid_cycle_recipe_keeps_c6_times_and_observations_in_a_folder_per_bun
     c6 = M.make_cases(str(out), "c6", [], ["uniform"], log=lambda m: None, bundle=bundles[0])
     h0 = M.make_cases(str(out), "c6h", [], ["uniform"], log=lambda m: None, bundle=bundles[0])
     h1 = M.make_cases(str(out), "c6h", [], ["uniform"], log=lambda m: None, bundle=bundles[1])
-    assert [c[1:] for c in calls] == [("uniform", "3dvar"), ("uniform", "hybrid"), ("uniform", "hybrid")]
+    ca = M.make_cases(str(out), "c6a", [], ["uniform"], log=lambda m: None, bundle=bundles[1])
+    assert [c[1:] for c in calls] == [("uniform", "3dvar", False), ("uniform", "hybrid", False),
+                                      ("uniform", "hybrid", False), ("uniform", "3dvar", True)]
+    assert calls[3][0].endswith(os.path.join("matrix", "cycled_adaptive"))   # one folder: 3D-Var's B only
+    assert open(os.path.join(ca[1][1], "obs_uniform.csv")).read() == open(os.path.join(c6[1][1], "obs_uniform.csv")).read()
     stamps = [SU.bundle_stamp(b) for b in bundles]
     assert calls[0][0].endswith(os.path.join("matrix", "cycled"))
     assert calls[1][0].endswith(f"cycled_hybrid_{stamps[0]}") and calls[2][0].endswith(f"cycled_hybrid_{stamps[1]}")
