@@ -46,11 +46,13 @@ def saved_cycles(spinup_days=SPINUP_DAYS, every=EVERY, n=N_CASES):
 
 
 def run(data, out, start_day=START_DAY, spinup_days=SPINUP_DAYS, every=EVERY, n=N_CASES, method=METHOD,
-        network=NETWORK, bundle=None, lib=None, extra_options="", log=None, members=0, adaptive=False):
+        network=NETWORK, bundle=None, lib=None, extra_options="", log=None, members=0, adaptive=False,
+        adaptive_options=""):
     """Runs the cycle (unless every case file, and with `members` every members file, exists) and returns the saved
     case files in cycle order. With `adaptive` the library sizes the B online from the innovations, as a host would
     (options `adaptive_state` in OUT, `adaptive_rule = "innovation"`, `adaptive_window` ADAPTIVE_WINDOW; scalar):
-    the backgrounds of a cycle whose B is sized right, not 0.35 x the bundle's 48 h B throughout."""
+    the backgrounds of a cycle whose B is sized right, not 0.35 x the bundle's 48 h B throughout; `adaptive_options`
+    (TOML lines) adds to that, e.g. `adaptive_per_variable = true`."""
     from . import cycling as CY
     log = log or (lambda m: print(m, flush=True))
     want = saved_cycles(spinup_days, every, n)
@@ -65,10 +67,13 @@ def run(data, out, start_day=START_DAY, spinup_days=SPINUP_DAYS, every=EVERY, n=
     options = CY.CYCLING_OPTIONS + ("\n" + extra_options if extra_options else "")
     if adaptive:
         settings["adaptive"] = {"rule": "innovation", "window": ADAPTIVE_WINDOW}
+        if adaptive_options:
+            settings["adaptive"]["options"] = adaptive_options
         state = os.path.join(out, CY.LIB_STATE)
         if os.path.exists(state):
             os.remove(state)   # every run starts from the starting B, so a rerun reproduces its backgrounds
         options += f'\nadaptive_state = "{state}"\nadaptive_rule = "innovation"\nadaptive_window = {ADAPTIVE_WINDOW}'
+        options += "\n" + adaptive_options if adaptive_options else ""
     sp = os.path.join(out, "settings.json")
     if os.path.exists(sp) and json.load(open(sp)) != settings:
         for f in glob.glob(os.path.join(out, "cycle_*.npz")):

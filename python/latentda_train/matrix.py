@@ -21,6 +21,8 @@ Error recipes (the background's error; the truth is the nature state valid at th
   bundle's own hybrid (both B x 0.35); cases in DATA/matrix/cycled_hybrid_<bundle stamp>/.
 - c6a (on request): the c6 times and observations, the backgrounds of a 3D-Var cycle whose B the library sizes online
   from the innovations (`adaptive_state`, scalar, window 8); cases in DATA/matrix/cycled_adaptive/.
+- c6hp (on request): the same with the cycle the README recommends for dense networks, the bundle's hybrid with q in
+  the static B sized online per variable and band; cases in DATA/matrix/cycled_hybrid_pv_sq_<bundle stamp>/.
 (b24 and b6 are the lead-time recipes (d); a24, the suite recipe's 24 h forecasts, runs on request.)
 
 Networks (new observation noise per case; observations of cases valid at the same time are the same across recipes):
@@ -102,11 +104,17 @@ RECIPES["c6h"] = ("cycled-hybrid", 6, 7000)
 # the innovations (the README's "Sized by latentda itself"): c6's cycle keeps 0.35 x the 48 h B, some 10x too large
 # for its errors, so its analyses add errors of the static B's shape; c6a's are those of a cycle a user would run.
 RECIPES["c6a"] = ("cycled-3dvar-adaptive", 6, 7000)
-# cycle kind -> (network, case folder, method of the cycle, B sized online)
-CYCLE_NETWORK = {"cycled-3dvar": ("uniform", "cycled", "3dvar", False),
-                 "cycled-3dvar-land": ("sonde", "cycled_sonde", "3dvar", False),
-                 "cycled-hybrid": ("uniform", "cycled_hybrid", "hybrid", False),
-                 "cycled-3dvar-adaptive": ("uniform", "cycled_adaptive", "3dvar", True)}
+# c6hp: and the backgrounds of the cycle the README recommends for dense networks: the bundle's hybrid with q in the
+# static B, sized online per variable and band by the library.
+RECIPES["c6hp"] = ("cycled-hybrid-adaptive-pv-sq", 6, 7000)
+RECOMMENDED_CYCLE = ("adaptive_per_variable = true\n"
+                     "hybrid_variable_weights = { q = { alpha = 0.0, beta = 1.0 } }")
+# cycle kind -> (network, case folder, method of the cycle, B sized online, further options of the cycle)
+CYCLE_NETWORK = {"cycled-3dvar": ("uniform", "cycled", "3dvar", False, ""),
+                 "cycled-3dvar-land": ("sonde", "cycled_sonde", "3dvar", False, ""),
+                 "cycled-hybrid": ("uniform", "cycled_hybrid", "hybrid", False, ""),
+                 "cycled-3dvar-adaptive": ("uniform", "cycled_adaptive", "3dvar", True, ""),
+                 "cycled-hybrid-adaptive-pv-sq": ("uniform", "cycled_hybrid_pv_sq", "hybrid", True, RECOMMENDED_CYCLE)}
 RECIPE_FOLDER = {"c6s": "c6"}
 RECIPE_ARGS = {"c6s": ["--baseline-variance-factor", "0.35", "--latent-variance-factor", "0.35"]}
 DEFAULT_RECIPES = "a48,b48,c6,c6s,c6l,b24,b6"   # a24 on request (--recipes): the lead-time recipes (d) are b24 and b6
@@ -244,13 +252,14 @@ def make_cases(out, recipe, launches, nets, log=print, backend_options="", bundl
     items = []   # (name, folder, seed, loader)
     if kind in CYCLE_NETWORK:
         from . import cycled_cases as CC
-        cnet, cdir, cmethod, adaptive = CYCLE_NETWORK[kind]
+        cnet, cdir, cmethod, adaptive, copts = CYCLE_NETWORK[kind]
         if cmethod != "3dvar":
             # the cycle's backgrounds depend on the bundle's latent B: one case folder per bundle
             tag = SU.bundle_stamp(bundle or os.path.join(SU.REPO, "models", "speedy-t31"))
             cdir, folder = f"{cdir}_{tag}", f"{folder}_{tag}"
         files = CC.run(out, os.path.join(out, "matrix", cdir), network=cnet, method=cmethod,
-                       extra_options=backend_options, log=log, bundle=bundle, adaptive=adaptive)
+                       extra_options=backend_options, log=log, bundle=bundle, adaptive=adaptive,
+                       adaptive_options=copts)
         for f in files:
             c = int(os.path.basename(f)[6:10])
             items.append((f"case_c{c:04d}", seed0 + c, lambda f=f: (np.load(f)["truth"], np.load(f)["bg"])))

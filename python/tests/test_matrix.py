@@ -193,7 +193,7 @@ def test_other_cycle_recipes_keep_c6_times_and_observations(tmp_path, monkeypatc
     truth = {c: (rng.standard_normal((41, 48, 96)) + 280.0).astype(np.float32) for c in (13, 18)}
     calls = []
 
-    def fake_cycle(data, folder, network, method, adaptive=False, **kw):
+    def fake_cycle(data, folder, network, method, adaptive=False, adaptive_options="", **kw):
         # stands in for the jcm cycle (needs the nature run): the truth of a cycle is the same for every method
         calls.append((folder, network, method, adaptive))
         os.makedirs(folder, exist_ok=True)
@@ -219,6 +219,12 @@ def test_other_cycle_recipes_keep_c6_times_and_observations(tmp_path, monkeypatc
                                       ("uniform", "hybrid", False), ("uniform", "3dvar", True)]
     assert calls[3][0].endswith(os.path.join("matrix", "cycled_adaptive"))   # one folder: 3D-Var's B only
     assert open(os.path.join(ca[1][1], "obs_uniform.csv")).read() == open(os.path.join(c6[1][1], "obs_uniform.csv")).read()
+    seen = {}
+    monkeypatch.setattr(CC, "run", lambda *a, **kw: seen.update(kw) or fake_cycle(*a, **kw))
+    M.make_cases(str(out), "c6hp", [], ["uniform"], log=lambda m: None, bundle=bundles[0])
+    assert seen["adaptive"] and "adaptive_per_variable = true" in seen["adaptive_options"]
+    assert "q = { alpha = 0.0, beta = 1.0 }" in seen["adaptive_options"] and calls[-1][2] == "hybrid"
+    assert calls[-1][0].endswith(f"cycled_hybrid_pv_sq_{SU.bundle_stamp(bundles[0])}")
     stamps = [SU.bundle_stamp(b) for b in bundles]
     assert calls[0][0].endswith(os.path.join("matrix", "cycled"))
     assert calls[1][0].endswith(f"cycled_hybrid_{stamps[0]}") and calls[2][0].endswith(f"cycled_hybrid_{stamps[1]}")
