@@ -64,7 +64,8 @@ def summary(m, keep):
     out["G3 met"] = ", ".join(g3) or "none"
     for k in LATENT_ROWS:
         if all(k in ratios(m, r, n) for r, n in keep):
-            bad = [f"{r}/{n}" for r, n in keep if max(ratios(m, r, n)[k].values()) >= 1.0]
+            # strictly above 1: a variable the method leaves unchanged (q static under the mass network) is not worse
+            bad = [f"{r}/{n}" for r, n in keep if max(ratios(m, r, n)[k].values()) > 1.0]
             out[f"cells {k} worse than background"] = len(bad)
     pb = m.get("prior_draw_balance", {})
     rs = sorted({r for r, _ in keep} & set(pb))
