@@ -255,7 +255,8 @@ def make_cases(out, recipe, launches, nets, log=print, backend_options="", bundl
         cnet, cdir, cmethod, adaptive, copts = CYCLE_NETWORK[kind]
         if cmethod != "3dvar":
             # the cycle's backgrounds depend on the bundle's latent B: one case folder per bundle
-            tag = SU.bundle_stamp(bundle or os.path.join(SU.REPO, "models", "speedy-t31"))
+            from .cycling import DEFAULT_BUNDLE
+            tag = SU.bundle_stamp(bundle or DEFAULT_BUNDLE)
             cdir, folder = f"{cdir}_{tag}", f"{folder}_{tag}"
         files = CC.run(out, os.path.join(out, "matrix", cdir), network=cnet, method=cmethod,
                        extra_options=backend_options, log=log, bundle=bundle, adaptive=adaptive,
@@ -357,6 +358,12 @@ def score(xt, xb, xa, shipped_bounds=None):
 
 
 LAT = LON = None
+
+
+def geomean(g, a, b=None):
+    """Geometric mean over the variables of g[a] (or of g[a] / g[b]), g: {method: {var: ratio}} of one cell; the
+    worst cell is the largest geomean(g, "hybrid", "3dvar")."""
+    return float(np.exp(np.mean([np.log(g[a][v] / (g[b][v] if b else 1.0)) for v in VARS])))
 
 
 def cell_summary(rows, names, base="3dvar"):
@@ -718,9 +725,7 @@ def main(argv=None):
     # worst cell: the hybrid against 3dvar (geometric mean over the variables of the ratio of ratios)
     worst = None
     if "hybrid" in names and "3dvar" in names:
-        sc = {f"{r}/{n}": float(np.exp(np.mean([np.log(res[r][n]["ratios"]["global"]["hybrid"][v]
-                                                      / res[r][n]["ratios"]["global"]["3dvar"][v]) for v in VARS])))
-              for r in recipes for n in nets}
+        sc = {f"{r}/{n}": geomean(res[r][n]["ratios"]["global"], "hybrid", "3dvar") for r in recipes for n in nets}
         c = max(sc, key=sc.get)
         worst = {"cell": c, "hybrid_over_3dvar": sc[c], "all": sc}
     wr = max(((res[r][n]["ratios"]["global"][m][v], f"{r}/{n} {m} {v}") for r in recipes for n in nets

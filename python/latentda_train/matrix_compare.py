@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 
-import numpy as np
-
-VARS = ["u", "v", "t", "q", "z", "ps"]
+from .matrix import LATENT, VARS, geomean
 # (row, compared against) of the wins lines; a pair missing from a file is skipped
 PAIRS = [("hybrid", "3dvar"), ("hybrid-pv", "3dvar-pv"), ("hybrid-pv-sq", "3dvar-pv")]
 LATENT_ROWS = ["hybrid", "l3dvar", "hybrid-pv", "hybrid-pv-sq", "l3dvar-pv"]
@@ -36,19 +34,13 @@ def ratios(m, r, n):
     return m["cells"][r][n]["ratios"]["global"]
 
 
-def geomean(g, a, b=None):
-    """Geometric mean over the variables of g[a] (or of g[a] / g[b])."""
-    return float(np.exp(np.mean([np.log(g[a][v] / (g[b][v] if b else 1.0)) for v in VARS])))
-
-
 def summary(m, keep):
     """The summary figures of one result over the cells `keep`."""
     out = {"cells": len(keep)}
     hv3 = {f"{r}/{n}": geomean(ratios(m, r, n), "hybrid", "3dvar") for r, n in keep}
     c = max(hv3, key=hv3.get)
     out["worst cell (hybrid / 3D-Var)"] = f"{c} {hv3[c]:.3f}"
-    wr = max((ratios(m, r, n)[k][v], f"{r}/{n} {k} {v}") for r, n in keep for k in ("hybrid", "l3dvar")
-             for v in VARS)
+    wr = max((ratios(m, r, n)[k][v], f"{r}/{n} {k} {v}") for r, n in keep for k in LATENT for v in VARS)
     out["largest latentda ratio (hybrid, l3dvar)"] = f"{wr[0]:.3f} ({wr[1]})"
     for a, b in PAIRS:
         if all(a in ratios(m, r, n) and b in ratios(m, r, n) for r, n in keep):
@@ -99,8 +91,8 @@ def main(argv=None):
     if not keep:
         raise SystemExit("no cell is in every file")
     rows = [summary(m, keep) for m in ms]
-    for m in ms[1:]:
-        rows[ms.index(m)].update(against(ms[0], m, keep))
+    for row, m in zip(rows[1:], ms[1:]):
+        row.update(against(ms[0], m, keep))
     keys = list(dict.fromkeys(k for r in rows for k in r))
     print("| | " + " | ".join(a.json) + " |")
     print("|---|" + "---|" * len(ms))
