@@ -330,3 +330,25 @@ def test_summary_table_time_window_and_reference_ratios():
     md0 = C.summary_table("uniform", runs, reference="3dvar-adaptive").splitlines()
     an0 = md0[md0.index(next(l for l in md0 if l.startswith("Time-mean analysis RMSE"))) + 4]
     assert float(an0.split("|")[2]) > 1.0
+
+
+def test_forecast_impact_share_pairs_each_cycle_with_the_next_background():
+    """The forecast-impact share compares cycle c's `fc6_no_analysis` (the 6 h forecast of its background) with cycle
+    c+1's background (the 6 h forecast of its analysis), both against the truth at c+1: it counts the analyses that
+    made the forecast worse, whatever the analysis RMSE itself did."""
+    rows = []
+    for c in range(1, 11):
+        r = {"cycle": c, "scored": True, "t_cycle": 1.0, "bg_balance_true": 0.5, "balance": 0.7,
+             # every analysis is worse than its own background, as the global analysis RMSE sees it
+             "an": {v: 1.1 for v in C.NAMES}, "bg": {v: 1.0 for v in C.NAMES},
+             # the forecast without the analysis is worse than the next background, except after cycles 3 and 7
+             "fc6_no_analysis": {v: (0.9 if c in (3, 7) else 1.2) for v in C.NAMES}}
+        rows.append(r)
+    # cycle 10 has no next cycle: 9 pairs, 2 of them worse
+    assert C.forecast_impact_worse(rows, "u") == pytest.approx(100.0 * 2 / 9)
+    assert np.isnan(C.forecast_impact_worse([{k: v for k, v in r.items() if k != "fc6_no_analysis"} for r in rows], "u"))
+    md = C.summary_table("uniform", {"3dvar-adaptive": rows}).splitlines()
+    i = next(i for i, l in enumerate(md) if l.startswith("6 h forecast of the analysis worse"))
+    j = next(i for i, l in enumerate(md) if l.startswith("Analysis worse than its own"))
+    assert md[i + 4].split("|")[2].strip() == f"{100 * 2 / 9:.4g}"
+    assert md[j + 4].split("|")[2].strip() == "100"
