@@ -109,7 +109,10 @@ K 3D-Var analyses.
 The run starts at 00 UTC of day START - SPINUP from the truth perturbed as in `forecasts.Forecaster.run`
 (large-scale, multivariate difference of two earlier nature states), cycles through SPINUP + DAYS days, and scores
 the last DAYS. Results, per network and method, in OUT/<network>/<method>/: metrics.jsonl (one line per cycle and
-per 48 h forecast), state.npz (the model state after the last finished cycle: a rerun resumes from it),
+per 48 h forecast; each cycle also scores the 6 h forecast of its background without the analysis,
+`fc6_no_analysis`, against the next truth: the next cycle's background is the 6 h forecast of the analysis, so the
+pair measures what the analysis left in the forecast), state.npz (the model state after the last finished cycle: a
+rerun resumes from it),
 settings.json. `summary` turns all of them (every folder with a metrics.jsonl) into RMSE time-series and balance
 figures (PNG) and a table (summary_<network>.md): time means from `--from-day` days after the perturbed start, and with
 `--reference RUN` every run's means over that run's.
@@ -1344,6 +1347,16 @@ def forecast_impact_worse(rows: list, v: str) -> float:
     return 100.0 * float(np.mean([a > b for a, b in pairs])) if pairs else float("nan")
 
 
+def forecast_impact_ratio(rows: list, v: str) -> float:
+    """Mean over the cycles of the RMSE of the 6 h forecast of the analysis (the next cycle's background) over that
+    of the 6 h forecast of the background (`fc6_no_analysis`) for variable `v`: below 1 where the analyses improve
+    the forecast on average. NaN without the metric."""
+    nxt = {x["cycle"]: x for x in rows}
+    r = [nxt[x["cycle"] + 1]["bg"][v] / x["fc6_no_analysis"][v] for x in rows
+         if "fc6_no_analysis" in x and x["cycle"] + 1 in nxt and x["fc6_no_analysis"][v] > 0]
+    return float(np.mean(r)) if r else float("nan")
+
+
 def summary_table(network: str, runs: dict, from_day: float = 0.0, reference: str | None = None) -> str:
     """Markdown: per method the cycle counts and timings; per variable and method the time-mean RMSE of the analyses,
     of the 6 h backgrounds and of the 48 h forecasts (scored cycles at least `from_day` days after the perturbed
@@ -1397,6 +1410,8 @@ def summary_table(network: str, runs: dict, from_day: float = 0.0, reference: st
     lines += table("6 h forecast of the analysis worse than the 6 h forecast of its background (the same cycle "
                    "without its analysis; global RMSE against the next truth): % of the scored cycles",
                    forecast_impact_worse, mark=False)
+    lines += table("6 h forecast of the analysis over the 6 h forecast of its background (RMSE ratio, mean over the "
+                   "scored cycles; below 1: the analyses improve the forecast)", forecast_impact_ratio, mark=False)
     lines += table("Levelling off: mean analysis RMSE of the last 10 scored days / that of scored days 5-15 "
                    "(gate <= 1.1)", level_off, mark=False, rows=every)
     if reference in runs:

@@ -352,3 +352,7 @@ def test_forecast_impact_share_pairs_each_cycle_with_the_next_background():
     j = next(i for i, l in enumerate(md) if l.startswith("Analysis worse than its own"))
     assert md[i + 4].split("|")[2].strip() == f"{100 * 2 / 9:.4g}"
     assert md[j + 4].split("|")[2].strip() == "100"
+    # mean ratio over the 9 pairs: next bg 1.0 over 0.9 twice, over 1.2 seven times
+    assert C.forecast_impact_ratio(rows, "u") == pytest.approx((2 / 0.9 + 7 / 1.2) / 9)
+    k = next(i for i, l in enumerate(md) if l.startswith("6 h forecast of the analysis over"))
+    assert md[k + 4].split("|")[2].strip() == f"{(2 / 0.9 + 7 / 1.2) / 9:.4g}"
