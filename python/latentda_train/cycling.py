@@ -743,8 +743,9 @@ def variable_cells(report: dict, rule: str) -> dict:
 def variable_scales(history: list, variables: list, bounds=ADAPT_BOUNDS) -> dict:
     """The multiplier of each "variable/class" over the window `history` (per cycle {key: (estimate, H B H^T in
     force per unit multiplier, n)}): sum estimate / sum in-force, bounded; a variable with fewer than MIN_CELL_OBS
-    observations in a class takes its group's (wind, mass) multiplier, else the one over all variables (the twin of
-    desroziers::variable_weights)."""
+    observations in a class takes its group's (wind, mass) multiplier, else the one over all variables but at most 1
+    (no observation of its group: its starting B is never raised; the twin of desroziers::variable_scales and
+    adaptive.rs)."""
     acc = {}
     for h in history:
         for k, v in h.items():
@@ -759,7 +760,9 @@ def variable_scales(history: list, variables: list, bounds=ADAPT_BOUNDS) -> dict
     for v in variables:
         group = next((m for m in GROUPS.values() if v in m), ())
         for cls in ("x", "t"):
-            r = ratio([v], cls) or (ratio(group, cls) if group else None) or ratio(variables, cls) or 1.0
+            r = ratio([v], cls) or (ratio(group, cls) if group else None)
+            if r is None:
+                r = min(ratio(variables, cls) or 1.0, 1.0)
             out[f"{v}/{cls}"] = float(min(max(r, lo), hi))
     return out
 

@@ -356,3 +356,14 @@ def test_forecast_impact_share_pairs_each_cycle_with_the_next_background():
     assert C.forecast_impact_ratio(rows, "u") == pytest.approx((2 / 0.9 + 7 / 1.2) / 9)
     k = next(i for i, l in enumerate(md) if l.startswith("6 h forecast of the analysis over"))
     assert md[k + 4].split("|")[2].strip() == f"{(2 / 0.9 + 7 / 1.2) / 9:.4g}"
+
+
+def test_variable_scales_never_raise_a_variable_whose_group_is_unobserved():
+    """The driver's per-variable multipliers (twin of desroziers::variable_scales and adaptive.rs): a variable with
+    its own observations gets its own ratio, an unobserved z its group's (mass), and a variable whose group has no
+    observation (the wind of a mass-only network) the ratio over all variables, but at most 1."""
+    hist = [{"t/x": (3.0, 1.0, 100), "ps/x": (3.0, 1.0, 100), "t/t": (0.5, 1.0, 100), "ps/t": (0.5, 1.0, 100)}]
+    s = C.variable_scales(hist, ["u", "v", "t", "z", "ps"])
+    assert s["t/x"] == pytest.approx(3.0) and s["z/x"] == pytest.approx(3.0)   # z: its group, mass
+    assert s["u/x"] == pytest.approx(1.0) and s["v/x"] == pytest.approx(1.0)   # all would say 3: not raised
+    assert s["u/t"] == pytest.approx(0.5) and s["z/t"] == pytest.approx(0.5)   # shrinking follows all variables

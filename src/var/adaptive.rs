@@ -28,7 +28,8 @@
 //! g_next / g_start is bounded to `adaptive_bounds`. With `adaptive_per_variable = true` (hybrid) each bundle
 //! variable and band class (extratropics, tropics) gets its own multiplier from its own cells
 //! ([`crate::var::desroziers::variable_scales`]) once the window is full; until then every variable follows the
-//! scalar one. This is the library twin of `latentda-cycle run --adaptive` (python/latentda_train/cycling.py,
+//! scalar one. A variable whose group has no observations takes the scale over all variables but at most its
+//! starting B (multiplier <= 1): nothing checks the cross-covariances its increments come through. This is the library twin of `latentda-cycle run --adaptive` (python/latentda_train/cycling.py,
 //! `AdaptiveB`), which the cycling experiments of the README used.
 
 use std::collections::BTreeMap;
@@ -39,7 +40,7 @@ use serde::{Deserialize, Serialize};
 use crate::bundle::VariableWeights;
 use crate::error::{Error, Result};
 use crate::var::analysis::{Analyser, Analysis};
-use crate::var::desroziers::{joint_scale, variable_scales, Desroziers, Estimate, CLASSES};
+use crate::var::desroziers::{joint_scale, variable_scales, Desroziers, Estimate, VariableScales, CLASSES};
 use crate::var::options::{Method, Options};
 
 /// Version of the state file's format.
@@ -241,14 +242,16 @@ impl AdaptiveState {
             let (scales, fallbacks) = variable_scales(&self.window, s.rule);
             // a variable no fallback could size follows the scalar multiplier (noted below)
             notes.extend(fallbacks.into_iter().filter(|n| !n.ends_with("weights kept")));
-            for (v, sc) in scales {
+            for VariableScales { name: v, scales: sc, unobserved } in scales {
                 let Some(k) = names.iter().position(|n| *n == v) else { continue };
                 let w = hs.per_variable[k];
                 let mut out = [self.multiplier; 2];
                 for (class, scale) in sc.iter().enumerate() {
                     let base = w[2 * class] + w[2 * class + 1];
                     if let (Some(scale), true) = (scale, base > 0.0) {
-                        out[class] = s.clip(scale / base);
+                        // a variable no observation of its group sizes never grows past its starting B
+                        let m = scale / base;
+                        out[class] = s.clip(if unobserved[class] { m.min(1.0) } else { m });
                     } else {
                         notes.push(format!("'{v}' ({}): follows the scalar multiplier", CLASSES[class]));
                     }

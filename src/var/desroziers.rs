@@ -476,8 +476,18 @@ impl Estimate {
 /// Band classes of the per-variable sizing: extratropics (the nh and sh cells together) and tropics.
 pub const CLASSES: [&str; 2] = ["extratropics", "tropics"];
 
-/// A bundle variable and its [extratropics, tropics] B scales (`None`: too few observations to size it).
-pub type VariableScales = (String, [Option<f64>; 2]);
+/// A bundle variable's B scales per band class (see [`variable_scales`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VariableScales {
+    /// The bundle variable.
+    pub name: String,
+    /// Its [extratropics, tropics] scales (`None`: too few observations anywhere to size it).
+    pub scales: [Option<f64>; 2],
+    /// Per class: neither the variable nor its group had enough observations, so the scale is the one over all
+    /// variables. The variable's increments then come only through cross-covariances that no innovation checked,
+    /// and the callers never let such a scale raise its B (see [`variable_weights`] and `crate::var::adaptive`).
+    pub unobserved: [bool; 2],
+}
 
 /// The B scale of each bundle variable and band class over hybrid reports, from innovations: for variable v and
 /// class c (see [`CLASSES`]), S_vc = sum_k E_vck / sum_k (H_vck / s_vck), with E the estimate `est` of H B H^T,
@@ -527,6 +537,7 @@ pub fn variable_scales(sections: &[Desroziers], est: Estimate) -> (Vec<VariableS
     for v in &vars {
         let group = GROUPS.iter().find(|(_, m)| m.contains(&v.as_str()));
         let mut scales = [None; 2];
+        let mut unobserved = [false; 2];
         for (class, band) in CLASSES.iter().enumerate() {
             scales[class] = match ratio(&[v.as_str()], class) {
                 Some(r) => Some(r),
@@ -534,8 +545,10 @@ pub fn variable_scales(sections: &[Desroziers], est: Estimate) -> (Vec<VariableS
                     let by_group = group.and_then(|(g, m)| Some((*g, ratio(m, class)?)));
                     match by_group.or_else(|| Some(("all", ratio(&all, class)?))) {
                         Some((from, r)) => {
+                            unobserved[class] = from == "all";
                             notes.push(format!(
-                                "'{v}' ({band}): fewer than {MIN_CELL_OBS} observations, scaled as '{from}'"
+                                "'{v}' ({band}): fewer than {MIN_CELL_OBS} observations, scaled as '{from}'{}",
+                                if from == "all" { " (never raised)" } else { "" }
                             ));
                             Some(r)
                         }
@@ -547,14 +560,18 @@ pub fn variable_scales(sections: &[Desroziers], est: Estimate) -> (Vec<VariableS
                 }
             };
         }
-        out.push((v.clone(), scales));
+        out.push(VariableScales { name: v.clone(), scales, unobserved });
     }
     (out, notes)
 }
 
 /// Hybrid weights per bundle variable and band from innovations: the scales S_vc of [`variable_scales`] (Desroziers
 /// estimate), and new weights that keep the last report's mix: alpha_vc = S_vc alpha_vc / s_vc, likewise beta (a
-/// variable and class without a scale keeps its weights). Returns the weights and notes on the fallbacks.
+/// variable and class without a scale keeps its weights). A variable sized from all variables' scale because
+/// neither it nor its group was observed (the wind of a mass-only network, q without humidity observations) may
+/// shrink with it but never grows: S_vc is at most s_vc, since nothing checks the cross-covariances its increments
+/// come through, and a B too large there adds error where one too small only gives up gain. Returns the weights
+/// and notes on the fallbacks.
 pub fn variable_weights(sections: &[Desroziers]) -> (Option<BTreeMap<String, [f64; 4]>>, Vec<String>) {
     variable_weights_with(sections, Estimate::Desroziers)
 }
@@ -569,12 +586,13 @@ pub fn variable_weights_with(
         return (None, notes);
     };
     let mut out = BTreeMap::new();
-    for (v, sc) in scales {
+    for VariableScales { name: v, scales: sc, unobserved } in scales {
         let Some(w) = last.b_in_force.hybrid_weights_of(&v) else { continue };
         let mut new = w;
         for (class, scale) in sc.iter().enumerate() {
             if let Some(scale) = scale {
                 let s = w[2 * class] + w[2 * class + 1];
+                let scale = if unobserved[class] { scale.min(s) } else { *scale };
                 new[2 * class] = scale * w[2 * class] / s;
                 new[2 * class + 1] = scale * w[2 * class + 1] / s;
             }
@@ -1254,11 +1272,21 @@ mod tests {
         assert!(close(w["t"], [0.15, 0.05, 0.6, 0.2]), "{:?}", w["t"]);
         // z (unobserved): its group, mass, i.e. t's scales
         assert!(close(w["z"], [0.15, 0.05, 0.6, 0.2]), "{:?}", w["z"]);
-        // q: too few in the extratropics and none in the tropics: all variables, (3 + 1 + 0.2 + 1) / (4 + 2 + 1 +
-        // 1) = 0.65 and (4 + 0.8) / (2 + 1) = 1.6
-        assert!(close(w["q"], [0.4875, 0.1625, 1.2, 0.4]), "{:?}", w["q"]);
+        // q: too few in the extratropics and none in the tropics, and no group: all variables, (3 + 1 + 0.2 + 1) /
+        // (4 + 2 + 1 + 1) = 0.65 (below the 0.8 in force: q shrinks with them) and (4 + 0.8) / (2 + 1) = 1.6 in the
+        // tropics, above the 0.8 in force: an unobserved variable is never raised, so its tropical weights stay
+        assert!(close(w["q"], [0.4875, 0.1625, 0.6, 0.2]), "{:?}", w["q"]);
+        let (sc, _) = variable_scales(std::slice::from_ref(&s), Estimate::Desroziers);
+        let q = sc.iter().find(|v| v.name == "q").unwrap();
+        assert_eq!(q.unobserved, [true, true]);
+        assert!((q.scales[1].unwrap() - 1.6).abs() < 1e-12, "{q:?}");
+        let z = sc.iter().find(|v| v.name == "z").unwrap();
+        assert_eq!(z.unobserved, [false, false], "z is sized by its observed group");
         assert!(notes.iter().any(|n| n.contains("'z'") && n.contains("'mass'")), "{notes:?}");
-        assert!(notes.iter().any(|n| n.contains("'q'") && n.contains("'all'")), "{notes:?}");
+        assert!(
+            notes.iter().any(|n| n.contains("'q'") && n.contains("'all'") && n.contains("never raised")),
+            "{notes:?}"
+        );
         // Two reports of the same statistics: the same weights (sums grow together).
         let (w2, _) = variable_weights(&[s.clone(), s.clone()]);
         assert!(w2.unwrap().iter().all(|(v, x)| close(*x, w[v])));
