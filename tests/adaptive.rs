@@ -240,6 +240,44 @@ fn per_variable_sizing_finds_the_variable_whose_b_is_wrong_and_keeps_a_static_va
 }
 
 #[test]
+fn a_variable_whose_group_is_unobserved_shrinks_with_the_rest_but_never_grows() {
+    // Observations of t and ps only (a mass-only network): u's group, wind, has none, so u is sized from all
+    // variables, at most its starting B. Innovations from a hybrid B 3x larger than the options': t and ps grow to
+    // about 3, u stays at 1; from one 3x smaller, every variable shrinks to about 1/3, u with them.
+    for (factor, tag) in [(3.0, "grow"), (1.0 / 3.0, "shrink")] {
+        let dir = scratch(&format!("adaptive_unobserved_{tag}"));
+        let mut a = open(&state_options(
+            &dir,
+            "hybrid_alpha = 0.7\nhybrid_beta = 0.3\nadaptive_per_variable = true\nadaptive_window = 8\n\
+             adaptive_bounds = [0.05, 10.0]",
+        ));
+        let truth = format!("hybrid_alpha = {}\nhybrid_beta = {}", 0.7 * factor, 0.3 * factor);
+        let mut d = Drawer::new(&truth, BKind::Hybrid, 71);
+        let mut last = None;
+        for _ in 0..12 {
+            let mut obs = d.case();
+            obs.retain(|o| o.var_name != "u");
+            let res = a.analyse(&d.xb.clone(), &obs, Method::Hybrid).unwrap();
+            last = Some(res.report.adaptive.clone().unwrap());
+        }
+        let info = last.unwrap();
+        let m = &info.variable_multipliers_next;
+        eprintln!("{tag}: multipliers {m:.3?}, scalar {:.3}", info.multiplier_next);
+        for class in 0..2 {
+            for v in ["t", "ps"] {
+                assert!((m[v][class] / factor - 1.0).abs() < 0.35, "{tag}, class {class}: {v} {m:?}");
+            }
+            let all = 0.5 * (m["t"][class] + m["ps"][class]);
+            if factor > 1.0 {
+                assert_eq!(m["u"][class], 1.0, "{tag}, class {class}: u grew: {m:?}");
+            } else {
+                assert!((m["u"][class] / all - 1.0).abs() < 0.35, "{tag}, class {class}: u does not shrink: {m:?}");
+            }
+        }
+    }
+}
+
+#[test]
 fn failures_change_neither_the_state_nor_the_options_and_wrong_files_are_named() {
     let dir = scratch("adaptive_failures");
     let path = dir.join("adaptive_b.json");
