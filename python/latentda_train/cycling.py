@@ -163,7 +163,6 @@ ADAPT_WINDOW = 4           # cycles of Desroziers sums behind each adaptive upda
 ADAPT_BOUNDS = (0.05, 4.0)  # bounds of the adaptive scale s (relative to the starting B)
 MIN_CELL_OBS = 50          # as src/var/desroziers.rs: fewest observations over the window to size a cell on its own
 GROUPS = {"wind": ("u", "v"), "mass": ("t", "z", "ps")}   # as src/var/desroziers.rs
-FOLLOWS = {"z": "t"}   # unobserved z sized as t (hydrostatic), as desroziers::FOLLOWS
 COMPOSITE = ("all", *GROUPS)   # report cells that are not one bundle variable
 LAGGED_MEMBERS = 8         # K of --ensemble lagged: leads 6 .. 48 h
 EDA_SEED = 20261206        # member k of --ensemble eda starts from perturbed_start(seed EDA_SEED + k)
@@ -744,9 +743,9 @@ def variable_cells(report: dict, rule: str) -> dict:
 def variable_scales(history: list, variables: list, bounds=ADAPT_BOUNDS) -> dict:
     """The multiplier of each "variable/class" over the window `history` (per cycle {key: (estimate, H B H^T in
     force per unit multiplier, n)}): sum estimate / sum in-force, bounded; a variable with fewer than MIN_CELL_OBS
-    observations in a class takes the multiplier of the variable it follows (z: t), else its group's (wind, mass),
-    else the one over all variables but at most 1 (no observation of its group: its starting B is never raised; the
-    twin of desroziers::variable_scales and adaptive.rs)."""
+    observations in a class takes its group's (wind, mass) multiplier, else the one over all variables but at most 1
+    (no observation of its group: its starting B is never raised; the twin of desroziers::variable_scales and
+    adaptive.rs)."""
     acc = {}
     for h in history:
         for k, v in h.items():
@@ -761,8 +760,7 @@ def variable_scales(history: list, variables: list, bounds=ADAPT_BOUNDS) -> dict
     for v in variables:
         group = next((m for m in GROUPS.values() if v in m), ())
         for cls in ("x", "t"):
-            r = (ratio([v], cls) or (ratio([FOLLOWS[v]], cls) if v in FOLLOWS else None)
-                 or (ratio(group, cls) if group else None))
+            r = ratio([v], cls) or (ratio(group, cls) if group else None)
             if r is None:
                 r = min(ratio(variables, cls) or 1.0, 1.0)
             out[f"{v}/{cls}"] = float(min(max(r, lo), hi))

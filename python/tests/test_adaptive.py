@@ -238,7 +238,7 @@ def variable_report(alpha, beta, cells, variables=("u", "v", "t", "q", "z", "ps"
 
 def test_per_variable_mode_sizes_each_variable_and_band():
     """True H B H^T per unit of the starting B: u 0.2 (extratropics) / 0.5 (tropics), t 0.1 / 0.1, q 0.04 with too few
-    observations (its group has none: all variables decide), v and z unobserved (v: the wind group = u; z: t);
+    observations (its group has none: all variables decide), v and z unobserved (v: the wind group = u; z: mass = t, ps);
     ps 2.0 in the tropics, bounded to 4. Whatever the multipliers a cycle ran with, the estimate is truth x unit H B H^T:
     once the window is full the multipliers land on the truth."""
     unit = {("u", "nh"): 10.0, ("u", "sh"): 6.0, ("u", "tropics"): 8.0, ("t", "nh"): 5.0, ("t", "tropics"): 4.0,
@@ -261,9 +261,9 @@ def test_per_variable_mode_sizes_each_variable_and_band():
     s = ad.var_scales
     assert s["u/x"] == pytest.approx(0.2) and s["u/t"] == pytest.approx(0.5)
     assert s["t/x"] == pytest.approx(0.1) and s["t/t"] == pytest.approx(0.1)
-    # v as its group (wind = u); z as t (hydrostatic, FOLLOWS), not t and ps together (mass)
+    # groups: v as u (wind); z as t and ps together (mass)
     assert s["v/x"] == pytest.approx(0.2) and s["v/t"] == pytest.approx(0.5)
-    assert s["z/x"] == pytest.approx(0.1) and s["z/t"] == pytest.approx(0.1)
+    assert s["z/x"] == pytest.approx((0.1 * 5 + 0.3 * 2) / 7) and s["z/t"] == pytest.approx((0.1 * 4 + 9.0 * 3) / 7)
     assert s["ps/t"] == 4.0 and s["ps/x"] == pytest.approx(0.3)                # bound
     # q: 20 observations over the window (< MIN_CELL_OBS), no group: all variables' extratropical ratio
     num = sum(truth[f"{v}/x"] * h for (v, band), h in unit.items() if band != "tropics")
@@ -360,10 +360,10 @@ def test_forecast_impact_share_pairs_each_cycle_with_the_next_background():
 
 def test_variable_scales_never_raise_a_variable_whose_group_is_unobserved():
     """The driver's per-variable multipliers (twin of desroziers::variable_scales and adaptive.rs): a variable with
-    its own observations gets its own ratio, an unobserved z t's (hydrostatic), and a variable whose group has no
+    its own observations gets its own ratio, an unobserved z its group's (mass), and a variable whose group has no
     observation (the wind of a mass-only network) the ratio over all variables, but at most 1."""
-    hist = [{"t/x": (3.0, 1.0, 100), "ps/x": (2.0, 1.0, 100), "t/t": (0.5, 1.0, 100), "ps/t": (0.3, 1.0, 100)}]
+    hist = [{"t/x": (3.0, 1.0, 100), "ps/x": (3.0, 1.0, 100), "t/t": (0.5, 1.0, 100), "ps/t": (0.5, 1.0, 100)}]
     s = C.variable_scales(hist, ["u", "v", "t", "z", "ps"])
-    assert s["t/x"] == pytest.approx(3.0) and s["z/x"] == pytest.approx(3.0)   # z follows t (not mass's 2.5)
-    assert s["u/x"] == pytest.approx(1.0) and s["v/x"] == pytest.approx(1.0)   # all would say 2.5: not raised
-    assert s["u/t"] == pytest.approx(0.4) and s["z/t"] == pytest.approx(0.5)   # shrinking follows all variables
+    assert s["t/x"] == pytest.approx(3.0) and s["z/x"] == pytest.approx(3.0)   # z: its group, mass
+    assert s["u/x"] == pytest.approx(1.0) and s["v/x"] == pytest.approx(1.0)   # all would say 3: not raised
+    assert s["u/t"] == pytest.approx(0.5) and s["z/t"] == pytest.approx(0.5)   # shrinking follows all variables

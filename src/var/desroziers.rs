@@ -49,11 +49,6 @@ pub const BAND_EDGE: f64 = 20.0;
 /// Multi-variable groups: name and member variable names (a group is reported when a bundle has a member).
 pub const GROUPS: [(&str, &[&str]); 2] = [("wind", &["u", "v"]), ("mass", &["t", "z", "ps"])];
 
-/// Unobserved variables sized as another one before their group: geopotential as temperature. On sigma levels the
-/// hydrostatic z increment is an integral of the (virtual) temperature increments alone (`crate::bmat::hydrostatic`:
-/// surface pressure cancels), so z's B follows t's; pooled with ps (the mass group) it would not.
-pub const FOLLOWS: [(&str, &str); 1] = [("z", "t")];
-
 /// Whether a cell's group is composite (a [`GROUPS`] entry or `all`) rather than one bundle variable.
 fn is_composite(group: &str) -> bool {
     group == "all" || GROUPS.iter().any(|(n, _)| *n == group)
@@ -498,9 +493,8 @@ pub struct VariableScales {
 /// class c (see [`CLASSES`]), S_vc = sum_k E_vck / sum_k (H_vck / s_vck), with E the estimate `est` of H B H^T,
 /// H the H B H^T in force and s_vck = alpha + beta of v in class c in report k (the report's `hybrid_weights`, else
 /// its global alpha and beta): the joint Desroziers step of [`tune`] made per cell, in absolute terms (the alpha +
-/// beta the cell's innovations ask for). A variable with fewer than [`MIN_CELL_OBS`] observations in a class takes
-/// the scale of the variable it follows ([`FOLLOWS`]: an unobserved z takes t's), else its group's (wind, mass),
-/// else the scale over all variables, else `None`. Returns
+/// beta the cell's innovations ask for). A variable with fewer than [`MIN_CELL_OBS`] observations in a class (an
+/// unobserved z, say) takes its group's scale (wind, mass), else the scale over all variables, else `None`. Returns
 /// per variable (the last hybrid report's, bundle order) its [extratropics, tropics] scales, and notes on the
 /// fallbacks.
 pub fn variable_scales(sections: &[Desroziers], est: Estimate) -> (Vec<VariableScales>, Vec<String>) {
@@ -548,10 +542,8 @@ pub fn variable_scales(sections: &[Desroziers], est: Estimate) -> (Vec<VariableS
             scales[class] = match ratio(&[v.as_str()], class) {
                 Some(r) => Some(r),
                 None => {
-                    let follows = FOLLOWS.iter().find(|(f, _)| *f == v.as_str()).map(|(_, by)| *by);
-                    let by_source = follows.and_then(|by| Some((by, ratio(&[by], class)?)));
-                    let by_group = || group.and_then(|(g, m)| Some((*g, ratio(m, class)?)));
-                    match by_source.or_else(by_group).or_else(|| Some(("all", ratio(&all, class)?))) {
+                    let by_group = group.and_then(|(g, m)| Some((*g, ratio(m, class)?)));
+                    match by_group.or_else(|| Some(("all", ratio(&all, class)?))) {
                         Some((from, r)) => {
                             unobserved[class] = from == "all";
                             notes.push(format!(
@@ -1278,7 +1270,7 @@ mod tests {
         assert!(close(w["u"], [1.0 / 3.0, 1.0 / 3.0, 1.0, 1.0]), "{:?}", w["u"]);
         // t: S = 0.2, 0.8 with the mix 3:1
         assert!(close(w["t"], [0.15, 0.05, 0.6, 0.2]), "{:?}", w["t"]);
-        // z (unobserved): t's scales (FOLLOWS)
+        // z (unobserved): its group, mass, i.e. t's scales
         assert!(close(w["z"], [0.15, 0.05, 0.6, 0.2]), "{:?}", w["z"]);
         // q: too few in the extratropics and none in the tropics, and no group: all variables, (3 + 1 + 0.2 + 1) /
         // (4 + 2 + 1 + 1) = 0.65 (below the 0.8 in force: q shrinks with them) and (4 + 0.8) / (2 + 1) = 1.6 in the
@@ -1289,8 +1281,8 @@ mod tests {
         assert_eq!(q.unobserved, [true, true]);
         assert!((q.scales[1].unwrap() - 1.6).abs() < 1e-12, "{q:?}");
         let z = sc.iter().find(|v| v.name == "z").unwrap();
-        assert_eq!(z.unobserved, [false, false], "z is sized by the observed t");
-        assert!(notes.iter().any(|n| n.contains("'z'") && n.contains("scaled as 't'")), "{notes:?}");
+        assert_eq!(z.unobserved, [false, false], "z is sized by its observed group");
+        assert!(notes.iter().any(|n| n.contains("'z'") && n.contains("'mass'")), "{notes:?}");
         assert!(
             notes.iter().any(|n| n.contains("'q'") && n.contains("'all'") && n.contains("never raised")),
             "{notes:?}"
