@@ -425,6 +425,14 @@ def cell_gates(net, s, names, base="3dvar"):
     return gates
 
 
+def tuned_folder(mdir: str, stamp: str, latentda: str, recipe: str, network: str, family: str) -> str:
+    """Where a tuned family's options and reports go: per bundle stamp and per latentda executable (a tag of its
+    absolute path, as in the cache key), so that a run with another build never reads reports that build did not
+    write (the cache skips an analysis whose report file exists)."""
+    exe = hashlib.sha256(os.path.abspath(latentda).encode()).hexdigest()[:12]
+    return os.path.join(mdir, "tuned", stamp, exe, recipe, network, family)
+
+
 def tuned_gates(s):
     """The innovation-tuned comparison of one cell: TG1 hybrid-pv beats 3dvar-pv on >= 5 of 6 (informative: both
     sized the same way), TG2 no tuned method (each row of TUNED the call ran) worse than the background on any
@@ -666,7 +674,7 @@ def main(argv=None):
         for n in nets:
             for fam in (tuned_names if a.tuned_steps else ()):
                 method, args0, repeat = TUNED[fam]
-                folder = os.path.join(mdir, "tuned", stamp, r, n, fam)
+                folder = tuned_folder(mdir, stamp, a.latentda, r, n, fam)
                 args, tag = rargs(args0), []
                 for k in range(a.tuned_steps + 1):
                     if k > 0:

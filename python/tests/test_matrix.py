@@ -270,3 +270,12 @@ def test_matrix_compare_counts_wins_gates_and_changes_over_the_common_cells(tmp_
     MC.main([str(pa), str(pb)])
     printed = capsys.readouterr().out
     assert "| cells | 1 | 1 |" in printed and "0.70-0.70 / 0.75-0.75" in printed
+
+
+def test_tuned_reports_are_kept_per_executable():
+    """Two latentda builds never share the tuned rows' report folders (a run skips an analysis whose report exists,
+    so a shared folder would let one build's tuning read the other's reports); one build always gets the same."""
+    a = M.tuned_folder("/m", "s", "/x/latentda_a", "c6", "uniform", "hybrid-pv")
+    b = M.tuned_folder("/m", "s", "/x/latentda_b", "c6", "uniform", "hybrid-pv")
+    assert a != b and a == M.tuned_folder("/m", "s", "/x/latentda_a", "c6", "uniform", "hybrid-pv")
+    assert a.startswith("/m/tuned/s/") and a.endswith("/c6/uniform/hybrid-pv")
