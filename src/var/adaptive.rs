@@ -29,8 +29,9 @@
 //! variable and band class (extratropics, tropics) gets its own multiplier from its own cells
 //! ([`crate::var::desroziers::variable_scales`]) once the window is full; until then every variable follows the
 //! scalar one. A variable whose group has no observations takes the scale over all variables but at most its
-//! starting B (multiplier <= 1): nothing checks the cross-covariances its increments come through. This is the library twin of `latentda-cycle run --adaptive` (python/latentda_train/cycling.py,
-//! `AdaptiveB`), which the cycling experiments of the README used.
+//! starting B (multiplier <= 1): nothing checks the cross-covariances its increments come through. This is the
+//! library twin of `latentda-cycle run --adaptive` (python/latentda_train/cycling.py, `AdaptiveB`), which the
+//! cycling experiments of the README used.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
