@@ -120,7 +120,10 @@ RECIPE_ARGS = {"c6s": ["--baseline-variance-factor", "0.35", "--latent-variance-
 DEFAULT_RECIPES = "a48,b48,c6,c6s,c6l,b24,b6"   # a24 on request (--recipes): the lead-time recipes (d) are b24 and b6
 # network -> (obs file, columns, kind); seed offsets keep the networks' noise independent
 NETWORKS = {"sonde": ("obs_sonde.csv", None, "sonde", 0), "mass": ("obs_mass.csv", None, "mass", 100000),
-            "uniform": ("obs_uniform.csv", 300, "sonde", 200000), "sparse": ("obs_sparse.csv", 100, "sonde", 300000)}
+            "uniform": ("obs_uniform.csv", 300, "sonde", 200000), "sparse": ("obs_sparse.csv", 100, "sonde", 300000),
+            # on request (--networks): the uniform network's observations without humidity (same columns and noise),
+            # a network like aircraft and wind profilers, where q has no observation and no group to be sized by
+            "uniform-dry": ("obs_uniform_dry.csv", 300, "sonde-dry", 200000)}
 # innovation-tuned families (--tuned-steps): row name -> CLI method and arguments of step 0 (3D-Var as the hybrid with
 # alpha 0: the same static B, so that `latentda tune --per-variable` can size it per variable and band)
 # and whether the later steps repeat those arguments before their options file (harmless for global weights, which
@@ -133,7 +136,7 @@ TUNED = {"hybrid-pv": ("hybrid", [], True), "3dvar-pv": ("hybrid", ["--hybrid-al
          "hybrid-pv-sq": ("hybrid", ["--hybrid-variable-weights", "q=0,1"], False),
          "l3dvar-pv": ("hybrid", ["--hybrid-alpha", "1", "--hybrid-beta", "0"], True)}
 DEFAULT_TUNED = "hybrid-pv,3dvar-pv"
-SONDE_COLUMNS = {"sonde": CS.N_STATIONS, "uniform": 300, "sparse": 100, "mass": 0}
+SONDE_COLUMNS = {"sonde": CS.N_STATIONS, "uniform": 300, "sparse": 100, "mass": 0, "uniform-dry": 300}
 
 
 def ort_library():
@@ -216,7 +219,15 @@ def write_obs_files(d, truth, lat, lon, sig, st, seed, nets):
         if os.path.exists(os.path.join(d, fname)):
             continue
         cols = st if ncol is None else CS.uniform_columns(ncol, seed + off)
-        CS.write_obs(os.path.join(d, fname), CS.make_obs(truth, lat, lon, sig, cols, seed + off, network=kind))
+        CS.write_obs(os.path.join(d, fname), network_obs(truth, lat, lon, sig, cols, seed + off, kind))
+
+
+def network_obs(truth, lat, lon, sig, cols, seed, kind):
+    """The observation rows of a network kind: cases.make_obs's "sonde" or "mass", or "sonde-dry", the sonde rows
+    without humidity (drawn as "sonde" and filtered, so every other observation keeps its value and noise)."""
+    if kind == "sonde-dry":
+        return [r for r in CS.make_obs(truth, lat, lon, sig, cols, seed, network="sonde") if r[0] != "q"]
+    return CS.make_obs(truth, lat, lon, sig, cols, seed, network=kind)
 
 
 def random_forecasts(out, launches, log):

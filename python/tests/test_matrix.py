@@ -279,3 +279,24 @@ def test_tuned_reports_are_kept_per_executable():
     b = M.tuned_folder("/m", "s", "/x/latentda_b", "c6", "uniform", "hybrid-pv")
     assert a != b and a == M.tuned_folder("/m", "s", "/x/latentda_a", "c6", "uniform", "hybrid-pv")
     assert a.startswith("/m/tuned/s/") and a.endswith("/c6/uniform/hybrid-pv")
+
+
+def test_the_dry_network_is_the_uniform_one_without_humidity():
+    """uniform-dry: the uniform network's columns, values and noise, with every q observation left out."""
+    lat, lon = np.linspace(87.0, -87.0, 48), np.arange(96) * 3.75
+    sig = np.array([0.025, 0.095, 0.2, 0.34, 0.51, 0.685, 0.835, 0.95])
+    rng = np.random.default_rng(3)
+    truth = np.zeros((41, 48, 96))
+    truth[:8] = 10.0 + rng.standard_normal((8, 48, 96))            # u
+    truth[8:16] = rng.standard_normal((8, 48, 96))                 # v
+    truth[16:24] = (250.0 + 40.0 * sig)[:, None, None]             # t
+    truth[24:32] = (5e-3 * sig)[:, None, None]                     # q, wet enough to be observed below 0.34
+    truth[40] = 1.0e5
+    _, ncol, kind, off = M.NETWORKS["uniform-dry"]
+    assert (ncol, off) == M.NETWORKS["uniform"][1::2] and kind == "sonde-dry"
+    cols = CS.uniform_columns(ncol, 7 + off)
+    wet = M.network_obs(truth, lat, lon, sig, cols, 7 + off, M.NETWORKS["uniform"][2])
+    dry = M.network_obs(truth, lat, lon, sig, cols, 7 + off, kind)
+    assert any(r[0] == "q" for r in wet) and not any(r[0] == "q" for r in dry)
+    assert dry == [r for r in wet if r[0] != "q"]
+    assert M.SONDE_COLUMNS["uniform-dry"] == 300
