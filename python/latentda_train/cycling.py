@@ -1338,25 +1338,28 @@ def level_off(scored: list, v: str) -> float:
     return float(np.mean(late) / np.mean(mid))
 
 
-def forecast_impact_worse(rows: list, v: str) -> float:
-    """% of the cycles whose analysis made the 6 h forecast of variable `v` worse: the next cycle's background (the
-    6 h forecast of this analysis) against this cycle's `fc6_no_analysis` (the 6 h forecast of its background), both
-    against the same truth. A model damps small-scale analysis noise that the analysis RMSE itself counts, so this
-    share can be small where the analysis is often worse than its own background. NaN without the metric (runs
-    made before it) or for the free run."""
+def forecast_impact_pairs(rows: list, v: str) -> list:
+    """(RMSE of the 6 h forecast of the analysis, of the 6 h forecast of the background) of variable `v` per cycle:
+    the next cycle's background against this cycle's `fc6_no_analysis`, both against the same truth. Empty without
+    the metric (runs made before it, the free run)."""
     nxt = {x["cycle"]: x for x in rows}
-    pairs = [(nxt[x["cycle"] + 1]["bg"][v], x["fc6_no_analysis"][v]) for x in rows
-             if "fc6_no_analysis" in x and x["cycle"] + 1 in nxt]
+    return [(nxt[x["cycle"] + 1]["bg"][v], x["fc6_no_analysis"][v]) for x in rows
+            if "fc6_no_analysis" in x and x["cycle"] + 1 in nxt]
+
+
+def forecast_impact_worse(rows: list, v: str) -> float:
+    """% of the cycles whose analysis made the 6 h forecast of variable `v` worse ([`forecast_impact_pairs`]). A model
+    damps small-scale analysis noise that the analysis RMSE itself counts, so this share can be small where the
+    analysis is often worse than its own background. NaN without the metric."""
+    pairs = forecast_impact_pairs(rows, v)
     return 100.0 * float(np.mean([a > b for a, b in pairs])) if pairs else float("nan")
 
 
 def forecast_impact_ratio(rows: list, v: str) -> float:
-    """Mean over the cycles of the RMSE of the 6 h forecast of the analysis (the next cycle's background) over that
-    of the 6 h forecast of the background (`fc6_no_analysis`) for variable `v`: below 1 where the analyses improve
-    the forecast on average. NaN without the metric."""
-    nxt = {x["cycle"]: x for x in rows}
-    r = [nxt[x["cycle"] + 1]["bg"][v] / x["fc6_no_analysis"][v] for x in rows
-         if "fc6_no_analysis" in x and x["cycle"] + 1 in nxt and x["fc6_no_analysis"][v] > 0]
+    """Mean over the cycles of the RMSE of the 6 h forecast of the analysis over that of the 6 h forecast of the
+    background for variable `v` ([`forecast_impact_pairs`]): below 1 where the analyses improve the forecast on
+    average. NaN without the metric."""
+    r = [a / b for a, b in forecast_impact_pairs(rows, v) if b > 0]
     return float(np.mean(r)) if r else float("nan")
 
 
@@ -1476,11 +1479,12 @@ def smoke(a, log=print):
     dt = time.time() - t1
     rows = read_metrics(os.path.join(out, a.network, run_name(a)))
     assert [r["cycle"] for r in rows] == [1, 2], [r["cycle"] for r in rows]
+    observed = ("u", "v", "t") if a.network in ("sonde", "uniform") else ("t",)
     for r in rows:
-        for v in ("u", "v", "t") if a.network in ("sonde", "uniform") else ("t",):
+        for v in observed:
             assert r["an"][v] < r["bg"][v], f"cycle {r['cycle']}: {v} analysis RMSE {r['an'][v]} >= background {r['bg'][v]}"
     # forecast impact: the 6 h forecast of cycle 1's analysis (cycle 2's background) beats that of its background
-    for v in ("u", "v", "t") if a.network in ("sonde", "uniform") else ("t",):
+    for v in observed:
         assert rows[1]["bg"][v] < rows[0]["fc6_no_analysis"][v], \
             f"{v}: 6 h forecast of the analysis {rows[1]['bg'][v]} >= of the background {rows[0]['fc6_no_analysis'][v]}"
     log(f"smoke passed: 2 cycles of {a.method} ({a.network}) in {dt:.1f} s including the first-call compilation; "
