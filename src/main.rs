@@ -9,6 +9,7 @@ use latentda::diag::checks;
 use latentda::obs;
 use latentda::outfile;
 use latentda::var::fourd::FourD;
+use latentda::var::withheld::Withheld;
 use latentda::{Analyser, Method, Options, OutputMode};
 
 const USAGE: &str = "\
@@ -25,6 +26,7 @@ USAGE:
   latentda check <bundle> [--state state.nc] [--backend tract|ort|auto] [--ort-library PATH]
   latentda analyse --bundle B --background bg.nc --obs obs.csv --output an.nc
                    [--method l3dvar|3dvar|hybrid|l4dvar] [--report report.json] [--truth truth.nc]
+                   [--withheld withheld.csv]
                    [--output-mode analysis|increment|full_state] [--backend tract|ort|auto]
                    [--device cpu|cuda:N] [--ort-library PATH] [--threads N] [--options opts.toml]
                    [--solver gauss_newton|adam] [--max-pairs N] [--outer-loops N] [--max-inner N]
@@ -339,6 +341,7 @@ fn run() -> Result<ExitCode, CliError> {
                 "case" => "case",
                 "obs4d" => "obs4d",
                 "ensemble" => "ensemble",
+                "withheld" => "withheld",
                 "draws" => "draws",
                 "help" => {
                     print!("{USAGE}");
@@ -360,7 +363,7 @@ fn run() -> Result<ExitCode, CliError> {
         "check" => &["state"],
         "sigma-b" => &["state", "draws", "output"],
         "demo" => &["case", "obs", "obs4d", "output"],
-        _ => &["bundle", "background", "obs", "output", "method", "report", "truth", "ensemble"],
+        _ => &["bundle", "background", "obs", "output", "method", "report", "truth", "ensemble", "withheld"],
     };
     if let Some(k) = kv.keys().find(|k| !allowed.contains(k)) {
         return Err(usage(format!("--{k} is not an option of '{sub}'")));
@@ -680,6 +683,19 @@ fn cmd_analyse(
     for p in &problems {
         eprintln!("latentda: warning: {obs_path}: {}", p.message);
     }
+    // Withheld observations: read (and their file checked) before the analysis, compared after it.
+    let mut withheld_problems = false;
+    let withheld_obs = match kv.get("withheld") {
+        Some(w) => {
+            let (wo, wp) = obs::read_csv(w.as_ref(), &layout).map_err(|e| format!("--withheld: {e}"))?;
+            for p in &wp {
+                eprintln!("latentda: warning: {w} (withheld): {}", p.message);
+            }
+            withheld_problems = !wp.is_empty();
+            Some(wo)
+        }
+        None => None,
+    };
     if !backgrounds_at.is_empty() && method != Method::L4dvar {
         return Err(usage("--background-at is for method l4dvar"));
     }
@@ -706,6 +722,11 @@ fn cmd_analyse(
         a.analyse_with(&x_b, &observations, method, mode)
     }
     .map_err(|e| e.to_string())?;
+    if let Some(wo) = &withheld_obs {
+        let floor = obs::sigma_floors(&layout, &a.bundle.std);
+        let w = Withheld::evaluate(&layout, wo, &x_b, &result.analysis, &floor).map_err(|e| e.to_string())?;
+        result.report.withheld = Some(w);
+    }
     result.report.input_problems = problems.clone();
     let title = format!("latentda {} {} of {}", method.name(), mode.name(), bg);
     let units = |v: usize| a.bundle.units(v).to_string();
@@ -730,6 +751,9 @@ fn cmd_analyse(
     }
     analysis.commit().map_err(|e| e.to_string())?;
     print!("{}", result.report.summary());
+    if let Some(w) = &result.report.withheld {
+        print!("{}", w.table());
+    }
     if let Some(t) = &truth {
         let rb = layout.rms_diff_by_var(&x_b, t);
         let ra = layout.rms_diff_by_var(&result.analysis, t);
@@ -740,7 +764,7 @@ fn cmd_analyse(
         }
     }
     println!("wrote {out}{}", kv.get("report").map(|r| format!(" and {r}")).unwrap_or_default());
-    Ok(if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) })
+    Ok(if problems.is_empty() && !withheld_problems { ExitCode::SUCCESS } else { ExitCode::from(3) })
 }
 
 /// The member files of `--ensemble`: a comma-separated list of paths, each a file or a pattern with `*` or `?` in its
@@ -851,9 +875,19 @@ fn cmd_tune(mut parser: lexopt::Parser) -> Result<ExitCode, CliError> {
         return Err(usage("tune needs at least one REPORT.json (written by `latentda analyse --report`)"));
     }
     let mut sections: Vec<Desroziers> = Vec::new();
+    // Withheld-observation sections, summed per method (reports without one add nothing).
+    let mut withheld: std::collections::BTreeMap<String, (usize, Withheld)> = Default::default();
     for f in &files {
         let text = std::fs::read_to_string(f).map_err(|e| format!("cannot read report '{f}': {e}"))?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("report '{f}' is not JSON: {e}"))?;
+        if let Some(w) = v.get("withheld").filter(|w| !w.is_null()) {
+            let w: Withheld =
+                serde_json::from_value(w.clone()).map_err(|e| format!("report '{f}': withheld section: {e}"))?;
+            let m = v.get("method").and_then(|m| m.as_str()).unwrap_or("?").to_string();
+            let e = withheld.entry(m).or_default();
+            e.0 += 1;
+            e.1.add(&w);
+        }
         let d = v.get("desroziers").filter(|d| !d.is_null()).ok_or_else(|| {
             format!("report '{f}' has no desroziers section (written by a latentda older than the tune verb?)")
         })?;
@@ -891,6 +925,10 @@ fn cmd_tune(mut parser: lexopt::Parser) -> Result<ExitCode, CliError> {
         }
         println!("method {m}: {} report(s); Desroziers ratios (estimate / in force; R rat = E[da db]/R, B rat = E[(Hxa-Hxb) db]/HBH^T, chi2 = E[db^2]/(R+HBH^T); ratios weighted by 1/sigma_o^2)", t.n_reports);
         print!("{}", t.table());
+        if let Some((k, w)) = withheld.get(m) {
+            print!("{k} of the reports compared with withheld observations; ");
+            print!("{}", w.table());
+        }
         print!("{}", t.options_toml());
         written = Some(t);
     }

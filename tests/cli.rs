@@ -144,6 +144,75 @@ fn failures_write_nothing() {
     }
 }
 
+#[test]
+fn withheld_observations_are_compared_not_assimilated() {
+    let dir = scratch("cli_withheld");
+    let b = fixture("tanh");
+    let s = b.join("sample");
+    let text = std::fs::read_to_string(s.join("obs.csv")).unwrap();
+    let (head, rows) = text.split_once('\n').unwrap();
+    let pick = |odd: usize| {
+        let kept: Vec<&str> = rows.lines().enumerate().filter(|(i, _)| i % 2 == odd).map(|(_, l)| l).collect();
+        format!("{head}\n{}\n", kept.join("\n"))
+    };
+    let (used, held) = (dir.join("used.csv"), dir.join("held.csv"));
+    std::fs::write(&used, pick(0)).unwrap();
+    std::fs::write(&held, pick(1)).unwrap();
+    let n_held = pick(1).lines().count() - 1;
+    let analyse = |extra: &[&str], out: &std::path::Path| {
+        let mut a: Vec<String> =
+            ["analyse", "--bundle", b.to_str().unwrap(), "--background"].iter().map(|x| x.to_string()).collect();
+        a.push(s.join("background.nc").to_str().unwrap().into());
+        a.extend(["--obs".into(), used.to_str().unwrap().into(), "--output".into(), out.to_str().unwrap().into()]);
+        a.extend(extra.iter().map(|x| x.to_string()));
+        run(&a)
+    };
+    let (plain, with) = (dir.join("plain.nc"), dir.join("with.nc"));
+    let rep = dir.join("report.json");
+    let (code, _, err) = analyse(&[], &plain);
+    assert_eq!(code, 0, "{err}");
+    let (code, stdout, err) =
+        analyse(&["--withheld", held.to_str().unwrap(), "--report", rep.to_str().unwrap()], &with);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("withheld observations:"), "{stdout}");
+    // withheld observations never enter the analysis
+    assert_eq!(read(&plain, &b), read(&with, &b));
+    // the report's section is what the library computes from the written fields
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    let w: latentda::var::withheld::Withheld = serde_json::from_value(json["withheld"].clone()).unwrap();
+    assert_eq!(w.n_obs, n_held);
+    assert_eq!(json["n_obs"].as_u64().unwrap() as usize, rows.lines().count() - n_held);
+    let bundle = latentda::bundle::Bundle::open(&b).unwrap();
+    let (obs, _) = latentda::obs::read_csv(&held, &bundle.layout).unwrap();
+    let again = latentda::var::withheld::Withheld::evaluate(
+        &bundle.layout,
+        &obs,
+        &read(&s.join("background.nc"), &b),
+        &read(&with, &b),
+        &latentda::obs::sigma_floors(&bundle.layout, &bundle.std),
+    )
+    .unwrap();
+    let (x, y) = (w.cell("all", "global").unwrap(), again.cell("all", "global").unwrap());
+    assert!(x.n > 0 && x.n == y.n, "{x:?}");
+    assert!((x.mean_d - y.mean_d).abs() <= 1e-6 * y.mean_d.abs().max(1e-3), "{} {}", x.mean_d, y.mean_d);
+    // tune sums the sections and prints them
+    let (code, out, err) = cli(&["tune", rep.to_str().unwrap(), rep.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("2 of the reports compared with withheld observations"), "{out}");
+    // a malformed withheld row is named with its file and line, and the analysis still runs (exit status 3)
+    let bad = dir.join("bad.csv");
+    std::fs::write(&bad, format!("{}t,12,oops,0.5,250,1\n", pick(1))).unwrap();
+    let (code, _, err) = analyse(&["--withheld", bad.to_str().unwrap()], &dir.join("bad.nc"));
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("bad.csv (withheld)") && err.contains(&format!("line {}", n_held + 2)), "{err}");
+    // a missing withheld file fails before anything is written
+    let missing = dir.join("missing.nc");
+    let (code, _, err) = analyse(&["--withheld", "/nonexistent/held.csv"], &missing);
+    assert_ne!(code, 0);
+    assert!(err.contains("/nonexistent/held.csv"), "{err}");
+    assert!(!missing.exists());
+}
+
 fn ort() -> String {
     onnxruntime_library().to_str().unwrap().to_string()
 }

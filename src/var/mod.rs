@@ -19,3 +19,4 @@ pub mod report;
 pub mod sigma_b;
 pub mod solver;
 pub mod threed;
+pub mod withheld;

@@ -228,6 +228,11 @@ pub struct Report {
     /// Desroziers diagnostics per variable group and latitude band: the innovation estimates of R and H B H^T
     /// against those in force, with their sums (accumulated over reports by `latentda tune`).
     pub desroziers: Option<crate::var::desroziers::Desroziers>,
+    /// Verification against withheld observations (`latentda analyse --withheld`, or set by the caller from
+    /// [`crate::var::withheld::Withheld::evaluate`]): observations the analysis did not use, compared with the
+    /// background and the analysis.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub withheld: Option<crate::var::withheld::Withheld>,
     /// Online B sizing (option `adaptive_state`): the multipliers this analysis ran with and those of the next.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub adaptive: Option<AdaptiveInfo>,
