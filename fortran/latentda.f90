@@ -9,6 +9,7 @@
 !>     iv = lda_var_index(ctx, 't')                         ! identifiers for lda_set_obs
 !>     call lda_set_obs(ctx, var, lat, lon, level, value, sigma, ierr)   ! each cycle
 !>     call lda_set_obs_times(ctx, time_hours, ierr)         ! optional, for method 'l4dvar'
+!>     call lda_set_withheld(ctx, var, lat, lon, level, value, sigma, ierr)  ! optional: verified, not assimilated
 !>     call lda_analyse(ctx, ierr [, method])               ! each cycle: the analysis overwrites u, t, ...
 !>     call lda_obs_qc(ctx, flags, ierr)                    ! optional diagnostics
 !>     call lda_close(ctx)                                  ! required: releases the context
@@ -43,7 +44,7 @@ module latentda
   public :: lda_control_dim, lda_state_dim, lda_bsqrt_noise
   public :: lda_grid_info, lda_grid_coords, lda_var_count, lda_var_name, lda_var_layout
   public :: lda_obs_h, lda_obs_h_ad
-  public :: lda_set_obs_times, lda_set_step_model, lda_clear_step_model, lda_l4dvar_check
+  public :: lda_set_withheld, lda_set_obs_times, lda_set_step_model, lda_clear_step_model, lda_l4dvar_check
   public :: lda_set_ensemble
   public :: lda_step_fn, lda_step_tl_fn, lda_step_ad_fn
 
@@ -191,6 +192,15 @@ module latentda
       integer(c_int32_t), intent(in) :: var(*)
       real(c_double), intent(in) :: lat(*), lon(*), level(*), value(*), sigma(*)
     end function c_lda_set_obs
+
+    integer(c_int32_t) function c_lda_set_withheld(ctx, n, var, lat, lon, level, value, sigma) &
+         bind(C, name="lda_set_withheld")
+      import :: c_int32_t, c_size_t, c_double, c_ptr
+      type(c_ptr), value :: ctx
+      integer(c_size_t), value :: n
+      integer(c_int32_t), intent(in) :: var(*)
+      real(c_double), intent(in) :: lat(*), lon(*), level(*), value(*), sigma(*)
+    end function c_lda_set_withheld
 
     integer(c_int32_t) function c_lda_analyse(ctx, method) bind(C, name="lda_analyse")
       import :: c_int32_t, c_ptr
@@ -614,6 +624,41 @@ contains
            " values but 'var' has " // trim(sz(2)) // "; all arrays need equal length", ierr)
     end subroutine mismatch
   end subroutine lda_set_obs
+
+  !> Sets the withheld observations of the next analyses (lda_set_withheld in latentda.h), copied; arrays as for
+  !> lda_set_obs, size 0 clears them. They never enter an analysis: each report (lda_report_json, section
+  !> 'withheld') compares them with the background and the analysis, a check without truth.
+  subroutine lda_set_withheld(ctx, var, lat, lon, level, value, sigma, ierr)
+    type(lda_context), intent(inout) :: ctx          !< open context
+    integer(c_int32_t), intent(in) :: var(:)         !< variable identifiers from lda_var_index (-1: unknown)
+    real(c_double), intent(in) :: lat(:)             !< latitude, degrees north
+    real(c_double), intent(in) :: lon(:)             !< longitude, degrees east
+    real(c_double), intent(in) :: level(:)           !< vertical coordinate (e.g. sigma); ignored for surface
+    real(c_double), intent(in) :: value(:)           !< observed value, in the variable's units
+    real(c_double), intent(in) :: sigma(:)           !< observation error standard deviation (> 0)
+    integer, intent(out) :: ierr                     !< LDA_OK, LDA_ERR_INVALID_ARGUMENT (lengths differ)
+    character(len=16) :: sz(2)
+    integer :: n
+    call clear_error(ctx)
+    n = size(var)
+    if (size(lat) /= n) call mismatch('lat', size(lat))
+    if (size(lon) /= n) call mismatch('lon', size(lon))
+    if (size(level) /= n) call mismatch('level', size(level))
+    if (size(value) /= n) call mismatch('value', size(value))
+    if (size(sigma) /= n) call mismatch('sigma', size(sigma))
+    if (allocated(ctx%local_error)) return
+    ierr = int(c_lda_set_withheld(ctx%ptr, int(n, c_size_t), var, lat, lon, level, value, sigma))
+  contains
+    subroutine mismatch(name, m)
+      character(len=*), intent(in) :: name
+      integer, intent(in) :: m
+      if (allocated(ctx%local_error)) return
+      write(sz(1), '(i0)') m
+      write(sz(2), '(i0)') n
+      call fail(ctx, LDA_ERR_INVALID_ARGUMENT, "lda_set_withheld: '" // name // "' has " // trim(sz(1)) // &
+           " values but 'var' has " // trim(sz(2)) // "; all arrays need equal length", ierr)
+    end subroutine mismatch
+  end subroutine lda_set_withheld
 
   !> Sets the observation times (hours from the analysis time, the start of the 4D-Var window) of the observations
   !> set last, in their order. lda_set_obs resets them to 0. Only method 'l4dvar' uses them.

@@ -410,6 +410,25 @@ int32_t lda_set_obs(struct LdaContext *ctx,
                     const double *sigma);
 
 /**
+ * Sets the withheld observations of the next analyses, replacing any previous set: arrays as for `lda_set_obs`
+ * (copied), `n` = 0 clears them (the pointers may then be NULL). They never enter an analysis: the report of each
+ * analysis compares them with the background and the analysis (section "withheld" of `lda_report_json`:
+ * per variable and latitude band, mean d = mean((O-A)^2 - (O-B)^2) / sigma_o^2 with its cluster-robust standard
+ * error over columns; negative where the analysis came closer to them than the background). Their errors are
+ * independent of both, so this checks the analysis without truth, as passive observations do in operational
+ * monitoring: withhold a random part of the columns, for example. Invalid ones are counted in the section's QC
+ * counts, never an error.
+ */
+int32_t lda_set_withheld(struct LdaContext *ctx,
+                         size_t n,
+                         const int32_t *var,
+                         const double *lat,
+                         const double *lon,
+                         const double *level,
+                         const double *value,
+                         const double *sigma);
+
+/**
  * Sets the observation times, in hours from the analysis time (the time of the bound background, the start of the
  * 4D-Var window), of the `n` observations set by the last `lda_set_obs`, in the same order. `n` must equal that
  * count; `time_hours` holds `n` values, is copied, and must not be NULL.

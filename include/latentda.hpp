@@ -352,6 +352,18 @@ class Context {
     });
   }
 
+  // Sets the withheld observations of the next analyses (copied; spans as for set_obs; empty spans clear them). They
+  // never enter an analysis: each report compares them with the background and the analysis (section "withheld":
+  // mean((O-A)^2 - (O-B)^2) / sigma_o^2 per variable and latitude band, negative where the analysis came closer to
+  // them), a check of the analysis without truth.
+  void set_withheld(Span<const int32_t> var, Span<const double> lat, Span<const double> lon,
+                    Span<const double> level, Span<const double> value, Span<const double> sigma) {
+    detail::call([&] {
+      get().set_withheld(detail::in(var), detail::in(lat), detail::in(lon), detail::in(level), detail::in(value),
+                         detail::in(sigma));
+    });
+  }
+
   // Sets the times (hours from the analysis time, the start of the 4D-Var window) of the observations set last, one
   // per observation in their order; set_obs resets them to 0. Only method "l4dvar" uses them, with the step model:
   // the host's (set_step_model), else the bundle's.

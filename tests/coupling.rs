@@ -1217,3 +1217,99 @@ fn a_non_converged_analysis_says_why() {
         serde_json::from_str(&std::fs::read_to_string(p.dir.join("converged.json")).unwrap()).unwrap();
     assert_eq!(rep["solver"]["stop_reason"], "converged", "{}", rep["solver"]);
 }
+
+/// Withheld observations through the C ABI: compared in the report exactly as the library computes it from the
+/// analysis written back, never assimilated (the analysis is bit for bit the one without them), cleared by n = 0.
+#[test]
+fn withheld_observations_through_the_c_abi() {
+    let b = fixture("tanh");
+    let bundle = Bundle::open(&b).unwrap();
+    let lay = bundle.layout.clone();
+    let (obs, _) = latentda::obs::read_csv(&b.join("sample/obs.csv"), &lay).unwrap();
+    let (used, held): (Vec<_>, Vec<_>) = obs.iter().cloned().enumerate().partition(|(i, _)| i % 2 == 0);
+    let (used, held): (Vec<_>, Vec<_>) =
+        (used.into_iter().map(|x| x.1).collect(), held.into_iter().map(|x| x.1).collect());
+    let bg = background("tanh");
+    let dir = CString::new(b.to_str().unwrap()).unwrap();
+    let mut ctx: *mut LdaContext = std::ptr::null_mut();
+    check(ctx, ffi::lda_open(dir.as_ptr(), std::ptr::null(), &mut ctx), "lda_open");
+    let mut fields: Vec<Vec<f64>> = (0..lay.variables.len()).map(|v| bg[lay.var_range(v)].to_vec()).collect();
+    for (v, f) in lay.variables.iter().zip(fields.iter_mut()) {
+        let name = CString::new(v.name.as_str()).unwrap();
+        let (shape, nd): (Vec<i64>, i32) = if v.is_surface() {
+            (vec![lay.grid.nlat() as i64, lay.grid.nlon() as i64], 2)
+        } else {
+            (vec![v.nlev as i64, lay.grid.nlat() as i64, lay.grid.nlon() as i64], 3)
+        };
+        check(ctx, ffi::lda_bind_field_f64(ctx, name.as_ptr(), f.as_mut_ptr(), nd, shape.as_ptr(), 0), "bind");
+    }
+    type Cols = (Vec<i32>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
+    let cols = |o: &[latentda::Observation]| -> Cols {
+        (
+            o.iter().map(|o| o.var.map(|v| v as i32).unwrap_or(-1)).collect(),
+            o.iter().map(|o| o.lat).collect(),
+            o.iter().map(|o| o.lon).collect(),
+            o.iter().map(|o| o.level.unwrap_or(f64::NAN)).collect(),
+            o.iter().map(|o| o.value).collect(),
+            o.iter().map(|o| o.sigma).collect(),
+        )
+    };
+    let (u, h) = (cols(&used), cols(&held));
+    let st = ffi::lda_set_obs(
+        ctx,
+        used.len(),
+        u.0.as_ptr(),
+        u.1.as_ptr(),
+        u.2.as_ptr(),
+        u.3.as_ptr(),
+        u.4.as_ptr(),
+        u.5.as_ptr(),
+    );
+    check(ctx, st, "set_obs");
+    let st = ffi::lda_set_withheld(
+        ctx,
+        held.len(),
+        h.0.as_ptr(),
+        h.1.as_ptr(),
+        h.2.as_ptr(),
+        h.3.as_ptr(),
+        h.4.as_ptr(),
+        h.5.as_ptr(),
+    );
+    check(ctx, st, "set_withheld");
+    let report = |ctx: *mut LdaContext| -> serde_json::Value {
+        let mut buf = vec![0 as c_char; 1 << 22];
+        let mut need = 0usize;
+        check(ctx, ffi::lda_report_json(ctx, buf.as_mut_ptr(), buf.len(), &mut need), "report");
+        // SAFETY: on success the buffer holds a NUL-terminated string.
+        serde_json::from_slice(unsafe { CStr::from_ptr(buf.as_ptr()) }.to_bytes()).unwrap()
+    };
+    check(ctx, ffi::lda_analyse(ctx, std::ptr::null::<c_char>()), "analyse");
+    let with = fields.concat();
+    let rep = report(ctx);
+    let w: latentda::var::withheld::Withheld = serde_json::from_value(rep["withheld"].clone()).unwrap();
+    assert_eq!((w.n_obs, rep["n_obs"].as_u64().unwrap() as usize), (held.len(), used.len()));
+    let floors = latentda::obs::sigma_floors(&lay, &bundle.std);
+    let again = latentda::var::withheld::Withheld::evaluate(&lay, &held, &bg, &with, &floors).unwrap();
+    assert_eq!(w.n_used, again.n_used);
+    for (x, y) in w.cells.iter().zip(&again.cells) {
+        assert!((x.sum_d - y.sum_d).abs() <= 1e-12 * y.sum_d.abs().max(1.0), "{x:?} {y:?}");
+    }
+    assert!(w.cell("all", "global").unwrap().n > 0);
+    // n = 0 clears them (NULL arrays allowed); the analysis is the same without them, bit for bit
+    let null = std::ptr::null::<f64>();
+    check(ctx, ffi::lda_set_withheld(ctx, 0, std::ptr::null(), null, null, null, null, null), "clear withheld");
+    for (v, f) in fields.iter_mut().enumerate() {
+        f.copy_from_slice(&bg[lay.var_range(v)]);
+    }
+    check(ctx, ffi::lda_analyse(ctx, std::ptr::null::<c_char>()), "analyse");
+    assert_eq!(fields.concat(), with, "withheld observations changed the analysis");
+    assert!(report(ctx).get("withheld").is_none());
+    // a NULL array with n > 0 is an error naming it
+    let st = ffi::lda_set_withheld(ctx, 1, h.0.as_ptr(), h.1.as_ptr(), null, h.3.as_ptr(), h.4.as_ptr(), h.5.as_ptr());
+    assert_eq!(st, ffi::LDA_ERR_NULL_POINTER);
+    // SAFETY: lda_last_error never returns NULL.
+    let msg = unsafe { CStr::from_ptr(ffi::lda_last_error(ctx)) }.to_string_lossy().into_owned();
+    assert!(msg.contains("lon"), "{msg}");
+    check(ctx, ffi::lda_close(ctx), "close");
+}

@@ -1064,6 +1064,9 @@ struct Context final : public ::rust::Opaque {
   // Sets (copies) the observations.
   void set_obs(::rust::Slice<::std::int32_t const> var, ::rust::Slice<double const> lat, ::rust::Slice<double const> lon, ::rust::Slice<double const> level, ::rust::Slice<double const> value, ::rust::Slice<double const> sigma);
 
+  // Sets (copies) the withheld observations: compared in the report, never assimilated; empty clears them.
+  void set_withheld(::rust::Slice<::std::int32_t const> var, ::rust::Slice<double const> lat, ::rust::Slice<double const> lon, ::rust::Slice<double const> level, ::rust::Slice<double const> value, ::rust::Slice<double const> sigma);
+
   // Sets the observation times (hours from the analysis time) of the observations set last (method l4dvar).
   void set_obs_times(::rust::Slice<double const> time_hours);
 

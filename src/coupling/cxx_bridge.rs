@@ -123,6 +123,16 @@ mod ffi {
             value: &[f64],
             sigma: &[f64],
         ) -> Result<()>;
+        /// Sets (copies) the withheld observations: compared in the report, never assimilated; empty clears them.
+        fn set_withheld(
+            self: &mut Context,
+            var: &[i32],
+            lat: &[f64],
+            lon: &[f64],
+            level: &[f64],
+            value: &[f64],
+            sigma: &[f64],
+        ) -> Result<()>;
         /// Sets the observation times (hours from the analysis time) of the observations set last (method l4dvar).
         fn set_obs_times(self: &mut Context, time_hours: &[f64]) -> Result<()>;
         /// Sets `k` ensemble members, member after member in the state layout (see `lda_set_ensemble`); k = 0
@@ -312,6 +322,19 @@ impl Context {
 
     fn set_obs_times(&mut self, time_hours: &[f64]) -> BridgeResult<()> {
         guard_ctx(&self.failed, || self.host.set_obs_times(time_hours))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn set_withheld(
+        &mut self,
+        var: &[i32],
+        lat: &[f64],
+        lon: &[f64],
+        level: &[f64],
+        value: &[f64],
+        sigma: &[f64],
+    ) -> BridgeResult<()> {
+        guard_ctx(&self.failed, || self.host.set_withheld(var, lat, lon, level, value, sigma))
     }
 
     fn set_ensemble(&mut self, k: usize, members: &[f64]) -> BridgeResult<()> {

@@ -572,6 +572,45 @@ pub extern "C" fn lda_set_obs(
     })
 }
 
+/// Sets the withheld observations of the next analyses, replacing any previous set: arrays as for `lda_set_obs`
+/// (copied), `n` = 0 clears them (the pointers may then be NULL). They never enter an analysis: the report of each
+/// analysis compares them with the background and the analysis (section "withheld" of `lda_report_json`:
+/// per variable and latitude band, mean d = mean((O-A)^2 - (O-B)^2) / sigma_o^2 with its cluster-robust standard
+/// error over columns; negative where the analysis came closer to them than the background). Their errors are
+/// independent of both, so this checks the analysis without truth, as passive observations do in operational
+/// monitoring: withhold a random part of the columns, for example. Invalid ones are counted in the section's QC
+/// counts, never an error.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub extern "C" fn lda_set_withheld(
+    ctx: *mut LdaContext,
+    n: usize,
+    var: *const i32,
+    lat: *const f64,
+    lon: *const f64,
+    level: *const f64,
+    value: *const f64,
+    sigma: *const f64,
+) -> i32 {
+    with_ctx(ctx, |inner| {
+        if n == 0 {
+            return inner.set_withheld(&[], &[], &[], &[], &[], &[]);
+        }
+        let names = ["var", "lat", "lon", "level", "value", "sigma"];
+        let ptrs = [var as *const u8, lat as _, lon as _, level as _, value as _, sigma as _];
+        if let Some(i) = ptrs.iter().position(|p| p.is_null()) {
+            return Err(null(names[i]));
+        }
+        // The whole set must fit in memory before any array is read (as lda_set_obs).
+        HostContext::obs_buffer(n)?;
+        // SAFETY: each array holds n values (contract) and was checked non-null.
+        let sl = |p: *const f64| -> &[f64] { unsafe { std::slice::from_raw_parts(p, n) } };
+        // SAFETY: as above.
+        let vars: &[i32] = unsafe { std::slice::from_raw_parts(var, n) };
+        inner.set_withheld(vars, sl(lat), sl(lon), sl(level), sl(value), sl(sigma))
+    })
+}
+
 /// Sets the observation times, in hours from the analysis time (the time of the bound background, the start of the
 /// 4D-Var window), of the `n` observations set by the last `lda_set_obs`, in the same order. `n` must equal that
 /// count; `time_hours` holds `n` values, is copied, and must not be NULL.

@@ -13,6 +13,7 @@ use crate::obs::{Observation, QcFlag};
 use crate::var::analysis::Analyser;
 use crate::var::fourd::{ForecastChecks, FourD};
 use crate::var::options::{BKind, Method, Options};
+use crate::var::withheld::Withheld;
 
 /// Memory order of a bound host array (the `order` argument of `lda_bind_field_f32`/`_f64`, an `int32_t`).
 ///
@@ -70,6 +71,9 @@ pub struct HostContext {
     pub analyser: Analyser,
     fields: Vec<Option<HostData>>,
     obs: Vec<Observation>,
+    /// Withheld observations (`set_withheld`): compared with the background and the analysis in the report, never
+    /// assimilated.
+    withheld: Vec<Observation>,
     qc: Option<Vec<QcFlag>>,
     report: Option<String>,
     /// The host B operator's kind and latent linearisation point (none for the static B), once linearised.
@@ -116,6 +120,7 @@ impl HostContext {
             analyser,
             fields: vec![None; nvar],
             obs: Vec::new(),
+            withheld: Vec::new(),
             qc: None,
             report: None,
             b_point: None,
@@ -229,10 +234,53 @@ impl HostContext {
         value: &[f64],
         sigma: &[f64],
     ) -> Result<()> {
-        let n = var.len();
-        if n == 0 {
+        if var.is_empty() {
             return Err(Error::arg("set_obs: n = 0 (zero-length observation arrays); pass at least one observation"));
         }
+        self.fill_obs("set_obs", &mut buf, var, lat, lon, level, value, sigma)?;
+        self.obs = buf;
+        self.qc = None;
+        self.obs_op = None;
+        Ok(())
+    }
+
+    /// Sets the withheld observations of the next analyses (arrays as for [`Self::set_obs`]; none clears them).
+    /// They never enter an analysis: each report compares them with the background and the analysis
+    /// ([`crate::var::withheld`], report section `withheld`), a check of the analysis without truth.
+    pub fn set_withheld(
+        &mut self,
+        var: &[i32],
+        lat: &[f64],
+        lon: &[f64],
+        level: &[f64],
+        value: &[f64],
+        sigma: &[f64],
+    ) -> Result<()> {
+        let mut buf = Self::obs_buffer(var.len())?;
+        self.fill_obs("set_withheld", &mut buf, var, lat, lon, level, value, sigma)?;
+        self.withheld = buf;
+        Ok(())
+    }
+
+    /// Number of withheld observations set.
+    pub fn n_withheld(&self) -> usize {
+        self.withheld.len()
+    }
+
+    /// Checks the arrays' lengths and fills `buf` with their observations (`what` names the call in errors).
+    #[allow(clippy::too_many_arguments)]
+    fn fill_obs(
+        &self,
+        what: &str,
+        buf: &mut Vec<Observation>,
+        var: &[i32],
+        lat: &[f64],
+        lon: &[f64],
+        level: &[f64],
+        value: &[f64],
+        sigma: &[f64],
+    ) -> Result<()> {
+        let n = var.len();
         let lens = [
             ("lat", lat.len()),
             ("lon", lon.len()),
@@ -242,14 +290,14 @@ impl HostContext {
         ];
         if let Some((name, l)) = lens.iter().find(|(_, l)| *l != n) {
             return Err(Error::arg(format!(
-                "set_obs: '{name}' has {l} values but 'var' has {n}; all arrays need equal length"
+                "{what}: '{name}' has {l} values but 'var' has {n}; all arrays need equal length"
             )));
         }
         let lay = &self.analyser.bundle.layout;
         let nvar = lay.variables.len();
         buf.clear();
         buf.try_reserve_exact(n)
-            .map_err(|_| Error::arg(format!("set_obs: cannot allocate memory for n = {n} observations")))?;
+            .map_err(|_| Error::arg(format!("{what}: cannot allocate memory for n = {n} observations")))?;
         buf.extend((0..n).map(|i| {
             let v = (var[i] >= 0 && (var[i] as usize) < nvar).then_some(var[i] as usize);
             // No name: the host identifies variables by index (and one allocation per observation would make
@@ -267,9 +315,6 @@ impl HostContext {
                 malformed: None,
             }
         }));
-        self.obs = buf;
-        self.qc = None;
-        self.obs_op = None;
         Ok(())
     }
 
@@ -470,6 +515,13 @@ impl HostContext {
         } else {
             self.analyser.analyse(&x_b, &self.obs, m)?
         };
+        let mut result = result;
+        if !self.withheld.is_empty() {
+            // before anything is written back: a failure here leaves the host arrays untouched
+            let lay = &self.analyser.bundle.layout;
+            let floors = crate::obs::sigma_floors(lay, &self.analyser.bundle.std);
+            result.report.withheld = Some(Withheld::evaluate(lay, &self.withheld, &x_b, &result.analysis, &floors)?);
+        }
         self.scatter(&result.output);
         self.qc = Some(result.qc);
         self.report = Some(result.report.to_json());

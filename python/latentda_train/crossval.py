@@ -1,0 +1,237 @@
+"""latentda-crossval: choose between B configurations with withheld observations, without truth (issue 20).
+
+The Desroziers statistics size a B (`latentda tune`) but cannot choose its structure: they compare variances, and
+the latent and static parts of the hybrid have nearly the same variance profile (docs/robustness-matrix.md, "The
+mix cannot be sized per variable from innovations"). Withheld observations can. For every case of a matrix cell the
+observation columns are split at random into two halves; each configuration analyses one half and is compared with
+the other (`latentda analyse --withheld`), and the other way round, so that every observation is withheld once.
+Over a cell's cases and both folds,
+
+    mean d = mean(((O-A)^2 - (O-B)^2) / sigma_o^2)   over the withheld observations
+
+estimates, without truth, how much closer the analysis came to the true state than the background at those points.
+Per variable and band class (extratropics, tropics) the configuration with the lowest mean d is chosen; the
+composite options file takes each variable's weights from its chosen configuration. The truth scores the choice:
+the half-network analyses' RMSE ratios of every configuration, the configuration the truth would have chosen, and the
+composite's full-network analyses beside every configuration's.
+
+The configurations are the innovation-sized rows of the matrix (`latentda-matrix --tuned-steps 2`): their last
+options files, OUT/matrix/tuned/<stamp>/<exe tag>/<recipe>/<network>/<family>/step2.toml (or --options-root).
+
+    latentda-crossval --out DATA --ort --recipes c6,b6 --networks uniform,sonde
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import tempfile
+import time
+import zlib
+import tomllib
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from . import cases as CS
+from . import data as D
+from . import matrix as M
+from . import suite as SU
+
+FAMILIES = "hybrid-pv-sq,hybrid-pv,3dvar-pv"   # the first: the choice where no withheld observation tells (recommended config)
+CLASSES = {"extratropics": ("nh", "sh"), "tropics": ("tropics",)}
+VARS = ("u", "v", "t", "q", "z", "ps")
+SUMS = ("n", "n_columns", "sum_d", "sum_dc2", "sum_dc_nc", "sum_nc2")
+
+
+def split_columns(path, seed):
+    """The rows of an observation CSV in two halves by column (horizontal position), drawn with `seed`."""
+    lines = open(path).read().splitlines()
+    head, rows = lines[0], [r for r in lines[1:] if r.strip()]
+    pos = lambda r: tuple(r.split(",")[1:3])
+    cols = sorted({pos(r) for r in rows})
+    held = set(np.random.default_rng(seed).permutation(len(cols))[: len(cols) // 2])
+    side = {c: int(k in held) for k, c in enumerate(cols)}
+    halves = ([head], [head])
+    for r in rows:
+        halves[side[pos(r)]].append(r)
+    return ["\n".join(h) + "\n" for h in halves]
+
+
+def class_stats(cells, var, cls):
+    """Summed withheld statistics of variable `var` over the bands of class `cls`: (n, mean d, its standard
+    error), the error cluster-robust over columns as in the runtime (src/var/withheld.rs)."""
+    s = dict.fromkeys(SUMS, 0.0)
+    for c in cells:
+        if c["group"] == var and c["band"] in CLASSES[cls]:
+            for k in SUMS:
+                s[k] += c[k]
+    n, ncol = s["n"], s["n_columns"]
+    if n == 0:
+        return 0, None, None
+    m = s["sum_d"] / n
+    v = max(s["sum_dc2"] - 2 * m * s["sum_dc_nc"] + m * m * s["sum_nc2"], 0.0) / n ** 2
+    se = float(np.sqrt(v * ncol / (ncol - 1))) if ncol > 1 else None
+    return int(n), m, se
+
+
+def add_cells(acc, cells):
+    """Adds a report's withheld cells into acc {(group, band): sums}."""
+    for c in cells:
+        a = acc.setdefault((c["group"], c["band"]), {"group": c["group"], "band": c["band"], **dict.fromkeys(SUMS, 0)})
+        for k in SUMS:
+            a[k] += c[k]
+
+
+def family_args(family, options):
+    """CLI arguments of a tuned family's last step, as latentda-matrix runs it."""
+    _, args0, repeat = M.TUNED[family]
+    return (list(args0) if repeat else []) + ["--options", options]
+
+
+def composite_options(choice, opts_of, path):
+    """An options file whose per-variable hybrid weights take each (variable, class) from its chosen family."""
+    tables = {f: tomllib.load(open(p, "rb")) for f, p in opts_of.items()}
+    any_t = next(iter(tables.values()))
+    w = {}
+    for v in VARS:
+        e = {}
+        for cls, keys in (("extratropics", ("alpha", "beta")), ("tropics", ("alpha_tropics", "beta_tropics"))):
+            src = tables[choice[v][cls]]["hybrid_variable_weights"][v]
+            for k in keys:
+                e[k] = src[k]
+        w[v] = e
+    fmt = lambda d: "{ " + ", ".join(f"{k} = {x:.6f}" for k, x in d.items()) + " }"
+    with open(path, "w") as f:
+        f.write("# latentda-crossval: per variable and band class, the weights of the family chosen by withheld "
+                "observations\n")
+        for v in VARS:
+            f.write(f"# {v}: extratropics {choice[v]['extratropics']}, tropics {choice[v]['tropics']}\n")
+        f.write(f"hybrid_alpha = {any_t['hybrid_alpha']:.6f}\nhybrid_beta = {any_t['hybrid_beta']:.6f}\n")
+        f.write("hybrid_variable_weights = { " + ", ".join(f"{v} = {fmt(w[v])}" for v in VARS) + " }\n")
+    return path
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="latentda-crossval", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=D.DEFAULT_OUT, help="data folder with the matrix cases (DATA/matrix)")
+    ap.add_argument("--bundle", default=os.path.join(SU.REPO, "models", "speedy-t31"))
+    ap.add_argument("--latentda", default=os.path.join(SU.REPO, "target", "release", "latentda"))
+    ap.add_argument("--options-root", default=None,
+                    help="folder with <recipe>/<network>/<family>/step2.toml (default: the matrix's tuned folder of "
+                         "this bundle, the untagged layout first)")
+    ap.add_argument("--recipes", default="c6,b6,b24,a48,b48")
+    ap.add_argument("--networks", default="uniform,sonde,sparse")
+    ap.add_argument("--families", default=FAMILIES)
+    ap.add_argument("--launches", default="610:720:15")
+    ap.add_argument("--ort", action="store_true", help="ONNX Runtime from the onnxruntime wheel")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=20261207)
+    ap.add_argument("--json", default=None, help="default OUT/matrix/crossval.json")
+    a = ap.parse_args(argv)
+    log = lambda m: print(m, flush=True)
+    lat, _, _ = D.grid(a.out)
+    extra = ["--backend", "ort", "--ort-library", M.ort_library()] if a.ort else []
+    bundle = os.path.abspath(a.bundle)
+    stamp = SU.bundle_stamp(bundle)
+    root = a.options_root or os.path.join(a.out, "matrix", "tuned", stamp)
+    fams = a.families.split(",")
+    from .forecasts import launch_days
+    launches = launch_days(a.launches)
+    work = os.path.join(a.out, "matrix", "crossval")
+    result = {"command": "latentda-crossval " + " ".join(argv or []), "bundle": bundle, "cells": {}}
+    t0 = time.time()
+
+    def analyse(task):
+        d, obs, held, args, report_to = task
+        with M.NC_LOCK:
+            xt, xb = CS.read_state(os.path.join(d, "truth.nc")), CS.read_state(os.path.join(d, "background.nc"))
+        with tempfile.TemporaryDirectory() as tmp:
+            wargs = ["--withheld", held] if held else []
+            xa, rep, _ = M.run_cli_retry(a.latentda, bundle, d, obs, "hybrid", args + wargs + extra, tmp, log=log)
+        rb, ra = SU.band_rmse(xb - xt, lat), SU.band_rmse(xa - xt, lat)
+        ratio = {b: {v: ra[b][v] / rb[b][v] for v in VARS} for b in ("global", "extratropics", "tropics")}
+        return {"ratio": ratio, "withheld": (rep.get("withheld") or {}).get("cells", [])}
+
+    for r in a.recipes.split(","):
+        for net in a.networks.split(","):
+            opts = {f: os.path.join(root, r, net, f, "step2.toml") for f in fams}
+            missing = [p for p in opts.values() if not os.path.exists(p)]
+            if missing:
+                raise SystemExit(f"no tuned options for {r}/{net}: {missing[0]} (run latentda-matrix --tuned-steps 2 "
+                                 f"--tuned-families {a.families})")
+            cases = M.make_cases(a.out, r, launches, [net], log, bundle=bundle)
+            cdir = os.path.join(work, r, net)
+            tasks, keys = [], []
+            for cname, d in cases:
+                halves = split_columns(os.path.join(d, M.NETWORKS[net][0]), a.seed + zlib.crc32(cname.encode()) % 100000)
+                paths = []
+                for k, h in enumerate(halves):
+                    p = os.path.join(cdir, cname, f"half{k}.csv")
+                    os.makedirs(os.path.dirname(p), exist_ok=True)
+                    open(p, "w").write(h)
+                    paths.append(p)
+                for f in fams:
+                    for k in (0, 1):
+                        tasks.append((d, paths[k], paths[1 - k], M.RECIPE_ARGS.get(r, []) + family_args(f, opts[f]),
+                                      None))
+                        keys.append((f, "fold", cname, k))
+            with ThreadPoolExecutor(max_workers=a.jobs) as ex:
+                out = list(ex.map(analyse, tasks))
+            cell = {"families": fams, "cv": {}, "truth_half": {}, "choice_cv": {}, "choice_truth": {}}
+            for f in fams:
+                acc, ratios = {}, []
+                for (kf, _, _, _), o in zip(keys, out):
+                    if kf == f:
+                        add_cells(acc, o["withheld"])
+                        ratios.append(o["ratio"])
+                cell["cv"][f] = {v: {c: class_stats(acc.values(), v, c) for c in CLASSES} for v in VARS}
+                cell["truth_half"][f] = {b: {v: float(np.mean([x[b][v] for x in ratios])) for v in VARS}
+                                         for b in ("global", "extratropics", "tropics")}
+            for v in VARS:
+                cell["choice_cv"][v], cell["choice_truth"][v] = {}, {}
+                for c in CLASSES:
+                    scored = [(cell["cv"][f][v][c][1], f) for f in fams if cell["cv"][f][v][c][1] is not None]
+                    # no withheld observation of the variable: keep the first family (the recommended one first)
+                    cell["choice_cv"][v][c] = min(scored)[1] if scored else fams[0]
+                    cell["choice_truth"][v][c] = min((cell["truth_half"][f][c][v], f) for f in fams)[1]
+            comp = composite_options(cell["choice_cv"], opts, os.path.join(cdir, "composite.toml"))
+            full = [(d, M.NETWORKS[net][0], None, M.RECIPE_ARGS.get(r, []) + fa, None)
+                    for fa in [family_args(f, opts[f]) for f in fams] + [["--options", comp]] for _, d in cases]
+            with ThreadPoolExecutor(max_workers=a.jobs) as ex:
+                fo = list(ex.map(analyse, full))
+            nc = len(cases)
+            cell["truth_full"] = {name: {v: float(np.mean([o["ratio"]["global"][v] for o in fo[i * nc:(i + 1) * nc]]))
+                                         for v in VARS} for i, name in enumerate(fams + ["cv-composite"])}
+            result["cells"][f"{r}/{net}"] = cell
+            log(f"{r}/{net}: {len(tasks) + len(full)} analyses, {time.time() - t0:.0f}s so far")
+            print(cell_table(r, net, cell), flush=True)
+            path = a.json or os.path.join(a.out, "matrix", "crossval.json")
+            json.dump(result, open(path, "w"), indent=1)
+    return 0
+
+
+def cell_table(r, net, cell):
+    """Markdown: per variable, mean d per family and class, the chosen and the truth's choice; full-network
+    ratios."""
+    fams = cell["families"]
+    out = [f"### {r} / {net}", "", "| var | class | " + " | ".join(f"mean d {f}" for f in fams) +
+           " | chosen | truth's choice | " + " | ".join(f"half ratio {f}" for f in fams) + " |",
+           "|" + "---|" * (4 + 2 * len(fams))]
+    for v in VARS:
+        for c in CLASSES:
+            ds = [cell["cv"][f][v][c] for f in fams]
+            fd = lambda x: "-" if x[1] is None else f"{x[1]:+.3f} ({2 * x[2]:.3f})" if x[2] else f"{x[1]:+.3f}"
+            out.append(f"| {v} | {c} | " + " | ".join(fd(x) for x in ds) + f" | {cell['choice_cv'][v][c]} | "
+                       f"{cell['choice_truth'][v][c]} | " +
+                       " | ".join(f"{cell['truth_half'][f][c][v]:.3f}" for f in fams) + " |")
+    out += ["", "Full network, global ratio: " + "; ".join(
+        f"{n} " + " ".join(f"{cell['truth_full'][n][v]:.3f}" for v in VARS) for n in cell["truth_full"]), ""]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

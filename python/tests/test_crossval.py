@@ -1,0 +1,71 @@
+"""latentda-crossval's pieces that need neither jcm nor latentda: the column split, the summed withheld statistics
+(the runtime's formula, src/var/withheld.rs) and the composite options file."""
+import tomllib
+
+import numpy as np
+import pytest
+
+from latentda_train import crossval as X
+
+
+def test_split_is_by_column_disjoint_complete_and_deterministic(tmp_path):
+    p = tmp_path / "obs.csv"
+    rows = [f"t,{lat:.3f},{lon:.3f},{lev},250,1" for lat in (10.0, 20.0, 30.0) for lon in (0.0, 90.0, 180.0, 270.0)
+            for lev in (0.3, 0.7)]
+    p.write_text("var,lat,lon,level,value,sigma\n" + "\n".join(rows) + "\n")
+    a, b = X.split_columns(p, 7)
+    ra, rb = a.splitlines()[1:], b.splitlines()[1:]
+    assert sorted(ra + rb) == sorted(rows)
+    cols = lambda rs: {tuple(r.split(",")[1:3]) for r in rs}
+    assert not cols(ra) & cols(rb)
+    assert len(cols(ra)) == len(cols(rb)) == 6          # half of 12 columns each, every level with its column
+    assert all(len([r for r in ra if tuple(r.split(",")[1:3]) == c]) == 2 for c in cols(ra))
+    assert X.split_columns(p, 7) == [a, b] and X.split_columns(p, 8) != [a, b]
+
+
+def cell(group, band, ds_by_column):
+    """A report cell built from per-column lists of d values, as the runtime sums them."""
+    d = [x for col in ds_by_column for x in col]
+    dc = [sum(c) for c in ds_by_column]
+    nc = [len(c) for c in ds_by_column]
+    return {"group": group, "band": band, "n": len(d), "n_columns": len(ds_by_column), "sum_d": sum(d),
+            "sum_dc2": sum(x * x for x in dc), "sum_dc_nc": sum(x * n for x, n in zip(dc, nc)),
+            "sum_nc2": sum(n * n for n in nc)}
+
+
+def test_class_stats_sums_the_bands_of_a_class_with_the_cluster_robust_error():
+    nh = [[-1.0, -0.5], [0.2], [-0.3, -0.1, 0.0]]
+    sh = [[-2.0], [0.5, 0.1]]
+    cells = [cell("t", "nh", nh), cell("t", "sh", sh), cell("t", "tropics", [[9.0]]), cell("u", "nh", [[5.0]])]
+    acc = {}
+    X.add_cells(acc, cells)
+    X.add_cells(acc, [cell("t", "nh", [[-0.4]])])        # a second case: another column
+    n, m, se = X.class_stats(acc.values(), "t", "extratropics")
+    cols = nh + sh + [[-0.4]]
+    d = [x for c in cols for x in c]
+    assert n == len(d) and m == pytest.approx(np.mean(d))
+    k = len(cols)
+    want = np.sqrt(k / (k - 1) * sum((sum(c) - len(c) * m) ** 2 for c in cols) / len(d) ** 2)
+    assert se == pytest.approx(want)
+    assert X.class_stats(acc.values(), "t", "tropics")[:2] == (1, 9.0)
+    assert X.class_stats(acc.values(), "t", "tropics")[2] is None   # one column: no error estimate
+    assert X.class_stats(acc.values(), "q", "tropics") == (0, None, None)
+
+
+def test_composite_takes_each_variable_and_class_from_its_chosen_family(tmp_path):
+    def opts(name, scale):
+        w = ", ".join(f"{v} = {{ alpha = {scale:.1f}, beta = {scale / 10:.2f}, alpha_tropics = {scale + 1:.1f}, "
+                      f"beta_tropics = {scale / 10 + 1:.2f} }}" for v in X.VARS)
+        p = tmp_path / f"{name}.toml"
+        p.write_text(f"hybrid_alpha = 0.5\nhybrid_beta = 0.2\nhybrid_variable_weights = {{ {w} }}\n")
+        return str(p)
+    paths = {"A": opts("A", 1.0), "B": opts("B", 2.0)}
+    choice = {v: {"extratropics": "A", "tropics": "A"} for v in X.VARS}
+    choice["q"] = {"extratropics": "B", "tropics": "A"}
+    choice["ps"] = {"extratropics": "A", "tropics": "B"}
+    t = tomllib.load(open(X.composite_options(choice, paths, tmp_path / "c.toml"), "rb"))
+    w = t["hybrid_variable_weights"]
+    assert w["q"]["alpha"] == 2.0 and w["q"]["beta"] == pytest.approx(0.2) and w["q"]["alpha_tropics"] == 2.0
+    assert w["ps"]["alpha"] == 1.0 and w["ps"]["alpha_tropics"] == 3.0 and w["ps"]["beta_tropics"] == pytest.approx(1.2)
+    assert w["u"] == {"alpha": 1.0, "beta": pytest.approx(0.1), "alpha_tropics": 2.0, "beta_tropics": pytest.approx(1.1)}
+    assert t["hybrid_alpha"] == 0.5
