@@ -131,7 +131,11 @@ def main(argv=None):
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--seed", type=int, default=20261207)
     ap.add_argument("--json", default=None, help="default OUT/matrix/crossval.json")
+    ap.add_argument("--summary", default=None, metavar="JSON", help="print the summary of an earlier run's JSON")
     a = ap.parse_args(argv)
+    if a.summary:
+        print(summarise(json.load(open(a.summary))))
+        return 0
     log = lambda m: print(m, flush=True)
     lat, _, _ = D.grid(a.out)
     extra = ["--backend", "ort", "--ort-library", M.ort_library()] if a.ort else []
@@ -211,7 +215,52 @@ def main(argv=None):
             print(cell_table(r, net, cell), flush=True)
             path = a.json or os.path.join(a.out, "matrix", "crossval.json")
             json.dump(result, open(path, "w"), indent=1)
+    print(summarise(result), flush=True)
     return 0
+
+
+def summarise(result, base="3dvar-pv", ref="hybrid-pv-sq", tie=0.001):
+    """Markdown summary over the cells: per cell the composite's wins against `base` and `ref` (strict, and within
+    a relative `tie`), its worst ratio, and how often withheld observations chose what the truth would have (over
+    the observed variables' (variable, class) pairs), with the truth's cost of the differing choices."""
+    out = ["| cell | composite vs " + base + " (wins / ties) | vs " + ref + " | worst ratio: composite, " + ref +
+           ", hybrid-pv | choices as the truth's | cost of the others (half-network ratio) |", "|---|---|---|---|---|---|"]
+    tot = {"agree": 0, "pairs": 0, "worse_bg": 0, "cells": 0, "ge5": 0, "ge5_ties": 0}
+    for name, c in result["cells"].items():
+        f = c["truth_full"]
+        comp = f["cv-composite"]
+
+        def score(other):
+            w = sum(comp[v] < f[other][v] * (1 - tie) for v in VARS)
+            t = sum(abs(comp[v] - f[other][v]) <= tie * f[other][v] for v in VARS)
+            return w, t
+        wb, tb = score(base)
+        wr, tr = score(ref)
+        agree = pairs = 0
+        cost = []
+        for v in VARS:
+            for cl in CLASSES:
+                if all(c["cv"][fam][v][cl][1] is None for fam in c["families"]):
+                    continue
+                pairs += 1
+                ch, tr_ch = c["choice_cv"][v][cl], c["choice_truth"][v][cl]
+                agree += ch == tr_ch
+                if ch != tr_ch:
+                    cost.append(f"{v} {cl[:5]} {c['truth_half'][ch][cl][v] / c['truth_half'][tr_ch][cl][v] - 1:+.1%}")
+        worst = lambda row: max((row[v], v) for v in VARS)
+        wc, wq, wh = worst(comp), worst(f[ref]), worst(f["hybrid-pv"]) if "hybrid-pv" in f else (float("nan"), "-")
+        out.append(f"| {name} | {wb} / {tb} | {wr} / {tr} | {wc[0]:.3f} {wc[1]}, {wq[0]:.3f} {wq[1]}, {wh[0]:.3f} "
+                   f"{wh[1]} | {agree} of {pairs} | {'; '.join(cost) or '-'} |")
+        tot["agree"] += agree
+        tot["pairs"] += pairs
+        tot["cells"] += 1
+        tot["worse_bg"] += wc[0] > 1
+        tot["ge5"] += wb >= 5
+        tot["ge5_ties"] += wb + tb >= 5
+    out += ["", f"{tot['cells']} cells: choices as the truth's in {tot['agree']} of {tot['pairs']} (variable, class) "
+            f"pairs; the composite beats {base} on >= 5 of 6 in {tot['ge5']} cells ({tot['ge5_ties']} counting ties "
+            f"within {tie:.1%}); worse than the background on some variable in {tot['worse_bg']} cells."]
+    return "\n".join(out)
 
 
 def cell_table(r, net, cell):
