@@ -86,9 +86,26 @@ def add_cells(acc, cells):
 
 
 def family_args(family, options):
-    """CLI arguments of a tuned family's last step, as latentda-matrix runs it."""
+    """CLI arguments of a tuned family's last step, as latentda-matrix runs it (a blend: its options file alone)."""
+    if family not in M.TUNED:
+        return ["--options", options]
     _, args0, repeat = M.TUNED[family]
     return (list(args0) if repeat else []) + ["--options", options]
+
+
+def blend_options(f, static, hybrid, path):
+    """Options whose per-variable hybrid weights are (1 - f) x those of `static` + f x those of `hybrid` (both
+    innovation-sized, so the blend is sized about as well): a candidate between the static B and the hybrid."""
+    ts, th = tomllib.load(open(static, "rb")), tomllib.load(open(hybrid, "rb"))
+    keys = ("alpha", "beta", "alpha_tropics", "beta_tropics")
+    w = {v: {k: (1 - f) * ts["hybrid_variable_weights"][v][k] + f * th["hybrid_variable_weights"][v][k] for k in keys}
+         for v in VARS}
+    fmt = lambda d: "{ " + ", ".join(f"{k} = {x:.6f}" for k, x in d.items()) + " }"
+    with open(path, "w") as out:
+        out.write(f"# latentda-crossval: {1 - f:g} x {static}\n#   + {f:g} x {hybrid}\n")
+        out.write(f"hybrid_alpha = {th['hybrid_alpha']:.6f}\nhybrid_beta = {th['hybrid_beta']:.6f}\n")
+        out.write("hybrid_variable_weights = { " + ", ".join(f"{v} = {fmt(w[v])}" for v in VARS) + " }\n")
+    return path
 
 
 def composite_options(choice, opts_of, path):
@@ -126,6 +143,8 @@ def main(argv=None):
     ap.add_argument("--recipes", default="c6,b6,b24,a48,b48")
     ap.add_argument("--networks", default="uniform,sonde,sparse")
     ap.add_argument("--families", default=FAMILIES)
+    ap.add_argument("--blends", default="", help="F,...: also candidates blend-F, (1 - F) x the weights of 3dvar-pv + "
+                    "F x those of hybrid-pv-sq, per variable and band")
     ap.add_argument("--launches", default="610:720:15")
     ap.add_argument("--ort", action="store_true", help="ONNX Runtime from the onnxruntime wheel")
     ap.add_argument("--jobs", type=int, default=2)
@@ -142,7 +161,11 @@ def main(argv=None):
     bundle = os.path.abspath(a.bundle)
     stamp = SU.bundle_stamp(bundle)
     root = a.options_root or os.path.join(a.out, "matrix", "tuned", stamp)
-    fams = a.families.split(",")
+    base_fams = a.families.split(",")
+    blends = [float(x) for x in a.blends.split(",") if x]
+    if blends and not {"3dvar-pv", "hybrid-pv-sq"} <= set(base_fams):
+        raise SystemExit("--blends needs the families 3dvar-pv and hybrid-pv-sq")
+    fams = base_fams + [f"blend-{bf:g}" for bf in blends]
     from .forecasts import launch_days
     launches = launch_days(a.launches)
     work = os.path.join(a.out, "matrix", "crossval")
@@ -162,13 +185,17 @@ def main(argv=None):
 
     for r in a.recipes.split(","):
         for net in a.networks.split(","):
-            opts = {f: os.path.join(root, r, net, f, "step2.toml") for f in fams}
+            opts = {f: os.path.join(root, r, net, f, "step2.toml") for f in base_fams}
             missing = [p for p in opts.values() if not os.path.exists(p)]
             if missing:
                 raise SystemExit(f"no tuned options for {r}/{net}: {missing[0]} (run latentda-matrix --tuned-steps 2 "
                                  f"--tuned-families {a.families})")
             cases = M.make_cases(a.out, r, launches, [net], log, bundle=bundle)
             cdir = os.path.join(work, r, net)
+            os.makedirs(cdir, exist_ok=True)
+            for bf in blends:
+                opts[f"blend-{bf:g}"] = blend_options(bf, opts["3dvar-pv"], opts["hybrid-pv-sq"],
+                                                      os.path.join(cdir, f"blend-{bf:g}.toml"))
             tasks, keys = [], []
             for cname, d in cases:
                 halves = split_columns(os.path.join(d, M.NETWORKS[net][0]), a.seed + zlib.crc32(cname.encode()) % 100000)

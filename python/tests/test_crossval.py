@@ -69,3 +69,21 @@ def test_composite_takes_each_variable_and_class_from_its_chosen_family(tmp_path
     assert w["ps"]["alpha"] == 1.0 and w["ps"]["alpha_tropics"] == 3.0 and w["ps"]["beta_tropics"] == pytest.approx(1.2)
     assert w["u"] == {"alpha": 1.0, "beta": pytest.approx(0.1), "alpha_tropics": 2.0, "beta_tropics": pytest.approx(1.1)}
     assert t["hybrid_alpha"] == 0.5
+
+
+def test_blend_is_the_convex_combination_of_the_two_weight_tables(tmp_path):
+    def opts(name, a, b):
+        w = ", ".join(f"{v} = {{ alpha = {a}, beta = {b}, alpha_tropics = {2 * a}, beta_tropics = {2 * b} }}"
+                      for v in X.VARS)
+        p = tmp_path / f"{name}.toml"
+        p.write_text(f"hybrid_alpha = 0.7\nhybrid_beta = 0.3\nhybrid_variable_weights = {{ {w} }}\n")
+        return str(p)
+    st, hy = opts("static", 0.0, 0.4), opts("hybrid", 0.8, 0.2)
+    for f, (a, b) in [(0.0, (0.0, 0.4)), (1.0, (0.8, 0.2)), (0.25, (0.2, 0.35))]:
+        t = tomllib.load(open(X.blend_options(f, st, hy, tmp_path / f"b{f}.toml"), "rb"))
+        for v in X.VARS:
+            w = t["hybrid_variable_weights"][v]
+            assert w["alpha"] == pytest.approx(a) and w["beta"] == pytest.approx(b)
+            assert w["alpha_tropics"] == pytest.approx(2 * a) and w["beta_tropics"] == pytest.approx(2 * b)
+    assert X.family_args("blend-0.25", "x.toml") == ["--options", "x.toml"]
+    assert X.family_args("3dvar-pv", "x.toml")[-2:] == ["--options", "x.toml"]
