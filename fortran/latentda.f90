@@ -602,27 +602,12 @@ contains
     real(c_double), intent(in) :: value(:)           !< observed value, in the variable's units
     real(c_double), intent(in) :: sigma(:)           !< observation error standard deviation (> 0)
     integer, intent(out) :: ierr                     !< LDA_OK, LDA_ERR_INVALID_ARGUMENT (lengths differ or 0)
-    character(len=16) :: sz(2)
     integer :: n
     call clear_error(ctx)
     n = size(var)
-    if (size(lat) /= n) call mismatch('lat', size(lat))
-    if (size(lon) /= n) call mismatch('lon', size(lon))
-    if (size(level) /= n) call mismatch('level', size(level))
-    if (size(value) /= n) call mismatch('value', size(value))
-    if (size(sigma) /= n) call mismatch('sigma', size(sigma))
+    call check_obs_lengths(ctx, 'lda_set_obs', n, [size(lat), size(lon), size(level), size(value), size(sigma)], ierr)
     if (allocated(ctx%local_error)) return
     ierr = int(c_lda_set_obs(ctx%ptr, int(n, c_size_t), var, lat, lon, level, value, sigma))
-  contains
-    subroutine mismatch(name, m)
-      character(len=*), intent(in) :: name
-      integer, intent(in) :: m
-      if (allocated(ctx%local_error)) return
-      write(sz(1), '(i0)') m
-      write(sz(2), '(i0)') n
-      call fail(ctx, LDA_ERR_INVALID_ARGUMENT, "lda_set_obs: '" // name // "' has " // trim(sz(1)) // &
-           " values but 'var' has " // trim(sz(2)) // "; all arrays need equal length", ierr)
-    end subroutine mismatch
   end subroutine lda_set_obs
 
   !> Sets the withheld observations of the next analyses (lda_set_withheld in latentda.h), copied; arrays as for
@@ -637,28 +622,35 @@ contains
     real(c_double), intent(in) :: value(:)           !< observed value, in the variable's units
     real(c_double), intent(in) :: sigma(:)           !< observation error standard deviation (> 0)
     integer, intent(out) :: ierr                     !< LDA_OK, LDA_ERR_INVALID_ARGUMENT (lengths differ)
-    character(len=16) :: sz(2)
     integer :: n
     call clear_error(ctx)
     n = size(var)
-    if (size(lat) /= n) call mismatch('lat', size(lat))
-    if (size(lon) /= n) call mismatch('lon', size(lon))
-    if (size(level) /= n) call mismatch('level', size(level))
-    if (size(value) /= n) call mismatch('value', size(value))
-    if (size(sigma) /= n) call mismatch('sigma', size(sigma))
+    call check_obs_lengths(ctx, 'lda_set_withheld', n, [size(lat), size(lon), size(level), size(value), size(sigma)], ierr)
     if (allocated(ctx%local_error)) return
     ierr = int(c_lda_set_withheld(ctx%ptr, int(n, c_size_t), var, lat, lon, level, value, sigma))
-  contains
-    subroutine mismatch(name, m)
-      character(len=*), intent(in) :: name
-      integer, intent(in) :: m
-      if (allocated(ctx%local_error)) return
-      write(sz(1), '(i0)') m
-      write(sz(2), '(i0)') n
-      call fail(ctx, LDA_ERR_INVALID_ARGUMENT, "lda_set_withheld: '" // name // "' has " // trim(sz(1)) // &
-           " values but 'var' has " // trim(sz(2)) // "; all arrays need equal length", ierr)
-    end subroutine mismatch
   end subroutine lda_set_withheld
+
+  !> Fails with LDA_ERR_INVALID_ARGUMENT, naming the call and the first array, when an observation array's length
+  !> (lens: lat, lon, level, value, sigma) differs from n, the length of var.
+  subroutine check_obs_lengths(ctx, what, n, lens, ierr)
+    type(lda_context), intent(inout) :: ctx
+    character(len=*), intent(in) :: what
+    integer, intent(in) :: n, lens(5)
+    integer, intent(out) :: ierr
+    character(len=5), parameter :: names(5) = ['lat  ', 'lon  ', 'level', 'value', 'sigma']
+    character(len=16) :: sz(2)
+    integer :: i
+    ierr = LDA_OK
+    do i = 1, 5
+      if (lens(i) /= n) then
+        write(sz(1), '(i0)') lens(i)
+        write(sz(2), '(i0)') n
+        call fail(ctx, LDA_ERR_INVALID_ARGUMENT, what // ": '" // trim(names(i)) // "' has " // trim(sz(1)) // &
+             " values but 'var' has " // trim(sz(2)) // "; all arrays need equal length", ierr)
+        return
+      end if
+    end do
+  end subroutine check_obs_lengths
 
   !> Sets the observation times (hours from the analysis time, the start of the 4D-Var window) of the observations
   !> set last, in their order. lda_set_obs resets them to 0. Only method 'l4dvar' uses them.

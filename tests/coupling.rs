@@ -657,6 +657,19 @@ fn check(ctx: *mut LdaContext, st: i32, what: &str) {
     }
 }
 
+/// Binds one host array per bundle variable (`fields[v]`, C order); the arrays must stay put until lda_close.
+fn bind_fields(ctx: *mut LdaContext, lay: &latentda::grid::Layout, fields: &mut [Vec<f64>]) {
+    for (v, f) in lay.variables.iter().zip(fields.iter_mut()) {
+        let name = CString::new(v.name.as_str()).unwrap();
+        let (shape, nd): (Vec<i64>, i32) = if v.is_surface() {
+            (vec![lay.grid.nlat() as i64, lay.grid.nlon() as i64], 2)
+        } else {
+            (vec![v.nlev as i64, lay.grid.nlat() as i64, lay.grid.nlon() as i64], 3)
+        };
+        check(ctx, ffi::lda_bind_field_f64(ctx, name.as_ptr(), f.as_mut_ptr(), nd, shape.as_ptr(), 0), "bind");
+    }
+}
+
 /// Opens `bundle`, binds host arrays of the sample background, sets the sample observations and analyses `n`
 /// times (restoring the background each time); returns every analysis.
 fn analyse_through_c_abi(bundle: &str, n: usize) -> Vec<Vec<f64>> {
@@ -669,15 +682,7 @@ fn analyse_through_c_abi(bundle: &str, n: usize) -> Vec<Vec<f64>> {
     check(ctx, ffi::lda_open(dir.as_ptr(), std::ptr::null(), &mut ctx), "lda_open");
     // Host arrays: one Vec per variable, kept alive (and not moved) until lda_close.
     let mut fields: Vec<Vec<f64>> = (0..lay.variables.len()).map(|v| bg[lay.var_range(v)].to_vec()).collect();
-    for (v, f) in lay.variables.iter().zip(fields.iter_mut()) {
-        let name = CString::new(v.name.as_str()).unwrap();
-        let (shape, nd): (Vec<i64>, i32) = if v.is_surface() {
-            (vec![lay.grid.nlat() as i64, lay.grid.nlon() as i64], 2)
-        } else {
-            (vec![v.nlev as i64, lay.grid.nlat() as i64, lay.grid.nlon() as i64], 3)
-        };
-        check(ctx, ffi::lda_bind_field_f64(ctx, name.as_ptr(), f.as_mut_ptr(), nd, shape.as_ptr(), 0), "bind");
-    }
+    bind_fields(ctx, &lay, &mut fields);
     let var: Vec<i32> = obs.iter().map(|o| o.var.map(|v| v as i32).unwrap_or(-1)).collect();
     let col = |f: &dyn Fn(&latentda::Observation) -> f64| obs.iter().map(f).collect::<Vec<f64>>();
     let (lat, lon) = (col(&|o| o.lat), col(&|o| o.lon));
@@ -1234,15 +1239,7 @@ fn withheld_observations_through_the_c_abi() {
     let mut ctx: *mut LdaContext = std::ptr::null_mut();
     check(ctx, ffi::lda_open(dir.as_ptr(), std::ptr::null(), &mut ctx), "lda_open");
     let mut fields: Vec<Vec<f64>> = (0..lay.variables.len()).map(|v| bg[lay.var_range(v)].to_vec()).collect();
-    for (v, f) in lay.variables.iter().zip(fields.iter_mut()) {
-        let name = CString::new(v.name.as_str()).unwrap();
-        let (shape, nd): (Vec<i64>, i32) = if v.is_surface() {
-            (vec![lay.grid.nlat() as i64, lay.grid.nlon() as i64], 2)
-        } else {
-            (vec![v.nlev as i64, lay.grid.nlat() as i64, lay.grid.nlon() as i64], 3)
-        };
-        check(ctx, ffi::lda_bind_field_f64(ctx, name.as_ptr(), f.as_mut_ptr(), nd, shape.as_ptr(), 0), "bind");
-    }
+    bind_fields(ctx, &lay, &mut fields);
     type Cols = (Vec<i32>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
     let cols = |o: &[latentda::Observation]| -> Cols {
         (

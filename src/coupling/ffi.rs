@@ -526,6 +526,39 @@ pub extern "C" fn lda_bind_field_f64(
     bind(ctx, name, HostData::F64(data), ndim, shape, order)
 }
 
+/// A buffer for the observations, the variable identifiers and the lat, lon, level, value and sigma arrays.
+type ObsArrays<'a> = (Vec<crate::obs::Observation>, &'a [i32], [&'a [f64]; 5]);
+
+/// The six observation arrays of `lda_set_obs` and `lda_set_withheld` as slices of `n` values, each checked for
+/// NULL first (the error names the array), and a buffer for `n` observations: the whole set must fit in memory
+/// before any array is read, so a count too large (or a lying one) is an error, not an allocation failure that
+/// aborts the host.
+///
+/// # Safety
+/// Every non-NULL pointer must point to `n` values that stay valid and unchanged while the slices are used.
+#[allow(clippy::too_many_arguments)]
+unsafe fn obs_arrays<'a>(
+    n: usize,
+    var: *const i32,
+    lat: *const f64,
+    lon: *const f64,
+    level: *const f64,
+    value: *const f64,
+    sigma: *const f64,
+) -> Result<ObsArrays<'a>> {
+    let names = ["var", "lat", "lon", "level", "value", "sigma"];
+    let ptrs = [var as *const u8, lat as _, lon as _, level as _, value as _, sigma as _];
+    if let Some(i) = ptrs.iter().position(|p| p.is_null()) {
+        return Err(null(names[i]));
+    }
+    let buf = HostContext::obs_buffer(n)?;
+    // SAFETY: non-NULL (checked) and n values each (the caller's contract).
+    let sl = |p: *const f64| -> &'a [f64] { unsafe { std::slice::from_raw_parts(p, n) } };
+    // SAFETY: as above.
+    let vars = unsafe { std::slice::from_raw_parts(var, n) };
+    Ok((buf, vars, [sl(lat), sl(lon), sl(level), sl(value), sl(sigma)]))
+}
+
 /// Sets the observations for the next analyses, replacing any previous set. All arrays hold `n` >= 1 values and
 /// are copied (they may be freed after the call); none may be NULL. `n` = 0 is `LDA_ERR_INVALID_ARGUMENT` (a host
 /// without observations in a cycle skips `lda_analyse`).
@@ -555,19 +588,8 @@ pub extern "C" fn lda_set_obs(
             // HostContext rejects empty observation sets; never form slices from possibly NULL pointers.
             return inner.set_obs(&[], &[], &[], &[], &[], &[]);
         }
-        let names = ["var", "lat", "lon", "level", "value", "sigma"];
-        let ptrs = [var as *const u8, lat as _, lon as _, level as _, value as _, sigma as _];
-        if let Some(i) = ptrs.iter().position(|p| p.is_null()) {
-            return Err(null(names[i]));
-        }
-        // The whole set must fit in memory before any array is read: a count too large (or a lying one) is an
-        // error, not an allocation failure that aborts the host.
-        let buf = HostContext::obs_buffer(n)?;
-        // SAFETY: each array holds n values (contract) and was checked non-null.
-        let sl = |p: *const f64| -> &[f64] { unsafe { std::slice::from_raw_parts(p, n) } };
-        // SAFETY: as above.
-        let vars: &[i32] = unsafe { std::slice::from_raw_parts(var, n) };
-        let (la, lo, le, va, si) = (sl(lat), sl(lon), sl(level), sl(value), sl(sigma));
+        // SAFETY: each array holds n values (contract); obs_arrays checks them for NULL and the count for memory.
+        let (buf, vars, [la, lo, le, va, si]) = unsafe { obs_arrays(n, var, lat, lon, level, value, sigma) }?;
         inner.set_obs_in(buf, vars, la, lo, le, va, si)
     })
 }
@@ -596,18 +618,9 @@ pub extern "C" fn lda_set_withheld(
         if n == 0 {
             return inner.set_withheld(&[], &[], &[], &[], &[], &[]);
         }
-        let names = ["var", "lat", "lon", "level", "value", "sigma"];
-        let ptrs = [var as *const u8, lat as _, lon as _, level as _, value as _, sigma as _];
-        if let Some(i) = ptrs.iter().position(|p| p.is_null()) {
-            return Err(null(names[i]));
-        }
-        // The whole set must fit in memory before any array is read (as lda_set_obs).
-        HostContext::obs_buffer(n)?;
-        // SAFETY: each array holds n values (contract) and was checked non-null.
-        let sl = |p: *const f64| -> &[f64] { unsafe { std::slice::from_raw_parts(p, n) } };
-        // SAFETY: as above.
-        let vars: &[i32] = unsafe { std::slice::from_raw_parts(var, n) };
-        inner.set_withheld(vars, sl(lat), sl(lon), sl(level), sl(value), sl(sigma))
+        // SAFETY: each array holds n values (contract); obs_arrays checks them for NULL and the count for memory.
+        let (_, vars, [la, lo, le, va, si]) = unsafe { obs_arrays(n, var, lat, lon, level, value, sigma) }?;
+        inner.set_withheld(vars, la, lo, le, va, si)
     })
 }
 
