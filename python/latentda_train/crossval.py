@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import hashlib
 import json
 import os
 import tempfile
@@ -75,6 +76,30 @@ def class_stats(cells, var, cls):
     v = max(s["sum_dc2"] - 2 * m * s["sum_dc_nc"] + m * m * s["sum_nc2"], 0.0) / n ** 2
     se = float(np.sqrt(v * ncol / (ncol - 1))) if ncol > 1 else None
     return int(n), m, se
+
+
+GROUPS = {"u": ("u", "v"), "v": ("u", "v"), "t": ("t", "z", "ps"), "z": ("t", "z", "ps"), "ps": ("t", "z", "ps"),
+          "q": ("q",)}
+
+
+def choose(cv, fams, v, cls):
+    """The family with the lowest mean d for variable `v` in class `cls`, and where the evidence came from: its own
+    withheld observations ("own"); without them its group's, pooled (z from t and ps, as the static B's hydrostatic
+    z follows t: "group"); else all observed variables' ("all"). The candidates were compared on the same withheld
+    observations, so pooling weights each variable by its count. No withheld observation at all: the first family."""
+    def pooled(members):
+        out = []
+        for f in fams:
+            st = [cv[f][m][cls] for m in members if cv[f][m][cls][1] is not None]
+            n = sum(x[0] for x in st)
+            if n:
+                out.append((sum(x[0] * x[1] for x in st) / n, f))
+        return out
+    for where, members in (("own", (v,)), ("group", GROUPS.get(v, (v,))), ("all", VARS)):
+        scored = pooled(members)
+        if scored:
+            return min(scored)[1], where
+    return fams[0], "none"
 
 
 def add_cells(acc, cells):
@@ -172,7 +197,31 @@ def main(argv=None):
     result = {"command": "latentda-crossval " + " ".join(argv or []), "bundle": bundle, "cells": {}}
     t0 = time.time()
 
+    cache_path = os.path.join(work, "cache.json")
+    cache = json.load(open(cache_path)) if os.path.exists(cache_path) else {}
+
+    def task_key(task):
+        """The analysis' inputs: case, observation files' and options files' contents, arguments, executable."""
+        d, obs, held, args, _ = task
+        h = hashlib.sha256()
+        for x in [d, a.latentda, bundle, *args, *extra]:
+            h.update(x.encode() + b"\0")
+            if x.endswith(".toml") and os.path.exists(x):
+                h.update(open(x, "rb").read())
+        for f in (os.path.join(d, obs), held):
+            if f:
+                h.update(open(f, "rb").read())
+        return h.hexdigest()
+
     def analyse(task):
+        k = task_key(task)
+        if k in cache:
+            return cache[k]
+        res = analyse_now(task)
+        cache[k] = res
+        return res
+
+    def analyse_now(task):
         d, obs, held, args, report_to = task
         with M.NC_LOCK:
             xt, xb = CS.read_state(os.path.join(d, "truth.nc")), CS.read_state(os.path.join(d, "background.nc"))
@@ -224,10 +273,9 @@ def main(argv=None):
                                          for b in ("global", "extratropics", "tropics")}
             for v in VARS:
                 cell["choice_cv"][v], cell["choice_truth"][v] = {}, {}
+                cell.setdefault("choice_from", {})[v] = {}
                 for c in CLASSES:
-                    scored = [(cell["cv"][f][v][c][1], f) for f in fams if cell["cv"][f][v][c][1] is not None]
-                    # no withheld observation of the variable: keep the first family (the recommended one first)
-                    cell["choice_cv"][v][c] = min(scored)[1] if scored else fams[0]
+                    cell["choice_cv"][v][c], cell["choice_from"][v][c] = choose(cell["cv"], fams, v, c)
                     cell["choice_truth"][v][c] = min((cell["truth_half"][f][c][v], f) for f in fams)[1]
             comp = composite_options(cell["choice_cv"], opts, os.path.join(cdir, "composite.toml"))
             full = [(d, M.NETWORKS[net][0], None, M.RECIPE_ARGS.get(r, []) + fa, None)
@@ -242,6 +290,8 @@ def main(argv=None):
             print(cell_table(r, net, cell), flush=True)
             path = a.json or os.path.join(a.out, "matrix", "crossval.json")
             json.dump(result, open(path, "w"), indent=1)
+            json.dump(cache, open(cache_path + ".tmp", "w"))
+            os.replace(cache_path + ".tmp", cache_path)
     print(summarise(result), flush=True)
     return 0
 

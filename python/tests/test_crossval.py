@@ -87,3 +87,20 @@ def test_blend_is_the_convex_combination_of_the_two_weight_tables(tmp_path):
             assert w["alpha_tropics"] == pytest.approx(2 * a) and w["beta_tropics"] == pytest.approx(2 * b)
     assert X.family_args("blend-0.25", "x.toml") == ["--options", "x.toml"]
     assert X.family_args("3dvar-pv", "x.toml")[-2:] == ["--options", "x.toml"]
+
+
+def test_a_variable_without_withheld_observations_follows_its_group_then_all():
+    # cv[f][v][cls] = (n, mean d, se); z and the wind unobserved
+    none = (0, None, None)
+    cv = {"A": {"u": none, "v": none, "t": (100, -1.0, 0.1), "q": (50, -0.1, 0.1), "z": none, "ps": (10, -2.0, 0.5)},
+          "B": {"u": none, "v": none, "t": (100, -1.2, 0.1), "q": (50, 0.5, 0.1), "z": none, "ps": (10, -1.0, 0.5)}}
+    cv = {f: {v: {c: x for c in X.CLASSES} for v, x in t.items()} for f, t in cv.items()}
+    fams = ["A", "B"]
+    assert X.choose(cv, fams, "t", "tropics") == ("B", "own")
+    assert X.choose(cv, fams, "q", "tropics") == ("A", "own")
+    # z: t and ps pooled by count: A (100 x -1 + 10 x -2) / 110 = -1.09, B (-120 - 10) / 110 = -1.18
+    assert X.choose(cv, fams, "z", "extratropics") == ("B", "group")
+    # u: no wind observations: all variables pooled: A (-100 - 5 - 20) / 160, B (-120 + 25 - 10) / 160
+    assert X.choose(cv, fams, "u", "tropics") == ("A", "all")
+    empty = {f: {v: {c: none for c in X.CLASSES} for v in X.VARS} for f in fams}
+    assert X.choose(empty, fams, "u", "tropics") == ("A", "none")
