@@ -10,15 +10,19 @@ Over a cell's cases and both folds,
     mean d = mean(((O-A)^2 - (O-B)^2) / sigma_o^2)   over the withheld observations
 
 estimates, without truth, how much closer the analysis came to the true state than the background at those points.
-Per variable and band class (extratropics, tropics) the configuration with the lowest mean d is chosen; the
-composite options file takes each variable's weights from its chosen configuration. The truth scores the choice:
+Per variable and band class (extratropics, tropics) the configuration with the lowest mean d is chosen; a variable
+without withheld observations follows its group's pooled evidence (z: t and ps), else all variables'. The
+composite options file takes each variable's weights from its chosen configuration. `--blends F,...` adds
+candidates between the sized static B and the sized hybrid with q static, (1 - F) x the weights of one + F x the
+other's: the Desroziers sizing keeps each variable's alpha : beta, so only such candidates let the mix itself be
+chosen. The truth scores the choice:
 the half-network analyses' RMSE ratios of every configuration, the configuration the truth would have chosen, and the
 composite's full-network analyses beside every configuration's.
 
 The configurations are the innovation-sized rows of the matrix (`latentda-matrix --tuned-steps 2`): their last
 options files, OUT/matrix/tuned/<stamp>/<exe tag>/<recipe>/<network>/<family>/step2.toml (or --options-root).
 
-    latentda-crossval --out DATA --ort --recipes c6,b6 --networks uniform,sonde
+    latentda-crossval --out DATA --ort --recipes c6,b6 --networks uniform,sonde --blends 0.25,0.5
 """
 
 from __future__ import annotations
@@ -337,6 +341,48 @@ def summarise(result, base="3dvar-pv", ref="hybrid-pv-sq", tie=0.001):
     out += ["", f"{tot['cells']} cells: choices as the truth's in {tot['agree']} of {tot['pairs']} (variable, class) "
             f"pairs; the composite beats {base} on >= 5 of 6 in {tot['ge5']} cells ({tot['ge5_ties']} counting ties "
             f"within {tie:.1%}); worse than the background on some variable in {tot['worse_bg']} cells."]
+    out += ["", configuration_table(result, base, ref, tie)]
+    return "\n".join(out)
+
+
+def configuration_table(result, base="3dvar-pv", ref="hybrid-pv-sq", tie=0.001):
+    """Markdown: per configuration (every candidate and the composite) over the cells, full network, global ratios:
+    cells beating `base` on >= 5 of 6 (all cells, and those with >= 100 sonde columns, i.e. not the mass network;
+    ties within `tie` counted in brackets), cells worse than the background on some variable, the largest ratio,
+    and the geometric mean over the variables against `base` (mean over the cells, worst cell); then how often the
+    composite beats `ref` and the best single candidate."""
+    cells = result["cells"]
+    names = list(next(iter(cells.values()))["truth_full"])
+    geo = lambda row, b: float(np.exp(np.mean([np.log(row[v] / b[v]) for v in VARS])))
+    out = [f"| configuration | >= 5 of 6 against {base}: all cells (ties counted) | of them with >= 100 sonde columns "
+           "| worse than the background | largest ratio | geometric mean / " + base + ": mean, worst cell |",
+           "|---|---|---|---|---|---|"]
+    for n in names:
+        ge5 = ge5t = ge5s = ge5st = worse = 0
+        gm, mx = [], []
+        for key, c in cells.items():
+            a, b = c["truth_full"][n], c["truth_full"][base]
+            w = sum(a[v] < b[v] * (1 - tie) for v in VARS)
+            t = sum(abs(a[v] - b[v]) <= tie * b[v] for v in VARS)
+            sonde = not key.endswith("/mass")
+            ge5 += w >= 5
+            ge5t += w + t >= 5
+            ge5s += sonde and w >= 5
+            ge5st += sonde and w + t >= 5
+            worse += max(a.values()) > 1 + 1e-9
+            gm.append(geo(a, b))
+            mx.append(max(a.values()))
+        ns = sum(not k.endswith("/mass") for k in cells)
+        out.append(f"| {n} | {ge5} ({ge5t}) of {len(cells)} | {ge5s} ({ge5st}) of {ns} | {worse} | {max(mx):.3f} | "
+                   f"{np.mean(gm):.3f}, {max(gm):.3f} |")
+    g = {k: {n: float(np.exp(np.mean([np.log(c["truth_full"][n][v]) for v in VARS]))) for n in names}
+         for k, c in cells.items()}
+    singles = [n for n in names if n != "cv-composite"]
+    better_ref = sum(x["cv-composite"] < x[ref] for x in g.values())
+    better_best = sum(x["cv-composite"] < min(x[n] for n in singles) for x in g.values())
+    out += ["", f"The composite's geometric mean over the variables is lower than {ref}'s in {better_ref} of "
+            f"{len(cells)} cells and lower than the best single candidate's (which only the truth could pick) in "
+            f"{better_best}."]
     return "\n".join(out)
 
 
