@@ -723,9 +723,7 @@ fn cmd_analyse(
     }
     .map_err(|e| e.to_string())?;
     if let Some(wo) = &withheld_obs {
-        let floor = obs::sigma_floors(&layout, &a.bundle.std);
-        let w = Withheld::evaluate(&layout, wo, &x_b, &result.analysis, &floor).map_err(|e| e.to_string())?;
-        result.report.withheld = Some(w);
+        result.report.withheld = Some(a.verify_withheld(wo, &x_b, &result.analysis).map_err(|e| e.to_string())?);
     }
     result.report.input_problems = problems.clone();
     let title = format!("latentda {} {} of {}", method.name(), mode.name(), bg);

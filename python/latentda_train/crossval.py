@@ -45,7 +45,8 @@ from . import data as D
 from . import matrix as M
 from . import suite as SU
 
-FAMILIES = "hybrid-pv-sq,hybrid-pv,3dvar-pv"   # the first: the choice where no withheld observation tells (recommended config)
+# the first (the recommended configuration) is the choice where no withheld observation at all tells (choose)
+FAMILIES = "hybrid-pv-sq,hybrid-pv,3dvar-pv"
 CLASSES = {"extratropics": ("nh", "sh"), "tropics": ("tropics",)}
 VARS = ("u", "v", "t", "q", "z", "ps")
 SUMS = ("n", "n_columns", "sum_d", "sum_dc2", "sum_dc_nc", "sum_nc2")
@@ -129,12 +130,7 @@ def blend_options(f, static, hybrid, path):
     keys = ("alpha", "beta", "alpha_tropics", "beta_tropics")
     w = {v: {k: (1 - f) * ts["hybrid_variable_weights"][v][k] + f * th["hybrid_variable_weights"][v][k] for k in keys}
          for v in VARS}
-    fmt = lambda d: "{ " + ", ".join(f"{k} = {x:.6f}" for k, x in d.items()) + " }"
-    with open(path, "w") as out:
-        out.write(f"# latentda-crossval: {1 - f:g} x {static}\n#   + {f:g} x {hybrid}\n")
-        out.write(f"hybrid_alpha = {th['hybrid_alpha']:.6f}\nhybrid_beta = {th['hybrid_beta']:.6f}\n")
-        out.write("hybrid_variable_weights = { " + ", ".join(f"{v} = {fmt(w[v])}" for v in VARS) + " }\n")
-    return path
+    return write_weights(path, [f"{1 - f:g} x {static}", f"  + {f:g} x {hybrid}"], th, w)
 
 
 def composite_options(choice, opts_of, path):
@@ -149,13 +145,18 @@ def composite_options(choice, opts_of, path):
             for k in keys:
                 e[k] = src[k]
         w[v] = e
+    notes = ["per variable and band class, the weights of the family chosen by withheld observations"]
+    notes += [f"{v}: extratropics {choice[v]['extratropics']}, tropics {choice[v]['tropics']}" for v in VARS]
+    return write_weights(path, notes, any_t, w)
+
+
+def write_weights(path, notes, globals_from, w):
+    """An options file: comment lines `notes`, the global hybrid weights of the options table `globals_from` and
+    the per-variable table `w` {var: {alpha, beta, alpha_tropics, beta_tropics}}. Returns `path`."""
     fmt = lambda d: "{ " + ", ".join(f"{k} = {x:.6f}" for k, x in d.items()) + " }"
     with open(path, "w") as f:
-        f.write("# latentda-crossval: per variable and band class, the weights of the family chosen by withheld "
-                "observations\n")
-        for v in VARS:
-            f.write(f"# {v}: extratropics {choice[v]['extratropics']}, tropics {choice[v]['tropics']}\n")
-        f.write(f"hybrid_alpha = {any_t['hybrid_alpha']:.6f}\nhybrid_beta = {any_t['hybrid_beta']:.6f}\n")
+        f.write("".join(f"# latentda-crossval: {n}\n" if k == 0 else f"# {n}\n" for k, n in enumerate(notes)))
+        f.write(f"hybrid_alpha = {globals_from['hybrid_alpha']:.6f}\nhybrid_beta = {globals_from['hybrid_beta']:.6f}\n")
         f.write("hybrid_variable_weights = { " + ", ".join(f"{v} = {fmt(w[v])}" for v in VARS) + " }\n")
     return path
 
@@ -167,8 +168,9 @@ def main(argv=None):
     ap.add_argument("--bundle", default=os.path.join(SU.REPO, "models", "speedy-t31"))
     ap.add_argument("--latentda", default=os.path.join(SU.REPO, "target", "release", "latentda"))
     ap.add_argument("--options-root", default=None,
-                    help="folder with <recipe>/<network>/<family>/step2.toml (default: the matrix's tuned folder of "
-                         "this bundle, the untagged layout first)")
+                    help="folder with <recipe>/<network>/<family>/step2.toml (default: OUT/matrix/tuned/<bundle stamp>, "
+                         "where latentda-matrix --tuned-steps writes them; a run's per-executable folder under it "
+                         "can be given instead)")
     ap.add_argument("--recipes", default="c6,b6,b24,a48,b48")
     ap.add_argument("--networks", default="uniform,sonde,sparse")
     ap.add_argument("--families", default=FAMILIES)
@@ -251,7 +253,8 @@ def main(argv=None):
                                                       os.path.join(cdir, f"blend-{bf:g}.toml"))
             tasks, keys = [], []
             for cname, d in cases:
-                halves = split_columns(os.path.join(d, M.NETWORKS[net][0]), a.seed + zlib.crc32(cname.encode()) % 100000)
+                seed = a.seed + zlib.crc32(cname.encode()) % 100000
+                halves = split_columns(os.path.join(d, M.NETWORKS[net][0]), seed)
                 paths = []
                 for k, h in enumerate(halves):
                     p = os.path.join(cdir, cname, f"half{k}.csv")
@@ -300,6 +303,11 @@ def main(argv=None):
     return 0
 
 
+def wins_ties(a, b, tie):
+    """Variables whose ratio in `a` is lower than in `b` by more than the relative `tie`, and those within it."""
+    return (sum(a[v] < b[v] * (1 - tie) for v in VARS), sum(abs(a[v] - b[v]) <= tie * b[v] for v in VARS))
+
+
 def summarise(result, base="3dvar-pv", ref="hybrid-pv-sq", tie=0.001):
     """Markdown summary over the cells: per cell the composite's wins against `base` and `ref` (strict, and within
     a relative `tie`), its worst ratio, and how often withheld observations chose what the truth would have (over
@@ -311,12 +319,8 @@ def summarise(result, base="3dvar-pv", ref="hybrid-pv-sq", tie=0.001):
         f = c["truth_full"]
         comp = f["cv-composite"]
 
-        def score(other):
-            w = sum(comp[v] < f[other][v] * (1 - tie) for v in VARS)
-            t = sum(abs(comp[v] - f[other][v]) <= tie * f[other][v] for v in VARS)
-            return w, t
-        wb, tb = score(base)
-        wr, tr = score(ref)
+        wb, tb = wins_ties(comp, f[base], tie)
+        wr, tr = wins_ties(comp, f[ref], tie)
         agree = pairs = 0
         cost = []
         for v in VARS:
@@ -362,8 +366,7 @@ def configuration_table(result, base="3dvar-pv", ref="hybrid-pv-sq", tie=0.001):
         gm, mx = [], []
         for key, c in cells.items():
             a, b = c["truth_full"][n], c["truth_full"][base]
-            w = sum(a[v] < b[v] * (1 - tie) for v in VARS)
-            t = sum(abs(a[v] - b[v]) <= tie * b[v] for v in VARS)
+            w, t = wins_ties(a, b, tie)
             sonde = not key.endswith("/mass")
             ge5 += w >= 5
             ge5t += w + t >= 5

@@ -619,8 +619,8 @@ pub extern "C" fn lda_set_withheld(
             return inner.set_withheld(&[], &[], &[], &[], &[], &[]);
         }
         // SAFETY: each array holds n values (contract); obs_arrays checks them for NULL and the count for memory.
-        let (_, vars, [la, lo, le, va, si]) = unsafe { obs_arrays(n, var, lat, lon, level, value, sigma) }?;
-        inner.set_withheld(vars, la, lo, le, va, si)
+        let (buf, vars, [la, lo, le, va, si]) = unsafe { obs_arrays(n, var, lat, lon, level, value, sigma) }?;
+        inner.set_withheld_in(buf, vars, la, lo, le, va, si)
     })
 }
 

@@ -13,7 +13,6 @@ use crate::obs::{Observation, QcFlag};
 use crate::var::analysis::Analyser;
 use crate::var::fourd::{ForecastChecks, FourD};
 use crate::var::options::{BKind, Method, Options};
-use crate::var::withheld::Withheld;
 
 /// Memory order of a bound host array (the `order` argument of `lda_bind_field_f32`/`_f64`, an `int32_t`).
 ///
@@ -256,15 +255,25 @@ impl HostContext {
         value: &[f64],
         sigma: &[f64],
     ) -> Result<()> {
-        let mut buf = Self::obs_buffer(var.len())?;
+        let buf = Self::obs_buffer(var.len())?;
+        self.set_withheld_in(buf, var, lat, lon, level, value, sigma)
+    }
+
+    /// [`Self::set_withheld`] into a buffer from [`Self::obs_buffer`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn set_withheld_in(
+        &mut self,
+        mut buf: Vec<Observation>,
+        var: &[i32],
+        lat: &[f64],
+        lon: &[f64],
+        level: &[f64],
+        value: &[f64],
+        sigma: &[f64],
+    ) -> Result<()> {
         self.fill_obs("set_withheld", &mut buf, var, lat, lon, level, value, sigma)?;
         self.withheld = buf;
         Ok(())
-    }
-
-    /// Number of withheld observations set.
-    pub fn n_withheld(&self) -> usize {
-        self.withheld.len()
     }
 
     /// Checks the arrays' lengths and fills `buf` with their observations (`what` names the call in errors).
@@ -508,19 +517,16 @@ impl HostContext {
         self.qc = None;
         self.report = None;
         let x_b = self.gather()?;
-        let result = if m == Method::L4dvar {
+        let mut result = if m == Method::L4dvar {
             let mode = self.analyser.options.output;
             let model = self.step_model.as_mut().map(|s| s as &mut dyn StepModel);
             self.analyser.analyse_4d(&x_b, &self.obs, mode, FourD { backgrounds: Vec::new(), model })?
         } else {
             self.analyser.analyse(&x_b, &self.obs, m)?
         };
-        let mut result = result;
         if !self.withheld.is_empty() {
             // before anything is written back: a failure here leaves the host arrays untouched
-            let lay = &self.analyser.bundle.layout;
-            let floors = crate::obs::sigma_floors(lay, &self.analyser.bundle.std);
-            result.report.withheld = Some(Withheld::evaluate(lay, &self.withheld, &x_b, &result.analysis, &floors)?);
+            result.report.withheld = Some(self.analyser.verify_withheld(&self.withheld, &x_b, &result.analysis)?);
         }
         self.scatter(&result.output);
         self.qc = Some(result.qc);

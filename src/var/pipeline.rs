@@ -17,12 +17,21 @@ use crate::var::options::{BKind, Method, OutputMode};
 use crate::var::report::BackgroundCheckInfo;
 use crate::var::solver::Problem;
 use crate::var::threed::ThreeD;
+use crate::var::withheld::Withheld;
 
 impl Analyser {
     /// Runs one analysis with the options' output mode.
     pub fn analyse(&mut self, x_b: &[f64], obs: &[Observation], method: Method) -> Result<Analysis> {
         let mode = self.options.output;
         self.analyse_with(x_b, obs, method, mode)
+    }
+
+    /// Compares withheld observations with the background `x_b` and an analysis `x_a` of it
+    /// ([`Withheld::evaluate`], with the bundle's error-sd floors, as the analysis applies them): the report
+    /// section `withheld` of the CLI's `--withheld` and the C ABI's `lda_set_withheld`.
+    pub fn verify_withheld(&self, obs: &[Observation], x_b: &[f64], x_a: &[f64]) -> Result<Withheld> {
+        let lay = &self.bundle.layout;
+        Withheld::evaluate(lay, obs, x_b, x_a, &crate::obs::sigma_floors(lay, &self.bundle.std))
     }
 
     /// Runs one analysis with an explicit output mode.
