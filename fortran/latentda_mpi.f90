@@ -12,6 +12,7 @@
 !>     iv = lda_mpi_var_index(ctx, 't')                                       ! [local]
 !>     call lda_mpi_set_obs(ctx, var, lat, lon, level, value, sigma, ierr)    ! [local] this rank's obs (0 allowed)
 !>     call lda_mpi_set_obs_times(ctx, time_hours, ierr)                      ! [local] optional, method 'l4dvar'
+!>     call lda_mpi_set_withheld(ctx, var, lat, lon, level, value, sigma, ierr)  ! [local] optional: verify only
 !>     call lda_mpi_analyse(ctx, ierr [, method])                             ! [collective] each cycle
 !>     call lda_mpi_obs_qc(ctx, flags, ierr); call lda_mpi_obs_hx(ctx, hxb, hxa, ierr)   ! [local]
 !>     call lda_mpi_report_number(ctx, 'solver.j_final', j, ierr)             ! [local], same on every rank
@@ -33,7 +34,8 @@ module latentda_mpi
 
   public :: lda_mpi_context
   public :: lda_mpi_open, lda_mpi_close, lda_mpi_last_error, lda_mpi_bind_patch, lda_mpi_set_obs, lda_mpi_analyse
-  public :: lda_mpi_set_obs_times, lda_mpi_set_error, lda_mpi_obs_qc, lda_mpi_obs_hx, lda_mpi_report_number, lda_mpi_report_json
+  public :: lda_mpi_set_obs_times, lda_mpi_set_withheld, lda_mpi_set_error, lda_mpi_obs_qc, lda_mpi_obs_hx
+  public :: lda_mpi_report_number, lda_mpi_report_json
   public :: lda_mpi_var_index, lda_mpi_var_count, lda_mpi_var_name, lda_mpi_var_nlev, lda_mpi_grid_info
 
   integer, parameter, public :: LDA_MPI_ERR_MPI = 100   !< an MPI call failed (MPI's message in lda_mpi_last_error)
@@ -97,6 +99,14 @@ module latentda_mpi
       integer(c_int32_t), intent(in) :: var(*)
       real(c_double), intent(in) :: lat(*), lon(*), level(*), value(*), sigma(*)
     end function c_set_obs
+    integer(c_int32_t) function c_set_withheld(ctx, n, var, lat, lon, level, value, sigma) &
+         bind(C, name="lda_mpi_set_withheld")
+      import :: c_int32_t, c_ptr, c_size_t, c_double
+      type(c_ptr), value :: ctx
+      integer(c_size_t), value :: n
+      integer(c_int32_t), intent(in) :: var(*)
+      real(c_double), intent(in) :: lat(*), lon(*), level(*), value(*), sigma(*)
+    end function c_set_withheld
     integer(c_int32_t) function c_set_obs_times(ctx, n, t) bind(C, name="lda_mpi_set_obs_times")
       import :: c_int32_t, c_ptr, c_size_t, c_double
       type(c_ptr), value :: ctx
@@ -341,26 +351,57 @@ contains
     real(c_double), intent(in) :: value(:)           !< observed value
     real(c_double), intent(in) :: sigma(:)           !< observation error standard deviation
     integer, intent(out) :: ierr                     !< LDA_OK, LDA_ERR_INVALID_ARGUMENT (lengths differ)
+    call put_obs(ctx, .false., var, lat, lon, level, value, sigma, ierr)
+  end subroutine lda_mpi_set_obs
+
+  !> [local] This rank's withheld observations (arrays as lda_mpi_set_obs; 0 clears them): gathered by the next
+  !> analyses, never assimilated, compared with the background and the analysis in the report's "withheld" section.
+  !> The set stays until set again.
+  subroutine lda_mpi_set_withheld(ctx, var, lat, lon, level, value, sigma, ierr)
+    type(lda_mpi_context), intent(inout) :: ctx      !< open context
+    integer(c_int32_t), intent(in) :: var(:)         !< variable identifiers from lda_mpi_var_index (-1: unknown)
+    real(c_double), intent(in) :: lat(:)             !< latitude, degrees north
+    real(c_double), intent(in) :: lon(:)             !< longitude, degrees east
+    real(c_double), intent(in) :: level(:)           !< vertical coordinate; ignored for surface variables
+    real(c_double), intent(in) :: value(:)           !< observed value
+    real(c_double), intent(in) :: sigma(:)           !< observation error standard deviation
+    integer, intent(out) :: ierr                     !< LDA_OK, LDA_ERR_INVALID_ARGUMENT (lengths differ)
+    call put_obs(ctx, .true., var, lat, lon, level, value, sigma, ierr)
+  end subroutine lda_mpi_set_withheld
+
+  ! lda_mpi_set_obs (withheld false) or lda_mpi_set_withheld (true): the length check, then the C call.
+  subroutine put_obs(ctx, withheld, var, lat, lon, level, value, sigma, ierr)
+    type(lda_mpi_context), intent(inout) :: ctx
+    logical, intent(in) :: withheld
+    integer(c_int32_t), intent(in) :: var(:)
+    real(c_double), intent(in) :: lat(:), lon(:), level(:), value(:), sigma(:)
+    integer, intent(out) :: ierr
     integer(c_int32_t) :: dv(1)
     real(c_double) :: dd(1)
-    integer :: n
+    integer(c_size_t) :: n
+    character(len=:), allocatable :: what
     if (allocated(ctx%local_error)) deallocate(ctx%local_error)
-    n = size(var)
-    if (any([size(lat), size(lon), size(level), size(value), size(sigma)] /= n)) then
-      ctx%local_error = "lda_mpi_set_obs: the arrays differ in length; all need size(var)"
+    what = merge("lda_mpi_set_withheld", "lda_mpi_set_obs     ", withheld)
+    n = int(size(var), c_size_t)
+    if (any([size(lat), size(lon), size(level), size(value), size(sigma)] /= size(var))) then
+      ctx%local_error = trim(what) // ": the arrays differ in length; all need size(var)"
       ! Remembered by the shim too, so that the next lda_mpi_analyse fails on every rank.
       ierr = int(c_set_error(ctx%ptr, 2_c_int32_t, c_string(ctx%local_error)))
       ierr = 2
       return
     end if
-    if (n == 0) then
-      dv = 0
-      dd = 0
-      ierr = int(c_set_obs(ctx%ptr, 0_c_size_t, dv, dd, dd, dd, dd, dd))
+    dv = 0
+    dd = 0
+    if (withheld .and. n == 0) then
+      ierr = int(c_set_withheld(ctx%ptr, n, dv, dd, dd, dd, dd, dd))
+    else if (withheld) then
+      ierr = int(c_set_withheld(ctx%ptr, n, var, lat, lon, level, value, sigma))
+    else if (n == 0) then
+      ierr = int(c_set_obs(ctx%ptr, n, dv, dd, dd, dd, dd, dd))
     else
-      ierr = int(c_set_obs(ctx%ptr, int(n, c_size_t), var, lat, lon, level, value, sigma))
+      ierr = int(c_set_obs(ctx%ptr, n, var, lat, lon, level, value, sigma))
     end if
-  end subroutine lda_mpi_set_obs
+  end subroutine put_obs
 
   !> [local] Times (hours from the analysis time; method 'l4dvar') of this rank's observations, in their order.
   subroutine lda_mpi_set_obs_times(ctx, time_hours, ierr)

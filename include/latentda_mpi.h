@@ -14,6 +14,7 @@
  *   lda_mpi_bind_patch_f32 / _f64              [local] every bundle variable this rank owns a part of
  *   lda_mpi_set_obs                            [local] this rank's observations (0 allowed), each cycle
  *   lda_mpi_set_obs_times                      [local] optional: their times (method "l4dvar")
+ *   lda_mpi_set_withheld                       [local] optional: observations to verify against, not assimilate
  *   lda_mpi_set_error                          [local] optional: a host failure every rank should learn of
  *   lda_mpi_analyse                            [collective] each cycle: the analysis overwrites every patch
  *   lda_mpi_obs_qc / lda_mpi_obs_hx            [local] this rank's observations, in its order
@@ -169,6 +170,17 @@ int32_t lda_mpi_set_obs(LdaMpiContext *ctx, size_t n, const int32_t *var, const 
  * them to 0. A failure is remembered for the next lda_mpi_analyse, as for a bind.
  */
 int32_t lda_mpi_set_obs_times(LdaMpiContext *ctx, size_t n, const double *time_hours);
+
+/**
+ * [local] Sets this rank's withheld observations for the next analyses (copied; arrays as for lda_mpi_set_obs),
+ * replacing its previous set; `n` = 0 clears them (the pointers may then be NULL). lda_mpi_analyse gathers every
+ * rank's on the analysing rank, which hands them to lda_set_withheld: they never enter the analysis, and the report
+ * (lda_mpi_report_json, section "withheld", the same on every rank) compares them with the background and the
+ * analysis, a check without truth (docs/b-operator.md, "Checking an analysis against withheld observations").
+ * Unlike lda_mpi_set_obs, the set stays until set again. A failure is remembered for the next lda_mpi_analyse.
+ */
+int32_t lda_mpi_set_withheld(LdaMpiContext *ctx, size_t n, const int32_t *var, const double *lat, const double *lon,
+                             const double *level, const double *value, const double *sigma);
 
 /**
  * [local] Records a failure of the host's own on this rank (e.g. its observation file could not be read): returned

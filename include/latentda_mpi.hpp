@@ -115,13 +115,16 @@ class Context {
   // [local] This rank's observations (copied; equal lengths, possibly 0).
   void set_obs(const std::vector<int32_t>& var, const std::vector<double>& lat, const std::vector<double>& lon,
                const std::vector<double>& level, const std::vector<double>& value, const std::vector<double>& sigma) {
-    const std::size_t n = var.size();
-    if (lat.size() != n || lon.size() != n || level.size() != n || value.size() != n || sigma.size() != n) {
-      const std::string m = "set_obs: the arrays differ in length; all need var.size()";
-      lda_mpi_set_error(ctx_, LDA_ERR_INVALID_ARGUMENT, m.c_str());  // the next analyse fails on every rank
-      throw Error(LDA_ERR_INVALID_ARGUMENT, m);
-    }
-    check(lda_mpi_set_obs(ctx_, n, var.data(), lat.data(), lon.data(), level.data(), value.data(), sigma.data()));
+    put_obs(lda_mpi_set_obs, "set_obs", var, lat, lon, level, value, sigma);
+  }
+
+  // [local] This rank's withheld observations (as set_obs; empty clears them): gathered by the next analyses, never
+  // assimilated, compared with the background and the analysis in the report's "withheld" section. They stay until
+  // set again.
+  void set_withheld(const std::vector<int32_t>& var, const std::vector<double>& lat, const std::vector<double>& lon,
+                    const std::vector<double>& level, const std::vector<double>& value,
+                    const std::vector<double>& sigma) {
+    put_obs(lda_mpi_set_withheld, "set_withheld", var, lat, lon, level, value, sigma);
   }
 
   // [local] Times (hours from the analysis time; method "l4dvar") of this rank's observations, in their order.
@@ -167,6 +170,22 @@ class Context {
   LdaMpiContext* get() const noexcept { return ctx_; }
 
  private:
+  using ObsCall = int32_t (*)(LdaMpiContext*, std::size_t, const int32_t*, const double*, const double*,
+                               const double*, const double*, const double*);
+
+  // set_obs / set_withheld: the length check (remembered by the shim on failure), then the C call.
+  void put_obs(ObsCall call, const char* what, const std::vector<int32_t>& var, const std::vector<double>& lat,
+               const std::vector<double>& lon, const std::vector<double>& level, const std::vector<double>& value,
+               const std::vector<double>& sigma) {
+    const std::size_t n = var.size();
+    if (lat.size() != n || lon.size() != n || level.size() != n || value.size() != n || sigma.size() != n) {
+      const std::string m = std::string(what) + ": the arrays differ in length; all need var.size()";
+      lda_mpi_set_error(ctx_, LDA_ERR_INVALID_ARGUMENT, m.c_str());  // the next analyse fails on every rank
+      throw Error(LDA_ERR_INVALID_ARGUMENT, m);
+    }
+    check(call(ctx_, n, var.data(), lat.data(), lon.data(), level.data(), value.data(), sigma.data()));
+  }
+
   void check(int32_t st) const {
     if (st != LDA_OK) throw Error(st, lda_mpi_last_error(ctx_));
   }

@@ -340,6 +340,82 @@ fn decompositions_are_bit_identical_to_the_cli() {
     assert!(worst < 1e-5, "float32 analysis vs CLI: relative difference {worst:e}");
 }
 
+/// Withheld observations given on several ranks (lda_mpi_set_withheld) are gathered on the analysing rank: the
+/// analysis is bit for bit the CLI's with the same assimilated observations, and the report's "withheld" section is
+/// the CLI's `--withheld` section (its sums run in another order: equal to 1e-10).
+#[test]
+fn withheld_observations_are_gathered_verified_and_not_assimilated() {
+    require_mpi!();
+    let b = built();
+    let bundle = common::fixture("tanh");
+    // the sample's rows: even ones assimilated, odd ones withheld
+    let text = std::fs::read_to_string(bundle.join("sample/obs.csv")).unwrap();
+    let mut lines = text.lines();
+    let head = lines.next().unwrap().to_string();
+    let (mut used, mut held) = (vec![head.clone()], vec![head]);
+    for (i, l) in lines.filter(|l| !l.trim().is_empty()).enumerate() {
+        if i % 2 == 0 {
+            used.push(l.to_string())
+        } else {
+            held.push(l.to_string())
+        }
+    }
+    let (obs, wh) = (b.dir.join("wh_obs.csv"), b.dir.join("wh_withheld.csv"));
+    std::fs::write(&obs, used.join("\n") + "\n").unwrap();
+    std::fs::write(&wh, held.join("\n") + "\n").unwrap();
+    let (cli_nc, cli_rep) = (b.dir.join("wh_cli.nc"), b.dir.join("wh_cli.json"));
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let (code, _, err) = common::cli(&[
+        "analyse",
+        "--bundle",
+        &s(&bundle),
+        "--background",
+        &s(&bundle.join("sample/background.nc")),
+        "--obs",
+        &s(&obs),
+        "--withheld",
+        &s(&wh),
+        "--output",
+        &s(&cli_nc),
+        "--report",
+        &s(&cli_rep),
+    ]);
+    assert_eq!(code, 0, "latentda analyse --withheld failed: {err}");
+    let cli = latentda::bundle::ncio::read_state(&cli_nc, &Bundle::open(&bundle).unwrap().layout).unwrap();
+    let (out, rep) = (b.dir.join("wh_mpi.bin"), b.dir.join("wh_mpi.json"));
+    let mut args = case_args(&bundle, &out);
+    args[2] = s(&obs);
+    args.extend(
+        ["--grid", "1x3", "--uneven", "--root", "2", "--quiet", "--withheld", &s(&wh), "--report", &s(&rep)]
+            .iter()
+            .map(|x| x.to_string()),
+    );
+    let run = mpirun(3, &b.driver_c, &args, LIMIT);
+    assert_eq!(run.code, Some(0), "withheld:\n{}\n{}", run.stdout, run.stderr);
+    assert_eq!(bit_diffs(&read_f64(&out), &cli), 0, "the withheld observations changed the analysis");
+    let section = |p: &Path| {
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+        v["withheld"].clone()
+    };
+    let (m, c) = (section(&rep), section(&cli_rep));
+    assert_eq!(m["n_obs"], c["n_obs"]);
+    assert_eq!(m["n_used"], c["n_used"]);
+    assert!(c["n_used"].as_u64().unwrap() > 0, "no withheld observation was used: {c}");
+    let (mc, cc) = (m["cells"].as_array().unwrap(), c["cells"].as_array().unwrap());
+    assert_eq!(mc.len(), cc.len());
+    for (x, y) in mc.iter().zip(cc) {
+        let at = format!("{}/{}", y["group"], y["band"]);
+        assert_eq!(
+            (&x["group"], &x["band"], &x["n"], &x["n_columns"]),
+            (&y["group"], &y["band"], &y["n"], &y["n_columns"])
+        );
+        for k in ["sum_d", "mean_d", "omb_rms", "oma_rms"] {
+            let (a, e) = (x[k].as_f64().unwrap(), y[k].as_f64().unwrap());
+            assert!((a - e).abs() <= 1e-10 * e.abs() + 1e-12, "{at} {k}: MPI {a} vs CLI {e}");
+        }
+    }
+}
+
 #[test]
 fn faults_give_every_rank_the_same_error_and_leave_arrays_untouched() {
     require_mpi!();
@@ -461,6 +537,7 @@ fn cpp_class_analyses_and_throws_the_same_error_everywhere() {
         assert_eq!(field(l, "err_code="), "2", "{l}");
         assert_eq!(field(l, "err_untouched="), "1", "{l}");
         assert_eq!(field(l, "global="), total.to_string(), "{l}");
+        assert_eq!(field(l, "withheld="), total.to_string(), "every rank's withheld rows reached the report: {l}");
         assert_eq!(msg(l), msg(lines[0]));
     }
     assert!(msg(lines[0]).contains("nosuch"), "{}", lines[0]);

@@ -20,6 +20,7 @@
  *          models/speedy-t31/sample/obs.csv an.bin --grid 2x2 --uneven
  * Options: --grid PXxPY (default: as square as the rank count allows)  --uneven (unequal blocks)  --halo H (default 1)
  *          --precision f32|f64  --root R  --method M  --options TOML  --quiet
+ *          --withheld FILE (observations to verify against, as OBS.csv; never assimilated)  --report FILE (JSON)
  *          --fault KIND --fault-rank R: size | overlap | gap | unbound | nan | badobs | noobs | method | badmethod
  *          (for the error-path tests: what one rank, or every rank, does wrong); skip (a host bug: rank R never calls
  *          lda_mpi_analyse, so the others hang: the tests' time limit must catch it)
@@ -43,6 +44,75 @@ typedef struct {
     void *copy;               /* the background, to check that a failed analysis left it untouched */
 } Field;
 
+/* This rank's share of the rows of an observation CSV (var,lat,lon,level,value,sigma[,time]; row i to rank
+ * i mod size). */
+typedef struct {
+    size_t n, cap;        /* rows kept here; capacity */
+    int have_times;       /* a 7th column "time" (hours), passed on with lda_mpi_set_obs_times */
+    int32_t *var;
+    size_t *row;          /* row index in the file (0-based, header excluded) */
+    double *lat, *lon, *lev, *val, *sig, *tim;
+} Obs;
+
+static void read_obs(const char *path, LdaMpiContext *ctx, int rank, int size, Obs *o) {
+    char line[1024];
+    size_t lines = 0;
+    FILE *fp = fopen(path, "r");
+    if (!fp) MPI_Abort(MPI_COMM_WORLD, 1);
+    while (fgets(line, sizeof line, fp)) {
+        char *fld[7], *p = line;
+        int nf = 0;
+        line[strcspn(line, "\r\n")] = '\0';
+        if (lines++ == 0) {
+            o->have_times = strstr(line, ",time") != NULL;
+            continue;
+        }
+        if (!line[0]) continue;
+        if ((lines - 2) % (size_t)size != (size_t)rank) continue;
+        fld[nf++] = p;
+        for (; *p && nf < 7; p++)
+            if (*p == ',') {
+                *p = '\0';
+                fld[nf++] = p + 1;
+            }
+        if (nf < 6) continue;
+        if (o->n == o->cap) {
+            o->cap = o->cap ? 2 * o->cap : 256;
+            o->var = realloc(o->var, o->cap * sizeof *o->var);
+            o->row = realloc(o->row, o->cap * sizeof *o->row);
+            o->lat = realloc(o->lat, o->cap * sizeof(double));
+            o->lon = realloc(o->lon, o->cap * sizeof(double));
+            o->lev = realloc(o->lev, o->cap * sizeof(double));
+            o->val = realloc(o->val, o->cap * sizeof(double));
+            o->sig = realloc(o->sig, o->cap * sizeof(double));
+            o->tim = realloc(o->tim, o->cap * sizeof(double));
+            if (!o->var || !o->row || !o->lat || !o->lon || !o->lev || !o->val || !o->sig || !o->tim)
+                MPI_Abort(MPI_COMM_WORLD, 1);
+        }
+        if (lda_mpi_var_index(ctx, fld[0], &o->var[o->n]) != LDA_OK) o->var[o->n] = -1;
+        o->row[o->n] = lines - 2;
+        o->lat[o->n] = strtod(fld[1], NULL);
+        o->lon[o->n] = strtod(fld[2], NULL);
+        o->lev[o->n] = fld[3][0] ? strtod(fld[3], NULL) : NAN;
+        o->val[o->n] = strtod(fld[4], NULL);
+        o->sig[o->n] = strtod(fld[5], NULL);
+        o->tim[o->n] = nf > 6 ? strtod(fld[6], NULL) : 0.0;
+        o->n++;
+    }
+    fclose(fp);
+}
+
+static void free_obs(Obs *o) {
+    free(o->var);
+    free(o->row);
+    free(o->lat);
+    free(o->lon);
+    free(o->lev);
+    free(o->val);
+    free(o->sig);
+    free(o->tim);
+}
+
 /* Block `i` of `p` blocks of `n` points: the remainder goes to the first blocks; --uneven moves a third of block 0
  * into the last block. */
 static void block(int64_t n, int p, int i, int uneven, int64_t *start, int64_t *count) {
@@ -61,15 +131,14 @@ static void block(int64_t n, int p, int i, int uneven, int64_t *start, int64_t *
 int main(int argc, char **argv) {
     int rank, size, px = 0, py = 0, uneven = 0, halo = 1, single = 0, quiet = 0, root = 0, a, v, rc = 1;
     int fault_rank = 0;
-    const char *method = NULL, *options = NULL, *fault = "";
+    const char *method = NULL, *options = NULL, *fault = "", *withheld = NULL, *report = NULL;
     LdaMpiContext *ctx = NULL;
     int32_t st, nvar = 0;
-    size_t nlat = 0, nlon = 0, nobs = 0, k, nrows = 0;
+    size_t nlat = 0, nlon = 0, nobs = 0, k;
     Field *f = NULL;
-    int32_t *ovar = NULL, *qc = NULL;
-    double *olat = NULL, *olon = NULL, *olev = NULL, *oval = NULL, *osig = NULL, *otim = NULL, *hxb = NULL, *hxa = NULL;
-    int have_times = 0;
-    size_t *orow = NULL;
+    Obs obs = {0}, wh = {0};
+    int32_t *qc = NULL;
+    double *hxb = NULL, *hxa = NULL;
     int untouched = 1, halo_ok = 1;
     char msg[2048];
 
@@ -100,6 +169,10 @@ int main(int argc, char **argv) {
             fault = argv[++a];
         } else if (!strcmp(argv[a], "--fault-rank") && a + 1 < argc) {
             fault_rank = atoi(argv[++a]);
+        } else if (!strcmp(argv[a], "--withheld") && a + 1 < argc) {
+            withheld = argv[++a];
+        } else if (!strcmp(argv[a], "--report") && a + 1 < argc) {
+            report = argv[++a];
         } else if (!strcmp(argv[a], "--quiet")) {
             quiet = 1;
         } else {
@@ -210,59 +283,21 @@ int main(int argc, char **argv) {
         nc_close(nc);
     }
 
-    /* 3. Observations: row i of the file goes to rank i mod size (any rank may hold any observation). */
+    /* 3. Observations: row i of the file goes to rank i mod size (any rank may hold any observation); withheld ones
+     * (--withheld) likewise, verified by the report and never assimilated. */
     if (strcmp(fault, "noobs") != 0) {
-        char line[1024];
-        FILE *fp = fopen(argv[3], "r");
-        size_t cap = 0;
-        if (!fp) MPI_Abort(MPI_COMM_WORLD, 1);
-        while (fgets(line, sizeof line, fp)) {
-            char *fld[7], *p = line;
-            int nf = 0;
-            line[strcspn(line, "\r\n")] = '\0';
-            if (nrows++ == 0) { /* header: a 7th column "time" (hours) is passed on with lda_mpi_set_obs_times */
-                have_times = strstr(line, ",time") != NULL;
-                continue;
-            }
-            if (!line[0]) continue;
-            if ((nrows - 2) % (size_t)size != (size_t)rank) continue;
-            fld[nf++] = p;
-            for (; *p && nf < 7; p++)
-                if (*p == ',') {
-                    *p = '\0';
-                    fld[nf++] = p + 1;
-                }
-            if (nf < 6) continue;
-            if (nobs == cap) {
-                cap = cap ? 2 * cap : 256;
-                ovar = realloc(ovar, cap * sizeof *ovar);
-                orow = realloc(orow, cap * sizeof *orow);
-                olat = realloc(olat, cap * sizeof(double));
-                olon = realloc(olon, cap * sizeof(double));
-                olev = realloc(olev, cap * sizeof(double));
-                oval = realloc(oval, cap * sizeof(double));
-                osig = realloc(osig, cap * sizeof(double));
-                otim = realloc(otim, cap * sizeof(double));
-                if (!ovar || !orow || !olat || !olon || !olev || !oval || !osig || !otim) MPI_Abort(MPI_COMM_WORLD, 1);
-            }
-            if (lda_mpi_var_index(ctx, fld[0], &ovar[nobs]) != LDA_OK) ovar[nobs] = -1;
-            orow[nobs] = nrows - 2;
-            olat[nobs] = strtod(fld[1], NULL);
-            olon[nobs] = strtod(fld[2], NULL);
-            olev[nobs] = fld[3][0] ? strtod(fld[3], NULL) : NAN;
-            oval[nobs] = strtod(fld[4], NULL);
-            osig[nobs] = strtod(fld[5], NULL);
-            otim[nobs] = nf > 6 ? strtod(fld[6], NULL) : 0.0;
-            nobs++;
-        }
-        fclose(fp);
+        read_obs(argv[3], ctx, rank, size, &obs);
+        nobs = obs.n;
         if (rank == fault_rank && !strcmp(fault, "badobs") && nobs > 0)
-            st = lda_mpi_set_obs(ctx, nobs, ovar, olat, NULL, olev, oval, osig); /* lon missing */
+            st = lda_mpi_set_obs(ctx, nobs, obs.var, obs.lat, NULL, obs.lev, obs.val, obs.sig); /* lon missing */
         else
-            st = lda_mpi_set_obs(ctx, nobs, ovar, olat, olon, olev, oval, osig);
-        if (have_times) st = lda_mpi_set_obs_times(ctx, nobs, otim);
+            st = lda_mpi_set_obs(ctx, nobs, obs.var, obs.lat, obs.lon, obs.lev, obs.val, obs.sig);
+        if (obs.have_times) st = lda_mpi_set_obs_times(ctx, nobs, obs.tim);
     }
-    MPI_Allreduce(MPI_IN_PLACE, &nrows, 1, MPI_UNSIGNED_LONG, MPI_MAX, MPI_COMM_WORLD);
+    if (withheld) {
+        read_obs(withheld, ctx, rank, size, &wh);
+        st = lda_mpi_set_withheld(ctx, wh.n, wh.var, wh.lat, wh.lon, wh.lev, wh.val, wh.sig);
+    }
 
     /* 4. The analysis (collective): on success every rank's blocks hold the analysis. */
     if (!strcmp(fault, "badmethod")) method = "nosuch";
@@ -349,9 +384,23 @@ int main(int argc, char **argv) {
             r3[0] = (double)qc[k];
             r3[1] = hxb[k];
             r3[2] = hxa[k];
-            MPI_File_write_at(fh, (MPI_Offset)(orow[k] * 24), r3, 3, MPI_DOUBLE, MPI_STATUS_IGNORE);
+            MPI_File_write_at(fh, (MPI_Offset)(obs.row[k] * 24), r3, 3, MPI_DOUBLE, MPI_STATUS_IGNORE);
         }
         MPI_File_close(&fh);
+    }
+    /* 7. --report FILE: the report (the same on every rank) as the last rank has it. */
+    if (report && rank == size - 1) {
+        size_t need = 0;
+        char *json = NULL;
+        FILE *fp;
+        if (lda_mpi_report_json(ctx, NULL, 0, &need) == LDA_ERR_BUFFER_TOO_SMALL && (json = malloc(need)) &&
+            lda_mpi_report_json(ctx, json, need, NULL) == LDA_OK && (fp = fopen(report, "w"))) {
+            fputs(json, fp);
+            fclose(fp);
+        } else {
+            fprintf(stderr, "rank %d: cannot write the report to %s\n", rank, report);
+        }
+        free(json);
     }
     rc = 0;
 
@@ -362,14 +411,8 @@ finish:
         free(f[v].copy);
     }
     free(f);
-    free(ovar);
-    free(orow);
-    free(olat);
-    free(olon);
-    free(olev);
-    free(oval);
-    free(osig);
-    free(otim);
+    free_obs(&obs);
+    free_obs(&wh);
     free(qc);
     free(hxb);
     free(hxa);

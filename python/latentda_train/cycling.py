@@ -137,6 +137,7 @@ import time
 import numpy as np
 
 from . import cases as CS
+from . import cycle_mix as CM
 from . import data as D
 from . import jcmrun
 
@@ -152,6 +153,7 @@ RUN_NAMES += tuple(f"{m}-{kind}{k}{r}{sp}{ad}" for m in ("3dvar", "hybrid") for 
 NAMES = [v[0] for v in D.VARS]
 OBS_SEED = 700000          # noise seed of cycle c: OBS_SEED + c (the same for every method)
 FORECAST_CYCLES = 8        # 48 h
+MIX_SEED = 800000          # --choose-mix: the column split of cycle c is drawn with MIX_SEED + c
 # The reference bundle's B (latent and static) is calibrated to 48 h forecast errors; cycled 6 h backgrounds have
 # about 0.35 of that error variance (u 1.3 vs 2.1 m/s, t 0.52 vs 0.92 K, ps 118 vs 190 Pa after one cycle), and
 # with the unscaled B the second cycle's analysis is no better than its background (smoke run).
@@ -195,6 +197,9 @@ class Latentda:
         L.lda_obs_qc.argtypes = [c_p, ctypes.POINTER(i32), ctypes.c_size_t]
         L.lda_report_json.argtypes = [c_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)]
         L.lda_set_ensemble.argtypes = [c_p, ctypes.c_size_t, ctypes.c_size_t, dp, i32]
+        if hasattr(L, "lda_set_withheld"):   # libraries before withheld observations lack it
+            L.lda_set_withheld.argtypes = L.lda_set_obs.argtypes
+            L.lda_set_withheld.restype = i32
         L.lda_version.restype = ctypes.c_char_p
         for f in ("lda_open", "lda_close", "lda_var_index", "lda_bind_field_f64", "lda_set_obs", "lda_analyse",
                   "lda_obs_qc", "lda_report_json", "lda_set_ensemble"):
@@ -227,12 +232,21 @@ class Latentda:
                     f"lda_bind_field_f64({name})")
         self.bound[name] = arr
 
-    def set_obs(self, var, lat, lon, level, value, sigma):
+    def _obs_arrays(self, fn, what, var, lat, lon, level, value, sigma):
         a = [np.ascontiguousarray(x, dtype=np.float64) for x in (lat, lon, level, value, sigma)]
         v = np.ascontiguousarray(var, dtype=np.int32)
         dp = ctypes.POINTER(ctypes.c_double)
-        self._check(self.lib.lda_set_obs(self.ctx, len(v), v.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)),
-                                         *[x.ctypes.data_as(dp) for x in a]), "lda_set_obs")
+        self._check(fn(self.ctx, len(v), v.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)),
+                       *[x.ctypes.data_as(dp) for x in a]), what)
+
+    def set_obs(self, *obs):
+        """The observations to assimilate (lda_set_obs): var, lat, lon, level, value, sigma."""
+        self._obs_arrays(self.lib.lda_set_obs, "lda_set_obs", *obs)
+
+    def set_withheld(self, *obs):
+        """Withheld observations (lda_set_withheld, same arrays as set_obs): compared with the background and the
+        analysis, never assimilated; the report's "withheld" section scores them."""
+        self._obs_arrays(self.lib.lda_set_withheld, "lda_set_withheld", *obs)
 
     def set_ensemble(self, members: np.ndarray):
         """Members (K, 41, nlat, nlon) in the state layout (the bundle's variables in order, C order): lda_set_ensemble
@@ -840,13 +854,21 @@ def settings_of(a) -> dict:
                 s["adaptive"]["static_variables"] = a.static_variables
         if getattr(a, "adaptive_in_library", False):
             s["adaptive"]["in_library"] = True
+    if mix_shares(a):
+        s["choose_mix"] = {"shares": mix_shares(a), "window": a.choose_window, "seed": MIX_SEED}
     return s
+
+
+def mix_shares(a) -> list:
+    """The latent shares of --choose-mix (empty without it)."""
+    m = getattr(a, "choose_mix", None)
+    return [float(x) for x in m.split(",")] if m else []
 
 
 def run_name(a) -> str:
     """The run's folder name under OUT/<network>/: the method, "-lagged<K>" with a lagged ensemble, "-adaptive" for
     an adaptive B."""
-    name = a.method
+    name = a.method + ("-mix" if mix_shares(a) else "")
     if getattr(a, "ensemble", "none") != "none":
         name += f"-{a.ensemble}{a.members}" + ("r" if getattr(a, "eda_recentre", False) else "") \
             + ("m" if getattr(a, "ensemble_space", "latent") == "model" else "")
@@ -944,6 +966,26 @@ def forecast_states(model, states: list):
     return xs, after
 
 
+def context(a, options: str, nlat: int, nlon: int):
+    """A latentda context with `options` and the host arrays bound to it."""
+    lda = Latentda(a.lib, a.bundle, options)
+    return lda, HostFields(lda, nlat, nlon)
+
+
+def mix_chooser(a, folder: str, base: dict, state, open_context, refused: bool):
+    """--choose-mix: the MixChooser of the run (cycle_mix.py). The candidates share the run's total weight alpha + beta
+    (the options', else the bundle's [hybrid]) and its static variables."""
+    if a.method != "hybrid" or refused:
+        raise SystemExit("--choose-mix is for method hybrid without an ensemble, with a fixed B or "
+                         "--adaptive-in-library (the candidates read the library's state file)")
+    import tomllib
+    with open(os.path.join(a.bundle, "bundle.toml"), "rb") as f:
+        h = tomllib.load(f).get("hybrid", {})
+    total = float(base.get("hybrid_alpha", h.get("alpha", 1.0))) + float(base.get("hybrid_beta", h.get("beta", 1.0)))
+    return CM.MixChooser(mix_shares(a), a.choose_window, base, total, static_variables(a), NAMES, folder, open_context,
+                      state)
+
+
 def run(a, model: Model | None = None, log=print) -> str:
     """Runs (or resumes) one method's experiment; returns its folder."""
     from . import balance as BAL
@@ -988,12 +1030,13 @@ def run(a, model: Model | None = None, log=print) -> str:
         raise SystemExit(f"the nature run ends before day {a.start_day + a.days} + 48 h")
     t_load = time.time()
     model = model or Model(a.data)
-    adapt_state = adapt_lib = None
+    adapt_state = adapt_lib = mix_state = None
     if os.path.exists(ckpt):
         extra = model.load(ckpt)
         cycle = extra["cycle"]
         adapt_state = extra.get("adaptive")
         adapt_lib = extra.get("adaptive_lib")
+        mix_state = extra.get("mix")
         if ens_k:
             lag = model.load_states(lag_file)
         if eda_k:
@@ -1029,9 +1072,14 @@ def run(a, model: Model | None = None, log=print) -> str:
             f.write(adapt_lib)
     lda_options = (library_adaptive_options(a, folder) if in_library
                    else options_text(adapt.options()) if adapt else run_options(a))
+    chooser = None
+    if mix_shares(a):
+        chooser = mix_chooser(a, folder, parse_options(lda_options), mix_state,
+                              lambda o: context(a, options_text(o), len(lat), len(lon)), adapt is not None
+                              or ens_k or eda_k)
+        lda_options = options_text(chooser.options())
     if a.method != "none":
-        lda = Latentda(a.lib, a.bundle, lda_options)
-        host = HostFields(lda, len(lat), len(lon))
+        lda, host = context(a, lda_options, len(lat), len(lon))
     log(f"model and latentda ready in {time.time() - t_load:.1f} s")
     with open(metrics, "a") as mf:
         while cycle < n_cycles:
@@ -1058,9 +1106,17 @@ def run(a, model: Model | None = None, log=print) -> str:
                     # the C ABI takes options at lda_open: a new context with the new B size, arrays bound again
                     lda.close()
                     lda_options = options_text(adapt.options())
-                    lda = Latentda(a.lib, a.bundle, lda_options)
-                    host = HostFields(lda, len(lat), len(lon))
+                    lda, host = context(a, lda_options, len(lat), len(lon))
                 obs = observations(lda, truth, lat, lon, sig, st, OBS_SEED + c, a.network)
+                if chooser is not None:
+                    # the candidates on halves of this cycle's observations, then the run's analysis with them all
+                    tm = time.time()
+                    rec["mix"] = chooser.evaluate(x_b, obs, MIX_SEED + c)
+                    rec["t_mix"] = time.time() - tm
+                    if options_text(chooser.options()) != lda_options:
+                        lda.close()
+                        lda_options = options_text(chooser.options())
+                        lda, host = context(a, lda_options, len(lat), len(lon))
                 host.load(x_b)
                 lda.set_obs(*obs)
                 if members is not None:
@@ -1142,6 +1198,7 @@ def run(a, model: Model | None = None, log=print) -> str:
             if eda_k:
                 model.save_states(eda_file, eda)
             model.save(ckpt, {"cycle": c, "adaptive": adapt.state() if adapt else None,
+                              "mix": chooser.state() if chooser else None,
                               # --adaptive-in-library: the library's state as of this cycle, for a resume
                               "adaptive_lib": Path(lib_state).read_text() if in_library else None})
             cycle = c
@@ -1154,6 +1211,8 @@ def run(a, model: Model | None = None, log=print) -> str:
                     + f" {rec['t_cycle']:.2f} s")
     if lda is not None:
         lda.close()
+    if chooser is not None:
+        chooser.close()
     if eda_lda is not None:
         eda_lda.close()
     return folder
@@ -1552,6 +1611,12 @@ def main(argv=None):
     ap.add_argument("--adaptive-rule", default="desroziers", choices=AdaptiveB.RULES,
                     help="desroziers: E[(Hxa-Hxb) db] (the fixed-point step; slow where R >> HBH^T); innovation: "
                          "E[db^2] - R (one step if R is right)")
+    ap.add_argument("--choose-mix", default=None, metavar="L,...",
+                    help="method hybrid: choose the latent share L of each variable and band class (alpha = L S, beta = "
+                         "(1 - L) S) every cycle among these candidates, by withheld observations (cycle_mix.py; the "
+                         "first is the choice until there is evidence), e.g. 0.7,0.9,0.4,0; folder prefix <method>-mix")
+    ap.add_argument("--choose-window", type=int, default=CM.MIX_WINDOW,
+                    help="--choose-mix: cycles of withheld evidence pooled (default 12, 3 days)")
     a = ap.parse_args(argv)
     if a.command == "smoke":
         smoke(a)

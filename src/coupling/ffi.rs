@@ -532,12 +532,13 @@ type ObsArrays<'a> = (Vec<crate::obs::Observation>, &'a [i32], [&'a [f64]; 5]);
 /// The six observation arrays of `lda_set_obs` and `lda_set_withheld` as slices of `n` values, each checked for
 /// NULL first (the error names the array), and a buffer for `n` observations: the whole set must fit in memory
 /// before any array is read, so a count too large (or a lying one) is an error, not an allocation failure that
-/// aborts the host.
+/// aborts the host (the error names the call `what`).
 ///
 /// # Safety
 /// Every non-NULL pointer must point to `n` values that stay valid and unchanged while the slices are used.
 #[allow(clippy::too_many_arguments)]
 unsafe fn obs_arrays<'a>(
+    what: &str,
     n: usize,
     var: *const i32,
     lat: *const f64,
@@ -551,7 +552,7 @@ unsafe fn obs_arrays<'a>(
     if let Some(i) = ptrs.iter().position(|p| p.is_null()) {
         return Err(null(names[i]));
     }
-    let buf = HostContext::obs_buffer(n)?;
+    let buf = HostContext::obs_buffer(what, n)?;
     // SAFETY: non-NULL (checked) and n values each (the caller's contract).
     let sl = |p: *const f64| -> &'a [f64] { unsafe { std::slice::from_raw_parts(p, n) } };
     // SAFETY: as above.
@@ -589,7 +590,8 @@ pub extern "C" fn lda_set_obs(
             return inner.set_obs(&[], &[], &[], &[], &[], &[]);
         }
         // SAFETY: each array holds n values (contract); obs_arrays checks them for NULL and the count for memory.
-        let (buf, vars, [la, lo, le, va, si]) = unsafe { obs_arrays(n, var, lat, lon, level, value, sigma) }?;
+        let (buf, vars, [la, lo, le, va, si]) =
+            unsafe { obs_arrays("set_obs", n, var, lat, lon, level, value, sigma) }?;
         inner.set_obs_in(buf, vars, la, lo, le, va, si)
     })
 }
@@ -619,7 +621,8 @@ pub extern "C" fn lda_set_withheld(
             return inner.set_withheld(&[], &[], &[], &[], &[], &[]);
         }
         // SAFETY: each array holds n values (contract); obs_arrays checks them for NULL and the count for memory.
-        let (buf, vars, [la, lo, le, va, si]) = unsafe { obs_arrays(n, var, lat, lon, level, value, sigma) }?;
+        let (buf, vars, [la, lo, le, va, si]) =
+            unsafe { obs_arrays("set_withheld", n, var, lat, lon, level, value, sigma) }?;
         inner.set_withheld_in(buf, vars, la, lo, le, va, si)
     })
 }

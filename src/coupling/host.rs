@@ -193,13 +193,14 @@ impl HostContext {
         Ok(())
     }
 
-    /// An empty observation list with room for `n` observations, or an error if memory for them cannot be had (a
-    /// host count too large for memory must not abort the process).
-    pub fn obs_buffer(n: usize) -> Result<Vec<Observation>> {
+    /// An empty observation list with room for `n` observations, or an error naming the call `what` (e.g.
+    /// "set_withheld") if memory for them cannot be had (a host count too large for memory must not abort the
+    /// process).
+    pub fn obs_buffer(what: &str, n: usize) -> Result<Vec<Observation>> {
         let mut v = Vec::new();
         v.try_reserve_exact(n).map_err(|_| {
             Error::arg(format!(
-                "set_obs: cannot allocate memory for n = {n} observations ({} bytes)",
+                "{what}: cannot allocate memory for n = {n} observations ({} bytes)",
                 (n as u128) * std::mem::size_of::<Observation>() as u128
             ))
         })?;
@@ -217,7 +218,7 @@ impl HostContext {
         value: &[f64],
         sigma: &[f64],
     ) -> Result<()> {
-        let buf = Self::obs_buffer(var.len())?;
+        let buf = Self::obs_buffer("set_obs", var.len())?;
         self.set_obs_in(buf, var, lat, lon, level, value, sigma)
     }
 
@@ -255,7 +256,7 @@ impl HostContext {
         value: &[f64],
         sigma: &[f64],
     ) -> Result<()> {
-        let buf = Self::obs_buffer(var.len())?;
+        let buf = Self::obs_buffer("set_withheld", var.len())?;
         self.set_withheld_in(buf, var, lat, lon, level, value, sigma)
     }
 

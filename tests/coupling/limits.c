@@ -56,12 +56,15 @@ int main(int argc, char **argv) {
         return 1;
     }
     expect("set_obs 2^25 under 3 GiB", lda_set_obs(ctx, big, var, col, col, col, col, col), LDA_ERR_INVALID_ARGUMENT, ctx,
-           "cannot allocate");
+           "set_obs: cannot allocate");
     free(var);
     free(col);
     /* a lying count: nothing may be read before the allocation fails */
     expect("set_obs lying 2^40", lda_set_obs(ctx, (size_t)1 << 40, v3, lat, lon, lev, val, sig), LDA_ERR_INVALID_ARGUMENT,
-           ctx, "cannot allocate");
+           ctx, "set_obs: cannot allocate");
+    /* the same for withheld observations, named as such */
+    expect("set_withheld lying 2^40", lda_set_withheld(ctx, (size_t)1 << 40, v3, lat, lon, lev, val, sig),
+           LDA_ERR_INVALID_ARGUMENT, ctx, "set_withheld: cannot allocate");
     expect("set_obs 3", lda_set_obs(ctx, 3, v3, lat, lon, lev, val, sig), LDA_OK, ctx, "");
     expect("analyse after the failures", lda_analyse(ctx, NULL), LDA_OK, ctx, "");
     expect("close", lda_close(ctx), LDA_OK, NULL, "");

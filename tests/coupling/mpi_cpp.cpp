@@ -74,6 +74,7 @@ int main(int argc, char** argv) {
       }
     }
     ctx.set_obs(var, lat, lon, lev, val, sig);
+    ctx.set_withheld(var, lat, lon, lev, val, sig);  // the same rows, verified against (gathered like the obs)
     ctx.analyse();
     const std::vector<int32_t> qc = ctx.obs_qc();
     const latentda::mpi::ObsHx hx = ctx.obs_hx();
@@ -81,6 +82,7 @@ int main(int argc, char** argv) {
     for (int32_t q : qc) used += q == 0;
     const double j = ctx.report_number("solver.j_final");
     const std::size_t global = ctx.nobs_global();
+    const double withheld = ctx.report_number("withheld.n_obs");
     if (hx.hxb.size() != qc.size() || ctx.report_json().find("\"mpi\"") == std::string::npos) rc = 1;
     // A failing collective call: the same exception on every rank, patches untouched.
     const std::vector<std::vector<float>> before = fields;
@@ -93,8 +95,8 @@ int main(int argc, char** argv) {
       msg = e.what();
     }
     const int untouched = fields == before;
-    std::printf("CPP rank=%d nobs=%zu global=%zu qc_used=%zu j_final=%.17g err_code=%d err_untouched=%d err_msg=%s\n", rank,
-                qc.size(), global, used, j, code, untouched, msg.c_str());
+    std::printf("CPP rank=%d nobs=%zu global=%zu withheld=%.0f qc_used=%zu j_final=%.17g err_code=%d err_untouched=%d "
+                "err_msg=%s\n", rank, qc.size(), global, withheld, used, j, code, untouched, msg.c_str());
   }  // ~Context: lda_mpi_close on every rank
   MPI_Finalize();
   return rc;

@@ -22,6 +22,7 @@
 #define MSG_MAX 2048
 #define NAME_MAX_LEN 256
 #define OBS_COLS 7 /* var, lat, lon, level, value, sigma, time (hours) */
+#define WH_COLS 6  /* withheld observations: var, lat, lon, level, value, sigma */
 
 /* One rank's patch of one variable. */
 typedef struct {
@@ -52,6 +53,8 @@ struct LdaMpiContext {
     int32_t *ovar;
     double *olat, *olon, *olevel, *ovalue, *osigma;
     double *otime; /* hours from the analysis time (lda_mpi_set_obs_times); NULL = all 0 */
+    size_t nwh;    /* this rank's withheld observations (lda_mpi_set_withheld): nwh rows of WH_COLS */
+    double *wh;
     /* Results of the last successful analysis (this rank's observations) and the report (every rank). */
     int have_results;
     size_t nobs_global;
@@ -179,6 +182,7 @@ static void free_context(LdaMpiContext *c) {
     free(c->lev);
     free(c->patch);
     free_obs(c);
+    free(c->wh);
     free_results(c);
     free(c->report);
     free(c);
@@ -644,6 +648,34 @@ int32_t lda_mpi_set_obs(LdaMpiContext *ctx, size_t n, const int32_t *var, const 
     return LDA_OK;
 }
 
+int32_t lda_mpi_set_withheld(LdaMpiContext *ctx, size_t n, const int32_t *var, const double *lat, const double *lon,
+                             const double *level, const double *value, const double *sigma) {
+    size_t k;
+    const double *cols[WH_COLS - 1];
+    NEED_CTX("lda_mpi_set_withheld");
+    free(ctx->wh);
+    ctx->wh = NULL;
+    ctx->nwh = 0;
+    if (n == 0) return LDA_OK; /* cleared */
+    if (!var || !lat || !lon || !level || !value || !sigma)
+        return defer(ctx, set_err(ctx->error, LDA_ERR_NULL_POINTER, "lda_mpi_set_withheld: %s is NULL (n = %zu)",
+                                  !var ? "var" : !lat ? "lat" : !lon ? "lon" : !level ? "level" : !value ? "value" : "sigma",
+                                  n));
+    if (n > (size_t)INT32_MAX / WH_COLS)
+        return defer(ctx, set_err(ctx->error, LDA_ERR_INVALID_ARGUMENT, "lda_mpi_set_withheld: n = %zu is too large", n));
+    if (!(ctx->wh = malloc(n * WH_COLS * sizeof(double))))
+        return defer(ctx, set_err(ctx->error, LDA_ERR_INVALID_ARGUMENT,
+                                  "lda_mpi_set_withheld: no memory for %zu observations", n));
+    cols[0] = lat, cols[1] = lon, cols[2] = level, cols[3] = value, cols[4] = sigma;
+    for (k = 0; k < n; k++) {
+        int j;
+        ctx->wh[WH_COLS * k] = (double)var[k];
+        for (j = 1; j < WH_COLS; j++) ctx->wh[WH_COLS * k + j] = cols[j - 1][k];
+    }
+    ctx->nwh = n;
+    return LDA_OK;
+}
+
 int32_t lda_mpi_set_obs_times(LdaMpiContext *ctx, size_t n, const double *time_hours) {
     NEED_CTX("lda_mpi_set_obs_times");
     if (n != ctx->nobs)
@@ -784,8 +816,35 @@ static void name_owner(const LdaMpiContext *c, const int64_t *desc, char *msg) {
     }
 }
 
-static int32_t root_analyse(LdaMpiContext *c, const char *method, size_t ntot, const double *obs, double *res,
-                            const int64_t *desc, char *msg) {
+/* Root: hands the gathered withheld rows (n x WH_COLS) to its context; n = 0 clears the set of an earlier cycle. */
+static int32_t set_withheld_rows(LdaMpiContext *c, size_t n, const double *rows, char *msg) {
+    int32_t *var = NULL, st;
+    double *cols = NULL;
+    size_t i;
+    if (n > 0) {
+        var = malloc(n * sizeof *var);
+        cols = malloc((WH_COLS - 1) * n * sizeof *cols);
+        if (!var || !cols) {
+            free(var);
+            free(cols);
+            return set_err(msg, LDA_ERR_INTERNAL, "out of memory (%zu withheld observations)", n);
+        }
+        for (i = 0; i < n; i++) {
+            int k;
+            var[i] = (int32_t)rows[WH_COLS * i];
+            for (k = 1; k < WH_COLS; k++) cols[(k - 1) * n + i] = rows[WH_COLS * i + k];
+        }
+    }
+    st = n ? lda_set_withheld(c->lda, n, var, cols, cols + n, cols + 2 * n, cols + 3 * n, cols + 4 * n)
+           : lda_set_withheld(c->lda, 0, NULL, NULL, NULL, NULL, NULL, NULL);
+    if (st != LDA_OK) set_err(msg, st, "%s", lda_last_error(c->lda));
+    free(var);
+    free(cols);
+    return st;
+}
+
+static int32_t root_analyse(LdaMpiContext *c, const char *method, size_t ntot, const double *obs, size_t nwh,
+                            const double *wh, double *res, const int64_t *desc, char *msg) {
     int32_t st;
     int v;
     size_t i;
@@ -823,6 +882,7 @@ static int32_t root_analyse(LdaMpiContext *c, const char *method, size_t ntot, c
         var[i] = (int32_t)obs[OBS_COLS * i];
         for (k = 0; k < 6; k++) cols[k * ntot + i] = obs[OBS_COLS * i + 1 + k];
     }
+    if ((st = set_withheld_rows(c, nwh, wh, msg)) != LDA_OK) goto done;
     if ((st = lda_set_obs(c->lda, ntot, var, cols, cols + ntot, cols + 2 * ntot, cols + 3 * ntot, cols + 4 * ntot)) !=
             LDA_OK ||
         (st = lda_set_obs_times(c->lda, ntot, cols + 5 * ntot)) != LDA_OK ||
@@ -862,6 +922,64 @@ done:
     return st;
 }
 
+/*
+ * Collective: every rank's withheld observations to the root (*rows_out: *n_out rows of WH_COLS on the root, NULL
+ * where none). One MPI_Allreduce when no rank holds any. Returns the status agreed by every rank.
+ */
+static int32_t gather_withheld(LdaMpiContext *c, size_t *n_out, double **rows_out, char *msg) {
+    int64_t me = (int64_t)c->nwh, total = 0, *all = NULL;
+    int *counts = NULL, *displs = NULL, rc, r;
+    size_t n = 0;
+    double *rows = NULL, dummy = 0.0;
+    int32_t st = LDA_OK;
+    *n_out = 0;
+    *rows_out = NULL;
+    if ((rc = MPI_Allreduce(&me, &total, 1, MPI_INT64_T, MPI_SUM, c->comm)) != MPI_SUCCESS)
+        return mpi_err(msg, rc, "lda_mpi_analyse: MPI_Allreduce (withheld count)"); /* the same call fails everywhere */
+    if (total == 0) return LDA_OK;
+    if (c->rank == c->root) {
+        all = calloc((size_t)c->size, sizeof *all);
+        counts = calloc((size_t)c->size, sizeof *counts);
+        displs = calloc((size_t)c->size, sizeof *displs);
+        if (!all || !counts || !displs) st = set_err(msg, LDA_ERR_INTERNAL, "lda_mpi_analyse: out of memory (withheld)");
+    }
+    st = agree(c->comm, c->rank, c->size, st, msg, 1);
+    if (st != LDA_OK) goto done;
+    if ((rc = MPI_Gather(&me, 1, MPI_INT64_T, all, 1, MPI_INT64_T, c->root, c->comm)) != MPI_SUCCESS) {
+        st = mpi_err(msg, rc, "lda_mpi_analyse: MPI_Gather (withheld counts)");
+    } else if (c->rank == c->root) {
+        for (r = 0; r < c->size && st == LDA_OK; r++) {
+            if (n + (size_t)all[r] > (size_t)INT32_MAX / WH_COLS) {
+                st = set_err(msg, LDA_ERR_INVALID_ARGUMENT, "lda_mpi_analyse: the withheld observation count exceeds"
+                             " MPI's int counts");
+                break;
+            }
+            counts[r] = (int)(WH_COLS * all[r]);
+            displs[r] = (int)(WH_COLS * n);
+            n += (size_t)all[r];
+        }
+        if (st == LDA_OK && !(rows = malloc(n * WH_COLS * sizeof *rows)))
+            st = set_err(msg, LDA_ERR_INTERNAL, "lda_mpi_analyse: out of memory (%zu withheld observations)", n);
+    }
+    st = agree(c->comm, c->rank, c->size, st, msg, 1);
+    if (st != LDA_OK) goto done;
+    if ((rc = MPI_Gatherv(c->wh ? c->wh : &dummy, (int)(WH_COLS * c->nwh), MPI_DOUBLE, rows ? rows : &dummy, counts,
+                          displs, MPI_DOUBLE, c->root, c->comm)) != MPI_SUCCESS)
+        st = mpi_err(msg, rc, "lda_mpi_analyse: MPI_Gatherv (withheld)");
+    st = agree(c->comm, c->rank, c->size, st, msg, 1);
+done:
+    free(all);
+    free(counts);
+    free(displs);
+    if (st != LDA_OK) {
+        free(rows);
+        return st;
+    }
+    *n_out = n;
+    *rows_out = rows;
+    return LDA_OK;
+}
+
 int32_t lda_mpi_analyse(LdaMpiContext *ctx, const char *method) {
     LdaMpiContext *c = ctx;
     int rc, r, v;
@@ -871,7 +989,8 @@ int32_t lda_mpi_analyse(LdaMpiContext *ctx, const char *method) {
     int64_t *mydesc = NULL, *desc = NULL, nobs_me = 0, nobs_total = 0, *nobs_all = NULL;
     int *counts = NULL, *displs = NULL, *ocounts = NULL, *odispls = NULL, *rcounts = NULL, *rdispls = NULL;
     double *sendbuf = NULL, *recvbuf = NULL, *gbuf = NULL, *obuf = NULL, *gobs = NULL, *gres = NULL, *myres = NULL;
-    size_t mylen = 0, total = 0, ntot = 0, k;
+    double *gwh = NULL;
+    size_t mylen = 0, total = 0, ntot = 0, nwh = 0, k;
     double t[6] = {0, 0, 0, 0, 0, 0}, t0, t1;
     char *report = NULL;
     int64_t report_len = 0;
@@ -978,6 +1097,9 @@ int32_t lda_mpi_analyse(LdaMpiContext *ctx, const char *method) {
     }
     st = agree(c->comm, c->rank, c->size, st, msg, 0);
     if (st != LDA_OK) goto done;
+    /* 1c. The withheld observations to the root (they persist on each rank until set again). */
+    st = gather_withheld(c, &nwh, &gwh, msg);
+    if (st != LDA_OK) goto done;
     t1 = MPI_Wtime();
     t[0] = t1 - t0;
 
@@ -1031,7 +1153,7 @@ int32_t lda_mpi_analyse(LdaMpiContext *ctx, const char *method) {
     /* 3. The analysis, on the root only. */
     if (st == LDA_OK && c->rank == c->root) {
         char amsg[MSG_MAX];
-        st = root_analyse(c, root_method[0] ? root_method : NULL, ntot, gobs, gres, desc, amsg);
+        st = root_analyse(c, root_method[0] ? root_method : NULL, ntot, gobs, nwh, gwh, gres, desc, amsg);
         if (st != LDA_OK) set_err(msg, st, "lda_mpi_analyse (analysis on rank %d): %s", c->root, amsg);
     }
     t[2] = MPI_Wtime() - t1;
@@ -1133,6 +1255,7 @@ done:
     free(gbuf);
     free(obuf);
     free(gobs);
+    free(gwh);
     free(gres);
     free(myres);
     return st;

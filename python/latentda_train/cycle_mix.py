@@ -1,0 +1,143 @@
+"""The hybrid's mix chosen online from withheld observations, inside a cycle (`latentda-cycle run --choose-mix`).
+
+`latentda-crossval` chooses the latent : static mix per variable and band class from withheld observations over a
+set of matrix cases. A host that cycles can do the same with its own observations, without truth, every cycle:
+
+1. split this cycle's observation columns at random into two halves;
+2. for every candidate mix (a latent share L: alpha = L S, beta = (1 - L) S per variable and band class, S the
+   run's alpha + beta, so the Desroziers sizing in force applies unchanged), analyse the background with one half
+   and verify on the other (`lda_set_withheld`), then the other way round, so that every observation is withheld
+   once;
+3. over the last `window` cycles, per variable and band class (extratropics, tropics), choose the share with the
+   lowest mean d = mean(((O-A)^2 - (O-B)^2) / sigma_o^2) (crossval.choose: a variable without withheld observations
+   follows its group's pooled evidence, z that of t and ps, else all variables');
+4. analyse with all observations and the chosen weights (the run's own analysis; nothing is withheld from it).
+
+The candidate analyses run in contexts of their own. With the library's adaptive sizing (option `adaptive_state`)
+each candidate reads a copy of the run's state file, taken before the run's analysis, so that it runs with the
+multipliers in force; the run's state is never written by a candidate. The cost is 2 K extra analyses per cycle for
+K candidates, each with half the observations.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+
+from . import crossval as CV
+
+CLASSES = tuple(CV.CLASSES)   # extratropics, tropics
+MIX_WINDOW = 12               # cycles (3 days) of withheld evidence behind each choice
+
+
+def share_name(share: float) -> str:
+    """The candidate's name in records and choices: "L0.7" for latent share 0.7."""
+    return f"L{share:g}"
+
+
+def split_halves(lat: np.ndarray, lon: np.ndarray, seed: int) -> np.ndarray:
+    """Boolean mask of the observations in the second half: whole columns (horizontal positions) drawn with `seed`,
+    half of them (rounded down)."""
+    cols, inv = np.unique(np.stack([lat, lon], axis=1), axis=0, return_inverse=True)
+    held = np.random.default_rng(seed).permutation(len(cols))[: len(cols) // 2]
+    return np.isin(inv.ravel(), held)
+
+
+def mix_weights(choice: dict, total: float, static: tuple, variables) -> dict:
+    """`hybrid_variable_weights` of a choice {var: {class: latent share}}: alpha = L S, beta = (1 - L) S (tropics from
+    the tropics class); the static variables get alpha 0 and beta S whatever the choice."""
+    w = {}
+    for v in variables:
+        lx, lt = (0.0, 0.0) if v in static else (choice[v]["extratropics"], choice[v]["tropics"])
+        w[v] = {"alpha": lx * total, "beta": (1 - lx) * total,
+                "alpha_tropics": lt * total, "beta_tropics": (1 - lt) * total}
+    return w
+
+
+class MixChooser:
+    """Candidate contexts, the window of their withheld statistics, and the choice in force (see the module doc).
+
+    `open_context(options_dict)` returns (Latentda, HostFields) for a dict of options; `base` is the run's options
+    (with `adaptive_state` where the library sizes the B); `state` is what `state()` returned, for a resume."""
+
+    def __init__(self, shares, window, base: dict, total: float, static: tuple, variables, folder: str,
+                 open_context, state: dict | None = None):
+        if not shares or len(set(shares)) != len(shares) or any(not 0.0 <= s <= 1.0 for s in shares):
+            raise SystemExit(f"--choose-mix: latent shares must be distinct numbers in [0, 1], got {shares}")
+        if window < 1:
+            raise SystemExit("--choose-window must be at least 1")
+        self.shares, self.window, self.base = list(shares), int(window), dict(base)
+        self.total, self.static, self.variables = float(total), tuple(static), tuple(variables)
+        self.names = [share_name(s) for s in self.shares]
+        self.main_state = base.get("adaptive_state")
+        self.history = list((state or {}).get("history", []))
+        self.choice = (state or {}).get("choice") or {v: {c: self.shares[0] for c in CLASSES} for v in self.variables}
+        self.sources = (state or {}).get("sources", {})
+        self.candidates = []
+        for k, s in enumerate(self.shares):
+            o = dict(self.base, hybrid_variable_weights=self.weights_of({v: {c: s for c in CLASSES}
+                                                                          for v in self.variables}))
+            copy = os.path.join(folder, f"mix_state_{k}.json") if self.main_state else None
+            if copy:
+                o["adaptive_state"] = copy
+            self.candidates.append((open_context(o), copy))
+
+    def weights_of(self, choice: dict) -> dict:
+        return mix_weights(choice, self.total, self.static, self.variables)
+
+    def options(self) -> dict:
+        """The run's options with the weights of the choice in force."""
+        return dict(self.base, hybrid_variable_weights=self.weights_of(self.choice))
+
+    def state(self) -> dict:
+        return {"history": self.history, "choice": self.choice, "sources": self.sources}
+
+    def _analyse(self, k: int, x_b, obs, assimilate: np.ndarray):
+        (lda, host), copy = self.candidates[k]
+        if copy:   # the multipliers in force: the run's state as it is before its own analysis of this cycle
+            if self.main_state and os.path.exists(self.main_state):
+                shutil.copyfile(self.main_state, copy)
+            elif os.path.exists(copy):
+                os.remove(copy)
+        host.load(x_b)
+        lda.set_obs(*[x[assimilate] for x in obs])
+        lda.set_withheld(*[x[~assimilate] for x in obs])
+        lda.analyse("hybrid")
+        return (lda.report().get("withheld") or {}).get("cells", [])
+
+    def evaluate(self, x_b, obs, seed: int) -> dict:
+        """Runs every candidate on both halves of this cycle's observations (obs: the arrays of lda_set_obs, the
+        variable index first, then lat and lon), adds their withheld sums to the window and updates the choice.
+        Returns the cycle's record: each candidate's mean d per variable and class, and the choice made."""
+        second = split_halves(obs[1], obs[2], seed)
+        cycle = {}
+        for k, name in enumerate(self.names):
+            acc = {}
+            for half in (~second, second):
+                CV.add_cells(acc, self._analyse(k, x_b, obs, half))
+            cycle[name] = list(acc.values())
+        self.history = (self.history + [cycle])[-self.window:]
+        pooled = {}
+        for name in self.names:
+            acc = {}
+            for past in self.history:
+                CV.add_cells(acc, past[name])
+            pooled[name] = {v: {c: CV.class_stats(acc.values(), v, c) for c in CLASSES} for v in CV.VARS}
+        by_name = dict(zip(self.names, self.shares))
+        for v in self.variables:
+            if v in self.static:   # the same static B in every candidate: nothing to choose
+                continue
+            for c in CLASSES:
+                best, where = CV.choose(pooled, self.names, v, c)
+                self.choice[v][c] = by_name[best]
+                self.sources[f"{v}/{c}"] = where
+        this = {name: {f"{v}/{c}": CV.class_stats(cells, v, c)[1] for v in CV.VARS for c in CLASSES}
+                for name, cells in cycle.items()}
+        return {"mean_d": this, "choice": {v: dict(self.choice[v]) for v in self.variables if v not in self.static},
+                "sources": dict(self.sources)}
+
+    def close(self):
+        for (lda, _), _ in self.candidates:
+            lda.close()

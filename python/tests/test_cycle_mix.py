@@ -1,0 +1,118 @@
+"""The hybrid's mix chosen online from withheld observations (`latentda-cycle run --choose-mix`, cycle_mix.py),
+through the real C ABI (liblatentda.so of `cargo build --release`, the reference bundle and its sample case): the
+column split, the weights of a choice, candidates that run with the run's adaptive multipliers without writing the
+run's state, a choice that is the lowest pooled mean d, and a resume from the chooser's state. No jcm needed."""
+import argparse
+import os
+
+import numpy as np
+import pytest
+
+from latentda_train import cases as CS
+from latentda_train import crossval as CV
+from latentda_train import cycle_mix as CM
+from latentda_train import cycling as C
+from test_cycling_ensemble import FAST, SAMPLE, lib, sample_obs  # noqa: F401 (lib is a fixture)
+
+START = "hybrid_alpha = 0.7\nhybrid_beta = 0.3\nbg_check = 5.0"
+
+
+def test_split_keeps_columns_whole_and_halves_them():
+    rng = np.random.default_rng(1)
+    cols = np.round(rng.uniform(-80, 80, (41, 2)), 3)
+    lat, lon = np.repeat(cols[:, 0], 5), np.repeat(cols[:, 1], 5)   # 5 levels per column
+    second = CM.split_halves(lat, lon, 11)
+    side = {}
+    for la, lo, s in zip(lat, lon, second):
+        assert side.setdefault((la, lo), s) == s, "a column was split"
+    assert sum(side.values()) == 20   # half of 41 columns, rounded down
+    assert np.array_equal(second, CM.split_halves(lat, lon, 11))   # the seed decides
+    assert not np.array_equal(second, CM.split_halves(lat, lon, 12))
+
+
+def test_weights_of_a_choice_keep_the_total_and_the_static_variables():
+    choice = {v: {"extratropics": 0.9, "tropics": 0.25} for v in CV.VARS}
+    w = CM.mix_weights(choice, 1.5, ("q",), CV.VARS)
+    for v in CV.VARS:
+        assert w[v]["alpha"] + w[v]["beta"] == pytest.approx(1.5)
+        assert w[v]["alpha_tropics"] + w[v]["beta_tropics"] == pytest.approx(1.5)
+    assert w["u"]["alpha"] == pytest.approx(1.35) and w["u"]["alpha_tropics"] == pytest.approx(0.375)
+    assert (w["q"]["alpha"], w["q"]["alpha_tropics"]) == (0.0, 0.0)
+
+
+def chooser(lib, tmp_path, shares, window=4, state=None, xb_shape=None):
+    base = C.parse_options(f"{FAST}\n{START}\nadaptive_state = \"{tmp_path / 'adaptive_b.json'}\"\n"
+                           "adaptive_window = 3\nadaptive_per_variable = true\n")
+    return CM.MixChooser(shares, window, base, 1.0, ("q",), C.NAMES, str(tmp_path),
+                         lambda o: C.context(argparse.Namespace(lib=lib, bundle=C.DEFAULT_BUNDLE), C.options_text(o),
+                                             *xb_shape), state)
+
+
+def test_candidates_run_with_the_runs_multipliers_and_the_choice_is_the_lowest_mean_d(lib, tmp_path):
+    xb = CS.read_state(os.path.join(SAMPLE, "background.nc"))
+    ch = chooser(lib, tmp_path, [0.7, 0.0, 1.0], xb_shape=xb.shape[1:])
+    main = None
+    try:
+        # the run's own context, sized by the library: two cycles so that its state file holds a multiplier != 1
+        main, host = C.context(argparse.Namespace(lib=lib, bundle=C.DEFAULT_BUNDLE), C.options_text(ch.options()),
+                               *xb.shape[1:])
+        obs = sample_obs(main)
+        rng = np.random.default_rng(5)
+        for k in range(2):
+            host.load(xb)
+            main.set_obs(*obs[:4], obs[4] + 0.7 * obs[5] * rng.normal(size=obs[4].shape), obs[5])
+            main.analyse("hybrid")
+        state = tmp_path / "adaptive_b.json"
+        before = state.read_bytes()
+        rec = ch.evaluate(xb, obs, 3)
+        assert state.read_bytes() == before, "a candidate wrote the run's state"
+        # every candidate ran with the run's multiplier in force, and with its own mix
+        m_next = main.report()["adaptive"]["multiplier_next"]
+        assert m_next != pytest.approx(1.0)
+        for k, share in enumerate(ch.shares):
+            (lda, _), _ = ch.candidates[k]
+            rep = lda.report()
+            assert rep["adaptive"]["multiplier"] == pytest.approx(m_next, rel=1e-12), share
+            w = rep["desroziers"]["b_in_force"]["hybrid_weights"]["u"]
+            assert w[0] / (w[0] + w[1]) == pytest.approx(share, abs=1e-12)
+            assert rep["withheld"]["n_used"] > 0
+        # the choice is the lowest mean d of each variable's own withheld observations (window of one cycle)
+        names = [CM.share_name(s) for s in ch.shares]
+        assert set(rec["mean_d"]) == set(names)
+        assert "q" not in rec["choice"], "q is static in every candidate: nothing to choose"
+        for v in ("u", "v", "t", "ps"):
+            for c in CM.CLASSES:
+                d = {n: rec["mean_d"][n][f"{v}/{c}"] for n in names}
+                if any(x is None for x in d.values()):
+                    continue
+                assert rec["sources"][f"{v}/{c}"] == "own"
+                assert CM.share_name(rec["choice"][v][c]) == min(d, key=d.get), (v, c, d)
+        # the run's options carry the choice, and the chooser's state resumes it
+        w = ch.options()["hybrid_variable_weights"]
+        assert w["t"]["alpha"] == pytest.approx(rec["choice"]["t"]["extratropics"])
+        assert (w["q"]["alpha"], w["q"]["beta"]) == (0.0, 1.0)
+        again = chooser(lib, tmp_path, [0.7, 0.0, 1.0], state=ch.state(), xb_shape=xb.shape[1:])
+        try:
+            assert again.options() == ch.options() and again.history == ch.history
+        finally:
+            again.close()
+    finally:
+        ch.close()
+        if main is not None:
+            main.close()
+
+
+def test_bad_shares_are_refused(tmp_path):
+    for shares in ([], [0.7, 0.7], [1.2]):
+        with pytest.raises(SystemExit):
+            CM.MixChooser(shares, 4, {}, 1.0, (), C.NAMES, str(tmp_path), lambda o: None)
+
+
+def test_run_name_and_settings_of_a_mix_run():
+    a = argparse.Namespace(method="hybrid", network="uniform", adaptive=True, adaptive_in_library=True,
+                           adaptive_per_variable=True, static_variables="q", adaptive_window=8,
+                           adaptive_bounds=[0.05, 4.0], adaptive_rule="innovation", adaptive_split=False,
+                           ensemble="none", options=C.CYCLING_OPTIONS, bundle=C.DEFAULT_BUNDLE, choose_mix="0.7,0.9,0",
+                           choose_window=12, start_day=610, spinup_days=3, days=30)
+    assert C.run_name(a) == "hybrid-mix-adaptive-pv-sq-lib"
+    assert C.settings_of(a)["choose_mix"] == {"shares": [0.7, 0.9, 0.0], "window": 12, "seed": C.MIX_SEED}
