@@ -382,29 +382,37 @@ fn withheld_observations_are_gathered_verified_and_not_assimilated() {
     ]);
     assert_eq!(code, 0, "latentda analyse --withheld failed: {err}");
     let cli = latentda::bundle::ncio::read_state(&cli_nc, &Bundle::open(&bundle).unwrap().layout).unwrap();
-    let (out, rep) = (b.dir.join("wh_mpi.bin"), b.dir.join("wh_mpi.json"));
-    let mut args = case_args(&bundle, &out);
-    args[2] = s(&obs);
-    args.extend(
-        ["--grid", "1x3", "--uneven", "--root", "2", "--quiet", "--withheld", &s(&wh), "--report", &s(&rep)]
-            .iter()
-            .map(|x| x.to_string()),
-    );
-    let run = mpirun(3, &b.driver_c, &args, LIMIT);
-    assert_eq!(run.code, Some(0), "withheld:\n{}\n{}", run.stdout, run.stderr);
-    assert_eq!(bit_diffs(&read_f64(&out), &cli), 0, "the withheld observations changed the analysis");
     let section = |p: &Path| {
         let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
         v["withheld"].clone()
     };
-    let (m, c) = (section(&rep), section(&cli_rep));
-    assert_eq!(m["n_obs"], c["n_obs"]);
-    assert_eq!(m["n_used"], c["n_used"]);
+    let c = section(&cli_rep);
     assert!(c["n_used"].as_u64().unwrap() > 0, "no withheld observation was used: {c}");
+    // the C driver (3 ranks, root 2) and the Fortran one (2 ranks, root 1)
+    for (drv, exe, n, grid, root) in [("c", &b.driver_c, 3, "1x3", "2"), ("f", &b.driver_f, 2, "2x1", "1")] {
+        let (out, rep) = (b.dir.join(format!("wh_mpi_{drv}.bin")), b.dir.join(format!("wh_mpi_{drv}.json")));
+        let mut args = case_args(&bundle, &out);
+        args[2] = s(&obs);
+        args.extend(
+            ["--grid", grid, "--uneven", "--root", root, "--quiet", "--withheld", &s(&wh), "--report", &s(&rep)]
+                .iter()
+                .map(|x| x.to_string()),
+        );
+        let run = mpirun(n, exe, &args, LIMIT);
+        assert_eq!(run.code, Some(0), "withheld, {drv}:\n{}\n{}", run.stdout, run.stderr);
+        assert_eq!(bit_diffs(&read_f64(&out), &cli), 0, "{drv}: the withheld observations changed the analysis");
+        same_withheld_section(drv, &section(&rep), &c);
+    }
+}
+
+/// The withheld sections of an MPI run (`m`) and of the CLI (`c`): counts equal, sums to 1e-10.
+fn same_withheld_section(drv: &str, m: &serde_json::Value, c: &serde_json::Value) {
+    assert_eq!(m["n_obs"], c["n_obs"], "{drv}");
+    assert_eq!(m["n_used"], c["n_used"], "{drv}");
     let (mc, cc) = (m["cells"].as_array().unwrap(), c["cells"].as_array().unwrap());
-    assert_eq!(mc.len(), cc.len());
+    assert_eq!(mc.len(), cc.len(), "{drv}");
     for (x, y) in mc.iter().zip(cc) {
-        let at = format!("{}/{}", y["group"], y["band"]);
+        let at = format!("{drv} {}/{}", y["group"], y["band"]);
         assert_eq!(
             (&x["group"], &x["band"], &x["n"], &x["n_columns"]),
             (&y["group"], &y["band"], &y["n"], &y["n_columns"])

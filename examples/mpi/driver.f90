@@ -74,12 +74,15 @@ program lda_mpi_fdriver
 
   type(field), allocatable, target :: f(:)
   type(lda_mpi_context) :: ctx
-  integer :: rank, nprocs, px, py, ix, iy, ierr, nvar, nlon, nlat, nlev, i0, nx, j0, ny, v, k, root, nrows
+  integer :: rank, nprocs, px, py, ix, iy, ierr, nvar, nlon, nlat, nlev, i0, nx, j0, ny, v, k, root
   logical :: uneven, quiet
-  character(len=1024) :: bundle, background, obsfile, outfile, arg, method
+  character(len=1024) :: bundle, background, obsfile, outfile, arg, method, whfile, repfile
+  character(len=:), allocatable :: json
   character(len=2048) :: msg
   integer(c_int32_t), allocatable :: var(:), qc(:)
   real(c_double), allocatable :: lat(:), lon(:), level(:), value(:), sigma(:), hxb(:), hxa(:)
+  integer(c_int32_t), allocatable :: wvar(:)
+  real(c_double), allocatable :: wlat(:), wlon(:), wlevel(:), wvalue(:), wsigma(:)
   integer :: first_row, nargs, i
   real(c_double) :: nan, j1, tg, ts, ta
 
@@ -92,7 +95,7 @@ program lda_mpi_fdriver
   nargs = command_argument_count()
   if (nargs < 4) then
     if (rank == 0) write(*, '(a)') 'usage: driver_f BUNDLE BACKGROUND.nc OBS.csv OUT.bin [--grid PXxPY] [--uneven]' // &
-         ' [--root R] [--method M] [--quiet]'
+         ' [--root R] [--method M] [--withheld FILE] [--report FILE] [--quiet]'
     call MPI_Finalize(ierr)
     stop 2
   end if
@@ -106,6 +109,8 @@ program lda_mpi_fdriver
   quiet = .false.
   root = 0
   method = ''
+  whfile = ''
+  repfile = ''
   i = 5
   do while (i <= nargs)
     call get_command_argument(i, arg)
@@ -127,6 +132,12 @@ program lda_mpi_fdriver
     case ('--method')
       i = i + 1
       call get_command_argument(i, method)
+    case ('--withheld')
+      i = i + 1
+      call get_command_argument(i, whfile)
+    case ('--report')
+      i = i + 1
+      call get_command_argument(i, repfile)
     case default
       if (rank == 0) write(*, '(2a)') 'unknown argument ', trim(arg)
       call MPI_Abort(MPI_COMM_WORLD, 2, ierr)
@@ -170,8 +181,13 @@ program lda_mpi_fdriver
   end do
 
   ! ---- 3. observations: rows first_row .. first_row + n - 1 of the file go to this rank
-  call read_obs(trim(obsfile))
+  call read_obs(trim(obsfile), var, lat, lon, level, value, sigma, first_row)
   call lda_mpi_set_obs(ctx, var, lat, lon, level, value, sigma, ierr)
+  ! observations to verify against, never assimilated (--withheld): shared out the same way
+  if (len_trim(whfile) > 0) then
+    call read_obs(trim(whfile), wvar, wlat, wlon, wlevel, wvalue, wsigma, k)
+    call lda_mpi_set_withheld(ctx, wvar, wlat, wlon, wlevel, wvalue, wsigma, ierr)
+  end if
 
   ! ---- 4. the analysis (collective)
   if (len_trim(method) > 0) then
@@ -206,8 +222,15 @@ program lda_mpi_fdriver
          ' lat ', j0, '+', ny, ', J_final ', j1, ', gather ', tg, ' s, analysis ', ta, ' s, scatter ', ts, ' s'
   end if
 
-  ! ---- 6. output with MPI-IO (each rank its own block and observations)
+  ! ---- 6. output with MPI-IO (each rank its own block and observations); --report: the JSON report (last rank's)
   call write_output()
+  if (len_trim(repfile) > 0 .and. rank == nprocs - 1) then
+    call lda_mpi_report_json(ctx, json, ierr)
+    if (ierr /= 0) call die('cannot read the report')
+    open(newunit=k, file=trim(repfile), status='replace', action='write')
+    write(k, '(a)') json
+    close(k)
+  end if
   call lda_mpi_close(ctx)
   call MPI_Finalize(ierr)
 
@@ -284,11 +307,15 @@ contains
     end do
   end function halo_is_nan
 
-  !> Reads var,lat,lon,level,value,sigma rows; keeps this rank's contiguous share (unknown variables get id -1).
-  subroutine read_obs(path)
+  !> Reads var,lat,lon,level,value,sigma rows; keeps this rank's contiguous share (unknown variables get id -1),
+  !> rows first_row + 1 .. first_row + size(var) of the file.
+  subroutine read_obs(path, var, lat, lon, level, value, sigma, first_row)
     character(len=*), intent(in) :: path
+    integer(c_int32_t), allocatable, intent(out) :: var(:)
+    real(c_double), allocatable, intent(out) :: lat(:), lon(:), level(:), value(:), sigma(:)
+    integer, intent(out) :: first_row
     character(len=1024) :: line
-    integer :: u, ios, n, c(5), j, m, row, last
+    integer :: u, ios, n, c(5), j, m, row, last, nrows
     nrows = 0
     open(newunit=u, file=path, status='old', action='read')
     read(u, '(a)')
