@@ -1501,6 +1501,14 @@ def summary_table(network: str, runs: dict, from_day: float = 0.0, reference: st
             q = [a[min(len(a) - 1, int(f * (len(a) - 1)))] for f in (0.0, 0.25, 0.5, 0.75, 1.0)]
             lines.append(f"- {m}: s at 0/25/50/75/100 % of the run " + ", ".join(f"{e['scale']:.3g}" for e in q)
                          + f"; last options {a[-1].get('options')}")
+    mx = {m: [x["mix"]["choice"] for x in scored[m] if x.get("mix")] for m in runs}
+    mx = {m: c for m, c in mx.items() if c}
+    if mx:
+        lines += ["", "Mix chosen by withheld observations (--choose-mix): latent share L per variable and band class, "
+                  "share of the scored cycles with each L (extratropics, tropics):", ""]
+        for m, cs in mx.items():
+            lines.append(f"- {m}: " + "; ".join(f"{v} " + ", ".join(mix_shares_used(cs, v, c) for c in CM.CLASSES)
+                                               for v in cs[0]))
     # innovation ratios (all observations, global) of every run: about 1 when B and R are right
     dz = {m: [x["desroziers"]["global"] for x in scored[m] if (x.get("desroziers") or {}).get("global")] for m in runs}
     dz = {m: d for m, d in dz.items() if d}
@@ -1511,6 +1519,12 @@ def summary_table(network: str, runs: dict, from_day: float = 0.0, reference: st
             lines.append(f"- {m}: E[da db]/R {np.mean([x['r_ratio'] for x in d]):.3f}, "
                          f"E[(Hxa-Hxb) db]/HBH^T {np.mean(hb) if hb else float('nan'):.3f}")
     return "\n".join(lines) + "\n"
+
+
+def mix_shares_used(choices: list, v: str, cls: str) -> str:
+    """"L0.7 62 %/L0.4 38 %": how often each latent share was chosen for variable v in class cls."""
+    shares = [c[v][cls] for c in choices]
+    return "/".join(f"L{L:g} {100 * shares.count(L) / len(shares):.0f} %" for L in sorted(set(shares), reverse=True))
 
 
 # ------------------------------------------------------------------------------------------------------ smoke

@@ -116,3 +116,10 @@ def test_run_name_and_settings_of_a_mix_run():
                            choose_window=12, start_day=610, spinup_days=3, days=30)
     assert C.run_name(a) == "hybrid-mix-adaptive-pv-sq-lib"
     assert C.settings_of(a)["choose_mix"] == {"shares": [0.7, 0.9, 0.0], "window": 12, "seed": C.MIX_SEED}
+
+
+def test_summary_counts_how_often_each_share_was_chosen():
+    cs = [{"u": {"extratropics": 0.7, "tropics": 0.0}}, {"u": {"extratropics": 0.4, "tropics": 0.0}},
+          {"u": {"extratropics": 0.7, "tropics": 0.0}}, {"u": {"extratropics": 0.7, "tropics": 0.0}}]
+    assert C.mix_shares_used(cs, "u", "extratropics") == "L0.7 75 %/L0.4 25 %"
+    assert C.mix_shares_used(cs, "u", "tropics") == "L0 100 %"
