@@ -13,6 +13,14 @@ set of matrix cases. A host that cycles can do the same with its own observation
    follows its group's pooled evidence, z that of t and ps, else all variables');
 4. analyse with all observations and the chosen weights (the run's own analysis; nothing is withheld from it).
 
+Mode "forecast" (`--choose-by forecast`) scores the candidates on what the cycle carries instead: every candidate
+analyses the background with all the observations, its analysis is forecast 6 h by the host's model, and at the next
+cycle each forecast is compared with that cycle's observations (independent of it: new times, new errors), as
+d = ((O - F_k)^2 - (O - B)^2) / sigma_o^2 with B the run's own background; the window and the choice are as above.
+Nothing is withheld, and the evidence includes what one analysis does to the next background (its balance, its
+spin-up), which an analysis-time check cannot see. The cost is K extra analyses and K 6 h forecasts per cycle. The
+forecasts are not checkpointed: after a resume the first cycle has no evidence.
+
 The candidate analyses run in contexts of their own. With the library's adaptive sizing (option `adaptive_state`)
 each candidate reads a copy of the run's state file, taken before the run's analysis, so that it runs with the
 multipliers in force; the run's state is never written by a candidate. The cost is 2 K extra analyses per cycle for
@@ -30,6 +38,8 @@ from . import crossval as CV
 
 CLASSES = tuple(CV.CLASSES)   # extratropics, tropics
 MIX_WINDOW = 12               # cycles (3 days) of withheld evidence behind each choice
+MODES = ("withheld", "forecast")
+BAND_EDGE = 20.0              # as src/var/desroziers.rs: nh lat > 20, sh lat < -20, tropics the rest
 
 
 def share_name(share: float) -> str:
@@ -43,6 +53,28 @@ def split_halves(lat: np.ndarray, lon: np.ndarray, seed: int) -> np.ndarray:
     cols, inv = np.unique(np.stack([lat, lon], axis=1), axis=0, return_inverse=True)
     held = np.random.default_rng(seed).permutation(len(cols))[: len(cols) // 2]
     return np.isin(inv.ravel(), held)
+
+
+def obs_cells(names: dict, var, lat, lon, d) -> list:
+    """Cells of per-observation values `d` in the form of a report's withheld cells (the sums crossval.class_stats
+    pools): per variable (`names`: index -> name) and band (nh, tropics, sh), clustered by column; non-finite d
+    (an observation H rejects) left out."""
+    var, lat, lon, d = (np.asarray(x) for x in (var, lat, lon, d))
+    _, col = np.unique(np.stack([lat, lon], axis=1), axis=0, return_inverse=True)
+    col = col.ravel()
+    band = np.where(np.abs(lat) <= BAND_EDGE, "tropics", np.where(lat > 0, "nh", "sh"))
+    cells = []
+    for vi, name in names.items():
+        for b in ("nh", "tropics", "sh"):
+            m = (var == vi) & (band == b) & np.isfinite(d)
+            if not m.any():
+                continue
+            dc, nc = np.bincount(col[m], weights=d[m]), np.bincount(col[m]).astype(float)
+            k = nc > 0
+            cells.append({"group": name, "band": b, "n": int(m.sum()), "n_columns": int(k.sum()),
+                          "sum_d": float(d[m].sum()), "sum_dc2": float(np.sum(dc[k] ** 2)),
+                          "sum_dc_nc": float(np.sum(dc[k] * nc[k])), "sum_nc2": float(np.sum(nc[k] ** 2))})
+    return cells
 
 
 def mix_weights(choice: dict, total: float, static: tuple, variables) -> dict:
@@ -63,7 +95,10 @@ class MixChooser:
     (with `adaptive_state` where the library sizes the B); `state` is what `state()` returned, for a resume."""
 
     def __init__(self, shares, window, base: dict, total: float, static: tuple, variables, folder: str,
-                 open_context, state: dict | None = None):
+                 open_context, state: dict | None = None, mode: str = "withheld"):
+        if mode not in MODES:
+            raise SystemExit(f"--choose-by must be one of {MODES}, got {mode!r}")
+        self.mode, self.pending = mode, None
         if not shares or len(set(shares)) != len(shares) or any(not 0.0 <= s <= 1.0 for s in shares):
             raise SystemExit(f"--choose-mix: latent shares must be distinct numbers in [0, 1], got {shares}")
         if window < 1:
@@ -95,6 +130,13 @@ class MixChooser:
         return {"history": self.history, "choice": self.choice, "sources": self.sources}
 
     def _analyse(self, k: int, x_b, obs, assimilate: np.ndarray):
+        """Candidate k's analysis of x_b with the rows `assimilate`, the others withheld: its withheld cells."""
+        self._analysed(k, x_b, obs, assimilate)
+        (lda, _), _ = self.candidates[k]
+        return (lda.report().get("withheld") or {}).get("cells", [])
+
+    def _analysed(self, k: int, x_b, obs, assimilate: np.ndarray) -> np.ndarray:
+        """Candidate k's analysis of x_b with the rows `assimilate` (the others withheld, if any): the state."""
         (lda, host), copy = self.candidates[k]
         if copy:   # the multipliers in force: the run's state as it is before its own analysis of this cycle
             if self.main_state and os.path.exists(self.main_state):
@@ -103,14 +145,15 @@ class MixChooser:
                 os.remove(copy)
         host.load(x_b)
         lda.set_obs(*[x[assimilate] for x in obs])
-        lda.set_withheld(*[x[~assimilate] for x in obs])
+        if (~assimilate).any():
+            lda.set_withheld(*[x[~assimilate] for x in obs])
         lda.analyse("hybrid")
-        return (lda.report().get("withheld") or {}).get("cells", [])
+        return host.state()
 
     def evaluate(self, x_b, obs, seed: int) -> dict:
-        """Runs every candidate on both halves of this cycle's observations (obs: the arrays of lda_set_obs, the
-        variable index first, then lat and lon), adds their withheld sums to the window and updates the choice.
-        Returns the cycle's record: each candidate's mean d per variable and class, and the choice made."""
+        """Mode "withheld": runs every candidate on both halves of this cycle's observations (obs: the arrays of
+        lda_set_obs, the variable index first, then lat and lon), adds their withheld sums to the window and updates
+        the choice. Returns the cycle's record: each candidate's mean d per variable and class, and the choice."""
         second = split_halves(obs[1], obs[2], seed)
         cycle = {}
         for k, name in enumerate(self.names):
@@ -118,6 +161,36 @@ class MixChooser:
             for half in (~second, second):
                 CV.add_cells(acc, self._analyse(k, x_b, obs, half))
             cycle[name] = list(acc.values())
+        return self._add(cycle)
+
+    def verify(self, x_b, obs, names: dict) -> dict:
+        """Mode "forecast": scores the candidates' 6 h forecasts from the last cycle (`propose`) against this cycle's
+        observations, relative to the run's background x_b (names: variable index -> name), adds them to the window
+        and updates the choice. Without forecasts (the first cycle, a resume) the choice stays."""
+        if self.pending is None:
+            return {"mean_d": {}, "choice": self._choice_record(), "sources": dict(self.sources)}
+        y, sig = obs[4], obs[5]
+        miss = lambda x: ((y - self._h(0, x, obs)) / sig) ** 2
+        o_b = miss(x_b)
+        cycle = {name: obs_cells(names, obs[0], obs[1], obs[2], miss(x_f) - o_b)
+                 for name, x_f in zip(self.names, self.pending)}
+        self.pending = None
+        return self._add(cycle)
+
+    def propose(self, x_b, obs, forecast):
+        """Mode "forecast": every candidate analyses x_b with all of `obs`; `forecast(x_a)` (the host's model) gives
+        its 6 h forecast, kept for the next cycle's `verify`."""
+        everything = np.ones(len(obs[0]), bool)
+        self.pending = [forecast(self._analysed(k, x_b, obs, everything)) for k in range(len(self.names))]
+
+    def _h(self, k: int, x, obs) -> np.ndarray:
+        (lda, host), _ = self.candidates[k]
+        host.load(x)
+        lda.set_obs(*obs)
+        return lda.obs_h(len(obs[0]))
+
+    def _add(self, cycle: dict) -> dict:
+        """Adds one cycle's cells per candidate to the window, chooses again, returns the cycle's record."""
         self.history = (self.history + [cycle])[-self.window:]
         pooled = {}
         for name in self.names:
@@ -135,8 +208,10 @@ class MixChooser:
                 self.sources[f"{v}/{c}"] = where
         this = {name: {f"{v}/{c}": CV.class_stats(cells, v, c)[1] for v in CV.VARS for c in CLASSES}
                 for name, cells in cycle.items()}
-        return {"mean_d": this, "choice": {v: dict(self.choice[v]) for v in self.variables if v not in self.static},
-                "sources": dict(self.sources)}
+        return {"mean_d": this, "choice": self._choice_record(), "sources": dict(self.sources)}
+
+    def _choice_record(self) -> dict:
+        return {v: dict(self.choice[v]) for v in self.variables if v not in self.static}
 
     def close(self):
         for (lda, _), _ in self.candidates:

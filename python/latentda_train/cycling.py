@@ -197,6 +197,8 @@ class Latentda:
         L.lda_obs_qc.argtypes = [c_p, ctypes.POINTER(i32), ctypes.c_size_t]
         L.lda_report_json.argtypes = [c_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)]
         L.lda_set_ensemble.argtypes = [c_p, ctypes.c_size_t, ctypes.c_size_t, dp, i32]
+        L.lda_obs_h.argtypes = [c_p, dp, ctypes.c_size_t, dp, ctypes.POINTER(i32), ctypes.c_size_t]
+        L.lda_obs_h.restype = i32
         if hasattr(L, "lda_set_withheld"):   # libraries before withheld observations lack it
             L.lda_set_withheld.argtypes = L.lda_set_obs.argtypes
             L.lda_set_withheld.restype = i32
@@ -247,6 +249,14 @@ class Latentda:
         """Withheld observations (lda_set_withheld, same arrays as set_obs): compared with the background and the
         analysis, never assimilated; the report's "withheld" section scores them."""
         self._obs_arrays(self.lib.lda_set_withheld, "lda_set_withheld", *obs)
+
+    def obs_h(self, n: int) -> np.ndarray:
+        """H x of the bound arrays at the n observations of the last set_obs (lda_obs_h; NaN where the geometric
+        checks reject one)."""
+        hx = np.empty(n)
+        self._check(self.lib.lda_obs_h(self.ctx, None, 0, hx.ctypes.data_as(ctypes.POINTER(ctypes.c_double)), None, n),
+                    "lda_obs_h")
+        return hx
 
     def set_ensemble(self, members: np.ndarray):
         """Members (K, 41, nlat, nlon) in the state layout (the bundle's variables in order, C order): lda_set_ensemble
@@ -855,7 +865,8 @@ def settings_of(a) -> dict:
         if getattr(a, "adaptive_in_library", False):
             s["adaptive"]["in_library"] = True
     if mix_shares(a):
-        s["choose_mix"] = {"shares": mix_shares(a), "window": a.choose_window, "seed": MIX_SEED}
+        s["choose_mix"] = {"shares": mix_shares(a), "window": a.choose_window, "seed": MIX_SEED,
+                           "by": getattr(a, "choose_by", "withheld")}
     return s
 
 
@@ -868,7 +879,8 @@ def mix_shares(a) -> list:
 def run_name(a) -> str:
     """The run's folder name under OUT/<network>/: the method, "-lagged<K>" with a lagged ensemble, "-adaptive" for
     an adaptive B."""
-    name = a.method + ("-mix" if mix_shares(a) else "")
+    name = a.method + (("-mixf" if getattr(a, "choose_by", "withheld") == "forecast" else "-mix") if mix_shares(a)
+                       else "")
     if getattr(a, "ensemble", "none") != "none":
         name += f"-{a.ensemble}{a.members}" + ("r" if getattr(a, "eda_recentre", False) else "") \
             + ("m" if getattr(a, "ensemble_space", "latent") == "model" else "")
@@ -966,6 +978,17 @@ def forecast_states(model, states: list):
     return xs, after
 
 
+def forecast6(model, x_b: np.ndarray, x_a: np.ndarray) -> np.ndarray:
+    """The 6 h forecast of an analysis x_a of the model's current state x_b (the increment put in as the cycle puts
+    it); the model is left where it was."""
+    here = model.current()
+    dyn_b, phys, step = here
+    model.set(add_increment(model.m, dyn_b, x_b, x_a), phys, step)
+    x_f = model.step6h()
+    model.set(*here)
+    return x_f
+
+
 def context(a, options: str, nlat: int, nlon: int):
     """A latentda context with `options` and the host arrays bound to it."""
     lda = Latentda(a.lib, a.bundle, options)
@@ -983,7 +1006,7 @@ def mix_chooser(a, folder: str, base: dict, state, open_context, refused: bool):
         h = tomllib.load(f).get("hybrid", {})
     total = float(base.get("hybrid_alpha", h.get("alpha", 1.0))) + float(base.get("hybrid_beta", h.get("beta", 1.0)))
     return CM.MixChooser(mix_shares(a), a.choose_window, base, total, static_variables(a), NAMES, folder, open_context,
-                      state)
+                         state, getattr(a, "choose_by", "withheld"))
 
 
 def run(a, model: Model | None = None, log=print) -> str:
@@ -1109,9 +1132,15 @@ def run(a, model: Model | None = None, log=print) -> str:
                     lda, host = context(a, lda_options, len(lat), len(lon))
                 obs = observations(lda, truth, lat, lon, sig, st, OBS_SEED + c, a.network)
                 if chooser is not None:
-                    # the candidates on halves of this cycle's observations, then the run's analysis with them all
+                    # withheld: the candidates on halves of this cycle's observations; forecast: the candidates' 6 h
+                    # forecasts from the last cycle against these observations, then this cycle's candidates.
+                    # Then the run's analysis, with all the observations.
                     tm = time.time()
-                    rec["mix"] = chooser.evaluate(x_b, obs, MIX_SEED + c)
+                    if chooser.mode == "withheld":
+                        rec["mix"] = chooser.evaluate(x_b, obs, MIX_SEED + c)
+                    else:
+                        rec["mix"] = chooser.verify(x_b, obs, {lda.var_index(n): n for n in NAMES})
+                        chooser.propose(x_b, obs, lambda x_a: forecast6(model, x_b, x_a))
                     rec["t_mix"] = time.time() - tm
                     if options_text(chooser.options()) != lda_options:
                         lda.close()
@@ -1629,6 +1658,10 @@ def main(argv=None):
                     help="method hybrid: choose the latent share L of each variable and band class (alpha = L S, beta = "
                          "(1 - L) S) every cycle among these candidates, by withheld observations (cycle_mix.py; the "
                          "first is the choice until there is evidence), e.g. 0.7,0.9,0.4,0; folder prefix <method>-mix")
+    ap.add_argument("--choose-by", default="withheld", choices=CM.MODES,
+                    help="--choose-mix: withheld (each candidate analyses half of the columns, verified on the other "
+                         "half) or forecast (each candidate analyses all; its 6 h forecast is verified against the next "
+                         "cycle's observations); folder prefix <method>-mixf for forecast")
     ap.add_argument("--choose-window", type=int, default=CM.MIX_WINDOW,
                     help="--choose-mix: cycles of withheld evidence pooled (default 12, 3 days)")
     a = ap.parse_args(argv)

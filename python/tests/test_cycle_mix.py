@@ -40,12 +40,12 @@ def test_weights_of_a_choice_keep_the_total_and_the_static_variables():
     assert (w["q"]["alpha"], w["q"]["alpha_tropics"]) == (0.0, 0.0)
 
 
-def chooser(lib, tmp_path, shares, window=4, state=None, xb_shape=None):
+def chooser(lib, tmp_path, shares, window=4, state=None, xb_shape=None, mode="withheld"):
     base = C.parse_options(f"{FAST}\n{START}\nadaptive_state = \"{tmp_path / 'adaptive_b.json'}\"\n"
                            "adaptive_window = 3\nadaptive_per_variable = true\n")
     return CM.MixChooser(shares, window, base, 1.0, ("q",), C.NAMES, str(tmp_path),
                          lambda o: C.context(argparse.Namespace(lib=lib, bundle=C.DEFAULT_BUNDLE), C.options_text(o),
-                                             *xb_shape), state)
+                                             *xb_shape), state, mode)
 
 
 def test_candidates_run_with_the_runs_multipliers_and_the_choice_is_the_lowest_mean_d(lib, tmp_path):
@@ -115,7 +115,10 @@ def test_run_name_and_settings_of_a_mix_run():
                            ensemble="none", options=C.CYCLING_OPTIONS, bundle=C.DEFAULT_BUNDLE, choose_mix="0.7,0.9,0",
                            choose_window=12, start_day=610, spinup_days=3, days=30)
     assert C.run_name(a) == "hybrid-mix-adaptive-pv-sq-lib"
-    assert C.settings_of(a)["choose_mix"] == {"shares": [0.7, 0.9, 0.0], "window": 12, "seed": C.MIX_SEED}
+    assert C.settings_of(a)["choose_mix"] == {"shares": [0.7, 0.9, 0.0], "window": 12, "seed": C.MIX_SEED,
+                                              "by": "withheld"}
+    a.choose_by = "forecast"
+    assert C.run_name(a) == "hybrid-mixf-adaptive-pv-sq-lib"
 
 
 def test_summary_counts_how_often_each_share_was_chosen():
@@ -123,3 +126,43 @@ def test_summary_counts_how_often_each_share_was_chosen():
           {"u": {"extratropics": 0.7, "tropics": 0.0}}, {"u": {"extratropics": 0.7, "tropics": 0.0}}]
     assert C.mix_shares_used(cs, "u", "extratropics") == "L0.7 75 %/L0.4 25 %"
     assert C.mix_shares_used(cs, "u", "tropics") == "L0 100 %"
+
+
+def test_obs_cells_sum_by_variable_band_and_column():
+    lat = np.array([50.0, 50.0, 10.0, -30.0, -30.0, 50.0])
+    lon = np.array([0.0, 0.0, 5.0, 7.0, 7.0, 0.0])
+    var = np.array([0, 0, 0, 0, 1, 1])
+    d = np.array([1.0, -3.0, 2.0, 4.0, 5.0, np.nan])
+    cells = {(c["group"], c["band"]): c for c in CM.obs_cells({0: "u", 1: "t"}, var, lat, lon, d)}
+    assert set(cells) == {("u", "nh"), ("u", "tropics"), ("u", "sh"), ("t", "sh")}   # NaN left out
+    nh = cells[("u", "nh")]
+    assert (nh["n"], nh["n_columns"], nh["sum_d"], nh["sum_dc2"], nh["sum_nc2"]) == (2, 1, -2.0, 4.0, 4.0)
+    n, m, _ = CV.class_stats(cells.values(), "u", "extratropics")
+    assert (n, m) == (3, pytest.approx(2.0 / 3))
+
+
+def test_forecast_mode_scores_the_candidates_next_cycle(lib, tmp_path):
+    """Persistence as the host's model (the 6 h forecast of an analysis is the analysis): every candidate then fits
+    the observations it assimilated better than the background does, and the choice is the lowest mean d."""
+    xb = CS.read_state(os.path.join(SAMPLE, "background.nc"))
+    ch = chooser(lib, tmp_path, [0.7, 0.0], xb_shape=xb.shape[1:], mode="forecast")
+    try:
+        (lda0, _), _ = ch.candidates[0]
+        obs = sample_obs(lda0)
+        names = {lda0.var_index(v): v for v in C.NAMES}
+        first = ch.verify(xb, obs, names)
+        assert first["mean_d"] == {}, "no forecasts yet: no evidence"
+        ch.propose(xb, obs, lambda x_a: x_a.copy())
+        assert len(ch.pending) == 2 and not np.array_equal(ch.pending[0], ch.pending[1])
+        rec = ch.verify(xb, obs, names)
+        assert ch.pending is None
+        names_ = [CM.share_name(s) for s in ch.shares]
+        for v in ("u", "v", "t", "ps"):
+            for c in CM.CLASSES:
+                d = {n: rec["mean_d"][n][f"{v}/{c}"] for n in names_}
+                if any(x is None for x in d.values()):
+                    continue
+                assert all(x < 0 for x in d.values()), (v, c, d)
+                assert CM.share_name(rec["choice"][v][c]) == min(d, key=d.get), (v, c, d)
+    finally:
+        ch.close()
