@@ -19,7 +19,8 @@ cycle each forecast is compared with that cycle's observations (independent of i
 d = ((O - F_k)^2 - (O - B)^2) / sigma_o^2 with B the run's own background; the window and the choice are as above.
 Nothing is withheld, and the evidence includes what one analysis does to the next background (its balance, its
 spin-up), which an analysis-time check cannot see. The cost is K extra analyses and K 6 h forecasts per cycle. The
-forecasts are not checkpointed: after a resume the first cycle has no evidence.
+forecasts are checkpointed with the cycle they belong to (`save_pending` / `load_pending`), so a resumed run scores
+them as an uninterrupted one would.
 
 The candidate analyses run in contexts of their own. With the library's adaptive sizing (option `adaptive_state`)
 each candidate reads a copy of the run's state file, taken before the run's analysis, so that it runs with the
@@ -182,6 +183,25 @@ class MixChooser:
         its 6 h forecast, kept for the next cycle's `verify`."""
         everything = np.ones(len(obs[0]), bool)
         self.pending = [forecast(self._analysed(k, x_b, obs, everything)) for k in range(len(self.names))]
+
+    def save_pending(self, path: str, cycle: int):
+        """Mode "forecast": writes the candidates' forecasts made at `cycle` (atomically), or removes the file."""
+        if self.pending is None:
+            if os.path.exists(path):
+                os.remove(path)
+            return
+        tmp = path + ".partial.npz"
+        np.savez(tmp, forecasts=np.stack(self.pending), cycle=cycle)
+        os.replace(tmp, path)
+
+    def load_pending(self, path: str, cycle: int):
+        """Mode "forecast": the forecasts `save_pending` wrote at `cycle` (the checkpoint's); none if the file is
+        missing or belongs to another cycle."""
+        self.pending = None
+        if os.path.exists(path):
+            with np.load(path) as f:
+                if int(f["cycle"]) == cycle and len(f["forecasts"]) == len(self.names):
+                    self.pending = list(f["forecasts"])
 
     def _h(self, k: int, x, obs) -> np.ndarray:
         (lda, host), _ = self.candidates[k]

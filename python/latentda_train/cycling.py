@@ -154,6 +154,7 @@ NAMES = [v[0] for v in D.VARS]
 OBS_SEED = 700000          # noise seed of cycle c: OBS_SEED + c (the same for every method)
 FORECAST_CYCLES = 8        # 48 h
 MIX_SEED = 800000          # --choose-mix: the column split of cycle c is drawn with MIX_SEED + c
+MIX_PENDING = "mix_pending.npz"   # --choose-by forecast: the candidates' forecasts of the checkpoint's cycle
 # The reference bundle's B (latent and static) is calibrated to 48 h forecast errors; cycled 6 h backgrounds have
 # about 0.35 of that error variance (u 1.3 vs 2.1 m/s, t 0.52 vs 0.92 K, ps 118 vs 190 Pa after one cycle), and
 # with the unscaled B the second cycle's analysis is no better than its background (smoke run).
@@ -1101,6 +1102,8 @@ def run(a, model: Model | None = None, log=print) -> str:
                               lambda o: context(a, options_text(o), len(lat), len(lon)), adapt is not None
                               or ens_k or eda_k)
         lda_options = options_text(chooser.options())
+        if chooser.mode == "forecast":
+            chooser.load_pending(os.path.join(folder, MIX_PENDING), cycle)
     if a.method != "none":
         lda, host = context(a, lda_options, len(lat), len(lon))
     log(f"model and latentda ready in {time.time() - t_load:.1f} s")
@@ -1230,6 +1233,8 @@ def run(a, model: Model | None = None, log=print) -> str:
                               "mix": chooser.state() if chooser else None,
                               # --adaptive-in-library: the library's state as of this cycle, for a resume
                               "adaptive_lib": Path(lib_state).read_text() if in_library else None})
+            if chooser is not None and chooser.mode == "forecast":
+                chooser.save_pending(os.path.join(folder, MIX_PENDING), c)
             cycle = c
             if c % 4 == 0 or c == n_cycles or c <= 2:
                 log(f"{a.method}/{a.network} cycle {c}/{n_cycles} day {rec['day']} {rec['hour']:02d}Z: "

@@ -154,6 +154,13 @@ def test_forecast_mode_scores_the_candidates_next_cycle(lib, tmp_path):
         assert first["mean_d"] == {}, "no forecasts yet: no evidence"
         ch.propose(xb, obs, lambda x_a: x_a.copy())
         assert len(ch.pending) == 2 and not np.array_equal(ch.pending[0], ch.pending[1])
+        # checkpointed with their cycle: a resume at that cycle gets them back, at another none
+        saved, path = [x.copy() for x in ch.pending], str(tmp_path / "pending.npz")
+        ch.save_pending(path, 5)
+        ch.load_pending(path, 6)
+        assert ch.pending is None
+        ch.load_pending(path, 5)
+        assert all(np.array_equal(a, b) for a, b in zip(ch.pending, saved))
         rec = ch.verify(xb, obs, names)
         assert ch.pending is None
         names_ = [CM.share_name(s) for s in ch.shares]
