@@ -90,7 +90,7 @@ def mix_weights(choice: dict, total: float, static: tuple, variables) -> dict:
 
 
 class MixChooser:
-    """Candidate contexts, the window of their withheld statistics, and the choice in force (see the module doc).
+    """Candidate contexts, the window of their scores (withheld or forecast), and the choice in force (module doc).
 
     `open_context(options_dict)` returns (Latentda, HostFields) for a dict of options; `base` is the run's options
     (with `adaptive_state` where the library sizes the B); `state` is what `state()` returned, for a resume."""

@@ -1538,7 +1538,8 @@ def summary_table(network: str, runs: dict, from_day: float = 0.0, reference: st
     mx = {m: [x["mix"]["choice"] for x in scored[m] if x.get("mix")] for m in runs}
     mx = {m: c for m, c in mx.items() if c}
     if mx:
-        lines += ["", "Mix chosen by withheld observations (--choose-mix): latent share L per variable and band class, "
+        lines += ["", "Mix chosen online (--choose-mix; scored by withheld or next-cycle observations): latent share L "
+                  "per variable and band class, "
                   "share of the scored cycles with each L (extratropics, tropics):", ""]
         for m, cs in mx.items():
             lines.append(f"- {m}: " + "; ".join(f"{v} " + ", ".join(mix_shares_used(cs, v, c) for c in CM.CLASSES)
