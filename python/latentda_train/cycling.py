@@ -1506,6 +1506,11 @@ def summary_table(network: str, runs: dict, from_day: float = 0.0, reference: st
     lines += table("Analysis worse than its own 6 h background (global RMSE): % of the scored cycles (gate <= 5 %)",
                    lambda s, v: 100.0 * float(np.mean([x["an"][v] > x["bg"][v] for x in s])) if s else float("nan"),
                    mark=False)
+    if any(any("an_bands" in x for x in sc) for sc in scored.values()):
+        lines += ["", "The same per latitude band, nh / tropics / sh (|lat| > 20 extratropics; % of the scored cycles)", "",
+                  head, rule]
+        lines += [f"| {v} ({D.VARS[NAMES.index(v)][1]}) | " + " | ".join(worse_by_band(scored[m], v) for m in runs) + " |"
+                  for v in NAMES]
     lines += table("6 h forecast of the analysis worse than the 6 h forecast of its background (the same cycle "
                    "without its analysis; global RMSE against the next truth): % of the scored cycles",
                    forecast_impact_worse, mark=False)
@@ -1554,6 +1559,16 @@ def summary_table(network: str, runs: dict, from_day: float = 0.0, reference: st
             lines.append(f"- {m}: E[da db]/R {np.mean([x['r_ratio'] for x in d]):.3f}, "
                          f"E[(Hxa-Hxb) db]/HBH^T {np.mean(hb) if hb else float('nan'):.3f}")
     return "\n".join(lines) + "\n"
+
+
+def worse_by_band(rows: list, v: str) -> str:
+    """"17 / 33 / 42": the % of `rows` whose analysis RMSE of v in each band (nh, tropics, sh) exceeds its
+    background's; "-" without per-band scores."""
+    rows = [x for x in rows if "an_bands" in x and "bg_bands" in x]
+    if not rows:
+        return "-"
+    return " / ".join(f"{100 * np.mean([x['an_bands'][b][v] > x['bg_bands'][b][v] for x in rows]):.0f}"
+                      for b in ("nh", "tropics", "sh"))
 
 
 def mix_shares_used(choices: list, v: str, cls: str) -> str:

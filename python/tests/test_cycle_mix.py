@@ -173,3 +173,14 @@ def test_forecast_mode_scores_the_candidates_next_cycle(lib, tmp_path):
                 assert CM.share_name(rec["choice"][v][c]) == min(d, key=d.get), (v, c, d)
     finally:
         ch.close()
+
+
+def test_worse_than_background_per_band():
+    """The per-band share of analyses worse than their background: counted in each band on its own."""
+    rows = []
+    for c in range(4):
+        bands = lambda x: {b: {v: x[b] for v in C.NAMES} for b in ("nh", "tropics", "sh")}
+        rows.append({"an_bands": bands({"nh": 1.0, "tropics": 1.2 if c else 0.9, "sh": 1.1 if c < 2 else 0.8}),
+                     "bg_bands": bands({"nh": 1.1, "tropics": 1.0, "sh": 1.0})})
+    assert C.worse_by_band(rows, "t") == "0 / 75 / 50"
+    assert C.worse_by_band([{"an": {}}], "t") == "-"
