@@ -535,6 +535,23 @@ int32_t lda_mpi_var_nlev(LdaMpiContext *ctx, int32_t index, int32_t *nlev_out) {
 /* ------------------------------------------------------------------------------------------------------------- */
 
 /* Remembers a local failure for the next lda_mpi_analyse (the first one wins) and returns it. */
+/* The first NULL one of the six observation arrays of lda_mpi_set_obs / lda_mpi_set_withheld, or NULL if none is. */
+static const char *null_obs_array(const int32_t *var, const double *lat, const double *lon, const double *level,
+                                  const double *value, const double *sigma) {
+    return !var ? "var" : !lat ? "lat" : !lon ? "lon" : !level ? "level" : !value ? "value" : !sigma ? "sigma" : NULL;
+}
+
+/* Rows of `width` doubles (the variable identifier, then width - 1 values) into `var` and width - 1 columns of n
+ * values each (`cols`, column-major: what lda_set_obs and lda_set_withheld take). */
+static void rows_to_columns(const double *rows, int width, size_t n, int32_t *var, double *cols) {
+    size_t i;
+    int k;
+    for (i = 0; i < n; i++) {
+        var[i] = (int32_t)rows[(size_t)width * i];
+        for (k = 1; k < width; k++) cols[(size_t)(k - 1) * n + i] = rows[(size_t)width * i + (size_t)k];
+    }
+}
+
 static int32_t defer(LdaMpiContext *c, int32_t st) {
     if (st != LDA_OK && c->deferred == LDA_OK) {
         c->deferred = st;
@@ -618,14 +635,13 @@ int32_t lda_mpi_bind_patch_f64(LdaMpiContext *ctx, const char *name, double *dat
 
 int32_t lda_mpi_set_obs(LdaMpiContext *ctx, size_t n, const int32_t *var, const double *lat, const double *lon,
                         const double *level, const double *value, const double *sigma) {
+    const char *missing;
     NEED_CTX("lda_mpi_set_obs");
     free_obs(ctx);
     free_results(ctx);
     if (n == 0) return LDA_OK;
-    if (!var || !lat || !lon || !level || !value || !sigma)
-        return defer(ctx, set_err(ctx->error, LDA_ERR_NULL_POINTER, "lda_mpi_set_obs: %s is NULL (n = %zu)",
-                                  !var ? "var" : !lat ? "lat" : !lon ? "lon" : !level ? "level" : !value ? "value" : "sigma",
-                                  n));
+    if ((missing = null_obs_array(var, lat, lon, level, value, sigma)))
+        return defer(ctx, set_err(ctx->error, LDA_ERR_NULL_POINTER, "lda_mpi_set_obs: %s is NULL (n = %zu)", missing, n));
     if (n > (size_t)INT32_MAX / 8)
         return defer(ctx, set_err(ctx->error, LDA_ERR_INVALID_ARGUMENT, "lda_mpi_set_obs: n = %zu is too large", n));
     ctx->ovar = malloc(n * sizeof(int32_t));
@@ -652,15 +668,15 @@ int32_t lda_mpi_set_withheld(LdaMpiContext *ctx, size_t n, const int32_t *var, c
                              const double *level, const double *value, const double *sigma) {
     size_t k;
     const double *cols[WH_COLS - 1];
+    const char *missing;
     NEED_CTX("lda_mpi_set_withheld");
     free(ctx->wh);
     ctx->wh = NULL;
     ctx->nwh = 0;
     if (n == 0) return LDA_OK; /* cleared */
-    if (!var || !lat || !lon || !level || !value || !sigma)
+    if ((missing = null_obs_array(var, lat, lon, level, value, sigma)))
         return defer(ctx, set_err(ctx->error, LDA_ERR_NULL_POINTER, "lda_mpi_set_withheld: %s is NULL (n = %zu)",
-                                  !var ? "var" : !lat ? "lat" : !lon ? "lon" : !level ? "level" : !value ? "value" : "sigma",
-                                  n));
+                                  missing, n));
     if (n > (size_t)INT32_MAX / WH_COLS)
         return defer(ctx, set_err(ctx->error, LDA_ERR_INVALID_ARGUMENT, "lda_mpi_set_withheld: n = %zu is too large", n));
     if (!(ctx->wh = malloc(n * WH_COLS * sizeof(double))))
@@ -820,7 +836,6 @@ static void name_owner(const LdaMpiContext *c, const int64_t *desc, char *msg) {
 static int32_t set_withheld_rows(LdaMpiContext *c, size_t n, const double *rows, char *msg) {
     int32_t *var = NULL, st;
     double *cols = NULL;
-    size_t i;
     if (n > 0) {
         var = malloc(n * sizeof *var);
         cols = malloc((WH_COLS - 1) * n * sizeof *cols);
@@ -829,11 +844,7 @@ static int32_t set_withheld_rows(LdaMpiContext *c, size_t n, const double *rows,
             free(cols);
             return set_err(msg, LDA_ERR_INTERNAL, "out of memory (%zu withheld observations)", n);
         }
-        for (i = 0; i < n; i++) {
-            int k;
-            var[i] = (int32_t)rows[WH_COLS * i];
-            for (k = 1; k < WH_COLS; k++) cols[(k - 1) * n + i] = rows[WH_COLS * i + k];
-        }
+        rows_to_columns(rows, WH_COLS, n, var, cols);
     }
     st = n ? lda_set_withheld(c->lda, n, var, cols, cols + n, cols + 2 * n, cols + 3 * n, cols + 4 * n)
            : lda_set_withheld(c->lda, 0, NULL, NULL, NULL, NULL, NULL, NULL);
@@ -870,18 +881,14 @@ static int32_t root_analyse(LdaMpiContext *c, const char *method, size_t ntot, c
         return set_err(msg, LDA_ERR_NOT_READY, "no observations: lda_mpi_set_obs gave none on any rank");
     var = malloc(ntot * sizeof *var);
     qc = malloc(ntot * sizeof *qc);
-    cols = malloc(6 * ntot * sizeof *cols);
+    cols = malloc((OBS_COLS - 1) * ntot * sizeof *cols);
     hxb = malloc(ntot * sizeof *hxb);
     hxa = malloc(ntot * sizeof *hxa);
     if (!var || !qc || !cols || !hxb || !hxa) {
         st = set_err(msg, LDA_ERR_INTERNAL, "out of memory (%zu observations)", ntot);
         goto done;
     }
-    for (i = 0; i < ntot; i++) {
-        int k;
-        var[i] = (int32_t)obs[OBS_COLS * i];
-        for (k = 0; k < 6; k++) cols[k * ntot + i] = obs[OBS_COLS * i + 1 + k];
-    }
+    rows_to_columns(obs, OBS_COLS, ntot, var, cols);
     if ((st = set_withheld_rows(c, nwh, wh, msg)) != LDA_OK) goto done;
     if ((st = lda_set_obs(c->lda, ntot, var, cols, cols + ntot, cols + 2 * ntot, cols + 3 * ntot, cols + 4 * ntot)) !=
             LDA_OK ||
