@@ -83,6 +83,13 @@ def class_stats(cells, var, cls):
     return int(n), m, se
 
 
+def class_table(cells):
+    """class_stats of every variable and band class of summed cells: {var: {class: (n, mean d, se)}}, what
+    `choose` reads per candidate."""
+    cells = list(cells)
+    return {v: {c: class_stats(cells, v, c) for c in CLASSES} for v in VARS}
+
+
 GROUPS = {"u": ("u", "v"), "v": ("u", "v"), "t": ("t", "z", "ps"), "z": ("t", "z", "ps"), "ps": ("t", "z", "ps"),
           "q": ("q",)}
 
@@ -275,7 +282,7 @@ def main(argv=None):
                     if kf == f:
                         add_cells(acc, o["withheld"])
                         ratios.append(o["ratio"])
-                cell["cv"][f] = {v: {c: class_stats(acc.values(), v, c) for c in CLASSES} for v in VARS}
+                cell["cv"][f] = class_table(acc.values())
                 cell["truth_half"][f] = {b: {v: float(np.mean([x[b][v] for x in ratios])) for v in VARS}
                                          for b in ("global", "extratropics", "tropics")}
             for v in VARS:

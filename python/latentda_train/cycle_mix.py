@@ -171,7 +171,9 @@ class MixChooser:
         if self.pending is None:
             return {"mean_d": {}, "choice": self._choice_record(), "sources": dict(self.sources)}
         y, sig = obs[4], obs[5]
-        miss = lambda x: ((y - self._h(0, x, obs)) / sig) ** 2
+        (lda, _), _ = self.candidates[0]
+        lda.set_obs(*obs)   # once: H is built once and applied to the background and every forecast
+        miss = lambda x: ((y - lda.obs_h(len(y), x)) / sig) ** 2
         o_b = miss(x_b)
         cycle = {name: obs_cells(names, obs[0], obs[1], obs[2], miss(x_f) - o_b)
                  for name, x_f in zip(self.names, self.pending)}
@@ -203,12 +205,6 @@ class MixChooser:
                 if int(f["cycle"]) == cycle and len(f["forecasts"]) == len(self.names):
                     self.pending = list(f["forecasts"])
 
-    def _h(self, k: int, x, obs) -> np.ndarray:
-        (lda, host), _ = self.candidates[k]
-        host.load(x)
-        lda.set_obs(*obs)
-        return lda.obs_h(len(obs[0]))
-
     def _add(self, cycle: dict) -> dict:
         """Adds one cycle's cells per candidate to the window, chooses again, returns the cycle's record."""
         self.history = (self.history + [cycle])[-self.window:]
@@ -217,7 +213,7 @@ class MixChooser:
             acc = {}
             for past in self.history:
                 CV.add_cells(acc, past[name])
-            pooled[name] = {v: {c: CV.class_stats(acc.values(), v, c) for c in CLASSES} for v in CV.VARS}
+            pooled[name] = CV.class_table(acc.values())
         by_name = dict(zip(self.names, self.shares))
         for v in self.variables:
             if v in self.static:   # the same static B in every candidate: nothing to choose

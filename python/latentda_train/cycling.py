@@ -251,12 +251,14 @@ class Latentda:
         analysis, never assimilated; the report's "withheld" section scores them."""
         self._obs_arrays(self.lib.lda_set_withheld, "lda_set_withheld", *obs)
 
-    def obs_h(self, n: int) -> np.ndarray:
-        """H x of the bound arrays at the n observations of the last set_obs (lda_obs_h; NaN where the geometric
-        checks reject one)."""
+    def obs_h(self, n: int, x: np.ndarray | None = None) -> np.ndarray:
+        """H x at the n observations of the last set_obs (lda_obs_h; NaN where the geometric checks reject one): of
+        the state x (41, nlat, nlon), or of the bound arrays without it. H is built once per set_obs."""
+        dp = ctypes.POINTER(ctypes.c_double)
         hx = np.empty(n)
-        self._check(self.lib.lda_obs_h(self.ctx, None, 0, hx.ctypes.data_as(ctypes.POINTER(ctypes.c_double)), None, n),
-                    "lda_obs_h")
+        xs = None if x is None else np.ascontiguousarray(x, dtype=np.float64)
+        self._check(self.lib.lda_obs_h(self.ctx, None if xs is None else xs.ctypes.data_as(dp),
+                                       0 if xs is None else xs.size, hx.ctypes.data_as(dp), None, n), "lda_obs_h")
         return hx
 
     def set_ensemble(self, members: np.ndarray):
@@ -918,6 +920,14 @@ def run_options(a) -> str:
     return a.options + f"\nensemble_gamma = {a.ensemble_gamma}" + (f'\nensemble_space = "{space}"' if space != "latent" else "")
 
 
+def start_weights(bundle: str, opts: dict) -> tuple:
+    """The hybrid weights (alpha, beta) a run starts from: the options', else the bundle's [hybrid], else 1."""
+    import tomllib
+    with open(os.path.join(bundle, "bundle.toml"), "rb") as f:
+        h = tomllib.load(f).get("hybrid", {})
+    return float(opts.get("hybrid_alpha", h.get("alpha", 1.0))), float(opts.get("hybrid_beta", h.get("beta", 1.0)))
+
+
 def library_adaptive_options(a, folder: str) -> str:
     """--adaptive-in-library: the options that make latentda size the B itself (option adaptive_state, the twin of
     AdaptiveB in src/var/adaptive.rs), with the state file in the run's folder. Static variables get alpha 0 and
@@ -932,10 +942,7 @@ def library_adaptive_options(a, folder: str) -> str:
     if sv:
         if analysis_method(a) != "hybrid":
             raise SystemExit("--static-variables is for method hybrid")
-        import tomllib
-        with open(os.path.join(a.bundle, "bundle.toml"), "rb") as f:
-            h = tomllib.load(f).get("hybrid", {})
-        al, be = float(o.get("hybrid_alpha", h.get("alpha", 1.0))), float(o.get("hybrid_beta", h.get("beta", 1.0)))
+        al, be = start_weights(a.bundle, o)
         table = dict(o.get("hybrid_variable_weights", {}))   # entries of --options kept, static variables added
         table.update({v: {"alpha": 0.0, "beta": al + be} for v in sv})
         o["hybrid_variable_weights"] = table
@@ -1002,11 +1009,7 @@ def mix_chooser(a, folder: str, base: dict, state, open_context, refused: bool):
     if a.method != "hybrid" or refused:
         raise SystemExit("--choose-mix is for method hybrid without an ensemble, with a fixed B or "
                          "--adaptive-in-library (the candidates read the library's state file)")
-    import tomllib
-    with open(os.path.join(a.bundle, "bundle.toml"), "rb") as f:
-        h = tomllib.load(f).get("hybrid", {})
-    total = float(base.get("hybrid_alpha", h.get("alpha", 1.0))) + float(base.get("hybrid_beta", h.get("beta", 1.0)))
-    return CM.MixChooser(mix_shares(a), a.choose_window, base, total, static_variables(a), NAMES, folder, open_context,
+    return CM.MixChooser(mix_shares(a), a.choose_window, base, sum(start_weights(a.bundle, base)), static_variables(a), NAMES, folder, open_context,
                          state, getattr(a, "choose_by", "withheld"))
 
 

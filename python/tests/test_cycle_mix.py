@@ -150,6 +150,12 @@ def test_forecast_mode_scores_the_candidates_next_cycle(lib, tmp_path):
         (lda0, _), _ = ch.candidates[0]
         obs = sample_obs(lda0)
         names = {lda0.var_index(v): v for v in C.NAMES}
+        # H of a state passed to lda_obs_h is H of the same state bound as the host's arrays
+        (_, host0), _ = ch.candidates[0]
+        lda0.set_obs(*obs)
+        hx = lda0.obs_h(len(obs[0]), 1.01 * xb)
+        host0.load(1.01 * xb)
+        assert np.array_equal(hx, lda0.obs_h(len(obs[0])), equal_nan=True)
         first = ch.verify(xb, obs, names)
         assert first["mean_d"] == {}, "no forecasts yet: no evidence"
         ch.propose(xb, obs, lambda x_a: x_a.copy())
