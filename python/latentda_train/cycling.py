@@ -989,12 +989,9 @@ def forecast_states(model, states: list):
 def forecast6(model, x_b: np.ndarray, x_a: np.ndarray) -> np.ndarray:
     """The 6 h forecast of an analysis x_a of the model's current state x_b (the increment put in as the cycle puts
     it); the model is left where it was."""
-    here = model.current()
-    dyn_b, phys, step = here
-    model.set(add_increment(model.m, dyn_b, x_b, x_a), phys, step)
-    x_f = model.step6h()
-    model.set(*here)
-    return x_f
+    dyn_b, phys, step = model.current()
+    xs, _ = forecast_states(model, [(add_increment(model.m, dyn_b, x_b, x_a), phys, step)])
+    return xs[0]
 
 
 def context(a, options: str, nlat: int, nlon: int):
@@ -1009,8 +1006,8 @@ def mix_chooser(a, folder: str, base: dict, state, open_context, refused: bool):
     if a.method != "hybrid" or refused:
         raise SystemExit("--choose-mix is for method hybrid without an ensemble, with a fixed B or "
                          "--adaptive-in-library (the candidates read the library's state file)")
-    return CM.MixChooser(mix_shares(a), a.choose_window, base, sum(start_weights(a.bundle, base)), static_variables(a), NAMES, folder, open_context,
-                         state, getattr(a, "choose_by", "withheld"))
+    return CM.MixChooser(mix_shares(a), a.choose_window, base, sum(start_weights(a.bundle, base)), static_variables(a),
+                         NAMES, folder, open_context, state, getattr(a, "choose_by", "withheld"))
 
 
 def run(a, model: Model | None = None, log=print) -> str:
@@ -1148,9 +1145,10 @@ def run(a, model: Model | None = None, log=print) -> str:
                         rec["mix"] = chooser.verify(x_b, obs, {lda.var_index(n): n for n in NAMES})
                         chooser.propose(x_b, obs, lambda x_a: forecast6(model, x_b, x_a))
                     rec["t_mix"] = time.time() - tm
-                    if options_text(chooser.options()) != lda_options:
+                    chosen = options_text(chooser.options())
+                    if chosen != lda_options:
                         lda.close()
-                        lda_options = options_text(chooser.options())
+                        lda_options = chosen
                         lda, host = context(a, lda_options, len(lat), len(lon))
                 host.load(x_b)
                 lda.set_obs(*obs)
@@ -1199,8 +1197,7 @@ def run(a, model: Model | None = None, log=print) -> str:
                     if want != eda_options:
                         if eda_lda is not None:
                             eda_lda.close()
-                        eda_lda, eda_options = Latentda(a.lib, a.bundle, want), want
-                        eda_host = HostFields(eda_lda, len(lat), len(lon))
+                        (eda_lda, eda_host), eda_options = context(a, want, len(lat), len(lon)), want
                     eda, n_failed = analyse_eda(model, eda_lda, eda_host, members, eda_fc, obs, c)
                     if getattr(a, "eda_recentre", False):
                         eda = recentre(eda, dyn_a)
