@@ -200,6 +200,11 @@ class Latentda:
         L.lda_set_ensemble.argtypes = [c_p, ctypes.c_size_t, ctypes.c_size_t, dp, i32]
         L.lda_obs_h.argtypes = [c_p, dp, ctypes.c_size_t, dp, ctypes.POINTER(i32), ctypes.c_size_t]
         L.lda_obs_h.restype = i32
+        L.lda_state_size.argtypes = [c_p, ctypes.POINTER(ctypes.c_size_t)]
+        L.lda_b_linearise.argtypes = [c_p]
+        L.lda_brandomize.argtypes = [c_p, ctypes.c_uint64, dp, ctypes.c_size_t]
+        for f in ("lda_state_size", "lda_b_linearise", "lda_brandomize"):
+            getattr(L, f).restype = i32
         if hasattr(L, "lda_set_withheld"):   # libraries before withheld observations lack it
             L.lda_set_withheld.argtypes = L.lda_set_obs.argtypes
             L.lda_set_withheld.restype = i32
@@ -260,6 +265,19 @@ class Latentda:
         self._check(self.lib.lda_obs_h(self.ctx, None if xs is None else xs.ctypes.data_as(dp),
                                        0 if xs is None else xs.size, hx.ctypes.data_as(dp), None, n), "lda_obs_h")
         return hx
+
+    def b_linearise(self):
+        """Linearises the host B operator (option `b_operator`) at the bound arrays (lda_b_linearise)."""
+        self._check(self.lib.lda_b_linearise(self.ctx), "lda_b_linearise")
+
+    def brandomize(self, seed: int) -> np.ndarray:
+        """A draw U xi of the host B operator, xi ~ N(0, I) from `seed` (lda_brandomize), in the state layout (flat)."""
+        n = ctypes.c_size_t()
+        self._check(self.lib.lda_state_size(self.ctx, ctypes.byref(n)), "lda_state_size")
+        x = np.empty(n.value)
+        self._check(self.lib.lda_brandomize(self.ctx, seed, x.ctypes.data_as(ctypes.POINTER(ctypes.c_double)), n.value),
+                    "lda_brandomize")
+        return x
 
     def set_ensemble(self, members: np.ndarray):
         """Members (K, 41, nlat, nlon) in the state layout (the bundle's variables in order, C order): lda_set_ensemble
