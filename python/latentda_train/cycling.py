@@ -1529,6 +1529,13 @@ def summary_table(network: str, runs: dict, from_day: float = 0.0, reference: st
                   head, rule]
         lines += [f"| {v} ({D.VARS[NAMES.index(v)][1]}) | " + " | ".join(worse_by_band(scored[m], v) for m in runs) + " |"
                   for v in NAMES]
+    lines += table("Growth of the analysis error over the next 6 h forecast (mean of next background RMSE / "
+                   "analysis RMSE - 1, %): in a steady cycle the analyses' mean gain equals this growth",
+                   six_hour_growth, mark=False)
+    lines += table("Scatter of the analysis/background RMSE ratio (sd over the scored cycles): with a mean gain of "
+                   "g, a share of about Phi(-g / sd) of the cycles is worse than its background",
+                   lambda s, v: float(np.std([x["an"][v] / x["bg"][v] for x in s], ddof=1)) if len(s) > 1
+                   else float("nan"), mark=False)
     lines += table("6 h forecast of the analysis worse than the 6 h forecast of its background (the same cycle "
                    "without its analysis; global RMSE against the next truth): % of the scored cycles",
                    forecast_impact_worse, mark=False)
@@ -1577,6 +1584,15 @@ def summary_table(network: str, runs: dict, from_day: float = 0.0, reference: st
             lines.append(f"- {m}: E[da db]/R {np.mean([x['r_ratio'] for x in d]):.3f}, "
                          f"E[(Hxa-Hxb) db]/HBH^T {np.mean(hb) if hb else float('nan'):.3f}")
     return "\n".join(lines) + "\n"
+
+
+def six_hour_growth(rows: list, v: str) -> float:
+    """Mean over consecutive cycles (c, c + 1) of `rows` of bg_{c+1}[v] / an_c[v] - 1, in %: how much the analysis
+    error grows in the model's 6 h forecast (negative: the forecast removes part of the analysis error, e.g. increments
+    the model damps). NaN without such a pair."""
+    an = {x["cycle"]: x["an"][v] for x in rows if "an" in x}
+    g = [x["bg"][v] / an[x["cycle"] - 1] for x in rows if x["cycle"] - 1 in an and an[x["cycle"] - 1] > 0]
+    return 100.0 * (float(np.mean(g)) - 1.0) if g else float("nan")
 
 
 def worse_by_band(rows: list, v: str) -> str:

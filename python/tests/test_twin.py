@@ -6,6 +6,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from latentda_train import cases as CS
 from latentda_train import cycling as C
@@ -70,3 +71,13 @@ def test_a_twin_cycle_draws_its_error_from_the_b_and_the_analysis_beats_the_back
                 assert eb[v] > 0 and ea[v] < eb[v], (seed, v, ea[v], eb[v])
     finally:
         lda.close()
+
+
+def test_six_hour_growth_pairs_consecutive_cycles_only():
+    rows = [{"cycle": 1, "bg": {"u": 1.0}, "an": {"u": 0.9}},
+            {"cycle": 2, "bg": {"u": 0.99}, "an": {"u": 0.95}},     # 0.99 / 0.9 = 1.1
+            {"cycle": 4, "bg": {"u": 5.0}, "an": {"u": 0.5}},       # no cycle 3: no pair
+            {"cycle": 5, "bg": {"u": 0.45}, "an": {"u": 0.4}}]      # 0.45 / 0.5 = 0.9
+    assert C.six_hour_growth(rows, "u") == pytest.approx(0.0)
+    assert C.six_hour_growth(rows[:2], "u") == pytest.approx(10.0)
+    assert np.isnan(C.six_hour_growth(rows[:1], "u"))
