@@ -301,7 +301,7 @@ extern "C" {
  *   `adam_steps`, `adam_lr`, `bg_check`, `bg_check_samples`, `bg_check_sigma_b` ("calibrated" | "flow"),
  *   `hybrid_alpha`, `hybrid_beta`, `hybrid_variables`,
  *   `hybrid_alpha_tropics`, `hybrid_beta_tropics`, `hybrid_band_lat` (`[lat0, lat1]`),
- *   `hybrid_variable_weights` (inline table per variable or group: `{ q = { alpha = 0.1, beta = 0.4 } }`), `baseline_variance_factor`,
+ *   `hybrid_variable_weights` (inline table per variable or group: `{ q = { alpha = 0.1, beta = 0.4 } }`), `baseline_variance_factor`, `baseline_length_scale_factor`,
  *   `latent_variance_factor`, `latent_increment` ("linear" | "nonlinear"), `b_operator` ("latent" | "hybrid" |
  *   "static"), `window_hours`, `slot_hours`, `error_growth_per_hour`, `verbosity`, `self_test`, `ensemble_gamma`,
  *   `ensemble_localisation_km`, `ensemble_localisation_model_km`, `ensemble_space` ("latent" | "model"),

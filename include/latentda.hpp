@@ -286,7 +286,7 @@ class Context {
   // Opens and validates a bundle directory. `options`: TOML text (docs/coupling.md: backend, ort_library, device,
   // threads, cuda_tf32, method, output, solver, gradient_reduction, max_pairs, outer_loops, max_inner,
   // preconditioner, adam_steps, adam_lr, bg_check, bg_check_samples, bg_check_sigma_b, hybrid_alpha, hybrid_beta, hybrid_variables,
-  // hybrid_alpha_tropics, hybrid_beta_tropics, hybrid_band_lat, hybrid_variable_weights, baseline_variance_factor, latent_variance_factor, latent_increment, b_operator, window_hours, slot_hours,
+  // hybrid_alpha_tropics, hybrid_beta_tropics, hybrid_band_lat, hybrid_variable_weights, baseline_variance_factor, baseline_length_scale_factor, latent_variance_factor, latent_increment, b_operator, window_hours, slot_hours,
   // error_growth_per_hour, verbosity, self_test, ensemble_gamma, ensemble_localisation_km,
   // ensemble_localisation_model_km, ensemble_space, adaptive_state, adaptive_window, adaptive_bounds, adaptive_rule,
   // adaptive_per_variable), empty for defaults.

@@ -34,7 +34,8 @@ USAGE:
                    [--hybrid-alpha A] [--hybrid-beta B] [--hybrid-variables q,ps]
                    [--hybrid-alpha-tropics A] [--hybrid-beta-tropics B] [--hybrid-band-lat LAT0,LAT1]
                    [--hybrid-variable-weights 'q=A,B[,A_TROPICS,B_TROPICS];wind=...']
-                   [--baseline-variance-factor F] [--latent-variance-factor F] [--bg-check-samples N]
+                   [--baseline-variance-factor F] [--baseline-length-scale-factor F] [--latent-variance-factor F]
+                   [--bg-check-samples N]
                    [--bg-check-sigma-b calibrated|flow] [--latent-increment nonlinear|linear]
                    [--ensemble 'dir/member_*.nc' | m1.nc,m2.nc,...] [--ensemble-gamma G]
                    [--ensemble-localisation-km L] [--ensemble-localisation-model-km L] [--ensemble-space latent|model]
@@ -156,6 +157,7 @@ impl Common {
                     o.hybrid_band_lat = Some([num(a.trim())?, num(b.trim())?]);
                 }
                 "baseline-variance-factor" => o.baseline_variance_factor = Some(num(v)?),
+                "baseline-length-scale-factor" => o.baseline_length_scale_factor = Some(num(v)?),
                 "latent-variance-factor" => o.latent_variance_factor = Some(num(v)?),
                 "bg-check-samples" => o.bg_check_samples = int(v)?,
                 "bg-check-sigma-b" => o.bg_check_sigma_b = latentda::var::options::SigmaB::parse(v).map_err(bad)?,
@@ -242,6 +244,7 @@ fn parse_common(common: &mut Common, arg: &Arg, parser: &mut lexopt::Parser) -> 
         "hybrid-band-lat" => "hybrid-band-lat",
         "hybrid-variable-weights" => "hybrid-variable-weights",
         "baseline-variance-factor" => "baseline-variance-factor",
+        "baseline-length-scale-factor" => "baseline-length-scale-factor",
         "latent-variance-factor" => "latent-variance-factor",
         "bg-check-samples" => "bg-check-samples",
         "bg-check-sigma-b" => "bg-check-sigma-b",

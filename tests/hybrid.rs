@@ -525,3 +525,57 @@ fn latent_variance_factor_scales_the_latent_b() {
         .to_string()
         .contains("latent_variance_factor"));
 }
+
+/// `baseline_length_scale_factor` shortens every horizontal correlation of the static B and leaves its variances:
+/// the kernel is Gaussian in distance, so the log-correlation between two points scales by 1 / factor^2.
+#[test]
+fn baseline_length_scale_factor_shortens_the_static_correlations() {
+    let mut a = open("tanh", "");
+    let n = a.bundle.layout.state_len();
+    let grid = &a.bundle.layout.grid;
+    let (nlat, nlon) = (grid.nlat(), grid.nlon());
+    let (j, i) = (nlat / 3, nlon / 2);
+    let p = j * nlon + i; // first channel, a mid-latitude point; q its eastern neighbour
+    let q = p + 1;
+    let column = |a: &mut Analyser, factor: Option<f64>| {
+        let mut o = a.options().clone();
+        o.baseline_length_scale_factor = factor;
+        a.set_options(o).unwrap();
+        a.prepare_b(BKind::Static, None).unwrap();
+        a.with_b(BKind::Static, |b, ae| {
+            let mut e = vec![0.0; n];
+            e[p] = 1.0;
+            let mut v = vec![0.0; b.control_size()];
+            b.sqrt_ad(ae, &e, &mut v)?;
+            let mut x = vec![0.0; n];
+            b.sqrt(ae, &v, &mut x)?;
+            Ok((x, b.variance(ae)?.to_vec()))
+        })
+        .unwrap()
+    };
+    let corr = |(x, var): &(Vec<f64>, Vec<f64>)| x[q] / (var[p] * var[q]).sqrt();
+    let (b1, b07) = (column(&mut a, None), column(&mut a, Some(0.7)));
+    let (c1, c07) = (corr(&b1), corr(&b07));
+    // Gaussian in the continuum: ln c scales by 1 / 0.49; on this coarse grid (c1 about a grid step) more
+    assert!(c1 > 0.05 && c1 < 0.99 && c07 > 0.0, "correlations {c1} (factor 1), {c07} (factor 0.7)");
+    let ratio = c07.ln() / c1.ln();
+    assert!(ratio > 1.0 / 0.49 * 0.9, "log-correlation ratio {ratio}, at least about 1 / 0.7^2 ({c1}, {c07})");
+    // the option's B is the one built from statistics with every length scaled
+    let mut stats = a.bundle.baseline.clone().unwrap();
+    stats.length_scale.iter_mut().for_each(|l| *l *= 0.7);
+    let hydro = Hydrostatic::for_bundle(&a.bundle).unwrap();
+    let mut manual =
+        StaticB::with_balance(&a.bundle.layout, &stats, hydro, a.bundle.baseline_variance_factor).unwrap();
+    let mut e = vec![0.0; n];
+    e[p] = 1.0;
+    let mut v = vec![0.0; manual.size()];
+    manual.sqrt_adjoint(&e, &mut v);
+    let mut x = vec![0.0; n];
+    manual.sqrt_apply(&v, &mut x);
+    assert_eq!(x, b07.0, "B e_p of the option differs from the B of scaled statistics");
+    for (x, y) in b1.1.iter().zip(&b07.1) {
+        assert!((x - y).abs() <= 1e-12 * x.abs().max(1e-300), "variance {x} changed to {y}");
+    }
+    let e = Options::from_toml("baseline_length_scale_factor = 0.0").unwrap_err();
+    assert!(e.message.contains("baseline_length_scale_factor"), "{}", e.message);
+}

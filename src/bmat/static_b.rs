@@ -157,8 +157,10 @@ impl StaticB {
     }
 
     /// The baseline of a bundle: hydrostatic z when the bundle has `t` and `z` (reference values: the normalisation
-    /// means), every variance multiplied by `variance_factor`.
-    pub fn for_bundle(bundle: &Bundle, variance_factor: f64) -> Result<StaticB> {
+    /// means), every variance multiplied by `variance_factor` and every horizontal correlation length by
+    /// `length_factor` (option `baseline_length_scale_factor`: shorter correlations for the smaller-scale errors of a
+    /// densely observed cycle).
+    pub fn for_bundle(bundle: &Bundle, variance_factor: f64, length_factor: f64) -> Result<StaticB> {
         let stats = bundle.baseline.as_ref().ok_or_else(|| {
             Error::new(
                 crate::error::Status::NotReady,
@@ -166,7 +168,17 @@ impl StaticB {
             )
         })?;
         let hydro = Hydrostatic::for_bundle(bundle)?;
-        Self::with_balance(&bundle.layout, stats, hydro, variance_factor)
+        if length_factor == 1.0 {
+            return Self::with_balance(&bundle.layout, stats, hydro, variance_factor);
+        }
+        if !(length_factor.is_finite() && length_factor > 0.0) {
+            return Err(Error::arg(format!("baseline_length_scale_factor = {length_factor} must be finite and > 0")));
+        }
+        let scaled = BaselineStats {
+            length_scale: stats.length_scale.iter().map(|l| l * length_factor).collect(),
+            ..stats.clone()
+        };
+        Self::with_balance(&bundle.layout, &scaled, hydro, variance_factor)
     }
 
     /// U_s with an optional hydrostatic balance operator and a variance factor (> 0).

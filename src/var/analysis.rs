@@ -68,14 +68,14 @@ struct BCache {
     /// was built with (`latent_variance_factor`, times alpha_ref for the hybrid's latent part): at most one per
     /// multiplier, all at the same linearisation point.
     latent: Vec<(f64, LatentB)>,
-    statics: Option<(f64, StaticB)>,
+    statics: Option<((f64, f64), StaticB)>,
 }
 
 impl std::fmt::Debug for BCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BCache")
             .field("latent_variance_multipliers", &self.latent.iter().map(|l| l.0).collect::<Vec<_>>())
-            .field("static_variance_factor", &self.statics.as_ref().map(|s| s.0))
+            .field("static_factors", &self.statics.as_ref().map(|s| s.0))
             .finish()
     }
 }
@@ -384,7 +384,8 @@ impl Analyser {
         }
         if kind != BKind::Latent {
             let factor = self.options.baseline_variance_factor.unwrap_or(self.bundle.baseline_variance_factor);
-            if self.cache.statics.as_ref().is_none_or(|(f, _)| *f != factor) {
+            let factors = (factor, self.options.baseline_length_scale_factor.unwrap_or(1.0));
+            if self.cache.statics.as_ref().is_none_or(|(f, _)| *f != factors) {
                 if self.bundle.baseline.is_none() {
                     return Err(Error::new(
                         Status::NotReady,
@@ -395,7 +396,7 @@ impl Analyser {
                         ),
                     ));
                 }
-                self.cache.statics = Some((factor, StaticB::for_bundle(&self.bundle, factor)?));
+                self.cache.statics = Some((factors, StaticB::for_bundle(&self.bundle, factor, factors.1)?));
             }
             let keep = if kind == BKind::Hybrid {
                 self.hybrid_settings()?.keep

@@ -31,6 +31,7 @@
 //! hybrid_variable_weights = { q = { alpha = 0.1, beta = 0.4 }, wind = { alpha_tropics = 0.2 } }
 //!                              # weights per variable or group (wind, mass); missing ones: the global weights
 //! baseline_variance_factor = 1.0   # multiplies the static B's variances (overrides [statistics] of the bundle)
+//! baseline_length_scale_factor = 1.0   # multiplies the static B's horizontal correlation lengths
 //! latent_variance_factor = 1.0     # multiplies the latent B's variances (e.g. < 1 when cycling with 6 h forecasts)
 //! latent_increment = "linear"      # latent part: "linear" sd D'(z_b)(s w) (default, except with output "full_state")
 //!                                  # or "nonlinear" sd (D(z_b + s w) - D(z_b)) (outer loops relinearise the decoder)
@@ -383,6 +384,10 @@ pub struct Options {
     pub hybrid_variable_weights: Option<std::collections::BTreeMap<String, crate::bundle::VariableWeights>>,
     /// Factor on the static B's variances (default: the bundle's `[statistics]`, else 1).
     pub baseline_variance_factor: Option<f64>,
+    /// Factor on every horizontal correlation length of the static B (default 1: the bundle's `baseline_b.nc`
+    /// lengths, fitted to its own background errors; below 1 for the smaller-scale errors of a densely observed
+    /// cycle).
+    pub baseline_length_scale_factor: Option<f64>,
     /// Factor on the latent B's variances s^2 (default 1: the bundle's calibration, which is for its own
     /// background errors; a host cycling with shorter forecasts than the bundle was calibrated on scales it down).
     pub latent_variance_factor: Option<f64>,
@@ -468,6 +473,7 @@ impl Default for Options {
             hybrid_band_lat: None,
             hybrid_variable_weights: None,
             baseline_variance_factor: None,
+            baseline_length_scale_factor: None,
             latent_variance_factor: None,
             b_operator: BKind::Latent,
             latent_increment: None,
@@ -548,6 +554,7 @@ impl Options {
         }
         for (name, factor) in [
             ("baseline_variance_factor", self.baseline_variance_factor),
+            ("baseline_length_scale_factor", self.baseline_length_scale_factor),
             ("latent_variance_factor", self.latent_variance_factor),
         ] {
             if let Some(f) = factor {
