@@ -564,8 +564,7 @@ fn baseline_length_scale_factor_shortens_the_static_correlations() {
     let mut stats = a.bundle.baseline.clone().unwrap();
     stats.length_scale.iter_mut().for_each(|l| *l *= 0.7);
     let hydro = Hydrostatic::for_bundle(&a.bundle).unwrap();
-    let mut manual =
-        StaticB::with_balance(&a.bundle.layout, &stats, hydro, a.bundle.baseline_variance_factor).unwrap();
+    let mut manual = StaticB::with_balance(&a.bundle.layout, &stats, hydro, a.bundle.baseline_variance_factor).unwrap();
     let mut e = vec![0.0; n];
     e[p] = 1.0;
     let mut v = vec![0.0; manual.size()];
