@@ -145,6 +145,48 @@ def twin(a, log=print) -> dict:
     return rep
 
 
+def zonal_small_scale_share(e: np.ndarray, lat: np.ndarray, sl: slice, m_min: int = 8) -> float:
+    """Share of the (cos latitude weighted) variance of e[sl] at zonal wavenumbers >= m_min."""
+    p = np.abs(np.fft.rfft(e[sl], axis=-1)) ** 2
+    p[..., 1:] *= 2
+    p = (p * np.cos(np.radians(lat))[None, :, None]).sum(axis=(0, 1))
+    return float(p[m_min:].sum() / p.sum())
+
+
+def scales(a, log=print) -> dict:
+    """--scales: the run's last background error (its checkpoint forecast 6 h with jcm, against the nature run) and
+    `a.draws` draws of the B in force at that background, per variable: RMSE and the share of variance at zonal
+    wavenumbers >= 8. Needs jcm (as `latentda-cycle run`)."""
+    folder = a.run
+    settings = json.load(open(os.path.join(folder, "settings.json")))
+    lat, lon, _ = D.grid(a.data)
+    model = C.Model(a.data)
+    extra = model.load(os.path.join(folder, "state.npz"))
+    x_b = model.step6h()
+    t0_day = settings["start_day"] - settings["spinup_days"]
+    err = x_b - np.asarray(C.Nature(a.data)[4 * t0_day + extra["cycle"]], np.float64)
+    opts = C.parse_options(options_in_force(folder))
+    opts.update(b_operator=B_KIND[settings["method"]], latent_increment="linear")
+    lda, host = C.context(a, C.options_text(opts), len(lat), len(lon))
+    try:
+        host.load(x_b)
+        lda.b_linearise()
+        draws = [lda.brandomize(TWIN_SEED + k).reshape(x_b.shape) for k in range(a.draws)]
+    finally:
+        lda.close()
+    out = {v: {"run_rmse": C.area_rmse(err, lat)[v],
+               "draw_rmse": float(np.mean([C.area_rmse(d, lat)[v] for d in draws])),
+               "run_small_scale": zonal_small_scale_share(err, lat, sl),
+               "draw_small_scale": float(np.mean([zonal_small_scale_share(d, lat, sl) for d in draws]))}
+           for v, sl in D.VAR_SLICES.items()}
+    log(f"Background error of {folder} after its last cycle against {a.draws} draws of its B in force")
+    log("| variable | run RMSE | draw RMSE | run: variance at zonal m >= 8 | draws |")
+    log("|---|---|---|---|---|")
+    for v, r in out.items():
+        log(f"| {v} | {r['run_rmse']:.4g} | {r['draw_rmse']:.4g} | {r['run_small_scale']:.2f} | {r['draw_small_scale']:.2f} |")
+    return out
+
+
 def table(rep: dict) -> str:
     """Markdown table of a twin report: the twin against the run, per variable."""
     lines = [f"Perfect-B twin of {rep['run']} ({rep['method']}, {rep['network']} network; {rep['samples']} twin "
@@ -168,7 +210,12 @@ def main(argv=None):
     ap.add_argument("--lib", default=C.DEFAULT_LIB, help="liblatentda.so")
     ap.add_argument("--bundle", default=C.DEFAULT_BUNDLE, help="the bundle the run used")
     ap.add_argument("--out", help="write the report as JSON here")
-    twin(ap.parse_args(argv))
+    ap.add_argument("--scales", action="store_true",
+                    help="instead: the run's last background error (6 h forecast of its checkpoint, with jcm) against "
+                         "draws of its B, RMSE and variance share at zonal wavenumbers >= 8")
+    ap.add_argument("--draws", type=int, default=8, help="draws of the B for --scales")
+    a = ap.parse_args(argv)
+    scales(a) if a.scales else twin(a)
 
 
 if __name__ == "__main__":

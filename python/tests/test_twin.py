@@ -81,3 +81,11 @@ def test_six_hour_growth_pairs_consecutive_cycles_only():
     assert C.six_hour_growth(rows, "u") == pytest.approx(0.0)
     assert C.six_hour_growth(rows[:2], "u") == pytest.approx(10.0)
     assert np.isnan(C.six_hour_growth(rows[:1], "u"))
+
+
+def test_small_scale_share_splits_the_variance_at_zonal_wavenumber_8():
+    lat, lon = np.linspace(60, -60, 7), np.arange(64) * 360 / 64
+    wave = lambda m: np.cos(np.radians(m * lon))[None, None, :] * np.ones((2, 7, 1))
+    assert T.zonal_small_scale_share(wave(2), lat, slice(0, 2)) == pytest.approx(0.0, abs=1e-12)
+    assert T.zonal_small_scale_share(wave(10), lat, slice(0, 2)) == pytest.approx(1.0)
+    assert T.zonal_small_scale_share(wave(3) + wave(8), lat, slice(0, 2)) == pytest.approx(0.5)
