@@ -157,10 +157,14 @@ impl StaticB {
     }
 
     /// The baseline of a bundle: hydrostatic z when the bundle has `t` and `z` (reference values: the normalisation
-    /// means), every variance multiplied by `variance_factor` and every horizontal correlation length by
-    /// `length_factor` (option `baseline_length_scale_factor`: shorter correlations for the smaller-scale errors of a
-    /// densely observed cycle).
-    pub fn for_bundle(bundle: &Bundle, variance_factor: f64, length_factor: f64) -> Result<StaticB> {
+    /// means), every variance multiplied by `variance_factor`.
+    pub fn for_bundle(bundle: &Bundle, variance_factor: f64) -> Result<StaticB> {
+        Self::for_bundle_with_lengths(bundle, variance_factor, 1.0)
+    }
+
+    /// [`StaticB::for_bundle`] with every horizontal correlation length multiplied by `length_factor` (> 0; option
+    /// `baseline_length_scale_factor`).
+    pub fn for_bundle_with_lengths(bundle: &Bundle, variance_factor: f64, length_factor: f64) -> Result<StaticB> {
         let stats = bundle.baseline.as_ref().ok_or_else(|| {
             Error::new(
                 crate::error::Status::NotReady,

@@ -211,10 +211,7 @@ pub fn baseline_bsqrt_dot_test(bundle: &Bundle, ae: &mut Autoencoder, seed: u64)
     if bundle.baseline.is_none() {
         return Ok(None);
     }
-    Ok(Some(
-        crate::bmat::static_b::StaticB::for_bundle(bundle, bundle.baseline_variance_factor, 1.0)?
-            .sqrt_test(ae, seed)?,
-    ))
+    Ok(Some(crate::bmat::static_b::StaticB::for_bundle(bundle, bundle.baseline_variance_factor)?.sqrt_test(ae, seed)?))
 }
 
 #[cfg(test)]

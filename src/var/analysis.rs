@@ -396,7 +396,8 @@ impl Analyser {
                         ),
                     ));
                 }
-                self.cache.statics = Some((factors, StaticB::for_bundle(&self.bundle, factor, factors.1)?));
+                self.cache.statics =
+                    Some((factors, StaticB::for_bundle_with_lengths(&self.bundle, factor, factors.1)?));
             }
             let keep = if kind == BKind::Hybrid {
                 self.hybrid_settings()?.keep
