@@ -97,6 +97,9 @@ def twin(a, log=print) -> dict:
     method = settings["method"]
     if method not in B_KIND:
         raise SystemExit(f"{folder}: method {method!r} has no B to draw from")
+    if settings.get("ensemble"):
+        raise SystemExit(f"{folder}: a run with an ensemble part; the twin draws from the static, latent or hybrid B "
+                         "alone")
     rows = [r for r in C.read_metrics(folder) if r.get("scored") and "an" in r]
     first = settings["start_day"] + a.from_day
     rows = [r for r in rows if r["day"] + r["hour"] / 24 >= first]

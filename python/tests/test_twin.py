@@ -43,6 +43,15 @@ def test_options_in_force_come_from_the_last_b_in_force(tmp_path):
     assert C.parse_options(T.options_in_force(str(tmp_path / "drv")))["baseline_variance_factor"] == 0.05
     write_run(tmp_path / "fixed", "3dvar", "baseline_variance_factor = 0.35")
     assert C.parse_options(T.options_in_force(str(tmp_path / "fixed")))["baseline_variance_factor"] == 0.35
+    # runs the twin cannot replay are refused before anything opens
+    ens = json.load(open(tmp_path / "fixed" / "settings.json"))
+    ens["ensemble"] = {"kind": "lagged", "members": 8}
+    json.dump(ens, open(tmp_path / "fixed" / "settings.json", "w"))
+    with pytest.raises(SystemExit, match="ensemble"):
+        T.twin(argparse.Namespace(run=str(tmp_path / "fixed"), from_day=10.0, samples=4))
+    write_run(tmp_path / "none", "none", "")
+    with pytest.raises(SystemExit, match="no B"):
+        T.twin(argparse.Namespace(run=str(tmp_path / "none"), from_day=10.0, samples=4))
 
 
 def test_a_twin_cycle_draws_its_error_from_the_b_and_the_analysis_beats_the_background(lib):
