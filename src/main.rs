@@ -24,6 +24,11 @@ USAGE:
                    (the latent B's calibrated variance for the background check: mean diag(U U^T) over the states,
                    N draws each (default 64), written to <bundle>/latent_b_variance.nc; prints the manifest lines)
   latentda check <bundle> [--state state.nc] [--backend tract|ort|auto] [--ort-library PATH]
+  latentda twin <bundle> --background bg.nc --obs obs.csv [--method 3dvar|hybrid|l3dvar] [--samples N] [--seed S]
+                   [options as for analyse]
+                   (perfect-B twin: N draws of the background error from the method's B, observations at the
+                   network of obs.csv (values unused) with its sigmas, each analysed with the same B: per variable
+                   the mean analysis/background RMSE ratio and the share of draws worse than the background)
   latentda analyse --bundle B --background bg.nc --obs obs.csv --output an.nc
                    [--method l3dvar|3dvar|hybrid|l4dvar] [--report report.json] [--truth truth.nc]
                    [--withheld withheld.csv]
@@ -299,7 +304,7 @@ fn run() -> Result<ExitCode, CliError> {
     if sub == "tune" {
         return cmd_tune(parser);
     }
-    if !["info", "check", "analyse", "analyze", "demo", "probes", "sigma-b"].contains(&sub.as_str()) {
+    if !["info", "check", "analyse", "analyze", "demo", "probes", "sigma-b", "twin"].contains(&sub.as_str()) {
         return Err(usage(format!("unknown command '{sub}'")));
     }
     let mut common = Common { options: Options::default(), options_file: None, flags: Vec::new() };
@@ -346,6 +351,8 @@ fn run() -> Result<ExitCode, CliError> {
                 "ensemble" => "ensemble",
                 "withheld" => "withheld",
                 "draws" => "draws",
+                "samples" => "samples",
+                "seed" => "seed",
                 "help" => {
                     print!("{USAGE}");
                     return Ok(ExitCode::SUCCESS);
@@ -366,6 +373,7 @@ fn run() -> Result<ExitCode, CliError> {
         "check" => &["state"],
         "sigma-b" => &["state", "draws", "output"],
         "demo" => &["case", "obs", "obs4d", "output"],
+        "twin" => &["background", "obs", "method", "samples", "seed"],
         _ => &["bundle", "background", "obs", "output", "method", "report", "truth", "ensemble", "withheld"],
     };
     if let Some(k) = kv.keys().find(|k| !allowed.contains(k)) {
@@ -389,6 +397,7 @@ fn run() -> Result<ExitCode, CliError> {
         "sigma-b" => cmd_sigma_b(&positional, &kv, &common),
         "check" => cmd_check(&positional, &kv, &common),
         "demo" => cmd_demo(&positional, &kv, &common),
+        "twin" => cmd_twin(&positional, &kv, &common),
         _ => cmd_analyse(&kv, &backgrounds_at, &common),
     }
 }
@@ -445,6 +454,57 @@ fn cmd_sigma_b(
     let name = out.file_name().unwrap_or_default().to_string_lossy();
     println!("wrote {} ({} states x {draws} draws, {:.1} s)", out.display(), states.len(), t.elapsed().as_secs_f64());
     println!("add to bundle.toml:  [statistics] latent_b_variance = \"{name}\"   and   [checksums] \"{name}\" = \"{digest}\"");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `latentda twin <bundle> --background bg.nc --obs obs.csv [--method M] [--samples N] [--seed S]`: the perfect-B
+/// twin of `Analyser::perfect_b_twin` (latentda::var::twin), printed as a table.
+fn cmd_twin(
+    positional: &[String],
+    kv: &std::collections::BTreeMap<&'static str, String>,
+    common: &Common,
+) -> Result<ExitCode, CliError> {
+    let dir = bundle_arg(positional)?;
+    let need = |k: &str| kv.get(k).cloned().ok_or_else(|| usage(format!("twin: missing --{k}")));
+    let (bg, obs_path) = (need("background")?, need("obs")?);
+    let method = match kv.get("method") {
+        Some(m) => Method::parse(m).map_err(|e| usage(e.to_string()))?,
+        None => common.options.method,
+    };
+    let count = |k: &str, default: u64| match kv.get(k) {
+        Some(s) => s.parse::<u64>().map_err(|_| usage(format!("--{k}: '{s}' is not a count"))),
+        None => Ok(default),
+    };
+    let (samples, seed) = (count("samples", 8)? as usize, count("seed", 1)?);
+    let mut a = Analyser::open(&dir, common.options.clone()).map_err(|e| e.to_string())?;
+    let layout = a.bundle.layout.clone();
+    let x_b = ncio::read_state(bg.as_ref(), &layout).map_err(|e| e.to_string())?;
+    let (observations, problems) = obs::read_csv(obs_path.as_ref(), &layout).map_err(|e| e.to_string())?;
+    for p in &problems {
+        eprintln!("latentda: warning: {obs_path}: {}", p.message);
+    }
+    let t = std::time::Instant::now();
+    let r = a.perfect_b_twin(&x_b, &observations, method, samples, seed).map_err(|e| e.to_string())?;
+    println!(
+        "perfect-B twin: {} with its own B, {} draws (seeds {seed}..), {} observations of {} at their sigmas ({:.1} s)",
+        method.name(),
+        r.samples,
+        r.observations_used,
+        obs_path,
+        t.elapsed().as_secs_f64()
+    );
+    println!("{:<5} {:>14} {:>10} {:>10} {:>8}", "var", "background", "an/bg", "sd", "worse");
+    for (v, tv) in r.variables.iter().enumerate() {
+        println!(
+            "{:<5} {:>14.4e} {:>10.4} {:>10.4} {:>7.0}%   {}",
+            tv.name,
+            tv.background_rmse,
+            tv.ratio_mean,
+            tv.ratio_sd,
+            100.0 * tv.worse_share,
+            a.bundle.units(v)
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -19,4 +19,5 @@ pub mod report;
 pub mod sigma_b;
 pub mod solver;
 pub mod threed;
+pub mod twin;
 pub mod withheld;
