@@ -163,7 +163,7 @@ impl StaticB {
     }
 
     /// [`StaticB::for_bundle`] with every horizontal correlation length multiplied by `length_factor` (> 0; option
-    /// `baseline_length_scale_factor`).
+    /// `baseline_length_scale_factor`, for tuning a bundle's lengths to a host's errors).
     pub fn for_bundle_with_lengths(bundle: &Bundle, variance_factor: f64, length_factor: f64) -> Result<StaticB> {
         let stats = bundle.baseline.as_ref().ok_or_else(|| {
             Error::new(

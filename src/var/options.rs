@@ -385,8 +385,7 @@ pub struct Options {
     /// Factor on the static B's variances (default: the bundle's `[statistics]`, else 1).
     pub baseline_variance_factor: Option<f64>,
     /// Factor on every horizontal correlation length of the static B (default 1: the bundle's `baseline_b.nc`
-    /// lengths, fitted to its own background errors; below 1 for the smaller-scale errors of a densely observed
-    /// cycle).
+    /// lengths; with the reference bundle they beat x 0.7, x 1.4 and x 2.0 in 30-day cycles, docs/b-operator.md).
     pub baseline_length_scale_factor: Option<f64>,
     /// Factor on the latent B's variances s^2 (default 1: the bundle's calibration, which is for its own
     /// background errors; a host cycling with shorter forecasts than the bundle was calibrated on scales it down).
