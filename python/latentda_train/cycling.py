@@ -350,15 +350,19 @@ def to_spectral(model, x: np.ndarray):
                                            nodal_tracers=dc._nodal_tracers)
 
 
-def add_increment(model, dyn_b, x_b: np.ndarray, x_a: np.ndarray):
+def add_increment(model, dyn_b, x_b: np.ndarray, x_a: np.ndarray, truncation: int | None = None):
     """dyn_b + P(x_a) - P(x_b): the analysis increment in jcm's spectral state. Fields latentda does not analyse
-    (other tracers) keep the background's values. Humidity is not floored at 0 here: jcm's own gridpoint q is
+    (other tracers) keep the background's values. With `truncation` N (--increment-truncation) the increment keeps
+    total wavenumbers <= N only: a host that filters the scales it does not trust out of its increments. Humidity is not floored at 0 here: jcm's own gridpoint q is
     negative in places (spectral truncation), and a floor would inject moisture wherever the background is
     negative, increment or not; the model's physics treats negative q as it does in its own forecasts."""
     sa, sb = to_spectral(model, x_a), to_spectral(model, x_b)
+    keep = 1.0
+    if truncation is not None:
+        keep = (model.dycore.coords.horizontal.modal_axes[1] <= truncation).astype(np.float64)   # total wavenumber l
 
     def inc(b, a, c):
-        return b + (a - c).astype(b.dtype)
+        return b + ((a - c) * keep).astype(b.dtype)
 
     tr = dict(dyn_b.tracers)
     tr["specific_humidity"] = inc(tr["specific_humidity"], sa.tracers["specific_humidity"], sb.tracers["specific_humidity"])
@@ -885,6 +889,8 @@ def settings_of(a) -> dict:
                 s["adaptive"]["static_variables"] = a.static_variables
         if getattr(a, "adaptive_in_library", False):
             s["adaptive"]["in_library"] = True
+    if getattr(a, "increment_truncation", None) is not None:
+        s["increment_truncation"] = a.increment_truncation
     if mix_shares(a):
         s["choose_mix"] = {"shares": mix_shares(a), "window": a.choose_window, "seed": MIX_SEED,
                            "by": getattr(a, "choose_by", "withheld")}
@@ -905,6 +911,8 @@ def run_name(a) -> str:
     if getattr(a, "ensemble", "none") != "none":
         name += f"-{a.ensemble}{a.members}" + ("r" if getattr(a, "eda_recentre", False) else "") \
             + ("m" if getattr(a, "ensemble_space", "latent") == "model" else "")
+    if getattr(a, "increment_truncation", None) is not None:
+        name += f"-t{a.increment_truncation}"
     if not getattr(a, "adaptive", False):
         return name
     lib = "-lib" if getattr(a, "adaptive_in_library", False) else ""
@@ -1044,6 +1052,10 @@ def run(a, model: Model | None = None, log=print) -> str:
                                                        or ens_k or eda_k or getattr(a, "adaptive_split", False)):
         raise SystemExit("--adaptive-per-variable needs --adaptive, method 3dvar or hybrid, no ensemble and no "
                          "--adaptive-split")
+    if getattr(a, "increment_truncation", None) is not None and (ens_k or eda_k or mix_shares(a)
+                                                                 or a.method == "none" or a.increment_truncation < 0):
+        raise SystemExit("--increment-truncation N (N >= 0) is for an assimilating control run without --choose-mix "
+                         "or an ensemble")
     if (ens_k or eda_k) and a.method not in ("3dvar", "hybrid"):
         raise SystemExit("--ensemble is for methods 3dvar (then hybrid 3DEnVar) and hybrid (latent hybrid EnVar)")
     if (ens_k or eda_k) and max(ens_k, eda_k) < 2:
@@ -1177,7 +1189,7 @@ def run(a, model: Model | None = None, log=print) -> str:
                 rep = lda.report()
                 qc = lda.obs_qc(len(obs[0]))
                 dyn_b, phys, step = model.current()
-                dyn_a = add_increment(model.m, dyn_b, x_b, x_a)
+                dyn_a = add_increment(model.m, dyn_b, x_b, x_a, getattr(a, "increment_truncation", None))
                 # forecast impact: the 6 h forecast of the background itself (this cycle without its analysis),
                 # scored against the next truth; the next cycle's background is the 6 h forecast of the analysis
                 # (the model is set back to the analysis, so the control run is unchanged)
@@ -1674,6 +1686,9 @@ def main(argv=None):
     ap.add_argument("--adaptive", action="store_true",
                     help="size B online from the Desroziers statistics of the last --adaptive-window cycles")
     ap.add_argument("--adaptive-window", type=int, default=ADAPT_WINDOW, help="cycles in the adaptive window")
+    ap.add_argument("--increment-truncation", type=int, default=None, metavar="N",
+                    help="add only the total wavenumbers <= N of each analysis increment to the model (default: all "
+                         "of jcm's T31); the control run only: refused with --choose-mix and ensembles")
     ap.add_argument("--adaptive-bounds", type=float, nargs=2, default=ADAPT_BOUNDS, metavar=("LO", "HI"),
                     help="bounds of the adaptive scale of the starting B")
     ap.add_argument("--adaptive-split", action="store_true",

@@ -119,6 +119,12 @@ def test_run_name_and_settings_of_a_mix_run():
                                               "by": "withheld"}
     a.choose_by = "forecast"
     assert C.run_name(a) == "hybrid-mixf-adaptive-pv-sq-lib"
+    # increments truncated before they enter the model: named and recorded, refused with a chooser (in run())
+    a.choose_mix, a.increment_truncation = None, 21
+    assert C.run_name(a) == "hybrid-t21-adaptive-pv-sq-lib"
+    assert C.settings_of(a)["increment_truncation"] == 21
+    a.increment_truncation = None
+    assert "increment_truncation" not in C.settings_of(a)   # older runs' settings compare equal on resume
 
 
 def test_summary_counts_how_often_each_share_was_chosen():
