@@ -154,6 +154,7 @@ NAMES = [v[0] for v in D.VARS]
 OBS_SEED = 700000          # noise seed of cycle c: OBS_SEED + c (the same for every method)
 FORECAST_CYCLES = 8        # 48 h
 MIX_SEED = 800000          # --choose-mix: the column split of cycle c is drawn with MIX_SEED + c
+IAU_PENDING = "iau_pending.npz"   # --iau: the last cycle's background and analysis, whose increment the next 6 h add
 MIX_PENDING = "mix_pending.npz"   # --choose-by forecast: the candidates' forecasts of the checkpoint's cycle
 # The reference bundle's B (latent and static) is calibrated to 48 h forecast errors; cycled 6 h backgrounds have
 # about 0.35 of that error variance (u 1.3 vs 2.1 m/s, t 0.52 vs 0.92 K, ps 118 vs 190 Pa after one cycle), and
@@ -350,29 +351,55 @@ def to_spectral(model, x: np.ndarray):
                                            nodal_tracers=dc._nodal_tracers)
 
 
-def add_increment(model, dyn_b, x_b: np.ndarray, x_a: np.ndarray, truncation: int | None = None):
-    """dyn_b + P(x_a) - P(x_b): the analysis increment in jcm's spectral state. Fields latentda does not analyse
-    (other tracers) keep the background's values. With `truncation` N (--increment-truncation) the increment keeps
-    total wavenumbers <= N only: a host that filters the scales it does not trust out of its increments. Humidity is not floored at 0 here: jcm's own gridpoint q is
-    negative in places (spectral truncation), and a floor would inject moisture wherever the background is
-    negative, increment or not; the model's physics treats negative q as it does in its own forecasts."""
+INCREMENT_FIELDS = ("vorticity", "divergence", "temperature_variation", "log_surface_pressure")
+
+
+def spectral_increment(model, x_b: np.ndarray, x_a: np.ndarray, truncation: int | None = None) -> dict:
+    """P(x_a) - P(x_b): the analysis increment in jcm's spectral fields (INCREMENT_FIELDS and specific humidity).
+    With `truncation` N (--increment-truncation) it keeps total wavenumbers <= N only: a host that filters the scales
+    it does not trust out of its increments."""
     sa, sb = to_spectral(model, x_a), to_spectral(model, x_b)
     keep = 1.0
     if truncation is not None:
         keep = (model.dycore.coords.horizontal.modal_axes[1] <= truncation).astype(np.float64)   # total wavenumber l
+    inc = {f: (getattr(sa, f) - getattr(sb, f)) * keep for f in INCREMENT_FIELDS}
+    inc["specific_humidity"] = (sa.tracers["specific_humidity"] - sb.tracers["specific_humidity"]) * keep
+    return inc
 
-    def inc(b, a, c):
-        return b + ((a - c) * keep).astype(b.dtype)
 
-    tr = dict(dyn_b.tracers)
-    tr["specific_humidity"] = inc(tr["specific_humidity"], sa.tracers["specific_humidity"], sb.tracers["specific_humidity"])
-    return dyn_b.replace(
-        vorticity=inc(dyn_b.vorticity, sa.vorticity, sb.vorticity),
-        divergence=inc(dyn_b.divergence, sa.divergence, sb.divergence),
-        temperature_variation=inc(dyn_b.temperature_variation, sa.temperature_variation, sb.temperature_variation),
-        log_surface_pressure=inc(dyn_b.log_surface_pressure, sa.log_surface_pressure, sb.log_surface_pressure),
-        tracers=tr,
-    )
+def apply_increment(dyn, inc: dict, fraction: float = 1.0):
+    """dyn + fraction * inc (a `spectral_increment`). Fields latentda does not analyse (other tracers) keep dyn's
+    values. Humidity is not floored at 0 here: jcm's own gridpoint q is negative in places (spectral truncation),
+    and a floor would inject moisture wherever the background is negative, increment or not; the model's physics
+    treats negative q as it does in its own forecasts."""
+    add = lambda b, d: b + (d if fraction == 1.0 else d * fraction).astype(b.dtype)
+    tr = dict(dyn.tracers)
+    tr["specific_humidity"] = add(tr["specific_humidity"], inc["specific_humidity"])
+    return dyn.replace(tracers=tr, **{f: add(getattr(dyn, f), inc[f]) for f in INCREMENT_FIELDS})
+
+
+def add_increment(model, dyn_b, x_b: np.ndarray, x_a: np.ndarray, truncation: int | None = None):
+    """dyn_b + P(x_a) - P(x_b): the analysis increment added to jcm's spectral state at once (`spectral_increment`,
+    `apply_increment`)."""
+    return apply_increment(dyn_b, spectral_increment(model, x_b, x_a, truncation))
+
+
+def save_iau_pending(path: str, cycle: int, x_b: np.ndarray, x_a: np.ndarray):
+    """--iau: the background and analysis of `cycle`, whose increment the next 6 h forecast adds (written atomically)."""
+    tmp = path + ".partial.npz"
+    np.savez(tmp, cycle=cycle, x_b=x_b, x_a=x_a)
+    os.replace(tmp, path)
+
+
+def load_iau_pending(path: str, cycle: int):
+    """The (x_b, x_a) that `save_iau_pending` wrote for `cycle`; an error if the file is missing or of another cycle
+    (a resume must add the same increment)."""
+    if not os.path.exists(path):
+        raise SystemExit(f"{path} missing: an --iau run resumes with the increment of its last cycle")
+    f = np.load(path)
+    if int(f["cycle"]) != cycle:
+        raise SystemExit(f"{path} holds cycle {int(f['cycle'])}, the checkpoint cycle {cycle}")
+    return f["x_b"], f["x_a"]
 
 
 def gridpoint(model, dyn) -> np.ndarray:
@@ -444,6 +471,16 @@ class Model:
     def step6h(self) -> np.ndarray:
         """Runs 6 h; returns the gridpoint state at the end (latentda layout, float64)."""
         p = self.m.resume(forcing=self.forcing, save_interval=0.25, total_time=0.25)
+        return jcmrun.physics_to_latentda(p.dynamics)[-1].astype(np.float64)
+
+    def step6h_iau(self, inc: dict, parts: int) -> np.ndarray:
+        """Runs 6 h as an incremental analysis update: 1/parts of the spectral increment `inc` is added before each
+        of `parts` equal sub-intervals (forward IAU: the whole increment is in by the end). Returns the gridpoint
+        state at the end."""
+        for _ in range(parts):
+            dyn, phys, step = self.current()
+            self.set(apply_increment(dyn, inc, 1.0 / parts), phys, step)
+            p = self.m.resume(forcing=self.forcing, save_interval=0.25 / parts, total_time=0.25 / parts)
         return jcmrun.physics_to_latentda(p.dynamics)[-1].astype(np.float64)
 
     def save(self, path: str, extra: dict):
@@ -891,6 +928,8 @@ def settings_of(a) -> dict:
             s["adaptive"]["in_library"] = True
     if getattr(a, "increment_truncation", None) is not None:
         s["increment_truncation"] = a.increment_truncation
+    if getattr(a, "iau", None):
+        s["iau"] = a.iau
     if mix_shares(a):
         s["choose_mix"] = {"shares": mix_shares(a), "window": a.choose_window, "seed": MIX_SEED,
                            "by": getattr(a, "choose_by", "withheld")}
@@ -913,6 +952,8 @@ def run_name(a) -> str:
             + ("m" if getattr(a, "ensemble_space", "latent") == "model" else "")
     if getattr(a, "increment_truncation", None) is not None:
         name += f"-t{a.increment_truncation}"
+    if getattr(a, "iau", None):
+        name += f"-iau{a.iau}"
     if not getattr(a, "adaptive", False):
         return name
     lib = "-lib" if getattr(a, "adaptive_in_library", False) else ""
@@ -1056,6 +1097,10 @@ def run(a, model: Model | None = None, log=print) -> str:
                                                                  or a.method == "none" or a.increment_truncation < 0):
         raise SystemExit("--increment-truncation N (N >= 0) is for an assimilating control run without --choose-mix "
                          "or an ensemble")
+    if getattr(a, "iau", None) is not None and (ens_k or eda_k or mix_shares(a) or a.method == "none"
+                                                or a.iau < 1 or 12 % a.iau):
+        raise SystemExit("--iau N (N divides 12: sub-intervals of whole model steps) is for an assimilating control "
+                         "run without --choose-mix or an ensemble")
     if (ens_k or eda_k) and a.method not in ("3dvar", "hybrid"):
         raise SystemExit("--ensemble is for methods 3dvar (then hybrid 3DEnVar) and hybrid (latent hybrid EnVar)")
     if (ens_k or eda_k) and max(ens_k, eda_k) < 2:
@@ -1108,6 +1153,9 @@ def run(a, model: Model | None = None, log=print) -> str:
         eda = [model.perturbed_start(t0_day, seed=EDA_SEED + k)[:3] for k in range(eda_k)]
         log(f"{a.method}/{a.network}: perturbed start at day {t0_day} 00 UTC (days {info['a']}, {info['b']}, "
             f"alpha {info['alpha']:.3f}); {n_cycles} cycles")
+    trunc = getattr(a, "increment_truncation", None)
+    iau = getattr(a, "iau", None)
+    iau_pending = load_iau_pending(os.path.join(folder, IAU_PENDING), cycle) if iau and cycle > 0 else None
     lda = host = adapt = None
     eda_lda = eda_host = None
     eda_options = None
@@ -1141,7 +1189,9 @@ def run(a, model: Model | None = None, log=print) -> str:
         while cycle < n_cycles:
             tc = time.time()
             c = cycle + 1
-            x_b = model.step6h()
+            iau_next = None
+            x_b = model.step6h_iau(spectral_increment(model.m, *iau_pending, trunc), iau) if iau_pending \
+                else model.step6h()
             t_fc = time.time() - tc
             members = None
             if ens_k:
@@ -1189,13 +1239,15 @@ def run(a, model: Model | None = None, log=print) -> str:
                 rep = lda.report()
                 qc = lda.obs_qc(len(obs[0]))
                 dyn_b, phys, step = model.current()
-                dyn_a = add_increment(model.m, dyn_b, x_b, x_a, getattr(a, "increment_truncation", None))
+                dyn_a = add_increment(model.m, dyn_b, x_b, x_a, trunc)
                 # forecast impact: the 6 h forecast of the background itself (this cycle without its analysis),
                 # scored against the next truth; the next cycle's background is the 6 h forecast of the analysis
                 # (the model is set back to the analysis, so the control run is unchanged)
                 x_nb = model.step6h()
                 rec["fc6_no_analysis"] = area_rmse(x_nb - np.asarray(X[4 * t0_day + c], np.float64), lat)
-                model.set(dyn_a, phys, step)
+                # with --iau the model stays at the background and the next 6 h add the increment in parts
+                model.set(dyn_b if iau else dyn_a, phys, step)
+                iau_next = (x_b, x_a) if iau else None
                 si = rep.get("solver") or {}
                 # an: latentda's analysis; an_model: what the model holds after the increment went into its
                 # spectral state (T31 truncation of the increment; geopotential recomputed by jcm), shown as jcm's
@@ -1243,8 +1295,9 @@ def run(a, model: Model | None = None, log=print) -> str:
                 # 48 h forecast from this analysis, then back to the analysis.
                 tf = time.time()
                 dyn, phys, step = model.current()
-                for _ in range(FORECAST_CYCLES):
-                    x_f = model.step6h()
+                for k in range(FORECAST_CYCLES):
+                    x_f = model.step6h_iau(spectral_increment(model.m, *iau_next, trunc), iau) if k == 0 and iau_next \
+                        else model.step6h()
                 truth48 = np.asarray(X[4 * t0_day - 1 + c + FORECAST_CYCLES], np.float64)
                 rec["fc48"] = area_rmse(x_f - truth48, lat)
                 rec["fc48_bands"] = band_rmse(x_f - truth48, lat)
@@ -1265,6 +1318,10 @@ def run(a, model: Model | None = None, log=print) -> str:
                               "adaptive_lib": Path(lib_state).read_text() if in_library else None})
             if chooser is not None and chooser.mode == "forecast":
                 chooser.save_pending(os.path.join(folder, MIX_PENDING), c)
+            if iau:
+                iau_pending = iau_next
+                if iau_pending is not None:
+                    save_iau_pending(os.path.join(folder, IAU_PENDING), c, *iau_pending)
             cycle = c
             if c % 4 == 0 or c == n_cycles or c <= 2:
                 log(f"{a.method}/{a.network} cycle {c}/{n_cycles} day {rec['day']} {rec['hour']:02d}Z: "
@@ -1686,6 +1743,9 @@ def main(argv=None):
     ap.add_argument("--adaptive", action="store_true",
                     help="size B online from the Desroziers statistics of the last --adaptive-window cycles")
     ap.add_argument("--adaptive-window", type=int, default=ADAPT_WINDOW, help="cycles in the adaptive window")
+    ap.add_argument("--iau", type=int, default=None, metavar="N",
+                    help="incremental analysis update: the increment enters the model in N equal parts over the next "
+                         "6 h (before each 6/N h) instead of at once; the 48 h forecasts start the same way")
     ap.add_argument("--increment-truncation", type=int, default=None, metavar="N",
                     help="add only the total wavenumbers <= N of each analysis increment to the model (default: all "
                          "of jcm's T31); the control run only: refused with --choose-mix and ensembles")

@@ -125,6 +125,20 @@ def test_run_name_and_settings_of_a_mix_run():
     assert C.settings_of(a)["increment_truncation"] == 21
     a.increment_truncation = None
     assert "increment_truncation" not in C.settings_of(a)   # older runs' settings compare equal on resume
+    a.iau = 6
+    assert C.run_name(a) == "hybrid-iau6-adaptive-pv-sq-lib" and C.settings_of(a)["iau"] == 6
+
+
+def test_iau_pending_increment_is_tied_to_its_cycle(tmp_path):
+    p = str(tmp_path / C.IAU_PENDING)
+    xb, xa = np.arange(6.0).reshape(2, 3), np.ones((2, 3))
+    with pytest.raises(SystemExit, match="missing"):
+        C.load_iau_pending(p, 4)
+    C.save_iau_pending(p, 4, xb, xa)
+    b, a = C.load_iau_pending(p, 4)
+    assert np.array_equal(b, xb) and np.array_equal(a, xa)
+    with pytest.raises(SystemExit, match="holds cycle 4"):
+        C.load_iau_pending(p, 5)
 
 
 def test_summary_counts_how_often_each_share_was_chosen():
