@@ -1155,7 +1155,9 @@ def run(a, model: Model | None = None, log=print) -> str:
             f"alpha {info['alpha']:.3f}); {n_cycles} cycles")
     trunc = getattr(a, "increment_truncation", None)
     iau = getattr(a, "iau", None)
-    iau_pending = load_iau_pending(os.path.join(folder, IAU_PENDING), cycle) if iau and cycle > 0 else None
+    # --iau: the spectral increment the next 6 h add (on a resume, from the checkpointed background and analysis)
+    iau_inc = (spectral_increment(model.m, *load_iau_pending(os.path.join(folder, IAU_PENDING), cycle), trunc)
+               if iau and cycle > 0 else None)
     lda = host = adapt = None
     eda_lda = eda_host = None
     eda_options = None
@@ -1190,8 +1192,7 @@ def run(a, model: Model | None = None, log=print) -> str:
             tc = time.time()
             c = cycle + 1
             iau_next = None
-            x_b = model.step6h_iau(spectral_increment(model.m, *iau_pending, trunc), iau) if iau_pending \
-                else model.step6h()
+            x_b = model.step6h_iau(iau_inc, iau) if iau_inc is not None else model.step6h()
             t_fc = time.time() - tc
             members = None
             if ens_k:
@@ -1239,7 +1240,8 @@ def run(a, model: Model | None = None, log=print) -> str:
                 rep = lda.report()
                 qc = lda.obs_qc(len(obs[0]))
                 dyn_b, phys, step = model.current()
-                dyn_a = add_increment(model.m, dyn_b, x_b, x_a, trunc)
+                inc = spectral_increment(model.m, x_b, x_a, trunc)
+                dyn_a = apply_increment(dyn_b, inc)
                 # forecast impact: the 6 h forecast of the background itself (this cycle without its analysis),
                 # scored against the next truth; the next cycle's background is the 6 h forecast of the analysis
                 # (the model is set back to the analysis, so the control run is unchanged)
@@ -1247,7 +1249,7 @@ def run(a, model: Model | None = None, log=print) -> str:
                 rec["fc6_no_analysis"] = area_rmse(x_nb - np.asarray(X[4 * t0_day + c], np.float64), lat)
                 # with --iau the model stays at the background and the next 6 h add the increment in parts
                 model.set(dyn_b if iau else dyn_a, phys, step)
-                iau_next = (x_b, x_a) if iau else None
+                iau_next = inc if iau else None
                 si = rep.get("solver") or {}
                 # an: latentda's analysis; an_model: what the model holds after the increment went into its
                 # spectral state (T31 truncation of the increment; geopotential recomputed by jcm), shown as jcm's
@@ -1296,8 +1298,7 @@ def run(a, model: Model | None = None, log=print) -> str:
                 tf = time.time()
                 dyn, phys, step = model.current()
                 for k in range(FORECAST_CYCLES):
-                    x_f = model.step6h_iau(spectral_increment(model.m, *iau_next, trunc), iau) if k == 0 and iau_next \
-                        else model.step6h()
+                    x_f = model.step6h_iau(iau_next, iau) if k == 0 and iau_next is not None else model.step6h()
                 truth48 = np.asarray(X[4 * t0_day - 1 + c + FORECAST_CYCLES], np.float64)
                 rec["fc48"] = area_rmse(x_f - truth48, lat)
                 rec["fc48_bands"] = band_rmse(x_f - truth48, lat)
@@ -1319,9 +1320,8 @@ def run(a, model: Model | None = None, log=print) -> str:
             if chooser is not None and chooser.mode == "forecast":
                 chooser.save_pending(os.path.join(folder, MIX_PENDING), c)
             if iau:
-                iau_pending = iau_next
-                if iau_pending is not None:
-                    save_iau_pending(os.path.join(folder, IAU_PENDING), c, *iau_pending)
+                iau_inc = iau_next
+                save_iau_pending(os.path.join(folder, IAU_PENDING), c, x_b, x_a)
             cycle = c
             if c % 4 == 0 or c == n_cycles or c <= 2:
                 log(f"{a.method}/{a.network} cycle {c}/{n_cycles} day {rec['day']} {rec['hour']:02d}Z: "

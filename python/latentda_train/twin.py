@@ -66,6 +66,14 @@ def options_in_force(folder: str) -> str:
     return C.options_text(o)
 
 
+def twin_options(folder: str, method: str) -> str:
+    """The options of a twin of run `folder`: its B in force (`options_in_force`), served by the host B operator of
+    `method` (`lda_brandomize`), with linear latent increments so that the analysis' B is the B drawn from."""
+    opts = C.parse_options(options_in_force(folder))
+    opts.update(b_operator=B_KIND[method], latent_increment="linear")
+    return C.options_text(opts)
+
+
 def run_shares(rows: list, variables: list) -> dict:
     """The run's own figures over `rows` (its scored cycles): % of cycles with the analysis worse than the
     background, mean analysis/background RMSE ratio, mean background RMSE."""
@@ -106,9 +114,7 @@ def twin(a, log=print) -> dict:
     if not rows:
         raise SystemExit(f"{folder}: no scored cycle from day {first} on")
     picks = [rows[int(i)] for i in np.linspace(0, len(rows) - 1, min(a.samples, len(rows))).round()]
-    opts = C.parse_options(options_in_force(folder))
-    opts.update(b_operator=B_KIND[method], latent_increment="linear")
-    options = C.options_text(opts)
+    options = twin_options(folder, method)
     lat, lon, sig = D.grid(a.data)
     X = C.Nature(a.data)
     st = CS.stations(lat, lon)
@@ -168,9 +174,7 @@ def scales(a, log=print) -> dict:
     x_b = model.step6h()
     t0_day = settings["start_day"] - settings["spinup_days"]
     err = x_b - np.asarray(C.Nature(a.data)[4 * t0_day + extra["cycle"]], np.float64)
-    opts = C.parse_options(options_in_force(folder))
-    opts.update(b_operator=B_KIND[settings["method"]], latent_increment="linear")
-    lda, host = C.context(a, C.options_text(opts), len(lat), len(lon))
+    lda, host = C.context(a, twin_options(folder, settings["method"]), len(lat), len(lon))
     try:
         host.load(x_b)
         lda.b_linearise()
