@@ -307,7 +307,10 @@ extern "C" {
  *   `ensemble_localisation_km`, `ensemble_localisation_model_km`, `ensemble_space` ("latent" | "model"),
  *   `adaptive_state` (a JSON file: online B sizing while cycling, read before and rewritten after each successful
  *   analysis), `adaptive_window`, `adaptive_bounds` (`[lo, hi]`), `adaptive_rule` ("innovation" | "desroziers"),
- *   `adaptive_per_variable`
+ *   `adaptive_per_variable`, `mix_candidates` (`[L1, L2, ...]`: the hybrid's latent share chosen online per
+ *   variable and band class while cycling), `mix_state` (its JSON file, with `<file>.fields` beside it), `mix_window`,
+ *   `mix_score` ("model": candidates forecast by the step model of `lda_set_step_model`; "persistence"),
+ *   `mix_lead_hours`
  *   (one `key = value` per line; see
  *   docs/coupling.md). Unknown keys are an error.
  * - `out`: receives the new context; must not be NULL. It is set to NULL on failure.

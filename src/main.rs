@@ -46,6 +46,7 @@ USAGE:
                    [--ensemble-localisation-km L] [--ensemble-localisation-model-km L] [--ensemble-space latent|model]
                    [--adaptive-state FILE] [--adaptive-window N] [--adaptive-bounds LO,HI]
                    [--adaptive-rule innovation|desroziers] [--adaptive-per-variable]
+                   [--mix-candidates L1,L2,... --mix-state FILE --mix-score persistence] [--mix-window N]
                    [--window-hours H] [--slot-hours H] [--error-growth-per-hour G] [--background-at HOURS=bg.nc ...]
   latentda demo <bundle> [--case CASE] [--obs obs.csv] [--obs4d obs4d.csv] [--output OUTDIR] [options as for analyse but --output-mode]
                    (3D-Var, L3DVar and hybrid on CASE/background.nc, scored against CASE/truth.nc, and L4DVar
@@ -187,6 +188,13 @@ impl Common {
                 }
                 "adaptive-rule" => o.adaptive_rule = latentda::var::desroziers::Estimate::parse(v).map_err(bad)?,
                 "adaptive-per-variable" => o.adaptive_per_variable = true,
+                "mix-candidates" => {
+                    o.mix_candidates = Some(v.split(',').map(|x| num(x.trim())).collect::<Result<Vec<f64>, _>>()?)
+                }
+                "mix-state" => o.mix_state = Some(v.clone()),
+                "mix-window" => o.mix_window = int(v)?,
+                "mix-score" => o.mix_score = latentda::var::options::MixScore::parse(v).map_err(bad)?,
+                "mix-lead-hours" => o.mix_lead_hours = num(v)?,
                 "verbose" => o.verbosity = 1,
                 _ => unreachable!("flag --{flag} is recorded by parse_common"),
             }
@@ -265,6 +273,11 @@ fn parse_common(common: &mut Common, arg: &Arg, parser: &mut lexopt::Parser) -> 
         "adaptive-window" => "adaptive-window",
         "adaptive-bounds" => "adaptive-bounds",
         "adaptive-rule" => "adaptive-rule",
+        "mix-candidates" => "mix-candidates",
+        "mix-state" => "mix-state",
+        "mix-window" => "mix-window",
+        "mix-score" => "mix-score",
+        "mix-lead-hours" => "mix-lead-hours",
         "adaptive-per-variable" => {
             common.flags.push(("adaptive-per-variable", String::new()));
             return Ok(true);
@@ -390,6 +403,9 @@ fn run() -> Result<ExitCode, CliError> {
     // The demo runs several methods on one case: one adaptive state file cannot size them all.
     if sub == "demo" && common.options.adaptive_state.is_some() {
         return Err(usage("adaptive_state is not for 'demo' (it runs several methods): use 'analyse', once per cycle"));
+    }
+    if sub == "demo" && common.options.mix_state.is_some() {
+        return Err(usage("mix_state is not for 'demo' (it runs several methods): use 'analyse', once per cycle"));
     }
     match sub.as_str() {
         "info" => cmd_info(&positional, &common),

@@ -26,6 +26,12 @@ The candidate analyses run in contexts of their own. With the library's adaptive
 each candidate reads a copy of the run's state file, taken before the run's analysis, so that it runs with the
 multipliers in force; the run's state is never written by a candidate. The cost is 2 K extra analyses per cycle for
 K candidates, each with half the observations.
+
+Mode "persistence" (`--choose-by persistence`) is mode "forecast" without the K forecasts: each candidate's 6 h
+forecast is taken as the run's own next background plus the candidate's analysis minus the run's analysis,
+F_k = B + (A_k - A), i.e. the difference between the analyses is assumed to persist over 6 h. It is what a host
+can afford that cannot run its model K extra times, and it is the test of whether the model's handling of the
+increment (what mode "forecast" sees) is what makes the forecast-scored choice better than the withheld one.
 """
 
 from __future__ import annotations
@@ -39,7 +45,8 @@ from . import crossval as CV
 
 CLASSES = tuple(CV.CLASSES)   # extratropics, tropics
 MIX_WINDOW = 12               # cycles (3 days) of withheld evidence behind each choice
-MODES = ("withheld", "forecast")
+MODES = ("withheld", "forecast", "persistence")
+NEXT_CYCLE_MODES = ("forecast", "persistence")   # scored on the next cycle's observations, with pending fields
 BAND_EDGE = 20.0              # as src/var/desroziers.rs: nh lat > 20, sh lat < -20, tropics the rest
 
 
@@ -171,6 +178,8 @@ class MixChooser:
         if self.pending is None:
             return {"mean_d": {}, "choice": self._choice_record(), "sources": dict(self.sources)}
         y, sig = obs[4], obs[5]
+        if self.mode == "persistence":   # pending holds A_k - A: the forecast is the background plus that
+            self.pending = [x_b + dx for dx in self.pending]
         (lda, _), _ = self.candidates[0]
         lda.set_obs(*obs)   # once: H is built once and applied to the background and every forecast
         miss = lambda x: ((y - lda.obs_h(len(y), x)) / sig) ** 2
@@ -186,8 +195,14 @@ class MixChooser:
         everything = np.ones(len(obs[0]), bool)
         self.pending = [forecast(self._analysed(k, x_b, obs, everything)) for k in range(len(self.names))]
 
+    def relative_to(self, x_a):
+        """Mode "persistence": after the run's own analysis x_a, keeps each candidate's A_k - x_a (`propose` was
+        given the identity as the forecast)."""
+        if self.mode == "persistence" and self.pending is not None:
+            self.pending = [p - x_a for p in self.pending]
+
     def save_pending(self, path: str, cycle: int):
-        """Mode "forecast": writes the candidates' forecasts made at `cycle` (atomically), or removes the file."""
+        """Modes "forecast" and "persistence": writes the candidates' pending fields (forecasts, or A_k - A) made at `cycle` (atomically), or removes the file."""
         if self.pending is None:
             if os.path.exists(path):
                 os.remove(path)

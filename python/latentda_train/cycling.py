@@ -945,7 +945,8 @@ def mix_shares(a) -> list:
 def run_name(a) -> str:
     """The run's folder name under OUT/<network>/: the method, "-lagged<K>" with a lagged ensemble, "-adaptive" for
     an adaptive B."""
-    name = a.method + (("-mixf" if getattr(a, "choose_by", "withheld") == "forecast" else "-mix") if mix_shares(a)
+    name = a.method + ({"forecast": "-mixf", "persistence": "-mixp"}.get(getattr(a, "choose_by", "withheld"), "-mix")
+                       if mix_shares(a)
                        else "")
     if getattr(a, "ensemble", "none") != "none":
         name += f"-{a.ensemble}{a.members}" + ("r" if getattr(a, "eda_recentre", False) else "") \
@@ -1182,7 +1183,7 @@ def run(a, model: Model | None = None, log=print) -> str:
                               lambda o: context(a, options_text(o), len(lat), len(lon)), adapt is not None
                               or ens_k or eda_k)
         lda_options = options_text(chooser.options())
-        if chooser.mode == "forecast":
+        if chooser.mode in CM.NEXT_CYCLE_MODES:
             chooser.load_pending(os.path.join(folder, MIX_PENDING), cycle)
     if a.method != "none":
         lda, host = context(a, lda_options, len(lat), len(lon))
@@ -1224,7 +1225,8 @@ def run(a, model: Model | None = None, log=print) -> str:
                         rec["mix"] = chooser.evaluate(x_b, obs, MIX_SEED + c)
                     else:
                         rec["mix"] = chooser.verify(x_b, obs, {lda.var_index(n): n for n in NAMES})
-                        chooser.propose(x_b, obs, lambda x_a: forecast6(model, x_b, x_a))
+                        chooser.propose(x_b, obs, (lambda x_a: x_a) if chooser.mode == "persistence"
+                                        else lambda x_a: forecast6(model, x_b, x_a))
                     rec["t_mix"] = time.time() - tm
                     chosen = options_text(chooser.options())
                     if chosen != lda_options:
@@ -1237,6 +1239,8 @@ def run(a, model: Model | None = None, log=print) -> str:
                     lda.set_ensemble(members)
                 lda.analyse(analysis_method(a))
                 x_a = host.state()
+                if chooser is not None:
+                    chooser.relative_to(x_a)
                 rep = lda.report()
                 qc = lda.obs_qc(len(obs[0]))
                 dyn_b, phys, step = model.current()
@@ -1317,7 +1321,7 @@ def run(a, model: Model | None = None, log=print) -> str:
                               "mix": chooser.state() if chooser else None,
                               # --adaptive-in-library: the library's state as of this cycle, for a resume
                               "adaptive_lib": Path(lib_state).read_text() if in_library else None})
-            if chooser is not None and chooser.mode == "forecast":
+            if chooser is not None and chooser.mode in CM.NEXT_CYCLE_MODES:
                 chooser.save_pending(os.path.join(folder, MIX_PENDING), c)
             if iau:
                 iau_inc = iau_next
@@ -1791,7 +1795,9 @@ def main(argv=None):
     ap.add_argument("--choose-by", default="withheld", choices=CM.MODES,
                     help="--choose-mix: withheld (each candidate analyses half of the columns, verified on the other "
                          "half) or forecast (each candidate analyses all; its 6 h forecast is verified against the next "
-                         "cycle's observations); folder prefix <method>-mixf for forecast")
+                         "cycle's observations) or persistence (as forecast, with the candidate's 6 h forecast taken as the "
+                         "run's next background plus its analysis minus the run's: no extra forecasts); folder prefix "
+                         "<method>-mixf for forecast, <method>-mixp for persistence")
     ap.add_argument("--choose-window", type=int, default=CM.MIX_WINDOW,
                     help="--choose-mix: cycles of withheld evidence pooled (default 12, 3 days)")
     a = ap.parse_args(argv)

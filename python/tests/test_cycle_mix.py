@@ -119,6 +119,8 @@ def test_run_name_and_settings_of_a_mix_run():
                                               "by": "withheld"}
     a.choose_by = "forecast"
     assert C.run_name(a) == "hybrid-mixf-adaptive-pv-sq-lib"
+    a.choose_by = "persistence"
+    assert C.run_name(a) == "hybrid-mixp-adaptive-pv-sq-lib"
     # increments truncated before they enter the model: named and recorded, refused with a chooser (in run())
     a.choose_mix, a.increment_truncation = None, 21
     assert C.run_name(a) == "hybrid-t21-adaptive-pv-sq-lib"
@@ -197,6 +199,32 @@ def test_forecast_mode_scores_the_candidates_next_cycle(lib, tmp_path):
                     continue
                 assert all(x < 0 for x in d.values()), (v, c, d)
                 assert CM.share_name(rec["choice"][v][c]) == min(d, key=d.get), (v, c, d)
+    finally:
+        ch.close()
+
+
+def test_persistence_mode_scores_background_plus_analysis_difference(lib, tmp_path):
+    """Mode persistence: the pending fields are A_k - A of the run's analysis A, and the forecast scored at the next
+    cycle is B + (A_k - A). With B = A (a perfect 6 h persistence of the run's analysis) that is the forecast mode
+    with persistence as the model: the same scores and choice."""
+    xb = CS.read_state(os.path.join(SAMPLE, "background.nc"))
+    ch = chooser(lib, tmp_path, [0.7, 0.0], xb_shape=xb.shape[1:], mode="persistence")
+    try:
+        (lda0, host0), _ = ch.candidates[0]
+        obs = sample_obs(lda0)
+        names = {lda0.var_index(v): v for v in C.NAMES}
+        ch.propose(xb, obs, lambda x_a: x_a.copy())
+        analyses = [x.copy() for x in ch.pending]
+        x_a = 0.5 * (analyses[0] + analyses[1])   # a run whose mix lies between the two candidates
+        ch.relative_to(x_a)
+        assert all(np.allclose(p, a - x_a) for p, a in zip(ch.pending, analyses))
+        rec = ch.verify(x_a, obs, names)
+        ch.mode, ch.pending, ch.history = "forecast", analyses, []
+        ref = ch.verify(x_a, obs, names)
+        assert rec["choice"] == ref["choice"]
+        for n in rec["mean_d"]:
+            for key, d in rec["mean_d"][n].items():
+                assert (d is None and ref["mean_d"][n][key] is None) or d == pytest.approx(ref["mean_d"][n][key])
     finally:
         ch.close()
 

@@ -523,7 +523,9 @@ impl HostContext {
             let model = self.step_model.as_mut().map(|s| s as &mut dyn StepModel);
             self.analyser.analyse_4d(&x_b, &self.obs, mode, FourD { backgrounds: Vec::new(), model })?
         } else {
-            self.analyser.analyse(&x_b, &self.obs, m)?
+            // the host's model forecasts the online mix's candidates (mix_score = "model")
+            let model = self.step_model.as_mut().map(|s| s as &mut dyn StepModel);
+            self.analyser.analyse_cycling(&x_b, &self.obs, m, model)?
         };
         if !self.withheld.is_empty() {
             // before anything is written back: a failure here leaves the host arrays untouched

@@ -333,15 +333,18 @@ impl Analyser {
         self.adaptive_deferred = on;
         if !on {
             self.adaptive_pending = None;
+            self.mix_write = None;
         }
     }
 
     /// Writes the state of the last successful analysis, when its commit was deferred (nothing to do otherwise).
+    /// The `mix_state` files of that analysis follow ([`crate::var::mix`]).
     pub fn commit_adaptive_state(&mut self) -> Result<()> {
         match self.adaptive_pending.take() {
-            Some((path, text)) => write_atomic(&path, &text),
-            None => Ok(()),
+            Some((path, text)) => write_atomic(&path, &text)?,
+            None => (),
         }
+        self.commit_mix_state()
     }
 
     /// The B of the host's options, before any multiplier.

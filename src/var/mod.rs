@@ -13,6 +13,7 @@ pub mod guards;
 mod lanczos;
 mod lmp;
 pub mod members;
+pub mod mix;
 pub mod options;
 pub mod pipeline;
 pub mod report;

@@ -56,6 +56,12 @@
 //! adaptive_bounds = [0.05, 4.0]    # bounds of every multiplier, relative to the B of these options
 //! adaptive_rule = "innovation" # H B H^T estimate: "innovation" (E[d_b^2] - R) or "desroziers" (E[(Hx_a - Hx_b) d_b])
 //! adaptive_per_variable = false    # hybrid: one multiplier per variable and band class (extratropics, tropics)
+//! mix_candidates = [0.7, 0.9, 0.4, 0.0]  # hybrid: choose each variable's latent share per band class while cycling
+//!                              #   (crate::var::mix) among these; the first is used until there is evidence
+//! mix_state = "cycle/mix.json" # its state file (and mix.json.fields beside it), needed with mix_candidates
+//! mix_window = 12              # cycles of evidence behind each choice
+//! mix_score = "model"          # candidates forecast by the host's step model (lda_set_step_model), or "persistence"
+//! mix_lead_hours = 6.0         # "model": hours each candidate is forecast (the cycle length)
 //! ```
 
 use serde::Deserialize;
@@ -71,6 +77,9 @@ pub const DEFAULT_ENSEMBLE_GAMMA: f64 = 0.5;
 /// Default cycles in the window of the online B sizing (`adaptive_window`): two days of 6 h cycles, which beat one
 /// day in the dense-network cycling runs (README, "Cycling experiment").
 pub const DEFAULT_ADAPTIVE_WINDOW: usize = 8;
+
+/// Default cycles of evidence behind each choice of the online mix (`mix_window`): three days of 6 h cycles.
+pub const DEFAULT_MIX_WINDOW: usize = 12;
 
 /// Default bounds of every multiplier of the online B sizing (`adaptive_bounds`), relative to the options' B.
 pub const DEFAULT_ADAPTIVE_BOUNDS: [f64; 2] = [0.05, 4.0];
@@ -296,6 +305,35 @@ impl EnsembleSpace {
     }
 }
 
+/// How the online mix carries each candidate's analysis to the next cycle (option `mix_score`,
+/// [`crate::var::mix`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MixScore {
+    /// The host's step model (`lda_set_step_model`) forecasts each candidate's analysis `mix_lead_hours` ahead
+    /// (default).
+    Model,
+    /// No forecast: the candidate's analysis minus the one used is taken to persist, F_k = x_b + (A_k - A).
+    Persistence,
+}
+
+impl MixScore {
+    /// Parses `model` or `persistence`.
+    pub fn parse(s: &str) -> Result<MixScore> {
+        match s {
+            "model" => Ok(MixScore::Model),
+            "persistence" => Ok(MixScore::Persistence),
+            _ => Err(Error::arg(format!("mix_score '{s}' is not known (use 'model' or 'persistence')"))),
+        }
+    }
+    /// Name used in options.
+    pub fn name(self) -> &'static str {
+        match self {
+            MixScore::Model => "model",
+            MixScore::Persistence => "persistence",
+        }
+    }
+}
+
 /// Option enums deserialise from their option string through their own `parse`, so a bad value gets the same
 /// message from a TOML file, the C ABI's options string and the CLI.
 macro_rules! option_enum_from_string {
@@ -317,7 +355,8 @@ option_enum_from_string!(
     LatentForm,
     SigmaB,
     EnsembleSpace,
-    Estimate
+    Estimate,
+    MixScore
 );
 
 /// All options, with defaults.
@@ -441,6 +480,22 @@ pub struct Options {
     pub adaptive_rule: Estimate,
     /// Hybrid: one multiplier per bundle variable and band class (extratropics, tropics) instead of one scalar.
     pub adaptive_per_variable: bool,
+    /// Method hybrid while cycling ([`crate::var::mix`]): candidate latent shares L in [0, 1] (alpha = L S, beta =
+    /// (1 - L) S per variable and band class, S = alpha + beta in force), one chosen per variable and class from
+    /// how each candidate's analysis fitted the next cycle's observations. The first is the choice until there is
+    /// evidence. Unset (default): the weights of the options.
+    pub mix_candidates: Option<Vec<f64>>,
+    /// The online mix's state file (JSON, with the candidates' pending fields in `<file>.fields`), read before and
+    /// rewritten after each successful analysis; required with `mix_candidates`.
+    pub mix_state: Option<String>,
+    /// Cycles of evidence pooled behind each choice of the online mix (>= 1; default [`DEFAULT_MIX_WINDOW`]).
+    pub mix_window: usize,
+    /// How the online mix carries each candidate to the next cycle: the host's step model (`Model`, default) or
+    /// persistence of the difference between the analyses (`Persistence`, no forecast).
+    pub mix_score: MixScore,
+    /// `mix_score = "model"`: hours each candidate is forecast, the host's cycle length (a multiple of the step
+    /// model's time step; default 6).
+    pub mix_lead_hours: f64,
 }
 
 impl Default for Options {
@@ -490,6 +545,11 @@ impl Default for Options {
             adaptive_bounds: DEFAULT_ADAPTIVE_BOUNDS,
             adaptive_rule: Estimate::Innovation,
             adaptive_per_variable: false,
+            mix_candidates: None,
+            mix_state: None,
+            mix_window: DEFAULT_MIX_WINDOW,
+            mix_score: MixScore::Model,
+            mix_lead_hours: 6.0,
         }
     }
 }
@@ -579,6 +639,7 @@ impl Options {
                 ));
             }
         }
+        crate::var::mix::check_options(self)?;
         if self.hybrid_variables.as_ref().is_some_and(|v| v.is_empty()) {
             return Err(Error::arg("hybrid_variables is empty (name at least one variable, or omit the key)"));
         }

@@ -45,25 +45,57 @@ impl Analyser {
         if method == Method::L4dvar {
             return self.analyse_4d(x_b, obs, mode, FourD::default());
         }
-        self.run(x_b, obs, mode, &mut ThreeD::new(method, mode)?)
+        self.run(x_b, obs, mode, &mut ThreeD::new(method, mode)?, None)
+    }
+
+    /// [`Analyser::analyse`] for a host that cycles with its own forecast model: `model` is what option
+    /// `mix_score = "model"` forecasts the online mix's candidates with ([`crate::var::mix`]); without
+    /// `mix_candidates` it is not used.
+    pub fn analyse_cycling(
+        &mut self,
+        x_b: &[f64],
+        obs: &[Observation],
+        method: Method,
+        model: Option<&mut dyn crate::model::forecast::StepModel>,
+    ) -> Result<Analysis> {
+        let mode = self.options.output;
+        if method == Method::L4dvar {
+            return self.analyse_4d(x_b, obs, mode, FourD::default());
+        }
+        self.run(x_b, obs, mode, &mut ThreeD::new(method, mode)?, model)
     }
 
     /// Latent 4D-Var (method `l4dvar`): observations at their own times (`Observation::time`, hours from the
     /// analysis time `x_b` is valid at) through the bundle's step model or a host's (`fourd.model`). See
     /// [`crate::var::fourd`]. Output modes `analysis` and `increment` (at the analysis time).
     pub fn analyse_4d(&mut self, x_b: &[f64], obs: &[Observation], mode: OutputMode, fourd: FourD) -> Result<Analysis> {
-        self.run(x_b, obs, mode, &mut FourDFormulation::new(mode, fourd)?)
+        self.run(x_b, obs, mode, &mut FourDFormulation::new(mode, fourd)?, None)
     }
 
     /// The pipeline with the B sized by option `adaptive_state` when it is set ([`crate::var::adaptive`]).
-    fn run(&mut self, x_b: &[f64], obs: &[Observation], mode: OutputMode, f: &mut dyn Formulation) -> Result<Analysis> {
+    /// and with the hybrid's mix chosen online when `mix_candidates` is set ([`crate::var::mix`]); the mix state is
+    /// written after the adaptive one (or with it, when deferred).
+    fn run(
+        &mut self,
+        x_b: &[f64],
+        obs: &[Observation],
+        mode: OutputMode,
+        f: &mut dyn Formulation,
+        model: Option<&mut dyn crate::model::forecast::StepModel>,
+    ) -> Result<Analysis> {
         let method = f.method();
-        self.with_adaptive_b(method, |a| a.run_once(x_b, obs, mode, f))
+        let res = self.with_adaptive_b(method, |a| a.with_mix(x_b, obs, mode, f, model));
+        if res.is_err() {
+            self.mix_write = None;
+        } else if !self.adaptive_deferred {
+            self.commit_mix_state()?;
+        }
+        res
     }
 
     /// The pipeline (module documentation). Nothing is returned, and no input is changed, unless every step and
     /// every guard passed.
-    fn run_once(
+    pub(crate) fn run_once(
         &mut self,
         x_b: &[f64],
         obs: &[Observation],

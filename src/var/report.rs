@@ -236,6 +236,10 @@ pub struct Report {
     /// Online B sizing (option `adaptive_state`): the multipliers this analysis ran with and those of the next.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub adaptive: Option<AdaptiveInfo>,
+    /// Online mix (option `mix_candidates`): the latent shares this analysis ran with, the scores of the last
+    /// cycle's candidates and the shares of the next analysis.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mix: Option<crate::var::mix::MixInfo>,
     /// The known-answer self-test run when the bundle was opened (status, cost, differences per graph).
     pub self_test: crate::model::selftest::SelfTest,
     /// Timings.
@@ -414,6 +418,24 @@ impl Report {
                     format!("; next per variable (extratropics/tropics):{}", vars(&a.variable_multipliers_next))
                 },
                 if a.notes.is_empty() { String::new() } else { format!(" [{}]", a.notes.join("; ")) }
+            );
+        }
+        if let Some(m) = &self.mix {
+            let shares = |c: &std::collections::BTreeMap<String, [f64; 2]>| {
+                c.iter().map(|(v, [x, t])| format!(" {v} {x}/{t}")).collect::<String>()
+            };
+            let _ = writeln!(
+                s,
+                "mix ({}, window {}/{}, cycle {}, candidates {:?}, {:.2} s): latent share (extratropics/tropics){}; next{}{}",
+                m.state,
+                m.window_filled,
+                m.window,
+                m.cycles,
+                m.candidates,
+                m.candidates_s,
+                shares(&m.choice),
+                shares(&m.choice_next),
+                if m.notes.is_empty() { String::new() } else { format!(" [{}]", m.notes.join("; ")) }
             );
         }
         let t = &self.timings;

@@ -76,6 +76,7 @@ impl Analyser {
         let mut o = saved.clone();
         o.latent_increment = Some(LatentForm::Linear);
         o.adaptive_state = None;
+        (o.mix_candidates, o.mix_state) = (None, None);
         self.set_options(o)?;
         let out = self.twin_samples(x_b, obs, method, kind, samples, seed);
         self.set_options(saved)?;

@@ -1,0 +1,373 @@
+//! The hybrid's mix chosen online while cycling (options `mix_candidates`, `mix_state`, src/var/mix.rs) on the
+//! linear fixture, in a cycle whose model is persistence (the next background is the analysis), so that the scheme's
+//! forecast F_k = x_b + (A_k - A) is each candidate's exact forecast: the scores are the closed form, the analysis
+//! runs with the chosen shares, errors drawn from the static B make the cycle choose the static part, one context
+//! per cycle chooses as one context for the run, and failures change neither the state nor the options.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use latentda::model::forecast::StepModel;
+use latentda::numeric::Rng;
+use latentda::obs::operator::ObsOperator;
+use latentda::obs::{Observation, QcFlag};
+use latentda::var::mix::{fields_path, MixState};
+use latentda::var::options::BKind;
+use latentda::var::withheld::Withheld;
+use latentda::{Analyser, Method, Options};
+
+const EXACT: &str = "outer_loops = 1\nmax_inner = 400\ngradient_reduction = 1e-10\nbg_check = 1e6\n";
+const WEIGHTS: &str = "hybrid_alpha = 0.7\nhybrid_beta = 0.3\n";
+
+fn open(options: &str) -> Analyser {
+    Analyser::open(fixture("linear"), Options::from_toml(&format!("{EXACT}{options}")).unwrap()).unwrap()
+}
+
+/// Options of the online mix scored by persistence (the cycle's model here).
+fn mix_options(dir: &Path, candidates: &str, extra: &str) -> String {
+    format!(
+        "{WEIGHTS}mix_candidates = {candidates}\nmix_state = \"{}\"\nmix_score = \"persistence\"\n{extra}",
+        dir.join("mix.json").display()
+    )
+}
+
+/// A step model of `dt` hours: x_next = c + r (x - c) (r = 1: the identity, the cycle's own model here).
+struct Relax {
+    c: Vec<f64>,
+    r: f64,
+    dt: f64,
+    calls: usize,
+}
+
+impl StepModel for Relax {
+    fn state_len(&self) -> usize {
+        self.c.len()
+    }
+    fn time_step_hours(&self) -> f64 {
+        self.dt
+    }
+    fn describe(&self) -> String {
+        "test relaxation".into()
+    }
+    fn step(&mut self, x: &[f64], x_next: &mut [f64]) -> latentda::Result<()> {
+        self.calls += 1;
+        x_next.iter_mut().zip(x.iter().zip(&self.c)).for_each(|(o, (x, c))| *o = c + self.r * (x - c));
+        Ok(())
+    }
+    fn tl(&mut self, _: &[f64], dx: &[f64], dx_next: &mut [f64]) -> latentda::Result<()> {
+        dx_next.iter_mut().zip(dx).for_each(|(o, d)| *o = self.r * d);
+        Ok(())
+    }
+    fn ad(&mut self, _: &[f64], dx_next: &[f64], dx: &mut [f64]) -> latentda::Result<()> {
+        dx.iter_mut().zip(dx_next).for_each(|(o, d)| *o = self.r * d);
+        Ok(())
+    }
+}
+
+/// A fixed truth: the fixture's background plus one draw of the B of `truth`, and observations of it with fresh
+/// noise every cycle.
+struct Truth {
+    xb0: Vec<f64>,
+    xt: Vec<f64>,
+    obs0: Vec<Observation>,
+    h: ObsOperator,
+    rng: Rng,
+}
+
+impl Truth {
+    fn new(truth: &str, kind: BKind, seed: u64) -> Truth {
+        let mut t = open(truth);
+        let xb0 = linear_background(&t);
+        let obs0 = linear_grid_obs(&t, 1.0);
+        let mut flags = vec![QcFlag::Used; obs0.len()];
+        let h = ObsOperator::build(&t.bundle.layout, &obs0, &mut flags);
+        let z = t.encode_background(&xb0).unwrap();
+        t.prepare_b(kind, Some(&z)).unwrap();
+        let mut rng = Rng::new(seed);
+        let mut dx = vec![0.0; xb0.len()];
+        t.with_b(kind, |op, ae| {
+            let v = rng.normals(op.control_size());
+            op.sqrt(ae, &v, &mut dx)
+        })
+        .unwrap();
+        let xt = xb0.iter().zip(&dx).map(|(b, d)| b + d).collect();
+        Truth { xb0, xt, obs0, h, rng }
+    }
+
+    fn obs(&mut self) -> Vec<Observation> {
+        let mut hxt = vec![0.0; self.h.nrows()];
+        self.h.apply(&self.xt, &mut hxt);
+        let mut obs = self.obs0.clone();
+        for (r, &i) in self.h.rows.iter().enumerate() {
+            obs[i].value = hxt[r] + self.obs0[i].sigma * self.rng.normal();
+        }
+        obs
+    }
+}
+
+fn rms_error(x: &[f64], t: &[f64]) -> f64 {
+    (x.iter().zip(t).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / x.len() as f64).sqrt()
+}
+
+#[test]
+fn first_cycle_is_the_options_hybrid_and_the_next_scores_each_candidate_in_closed_form() {
+    let dir = scratch("mix_closed_form");
+    let mut truth = Truth::new(WEIGHTS, BKind::Hybrid, 71);
+    let mut a = open(&mix_options(&dir, "[0.7, 1.0, 0.0]", ""));
+    let mut plain = open(WEIGHTS);
+    let obs1 = truth.obs();
+    let xb = truth.xb0.clone();
+    let an1 = a.analyse(&xb, &obs1, Method::Hybrid).unwrap();
+    // the first candidate is the options' share (0.7 of alpha + beta = 1): the plain hybrid, to the rounding of
+    // beta = (1 - 0.7) x 1
+    let ref1 = plain.analyse(&xb, &obs1, Method::Hybrid).unwrap();
+    let d = max_rel_diff(&an1.analysis, &ref1.analysis);
+    assert!(d < 1e-12, "first cycle differs from the plain hybrid by {d:e}");
+    let info = an1.report.mix.clone().unwrap();
+    assert!(info.scored.is_empty() && info.window_filled == 0 && info.cycles == 1);
+    assert_eq!(info.choice["u"], [0.7, 0.7]);
+    // the state and its fields: A_k - A per candidate, the first exactly 0
+    let path = dir.join("mix.json");
+    let state: MixState = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(state.pending, Some(1));
+    let n = xb.len();
+    assert_eq!(std::fs::metadata(fields_path(&path)).unwrap().len() as usize, 32 + 8 * 3 * n);
+    // the candidates' own analyses, for the closed form
+    let cand: Vec<Vec<f64>> = [(1.0, 0.0), (0.0, 1.0)]
+        .iter()
+        .map(|(al, be)| {
+            let mut c = open(&format!("hybrid_alpha = {al}\nhybrid_beta = {be}\n"));
+            c.analyse(&xb, &obs1, Method::Hybrid).unwrap().analysis
+        })
+        .collect();
+    // cycle 2, persistence: x_b = A; F_k = A_k, scored against new observations as withheld ones
+    let obs2 = truth.obs();
+    let an2 = a.analyse(&an1.analysis, &obs2, Method::Hybrid).unwrap();
+    let info = an2.report.mix.clone().unwrap();
+    assert_eq!(info.window_filled, 1);
+    for (name, f) in [("L0.7", &an1.analysis), ("L1", &cand[0]), ("L0", &cand[1])] {
+        let w = Withheld::evaluate(&a.bundle.layout, &obs2, &an1.analysis, f, &[]).unwrap();
+        for v in ["u", "t", "ps"] {
+            let (nn, s) = ["nh", "sh"]
+                .iter()
+                .filter_map(|b| w.cell(v, b))
+                .fold((0usize, 0.0), |(nn, s), c| (nn + c.n, s + c.sum_d));
+            let got = info.scored[name][&format!("{v}/extratropics")];
+            let want = s / nn as f64;
+            assert!((got - want).abs() <= 1e-9 * want.abs().max(1e-12), "{name} {v}: {got} vs {want}");
+            if name == "L0.7" {
+                assert_eq!(got, 0.0, "the candidate that is the analysis used scores 0");
+            }
+        }
+    }
+    // the choice is the lowest mean d, and the next analysis runs with it: alpha = L S, beta = (1 - L) S
+    let best = |key: &str| {
+        ["L0.7", "L1", "L0"]
+            .iter()
+            .min_by(|x, y| info.scored[**x][key].total_cmp(&info.scored[**y][key]))
+            .map(|s| s[1..].parse::<f64>().unwrap())
+            .unwrap()
+    };
+    assert_eq!(info.choice_next["u"][0], best("u/extratropics"));
+    let an3 = a.analyse(&an2.analysis, &truth.obs(), Method::Hybrid).unwrap();
+    let w = an3.report.desroziers.as_ref().unwrap().b_in_force.hybrid_weights.clone();
+    let l = info.choice_next["u"][0];
+    let wu = w.map_or([0.7, 0.3, 0.7, 0.3], |w| w["u"]);
+    assert!((wu[0] - l).abs() < 1e-12 && (wu[1] - (1.0 - l)).abs() < 1e-12, "u weights {wu:?}, share {l}");
+    assert_eq!(an3.report.mix.unwrap().choice["u"][0], l);
+}
+
+#[test]
+fn errors_of_the_static_b_make_the_cycle_choose_the_static_part_and_it_beats_the_fixed_mix() {
+    // A truth drawn from the static B alone; a persistence cycle of 8 analyses with candidates latent only (first,
+    // so in force until there is evidence) and static only: the observed variables must move to the static part,
+    // and the cycle must end closer to the truth than one that keeps the latent part.
+    let dir = scratch("mix_static_truth");
+    let mut truth = Truth::new("hybrid_alpha = 0.0\nhybrid_beta = 1.0\n", BKind::Hybrid, 73);
+    let mut a = open(&mix_options(&dir, "[1.0, 0.0]", ""));
+    let mut fixed = open("hybrid_alpha = 1.0\nhybrid_beta = 0.0\n");
+    let (mut x, mut xf) = (truth.xb0.clone(), truth.xb0.clone());
+    let mut last = None;
+    for _ in 0..8 {
+        let obs = truth.obs();
+        let an = a.analyse(&x, &obs, Method::Hybrid).unwrap();
+        x = an.analysis;
+        xf = fixed.analyse(&xf, &obs, Method::Hybrid).unwrap().analysis;
+        last = an.report.mix;
+    }
+    let info = last.unwrap();
+    eprintln!("choice {:?}, sources {:?}", info.choice_next, info.sources);
+    for v in ["u", "t", "ps"] {
+        assert_eq!(info.choice_next[v][0], 0.0, "{v}: {:?}", info.choice_next);
+    }
+    let (e_mix, e_fixed) = (rms_error(&x, &truth.xt), rms_error(&xf, &truth.xt));
+    eprintln!("final error: mix {e_mix:.4}, latent only {e_fixed:.4}");
+    assert!(e_mix < e_fixed, "mix {e_mix} vs latent only {e_fixed}");
+}
+
+#[test]
+fn a_context_per_cycle_chooses_as_one_context_for_the_run() {
+    let (d1, d2) = (scratch("mix_one_context"), scratch("mix_context_per_cycle"));
+    let mut truth = Truth::new(WEIGHTS, BKind::Hybrid, 79);
+    let obs: Vec<Vec<Observation>> = (0..4).map(|_| truth.obs()).collect();
+    let mut one = open(&mix_options(&d1, "[0.7, 0.0]", ""));
+    let (mut x1, mut x2) = (truth.xb0.clone(), truth.xb0.clone());
+    for o in &obs {
+        x1 = one.analyse(&x1, o, Method::Hybrid).unwrap().analysis;
+        let mut per = open(&mix_options(&d2, "[0.7, 0.0]", ""));
+        x2 = per.analyse(&x2, o, Method::Hybrid).unwrap().analysis;
+    }
+    assert_eq!(x1, x2);
+    let s = |d: &Path| std::fs::read_to_string(d.join("mix.json")).unwrap().replace(&d.display().to_string(), "");
+    assert_eq!(s(&d1), s(&d2));
+}
+
+#[test]
+fn failures_change_neither_the_state_nor_the_options_and_wrong_files_are_named() {
+    let dir = scratch("mix_failures");
+    let path = dir.join("mix.json");
+    let mut truth = Truth::new(WEIGHTS, BKind::Hybrid, 83);
+    let mut a = open(&mix_options(&dir, "[0.7, 0.0]", ""));
+    let xb = truth.xb0.clone();
+    let obs = truth.obs();
+    a.analyse(&xb, &obs, Method::Hybrid).unwrap();
+    let (before, fields) = (std::fs::read(&path).unwrap(), std::fs::read(fields_path(&path)).unwrap());
+    let opts = format!("{:?}", a.options());
+    // a failing analysis: neither file changes, the options are the host's
+    let mut bad = xb.clone();
+    bad[3] = f64::NAN;
+    assert!(a.analyse(&bad, &obs, Method::Hybrid).is_err());
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    assert_eq!(std::fs::read(fields_path(&path)).unwrap(), fields);
+    assert_eq!(format!("{:?}", a.options()), opts);
+    // another method has no mix
+    let e = a.analyse(&xb, &obs, Method::L3dvar).unwrap_err().to_string();
+    assert!(e.contains("mix_candidates") && e.contains("'l3dvar'"), "{e}");
+    // a state of other candidates is named, not overwritten
+    let mut other = open(&mix_options(&dir, "[0.7, 0.4]", ""));
+    let e = other.analyse(&xb, &obs, Method::Hybrid).unwrap_err().to_string();
+    assert!(e.contains("mix.json") && e.contains("mix_candidates"), "{e}");
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    // ensemble members: refused
+    let mut en = open(&mix_options(&dir, "[0.7, 0.0]", ""));
+    let members = (0..2).map(|k| xb.iter().map(|x| x * (1.0 + 1e-3 * (k as f64 + 1.0))).collect()).collect();
+    en.set_ensemble(members).unwrap();
+    let e = en.analyse(&xb, &obs, Method::Hybrid).unwrap_err().to_string();
+    assert!(e.contains("ensemble members"), "{e}");
+    // fields of another cycle (a crash between the two writes): noted, nothing scored, the analysis stands
+    let mut f = fields.clone();
+    f[8] ^= 1;
+    std::fs::write(fields_path(&path), &f).unwrap();
+    let an = a.analyse(&xb, &obs, Method::Hybrid).unwrap();
+    let info = an.report.mix.unwrap();
+    assert!(info.scored.is_empty() && info.notes.iter().any(|n| n.contains("cycle")), "{:?}", info.notes);
+    // a damaged state is named, not overwritten
+    std::fs::write(&path, "{ not json").unwrap();
+    let e = a.analyse(&xb, &obs, Method::Hybrid).unwrap_err().to_string();
+    assert!(e.contains("mix.json") && e.contains("not a latentda mix state file"), "{e}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "{ not json");
+}
+
+#[test]
+fn the_cli_writes_the_state_with_its_outputs() {
+    let dir = scratch("mix_cli");
+    let sample = fixture("linear").join("sample");
+    let state = dir.join("m.json");
+    let out = dir.join("an.nc");
+    let (rc, stdout, stderr) = cli(&[
+        "analyse",
+        "--bundle",
+        fixture("linear").to_str().unwrap(),
+        "--background",
+        sample.join("background.nc").to_str().unwrap(),
+        "--obs",
+        sample.join("obs.csv").to_str().unwrap(),
+        "--method",
+        "hybrid",
+        "--mix-candidates",
+        "0.7,0.2",
+        "--mix-state",
+        state.to_str().unwrap(),
+        "--mix-score",
+        "persistence",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(rc, 0, "{stdout}\n{stderr}");
+    assert!(out.exists() && state.exists() && fields_path(&state).exists());
+    assert!(stdout.contains("mix (") || stderr.contains("mix ("), "{stdout}\n{stderr}");
+    let (rc, _, stderr) = cli(&[
+        "analyse",
+        "--bundle",
+        fixture("linear").to_str().unwrap(),
+        "--background",
+        sample.join("background.nc").to_str().unwrap(),
+        "--obs",
+        sample.join("obs.csv").to_str().unwrap(),
+        "--mix-candidates",
+        "0.7,2",
+        "--mix-state",
+        state.to_str().unwrap(),
+    ]);
+    assert_eq!(rc, 2, "{stderr}");
+    assert!(stderr.contains("mix_candidates") && stderr.contains('2'), "{stderr}");
+}
+
+#[test]
+fn scored_by_the_host_model_each_candidate_is_its_forecast_and_persistence_is_the_identity_model() {
+    // 1. With the identity as the host's model (two 3 h steps per 6 h cycle) and a cycle whose next background is the
+    //    analysis, mix_score = "model" forecasts F_k = A_k, which is what persistence gives: same analyses, same
+    //    state but for its score name.
+    let (dp, dm) = (scratch("mix_score_persistence"), scratch("mix_score_model"));
+    let mut truth = Truth::new(WEIGHTS, BKind::Hybrid, 89);
+    let obs: Vec<Vec<Observation>> = (0..4).map(|_| truth.obs()).collect();
+    let mut pers = open(&mix_options(&dp, "[0.7, 1.0, 0.0]", ""));
+    let mut with_model = open(&mix_options(&dm, "[0.7, 1.0, 0.0]", "").replace("persistence", "model"));
+    let mut id = Relax { c: vec![0.0; truth.xb0.len()], r: 1.0, dt: 3.0, calls: 0 };
+    let (mut xp, mut xm) = (truth.xb0.clone(), truth.xb0.clone());
+    for o in &obs {
+        xp = pers.analyse(&xp, o, Method::Hybrid).unwrap().analysis;
+        xm = with_model.analyse_cycling(&xm, o, Method::Hybrid, Some(&mut id)).unwrap().analysis;
+        let d = max_rel_diff(&xp, &xm);
+        assert!(d < 1e-12, "model (identity) vs persistence: {d:e}");
+    }
+    assert_eq!(id.calls, 4 * 3 * 2, "3 candidates x 2 steps per cycle");
+    let st =
+        |d: &Path| serde_json::from_str::<MixState>(&std::fs::read_to_string(d.join("mix.json")).unwrap()).unwrap();
+    let (sp, sm) = (st(&dp), st(&dm));
+    assert_eq!((sp.score.as_str(), sm.score.as_str()), ("persistence", "model"));
+    assert_eq!(sp.choice, sm.choice);
+    // 2. A model that is not the identity: the scores are those of its forecasts of the candidates' analyses.
+    let dr = scratch("mix_score_relax");
+    let mut a = open(&mix_options(&dr, "[0.7, 0.0]", "mix_lead_hours = 12.0").replace("persistence", "model"));
+    let mut relax = Relax { c: truth.xb0.clone(), r: 0.8, dt: 6.0, calls: 0 };
+    let x0 = truth.xb0.clone();
+    let an1 = a.analyse_cycling(&x0, &obs[0], Method::Hybrid, Some(&mut relax)).unwrap();
+    let mut c0 = open("hybrid_alpha = 0.0\nhybrid_beta = 1.0\n");
+    let a0 = c0.analyse(&x0, &obs[0], Method::Hybrid).unwrap().analysis;
+    let fc = |x: &[f64]| x.iter().zip(&x0).map(|(x, c)| c + 0.64 * (x - c)).collect::<Vec<f64>>();
+    let x_b2 = fc(&an1.analysis);
+    let info = a.analyse_cycling(&x_b2, &obs[1], Method::Hybrid, Some(&mut relax)).unwrap().report.mix.unwrap();
+    for (name, f) in [("L0.7", fc(&an1.analysis)), ("L0", fc(&a0))] {
+        let w = Withheld::evaluate(&a.bundle.layout, &obs[1], &x_b2, &f, &[]).unwrap();
+        let (n, s) =
+            ["nh", "sh"].iter().filter_map(|b| w.cell("t", b)).fold((0, 0.0), |(n, s), c| (n + c.n, s + c.sum_d));
+        let (got, want) = (info.scored[name]["t/extratropics"], s / n as f64);
+        // d is normalised by sigma_o^2: 1e-9 absolute is far below any difference between candidates
+        assert!((got - want).abs() <= 1e-9 * want.abs().max(1.0), "{name}: {got} vs {want}");
+    }
+    // 3. no model, or a lead that is not a whole number of its steps: errors that say so, the state unchanged
+    let before = std::fs::read(dr.join("mix.json")).unwrap();
+    let e = a.analyse(&x_b2, &obs[2], Method::Hybrid).unwrap_err().to_string();
+    assert!(e.contains("mix_score") && e.contains("lda_set_step_model"), "{e}");
+    let mut odd = Relax { c: x0.clone(), r: 0.8, dt: 5.0, calls: 0 };
+    let e = a.analyse_cycling(&x_b2, &obs[2], Method::Hybrid, Some(&mut odd)).unwrap_err().to_string();
+    assert!(e.contains("mix_lead_hours = 12") && e.contains("5 h"), "{e}");
+    assert_eq!(std::fs::read(dr.join("mix.json")).unwrap(), before);
+    // a state of the other score is named
+    let mut p2 = open(&mix_options(&dr, "[0.7, 0.0]", ""));
+    let e = p2.analyse(&x_b2, &obs[2], Method::Hybrid).unwrap_err().to_string();
+    assert!(e.contains("mix.json") && e.contains("mix_score 'model'"), "{e}");
+}
