@@ -132,6 +132,7 @@ import ctypes
 import json
 from pathlib import Path
 import os
+import sys
 import time
 
 import numpy as np
@@ -290,6 +291,33 @@ class Latentda:
 
     def analyse(self, method: str):
         self._check(self.lib.lda_analyse(self.ctx, method.encode()), f"lda_analyse({method})")
+
+    STEP_FN = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_double),
+                               ctypes.POINTER(ctypes.c_double))
+    PERT_FN = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_double),
+                               ctypes.POINTER(ctypes.c_double), ctypes.POINTER(ctypes.c_double))
+
+    def set_step_model(self, step, hours: float):
+        """The host's model as the context's step model (lda_set_step_model): `step(x)` maps a flat state to the state
+        `hours` later. Only the nonlinear step is given (the online mix's mix_score = "model" calls no other); the TL
+        and AD callbacks fail with status 1, so an l4dvar analysis with it fails cleanly."""
+        def nonlinear(_user, n, x, out):
+            try:
+                y = np.ascontiguousarray(step(np.ctypeslib.as_array(x, shape=(n,)).copy()), dtype=np.float64).ravel()
+                if y.size != n:
+                    return 2
+                ctypes.memmove(out, y.ctypes.data, 8 * n)
+                return 0
+            except Exception as e:   # never raise through the C boundary
+                print(f"step model callback failed: {e}", file=sys.stderr)
+                return 3
+        refuse = lambda *_: 1
+        self._callbacks = (self.STEP_FN(nonlinear), self.PERT_FN(refuse), self.PERT_FN(refuse))
+        L = self.lib
+        L.lda_set_step_model.argtypes = [ctypes.c_void_p, self.STEP_FN, self.PERT_FN, self.PERT_FN, ctypes.c_void_p,
+                                         ctypes.c_double]
+        L.lda_set_step_model.restype = ctypes.c_int32
+        self._check(L.lda_set_step_model(self.ctx, *self._callbacks, None, hours), "lda_set_step_model")
 
     def obs_qc(self, n: int) -> np.ndarray:
         f = np.zeros(n, np.int32)
@@ -933,6 +961,8 @@ def settings_of(a) -> dict:
     if mix_shares(a):
         s["choose_mix"] = {"shares": mix_shares(a), "window": a.choose_window, "seed": MIX_SEED,
                            "by": getattr(a, "choose_by", "withheld")}
+        if getattr(a, "choose_in_library", False):
+            s["choose_mix"]["in_library"] = True
     return s
 
 
@@ -945,9 +975,10 @@ def mix_shares(a) -> list:
 def run_name(a) -> str:
     """The run's folder name under OUT/<network>/: the method, "-lagged<K>" with a lagged ensemble, "-adaptive" for
     an adaptive B."""
-    name = a.method + ({"forecast": "-mixf", "persistence": "-mixp"}.get(getattr(a, "choose_by", "withheld"), "-mix")
-                       if mix_shares(a)
-                       else "")
+    mix_tag = {"forecast": "-mixf", "persistence": "-mixp"}.get(getattr(a, "choose_by", "withheld"), "-mix")
+    if getattr(a, "choose_in_library", False):
+        mix_tag = mix_tag.replace("-mix", "-mixl")
+    name = a.method + (mix_tag if mix_shares(a) else "")
     if getattr(a, "ensemble", "none") != "none":
         name += f"-{a.ensemble}{a.members}" + ("r" if getattr(a, "eda_recentre", False) else "") \
             + ("m" if getattr(a, "ensemble_space", "latent") == "model" else "")
@@ -1178,7 +1209,23 @@ def run(a, model: Model | None = None, log=print) -> str:
     lda_options = (library_adaptive_options(a, folder) if in_library
                    else options_text(adapt.options()) if adapt else run_options(a))
     chooser = None
-    if mix_shares(a):
+    lib_mix = bool(mix_shares(a)) and getattr(a, "choose_in_library", False)
+    current = {}   # the cycle's background, for the step model callback of the library's online mix
+    if lib_mix:
+        if a.method != "hybrid" or ens_k or eda_k or a.choose_by == "withheld":
+            raise SystemExit("--choose-in-library is for method hybrid without an ensemble, with --choose-by forecast "
+                             "or persistence")
+        if cycle > 0:
+            raise SystemExit("--choose-in-library runs are not resumable (the library's mix state is not "
+                             "checkpointed): start again")
+        mix_file = os.path.join(folder, "mix_lib.json")
+        for f in (mix_file, mix_file + ".fields"):
+            if os.path.exists(f):
+                os.remove(f)
+        lda_options += (f"\nmix_candidates = {mix_shares(a)!r}\nmix_state = {json.dumps(mix_file)}\n"
+                        f"mix_window = {a.choose_window}\n"
+                        f"mix_score = \"{'model' if a.choose_by == 'forecast' else 'persistence'}\"")
+    elif mix_shares(a):
         chooser = mix_chooser(a, folder, parse_options(lda_options), mix_state,
                               lambda o: context(a, options_text(o), len(lat), len(lon)), adapt is not None
                               or ens_k or eda_k)
@@ -1187,6 +1234,8 @@ def run(a, model: Model | None = None, log=print) -> str:
             chooser.load_pending(os.path.join(folder, MIX_PENDING), cycle)
     if a.method != "none":
         lda, host = context(a, lda_options, len(lat), len(lon))
+        if lib_mix:   # the library forecasts each candidate 6 h with jcm, as the cycle forecasts its analysis
+            lda.set_step_model(lambda x: forecast6(model, current["x_b"], x.reshape(current["x_b"].shape)), 6.0)
     log(f"model and latentda ready in {time.time() - t_load:.1f} s")
     with open(metrics, "a") as mf:
         while cycle < n_cycles:
@@ -1234,6 +1283,7 @@ def run(a, model: Model | None = None, log=print) -> str:
                         lda_options = chosen
                         lda, host = context(a, lda_options, len(lat), len(lon))
                 host.load(x_b)
+                current["x_b"] = x_b
                 lda.set_obs(*obs)
                 if members is not None:
                     lda.set_ensemble(members)
@@ -1242,6 +1292,11 @@ def run(a, model: Model | None = None, log=print) -> str:
                 if chooser is not None:
                     chooser.relative_to(x_a)
                 rep = lda.report()
+                if lib_mix:   # the library's choice, recorded as the driver's chooser records its own
+                    m = rep["mix"]
+                    rec["mix"] = {"choice": {v: {"extratropics": x, "tropics": t} for v, (x, t) in m["choice"].items()},
+                                  "mean_d": m["scored"], "notes": m["notes"]}
+                    rec["t_mix"] = m["candidates_s"]
                 qc = lda.obs_qc(len(obs[0]))
                 dyn_b, phys, step = model.current()
                 inc = spectral_increment(model.m, x_b, x_a, trunc)
@@ -1798,6 +1853,10 @@ def main(argv=None):
                          "cycle's observations) or persistence (as forecast, with the candidate's 6 h forecast taken as the "
                          "run's next background plus its analysis minus the run's: no extra forecasts); folder prefix "
                          "<method>-mixf for forecast, <method>-mixp for persistence")
+    ap.add_argument("--choose-in-library", action="store_true",
+                    help="--choose-mix with --choose-by forecast or persistence, done by the library (options "
+                         "mix_candidates, mix_state, mix_score: jcm is the context's step model, lda_set_step_model) "
+                         "instead of this driver; folder prefix <method>-mixlf / -mixlp; not resumable")
     ap.add_argument("--choose-window", type=int, default=CM.MIX_WINDOW,
                     help="--choose-mix: cycles of withheld evidence pooled (default 12, 3 days)")
     a = ap.parse_args(argv)

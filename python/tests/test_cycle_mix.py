@@ -121,6 +121,9 @@ def test_run_name_and_settings_of_a_mix_run():
     assert C.run_name(a) == "hybrid-mixf-adaptive-pv-sq-lib"
     a.choose_by = "persistence"
     assert C.run_name(a) == "hybrid-mixp-adaptive-pv-sq-lib"
+    a.choose_by, a.choose_in_library = "forecast", True
+    assert C.run_name(a) == "hybrid-mixlf-adaptive-pv-sq-lib" and C.settings_of(a)["choose_mix"]["in_library"]
+    a.choose_in_library = False
     # increments truncated before they enter the model: named and recorded, refused with a chooser (in run())
     a.choose_mix, a.increment_truncation = None, 21
     assert C.run_name(a) == "hybrid-t21-adaptive-pv-sq-lib"
@@ -227,6 +230,43 @@ def test_persistence_mode_scores_background_plus_analysis_difference(lib, tmp_pa
                 assert (d is None and ref["mean_d"][n][key] is None) or d == pytest.approx(ref["mean_d"][n][key])
     finally:
         ch.close()
+
+
+def test_the_library_mix_forecasts_candidates_with_the_hosts_callback(lib, tmp_path):
+    """The library's online mix (mix_candidates, mix_score = "model") through the C ABI: the host's model set with
+    lda_set_step_model (here a 6 h relaxation towards the background, as a python callback) forecasts every
+    candidate, and the next analysis scores those forecasts; without a model the analysis fails and says so."""
+    xb = CS.read_state(os.path.join(SAMPLE, "background.nc"))
+    state = tmp_path / "mix.json"
+    opts = (f"{FAST}\n{START}\nmix_candidates = [0.7, 0.0]\nmix_state = \"{state}\"\n")
+    lda, host = C.context(argparse.Namespace(lib=lib, bundle=C.DEFAULT_BUNDLE), opts, *xb.shape[1:])
+    try:
+        obs = sample_obs(lda)
+        host.load(xb)
+        lda.set_obs(*obs)
+        with pytest.raises(C.LatentdaError, match="lda_set_step_model"):
+            lda.analyse("hybrid")
+        assert not state.exists()
+        calls = []
+
+        def relax(x):
+            calls.append(1)
+            return xb.ravel() + 0.5 * (x - xb.ravel())
+        lda.set_step_model(relax, 6.0)
+        lda.analyse("hybrid")
+        first = lda.report()["mix"]
+        assert len(calls) == 2 and first["scored"] == {} and state.exists()
+        x_a = host.state()
+        host.load(xb + 0.5 * (x_a - xb))   # the next background: the same model from the analysis used
+        lda.set_obs(*obs)
+        lda.analyse("hybrid")
+        rep = lda.report()["mix"]
+        assert len(calls) == 4
+        # the candidate that was the analysis used forecasts to this background: d = 0; the other does not
+        assert all(d == pytest.approx(0.0, abs=1e-12) for d in rep["scored"]["L0.7"].values())
+        assert any(abs(d) > 1e-6 for d in rep["scored"]["L0"].values())
+    finally:
+        lda.close()
 
 
 def test_worse_than_background_per_band():
