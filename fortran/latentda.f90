@@ -45,6 +45,7 @@ module latentda
   public :: lda_grid_info, lda_grid_coords, lda_var_count, lda_var_name, lda_var_layout
   public :: lda_obs_h, lda_obs_h_ad
   public :: lda_set_withheld, lda_set_obs_times, lda_set_step_model, lda_clear_step_model, lda_l4dvar_check
+  public :: lda_set_forecast_model
   public :: lda_set_ensemble
   public :: lda_step_fn, lda_step_tl_fn, lda_step_ad_fn
 
@@ -692,6 +693,22 @@ contains
     if (present(user)) u = user
     ierr = int(c_lda_set_step_model(ctx%ptr, c_funloc(step), c_funloc(tl), c_funloc(ad), u, time_step_hours))
   end subroutine lda_set_step_model
+
+  !> The host's nonlinear model alone (no TL, no AD): what the hybrid's online mix (option mix_score = "model")
+  !> forecasts its candidates with. Method 'l4dvar' with it fails with LDA_ERR_INVALID_ARGUMENT naming the missing
+  !> callback; use lda_set_step_model for that.
+  subroutine lda_set_forecast_model(ctx, step, time_step_hours, ierr, user)
+    type(lda_context), intent(inout) :: ctx          !< open context
+    procedure(lda_step_fn) :: step                   !< x_next = M(x)
+    real(c_double), intent(in) :: time_step_hours    !< time step of one call, hours (> 0)
+    integer, intent(out) :: ierr                     !< LDA_OK, LDA_ERR_INVALID_ARGUMENT (time step)
+    type(c_ptr), intent(in), optional :: user        !< the host's context pointer for the callback
+    type(c_ptr) :: u
+    call clear_error(ctx)
+    u = c_null_ptr
+    if (present(user)) u = user
+    ierr = int(c_lda_set_step_model(ctx%ptr, c_funloc(step), c_null_funptr, c_null_funptr, u, time_step_hours))
+  end subroutine lda_set_forecast_model
 
   !> Removes the host's step model (method 'l4dvar' then uses the bundle's, if any).
   subroutine lda_clear_step_model(ctx, ierr)

@@ -383,8 +383,10 @@ class Context {
   // Installs the host's own forecast model as the step model of method "l4dvar" (lda_set_step_model): step, its
   // tangent-linear tl and its adjoint ad (see StepFn), each advancing one time step of time_step_hours hours. It
   // replaces the bundle's [forecast] model and a model set before; the functions are copied and kept until replaced
-  // or the Context is destroyed. They run inside analyse("l4dvar") and l4dvar_check. All three empty removes the host
-  // model (as clear_step_model); only some empty throws status::null_pointer; time_step_hours <= 0 or not finite
+  // or the Context is destroyed. They run inside analyse("l4dvar") and l4dvar_check, and step alone (tl and ad
+  // empty: a nonlinear-only model) forecasts the online mix's candidates (option mix_score = "model") inside
+  // analyse("hybrid"). All three empty removes the host model (as clear_step_model); another combination with an empty
+  // one throws status::null_pointer; time_step_hours <= 0 or not finite
   // throws status::invalid_argument (the model in force is kept on any exception). An output value left non-finite
   // fails the call with status::backend.
   void set_step_model(StepFn step, StepTlFn tl, StepAdFn ad, double time_step_hours) {

@@ -371,3 +371,79 @@ fn scored_by_the_host_model_each_candidate_is_its_forecast_and_persistence_is_th
     let e = p2.analyse(&x_b2, &obs[2], Method::Hybrid).unwrap_err().to_string();
     assert!(e.contains("mix.json") && e.contains("mix_score 'model'"), "{e}");
 }
+
+unsafe extern "C" fn halve_to_zero(user: *mut std::ffi::c_void, n: usize, x: *const f64, x_next: *mut f64) -> i32 {
+    // SAFETY: latentda passes n values at x and x_next (lda_set_step_model's contract); user is the test's counter.
+    unsafe {
+        *(user as *mut usize) += 1;
+        for i in 0..n {
+            *x_next.add(i) = 0.5 * *x.add(i);
+        }
+    }
+    0
+}
+
+#[test]
+fn a_nonlinear_only_host_model_serves_the_mix_through_the_c_abi_and_l4dvar_says_what_is_missing() {
+    use latentda::coupling::ffi;
+    use std::ffi::CString;
+    let dir = scratch("mix_c_abi");
+    let opts = CString::new(mix_options(&dir, "[0.7, 0.0]", "").replace("persistence", "model")).unwrap();
+    let bundle = CString::new(fixture("linear").to_str().unwrap()).unwrap();
+    let mut ctx: *mut ffi::LdaContext = std::ptr::null_mut();
+    assert_eq!(ffi::lda_open(bundle.as_ptr(), opts.as_ptr(), &mut ctx), ffi::LDA_OK);
+    let mut truth = Truth::new(WEIGHTS, BKind::Hybrid, 97);
+    let a = open("");
+    let fields = bind_state_c(ctx, &a.bundle.layout, &truth.xb0);
+    let obs = truth.obs();
+    let col = |f: fn(&Observation) -> f64| obs.iter().map(f).collect::<Vec<f64>>();
+    let var: Vec<i32> = obs.iter().map(|o| o.var.unwrap() as i32).collect();
+    let (la, lo, le, va, si) =
+        (col(|o| o.lat), col(|o| o.lon), col(|o| o.level.unwrap_or(f64::NAN)), col(|o| o.value), col(|o| o.sigma));
+    let set_obs = || {
+        let rc = ffi::lda_set_obs(
+            ctx,
+            obs.len(),
+            var.as_ptr(),
+            la.as_ptr(),
+            lo.as_ptr(),
+            le.as_ptr(),
+            va.as_ptr(),
+            si.as_ptr(),
+        );
+        assert_eq!(rc, ffi::LDA_OK);
+    };
+    set_obs();
+    let hybrid = CString::new("hybrid").unwrap();
+    // no model yet: mix_score = "model" refuses, the arrays untouched
+    assert_eq!(ffi::lda_analyse(ctx, hybrid.as_ptr()), ffi::LDA_ERR_INVALID_ARGUMENT);
+    // SAFETY: lda_last_error never returns NULL.
+    let msg = unsafe { std::ffi::CStr::from_ptr(ffi::lda_last_error(ctx)) }.to_string_lossy().into_owned();
+    assert!(msg.contains("lda_set_step_model"), "{msg}");
+    assert!(!dir.join("mix.json").exists());
+    // step alone: a nonlinear-only model; step with one of TL / AD is still refused
+    let mut calls = 0usize;
+    let user = &mut calls as *mut usize as *mut std::ffi::c_void;
+    assert_eq!(ffi::lda_set_step_model(ctx, Some(halve_to_zero), None, None, user, 3.0), ffi::LDA_OK);
+    assert_eq!(ffi::lda_analyse(ctx, hybrid.as_ptr()), ffi::LDA_OK);
+    assert_eq!(calls, 2 * 2, "two candidates, two 3 h steps each");
+    assert!(dir.join("mix.json").exists());
+    ffi::lda_close(ctx);
+    drop(fields);
+    // latent 4D-Var with such a model (a context without the mix) fails, naming the missing callback
+    let mut c4: *mut ffi::LdaContext = std::ptr::null_mut();
+    assert_eq!(ffi::lda_open(bundle.as_ptr(), std::ptr::null(), &mut c4), ffi::LDA_OK);
+    let fields = bind_state_c(c4, &a.bundle.layout, &truth.xb0);
+    let rc =
+        ffi::lda_set_obs(c4, obs.len(), var.as_ptr(), la.as_ptr(), lo.as_ptr(), le.as_ptr(), va.as_ptr(), si.as_ptr());
+    assert_eq!(rc, ffi::LDA_OK);
+    assert_eq!(ffi::lda_set_step_model(c4, Some(halve_to_zero), None, None, user, 6.0), ffi::LDA_OK);
+    let before = fields.clone();
+    let l4 = CString::new("l4dvar").unwrap();
+    assert_eq!(ffi::lda_analyse(c4, l4.as_ptr()), ffi::LDA_ERR_INVALID_ARGUMENT);
+    // SAFETY: as above.
+    let msg = unsafe { std::ffi::CStr::from_ptr(ffi::lda_last_error(c4)) }.to_string_lossy().into_owned();
+    assert!(msg.contains("'step' alone") && (msg.contains("'tl'") || msg.contains("'ad'")), "{msg}");
+    assert_eq!(fields, before, "host arrays untouched");
+    ffi::lda_close(c4);
+}

@@ -294,13 +294,11 @@ class Latentda:
 
     STEP_FN = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_double),
                                ctypes.POINTER(ctypes.c_double))
-    PERT_FN = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_double),
-                               ctypes.POINTER(ctypes.c_double), ctypes.POINTER(ctypes.c_double))
 
     def set_step_model(self, step, hours: float):
         """The host's model as the context's step model (lda_set_step_model): `step(x)` maps a flat state to the state
-        `hours` later. Only the nonlinear step is given (the online mix's mix_score = "model" calls no other); the TL
-        and AD callbacks fail with status 1, so an l4dvar analysis with it fails cleanly."""
+        `hours` later. The nonlinear step alone (TL and AD NULL): what the online mix's mix_score = "model" calls;
+        an l4dvar analysis with it fails, naming the missing callback."""
         def nonlinear(_user, n, x, out):
             try:
                 y = np.ascontiguousarray(step(np.ctypeslib.as_array(x, shape=(n,)).copy()), dtype=np.float64).ravel()
@@ -311,13 +309,12 @@ class Latentda:
             except Exception as e:   # never raise through the C boundary
                 print(f"step model callback failed: {e}", file=sys.stderr)
                 return 3
-        refuse = lambda *_: 1
-        self._callbacks = (self.STEP_FN(nonlinear), self.PERT_FN(refuse), self.PERT_FN(refuse))
+        self._callback = self.STEP_FN(nonlinear)   # kept alive while the context may call it
         L = self.lib
-        L.lda_set_step_model.argtypes = [ctypes.c_void_p, self.STEP_FN, self.PERT_FN, self.PERT_FN, ctypes.c_void_p,
-                                         ctypes.c_double]
+        L.lda_set_step_model.argtypes = [ctypes.c_void_p, self.STEP_FN, ctypes.c_void_p, ctypes.c_void_p,
+                                         ctypes.c_void_p, ctypes.c_double]
         L.lda_set_step_model.restype = ctypes.c_int32
-        self._check(L.lda_set_step_model(self.ctx, *self._callbacks, None, hours), "lda_set_step_model")
+        self._check(L.lda_set_step_model(self.ctx, self._callback, None, None, None, hours), "lda_set_step_model")
 
     def obs_qc(self, n: int) -> np.ndarray:
         f = np.zeros(n, np.int32)

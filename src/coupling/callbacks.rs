@@ -16,15 +16,18 @@ use crate::model::forecast::StepModel;
 #[derive(Debug, Clone, Copy)]
 pub struct HostStep {
     step: unsafe extern "C" fn(*mut c_void, usize, *const f64, *mut f64) -> i32,
-    tl: unsafe extern "C" fn(*mut c_void, usize, *const f64, *const f64, *mut f64) -> i32,
-    ad: unsafe extern "C" fn(*mut c_void, usize, *const f64, *const f64, *mut f64) -> i32,
+    /// `None`: a nonlinear-only model (step given, TL and AD both NULL), which serves the online mix's forecasts
+    /// (`mix_score = "model"`) but not latent 4D-Var.
+    tl: Option<unsafe extern "C" fn(*mut c_void, usize, *const f64, *const f64, *mut f64) -> i32>,
+    ad: Option<unsafe extern "C" fn(*mut c_void, usize, *const f64, *const f64, *mut f64) -> i32>,
     user: *mut c_void,
     n: usize,
     dt: f64,
 }
 
 impl HostStep {
-    /// The host model of time step `time_step_hours` on states of `n` values; every callback must be given.
+    /// The host model of time step `time_step_hours` on states of `n` values: all three callbacks, or `step` alone
+    /// (a nonlinear-only model: the TL and AD calls of latent 4D-Var then fail, naming what is missing).
     pub fn new(
         step: LdaStepFn,
         tl: LdaStepTlFn,
@@ -34,7 +37,7 @@ impl HostStep {
         time_step_hours: f64,
     ) -> Result<HostStep> {
         let missing = |what: &str| {
-            Error::new(Status::NullPointer, format!("lda_set_step_model: '{what}' is NULL (give all three callbacks, or all three NULL to remove the host model)"))
+            Error::new(Status::NullPointer, format!("lda_set_step_model: '{what}' is NULL (give all three callbacks, 'step' alone for a nonlinear-only model, or all three NULL to remove the host model)"))
         };
         if !(time_step_hours.is_finite() && time_step_hours > 0.0) {
             return Err(Error::arg(format!(
@@ -43,8 +46,8 @@ impl HostStep {
         }
         Ok(HostStep {
             step: step.ok_or_else(|| missing("step"))?,
-            tl: tl.ok_or_else(|| missing("tl"))?,
-            ad: ad.ok_or_else(|| missing("ad"))?,
+            tl: if ad.is_some() { Some(tl.ok_or_else(|| missing("tl"))?) } else { tl },
+            ad: if tl.is_some() { Some(ad.ok_or_else(|| missing("ad"))?) } else { ad },
             user,
             n,
             dt: time_step_hours,
@@ -63,6 +66,14 @@ impl HostStep {
             )));
         }
         Ok(())
+    }
+
+    /// The error of a TL or AD call on a model set with its nonlinear step alone.
+    fn nonlinear_only(&self, what: &str) -> Error {
+        Error::arg(format!(
+            "the host's step model was set with 'step' alone (lda_set_step_model with tl and ad NULL): it has no '{what}' \
+             callback, which latent 4D-Var needs (it serves the online mix, mix_score = \"model\")"
+        ))
     }
 
     fn lengths(&self, a: usize, b: usize) -> Result<()> {
@@ -95,16 +106,18 @@ impl StepModel for HostStep {
         self.lengths(x.len(), dx.len())?;
         self.lengths(dx_next.len(), dx.len())?;
         dx_next.fill(f64::NAN);
+        let tl = self.tl.ok_or_else(|| self.nonlinear_only("tl"))?;
         // SAFETY: as in `step`.
-        let rc = unsafe { (self.tl)(self.user, self.n, x.as_ptr(), dx.as_ptr(), dx_next.as_mut_ptr()) };
+        let rc = unsafe { tl(self.user, self.n, x.as_ptr(), dx.as_ptr(), dx_next.as_mut_ptr()) };
         self.check("tl", rc, dx_next)
     }
     fn ad(&mut self, x: &[f64], dx_next: &[f64], dx: &mut [f64]) -> Result<()> {
         self.lengths(x.len(), dx_next.len())?;
         self.lengths(dx.len(), dx_next.len())?;
         dx.fill(f64::NAN);
+        let ad = self.ad.ok_or_else(|| self.nonlinear_only("ad"))?;
         // SAFETY: as in `step`.
-        let rc = unsafe { (self.ad)(self.user, self.n, x.as_ptr(), dx_next.as_ptr(), dx.as_mut_ptr()) };
+        let rc = unsafe { ad(self.user, self.n, x.as_ptr(), dx_next.as_ptr(), dx.as_mut_ptr()) };
         self.check("ad", rc, dx)
     }
 }

@@ -683,8 +683,13 @@ pub type LdaStepAdFn =
 /// x_(j+1) = M(x_j),  J(w) = 1/2 |w|^2 + 1/2 sum_k |R^-1/2 (y_k - H_k x_k)|^2
 /// ```
 ///
-/// `user` is passed to every call (may be NULL). All three callbacks NULL removes the host model; only some NULL is
-/// `LDA_ERR_NULL_POINTER`. The callbacks run inside `lda_analyse` (method "l4dvar") and `lda_l4dvar_check`; each
+/// The same model serves the hybrid's online mix (option `mix_score = "model"`), which forecasts each candidate
+/// analysis with `step` alone: `step` given with `tl` and `ad` both NULL installs such a nonlinear-only model (an
+/// `l4dvar` analysis or `lda_l4dvar_check` with it then fails with `LDA_ERR_INVALID_ARGUMENT` naming the missing
+/// callback).
+///
+/// `user` is passed to every call (may be NULL). All three callbacks NULL removes the host model; any other
+/// combination with a NULL is `LDA_ERR_NULL_POINTER`. The callbacks run inside `lda_analyse` (method "l4dvar") and `lda_l4dvar_check`; each
 /// returns 0 on success, and any other status fails the call cleanly with `LDA_ERR_BACKEND` (bound arrays left
 /// untouched), as does an output value left non-finite. The background at later slot times is the model's
 /// trajectory from the bound background.

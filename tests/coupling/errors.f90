@@ -265,6 +265,13 @@ program errors_f
     end if
     call lda_clear_step_model(ctx, ierr)
     call expect('clear_step_model', ctx, LDA_OK, '')
+    ! the nonlinear model alone (the online mix's forecasts): l4dvar's checks name the missing TL
+    call lda_set_forecast_model(ctx, cb_step, 6.0d0, ierr)
+    call expect('set_forecast_model', ctx, LDA_OK, '')
+    call lda_l4dvar_check(ctx, 2, step_dot, chained_dot, ierr)
+    call expect('l4dvar_check with a nonlinear-only model', ctx, LDA_ERR_INVALID_ARGUMENT, "'step' alone")
+    call lda_clear_step_model(ctx, ierr)
+    call expect('clear_step_model', ctx, LDA_OK, '')
   end block
 
   call lda_close(ctx)
