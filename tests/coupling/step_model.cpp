@@ -160,6 +160,17 @@ int main(int argc, char** argv) {
     } catch (const latentda::Error& e) {
       expect(e.code() == latentda::status::invalid_argument, "a zero time step is refused");
     }
+    // The nonlinear step alone (the online mix's forecasts): accepted; l4dvar_check then names the missing TL.
+    ctx.set_step_model(step, nullptr, nullptr, 6.0);
+    try {
+      ctx.l4dvar_check(2, 7);
+      expect(false, "l4dvar_check with a nonlinear-only model");
+    } catch (const latentda::Error& e) {
+      expect(e.code() == latentda::status::invalid_argument &&
+                 std::string(e.what()).find("'step' alone") != std::string::npos,
+             std::string("l4dvar_check with a nonlinear-only model: ") + e.what());
+    }
+    ctx.clear_step_model();
     try {
       ctx.report_number("solver.j_final");
       expect(false, "report_number before an analysis");
