@@ -123,11 +123,24 @@ def add_cells(acc, cells):
 
 
 def family_args(family, options):
-    """CLI arguments of a tuned family's last step, as latentda-matrix runs it (a blend: its options file alone)."""
+    """CLI arguments of a tuned family's last step, as latentda-matrix runs it (a blend: its options file alone; a
+    scaled family FAM-xF: FAM's arguments with its scaled options file)."""
+    family = family.split("-x")[0] if family.split("-x")[0] in M.TUNED else family
     if family not in M.TUNED:
         return ["--options", options]
     _, args0, repeat = M.TUNED[family]
     return (list(args0) if repeat else []) + ["--options", options]
+
+
+def scaled_options(f, src, path):
+    """Options whose hybrid weights (global and per variable) are those of `src` times `f`: the same B structure,
+    a smaller (f < 1) increment. A candidate that can give up a part of the B where withheld observations say it
+    hurts (f -> 0 leaves the background as it is)."""
+    t = tomllib.load(open(src, "rb"))
+    keys = ("alpha", "beta", "alpha_tropics", "beta_tropics")
+    w = {v: {k: f * t["hybrid_variable_weights"][v][k] for k in keys} for v in VARS}
+    g = {k: f * t[k] for k in ("hybrid_alpha", "hybrid_beta")}
+    return write_weights(path, [f"{f:g} x {src}"], g, w)
 
 
 def blend_options(f, static, hybrid, path):
@@ -183,6 +196,11 @@ def main(argv=None):
     ap.add_argument("--families", default=FAMILIES)
     ap.add_argument("--blends", default="", help="F,...: also candidates blend-F, (1 - F) x the weights of 3dvar-pv + "
                     "F x those of hybrid-pv-sq, per variable and band")
+    ap.add_argument("--scales", default="", help="F,...: also candidates <scale-family>-xF, that family's weights "
+                    "times F (the same structure, a smaller increment; F small: about the background)")
+    ap.add_argument("--scale-family", default=None, help="the family --scales scales (default: the first of --families)")
+    ap.add_argument("--base", default="3dvar-pv", help="the summary's reference configuration (wins counted against it)")
+    ap.add_argument("--ref", default="hybrid-pv-sq", help="the summary's second reference configuration")
     ap.add_argument("--launches", default="610:720:15")
     ap.add_argument("--ort", action="store_true", help="ONNX Runtime from the onnxruntime wheel")
     ap.add_argument("--jobs", type=int, default=2)
@@ -191,7 +209,7 @@ def main(argv=None):
     ap.add_argument("--summary", default=None, metavar="JSON", help="print the summary of an earlier run's JSON")
     a = ap.parse_args(argv)
     if a.summary:
-        print(summarise(json.load(open(a.summary))))
+        print(summarise(json.load(open(a.summary)), a.base, a.ref))
         return 0
     log = lambda m: print(m, flush=True)
     lat, _, _ = D.grid(a.out)
@@ -203,7 +221,13 @@ def main(argv=None):
     blends = [float(x) for x in a.blends.split(",") if x]
     if blends and not {"3dvar-pv", "hybrid-pv-sq"} <= set(base_fams):
         raise SystemExit("--blends needs the families 3dvar-pv and hybrid-pv-sq")
-    fams = base_fams + [f"blend-{bf:g}" for bf in blends]
+    scales = [float(x) for x in a.scales.split(",") if x]
+    scale_family = a.scale_family or base_fams[0]
+    if scales and scale_family not in base_fams:
+        raise SystemExit(f"--scale-family {scale_family} is not among --families {a.families}")
+    fams = base_fams + [f"blend-{bf:g}" for bf in blends] + [f"{scale_family}-x{f:g}" for f in scales]
+    if {a.base, a.ref} - set(fams):
+        raise SystemExit(f"--base {a.base} and --ref {a.ref} must be among the candidates {fams}")
     from .forecasts import launch_days
     launches = launch_days(a.launches)
     work = os.path.join(a.out, "matrix", "crossval")
@@ -258,6 +282,9 @@ def main(argv=None):
             for bf in blends:
                 opts[f"blend-{bf:g}"] = blend_options(bf, opts["3dvar-pv"], opts["hybrid-pv-sq"],
                                                       os.path.join(cdir, f"blend-{bf:g}.toml"))
+            for f in scales:
+                name = f"{scale_family}-x{f:g}"
+                opts[name] = scaled_options(f, opts[scale_family], os.path.join(cdir, f"{name}.toml"))
             tasks, keys = [], []
             for cname, d in cases:
                 seed = a.seed + zlib.crc32(cname.encode()) % 100000
@@ -306,7 +333,7 @@ def main(argv=None):
             json.dump(result, open(path, "w"), indent=1)
             json.dump(cache, open(cache_path + ".tmp", "w"))
             os.replace(cache_path + ".tmp", cache_path)
-    print(summarise(result), flush=True)
+    print(summarise(result, a.base, a.ref), flush=True)
     return 0
 
 

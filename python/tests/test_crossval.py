@@ -87,6 +87,14 @@ def test_blend_is_the_convex_combination_of_the_two_weight_tables(tmp_path):
             assert w["alpha_tropics"] == pytest.approx(2 * a) and w["beta_tropics"] == pytest.approx(2 * b)
     assert X.family_args("blend-0.25", "x.toml") == ["--options", "x.toml"]
     assert X.family_args("3dvar-pv", "x.toml")[-2:] == ["--options", "x.toml"]
+    # a scaled family: every weight times F, run with its family's arguments
+    t = tomllib.load(open(X.scaled_options(0.25, hy, tmp_path / "s.toml"), "rb"))
+    assert t["hybrid_alpha"] == pytest.approx(0.175) and t["hybrid_beta"] == pytest.approx(0.075)
+    for v in X.VARS:
+        w = t["hybrid_variable_weights"][v]
+        assert (w["alpha"], w["beta"], w["alpha_tropics"]) == (pytest.approx(0.2), pytest.approx(0.05), pytest.approx(0.4))
+    assert X.family_args("l3dvar-pv-x0.25", "s.toml") == X.family_args("l3dvar-pv", "s.toml")
+    assert X.family_args("l3dvar-pv", "s.toml")[:4] == ["--hybrid-alpha", "1", "--hybrid-beta", "0"]
 
 
 def test_a_variable_without_withheld_observations_follows_its_group_then_all():

@@ -59,9 +59,9 @@ pub struct Analyser {
     /// [`Analyser::commit_adaptive_state`] ([`Analyser::defer_adaptive_commit`]), and the file and text waiting.
     pub(crate) adaptive_deferred: bool,
     pub(crate) adaptive_pending: Option<(std::path::PathBuf, String)>,
-    /// Online mix (option `mix_candidates`): the files of the last successful analysis, written with the adaptive
-    /// state ([`Analyser::commit_adaptive_state`] when deferred).
-    pub(crate) mix_write: Option<crate::var::mix::MixWrite>,
+    /// Online mix (option `mix_candidates`): the state file, its text and the pending fields of the last successful
+    /// analysis, written with the adaptive state ([`Analyser::commit_adaptive_state`] when deferred).
+    pub(crate) mix_write: Option<(std::path::PathBuf, String, Option<Vec<u8>>)>,
 }
 
 /// B operators kept between calls (see the module documentation).

@@ -45,6 +45,7 @@ use crate::var::analysis::{Analyser, Analysis};
 use crate::var::desroziers::{CLASSES, GROUPS};
 use crate::var::formulation::Formulation;
 use crate::var::options::{Method, MixScore, Options, OutputMode};
+use crate::var::report::MixInfo;
 use crate::var::threed::ThreeD;
 use crate::var::withheld::WithheldCell;
 
@@ -78,69 +79,6 @@ pub struct MixState {
     pub window: Vec<Vec<Vec<WithheldCell>>>,
     /// The cycle count at which the pending fields (`<file>.fields`: A_k - A) were made; `None`: none to score.
     pub pending: Option<usize>,
-}
-
-/// What the report says about the mix of its analysis (report key `mix`).
-#[derive(Debug, Clone, Serialize, Default, PartialEq)]
-pub struct MixInfo {
-    /// State file.
-    pub state: String,
-    /// Candidate latent shares.
-    pub candidates: Vec<f64>,
-    /// Cycles of evidence pooled, and the window's length.
-    pub window_filled: usize,
-    /// Window length (`mix_window`).
-    pub window: usize,
-    /// Analyses run with this state, this one included.
-    pub cycles: usize,
-    /// The latent share each variable had in this analysis, [extratropics, tropics] (variables the options keep
-    /// out of one part are left out).
-    pub choice: BTreeMap<String, [f64; 2]>,
-    /// Where that evidence came from.
-    pub sources: BTreeMap<String, [String; 2]>,
-    /// This cycle's scores of the last cycle's candidates: per candidate, per "variable/class", mean d (negative:
-    /// closer to this cycle's observations than the background); empty when nothing was pending.
-    pub scored: BTreeMap<String, BTreeMap<String, f64>>,
-    /// The share per variable and class of the next analysis.
-    pub choice_next: BTreeMap<String, [f64; 2]>,
-    /// Seconds spent in the candidates' analyses.
-    pub candidates_s: f64,
-    /// Notes (a candidate that failed, pending fields that did not match).
-    pub notes: Vec<String>,
-}
-
-/// Checks the online-mix options (called by [`Options::validate`]).
-pub fn check_options(o: &Options) -> Result<()> {
-    if o.mix_window == 0 {
-        return Err(Error::arg("mix_window must be >= 1 (cycles)"));
-    }
-    if !(o.mix_lead_hours.is_finite() && o.mix_lead_hours > 0.0) {
-        return Err(Error::arg(format!("mix_lead_hours = {} must be finite and > 0", o.mix_lead_hours)));
-    }
-    match (&o.mix_candidates, &o.mix_state) {
-        (None, None) => Ok(()),
-        (None, Some(_)) => Err(Error::arg("mix_state is set without mix_candidates: give the candidate latent shares")),
-        (Some(_), None) => Err(Error::arg(
-            "mix_candidates needs mix_state: the file that keeps the candidates' evidence from one cycle to the next",
-        )),
-        (Some(c), Some(p)) => {
-            if p.is_empty() {
-                return Err(Error::arg("mix_state is empty (name the state file, or omit the key)"));
-            }
-            if c.is_empty() {
-                return Err(Error::arg("mix_candidates is empty (give at least one latent share in [0, 1])"));
-            }
-            if let Some(x) = c.iter().find(|x| !(0.0..=1.0).contains(*x)) {
-                return Err(Error::arg(format!("mix_candidates: {x} is not a latent share in [0, 1]")));
-            }
-            for (i, x) in c.iter().enumerate() {
-                if c[..i].contains(x) {
-                    return Err(Error::arg(format!("mix_candidates: {x} is given twice")));
-                }
-            }
-            Ok(())
-        }
-    }
 }
 
 /// The candidate's name in reports: "L0.7" for latent share 0.7.
@@ -314,24 +252,14 @@ fn read_fields(path: &Path, tag: usize, k: usize, n: usize) -> Result<std::resul
     Ok(Ok(vals.chunks(n).map(<[f64]>::to_vec).collect()))
 }
 
-/// Files the mix writes once the analysis and the adaptive state are through.
-#[derive(Debug, Clone)]
-pub(crate) struct MixWrite {
-    state: PathBuf,
-    text: String,
-    fields: Option<Vec<u8>>,
-}
-
-impl MixWrite {
-    /// Writes the fields first, then the state that names them (each whole or not at all).
-    pub(crate) fn commit(self) -> Result<()> {
-        let io = |p: &Path, e: Error| Error::io(format!("mix_state '{}': cannot write it: {}", p.display(), e.message));
-        if let Some(f) = &self.fields {
-            let p = fields_path(&self.state);
-            crate::outfile::write_whole(&p, f).map_err(|e| io(&p, e))?;
-        }
-        crate::outfile::write_whole(&self.state, self.text.as_bytes()).map_err(|e| io(&self.state, e))
+/// Writes the pending fields first, then the state that names them (each whole or not at all).
+fn commit(state: &Path, text: &str, fields: Option<&[u8]>) -> Result<()> {
+    let io = |p: &Path, e: Error| Error::io(format!("mix_state '{}': cannot write it: {}", p.display(), e.message));
+    if let Some(f) = fields {
+        let p = fields_path(state);
+        crate::outfile::write_whole(&p, f).map_err(|e| io(&p, e))?;
     }
+    crate::outfile::write_whole(state, text.as_bytes()).map_err(|e| io(state, e))
 }
 
 /// `steps` steps of `model` from `x`.
@@ -516,7 +444,7 @@ impl Analyser {
         let fields = (fields.len() == candidates.len()).then(|| fields_bytes(state.cycles, &fields));
         state.pending = fields.as_ref().map(|_| state.cycles);
         let text = serde_json::to_string_pretty(&state).map_err(|e| Error::io(format!("mix state: {e}")))?;
-        self.mix_write = Some(MixWrite { state: path.clone(), text, fields });
+        self.mix_write = Some((path.clone(), text, fields));
         an.report.mix = Some(MixInfo {
             state: path.display().to_string(),
             candidates: candidates.clone(),
@@ -536,7 +464,7 @@ impl Analyser {
     /// Writes the mix state of the last successful analysis (nothing to do without one).
     pub(crate) fn commit_mix_state(&mut self) -> Result<()> {
         match self.mix_write.take() {
-            Some(w) => w.commit(),
+            Some((state, text, fields)) => commit(&state, &text, fields.as_deref()),
             None => Ok(()),
         }
     }

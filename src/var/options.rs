@@ -639,7 +639,7 @@ impl Options {
                 ));
             }
         }
-        crate::var::mix::check_options(self)?;
+        check_mix_options(self)?;
         if self.hybrid_variables.as_ref().is_some_and(|v| v.is_empty()) {
             return Err(Error::arg("hybrid_variables is empty (name at least one variable, or omit the key)"));
         }
@@ -724,6 +724,40 @@ impl Options {
             adam_steps: self.adam_steps,
             adam_lr: self.adam_lr,
             verbose: self.verbosity >= 1,
+        }
+    }
+}
+
+/// Checks the online-mix options ([`crate::var::mix`]).
+fn check_mix_options(o: &Options) -> Result<()> {
+    if o.mix_window == 0 {
+        return Err(Error::arg("mix_window must be >= 1 (cycles)"));
+    }
+    if !(o.mix_lead_hours.is_finite() && o.mix_lead_hours > 0.0) {
+        return Err(Error::arg(format!("mix_lead_hours = {} must be finite and > 0", o.mix_lead_hours)));
+    }
+    match (&o.mix_candidates, &o.mix_state) {
+        (None, None) => Ok(()),
+        (None, Some(_)) => Err(Error::arg("mix_state is set without mix_candidates: give the candidate latent shares")),
+        (Some(_), None) => Err(Error::arg(
+            "mix_candidates needs mix_state: the file that keeps the candidates' evidence from one cycle to the next",
+        )),
+        (Some(c), Some(p)) => {
+            if p.is_empty() {
+                return Err(Error::arg("mix_state is empty (name the state file, or omit the key)"));
+            }
+            if c.is_empty() {
+                return Err(Error::arg("mix_candidates is empty (give at least one latent share in [0, 1])"));
+            }
+            if let Some(x) = c.iter().find(|x| !(0.0..=1.0).contains(*x)) {
+                return Err(Error::arg(format!("mix_candidates: {x} is not a latent share in [0, 1]")));
+            }
+            for (i, x) in c.iter().enumerate() {
+                if c[..i].contains(x) {
+                    return Err(Error::arg(format!("mix_candidates: {x} is given twice")));
+                }
+            }
+            Ok(())
         }
     }
 }

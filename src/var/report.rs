@@ -1,6 +1,8 @@
 //! Analysis report: iteration history, observation statistics per variable, QC counts, timings and the backend
 //! actually used. Serialised as JSON (`--report`, `lda_report_json`) and printed as a summary table.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use crate::var::solver::SolveInfo;
@@ -239,7 +241,7 @@ pub struct Report {
     /// Online mix (option `mix_candidates`): the latent shares this analysis ran with, the scores of the last
     /// cycle's candidates and the shares of the next analysis.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub mix: Option<crate::var::mix::MixInfo>,
+    pub mix: Option<MixInfo>,
     /// The known-answer self-test run when the bundle was opened (status, cost, differences per graph).
     pub self_test: crate::model::selftest::SelfTest,
     /// Timings.
@@ -499,6 +501,35 @@ impl StepClock {
         self.n_tl += o.n_tl;
         self.n_ad += o.n_ad;
     }
+}
+
+/// What the report says about the mix of its analysis (report key `mix`).
+#[derive(Debug, Clone, Serialize, Default, PartialEq)]
+pub struct MixInfo {
+    /// State file.
+    pub state: String,
+    /// Candidate latent shares.
+    pub candidates: Vec<f64>,
+    /// Cycles of evidence pooled, and the window's length.
+    pub window_filled: usize,
+    /// Window length (`mix_window`).
+    pub window: usize,
+    /// Analyses run with this state, this one included.
+    pub cycles: usize,
+    /// The latent share each variable had in this analysis, [extratropics, tropics] (variables the options keep
+    /// out of one part are left out).
+    pub choice: BTreeMap<String, [f64; 2]>,
+    /// Where that evidence came from.
+    pub sources: BTreeMap<String, [String; 2]>,
+    /// This cycle's scores of the last cycle's candidates: per candidate, per "variable/class", mean d (negative:
+    /// closer to this cycle's observations than the background); empty when nothing was pending.
+    pub scored: BTreeMap<String, BTreeMap<String, f64>>,
+    /// The share per variable and class of the next analysis.
+    pub choice_next: BTreeMap<String, [f64; 2]>,
+    /// Seconds spent in the candidates' analyses.
+    pub candidates_s: f64,
+    /// Notes (a candidate that failed, pending fields that did not match).
+    pub notes: Vec<String>,
 }
 
 /// What the report says about the sizing of its analysis (report key `adaptive`).
