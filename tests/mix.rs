@@ -276,20 +276,19 @@ fn the_cli_writes_the_state_with_its_outputs() {
     let sample = fixture("linear").join("sample");
     let state = dir.join("m.json");
     let out = dir.join("an.nc");
-    let (rc, stdout, stderr) = cli(&[
-        "analyse",
-        "--bundle",
-        fixture("linear").to_str().unwrap(),
-        "--background",
-        sample.join("background.nc").to_str().unwrap(),
-        "--obs",
-        sample.join("obs.csv").to_str().unwrap(),
+    let (bundle, bg, obs) = (fixture("linear"), sample.join("background.nc"), sample.join("obs.csv"));
+    let (bundle, bg, obs, st) =
+        (bundle.to_str().unwrap(), bg.to_str().unwrap(), obs.to_str().unwrap(), state.to_str().unwrap());
+    let analyse = |extra: &[&str]| {
+        let mut args = vec!["analyse", "--bundle", bundle, "--background", bg, "--obs", obs, "--mix-state", st];
+        args.extend_from_slice(extra);
+        cli(&args)
+    };
+    let (rc, stdout, stderr) = analyse(&[
         "--method",
         "hybrid",
         "--mix-candidates",
         "0.7,0.2",
-        "--mix-state",
-        state.to_str().unwrap(),
         "--mix-score",
         "persistence",
         "--output",
@@ -298,19 +297,7 @@ fn the_cli_writes_the_state_with_its_outputs() {
     assert_eq!(rc, 0, "{stdout}\n{stderr}");
     assert!(out.exists() && state.exists() && fields_path(&state).exists());
     assert!(stdout.contains("mix (") || stderr.contains("mix ("), "{stdout}\n{stderr}");
-    let (rc, _, stderr) = cli(&[
-        "analyse",
-        "--bundle",
-        fixture("linear").to_str().unwrap(),
-        "--background",
-        sample.join("background.nc").to_str().unwrap(),
-        "--obs",
-        sample.join("obs.csv").to_str().unwrap(),
-        "--mix-candidates",
-        "0.7,2",
-        "--mix-state",
-        state.to_str().unwrap(),
-    ]);
+    let (rc, _, stderr) = analyse(&["--mix-candidates", "0.7,2"]);
     assert_eq!(rc, 2, "{stderr}");
     assert!(stderr.contains("mix_candidates") && stderr.contains('2'), "{stderr}");
 }
