@@ -147,14 +147,14 @@ fn first_cycle_is_the_options_hybrid_and_the_next_scores_each_candidate_in_close
     let an2 = a.analyse(&an1.analysis, &obs2, Method::Hybrid).unwrap();
     let info = an2.report.mix.clone().unwrap();
     assert_eq!(info.window_filled, 1);
-    for (name, f) in [("L0.7", &an1.analysis), ("L1", &cand[0]), ("L0", &cand[1])] {
+    for (k, (name, f)) in [("L0.7", &an1.analysis), ("L1", &cand[0]), ("L0", &cand[1])].into_iter().enumerate() {
         let w = Withheld::evaluate(&a.bundle.layout, &obs2, &an1.analysis, f, &[]).unwrap();
         for v in ["u", "t", "ps"] {
             let (nn, s) = ["nh", "sh"]
                 .iter()
                 .filter_map(|b| w.cell(v, b))
                 .fold((0usize, 0.0), |(nn, s), c| (nn + c.n, s + c.sum_d));
-            let got = info.scored[name][&format!("{v}/extratropics")];
+            let got = info.scored[k][&format!("{v}/extratropics")];
             let want = s / nn as f64;
             assert!((got - want).abs() <= 1e-9 * want.abs().max(1e-12), "{name} {v}: {got} vs {want}");
             if name == "L0.7" {
@@ -164,11 +164,8 @@ fn first_cycle_is_the_options_hybrid_and_the_next_scores_each_candidate_in_close
     }
     // the choice is the lowest mean d, and the next analysis runs with it: alpha = L S, beta = (1 - L) S
     let best = |key: &str| {
-        ["L0.7", "L1", "L0"]
-            .iter()
-            .min_by(|x, y| info.scored[**x][key].total_cmp(&info.scored[**y][key]))
-            .map(|s| s[1..].parse::<f64>().unwrap())
-            .unwrap()
+        let k = (0..3).min_by(|x, y| info.scored[*x][key].total_cmp(&info.scored[*y][key])).unwrap();
+        info.candidates[k]
     };
     assert_eq!(info.choice_next["u"][0], best("u/extratropics"));
     let an3 = a.analyse(&an2.analysis, &truth.obs(), Method::Hybrid).unwrap();
@@ -337,11 +334,11 @@ fn scored_by_the_host_model_each_candidate_is_its_forecast_and_persistence_is_th
     let fc = |x: &[f64]| x.iter().zip(&x0).map(|(x, c)| c + 0.64 * (x - c)).collect::<Vec<f64>>();
     let x_b2 = fc(&an1.analysis);
     let info = a.analyse_cycling(&x_b2, &obs[1], Method::Hybrid, Some(&mut relax)).unwrap().report.mix.unwrap();
-    for (name, f) in [("L0.7", fc(&an1.analysis)), ("L0", fc(&a0))] {
+    for (k, (name, f)) in [("L0.7", fc(&an1.analysis)), ("L0", fc(&a0))].into_iter().enumerate() {
         let w = Withheld::evaluate(&a.bundle.layout, &obs[1], &x_b2, &f, &[]).unwrap();
         let (n, s) =
             ["nh", "sh"].iter().filter_map(|b| w.cell("t", b)).fold((0, 0.0), |(n, s), c| (n + c.n, s + c.sum_d));
-        let (got, want) = (info.scored[name]["t/extratropics"], s / n as f64);
+        let (got, want) = (info.scored[k]["t/extratropics"], s / n as f64);
         // d is normalised by sigma_o^2: 1e-9 absolute is far below any difference between candidates
         assert!((got - want).abs() <= 1e-9 * want.abs().max(1.0), "{name}: {got} vs {want}");
     }

@@ -328,6 +328,15 @@ class Latentda:
         self._check(self.lib.lda_report_json(self.ctx, buf, need.value, ctypes.byref(need)), "lda_report_json")
         return json.loads(buf.value.decode())
 
+    def report_number(self, path: str) -> float:
+        """One number of the last report by its dotted path (lda_report_number), e.g. "mix.scored.1.t/extratropics"."""
+        L = self.lib
+        L.lda_report_number.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_double)]
+        L.lda_report_number.restype = ctypes.c_int32
+        v = ctypes.c_double()
+        self._check(L.lda_report_number(self.ctx, path.encode(), ctypes.byref(v)), f"lda_report_number({path})")
+        return v.value
+
     def close(self):
         if self.ctx:
             self.lib.lda_close(self.ctx)
@@ -1292,7 +1301,8 @@ def run(a, model: Model | None = None, log=print) -> str:
                 if lib_mix:   # the library's choice, recorded as the driver's chooser records its own
                     m = rep["mix"]
                     rec["mix"] = {"choice": {v: {"extratropics": x, "tropics": t} for v, (x, t) in m["choice"].items()},
-                                  "mean_d": m["scored"], "notes": m["notes"]}
+                                  "mean_d": {CM.share_name(L): d for L, d in zip(m["candidates"], m["scored"])},
+                                  "notes": m["notes"]}
                     rec["t_mix"] = m["candidates_s"]
                 qc = lda.obs_qc(len(obs[0]))
                 dyn_b, phys, step = model.current()

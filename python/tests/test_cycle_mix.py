@@ -255,7 +255,7 @@ def test_the_library_mix_forecasts_candidates_with_the_hosts_callback(lib, tmp_p
         lda.set_step_model(relax, 6.0)
         lda.analyse("hybrid")
         first = lda.report()["mix"]
-        assert len(calls) == 2 and first["scored"] == {} and state.exists()
+        assert len(calls) == 2 and first["scored"] == [] and state.exists()
         x_a = host.state()
         host.load(xb + 0.5 * (x_a - xb))   # the next background: the same model from the analysis used
         lda.set_obs(*obs)
@@ -263,8 +263,10 @@ def test_the_library_mix_forecasts_candidates_with_the_hosts_callback(lib, tmp_p
         rep = lda.report()["mix"]
         assert len(calls) == 4
         # the candidate that was the analysis used forecasts to this background: d = 0; the other does not
-        assert all(d == pytest.approx(0.0, abs=1e-12) for d in rep["scored"]["L0.7"].values())
-        assert any(abs(d) > 1e-6 for d in rep["scored"]["L0"].values())
+        assert all(d == pytest.approx(0.0, abs=1e-12) for d in rep["scored"][0].values())
+        assert any(abs(d) > 1e-6 for d in rep["scored"][1].values())
+        # the report path of a score (lda_report_number): mix.scored.<candidate index>.<variable>/<class>
+        assert lda.report_number("mix.scored.1.t/extratropics") == pytest.approx(rep["scored"][1]["t/extratropics"])
     finally:
         lda.close()
 

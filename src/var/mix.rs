@@ -364,13 +364,13 @@ impl Analyser {
         let mut state = MixState::load(&path, &self.bundle.name, &candidates, score)?;
         let mut notes = Vec::new();
         // Step 2: the last cycle's candidates against this cycle's observations.
-        let mut scored = BTreeMap::new();
+        let mut scored = Vec::new();
         if let Some(tag) = state.pending {
             let n = self.bundle.layout.state_len();
             match read_fields(&fields_path(&path), tag, candidates.len(), n)? {
                 Ok(fields) => {
                     let mut cycle = Vec::with_capacity(fields.len());
-                    for (k, field) in fields.into_iter().enumerate() {
+                    for field in fields {
                         let f_k: Vec<f64> = match score {
                             MixScore::Model => field,
                             MixScore::Persistence => x_b.iter().zip(&field).map(|(b, d)| b + d).collect(),
@@ -390,7 +390,7 @@ impl Analyser {
                                 }
                             }
                         }
-                        scored.insert(share_name(candidates[k]), means);
+                        scored.push(means);
                         cycle.push(cells);
                     }
                     state.window.push(cycle);

@@ -521,9 +521,10 @@ pub struct MixInfo {
     pub choice: BTreeMap<String, [f64; 2]>,
     /// Where that evidence came from.
     pub sources: BTreeMap<String, [String; 2]>,
-    /// This cycle's scores of the last cycle's candidates: per candidate, per "variable/class", mean d (negative:
-    /// closer to this cycle's observations than the background); empty when nothing was pending.
-    pub scored: BTreeMap<String, BTreeMap<String, f64>>,
+    /// This cycle's scores of the last cycle's candidates, in the order of `candidates` (report path
+    /// `mix.scored.K.u/extratropics`): per "variable/class", mean d (negative: closer to this cycle's observations
+    /// than the background); empty when nothing was pending.
+    pub scored: Vec<BTreeMap<String, f64>>,
     /// The share per variable and class of the next analysis.
     pub choice_next: BTreeMap<String, [f64; 2]>,
     /// Seconds spent in the candidates' analyses.
