@@ -340,9 +340,8 @@ impl Analyser {
     /// Writes the state of the last successful analysis, when its commit was deferred (nothing to do otherwise).
     /// The `mix_state` files of that analysis follow ([`crate::var::mix`]).
     pub fn commit_adaptive_state(&mut self) -> Result<()> {
-        match self.adaptive_pending.take() {
-            Some((path, text)) => write_atomic(&path, &text)?,
-            None => (),
+        if let Some((path, text)) = self.adaptive_pending.take() {
+            write_atomic(&path, &text)?;
         }
         self.commit_mix_state()
     }
