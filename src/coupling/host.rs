@@ -11,7 +11,7 @@ use crate::model::forecast::StepModel;
 use crate::obs::operator::ObsOperator;
 use crate::obs::{Observation, QcFlag};
 use crate::var::analysis::Analyser;
-use crate::var::fourd::{ForecastChecks, FourD};
+use crate::var::fourd::ForecastChecks;
 use crate::var::options::{BKind, Method, Options};
 
 /// Memory order of a bound host array (the `order` argument of `lda_bind_field_f32`/`_f64`, an `int32_t`).
@@ -518,15 +518,9 @@ impl HostContext {
         self.qc = None;
         self.report = None;
         let x_b = self.gather()?;
-        let mut result = if m == Method::L4dvar {
-            let mode = self.analyser.options.output;
-            let model = self.step_model.as_mut().map(|s| s as &mut dyn StepModel);
-            self.analyser.analyse_4d(&x_b, &self.obs, mode, FourD { backgrounds: Vec::new(), model })?
-        } else {
-            // the host's model forecasts the online mix's candidates (mix_score = "model")
-            let model = self.step_model.as_mut().map(|s| s as &mut dyn StepModel);
-            self.analyser.analyse_cycling(&x_b, &self.obs, m, model)?
-        };
+        // the host's model: l4dvar's step model, and what forecasts the online mix's candidates (mix_score = "model")
+        let model = self.step_model.as_mut().map(|s| s as &mut dyn StepModel);
+        let mut result = self.analyser.analyse_cycling(&x_b, &self.obs, m, model)?;
         if !self.withheld.is_empty() {
             // before anything is written back: a failure here leaves the host arrays untouched
             result.report.withheld = Some(self.analyser.verify_withheld(&self.withheld, &x_b, &result.analysis)?);

@@ -49,8 +49,8 @@ impl Analyser {
     }
 
     /// [`Analyser::analyse`] for a host that cycles with its own forecast model: `model` is what option
-    /// `mix_score = "model"` forecasts the online mix's candidates with ([`crate::var::mix`]); without
-    /// `mix_candidates` it is not used.
+    /// `mix_score = "model"` forecasts the online mix's candidates with ([`crate::var::mix`]), and method l4dvar's
+    /// step model (as `FourD::model`); a 3D method without `mix_candidates` does not use it.
     pub fn analyse_cycling(
         &mut self,
         x_b: &[f64],
@@ -60,7 +60,7 @@ impl Analyser {
     ) -> Result<Analysis> {
         let mode = self.options.output;
         if method == Method::L4dvar {
-            return self.analyse_4d(x_b, obs, mode, FourD::default());
+            return self.analyse_4d(x_b, obs, mode, FourD { backgrounds: Vec::new(), model });
         }
         self.run(x_b, obs, mode, &mut ThreeD::new(method, mode)?, model)
     }
