@@ -156,6 +156,7 @@ OBS_SEED = 700000          # noise seed of cycle c: OBS_SEED + c (the same for e
 FORECAST_CYCLES = 8        # 48 h
 MIX_SEED = 800000          # --choose-mix: the column split of cycle c is drawn with MIX_SEED + c
 IAU_PENDING = "iau_pending.npz"   # --iau: the last cycle's background and analysis, whose increment the next 6 h add
+LIB_MIX = "lib_mix.npz"           # --choose-in-library: the library's mix state and fields of the checkpoint's cycle
 MIX_PENDING = "mix_pending.npz"   # --choose-by forecast: the candidates' forecasts of the checkpoint's cycle
 # The reference bundle's B (latent and static) is calibrated to 48 h forecast errors; cycled 6 h backgrounds have
 # about 0.35 of that error variance (u 1.3 vs 2.1 m/s, t 0.52 vs 0.92 K, ps 118 vs 190 Pa after one cycle), and
@@ -434,6 +435,34 @@ def load_iau_pending(path: str, cycle: int):
     if int(f["cycle"]) != cycle:
         raise SystemExit(f"{path} holds cycle {int(f['cycle'])}, the checkpoint cycle {cycle}")
     return f["x_b"], f["x_a"]
+
+
+def save_lib_mix(path: str, cycle: int, mix_file: str):
+    """--choose-in-library: the library's mix state and pending fields as of `cycle` (written atomically), so that a
+    resume restores them with the checkpoint (the library rewrites them inside the next analysis, before the next
+    checkpoint)."""
+    fields = mix_file + ".fields"
+    tmp = path + ".partial.npz"
+    np.savez(tmp, cycle=cycle, state=np.frombuffer(Path(mix_file).read_bytes(), np.uint8),
+             fields=np.frombuffer(Path(fields).read_bytes() if os.path.exists(fields) else b"", np.uint8))
+    os.replace(tmp, path)
+
+
+def load_lib_mix(path: str, cycle: int, mix_file: str):
+    """Writes back the mix state and fields `save_lib_mix` saved for `cycle`; an error if the file is missing or of
+    another cycle."""
+    if not os.path.exists(path):
+        raise SystemExit(f"{path} missing: a --choose-in-library run resumes with the library's mix state of its last "
+                         "cycle")
+    f = np.load(path)
+    if int(f["cycle"]) != cycle:
+        raise SystemExit(f"{path} holds cycle {int(f['cycle'])}, the checkpoint cycle {cycle}")
+    Path(mix_file).write_bytes(f["state"].tobytes())
+    fields = mix_file + ".fields"
+    if f["fields"].size:
+        Path(fields).write_bytes(f["fields"].tobytes())
+    elif os.path.exists(fields):
+        os.remove(fields)
 
 
 def gridpoint(model, dyn) -> np.ndarray:
@@ -1221,13 +1250,13 @@ def run(a, model: Model | None = None, log=print) -> str:
         if a.method != "hybrid" or ens_k or eda_k or a.choose_by == "withheld":
             raise SystemExit("--choose-in-library is for method hybrid without an ensemble, with --choose-by forecast "
                              "or persistence")
-        if cycle > 0:
-            raise SystemExit("--choose-in-library runs are not resumable (the library's mix state is not "
-                             "checkpointed): start again")
         mix_file = os.path.join(folder, "mix_lib.json")
-        for f in (mix_file, mix_file + ".fields"):
-            if os.path.exists(f):
-                os.remove(f)
+        if cycle > 0:   # the library's mix state of the checkpoint's cycle (a later analysis may have advanced it)
+            load_lib_mix(os.path.join(folder, LIB_MIX), cycle, mix_file)
+        else:
+            for f in (mix_file, mix_file + ".fields"):
+                if os.path.exists(f):
+                    os.remove(f)
         lda_options += (f"\nmix_candidates = {mix_shares(a)!r}\nmix_state = {json.dumps(mix_file)}\n"
                         f"mix_window = {a.choose_window}\n"
                         f"mix_score = \"{'model' if a.choose_by == 'forecast' else 'persistence'}\"")
@@ -1388,6 +1417,8 @@ def run(a, model: Model | None = None, log=print) -> str:
             if iau:
                 iau_inc = iau_next
                 save_iau_pending(os.path.join(folder, IAU_PENDING), c, x_b, x_a)
+            if lib_mix:
+                save_lib_mix(os.path.join(folder, LIB_MIX), c, mix_file)
             cycle = c
             if c % 4 == 0 or c == n_cycles or c <= 2:
                 log(f"{a.method}/{a.network} cycle {c}/{n_cycles} day {rec['day']} {rec['hour']:02d}Z: "
@@ -1863,7 +1894,7 @@ def main(argv=None):
     ap.add_argument("--choose-in-library", action="store_true",
                     help="--choose-mix with --choose-by forecast or persistence, done by the library (options "
                          "mix_candidates, mix_state, mix_score: jcm is the context's step model, lda_set_step_model) "
-                         "instead of this driver; folder prefix <method>-mixlf / -mixlp; not resumable")
+                         "instead of this driver; folder prefix <method>-mixlf / -mixlp")
     ap.add_argument("--choose-window", type=int, default=CM.MIX_WINDOW,
                     help="--choose-mix: cycles of withheld evidence pooled (default 12, 3 days)")
     a = ap.parse_args(argv)

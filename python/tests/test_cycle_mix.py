@@ -146,6 +146,24 @@ def test_iau_pending_increment_is_tied_to_its_cycle(tmp_path):
         C.load_iau_pending(p, 5)
 
 
+def test_the_librarys_mix_state_is_kept_with_its_cycle(tmp_path):
+    mix = tmp_path / "mix_lib.json"
+    path = str(tmp_path / C.LIB_MIX)
+    with pytest.raises(SystemExit, match="missing"):
+        C.load_lib_mix(path, 3, str(mix))
+    mix.write_text('{"cycles": 3}')
+    (tmp_path / "mix_lib.json.fields").write_bytes(b"LDAMIX01" + bytes(range(40)))
+    C.save_lib_mix(path, 3, str(mix))
+    # the library advances them inside the next analysis; a resume at cycle 3 brings back cycle 3's
+    mix.write_text('{"cycles": 4}')
+    (tmp_path / "mix_lib.json.fields").write_bytes(b"other")
+    C.load_lib_mix(path, 3, str(mix))
+    assert mix.read_text() == '{"cycles": 3}'
+    assert (tmp_path / "mix_lib.json.fields").read_bytes() == b"LDAMIX01" + bytes(range(40))
+    with pytest.raises(SystemExit, match="holds cycle 3"):
+        C.load_lib_mix(path, 4, str(mix))
+
+
 def test_summary_counts_how_often_each_share_was_chosen():
     cs = [{"u": {"extratropics": 0.7, "tropics": 0.0}}, {"u": {"extratropics": 0.4, "tropics": 0.0}},
           {"u": {"extratropics": 0.7, "tropics": 0.0}}, {"u": {"extratropics": 0.7, "tropics": 0.0}}]
