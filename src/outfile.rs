@@ -114,12 +114,23 @@ impl Drop for PendingFile {
 /// Writes `bytes` to `target` whole or not at all, synced to disk before the rename (a crash leaves the old file or
 /// the new one, never an empty one).
 pub fn write_whole(target: &Path, bytes: &[u8]) -> Result<()> {
+    write_all_whole(&[(target, bytes)])
+}
+
+/// Writes several files that belong together: every content to its temporary file and synced first, then the
+/// renames. A failure before the renames changes none of the targets (a state and its side file never part over a
+/// full disk or a missing folder).
+pub fn write_all_whole(files: &[(&Path, &[u8])]) -> Result<()> {
     use std::io::Write;
-    let p = PendingFile::new(target)?;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(p.path())
-        .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()))
-        .map_err(|e| Error::io(format!("cannot write '{}': {e}", target.display())))?;
-    p.commit()
+    let mut pending = Vec::with_capacity(files.len());
+    for (target, bytes) in files {
+        let p = PendingFile::new(target)?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(p.path())
+            .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()))
+            .map_err(|e| Error::io(format!("cannot write '{}': {e}", target.display())))?;
+        pending.push(p);
+    }
+    pending.into_iter().try_for_each(PendingFile::commit)
 }

@@ -162,18 +162,23 @@ fn first_cycle_is_the_options_hybrid_and_the_next_scores_each_candidate_in_close
             }
         }
     }
-    // the choice is the lowest mean d, and the next analysis runs with it: alpha = L S, beta = (1 - L) S
+    // the choice is the lowest mean d, and this analysis (cycle 2) already ran with it: alpha = L S, beta = (1 - L) S
     let best = |key: &str| {
         let k = (0..3).min_by(|x, y| info.scored[*x][key].total_cmp(&info.scored[*y][key])).unwrap();
         info.candidates[k]
     };
-    assert_eq!(info.choice_next["u"][0], best("u/extratropics"));
-    let an3 = a.analyse(&an2.analysis, &truth.obs(), Method::Hybrid).unwrap();
-    let w = an3.report.desroziers.as_ref().unwrap().b_in_force.hybrid_weights.clone();
-    let l = info.choice_next["u"][0];
-    let wu = w.map_or([0.7, 0.3, 0.7, 0.3], |w| w["u"]);
-    assert!((wu[0] - l).abs() < 1e-12 && (wu[1] - (1.0 - l)).abs() < 1e-12, "u weights {wu:?}, share {l}");
-    assert_eq!(an3.report.mix.unwrap().choice["u"][0], l);
+    let b_in_force = &an2.report.desroziers.as_ref().unwrap().b_in_force;
+    for (v, class) in [("u", 0), ("t", 0), ("u", 1), ("ps", 1)] {
+        let key = format!("{v}/{}", ["extratropics", "tropics"][class]);
+        if !info.scored[0].contains_key(&key) {
+            continue;
+        }
+        let l = info.choice[v][class];
+        assert_eq!(l, best(&key), "{key}");
+        let w = b_in_force.hybrid_weights_of(v).unwrap();
+        let (al, be) = (w[2 * class], w[2 * class + 1]);
+        assert!((al - l).abs() < 1e-12 && (be - (1.0 - l)).abs() < 1e-12, "{key}: weights {w:?}, share {l}");
+    }
 }
 
 #[test]
@@ -195,9 +200,9 @@ fn errors_of_the_static_b_make_the_cycle_choose_the_static_part_and_it_beats_the
         last = an.report.mix;
     }
     let info = last.unwrap();
-    eprintln!("choice {:?}, sources {:?}", info.choice_next, info.sources);
+    eprintln!("choice {:?}, sources {:?}", info.choice, info.sources);
     for v in ["u", "t", "ps"] {
-        assert_eq!(info.choice_next[v][0], 0.0, "{v}: {:?}", info.choice_next);
+        assert_eq!(info.choice[v][0], 0.0, "{v}: {:?}", info.choice);
     }
     let (e_mix, e_fixed) = (rms_error(&x, &truth.xt), rms_error(&xf, &truth.xt));
     eprintln!("final error: mix {e_mix:.4}, latent only {e_fixed:.4}");
@@ -430,4 +435,38 @@ fn a_nonlinear_only_host_model_serves_the_mix_through_the_c_abi_and_l4dvar_says_
     assert!(msg.contains("'step' alone") && (msg.contains("'tl'") || msg.contains("'ad'")), "{msg}");
     assert_eq!(fields, before, "host arrays untouched");
     ffi::lda_close(c4);
+}
+
+#[test]
+fn with_the_adaptive_state_both_files_are_written_together_or_not_at_all_and_a_blown_up_forecast_is_dropped() {
+    let dir = scratch("mix_with_adaptive");
+    let adaptive = dir.join("ad.json");
+    let extra = format!("adaptive_state = \"{}\"\n", adaptive.display());
+    let mut truth = Truth::new(WEIGHTS, BKind::Hybrid, 101);
+    let xb = truth.xb0.clone();
+    // the mix's folder does not exist: the analysis fails and the adaptive state is not written either
+    let missing = dir.join("no_such_folder");
+    let mut a = open(&mix_options(&missing, "[0.7, 0.0]", &extra));
+    let e = a.analyse(&xb, &truth.obs(), Method::Hybrid).unwrap_err().to_string();
+    assert!(e.contains("mix.json") && e.contains("cannot write"), "{e}");
+    assert!(!adaptive.exists(), "the adaptive state must not run ahead of the mix state");
+    // both in a folder that exists: both written
+    let mut a = open(&mix_options(&dir, "[0.7, 0.0]", &extra));
+    a.analyse(&xb, &truth.obs(), Method::Hybrid).unwrap();
+    assert!(adaptive.exists() && dir.join("mix.json").exists() && fields_path(&dir.join("mix.json")).exists());
+    // one file for both: refused at open
+    let same = format!("adaptive_state = \"{}\"\n", dir.join("mix.json").display());
+    let e = Options::from_toml(&format!("{EXACT}{}", mix_options(&dir, "[0.7, 0.0]", &same))).unwrap_err();
+    assert!(e.message.contains("same file"), "{}", e.message);
+    // a host model whose forecasts are finite but huge: the scores overflow; that cycle's evidence is dropped with a
+    // note, and the state stays readable
+    let dm = scratch("mix_blow_up");
+    let mut b = open(&mix_options(&dm, "[0.7, 0.0]", "").replace("persistence", "model"));
+    let mut huge = Relax { c: vec![0.0; xb.len()], r: 1e150, dt: 6.0, calls: 0 };
+    let an = b.analyse_cycling(&xb, &truth.obs(), Method::Hybrid, Some(&mut huge)).unwrap();
+    let info =
+        b.analyse_cycling(&an.analysis, &truth.obs(), Method::Hybrid, Some(&mut huge)).unwrap().report.mix.unwrap();
+    assert!(info.scored.is_empty() && info.window_filled == 0, "{info:?}");
+    assert!(info.notes.iter().any(|n| n.contains("non-finite")), "{:?}", info.notes);
+    b.analyse_cycling(&an.analysis, &truth.obs(), Method::Hybrid, Some(&mut huge)).unwrap();
 }

@@ -338,12 +338,26 @@ impl Analyser {
     }
 
     /// Writes the state of the last successful analysis, when its commit was deferred (nothing to do otherwise).
-    /// The `mix_state` files of that analysis follow ([`crate::var::mix`]).
+    /// The `mix_state` files of that analysis ([`crate::var::mix`]) are written with it: every temporary file first,
+    /// then the renames, so that a write that fails changes none of them.
     pub fn commit_adaptive_state(&mut self) -> Result<()> {
-        if let Some((path, text)) = self.adaptive_pending.take() {
-            write_atomic(&path, &text)?;
+        let adaptive = self.adaptive_pending.take();
+        let mix = self.mix_write.take();
+        let mut files: Vec<(PathBuf, &[u8])> = Vec::new();
+        if let Some((path, text)) = &adaptive {
+            files.push((path.clone(), text.as_bytes()));
         }
-        self.commit_mix_state()
+        if let Some((state, text, fields)) = &mix {
+            if let Some(f) = fields {
+                files.push((crate::var::mix::fields_path(state), f));
+            }
+            files.push((state.clone(), text.as_bytes()));
+        }
+        let refs: Vec<(&Path, &[u8])> = files.iter().map(|(p, b)| (p.as_path(), *b)).collect();
+        crate::outfile::write_all_whole(&refs).map_err(|e| {
+            let names: Vec<String> = files.iter().map(|(p, _)| format!("'{}'", p.display())).collect();
+            Error::io(format!("adaptive_state / mix_state {}: cannot write them: {}", names.join(", "), e.message))
+        })
     }
 
     /// The B of the host's options, before any multiplier.

@@ -52,6 +52,9 @@ use crate::var::withheld::WithheldCell;
 /// Version of the state file's format.
 pub const STATE_FORMAT: u32 = 1;
 
+/// Most model steps of one candidate's forecast (`mix_lead_hours` over the model's time step).
+const MAX_STEPS: usize = 10_000;
+
 /// First bytes of the pending fields file.
 const FIELDS_MAGIC: &[u8; 8] = b"LDAMIX01";
 
@@ -252,16 +255,6 @@ fn read_fields(path: &Path, tag: usize, k: usize, n: usize) -> Result<std::resul
     Ok(Ok(vals.chunks(n).map(<[f64]>::to_vec).collect()))
 }
 
-/// Writes the pending fields first, then the state that names them (each whole or not at all).
-fn commit(state: &Path, text: &str, fields: Option<&[u8]>) -> Result<()> {
-    let io = |p: &Path, e: Error| Error::io(format!("mix_state '{}': cannot write it: {}", p.display(), e.message));
-    if let Some(f) = fields {
-        let p = fields_path(state);
-        crate::outfile::write_whole(&p, f).map_err(|e| io(&p, e))?;
-    }
-    crate::outfile::write_whole(state, text.as_bytes()).map_err(|e| io(state, e))
-}
-
 /// `steps` steps of `model` from `x`.
 fn forecast(model: &mut dyn StepModel, mut x: Vec<f64>, steps: usize) -> Result<Vec<f64>> {
     let mut next = vec![0.0; x.len()];
@@ -310,7 +303,8 @@ fn mixed_options(a: &Analyser, share: impl Fn(&str) -> [f64; 2]) -> Result<(Opti
 
 impl Analyser {
     /// Runs `f`'s analysis with the mix of option `mix_candidates` (module documentation); without that option it
-    /// runs it as is. The files are written by [`Analyser::commit_mix_state`]. The options in force are those of
+    /// runs it as is. The files are written with the adaptive state ([`Analyser::commit_adaptive_state`]). The
+    /// options in force are those of
     /// the caller again afterwards, whatever happened.
     pub(crate) fn with_mix(
         &mut self,
@@ -351,9 +345,9 @@ impl Analyser {
             (MixScore::Model, Some(m)) => {
                 let (lead, dt) = (self.options.mix_lead_hours, m.time_step_hours());
                 let n = (lead / dt).round();
-                if n < 1.0 || (n * dt - lead).abs() > 1e-9 * lead {
+                if n < 1.0 || n > MAX_STEPS as f64 || (n * dt - lead).abs() > 1e-9 * lead {
                     return Err(Error::arg(format!(
-                        "mix_lead_hours = {lead} is not a whole number of the step model's {dt} h steps"
+                        "mix_lead_hours = {lead} is not a whole number (1 to {MAX_STEPS}) of the step model's {dt} h steps"
                     )));
                 }
                 n as usize
@@ -378,6 +372,9 @@ impl Analyser {
                         let w = self.verify_withheld(obs, x_b, &f_k)?;
                         let cells: Vec<WithheldCell> =
                             w.cells.into_iter().filter(|c| c.n > 0 && c.group != "all" && c.band != "global").collect();
+                        if cells.iter().any(|c| !c.sum_d.is_finite()) {
+                            break;
+                        }
                         let mut means = BTreeMap::new();
                         for v in &names {
                             for (class, bands) in CLASS_BANDS.iter().enumerate() {
@@ -393,7 +390,15 @@ impl Analyser {
                         scored.push(means);
                         cycle.push(cells);
                     }
-                    state.window.push(cycle);
+                    if cycle.len() < candidates.len() {
+                        // a forecast that blew up: no evidence from this cycle rather than an infinite one
+                        notes.push(
+                            "a candidate's forecast gave a non-finite score: this cycle's evidence dropped".into(),
+                        );
+                        scored.clear();
+                    } else {
+                        state.window.push(cycle);
+                    }
                     let excess = state.window.len().saturating_sub(self.options.mix_window);
                     state.window.drain(..excess);
                     state.choose(&names);
@@ -427,6 +432,10 @@ impl Analyser {
                 Some(m) if score == MixScore::Model => forecast(m, c.analysis, steps),
                 _ => Ok(c.analysis.iter().zip(&an.analysis).map(|(a, b)| a - b).collect()),
             });
+            let r = r.and_then(|field| match field.iter().position(|x| !x.is_finite()) {
+                Some(i) => Err(Error::backend(format!("value {i} of its forecast is not finite"))),
+                None => Ok(field),
+            });
             match r {
                 Ok(field) => fields.push(field),
                 Err(e) => {
@@ -440,7 +449,7 @@ impl Analyser {
             }
         }
         self.options = caller;
-        state.cycles += 1;
+        state.cycles = state.cycles.saturating_add(1);
         let fields = (fields.len() == candidates.len()).then(|| fields_bytes(state.cycles, &fields));
         state.pending = fields.as_ref().map(|_| state.cycles);
         let text = serde_json::to_string_pretty(&state).map_err(|e| Error::io(format!("mix state: {e}")))?;
@@ -454,19 +463,10 @@ impl Analyser {
             choice: applied.clone(),
             sources,
             scored,
-            choice_next: applied.keys().map(|v| (v.clone(), state.share_of(v))).collect(),
             candidates_s: t.elapsed().as_secs_f64(),
             notes,
         });
         Ok(an)
-    }
-
-    /// Writes the mix state of the last successful analysis (nothing to do without one).
-    pub(crate) fn commit_mix_state(&mut self) -> Result<()> {
-        match self.mix_write.take() {
-            Some((state, text, fields)) => commit(&state, &text, fields.as_deref()),
-            None => Ok(()),
-        }
     }
 }
 

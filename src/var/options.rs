@@ -746,6 +746,11 @@ fn check_mix_options(o: &Options) -> Result<()> {
             if p.is_empty() {
                 return Err(Error::arg("mix_state is empty (name the state file, or omit the key)"));
             }
+            if o.adaptive_state.as_ref().is_some_and(|a| *a == *p || *a == format!("{p}.fields")) {
+                return Err(Error::arg(format!(
+                    "mix_state '{p}' and adaptive_state are the same file (or its '.fields'): give each its own"
+                )));
+            }
             if c.is_empty() {
                 return Err(Error::arg("mix_candidates is empty (give at least one latent share in [0, 1])"));
             }

@@ -84,13 +84,27 @@ impl Analyser {
         model: Option<&mut dyn crate::model::forecast::StepModel>,
     ) -> Result<Analysis> {
         let method = f.method();
+        // with the mix, the adaptive state waits for it: both are written together once both are ready
+        let caller_defers = self.adaptive_deferred;
+        let mix = self.options.mix_candidates.is_some();
+        self.adaptive_deferred = caller_defers || mix;
         let res = self.with_adaptive_b(method, |a| a.with_mix(x_b, obs, mode, f, model));
-        if res.is_err() {
-            self.mix_write = None;
-        } else if !self.adaptive_deferred {
-            self.commit_mix_state()?;
+        self.adaptive_deferred = caller_defers;
+        match res {
+            Err(e) => {
+                self.mix_write = None;
+                if mix && !caller_defers {
+                    self.adaptive_pending = None;
+                }
+                Err(e)
+            }
+            Ok(an) => {
+                if mix && !caller_defers {
+                    self.commit_adaptive_state()?;
+                }
+                Ok(an)
+            }
         }
-        res
     }
 
     /// The pipeline (module documentation). Nothing is returned, and no input is changed, unless every step and

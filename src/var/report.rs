@@ -428,7 +428,7 @@ impl Report {
             };
             let _ = writeln!(
                 s,
-                "mix ({}, window {}/{}, cycle {}, candidates {:?}, {:.2} s): latent share (extratropics/tropics){}; next{}{}",
+                "mix ({}, window {}/{}, cycle {}, candidates {:?}, {:.2} s): latent share (extratropics/tropics){}{}",
                 m.state,
                 m.window_filled,
                 m.window,
@@ -436,7 +436,6 @@ impl Report {
                 m.candidates,
                 m.candidates_s,
                 shares(&m.choice),
-                shares(&m.choice_next),
                 if m.notes.is_empty() { String::new() } else { format!(" [{}]", m.notes.join("; ")) }
             );
         }
@@ -516,8 +515,9 @@ pub struct MixInfo {
     pub window: usize,
     /// Analyses run with this state, this one included.
     pub cycles: usize,
-    /// The latent share each variable had in this analysis, [extratropics, tropics] (variables the options keep
-    /// out of one part are left out).
+    /// The latent share each variable had in this analysis, [extratropics, tropics], chosen with this cycle's
+    /// scores included (so also the share of the next analysis, until new evidence); a variable the options keep
+    /// out of one part is left out, a class of it so kept is NaN (null in JSON).
     pub choice: BTreeMap<String, [f64; 2]>,
     /// Where that evidence came from.
     pub sources: BTreeMap<String, [String; 2]>,
@@ -525,8 +525,6 @@ pub struct MixInfo {
     /// `mix.scored.K.u/extratropics`): per "variable/class", mean d (negative: closer to this cycle's observations
     /// than the background); empty when nothing was pending.
     pub scored: Vec<BTreeMap<String, f64>>,
-    /// The share per variable and class of the next analysis.
-    pub choice_next: BTreeMap<String, [f64; 2]>,
     /// Seconds spent in the candidates' analyses.
     pub candidates_s: f64,
     /// Notes (a candidate that failed, pending fields that did not match).
