@@ -520,11 +520,18 @@ impl HostContext {
         let x_b = self.gather()?;
         // the host's model: l4dvar's step model, and what forecasts the online mix's candidates (mix_score = "model")
         let model = self.step_model.as_mut().map(|s| s as &mut dyn StepModel);
-        let mut result = self.analyser.analyse_cycling(&x_b, &self.obs, m, model)?;
-        if !self.withheld.is_empty() {
-            // before anything is written back: a failure here leaves the host arrays untouched
-            result.report.withheld = Some(self.analyser.verify_withheld(&self.withheld, &x_b, &result.analysis)?);
-        }
+        // the state files (adaptive_state, mix_state) are written last before the arrays, after every other step
+        // that can fail: a failure leaves both the files and the host arrays as they were
+        self.analyser.defer_adaptive_commit(true);
+        let done = self.analyser.analyse_cycling(&x_b, &self.obs, m, model).and_then(|mut result| {
+            if !self.withheld.is_empty() {
+                result.report.withheld = Some(self.analyser.verify_withheld(&self.withheld, &x_b, &result.analysis)?);
+            }
+            self.analyser.commit_adaptive_state()?;
+            Ok(result)
+        });
+        self.analyser.defer_adaptive_commit(false);
+        let result = done?;
         self.scatter(&result.output);
         self.qc = Some(result.qc);
         self.report = Some(result.report.to_json());
