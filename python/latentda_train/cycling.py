@@ -185,6 +185,10 @@ class LatentdaError(RuntimeError):
 class Latentda:
     """A latentda context opened through the C ABI of liblatentda.so (the calls of examples/c/driver.c)."""
 
+    # lda_set_step_model's nonlinear step (LdaStepFn): status (user, n, x, x_next)
+    STEP_FN = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_double),
+                               ctypes.POINTER(ctypes.c_double))
+
     def __init__(self, lib_path: str, bundle: str, options: str = ""):
         if not os.path.exists(lib_path):
             raise FileNotFoundError(f"{lib_path} not found: run `cargo build --release` first")
@@ -206,7 +210,9 @@ class Latentda:
         L.lda_state_size.argtypes = [c_p, ctypes.POINTER(ctypes.c_size_t)]
         L.lda_b_linearise.argtypes = [c_p]
         L.lda_brandomize.argtypes = [c_p, ctypes.c_uint64, dp, ctypes.c_size_t]
-        for f in ("lda_state_size", "lda_b_linearise", "lda_brandomize"):
+        L.lda_set_step_model.argtypes = [c_p, self.STEP_FN, c_p, c_p, c_p, ctypes.c_double]   # tl, ad: NULL
+        L.lda_report_number.argtypes = [c_p, ctypes.c_char_p, dp]
+        for f in ("lda_state_size", "lda_b_linearise", "lda_brandomize", "lda_set_step_model", "lda_report_number"):
             getattr(L, f).restype = i32
         if hasattr(L, "lda_set_withheld"):   # libraries before withheld observations lack it
             L.lda_set_withheld.argtypes = L.lda_set_obs.argtypes
@@ -293,9 +299,6 @@ class Latentda:
     def analyse(self, method: str):
         self._check(self.lib.lda_analyse(self.ctx, method.encode()), f"lda_analyse({method})")
 
-    STEP_FN = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_double),
-                               ctypes.POINTER(ctypes.c_double))
-
     def set_step_model(self, step, hours: float):
         """The host's model as the context's step model (lda_set_step_model): `step(x)` maps a flat state to the state
         `hours` later. The nonlinear step alone (TL and AD NULL): what the online mix's mix_score = "model" calls;
@@ -311,11 +314,8 @@ class Latentda:
                 print(f"step model callback failed: {e}", file=sys.stderr)
                 return 3
         self._callback = self.STEP_FN(nonlinear)   # kept alive while the context may call it
-        L = self.lib
-        L.lda_set_step_model.argtypes = [ctypes.c_void_p, self.STEP_FN, ctypes.c_void_p, ctypes.c_void_p,
-                                         ctypes.c_void_p, ctypes.c_double]
-        L.lda_set_step_model.restype = ctypes.c_int32
-        self._check(L.lda_set_step_model(self.ctx, self._callback, None, None, None, hours), "lda_set_step_model")
+        self._check(self.lib.lda_set_step_model(self.ctx, self._callback, None, None, None, hours),
+                    "lda_set_step_model")
 
     def obs_qc(self, n: int) -> np.ndarray:
         f = np.zeros(n, np.int32)
@@ -331,11 +331,8 @@ class Latentda:
 
     def report_number(self, path: str) -> float:
         """One number of the last report by its dotted path (lda_report_number), e.g. "mix.scored.1.t/extratropics"."""
-        L = self.lib
-        L.lda_report_number.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_double)]
-        L.lda_report_number.restype = ctypes.c_int32
         v = ctypes.c_double()
-        self._check(L.lda_report_number(self.ctx, path.encode(), ctypes.byref(v)), f"lda_report_number({path})")
+        self._check(self.lib.lda_report_number(self.ctx, path.encode(), ctypes.byref(v)), f"lda_report_number({path})")
         return v.value
 
     def close(self):

@@ -22,10 +22,11 @@
 //! 4. runs the analysis with alpha = L S and beta = (1 - L) S per variable and class, S = alpha + beta of the options
 //!    in force (after the `adaptive_state` multipliers, which the mix leaves unchanged). A variable the options keep
 //!    out of one part (alpha or beta 0, or not in `hybrid_variables`) keeps its weights: nothing to choose;
-//! 5. analyses the same background and observations with each candidate's weights and keeps F_k's ingredient for
-//!    the next cycle in `<mix_state>.fields` (binary: the forecasts, or A_k - A), then rewrites the state, after the `adaptive_state` and before the
-//!    host's arrays: a failed analysis changes neither. A candidate that fails leaves no evidence for the next cycle
-//!    (noted in the report); the analysis itself stands.
+//! 5. analyses the same background and observations with each candidate's weights and keeps what F_k needs for the
+//!    next cycle in `<mix_state>.fields` (binary: the forecasts, or A_k - A); the state and its fields are written
+//!    together with the `adaptive_state` and before the host's arrays ([`Analyser::commit_adaptive_state`]): a failed
+//!    analysis or write changes none of them. A candidate that fails leaves no evidence for the next cycle (noted in
+//!    the report); the analysis itself stands.
 //!
 //! The cost is K more analyses per cycle, and with `"model"` K forecasts. The python driver's `latentda-cycle run
 //! --choose-by forecast` is the same scheme outside the library, `--choose-by persistence` the persistence one.
@@ -80,7 +81,8 @@ pub struct MixState {
     pub sources: BTreeMap<String, [String; 2]>,
     /// Per scored cycle (oldest first, at most `mix_window`), per candidate: its cells (variable x band).
     pub window: Vec<Vec<Vec<WithheldCell>>>,
-    /// The cycle count at which the pending fields (`<file>.fields`: A_k - A) were made; `None`: none to score.
+    /// The cycle count at which the pending fields (`<file>.fields`: the forecasts F_k, or A_k - A) were made;
+    /// `None`: none to score.
     pub pending: Option<usize>,
 }
 
@@ -150,17 +152,11 @@ impl MixState {
     }
 
     /// Pools the window: per candidate, per (variable, class index), (n, sum d).
-    fn pooled(&self) -> Vec<BTreeMap<(String, usize), (usize, f64)>> {
+    fn pooled(&self) -> Vec<ClassSums> {
         let mut out = vec![BTreeMap::new(); self.candidates.len()];
         for cycle in &self.window {
             for (k, cells) in cycle.iter().enumerate() {
-                for c in cells {
-                    if let Some(class) = CLASS_BANDS.iter().position(|b| b.contains(&c.band.as_str())) {
-                        let e = out[k].entry((c.group.clone(), class)).or_insert((0, 0.0));
-                        e.0 += c.n;
-                        e.1 += c.sum_d;
-                    }
-                }
+                add_class_sums(&mut out[k], cells);
             }
         }
         out
@@ -203,6 +199,20 @@ impl MixState {
     }
 }
 
+/// Observation counts and sums of d per (variable, class index).
+type ClassSums = BTreeMap<(String, usize), (usize, f64)>;
+
+/// Adds the counts and sums of d of `cells` (variable x band) into `acc`, per (variable, class index).
+fn add_class_sums(acc: &mut ClassSums, cells: &[WithheldCell]) {
+    for c in cells {
+        if let Some(class) = CLASS_BANDS.iter().position(|b| b.contains(&c.band.as_str())) {
+            let e = acc.entry((c.group.clone(), class)).or_insert((0, 0.0));
+            e.0 += c.n;
+            e.1 += c.sum_d;
+        }
+    }
+}
+
 /// The pending fields file of state file `path`.
 pub fn fields_path(path: &Path) -> PathBuf {
     let mut p = path.as_os_str().to_owned();
@@ -224,8 +234,8 @@ fn fields_bytes(tag: usize, fields: &[Vec<f64>]) -> Vec<u8> {
     b
 }
 
-/// Reads the pending fields of `path` made at cycle `tag`: K fields of n values. `Ok(None)` with a note when the
-/// file is missing or belongs to another cycle (a state written without its fields, after a crash between the two).
+/// Reads the pending fields of `path` made at cycle `tag`: K fields of n values. `Ok(Err(note))` when the file is
+/// missing or belongs to another cycle (a state written without its fields, after a crash between the two renames).
 fn read_fields(path: &Path, tag: usize, k: usize, n: usize) -> Result<std::result::Result<Vec<Vec<f64>>, String>> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
@@ -304,8 +314,7 @@ fn mixed_options(a: &Analyser, share: impl Fn(&str) -> [f64; 2]) -> Result<(Opti
 impl Analyser {
     /// Runs `f`'s analysis with the mix of option `mix_candidates` (module documentation); without that option it
     /// runs it as is. The files are written with the adaptive state ([`Analyser::commit_adaptive_state`]). The
-    /// options in force are those of
-    /// the caller again afterwards, whatever happened.
+    /// options in force are those of the caller again afterwards, whatever happened.
     pub(crate) fn with_mix(
         &mut self,
         x_b: &[f64],
@@ -375,19 +384,13 @@ impl Analyser {
                         if cells.iter().any(|c| !c.sum_d.is_finite()) {
                             break;
                         }
-                        let mut means = BTreeMap::new();
-                        for v in &names {
-                            for (class, bands) in CLASS_BANDS.iter().enumerate() {
-                                let (n, s) = cells
-                                    .iter()
-                                    .filter(|c| c.group == *v && bands.contains(&c.band.as_str()))
-                                    .fold((0, 0.0), |(n, s), c| (n + c.n, s + c.sum_d));
-                                if n > 0 {
-                                    means.insert(format!("{v}/{}", CLASSES[class]), s / n as f64);
-                                }
-                            }
-                        }
-                        scored.push(means);
+                        let mut sums = ClassSums::new();
+                        add_class_sums(&mut sums, &cells);
+                        scored.push(
+                            sums.into_iter()
+                                .map(|((v, class), (n, s))| (format!("{v}/{}", CLASSES[class]), s / n as f64))
+                                .collect(),
+                        );
                         cycle.push(cells);
                     }
                     if cycle.len() < candidates.len() {
