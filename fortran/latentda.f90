@@ -45,7 +45,7 @@ module latentda
   public :: lda_grid_info, lda_grid_coords, lda_var_count, lda_var_name, lda_var_layout
   public :: lda_obs_h, lda_obs_h_ad
   public :: lda_set_withheld, lda_set_obs_times, lda_set_step_model, lda_clear_step_model, lda_l4dvar_check
-  public :: lda_set_forecast_model
+  public :: lda_set_forecast_model, lda_set_analysis_time
   public :: lda_set_ensemble
   public :: lda_step_fn, lda_step_tl_fn, lda_step_ad_fn
 
@@ -285,6 +285,12 @@ module latentda
       integer(c_size_t), value :: n
       real(c_double), intent(in) :: time_hours(*)
     end function c_lda_set_obs_times
+
+    integer(c_int32_t) function c_lda_set_analysis_time(ctx, hours) bind(C, name="lda_set_analysis_time")
+      import :: c_int32_t, c_double, c_ptr
+      type(c_ptr), value :: ctx
+      real(c_double), value :: hours
+    end function c_lda_set_analysis_time
 
     integer(c_int32_t) function c_lda_set_ensemble(ctx, k, n, members, order) bind(C, name="lda_set_ensemble")
       import :: c_int32_t, c_size_t, c_double, c_ptr
@@ -662,6 +668,18 @@ contains
     call clear_error(ctx)
     ierr = int(c_lda_set_obs_times(ctx%ptr, int(size(time_hours), c_size_t), time_hours))
   end subroutine lda_set_obs_times
+
+  !> Sets the time of this and later analyses, hours from any fixed epoch the host chooses (lda_set_analysis_time in
+  !> latentda.h). The hybrid's online mix (option mix_candidates) scores the last cycle's candidate forecasts only at
+  !> the time they are valid (that analysis' time plus mix_lead_hours): call it before every lda_analyse when cycling
+  !> with the mix, so that a skipped cycle is noted instead of scored against observations of another time.
+  subroutine lda_set_analysis_time(ctx, hours, ierr)
+    type(lda_context), intent(inout) :: ctx          !< open context
+    real(c_double), intent(in) :: hours              !< analysis time, hours
+    integer, intent(out) :: ierr                     !< LDA_OK, LDA_ERR_INVALID_ARGUMENT (not finite)
+    call clear_error(ctx)
+    ierr = int(c_lda_set_analysis_time(ctx%ptr, hours))
+  end subroutine lda_set_analysis_time
 
   !> Sets the ensemble members of the B in force (lda_set_ensemble in latentda.h), copied: members(n, k), one column
   !> per member in the state layout (n = lda_state_dim: the variables in order, each as its bound field), physical

@@ -310,7 +310,8 @@ extern "C" {
  *   `adaptive_per_variable`, `mix_candidates` (`[L1, L2, ...]`: the hybrid's latent share chosen online per
  *   variable and band class while cycling), `mix_state` (its JSON file, with `<file>.fields` beside it), `mix_window`,
  *   `mix_score` ("model": candidates forecast by the step model of `lda_set_step_model`; "persistence"),
- *   `mix_lead_hours`
+ *   `mix_lead_hours` (the cycle length; with `lda_set_analysis_time` the candidates are scored only by the
+ *   analysis that many hours later)
  *   (one `key = value` per line; see
  *   docs/coupling.md). Unknown keys are an error.
  * - `out`: receives the new context; must not be NULL. It is set to NULL on failure.
@@ -474,6 +475,19 @@ int32_t lda_set_step_model(struct LdaContext *ctx,
                            LdaStepAdFn ad,
                            void *user,
                            double time_step_hours);
+
+/**
+ * Sets the time of this and later analyses, in hours from any fixed epoch the host chooses (for example hours
+ * since the start of the run, or since 1970), kept until set again. Only the hybrid's online mix uses it (option
+ * `mix_candidates`): it records when its candidate forecasts are valid (this time plus `mix_lead_hours`) and
+ * scores them at the analysis whose time that is. An analysis at another time (a cycle skipped for want of
+ * observations, a failed analysis, a restart) notes the stale forecasts in the report's `mix.notes` and scores
+ * nothing that cycle, instead of comparing them with observations of another time. A host that cycles with the
+ * mix should call it before every `lda_analyse`; without it the mix cannot check the times. A non-finite `hours`
+ * is `LDA_ERR_INVALID_ARGUMENT` and leaves the time as it was.
+ */
+int32_t lda_set_analysis_time(struct LdaContext *ctx,
+                              double hours);
 
 /**
  * Adjoint tests of latent 4D-Var's step model at the bound background: the host's (`lda_set_step_model`), else the

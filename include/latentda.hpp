@@ -364,6 +364,14 @@ class Context {
     });
   }
 
+  // Sets the time of this and later analyses, in hours from any fixed epoch the host chooses (lda_set_analysis_time):
+  // the hybrid's online mix (option mix_candidates) scores its last candidate forecasts only at the time they are
+  // valid (that analysis' time plus mix_lead_hours); after a skipped cycle they are noted and left unscored. A
+  // non-finite time throws (LDA_ERR_INVALID_ARGUMENT).
+  void set_analysis_time(double hours) {
+    detail::call([&] { get().set_analysis_time(hours); });
+  }
+
   // Sets the times (hours from the analysis time, the start of the 4D-Var window) of the observations set last, one
   // per observation in their order; set_obs resets them to 0. Only method "l4dvar" uses them, with the step model:
   // the host's (set_step_model), else the bundle's.

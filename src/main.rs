@@ -31,7 +31,7 @@ USAGE:
                    the mean analysis/background RMSE ratio and the share of draws worse than the background)
   latentda analyse --bundle B --background bg.nc --obs obs.csv --output an.nc
                    [--method l3dvar|3dvar|hybrid|l4dvar] [--report report.json] [--truth truth.nc]
-                   [--withheld withheld.csv]
+                   [--withheld withheld.csv] [--analysis-time HOURS]
                    [--output-mode analysis|increment|full_state] [--backend tract|ort|auto]
                    [--device cpu|cuda:N] [--ort-library PATH] [--threads N] [--options opts.toml]
                    [--solver gauss_newton|adam] [--max-pairs N] [--outer-loops N] [--max-inner N]
@@ -363,6 +363,7 @@ fn run() -> Result<ExitCode, CliError> {
                 "obs4d" => "obs4d",
                 "ensemble" => "ensemble",
                 "withheld" => "withheld",
+                "analysis-time" => "analysis-time",
                 "draws" => "draws",
                 "samples" => "samples",
                 "seed" => "seed",
@@ -387,7 +388,18 @@ fn run() -> Result<ExitCode, CliError> {
         "sigma-b" => &["state", "draws", "output"],
         "demo" => &["case", "obs", "obs4d", "output"],
         "twin" => &["background", "obs", "method", "samples", "seed"],
-        _ => &["bundle", "background", "obs", "output", "method", "report", "truth", "ensemble", "withheld"],
+        _ => &[
+            "bundle",
+            "background",
+            "obs",
+            "output",
+            "method",
+            "report",
+            "truth",
+            "ensemble",
+            "withheld",
+            "analysis-time",
+        ],
     };
     if let Some(k) = kv.keys().find(|k| !allowed.contains(k)) {
         return Err(usage(format!("--{k} is not an option of '{sub}'")));
@@ -788,6 +800,10 @@ fn cmd_analyse(
             .map(|f| ncio::read_state(f, &layout).map_err(|e| format!("ensemble member '{}': {e}", f.display())))
             .collect::<Result<Vec<_>, String>>()?;
         a.set_ensemble(members).map_err(|e| format!("--ensemble '{spec}' ({} files): {e}", files.len()))?;
+    }
+    if let Some(h) = kv.get("analysis-time") {
+        let hours: f64 = h.parse().map_err(|_| usage(format!("--analysis-time '{h}' is not a number of hours")))?;
+        a.set_analysis_time(hours).map_err(|e| format!("--analysis-time: {e}"))?;
     }
     let mut result = if method == Method::L4dvar {
         let states = backgrounds_at

@@ -299,6 +299,29 @@ fn the_cli_writes_the_state_with_its_outputs() {
     assert_eq!(rc, 0, "{stdout}\n{stderr}");
     assert!(out.exists() && state.exists() && fields_path(&state).exists());
     assert!(stdout.contains("mix (") || stderr.contains("mix ("), "{stdout}\n{stderr}");
+    // with analysis times: a second run 12 h after the first (a 6 h cycle skipped) scores nothing and says why
+    let timed = |t: &str| {
+        analyse(&[
+            "--method",
+            "hybrid",
+            "--mix-candidates",
+            "0.7,0.2",
+            "--mix-score",
+            "persistence",
+            "--output",
+            out.to_str().unwrap(),
+            "--analysis-time",
+            t,
+        ])
+    };
+    std::fs::remove_file(&state).unwrap();
+    assert_eq!(timed("0").0, 0);
+    let (rc, stdout, stderr) = timed("12");
+    assert_eq!(rc, 0, "{stdout}\n{stderr}");
+    assert!(format!("{stdout}{stderr}").contains("nothing scored"), "{stdout}\n{stderr}");
+    let (rc, _, stderr) = timed("noon");
+    assert_eq!(rc, 2, "{stderr}");
+    assert!(stderr.contains("--analysis-time 'noon'"), "{stderr}");
     let (rc, _, stderr) = analyse(&["--mix-candidates", "0.7,2"]);
     assert_eq!(rc, 2, "{stderr}");
     assert!(stderr.contains("mix_candidates") && stderr.contains('2'), "{stderr}");
@@ -469,4 +492,62 @@ fn with_the_adaptive_state_both_files_are_written_together_or_not_at_all_and_a_b
     assert!(info.scored.is_empty() && info.window_filled == 0, "{info:?}");
     assert!(info.notes.iter().any(|n| n.contains("non-finite")), "{:?}", info.notes);
     b.analyse_cycling(&an.analysis, &truth.obs(), Method::Hybrid, Some(&mut huge)).unwrap();
+}
+
+#[test]
+fn with_analysis_times_a_skipped_cycle_leaves_the_stale_forecasts_unscored() {
+    let dir = scratch("mix_times");
+    let path = dir.join("mix.json");
+    let mut truth = Truth::new(WEIGHTS, BKind::Hybrid, 103);
+    let mut a = open(&mix_options(&dir, "[0.7, 0.0]", ""));
+    let mut x = truth.xb0.clone();
+    let mut cycle = |a: &mut Analyser, x: &mut Vec<f64>, t: f64| {
+        a.set_analysis_time(t).unwrap();
+        let an = a.analyse(x, &truth.obs(), Method::Hybrid).unwrap();
+        *x = an.analysis;
+        an.report.mix.unwrap()
+    };
+    let i0 = cycle(&mut a, &mut x, 0.0);
+    assert_eq!((i0.analysis_time_hours, i0.valid_next_hours), (Some(0.0), Some(6.0)));
+    let i6 = cycle(&mut a, &mut x, 6.0);
+    assert!(!i6.scored.is_empty() && i6.window_filled == 1 && i6.notes.is_empty(), "{i6:?}");
+    // the 12 h cycle skipped: the forecasts valid at 12 h are not scored against the 18 h observations
+    let i18 = cycle(&mut a, &mut x, 18.0);
+    assert!(i18.scored.is_empty() && i18.window_filled == 1, "{i18:?}");
+    assert!(i18.notes.iter().any(|n| n.contains("valid at 12 h") && n.contains("18 h")), "{:?}", i18.notes);
+    let state: MixState = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(state.pending_valid_hours, Some(24.0));
+    // on time again: scored
+    let i24 = cycle(&mut a, &mut x, 24.0);
+    assert!(!i24.scored.is_empty() && i24.window_filled == 2 && i24.notes.is_empty(), "{i24:?}");
+    // a non-finite time is refused and leaves the time as it was
+    let e = a.set_analysis_time(f64::NAN).unwrap_err();
+    assert!(e.message.contains("not finite"), "{}", e.message);
+    assert_eq!(a.analysis_time(), Some(24.0));
+    // a context that sets no time cannot check the pending forecasts' time: noted, nothing scored; its own
+    // forecasts carry no time, so the next analysis scores them
+    let mut b = open(&mix_options(&dir, "[0.7, 0.0]", ""));
+    let info = b.analyse(&x, &truth.obs(), Method::Hybrid).unwrap().report.mix.unwrap();
+    assert!(info.scored.is_empty() && info.notes.iter().any(|n| n.contains("no time")), "{info:?}");
+    assert_eq!(info.valid_next_hours, None);
+    let info = b.analyse(&x, &truth.obs(), Method::Hybrid).unwrap().report.mix.unwrap();
+    assert!(!info.scored.is_empty(), "{info:?}");
+    // a state written before analysis times existed (no such key) still reads
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v.as_object_mut().unwrap().remove("pending_valid_hours");
+    std::fs::write(&path, serde_json::to_string(&v).unwrap()).unwrap();
+    b.analyse(&x, &truth.obs(), Method::Hybrid).unwrap();
+    // through the C ABI: a non-finite time and a NULL context are refused
+    use latentda::coupling::ffi;
+    let bundle = std::ffi::CString::new(fixture("linear").to_str().unwrap()).unwrap();
+    let mut ctx: *mut ffi::LdaContext = std::ptr::null_mut();
+    assert_eq!(ffi::lda_open(bundle.as_ptr(), std::ptr::null(), &mut ctx), ffi::LDA_OK);
+    assert_eq!(ffi::lda_set_analysis_time(ctx, 6.0), ffi::LDA_OK);
+    assert_eq!(ffi::lda_set_analysis_time(ctx, f64::INFINITY), ffi::LDA_ERR_INVALID_ARGUMENT);
+    // SAFETY: lda_last_error never returns NULL.
+    let msg = unsafe { std::ffi::CStr::from_ptr(ffi::lda_last_error(ctx)) }.to_string_lossy().into_owned();
+    assert!(msg.contains("lda_set_analysis_time") && msg.contains("inf"), "{msg}");
+    assert_eq!(ffi::lda_set_analysis_time(std::ptr::null_mut(), 6.0), ffi::LDA_ERR_NULL_POINTER);
+    ffi::lda_close(ctx);
 }

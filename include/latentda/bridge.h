@@ -1070,6 +1070,9 @@ struct Context final : public ::rust::Opaque {
   // Sets the observation times (hours from the analysis time) of the observations set last (method l4dvar).
   void set_obs_times(::rust::Slice<double const> time_hours);
 
+  // Sets the time of this and later analyses in hours from the host's epoch (see `lda_set_analysis_time`).
+  void set_analysis_time(double hours);
+
   // Sets `k` ensemble members, member after member in the state layout (see `lda_set_ensemble`); k = 0
   // removes them.
   void set_ensemble(::std::size_t k, ::rust::Slice<double const> members);

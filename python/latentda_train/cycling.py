@@ -214,6 +214,9 @@ class Latentda:
         L.lda_report_number.argtypes = [c_p, ctypes.c_char_p, dp]
         for f in ("lda_state_size", "lda_b_linearise", "lda_brandomize", "lda_set_step_model", "lda_report_number"):
             getattr(L, f).restype = i32
+        if hasattr(L, "lda_set_analysis_time"):   # libraries before analysis times lack it
+            L.lda_set_analysis_time.argtypes = [c_p, ctypes.c_double]
+            L.lda_set_analysis_time.restype = i32
         if hasattr(L, "lda_set_withheld"):   # libraries before withheld observations lack it
             L.lda_set_withheld.argtypes = L.lda_set_obs.argtypes
             L.lda_set_withheld.restype = i32
@@ -316,6 +319,11 @@ class Latentda:
         self._callback = self.STEP_FN(nonlinear)   # kept alive while the context may call it
         self._check(self.lib.lda_set_step_model(self.ctx, self._callback, None, None, None, hours),
                     "lda_set_step_model")
+
+    def set_analysis_time(self, hours: float):
+        """The time of the next analyses in hours from the run's epoch (lda_set_analysis_time): the online mix then
+        scores its candidate forecasts only at the analysis whose time they are valid for."""
+        self._check(self.lib.lda_set_analysis_time(self.ctx, hours), "lda_set_analysis_time")
 
     def obs_qc(self, n: int) -> np.ndarray:
         f = np.zeros(n, np.int32)
@@ -1297,6 +1305,8 @@ def run(a, model: Model | None = None, log=print) -> str:
                     lda_options = options_text(adapt.options())
                     lda, host = context(a, lda_options, len(lat), len(lon))
                 obs = observations(lda, truth, lat, lon, sig, st, OBS_SEED + c, a.network)
+                if lib_mix and hasattr(lda.lib, "lda_set_analysis_time"):   # hours from the start: forecasts made
+                    lda.set_analysis_time(6.0 * c)                           # for another time are not scored
                 if chooser is not None:
                     # withheld: the candidates on halves of this cycle's observations; forecast: the candidates' 6 h
                     # forecasts from the last cycle against these observations, then this cycle's candidates.

@@ -271,12 +271,15 @@ def test_the_library_mix_forecasts_candidates_with_the_hosts_callback(lib, tmp_p
             calls.append(1)
             return xb.ravel() + 0.5 * (x - xb.ravel())
         lda.set_step_model(relax, 6.0)
+        lda.set_analysis_time(0.0)
         lda.analyse("hybrid")
         first = lda.report()["mix"]
+        assert first["valid_next_hours"] == 6.0
         assert len(calls) == 2 and first["scored"] == [] and state.exists()
         x_a = host.state()
         host.load(xb + 0.5 * (x_a - xb))   # the next background: the same model from the analysis used
         lda.set_obs(*obs)
+        lda.set_analysis_time(6.0)
         lda.analyse("hybrid")
         rep = lda.report()["mix"]
         assert len(calls) == 4
@@ -285,6 +288,14 @@ def test_the_library_mix_forecasts_candidates_with_the_hosts_callback(lib, tmp_p
         assert any(abs(d) > 1e-6 for d in rep["scored"][1].values())
         # the report path of a score (lda_report_number): mix.scored.<candidate index>.<variable>/<class>
         assert lda.report_number("mix.scored.1.t/extratropics") == pytest.approx(rep["scored"][1]["t/extratropics"])
+        # a cycle skipped (the next analysis at 18 h, the forecasts valid at 12 h): noted, nothing scored
+        lda.set_analysis_time(18.0)
+        lda.analyse("hybrid")
+        late = lda.report()["mix"]
+        assert late["scored"] == [] and late["window_filled"] == rep["window_filled"]
+        assert any("valid at 12 h" in n for n in late["notes"]), late["notes"]
+        with pytest.raises(C.LatentdaError, match="not finite"):
+            lda.set_analysis_time(float("nan"))
     finally:
         lda.close()
 

@@ -135,6 +135,8 @@ mod ffi {
         ) -> Result<()>;
         /// Sets the observation times (hours from the analysis time) of the observations set last (method l4dvar).
         fn set_obs_times(self: &mut Context, time_hours: &[f64]) -> Result<()>;
+        /// Sets the time of this and later analyses in hours from the host's epoch (see `lda_set_analysis_time`).
+        fn set_analysis_time(self: &mut Context, hours: f64) -> Result<()>;
         /// Sets `k` ensemble members, member after member in the state layout (see `lda_set_ensemble`); k = 0
         /// removes them.
         fn set_ensemble(self: &mut Context, k: usize, members: &[f64]) -> Result<()>;
@@ -335,6 +337,12 @@ impl Context {
         sigma: &[f64],
     ) -> BridgeResult<()> {
         guard_ctx(&self.failed, || self.host.set_withheld(var, lat, lon, level, value, sigma))
+    }
+
+    fn set_analysis_time(&mut self, hours: f64) -> BridgeResult<()> {
+        guard_ctx(&self.failed, || {
+            self.host.analyser.set_analysis_time(hours).map_err(|e| e.context("set_analysis_time"))
+        })
     }
 
     fn set_ensemble(&mut self, k: usize, members: &[f64]) -> BridgeResult<()> {

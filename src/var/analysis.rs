@@ -62,6 +62,9 @@ pub struct Analyser {
     /// Online mix (option `mix_candidates`): the state file, its text and the pending fields of the last successful
     /// analysis, written with the adaptive state ([`Analyser::commit_adaptive_state`] when deferred).
     pub(crate) mix_write: Option<(std::path::PathBuf, String, Option<Vec<u8>>)>,
+    /// The host's analysis time in hours from an epoch of its choosing ([`Analyser::set_analysis_time`]), so that
+    /// the online mix scores the last cycle's candidate forecasts only at the time they are valid.
+    pub(crate) analysis_time: Option<f64>,
 }
 
 /// B operators kept between calls (see the module documentation).
@@ -221,7 +224,27 @@ impl Analyser {
             adaptive_deferred: false,
             adaptive_pending: None,
             mix_write: None,
+            analysis_time: None,
         })
+    }
+
+    /// Sets the time of the next analyses, in hours from any fixed epoch the host chooses (kept until set again).
+    /// The online mix (option `mix_candidates`) records when its candidate forecasts are valid (this time plus
+    /// `mix_lead_hours`) and scores them at a later analysis only if its time is that one: after a skipped cycle
+    /// (no observations, a failed analysis) or a restart at another time the stale forecasts are noted and left
+    /// unscored instead of being compared with observations of another time. Without a time the mix cannot check
+    /// and scores whatever the state holds. A non-finite time is an error naming it.
+    pub fn set_analysis_time(&mut self, hours: f64) -> Result<()> {
+        if !hours.is_finite() {
+            return Err(Error::arg(format!("analysis time: {hours} hours is not finite")));
+        }
+        self.analysis_time = Some(hours);
+        Ok(())
+    }
+
+    /// The analysis time set by [`Analyser::set_analysis_time`], if any.
+    pub fn analysis_time(&self) -> Option<f64> {
+        self.analysis_time
     }
 
     /// The options in force.

@@ -16,6 +16,9 @@
 //!      spin-up): what decides a cycle;
 //!    - `"persistence"`: no forecast, F_k = x_b + (A_k - A), the difference between the analyses taken to persist.
 //!      Cheaper, and in the reference 30-day cycle it chose too much static B (README, "Cycling experiment");
+//!    - with analysis times from the host ([`Analyser::set_analysis_time`]), the state records when the forecasts
+//!      are valid (that time plus `mix_lead_hours`) and only the analysis at that time scores them: after a
+//!      skipped cycle they are noted and dropped, not compared with observations of another time;
 //! 3. chooses per bundle variable and band class (extratropics, tropics) the share with the lowest mean d over the
 //!    window, from the variable's own observations, else from its group's (wind: u, v; mass: t, z, ps: the static
 //!    B's z is the hydrostatic integral of t), else from all observations;
@@ -56,6 +59,9 @@ pub const STATE_FORMAT: u32 = 1;
 /// Most model steps of one candidate's forecast (`mix_lead_hours` over the model's time step).
 const MAX_STEPS: usize = 10_000;
 
+/// How far (hours) the analysis time may be from the time the pending forecasts are valid.
+const VALID_TOLERANCE_HOURS: f64 = 1e-6;
+
 /// First bytes of the pending fields file.
 const FIELDS_MAGIC: &[u8; 8] = b"LDAMIX01";
 
@@ -84,6 +90,10 @@ pub struct MixState {
     /// The cycle count at which the pending fields (`<file>.fields`: the forecasts F_k, or A_k - A) were made;
     /// `None`: none to score.
     pub pending: Option<usize>,
+    /// When the pending fields are valid (hours; the analysis time that made them plus `mix_lead_hours`), if the
+    /// host sets analysis times ([`Analyser::set_analysis_time`]). Absent from states of hosts that do not.
+    #[serde(default)]
+    pub pending_valid_hours: Option<f64>,
 }
 
 /// The candidate's name in reports: "L0.7" for latent share 0.7.
@@ -104,6 +114,7 @@ impl MixState {
             sources: BTreeMap::new(),
             window: Vec::new(),
             pending: None,
+            pending_valid_hours: None,
         }
     }
 
@@ -368,7 +379,21 @@ impl Analyser {
         let mut notes = Vec::new();
         // Step 2: the last cycle's candidates against this cycle's observations.
         let mut scored = Vec::new();
-        if let Some(tag) = state.pending {
+        let now = self.analysis_time;
+        let stale = match (state.pending.and(state.pending_valid_hours), now) {
+            (Some(valid), Some(t)) if (valid - t).abs() > VALID_TOLERANCE_HOURS => Some(format!(
+                "the last cycle's candidate forecasts are valid at {valid} h, this analysis is at {t} h (a cycle \
+                 skipped, or another cycle length than mix_lead_hours): nothing scored this cycle"
+            )),
+            (Some(valid), None) => Some(format!(
+                "the last cycle's candidate forecasts are valid at {valid} h and this analysis has no time \
+                 (lda_set_analysis_time): nothing scored this cycle"
+            )),
+            _ => None,
+        };
+        if let Some(note) = stale {
+            notes.push(note);
+        } else if let Some(tag) = state.pending {
             let n = self.bundle.layout.state_len();
             match read_fields(&fields_path(&path), tag, candidates.len(), n)? {
                 Ok(fields) => {
@@ -455,6 +480,8 @@ impl Analyser {
         state.cycles = state.cycles.saturating_add(1);
         let fields = (fields.len() == candidates.len()).then(|| fields_bytes(state.cycles, &fields));
         state.pending = fields.as_ref().map(|_| state.cycles);
+        let valid_next = now.map(|t| t + self.options.mix_lead_hours);
+        state.pending_valid_hours = state.pending.and(valid_next);
         let text = serde_json::to_string_pretty(&state).map_err(|e| Error::io(format!("mix state: {e}")))?;
         self.mix_write = Some((path.clone(), text, fields));
         an.report.mix = Some(MixInfo {
@@ -468,6 +495,8 @@ impl Analyser {
             scored,
             candidates_s: t.elapsed().as_secs_f64(),
             notes,
+            analysis_time_hours: now,
+            valid_next_hours: valid_next,
         });
         Ok(an)
     }

@@ -494,7 +494,8 @@ pub struct Options {
     /// persistence of the difference between the analyses (`Persistence`, no forecast).
     pub mix_score: MixScore,
     /// `mix_score = "model"`: hours each candidate is forecast, the host's cycle length (a multiple of the step
-    /// model's time step; default 6).
+    /// model's time step; default 6). With analysis times ([`crate::Analyser::set_analysis_time`]) the candidates
+    /// are scored by the analysis this many hours later, with either score.
     pub mix_lead_hours: f64,
 }
 

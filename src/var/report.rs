@@ -527,8 +527,13 @@ pub struct MixInfo {
     pub scored: Vec<BTreeMap<String, f64>>,
     /// Seconds spent in the candidates' analyses.
     pub candidates_s: f64,
-    /// Notes (a candidate that failed, pending fields that did not match).
+    /// Notes (a candidate that failed, pending fields that did not match, forecasts valid at another time).
     pub notes: Vec<String>,
+    /// This analysis' time (hours, `lda_set_analysis_time`), when the host set one.
+    pub analysis_time_hours: Option<f64>,
+    /// When the candidate forecasts written by this analysis are valid (its time plus `mix_lead_hours`): the
+    /// time of the analysis that will score them. None without an analysis time.
+    pub valid_next_hours: Option<f64>,
 }
 
 /// What the report says about the sizing of its analysis (report key `adaptive`).

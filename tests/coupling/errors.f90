@@ -272,6 +272,11 @@ program errors_f
     call expect('l4dvar_check with a nonlinear-only model', ctx, LDA_ERR_INVALID_ARGUMENT, "'step' alone")
     call lda_clear_step_model(ctx, ierr)
     call expect('clear_step_model', ctx, LDA_OK, '')
+    ! analysis times (the online mix's check of when its forecasts are valid): a finite one is kept, NaN refused
+    call lda_set_analysis_time(ctx, 6.0d0, ierr)
+    call expect('set_analysis_time', ctx, LDA_OK, '')
+    call lda_set_analysis_time(ctx, ieee_value(x, ieee_quiet_nan), ierr)
+    call expect('set_analysis_time(NaN)', ctx, LDA_ERR_INVALID_ARGUMENT, 'not finite')
   end block
 
   call lda_close(ctx)

@@ -171,6 +171,16 @@ int main(int argc, char** argv) {
              std::string("l4dvar_check with a nonlinear-only model: ") + e.what());
     }
     ctx.clear_step_model();
+    // Analysis times (the online mix's check of when its forecasts are valid): a finite one kept, NaN refused.
+    ctx.set_analysis_time(6.0);
+    try {
+      ctx.set_analysis_time(std::nan(""));
+      expect(false, "a NaN analysis time is refused");
+    } catch (const latentda::Error& e) {
+      expect(e.code() == latentda::status::invalid_argument &&
+                 std::string(e.what()).find("not finite") != std::string::npos,
+             std::string("a NaN analysis time is refused: ") + e.what());
+    }
     try {
       ctx.report_number("solver.j_final");
       expect(false, "report_number before an analysis");
