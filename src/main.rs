@@ -46,7 +46,7 @@ USAGE:
                    [--ensemble-localisation-km L] [--ensemble-localisation-model-km L] [--ensemble-space latent|model]
                    [--adaptive-state FILE] [--adaptive-window N] [--adaptive-bounds LO,HI]
                    [--adaptive-rule innovation|desroziers] [--adaptive-per-variable]
-                   [--mix-candidates L1,L2,... --mix-state FILE --mix-score persistence] [--mix-window N]
+                   [--mix-candidates L1,L2,... --mix-state FILE --mix-score persistence] [--mix-window N] [--mix-every N]
                    [--window-hours H] [--slot-hours H] [--error-growth-per-hour G] [--background-at HOURS=bg.nc ...]
   latentda demo <bundle> [--case CASE] [--obs obs.csv] [--obs4d obs4d.csv] [--output OUTDIR] [options as for analyse but --output-mode]
                    (3D-Var, L3DVar and hybrid on CASE/background.nc, scored against CASE/truth.nc, and L4DVar
@@ -193,6 +193,7 @@ impl Common {
                 }
                 "mix-state" => o.mix_state = Some(v.clone()),
                 "mix-window" => o.mix_window = int(v)?,
+                "mix-every" => o.mix_every = int(v)?,
                 "mix-score" => o.mix_score = latentda::var::options::MixScore::parse(v).map_err(bad)?,
                 "mix-lead-hours" => o.mix_lead_hours = num(v)?,
                 "verbose" => o.verbosity = 1,
@@ -276,6 +277,7 @@ fn parse_common(common: &mut Common, arg: &Arg, parser: &mut lexopt::Parser) -> 
         "mix-candidates" => "mix-candidates",
         "mix-state" => "mix-state",
         "mix-window" => "mix-window",
+        "mix-every" => "mix-every",
         "mix-score" => "mix-score",
         "mix-lead-hours" => "mix-lead-hours",
         "adaptive-per-variable" => {

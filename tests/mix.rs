@@ -551,3 +551,40 @@ fn with_analysis_times_a_skipped_cycle_leaves_the_stale_forecasts_unscored() {
     assert_eq!(ffi::lda_set_analysis_time(std::ptr::null_mut(), 6.0), ffi::LDA_ERR_NULL_POINTER);
     ffi::lda_close(ctx);
 }
+
+#[test]
+fn with_mix_every_the_candidates_run_every_nth_analysis_and_the_choice_is_kept_between() {
+    // mix_every = 2: the candidates run at analyses 1, 3, 5 and are scored at 2, 4, 6; analyses 2 and 4 run with
+    // the choice made from the scores at hand, and analysis 3 keeps it.
+    let dir = scratch("mix_every");
+    let mut truth = Truth::new(WEIGHTS, BKind::Hybrid, 107);
+    let mut a = open(&mix_options(&dir, "[0.7, 0.0]", "mix_every = 2"));
+    let mut every1 = open(&mix_options(&scratch("mix_every_1"), "[0.7, 0.0]", ""));
+    let mut x = truth.xb0.clone();
+    let mut infos = Vec::new();
+    for c in 0..6 {
+        let obs = truth.obs();
+        let an = a.analyse(&x, &obs, Method::Hybrid).unwrap();
+        if c == 0 {
+            // the first analysis is the same whatever mix_every
+            let an1 = every1.analyse(&x, &obs, Method::Hybrid).unwrap();
+            assert_eq!(an.analysis, an1.analysis);
+        }
+        x = an.analysis;
+        infos.push(an.report.mix.unwrap());
+    }
+    let ran: Vec<bool> = infos.iter().map(|i| i.candidates_run).collect();
+    assert_eq!(ran, [true, false, true, false, true, false]);
+    let scored: Vec<bool> = infos.iter().map(|i| !i.scored.is_empty()).collect();
+    assert_eq!(scored, [false, true, false, true, false, true]);
+    let filled: Vec<usize> = infos.iter().map(|i| i.window_filled).collect();
+    assert_eq!(filled, [0, 1, 1, 2, 2, 3]);
+    // between two scored analyses the choice is unchanged, and nothing is pending after a cycle without candidates
+    assert_eq!(infos[2].choice, infos[1].choice);
+    assert_eq!(infos[4].choice, infos[3].choice);
+    let state: MixState = serde_json::from_str(&std::fs::read_to_string(dir.join("mix.json")).unwrap()).unwrap();
+    assert_eq!(state.pending, None);
+    // mix_every = 0 is refused, naming the option
+    let e = Options::from_toml(&mix_options(&dir, "[0.7, 0.0]", "mix_every = 0")).unwrap_err();
+    assert!(e.message.contains("mix_every"), "{}", e.message);
+}

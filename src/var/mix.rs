@@ -446,10 +446,12 @@ impl Analyser {
                 return Err(e);
             }
         };
-        // Step 5: every candidate's analysis of the same background and observations.
+        // Step 5: every candidate's analysis of the same background and observations (at every `mix_every`-th
+        // analysis of this state; the others leave nothing pending and the next analysis keeps the choice).
         let t = std::time::Instant::now();
+        let run_candidates = state.cycles % self.options.mix_every == 0;
         let mut fields = Vec::with_capacity(candidates.len());
-        for &l in &candidates {
+        for &l in candidates.iter().filter(|_| run_candidates) {
             self.options = caller.clone();
             let r = mixed_options(self, |_| [l; 2]).and_then(|(o, _)| {
                 self.set_options(o)?;
@@ -478,7 +480,7 @@ impl Analyser {
         }
         self.options = caller;
         state.cycles = state.cycles.saturating_add(1);
-        let fields = (fields.len() == candidates.len()).then(|| fields_bytes(state.cycles, &fields));
+        let fields = (run_candidates && fields.len() == candidates.len()).then(|| fields_bytes(state.cycles, &fields));
         state.pending = fields.as_ref().map(|_| state.cycles);
         let valid_next = now.map(|t| t + self.options.mix_lead_hours);
         state.pending_valid_hours = state.pending.and(valid_next);
@@ -495,6 +497,7 @@ impl Analyser {
             scored,
             candidates_s: t.elapsed().as_secs_f64(),
             notes,
+            candidates_run: run_candidates,
             analysis_time_hours: now,
             valid_next_hours: valid_next,
         });

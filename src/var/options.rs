@@ -59,7 +59,8 @@
 //! mix_candidates = [0.7, 0.9, 0.4, 0.0]  # hybrid: choose each variable's latent share per band class while cycling
 //!                              #   (crate::var::mix) among these; the first is used until there is evidence
 //! mix_state = "cycle/mix.json" # its state file (and mix.json.fields beside it), needed with mix_candidates
-//! mix_window = 12              # cycles of evidence behind each choice
+//! mix_window = 12              # scored cycles of evidence behind each choice
+//! mix_every = 1                # run and score the candidates every this many analyses (cost / mix_every)
 //! mix_score = "model"          # candidates forecast by the host's step model (lda_set_step_model), or "persistence"
 //! mix_lead_hours = 6.0         # "model": hours each candidate is forecast (the cycle length)
 //! ```
@@ -488,8 +489,14 @@ pub struct Options {
     /// The online mix's state file (JSON, with the candidates' pending fields in `<file>.fields`), read before and
     /// rewritten after each successful analysis; required with `mix_candidates`.
     pub mix_state: Option<String>,
-    /// Cycles of evidence pooled behind each choice of the online mix (>= 1; default [`DEFAULT_MIX_WINDOW`]).
+    /// Cycles of evidence pooled behind each choice of the online mix (>= 1; default [`DEFAULT_MIX_WINDOW`]): the
+    /// last `mix_window` cycles that were scored.
     pub mix_window: usize,
+    /// The online mix runs its candidates (K analyses and, with `mix_score = "model"`, K forecasts) at every
+    /// `mix_every`-th analysis of its state, and the analysis after scores them; the others reuse the choice in
+    /// force. 1 (default): every cycle. A host for which K more analyses per cycle are too many sets 4 (once a day
+    /// with 6 h cycles) and a `mix_window` that covers the same days (3 instead of 12).
+    pub mix_every: usize,
     /// How the online mix carries each candidate to the next cycle: the host's step model (`Model`, default) or
     /// persistence of the difference between the analyses (`Persistence`, no forecast).
     pub mix_score: MixScore,
@@ -549,6 +556,7 @@ impl Default for Options {
             mix_candidates: None,
             mix_state: None,
             mix_window: DEFAULT_MIX_WINDOW,
+            mix_every: 1,
             mix_score: MixScore::Model,
             mix_lead_hours: 6.0,
         }
@@ -733,6 +741,9 @@ impl Options {
 fn check_mix_options(o: &Options) -> Result<()> {
     if o.mix_window == 0 {
         return Err(Error::arg("mix_window must be >= 1 (cycles)"));
+    }
+    if o.mix_every == 0 {
+        return Err(Error::arg("mix_every must be >= 1 (analyses)"));
     }
     if !(o.mix_lead_hours.is_finite() && o.mix_lead_hours > 0.0) {
         return Err(Error::arg(format!("mix_lead_hours = {} must be finite and > 0", o.mix_lead_hours)));

@@ -529,6 +529,8 @@ pub struct MixInfo {
     pub candidates_s: f64,
     /// Notes (a candidate that failed, pending fields that did not match, forecasts valid at another time).
     pub notes: Vec<String>,
+    /// Whether this analysis ran the candidates for the next one to score (every `mix_every`-th analysis).
+    pub candidates_run: bool,
     /// This analysis' time (hours, `lda_set_analysis_time`), when the host set one.
     pub analysis_time_hours: Option<f64>,
     /// When the candidate forecasts written by this analysis are valid (its time plus `mix_lead_hours`): the
