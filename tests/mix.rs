@@ -286,34 +286,14 @@ fn the_cli_writes_the_state_with_its_outputs() {
         args.extend_from_slice(extra);
         cli(&args)
     };
-    let (rc, stdout, stderr) = analyse(&[
-        "--method",
-        "hybrid",
-        "--mix-candidates",
-        "0.7,0.2",
-        "--mix-score",
-        "persistence",
-        "--output",
-        out.to_str().unwrap(),
-    ]);
+    let o = out.to_str().unwrap();
+    let mix = ["--method", "hybrid", "--mix-candidates", "0.7,0.2", "--mix-score", "persistence", "--output", o];
+    let (rc, stdout, stderr) = analyse(&mix);
     assert_eq!(rc, 0, "{stdout}\n{stderr}");
     assert!(out.exists() && state.exists() && fields_path(&state).exists());
     assert!(stdout.contains("mix (") || stderr.contains("mix ("), "{stdout}\n{stderr}");
     // with analysis times: a second run 12 h after the first (a 6 h cycle skipped) scores nothing and says why
-    let timed = |t: &str| {
-        analyse(&[
-            "--method",
-            "hybrid",
-            "--mix-candidates",
-            "0.7,0.2",
-            "--mix-score",
-            "persistence",
-            "--output",
-            out.to_str().unwrap(),
-            "--analysis-time",
-            t,
-        ])
-    };
+    let timed = |t: &str| analyse(&[&mix[..], &["--analysis-time", t]].concat());
     std::fs::remove_file(&state).unwrap();
     assert_eq!(timed("0").0, 0);
     let (rc, stdout, stderr) = timed("12");
