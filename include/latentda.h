@@ -309,6 +309,7 @@ extern "C" {
  *   analysis), `adaptive_window`, `adaptive_bounds` (`[lo, hi]`), `adaptive_rule` ("innovation" | "desroziers"),
  *   `adaptive_per_variable`, `mix_candidates` (`[L1, L2, ...]`: the hybrid's latent share chosen online per
  *   variable and band class while cycling), `mix_state` (its JSON file, with `<file>.fields` beside it), `mix_window`,
+ *   `mix_every` (candidates run every this many analyses),
  *   `mix_score` ("model": candidates forecast by the step model of `lda_set_step_model`; "persistence"),
  *   `mix_lead_hours` (the cycle length; with `lda_set_analysis_time` the candidates are scored only by the
  *   analysis that many hours later)
