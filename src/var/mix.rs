@@ -482,8 +482,7 @@ impl Analyser {
         state.cycles = state.cycles.saturating_add(1);
         let fields = (run_candidates && fields.len() == candidates.len()).then(|| fields_bytes(state.cycles, &fields));
         state.pending = fields.as_ref().map(|_| state.cycles);
-        let valid_next = now.map(|t| t + self.options.mix_lead_hours);
-        state.pending_valid_hours = state.pending.and(valid_next);
+        state.pending_valid_hours = state.pending.and(now.map(|t| t + self.options.mix_lead_hours));
         let text = serde_json::to_string_pretty(&state).map_err(|e| Error::io(format!("mix state: {e}")))?;
         self.mix_write = Some((path.clone(), text, fields));
         an.report.mix = Some(MixInfo {
@@ -499,7 +498,7 @@ impl Analyser {
             notes,
             candidates_run: run_candidates,
             analysis_time_hours: now,
-            valid_next_hours: valid_next,
+            valid_next_hours: state.pending_valid_hours,
         });
         Ok(an)
     }
