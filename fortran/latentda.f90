@@ -676,7 +676,8 @@ contains
   subroutine lda_set_analysis_time(ctx, hours, ierr)
     type(lda_context), intent(inout) :: ctx          !< open context
     real(c_double), intent(in) :: hours              !< analysis time, hours
-    integer, intent(out) :: ierr                     !< LDA_OK, LDA_ERR_INVALID_ARGUMENT (not finite)
+    integer, intent(out) :: ierr                     !< LDA_OK, LDA_ERR_INVALID_ARGUMENT (not finite),
+                                                     !< LDA_ERR_NULL_POINTER (context not open)
     call clear_error(ctx)
     ierr = int(c_lda_set_analysis_time(ctx%ptr, hours))
   end subroutine lda_set_analysis_time

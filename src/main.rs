@@ -757,6 +757,13 @@ fn cmd_analyse(
         None => common.options.method,
     };
     let mode = common.options.output;
+    let analysis_time = match kv.get("analysis-time") {
+        Some(h) => match h.parse::<f64>() {
+            Ok(x) if x.is_finite() => Some(x),
+            _ => return Err(usage(format!("--analysis-time '{h}' is not a finite number of hours"))),
+        },
+        None => None,
+    };
     // Where the results go is checked before any work: a directory, a device or a FIFO is refused.
     outfile::check_target(out.as_ref()).map_err(|e| e.to_string())?;
     if let Some(r) = kv.get("report") {
@@ -803,8 +810,7 @@ fn cmd_analyse(
             .collect::<Result<Vec<_>, String>>()?;
         a.set_ensemble(members).map_err(|e| format!("--ensemble '{spec}' ({} files): {e}", files.len()))?;
     }
-    if let Some(h) = kv.get("analysis-time") {
-        let hours: f64 = h.parse().map_err(|_| usage(format!("--analysis-time '{h}' is not a number of hours")))?;
+    if let Some(hours) = analysis_time {
         a.set_analysis_time(hours).map_err(|e| format!("--analysis-time: {e}"))?;
     }
     let mut result = if method == Method::L4dvar {

@@ -299,9 +299,11 @@ fn the_cli_writes_the_state_with_its_outputs() {
     let (rc, stdout, stderr) = timed("12");
     assert_eq!(rc, 0, "{stdout}\n{stderr}");
     assert!(format!("{stdout}{stderr}").contains("nothing scored"), "{stdout}\n{stderr}");
-    let (rc, _, stderr) = timed("noon");
-    assert_eq!(rc, 2, "{stderr}");
-    assert!(stderr.contains("--analysis-time 'noon'"), "{stderr}");
+    for bad in ["noon", "nan"] {
+        let (rc, _, stderr) = timed(bad);
+        assert_eq!(rc, 2, "{stderr}");
+        assert!(stderr.contains(&format!("--analysis-time '{bad}'")), "{stderr}");
+    }
     let (rc, _, stderr) = analyse(&["--mix-candidates", "0.7,2"]);
     assert_eq!(rc, 2, "{stderr}");
     assert!(stderr.contains("mix_candidates") && stderr.contains('2'), "{stderr}");
@@ -512,12 +514,18 @@ fn with_analysis_times_a_skipped_cycle_leaves_the_stale_forecasts_unscored() {
     assert_eq!(info.valid_next_hours, None);
     let info = b.analyse(&x, &truth.obs(), Method::Hybrid).unwrap().report.mix.unwrap();
     assert!(!info.scored.is_empty(), "{info:?}");
-    // a state written before analysis times existed (no such key) still reads
+    // a state written before analysis times and mix_every existed (neither key), with candidates pending: it reads,
+    // and a host that now sets a time scores them unchecked (the state says nothing of their time)
     let text = std::fs::read_to_string(&path).unwrap();
     let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(v["pending"].is_u64(), "{v}");
     v.as_object_mut().unwrap().remove("pending_valid_hours");
+    v.as_object_mut().unwrap().remove("next_run");
     std::fs::write(&path, serde_json::to_string(&v).unwrap()).unwrap();
-    b.analyse(&x, &truth.obs(), Method::Hybrid).unwrap();
+    b.set_analysis_time(30.0).unwrap();
+    let info = b.analyse(&x, &truth.obs(), Method::Hybrid).unwrap().report.mix.unwrap();
+    assert!(!info.scored.is_empty() && info.notes.is_empty(), "{info:?}");
+    assert_eq!(info.valid_next_hours, Some(36.0));
     // through the C ABI: a non-finite time and a NULL context are refused
     use latentda::coupling::ffi;
     let bundle = std::ffi::CString::new(fixture("linear").to_str().unwrap()).unwrap();
@@ -564,6 +572,21 @@ fn with_mix_every_the_candidates_run_every_nth_analysis_and_the_choice_is_kept_b
     assert_eq!(infos[4].choice, infos[3].choice);
     let state: MixState = serde_json::from_str(&std::fs::read_to_string(dir.join("mix.json")).unwrap()).unwrap();
     assert_eq!(state.pending, None);
+    // with times: a scoring analysis that finds the forecasts stale (the 12 h cycle skipped) runs the candidates at
+    // once rather than a whole period later, and the next analysis scores them
+    let dt = scratch("mix_every_times");
+    let mut b = open(&mix_options(&dt, "[0.7, 0.0]", "mix_every = 4"));
+    let x0 = truth.xb0.clone();
+    let mut run = |t: f64| {
+        b.set_analysis_time(t).unwrap();
+        b.analyse(&x0, &truth.obs(), Method::Hybrid).unwrap().report.mix.unwrap()
+    };
+    let i: Vec<_> = [0.0, 12.0, 18.0, 24.0].iter().map(|&t| run(t)).collect();
+    let ran: Vec<bool> = i.iter().map(|i| i.candidates_run).collect();
+    assert_eq!(ran, [true, true, false, false], "{:?}", i.iter().map(|i| &i.notes).collect::<Vec<_>>());
+    assert!(i[1].scored.is_empty() && i[1].notes.iter().any(|n| n.contains("valid at 6 h")), "{:?}", i[1]);
+    assert!(!i[2].scored.is_empty() && i[2].notes.is_empty(), "{:?}", i[2]);
+    assert!(i[3].scored.is_empty());
     // mix_every = 0 is refused, naming the option
     let e = Options::from_toml(&mix_options(&dir, "[0.7, 0.0]", "mix_every = 0")).unwrap_err();
     assert!(e.message.contains("mix_every"), "{}", e.message);

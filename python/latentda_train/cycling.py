@@ -323,6 +323,8 @@ class Latentda:
     def set_analysis_time(self, hours: float):
         """The time of the next analyses in hours from the run's epoch (lda_set_analysis_time): the online mix then
         scores its candidate forecasts only at the analysis whose time they are valid for."""
+        if not hasattr(self.lib, "lda_set_analysis_time"):
+            raise LatentdaError(f"lda_set_analysis_time: {self.lib._name} is older than analysis times; rebuild it")
         self._check(self.lib.lda_set_analysis_time(self.ctx, hours), "lda_set_analysis_time")
 
     def obs_qc(self, n: int) -> np.ndarray:

@@ -94,6 +94,11 @@ pub struct MixState {
     /// host sets analysis times ([`Analyser::set_analysis_time`]). Absent from states of hosts that do not.
     #[serde(default)]
     pub pending_valid_hours: Option<f64>,
+    /// The analysis count (`cycles` before it) from which the candidates run again (`mix_every`): the run's count
+    /// plus `mix_every` after candidates that wrote their fields, the next analysis after candidates that failed;
+    /// an analysis whose pending candidates could not be scored runs them at once.
+    #[serde(default)]
+    pub next_run: usize,
 }
 
 /// The candidate's name in reports: "L0.7" for latent share 0.7.
@@ -115,6 +120,7 @@ impl MixState {
             window: Vec::new(),
             pending: None,
             pending_valid_hours: None,
+            next_run: 0,
         }
     }
 
@@ -379,6 +385,7 @@ impl Analyser {
         let mut notes = Vec::new();
         // Step 2: the last cycle's candidates against this cycle's observations.
         let mut scored = Vec::new();
+        let expected = state.pending.is_some();
         let now = self.analysis_time;
         let stale = match (state.pending.and(state.pending_valid_hours), now) {
             (Some(valid), Some(t)) if (valid - t).abs() > VALID_TOLERANCE_HOURS => Some(format!(
@@ -447,9 +454,11 @@ impl Analyser {
             }
         };
         // Step 5: every candidate's analysis of the same background and observations (at every `mix_every`-th
-        // analysis of this state; the others leave nothing pending and the next analysis keeps the choice).
+        // analysis of this state, and at once when this one could not score the last run: a stale or missing
+        // forecast must not cost a whole period of evidence; the others leave nothing pending).
         let t = std::time::Instant::now();
-        let run_candidates = state.cycles % self.options.mix_every == 0;
+        let k = state.cycles;
+        let run_candidates = k >= state.next_run || (expected && scored.is_empty());
         let mut fields = Vec::with_capacity(candidates.len());
         for &l in candidates.iter().filter(|_| run_candidates) {
             self.options = caller.clone();
@@ -480,7 +489,11 @@ impl Analyser {
         }
         self.options = caller;
         state.cycles = state.cycles.saturating_add(1);
-        let fields = (run_candidates && fields.len() == candidates.len()).then(|| fields_bytes(state.cycles, &fields));
+        let written = run_candidates && fields.len() == candidates.len();
+        if run_candidates {
+            state.next_run = if written { k.saturating_add(self.options.mix_every) } else { k.saturating_add(1) };
+        }
+        let fields = written.then(|| fields_bytes(state.cycles, &fields));
         state.pending = fields.as_ref().map(|_| state.cycles);
         state.pending_valid_hours = state.pending.and(now.map(|t| t + self.options.mix_lead_hours));
         let text = serde_json::to_string_pretty(&state).map_err(|e| Error::io(format!("mix state: {e}")))?;
