@@ -496,8 +496,8 @@ pub struct Options {
     /// `mix_every`-th analysis of its state, and the analysis after scores them; the others reuse the choice in
     /// force. 1 (default): every cycle. A host for which K more analyses per cycle are too many sets 4 (once a day
     /// with 6 h cycles) and keeps `mix_window` = 12 scored cycles: in the reference dense-network cycle that chose as
-    /// well as every cycle, while 3 (the same three days) lost about 2 %; on land both lost 1-5 %
-    /// (docs/robustness-matrix.md).
+    /// well as every cycle in one period and 0-3 % worse in another, while 3 (the same three days) lost about 2 %;
+    /// on land it lost 1-9 %, in one period to below the fixed mix (docs/robustness-matrix.md).
     pub mix_every: usize,
     /// How the online mix carries each candidate to the next cycle: the host's step model (`Model`, default) or
     /// persistence of the difference between the analyses (`Persistence`, no forecast).
