@@ -493,8 +493,8 @@ pub struct Options {
     /// last `mix_window` cycles that were scored.
     pub mix_window: usize,
     /// The online mix runs its candidates (K analyses and, with `mix_score = "model"`, K forecasts) at every
-    /// `mix_every`-th analysis of its state, and the analysis after scores them; the others reuse the choice in
-    /// force. 1 (default): every cycle. A host for which K more analyses per cycle are too many sets 4 (once a day
+    /// `mix_every`-th analysis of its state, and the analysis after scores them (an analysis that could not score
+    /// them, or whose candidates failed, runs them again at once); the others reuse the choice in force. 1 (default): every cycle. A host for which K more analyses per cycle are too many sets 4 (once a day
     /// with 6 h cycles) and keeps `mix_window` = 12 scored cycles: in the reference dense-network cycle that chose as
     /// well as every cycle in one period and 0-3 % worse in another, while 3 (the same three days) lost about 2 %;
     /// on land it lost 1-9 %, in one period to below the fixed mix (docs/robustness-matrix.md).

@@ -529,12 +529,14 @@ pub struct MixInfo {
     pub candidates_s: f64,
     /// Notes (a candidate that failed, pending fields that did not match, forecasts valid at another time).
     pub notes: Vec<String>,
-    /// Whether this analysis ran the candidates for the next one to score (every `mix_every`-th analysis).
+    /// Whether this analysis ran the candidates for the next one to score (every `mix_every`-th analysis, and at
+    /// once after an analysis that could not score the last run or whose candidates failed).
     pub candidates_run: bool,
     /// This analysis' time (hours, `lda_set_analysis_time`), when the host set one.
     pub analysis_time_hours: Option<f64>,
     /// When the candidate forecasts written by this analysis are valid (its time plus `mix_lead_hours`): the
-    /// time of the analysis that will score them. None without an analysis time.
+    /// time of the analysis that will score them. None without an analysis time, or when this analysis left no
+    /// candidates pending.
     pub valid_next_hours: Option<f64>,
 }
 
