@@ -13,6 +13,7 @@
 !>     call lda_mpi_set_obs(ctx, var, lat, lon, level, value, sigma, ierr)    ! [local] this rank's obs (0 allowed)
 !>     call lda_mpi_set_obs_times(ctx, time_hours, ierr)                      ! [local] optional, method 'l4dvar'
 !>     call lda_mpi_set_withheld(ctx, var, lat, lon, level, value, sigma, ierr)  ! [local] optional: verify only
+!>     call lda_mpi_set_analysis_time(ctx, hours, ierr)                       ! [local] optional: the cycle's time
 !>     call lda_mpi_analyse(ctx, ierr [, method])                             ! [collective] each cycle
 !>     call lda_mpi_obs_qc(ctx, flags, ierr); call lda_mpi_obs_hx(ctx, hxb, hxa, ierr)   ! [local]
 !>     call lda_mpi_report_number(ctx, 'solver.j_final', j, ierr)             ! [local], same on every rank
@@ -34,7 +35,8 @@ module latentda_mpi
 
   public :: lda_mpi_context
   public :: lda_mpi_open, lda_mpi_close, lda_mpi_last_error, lda_mpi_bind_patch, lda_mpi_set_obs, lda_mpi_analyse
-  public :: lda_mpi_set_obs_times, lda_mpi_set_withheld, lda_mpi_set_error, lda_mpi_obs_qc, lda_mpi_obs_hx
+  public :: lda_mpi_set_obs_times, lda_mpi_set_withheld, lda_mpi_set_analysis_time, lda_mpi_set_error
+  public :: lda_mpi_obs_qc, lda_mpi_obs_hx
   public :: lda_mpi_report_number, lda_mpi_report_json
   public :: lda_mpi_var_index, lda_mpi_var_count, lda_mpi_var_name, lda_mpi_var_nlev, lda_mpi_grid_info
 
@@ -113,6 +115,11 @@ module latentda_mpi
       integer(c_size_t), value :: n
       real(c_double), intent(in) :: t(*)
     end function c_set_obs_times
+    integer(c_int32_t) function c_set_analysis_time(ctx, hours) bind(C, name="lda_mpi_set_analysis_time")
+      import :: c_int32_t, c_ptr, c_double
+      type(c_ptr), value :: ctx
+      real(c_double), value :: hours
+    end function c_set_analysis_time
     integer(c_int32_t) function c_set_error(ctx, code, message) bind(C, name="lda_mpi_set_error")
       import :: c_int32_t, c_ptr, c_char
       type(c_ptr), value :: ctx
@@ -416,6 +423,17 @@ contains
       ierr = int(c_set_obs_times(ctx%ptr, int(size(time_hours), c_size_t), time_hours))
     end if
   end subroutine lda_mpi_set_obs_times
+
+  !> [local] The time of this and later analyses (hours from any fixed epoch), kept until set again; every rank sets
+  !> the same. The hybrid's online mix (option mix_candidates) then scores its candidates only at the analysis they
+  !> are valid for (lda_set_analysis_time of module latentda).
+  subroutine lda_mpi_set_analysis_time(ctx, hours, ierr)
+    type(lda_mpi_context), intent(inout) :: ctx      !< open context
+    real(c_double), intent(in) :: hours              !< analysis time, hours
+    integer, intent(out) :: ierr                     !< LDA_OK, LDA_ERR_INVALID_ARGUMENT (not finite; also reported
+                                                     !< by the next lda_mpi_analyse on every rank)
+    ierr = int(c_set_analysis_time(ctx%ptr, hours))
+  end subroutine lda_mpi_set_analysis_time
 
   !> [local] Records a failure of the host's own (e.g. reading its observations): the next lda_mpi_analyse then
   !> fails on every rank with this code and message, so a rank never has to leave the collective sequence alone.

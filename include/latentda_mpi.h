@@ -15,6 +15,7 @@
  *   lda_mpi_set_obs                            [local] this rank's observations (0 allowed), each cycle
  *   lda_mpi_set_obs_times                      [local] optional: their times (method "l4dvar")
  *   lda_mpi_set_withheld                       [local] optional: observations to verify against, not assimilate
+ *   lda_mpi_set_analysis_time                  [local] optional: the time of this cycle (the online mix)
  *   lda_mpi_set_error                          [local] optional: a host failure every rank should learn of
  *   lda_mpi_analyse                            [collective] each cycle: the analysis overwrites every patch
  *   lda_mpi_obs_qc / lda_mpi_obs_hx            [local] this rank's observations, in its order
@@ -170,6 +171,17 @@ int32_t lda_mpi_set_obs(LdaMpiContext *ctx, size_t n, const int32_t *var, const 
  * them to 0. A failure is remembered for the next lda_mpi_analyse, as for a bind.
  */
 int32_t lda_mpi_set_obs_times(LdaMpiContext *ctx, size_t n, const double *time_hours);
+
+/**
+ * [local] Sets the time of this and later analyses, in hours from any fixed epoch, kept until set again: the analysing
+ * rank passes it to lda_set_analysis_time before each lda_analyse (include/latentda.h: the hybrid's online mix,
+ * option `mix_candidates`, then scores its candidates only at the analysis they are valid for, and notes a skipped
+ * or stale cycle in the report's `mix.notes`). Every rank must set the same time: lda_mpi_analyse compares each
+ * rank's with the analysing rank's and fails on every rank, naming both, if they differ (set on some ranks and not
+ * on others included). A non-finite `hours` is LDA_ERR_INVALID_ARGUMENT, keeps the time in force, and is remembered
+ * for the next lda_mpi_analyse, as a failed bind is.
+ */
+int32_t lda_mpi_set_analysis_time(LdaMpiContext *ctx, double hours);
 
 /**
  * [local] Sets this rank's withheld observations for the next analyses (copied; arrays as for lda_mpi_set_obs),

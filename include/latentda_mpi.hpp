@@ -132,6 +132,10 @@ class Context {
     check(lda_mpi_set_obs_times(ctx_, time_hours.size(), time_hours.data()));
   }
 
+  // [local] The time of this and later analyses (hours from any fixed epoch; every rank sets the same): the online
+  // mix scores its candidates only at the analysis they are valid for. Throws on a non-finite time.
+  void set_analysis_time(double hours) { check(lda_mpi_set_analysis_time(ctx_, hours)); }
+
   // [collective] The analysis; throws the same Error on every rank on failure (then no patch was written).
   void analyse(const std::string& method = "") { check(lda_mpi_analyse(ctx_, method.empty() ? nullptr : method.c_str())); }
 

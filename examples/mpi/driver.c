@@ -21,7 +21,9 @@
  * Options: --grid PXxPY (default: as square as the rank count allows)  --uneven (unequal blocks)  --halo H (default 1)
  *          --precision f32|f64  --root R  --method M  --options TOML  --quiet
  *          --withheld FILE (observations to verify against, as OBS.csv; never assimilated)  --report FILE (JSON)
+ *          --analysis-time HOURS (lda_mpi_set_analysis_time on every rank: the online mix's cycle time)
  *          --fault KIND --fault-rank R: size | overlap | gap | unbound | nan | badobs | noobs | method | badmethod
+ *                                       | time | nantime (with --analysis-time)
  *          (for the error-path tests: what one rank, or every rank, does wrong); skip (a host bug: rank R never calls
  *          lda_mpi_analyse, so the others hang: the tests' time limit must catch it)
  */
@@ -132,6 +134,7 @@ int main(int argc, char **argv) {
     int rank, size, px = 0, py = 0, uneven = 0, halo = 1, single = 0, quiet = 0, root = 0, a, v, rc = 1;
     int fault_rank = 0;
     const char *method = NULL, *options = NULL, *fault = "", *withheld = NULL, *report = NULL;
+    const char *analysis_time = NULL;
     LdaMpiContext *ctx = NULL;
     int32_t st, nvar = 0;
     size_t nlat = 0, nlon = 0, nobs = 0, k;
@@ -171,6 +174,8 @@ int main(int argc, char **argv) {
             fault_rank = atoi(argv[++a]);
         } else if (!strcmp(argv[a], "--withheld") && a + 1 < argc) {
             withheld = argv[++a];
+        } else if (!strcmp(argv[a], "--analysis-time") && a + 1 < argc) {
+            analysis_time = argv[++a];
         } else if (!strcmp(argv[a], "--report") && a + 1 < argc) {
             report = argv[++a];
         } else if (!strcmp(argv[a], "--quiet")) {
@@ -297,6 +302,16 @@ int main(int argc, char **argv) {
     if (withheld) {
         read_obs(withheld, ctx, rank, size, &wh);
         st = lda_mpi_set_withheld(ctx, wh.n, wh.var, wh.lat, wh.lon, wh.lev, wh.val, wh.sig);
+    }
+
+    /* The cycle's time (--analysis-time), the same on every rank unless a fault says otherwise: "time" gives the
+     * fault rank one hour more, "nantime" a NaN (refused, and reported again by the analysis on every rank). */
+    if (analysis_time) {
+        double h = atof(analysis_time);
+        if (rank == fault_rank && !strcmp(fault, "time")) h += 1.0;
+        if (rank == fault_rank && !strcmp(fault, "nantime")) h = NAN;
+        st = lda_mpi_set_analysis_time(ctx, h);
+        if (st != LDA_OK && !quiet) fprintf(stderr, "rank %d: set_analysis_time: %s\n", rank, lda_mpi_last_error(ctx));
     }
 
     /* 4. The analysis (collective): on success every rank's blocks hold the analysis. */

@@ -84,7 +84,8 @@ program lda_mpi_fdriver
   integer(c_int32_t), allocatable :: wvar(:)
   real(c_double), allocatable :: wlat(:), wlon(:), wlevel(:), wvalue(:), wsigma(:)
   integer :: first_row, nargs, i
-  real(c_double) :: nan, j1, tg, ts, ta
+  real(c_double) :: nan, j1, tg, ts, ta, hours
+  logical :: have_time
 
   call MPI_Init(ierr)
   call MPI_Comm_rank(MPI_COMM_WORLD, rank, ierr)
@@ -95,7 +96,7 @@ program lda_mpi_fdriver
   nargs = command_argument_count()
   if (nargs < 4) then
     if (rank == 0) write(*, '(a)') 'usage: driver_f BUNDLE BACKGROUND.nc OBS.csv OUT.bin [--grid PXxPY] [--uneven]' // &
-         ' [--root R] [--method M] [--withheld FILE] [--report FILE] [--quiet]'
+         ' [--root R] [--method M] [--withheld FILE] [--report FILE] [--analysis-time H] [--quiet]'
     call MPI_Finalize(ierr)
     stop 2
   end if
@@ -111,6 +112,8 @@ program lda_mpi_fdriver
   method = ''
   whfile = ''
   repfile = ''
+  have_time = .false.
+  hours = 0
   i = 5
   do while (i <= nargs)
     call get_command_argument(i, arg)
@@ -138,6 +141,11 @@ program lda_mpi_fdriver
     case ('--report')
       i = i + 1
       call get_command_argument(i, repfile)
+    case ('--analysis-time')
+      i = i + 1
+      call get_command_argument(i, arg)
+      read(arg, *) hours
+      have_time = .true.
     case default
       if (rank == 0) write(*, '(2a)') 'unknown argument ', trim(arg)
       call MPI_Abort(MPI_COMM_WORLD, 2, ierr)
@@ -188,6 +196,9 @@ program lda_mpi_fdriver
     call read_obs(trim(whfile), wvar, wlat, wlon, wlevel, wvalue, wsigma, k)
     call lda_mpi_set_withheld(ctx, wvar, wlat, wlon, wlevel, wvalue, wsigma, ierr)
   end if
+
+  ! the cycle's time (--analysis-time), the same on every rank: the online mix scores only on-time forecasts
+  if (have_time) call lda_mpi_set_analysis_time(ctx, hours, ierr)
 
   ! ---- 4. the analysis (collective)
   if (len_trim(method) > 0) then

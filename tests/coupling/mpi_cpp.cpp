@@ -75,6 +75,7 @@ int main(int argc, char** argv) {
     }
     ctx.set_obs(var, lat, lon, lev, val, sig);
     ctx.set_withheld(var, lat, lon, lev, val, sig);  // the same rows, verified against (gathered like the obs)
+    ctx.set_analysis_time(6.0);  // no mix in these options: accepted, and without effect on the analysis
     ctx.analyse();
     const std::vector<int32_t> qc = ctx.obs_qc();
     const latentda::mpi::ObsHx hx = ctx.obs_hx();
@@ -95,8 +96,16 @@ int main(int argc, char** argv) {
       msg = e.what();
     }
     const int untouched = fields == before;
+    // A non-finite analysis time: refused at once on the rank that sets it (a local call).
+    int32_t time_code = 0;
+    try {
+      ctx.set_analysis_time(NAN);
+    } catch (const latentda::mpi::Error& e) {
+      time_code = e.code();
+    }
     std::printf("CPP rank=%d nobs=%zu global=%zu withheld=%.0f qc_used=%zu j_final=%.17g err_code=%d err_untouched=%d "
-                "err_msg=%s\n", rank, qc.size(), global, withheld, used, j, code, untouched, msg.c_str());
+                "time_err=%d err_msg=%s\n", rank, qc.size(), global, withheld, used, j, code, untouched, time_code,
+                msg.c_str());
   }  // ~Context: lda_mpi_close on every rank
   MPI_Finalize();
   return rc;

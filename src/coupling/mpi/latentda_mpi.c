@@ -55,6 +55,9 @@ struct LdaMpiContext {
     double *otime; /* hours from the analysis time (lda_mpi_set_obs_times); NULL = all 0 */
     size_t nwh;    /* this rank's withheld observations (lda_mpi_set_withheld): nwh rows of WH_COLS */
     double *wh;
+    /* The analysis time (lda_mpi_set_analysis_time), kept until set again; has_time 0: never set. */
+    int has_time;
+    double time_hours;
     /* Results of the last successful analysis (this rank's observations) and the report (every rank). */
     int have_results;
     size_t nobs_global;
@@ -709,6 +712,24 @@ int32_t lda_mpi_set_obs_times(LdaMpiContext *ctx, size_t n, const double *time_h
     return LDA_OK;
 }
 
+int32_t lda_mpi_set_analysis_time(LdaMpiContext *ctx, double hours) {
+    NEED_CTX("lda_mpi_set_analysis_time");
+    if (!isfinite(hours))
+        return defer(ctx, set_err(ctx->error, LDA_ERR_INVALID_ARGUMENT, "lda_mpi_set_analysis_time: hours = %g is not"
+                                  " finite (the time in force is kept)", hours));
+    ctx->has_time = 1;
+    ctx->time_hours = hours;
+    return LDA_OK;
+}
+
+/* An analysis time as words for a message: "12 h", or "none set". */
+static void time_words(char *buf, size_t len, int has, double t) {
+    if (has)
+        snprintf(buf, len, "%.17g h", t);
+    else
+        snprintf(buf, len, "none set");
+}
+
 int32_t lda_mpi_set_error(LdaMpiContext *ctx, int32_t code, const char *message) {
     NEED_CTX("lda_mpi_set_error");
     if (code <= 0)
@@ -890,6 +911,10 @@ static int32_t root_analyse(LdaMpiContext *c, const char *method, size_t ntot, c
     }
     rows_to_columns(obs, OBS_COLS, ntot, var, cols);
     if ((st = set_withheld_rows(c, nwh, wh, msg)) != LDA_OK) goto done;
+    if (c->has_time && (st = lda_set_analysis_time(c->lda, c->time_hours)) != LDA_OK) {
+        set_err(msg, st, "%s", lda_last_error(c->lda));
+        goto done;
+    }
     if ((st = lda_set_obs(c->lda, ntot, var, cols, cols + ntot, cols + 2 * ntot, cols + 3 * ntot, cols + 4 * ntot)) !=
             LDA_OK ||
         (st = lda_set_obs_times(c->lda, ntot, cols + 5 * ntot)) != LDA_OK ||
@@ -992,7 +1017,11 @@ int32_t lda_mpi_analyse(LdaMpiContext *ctx, const char *method) {
     int rc, r, v;
     int32_t st = LDA_OK;
     char msg[MSG_MAX];
-    char root_method[256];
+    struct {
+        char method[256];
+        int32_t has_time;
+        double time_hours;
+    } head;
     int64_t *mydesc = NULL, *desc = NULL, nobs_me = 0, nobs_total = 0, *nobs_all = NULL;
     int *counts = NULL, *displs = NULL, *ocounts = NULL, *odispls = NULL, *rcounts = NULL, *rdispls = NULL;
     double *sendbuf = NULL, *recvbuf = NULL, *gbuf = NULL, *obuf = NULL, *gobs = NULL, *gres = NULL, *myres = NULL;
@@ -1011,18 +1040,28 @@ int32_t lda_mpi_analyse(LdaMpiContext *ctx, const char *method) {
     c->report_len = 0;
 
     /* 1a. Local faults: a remembered bind/set_obs failure; a method different from the root's. */
-    memset(root_method, 0, sizeof root_method);
-    if (c->rank == c->root && method) snprintf(root_method, sizeof root_method, "%s", method);
-    if (c->rank == c->root && !method) root_method[0] = '\0';
-    rc = MPI_Bcast(root_method, (int)sizeof root_method, MPI_CHAR, c->root, c->comm);
+    /* The root's method and analysis time, in one broadcast. */
+    memset(&head, 0, sizeof head);
+    if (c->rank == c->root) {
+        if (method) snprintf(head.method, sizeof head.method, "%s", method);
+        head.has_time = c->has_time;
+        head.time_hours = c->time_hours;
+    }
+    rc = MPI_Bcast(&head, (int)sizeof head, MPI_BYTE, c->root, c->comm);
     if (rc != MPI_SUCCESS) {
-        st = mpi_err(msg, rc, "MPI_Bcast (method)");
+        st = mpi_err(msg, rc, "MPI_Bcast (method and analysis time)");
     } else if (c->deferred != LDA_OK) {
         st = set_err(msg, c->deferred, "%s", c->deferred_msg);
-    } else if (strcmp(method ? method : "", root_method) != 0) {
+    } else if (strcmp(method ? method : "", head.method) != 0) {
         st = set_err(msg, LDA_ERR_INVALID_ARGUMENT, "lda_mpi_analyse: method '%s' differs from the analysing rank's '%s';"
                      " every rank must pass the same method", method ? method : "(default)",
-                     root_method[0] ? root_method : "(default)");
+                     head.method[0] ? head.method : "(default)");
+    } else if (head.has_time != c->has_time || (c->has_time && head.time_hours != c->time_hours)) {
+        char mine[48], theirs[48];
+        time_words(mine, sizeof mine, c->has_time, c->time_hours);
+        time_words(theirs, sizeof theirs, head.has_time, head.time_hours);
+        st = set_err(msg, LDA_ERR_INVALID_ARGUMENT, "lda_mpi_analyse: analysis time %s differs from the analysing rank's"
+                     " %s; every rank must set the same time (lda_mpi_set_analysis_time)", mine, theirs);
     }
     c->deferred = LDA_OK; /* reported now (to every rank) */
     /* Buffers of this rank's part: descriptors, packed patches, observations and their results. */
@@ -1160,7 +1199,7 @@ int32_t lda_mpi_analyse(LdaMpiContext *ctx, const char *method) {
     /* 3. The analysis, on the root only. */
     if (st == LDA_OK && c->rank == c->root) {
         char amsg[MSG_MAX];
-        st = root_analyse(c, root_method[0] ? root_method : NULL, ntot, gobs, nwh, gwh, gres, desc, amsg);
+        st = root_analyse(c, head.method[0] ? head.method : NULL, ntot, gobs, nwh, gwh, gres, desc, amsg);
         if (st != LDA_OK) set_err(msg, st, "lda_mpi_analyse (analysis on rank %d): %s", c->root, amsg);
     }
     t[2] = MPI_Wtime() - t1;
