@@ -1831,9 +1831,72 @@ def _with_cycles(a, n):
     return b
 
 
+# ------------------------------------------------------------------------------------------- error by distance
+
+DISTANCE_RINGS = ((0, 300), (300, 600), (600, 1000), (1000, 1500), (1500, 2500), (2500, None))
+
+
+def station_distance_km(lat: np.ndarray, lon: np.ndarray, st: np.ndarray) -> np.ndarray:
+    """Great-circle distance (km) from every grid point (nlat, nlon) to the nearest of the columns `st` (n, 2)."""
+    la, lo = np.meshgrid(np.radians(lat), np.radians(lon), indexing="ij")
+    p2, l2 = np.radians(st[:, 0]), np.radians(st[:, 1])
+    c = np.sin(la)[..., None] * np.sin(p2) + np.cos(la)[..., None] * np.cos(p2) * np.cos(lo[..., None] - l2)
+    return 6371.0 * np.arccos(np.clip(c, -1.0, 1.0)).min(-1)
+
+
+def error_by_distance(folder: str, data: str, model: "Model | None" = None) -> dict:
+    """Error of a run's last saved model state (state.npz, the state after its last cycle) against the nature run,
+    per variable and ring of distance to the nearest land station (DISTANCE_RINGS, km): where a fixed network's
+    error sits. Networks sonde and mass (distance to the t columns; mass also observes ps at other points).
+    Returns {"day", "rings": [[lo, hi, area share]], "rmse": {variable: [area-weighted RMSE per ring]}}."""
+    st_settings = json.load(open(os.path.join(folder, "settings.json")))
+    if st_settings["network"] not in ("sonde", "mass"):
+        raise SystemExit(f"{folder}: network {st_settings['network']} has no fixed stations")
+    lat, lon, _ = D.grid(data)
+    model = model or Model(data)
+    model.load(os.path.join(folder, "state.npz"))
+    dyn, _, step = model.current()
+    x = as_output(gridpoint(model.m, dyn))
+    # the nature run's checkpoint with the same model step (60 steps a day; its step count is not 60 x day
+    # everywhere, so search the days around)
+    for day in sorted(range(step // 60 - 15, step // 60 + 16), key=lambda d: abs(d - step // 60)):
+        try:
+            tdyn, _, tstep = model.truth_state(day)
+        except (OSError, ValueError, KeyError, IndexError):
+            continue
+        if tstep == step:
+            break
+    else:
+        raise SystemExit(f"{folder}: no nature checkpoint at the run's last step {step}")
+    e = x - as_output(gridpoint(model.m, tdyn))
+    dist = station_distance_km(lat, lon, CS.stations(lat, lon))
+    w = np.broadcast_to(np.cos(np.radians(lat))[:, None], dist.shape)
+    masks = [(dist >= a) & (dist < (b if b is not None else np.inf)) for a, b in DISTANCE_RINGS]
+    out = {"day": int(day), "rings": [[a, b, float(w[m].sum() / w.sum())] for (a, b), m in zip(DISTANCE_RINGS, masks)],
+           "rmse": {}}
+    for v, sl in D.VAR_SLICES.items():
+        e2 = (e[sl] ** 2).mean(0)
+        out["rmse"][v] = [float(np.sqrt((w[m] * e2[m]).sum() / w[m].sum())) for m in masks]
+    return out
+
+
+def print_error_by_distance(folders: list, data: str, log=print):
+    """`latentda-cycle distance`: error_by_distance of each run folder as a table."""
+    model = None
+    for f in folders:
+        model = model or Model(data)
+        r = error_by_distance(f, data, model)
+        head = " | ".join(f"{a}-{b if b is not None else ''} km ({100 * s:.0f} %)" for a, b, s in r["rings"])
+        log(f"{f} (day {r['day']}): RMSE by distance to the nearest station (share of the area)\n  var | {head}")
+        for v, vals in r["rmse"].items():
+            log(f"  {v} | " + " | ".join(f"{x:.4g}" for x in vals))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="latentda-cycle", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=["run", "summary", "smoke"])
+    ap.add_argument("command", choices=["run", "summary", "smoke", "distance"],
+                    help="run a cycle, summarise the runs under --out, smoke-test, or 'distance': the error of each run "
+                         "folder's last state (--out, comma-separated) by distance to the nearest land station")
     ap.add_argument("--method", default="l3dvar", help="none, 3dvar, l3dvar or hybrid (one per process)")
     ap.add_argument("--network", default="sonde", help="sonde (u, v, t, q, ps at 300 land stations), uniform (the same "
                     "at 300 new uniform random columns every cycle) or mass (t profiles + ps)")
@@ -1909,6 +1972,11 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.command == "smoke":
         smoke(a)
+        return
+    if a.command == "distance":
+        if not a.out:
+            raise SystemExit("distance: name the run folders with --out (comma-separated)")
+        print_error_by_distance(a.out.split(","), a.data)
         return
     a.out = a.out or "cycling"
     if a.command == "summary":

@@ -367,3 +367,19 @@ def test_variable_scales_never_raise_a_variable_whose_group_is_unobserved():
     assert s["t/x"] == pytest.approx(3.0) and s["z/x"] == pytest.approx(3.0)   # z: its group, mass
     assert s["u/x"] == pytest.approx(1.0) and s["v/x"] == pytest.approx(1.0)   # all would say 3: not raised
     assert s["u/t"] == pytest.approx(0.5) and s["z/t"] == pytest.approx(0.5)   # shrinking follows all variables
+
+
+def test_station_distance_is_the_great_circle_distance_to_the_nearest_column():
+    # `latentda-cycle distance` bins the error by this distance: a grid point on a station is 0 km from it, the
+    # antipode half the circumference, a quarter circle 10008 km, and the nearest of two stations counts
+    lat = np.array([0.0, 45.0, -45.0, 90.0])
+    lon = np.array([0.0, 90.0, 180.0, 270.0])
+    d = C.station_distance_km(lat, lon, np.array([[0.0, 0.0]]))
+    assert d.shape == (4, 4)
+    assert d[0, 0] == pytest.approx(0.0, abs=1e-6)
+    assert d[0, 2] == pytest.approx(np.pi * 6371.0)
+    assert d[3, 1] == pytest.approx(np.pi / 2 * 6371.0)
+    assert d[1, 0] == pytest.approx(np.pi / 4 * 6371.0)
+    two = C.station_distance_km(lat, lon, np.array([[0.0, 0.0], [0.0, 180.0]]))
+    assert two[0, 2] == pytest.approx(0.0, abs=1e-6) and two[0, 1] == pytest.approx(np.pi / 2 * 6371.0)
+    assert np.all(two <= d + 1e-9)
