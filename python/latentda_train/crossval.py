@@ -11,7 +11,10 @@ Over a cell's cases and both folds,
 
 estimates, without truth, how much closer the analysis came to the true state than the background at those points.
 Per variable and band class (extratropics, tropics) the configuration with the lowest mean d is chosen; a variable
-without withheld observations follows its group's pooled evidence (z: t and ps), else all variables'. The
+without withheld observations follows its group's pooled evidence (z: t and ps). A variable whose whole group
+is unobserved (the mass network's wind and q) follows all observed variables' pooled evidence; `--cross` makes it
+follow cross-variable evidence instead (each observed variable withheld whole, every configuration analyses the
+others and is compared with it; tried on the mass cells and not adopted: docs/robustness-matrix.md). The
 composite options file takes each variable's weights from its chosen configuration. `--blends F,...` adds
 candidates between the sized static B and the sized hybrid with q static, (1 - F) x the weights of one + F x the
 other's: the Desroziers sizing keeps each variable's alpha : beta, so only such candidates let the mix itself be
@@ -32,6 +35,7 @@ import glob
 import hashlib
 import json
 import os
+import sys
 import tempfile
 import time
 import zlib
@@ -67,11 +71,13 @@ def split_columns(path, seed):
 
 
 def class_stats(cells, var, cls):
-    """Summed withheld statistics of variable `var` over the bands of class `cls`: (n, mean d, its standard
-    error), the error cluster-robust over columns as in the runtime (src/var/withheld.rs)."""
+    """Summed withheld statistics of variable `var` (or of every variable of a tuple, pooled) over the bands of class
+    `cls`: (n, mean d, its standard error), the error cluster-robust over columns as in the runtime
+    (src/var/withheld.rs)."""
+    names = var if isinstance(var, tuple) else (var,)
     s = dict.fromkeys(SUMS, 0.0)
     for c in cells:
-        if c["group"] == var and c["band"] in CLASSES[cls]:
+        if c["group"] in names and c["band"] in CLASSES[cls]:
             for k in SUMS:
                 s[k] += c[k]
     n, ncol = s["n"], s["n_columns"]
@@ -94,11 +100,16 @@ GROUPS = {"u": ("u", "v"), "v": ("u", "v"), "t": ("t", "z", "ps"), "z": ("t", "z
           "q": ("q",)}
 
 
-def choose(cv, fams, v, cls):
+def choose(cv, fams, v, cls, cross=None):
     """The family with the lowest mean d for variable `v` in class `cls`, and where the evidence came from: its own
     withheld observations ("own"); without them its group's, pooled (z from t and ps, as the static B's hydrostatic
-    z follows t: "group"); else all observed variables' ("all"). The candidates were compared on the same withheld
-    observations, so pooling weights each variable by its count. No withheld observation at all: the first family."""
+    z follows t: "group"); without those the cross-variable evidence `cross` when given ({family: summed withheld
+    cells of the analyses that predicted each observed variable, withheld whole, from the others}): a variable whose
+    whole group is unobserved is analysed through cross-covariances alone, which this scores, and as nothing checks
+    it directly the family is chosen by the upper bound mean d + 2 standard errors over all those observations
+    ("cross": cross-covariances that do not help beyond their noise lose to a family without them, whose d is 0);
+    else all observed variables' ("all"). The candidates were compared on the same withheld observations, so pooling
+    weights each variable by its count. No withheld observation at all: the first family."""
     def pooled(members):
         out = []
         for f in fams:
@@ -107,11 +118,38 @@ def choose(cv, fams, v, cls):
             if n:
                 out.append((sum(x[0] * x[1] for x in st) / n, f))
         return out
-    for where, members in (("own", (v,)), ("group", GROUPS.get(v, (v,))), ("all", VARS)):
-        scored = pooled(members)
+
+    def cross_bound():
+        out = []
+        for f in fams:
+            n, m, se = class_stats(cross[f], VARS, cls)
+            if n:
+                out.append((m + 2.0 * (se or 0.0), f))
+        return out
+    for where, score in (("own", lambda: pooled((v,))), ("group", lambda: pooled(GROUPS.get(v, (v,)))),
+                         ("cross", cross_bound if cross is not None else list), ("all", lambda: pooled(VARS))):
+        scored = score()
         if scored:
             return min(scored)[1], where
     return fams[0], "none"
+
+
+def split_variables(path):
+    """For each variable observed in an observation CSV: (the file without its rows, its rows alone), as texts, for
+    the cross-variable evidence (`choose`)."""
+    lines = open(path).read().splitlines()
+    head, rows = lines[0], [r for r in lines[1:] if r.strip()]
+    names = sorted({r.split(",")[0] for r in rows})
+    text = lambda rs: "\n".join([head] + rs) + "\n"
+    return {n: (text([r for r in rows if r.split(",")[0] != n]), text([r for r in rows if r.split(",")[0] == n]))
+            for n in names}
+
+
+def unobserved_groups(path):
+    """The variables of VARS whose group (GROUPS) has no observation in the CSV: analysed by cross-covariances
+    alone."""
+    seen = {r.split(",")[0] for r in open(path).read().splitlines()[1:] if r.strip()}
+    return [v for v in VARS if not set(GROUPS.get(v, (v,))) & seen]
 
 
 def add_cells(acc, cells):
@@ -199,6 +237,11 @@ def main(argv=None):
     ap.add_argument("--scales", default="", help="F,...: also candidates <scale-family>-xF, that family's weights "
                     "times F (the same structure, a smaller increment; F small: about the background)")
     ap.add_argument("--scale-family", default=None, help="the family --scales scales (default: the first of --families)")
+    ap.add_argument("--cross", action="store_true",
+                    help="cross-variable evidence for a variable whose group has no observation (the mass network's wind "
+                         "and q): tried and not adopted (docs/robustness-matrix.md, \"Cross-variable evidence for an "
+                         "unobserved variable\"); without it such a variable follows all observed variables' pooled "
+                         "evidence")
     ap.add_argument("--base", default="3dvar-pv", help="the summary's reference configuration (wins counted against it)")
     ap.add_argument("--ref", default="hybrid-pv-sq", help="the summary's second reference configuration")
     ap.add_argument("--launches", default="610:720:15")
@@ -231,7 +274,7 @@ def main(argv=None):
     from .forecasts import launch_days
     launches = launch_days(a.launches)
     work = os.path.join(a.out, "matrix", "crossval")
-    result = {"command": "latentda-crossval " + " ".join(argv or []), "bundle": bundle, "cells": {}}
+    result = {"command": "latentda-crossval " + " ".join(argv if argv is not None else sys.argv[1:]), "bundle": bundle, "cells": {}}
     t0 = time.time()
 
     cache_path = os.path.join(work, "cache.json")
@@ -300,23 +343,41 @@ def main(argv=None):
                         tasks.append((d, paths[k], paths[1 - k], M.RECIPE_ARGS.get(r, []) + family_args(f, opts[f]),
                                       None))
                         keys.append((f, "fold", cname, k))
+                # a network that leaves a variable group unobserved: cross-variable evidence for it (`choose`)
+                obs_path = os.path.join(d, M.NETWORKS[net][0])
+                per_var = split_variables(obs_path)
+                if a.cross and unobserved_groups(obs_path) and len(per_var) >= 2:
+                    for var, texts in per_var.items():
+                        vp = [os.path.join(cdir, cname, f"{kind}_{var}.csv") for kind in ("without", "only")]
+                        for p_, t_ in zip(vp, texts):
+                            open(p_, "w").write(t_)
+                        for f in fams:
+                            tasks.append((d, vp[0], vp[1], M.RECIPE_ARGS.get(r, []) + family_args(f, opts[f]), None))
+                            keys.append((f, "cross", cname, var))
             with ThreadPoolExecutor(max_workers=a.jobs) as ex:
                 out = list(ex.map(analyse, tasks))
             cell = {"families": fams, "cv": {}, "truth_half": {}, "choice_cv": {}, "choice_truth": {}}
+            has_cross = any(kind == "cross" for _, kind, _, _ in keys)
+            if has_cross:
+                cell["cross"] = {}
             for f in fams:
-                acc, ratios = {}, []
-                for (kf, _, _, _), o in zip(keys, out):
-                    if kf == f:
+                acc, xacc, ratios = {}, {}, []
+                for (kf, kind, _, _), o in zip(keys, out):
+                    if kf == f and kind == "fold":
                         add_cells(acc, o["withheld"])
                         ratios.append(o["ratio"])
+                    elif kf == f:
+                        add_cells(xacc, o["withheld"])
                 cell["cv"][f] = class_table(acc.values())
+                if has_cross:
+                    cell["cross"][f] = list(xacc.values())
                 cell["truth_half"][f] = {b: {v: float(np.mean([x[b][v] for x in ratios])) for v in VARS}
                                          for b in ("global", "extratropics", "tropics")}
             for v in VARS:
                 cell["choice_cv"][v], cell["choice_truth"][v] = {}, {}
                 cell.setdefault("choice_from", {})[v] = {}
                 for c in CLASSES:
-                    cell["choice_cv"][v][c], cell["choice_from"][v][c] = choose(cell["cv"], fams, v, c)
+                    cell["choice_cv"][v][c], cell["choice_from"][v][c] = choose(cell["cv"], fams, v, c, cell.get("cross"))
                     cell["choice_truth"][v][c] = min((cell["truth_half"][f][c][v], f) for f in fams)[1]
             comp = composite_options(cell["choice_cv"], opts, os.path.join(cdir, "composite.toml"))
             full = [(d, M.NETWORKS[net][0], None, M.RECIPE_ARGS.get(r, []) + fa, None)
@@ -437,6 +498,11 @@ def cell_table(r, net, cell):
             out.append(f"| {v} | {c} | " + " | ".join(fd(x) for x in ds) + f" | {cell['choice_cv'][v][c]} | "
                        f"{cell['choice_truth'][v][c]} | " +
                        " | ".join(f"{cell['truth_half'][f][c][v]:.3f}" for f in fams) + " |")
+    if "cross" in cell:
+        fd = lambda x: f"{x[1]:+.4f} ({2 * (x[2] or 0):.4f})"
+        out += ["", "Cross-variable evidence (each observed variable withheld whole, predicted from the others), mean d "
+                "(2 se), pooled: " + "; ".join(f"{f} " + " ".join(f"{c[:5]} {fd(class_stats(cell['cross'][f], VARS, c))}"
+                                                                 for c in CLASSES) for f in fams)]
     out += ["", "Full network, global ratio: " + "; ".join(
         f"{n} " + " ".join(f"{cell['truth_full'][n][v]:.3f}" for v in VARS) for n in cell["truth_full"]), ""]
     return "\n".join(out)

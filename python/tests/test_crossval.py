@@ -112,3 +112,40 @@ def test_a_variable_without_withheld_observations_follows_its_group_then_all():
     assert X.choose(cv, fams, "u", "tropics") == ("A", "all")
     empty = {f: {v: {c: none for c in X.CLASSES} for v in X.VARS} for f in fams}
     assert X.choose(empty, fams, "u", "tropics") == ("A", "none")
+
+
+def test_an_unobserved_group_follows_the_cross_variable_evidence(tmp_path):
+    # the mass network: t and ps observed, the wind and q not
+    p = tmp_path / "obs.csv"
+    p.write_text("var,lat,lon,level,value,sigma\nt,10,0,0.5,250,1\nt,10,0,0.9,280,1\nps,20,30,,100000,100\n")
+    assert X.unobserved_groups(p) == ["u", "v", "q"]
+    sv = X.split_variables(p)
+    assert sorted(sv) == ["ps", "t"]
+    without_t, only_t = sv["t"]
+    assert without_t.splitlines() == ["var,lat,lon,level,value,sigma", "ps,20,30,,100000,100"]
+    assert [r.split(",")[0] for r in only_t.splitlines()[1:]] == ["t", "t"]
+    none = (0, None, None)
+    # own withheld evidence: B is better on t and ps (univariate skill) ...
+    cv = {"A": {"u": none, "v": none, "t": (100, -1.0, 0.1), "q": none, "z": none, "ps": (10, -2.0, 0.5)},
+          "B": {"u": none, "v": none, "t": (100, -1.5, 0.1), "q": none, "z": none, "ps": (10, -2.5, 0.5)}}
+    wrap = lambda t: {f: {v: {c: x for c in X.CLASSES} for v, x in r.items()} for f, r in t.items()}
+    cv = wrap(cv)
+    fams = ["A", "B", "C"]
+    cv["C"] = cv["B"]
+    # ... and predicting t from ps alone and ps from t alone (summed withheld cells, per column): A has no
+    # cross-covariances (d = 0), B's hurt, C's help by less than their noise in the tropics and clearly in the
+    # extratropics
+    zero = [[0.0, 0.0]] * 6
+    cross = {"A": [cell("t", "nh", zero), cell("ps", "tropics", [[0.0]] * 4)],
+             "B": [cell("t", "nh", [[0.3, 0.2]] * 6), cell("ps", "tropics", [[0.1]] * 4)],
+             "C": [cell("t", "nh", [[-0.3, -0.2], [-0.2, -0.4]] * 3), cell("ps", "tropics", [[-0.5], [0.4], [-0.3], [0.3]])]}
+    assert X.choose(cv, fams, "u", "extratropics") == ("B", "all")             # without cross evidence
+    assert X.choose(cv, fams, "u", "extratropics", cross) == ("C", "cross")
+    assert X.choose(cv, fams, "u", "tropics", cross) == ("A", "cross")         # C's mean -0.025, but 2 se ~ 0.5
+    assert X.choose(cv, fams, "q", "tropics", cross) == ("A", "cross")
+    # observed variables and z (its group observed) keep their own or group evidence
+    assert X.choose(cv, fams, "t", "tropics", cross) == ("B", "own")
+    assert X.choose(cv, fams, "z", "tropics", cross) == ("B", "group")
+    # pooled statistics over several variables: the counts add
+    n, m, se = X.class_stats(cross["C"], ("t", "ps"), "tropics")
+    assert (n, m) == (4, pytest.approx(-0.025)) and se > 0.2
