@@ -176,9 +176,9 @@ int32_t lda_mpi_set_obs_times(LdaMpiContext *ctx, size_t n, const double *time_h
  * [local] Sets the time of this and later analyses, in hours from any fixed epoch, kept until set again: the analysing
  * rank passes it to lda_set_analysis_time before each lda_analyse (include/latentda.h: the hybrid's online mix,
  * option `mix_candidates`, then scores its candidates only at the analysis they are valid for, and notes a skipped
- * or stale cycle in the report's `mix.notes`). Every rank must set the same time: lda_mpi_analyse compares each
- * rank's with the analysing rank's and fails on every rank, naming both, if they differ (set on some ranks and not
- * on others included). A non-finite `hours` is LDA_ERR_INVALID_ARGUMENT, keeps the time in force, and is remembered
+ * or stale cycle in the report's `mix.notes`). Every rank must set the same time, bit for bit (compute it once and
+ * broadcast it, or from the same integers on every rank): lda_mpi_analyse compares each rank's with the analysing
+ * rank's and fails on every rank, naming both, if they differ (set on some ranks and not on others included). A non-finite `hours` is LDA_ERR_INVALID_ARGUMENT, keeps the time in force, and is remembered
  * for the next lda_mpi_analyse, as a failed bind is.
  */
 int32_t lda_mpi_set_analysis_time(LdaMpiContext *ctx, double hours);
@@ -204,10 +204,12 @@ int32_t lda_mpi_set_error(LdaMpiContext *ctx, int32_t code, const char *message)
 /**
  * [collective] Runs one analysis over the whole communicator.
  *
- * 1. Agreement on local faults (a failed bind or set_obs, a `method` different from the root's), then the root
- *    checks that every variable is tiled exactly by the patches (no gap, no overlap).
+ * 1. Agreement on local faults (a failed bind, set_obs or set_analysis_time, a `method` or an analysis time
+ *    different from the root's: the times must be the same double on every rank), then the root checks that every
+ *    variable is tiled exactly by the patches (no gap, no overlap).
  * 2. The patches' interiors and the observations (with their rank and index) are gathered on the root (MPI_Gatherv).
- * 3. The root binds the global fields, sets the observations (and their times), computes H(x_b), runs lda_analyse(`method`), reads the
+ * 3. The root binds the global fields, sets the observations (and their times) and the analysis time (when set),
+ *    computes H(x_b), runs lda_analyse(`method`), reads the
  *    QC flags and H(x_a) (H of the analysis, also when option `output` is "increment").
  * 4. The root's status and message are broadcast. On failure nothing is scattered (every host array is
  *    untouched) and every rank returns that status. On success the result (per option `output`) is scattered into

@@ -443,6 +443,7 @@ fn faults_give_every_rank_the_same_error_and_leave_arrays_untouched() {
         ("badmethod", 0, &[], 2, "method 'nosuch' is not known"),
         ("time", 2, &["--analysis-time", "6"], 2, "rank 2: lda_mpi_analyse: analysis time 7 h differs from the analysing rank's 6 h"),
         ("nantime", 1, &["--analysis-time", "6"], 2, "rank 1: lda_mpi_set_analysis_time: hours = nan is not finite"),
+        ("notime", 0, &["--analysis-time", "6"], 2, "rank 1: lda_mpi_analyse: analysis time 6 h differs from the analysing rank's none set"),
         ("", 0, &["--root", "5"], 2, "root 5 is not a rank of the communicator (size 3)"),
     ];
     println!(
@@ -486,8 +487,8 @@ fn faults_give_every_rank_the_same_error_and_leave_arrays_untouched() {
 
 /// The online mix through the MPI layer, with analysis times (lda_mpi_set_analysis_time on every rank): the
 /// analysing rank gives its context the ranks' common time, so an analysis 12 h after the last (a 6 h cycle skipped)
-/// notes the stale candidate forecasts and scores nothing, and the next on-time analysis scores them; every rank's
-/// report says so.
+/// notes the stale candidate forecasts and scores nothing, and the next on-time analysis scores them (the report of
+/// the last rank, which received it from the analysing rank, says so); the Fortran binding passes the time as given.
 #[test]
 fn analysis_times_reach_the_online_mix() {
     require_mpi!();
@@ -524,18 +525,23 @@ fn analysis_times_reach_the_online_mix() {
     assert_eq!(m18["scored"].as_array().unwrap().len(), 2, "the on-time cycle scored nothing: {m18}");
     assert_eq!(m18["window_filled"].as_u64(), Some(1), "{m18}");
     println!("MPI, online mix with analysis times 0, 12, 18 h: scored 0, 0, 2 candidates; note at 12 h: {notes}");
-    // The Fortran binding passes the time by value: ranks that passed garbage would disagree and fail the analysis.
-    let tanh = common::fixture("tanh");
-    let mut args = case_args(&tanh, &b.dir.join("time_f.bin"));
-    args.extend(["--grid", "2x1", "--quiet", "--analysis-time", "6.5"].iter().map(|s| s.to_string()));
+    // The Fortran binding (driver_f, its own mix state): the time reaches the analysing rank's context as given.
+    let fstate = b.dir.join("mpi_mix_f.json");
+    let _ = std::fs::remove_file(&fstate);
+    let _ = std::fs::remove_file(latentda::var::mix::fields_path(&fstate));
+    let fopts = opts.replace(&state.display().to_string(), &fstate.display().to_string());
+    let rep = b.dir.join("mix_f.json");
+    let mut args = case_args(&bundle, &b.dir.join("time_f.bin"));
+    let extra = ["--grid", "2x1", "--quiet", "--method", "hybrid", "--options", &fopts, "--analysis-time", "6.5"];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend(["--report".to_string(), rep.display().to_string()]);
     let run = mpirun(2, &b.driver_f, &args, LIMIT);
     let res = results(&run);
     assert_eq!(res.len(), 2, "{}\n{}", run.stdout, run.stderr);
-    assert!(
-        res.iter().all(|r| r.status == 0),
-        "Fortran lda_mpi_set_analysis_time: {:?}",
-        res.iter().map(|r| &r.msg).collect::<Vec<_>>()
-    );
+    assert!(res.iter().all(|r| r.status == 0), "Fortran: {:?}", res.iter().map(|r| &r.msg).collect::<Vec<_>>());
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    assert_eq!(v["mix"]["analysis_time_hours"].as_f64(), Some(6.5), "Fortran lda_mpi_set_analysis_time: {}", v["mix"]);
+    assert_eq!(v["mix"]["valid_next_hours"].as_f64(), Some(12.5), "{}", v["mix"]);
 }
 
 fn check_agreement(fault: &str, res: &[RankResult], status: i32, part: &str) {

@@ -23,7 +23,7 @@
  *          --withheld FILE (observations to verify against, as OBS.csv; never assimilated)  --report FILE (JSON)
  *          --analysis-time HOURS (lda_mpi_set_analysis_time on every rank: the online mix's cycle time)
  *          --fault KIND --fault-rank R: size | overlap | gap | unbound | nan | badobs | noobs | method | badmethod
- *                                       | time | nantime (with --analysis-time)
+ *                                       | time | nantime | notime (with --analysis-time: R sets 1 h more, NaN, none)
  *          (for the error-path tests: what one rank, or every rank, does wrong); skip (a host bug: rank R never calls
  *          lda_mpi_analyse, so the others hang: the tests' time limit must catch it)
  */
@@ -305,13 +305,16 @@ int main(int argc, char **argv) {
     }
 
     /* The cycle's time (--analysis-time), the same on every rank unless a fault says otherwise: "time" gives the
-     * fault rank one hour more, "nantime" a NaN (refused, and reported again by the analysis on every rank). */
+     * fault rank one hour more, "nantime" a NaN (refused, and reported again by the analysis on every rank), "notime"
+     * none at all. */
     if (analysis_time) {
         double h = atof(analysis_time);
         if (rank == fault_rank && !strcmp(fault, "time")) h += 1.0;
         if (rank == fault_rank && !strcmp(fault, "nantime")) h = NAN;
-        st = lda_mpi_set_analysis_time(ctx, h);
-        if (st != LDA_OK && !quiet) fprintf(stderr, "rank %d: set_analysis_time: %s\n", rank, lda_mpi_last_error(ctx));
+        if (!(rank == fault_rank && !strcmp(fault, "notime"))) {
+            st = lda_mpi_set_analysis_time(ctx, h);
+            if (st != LDA_OK && !quiet) fprintf(stderr, "rank %d: set_analysis_time: %s\n", rank, lda_mpi_last_error(ctx));
+        }
     }
 
     /* 4. The analysis (collective): on success every rank's blocks hold the analysis. */

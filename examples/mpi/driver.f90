@@ -77,6 +77,7 @@ program lda_mpi_fdriver
   integer :: rank, nprocs, px, py, ix, iy, ierr, nvar, nlon, nlat, nlev, i0, nx, j0, ny, v, k, root
   logical :: uneven, quiet
   character(len=1024) :: bundle, background, obsfile, outfile, arg, method, whfile, repfile
+  character(len=4096) :: options
   character(len=:), allocatable :: json
   character(len=2048) :: msg
   integer(c_int32_t), allocatable :: var(:), qc(:)
@@ -96,7 +97,7 @@ program lda_mpi_fdriver
   nargs = command_argument_count()
   if (nargs < 4) then
     if (rank == 0) write(*, '(a)') 'usage: driver_f BUNDLE BACKGROUND.nc OBS.csv OUT.bin [--grid PXxPY] [--uneven]' // &
-         ' [--root R] [--method M] [--withheld FILE] [--report FILE] [--analysis-time H] [--quiet]'
+         ' [--root R] [--method M] [--options TOML] [--withheld FILE] [--report FILE] [--analysis-time H] [--quiet]'
     call MPI_Finalize(ierr)
     stop 2
   end if
@@ -112,6 +113,7 @@ program lda_mpi_fdriver
   method = ''
   whfile = ''
   repfile = ''
+  options = ''
   have_time = .false.
   hours = 0
   i = 5
@@ -135,6 +137,9 @@ program lda_mpi_fdriver
     case ('--method')
       i = i + 1
       call get_command_argument(i, method)
+    case ('--options')
+      i = i + 1
+      call get_command_argument(i, options)
     case ('--withheld')
       i = i + 1
       call get_command_argument(i, whfile)
@@ -164,7 +169,11 @@ program lda_mpi_fdriver
   iy = rank / px
 
   ! ---- 1. open (collective): the communicator goes in as its Fortran handle
-  call lda_mpi_open(ctx, trim(bundle), MPI_COMM_WORLD, ierr, root=root)
+  if (len_trim(options) > 0) then
+    call lda_mpi_open(ctx, trim(bundle), MPI_COMM_WORLD, ierr, options=trim(options), root=root)
+  else
+    call lda_mpi_open(ctx, trim(bundle), MPI_COMM_WORLD, ierr, root=root)
+  end if
   if (ierr /= 0) then
     call lda_mpi_last_error(ctx, msg)
     write(*, '(a, i0, a, i0, 2a)') 'RESULT rank=', rank, ' status=', ierr, ' untouched=1 halo_ok=1 msg=', trim(msg)

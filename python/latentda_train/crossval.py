@@ -124,7 +124,8 @@ def choose(cv, fams, v, cls, cross=None):
         for f in fams:
             n, m, se = class_stats(cross[f], VARS, cls)
             if n:
-                out.append((m + 2.0 * (se or 0.0), f))
+                # one column gives no error estimate: no bound, unless the family adds nothing (d = 0 exactly)
+                out.append((m + 2.0 * se if se is not None else (0.0 if m == 0.0 else float("inf")), f))
         return out
     for where, score in (("own", lambda: pooled((v,))), ("group", lambda: pooled(GROUPS.get(v, (v,)))),
                          ("cross", cross_bound if cross is not None else list), ("all", lambda: pooled(VARS))):
@@ -499,7 +500,7 @@ def cell_table(r, net, cell):
                        f"{cell['choice_truth'][v][c]} | " +
                        " | ".join(f"{cell['truth_half'][f][c][v]:.3f}" for f in fams) + " |")
     if "cross" in cell:
-        fd = lambda x: f"{x[1]:+.4f} ({2 * (x[2] or 0):.4f})"
+        fd = lambda x: "-" if x[1] is None else f"{x[1]:+.4f} ({2 * x[2]:.4f})" if x[2] is not None else f"{x[1]:+.4f}"
         out += ["", "Cross-variable evidence (each observed variable withheld whole, predicted from the others), mean d "
                 "(2 se), pooled: " + "; ".join(f"{f} " + " ".join(f"{c[:5]} {fd(class_stats(cell['cross'][f], VARS, c))}"
                                                                  for c in CLASSES) for f in fams)]

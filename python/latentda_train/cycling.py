@@ -1848,32 +1848,25 @@ def error_by_distance(folder: str, data: str, model: "Model | None" = None) -> d
     """Error of a run's last saved model state (state.npz, the state after its last cycle) against the nature run,
     per variable and ring of distance to the nearest land station (DISTANCE_RINGS, km): where a fixed network's
     error sits. Networks sonde and mass (distance to the t columns; mass also observes ps at other points).
-    Returns {"day", "rings": [[lo, hi, area share]], "rmse": {variable: [area-weighted RMSE per ring]}}."""
+    The truth is the nature state of the state's cycle, as the run's metrics take it. Returns {"day", "cycle",
+    "global": {variable: RMSE}, "rings": [[lo, hi, area share]], "rmse": {variable: [area-weighted RMSE per ring]}}."""
     st_settings = json.load(open(os.path.join(folder, "settings.json")))
     if st_settings["network"] not in ("sonde", "mass"):
         raise SystemExit(f"{folder}: network {st_settings['network']} has no fixed stations")
     lat, lon, _ = D.grid(data)
     model = model or Model(data)
-    model.load(os.path.join(folder, "state.npz"))
-    dyn, _, step = model.current()
+    cycle = model.load(os.path.join(folder, "state.npz"))["cycle"]
+    dyn, _, _ = model.current()
     x = as_output(gridpoint(model.m, dyn))
-    # the nature run's checkpoint with the same model step (60 steps a day; its step count is not 60 x day
-    # everywhere, so search the days around)
-    for day in sorted(range(step // 60 - 15, step // 60 + 16), key=lambda d: abs(d - step // 60)):
-        try:
-            tdyn, _, tstep = model.truth_state(day)
-        except (OSError, ValueError, KeyError, IndexError):
-            continue
-        if tstep == step:
-            break
-    else:
-        raise SystemExit(f"{folder}: no nature checkpoint at the run's last step {step}")
-    e = x - as_output(gridpoint(model.m, tdyn))
+    # the truth of that cycle, as the run scored it (its metrics.jsonl)
+    t0_day = st_settings["start_day"] - st_settings.get("spinup_days", 0)
+    e = x - np.asarray(Nature(data)[4 * t0_day - 1 + cycle], np.float64)
+    day = t0_day + cycle / 4
     dist = station_distance_km(lat, lon, CS.stations(lat, lon))
     w = np.broadcast_to(np.cos(np.radians(lat))[:, None], dist.shape)
     masks = [(dist >= a) & (dist < (b if b is not None else np.inf)) for a, b in DISTANCE_RINGS]
-    out = {"day": int(day), "rings": [[a, b, float(w[m].sum() / w.sum())] for (a, b), m in zip(DISTANCE_RINGS, masks)],
-           "rmse": {}}
+    rings = [[a, b, float(w[m].sum() / w.sum())] for (a, b), m in zip(DISTANCE_RINGS, masks)]
+    out = {"day": day, "cycle": int(cycle), "global": area_rmse(e, lat), "rings": rings, "rmse": {}}
     for v, sl in D.VAR_SLICES.items():
         e2 = (e[sl] ** 2).mean(0)
         out["rmse"][v] = [float(np.sqrt((w[m] * e2[m]).sum() / w[m].sum())) for m in masks]
@@ -1887,9 +1880,10 @@ def print_error_by_distance(folders: list, data: str, log=print):
         model = model or Model(data)
         r = error_by_distance(f, data, model)
         head = " | ".join(f"{a}-{b if b is not None else ''} km ({100 * s:.0f} %)" for a, b, s in r["rings"])
-        log(f"{f} (day {r['day']}): RMSE by distance to the nearest station (share of the area)\n  var | {head}")
+        log(f"{f} (cycle {r['cycle']}, day {r['day']:g}): RMSE by distance to the nearest station (share of the "
+            f"area)\n  var | {head} | global")
         for v, vals in r["rmse"].items():
-            log(f"  {v} | " + " | ".join(f"{x:.4g}" for x in vals))
+            log(f"  {v} | " + " | ".join(f"{x:.4g}" for x in vals) + f" | {r['global'][v]:.4g}")
 
 
 def main(argv=None):

@@ -68,7 +68,8 @@ struct LdaMpiContext {
     /* Root only: global fields bound to its latentda context. */
     void **global;
     int *global_single;
-    /* A local failure (bind, set_obs) remembered for the next lda_mpi_analyse. */
+    /* A local failure (bind, set_obs, set_obs_times, set_withheld, set_analysis_time, set_error) remembered for the
+     * next lda_mpi_analyse. */
     int32_t deferred;
     char deferred_msg[MSG_MAX];
     char error[MSG_MAX];
@@ -1039,7 +1040,7 @@ int32_t lda_mpi_analyse(LdaMpiContext *ctx, const char *method) {
     c->report = NULL;
     c->report_len = 0;
 
-    /* 1a. Local faults: a remembered bind/set_obs failure; a method different from the root's. */
+    /* 1a. Local faults: a remembered local failure; a method or an analysis time different from the root's. */
     /* The root's method and analysis time, in one broadcast. */
     memset(&head, 0, sizeof head);
     if (c->rank == c->root) {
