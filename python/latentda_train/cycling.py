@@ -171,6 +171,8 @@ MIN_CELL_OBS = 50          # as src/var/desroziers.rs: fewest observations over 
 GROUPS = {"wind": ("u", "v"), "mass": ("t", "z", "ps")}   # as src/var/desroziers.rs
 COMPOSITE = ("all", *GROUPS)   # report cells that are not one bundle variable
 LAGGED_MEMBERS = 8         # K of --ensemble lagged: leads 6 .. 48 h
+START_T_RMS = 0.7           # the perturbed start's temperature RMS (K) and wind factor (forecasts.perturb)
+START_WIND_FACTOR = 1.6
 EDA_SEED = 20261206        # member k of --ensemble eda starts from perturbed_start(seed EDA_SEED + k)
 EDA_OBS_SEED = 900000      # noise seed of member k's observation perturbations in cycle c: EDA_OBS_SEED + 1000 c + k
 ENSEMBLE_GAMMA = 0.5       # gamma of --ensemble (the options' default)
@@ -518,10 +520,12 @@ class Model:
         dyn, phys = jax.tree_util.tree_unflatten(self.treedef, [jnp.asarray(l) for l in leaves])
         return dyn, phys, step
 
-    def perturbed_start(self, day: int, t_rms=0.7, wind_factor=1.6, nmax=10, seed=20261126, lookback=120):
+    def perturbed_start(self, day: int, t_rms=None, wind_factor=None, nmax=10, seed=20261126, lookback=120):
         """The truth of `day` plus the perturbation recipe of `forecasts.Forecaster.run` (same defaults, same random
         choice of the two nature days for launch day `day`): alpha * P_{1<=n<=nmax}(S(a) - S(b))."""
         from .forecasts import perturb, perturbation_days
+        t_rms = START_T_RMS if t_rms is None else t_rms
+        wind_factor = START_WIND_FACTOR if wind_factor is None else wind_factor
         da, db = perturbation_days(day, seed, lookback)
         dyn, phys, step = self.truth_state(day)
         dA, _, _ = self.truth_state(da)
@@ -1000,6 +1004,9 @@ def settings_of(a) -> dict:
         s["increment_truncation"] = a.increment_truncation
     if getattr(a, "iau", None):
         s["iau"] = a.iau
+    start = (getattr(a, "start_t_rms", START_T_RMS), getattr(a, "start_wind_factor", START_WIND_FACTOR))
+    if start != (START_T_RMS, START_WIND_FACTOR):
+        s["start_perturbation"] = {"t_rms": start[0], "wind_factor": start[1]}
     if mix_shares(a):
         s["choose_mix"] = {"shares": mix_shares(a), "window": a.choose_window, "seed": MIX_SEED,
                            "by": getattr(a, "choose_by", "withheld")}
@@ -1028,6 +1035,9 @@ def run_name(a) -> str:
         name += f"-t{a.increment_truncation}"
     if getattr(a, "iau", None):
         name += f"-iau{a.iau}"
+    if getattr(a, "start_t_rms", START_T_RMS) != START_T_RMS or \
+            getattr(a, "start_wind_factor", START_WIND_FACTOR) != START_WIND_FACTOR:
+        name += f"-start{a.start_t_rms:g}x{a.start_wind_factor:g}"
     if not getattr(a, "adaptive", False):
         return name
     lib = "-lib" if getattr(a, "adaptive_in_library", False) else ""
@@ -1219,7 +1229,8 @@ def run(a, model: Model | None = None, log=print) -> str:
         open(metrics, "w").writelines(kept)
         log(f"{a.method}/{a.network}: resumed after cycle {cycle} of {n_cycles}")
     else:
-        dyn, phys, step, info = model.perturbed_start(t0_day)
+        dyn, phys, step, info = model.perturbed_start(t0_day, t_rms=getattr(a, "start_t_rms", START_T_RMS),
+                                                      wind_factor=getattr(a, "start_wind_factor", START_WIND_FACTOR))
         model.set(dyn, phys, step)
         cycle = 0
         open(metrics, "w").close()
@@ -1903,6 +1914,11 @@ def main(argv=None):
     ap.add_argument("--start-day", type=int, default=610, help="first scored day (validation period: >= 600)")
     ap.add_argument("--spinup-days", type=int, default=3)
     ap.add_argument("--days", type=float, default=30, help="scored days")
+    ap.add_argument("--start-t-rms", type=float, default=START_T_RMS,
+                    help="temperature RMS (K) of the perturbed start (default 0.7: a start error below a land-network "
+                         "cycle's equilibrium; larger, e.g. 2.8: one above it, to see the cycle settle from both sides)")
+    ap.add_argument("--start-wind-factor", type=float, default=START_WIND_FACTOR,
+                    help="wind factor of the perturbed start (forecasts.perturb)")
     ap.add_argument("--adaptive", action="store_true",
                     help="size B online from the Desroziers statistics of the last --adaptive-window cycles")
     ap.add_argument("--adaptive-window", type=int, default=ADAPT_WINDOW, help="cycles in the adaptive window")

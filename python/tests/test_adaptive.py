@@ -383,3 +383,16 @@ def test_station_distance_is_the_great_circle_distance_to_the_nearest_column():
     two = C.station_distance_km(lat, lon, np.array([[0.0, 0.0], [0.0, 180.0]]))
     assert two[0, 2] == pytest.approx(0.0, abs=1e-6) and two[0, 1] == pytest.approx(np.pi / 2 * 6371.0)
     assert np.all(two <= d + 1e-9)
+
+
+def test_a_larger_perturbed_start_is_named_and_recorded():
+    # `--start-t-rms`: a run started above the cycle's equilibrium gets its own folder and settings; the default
+    # start changes neither (old runs resume)
+    import argparse
+    base = dict(method="3dvar", network="sonde", start_day=610, spinup_days=3, days=30.0, bundle=".", options="",
+                choose_by="withheld", adaptive=False)
+    a = argparse.Namespace(**base, start_t_rms=C.START_T_RMS, start_wind_factor=C.START_WIND_FACTOR)
+    assert C.run_name(a) == "3dvar" and "start_perturbation" not in C.settings_of(a)
+    b = argparse.Namespace(**base, start_t_rms=2.8, start_wind_factor=C.START_WIND_FACTOR)
+    assert C.run_name(b) == "3dvar-start2.8x1.6"
+    assert C.settings_of(b)["start_perturbation"] == {"t_rms": 2.8, "wind_factor": 1.6}
