@@ -501,16 +501,22 @@ fn analysis_times_reach_the_online_mix() {
         "hybrid_alpha = 0.7\nhybrid_beta = 0.3\nmix_candidates = [0.7, 0.2]\nmix_state = \"{}\"\nmix_score = \"persistence\"",
         state.display()
     );
-    let run_at = |t: &str| -> serde_json::Value {
-        let (out, rep) = (b.dir.join("mix.bin"), b.dir.join(format!("mix_{t}.json")));
+    // One analysis of the sample with these mix options at time `t` on `n` ranks: the run and its report's "mix".
+    let mix_run = |exe: &Path, n: usize, grid: &str, opts: &str, t: &str, tag: &str| -> (Run, serde_json::Value) {
+        let (out, rep) = (b.dir.join(format!("{tag}.bin")), b.dir.join(format!("{tag}_{t}.json")));
         let mut args = case_args(&bundle, &out);
-        let extra = ["--grid", "3x1", "--quiet", "--method", "hybrid", "--options", &opts, "--analysis-time", t];
+        let extra = ["--grid", grid, "--quiet", "--method", "hybrid", "--options", opts, "--analysis-time", t];
         args.extend(extra.iter().map(|s| s.to_string()));
         args.extend(["--report".to_string(), rep.display().to_string()]);
-        let run = mpirun(3, &b.driver_c, &args, LIMIT);
+        let run = mpirun(n, exe, &args, LIMIT);
+        let report = std::fs::read_to_string(&rep).unwrap_or_else(|e| panic!("{tag} at {t} h: {e}\n{}", run.stderr));
+        let v: serde_json::Value = serde_json::from_str(&report).unwrap();
+        (run, v["mix"].clone())
+    };
+    let run_at = |t: &str| -> serde_json::Value {
+        let (run, mix) = mix_run(&b.driver_c, 3, "3x1", &opts, t, "mix");
         assert_eq!(run.code, Some(0), "mix at {t} h:\n{}\n{}", run.stdout, run.stderr);
-        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
-        v["mix"].clone()
+        mix
     };
     let m0 = run_at("0");
     assert_eq!(m0["analysis_time_hours"].as_f64(), Some(0.0), "{m0}");
@@ -530,18 +536,12 @@ fn analysis_times_reach_the_online_mix() {
     let _ = std::fs::remove_file(&fstate);
     let _ = std::fs::remove_file(latentda::var::mix::fields_path(&fstate));
     let fopts = opts.replace(&state.display().to_string(), &fstate.display().to_string());
-    let rep = b.dir.join("mix_f.json");
-    let mut args = case_args(&bundle, &b.dir.join("time_f.bin"));
-    let extra = ["--grid", "2x1", "--quiet", "--method", "hybrid", "--options", &fopts, "--analysis-time", "6.5"];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args.extend(["--report".to_string(), rep.display().to_string()]);
-    let run = mpirun(2, &b.driver_f, &args, LIMIT);
+    let (run, mix) = mix_run(&b.driver_f, 2, "2x1", &fopts, "6.5", "mix_f");
     let res = results(&run);
     assert_eq!(res.len(), 2, "{}\n{}", run.stdout, run.stderr);
     assert!(res.iter().all(|r| r.status == 0), "Fortran: {:?}", res.iter().map(|r| &r.msg).collect::<Vec<_>>());
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
-    assert_eq!(v["mix"]["analysis_time_hours"].as_f64(), Some(6.5), "Fortran lda_mpi_set_analysis_time: {}", v["mix"]);
-    assert_eq!(v["mix"]["valid_next_hours"].as_f64(), Some(12.5), "{}", v["mix"]);
+    assert_eq!(mix["analysis_time_hours"].as_f64(), Some(6.5), "Fortran lda_mpi_set_analysis_time: {mix}");
+    assert_eq!(mix["valid_next_hours"].as_f64(), Some(12.5), "{mix}");
 }
 
 fn check_agreement(fault: &str, res: &[RankResult], status: i32, part: &str) {

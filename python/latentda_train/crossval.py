@@ -146,11 +146,10 @@ def split_variables(path):
             for n in names}
 
 
-def unobserved_groups(path):
-    """The variables of VARS whose group (GROUPS) has no observation in the CSV: analysed by cross-covariances
-    alone."""
-    seen = {r.split(",")[0] for r in open(path).read().splitlines()[1:] if r.strip()}
-    return [v for v in VARS if not set(GROUPS.get(v, (v,))) & seen]
+def unobserved_groups(observed):
+    """The variables of VARS whose group (GROUPS) has none of the `observed` variable names: analysed by
+    cross-covariances alone."""
+    return [v for v in VARS if not set(GROUPS.get(v, (v,))) & set(observed)]
 
 
 def add_cells(acc, cells):
@@ -345,9 +344,8 @@ def main(argv=None):
                                       None))
                         keys.append((f, "fold", cname, k))
                 # a network that leaves a variable group unobserved: cross-variable evidence for it (`choose`)
-                obs_path = os.path.join(d, M.NETWORKS[net][0])
-                per_var = split_variables(obs_path)
-                if a.cross and unobserved_groups(obs_path) and len(per_var) >= 2:
+                per_var = split_variables(os.path.join(d, M.NETWORKS[net][0])) if a.cross else {}
+                if len(per_var) >= 2 and unobserved_groups(per_var):
                     for var, texts in per_var.items():
                         vp = [os.path.join(cdir, cname, f"{kind}_{var}.csv") for kind in ("without", "only")]
                         for p_, t_ in zip(vp, texts):

@@ -1849,10 +1849,8 @@ DISTANCE_RINGS = ((0, 300), (300, 600), (600, 1000), (1000, 1500), (1500, 2500),
 
 def station_distance_km(lat: np.ndarray, lon: np.ndarray, st: np.ndarray) -> np.ndarray:
     """Great-circle distance (km) from every grid point (nlat, nlon) to the nearest of the columns `st` (n, 2)."""
-    la, lo = np.meshgrid(np.radians(lat), np.radians(lon), indexing="ij")
-    p2, l2 = np.radians(st[:, 0]), np.radians(st[:, 1])
-    c = np.sin(la)[..., None] * np.sin(p2) + np.cos(la)[..., None] * np.cos(p2) * np.cos(lo[..., None] - l2)
-    return 6371.0 * np.arccos(np.clip(c, -1.0, 1.0)).min(-1)
+    la, lo = np.meshgrid(lat, lon, indexing="ij")
+    return CS._gc(la[..., None], lo[..., None], st[:, 0], st[:, 1]).min(-1)
 
 
 def error_by_distance(folder: str, data: str, model: "Model | None" = None) -> dict:

@@ -118,8 +118,8 @@ def test_an_unobserved_group_follows_the_cross_variable_evidence(tmp_path):
     # the mass network: t and ps observed, the wind and q not
     p = tmp_path / "obs.csv"
     p.write_text("var,lat,lon,level,value,sigma\nt,10,0,0.5,250,1\nt,10,0,0.9,280,1\nps,20,30,,100000,100\n")
-    assert X.unobserved_groups(p) == ["u", "v", "q"]
     sv = X.split_variables(p)
+    assert X.unobserved_groups(sv) == ["u", "v", "q"]
     assert sorted(sv) == ["ps", "t"]
     without_t, only_t = sv["t"]
     assert without_t.splitlines() == ["var,lat,lon,level,value,sigma", "ps,20,30,,100000,100"]
