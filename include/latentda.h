@@ -300,7 +300,8 @@ extern "C" {
  *   `gradient_reduction`, `max_pairs`, `outer_loops`, `max_inner`, `preconditioner` ("ritz" | "none"),
  *   `adam_steps`, `adam_lr`, `bg_check`, `bg_check_samples`, `bg_check_sigma_b` ("calibrated" | "flow"),
  *   `hybrid_alpha`, `hybrid_beta`, `hybrid_variables`,
- *   `hybrid_alpha_tropics`, `hybrid_beta_tropics`, `hybrid_band_lat` (`[lat0, lat1]`),
+ *   `hybrid_alpha_tropics`, `hybrid_beta_tropics`, `hybrid_alpha_sh`, `hybrid_beta_sh` (southern extratropics),
+ *   `hybrid_band_lat` (`[lat0, lat1]`),
  *   `hybrid_variable_weights` (inline table per variable or group: `{ q = { alpha = 0.1, beta = 0.4 } }`), `baseline_variance_factor`, `baseline_length_scale_factor`,
  *   `latent_variance_factor`, `latent_increment` ("linear" | "nonlinear"), `b_operator` ("latent" | "hybrid" |
  *   "static"), `window_hours`, `slot_hours`, `error_growth_per_hour`, `verbosity`, `self_test`, `ensemble_gamma`,
@@ -309,7 +310,8 @@ extern "C" {
  *   analysis), `adaptive_window`, `adaptive_bounds` (`[lo, hi]`), `adaptive_rule` ("innovation" | "desroziers"),
  *   `adaptive_per_variable`, `mix_candidates` (`[L1, L2, ...]`: the hybrid's latent share chosen online per
  *   variable and band class while cycling), `mix_state` (its JSON file, with `<file>.fields` beside it), `mix_window`,
- *   `mix_every` (candidates run every this many analyses),
+ *   `mix_every` (candidates run every this many analyses), `mix_hemispheres` (true: the northern and southern
+ *   extratropics choose their shares apart),
  *   `mix_score` ("model": candidates forecast by the step model of `lda_set_step_model`; "persistence"),
  *   `mix_lead_hours` (the cycle length; with `lda_set_analysis_time` the candidates are scored only by the
  *   analysis that many hours later)

@@ -286,10 +286,10 @@ class Context {
   // Opens and validates a bundle directory. `options`: TOML text (docs/coupling.md: backend, ort_library, device,
   // threads, cuda_tf32, method, output, solver, gradient_reduction, max_pairs, outer_loops, max_inner,
   // preconditioner, adam_steps, adam_lr, bg_check, bg_check_samples, bg_check_sigma_b, hybrid_alpha, hybrid_beta, hybrid_variables,
-  // hybrid_alpha_tropics, hybrid_beta_tropics, hybrid_band_lat, hybrid_variable_weights, baseline_variance_factor, baseline_length_scale_factor, latent_variance_factor, latent_increment, b_operator, window_hours, slot_hours,
+  // hybrid_alpha_tropics, hybrid_beta_tropics, hybrid_alpha_sh, hybrid_beta_sh, hybrid_band_lat, hybrid_variable_weights, baseline_variance_factor, baseline_length_scale_factor, latent_variance_factor, latent_increment, b_operator, window_hours, slot_hours,
   // error_growth_per_hour, verbosity, self_test, ensemble_gamma, ensemble_localisation_km,
   // ensemble_localisation_model_km, ensemble_space, adaptive_state, adaptive_window, adaptive_bounds, adaptive_rule,
-  // adaptive_per_variable, mix_candidates, mix_state, mix_window, mix_every, mix_score, mix_lead_hours), empty for defaults.
+  // adaptive_per_variable, mix_candidates, mix_state, mix_window, mix_every, mix_hemispheres, mix_score, mix_lead_hours), empty for defaults.
   // Throws status::bundle for a missing or invalid bundle, status::invalid_argument for bad options.
   static Context open(const std::string& bundle_dir, const std::string& options = "") {
     return detail::call([&] { return Context(detail::open(detail::str(bundle_dir), detail::str(options))); });

@@ -38,7 +38,8 @@ USAGE:
                    [--adam-steps N] [--adam-lr X] [-v]
                    [--hybrid-alpha A] [--hybrid-beta B] [--hybrid-variables q,ps]
                    [--hybrid-alpha-tropics A] [--hybrid-beta-tropics B] [--hybrid-band-lat LAT0,LAT1]
-                   [--hybrid-variable-weights 'q=A,B[,A_TROPICS,B_TROPICS];wind=...']
+                   [--hybrid-alpha-sh A] [--hybrid-beta-sh B]
+                   [--hybrid-variable-weights 'q=A,B[,A_TROPICS,B_TROPICS[,A_SH,B_SH]];wind=...']
                    [--baseline-variance-factor F] [--baseline-length-scale-factor F] [--latent-variance-factor F]
                    [--bg-check-samples N]
                    [--bg-check-sigma-b calibrated|flow] [--latent-increment nonlinear|linear]
@@ -47,6 +48,7 @@ USAGE:
                    [--adaptive-state FILE] [--adaptive-window N] [--adaptive-bounds LO,HI]
                    [--adaptive-rule innovation|desroziers] [--adaptive-per-variable]
                    [--mix-candidates L1,L2,... --mix-state FILE --mix-score persistence] [--mix-window N] [--mix-every N]
+                   [--mix-hemispheres]
                    [--window-hours H] [--slot-hours H] [--error-growth-per-hour G] [--background-at HOURS=bg.nc ...]
   latentda demo <bundle> [--case CASE] [--obs obs.csv] [--obs4d obs4d.csv] [--output OUTDIR] [options as for analyse but --output-mode]
                    (3D-Var, L3DVar and hybrid on CASE/background.nc, scored against CASE/truth.nc, and L4DVar
@@ -129,19 +131,24 @@ impl Common {
                 "hybrid-variables" => o.hybrid_variables = Some(v.split(',').map(|v| v.trim().to_string()).collect()),
                 "hybrid-alpha-tropics" => o.hybrid_alpha_tropics = Some(num(v)?),
                 "hybrid-beta-tropics" => o.hybrid_beta_tropics = Some(num(v)?),
+                "hybrid-alpha-sh" => o.hybrid_alpha_sh = Some(num(v)?),
+                "hybrid-beta-sh" => o.hybrid_beta_sh = Some(num(v)?),
                 "hybrid-variable-weights" => {
                     let mut table = std::collections::BTreeMap::new();
                     for entry in v.split(';').map(str::trim).filter(|e| !e.is_empty()) {
                         let Some((name, ws)) = entry.split_once('=') else {
-                            return Err(usage(format!("--{flag}: entry '{entry}' is not NAME=ALPHA,BETA[,A_TR,B_TR]")));
+                            return Err(usage(format!(
+                                "--{flag}: entry '{entry}' is not NAME=ALPHA,BETA[,A_TR,B_TR[,A_SH,B_SH]]"
+                            )));
                         };
                         let w: Vec<f64> = ws.split(',').map(|x| num(x.trim())).collect::<Result<_, _>>()?;
-                        let (a, b, at, bt) = match w[..] {
-                            [a, b] => (a, b, None, None),
-                            [a, b, at, bt] => (a, b, Some(at), Some(bt)),
+                        let (a, b, at, bt, ash, bsh) = match w[..] {
+                            [a, b] => (a, b, None, None, None, None),
+                            [a, b, at, bt] => (a, b, Some(at), Some(bt), None, None),
+                            [a, b, at, bt, ash, bsh] => (a, b, Some(at), Some(bt), Some(ash), Some(bsh)),
                             _ => {
                                 return Err(usage(format!(
-                                    "--{flag}: '{name}' needs 2 or 4 weights (alpha,beta[,alpha_tropics,beta_tropics]), got '{ws}'"
+                                    "--{flag}: '{name}' needs 2, 4 or 6 weights (alpha,beta[,alpha_tropics,beta_tropics[,alpha_sh,beta_sh]]), got '{ws}'"
                                 )))
                             }
                         };
@@ -150,6 +157,8 @@ impl Common {
                             beta: Some(b),
                             alpha_tropics: at,
                             beta_tropics: bt,
+                            alpha_sh: ash,
+                            beta_sh: bsh,
                         };
                         table.insert(name.trim().to_string(), w);
                     }
@@ -194,6 +203,7 @@ impl Common {
                 "mix-state" => o.mix_state = Some(v.clone()),
                 "mix-window" => o.mix_window = int(v)?,
                 "mix-every" => o.mix_every = int(v)?,
+                "mix-hemispheres" => o.mix_hemispheres = true,
                 "mix-score" => o.mix_score = latentda::var::options::MixScore::parse(v).map_err(bad)?,
                 "mix-lead-hours" => o.mix_lead_hours = num(v)?,
                 "verbose" => o.verbosity = 1,
@@ -255,6 +265,8 @@ fn parse_common(common: &mut Common, arg: &Arg, parser: &mut lexopt::Parser) -> 
         "hybrid-variables" => "hybrid-variables",
         "hybrid-alpha-tropics" => "hybrid-alpha-tropics",
         "hybrid-beta-tropics" => "hybrid-beta-tropics",
+        "hybrid-alpha-sh" => "hybrid-alpha-sh",
+        "hybrid-beta-sh" => "hybrid-beta-sh",
         "hybrid-band-lat" => "hybrid-band-lat",
         "hybrid-variable-weights" => "hybrid-variable-weights",
         "baseline-variance-factor" => "baseline-variance-factor",
@@ -282,6 +294,10 @@ fn parse_common(common: &mut Common, arg: &Arg, parser: &mut lexopt::Parser) -> 
         "mix-lead-hours" => "mix-lead-hours",
         "adaptive-per-variable" => {
             common.flags.push(("adaptive-per-variable", String::new()));
+            return Ok(true);
+        }
+        "mix-hemispheres" => {
+            common.flags.push(("mix-hemispheres", String::new()));
             return Ok(true);
         }
         "verbose" => {
@@ -600,11 +616,21 @@ fn cmd_info(positional: &[String], common: &Common) -> Result<ExitCode, CliError
             band[1]
         );
     }
+    if h.alpha_sh.is_some() || h.beta_sh.is_some() {
+        println!(
+            "            southern extratropics: alpha {} beta {}",
+            h.alpha_sh.unwrap_or(h.alpha),
+            h.beta_sh.unwrap_or(h.beta)
+        );
+    }
     if h.variable_weights.is_some() {
         // the resolved weights per variable (groups and fallbacks applied), as the analysis uses them
         let hs = a.hybrid_settings().map_err(|e| e.to_string())?;
         for (var, w) in b.layout.variables.iter().zip(&hs.per_variable).filter(|(_, w)| **w != hs.global()) {
-            println!("            {}: alpha {} beta {}, tropics alpha {} beta {}", var.name, w[0], w[1], w[2], w[3]);
+            println!(
+                "            {}: alpha {} beta {}, tropics alpha {} beta {}, southern alpha {} beta {}",
+                var.name, w[0], w[1], w[2], w[3], w[4], w[5]
+            );
         }
     }
     println!("models      encoder, decoder, decoder_tl, decoder_ad: signatures OK ({})", a.ae.info.detail);

@@ -275,7 +275,11 @@ fn tune_verb_accumulates_reports_and_writes_options() {
     let r4 = run("hybrid", &["--hybrid-variable-weights", "t=0.2,0.1;wind=0.5,0.4,0.3,0.2"], "d");
     let d4 = read(&r4);
     let w = d4.b_in_force.hybrid_weights.clone().expect("per-variable weights are recorded in force");
-    assert_eq!((w["t"], w["u"]), ([0.2, 0.1, 0.2, 0.1], [0.5, 0.4, 0.3, 0.2]));
+    assert_eq!(
+        (w["t"].as_slice(), w["u"].as_slice()),
+        ([0.2, 0.1, 0.2, 0.1, 0.2, 0.1].as_slice(), [0.5, 0.4, 0.3, 0.2, 0.5, 0.4].as_slice())
+    );
+    assert_eq!(d4.b_in_force.hybrid_weights_of("u"), Some([0.5, 0.4, 0.3, 0.2, 0.5, 0.4]));
     let (code, out, err) = cli(&["tune", r4.to_str().unwrap(), "--per-variable", "--output", opts.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}\n{err}");
     let o = Options::from_toml(&std::fs::read_to_string(&opts).unwrap()).unwrap();
@@ -288,8 +292,12 @@ fn tune_verb_accumulates_reports_and_writes_options() {
         let got = [got.alpha.unwrap(), got.beta.unwrap(), got.alpha_tropics.unwrap(), got.beta_tropics.unwrap()];
         assert!(got.iter().zip(x).all(|(a, b)| (a - b).abs() <= 1e-6 * b.abs().max(1e-9)), "{v}: {got:?} vs {x:?}");
     }
-    for (bad, want) in [("t=0.2", "2 or 4 weights"), ("t0.2,0.1", "NAME=ALPHA"), ("t=x,0.1", "needs a number, got 'x'")]
-    {
+    for (bad, want) in [
+        ("t=0.2", "2, 4 or 6 weights"),
+        ("t=1,2,3,4,5", "2, 4 or 6 weights"),
+        ("t0.2,0.1", "NAME=ALPHA"),
+        ("t=x,0.1", "needs a number, got 'x'"),
+    ] {
         let (code, _, err) = cli(&[
             "analyse",
             "--bundle",
@@ -454,7 +462,7 @@ fn per_variable_tuning_finds_the_variable_whose_b_is_wrong() {
     let truth =
         "hybrid_alpha = 0.7\nhybrid_beta = 0.3\nhybrid_variable_weights = { t = { alpha = 0.175, beta = 0.075 } }";
     let mut opts = "hybrid_alpha = 0.7\nhybrid_beta = 0.3\n".to_string();
-    let scale = |w: &[f64; 4]| (w[0] + w[1], w[2] + w[3]);
+    let scale = |w: &[f64; 6]| (w[0] + w[1], w[2] + w[3]);
     let mut history = Vec::new();
     for step in 1..=3 {
         let s = drawn_from_hybrid(&opts, truth, 60, 70 + step);

@@ -3,7 +3,8 @@
 //! Adjoint tests of the band-weighted U / U^T (host B operator and the analysis' control transform), the analysis
 //! against the closed-form Kalman solution built from U's columns, bit-identity with the scalar hybrid when the
 //! tropical weights equal the extratropical ones, and the background check's variance against diag(U U^T). The
-//! same tests run with weights per variable and group (`hybrid_variable_weights`, [`VARIABLES`]).
+//! same tests run with weights per variable and group (`hybrid_variable_weights`, [`VARIABLES`]), and with southern
+//! extratropical weights apart from the northern ones (`hybrid_alpha_sh`, `beta_sh`, ..., [`HEMISPHERES`]).
 
 #![allow(clippy::needless_range_loop)]
 
@@ -28,24 +29,47 @@ const BANDS: &str = "hybrid_alpha = 2.0\nhybrid_beta = 0.5\nhybrid_alpha_tropics
 const VARIABLES: &str = "hybrid_variable_weights = { t = { alpha = 0.3, beta_tropics = 0.2 }, \
                          mass = { alpha = 1.2, alpha_tropics = 0.9, beta = 2.5 }, u = { alpha_tropics = 3.0 } }";
 
-/// The weights [alpha, beta, alpha_tropics, beta_tropics] of variable `name` under BANDS, with VARIABLES or not, as
-/// this test resolves them (written out, not the library's resolution).
-fn own_weights(name: &str, per_variable: bool) -> [f64; 4] {
-    match (per_variable, name) {
-        (false, _) => [2.0, 0.5, 0.5, 1.5],
-        (true, "t") => [0.3, 0.5, 0.3, 0.2],
-        (true, "ps") => [1.2, 2.5, 0.9, 2.5],
-        (true, "u") => [2.0, 0.5, 3.0, 1.5],
+/// Hemispheric weights over BANDS: global southern weights, t its own southern beta (its southern alpha is its own
+/// alpha), ps through `mass` its own southern alpha (its southern beta is the entry's beta), u the global ones.
+const HEMISPHERES: &str =
+    "hybrid_alpha_sh = 1.6\nhybrid_beta_sh = 0.9\nhybrid_variable_weights = { t = { alpha = 0.3, \
+                           beta_tropics = 0.2, beta_sh = 1.4 }, mass = { alpha = 1.2, alpha_tropics = 0.9, beta = 2.5, \
+                           alpha_sh = 0.6 }, u = { alpha_tropics = 3.0 } }";
+
+/// The weight configurations the tests run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Config {
+    /// BANDS.
+    Bands,
+    /// BANDS and VARIABLES.
+    Variables,
+    /// BANDS and HEMISPHERES.
+    Hemispheres,
+}
+
+const CONFIGS: [Config; 3] = [Config::Bands, Config::Variables, Config::Hemispheres];
+
+/// The weights [alpha, beta, alpha_tropics, beta_tropics, alpha_sh, beta_sh] of variable `name` in configuration
+/// `c`, as this test resolves them (written out, not the library's resolution).
+fn own_weights(name: &str, c: Config) -> [f64; 6] {
+    match (c, name) {
+        (Config::Bands, _) => [2.0, 0.5, 0.5, 1.5, 2.0, 0.5],
+        (Config::Variables, "t") => [0.3, 0.5, 0.3, 0.2, 0.3, 0.5],
+        (Config::Variables, "ps") => [1.2, 2.5, 0.9, 2.5, 1.2, 2.5],
+        (Config::Variables, "u") => [2.0, 0.5, 3.0, 1.5, 2.0, 0.5],
+        (Config::Hemispheres, "t") => [0.3, 0.5, 0.3, 0.2, 0.3, 1.4],
+        (Config::Hemispheres, "ps") => [1.2, 2.5, 0.9, 2.5, 0.6, 2.5],
+        (Config::Hemispheres, "u") => [2.0, 0.5, 3.0, 1.5, 1.6, 0.9],
         _ => unreachable!("{name}"),
     }
 }
 
-/// The options of one configuration: BANDS, with VARIABLES when `per_variable`.
-fn config(per_variable: bool) -> String {
-    if per_variable {
-        format!("{BANDS}\n{VARIABLES}")
-    } else {
-        BANDS.to_string()
+/// The options of configuration `c`.
+fn config(c: Config) -> String {
+    match c {
+        Config::Bands => BANDS.to_string(),
+        Config::Variables => format!("{BANDS}\n{VARIABLES}"),
+        Config::Hemispheres => format!("{BANDS}\n{HEMISPHERES}"),
     }
 }
 
@@ -74,21 +98,23 @@ fn weight(phi: f64, tropics: f64, extra: f64, lat0: f64, lat1: f64) -> f64 {
     tropics + (extra - tropics) * t
 }
 
-/// Per state element: (alpha(v, phi), beta(v, phi) P) of the BANDS options, with VARIABLES when `per_variable` (P:
-/// t and ps only, not u).
-fn band_weights(a: &Analyser, per_variable: bool) -> (Vec<f64>, Vec<f64>) {
+/// Per state element: (alpha(v, phi), beta(v, phi) P) of configuration `c` (P: t and ps only, not u); the ramp runs
+/// to the northern weights north of the equator and to the southern ones south of it.
+fn band_weights(a: &Analyser, c: Config) -> (Vec<f64>, Vec<f64>) {
     let lay = &a.bundle.layout;
     let (np, nlon) = (lay.grid.npoints(), lay.grid.nlon());
     let iu = lay.var_index("u").unwrap();
     let n = lay.state_len();
     let at = |i: usize| {
         let v = lay.channel_owner(i / np).0;
-        (v, own_weights(&lay.variables[v].name, per_variable), lay.grid.lat[(i % np) / nlon])
+        (v, own_weights(&lay.variables[v].name, c), lay.grid.lat[(i % np) / nlon])
     };
+    // the extratropical pair of latitude phi: northern (0, 1) or southern (4, 5)
+    let x = |phi: f64| if phi < 0.0 { 4 } else { 0 };
     let al = (0..n)
         .map(|i| {
             let (_, w, phi) = at(i);
-            weight(phi, w[2], w[0], 5.0, 45.0)
+            weight(phi, w[2], w[x(phi)], 5.0, 45.0)
         })
         .collect();
     let be = (0..n)
@@ -97,7 +123,7 @@ fn band_weights(a: &Analyser, per_variable: bool) -> (Vec<f64>, Vec<f64>) {
             if v == iu {
                 0.0
             } else {
-                weight(phi, w[3], w[1], 5.0, 45.0)
+                weight(phi, w[3], w[x(phi) + 1], 5.0, 45.0)
             }
         })
         .collect();
@@ -121,7 +147,7 @@ fn ramp_and_settings_resolve_the_band_weights() {
     assert_eq!((hs.alpha, hs.alpha_tropics, hs.beta, hs.beta_tropics, hs.band_lat), (2.0, 0.5, 0.5, 1.5, [5.0, 45.0]));
     assert_eq!(hs.alpha_ref(), 2.0);
     let (fa, fb) = hs.weight_fields(&a.bundle.layout).unwrap();
-    let (al, _) = band_weights(&a, false);
+    let (al, _) = band_weights(&a, Config::Bands);
     for i in 0..fa.len() {
         assert!((fa[i] * fa[i] - al[i]).abs() < 1e-14, "alpha field at {i}");
     }
@@ -148,6 +174,29 @@ fn ramp_and_settings_resolve_the_band_weights() {
     }
     let a = open("tanh", "hybrid_alpha_tropics = 0.0\nhybrid_beta_tropics = 0.0");
     assert!(a.hybrid_settings().unwrap_err().message.contains("tropics"));
+    // Southern weights: the northern ones unless given; one of them alone makes the weights vary.
+    let hs = open("tanh", BANDS).hybrid_settings().unwrap();
+    assert_eq!((hs.alpha_sh, hs.beta_sh), (2.0, 0.5));
+    let a = open("tanh", "hybrid_alpha = 0.4\nhybrid_beta = 0.7\nhybrid_beta_sh = 0.2");
+    let hs = a.hybrid_settings().unwrap();
+    assert!(hs.banded());
+    assert_eq!(hs.global(), [0.4, 0.7, 0.4, 0.7, 0.4, 0.2]);
+    let (_, fb) = hs.weight_fields(&a.bundle.layout).unwrap();
+    let lay = &a.bundle.layout;
+    let (np, nlon) = (lay.grid.npoints(), lay.grid.nlon());
+    for (i, b) in fb.iter().enumerate() {
+        let phi = lay.grid.lat[(i % np) / nlon];
+        let want = weight(phi, 0.7, if phi < 0.0 { 0.2 } else { 0.7 }, 10.0, 30.0).sqrt();
+        assert!((b - want).abs() < 1e-15, "beta field at {i} (lat {phi}): {b} vs {want}");
+    }
+    assert!(lay.grid.lat.iter().any(|p| *p < -30.0) && lay.grid.lat.iter().any(|p| *p > 30.0));
+    for (bad, key) in [("hybrid_alpha_sh = -0.5", "hybrid_alpha_sh"), ("hybrid_beta_sh = nan", "hybrid_beta_sh")] {
+        let e = Options::from_toml(bad).unwrap_err();
+        assert!(e.message.contains(key), "{bad}: {}", e.message);
+    }
+    let a = open("tanh", "hybrid_alpha_sh = 0.0\nhybrid_beta_sh = 0.0");
+    let e = a.hybrid_settings().unwrap_err();
+    assert!(e.message.contains("southern"), "{}", e.message);
 }
 
 #[test]
@@ -156,12 +205,24 @@ fn bundle_hybrid_table_carries_band_weights_and_options_override_them() {
     let m = std::fs::read_to_string(dir.join("bundle.toml")).unwrap();
     let m = m.replace(
         "[checksums]",
-        "[hybrid]\nalpha = 0.7\nbeta = 0.3\nalpha_tropics = 0.4\nbeta_tropics = 1.0\nband_lat = [15.0, 35.0]\n\n[checksums]",
+        "[hybrid]\nalpha = 0.7\nbeta = 0.3\nalpha_tropics = 0.4\nbeta_tropics = 1.0\nalpha_sh = 0.5\n\
+         band_lat = [15.0, 35.0]\n\n[checksums]",
     );
     std::fs::write(dir.join("bundle.toml"), &m).unwrap();
     let a = Analyser::open(&dir, Options::default()).unwrap();
     let hs = a.hybrid_settings().unwrap();
     assert_eq!((hs.alpha, hs.beta, hs.alpha_tropics, hs.beta_tropics, hs.band_lat), (0.7, 0.3, 0.4, 1.0, [15.0, 35.0]));
+    // the southern alpha from the bundle, its beta the (northern) extratropical one; the options override them
+    assert_eq!((hs.alpha_sh, hs.beta_sh), (0.5, 0.3));
+    let hs = Analyser::open(&dir, Options::from_toml("hybrid_alpha_sh = 0.9").unwrap()).unwrap().hybrid_settings();
+    assert_eq!(hs.unwrap().alpha_sh, 0.9);
+    let (code, out, err) = cli(&["info", dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("southern extratropics: alpha 0.5 beta 0.3"), "{out}");
+    std::fs::write(dir.join("bundle.toml"), m.replace("alpha_sh = 0.5", "alpha_sh = -0.5")).unwrap();
+    let e = Analyser::open(&dir, Options::default()).unwrap_err();
+    assert!(e.message.contains("hybrid.alpha_sh"), "{}", e.message);
+    std::fs::write(dir.join("bundle.toml"), &m).unwrap();
     let a =
         Analyser::open(&dir, Options::from_toml("hybrid_beta_tropics = 0.6\nhybrid_band_lat = [0.0, 20.0]").unwrap())
             .unwrap();
@@ -177,23 +238,25 @@ fn bundle_hybrid_table_carries_band_weights_and_options_override_them() {
 
 #[test]
 fn variable_weights_resolve_by_variable_and_group() {
-    let a = open("tanh", &config(true));
-    let hs = a.hybrid_settings().unwrap();
-    assert!(hs.banded() && hs.per_variable_weights());
-    let lay = a.bundle.layout.clone();
-    for (v, var) in lay.variables.iter().enumerate() {
-        assert_eq!(hs.per_variable[v], own_weights(&var.name, true), "{}", var.name);
-    }
-    assert_eq!(hs.alpha_ref(), 3.0);
-    let (fa, fb) = hs.weight_fields(&lay).unwrap();
-    let (al, be) = band_weights(&a, true);
-    let iu = lay.var_index("u").unwrap();
-    let np = lay.grid.npoints();
-    for i in 0..fa.len() {
-        assert!((fa[i] * fa[i] - al[i]).abs() < 1e-14, "alpha field at {i}");
-        // the field carries beta on u too; P (hybrid_variables) removes the static part there
-        if lay.channel_owner(i / np).0 != iu {
-            assert!((fb[i] * fb[i] - be[i]).abs() < 1e-14, "beta field at {i}");
+    for c in [Config::Variables, Config::Hemispheres] {
+        let a = open("tanh", &config(c));
+        let hs = a.hybrid_settings().unwrap();
+        assert!(hs.banded() && hs.per_variable_weights());
+        let lay = a.bundle.layout.clone();
+        for (v, var) in lay.variables.iter().enumerate() {
+            assert_eq!(hs.per_variable[v], own_weights(&var.name, c), "{c:?} {}", var.name);
+        }
+        assert_eq!(hs.alpha_ref(), 3.0);
+        let (fa, fb) = hs.weight_fields(&lay).unwrap();
+        let (al, be) = band_weights(&a, c);
+        let iu = lay.var_index("u").unwrap();
+        let np = lay.grid.npoints();
+        for i in 0..fa.len() {
+            assert!((fa[i] * fa[i] - al[i]).abs() < 1e-14, "{c:?}: alpha field at {i}");
+            // the field carries beta on u too; P (hybrid_variables) removes the static part there
+            if lay.channel_owner(i / np).0 != iu {
+                assert!((fb[i] * fb[i] - be[i]).abs() < 1e-14, "{c:?}: beta field at {i}");
+            }
         }
     }
     // Band weights alone: every variable has the global four.
@@ -217,6 +280,12 @@ fn variable_weights_resolve_by_variable_and_group() {
         .hybrid_settings()
         .unwrap_err();
     assert!(e.message.contains("'u'") && e.message.contains("tropics"), "{}", e.message);
+    let e = open("tanh", "hybrid_variable_weights = { ps = { alpha_sh = 0.0, beta_sh = 0.0 } }")
+        .hybrid_settings()
+        .unwrap_err();
+    assert!(e.message.contains("'ps'") && e.message.contains("southern"), "{}", e.message);
+    let e = Options::from_toml("hybrid_variable_weights = { t = { beta_sh = -1.0 } }").unwrap_err();
+    assert!(e.message.contains("hybrid_variable_weights.t.beta_sh"), "{}", e.message);
 }
 
 #[test]
@@ -233,19 +302,29 @@ fn bundle_variable_weights_table_and_options_replace_it() {
     let hs = a.hybrid_settings().unwrap();
     let lay = &a.bundle.layout;
     let w = |n: &str| hs.per_variable[lay.var_index(n).unwrap()];
-    assert_eq!((w("t"), w("u"), w("ps")), ([0.2, 0.3, 0.2, 0.9], [1.1, 0.3, 1.1, 0.3], [0.7, 0.3, 0.7, 0.3]));
+    assert_eq!(
+        (w("t"), w("u"), w("ps")),
+        ([0.2, 0.3, 0.2, 0.9, 0.2, 0.3], [1.1, 0.3, 1.1, 0.3, 1.1, 0.3], [0.7, 0.3, 0.7, 0.3, 0.7, 0.3])
+    );
     // `latentda info` lists the resolved weights of the variables that differ from the global ones
     let (code, out, err) = cli(&["info", dir.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}\n{err}");
-    assert!(out.contains("t: alpha 0.2 beta 0.3, tropics alpha 0.2 beta 0.9"), "{out}");
-    assert!(out.contains("u: alpha 1.1 beta 0.3, tropics alpha 1.1 beta 0.3") && !out.contains("ps: alpha"), "{out}");
+    assert!(out.contains("t: alpha 0.2 beta 0.3, tropics alpha 0.2 beta 0.9, southern alpha 0.2 beta 0.3"), "{out}");
+    assert!(
+        out.contains("u: alpha 1.1 beta 0.3, tropics alpha 1.1 beta 0.3, southern alpha 1.1 beta 0.3")
+            && !out.contains("ps: alpha"),
+        "{out}"
+    );
     // The options' table replaces the bundle's: t and u fall back to the global weights.
     let a =
         Analyser::open(&dir, Options::from_toml("hybrid_variable_weights = { ps = { beta = 0.6 } }").unwrap()).unwrap();
     let hs = a.hybrid_settings().unwrap();
     let lay = &a.bundle.layout;
     let w = |n: &str| hs.per_variable[lay.var_index(n).unwrap()];
-    assert_eq!((w("t"), w("u"), w("ps")), ([0.7, 0.3, 0.7, 0.3], [0.7, 0.3, 0.7, 0.3], [0.7, 0.6, 0.7, 0.6]));
+    assert_eq!(
+        (w("t"), w("u"), w("ps")),
+        ([0.7, 0.3, 0.7, 0.3, 0.7, 0.3], [0.7, 0.3, 0.7, 0.3, 0.7, 0.3], [0.7, 0.6, 0.7, 0.6, 0.7, 0.6])
+    );
     std::fs::write(dir.join("bundle.toml"), m.replace("alpha = 0.2", "alpha = -0.2")).unwrap();
     let e = Analyser::open(&dir, Options::default()).unwrap_err();
     assert!(e.message.contains("hybrid.variable_weights.t.alpha"), "{}", e.message);
@@ -258,19 +337,19 @@ fn bundle_variable_weights_table_and_options_replace_it() {
 /// analysis' control transform (nonlinear and linear latent part), float32 decoder.
 #[test]
 fn band_weighted_hybrid_passes_adjoint_tests() {
-    for per_variable in [false, true] {
-        band_weighted_adjoint_tests(per_variable);
+    for c in CONFIGS {
+        band_weighted_adjoint_tests(c);
     }
 }
 
-fn band_weighted_adjoint_tests(per_variable: bool) {
-    let mut a = open("tanh", &config(per_variable));
+fn band_weighted_adjoint_tests(c: Config) {
+    let mut a = open("tanh", &config(c));
     let (xb, _) = sample(&a, "tanh");
     let z = a.encode_background(&xb).unwrap();
     a.prepare_b(BKind::Hybrid, Some(&z)).unwrap();
     for seed in [17, 18] {
         let t = a.with_b(BKind::Hybrid, |b, ae| b.sqrt_test(ae, seed)).unwrap();
-        eprintln!("band-weighted hybrid B operator (per variable {per_variable}): adjoint test rel {:.2e}", t.rel);
+        eprintln!("band-weighted hybrid B operator ({c:?}): adjoint test rel {:.2e}", t.rel);
         assert!(t.rel < 1e-5, "adjoint test rel {:e}", t.rel);
     }
     // The analysis' transform: alpha_ref folded into s, sqrt(alpha(phi) / alpha_ref) and sqrt(beta(phi)) as fields.
@@ -291,10 +370,7 @@ fn band_weighted_adjoint_tests(per_variable: bool) {
         w.iter_mut().for_each(|x| *x *= 0.3);
         ctrl.linearize(&w).unwrap();
         let t = dot_test(&mut ctrl, n, 5).unwrap();
-        eprintln!(
-            "band-weighted hybrid control transform (linear {linear}, per variable {per_variable}): adjoint test rel {:.2e}",
-            t.rel
-        );
+        eprintln!("band-weighted hybrid control transform (linear {linear}, {c:?}): adjoint test rel {:.2e}", t.rel);
         assert!(t.rel < 1e-5, "linear {linear}: adjoint test rel {:e}", t.rel);
     }
 }
@@ -304,20 +380,20 @@ fn band_weighted_adjoint_tests(per_variable: bool) {
 /// own sqrt(alpha(phi)), sqrt(beta(phi)) P.
 #[test]
 fn band_weighted_hybrid_with_linear_decoder_equals_closed_form_kalman_solution() {
-    let band = kalman_check(false);
-    let per_variable = kalman_check(true);
-    // The per-variable weights matter: another analysis than the band weights alone.
-    let diff: f64 = band.iter().zip(&per_variable).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
+    let band = kalman_check(Config::Bands);
+    let per_variable = kalman_check(Config::Variables);
+    let hemispheres = kalman_check(Config::Hemispheres);
+    // The per-variable and hemispheric weights matter: other analyses than the band weights alone.
     let norm: f64 = band.iter().map(|a| a * a).sum::<f64>().sqrt();
-    assert!(diff > 1e-3 * norm, "per-variable weights changed nothing: {diff:e}");
+    for (what, other) in [("per-variable", &per_variable), ("hemispheric", &hemispheres)] {
+        let diff: f64 = band.iter().zip(other).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
+        assert!(diff > 1e-3 * norm, "{what} weights changed nothing: {diff:e}");
+    }
 }
 
 /// The Kalman check of one configuration; returns the analysis increment.
-fn kalman_check(per_variable: bool) -> Vec<f64> {
-    let opt = format!(
-        "outer_loops = 1\nmax_inner = 400\ngradient_reduction = 1e-13\nbg_check = 0.0\n{}",
-        config(per_variable)
-    );
+fn kalman_check(c: Config) -> Vec<f64> {
+    let opt = format!("outer_loops = 1\nmax_inner = 400\ngradient_reduction = 1e-13\nbg_check = 0.0\n{}", config(c));
     let mut a = open("linear", &opt);
     let (xb, obs) = sample(&a, "linear");
     let res = a.analyse(&xb, &obs, Method::Hybrid).unwrap();
@@ -325,7 +401,7 @@ fn kalman_check(per_variable: bool) -> Vec<f64> {
     let mut flags = vec![QcFlag::Used; obs.len()];
     let h = ObsOperator::build(&lay, &obs, &mut flags);
     let ns = lay.state_len();
-    let (al, be) = band_weights(&a, per_variable);
+    let (al, be) = band_weights(&a, c);
     let mut lb = a.latent_b(&xb).unwrap();
     let mut sb = StaticB::new(&lay, a.bundle.baseline.as_ref().unwrap()).unwrap();
     let mut cols: Vec<Vec<f64>> = Vec::new();
@@ -349,7 +425,7 @@ fn kalman_check(per_variable: bool) -> Vec<f64> {
     let dx: Vec<f64> = res.analysis.iter().zip(&xb).map(|(a, b)| a - b).collect();
     let num: f64 = dx.iter().zip(&dx_kalman).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
     let den: f64 = dx_kalman.iter().map(|b| b * b).sum::<f64>().sqrt();
-    eprintln!("band-weighted hybrid (per variable {per_variable}) vs Kalman: relative difference {:.2e}", num / den);
+    eprintln!("band-weighted hybrid ({c:?}) vs Kalman: relative difference {:.2e}", num / den);
     assert!(den > 0.0);
     assert!(
         num / den < 1e-6,
@@ -374,7 +450,7 @@ fn equal_band_weights_are_bit_identical_to_the_scalar_hybrid() {
             "latent_increment = \"{form}\"\nhybrid_alpha = 0.7\nhybrid_beta = 0.3\nhybrid_variables = [\"t\", \"ps\"]"
         );
         let banded =
-            format!("{base}\nhybrid_alpha_tropics = 0.7\nhybrid_beta_tropics = 0.3\nhybrid_band_lat = [5.0, 45.0]");
+            format!("{base}\nhybrid_alpha_tropics = 0.7\nhybrid_beta_tropics = 0.3\nhybrid_alpha_sh = 0.7\nhybrid_beta_sh = 0.3\nhybrid_band_lat = [5.0, 45.0]");
         // per-variable weights equal to the global ones: the scalar hybrid too
         let per_variable = format!(
             "{base}\nhybrid_variable_weights = {{ u = {{ alpha = 0.7, beta = 0.3 }}, mass = {{ alpha_tropics = 0.7 }} }}"
@@ -419,13 +495,13 @@ fn equal_band_weights_are_bit_identical_to_the_scalar_hybrid() {
 /// extratropics.
 #[test]
 fn background_check_variance_is_the_diagonal_of_u_ut() {
-    for per_variable in [false, true] {
-        variance_check(per_variable);
+    for c in CONFIGS {
+        variance_check(c);
     }
 }
 
-fn variance_check(per_variable: bool) {
-    let mut a = open("tanh", &config(per_variable));
+fn variance_check(c: Config) {
+    let mut a = open("tanh", &config(c));
     let (xb, _) = sample(&a, "tanh");
     let z = a.encode_background(&xb).unwrap();
     a.prepare_b(BKind::Hybrid, Some(&z)).unwrap();
@@ -447,7 +523,7 @@ fn variance_check(per_variable: bool) {
     // latent variances (issue 23, item 3: the minimisation's operator): the latent part is alpha(v, phi) / alpha_ref
     // times the latent B with factor alpha_ref, exactly, and alpha(v, phi) diag(latent) up to the float32 decoder
     // TL's round-off
-    let aref = if per_variable { 3.0 } else { 2.0 };
+    let aref = if c == Config::Bands { 2.0 } else { 3.0 };
     assert_eq!(a.hybrid_settings().unwrap().alpha_ref(), aref);
     let vl2 = {
         let mut a2 = open("tanh", &format!("latent_variance_factor = {aref:?}"));
@@ -456,7 +532,7 @@ fn variance_check(per_variable: bool) {
     };
     a.prepare_b(BKind::Static, None).unwrap();
     let vs = a.with_b(BKind::Static, |b, ae| Ok(b.variance(ae)?.to_vec())).unwrap();
-    let (al, be) = band_weights(&a, per_variable);
+    let (al, be) = band_weights(&a, c);
     let mut max_rel: f64 = 0.0;
     for i in 0..v.len() {
         assert!(

@@ -591,3 +591,87 @@ fn with_mix_every_the_candidates_run_every_nth_analysis_and_the_choice_is_kept_b
     let e = Options::from_toml(&mix_options(&dir, "[0.7, 0.0]", "mix_every = 0")).unwrap_err();
     assert!(e.message.contains("mix_every"), "{}", e.message);
 }
+
+#[test]
+fn with_hemispheric_classes_each_hemisphere_is_scored_and_weighted_on_its_own() {
+    // mix_hemispheres = true: the scores of cycle 2 are per nh, tropics and sh (closed form from each band's
+    // observations alone), and the analysis runs with each class's share in its own pair of the B's weights.
+    let dir = scratch("mix_hemispheres");
+    let mut truth = Truth::new(WEIGHTS, BKind::Hybrid, 83);
+    let mut a = open(&mix_options(&dir, "[0.7, 1.0, 0.0]", "mix_hemispheres = true"));
+    let xb = truth.xb0.clone();
+    let obs1 = truth.obs();
+    let an1 = a.analyse(&xb, &obs1, Method::Hybrid).unwrap();
+    let info = an1.report.mix.clone().unwrap();
+    assert_eq!(info.classes, ["nh", "tropics", "sh"]);
+    assert_eq!(info.choice["u"], [0.7, 0.7, 0.7]);
+    // the first cycle is the pooled mix's first cycle (the first candidate everywhere), bit for bit
+    let mut pooled = open(&mix_options(&scratch("mix_hemispheres_pooled"), "[0.7, 1.0, 0.0]", ""));
+    let p1 = pooled.analyse(&xb, &obs1, Method::Hybrid).unwrap();
+    assert!(an1.analysis.iter().zip(&p1.analysis).all(|(x, y)| x.to_bits() == y.to_bits()));
+    let cand: Vec<Vec<f64>> = [(1.0, 0.0), (0.0, 1.0)]
+        .iter()
+        .map(|(al, be)| open(&format!("hybrid_alpha = {al}\nhybrid_beta = {be}\n")).analyse(&xb, &obs1, Method::Hybrid))
+        .map(|r| r.unwrap().analysis)
+        .collect();
+    let obs2 = truth.obs();
+    let an2 = a.analyse(&an1.analysis, &obs2, Method::Hybrid).unwrap();
+    let info = an2.report.mix.clone().unwrap();
+    let mut checked = 0;
+    for (k, f) in [&an1.analysis, &cand[0], &cand[1]].into_iter().enumerate() {
+        let w = Withheld::evaluate(&a.bundle.layout, &obs2, &an1.analysis, f, &[]).unwrap();
+        for v in ["u", "t", "ps"] {
+            for band in ["nh", "tropics", "sh"] {
+                let Some(c) = w.cell(v, band).filter(|c| c.n > 0) else { continue };
+                let got = info.scored[k][&format!("{v}/{band}")];
+                let want = c.sum_d / c.n as f64;
+                assert!((got - want).abs() <= 1e-9 * want.abs().max(1e-12), "{k} {v}/{band}: {got} vs {want}");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 9, "too few cells scored: {checked}");
+    // the weights in force: each class's share in its own pair (nh: 0, 1; tropics: 2, 3; sh: 4, 5), S = 1
+    let b_in_force = &an2.report.desroziers.as_ref().unwrap().b_in_force;
+    for v in ["u", "t", "ps"] {
+        let w = b_in_force.hybrid_weights_of(v).unwrap();
+        for (class, i) in [(0, 0), (1, 2), (2, 4)] {
+            let l = info.choice[v][class];
+            assert!((w[i] - l).abs() < 1e-12 && (w[i + 1] - (1.0 - l)).abs() < 1e-12, "{v} class {class}: {w:?}");
+        }
+    }
+    // the state remembers its classes: the pooled options refuse it, naming the option
+    let mut other = open(&mix_options(&dir, "[0.7, 1.0, 0.0]", ""));
+    let e = other.analyse(&an2.analysis, &obs2, Method::Hybrid).unwrap_err();
+    assert!(e.message.contains("mix_hemispheres"), "{}", e.message);
+    // the CLI flag
+    let sample = fixture("linear").join("sample");
+    let st = dir.join("cli.json");
+    let args = [
+        "analyse",
+        "--bundle",
+        fixture("linear").to_str().unwrap(),
+        "--background",
+        sample.join("background.nc").to_str().unwrap(),
+        "--obs",
+        sample.join("obs.csv").to_str().unwrap(),
+        "--output",
+        dir.join("an.nc").to_str().unwrap(),
+        "--method",
+        "hybrid",
+        "--mix-candidates",
+        "0.7,0.2",
+        "--mix-score",
+        "persistence",
+        "--mix-state",
+        st.to_str().unwrap(),
+        "--mix-hemispheres",
+    ]
+    .map(String::from);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (rc, stdout, stderr) = cli(&refs);
+    assert_eq!(rc, 0, "{stdout}\n{stderr}");
+    assert!(format!("{stdout}{stderr}").contains("latent share (nh/tropics/sh)"), "{stdout}\n{stderr}");
+    let state: MixState = serde_json::from_str(&std::fs::read_to_string(&st).unwrap()).unwrap();
+    assert_eq!(state.classes, ["nh", "tropics", "sh"]);
+}

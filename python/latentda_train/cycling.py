@@ -1012,6 +1012,8 @@ def settings_of(a) -> dict:
                            "by": getattr(a, "choose_by", "withheld")}
         if getattr(a, "choose_in_library", False):
             s["choose_mix"]["in_library"] = True
+        if getattr(a, "mix_hemispheres", False):
+            s["choose_mix"]["hemispheres"] = True
     return s
 
 
@@ -1027,6 +1029,8 @@ def run_name(a) -> str:
     mix_tag = {"forecast": "-mixf", "persistence": "-mixp"}.get(getattr(a, "choose_by", "withheld"), "-mix")
     if getattr(a, "choose_in_library", False):
         mix_tag = mix_tag.replace("-mix", "-mixl")
+    if getattr(a, "mix_hemispheres", False):
+        mix_tag += "h"
     name = a.method + (mix_tag if mix_shares(a) else "")
     if getattr(a, "ensemble", "none") != "none":
         name += f"-{a.ensemble}{a.members}" + ("r" if getattr(a, "eda_recentre", False) else "") \
@@ -1278,6 +1282,10 @@ def run(a, model: Model | None = None, log=print) -> str:
         lda_options += (f"\nmix_candidates = {mix_shares(a)!r}\nmix_state = {json.dumps(mix_file)}\n"
                         f"mix_window = {a.choose_window}\n"
                         f"mix_score = \"{'model' if a.choose_by == 'forecast' else 'persistence'}\"")
+        if getattr(a, "mix_hemispheres", False):
+            lda_options += "\nmix_hemispheres = true"
+    elif getattr(a, "mix_hemispheres", False):
+        raise SystemExit("--mix-hemispheres is for the library's online mix (--choose-mix with --choose-in-library)")
     elif mix_shares(a):
         chooser = mix_chooser(a, folder, parse_options(lda_options), mix_state,
                               lambda o: context(a, options_text(o), len(lat), len(lon)), adapt is not None
@@ -1349,7 +1357,8 @@ def run(a, model: Model | None = None, log=print) -> str:
                 rep = lda.report()
                 if lib_mix:   # the library's choice, recorded as the driver's chooser records its own
                     m = rep["mix"]
-                    rec["mix"] = {"choice": {v: {"extratropics": x, "tropics": t} for v, (x, t) in m["choice"].items()},
+                    classes = m.get("classes") or list(CM.CLASSES)
+                    rec["mix"] = {"choice": {v: dict(zip(classes, x)) for v, x in m["choice"].items()},
                                   "mean_d": {CM.share_name(L): d for L, d in zip(m["candidates"], m["scored"])},
                                   "notes": m["notes"]}
                     rec["t_mix"] = m["candidates_s"]
@@ -1756,9 +1765,9 @@ def summary_table(network: str, runs: dict, from_day: float = 0.0, reference: st
     if mx:
         lines += ["", "Mix chosen online (--choose-mix; scored by withheld or next-cycle observations): latent share L "
                   "per variable and band class, "
-                  "share of the scored cycles with each L (extratropics, tropics):", ""]
+                  "share of the scored cycles with each L (per class: extratropics, tropics, or nh, tropics, sh):", ""]
         for m, cs in mx.items():
-            lines.append(f"- {m}: " + "; ".join(f"{v} " + ", ".join(mix_shares_used(cs, v, c) for c in CM.CLASSES)
+            lines.append(f"- {m}: " + "; ".join(f"{v} " + ", ".join(mix_shares_used(cs, v, c) for c in cs[0][v])
                                                for v in cs[0]))
     # innovation ratios (all observations, global) of every run: about 1 when B and R are right
     dz = {m: [x["desroziers"]["global"] for x in scored[m] if (x.get("desroziers") or {}).get("global")] for m in runs}
@@ -1975,6 +1984,9 @@ def main(argv=None):
                     help="--choose-mix with --choose-by forecast or persistence, done by the library (options "
                          "mix_candidates, mix_state, mix_score: jcm is the context's step model, lda_set_step_model) "
                          "instead of this driver; folder prefix <method>-mixlf / -mixlp")
+    ap.add_argument("--mix-hemispheres", action="store_true",
+                    help="--choose-in-library: the library's option mix_hemispheres = true (the northern and southern "
+                         "extratropics choose their shares apart); folder suffix h (<method>-mixlfh)")
     ap.add_argument("--choose-window", type=int, default=CM.MIX_WINDOW,
                     help="--choose-mix: cycles of withheld evidence pooled (default 12, 3 days)")
     a = ap.parse_args(argv)

@@ -52,7 +52,7 @@ def options_in_force(folder: str) -> str:
                 o[k] = bif[k]
         if bif.get("hybrid_weights"):
             o["hybrid_variable_weights"] = {
-                v: dict(zip(("alpha", "beta", "alpha_tropics", "beta_tropics"), w))
+                v: dict(zip(("alpha", "beta", "alpha_tropics", "beta_tropics", "alpha_sh", "beta_sh"), w))
                 for v, w in bif["hybrid_weights"].items()}
     elif settings.get("adaptive"):
         rows = C.read_metrics(folder)

@@ -16,8 +16,9 @@
 //! ([`Hybrid::with_fields`]); then `U^T x = [U_a^T (Wa x), U_b^T (Wb x)]` and diag B = Wa^2 diag B_a + Wb^2 diag B_b
 //! exactly. [`band_ramp`] and [`band_weight_fields`] build sqrt(alpha(phi)), sqrt(beta(phi)) with
 //! alpha(phi) = alpha_tropics + (alpha - alpha_tropics) t(phi), t the cosine ramp from 0 at |phi| <= lat0 to 1 at
-//! |phi| >= lat1. Per-variable weights ([`variable_band_weight_fields`]) give each channel the four weights of
-//! the variable that owns it: B = Wa B_a Wa + Wb B_b Wb stays symmetric and non-negative, and a cross-covariance
+//! |phi| >= lat1. Per-variable weights ([`variable_band_weight_fields`]) give each channel the six weights of
+//! the variable that owns it (northern extratropics, tropics, southern extratropics; the ramp runs from the tropical
+//! weights to the northern ones for phi > 0 and to the southern ones for phi < 0): B = Wa B_a Wa + Wb B_b Wb stays symmetric and non-negative, and a cross-covariance
 //! between variables v and w in part a is scaled by sqrt(alpha_v alpha_w).
 
 use crate::bmat::{check_len, BOperator};
@@ -67,23 +68,26 @@ pub fn band_weight_fields(
     beta_tropics: f64,
     band_lat: [f64; 2],
 ) -> (Vec<f64>, Vec<f64>) {
-    variable_band_weight_fields(lat, nlon, &vec![[alpha, beta, alpha_tropics, beta_tropics]; nchan], band_lat)
+    let w = [alpha, beta, alpha_tropics, beta_tropics, alpha, beta];
+    variable_band_weight_fields(lat, nlon, &vec![w; nchan], band_lat)
 }
 
-/// [`band_weight_fields`] with weights per channel: `per_channel[c]` = [alpha, beta, alpha_tropics, beta_tropics]
-/// of channel c (the weights of the variable that owns it), so that alpha(c, phi) = alpha_tropics_c +
-/// (alpha_c - alpha_tropics_c) t(phi), likewise beta.
+/// [`band_weight_fields`] with weights per channel: `per_channel[c]` = [alpha, beta, alpha_tropics, beta_tropics,
+/// alpha_sh, beta_sh] of channel c (the weights of the variable that owns it), so that alpha(c, phi) =
+/// alpha_tropics_c + (alpha_x_c - alpha_tropics_c) t(phi) with alpha_x the northern weight alpha for phi >= 0 and
+/// the southern one alpha_sh for phi < 0 (continuous at the equator, where t = 0), likewise beta.
 pub fn variable_band_weight_fields(
     lat: &[f64],
     nlon: usize,
-    per_channel: &[[f64; 4]],
+    per_channel: &[[f64; 6]],
     band_lat: [f64; 2],
 ) -> (Vec<f64>, Vec<f64>) {
     let np = lat.len() * nlon;
     let (mut fa, mut fb) = (Vec::with_capacity(np * per_channel.len()), Vec::with_capacity(np * per_channel.len()));
-    for &[alpha, beta, alpha_tropics, beta_tropics] in per_channel {
+    for &[alpha_nh, beta_nh, alpha_tropics, beta_tropics, alpha_sh, beta_sh] in per_channel {
         for &phi in lat {
             let t = band_ramp(phi, band_lat[0], band_lat[1]);
+            let (alpha, beta) = if phi < 0.0 { (alpha_sh, beta_sh) } else { (alpha_nh, beta_nh) };
             let (a, b) = (alpha_tropics + (alpha - alpha_tropics) * t, beta_tropics + (beta - beta_tropics) * t);
             let (a, b) = (a.max(0.0).sqrt(), b.max(0.0).sqrt());
             for _ in 0..nlon {

@@ -123,6 +123,8 @@ struct HybridSection {
     variables: Option<Vec<String>>,
     alpha_tropics: Option<f64>,
     beta_tropics: Option<f64>,
+    alpha_sh: Option<f64>,
+    beta_sh: Option<f64>,
     band_lat: Option<[f64; 2]>,
     gamma: Option<f64>,
     variable_weights: Option<BTreeMap<String, VariableWeights>>,
@@ -374,6 +376,10 @@ pub struct HybridDefaults {
     pub alpha_tropics: Option<f64>,
     /// Weight of the static B in the tropics; `None`: `beta`.
     pub beta_tropics: Option<f64>,
+    /// Weight of the latent B in the southern extratropics (`alpha` is then the northern one); `None`: `alpha`.
+    pub alpha_sh: Option<f64>,
+    /// Weight of the static B in the southern extratropics; `None`: `beta`.
+    pub beta_sh: Option<f64>,
     /// Latitudes of the ramp between tropical and extratropical weights; `None`: the options' default.
     pub band_lat: Option<[f64; 2]>,
     /// Weight gamma of an ensemble part when the host sets members (`None`: the options' default).
@@ -384,12 +390,12 @@ pub struct HybridDefaults {
 
 /// The hybrid weights of one variable or variable group (`[hybrid.variable_weights.NAME]` in the bundle,
 /// `hybrid_variable_weights.NAME` in the options). Each is optional: a missing `alpha` is the global (extratropical)
-/// alpha; a missing `alpha_tropics` is this entry's `alpha` when it gives one, else the global tropical alpha (so
-/// `q = { alpha = 0.2 }` means 0.2 at every latitude); likewise beta.
+/// alpha; a missing `alpha_tropics` or `alpha_sh` is this entry's `alpha` when it gives one, else the global
+/// tropical or southern alpha (so `q = { alpha = 0.2 }` means 0.2 at every latitude); likewise beta.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VariableWeights {
-    /// Weight of the latent B (extratropics, |lat| >= band_lat[1]).
+    /// Weight of the latent B (extratropics, |lat| >= band_lat[1]; the northern ones when `alpha_sh` is given).
     pub alpha: Option<f64>,
     /// Weight of the static B (extratropics).
     pub beta: Option<f64>,
@@ -397,7 +403,17 @@ pub struct VariableWeights {
     pub alpha_tropics: Option<f64>,
     /// Weight of the static B in the tropics.
     pub beta_tropics: Option<f64>,
+    /// Weight of the latent B in the southern extratropics (lat <= -band_lat[1]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpha_sh: Option<f64>,
+    /// Weight of the static B in the southern extratropics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta_sh: Option<f64>,
 }
+
+/// The hybrid weights of one variable at each latitude class: [alpha, beta, alpha_tropics, beta_tropics, alpha_sh,
+/// beta_sh] (alpha and beta: the northern extratropics, and the southern ones when no `_sh` weight differs).
+pub type BandWeights = [f64; 6];
 
 impl VariableWeights {
     /// Checks that every weight given is finite and >= 0; the message names the entry `what` and the weight.
@@ -407,6 +423,8 @@ impl VariableWeights {
             ("beta", self.beta),
             ("alpha_tropics", self.alpha_tropics),
             ("beta_tropics", self.beta_tropics),
+            ("alpha_sh", self.alpha_sh),
+            ("beta_sh", self.beta_sh),
         ] {
             if let Some(v) = v {
                 if !(v.is_finite() && v >= 0.0) {
@@ -417,13 +435,27 @@ impl VariableWeights {
         Ok(())
     }
 
-    /// The weights in force, [alpha, beta, alpha_tropics, beta_tropics], over the global ones `global` (same order).
-    pub fn resolve(&self, global: [f64; 4]) -> [f64; 4] {
+    /// The weights in force ([`BandWeights`]) over the global ones `global` (same order).
+    pub fn resolve(&self, global: BandWeights) -> BandWeights {
         let alpha = self.alpha.unwrap_or(global[0]);
         let beta = self.beta.unwrap_or(global[1]);
         let alpha_tropics = self.alpha_tropics.or(self.alpha).unwrap_or(global[2]);
         let beta_tropics = self.beta_tropics.or(self.beta).unwrap_or(global[3]);
-        [alpha, beta, alpha_tropics, beta_tropics]
+        let alpha_sh = self.alpha_sh.or(self.alpha).unwrap_or(global[4]);
+        let beta_sh = self.beta_sh.or(self.beta).unwrap_or(global[5]);
+        [alpha, beta, alpha_tropics, beta_tropics, alpha_sh, beta_sh]
+    }
+
+    /// All six weights of `w` given ([`BandWeights`] order).
+    pub fn of(w: BandWeights) -> VariableWeights {
+        VariableWeights {
+            alpha: Some(w[0]),
+            beta: Some(w[1]),
+            alpha_tropics: Some(w[2]),
+            beta_tropics: Some(w[3]),
+            alpha_sh: Some(w[4]),
+            beta_sh: Some(w[5]),
+        }
     }
 }
 
@@ -516,11 +548,14 @@ pub fn check_band_lat(b: [f64; 2]) -> std::result::Result<(), String> {
 fn hybrid_defaults(h: Option<&HybridSection>, layout: &Layout) -> Result<HybridDefaults> {
     let (alpha, beta) = (h.and_then(|h| h.alpha).unwrap_or(1.0), h.and_then(|h| h.beta).unwrap_or(1.0));
     let (alpha_tropics, beta_tropics) = (h.and_then(|h| h.alpha_tropics), h.and_then(|h| h.beta_tropics));
+    let (alpha_sh, beta_sh) = (h.and_then(|h| h.alpha_sh), h.and_then(|h| h.beta_sh));
     for (k, v) in [
         ("alpha", alpha),
         ("beta", beta),
         ("alpha_tropics", alpha_tropics.unwrap_or(0.0)),
         ("beta_tropics", beta_tropics.unwrap_or(0.0)),
+        ("alpha_sh", alpha_sh.unwrap_or(0.0)),
+        ("beta_sh", beta_sh.unwrap_or(0.0)),
         ("gamma", h.and_then(|h| h.gamma).unwrap_or(0.0)),
     ] {
         if !(v.is_finite() && v >= 0.0) {
@@ -546,7 +581,18 @@ fn hybrid_defaults(h: Option<&HybridSection>, layout: &Layout) -> Result<HybridD
     for (name, w) in variable_weights.iter().flatten() {
         w.check(&format!("hybrid.variable_weights.{name}")).map_err(Error::bundle)?;
     }
-    Ok(HybridDefaults { alpha, beta, variables, alpha_tropics, beta_tropics, band_lat, gamma, variable_weights })
+    Ok(HybridDefaults {
+        alpha,
+        beta,
+        variables,
+        alpha_tropics,
+        beta_tropics,
+        alpha_sh,
+        beta_sh,
+        band_lat,
+        gamma,
+        variable_weights,
+    })
 }
 
 /// Opens `path` for reading only if it is a regular file: a FIFO would block the open, a device (a link to

@@ -97,7 +97,7 @@ impl Settings {
 }
 
 /// The B of the options before any multiplier: its scale g_start (factor, or global alpha + beta) and, for the
-/// hybrid, every variable's weights [alpha, beta, alpha_tropics, beta_tropics] and the global ones.
+/// hybrid, every variable's weights ([`crate::bundle::BandWeights`]) and the global ones.
 struct Start {
     scale: f64,
     hybrid: Option<(crate::var::analysis::HybridSettings, Vec<String>)>,
@@ -190,18 +190,18 @@ impl AdaptiveState {
                 // global weights); when nothing varies the operator is still the scalar-weight one, bit for bit
                 o.hybrid_alpha_tropics = Some(hs.alpha_tropics * m);
                 o.hybrid_beta_tropics = Some(hs.beta_tropics * m);
+                o.hybrid_alpha_sh = Some(hs.alpha_sh * m);
+                o.hybrid_beta_sh = Some(hs.beta_sh * m);
+                // one extratropical multiplier for both hemispheres (the sizing's classes pool nh and sh)
                 let table = names
                     .iter()
                     .zip(&hs.per_variable)
                     .map(|(v, w)| {
                         let [mx, mt] = self.of_variable(v);
-                        let w = VariableWeights {
-                            alpha: Some(w[0] * mx),
-                            beta: Some(w[1] * mx),
-                            alpha_tropics: Some(w[2] * mt),
-                            beta_tropics: Some(w[3] * mt),
-                        };
-                        (v.clone(), w)
+                        (
+                            v.clone(),
+                            VariableWeights::of([w[0] * mx, w[1] * mx, w[2] * mt, w[3] * mt, w[4] * mx, w[5] * mx]),
+                        )
                     })
                     .collect();
                 o.hybrid_variable_weights = Some(table);

@@ -15,7 +15,7 @@ use crate::bmat::hybrid::Hybrid;
 use crate::bmat::latent::LatentB;
 use crate::bmat::static_b::StaticB;
 use crate::bmat::BOperator;
-use crate::bundle::Bundle;
+use crate::bundle::{BandWeights, Bundle};
 use crate::error::{Error, Result, Status};
 use crate::model::autoencoder::{encode_state, Autoencoder};
 use crate::model::forecast::OnnxStep;
@@ -89,7 +89,7 @@ impl std::fmt::Debug for BCache {
 /// The hybrid B's weights and the variables of its static part, resolved from the options and the bundle.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HybridSettings {
-    /// Weight of the latent B.
+    /// Weight of the latent B (the extratropics; the northern ones when `alpha_sh` differs).
     pub alpha: f64,
     /// Weight of the static B.
     pub beta: f64,
@@ -99,23 +99,28 @@ pub struct HybridSettings {
     pub alpha_tropics: f64,
     /// Weight of the static B in the tropics; `beta` is the extratropical value.
     pub beta_tropics: f64,
+    /// Weight of the latent B in the southern extratropics (lat <= -`band_lat[1]`).
+    pub alpha_sh: f64,
+    /// Weight of the static B in the southern extratropics.
+    pub beta_sh: f64,
     /// Latitudes (degrees) where the cosine ramp from the tropical to the extratropical weights starts and ends.
     pub band_lat: [f64; 2],
-    /// Per bundle variable: its weights [alpha, beta, alpha_tropics, beta_tropics] (the global ones unless
-    /// `hybrid_variable_weights` or the bundle's `[hybrid.variable_weights]` name the variable or its group).
-    pub per_variable: Vec<[f64; 4]>,
+    /// Per bundle variable: its weights [alpha, beta, alpha_tropics, beta_tropics, alpha_sh, beta_sh] (the global
+    /// ones unless `hybrid_variable_weights` or the bundle's `[hybrid.variable_weights]` name the variable or its
+    /// group).
+    pub per_variable: Vec<BandWeights>,
 }
 
 impl HybridSettings {
-    /// The global weights [alpha, beta, alpha_tropics, beta_tropics].
-    pub fn global(&self) -> [f64; 4] {
-        [self.alpha, self.beta, self.alpha_tropics, self.beta_tropics]
+    /// The global weights ([`BandWeights`] order).
+    pub fn global(&self) -> BandWeights {
+        [self.alpha, self.beta, self.alpha_tropics, self.beta_tropics, self.alpha_sh, self.beta_sh]
     }
 
     /// Whether the weights vary over the state (with latitude, or from one variable to another). When they do
     /// not, the hybrid is the scalar-weight operator, bit for bit.
     pub fn banded(&self) -> bool {
-        let scalar = [self.alpha, self.beta, self.alpha, self.beta];
+        let scalar = [self.alpha, self.beta, self.alpha, self.beta, self.alpha, self.beta];
         self.per_variable.iter().any(|w| *w != scalar)
     }
 
@@ -131,7 +136,7 @@ impl HybridSettings {
         if !self.banded() {
             return None;
         }
-        let per_channel: Vec<[f64; 4]> = (0..lay.nchan).map(|c| self.per_variable[lay.channel_owner(c).0]).collect();
+        let per_channel: Vec<BandWeights> = (0..lay.nchan).map(|c| self.per_variable[lay.channel_owner(c).0]).collect();
         Some(crate::bmat::hybrid::variable_band_weight_fields(
             &lay.grid.lat,
             lay.grid.nlon(),
@@ -145,7 +150,7 @@ impl HybridSettings {
     /// factor sqrt(alpha(v, phi) / alpha_ref) on the decoded increment.
     pub fn alpha_ref(&self) -> f64 {
         if self.banded() {
-            self.per_variable.iter().map(|w| w[0].max(w[2])).fold(0.0, f64::max)
+            self.per_variable.iter().map(|w| w[0].max(w[2]).max(w[4])).fold(0.0, f64::max)
         } else {
             self.alpha
         }
@@ -311,6 +316,9 @@ impl Analyser {
         // Tropical weights: the options', else the bundle's, else the extratropical ones (no band weights).
         let alpha_tropics = o.hybrid_alpha_tropics.or(h.alpha_tropics).unwrap_or(alpha);
         let beta_tropics = o.hybrid_beta_tropics.or(h.beta_tropics).unwrap_or(beta);
+        // Southern extratropical weights: the options', else the bundle's, else the (northern) extratropical ones.
+        let alpha_sh = o.hybrid_alpha_sh.or(h.alpha_sh).unwrap_or(alpha);
+        let beta_sh = o.hybrid_beta_sh.or(h.beta_sh).unwrap_or(beta);
         let band_lat = o.hybrid_band_lat.or(h.band_lat).unwrap_or(crate::var::options::DEFAULT_HYBRID_BAND_LAT);
         let lay = &self.bundle.layout;
         let keep = match o.hybrid_variables.as_ref().or(h.variables.as_ref()) {
@@ -329,7 +337,7 @@ impl Analyser {
                 keep
             }
         };
-        let global = [alpha, beta, alpha_tropics, beta_tropics];
+        let global = [alpha, beta, alpha_tropics, beta_tropics, alpha_sh, beta_sh];
         let mut per_variable = vec![global; lay.variables.len()];
         let table = o.hybrid_variable_weights.as_ref().or(h.variable_weights.as_ref());
         let source =
@@ -364,6 +372,11 @@ impl Analyser {
                         "the hybrid weights of '{name}' are both 0 in the extratropics: the hybrid B would be zero there"
                     )));
                 }
+                if w[4] == 0.0 && w[5] == 0.0 {
+                    return Err(Error::arg(format!(
+                        "the hybrid weights of '{name}' are both 0 in the southern extratropics (hybrid_alpha_sh and hybrid_beta_sh, or its own): the hybrid B would be zero there"
+                    )));
+                }
                 if w[2] == 0.0 && w[3] == 0.0 {
                     return Err(Error::arg(format!(
                         "the hybrid weights of '{name}' are both 0 in the tropics (hybrid_alpha_tropics and hybrid_beta_tropics, or its own): the hybrid B would be zero there"
@@ -371,7 +384,7 @@ impl Analyser {
                 }
             }
         }
-        Ok(HybridSettings { alpha, beta, keep, alpha_tropics, beta_tropics, band_lat, per_variable })
+        Ok(HybridSettings { alpha, beta, keep, alpha_tropics, beta_tropics, alpha_sh, beta_sh, band_lat, per_variable })
     }
 
     /// The latent variances s^2 in force: the bundle's times the option `latent_variance_factor` times `weight` (the

@@ -36,6 +36,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::bundle::BandWeights;
 use crate::error::{Error, Result};
 use crate::obs::operator::ObsOperator;
 use crate::obs::Observation;
@@ -232,19 +233,36 @@ pub struct BInForce {
     /// Weight gamma of the ensemble part (with members: hybrid, or 3dvar as hybrid 3DEnVar); absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ensemble_gamma: Option<f64>,
-    /// Hybrid only, when the weights vary (latitude bands or per variable): per bundle variable its weights
-    /// [alpha, beta, alpha_tropics, beta_tropics] in force.
+    /// Hybrid only, when the weights vary (latitude bands, hemispheres or per variable): per bundle variable its
+    /// weights in force, [alpha, beta, alpha_tropics, beta_tropics, alpha_sh, beta_sh] ([`BandWeights`]; reports
+    /// written before hemispheric weights have the first four, the southern ones then being alpha and beta).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hybrid_weights: Option<BTreeMap<String, [f64; 4]>>,
+    pub hybrid_weights: Option<BTreeMap<String, Vec<f64>>>,
+}
+
+/// The (alpha, beta) of weights `w` in the diagnostic band `band` ("nh", "tropics", "sh"; "extratropics" and any
+/// other name: the northern pair).
+pub fn band_pair(w: &BandWeights, band: &str) -> (f64, f64) {
+    match band {
+        "tropics" => (w[2], w[3]),
+        "sh" => (w[4], w[5]),
+        _ => (w[0], w[1]),
+    }
 }
 
 impl BInForce {
-    /// Hybrid: the weights [alpha, beta, alpha_tropics, beta_tropics] in force for variable `var`: its entry of
-    /// `hybrid_weights` when the weights vary, else the global alpha and beta at every latitude.
-    pub fn hybrid_weights_of(&self, var: &str) -> Option<[f64; 4]> {
+    /// Hybrid: the weights ([`BandWeights`]) in force for variable `var`: its entry of `hybrid_weights` when the
+    /// weights vary (an entry of four: the southern pair is the northern one), else the global alpha and beta at
+    /// every latitude. `None` for an entry of another length.
+    pub fn hybrid_weights_of(&self, var: &str) -> Option<BandWeights> {
         match self.hybrid_weights.as_ref().and_then(|w| w.get(var)) {
-            Some(w) => Some(*w),
-            None => Some([self.hybrid_alpha?, self.hybrid_beta?, self.hybrid_alpha?, self.hybrid_beta?]),
+            Some(w) if w.len() == 6 => Some([w[0], w[1], w[2], w[3], w[4], w[5]]),
+            Some(w) if w.len() == 4 => Some([w[0], w[1], w[2], w[3], w[0], w[1]]),
+            Some(_) => None,
+            None => {
+                let (a, b) = (self.hybrid_alpha?, self.hybrid_beta?);
+                Some([a, b, a, b, a, b])
+            }
         }
     }
 
@@ -422,10 +440,10 @@ pub struct Tuning {
     /// parts of sigma_b^2 and the cells tell them apart; written instead of the joint scaling by
     /// [`Tuning::use_split`] (`latentda tune --hybrid-split`).
     pub hybrid_split: Option<HybridSplit>,
-    /// Hybrid only: weights per bundle variable [alpha, beta, alpha_tropics, beta_tropics], each variable and band
-    /// scaled on its own ([`variable_weights`]); written as `hybrid_variable_weights` by
-    /// [`Tuning::use_variable_weights`] (`latentda tune --per-variable`).
-    pub variable_weights: Option<BTreeMap<String, [f64; 4]>>,
+    /// Hybrid only: weights per bundle variable ([`BandWeights`]), each variable and band class scaled on its own
+    /// ([`variable_weights`]); written as `hybrid_variable_weights` by [`Tuning::use_variable_weights`]
+    /// (`latentda tune --per-variable`).
+    pub variable_weights: Option<BTreeMap<String, BandWeights>>,
     /// Whether [`Tuning::options_toml`] writes `variable_weights`.
     pub write_variable_weights: bool,
     /// Warnings (missing sigma_b, varying hybrid mix, too few observations, ...).
@@ -510,7 +528,9 @@ pub fn variable_scales(sections: &[Desroziers], est: Estimate) -> (Vec<VariableS
         for c in s.cells.iter().filter(|c| !is_composite(&c.group) && c.band != "global" && c.normalised.n > 0) {
             let (Some(w), Some(h)) = (s.b_in_force.hybrid_weights_of(&c.group), c.normalised.sum_hbh) else { continue };
             let class = usize::from(c.band == "tropics");
-            let scale = w[2 * class] + w[2 * class + 1];
+            // each cell normalised by its own band's scale in force (the hemispheres may differ)
+            let (a, b) = band_pair(&w, &c.band);
+            let scale = a + b;
             if !(scale > 0.0) {
                 continue;
             }
@@ -572,7 +592,7 @@ pub fn variable_scales(sections: &[Desroziers], est: Estimate) -> (Vec<VariableS
 /// shrink with it but never grows: S_vc is at most s_vc, since nothing checks the cross-covariances its increments
 /// come through, and a B too large there adds error where one too small only gives up gain. Returns the weights
 /// and notes on the fallbacks.
-pub fn variable_weights(sections: &[Desroziers]) -> (Option<BTreeMap<String, [f64; 4]>>, Vec<String>) {
+pub fn variable_weights(sections: &[Desroziers]) -> (Option<BTreeMap<String, BandWeights>>, Vec<String>) {
     variable_weights_with(sections, Estimate::Desroziers)
 }
 
@@ -580,7 +600,7 @@ pub fn variable_weights(sections: &[Desroziers]) -> (Option<BTreeMap<String, [f6
 pub fn variable_weights_with(
     sections: &[Desroziers],
     est: Estimate,
-) -> (Option<BTreeMap<String, [f64; 4]>>, Vec<String>) {
+) -> (Option<BTreeMap<String, BandWeights>>, Vec<String>) {
     let (scales, notes) = variable_scales(sections, est);
     let Some(last) = sections.iter().rev().find(|s| s.method == "hybrid") else {
         return (None, notes);
@@ -589,12 +609,17 @@ pub fn variable_weights_with(
     for VariableScales { name: v, scales: sc, unobserved } in scales {
         let Some(w) = last.b_in_force.hybrid_weights_of(&v) else { continue };
         let mut new = w;
-        for (class, scale) in sc.iter().enumerate() {
-            if let Some(scale) = scale {
-                let s = w[2 * class] + w[2 * class + 1];
-                let scale = if unobserved[class] { scale.min(s) } else { *scale };
-                new[2 * class] = scale * w[2 * class] / s;
-                new[2 * class + 1] = scale * w[2 * class + 1] / s;
+        // the pairs of each class: extratropics (northern, southern), tropics; each keeps its own mix
+        for (class, pairs) in [[0usize, 4].as_slice(), [2].as_slice()].iter().enumerate() {
+            let Some(scale) = sc[class] else { continue };
+            for &i in pairs.iter() {
+                let s = w[i] + w[i + 1];
+                if !(s > 0.0) {
+                    continue;
+                }
+                let scale = if unobserved[class] { scale.min(s) } else { scale };
+                new[i] = scale * w[i] / s;
+                new[i + 1] = scale * w[i + 1] / s;
             }
         }
         out.insert(v, new);
@@ -649,7 +674,7 @@ pub fn hybrid_split_with(sections: &[Desroziers], est: Estimate) -> Option<Hybri
             let (Some(l), Some(st)) = (m.sum_hbh_latent, m.sum_hbh_static) else { continue };
             // the cell's own weights (bands, variables): the parts in force per unit weight
             let Some(w) = s.b_in_force.hybrid_weights_of(&c.group) else { continue };
-            let (a, b) = if c.band == "tropics" { (w[2], w[3]) } else { (w[0], w[1]) };
+            let (a, b) = band_pair(&w, &c.band);
             if !(a > 0.0 && b > 0.0) {
                 continue;
             }
@@ -985,8 +1010,14 @@ impl Tuning {
             let entries: Vec<String> = w
                 .iter()
                 .map(|(v, w)| {
+                    // the southern pair only where it differs from the northern one
+                    let sh = if (w[4], w[5]) != (w[0], w[1]) {
+                        format!(", alpha_sh = {:.6}, beta_sh = {:.6}", w[4], w[5])
+                    } else {
+                        String::new()
+                    };
                     format!(
-                        "{v} = {{ alpha = {:.6}, beta = {:.6}, alpha_tropics = {:.6}, beta_tropics = {:.6} }}",
+                        "{v} = {{ alpha = {:.6}, beta = {:.6}, alpha_tropics = {:.6}, beta_tropics = {:.6}{sh} }}",
                         w[0], w[1], w[2], w[3]
                     )
                 })
@@ -1233,6 +1264,7 @@ mod tests {
 
     #[test]
     fn variable_weights_scale_each_variable_and_band_on_its_own() {
+        // in-force weights of four, as reports written before hemispheric weights have them (southern = northern)
         let g = [0.6, 0.2, 0.6, 0.2];
         let bif = BInForce {
             hybrid_alpha: Some(0.6),
@@ -1240,7 +1272,7 @@ mod tests {
             hybrid_weights: Some(
                 [("u", [1.0, 1.0, 0.5, 0.5]), ("t", g), ("z", g), ("q", g)]
                     .into_iter()
-                    .map(|(v, w)| (v.to_string(), w))
+                    .map(|(v, w)| (v.to_string(), w.to_vec()))
                     .collect(),
             ),
             ..Default::default()
@@ -1265,17 +1297,17 @@ mod tests {
         let s = weights_section(&cells, bif.clone());
         let (w, notes) = variable_weights(std::slice::from_ref(&s));
         let w = w.unwrap();
-        let close = |a: [f64; 4], b: [f64; 4]| a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-12);
-        // u: S = 4 / 6 extratropical, 2 tropical; the mix (1:1, 1:1) kept
-        assert!(close(w["u"], [1.0 / 3.0, 1.0 / 3.0, 1.0, 1.0]), "{:?}", w["u"]);
+        let close = |a: [f64; 6], b: [f64; 6]| a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-12);
+        // u: S = 4 / 6 extratropical, 2 tropical; the mix (1:1, 1:1) kept, the southern pair the northern one
+        assert!(close(w["u"], [1.0 / 3.0, 1.0 / 3.0, 1.0, 1.0, 1.0 / 3.0, 1.0 / 3.0]), "{:?}", w["u"]);
         // t: S = 0.2, 0.8 with the mix 3:1
-        assert!(close(w["t"], [0.15, 0.05, 0.6, 0.2]), "{:?}", w["t"]);
+        assert!(close(w["t"], [0.15, 0.05, 0.6, 0.2, 0.15, 0.05]), "{:?}", w["t"]);
         // z (unobserved): its group, mass, i.e. t's scales
-        assert!(close(w["z"], [0.15, 0.05, 0.6, 0.2]), "{:?}", w["z"]);
+        assert!(close(w["z"], [0.15, 0.05, 0.6, 0.2, 0.15, 0.05]), "{:?}", w["z"]);
         // q: too few in the extratropics and none in the tropics, and no group: all variables, (3 + 1 + 0.2 + 1) /
         // (4 + 2 + 1 + 1) = 0.65 (below the 0.8 in force: q shrinks with them) and (4 + 0.8) / (2 + 1) = 1.6 in the
         // tropics, above the 0.8 in force: an unobserved variable is never raised, so its tropical weights stay
-        assert!(close(w["q"], [0.4875, 0.1625, 0.6, 0.2]), "{:?}", w["q"]);
+        assert!(close(w["q"], [0.4875, 0.1625, 0.6, 0.2, 0.4875, 0.1625]), "{:?}", w["q"]);
         let (sc, _) = variable_scales(std::slice::from_ref(&s), Estimate::Desroziers);
         let q = sc.iter().find(|v| v.name == "q").unwrap();
         assert_eq!(q.unobserved, [true, true]);
@@ -1293,11 +1325,11 @@ mod tests {
         // A fixed point: with the new weights in force (H B H^T in force scaled with them, the estimates E unchanged)
         // the same weights come back.
         let mut applied = s.clone();
-        applied.b_in_force.hybrid_weights = Some(w.clone());
+        applied.b_in_force.hybrid_weights = Some(w.iter().map(|(v, x)| (v.clone(), x.to_vec())).collect());
         for c in applied.cells.iter_mut() {
             if let Some(nw) = w.get(&c.group) {
                 let class = usize::from(c.band == "tropics");
-                let old = bif.hybrid_weights.as_ref().unwrap()[&c.group];
+                let old = &bif.hybrid_weights.as_ref().unwrap()[&c.group];
                 let f = (nw[2 * class] + nw[2 * class + 1]) / (old[2 * class] + old[2 * class + 1]);
                 c.normalised.sum_hbh = c.normalised.sum_hbh.map(|h| h * f);
             }
@@ -1313,7 +1345,38 @@ mod tests {
         let (w4, _) = variable_weights(&[plain]);
         // u: S = 4 / (8 / 0.8 + 4 / 0.8) = 4 / 15 and 4 / (2 / 0.8) = 1.6, mix 3:1
         let u = w4.unwrap()["u"];
-        assert!(close(u, [0.2, 0.2 / 3.0, 1.2, 0.4]), "{u:?}");
+        assert!(close(u, [0.2, 0.2 / 3.0, 1.2, 0.4, 0.2, 0.2 / 3.0]), "{u:?}");
+    }
+
+    #[test]
+    fn hemispheric_weights_normalise_each_cell_by_its_own_pair() {
+        // u: northern pair 1 : 1 (total 2), southern 3 : 1 (total 4), tropics 0.5 : 0.5
+        let bif = BInForce {
+            hybrid_alpha: Some(1.0),
+            hybrid_beta: Some(1.0),
+            hybrid_weights: Some([("u".to_string(), vec![1.0, 1.0, 0.5, 0.5, 3.0, 1.0])].into_iter().collect()),
+            ..Default::default()
+        };
+        assert_eq!(bif.hybrid_weights_of("u"), Some([1.0, 1.0, 0.5, 0.5, 3.0, 1.0]));
+        assert_eq!(band_pair(&[1.0, 1.0, 0.5, 0.5, 3.0, 1.0], "sh"), (3.0, 1.0));
+        let cells = [
+            ("u", "global", 220, 0.0, 0.0),
+            // extratropics: E 3 + 1 over H / s = 8 / 2 + 4 / 4 = 5: S = 0.8; tropics 4 over 2 / 1: S = 2
+            ("u", "nh", 60, 3.0, 8.0),
+            ("u", "sh", 60, 1.0, 4.0),
+            ("u", "tropics", 100, 4.0, 2.0),
+            ("all", "global", 220, 0.0, 0.0),
+        ];
+        let s = weights_section(&cells, bif);
+        let (w, _) = variable_weights(std::slice::from_ref(&s));
+        let u = w.unwrap()["u"];
+        // each pair scaled to the class total 0.8, keeping its own mix
+        let want = [0.4, 0.4, 1.0, 1.0, 0.6, 0.2];
+        assert!(u.iter().zip(&want).all(|(x, y)| (x - y).abs() < 1e-12), "{u:?}");
+        // an entry of another length is not read as weights
+        let mut odd = s.b_in_force.clone();
+        odd.hybrid_weights = Some([("u".to_string(), vec![1.0, 1.0, 0.5])].into_iter().collect());
+        assert_eq!(odd.hybrid_weights_of("u"), None);
     }
 
     #[test]

@@ -19,9 +19,11 @@
 //!    - with analysis times from the host ([`Analyser::set_analysis_time`]), the state records when the forecasts
 //!      are valid (that time plus `mix_lead_hours`) and only the analysis at that time scores them: after a
 //!      skipped cycle they are noted and dropped, not compared with observations of another time;
-//! 3. chooses per bundle variable and band class (extratropics, tropics) the share with the lowest mean d over the
-//!    window, from the variable's own observations, else from its group's (wind: u, v; mass: t, z, ps: the static
-//!    B's z is the hydrostatic integral of t), else from all observations;
+//! 3. chooses per bundle variable and latitude class the share with the lowest mean d over the window, from the
+//!    variable's own observations, else from its group's (wind: u, v; mass: t, z, ps: the static B's z is the
+//!    hydrostatic integral of t), else from all observations. The classes are extratropics (nh and sh pooled) and
+//!    tropics, or with `mix_hemispheres = true` nh, tropics and sh apart: a network whose observations sit mostly
+//!    in one hemisphere (the land sondes: 184 NH stations, 32 SH) otherwise gives the other hemisphere its choice;
 //! 4. runs the analysis with alpha = L S and beta = (1 - L) S per variable and class, S = alpha + beta of the options
 //!    in force (after the `adaptive_state` multipliers, which the mix leaves unchanged). A variable the options keep
 //!    out of one part (alpha or beta 0, or not in `hybrid_variables`) keeps its weights: nothing to choose;
@@ -46,7 +48,7 @@ use crate::error::{Error, Result};
 use crate::model::forecast::StepModel;
 use crate::obs::Observation;
 use crate::var::analysis::{Analyser, Analysis};
-use crate::var::desroziers::{CLASSES, GROUPS};
+use crate::var::desroziers::GROUPS;
 use crate::var::formulation::Formulation;
 use crate::var::options::{Method, MixScore, Options, OutputMode};
 use crate::var::report::MixInfo;
@@ -65,8 +67,38 @@ const VALID_TOLERANCE_HOURS: f64 = 1e-6;
 /// First bytes of the pending fields file.
 const FIELDS_MAGIC: &[u8; 8] = b"LDAMIX01";
 
-/// The bands of each class (index as [`CLASSES`]).
-const CLASS_BANDS: [&[&str]; 2] = [&["nh", "sh"], &["tropics"]];
+/// The latitude classes the mix chooses a share for: their names, the diagnostic bands each pools, and the
+/// indices in [`crate::bundle::BandWeights`] of the (alpha, beta) pairs each sets.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Classes {
+    /// Class names (reports, state file).
+    pub names: &'static [&'static str],
+    bands: &'static [&'static [&'static str]],
+    pairs: &'static [&'static [usize]],
+}
+
+/// One extratropical class for both hemispheres, and the tropics (`mix_hemispheres = false`).
+pub const POOLED: Classes =
+    Classes { names: &["extratropics", "tropics"], bands: &[&["nh", "sh"], &["tropics"]], pairs: &[&[0, 4], &[2]] };
+
+/// The northern extratropics, the tropics and the southern extratropics apart (`mix_hemispheres = true`).
+pub const HEMISPHERES: Classes =
+    Classes { names: &["nh", "tropics", "sh"], bands: &[&["nh"], &["tropics"], &["sh"]], pairs: &[&[0], &[2], &[4]] };
+
+impl Classes {
+    /// The classes of options `o`.
+    pub fn of(o: &Options) -> Classes {
+        if o.mix_hemispheres {
+            HEMISPHERES
+        } else {
+            POOLED
+        }
+    }
+
+    fn names_owned(&self) -> Vec<String> {
+        self.names.iter().map(|s| s.to_string()).collect()
+    }
+}
 
 /// The state a host keeps between cycles (the JSON file of option `mix_state`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -81,10 +113,14 @@ pub struct MixState {
     pub score: String,
     /// Analyses run so far.
     pub cycles: usize,
-    /// The latent share per variable, [extratropics, tropics], of the next analysis.
-    pub choice: BTreeMap<String, [f64; 2]>,
+    /// The latitude classes of `choice` and `sources` (absent from states written before hemispheric classes:
+    /// extratropics, tropics).
+    #[serde(default = "pooled_names")]
+    pub classes: Vec<String>,
+    /// The latent share per variable and class (`classes`) of the next analysis.
+    pub choice: BTreeMap<String, Vec<f64>>,
     /// Where each choice's evidence came from ("own", "group", "all"; "none": no evidence yet).
-    pub sources: BTreeMap<String, [String; 2]>,
+    pub sources: BTreeMap<String, Vec<String>>,
     /// Per scored cycle (oldest first, at most `mix_window`), per candidate: its cells (variable x band).
     pub window: Vec<Vec<Vec<WithheldCell>>>,
     /// The cycle count at which the pending fields (`<file>.fields`: the forecasts F_k, or A_k - A) were made;
@@ -101,6 +137,10 @@ pub struct MixState {
     pub next_run: usize,
 }
 
+fn pooled_names() -> Vec<String> {
+    POOLED.names_owned()
+}
+
 /// The candidate's name in reports: "L0.7" for latent share 0.7.
 pub fn share_name(share: f64) -> String {
     format!("L{share}")
@@ -108,12 +148,13 @@ pub fn share_name(share: f64) -> String {
 
 impl MixState {
     /// A new state: the first candidate everywhere, no evidence.
-    pub fn new(bundle: &str, candidates: &[f64], score: MixScore) -> MixState {
+    pub fn new(bundle: &str, candidates: &[f64], score: MixScore, classes: Classes) -> MixState {
         MixState {
             format: STATE_FORMAT,
             bundle: bundle.to_string(),
             candidates: candidates.to_vec(),
             score: score.name().into(),
+            classes: classes.names_owned(),
             cycles: 0,
             choice: BTreeMap::new(),
             sources: BTreeMap::new(),
@@ -126,10 +167,12 @@ impl MixState {
 
     /// Reads the state of `path` (a new one when the file does not exist) and checks that it belongs to this bundle
     /// and these candidates; errors name the file.
-    pub fn load(path: &Path, bundle: &str, candidates: &[f64], score: MixScore) -> Result<MixState> {
+    pub fn load(path: &Path, bundle: &str, candidates: &[f64], score: MixScore, classes: Classes) -> Result<MixState> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(MixState::new(bundle, candidates, score)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(MixState::new(bundle, candidates, score, classes))
+            }
             Err(e) => return Err(Error::io(format!("mix_state '{}': cannot read: {e}", path.display()))),
         };
         let s: MixState = serde_json::from_str(&text)
@@ -154,6 +197,15 @@ impl MixState {
                 score.name()
             )));
         }
+        if s.classes != classes.names {
+            return Err(bad(format!(
+                "written for the classes {:?}, the options give {:?} (mix_hemispheres): start a new state file",
+                s.classes, classes.names
+            )));
+        }
+        if let Some((v, x)) = s.choice.iter().find(|(_, x)| x.len() != classes.names.len()) {
+            return Err(bad(format!("the choice of '{v}' ({x:?}) does not have one share per class")));
+        }
         if s.window.iter().any(|c| c.len() != candidates.len()) {
             return Err(bad("a window entry does not have one set of cells per candidate".into()));
         }
@@ -163,33 +215,34 @@ impl MixState {
         Ok(s)
     }
 
-    /// The latent shares of variable `v` in force.
-    fn share_of(&self, v: &str) -> [f64; 2] {
-        self.choice.get(v).copied().unwrap_or([self.candidates[0]; 2])
+    /// The latent shares of variable `v` in force, one per class.
+    fn share_of(&self, v: &str) -> Vec<f64> {
+        self.choice.get(v).cloned().unwrap_or_else(|| vec![self.candidates[0]; self.classes.len()])
     }
 
     /// Pools the window: per candidate, per (variable, class index), (n, sum d).
-    fn pooled(&self) -> Vec<ClassSums> {
+    fn pooled(&self, classes: Classes) -> Vec<ClassSums> {
         let mut out = vec![BTreeMap::new(); self.candidates.len()];
         for cycle in &self.window {
             for (k, cells) in cycle.iter().enumerate() {
-                add_class_sums(&mut out[k], cells);
+                add_class_sums(&mut out[k], cells, classes);
             }
         }
         out
     }
 
     /// Chooses again from the window for every variable of `names` (module documentation, step 3).
-    fn choose(&mut self, names: &[String]) {
-        let pooled = self.pooled();
+    fn choose(&mut self, names: &[String], classes: Classes) {
+        let pooled = self.pooled(classes);
+        let nc = classes.names.len();
         for v in names {
-            let mut share = [self.candidates[0]; 2];
-            let mut source = [String::from("none"), String::from("none")];
+            let mut share = vec![self.candidates[0]; nc];
+            let mut source = vec![String::from("none"); nc];
             let group: Vec<String> = GROUPS
                 .iter()
                 .find(|(_, m)| m.contains(&v.as_str()))
                 .map_or_else(|| vec![v.clone()], |(_, m)| m.iter().map(|s| s.to_string()).collect());
-            for class in 0..CLASSES.len() {
+            for class in 0..nc {
                 for (where_, members) in [("own", vec![v.clone()]), ("group", group.clone()), ("all", names.to_vec())] {
                     // mean d of each candidate over the members' observations (the same observations for all)
                     let best = pooled
@@ -220,9 +273,9 @@ impl MixState {
 type ClassSums = BTreeMap<(String, usize), (usize, f64)>;
 
 /// Adds the counts and sums of d of `cells` (variable x band) into `acc`, per (variable, class index).
-fn add_class_sums(acc: &mut ClassSums, cells: &[WithheldCell]) {
+fn add_class_sums(acc: &mut ClassSums, cells: &[WithheldCell], classes: Classes) {
     for c in cells {
-        if let Some(class) = CLASS_BANDS.iter().position(|b| b.contains(&c.band.as_str())) {
+        if let Some(class) = classes.bands.iter().position(|b| b.contains(&c.band.as_str())) {
             let e = acc.entry((c.group.clone(), class)).or_insert((0, 0.0));
             e.0 += c.n;
             e.1 += c.sum_d;
@@ -292,9 +345,14 @@ fn forecast(model: &mut dyn StepModel, mut x: Vec<f64>, steps: usize) -> Result<
     Ok(x)
 }
 
-/// The options with each variable's weights set to latent share `share(v)` [extratropics, tropics] of its total
-/// in force (module documentation, step 4), and the shares applied (variables with nothing to choose left out).
-fn mixed_options(a: &Analyser, share: impl Fn(&str) -> [f64; 2]) -> Result<(Options, BTreeMap<String, [f64; 2]>)> {
+/// The options with each variable's weights set to latent share `share(v)` (one per class of `classes`) of its
+/// total in force (module documentation, step 4), and the shares applied (variables with nothing to choose left
+/// out).
+fn mixed_options(
+    a: &Analyser,
+    classes: Classes,
+    share: impl Fn(&str) -> Vec<f64>,
+) -> Result<(Options, BTreeMap<String, Vec<f64>>)> {
     let hs = a.hybrid_settings()?;
     let lay = &a.bundle.layout;
     let mut o = a.options().clone();
@@ -304,25 +362,21 @@ fn mixed_options(a: &Analyser, share: impl Fn(&str) -> [f64; 2]) -> Result<(Opti
         let w = hs.per_variable[v];
         let l = share(&var.name);
         let mut out = w;
-        let mut used = [f64::NAN; 2];
-        for class in 0..2 {
-            let (al, be) = (w[2 * class], w[2 * class + 1]);
-            if hs.keep[v] && al > 0.0 && be > 0.0 {
-                let s = al + be;
-                (out[2 * class], out[2 * class + 1]) = (l[class] * s, (1.0 - l[class]) * s);
-                used[class] = l[class];
+        let mut used = vec![f64::NAN; classes.names.len()];
+        for (class, pairs) in classes.pairs.iter().enumerate() {
+            for &i in pairs.iter() {
+                let (al, be) = (w[i], w[i + 1]);
+                if hs.keep[v] && al > 0.0 && be > 0.0 {
+                    let s = al + be;
+                    (out[i], out[i + 1]) = (l[class] * s, (1.0 - l[class]) * s);
+                    used[class] = l[class];
+                }
             }
         }
         if used.iter().any(|x| !x.is_nan()) {
             applied.insert(var.name.clone(), used);
         }
-        let vw = VariableWeights {
-            alpha: Some(out[0]),
-            beta: Some(out[1]),
-            alpha_tropics: Some(out[2]),
-            beta_tropics: Some(out[3]),
-        };
-        table.insert(var.name.clone(), vw);
+        table.insert(var.name.clone(), VariableWeights::of(out));
     }
     o.hybrid_variable_weights = Some(table);
     Ok((o, applied))
@@ -381,7 +435,8 @@ impl Analyser {
         };
         self.check_state(x_b, "background")?;
         let names: Vec<String> = self.bundle.layout.variables.iter().map(|v| v.name.clone()).collect();
-        let mut state = MixState::load(&path, &self.bundle.name, &candidates, score)?;
+        let classes = Classes::of(&self.options);
+        let mut state = MixState::load(&path, &self.bundle.name, &candidates, score, classes)?;
         let mut notes = Vec::new();
         // Step 2: the last cycle's candidates against this cycle's observations.
         let mut scored = Vec::new();
@@ -417,10 +472,10 @@ impl Analyser {
                             break;
                         }
                         let mut sums = ClassSums::new();
-                        add_class_sums(&mut sums, &cells);
+                        add_class_sums(&mut sums, &cells, classes);
                         scored.push(
                             sums.into_iter()
-                                .map(|((v, class), (n, s))| (format!("{v}/{}", CLASSES[class]), s / n as f64))
+                                .map(|((v, class), (n, s))| (format!("{v}/{}", classes.names[class]), s / n as f64))
                                 .collect(),
                         );
                         cycle.push(cells);
@@ -436,14 +491,14 @@ impl Analyser {
                     }
                     let excess = state.window.len().saturating_sub(self.options.mix_window);
                     state.window.drain(..excess);
-                    state.choose(&names);
+                    state.choose(&names, classes);
                 }
                 Err(note) => notes.push(note),
             }
         }
         // Step 4: the analysis with the shares in force.
         let caller = self.options.clone();
-        let (o, applied) = mixed_options(self, |v| state.share_of(v))?;
+        let (o, applied) = mixed_options(self, classes, |v| state.share_of(v))?;
         let sources = applied.keys().map(|v| (v.clone(), state.sources.get(v).cloned().unwrap_or_default())).collect();
         let res = self.set_options(o).and_then(|_| self.run_once(x_b, obs, mode, f));
         let mut an = match res {
@@ -462,7 +517,7 @@ impl Analyser {
         let mut fields = Vec::with_capacity(candidates.len());
         for &l in candidates.iter().filter(|_| run_candidates) {
             self.options = caller.clone();
-            let r = mixed_options(self, |_| [l; 2]).and_then(|(o, _)| {
+            let r = mixed_options(self, classes, |_| vec![l; classes.names.len()]).and_then(|(o, _)| {
                 self.set_options(o)?;
                 let mut three = ThreeD::new(Method::Hybrid, OutputMode::Analysis)?;
                 self.run_once(x_b, obs, OutputMode::Analysis, &mut three)
@@ -504,6 +559,7 @@ impl Analyser {
             window_filled: state.window.len(),
             window: self.options.mix_window,
             cycles: state.cycles,
+            classes: classes.names_owned(),
             choice: applied.clone(),
             sources,
             scored,
@@ -528,13 +584,13 @@ mod tests {
     #[test]
     fn choice_follows_own_then_group_then_all_evidence() {
         let names: Vec<String> = ["u", "v", "t", "q", "z", "ps"].iter().map(|s| s.to_string()).collect();
-        let mut s = MixState::new("b", &[0.7, 0.0], MixScore::Model);
+        let mut s = MixState::new("b", &[0.7, 0.0], MixScore::Model, POOLED);
         // u: L0 better in the extratropics, L0.7 in the tropics; t: L0.7 better; nothing else observed
         s.window.push(vec![
             vec![cell("u", "nh", 10, -1.0), cell("u", "tropics", 5, -2.0), cell("t", "sh", 4, -3.0)],
             vec![cell("u", "nh", 10, -2.0), cell("u", "tropics", 5, -1.0), cell("t", "sh", 4, -1.0)],
         ]);
-        s.choose(&names);
+        s.choose(&names, POOLED);
         assert_eq!(s.choice["u"], [0.0, 0.7]);
         assert_eq!(s.sources["u"], ["own".to_string(), "own".to_string()]);
         // v follows its group (u); z and ps follow t; q (no group observed) follows all
@@ -551,14 +607,65 @@ mod tests {
     #[test]
     fn the_window_pools_cycles_and_keeps_the_first_without_evidence() {
         let names = vec!["u".to_string()];
-        let mut s = MixState::new("b", &[0.4, 0.9], MixScore::Model);
-        s.choose(&names);
-        assert_eq!((s.choice["u"], s.sources["u"][0].as_str()), ([0.4, 0.4], "none"));
+        let mut s = MixState::new("b", &[0.4, 0.9], MixScore::Model, POOLED);
+        s.choose(&names, POOLED);
+        assert_eq!((s.choice["u"].as_slice(), s.sources["u"][0].as_str()), ([0.4, 0.4].as_slice(), "none"));
         s.window.push(vec![vec![cell("u", "nh", 2, -1.0)], vec![cell("u", "nh", 2, -0.5)]]);
         s.window.push(vec![vec![cell("u", "sh", 2, 0.0)], vec![cell("u", "sh", 6, -1.0)]]);
-        s.choose(&names);
+        s.choose(&names, POOLED);
         // pooled: L0.4 -1 / 4 = -0.25, L0.9 -1.5 / 8 = -0.1875
         assert_eq!(s.choice["u"][0], 0.4);
+    }
+
+    #[test]
+    fn hemispheric_classes_choose_the_south_from_its_own_cells() {
+        let names: Vec<String> = ["u", "v", "t", "q", "z", "ps"].iter().map(|s| s.to_string()).collect();
+        // u: L0.7 wins the nh by far (many stations), L0 the sh (few); pooled, the nh decides both
+        let window = vec![
+            vec![cell("u", "nh", 100, -50.0), cell("u", "sh", 10, 2.0), cell("u", "tropics", 5, -1.0)],
+            vec![cell("u", "nh", 100, -40.0), cell("u", "sh", 10, -3.0), cell("u", "tropics", 5, -2.0)],
+        ];
+        let mut pooled = MixState::new("b", &[0.7, 0.0], MixScore::Model, POOLED);
+        pooled.window.push(window.clone());
+        pooled.choose(&names, POOLED);
+        assert_eq!(pooled.choice["u"], [0.7, 0.0]);
+        let mut hemi = MixState::new("b", &[0.7, 0.0], MixScore::Model, HEMISPHERES);
+        hemi.window.push(window);
+        hemi.choose(&names, HEMISPHERES);
+        // nh, tropics, sh
+        assert_eq!(hemi.choice["u"], [0.7, 0.0, 0.0]);
+        assert_eq!(hemi.sources["u"], ["own", "own", "own"]);
+        // v follows u's class by class; t (no mass observed) follows all
+        assert_eq!((hemi.choice["v"].clone(), hemi.sources["v"][2].as_str()), (vec![0.7, 0.0, 0.0], "group"));
+        assert_eq!(hemi.choice["t"][2], 0.0);
+        assert_eq!(hemi.classes, ["nh", "tropics", "sh"]);
+    }
+
+    #[test]
+    fn a_state_of_other_classes_is_refused() {
+        let dir = std::env::temp_dir().join(format!("lda_mix_classes_{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("m.json");
+        let mut s = MixState::new("b", &[0.7, 0.0], MixScore::Model, POOLED);
+        s.choose(&["u".to_string()], POOLED);
+        std::fs::write(&p, serde_json::to_string(&s).unwrap()).unwrap();
+        assert!(MixState::load(&p, "b", &[0.7, 0.0], MixScore::Model, POOLED).is_ok());
+        let e = MixState::load(&p, "b", &[0.7, 0.0], MixScore::Model, HEMISPHERES).unwrap_err();
+        assert!(e.message.contains("mix_hemispheres") && e.message.contains("m.json"), "{}", e.message);
+        // a state written before the classes were recorded reads as the pooled classes
+        let mut v: serde_json::Value = serde_json::to_value(&s).unwrap();
+        v.as_object_mut().unwrap().remove("classes");
+        std::fs::write(&p, v.to_string()).unwrap();
+        assert_eq!(
+            MixState::load(&p, "b", &[0.7, 0.0], MixScore::Model, POOLED).unwrap().classes,
+            ["extratropics", "tropics"]
+        );
+        // a choice with a share missing names the variable
+        v["choice"]["u"] = serde_json::json!([0.7]);
+        std::fs::write(&p, v.to_string()).unwrap();
+        let e = MixState::load(&p, "b", &[0.7, 0.0], MixScore::Model, POOLED).unwrap_err();
+        assert!(e.message.contains("'u'"), "{}", e.message);
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

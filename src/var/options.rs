@@ -27,6 +27,8 @@
 //! hybrid_variables = ["q", "ps"]
 //! hybrid_alpha_tropics = 0.5   # hybrid weights in the tropics (hybrid_alpha/_beta are then the extratropical ones;
 //! hybrid_beta_tropics = 1.0    #   default: the bundle's [hybrid] alpha_tropics/beta_tropics, else no band weights)
+//! hybrid_alpha_sh = 0.5       # hybrid weights in the southern extratropics (hybrid_alpha/_beta are then the northern
+//! hybrid_beta_sh = 1.0        #   ones; default: the bundle's [hybrid] alpha_sh/beta_sh, else hybrid_alpha/_beta)
 //! hybrid_band_lat = [10.0, 30.0]   # cosine ramp from the tropical weights at |lat| <= 10 to the extratropical at >= 30
 //! hybrid_variable_weights = { q = { alpha = 0.1, beta = 0.4 }, wind = { alpha_tropics = 0.2 } }
 //!                              # weights per variable or group (wind, mass); missing ones: the global weights
@@ -61,6 +63,8 @@
 //! mix_state = "cycle/mix.json" # its state file (and mix.json.fields beside it), needed with mix_candidates
 //! mix_window = 12              # scored cycles of evidence behind each choice
 //! mix_every = 1                # run and score the candidates every this many analyses (cost / mix_every)
+//! mix_hemispheres = false      # true: choose the southern extratropics' share apart from the northern (classes nh,
+//!                              #   tropics, sh instead of extratropics, tropics)
 //! mix_score = "model"          # candidates forecast by the host's step model (lda_set_step_model), or "persistence"
 //! mix_lead_hours = 6.0         # "model": hours each candidate is forecast (the cycle length)
 //! ```
@@ -414,6 +418,13 @@ pub struct Options {
     pub hybrid_alpha_tropics: Option<f64>,
     /// Hybrid weight beta in the tropics (default: the bundle's `[hybrid] beta_tropics`, else `hybrid_beta`).
     pub hybrid_beta_tropics: Option<f64>,
+    /// Hybrid weight alpha in the southern extratropics (lat <= -`hybrid_band_lat[1]`, with the cosine ramp from the
+    /// tropics); `hybrid_alpha` is then the northern weight (default: the bundle's `[hybrid] alpha_sh`, else
+    /// `hybrid_alpha`: the same in both hemispheres).
+    pub hybrid_alpha_sh: Option<f64>,
+    /// Hybrid weight beta in the southern extratropics (default: the bundle's `[hybrid] beta_sh`, else
+    /// `hybrid_beta`).
+    pub hybrid_beta_sh: Option<f64>,
     /// Latitudes [lat0, lat1] (degrees, 0 <= lat0 < lat1 <= 90) of the ramp between tropical and extratropical
     /// hybrid weights (default: the bundle's `[hybrid] band_lat`, else [`DEFAULT_HYBRID_BAND_LAT`]).
     pub hybrid_band_lat: Option<[f64; 2]>,
@@ -499,6 +510,11 @@ pub struct Options {
     /// well as every cycle in one period and 0-3 % worse in another, while 3 (the same three days) lost about 2 %;
     /// on land it lost 1-9 %, in one period to below the fixed mix (docs/robustness-matrix.md).
     pub mix_every: usize,
+    /// The online mix's latitude classes: `false` (default) one extratropical share per variable for both
+    /// hemispheres and one tropical share; `true` the northern and southern extratropics chosen apart, each from its
+    /// own observations (a network whose observations sit mostly in one hemisphere otherwise gives the other its
+    /// choice). The B then has hemispheric weights (`hybrid_alpha_sh`, ...).
+    pub mix_hemispheres: bool,
     /// How the online mix carries each candidate to the next cycle: the host's step model (`Model`, default) or
     /// persistence of the difference between the analyses (`Persistence`, no forecast).
     pub mix_score: MixScore,
@@ -534,6 +550,8 @@ impl Default for Options {
             hybrid_variables: None,
             hybrid_alpha_tropics: None,
             hybrid_beta_tropics: None,
+            hybrid_alpha_sh: None,
+            hybrid_beta_sh: None,
             hybrid_band_lat: None,
             hybrid_variable_weights: None,
             baseline_variance_factor: None,
@@ -559,6 +577,7 @@ impl Default for Options {
             mix_state: None,
             mix_window: DEFAULT_MIX_WINDOW,
             mix_every: 1,
+            mix_hemispheres: false,
             mix_score: MixScore::Model,
             mix_lead_hours: 6.0,
         }
@@ -612,6 +631,8 @@ impl Options {
             ("hybrid_beta", self.hybrid_beta),
             ("hybrid_alpha_tropics", self.hybrid_alpha_tropics),
             ("hybrid_beta_tropics", self.hybrid_beta_tropics),
+            ("hybrid_alpha_sh", self.hybrid_alpha_sh),
+            ("hybrid_beta_sh", self.hybrid_beta_sh),
         ] {
             if let Some(v) = v {
                 if !(v.is_finite() && v >= 0.0) {

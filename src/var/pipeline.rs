@@ -230,7 +230,7 @@ impl Analyser {
                     hybrid_beta: hs.as_ref().map(|h| h.beta),
                     ensemble_gamma: None,
                     hybrid_weights: hs.as_ref().filter(|h| h.banded()).map(|h| {
-                        lay.variables.iter().zip(&h.per_variable).map(|(v, w)| (v.name.clone(), *w)).collect()
+                        lay.variables.iter().zip(&h.per_variable).map(|(v, w)| (v.name.clone(), w.to_vec())).collect()
                     }),
                 }
             }

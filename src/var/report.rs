@@ -423,18 +423,21 @@ impl Report {
             );
         }
         if let Some(m) = &self.mix {
-            let shares = |c: &std::collections::BTreeMap<String, [f64; 2]>| {
-                c.iter().map(|(v, [x, t])| format!(" {v} {x}/{t}")).collect::<String>()
+            let shares = |c: &std::collections::BTreeMap<String, Vec<f64>>| {
+                c.iter()
+                    .map(|(v, x)| format!(" {v} {}", x.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("/")))
+                    .collect::<String>()
             };
             let _ = writeln!(
                 s,
-                "mix ({}, window {}/{}, cycle {}, candidates {:?}, {:.2} s): latent share (extratropics/tropics){}{}",
+                "mix ({}, window {}/{}, cycle {}, candidates {:?}, {:.2} s): latent share ({}){}{}",
                 m.state,
                 m.window_filled,
                 m.window,
                 m.cycles,
                 m.candidates,
                 m.candidates_s,
+                m.classes.join("/"),
                 shares(&m.choice),
                 if m.notes.is_empty() { String::new() } else { format!(" [{}]", m.notes.join("; ")) }
             );
@@ -515,12 +518,15 @@ pub struct MixInfo {
     pub window: usize,
     /// Analyses run with this state, this one included.
     pub cycles: usize,
-    /// The latent share each variable had in this analysis, [extratropics, tropics], chosen with this cycle's
+    /// The latitude classes of `choice` and `sources`: ["extratropics", "tropics"], or ["nh", "tropics", "sh"] with
+    /// `mix_hemispheres = true`.
+    pub classes: Vec<String>,
+    /// The latent share each variable had in this analysis, one per class (`classes`), chosen with this cycle's
     /// scores included (so also the share of the next analysis, until new evidence); a variable the options keep
     /// out of one part is left out, a class of it so kept is NaN (null in JSON).
-    pub choice: BTreeMap<String, [f64; 2]>,
-    /// Where that evidence came from.
-    pub sources: BTreeMap<String, [String; 2]>,
+    pub choice: BTreeMap<String, Vec<f64>>,
+    /// Where that evidence came from, per class.
+    pub sources: BTreeMap<String, Vec<String>>,
     /// This cycle's scores of the last cycle's candidates, in the order of `candidates` (report path
     /// `mix.scored.K.u/extratropics`): per "variable/class", mean d (negative: closer to this cycle's observations
     /// than the background); empty when nothing was pending.
