@@ -123,7 +123,10 @@ def test_run_name_and_settings_of_a_mix_run():
     assert C.run_name(a) == "hybrid-mixp-adaptive-pv-sq-lib"
     a.choose_by, a.choose_in_library = "forecast", True
     assert C.run_name(a) == "hybrid-mixlf-adaptive-pv-sq-lib" and C.settings_of(a)["choose_mix"]["in_library"]
-    a.choose_in_library = False
+    assert "hemispheres" not in C.settings_of(a)["choose_mix"]   # older runs' settings compare equal on resume
+    a.mix_hemispheres = True   # the library's mix_hemispheres = true: its own folder and settings
+    assert C.run_name(a) == "hybrid-mixlfh-adaptive-pv-sq-lib" and C.settings_of(a)["choose_mix"]["hemispheres"]
+    a.choose_in_library, a.mix_hemispheres = False, False
     # increments truncated before they enter the model: named and recorded, refused with a chooser (in run())
     a.choose_mix, a.increment_truncation = None, 21
     assert C.run_name(a) == "hybrid-t21-adaptive-pv-sq-lib"
