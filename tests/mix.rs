@@ -640,10 +640,14 @@ fn with_hemispheric_classes_each_hemisphere_is_scored_and_weighted_on_its_own() 
             assert!((w[i] - l).abs() < 1e-12 && (w[i + 1] - (1.0 - l)).abs() < 1e-12, "{v} class {class}: {w:?}");
         }
     }
-    // the state remembers its classes: the pooled options refuse it, naming the option
+    // the state remembers its classes; the pooled options take it over: the window's evidence (per band) is kept and
+    // the choice made again with their classes, noted in the report
     let mut other = open(&mix_options(&dir, "[0.7, 1.0, 0.0]", ""));
-    let e = other.analyse(&an2.analysis, &obs2, Method::Hybrid).unwrap_err();
-    assert!(e.message.contains("mix_hemispheres"), "{}", e.message);
+    let an3 = other.analyse(&an2.analysis, &truth.obs(), Method::Hybrid).unwrap();
+    let info3 = an3.report.mix.unwrap();
+    assert_eq!(info3.classes, ["extratropics", "tropics"]);
+    assert!(info3.notes.iter().any(|n| n.contains("mix_hemispheres") && n.contains("again")), "{:?}", info3.notes);
+    assert!(info3.window_filled >= 1 && info3.choice["u"].len() == 2);
     // the CLI flag
     let sample = fixture("linear").join("sample");
     let st = dir.join("cli.json");

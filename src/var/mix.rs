@@ -117,6 +117,10 @@ pub struct MixState {
     /// extratropics, tropics).
     #[serde(default = "pooled_names")]
     pub classes: Vec<String>,
+    /// The classes the state was written with, when the options' differ (`mix_hemispheres` changed between
+    /// analyses); not stored.
+    #[serde(skip)]
+    pub reclassed: Option<Vec<String>>,
     /// The latent share per variable and class (`classes`) of the next analysis.
     pub choice: BTreeMap<String, Vec<f64>>,
     /// Where each choice's evidence came from ("own", "group", "all"; "none": no evidence yet).
@@ -155,6 +159,7 @@ impl MixState {
             candidates: candidates.to_vec(),
             score: score.name().into(),
             classes: classes.names_owned(),
+            reclassed: None,
             cycles: 0,
             choice: BTreeMap::new(),
             sources: BTreeMap::new(),
@@ -175,7 +180,7 @@ impl MixState {
             }
             Err(e) => return Err(Error::io(format!("mix_state '{}': cannot read: {e}", path.display()))),
         };
-        let s: MixState = serde_json::from_str(&text)
+        let mut s: MixState = serde_json::from_str(&text)
             .map_err(|e| Error::arg(format!("mix_state '{}': not a latentda mix state file: {e}", path.display())))?;
         let bad = |what: String| Error::arg(format!("mix_state '{}': {what}", path.display()));
         if s.format != STATE_FORMAT {
@@ -197,14 +202,15 @@ impl MixState {
                 score.name()
             )));
         }
-        if s.classes != classes.names {
-            return Err(bad(format!(
-                "written for the classes {:?}, the options give {:?} (mix_hemispheres): start a new state file",
-                s.classes, classes.names
-            )));
+        if let Some((v, x)) = s.choice.iter().find(|(_, x)| x.len() != s.classes.len()) {
+            return Err(bad(format!("the choice of '{v}' ({x:?}) does not have one share per class {:?}", s.classes)));
         }
-        if let Some((v, x)) = s.choice.iter().find(|(_, x)| x.len() != classes.names.len()) {
-            return Err(bad(format!("the choice of '{v}' ({x:?}) does not have one share per class")));
+        if s.classes != classes.names {
+            // the window holds the scores per band, not per class: the evidence carries over, the choice is made
+            // again with the options' classes (with_mix) and the report notes it
+            s.reclassed = Some(std::mem::replace(&mut s.classes, classes.names_owned()));
+            s.choice.clear();
+            s.sources.clear();
         }
         if s.window.iter().any(|c| c.len() != candidates.len()) {
             return Err(bad("a window entry does not have one set of cells per candidate".into()));
@@ -438,6 +444,14 @@ impl Analyser {
         let classes = Classes::of(&self.options);
         let mut state = MixState::load(&path, &self.bundle.name, &candidates, score, classes)?;
         let mut notes = Vec::new();
+        if let Some(old) = state.reclassed.take() {
+            notes.push(format!(
+                "the state was written with the classes {old:?}, the options give {:?} (mix_hemispheres): the \
+                 choice is made again from the window's evidence",
+                classes.names
+            ));
+            state.choose(&names, classes);
+        }
         // Step 2: the last cycle's candidates against this cycle's observations.
         let mut scored = Vec::new();
         let expected = state.pending.is_some();
@@ -642,16 +656,26 @@ mod tests {
     }
 
     #[test]
-    fn a_state_of_other_classes_is_refused() {
+    fn a_state_of_other_classes_is_chosen_again_from_its_window() {
         let dir = std::env::temp_dir().join(format!("lda_mix_classes_{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("m.json");
         let mut s = MixState::new("b", &[0.7, 0.0], MixScore::Model, POOLED);
+        s.window.push(vec![vec![cell("u", "nh", 10, -2.0), cell("u", "sh", 10, 1.0)], vec![cell("u", "sh", 10, -1.0)]]);
         s.choose(&["u".to_string()], POOLED);
+        // pooled: L0.7 (-2 + 1) / 20 against L0 -1 / 10 in the extratropics; no tropical evidence
+        assert_eq!(s.choice["u"], [0.0, 0.7]);
         std::fs::write(&p, serde_json::to_string(&s).unwrap()).unwrap();
-        assert!(MixState::load(&p, "b", &[0.7, 0.0], MixScore::Model, POOLED).is_ok());
-        let e = MixState::load(&p, "b", &[0.7, 0.0], MixScore::Model, HEMISPHERES).unwrap_err();
-        assert!(e.message.contains("mix_hemispheres") && e.message.contains("m.json"), "{}", e.message);
+        let same = MixState::load(&p, "b", &[0.7, 0.0], MixScore::Model, POOLED).unwrap();
+        assert_eq!((same.reclassed, same.choice["u"].clone()), (None, vec![0.0, 0.7]));
+        // another class setting keeps the window and drops the choice, which with_mix makes again (noted)
+        let mut other = MixState::load(&p, "b", &[0.7, 0.0], MixScore::Model, HEMISPHERES).unwrap();
+        assert_eq!(other.reclassed.as_deref(), Some(["extratropics".to_string(), "tropics".to_string()].as_slice()));
+        assert!(other.choice.is_empty() && other.window.len() == 1);
+        other.choose(&["u".to_string()], HEMISPHERES);
+        // nh: only L0.7 scored there; sh: L0 -1 / 10 against L0.7 +1 / 10
+        assert_eq!(other.choice["u"][0], 0.7);
+        assert_eq!(other.choice["u"][2], 0.0);
         // a state written before the classes were recorded reads as the pooled classes
         let mut v: serde_json::Value = serde_json::to_value(&s).unwrap();
         v.as_object_mut().unwrap().remove("classes");

@@ -513,7 +513,8 @@ pub struct Options {
     /// The online mix's latitude classes: `false` (default) one extratropical share per variable for both
     /// hemispheres and one tropical share; `true` the northern and southern extratropics chosen apart, each from its
     /// own observations (a network whose observations sit mostly in one hemisphere otherwise gives the other its
-    /// choice). The B then has hemispheric weights (`hybrid_alpha_sh`, ...).
+    /// choice). The B then has hemispheric weights (`hybrid_alpha_sh`, ...). A state written with the other setting
+    /// keeps its evidence and chooses again with these classes.
     pub mix_hemispheres: bool,
     /// How the online mix carries each candidate to the next cycle: the host's step model (`Model`, default) or
     /// persistence of the difference between the analyses (`Persistence`, no forecast).
