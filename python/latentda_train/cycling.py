@@ -1767,7 +1767,7 @@ def summary_table(network: str, runs: dict, from_day: float = 0.0, reference: st
                   "per variable and band class, "
                   "share of the scored cycles with each L (per class: extratropics, tropics, or nh, tropics, sh):", ""]
         for m, cs in mx.items():
-            lines.append(f"- {m}: " + "; ".join(f"{v} " + ", ".join(mix_shares_used(cs, v, c) for c in cs[0][v])
+            lines.append(f"- {m}: " + "; ".join(f"{v} " + ", ".join(f"{c} {mix_shares_used(cs, v, c)}" for c in cs[0][v])
                                                for v in cs[0]))
     # innovation ratios (all observations, global) of every run: about 1 when B and R are right
     dz = {m: [x["desroziers"]["global"] for x in scored[m] if (x.get("desroziers") or {}).get("global")] for m in runs}
