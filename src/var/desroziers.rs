@@ -627,6 +627,20 @@ pub fn variable_weights_with(
     ((!out.is_empty()).then_some(out), notes)
 }
 
+/// One entry of `hybrid_variable_weights` as TOML: `v = { alpha = .., beta = .., alpha_tropics = .., beta_tropics =
+/// .. }`, with `alpha_sh`, `beta_sh` only where the southern pair differs from the northern one.
+fn weights_entry(v: &str, w: &BandWeights) -> String {
+    let sh = if (w[4], w[5]) != (w[0], w[1]) {
+        format!(", alpha_sh = {:.6}, beta_sh = {:.6}", w[4], w[5])
+    } else {
+        String::new()
+    };
+    format!(
+        "{v} = {{ alpha = {:.6}, beta = {:.6}, alpha_tropics = {:.6}, beta_tropics = {:.6}{sh} }}",
+        w[0], w[1], w[2], w[3]
+    )
+}
+
 /// Separately fitted hybrid weights (see [`hybrid_split`]).
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]
 pub struct HybridSplit {
@@ -1007,21 +1021,7 @@ impl Tuning {
             let _ = writeln!(s, "{k} = {v:.6}");
         }
         if let (true, Some(w)) = (self.write_variable_weights, &self.variable_weights) {
-            let entries: Vec<String> = w
-                .iter()
-                .map(|(v, w)| {
-                    // the southern pair only where it differs from the northern one
-                    let sh = if (w[4], w[5]) != (w[0], w[1]) {
-                        format!(", alpha_sh = {:.6}, beta_sh = {:.6}", w[4], w[5])
-                    } else {
-                        String::new()
-                    };
-                    format!(
-                        "{v} = {{ alpha = {:.6}, beta = {:.6}, alpha_tropics = {:.6}, beta_tropics = {:.6}{sh} }}",
-                        w[0], w[1], w[2], w[3]
-                    )
-                })
-                .collect();
+            let entries: Vec<String> = w.iter().map(|(v, w)| weights_entry(v, w)).collect();
             let _ = writeln!(s, "hybrid_variable_weights = {{ {} }}", entries.join(", "));
         }
         s
@@ -1373,6 +1373,13 @@ mod tests {
         // each pair scaled to the class total 0.8, keeping its own mix
         let want = [0.4, 0.4, 1.0, 1.0, 0.6, 0.2];
         assert!(u.iter().zip(&want).all(|(x, y)| (x - y).abs() < 1e-12), "{u:?}");
+        // written for the options: the southern pair where it differs, and read back as the same weights
+        let text = format!("hybrid_variable_weights = {{ {} }}", weights_entry("u", &u));
+        assert!(text.contains("alpha_sh = 0.600000, beta_sh = 0.200000"), "{text}");
+        let o = crate::var::options::Options::from_toml(&text).unwrap();
+        let back = o.hybrid_variable_weights.unwrap()["u"].resolve([0.0; 6]);
+        assert!(back.iter().zip(&want).all(|(x, y)| (x - y).abs() < 1e-6), "{back:?}");
+        assert!(!weights_entry("t", &[0.5, 0.5, 1.0, 1.0, 0.5, 0.5]).contains("_sh"));
         // an entry of another length is not read as weights
         let mut odd = s.b_in_force.clone();
         odd.hybrid_weights = Some([("u".to_string(), vec![1.0, 1.0, 0.5])].into_iter().collect());
