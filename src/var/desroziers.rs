@@ -1373,11 +1373,11 @@ mod tests {
         // each pair scaled to the class total 0.8, keeping its own mix
         let want = [0.4, 0.4, 1.0, 1.0, 0.6, 0.2];
         assert!(u.iter().zip(&want).all(|(x, y)| (x - y).abs() < 1e-12), "{u:?}");
-        // written for the options: the southern pair where it differs, and read back as the same weights
+        // written as the options' table: the southern pair where it differs, and read back as the same weights
         let text = format!("hybrid_variable_weights = {{ {} }}", weights_entry("u", &u));
         assert!(text.contains("alpha_sh = 0.600000, beta_sh = 0.200000"), "{text}");
-        let o = crate::var::options::Options::from_toml(&text).unwrap();
-        let back = o.hybrid_variable_weights.unwrap()["u"].resolve([0.0; 6]);
+        let table: BTreeMap<String, BTreeMap<String, crate::bundle::VariableWeights>> = toml::from_str(&text).unwrap();
+        let back = table["hybrid_variable_weights"]["u"].resolve([0.0; 6]);
         assert!(back.iter().zip(&want).all(|(x, y)| (x - y).abs() < 1e-6), "{back:?}");
         assert!(!weights_entry("t", &[0.5, 0.5, 1.0, 1.0, 0.5, 0.5]).contains("_sh"));
         // an entry of another length is not read as weights
