@@ -142,23 +142,20 @@ impl Common {
                             )));
                         };
                         let w: Vec<f64> = ws.split(',').map(|x| num(x.trim())).collect::<Result<_, _>>()?;
-                        let (a, b, at, bt, ash, bsh) = match w[..] {
-                            [a, b] => (a, b, None, None, None, None),
-                            [a, b, at, bt] => (a, b, Some(at), Some(bt), None, None),
-                            [a, b, at, bt, ash, bsh] => (a, b, Some(at), Some(bt), Some(ash), Some(bsh)),
-                            _ => {
-                                return Err(usage(format!(
-                                    "--{flag}: '{name}' needs 2, 4 or 6 weights (alpha,beta[,alpha_tropics,beta_tropics[,alpha_sh,beta_sh]]), got '{ws}'"
-                                )))
-                            }
-                        };
+                        if ![2, 4, 6].contains(&w.len()) {
+                            return Err(usage(format!(
+                                "--{flag}: '{name}' needs 2, 4 or 6 weights (alpha,beta[,alpha_tropics,beta_tropics[,alpha_sh,beta_sh]]), got '{ws}'"
+                            )));
+                        }
+                        // the weights not given fall back as in the options' table (VariableWeights::resolve)
+                        let at = |i: usize| w.get(i).copied();
                         let w = latentda::bundle::VariableWeights {
-                            alpha: Some(a),
-                            beta: Some(b),
-                            alpha_tropics: at,
-                            beta_tropics: bt,
-                            alpha_sh: ash,
-                            beta_sh: bsh,
+                            alpha: at(0),
+                            beta: at(1),
+                            alpha_tropics: at(2),
+                            beta_tropics: at(3),
+                            alpha_sh: at(4),
+                            beta_sh: at(5),
                         };
                         table.insert(name.trim().to_string(), w);
                     }

@@ -365,21 +365,17 @@ impl Analyser {
             }
         }
         if !ensemble {
+            // each (alpha, beta) pair of BandWeights, by its alpha's index, and where it applies
+            let pairs = [
+                (0, "in the extratropics"),
+                (4, "in the southern extratropics (hybrid_alpha_sh and hybrid_beta_sh, or its own)"),
+                (2, "in the tropics (hybrid_alpha_tropics and hybrid_beta_tropics, or its own)"),
+            ];
             for (v, w) in per_variable.iter().enumerate() {
-                let name = &lay.variables[v].name;
-                if w[0] == 0.0 && w[1] == 0.0 {
+                if let Some((_, where_)) = pairs.iter().find(|(i, _)| w[*i] == 0.0 && w[i + 1] == 0.0) {
                     return Err(Error::arg(format!(
-                        "the hybrid weights of '{name}' are both 0 in the extratropics: the hybrid B would be zero there"
-                    )));
-                }
-                if w[4] == 0.0 && w[5] == 0.0 {
-                    return Err(Error::arg(format!(
-                        "the hybrid weights of '{name}' are both 0 in the southern extratropics (hybrid_alpha_sh and hybrid_beta_sh, or its own): the hybrid B would be zero there"
-                    )));
-                }
-                if w[2] == 0.0 && w[3] == 0.0 {
-                    return Err(Error::arg(format!(
-                        "the hybrid weights of '{name}' are both 0 in the tropics (hybrid_alpha_tropics and hybrid_beta_tropics, or its own): the hybrid B would be zero there"
+                        "the hybrid weights of '{}' are both 0 {where_}: the hybrid B would be zero there",
+                        lay.variables[v].name
                     )));
                 }
             }

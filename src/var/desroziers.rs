@@ -494,6 +494,10 @@ impl Estimate {
 /// Band classes of the per-variable sizing: extratropics (the nh and sh cells together) and tropics.
 pub const CLASSES: [&str; 2] = ["extratropics", "tropics"];
 
+/// The (alpha, beta) pairs of [`BandWeights`] that each class of [`CLASSES`] sets, by the index of the pair's alpha:
+/// the extratropics both hemispheres' (northern 0, southern 4), the tropics 2.
+pub const CLASS_PAIRS: [&[usize]; 2] = [&[0, 4], &[2]];
+
 /// A bundle variable's B scales per band class (see [`variable_scales`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct VariableScales {
@@ -609,8 +613,8 @@ pub fn variable_weights_with(
     for VariableScales { name: v, scales: sc, unobserved } in scales {
         let Some(w) = last.b_in_force.hybrid_weights_of(&v) else { continue };
         let mut new = w;
-        // the pairs of each class: extratropics (northern, southern), tropics; each keeps its own mix
-        for (class, pairs) in [[0usize, 4].as_slice(), [2].as_slice()].iter().enumerate() {
+        // each pair of the class (CLASS_PAIRS) gets the class's scale and keeps its own mix
+        for (class, pairs) in CLASS_PAIRS.iter().enumerate() {
             let Some(scale) = sc[class] else { continue };
             for &i in pairs.iter() {
                 let s = w[i] + w[i + 1];

@@ -48,7 +48,7 @@ use crate::error::{Error, Result};
 use crate::model::forecast::StepModel;
 use crate::obs::Observation;
 use crate::var::analysis::{Analyser, Analysis};
-use crate::var::desroziers::GROUPS;
+use crate::var::desroziers::{CLASSES, CLASS_PAIRS, GROUPS};
 use crate::var::formulation::Formulation;
 use crate::var::options::{Method, MixScore, Options, OutputMode};
 use crate::var::report::MixInfo;
@@ -78,8 +78,7 @@ pub struct Classes {
 }
 
 /// One extratropical class for both hemispheres, and the tropics (`mix_hemispheres = false`).
-pub const POOLED: Classes =
-    Classes { names: &["extratropics", "tropics"], bands: &[&["nh", "sh"], &["tropics"]], pairs: &[&[0, 4], &[2]] };
+pub const POOLED: Classes = Classes { names: &CLASSES, bands: &[&["nh", "sh"], &["tropics"]], pairs: &CLASS_PAIRS };
 
 /// The northern extratropics, the tropics and the southern extratropics apart (`mix_hemispheres = true`).
 pub const HEMISPHERES: Classes =
